@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One entry point for people and CI: set up everything, then run ztdns or the test suite.
+#   scripts/dev.sh serve [ARGS...]   install, then `ztdns serve` (built-in default config unless ARGS say otherwise)
+#   scripts/dev.sh test  [PYTEST ARGS...]  install, then ruff, mypy --strict and pytest
+#   scripts/dev.sh setup             install only
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+venv="${ZTDNS_VENV:-$here/.venv}"
+
+# Debian packages the tests and benchmarks drive as real peers and clients.
+debian_packages=(python3-venv knot-dnsutils bind9-dnsutils dnsperf unbound nftables iproute2 knot softhsm2
+                 ldnsutils bind9-utils conntrack)
+
+need_apt() {
+    local missing=()
+    for pkg in "${debian_packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "dev.sh: missing Debian packages (${missing[*]}); run as root or install them; tests needing them skip" >&2
+        return 0
+    fi
+    echo "dev.sh: apt-get install ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # The unbound/knot packages would start system daemons on port 53 where an init system runs; we start our own.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+}
+
+setup() {
+    need_apt
+    local py="${PYTHON:-}"
+    if [ -z "$py" ]; then
+        for candidate in python3.11 python3; do
+            if command -v "$candidate" >/dev/null; then py=$candidate; break; fi
+        done
+    fi
+    local stamp="$venv/.ztdns-lock-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+    if [ ! -e "$stamp" ]; then
+        rm -rf "$venv"
+        "$py" -m venv "$venv"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+        touch "$stamp"
+    fi
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+}
+
+cmd="${1:-serve}"
+shift || true
+case "$cmd" in
+    setup) setup ;;
+    serve) setup; exec "$venv/bin/ztdns" serve "$@" ;;
+    test)
+        setup
+        export PATH="$venv/bin:$PATH"
+        echo "== ruff" && ruff check src tests bench && ruff format --check src tests bench
+        echo "== mypy --strict" && mypy
+        echo "== pytest" && exec pytest "$@"
+        ;;
+    *) echo "usage: scripts/dev.sh serve|test|setup [ARGS...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,3 @@
+from ztdns.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""Who is asking, as far as the transport can tell. Filled by transports, read by the identify stage.
+
+Only connection-level facts live here (source address, verified certificate identity): nothing the client
+can write into the DNS message itself.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Transport(enum.Enum):
+    UDP = "udp"
+    TCP = "tcp"
+    DOT = "dot"
+    DOH = "doh"
+    DOQ = "doq"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    transport: Transport
+    address: str  # source IP address as text, no port
+    port: int
+    # Identity proven by a verified client certificate (SPIFFE ID, DNS SAN or CN); None without mTLS.
+    certificate_identity: str | None = None
+    # Largest response the transport can carry: UDP payload limits are applied by the respond stage.
+    stream: bool = False

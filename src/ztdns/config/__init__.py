@@ -1,0 +1,79 @@
+"""Configuration: typed models (model.py), loading with file:line:key errors (this module), positions (locate.py).
+
+``load_config(path)`` returns a validated :class:`Config` or raises :class:`ConfigError` whose message lines read
+``examples/bad.toml:12: policies.web.allow[3]: '*.*.x' is not a valid pattern``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ztdns.config.locate import Loc, format_loc, line_of
+from ztdns.config.model import Config, _LocatedError
+
+__all__ = ["Config", "ConfigError", "default_config", "load_config", "parse_config"]
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``str()`` is one line per problem, each naming file, line and key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _clean_loc(loc: tuple[str | int, ...]) -> Loc:
+    return tuple(part for part in loc if not (isinstance(part, str) and part.startswith("~")))
+
+
+def _message(error: Any) -> str:
+    ctx = error.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, Exception) and str(cause):
+        return str(cause)
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate TOML text; errors name ``source`` and the line of the offending key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        line = match.group(1) if match else "?"
+        raise ConfigError([f"{source}:{line}: {exc}"]) from None
+    if base_dir is not None:
+        data["base_dir"] = str(base_dir)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            cause = (error.get("ctx") or {}).get("error")
+            loc = cause.loc if isinstance(cause, _LocatedError) else _clean_loc(error["loc"])
+            line = line_of(text, loc)
+            key = format_loc(loc) or "(top level)"
+            problems.append(f"{source}:{line if line is not None else '?'}: {key}: {_message(error)}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    return parse_config(text, str(path), path.resolve().parent)
+
+
+def default_config() -> Config:
+    """The built-in configuration `ztdns serve` runs without --config (works with no internet)."""
+    from ztdns.config.defaults import DEFAULT_TOML
+
+    return parse_config(DEFAULT_TOML, "<built-in default>", Path("."))

@@ -1,0 +1,271 @@
+"""Typed configuration: one pydantic model per capability, all under :class:`Config`.
+
+Every key is documented in docs/configuration.md. Models forbid unknown keys so a typo is an error that names
+the file, line and key rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+import dns.rdatatype
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from ztdns.policy.patterns import PatternError, normalise_name, parse_pattern
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """'127.0.0.1:53', '[::1]:53', '::1' or '10.0.0.1' → (address, port). Raises ValueError."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = int(port_text)
+    else:
+        host, port = text, default_port
+    ipaddress.ip_address(host)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    return host, port
+
+
+class ServerConfig(Section):
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    state_dir: str = "/var/lib/ztdns"
+    drain_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+
+
+class ListenConfig(Section):
+    transport: Literal["udp", "tcp", "dot", "doh", "doq"] = "udp"
+    address: str = "127.0.0.1:5353"
+    idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    max_connections: Annotated[int, Field(ge=1)] = 10_000
+    max_pipelined: Annotated[int, Field(ge=1, le=65535)] = 100
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_hostport(value, 53)
+        return value
+
+    def hostport(self) -> tuple[str, int]:
+        return parse_hostport(self.address, 53)
+
+
+class UpstreamConfig(Section):
+    address: str
+    transport: Literal["udp"] = "udp"  # udp means Do53: UDP with TCP fallback on TC=1
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_hostport(value, 53)
+        return value
+
+    def hostport(self) -> tuple[str, int]:
+        return parse_hostport(self.address, 53)
+
+
+class ResolverConfig(Section):
+    mode: Literal["forward", "none"] = "forward"
+    upstreams: list[UpstreamConfig] = []
+    timeout: Annotated[float, Field(gt=0, le=30)] = 1.5
+    attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    # An upstream is held down after this many consecutive failures, for a backoff that doubles up to 60 s.
+    failures_before_down: Annotated[int, Field(ge=1)] = 3
+    edns_payload: Annotated[int, Field(ge=512, le=4096)] = 1232
+
+
+class CacheConfig(Section):
+    max_entries: Annotated[int, Field(ge=0)] = 100_000
+    min_ttl: Annotated[int, Field(ge=0)] = 0
+    max_ttl: Annotated[int, Field(ge=0)] = 86_400
+    negative_max_ttl: Annotated[int, Field(ge=0)] = 3_600
+    serve_stale: bool = True
+    stale_max_age: Annotated[int, Field(ge=0)] = 86_400
+    stale_answer_ttl: Annotated[int, Field(ge=1)] = 30
+    prefetch: bool = True
+    prefetch_min_hits: Annotated[int, Field(ge=1)] = 3
+    prefetch_window: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _ttls(self) -> CacheConfig:
+        if self.min_ttl > self.max_ttl:
+            raise ValueError(f"min_ttl ({self.min_ttl}) is above max_ttl ({self.max_ttl})")
+        return self
+
+
+def _qtype(text: str) -> str:
+    try:
+        dns.rdatatype.from_text(text)
+    except Exception:
+        raise ValueError(f"{text!r} is not a DNS record type") from None
+    return text.upper()
+
+
+class RuleConfig(Section):
+    """A rule written as a table: a pattern limited to some query types."""
+
+    pattern: str
+    qtypes: list[str]
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return _check_pattern(value)
+
+    @field_validator("qtypes")
+    @classmethod
+    def _qtypes(cls, values: list[str]) -> list[str]:
+        if not values:
+            raise ValueError("qtypes must not be empty (leave the rule as a plain string for all types)")
+        return [_qtype(v) for v in values]
+
+
+def _check_pattern(value: str) -> str:
+    try:
+        parse_pattern(value)
+    except PatternError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _rule_kind(value: object) -> str:
+    return "~table" if isinstance(value, dict | RuleConfig) else "~str"
+
+
+# A rule is a pattern string, or a table with a pattern and qtypes. Tags starting with '~' are dropped from
+# error locations, so errors read 'policies.web.allow[3]'.
+Rule = Annotated[
+    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")] | Annotated[RuleConfig, Tag("~table")],
+    Discriminator(_rule_kind),
+]
+
+
+class PolicyConfig(Section):
+    allow: list[Rule] = []
+    deny: list[Rule] = []
+    allow_lists: list[str] = []
+    deny_lists: list[str] = []
+    blocked_response: Literal["nxdomain", "nodata", "refused"] = "nxdomain"
+    include_rule_text: bool = True
+
+
+class IdentityConfig(Section):
+    networks: list[str] = []
+    # Certificate identities (SPIFFE IDs, DNS SANs, CNs): exact, or a prefix ending in '*'.
+    certificates: list[str] = []
+    policies: list[str]
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP network") from None
+        return values
+
+
+class UnknownClientsConfig(Section):
+    action: Literal["refuse", "identity"] = "refuse"
+    identity: str | None = None
+
+    @model_validator(mode="after")
+    def _identity(self) -> UnknownClientsConfig:
+        if self.action == "identity" and not self.identity:
+            raise ValueError("action = 'identity' needs identity = NAME")
+        return self
+
+
+class LocalZoneConfig(Section):
+    name: str
+    records: list[str] = []
+    file: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            return normalise_name(value)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class QueryLogConfig(Section):
+    # "stdout", "off", or a file path.
+    output: str = "stdout"
+    # Queue depth before lines are dropped (and counted) rather than blocking the event loop.
+    queue: Annotated[int, Field(ge=1)] = 65_536
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    query_log: QueryLogConfig = QueryLogConfig()
+
+
+class MetricsConfig(Section):
+    enabled: bool = True
+    address: str = "127.0.0.1:9153"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_hostport(value, 9153)
+        return value
+
+    def hostport(self) -> tuple[str, int]:
+        return parse_hostport(self.address, 9153)
+
+
+class Config(Section):
+    server: ServerConfig = ServerConfig()
+    listen: list[ListenConfig] = [ListenConfig(transport="udp"), ListenConfig(transport="tcp")]
+    resolver: ResolverConfig = ResolverConfig()
+    cache: CacheConfig = CacheConfig()
+    identities: dict[str, IdentityConfig] = {}
+    unknown_clients: UnknownClientsConfig = UnknownClientsConfig()
+    policies: dict[str, PolicyConfig] = {}
+    local_zones: list[LocalZoneConfig] = []
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    # Where the file was read from: list files and zone files are relative to it.
+    base_dir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name, identity in self.identities.items():
+            for index, policy in enumerate(identity.policies):
+                if policy not in self.policies:
+                    raise _LocatedError(("identities", name, "policies", index), f"unknown policy {policy!r}")
+        unknown = self.unknown_clients
+        if unknown.action == "identity" and unknown.identity not in self.identities:
+            raise _LocatedError(("unknown_clients", "identity"), f"unknown identity {unknown.identity!r}")
+        return self
+
+
+class _LocatedError(ValueError):
+    """A cross-reference error that knows which key it belongs to (pydantic only knows the model)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc

@@ -1,0 +1,44 @@
+"""Resolvers: where answers come from once policy has allowed a question and the cache had none.
+
+Owns: the :class:`Resolver` contract, and its implementations — ``forward.py`` (Do53 upstreams with health
+tracking), ``local.py`` (local zones). Recursion and DNSSEC validation plug in behind the same contract.
+Client data touched: none — a resolver sees only the question, never who asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import dns.message
+import dns.name
+
+from ztdns.outcome import Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    name: dns.name.Name
+    rdtype: int
+    rdclass: int
+    dnssec_ok: bool = False  # the client set DO: fetch and keep RRSIGs
+    checking_disabled: bool = False  # the client set CD
+
+
+@dataclass(slots=True)
+class Resolution:
+    """An upstream answer, or why there is none.
+
+    ``response`` carries the upstream rcode and sections (any rcode, SERVFAIL included, is an answer);
+    it is None only when no upstream answered, with ``reason`` saying why (EDE 22 or 23).
+    """
+
+    response: dns.message.Message | None
+    reason: Reason | None = None
+    upstream: str | None = None  # "address:port" of the server that answered, for logs
+
+
+class Resolver(Protocol):
+    async def resolve(self, question: Question) -> Resolution: ...
+
+    async def close(self) -> None: ...
