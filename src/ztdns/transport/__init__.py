@@ -1,0 +1,22 @@
+"""Transports: thin adapters that move bytes between sockets and the pipeline, and say who is asking.
+
+Owns: listeners for UDP and TCP (RFC 7766) Do53, DoT, DoH and DoQ. A transport never parses DNS beyond framing;
+it builds a :class:`~ztdns.client.ClientInfo` (source address, verified certificate identity) and calls a
+:class:`Handler`. Client data touched: source address and certificate identity, passed on, never logged here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ztdns.client import ClientInfo
+
+
+class Handler(Protocol):
+    """What transports call. Implemented by :class:`ztdns.server.Frontend`."""
+
+    def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        """Answer synchronously from pre-rendered responses, or None to go the full way with ``handle``."""
+
+    async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        """Run the pipeline. Returns the response wire, or None when the query must be dropped silently."""
