@@ -22,6 +22,47 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ztdns.config import default_config
+    from ztdns.daemon import serve
+
+    try:
+        config = load_config(args.config) if args.config else default_config()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return serve(config, Path(args.config) if args.config else None)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from ztdns.explain import run
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(run(config, args.client, args.name, args.type))
+    return 0
+
+
+def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("serve", help="run the protective resolver")
+    parser.add_argument("--config", help="TOML configuration file (default: the built-in development config)")
+    parser.set_defaults(func=_serve)
+
+
+def _register_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("explain", help="show the decision and answer a client would get for a name")
+    parser.add_argument("--config", required=True, help="TOML configuration file")
+    parser.add_argument("--client", required=True, help="IP address, identity name or certificate identity")
+    parser.add_argument("name", help="the name to ask for")
+    parser.add_argument("type", nargs="?", default="A", help="record type (default A)")
+    parser.set_defaults(func=_explain)
+
+
 def _register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("check", help="validate a configuration file")
     parser.add_argument("--config", required=True, help="TOML configuration file")
@@ -30,7 +71,7 @@ def _register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _registrations() -> list[Register]:
     # Imported here so that `ztdns check` does not pay for loading the server, agent or signer.
-    return [_register_check]
+    return [_register_serve, _register_check, _register_explain]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The query pipeline: the stage contract, and the one place where the order of stages is declared.
 
-A stage is an async callable ``stage(ctx, call_next)``: it may answer (set ``ctx.response`` and return without
-calling ``call_next``), or pass the query on and look at the answer on the way back — as the cache does to store
+A stage is an async callable ``stage(ctx, call_next)``: it may answer (set ``ctx.response`` and return
+without calling ``call_next``), or pass the query on and look at the answer on the way back — as the cache does to store
 what the resolver fetched, and the chain check does to see CNAME targets. Stages know nothing of sockets:
 transports hand in bytes and a :class:`~ztdns.client.ClientInfo` and get bytes back.
 
@@ -18,8 +18,11 @@ from typing import Protocol
 
 import dns.message
 
+from ztdns.cache import CacheEntry
 from ztdns.client import ClientInfo
 from ztdns.outcome import Kind, Reason
+from ztdns.policy import Decision, View
+from ztdns.resolver import Question
 
 
 @dataclass(slots=True)
@@ -29,18 +32,26 @@ class QueryContext:
     client: ClientInfo
     wire: bytes
     started: float = field(default_factory=time.monotonic)
-    query: dns.message.Message | None = None
+    query: dns.message.Message | None = None  # set by the guard stage
+    question: Question | None = None  # set by the guard stage
     identity: str | None = None  # the identity name the client maps to
-    view: object | None = None  # the identity's compiled policy view (ztdns.policy.View)
+    identity_how: str | None = None  # why: "network 10.0.0.0/8", "certificate spiffe://…"
+    view: View | None = None  # the identity's compiled policies
     response: dns.message.Message | None = None
     kind: Kind | None = None
     reason: Reason | None = None  # EDE attached to the response
-    policy: str | None = None  # the policy that decided, if any
-    rule: str | None = None  # the rule that decided, as text ("deny:**.ads.example")
+    decision: Decision | None = None  # the policy decision that decided, if any
     upstream: str | None = None
-    wire_response: bytes | None = None  # set by the respond stage
-    # Pre-rendered response templates the fast path may reuse; set by the stage that knows it is safe.
-    cacheable_until: float = 0.0
+    drop: bool = False  # send nothing (responses, garbage without a header)
+    cache_hit: bool = False
+    # How long the rendered answer may be replayed by the fast path (time.monotonic() deadline), and whether
+    # replays must count TTLs down (cached upstream data) or keep them (synthesised and local answers).
+    replay_until: float = 0.0
+    replay_counts_down: bool = True
+    cache_entry: CacheEntry | None = None  # the cached data the answer was rendered from
+    replay_age: int = 0  # seconds the rendered TTLs were already counted down by
+    wire_response: bytes | None = None  # the bytes sent, set by the respond stage
+    full_wire_response: bytes | None = None  # the untruncated rendering, for the fast path
 
 
 Next = Callable[[QueryContext], Awaitable[None]]

@@ -1,6 +1,6 @@
-"""Configuration: typed models (model.py), loading with file:line:key errors (this module), positions (locate.py).
+"""Configuration: typed models (model.py), loading with file:line:key errors (here), positions (locate.py).
 
-``load_config(path)`` returns a validated :class:`Config` or raises :class:`ConfigError` whose message lines read
+``load_config(path)`` returns a validated :class:`Config` or raises :class:`ConfigError`, whose lines read
 ``examples/bad.toml:12: policies.web.allow[3]: '*.*.x' is not a valid pattern``.
 """
 

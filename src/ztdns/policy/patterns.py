@@ -2,7 +2,7 @@
 
     example.com        exactly that name
     *.example.com      exactly one label below example.com (not example.com, not a.b.example.com)
-    **.example.com     any depth below example.com (a.example.com, a.b.example.com; the apex only if listed too)
+    **.example.com     any depth below example.com (a.example.com, a.b.example.com; apex only if listed too)
     **                 every name
 
 A wildcard may only be the whole leftmost label, and only once: ``*.*.x``, ``a*.x``, ``x.*.y`` are invalid.
@@ -41,7 +41,7 @@ _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def normalise_name(text: str) -> str:
-    """Lower-case, strip one trailing dot, and check label syntax (LDH plus underscore, 1–63 octets, ≤ 253)."""
+    """Lower-case, strip one trailing dot, check label syntax (LDH plus underscore, 1–63 octets, ≤ 253)."""
     name = text.strip().lower()
     if name.endswith("."):
         name = name[:-1]

@@ -1,7 +1,7 @@
 """Transports: thin adapters that move bytes between sockets and the pipeline, and say who is asking.
 
-Owns: listeners for UDP and TCP (RFC 7766) Do53, DoT, DoH and DoQ. A transport never parses DNS beyond framing;
-it builds a :class:`~ztdns.client.ClientInfo` (source address, verified certificate identity) and calls a
+Owns: listeners for UDP and TCP (RFC 7766) Do53, DoT, DoH and DoQ. A transport never parses DNS beyond
+framing; it builds a :class:`~ztdns.client.ClientInfo` (source address, verified certificate identity) and calls a
 :class:`Handler`. Client data touched: source address and certificate identity, passed on, never logged here.
 """
 

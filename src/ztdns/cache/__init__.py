@@ -1,0 +1,186 @@
+"""The message cache: upstream answers kept by question, shared by every identity.
+
+Owns: positive and negative caching (RFC 2308) with TTL clamps, LRU eviction at ``max_entries``,
+serve-stale (RFC 8767) and the bookkeeping for prefetching popular entries before they expire. Policy is
+*not* cached here: identity-specific answers live in the fast path's replay table, which reloads drop.
+Config: ``[cache]``. Metrics: entries, hits, misses, stale answers, prefetches, evictions.
+Client data touched: none (keys are questions only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from ztdns.config.model import CacheConfig
+from ztdns.resolver import Question
+
+CacheKey = tuple[dns.name.Name, int, int, bool, bool]
+
+
+def cache_key(question: Question) -> CacheKey:
+    # dns.name.Name hashes and compares case-insensitively.
+    return (question.name, question.rdtype, question.rdclass, question.dnssec_ok, question.checking_disabled)
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    rcode: dns.rcode.Rcode
+    answer: list[dns.rrset.RRset]
+    authority: list[dns.rrset.RRset]
+    additional: list[dns.rrset.RRset]
+    authenticated: bool  # AD as received/validated
+    stored: float  # time.monotonic() when stored
+    ttl: int  # the smallest TTL of the entry after clamping: it is fresh until stored + ttl
+    hits: int = 0
+    prefetching: bool = False
+    chain: tuple[str, ...] = field(default=())  # CNAME/DNAME targets, lower-case, no trailing dot
+
+    @property
+    def expires(self) -> float:
+        return self.stored + self.ttl
+
+    def sections(self, age: int, stale_ttl: int | None = None) -> tuple[list[dns.rrset.RRset], ...]:
+        """Copies of the sections, TTLs decremented by ``age`` (or set to ``stale_ttl`` when serving stale)."""
+        out: list[list[dns.rrset.RRset]] = []
+        for section in (self.answer, self.authority, self.additional):
+            copies = []
+            for rrset in section:
+                copy = copy_rrset(rrset)
+                copy.ttl = stale_ttl if stale_ttl is not None else max(rrset.ttl - age, 0)
+                copies.append(copy)
+            out.append(copies)
+        return tuple(out)
+
+
+def copy_rrset(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
+    """A copy whose TTL can change without touching the original (dnspython's ``copy`` is untyped)."""
+    copy: dns.rrset.RRset = rrset.copy()  # type: ignore[no-untyped-call]
+    return copy
+
+
+def chain_targets(answer: list[dns.rrset.RRset]) -> tuple[str, ...]:
+    """Names a CNAME/DNAME chain in the answer leads to, in order (lower-case, no trailing dot)."""
+    targets = []
+    for rrset in answer:
+        if rrset.rdtype in (dns.rdatatype.CNAME, dns.rdatatype.DNAME):
+            for rdata in rrset:
+                targets.append(rdata.target.to_text(omit_final_dot=True).lower())
+    return tuple(targets)
+
+
+class MessageCache:
+    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.stale_answers = 0
+        self.evictions = 0
+        self.prefetches = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def reconfigure(self, config: CacheConfig) -> None:
+        self.config = config
+        self._trim()
+
+    def lookup(self, question: Question) -> tuple[CacheEntry | None, bool]:
+        """(entry, fresh). A stale entry is returned with fresh=False while it may still be served stale."""
+        key = cache_key(question)
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None, False
+        now = self.clock()
+        if now < entry.expires:
+            self._entries.move_to_end(key)
+            entry.hits += 1
+            self.hits += 1
+            return entry, True
+        self.misses += 1
+        if self.config.serve_stale and now < entry.expires + self.config.stale_max_age:
+            return entry, False
+        del self._entries[key]
+        return None, False
+
+    def store(self, question: Question, response: dns.message.Message) -> CacheEntry | None:
+        """Cache a NOERROR or NXDOMAIN answer; returns the entry, or None when it is not cacheable."""
+        if self.config.max_entries == 0:
+            return None
+        rcode = response.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or response.flags & dns.flags.TC:
+            return None
+        config = self.config
+        answer = [copy_rrset(rrset) for rrset in response.answer]
+        authority = [copy_rrset(rrset) for rrset in response.authority]
+        additional = [copy_rrset(rrset) for rrset in response.additional if rrset.rdtype != dns.rdatatype.OPT]
+        negative = rcode == dns.rcode.NXDOMAIN or not _answers_question(answer, question)
+        if negative:
+            soa = next((r for r in authority if r.rdtype == dns.rdatatype.SOA), None)
+            if soa is None:
+                return None  # RFC 2308 §5: without an SOA a negative answer is not cached
+            minimum = soa[0].minimum
+            ttl = min(soa.ttl, minimum, config.negative_max_ttl)
+            ttl = max(ttl, config.min_ttl)
+            for rrset in authority:
+                rrset.ttl = min(rrset.ttl, ttl)
+        else:
+            ttl = config.max_ttl
+            for section in (answer, authority, additional):
+                for rrset in section:
+                    rrset.ttl = min(max(rrset.ttl, config.min_ttl), config.max_ttl)
+                    ttl = min(ttl, rrset.ttl)
+        entry = CacheEntry(
+            rcode=rcode,
+            answer=answer,
+            authority=authority,
+            additional=additional,
+            authenticated=bool(response.flags & dns.flags.AD),
+            stored=self.clock(),
+            ttl=ttl,
+            chain=chain_targets(answer),
+        )
+        if ttl <= 0:
+            return entry  # usable for this answer only
+        key = cache_key(question)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        self._trim()
+        return entry
+
+    def due_for_prefetch(self, entry: CacheEntry) -> bool:
+        """Popular and in the last ``prefetch_window`` of its lifetime, and not already being refreshed."""
+        config = self.config
+        if not config.prefetch or entry.prefetching or entry.hits < config.prefetch_min_hits:
+            return False
+        return self.clock() >= entry.expires - entry.ttl * config.prefetch_window
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.config.max_entries:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _answers_question(answer: list[dns.rrset.RRset], question: Question) -> bool:
+    """True when the answer section holds data of the asked type (following the chain), i.e. not NODATA."""
+    if question.rdtype == dns.rdatatype.ANY:
+        return bool(answer)
+    return any(rrset.rdtype == question.rdtype for rrset in answer) or (
+        question.rdtype == dns.rdatatype.CNAME and bool(answer)
+    )

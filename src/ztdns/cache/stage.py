@@ -1,0 +1,83 @@
+"""The cache stage: answer from the message cache, store what the resolver fetched, serve stale on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import dns.message
+
+from ztdns.cache import CacheEntry, MessageCache
+from ztdns.outcome import EDE, Kind, Reason
+from ztdns.pipeline import Next, QueryContext
+from ztdns.resolver import Question, Resolver
+
+log = logging.getLogger(__name__)
+
+
+def render(
+    query: dns.message.Message, entry: CacheEntry, age: int, stale_ttl: int | None = None
+) -> dns.message.Message:
+    response = dns.message.make_response(query)
+    response.set_rcode(entry.rcode)
+    response.answer, response.authority, response.additional = entry.sections(age, stale_ttl)
+    return response
+
+
+class CacheStage:
+    name = "cache"
+
+    def __init__(self, cache: MessageCache, resolver: Resolver | None) -> None:
+        self.cache = cache
+        self.resolver = resolver
+        self._prefetches: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+        assert ctx.query is not None and ctx.question is not None
+        cache = self.cache
+        entry, fresh = cache.lookup(ctx.question)
+        if entry is not None and fresh:
+            age = int(cache.clock() - entry.stored)
+            ctx.response = render(ctx.query, entry, age)
+            ctx.kind = Kind.CACHED
+            ctx.cache_hit = True
+            ctx.cache_entry = entry
+            ctx.replay_until = entry.expires
+            ctx.replay_age = age
+            self.maybe_prefetch(ctx.question, entry)
+            return
+        await call_next(ctx)
+        if ctx.kind is Kind.RESOLVED and ctx.response is not None:
+            stored = cache.store(ctx.question, ctx.response)
+            if stored is not None:
+                ctx.cache_entry = stored
+                ctx.replay_until = stored.expires
+        elif ctx.kind is Kind.FAILED and entry is not None:
+            # RFC 8767: upstreams failed and we hold expired data — better an old answer than none.
+            cache.stale_answers += 1
+            ctx.response = render(ctx.query, entry, 0, stale_ttl=cache.config.stale_answer_ttl)
+            failure = ctx.reason.text if ctx.reason is not None else ""
+            ctx.reason = Reason(EDE.STALE_ANSWER, f"stale answer; {failure}" if failure else "stale answer")
+            ctx.kind = Kind.STALE
+            ctx.cache_hit = True
+            ctx.replay_until = 0.0
+
+    def maybe_prefetch(self, question: Question, entry: CacheEntry) -> None:
+        """Refresh a popular entry in the background before it expires, so hits never wait for upstream."""
+        if self.resolver is None or not self.cache.due_for_prefetch(entry):
+            return
+        entry.prefetching = True
+        task = asyncio.get_running_loop().create_task(self._prefetch(question, entry))
+        self._prefetches.add(task)
+        task.add_done_callback(self._prefetches.discard)
+
+    async def _prefetch(self, question: Question, entry: CacheEntry) -> None:
+        assert self.resolver is not None
+        try:
+            resolution = await self.resolver.resolve(question)
+            if resolution.response is not None and self.cache.store(question, resolution.response):
+                self.cache.prefetches += 1
+        except Exception:  # a failed refresh only means the next query after expiry goes upstream
+            log.exception("prefetch of %s failed", question.name)
+        finally:
+            entry.prefetching = False

@@ -1,0 +1,155 @@
+"""Running the server as a process: listeners, signals, the metrics endpoint, and worker processes.
+
+SIGHUP reloads the config file atomically (a broken file is logged and the old config keeps serving);
+SIGTERM/SIGINT stop accepting, let pending answers go out for up to ``server.drain_seconds``, and exit 0.
+With ``workers = N`` the parent forks N workers that share the listening ports with SO_REUSEPORT; worker i
+serves metrics on the metrics port + i.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from ztdns.config import Config, ConfigError, load_config
+from ztdns.observe.metrics import MetricsCollector
+from ztdns.server import Frontend
+from ztdns.transport.tcp import TcpServer
+from ztdns.transport.udp import UdpListener, start_udp
+
+log = logging.getLogger("ztdns")
+
+
+class Service:
+    def __init__(self, config: Config, config_path: Path | None, worker: int = 0, reuse_port: bool = False) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.worker = worker
+        self.reuse_port = reuse_port
+        self.frontend = Frontend(config)
+        self.udp: list[tuple[asyncio.DatagramTransport, UdpListener]] = []
+        self.tcp: list[TcpServer] = []
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> list[str]:
+        endpoints = []
+        for listen in self.config.listen:
+            if listen.transport == "udp":
+                self.udp.append(await start_udp(listen, self.frontend, self.reuse_port))
+            elif listen.transport == "tcp":
+                server = TcpServer(listen, self.frontend)
+                await server.start(self.reuse_port)
+                self.tcp.append(server)
+            else:
+                raise ConfigError([f"listen: transport {listen.transport!r} is not available in this build"])
+            endpoints.append(f"{listen.transport} {listen.address}")
+        if self.config.metrics.enabled:
+            host, port = self.config.metrics.hostport()
+            registry = CollectorRegistry()
+            registry.register(MetricsCollector(lambda: self.frontend.metrics))
+            start_http_server(port + self.worker, host, registry)
+            endpoints.append(f"metrics http://{host}:{port + self.worker}/metrics")
+        return endpoints
+
+    async def reload(self) -> None:
+        if self.config_path is None:
+            log.warning("SIGHUP: running the built-in default config; nothing to reload")
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            config = await loop.run_in_executor(None, load_config, self.config_path)
+            await self.frontend.reload(config)
+        except ConfigError as exc:
+            log.error("reload rejected, still serving the previous config:\n%s", exc)
+            return
+        except Exception:
+            log.exception("reload failed, still serving the previous config")
+            return
+        if [lst.model_dump() for lst in config.listen] != [lst.model_dump() for lst in self.config.listen]:
+            log.warning("reload: listener changes take effect on restart")
+        self.config = config
+        log.info("reloaded %s", self.config_path)
+
+    async def drain(self) -> None:
+        timeout = self.config.server.drain_seconds
+        for server in self.tcp:
+            server.stop_accepting()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = [task for _, listener in self.udp for task in listener.pending]
+        if pending:
+            await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0))
+        for server in self.tcp:
+            await server.drain(max(deadline - loop.time(), 0))
+        for transport, _ in self.udp:
+            transport.close()
+        await self.frontend.close()
+
+    async def run(self, banner: bool) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        endpoints = await self.start()
+        if banner:
+            source = str(self.config_path) if self.config_path else "<built-in default>"
+            print(f"ztdns: serving config {source}", file=sys.stderr)
+            for endpoint in endpoints:
+                print(f"ztdns: listening on {endpoint}", file=sys.stderr)
+            sys.stderr.flush()
+        await self.stopping.wait()
+        log.info("draining")
+        await self.drain()
+
+
+def _run_worker(config: Config, config_path: Path | None, worker: int, reuse_port: bool) -> None:
+    import uvloop
+
+    async def main() -> None:
+        await Service(config, config_path, worker, reuse_port).run(banner=worker == 0)
+
+    uvloop.run(main())
+
+
+def serve(config: Config, config_path: Path | None) -> int:
+    logging.basicConfig(
+        level=config.log.level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    workers = config.server.workers
+    if workers == 1:
+        _run_worker(config, config_path, 0, reuse_port=False)
+        return 0
+    children: list[int] = []
+    for worker in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _run_worker(config, config_path, worker, reuse_port=True)
+            except BaseException:
+                log.exception("worker %d failed", worker)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status

@@ -1,0 +1,90 @@
+"""``ztdns explain``: run one question through the real pipeline for a client and say why it got its answer."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import dns.edns
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from ztdns.client import ClientInfo, Transport
+from ztdns.config import Config
+from ztdns.outcome import EDE
+from ztdns.pipeline import QueryContext
+from ztdns.server import Frontend
+
+
+def client_for(config: Config, text: str) -> ClientInfo:
+    """CLIENT may be an IP address, a configured identity name, or a certificate identity (SPIFFE ID …)."""
+    try:
+        return ClientInfo(Transport.UDP, str(ipaddress.ip_address(text)), 0)
+    except ValueError:
+        pass
+    if text in config.identities:
+        identity = config.identities[text]
+        for network in identity.networks:
+            return ClientInfo(Transport.UDP, str(ipaddress.ip_network(network, strict=False).network_address), 0)
+        for pattern in identity.certificates:
+            return ClientInfo(Transport.DOT, "0.0.0.0", 0, certificate_identity=pattern.rstrip("*") + "explain")
+    return ClientInfo(Transport.DOT, "0.0.0.0", 0, certificate_identity=text)
+
+
+async def explain(config: Config, client_text: str, name: str, rdtype: str) -> str:
+    frontend = Frontend(
+        config.model_copy(
+            update={
+                "log": config.log.model_copy(
+                    update={"query_log": config.log.query_log.model_copy(update={"output": "off"})}
+                )
+            }
+        )
+    )
+    client = client_for(config, client_text)
+    query = dns.message.make_query(name, rdtype, use_edns=0)
+    ctx = QueryContext(client=client, wire=query.to_wire())
+    try:
+        assert frontend.runtime.handler is not None
+        await frontend.runtime.handler(ctx)
+    finally:
+        await frontend.close()
+    return _describe(client_text, ctx)
+
+
+def _describe(client_text: str, ctx: QueryContext) -> str:
+    lines = []
+    who = f"{ctx.identity} ({ctx.identity_how})" if ctx.identity else "none: unknown client"
+    lines.append(f"client:    {client_text} -> identity {who}")
+    if ctx.question is not None:
+        lines.append(
+            f"question:  {ctx.question.name} {dns.rdatatype.to_text(dns.rdatatype.RdataType.make(ctx.question.rdtype))}"
+        )
+    decision = ctx.decision
+    if decision is not None:
+        verdict = "allow" if decision.allowed and ctx.kind is not None and ctx.kind.value != "blocked" else "deny"
+        lines.append(f"decision:  {verdict}")
+        lines.append(f"policy:    {decision.policy}")
+        lines.append(f"rule:      {decision.rule}")
+        lines.append(f"list:      {decision.source or '-'}")
+    else:
+        lines.append("decision:  refuse (no identity)" if ctx.identity is None else "decision:  none")
+    lines.append(f"outcome:   {ctx.kind.value if ctx.kind else 'none'}")
+    if ctx.wire_response is None:
+        lines.append("response:  (none: dropped)")
+        return "\n".join(lines)
+    response = dns.message.from_wire(ctx.wire_response)
+    summary = dns.rcode.to_text(response.rcode())
+    for option in response.options:
+        if isinstance(option, dns.edns.EDEOption):
+            code = EDE(option.code).name if option.code in EDE._value2member_map_ else str(option.code)
+            summary += f", EDE {option.code} ({code})" + (f' "{option.text}"' if option.text else "")
+    lines.append(f"response:  {summary}")
+    lines.append("")
+    lines.append(response.to_text())
+    return "\n".join(lines)
+
+
+def run(config: Config, client_text: str, name: str, rdtype: str) -> str:
+    return asyncio.run(explain(config, client_text, name, rdtype))

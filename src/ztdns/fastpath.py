@@ -1,0 +1,88 @@
+"""Replays: answers the pipeline produced, re-sent byte-for-byte to the next identical question.
+
+A replay is keyed by identity and by the question as it appears on the wire (lower-cased name, type, class and
+the flags that change the answer). Serving one costs a hand parse of the header and question, two dict
+lookups, and slicing in the client's ID and question case — no dnspython objects. TTLs of cached data are
+counted down by patching the rendered bytes at most once a second. Replays never outlive what produced them:
+the cache entry's expiry, or a few minutes for synthesised answers; a reload drops them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ztdns.cache import CacheEntry
+from ztdns.protocol.respond import UDP_PAYLOAD
+from ztdns.resolver import Question
+from ztdns.wire import WireQuery, ttl_offsets
+
+
+@dataclass(slots=True)
+class Replay:
+    wire: bytes
+    expires: float  # time.monotonic() deadline
+    log_fragment: str
+    kind: str
+    rcode: str
+    # Counting TTLs down (cached data only): TTL fields, their values at age 0, the age ``wire`` shows.
+    offsets: list[tuple[int, int]] | None = None
+    stored: float = 0.0
+    age: int = 0
+    entry: CacheEntry | None = None
+    question: Question | None = None
+    prefetch_at: float = float("inf")
+
+    def current(self, now: float) -> bytes:
+        if self.offsets is None:
+            return self.wire
+        age = int(now - self.stored)
+        if age != self.age:
+            wire = bytearray(self.wire)
+            for offset, ttl in self.offsets:
+                wire[offset : offset + 4] = max(ttl - age, 0).to_bytes(4, "big")
+            self.wire = bytes(wire)
+            self.age = age
+        return self.wire
+
+
+def make_countdown(wire: bytes, rendered_age: int) -> list[tuple[int, int]]:
+    """TTL offsets of ``wire`` with the TTLs they had at age 0."""
+    return [(offset, ttl + rendered_age) for offset, ttl in ttl_offsets(wire)]
+
+
+class ReplayTable:
+    """Replays per identity (None: unknown clients). FIFO-bounded per identity."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.tables: dict[str | None, dict[bytes, Replay]] = {}
+
+    def get(self, identity: str | None, key: bytes) -> Replay | None:
+        table = self.tables.get(identity)
+        return None if table is None else table.get(key)
+
+    def put(self, identity: str | None, key: bytes, replay: Replay) -> None:
+        if self.limit <= 0:
+            return
+        table = self.tables.setdefault(identity, {})
+        if key not in table and len(table) >= self.limit:
+            del table[next(iter(table))]
+        table[key] = replay
+
+    def drop(self, identity: str | None, key: bytes) -> None:
+        table = self.tables.get(identity)
+        if table is not None:
+            table.pop(key, None)
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self.tables.values())
+
+
+def splice(query: bytes, parsed: WireQuery, answer: bytes) -> bytes:
+    """The answer with the client's ID and the client's spelling of the question name (0x20-safe)."""
+    end = parsed.name_end
+    return query[:2] + answer[2:12] + query[12:end] + answer[end:]
+
+
+def udp_fits(parsed: WireQuery, answer: bytes) -> bool:
+    return len(answer) <= min(parsed.max_size, UDP_PAYLOAD)

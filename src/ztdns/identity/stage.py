@@ -1,0 +1,40 @@
+"""The identify stage: the client becomes a named identity with a policy view — or is refused (EDE 18)."""
+
+from __future__ import annotations
+
+import time
+
+import dns.message
+import dns.rcode
+
+from ztdns.identity import IdentityMap
+from ztdns.outcome import EDE, Kind, Reason
+from ztdns.pipeline import Next, QueryContext
+from ztdns.policy import View
+
+REFUSAL_REPLAY_SECONDS = 300.0
+
+
+class IdentifyStage:
+    name = "identify"
+
+    def __init__(self, identities: IdentityMap, views: dict[str, View]) -> None:
+        self.identities = identities
+        self.views = views
+
+    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+        assert ctx.query is not None
+        match = self.identities.match(ctx.client)
+        if match is None:
+            response = dns.message.make_response(ctx.query)
+            response.set_rcode(dns.rcode.REFUSED)
+            ctx.response = response
+            ctx.kind = Kind.PROHIBITED
+            ctx.reason = Reason(EDE.PROHIBITED, "client is not a known identity")
+            ctx.replay_until = time.monotonic() + REFUSAL_REPLAY_SECONDS
+            ctx.replay_counts_down = False
+            return
+        ctx.identity = match.identity
+        ctx.identity_how = match.how
+        ctx.view = self.views[match.identity]
+        await call_next(ctx)

@@ -1,0 +1,63 @@
+"""Metrics: plain counters updated on the hot path, turned into Prometheus families only when scraped."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+# Latency buckets in seconds: sub-millisecond resolution where cache hits live.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.queries: dict[tuple[str, str, str], int] = {}  # (transport, kind, rcode) → count
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        # Filled by the server: callables reading live values at scrape time.
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.labelled: list[Callable[[], Iterator[CounterMetricFamily | GaugeMetricFamily]]] = []
+
+    def count(self, transport: str, kind: str, rcode: str, latency: float) -> None:
+        key = (transport, kind, rcode)
+        queries = self.queries
+        queries[key] = queries.get(key, 0) + 1
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+        self.latency_sum += latency
+
+
+class MetricsCollector(Collector):
+    def __init__(self, metrics: Callable[[], Metrics]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        metrics = self._metrics()
+        queries = CounterMetricFamily(
+            "ztdns_queries",
+            "Queries answered, by transport, kind of answer and rcode",
+            labels=["transport", "kind", "rcode"],
+        )
+        for (transport, kind, rcode), value in sorted(metrics.queries.items()):
+            queries.add_metric([transport, kind, rcode], value)
+        yield queries
+        buckets = []
+        cumulative = 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), metrics.latency_counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "ztdns_query_latency_seconds",
+            "Time from query received to answer ready",
+            buckets=buckets,
+            sum_value=metrics.latency_sum,
+        )
+        for name, (help_text, read) in metrics.gauges.items():
+            yield GaugeMetricFamily(name, help_text, value=read())
+        for name, (help_text, read) in metrics.counters.items():
+            yield CounterMetricFamily(name, help_text, value=read())
+        for families in metrics.labelled:
+            yield from families()

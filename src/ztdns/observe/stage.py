@@ -1,0 +1,126 @@
+"""The observe stage and the observer: every answered query becomes one log line and a metrics count."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import dns.rcode
+import dns.rdatatype
+
+from ztdns.observe.metrics import Metrics
+from ztdns.observe.querylog import Clock, QueryLog
+from ztdns.outcome import Kind
+from ztdns.pipeline import Next, QueryContext
+
+
+def _decision(ctx: QueryContext) -> str:
+    if ctx.kind is Kind.PROHIBITED:
+        return "refuse"
+    if ctx.decision is None:
+        return "none"
+    return "allow" if ctx.decision.allowed and ctx.kind is not Kind.BLOCKED else "deny"
+
+
+def _answers(ctx: QueryContext) -> list[str]:
+    if ctx.response is None:
+        return []
+    return [
+        rdata.to_text()
+        for rrset in ctx.response.answer
+        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
+        for rdata in rrset
+    ]
+
+
+def _rcode(ctx: QueryContext) -> str:
+    wire = ctx.wire_response
+    if wire is not None and len(wire) >= 4:
+        return dns.rcode.to_text(dns.rcode.Rcode.make(wire[3] & 0xF))
+    return "DROPPED"
+
+
+class Observer:
+    """Builds query log lines and counts metrics, for pipeline runs and fast-path replays alike."""
+
+    def __init__(self, metrics: Metrics, querylog: QueryLog | None) -> None:
+        self.metrics = metrics
+        self.querylog = querylog
+        self.clock = Clock()
+
+    def record(self, ctx: QueryContext) -> None:
+        latency = time.monotonic() - ctx.started
+        kind = (ctx.kind or Kind.FAILED).value
+        rcode = _rcode(ctx)
+        self.metrics.count(ctx.client.transport.value, kind, rcode, latency)
+        if self.querylog is None:
+            return
+        question = ctx.question
+        qname = question.name.to_text().lower() if question else None
+        qtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(question.rdtype)) if question else None
+        head = json.dumps(
+            {"time": self.clock.now(), "transport": ctx.client.transport.value, "client": ctx.client.address}
+        )
+        body = json.dumps(
+            {
+                "identity": ctx.identity,
+                "qname": qname,
+                "qtype": qtype,
+                "decision": _decision(ctx),
+                "kind": kind,
+                "policy": ctx.decision.policy if ctx.decision else None,
+                "rule": ctx.decision.rule if ctx.decision else None,
+                "rcode": rcode,
+                "ede": int(ctx.reason.ede) if ctx.reason else None,
+                "answers": _answers(ctx),
+                "cache_hit": ctx.cache_hit,
+                "upstream": ctx.upstream,
+                "latency_ms": round(latency * 1000, 3),
+            }
+        )
+        self.querylog.write(head[:-1] + ", " + body[1:])
+
+    def replay_fragment(self, ctx: QueryContext) -> tuple[str, str, str]:
+        """(log fragment, kind, rcode) for fast-path replays of this answer: all fields that do not change."""
+        kind = Kind.CACHED if ctx.kind in (Kind.RESOLVED, Kind.CACHED) else (ctx.kind or Kind.FAILED)
+        question = ctx.question
+        fragment = json.dumps(
+            {
+                "identity": ctx.identity,
+                "qname": question.name.to_text().lower() if question else None,
+                "qtype": dns.rdatatype.to_text(dns.rdatatype.RdataType.make(question.rdtype)) if question else None,
+                "decision": _decision(ctx),
+                "kind": kind.value,
+                "policy": ctx.decision.policy if ctx.decision else None,
+                "rule": ctx.decision.rule if ctx.decision else None,
+                "rcode": _rcode(ctx),
+                "ede": int(ctx.reason.ede) if ctx.reason else None,
+                "answers": _answers(ctx),
+                "cache_hit": kind is Kind.CACHED,
+                "upstream": None,
+            }
+        )
+        return fragment[1:-1], kind.value, _rcode(ctx)
+
+    def record_replay(self, transport: str, address: str, fragment: str, kind: str, rcode: str, latency: float) -> None:
+        self.metrics.count(transport, kind, rcode, latency)
+        if self.querylog is not None:
+            self.querylog.write(
+                f'{{"time": "{self.clock.now()}", "transport": "{transport}", "client": {json.dumps(address)}, '
+                f'{fragment}, "latency_ms": {latency * 1000:.3f}}}'
+            )
+
+
+class ObserveStage:
+    """Outermost stage, so it sees the final outcome of every query — including dropped ones."""
+
+    name = "observe"
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+
+    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+        try:
+            await call_next(ctx)
+        finally:
+            self.observer.record(ctx)

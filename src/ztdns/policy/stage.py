@@ -1,0 +1,124 @@
+"""Policy stages: decide on the question, then on every name the answer's CNAME/DNAME chain leads to.
+
+Blocked answers are synthesised here: NXDOMAIN with an SOA by default (REFUSED breaks some stub resolvers),
+NODATA or REFUSED per policy, always with EDE 15 (Blocked) whose EXTRA-TEXT names the policy and rule unless
+the policy turns the text off.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from ztdns.outcome import EDE, Kind, Reason
+from ztdns.pipeline import Next, QueryContext
+from ztdns.policy import Decision
+
+# TTL of synthesised blocked answers and of their SOA (the negative-caching TTL clients apply).
+BLOCKED_TTL = 60
+# How long the fast path may replay a synthesised answer; reloads drop replays anyway.
+SYNTHESISED_REPLAY_SECONDS = 300.0
+
+# Browsers (Firefox) check this canary before switching to their own DoH: NXDOMAIN keeps them on us.
+_CANARY = dns.name.from_text("use-application-dns.net.")
+
+
+def blocked_response(query: dns.message.Message, decision: Decision) -> dns.message.Message:
+    response = dns.message.make_response(query)
+    qname = query.question[0].name
+    if decision.blocked_response == "refused":
+        response.set_rcode(dns.rcode.REFUSED)
+        return response
+    if decision.blocked_response == "nxdomain":
+        response.set_rcode(dns.rcode.NXDOMAIN)
+    response.authority.append(_synthetic_soa(qname))
+    return response
+
+
+def _synthetic_soa(owner: dns.name.Name) -> dns.rrset.RRset:
+    return dns.rrset.from_text(
+        owner,
+        BLOCKED_TTL,
+        dns.rdataclass.IN,
+        dns.rdatatype.SOA,
+        f"blocked.ztdns. hostmaster.blocked.ztdns. 1 3600 600 86400 {BLOCKED_TTL}",
+    )
+
+
+def _block(ctx: QueryContext, decision: Decision) -> None:
+    assert ctx.query is not None
+    ctx.response = blocked_response(ctx.query, decision)
+    ctx.kind = Kind.BLOCKED
+    ctx.decision = decision
+    ctx.reason = Reason(EDE.BLOCKED, decision.ede_text() if decision.include_rule_text else "")
+    ctx.replay_until = time.monotonic() + SYNTHESISED_REPLAY_SECONDS
+    ctx.replay_counts_down = False
+
+
+def _name_key(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True).lower() if name != dns.name.root else ""
+
+
+class SpecialNamesStage:
+    """Names with fixed answers that no policy can change."""
+
+    name = "special"
+
+    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+        assert ctx.query is not None and ctx.question is not None
+        if ctx.question.name == _CANARY:
+            response = dns.message.make_response(ctx.query)
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            response.authority.append(_synthetic_soa(_CANARY))
+            ctx.response = response
+            ctx.kind = Kind.SPECIAL
+            ctx.replay_until = time.monotonic() + SYNTHESISED_REPLAY_SECONDS
+            ctx.replay_counts_down = False
+            return
+        await call_next(ctx)
+
+
+class PolicyStage:
+    """Default deny: the question's name must be allowed by the client's policies."""
+
+    name = "policy"
+
+    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+        assert ctx.question is not None and ctx.view is not None
+        decision = ctx.view.decide(_name_key(ctx.question.name), ctx.question.rdtype)
+        ctx.decision = decision
+        if not decision.allowed:
+            _block(ctx, decision)
+            return
+        await call_next(ctx)
+
+
+class ChainCheckStage:
+    """An allowed name must not lead into a disallowed one: every CNAME/DNAME target is decided too.
+
+    It sits before local zones and the cache so that it sees their answers as well as fresh ones.
+    """
+
+    name = "chain"
+
+    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+        await call_next(ctx)
+        response = ctx.response
+        if response is None or ctx.view is None or ctx.question is None:
+            return
+        view = ctx.view
+        rdtype = ctx.question.rdtype
+        for rrset in response.answer:
+            if rrset.rdtype not in (dns.rdatatype.CNAME, dns.rdatatype.DNAME):
+                continue
+            for rdata in rrset:
+                decision = view.decide(_name_key(rdata.target), rdtype)
+                if not decision.allowed:
+                    _block(ctx, decision)
+                    return

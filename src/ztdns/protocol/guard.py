@@ -1,0 +1,66 @@
+"""The guard stage: only well-formed standard queries of class IN go further."""
+
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+from ztdns.outcome import Kind
+from ztdns.pipeline import Next, QueryContext
+from ztdns.protocol.respond import header_only_response
+from ztdns.resolver import Question
+
+# Meta and transfer types a resolver does not answer (RFC 6895 §3.1); ANY is answered per RFC 8482 later.
+_REFUSED_TYPES = frozenset(
+    {dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.MAILA, dns.rdatatype.MAILB, dns.rdatatype.OPT}
+)
+
+
+class GuardStage:
+    name = "guard"
+
+    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+        wire = ctx.wire
+        if len(wire) < 12 or wire[2] & 0x80:  # no header to answer to, or a response: never answer those
+            ctx.drop = True
+            ctx.kind = Kind.INVALID
+            return
+        try:
+            query = dns.message.from_wire(wire)
+        except Exception:  # any parse failure of untrusted bytes is the client's error, never ours
+            ctx.kind = Kind.INVALID
+            ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
+            return
+        if query.opcode() != dns.opcode.QUERY:
+            ctx.kind = Kind.INVALID
+            ctx.wire_response = header_only_response(wire, dns.rcode.NOTIMP)
+            return
+        if len(query.question) != 1:
+            ctx.kind = Kind.INVALID
+            ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
+            return
+        ctx.query = query
+        response = dns.message.make_response(query)
+        if query.edns > 0:
+            ctx.kind = Kind.INVALID
+            response.set_rcode(dns.rcode.BADVERS)
+            ctx.response = response
+            return
+        question = query.question[0]
+        if question.rdclass != dns.rdataclass.IN or question.rdtype in _REFUSED_TYPES:
+            ctx.kind = Kind.INVALID
+            response.set_rcode(dns.rcode.REFUSED)
+            ctx.response = response
+            return
+        ctx.question = Question(
+            name=question.name,
+            rdtype=question.rdtype,
+            rdclass=question.rdclass,
+            dnssec_ok=bool(query.ednsflags & dns.flags.DO),
+            checking_disabled=bool(query.flags & dns.flags.CD),
+        )
+        await call_next(ctx)

@@ -1,0 +1,122 @@
+"""Local zones: small zones answered from memory (the built-in ``ztdns.test.``, site-local names).
+
+Answers carry AA. A name that exists with other types gets NODATA, a name that does not exist NXDOMAIN, both
+with the zone's SOA; CNAMEs are followed while they stay inside local zones. Full authoritative serving
+(wildcards, delegations, DNSSEC) is the ``authority`` capability's job.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.node
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.zone
+
+from ztdns.config import ConfigError
+from ztdns.config.model import LocalZoneConfig
+from ztdns.outcome import Kind
+from ztdns.pipeline import Next, QueryContext
+
+# Local data changes only on reload, which drops fast-path replays.
+LOCAL_REPLAY_SECONDS = 300.0
+_MAX_CHAIN = 8
+
+
+def load_zone(config: LocalZoneConfig, base_dir: Path, index: int) -> dns.zone.Zone:
+    origin = dns.name.from_text(config.name or ".")
+    where = f"local_zones[{index}]"
+    try:
+        if config.file is not None:
+            path = base_dir / config.file
+            return dns.zone.from_file(str(path), origin=origin, relativize=False, check_origin=True)
+        return dns.zone.from_text("\n".join(config.records), origin=origin, relativize=False, check_origin=True)
+    except (OSError, dns.exception.DNSException) as exc:
+        raise ConfigError([f"{where} ({config.name}): {exc}"]) from None
+
+
+class LocalZones:
+    def __init__(self, zones: list[dns.zone.Zone]) -> None:
+        # Longest origin first, so the most specific zone answers.
+        self._zones = sorted(zones, key=lambda zone: len(zone.origin), reverse=True)  # type: ignore[arg-type]
+
+    def find(self, name: dns.name.Name) -> dns.zone.Zone | None:
+        for zone in self._zones:
+            assert zone.origin is not None
+            if name.is_subdomain(zone.origin):
+                return zone
+        return None
+
+    def answer(self, query: dns.message.Message) -> dns.message.Message | None:
+        """An authoritative answer from local data, or None when no local zone holds the name."""
+        question = query.question[0]
+        zone = self.find(question.name)
+        if zone is None:
+            return None
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        name = question.name
+        for _ in range(_MAX_CHAIN):
+            node = zone.get_node(name)
+            if node is None:
+                if not _has_descendants(zone, name):
+                    response.set_rcode(dns.rcode.NXDOMAIN)
+                return _with_soa(response, zone)
+            data = node.get_rdataset(dns.rdataclass.IN, question.rdtype)
+            if data is not None:
+                response.answer.append(_rrset(name, data))
+                return response
+            cname = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
+            if cname is None:
+                return _with_soa(response, zone)
+            response.answer.append(_rrset(name, cname))
+            name = cname[0].target
+            next_zone = self.find(name)
+            if next_zone is None:
+                return response  # the chain leaves local data: the client follows it
+            zone = next_zone
+        return response
+
+
+def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
+    return dns.rrset.from_rdata_list(name, rdataset.ttl, list(rdataset))
+
+
+def _has_descendants(zone: dns.zone.Zone, name: dns.name.Name) -> bool:
+    return any(owner != name and owner.is_subdomain(name) for owner in zone.nodes)
+
+
+def _with_soa(response: dns.message.Message, zone: dns.zone.Zone) -> dns.message.Message:
+    assert zone.origin is not None
+    soa = zone.get_rdataset(zone.origin, dns.rdatatype.SOA)
+    if soa is not None:
+        rrset = _rrset(zone.origin, soa)
+        rrset.ttl = min(soa.ttl, soa[0].minimum)
+        response.authority.append(rrset)
+    return response
+
+
+class LocalZoneStage:
+    name = "local"
+
+    def __init__(self, zones: LocalZones) -> None:
+        self.zones = zones
+
+    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+        assert ctx.query is not None
+        response = self.zones.answer(ctx.query)
+        if response is None:
+            await call_next(ctx)
+            return
+        ctx.response = response
+        ctx.kind = Kind.LOCAL
+        ctx.replay_until = time.monotonic() + LOCAL_REPLAY_SECONDS
+        ctx.replay_counts_down = False

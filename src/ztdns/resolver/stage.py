@@ -1,0 +1,51 @@
+"""The resolve stage: ask the configured resolver (forwarder, recursion) for what nothing else answered."""
+
+from __future__ import annotations
+
+import time
+
+import dns.message
+import dns.rcode
+
+from ztdns.cache import copy_rrset
+from ztdns.outcome import EDE, Kind, Reason
+from ztdns.pipeline import Next, QueryContext
+from ztdns.resolver import Resolver
+
+
+def copy_answer(query: dns.message.Message, upstream: dns.message.Message) -> dns.message.Message:
+    """The client's response carrying the upstream's rcode and sections (never its header or OPT)."""
+    response = dns.message.make_response(query)
+    response.set_rcode(upstream.rcode())
+    response.answer = [copy_rrset(rrset) for rrset in upstream.answer]
+    response.authority = [copy_rrset(rrset) for rrset in upstream.authority]
+    response.additional = [copy_rrset(rrset) for rrset in upstream.additional]
+    return response
+
+
+class ResolveStage:
+    name = "resolve"
+
+    def __init__(self, resolver: Resolver | None) -> None:
+        self.resolver = resolver
+
+    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+        assert ctx.query is not None and ctx.question is not None
+        if self.resolver is None:
+            response = dns.message.make_response(ctx.query)
+            response.set_rcode(dns.rcode.REFUSED)
+            ctx.response = response
+            ctx.kind = Kind.FAILED
+            ctx.reason = Reason(EDE.NOT_AUTHORITATIVE, "no upstream configured (resolver.mode = none)")
+            return
+        resolution = await self.resolver.resolve(ctx.question)
+        ctx.upstream = resolution.upstream
+        if resolution.response is None:
+            ctx.kind = Kind.FAILED
+            ctx.reason = resolution.reason or Reason(EDE.NO_REACHABLE_AUTHORITY)
+            return
+        ctx.response = copy_answer(ctx.query, resolution.response)
+        ctx.kind = Kind.RESOLVED
+        if resolution.response.rcode() == dns.rcode.SERVFAIL:
+            ctx.kind = Kind.FAILED
+        ctx.replay_until = time.monotonic()  # the cache stage extends it when it stores the answer

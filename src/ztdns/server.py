@@ -1,0 +1,253 @@
+"""The server: compiles a config into a runtime, serves it on listeners, reloads it, drains on exit.
+
+The runtime (identities, policy views, local zones, the stage chain, replays) is rebuilt from scratch on
+reload and swapped in one assignment, so a query sees either the old config or the new one, never a mix.
+The message cache, the resolver and the metrics survive reloads; replays do not (decisions may differ).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from ztdns.cache import MessageCache
+from ztdns.cache.stage import CacheStage
+from ztdns.client import ClientInfo
+from ztdns.config import Config
+from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_fits
+from ztdns.identity import IdentityMap
+from ztdns.identity.stage import IdentifyStage
+from ztdns.observe.metrics import Metrics
+from ztdns.observe.querylog import QueryLog
+from ztdns.observe.stage import Observer, ObserveStage
+from ztdns.outcome import Kind
+from ztdns.pipeline import Next, QueryContext, Stage, chain
+from ztdns.policy import compile_views
+from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
+from ztdns.protocol.any import MinimalAnyStage
+from ztdns.protocol.guard import GuardStage
+from ztdns.protocol.respond import RespondStage, header_only_response
+from ztdns.resolver import Resolver
+from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
+from ztdns.resolver.stage import ResolveStage
+from ztdns.wire import parse_query
+
+log = logging.getLogger("ztdns")
+
+# Answers the fast path may replay. Stale answers and failures are never replayed: the next query should
+# try upstream again.
+_REPLAYABLE = frozenset({Kind.RESOLVED, Kind.CACHED, Kind.LOCAL, Kind.BLOCKED, Kind.PROHIBITED, Kind.SPECIAL})
+
+
+def build_stages(runtime: Runtime, cache_stage: CacheStage, resolve_stage: ResolveStage) -> list[Stage]:
+    """The one ordered list of stages. Order is security-relevant; each position says why."""
+    return [
+        # Outermost: sees every query's final outcome (dropped and failed ones too) — the only exit of client data.
+        ObserveStage(runtime.observer),
+        # Renders whatever the inner stages decided, so EDNS/TC/EDE rules apply to every answer alike.
+        RespondStage(),
+        # Malformed queries and responses never reach anything that interprets names.
+        GuardStage(),
+        # Identity comes only from the connection (address, verified certificate), never from the message;
+        # unknown clients stop here with EDE 18 before any name is looked at.
+        IdentifyStage(runtime.identities, runtime.views),
+        # Fixed answers no policy can override (the browser DoH canary).
+        SpecialNamesStage(),
+        # Default deny on the question itself, before anything is looked up anywhere.
+        PolicyStage(),
+        # ANY is answered minimally, after policy so a denied name's answer does not differ.
+        MinimalAnyStage(),
+        # Wraps everything that produces data (local, cache, resolver): every CNAME/DNAME target is decided.
+        ChainCheckStage(),
+        # Local zones before the cache: local data is authoritative and never cached from upstream.
+        LocalZoneStage(runtime.local_zones),
+        # The cache before the resolver; it stores on the way back and serves stale when the resolver fails.
+        cache_stage,
+        resolve_stage,
+    ]
+
+
+@dataclass
+class Runtime:
+    """Everything derived from one config version."""
+
+    config: Config
+    identities: IdentityMap
+    views: dict[str, object]
+    local_zones: LocalZones
+    observer: Observer
+    replays: ReplayTable
+    handler: Next | None = None
+
+
+def compile_runtime(config: Config, observer: Observer) -> Runtime:
+    zones = [load_zone(zone, config.base_dir, index) for index, zone in enumerate(config.local_zones)]
+    return Runtime(
+        config=config,
+        identities=IdentityMap(config),
+        views=dict(compile_views(config)),
+        local_zones=LocalZones(zones),
+        observer=observer,
+        replays=ReplayTable(config.cache.max_entries),
+    )
+
+
+def make_resolver(config: Config) -> Resolver | None:
+    if config.resolver.mode == "none":
+        return None
+    from ztdns.resolver.forward import Forwarder
+
+    return Forwarder(config.resolver)
+
+
+class Frontend:
+    """The :class:`~ztdns.transport.Handler` every transport calls: replays first, then the pipeline."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+        self.cache = MessageCache(config.cache)
+        self.resolver = make_resolver(config)
+        self.querylog = _make_querylog(config)
+        self.inflight = 0
+        self.runtime = self._compile(config)
+        self._register_metrics()
+
+    def _compile(self, config: Config) -> Runtime:
+        runtime = compile_runtime(config, Observer(self.metrics, self.querylog))
+        self.cache_stage = CacheStage(self.cache, self.resolver)
+        runtime.handler = chain(build_stages(runtime, self.cache_stage, ResolveStage(self.resolver)))
+        return runtime
+
+    async def reload(self, config: Config) -> None:
+        """Swap in a new config. Raises (keeping the old runtime) if the new one cannot be compiled."""
+        old = self.runtime.config
+        new_querylog = _make_querylog(config) if config.log != old.log else self.querylog
+        new_resolver = make_resolver(config) if config.resolver != old.resolver else self.resolver
+        old_resolver, old_querylog = self.resolver, self.querylog
+        self.resolver, self.querylog = new_resolver, new_querylog
+        try:
+            runtime = self._compile(config)
+        except Exception:
+            self.resolver, self.querylog = old_resolver, old_querylog
+            if new_resolver is not old_resolver and new_resolver is not None:
+                await new_resolver.close()
+            if new_querylog is not old_querylog and new_querylog is not None:
+                new_querylog.close()
+            raise
+        self.cache.reconfigure(config.cache)
+        self.runtime = runtime
+        if old_resolver is not new_resolver and old_resolver is not None:
+            await old_resolver.close()
+        if old_querylog is not new_querylog and old_querylog is not None:
+            old_querylog.close()
+
+    def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        parsed = parse_query(wire)
+        if parsed is None:
+            return None
+        runtime = self.runtime
+        match = runtime.identities.match(client)
+        identity = None if match is None else match.identity
+        replay = runtime.replays.get(identity, parsed.key)
+        if replay is None:
+            return None
+        now = time.monotonic()
+        if now >= replay.expires:
+            runtime.replays.drop(identity, parsed.key)
+            return None
+        answer = replay.current(now)
+        if not client.stream and not udp_fits(parsed, answer):
+            return None
+        entry = replay.entry
+        if entry is not None:
+            entry.hits += 1
+            self.cache.hits += 1
+            if now >= replay.prefetch_at and not entry.prefetching and replay.question is not None:
+                self.cache_stage.maybe_prefetch(replay.question, entry)
+        response = splice(wire, parsed, answer)
+        runtime.observer.record_replay(
+            client.transport.value,
+            client.address,
+            replay.log_fragment,
+            replay.kind,
+            replay.rcode,
+            time.monotonic() - now,
+        )
+        return response
+
+    async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        runtime = self.runtime
+        ctx = QueryContext(client=client, wire=wire)
+        self.inflight += 1
+        try:
+            assert runtime.handler is not None
+            await runtime.handler(ctx)
+        except Exception:
+            log.exception("query from %s failed inside the pipeline", client.address)
+            return header_only_response(wire, 2) if len(wire) >= 12 and not wire[2] & 0x80 else None
+        finally:
+            self.inflight -= 1
+        if ctx.drop:
+            return None
+        if ctx.kind in _REPLAYABLE and ctx.full_wire_response is not None and ctx.replay_until > ctx.started:
+            self._remember(runtime, ctx)
+        return ctx.wire_response
+
+    def _remember(self, runtime: Runtime, ctx: QueryContext) -> None:
+        parsed = parse_query(ctx.wire)
+        full = ctx.full_wire_response
+        if parsed is None or full is None:
+            return
+        fragment, kind, rcode = runtime.observer.replay_fragment(ctx)
+        replay = Replay(wire=full, expires=ctx.replay_until, log_fragment=fragment, kind=kind, rcode=rcode)
+        entry = ctx.cache_entry
+        if ctx.replay_counts_down and entry is not None:
+            replay.offsets = make_countdown(full, ctx.replay_age)
+            replay.stored = entry.stored
+            replay.age = ctx.replay_age
+            replay.entry = entry
+            replay.question = ctx.question
+            cache_config = self.cache.config
+            if cache_config.prefetch:
+                replay.prefetch_at = entry.expires - entry.ttl * cache_config.prefetch_window
+        runtime.replays.put(ctx.identity, parsed.key, replay)
+
+    def _register_metrics(self) -> None:
+        gauges = self.metrics.gauges
+        gauges["ztdns_cache_entries"] = ("Entries in the message cache", lambda: float(len(self.cache)))
+        gauges["ztdns_replay_entries"] = (
+            "Pre-rendered answers held",
+            lambda: float(len(self.runtime.replays)),
+        )
+        gauges["ztdns_inflight_queries"] = ("Queries in the pipeline now", lambda: float(self.inflight))
+        counters = self.metrics.counters
+        counters["ztdns_cache_hits"] = ("Cache hits (incl. replays)", lambda: float(self.cache.hits))
+        counters["ztdns_cache_misses"] = ("Cache misses", lambda: float(self.cache.misses))
+        counters["ztdns_cache_stale_answers"] = (
+            "Stale answers served (RFC 8767)",
+            lambda: float(self.cache.stale_answers),
+        )
+        counters["ztdns_cache_prefetches"] = (
+            "Entries refreshed before expiry",
+            lambda: float(self.cache.prefetches),
+        )
+        counters["ztdns_cache_evictions"] = ("Entries evicted by size", lambda: float(self.cache.evictions))
+        counters["ztdns_querylog_dropped"] = (
+            "Query log lines dropped because the writer fell behind",
+            lambda: float(self.querylog.dropped if self.querylog else 0),
+        )
+
+    async def close(self) -> None:
+        if self.resolver is not None:
+            await self.resolver.close()
+        if self.querylog is not None:
+            self.querylog.close()
+
+
+def _make_querylog(config: Config) -> QueryLog | None:
+    output = config.log.query_log.output
+    if output == "off":
+        return None
+    path = output if output == "stdout" else str(config.base_dir / output)
+    return QueryLog(path, config.log.query_log.queue)

@@ -1,0 +1,133 @@
+"""Do53 over TCP (RFC 7766): length-prefixed messages, pipelined, answered out of order as they complete.
+
+Each connection has an idle timeout (closed when nothing arrives and nothing is pending), a bound on queries
+in flight (reading pauses above it), and the listener bounds the number of connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from ztdns.client import ClientInfo, Transport
+from ztdns.config.model import ListenConfig
+from ztdns.transport import Handler
+
+log = logging.getLogger(__name__)
+
+
+class TcpConnection(asyncio.Protocol):
+    def __init__(self, server: TcpServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.client: ClientInfo | None = None
+        self.buffer = bytearray()
+        self.pending: set[asyncio.Task[None]] = set()
+        self.paused = False
+        self.idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if len(self.server.connections) >= self.server.config.max_connections:
+            transport.abort()
+            self.server.refused += 1
+            return
+        self.server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client = ClientInfo(Transport.TCP, peer[0], peer[1], stream=True)
+        self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(self.server.config.idle_timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        if self.pending:
+            self._arm_idle()
+            return
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None and self.client is not None
+        self.buffer += data
+        self._arm_idle()
+        buffer = self.buffer
+        handler = self.server.handler
+        while len(buffer) >= 2:
+            size = buffer[0] << 8 | buffer[1]
+            if size == 0:  # a zero-length message cannot be DNS: the stream is out of sync
+                self.transport.abort()
+                return
+            if len(buffer) < 2 + size:
+                break
+            wire = bytes(buffer[2 : 2 + size])
+            del buffer[: 2 + size]
+            answer = handler.fast(wire, self.client)
+            if answer is not None:
+                self._send(answer)
+                continue
+            task = asyncio.get_running_loop().create_task(self._answer(wire))
+            self.pending.add(task)
+            task.add_done_callback(self._done)
+            if len(self.pending) >= self.server.config.max_pipelined and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+
+    async def _answer(self, wire: bytes) -> None:
+        assert self.client is not None
+        answer = await self.server.handler.handle(wire, self.client)
+        if answer is not None:
+            self._send(answer)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.pending.discard(task)
+        if self.paused and len(self.pending) < self.server.config.max_pipelined and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _send(self, answer: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(len(answer).to_bytes(2, "big") + answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self.idle is not None:
+            self.idle.cancel()
+        for task in self.pending:
+            task.cancel()
+        self.transport = None
+
+
+class TcpServer:
+    def __init__(self, config: ListenConfig, handler: Handler) -> None:
+        self.config = config
+        self.handler = handler
+        self.connections: set[TcpConnection] = set()
+        self.refused = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self, reuse_port: bool) -> None:
+        host, port = self.config.hostport()
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: TcpConnection(self), host, port, reuse_port=reuse_port or None, backlog=1024
+        )
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Let pending answers go out, then close every connection."""
+        pending = [task for connection in self.connections for task in connection.pending]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()

@@ -1,0 +1,107 @@
+"""Hand-written DNS wire parsing for the hot path: header, question and OPT, without building objects.
+
+dnspython is the domain model everywhere else; here, on every query, we only need to know enough to find a
+pre-rendered answer: the question bytes, the flags that change the answer, and the client's EDNS payload size.
+Anything unusual returns None and the full pipeline (with dnspython) handles it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Variant bits: everything in a query other than the question that changes the bytes of the answer.
+VARIANT_RD = 1
+VARIANT_CD = 2
+VARIANT_EDNS = 4
+VARIANT_DO = 8
+
+_OPT = 41
+
+
+@dataclass(slots=True)
+class WireQuery:
+    """The parts of a plain query the fast path needs. Offsets are into the query wire."""
+
+    name_end: int  # offset just past the question name
+    question_end: int  # offset just past QTYPE/QCLASS
+    qtype: int
+    key: bytes  # lower-cased question + variant byte: the same for every query that gets the same answer
+    variant: int
+    max_size: int  # largest UDP response the client accepts
+
+
+def parse_query(wire: bytes) -> WireQuery | None:
+    """Parse a standard query with one question and at most an OPT record; None for anything else."""
+    length = len(wire)
+    # QR=0, OPCODE=0 (QUERY), QDCOUNT=1, ANCOUNT=0, NSCOUNT=0, ARCOUNT 0 or 1.
+    if length < 17 or wire[2] & 0xF8 or wire[4:10] != b"\x00\x01\x00\x00\x00\x00" or wire[10]:
+        return None
+    arcount = wire[11]
+    offset = 12
+    label = wire[offset]
+    while label:
+        if label > 63:  # compression in a question, or an extended label type: not for the fast path
+            return None
+        offset += label + 1
+        if offset >= length:
+            return None
+        label = wire[offset]
+    name_end = offset + 1
+    question_end = name_end + 4
+    if question_end > length:
+        return None
+    qtype = (wire[name_end] << 8) | wire[name_end + 1]
+    variant = (wire[2] & 1) | (VARIANT_CD if wire[3] & 0x10 else 0)
+    max_size = 512
+    if arcount == 0:
+        if question_end != length:
+            return None
+    elif arcount == 1:
+        # OPT: root owner (0), TYPE 41, CLASS = payload size, TTL = ext-rcode, version, DO|Z, RDLEN, options.
+        opt = question_end
+        if opt + 11 > length or wire[opt] or (wire[opt + 1] << 8 | wire[opt + 2]) != _OPT:
+            return None
+        if wire[opt + 6]:  # EDNS version other than 0: the full path answers BADVERS
+            return None
+        rdlen = wire[opt + 9] << 8 | wire[opt + 10]
+        if opt + 11 + rdlen != length:
+            return None
+        variant |= VARIANT_EDNS | (VARIANT_DO if wire[opt + 7] & 0x80 else 0)
+        max_size = max(512, wire[opt + 3] << 8 | wire[opt + 4])
+    else:
+        return None
+    key = wire[12:name_end].lower() + wire[name_end:question_end] + _VARIANT_BYTES[variant]
+    return WireQuery(name_end, question_end, qtype, key, variant, max_size)
+
+
+_VARIANT_BYTES = [bytes((v,)) for v in range(16)]
+
+
+def skip_name(wire: bytes, offset: int) -> int:
+    """Offset just past a (possibly compressed) name starting at ``offset``."""
+    while True:
+        label = wire[offset]
+        if label == 0:
+            return offset + 1
+        if label >= 0xC0:
+            return offset + 2
+        offset += label + 1
+
+
+def ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
+    """(offset, ttl) of every record's TTL in a response, except OPT (whose TTL field holds flags)."""
+    qdcount = wire[4] << 8 | wire[5]
+    rrcount = (wire[6] << 8 | wire[7]) + (wire[8] << 8 | wire[9]) + (wire[10] << 8 | wire[11])
+    offset = 12
+    for _ in range(qdcount):
+        offset = skip_name(wire, offset) + 4
+    found = []
+    for _ in range(rrcount):
+        offset = skip_name(wire, offset)
+        rrtype = wire[offset] << 8 | wire[offset + 1]
+        ttl_at = offset + 4
+        if rrtype != _OPT:
+            found.append((ttl_at, int.from_bytes(wire[ttl_at : ttl_at + 4], "big")))
+        rdlen = wire[offset + 8] << 8 | wire[offset + 9]
+        offset += 10 + rdlen
+    return found
