@@ -172,7 +172,7 @@ class IdentityConfig(Section):
     networks: list[str] = []
     # Certificate identities (SPIFFE IDs, DNS SANs, CNs): exact, or a prefix ending in '*'.
     certificates: list[str] = []
-    policies: list[str]
+    policies: Annotated[list[str], Field(min_length=1)]
 
     @field_validator("networks")
     @classmethod

@@ -2,8 +2,8 @@
 
     example.com        exactly that name
     *.example.com      exactly one label below example.com (not example.com, not a.b.example.com)
-    **.example.com     any depth below example.com (a.example.com, a.b.example.com; apex only if listed too)
-    **                 every name
+    **.example.com     any depth below example.com (a.example.com, a.b.example.com; the apex only if listed)
+    **                 every name (the root too)
 
 A wildcard may only be the whole leftmost label, and only once: ``*.*.x``, ``a*.x``, ``x.*.y`` are invalid.
 Names are case-insensitive and stored lower-case without the trailing dot (the root is the empty string).
@@ -12,6 +12,7 @@ Names are case-insensitive and stored lower-case without the trailing dot (the r
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 
@@ -27,17 +28,28 @@ class Pattern:
     base: str  # the name the pattern hangs from: lower-case, no trailing dot; "" is the root
 
     def __str__(self) -> str:
-        prefix = {Scope.EXACT: "", Scope.ONE_LABEL: "*.", Scope.ANY_DEPTH: "**."}[self.scope]
-        if self.scope is Scope.ANY_DEPTH and not self.base:
-            return "**"
-        return prefix + self.base
+        if not self.base:
+            return "**" if self.scope is Scope.ANY_DEPTH else "."
+        return _PREFIX[self.scope] + self.base
+
+
+_PREFIX = {Scope.EXACT: "", Scope.ONE_LABEL: "*.", Scope.ANY_DEPTH: "**."}
 
 
 class PatternError(ValueError):
     pass
 
 
-_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+# A lower-case name without the trailing dot: labels of letters, digits, '-' and '_', 1–63 octets each.
+# Exposed as regex source so that list parsing (ztdns.policy.lists) can embed it in its line patterns.
+NAME_REGEX = r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*"
+MAX_NAME_LENGTH = 253
+_is_name = re.compile(NAME_REGEX).fullmatch
+
+
+def is_normal_name(name: str) -> bool:
+    """Whether ``name`` is in normal form (lower-case, valid labels, no trailing dot) and not the root."""
+    return len(name) <= MAX_NAME_LENGTH and _is_name(name) is not None
 
 
 def normalise_name(text: str) -> str:
@@ -47,11 +59,10 @@ def normalise_name(text: str) -> str:
         name = name[:-1]
     if not name:
         return ""
-    if len(name) > 253:
-        raise PatternError(f"{text!r} is longer than 253 characters")
-    for label in name.split("."):
-        if not label or len(label) > 63 or not _LABEL_CHARS.issuperset(label):
-            raise PatternError(f"{text!r} is not a valid domain name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise PatternError(f"{text!r} is longer than {MAX_NAME_LENGTH} characters")
+    if _is_name(name) is None:
+        raise PatternError(f"{text!r} is not a valid domain name")
     return name
 
 
