@@ -57,9 +57,14 @@ case "$cmd" in
     test)
         setup
         export PATH="$venv/bin:$PATH"
-        echo "== ruff" && ruff check src tests bench && ruff format --check src tests bench
-        echo "== mypy --strict" && mypy
-        echo "== pytest" && exec pytest "$@"
+        # One command per line: under `set -e` a failure inside an && list would not stop the script.
+        echo "== ruff"
+        ruff check src tests bench
+        ruff format --check src tests bench
+        echo "== mypy --strict"
+        mypy
+        echo "== pytest"
+        exec pytest "$@"
         ;;
     *) echo "usage: scripts/dev.sh serve|test|setup [ARGS...]" >&2; exit 2 ;;
 esac

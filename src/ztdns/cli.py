@@ -33,7 +33,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    return serve(config, Path(args.config) if args.config else None)
+    try:
+        return serve(config, Path(args.config) if args.config else None)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from ztdns.config import Config, ConfigError, load_config
 from ztdns.observe.metrics import MetricsCollector
 from ztdns.server import Frontend
 from ztdns.transport.tcp import TcpServer
-from ztdns.transport.udp import UdpListener, start_udp
+from ztdns.transport.udp import UdpListener
 
 log = logging.getLogger("ztdns")
 
@@ -34,15 +34,18 @@ class Service:
         self.worker = worker
         self.reuse_port = reuse_port
         self.frontend = Frontend(config)
-        self.udp: list[tuple[asyncio.DatagramTransport, UdpListener]] = []
+        self.udp: list[UdpListener] = []
         self.tcp: list[TcpServer] = []
         self.stopping = asyncio.Event()
 
     async def start(self) -> list[str]:
         endpoints = []
+        self.frontend.bind_loop(asyncio.get_running_loop())
         for listen in self.config.listen:
             if listen.transport == "udp":
-                self.udp.append(await start_udp(listen, self.frontend, self.reuse_port))
+                listener = UdpListener(listen, self.frontend, self.reuse_port)
+                listener.start(asyncio.get_running_loop())
+                self.udp.append(listener)
             elif listen.transport == "tcp":
                 server = TcpServer(listen, self.frontend)
                 await server.start(self.reuse_port)
@@ -83,13 +86,15 @@ class Service:
             server.stop_accepting()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        pending = [task for _, listener in self.udp for task in listener.pending]
+        for listener in self.udp:
+            listener.stop()
+        pending = [task for listener in self.udp for task in listener.pending]
         if pending:
             await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0))
         for server in self.tcp:
             await server.drain(max(deadline - loop.time(), 0))
-        for transport, _ in self.udp:
-            transport.close()
+        for listener in self.udp:
+            listener.close()
         await self.frontend.close()
 
     async def run(self, banner: bool) -> None:

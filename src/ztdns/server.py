@@ -23,7 +23,7 @@ from ztdns.observe.querylog import QueryLog
 from ztdns.observe.stage import Observer, ObserveStage
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext, Stage, chain
-from ztdns.policy import compile_views
+from ztdns.policy import View, compile_views
 from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
 from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
@@ -74,7 +74,7 @@ class Runtime:
 
     config: Config
     identities: IdentityMap
-    views: dict[str, object]
+    views: dict[str, View]
     local_zones: LocalZones
     observer: Observer
     replays: ReplayTable
@@ -82,7 +82,10 @@ class Runtime:
 
 
 def compile_runtime(config: Config, observer: Observer) -> Runtime:
-    zones = [load_zone(zone, config.base_dir, index) for index, zone in enumerate(config.local_zones)]
+    zones = [
+        load_zone(zone, config.base_dir, f"{config.source}: local_zones[{index}]")
+        for index, zone in enumerate(config.local_zones)
+    ]
     return Runtime(
         config=config,
         identities=IdentityMap(config),
@@ -110,6 +113,7 @@ class Frontend:
         self.resolver = make_resolver(config)
         self.querylog = _make_querylog(config)
         self.inflight = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.runtime = self._compile(config)
         self._register_metrics()
 
@@ -118,6 +122,9 @@ class Frontend:
         self.cache_stage = CacheStage(self.cache, self.resolver)
         runtime.handler = chain(build_stages(runtime, self.cache_stage, ResolveStage(self.resolver)))
         return runtime
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
 
     async def reload(self, config: Config) -> None:
         """Swap in a new config. Raises (keeping the old runtime) if the new one cannot be compiled."""
@@ -163,8 +170,9 @@ class Frontend:
         if entry is not None:
             entry.hits += 1
             self.cache.hits += 1
-            if now >= replay.prefetch_at and not entry.prefetching and replay.question is not None:
-                self.cache_stage.maybe_prefetch(replay.question, entry)
+            if now >= replay.prefetch_at and not entry.prefetching and replay.question is not None and self.loop:
+                # fast() may run on a UDP lane thread: asyncio work goes through the loop's thread-safe door.
+                self.loop.call_soon_threadsafe(self.cache_stage.maybe_prefetch, replay.question, entry)
         response = splice(wire, parsed, answer)
         runtime.observer.record_replay(
             client.transport.value,

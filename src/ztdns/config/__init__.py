@@ -50,6 +50,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         raise ConfigError([f"{source}:{line}: {exc}"]) from None
     if base_dir is not None:
         data["base_dir"] = str(base_dir)
+    data["source"] = source
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -248,8 +248,9 @@ class Config(Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
 
-    # Where the file was read from: list files and zone files are relative to it.
+    # Where the file was read from: list files and zone files are relative to it; errors name it.
     base_dir: Path = Path(".")
+    source: str = "<config>"
 
     @model_validator(mode="after")
     def _references(self) -> Config:

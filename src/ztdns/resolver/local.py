@@ -31,16 +31,21 @@ LOCAL_REPLAY_SECONDS = 300.0
 _MAX_CHAIN = 8
 
 
-def load_zone(config: LocalZoneConfig, base_dir: Path, index: int) -> dns.zone.Zone:
+def load_zone(config: LocalZoneConfig, base_dir: Path, where: str) -> dns.zone.Zone:
+    """Parse a local zone; ``where`` ("file.toml: local_zones[0]") prefixes errors. The zone needs an SOA."""
     origin = dns.name.from_text(config.name or ".")
-    where = f"local_zones[{index}]"
     try:
         if config.file is not None:
             path = base_dir / config.file
-            return dns.zone.from_file(str(path), origin=origin, relativize=False, check_origin=True)
-        return dns.zone.from_text("\n".join(config.records), origin=origin, relativize=False, check_origin=True)
+            zone = dns.zone.from_file(str(path), origin=origin, relativize=False, check_origin=False)
+        else:
+            text = "\n".join(config.records)
+            zone = dns.zone.from_text(text, origin=origin, relativize=False, check_origin=False)
     except (OSError, dns.exception.DNSException) as exc:
-        raise ConfigError([f"{where} ({config.name}): {exc}"]) from None
+        raise ConfigError([f"{where}: {config.name}: {exc}"]) from None
+    if zone.get_rdataset(origin, dns.rdatatype.SOA) is None:
+        raise ConfigError([f"{where}: {config.name}: the zone needs an SOA record at {origin}"])
+    return zone
 
 
 class LocalZones:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import cast
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config.model import ListenConfig
@@ -28,10 +29,10 @@ class TcpConnection(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio's classes.
+        self.transport = cast(asyncio.Transport, transport)
         if len(self.server.connections) >= self.server.config.max_connections:
-            transport.abort()
+            self.transport.abort()
             self.server.refused += 1
             return
         self.server.connections.add(self)
