@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/policy_load.py [--names N] [--format plain|hosts|adblock] [--lookups N] [--no-peer]
 
-Targets (issue 2): ≤ 3 s and ≤ 150 MB RSS for 1,000,000 names. RSS is read from /proc/self/statm (no psutil); the
-peak is VmHWM after resetting it through /proc/self/clear_refs. The peer is Unbound loading the same names as
-``local-zone: NAME always_nxdomain``: the time until it answers, and its RSS then.
+Targets (issue 2): ≤ 3 s and ≤ 150 MB RSS for 1,000,000 names. RSS is read from /proc/self/statm (no
+psutil); the peak is VmHWM after resetting it through /proc/self/clear_refs. The peer is Unbound loading the
+same names as ``local-zone: NAME always_nxdomain``: the time until it answers, and its RSS then.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def free_port() -> int:
 
 
 def unbound_load(directory: Path, count: int, seed: int, probe: str) -> tuple[float, float] | None:
-    """Seconds until Unbound with the names as local zones answers, and its RSS in MB then; None without it."""
+    """Seconds until Unbound with the names as local zones answers, and its RSS in MB; None without it."""
     binary = shutil.which("unbound")
     if binary is None:
         return None
@@ -87,15 +87,17 @@ def unbound_load(directory: Path, count: int, seed: int, probe: str) -> tuple[fl
     conf = directory / "unbound.conf"
     with conf.open("w") as out:
         out.write(
-            f"server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  num-threads: 1\n  username: \"\"\n"
-            f'  chroot: ""\n  directory: "{directory}"\n  pidfile: ""\n  use-syslog: no\n  logfile: ""\n'
-            "  do-not-query-localhost: no\n"
+            f"server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  num-threads: 1\n"
+            f'  username: ""\n  chroot: ""\n  directory: "{directory}"\n  pidfile: ""\n'
+            '  use-syslog: no\n  logfile: ""\n'
         )
         for name in generated_names(count, seed):
             out.write(f'  local-zone: "{name}." always_nxdomain\n')
     query = dns.message.make_query(probe, dns.rdatatype.A)
     started = time.perf_counter()
-    process = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         while process.poll() is None:
             try:
@@ -104,7 +106,8 @@ def unbound_load(directory: Path, count: int, seed: int, probe: str) -> tuple[fl
             except (TimeoutError, OSError, dns.exception.DNSException):
                 continue
         if process.poll() is not None:
-            print("unbound failed:", process.stderr.read().decode(errors="replace")[-300:] if process.stderr else "")
+            errors = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            print("unbound failed:", errors[-300:])
             return None
         seconds = time.perf_counter() - started
         with open(f"/proc/{process.pid}/status") as status:
@@ -116,7 +119,9 @@ def unbound_load(directory: Path, count: int, seed: int, probe: str) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--names", type=int, default=1_000_000)
     parser.add_argument("--format", choices=sorted(_LINE), default="plain")
     parser.add_argument("--lookups", type=int, default=200_000)
@@ -157,16 +162,19 @@ def main() -> None:
         hit_rate = rate(view.decide, hits)
         miss_rate = rate(view.decide, misses)
         print(f"policy of {args.names:,} names ({args.format} list)")
-        print(f"ztdns load:   {seconds:.2f} s   (target ≤ {TARGET_SECONDS} s, ratio {seconds / TARGET_SECONDS:.2f})")
-        print(f"ztdns RSS:    +{added:.1f} MB after load, +{peak:.1f} MB peak   (target ≤ {TARGET_MB:.0f} MB)")
-        print(f"ztdns lookup: {hit_rate:,.0f} decisions/s for listed names, {miss_rate:,.0f}/s for others")
+        ratio = seconds / TARGET_SECONDS
+        print(f"ztdns load:   {seconds:.2f} s   (target ≤ {TARGET_SECONDS} s, ratio {ratio:.2f})")
+        print(
+            f"ztdns RSS:    +{added:.1f} MB after load, +{peak:.1f} MB peak   (target ≤ {TARGET_MB:.0f} MB)"
+        )
+        print(f"ztdns lookup: {hit_rate:,.0f} decisions/s for listed names, {miss_rate:,.0f}/s others")
         del view
         gc.collect()
         peer = None if args.no_peer else unbound_load(directory, args.names, args.seed, hits[0])
         if peer is not None:
             peer_seconds, peer_rss = peer
             print(f"unbound load: {peer_seconds:.2f} s, RSS {peer_rss:.1f} MB (same names as local-zone)")
-            print(f"ratio ztdns/unbound: load time {seconds / peer_seconds:.2f}, memory {added / peer_rss:.2f}")
+            print(f"ratio ztdns/unbound: load {seconds / peer_seconds:.2f}, memory {added / peer_rss:.2f}")
 
 
 if __name__ == "__main__":
