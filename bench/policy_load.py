@@ -1,0 +1,181 @@
+"""Policy load benchmark: a list of N generated names (default 1,000,000) — load time, RSS added, lookup rate.
+
+    .venv/bin/python bench/policy_load.py [--names N] [--format plain|hosts|adblock] [--lookups N] [--no-peer]
+
+Targets (issue 2): ≤ 3 s and ≤ 150 MB RSS for 1,000,000 names. RSS is read from /proc/self/statm (no
+psutil); the peak is VmHWM after resetting it through /proc/self/clear_refs. The peer is Unbound loading the
+same names as ``local-zone: NAME always_nxdomain``: the time until it answers, and its RSS then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from ztdns.config import parse_config
+from ztdns.policy import compile_views
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TARGET_SECONDS = 3.0
+TARGET_MB = 150.0
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_TLDS = ["com", "net", "org", "io", "info", "xyz", "de", "co.uk", "example"]
+_LINE = {"plain": "{}\n", "hosts": "0.0.0.0 {}\n", "adblock": "||{}^\n"}
+
+
+def generated_names(count: int, seed: int) -> Iterator[str]:
+    """Blocklist-like names: a random word made unique by a counter, half with a subdomain, ~22 characters."""
+    rng = random.Random(seed)
+    for index in range(count):
+        word = "".join(rng.choices(_ALPHABET, k=rng.randint(5, 12)))
+        sub = "".join(rng.choices(_ALPHABET, k=rng.randint(2, 8))) + "." if rng.random() < 0.5 else ""
+        yield f"{sub}{word}{index:x}.{rng.choice(_TLDS)}"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE / 1e6
+
+
+def peak_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return float("nan")
+
+
+def reset_peak() -> None:
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+
+
+def rate(decide: Callable[[str, int], object], names: list[str]) -> float:
+    started = time.perf_counter()
+    for name in names:
+        decide(name, 1)
+    return len(names) / (time.perf_counter() - started)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def unbound_load(directory: Path, count: int, seed: int, probe: str) -> tuple[float, float] | None:
+    """Seconds until Unbound with the names as local zones answers, and its RSS in MB; None without it."""
+    binary = shutil.which("unbound")
+    if binary is None:
+        return None
+    port = free_port()
+    conf = directory / "unbound.conf"
+    with conf.open("w") as out:
+        out.write(
+            f"server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  num-threads: 1\n"
+            f'  username: ""\n  chroot: ""\n  directory: "{directory}"\n  pidfile: ""\n'
+            '  use-syslog: no\n  logfile: ""\n'
+        )
+        for name in generated_names(count, seed):
+            out.write(f'  local-zone: "{name}." always_nxdomain\n')
+    query = dns.message.make_query(probe, dns.rdatatype.A)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        while process.poll() is None:
+            try:
+                dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
+                break
+            except (TimeoutError, OSError, dns.exception.DNSException):
+                continue
+        if process.poll() is not None:
+            errors = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            print("unbound failed:", errors[-300:])
+            return None
+        seconds = time.perf_counter() - started
+        with open(f"/proc/{process.pid}/status") as status:
+            rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) * 1024 / 1e6
+        return seconds, rss
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--names", type=int, default=1_000_000)
+    parser.add_argument("--format", choices=sorted(_LINE), default="plain")
+    parser.add_argument("--lookups", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-peer", action="store_true", help="skip the Unbound comparison")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="ztdns-policy-bench-") as tmp:
+        directory = Path(tmp)
+        every = max(1, args.names // args.lookups)
+        hits: list[str] = []
+        with (directory / "list.txt").open("w") as out:
+            line = _LINE[args.format]
+            for index, name in enumerate(generated_names(args.names, args.seed)):
+                out.write(line.format(name))
+                if index % every == 0:
+                    hits.append(name)
+        misses = [f"www.{name.replace('.', '-')}.allowed.test" for name in hits]
+        config = parse_config(
+            '[identities.bench]\npolicies = ["bench"]\n'
+            '[policies.bench]\nallow = ["**"]\ndeny = ["ads.example"]\ndeny_lists = ["list.txt"]\n',
+            "bench.toml",
+            directory,
+        )
+
+        gc.collect()
+        before = rss_mb()
+        reset_peak()
+        started = time.perf_counter()
+        view = compile_views(config)["bench"]
+        seconds = time.perf_counter() - started
+        gc.collect()
+        added = rss_mb() - before
+        peak = peak_mb() - before
+        assert not view.decide(hits[0], 1).allowed
+        assert view.decide(misses[0], 1).allowed
+
+        hit_rate = rate(view.decide, hits)
+        miss_rate = rate(view.decide, misses)
+        print(f"policy of {args.names:,} names ({args.format} list)")
+        ratio = seconds / TARGET_SECONDS
+        print(f"ztdns load:   {seconds:.2f} s   (target ≤ {TARGET_SECONDS} s, ratio {ratio:.2f})")
+        print(
+            f"ztdns RSS:    +{added:.1f} MB after load, +{peak:.1f} MB peak   (target ≤ {TARGET_MB:.0f} MB)"
+        )
+        print(f"ztdns lookup: {hit_rate:,.0f} decisions/s for listed names, {miss_rate:,.0f}/s others")
+        del view
+        gc.collect()
+        peer = None if args.no_peer else unbound_load(directory, args.names, args.seed, hits[0])
+        if peer is not None:
+            peer_seconds, peer_rss = peer
+            print(f"unbound load: {peer_seconds:.2f} s, RSS {peer_rss:.1f} MB (same names as local-zone)")
+            print(f"ratio ztdns/unbound: load {seconds / peer_seconds:.2f}, memory {added / peer_rss:.2f}")
+
+
+if __name__ == "__main__":
+    main()
