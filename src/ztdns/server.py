@@ -7,6 +7,7 @@ The message cache, the resolver and the metrics survive reloads; replays do not 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -226,7 +227,7 @@ class Frontend:
         gauges["ztdns_cache_entries"] = ("Entries in the message cache", lambda: float(len(self.cache)))
         gauges["ztdns_replay_entries"] = (
             "Pre-rendered answers held",
-            lambda: float(len(self.runtime.replays)),
+            lambda: float(self.runtime.replays.size()),
         )
         gauges["ztdns_inflight_queries"] = ("Queries in the pipeline now", lambda: float(self.inflight))
         counters = self.metrics.counters

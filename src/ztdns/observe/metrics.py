@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -12,22 +13,57 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class Metrics:
+class Shard:
+    """One thread's counters: only its own thread writes them, so no increment is ever lost."""
+
+    __slots__ = ("latency_counts", "latency_sum", "queries")
+
     def __init__(self) -> None:
         self.queries: dict[tuple[str, str, str], int] = {}  # (transport, kind, rcode) → count
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._shards: list[Shard] = []
+        self._shards_lock = threading.Lock()
         # Filled by the server: callables reading live values at scrape time.
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
         self.labelled: list[Callable[[], Iterator[CounterMetricFamily | GaugeMetricFamily]]] = []
 
     def count(self, transport: str, kind: str, rcode: str, latency: float) -> None:
+        try:
+            shard: Shard = self._local.shard
+        except AttributeError:
+            shard = self._new_shard()
         key = (transport, kind, rcode)
-        queries = self.queries
+        queries = shard.queries
         queries[key] = queries.get(key, 0) + 1
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
-        self.latency_sum += latency
+        shard.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+        shard.latency_sum += latency
+
+    def _new_shard(self) -> Shard:
+        shard = Shard()
+        self._local.shard = shard
+        with self._shards_lock:
+            self._shards.append(shard)
+        return shard
+
+    def totals(self) -> Shard:
+        """The sum over all threads' shards (read at scrape time; a count in flight may be missed once)."""
+        total = Shard()
+        with self._shards_lock:
+            shards = list(self._shards)
+        for shard in shards:
+            for key, value in list(shard.queries.items()):
+                total.queries[key] = total.queries.get(key, 0) + value
+            for index, value in enumerate(shard.latency_counts):
+                total.latency_counts[index] += value
+            total.latency_sum += shard.latency_sum
+        return total
 
 
 class MetricsCollector(Collector):
@@ -36,24 +72,25 @@ class MetricsCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         metrics = self._metrics()
+        totals = metrics.totals()
         queries = CounterMetricFamily(
             "ztdns_queries",
             "Queries answered, by transport, kind of answer and rcode",
             labels=["transport", "kind", "rcode"],
         )
-        for (transport, kind, rcode), value in sorted(metrics.queries.items()):
+        for (transport, kind, rcode), value in sorted(totals.queries.items()):
             queries.add_metric([transport, kind, rcode], value)
         yield queries
         buckets = []
         cumulative = 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), metrics.latency_counts, strict=True):
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), totals.latency_counts, strict=True):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         yield HistogramMetricFamily(
             "ztdns_query_latency_seconds",
             "Time from query received to answer ready",
             buckets=buckets,
-            sum_value=metrics.latency_sum,
+            sum_value=totals.latency_sum,
         )
         for name, (help_text, read) in metrics.gauges.items():
             yield GaugeMetricFamily(name, help_text, value=read())

@@ -117,9 +117,7 @@ class _Rule:
 
     def _decision(self, text: str) -> Decision:
         policy = self.policy
-        return Decision(
-            self.allowed, policy.name, text, self.source, policy.blocked_response, policy.include_rule_text
-        )
+        return Decision(self.allowed, policy.name, text, self.source, policy.blocked_response, policy.include_rule_text)
 
     def decision_for(self, base: str) -> Decision:
         if self.decision is not None:
@@ -160,9 +158,7 @@ class View:
         self.identity = identity
         self.policies = tuple(policies)
         first = self.policies[0]
-        self._default = Decision(
-            False, first.name, DEFAULT_DENY, None, first.blocked_response, first.include_rule_text
-        )
+        self._default = Decision(False, first.name, DEFAULT_DENY, None, first.blocked_response, first.include_rule_text)
         self._tables = tuple((policy.table.get, policy.entries) for policy in self.policies)
 
     def decide(self, name: str, qtype: int) -> Decision:
@@ -267,8 +263,7 @@ def _compile_policy(
     sources: list[tuple[ListFile, Path, Callable[[int], frozenset[_Rule]]]] = []
     for allowed, path, resolved, key in _list_sources(name, config, base_dir):
         by_scope = {
-            bit: _Rule(policy, allowed, scope, key, source=path, path=resolved)
-            for scope, bit in SCOPE_BITS.items()
+            bit: _Rule(policy, allowed, scope, key, source=path, path=resolved) for scope, bit in SCOPE_BITS.items()
         }
         sets = [frozenset(rule for bit, rule in by_scope.items() if bits & bit) for bits in range(8)]
         sources.append((lists[resolved], resolved, sets.__getitem__))
@@ -317,7 +312,7 @@ def compile_views(config: Config) -> dict[str, View]:
                 try:
                     lists[resolved] = read_list(resolved, path)
                 except OSError as exc:
-                    from ztdns.config import ConfigError  # noqa: PLC0415 (ztdns.config imports this package)
+                    from ztdns.config import ConfigError  # ztdns.config imports this package
 
                     reason = exc.strerror or str(exc)
                     raise ConfigError([f"{key}: cannot read list file {str(resolved)!r}: {reason}"]) from None
