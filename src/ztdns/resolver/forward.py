@@ -26,6 +26,8 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 
 from ztdns.config.model import ResolverConfig
 from ztdns.outcome import EDE, Reason
@@ -47,8 +49,8 @@ def build_query(question: Question, edns_payload: int) -> dns.message.QueryMessa
     """The upstream query for ``question``: random ID, RD=1, EDNS(0) with ``edns_payload``, DO and CD as asked."""
     query = dns.message.make_query(
         question.name,
-        question.rdtype,
-        question.rdclass,
+        dns.rdatatype.RdataType.make(question.rdtype),
+        dns.rdataclass.RdataClass.make(question.rdclass),
         use_edns=0,
         want_dnssec=question.dnssec_ok,
         payload=edns_payload,
@@ -79,7 +81,7 @@ def reply_matches(query: dns.message.Message, reply_wire: bytes) -> bool:
         return False
     rdtype, rdclass = _TYPE_CLASS.unpack_from(reply_wire, offset)
     asked = query.question[0]
-    return name == asked.name and rdtype == asked.rdtype and rdclass == asked.rdclass
+    return bool(name == asked.name and rdtype == asked.rdtype and rdclass == asked.rdclass)
 
 
 def is_truncated(reply_wire: bytes) -> bool:
@@ -120,7 +122,7 @@ def _network_error(exc: BaseException, transport: str) -> UpstreamError:
     return UpstreamError(f"{prefix}{type(exc).__name__}", EDE.NETWORK_ERROR)
 
 
-class _Peer:
+class Peer:
     """An upstream's socket address, with the normalised form used to check where datagrams came from."""
 
     def __init__(self, host: str, port: int) -> None:
@@ -137,12 +139,12 @@ class _Peer:
             return False
 
 
-class _UdpExchange(asyncio.DatagramProtocol):
+class UdpExchange(asyncio.DatagramProtocol):
     """Waits on one connected UDP socket for the datagram that answers ``query``.
 
     ``reply`` resolves to the parsed message, or to None when the answer matched but was truncated (TC=1)."""
 
-    def __init__(self, query: dns.message.Message, peer: _Peer) -> None:
+    def __init__(self, query: dns.message.Message, peer: Peer) -> None:
         self.query = query
         self.peer = peer
         self.reply: asyncio.Future[dns.message.Message | None] = asyncio.get_running_loop().create_future()
@@ -172,7 +174,7 @@ class Forwarder:
 
     def __init__(self, config: ResolverConfig) -> None:
         self._config = config
-        self._peers = [_Peer(*upstream.hostport()) for upstream in config.upstreams]
+        self._peers = [Peer(*upstream.hostport()) for upstream in config.upstreams]
         self._book = HealthBook(
             [peer.label for peer in self._peers],
             failures_before_down=config.failures_before_down,
@@ -223,7 +225,7 @@ class Forwarder:
         text = "upstreams " + "; ".join(notes) if notes else "no attempt fitted in the time budget"
         return Resolution(None, Reason(ede, text))
 
-    async def _attempt(self, peer: _Peer, question: Question, allowed: float) -> dns.message.Message:
+    async def _attempt(self, peer: Peer, question: Question, allowed: float) -> dns.message.Message:
         """One query to one upstream within ``allowed`` seconds: UDP, then TCP if truncated. Raises UpstreamError."""
         query = build_query(question, self._config.edns_payload)
         transport = "udp"
@@ -240,12 +242,12 @@ class Forwarder:
             raise UpstreamError(dns.rcode.to_text(rcode).lower(), EDE.NO_REACHABLE_AUTHORITY)
         return reply
 
-    async def _udp(self, peer: _Peer, query: dns.message.Message) -> dns.message.Message | None:
+    async def _udp(self, peer: Peer, query: dns.message.Message) -> dns.message.Message | None:
         loop = asyncio.get_running_loop()
         # A new socket per query: the kernel binds it to a random ephemeral port, and connecting it means only
         # the upstream's datagrams (and its ICMP errors) reach us.
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _UdpExchange(query, peer), remote_addr=(peer.host, peer.port), family=peer.family
+            lambda: UdpExchange(query, peer), remote_addr=(peer.host, peer.port), family=peer.family
         )
         self._open.add(transport)
         try:
@@ -257,7 +259,7 @@ class Forwarder:
             transport.close()
             self._open.discard(transport)
 
-    async def _tcp(self, peer: _Peer, query: dns.message.Message) -> dns.message.Message:
+    async def _tcp(self, peer: Peer, query: dns.message.Message) -> dns.message.Message:
         reader, writer = await asyncio.open_connection(peer.host, peer.port, family=peer.family)
         self._open.add(writer.transport)
         try:
