@@ -32,6 +32,7 @@ from ztdns.resolver import Question, Resolution, Resolver
 from ztdns.resolver.forward import (
     Forwarder,
     Peer,
+    ReplyFilter,
     UdpExchange,
     build_query,
     decode_reply,
@@ -162,7 +163,7 @@ def test_arbitrary_bytes_never_raise(body: bytes) -> None:
 def test_udp_exchange_ignores_other_peers_and_keeps_waiting() -> None:
     async def main() -> None:
         query = build_query(question("www.test."), 1232)
-        exchange = UdpExchange(query, Peer("127.0.0.1", 5300))
+        exchange = UdpExchange(ReplyFilter(query.to_wire()), Peer("127.0.0.1", 5300))
         exchange.datagram_received(answer(query, "6.6.6.6"), ("127.0.0.2", 5300))
         exchange.datagram_received(answer(query, "6.6.6.6"), ("127.0.0.1", 5301))
         for wire in _mismatches(query).values():
@@ -181,7 +182,7 @@ def test_udp_exchange_reports_truncation() -> None:
         query = build_query(question("big.test.", "TXT"), 1232)
         truncated = dns.message.make_response(query)
         truncated.flags |= dns.flags.TC
-        exchange = UdpExchange(query, Peer("::1", 53))
+        exchange = UdpExchange(ReplyFilter(query.to_wire()), Peer("::1", 53))
         exchange.datagram_received(truncated.to_wire(), ("::1", 53, 0, 0))
         assert exchange.reply.result() is None
 
@@ -465,6 +466,7 @@ def test_close_ends_queries_in_flight_and_later_ones(run: Run) -> None:
             resolution = await pending
             assert time.monotonic() - started < 0.5
             assert resolution.reason is not None and resolution.reason.ede is EDE.NETWORK_ERROR
+            assert resolution.reason.text == f"upstreams {silent} socket closed"
             after = await forward.resolve(question("www.test."))
             assert after.reason is not None and after.reason.text == "forwarder closed"
 

@@ -1,7 +1,7 @@
 """Forwarding to Do53 upstreams: UDP first, TCP when the answer is truncated, several upstreams with health.
 
-Sans-IO parts, tested with bytes: :func:`build_query` (random ID, RD, EDNS, DO/CD), :func:`reply_matches` /
-:func:`decode_reply` (is this datagram the answer to that query?) and :class:`~ztdns.resolver.health.HealthBook`
+Sans-IO parts, tested with bytes: :func:`build_query` (random ID, RD, EDNS, DO/CD), :class:`ReplyFilter` /
+:func:`reply_matches` (is this datagram the answer to that query?) and :class:`~ztdns.resolver.health.HealthBook`
 (which upstream to try, when to hold one down). The I/O here only moves bytes.
 
 Spoofing defences: every attempt is a new query with a random 16-bit ID (``secrets``) sent from a new UDP socket
@@ -36,7 +36,7 @@ from ztdns.resolver.health import HealthBook, UpstreamHealth
 
 _HEADER = struct.Struct("!HHH")  # ID, flags, QDCOUNT: the start of the 12-byte header
 _HEADER_SIZE = 12
-_TYPE_CLASS = struct.Struct("!HH")
+_OPCODE_BITS = 0x7800
 _LENGTH = struct.Struct("!H")  # TCP length prefix (RFC 1035 4.2.2)
 
 # Rcodes that say "not from me" rather than answering about the name: try another upstream and count a failure.
@@ -61,42 +61,64 @@ def build_query(question: Question, edns_payload: int) -> dns.message.QueryMessa
     return query
 
 
+class ReplyFilter:
+    """What the answer to one query must look like, precomputed from the query's wire form: same ID, QR=1, same
+    opcode, and exactly the same question (name case-insensitively, type, class).
+
+    :meth:`matches` reads the header and question bytes only, so a flood of spoofed datagrams costs no parse. The
+    question is compared as bytes: a reply's first name cannot be compressed (there is nothing before it to point
+    to), and label lengths (< 64) never fall in the A–Z range that ``bytes.lower`` touches. The caller checks the
+    peer address."""
+
+    __slots__ = ("_end", "_ident", "_name", "_opcode", "_type_class")
+
+    def __init__(self, query_wire: bytes) -> None:
+        self._ident, flags, _ = _HEADER.unpack_from(query_wire)
+        self._opcode = flags & _OPCODE_BITS
+        end = _HEADER_SIZE
+        while query_wire[end]:  # our own query: an uncompressed name
+            end += query_wire[end] + 1
+        end += 1
+        self._name = query_wire[_HEADER_SIZE:end].lower()
+        self._type_class = query_wire[end : end + 4]
+        self._end = end + 4
+
+    def matches(self, reply_wire: bytes) -> bool:
+        if len(reply_wire) < self._end:
+            return False
+        ident, flags, qdcount = _HEADER.unpack_from(reply_wire)
+        return (
+            ident == self._ident
+            and bool(flags & dns.flags.QR)
+            and flags & _OPCODE_BITS == self._opcode
+            and qdcount == 1
+            and reply_wire[self._end - 4 : self._end] == self._type_class
+            and reply_wire[_HEADER_SIZE : self._end - 4].lower() == self._name
+        )
+
+    def decode(self, reply_wire: bytes) -> dns.message.Message | None:
+        """The parsed answer, or None when ``reply_wire`` does not match or does not parse."""
+        if not self.matches(reply_wire):
+            return None
+        try:
+            return dns.message.from_wire(reply_wire)
+        except Exception:  # dnspython raises many types on garbage; all of them mean "not an answer"
+            return None
+
+
 def reply_matches(query: dns.message.Message, reply_wire: bytes) -> bool:
-    """Whether ``reply_wire`` claims to answer ``query``: same ID, QR=1, same opcode, and exactly the same question
-    (name compared case-insensitively, type, class). Reads the header and question only, so a flood of spoofed
-    datagrams costs no full parse. The caller checks the peer address."""
-    if len(reply_wire) < _HEADER_SIZE:
-        return False
-    ident, flags, qdcount = _HEADER.unpack_from(reply_wire)
-    if ident != query.id or not flags & dns.flags.QR or qdcount != 1:
-        return False
-    if dns.opcode.from_flags(flags) != query.opcode():
-        return False
-    try:
-        name, used = dns.name.from_wire(reply_wire, _HEADER_SIZE)
-    except dns.exception.DNSException:
-        return False
-    offset = _HEADER_SIZE + used
-    if len(reply_wire) < offset + _TYPE_CLASS.size:
-        return False
-    rdtype, rdclass = _TYPE_CLASS.unpack_from(reply_wire, offset)
-    asked = query.question[0]
-    return bool(name == asked.name and rdtype == asked.rdtype and rdclass == asked.rdclass)
-
-
-def is_truncated(reply_wire: bytes) -> bool:
-    """TC=1 in a reply that :func:`reply_matches` accepted (so the header is there)."""
-    return bool(_HEADER.unpack_from(reply_wire)[1] & dns.flags.TC)
+    """Whether ``reply_wire`` is the answer to ``query`` (see :class:`ReplyFilter`)."""
+    return ReplyFilter(query.to_wire()).matches(reply_wire)
 
 
 def decode_reply(query: dns.message.Message, reply_wire: bytes) -> dns.message.Message | None:
     """The parsed answer to ``query``, or None when ``reply_wire`` does not match it or does not parse."""
-    if not reply_matches(query, reply_wire):
-        return None
-    try:
-        return dns.message.from_wire(reply_wire)
-    except Exception:  # dnspython raises many types on garbage; all of them mean "not an answer"
-        return None
+    return ReplyFilter(query.to_wire()).decode(reply_wire)
+
+
+def is_truncated(reply_wire: bytes) -> bool:
+    """TC=1 in a reply that :meth:`ReplyFilter.matches` accepted (so the header is there)."""
+    return bool(_HEADER.unpack_from(reply_wire)[1] & dns.flags.TC)
 
 
 def format_address(host: str, port: int) -> str:
@@ -117,9 +139,8 @@ def _network_error(exc: BaseException, transport: str) -> UpstreamError:
         return UpstreamError(f"{prefix}timeout", EDE.NO_REACHABLE_AUTHORITY)
     if isinstance(exc, asyncio.IncompleteReadError):
         return UpstreamError(f"{prefix}connection closed", EDE.NETWORK_ERROR)
-    if isinstance(exc, OSError) and exc.strerror:
-        return UpstreamError(f"{prefix}{exc.strerror.lower()}", EDE.NETWORK_ERROR)
-    return UpstreamError(f"{prefix}{type(exc).__name__}", EDE.NETWORK_ERROR)
+    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+    return UpstreamError(f"{prefix}{text.lower()}", EDE.NETWORK_ERROR)
 
 
 class Peer:
@@ -129,12 +150,15 @@ class Peer:
         self.host = host
         self.port = port
         self.ip = ipaddress.ip_address(host)
+        self.canonical = str(self.ip)  # the text form the kernel reports source addresses in
         self.family = socket.AF_INET6 if self.ip.version == 6 else socket.AF_INET
         self.label = format_address(host, port)
 
     def sent(self, addr: Any) -> bool:
         try:
-            return bool(ipaddress.ip_address(addr[0]) == self.ip and addr[1] == self.port)
+            if addr[1] != self.port:
+                return False
+            return addr[0] == self.canonical or ipaddress.ip_address(addr[0]) == self.ip
         except (ValueError, TypeError, IndexError):
             return False
 
@@ -144,18 +168,18 @@ class UdpExchange(asyncio.DatagramProtocol):
 
     ``reply`` resolves to the parsed message, or to None when the answer matched but was truncated (TC=1)."""
 
-    def __init__(self, query: dns.message.Message, peer: Peer) -> None:
-        self.query = query
+    def __init__(self, expected: ReplyFilter, peer: Peer) -> None:
+        self.expected = expected
         self.peer = peer
         self.reply: asyncio.Future[dns.message.Message | None] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.reply.done() or not self.peer.sent(addr) or not reply_matches(self.query, data):
+        if self.reply.done() or not self.peer.sent(addr) or not self.expected.matches(data):
             return
         if is_truncated(data):
             self.reply.set_result(None)
             return
-        message = decode_reply(self.query, data)
+        message = self.expected.decode(data)
         if message is not None:
             self.reply.set_result(message)
 
@@ -227,14 +251,15 @@ class Forwarder:
 
     async def _attempt(self, peer: Peer, question: Question, allowed: float) -> dns.message.Message:
         """One query to one upstream within ``allowed`` seconds: UDP, then TCP if truncated. Raises UpstreamError."""
-        query = build_query(question, self._config.edns_payload)
+        wire = build_query(question, self._config.edns_payload).to_wire()
+        expected = ReplyFilter(wire)
         transport = "udp"
         try:
             async with asyncio.timeout(allowed):
-                reply = await self._udp(peer, query)
+                reply = await self._udp(peer, wire, expected)
                 if reply is None:
                     transport = "tcp"
-                    reply = await self._tcp(peer, query)
+                    reply = await self._tcp(peer, wire, expected)
         except (OSError, EOFError) as exc:  # TimeoutError and IncompleteReadError included
             raise _network_error(exc, transport) from None
         rcode = reply.rcode()
@@ -242,16 +267,16 @@ class Forwarder:
             raise UpstreamError(dns.rcode.to_text(rcode).lower(), EDE.NO_REACHABLE_AUTHORITY)
         return reply
 
-    async def _udp(self, peer: Peer, query: dns.message.Message) -> dns.message.Message | None:
+    async def _udp(self, peer: Peer, wire: bytes, expected: ReplyFilter) -> dns.message.Message | None:
         loop = asyncio.get_running_loop()
         # A new socket per query: the kernel binds it to a random ephemeral port, and connecting it means only
         # the upstream's datagrams (and its ICMP errors) reach us.
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: UdpExchange(query, peer), remote_addr=(peer.host, peer.port), family=peer.family
+            lambda: UdpExchange(expected, peer), remote_addr=(peer.host, peer.port), family=peer.family
         )
         self._open.add(transport)
         try:
-            transport.sendto(query.to_wire())
+            transport.sendto(wire)
             return await protocol.reply
         finally:
             if not protocol.reply.done():
@@ -259,16 +284,15 @@ class Forwarder:
             transport.close()
             self._open.discard(transport)
 
-    async def _tcp(self, peer: Peer, query: dns.message.Message) -> dns.message.Message:
+    async def _tcp(self, peer: Peer, wire: bytes, expected: ReplyFilter) -> dns.message.Message:
         reader, writer = await asyncio.open_connection(peer.host, peer.port, family=peer.family)
         self._open.add(writer.transport)
         try:
-            wire = query.to_wire()
             writer.write(_LENGTH.pack(len(wire)) + wire)
             await writer.drain()
             while True:
                 (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                reply = decode_reply(query, await reader.readexactly(length))
+                reply = expected.decode(await reader.readexactly(length))
                 if reply is not None:
                     return reply
         finally:
