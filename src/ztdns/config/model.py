@@ -91,6 +91,17 @@ class ResolverConfig(Section):
     # An upstream is held down after this many consecutive failures, for a backoff that doubles up to 60 s.
     failures_before_down: Annotated[int, Field(ge=1)] = 3
     edns_payload: Annotated[int, Field(ge=512, le=4096)] = 1232
+    # Total time one question may spend across all attempts (seconds); each attempt gets min(timeout, what is left).
+    budget: Annotated[float, Field(gt=0, le=60)] = 4.0
+    # First hold-down of a failing upstream (seconds); it doubles on every further failure up to backoff_max.
+    backoff_initial: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    backoff_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    @model_validator(mode="after")
+    def _backoff(self) -> ResolverConfig:
+        if self.backoff_initial > self.backoff_max:
+            raise ValueError(f"backoff_initial ({self.backoff_initial}) is above backoff_max ({self.backoff_max})")
+        return self
 
 
 class CacheConfig(Section):

@@ -1,7 +1,10 @@
 """Resolvers: where answers come from once policy has allowed a question and the cache had none.
 
 Owns: the :class:`Resolver` contract, and its implementations — ``forward.py`` (Do53 upstreams with health
-tracking), ``local.py`` (local zones). Recursion and DNSSEC validation plug in behind the same contract.
+tracking, selection logic in ``health.py``; see docs/forwarding.md), ``local.py`` (local zones). Recursion and
+DNSSEC validation plug in behind the same contract.
+Config: ``[resolver]`` (:class:`~ztdns.config.model.ResolverConfig`). Metrics: per-upstream health from
+``Forwarder.health()``.
 Client data touched: none — a resolver sees only the question, never who asked.
 """
 

@@ -1,0 +1,307 @@
+"""Forwarding to Do53 upstreams: UDP first, TCP when the answer is truncated, several upstreams with health.
+
+Sans-IO parts, tested with bytes: :func:`build_query` (random ID, RD, EDNS, DO/CD), :class:`ReplyFilter` /
+:func:`reply_matches` (is this datagram the answer to that query?) and :class:`~ztdns.resolver.health.HealthBook`
+(which upstream to try, when to hold one down). The I/O here only moves bytes.
+
+Spoofing defences: every attempt is a new query with a random 16-bit ID (``secrets``) sent from a new UDP socket
+whose source port the kernel picks at random; the socket is connected, so the kernel drops datagrams from other
+peers and reports ICMP unreachable, and the peer is checked again here. A datagram that is not the answer (other
+peer, ID, question, QR=0, or garbage) is ignored and the wait goes on, so a spoofer cannot end the exchange early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import socket
+import struct
+import time
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+from ztdns.config.model import ResolverConfig
+from ztdns.outcome import EDE, Reason
+from ztdns.resolver import Question, Resolution
+from ztdns.resolver.health import HealthBook, UpstreamHealth
+
+_HEADER = struct.Struct("!HHH")  # ID, flags, QDCOUNT: the start of the 12-byte header
+_HEADER_SIZE = 12
+_OPCODE_BITS = 0x7800
+_LENGTH = struct.Struct("!H")  # TCP length prefix (RFC 1035 4.2.2)
+
+# Rcodes that say "not from me" rather than answering about the name: try another upstream and count a failure.
+# SERVFAIL is different: the upstream is alive and usually fails for this name only, so it is kept as the answer
+# of last resort and does not count against the upstream's health.
+_REFUSALS = frozenset({dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.NOTIMP})
+
+
+def build_query(question: Question, edns_payload: int) -> dns.message.QueryMessage:
+    """The upstream query for ``question``: random ID, RD=1, EDNS(0) with ``edns_payload``, DO and CD as asked."""
+    query = dns.message.make_query(
+        question.name,
+        dns.rdatatype.RdataType.make(question.rdtype),
+        dns.rdataclass.RdataClass.make(question.rdclass),
+        use_edns=0,
+        want_dnssec=question.dnssec_ok,
+        payload=edns_payload,
+    )
+    query.id = secrets.randbits(16)
+    if question.checking_disabled:
+        query.flags |= dns.flags.CD
+    return query
+
+
+class ReplyFilter:
+    """What the answer to one query must look like, precomputed from the query's wire form: same ID, QR=1, same
+    opcode, and exactly the same question (name case-insensitively, type, class).
+
+    :meth:`matches` reads the header and question bytes only, so a flood of spoofed datagrams costs no parse. The
+    question is compared as bytes: a reply's first name cannot be compressed (there is nothing before it to point
+    to), and label lengths (< 64) never fall in the A–Z range that ``bytes.lower`` touches. The caller checks the
+    peer address."""
+
+    __slots__ = ("_end", "_ident", "_name", "_opcode", "_type_class")
+
+    def __init__(self, query_wire: bytes) -> None:
+        self._ident, flags, _ = _HEADER.unpack_from(query_wire)
+        self._opcode = flags & _OPCODE_BITS
+        end = _HEADER_SIZE
+        while query_wire[end]:  # our own query: an uncompressed name
+            end += query_wire[end] + 1
+        end += 1
+        self._name = query_wire[_HEADER_SIZE:end].lower()
+        self._type_class = query_wire[end : end + 4]
+        self._end = end + 4
+
+    def matches(self, reply_wire: bytes) -> bool:
+        if len(reply_wire) < self._end:
+            return False
+        ident, flags, qdcount = _HEADER.unpack_from(reply_wire)
+        return (
+            ident == self._ident
+            and bool(flags & dns.flags.QR)
+            and flags & _OPCODE_BITS == self._opcode
+            and qdcount == 1
+            and reply_wire[self._end - 4 : self._end] == self._type_class
+            and reply_wire[_HEADER_SIZE : self._end - 4].lower() == self._name
+        )
+
+    def decode(self, reply_wire: bytes) -> dns.message.Message | None:
+        """The parsed answer, or None when ``reply_wire`` does not match or does not parse."""
+        if not self.matches(reply_wire):
+            return None
+        try:
+            return dns.message.from_wire(reply_wire)
+        except Exception:  # dnspython raises many types on garbage; all of them mean "not an answer"
+            return None
+
+
+def reply_matches(query: dns.message.Message, reply_wire: bytes) -> bool:
+    """Whether ``reply_wire`` is the answer to ``query`` (see :class:`ReplyFilter`)."""
+    return ReplyFilter(query.to_wire()).matches(reply_wire)
+
+
+def decode_reply(query: dns.message.Message, reply_wire: bytes) -> dns.message.Message | None:
+    """The parsed answer to ``query``, or None when ``reply_wire`` does not match it or does not parse."""
+    return ReplyFilter(query.to_wire()).decode(reply_wire)
+
+
+def is_truncated(reply_wire: bytes) -> bool:
+    """TC=1 in a reply that :meth:`ReplyFilter.matches` accepted (so the header is there)."""
+    return bool(_HEADER.unpack_from(reply_wire)[1] & dns.flags.TC)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class UpstreamError(Exception):
+    """One attempt failed; ``str()`` says how (for EDE text), ``ede`` what it means for the client."""
+
+    def __init__(self, text: str, ede: EDE) -> None:
+        super().__init__(text)
+        self.ede = ede
+
+
+def _network_error(exc: BaseException, transport: str) -> UpstreamError:
+    prefix = "" if transport == "udp" else f"{transport} "
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(f"{prefix}timeout", EDE.NO_REACHABLE_AUTHORITY)
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return UpstreamError(f"{prefix}connection closed", EDE.NETWORK_ERROR)
+    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+    return UpstreamError(f"{prefix}{text.lower()}", EDE.NETWORK_ERROR)
+
+
+class Peer:
+    """An upstream's socket address, with the normalised form used to check where datagrams came from."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.ip = ipaddress.ip_address(host)
+        self.canonical = str(self.ip)  # the text form the kernel reports source addresses in
+        self.family = socket.AF_INET6 if self.ip.version == 6 else socket.AF_INET
+        self.label = format_address(host, port)
+
+    def sent(self, addr: Any) -> bool:
+        try:
+            if addr[1] != self.port:
+                return False
+            return addr[0] == self.canonical or ipaddress.ip_address(addr[0]) == self.ip
+        except (ValueError, TypeError, IndexError):
+            return False
+
+
+class UdpExchange(asyncio.DatagramProtocol):
+    """Waits on one connected UDP socket for the datagram that answers ``query``.
+
+    ``reply`` resolves to the parsed message, or to None when the answer matched but was truncated (TC=1)."""
+
+    def __init__(self, expected: ReplyFilter, peer: Peer) -> None:
+        self.expected = expected
+        self.peer = peer
+        self.reply: asyncio.Future[dns.message.Message | None] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.reply.done() or not self.peer.sent(addr) or not self.expected.matches(data):
+            return
+        if is_truncated(data):
+            self.reply.set_result(None)
+            return
+        message = self.expected.decode(data)
+        if message is not None:
+            self.reply.set_result(message)
+
+    def error_received(self, exc: Exception) -> None:
+        # On a connected socket this is ICMP unreachable (connection refused) or a local send error.
+        if not self.reply.done():
+            self.reply.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc or ConnectionAbortedError("socket closed"))
+
+
+class Forwarder:
+    """A :class:`~ztdns.resolver.Resolver` that forwards to the configured Do53 upstreams."""
+
+    def __init__(self, config: ResolverConfig) -> None:
+        self._config = config
+        self._peers = [Peer(*upstream.hostport()) for upstream in config.upstreams]
+        self._book = HealthBook(
+            [peer.label for peer in self._peers],
+            failures_before_down=config.failures_before_down,
+            backoff_initial=config.backoff_initial,
+            backoff_max=config.backoff_max,
+        )
+        self._open: set[asyncio.BaseTransport] = set()
+        self._closed = False
+
+    def health(self) -> list[UpstreamHealth]:
+        return self._book.snapshot(time.monotonic())
+
+    async def resolve(self, question: Question) -> Resolution:
+        if self._closed:
+            return Resolution(None, Reason(EDE.NETWORK_ERROR, "forwarder closed"))
+        if not self._peers:
+            return Resolution(None, Reason(EDE.NO_REACHABLE_AUTHORITY, "no upstreams configured"))
+        config = self._config
+        deadline = time.monotonic() + config.budget
+        order = self._book.order(time.monotonic())
+        failures: list[UpstreamError] = []
+        notes: dict[str, None] = {}  # "address what-failed", in order, without repeats
+        last_servfail: Resolution | None = None
+        for attempt in range(config.attempts):
+            index = order[attempt % len(order)]
+            peer = self._peers[index]
+            started = time.monotonic()
+            allowed = min(config.timeout, deadline - started)
+            if allowed <= 0:
+                break
+            try:
+                reply = await self._attempt(peer, question, allowed)
+            except UpstreamError as exc:
+                self._book.failed(index, time.monotonic(), penalty=allowed)
+                failures.append(exc)
+                notes[f"{peer.label} {exc}"] = None
+                continue
+            self._book.succeeded(index, time.monotonic() - started)
+            resolution = Resolution(reply, upstream=peer.label)
+            if reply.rcode() != dns.rcode.SERVFAIL:
+                return resolution
+            last_servfail = resolution
+        if last_servfail is not None:
+            return last_servfail
+        # 23 only when every attempt hit a network error; any timeout or refusal means "nobody would answer".
+        all_network = bool(failures) and all(f.ede is EDE.NETWORK_ERROR for f in failures)
+        ede = EDE.NETWORK_ERROR if all_network else EDE.NO_REACHABLE_AUTHORITY
+        text = "upstreams " + "; ".join(notes) if notes else "no attempt fitted in the time budget"
+        return Resolution(None, Reason(ede, text))
+
+    async def _attempt(self, peer: Peer, question: Question, allowed: float) -> dns.message.Message:
+        """One query to one upstream within ``allowed`` seconds: UDP, then TCP if truncated. Raises UpstreamError."""
+        wire = build_query(question, self._config.edns_payload).to_wire()
+        expected = ReplyFilter(wire)
+        transport = "udp"
+        try:
+            async with asyncio.timeout(allowed):
+                reply = await self._udp(peer, wire, expected)
+                if reply is None:
+                    transport = "tcp"
+                    reply = await self._tcp(peer, wire, expected)
+        except (OSError, EOFError) as exc:  # TimeoutError and IncompleteReadError included
+            raise _network_error(exc, transport) from None
+        rcode = reply.rcode()
+        if rcode in _REFUSALS:
+            raise UpstreamError(dns.rcode.to_text(rcode).lower(), EDE.NO_REACHABLE_AUTHORITY)
+        return reply
+
+    async def _udp(self, peer: Peer, wire: bytes, expected: ReplyFilter) -> dns.message.Message | None:
+        loop = asyncio.get_running_loop()
+        # A new socket per query: the kernel binds it to a random ephemeral port, and connecting it means only
+        # the upstream's datagrams (and its ICMP errors) reach us.
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: UdpExchange(expected, peer), remote_addr=(peer.host, peer.port), family=peer.family
+        )
+        self._open.add(transport)
+        try:
+            transport.sendto(wire)
+            return await protocol.reply
+        finally:
+            if not protocol.reply.done():
+                protocol.reply.cancel()
+            transport.close()
+            self._open.discard(transport)
+
+    async def _tcp(self, peer: Peer, wire: bytes, expected: ReplyFilter) -> dns.message.Message:
+        reader, writer = await asyncio.open_connection(peer.host, peer.port, family=peer.family)
+        self._open.add(writer.transport)
+        try:
+            writer.write(_LENGTH.pack(len(wire)) + wire)
+            await writer.drain()
+            while True:
+                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+                reply = expected.decode(await reader.readexactly(length))
+                if reply is not None:
+                    return reply
+        finally:
+            writer.close()
+            self._open.discard(writer.transport)
+
+    async def close(self) -> None:
+        """Close every socket still open; queries in flight end with a network error, later ones fail at once."""
+        self._closed = True
+        for transport in list(self._open):
+            transport.close()
+        self._open.clear()
