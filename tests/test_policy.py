@@ -64,9 +64,7 @@ def test_invalid_patterns(text: str) -> None:
 
 
 def test_invalid_pattern_in_config_names_the_key() -> None:
-    with pytest.raises(
-        ConfigError, match=r"test.toml:4: policies.p.deny\[1\]: '\*\.\*\.x' is not a valid pattern"
-    ):
+    with pytest.raises(ConfigError, match=r"test.toml:4: policies.p.deny\[1\]: '\*\.\*\.x' is not a valid pattern"):
         config('[policies.p]\nallow = ["a.x"]\ndeny = ["b.x",\n "*.*.x"]\n')
 
 
@@ -123,9 +121,7 @@ def test_default_deny() -> None:
 
 
 def test_deny_beats_allow_both_ways() -> None:
-    v = view(
-        'allow = ["**.example.com", "www.example.com"]\ndeny = ["ads.example.com", "**.www.example.com"]'
-    )
+    v = view('allow = ["**.example.com", "www.example.com"]\ndeny = ["ads.example.com", "**.www.example.com"]')
     assert allowed(v, "www.example.com")
     assert allowed(v, "mail.example.com")
     decision = v.decide("ads.example.com", A)
@@ -182,10 +178,7 @@ def test_several_policies_per_identity() -> None:
 
 def test_shared_policy_is_compiled_once() -> None:
     views = compile_views(
-        config(
-            '[identities.a]\npolicies = ["p"]\n[identities.b]\npolicies = ["p"]\n'
-            '[policies.p]\nallow = ["x"]\n'
-        )
+        config('[identities.a]\npolicies = ["p"]\n[identities.b]\npolicies = ["p"]\n[policies.p]\nallow = ["x"]\n')
     )
     assert views["a"].policies[0] is views["b"].policies[0]
 

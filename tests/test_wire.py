@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dns.message
+import dns.opcode
 import dns.rdatatype
 import dns.rrset
 from hypothesis import given
@@ -34,7 +35,7 @@ def test_variant_bits_separate_answers() -> None:
 def test_qtype_bytes_are_not_lowercased() -> None:
     # HTTPS is type 65 = 0x0041 ('A'): lower-casing the whole question would turn it into type 97.
     https = wire.parse_query(dns.message.make_query("x.example", "HTTPS").to_wire())
-    other = wire.parse_query(dns.message.make_query("x.example", 97).to_wire())
+    other = wire.parse_query(dns.message.make_query("x.example", dns.rdatatype.RdataType.make(97)).to_wire())
     assert https is not None and other is not None
     assert https.key != other.key
     assert https.qtype == 65
@@ -49,7 +50,7 @@ def test_unusual_queries_are_left_to_the_full_path() -> None:
     edns1 = dns.message.make_query("x.example", "A", use_edns=1)
     assert wire.parse_query(edns1.to_wire()) is None
     notify = dns.message.make_query("x.example", "SOA")
-    notify.set_opcode(4)
+    notify.set_opcode(dns.opcode.NOTIFY)
     assert wire.parse_query(notify.to_wire()) is None
 
 
@@ -77,4 +78,6 @@ def test_parser_never_raises(data: bytes) -> None:
         return  # e.g. malformed EDNS options: the fast path ignores options, the full path answers FORMERR
     # Where both parse, they see the same question.
     question = message.question[0]
-    assert parsed.key[:-1] == question.name.to_wire().lower() + data[parsed.name_end : parsed.question_end]
+    name_wire = question.name.to_wire()
+    assert name_wire is not None
+    assert parsed.key[:-1] == name_wire.lower() + data[parsed.name_end : parsed.question_end]

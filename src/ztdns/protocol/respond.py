@@ -54,6 +54,7 @@ class RespondStage:
             response.flags |= dns.flags.RD | dns.flags.RA
         else:
             response.flags = (response.flags & ~dns.flags.RD) | dns.flags.RA
+        rcode = response.rcode()  # extended rcodes (BADVERS) live in the OPT flags that use_edns rewrites
         if query.edns >= 0:
             options: list[dns.edns.Option] = []
             if ctx.reason is not None:
@@ -62,6 +63,7 @@ class RespondStage:
             response.use_edns(0, ednsflags, UDP_PAYLOAD, options=options)
         else:
             response.use_edns(False)
+        response.set_rcode(rcode)
         limit = STREAM_MAX if ctx.client.stream else udp_limit(query)
         full = response.to_wire(max_size=STREAM_MAX)
         ctx.full_wire_response = full

@@ -1,0 +1,308 @@
+"""`ztdns serve` as a subprocess, queried with real clients (kdig, dig, dnspython) and a real upstream (Unbound)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fixtures.server import ServerProcess, require_tool
+from fixtures.unbound import UnboundFactory, free_port
+
+UPSTREAM_DATA = [
+    "example.test. 3600 IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60",
+    "ads.test. 3600 IN SOA ns.ads.test. hostmaster.ads.test. 1 3600 600 86400 60",
+    "www.example.test. 300 IN A 192.0.2.10",
+    "www.example.test. 300 IN AAAA 2001:db8::10",
+    "alias.example.test. 300 IN CNAME www.example.test.",
+    "sneaky.example.test. 300 IN CNAME tracker.ads.test.",
+    "tracker.ads.test. 300 IN A 192.0.2.66",
+    "short.example.test. 1 IN A 192.0.2.11",
+    "big.example.test. 300 IN TXT " + " ".join(f'"{"x" * 200}-{i}"' for i in range(4)),
+    *[f"big.example.test. 300 IN A 192.0.2.{i}" for i in range(100, 160)],
+]
+
+
+def config_text(port: int, upstream: str, extra: str = "") -> str:
+    return f"""
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{port}"
+
+[[listen]]
+transport = "tcp"
+address = "127.0.0.1:{port}"
+
+[resolver]
+upstreams = [{{ address = "{upstream}" }}]
+timeout = 0.5
+budget = 1.5
+
+[cache]
+min_ttl = 0
+
+[identities.office]
+networks = ["127.0.0.1/32"]
+policies = ["web"]
+
+[identities.lab]
+networks = ["127.0.0.2/32"]
+policies = ["strict"]
+
+[unknown_clients]
+action = "refuse"
+
+[policies.web]
+allow = ["**.example.test", "example.test", "**.ads.test"]
+deny = ["**.ads.test"]
+
+[policies.strict]
+allow = ["www.example.test"]
+blocked_response = "refused"
+include_rule_text = false
+
+[log.query_log]
+output = "stdout"
+
+[metrics]
+enabled = false
+{extra}
+"""
+
+
+@pytest.fixture
+def upstream(unbound_upstream: UnboundFactory) -> str:
+    return unbound_upstream(UPSTREAM_DATA, zones=("example.test.", "ads.test."))
+
+
+@pytest.fixture
+def server(tmp_path: Path, upstream: str) -> Iterator[ServerProcess]:
+    port = free_port()
+    process = ServerProcess(config_text(port, upstream), tmp_path, port=port)
+    process.start()
+    yield process
+    assert process.stop() == 0, process.stderr
+
+
+def ask(
+    port: int, name: str, rdtype: str = "A", source: str = "127.0.0.1", tcp: bool = False, **kwargs: object
+) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype, use_edns=0, **kwargs)  # type: ignore[arg-type]
+    if tcp:
+        return dns.query.tcp(query, "127.0.0.1", port=port, timeout=3, source=source)
+    return dns.query.udp(query, "127.0.0.1", port=port, timeout=3, source=source)
+
+
+def ede(response: dns.message.Message) -> tuple[int, str] | None:
+    for option in response.options:
+        if isinstance(option, dns.edns.EDEOption):
+            return int(option.code), option.text or ""
+    return None
+
+
+def test_allowed_name_is_forwarded_and_cached(server: ServerProcess) -> None:
+    port = server.port
+    first = ask(port, "www.example.test")
+    assert first.rcode() == dns.rcode.NOERROR
+    assert [r.to_text() for r in first.answer[0]] == ["192.0.2.10"]
+    second = ask(port, "WWW.Example.TEST")  # a replay: the client's spelling comes back (0x20-safe)
+    assert second.question[0].name.to_text() == "WWW.Example.TEST."
+    assert second.answer[0].ttl <= 300
+    log = server.log_lines(2)
+    assert log[0]["decision"] == "allow" and log[0]["kind"] == "resolved" and log[0]["answers"] == ["192.0.2.10"]
+    assert log[0]["identity"] == "office" and log[0]["client"] == "127.0.0.1"
+    assert log[1]["cache_hit"] is True
+
+
+def test_denied_name_gets_nxdomain_soa_and_ede_15_with_rule(server: ServerProcess) -> None:
+    kdig = require_tool("kdig")
+    port = server.port
+    response = ask(port, "tracker.ads.test")
+    assert response.rcode() == dns.rcode.NXDOMAIN
+    assert response.authority and response.authority[0].rdtype == 6  # SOA
+    assert ede(response) == (15, "policy=web rule=deny:**.ads.test")
+    out = subprocess.run(
+        [kdig, "+edns", "@127.0.0.1", "-p", str(port), "tracker.ads.test"], capture_output=True, text=True, timeout=10
+    ).stdout
+    assert "NXDOMAIN" in out and "15 (Blocked)" in out and "policy=web rule=deny:**.ads.test" in out
+
+
+def test_default_deny_and_per_identity_policy(server: ServerProcess) -> None:
+    port = server.port
+    denied = ask(port, "other.test")
+    assert denied.rcode() == dns.rcode.NXDOMAIN
+    assert ede(denied) == (15, "policy=web rule=default-deny")
+    # 127.0.0.2 is the "lab" identity: only www.example.test, blocked answers are REFUSED without text.
+    assert ask(port, "www.example.test", source="127.0.0.2").rcode() == dns.rcode.NOERROR
+    strict = ask(port, "alias.example.test", source="127.0.0.2")
+    assert strict.rcode() == dns.rcode.REFUSED
+    assert ede(strict) == (15, "")
+
+
+def test_unknown_client_refused_with_ede_18(server: ServerProcess) -> None:
+    response = ask(server.port, "www.example.test", source="127.0.0.3")
+    assert response.rcode() == dns.rcode.REFUSED
+    assert ede(response) is not None and ede(response)[0] == 18  # type: ignore[index]
+
+
+def test_cname_into_denied_name_is_blocked(server: ServerProcess) -> None:
+    port = server.port
+    allowed = ask(port, "alias.example.test")  # CNAME to an allowed name (Unbound's local-data does not chase it)
+    assert allowed.rcode() == dns.rcode.NOERROR and allowed.answer[0].rdtype == 5
+    for _ in range(2):  # the second time from cache/replay: still checked
+        response = ask(port, "sneaky.example.test")
+        assert response.rcode() == dns.rcode.NXDOMAIN
+        assert ede(response) == (15, "policy=web rule=deny:**.ads.test")
+        assert not response.answer
+
+
+def test_canary_and_any(server: ServerProcess) -> None:
+    port = server.port
+    assert ask(port, "use-application-dns.net").rcode() == dns.rcode.NXDOMAIN
+    any_answer = ask(port, "www.example.test", "ANY")
+    assert any_answer.answer[0].rdtype == 13  # HINFO per RFC 8482
+
+
+def test_truncation_over_udp_and_full_answer_over_tcp(server: ServerProcess) -> None:
+    dig = require_tool("dig")
+    port = server.port
+    udp = ask(port, "big.example.test", "A", payload=512)
+    assert udp.flags & dns.flags.TC and not udp.answer
+    tcp = ask(port, "big.example.test", "A", tcp=True)
+    assert len(tcp.answer[0]) == 60
+    out = subprocess.run(
+        [dig, "@127.0.0.1", "-p", str(port), "big.example.test", "+bufsize=512", "+short"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    assert len(out.split()) == 60  # dig retried over TCP by itself
+
+
+def test_tcp_pipelining_answers_every_query(server: ServerProcess) -> None:
+    port = server.port
+    names = ["www.example.test", "alias.example.test", "nope.example.test", "tracker.ads.test"] * 5
+    queries = [dns.message.make_query(name, "A", use_edns=0) for name in names]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"".join(len(w).to_bytes(2, "big") + w for w in (q.to_wire() for q in queries)))
+        answers: dict[int, dns.message.Message] = {}
+        buffer = b""
+        while len(answers) < len(queries):
+            buffer += sock.recv(65535)
+            while len(buffer) >= 2 and len(buffer) >= 2 + int.from_bytes(buffer[:2], "big"):
+                size = int.from_bytes(buffer[:2], "big")
+                message = dns.message.from_wire(buffer[2 : 2 + size])
+                answers[message.id] = message
+                buffer = buffer[2 + size :]
+    for query in queries:
+        assert answers[query.id].question[0].name == query.question[0].name
+
+
+def test_negative_answers_are_cached_and_stale_data_served_when_upstream_dies(
+    server: ServerProcess, unbound_upstream: UnboundFactory, upstream: str
+) -> None:
+    port = server.port
+    assert ask(port, "missing.example.test").rcode() == dns.rcode.NXDOMAIN
+    assert ask(port, "short.example.test").answer[0].ttl <= 1
+    unbound_upstream.stop(upstream)
+    cached = ask(port, "missing.example.test")
+    assert cached.rcode() == dns.rcode.NXDOMAIN and ede(cached) is None  # from the negative cache
+    time.sleep(2.1)  # short.example.test expires
+    stale = ask(port, "short.example.test")
+    assert stale.rcode() == dns.rcode.NOERROR
+    assert stale.answer[0].to_text().endswith("192.0.2.11") and stale.answer[0].ttl == 30
+    code = ede(stale)
+    assert code is not None and code[0] == 3
+    failed = ask(port, "never.example.test")
+    assert failed.rcode() == dns.rcode.SERVFAIL
+    code = ede(failed)
+    assert code is not None and code[0] in (22, 23)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=5))
+def test_malformed_packets_never_stop_the_server(server: ServerProcess, junk: list[bytes]) -> None:
+    port = server.port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for packet in junk:
+            sock.sendto(packet, ("127.0.0.1", port))
+    # Over TCP the server may close a stream whose framing is broken (a zero length): that is a fine answer too.
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as tcp, contextlib.suppress(ConnectionError):
+        for packet in junk:
+            tcp.sendall(len(packet).to_bytes(2, "big") + packet)
+    assert ask(port, "www.example.test").rcode() == dns.rcode.NOERROR
+
+
+def test_protocol_errors(server: ServerProcess) -> None:
+    port = server.port
+    query = dns.message.make_query("www.example.test", "A")
+    query.set_opcode(dns.opcode.NOTIFY)
+    assert dns.query.udp(query, "127.0.0.1", port=port, timeout=3).rcode() == dns.rcode.NOTIMP
+    two = dns.message.make_query("www.example.test", "A")
+    two.question.append(two.question[0])
+    assert dns.query.udp(two, "127.0.0.1", port=port, timeout=3).rcode() == dns.rcode.FORMERR
+    chaos = dns.message.make_query("version.bind", "TXT", "CH")
+    assert dns.query.udp(chaos, "127.0.0.1", port=port, timeout=3).rcode() == dns.rcode.REFUSED
+    badvers = dns.message.make_query("www.example.test", "A", use_edns=1)
+    assert dns.query.udp(badvers, "127.0.0.1", port=port, timeout=3).rcode() == dns.rcode.BADVERS
+    response = dns.message.make_response(dns.message.make_query("www.example.test", "A"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        sock.sendto(response.to_wire(), ("127.0.0.1", port))  # QR=1: ignored, never answered
+        with pytest.raises(TimeoutError):
+            sock.recvfrom(512)
+
+
+def test_sighup_reload_keeps_old_config_on_error_and_applies_a_good_one(server: ServerProcess) -> None:
+    port = server.port
+    assert ask(port, "www.example.test").rcode() == dns.rcode.NOERROR
+    good = server.config_path.read_text()
+    server.config_path.write_text(good.replace('allow = ["**.example.test"', 'allow = ["*.*.x", "**.example.test"'))
+    server.signal(signal.SIGHUP)
+    assert server.wait_stderr("reload rejected")
+    assert "policies.web.allow[0]: '*.*.x' is not a valid pattern" in server.stderr
+    assert ask(port, "www.example.test").rcode() == dns.rcode.NOERROR  # old config still serving
+    server.config_path.write_text(good.replace('deny = ["**.ads.test"]', 'deny = ["**.ads.test", "www.example.test"]'))
+    server.signal(signal.SIGHUP)
+    assert server.wait_stderr("reloaded")
+    blocked = ask(port, "www.example.test")  # the replay from before the reload must not be served
+    assert blocked.rcode() == dns.rcode.NXDOMAIN
+    assert ede(blocked) == (15, "policy=web rule=deny:www.example.test")
+
+
+def test_metrics_endpoint(tmp_path: Path, upstream: str) -> None:
+    port, metrics_port = free_port(), free_port()
+    text = config_text(port, upstream).replace(
+        "[metrics]\nenabled = false", f'[metrics]\nenabled = true\naddress = "127.0.0.1:{metrics_port}"'
+    )
+    with ServerProcess(text, tmp_path):
+        ask(port, "www.example.test")
+        ask(port, "www.example.test")
+        ask(port, "tracker.ads.test")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    assert 'ztdns_queries_total{kind="blocked",rcode="NXDOMAIN",transport="udp"} 1.0' in body
+    assert 'ztdns_queries_total{kind="cached",rcode="NOERROR",transport="udp"} 1.0' in body
+    assert "ztdns_query_latency_seconds_bucket" in body
+    assert "ztdns_cache_entries" in body
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path: Path, upstream: str) -> None:
+    port = free_port()
+    process = ServerProcess(config_text(port, upstream), tmp_path).start()
+    ask(port, "www.example.test")
+    assert process.stop() == 0
+    assert "draining" in process.stderr
