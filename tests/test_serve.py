@@ -136,7 +136,11 @@ def test_denied_name_gets_nxdomain_soa_and_ede_15_with_rule(server: ServerProces
     assert response.authority and response.authority[0].rdtype == 6  # SOA
     assert ede(response) == (15, "policy=web rule=deny:**.ads.test")
     out = subprocess.run(
-        [kdig, "+edns", "@127.0.0.1", "-p", str(port), "tracker.ads.test"], capture_output=True, text=True, timeout=10
+        [kdig, "+edns", "@127.0.0.1", "-p", str(port), "tracker.ads.test"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
     ).stdout
     assert "NXDOMAIN" in out and "15 (Blocked)" in out and "policy=web rule=deny:**.ads.test" in out
 
@@ -189,6 +193,7 @@ def test_truncation_over_udp_and_full_answer_over_tcp(server: ServerProcess) -> 
         capture_output=True,
         text=True,
         timeout=10,
+        check=True,
     ).stdout
     assert len(out.split()) == 60  # dig retried over TCP by itself
 
