@@ -12,8 +12,10 @@ import dns.rdatatype
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import Config
-from ztdns.outcome import EDE
+from ztdns.outcome import EDE, Kind
 from ztdns.pipeline import QueryContext
+from ztdns.policy import explain as explain_rule
+from ztdns.policy.stage import name_key
 from ztdns.server import Frontend
 
 
@@ -62,12 +64,17 @@ def _describe(client_text: str, ctx: QueryContext) -> str:
             f"question:  {ctx.question.name} {dns.rdatatype.to_text(dns.rdatatype.RdataType.make(ctx.question.rdtype))}"
         )
     decision = ctx.decision
-    if decision is not None:
-        verdict = "allow" if decision.allowed and ctx.kind is not None and ctx.kind.value != "blocked" else "deny"
-        lines.append(f"decision:  {verdict}")
+    if decision is not None and ctx.view is not None and ctx.question is not None:
+        # The decision that stands may be on a CNAME target rather than the question: explain that name.
+        name = ctx.decided_name or name_key(ctx.question.name)
+        explanation = explain_rule(ctx.view, name, ctx.question.rdtype)
+        verdict = "allow" if decision.allowed and ctx.kind is not Kind.BLOCKED else "deny"
+        lines.append(
+            f"decision:  {verdict}" + ("" if name == name_key(ctx.question.name) else f" (at CNAME target {name})")
+        )
         lines.append(f"policy:    {decision.policy}")
         lines.append(f"rule:      {decision.rule}")
-        lines.append(f"list:      {decision.source or '-'}")
+        lines.append(f"from:      {explanation.origin()}")
     else:
         lines.append("decision:  refuse (no identity)" if ctx.identity is None else "decision:  none")
     lines.append(f"outcome:   {ctx.kind.value if ctx.kind else 'none'}")

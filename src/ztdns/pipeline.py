@@ -41,6 +41,7 @@ class QueryContext:
     kind: Kind | None = None
     reason: Reason | None = None  # EDE attached to the response
     decision: Decision | None = None  # the policy decision that decided, if any
+    decided_name: str | None = None  # the name that decision was made on (the question or a CNAME target)
     upstream: str | None = None
     drop: bool = False  # send nothing (responses, garbage without a header)
     cache_hit: bool = False

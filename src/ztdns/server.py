@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ztdns.cache import MessageCache
 from ztdns.cache.stage import CacheStage
@@ -115,40 +118,47 @@ class Frontend:
         self.querylog = _make_querylog(config)
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.runtime = self._compile(config)
+        self.runtime, self.cache_stage = self._build(config, self.resolver, self.querylog)
         self._register_metrics()
 
-    def _compile(self, config: Config) -> Runtime:
-        runtime = compile_runtime(config, Observer(self.metrics, self.querylog))
-        self.cache_stage = CacheStage(self.cache, self.resolver)
-        runtime.handler = chain(build_stages(runtime, self.cache_stage, ResolveStage(self.resolver)))
-        return runtime
+    def _build(
+        self, config: Config, resolver: Resolver | None, querylog: QueryLog | None
+    ) -> tuple[Runtime, CacheStage]:
+        """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
+        runtime = compile_runtime(config, Observer(self.metrics, querylog))
+        cache_stage = CacheStage(self.cache, resolver)
+        runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver)))
+        return runtime, cache_stage
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
 
     async def reload(self, config: Config) -> None:
-        """Swap in a new config. Raises (keeping the old runtime) if the new one cannot be compiled."""
+        """Swap in a new config. Raises, keeping the old runtime, if the new one cannot be compiled.
+
+        Compiling (list files can hold millions of names) runs in a thread so the event loop keeps answering.
+        """
         old = self.runtime.config
-        new_querylog = _make_querylog(config) if config.log != old.log else self.querylog
-        new_resolver = make_resolver(config) if config.resolver != old.resolver else self.resolver
-        old_resolver, old_querylog = self.resolver, self.querylog
-        self.resolver, self.querylog = new_resolver, new_querylog
+        querylog = _make_querylog(config) if config.log != old.log else self.querylog
+        resolver = make_resolver(config) if config.resolver != old.resolver else self.resolver
         try:
-            runtime = self._compile(config)
-        except Exception:
-            self.resolver, self.querylog = old_resolver, old_querylog
-            if new_resolver is not old_resolver and new_resolver is not None:
-                await new_resolver.close()
-            if new_querylog is not old_querylog and new_querylog is not None:
-                new_querylog.close()
+            runtime, cache_stage = await asyncio.get_running_loop().run_in_executor(
+                None, self._build, config, resolver, querylog
+            )
+        except BaseException:
+            await self._release(resolver, querylog)
             raise
+        old_resolver, old_querylog = self.resolver, self.querylog
+        self.resolver, self.querylog, self.cache_stage, self.runtime = resolver, querylog, cache_stage, runtime
         self.cache.reconfigure(config.cache)
-        self.runtime = runtime
-        if old_resolver is not new_resolver and old_resolver is not None:
-            await old_resolver.close()
-        if old_querylog is not new_querylog and old_querylog is not None:
-            old_querylog.close()
+        await self._release(old_resolver, old_querylog)
+
+    async def _release(self, resolver: Resolver | None, querylog: QueryLog | None) -> None:
+        """Close a resolver and query log unless they are the ones in service."""
+        if resolver is not None and resolver is not self.resolver:
+            await resolver.close()
+        if querylog is not None and querylog is not self.querylog:
+            querylog.close()
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         parsed = parse_query(wire)
@@ -242,10 +252,27 @@ class Frontend:
             lambda: float(self.cache.prefetches),
         )
         counters["ztdns_cache_evictions"] = ("Entries evicted by size", lambda: float(self.cache.evictions))
+        self.metrics.labelled.append(self._upstream_families)
         counters["ztdns_querylog_dropped"] = (
             "Query log lines dropped because the writer fell behind",
             lambda: float(self.querylog.dropped if self.querylog else 0),
         )
+
+    def _upstream_families(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        health = getattr(self.resolver, "health", None)
+        if health is None:
+            return
+        up = GaugeMetricFamily("ztdns_upstream_up", "1 when the upstream is in service", labels=["upstream"])
+        srtt = GaugeMetricFamily("ztdns_upstream_srtt_seconds", "Smoothed round-trip time", labels=["upstream"])
+        queries = CounterMetricFamily("ztdns_upstream_queries", "Attempts sent to the upstream", labels=["upstream"])
+        errors = CounterMetricFamily("ztdns_upstream_errors", "Attempts that failed", labels=["upstream"])
+        for upstream in health():
+            up.add_metric([upstream.address], 1.0 if upstream.up else 0.0)
+            if upstream.srtt is not None:
+                srtt.add_metric([upstream.address], upstream.srtt)
+            queries.add_metric([upstream.address], upstream.queries)
+            errors.add_metric([upstream.address], upstream.errors)
+        yield from (up, srtt, queries, errors)
 
     async def close(self) -> None:
         if self.resolver is not None:

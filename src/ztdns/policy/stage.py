@@ -51,17 +51,18 @@ def _synthetic_soa(owner: dns.name.Name) -> dns.rrset.RRset:
     )
 
 
-def _block(ctx: QueryContext, decision: Decision) -> None:
+def _block(ctx: QueryContext, decision: Decision, name: str) -> None:
     assert ctx.query is not None
     ctx.response = blocked_response(ctx.query, decision)
     ctx.kind = Kind.BLOCKED
     ctx.decision = decision
+    ctx.decided_name = name
     ctx.reason = Reason(EDE.BLOCKED, decision.ede_text() if decision.include_rule_text else "")
     ctx.replay_until = time.monotonic() + SYNTHESISED_REPLAY_SECONDS
     ctx.replay_counts_down = False
 
 
-def _name_key(name: dns.name.Name) -> str:
+def name_key(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower() if name != dns.name.root else ""
 
 
@@ -91,10 +92,12 @@ class PolicyStage:
 
     async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
         assert ctx.question is not None and ctx.view is not None
-        decision = ctx.view.decide(_name_key(ctx.question.name), ctx.question.rdtype)
+        name = name_key(ctx.question.name)
+        decision = ctx.view.decide(name, ctx.question.rdtype)
         ctx.decision = decision
+        ctx.decided_name = name
         if not decision.allowed:
-            _block(ctx, decision)
+            _block(ctx, decision, name)
             return
         await call_next(ctx)
 
@@ -118,7 +121,8 @@ class ChainCheckStage:
             if rrset.rdtype not in (dns.rdatatype.CNAME, dns.rdatatype.DNAME):
                 continue
             for rdata in rrset:
-                decision = view.decide(_name_key(rdata.target), rdtype)
+                target = name_key(rdata.target)
+                decision = view.decide(target, rdtype)
                 if not decision.allowed:
-                    _block(ctx, decision)
+                    _block(ctx, decision, target)
                     return
