@@ -1,4 +1,4 @@
-"""Shared fixtures for encrypted transport tests: a PKI with good and bad client certificates, a test handler."""
+"""Fixtures for encrypted transport tests: a PKI with good and bad client certificates, a test handler."""
 
 from __future__ import annotations
 
@@ -107,11 +107,11 @@ class EchoHandler:
         return response.to_wire()
 
 
-async def kdig(*args: str, timeout: float = 10) -> tuple[int, str]:
+async def kdig(*args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         "kdig", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout)
+    out, _ = await asyncio.wait_for(process.communicate(), 10)
     return process.returncode or 0, out.decode()
 
 

@@ -122,3 +122,14 @@ def min_ttl(response: bytes) -> int | None:
     except (IndexError, ValueError, struct.error):
         return None
     return min(ttls) if ttls else None
+
+
+def is_query(wire: bytes) -> bool:
+    """True when WIRE is a well-formed DNS message with QR=0: what DoH checks before the handler sees it."""
+    if len(wire) < _HEADER or wire[2] & 0x80:
+        return False
+    try:
+        _records(wire)
+    except (IndexError, ValueError, struct.error):
+        return False
+    return True
