@@ -110,3 +110,18 @@ def test_revoke_unknown(tmp_path: Path) -> None:
     init_ca(tmp_path)
     with pytest.raises(PkiError):
         revoke(tmp_path, "ghost")
+
+
+def test_development_listeners(tmp_path: Path) -> None:
+    from ztdns.transport.development import development_listeners, how_to_query
+    from ztdns.transport.tls import TlsMaterial
+
+    listeners, pki = development_listeners(tmp_path)
+    assert [(c.transport, c.address) for c in listeners] == [
+        ("dot", "127.0.0.1:8853"),
+        ("doh", "127.0.0.1:8443"),
+        ("doq", "127.0.0.1:8853"),
+    ]
+    for config in listeners:
+        assert TlsMaterial.from_config(config).current.number == 1
+    assert str(pki.ca) in how_to_query(pki)

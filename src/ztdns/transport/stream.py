@@ -18,7 +18,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config.model import ListenConfig
@@ -51,7 +51,8 @@ class TlsConnection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
         peer = transport.get_extra_info("peername") or ("", 0)
@@ -130,7 +131,7 @@ class _Accept(asyncio.Protocol):
         self.listener = listener
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         # Pause before anything is read: the ClientHello must go to the TLS layer, not to us.
         transport.pause_reading()
         self.listener.accepted(transport)
