@@ -120,7 +120,11 @@ async def main() -> None:
 
 async def run(directory: Path, datafile: Path, seconds: float, clients: int) -> None:
     handler = PrerenderedHandler()
-    common = {"address": "127.0.0.1:0", "cert": str(directory / "server.crt"), "key": str(directory / "server.key")}
+    common = {
+        "address": "127.0.0.1:0",
+        "cert": str(directory / "server.crt"),
+        "key": str(directory / "server.key"),
+    }
     dot_config = ListenConfig.model_validate({"transport": "dot", **common})
     doh_config = ListenConfig.model_validate({"transport": "doh", **common})
     dot = await start_dot_listener(dot_config, handler, TlsMaterial.from_config(dot_config))

@@ -1,4 +1,4 @@
-"""The encrypted listeners of the built-in default config: DoT, DoH and DoQ on loopback with a development PKI."""
+"""The encrypted listeners of the built-in default config: DoT, DoH, DoQ on loopback, development PKI."""
 
 from __future__ import annotations
 
