@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from ztdns import __version__
 from ztdns.config import ConfigError, load_config
+from ztdns.pki.cli import register as register_pki
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -75,7 +76,7 @@ def _register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _registrations() -> list[Register]:
     # Imported here so that `ztdns check` does not pay for loading the server, agent or signer.
-    return [_register_serve, _register_check, _register_explain]
+    return [_register_serve, _register_check, _register_explain, register_pki]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,12 +58,46 @@ class ListenConfig(Section):
     idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     max_connections: Annotated[int, Field(ge=1)] = 10_000
     max_pipelined: Annotated[int, Field(ge=1, le=65535)] = 100
+    # TLS for dot/doh/doq (docs/transports.md). Paths are relative to the config file.
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None  # CA bundle that client certificates must chain to
+    client_auth: Literal["require", "optional", "off"] = "off"
+    crl: list[str] = []
+    tls_min_version: Literal["1.2", "1.3"] = "1.3"
+    handshake_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Certificate, key, CA and CRL files are re-read when changed: polled this often, and on SIGHUP.
+    tls_reload_interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    path: str = "/dns-query"  # DoH only
 
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
         parse_hostport(value, 53)
         return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value:
+            raise ValueError("path must start with '/' and carry no query string")
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> ListenConfig:
+        if self.transport in ("udp", "tcp"):
+            if self.cert or self.key or self.ca or self.crl or self.client_auth != "off":
+                raise ValueError(
+                    f"TLS keys (cert, key, ca, crl, client_auth) do not apply to {self.transport}"
+                )
+            return self
+        if not self.cert or not self.key:
+            raise ValueError(f"transport {self.transport!r} needs cert and key")
+        if self.client_auth != "off" and not self.ca:
+            raise ValueError(
+                f"client_auth = {self.client_auth!r} needs ca (the bundle client certificates chain to)"
+            )
+        return self
 
     def hostport(self) -> tuple[str, int]:
         return parse_hostport(self.address, 53)
@@ -165,7 +199,8 @@ def _rule_kind(value: object) -> str:
 # A rule is a pattern string, or a table with a pattern and qtypes. Tags starting with '~' are dropped from
 # error locations, so errors read 'policies.web.allow[3]'.
 Rule = Annotated[
-    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")] | Annotated[RuleConfig, Tag("~table")],
+    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")]
+    | Annotated[RuleConfig, Tag("~table")],
     Discriminator(_rule_kind),
 ]
 

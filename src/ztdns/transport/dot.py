@@ -1,0 +1,111 @@
+"""DNS over TLS (RFC 7858): length-framed messages on a TLS connection, pipelined, answered out of order.
+
+Each query is answered as soon as it can be: the handler's synchronous fast path answers inline, anything else
+runs as its own task, so one slow upstream answer never holds back the ones behind it. At most
+``max_pipelined`` queries are in flight per connection; beyond that we stop reading until answers go out.
+Responses are padded to 468-octet blocks when the query was padded (RFC 7830, RFC 8467).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ztdns.client import Transport
+from ztdns.config.model import ListenConfig
+from ztdns.transport import Handler
+from ztdns.transport.dnswire import pad_response, wants_padding
+from ztdns.transport.framing import FramingError, LengthPrefixedFramer, frame
+from ztdns.transport.stream import TlsConnection, TlsStreamListener
+from ztdns.transport.tls import TlsMaterial
+
+log = logging.getLogger(__name__)
+
+
+def finish_response(query: bytes, response: bytes) -> bytes:
+    """What every encrypted transport does to a response before sending it: pad it if the query was padded."""
+    return pad_response(response) if wants_padding(query) else response
+
+
+class DotConnection(TlsConnection):
+    kind = Transport.DOT
+
+    def __init__(self, listener: TlsStreamListener) -> None:
+        super().__init__(listener)
+        self.framer = LengthPrefixedFramer()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.read_paused = False
+
+    def received(self, data: bytes) -> None:
+        self.touch()
+        try:
+            messages = self.framer.feed(data)
+        except FramingError:
+            self.abort()
+            return
+        for wire in messages:
+            self.query(wire)
+        if len(self.tasks) >= self.config.max_pipelined and not self.read_paused:
+            self.read_paused = True
+            self.pause_reading_for_writes()
+
+    def query(self, wire: bytes) -> None:
+        try:
+            response = self.handler.fast(wire, self.client)
+        except Exception:
+            log.exception("handler fast path failed")
+            return
+        if response is not None:
+            self.send(wire, response)
+            return
+        task = asyncio.get_running_loop().create_task(self.slow(wire))
+        self.tasks.add(task)
+        task.add_done_callback(self.done)
+
+    async def slow(self, wire: bytes) -> None:
+        response = await self.handler.handle(wire, self.client)
+        if response is not None:
+            self.send(wire, response)
+
+    def send(self, query: bytes, response: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame(finish_response(query, response)))
+            self.touch()
+
+    def done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handler failed", exc_info=task.exception())
+        if self.draining:
+            if not self.tasks:
+                self.close()
+        elif self.read_paused and len(self.tasks) < self.config.max_pipelined and not self.write_paused:
+            self.read_paused = False
+            self.resume_reading_if_possible()
+
+    def resume_reading_if_possible(self) -> None:
+        if not self.read_paused:
+            super().resume_reading_if_possible()
+
+    def busy(self) -> bool:
+        return bool(self.tasks)
+
+    def drain(self) -> None:
+        self.draining = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if not self.tasks:
+            self.close()
+
+    def stopped(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+async def start_dot_listener(
+    config: ListenConfig, handler: Handler, tls: TlsMaterial, *, reuse_port: bool = False
+) -> TlsStreamListener:
+    """Listen for DoT on ``config.address``. Close with ``await listener.close(drain_seconds)``."""
+    listener = TlsStreamListener(config, handler, tls, DotConnection)
+    await listener.start(reuse_port=reuse_port)
+    return listener

@@ -1,0 +1,3 @@
+from tlsfixtures import pki
+
+__all__ = ["pki"]
