@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixtures.server import ServerProcess, require_tool
+from fixtures.server import ServerProcess
+from fixtures.tools import require_tool
 from fixtures.unbound import UnboundFactory, free_port
 
 UPSTREAM_DATA = [

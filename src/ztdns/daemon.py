@@ -14,17 +14,51 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ztdns.config import Config, ConfigError, load_config
+from ztdns.config.model import ListenConfig
 from ztdns.observe.metrics import MetricsCollector
 from ztdns.server import Frontend
+from ztdns.transport.development import development_listeners, how_to_query
+from ztdns.transport.doh import start_doh_listener
+from ztdns.transport.doq import start_doq_listener
+from ztdns.transport.dot import start_dot_listener
 from ztdns.transport.tcp import TcpServer
+from ztdns.transport.tls import TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
 
 log = logging.getLogger("ztdns")
+
+
+class EncryptedListener(Protocol):
+    def reload(self) -> bool: ...
+
+    async def close(self, drain_seconds: float = 5.0) -> None: ...
+
+
+async def _start_dot(listen: ListenConfig, handler: Frontend, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
+    return await start_dot_listener(listen, handler, tls, reuse_port=reuse)
+
+
+async def _start_doh(listen: ListenConfig, handler: Frontend, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
+    return await start_doh_listener(listen, handler, tls, reuse_port=reuse)
+
+
+async def _start_doq(listen: ListenConfig, handler: Frontend, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
+    # QUIC has no SO_REUSEPORT load sharing (connections are not bound to a socket tuple): worker 0 only.
+    return await start_doq_listener(listen, handler, tls)
+
+
+_ENCRYPTED: dict[str, Callable[[ListenConfig, Frontend, TlsMaterial, bool], Awaitable[EncryptedListener]]] = {
+    "dot": _start_dot,
+    "doh": _start_doh,
+    "doq": _start_doq,
+}
 
 
 class Service:
@@ -36,13 +70,27 @@ class Service:
         self.frontend = Frontend(config)
         self.udp: list[UdpListener] = []
         self.tcp: list[TcpServer] = []
+        self.encrypted: list[EncryptedListener] = []
+        self.hints = ""
         self.stopping = asyncio.Event()
 
     async def start(self) -> list[str]:
         endpoints = []
         self.frontend.bind_loop(asyncio.get_running_loop())
-        for listen in self.config.listen:
-            if listen.transport == "udp":
+        listens = list(self.config.listen)
+        if self.config_path is None:
+            # The built-in default also shows off encrypted DNS, with a development PKI made on first run.
+            development, pki = development_listeners(Path(self.config.server.state_dir))
+            listens += development
+            self.hints = how_to_query(pki)
+        for listen in listens:
+            if listen.transport in _ENCRYPTED:
+                try:
+                    tls = TlsMaterial.from_config(listen, self.config.base_dir)
+                except TlsError as exc:
+                    raise ConfigError([f"{self.config.source}: listen {listen.address}: {exc}"]) from None
+                self.encrypted.append(await _ENCRYPTED[listen.transport](listen, self.frontend, tls, self.reuse_port))
+            elif listen.transport == "udp":
                 listener = UdpListener(listen, self.frontend, self.reuse_port)
                 listener.start(asyncio.get_running_loop())
                 self.udp.append(listener)
@@ -50,8 +98,6 @@ class Service:
                 server = TcpServer(listen, self.frontend)
                 await server.start(self.reuse_port)
                 self.tcp.append(server)
-            else:
-                raise ConfigError([f"listen: transport {listen.transport!r} is not available in this build"])
             endpoints.append(f"{listen.transport} {listen.address}")
         if self.config.metrics.enabled:
             host, port = self.config.metrics.hostport()
@@ -75,6 +121,8 @@ class Service:
         except Exception:
             log.exception("reload failed, still serving the previous config")
             return
+        for encrypted in self.encrypted:
+            encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk
         if [lst.model_dump() for lst in config.listen] != [lst.model_dump() for lst in self.config.listen]:
             log.warning("reload: listener changes take effect on restart")
         self.config = config
@@ -93,6 +141,8 @@ class Service:
             await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0))
         for server in self.tcp:
             await server.drain(max(deadline - loop.time(), 0))
+        for encrypted in self.encrypted:
+            await encrypted.close(max(deadline - loop.time(), 0))
         for listener in self.udp:
             listener.close()
         await self.frontend.close()
@@ -108,6 +158,8 @@ class Service:
             print(f"ztdns: serving config {source}", file=sys.stderr)
             for endpoint in endpoints:
                 print(f"ztdns: listening on {endpoint}", file=sys.stderr)
+            if self.hints:
+                print(self.hints, file=sys.stderr)
             sys.stderr.flush()
         await self.stopping.wait()
         log.info("draining")

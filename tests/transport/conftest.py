@@ -1,3 +1,3 @@
-from tlsfixtures import pki
+from fixtures.tls import pki
 
 __all__ = ["pki"]

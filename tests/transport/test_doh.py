@@ -13,8 +13,9 @@ import h2.events
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tlsfixtures import PROD_ID, EchoHandler, Pki, kdig, listen_config, needs
 
+from fixtures.tls import PROD_ID, EchoHandler, Pki, kdig, listen_config
+from fixtures.tools import needs
 from ztdns.transport.doh import decode_request, start_doh_listener
 from ztdns.transport.stream import TlsStreamListener
 from ztdns.transport.tls import TlsMaterial
@@ -133,9 +134,7 @@ def test_curl_doh_url_and_http_errors(pki: Pki, tmp_path: Path) -> None:
                     f"{base}/dns-query?dns={b64(QUERY)}",
                 )
                 assert out.startswith("200"), out
-                _, out = await curl(
-                    *tls, http, "-D", "-", "-o", "/dev/null", f"{base}/dns-query?dns={b64(QUERY)}"
-                )
+                _, out = await curl(*tls, http, "-D", "-", "-o", "/dev/null", f"{base}/dns-query?dns={b64(QUERY)}")
                 assert "cache-control: max-age=60" in out.lower(), out
                 cases = {
                     f"{base}/dns-query?dns=@@@": "400",
@@ -189,9 +188,7 @@ class H2Client:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.h2.initiate_connection()
         self.flush()
 
@@ -199,9 +196,7 @@ class H2Client:
     async def connect(cls, pki: Pki, port: int) -> H2Client:
         context = ssl.create_default_context(cafile=str(pki.ca))
         context.set_alpn_protocols(["h2"])
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=context, server_hostname="dns.test"
-        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="dns.test")
         return cls(reader, writer)
 
     def flush(self) -> None:
@@ -247,9 +242,7 @@ def test_h2_stream_abuse_leaves_others_served(pki: Pki) -> None:
             # Rapid reset: open and cancel streams until the server gives up on the connection.
             abuser = await H2Client.connect(pki, port)
             for _ in range(300):
-                stream_id = abuser.get(
-                    f"/dns-query?dns={b64(dns.message.make_query('x.slow.', 'A').to_wire())}"
-                )
+                stream_id = abuser.get(f"/dns-query?dns={b64(dns.message.make_query('x.slow.', 'A').to_wire())}")
                 abuser.h2.reset_stream(stream_id)
                 abuser.flush()
             events = await abuser.events(h2.events.ConnectionTerminated)
@@ -259,9 +252,7 @@ def test_h2_stream_abuse_leaves_others_served(pki: Pki) -> None:
             # Garbage after the preface closes only that connection.
             context = ssl.create_default_context(cafile=str(pki.ca))
             context.set_alpn_protocols(["h2"])
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=context, server_hostname="dns.test"
-            )
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="dns.test")
             # A PING frame on a stream is a connection error (RFC 9113 section 6.7).
             writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x08\x06\x00\x00\x00\x00\x01" + b"x" * 8)
             received = await asyncio.wait_for(reader.read(), 3)

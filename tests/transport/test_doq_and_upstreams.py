@@ -6,8 +6,8 @@ import dns.asyncquery
 import dns.message
 import dns.rcode
 import pytest
-from tlsfixtures import DEV_ID, PROD_ID, EchoHandler, Pki, listen_config
 
+from fixtures.tls import DEV_ID, PROD_ID, EchoHandler, Pki, listen_config
 from ztdns.resolver.encrypted import (
     DohUpstream,
     DoqUpstream,
@@ -37,9 +37,7 @@ def test_doq_identities_and_refusals(pki: Pki, caplog: pytest.LogCaptureFixture)
         def settings(name: str | None) -> TlsClientSettings:
             if name is None:
                 return TlsClientSettings(server_name="dns.test", ca=pki.ca)
-            return TlsClientSettings(
-                server_name="dns.test", ca=pki.ca, cert=pki.cert(name), key=pki.key(name)
-            )
+            return TlsClientSettings(server_name="dns.test", ca=pki.ca, cert=pki.cert(name), key=pki.key(name))
 
         try:
             for name, expected in (("prod", PROD_ID), ("dev", DEV_ID), (None, '"-"')):
@@ -106,9 +104,7 @@ def test_encrypted_upstreams_reuse_verify_and_pin(pki: Pki) -> None:
             ]
             for upstream in upstreams:
                 # Same message ID in flight concurrently, slow and fast: all answered, IDs restored.
-                queries = [
-                    dns.message.make_query(n, "TXT") for n in ("whoami.slow.", "whoami.", "whoami.fast.")
-                ]
+                queries = [dns.message.make_query(n, "TXT") for n in ("whoami.slow.", "whoami.", "whoami.fast.")]
                 for q in queries:
                     q.id = 4242
                 answers = await asyncio.gather(*(upstream.query(q.to_wire(), 3) for q in queries))

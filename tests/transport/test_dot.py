@@ -9,8 +9,9 @@ import dns.asyncquery
 import dns.message
 import dns.rcode
 import pytest
-from tlsfixtures import DEV_ID, PROD_ID, EchoHandler, Pki, kdig, listen_config, needs
 
+from fixtures.tls import DEV_ID, PROD_ID, EchoHandler, Pki, kdig, listen_config
+from fixtures.tools import needs
 from ztdns.transport.dot import start_dot_listener
 from ztdns.transport.framing import frame
 from ztdns.transport.tls import TlsMaterial
@@ -81,9 +82,7 @@ def test_kdig_with_and_without_client_certificates(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("client_auth", ["require", "optional"])
-def test_bad_client_certificates_are_refused(
-    pki: Pki, client_auth: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_bad_client_certificates_are_refused(pki: Pki, client_auth: str, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         handler = EchoHandler()
         config = listen_config(pki, "dot", client_auth=client_auth)

@@ -87,16 +87,12 @@ class ListenConfig(Section):
     def _tls(self) -> ListenConfig:
         if self.transport in ("udp", "tcp"):
             if self.cert or self.key or self.ca or self.crl or self.client_auth != "off":
-                raise ValueError(
-                    f"TLS keys (cert, key, ca, crl, client_auth) do not apply to {self.transport}"
-                )
+                raise ValueError(f"TLS keys (cert, key, ca, crl, client_auth) do not apply to {self.transport}")
             return self
         if not self.cert or not self.key:
             raise ValueError(f"transport {self.transport!r} needs cert and key")
         if self.client_auth != "off" and not self.ca:
-            raise ValueError(
-                f"client_auth = {self.client_auth!r} needs ca (the bundle client certificates chain to)"
-            )
+            raise ValueError(f"client_auth = {self.client_auth!r} needs ca (the bundle client certificates chain to)")
         return self
 
     def hostport(self) -> tuple[str, int]:
@@ -199,8 +195,7 @@ def _rule_kind(value: object) -> str:
 # A rule is a pattern string, or a table with a pattern and qtypes. Tags starting with '~' are dropped from
 # error locations, so errors read 'policies.web.allow[3]'.
 Rule = Annotated[
-    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")]
-    | Annotated[RuleConfig, Tag("~table")],
+    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")] | Annotated[RuleConfig, Tag("~table")],
     Discriminator(_rule_kind),
 ]
 

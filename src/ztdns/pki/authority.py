@@ -169,9 +169,7 @@ def issue(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if sans:
         # SPIFFE X.509-SVID: the URI SAN identifies the workload; the SAN extension is critical when the
@@ -196,9 +194,7 @@ def revoke(directory: Path, name: str, days: int = 7) -> Path:
     revoked = list(x509.load_pem_x509_crl(crl_path.read_bytes())) if crl_path.exists() else []
     now = _now()
     if all(entry.serial_number != cert.serial_number for entry in revoked):
-        revoked.append(
-            x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build()
-        )
+        revoked.append(x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build())
     return _write_crl(directory, ca_cert=ca_cert, ca_key=ca_key, revoked=revoked, now=now, days=days)
 
 
@@ -244,9 +240,7 @@ def ensure_development_pki(state_dir: Path) -> DevelopmentPki:
         init_ca(directory, common_name="ztdns development CA")
     server_cert, server_key = directory / f"{DEV_SERVER}.crt", directory / f"{DEV_SERVER}.key"
     if _needs_issue(server_cert, server_key):
-        issue(
-            directory, DEV_SERVER, dns_names=("localhost",), ip_addresses=("127.0.0.1", "::1"), usage="server"
-        )
+        issue(directory, DEV_SERVER, dns_names=("localhost",), ip_addresses=("127.0.0.1", "::1"), usage="server")
     client_cert, client_key = directory / f"{DEV_CLIENT}.crt", directory / f"{DEV_CLIENT}.key"
     if _needs_issue(client_cert, client_key):
         issue(directory, DEV_CLIENT, spiffe_id=DEV_CLIENT_SPIFFE_ID, usage="client")

@@ -62,12 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cert.add_argument("--ip", action="append", default=[], help="IP address SAN (repeatable)")
     cert.add_argument("--days", type=int, default=90)
     usage = cert.add_mutually_exclusive_group()
-    usage.add_argument(
-        "--server", dest="usage", action="store_const", const="server", help="TLS server (default)"
-    )
-    usage.add_argument(
-        "--client", dest="usage", action="store_const", const="client", help="TLS client (mTLS)"
-    )
+    usage.add_argument("--server", dest="usage", action="store_const", const="server", help="TLS server (default)")
+    usage.add_argument("--client", dest="usage", action="store_const", const="client", help="TLS client (mTLS)")
     cert.set_defaults(pki_func=_issue, usage="server")
 
     rev = commands.add_parser("revoke", help="add DIR/NAME.crt to DIR/crl.pem")

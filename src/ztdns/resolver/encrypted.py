@@ -59,16 +59,12 @@ class TlsClientSettings:
 
 def spki_pin(certificate_der: bytes) -> str:
     public_key = x509.load_der_x509_certificate(certificate_der).public_key()
-    spki = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def _check_pin(settings: TlsClientSettings, certificate_der: bytes | None) -> None:
-    if settings.spki_pin is not None and (
-        certificate_der is None or spki_pin(certificate_der) != settings.spki_pin
-    ):
+    if settings.spki_pin is not None and (certificate_der is None or spki_pin(certificate_der) != settings.spki_pin):
         raise UpstreamError("server certificate does not match the SPKI pin")
 
 
@@ -122,7 +118,7 @@ class DotUpstream:
                     future.set_exception(UpstreamError("connection closed"))
             self._pending.clear()
 
-    async def query(self, wire: bytes, timeout: float) -> bytes:  # noqa: ASYNC109 (the forwarder's contract)
+    async def query(self, wire: bytes, timeout: float) -> bytes:
         try:
             async with asyncio.timeout(timeout):
                 writer = await self._connection()
@@ -182,9 +178,7 @@ class DohUpstream:
             except UpstreamError:
                 writer.close()
                 raise
-            conn = h2.connection.H2Connection(
-                h2.config.H2Configuration(client_side=True, header_encoding=None)
-            )
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
             conn.initiate_connection()
             writer.write(conn.data_to_send())
             self._conn, self._writer = conn, writer
@@ -226,7 +220,7 @@ class DohUpstream:
             else:
                 future.set_exception(UpstreamError(f"DoH {self.authority}: HTTP status {status or 'reset'}"))
 
-    async def query(self, wire: bytes, timeout: float) -> bytes:  # noqa: ASYNC109 (the forwarder's contract)
+    async def query(self, wire: bytes, timeout: float) -> bytes:
         try:
             async with asyncio.timeout(timeout):
                 conn, writer = await self._connection()
@@ -338,7 +332,7 @@ class DoqUpstream:
             self._protocol, self._exit = protocol, stack
             return protocol
 
-    async def query(self, wire: bytes, timeout: float) -> bytes:  # noqa: ASYNC109 (the forwarder's contract)
+    async def query(self, wire: bytes, timeout: float) -> bytes:
         try:
             async with asyncio.timeout(timeout):
                 protocol = await self._connection()

@@ -193,6 +193,10 @@ class UdpExchange(asyncio.DatagramProtocol):
             self.reply.set_exception(exc or ConnectionAbortedError("socket closed"))
 
 
+# An attempt shorter than this cannot get an answer from anything but loopback: not worth a socket.
+MIN_ATTEMPT_SECONDS = 0.01
+
+
 class Forwarder:
     """A :class:`~ztdns.resolver.Resolver` that forwards to the configured Do53 upstreams."""
 
@@ -227,7 +231,7 @@ class Forwarder:
             peer = self._peers[index]
             started = time.monotonic()
             allowed = min(config.timeout, deadline - started)
-            if allowed <= 0:
+            if allowed < MIN_ATTEMPT_SECONDS:  # timers fire a millisecond early or late: no sliver attempts
                 break
             try:
                 reply = await self._attempt(peer, question, allowed)

@@ -35,13 +35,13 @@ def how_to_query(pki: DevelopmentPki) -> str:
     host, port = DOT_ADDRESS.split(":")
     return "\n".join(
         [
-            f"DoT:  kdig @{host} -p {port} +tls +tls-ca={pki.ca} +tls-hostname=localhost example.com",
+            f"DoT:  kdig @{host} -p {port} +tls +tls-ca={pki.ca} +tls-hostname=localhost www.ztdns.test",
             f"      with identity {pki.client_identity}: add {cert}",
             f"DoH:  kdig @{host} -p {DOH_ADDRESS.split(':')[1]} +https +tls-ca={pki.ca} "
-            "+tls-hostname=localhost example.com",
+            "+tls-hostname=localhost www.ztdns.test",
             f"      curl --cacert {pki.ca} --doh-url https://localhost:{DOH_ADDRESS.split(':')[1]}/dns-query "
-            "https://example.com/",
+            "https://www.ztdns.test/",
             f"DoQ:  kdig @{host} -p {DOQ_ADDRESS.split(':')[1]} +quic +tls-ca={pki.ca} "
-            "+tls-hostname=localhost example.com  (kdig built with QUIC support)",
+            "+tls-hostname=localhost www.ztdns.test  (kdig built with QUIC support)",
         ]
     )

@@ -55,9 +55,7 @@ def http_error(status: int, reason: str, *extra: tuple[str, str]) -> HttpRespons
     return HttpResponse(status, headers, body)
 
 
-def decode_request(
-    method: str, target: str, content_type: str | None, body: bytes, path: str
-) -> bytes | HttpResponse:
+def decode_request(method: str, target: str, content_type: str | None, body: bytes, path: str) -> bytes | HttpResponse:
     """The DNS query an HTTP request carries, or the HTTP error to answer instead (RFC 8484 section 4.1)."""
     request_path, _, query_string = target.partition("?")
     if request_path != path:
@@ -119,9 +117,7 @@ class DohConnection(TlsConnection):
             self.engine = H2Engine(self) if self.alpn == "h2" else Http1Engine(self)
         self.engine.received(data)
 
-    async def answer(
-        self, method: str, target: str, content_type: str | None, body: bytes
-    ) -> HttpResponse | None:
+    async def answer(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | None:
         """Run one request; None when the handler dropped the query (the engine then cancels the request)."""
         decoded = decode_request(method, target, content_type, body, self.config.path)
         if isinstance(decoded, HttpResponse):
@@ -282,9 +278,7 @@ class H2Engine:
             return
         try:
             while data:
-                size = min(
-                    len(data), self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size
-                )
+                size = min(len(data), self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
                 if size <= 0:
                     self.pending[stream_id] = data
                     return
@@ -386,9 +380,7 @@ class Http1Engine:
         self.active = True
         self.connection.spawn(self._run(parts[0], parts[1], headers.get("content-type"), body, close))
 
-    async def _run(
-        self, method: str, target: str, content_type: str | None, body: bytes, close: bool
-    ) -> None:
+    async def _run(self, method: str, target: str, content_type: str | None, body: bytes, close: bool) -> None:
         try:
             response = await self.connection.answer(method, target, content_type, body)
         finally:

@@ -221,9 +221,7 @@ class DoqListener:
             create_protocol=lambda *args, **kwargs: DoqConnection(*args, listener=self, **kwargs),
         )
         self.material.on_change(self._rotate)
-        self._watch = asyncio.get_running_loop().create_task(
-            self.material.watch(self.config.tls_reload_interval)
-        )
+        self._watch = asyncio.get_running_loop().create_task(self.material.watch(self.config.tls_reload_interval))
 
     def _rotate(self, generation: Generation) -> None:
         if self._server is not None:
