@@ -19,6 +19,7 @@ from ztdns.wire import WireQuery, ttl_offsets
 
 @dataclass(slots=True)
 class Replay:
+    key: bytes  # the normal-form question key (ztdns.wire.WireQuery.key)
     wire: bytes
     expires: float  # time.monotonic() deadline
     log_fragment: str
@@ -51,11 +52,16 @@ def make_countdown(wire: bytes, rendered_age: int) -> list[tuple[int, int]]:
 
 
 class ReplayTable:
-    """Replays per identity (None: unknown clients). FIFO-bounded per identity."""
+    """Replays per identity (None: unknown clients), FIFO-bounded per identity.
+
+    ``tables`` holds replays by normal-form question key; ``exact`` indexes the same replays by the query's
+    bytes after the ID, with what serving them needs: (replay, name end if the case differs else 0, UDP limit).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.tables: dict[str | None, dict[bytes, Replay]] = {}
+        self.exact: dict[str | None, dict[bytes, tuple[Replay, int, int]]] = {}
 
     def get(self, identity: str | None, key: bytes) -> Replay | None:
         table = self.tables.get(identity)
@@ -69,7 +75,16 @@ class ReplayTable:
             del table[next(iter(table))]
         table[key] = replay
 
+    def remember_exact(self, identity: str | None, tail: bytes, replay: Replay, name_end: int, limit: int) -> None:
+        if self.limit <= 0:
+            return
+        table = self.exact.setdefault(identity, {})
+        if tail not in table and len(table) >= self.limit:
+            del table[next(iter(table))]
+        table[tail] = (replay, name_end, limit)
+
     def drop(self, identity: str | None, key: bytes) -> None:
+        """Forget an expired replay; exact entries pointing at it are dropped when next found expired."""
         table = self.tables.get(identity)
         if table is not None:
             table.pop(key, None)
@@ -85,5 +100,6 @@ def splice(query: bytes, parsed: WireQuery, answer: bytes) -> bytes:
     return query[:2] + answer[2:12] + query[12:end] + answer[end:]
 
 
-def udp_fits(parsed: WireQuery, answer: bytes) -> bool:
-    return len(answer) <= min(parsed.max_size, UDP_PAYLOAD)
+def udp_limit(parsed: WireQuery) -> int:
+    """The largest UDP answer this query accepts: its EDNS size (512 without EDNS), capped at ours."""
+    return min(parsed.max_size, UDP_PAYLOAD)

@@ -19,7 +19,7 @@ from ztdns.cache import MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
 from ztdns.config import Config
-from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_fits
+from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_limit
 from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
 from ztdns.observe.metrics import Metrics
@@ -161,39 +161,62 @@ class Frontend:
             querylog.close()
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
-        parsed = parse_query(wire)
-        if parsed is None:
-            return None
+        """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop.
+
+        Most repeat queries are byte-for-byte the same but for the ID, so they are looked up by those bytes
+        first (no parsing at all); otherwise the question is parsed by hand and looked up by its normal form.
+        """
         runtime = self.runtime
         match = runtime.identities.match(client)
         identity = None if match is None else match.identity
-        replay = runtime.replays.get(identity, parsed.key)
+        replays = runtime.replays
+        exact = replays.exact.get(identity)
+        found = None if exact is None else exact.get(wire[2:])
+        if found is None:
+            return self._fast_parsed(wire, client, identity)
+        replay, name_end, limit = found
+        now = time.monotonic()
+        if now >= replay.expires:
+            replays.drop(identity, replay.key)
+            return None
+        answer = replay.current(now)
+        if len(answer) > limit and not client.stream:
+            return None
+        if name_end:  # the client spelled the name in another case than the rendered answer (0x20)
+            answer = answer[:12] + wire[12:name_end] + answer[name_end:]
+        self._replayed(replay, client, now)
+        return wire[:2] + answer[2:]
+
+    def _fast_parsed(self, wire: bytes, client: ClientInfo, identity: str | None) -> bytes | None:
+        parsed = parse_query(wire)
+        if parsed is None:
+            return None
+        replays = self.runtime.replays
+        replay = replays.get(identity, parsed.key)
         if replay is None:
             return None
         now = time.monotonic()
         if now >= replay.expires:
-            runtime.replays.drop(identity, parsed.key)
+            replays.drop(identity, parsed.key)
             return None
         answer = replay.current(now)
-        if not client.stream and not udp_fits(parsed, answer):
+        limit = udp_limit(parsed)
+        same_case = wire[12 : parsed.name_end] == answer[12 : parsed.name_end]
+        replays.remember_exact(identity, wire[2:], replay, 0 if same_case else parsed.name_end, limit)
+        if len(answer) > limit and not client.stream:
             return None
+        self._replayed(replay, client, now)
+        return splice(wire, parsed, answer)
+
+    def _replayed(self, replay: Replay, client: ClientInfo, now: float) -> None:
+        """Bookkeeping for a replay: popularity for prefetch, the query log line, metrics."""
         entry = replay.entry
         if entry is not None:
-            entry.hits += 1
-            self.cache.hits += 1
+            entry.hits += 1  # popularity only: a lost update between threads does not matter
             if now >= replay.prefetch_at and not entry.prefetching and replay.question is not None and self.loop:
                 # fast() may run on a UDP lane thread: asyncio work goes through the loop's thread-safe door.
                 self.loop.call_soon_threadsafe(self.cache_stage.maybe_prefetch, replay.question, entry)
-        response = splice(wire, parsed, answer)
-        runtime.observer.record_replay(
-            client.transport.value,
-            client.address,
-            replay.log_fragment,
-            replay.kind,
-            replay.rcode,
-            time.monotonic() - now,
-        )
-        return response
+        self.runtime.observer.record_replay(replay, client, time.monotonic() - now)
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
         runtime = self.runtime
@@ -219,7 +242,9 @@ class Frontend:
         if parsed is None or full is None:
             return
         fragment, kind, rcode = runtime.observer.replay_fragment(ctx)
-        replay = Replay(wire=full, expires=ctx.replay_until, log_fragment=fragment, kind=kind, rcode=rcode)
+        replay = Replay(
+            key=parsed.key, wire=full, expires=ctx.replay_until, log_fragment=fragment, kind=kind, rcode=rcode
+        )
         entry = ctx.cache_entry
         if ctx.replay_counts_down and entry is not None:
             replay.offsets = make_countdown(full, ctx.replay_age)
@@ -241,7 +266,7 @@ class Frontend:
         )
         gauges["ztdns_inflight_queries"] = ("Queries in the pipeline now", lambda: float(self.inflight))
         counters = self.metrics.counters
-        counters["ztdns_cache_hits"] = ("Cache hits (incl. replays)", lambda: float(self.cache.hits))
+        counters["ztdns_cache_hits"] = ("Answers served from cached data (replays included)", self._cache_hits)
         counters["ztdns_cache_misses"] = ("Cache misses", lambda: float(self.cache.misses))
         counters["ztdns_cache_stale_answers"] = (
             "Stale answers served (RFC 8767)",
@@ -257,6 +282,9 @@ class Frontend:
             "Query log lines dropped because the writer fell behind",
             lambda: float(self.querylog.dropped if self.querylog else 0),
         )
+
+    def _cache_hits(self) -> float:
+        return float(sum(v for (_, kind, _), v in self.metrics.totals().queries.items() if kind == "cached"))
 
     def _upstream_families(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         health = getattr(self.resolver, "health", None)

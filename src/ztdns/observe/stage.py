@@ -8,6 +8,8 @@ import time
 import dns.rcode
 import dns.rdatatype
 
+from ztdns.client import ClientInfo
+from ztdns.fastpath import Replay
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.querylog import Clock, QueryLog
 from ztdns.outcome import Kind
@@ -102,12 +104,13 @@ class Observer:
         )
         return fragment[1:-1], kind.value, _rcode(ctx)
 
-    def record_replay(self, transport: str, address: str, fragment: str, kind: str, rcode: str, latency: float) -> None:
-        self.metrics.count(transport, kind, rcode, latency)
+    def record_replay(self, replay: Replay, client: ClientInfo, latency: float) -> None:
+        transport = client.transport.value
+        self.metrics.count(transport, replay.kind, replay.rcode, latency)
         if self.querylog is not None:
             self.querylog.write(
-                f'{{"time": "{self.clock.now()}", "transport": "{transport}", "client": {json.dumps(address)}, '
-                f'{fragment}, "latency_ms": {latency * 1000:.3f}}}'
+                f'{{"time": "{self.clock.now()}", "transport": "{transport}", "client": {json.dumps(client.address)}, '
+                f'{replay.log_fragment}, "latency_ms": {latency * 1000:.3f}}}'
             )
 
 
