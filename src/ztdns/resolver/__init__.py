@@ -1,7 +1,8 @@
 """Resolvers: where answers come from once policy has allowed a question and the cache had none.
 
 Owns: the :class:`Resolver` contract, and its implementations — ``forward.py`` (Do53 upstreams with health
-tracking), ``local.py`` (local zones). Recursion and DNSSEC validation plug in behind the same contract.
+tracking), ``local.py`` (local zones), ``recursive.py`` (iterative resolution with DNSSEC validation, root hints in
+``hints.py``) and ``validating.py`` (DNSSEC validation wrapped around any resolver, for forwarding mode).
 Client data touched: none — a resolver sees only the question, never who asked.
 """
 
@@ -36,6 +37,9 @@ class Resolution:
     response: dns.message.Message | None
     reason: Reason | None = None
     upstream: str | None = None  # "address:port" of the server that answered, for logs
+    # DNSSEC status when a validator looked at it: "secure", "insecure", "bogus"; None when not validated.
+    # A bogus answer is a SERVFAIL response with ``reason`` carrying the EDE (6-12) and its EXTRA-TEXT.
+    security: str | None = None
 
 
 class Resolver(Protocol):
