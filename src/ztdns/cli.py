@@ -30,7 +30,7 @@ def _register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _registrations() -> list[Register]:
     # Imported here so that `ztdns check` does not pay for loading the server, agent or signer.
-    from ztdns.lab.cli import register as register_lab
+    from ztdns.lab.cli import register as register_lab  # noqa: PLC0415
 
     return [_register_check, register_lab]
 

@@ -1,8 +1,8 @@
 """Resolvers: where answers come from once policy has allowed a question and the cache had none.
 
 Owns: the :class:`Resolver` contract, and its implementations — ``forward.py`` (Do53 upstreams with health
-tracking), ``local.py`` (local zones), ``recursive.py`` (iterative resolution with DNSSEC validation, root hints in
-``hints.py``) and ``validating.py`` (DNSSEC validation wrapped around any resolver, for forwarding mode).
+tracking), ``local.py`` (local zones), ``recursive.py`` (iterative resolution with DNSSEC validation;
+root hints in ``hints.py``) and ``validating.py`` (DNSSEC validation around any resolver, for forwarding).
 Client data touched: none — a resolver sees only the question, never who asked.
 """
 

@@ -1,4 +1,4 @@
-"""Iterative resolution from the root: the ``Resolver`` for ``mode = "recursive"``, and the DNSSEC ``Fetcher``.
+"""Iterative resolution from the root: the ``Resolver`` for ``mode = "recursive"`` and the DNSSEC ``Fetcher``.
 
 Walks referrals from the root hints (or cached delegations) with QNAME minimisation (RFC 9156), randomises
 query-name case (0x20), IDs and source ports, and drops anything a server says outside its bailiwick: glue
@@ -122,7 +122,11 @@ class RecursiveResolver:
     async def resolve(self, question: Question) -> Resolution:
         try:
             response, verdict = await asyncio.wait_for(
-                self._lookup(question.name, question.rdtype, validate=not question.checking_disabled),
+                self._lookup(
+                    question.name,
+                    dns.rdatatype.RdataType(question.rdtype),
+                    validate=not question.checking_disabled,
+                ),
                 self.config.total_timeout,
             )
         except ResolutionFailed as exc:
@@ -131,9 +135,13 @@ class RecursiveResolver:
             return Resolution(
                 None, Reason(EDE.NO_REACHABLE_AUTHORITY, f"{question.name}: resolution timed out")
             )
-        response.question = [dns.rrset.RRset(question.name, question.rdclass, question.rdtype)]
+        rdclass = dns.rdataclass.RdataClass(question.rdclass)
+        response.question = [
+            dns.rrset.RRset(question.name, rdclass, dns.rdatatype.RdataType(question.rdtype))
+        ]
         if verdict is not None and verdict.bogus:
-            failed = dns.message.make_response(dns.message.make_query(question.name, question.rdtype))
+            query = dns.message.make_query(question.name, dns.rdatatype.RdataType(question.rdtype))
+            failed = dns.message.make_response(query)
             failed.set_rcode(dns.rcode.SERVFAIL)
             return Resolution(failed, verdict.reason, security=verdict.security.value)
         if verdict is not None and verdict.security is Security.SECURE:
@@ -159,7 +167,7 @@ class RecursiveResolver:
     # ----- cache and coalescing -----------------------------------------------------------------------------
 
     async def _lookup(
-        self, name: dns.name.Name, rdtype: int, validate: bool
+        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, validate: bool
     ) -> tuple[dns.message.Message, Verdict | None]:
         validate = validate and self.validator is not None
         key = (name, rdtype)
@@ -210,7 +218,9 @@ class RecursiveResolver:
 
     # ----- iteration ---------------------------------------------------------------------------------------
 
-    async def _resolve_chain(self, qname: dns.name.Name, rdtype: int, budget: _Budget) -> dns.message.Message:
+    async def _resolve_chain(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget
+    ) -> dns.message.Message:
         """Resolve, following CNAMEs across zones (DNAME arrives as its synthesised CNAME)."""
         result = _Answer()
         sname = qname
@@ -252,7 +262,7 @@ class RecursiveResolver:
         )
 
     async def _iterate(
-        self, qname: dns.name.Name, rdtype: int, budget: _Budget, depth: int = 0
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget, depth: int = 0
     ) -> dns.message.Message:
         # DS lives on the parent side of a cut: start from the servers of the zone above qname.
         target = qname.parent() if rdtype == dns.rdatatype.DS and qname != dns.name.root else qname
@@ -303,7 +313,7 @@ class RecursiveResolver:
         names = [rdata.target for rdata in ns_set if isinstance(rdata, NS)]
         addresses: list[str] = []
         for rrset in response.additional:
-            # Glue only for name servers the referring zone is authoritative for (out-of-zone glue is ignored).
+            # Glue only for name servers inside the referring zone (out-of-zone glue is never trusted).
             if (
                 rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
                 and rrset.name in names
@@ -377,7 +387,7 @@ class RecursiveResolver:
         return usable
 
     async def _ask(
-        self, delegation: _Delegation, name: dns.name.Name, rdtype: int, budget: _Budget
+        self, delegation: _Delegation, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget
     ) -> dns.message.Message:
         addresses = self._order(delegation.addresses)
         if not addresses:
@@ -389,7 +399,7 @@ class RecursiveResolver:
             budget.spend()
             try:
                 response = await self._query(address, name, rdtype)
-            except (dns.exception.DNSException, OSError, TimeoutError) as exc:
+            except (dns.exception.DNSException, OSError, TimeoutError, _Forged) as exc:
                 problems.append(f"{address}: {type(exc).__name__}")
                 continue
             if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
@@ -408,7 +418,9 @@ class RecursiveResolver:
             )
         )
 
-    async def _query(self, address: str, name: dns.name.Name, rdtype: int) -> dns.message.Message:
+    async def _query(
+        self, address: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
+    ) -> dns.message.Message:
         stats = self._servers.setdefault(address, _ServerStats())
         sent_name = _randomise_case(name)
         query = dns.message.make_query(sent_name, rdtype, want_dnssec=True, payload=_EDNS_PAYLOAD)
@@ -441,11 +453,15 @@ class RecursiveResolver:
         if not response.question or response.question[0].name.labels != sent_name.labels:
             # 0x20: the echoed case must match exactly; a mismatch is a forgery or a broken server.
             self.forged_dropped += 1
-            raise dns.exception.DNSException(f"question case mismatch from {address}")
+            raise _Forged(f"question case mismatch from {address}")
         return response
 
 
 class _Lame(Exception):
+    pass
+
+
+class _Forged(Exception):
     pass
 
 
@@ -460,7 +476,9 @@ def _scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Me
     return response
 
 
-def _cname_target(response: dns.message.Message, sname: dns.name.Name, rdtype: int) -> dns.name.Name | None:
+def _cname_target(
+    response: dns.message.Message, sname: dns.name.Name, rdtype: dns.rdatatype.RdataType
+) -> dns.name.Name | None:
     """Where the answer's CNAME chain from ``sname`` ends without data of ``rdtype``, or None."""
     current = sname
     for _ in range(len(response.answer) + 1):
