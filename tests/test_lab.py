@@ -51,5 +51,5 @@ def test_command_runs_until_sigterm(tmp_path: Path) -> None:
     assert "trust anchor" in output and " IN DS " in output
     assert (tmp_path / "root.ds").read_text() in output
     assert (tmp_path / "root.hints").exists()
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert f"ztlab-{process.pid}-" not in namespaces

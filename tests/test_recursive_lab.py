@@ -44,7 +44,7 @@ def loop(lab: Lab) -> Iterator[NetnsLoop]:
 
 
 def _resolver(lab: Lab, **overrides: object) -> RecursiveResolver:
-    config = RecursionConfig(root_hints=str(lab.root_hints), allow_query_localhost=True, **overrides)  # type: ignore[arg-type]
+    config = RecursionConfig(root_hints=str(lab.root_hints), allow_query_localhost=True, **overrides)
     resolver = RecursiveResolver(config)
     resolver.validator = Validator(resolver, TrustAnchors.load(texts=(), files=[lab.trust_anchor]))
     return resolver

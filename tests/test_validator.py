@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
@@ -18,6 +19,8 @@ from ztdns.dnssec.trust import ROOT_ANCHORS, TrustAnchorError, TrustAnchors
 from ztdns.dnssec.validator import Security, Validator, Verdict
 from ztdns.lab.zones import SERVERS, build
 from ztdns.outcome import EDE
+from ztdns.resolver import Question, Resolution
+from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 
 _ADDRESSES = {server: f"192.0.2.{index + 10}" for index, server in enumerate(SERVERS)}
 _DENIAL = (dns.rdatatype.NSEC, dns.rdatatype.NSEC3, dns.rdatatype.SOA)
@@ -30,9 +33,8 @@ class ZoneFetcher:
         self.zones = zones
 
     def _zone_for(self, name: dns.name.Name) -> dns.zone.Zone:
-        return max(
-            (z for origin, z in self.zones.items() if name.is_subdomain(origin)), key=lambda z: len(z.origin)
-        )
+        origin = max((o for o in self.zones if name.is_subdomain(o)), key=len)
+        return self.zones[origin]
 
     def answer(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
         lookup = name.parent() if rdtype == dns.rdatatype.DS and name != dns.name.root else name
@@ -41,7 +43,7 @@ class ZoneFetcher:
         node = zone.get_node(name)
         if node is not None and node.get_rdataset(dns.rdataclass.IN, rdtype) is not None:
             for rdataset in node.rdatasets:
-                if rdataset.rdtype == rdtype or rdataset.covers == rdtype:
+                if rdtype in (rdataset.rdtype, rdataset.covers):
                     response.answer.append(dns.rrset.from_rdata_list(name, rdataset.ttl, list(rdataset)))
             return response
         if node is None and not any(n.is_subdomain(name) for n in zone.nodes):
@@ -120,9 +122,7 @@ def test_stripped_denial_in_secure_zone_is_bogus(lab: tuple[ZoneFetcher, str]) -
     fetcher, root_ds = lab
     name = dns.name.from_text("nx.secure.lab.")
     response = fetcher.answer(name, dns.rdatatype.A)
-    response.authority = [
-        r for r in response.authority if r.rdtype == dns.rdatatype.SOA or r.covers == dns.rdatatype.SOA
-    ]
+    response.authority = [r for r in response.authority if dns.rdatatype.SOA in (r.rdtype, r.covers)]
     verdict = asyncio.run(
         Validator(fetcher, TrustAnchors.load(texts=(root_ds,))).validate(name, dns.rdatatype.A, response)
     )
@@ -171,5 +171,39 @@ def test_anchor_file_errors_name_the_file(tmp_path: object) -> None:
 
     path = Path(str(tmp_path)) / "bad.anchor"
     path.write_text("example. IN A 192.0.2.1\n")
-    with pytest.raises(TrustAnchorError, match="bad.anchor"):
+    with pytest.raises(TrustAnchorError, match=r"bad\.anchor"):
         TrustAnchors.load(files=[path])
+
+
+class _ZoneResolver:
+    """A stand-in upstream: answers from the zones, like a forwarder with DO=1 CD=1 would."""
+
+    def __init__(self, fetcher: ZoneFetcher) -> None:
+        self.fetcher = fetcher
+
+    async def resolve(self, question: Question) -> Resolution:
+        assert question.dnssec_ok and question.checking_disabled
+        return Resolution(self.fetcher.answer(question.name, dns.rdatatype.RdataType(question.rdtype)))
+
+    async def close(self) -> None:
+        return None
+
+
+def test_forwarding_mode_sets_ad_and_fails_bogus(lab: tuple[ZoneFetcher, str]) -> None:
+    fetcher, root_ds = lab
+    inner = _ZoneResolver(fetcher)
+    resolver = ValidatingResolver(
+        inner, Validator(ResolverFetcher(inner), TrustAnchors.load(texts=(root_ds,)))
+    )
+
+    def ask(name: str, cd: bool = False) -> Resolution:
+        return asyncio.run(resolver.resolve(Question(dns.name.from_text(name), dns.rdatatype.A, 1, True, cd)))
+
+    secure = ask("www.secure.lab.")
+    assert secure.response is not None and secure.response.flags & dns.flags.AD
+    assert secure.security == "secure"
+    bogus = ask("www.bogus.lab.")
+    assert bogus.response is not None and bogus.response.rcode() == dns.rcode.SERVFAIL
+    assert bogus.reason is not None and bogus.reason.ede == EDE.DNSSEC_BOGUS
+    unchecked = ask("www.bogus.lab.", cd=True)
+    assert unchecked.response is not None and unchecked.response.rcode() == dns.rcode.NOERROR
