@@ -76,7 +76,9 @@ def _register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _registrations() -> list[Register]:
     # Imported here so that `ztdns check` does not pay for loading the server, agent or signer.
-    return [_register_serve, _register_check, _register_explain, register_pki]
+    from ztdns.lab.cli import register as register_lab
+
+    return [_register_serve, _register_check, _register_explain, register_pki, register_lab]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

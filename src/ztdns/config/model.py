@@ -113,8 +113,33 @@ class UpstreamConfig(Section):
         return parse_hostport(self.address, 53)
 
 
+class RecursionConfig(Section):
+    """``[resolver.recursion]``: iterative resolution from the root (mode = "recursive"); docs/dnssec.md."""
+
+    root_hints: str | None = None  # zone-format file; None: the built-in IANA hints
+    qname_minimisation: bool = True
+    allow_query_localhost: bool = False  # lab and test setups only
+    query_port: Annotated[int, Field(ge=1, le=65535)] = 53  # port of every authoritative server (lab use)
+    timeout: Annotated[float, Field(gt=0, le=30)] = 1.0  # per upstream query
+    total_timeout: Annotated[float, Field(gt=0, le=60)] = 8.0  # per client query
+    max_referrals: Annotated[int, Field(ge=1, le=100)] = 30
+    max_queries: Annotated[int, Field(ge=1, le=1000)] = 100  # upstream queries per client query
+    max_cname_chain: Annotated[int, Field(ge=0, le=32)] = 8
+    cache_entries: Annotated[int, Field(ge=0)] = 100_000
+
+
+class DnssecConfig(Section):
+    """``[dnssec]``: validation in both forwarding and recursive mode; docs/dnssec.md."""
+
+    validation: bool = True
+    trust_anchors: list[str] = []  # files of DS/DNSKEY records; empty: the built-in IANA root KSKs
+    negative_trust_anchors: list[str] = []  # names below which nothing is validated
+    nsec3_max_iterations: Annotated[int, Field(ge=0, le=2500)] = 50  # RFC 9276: above → insecure
+
+
 class ResolverConfig(Section):
-    mode: Literal["forward", "none"] = "forward"
+    mode: Literal["forward", "recursive", "none"] = "forward"
+    recursion: RecursionConfig = RecursionConfig()
     upstreams: list[UpstreamConfig] = []
     timeout: Annotated[float, Field(gt=0, le=30)] = 1.5
     attempts: Annotated[int, Field(ge=1, le=10)] = 3
@@ -195,7 +220,8 @@ def _rule_kind(value: object) -> str:
 # A rule is a pattern string, or a table with a pattern and qtypes. Tags starting with '~' are dropped from
 # error locations, so errors read 'policies.web.allow[3]'.
 Rule = Annotated[
-    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")] | Annotated[RuleConfig, Tag("~table")],
+    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")]
+    | Annotated[RuleConfig, Tag("~table")],
     Discriminator(_rule_kind),
 ]
 
@@ -282,6 +308,7 @@ class Config(Section):
     listen: list[ListenConfig] = [ListenConfig(transport="udp"), ListenConfig(transport="tcp")]
     resolver: ResolverConfig = ResolverConfig()
     cache: CacheConfig = CacheConfig()
+    dnssec: DnssecConfig = DnssecConfig()
     identities: dict[str, IdentityConfig] = {}
     unknown_clients: UnknownClientsConfig = UnknownClientsConfig()
     policies: dict[str, PolicyConfig] = {}

@@ -1,10 +1,11 @@
 """Resolvers: where answers come from once policy has allowed a question and the cache had none.
 
 Owns: the :class:`Resolver` contract, and its implementations — ``forward.py`` (Do53 upstreams with health
-tracking, selection logic in ``health.py``; see docs/forwarding.md), ``local.py`` (local zones). Recursion and
-DNSSEC validation plug in behind the same contract.
-Config: ``[resolver]`` (:class:`~ztdns.config.model.ResolverConfig`). Metrics: per-upstream health from
-``Forwarder.health()``.
+tracking, selection logic in ``health.py``; see docs/forwarding.md), ``local.py`` (local zones), ``recursive.py``
+(iterative resolution with DNSSEC validation; root hints in ``hints.py``) and ``validating.py`` (DNSSEC
+validation around any resolver, for forwarding mode).
+Config: ``[resolver]`` (:class:`~ztdns.config.model.ResolverConfig`), ``[dnssec]``. Metrics: per-upstream health
+from ``Forwarder.health()``.
 Client data touched: none — a resolver sees only the question, never who asked.
 """
 
@@ -39,6 +40,9 @@ class Resolution:
     response: dns.message.Message | None
     reason: Reason | None = None
     upstream: str | None = None  # "address:port" of the server that answered, for logs
+    # DNSSEC status when a validator looked at it: "secure", "insecure", "bogus"; None when not validated.
+    # A bogus answer is a SERVFAIL response with ``reason`` carrying the EDE (6-12) and its EXTRA-TEXT.
+    security: str | None = None
 
 
 class Resolver(Protocol):

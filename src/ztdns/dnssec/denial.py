@@ -1,0 +1,252 @@
+"""Authenticated denial of existence (RFC 4035 §5.4, RFC 5155 §8, RFC 7129): pure functions, no I/O.
+
+Inputs are NSEC or NSEC3 RRsets whose signatures the validator has already checked. Each proof answers
+"does this set of records prove that claim?" and says when the proof only holds insecurely (NSEC3 opt-out,
+or more NSEC3 iterations than RFC 9276 lets us spend).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.dnssec
+import dns.name
+import dns.rdatatype
+import dns.rrset
+from dns.rdtypes.ANY.NSEC import NSEC
+from dns.rdtypes.ANY.NSEC3 import NSEC3
+
+_WILDCARD = dns.name.Name((b"*",))
+
+
+class Proof(enum.Enum):
+    PROVEN = "proven"
+    INSECURE = "insecure"  # holds only through an opt-out NSEC3 span, or iterations above the limit
+    MISSING = "missing"  # the records do not prove the claim
+
+
+@dataclass(frozen=True)
+class Denial:
+    """What the records prove about a name; ``delegation`` is set when a DS denial shows a zone cut."""
+
+    proof: Proof
+    delegation: bool = False
+    why: str = ""
+
+
+def _wildcard_of(name: dns.name.Name) -> dns.name.Name:
+    return _WILDCARD.concatenate(name)
+
+
+def _has(rrset: dns.rrset.RRset, rdtype: dns.rdatatype.RdataType) -> bool:
+    rdata = rrset[0]
+    assert isinstance(rdata, NSEC | NSEC3)
+    return _in_windows(rdata.windows, rdtype)
+
+
+def _in_windows(windows: Sequence[tuple[int, bytes]], rdtype: int) -> bool:
+    window, offset = divmod(rdtype, 256)
+    byte, bit = divmod(offset, 8)
+    for number, bitmap in windows:
+        if number == window:
+            return byte < len(bitmap) and bool(bitmap[byte] & (0x80 >> bit))
+    return False
+
+
+def _is_parent_side(rrset: dns.rrset.RRset) -> bool:
+    """An NSEC/NSEC3 at a delegation (NS without SOA) speaks for the parent only."""
+    return _has(rrset, dns.rdatatype.NS) and not _has(rrset, dns.rdatatype.SOA)
+
+
+def _nodata_at(rrset: dns.rrset.RRset, qtype: dns.rdatatype.RdataType) -> Denial | None:
+    """A matching record proves NODATA if it lacks the type and CNAME (and, unless asking for DS, is not
+    the parent's side of a delegation)."""
+    if _has(rrset, qtype) or _has(rrset, dns.rdatatype.CNAME):
+        return None
+    if qtype == dns.rdatatype.DS:
+        return Denial(Proof.PROVEN, delegation=_has(rrset, dns.rdatatype.NS))
+    if _is_parent_side(rrset):
+        return None
+    return Denial(Proof.PROVEN)
+
+
+# ----- NSEC -----------------------------------------------------------------------------------------------
+
+
+def nsec_covers(rrset: dns.rrset.RRset, name: dns.name.Name) -> bool:
+    nsec = rrset[0]
+    assert isinstance(nsec, NSEC)
+    owner, following = rrset.name, nsec.next
+    if owner < following:
+        return bool(owner < name < following)
+    return bool(name > owner or name < following)  # the last NSEC wraps around to the apex
+
+
+def _nsec_closest_encloser(rrset: dns.rrset.RRset, name: dns.name.Name) -> dns.name.Name:
+    nsec = rrset[0]
+    assert isinstance(nsec, NSEC)
+    best = dns.name.root
+    for other in (rrset.name, nsec.next):
+        common = name.fullcompare(other)[2]
+        candidate = dns.name.Name(name.labels[-common:]) if common else dns.name.root
+        if len(candidate) > len(best):
+            best = candidate
+    return best
+
+
+def nsec_nxdomain(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name) -> Denial:
+    cover = next((r for r in nsecs if nsec_covers(r, name) and not _delegation_above(r, name)), None)
+    if cover is None:
+        return Denial(Proof.MISSING, why=f"no NSEC covers {name}")
+    wildcard = _wildcard_of(_nsec_closest_encloser(cover, name))
+    if not any(nsec_covers(r, wildcard) for r in nsecs):
+        return Denial(Proof.MISSING, why=f"no NSEC covers {wildcard}")
+    return Denial(Proof.PROVEN)
+
+
+def _delegation_above(rrset: dns.rrset.RRset, name: dns.name.Name) -> bool:
+    return _is_parent_side(rrset) and name.is_subdomain(rrset.name) and name != rrset.name
+
+
+def nsec_nodata(
+    nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name, qtype: dns.rdatatype.RdataType
+) -> Denial:
+    for rrset in nsecs:
+        if rrset.name == name:
+            return _nodata_at(rrset, qtype) or Denial(Proof.MISSING, why=f"NSEC at {name} lists the type")
+    for rrset in nsecs:
+        nsec = rrset[0]
+        assert isinstance(nsec, NSEC)
+        if nsec_covers(rrset, name) and nsec.next.is_subdomain(name):
+            return Denial(Proof.PROVEN)  # an empty non-terminal
+    # Wildcard NODATA: the name does not exist and the wildcard that would match lacks the type.
+    for rrset in nsecs:
+        if nsec_covers(rrset, name):
+            wildcard = _wildcard_of(_nsec_closest_encloser(rrset, name))
+            for other in nsecs:
+                if other.name == wildcard:
+                    denial = _nodata_at(other, qtype)
+                    if denial is not None:
+                        return denial
+    return Denial(Proof.MISSING, why=f"no NSEC proves {name} has no {dns.rdatatype.to_text(qtype)}")
+
+
+def nsec_wildcard_expansion(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name) -> Denial:
+    """An answer synthesised from a wildcard is only valid if the name itself does not exist."""
+    if any(nsec_covers(r, name) for r in nsecs):
+        return Denial(Proof.PROVEN)
+    return Denial(Proof.MISSING, why=f"no NSEC proves {name} does not exist (wildcard answer)")
+
+
+# ----- NSEC3 ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Nsec3Set:
+    """NSEC3 records of one zone with their owner hashes decoded."""
+
+    zone: dns.name.Name
+    records: tuple[tuple[bytes, dns.rrset.RRset], ...]
+    iterations: int
+    salt: bytes
+
+    @classmethod
+    def of(cls, zone: dns.name.Name, rrsets: Sequence[dns.rrset.RRset]) -> Nsec3Set | None:
+        records: list[tuple[bytes, dns.rrset.RRset]] = []
+        params: set[tuple[int, bytes]] = set()
+        for rrset in rrsets:
+            nsec3 = rrset[0]
+            if not isinstance(nsec3, NSEC3) or rrset.name.parent() != zone or nsec3.algorithm != 1:
+                continue
+            try:
+                owner_hash = base64.b32hexdecode(rrset.name.labels[0].upper())
+            except ValueError:
+                continue
+            params.add((nsec3.iterations, nsec3.salt))
+            records.append((owner_hash, rrset))
+        if not records or len(params) != 1:
+            return None
+        iterations, salt = params.pop()
+        return cls(zone, tuple(records), iterations, salt)
+
+    def hash(self, name: dns.name.Name) -> bytes:
+        text = dns.dnssec.nsec3_hash(name, self.salt, self.iterations, 1)
+        return base64.b32hexdecode(text.upper())
+
+    def matching(self, name: dns.name.Name) -> dns.rrset.RRset | None:
+        digest = self.hash(name)
+        return next((rrset for owner, rrset in self.records if owner == digest), None)
+
+    def covering(self, name: dns.name.Name) -> dns.rrset.RRset | None:
+        digest = self.hash(name)
+        for owner, rrset in self.records:
+            nsec3 = rrset[0]
+            assert isinstance(nsec3, NSEC3)
+            following = nsec3.next
+            if owner < digest < following or (following <= owner and (digest > owner or digest < following)):
+                return rrset
+        return None
+
+    def closest_encloser(self, name: dns.name.Name) -> tuple[dns.name.Name, dns.rrset.RRset] | None:
+        """RFC 5155 §8.3: the closest encloser (matched) and the covering record of the next closer name."""
+        candidate = name
+        while candidate != self.zone and candidate.is_subdomain(self.zone):
+            parent = candidate.parent()
+            if self.matching(parent) is not None:
+                cover = self.covering(candidate)
+                if cover is None:
+                    return None
+                return parent, cover
+            candidate = parent
+        return None
+
+
+def _opt_out(rrset: dns.rrset.RRset) -> bool:
+    nsec3 = rrset[0]
+    assert isinstance(nsec3, NSEC3)
+    return bool(nsec3.flags & 1)
+
+
+def nsec3_nxdomain(nsec3s: Nsec3Set, name: dns.name.Name) -> Denial:
+    found = nsec3s.closest_encloser(name)
+    if found is None:
+        return Denial(Proof.MISSING, why=f"no NSEC3 closest encloser proof for {name}")
+    encloser, next_closer_cover = found
+    if nsec3s.covering(_wildcard_of(encloser)) is None:
+        return Denial(Proof.MISSING, why=f"no NSEC3 covers {_wildcard_of(encloser)}")
+    if _opt_out(next_closer_cover):
+        return Denial(Proof.INSECURE, why="NXDOMAIN covered by an opt-out NSEC3")
+    return Denial(Proof.PROVEN)
+
+
+def nsec3_nodata(nsec3s: Nsec3Set, name: dns.name.Name, qtype: dns.rdatatype.RdataType) -> Denial:
+    match = nsec3s.matching(name)
+    if match is not None:
+        return _nodata_at(match, qtype) or Denial(Proof.MISSING, why=f"NSEC3 for {name} lists the type")
+    found = nsec3s.closest_encloser(name)
+    if found is None:
+        return Denial(Proof.MISSING, why=f"no NSEC3 matches {name}")
+    encloser, next_closer_cover = found
+    if qtype == dns.rdatatype.DS and _opt_out(next_closer_cover):
+        # RFC 5155 §8.6: no DS, and possibly an unsigned delegation inside an opt-out span.
+        return Denial(Proof.INSECURE, delegation=True, why="DS denial through an opt-out NSEC3")
+    wildcard = nsec3s.matching(_wildcard_of(encloser))
+    if wildcard is not None:
+        denial = _nodata_at(wildcard, qtype)
+        if denial is not None:
+            return denial
+    return Denial(Proof.MISSING, why=f"no NSEC3 proves {name} has no {dns.rdatatype.to_text(qtype)}")
+
+
+def nsec3_wildcard_expansion(nsec3s: Nsec3Set, name: dns.name.Name, source: dns.name.Name) -> Denial:
+    """``source`` is the wildcard's closest encloser (the owner of ``*.source``)."""
+    next_closer = dns.name.Name(name.labels[-(len(source) + 1) :])
+    cover = nsec3s.covering(next_closer)
+    if cover is None:
+        return Denial(Proof.MISSING, why=f"no NSEC3 covers {next_closer} (wildcard answer)")
+    if _opt_out(cover):
+        return Denial(Proof.INSECURE, why="wildcard answer in an opt-out span")
+    return Denial(Proof.PROVEN)

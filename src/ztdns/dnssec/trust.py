@@ -1,0 +1,85 @@
+"""Trust anchors (built-in root KSKs, files of DS or DNSKEY records) and negative trust anchors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.exception
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.zonefile
+from dns.rdtypes.ANY.DNSKEY import DNSKEY
+from dns.rdtypes.ANY.DS import DS
+
+# IANA root zone KSKs: KSK-2017 (20326) and KSK-2024 (38696), from https://data.iana.org/root-anchors/.
+ROOT_ANCHORS = (
+    ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D",
+    ". IN DS 38696 8 2 683D2D0ACB8C9B712A1948B27F741219298D0A450D612C483AF444A4C0FB2B16",
+)
+
+
+class TrustAnchorError(ValueError):
+    pass
+
+
+@dataclass
+class Anchor:
+    """What a zone's DNSKEY set must match: any of these DS records or DNSKEY records."""
+
+    zone: dns.name.Name
+    ds: list[DS] = field(default_factory=list)
+    dnskey: list[DNSKEY] = field(default_factory=list)
+
+
+@dataclass
+class TrustAnchors:
+    anchors: dict[dns.name.Name, Anchor] = field(default_factory=dict)
+    negative: frozenset[dns.name.Name] = frozenset()
+
+    @classmethod
+    def load(
+        cls, texts: Iterable[str] = ROOT_ANCHORS, files: Iterable[Path] = (), negative: Iterable[str] = ()
+    ) -> TrustAnchors:
+        """Built-in root anchors unless ``texts`` says otherwise, plus files in zone presentation format."""
+        anchors = cls(negative=frozenset(dns.name.from_text(name) for name in negative))
+        anchors.add_text("\n".join(texts), "built-in anchors")
+        for path in files:
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise TrustAnchorError(f"{path}: {exc.strerror}") from None
+            anchors.add_text(text, str(path))
+        return anchors
+
+    def add_text(self, text: str, source: str) -> None:
+        try:
+            rrsets = dns.zonefile.read_rrsets(text, default_ttl=3600, rdclass=None)
+        except dns.exception.DNSException as exc:
+            raise TrustAnchorError(f"{source}: {exc}") from None
+        for rrset in rrsets:
+            if rrset.rdtype not in (dns.rdatatype.DS, dns.rdatatype.DNSKEY):
+                raise TrustAnchorError(
+                    f"{source}: {rrset.name} {dns.rdatatype.to_text(rrset.rdtype)} is neither DS nor DNSKEY"
+                )
+            anchor = self.anchors.setdefault(rrset.name, Anchor(rrset.name))
+            for rdata in rrset:
+                if isinstance(rdata, DS):
+                    anchor.ds.append(rdata)
+                elif isinstance(rdata, DNSKEY):
+                    anchor.dnskey.append(rdata)
+
+    def closest(self, name: dns.name.Name) -> Anchor | None:
+        """The deepest anchor at or above ``name``, unless a negative trust anchor sits at or below it."""
+        candidate = name
+        while True:
+            if candidate in self.negative:
+                return None
+            anchor = self.anchors.get(candidate)
+            if anchor is not None:
+                return anchor
+            if candidate == dns.name.root:
+                return None
+            candidate = candidate.parent()

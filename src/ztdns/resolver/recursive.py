@@ -1,0 +1,518 @@
+"""Iterative resolution from the root: the ``Resolver`` for ``mode = "recursive"`` and the DNSSEC ``Fetcher``.
+
+Walks referrals from the root hints (or cached delegations) with QNAME minimisation (RFC 9156), randomises
+query-name case (0x20), IDs and source ports, and drops anything a server says outside its bailiwick: glue
+for names outside the referring zone is never trusted and out-of-zone records are never cached. Limits on
+referrals, upstream queries per client query, glueless name-server lookups and CNAME chain length keep
+NXNS-style amplification out. With a :class:`~ztdns.dnssec.validator.Validator` attached, final answers are
+validated and cached together with their security status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import dns.asyncquery
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+from dns.rdtypes.ANY.CNAME import CNAME
+from dns.rdtypes.ANY.NS import NS
+
+from ztdns.config.model import RecursionConfig
+from ztdns.dnssec.validator import Security, Validator, Verdict
+from ztdns.outcome import EDE, Reason
+from ztdns.resolver import Question, Resolution
+from ztdns.resolver.hints import load_hints
+
+_EDNS_PAYLOAD = 1232
+_GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)
+_NS_DEPTH = 3  # nesting of name-server address lookups
+
+
+class ResolutionFailed(Exception):
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.text)
+        self.reason = reason
+
+
+@dataclass
+class _Budget:
+    """Upstream queries one client query may still cause."""
+
+    left: int
+
+    def spend(self) -> None:
+        if self.left <= 0:
+            raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, "upstream query limit reached"))
+        self.left -= 1
+
+
+@dataclass
+class _Delegation:
+    zone: dns.name.Name
+    names: list[dns.name.Name]
+    addresses: list[str]
+    expires: float
+
+
+@dataclass
+class _ServerStats:
+    srtt: float = 0.0  # seconds; 0 = never measured (tried first, in random order)
+    failures: int = 0
+    held_until: float = 0.0
+
+
+@dataclass
+class _Cached:
+    wire: bytes
+    stored: float
+    expires: float
+    verdict: Verdict | None = None
+
+
+@dataclass
+class _Answer:
+    """A final answer being assembled across CNAME hops."""
+
+    rcode: int = dns.rcode.NOERROR
+    answer: list[dns.rrset.RRset] = field(default_factory=list)
+    authority: list[dns.rrset.RRset] = field(default_factory=list)
+
+
+def _randomise_case(name: dns.name.Name) -> dns.name.Name:
+    labels = [
+        bytes(c ^ 0x20 if 0x61 <= (c | 0x20) <= 0x7A and random.getrandbits(1) else c for c in label)
+        for label in name.labels
+    ]
+    return dns.name.Name(labels)
+
+
+def _min_ttl(message: dns.message.Message) -> int:
+    ttls = [rrset.ttl for section in (message.answer, message.authority) for rrset in section]
+    return min(ttls, default=0)
+
+
+class RecursiveResolver:
+    def __init__(self, config: RecursionConfig) -> None:
+        self.config = config
+        # Set after construction: the validator fetches DS/DNSKEY through this resolver.
+        self.validator: Validator | None = None
+        self._hints = load_hints(config.root_hints)
+        self._delegations: dict[dns.name.Name, _Delegation] = {}
+        self._servers: dict[str, _ServerStats] = {}
+        self._cache: OrderedDict[tuple[dns.name.Name, int], _Cached] = OrderedDict()
+        self._inflight: dict[tuple[dns.name.Name, int, bool], asyncio.Future[dns.message.Message]] = {}
+        self.upstream_queries = 0
+        self.forged_dropped = 0
+
+    # ----- public ------------------------------------------------------------------------------------------
+
+    async def resolve(self, question: Question) -> Resolution:
+        try:
+            response, verdict = await asyncio.wait_for(
+                self._lookup(
+                    question.name,
+                    dns.rdatatype.RdataType(question.rdtype),
+                    validate=not question.checking_disabled,
+                ),
+                self.config.total_timeout,
+            )
+        except ResolutionFailed as exc:
+            return Resolution(None, exc.reason)
+        except TimeoutError:
+            return Resolution(
+                None, Reason(EDE.NO_REACHABLE_AUTHORITY, f"{question.name}: resolution timed out")
+            )
+        rdclass = dns.rdataclass.RdataClass(question.rdclass)
+        response.question = [
+            dns.rrset.RRset(question.name, rdclass, dns.rdatatype.RdataType(question.rdtype))
+        ]
+        if verdict is not None and verdict.bogus:
+            query = dns.message.make_query(question.name, dns.rdatatype.RdataType(question.rdtype))
+            failed = dns.message.make_response(query)
+            failed.set_rcode(dns.rcode.SERVFAIL)
+            return Resolution(failed, verdict.reason, security=verdict.security.value)
+        if verdict is not None and verdict.security is Security.SECURE:
+            response.flags |= dns.flags.AD
+        if not question.dnssec_ok:
+            _strip_dnssec(response)
+        security = verdict.security.value if verdict is not None else None
+        reason = verdict.reason if verdict is not None and verdict.reason is not None else None
+        return Resolution(response, reason, security=security)
+
+    async def fetch(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message | None:
+        """The validator's fetcher: unvalidated data with RRSIGs (what CD=1 returns)."""
+        try:
+            response, _ = await self._lookup(name, rdtype, validate=False)
+        except ResolutionFailed:
+            return None
+        return response
+
+    async def close(self) -> None:
+        for future in self._inflight.values():
+            future.cancel()
+
+    # ----- cache and coalescing -----------------------------------------------------------------------------
+
+    async def _lookup(
+        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, validate: bool
+    ) -> tuple[dns.message.Message, Verdict | None]:
+        validate = validate and self.validator is not None
+        key = (name, rdtype)
+        now = time.time()
+        cached = self._cache.get(key)
+        if cached is not None and cached.expires > now and (cached.verdict is not None or not validate):
+            self._cache.move_to_end(key)
+            return _aged(cached, now), cached.verdict
+        flight = (name, rdtype, validate)
+        pending = self._inflight.get(flight)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._inflight[flight] = pending
+            try:
+                response = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
+                verdict = None
+                if validate:
+                    assert self.validator is not None
+                    verdict = await self.validator.validate(name, dns.rdatatype.RdataType(rdtype), response)
+                self._store(key, response, verdict)
+                pending.set_result(response)
+            except BaseException as exc:
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: waiters get it too, no "never retrieved" warning
+                raise
+            finally:
+                del self._inflight[flight]
+            return response, verdict
+        await asyncio.shield(pending)
+        hit = self._cache.get(key)
+        if hit is None:
+            return pending.result(), None
+        return _aged(hit, time.time()), hit.verdict
+
+    def _store(
+        self, key: tuple[dns.name.Name, int], response: dns.message.Message, verdict: Verdict | None
+    ) -> None:
+        if self.config.cache_entries == 0:
+            return
+        ttl = _min_ttl(response)
+        if verdict is not None and verdict.bogus:
+            ttl = min(ttl, 60)
+        now = time.time()
+        self._cache[key] = _Cached(response.to_wire(), now, now + ttl, verdict)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.config.cache_entries:
+            self._cache.popitem(last=False)
+
+    # ----- iteration ---------------------------------------------------------------------------------------
+
+    async def _resolve_chain(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget
+    ) -> dns.message.Message:
+        """Resolve, following CNAMEs across zones (DNAME arrives as its synthesised CNAME)."""
+        result = _Answer()
+        sname = qname
+        seen = {qname}
+        for _ in range(self.config.max_cname_chain + 1):
+            response = await self._iterate(sname, rdtype, budget)
+            result.rcode = response.rcode()
+            result.answer.extend(response.answer)
+            result.authority = list(response.authority)
+            target = _cname_target(response, sname, rdtype)
+            if target is None or rdtype == dns.rdatatype.CNAME:
+                break
+            if target in seen:
+                raise ResolutionFailed(Reason(EDE.OTHER, f"{qname}: CNAME loop at {target}"))
+            seen.add(target)
+            sname = target
+        else:
+            raise ResolutionFailed(
+                Reason(EDE.OTHER, f"{qname}: CNAME chain longer than {self.config.max_cname_chain}")
+            )
+        message = dns.message.make_response(dns.message.make_query(qname, rdtype, want_dnssec=True))
+        message.flags |= dns.flags.RA
+        message.flags &= ~dns.flags.AA
+        message.set_rcode(result.rcode)
+        message.answer = _dedupe(result.answer)
+        message.authority = result.authority
+        return message
+
+    def _closest_delegation(self, name: dns.name.Name) -> _Delegation:
+        now = time.time()
+        candidate = name
+        while candidate != dns.name.root:
+            delegation = self._delegations.get(candidate)
+            if delegation is not None and delegation.expires > now and delegation.addresses:
+                return delegation
+            candidate = candidate.parent()
+        return _Delegation(
+            dns.name.root, [n for n, _ in self._hints], [a for _, a in self._hints], float("inf")
+        )
+
+    async def _iterate(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget, depth: int = 0
+    ) -> dns.message.Message:
+        # DS lives on the parent side of a cut: start from the servers of the zone above qname.
+        target = qname.parent() if rdtype == dns.rdatatype.DS and qname != dns.name.root else qname
+        delegation = self._closest_delegation(target)
+        minimise = self.config.qname_minimisation
+        ask_depth = 0
+        for _ in range(self.config.max_referrals + len(qname)):
+            zone = delegation.zone
+            ask_depth = max(ask_depth, len(zone) + 1)
+            ask_name, ask_type = qname, rdtype
+            if minimise and ask_depth < len(qname):
+                # RFC 9156: reveal one more label at a time; A hides the real type better than NS.
+                ask_name, ask_type = dns.name.Name(qname.labels[-ask_depth:]), dns.rdatatype.A
+            response = await self._ask(delegation, ask_name, ask_type, budget)
+            referral = self._referral(response, zone, ask_name)
+            if referral is not None:
+                if not target.is_subdomain(referral.zone):
+                    raise ResolutionFailed(
+                        Reason(
+                            EDE.NO_REACHABLE_AUTHORITY, f"{zone}: referral to {referral.zone} for {qname} DS"
+                        )
+                    )
+                delegation = await self._complete(referral, budget, depth)
+                continue
+            if ask_name == qname:
+                return response
+            if response.rcode() == dns.rcode.NOERROR and _cname_target(response, ask_name, ask_type) is None:
+                ask_depth += 1  # no zone cut at ask_name: reveal the next label to the same servers
+            else:
+                minimise = False  # NXDOMAIN or CNAME on the way down: ask the full name (RFC 9156 §3)
+        raise ResolutionFailed(
+            Reason(EDE.NO_REACHABLE_AUTHORITY, f"{qname}: more than {self.config.max_referrals} referrals")
+        )
+
+    def _referral(
+        self, response: dns.message.Message, zone: dns.name.Name, qname: dns.name.Name
+    ) -> _Delegation | None:
+        """A downward referral from ``zone`` toward ``qname``, keeping only in-bailiwick glue."""
+        if response.answer or response.rcode() != dns.rcode.NOERROR or response.flags & dns.flags.AA:
+            return None
+        ns_sets = [r for r in response.authority if r.rdtype == dns.rdatatype.NS]
+        if not ns_sets:
+            return None
+        ns_set = ns_sets[0]
+        child = ns_set.name
+        if not (child.is_subdomain(zone) and child != zone and qname.is_subdomain(child)):
+            raise _Lame(f"referral from {zone} to {child} is not downward toward {qname}")
+        names = [rdata.target for rdata in ns_set if isinstance(rdata, NS)]
+        addresses: list[str] = []
+        for rrset in response.additional:
+            # Glue only for name servers inside the referring zone (out-of-zone glue is never trusted).
+            if (
+                rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
+                and rrset.name in names
+                and rrset.name.is_subdomain(zone)
+            ):
+                addresses.extend(rdata.address for rdata in rrset)
+        ds = [r for r in response.authority if r.name == child and r.rdtype in (dns.rdatatype.DS,)]
+        if ds:
+            self._cache_referral_ds(response, child)
+        return _Delegation(child, names, addresses, time.time() + min(ns_set.ttl, 86_400))
+
+    def _cache_referral_ds(self, response: dns.message.Message, child: dns.name.Name) -> None:
+        """The signed DS in a referral is what the validator will ask for next: keep it."""
+        message = dns.message.make_response(dns.message.make_query(child, dns.rdatatype.DS, want_dnssec=True))
+        message.answer = [
+            r
+            for r in response.authority
+            if r.name == child
+            and (
+                r.rdtype == dns.rdatatype.DS
+                or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS)
+            )
+        ]
+        self._store((child, dns.rdatatype.DS), message, None)
+
+    async def _complete(self, delegation: _Delegation, budget: _Budget, depth: int) -> _Delegation:
+        """Resolve addresses of glueless name servers (a few, never in a loop), then remember the cut."""
+        if not delegation.addresses and depth < _NS_DEPTH:
+            for name in delegation.names[:_GLUELESS_PER_REFERRAL]:
+                if name.is_subdomain(delegation.zone):
+                    continue  # would need the glue we were not given
+                try:
+                    response = await self._iterate(name, dns.rdatatype.A, budget, depth + 1)
+                except (ResolutionFailed, _Lame):
+                    continue
+                delegation.addresses.extend(
+                    rdata.address
+                    for rrset in response.answer
+                    if rrset.rdtype == dns.rdatatype.A
+                    for rdata in rrset
+                )
+                if delegation.addresses:
+                    break
+        if not delegation.addresses:
+            raise ResolutionFailed(
+                Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no name server address")
+            )
+        self._delegations[delegation.zone] = delegation
+        return delegation
+
+    # ----- talking to servers -----------------------------------------------------------------------------
+
+    def _usable(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        if ip.version == 6 and not self._ipv6:
+            return False
+        if ip.is_loopback or ip.is_unspecified:
+            return self.config.allow_query_localhost
+        return True
+
+    _ipv6 = True
+
+    def _order(self, addresses: list[str]) -> list[str]:
+        now = time.time()
+        usable = [a for a in dict.fromkeys(addresses) if self._usable(a)]
+        random.shuffle(usable)
+        stats = self._servers
+        usable.sort(
+            key=lambda a: (stats.get(a, _ServerStats()).held_until > now, stats.get(a, _ServerStats()).srtt)
+        )
+        return usable
+
+    async def _ask(
+        self, delegation: _Delegation, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget
+    ) -> dns.message.Message:
+        addresses = self._order(delegation.addresses)
+        if not addresses:
+            raise ResolutionFailed(
+                Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no usable server address")
+            )
+        problems: list[str] = []
+        for address in addresses[:4]:
+            budget.spend()
+            try:
+                response = await self._query(address, name, rdtype)
+            except (dns.exception.DNSException, OSError, TimeoutError, _Forged) as exc:
+                problems.append(f"{address}: {type(exc).__name__}")
+                continue
+            if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                problems.append(f"{address}: {dns.rcode.to_text(response.rcode())}")
+                continue
+            try:
+                self._referral(response, delegation.zone, name)
+            except _Lame as lame:
+                problems.append(f"{address}: {lame}")
+                continue
+            return _scrub(response, delegation.zone)
+        raise ResolutionFailed(
+            Reason(
+                EDE.NO_REACHABLE_AUTHORITY,
+                f"{delegation.zone}: no server answered for {name}: {'; '.join(problems)}",
+            )
+        )
+
+    async def _query(
+        self, address: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
+    ) -> dns.message.Message:
+        stats = self._servers.setdefault(address, _ServerStats())
+        sent_name = _randomise_case(name)
+        query = dns.message.make_query(sent_name, rdtype, want_dnssec=True, payload=_EDNS_PAYLOAD)
+        query.flags &= ~dns.flags.RD
+        timeout = self.config.timeout
+        start = time.monotonic()
+        self.upstream_queries += 1
+        try:
+            response = await dns.asyncquery.udp(
+                query, address, timeout, port=self.config.query_port, ignore_unexpected=True
+            )
+            if response.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and response.edns < 0:
+                # EDNS fallback for servers that reject OPT records.
+                query = dns.message.make_query(sent_name, rdtype, use_edns=False)
+                query.flags &= ~dns.flags.RD
+                response = await dns.asyncquery.udp(
+                    query, address, timeout, port=self.config.query_port, ignore_unexpected=True
+                )
+            if response.flags & dns.flags.TC:
+                response = await dns.asyncquery.tcp(query, address, timeout, port=self.config.query_port)
+        except (dns.exception.Timeout, TimeoutError, OSError):
+            stats.failures += 1
+            stats.srtt = max(stats.srtt * 2, timeout)
+            if stats.failures >= 3:
+                stats.held_until = time.time() + min(60.0, 2.0**stats.failures)
+            raise
+        rtt = time.monotonic() - start
+        stats.srtt = rtt if stats.srtt == 0 else 0.7 * stats.srtt + 0.3 * rtt
+        stats.failures = 0
+        if not response.question or response.question[0].name.labels != sent_name.labels:
+            # 0x20: the echoed case must match exactly; a mismatch is a forgery or a broken server.
+            self.forged_dropped += 1
+            raise _Forged(f"question case mismatch from {address}")
+        return response
+
+
+class _Lame(Exception):
+    pass
+
+
+class _Forged(Exception):
+    pass
+
+
+def _scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Message:
+    """Drop records a server for ``zone`` has no authority to give (out of bailiwick), and undo the 0x20 case
+    randomisation servers echo into owner names."""
+    for section in (response.answer, response.authority, response.additional):
+        kept = [r for r in section if r.name.is_subdomain(zone)]
+        for rrset in kept:
+            rrset.name = rrset.name.canonicalize()
+        section[:] = kept
+    return response
+
+
+def _cname_target(
+    response: dns.message.Message, sname: dns.name.Name, rdtype: dns.rdatatype.RdataType
+) -> dns.name.Name | None:
+    """Where the answer's CNAME chain from ``sname`` ends without data of ``rdtype``, or None."""
+    current = sname
+    for _ in range(len(response.answer) + 1):
+        if any(r.name == current and r.rdtype == rdtype for r in response.answer):
+            return None
+        cname = next(
+            (r for r in response.answer if r.name == current and r.rdtype == dns.rdatatype.CNAME), None
+        )
+        if cname is None:
+            return current if current != sname else None
+        rdata = cname[0]
+        assert isinstance(rdata, CNAME)
+        current = rdata.target
+    return None
+
+
+def _dedupe(rrsets: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
+    seen: dict[tuple[dns.name.Name, int, int], dns.rrset.RRset] = {}
+    for rrset in rrsets:
+        seen.setdefault((rrset.name, rrset.rdtype, rrset.covers), rrset)
+    return list(seen.values())
+
+
+def _strip_dnssec(message: dns.message.Message) -> None:
+    dnssec_types = {dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3}
+    message.answer = [r for r in message.answer if r.rdtype not in dnssec_types]
+    message.authority = [r for r in message.authority if r.rdtype not in dnssec_types]
+
+
+def _aged(cached: _Cached, now: float) -> dns.message.Message:
+    message = dns.message.from_wire(cached.wire)
+    elapsed = int(now - cached.stored)
+    if elapsed:
+        for section in (message.answer, message.authority):
+            for rrset in section:
+                rrset.ttl = max(0, rrset.ttl - elapsed)
+    return message

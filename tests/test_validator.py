@@ -1,0 +1,209 @@
+"""The validator on hand-built signed data, without sockets: the lab's zones are signed in memory and a
+fetcher answers from them the way an authoritative server would."""
+
+from __future__ import annotations
+
+import asyncio
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.zone
+import pytest
+
+from ztdns.dnssec.trust import ROOT_ANCHORS, TrustAnchorError, TrustAnchors
+from ztdns.dnssec.validator import Security, Validator, Verdict
+from ztdns.lab.zones import SERVERS, build
+from ztdns.outcome import EDE
+from ztdns.resolver import Question, Resolution
+from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
+
+_ADDRESSES = {server: f"192.0.2.{index + 10}" for index, server in enumerate(SERVERS)}
+_DENIAL = (dns.rdatatype.NSEC, dns.rdatatype.NSEC3, dns.rdatatype.SOA)
+
+
+class ZoneFetcher:
+    """Answers like the authoritative servers of the lab would (no wildcard synthesis)."""
+
+    def __init__(self, zones: dict[dns.name.Name, dns.zone.Zone]) -> None:
+        self.zones = zones
+
+    def _zone_for(self, name: dns.name.Name) -> dns.zone.Zone:
+        origin = max((o for o in self.zones if name.is_subdomain(o)), key=len)
+        return self.zones[origin]
+
+    def answer(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+        lookup = name.parent() if rdtype == dns.rdatatype.DS and name != dns.name.root else name
+        zone = self._zone_for(lookup)
+        response = dns.message.make_response(dns.message.make_query(name, rdtype, want_dnssec=True))
+        node = zone.get_node(name)
+        if node is not None and node.get_rdataset(dns.rdataclass.IN, rdtype) is not None:
+            for rdataset in node.rdatasets:
+                if rdtype in (rdataset.rdtype, rdataset.covers):
+                    response.answer.append(dns.rrset.from_rdata_list(name, rdataset.ttl, list(rdataset)))
+            return response
+        if node is None and not any(n.is_subdomain(name) for n in zone.nodes):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        for owner, other in zone.nodes.items():
+            for rdataset in other.rdatasets:
+                if rdataset.rdtype in _DENIAL or rdataset.covers in _DENIAL:
+                    response.authority.append(dns.rrset.from_rdata_list(owner, rdataset.ttl, list(rdataset)))
+        return response
+
+    async def fetch(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+        return self.answer(name, rdtype)
+
+
+@pytest.fixture(scope="module")
+def lab() -> tuple[ZoneFetcher, str]:
+    built = build(_ADDRESSES)
+    zones = {
+        dns.name.from_text(name): dns.zone.from_text(text, name, relativize=False)
+        for server in built.zones.values()
+        for name, text in server
+    }
+    return ZoneFetcher(zones), built.root_ds
+
+
+def _validate(
+    lab: tuple[ZoneFetcher, str], qname: str, qtype: str, negative: tuple[str, ...] = (), iterations: int = 50
+) -> Verdict:
+    fetcher, root_ds = lab
+    validator = Validator(
+        fetcher, TrustAnchors.load(texts=(root_ds,), negative=negative), nsec3_max_iterations=iterations
+    )
+    name, rdtype = dns.name.from_text(qname), dns.rdatatype.from_text(qtype)
+    return asyncio.run(validator.validate(name, rdtype, fetcher.answer(name, rdtype)))
+
+
+@pytest.mark.parametrize(
+    ("qname", "qtype", "security", "ede"),
+    [
+        ("www.secure.lab.", "A", Security.SECURE, None),
+        ("nx.secure.lab.", "A", Security.SECURE, None),
+        ("www.secure.lab.", "MX", Security.SECURE, None),
+        ("deep.secure.lab.", "A", Security.SECURE, None),
+        ("www.nsec3.lab.", "A", Security.SECURE, None),
+        ("nx.nsec3.lab.", "A", Security.SECURE, None),
+        ("www.nsec3.lab.", "MX", Security.SECURE, None),
+        ("nx.optout.lab.", "A", Security.INSECURE, None),
+        ("www.unsigned.optout.lab.", "A", Security.INSECURE, None),
+        ("www.insecure.lab.", "A", Security.INSECURE, None),
+        ("www.rsasha1.lab.", "A", Security.INSECURE, EDE.UNSUPPORTED_DNSKEY_ALGORITHM),
+        ("www.digest.lab.", "A", Security.INSECURE, EDE.UNSUPPORTED_DS_DIGEST),
+        ("www.bogus.lab.", "A", Security.BOGUS, EDE.DNSSEC_BOGUS),
+        ("www.expired.lab.", "A", Security.BOGUS, EDE.SIGNATURE_EXPIRED),
+        ("www.future.lab.", "A", Security.BOGUS, EDE.SIGNATURE_NOT_YET_VALID),
+        ("www.nokey.lab.", "A", Security.BOGUS, EDE.DNSKEY_MISSING),
+        ("www.wrongds.lab.", "A", Security.BOGUS, EDE.DNSKEY_MISSING),
+        ("www.nosig.lab.", "A", Security.BOGUS, EDE.RRSIGS_MISSING),
+        ("nx.nonsec.lab.", "A", Security.BOGUS, EDE.NSEC_MISSING),
+    ],
+)
+def test_outcome_and_ede(
+    lab: tuple[ZoneFetcher, str], qname: str, qtype: str, security: Security, ede: EDE | None
+) -> None:
+    verdict = _validate(lab, qname, qtype)
+    assert verdict.security is security
+    assert (verdict.reason.ede if verdict.reason else None) == ede
+
+
+def test_extra_text_names_zone_and_record(lab: tuple[ZoneFetcher, str]) -> None:
+    verdict = _validate(lab, "www.expired.lab.", "A")
+    assert verdict.reason is not None
+    assert verdict.reason.text == "expired.lab.: expired.lab. DNSKEY: RRSIG expired"
+
+
+def test_stripped_denial_in_secure_zone_is_bogus(lab: tuple[ZoneFetcher, str]) -> None:
+    fetcher, root_ds = lab
+    name = dns.name.from_text("nx.secure.lab.")
+    response = fetcher.answer(name, dns.rdatatype.A)
+    response.authority = [r for r in response.authority if dns.rdatatype.SOA in (r.rdtype, r.covers)]
+    verdict = asyncio.run(
+        Validator(fetcher, TrustAnchors.load(texts=(root_ds,))).validate(name, dns.rdatatype.A, response)
+    )
+    assert verdict.reason is not None and verdict.reason.ede == EDE.NSEC_MISSING
+
+
+def test_forged_answer_is_bogus(lab: tuple[ZoneFetcher, str]) -> None:
+    fetcher, root_ds = lab
+    name = dns.name.from_text("www.secure.lab.")
+    response = fetcher.answer(name, dns.rdatatype.A)
+    sigs = [r for r in response.answer if r.rdtype == dns.rdatatype.RRSIG]
+    forged = dns.rrset.from_text(name, 3600, "IN", "A", "203.0.113.66")
+    response.answer = [forged, *sigs]
+    verdict = asyncio.run(
+        Validator(fetcher, TrustAnchors.load(texts=(root_ds,))).validate(name, dns.rdatatype.A, response)
+    )
+    assert verdict.reason is not None and verdict.reason.ede == EDE.DNSSEC_BOGUS
+
+
+def test_negative_trust_anchor_makes_zone_insecure(lab: tuple[ZoneFetcher, str]) -> None:
+    assert _validate(lab, "www.bogus.lab.", "A", negative=("bogus.lab.",)).security is Security.INSECURE
+
+
+def test_nsec3_iterations_above_limit_are_insecure(lab: tuple[ZoneFetcher, str]) -> None:
+    assert _validate(lab, "nx.nsec3.lab.", "A").security is Security.SECURE
+    assert _validate(lab, "nx.nsec3.lab.", "A", iterations=-1).security is Security.INSECURE
+
+
+def test_wrong_trust_anchor_makes_everything_bogus(lab: tuple[ZoneFetcher, str]) -> None:
+    fetcher, _ = lab
+    validator = Validator(fetcher, TrustAnchors.load())  # the real IANA root, not the lab's
+    name = dns.name.from_text("www.secure.lab.")
+    verdict = asyncio.run(validator.validate(name, dns.rdatatype.A, fetcher.answer(name, dns.rdatatype.A)))
+    assert verdict.reason is not None and verdict.reason.ede == EDE.DNSKEY_MISSING
+
+
+def test_builtin_root_anchors() -> None:
+    anchors = TrustAnchors.load()
+    root = anchors.anchors[dns.name.root]
+    assert sorted(ds.key_tag for ds in root.ds) == [20326, 38696]
+    assert len(ROOT_ANCHORS) == 2
+
+
+def test_anchor_file_errors_name_the_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "bad.anchor"
+    path.write_text("example. IN A 192.0.2.1\n")
+    with pytest.raises(TrustAnchorError, match=r"bad\.anchor"):
+        TrustAnchors.load(files=[path])
+
+
+class _ZoneResolver:
+    """A stand-in upstream: answers from the zones, like a forwarder with DO=1 CD=1 would."""
+
+    def __init__(self, fetcher: ZoneFetcher) -> None:
+        self.fetcher = fetcher
+
+    async def resolve(self, question: Question) -> Resolution:
+        assert question.dnssec_ok and question.checking_disabled
+        return Resolution(self.fetcher.answer(question.name, dns.rdatatype.RdataType(question.rdtype)))
+
+    async def close(self) -> None:
+        return None
+
+
+def test_forwarding_mode_sets_ad_and_fails_bogus(lab: tuple[ZoneFetcher, str]) -> None:
+    fetcher, root_ds = lab
+    inner = _ZoneResolver(fetcher)
+    resolver = ValidatingResolver(
+        inner, Validator(ResolverFetcher(inner), TrustAnchors.load(texts=(root_ds,)))
+    )
+
+    def ask(name: str, cd: bool = False) -> Resolution:
+        return asyncio.run(resolver.resolve(Question(dns.name.from_text(name), dns.rdatatype.A, 1, True, cd)))
+
+    secure = ask("www.secure.lab.")
+    assert secure.response is not None and secure.response.flags & dns.flags.AD
+    assert secure.security == "secure"
+    bogus = ask("www.bogus.lab.")
+    assert bogus.response is not None and bogus.response.rcode() == dns.rcode.SERVFAIL
+    assert bogus.reason is not None and bogus.reason.ede == EDE.DNSSEC_BOGUS
+    unchecked = ask("www.bogus.lab.", cd=True)
+    assert unchecked.response is not None and unchecked.response.rcode() == dns.rcode.NOERROR
