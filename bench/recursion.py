@@ -65,9 +65,7 @@ class Front(asyncio.DatagramProtocol):
         question = query.question[0]
         dnssec_ok = query.ednsflags & dns.flags.DO != 0
         resolution = await self.resolver.resolve(
-            Question(
-                question.name, question.rdtype, question.rdclass, dnssec_ok, bool(query.flags & dns.flags.CD)
-            )
+            Question(question.name, question.rdtype, question.rdclass, dnssec_ok, bool(query.flags & dns.flags.CD))
         )
         response = dns.message.make_response(query)
         if resolution.response is None:
@@ -134,10 +132,7 @@ def main() -> None:
                 )
 
             loop.run(listen())
-            cold = {
-                name: loop.run(cold_latency(address))
-                for name, address in (("ztdns", ZTDNS), ("unbound", UNBOUND))
-            }
+            cold = {name: loop.run(cold_latency(address)) for name, address in (("ztdns", ZTDNS), ("unbound", UNBOUND))}
             warm = {
                 name: dnsperf(lab, address, query_file, args.seconds, args.clients)
                 for name, address in (("ztdns", ZTDNS), ("unbound", UNBOUND))

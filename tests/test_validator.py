@@ -192,9 +192,7 @@ class _ZoneResolver:
 def test_forwarding_mode_sets_ad_and_fails_bogus(lab: tuple[ZoneFetcher, str]) -> None:
     fetcher, root_ds = lab
     inner = _ZoneResolver(fetcher)
-    resolver = ValidatingResolver(
-        inner, Validator(ResolverFetcher(inner), TrustAnchors.load(texts=(root_ds,)))
-    )
+    resolver = ValidatingResolver(inner, Validator(ResolverFetcher(inner), TrustAnchors.load(texts=(root_ds,))))
 
     def ask(name: str, cd: bool = False) -> Resolution:
         return asyncio.run(resolver.resolve(Question(dns.name.from_text(name), dns.rdatatype.A, 1, True, cd)))

@@ -21,6 +21,7 @@ class Kind(enum.Enum):
     PROHIBITED = "prohibited"  # unknown client refused (EDE 18)
     SPECIAL = "special"  # a name with fixed handling (use-application-dns.net)
     FAILED = "failed"  # upstream failure: SERVFAIL (EDE 22/23)
+    BOGUS = "bogus"  # DNSSEC validation failed: SERVFAIL with the validator's EDE (never served stale)
     INVALID = "invalid"  # FORMERR / NOTIMP / refused class
 
 

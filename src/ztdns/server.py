@@ -19,6 +19,8 @@ from ztdns.cache import MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
 from ztdns.config import Config
+from ztdns.dnssec.trust import TrustAnchors
+from ztdns.dnssec.validator import Validator
 from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_limit
 from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
@@ -33,8 +35,11 @@ from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
 from ztdns.protocol.respond import RespondStage, header_only_response
 from ztdns.resolver import Resolver
+from ztdns.resolver.forward import Forwarder
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
+from ztdns.resolver.recursive import RecursiveResolver
 from ztdns.resolver.stage import ResolveStage
+from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.wire import parse_query
 
 log = logging.getLogger("ztdns")
@@ -101,11 +106,26 @@ def compile_runtime(config: Config, observer: Observer) -> Runtime:
 
 
 def make_resolver(config: Config) -> Resolver | None:
-    if config.resolver.mode == "none":
+    """The resolver for ``resolver.mode``, validating DNSSEC unless ``dnssec.validation`` is off."""
+    mode = config.resolver.mode
+    if mode == "none":
         return None
-    from ztdns.resolver.forward import Forwarder
-
-    return Forwarder(config.resolver)
+    dnssec = config.dnssec
+    anchors = None
+    if dnssec.validation:
+        files = [config.base_dir / path for path in dnssec.trust_anchors]
+        anchors = TrustAnchors.load(files=files, negative=dnssec.negative_trust_anchors)
+    if mode == "recursive":
+        recursive = RecursiveResolver(config.resolver.recursion)
+        if anchors is not None:
+            # The validator fetches DS/DNSKEY through the resolver it validates for.
+            recursive.validator = Validator(recursive, anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)
+        return recursive
+    forwarder = Forwarder(config.resolver)
+    if anchors is None:
+        return forwarder
+    validator = Validator(ResolverFetcher(forwarder), anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)
+    return ValidatingResolver(forwarder, validator)
 
 
 class Frontend:

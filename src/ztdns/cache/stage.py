@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import dns.flags
 import dns.message
 
 from ztdns.cache import CacheEntry, MessageCache
 from ztdns.outcome import EDE, Kind, Reason
 from ztdns.pipeline import Next, QueryContext
 from ztdns.resolver import Question, Resolver
+from ztdns.resolver.stage import wants_ad
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,8 @@ def render(
 ) -> dns.message.Message:
     response = dns.message.make_response(query)
     response.set_rcode(entry.rcode)
+    if entry.authenticated and stale_ttl is None and wants_ad(query):
+        response.flags |= dns.flags.AD
     response.answer, response.authority, response.additional = entry.sections(age, stale_ttl)
     return response
 

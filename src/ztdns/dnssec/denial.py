@@ -111,9 +111,7 @@ def _delegation_above(rrset: dns.rrset.RRset, name: dns.name.Name) -> bool:
     return _is_parent_side(rrset) and name.is_subdomain(rrset.name) and name != rrset.name
 
 
-def nsec_nodata(
-    nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name, qtype: dns.rdatatype.RdataType
-) -> Denial:
+def nsec_nodata(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name, qtype: dns.rdatatype.RdataType) -> Denial:
     for rrset in nsecs:
         if rrset.name == name:
             return _nodata_at(rrset, qtype) or Denial(Proof.MISSING, why=f"NSEC at {name} lists the type")

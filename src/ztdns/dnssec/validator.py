@@ -88,9 +88,7 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
 class Fetcher(Protocol):
     """Fetches one RRset with DO=1 and CD=1. Returns the response, or None if nobody answered."""
 
-    async def fetch(
-        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
-    ) -> dns.message.Message | None: ...
+    async def fetch(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message | None: ...
 
 
 @dataclass
@@ -148,9 +146,7 @@ def verify(signed: _Signed, zone: dns.name.Name, keys: dns.rdataset.Rdataset, no
             failures.append(_bogus(EDE.SIGNATURE_NOT_YET_VALID, f"{zone}: {what}: RRSIG not yet valid"))
             continue
         try:
-            dns.dnssec.validate_rrsig(
-                signed.rrset, rrsig, {zone: keys}, now=now, policy=dns.dnssec.allow_all_policy
-            )
+            dns.dnssec.validate_rrsig(signed.rrset, rrsig, {zone: keys}, now=now, policy=dns.dnssec.allow_all_policy)
         except (dns.exception.DNSException, ValueError):
             failures.append(_bogus(EDE.DNSSEC_BOGUS, f"{zone}: {what}: signature does not verify"))
             continue
@@ -224,9 +220,7 @@ class Validator:
         response = await self.fetcher.fetch(zone, dns.rdatatype.DNSKEY)
         dnskeys = self._find(response, zone, dns.rdatatype.DNSKEY)
         if dnskeys is None:
-            return ZoneKeys(
-                zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: no DNSKEY for the trust anchor"), None, now + 60
-            )
+            return ZoneKeys(zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: no DNSKEY for the trust anchor"), None, now + 60)
         if anchor.ds:
             return self._keys_from_ds(zone, anchor.ds, dnskeys, now)
         trusted = [key for key in dnskeys.rrset if key in anchor.dnskey]
@@ -270,18 +264,12 @@ class Validator:
         return ZoneKeys(parent.zone, SECURE, parent.keys, min(parent.expires, expires))
 
     def _usable_ds(self, zone: dns.name.Name, records: list[DS]) -> list[DS] | Verdict:
-        usable = [
-            ds
-            for ds in records
-            if ds.algorithm in SUPPORTED_ALGORITHMS and ds.digest_type in SUPPORTED_DIGESTS
-        ]
+        usable = [ds for ds in records if ds.algorithm in SUPPORTED_ALGORITHMS and ds.digest_type in SUPPORTED_DIGESTS]
         if usable:
             return usable
         if any(ds.algorithm not in SUPPORTED_ALGORITHMS for ds in records):
             algorithms = sorted({int(ds.algorithm) for ds in records})
-            reason = Reason(
-                EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: DS algorithms {algorithms} unsupported"
-            )
+            reason = Reason(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: DS algorithms {algorithms} unsupported")
         else:
             digests = sorted({int(ds.digest_type) for ds in records})
             reason = Reason(EDE.UNSUPPORTED_DS_DIGEST, f"{zone}: DS digest types {digests} unsupported")
@@ -298,23 +286,16 @@ class Validator:
                 if ds.algorithm != key.algorithm or ds.key_tag != dns.dnssec.key_id(key):
                     continue
                 try:
-                    if (
-                        dns.dnssec.make_ds(zone, key, ds.digest_type, policy=dns.dnssec.allow_all_policy)
-                        == ds
-                    ):
+                    if dns.dnssec.make_ds(zone, key, ds.digest_type, policy=dns.dnssec.allow_all_policy) == ds:
                         trusted.append(key)
                 except (dns.exception.DNSException, ValueError):
                     continue
         return self._self_signed(zone, dnskeys, trusted, now)
 
-    def _self_signed(
-        self, zone: dns.name.Name, dnskeys: _Signed, trusted: list[DNSKEY], now: float
-    ) -> ZoneKeys:
+    def _self_signed(self, zone: dns.name.Name, dnskeys: _Signed, trusted: list[DNSKEY], now: float) -> ZoneKeys:
         """The DNSKEY RRset must be signed by one of the keys the DS (or anchor) vouches for."""
         if not trusted:
-            return ZoneKeys(
-                zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: no DNSKEY matches the DS"), None, now + 60
-            )
+            return ZoneKeys(zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: no DNSKEY matches the DS"), None, now + 60)
         anchor_keys = dns.rdataset.from_rdata_list(dnskeys.rrset.ttl, trusted)
         verdict = verify(dnskeys, zone, anchor_keys, now)
         if verdict.bogus:
@@ -366,9 +347,7 @@ class Validator:
             if nsec3s.iterations > self.nsec3_max_iterations:
                 reason = Reason(EDE.OTHER, f"{state.zone}: NSEC3 iterations {nsec3s.iterations} above limit")
                 return Verdict(Security.INSECURE, reason), True
-            result = (
-                denial.nsec3_nxdomain(nsec3s, name) if is_nx else denial.nsec3_nodata(nsec3s, name, qtype)
-            )
+            result = denial.nsec3_nxdomain(nsec3s, name) if is_nx else denial.nsec3_nodata(nsec3s, name, qtype)
         else:
             return _bogus(EDE.NSEC_MISSING, f"{state.zone}: {what}: no NSEC/NSEC3 in a signed zone"), False
         if result.proof is denial.Proof.MISSING:
@@ -515,9 +494,7 @@ class Validator:
                 if sname.is_subdomain(signer):
                     state = await self.state_at(signer)
                     if state.verdict.security is Security.SECURE and state.zone != signer:
-                        return ZoneKeys(
-                            state.zone, _bogus(EDE.DNSSEC_BOGUS, f"{signer}: denial signed by a non-zone")
-                        )
+                        return ZoneKeys(state.zone, _bogus(EDE.DNSSEC_BOGUS, f"{signer}: denial signed by a non-zone"))
                     return state
         state = await self.state_at(sname)
         if state.verdict.security is Security.SECURE:

@@ -126,9 +126,7 @@ class Lab:
             names = [name for name, _ in self.zones.zones[server]]
             conf = self.directory / f"knot-{server}.conf"
             conf.write_text(_knot_conf(self.directory, server, self.addresses[server], self.port, names))
-            self._processes.append(
-                subprocess.Popen([*prefix, "knotd", "-c", str(conf)], stdin=subprocess.DEVNULL)
-            )
+            self._processes.append(subprocess.Popen([*prefix, "knotd", "-c", str(conf)], stdin=subprocess.DEVNULL))
         slow_zone = self.zones.zones[SLOW][0][0]
         zone_file = self.directory / "zones" / SLOW / _file_name(slow_zone)
         command = [
@@ -147,9 +145,7 @@ class Lab:
 
     def _wait_ready(self, timeout: float = 15.0) -> None:
         assert self.zones is not None
-        probes = [
-            (self.addresses[server], name) for server in SERVERS for name, _ in self.zones.zones[server]
-        ]
+        probes = [(self.addresses[server], name) for server in SERVERS for name, _ in self.zones.zones[server]]
         errors: list[BaseException] = []
 
         def check() -> None:
@@ -176,9 +172,7 @@ class Lab:
 
     def _answers(self, address: str, name: str) -> bool:
         try:
-            response = dns.query.udp(
-                dns.message.make_query(name, dns.rdatatype.SOA), address, 1.0, port=self.port
-            )
+            response = dns.query.udp(dns.message.make_query(name, dns.rdatatype.SOA), address, 1.0, port=self.port)
         except (dns.exception.DNSException, OSError):
             return False
         return bool(response.answer)
@@ -200,7 +194,5 @@ class Lab:
         self.start()
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()

@@ -152,9 +152,7 @@ def _add_nsec3_chain(
     flags = 1 if denial.opt_out else 0
     salt = denial.salt.hex() or "-"
     param = dns.rdata.from_text("IN", "NSEC3PARAM", f"1 0 {denial.iterations} {salt}")
-    zone.find_node(origin).find_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC3PARAM, create=True).add(
-        param, 0
-    )
+    zone.find_node(origin).find_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC3PARAM, create=True).add(param, 0)
 
     types_at: dict[dns.name.Name, set[dns.rdatatype.RdataType]] = {}
     for name in owners:
@@ -179,6 +177,6 @@ def _add_nsec3_chain(
             "IN", "NSEC3", f"1 {flags} {denial.iterations} {salt} {following} {_type_list(rdtypes)}"
         )
         owner = dns.name.Name((label.encode(), *origin.labels))
-        zone.find_node(owner, create=True).find_rdataset(
-            dns.rdataclass.IN, dns.rdatatype.NSEC3, create=True
-        ).add(nsec3, ttl)
+        zone.find_node(owner, create=True).find_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC3, create=True).add(
+            nsec3, ttl
+        )

@@ -172,9 +172,7 @@ def _specs(addresses: dict[str, str]) -> list[ZoneSpec]:
         ZoneSpec(
             "optout.lab.",
             SLD,
-            _leaf(
-                "optout.lab.", addresses, f"unsigned 3600 IN NS ns.unsigned\nns.unsigned 3600 IN A {sld}\n"
-            ),
+            _leaf("optout.lab.", addresses, f"unsigned 3600 IN NS ns.unsigned\nns.unsigned 3600 IN A {sld}\n"),
             _ecdsa(),
             Denial(nsec3=True, opt_out=True),
         ),
@@ -213,9 +211,7 @@ def _specs(addresses: dict[str, str]) -> list[ZoneSpec]:
             damage=lambda z: _remove_rrsig(z, "www.nosig.lab.", dns.rdatatype.A),
         ),
         ZoneSpec("nonsec.lab.", SLD, _leaf("nonsec.lab.", addresses), _ecdsa(), damage=_remove_nsec),
-        ZoneSpec(
-            "rsasha1.lab.", SLD, _leaf("rsasha1.lab.", addresses), [generate_key(Algorithm.RSASHA1, True)]
-        ),
+        ZoneSpec("rsasha1.lab.", SLD, _leaf("rsasha1.lab.", addresses), [generate_key(Algorithm.RSASHA1, True)]),
         ZoneSpec("digest.lab.", SLD, _leaf("digest.lab.", addresses), _ecdsa(), ds="gost"),
         ZoneSpec(
             "lame.lab.",
@@ -245,9 +241,7 @@ def _ds_lines(spec: ZoneSpec) -> str:
         ds = dns.dnssec.make_ds(owner, generate_key(Algorithm.ECDSAP256SHA256, True).dnskey, DSDigest.SHA256)
     elif spec.ds == "gost":
         key = ksks[0].dnskey
-        ds = dns.rdata.from_text(
-            "IN", "DS", f"{dns.dnssec.key_id(key)} {key.algorithm} 3 {os.urandom(32).hex()}"
-        )
+        ds = dns.rdata.from_text("IN", "DS", f"{dns.dnssec.key_id(key)} {key.algorithm} 3 {os.urandom(32).hex()}")
     else:
         ds = dns.dnssec.make_ds(owner, ksks[0].dnskey, DSDigest.SHA256, policy=dns.dnssec.allow_all_policy)
     return f"{label} 3600 IN DS {ds.to_text()}\n"

@@ -40,12 +40,7 @@ def parse_hints(text: str, source: str = "root hints") -> list[tuple[dns.name.Na
         rrsets = dns.zonefile.read_rrsets(text, default_ttl=3600000, rdclass=None)
     except dns.exception.DNSException as exc:
         raise HintsError(f"{source}: {exc}") from None
-    servers = [
-        rdata.target
-        for r in rrsets
-        if r.rdtype == dns.rdatatype.NS and r.name == dns.name.root
-        for rdata in r
-    ]
+    servers = [rdata.target for r in rrsets if r.rdtype == dns.rdatatype.NS and r.name == dns.name.root for rdata in r]
     addresses = [
         (r.name, rdata.address)
         for r in rrsets

@@ -132,13 +132,9 @@ class RecursiveResolver:
         except ResolutionFailed as exc:
             return Resolution(None, exc.reason)
         except TimeoutError:
-            return Resolution(
-                None, Reason(EDE.NO_REACHABLE_AUTHORITY, f"{question.name}: resolution timed out")
-            )
+            return Resolution(None, Reason(EDE.NO_REACHABLE_AUTHORITY, f"{question.name}: resolution timed out"))
         rdclass = dns.rdataclass.RdataClass(question.rdclass)
-        response.question = [
-            dns.rrset.RRset(question.name, rdclass, dns.rdatatype.RdataType(question.rdtype))
-        ]
+        response.question = [dns.rrset.RRset(question.name, rdclass, dns.rdatatype.RdataType(question.rdtype))]
         if verdict is not None and verdict.bogus:
             query = dns.message.make_query(question.name, dns.rdatatype.RdataType(question.rdtype))
             failed = dns.message.make_response(query)
@@ -202,9 +198,7 @@ class RecursiveResolver:
             return pending.result(), None
         return _aged(hit, time.time()), hit.verdict
 
-    def _store(
-        self, key: tuple[dns.name.Name, int], response: dns.message.Message, verdict: Verdict | None
-    ) -> None:
+    def _store(self, key: tuple[dns.name.Name, int], response: dns.message.Message, verdict: Verdict | None) -> None:
         if self.config.cache_entries == 0:
             return
         ttl = _min_ttl(response)
@@ -238,9 +232,7 @@ class RecursiveResolver:
             seen.add(target)
             sname = target
         else:
-            raise ResolutionFailed(
-                Reason(EDE.OTHER, f"{qname}: CNAME chain longer than {self.config.max_cname_chain}")
-            )
+            raise ResolutionFailed(Reason(EDE.OTHER, f"{qname}: CNAME chain longer than {self.config.max_cname_chain}"))
         message = dns.message.make_response(dns.message.make_query(qname, rdtype, want_dnssec=True))
         message.flags |= dns.flags.RA
         message.flags &= ~dns.flags.AA
@@ -257,9 +249,7 @@ class RecursiveResolver:
             if delegation is not None and delegation.expires > now and delegation.addresses:
                 return delegation
             candidate = candidate.parent()
-        return _Delegation(
-            dns.name.root, [n for n, _ in self._hints], [a for _, a in self._hints], float("inf")
-        )
+        return _Delegation(dns.name.root, [n for n, _ in self._hints], [a for _, a in self._hints], float("inf"))
 
     async def _iterate(
         self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget, depth: int = 0
@@ -281,9 +271,7 @@ class RecursiveResolver:
             if referral is not None:
                 if not target.is_subdomain(referral.zone):
                     raise ResolutionFailed(
-                        Reason(
-                            EDE.NO_REACHABLE_AUTHORITY, f"{zone}: referral to {referral.zone} for {qname} DS"
-                        )
+                        Reason(EDE.NO_REACHABLE_AUTHORITY, f"{zone}: referral to {referral.zone} for {qname} DS")
                     )
                 delegation = await self._complete(referral, budget, depth)
                 continue
@@ -297,9 +285,7 @@ class RecursiveResolver:
             Reason(EDE.NO_REACHABLE_AUTHORITY, f"{qname}: more than {self.config.max_referrals} referrals")
         )
 
-    def _referral(
-        self, response: dns.message.Message, zone: dns.name.Name, qname: dns.name.Name
-    ) -> _Delegation | None:
+    def _referral(self, response: dns.message.Message, zone: dns.name.Name, qname: dns.name.Name) -> _Delegation | None:
         """A downward referral from ``zone`` toward ``qname``, keeping only in-bailiwick glue."""
         if response.answer or response.rcode() != dns.rcode.NOERROR or response.flags & dns.flags.AA:
             return None
@@ -332,10 +318,7 @@ class RecursiveResolver:
             r
             for r in response.authority
             if r.name == child
-            and (
-                r.rdtype == dns.rdatatype.DS
-                or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS)
-            )
+            and (r.rdtype == dns.rdatatype.DS or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS))
         ]
         self._store((child, dns.rdatatype.DS), message, None)
 
@@ -350,17 +333,12 @@ class RecursiveResolver:
                 except (ResolutionFailed, _Lame):
                     continue
                 delegation.addresses.extend(
-                    rdata.address
-                    for rrset in response.answer
-                    if rrset.rdtype == dns.rdatatype.A
-                    for rdata in rrset
+                    rdata.address for rrset in response.answer if rrset.rdtype == dns.rdatatype.A for rdata in rrset
                 )
                 if delegation.addresses:
                     break
         if not delegation.addresses:
-            raise ResolutionFailed(
-                Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no name server address")
-            )
+            raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no name server address"))
         self._delegations[delegation.zone] = delegation
         return delegation
 
@@ -381,9 +359,7 @@ class RecursiveResolver:
         usable = [a for a in dict.fromkeys(addresses) if self._usable(a)]
         random.shuffle(usable)
         stats = self._servers
-        usable.sort(
-            key=lambda a: (stats.get(a, _ServerStats()).held_until > now, stats.get(a, _ServerStats()).srtt)
-        )
+        usable.sort(key=lambda a: (stats.get(a, _ServerStats()).held_until > now, stats.get(a, _ServerStats()).srtt))
         return usable
 
     async def _ask(
@@ -391,9 +367,7 @@ class RecursiveResolver:
     ) -> dns.message.Message:
         addresses = self._order(delegation.addresses)
         if not addresses:
-            raise ResolutionFailed(
-                Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no usable server address")
-            )
+            raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no usable server address"))
         problems: list[str] = []
         for address in addresses[:4]:
             budget.spend()
@@ -418,9 +392,7 @@ class RecursiveResolver:
             )
         )
 
-    async def _query(
-        self, address: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
-    ) -> dns.message.Message:
+    async def _query(self, address: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
         stats = self._servers.setdefault(address, _ServerStats())
         sent_name = _randomise_case(name)
         query = dns.message.make_query(sent_name, rdtype, want_dnssec=True, payload=_EDNS_PAYLOAD)
@@ -484,9 +456,7 @@ def _cname_target(
     for _ in range(len(response.answer) + 1):
         if any(r.name == current and r.rdtype == rdtype for r in response.answer):
             return None
-        cname = next(
-            (r for r in response.answer if r.name == current and r.rdtype == dns.rdatatype.CNAME), None
-        )
+        cname = next((r for r in response.answer if r.name == current and r.rdtype == dns.rdatatype.CNAME), None)
         if cname is None:
             return current if current != sname else None
         rdata = cname[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import dns.flags
 import dns.message
 import dns.rcode
 
@@ -13,10 +14,17 @@ from ztdns.pipeline import Next, QueryContext
 from ztdns.resolver import Resolver
 
 
+def wants_ad(query: dns.message.Message) -> bool:
+    """RFC 6840 §5.8: set AD only for clients that showed they understand it (DO or AD in the query)."""
+    return bool(query.ednsflags & dns.flags.DO or query.flags & dns.flags.AD)
+
+
 def copy_answer(query: dns.message.Message, upstream: dns.message.Message) -> dns.message.Message:
-    """The client's response carrying the upstream's rcode and sections (never its header or OPT)."""
+    """The client's response carrying the upstream's rcode, sections and validated AD (never its other flags)."""
     response = dns.message.make_response(query)
     response.set_rcode(upstream.rcode())
+    if upstream.flags & dns.flags.AD and wants_ad(query):
+        response.flags |= dns.flags.AD
     response.answer = [copy_rrset(rrset) for rrset in upstream.answer]
     response.authority = [copy_rrset(rrset) for rrset in upstream.authority]
     response.additional = [copy_rrset(rrset) for rrset in upstream.additional]
@@ -46,6 +54,10 @@ class ResolveStage:
             return
         ctx.response = copy_answer(ctx.query, resolution.response)
         ctx.kind = Kind.RESOLVED
-        if resolution.response.rcode() == dns.rcode.SERVFAIL:
+        if resolution.reason is not None:  # validation failed (bogus) or downgraded (EDE 1/2, insecure)
+            ctx.reason = resolution.reason
+        if resolution.security == "bogus":
+            ctx.kind = Kind.BOGUS
+        elif resolution.response.rcode() == dns.rcode.SERVFAIL:
             ctx.kind = Kind.FAILED
         ctx.replay_until = time.monotonic()  # the cache stage extends it when it stores the answer

@@ -35,9 +35,7 @@ class ValidatingResolver:
         response = resolution.response
         if response is None or question.checking_disabled:
             return resolution
-        verdict = await self.validator.validate(
-            question.name, dns.rdatatype.RdataType(question.rdtype), response
-        )
+        verdict = await self.validator.validate(question.name, dns.rdatatype.RdataType(question.rdtype), response)
         resolution.security = verdict.security.value
         if verdict.bogus:
             failed = dns.message.make_response(
