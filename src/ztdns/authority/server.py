@@ -31,8 +31,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint gets a datagram transport
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         client = ClientInfo(Transport.UDP, str(addr[0]), int(addr[1]))
