@@ -43,10 +43,11 @@ class Grant:
 
     def _captures(self, identity: str) -> dict[str, str] | None:
         parts = _FIELD.split(self.identity)
-        # Literal pieces are escaped; each {field} matches one path segment (no '/', never empty).
-        regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
+        # Literal pieces are escaped; each {field} matches one path segment that is also one DNS label, so an
+        # identity like ns/a.b cannot reach into another namespace's names.
+        regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9_-]{{1,63}})" for i, p in enumerate(parts))
         match = re.fullmatch(regex, identity)
-        return None if match is None else match.groupdict()
+        return None if match is None else {k: v.lower() for k, v in match.groupdict().items()}
 
     def allows(self, identity: str, name: dns.name.Name, rdtype: int) -> bool:
         if rdtype not in self.types:
@@ -59,7 +60,7 @@ class Grant:
             try:
                 pattern = parse_pattern(_FIELD.sub(lambda m: captures.get(m.group(1), "\x00"), template))
             except PatternError:
-                continue  # a captured value that is not a DNS label cannot name anything
+                continue  # a template naming a field the identity template lacks
             if pattern.scope is Scope.EXACT and text == pattern.base:
                 return True
             if pattern.scope is Scope.ONE_LABEL and text.partition(".")[2] == pattern.base and "." in text:
