@@ -71,7 +71,9 @@ def test_transfer_refused_without_key(served: tuple[ServedZone, int]) -> None:
     assert response.rcode() == dns.rcode.REFUSED
 
 
-def _unbound(tmp_path: Path, port: int, anchor: str) -> tuple[subprocess.Popen[bytes], int]:
+def _unbound(
+    tmp_path: Path, port: int, anchor: str, stub: str = "corp.internal."
+) -> tuple[subprocess.Popen[bytes], int]:
     listen = free_port()
     conf = tmp_path / "unbound.conf"
     conf.write_text(
@@ -93,9 +95,10 @@ def _unbound(tmp_path: Path, port: int, anchor: str) -> tuple[subprocess.Popen[b
           module-config: "validator iterator"
           cache-max-ttl: 1
           cache-max-negative-ttl: 1
+          val-bogus-ttl: 1
           infra-cache-min-rtt: 20
         stub-zone:
-          name: "corp.internal."
+          name: "{stub}"
           stub-addr: 127.0.0.1@{port}
         remote-control:
           control-enable: no

@@ -28,8 +28,6 @@ import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
 import dns.tsig
-import dns.rdtypes.ANY.CDNSKEY
-import dns.rdtypes.ANY.DNSKEY
 import dns.update
 
 from ztdns.authority.answer import SignedView, answer
@@ -100,8 +98,8 @@ class ServedZone:
 
         origin = base.origin
         apex.append(Change(origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys))))
-        apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, (k.ds() for k in ks.cds))))
-        apex.append(Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (_cdnskey(k.dnskey) for k in ks.cds))))
+        apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, (k.cds() for k in ks.cds))))
+        apex.append(Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds))))
         if self.settings.denial == "nsec3":
             apex.append(Change(origin, dns.rdatatype.NSEC3PARAM, rdataset(dns.rdatatype.NSEC3PARAM, [nsec3param_rdata()])))
         served = base.with_changes(apex, serial=base.serial)
@@ -172,12 +170,6 @@ class ServedZone:
         os.replace(tmp, path)
 
 
-def _cdnskey(dnskey: dns.rdtypes.ANY.DNSKEY.DNSKEY) -> dns.rdata.Rdata:
-    return dns.rdtypes.ANY.CDNSKEY.CDNSKEY(
-        dns.rdataclass.IN, dns.rdatatype.CDNSKEY, dnskey.flags, dnskey.protocol, dnskey.algorithm, dnskey.key
-    )
-
-
 def _serial_gt(a: int, b: int) -> bool:
     return a != b and ((a - b) % (1 << 32)) < (1 << 31)
 
@@ -215,7 +207,12 @@ class Authority:
         self._rendered: dict[bytes, tuple[float, bytes]] = {}
         self.on_change: Callable[[ServedZone], None] = lambda zone: None
 
-    def zone_for(self, name: dns.name.Name) -> ServedZone | None:
+    def zone_for(self, name: dns.name.Name, rdtype: int = dns.rdatatype.A) -> ServedZone | None:
+        if rdtype == dns.rdatatype.DS and name in self.zones and name != dns.name.root:
+            # DS lives on the parent side of a cut: a child apex we also serve is answered from its parent.
+            parent = self.zone_for(name.parent())
+            if parent is not None:
+                return parent
         while True:
             zone = self.zones.get(name)
             if zone is not None or name == dns.name.root:
@@ -298,7 +295,7 @@ class Authority:
             verdict = self.rrl.check(client.address)
             if verdict is not Verdict.SEND:
                 return _wire_list(self._limited(wire, verdict))
-        served = self.zone_for(question.name)
+        served = self.zone_for(question.name, question.rdtype)
         response = answer(query, served.zone if served else None, served.view if served else None)
         rcode = dns.rcode.to_text(response.rcode())
         self.stats.rcodes[rcode] = self.stats.rcodes.get(rcode, 0) + 1

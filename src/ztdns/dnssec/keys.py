@@ -16,6 +16,7 @@ import dns.dnssec
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.CDNSKEY
 import dns.rdtypes.ANY.DNSKEY
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -123,3 +124,10 @@ class ZoneKey:
 
     def ds(self, digest: str = "SHA256") -> dns.rdata.Rdata:
         return dns.dnssec.make_ds(self.zone, self.dnskey, digest)
+
+    def cds(self) -> dns.rdata.Rdata:
+        return dns.dnssec.make_cds(self.zone, self.dnskey, "SHA256")
+
+    def cdnskey(self) -> dns.rdata.Rdata:
+        key = self.dnskey
+        return dns.rdtypes.ANY.CDNSKEY.CDNSKEY(key.rdclass, dns.rdatatype.CDNSKEY, key.flags, key.protocol, key.algorithm, key.key)
