@@ -1,18 +1,24 @@
-"""Shared helpers for authority tests: a zone, a served authority on a loopback port, free ports, tool checks."""
+"""Shared helpers for authority tests: a zone, a served authority on a loopback port, free ports, tool
+checks."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import socket
+import subprocess
+import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import dns.message
 import dns.name
+import dns.query
 import dns.tsigkeyring
 import pytest
 
@@ -65,10 +71,14 @@ def keyring() -> dict[dns.name.Name, Any]:
 
 
 def signed_zone(
-    state: Path, text: str = ZONE_TEXT, origin: dns.name.Name = ORIGIN, policy: Policy = Policy(), **settings: Any
+    state: Path,
+    text: str = ZONE_TEXT,
+    origin: dns.name.Name = ORIGIN,
+    policy: Policy | None = None,
+    **settings: Any,
 ) -> ServedZone:
     zone = Zone.from_text(text, origin)
-    return ServedZone(ZoneSettings(origin, **settings), zone, KeyManager(origin, policy, state))
+    return ServedZone(ZoneSettings(origin, **settings), zone, KeyManager(origin, policy or Policy(), state))
 
 
 class Loop:
@@ -106,3 +116,52 @@ def serving(authority: Authority, tick_seconds: float = 0.2) -> Iterator[tuple[L
     finally:
         loop.run(server.stop)
         loop.close()
+
+
+def unbound(
+    tmp_path: Path, port: int, anchor: str, stub: str = "corp.internal."
+) -> tuple[subprocess.Popen[bytes], int]:
+    listen = free_port()
+    conf = tmp_path / "unbound.conf"
+    conf.write_text(
+        textwrap.dedent(f"""
+        server:
+          interface: 127.0.0.1@{listen}
+          port: {listen}
+          username: ""
+          chroot: ""
+          directory: "{tmp_path}"
+          pidfile: ""
+          use-syslog: no
+          logfile: "{tmp_path}/unbound.log"
+          verbosity: 1
+          do-not-query-localhost: no
+          domain-insecure: ""
+          val-log-level: 2
+          trust-anchor: "{anchor}"
+          module-config: "validator iterator"
+          cache-max-ttl: 1
+          cache-max-negative-ttl: 1
+          val-bogus-ttl: 1
+          infra-cache-min-rtt: 20
+        stub-zone:
+          name: "{stub}"
+          stub-addr: 127.0.0.1@{port}
+        remote-control:
+          control-enable: no
+        """)
+    )
+    process = subprocess.Popen(
+        ["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            dns.query.udp(
+                dns.message.make_query("corp.internal.", "SOA"), "127.0.0.1", port=listen, timeout=0.5
+            )
+            return process, listen
+        except Exception:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError((tmp_path / "unbound.log").read_text())

@@ -1,4 +1,5 @@
-"""RFC 1034 answering from a zone, sans-IO: AA, referrals with glue, NODATA vs NXDOMAIN, wildcards, CNAME chains."""
+"""RFC 1034 answering from a zone, sans-IO: AA, referrals with glue, NODATA vs NXDOMAIN, wildcards, CNAME
+chains."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from tests.authority_lab import ORIGIN, ZONE_TEXT, signed_zone
+from authority_lab import ORIGIN, ZONE_TEXT, signed_zone
 from ztdns.authority.answer import answer
 from ztdns.authority.zone import Zone
 
@@ -91,7 +92,14 @@ def test_signed_answers_validate_with_dnspython(tmp_path: Path) -> None:
     assert served.view is not None and served.keys is not None
     dnskey = served.zone.get(ORIGIN, dns.rdatatype.DNSKEY)
     keys = {ORIGIN: dnskey}
-    for name, rdtype in [("www", "A"), ("nope", "A"), ("x.wild", "A"), ("x.wild", "MX"), ("b.c", "A"), ("@", "DNSKEY")]:
+    for name, rdtype in [
+        ("www", "A"),
+        ("nope", "A"),
+        ("x.wild", "A"),
+        ("x.wild", "MX"),
+        ("b.c", "A"),
+        ("@", "DNSKEY"),
+    ]:
         qname = ORIGIN if name == "@" else dns.name.from_text(name, ORIGIN)
         query = dns.message.make_query(qname, rdtype, want_dnssec=True)
         response = answer(query, served.zone, served.view)

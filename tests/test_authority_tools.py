@@ -1,13 +1,13 @@
-"""The signed zone, transferred over AXFR, passes BIND's, ldns's and Knot's zone checkers; Unbound and delv, with
+"""The signed zone, transferred over AXFR, passes BIND's, ldns's and Knot's zone checkers; Unbound and delv,
+with
 our DS as trust anchor, validate positive, NXDOMAIN, NODATA and wildcard answers as secure."""
 
 from __future__ import annotations
 
 import subprocess
-import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.name
@@ -17,16 +17,20 @@ import dns.rdatatype
 import dns.zone
 import pytest
 
-from tests.authority_lab import ORIGIN, free_port, keyring, need, serving, signed_zone
+from authority_lab import ORIGIN, keyring, need, serving, signed_zone, unbound
 from ztdns.authority.service import Authority, ServedZone
 from ztdns.authority.transfer import TransferAcl
+from ztdns.dnssec.kasp import Policy
+from ztdns.dnssec.keys import ALGORITHMS
 
 
 def _axfr_text(port: int) -> str:
     query = dns.message.make_query(ORIGIN, dns.rdatatype.AXFR)
     query.use_tsig(keyring(), dns.name.from_text("xfr."))
     lines = []
-    for message in dns.query.xfr("127.0.0.1", ORIGIN, port=port, keyring=keyring(), keyname="xfr.", relativize=False):
+    for message in dns.query.xfr(
+        "127.0.0.1", ORIGIN, port=port, keyring=keyring(), keyname="xfr.", relativize=False
+    ):
         for rrset in message.answer:
             lines.append(rrset.to_text())
     return "\n".join(lines[:-1]) + "\n"  # the closing SOA repeats the first
@@ -34,9 +38,6 @@ def _axfr_text(port: int) -> str:
 
 @pytest.fixture(params=["ecdsap256sha256", "ed25519"])
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[ServedZone, int]]:
-    from ztdns.dnssec.kasp import Policy
-    from ztdns.dnssec.keys import ALGORITHMS
-
     zone = signed_zone(
         tmp_path,
         policy=Policy(algorithm=ALGORITHMS[request.param]),
@@ -55,12 +56,14 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ser
     ],
     ids=["dnssec-verify", "ldns-verify-zone", "kzonecheck"],
 )
-def test_transferred_signed_zone_verifies(served: tuple[ServedZone, int], tool: list[str], tmp_path: Path) -> None:
+def test_transferred_signed_zone_verifies(
+    served: tuple[ServedZone, int], tool: list[str], tmp_path: Path
+) -> None:
     need(tool[0])
     _, port = served
     path = tmp_path / "axfr.zone"
     path.write_text(_axfr_text(port))
-    result = subprocess.run([*tool, str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([*tool, str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -69,51 +72,6 @@ def test_transfer_refused_without_key(served: tuple[ServedZone, int]) -> None:
     query = dns.message.make_query(ORIGIN, dns.rdatatype.AXFR)
     response = dns.query.tcp(query, "127.0.0.1", port=port, timeout=5)
     assert response.rcode() == dns.rcode.REFUSED
-
-
-def _unbound(
-    tmp_path: Path, port: int, anchor: str, stub: str = "corp.internal."
-) -> tuple[subprocess.Popen[bytes], int]:
-    listen = free_port()
-    conf = tmp_path / "unbound.conf"
-    conf.write_text(
-        textwrap.dedent(f"""
-        server:
-          interface: 127.0.0.1@{listen}
-          port: {listen}
-          username: ""
-          chroot: ""
-          directory: "{tmp_path}"
-          pidfile: ""
-          use-syslog: no
-          logfile: "{tmp_path}/unbound.log"
-          verbosity: 1
-          do-not-query-localhost: no
-          domain-insecure: ""
-          val-log-level: 2
-          trust-anchor: "{anchor}"
-          module-config: "validator iterator"
-          cache-max-ttl: 1
-          cache-max-negative-ttl: 1
-          val-bogus-ttl: 1
-          infra-cache-min-rtt: 20
-        stub-zone:
-          name: "{stub}"
-          stub-addr: 127.0.0.1@{port}
-        remote-control:
-          control-enable: no
-        """)
-    )
-    process = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            dns.query.udp(dns.message.make_query("corp.internal.", "SOA"), "127.0.0.1", port=listen, timeout=0.5)
-            return process, listen
-        except Exception:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError((tmp_path / "unbound.log").read_text())
 
 
 def _ds(zone: ServedZone) -> str:
@@ -138,7 +96,7 @@ CASES = [
 def test_unbound_validates_answers_as_secure(served: tuple[ServedZone, int], tmp_path: Path) -> None:
     need("unbound")
     zone, port = served
-    process, listen = _unbound(tmp_path, port, _ds(zone))
+    process, listen = unbound(tmp_path, port, _ds(zone))
     try:
         for name, rdtype, rcode, has_answer in CASES:
             query = dns.message.make_query(name, rdtype, want_dnssec=True)
@@ -157,10 +115,11 @@ def test_delv_validates_answers_as_secure(served: tuple[ServedZone, int], tmp_pa
     assert zone.keys is not None
     ksk = zone.keys.keyset().dnskey_signers[0]
     anchors = tmp_path / "anchors.conf"
-    anchors.write_text(f'trust-anchors {{ corp.internal. static-ds {ksk.ds().to_text().replace(" ", " ", 3)}; }};\n')
-    ds = ksk.ds()
+    ds: Any = ksk.ds()
+    digest = ds.digest.hex()
     anchors.write_text(
-        f'trust-anchors {{ "corp.internal." static-ds {ds.key_tag} {ds.algorithm} {ds.digest_type} "{ds.digest.hex()}"; }};\n'
+        f'trust-anchors {{ "corp.internal." static-ds {ds.key_tag} {ds.algorithm} {ds.digest_type} '
+        f'"{digest}"; }};'
     )
     for name, rdtype, _, _ in CASES:
         result = subprocess.run(
@@ -168,8 +127,11 @@ def test_delv_validates_answers_as_secure(served: tuple[ServedZone, int], tmp_pa
             capture_output=True,
             text=True,
             timeout=30,
+            check=False,
         )
-        assert "; fully validated" in result.stdout or "; negative response, fully validated" in result.stdout, (
+        assert (
+            "; fully validated" in result.stdout or "; negative response, fully validated" in result.stdout
+        ), (
             name,
             rdtype,
             result.stdout + result.stderr,

@@ -1,4 +1,5 @@
-"""Dynamic registration over RFC 2136 with TSIG: an identity registers its own names only; refused updates leave
+"""Dynamic registration over RFC 2136 with TSIG: an identity registers its own names only; refused updates
+leave
 the zone (and its serial) unchanged; accepted ones advance the serial and are served signed at once."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.update
 
-from tests.authority_lab import ORIGIN, keyring, serving, signed_zone
+from authority_lab import ORIGIN, keyring, serving, signed_zone
 from ztdns.authority.service import Authority
 from ztdns.authority.update import Grant
 
@@ -22,7 +23,8 @@ WEB = "spiffe://corp/ns/prod/sa/web"
 
 
 def _update(port: int, name: str, address: str, keyname: str | None = "web-key.") -> int:
-    update = dns.update.UpdateMessage(ORIGIN, keyring=keyring() if keyname else None, keyname=keyname)
+    key = dns.name.from_text(keyname) if keyname else None
+    update = dns.update.UpdateMessage(ORIGIN, keyring=keyring() if keyname else None, keyname=key)
     update.replace(name, 30, "A", address)
     response = dns.query.tcp(update, "127.0.0.1", port=port, timeout=5)
     return response.rcode()
@@ -49,14 +51,17 @@ def test_identity_registers_its_own_name_only(tmp_path: Path) -> None:
         dnskey = zone.zone.get(ORIGIN, dns.rdatatype.DNSKEY)
         dns.dnssec.validate(response.answer[0], response.answer[1], {ORIGIN: dnskey})  # type: ignore[dict-item]
 
-        # Another service's name, a name outside the grant, and an unsigned update: all refused, zone unchanged.
+        # Another service's name, a name outside the grant, and an unsigned update: all refused, zone
+        # unchanged.
         assert _update(port, "db.prod.svc.corp.internal.", "10.6.6.6") == dns.rcode.REFUSED
         assert _update(port, "web.dev.svc.corp.internal.", "10.6.6.6") == dns.rcode.REFUSED
         assert _update(port, "www.corp.internal.", "10.6.6.6") == dns.rcode.REFUSED
         assert _update(port, "web.prod.svc.corp.internal.", "10.6.6.6", keyname=None) == dns.rcode.REFUSED
         assert _serial(port) == after
         assert authority.stats.updates_refused == 4
-        response = dns.query.udp(dns.message.make_query("db.prod.svc.corp.internal.", "A"), "127.0.0.1", port=port)
+        response = dns.query.udp(
+            dns.message.make_query("db.prod.svc.corp.internal.", "A"), "127.0.0.1", port=port
+        )
         assert response.rcode() == dns.rcode.NXDOMAIN
 
     # A restart keeps the registration and the serial.
@@ -68,7 +73,7 @@ def test_identity_registers_its_own_name_only(tmp_path: Path) -> None:
 def test_mixed_update_is_all_or_nothing(tmp_path: Path) -> None:
     zone = signed_zone(tmp_path, grants=(GRANT,))
     authority = Authority([zone], keyring=keyring(), identities={dns.name.from_text("web-key."): WEB})
-    update = dns.update.UpdateMessage(ORIGIN, keyring=keyring(), keyname="web-key.")
+    update = dns.update.UpdateMessage(ORIGIN, keyring=keyring(), keyname=dns.name.from_text("web-key."))
     update.add("web.prod.svc", 30, "A", "10.0.0.1")
     update.add("api.prod.svc", 30, "A", "10.0.0.2")
     from ztdns.client import ClientInfo, Transport
@@ -80,7 +85,9 @@ def test_mixed_update_is_all_or_nothing(tmp_path: Path) -> None:
 
 
 def test_grant_templates() -> None:
-    grant = Grant("spiffe://corp/ns/{ns}/sa/{sa}", ("{sa}.{ns}.svc.corp.internal", "**.{sa}.{ns}.svc.corp.internal"))
+    grant = Grant(
+        "spiffe://corp/ns/{ns}/sa/{sa}", ("{sa}.{ns}.svc.corp.internal", "**.{sa}.{ns}.svc.corp.internal")
+    )
     name = dns.name.from_text
     assert grant.allows(WEB, name("web.prod.svc.corp.internal."), dns.rdatatype.A)
     assert grant.allows(WEB, name("a.b.web.prod.svc.corp.internal."), dns.rdatatype.AAAA)

@@ -1,6 +1,8 @@
-"""A complete ZSK and KSK rollover with tiny TTLs and delays while Unbound validates continuously through the parent
-zone (also ours): zero bogus answers, and the child's CDS appears when the new KSK is ready and goes once the parent
-serves its DS. The parent's DS is swapped by a real TSIG-signed dynamic UPDATE, as a registrar automation would."""
+"""A complete ZSK and KSK rollover with tiny TTLs and delays while Unbound validates continuously through the
+parent
+zone (also ours): zero bogus answers, and the child's CDS appears when the new KSK is ready and goes once the
+parent serves its DS. The parent's DS is swapped by a real TSIG-signed dynamic UPDATE, as a registrar
+automation would."""
 
 from __future__ import annotations
 
@@ -17,8 +19,7 @@ import dns.rdatatype
 import dns.update
 import pytest
 
-from tests.authority_lab import keyring, need, serving, signed_zone
-from tests.test_authority_tools import _unbound
+from authority_lab import keyring, need, serving, signed_zone, unbound
 from ztdns.authority.service import Authority
 from ztdns.authority.update import Grant
 from ztdns.dnssec.kasp import Policy
@@ -43,7 +44,12 @@ ns1      A   127.0.0.1
 corp     NS  ns1.corp
 ns1.corp A   127.0.0.1
 """
-QUESTIONS = [("www.corp.internal.", "A"), ("nope.corp.internal.", "A"), ("x.wild.corp.internal.", "A"), ("www.corp.internal.", "MX")]
+QUESTIONS = [
+    ("www.corp.internal.", "A"),
+    ("nope.corp.internal.", "A"),
+    ("x.wild.corp.internal.", "A"),
+    ("www.corp.internal.", "MX"),
+]
 
 
 class Prober(threading.Thread):
@@ -67,7 +73,9 @@ class Prober(threading.Thread):
                     continue
                 self.asked += 1
                 if response.rcode() == dns.rcode.SERVFAIL or not response.flags & dns.flags.AD:
-                    self.failures.append(f"{time.time():.1f} {name} {rdtype}: {dns.rcode.to_text(response.rcode())}")
+                    self.failures.append(
+                        f"{time.time():.1f} {name} {rdtype}: {dns.rcode.to_text(response.rcode())}"
+                    )
             time.sleep(0.05)
 
 
@@ -83,6 +91,7 @@ def test_zsk_and_ksk_rollover_without_a_bogus_answer(tmp_path: Path) -> None:
     )
     child = signed_zone(tmp_path / "child", CHILD_TEXT, CHILD, FAST)
     assert child.keys is not None and parent.keys is not None
+    keys = child.keys
     authority = Authority([parent, child], keyring=keyring())
 
     with serving(authority, tick_seconds=0.1) as (loop, server):
@@ -90,37 +99,41 @@ def test_zsk_and_ksk_rollover_without_a_bogus_answer(tmp_path: Path) -> None:
         def set_parent_ds(ds_texts: list[str]) -> None:
             update = dns.update.UpdateMessage(PARENT, keyring=keyring(), keyname=registrar)
             update.replace("corp", 1, "DS", *ds_texts)
-            assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
+            assert (
+                dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
+            )
 
         def cds() -> list[str]:
-            response = dns.query.udp(dns.message.make_query(CHILD, "CDS"), "127.0.0.1", port=server.port, timeout=3)
+            response = dns.query.udp(
+                dns.message.make_query(CHILD, "CDS"), "127.0.0.1", port=server.port, timeout=3
+            )
             return [rd.to_text() for rrset in response.answer for rd in rrset]
 
-        ksk = child.keys.keyset().dnskey_signers[0]
+        ksk = keys.keyset().dnskey_signers[0]
         set_parent_ds([ksk.ds().to_text()])
         anchor = parent.keys.keyset().dnskey_signers[0].ds()
-        process, listen = _unbound(tmp_path, server.port, f"internal. DS {anchor.to_text()}", stub="internal.")
+        process, listen = unbound(tmp_path, server.port, f"internal. DS {anchor.to_text()}", stub="internal.")
         prober = Prober(listen)
         prober.start()
         try:
             time.sleep(1.5)
-            old_zsk = child.keys.keyset().zone_signers[0].tag
-            loop.call(lambda: child.keys.rollover("zsk", child.base.max_ttl()))  # type: ignore[union-attr]
-            _wait(lambda: child.keys.keyset().zone_signers[0].tag != old_zsk, 10)  # type: ignore[union-attr]
-            _wait(lambda: len(child.keys.keyset().dnskeys) == 2, 10)  # type: ignore[union-attr]
+            old_zsk = keys.keyset().zone_signers[0].tag
+            loop.call(lambda: keys.rollover("zsk", child.base.max_ttl()))
+            _wait(lambda: keys.keyset().zone_signers[0].tag != old_zsk, 10)
+            _wait(lambda: len(keys.keyset().dnskeys) == 2, 10)
             time.sleep(1.5)
 
             assert cds() == []
-            new = loop.call(lambda: child.keys.rollover("ksk", child.base.max_ttl()))  # type: ignore[union-attr]
+            new = loop.call(lambda: keys.rollover("ksk", child.base.max_ttl()))
             _wait(lambda: len(cds()) == 1, 10)
             published = cds()
-            new_ds = next(k for k in child.keys.keyset().cds if k.tag == new.tag).ds().to_text()
+            new_ds = next(k for k in keys.keyset().cds if k.tag == new.tag).ds().to_text()
             assert published == [new_ds]
             time.sleep(1.0)
             set_parent_ds([new_ds])
-            loop.call(lambda: child.keys.ds_seen(child.base.max_ttl()))  # type: ignore[union-attr]
+            loop.call(lambda: keys.ds_seen(child.base.max_ttl()))
             _wait(lambda: cds() == [], 5)
-            _wait(lambda: [k.tag for k in child.keys.keyset().dnskey_signers] == [new.tag], 10)  # type: ignore[union-attr]
+            _wait(lambda: [k.tag for k in keys.keyset().dnskey_signers] == [new.tag], 10)
             time.sleep(2.0)
         finally:
             prober.stop.set()

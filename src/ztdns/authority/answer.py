@@ -37,7 +37,9 @@ class Signatures(Protocol):
 class Denial(Protocol):
     """Proofs of non-existence for one signed zone version (NSEC3 chain or compact denial)."""
 
-    def nxdomain(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> tuple[int, list[dns.rrset.RRset]]:
+    def nxdomain(
+        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
+    ) -> tuple[int, list[dns.rrset.RRset]]:
         """Rcode and records proving ``qname`` does not exist (compact denial answers NOERROR)."""
 
     def nodata(self, zone: Zone, qname: dns.name.Name) -> list[dns.rrset.RRset]:
@@ -114,11 +116,11 @@ class _Lookup:
             encloser = encloser.parent()
         source = dns.name.Name((WILDCARD, *encloser.labels))
         if source not in zone.existing:
-            if self.view is None:
-                rcode, proof = dns.rcode.NXDOMAIN, []
-            else:
-                rcode, proof = self.view.denial.nxdomain(zone, qname, encloser)
-            self._negative(proof)
+            rcode: int = dns.rcode.NXDOMAIN
+            denial: list[dns.rrset.RRset] = []
+            if self.view is not None:
+                rcode, denial = self.view.denial.nxdomain(zone, qname, encloser)
+            self._negative(denial)
             self.out.rcode = rcode
             return None
         node = zone.nodes.get(source, {})
@@ -126,7 +128,9 @@ class _Lookup:
         if not found:
             self._negative(self.view.denial.wildcard_nodata(zone, qname, encloser) if self.view else [])
             return None
-        proof = self.view.denial.wildcard_answer(zone, qname, encloser) if self.view else None
+        proof: list[dns.rrset.RRset] | None = None
+        if self.view is not None:
+            proof = self.view.denial.wildcard_answer(zone, qname, encloser)
         for rds in found:
             synthesised = rrset_of(qname, rds)
             if self.view is not None and proof is not None:
@@ -169,7 +173,8 @@ class _Lookup:
                 self.out.authority.append(rrset_of(cut, ds))
             else:
                 self.out.authority.extend(self.view.denial.nodata(zone, cut))
-        # Glue: only addresses we hold for in-bailiwick name servers (RFC 9471 requires these; others are not ours).
+        # Glue: only addresses we hold for in-bailiwick name servers (RFC 9471 requires these; others are not
+        # ours).
         for rdata in ns:
             target = rdata.target
             if not target.is_subdomain(zone.origin):
@@ -180,7 +185,9 @@ class _Lookup:
                     self.out.additional.append(rrset_of(target, glue))
 
 
-def answer(query: dns.message.Message, zone: Zone | None, view: SignedView | None = None) -> dns.message.Message:
+def answer(
+    query: dns.message.Message, zone: Zone | None, view: SignedView | None = None
+) -> dns.message.Message:
     """The authoritative response to ``query`` from ``zone`` (None: not ours → REFUSED)."""
     response = dns.message.make_response(query, our_payload=1232)
     response.flags |= query.flags & dns.flags.CD
@@ -209,11 +216,13 @@ def answer(query: dns.message.Message, zone: Zone | None, view: SignedView | Non
     out = lookup.run(qname, qtype)
     if out.authoritative:
         response.flags |= dns.flags.AA
-    response.set_rcode(out.rcode)
+    response.set_rcode(dns.rcode.Rcode.make(out.rcode))
     if dnssec and view is not None:
         response.answer = _with_signatures(out.answer, view.signatures, lookup.presigned)
         referral_ns = [r for r in out.authority if r.rdtype == NS and r.name != zone.origin]
-        response.authority = _with_signatures(out.authority, view.signatures, {id(r): None for r in referral_ns})
+        response.authority = _with_signatures(
+            out.authority, view.signatures, {id(r): None for r in referral_ns}
+        )
     else:
         response.answer = list(out.answer)
         response.authority = list(out.authority)

@@ -1,9 +1,9 @@
 """Response rate limiting for UDP (RRL-style): a token bucket per client prefix, with slip.
 
-UDP source addresses can be forged, so an authoritative server can be aimed at a victim. Each /24 (IPv4) or /56
-(IPv6) gets ``rate`` responses per second with a burst of ``burst``; past that, every ``slip``-th response is sent
-truncated (TC=1, no records: a real client retries over TCP, a victim receives a tiny packet) and the rest dropped.
-TCP is never limited: it cannot be spoofed.
+UDP source addresses can be forged, so an authoritative server can be aimed at a victim. Each /24 (IPv4) or
+/56 (IPv6) gets ``rate`` responses per second with a burst of ``burst``; past that, every ``slip``-th response
+is sent truncated (TC=1, no records: a real client retries over TCP, a victim receives a tiny packet) and the
+rest dropped. TCP is never limited: it cannot be spoofed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(
+    def __init__(  # noqa: PLR0917
         self,
         rate: float = 20.0,
         burst: float = 40.0,

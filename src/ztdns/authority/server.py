@@ -1,8 +1,9 @@
-"""Thin asyncio listeners for the authority (UDP and TCP on one address) plus the key ticker and NOTIFY sender.
+"""Thin asyncio listeners for the authority (UDP and TCP on one address) plus the key ticker and NOTIFY
+sender.
 
 Used by tests and by ``ztdns`` until the shared transports serve the authority: they only move bytes; every
-decision is in :class:`~ztdns.authority.service.Authority`. TCP is needed here because a zone transfer is several
-messages for one request, which the one-response ``Handler`` contract cannot carry.
+decision is in :class:`~ztdns.authority.service.Authority`. TCP is needed here because a zone transfer is
+several messages for one request, which the one-response ``Handler`` contract cannot carry.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import struct
+from collections.abc import Coroutine
+from typing import Any
 
 import dns.asyncquery
 import dns.exception
@@ -47,7 +50,7 @@ class _Udp(asyncio.DatagramProtocol):
 class AuthorityServer:
     """UDP+TCP on ``host:port`` (port 0 picks a free one; see ``port``)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917
         self,
         authority: Authority,
         host: str,
@@ -69,7 +72,9 @@ class AuthorityServer:
         self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port)
         self.port = self._tcp.sockets[0].getsockname()[1]
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self.authority), local_addr=(self.host, self.port))
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self.authority), local_addr=(self.host, self.port)
+        )
         self._spawn(self._ticker())
 
     async def stop(self) -> None:
@@ -83,8 +88,8 @@ class AuthorityServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

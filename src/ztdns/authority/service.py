@@ -34,7 +34,7 @@ from ztdns.authority.answer import SignedView, answer
 from ztdns.authority.rrl import RateLimiter, Verdict
 from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
-from ztdns.authority.zone import Change, Zone
+from ztdns.authority.zone import Change, Zone, type_text
 from ztdns.client import ClientInfo
 from ztdns.dnssec.kasp import KeyManager, KeySet
 from ztdns.dnssec.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
@@ -51,10 +51,10 @@ RENDERED_SECONDS = 30.0
 class ZoneSettings:
     origin: dns.name.Name
     grants: tuple[Grant, ...] = ()
-    transfer: TransferAcl = TransferAcl()
+    transfer: TransferAcl = field(default_factory=TransferAcl)
     notify: tuple[tuple[str, int], ...] = ()
     denial: Literal["nsec3", "compact"] = "nsec3"
-    validity: Validity = Validity()
+    validity: Validity = field(default_factory=Validity)
     # Keeps dynamic registrations and the serial across restarts; None keeps them in memory only.
     state_path: Path | None = None
 
@@ -62,7 +62,9 @@ class ZoneSettings:
 class ServedZone:
     """One zone: the unsigned data (``base``), the served version with key records, and how to sign it."""
 
-    def __init__(self, settings: ZoneSettings, base: Zone, keys: KeyManager | None = None, clock: Clock = time.time) -> None:
+    def __init__(
+        self, settings: ZoneSettings, base: Zone, keys: KeyManager | None = None, clock: Clock = time.time
+    ) -> None:
         self.settings = settings
         self.keys = keys
         self.clock = clock
@@ -79,7 +81,7 @@ class ServedZone:
     def origin(self) -> dns.name.Name:
         return self.settings.origin
 
-    # -- versions -------------------------------------------------------------------------------------------------
+    # -- versions --------------------------------------------------------------------------------------------
 
     def _publish(self, base: Zone) -> None:
         self.base = base
@@ -91,17 +93,29 @@ class ServedZone:
         ttl = self.keys.policy.dnskey_ttl if self.keys else 3600
 
         def rdataset(rdtype: int, rdatas: Iterable[dns.rdata.Rdata]) -> dns.rdataset.Rdataset | None:
-            rds = dns.rdataset.Rdataset(dns.rdataclass.IN, rdtype)
+            rds = dns.rdataset.Rdataset(dns.rdataclass.IN, dns.rdatatype.RdataType.make(rdtype))
             for rdata in rdatas:
                 rds.add(rdata, ttl)
             return rds if len(rds) else None
 
         origin = base.origin
-        apex.append(Change(origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys))))
+        apex.append(
+            Change(
+                origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys))
+            )
+        )
         apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, (k.cds() for k in ks.cds))))
-        apex.append(Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds))))
+        apex.append(
+            Change(
+                origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds))
+            )
+        )
         if self.settings.denial == "nsec3":
-            apex.append(Change(origin, dns.rdatatype.NSEC3PARAM, rdataset(dns.rdatatype.NSEC3PARAM, [nsec3param_rdata()])))
+            apex.append(
+                Change(
+                    origin, dns.rdatatype.NSEC3PARAM, rdataset(dns.rdatatype.NSEC3PARAM, [nsec3param_rdata()])
+                )
+            )
         served = base.with_changes(apex, serial=base.serial)
         self.signer.set_keys(ks.zone_signers, ks.dnskey_signers)
         self.chain = Nsec3Chain(served) if self.settings.denial == "nsec3" else None
@@ -132,7 +146,7 @@ class ServedZone:
     def transfer_records(self) -> list[dns.rrset.RRset]:
         return list(zone_records(self.zone, self.view, self.chain.rrsets() if self.chain else ()))
 
-    # -- persistence of dynamic data ------------------------------------------------------------------------------
+    # -- persistence of dynamic data -------------------------------------------------------------------------
 
     def _restore(self, base: Zone) -> Zone:
         path = self.settings.state_path
@@ -145,7 +159,9 @@ class ServedZone:
             rdtype = dns.rdatatype.from_text(entry["type"])
             rds = None
             if entry["rdata"] is not None:
-                rds = dns.rdataset.from_text_list(dns.rdataclass.IN, rdtype, entry["ttl"], entry["rdata"], origin=base.origin)
+                rds = dns.rdataset.from_text_list(
+                    dns.rdataclass.IN, rdtype, entry["ttl"], entry["rdata"], origin=base.origin
+                )
             self._dynamic[(name, rdtype)] = rds
             changes.append(Change(name, rdtype, rds))
         # Never go back: a restart keeps the serial secondaries have already seen.
@@ -159,7 +175,7 @@ class ServedZone:
         records = [
             {
                 "name": name.to_text(),
-                "type": dns.rdatatype.to_text(rdtype),
+                "type": type_text(rdtype),
                 "ttl": rds.ttl if rds is not None else 0,
                 "rdata": [r.to_text() for r in rds] if rds is not None else None,
             }
@@ -236,7 +252,7 @@ class Authority:
         for zone in zones:
             self.on_change(zone)
 
-    # -- Handler --------------------------------------------------------------------------------------------------
+    # -- Handler ---------------------------------------------------------------------------------------------
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Plain queries, from rendered responses when possible; everything else goes to ``handle``."""
@@ -267,7 +283,7 @@ class Authority:
         self.stats.rrl_dropped += 1
         return None
 
-    # -- requests -------------------------------------------------------------------------------------------------
+    # -- requests --------------------------------------------------------------------------------------------
 
     def respond(self, wire: bytes, client: ClientInfo) -> list[bytes]:
         """Response wires for one request (empty: drop silently). Never raises on bad input."""
@@ -284,9 +300,11 @@ class Authority:
             assert isinstance(query, dns.update.UpdateMessage)
             return [self._update(query, client)]
         if opcode != dns.opcode.QUERY or len(query.question) != 1:
-            return [_render(answer(query, None), client, query)] if opcode == dns.opcode.QUERY else [
-                _header_only(wire, dns.rcode.NOTIMP) or b""
-            ]
+            return (
+                [_render(answer(query, None), client, query)]
+                if opcode == dns.opcode.QUERY
+                else [_header_only(wire, dns.rcode.NOTIMP) or b""]
+            )
         question = query.question[0]
         if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
             return self._transfer(query, client)
@@ -307,7 +325,10 @@ class Authority:
     def _remember(self, wire: bytes, client: ClientInfo, out: bytes) -> None:
         if len(self._rendered) >= 100_000:
             self._rendered.clear()
-        self._rendered[(b"T" if client.stream else b"U") + wire[2:]] = (self.clock() + RENDERED_SECONDS, out[2:])
+        self._rendered[(b"T" if client.stream else b"U") + wire[2:]] = (
+            self.clock() + RENDERED_SECONDS,
+            out[2:],
+        )
 
     def _transfer(self, query: dns.message.Message, client: ClientInfo) -> list[bytes]:
         served = self.zones.get(query.question[0].name)
@@ -322,11 +343,15 @@ class Authority:
     def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
         response = dns.message.make_response(message)
         zone_rr = message.zone[0] if len(message.zone) == 1 else None
-        served = self.zones.get(zone_rr.name) if zone_rr is not None and zone_rr.rdtype == dns.rdatatype.SOA else None
+        served = (
+            self.zones.get(zone_rr.name)
+            if zone_rr is not None and zone_rr.rdtype == dns.rdatatype.SOA
+            else None
+        )
         if served is None:
             response.set_rcode(dns.rcode.NOTAUTH)
             return response.to_wire()
-        if message.had_tsig:
+        if message.had_tsig and message.keyname is not None:
             identity: str | None = self.identities.get(message.keyname, f"tsig:{message.keyname.to_text()}")
         else:
             identity = client.certificate_identity
@@ -335,7 +360,7 @@ class Authority:
         except UpdateRefused as refused:
             self.stats.updates_refused += 1
             log.info("update of %s refused: %s", served.origin, refused)
-            response.set_rcode(refused.rcode)
+            response.set_rcode(dns.rcode.Rcode.make(refused.rcode))
             return response.to_wire()
         self.stats.updates += 1
         if changes:
@@ -355,7 +380,8 @@ def _render(response: dns.message.Message, client: ClientInfo, query: dns.messag
 
 
 def _header_only(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
-    """A response carrying only the request's ID, opcode and question count zero: for requests we cannot parse."""
+    """A response carrying only the request's ID, opcode and question count zero: for requests we cannot
+    parse."""
     if len(wire) < 12:
         return None
     ident, flags = struct.unpack_from("!HH", wire)

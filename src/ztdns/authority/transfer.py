@@ -1,4 +1,5 @@
-"""Zone transfer out (AXFR; IXFR is answered with a full transfer, RFC 1995 §4) and NOTIFY (RFC 1996), sans-IO."""
+"""Zone transfer out (AXFR; IXFR is answered with a full transfer, RFC 1995 §4) and NOTIFY (RFC 1996),
+sans-IO."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ class TransferAcl:
         return any(ip in network for network in self.networks)
 
 
-def zone_records(zone: Zone, view: SignedView | None, nsec3: Iterable[dns.rrset.RRset] = ()) -> Iterator[dns.rrset.RRset]:
+def zone_records(
+    zone: Zone, view: SignedView | None, nsec3: Iterable[dns.rrset.RRset] = ()
+) -> Iterator[dns.rrset.RRset]:
     """Every RRset of the zone with its signatures, SOA first (the closing SOA is added by the caller)."""
     soa = zone.soa_rrset()
     ordered = [soa, *(r for r in zone.rrsets() if r.rdtype != SOA or r.name != zone.origin), *nsec3]
@@ -61,7 +64,9 @@ def _unsigned_in_transfer(zone: Zone, rrset: dns.rrset.RRset) -> bool:
     return zone.cut_above(rrset.name, include_self=False) is not None
 
 
-def axfr_messages(query: dns.message.Message, records: Iterable[dns.rrset.RRset], soa: dns.rrset.RRset) -> list[bytes]:
+def axfr_messages(
+    query: dns.message.Message, records: Iterable[dns.rrset.RRset], soa: dns.rrset.RRset
+) -> list[bytes]:
     """The transfer as wire messages (TSIG-signed in sequence when the query was, RFC 8945 §5.3.1)."""
     rrs = [*records, soa]
     wires: list[bytes] = []
@@ -80,7 +85,9 @@ def axfr_messages(query: dns.message.Message, records: Iterable[dns.rrset.RRset]
     return wires
 
 
-def notify_message(zone: Zone, keyring: dict[dns.name.Name, dns.tsig.Key] | None = None, keyname: dns.name.Name | None = None) -> dns.message.Message:
+def notify_message(
+    zone: Zone, keyring: dict[dns.name.Name, dns.tsig.Key] | None = None, keyname: dns.name.Name | None = None
+) -> dns.message.Message:
     message = dns.message.make_query(zone.origin, dns.rdatatype.SOA)
     message.set_opcode(dns.opcode.NOTIFY)
     message.flags = dns.flags.AA

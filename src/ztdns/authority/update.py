@@ -1,9 +1,10 @@
 """RFC 2136 dynamic UPDATE, sans-IO, with per-identity grants.
 
 An identity (the TSIG key's identity, or the verified client certificate's SPIFFE ID) may only touch names and
-types a :class:`Grant` allows. A grant is a template: ``spiffe://corp/ns/{ns}/sa/{sa}`` captures path segments,
-and ``{sa}.{ns}.svc.corp.internal`` (a name pattern of the policy grammar, so ``*.`` and ``**.`` work) says what
-the captured identity may register. Updates are all-or-nothing: any refused record leaves the zone unchanged.
+types a :class:`Grant` allows. A grant is a template: ``spiffe://corp/ns/{ns}/sa/{sa}`` captures path
+segments, and ``{sa}.{ns}.svc.corp.internal`` (a name pattern of the policy grammar, so ``*.`` and ``**.``
+work) says what the captured identity may register. Updates are all-or-nothing: any refused record leaves the
+zone unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dns.rdatatype
 import dns.rrset
 import dns.update
 
-from ztdns.authority.zone import NS, SIGNER_TYPES, SOA, Change, Zone, ZoneError
+from ztdns.authority.zone import NS, SIGNER_TYPES, SOA, Change, Zone, ZoneError, type_text
 from ztdns.policy.patterns import PatternError, Scope, parse_pattern
 
 _FIELD = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
@@ -45,7 +46,9 @@ class Grant:
         parts = _FIELD.split(self.identity)
         # Literal pieces are escaped; each {field} matches one path segment that is also one DNS label, so an
         # identity like ns/a.b cannot reach into another namespace's names.
-        regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9_-]{{1,63}})" for i, p in enumerate(parts))
+        regex = "".join(
+            re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9_-]{{1,63}})" for i, p in enumerate(parts)
+        )
         match = re.fullmatch(regex, identity)
         return None if match is None else {k: v.lower() for k, v in match.groupdict().items()}
 
@@ -87,18 +90,20 @@ def check_prerequisites(zone: Zone, prerequisites: Iterable[dns.rrset.RRset]) ->
             if rr.rdtype == dns.rdatatype.ANY and not _in_use(zone, rr.name):
                 raise UpdateRefused(dns.rcode.NXDOMAIN, f"{rr.name} does not exist")
             if rr.rdtype != dns.rdatatype.ANY and not exists:
-                raise UpdateRefused(dns.rcode.NXRRSET, f"{rr.name} {dns.rdatatype.to_text(rr.rdtype)} does not exist")
+                raise UpdateRefused(dns.rcode.NXRRSET, f"{rr.name} {type_text(rr.rdtype)} does not exist")
         elif rr.deleting == dns.rdataclass.NONE:
             if rr.rdtype == dns.rdatatype.ANY and _in_use(zone, rr.name):
                 raise UpdateRefused(dns.rcode.YXDOMAIN, f"{rr.name} exists")
             if rr.rdtype != dns.rdatatype.ANY and exists:
-                raise UpdateRefused(dns.rcode.YXRRSET, f"{rr.name} {dns.rdatatype.to_text(rr.rdtype)} exists")
+                raise UpdateRefused(dns.rcode.YXRRSET, f"{rr.name} {type_text(rr.rdtype)} exists")
         else:
-            value_sets.setdefault((rr.name, rr.rdtype), dns.rdataset.Rdataset(rr.rdclass, rr.rdtype)).union_update(rr)
+            value_sets.setdefault(
+                (rr.name, rr.rdtype), dns.rdataset.Rdataset(rr.rdclass, rr.rdtype)
+            ).union_update(rr)
     for (name, rdtype), wanted in value_sets.items():
         have = zone.get(name, rdtype)
         if have is None or set(have) != set(wanted):
-            raise UpdateRefused(dns.rcode.NXRRSET, f"{name} {dns.rdatatype.to_text(rdtype)} differs")
+            raise UpdateRefused(dns.rcode.NXRRSET, f"{name} {type_text(rdtype)} differs")
 
 
 def apply_update(
@@ -116,13 +121,15 @@ def apply_update(
     def authorise(name: dns.name.Name, rdtype: int) -> None:
         if identity is None or not any(g.allows(identity, name, rdtype) for g in grants):
             who = identity or "an unauthenticated client"
-            raise UpdateRefused(dns.rcode.REFUSED, f"{who} may not update {name} {dns.rdatatype.to_text(rdtype)}")
+            raise UpdateRefused(dns.rcode.REFUSED, f"{who} may not update {name} {type_text(rdtype)}")
 
     for rr in message.update:
         if not rr.name.is_subdomain(zone.origin):
             raise UpdateRefused(dns.rcode.NOTZONE, f"{rr.name} is outside the zone")
         if rr.rdtype in SIGNER_TYPES or (rr.name == zone.origin and rr.rdtype in (SOA, NS)):
-            raise UpdateRefused(dns.rcode.REFUSED, f"{dns.rdatatype.to_text(rr.rdtype)} records are managed by the server")
+            raise UpdateRefused(
+                dns.rcode.REFUSED, f"{type_text(rr.rdtype)} records are managed by the server"
+            )
         if rr.deleting is None:
             if dns.rdatatype.is_metatype(rr.rdtype) or rr.rdclass != dns.rdataclass.IN:
                 raise UpdateRefused(dns.rcode.FORMERR, f"cannot add type {rr.rdtype} class {rr.rdclass}")
@@ -138,10 +145,12 @@ def apply_update(
             continue
         if rr.ttl != 0:
             raise UpdateRefused(dns.rcode.FORMERR, "delete with a TTL")
-        types = [rr.rdtype]
+        types: list[int] = [rr.rdtype]
         if rr.rdtype == dns.rdatatype.ANY:
             node = zone.nodes.get(rr.name, {})
-            types = [t for t in {*node, *(t for (n, t) in work if n == rr.name)} if current(rr.name, t) is not None]
+            types = [
+                t for t in {*node, *(t for (n, t) in work if n == rr.name)} if current(rr.name, t) is not None
+            ]
         for rdtype in types:
             authorise(rr.name, rdtype)
             old = current(rr.name, rdtype)
@@ -153,7 +162,9 @@ def apply_update(
                 work[(rr.name, rdtype)] = remaining if len(remaining) else None
             else:
                 work[(rr.name, rdtype)] = None
-    changes = [Change(name, rdtype, rds) for (name, rdtype), rds in work.items() if rds != zone.get(name, rdtype)]
+    changes = [
+        Change(name, rdtype, rds) for (name, rdtype), rds in work.items() if rds != zone.get(name, rdtype)
+    ]
     if not changes:
         return zone, []
     try:

@@ -59,9 +59,13 @@ class Zone:
 
     __slots__ = ("cuts", "existing", "nodes", "origin", "serial")
 
-    def __init__(self, origin: dns.name.Name, nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]]) -> None:
+    def __init__(
+        self, origin: dns.name.Name, nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]]
+    ) -> None:
         self.origin = origin
-        self.nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]] = {n: d for n, d in nodes.items() if d}
+        self.nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]] = {
+            n: d for n, d in nodes.items() if d
+        }
         apex = self.nodes.get(origin, {})
         soa = apex.get(SOA)
         if soa is None or len(soa) != 1:
@@ -69,7 +73,8 @@ class Zone:
         if NS not in apex:
             raise ZoneError(f"zone {origin} has no NS records at its apex")
         self.serial: int = soa[0].serial
-        # Every name that exists in the sense of RFC 4592: names with data and the empty non-terminals above them.
+        # Every name that exists in the sense of RFC 4592: names with data and the empty non-terminals above
+        # them.
         self.existing: set[dns.name.Name] = set()
         # Delegation points: NS RRsets anywhere below the apex.
         self.cuts: set[dns.name.Name] = set()
@@ -80,12 +85,13 @@ class Zone:
                 raise ZoneError(f"{name} has a CNAME beside other data")
             if NS in node and name != origin:
                 self.cuts.add(name)
-            while name not in self.existing and name != origin:
-                self.existing.add(name)
-                name = name.parent()
+            above = name
+            while above not in self.existing and above != origin:
+                self.existing.add(above)
+                above = above.parent()
         self.existing.add(origin)
 
-    # -- building ---------------------------------------------------------------------------------------------
+    # -- building --------------------------------------------------------------------------------------------
 
     @classmethod
     def from_text(cls, text: str, origin: dns.name.Name | str) -> Zone:
@@ -124,7 +130,8 @@ class Zone:
         return cls(origin, nodes)
 
     def with_changes(self, changes: Iterable[Change], serial: int | None = None) -> Zone:
-        """A new version with ``changes`` applied and the SOA serial set to ``serial`` (or advanced by one)."""
+        """A new version with ``changes`` applied and the SOA serial set to ``serial`` (or advanced by
+        one)."""
         nodes = {name: dict(node) for name, node in self.nodes.items()}
         for change in changes:
             node = nodes.setdefault(change.name, {})
@@ -140,7 +147,7 @@ class Zone:
         nodes[self.origin][SOA] = soa_set
         return Zone(self.origin, nodes)
 
-    # -- reading ----------------------------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------------------------
 
     def soa(self) -> dns.rdtypes.ANY.SOA.SOA:
         soa: dns.rdtypes.ANY.SOA.SOA = self.nodes[self.origin][SOA][0]
@@ -152,7 +159,8 @@ class Zone:
     def negative_ttl(self) -> int:
         """RFC 2308 §5 / RFC 9077: the lesser of the SOA TTL and the SOA MINIMUM field."""
         soa_set = self.nodes[self.origin][SOA]
-        return min(soa_set.ttl, soa_set[0].minimum)
+        minimum: int = soa_set[0].minimum
+        return min(soa_set.ttl, minimum)
 
     def max_ttl(self) -> int:
         return max(rds.ttl for node in self.nodes.values() for rds in node.values())
@@ -162,7 +170,8 @@ class Zone:
         return None if node is None else node.get(rdtype)
 
     def cut_above(self, name: dns.name.Name, include_self: bool) -> dns.name.Name | None:
-        """The highest delegation point on the way from the apex down to ``name`` (RFC 1034 §4.3.2 step 3b)."""
+        """The highest delegation point on the way from the apex down to ``name`` (RFC 1034 §4.3.2 step
+        3b)."""
         if not self.cuts:
             return None
         labels = len(name) - len(self.origin)
@@ -188,6 +197,10 @@ def rrset_of(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.
     rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype, rdataset.covers)
     rrset.update(rdataset)
     return rrset
+
+
+def type_text(rdtype: int) -> str:
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))
 
 
 def next_serial(serial: int) -> int:

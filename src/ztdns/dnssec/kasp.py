@@ -1,9 +1,10 @@
 """Key and signing policy (KASP) per zone: which keys exist, when each is published, signs, and goes away.
 
-Every rollover computes its timestamps when it starts (RFC 7583 intervals from TTLs and propagation delays) and
-writes them to a JSON state file, so the state at any instant is a pure function of the file and the clock: a
-restart mid-rollover resumes exactly, and tests drive it with an accelerated clock. The only step that needs the
-outside world is the KSK's DS swap at the parent, confirmed with ``ds_seen`` (``ztdns keys ds-seen ZONE``).
+Every rollover computes its timestamps when it starts (RFC 7583 intervals from TTLs and propagation delays)
+and writes them to a JSON state file, so the state at any instant is a pure function of the file and the
+clock: a restart mid-rollover resumes exactly, and tests drive it with an accelerated clock. The only step
+that needs the outside world is the KSK's DS swap at the parent, confirmed with ``ds_seen`` (``ztdns keys
+ds-seen ZONE``).
 
 Timeline of a ZSK pre-publish rollover (RFC 7583 §3.2.1), new key N, old key O::
 
@@ -104,7 +105,10 @@ class KeySet:
     cds: tuple[ZoneKey, ...]
 
     def fingerprint(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(tuple(k.tag for k in keys) for keys in (self.dnskeys, self.zone_signers, self.dnskey_signers, self.cds))
+        return tuple(
+            tuple(k.tag for k in keys)
+            for keys in (self.dnskeys, self.zone_signers, self.dnskey_signers, self.cds)
+        )
 
 
 @dataclass(slots=True)
@@ -137,7 +141,12 @@ class KeyManager:
     """The keys of one zone under a :class:`Policy`, persisted in ``<state_dir>/<zone>.keys.json``."""
 
     def __init__(
-        self, zone: dns.name.Name, policy: Policy, state_dir: Path, store: KeyStore | None = None, clock: Clock = time.time
+        self,
+        zone: dns.name.Name,
+        policy: Policy,
+        state_dir: Path,
+        store: KeyStore | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self.zone = zone
         self.policy = policy
@@ -149,17 +158,22 @@ class KeyManager:
         self._loaded: dict[int, ZoneKey] = {}
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    # -- persistence ----------------------------------------------------------------------------------------------
+    # -- persistence -----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[_State]:
-        """Read-modify-write under an exclusive lock, so the CLI and a running server never lose each other's edits."""
+        """Read-modify-write under an exclusive lock, so the CLI and a running server never lose each other's
+        edits."""
         with open(self.path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._read()
             yield self._state
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"zone": self.zone.to_text(), "keys": [asdict(k) for k in self._state.keys]}, indent=1))
+            tmp.write_text(
+                json.dumps(
+                    {"zone": self.zone.to_text(), "keys": [asdict(k) for k in self._state.keys]}, indent=1
+                )
+            )
             os.chmod(tmp, 0o600)
             tmp.replace(self.path)
             self._mtime = self.path.stat().st_mtime_ns
@@ -183,7 +197,7 @@ class KeyManager:
         self._read()
         return [replace(k) for k in self._state.keys]
 
-    # -- keys -----------------------------------------------------------------------------------------------------
+    # -- keys ------------------------------------------------------------------------------------------------
 
     def _new_key(self, state: _State, role: Role, now: float) -> KeyRecord:
         locator, key = self.store.create(self.zone, self.policy.algorithm, sep=role != "zsk")
@@ -193,7 +207,8 @@ class KeyManager:
         return record
 
     def ensure_keys(self) -> None:
-        """First signing of a zone: make a KSK+ZSK (or a CSK) valid at once; its DS goes to the parent by hand."""
+        """First signing of a zone: make a KSK+ZSK (or a CSK) valid at once; its DS goes to the parent by
+        hand."""
         now = self.clock()
         with self._locked() as state:
             if state.keys:
@@ -226,7 +241,7 @@ class KeyManager:
             cds=pick(lambda r: r.in_cds(t)),
         )
 
-    # -- rollovers ------------------------------------------------------------------------------------------------
+    # -- rollovers -------------------------------------------------------------------------------------------
 
     def _rolling(self, state: _State, role: Role, now: float) -> bool:
         for record in state.keys:
@@ -261,7 +276,8 @@ class KeyManager:
             return replace(new)
 
     def ds_seen(self, max_ttl: int) -> KeyRecord:
-        """The parent now serves the DS of the key whose CDS we publish: withdraw CDS, schedule the old key's end."""
+        """The parent now serves the DS of the key whose CDS we publish: withdraw CDS, schedule the old key's
+        end."""
         now = self.clock()
         policy = self.policy
         with self._locked() as state:
@@ -270,7 +286,9 @@ class KeyManager:
                 raise KeyStoreError(f"zone {self.zone} has no key waiting for its DS")
             new = waiting[0]
             if new.ready is None or new.ready > now:
-                raise KeyStoreError(f"key {new.tag} of {self.zone} is not ready before {new.ready}: CDS not yet published")
+                raise KeyStoreError(
+                    f"key {new.tag} of {self.zone} is not ready before {new.ready}: CDS not yet published"
+                )
             new.ds_seen = now
             for record in state.keys:
                 if record is new or record.role != new.role or record.remove is not None:
@@ -290,6 +308,10 @@ class KeyManager:
             if not lifetime or (self.policy.csk and role == "ksk"):
                 continue
             current = [r for r in self._state.keys if r.role == role_ and r.remove is None]
-            if current and not self._rolling(self._state, role_, now) and min(r.publish for r in current) + lifetime <= now:
+            if (
+                current
+                and not self._rolling(self._state, role_, now)
+                and min(r.publish for r in current) + lifetime <= now
+            ):
                 started.append(self.rollover(role_, max_ttl))
         return started

@@ -1,8 +1,8 @@
 """Zone signing keys: the private half lives in a file (PEM, 0600) or in a PKCS#11 token; both sign bytes.
 
 A key's signer object is built once (the loaded private key, or a cached PKCS#11 handle), so signing an RRset
-costs one private-key operation and nothing else. A key whose file is missing is an error, never regenerated: a
-silently new key would break the chain of trust that the parent's DS records.
+costs one private-key operation and nothing else. A key whose file is missing is an error, never regenerated:
+a silently new key would break the chain of trust that the parent's DS records.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-ECDSAP256SHA256 = int(dns.dnssec.Algorithm.ECDSAP256SHA256)
-ED25519 = int(dns.dnssec.Algorithm.ED25519)
+ECDSAP256SHA256 = int(dns.dnssec.Algorithm.ECDSAP256SHA256)  # type: ignore[attr-defined]
+ED25519 = int(dns.dnssec.Algorithm.ED25519)  # type: ignore[attr-defined]
 ALGORITHMS = {"ecdsap256sha256": ECDSAP256SHA256, "ed25519": ED25519}
 
 ZONE_FLAG = 0x0100
@@ -130,4 +130,6 @@ class ZoneKey:
 
     def cdnskey(self) -> dns.rdata.Rdata:
         key = self.dnskey
-        return dns.rdtypes.ANY.CDNSKEY.CDNSKEY(key.rdclass, dns.rdatatype.CDNSKEY, key.flags, key.protocol, key.algorithm, key.key)
+        return dns.rdtypes.ANY.CDNSKEY.CDNSKEY(
+            key.rdclass, dns.rdatatype.CDNSKEY, key.flags, key.protocol, key.algorithm, key.key
+        )

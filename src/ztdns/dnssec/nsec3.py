@@ -1,9 +1,10 @@
 """Authenticated denial for online-signed zones: a precomputed NSEC3 chain, or compact denial (RFC 9824).
 
 NSEC3 follows RFC 5155 with the RFC 9276 parameters (SHA-1, 0 extra iterations, empty salt, no opt-out). The
-whole hashed chain is built once per zone version (hashing with 0 iterations is one SHA-1 per name), so an answer
-only bisects a sorted list. Compact denial ("black lies") needs no chain: a non-existent name gets a NOERROR
-answer with an NSEC at the name itself whose bitmap holds NXNAME, made on the fly and signed like any RRset.
+whole hashed chain is built once per zone version (hashing with 0 iterations is one SHA-1 per name), so an
+answer only bisects a sorted list. Compact denial ("black lies") needs no chain: a non-existent name gets a
+NOERROR answer with an NSEC at the name itself whose bitmap holds NXNAME, made on the fly and signed like any
+RRset.
 """
 
 from __future__ import annotations
@@ -46,16 +47,18 @@ def node_types(zone: Zone, name: dns.name.Name) -> set[int]:
     node = zone.nodes.get(name, {})
     if name in zone.cuts:
         # A delegation point is authoritative only for NS and DS; glue at the same name is not ours.
-        types = {NS} | ({DS, dns.rdatatype.RRSIG} if DS in node else set())
-        return types
-    types = set(node)
+        cut_types: set[int] = {NS} | ({DS, dns.rdatatype.RRSIG} if DS in node else set())
+        return cut_types
+    types: set[int] = set(node)
     if types:
         types.add(dns.rdatatype.RRSIG)
     return types
 
 
 def _bitmap(types: Iterable[int]) -> list[tuple[int, bytes]]:
-    return list(dns.rdtypes.util.Bitmap.from_rdtypes(sorted(dns.rdatatype.RdataType.make(t) for t in types)).windows)
+    return list(
+        dns.rdtypes.util.Bitmap.from_rdtypes(sorted(dns.rdatatype.RdataType.make(t) for t in types)).windows
+    )
 
 
 def _next_closer(qname: dns.name.Name, encloser: dns.name.Name) -> dns.name.Name:
@@ -107,20 +110,28 @@ class Nsec3Chain:
                 out.append(rrset)
         return out
 
-    # -- Denial -------------------------------------------------------------------------------------------------
+    # -- Denial ----------------------------------------------------------------------------------------------
 
-    def nxdomain(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> tuple[int, list[dns.rrset.RRset]]:
+    def nxdomain(
+        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
+    ) -> tuple[int, list[dns.rrset.RRset]]:
         proof = self._unique(
-            self.matching(encloser), self.covering(_next_closer(qname, encloser)), self.covering(_wildcard(encloser))
+            self.matching(encloser),
+            self.covering(_next_closer(qname, encloser)),
+            self.covering(_wildcard(encloser)),
         )
         return dns.rcode.NXDOMAIN, proof
 
     def nodata(self, zone: Zone, qname: dns.name.Name) -> list[dns.rrset.RRset]:
         return self._unique(self.matching(qname))
 
-    def wildcard_nodata(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> list[dns.rrset.RRset]:
+    def wildcard_nodata(
+        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
+    ) -> list[dns.rrset.RRset]:
         return self._unique(
-            self.matching(encloser), self.covering(_next_closer(qname, encloser)), self.matching(_wildcard(encloser))
+            self.matching(encloser),
+            self.covering(_next_closer(qname, encloser)),
+            self.matching(_wildcard(encloser)),
         )
 
     def wildcard_answer(
@@ -145,13 +156,17 @@ class CompactDenial:
         rrset.add(rdata, self.ttl)
         return rrset
 
-    def nxdomain(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> tuple[int, list[dns.rrset.RRset]]:
+    def nxdomain(
+        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
+    ) -> tuple[int, list[dns.rrset.RRset]]:
         return dns.rcode.NOERROR, [self._nsec(qname, {dns.rdatatype.NXNAME})]
 
     def nodata(self, zone: Zone, qname: dns.name.Name) -> list[dns.rrset.RRset]:
         return [self._nsec(qname, node_types(zone, qname))]
 
-    def wildcard_nodata(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> list[dns.rrset.RRset]:
+    def wildcard_nodata(
+        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
+    ) -> list[dns.rrset.RRset]:
         return [self._nsec(qname, node_types(zone, _wildcard(encloser)))]
 
     def wildcard_answer(

@@ -1,10 +1,12 @@
-"""Online RRSIG generation with a signature cache (RFC 4034 §3.1.8.1 signed data, built here, not by dnspython).
+"""Online RRSIG generation with a signature cache (RFC 4034 §3.1.8.1 signed data, built here, not by
+dnspython).
 
-The signed data of an RRset is ``RRSIG rdata without signature | RR(1) | RR(2) ...`` with RRs in canonical form
-and order. We build it from precomputed pieces (the signer name wire, the owner|type|class|TTL prefix) and call the
-key's signer once per key. Signatures are cached per (owner, type, key) together with the exact RRset content they
-cover: a lookup whose content differs (changed data, TTL) misses and re-signs, so a changed RRset can never be
-served with the signature of its old content. Entries are refreshed ``refresh`` seconds before they expire.
+The signed data of an RRset is ``RRSIG rdata without signature | RR(1) | RR(2) ...`` with RRs in canonical
+form and order. We build it from precomputed pieces (the signer name wire, the owner|type|class|TTL prefix)
+and call the key's signer once per key. Signatures are cached per (owner, type, key) together with the exact
+RRset content they cover: a lookup whose content differs (changed data, TTL) misses and re-signs, so a changed
+RRset can never be served with the signature of its old content. Entries are refreshed ``refresh`` seconds
+before they expire.
 """
 
 from __future__ import annotations
@@ -128,7 +130,13 @@ class ZoneSigner:
         expiration = int(now) + validity.lifetime + random.randint(0, validity.jitter)
         labels = rrsig_labels(rrset.name)
         head = _RRSIG_HEAD.pack(
-            rrset.rdtype, key.private.algorithm, labels, rrset.ttl, expiration & 0xFFFFFFFF, inception, key.tag
+            rrset.rdtype,
+            key.private.algorithm,
+            labels,
+            rrset.ttl,
+            expiration & 0xFFFFFFFF,
+            inception,
+            key.tag,
         )
         signature = key.private.sign(head + self._signer_wire + content)
         rdata = dns.rdtypes.ANY.RRSIG.RRSIG(
