@@ -136,3 +136,21 @@ def test_delv_validates_answers_as_secure(served: tuple[ServedZone, int], tmp_pa
             rdtype,
             result.stdout + result.stderr,
         )
+
+
+def test_unbound_validates_compact_denial(tmp_path: Path) -> None:
+    need("unbound")
+    zone = signed_zone(tmp_path, denial="compact")
+    with serving(Authority([zone])) as (_, server):
+        process, listen = unbound(tmp_path, server.port, _ds(zone))
+        try:
+            for name, rdtype, _, has_answer in CASES:
+                query = dns.message.make_query(name, rdtype, want_dnssec=True)
+                response = dns.query.udp(query, "127.0.0.1", port=listen, timeout=5)
+                # Compact denial answers a non-existent name with NOERROR (RFC 9824): no NXDOMAIN here.
+                assert response.rcode() == dns.rcode.NOERROR, (name, rdtype, response)
+                assert bool(response.answer) == has_answer, (name, rdtype, response)
+                assert response.flags & dns.flags.AD, (name, rdtype, response)
+        finally:
+            process.kill()
+            process.wait()

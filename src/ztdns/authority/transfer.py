@@ -89,8 +89,9 @@ def notify_message(
     zone: Zone, keyring: dict[dns.name.Name, dns.tsig.Key] | None = None, keyname: dns.name.Name | None = None
 ) -> dns.message.Message:
     message = dns.message.make_query(zone.origin, dns.rdatatype.SOA)
-    message.set_opcode(dns.opcode.NOTIFY)
+    # The opcode lives in the flags word: set AA first, then the opcode.
     message.flags = dns.flags.AA
+    message.set_opcode(dns.opcode.NOTIFY)
     message.answer.append(zone.soa_rrset())
     if keyring is not None and keyname is not None:
         message.use_tsig(keyring, keyname)
