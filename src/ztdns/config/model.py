@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from ztdns.authority.config import AuthorityConfig
 from ztdns.policy.patterns import PatternError, normalise_name, parse_pattern
 
 
@@ -220,7 +221,8 @@ def _rule_kind(value: object) -> str:
 # A rule is a pattern string, or a table with a pattern and qtypes. Tags starting with '~' are dropped from
 # error locations, so errors read 'policies.web.allow[3]'.
 Rule = Annotated[
-    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")] | Annotated[RuleConfig, Tag("~table")],
+    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")]
+    | Annotated[RuleConfig, Tag("~table")],
     Discriminator(_rule_kind),
 ]
 
@@ -314,6 +316,7 @@ class Config(Section):
     local_zones: list[LocalZoneConfig] = []
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    authority: AuthorityConfig = AuthorityConfig()
 
     # Where the file was read from: list files and zone files are relative to it; errors name it.
     base_dir: Path = Path(".")

@@ -1,0 +1,87 @@
+"""Build a running :class:`Authority` from ``[authority]`` configuration."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import dns.name
+import dns.rdatatype
+import dns.tsigkeyring
+
+from ztdns.authority.config import AuthorityConfig, AuthZoneConfig, SigningConfig
+from ztdns.authority.rrl import RateLimiter
+from ztdns.authority.service import Authority, ServedZone, ZoneSettings
+from ztdns.authority.transfer import TransferAcl
+from ztdns.authority.update import Grant
+from ztdns.authority.zone import Zone, ZoneError
+from ztdns.config.model import parse_hostport
+from ztdns.dnssec.kasp import KeyManager, Policy
+from ztdns.dnssec.keys import ALGORITHMS
+from ztdns.dnssec.signing import Validity
+
+
+def policy(signing: SigningConfig) -> Policy:
+    return Policy(
+        ALGORITHMS[signing.algorithm],
+        signing.csk,
+        signing.dnskey_ttl,
+        signing.propagation_delay,
+        signing.parent_propagation_delay,
+        signing.parent_ds_ttl,
+        signing.zsk_lifetime,
+        signing.ksk_lifetime,
+    )
+
+
+def build_authority(config: AuthorityConfig, base_dir: Path, state_dir: Path) -> Authority:
+    """Load zone files and keys; raises ZoneError or KeyStoreError naming the zone."""
+    keyring = dns.tsigkeyring.from_text(
+        {name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()}
+    )
+    identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
+    zones = []
+    for zc in config.zones:
+        zones.append(build_zone(zc, base_dir, state_dir))
+    rrl = config.rrl
+    limiter = (
+        RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
+    )
+    return Authority(zones, keyring=keyring, identities=identities, rrl=limiter)
+
+
+def key_manager(zc: AuthZoneConfig, state_dir: Path) -> KeyManager:
+    return KeyManager(dns.name.from_text(zc.name), policy(zc.signing), state_dir)
+
+
+def build_zone(zc: AuthZoneConfig, base_dir: Path, state_dir: Path) -> ServedZone:
+    origin = dns.name.from_text(zc.name)
+    text = ""
+    if zc.file is not None:
+        path = base_dir / zc.file
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ZoneError(f"zone {zc.name}: cannot read {path}: {exc}") from None
+    zone = Zone.from_text(text + "\n" + "\n".join(zc.records) + "\n", origin)
+    grants = tuple(
+        Grant(g.identity, tuple(g.names), frozenset(dns.rdatatype.from_text(t) for t in g.types))
+        for g in zc.grants
+    )
+    settings = ZoneSettings(
+        origin,
+        grants=grants,
+        transfer=TransferAcl(
+            frozenset(dns.name.from_text(k) for k in zc.transfer_keys),
+            tuple(ipaddress.ip_network(n, strict=False) for n in zc.transfer_networks),
+        ),
+        notify=tuple(parse_hostport(n, 53) for n in zc.notify),
+        denial=zc.signing.denial,
+        validity=Validity(
+            zc.signing.signature_lifetime, zc.signing.signature_jitter, zc.signing.signature_refresh
+        ),
+        state_path=state_dir / f"{zc.name.rstrip('.') or 'root'}.dynamic.json",
+    )
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys = key_manager(zc, state_dir) if zc.signing.enabled else None
+    return ServedZone(settings, zone, keys)

@@ -1,0 +1,126 @@
+"""``[authority]`` configuration models (see docs/authority.md); building from them is in ``build``."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from typing import Annotated, Literal
+
+import dns.name
+import dns.rdatatype
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DAY = 86400
+
+
+class _Section(BaseModel):
+    # Same rules as ztdns.config.model.Section (which cannot be imported here: model.py imports this module).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _networks(values: list[str]) -> list[str]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network") from None
+    return values
+
+
+class TsigKeyConfig(_Section):
+    algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512"] = "hmac-sha256"
+    secret: str  # base64
+    # Who holds this key, for update grants (e.g. a SPIFFE ID); default "tsig:<key name>".
+    identity: str | None = None
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        try:
+            if len(base64.b64decode(value, validate=True)) < 16:
+                raise ValueError("TSIG secret shorter than 16 bytes")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"secret: {exc}") from None
+        return value
+
+
+class GrantConfig(_Section):
+    identity: str  # e.g. "spiffe://corp/ns/{ns}/sa/{sa}"
+    names: list[str]  # e.g. ["{sa}.{ns}.svc.corp.internal"]
+    types: list[str] = ["A", "AAAA", "SRV", "TXT"]
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, values: list[str]) -> list[str]:
+        for value in values:
+            dns.rdatatype.from_text(value)
+        return values
+
+
+class SigningConfig(_Section):
+    enabled: bool = True
+    algorithm: Literal["ecdsap256sha256", "ed25519"] = "ecdsap256sha256"
+    denial: Literal["nsec3", "compact"] = "nsec3"
+    csk: bool = False
+    dnskey_ttl: Annotated[int, Field(ge=0)] = 3600
+    propagation_delay: Annotated[int, Field(ge=0)] = 300
+    parent_propagation_delay: Annotated[int, Field(ge=0)] = 3600
+    parent_ds_ttl: Annotated[int, Field(ge=0)] = DAY
+    zsk_lifetime: Annotated[int, Field(ge=0)] = 90 * DAY
+    ksk_lifetime: Annotated[int, Field(ge=0)] = 0
+    signature_lifetime: Annotated[int, Field(gt=0)] = 14 * DAY
+    signature_jitter: Annotated[int, Field(ge=0)] = DAY
+    signature_refresh: Annotated[int, Field(gt=0)] = 5 * DAY
+
+    @model_validator(mode="after")
+    def _refresh(self) -> SigningConfig:
+        if self.signature_refresh >= self.signature_lifetime:
+            raise ValueError("signature_refresh must be shorter than signature_lifetime")
+        return self
+
+
+class AuthZoneConfig(_Section):
+    name: str
+    file: str | None = None  # RFC 1035 zone file, relative to the config file
+    records: list[str] = []  # extra records in zone-file syntax, relative to the zone name
+    signing: SigningConfig = SigningConfig()
+    transfer_keys: list[str] = []
+    transfer_networks: list[str] = []
+    notify: list[str] = []  # secondaries, "address[:port]"
+    grants: list[GrantConfig] = []
+
+    @field_validator("transfer_networks")
+    @classmethod
+    def _nets(cls, values: list[str]) -> list[str]:
+        return _networks(values)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return dns.name.from_text(value).to_text()
+
+
+class RrlConfig(_Section):
+    enabled: bool = True
+    rate: Annotated[float, Field(gt=0)] = 20.0
+    burst: Annotated[float, Field(ge=1)] = 40.0
+    slip: Annotated[int, Field(ge=0, le=10)] = 2
+    ipv4_prefix: Annotated[int, Field(ge=8, le=32)] = 24
+    ipv6_prefix: Annotated[int, Field(ge=16, le=128)] = 56
+
+
+class AuthorityConfig(_Section):
+    # Own UDP+TCP listeners ("127.0.0.1:5300"); empty: the zones are served only through the main frontend.
+    listen: list[str] = []
+    state_dir: str | None = None  # default: <server.state_dir>/authority
+    tsig_keys: dict[str, TsigKeyConfig] = {}
+    zones: list[AuthZoneConfig] = []
+    rrl: RrlConfig = RrlConfig()
+
+    @model_validator(mode="after")
+    def _keys_exist(self) -> AuthorityConfig:
+        for zone in self.zones:
+            for key in zone.transfer_keys:
+                if key not in self.tsig_keys:
+                    raise ValueError(f"zone {zone.name}: unknown TSIG key {key!r}")
+        return self

@@ -1,0 +1,76 @@
+"""Response rate limiting for UDP (RRL-style): a token bucket per client prefix, with slip.
+
+UDP source addresses can be forged, so an authoritative server can be aimed at a victim. Each /24 (IPv4) or
+/56 (IPv6) gets ``rate`` responses per second with a burst of ``burst``; past that, every ``slip``-th response
+is sent truncated (TC=1, no records: a real client retries over TCP, a victim receives a tiny packet) and the
+rest dropped. TCP is never limited: it cannot be spoofed.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class Verdict(enum.Enum):
+    SEND = "send"
+    SLIP = "slip"  # send truncated
+    DROP = "drop"
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    stamp: float
+    limited: int = 0
+
+
+class RateLimiter:
+    def __init__(  # noqa: PLR0917
+        self,
+        rate: float = 20.0,
+        burst: float = 40.0,
+        slip: int = 2,
+        ipv4_prefix: int = 24,
+        ipv6_prefix: int = 56,
+        max_buckets: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate, self.burst, self.slip = rate, burst, slip
+        self.ipv4_prefix, self.ipv6_prefix = ipv4_prefix, ipv6_prefix
+        self.max_buckets = max_buckets
+        self.clock = clock
+        self._buckets: dict[int, _Bucket] = {}
+        self.dropped = 0
+        self.slipped = 0
+
+    def _key(self, address: str) -> int:
+        ip = ipaddress.ip_address(address)
+        if ip.version == 4:
+            return int(ip) >> (32 - self.ipv4_prefix)
+        # Tagged with a bit above any IPv4 key so the two families never share a bucket.
+        return (int(ip) >> (128 - self.ipv6_prefix)) | (1 << 64)
+
+    def check(self, address: str) -> Verdict:
+        now = self.clock()
+        key = self._key(address)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_buckets:
+                # Forget the oldest bucket: under a spoofed flood of many prefixes we stay bounded.
+                del self._buckets[next(iter(self._buckets))]
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+        bucket.stamp = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return Verdict.SEND
+        bucket.limited += 1
+        if self.slip and bucket.limited % self.slip == 0:
+            self.slipped += 1
+            return Verdict.SLIP
+        self.dropped += 1
+        return Verdict.DROP

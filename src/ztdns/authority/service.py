@@ -1,0 +1,404 @@
+"""The authoritative service: served zones (data + signing state) and the transport ``Handler`` over them.
+
+Sans-IO: ``respond(wire, client)`` turns one request into response wires (several for a zone transfer);
+``tick()`` moves key timelines forward and reports zones whose contents changed (to NOTIFY secondaries). The
+asyncio adapter in :mod:`ztdns.authority.server` only pumps bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+import dns.tsig
+import dns.update
+
+from ztdns.authority.answer import SignedView, answer
+from ztdns.authority.rrl import RateLimiter, Verdict
+from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
+from ztdns.authority.update import Grant, UpdateRefused, apply_update
+from ztdns.authority.zone import Change, Zone, type_text
+from ztdns.client import ClientInfo
+from ztdns.dnssec.kasp import KeyManager, KeySet
+from ztdns.dnssec.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
+from ztdns.dnssec.signing import Validity, ZoneSigner
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+_HEADER = struct.Struct("!HHHHHH")
+# How long a rendered response is reused; signatures are refreshed days before expiry, so this is far inside.
+RENDERED_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSettings:
+    origin: dns.name.Name
+    grants: tuple[Grant, ...] = ()
+    transfer: TransferAcl = field(default_factory=TransferAcl)
+    notify: tuple[tuple[str, int], ...] = ()
+    denial: Literal["nsec3", "compact"] = "nsec3"
+    validity: Validity = field(default_factory=Validity)
+    # Keeps dynamic registrations and the serial across restarts; None keeps them in memory only.
+    state_path: Path | None = None
+
+
+class ServedZone:
+    """One zone: the unsigned data (``base``), the served version with key records, and how to sign it."""
+
+    def __init__(
+        self, settings: ZoneSettings, base: Zone, keys: KeyManager | None = None, clock: Clock = time.time
+    ) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.clock = clock
+        self.signer = ZoneSigner(base.origin, settings.validity, clock) if keys else None
+        self._dynamic: dict[tuple[dns.name.Name, int], dns.rdataset.Rdataset | None] = {}
+        base = self._restore(base)
+        self._keyset: KeySet | None = None
+        if keys is not None:
+            keys.ensure_keys()
+            self._keyset = keys.keyset()
+        self._publish(base)
+
+    @property
+    def origin(self) -> dns.name.Name:
+        return self.settings.origin
+
+    # -- versions --------------------------------------------------------------------------------------------
+
+    def _publish(self, base: Zone) -> None:
+        self.base = base
+        if self._keyset is None or self.signer is None:
+            self.zone, self.view, self.chain = base, None, None
+            return
+        ks = self._keyset
+        apex: list[Change] = []
+        ttl = self.keys.policy.dnskey_ttl if self.keys else 3600
+
+        def rdataset(rdtype: int, rdatas: Iterable[dns.rdata.Rdata]) -> dns.rdataset.Rdataset | None:
+            rds = dns.rdataset.Rdataset(dns.rdataclass.IN, dns.rdatatype.RdataType.make(rdtype))
+            for rdata in rdatas:
+                rds.add(rdata, ttl)
+            return rds if len(rds) else None
+
+        origin = base.origin
+        apex.append(
+            Change(
+                origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys))
+            )
+        )
+        apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, (k.cds() for k in ks.cds))))
+        apex.append(
+            Change(
+                origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds))
+            )
+        )
+        if self.settings.denial == "nsec3":
+            apex.append(
+                Change(
+                    origin, dns.rdatatype.NSEC3PARAM, rdataset(dns.rdatatype.NSEC3PARAM, [nsec3param_rdata()])
+                )
+            )
+        served = base.with_changes(apex, serial=base.serial)
+        self.signer.set_keys(ks.zone_signers, ks.dnskey_signers)
+        self.chain = Nsec3Chain(served) if self.settings.denial == "nsec3" else None
+        denial = self.chain if self.chain is not None else CompactDenial(served)
+        self.zone, self.view = served, SignedView(self.signer, denial)
+
+    def refresh_keys(self) -> bool:
+        """Re-read the key timeline; a change of published keys is a new zone version (new serial)."""
+        if self.keys is None:
+            return False
+        keyset = self.keys.keyset()
+        if self._keyset is not None and keyset.fingerprint() == self._keyset.fingerprint():
+            return False
+        self._keyset = keyset
+        self._publish(self.base.with_changes([]))
+        self._save()
+        return True
+
+    def update(self, message: dns.update.UpdateMessage, identity: str | None) -> list[Change]:
+        new, changes = apply_update(message, self.base, identity, self.settings.grants)
+        if changes:
+            for change in changes:
+                self._dynamic[(change.name, change.rdtype)] = change.rdataset
+            self._publish(new)
+            self._save()
+        return changes
+
+    def transfer_records(self) -> list[dns.rrset.RRset]:
+        return list(zone_records(self.zone, self.view, self.chain.rrsets() if self.chain else ()))
+
+    # -- persistence of dynamic data -------------------------------------------------------------------------
+
+    def _restore(self, base: Zone) -> Zone:
+        path = self.settings.state_path
+        if path is None or not path.exists():
+            return base
+        data = json.loads(path.read_text())
+        changes = []
+        for entry in data["records"]:
+            name = dns.name.from_text(entry["name"])
+            rdtype = dns.rdatatype.from_text(entry["type"])
+            rds = None
+            if entry["rdata"] is not None:
+                rds = dns.rdataset.from_text_list(
+                    dns.rdataclass.IN, rdtype, entry["ttl"], entry["rdata"], origin=base.origin
+                )
+            self._dynamic[(name, rdtype)] = rds
+            changes.append(Change(name, rdtype, rds))
+        # Never go back: a restart keeps the serial secondaries have already seen.
+        saved: int = data["serial"]
+        return base.with_changes(changes, serial=saved if _serial_gt(saved, base.serial) else base.serial)
+
+    def _save(self) -> None:
+        path = self.settings.state_path
+        if path is None:
+            return
+        records = [
+            {
+                "name": name.to_text(),
+                "type": type_text(rdtype),
+                "ttl": rds.ttl if rds is not None else 0,
+                "rdata": [r.to_text() for r in rds] if rds is not None else None,
+            }
+            for (name, rdtype), rds in self._dynamic.items()
+        ]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"serial": self.base.serial, "records": records}, indent=1))
+        os.replace(tmp, path)
+
+
+def _serial_gt(a: int, b: int) -> bool:
+    return a != b and ((a - b) % (1 << 32)) < (1 << 31)
+
+
+@dataclass(slots=True)
+class Stats:
+    queries: int = 0
+    updates: int = 0
+    updates_refused: int = 0
+    transfers: int = 0
+    transfers_refused: int = 0
+    rrl_dropped: int = 0
+    rrl_slipped: int = 0
+    rendered_hits: int = 0
+    rcodes: dict[str, int] = field(default_factory=dict)
+
+
+class Authority:
+    """All served zones; implements ``ztdns.transport.Handler`` (``fast`` and ``handle``) plus ``respond``."""
+
+    def __init__(
+        self,
+        zones: Iterable[ServedZone],
+        keyring: dict[dns.name.Name, dns.tsig.Key] | None = None,
+        identities: dict[dns.name.Name, str] | None = None,
+        rrl: RateLimiter | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.zones = {z.origin: z for z in zones}
+        self.keyring = keyring or {}
+        self.identities = identities or {}
+        self.rrl = rrl
+        self.clock = clock
+        self.stats = Stats()
+        self._rendered: dict[bytes, tuple[float, bytes]] = {}
+        self.on_change: Callable[[ServedZone], None] = lambda zone: None
+
+    def zone_for(self, name: dns.name.Name, rdtype: int = dns.rdatatype.A) -> ServedZone | None:
+        if rdtype == dns.rdatatype.DS and name in self.zones and name != dns.name.root:
+            # DS lives on the parent side of a cut: a child apex we also serve is answered from its parent.
+            parent = self.zone_for(name.parent())
+            if parent is not None:
+                return parent
+        while True:
+            zone = self.zones.get(name)
+            if zone is not None or name == dns.name.root:
+                return zone
+            name = name.parent()
+
+    def tick(self) -> list[ServedZone]:
+        """Advance key timelines (start due rollovers, publish/withdraw keys); returns zones that changed."""
+        changed = []
+        for zone in self.zones.values():
+            if zone.keys is not None:
+                zone.keys.due(zone.base.max_ttl())
+            if zone.refresh_keys():
+                changed.append(zone)
+        if changed:
+            self._changed(changed)
+        return changed
+
+    def _changed(self, zones: list[ServedZone]) -> None:
+        self._rendered.clear()
+        for zone in zones:
+            self.on_change(zone)
+
+    # -- Handler ---------------------------------------------------------------------------------------------
+
+    def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        """Plain queries, from rendered responses when possible; everything else goes to ``handle``."""
+        if len(wire) < 12 or wire[2] & 0x78:  # not opcode QUERY: UPDATE, NOTIFY, ...
+            return None
+        key = (b"T" if client.stream else b"U") + wire[2:]
+        hit = self._rendered.get(key)
+        if hit is not None and hit[0] > self.clock():
+            if not client.stream and self.rrl is not None:
+                verdict = self.rrl.check(client.address)
+                if verdict is not Verdict.SEND:
+                    return self._limited(wire, verdict)
+            self.stats.rendered_hits += 1
+            self.stats.queries += 1
+            return wire[:2] + hit[1]
+        responses = self.respond(wire, client)
+        return responses[0] if responses else None
+
+    async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        """Like ``respond``; a transfer longer than one message needs ``respond`` (all messages) instead."""
+        responses = self.respond(wire, client)
+        return responses[0] if responses else None
+
+    def _limited(self, wire: bytes, verdict: Verdict) -> bytes | None:
+        if verdict is Verdict.SLIP:
+            self.stats.rrl_slipped += 1
+            return _header_only(wire, dns.rcode.NOERROR, truncated=True)
+        self.stats.rrl_dropped += 1
+        return None
+
+    # -- requests --------------------------------------------------------------------------------------------
+
+    def respond(self, wire: bytes, client: ClientInfo) -> list[bytes]:
+        """Response wires for one request (empty: drop silently). Never raises on bad input."""
+        try:
+            query = dns.message.from_wire(wire, keyring=self.keyring)
+        except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
+            return _wire_list(_header_only(wire, dns.rcode.NOTAUTH))
+        except dns.exception.DNSException:
+            return _wire_list(_header_only(wire, dns.rcode.FORMERR))
+        if query.flags & dns.flags.QR:
+            return []
+        opcode = query.opcode()
+        if opcode == dns.opcode.UPDATE:
+            assert isinstance(query, dns.update.UpdateMessage)
+            return [self._update(query, client)]
+        if opcode != dns.opcode.QUERY or len(query.question) != 1:
+            return (
+                [_render(answer(query, None), client, query)]
+                if opcode == dns.opcode.QUERY
+                else [_header_only(wire, dns.rcode.NOTIMP) or b""]
+            )
+        question = query.question[0]
+        if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
+            return self._transfer(query, client)
+        self.stats.queries += 1
+        if not client.stream and self.rrl is not None:
+            verdict = self.rrl.check(client.address)
+            if verdict is not Verdict.SEND:
+                return _wire_list(self._limited(wire, verdict))
+        served = self.zone_for(question.name, question.rdtype)
+        response = answer(query, served.zone if served else None, served.view if served else None)
+        rcode = dns.rcode.to_text(response.rcode())
+        self.stats.rcodes[rcode] = self.stats.rcodes.get(rcode, 0) + 1
+        out = _render(response, client, query)
+        if served is not None and not query.had_tsig:
+            self._remember(wire, client, out)
+        return [out]
+
+    def _remember(self, wire: bytes, client: ClientInfo, out: bytes) -> None:
+        if len(self._rendered) >= 100_000:
+            self._rendered.clear()
+        self._rendered[(b"T" if client.stream else b"U") + wire[2:]] = (
+            self.clock() + RENDERED_SECONDS,
+            out[2:],
+        )
+
+    def _transfer(self, query: dns.message.Message, client: ClientInfo) -> list[bytes]:
+        served = self.zones.get(query.question[0].name)
+        if served is None or not client.stream or not served.settings.transfer.allows(query, client.address):
+            self.stats.transfers_refused += 1
+            response = dns.message.make_response(query)
+            response.set_rcode(dns.rcode.REFUSED if served is not None else dns.rcode.NOTAUTH)
+            return [response.to_wire()]
+        self.stats.transfers += 1
+        return axfr_messages(query, served.transfer_records(), served.zone.soa_rrset())
+
+    def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
+        response = dns.message.make_response(message)
+        zone_rr = message.zone[0] if len(message.zone) == 1 else None
+        served = (
+            self.zones.get(zone_rr.name)
+            if zone_rr is not None and zone_rr.rdtype == dns.rdatatype.SOA
+            else None
+        )
+        if served is None:
+            response.set_rcode(dns.rcode.NOTAUTH)
+            return response.to_wire()
+        if message.had_tsig and message.keyname is not None:
+            identity: str | None = self.identities.get(message.keyname, f"tsig:{message.keyname.to_text()}")
+        else:
+            identity = client.certificate_identity
+        try:
+            changes = served.update(message, identity)
+        except UpdateRefused as refused:
+            self.stats.updates_refused += 1
+            log.info("update of %s refused: %s", served.origin, refused)
+            response.set_rcode(dns.rcode.Rcode.make(refused.rcode))
+            return response.to_wire()
+        self.stats.updates += 1
+        if changes:
+            self._changed([served])
+        return response.to_wire()
+
+
+def _render(response: dns.message.Message, client: ClientInfo, query: dns.message.Message) -> bytes:
+    """Wire form within the client's limit; over UDP a response that does not fit is sent truncated (TC=1)."""
+    limit = 65535 if client.stream else (max(512, min(query.payload, 1232)) if query.edns >= 0 else 512)
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        response.answer, response.authority, response.additional = [], [], []
+        response.flags |= dns.flags.TC
+        return response.to_wire(max_size=limit)
+
+
+def _header_only(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
+    """A response carrying only the request's ID, opcode and question count zero: for requests we cannot
+    parse."""
+    if len(wire) < 12:
+        return None
+    ident, flags = struct.unpack_from("!HH", wire)
+    if flags & 0x8000:
+        return None
+    flags = 0x8000 | (flags & 0x7900) | (dns.flags.TC if truncated else 0) | rcode
+    if truncated:
+        # Keep the question so the client matches the reply and retries the same query over TCP.
+        try:
+            query = dns.message.from_wire(wire, keyring=False)
+            response = dns.message.make_response(query)
+            response.flags |= dns.flags.TC
+            return response.to_wire()
+        except dns.exception.DNSException:
+            pass
+    return _HEADER.pack(ident, flags, 0, 0, 0, 0)
+
+
+def _wire_list(wire: bytes | None) -> list[bytes]:
+    return [wire] if wire is not None else []

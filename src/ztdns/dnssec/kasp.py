@@ -1,0 +1,317 @@
+"""Key and signing policy (KASP) per zone: which keys exist, when each is published, signs, and goes away.
+
+Every rollover computes its timestamps when it starts (RFC 7583 intervals from TTLs and propagation delays)
+and writes them to a JSON state file, so the state at any instant is a pure function of the file and the
+clock: a restart mid-rollover resumes exactly, and tests drive it with an accelerated clock. The only step
+that needs the outside world is the KSK's DS swap at the parent, confirmed with ``ds_seen`` (``ztdns keys
+ds-seen ZONE``).
+
+Timeline of a ZSK pre-publish rollover (RFC 7583 §3.2.1), new key N, old key O::
+
+    N.publish = now                  N in the DNSKEY RRset
+    N.active  = now + Ipub           Ipub = Dprp + TTL(DNSKEY); N signs, O stops signing (O.retire)
+    O.remove  = O.retire + Iret      Iret = Dprp + max TTL of signed data; O leaves the DNSKEY RRset
+
+Timeline of a KSK double-signature rollover (RFC 7583 §3.3.1, "Double-KSK")::
+
+    N.publish = now                  N in the DNSKEY RRset and signing it, beside O
+    N.ready   = now + Ipub           CDS/CDNSKEY for N published (RFC 7344): the parent may swap the DS
+    ds_seen                          the parent serves N's DS (operator or automation confirms); CDS withdrawn
+    O.remove  = ds_seen + DprpP + TTL(DS)   old DS gone from caches; O leaves the DNSKEY RRset
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import dns.name
+
+from ztdns.dnssec.keys import ECDSAP256SHA256, FileKey, KeyStoreError, PrivateKey, ZoneKey
+
+Role = Literal["ksk", "zsk", "csk"]
+Clock = Callable[[], float]
+FOREVER = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    algorithm: int = ECDSAP256SHA256
+    csk: bool = False
+    dnskey_ttl: int = 3600
+    propagation_delay: int = 300  # Dprp: time for a change to reach every secondary
+    parent_propagation_delay: int = 3600  # Dreg + DprpP: parent registration and publication
+    parent_ds_ttl: int = 86400
+    zsk_lifetime: int = 90 * 86400  # 0: roll only on command
+    ksk_lifetime: int = 0
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    tag: int
+    role: Role
+    algorithm: int
+    locator: str  # file name in the key directory, or "pkcs11:<label>"
+    created: float
+    publish: float
+    active: float | None = None  # starts signing zone data (zsk, csk)
+    retire: float | None = None  # stops signing zone data
+    ready: float | None = None  # DNSKEY propagated: CDS may be published (ksk, csk)
+    ds_seen: float | None = None  # parent serves our DS
+    remove: float | None = None  # leaves the DNSKEY RRset
+
+    def published(self, t: float) -> bool:
+        return self.publish <= t < (self.remove if self.remove is not None else FOREVER)
+
+    def signs_data(self, t: float) -> bool:
+        if self.role == "ksk" or self.active is None or not self.published(t):
+            return False
+        return self.active <= t < (self.retire if self.retire is not None else FOREVER)
+
+    def signs_dnskey(self, t: float) -> bool:
+        return self.role != "zsk" and self.published(t)
+
+    def in_cds(self, t: float) -> bool:
+        return self.role != "zsk" and self.ready is not None and self.ready <= t and self.ds_seen is None
+
+    def state(self, t: float) -> str:
+        if t < self.publish:
+            return "scheduled"
+        if self.remove is not None and t >= self.remove:
+            return "removed"
+        if self.signs_data(t) or (self.role == "ksk" and self.ds_seen is not None):
+            return "active"
+        if self.role != "zsk" and self.ds_seen is None:
+            return "ds-submitted" if self.in_cds(t) else "published"
+        if self.retire is not None and t >= self.retire:
+            return "retired"
+        return "published"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """Keys in use at one instant: what the DNSKEY/CDS RRsets hold and which keys sign what."""
+
+    dnskeys: tuple[ZoneKey, ...]
+    zone_signers: tuple[ZoneKey, ...]
+    dnskey_signers: tuple[ZoneKey, ...]
+    cds: tuple[ZoneKey, ...]
+
+    def fingerprint(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(
+            tuple(k.tag for k in keys)
+            for keys in (self.dnskeys, self.zone_signers, self.dnskey_signers, self.cds)
+        )
+
+
+@dataclass(slots=True)
+class _State:
+    keys: list[KeyRecord] = field(default_factory=list)
+
+
+class KeyStore:
+    """Where private keys live. Files by default; :mod:`ztdns.dnssec.pkcs11` provides a token store."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def create(self, zone: dns.name.Name, algorithm: int, sep: bool) -> tuple[str, ZoneKey]:
+        while True:
+            private = FileKey.generate(algorithm)
+            key = ZoneKey.make(zone, private, sep)
+            locator = f"K{zone.to_text()}+{algorithm:03d}+{key.tag:05d}.pem"
+            path = self.directory / locator
+            if not path.exists():  # a key-tag collision with an existing key: draw again
+                private.save(path)
+                return locator, key
+
+    def load(self, zone: dns.name.Name, locator: str, sep: bool) -> ZoneKey:
+        private: PrivateKey = FileKey.load(self.directory / locator)
+        return ZoneKey.make(zone, private, sep)
+
+
+class KeyManager:
+    """The keys of one zone under a :class:`Policy`, persisted in ``<state_dir>/<zone>.keys.json``."""
+
+    def __init__(
+        self,
+        zone: dns.name.Name,
+        policy: Policy,
+        state_dir: Path,
+        store: KeyStore | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.zone = zone
+        self.policy = policy
+        self.clock = clock
+        self.path = state_dir / f"{zone.to_text(omit_final_dot=True) or 'root'}.keys.json"
+        self.store = store or KeyStore(state_dir / "keys")
+        self._state = _State()
+        self._mtime: float | None = None
+        self._loaded: dict[int, ZoneKey] = {}
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- persistence -----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[_State]:
+        """Read-modify-write under an exclusive lock, so the CLI and a running server never lose each other's
+        edits."""
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._read()
+            yield self._state
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(
+                json.dumps(
+                    {"zone": self.zone.to_text(), "keys": [asdict(k) for k in self._state.keys]}, indent=1
+                )
+            )
+            os.chmod(tmp, 0o600)
+            tmp.replace(self.path)
+            self._mtime = self.path.stat().st_mtime_ns
+
+    def _read(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return
+        if stat.st_mtime_ns == self._mtime:
+            return
+        try:
+            data = json.loads(self.path.read_text())
+            keys = [KeyRecord(**entry) for entry in data["keys"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KeyStoreError(f"{self.path}: unreadable key state: {exc}") from None
+        self._state = _State(keys)
+        self._mtime = stat.st_mtime_ns
+
+    def records(self) -> list[KeyRecord]:
+        self._read()
+        return [replace(k) for k in self._state.keys]
+
+    # -- keys ------------------------------------------------------------------------------------------------
+
+    def _new_key(self, state: _State, role: Role, now: float) -> KeyRecord:
+        locator, key = self.store.create(self.zone, self.policy.algorithm, sep=role != "zsk")
+        self._loaded[key.tag] = key
+        record = KeyRecord(key.tag, role, self.policy.algorithm, locator, created=now, publish=now)
+        state.keys.append(record)
+        return record
+
+    def ensure_keys(self) -> None:
+        """First signing of a zone: make a KSK+ZSK (or a CSK) valid at once; its DS goes to the parent by
+        hand."""
+        now = self.clock()
+        with self._locked() as state:
+            if state.keys:
+                return
+            roles: list[Role] = ["csk"] if self.policy.csk else ["ksk", "zsk"]
+            for role in roles:
+                record = self._new_key(state, role, now)
+                record.active = now if role != "ksk" else None
+                record.ready = record.ds_seen = now if role != "zsk" else None
+
+    def zone_key(self, record: KeyRecord) -> ZoneKey:
+        key = self._loaded.get(record.tag)
+        if key is None:
+            key = self.store.load(self.zone, record.locator, sep=record.role != "zsk")
+            self._loaded[record.tag] = key
+        return key
+
+    def keyset(self, t: float | None = None) -> KeySet:
+        t = self.clock() if t is None else t
+        self._read()
+        live = [r for r in self._state.keys if r.published(t)]
+
+        def pick(test: Callable[[KeyRecord], bool]) -> tuple[ZoneKey, ...]:
+            return tuple(self.zone_key(r) for r in live if test(r))
+
+        return KeySet(
+            dnskeys=pick(lambda r: True),
+            zone_signers=pick(lambda r: r.signs_data(t)),
+            dnskey_signers=pick(lambda r: r.signs_dnskey(t)),
+            cds=pick(lambda r: r.in_cds(t)),
+        )
+
+    # -- rollovers -------------------------------------------------------------------------------------------
+
+    def _rolling(self, state: _State, role: Role, now: float) -> bool:
+        for record in state.keys:
+            if record.role != role or (record.remove is not None and record.remove <= now):
+                continue
+            if record.publish > now or (record.active is not None and record.active > now):
+                return True
+            if record.remove is not None or (role != "zsk" and record.ds_seen is None):
+                return True
+        return False
+
+    def rollover(self, role: Role, max_ttl: int) -> KeyRecord:
+        """Start a rollover of ``role`` now; ``max_ttl`` is the largest TTL of signed data in the zone."""
+        if (role == "csk") != self.policy.csk:
+            raise KeyStoreError(f"zone {self.zone} uses {'a CSK' if self.policy.csk else 'a KSK and a ZSK'}")
+        now = self.clock()
+        policy = self.policy
+        publish_interval = policy.propagation_delay + policy.dnskey_ttl
+        with self._locked() as state:
+            if self._rolling(state, role, now):
+                raise KeyStoreError(f"a {role} rollover of {self.zone} is already in progress")
+            old = [r for r in state.keys if r.role == role and r.remove is None]
+            new = self._new_key(state, role, now)
+            if role != "ksk":
+                new.active = now + publish_interval
+                for record in old:
+                    record.retire = new.active
+                    if role == "zsk":
+                        record.remove = new.active + policy.propagation_delay + max_ttl
+            if role != "zsk":
+                new.ready = now + publish_interval
+            return replace(new)
+
+    def ds_seen(self, max_ttl: int) -> KeyRecord:
+        """The parent now serves the DS of the key whose CDS we publish: withdraw CDS, schedule the old key's
+        end."""
+        now = self.clock()
+        policy = self.policy
+        with self._locked() as state:
+            waiting = [r for r in state.keys if r.role != "zsk" and r.ds_seen is None and r.remove is None]
+            if not waiting:
+                raise KeyStoreError(f"zone {self.zone} has no key waiting for its DS")
+            new = waiting[0]
+            if new.ready is None or new.ready > now:
+                raise KeyStoreError(
+                    f"key {new.tag} of {self.zone} is not ready before {new.ready}: CDS not yet published"
+                )
+            new.ds_seen = now
+            for record in state.keys:
+                if record is new or record.role != new.role or record.remove is not None:
+                    continue
+                record.remove = now + policy.parent_propagation_delay + policy.parent_ds_ttl
+                if record.role == "csk" and record.retire is not None:
+                    record.remove = max(record.remove, record.retire + policy.propagation_delay + max_ttl)
+            return replace(new)
+
+    def due(self, max_ttl: int) -> list[KeyRecord]:
+        """Start the rollovers whose key lifetime has run out; returns the new keys."""
+        now = self.clock()
+        started = []
+        self._read()
+        for role, lifetime in (("zsk", self.policy.zsk_lifetime), ("ksk", self.policy.ksk_lifetime)):
+            role_: Role = "csk" if self.policy.csk else role  # type: ignore[assignment]
+            if not lifetime or (self.policy.csk and role == "ksk"):
+                continue
+            current = [r for r in self._state.keys if r.role == role_ and r.remove is None]
+            if (
+                current
+                and not self._rolling(self._state, role_, now)
+                and min(r.publish for r in current) + lifetime <= now
+            ):
+                started.append(self.rollover(role_, max_ttl))
+        return started

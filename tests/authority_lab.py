@@ -1,0 +1,167 @@
+"""Shared helpers for authority tests: a zone, a served authority on a loopback port, free ports, tool
+checks."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dns.message
+import dns.name
+import dns.query
+import dns.tsigkeyring
+import pytest
+
+from ztdns.authority.server import AuthorityServer
+from ztdns.authority.service import Authority, ServedZone, ZoneSettings
+from ztdns.authority.zone import Zone
+from ztdns.dnssec.kasp import KeyManager, Policy
+
+T = TypeVar("T")
+ORIGIN = dns.name.from_text("corp.internal.")
+ZONE_TEXT = """
+$TTL 300
+@        IN SOA ns1 hostmaster 1 3600 600 86400 60
+@        NS  ns1
+@        MX  10 mail
+ns1      A   127.0.0.1
+mail     A   192.0.2.25
+www      A   192.0.2.10
+www      AAAA 2001:db8::10
+alias    CNAME www
+chain    CNAME alias
+outside  CNAME www.example.net.
+*.wild   A   192.0.2.20
+a.b.c    TXT "deep"
+sub      NS  ns.sub
+sub      NS  ns.elsewhere.example.
+ns.sub   A   192.0.2.53
+"""
+TSIG_SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA=="
+
+
+def need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (Debian packages in scripts/dev.sh)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        tcp.bind(("127.0.0.1", 0))
+        port: int = tcp.getsockname()[1]
+    return port
+
+
+def keyring() -> dict[dns.name.Name, Any]:
+    ring: dict[dns.name.Name, Any] = dns.tsigkeyring.from_text(
+        {"xfr.": ("hmac-sha256", TSIG_SECRET), "web-key.": ("hmac-sha256", TSIG_SECRET)}
+    )
+    return ring
+
+
+def signed_zone(
+    state: Path,
+    text: str = ZONE_TEXT,
+    origin: dns.name.Name = ORIGIN,
+    policy: Policy | None = None,
+    **settings: Any,
+) -> ServedZone:
+    zone = Zone.from_text(text, origin)
+    return ServedZone(ZoneSettings(origin, **settings), zone, KeyManager(origin, policy or Policy(), state))
+
+
+class Loop:
+    """An event loop in a thread, so blocking tools (subprocess) can query our server from the test thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, make: Callable[[], Any]) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(make(), self.loop)
+        return future.result(timeout=30)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        async def wrapper() -> T:
+            return fn()
+
+        result: T = self.run(wrapper)
+        return result
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@contextmanager
+def serving(authority: Authority, tick_seconds: float = 0.2) -> Iterator[tuple[Loop, AuthorityServer]]:
+    loop = Loop()
+    server = AuthorityServer(authority, "127.0.0.1", 0, tick_seconds=tick_seconds)
+    try:
+        loop.run(server.start)
+        yield loop, server
+    finally:
+        loop.run(server.stop)
+        loop.close()
+
+
+def unbound(
+    tmp_path: Path, port: int, anchor: str, stub: str = "corp.internal."
+) -> tuple[subprocess.Popen[bytes], int]:
+    listen = free_port()
+    conf = tmp_path / "unbound.conf"
+    conf.write_text(
+        textwrap.dedent(f"""
+        server:
+          interface: 127.0.0.1@{listen}
+          port: {listen}
+          username: ""
+          chroot: ""
+          directory: "{tmp_path}"
+          pidfile: ""
+          use-syslog: no
+          logfile: "{tmp_path}/unbound.log"
+          verbosity: 1
+          do-not-query-localhost: no
+          domain-insecure: ""
+          val-log-level: 2
+          trust-anchor: "{anchor}"
+          module-config: "validator iterator"
+          cache-max-ttl: 1
+          cache-max-negative-ttl: 1
+          val-bogus-ttl: 1
+          infra-cache-min-rtt: 20
+        stub-zone:
+          name: "{stub}"
+          stub-addr: 127.0.0.1@{port}
+        remote-control:
+          control-enable: no
+        """)
+    )
+    process = subprocess.Popen(
+        ["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            dns.query.udp(
+                dns.message.make_query("corp.internal.", "SOA"), "127.0.0.1", port=listen, timeout=0.5
+            )
+            return process, listen
+        except Exception:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError((tmp_path / "unbound.log").read_text())
