@@ -30,7 +30,9 @@ def _register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _registrations() -> list[Register]:
     # Imported here so that `ztdns check` does not pay for loading the server, agent or signer.
-    return [_register_check]
+    from ztdns.agent.cli import register as register_agent
+
+    return [_register_check, register_agent]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
