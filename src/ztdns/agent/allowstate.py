@@ -56,6 +56,9 @@ class AllowState:
         # address → name → grant (who opened it; the newest is last).
         self._addresses: dict[str, dict[str, Grant]] = {}
         self._expiries: list[tuple[float, str, str]] = []
+        # address → the name that last opened it, kept after expiry so audit records can name it (bounded).
+        self._history: OrderedDict[str, str] = OrderedDict()
+        self.history_size = 65_536
 
     def lifetime(self, ttl: int) -> int:
         cfg = self.config
@@ -90,6 +93,10 @@ class AllowState:
             grant = Grant(grant.address, grant.name, previous.expires, grant.identity)
         holders[grant.name] = grant
         per_name[grant.address] = grant.expires
+        self._history[grant.address] = grant.name
+        self._history.move_to_end(grant.address)
+        if len(self._history) > self.history_size:
+            self._history.popitem(last=False)
         per_name.move_to_end(grant.address)
         if previous is None:
             # One heap entry per grant; refreshes are found when it comes due (keeps the heap bounded).
@@ -139,12 +146,9 @@ class AllowState:
                     del self._names[name]
         return gone
 
-    def label(self, address: str) -> Grant | None:
-        """The newest grant for ``address``: the name (and identity) that last opened it."""
-        holders = self._addresses.get(address)
-        if not holders:
-            return None
-        return max(holders.values(), key=lambda g: g.expires)
+    def last_name(self, address: str) -> str | None:
+        """The name that last opened ``address``, even if that grant has expired since."""
+        return self._history.get(address)
 
     def grants(self) -> list[Grant]:
         return [g for holders in self._addresses.values() for g in holders.values()]

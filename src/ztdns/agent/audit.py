@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ztdns.agent.allowstate import Grant
 from ztdns.agent.nflog import LoggedPacket
 
 AUDIT_LOG = "audit.jsonl"
@@ -62,7 +61,7 @@ def process_of(inode: int, proc: Path = Path("/proc")) -> dict[str, object] | No
 @dataclass
 class AuditRecorder:
     path: Path
-    label: Callable[[str], Grant | None]
+    last_name: Callable[[str], str | None]
     on_record: Callable[[], None]
     dedupe_seconds: float = 1.0
     _recent: dict[tuple[str, str, int | None], float] = field(default_factory=dict)
@@ -85,7 +84,6 @@ class AuditRecorder:
         return records
 
     def _describe(self, packet: LoggedPacket, now: float) -> dict[str, object]:
-        grant = self.label(packet.destination)
         process = None
         if packet.protocol in ("tcp", "udp") and packet.source_port and packet.port and not packet.forwarded:
             inode = socket_inode(packet.protocol, packet.source_port, packet.port)
@@ -98,7 +96,7 @@ class AuditRecorder:
             "chain": "forward" if packet.forwarded else "output",
             "uid": packet.uid,
             "process": process,
-            "name": grant.name if grant else None,
+            "name": self.last_name(packet.destination),
         }
 
 

@@ -11,6 +11,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable
+from typing import cast
 
 from ztdns.agent.allowstate import AllowState
 from ztdns.agent.answers import BadMessage, addresses, check_query, servfail, truncate, udp_limit
@@ -83,8 +84,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # The selector transport does not subclass DatagramTransport, though it is one.
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         task = asyncio.get_running_loop().create_task(self._answer(data, addr))
