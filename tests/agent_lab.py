@@ -1,9 +1,8 @@
 """A network lab for the agent's end-to-end tests, in namespaces the tests create and always remove.
 
-    container (…-k) 192.0.2.130 ──eth1── client (…-c) 192.0.2.1 / 2001:db8:1::1 ──eth0── server (…-s) 192.0.2.10
-                                         runs the agent                                    unbound DoT :853 and Do53 :53
-                                                                                           echo tcp/8080 udp/8081 on
-                                                                                           198.51.100.{10..40}, 2001:db8:2::10
+    container (…-k) ──eth1── client (…-c) ──eth0── server (…-s)
+    192.0.2.130              192.0.2.129, 192.0.2.1,   192.0.2.10, 2001:db8:1::10: unbound DoT :853 and Do53 :53
+                             2001:db8:1::1; the agent  echo tcp/8080 udp/8081 on 198.51.100.x and 2001:db8:2::10
 
 unbound is the protective resolver until ztdns's own DoT server is merged: it serves DoT with a certificate
 from a test CA and answers the test names from local-data (anything else in ``test.`` is NXDOMAIN, which is
@@ -65,7 +64,8 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    return key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
 
 
 def make_certs(folder: Path) -> None:
@@ -155,8 +155,8 @@ class Lab:
         for netns in (self.client, self.server, self.container):
             sh("ip", "netns", "add", netns)
             self.in_ns(netns, "ip", "link", "set", "lo", "up")
-        sh("ip", "-n", self.client, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", self.server)
-        sh("ip", "-n", self.client, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", self.container)
+        for link, peer in (("eth0", self.server), ("eth1", self.container)):
+            sh("ip", "-n", self.client, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", peer)
         setup = {
             self.client: [
                 "addr add 192.0.2.1/25 dev eth0",
@@ -174,7 +174,11 @@ class Lab:
                 "route add 192.0.2.128/25 via 192.0.2.1",
                 *(f"addr add {a}/{128 if ':' in a else 32} dev lo nodad" for a in SERVICE_ADDRESSES),
             ],
-            self.container: ["addr add 192.0.2.130/25 dev eth0", "link set eth0 up", "route add default via 192.0.2.129"],
+            self.container: [
+                "addr add 192.0.2.130/25 dev eth0",
+                "link set eth0 up",
+                "route add default via 192.0.2.129",
+            ],
         }
         for netns, commands in setup.items():
             for command in commands:
@@ -237,14 +241,17 @@ remote-control:
         for netns in (self.client, self.server, self.container):
             sh("ip", "netns", "del", netns, check=False)
 
-    def config(self, folder: Path, extra: str = "", **top: str) -> Path:
-        """An agent config with its state and resolv.conf inside ``folder``."""
+    def config(self, folder: Path, extra: str = "", dead_server: bool = False, **top: str) -> Path:
+        """An agent config with its state and resolv.conf inside ``folder`` (``dead_server``: one listed first)."""
         (folder / "resolv.conf").write_text("nameserver 192.0.2.99\n")
         lines = [f'{k} = "{v}"' for k, v in top.items()]
-        text = "\n".join(lines) + f"""
+        text = (
+            "\n".join(lines)
+            + f"""
 state_dir = "{folder / "state"}"
 resolv_conf = "{folder / "resolv.conf"}"
 identity = "spiffe://test/host"
+{f'[[server]]{chr(10)}address = "{RESOLVER}:8853"{chr(10)}hostname = "dns.test"' if dead_server else ""}
 [[server]]
 address = "{RESOLVER}:853"
 hostname = "dns.test"
@@ -259,6 +266,7 @@ grace = 1
 address = ""
 {extra}
 """
+        )
         path = folder / "agent.toml"
         path.write_text(text)
         return path

@@ -13,8 +13,10 @@ pytestmark = [needs_root(), __import__("pytest").mark.root]
 __all__ = ["agent_factory", "lab", "probe"]
 
 
-def start(lab: Lab, agents: list[AgentProcess], folder: Path, extra: str = "", **top: str) -> Path:
-    config = lab.config(folder, extra, **top)
+def start(
+    lab: Lab, agents: list[AgentProcess], folder: Path, extra: str = "", dead_server: bool = False, **top: str
+) -> Path:
+    config = lab.config(folder, extra, dead_server, **top)
     agents.append(AgentProcess(lab, config))
     return config
 
@@ -60,6 +62,15 @@ def test_expiry_keeps_established_flows_and_repeated_answers_refresh(
     assert "198.51.100.11" not in lab.set_timeouts()
     assert not probe.connects("198.51.100.11")  # new connections: closed
     assert probe.ask(op="echo", id="kept")["ok"]  # the established one: still flowing
+
+
+def test_failover_to_the_next_server_over_tcp_stub(
+    lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path
+) -> None:
+    start(lab, agent_factory, tmp_path, dead_server=True)
+    for _ in range(2):  # the second query skips the held-down server
+        assert probe.resolve("allowed.test", tcp=True)["addresses"] == ["198.51.100.10"]
+    assert probe.connects("198.51.100.10")
 
 
 def test_exception_networks(lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path) -> None:
@@ -109,7 +120,7 @@ def test_killed_agent_stays_enforced_and_restart_restores(
 
 
 def test_resolver_down_nothing_opens(lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path) -> None:
-    config = start(lab, agent_factory, tmp_path, '[stub]\ntimeout = 1.0\n')
+    config = start(lab, agent_factory, tmp_path, "[stub]\ntimeout = 1.0\n")
     lab.stop_unbound()
     try:
         assert probe.resolve("allowed.test")["rcode"] == "SERVFAIL"

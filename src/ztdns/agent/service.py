@@ -94,7 +94,8 @@ class Agent:
         except OSError as exc:
             self._error(f"audit records unavailable (NFLOG group {self.config.firewall.log_group}): {exc}")
             return
-        self._audit = AuditRecorder(self.config.state_path / AUDIT_LOG, self.state.last_name, self.metrics.audit_drops.inc)
+        records = self.config.state_path / AUDIT_LOG
+        self._audit = AuditRecorder(records, self.state.last_name, self.metrics.audit_drops.inc)
         asyncio.get_running_loop().add_reader(self._nflog.sock.fileno(), self._read_audit)
 
     def _read_audit(self) -> None:
