@@ -241,7 +241,7 @@ remote-control:
         for netns in (self.client, self.server, self.container):
             sh("ip", "netns", "del", netns, check=False)
 
-    def config(self, folder: Path, extra: str = "", dead_server: bool = False, **top: str) -> Path:
+    def config(self, folder: Path, extra: str = "", dead_server: bool = False, metrics: str = "", **top: str) -> Path:
         """An agent config with its state and resolv.conf inside ``folder`` (``dead_server``: one listed first)."""
         (folder / "resolv.conf").write_text("nameserver 192.0.2.99\n")
         lines = [f'{k} = "{v}"' for k, v in top.items()]
@@ -263,7 +263,7 @@ client_key = "{self.folder / "client.key"}"
 ttl_floor = 0
 grace = 1
 [metrics]
-address = ""
+address = "{metrics}"
 {extra}
 """
         )

@@ -14,9 +14,15 @@ __all__ = ["agent_factory", "lab", "probe"]
 
 
 def start(
-    lab: Lab, agents: list[AgentProcess], folder: Path, extra: str = "", dead_server: bool = False, **top: str
+    lab: Lab,
+    agents: list[AgentProcess],
+    folder: Path,
+    extra: str = "",
+    dead_server: bool = False,
+    metrics: str = "",
+    **top: str,
 ) -> Path:
-    config = lab.config(folder, extra, dead_server, **top)
+    config = lab.config(folder, extra, dead_server, metrics, **top)
     agents.append(AgentProcess(lab, config))
     return config
 
@@ -174,9 +180,13 @@ def test_audit_mode_logs_without_blocking_and_learn_proposes(
 
 
 def test_flows_status_and_uninstall(lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path) -> None:
-    config = start(lab, agent_factory, tmp_path)
+    config = start(lab, agent_factory, tmp_path, metrics="127.0.0.1:9154")
     assert probe.resolve("allowed.test")["addresses"] == ["198.51.100.10"]
     assert probe.connects("198.51.100.10", hold="flow")
+    scrape = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9154/').read().decode())"
+    exposed = lab.in_ns(lab.client, "python3", "-c", scrape).stdout
+    assert 'ztdns_agent_answers_total{result="opened"} 1.0' in exposed
+    assert "ztdns_agent_addresses_added_total 1.0" in exposed and "ztdns_agent_plumbing_seconds_bucket" in exposed
     flows = [json.loads(line) for line in lab.ztdns(config, "flows", "--json").stdout.splitlines()]
     labelled = [f for f in flows if f["destination"] == "198.51.100.10" and f["port"] == 8080]
     assert labelled and labelled[0]["name"] == "allowed.test" and labelled[0]["identity"] == "spiffe://test/host"

@@ -215,3 +215,13 @@ def test_resolv_conf_pointed_and_restored(tmp_path: Path) -> None:
     assert hostdns.restore(link, state)
     assert link.is_symlink() and link.read_text() == "nameserver 192.0.2.53\n"
     assert not hostdns.restore(link, state)
+
+
+def test_example_config_checks_and_prints_the_ruleset(capsys: pytest.CaptureFixture[str]) -> None:
+    from ztdns.cli import main
+
+    example = Path(__file__).parent.parent / "examples" / "agent.toml"
+    assert main(["agent", "--config", str(example), "check"]) == 0
+    ruleset = capsys.readouterr().out
+    assert "ip6 daddr 2001:db8::53 tcp dport 853 accept" in ruleset
+    assert 'ip daddr { 203.0.113.123/32 } udp dport { 123 } accept comment "exception time"' in ruleset

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     flows.set_defaults(func=_flows)
     status = commands.add_parser("status", help="mode, servers, set sizes, last errors")
     status.set_defaults(func=_status)
+    check = commands.add_parser("check", help="validate the configuration and print the nftables ruleset")
+    check.set_defaults(func=_check)
     uninstall = commands.add_parser("uninstall", help="remove the nftables table and restore host DNS config")
     uninstall.set_defaults(func=_uninstall)
 
@@ -142,6 +144,18 @@ def _status(args: argparse.Namespace) -> int:
     }
     print(json.dumps(report, indent=2))
     return 0 if running and sizes is not None else 3
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ztdns.agent.ruleset import build_ruleset
+
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(build_ruleset(config), end="")
+    return 0
 
 
 def _uninstall(args: argparse.Namespace) -> int:
