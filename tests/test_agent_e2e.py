@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -196,3 +197,30 @@ def test_flows_status_and_uninstall(lab: Lab, probe: Probe, agent_factory: list[
     lab.ztdns(config, "uninstall")
     assert lab.nft_json("list", "table", "inet", "ztdns") is None
     assert (tmp_path / "resolv.conf").read_text() == "nameserver 192.0.2.99\n"
+
+
+def test_element_script_sets_exact_timeouts_in_the_kernel(lab: Lab, agent_factory: list[AgentProcess]) -> None:
+    # Longer first, then shorter: only delete+add in one transaction yields exactly the new timeout; a plain
+    # `add element` keeps the old expiry on kernels without element timeout updates. Removing a missing
+    # element must not fail the transaction either.
+    script = """
+import json
+from ztdns.agent.config import AgentConfig
+from ztdns.agent.nft import Nft
+from ztdns.agent.ruleset import build_ruleset, element_script
+from ztdns.config import parse_model
+nft = Nft()
+nft.run(build_ruleset(parse_model(AgentConfig, '[[server]]\\naddress = "192.0.2.10"\\nhostname = "d"\\n')))
+nft.run(element_script({"192.0.2.77": 100, "2001:db8::77": 100}, ()))
+nft.run(element_script({"192.0.2.77": 10, "2001:db8::77": 20}, {"192.0.2.78"}))
+print(json.dumps(nft.query("list table inet ztdns")))
+"""
+    items = json.loads(lab.in_ns(lab.client, sys.executable, "-c", script).stdout)
+    elements = {
+        elem["elem"]["val"]: elem["elem"]["expires"]
+        for item in items
+        if "set" in item
+        for elem in item["set"].get("elem", [])
+    }
+    assert elements.keys() == {"192.0.2.77", "2001:db8::77"}
+    assert 8 <= elements["192.0.2.77"] <= 10 and 18 <= elements["2001:db8::77"] <= 20

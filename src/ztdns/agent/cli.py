@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,17 +47,27 @@ def _config(args: argparse.Namespace) -> AgentConfig:
     return load_agent_config(args.config)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _with_config(command: Callable[[AgentConfig, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Load --config for ``command``; a bad or missing file is reported, not raised."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            config = _config(args)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        return command(config, args)
+
+    return run
+
+
+@_with_config
+def _run(config: AgentConfig, args: argparse.Namespace) -> int:
     import asyncio
 
     from ztdns.agent.nft import NftError
     from ztdns.agent.service import run
 
-    try:
-        config = _config(args)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         asyncio.run(run(config))
@@ -80,14 +91,14 @@ def _learn(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flows(args: argparse.Namespace) -> int:
+@_with_config
+def _flows(config: AgentConfig, args: argparse.Namespace) -> int:
     from ztdns.agent.flows import conntrack_flows, format_flows, label_map
     from ztdns.agent.persist import GrantStore
 
     try:
-        config = _config(args)
         flows = conntrack_flows(label_map(GrantStore(config.state_path).load(time.time())))
-    except (ConfigError, OSError) as exc:
+    except OSError as exc:
         print(f"ztdns agent flows: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -125,14 +136,10 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def _status(args: argparse.Namespace) -> int:
+@_with_config
+def _status(config: AgentConfig, args: argparse.Namespace) -> int:
     from ztdns.agent.service import read_status
 
-    try:
-        config = _config(args)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
     status = read_status(config.state_path) or {}
     running = _alive(status.get("pid"))
     sizes = _set_sizes()
@@ -146,29 +153,25 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if running and sizes is not None else 3
 
 
-def _check(args: argparse.Namespace) -> int:
+@_with_config
+def _check(config: AgentConfig, args: argparse.Namespace) -> int:
     from ztdns.agent.ruleset import build_ruleset
 
-    try:
-        config = _config(args)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
     print(build_ruleset(config), end="")
     return 0
 
 
-def _uninstall(args: argparse.Namespace) -> int:
+@_with_config
+def _uninstall(config: AgentConfig, args: argparse.Namespace) -> int:
     from ztdns.agent import hostdns
     from ztdns.agent.nft import Nft, NftError
     from ztdns.agent.ruleset import remove_table_script
 
     try:
-        config = _config(args)
         nft = Nft()
         nft.run(remove_table_script())
         nft.close()
-    except (ConfigError, NftError) as exc:
+    except NftError as exc:
         print(f"ztdns agent uninstall: {exc}", file=sys.stderr)
         return 1
     print("removed table inet ztdns")

@@ -8,7 +8,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ztdns.config import load_model
 from ztdns.config.model import Section, parse_hostport
@@ -89,6 +89,15 @@ class FirewallConfig(Section):
     log_group: Annotated[int, Field(ge=0, le=65535)] = 7
 
 
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP network") from None
+    return value
+
+
+Network = Annotated[str, AfterValidator(_network)]
 Protocol = Literal["tcp", "udp"]
 _BOTH: tuple[Protocol, ...] = ("tcp", "udp")
 
@@ -97,7 +106,7 @@ class ExceptionConfig(Section):
     """Networks reachable without a DNS answer (``[[exception]]``)."""
 
     name: str
-    networks: list[str]
+    networks: Annotated[list[Network], Field(min_length=1)]
     # Empty = all ports.
     ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
     protocols: list[Protocol] = Field(default_factory=lambda: list(_BOTH))
@@ -108,18 +117,6 @@ class ExceptionConfig(Section):
         if not value or not all(ch.isalnum() or ch in "-_." for ch in value):
             raise ValueError(f"{value!r}: use letters, digits, '-', '_' and '.'")
         return value
-
-    @field_validator("networks")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        if not values:
-            raise ValueError("networks must not be empty")
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an IP network") from None
-        return values
 
 
 class AgentMetricsConfig(Section):
