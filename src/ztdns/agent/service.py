@@ -61,8 +61,12 @@ class Agent:
         self.metrics.added.inc(batch.added)
         self.metrics.refreshed.inc(batch.refreshed)
         self.metrics.evicted.inc(len(batch.removals))
-        if self.store.append(batch.grants):
-            self.store.snapshot(self.state.grants())
+        # The kernel has the grants already; a journal failure costs persistence, not the answer.
+        try:
+            if self.store.append(batch.grants):
+                self.store.snapshot(self.state.grants())
+        except OSError as exc:
+            self._error(f"journal write failed: {exc}")
 
     async def start(self) -> None:
         config = self.config

@@ -116,6 +116,7 @@ class Upstreams:
         self._context = client_context(config)
         self._timeout = config.stub.timeout
         self.servers = [ServerState(server) for server in config.server]
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def query(self, wire: bytes) -> bytes:
         """The response to ``wire`` (its message ID restored) or :class:`UpstreamError`."""
@@ -142,6 +143,14 @@ class Upstreams:
         raise UpstreamError("; ".join(errors) or "no time left")
 
     async def _ask(self, server: ServerState, wire: bytes) -> bytes:
+        reused = server.connection is not None and not server.connection.closed
+        connection = await self._connection(server)
+        try:
+            return await connection.query(wire)
+        except ConnectionError:
+            if not reused:
+                raise
+        # The server closed an idle connection as we wrote to it: one retry on a fresh one is not a failure.
         connection = await self._connection(server)
         return await connection.query(wire)
 
@@ -161,7 +170,9 @@ class Upstreams:
         server.hold_down = min(server.hold_down * 2, _HOLD_DOWN[1])
         if server.connection is not None:
             connection, server.connection = server.connection, None
-            asyncio.get_running_loop().create_task(connection.close())
+            task = asyncio.get_running_loop().create_task(connection.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         log.warning("protective server %s failed: %s", server.config.address, server.last_error)
 
     async def close(self) -> None:
