@@ -76,10 +76,19 @@ def _register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _registrations() -> list[Register]:
     # Imported here so that `ztdns check` does not pay for loading the server, agent or signer.
+    from ztdns.agent.cli import register as register_agent
     from ztdns.authority.cli import register as register_authority
     from ztdns.lab.cli import register as register_lab
 
-    return [_register_serve, _register_check, _register_explain, register_pki, register_lab, register_authority]
+    return [
+        _register_serve,
+        _register_check,
+        _register_explain,
+        register_pki,
+        register_lab,
+        register_authority,
+        register_agent,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ztdns.config.locate import Loc, format_loc, line_of
 from ztdns.config.model import Config, _LocatedError
 
-__all__ = ["Config", "ConfigError", "default_config", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "default_config", "load_config", "load_model", "parse_config", "parse_model"]
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class ConfigError(Exception):
@@ -42,6 +44,11 @@ def _message(error: Any) -> str:
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate TOML text; errors name ``source`` and the line of the offending key."""
+    return parse_model(Config, text, source, base_dir)
+
+
+def parse_model(model: type[Model], text: str, source: str = "<config>", base_dir: Path | None = None) -> Model:
+    """Validate TOML text against any file model (``Config``, the agent's file model, ...)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -52,7 +59,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         data["base_dir"] = str(base_dir)
     data["source"] = source
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -65,12 +72,16 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
 
 
 def load_config(path: str | Path) -> Config:
+    return load_model(Config, path)
+
+
+def load_model(model: type[Model], path: str | Path) -> Model:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from None
-    return parse_config(text, str(path), path.resolve().parent)
+    return parse_model(model, text, str(path), path.resolve().parent)
 
 
 def default_config() -> Config:

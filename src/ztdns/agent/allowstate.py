@@ -1,0 +1,160 @@
+"""Which addresses are open, for which names, until when (sans-IO: a clock is passed in, nothing touches the kernel).
+
+Every answer becomes a :class:`Grant` per address. An address can be opened by several names (CDNs); it stays
+open until the last of them expires. Each name keeps at most ``max_per_name`` addresses, least recently
+answered evicted first, so a name with a huge rotating pool cannot fill the set. The result of each answer is a
+:class:`SetUpdate`: the exact kernel timeouts to write and the addresses to close.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ztdns.agent.config import AllowConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    address: str
+    name: str
+    expires: float  # wall-clock seconds
+    identity: str = ""
+
+
+@dataclass(slots=True)
+class SetUpdate:
+    """Kernel work for one or more answers: address → timeout seconds, and addresses to close."""
+
+    timeouts: dict[str, int] = field(default_factory=dict)
+    removals: set[str] = field(default_factory=set)
+    grants: list[Grant] = field(default_factory=list)
+    added: int = 0
+    refreshed: int = 0
+
+    def merge(self, other: SetUpdate) -> None:
+        for address, timeout in other.timeouts.items():
+            if timeout >= self.timeouts.get(address, 0):
+                self.timeouts[address] = timeout
+            self.removals.discard(address)
+        self.removals |= other.removals - self.timeouts.keys()
+        self.grants += other.grants
+        self.added += other.added
+        self.refreshed += other.refreshed
+
+    def __bool__(self) -> bool:
+        return bool(self.timeouts or self.removals)
+
+
+class AllowState:
+    def __init__(self, config: AllowConfig) -> None:
+        self.config = config
+        # name → address → expiry, least recently answered first.
+        self._names: dict[str, OrderedDict[str, float]] = {}
+        # address → name → grant (who opened it; the newest is last).
+        self._addresses: dict[str, dict[str, Grant]] = {}
+        self._expiries: list[tuple[float, str, str]] = []
+        # address → the name that last opened it, kept after expiry so audit records can name it (bounded).
+        self._history: OrderedDict[str, str] = OrderedDict()
+        self.history_size = 65_536
+
+    def lifetime(self, ttl: int) -> int:
+        cfg = self.config
+        return min(max(ttl, cfg.ttl_floor), cfg.ttl_ceiling) + cfg.grace
+
+    def answer(self, name: str, records: list[tuple[str, int]], now: float, identity: str = "") -> SetUpdate:
+        """Open (or refresh) ``records`` — (address, TTL) pairs answered for ``name`` — as of ``now``."""
+        update = SetUpdate()
+        for address, ttl in records:
+            self._grant(Grant(address, name, now + self.lifetime(ttl), identity), now, update)
+        self._cap(name, now, update)
+        return update
+
+    def restore(self, grant: Grant, now: float) -> SetUpdate:
+        """Re-open a persisted grant with its remaining lifetime (nothing if it has expired)."""
+        update = SetUpdate()
+        if grant.expires > now:
+            self._grant(grant, now, update)
+            self._cap(grant.name, now, update)
+        return update
+
+    def _grant(self, grant: Grant, now: float, update: SetUpdate) -> None:
+        per_name = self._names.setdefault(grant.name, OrderedDict())
+        holders = self._addresses.setdefault(grant.address, {})
+        if self._open_until(grant.address) > now:
+            update.refreshed += 1
+        else:
+            update.added += 1
+        # A cached answer carries a smaller TTL than the first one: never shorten what was granted.
+        previous = holders.pop(grant.name, None)
+        if previous is not None and previous.expires > grant.expires:
+            grant = Grant(grant.address, grant.name, previous.expires, grant.identity)
+        holders[grant.name] = grant
+        per_name[grant.address] = grant.expires
+        self._history[grant.address] = grant.name
+        self._history.move_to_end(grant.address)
+        if len(self._history) > self.history_size:
+            self._history.popitem(last=False)
+        per_name.move_to_end(grant.address)
+        if previous is None:
+            # One heap entry per grant; refreshes are found when it comes due (keeps the heap bounded).
+            heapq.heappush(self._expiries, (grant.expires, grant.address, grant.name))
+        update.timeouts[grant.address] = max(1, math.ceil(self._open_until(grant.address) - now))
+        update.removals.discard(grant.address)
+        update.grants.append(grant)
+
+    def _cap(self, name: str, now: float, update: SetUpdate) -> None:
+        per_name = self._names[name]
+        while len(per_name) > self.config.max_addresses_per_name:
+            address, _ = per_name.popitem(last=False)
+            self._release(address, name, now, update)
+
+    def _release(self, address: str, name: str, now: float, update: SetUpdate) -> None:
+        holders = self._addresses.get(address, {})
+        holders.pop(name, None)
+        if holders:
+            return
+        self._addresses.pop(address, None)
+        update.timeouts.pop(address, None)
+        update.removals.add(address)
+
+    def _open_until(self, address: str) -> float:
+        holders = self._addresses.get(address)
+        return max((g.expires for g in holders.values()), default=0.0) if holders else 0.0
+
+    def expire(self, now: float) -> list[Grant]:
+        """Forget grants past their expiry (the kernel drops the set element on its own)."""
+        gone = []
+        while self._expiries and self._expiries[0][0] <= now:
+            _, address, name = heapq.heappop(self._expiries)
+            grant = self._addresses.get(address, {}).get(name)
+            if grant is None:
+                continue  # evicted
+            if grant.expires > now:
+                heapq.heappush(self._expiries, (grant.expires, address, name))  # refreshed since
+                continue
+            gone.append(grant)
+            del self._addresses[address][name]
+            if not self._addresses[address]:
+                del self._addresses[address]
+            per_name = self._names.get(name)
+            if per_name is not None:
+                per_name.pop(address, None)
+                if not per_name:
+                    del self._names[name]
+        return gone
+
+    def last_name(self, address: str) -> str | None:
+        """The name that last opened ``address``, even if that grant has expired since."""
+        return self._history.get(address)
+
+    def grants(self) -> list[Grant]:
+        return [g for holders in self._addresses.values() for g in holders.values()]
+
+    def __len__(self) -> int:
+        return len(self._addresses)
+
+    def name_count(self) -> int:
+        return len(self._names)

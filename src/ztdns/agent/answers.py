@@ -1,0 +1,151 @@
+"""DNS message handling for the stub (sans-IO, bytes in and out).
+
+Only addresses that belong to the question — the queried name or a name its CNAME chain leads to — are opened;
+an A record for some other owner name slipped into the answer section opens nothing.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+HEADER = 12
+_A, _AAAA, _CNAME, _IN = 1, 28, 5, 1
+_MAX_CHAIN = 16
+
+
+class BadMessage(Exception):
+    """The bytes are not a DNS message we can answer or forward."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    name: str  # the queried name, lower case, no trailing dot
+    rcode: int
+    records: list[tuple[str, int]]  # (address, TTL) from the CNAME chain's final owner(s)
+
+
+def _name(wire: bytes, offset: int) -> tuple[bytes, int]:
+    """The name at ``offset`` (lower case, dot-separated, compression followed) and the offset after it."""
+    labels: list[bytes] = []
+    end = -1
+    jumps = 0
+    while True:
+        length = wire[offset]
+        if length >= 0xC0:
+            if end < 0:
+                end = offset + 2
+            jumps += 1
+            if jumps > 32:
+                raise BadMessage("compression loop")
+            offset = ((length & 0x3F) << 8) | wire[offset + 1]
+            continue
+        if length > 63:
+            raise BadMessage("bad label length")
+        if length == 0:
+            return b".".join(labels).lower(), end if end >= 0 else offset + 1
+        labels.append(wire[offset + 1 : offset + 1 + length])
+        offset += 1 + length
+
+
+def addresses(wire: bytes) -> Answer:
+    """The A/AAAA records in a response that answer its question (after following CNAMEs).
+
+    Hand-parsed: this runs for every answer before it is released, and a full dnspython parse costs several
+    times the whole budget. Anything malformed raises BadMessage (the stub then answers SERVFAIL).
+    """
+    try:
+        flags, qdcount, ancount = struct.unpack_from("!HHH", wire, 2)
+        if qdcount != 1:
+            raise BadMessage(f"{qdcount} questions")
+        qname, offset = _name(wire, HEADER)
+        offset += 4
+        cnames: dict[bytes, bytes] = {}
+        found: list[tuple[bytes, str, int]] = []
+        for _ in range(ancount):
+            owner, offset = _name(wire, offset)
+            rtype, rclass, ttl, size = struct.unpack_from("!HHIH", wire, offset)
+            offset += 10
+            if offset + size > len(wire):
+                raise BadMessage("truncated record")
+            if rclass == _IN:
+                if rtype == _A and size == 4:
+                    found.append((owner, socket.inet_ntop(socket.AF_INET, wire[offset : offset + 4]), ttl))
+                elif rtype == _AAAA and size == 16:
+                    found.append((owner, socket.inet_ntop(socket.AF_INET6, wire[offset : offset + 16]), ttl))
+                elif rtype == _CNAME:
+                    cnames.setdefault(owner, _name(wire, offset)[0])
+            offset += size
+    except (IndexError, struct.error, OSError):
+        raise BadMessage("malformed response") from None
+    # The chain: follow CNAMEs from the question name only, bounded against loops.
+    owners = {qname}
+    current = qname
+    for _ in range(_MAX_CHAIN):
+        target = cnames.get(current)
+        if target is None or target in owners:
+            break
+        owners.add(target)
+        current = target
+    records = [(address, ttl) for owner, address, ttl in found if owner in owners]
+    rcode = flags & 0x000F
+    return Answer(qname.decode("ascii", "replace"), rcode, records)
+
+
+def check_query(wire: bytes) -> None:
+    """Reject what must not be forwarded: short packets, responses, multi-question queries."""
+    if len(wire) < HEADER:
+        raise BadMessage("shorter than a DNS header")
+    flags, qdcount = struct.unpack_from("!HH", wire, 2)
+    if flags & 0x8000:
+        raise BadMessage("a response, not a query")
+    if qdcount != 1:
+        raise BadMessage(f"{qdcount} questions")
+
+
+def servfail(query: bytes) -> bytes:
+    """SERVFAIL for ``query``: the header, RD copied, the question echoed when it parses."""
+    try:
+        message = dns.message.from_wire(query, ignore_trailing=True)
+        response = dns.message.make_response(message)
+        response.set_rcode(dns.rcode.SERVFAIL)
+        return response.to_wire()
+    except dns.exception.DNSException:
+        ident, flags = struct.unpack_from("!HH", query.ljust(4, b"\0"), 0)
+        return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x0100) | dns.rcode.SERVFAIL, 0, 0, 0, 0)
+
+
+def udp_limit(query: bytes) -> int:
+    """The largest UDP response the client accepts: its EDNS payload size, or 512 without EDNS."""
+    try:
+        message = dns.message.from_wire(query, ignore_trailing=True)
+    except dns.exception.DNSException:
+        return 512
+    return max(512, message.payload) if message.edns >= 0 else 512
+
+
+def truncate(response: bytes) -> bytes:
+    """A TC=1 response with the question only, telling the client to retry over TCP."""
+    message = dns.message.from_wire(response, ignore_trailing=True)
+    short = dns.message.Message(id=message.id)
+    short.flags = message.flags | dns.flags.TC
+    short.question = message.question
+    return short.to_wire()
+
+
+def with_id(wire: bytes, ident: int) -> bytes:
+    return struct.pack("!H", ident) + wire[2:]
+
+
+def message_id(wire: bytes) -> int:
+    ident: int = struct.unpack_from("!H", wire)[0]
+    return ident

@@ -1,0 +1,166 @@
+"""The agent's own configuration file (an endpoint host runs the agent, not the resolver, so it is a separate
+file model). Keys are documented in docs/agent.md; errors name file, line and key like ``ztdns check``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from ztdns.config import load_model
+from ztdns.config.model import Section, parse_hostport
+
+
+def _hostport(value: str, default_port: int) -> str:
+    parse_hostport(value, default_port)
+    return value
+
+
+class StubConfig(Section):
+    """The local stub resolver the host's applications use."""
+
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.53:53"])
+    # Budget for one query across all protective servers (failover included).
+    timeout: Annotated[float, Field(gt=0, le=30)] = 3.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, values: list[str]) -> list[str]:
+        if not values:
+            raise ValueError("listen must name at least one address")
+        return [_hostport(v, 53) for v in values]
+
+
+class ServerConfig(Section):
+    """One protective resolver, reached over DoT (RFC 7858)."""
+
+    address: str
+    # The name its certificate must carry; the TLS handshake checks it.
+    hostname: str
+    transport: Literal["dot"] = "dot"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _hostport(value, 853)
+
+    def hostport(self) -> tuple[str, int]:
+        return parse_hostport(self.address, 853)
+
+
+class TlsConfig(Section):
+    # CA bundle the servers' certificates chain to ("" = the system store).
+    ca_file: str = ""
+    # The host's client certificate and key for mTLS ("" = no client certificate).
+    client_cert: str = ""
+    client_key: str = ""
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if bool(self.client_cert) != bool(self.client_key):
+            raise ValueError("client_cert and client_key go together")
+        return self
+
+
+class AllowConfig(Section):
+    """How long an answered address stays open: clamp(TTL, ttl_floor, ttl_ceiling) + grace seconds."""
+
+    ttl_floor: Annotated[int, Field(ge=0)] = 30
+    ttl_ceiling: Annotated[int, Field(ge=1)] = 86_400
+    grace: Annotated[int, Field(ge=0)] = 60
+    # Per queried name; beyond it the least recently answered address of that name is closed.
+    max_addresses_per_name: Annotated[int, Field(ge=1)] = 256
+
+    @model_validator(mode="after")
+    def _order(self) -> AllowConfig:
+        if self.ttl_floor > self.ttl_ceiling:
+            raise ValueError(f"ttl_floor ({self.ttl_floor}) is above ttl_ceiling ({self.ttl_ceiling})")
+        return self
+
+
+class FirewallConfig(Section):
+    # Also filter forwarded traffic (containers and VMs routed through this host).
+    forward: bool = False
+    dhcp: bool = True
+    # nftables `log group` the audit records are read from (NFLOG).
+    log_group: Annotated[int, Field(ge=0, le=65535)] = 7
+
+
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP network") from None
+    return value
+
+
+Network = Annotated[str, AfterValidator(_network)]
+Protocol = Literal["tcp", "udp"]
+_BOTH: tuple[Protocol, ...] = ("tcp", "udp")
+
+
+class ExceptionConfig(Section):
+    """Networks reachable without a DNS answer (``[[exception]]``)."""
+
+    name: str
+    networks: Annotated[list[Network], Field(min_length=1)]
+    # Empty = all ports.
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
+    protocols: list[Protocol] = Field(default_factory=lambda: list(_BOTH))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch in "-_." for ch in value):
+            raise ValueError(f"{value!r}: use letters, digits, '-', '_' and '.'")
+        return value
+
+
+class AgentMetricsConfig(Section):
+    # "" = no metrics endpoint.
+    address: str = "127.0.0.1:9154"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _hostport(value, 9154) if value else value
+
+
+class AgentConfig(Section):
+    mode: Literal["enforce", "audit"] = "enforce"
+    # Label recorded with every address this host opened ("" = none); shows in `ztdns agent flows`.
+    identity: str = ""
+    state_dir: str = "/var/lib/ztdns-agent"
+    # Pointed at the stub on start and restored by `ztdns agent uninstall`; "" = leave host DNS config alone.
+    resolv_conf: str = "/etc/resolv.conf"
+    stub: StubConfig = StubConfig()
+    server: list[ServerConfig]
+    tls: TlsConfig = TlsConfig()
+    allow: AllowConfig = AllowConfig()
+    firewall: FirewallConfig = FirewallConfig()
+    exception: list[ExceptionConfig] = Field(default_factory=list)
+    metrics: AgentMetricsConfig = AgentMetricsConfig()
+
+    base_dir: Path = Path(".")
+
+    @field_validator("server")
+    @classmethod
+    def _servers(cls, values: list[ServerConfig]) -> list[ServerConfig]:
+        if not values:
+            raise ValueError("at least one protective server is needed (the agent resolves no other way)")
+        return values
+
+    def path(self, value: str) -> Path:
+        """A path from the file, relative to the file's folder."""
+        return self.base_dir / value
+
+    @property
+    def state_path(self) -> Path:
+        return self.path(self.state_dir)
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    return load_model(AgentConfig, path)

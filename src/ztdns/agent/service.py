@@ -1,0 +1,180 @@
+"""The running agent: wires the table, the stub, the set writer, persistence, audit records and metrics.
+
+Start order matters: the table (with restored grants) is committed before the stub listens, so no answer can
+be released before enforcement is in place; resolv.conf is pointed at the stub only once it listens. Stop
+order: stop listening, snapshot; the table is left in force (only ``uninstall`` removes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections import deque
+from pathlib import Path
+
+from ztdns.agent import hostdns
+from ztdns.agent.allowstate import AllowState, SetUpdate
+from ztdns.agent.audit import AUDIT_LOG, AuditRecorder
+from ztdns.agent.config import AgentConfig
+from ztdns.agent.metrics import AgentMetrics
+from ztdns.agent.nflog import NflogSocket
+from ztdns.agent.nft import Nft
+from ztdns.agent.persist import GrantStore
+from ztdns.agent.ruleset import build_ruleset, element_script
+from ztdns.agent.setwriter import SetWriter
+from ztdns.agent.stub import StubHandler, StubListeners
+from ztdns.agent.upstream import Upstreams
+from ztdns.config.model import parse_hostport
+
+log = logging.getLogger("ztdns.agent")
+
+STATUS = "status.json"
+_TICK = 1.0  # seconds between expiry sweeps and status writes
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, nft: Nft | None = None) -> None:
+        self.config = config
+        self.nft = nft or Nft()
+        self.metrics = AgentMetrics()
+        self.state = AllowState(config.allow)
+        self.store = GrantStore(config.state_path)
+        self.upstreams = Upstreams(config)
+        self.writer = SetWriter(self.nft, self._committed)
+        self.errors: deque[tuple[float, str]] = deque(maxlen=10)
+        self.handler = StubHandler(self.upstreams, self.state, self.writer, self.metrics, config.identity, self._error)
+        self.listeners = StubListeners(self.handler, config.stub.listen)
+        self._nflog: NflogSocket | None = None
+        self._audit: AuditRecorder | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._started = time.time()
+
+    def _error(self, message: str) -> None:
+        log.error("%s", message)
+        self.errors.append((time.time(), message))
+
+    def _committed(self, batch: SetUpdate) -> None:
+        self.metrics.added.inc(batch.added)
+        self.metrics.refreshed.inc(batch.refreshed)
+        self.metrics.evicted.inc(len(batch.removals))
+        # The kernel has the grants already; a journal failure costs persistence, not the answer.
+        try:
+            if self.store.append(batch.grants):
+                self.store.snapshot(self.state.grants())
+        except OSError as exc:
+            self._error(f"journal write failed: {exc}")
+
+    async def start(self) -> None:
+        config = self.config
+        config.state_path.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        restored = SetUpdate()
+        for grant in self.store.load(now):
+            restored.merge(self.state.restore(grant, now))
+        # One transaction: the new table and every restored grant, so a restart never opens a gap.
+        self.nft.run(build_ruleset(config) + element_script(restored.timeouts, ()))
+        self.store.snapshot(self.state.grants())
+        log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, len(self.state))
+        if config.mode == "audit":
+            self._start_audit()
+        await self.listeners.start()
+        if config.resolv_conf:
+            hostdns.point_at_stub(config.path(config.resolv_conf), config.state_path, config.stub.listen)
+        if config.metrics.address:
+            from prometheus_client import start_http_server
+
+            host, port = parse_hostport(config.metrics.address, 9154)
+            start_http_server(port, host, registry=self.metrics.registry)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self.write_status()
+
+    def _start_audit(self) -> None:
+        try:
+            self._nflog = NflogSocket(self.config.firewall.log_group)
+        except OSError as exc:
+            self._error(f"audit records unavailable (NFLOG group {self.config.firewall.log_group}): {exc}")
+            return
+        records = self.config.state_path / AUDIT_LOG
+        self._audit = AuditRecorder(records, self.state.last_name, self.metrics.audit_drops.inc)
+        asyncio.get_running_loop().add_reader(self._nflog.sock.fileno(), self._read_audit)
+
+    def _read_audit(self) -> None:
+        assert self._nflog is not None and self._audit is not None
+        try:
+            self._audit.record(self._nflog.read())
+        except OSError as exc:
+            self._error(f"reading audit records: {exc}")
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK)
+            self.metrics.expired.inc(len(self.state.expire(time.time())))
+            self.metrics.live.set(len(self.state))
+            try:
+                self.write_status()
+            except OSError as exc:
+                self._error(f"writing status: {exc}")
+
+    def write_status(self) -> None:
+        now = time.monotonic()
+        status = {
+            "pid": os.getpid(),
+            "started": self._started,
+            "updated": time.time(),
+            "mode": self.config.mode,
+            "identity": self.config.identity,
+            "listen": self.config.stub.listen,
+            "servers": [
+                {
+                    "address": s.config.address,
+                    "hostname": s.config.hostname,
+                    "up": s.down_until <= now,
+                    "last_error": s.last_error,
+                }
+                for s in self.upstreams.servers
+            ],
+            "live_addresses": len(self.state),
+            "names": self.state.name_count(),
+            "errors": [{"time": t, "message": m} for t, m in self.errors],
+        }
+        path = self.config.state_path / STATUS
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(status, indent=1), encoding="utf-8")
+        os.replace(temporary, path)
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self.listeners.close()
+        await self.upstreams.close()
+        if self._nflog is not None:
+            asyncio.get_running_loop().remove_reader(self._nflog.sock.fileno())
+            self._nflog.close()
+        self.state.expire(time.time())
+        self.store.snapshot(self.state.grants())
+        self.store.close()
+        (self.config.state_path / STATUS).unlink(missing_ok=True)
+        log.info("stopped; table inet ztdns stays in force")
+
+
+async def run(config: AgentConfig) -> None:
+    agent = Agent(config)
+    await agent.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await agent.stop()
+
+
+def read_status(state_dir: Path) -> dict[str, object] | None:
+    try:
+        status: dict[str, object] = json.loads((state_dir / STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return status

@@ -1,0 +1,338 @@
+"""A network lab for the agent's end-to-end tests, in namespaces the tests create and always remove.
+
+    container (…-k) ──eth1── client (…-c) ──eth0── server (…-s)
+    192.0.2.130              192.0.2.129, 192.0.2.1,   192.0.2.10, 2001:db8:1::10: unbound DoT :853 and Do53 :53
+                             2001:db8:1::1; the agent  echo tcp/8080 udp/8081 on 198.51.100.x and 2001:db8:2::10
+
+unbound is the protective resolver until ztdns's own DoT server is merged: it serves DoT with a certificate
+from a test CA and answers the test names from local-data (anything else in ``test.`` is NXDOMAIN, which is
+what the protective resolver answers for a blocked name).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+HERE = Path(__file__).parent
+PYTHON = sys.executable
+TCP_PORT = 8080
+UDP_PORT = 8081
+RESOLVER = "192.0.2.10"
+
+ZONE = {
+    "allowed.test.": ("A", "198.51.100.10", 300),
+    "short.test.": ("A", "198.51.100.11", 1),
+    "target.test.": ("A", "198.51.100.12", 300),
+    "refresh.test.": ("A", "198.51.100.13", 4),
+    "v6.test.": ("AAAA", "2001:db8:2::10", 300),
+}
+SERVICE_ADDRESSES = ["198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.13", "198.51.100.20"]
+SERVICE_ADDRESSES += ["198.51.100.30", "2001:db8:2::10"]
+
+
+def needs_root() -> pytest.MarkDecorator:
+    missing = [tool for tool in ("ip", "nft", "unbound") if shutil.which(tool) is None]
+    reason = "needs root (network namespaces, nftables)" if os.geteuid() != 0 else ""
+    if missing:
+        reason = f"needs {', '.join(missing)} (Debian: iproute2 nftables unbound)"
+    return pytest.mark.skipif(bool(reason), reason=reason or "ok")
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=20)
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    return key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
+
+
+def make_certs(folder: Path) -> None:
+    """ca.pem, server.pem/server.key (dns.test, 192.0.2.10), client.pem/client.key (spiffe://test/host)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = _key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ztdns test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    leaves: list[tuple[str, x509.GeneralName]] = [
+        ("server", x509.DNSName("dns.test")),
+        ("client", x509.UniformResourceIdentifier("spiffe://test/host")),
+    ]
+    for index, (name, san) in enumerate(leaves, start=2):
+        key = _key()
+        names = [san] + ([x509.IPAddress(ipaddress.ip_address(RESOLVER))] if name == "server" else [])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(index)
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{name}.key").write_bytes(_pem_key(key))
+
+
+class Probe:
+    """A long-running agent_probe.py inside a namespace."""
+
+    def __init__(self, netns: str) -> None:
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", netns, PYTHON, str(HERE / "agent_probe.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(cmd) + "\n")
+        self.process.stdin.flush()
+        result: dict[str, Any] = json.loads(self.process.stdout.readline())
+        return result
+
+    def connects(self, host: str, port: int = TCP_PORT, timeout: float = 0.4, hold: str = "") -> bool:
+        return bool(self.ask(op="connect", host=host, port=port, timeout=timeout, hold=hold)["ok"])
+
+    def udp(self, host: str, port: int = UDP_PORT, timeout: float = 0.4) -> bool:
+        return bool(self.ask(op="udp", host=host, port=port, timeout=timeout)["ok"])
+
+    def resolve(self, name: str, qtype: str = "A", server: str = "127.0.0.53", **kw: Any) -> dict[str, Any]:
+        return self.ask(op="dns", name=name, type=qtype, server=server, timeout=kw.pop("timeout", 3.0), **kw)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(5)
+
+
+class Lab:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        prefix = f"ztdns-test-{os.getpid()}"
+        self.client, self.server, self.container = f"{prefix}-c", f"{prefix}-s", f"{prefix}-k"
+        self.unbound: subprocess.Popen[bytes] | None = None
+        self.echo: subprocess.Popen[str] | None = None
+
+    def in_ns(self, netns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", netns, *args, check=check)
+
+    def build(self) -> None:
+        for netns in (self.client, self.server, self.container):
+            sh("ip", "netns", "add", netns)
+            self.in_ns(netns, "ip", "link", "set", "lo", "up")
+        for link, peer in (("eth0", self.server), ("eth1", self.container)):
+            sh("ip", "-n", self.client, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", peer)
+        setup = {
+            self.client: [
+                "addr add 192.0.2.1/25 dev eth0",
+                "addr add 2001:db8:1::1/64 dev eth0 nodad",
+                "addr add 192.0.2.129/25 dev eth1",
+                "link set eth0 up",
+                "link set eth1 up",
+                "route add 198.51.100.0/24 via 192.0.2.10",
+                "route add 2001:db8:2::/64 via 2001:db8:1::10",
+            ],
+            self.server: [
+                "addr add 192.0.2.10/25 dev eth0",
+                "addr add 2001:db8:1::10/64 dev eth0 nodad",
+                "link set eth0 up",
+                "route add 192.0.2.128/25 via 192.0.2.1",
+                *(f"addr add {a}/{128 if ':' in a else 32} dev lo nodad" for a in SERVICE_ADDRESSES),
+            ],
+            self.container: [
+                "addr add 192.0.2.130/25 dev eth0",
+                "link set eth0 up",
+                "route add default via 192.0.2.129",
+            ],
+        }
+        for netns, commands in setup.items():
+            for command in commands:
+                sh("ip", "-n", netns, *command.split())
+        self.in_ns(self.client, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        make_certs(self.folder)
+        self.start_unbound()
+        self.echo = subprocess.Popen(
+            ["ip", "netns", "exec", self.server, PYTHON, str(HERE / "agent_echo.py"), str(TCP_PORT), str(UDP_PORT)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.echo.stdout is not None and self.echo.stdout.readline().strip() == "ready"
+
+    def start_unbound(self) -> None:
+        local = "\n".join(f'  local-data: "{n} {ttl} IN {t} {v}"' for n, (t, v, ttl) in ZONE.items())
+        conf = self.folder / "unbound.conf"
+        conf.write_text(
+            f"""server:
+  interface: {RESOLVER}@853
+  interface: {RESOLVER}@53
+  tls-port: 853
+  tls-service-key: "{self.folder / "server.key"}"
+  tls-service-pem: "{self.folder / "server.pem"}"
+  access-control: 0.0.0.0/0 allow
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{self.folder}"
+  pidfile: ""
+  use-syslog: no
+  verbosity: 0
+  module-config: "iterator"
+  local-zone: "test." static
+{local}
+remote-control:
+  control-enable: no
+"""
+        )
+        self.unbound = subprocess.Popen(["ip", "netns", "exec", self.server, "unbound", "-d", "-c", str(conf)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            listening = self.in_ns(self.server, "ss", "-ltn", "sport = :853").stdout
+            if "853" in listening:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("unbound did not start")
+
+    def stop_unbound(self) -> None:
+        if self.unbound is not None:
+            self.unbound.terminate()
+            self.unbound.wait(10)
+            self.unbound = None
+
+    def teardown(self) -> None:
+        for process in (self.echo, self.unbound):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(10)
+        for netns in (self.client, self.server, self.container):
+            sh("ip", "netns", "del", netns, check=False)
+
+    def config(self, folder: Path, extra: str = "", dead_server: bool = False, metrics: str = "", **top: str) -> Path:
+        """An agent config with its state and resolv.conf inside ``folder`` (``dead_server``: one listed first)."""
+        (folder / "resolv.conf").write_text("nameserver 192.0.2.99\n")
+        lines = [f'{k} = "{v}"' for k, v in top.items()]
+        text = (
+            "\n".join(lines)
+            + f"""
+state_dir = "{folder / "state"}"
+resolv_conf = "{folder / "resolv.conf"}"
+identity = "spiffe://test/host"
+{f'[[server]]{chr(10)}address = "{RESOLVER}:8853"{chr(10)}hostname = "dns.test"' if dead_server else ""}
+[[server]]
+address = "{RESOLVER}:853"
+hostname = "dns.test"
+[tls]
+ca_file = "{self.folder / "ca.pem"}"
+client_cert = "{self.folder / "client.pem"}"
+client_key = "{self.folder / "client.key"}"
+[allow]
+ttl_floor = 0
+grace = 1
+[metrics]
+address = "{metrics}"
+{extra}
+"""
+        )
+        path = folder / "agent.toml"
+        path.write_text(text)
+        return path
+
+    def ztdns(self, config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.in_ns(self.client, PYTHON, "-m", "ztdns", "agent", "--config", str(config), *args, check=check)
+
+    def nft_json(self, *command: str) -> Any:
+        result = self.in_ns(self.client, "nft", "-j", *command, check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def set_timeouts(self, set_name: str = "allow4") -> dict[str, int]:
+        data = self.nft_json("list", "set", "inet", "ztdns", set_name) or {"nftables": []}
+        elements: dict[str, int] = {}
+        for item in data["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                elements[elem["elem"]["val"]] = elem["elem"]["expires"]
+        return elements
+
+
+class AgentProcess:
+    def __init__(self, lab: Lab, config: Path) -> None:
+        self.lab = lab
+        self.log = (config.parent / "agent.log").open("a")
+        status = config.parent / "state" / "status.json"
+        status.unlink(missing_ok=True)  # a killed agent leaves its last one behind
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", lab.client, PYTHON, "-m", "ztdns", "agent", "--config", str(config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while not status.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"agent did not start: {(config.parent / 'agent.log').read_text()}")
+            time.sleep(0.05)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    built = Lab(tmp_path_factory.mktemp("lab"))
+    try:
+        built.build()
+        yield built
+    finally:
+        built.teardown()
+
+
+@pytest.fixture
+def probe(lab: Lab) -> Iterator[Probe]:
+    client = Probe(lab.client)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def agent_factory(lab: Lab) -> Iterator[list[AgentProcess]]:
+    """Tests append the agents they start; all are killed and the table removed afterwards."""
+    agents: list[AgentProcess] = []
+    yield agents
+    for agent in agents:
+        agent.kill(signal.SIGTERM)
+    lab.in_ns(lab.client, "nft", "delete", "table", "inet", "ztdns", check=False)

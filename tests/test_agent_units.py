@@ -1,0 +1,227 @@
+"""Sans-IO parts of the agent: ruleset text, set scripts, allow state, answers, NFLOG parsing, learn, persistence."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from ztdns.agent import hostdns
+from ztdns.agent.allowstate import AllowState, Grant, SetUpdate
+from ztdns.agent.answers import BadMessage, addresses, check_query, servfail, truncate, udp_limit
+from ztdns.agent.audit import learn, parse_since, proposal_toml
+from ztdns.agent.config import AgentConfig, AllowConfig
+from ztdns.agent.nflog import NFULA_IFINDEX_INDEV, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_UID, parse_messages
+from ztdns.agent.persist import GrantStore
+from ztdns.agent.ruleset import build_ruleset, element_script
+from ztdns.config import ConfigError, parse_model
+
+BASE = '[[server]]\naddress = "192.0.2.10:853"\nhostname = "dns.test"\n'
+
+
+def config(extra: str = "", top: str = "") -> AgentConfig:
+    return parse_model(AgentConfig, top + BASE + extra, "agent.toml")
+
+
+def test_config_errors_name_file_line_and_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_model(AgentConfig, BASE + '[[exception]]\nname = "x"\nnetworks = ["10.0.0.0/33"]\n', "agent.toml")
+    assert "agent.toml:6: exception[0].networks[0]: '10.0.0.0/33' is not an IP network" in str(info.value)
+    with pytest.raises(ConfigError, match="at least one protective server"):
+        parse_model(AgentConfig, "server = []\n", "agent.toml")
+    with pytest.raises(ConfigError, match="ttl_floor"):
+        config("[allow]\nttl_floor = 100\nttl_ceiling = 10\n")
+
+
+def test_ruleset_enforce_and_audit() -> None:
+    extra = '[[exception]]\nname = "corp"\nnetworks = ["10.0.0.0/8", "2001:db8:9::/48"]\nports = [443]\n'
+    enforce = build_ruleset(config(extra + "[firewall]\nforward = true\n"))
+    assert enforce.startswith("table inet ztdns\ndelete table inet ztdns\n")
+    assert enforce.count("policy drop;") == 2  # output and forward
+    assert "ip daddr 192.0.2.10 tcp dport 853 accept" in enforce
+    assert 'ip daddr { 10.0.0.0/8 } tcp dport { 443 } accept comment "exception corp"' in enforce
+    assert 'ip6 daddr { 2001:db8:9::/48 } udp dport { 443 } accept comment "exception corp"' in enforce
+    assert enforce.index("ct state established,related accept") < enforce.index("@allow4")
+    audit = build_ruleset(config(top='mode = "audit"\n'))
+    assert "policy accept;" in audit and "policy drop;" not in audit
+    assert 'log group 7 prefix "ztdns-audit "' in audit
+    assert "chain forward" not in audit
+
+
+def test_element_script_sets_exact_timeouts_and_closes() -> None:
+    script = element_script({"192.0.2.1": 30, "2001:db8::1": 40}, {"192.0.2.9"})
+    lines = script.splitlines()
+    assert lines[0] == "add element inet ztdns allow4 { 192.0.2.1 timeout 30s, 192.0.2.9 timeout 1s }"
+    assert lines[1] == "delete element inet ztdns allow4 { 192.0.2.1, 192.0.2.9 }"
+    assert lines[2] == "add element inet ztdns allow4 { 192.0.2.1 timeout 30s }"
+    assert lines[3:] == [
+        "add element inet ztdns allow6 { 2001:db8::1 timeout 40s }",
+        "delete element inet ztdns allow6 { 2001:db8::1 }",
+        "add element inet ztdns allow6 { 2001:db8::1 timeout 40s }",
+    ]
+    assert element_script({}, ()) == ""
+
+
+def test_allow_state_lifetimes_refresh_and_shared_addresses() -> None:
+    state = AllowState(AllowConfig(ttl_floor=30, ttl_ceiling=600, grace=10))
+    first = state.answer("a.test", [("192.0.2.1", 5)], now=1000.0)
+    assert first.timeouts == {"192.0.2.1": 40} and first.added == 1  # floor 30 + grace 10
+    # A cached answer with a smaller TTL later: refreshed, never shortened below what was granted.
+    again = state.answer("a.test", [("192.0.2.1", 1)], now=1020.0)
+    assert again.refreshed == 1 and again.timeouts == {"192.0.2.1": 40}
+    assert state.answer("a.test", [("192.0.2.1", 9999)], now=1020.0).timeouts == {"192.0.2.1": 610}
+    # Another name for the same address (a CDN): the address stays open until the later one expires.
+    state.answer("b.test", [("192.0.2.1", 30)], now=1030.0)
+    assert state.expire(1081.0) == [Grant("192.0.2.1", "b.test", 1070.0)]
+    assert len(state) == 1
+    assert [g.name for g in state.expire(1700.0)] == ["a.test"]
+    assert len(state) == 0 and state.last_name("192.0.2.1") == "b.test"  # the latest answer
+
+
+def test_allow_state_per_name_cap_evicts_least_recent() -> None:
+    state = AllowState(AllowConfig(max_addresses_per_name=2))
+    state.answer("pool.test", [("192.0.2.1", 60), ("192.0.2.2", 60)], now=0.0)
+    state.answer("other.test", [("192.0.2.2", 60)], now=0.0)
+    state.answer("pool.test", [("192.0.2.1", 60)], now=1.0)  # .1 is now the most recent
+    update = state.answer("pool.test", [("192.0.2.3", 60)], now=2.0)
+    # .2 leaves pool.test's list but stays open: other.test still holds it.
+    assert update.removals == set() and set(update.timeouts) == {"192.0.2.3"}
+    update = state.answer("pool.test", [("192.0.2.4", 60)], now=3.0)
+    assert update.removals == {"192.0.2.1"}
+
+
+def test_set_update_merge_keeps_longest_timeout() -> None:
+    batch = SetUpdate()
+    batch.merge(SetUpdate(timeouts={"192.0.2.1": 10}, removals={"192.0.2.2"}))
+    batch.merge(SetUpdate(timeouts={"192.0.2.1": 5, "192.0.2.2": 7}))
+    assert batch.timeouts == {"192.0.2.1": 10, "192.0.2.2": 7} and batch.removals == set()
+
+
+def _response(qname: str, *records: str) -> bytes:
+    query = dns.message.make_query(qname, "A")
+    response = dns.message.make_response(query)
+    for text in records:
+        owner, ttl, rdclass, rdtype, rdata = text.split(maxsplit=4)
+        response.answer.append(dns.rrset.from_text(owner, int(ttl), rdclass, rdtype, rdata))
+    return response.to_wire()
+
+
+def test_addresses_follow_the_cname_chain_only() -> None:
+    wire = _response(
+        "www.test.",
+        "www.test. 300 IN CNAME cdn.test.",
+        "cdn.test. 60 IN CNAME edge.test.",
+        "edge.test. 20 IN A 192.0.2.7",
+        "evil.test. 20 IN A 198.51.100.66",  # not on the chain: must not open
+    )
+    answer = addresses(wire)
+    assert answer.name == "www.test" and answer.records == [("192.0.2.7", 20)]
+    loop = _response("a.test.", "a.test. 1 IN CNAME b.test.", "b.test. 1 IN CNAME a.test.")
+    assert addresses(loop).records == []
+    for malformed in (b"\x00\x01garbage", wire[:-3], wire[:12] + b"\xc0\x0c" + wire[14:]):
+        with pytest.raises(BadMessage):
+            addresses(malformed)
+
+
+def test_query_checks_servfail_and_truncation() -> None:
+    query = dns.message.make_query("a.test.", "A", use_edns=0, payload=1232)
+    wire = query.to_wire()
+    check_query(wire)
+    with pytest.raises(BadMessage):
+        check_query(wire[:5])
+    with pytest.raises(BadMessage):
+        check_query(_response("a.test."))
+    failed = dns.message.from_wire(servfail(wire))
+    assert failed.rcode() == dns.rcode.SERVFAIL and failed.id == query.id and failed.question == query.question
+    assert struct.unpack("!H", servfail(b"\x12\x34\x01\x00" + b"\xff" * 9)[:2])[0] == 0x1234
+    assert udp_limit(wire) == 1232 and udp_limit(dns.message.make_query("a.", "A").to_wire()) == 512
+    big = _response("a.test.", *(f"a.test. 60 IN A 192.0.2.{i}" for i in range(1, 60)))
+    short = dns.message.from_wire(truncate(big))
+    assert short.flags & dns.flags.TC and not short.answer and short.question[0].name.to_text() == "a.test."
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(value), kind) + value
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _nflog(payload: bytes, forwarded: bool = False) -> bytes:
+    attrs = _attr(NFULA_PREFIX, b"ztdns-audit \0") + _attr(NFULA_UID, struct.pack("!I", 1000))
+    attrs += _attr(NFULA_PAYLOAD, payload) + (_attr(NFULA_IFINDEX_INDEV, struct.pack("!I", 3)) if forwarded else b"")
+    body = struct.pack("!BBH", 2, 0, 7) + attrs
+    return struct.pack("=IHHII", 16 + len(body), 0x400, 0, 0, 0) + body
+
+
+def test_nflog_messages_decode_to_packets() -> None:
+    ipv4 = bytes([0x45]) + bytes(8) + bytes([6]) + bytes(6) + bytes([198, 51, 100, 20]) + struct.pack("!HH", 40000, 443)
+    ipv6 = bytes([0x60, 0, 0, 0, 0, 8, 17, 64]) + bytes(16) + bytes.fromhex("20010db8" + "00" * 11 + "01")
+    ipv6 += struct.pack("!HH", 5353, 53)
+    packets = parse_messages(_nflog(ipv4) + _nflog(ipv6, forwarded=True) + _nflog(b"\x45\x00"))
+    assert [(p.destination, p.protocol, p.source_port, p.port, p.forwarded) for p in packets] == [
+        ("198.51.100.20", "tcp", 40000, 443, False),
+        ("2001:db8::1", "udp", 5353, 53, True),
+    ]
+    assert packets[0].prefix == "ztdns-audit " and packets[0].uid == 1000
+    assert parse_messages(b"\x01\x02") == []
+
+
+def test_learn_proposes_names_and_exception_networks() -> None:
+    records = [
+        {"time": 100, "destination": "198.51.100.20", "protocol": "tcp", "port": 443, "name": None},
+        {"time": 101, "destination": "198.51.100.20", "protocol": "tcp", "port": 8443, "name": None},
+        {"time": 102, "destination": "192.0.2.5", "protocol": "tcp", "port": 443, "name": "api.test"},
+        {"time": 1, "destination": "192.0.2.99", "protocol": "udp", "port": 53, "name": None},  # too old
+        {"time": 103, "destination": "not an address", "protocol": "tcp", "port": 1, "name": None},
+    ]
+    proposal = learn(records, since=50)
+    assert proposal.names == {"api.test": 1}
+    assert proposal.networks == {"198.51.100.20/32": {"tcp": {443, 8443}}}
+    text = proposal_toml(proposal)
+    assert 'networks = ["198.51.100.20/32"]' in text and "ports = [443, 8443]" in text
+    assert '"api.test",' in text
+    assert parse_since("2h", 10_000.0) == 10_000.0 - 7200
+    with pytest.raises(ValueError, match="--since"):
+        parse_since("yesterday", 0)
+
+
+def test_grant_store_replays_snapshot_and_torn_journal(tmp_path: Path) -> None:
+    store = GrantStore(tmp_path)
+    store.snapshot([Grant("192.0.2.1", "a.test", 200.0, "host")])
+    store.append([Grant("192.0.2.1", "a.test", 300.0), Grant("192.0.2.2", "b.test", 50.0)])
+    store.close()
+    with (tmp_path / "journal.jsonl").open("a") as journal:
+        journal.write('{"a": "192.0.2.3", "n"')  # killed mid-write
+    assert GrantStore(tmp_path).load(now=100.0) == [Grant("192.0.2.1", "a.test", 300.0, "")]
+    (tmp_path / "grants.json").write_text("{torn")
+    assert [g.address for g in GrantStore(tmp_path).load(now=100.0)] == ["192.0.2.1"]
+
+
+def test_resolv_conf_pointed_and_restored(tmp_path: Path) -> None:
+    target = tmp_path / "real-resolv.conf"
+    target.write_text("nameserver 192.0.2.53\n")
+    link = tmp_path / "resolv.conf"
+    link.symlink_to(target)
+    state = tmp_path / "state"
+    hostdns.point_at_stub(link, state, ["127.0.0.53:53", "127.0.0.54:5353"])
+    assert not link.is_symlink() and "nameserver 127.0.0.53\n" in link.read_text()
+    assert "127.0.0.54" not in link.read_text()
+    hostdns.point_at_stub(link, state, ["127.0.0.53:53"])  # a restart keeps the original backup
+    assert json.loads((state / hostdns.BACKUP).read_text()) == {"link": str(target)}
+    assert hostdns.restore(link, state)
+    assert link.is_symlink() and link.read_text() == "nameserver 192.0.2.53\n"
+    assert not hostdns.restore(link, state)
+
+
+def test_example_config_checks_and_prints_the_ruleset(capsys: pytest.CaptureFixture[str]) -> None:
+    from ztdns.cli import main
+
+    example = Path(__file__).parent.parent / "examples" / "agent.toml"
+    assert main(["agent", "--config", str(example), "check"]) == 0
+    ruleset = capsys.readouterr().out
+    assert "ip6 daddr 2001:db8::53 tcp dport 853 accept" in ruleset
+    assert 'ip daddr { 203.0.113.123/32 } udp dport { 123 } accept comment "exception time"' in ruleset
