@@ -37,9 +37,7 @@ HOSTS = 2000
 
 def rrsets(count: int) -> list[dns.rrset.RRset]:
     return [
-        dns.rrset.from_text(
-            f"h{i}.bench.internal.", 300, "IN", "A", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
-        )
+        dns.rrset.from_text(f"h{i}.bench.internal.", 300, "IN", "A", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
         for i in range(count)
     ]
 
@@ -133,8 +131,7 @@ def qps(seconds: float) -> None:
     )
     queries = work / "queries"
     names = [
-        f"h{random.randrange(HOSTS)}" if random.random() < 0.8 else f"n{random.randrange(10**6)}"
-        for _ in range(20000)
+        f"h{random.randrange(HOSTS)}" if random.random() < 0.8 else f"n{random.randrange(10**6)}" for _ in range(20000)
     ]
     queries.write_text("".join(f"{n}.bench.internal. A\n" for n in names))
     server = subprocess.Popen(
@@ -145,11 +142,7 @@ def qps(seconds: float) -> None:
     try:
         wait_for(ours)
         signed = work / "signed.zone"
-        lines = [
-            r.to_text()
-            for m in dns.query.xfr("127.0.0.1", ORIGIN, port=ours, relativize=False)
-            for r in m.answer
-        ]
+        lines = [r.to_text() for m in dns.query.xfr("127.0.0.1", ORIGIN, port=ours, relativize=False) for r in m.answer]
         signed.write_text("\n".join(lines[:-1]) + "\n")
         ztdns_qps = dnsperf(ours, queries, seconds)
         theirs = free_port()
@@ -176,9 +169,7 @@ def qps(seconds: float) -> None:
         wait_for(theirs)
         knot_qps = dnsperf(theirs, queries, seconds)
         ratio = ztdns_qps / knot_qps
-        print(
-            f"signed answers qps: ztdns {ztdns_qps:,.0f}  knotd presigned {knot_qps:,.0f}  ratio {ratio:.2f}"
-        )
+        print(f"signed answers qps: ztdns {ztdns_qps:,.0f}  knotd presigned {knot_qps:,.0f}  ratio {ratio:.2f}")
     finally:
         for process in (server, knot):
             if process is not None:

@@ -151,15 +151,11 @@ def unbound(
           control-enable: no
         """)
     )
-    process = subprocess.Popen(
-        ["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    process = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            dns.query.udp(
-                dns.message.make_query("corp.internal.", "SOA"), "127.0.0.1", port=listen, timeout=0.5
-            )
+            dns.query.udp(dns.message.make_query("corp.internal.", "SOA"), "127.0.0.1", port=listen, timeout=0.5)
             return process, listen
         except Exception:
             time.sleep(0.1)

@@ -86,9 +86,7 @@ def test_knot_secondary_transfers_with_tsig_and_serves_valid_signatures(tmp_path
             _wait_serial(knot_port, zone.zone.serial)
             update = dns.update.UpdateMessage(ORIGIN, keyring=keyring(), keyname=dns.name.from_text("xfr."))
             update.add("db.svc", 30, "A", "10.9.9.9")
-            assert (
-                dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
-            )
+            assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
             _wait_serial(knot_port, zone.zone.serial)  # NOTIFY → SOA check → AXFR
 
             dnskey = zone.zone.get(ORIGIN, dns.rdatatype.DNSKEY)

@@ -28,9 +28,7 @@ def _axfr_text(port: int) -> str:
     query = dns.message.make_query(ORIGIN, dns.rdatatype.AXFR)
     query.use_tsig(keyring(), dns.name.from_text("xfr."))
     lines = []
-    for message in dns.query.xfr(
-        "127.0.0.1", ORIGIN, port=port, keyring=keyring(), keyname="xfr.", relativize=False
-    ):
+    for message in dns.query.xfr("127.0.0.1", ORIGIN, port=port, keyring=keyring(), keyname="xfr.", relativize=False):
         for rrset in message.answer:
             lines.append(rrset.to_text())
     return "\n".join(lines[:-1]) + "\n"  # the closing SOA repeats the first
@@ -56,9 +54,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ser
     ],
     ids=["dnssec-verify", "ldns-verify-zone", "kzonecheck"],
 )
-def test_transferred_signed_zone_verifies(
-    served: tuple[ServedZone, int], tool: list[str], tmp_path: Path
-) -> None:
+def test_transferred_signed_zone_verifies(served: tuple[ServedZone, int], tool: list[str], tmp_path: Path) -> None:
     need(tool[0])
     _, port = served
     path = tmp_path / "axfr.zone"
@@ -118,8 +114,7 @@ def test_delv_validates_answers_as_secure(served: tuple[ServedZone, int], tmp_pa
     ds: Any = ksk.ds()
     digest = ds.digest.hex()
     anchors.write_text(
-        f'trust-anchors {{ "corp.internal." static-ds {ds.key_tag} {ds.algorithm} {ds.digest_type} '
-        f'"{digest}"; }};'
+        f'trust-anchors {{ "corp.internal." static-ds {ds.key_tag} {ds.algorithm} {ds.digest_type} "{digest}"; }};'
     )
     for name, rdtype, _, _ in CASES:
         result = subprocess.run(
@@ -129,9 +124,7 @@ def test_delv_validates_answers_as_secure(served: tuple[ServedZone, int], tmp_pa
             timeout=30,
             check=False,
         )
-        assert (
-            "; fully validated" in result.stdout or "; negative response, fully validated" in result.stdout
-        ), (
+        assert "; fully validated" in result.stdout or "; negative response, fully validated" in result.stdout, (
             name,
             rdtype,
             result.stdout + result.stderr,

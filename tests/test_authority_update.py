@@ -59,9 +59,7 @@ def test_identity_registers_its_own_name_only(tmp_path: Path) -> None:
         assert _update(port, "web.prod.svc.corp.internal.", "10.6.6.6", keyname=None) == dns.rcode.REFUSED
         assert _serial(port) == after
         assert authority.stats.updates_refused == 4
-        response = dns.query.udp(
-            dns.message.make_query("db.prod.svc.corp.internal.", "A"), "127.0.0.1", port=port
-        )
+        response = dns.query.udp(dns.message.make_query("db.prod.svc.corp.internal.", "A"), "127.0.0.1", port=port)
         assert response.rcode() == dns.rcode.NXDOMAIN
 
     # A restart keeps the registration and the serial.
@@ -85,9 +83,7 @@ def test_mixed_update_is_all_or_nothing(tmp_path: Path) -> None:
 
 
 def test_grant_templates() -> None:
-    grant = Grant(
-        "spiffe://corp/ns/{ns}/sa/{sa}", ("{sa}.{ns}.svc.corp.internal", "**.{sa}.{ns}.svc.corp.internal")
-    )
+    grant = Grant("spiffe://corp/ns/{ns}/sa/{sa}", ("{sa}.{ns}.svc.corp.internal", "**.{sa}.{ns}.svc.corp.internal"))
     name = dns.name.from_text
     assert grant.allows(WEB, name("web.prod.svc.corp.internal."), dns.rdatatype.A)
     assert grant.allows(WEB, name("a.b.web.prod.svc.corp.internal."), dns.rdatatype.AAAA)

@@ -73,9 +73,7 @@ class Prober(threading.Thread):
                     continue
                 self.asked += 1
                 if response.rcode() == dns.rcode.SERVFAIL or not response.flags & dns.flags.AD:
-                    self.failures.append(
-                        f"{time.time():.1f} {name} {rdtype}: {dns.rcode.to_text(response.rcode())}"
-                    )
+                    self.failures.append(f"{time.time():.1f} {name} {rdtype}: {dns.rcode.to_text(response.rcode())}")
             time.sleep(0.05)
 
 
@@ -99,14 +97,10 @@ def test_zsk_and_ksk_rollover_without_a_bogus_answer(tmp_path: Path) -> None:
         def set_parent_ds(ds_texts: list[str]) -> None:
             update = dns.update.UpdateMessage(PARENT, keyring=keyring(), keyname=registrar)
             update.replace("corp", 1, "DS", *ds_texts)
-            assert (
-                dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
-            )
+            assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
 
         def cds() -> list[str]:
-            response = dns.query.udp(
-                dns.message.make_query(CHILD, "CDS"), "127.0.0.1", port=server.port, timeout=3
-            )
+            response = dns.query.udp(dns.message.make_query(CHILD, "CDS"), "127.0.0.1", port=server.port, timeout=3)
             return [rd.to_text() for rrset in response.answer for rd in rrset]
 
         ksk = keys.keyset().dnskey_signers[0]

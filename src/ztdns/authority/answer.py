@@ -37,17 +37,13 @@ class Signatures(Protocol):
 class Denial(Protocol):
     """Proofs of non-existence for one signed zone version (NSEC3 chain or compact denial)."""
 
-    def nxdomain(
-        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
-    ) -> tuple[int, list[dns.rrset.RRset]]:
+    def nxdomain(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> tuple[int, list[dns.rrset.RRset]]:
         """Rcode and records proving ``qname`` does not exist (compact denial answers NOERROR)."""
 
     def nodata(self, zone: Zone, qname: dns.name.Name) -> list[dns.rrset.RRset]:
         """Records proving ``qname`` exists without the asked type (also used for DS at an unsigned cut)."""
 
-    def wildcard_nodata(
-        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
-    ) -> list[dns.rrset.RRset]: ...
+    def wildcard_nodata(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> list[dns.rrset.RRset]: ...
 
     def wildcard_answer(
         self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
@@ -185,9 +181,7 @@ class _Lookup:
                     self.out.additional.append(rrset_of(target, glue))
 
 
-def answer(
-    query: dns.message.Message, zone: Zone | None, view: SignedView | None = None
-) -> dns.message.Message:
+def answer(query: dns.message.Message, zone: Zone | None, view: SignedView | None = None) -> dns.message.Message:
     """The authoritative response to ``query`` from ``zone`` (None: not ours → REFUSED)."""
     response = dns.message.make_response(query, our_payload=1232)
     response.flags |= query.flags & dns.flags.CD
@@ -220,9 +214,7 @@ def answer(
     if dnssec and view is not None:
         response.answer = _with_signatures(out.answer, view.signatures, lookup.presigned)
         referral_ns = [r for r in out.authority if r.rdtype == NS and r.name != zone.origin]
-        response.authority = _with_signatures(
-            out.authority, view.signatures, {id(r): None for r in referral_ns}
-        )
+        response.authority = _with_signatures(out.authority, view.signatures, {id(r): None for r in referral_ns})
     else:
         response.answer = list(out.answer)
         response.authority = list(out.authority)

@@ -36,17 +36,13 @@ def policy(signing: SigningConfig) -> Policy:
 
 def build_authority(config: AuthorityConfig, base_dir: Path, state_dir: Path) -> Authority:
     """Load zone files and keys; raises ZoneError or KeyStoreError naming the zone."""
-    keyring = dns.tsigkeyring.from_text(
-        {name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()}
-    )
+    keyring = dns.tsigkeyring.from_text({name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()})
     identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
     zones = []
     for zc in config.zones:
         zones.append(build_zone(zc, base_dir, state_dir))
     rrl = config.rrl
-    limiter = (
-        RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
-    )
+    limiter = RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
     return Authority(zones, keyring=keyring, identities=identities, rrl=limiter)
 
 
@@ -65,8 +61,7 @@ def build_zone(zc: AuthZoneConfig, base_dir: Path, state_dir: Path) -> ServedZon
             raise ZoneError(f"zone {zc.name}: cannot read {path}: {exc}") from None
     zone = Zone.from_text(text + "\n" + "\n".join(zc.records) + "\n", origin)
     grants = tuple(
-        Grant(g.identity, tuple(g.names), frozenset(dns.rdatatype.from_text(t) for t in g.types))
-        for g in zc.grants
+        Grant(g.identity, tuple(g.names), frozenset(dns.rdatatype.from_text(t) for t in g.types)) for g in zc.grants
     )
     settings = ZoneSettings(
         origin,
@@ -77,9 +72,7 @@ def build_zone(zc: AuthZoneConfig, base_dir: Path, state_dir: Path) -> ServedZon
         ),
         notify=tuple(parse_hostport(n, 53) for n in zc.notify),
         denial=zc.signing.denial,
-        validity=Validity(
-            zc.signing.signature_lifetime, zc.signing.signature_jitter, zc.signing.signature_refresh
-        ),
+        validity=Validity(zc.signing.signature_lifetime, zc.signing.signature_jitter, zc.signing.signature_refresh),
         state_path=state_dir / f"{zc.name.rstrip('.') or 'root'}.dynamic.json",
     )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -29,7 +29,7 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(  # noqa: PLR0917
+    def __init__(
         self,
         rate: float = 20.0,
         burst: float = 40.0,

@@ -50,7 +50,7 @@ class _Udp(asyncio.DatagramProtocol):
 class AuthorityServer:
     """UDP+TCP on ``host:port`` (port 0 picks a free one; see ``port``)."""
 
-    def __init__(  # noqa: PLR0917
+    def __init__(
         self,
         authority: Authority,
         host: str,

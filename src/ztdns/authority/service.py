@@ -100,21 +100,15 @@ class ServedZone:
 
         origin = base.origin
         apex.append(
-            Change(
-                origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys))
-            )
+            Change(origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys)))
         )
         apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, (k.cds() for k in ks.cds))))
         apex.append(
-            Change(
-                origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds))
-            )
+            Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds)))
         )
         if self.settings.denial == "nsec3":
             apex.append(
-                Change(
-                    origin, dns.rdatatype.NSEC3PARAM, rdataset(dns.rdatatype.NSEC3PARAM, [nsec3param_rdata()])
-                )
+                Change(origin, dns.rdatatype.NSEC3PARAM, rdataset(dns.rdatatype.NSEC3PARAM, [nsec3param_rdata()]))
             )
         served = base.with_changes(apex, serial=base.serial)
         self.signer.set_keys(ks.zone_signers, ks.dnskey_signers)
@@ -343,11 +337,7 @@ class Authority:
     def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
         response = dns.message.make_response(message)
         zone_rr = message.zone[0] if len(message.zone) == 1 else None
-        served = (
-            self.zones.get(zone_rr.name)
-            if zone_rr is not None and zone_rr.rdtype == dns.rdatatype.SOA
-            else None
-        )
+        served = self.zones.get(zone_rr.name) if zone_rr is not None and zone_rr.rdtype == dns.rdatatype.SOA else None
         if served is None:
             response.set_rcode(dns.rcode.NOTAUTH)
             return response.to_wire()

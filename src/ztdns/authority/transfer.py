@@ -64,9 +64,7 @@ def _unsigned_in_transfer(zone: Zone, rrset: dns.rrset.RRset) -> bool:
     return zone.cut_above(rrset.name, include_self=False) is not None
 
 
-def axfr_messages(
-    query: dns.message.Message, records: Iterable[dns.rrset.RRset], soa: dns.rrset.RRset
-) -> list[bytes]:
+def axfr_messages(query: dns.message.Message, records: Iterable[dns.rrset.RRset], soa: dns.rrset.RRset) -> list[bytes]:
     """The transfer as wire messages (TSIG-signed in sequence when the query was, RFC 8945 §5.3.1)."""
     rrs = [*records, soa]
     wires: list[bytes] = []

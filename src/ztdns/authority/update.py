@@ -46,9 +46,7 @@ class Grant:
         parts = _FIELD.split(self.identity)
         # Literal pieces are escaped; each {field} matches one path segment that is also one DNS label, so an
         # identity like ns/a.b cannot reach into another namespace's names.
-        regex = "".join(
-            re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9_-]{{1,63}})" for i, p in enumerate(parts)
-        )
+        regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9_-]{{1,63}})" for i, p in enumerate(parts))
         match = re.fullmatch(regex, identity)
         return None if match is None else {k: v.lower() for k, v in match.groupdict().items()}
 
@@ -97,9 +95,7 @@ def check_prerequisites(zone: Zone, prerequisites: Iterable[dns.rrset.RRset]) ->
             if rr.rdtype != dns.rdatatype.ANY and exists:
                 raise UpdateRefused(dns.rcode.YXRRSET, f"{rr.name} {type_text(rr.rdtype)} exists")
         else:
-            value_sets.setdefault(
-                (rr.name, rr.rdtype), dns.rdataset.Rdataset(rr.rdclass, rr.rdtype)
-            ).union_update(rr)
+            value_sets.setdefault((rr.name, rr.rdtype), dns.rdataset.Rdataset(rr.rdclass, rr.rdtype)).union_update(rr)
     for (name, rdtype), wanted in value_sets.items():
         have = zone.get(name, rdtype)
         if have is None or set(have) != set(wanted):
@@ -127,9 +123,7 @@ def apply_update(
         if not rr.name.is_subdomain(zone.origin):
             raise UpdateRefused(dns.rcode.NOTZONE, f"{rr.name} is outside the zone")
         if rr.rdtype in SIGNER_TYPES or (rr.name == zone.origin and rr.rdtype in (SOA, NS)):
-            raise UpdateRefused(
-                dns.rcode.REFUSED, f"{type_text(rr.rdtype)} records are managed by the server"
-            )
+            raise UpdateRefused(dns.rcode.REFUSED, f"{type_text(rr.rdtype)} records are managed by the server")
         if rr.deleting is None:
             if dns.rdatatype.is_metatype(rr.rdtype) or rr.rdclass != dns.rdataclass.IN:
                 raise UpdateRefused(dns.rcode.FORMERR, f"cannot add type {rr.rdtype} class {rr.rdclass}")
@@ -148,9 +142,7 @@ def apply_update(
         types: list[int] = [rr.rdtype]
         if rr.rdtype == dns.rdatatype.ANY:
             node = zone.nodes.get(rr.name, {})
-            types = [
-                t for t in {*node, *(t for (n, t) in work if n == rr.name)} if current(rr.name, t) is not None
-            ]
+            types = [t for t in {*node, *(t for (n, t) in work if n == rr.name)} if current(rr.name, t) is not None]
         for rdtype in types:
             authorise(rr.name, rdtype)
             old = current(rr.name, rdtype)
@@ -162,9 +154,7 @@ def apply_update(
                 work[(rr.name, rdtype)] = remaining if len(remaining) else None
             else:
                 work[(rr.name, rdtype)] = None
-    changes = [
-        Change(name, rdtype, rds) for (name, rdtype), rds in work.items() if rds != zone.get(name, rdtype)
-    ]
+    changes = [Change(name, rdtype, rds) for (name, rdtype), rds in work.items() if rds != zone.get(name, rdtype)]
     if not changes:
         return zone, []
     try:

@@ -59,13 +59,9 @@ class Zone:
 
     __slots__ = ("cuts", "existing", "nodes", "origin", "serial")
 
-    def __init__(
-        self, origin: dns.name.Name, nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]]
-    ) -> None:
+    def __init__(self, origin: dns.name.Name, nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]]) -> None:
         self.origin = origin
-        self.nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]] = {
-            n: d for n, d in nodes.items() if d
-        }
+        self.nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]] = {n: d for n, d in nodes.items() if d}
         apex = self.nodes.get(origin, {})
         soa = apex.get(SOA)
         if soa is None or len(soa) != 1:

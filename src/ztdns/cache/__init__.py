@@ -65,7 +65,7 @@ class CacheEntry:
 
 def copy_rrset(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
     """A copy whose TTL can change without touching the original (dnspython's ``copy`` is untyped)."""
-    copy: dns.rrset.RRset = rrset.copy()  # type: ignore[no-untyped-call]
+    copy: dns.rrset.RRset = rrset.copy()
     return copy
 
 

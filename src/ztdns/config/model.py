@@ -221,8 +221,7 @@ def _rule_kind(value: object) -> str:
 # A rule is a pattern string, or a table with a pattern and qtypes. Tags starting with '~' are dropped from
 # error locations, so errors read 'policies.web.allow[3]'.
 Rule = Annotated[
-    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")]
-    | Annotated[RuleConfig, Tag("~table")],
+    Annotated[Annotated[str, AfterValidator(_check_pattern)], Tag("~str")] | Annotated[RuleConfig, Tag("~table")],
     Discriminator(_rule_kind),
 ]
 

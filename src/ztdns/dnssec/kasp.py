@@ -106,8 +106,7 @@ class KeySet:
 
     def fingerprint(self) -> tuple[tuple[int, ...], ...]:
         return tuple(
-            tuple(k.tag for k in keys)
-            for keys in (self.dnskeys, self.zone_signers, self.dnskey_signers, self.cds)
+            tuple(k.tag for k in keys) for keys in (self.dnskeys, self.zone_signers, self.dnskey_signers, self.cds)
         )
 
 
@@ -170,9 +169,7 @@ class KeyManager:
             yield self._state
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(
-                json.dumps(
-                    {"zone": self.zone.to_text(), "keys": [asdict(k) for k in self._state.keys]}, indent=1
-                )
+                json.dumps({"zone": self.zone.to_text(), "keys": [asdict(k) for k in self._state.keys]}, indent=1)
             )
             os.chmod(tmp, 0o600)
             tmp.replace(self.path)

@@ -56,9 +56,7 @@ def node_types(zone: Zone, name: dns.name.Name) -> set[int]:
 
 
 def _bitmap(types: Iterable[int]) -> list[tuple[int, bytes]]:
-    return list(
-        dns.rdtypes.util.Bitmap.from_rdtypes(sorted(dns.rdatatype.RdataType.make(t) for t in types)).windows
-    )
+    return list(dns.rdtypes.util.Bitmap.from_rdtypes(sorted(dns.rdatatype.RdataType.make(t) for t in types)).windows)
 
 
 def _next_closer(qname: dns.name.Name, encloser: dns.name.Name) -> dns.name.Name:
@@ -80,9 +78,7 @@ class Nsec3Chain:
         self._rrsets: list[dns.rrset.RRset] = []
         for index, (digest, types) in enumerate(entries):
             following = self._hashes[(index + 1) % len(entries)]
-            rdata = dns.rdtypes.ANY.NSEC3.NSEC3(
-                IN, dns.rdatatype.NSEC3, SHA1, 0, 0, b"", following, _bitmap(types)
-            )
+            rdata = dns.rdtypes.ANY.NSEC3.NSEC3(IN, dns.rdatatype.NSEC3, SHA1, 0, 0, b"", following, _bitmap(types))
             owner = dns.name.Name((base64.b32encode(digest).translate(_B32_TO_HEX), *self.origin.labels))
             rrset = dns.rrset.RRset(owner, IN, dns.rdatatype.NSEC3)
             rrset.add(rdata, self.ttl)
@@ -112,9 +108,7 @@ class Nsec3Chain:
 
     # -- Denial ----------------------------------------------------------------------------------------------
 
-    def nxdomain(
-        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
-    ) -> tuple[int, list[dns.rrset.RRset]]:
+    def nxdomain(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> tuple[int, list[dns.rrset.RRset]]:
         proof = self._unique(
             self.matching(encloser),
             self.covering(_next_closer(qname, encloser)),
@@ -125,9 +119,7 @@ class Nsec3Chain:
     def nodata(self, zone: Zone, qname: dns.name.Name) -> list[dns.rrset.RRset]:
         return self._unique(self.matching(qname))
 
-    def wildcard_nodata(
-        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
-    ) -> list[dns.rrset.RRset]:
+    def wildcard_nodata(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> list[dns.rrset.RRset]:
         return self._unique(
             self.matching(encloser),
             self.covering(_next_closer(qname, encloser)),
@@ -156,17 +148,13 @@ class CompactDenial:
         rrset.add(rdata, self.ttl)
         return rrset
 
-    def nxdomain(
-        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
-    ) -> tuple[int, list[dns.rrset.RRset]]:
+    def nxdomain(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> tuple[int, list[dns.rrset.RRset]]:
         return dns.rcode.NOERROR, [self._nsec(qname, {dns.rdatatype.NXNAME})]
 
     def nodata(self, zone: Zone, qname: dns.name.Name) -> list[dns.rrset.RRset]:
         return [self._nsec(qname, node_types(zone, qname))]
 
-    def wildcard_nodata(
-        self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name
-    ) -> list[dns.rrset.RRset]:
+    def wildcard_nodata(self, zone: Zone, qname: dns.name.Name, encloser: dns.name.Name) -> list[dns.rrset.RRset]:
         return [self._nsec(qname, node_types(zone, _wildcard(encloser)))]
 
     def wildcard_answer(
