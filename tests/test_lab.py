@@ -46,7 +46,7 @@ def test_command_runs_until_sigterm(tmp_path: Path) -> None:
         if line.startswith("cases:"):
             break
     process.send_signal(signal.SIGTERM)
-    assert process.wait(10) == 0, process.stderr.read() if process.stderr else ""
+    assert process.wait(30) == 0, process.stderr.read() if process.stderr else ""
     output = "".join(lines)
     assert "trust anchor" in output and " IN DS " in output
     assert (tmp_path / "root.ds").read_text() in output

@@ -55,9 +55,11 @@ def parse_model(model: type[Model], text: str, source: str = "<config>", base_di
         match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         line = match.group(1) if match else "?"
         raise ConfigError([f"{source}:{line}: {exc}"]) from None
-    if base_dir is not None:
+    # Where the file came from, for models that keep it (relative paths, error messages).
+    if base_dir is not None and "base_dir" in model.model_fields:
         data["base_dir"] = str(base_dir)
-    data["source"] = source
+    if "source" in model.model_fields:
+        data["source"] = source
     try:
         return model.model_validate(data)
     except ValidationError as exc:
