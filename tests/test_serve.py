@@ -6,6 +6,7 @@ import contextlib
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -315,3 +316,50 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path, upstream: str) -> None:
     ask(port, "www.example.test")
     assert process.stop() == 0
     assert "draining" in process.stderr
+
+
+def test_workers_share_the_port_and_all_answer(tmp_path: Path, upstream: str) -> None:
+    port = free_port()
+    text = config_text(port, upstream).replace("[cache]", "[server]\nworkers = 2\n\n[cache]")
+    process = ServerProcess(text, tmp_path, port=port).start()
+    try:
+        # Many source ports spread over both workers (SO_REUSEPORT hashes the 4-tuple): every query is answered.
+        for _ in range(40):
+            assert ask(port, "www.example.test").rcode() == dns.rcode.NOERROR
+        children = subprocess.run(
+            ["pgrep", "-P", str(process.proc.pid if process.proc else 0)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(children) == 2
+    finally:
+        assert process.stop() == 0, process.stderr
+
+
+def test_built_in_default_config(tmp_path: Path) -> None:
+    """`ztdns serve` without --config: Do53 on 127.0.0.1:5353 and the local zone ztdns.test, default deny."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ztdns", "serve"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        banner = ""
+        while "listening on doq" not in banner:
+            line = process.stderr.readline()
+            assert line, banner
+            banner += line
+        assert "ztdns: serving config <built-in default>" in banner
+        assert "ztdns: listening on udp 127.0.0.1:5353" in banner and "ztdns: listening on tcp 127.0.0.1:5353" in banner
+        assert ask(5353, "www.ztdns.test").answer[0].to_text().endswith("127.0.0.1")
+        blocked = ask(5353, "www.blocked.ztdns.test")
+        assert blocked.rcode() == dns.rcode.NXDOMAIN and ede(blocked) == (
+            15,
+            "policy=default rule=deny:**.blocked.ztdns.test",
+        )
+        assert ask(5353, "example.com").rcode() == dns.rcode.NXDOMAIN
+        assert (tmp_path / "state" / "pki" / "ca.crt").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
