@@ -363,3 +363,23 @@ def test_built_in_default_config(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
+
+
+def test_tcp_idle_timeout_and_connection_limit(tmp_path: Path, upstream: str) -> None:
+    port = free_port()
+    text = config_text(port, upstream).replace(
+        f'transport = "tcp"\naddress = "127.0.0.1:{port}"',
+        f'transport = "tcp"\naddress = "127.0.0.1:{port}"\nidle_timeout = 0.5\nmax_connections = 2',
+    )
+    with ServerProcess(text, tmp_path, port=port):
+        first = socket.create_connection(("127.0.0.1", port), timeout=3)
+        second = socket.create_connection(("127.0.0.1", port), timeout=3)
+        time.sleep(0.1)
+        third = socket.create_connection(("127.0.0.1", port), timeout=3)
+        assert third.recv(1) == b""  # over the limit: closed at once
+        third.close()
+        time.sleep(1.0)  # idle past the timeout: the server closes both
+        assert first.recv(1) == b"" and second.recv(1) == b""
+        first.close()
+        second.close()
+        assert ask(port, "www.example.test", tcp=True).rcode() == dns.rcode.NOERROR  # room again

@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ztdns.config import load_model
-from ztdns.config.model import Section, parse_hostport
+from ztdns.config.base import Section
+from ztdns.config.model import parse_hostport
 
 
 def _hostport(value: str, default_port: int) -> str:

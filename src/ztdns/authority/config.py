@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import base64
-import ipaddress
 from typing import Annotated, Literal
 
 import dns.name
 import dns.rdatatype
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from ztdns.config.base import Section, check_networks
 
 DAY = 86400
 
 
-class _Section(BaseModel):
-    # Same rules as ztdns.config.model.Section (which cannot be imported here: model.py imports this module).
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _networks(values: list[str]) -> list[str]:
-    for value in values:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP network") from None
-    return values
-
-
-class TsigKeyConfig(_Section):
+class TsigKeyConfig(Section):
     algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512"] = "hmac-sha256"
     secret: str  # base64
     # Who holds this key, for update grants (e.g. a SPIFFE ID); default "tsig:<key name>".
@@ -44,7 +31,7 @@ class TsigKeyConfig(_Section):
         return value
 
 
-class GrantConfig(_Section):
+class GrantConfig(Section):
     identity: str  # e.g. "spiffe://corp/ns/{ns}/sa/{sa}"
     names: list[str]  # e.g. ["{sa}.{ns}.svc.corp.internal"]
     types: list[str] = ["A", "AAAA", "SRV", "TXT"]
@@ -57,7 +44,7 @@ class GrantConfig(_Section):
         return values
 
 
-class SigningConfig(_Section):
+class SigningConfig(Section):
     enabled: bool = True
     algorithm: Literal["ecdsap256sha256", "ed25519"] = "ecdsap256sha256"
     denial: Literal["nsec3", "compact"] = "nsec3"
@@ -79,7 +66,7 @@ class SigningConfig(_Section):
         return self
 
 
-class AuthZoneConfig(_Section):
+class AuthZoneConfig(Section):
     name: str
     file: str | None = None  # RFC 1035 zone file, relative to the config file
     records: list[str] = []  # extra records in zone-file syntax, relative to the zone name
@@ -92,7 +79,7 @@ class AuthZoneConfig(_Section):
     @field_validator("transfer_networks")
     @classmethod
     def _nets(cls, values: list[str]) -> list[str]:
-        return _networks(values)
+        return check_networks(values)
 
     @field_validator("name")
     @classmethod
@@ -100,7 +87,7 @@ class AuthZoneConfig(_Section):
         return dns.name.from_text(value).to_text()
 
 
-class RrlConfig(_Section):
+class RrlConfig(Section):
     enabled: bool = True
     rate: Annotated[float, Field(gt=0)] = 20.0
     burst: Annotated[float, Field(ge=1)] = 40.0
@@ -109,7 +96,7 @@ class RrlConfig(_Section):
     ipv6_prefix: Annotated[int, Field(ge=16, le=128)] = 56
 
 
-class AuthorityConfig(_Section):
+class AuthorityConfig(Section):
     # Own UDP+TCP listeners ("127.0.0.1:5300"); empty: the zones are served only through the main frontend.
     listen: list[str] = []
     state_dir: str | None = None  # default: <server.state_dir>/authority

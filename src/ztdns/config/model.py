@@ -13,8 +13,6 @@ from typing import Annotated, Literal
 import dns.rdatatype
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -23,11 +21,8 @@ from pydantic import (
 )
 
 from ztdns.authority.config import AuthorityConfig
+from ztdns.config.base import Section, check_networks
 from ztdns.policy.patterns import PatternError, normalise_name, parse_pattern
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -244,12 +239,7 @@ class IdentityConfig(Section):
     @field_validator("networks")
     @classmethod
     def _networks(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an IP network") from None
-        return values
+        return check_networks(values)
 
 
 class UnknownClientsConfig(Section):

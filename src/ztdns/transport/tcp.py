@@ -14,6 +14,7 @@ from typing import cast
 from ztdns.client import ClientInfo, Transport
 from ztdns.config.model import ListenConfig
 from ztdns.transport import Handler
+from ztdns.transport.framing import FramingError, LengthPrefixedFramer, frame
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class TcpConnection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.client: ClientInfo | None = None
-        self.buffer = bytearray()
+        self.framer = LengthPrefixedFramer()
         self.pending: set[asyncio.Task[None]] = set()
         self.paused = False
         self.idle: asyncio.TimerHandle | None = None
@@ -57,19 +58,14 @@ class TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.client is not None
-        self.buffer += data
         self._arm_idle()
-        buffer = self.buffer
+        try:
+            messages = self.framer.feed(data)
+        except FramingError:  # the stream is out of sync: nothing after this can be trusted
+            self.transport.abort()
+            return
         handler = self.server.handler
-        while len(buffer) >= 2:
-            size = buffer[0] << 8 | buffer[1]
-            if size == 0:  # a zero-length message cannot be DNS: the stream is out of sync
-                self.transport.abort()
-                return
-            if len(buffer) < 2 + size:
-                break
-            wire = bytes(buffer[2 : 2 + size])
-            del buffer[: 2 + size]
+        for wire in messages:
             answer = handler.fast(wire, self.client)
             if answer is not None:
                 self._send(answer)
@@ -95,7 +91,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _send(self, answer: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(len(answer).to_bytes(2, "big") + answer)
+            self.transport.write(frame(answer))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
