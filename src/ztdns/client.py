@@ -10,7 +10,9 @@ import enum
 from dataclasses import dataclass
 
 
-class Transport(enum.Enum):
+class Transport(enum.StrEnum):
+    """A member is its own label (a str): no ``.value`` property lookup on the hot path."""
+
     UDP = "udp"
     TCP = "tcp"
     DOT = "dot"

@@ -105,7 +105,7 @@ class Observer:
         return fragment[1:-1], kind.value, _rcode(ctx)
 
     def record_replay(self, replay: Replay, client: ClientInfo, latency: float) -> None:
-        transport = client.transport.value
+        transport = client.transport
         self.metrics.count(transport, replay.kind, replay.rcode, latency)
         if self.querylog is not None:
             self.querylog.write(
