@@ -34,6 +34,7 @@ UPSTREAM_DATA = [
     "sneaky.example.test. 300 IN CNAME tracker.ads.test.",
     "tracker.ads.test. 300 IN A 192.0.2.66",
     "short.example.test. 1 IN A 192.0.2.11",
+    "popular.example.test. 3 IN A 192.0.2.12",
     "big.example.test. 300 IN TXT " + " ".join(f'"{"x" * 200}-{i}"' for i in range(4)),
     *[f"big.example.test. 300 IN A 192.0.2.{i}" for i in range(100, 160)],
 ]
@@ -383,3 +384,23 @@ def test_tcp_idle_timeout_and_connection_limit(tmp_path: Path, upstream: str) ->
         first.close()
         second.close()
         assert ask(port, "www.example.test", tcp=True).rcode() == dns.rcode.NOERROR  # room again
+
+
+def test_popular_entries_are_prefetched_before_they_expire(
+    tmp_path: Path, unbound_upstream: UnboundFactory, upstream: str
+) -> None:
+    port = free_port()
+    text = config_text(port, upstream).replace(
+        "[cache]\nmin_ttl = 0", "[cache]\nmin_ttl = 0\nprefetch_min_hits = 2\nprefetch_window = 0.5"
+    )
+    with ServerProcess(text, tmp_path, port=port):
+        for _ in range(3):
+            assert ask(port, "popular.example.test").rcode() == dns.rcode.NOERROR
+        time.sleep(1.8)  # inside the last half of the 3 s TTL: this hit triggers a background refresh
+        assert ask(port, "popular.example.test").rcode() == dns.rcode.NOERROR
+        time.sleep(0.5)
+        unbound_upstream.stop(upstream)
+        time.sleep(1.2)  # past the first answer's expiry: only the prefetched copy can answer fresh
+        fresh = ask(port, "popular.example.test")
+        assert fresh.rcode() == dns.rcode.NOERROR and ede(fresh) is None
+        assert fresh.answer[0].ttl > 0
