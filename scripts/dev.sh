@@ -10,7 +10,7 @@ venv="${ZTDNS_VENV:-$here/.venv}"
 
 # Debian packages the tests and benchmarks drive as real peers and clients.
 debian_packages=(python3-venv knot-dnsutils bind9-dnsutils dnsperf unbound nftables iproute2 knot softhsm2
-                 ldnsutils bind9-utils conntrack knot-dnssecutils)
+                 ldnsutils bind9-utils conntrack knot-dnssecutils curl openssl procps)
 
 need_apt() {
     local missing=()
