@@ -6,17 +6,20 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ztdns.config.locate import Loc, format_loc, line_of
 from ztdns.config.model import Config, _LocatedError
 
-__all__ = ["Config", "ConfigError", "default_config", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "default_config", "load_config", "located", "parse_config", "where"]
 
 
 class ConfigError(Exception):
@@ -27,17 +30,81 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+# Keys of Config that the loader sets; a file that writes them is wrong.
+_LOADER_KEYS = ("base_dir", "source")
+
+
 def _clean_loc(loc: tuple[str | int, ...]) -> Loc:
     return tuple(part for part in loc if not (isinstance(part, str) and part.startswith("~")))
 
 
-def _message(error: Any) -> str:
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The model class whose table ``loc`` names (``('identities', 'x')`` → IdentityConfig), if any."""
+    annotation: Any = Config
+    for part in loc:
+        annotation = _unwrap_model(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+        else:
+            args = typing.get_args(annotation)
+            origin = typing.get_origin(annotation)
+            if origin is list and isinstance(part, int) and args:
+                annotation = args[0]
+            elif origin is dict and isinstance(part, str) and len(args) == 2:
+                annotation = args[1]
+            else:
+                return None
+    annotation = _unwrap_model(annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    """Annotated[X, ...] → X; a union → its model member (a rule is a string or a table)."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for member in map(_unwrap_model, typing.get_args(annotation)):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                return member
+    return annotation
+
+
+def _unknown_key(loc: Loc) -> str:
+    model = _model_at(loc[:-1])
+    if model is None:
+        return "unknown key"
+    keys = [name for name in model.model_fields if not (model is Config and name in _LOADER_KEYS)]
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key ({hint}keys here: {', '.join(keys)})"
+
+
+def _message(error: Any, loc: Loc) -> str:
+    if error["type"] == "extra_forbidden":
+        return _unknown_key(loc)
     ctx = error.get("ctx") or {}
     cause = ctx.get("error")
     if isinstance(cause, Exception) and str(cause):
         return str(cause)
-    msg = str(error["msg"])
-    return msg.removeprefix("Value error, ")
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] != "missing" and isinstance(value, str | int | float | bool):
+        msg += f" (got {value!r})"
+    return msg
+
+
+def where(config: Config, loc: Loc) -> str:
+    """``file:line: key`` for a key of a parsed config, to prefix problems found after validation."""
+    line = line_of(config.text(), loc) if config.text() else None
+    return f"{config.source}:{line if line is not None else '?'}: {format_loc(loc)}"
+
+
+def located(config: Config, loc: Loc, message: str) -> ConfigError:
+    """A ConfigError for a problem found after validation (a list file, a zone, TLS files): file:line: key: ..."""
+    return ConfigError([f"{where(config, loc)}: {message}"])
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
@@ -45,14 +112,20 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        line = match.group(1) if match else "?"
-        raise ConfigError([f"{source}:{line}: {exc}"]) from None
+        match = re.search(r" \(at line (\d+), column (\d+)\)", str(exc))
+        if match is None:
+            raise ConfigError([f"{source}:?: TOML syntax error: {exc}"]) from None
+        what = str(exc)[: match.start()]
+        raise ConfigError([f"{source}:{match.group(1)}: TOML syntax error: {what} (column {match.group(2)})"]) from None
+    for key in _LOADER_KEYS:
+        if key in data:
+            line = line_of(text, (key,))
+            raise ConfigError([f"{source}:{line}: {key}: unknown key (set by ztdns from the file's location)"])
     if base_dir is not None:
         data["base_dir"] = str(base_dir)
     data["source"] = source
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -60,8 +133,10 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
             loc = cause.loc if isinstance(cause, _LocatedError) else _clean_loc(error["loc"])
             line = line_of(text, loc)
             key = format_loc(loc) or "(top level)"
-            problems.append(f"{source}:{line if line is not None else '?'}: {key}: {_message(error)}")
+            problems.append(f"{source}:{line if line is not None else '?'}: {key}: {_message(error, loc)}")
         raise ConfigError(problems) from None
+    config._text = text
+    return config
 
 
 def load_config(path: str | Path) -> Config:
