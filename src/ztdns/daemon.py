@@ -68,7 +68,19 @@ def tls_material(config: Config, listen: ListenConfig) -> TlsMaterial:
         return TlsMaterial.from_config(listen, config.base_dir)
     except TlsError as exc:
         if listen in config.listen:
-            raise located(config, ("listen", config.listen.index(listen)), str(exc)) from None
+            loc: tuple[str | int, ...] = ("listen", config.listen.index(listen))
+            # TlsError messages start with the file at fault: point at the key that names it.
+            written: list[tuple[tuple[str | int, ...], str | None]] = [
+                (("cert",), listen.cert),
+                (("key",), listen.key),
+                (("ca",), listen.ca),
+                *((("crl", index), crl) for index, crl in enumerate(listen.crl)),
+            ]
+            for key, path in written:
+                if path and str(exc).startswith(f"{config.base_dir / path}:"):
+                    loc = (*loc, *key)
+                    break
+            raise located(config, loc, str(exc)) from None
         raise ConfigError([f"{config.source}: listen {listen.address}: {exc}"]) from None  # development listeners
 
 
@@ -110,25 +122,37 @@ class Service:
             listens += development
             self.hints = how_to_query(pki)
         for listen in listens:
-            if listen.transport in _ENCRYPTED:
-                tls = tls_material(self.config, listen)
-                self.encrypted.append(await _ENCRYPTED[listen.transport](listen, self.frontend, tls, self.reuse_port))
-            elif listen.transport == "udp":
-                listener = UdpListener(listen, self.frontend, self.reuse_port)
-                listener.start(asyncio.get_running_loop())
-                self.udp.append(listener)
-            elif listen.transport == "tcp":
-                server = TcpServer(listen, self.frontend)
-                await server.start(self.reuse_port)
-                self.tcp.append(server)
+            try:
+                await self._start_listener(listen)
+            except OSError as exc:  # a port taken or not ours to bind: name the listener, no traceback
+                where = ("listen", self.config.listen.index(listen), "address") if listen in self.config.listen else ()
+                message = f"cannot listen on {listen.transport} {listen.address}: {exc.strerror or exc}"
+                raise located(self.config, where, message) if where else ConfigError([message]) from None
             endpoints.append(f"{listen.transport} {listen.address}")
         if self.config.metrics.enabled:
             host, port = self.config.metrics.hostport()
             registry = CollectorRegistry()
             registry.register(MetricsCollector(lambda: self.frontend.metrics))
-            start_http_server(port + self.worker, host, registry)
+            try:
+                start_http_server(port + self.worker, host, registry)
+            except OSError as exc:
+                message = f"cannot serve metrics on {host}:{port + self.worker}: {exc.strerror or exc}"
+                raise located(self.config, ("metrics", "address"), message) from None
             endpoints.append(f"metrics http://{host}:{port + self.worker}/metrics")
         return endpoints
+
+    async def _start_listener(self, listen: ListenConfig) -> None:
+        if listen.transport in _ENCRYPTED:
+            tls = tls_material(self.config, listen)
+            self.encrypted.append(await _ENCRYPTED[listen.transport](listen, self.frontend, tls, self.reuse_port))
+        elif listen.transport == "udp":
+            listener = UdpListener(listen, self.frontend, self.reuse_port)
+            listener.start(asyncio.get_running_loop())
+            self.udp.append(listener)
+        elif listen.transport == "tcp":
+            server = TcpServer(listen, self.frontend)
+            await server.start(self.reuse_port)
+            self.tcp.append(server)
 
     async def reload(self) -> None:
         if self.config_path is None:
