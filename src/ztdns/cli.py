@@ -14,8 +14,10 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def _check(args: argparse.Namespace) -> int:
+    from ztdns.daemon import verify
+
     try:
-        load_config(args.config)
+        verify(load_config(args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -45,11 +47,10 @@ def _explain(args: argparse.Namespace) -> int:
     from ztdns.explain import run
 
     try:
-        config = load_config(args.config)
+        print(run(load_config(args.config), args.client, args.name, args.type))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(run(config, args.client, args.name, args.type))
     return 0
 
 

@@ -20,10 +20,11 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ztdns.config import Config, ConfigError, load_config
+from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.model import ListenConfig
-from ztdns.observe.metrics import MetricsCollector
-from ztdns.server import Frontend
+from ztdns.observe.metrics import Metrics, MetricsCollector
+from ztdns.observe.stage import Observer
+from ztdns.server import Frontend, compile_runtime
 from ztdns.transport.development import development_listeners, how_to_query
 from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.doq import start_doq_listener
@@ -61,6 +62,43 @@ _ENCRYPTED: dict[str, Callable[[ListenConfig, Frontend, TlsMaterial, bool], Awai
 }
 
 
+def tls_material(config: Config, listen: ListenConfig) -> TlsMaterial:
+    """Read a listener's TLS files now; a problem is a ConfigError naming the listener's line."""
+    try:
+        return TlsMaterial.from_config(listen, config.base_dir)
+    except TlsError as exc:
+        if listen in config.listen:
+            loc: tuple[str | int, ...] = ("listen", config.listen.index(listen))
+            # TlsError messages start with the file at fault: point at the key that names it.
+            written: list[tuple[tuple[str | int, ...], str | None]] = [
+                (("cert",), listen.cert),
+                (("key",), listen.key),
+                (("ca",), listen.ca),
+                *((("crl", index), crl) for index, crl in enumerate(listen.crl)),
+            ]
+            for key, path in written:
+                if path and str(exc).startswith(f"{config.base_dir / path}:"):
+                    loc = (*loc, *key)
+                    break
+            raise located(config, loc, str(exc)) from None
+        raise ConfigError([f"{config.source}: listen {listen.address}: {exc}"]) from None  # development listeners
+
+
+def verify(config: Config) -> None:
+    """Read everything besides the TOML that serving would read: list and zone files, TLS files, and the query
+    log's directory. ``ztdns check`` runs this so that a config it passes also starts. Raises ConfigError."""
+    compile_runtime(config, Observer(Metrics(), None))
+    for listen in config.listen:
+        if listen.transport in _ENCRYPTED:
+            tls_material(config, listen)
+    output = config.log.query_log.output
+    if output not in ("stdout", "off"):
+        path = config.base_dir / output
+        writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
+        if path.is_dir() or not writable:
+            raise located(config, ("log", "query_log", "output"), f"cannot write the query log to {str(path)!r}")
+
+
 class Service:
     def __init__(self, config: Config, config_path: Path | None, worker: int = 0, reuse_port: bool = False) -> None:
         self.config = config
@@ -84,28 +122,37 @@ class Service:
             listens += development
             self.hints = how_to_query(pki)
         for listen in listens:
-            if listen.transport in _ENCRYPTED:
-                try:
-                    tls = TlsMaterial.from_config(listen, self.config.base_dir)
-                except TlsError as exc:
-                    raise ConfigError([f"{self.config.source}: listen {listen.address}: {exc}"]) from None
-                self.encrypted.append(await _ENCRYPTED[listen.transport](listen, self.frontend, tls, self.reuse_port))
-            elif listen.transport == "udp":
-                listener = UdpListener(listen, self.frontend, self.reuse_port)
-                listener.start(asyncio.get_running_loop())
-                self.udp.append(listener)
-            elif listen.transport == "tcp":
-                server = TcpServer(listen, self.frontend)
-                await server.start(self.reuse_port)
-                self.tcp.append(server)
+            try:
+                await self._start_listener(listen)
+            except OSError as exc:  # a port taken or not ours to bind: name the listener, no traceback
+                where = ("listen", self.config.listen.index(listen), "address") if listen in self.config.listen else ()
+                message = f"cannot listen on {listen.transport} {listen.address}: {exc.strerror or exc}"
+                raise located(self.config, where, message) if where else ConfigError([message]) from None
             endpoints.append(f"{listen.transport} {listen.address}")
         if self.config.metrics.enabled:
             host, port = self.config.metrics.hostport()
             registry = CollectorRegistry()
             registry.register(MetricsCollector(lambda: self.frontend.metrics))
-            start_http_server(port + self.worker, host, registry)
+            try:
+                start_http_server(port + self.worker, host, registry)
+            except OSError as exc:
+                message = f"cannot serve metrics on {host}:{port + self.worker}: {exc.strerror or exc}"
+                raise located(self.config, ("metrics", "address"), message) from None
             endpoints.append(f"metrics http://{host}:{port + self.worker}/metrics")
         return endpoints
+
+    async def _start_listener(self, listen: ListenConfig) -> None:
+        if listen.transport in _ENCRYPTED:
+            tls = tls_material(self.config, listen)
+            self.encrypted.append(await _ENCRYPTED[listen.transport](listen, self.frontend, tls, self.reuse_port))
+        elif listen.transport == "udp":
+            listener = UdpListener(listen, self.frontend, self.reuse_port)
+            listener.start(asyncio.get_running_loop())
+            self.udp.append(listener)
+        elif listen.transport == "tcp":
+            server = TcpServer(listen, self.frontend)
+            await server.start(self.reuse_port)
+            self.tcp.append(server)
 
     async def reload(self) -> None:
         if self.config_path is None:

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ztdns.cache import MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
-from ztdns.config import Config
+from ztdns.config import Config, located, where
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_limit
@@ -92,7 +92,7 @@ class Runtime:
 
 def compile_runtime(config: Config, observer: Observer) -> Runtime:
     zones = [
-        load_zone(zone, config.base_dir, f"{config.source}: local_zones[{index}]")
+        load_zone(zone, config.base_dir, where(config, ("local_zones", index, "records" if zone.records else "file")))
         for index, zone in enumerate(config.local_zones)
     ]
     return Runtime(
@@ -334,4 +334,7 @@ def _make_querylog(config: Config) -> QueryLog | None:
     if output == "off":
         return None
     path = output if output == "stdout" else str(config.base_dir / output)
-    return QueryLog(path, config.log.query_log.queue)
+    try:
+        return QueryLog(path, config.log.query_log.queue)
+    except OSError as exc:
+        raise located(config, ("log", "query_log", "output"), f"cannot open {path!r}: {exc.strerror or exc}") from None

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +19,17 @@ from pydantic import BaseModel, ValidationError
 from ztdns.config.locate import Loc, format_loc, line_of
 from ztdns.config.model import Config, _LocatedError
 
-__all__ = ["Config", "ConfigError", "default_config", "load_config", "load_model", "parse_config", "parse_model"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "default_config",
+    "load_config",
+    "load_model",
+    "located",
+    "parse_config",
+    "parse_model",
+    "where",
+]
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -29,17 +42,81 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+# Keys the loader sets on models that have them; a file that writes them is wrong.
+_LOADER_KEYS = ("base_dir", "source")
+
+
 def _clean_loc(loc: tuple[str | int, ...]) -> Loc:
     return tuple(part for part in loc if not (isinstance(part, str) and part.startswith("~")))
 
 
-def _message(error: Any) -> str:
+def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The model class whose table ``loc`` names (``('identities', 'x')`` → IdentityConfig), if any."""
+    annotation: Any = root
+    for part in loc:
+        annotation = _unwrap_model(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+        else:
+            args = typing.get_args(annotation)
+            origin = typing.get_origin(annotation)
+            if origin is list and isinstance(part, int) and args:
+                annotation = args[0]
+            elif origin is dict and isinstance(part, str) and len(args) == 2:
+                annotation = args[1]
+            else:
+                return None
+    annotation = _unwrap_model(annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    """Annotated[X, ...] → X; a union → its model member (a rule is a string or a table)."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for member in map(_unwrap_model, typing.get_args(annotation)):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                return member
+    return annotation
+
+
+def _unknown_key(root: type[BaseModel], loc: Loc) -> str:
+    model = _model_at(root, loc[:-1])
+    if model is None:
+        return "unknown key"
+    keys = [name for name in model.model_fields if not (model is root and name in _LOADER_KEYS)]
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key ({hint}keys here: {', '.join(keys)})"
+
+
+def _message(root: type[BaseModel], error: Any, loc: Loc) -> str:
+    if error["type"] == "extra_forbidden":
+        return _unknown_key(root, loc)
     ctx = error.get("ctx") or {}
     cause = ctx.get("error")
     if isinstance(cause, Exception) and str(cause):
         return str(cause)
-    msg = str(error["msg"])
-    return msg.removeprefix("Value error, ")
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] != "missing" and isinstance(value, str | int | float | bool):
+        msg += f" (got {value!r})"
+    return msg
+
+
+def where(config: Config, loc: Loc) -> str:
+    """``file:line: key`` for a key of a parsed config, to prefix problems found after validation."""
+    line = line_of(config.text(), loc) if config.text() else None
+    return f"{config.source}:{line if line is not None else '?'}: {format_loc(loc)}"
+
+
+def located(config: Config, loc: Loc, message: str) -> ConfigError:
+    """A ConfigError for a problem found after validation (a list file, a zone, TLS files): file:line: key: ..."""
+    return ConfigError([f"{where(config, loc)}: {message}"])
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
@@ -52,16 +129,22 @@ def parse_model(model: type[Model], text: str, source: str = "<config>", base_di
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        line = match.group(1) if match else "?"
-        raise ConfigError([f"{source}:{line}: {exc}"]) from None
+        match = re.search(r" \(at line (\d+), column (\d+)\)", str(exc))
+        if match is None:
+            raise ConfigError([f"{source}:?: TOML syntax error: {exc}"]) from None
+        what = str(exc)[: match.start()]
+        raise ConfigError([f"{source}:{match.group(1)}: TOML syntax error: {what} (column {match.group(2)})"]) from None
+    for key in _LOADER_KEYS:
+        if key in data and key in model.model_fields:
+            line = line_of(text, (key,))
+            raise ConfigError([f"{source}:{line}: {key}: unknown key (set by ztdns from the file's location)"])
     # Where the file came from, for models that keep it (relative paths, error messages).
     if base_dir is not None and "base_dir" in model.model_fields:
         data["base_dir"] = str(base_dir)
     if "source" in model.model_fields:
         data["source"] = source
     try:
-        return model.model_validate(data)
+        result = model.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -69,8 +152,11 @@ def parse_model(model: type[Model], text: str, source: str = "<config>", base_di
             loc = cause.loc if isinstance(cause, _LocatedError) else _clean_loc(error["loc"])
             line = line_of(text, loc)
             key = format_loc(loc) or "(top level)"
-            problems.append(f"{source}:{line if line is not None else '?'}: {key}: {_message(error)}")
+            problems.append(f"{source}:{line if line is not None else '?'}: {key}: {_message(model, error, loc)}")
         raise ConfigError(problems) from None
+    if isinstance(result, Config):
+        result._text = text  # for errors found after validation (files it names): see where()
+    return result
 
 
 def load_config(path: str | Path) -> Config:

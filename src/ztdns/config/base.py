@@ -13,11 +13,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_network(value: str) -> str:
+    """Validator for one IP network ("10.0.0.0/8", "2001:db8::/32", "192.0.2.1")."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP network (write an address or ADDRESS/PREFIX)") from None
+    return value
+
+
 def check_networks(values: list[str]) -> list[str]:
-    """Validator body for lists of IP networks ("10.0.0.0/8", "2001:db8::/32", "192.0.2.1")."""
+    """Validator for a list of IP networks."""
     for value in values:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP network") from None
+        check_network(value)
     return values

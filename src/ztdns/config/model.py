@@ -15,13 +15,14 @@ from pydantic import (
     AfterValidator,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     field_validator,
     model_validator,
 )
 
 from ztdns.authority.config import AuthorityConfig
-from ztdns.config.base import Section, check_networks
+from ztdns.config.base import Section, check_network
 from ztdns.policy.patterns import PatternError, normalise_name, parse_pattern
 
 
@@ -230,16 +231,19 @@ class PolicyConfig(Section):
     include_rule_text: bool = True
 
 
-class IdentityConfig(Section):
-    networks: list[str] = []
-    # Certificate identities (SPIFFE IDs, DNS SANs, CNs): exact, or a prefix ending in '*'.
-    certificates: list[str] = []
-    policies: Annotated[list[str], Field(min_length=1)]
+def _certificate_pattern(value: str) -> str:
+    if not value or value == "*":
+        raise ValueError(f"{value!r} matches every certificate; name the identity or a prefix ending in '*'")
+    if "*" in value[:-1]:
+        raise ValueError(f"{value!r}: '*' may only end a prefix (spiffe://corp.example/ns/prod/*)")
+    return value
 
-    @field_validator("networks")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        return check_networks(values)
+
+class IdentityConfig(Section):
+    networks: list[Annotated[str, AfterValidator(check_network)]] = []
+    # Certificate identities (SPIFFE IDs, DNS SANs, CNs): exact, or a prefix ending in '*'.
+    certificates: list[Annotated[str, AfterValidator(_certificate_pattern)]] = []
+    policies: Annotated[list[str], Field(min_length=1)]
 
 
 class UnknownClientsConfig(Section):
@@ -257,6 +261,14 @@ class LocalZoneConfig(Section):
     name: str
     records: list[str] = []
     file: str | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> LocalZoneConfig:
+        if self.records and self.file is not None:
+            raise ValueError("give the zone's records or its file, not both")
+        if not self.records and self.file is None:
+            raise ValueError("a local zone needs records or a file (with at least an SOA)")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -307,9 +319,12 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     authority: AuthorityConfig = AuthorityConfig()
 
-    # Where the file was read from: list files and zone files are relative to it; errors name it.
+    # Where the file was read from: list files and zone files are relative to it; errors name it. Set by the
+    # loader, not keys of the file.
     base_dir: Path = Path(".")
     source: str = "<config>"
+    # The TOML text, so that problems found after validation (list files, zones, TLS files) can name a line.
+    _text: str = PrivateAttr(default="")
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -321,6 +336,39 @@ class Config(Section):
         if unknown.action == "identity" and unknown.identity not in self.identities:
             raise _LocatedError(("unknown_clients", "identity"), f"unknown identity {unknown.identity!r}")
         return self
+
+    @model_validator(mode="after")
+    def _unambiguous_identities(self) -> Config:
+        """The same network or exact certificate identity in two identities would make one of them dead."""
+        owners: dict[object, str] = {}
+        for name, identity in self.identities.items():
+            for key, values in (("networks", identity.networks), ("certificates", identity.certificates)):
+                for index, value in enumerate(values):
+                    claim = ipaddress.ip_network(value, strict=False) if key == "networks" else value
+                    owner = owners.setdefault(claim, name)
+                    if owner != name:
+                        raise _LocatedError(
+                            ("identities", name, key, index), f"{value!r} already belongs to identity {owner!r}"
+                        )
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> Config:
+        """Two listeners on one socket cannot both bind (DoQ shares UDP with Do53; DoT and DoH share TCP)."""
+        sockets: dict[tuple[str, str, int], int] = {}
+        for index, listen in enumerate(self.listen):
+            protocol = "udp" if listen.transport in ("udp", "doq") else "tcp"
+            host, port = listen.hostport()
+            first = sockets.setdefault((protocol, str(ipaddress.ip_address(host)), port), index)
+            if first != index and port != 0:
+                used = f"listen[{first}] ({self.listen[first].transport})"
+                message = f"{protocol.upper()} {listen.address} is already used by {used}"
+                raise _LocatedError(("listen", index, "address"), message)
+        return self
+
+    def text(self) -> str:
+        """The TOML text this config was parsed from ("" for configs built in code)."""
+        return self._text
 
 
 class _LocatedError(ValueError):

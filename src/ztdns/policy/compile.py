@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 import dns.rdatatype
 
+from ztdns.config.locate import format_loc
 from ztdns.policy.lists import SCOPE_BITS, ListFile, find_line, read_list
 from ztdns.policy.patterns import Pattern, Scope, parse_pattern
 
@@ -261,7 +262,8 @@ def _compile_policy(
             compiled_rule = _Rule(policy, allowed, pattern.scope, key, pattern=pattern, qtypes=qtypes)
             written.append((pattern.base, compiled_rule))
     sources: list[tuple[ListFile, Path, Callable[[int], frozenset[_Rule]]]] = []
-    for allowed, path, resolved, key in _list_sources(name, config, base_dir):
+    for allowed, path, resolved, loc in _list_sources(name, config, base_dir):
+        key = format_loc(loc)
         by_scope = {
             bit: _Rule(policy, allowed, scope, key, source=path, path=resolved) for scope, bit in SCOPE_BITS.items()
         }
@@ -292,10 +294,12 @@ def _resolved(base_dir: Path, path: str) -> Path:
     return (base_dir / path).resolve()
 
 
-def _list_sources(name: str, config: PolicyConfig, base_dir: Path) -> Iterator[tuple[bool, str, Path, str]]:
+def _list_sources(
+    name: str, config: PolicyConfig, base_dir: Path
+) -> Iterator[tuple[bool, str, Path, tuple[str | int, ...]]]:
     for allowed, action, paths in ((False, "deny", config.deny_lists), (True, "allow", config.allow_lists)):
         for index, path in enumerate(paths):
-            yield allowed, path, _resolved(base_dir, path), f"policies.{name}.{action}_lists[{index}]"
+            yield allowed, path, _resolved(base_dir, path), ("policies", name, f"{action}_lists", index)
 
 
 def compile_views(config: Config) -> dict[str, View]:
@@ -312,10 +316,10 @@ def compile_views(config: Config) -> dict[str, View]:
                 try:
                     lists[resolved] = read_list(resolved, path)
                 except OSError as exc:
-                    from ztdns.config import ConfigError  # ztdns.config imports this package
+                    from ztdns.config import located  # ztdns.config imports this package
 
                     reason = exc.strerror or str(exc)
-                    raise ConfigError([f"{key}: cannot read list file {str(resolved)!r}: {reason}"]) from None
+                    raise located(config, key, f"cannot read list file {str(resolved)!r}: {reason}") from None
     policies = {
         name: _compile_policy(name, policy_config, lists, uses, config.base_dir)
         for name, policy_config in config.policies.items()
