@@ -32,17 +32,19 @@ class Replay:
     entry: CacheEntry | None = None
     question: Question | None = None
     prefetch_at: float = float("inf")
+    # When the TTLs shown must next go down by a second (time.monotonic()); never for fixed answers.
+    rerender_at: float = float("inf")
 
-    def current(self, now: float) -> bytes:
-        if self.offsets is None:
-            return self.wire
+    def rerender(self, now: float) -> bytes:
+        """Count the TTLs down to the current age; the caller checked ``now >= rerender_at``."""
+        assert self.offsets is not None
         age = int(now - self.stored)
-        if age != self.age:
-            wire = bytearray(self.wire)
-            for offset, ttl in self.offsets:
-                wire[offset : offset + 4] = max(ttl - age, 0).to_bytes(4, "big")
-            self.wire = bytes(wire)
-            self.age = age
+        wire = bytearray(self.wire)
+        for offset, ttl in self.offsets:
+            wire[offset : offset + 4] = max(ttl - age, 0).to_bytes(4, "big")
+        self.wire = bytes(wire)
+        self.age = age
+        self.rerender_at = self.stored + age + 1
         return self.wire
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ztdns.cache import MessageCache
+from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
 from ztdns.config import Config, located, where
@@ -199,12 +199,17 @@ class Frontend:
         if now >= replay.expires:
             replays.drop(identity, replay.key)
             return None
-        answer = replay.current(now)
+        answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
         if len(answer) > limit and not client.stream:
             return None
         if name_end:  # the client spelled the name in another case than the rendered answer (0x20)
             answer = answer[:12] + wire[12:name_end] + answer[name_end:]
-        self._replayed(replay, client, now)
+        entry = replay.entry
+        if entry is not None:
+            entry.hits += 1  # popularity only: a lost update between threads does not matter
+            if now >= replay.prefetch_at:
+                self._prefetch(replay, entry)
+        runtime.observer.record_replay(replay, client, now)
         return wire[:2] + answer[2:]
 
     def _fast_parsed(self, wire: bytes, client: ClientInfo, identity: str | None) -> bytes | None:
@@ -219,24 +224,24 @@ class Frontend:
         if now >= replay.expires:
             replays.drop(identity, parsed.key)
             return None
-        answer = replay.current(now)
+        answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
         limit = udp_limit(parsed)
         same_case = wire[12 : parsed.name_end] == answer[12 : parsed.name_end]
         replays.remember_exact(identity, wire[2:], replay, 0 if same_case else parsed.name_end, limit)
         if len(answer) > limit and not client.stream:
             return None
-        self._replayed(replay, client, now)
-        return splice(wire, parsed, answer)
-
-    def _replayed(self, replay: Replay, client: ClientInfo, now: float) -> None:
-        """Bookkeeping for a replay: popularity for prefetch, the query log line, metrics."""
         entry = replay.entry
         if entry is not None:
-            entry.hits += 1  # popularity only: a lost update between threads does not matter
-            if now >= replay.prefetch_at and not entry.prefetching and replay.question is not None and self.loop:
-                # fast() may run on a UDP lane thread: asyncio work goes through the loop's thread-safe door.
-                self.loop.call_soon_threadsafe(self.cache_stage.maybe_prefetch, replay.question, entry)
-        self.runtime.observer.record_replay(replay, client, time.monotonic() - now)
+            entry.hits += 1
+            if now >= replay.prefetch_at:
+                self._prefetch(replay, entry)
+        self.runtime.observer.record_replay(replay, client, now)
+        return splice(wire, parsed, answer)
+
+    def _prefetch(self, replay: Replay, entry: CacheEntry) -> None:
+        if not entry.prefetching and replay.question is not None and self.loop is not None:
+            # fast() may run on a UDP lane thread: asyncio work goes through the loop's thread-safe door.
+            self.loop.call_soon_threadsafe(self.cache_stage.maybe_prefetch, replay.question, entry)
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
         runtime = self.runtime
@@ -270,6 +275,7 @@ class Frontend:
             replay.offsets = make_countdown(full, ctx.replay_age)
             replay.stored = entry.stored
             replay.age = ctx.replay_age
+            replay.rerender_at = entry.stored + ctx.replay_age + 1
             replay.entry = entry
             replay.question = ctx.question
             cache_config = self.cache.config

@@ -104,7 +104,8 @@ class Observer:
         )
         return fragment[1:-1], kind.value, _rcode(ctx)
 
-    def record_replay(self, replay: Replay, client: ClientInfo, latency: float) -> None:
+    def record_replay(self, replay: Replay, client: ClientInfo, started: float) -> None:
+        latency = time.monotonic() - started
         transport = client.transport
         self.metrics.count(transport, replay.kind, replay.rcode, latency)
         if self.querylog is not None:
