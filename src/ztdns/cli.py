@@ -47,7 +47,7 @@ def _explain(args: argparse.Namespace) -> int:
     from ztdns.explain import run
 
     try:
-        print(run(load_config(args.config), args.client, args.name, args.type))
+        print(run(load_config(args.config), args.client, args.name, args.type, args.resolve))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -66,6 +66,9 @@ def _register_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--client", required=True, help="IP address, identity name or certificate identity")
     parser.add_argument("name", help="the name to ask for")
     parser.add_argument("type", nargs="?", default="A", help="record type (default A)")
+    parser.add_argument(
+        "--resolve", action="store_true", help="ask the upstreams for allowed names (default: send nothing)"
+    )
     parser.set_defaults(func=_explain)
 
 

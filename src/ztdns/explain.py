@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 
 import dns.edns
 import dns.message
@@ -12,11 +13,12 @@ import dns.rdatatype
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import Config
-from ztdns.outcome import EDE, Kind
+from ztdns.outcome import EDE, Kind, Reason
 from ztdns.pipeline import QueryContext
 from ztdns.policy import explain as explain_rule
 from ztdns.policy.stage import name_key
-from ztdns.server import Frontend
+from ztdns.resolver import Question, Resolution, Resolver
+from ztdns.server import Frontend, make_resolver
 
 
 def client_for(config: Config, text: str) -> ClientInfo:
@@ -34,16 +36,29 @@ def client_for(config: Config, text: str) -> ClientInfo:
     return ClientInfo(Transport.DOT, "0.0.0.0", 0, certificate_identity=text)
 
 
-async def explain(config: Config, client_text: str, name: str, rdtype: str) -> str:
-    frontend = Frontend(
-        config.model_copy(
-            update={
-                "log": config.log.model_copy(
-                    update={"query_log": config.log.query_log.model_copy(update={"output": "off"})}
-                )
-            }
-        )
-    )
+class NotResolving:
+    """Stands in for the resolver when explain must not send anything: says where the question would go."""
+
+    def __init__(self, config: Config) -> None:
+        mode = config.resolver.mode
+        if mode == "forward":
+            where = ", ".join(upstream.address for upstream in config.resolver.upstreams) or "no upstream"
+            self.text = f"not resolved: would be forwarded to {where} (--resolve asks)"
+        else:
+            self.text = f"not resolved: would be resolved {mode}ly from the root (--resolve asks)"
+
+    async def resolve(self, question: Question) -> Resolution:
+        return Resolution(None, Reason(EDE.OTHER, self.text))
+
+    async def close(self) -> None:
+        return None
+
+
+async def explain(config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False) -> str:
+    """Without ``resolve`` nothing leaves the machine: answers that need an upstream are described, not fetched."""
+    factory: Callable[[Config], Resolver | None] = make_resolver if resolve else NotResolving
+    quiet = config.log.model_copy(update={"query_log": config.log.query_log.model_copy(update={"output": "off"})})
+    frontend = Frontend(config.model_copy(update={"log": quiet}), resolver_factory=factory)
     client = client_for(config, client_text)
     query = dns.message.make_query(name, rdtype, use_edns=0)
     ctx = QueryContext(client=client, wire=query.to_wire())
@@ -93,5 +108,5 @@ def _describe(client_text: str, ctx: QueryContext) -> str:
     return "\n".join(lines)
 
 
-def run(config: Config, client_text: str, name: str, rdtype: str) -> str:
-    return asyncio.run(explain(config, client_text, name, rdtype))
+def run(config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False) -> str:
+    return asyncio.run(explain(config, client_text, name, rdtype, resolve))

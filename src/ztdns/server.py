@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -131,10 +131,16 @@ def make_resolver(config: Config) -> Resolver | None:
 class Frontend:
     """The :class:`~ztdns.transport.Handler` every transport calls: replays first, then the pipeline."""
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics | None = None,
+        resolver_factory: Callable[[Config], Resolver | None] = make_resolver,
+    ) -> None:
         self.metrics = metrics or Metrics()
         self.cache = MessageCache(config.cache)
-        self.resolver = make_resolver(config)
+        self.resolver_factory = resolver_factory
+        self.resolver = resolver_factory(config)
         self.querylog = _make_querylog(config)
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -160,7 +166,8 @@ class Frontend:
         """
         old = self.runtime.config
         querylog = _make_querylog(config) if config.log != old.log else self.querylog
-        resolver = make_resolver(config) if config.resolver != old.resolver else self.resolver
+        changed = config.resolver != old.resolver or config.dnssec != old.dnssec
+        resolver = self.resolver_factory(config) if changed else self.resolver
         try:
             runtime, cache_stage = await asyncio.get_running_loop().run_in_executor(
                 None, self._build, config, resolver, querylog
