@@ -24,10 +24,12 @@ from ztdns.config import Config, ConfigError, load_config
 from ztdns.config.model import ListenConfig
 from ztdns.observe.metrics import MetricsCollector
 from ztdns.server import Frontend
+from ztdns.transport import Handler
 from ztdns.transport.development import development_listeners, how_to_query
 from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.doq import start_doq_listener
 from ztdns.transport.dot import start_dot_listener
+from ztdns.transport.no_certificate import listener_handler
 from ztdns.transport.tcp import TcpServer
 from ztdns.transport.tls import TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
@@ -41,20 +43,20 @@ class EncryptedListener(Protocol):
     async def close(self, drain_seconds: float = 5.0) -> None: ...
 
 
-async def _start_dot(listen: ListenConfig, handler: Frontend, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
+async def _start_dot(listen: ListenConfig, handler: Handler, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
     return await start_dot_listener(listen, handler, tls, reuse_port=reuse)
 
 
-async def _start_doh(listen: ListenConfig, handler: Frontend, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
+async def _start_doh(listen: ListenConfig, handler: Handler, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
     return await start_doh_listener(listen, handler, tls, reuse_port=reuse)
 
 
-async def _start_doq(listen: ListenConfig, handler: Frontend, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
+async def _start_doq(listen: ListenConfig, handler: Handler, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
     # QUIC has no SO_REUSEPORT load sharing (connections are not bound to a socket tuple): worker 0 only.
     return await start_doq_listener(listen, handler, tls)
 
 
-_ENCRYPTED: dict[str, Callable[[ListenConfig, Frontend, TlsMaterial, bool], Awaitable[EncryptedListener]]] = {
+_ENCRYPTED: dict[str, Callable[[ListenConfig, Handler, TlsMaterial, bool], Awaitable[EncryptedListener]]] = {
     "dot": _start_dot,
     "doh": _start_doh,
     "doq": _start_doq,
@@ -89,7 +91,10 @@ class Service:
                     tls = TlsMaterial.from_config(listen, self.config.base_dir)
                 except TlsError as exc:
                     raise ConfigError([f"{self.config.source}: listen {listen.address}: {exc}"]) from None
-                self.encrypted.append(await _ENCRYPTED[listen.transport](listen, self.frontend, tls, self.reuse_port))
+                start = _ENCRYPTED[listen.transport]
+                self.encrypted.append(
+                    await start(listen, listener_handler(listen, self.frontend), tls, self.reuse_port)
+                )
             elif listen.transport == "udp":
                 listener = UdpListener(listen, self.frontend, self.reuse_port)
                 listener.start(asyncio.get_running_loop())

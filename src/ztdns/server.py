@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ztdns.cache import MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
-from ztdns.config import Config
+from ztdns.config import Config, ConfigError
 from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_fits
 from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
@@ -103,9 +103,12 @@ def compile_runtime(config: Config, observer: Observer) -> Runtime:
 def make_resolver(config: Config) -> Resolver | None:
     if config.resolver.mode == "none":
         return None
-    from ztdns.resolver.forward import Forwarder
+    from ztdns.resolver.forward import Forwarder, UpstreamSetupError
 
-    return Forwarder(config.resolver)
+    try:
+        return Forwarder(config.resolver, config.base_dir)
+    except UpstreamSetupError as exc:
+        raise ConfigError([f"{config.source}: {exc}"]) from None
 
 
 class Frontend:
@@ -166,6 +169,8 @@ class Frontend:
             return None
         runtime = self.runtime
         match = runtime.identities.match(client)
+        if match is None and client.certificate_required:
+            return None  # the refusal names the missing certificate: the identify stage writes it
         identity = None if match is None else match.identity
         replay = runtime.replays.get(identity, parsed.key)
         if replay is None:
