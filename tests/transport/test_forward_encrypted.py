@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,11 @@ from ztdns.transport.doq import start_doq_listener
 from ztdns.transport.dot import start_dot_listener
 from ztdns.transport.tls import TlsMaterial
 
-START = {"dot": start_dot_listener, "doh": start_doh_listener, "doq": start_doq_listener}
+START: dict[str, Callable[..., Awaitable[Any]]] = {
+    "dot": start_dot_listener,
+    "doh": start_doh_listener,
+    "doq": start_doq_listener,
+}
 
 
 class RecordingHandler(EchoHandler):
@@ -54,7 +58,7 @@ class RecordingHandler(EchoHandler):
 @asynccontextmanager
 async def listener(pki: Pki, transport: str, handler: EchoHandler) -> AsyncIterator[int]:
     config = listen_config(pki, transport, client_auth="require")
-    started: Any = await START[transport](config, handler, TlsMaterial.from_config(config))
+    started = await START[transport](config, handler, TlsMaterial.from_config(config))
     try:
         yield started.address[1]
     finally:
