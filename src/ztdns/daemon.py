@@ -172,10 +172,13 @@ class Service:
 
 
 def _run_worker(config: Config, config_path: Path | None, worker: int, reuse_port: bool) -> None:
-    import uvloop
-
     async def main() -> None:
         await Service(config, config_path, worker, reuse_port).run(banner=worker == 0)
+
+    if config.server.event_loop == "asyncio":
+        asyncio.run(main())
+        return
+    import uvloop
 
     uvloop.run(main())
 

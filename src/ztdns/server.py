@@ -193,6 +193,7 @@ class Frontend:
         runtime.observer.record_replay(
             client.transport.value,
             client.address,
+            client.certificate_identity,
             replay.log_fragment,
             replay.kind,
             replay.rcode,

@@ -52,6 +52,8 @@ class ServerConfig(Section):
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     state_dir: str = "/var/lib/ztdns"
     drain_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    # uvloop is faster; asyncio is the fallback (uvloop 0.23's start_tls stalls some DoT/DoH handshakes).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 class ListenConfig(Section):

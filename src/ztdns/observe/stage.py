@@ -58,8 +58,14 @@ class Observer:
         question = ctx.question
         qname = question.name.to_text().lower() if question else None
         qtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(question.rdtype)) if question else None
+        client = ctx.client
         head = json.dumps(
-            {"time": self.clock.now(), "transport": ctx.client.transport.value, "client": ctx.client.address}
+            {
+                "time": self.clock.now(),
+                "transport": client.transport.value,
+                "client": client.address,
+                "certificate": client.certificate_identity,
+            }
         )
         body = json.dumps(
             {
@@ -102,12 +108,23 @@ class Observer:
         )
         return fragment[1:-1], kind.value, _rcode(ctx)
 
-    def record_replay(self, transport: str, address: str, fragment: str, kind: str, rcode: str, latency: float) -> None:
+    def record_replay(
+        self,
+        transport: str,
+        address: str,
+        certificate: str | None,
+        fragment: str,
+        kind: str,
+        rcode: str,
+        latency: float,
+    ) -> None:
         self.metrics.count(transport, kind, rcode, latency)
         if self.querylog is not None:
+            # The certificate identity is per client, like the address: identities matched by prefix are shared.
+            proven = "null" if certificate is None else json.dumps(certificate)
             self.querylog.write(
                 f'{{"time": "{self.clock.now()}", "transport": "{transport}", "client": {json.dumps(address)}, '
-                f'{fragment}, "latency_ms": {latency * 1000:.3f}}}'
+                f'"certificate": {proven}, {fragment}, "latency_ms": {latency * 1000:.3f}}}'
             )
 
 
