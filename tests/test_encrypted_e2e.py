@@ -513,3 +513,28 @@ enabled = false
         ]
         edge_lines = edge.log_lines(2)
         assert edge_lines[0]["upstream"] == f"tls://127.0.0.1:{core_port}"
+
+
+def openssl_connects(port: int, *flags: str) -> bool:
+    code, out = run(require_tool("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", *flags)
+    return code == 0 and "Cipher is (NONE)" not in out
+
+
+@pytest.mark.parametrize("transport", ["dot", "doh"])
+def test_tls_scan_no_old_protocols_no_weak_suites(pki: Pki, tmp_path: Path, transport: str) -> None:
+    """What an sslyze scan would check (sslyze needs cryptography < 47; we pin 50): docs/transports.md."""
+    port = free_port()
+    config = f"""
+[[listen]]
+transport = "{transport}"
+address = "127.0.0.1:{port}"
+tls_min_version = "1.2"
+{tls_keys(pki)}
+{POLICY}"""
+    with ServerProcess(config, tmp_path):
+        assert openssl_connects(port, "-tls1_3")
+        assert openssl_connects(port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
+        for weak in ("AES128-SHA256", "AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384"):
+            assert not openssl_connects(port, "-tls1_2", "-cipher", weak), weak
+        for old in ("-tls1_1", "-tls1"):
+            assert not openssl_connects(port, old, "-cipher", "DEFAULT:@SECLEVEL=0"), old
