@@ -538,3 +538,14 @@ tls_min_version = "1.2"
             assert not openssl_connects(port, "-tls1_2", "-cipher", weak), weak
         for old in ("-tls1_1", "-tls1"):
             assert not openssl_connects(port, old, "-cipher", "DEFAULT:@SECLEVEL=0"), old
+
+
+def test_no_certificate_refuse_needs_optional_client_auth(pki: Pki) -> None:
+    from pydantic import ValidationError
+
+    from fixtures.tls import listen_config
+
+    assert listen_config(pki, "dot", client_auth="optional", no_certificate="refuse").no_certificate == "refuse"
+    for client_auth in ("require", "off"):
+        with pytest.raises(ValidationError, match="only applies with client_auth = 'optional'"):
+            listen_config(pki, "dot", client_auth=client_auth, no_certificate="refuse")
