@@ -29,3 +29,6 @@ class ClientInfo:
     certificate_identity: str | None = None
     # Largest response the transport can carry: UDP payload limits are applied by the respond stage.
     stream: bool = False
+    # The listener identifies clients by certificate only (client_auth = "optional", no_certificate = "refuse"):
+    # without a certificate identity this client is refused, whatever its address.
+    certificate_required: bool = False

@@ -25,10 +25,12 @@ from ztdns.config.model import ListenConfig
 from ztdns.observe.metrics import Metrics, MetricsCollector
 from ztdns.observe.stage import Observer
 from ztdns.server import Frontend, compile_runtime
+from ztdns.transport import Handler
 from ztdns.transport.development import development_listeners, how_to_query
 from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.doq import start_doq_listener
 from ztdns.transport.dot import start_dot_listener
+from ztdns.transport.no_certificate import listener_handler
 from ztdns.transport.tcp import TcpServer
 from ztdns.transport.tls import TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
@@ -42,20 +44,20 @@ class EncryptedListener(Protocol):
     async def close(self, drain_seconds: float = 5.0) -> None: ...
 
 
-async def _start_dot(listen: ListenConfig, handler: Frontend, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
+async def _start_dot(listen: ListenConfig, handler: Handler, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
     return await start_dot_listener(listen, handler, tls, reuse_port=reuse)
 
 
-async def _start_doh(listen: ListenConfig, handler: Frontend, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
+async def _start_doh(listen: ListenConfig, handler: Handler, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
     return await start_doh_listener(listen, handler, tls, reuse_port=reuse)
 
 
-async def _start_doq(listen: ListenConfig, handler: Frontend, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
+async def _start_doq(listen: ListenConfig, handler: Handler, tls: TlsMaterial, reuse: bool) -> EncryptedListener:
     # QUIC has no SO_REUSEPORT load sharing (connections are not bound to a socket tuple): worker 0 only.
     return await start_doq_listener(listen, handler, tls)
 
 
-_ENCRYPTED: dict[str, Callable[[ListenConfig, Frontend, TlsMaterial, bool], Awaitable[EncryptedListener]]] = {
+_ENCRYPTED: dict[str, Callable[[ListenConfig, Handler, TlsMaterial, bool], Awaitable[EncryptedListener]]] = {
     "dot": _start_dot,
     "doh": _start_doh,
     "doq": _start_doq,
@@ -144,7 +146,8 @@ class Service:
     async def _start_listener(self, listen: ListenConfig) -> None:
         if listen.transport in _ENCRYPTED:
             tls = tls_material(self.config, listen)
-            self.encrypted.append(await _ENCRYPTED[listen.transport](listen, self.frontend, tls, self.reuse_port))
+            handler = listener_handler(listen, self.frontend)  # no_certificate = "refuse" wraps the frontend
+            self.encrypted.append(await _ENCRYPTED[listen.transport](listen, handler, tls, self.reuse_port))
         elif listen.transport == "udp":
             listener = UdpListener(listen, self.frontend, self.reuse_port)
             listener.start(asyncio.get_running_loop())
@@ -214,10 +217,10 @@ class Service:
 
 
 def _run_worker(config: Config, config_path: Path | None, worker: int, reuse_port: bool) -> None:
-    import uvloop
-
     async def main() -> None:
         await Service(config, config_path, worker, reuse_port).run(banner=worker == 0)
+
+    import uvloop
 
     uvloop.run(main())
 

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
-from ztdns.config import Config, located, where
+from ztdns.config import Config, ConfigError, located, where
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_limit
@@ -35,7 +35,7 @@ from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
 from ztdns.protocol.respond import RespondStage, header_only_response
 from ztdns.resolver import Resolver
-from ztdns.resolver.forward import Forwarder
+from ztdns.resolver.forward import Forwarder, UpstreamSetupError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
 from ztdns.resolver.recursive import RecursiveResolver
 from ztdns.resolver.stage import ResolveStage
@@ -121,7 +121,10 @@ def make_resolver(config: Config) -> Resolver | None:
             # The validator fetches DS/DNSKEY through the resolver it validates for.
             recursive.validator = Validator(recursive, anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)
         return recursive
-    forwarder = Forwarder(config.resolver)
+    try:
+        forwarder = Forwarder(config.resolver, config.base_dir)
+    except UpstreamSetupError as exc:  # TLS files of an encrypted upstream
+        raise ConfigError([f"{config.source}: {exc}"]) from None
     if anchors is None:
         return forwarder
     validator = Validator(ResolverFetcher(forwarder), anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)
@@ -195,6 +198,8 @@ class Frontend:
         """
         runtime = self.runtime
         match = runtime.identities.match(client)
+        if match is None and client.certificate_required:
+            return None  # the refusal names the missing certificate: the identify stage writes it
         identity = None if match is None else match.identity
         replays = runtime.replays
         exact = replays.exact.get(identity)

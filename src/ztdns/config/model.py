@@ -6,6 +6,8 @@ the file, line and key rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
@@ -60,6 +62,9 @@ class ListenConfig(Section):
     key: str | None = None
     ca: str | None = None  # CA bundle that client certificates must chain to
     client_auth: Literal["require", "optional", "off"] = "off"
+    # With client_auth = "optional", a client that shows no certificate is identified by its address
+    # ("network") or refused with EDE 18 whatever its address ("refuse").
+    no_certificate: Literal["network", "refuse"] = "network"
     crl: list[str] = []
     tls_min_version: Literal["1.2", "1.3"] = "1.3"
     handshake_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
@@ -82,6 +87,8 @@ class ListenConfig(Section):
 
     @model_validator(mode="after")
     def _tls(self) -> ListenConfig:
+        if self.no_certificate == "refuse" and self.client_auth != "optional":
+            raise ValueError("no_certificate = 'refuse' only applies with client_auth = 'optional'")
         if self.transport in ("udp", "tcp"):
             if self.cert or self.key or self.ca or self.crl or self.client_auth != "off":
                 raise ValueError(f"TLS keys (cert, key, ca, crl, client_auth) do not apply to {self.transport}")
@@ -96,9 +103,21 @@ class ListenConfig(Section):
         return parse_hostport(self.address, 53)
 
 
+# Port an upstream address without one gets, by transport.
+UPSTREAM_PORTS = {"udp": 53, "dot": 853, "doh": 443, "doq": 853}
+
+
 class UpstreamConfig(Section):
     address: str
-    transport: Literal["udp"] = "udp"  # udp means Do53: UDP with TCP fallback on TC=1
+    # udp means Do53 (UDP with TCP fallback on TC=1); dot, doh (HTTP/2) and doq are encrypted (docs/forwarding.md).
+    transport: Literal["udp", "dot", "doh", "doq"] = "udp"
+    # Encrypted transports only. Paths are relative to the config file.
+    server_name: str | None = None  # name the upstream's certificate must carry; default: the address
+    ca: str | None = None  # CA bundle the upstream's certificate must chain to; default: the system store
+    spki_pin: str | None = None  # base64 SHA-256 of the upstream's SubjectPublicKeyInfo (RFC 7858 4.2)
+    cert: str | None = None  # our client certificate (mTLS), for upstreams that identify us
+    key: str | None = None
+    path: str = "/dns-query"  # DoH only
 
     @field_validator("address")
     @classmethod
@@ -106,8 +125,36 @@ class UpstreamConfig(Section):
         parse_hostport(value, 53)
         return value
 
+    @field_validator("spki_pin")
+    @classmethod
+    def _pin(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                digest = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                digest = b""
+            if len(digest) != 32:
+                raise ValueError("spki_pin must be the base64 of a SHA-256 digest (44 characters)")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("path must start with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> UpstreamConfig:
+        tls_keys = [key for key in ("server_name", "ca", "spki_pin", "cert", "key") if getattr(self, key) is not None]
+        if self.transport == "udp" and tls_keys:
+            raise ValueError(f"{', '.join(tls_keys)} only apply to encrypted upstreams (dot, doh, doq)")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
     def hostport(self) -> tuple[str, int]:
-        return parse_hostport(self.address, 53)
+        return parse_hostport(self.address, UPSTREAM_PORTS[self.transport])
 
 
 class RecursionConfig(Section):

@@ -3,7 +3,8 @@
 Owns: mapping a verified certificate identity (exact, or a prefix ending in ``*`` such as
 ``spiffe://corp.example/ns/prod/*``; longest prefix wins) or else the source address (most specific network
 wins) to an identity name from ``[identities.NAME]``, and what happens to clients that match nothing
-(``[unknown_clients]``: refuse with EDE 18, or use a default identity).
+(``[unknown_clients]``: refuse with EDE 18, or use a default identity). A client without a certificate on a listener
+with ``no_certificate = "refuse"`` (``ClientInfo.certificate_required``) is refused, never matched by address.
 Client data touched: source address and certificate identity, read only to choose the identity.
 """
 
@@ -60,7 +61,8 @@ class IdentityMap:
         self._by_certificate: dict[str, Match | None] = {}
 
     def match(self, client: ClientInfo) -> Match | None:
-        """The identity for this client, or None when it is unknown and unknown clients are refused."""
+        """The identity for this client, or None when it is unknown and unknown clients are refused — or when it
+        showed no certificate on a listener that requires one for identity (the address is not consulted)."""
         certificate = client.certificate_identity
         if certificate is not None:
             try:
@@ -70,6 +72,8 @@ class IdentityMap:
                 self._remember(self._by_certificate, certificate, found)
             if found is not None:
                 return found
+        elif client.certificate_required:
+            return None
         try:
             found = self._by_address[client.address]
         except KeyError:

@@ -24,15 +24,20 @@ class IdentifyStage:
 
     async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
         assert ctx.query is not None
-        match = self.identities.match(ctx.client)
+        client = ctx.client
+        match = self.identities.match(client)
         if match is None:
             response = dns.message.make_response(ctx.query)
             response.set_rcode(dns.rcode.REFUSED)
             ctx.response = response
             ctx.kind = Kind.PROHIBITED
+            ctx.replay_counts_down = False
+            if client.certificate_required and client.certificate_identity is None:
+                # Not replayed: replays are shared by all unknown clients, and this text is for this one only.
+                ctx.reason = Reason(EDE.PROHIBITED, "no client certificate (this listener identifies by certificate)")
+                return
             ctx.reason = Reason(EDE.PROHIBITED, "client is not a known identity")
             ctx.replay_until = time.monotonic() + REFUSAL_REPLAY_SECONDS
-            ctx.replay_counts_down = False
             return
         ctx.identity = match.identity
         ctx.identity_how = match.how

@@ -60,8 +60,14 @@ class Observer:
         question = ctx.question
         qname = question.name.to_text().lower() if question else None
         qtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(question.rdtype)) if question else None
+        client = ctx.client
         head = json.dumps(
-            {"time": self.clock.now(), "transport": ctx.client.transport.value, "client": ctx.client.address}
+            {
+                "time": self.clock.now(),
+                "transport": client.transport.value,
+                "client": client.address,
+                "certificate": client.certificate_identity,
+            }
         )
         body = json.dumps(
             {
@@ -109,9 +115,12 @@ class Observer:
         transport = client.transport
         self.metrics.count(transport, replay.kind, replay.rcode, latency)
         if self.querylog is not None:
+            # The certificate identity is per client, like the address: identities matched by prefix are shared.
+            certificate = client.certificate_identity
+            proven = "null" if certificate is None else json.dumps(certificate)
             self.querylog.write(
                 f'{{"time": "{self.clock.now()}", "transport": "{transport}", "client": {json.dumps(client.address)}, '
-                f'{replay.log_fragment}, "latency_ms": {latency * 1000:.3f}}}'
+                f'"certificate": {proven}, {replay.log_fragment}, "latency_ms": {latency * 1000:.3f}}}'
             )
 
 

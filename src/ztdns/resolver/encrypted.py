@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import ssl
 import struct
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ from ztdns.transport.framing import LengthPrefixedFramer, frame
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached, failed verification, or answered with something unusable."""
+    """The upstream could not be reached, failed verification, or answered with something unusable.
+    Timeouts are not wrapped: ``query`` lets ``TimeoutError`` through so callers can tell the two apart."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,18 @@ def spki_pin(certificate_der: bytes) -> str:
     public_key = x509.load_der_x509_certificate(certificate_der).public_key()
     spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, short enough for an EDE EXTRA-TEXT: the verification failure rather than OpenSSL's
+    bracketed codes."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"TLS error: {exc.reason.lower().replace('_', ' ')}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
 
 
 def _check_pin(settings: TlsClientSettings, certificate_der: bytes | None) -> None:
@@ -132,8 +146,10 @@ class DotUpstream:
                     response = await future
                 finally:
                     self._pending.pop(local_id, None)
+        except TimeoutError:
+            raise
         except (OSError, ssl.SSLError) as exc:
-            raise UpstreamError(f"DoT {self.host}:{self.port}: {exc}") from exc
+            raise UpstreamError(describe(exc)) from exc
         return wire[:2] + response[2:]
 
     async def close(self) -> None:
@@ -149,13 +165,15 @@ class DohUpstream:
     """RFC 8484 POST over one HTTP/2 connection; the message ID is sent as 0 for cache friendliness."""
 
     def __init__(self, url: str, tls: TlsClientSettings | None = None) -> None:
-        scheme, _, rest = url.partition("://")
-        authority, _, path = rest.partition("/")
-        if scheme != "https" or not authority:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"{url!r} is not an https:// URL")
-        host, _, port = authority.rpartition(":") if authority.count(":") == 1 else (authority, "", "443")
-        self.host, self.port, self.path, self.authority = host.strip("[]"), int(port), "/" + path, authority
+        self.host, self.port = parts.hostname, parts.port or 443
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.tls = tls or TlsClientSettings()
+        # The HTTP authority names the server we verify (virtual hosting), not the address we dial.
+        name = self.tls.server_name
+        self.authority = parts.netloc if name is None else name if self.port == 443 else f"{name}:{self.port}"
         self._context = self.tls.context(["h2"])
         self._conn: h2.connection.H2Connection | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -174,7 +192,7 @@ class DohUpstream:
             try:
                 _check_pin(self.tls, ssl_object.getpeercert(binary_form=True))
                 if ssl_object.selected_alpn_protocol() != "h2":
-                    raise UpstreamError(f"DoH {self.authority} does not speak HTTP/2")
+                    raise UpstreamError("does not speak HTTP/2 (ALPN h2)")
             except UpstreamError:
                 writer.close()
                 raise
@@ -218,7 +236,7 @@ class DohUpstream:
             if status == [200] and isinstance(event, h2.events.StreamEnded):
                 future.set_result(bytes(body))
             else:
-                future.set_exception(UpstreamError(f"DoH {self.authority}: HTTP status {status or 'reset'}"))
+                future.set_exception(UpstreamError(f"HTTP status {status[0] if status else 'missing (stream reset)'}"))
 
     async def query(self, wire: bytes, timeout: float) -> bytes:
         try:
@@ -246,10 +264,12 @@ class DohUpstream:
                     response = await future
                 finally:
                     self._streams.pop(stream_id, None)
+        except TimeoutError:
+            raise
         except (OSError, ssl.SSLError, h2.exceptions.ProtocolError) as exc:
-            raise UpstreamError(f"DoH {self.authority}: {exc}") from exc
+            raise UpstreamError(describe(exc)) from exc
         if len(response) < 12:
-            raise UpstreamError(f"DoH {self.authority}: short DNS message")
+            raise UpstreamError("short DNS message")
         return wire[:2] + response[2:]
 
     async def close(self) -> None:
@@ -337,10 +357,12 @@ class DoqUpstream:
             async with asyncio.timeout(timeout):
                 protocol = await self._connection()
                 response = await protocol.ask(_with_id(wire, 0))  # RFC 9250 section 4.2.1: ID 0
-        except (OSError, ConnectionError) as exc:
-            raise UpstreamError(f"DoQ {self.host}:{self.port}: {exc}") from exc
+        except TimeoutError:
+            raise
+        except OSError as exc:  # ConnectionError included: aioquic's failed handshake
+            raise UpstreamError(describe(exc)) from exc
         if len(response) < 14 or int.from_bytes(response[:2], "big") != len(response) - 2:
-            raise UpstreamError(f"DoQ {self.host}:{self.port}: malformed answer stream")
+            raise UpstreamError("malformed answer stream")
         return wire[:2] + response[4:]
 
     async def close(self) -> None:

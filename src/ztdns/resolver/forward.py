@@ -1,4 +1,5 @@
-"""Forwarding to Do53 upstreams: UDP first, TCP when the answer is truncated, several upstreams with health.
+"""Forwarding to upstreams: Do53 (UDP first, TCP when the answer is truncated) and encrypted DoT, DoH and DoQ
+(over the reused connections of :mod:`ztdns.resolver.encrypted`), several upstreams with health.
 
 Sans-IO parts, tested with bytes: :func:`build_query` (random ID, RD, EDNS, DO/CD), :class:`ReplyFilter` /
 :func:`reply_matches` (is this datagram the answer to that query?) and :class:`~ztdns.resolver.health.HealthBook`
@@ -8,6 +9,7 @@ Spoofing defences: every attempt is a new query with a random 16-bit ID (``secre
 whose source port the kernel picks at random; the socket is connected, so the kernel drops datagrams from other
 peers and reports ICMP unreachable, and the peer is checked again here. A datagram that is not the answer (other
 peer, ID, question, QR=0, or garbage) is ignored and the wait goes on, so a spoofer cannot end the exchange early.
+Encrypted upstreams are authenticated by TLS; their answers still go through the same :class:`ReplyFilter`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import asyncio
 import ipaddress
 import secrets
 import socket
+import ssl
 import struct
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dns.exception
@@ -29,9 +34,9 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from ztdns.config.model import ResolverConfig
+from ztdns.config.model import ResolverConfig, UpstreamConfig
 from ztdns.outcome import EDE, Reason
-from ztdns.resolver import Question, Resolution
+from ztdns.resolver import Question, Resolution, encrypted
 from ztdns.resolver.health import HealthBook, UpstreamHealth
 
 _HEADER = struct.Struct("!HHH")  # ID, flags, QDCOUNT: the start of the 12-byte header
@@ -44,9 +49,14 @@ _LENGTH = struct.Struct("!H")  # TCP length prefix (RFC 1035 4.2.2)
 # of last resort and does not count against the upstream's health.
 _REFUSALS = frozenset({dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.NOTIMP})
 
+# Queries on encrypted upstreams are padded to a multiple of this (RFC 8467 section 4.1, block-length padding),
+# so their length does not give the name away.
+QUERY_PADDING_BLOCK = 128
 
-def build_query(question: Question, edns_payload: int) -> dns.message.QueryMessage:
-    """The upstream query for ``question``: random ID, RD=1, EDNS(0) with ``edns_payload``, DO and CD as asked."""
+
+def build_query(question: Question, edns_payload: int, pad: int = 0) -> dns.message.QueryMessage:
+    """The upstream query for ``question``: random ID, RD=1, EDNS(0) with ``edns_payload``, DO and CD as asked,
+    EDNS padding to a multiple of ``pad`` octets when it is not 0."""
     query = dns.message.make_query(
         question.name,
         dns.rdatatype.RdataType.make(question.rdtype),
@@ -54,6 +64,7 @@ def build_query(question: Question, edns_payload: int) -> dns.message.QueryMessa
         use_edns=0,
         want_dnssec=question.dnssec_ok,
         payload=edns_payload,
+        pad=pad,
     )
     query.id = secrets.randbits(16)
     if question.checking_disabled:
@@ -133,8 +144,8 @@ class UpstreamError(Exception):
         self.ede = ede
 
 
-def _network_error(exc: BaseException, transport: str) -> UpstreamError:
-    prefix = "" if transport == "udp" else f"{transport} "
+def _network_error(exc: BaseException, prefix: str) -> UpstreamError:
+    """``prefix`` names the fallback the error happened in ("tcp "), or is empty."""
     if isinstance(exc, TimeoutError):
         return UpstreamError(f"{prefix}timeout", EDE.NO_REACHABLE_AUTHORITY)
     if isinstance(exc, asyncio.IncompleteReadError):
@@ -197,14 +208,68 @@ class UdpExchange(asyncio.DatagramProtocol):
 MIN_ATTEMPT_SECONDS = 0.01
 
 
-class Forwarder:
-    """A :class:`~ztdns.resolver.Resolver` that forwards to the configured Do53 upstreams."""
+EncryptedClient = encrypted.DotUpstream | encrypted.DohUpstream | encrypted.DoqUpstream
 
-    def __init__(self, config: ResolverConfig) -> None:
+
+class UpstreamSetupError(ValueError):
+    """An encrypted upstream's TLS files cannot be used; the message names the upstream's config key."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One configured upstream: its address, its label (health, metrics, EDE text) and, when encrypted, the
+    client that keeps its connection."""
+
+    peer: Peer
+    label: str  # "192.0.2.53:53", "tls://192.0.2.53:853", "https://192.0.2.53:443/dns-query", "quic://…"
+    client: EncryptedClient | None = None  # None: Do53
+
+    @property
+    def padding(self) -> int:
+        return 0 if self.client is None else QUERY_PADDING_BLOCK
+
+
+def make_upstream(config: UpstreamConfig, base_dir: Path = Path("."), key: str = "upstream") -> Upstream:
+    """The upstream ``config`` describes; ``key`` names it in errors. Raises :class:`UpstreamSetupError`."""
+    host, port = config.hostport()
+    peer = Peer(host, port)
+    if config.transport == "udp":
+        return Upstream(peer, peer.label)
+    tls = encrypted.TlsClientSettings(
+        server_name=config.server_name,
+        ca=base_dir / config.ca if config.ca else None,
+        spki_pin=config.spki_pin,
+        cert=base_dir / config.cert if config.cert else None,
+        key=base_dir / config.key if config.key else None,
+    )
+    try:
+        if config.transport == "dot":
+            return Upstream(peer, f"tls://{peer.label}", encrypted.DotUpstream(host, port, tls))
+        if config.transport == "doq":
+            return Upstream(peer, f"quic://{peer.label}", encrypted.DoqUpstream(host, port, tls))
+        url = f"https://{peer.label}{config.path}"
+        return Upstream(peer, url, encrypted.DohUpstream(url, tls))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        # ssl names no file when a certificate or key does not parse: say which ones were being read.
+        files = ", ".join(str(path) for path in (tls.ca, tls.cert, tls.key) if path is not None)
+        detail = encrypted.describe(exc) if isinstance(exc, OSError) else str(exc)
+        raise UpstreamSetupError(f"{key}: {detail}" + (f" (reading {files})" if files else "")) from None
+
+
+class Forwarder:
+    """A :class:`~ztdns.resolver.Resolver` that forwards to the configured upstreams (Do53, DoT, DoH, DoQ).
+
+    ``base_dir`` is where the TLS file paths of encrypted upstreams are relative to (the config file's folder).
+    """
+
+    def __init__(self, config: ResolverConfig, base_dir: Path = Path(".")) -> None:
         self._config = config
-        self._peers = [Peer(*upstream.hostport()) for upstream in config.upstreams]
+        self._upstreams = [
+            make_upstream(upstream, base_dir, f"resolver.upstreams[{index}]")
+            for index, upstream in enumerate(config.upstreams)
+        ]
         self._book = HealthBook(
-            [peer.label for peer in self._peers],
+            [upstream.label for upstream in self._upstreams],
             failures_before_down=config.failures_before_down,
             backoff_initial=config.backoff_initial,
             backoff_max=config.backoff_max,
@@ -218,7 +283,7 @@ class Forwarder:
     async def resolve(self, question: Question) -> Resolution:
         if self._closed:
             return Resolution(None, Reason(EDE.NETWORK_ERROR, "forwarder closed"))
-        if not self._peers:
+        if not self._upstreams:
             return Resolution(None, Reason(EDE.NO_REACHABLE_AUTHORITY, "no upstreams configured"))
         config = self._config
         deadline = time.monotonic() + config.budget
@@ -228,20 +293,20 @@ class Forwarder:
         last_servfail: Resolution | None = None
         for attempt in range(config.attempts):
             index = order[attempt % len(order)]
-            peer = self._peers[index]
+            upstream = self._upstreams[index]
             started = time.monotonic()
             allowed = min(config.timeout, deadline - started)
             if allowed < MIN_ATTEMPT_SECONDS:  # timers fire a millisecond early or late: no sliver attempts
                 break
             try:
-                reply = await self._attempt(peer, question, allowed)
+                reply = await self._attempt(upstream, question, allowed)
             except UpstreamError as exc:
                 self._book.failed(index, time.monotonic(), penalty=allowed)
                 failures.append(exc)
-                notes[f"{peer.label} {exc}"] = None
+                notes[f"{upstream.label} {exc}"] = None
                 continue
             self._book.succeeded(index, time.monotonic() - started)
-            resolution = Resolution(reply, upstream=peer.label)
+            resolution = Resolution(reply, upstream=upstream.label)
             if reply.rcode() != dns.rcode.SERVFAIL:
                 return resolution
             last_servfail = resolution
@@ -253,19 +318,27 @@ class Forwarder:
         text = "upstreams " + "; ".join(notes) if notes else "no attempt fitted in the time budget"
         return Resolution(None, Reason(ede, text))
 
-    async def _attempt(self, peer: Peer, question: Question, allowed: float) -> dns.message.Message:
-        """One query to one upstream within ``allowed`` seconds: UDP, then TCP if truncated. Raises UpstreamError."""
-        wire = build_query(question, self._config.edns_payload).to_wire()
+    async def _attempt(self, upstream: Upstream, question: Question, allowed: float) -> dns.message.Message:
+        """One query to one upstream within ``allowed`` seconds: UDP, then TCP if truncated, or one exchange on
+        the encrypted connection. Raises UpstreamError."""
+        wire = build_query(question, self._config.edns_payload, upstream.padding).to_wire()
         expected = ReplyFilter(wire)
-        transport = "udp"
+        prefix = ""
         try:
             async with asyncio.timeout(allowed):
-                reply = await self._udp(peer, wire, expected)
-                if reply is None:
-                    transport = "tcp"
-                    reply = await self._tcp(peer, wire, expected)
+                if upstream.client is not None:
+                    reply = expected.decode(await upstream.client.query(wire, allowed))
+                    if reply is None:
+                        raise UpstreamError("answer does not match the question", EDE.NETWORK_ERROR)
+                else:
+                    reply = await self._udp(upstream.peer, wire, expected)
+                    if reply is None:
+                        prefix = "tcp "
+                        reply = await self._tcp(upstream.peer, wire, expected)
+        except encrypted.UpstreamError as exc:  # TLS verification, pin, HTTP status, closed connection
+            raise UpstreamError(str(exc), EDE.NETWORK_ERROR) from None
         except (OSError, EOFError) as exc:  # TimeoutError and IncompleteReadError included
-            raise _network_error(exc, transport) from None
+            raise _network_error(exc, prefix) from None
         rcode = reply.rcode()
         if rcode in _REFUSALS:
             raise UpstreamError(dns.rcode.to_text(rcode).lower(), EDE.NO_REACHABLE_AUTHORITY)
@@ -309,3 +382,6 @@ class Forwarder:
         for transport in list(self._open):
             transport.close()
         self._open.clear()
+        for upstream in self._upstreams:
+            if upstream.client is not None:
+                await upstream.client.close()
