@@ -98,7 +98,7 @@ def _nsec_closest_encloser(rrset: dns.rrset.RRset, name: dns.name.Name) -> dns.n
 
 
 def nsec_nxdomain(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name) -> Denial:
-    cover = next((r for r in nsecs if nsec_covers(r, name) and not _delegation_above(r, name)), None)
+    cover = next((r for r in nsecs if nsec_covers(r, name) and not delegation_above(r, name)), None)
     if cover is None:
         return Denial(Proof.MISSING, why=f"no NSEC covers {name}")
     wildcard = _wildcard_of(_nsec_closest_encloser(cover, name))
@@ -107,7 +107,7 @@ def nsec_nxdomain(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name) -> Deni
     return Denial(Proof.PROVEN)
 
 
-def _delegation_above(rrset: dns.rrset.RRset, name: dns.name.Name) -> bool:
+def delegation_above(rrset: dns.rrset.RRset, name: dns.name.Name) -> bool:
     return _is_parent_side(rrset) and name.is_subdomain(rrset.name) and name != rrset.name
 
 

@@ -175,7 +175,7 @@ class Validator:
         self.nsec3_max_iterations = nsec3_max_iterations
         self.clock = clock
         self._states: dict[dns.name.Name, ZoneKeys] = {}
-        self.failures = 0  # bogus results, for metrics
+        self.failures: dict[EDE, int] = {}  # bogus results by EDE code: security events, for metrics
 
     # ----- chain of trust ---------------------------------------------------------------------------------
 
@@ -361,26 +361,33 @@ class Validator:
     async def validate(
         self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, response: dns.message.Message
     ) -> Verdict:
-        """Validate a response (fetched with DO=1) to ``qname``/``qtype``."""
-        verdict = await self._validate(qname, qtype, response)
+        """Validate a response (fetched with DO=1) to ``qname``/``qtype``; a bogus one is a security event."""
+        verdict = await self.check(qname, qtype, response)
         if verdict.bogus:
-            self.failures += 1
             assert verdict.reason is not None
+            ede = verdict.reason.ede
+            self.failures[ede] = self.failures.get(ede, 0) + 1
+            qtype_text = dns.rdatatype.to_text(qtype)
             log.warning(
-                "dnssec validation failure",
+                "event=dnssec_bogus qname=%s qtype=%s ede=%d text=%r",
+                qname,
+                qtype_text,
+                ede,
+                verdict.reason.text,
                 extra={
                     "event": "dnssec_bogus",
                     "qname": str(qname),
-                    "qtype": dns.rdatatype.to_text(qtype),
-                    "ede": int(verdict.reason.ede),
+                    "qtype": qtype_text,
+                    "ede": int(ede),
                     "text": verdict.reason.text,
                 },
             )
         return verdict
 
-    async def _validate(
+    async def check(
         self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, response: dns.message.Message
     ) -> Verdict:
+        """The verdict on a response, without logging or counting (also for answers we built ourselves)."""
         if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             return INSECURE  # SERVFAIL, REFUSED...: nothing to vouch for
         now = self.clock()
