@@ -220,7 +220,9 @@ class Validator:
         response = await self.fetcher.fetch(zone, dns.rdatatype.DNSKEY)
         dnskeys = self._find(response, zone, dns.rdatatype.DNSKEY)
         if dnskeys is None:
-            return ZoneKeys(zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: no DNSKEY for the trust anchor"), None, now + 60)
+            return ZoneKeys(
+                zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: {zone} DNSKEY: missing (trust anchor)"), None, now + 60
+            )
         if anchor.ds:
             return self._keys_from_ds(zone, anchor.ds, dnskeys, now)
         trusted = [key for key in dnskeys.rrset if key in anchor.dnskey]
@@ -247,7 +249,7 @@ class Validator:
                     return ZoneKeys(child, usable, None, now + _ttl_of(ds.rrset))
                 return ZoneKeys(
                     child,
-                    _bogus(EDE.DNSKEY_MISSING, f"{child}: DS in {parent.zone} but no DNSKEY"),
+                    _bogus(EDE.DNSKEY_MISSING, f"{child}: {child} DNSKEY: missing (DS in {parent.zone})"),
                     None,
                     now + 60,
                 )
@@ -295,7 +297,9 @@ class Validator:
     def _self_signed(self, zone: dns.name.Name, dnskeys: _Signed, trusted: list[DNSKEY], now: float) -> ZoneKeys:
         """The DNSKEY RRset must be signed by one of the keys the DS (or anchor) vouches for."""
         if not trusted:
-            return ZoneKeys(zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: no DNSKEY matches the DS"), None, now + 60)
+            return ZoneKeys(
+                zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: {zone} DNSKEY: no key matches the DS"), None, now + 60
+            )
         anchor_keys = dns.rdataset.from_rdata_list(dnskeys.rrset.ttl, trusted)
         verdict = verify(dnskeys, zone, anchor_keys, now)
         if verdict.bogus:

@@ -88,6 +88,15 @@ address = "{self.address}:{self.metrics_port}"
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
+    def wait_log(self, text: str, timeout: float = 5.0) -> bool:
+        """Wait until ``text`` appears in the server's stderr."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def start(self, timeout: float = 20.0) -> None:
         self.config_path.write_text(self.config())
         command = [sys.executable, "-m", "ztdns", "serve", "--config", str(self.config_path)]

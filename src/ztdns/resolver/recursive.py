@@ -175,7 +175,8 @@ class RecursiveResolver:
         cached = self._cache.get(key)
         if cached is not None and cached.expires > now and (cached.verdict is not None or not validate):
             self._cache.move_to_end(key)
-            return _aged(cached, now), cached.verdict
+            # CD=1 gets the data as published even when we already found it bogus.
+            return _aged(cached, now), cached.verdict if validate else None
         flight = (name, rdtype, validate)
         pending = self._inflight.get(flight)
         if pending is None:
@@ -203,7 +204,7 @@ class RecursiveResolver:
         hit = self._cache.get(key)
         if hit is None:
             return pending.result(), None
-        return _aged(hit, time.time()), hit.verdict
+        return _aged(hit, time.time()), hit.verdict if validate else None
 
     async def _from_denials(
         self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
