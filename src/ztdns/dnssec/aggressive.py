@@ -25,6 +25,7 @@ from dns.rdtypes.ANY.NSEC3 import NSEC3
 from dns.rdtypes.ANY.RRSIG import RRSIG
 from dns.rdtypes.ANY.SOA import SOA
 
+from ztdns.dnssec import denial
 from ztdns.dnssec.denial import delegation_above, nsec_covers
 
 _WILDCARD = dns.name.Name((b"*",))
@@ -161,6 +162,9 @@ class DenialCache:
         else:
             return None
         records = {id(r): r for r in found if r is not None and r.expires > now}
+        # The proof's shape is checked here, cheaply; signatures are the caller's validation.
+        if _proof(zone_name, [r.rrset for r in records.values()], name, rdtype, nodata) is not denial.Proof.PROVEN:
+            return None
         response = dns.message.make_response(dns.message.make_query(name, rdtype, want_dnssec=True))
         response.flags |= dns.flags.RA
         response.flags &= ~dns.flags.AA
@@ -201,6 +205,24 @@ class DenialCache:
             wildcard = digest(_WILDCARD.concatenate(ancestor))
             found += [chain.at(digest(ancestor)), chain.at(wildcard), chain.before(wildcard)]
         return found
+
+
+def _proof(
+    zone: dns.name.Name,
+    rrsets: list[dns.rrset.RRset],
+    name: dns.name.Name,
+    rdtype: dns.rdatatype.RdataType,
+    nodata: bool,
+) -> denial.Proof:
+    """Would these records (signatures aside) prove the denial? Wildcards and opt-out spans say no."""
+    nsecs = [r for r in rrsets if r.rdtype == dns.rdatatype.NSEC]
+    if nsecs:
+        return (denial.nsec_nodata(nsecs, name, rdtype) if nodata else denial.nsec_nxdomain(nsecs, name)).proof
+    nsec3s = denial.Nsec3Set.of(zone, rrsets)
+    if nsec3s is None:
+        return denial.Proof.MISSING
+    result = denial.nsec3_nodata(nsec3s, name, rdtype) if nodata else denial.nsec3_nxdomain(nsec3s, name)
+    return result.proof
 
 
 def _empty_non_terminal(cover: _Signed | None, name: dns.name.Name) -> bool:
