@@ -167,7 +167,8 @@ def test_validation_failures_are_security_events_counted_by_ede(lab_loop: NetnsL
 
 
 def _covered_by_same_span(response: dns.message.Message, qname: str) -> str:
-    """Another name in nsec3.lab. whose hash falls in the NSEC3 span that denied ``qname``."""
+    """Another name in ``qname``'s zone whose hash falls in the NSEC3 span that denied ``qname``."""
+    zone = qname.split(".", 1)[1]
     spans = []
     for rrset in response.authority:
         nsec3 = rrset[0]
@@ -181,7 +182,7 @@ def _covered_by_same_span(response: dns.message.Message, qname: str) -> str:
 
     target = span_of(qname)
     assert target is not None
-    return next(f"n{i}.nsec3.lab." for i in range(1, 100_000) if span_of(f"n{i}.nsec3.lab.") == target)
+    return next(f"n{i}.{zone}" for i in range(1, 100_000) if span_of(f"n{i}.{zone}") == target)
 
 
 def test_aggressive_nsec_answers_from_cached_denials(lab_loop: NetnsLoop, server: LabServer) -> None:
@@ -192,6 +193,7 @@ def test_aggressive_nsec_answers_from_cached_denials(lab_loop: NetnsLoop, server
     nsec3_first = ask(lab_loop, ZTDNS, "nxa.nsec3.lab.")
     assert nsec3_first.rcode() == dns.rcode.NXDOMAIN and nsec3_first.flags & dns.flags.AD
     nsec3_other = _covered_by_same_span(nsec3_first, "nxa.nsec3.lab.")
+    assert ask(lab_loop, ZTDNS, "www.secure.lab.", "MX").flags & dns.flags.AD  # NODATA: the NSEC at www
     before = scrape(lab_loop, server)
     # Covered by the same NSEC ("ns" → "txt"): NXDOMAIN for A and TXT; NODATA for a type www lacks.
     answers = [
@@ -209,9 +211,16 @@ def test_aggressive_nsec_answers_from_cached_denials(lab_loop: NetnsLoop, server
     assert metric(after, upstream) == metric(before, upstream)
     aggressive = "ztdns_recursion_aggressive_answers_total"
     assert metric(after, aggressive) - metric(before, aggressive) == 4
-    # Not from a wildcard or an opt-out span: those must still be asked.
+    # Not from a wildcard or an opt-out span (insecure): those must still be asked.
     wildcard = ask(lab_loop, ZTDNS, "fresh.wild.secure.lab.")
     assert addresses(wildcard) == {"192.0.2.2"}
+    opt_out = ask(lab_loop, ZTDNS, "nxa.optout.lab.")
+    assert opt_out.rcode() == dns.rcode.NXDOMAIN and not opt_out.flags & dns.flags.AD
+    before = scrape(lab_loop, server)
+    assert ask(lab_loop, ZTDNS, _covered_by_same_span(opt_out, "nxa.optout.lab.")).rcode() == dns.rcode.NXDOMAIN
+    after = scrape(lab_loop, server)
+    assert metric(after, upstream) > metric(before, upstream)
+    assert metric(after, aggressive) == metric(before, aggressive)
 
 
 class Forger(threading.Thread):
