@@ -342,3 +342,19 @@ def test_out_of_bailiwick_referral_records_are_not_cached(signed_lab: Lab, lab_l
         secure = ask(lab_loop, fresh.address, "www.secure.lab.")
         assert addresses(secure) == {"192.0.2.1"} and secure.flags & dns.flags.AD
         assert addresses(ask(lab_loop, fresh.address, "ns.nic.lab.")) == {signed_lab.addresses["tld"]}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.ede in (1, 2)], ids=lambda c: c.qname)
+def test_unsupported_algorithm_or_digest_is_insecure_with_ede(
+    lab_loop: NetnsLoop, server: LabServer, case: Case
+) -> None:
+    """RFC 8624: a zone signed only with algorithms or digests we do not support counts as unsigned: the answer
+    is served without AD, and the EDE says why."""
+    zone = case.qname.split(".", 1)[1]
+    for _ in range(2):
+        response = ask(lab_loop, ZTDNS, case.qname, case.qtype)
+        assert response.rcode() == dns.rcode.NOERROR and addresses(response) == {"192.0.2.1"}
+        assert not response.flags & dns.flags.AD
+        assert ede(response) is not None
+        code, text = ede(response) or (0, "")
+        assert code == case.ede and text.startswith(f"{zone}: {zone} DS: "), text

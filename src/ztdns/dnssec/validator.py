@@ -271,10 +271,10 @@ class Validator:
             return usable
         if any(ds.algorithm not in SUPPORTED_ALGORITHMS for ds in records):
             algorithms = sorted({int(ds.algorithm) for ds in records})
-            reason = Reason(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: DS algorithms {algorithms} unsupported")
+            reason = Reason(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: {zone} DS: algorithms {algorithms} unsupported")
         else:
             digests = sorted({int(ds.digest_type) for ds in records})
-            reason = Reason(EDE.UNSUPPORTED_DS_DIGEST, f"{zone}: DS digest types {digests} unsupported")
+            reason = Reason(EDE.UNSUPPORTED_DS_DIGEST, f"{zone}: {zone} DS: digest types {digests} unsupported")
         return Verdict(Security.INSECURE, reason)
 
     def _keys_from_ds(self, zone: dns.name.Name, records: list[DS], dnskeys: _Signed, now: float) -> ZoneKeys:
