@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dns.flags
 import dns.message
 import dns.opcode
 import dns.rdatatype
@@ -26,8 +27,11 @@ def test_variant_bits_separate_answers() -> None:
     plain = wire.parse_query(dns.message.make_query("x.example", "A").to_wire())
     edns = wire.parse_query(dns.message.make_query("x.example", "A", use_edns=0).to_wire())
     do = wire.parse_query(dns.message.make_query("x.example", "A", want_dnssec=True).to_wire())
-    assert plain is not None and edns is not None and do is not None
-    assert len({plain.key, edns.key, do.key}) == 3
+    # AD in a query asks for AD in the answer (RFC 6840 §5.8), so it changes the answer's bytes.
+    ad = wire.parse_query(dns.message.make_query("x.example", "A", flags=dns.flags.RD | dns.flags.AD).to_wire())
+    assert plain is not None and edns is not None and do is not None and ad is not None
+    assert len({plain.key, edns.key, do.key, ad.key}) == 4
+    assert ad.variant & wire.VARIANT_AD
     assert plain.max_size == 512
     assert do.variant & wire.VARIANT_DO
 

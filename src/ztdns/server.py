@@ -316,6 +316,7 @@ class Frontend:
         )
         counters["ztdns_cache_evictions"] = ("Entries evicted by size", lambda: float(self.cache.evictions))
         self.metrics.labelled.append(self._upstream_families)
+        self.metrics.labelled.append(self._dnssec_families)
         counters["ztdns_querylog_dropped"] = (
             "Query log lines dropped because the writer fell behind",
             lambda: float(self.querylog.dropped if self.querylog else 0),
@@ -339,6 +340,36 @@ class Frontend:
             queries.add_metric([upstream.address], upstream.queries)
             errors.add_metric([upstream.address], upstream.errors)
         yield from (up, srtt, queries, errors)
+
+    def _dnssec_families(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Validation failures by EDE code (security events) and recursion's defences at work."""
+        validator = getattr(self.resolver, "validator", None)
+        if isinstance(validator, Validator):
+            failures = CounterMetricFamily(
+                "ztdns_dnssec_validation_failures",
+                "Answers that failed DNSSEC validation (logged as dnssec_bogus security events), by EDE code",
+                labels=["ede"],
+            )
+            for ede, count in sorted(validator.failures.items()):
+                failures.add_metric([str(int(ede))], count)
+            yield failures
+        resolver = self.resolver
+        if isinstance(resolver, RecursiveResolver):
+            yield CounterMetricFamily(
+                "ztdns_recursion_upstream_queries",
+                "Queries sent to authoritative servers",
+                value=resolver.upstream_queries,
+            )
+            yield CounterMetricFamily(
+                "ztdns_recursion_forged_dropped",
+                "Datagrams dropped as forged: another ID, unparsable, or the question in another case (0x20)",
+                value=resolver.forged_dropped,
+            )
+            yield CounterMetricFamily(
+                "ztdns_recursion_aggressive_answers",
+                "Negative answers synthesised from cached validated NSEC/NSEC3 (RFC 8198)",
+                value=resolver.aggressive_answers,
+            )
 
     async def close(self) -> None:
         if self.resolver is not None:

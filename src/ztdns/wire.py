@@ -14,6 +14,7 @@ VARIANT_RD = 1
 VARIANT_CD = 2
 VARIANT_EDNS = 4
 VARIANT_DO = 8
+VARIANT_AD = 16  # RFC 6840 §5.8: a client setting AD gets AD on secure answers even without DO
 
 _OPT = 41
 
@@ -51,7 +52,7 @@ def parse_query(wire: bytes) -> WireQuery | None:
     if question_end > length:
         return None
     qtype = (wire[name_end] << 8) | wire[name_end + 1]
-    variant = (wire[2] & 1) | (VARIANT_CD if wire[3] & 0x10 else 0)
+    variant = (wire[2] & 1) | (VARIANT_CD if wire[3] & 0x10 else 0) | (VARIANT_AD if wire[3] & 0x20 else 0)
     max_size = 512
     if arcount == 0:
         if question_end != length:
@@ -74,7 +75,7 @@ def parse_query(wire: bytes) -> WireQuery | None:
     return WireQuery(name_end, question_end, qtype, key, variant, max_size)
 
 
-_VARIANT_BYTES = [bytes((v,)) for v in range(16)]
+_VARIANT_BYTES = [bytes((v,)) for v in range(32)]
 
 
 def skip_name(wire: bytes, offset: int) -> int:

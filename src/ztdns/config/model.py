@@ -162,6 +162,7 @@ class RecursionConfig(Section):
 
     root_hints: str | None = None  # zone-format file; None: the built-in IANA hints
     qname_minimisation: bool = True
+    aggressive_nsec: bool = True  # RFC 8198: negative answers from cached validated NSEC/NSEC3 (validation on)
     allow_query_localhost: bool = False  # lab and test setups only
     query_port: Annotated[int, Field(ge=1, le=65535)] = 53  # port of every authoritative server (lab use)
     timeout: Annotated[float, Field(gt=0, le=30)] = 1.0  # per upstream query

@@ -98,7 +98,7 @@ def _nsec_closest_encloser(rrset: dns.rrset.RRset, name: dns.name.Name) -> dns.n
 
 
 def nsec_nxdomain(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name) -> Denial:
-    cover = next((r for r in nsecs if nsec_covers(r, name) and not _delegation_above(r, name)), None)
+    cover = next((r for r in nsecs if nsec_covers(r, name) and not delegation_above(r, name)), None)
     if cover is None:
         return Denial(Proof.MISSING, why=f"no NSEC covers {name}")
     wildcard = _wildcard_of(_nsec_closest_encloser(cover, name))
@@ -107,8 +107,11 @@ def nsec_nxdomain(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name) -> Deni
     return Denial(Proof.PROVEN)
 
 
-def _delegation_above(rrset: dns.rrset.RRset, name: dns.name.Name) -> bool:
-    return _is_parent_side(rrset) and name.is_subdomain(rrset.name) and name != rrset.name
+def delegation_above(rrset: dns.rrset.RRset, name: dns.name.Name) -> bool:
+    """Is the NSEC's owner a zone cut or a DNAME above ``name``? Then it says nothing about names below it
+    (RFC 4035 §5.4, RFC 6672 §5.3.4.1): they live in another zone or are redirected."""
+    cut = _is_parent_side(rrset) or _has(rrset, dns.rdatatype.DNAME)
+    return cut and name.is_subdomain(rrset.name) and name != rrset.name
 
 
 def nsec_nodata(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name, qtype: dns.rdatatype.RdataType) -> Denial:
@@ -118,11 +121,11 @@ def nsec_nodata(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name, qtype: dn
     for rrset in nsecs:
         nsec = rrset[0]
         assert isinstance(nsec, NSEC)
-        if nsec_covers(rrset, name) and nsec.next.is_subdomain(name):
+        if nsec_covers(rrset, name) and nsec.next.is_subdomain(name) and not delegation_above(rrset, name):
             return Denial(Proof.PROVEN)  # an empty non-terminal
     # Wildcard NODATA: the name does not exist and the wildcard that would match lacks the type.
     for rrset in nsecs:
-        if nsec_covers(rrset, name):
+        if nsec_covers(rrset, name) and not delegation_above(rrset, name):
             wildcard = _wildcard_of(_nsec_closest_encloser(rrset, name))
             for other in nsecs:
                 if other.name == wildcard:
@@ -193,7 +196,10 @@ class Nsec3Set:
         candidate = name
         while candidate != self.zone and candidate.is_subdomain(self.zone):
             parent = candidate.parent()
-            if self.matching(parent) is not None:
+            match = self.matching(parent)
+            if match is not None:
+                if parent != self.zone and (_is_parent_side(match) or _has(match, dns.rdatatype.DNAME)):
+                    return None  # RFC 5155 §8.3: a delegation or DNAME cannot be the closest encloser
                 cover = self.covering(candidate)
                 if cover is None:
                     return None

@@ -175,7 +175,7 @@ class Validator:
         self.nsec3_max_iterations = nsec3_max_iterations
         self.clock = clock
         self._states: dict[dns.name.Name, ZoneKeys] = {}
-        self.failures = 0  # bogus results, for metrics
+        self.failures: dict[EDE, int] = {}  # bogus results by EDE code: security events, for metrics
 
     # ----- chain of trust ---------------------------------------------------------------------------------
 
@@ -220,7 +220,9 @@ class Validator:
         response = await self.fetcher.fetch(zone, dns.rdatatype.DNSKEY)
         dnskeys = self._find(response, zone, dns.rdatatype.DNSKEY)
         if dnskeys is None:
-            return ZoneKeys(zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: no DNSKEY for the trust anchor"), None, now + 60)
+            return ZoneKeys(
+                zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: {zone} DNSKEY: missing (trust anchor)"), None, now + 60
+            )
         if anchor.ds:
             return self._keys_from_ds(zone, anchor.ds, dnskeys, now)
         trusted = [key for key in dnskeys.rrset if key in anchor.dnskey]
@@ -247,7 +249,7 @@ class Validator:
                     return ZoneKeys(child, usable, None, now + _ttl_of(ds.rrset))
                 return ZoneKeys(
                     child,
-                    _bogus(EDE.DNSKEY_MISSING, f"{child}: DS in {parent.zone} but no DNSKEY"),
+                    _bogus(EDE.DNSKEY_MISSING, f"{child}: {child} DNSKEY: missing (DS in {parent.zone})"),
                     None,
                     now + 60,
                 )
@@ -269,10 +271,10 @@ class Validator:
             return usable
         if any(ds.algorithm not in SUPPORTED_ALGORITHMS for ds in records):
             algorithms = sorted({int(ds.algorithm) for ds in records})
-            reason = Reason(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: DS algorithms {algorithms} unsupported")
+            reason = Reason(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: {zone} DS: algorithms {algorithms} unsupported")
         else:
             digests = sorted({int(ds.digest_type) for ds in records})
-            reason = Reason(EDE.UNSUPPORTED_DS_DIGEST, f"{zone}: DS digest types {digests} unsupported")
+            reason = Reason(EDE.UNSUPPORTED_DS_DIGEST, f"{zone}: {zone} DS: digest types {digests} unsupported")
         return Verdict(Security.INSECURE, reason)
 
     def _keys_from_ds(self, zone: dns.name.Name, records: list[DS], dnskeys: _Signed, now: float) -> ZoneKeys:
@@ -295,7 +297,9 @@ class Validator:
     def _self_signed(self, zone: dns.name.Name, dnskeys: _Signed, trusted: list[DNSKEY], now: float) -> ZoneKeys:
         """The DNSKEY RRset must be signed by one of the keys the DS (or anchor) vouches for."""
         if not trusted:
-            return ZoneKeys(zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: no DNSKEY matches the DS"), None, now + 60)
+            return ZoneKeys(
+                zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: {zone} DNSKEY: no key matches the DS"), None, now + 60
+            )
         anchor_keys = dns.rdataset.from_rdata_list(dnskeys.rrset.ttl, trusted)
         verdict = verify(dnskeys, zone, anchor_keys, now)
         if verdict.bogus:
@@ -361,26 +365,33 @@ class Validator:
     async def validate(
         self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, response: dns.message.Message
     ) -> Verdict:
-        """Validate a response (fetched with DO=1) to ``qname``/``qtype``."""
-        verdict = await self._validate(qname, qtype, response)
+        """Validate a response (fetched with DO=1) to ``qname``/``qtype``; a bogus one is a security event."""
+        verdict = await self.check(qname, qtype, response)
         if verdict.bogus:
-            self.failures += 1
             assert verdict.reason is not None
+            ede = verdict.reason.ede
+            self.failures[ede] = self.failures.get(ede, 0) + 1
+            qtype_text = dns.rdatatype.to_text(qtype)
             log.warning(
-                "dnssec validation failure",
+                "event=dnssec_bogus qname=%s qtype=%s ede=%d text=%r",
+                qname,
+                qtype_text,
+                ede,
+                verdict.reason.text,
                 extra={
                     "event": "dnssec_bogus",
                     "qname": str(qname),
-                    "qtype": dns.rdatatype.to_text(qtype),
-                    "ede": int(verdict.reason.ede),
+                    "qtype": qtype_text,
+                    "ede": int(ede),
                     "text": verdict.reason.text,
                 },
             )
         return verdict
 
-    async def _validate(
+    async def check(
         self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, response: dns.message.Message
     ) -> Verdict:
+        """The verdict on a response, without logging or counting (also for answers we built ourselves)."""
         if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             return INSECURE  # SERVFAIL, REFUSED...: nothing to vouch for
         now = self.clock()

@@ -18,9 +18,9 @@ import dns.query
 import dns.rdatatype
 
 from ztdns.lab import netns
-from ztdns.lab.zones import ROOT, SERVERS, SLD, SLOW, SLOW_DELAY, TLD, LabZones, build
+from ztdns.lab.zones import POISON, ROOT, SERVERS, SLD, SLOW, SLOW_DELAY, TLD, LabZones, build
 
-_HOSTS = {ROOT: 10, TLD: 11, SLD: 12, SLOW: 13}
+_HOSTS = {ROOT: 10, TLD: 11, SLD: 12, SLOW: 13, POISON: 14}
 _names = count()
 
 
@@ -127,21 +127,18 @@ class Lab:
             conf = self.directory / f"knot-{server}.conf"
             conf.write_text(_knot_conf(self.directory, server, self.addresses[server], self.port, names))
             self._processes.append(subprocess.Popen([*prefix, "knotd", "-c", str(conf)], stdin=subprocess.DEVNULL))
-        slow_zone = self.zones.zones[SLOW][0][0]
-        zone_file = self.directory / "zones" / SLOW / _file_name(slow_zone)
-        command = [
-            sys.executable,
-            "-m",
-            "ztdns.lab.slow",
-            str(zone_file),
-            slow_zone,
-            self.addresses[SLOW],
-            str(self.port),
-            str(SLOW_DELAY),
-        ]
-        self._processes.append(
-            subprocess.Popen([*prefix, *command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        )
+        poison_file = self.directory / "poison.records"
+        poison_file.write_text(self.zones.poison)
+        for server, delay, extra in ((SLOW, SLOW_DELAY, []), (POISON, 0.0, [str(poison_file)])):
+            zone = self.zones.zones[server][0][0]
+            zone_file = self.directory / "zones" / server / _file_name(zone)
+            address = self.addresses[server]
+            command = [sys.executable, "-m", "ztdns.lab.rogue", str(zone_file), zone, address, str(self.port)]
+            self._processes.append(
+                subprocess.Popen(
+                    [*prefix, *command, str(delay), *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+                )
+            )
 
     def _wait_ready(self, timeout: float = 15.0) -> None:
         assert self.zones is not None

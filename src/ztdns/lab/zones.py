@@ -25,8 +25,8 @@ from dns.dnssectypes import Algorithm, DSDigest
 from ztdns.lab.sign import Denial, LabKey, generate_key, sign_zone
 from ztdns.outcome import EDE
 
-ROOT, TLD, SLD, SLOW = "root", "tld", "sld", "slow"
-SERVERS = (ROOT, TLD, SLD, SLOW)
+ROOT, TLD, SLD, SLOW, POISON = "root", "tld", "sld", "slow", "poison"
+SERVERS = (ROOT, TLD, SLD, SLOW, POISON)
 # Delay of the slow server, seconds: long enough to be measured, short enough to stay below resolver timeouts.
 SLOW_DELAY = 0.3
 DAY = 86_400
@@ -97,6 +97,23 @@ class LabZones:
     root_ds: str  # trust anchor, DS presentation format
     root_dnskey: str
     root_hints: str
+    poison: str  # out-of-bailiwick records the poison server stuffs into every referral (zone format)
+
+
+def poison_records(addresses: dict[str, str]) -> str:
+    """What ``poison.lab.``'s server adds to its referrals: data for names it has no authority over (a
+    secure and an insecure zone's address, their name servers, the TLD's delegation), all pointing at itself.
+    A resolver that caches any of it answers those names wrongly."""
+    evil = addresses[POISON]
+    return (
+        f"www.insecure.lab. 3600 IN A {POISONED_ADDRESS}\nwww.secure.lab. 3600 IN A {POISONED_ADDRESS}\n"
+        f"insecure.lab. 3600 IN NS ns.insecure.lab.\nns.insecure.lab. 3600 IN A {evil}\n"
+        f"lab. 3600 IN NS ns.poison.lab.\nns.nic.lab. 3600 IN A {evil}\n"
+    )
+
+
+# The address in every poisoned record; no lab zone holds it.
+POISONED_ADDRESS = "198.51.100.66"
 
 
 def _soa(ns: str) -> str:
@@ -227,6 +244,14 @@ def _specs(addresses: dict[str, str]) -> list[ZoneSpec]:
             ds="none",
             delegation=f"slow NS ns.slow\nns.slow A {addresses[SLOW]}\n",
         ),
+        ZoneSpec(
+            "poison.lab.",
+            POISON,
+            _soa("ns.poison.lab.")
+            + f"@ NS ns\nns A {addresses[POISON]}\nwww A 192.0.2.6\nsub NS ns.sub\nns.sub A {addresses[POISON]}\n",
+            ds="none",
+            delegation=f"poison NS ns.poison\nns.poison A {addresses[POISON]}\n",
+        ),
     ]
 
 
@@ -299,4 +324,5 @@ def build(addresses: dict[str, str], now: float | None = None) -> LabZones:
         root_ds=f". 3600 IN DS {root_ds.to_text()}\n",
         root_dnskey=f". 3600 IN DNSKEY {ksk.dnskey.to_text()}\n",
         root_hints=hints,
+        poison=poison_records(addresses),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
 
 from ztdns.config.model import RecursionConfig
+from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.validator import Security, Validator, Verdict
 from ztdns.outcome import EDE, Reason
 from ztdns.resolver import Question, Resolution
@@ -114,8 +116,10 @@ class RecursiveResolver:
         self._servers: dict[str, _ServerStats] = {}
         self._cache: OrderedDict[tuple[dns.name.Name, int], _Cached] = OrderedDict()
         self._inflight: dict[tuple[dns.name.Name, int, bool], asyncio.Future[dns.message.Message]] = {}
+        self._denials = DenialCache()
         self.upstream_queries = 0
         self.forged_dropped = 0
+        self.aggressive_answers = 0  # negative answers synthesised from cached denials (RFC 8198)
 
     # ----- public ------------------------------------------------------------------------------------------
 
@@ -171,18 +175,22 @@ class RecursiveResolver:
         cached = self._cache.get(key)
         if cached is not None and cached.expires > now and (cached.verdict is not None or not validate):
             self._cache.move_to_end(key)
-            return _aged(cached, now), cached.verdict
+            # CD=1 gets the data as published even when we already found it bogus.
+            return _aged(cached, now), cached.verdict if validate else None
         flight = (name, rdtype, validate)
         pending = self._inflight.get(flight)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
             self._inflight[flight] = pending
             try:
-                response = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
-                verdict = None
-                if validate:
-                    assert self.validator is not None
-                    verdict = await self.validator.validate(name, dns.rdatatype.RdataType(rdtype), response)
+                response, verdict = await self._from_denials(name, rdtype) if validate else (None, None)
+                if response is None:
+                    response = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
+                    if validate:
+                        assert self.validator is not None
+                        verdict = await self.validator.validate(name, rdtype, response)
+                        if verdict.security is Security.SECURE and self.config.aggressive_nsec:
+                            self._denials.add(response, time.time())
                 self._store(key, response, verdict)
                 pending.set_result(response)
             except BaseException as exc:
@@ -196,7 +204,26 @@ class RecursiveResolver:
         hit = self._cache.get(key)
         if hit is None:
             return pending.result(), None
-        return _aged(hit, time.time()), hit.verdict
+        return _aged(hit, time.time()), hit.verdict if validate else None
+
+    async def _from_denials(
+        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
+    ) -> tuple[dns.message.Message | None, Verdict | None]:
+        """RFC 8198: a negative answer proven by validated NSEC/NSEC3 we already hold, without asking upstream.
+
+        The synthesised response goes through the same validation as an upstream one and is used only if
+        secure (a wildcard, an opt-out span or an expired record means: ask upstream)."""
+        if not self.config.aggressive_nsec:
+            return None, None
+        candidate = self._denials.synthesise(name, rdtype, time.time())
+        if candidate is None:
+            return None, None
+        assert self.validator is not None
+        verdict = await self.validator.check(name, rdtype, candidate)
+        if verdict.security is not Security.SECURE:
+            return None, None
+        self.aggressive_answers += 1
+        return candidate, verdict
 
     def _store(self, key: tuple[dns.name.Name, int], response: dns.message.Message, verdict: Verdict | None) -> None:
         if self.config.cache_entries == 0:
@@ -398,21 +425,21 @@ class RecursiveResolver:
         query = dns.message.make_query(sent_name, rdtype, want_dnssec=True, payload=_EDNS_PAYLOAD)
         query.flags &= ~dns.flags.RD
         timeout = self.config.timeout
+        port = self.config.query_port
         start = time.monotonic()
         self.upstream_queries += 1
         try:
-            response = await dns.asyncquery.udp(
-                query, address, timeout, port=self.config.query_port, ignore_unexpected=True
-            )
+            response = await self._exchange(query, address, timeout)
             if response.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and response.edns < 0:
                 # EDNS fallback for servers that reject OPT records.
                 query = dns.message.make_query(sent_name, rdtype, use_edns=False)
                 query.flags &= ~dns.flags.RD
-                response = await dns.asyncquery.udp(
-                    query, address, timeout, port=self.config.query_port, ignore_unexpected=True
-                )
+                response = await self._exchange(query, address, timeout)
             if response.flags & dns.flags.TC:
-                response = await dns.asyncquery.tcp(query, address, timeout, port=self.config.query_port)
+                response = await dns.asyncquery.tcp(query, address, timeout, port=port)
+                if not _echoes(query, response):
+                    self.forged_dropped += 1
+                    raise _Forged(f"TCP answer from {address} does not match the query")
         except (dns.exception.Timeout, TimeoutError, OSError):
             stats.failures += 1
             stats.srtt = max(stats.srtt * 2, timeout)
@@ -422,11 +449,32 @@ class RecursiveResolver:
         rtt = time.monotonic() - start
         stats.srtt = rtt if stats.srtt == 0 else 0.7 * stats.srtt + 0.3 * rtt
         stats.failures = 0
-        if not response.question or response.question[0].name.labels != sent_name.labels:
-            # 0x20: the echoed case must match exactly; a mismatch is a forgery or a broken server.
-            self.forged_dropped += 1
-            raise _Forged(f"question case mismatch from {address}")
         return response
+
+    async def _exchange(self, query: dns.message.Message, address: str, timeout: float) -> dns.message.Message:
+        """One UDP exchange on a fresh connected socket (a random source port the kernel picks).
+
+        The connected socket only receives datagrams from the server's address and port. Anything else
+        arriving on it — unparsable, another ID, or the question echoed in another case than we sent (0x20)
+        — is a forgery (or garbage): it is counted and dropped, and we keep waiting for the real answer
+        until the timeout, so a flood of forgeries can neither poison nor abort the query.
+        """
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect((address, self.config.query_port))
+            sock.send(query.to_wire())
+            async with asyncio.timeout(timeout):
+                while True:
+                    wire = await loop.sock_recv(sock, 65535)
+                    try:
+                        response = dns.message.from_wire(wire)
+                    except dns.exception.DNSException:
+                        response = None
+                    if response is not None and _echoes(query, response):
+                        return response
+                    self.forged_dropped += 1
 
 
 class _Lame(Exception):
@@ -435,6 +483,19 @@ class _Lame(Exception):
 
 class _Forged(Exception):
     pass
+
+
+def _echoes(query: dns.message.Message, response: dns.message.Message) -> bool:
+    """Is ``response`` an answer to ``query``: same ID, QR set, and the question echoed byte for byte (0x20)?
+
+    Errors without a question section (FORMERR from servers that reject EDNS) pass: they carry no data.
+    """
+    if not query.is_response(response):
+        return False
+    if not response.question:
+        return True
+    asked, echoed = query.question[0], response.question[0]
+    return echoed.name.labels == asked.name.labels and echoed.rdtype == asked.rdtype
 
 
 def _scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Message:

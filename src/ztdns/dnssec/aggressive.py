@@ -1,0 +1,232 @@
+"""Aggressive use of validated NSEC/NSEC3 (RFC 8198): negative answers built from denials already cached.
+
+A :class:`DenialCache` keeps the signed NSEC/NSEC3 records (and the zone's signed SOA) of responses that
+validated as secure, sorted per zone in canonical (NSEC) or hash (NSEC3) order so the records that match or
+cover a name are found by bisection. :meth:`DenialCache.synthesise` builds a candidate NXDOMAIN/NODATA
+response from them; the caller must validate it like any upstream answer and use it only if it is secure —
+so a wildcard, an opt-out span or a stale chain simply means "ask upstream". No I/O here.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+from dataclasses import dataclass, field
+
+import dns.dnssec
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+from dns.rdtypes.ANY.NSEC import NSEC
+from dns.rdtypes.ANY.NSEC3 import NSEC3
+from dns.rdtypes.ANY.RRSIG import RRSIG
+from dns.rdtypes.ANY.SOA import SOA
+
+from ztdns.dnssec import denial
+from ztdns.dnssec.denial import delegation_above, nsec_covers
+
+_WILDCARD = dns.name.Name((b"*",))
+_MAX_RECORDS = 100_000  # across zones; beyond this the cache starts over (it only saves upstream queries)
+
+
+@dataclass
+class _Signed:
+    rrset: dns.rrset.RRset
+    sig: dns.rrset.RRset
+    expires: float
+
+
+@dataclass
+class _Chain:
+    """One zone's denial records in order: NSEC owners (canonical order) or NSEC3 owner hashes."""
+
+    keys: list[dns.name.Name | bytes] = field(default_factory=list)
+    records: list[_Signed] = field(default_factory=list)
+
+    def put(self, key: dns.name.Name | bytes, signed: _Signed) -> bool:
+        index = bisect.bisect_left(self.keys, key)
+        if index < len(self.keys) and self.keys[index] == key:
+            self.records[index] = signed
+            return False
+        self.keys.insert(index, key)
+        self.records.insert(index, signed)
+        return True
+
+    def at(self, key: dns.name.Name | bytes) -> _Signed | None:
+        index = bisect.bisect_left(self.keys, key)
+        if index < len(self.keys) and self.keys[index] == key:
+            return self.records[index]
+        return None
+
+    def before(self, key: dns.name.Name | bytes) -> _Signed | None:
+        """The record ordered just before ``key`` (the last one when ``key`` sorts first: the chain wraps)."""
+        if not self.keys:
+            return None
+        index = bisect.bisect_left(self.keys, key) - 1
+        return self.records[index]
+
+
+@dataclass
+class _Zone:
+    soa: _Signed | None = None
+    nsec: _Chain = field(default_factory=_Chain)
+    nsec3: _Chain = field(default_factory=_Chain)
+    nsec3_params: tuple[int, bytes] | None = None
+
+
+def _signer(sig: dns.rrset.RRset) -> dns.name.Name:
+    rrsig = sig[0]
+    assert isinstance(rrsig, RRSIG)
+    return rrsig.signer
+
+
+class DenialCache:
+    def __init__(self) -> None:
+        self._zones: dict[dns.name.Name, _Zone] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, response: dns.message.Message, now: float) -> None:
+        """Keep the signed SOA/NSEC/NSEC3 of a response that validated as secure."""
+        sigs = {(r.name, r.covers): r for r in response.authority if r.rdtype == dns.rdatatype.RRSIG}
+        for rrset in response.authority:
+            sig = sigs.get((rrset.name, rrset.rdtype))
+            if sig is None or rrset.rdtype not in (dns.rdatatype.SOA, dns.rdatatype.NSEC, dns.rdatatype.NSEC3):
+                continue
+            zone_name = _signer(sig)
+            if not rrset.name.is_subdomain(zone_name):
+                continue
+            zone = self._zones.setdefault(zone_name, _Zone())
+            signed = _Signed(rrset, sig, now + min(rrset.ttl, sig.ttl))
+            if rrset.rdtype == dns.rdatatype.SOA:
+                soa = rrset[0]
+                assert isinstance(soa, SOA)
+                # RFC 9077: negative answers live no longer than the SOA TTL and its minimum field.
+                signed.expires = now + min(rrset.ttl, sig.ttl, soa.minimum)
+                zone.soa = signed
+            elif rrset.rdtype == dns.rdatatype.NSEC:
+                self._size += zone.nsec.put(rrset.name, signed)
+            else:
+                self._add_nsec3(zone, zone_name, signed)
+        if self._size > _MAX_RECORDS:
+            self._zones.clear()
+            self._size = 0
+
+    def _add_nsec3(self, zone: _Zone, zone_name: dns.name.Name, signed: _Signed) -> None:
+        nsec3 = signed.rrset[0]
+        if not isinstance(nsec3, NSEC3) or signed.rrset.name.parent() != zone_name or nsec3.algorithm != 1:
+            return
+        try:
+            owner_hash = base64.b32hexdecode(signed.rrset.name.labels[0].upper())
+        except ValueError:
+            return
+        params = (nsec3.iterations, nsec3.salt)
+        if zone.nsec3_params != params:  # the zone changed its NSEC3 parameters: the old chain is useless
+            self._size -= len(zone.nsec3.keys)
+            zone.nsec3, zone.nsec3_params = _Chain(), params
+        self._size += zone.nsec3.put(owner_hash, signed)
+
+    def synthesise(
+        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, now: float
+    ) -> dns.message.Message | None:
+        """A candidate NXDOMAIN or NODATA response for ``name``/``rdtype`` from cached denials, or None.
+
+        Unvalidated: the caller validates it and uses it only if it is secure.
+        """
+        # DS is denied by the parent zone, everything else by the zone holding the name.
+        lookup = name.parent() if rdtype == dns.rdatatype.DS and name != dns.name.root else name
+        zone_name = lookup
+        while zone_name not in self._zones:
+            if zone_name == dns.name.root:
+                return None
+            zone_name = zone_name.parent()
+        zone = self._zones[zone_name]
+        if zone.soa is None or zone.soa.expires <= now:
+            return None
+        if zone.nsec.keys:
+            found = self._nsec_records(zone.nsec, zone_name, name)
+            match, cover = found[0], found[1]
+            if match is None and (
+                cover is None or not nsec_covers(cover.rrset, name) or delegation_above(cover.rrset, name)
+            ):
+                return None  # a gap in what we hold, or a child zone we hold nothing for: ask upstream
+            nodata = match is not None or _empty_non_terminal(cover, name)
+        elif zone.nsec3.keys and zone.nsec3_params is not None:
+            found = self._nsec3_records(zone.nsec3, zone.nsec3_params, zone_name, name)
+            nodata = found[0] is not None
+        else:
+            return None
+        records = {id(r): r for r in found if r is not None and r.expires > now}
+        # The proof's shape is checked here, cheaply; signatures are the caller's validation.
+        if _proof(zone_name, [r.rrset for r in records.values()], name, rdtype, nodata) is not denial.Proof.PROVEN:
+            return None
+        response = dns.message.make_response(dns.message.make_query(name, rdtype, want_dnssec=True))
+        response.flags |= dns.flags.RA
+        response.flags &= ~dns.flags.AA
+        response.set_rcode(dns.rcode.NOERROR if nodata else dns.rcode.NXDOMAIN)
+        for signed in (zone.soa, *records.values()):
+            for rrset in (signed.rrset, signed.sig):
+                copy: dns.rrset.RRset = rrset.copy()
+                copy.ttl = int(signed.expires - now)
+                response.authority.append(copy)
+        return response
+
+    @staticmethod
+    def _nsec_records(chain: _Chain, zone: dns.name.Name, name: dns.name.Name) -> list[_Signed | None]:
+        """[the NSEC at name, the one before it (covering it, if we hold it), those before *.ancestor for every
+        ancestor in the zone (covering the wildcards)]."""
+        found = [chain.at(name), chain.before(name)]
+        ancestor = name
+        while ancestor != zone:
+            ancestor = ancestor.parent()
+            found.append(chain.before(_WILDCARD.concatenate(ancestor)))
+        return found
+
+    @staticmethod
+    def _nsec3_records(
+        chain: _Chain, params: tuple[int, bytes], zone: dns.name.Name, name: dns.name.Name
+    ) -> list[_Signed | None]:
+        """[the NSEC3 matching name, then matching and covering records for name, its ancestors and their
+        wildcards]: everything a closest-encloser, NODATA or wildcard proof can need."""
+        iterations, salt = params
+
+        def digest(owner: dns.name.Name) -> bytes:
+            return base64.b32hexdecode(dns.dnssec.nsec3_hash(owner, salt, iterations, 1).upper())
+
+        found = [chain.at(digest(name)), chain.before(digest(name))]
+        ancestor = name
+        while ancestor != zone:
+            ancestor = ancestor.parent()
+            wildcard = digest(_WILDCARD.concatenate(ancestor))
+            found += [chain.at(digest(ancestor)), chain.at(wildcard), chain.before(wildcard)]
+        return found
+
+
+def _proof(
+    zone: dns.name.Name,
+    rrsets: list[dns.rrset.RRset],
+    name: dns.name.Name,
+    rdtype: dns.rdatatype.RdataType,
+    nodata: bool,
+) -> denial.Proof:
+    """Would these records (signatures aside) prove the denial? Wildcards and opt-out spans say no."""
+    nsecs = [r for r in rrsets if r.rdtype == dns.rdatatype.NSEC]
+    if nsecs:
+        return (denial.nsec_nodata(nsecs, name, rdtype) if nodata else denial.nsec_nxdomain(nsecs, name)).proof
+    nsec3s = denial.Nsec3Set.of(zone, rrsets)
+    if nsec3s is None:
+        return denial.Proof.MISSING
+    result = denial.nsec3_nodata(nsec3s, name, rdtype) if nodata else denial.nsec3_nxdomain(nsec3s, name)
+    return result.proof
+
+
+def _empty_non_terminal(cover: _Signed | None, name: dns.name.Name) -> bool:
+    if cover is None:
+        return False
+    nsec = cover.rrset[0]
+    return isinstance(nsec, NSEC) and nsec.next.is_subdomain(name)
