@@ -2,7 +2,8 @@
 
     python bench/signing.py [--seconds 3] [--qps-seconds 5]
 
-1. RRSIG/s on one core with file keys (ECDSA P-256, Ed25519), ours vs dnspython's generic ``dns.dnssec.sign``.
+1. RRSIG/s on one core with file keys (ECDSA P-256, Ed25519), ours vs dnspython's generic ``dns.dnssec.sign``,
+   and with keys in a SoftHSM2 token made for the run.
 2. Authoritative qps for signed answers (DO=1, random names, mix of positive/NXDOMAIN) with dnsperf: ztdns
    (``ztdns authority serve``) vs Knot DNS serving the same zone pre-signed (our AXFR output), same run.
 """
@@ -43,8 +44,8 @@ def rrsets(count: int) -> list[dns.rrset.RRset]:
 
 
 def sign_rate(key: ZoneKey, seconds: float, how: str) -> float:
-    """RRSIG/s made by ``how``: "ztdns" (our signer), "dnspython" (``dns.dnssec.sign``) or "raw" (the key's
-    private-key operation alone over 100 bytes: the ceiling)."""
+    """RRSIG/s made by ``how``: "ztdns" (our signer), "dnspython" (``dns.dnssec.sign``, file keys only) or
+    "raw" (the key's private-key operation alone over 100 bytes: the ceiling)."""
     signer = ZoneSigner(ORIGIN)
     data = rrsets(1000)
     payload = bytes(100)
@@ -59,6 +60,38 @@ def sign_rate(key: ZoneKey, seconds: float, how: str) -> float:
                 signer.sign_fresh(rrset, key)
         done += len(data)
     return done / (time.perf_counter() - start)
+
+
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def softhsm_rate(seconds: float) -> None:
+    """RRSIG/s with keys in a SoftHSM2 token made for the run (ECDSA P-256 and Ed25519)."""
+    if not (shutil.which("softhsm2-util") and Path(SOFTHSM).exists()):
+        print("RRSIG/s softhsm2: skipped (needs Debian package softhsm2)")
+        return
+    from ztdns.dnssec.pkcs11 import Token, TokenSettings
+
+    work = Path(tempfile.mkdtemp(prefix="ztdns-bench-hsm-"))
+    try:
+        (work / "tokens").mkdir()
+        conf = work / "softhsm2.conf"
+        conf.write_text(f"directories.tokendir = {work}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
+        os.environ["SOFTHSM2_CONF"] = str(conf)
+        subprocess.run(
+            ["softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin", "1234", "--so-pin", "5678"],
+            check=True,
+            capture_output=True,
+        )
+        token = Token(TokenSettings(SOFTHSM, "bench", "1234"))
+        for name, algorithm in (("ecdsap256", ECDSAP256SHA256), ("ed25519", ED25519)):
+            key = ZoneKey.make(ORIGIN, token.generate(algorithm, f"bench {name}"), sep=False)
+            ours = sign_rate(key, seconds, "ztdns")
+            raw = sign_rate(key, seconds, "raw")
+            print(f"RRSIG/s {name} softhsm2: ztdns {ours:,.0f}  (raw token sign {raw:,.0f})")
+        token.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -197,7 +230,7 @@ def main() -> None:
             f"RRSIG/s {name} file key: ztdns {ours:,.0f}  dnspython sign() {reference:,.0f}  "
             f"ratio {ours / reference:.2f}  (raw key.sign {raw:,.0f})"
         )
-    print("RRSIG/s softhsm2: not measured (PKCS#11 key store not implemented yet)")
+    softhsm_rate(args.seconds)
     qps(args.qps_seconds)
 
 

@@ -8,7 +8,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from ztdns.authority.build import build_authority, build_zone
+from ztdns.authority.build import build_authority, build_zone, key_store
 from ztdns.authority.config import AuthZoneConfig
 from ztdns.authority.server import AuthorityServer
 from ztdns.authority.zone import ZoneError
@@ -42,7 +42,7 @@ def _keys(args: argparse.Namespace) -> int:
         zc = _zone_config(config, args.zone)
         if not zc.signing.enabled:
             raise ConfigError([f"zone {zc.name} is not signed"])
-        served = build_zone(zc, config.base_dir, _state_dir(config))
+        served = build_zone(zc, config.base_dir, _state_dir(config), key_store(config.authority, config.base_dir))
         keys = served.keys
         assert keys is not None
         max_ttl = served.base.max_ttl()
