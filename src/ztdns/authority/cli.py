@@ -8,6 +8,8 @@ import datetime
 import sys
 from pathlib import Path
 
+import uvloop
+
 from ztdns.authority.build import build_authority, build_zone, key_store
 from ztdns.authority.config import AuthZoneConfig
 from ztdns.authority.server import AuthorityServer
@@ -92,7 +94,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if not config.authority.listen:
             raise ConfigError([f"{args.config}: [authority] listen is empty"])
-        asyncio.run(_serve(config))
+        uvloop.run(_serve(config))
     except (ConfigError, KeyStoreError, ZoneError) as exc:
         print(exc, file=sys.stderr)
         return 1

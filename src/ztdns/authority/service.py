@@ -39,11 +39,15 @@ from ztdns.client import ClientInfo
 from ztdns.dnssec.kasp import KeyManager, KeySet
 from ztdns.dnssec.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
 from ztdns.dnssec.signing import Validity, ZoneSigner
+from ztdns.fastpath import Replay, ReplayTable, splice, udp_limit
+from ztdns.observe.metrics import Metrics
+from ztdns.protocol.respond import UDP_PAYLOAD
+from ztdns.wire import parse_query
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 _HEADER = struct.Struct("!HHHHHH")
-# How long a rendered response is reused; signatures are refreshed days before expiry, so this is far inside.
+# How long a rendered response is replayed; signatures are refreshed days before expiry, so this is far inside.
 RENDERED_SECONDS = 30.0
 
 
@@ -57,6 +61,16 @@ class ZoneSettings:
     validity: Validity = field(default_factory=Validity)
     # Keeps dynamic registrations and the serial across restarts; None keeps them in memory only.
     state_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """What one published zone version answers from, swapped in one assignment so a reader on another thread
+    (the UDP lane) never sees the data of one version with the denial chain of another."""
+
+    zone: Zone
+    view: SignedView | None = None
+    chain: Nsec3Chain | None = None
 
 
 class ServedZone:
@@ -81,12 +95,20 @@ class ServedZone:
     def origin(self) -> dns.name.Name:
         return self.settings.origin
 
+    @property
+    def zone(self) -> Zone:
+        return self.version.zone
+
+    @property
+    def view(self) -> SignedView | None:
+        return self.version.view
+
     # -- versions --------------------------------------------------------------------------------------------
 
     def _publish(self, base: Zone) -> None:
         self.base = base
         if self._keyset is None or self.signer is None:
-            self.zone, self.view, self.chain = base, None, None
+            self.version = Version(base)
             return
         ks = self._keyset
         apex: list[Change] = []
@@ -112,9 +134,9 @@ class ServedZone:
             )
         served = base.with_changes(apex, serial=base.serial)
         self.signer.set_keys(ks.zone_signers, ks.dnskey_signers)
-        self.chain = Nsec3Chain(served) if self.settings.denial == "nsec3" else None
-        denial = self.chain if self.chain is not None else CompactDenial(served)
-        self.zone, self.view = served, SignedView(self.signer, denial)
+        chain = Nsec3Chain(served) if self.settings.denial == "nsec3" else None
+        denial = chain if chain is not None else CompactDenial(served)
+        self.version = Version(served, SignedView(self.signer, denial), chain)
 
     def refresh_keys(self) -> bool:
         """Re-read the key timeline; a change of published keys is a new zone version (new serial)."""
@@ -138,7 +160,8 @@ class ServedZone:
         return changes
 
     def transfer_records(self) -> list[dns.rrset.RRset]:
-        return list(zone_records(self.zone, self.view, self.chain.rrsets() if self.chain else ()))
+        version = self.version
+        return list(zone_records(version.zone, version.view, version.chain.rrsets() if version.chain else ()))
 
     # -- persistence of dynamic data -------------------------------------------------------------------------
 
@@ -186,19 +209,28 @@ def _serial_gt(a: int, b: int) -> bool:
 
 @dataclass(slots=True)
 class Stats:
-    queries: int = 0
+    """Rare events. Answered queries are counted in ``Authority.metrics`` (per-thread shards, no lost counts)."""
+
     updates: int = 0
     updates_refused: int = 0
     transfers: int = 0
     transfers_refused: int = 0
     rrl_dropped: int = 0
     rrl_slipped: int = 0
-    rendered_hits: int = 0
-    rcodes: dict[str, int] = field(default_factory=dict)
+
+
+# The ``kind`` label of ztdns_queries for authoritative answers: made now, or replayed pre-rendered.
+KIND_ANSWERED = "authoritative"
+KIND_REPLAYED = "authoritative_replay"
 
 
 class Authority:
-    """All served zones; implements ``ztdns.transport.Handler`` (``fast`` and ``handle``) plus ``respond``."""
+    """All served zones; implements ``ztdns.transport.Handler`` (``fast`` and ``handle``) plus ``respond``.
+
+    Answers to plain queries are kept as rendered, signed wire and replayed to the next identical question
+    with the client's ID and name case spliced in (:mod:`ztdns.fastpath`), so a repeated question costs no
+    dnspython work at all. Every zone change and key event swaps in an empty replay table.
+    """
 
     def __init__(
         self,
@@ -207,6 +239,8 @@ class Authority:
         identities: dict[dns.name.Name, str] | None = None,
         rrl: RateLimiter | None = None,
         clock: Clock = time.time,
+        metrics: Metrics | None = None,
+        replay_limit: int = 100_000,
     ) -> None:
         self.zones = {z.origin: z for z in zones}
         self.keyring = keyring or {}
@@ -214,7 +248,9 @@ class Authority:
         self.rrl = rrl
         self.clock = clock
         self.stats = Stats()
-        self._rendered: dict[bytes, tuple[float, bytes]] = {}
+        self.metrics = metrics or Metrics()
+        self.replay_limit = replay_limit
+        self._replays = ReplayTable(replay_limit)
         self.on_change: Callable[[ServedZone], None] = lambda zone: None
 
     def zone_for(self, name: dns.name.Name, rdtype: int = dns.rdatatype.A) -> ServedZone | None:
@@ -242,28 +278,68 @@ class Authority:
         return changed
 
     def _changed(self, zones: list[ServedZone]) -> None:
-        self._rendered.clear()
+        # The zones have published their new versions already; a new table (not clear()) so that an answer
+        # rendered from the old version on another thread lands in the discarded table, never in this one.
+        self._replays = ReplayTable(self.replay_limit)
         for zone in zones:
             self.on_change(zone)
+
+    def replays(self) -> int:
+        return self._replays.size()
 
     # -- Handler ---------------------------------------------------------------------------------------------
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
-        """Plain queries, from rendered responses when possible; everything else goes to ``handle``."""
+        """Plain queries: replayed when possible, else answered here; UPDATE, NOTIFY etc. go to ``handle``.
+
+        Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Looked up first by the
+        query's bytes after the ID (no parsing), then by the hand-parsed question's normal form, like the
+        resolver's replays (``ztdns.server.Frontend.fast``).
+        """
+        started = time.perf_counter()
+        replays = self._replays  # once: see _changed
+        exact = replays.exact.get(None)
+        found = None if exact is None else exact.get(wire[2:])
+        if found is not None:
+            replay, name_end, limit = found
+            answer = self._current(replays, replay, client, limit)
+            if answer is not None:
+                if name_end:  # the client spelled the name in another case than the rendered answer (0x20)
+                    answer = answer[:12] + wire[12:name_end] + answer[name_end:]
+                return self._replayed(wire, client, wire[:2] + answer[2:], replay.rcode, started)
         if len(wire) < 12 or wire[2] & 0x78:  # not opcode QUERY: UPDATE, NOTIFY, ...
             return None
-        key = (b"T" if client.stream else b"U") + wire[2:]
-        hit = self._rendered.get(key)
-        if hit is not None and hit[0] > self.clock():
-            if not client.stream and self.rrl is not None:
-                verdict = self.rrl.check(client.address)
-                if verdict is not Verdict.SEND:
-                    return self._limited(wire, verdict)
-            self.stats.rendered_hits += 1
-            self.stats.queries += 1
-            return wire[:2] + hit[1]
-        responses = self.respond(wire, client)
-        return responses[0] if responses else None
+        parsed = parse_query(wire)
+        if parsed is not None:
+            stored = replays.get(None, parsed.key)
+            if stored is not None:
+                limit = udp_limit(parsed)
+                same_case = wire[12 : parsed.name_end] == stored.wire[12 : parsed.name_end]
+                replays.remember_exact(None, wire[2:], stored, 0 if same_case else parsed.name_end, limit)
+                answer = self._current(replays, stored, client, limit)
+                if answer is not None:
+                    return self._replayed(wire, client, splice(wire, parsed, answer), stored.rcode, started)
+        responses = self._respond(wire, client, replays, started)
+        if responses:
+            return responses[0]
+        return None if client.stream else b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
+
+    def _current(self, replays: ReplayTable, replay: Replay, client: ClientInfo, limit: int) -> bytes | None:
+        """The replay's wire if it is still valid and fits the client (else the full path answers)."""
+        if time.monotonic() >= replay.expires:
+            replays.drop(None, replay.key)
+            return None
+        if len(replay.wire) > limit and not client.stream:
+            return None  # the full path sends it truncated
+        return replay.wire
+
+    def _replayed(self, wire: bytes, client: ClientInfo, answer: bytes, rcode: str, started: float) -> bytes | None:
+        if not client.stream and self.rrl is not None:
+            verdict = self.rrl.check(client.address)
+            if verdict is not Verdict.SEND:
+                return self._limited(wire, verdict) or b""
+        self.metrics.count(client.transport.value, KIND_REPLAYED, rcode, time.perf_counter() - started)
+        return answer
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Like ``respond``; a transfer longer than one message needs ``respond`` (all messages) instead."""
@@ -281,6 +357,9 @@ class Authority:
 
     def respond(self, wire: bytes, client: ClientInfo) -> list[bytes]:
         """Response wires for one request (empty: drop silently). Never raises on bad input."""
+        return self._respond(wire, client, self._replays, time.perf_counter())
+
+    def _respond(self, wire: bytes, client: ClientInfo, replays: ReplayTable, started: float) -> list[bytes]:
         try:
             query = dns.message.from_wire(wire, keyring=self.keyring)
         except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
@@ -295,34 +374,29 @@ class Authority:
             return [self._update(query, client)]
         if opcode != dns.opcode.QUERY or len(query.question) != 1:
             return (
-                [_render(answer(query, None), client, query)]
+                [_render(answer(query, None), client, query)[0]]
                 if opcode == dns.opcode.QUERY
                 else [_header_only(wire, dns.rcode.NOTIMP) or b""]
             )
         question = query.question[0]
         if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
             return self._transfer(query, client)
-        self.stats.queries += 1
         if not client.stream and self.rrl is not None:
             verdict = self.rrl.check(client.address)
             if verdict is not Verdict.SEND:
                 return _wire_list(self._limited(wire, verdict))
         served = self.zone_for(question.name, question.rdtype)
-        response = answer(query, served.zone if served else None, served.view if served else None)
+        version = served.version if served is not None else None  # read once: another thread may publish
+        response = answer(query, version.zone if version else None, version.view if version else None)
         rcode = dns.rcode.to_text(response.rcode())
-        self.stats.rcodes[rcode] = self.stats.rcodes.get(rcode, 0) + 1
-        out = _render(response, client, query)
+        out, full = _render(response, client, query)
         if served is not None and not query.had_tsig:
-            self._remember(wire, client, out)
+            parsed = parse_query(wire)
+            if parsed is not None:
+                expires = time.monotonic() + RENDERED_SECONDS
+                replays.put(None, parsed.key, Replay(parsed.key, full, expires, "", KIND_REPLAYED, rcode))
+        self.metrics.count(client.transport.value, KIND_ANSWERED, rcode, time.perf_counter() - started)
         return [out]
-
-    def _remember(self, wire: bytes, client: ClientInfo, out: bytes) -> None:
-        if len(self._rendered) >= 100_000:
-            self._rendered.clear()
-        self._rendered[(b"T" if client.stream else b"U") + wire[2:]] = (
-            self.clock() + RENDERED_SECONDS,
-            out[2:],
-        )
 
     def _transfer(self, query: dns.message.Message, client: ClientInfo) -> list[bytes]:
         served = self.zones.get(query.question[0].name)
@@ -358,15 +432,16 @@ class Authority:
         return response.to_wire()
 
 
-def _render(response: dns.message.Message, client: ClientInfo, query: dns.message.Message) -> bytes:
-    """Wire form within the client's limit; over UDP a response that does not fit is sent truncated (TC=1)."""
-    limit = 65535 if client.stream else (max(512, min(query.payload, 1232)) if query.edns >= 0 else 512)
-    try:
-        return response.to_wire(max_size=limit)
-    except dns.exception.TooBig:
-        response.answer, response.authority, response.additional = [], [], []
-        response.flags |= dns.flags.TC
-        return response.to_wire(max_size=limit)
+def _render(response: dns.message.Message, client: ClientInfo, query: dns.message.Message) -> tuple[bytes, bytes]:
+    """(what to send, the full response). Over UDP a response larger than the client's limit is sent
+    truncated (TC=1, no records); the full one is what later replays serve to clients it fits."""
+    full = response.to_wire(max_size=65535)
+    limit = 65535 if client.stream else (max(512, min(query.payload, UDP_PAYLOAD)) if query.edns >= 0 else 512)
+    if len(full) <= limit:
+        return full, full
+    response.answer, response.authority, response.additional = [], [], []
+    response.flags |= dns.flags.TC
+    return response.to_wire(max_size=limit), full
 
 
 def _header_only(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:

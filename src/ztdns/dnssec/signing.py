@@ -19,6 +19,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dns.name
 import dns.rdata
@@ -70,6 +71,20 @@ class _Cached:
         return self.rdata
 
 
+@dataclass(frozen=True, slots=True)
+class _SignedSet:
+    content: bytes
+    keys: Sequence[ZoneKey]  # the key tuple it was made with (identity: set_keys makes a new one)
+    refresh_at: float
+    rrsigs: dns.rrset.RRset
+
+
+def _bound(cache: dict[Any, Any], limit: int) -> None:
+    """Make room for one entry by forgetting the oldest."""
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]
+
+
 def canonical_owner(name: dns.name.Name) -> bytes:
     """The owner name in canonical wire form (RFC 4034 §6.2: uncompressed, ASCII lower case)."""
     return b"".join(len(label).to_bytes(1, "big") + label.lower() for label in name.labels)
@@ -77,7 +92,11 @@ def canonical_owner(name: dns.name.Name) -> bytes:
 
 def canonical_rrset(rrset: dns.rrset.RRset, origin: dns.name.Name | None = None) -> bytes:
     """RR(1) | RR(2) ... of RFC 4034 §3.1.8.1: canonical owner, class, TTL, sorted unique canonical rdata."""
-    prefix = canonical_owner(rrset.name) + _RR_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.ttl)
+    return _canonical(canonical_owner(rrset.name), rrset, origin)
+
+
+def _canonical(owner: bytes, rrset: dns.rrset.RRset, origin: dns.name.Name | None = None) -> bytes:
+    prefix = owner + _RR_HEAD.pack(rrset.rdtype, rrset.rdclass, rrset.ttl)
     rdatas: list[bytes] = sorted({rd.to_digestable(origin) for rd in rrset})
     if len(rdatas) == 1:
         rdata = rdatas[0]
@@ -110,7 +129,10 @@ class ZoneSigner:
         self._key_tails: dict[int, bytes] = {}
         self._zsks: Sequence[ZoneKey] = ()
         self._ksks: Sequence[ZoneKey] = ()
-        self._cache: dict[tuple[dns.name.Name, int, int], _Cached] = {}
+        # Per (canonical owner, type, key tag): one signature. Per (canonical owner, type): the RRSIG RRset last
+        # handed out, with the content and key set it covers, so a repeated answer builds no dnspython objects.
+        self._cache: dict[tuple[bytes, int, int], _Cached] = {}
+        self._sets: dict[tuple[bytes, int], _SignedSet] = {}
         self.signatures_made = 0
 
     def set_keys(self, zsks: Sequence[ZoneKey], ksks: Sequence[ZoneKey]) -> None:
@@ -118,27 +140,37 @@ class ZoneSigner:
         self._zsks, self._ksks = tuple(zsks), tuple(ksks)
         tags = {k.tag for k in (*self._zsks, *self._ksks)}
         self._cache = {key: entry for key, entry in self._cache.items() if key[2] in tags}
+        self._sets = {}
 
     def keys_for(self, rdtype: int) -> Sequence[ZoneKey]:
         return self._ksks if rdtype in KSK_SIGNED_TYPES else self._zsks
 
     def rrsig(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset | None:
+        """The RRSIG RRset covering ``rrset`` (shared with later callers: do not modify it)."""
         keys = self.keys_for(rrset.rdtype)
         if not keys or rrset.rdtype == RRSIG:
             return None
-        content = canonical_rrset(rrset)
+        owner = canonical_owner(rrset.name)
+        content = _canonical(owner, rrset)
         now = self.clock()
+        set_key = (owner, rrset.rdtype)
+        made = self._sets.get(set_key)
+        if made is not None and made.content == content and made.keys is keys and now < made.refresh_at:
+            return made.rrsigs
         sigs = dns.rrset.RRset(rrset.name, rrset.rdclass, RRSIG, rrset.rdtype)
+        refresh_at = float("inf")
         for key in keys:
-            cache_key = (rrset.name, rrset.rdtype, key.tag)
+            cache_key = (owner, rrset.rdtype, key.tag)
             cached = self._cache.get(cache_key)
             if cached is None or cached.content != content or now >= cached.refresh_at:
                 cached = self._sign(rrset, content, key, now)
                 self._cache.pop(cache_key, None)
-                if len(self._cache) >= self.max_entries:
-                    del self._cache[next(iter(self._cache))]
+                _bound(self._cache, self.max_entries)
                 self._cache[cache_key] = cached
             sigs.add(cached.rrsig(), rrset.ttl)
+            refresh_at = min(refresh_at, cached.refresh_at)
+        _bound(self._sets, self.max_entries)
+        self._sets[set_key] = _SignedSet(content, keys, refresh_at, sigs)
         return sigs
 
     def sign_fresh(self, rrset: dns.rrset.RRset, key: ZoneKey) -> bytes:
