@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import uvloop
+from prometheus_client import CollectorRegistry, start_http_server
 
 from ztdns.authority.build import build_authority, build_zone, key_store
 from ztdns.authority.config import AuthZoneConfig
@@ -18,6 +19,7 @@ from ztdns.config import Config, ConfigError, load_config
 from ztdns.config.model import parse_hostport
 from ztdns.dnssec.kasp import Role
 from ztdns.dnssec.keys import KeyStoreError
+from ztdns.observe.metrics import MetricsCollector
 
 
 def _state_dir(config: Config) -> Path:
@@ -86,6 +88,14 @@ async def _serve(config: Config) -> None:
     for server in servers:
         await server.start()
         print(f"authority listening on {server.host}:{server.port}", file=sys.stderr)
+    if config.metrics.enabled:
+        # The same exporter as `ztdns serve` (ztdns.daemon), over the authority's Metrics.
+        host, port = config.metrics.hostport()
+        registry = CollectorRegistry()
+        registry.register(MetricsCollector(lambda: authority.metrics))
+        start_http_server(port, host, registry)
+        print(f"authority metrics on http://{host}:{port}/metrics", file=sys.stderr)
+    sys.stderr.flush()
     await asyncio.Event().wait()
 
 

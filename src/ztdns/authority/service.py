@@ -7,12 +7,13 @@ asyncio adapter in :mod:`ztdns.authority.server` only pumps bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,7 @@ import dns.rdataset
 import dns.rdatatype
 import dns.tsig
 import dns.update
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ztdns.authority.answer import SignedView, answer
 from ztdns.authority.rrl import RateLimiter, Verdict
@@ -203,6 +205,10 @@ class ServedZone:
         os.replace(tmp, path)
 
 
+def _stat(stats: Stats, name: str) -> float:
+    return float(getattr(stats, name))
+
+
 def _serial_gt(a: int, b: int) -> bool:
     return a != b and ((a - b) % (1 << 32)) < (1 << 31)
 
@@ -252,6 +258,39 @@ class Authority:
         self.replay_limit = replay_limit
         self._replays = ReplayTable(replay_limit)
         self.on_change: Callable[[ServedZone], None] = lambda zone: None
+        self._register_metrics()
+
+    def _register_metrics(self) -> None:
+        """Export through the server's metrics mechanism: answered queries are ``ztdns_queries`` with kind
+        ``authoritative``/``authoritative_replay``; the rest is read at scrape time."""
+        stats = self.stats
+        counters = self.metrics.counters
+        for name, help_text in (
+            ("updates", "Dynamic updates applied"),
+            ("updates_refused", "Dynamic updates refused (zone unchanged)"),
+            ("transfers", "Zone transfers served"),
+            ("transfers_refused", "Zone transfers refused"),
+            ("rrl_dropped", "UDP responses dropped by response rate limiting"),
+            ("rrl_slipped", "UDP responses sent truncated by response rate limiting"),
+        ):
+            counters[f"ztdns_authority_{name}"] = (help_text, functools.partial(_stat, stats, name))
+        self.metrics.gauges["ztdns_authority_replay_entries"] = (
+            "Pre-rendered authoritative answers held",
+            lambda: float(self.replays()),
+        )
+        self.metrics.labelled.append(self._zone_families)
+
+    def _zone_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        serial = GaugeMetricFamily("ztdns_authority_zone_serial", "SOA serial served", labels=["zone"])
+        signatures = CounterMetricFamily(
+            "ztdns_authority_signatures", "RRSIGs made (cache misses and refreshes)", labels=["zone"]
+        )
+        for origin, served in list(self.zones.items()):
+            zone = origin.to_text()
+            serial.add_metric([zone], served.zone.serial)
+            if served.signer is not None:
+                signatures.add_metric([zone], served.signer.signatures_made)
+        yield from (serial, signatures)
 
     def zone_for(self, name: dns.name.Name, rdtype: int = dns.rdatatype.A) -> ServedZone | None:
         if rdtype == dns.rdatatype.DS and name in self.zones and name != dns.name.root:
