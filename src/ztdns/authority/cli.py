@@ -11,6 +11,7 @@ from pathlib import Path
 import uvloop
 from prometheus_client import CollectorRegistry, start_http_server
 
+from ztdns.authority.api import api_listen_config, start_registration_api
 from ztdns.authority.build import build_authority, build_zone, key_store
 from ztdns.authority.config import AuthZoneConfig
 from ztdns.authority.server import AuthorityServer
@@ -20,6 +21,7 @@ from ztdns.config.model import parse_hostport
 from ztdns.dnssec.kasp import Role
 from ztdns.dnssec.keys import KeyStoreError
 from ztdns.observe.metrics import MetricsCollector
+from ztdns.transport.tls import TlsError, TlsMaterial
 
 
 def _state_dir(config: Config) -> Path:
@@ -88,6 +90,16 @@ async def _serve(config: Config) -> None:
     for server in servers:
         await server.start()
         print(f"authority listening on {server.host}:{server.port}", file=sys.stderr)
+    api = config.authority.api
+    if api is not None:
+        listen = api_listen_config(api.address, api.cert, api.key, api.ca, api.crl, api.tls_min_version)
+        try:
+            tls = TlsMaterial.from_config(listen, config.base_dir)
+        except TlsError as exc:
+            raise ConfigError([f"{config.source}: [authority.api]: {exc}"]) from None
+        listener = await start_registration_api(listen, authority, tls)
+        host, port = listener.address
+        print(f"authority registration API on https://{host}:{port}/v1/records/", file=sys.stderr)
     if config.metrics.enabled:
         # The same exporter as `ztdns serve` (ztdns.daemon), over the authority's Metrics.
         host, port = config.metrics.hostport()

@@ -124,6 +124,17 @@ class Pkcs11Config(_Section):
         return self
 
 
+class ApiConfig(_Section):
+    """The HTTPS registration API (docs/authority.md). Clients must present a certificate issued by ``ca``."""
+
+    address: str = "127.0.0.1:8443"
+    cert: str  # server certificate and key, relative to the config file
+    key: str
+    ca: str  # CA bundle client certificates must chain to
+    crl: list[str] = []
+    tls_min_version: Literal["1.2", "1.3"] = "1.3"
+
+
 class AuthorityConfig(_Section):
     # Own UDP+TCP listeners ("127.0.0.1:5300"); empty: the zones are served only through the main frontend.
     listen: list[str] = []
@@ -134,6 +145,7 @@ class AuthorityConfig(_Section):
     # Where zone private keys live: PEM files under state_dir/keys, or a PKCS#11 token ([authority.pkcs11]).
     key_store: Literal["file", "pkcs11"] = "file"
     pkcs11: Pkcs11Config | None = None
+    api: ApiConfig | None = None  # the HTTPS registration API, authenticated by client certificates
 
     @model_validator(mode="after")
     def _keys_exist(self) -> AuthorityConfig:

@@ -448,27 +448,31 @@ class Authority:
         return axfr_messages(query, served.transfer_records(), served.zone.soa_rrset())
 
     def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
-        response = dns.message.make_response(message)
-        zone_rr = message.zone[0] if len(message.zone) == 1 else None
-        served = self.zones.get(zone_rr.name) if zone_rr is not None and zone_rr.rdtype == dns.rdatatype.SOA else None
-        if served is None:
-            response.set_rcode(dns.rcode.NOTAUTH)
-            return response.to_wire()
         if message.had_tsig and message.keyname is not None:
             identity: str | None = self.identities.get(message.keyname, f"tsig:{message.keyname.to_text()}")
         else:
             identity = client.certificate_identity
+        response = dns.message.make_response(message)
+        response.set_rcode(dns.rcode.Rcode.make(self.apply(message, identity)[0]))
+        return response.to_wire()
+
+    def apply(self, message: dns.update.UpdateMessage, identity: str | None) -> tuple[int, str]:
+        """Apply an update as ``identity`` (UPDATE over DNS, or the HTTPS registration API): the rcode and,
+        when refused, why. A refused update leaves the zone unchanged."""
+        zone_rr = message.zone[0] if len(message.zone) == 1 else None
+        served = self.zones.get(zone_rr.name) if zone_rr is not None and zone_rr.rdtype == dns.rdatatype.SOA else None
+        if served is None:
+            return dns.rcode.NOTAUTH, "not a zone served here"
         try:
             changes = served.update(message, identity)
         except UpdateRefused as refused:
             self.stats.updates_refused += 1
             log.info("update of %s refused: %s", served.origin, refused)
-            response.set_rcode(dns.rcode.Rcode.make(refused.rcode))
-            return response.to_wire()
+            return refused.rcode, str(refused)
         self.stats.updates += 1
         if changes:
             self._changed([served])
-        return response.to_wire()
+        return dns.rcode.NOERROR, ""
 
 
 def _render(response: dns.message.Message, client: ClientInfo, query: dns.message.Message) -> tuple[bytes, bytes]:
