@@ -117,7 +117,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         if not config.authority.listen:
             raise ConfigError([f"{args.config}: [authority] listen is empty"])
         uvloop.run(_serve(config))
-    except (ConfigError, KeyStoreError, ZoneError) as exc:
+    except (ConfigError, KeyStoreError, ZoneError, OSError) as exc:  # OSError: a listen address is taken
         print(exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
