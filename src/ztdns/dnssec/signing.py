@@ -73,6 +73,7 @@ class _Cached:
 
 @dataclass(frozen=True, slots=True)
 class _SignedSet:
+    source: dns.rrset.RRset  # the object signed (kept alive, so an identity match is the same content)
     content: bytes
     keys: Sequence[ZoneKey]  # the key tuple it was made with (identity: set_keys makes a new one)
     refresh_at: float
@@ -151,11 +152,15 @@ class ZoneSigner:
         if not keys or rrset.rdtype == RRSIG:
             return None
         owner = canonical_owner(rrset.name)
-        content = _canonical(owner, rrset)
         now = self.clock()
         set_key = (owner, rrset.rdtype)
         made = self._sets.get(set_key)
-        if made is not None and made.content == content and made.keys is keys and now < made.refresh_at:
+        fresh = made is not None and made.keys is keys and now < made.refresh_at
+        if fresh and made is not None and made.source is rrset:
+            # The very RRset object signed before (NSEC3 chain, negative SOA: zone versions never modify theirs).
+            return made.rrsigs
+        content = _canonical(owner, rrset)
+        if fresh and made is not None and made.content == content:
             return made.rrsigs
         sigs = dns.rrset.RRset(rrset.name, rrset.rdclass, RRSIG, rrset.rdtype)
         refresh_at = float("inf")
@@ -170,7 +175,7 @@ class ZoneSigner:
             sigs.add(cached.rrsig(), rrset.ttl)
             refresh_at = min(refresh_at, cached.refresh_at)
         _bound(self._sets, self.max_entries)
-        self._sets[set_key] = _SignedSet(content, keys, refresh_at, sigs)
+        self._sets[set_key] = _SignedSet(rrset, content, keys, refresh_at, sigs)
         return sigs
 
     def sign_fresh(self, rrset: dns.rrset.RRset, key: ZoneKey) -> bytes:
