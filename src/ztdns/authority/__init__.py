@@ -1,10 +1,12 @@
 """Authoritative zones: serving, online DNSSEC signing, dynamic registration, transfers, rate limiting.
 
 Owns: zone data (``zone``), RFC 1034 answering (``answer``), RFC 2136 updates with per-identity grants
-(``update``), AXFR/NOTIFY (``transfer``), RRL (``rrl``), the ``Handler`` over all of it (``service``) and
-small asyncio listeners (``server``). Signing, denial and keys live in :mod:`ztdns.dnssec` (signing, nsec3,
-kasp, keys). Config: ``[authority]`` (see docs/authority.md). Metrics: ``Authority.stats`` (queries, rcodes,
-updates, transfers, RRL drops/slips). Client data touched: source address (RRL buckets per prefix, transfer
+(``update``), AXFR/NOTIFY (``transfer``), RRL (``rrl``), the ``Handler`` over all of it with replayed
+pre-rendered answers (``service``), listeners (``server``: the shared UDP lane plus TCP) and the mTLS HTTPS
+registration API (``api``). Signing, denial and keys live in :mod:`ztdns.dnssec` (signing, nsec3,
+kasp, keys, pkcs11). Config: ``[authority]`` (see docs/authority.md). Metrics: through ``ztdns.observe.metrics``
+(``ztdns_queries`` kind authoritative/authoritative_replay, ``ztdns_authority_*``: updates, transfers, RRL
+drops/slips, replays, serials, signatures). Client data touched: source address (RRL buckets per prefix, transfer
 ACL) and the update's TSIG key name or certificate identity (grants); none of it is stored or logged beyond
 refused-update reasons.
 """

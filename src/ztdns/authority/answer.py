@@ -152,9 +152,7 @@ class _Lookup:
         return [rds] if rds is not None else []
 
     def _negative(self, proof: list[dns.rrset.RRset]) -> None:
-        soa = self.zone.soa_rrset()
-        soa.update_ttl(self.zone.negative_ttl())
-        self.out.authority.append(soa)
+        self.out.authority.append(self.zone.negative_soa())
         self.out.authority.extend(proof)
 
     def _referral(self, cut: dns.name.Name) -> None:

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import dns.name
 import dns.rdatatype
 import dns.tsigkeyring
 
-from ztdns.authority.config import AuthorityConfig, AuthZoneConfig, SigningConfig
+from ztdns.authority.config import AuthorityConfig, AuthZoneConfig, Pkcs11Config, SigningConfig
 from ztdns.authority.rrl import RateLimiter
 from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
 from ztdns.authority.zone import Zone, ZoneError
 from ztdns.config.model import parse_hostport
-from ztdns.dnssec.kasp import KeyManager, Policy
-from ztdns.dnssec.keys import ALGORITHMS
+from ztdns.dnssec.kasp import KeyManager, KeyStore, Policy
+from ztdns.dnssec.keys import ALGORITHMS, KeyStoreError
 from ztdns.dnssec.signing import Validity
 
 
@@ -38,19 +39,47 @@ def build_authority(config: AuthorityConfig, base_dir: Path, state_dir: Path) ->
     """Load zone files and keys; raises ZoneError or KeyStoreError naming the zone."""
     keyring = dns.tsigkeyring.from_text({name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()})
     identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
+    store = key_store(config, base_dir)
     zones = []
     for zc in config.zones:
-        zones.append(build_zone(zc, base_dir, state_dir))
+        zones.append(build_zone(zc, base_dir, state_dir, store))
     rrl = config.rrl
     limiter = RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
     return Authority(zones, keyring=keyring, identities=identities, rrl=limiter)
 
 
-def key_manager(zc: AuthZoneConfig, state_dir: Path) -> KeyManager:
-    return KeyManager(dns.name.from_text(zc.name), policy(zc.signing), state_dir)
+def key_store(config: AuthorityConfig, base_dir: Path) -> KeyStore | None:
+    """The configured key store; None means the default, files under the state directory."""
+    if config.key_store != "pkcs11":
+        return None
+    assert config.pkcs11 is not None  # the config model requires it
+    # Imported here: only a PKCS#11 deployment loads the binding.
+    from ztdns.dnssec.pkcs11 import Pkcs11Store, Token, TokenSettings
+
+    return Pkcs11Store(
+        Token(TokenSettings(config.pkcs11.module, config.pkcs11.token_label, _pin(config.pkcs11, base_dir)))
+    )
 
 
-def build_zone(zc: AuthZoneConfig, base_dir: Path, state_dir: Path) -> ServedZone:
+def _pin(config: Pkcs11Config, base_dir: Path) -> str:
+    if config.pin_env is not None:
+        pin = os.environ.get(config.pin_env)
+        if pin is None:
+            raise KeyStoreError(f"[authority.pkcs11] pin_env: environment variable {config.pin_env} is not set")
+        return pin
+    assert config.pin_file is not None
+    path = base_dir / config.pin_file
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise KeyStoreError(f"[authority.pkcs11] pin_file: cannot read {path}: {exc}") from None
+
+
+def key_manager(zc: AuthZoneConfig, state_dir: Path, store: KeyStore | None = None) -> KeyManager:
+    return KeyManager(dns.name.from_text(zc.name), policy(zc.signing), state_dir, store)
+
+
+def build_zone(zc: AuthZoneConfig, base_dir: Path, state_dir: Path, store: KeyStore | None = None) -> ServedZone:
     origin = dns.name.from_text(zc.name)
     text = ""
     if zc.file is not None:
@@ -76,5 +105,5 @@ def build_zone(zc: AuthZoneConfig, base_dir: Path, state_dir: Path) -> ServedZon
         state_path=state_dir / f"{zc.name.rstrip('.') or 'root'}.dynamic.json",
     )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    keys = key_manager(zc, state_dir) if zc.signing.enabled else None
+    keys = key_manager(zc, state_dir, store) if zc.signing.enabled else None
     return ServedZone(settings, zone, keys)

@@ -8,7 +8,11 @@ import datetime
 import sys
 from pathlib import Path
 
-from ztdns.authority.build import build_authority, build_zone
+import uvloop
+from prometheus_client import CollectorRegistry, start_http_server
+
+from ztdns.authority.api import api_listen_config, start_registration_api
+from ztdns.authority.build import build_authority, build_zone, key_store
 from ztdns.authority.config import AuthZoneConfig
 from ztdns.authority.server import AuthorityServer
 from ztdns.authority.zone import ZoneError
@@ -16,6 +20,8 @@ from ztdns.config import Config, ConfigError, load_config
 from ztdns.config.model import parse_hostport
 from ztdns.dnssec.kasp import Role
 from ztdns.dnssec.keys import KeyStoreError
+from ztdns.observe.metrics import MetricsCollector
+from ztdns.transport.tls import TlsError, TlsMaterial
 
 
 def _state_dir(config: Config) -> Path:
@@ -42,7 +48,7 @@ def _keys(args: argparse.Namespace) -> int:
         zc = _zone_config(config, args.zone)
         if not zc.signing.enabled:
             raise ConfigError([f"zone {zc.name} is not signed"])
-        served = build_zone(zc, config.base_dir, _state_dir(config))
+        served = build_zone(zc, config.base_dir, _state_dir(config), key_store(config.authority, config.base_dir))
         keys = served.keys
         assert keys is not None
         max_ttl = served.base.max_ttl()
@@ -84,6 +90,24 @@ async def _serve(config: Config) -> None:
     for server in servers:
         await server.start()
         print(f"authority listening on {server.host}:{server.port}", file=sys.stderr)
+    api = config.authority.api
+    if api is not None:
+        listen = api_listen_config(api.address, api.cert, api.key, api.ca, api.crl, api.tls_min_version)
+        try:
+            tls = TlsMaterial.from_config(listen, config.base_dir)
+        except TlsError as exc:
+            raise ConfigError([f"{config.source}: [authority.api]: {exc}"]) from None
+        listener = await start_registration_api(listen, authority, tls)
+        host, port = listener.address
+        print(f"authority registration API on https://{host}:{port}/v1/records/", file=sys.stderr)
+    if config.metrics.enabled:
+        # The same exporter as `ztdns serve` (ztdns.daemon), over the authority's Metrics.
+        host, port = config.metrics.hostport()
+        registry = CollectorRegistry()
+        registry.register(MetricsCollector(lambda: authority.metrics))
+        start_http_server(port, host, registry)
+        print(f"authority metrics on http://{host}:{port}/metrics", file=sys.stderr)
+    sys.stderr.flush()
     await asyncio.Event().wait()
 
 
@@ -92,8 +116,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if not config.authority.listen:
             raise ConfigError([f"{args.config}: [authority] listen is empty"])
-        asyncio.run(_serve(config))
-    except (ConfigError, KeyStoreError, ZoneError) as exc:
+        uvloop.run(_serve(config))
+    except (ConfigError, KeyStoreError, ZoneError, OSError) as exc:  # OSError: a listen address is taken
         print(exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:

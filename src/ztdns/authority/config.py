@@ -96,6 +96,32 @@ class RrlConfig(Section):
     ipv6_prefix: Annotated[int, Field(ge=16, le=128)] = 56
 
 
+class Pkcs11Config(Section):
+    """The PKCS#11 token holding zone keys (``key_store = "pkcs11"``)."""
+
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"  # the token's PKCS#11 library
+    token_label: str
+    pin_file: str | None = None  # a file holding the user PIN, relative to the config file
+    pin_env: str | None = None  # or an environment variable holding it
+
+    @model_validator(mode="after")
+    def _one_pin(self) -> Pkcs11Config:
+        if (self.pin_file is None) == (self.pin_env is None):
+            raise ValueError("set exactly one of pin_file and pin_env")
+        return self
+
+
+class ApiConfig(Section):
+    """The HTTPS registration API (docs/authority.md). Clients must present a certificate issued by ``ca``."""
+
+    address: str = "127.0.0.1:8443"
+    cert: str  # server certificate and key, relative to the config file
+    key: str
+    ca: str  # CA bundle client certificates must chain to
+    crl: list[str] = []
+    tls_min_version: Literal["1.2", "1.3"] = "1.3"
+
+
 class AuthorityConfig(Section):
     # Own UDP+TCP listeners ("127.0.0.1:5300"); empty: the zones are served only through the main frontend.
     listen: list[str] = []
@@ -103,9 +129,15 @@ class AuthorityConfig(Section):
     tsig_keys: dict[str, TsigKeyConfig] = {}
     zones: list[AuthZoneConfig] = []
     rrl: RrlConfig = RrlConfig()
+    # Where zone private keys live: PEM files under state_dir/keys, or a PKCS#11 token ([authority.pkcs11]).
+    key_store: Literal["file", "pkcs11"] = "file"
+    pkcs11: Pkcs11Config | None = None
+    api: ApiConfig | None = None  # the HTTPS registration API, authenticated by client certificates
 
     @model_validator(mode="after")
     def _keys_exist(self) -> AuthorityConfig:
+        if self.key_store == "pkcs11" and self.pkcs11 is None:
+            raise ValueError('key_store = "pkcs11" needs an [authority.pkcs11] section')
         for zone in self.zones:
             for key in zone.transfer_keys:
                 if key not in self.tsig_keys:

@@ -1,9 +1,9 @@
-"""Thin asyncio listeners for the authority (UDP and TCP on one address) plus the key ticker and NOTIFY
-sender.
+"""Listeners for the authority (UDP and TCP on one address) plus the key ticker and NOTIFY sender.
 
-Used by tests and by ``ztdns`` until the shared transports serve the authority: they only move bytes; every
-decision is in :class:`~ztdns.authority.service.Authority`. TCP is needed here because a zone transfer is
-several messages for one request, which the one-response ``Handler`` contract cannot carry.
+Used by tests and by ``ztdns authority serve``: they only move bytes; every decision is in
+:class:`~ztdns.authority.service.Authority`. UDP is the shared :class:`~ztdns.transport.udp.UdpListener` (a lane
+thread answering with ``Authority.fast``). TCP is its own small server because a zone transfer is several
+messages for one request, which the one-response ``Handler`` contract cannot carry.
 """
 
 from __future__ import annotations
@@ -23,28 +23,11 @@ import dns.tsig
 from ztdns.authority.service import Authority, ServedZone
 from ztdns.authority.transfer import notify_message
 from ztdns.client import ClientInfo, Transport
+from ztdns.config.model import ListenConfig
+from ztdns.transport.udp import UdpListener
 
 log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("!H")
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, authority: Authority) -> None:
-        self.authority = authority
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint gets a datagram transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        client = ClientInfo(Transport.UDP, str(addr[0]), int(addr[1]))
-        try:
-            reply = self.authority.fast(data, client)
-        except Exception:  # a bug must cost one answer, not the listener
-            log.exception("authority failed on a UDP query")
-            return
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
 
 
 class AuthorityServer:
@@ -64,21 +47,23 @@ class AuthorityServer:
         self.tick_seconds = tick_seconds
         self.notify_keyring, self.notify_keyname = notify_keyring, notify_keyname
         self._tasks: set[asyncio.Task[None]] = set()
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: UdpListener | None = None
         self._tcp: asyncio.Server | None = None
         authority.on_change = self._schedule_notify
 
     async def start(self) -> None:
         self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port)
         self.port = self._tcp.sockets[0].getsockname()[1]
-        loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.authority), local_addr=(self.host, self.port)
-        )
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        self._udp = UdpListener(ListenConfig(transport="udp", address=address), self.authority, reuse_port=False)
+        self._udp.start(asyncio.get_running_loop())
         self._spawn(self._ticker())
 
     async def stop(self) -> None:
         if self._udp is not None:
+            self._udp.stop()
+            if self._udp.pending:
+                await asyncio.wait(list(self._udp.pending), timeout=2)
             self._udp.close()
         if self._tcp is not None:
             self._tcp.close()

@@ -7,12 +7,13 @@ asyncio adapter in :mod:`ztdns.authority.server` only pumps bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,7 @@ import dns.rdataset
 import dns.rdatatype
 import dns.tsig
 import dns.update
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ztdns.authority.answer import SignedView, answer
 from ztdns.authority.rrl import RateLimiter, Verdict
@@ -39,11 +41,15 @@ from ztdns.client import ClientInfo
 from ztdns.dnssec.kasp import KeyManager, KeySet
 from ztdns.dnssec.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
 from ztdns.dnssec.signing import Validity, ZoneSigner
+from ztdns.fastpath import Replay, ReplayTable, splice, udp_limit
+from ztdns.observe.metrics import Metrics
+from ztdns.protocol.respond import UDP_PAYLOAD
+from ztdns.wire import parse_query
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 _HEADER = struct.Struct("!HHHHHH")
-# How long a rendered response is reused; signatures are refreshed days before expiry, so this is far inside.
+# How long a rendered response is replayed; signatures are refreshed days before expiry, so this is far inside.
 RENDERED_SECONDS = 30.0
 
 
@@ -57,6 +63,16 @@ class ZoneSettings:
     validity: Validity = field(default_factory=Validity)
     # Keeps dynamic registrations and the serial across restarts; None keeps them in memory only.
     state_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """What one published zone version answers from, swapped in one assignment so a reader on another thread
+    (the UDP lane) never sees the data of one version with the denial chain of another."""
+
+    zone: Zone
+    view: SignedView | None = None
+    chain: Nsec3Chain | None = None
 
 
 class ServedZone:
@@ -81,12 +97,20 @@ class ServedZone:
     def origin(self) -> dns.name.Name:
         return self.settings.origin
 
+    @property
+    def zone(self) -> Zone:
+        return self.version.zone
+
+    @property
+    def view(self) -> SignedView | None:
+        return self.version.view
+
     # -- versions --------------------------------------------------------------------------------------------
 
     def _publish(self, base: Zone) -> None:
         self.base = base
         if self._keyset is None or self.signer is None:
-            self.zone, self.view, self.chain = base, None, None
+            self.version = Version(base)
             return
         ks = self._keyset
         apex: list[Change] = []
@@ -112,9 +136,9 @@ class ServedZone:
             )
         served = base.with_changes(apex, serial=base.serial)
         self.signer.set_keys(ks.zone_signers, ks.dnskey_signers)
-        self.chain = Nsec3Chain(served) if self.settings.denial == "nsec3" else None
-        denial = self.chain if self.chain is not None else CompactDenial(served)
-        self.zone, self.view = served, SignedView(self.signer, denial)
+        chain = Nsec3Chain(served) if self.settings.denial == "nsec3" else None
+        denial = chain if chain is not None else CompactDenial(served)
+        self.version = Version(served, SignedView(self.signer, denial), chain)
 
     def refresh_keys(self) -> bool:
         """Re-read the key timeline; a change of published keys is a new zone version (new serial)."""
@@ -138,7 +162,8 @@ class ServedZone:
         return changes
 
     def transfer_records(self) -> list[dns.rrset.RRset]:
-        return list(zone_records(self.zone, self.view, self.chain.rrsets() if self.chain else ()))
+        version = self.version
+        return list(zone_records(version.zone, version.view, version.chain.rrsets() if version.chain else ()))
 
     # -- persistence of dynamic data -------------------------------------------------------------------------
 
@@ -180,25 +205,38 @@ class ServedZone:
         os.replace(tmp, path)
 
 
+def _stat(stats: Stats, name: str) -> float:
+    return float(getattr(stats, name))
+
+
 def _serial_gt(a: int, b: int) -> bool:
     return a != b and ((a - b) % (1 << 32)) < (1 << 31)
 
 
 @dataclass(slots=True)
 class Stats:
-    queries: int = 0
+    """Rare events. Answered queries are counted in ``Authority.metrics`` (per-thread shards, no lost counts)."""
+
     updates: int = 0
     updates_refused: int = 0
     transfers: int = 0
     transfers_refused: int = 0
     rrl_dropped: int = 0
     rrl_slipped: int = 0
-    rendered_hits: int = 0
-    rcodes: dict[str, int] = field(default_factory=dict)
+
+
+# The ``kind`` label of ztdns_queries for authoritative answers: made now, or replayed pre-rendered.
+KIND_ANSWERED = "authoritative"
+KIND_REPLAYED = "authoritative_replay"
 
 
 class Authority:
-    """All served zones; implements ``ztdns.transport.Handler`` (``fast`` and ``handle``) plus ``respond``."""
+    """All served zones; implements ``ztdns.transport.Handler`` (``fast`` and ``handle``) plus ``respond``.
+
+    Answers to plain queries are kept as rendered, signed wire and replayed to the next identical question
+    with the client's ID and name case spliced in (:mod:`ztdns.fastpath`), so a repeated question costs no
+    dnspython work at all. Every zone change and key event swaps in an empty replay table.
+    """
 
     def __init__(
         self,
@@ -207,6 +245,8 @@ class Authority:
         identities: dict[dns.name.Name, str] | None = None,
         rrl: RateLimiter | None = None,
         clock: Clock = time.time,
+        metrics: Metrics | None = None,
+        replay_limit: int = 100_000,
     ) -> None:
         self.zones = {z.origin: z for z in zones}
         self.keyring = keyring or {}
@@ -214,8 +254,43 @@ class Authority:
         self.rrl = rrl
         self.clock = clock
         self.stats = Stats()
-        self._rendered: dict[bytes, tuple[float, bytes]] = {}
+        self.metrics = metrics or Metrics()
+        self.replay_limit = replay_limit
+        self._replays = ReplayTable(replay_limit)
         self.on_change: Callable[[ServedZone], None] = lambda zone: None
+        self._register_metrics()
+
+    def _register_metrics(self) -> None:
+        """Export through the server's metrics mechanism: answered queries are ``ztdns_queries`` with kind
+        ``authoritative``/``authoritative_replay``; the rest is read at scrape time."""
+        stats = self.stats
+        counters = self.metrics.counters
+        for name, help_text in (
+            ("updates", "Dynamic updates applied"),
+            ("updates_refused", "Dynamic updates refused (zone unchanged)"),
+            ("transfers", "Zone transfers served"),
+            ("transfers_refused", "Zone transfers refused"),
+            ("rrl_dropped", "UDP responses dropped by response rate limiting"),
+            ("rrl_slipped", "UDP responses sent truncated by response rate limiting"),
+        ):
+            counters[f"ztdns_authority_{name}"] = (help_text, functools.partial(_stat, stats, name))
+        self.metrics.gauges["ztdns_authority_replay_entries"] = (
+            "Pre-rendered authoritative answers held",
+            lambda: float(self.replays()),
+        )
+        self.metrics.labelled.append(self._zone_families)
+
+    def _zone_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        serial = GaugeMetricFamily("ztdns_authority_zone_serial", "SOA serial served", labels=["zone"])
+        signatures = CounterMetricFamily(
+            "ztdns_authority_signatures", "RRSIGs made (cache misses and refreshes)", labels=["zone"]
+        )
+        for origin, served in list(self.zones.items()):
+            zone = origin.to_text()
+            serial.add_metric([zone], served.zone.serial)
+            if served.signer is not None:
+                signatures.add_metric([zone], served.signer.signatures_made)
+        yield from (serial, signatures)
 
     def zone_for(self, name: dns.name.Name, rdtype: int = dns.rdatatype.A) -> ServedZone | None:
         if rdtype == dns.rdatatype.DS and name in self.zones and name != dns.name.root:
@@ -242,28 +317,68 @@ class Authority:
         return changed
 
     def _changed(self, zones: list[ServedZone]) -> None:
-        self._rendered.clear()
+        # The zones have published their new versions already; a new table (not clear()) so that an answer
+        # rendered from the old version on another thread lands in the discarded table, never in this one.
+        self._replays = ReplayTable(self.replay_limit)
         for zone in zones:
             self.on_change(zone)
+
+    def replays(self) -> int:
+        return self._replays.size()
 
     # -- Handler ---------------------------------------------------------------------------------------------
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
-        """Plain queries, from rendered responses when possible; everything else goes to ``handle``."""
+        """Plain queries: replayed when possible, else answered here; UPDATE, NOTIFY etc. go to ``handle``.
+
+        Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Looked up first by the
+        query's bytes after the ID (no parsing), then by the hand-parsed question's normal form, like the
+        resolver's replays (``ztdns.server.Frontend.fast``).
+        """
+        started = time.perf_counter()
+        replays = self._replays  # once: see _changed
+        exact = replays.exact.get(None)
+        found = None if exact is None else exact.get(wire[2:])
+        if found is not None:
+            replay, name_end, limit = found
+            answer = self._current(replays, replay, client, limit)
+            if answer is not None:
+                if name_end:  # the client spelled the name in another case than the rendered answer (0x20)
+                    answer = answer[:12] + wire[12:name_end] + answer[name_end:]
+                return self._replayed(wire, client, wire[:2] + answer[2:], replay.rcode, started)
         if len(wire) < 12 or wire[2] & 0x78:  # not opcode QUERY: UPDATE, NOTIFY, ...
             return None
-        key = (b"T" if client.stream else b"U") + wire[2:]
-        hit = self._rendered.get(key)
-        if hit is not None and hit[0] > self.clock():
-            if not client.stream and self.rrl is not None:
-                verdict = self.rrl.check(client.address)
-                if verdict is not Verdict.SEND:
-                    return self._limited(wire, verdict)
-            self.stats.rendered_hits += 1
-            self.stats.queries += 1
-            return wire[:2] + hit[1]
-        responses = self.respond(wire, client)
-        return responses[0] if responses else None
+        parsed = parse_query(wire)
+        if parsed is not None:
+            stored = replays.get(None, parsed.key)
+            if stored is not None:
+                limit = udp_limit(parsed)
+                same_case = wire[12 : parsed.name_end] == stored.wire[12 : parsed.name_end]
+                replays.remember_exact(None, wire[2:], stored, 0 if same_case else parsed.name_end, limit)
+                answer = self._current(replays, stored, client, limit)
+                if answer is not None:
+                    return self._replayed(wire, client, splice(wire, parsed, answer), stored.rcode, started)
+        responses = self._respond(wire, client, replays, started)
+        if responses:
+            return responses[0]
+        return None if client.stream else b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
+
+    def _current(self, replays: ReplayTable, replay: Replay, client: ClientInfo, limit: int) -> bytes | None:
+        """The replay's wire if it is still valid and fits the client (else the full path answers)."""
+        if time.monotonic() >= replay.expires:
+            replays.drop(None, replay.key)
+            return None
+        if len(replay.wire) > limit and not client.stream:
+            return None  # the full path sends it truncated
+        return replay.wire
+
+    def _replayed(self, wire: bytes, client: ClientInfo, answer: bytes, rcode: str, started: float) -> bytes | None:
+        if not client.stream and self.rrl is not None:
+            verdict = self.rrl.check(client.address)
+            if verdict is not Verdict.SEND:
+                return self._limited(wire, verdict) or b""
+        self.metrics.count(client.transport.value, KIND_REPLAYED, rcode, time.perf_counter() - started)
+        return answer
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Like ``respond``; a transfer longer than one message needs ``respond`` (all messages) instead."""
@@ -281,6 +396,9 @@ class Authority:
 
     def respond(self, wire: bytes, client: ClientInfo) -> list[bytes]:
         """Response wires for one request (empty: drop silently). Never raises on bad input."""
+        return self._respond(wire, client, self._replays, time.perf_counter())
+
+    def _respond(self, wire: bytes, client: ClientInfo, replays: ReplayTable, started: float) -> list[bytes]:
         try:
             query = dns.message.from_wire(wire, keyring=self.keyring)
         except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
@@ -295,34 +413,29 @@ class Authority:
             return [self._update(query, client)]
         if opcode != dns.opcode.QUERY or len(query.question) != 1:
             return (
-                [_render(answer(query, None), client, query)]
+                [_render(answer(query, None), client, query)[0]]
                 if opcode == dns.opcode.QUERY
                 else [_header_only(wire, dns.rcode.NOTIMP) or b""]
             )
         question = query.question[0]
         if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
             return self._transfer(query, client)
-        self.stats.queries += 1
         if not client.stream and self.rrl is not None:
             verdict = self.rrl.check(client.address)
             if verdict is not Verdict.SEND:
                 return _wire_list(self._limited(wire, verdict))
         served = self.zone_for(question.name, question.rdtype)
-        response = answer(query, served.zone if served else None, served.view if served else None)
+        version = served.version if served is not None else None  # read once: another thread may publish
+        response = answer(query, version.zone if version else None, version.view if version else None)
         rcode = dns.rcode.to_text(response.rcode())
-        self.stats.rcodes[rcode] = self.stats.rcodes.get(rcode, 0) + 1
-        out = _render(response, client, query)
+        out, full = _render(response, client, query)
         if served is not None and not query.had_tsig:
-            self._remember(wire, client, out)
+            parsed = parse_query(wire)
+            if parsed is not None:
+                expires = time.monotonic() + RENDERED_SECONDS
+                replays.put(None, parsed.key, Replay(parsed.key, full, expires, "", KIND_REPLAYED, rcode))
+        self.metrics.count(client.transport.value, KIND_ANSWERED, rcode, time.perf_counter() - started)
         return [out]
-
-    def _remember(self, wire: bytes, client: ClientInfo, out: bytes) -> None:
-        if len(self._rendered) >= 100_000:
-            self._rendered.clear()
-        self._rendered[(b"T" if client.stream else b"U") + wire[2:]] = (
-            self.clock() + RENDERED_SECONDS,
-            out[2:],
-        )
 
     def _transfer(self, query: dns.message.Message, client: ClientInfo) -> list[bytes]:
         served = self.zones.get(query.question[0].name)
@@ -335,38 +448,43 @@ class Authority:
         return axfr_messages(query, served.transfer_records(), served.zone.soa_rrset())
 
     def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
-        response = dns.message.make_response(message)
-        zone_rr = message.zone[0] if len(message.zone) == 1 else None
-        served = self.zones.get(zone_rr.name) if zone_rr is not None and zone_rr.rdtype == dns.rdatatype.SOA else None
-        if served is None:
-            response.set_rcode(dns.rcode.NOTAUTH)
-            return response.to_wire()
         if message.had_tsig and message.keyname is not None:
             identity: str | None = self.identities.get(message.keyname, f"tsig:{message.keyname.to_text()}")
         else:
             identity = client.certificate_identity
+        response = dns.message.make_response(message)
+        response.set_rcode(dns.rcode.Rcode.make(self.apply(message, identity)[0]))
+        return response.to_wire()
+
+    def apply(self, message: dns.update.UpdateMessage, identity: str | None) -> tuple[int, str]:
+        """Apply an update as ``identity`` (UPDATE over DNS, or the HTTPS registration API): the rcode and,
+        when refused, why. A refused update leaves the zone unchanged."""
+        zone_rr = message.zone[0] if len(message.zone) == 1 else None
+        served = self.zones.get(zone_rr.name) if zone_rr is not None and zone_rr.rdtype == dns.rdatatype.SOA else None
+        if served is None:
+            return dns.rcode.NOTAUTH, "not a zone served here"
         try:
             changes = served.update(message, identity)
         except UpdateRefused as refused:
             self.stats.updates_refused += 1
             log.info("update of %s refused: %s", served.origin, refused)
-            response.set_rcode(dns.rcode.Rcode.make(refused.rcode))
-            return response.to_wire()
+            return refused.rcode, str(refused)
         self.stats.updates += 1
         if changes:
             self._changed([served])
-        return response.to_wire()
+        return dns.rcode.NOERROR, ""
 
 
-def _render(response: dns.message.Message, client: ClientInfo, query: dns.message.Message) -> bytes:
-    """Wire form within the client's limit; over UDP a response that does not fit is sent truncated (TC=1)."""
-    limit = 65535 if client.stream else (max(512, min(query.payload, 1232)) if query.edns >= 0 else 512)
-    try:
-        return response.to_wire(max_size=limit)
-    except dns.exception.TooBig:
-        response.answer, response.authority, response.additional = [], [], []
-        response.flags |= dns.flags.TC
-        return response.to_wire(max_size=limit)
+def _render(response: dns.message.Message, client: ClientInfo, query: dns.message.Message) -> tuple[bytes, bytes]:
+    """(what to send, the full response). Over UDP a response larger than the client's limit is sent
+    truncated (TC=1, no records); the full one is what later replays serve to clients it fits."""
+    full = response.to_wire(max_size=65535)
+    limit = 65535 if client.stream else (max(512, min(query.payload, UDP_PAYLOAD)) if query.edns >= 0 else 512)
+    if len(full) <= limit:
+        return full, full
+    response.answer, response.authority, response.additional = [], [], []
+    response.flags |= dns.flags.TC
+    return response.to_wire(max_size=limit), full
 
 
 def _header_only(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:

@@ -57,7 +57,7 @@ class Change:
 class Zone:
     """One version of a zone. ``nodes`` maps owner names to their RRsets by type."""
 
-    __slots__ = ("cuts", "existing", "nodes", "origin", "serial")
+    __slots__ = ("_negative_soa", "cuts", "existing", "nodes", "origin", "serial")
 
     def __init__(self, origin: dns.name.Name, nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]]) -> None:
         self.origin = origin
@@ -69,6 +69,7 @@ class Zone:
         if NS not in apex:
             raise ZoneError(f"zone {origin} has no NS records at its apex")
         self.serial: int = soa[0].serial
+        self._negative_soa: dns.rrset.RRset | None = None
         # Every name that exists in the sense of RFC 4592: names with data and the empty non-terminals above
         # them.
         self.existing: set[dns.name.Name] = set()
@@ -151,6 +152,15 @@ class Zone:
 
     def soa_rrset(self) -> dns.rrset.RRset:
         return rrset_of(self.origin, self.nodes[self.origin][SOA])
+
+    def negative_soa(self) -> dns.rrset.RRset:
+        """The SOA RRset of negative answers (at the negative TTL): one object per version, shared by every
+        negative answer (its signature is then found by identity); do not modify it."""
+        if self._negative_soa is None:
+            soa = self.soa_rrset()
+            soa.update_ttl(self.negative_ttl())
+            self._negative_soa = soa
+        return self._negative_soa
 
     def negative_ttl(self) -> int:
         """RFC 2308 §5 / RFC 9077: the lesser of the SOA TTL and the SOA MINIMUM field."""

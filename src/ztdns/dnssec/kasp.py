@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import dns.name
 
@@ -58,7 +58,7 @@ class KeyRecord:
     tag: int
     role: Role
     algorithm: int
-    locator: str  # file name in the key directory, or "pkcs11:<label>"
+    locator: str  # file name in the key directory, or "pkcs11:<CKA_ID in hex>"
     created: float
     publish: float
     active: float | None = None  # starts signing zone data (zsk, csk)
@@ -115,8 +115,19 @@ class _State:
     keys: list[KeyRecord] = field(default_factory=list)
 
 
-class KeyStore:
-    """Where private keys live. Files by default; :mod:`ztdns.dnssec.pkcs11` provides a token store."""
+class KeyStore(Protocol):
+    """Where private keys live: files (:class:`FileStore`, the default) or a PKCS#11 token
+    (:class:`ztdns.dnssec.pkcs11.Pkcs11Store`)."""
+
+    def create(self, zone: dns.name.Name, algorithm: int, sep: bool) -> tuple[str, ZoneKey]:
+        """A new key; returns the locator to record in the key state, and the key."""
+
+    def load(self, zone: dns.name.Name, locator: str, sep: bool, algorithm: int) -> ZoneKey:
+        """The key at ``locator``; a missing key raises KeyStoreError (never regenerated)."""
+
+
+class FileStore:
+    """Private keys as PKCS#8 PEM files (0600) in one directory."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -131,8 +142,12 @@ class KeyStore:
                 private.save(path)
                 return locator, key
 
-    def load(self, zone: dns.name.Name, locator: str, sep: bool) -> ZoneKey:
+    def load(self, zone: dns.name.Name, locator: str, sep: bool, algorithm: int) -> ZoneKey:
+        if locator.startswith("pkcs11:"):
+            raise KeyStoreError(f"key {locator} is in a PKCS#11 token but the key store is files")
         private: PrivateKey = FileKey.load(self.directory / locator)
+        if private.algorithm != algorithm:
+            raise KeyStoreError(f"key file {locator} holds algorithm {private.algorithm}, expected {algorithm}")
         return ZoneKey.make(zone, private, sep)
 
 
@@ -151,7 +166,7 @@ class KeyManager:
         self.policy = policy
         self.clock = clock
         self.path = state_dir / f"{zone.to_text(omit_final_dot=True) or 'root'}.keys.json"
-        self.store = store or KeyStore(state_dir / "keys")
+        self.store = store or FileStore(state_dir / "keys")
         self._state = _State()
         self._mtime: float | None = None
         self._loaded: dict[int, ZoneKey] = {}
@@ -219,7 +234,7 @@ class KeyManager:
     def zone_key(self, record: KeyRecord) -> ZoneKey:
         key = self._loaded.get(record.tag)
         if key is None:
-            key = self.store.load(self.zone, record.locator, sep=record.role != "zsk")
+            key = self.store.load(self.zone, record.locator, sep=record.role != "zsk", algorithm=record.algorithm)
             self._loaded[record.tag] = key
         return key
 

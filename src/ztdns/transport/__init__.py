@@ -16,7 +16,8 @@ class Handler(Protocol):
     """What transports call. Implemented by :class:`ztdns.server.Frontend`."""
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
-        """Answer synchronously from pre-rendered responses, or None to go the full way with ``handle``."""
+        """Answer synchronously from pre-rendered responses, or None to go the full way with ``handle``.
+        For a UDP client, ``b""`` means: decided here, send nothing (rate limiting drops a query)."""
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Run the pipeline. Returns the response wire, or None when the query must be dropped silently."""

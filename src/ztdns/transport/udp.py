@@ -73,8 +73,9 @@ class UdpListener:
                 log.exception("fast path failed for a query from %s", addr[0])
                 answer = None
             if answer is not None:
-                with contextlib.suppress(OSError):
-                    send(answer, addr)
+                if answer:  # b"": the handler decided to drop the query
+                    with contextlib.suppress(OSError):
+                        send(answer, addr)
                 continue
             if self.stopping:
                 break
