@@ -11,7 +11,6 @@ cache hit of an allowed name, so this measures ztdns's hot path, not the upstrea
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import statistics
 import subprocess
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from dnsperf_run import DnsperfResult, dnsperf_command, run_dnsperf
 from fixtures.unbound import UnboundServer, free_port
 
 
@@ -28,32 +28,8 @@ def names(count: int) -> list[str]:
     return [f"host{i}.bench.test" for i in range(count)]
 
 
-def dnsperf(port: int, data: Path, seconds: int, clients: int) -> tuple[float, float]:
-    out = subprocess.run(
-        [
-            "dnsperf",
-            "-s",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-d",
-            str(data),
-            "-l",
-            str(seconds),
-            "-c",
-            str(clients),
-            "-q",
-            "256",
-            "-t",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lost = float(re.search(r"Queries lost:\s+\d+ \(([\d.]+)%\)", out).group(1))  # type: ignore[union-attr]
-    return qps, lost
+def dnsperf(port: int, data: Path, seconds: int, clients: int) -> DnsperfResult:
+    return run_dnsperf(dnsperf_command("127.0.0.1", port, data, seconds=seconds, clients=clients))
 
 
 def ztdns_config(port: int, upstream: str) -> str:
@@ -115,9 +91,13 @@ def main() -> int:
             results: dict[str, list[float]] = {"ztdns": [], "unbound": []}
             for round_ in range(args.rounds):
                 for label, target in (("ztdns", port), ("unbound", peer.port)):
-                    qps, lost = dnsperf(target, data, args.seconds, args.clients)
-                    results[label].append(qps)
-                    print(f"round {round_ + 1}: {label:8s} {qps:10.0f} q/s  lost {lost:.2f}%", flush=True)
+                    result = dnsperf(target, data, args.seconds, args.clients)
+                    results[label].append(result.qps)
+                    print(
+                        f"round {round_ + 1}: {label:8s} {result.qps:10.0f} q/s  lost {result.lost_percent:.2f}%  "
+                        f"latency {result.latency_ms:.3f} ms",
+                        flush=True,
+                    )
         finally:
             ztdns.send_signal(signal.SIGTERM)
             ztdns.wait(10)

@@ -13,9 +13,7 @@ rounds (the median is reported). Ratios are ztdns / Unbound.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ import dns.asyncquery
 import dns.message
 import dns.rcode
 
+from dnsperf_run import dnsperf_command, run_dnsperf
 from ztdns.lab import netns
 from ztdns.lab.netns import NetnsLoop
 from ztdns.lab.run import Lab
@@ -53,30 +52,16 @@ async def prime(server: str, queries: list[tuple[str, str]], dnssec_ok: bool) ->
 
 
 def dnsperf(lab: Lab, server: str, query_file: Path, seconds: int, clients: int, dnssec_ok: bool) -> float:
-    flags = ["-D"] if dnssec_ok else []
-    output = subprocess.run(
-        [
-            *netns.exec_prefix(lab.netns),
-            "dnsperf",
-            "-s",
-            server,
-            "-d",
-            str(query_file),
-            "-l",
-            str(seconds),
-            "-c",
-            str(clients),
-            "-q",
-            "256",
-            "-t",
-            "2",
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return float(re.search(r"Queries per second:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    command = dnsperf_command(
+        server,
+        None,
+        query_file,
+        seconds=seconds,
+        clients=clients,
+        extra=["-D"] if dnssec_ok else [],
+        prefix=netns.exec_prefix(lab.netns),
+    )
+    return run_dnsperf(command).qps
 
 
 def main() -> None:

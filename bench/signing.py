@@ -29,6 +29,7 @@ import dns.query
 import dns.rdatatype
 import dns.rrset
 
+from dnsperf_run import dnsperf_command, run_dnsperf
 from ztdns.dnssec.keys import ECDSAP256SHA256, ED25519, FileKey, ZoneKey
 from ztdns.dnssec.signing import ZoneSigner
 
@@ -113,17 +114,8 @@ def wait_for(port: int) -> None:
 
 def dnsperf(port: int, queries: Path, seconds: float | None) -> float:
     """Queries per second; ``seconds=None`` makes one pass through the query file (the warm-up)."""
-    limit = ["-n", "1"] if seconds is None else ["-l", str(seconds)]
-    out = subprocess.run(
-        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), *limit, "-D", "-c", "4", "-Q", "200000"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
-        if "Queries per second" in line:
-            return float(line.split()[-1])
-    raise RuntimeError(out)
+    command = dnsperf_command("127.0.0.1", port, queries, seconds=seconds, clients=4, extra=["-D", "-Q", "200000"])
+    return run_dnsperf(command).qps
 
 
 def qps(seconds: float) -> None:

@@ -45,6 +45,15 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
+def _check_hostport(value: str) -> str:
+    parse_hostport(value, 53)  # the default port does not change what is valid
+    return value
+
+
+# "IP:PORT", "[IPv6]:PORT" or a bare IP literal; each model's hostport() supplies its own default port.
+HostPort = Annotated[str, AfterValidator(_check_hostport)]
+
+
 class ServerConfig(Section):
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     state_dir: str = "/var/lib/ztdns"
@@ -53,7 +62,7 @@ class ServerConfig(Section):
 
 class ListenConfig(Section):
     transport: Literal["udp", "tcp", "dot", "doh", "doq"] = "udp"
-    address: str = "127.0.0.1:5353"
+    address: HostPort = "127.0.0.1:5353"
     idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     max_connections: Annotated[int, Field(ge=1)] = 10_000
     max_pipelined: Annotated[int, Field(ge=1, le=65535)] = 100
@@ -71,12 +80,6 @@ class ListenConfig(Section):
     # Certificate, key, CA and CRL files are re-read when changed: polled this often, and on SIGHUP.
     tls_reload_interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
     path: str = "/dns-query"  # DoH only
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        parse_hostport(value, 53)
-        return value
 
     @field_validator("path")
     @classmethod
@@ -108,7 +111,7 @@ UPSTREAM_PORTS = {"udp": 53, "dot": 853, "doh": 443, "doq": 853}
 
 
 class UpstreamConfig(Section):
-    address: str
+    address: HostPort
     # udp means Do53 (UDP with TCP fallback on TC=1); dot, doh (HTTP/2) and doq are encrypted (docs/forwarding.md).
     transport: Literal["udp", "dot", "doh", "doq"] = "udp"
     # Encrypted transports only. Paths are relative to the config file.
@@ -118,12 +121,6 @@ class UpstreamConfig(Section):
     cert: str | None = None  # our client certificate (mTLS), for upstreams that identify us
     key: str | None = None
     path: str = "/dns-query"  # DoH only
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        parse_hostport(value, 53)
-        return value
 
     @field_validator("spki_pin")
     @classmethod
@@ -341,13 +338,7 @@ class LogConfig(Section):
 
 class MetricsConfig(Section):
     enabled: bool = True
-    address: str = "127.0.0.1:9153"
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        parse_hostport(value, 9153)
-        return value
+    address: HostPort = "127.0.0.1:9153"
 
     def hostport(self) -> tuple[str, int]:
         return parse_hostport(self.address, 9153)

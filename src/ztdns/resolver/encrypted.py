@@ -86,7 +86,22 @@ def _with_id(wire: bytes, message_id: int) -> bytes:
     return struct.pack(">H", message_id) + wire[2:]
 
 
-class DotUpstream:
+class _OneStream:
+    """What the DoT and DoH upstreams share: one reused TLS stream, and the task that reads answers from it."""
+
+    _writer: asyncio.StreamWriter | None
+    _reader_task: asyncio.Task[None] | None
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+
+
+class DotUpstream(_OneStream):
     def __init__(self, host: str, port: int = 853, tls: TlsClientSettings | None = None) -> None:
         self.host, self.port = host, port
         self.tls = tls or TlsClientSettings()
@@ -152,16 +167,8 @@ class DotUpstream:
             raise UpstreamError(describe(exc)) from exc
         return wire[:2] + response[2:]
 
-    async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
 
-
-class DohUpstream:
+class DohUpstream(_OneStream):
     """RFC 8484 POST over one HTTP/2 connection; the message ID is sent as 0 for cache friendliness."""
 
     def __init__(self, url: str, tls: TlsClientSettings | None = None) -> None:
@@ -271,14 +278,6 @@ class DohUpstream:
         if len(response) < 12:
             raise UpstreamError("short DNS message")
         return wire[:2] + response[2:]
-
-    async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
 
 
 class _DoqClientProtocol(QuicConnectionProtocol):
