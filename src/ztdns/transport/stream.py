@@ -1,13 +1,15 @@
 """TLS over TCP listeners (DoT and DoH share this): accept, handshake with the current TLS material, hand
 over.
 
-Each accepted TCP connection is paused, then upgraded with ``loop.start_tls`` using the material's
-context *of that moment*, so certificate rotation affects new connections only. The handshake runs in the
-event loop's non-blocking SSL machinery (a slow or stalled client costs a pending task, not a stalled
-loop) and is bounded by ``handshake_timeout``. A refused handshake is logged with its reason (expired,
-unknown CA, revoked, no certificate). After the handshake the connection protocol (DoT framing or HTTP)
-gets ``connection_made`` and builds its :class:`ClientInfo`, with the identity of the verified client
-certificate.
+We accept TCP connections ourselves and hand each socket to ``loop.connect_accepted_socket`` with the
+material's context *of that moment*, so certificate rotation affects new connections only. (Accepting with
+``create_server`` and upgrading with ``start_tls`` loses the ClientHello under uvloop whenever it arrives
+before the upgrade: uvloop starts reading right after ``connection_made`` even if the protocol paused, and
+the stalled handshake then times out.) The handshake runs in the event loop's non-blocking SSL machinery (a
+slow or stalled client costs a pending task, not a stalled loop) and is bounded by ``handshake_timeout``. A
+refused handshake is logged with its reason (expired, unknown CA, revoked, no certificate). After the
+handshake the connection protocol (DoT framing or HTTP) gets ``connection_made`` and builds its
+:class:`ClientInfo`, with the identity of the verified client certificate.
 """
 
 from __future__ import annotations
@@ -45,8 +47,6 @@ class TlsConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.draining = False
         self.write_paused = False
-        # start_tls may deliver the first application data before it returns to us; hold it until then.
-        self._early: list[bytes] | None = []
 
     # asyncio.Protocol
 
@@ -64,15 +64,9 @@ class TlsConnection(asyncio.Protocol):
         self.client = ClientInfo(self.kind, peer[0], peer[1], identity, stream=True)
         self.last_activity = asyncio.get_running_loop().time()
         self.listener.connections.add(self)
-        early, self._early = self._early or [], None
-        for data in early:
-            self.received(data)
 
     def data_received(self, data: bytes) -> None:
-        if self._early is not None:
-            self._early.append(data)
-        else:
-            self.received(data)
+        self.received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connection_gone(self)
@@ -124,19 +118,6 @@ class TlsConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-class _Accept(asyncio.Protocol):
-    """Plain TCP protocol of a just-accepted connection: pause it and start the TLS handshake."""
-
-    def __init__(self, listener: TlsStreamListener) -> None:
-        self.listener = listener
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        # Pause before anything is read: the ClientHello must go to the TLS layer, not to us.
-        transport.pause_reading()
-        self.listener.accepted(transport)
-
-
 class TlsStreamListener:
     """A DoT or DoH listener, made by ``start_dot_listener`` or ``start_doh_listener``."""
 
@@ -154,18 +135,19 @@ class TlsStreamListener:
         self.connections: set[TlsConnection] = set()
         self.handshakes: set[asyncio.Task[None]] = set()
         self.refused = 0  # handshakes that failed (bad certificate, timeout, not TLS)
-        self._server: asyncio.Server | None = None
+        self._socket: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._empty = asyncio.Event()
         self._closing = False
 
     async def start(self, *, reuse_port: bool = False) -> None:
         host, port = self.config.hostport()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
+        self._socket.setblocking(False)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Accept(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
-        )
         self._tasks = [
+            loop.create_task(self._accept(self._socket)),
             loop.create_task(self.material.watch(self.config.tls_reload_interval)),
             loop.create_task(self._sweep_idle()),
         ]
@@ -173,40 +155,50 @@ class TlsStreamListener:
     @property
     def address(self) -> tuple[str, int]:
         """The bound address (the real port when the config said port 0)."""
-        assert self._server is not None
-        sockname: Any = self._server.sockets[0].getsockname()
+        assert self._socket is not None
+        sockname: Any = self._socket.getsockname()
         return sockname[0], sockname[1]
 
     def reload(self) -> bool:
         """Re-read the TLS files now (the server calls this on SIGHUP)."""
         return self.material.reload(force=True)
 
-    def accepted(self, transport: asyncio.Transport) -> None:
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listening)
+            except OSError as exc:
+                # Out of descriptors or buffers: keep serving the connections we have, try again shortly.
+                log.error("%s %s: accept failed: %s", self.config.transport, self.config.address, exc)
+                await asyncio.sleep(0.1)
+                continue
+            self.accepted(sock, peer)
+
+    def accepted(self, sock: socket.socket, peer: object) -> None:
         if self._closing or len(self.connections) + len(self.handshakes) >= self.config.max_connections:
-            transport.abort()
+            sock.close()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Answers are small and latency-bound: do not let Nagle hold them back.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = asyncio.get_running_loop().create_task(self._handshake(transport))
+        # Answers are small and latency-bound: do not let Nagle hold them back.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.get_running_loop().create_task(self._handshake(sock, peer))
         self.handshakes.add(task)
         task.add_done_callback(self.handshakes.discard)
 
-    async def _handshake(self, transport: asyncio.Transport) -> None:
+    async def _handshake(self, sock: socket.socket, peer: object) -> None:
         connection = self.make_connection(self)
         try:
-            tls_transport = await asyncio.get_running_loop().start_tls(
-                transport,
-                connection,
-                self.material.current.context,
-                server_side=True,
+            # The TLS layer calls connection.connection_made once the handshake is done.
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: connection,
+                sock,
+                ssl=self.material.current.context,
                 ssl_handshake_timeout=self.config.handshake_timeout,
             )
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
+            # The event loop has closed the socket.
             self.refused += 1
-            peer = transport.get_extra_info("peername")
             log.warning(
                 "%s %s: handshake refused: %s",
                 self.config.transport,
@@ -214,12 +206,6 @@ class TlsStreamListener:
                 refusal_reason(exc),
             )
             log.debug("refused handshake came from %s", peer)
-            transport.abort()
-            return
-        # start_tls upgrades an existing protocol, so it does not call connection_made: we do.
-        if tls_transport is None or tls_transport.is_closing():
-            return
-        connection.connection_made(tls_transport)
 
     def connection_gone(self, connection: TlsConnection) -> None:
         self.connections.discard(connection)
@@ -238,8 +224,6 @@ class TlsStreamListener:
     async def close(self, drain_seconds: float = 5.0) -> None:
         """Stop accepting, let connections finish what is in flight for up to DRAIN_SECONDS, then cut them."""
         self._closing = True
-        if self._server is not None:
-            self._server.close()
         for task in self._tasks:
             task.cancel()
         for task in list(self.handshakes):
@@ -253,6 +237,5 @@ class TlsStreamListener:
         for connection in list(self.connections):
             connection.abort()
         await asyncio.gather(*self._tasks, *self.handshakes, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._socket is not None:
+            self._socket.close()
