@@ -41,6 +41,8 @@ def _has_option(wire: bytes, rdata: int, rdlength: int, code: int) -> bool:
 
 def wants_padding(query: bytes) -> bool:
     """True when the query carries an EDNS Padding option (RFC 7830: then the response MUST be padded)."""
+    if len(query) < 12 or not (query[10] or query[11]):
+        return False  # no additional records, so no OPT: skip the walk
     try:
         opt = _opt(query)
     except (IndexError, ValueError, struct.error):

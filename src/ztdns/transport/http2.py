@@ -193,7 +193,10 @@ class HpackDecoder:
         at_start = True
         while offset < end:
             first = block[offset]
-            if first & 0x80:  # indexed header field
+            if 0x80 < first <= 0x80 + _STATIC_COUNT:  # indexed, from the static table: most fields of a request
+                headers.append(_STATIC[first - 0x81])
+                offset += 1
+            elif first & 0x80:  # indexed header field
                 index, offset = self._integer(block, offset, 7)
                 headers.append(self._entry(index))
             elif first & 0x40:  # literal with incremental indexing
