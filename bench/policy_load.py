@@ -95,9 +95,7 @@ def unbound_load(directory: Path, count: int, seed: int, probe: str) -> tuple[fl
             out.write(f'  local-zone: "{name}." always_nxdomain\n')
     query = dns.message.make_query(probe, dns.rdatatype.A)
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    process = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while process.poll() is None:
             try:
@@ -119,9 +117,7 @@ def unbound_load(directory: Path, count: int, seed: int, probe: str) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--names", type=int, default=1_000_000)
     parser.add_argument("--format", choices=sorted(_LINE), default="plain")
     parser.add_argument("--lookups", type=int, default=200_000)
@@ -164,9 +160,7 @@ def main() -> None:
         print(f"policy of {args.names:,} names ({args.format} list)")
         ratio = seconds / TARGET_SECONDS
         print(f"ztdns load:   {seconds:.2f} s   (target ≤ {TARGET_SECONDS} s, ratio {ratio:.2f})")
-        print(
-            f"ztdns RSS:    +{added:.1f} MB after load, +{peak:.1f} MB peak   (target ≤ {TARGET_MB:.0f} MB)"
-        )
+        print(f"ztdns RSS:    +{added:.1f} MB after load, +{peak:.1f} MB peak   (target ≤ {TARGET_MB:.0f} MB)")
         print(f"ztdns lookup: {hit_rate:,.0f} decisions/s for listed names, {miss_rate:,.0f}/s others")
         del view
         gc.collect()
