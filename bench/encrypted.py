@@ -2,9 +2,10 @@
 
 ztdns is measured with a handler answering from pre-rendered responses in its synchronous fast path, which
 is what a cache hit costs in the real server; Unbound answers the same names from local-data. Both run one
-worker. dnsperf keeps its connections open (reuse, as real clients do).
+worker. dnsperf keeps its connections open (reuse, as real clients do). On a shared machine one run of each is
+noise: ``--rounds`` alternates ztdns and Unbound runs and reports the medians.
 
-    .venv/bin/python bench/encrypted.py [--seconds 5] [--clients 10]
+    .venv/bin/python bench/encrypted.py [--seconds 5] [--clients 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import re
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -105,6 +107,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     for tool in ("dnsperf", "unbound"):
         if shutil.which(tool) is None:
@@ -115,10 +118,10 @@ async def main() -> None:
         issue(directory, "server", dns_names=("localhost",), ip_addresses=("127.0.0.1",))
         datafile = directory / "queries.txt"
         datafile.write_text("".join(f"{name} A\n" for name in NAMES))
-        await run(directory, datafile, args.seconds, args.clients)
+        await run(directory, datafile, args.seconds, args.clients, args.rounds)
 
 
-async def run(directory: Path, datafile: Path, seconds: float, clients: int) -> None:
+async def run(directory: Path, datafile: Path, seconds: float, clients: int, rounds: int) -> None:
     handler = PrerenderedHandler()
     common = {
         "address": "127.0.0.1:0",
@@ -144,8 +147,11 @@ async def run(directory: Path, datafile: Path, seconds: float, clients: int) -> 
         for label, mode, ours, theirs, extra in cases:
             ours_uri = ("-O", f"doh-uri=https://127.0.0.1:{ours}/dns-query") if mode == "doh" else ()
             theirs_uri = ("-O", f"doh-uri=https://127.0.0.1:{theirs}/dns-query") if mode == "doh" else ()
-            z = await dnsperf(mode, ours, datafile, seconds, clients, *extra, *ours_uri)
-            u = await dnsperf(mode, theirs, datafile, seconds, clients, *extra, *theirs_uri)
+            ztdns_runs, unbound_runs = [], []
+            for _ in range(rounds):
+                ztdns_runs.append(await dnsperf(mode, ours, datafile, seconds, clients, *extra, *ours_uri))
+                unbound_runs.append(await dnsperf(mode, theirs, datafile, seconds, clients, *extra, *theirs_uri))
+            z, u = statistics.median(ztdns_runs), statistics.median(unbound_runs)
             print(f"{label:10} {z:12.0f} {u:12.0f} {z / u if u else 0:7.2f}", flush=True)
     finally:
         unbound.terminate()

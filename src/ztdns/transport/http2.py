@@ -17,7 +17,7 @@ ENHANCE_YOUR_CALM: the "rapid reset" attack. Our responses are never indexed int
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
@@ -196,6 +196,12 @@ class HpackDecoder:
             if 0x80 < first <= 0x80 + _STATIC_COUNT:  # indexed, from the static table: most fields of a request
                 headers.append(_STATIC[first - 0x81])
                 offset += 1
+            elif 0x80 + _STATIC_COUNT < first < 0xFF:  # indexed, from the dynamic table with a one-byte index
+                position = first - 0x81 - _STATIC_COUNT
+                if position >= len(self.dynamic):
+                    raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"no header table entry {first & 0x7F}")
+                headers.append(self.dynamic[position])
+                offset += 1
             elif first & 0x80:  # indexed header field
                 index, offset = self._integer(block, offset, 7)
                 headers.append(self._entry(index))
@@ -351,16 +357,27 @@ _FORBIDDEN = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"tra
 _PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
 
 
-@dataclass(slots=True)
 class _Stream:
-    send_window: int
-    receive_window: int
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    body: bytearray = field(default_factory=bytearray)
-    declared_length: int | None = None
-    remote_closed: bool = False  # the client sent END_STREAM
-    too_large: bool = False  # we answer 413 and ignore the rest of the body
-    outbound: bytes | None = None  # response body waiting for flow-control window
+    __slots__ = (
+        "body",
+        "declared_length",
+        "headers",
+        "outbound",
+        "receive_window",
+        "remote_closed",
+        "send_window",
+        "too_large",
+    )
+
+    def __init__(self, send_window: int, receive_window: int, headers: dict[bytes, bytes]) -> None:
+        self.send_window = send_window
+        self.receive_window = receive_window
+        self.headers = headers
+        self.body: bytes | bytearray = b""  # a bytearray once a second DATA frame comes
+        self.declared_length: int | None = None
+        self.remote_closed = False  # the client sent END_STREAM
+        self.too_large = False  # we answer 413 and ignore the rest of the body
+        self.outbound: bytes | None = None  # response body waiting for flow-control window
 
 
 class H2ServerConnection:
@@ -592,10 +609,16 @@ class H2ServerConnection:
             stream.receive_window += size - (end - start)
             self._out.append(frame(_WINDOW_UPDATE, 0, stream_id, struct.pack(">I", size - (end - start))))
         if not stream.too_large:
-            stream.body += payload[start:end]
+            chunk = payload[start:end]
+            if not stream.body:
+                stream.body = chunk
+            else:
+                if isinstance(stream.body, bytes):
+                    stream.body = bytearray(stream.body)
+                stream.body += chunk
             if len(stream.body) > self.max_body:
                 stream.too_large = True
-                stream.body = bytearray()
+                stream.body = b""
                 events.append(BodyTooLarge(stream_id))
         if flags & _END_STREAM:
             self._remote_end(stream_id, stream, events)
@@ -618,7 +641,7 @@ class H2ServerConnection:
                 bytes(stream.body),
             )
         )
-        stream.body = bytearray()
+        stream.body = b""
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
