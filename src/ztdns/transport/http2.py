@@ -733,7 +733,7 @@ class H2ServerConnection:
         block = encode_headers(status, headers)
         if not body:
             self._out.append(frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, block))
-            self._sent_all(stream_id, stream)
+            self._sent_all(stream_id)
             return
         self._out.append(frame(_HEADERS, _END_HEADERS, stream_id, block))
         stream.outbound = body
@@ -782,9 +782,9 @@ class H2ServerConnection:
             self._send_window -= size
             stream.send_window -= size
             data = data[size:]
-        self._sent_all(stream_id, stream)
+        self._sent_all(stream_id)
 
-    def _sent_all(self, stream_id: int, stream: _Stream) -> None:
+    def _sent_all(self, stream_id: int) -> None:
         # Done with the stream, even when we answered before the client finished sending (413): what it still
         # sends is ignored. No RST_STREAM(NO_ERROR) then, though section 8.1 allows one: curl reports the
         # response as failed when it gets one.
