@@ -356,3 +356,43 @@ def test_engine_answers_cheaply_one_record_per_answer() -> None:
         assert sorted(got) == ids and all(status == b"200" for status, _ in got.values())
         c.receive_data(b"")
     assert spent / 2000 < 150e-6, f"{spent / 2000 * 1e6:.0f} µs per request"
+
+
+request_headers = st.lists(
+    st.tuples(
+        st.sampled_from([":method", ":path", ":scheme", ":authority", "content-type", "content-length", "te", "X"]),
+        st.sampled_from(["GET", "POST", "/dns-query", "https", "a", "12", "-1", "trailers", ""]),
+    ),
+    max_size=6,
+).map(lambda headers: hpack.Encoder().encode(headers))
+frame_strategy = st.tuples(
+    st.integers(0, 10),
+    st.integers(0, 255),
+    st.sampled_from([0, 1, 2, 3, 5, 0x7FFFFFFF]),
+    st.binary(max_size=40) | request_headers,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(frame_strategy, max_size=12), st.binary(max_size=30))
+def test_any_frames_end_in_events_never_exceptions(frames_in: list[tuple[int, int, int, bytes]], tail: bytes) -> None:
+    """Whatever a client sends after the preface, the core answers with events (at worst ConnectionEnded)."""
+    s = server(max_header_bytes=200, max_body=50)
+    data = PREFACE + frame(4, 0, 0)
+    data += b"".join(frame(kind, flags, stream, payload) for kind, flags, stream, payload in frames_in) + tail
+    events = s.receive(data)
+    for event in events:
+        if isinstance(event, Request):
+            s.respond(event.stream_id, 200, [("content-type", "x")], b"answer")
+    s.data_to_send()
+
+
+def test_absurd_content_length_is_a_malformed_request() -> None:
+    c, s = client(), server()
+    exchange(c, s)
+    stream_id = c.get_next_available_stream_id()
+    headers = [(":method", "POST"), (":scheme", "https"), (":path", "/x"), (":authority", "a")]
+    headers.append(("content-length", "9" * 5000))
+    c.send_headers(stream_id, headers)
+    assert s.receive(c.data_to_send()) == []
+    assert frames(s.data_to_send()) == [(3, stream_id)]

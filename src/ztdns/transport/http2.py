@@ -580,7 +580,7 @@ class H2ServerConnection:
         self.streams[stream_id] = stream
         length = fields.get(b"content-length")
         if length is not None:
-            if not length.isdigit():
+            if not length.isdigit() or len(length) > 10:  # int() of thousands of digits raises
                 self._reset(stream_id, ErrorCode.PROTOCOL_ERROR)
                 return
             stream.declared_length = int(length)
