@@ -396,3 +396,16 @@ def test_absurd_content_length_is_a_malformed_request() -> None:
     c.send_headers(stream_id, headers)
     assert s.receive(c.data_to_send()) == []
     assert frames(s.data_to_send()) == [(3, stream_id)]
+
+
+def test_unfinished_requests_do_not_keep_the_connection_busy() -> None:
+    """Otherwise a client could open streams, never end them, and hold the connection past the idle timeout."""
+    c, s = client(), server()
+    exchange(c, s)
+    stream_id = c.get_next_available_stream_id()
+    c.send_headers(stream_id, [(":method", "POST"), (":scheme", "https"), (":path", "/x"), (":authority", "a")])
+    s.receive(c.data_to_send())
+    assert s.streams and not s.busy()
+    c.send_data(stream_id, QUERY, end_stream=True)
+    s.receive(c.data_to_send())
+    assert s.busy()

@@ -440,7 +440,9 @@ class H2ServerConnection:
         return out
 
     def busy(self) -> bool:
-        return bool(self.streams)
+        """True while a complete request waits for its answer or an answer waits for window. A request the
+        client never finishes does not count, so the idle timeout still closes such a connection."""
+        return any(stream.remote_closed or stream.outbound for stream in self.streams.values())
 
     # Receiving
 
