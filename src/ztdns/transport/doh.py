@@ -184,8 +184,9 @@ class DohConnection(TlsConnection):
 
 
 class H2Engine:
-    """HTTP/2 on :class:`H2ServerConnection`. Each answer is written as soon as it is made; control frames
-    (SETTINGS and PING acknowledgements, window updates) go out with it or at the end of the batch."""
+    """HTTP/2 on :class:`H2ServerConnection`. Each answer is a chunk of its own (so a TLS record of its own);
+    the answers made while handling one read go out in one send, with the control frames (SETTINGS and PING
+    acknowledgements, window updates) that read produced. Answers from tasks are written when they are ready."""
 
     def __init__(self, connection: DohConnection) -> None:
         self.connection = connection
