@@ -9,16 +9,16 @@ Two ztdns targets (``--target handler|serve|both``):
 Unbound answers the same names from local-data. Both run one worker. dnsperf keeps its connections open (reuse,
 as real clients do).
 
-    .venv/bin/python bench/encrypted.py [--seconds 5] [--clients 10] [--target both]
+    .venv/bin/python bench/encrypted.py [--seconds 5] [--clients 10] [--rounds 3] [--target both]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +28,7 @@ from pathlib import Path
 import dns.message
 import dns.rrset
 
+from dnsperf_run import dnsperf_command, run_dnsperf_async
 from ztdns.client import ClientInfo
 from ztdns.config.model import ListenConfig
 from ztdns.pki import init_ca, issue
@@ -64,17 +65,10 @@ def free_port() -> int:
 
 
 async def dnsperf(mode: str, port: int, datafile: Path, seconds: float, clients: int, *extra: str) -> float:
-    process = await asyncio.create_subprocess_exec(
-        "dnsperf", "-m", mode, "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile), "-l", str(seconds),
-        "-c", str(clients), "-T", "1", "-q", "200", *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await process.communicate()
-    match = re.search(r"Queries per second:\s+([\d.]+)", out.decode())
-    if not match:
-        print(out.decode(), file=sys.stderr)
-        return 0.0
-    return float(match.group(1))
+    command = dnsperf_command(
+        "127.0.0.1", port, datafile, seconds=seconds, clients=clients, mode=mode, outstanding=200, extra=extra
+    )
+    return (await run_dnsperf_async(command)).qps
 
 
 def unbound_config(directory: Path, dot_port: int, doh_port: int, do53_port: int) -> Path:
@@ -170,6 +164,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--target", choices=["handler", "serve", "both"], default="both")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server; medians are printed")
     args = parser.parse_args()
     for tool in ("dnsperf", "unbound"):
         if shutil.which(tool) is None:
@@ -194,7 +189,9 @@ async def main() -> None:
                 dot, doh = await start_handler_listeners(directory)
                 try:
                     print("ztdns = listeners in this process, pre-rendered fast-path handler")
-                    await compare(dot.address[1], doh.address[1], u_dot, u_doh, datafile, args.seconds, args.clients)
+                    await compare(
+                        dot.address[1], doh.address[1], u_dot, u_doh, datafile, args.seconds, args.clients, args.rounds
+                    )
                 finally:
                     await dot.close(drain_seconds=0.5)
                     await doh.close(drain_seconds=0.5)
@@ -205,7 +202,7 @@ async def main() -> None:
                     # Warm-up: every name once through policy and the forwarder into the cache.
                     await dnsperf("dot", z_dot, datafile, 1, 1)
                     print("ztdns = `ztdns serve`, policy on, cache hits from an Unbound upstream")
-                    await compare(z_dot, z_doh, u_dot, u_doh, datafile, args.seconds, args.clients)
+                    await compare(z_dot, z_doh, u_dot, u_doh, datafile, args.seconds, args.clients, args.rounds)
                 finally:
                     server.stop()
         finally:
@@ -227,7 +224,10 @@ async def start_handler_listeners(directory: Path) -> tuple[TlsStreamListener, T
     return dot, doh
 
 
-async def compare(dot: int, doh: int, u_dot: int, u_doh: int, datafile: Path, seconds: float, clients: int) -> None:
+async def compare(
+    dot: int, doh: int, u_dot: int, u_doh: int, datafile: Path, seconds: float, clients: int, rounds: int
+) -> None:
+    """One run of each is noise on a shared machine: alternate ztdns and Unbound ``rounds`` times, print medians."""
     cases = [
         ("DoT", "dot", dot, u_dot, ()),
         ("DoH POST", "doh", doh, u_doh, ("-O", "doh-method=POST")),
@@ -237,8 +237,11 @@ async def compare(dot: int, doh: int, u_dot: int, u_doh: int, datafile: Path, se
     for label, mode, ours, theirs, extra in cases:
         ours_uri = ("-O", f"doh-uri=https://127.0.0.1:{ours}/dns-query") if mode == "doh" else ()
         theirs_uri = ("-O", f"doh-uri=https://127.0.0.1:{theirs}/dns-query") if mode == "doh" else ()
-        z = await dnsperf(mode, ours, datafile, seconds, clients, *extra, *ours_uri)
-        u = await dnsperf(mode, theirs, datafile, seconds, clients, *extra, *theirs_uri)
+        ztdns_runs, unbound_runs = [], []
+        for _ in range(rounds):
+            ztdns_runs.append(await dnsperf(mode, ours, datafile, seconds, clients, *extra, *ours_uri))
+            unbound_runs.append(await dnsperf(mode, theirs, datafile, seconds, clients, *extra, *theirs_uri))
+        z, u = statistics.median(ztdns_runs), statistics.median(unbound_runs)
         print(f"{label:10} {z:12.0f} {u:12.0f} {z / u if u else 0:7.2f}", flush=True)
 
 

@@ -79,30 +79,55 @@ _VARIANT_BYTES = [bytes((v,)) for v in range(32)]
 
 
 def skip_name(wire: bytes, offset: int) -> int:
-    """Offset just past a (possibly compressed) name starting at ``offset``."""
+    """Offset just past a (possibly compressed) name starting at ``offset``. Raises IndexError past the end
+    and ValueError on the reserved label types (0x40, 0x80)."""
     while True:
         label = wire[offset]
         if label == 0:
             return offset + 1
         if label >= 0xC0:
             return offset + 2
+        if label > 63:
+            raise ValueError("reserved label type")
         offset += label + 1
 
 
-def ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
-    """(offset, ttl) of every record's TTL in a response, except OPT (whose TTL field holds flags)."""
+ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
+
+
+def records(wire: bytes) -> list[tuple[int, int, int, int, int]]:
+    """(section, type, ttl, rdata offset, rdata length) of every record after the question section; the TTL
+    field is at rdata offset - 6. Raises IndexError or ValueError on malformed wire (a record running past the
+    end, bytes left over)."""
+    end = len(wire)
+    if end < 12:
+        raise ValueError("shorter than a header")
     qdcount = wire[4] << 8 | wire[5]
-    rrcount = (wire[6] << 8 | wire[7]) + (wire[8] << 8 | wire[9]) + (wire[10] << 8 | wire[11])
     offset = 12
     for _ in range(qdcount):
         offset = skip_name(wire, offset) + 4
     found = []
-    for _ in range(rrcount):
-        offset = skip_name(wire, offset)
-        rrtype = wire[offset] << 8 | wire[offset + 1]
-        ttl_at = offset + 4
-        if rrtype != _OPT:
-            found.append((ttl_at, int.from_bytes(wire[ttl_at : ttl_at + 4], "big")))
-        rdlen = wire[offset + 8] << 8 | wire[offset + 9]
-        offset += 10 + rdlen
+    for section, count in (
+        (ANSWER, wire[6] << 8 | wire[7]),
+        (AUTHORITY, wire[8] << 8 | wire[9]),
+        (ADDITIONAL, wire[10] << 8 | wire[11]),
+    ):
+        for _ in range(count):
+            offset = skip_name(wire, offset)
+            if offset + 10 > end:
+                raise ValueError("record header runs past the end")
+            rdata = offset + 10
+            rdlength = wire[offset + 8] << 8 | wire[offset + 9]
+            if rdata + rdlength > end:
+                raise ValueError("record runs past the end")
+            ttl = int.from_bytes(wire[offset + 4 : offset + 8], "big")
+            found.append((section, wire[offset] << 8 | wire[offset + 1], ttl, rdata, rdlength))
+            offset = rdata + rdlength
+    if offset > end:
+        raise ValueError("question runs past the end")
     return found
+
+
+def ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
+    """(offset, ttl) of every record's TTL in a response, except OPT (whose TTL field holds flags)."""
+    return [(rdata - 6, ttl) for _section, rtype, ttl, rdata, _ in records(wire) if rtype != _OPT]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import shutil
 import ssl
 from pathlib import Path
@@ -319,5 +320,34 @@ def test_dnspython_style_post_over_both_http_versions(pki: Pki, alpn: str) -> No
             writer.close()
         finally:
             await listener.close()
+
+    asyncio.run(body())
+
+
+@needs("dnsperf")
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_dnsperf_gets_every_answer(pki: Pki, tmp_path: Path, method: str) -> None:
+    """dnsperf (what bench/encrypted.py measures with) takes one DoH response per TLS record: when answers
+    shared a record it lost all but the first and stalled. Every query of a short run must be answered."""
+
+    async def body() -> None:
+        listener, _ = await start(pki)
+        port = listener.address[1]
+        queries = tmp_path / "queries"
+        queries.write_text("".join(f"host{i}.fast. A\n" for i in range(50)))
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "dnsperf", "-m", "doh", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", "1",
+                "-c", "2", "-q", "100", "-t", "3", "-O", f"doh-method={method}",
+                "-O", f"doh-uri=https://127.0.0.1:{port}/dns-query",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            out = (await asyncio.wait_for(process.communicate(), 30))[0].decode()
+        finally:
+            await listener.close()
+        completed = re.search(r"Queries completed:\s+(\d+)", out)
+        lost = re.search(r"Queries lost:\s+(\d+)", out)
+        assert completed and lost, out
+        assert int(completed.group(1)) > 200 and int(lost.group(1)) == 0, out
 
     asyncio.run(body())

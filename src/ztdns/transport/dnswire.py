@@ -1,62 +1,30 @@
 """The little DNS wire reading encrypted transports need on every response: EDNS padding and the smallest TTL.
 
-Hand-written because it runs per message and needs no objects: we only walk record headers. Anything malformed
-makes these functions leave the message alone (padding) or report no TTL (DoH then sends no max-age).
+Hand-written because it runs per message and needs no objects: we only walk record headers, with
+:func:`ztdns.wire.records`. Anything malformed makes these functions leave the message alone (padding) or
+report no TTL (DoH then sends no max-age).
 """
 
 from __future__ import annotations
 
 import struct
 
+from ztdns.wire import ADDITIONAL, records
+
 PADDING_OPTION = 12
 # RFC 8467 section 4.1: responders pad to a multiple of 468 octets.
 RESPONSE_BLOCK = 468
 _OPT = 41
 _SOA = 6
-_HEADER = 12
-
-
-def _skip_name(wire: bytes, offset: int) -> int:
-    while True:
-        length = wire[offset]
-        if length == 0:
-            return offset + 1
-        if length & 0xC0 == 0xC0:
-            return offset + 2
-        if length & 0xC0:
-            raise ValueError("bad label type")
-        offset += 1 + length
-
-
-def _records(wire: bytes) -> list[tuple[int, int, int, int, int]]:
-    """(section, type, ttl, rdata offset, rdata length) for every record after the question section.
-    Raises IndexError/ValueError/struct.error on malformed wire."""
-    qdcount, ancount, nscount, arcount = struct.unpack_from(">HHHH", wire, 4)
-    offset = _HEADER
-    for _ in range(qdcount):
-        offset = _skip_name(wire, offset) + 4
-    records = []
-    for section, count in ((1, ancount), (2, nscount), (3, arcount)):
-        for _ in range(count):
-            offset = _skip_name(wire, offset)
-            rtype, _rclass, ttl, rdlength = struct.unpack_from(">HHIH", wire, offset)
-            offset += 10
-            if offset + rdlength > len(wire):
-                raise ValueError("record runs past the end")
-            records.append((section, rtype, ttl, offset, rdlength))
-            offset += rdlength
-    if offset > len(wire):
-        raise ValueError("truncated")
-    return records
 
 
 def _opt(wire: bytes) -> tuple[int, int] | None:
     """(rdata offset, rdata length) of the OPT record when it is the last record of the message, else None."""
-    records = _records(wire)
-    if not records:
+    found = records(wire)
+    if not found:
         return None
-    section, rtype, _ttl, rdata, rdlength = records[-1]
-    if section != 3 or rtype != _OPT or rdata + rdlength != len(wire):
+    section, rtype, _ttl, rdata, rdlength = found[-1]
+    if section != ADDITIONAL or rtype != _OPT or rdata + rdlength != len(wire):
         return None
     return rdata, rdlength
 
@@ -73,6 +41,8 @@ def _has_option(wire: bytes, rdata: int, rdlength: int, code: int) -> bool:
 
 def wants_padding(query: bytes) -> bool:
     """True when the query carries an EDNS Padding option (RFC 7830: then the response MUST be padded)."""
+    if len(query) < 12 or not (query[10] or query[11]):
+        return False  # no additional records, so no OPT: skip the walk
     try:
         opt = _opt(query)
     except (IndexError, ValueError, struct.error):
@@ -111,10 +81,9 @@ def min_ttl(response: bytes) -> int | None:
     answer and authority records; for an SOA, the smaller of its TTL and its MINIMUM (RFC 2308). None without
     records or when malformed."""
     try:
-        records = _records(response)
         ttls = []
-        for section, rtype, ttl, rdata, rdlength in records:
-            if section == 3:
+        for section, rtype, ttl, rdata, rdlength in records(response):
+            if section == ADDITIONAL:
                 continue
             if rtype == _SOA and rdlength >= 20:
                 ttls.append(struct.unpack_from(">I", response, rdata + rdlength - 4)[0])
@@ -126,10 +95,10 @@ def min_ttl(response: bytes) -> int | None:
 
 def is_query(wire: bytes) -> bool:
     """True when WIRE is a well-formed DNS message with QR=0: what DoH checks before the handler sees it."""
-    if len(wire) < _HEADER or wire[2] & 0x80:
+    if len(wire) < 12 or wire[2] & 0x80:
         return False
     try:
-        _records(wire)
+        records(wire)
     except (IndexError, ValueError, struct.error):
         return False
     return True

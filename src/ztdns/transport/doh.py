@@ -1,11 +1,12 @@
-"""DNS over HTTPS (RFC 8484) on HTTP/2 (``h2``, sans-IO) and HTTP/1.1, chosen by ALPN.
+"""DNS over HTTPS (RFC 8484) on HTTP/2 (our sans-IO :mod:`ztdns.transport.http2`) and HTTP/1.1, chosen by ALPN.
 
 The request rules are a pure function (:func:`decode_request`) tested with strings and bytes: every malformed
 request gets its HTTP error here, before the DNS handler ever sees it. The two HTTP engines below only move
-bytes and streams. HTTP/2 abuse limits: at most ``max_pipelined`` concurrent streams (more are refused with
-REFUSED_STREAM), 16 KiB of headers, 64 KiB flow-control windows (a body cannot be larger than 65535 bytes
-anyway), and a budget of stream resets per connection (100 plus one per answered request) beyond which the
-connection is closed with ENHANCE_YOUR_CALM: the "rapid reset" attack.
+bytes and streams. Answers from the handler's fast path are sent inline, like DoT; the rest run as one task per
+request. HTTP/2 abuse limits (enforced in :mod:`ztdns.transport.http2`): at most ``max_pipelined`` concurrent
+streams (more are refused with REFUSED_STREAM), 16 KiB of headers, 64 KiB stream windows (a body cannot be
+larger than 65535 bytes anyway), and a budget of stream resets per connection (100 plus one per answered
+request) beyond which the connection is closed with ENHANCE_YOUR_CALM: the "rapid reset" attack.
 """
 
 from __future__ import annotations
@@ -13,23 +14,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs
-
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
+from urllib.parse import unquote_plus
 
 from ztdns.client import Transport
 from ztdns.config.model import ListenConfig
 from ztdns.transport import Handler
 from ztdns.transport.dnswire import is_query, min_ttl
 from ztdns.transport.dot import finish_response
+from ztdns.transport.http2 import BodyTooLarge, H2ServerConnection, Request, StreamReset
 from ztdns.transport.stream import TlsConnection, TlsStreamListener
 from ztdns.transport.tls import TlsMaterial
 
@@ -39,7 +34,7 @@ CONTENT_TYPE = "application/dns-message"
 MAX_MESSAGE = 65535
 MAX_HEADER_BYTES = 16384
 RESET_ALLOWANCE = 100
-_B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 @dataclass(frozen=True)
@@ -61,12 +56,14 @@ def decode_request(method: str, target: str, content_type: str | None, body: byt
     if request_path != path:
         return http_error(404, "not found")
     if method == "GET":
-        values = parse_qs(query_string, keep_blank_values=True).get("dns")
-        if not values or len(values) != 1:
+        # parse_qs costs more than the rest of the request; percent-decoding is needed only when there is a "%".
+        values = [field[4:] for field in query_string.split("&") if field.startswith("dns=")]
+        if len(values) != 1:
             return http_error(400, "missing dns parameter")
-        encoded = values[0].encode("ascii", "replace")
+        value = unquote_plus(values[0]) if "%" in values[0] or "+" in values[0] else values[0]
+        encoded = value.encode("ascii", "replace")
         # base64url without padding (RFC 8484 section 6); be strict so odd encodings never reach the resolver.
-        if not encoded or not _B64URL.issuperset(encoded) or len(encoded) % 4 == 1:
+        if not encoded or encoded.translate(None, _B64URL) or len(encoded) % 4 == 1:  # deletes the alphabet
             return http_error(400, "dns parameter is not base64url without padding")
         try:
             wire = base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4))
@@ -87,18 +84,28 @@ def decode_request(method: str, target: str, content_type: str | None, body: byt
     return wire
 
 
+# Headers of recent answers by their bytes after the ID: a cache hit is the same bytes again (until its TTLs
+# count down), so the TTL walk is done once per answer rather than once per request. Small answers only.
+_ANSWER_HEADERS: dict[bytes, list[tuple[str, str]]] = {}
+_CACHED_ANSWER_SIZE = 512
+
+
 def dns_response(query: bytes, response: bytes) -> HttpResponse:
     response = finish_response(query, response)
-    ttl = min_ttl(response)
-    return HttpResponse(
-        200,
-        [
+    key = response[2:]
+    headers = _ANSWER_HEADERS.get(key)
+    if headers is None:
+        ttl = min_ttl(response)
+        headers = [
             ("content-type", CONTENT_TYPE),
             ("content-length", str(len(response))),
             ("cache-control", f"max-age={ttl}" if ttl is not None else "no-cache"),
-        ],
-        response,
-    )
+        ]
+        if len(response) <= _CACHED_ANSWER_SIZE:
+            if len(_ANSWER_HEADERS) >= 4096:
+                _ANSWER_HEADERS.clear()
+            _ANSWER_HEADERS[key] = headers
+    return HttpResponse(200, headers, response)
 
 
 class DohConnection(TlsConnection):
@@ -117,18 +124,26 @@ class DohConnection(TlsConnection):
             self.engine = H2Engine(self) if self.alpn == "h2" else Http1Engine(self)
         self.engine.received(data)
 
-    async def answer(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | None:
-        """Run one request; None when the handler dropped the query (the engine then cancels the request)."""
+    def answer_now(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | bytes:
+        """The answer we can give at once (an HTTP error, or the handler's fast path), else the DNS query that
+        must go to :meth:`answer_later`. Cache hits are answered inline, without a task per request."""
         decoded = decode_request(method, target, content_type, body, self.config.path)
         if isinstance(decoded, HttpResponse):
             return decoded
-        response = self.handler.fast(decoded, self.client)
-        if response is None:
-            response = await self.handler.handle(decoded, self.client)
-        return None if response is None else dns_response(decoded, response)
+        try:
+            response = self.handler.fast(decoded, self.client)
+        except Exception:
+            log.exception("handler fast path failed")
+            response = None
+        return decoded if response is None else dns_response(decoded, response)
 
-    def spawn(self, coroutine: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+    async def answer_later(self, query: bytes) -> HttpResponse | None:
+        """The handler's full answer; None when it dropped the query (the engine then cancels the request)."""
+        response = await self.handler.handle(query, self.client)
+        return None if response is None else dns_response(query, response)
+
+    def spawn(self, coroutine: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -142,6 +157,13 @@ class DohConnection(TlsConnection):
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+            self.touch()
+
+    def write_records(self, chunks: list[bytes]) -> None:
+        """Each chunk in a TLS record of its own, all in one send."""
+        if chunks and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(chunks)
+            self.touch()
 
     def busy(self) -> bool:
         return bool(self.tasks) or (self.engine is not None and self.engine.busy())
@@ -162,160 +184,81 @@ class DohConnection(TlsConnection):
 
 
 class H2Engine:
+    """HTTP/2 on :class:`H2ServerConnection`. Each answer is a chunk of its own (so a TLS record of its own);
+    the answers made while handling one read go out in one send, with the control frames (SETTINGS and PING
+    acknowledgements, window updates) that read produced. Answers from tasks are written when they are ready."""
+
     def __init__(self, connection: DohConnection) -> None:
         self.connection = connection
-        self.max_streams = connection.config.max_pipelined
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_BYTES,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: MAX_MESSAGE,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
+        self.h2 = H2ServerConnection(
+            max_streams=connection.config.max_pipelined,
+            max_header_bytes=MAX_HEADER_BYTES,
+            max_body=MAX_MESSAGE,
+            reset_allowance=RESET_ALLOWANCE,
         )
-        self.h2.initiate_connection()
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.batch: list[bytes] | None = None  # answers of the read being handled
         connection.write(self.h2.data_to_send())
-        self.requests: dict[int, tuple[dict[str, str], bytearray]] = {}
-        self.streams: dict[int, asyncio.Task[None]] = {}
-        self.pending: dict[int, bytes] = {}  # response bytes waiting for flow-control window
-        self.resets = 0
-        self.answered = 0
-        self.going_away = False
 
     def busy(self) -> bool:
-        return bool(self.streams or self.pending)
+        return self.h2.busy()
 
     def received(self, data: bytes) -> None:
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            log.debug("HTTP/2 protocol error: %s", exc)
-            self._close(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            return
-        for event in events:
-            self._event(event)
-            if self.connection.transport is None or self.connection.transport.is_closing():
-                return
-        self.connection.write(self.h2.data_to_send())
-
-    def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            self._request(event)
-        elif isinstance(event, h2.events.DataReceived):
-            self._data(event)
-        elif isinstance(event, h2.events.StreamEnded):
-            self._ended(event.stream_id)
-        elif isinstance(event, h2.events.StreamReset):
-            self._reset(event.stream_id)
-        elif isinstance(event, h2.events.WindowUpdated):
-            for stream_id in list(self.pending):
-                self._flush(stream_id)
-        elif isinstance(event, h2.events.ConnectionTerminated):
+        # Answers made while handling this read are collected and sent together at the end: one TLS record per
+        # answer, one send for all of them.
+        self.batch = []
+        for event in self.h2.receive(data):
+            if isinstance(event, Request):
+                self._request(event)
+            elif isinstance(event, BodyTooLarge):
+                self._respond(event.stream_id, http_error(413, "DNS message larger than 65535 bytes"))
+            elif isinstance(event, StreamReset):
+                task = self.tasks.pop(event.stream_id, None)
+                if task is not None:
+                    task.cancel()
+            else:
+                log.debug("HTTP/2 connection ended: error code %d", event.error_code)
+                break
+        batch, self.batch = self.batch, None
+        tail = self.h2.data_to_send()
+        if tail:
+            batch.append(tail)
+        self.connection.write_records(batch)
+        if self.h2.ended:
             self.connection.close()
-
-    def _request(self, event: h2.events.RequestReceived) -> None:
-        stream_id = event.stream_id
-        if self.going_away or len(self.requests) + len(self.streams) >= self.max_streams:
-            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return
-        headers = {str(name): str(value) for name, value in event.headers or ()}
-        self.requests[stream_id] = (headers, bytearray())
-        if event.stream_ended is not None:
-            self._ended(stream_id)
-
-    def _data(self, event: h2.events.DataReceived) -> None:
-        stream_id = event.stream_id
-        # Give the window back at once: the 64 KiB stream window and body limit bound what a client can send.
-        if event.flow_controlled_length:
-            self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
-        request = self.requests.get(stream_id)
-        if request is None:
-            return
-        request[1].extend(event.data or b"")
-        if len(request[1]) > MAX_MESSAGE:
-            del self.requests[stream_id]
-            self._respond(stream_id, http_error(413, "DNS message larger than 65535 bytes"), end_early=True)
-
-    def _ended(self, stream_id: int) -> None:
-        request = self.requests.pop(stream_id, None)
-        if request is None:
-            return
-        headers, body = request
-        self.streams[stream_id] = self.connection.spawn(self._run(stream_id, headers, bytes(body)))
-
-    async def _run(self, stream_id: int, headers: dict[str, str], body: bytes) -> None:
-        try:
-            response = await self.connection.answer(
-                headers.get(":method", ""), headers.get(":path", ""), headers.get("content-type"), body
-            )
-        finally:
-            self.streams.pop(stream_id, None)
-        if response is None:
-            self._cancel(stream_id)
         else:
-            self.answered += 1
-            self._respond(stream_id, response)
-        self.connection.write(self.h2.data_to_send())
+            self.connection.maybe_finish_drain()
 
-    def _respond(self, stream_id: int, response: HttpResponse, end_early: bool = False) -> None:
+    def _request(self, request: Request) -> None:
+        answer = self.connection.answer_now(request.method, request.path, request.content_type, request.body)
+        if isinstance(answer, HttpResponse):
+            self._respond(request.stream_id, answer)
+        else:
+            self.tasks[request.stream_id] = self.connection.spawn(self._later(request.stream_id, answer))
+
+    async def _later(self, stream_id: int, query: bytes) -> None:
         try:
-            self.h2.send_headers(stream_id, [(":status", str(response.status)), *response.headers])
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return
-        self.pending[stream_id] = response.body
-        self._flush(stream_id)
-        if end_early and stream_id in self.pending:
-            # We answered before the client finished sending: tell it to stop (RFC 9113 section 8.1).
-            self.pending.pop(stream_id)
-            self._cancel(stream_id)
-
-    def _flush(self, stream_id: int) -> None:
-        data = self.pending.get(stream_id)
-        if data is None:
-            return
-        try:
-            while data:
-                size = min(len(data), self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
-                if size <= 0:
-                    self.pending[stream_id] = data
-                    return
-                self.h2.send_data(stream_id, data[:size])
-                data = data[size:]
-            self.h2.end_stream(stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
-        self.pending.pop(stream_id, None)
-        self.connection.maybe_finish_drain()
-
-    def _cancel(self, stream_id: int) -> None:
-        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-
-    def _reset(self, stream_id: int) -> None:
-        self.requests.pop(stream_id, None)
-        self.pending.pop(stream_id, None)
-        task = self.streams.pop(stream_id, None)
-        if task is not None:
-            task.cancel()
-        self.resets += 1
-        if self.resets > RESET_ALLOWANCE + self.answered:
-            log.warning("DoH client reset %d streams: closing the connection", self.resets)
-            self._close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-
-    def _close(self, code: h2.errors.ErrorCodes) -> None:
-        try:
-            self.h2.close_connection(error_code=code)
+            response = await self.connection.answer_later(query)
+        finally:
+            self.tasks.pop(stream_id, None)
+        if response is None:
+            self.h2.reset(stream_id)
             self.connection.write(self.h2.data_to_send())
-        except h2.exceptions.ProtocolError:
-            pass
-        self.connection.close()
+        else:
+            self._respond(stream_id, response)
+
+    def _respond(self, stream_id: int, response: HttpResponse) -> None:
+        self.h2.respond(stream_id, response.status, response.headers, response.body)
+        # One TLS record per response: dnsperf's DoH client (2.10) takes one response per SSL_read and loses
+        # the rest of a record that holds several, then waits for the socket forever.
+        data = self.h2.data_to_send()
+        if self.batch is None:
+            self.connection.write(data)
+        elif data:
+            self.batch.append(data)
 
     def drain(self) -> None:
-        self.going_away = True
-        self.h2.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR)
+        self.h2.close()
         self.connection.write(self.h2.data_to_send())
 
 
@@ -334,21 +277,26 @@ class Http1Engine:
 
     def received(self, data: bytes) -> None:
         self.buffer += data
+        self._next()
         if len(self.buffer) > MAX_HEADER_BYTES + MAX_MESSAGE + 1024 and self.connection.transport is not None:
             self.connection.transport.pause_reading()  # the client pipelines faster than we answer
-        self._next()
 
     def _next(self) -> None:
+        while self._one():
+            pass
+
+    def _one(self) -> bool:
+        """Take one request from the buffer; True when it was answered at once and the next may follow."""
         if self.active or self.closing:
-            return
+            return False
         head_end = self.buffer.find(b"\r\n\r\n")
         if head_end < 0:
             if len(self.buffer) > MAX_HEADER_BYTES:
                 self._finish(http_error(431, "request header too large"), close=True)
-            return
+            return False
         if head_end > MAX_HEADER_BYTES:
             self._finish(http_error(431, "request header too large"), close=True)
-            return
+            return False
         lines = bytes(self.buffer[:head_end]).decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         headers: dict[str, str] = {}
@@ -356,33 +304,38 @@ class Http1Engine:
             name, sep, value = line.partition(":")
             if not sep or not name or name != name.strip():
                 self._finish(http_error(400, "malformed header"), close=True)
-                return
+                return False
             headers[name.lower()] = value.strip()
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             self._finish(http_error(400, "malformed request line"), close=True)
-            return
+            return False
         if "chunked" in headers.get("transfer-encoding", "").lower():
             self._finish(http_error(501, "chunked request bodies are not supported"), close=True)
-            return
+            return False
         length_text = headers.get("content-length", "0")
         if not length_text.isdigit():
             self._finish(http_error(400, "bad content-length"), close=True)
-            return
+            return False
         length = int(length_text)
         if length > MAX_MESSAGE:
             self._finish(http_error(413, "DNS message larger than 65535 bytes"), close=True)
-            return
+            return False
         if len(self.buffer) < head_end + 4 + length:
-            return
+            return False
         body = bytes(self.buffer[head_end + 4 : head_end + 4 + length])
         del self.buffer[: head_end + 4 + length]
         close = headers.get("connection", "").lower() == "close" or parts[2] == "HTTP/1.0"
-        self.active = True
-        self.connection.spawn(self._run(parts[0], parts[1], headers.get("content-type"), body, close))
+        answer = self.connection.answer_now(parts[0], parts[1], headers.get("content-type"), body)
+        if isinstance(answer, bytes):
+            self.active = True
+            self.connection.spawn(self._later(answer, close))
+            return False
+        self._finish(answer, close=close or self.connection.draining)
+        return not self.closing
 
-    async def _run(self, method: str, target: str, content_type: str | None, body: bytes, close: bool) -> None:
+    async def _later(self, query: bytes, close: bool) -> None:
         try:
-            response = await self.connection.answer(method, target, content_type, body)
+            response = await self.connection.answer_later(query)
         finally:
             self.active = False
         if response is None:

@@ -1,13 +1,16 @@
-"""TLS over TCP listeners (DoT and DoH share this): accept, handshake with the current TLS material, hand over.
+"""TLS over TCP listeners (DoT and DoH share this): accept, handshake with the current TLS material, hand
+over.
 
-Each accepted TCP socket is handed to ``loop.connect_accepted_socket`` with the material's context *of that
-moment*, so certificate rotation affects new connections only. (Not ``start_tls`` on an accepted plain transport:
-uvloop starts reading right after ``connection_made`` even when paused there, so a ClientHello that arrives before
-the upgrade is read by the plain protocol and lost — measured as ~40 % of handshakes stalling.) The handshake runs
-in the event loop's non-blocking SSL machinery (a slow or stalled client costs a pending task, not a stalled loop)
-and is bounded by ``handshake_timeout``. A refused handshake is logged with its reason (expired, unknown CA,
-revoked, no certificate). After the handshake the connection protocol (DoT framing or HTTP) gets
-``connection_made`` and builds its :class:`ClientInfo`, with the identity of the verified client certificate."""
+We accept TCP connections ourselves and hand each socket to ``loop.connect_accepted_socket`` with the
+material's context *of that moment*, so certificate rotation affects new connections only. (Accepting with
+``create_server`` and upgrading with ``start_tls`` loses the ClientHello under uvloop whenever it arrives
+before the upgrade: uvloop starts reading right after ``connection_made`` even if the protocol paused, and
+the stalled handshake then times out.) The handshake runs in the event loop's non-blocking SSL machinery (a
+slow or stalled client costs a pending task, not a stalled loop) and is bounded by ``handshake_timeout``. A
+refused handshake is logged with its reason (expired, unknown CA, revoked, no certificate). After the
+handshake the connection protocol (DoT framing or HTTP) gets ``connection_made`` and builds its
+:class:`ClientInfo`, with the identity of the verified client certificate.
+"""
 
 from __future__ import annotations
 
@@ -139,12 +142,12 @@ class TlsStreamListener:
 
     async def start(self, *, reuse_port: bool = False) -> None:
         host, port = self.config.hostport()
-        loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
         self._socket.setblocking(False)
+        loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._accept()),
+            loop.create_task(self._accept(self._socket)),
             loop.create_task(self.material.watch(self.config.tls_reload_interval)),
             loop.create_task(self._sweep_idle()),
         ]
@@ -160,30 +163,33 @@ class TlsStreamListener:
         """Re-read the TLS files now (the server calls this on SIGHUP)."""
         return self.material.reload(force=True)
 
-    async def _accept(self) -> None:
-        assert self._socket is not None
+    async def _accept(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, _ = await loop.sock_accept(self._socket)
-            except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                log.warning("%s %s: accept failed: %s", self.config.transport, self.config.address, exc)
+                sock, peer = await loop.sock_accept(listening)
+            except OSError as exc:
+                # Out of descriptors or buffers: keep serving the connections we have, try again shortly.
+                log.error("%s %s: accept failed: %s", self.config.transport, self.config.address, exc)
                 await asyncio.sleep(0.1)
                 continue
-            if self._closing or len(self.connections) + len(self.handshakes) >= self.config.max_connections:
-                sock.close()
-                continue
-            # Answers are small and latency-bound: do not let Nagle hold them back.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(self._handshake(sock))
-            self.handshakes.add(task)
-            task.add_done_callback(self.handshakes.discard)
+            self.accepted(sock, peer)
 
-    async def _handshake(self, sock: socket.socket) -> None:
+    def accepted(self, sock: socket.socket, peer: object) -> None:
+        if self._closing or len(self.connections) + len(self.handshakes) >= self.config.max_connections:
+            sock.close()
+            return
+        # Answers are small and latency-bound: do not let Nagle hold them back.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.get_running_loop().create_task(self._handshake(sock, peer))
+        self.handshakes.add(task)
+        task.add_done_callback(self.handshakes.discard)
+
+    async def _handshake(self, sock: socket.socket, peer: object) -> None:
         connection = self.make_connection(self)
         try:
-            # The handshake completes before connection_made is called on the connection.
+            # The TLS layer calls connection.connection_made once the handshake is done.
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: connection,
                 sock,
@@ -191,6 +197,7 @@ class TlsStreamListener:
                 ssl_handshake_timeout=self.config.handshake_timeout,
             )
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
+            # The event loop has closed the socket.
             self.refused += 1
             log.warning(
                 "%s %s: handshake refused: %s",
@@ -198,9 +205,7 @@ class TlsStreamListener:
                 self.config.address,
                 refusal_reason(exc),
             )
-            with contextlib.suppress(OSError):
-                log.debug("refused handshake came from %s", sock.getpeername())
-            sock.close()
+            log.debug("refused handshake came from %s", peer)
 
     def connection_gone(self, connection: TlsConnection) -> None:
         self.connections.discard(connection)
@@ -219,8 +224,6 @@ class TlsStreamListener:
     async def close(self, drain_seconds: float = 5.0) -> None:
         """Stop accepting, let connections finish what is in flight for up to DRAIN_SECONDS, then cut them."""
         self._closing = True
-        if self._socket is not None:
-            self._socket.close()
         for task in self._tasks:
             task.cancel()
         for task in list(self.handshakes):
@@ -234,3 +237,5 @@ class TlsStreamListener:
         for connection in list(self.connections):
             connection.abort()
         await asyncio.gather(*self._tasks, *self.handshakes, return_exceptions=True)
+        if self._socket is not None:
+            self._socket.close()
