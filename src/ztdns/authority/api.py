@@ -106,7 +106,8 @@ def _records(body: bytes, rdtype: dns.rdatatype.RdataType) -> tuple[int, list[dn
 class RegistrationConnection(DohConnection):
     """One HTTPS connection to the registration API: DoH's HTTP engines, registration instead of DNS."""
 
-    async def answer(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | None:
+    def answer_now(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | bytes:
+        # Registration is answered at once: never a DNS query for answer_later.
         authority = self.handler
         assert isinstance(authority, Authority)
         return registration_response(authority, method, target, content_type, body, self.client.certificate_identity)
