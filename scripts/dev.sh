@@ -39,14 +39,25 @@ setup() {
             if command -v "$candidate" >/dev/null; then py=$candidate; break; fi
         done
     fi
-    local stamp="$venv/.ztdns-lock-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
-    if [ ! -e "$stamp" ]; then
-        rm -rf "$venv"
-        "$py" -m venv "$venv"
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
-        touch "$stamp"
-    fi
+    locked_venv "$py" "$venv" requirements.lock pyproject.toml
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+    # sslyze (the TLS scan test) needs cryptography < 47 and ztdns pins a newer one, so it gets a venv of its own
+    # with its own hash lock (docs/transports.md).
+    locked_venv "$py" "$here/.venv-sslyze" tools/sslyze/requirements.lock
+}
+
+# locked_venv PYTHON DIR LOCK [FILE...]: DIR holds exactly LOCK's hash-pinned packages; rebuilt only when LOCK
+# (or another FILE the install depends on) changes, which a stamp file named by their hash records.
+locked_venv() {
+    local py=$1 dir=$2 lock=$3
+    shift 2
+    local stamp
+    stamp="$dir/.ztdns-lock-$(sha256sum "$@" | sha256sum | cut -c1-16)"
+    [ -e "$stamp" ] && return 0
+    rm -rf "$dir"
+    "$py" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r "$lock"
+    touch "$stamp"
 }
 
 cmd="${1:-serve}"
