@@ -58,7 +58,7 @@ def test_doq_identities_and_refusals(pki: Pki, caplog: pytest.LogCaptureFixture)
             assert '"doq" "-"' in response.answer[0].to_text()
         finally:
             await listener.close()
-        assert listener.refused == 3
+        assert listener.refusals.total == 3
 
     with caplog.at_level("WARNING"):
         asyncio.run(body())

@@ -31,7 +31,7 @@ def test_every_handshake_completes_under_uvloop(pki: Pki) -> None:
                 except (OSError, TimeoutError) as exc:
                     raise AssertionError(f"handshake {attempt} failed: {exc!r}") from exc
                 writer.close()
-            assert listener.refused == 0
+            assert listener.refusals.total == 0
         finally:
             await listener.close(drain_seconds=0.5)
 

@@ -39,7 +39,7 @@ from ztdns.identity.certificates import identity_from_certificate
 from ztdns.transport import Handler
 from ztdns.transport.dot import finish_response
 from ztdns.transport.framing import frame
-from ztdns.transport.tls import Generation, TlsMaterial
+from ztdns.transport.tls import Generation, RefusalLog, TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,7 @@ class DoqConnection(QuicConnectionProtocol):
         return "", 0
 
     def _refuse(self, reason: str) -> None:
-        self.listener.refused += 1
-        log.warning("doq %s: handshake refused: %s", self.listener.config.address, reason)
+        self.listener.refusals.refused(reason)
         self._close(DOQ_PROTOCOL_ERROR, reason)
 
     def _close(self, code: int, reason: str) -> None:
@@ -206,7 +205,7 @@ class DoqListener:
         self.handler = handler
         self.material = material
         self.connections: set[DoqConnection] = set()
-        self.refused = 0
+        self.refusals = RefusalLog(f"doq {config.address}")
         self.draining = False
         self._server: QuicServer | None = None
         self._watch: asyncio.Task[None] | None = None

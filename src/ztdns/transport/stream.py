@@ -26,7 +26,7 @@ from ztdns.client import ClientInfo, Transport
 from ztdns.config.model import ListenConfig
 from ztdns.identity.certificates import identity_from_certificate
 from ztdns.transport import Handler
-from ztdns.transport.tls import TlsMaterial, refusal_reason
+from ztdns.transport.tls import RefusalLog, TlsMaterial, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ class TlsStreamListener:
         self.make_connection = make_connection
         self.connections: set[TlsConnection] = set()
         self.handshakes: set[asyncio.Task[None]] = set()
-        self.refused = 0  # handshakes that failed (bad certificate, timeout, not TLS)
+        # Handshakes that failed (bad certificate, timeout, not TLS); ``refusals.total`` counts them.
+        self.refusals = RefusalLog(f"{config.transport} {config.address}")
         self._socket: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._empty = asyncio.Event()
@@ -198,13 +199,7 @@ class TlsStreamListener:
             )
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
             # The event loop has closed the socket.
-            self.refused += 1
-            log.warning(
-                "%s %s: handshake refused: %s",
-                self.config.transport,
-                self.config.address,
-                refusal_reason(exc),
-            )
+            self.refusals.refused(refusal_reason(exc))
             log.debug("refused handshake came from %s", peer)
 
     def connection_gone(self, connection: TlsConnection) -> None:
@@ -217,6 +212,7 @@ class TlsStreamListener:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
+            self.refusals.flush()
             cutoff = loop.time() - timeout
             for connection in [c for c in self.connections if c.last_activity < cutoff and not c.busy()]:
                 connection.close()

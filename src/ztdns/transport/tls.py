@@ -11,10 +11,12 @@ the previous generation in place and logs why.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,3 +250,41 @@ def refusal_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "handshake timed out"
     return f"{type(exc).__name__}: {exc}"
+
+
+class RefusalLog:
+    """Refused handshakes, logged so that a scanner cannot flood the log: the first ``detailed`` of each
+    ``window`` seconds one line each, the rest counted by reason and summarised when the window closes."""
+
+    def __init__(
+        self, label: str, window: float = 10.0, detailed: int = 5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.label = label
+        self.window = window
+        self.detailed = detailed
+        self.clock = clock
+        self.total = 0
+        self._window_start = -window
+        self._logged = 0
+        self._suppressed: collections.Counter[str] = collections.Counter()
+
+    def refused(self, reason: str) -> None:
+        self.total += 1
+        now = self.clock()
+        if now - self._window_start >= self.window:
+            self.flush()
+            self._window_start, self._logged = now, 0
+        if self._logged < self.detailed:
+            self._logged += 1
+            log.warning("%s: handshake refused: %s", self.label, reason)
+        else:
+            self._suppressed[reason] += 1
+
+    def flush(self) -> None:
+        """Summarise what the window suppressed (also called periodically, so a summary never waits long)."""
+        if not self._suppressed:
+            return
+        count = sum(self._suppressed.values())
+        reasons = "; ".join(f"{reason} x{n}" for reason, n in self._suppressed.most_common())
+        log.warning("%s: %d more handshakes refused in the last %.0f s: %s", self.label, count, self.window, reasons)
+        self._suppressed.clear()
