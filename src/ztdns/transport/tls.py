@@ -286,5 +286,5 @@ class RefusalLog:
             return
         count = sum(self._suppressed.values())
         reasons = "; ".join(f"{reason} x{n}" for reason, n in self._suppressed.most_common())
-        log.warning("%s: %d more handshakes refused in the last %.0f s: %s", self.label, count, self.window, reasons)
+        log.warning("%s: %d more handshakes refused: %s", self.label, count, reasons)
         self._suppressed.clear()
