@@ -16,10 +16,11 @@ from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
 from ztdns.authority.zone import Zone, ZoneError
-from ztdns.config.model import parse_hostport
+from ztdns.config.model import Config, parse_hostport
 from ztdns.dnssec.kasp import KeyManager, KeyStore, Policy
 from ztdns.dnssec.keys import ALGORITHMS, KeyStoreError
 from ztdns.dnssec.signing import Validity
+from ztdns.observe.metrics import Metrics
 
 
 def policy(signing: SigningConfig) -> Policy:
@@ -35,8 +36,16 @@ def policy(signing: SigningConfig) -> Policy:
     )
 
 
-def build_authority(config: AuthorityConfig, base_dir: Path, state_dir: Path) -> Authority:
-    """Load zone files and keys; raises ZoneError or KeyStoreError naming the zone."""
+def state_dir(config: Config) -> Path:
+    """Where key timelines, keys and dynamic records live: ``[authority] state_dir`` or under the server's."""
+    return Path(config.authority.state_dir or Path(config.server.state_dir) / "authority")
+
+
+def build_authority(
+    config: AuthorityConfig, base_dir: Path, state_dir: Path, metrics: Metrics | None = None
+) -> Authority:
+    """Load zone files and keys; raises ZoneError or KeyStoreError naming the zone. ``metrics``: the
+    server's, so that one scrape shows everything."""
     keyring = dns.tsigkeyring.from_text({name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()})
     identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
     store = key_store(config, base_dir)
@@ -45,7 +54,7 @@ def build_authority(config: AuthorityConfig, base_dir: Path, state_dir: Path) ->
         zones.append(build_zone(zc, base_dir, state_dir, store))
     rrl = config.rrl
     limiter = RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
-    return Authority(zones, keyring=keyring, identities=identities, rrl=limiter)
+    return Authority(zones, keyring=keyring, identities=identities, rrl=limiter, metrics=metrics)
 
 
 def key_store(config: AuthorityConfig, base_dir: Path) -> KeyStore | None:

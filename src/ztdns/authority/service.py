@@ -43,6 +43,7 @@ from ztdns.dnssec.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
 from ztdns.dnssec.signing import Validity, ZoneSigner
 from ztdns.fastpath import Replay, ReplayTable, splice, udp_limit
 from ztdns.observe.metrics import Metrics
+from ztdns.outcome import Kind
 from ztdns.protocol.respond import UDP_PAYLOAD
 from ztdns.wire import parse_query
 
@@ -226,7 +227,7 @@ class Stats:
 
 
 # The ``kind`` label of ztdns_queries for authoritative answers: made now, or replayed pre-rendered.
-KIND_ANSWERED = "authoritative"
+KIND_ANSWERED = Kind.AUTHORITATIVE.value
 KIND_REPLAYED = "authoritative_replay"
 
 
@@ -329,7 +330,8 @@ class Authority:
     # -- Handler ---------------------------------------------------------------------------------------------
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
-        """Plain queries: replayed when possible, else answered here; UPDATE, NOTIFY etc. go to ``handle``.
+        """Plain queries: replayed when possible, else answered here over UDP; UPDATE, NOTIFY etc. go to
+        ``handle``, and over a stream everything not replayed goes to ``respond_all``.
 
         Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Looked up first by the
         query's bytes after the ID (no parsing), then by the hand-parsed question's normal form, like the
@@ -358,10 +360,12 @@ class Authority:
                 answer = self._current(replays, stored, client, limit)
                 if answer is not None:
                     return self._replayed(wire, client, splice(wire, parsed, answer), stored.rcode, started)
+        if client.stream:
+            return None  # the transport calls respond_all: a transfer is several messages
         responses = self._respond(wire, client, replays, started)
         if responses:
             return responses[0]
-        return None if client.stream else b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
+        return b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
 
     def _current(self, replays: ReplayTable, replay: Replay, client: ClientInfo, limit: int) -> bytes | None:
         """The replay's wire if it is still valid and fits the client (else the full path answers)."""
@@ -381,9 +385,13 @@ class Authority:
         return answer
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
-        """Like ``respond``; a transfer longer than one message needs ``respond`` (all messages) instead."""
+        """Like ``respond``; a transfer longer than one message needs ``respond_all`` instead."""
         responses = self.respond(wire, client)
         return responses[0] if responses else None
+
+    async def respond_all(self, wire: bytes, client: ClientInfo) -> list[bytes]:
+        """Every response message (:class:`~ztdns.transport.MultiResponseHandler`, for the TCP transport)."""
+        return self.respond(wire, client)
 
     def _limited(self, wire: bytes, verdict: Verdict) -> bytes | None:
         if verdict is Verdict.SLIP:
