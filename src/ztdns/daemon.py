@@ -212,16 +212,29 @@ class Service:
             return
         for encrypted in self.encrypted:
             encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk
-        if self.authority is not None:
-            self.authority.reload_tls()
         if [lst.model_dump() for lst in config.listen] != [lst.model_dump() for lst in self.config.listen]:
             log.warning("reload: listener changes take effect on restart")
-        if config.authority.model_dump(exclude={"resolver_view"}) != self.config.authority.model_dump(
-            exclude={"resolver_view"}
-        ):
-            log.warning("reload: [authority] changes other than resolver_view take effect on restart")
+        self._reload_authority(config)
         self.config = config
         log.info("reloaded %s", self.config_path)
+
+    def _reload_authority(self, config: Config) -> None:
+        """Zones, keys for TSIG, grants, ACLs and RRL reload; where the authority listens and keeps keys does not."""
+        restart_only = {"listen", "api", "key_store", "pkcs11", "state_dir"}
+        old, new = self.config.authority, config.authority
+        if self.authority is None:
+            if new.zones or new.listen:
+                log.warning("reload: [authority] zones take effect on restart")
+            return
+        if old.model_dump(include=restart_only) != new.model_dump(include=restart_only):
+            log.warning("reload: [authority] %s changes take effect on restart", ", ".join(sorted(restart_only)))
+        try:
+            rebuilt = self.authority.reload(config)
+        except ConfigError as exc:
+            log.error("reload: [authority] rejected, zones keep serving the previous config:\n%s", exc)
+            return
+        if rebuilt:
+            log.info("reload: zones rebuilt: %s", ", ".join(rebuilt))
 
     async def drain(self) -> None:
         timeout = self.config.server.drain_seconds

@@ -46,15 +46,43 @@ def build_authority(
 ) -> Authority:
     """Load zone files and keys; raises ZoneError or KeyStoreError naming the zone. ``metrics``: the
     server's, so that one scrape shows everything."""
-    keyring = dns.tsigkeyring.from_text({name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()})
-    identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
-    store = key_store(config, base_dir)
-    zones = []
-    for zc in config.zones:
-        zones.append(build_zone(zc, base_dir, state_dir, store))
-    rrl = config.rrl
-    limiter = RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
-    return Authority(zones, keyring=keyring, identities=identities, rrl=limiter, metrics=metrics)
+    return ZoneLoader(config, base_dir, state_dir, metrics).authority
+
+
+class ZoneLoader:
+    """Builds the authority from ``[authority]``, and applies a reloaded section to it: only zones whose config
+    or zone file text changed are rebuilt (their keys and dynamic records are read back from the state
+    directory, and their serial moves past the one served), so the others keep their signature caches."""
+
+    def __init__(self, config: AuthorityConfig, base_dir: Path, state_dir: Path, metrics: Metrics | None) -> None:
+        # The key store stays the process's: key_store and pkcs11 changes need a restart.
+        self.store = key_store(config, base_dir)
+        self.authority = Authority([], metrics=metrics)
+        self.sources: dict[dns.name.Name, tuple[AuthZoneConfig, str]] = {}
+        self.load(config, base_dir, state_dir)
+
+    def load(self, config: AuthorityConfig, base_dir: Path, state_dir: Path) -> list[str]:
+        """Serve ``config``; returns the zones (re)built. Raises ZoneError or KeyStoreError, changing nothing."""
+        zones, sources, built = [], {}, []
+        for zc in config.zones:
+            origin = dns.name.from_text(zc.name)
+            source = sources[origin] = (zc, zone_text(zc, base_dir))
+            running = self.authority.zones.get(origin)
+            if running is not None and self.sources.get(origin) == source:
+                zones.append(running)
+                continue
+            zone = build_zone(zc, base_dir, state_dir, self.store, source[1])
+            if running is not None:
+                zone.follow(running.base.serial)
+            zones.append(zone)
+            built.append(zc.name)
+        keyring = dns.tsigkeyring.from_text({name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()})
+        identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
+        rrl = config.rrl
+        limiter = RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
+        self.authority.replace(zones, keyring, identities, limiter)
+        self.sources = sources
+        return built
 
 
 def key_store(config: AuthorityConfig, base_dir: Path) -> KeyStore | None:
@@ -88,8 +116,8 @@ def key_manager(zc: AuthZoneConfig, state_dir: Path, store: KeyStore | None = No
     return KeyManager(dns.name.from_text(zc.name), policy(zc.signing), state_dir, store)
 
 
-def build_zone(zc: AuthZoneConfig, base_dir: Path, state_dir: Path, store: KeyStore | None = None) -> ServedZone:
-    origin = dns.name.from_text(zc.name)
+def zone_text(zc: AuthZoneConfig, base_dir: Path) -> str:
+    """The zone file's text followed by the inline records."""
     text = ""
     if zc.file is not None:
         path = base_dir / zc.file
@@ -97,7 +125,15 @@ def build_zone(zc: AuthZoneConfig, base_dir: Path, state_dir: Path, store: KeySt
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ZoneError(f"zone {zc.name}: cannot read {path}: {exc}") from None
-    zone = Zone.from_text(text + "\n" + "\n".join(zc.records) + "\n", origin)
+    return text + "\n" + "\n".join(zc.records) + "\n"
+
+
+def build_zone(
+    zc: AuthZoneConfig, base_dir: Path, state_dir: Path, store: KeyStore | None = None, text: str | None = None
+) -> ServedZone:
+    """One served zone from its config (``text``: its :func:`zone_text`, when already read)."""
+    origin = dns.name.from_text(zc.name)
+    zone = Zone.from_text(zone_text(zc, base_dir) if text is None else text, origin)
     grants = tuple(
         Grant(g.identity, tuple(g.names), frozenset(dns.rdatatype.from_text(t) for t in g.types)) for g in zc.grants
     )

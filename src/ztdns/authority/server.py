@@ -21,7 +21,7 @@ import dns.asyncquery
 import dns.exception
 
 from ztdns.authority.api import api_listen_config, start_registration_api
-from ztdns.authority.build import build_authority, state_dir
+from ztdns.authority.build import ZoneLoader, state_dir
 from ztdns.authority.service import Authority, ServedZone
 from ztdns.authority.transfer import notify_message
 from ztdns.authority.zone import ZoneError
@@ -60,8 +60,10 @@ class AuthorityService:
         listen: Sequence[str] = (),
         api: tuple[ListenConfig, TlsMaterial] | None = None,
         tick_seconds: float = 1.0,
+        loader: ZoneLoader | None = None,
     ) -> None:
         self.authority = authority
+        self.loader = loader  # what built the authority from config, for reloads
         self.listen = list(listen)
         self.api_settings = api
         self.tick_seconds = tick_seconds
@@ -104,10 +106,20 @@ class AuthorityService:
         self._spawn(self._ticker())
         return endpoints
 
-    def reload_tls(self) -> None:
-        """Re-read the registration API's certificate, key, CA bundle and CRLs (SIGHUP)."""
+    def reload(self, config: Config) -> list[str]:
+        """SIGHUP: re-read the registration API's TLS files and apply ``[authority]`` zones, TSIG keys, grants,
+        ACLs and RRL; returns the zones rebuilt. Raises ConfigError, leaving the zones as they were. Runs on the
+        event loop without yielding, so no UPDATE lands between reading a zone's state and serving it."""
         if self.api is not None:
             self.api.reload()
+        if self.loader is None:
+            return []
+        try:
+            return self.loader.load(config.authority, config.base_dir, state_dir(config))
+        except (ZoneError, KeyStoreError) as exc:
+            raise located(config, ("authority", "zones"), str(exc)) from None
+        except OSError as exc:  # the state directory cannot be made
+            raise ConfigError([f"{config.source}: [authority] state_dir: {exc}"]) from None
 
     def stop_accepting(self) -> None:
         """Phase one of draining: no new connections or datagrams; pending answers may still go out."""
@@ -179,7 +191,7 @@ def build_service(config: Config, metrics: Metrics) -> AuthorityService | None:
     if not settings.zones and not settings.listen:
         return None
     try:
-        authority = build_authority(settings, config.base_dir, state_dir(config), metrics)
+        loader = ZoneLoader(settings, config.base_dir, state_dir(config), metrics)
     except (ZoneError, KeyStoreError) as exc:
         raise located(config, ("authority", "zones"), str(exc)) from None
     except OSError as exc:  # the state directory cannot be made
@@ -192,4 +204,4 @@ def build_service(config: Config, metrics: Metrics) -> AuthorityService | None:
             api = (listen, TlsMaterial.from_config(listen, config.base_dir))
         except TlsError as exc:
             raise located(config, ("authority", "api"), str(exc)) from None
-    return AuthorityService(authority, settings.listen, api)
+    return AuthorityService(loader.authority, settings.listen, api, loader=loader)

@@ -36,7 +36,7 @@ from ztdns.authority.answer import SignedView, answer
 from ztdns.authority.rrl import RateLimiter, Verdict
 from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
-from ztdns.authority.zone import Change, Zone, type_text
+from ztdns.authority.zone import Change, Zone, next_serial, type_text
 from ztdns.client import ClientInfo
 from ztdns.dnssec.kasp import KeyManager, KeySet
 from ztdns.dnssec.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
@@ -152,6 +152,13 @@ class ServedZone:
         self._publish(self.base.with_changes([]))
         self._save()
         return True
+
+    def follow(self, previous: int) -> None:
+        """Serve a serial after ``previous``: a zone reloaded in place of a served one is a new version to
+        secondaries even when its file kept the serial."""
+        if not _serial_gt(self.base.serial, previous):
+            self._publish(self.base.with_changes([], serial=next_serial(previous)))
+            self._save()
 
     def update(self, message: dns.update.UpdateMessage, identity: str | None) -> list[Change]:
         new, changes = apply_update(message, self.base, identity, self.settings.grants)
@@ -292,6 +299,20 @@ class Authority:
             if served.signer is not None:
                 signatures.add_metric([zone], served.signer.signatures_made)
         yield from (serial, signatures)
+
+    def replace(
+        self,
+        zones: Iterable[ServedZone],
+        keyring: dict[dns.name.Name, dns.tsig.Key],
+        identities: dict[dns.name.Name, str],
+        rrl: RateLimiter | None,
+    ) -> None:
+        """Serve a reloaded configuration. A zone passed as the object already served keeps its state; any
+        other zone is a new version (secondaries are NOTIFYed). Replays are dropped: zones may have gone."""
+        previous = self.zones
+        self.keyring, self.identities, self.rrl = keyring, identities, rrl
+        self.zones = {z.origin: z for z in zones}
+        self._changed([zone for origin, zone in self.zones.items() if previous.get(origin) is not zone])
 
     def zone_for(self, name: dns.name.Name, rdtype: int = dns.rdatatype.A) -> ServedZone | None:
         if rdtype == dns.rdatatype.DS and name in self.zones and name != dns.name.root:
