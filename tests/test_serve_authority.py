@@ -279,3 +279,15 @@ def test_authority_needs_one_process(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "ztdns.toml:3: server.workers: [authority] zones are one process's state" in done.stderr, done.stderr
+
+
+def test_check_reads_zone_files(tmp_path: Path) -> None:
+    (tmp_path / "corp.zone").write_text("www A 192.0.2.1\n")  # no SOA
+    path = tmp_path / "ztdns.toml"
+    path.write_text(_config(tmp_path / "state", free_port(), free_port()))
+    done = subprocess.run(
+        [sys.executable, "-m", "ztdns", "check", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert re.search(r"ztdns.toml:\d+: authority.zones\[0\].file: zone corp.internal.", done.stderr), done.stderr
+    assert not (tmp_path / "state").exists()  # check touches no keys

@@ -92,12 +92,24 @@ def tls_material(config: Config, listen: ListenConfig) -> TlsMaterial:
 
 
 def verify(config: Config) -> None:
-    """Read everything besides the TOML that serving would read: list and zone files, TLS files, and the query
-    log's directory. ``ztdns check`` runs this so that a config it passes also starts. Raises ConfigError."""
+    """Read everything besides the TOML that serving would read: list files, local and authority zone files, TLS
+    files, and the query log's directory. ``ztdns check`` runs this so that a config it passes also starts.
+    Raises ConfigError."""
     compile_runtime(config, Observer(Metrics(), None))
     for listen in config.listen:
         if listen.transport in _ENCRYPTED:
             tls_material(config, listen)
+    if config.authority.zones:
+        from ztdns.authority.build import check_zone
+        from ztdns.authority.zone import ZoneError
+
+        for index, zone in enumerate(config.authority.zones):
+            try:
+                check_zone(zone, config.base_dir)
+            except ZoneError as exc:
+                raise located(
+                    config, ("authority", "zones", index, "file" if zone.file else "name"), str(exc)
+                ) from None
     output = config.log.query_log.output
     if output not in ("stdout", "off"):
         path = config.base_dir / output

@@ -123,9 +123,14 @@ def zone_text(zc: AuthZoneConfig, base_dir: Path) -> str:
         path = base_dir / zc.file
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ZoneError(f"zone {zc.name}: cannot read {path}: {exc}") from None
     return text + "\n" + "\n".join(zc.records) + "\n"
+
+
+def check_zone(zc: AuthZoneConfig, base_dir: Path) -> None:
+    """What ``ztdns check`` reads of a zone: its file and records must load (no keys are touched)."""
+    Zone.from_text(zone_text(zc, base_dir), dns.name.from_text(zc.name))
 
 
 def build_zone(
