@@ -22,7 +22,7 @@ import dns.query
 import dns.tsigkeyring
 import pytest
 
-from ztdns.authority.server import AuthorityServer
+from ztdns.authority.server import AuthorityService
 from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.zone import Zone
 from ztdns.dnssec.kasp import KeyManager, Policy
@@ -107,9 +107,9 @@ class Loop:
 
 
 @contextmanager
-def serving(authority: Authority, tick_seconds: float = 0.2) -> Iterator[tuple[Loop, AuthorityServer]]:
+def serving(authority: Authority, tick_seconds: float = 0.2) -> Iterator[tuple[Loop, AuthorityService]]:
     loop = Loop()
-    server = AuthorityServer(authority, "127.0.0.1", 0, tick_seconds=tick_seconds)
+    server = AuthorityService(authority, ["127.0.0.1:0"], tick_seconds=tick_seconds)
     try:
         loop.run(server.start)
         yield loop, server

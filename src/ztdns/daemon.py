@@ -3,7 +3,9 @@
 SIGHUP reloads the config file atomically (a broken file is logged and the old config keeps serving);
 SIGTERM/SIGINT stop accepting, let pending answers go out for up to ``server.drain_seconds``, and exit 0.
 With ``workers = N`` the parent forks N workers that share the listening ports with SO_REUSEPORT; worker i
-serves metrics on the metrics port + i.
+serves metrics on the metrics port + i. ``[authority]`` zones run in the same process
+(:mod:`ztdns.authority.server`), which then must be the only one: zone data and key timelines are one
+process's state. ``ztdns authority serve`` is this server without the resolver's listeners.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -24,7 +26,7 @@ from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.model import ListenConfig
 from ztdns.observe.metrics import Metrics, MetricsCollector
 from ztdns.observe.stage import Observer
-from ztdns.server import Frontend, compile_runtime
+from ztdns.server import Frontend, compile_runtime, make_resolver
 from ztdns.transport import Handler
 from ztdns.transport.development import development_listeners, how_to_query
 from ztdns.transport.doh import start_doh_listener
@@ -34,6 +36,9 @@ from ztdns.transport.no_certificate import listener_handler
 from ztdns.transport.tcp import TcpServer
 from ztdns.transport.tls import TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
+
+if TYPE_CHECKING:
+    from ztdns.authority.server import AuthorityService
 
 log = logging.getLogger("ztdns")
 
@@ -87,12 +92,24 @@ def tls_material(config: Config, listen: ListenConfig) -> TlsMaterial:
 
 
 def verify(config: Config) -> None:
-    """Read everything besides the TOML that serving would read: list and zone files, TLS files, and the query
-    log's directory. ``ztdns check`` runs this so that a config it passes also starts. Raises ConfigError."""
+    """Read everything besides the TOML that serving would read: list files, local and authority zone files, TLS
+    files, and the query log's directory. ``ztdns check`` runs this so that a config it passes also starts.
+    Raises ConfigError."""
     compile_runtime(config, Observer(Metrics(), None))
     for listen in config.listen:
         if listen.transport in _ENCRYPTED:
             tls_material(config, listen)
+    if config.authority.zones:
+        from ztdns.authority.build import check_zone
+        from ztdns.authority.zone import ZoneError
+
+        for index, zone in enumerate(config.authority.zones):
+            try:
+                check_zone(zone, config.base_dir)
+            except ZoneError as exc:
+                raise located(
+                    config, ("authority", "zones", index, "file" if zone.file else "name"), str(exc)
+                ) from None
     output = config.log.query_log.output
     if output not in ("stdout", "off"):
         path = config.base_dir / output
@@ -101,13 +118,40 @@ def verify(config: Config) -> None:
             raise located(config, ("log", "query_log", "output"), f"cannot write the query log to {str(path)!r}")
 
 
+def _no_resolver(config: Config) -> None:
+    return None
+
+
 class Service:
-    def __init__(self, config: Config, config_path: Path | None, worker: int = 0, reuse_port: bool = False) -> None:
+    """One server process. ``resolver=False`` (``ztdns authority serve``) runs only the ``[authority]``
+    zones: no resolver listeners and no upstreams."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        worker: int = 0,
+        reuse_port: bool = False,
+        resolver: bool = True,
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.worker = worker
         self.reuse_port = reuse_port
-        self.frontend = Frontend(config)
+        self.resolver = resolver
+        metrics = Metrics()
+        self.authority: AuthorityService | None = None
+        if config.authority.zones or config.authority.listen:
+            # Imported only when zones are served: the others do not load the signer.
+            from ztdns.authority.server import build_service
+
+            self.authority = build_service(config, metrics)
+        self.frontend = Frontend(
+            config,
+            metrics,
+            make_resolver if resolver else _no_resolver,
+            self.authority.authority if self.authority is not None else None,
+        )
         self.udp: list[UdpListener] = []
         self.tcp: list[TcpServer] = []
         self.encrypted: list[EncryptedListener] = []
@@ -117,7 +161,7 @@ class Service:
     async def start(self) -> list[str]:
         endpoints = []
         self.frontend.bind_loop(asyncio.get_running_loop())
-        listens = list(self.config.listen)
+        listens = list(self.config.listen) if self.resolver else []
         if self.config_path is None:
             # The built-in default also shows off encrypted DNS, with a development PKI made on first run.
             development, pki = development_listeners(Path(self.config.server.state_dir))
@@ -131,6 +175,13 @@ class Service:
                 message = f"cannot listen on {listen.transport} {listen.address}: {exc.strerror or exc}"
                 raise located(self.config, where, message) if where else ConfigError([message]) from None
             endpoints.append(f"{listen.transport} {listen.address}")
+        if self.authority is not None:
+            from ztdns.authority.server import ListenError
+
+            try:
+                endpoints += await self.authority.start()
+            except ListenError as exc:
+                raise located(self.config, exc.key, str(exc)) from None
         if self.config.metrics.enabled:
             host, port = self.config.metrics.hostport()
             registry = CollectorRegistry()
@@ -175,8 +226,27 @@ class Service:
             encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk
         if [lst.model_dump() for lst in config.listen] != [lst.model_dump() for lst in self.config.listen]:
             log.warning("reload: listener changes take effect on restart")
+        self._reload_authority(config)
         self.config = config
         log.info("reloaded %s", self.config_path)
+
+    def _reload_authority(self, config: Config) -> None:
+        """Zones, keys for TSIG, grants, ACLs and RRL reload; where the authority listens and keeps keys does not."""
+        restart_only = {"listen", "api", "key_store", "pkcs11", "state_dir"}
+        old, new = self.config.authority, config.authority
+        if self.authority is None:
+            if new.zones or new.listen:
+                log.warning("reload: [authority] zones take effect on restart")
+            return
+        if old.model_dump(include=restart_only) != new.model_dump(include=restart_only):
+            log.warning("reload: [authority] %s changes take effect on restart", ", ".join(sorted(restart_only)))
+        try:
+            rebuilt = self.authority.reload(config)
+        except ConfigError as exc:
+            log.error("reload: [authority] rejected, zones keep serving the previous config:\n%s", exc)
+            return
+        if rebuilt:
+            log.info("reload: zones rebuilt: %s", ", ".join(rebuilt))
 
     async def drain(self) -> None:
         timeout = self.config.server.drain_seconds
@@ -186,6 +256,8 @@ class Service:
         deadline = loop.time() + timeout
         for listener in self.udp:
             listener.stop()
+        if self.authority is not None:
+            self.authority.stop_accepting()
         pending = [task for listener in self.udp for task in listener.pending]
         if pending:
             await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0))
@@ -195,6 +267,8 @@ class Service:
             await encrypted.close(max(deadline - loop.time(), 0))
         for listener in self.udp:
             listener.close()
+        if self.authority is not None:
+            await self.authority.drain(max(deadline - loop.time(), 0))
         await self.frontend.close()
 
     async def run(self, banner: bool) -> None:
@@ -216,24 +290,31 @@ class Service:
         await self.drain()
 
 
-def _run_worker(config: Config, config_path: Path | None, worker: int, reuse_port: bool) -> None:
+def _run_worker(config: Config, config_path: Path | None, worker: int, reuse_port: bool, resolver: bool) -> None:
     async def main() -> None:
-        await Service(config, config_path, worker, reuse_port).run(banner=worker == 0)
+        await Service(config, config_path, worker, reuse_port, resolver).run(banner=worker == 0)
 
     import uvloop
 
     uvloop.run(main())
 
 
-def serve(config: Config, config_path: Path | None) -> int:
+def serve(config: Config, config_path: Path | None, resolver: bool = True) -> int:
+    """Run until SIGTERM/SIGINT; ``resolver=False`` serves only the ``[authority]`` zones (one process)."""
     logging.basicConfig(
         level=config.log.level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    workers = config.server.workers
+    workers = config.server.workers if resolver else 1
+    if workers > 1 and (config.authority.zones or config.authority.listen):
+        message = (
+            "[authority] zones are one process's state (updates, key timelines): set workers = 1, or serve them "
+            "with `ztdns authority serve` from a config of their own"
+        )
+        raise located(config, ("server", "workers"), message)
     if workers == 1:
-        _run_worker(config, config_path, 0, reuse_port=False)
+        _run_worker(config, config_path, 0, reuse_port=False, resolver=resolver)
         return 0
     children: list[int] = []
     for worker in range(workers):
@@ -241,7 +322,7 @@ def serve(config: Config, config_path: Path | None) -> int:
         if pid == 0:
             code = 0
             try:
-                _run_worker(config, config_path, worker, reuse_port=True)
+                _run_worker(config, config_path, worker, reuse_port=True, resolver=True)
             except BaseException:
                 log.exception("worker %d failed", worker)
                 code = 1

@@ -17,6 +17,7 @@ class Kind(enum.Enum):
     CACHED = "cached"  # served from cache
     STALE = "stale"  # expired cache data served because upstreams failed (RFC 8767)
     LOCAL = "local"  # answered from a local zone
+    AUTHORITATIVE = "authoritative"  # answered from a zone this server serves ([authority])
     BLOCKED = "blocked"  # denied by policy (EDE 15)
     PROHIBITED = "prohibited"  # unknown client refused (EDE 18)
     SPECIAL = "special"  # a name with fixed handling (use-application-dns.net)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -42,6 +43,9 @@ from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.wire import parse_query
 
+if TYPE_CHECKING:
+    from ztdns.authority.service import Authority
+
 log = logging.getLogger("ztdns")
 
 # Answers the fast path may replay. Stale answers and failures are never replayed: the next query should
@@ -49,9 +53,11 @@ log = logging.getLogger("ztdns")
 _REPLAYABLE = frozenset({Kind.RESOLVED, Kind.CACHED, Kind.LOCAL, Kind.BLOCKED, Kind.PROHIBITED, Kind.SPECIAL})
 
 
-def build_stages(runtime: Runtime, cache_stage: CacheStage, resolve_stage: ResolveStage) -> list[Stage]:
+def build_stages(
+    runtime: Runtime, cache_stage: CacheStage, resolve_stage: ResolveStage, authority: Authority | None = None
+) -> list[Stage]:
     """The one ordered list of stages. Order is security-relevant; each position says why."""
-    return [
+    stages: list[Stage] = [
         # Outermost: sees every query's final outcome (dropped and failed ones too) — the only exit of client data.
         ObserveStage(runtime.observer),
         # Renders whatever the inner stages decided, so EDNS/TC/EDE rules apply to every answer alike.
@@ -71,10 +77,18 @@ def build_stages(runtime: Runtime, cache_stage: CacheStage, resolve_stage: Resol
         ChainCheckStage(),
         # Local zones before the cache: local data is authoritative and never cached from upstream.
         LocalZoneStage(runtime.local_zones),
-        # The cache before the resolver; it stores on the way back and serves stale when the resolver fails.
-        cache_stage,
-        resolve_stage,
     ]
+    if authority is not None and runtime.config.authority.resolver_view:
+        # Imported only by servers with [authority] zones: the others do not load the signer.
+        from ztdns.authority.view import AuthorityViewStage
+
+        # Served zones: inside the chain check and after policy like local zones, which are the operator's fixed
+        # overrides and answer first; before the cache, so zone data is never cached and an update or key event
+        # is visible to the next query.
+        stages.append(AuthorityViewStage(authority))
+    # The cache before the resolver; it stores on the way back and serves stale when the resolver fails.
+    stages += [cache_stage, resolve_stage]
+    return stages
 
 
 @dataclass
@@ -139,8 +153,10 @@ class Frontend:
         config: Config,
         metrics: Metrics | None = None,
         resolver_factory: Callable[[Config], Resolver | None] = make_resolver,
+        authority: Authority | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.authority = authority  # served zones the pipeline answers from ([authority] resolver_view)
         self.cache = MessageCache(config.cache)
         self.resolver_factory = resolver_factory
         self.resolver = resolver_factory(config)
@@ -156,7 +172,7 @@ class Frontend:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
         runtime = compile_runtime(config, Observer(self.metrics, querylog))
         cache_stage = CacheStage(self.cache, resolver)
-        runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver)))
+        runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
         return runtime, cache_stage
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:

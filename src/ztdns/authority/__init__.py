@@ -2,8 +2,9 @@
 
 Owns: zone data (``zone``), RFC 1034 answering (``answer``), RFC 2136 updates with per-identity grants
 (``update``), AXFR/NOTIFY (``transfer``), RRL (``rrl``), the ``Handler`` over all of it with replayed
-pre-rendered answers (``service``), listeners (``server``: the shared UDP lane plus TCP) and the mTLS HTTPS
-registration API (``api``). Signing, denial and keys live in :mod:`ztdns.dnssec` (signing, nsec3,
+pre-rendered answers (``service``), the service inside ``ztdns serve`` (``server``: the shared UDP and TCP
+transports, key ticker, NOTIFY, reload), the resolver's view of the zones (``view``, a pipeline stage) and the
+mTLS HTTPS registration API (``api``). Signing, denial and keys live in :mod:`ztdns.dnssec` (signing, nsec3,
 kasp, keys, pkcs11). Config: ``[authority]`` (see docs/authority.md). Metrics: through ``ztdns.observe.metrics``
 (``ztdns_queries`` kind authoritative/authoritative_replay, ``ztdns_authority_*``: updates, transfers, RRL
 drops/slips, replays, serials, signatures). Client data touched: source address (RRL buckets per prefix, transfer

@@ -16,10 +16,11 @@ from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
 from ztdns.authority.zone import Zone, ZoneError
-from ztdns.config.model import parse_hostport
+from ztdns.config.model import Config, parse_hostport
 from ztdns.dnssec.kasp import KeyManager, KeyStore, Policy
 from ztdns.dnssec.keys import ALGORITHMS, KeyStoreError
 from ztdns.dnssec.signing import Validity
+from ztdns.observe.metrics import Metrics
 
 
 def policy(signing: SigningConfig) -> Policy:
@@ -35,17 +36,53 @@ def policy(signing: SigningConfig) -> Policy:
     )
 
 
-def build_authority(config: AuthorityConfig, base_dir: Path, state_dir: Path) -> Authority:
-    """Load zone files and keys; raises ZoneError or KeyStoreError naming the zone."""
-    keyring = dns.tsigkeyring.from_text({name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()})
-    identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
-    store = key_store(config, base_dir)
-    zones = []
-    for zc in config.zones:
-        zones.append(build_zone(zc, base_dir, state_dir, store))
-    rrl = config.rrl
-    limiter = RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
-    return Authority(zones, keyring=keyring, identities=identities, rrl=limiter)
+def state_dir(config: Config) -> Path:
+    """Where key timelines, keys and dynamic records live: ``[authority] state_dir`` or under the server's."""
+    return Path(config.authority.state_dir or Path(config.server.state_dir) / "authority")
+
+
+def build_authority(
+    config: AuthorityConfig, base_dir: Path, state_dir: Path, metrics: Metrics | None = None
+) -> Authority:
+    """Load zone files and keys; raises ZoneError or KeyStoreError naming the zone. ``metrics``: the
+    server's, so that one scrape shows everything."""
+    return ZoneLoader(config, base_dir, state_dir, metrics).authority
+
+
+class ZoneLoader:
+    """Builds the authority from ``[authority]``, and applies a reloaded section to it: only zones whose config
+    or zone file text changed are rebuilt (their keys and dynamic records are read back from the state
+    directory, and their serial moves past the one served), so the others keep their signature caches."""
+
+    def __init__(self, config: AuthorityConfig, base_dir: Path, state_dir: Path, metrics: Metrics | None) -> None:
+        # The key store stays the process's: key_store and pkcs11 changes need a restart.
+        self.store = key_store(config, base_dir)
+        self.authority = Authority([], metrics=metrics)
+        self.sources: dict[dns.name.Name, tuple[AuthZoneConfig, str]] = {}
+        self.load(config, base_dir, state_dir)
+
+    def load(self, config: AuthorityConfig, base_dir: Path, state_dir: Path) -> list[str]:
+        """Serve ``config``; returns the zones (re)built. Raises ZoneError or KeyStoreError, changing nothing."""
+        zones, sources, built = [], {}, []
+        for zc in config.zones:
+            origin = dns.name.from_text(zc.name)
+            source = sources[origin] = (zc, zone_text(zc, base_dir))
+            running = self.authority.zones.get(origin)
+            if running is not None and self.sources.get(origin) == source:
+                zones.append(running)
+                continue
+            zone = build_zone(zc, base_dir, state_dir, self.store, source[1])
+            if running is not None:
+                zone.follow(running.base.serial)
+            zones.append(zone)
+            built.append(zc.name)
+        keyring = dns.tsigkeyring.from_text({name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()})
+        identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
+        rrl = config.rrl
+        limiter = RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
+        self.authority.replace(zones, keyring, identities, limiter)
+        self.sources = sources
+        return built
 
 
 def key_store(config: AuthorityConfig, base_dir: Path) -> KeyStore | None:
@@ -79,16 +116,29 @@ def key_manager(zc: AuthZoneConfig, state_dir: Path, store: KeyStore | None = No
     return KeyManager(dns.name.from_text(zc.name), policy(zc.signing), state_dir, store)
 
 
-def build_zone(zc: AuthZoneConfig, base_dir: Path, state_dir: Path, store: KeyStore | None = None) -> ServedZone:
-    origin = dns.name.from_text(zc.name)
+def zone_text(zc: AuthZoneConfig, base_dir: Path) -> str:
+    """The zone file's text followed by the inline records."""
     text = ""
     if zc.file is not None:
         path = base_dir / zc.file
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ZoneError(f"zone {zc.name}: cannot read {path}: {exc}") from None
-    zone = Zone.from_text(text + "\n" + "\n".join(zc.records) + "\n", origin)
+    return text + "\n" + "\n".join(zc.records) + "\n"
+
+
+def check_zone(zc: AuthZoneConfig, base_dir: Path) -> None:
+    """What ``ztdns check`` reads of a zone: its file and records must load (no keys are touched)."""
+    Zone.from_text(zone_text(zc, base_dir), dns.name.from_text(zc.name))
+
+
+def build_zone(
+    zc: AuthZoneConfig, base_dir: Path, state_dir: Path, store: KeyStore | None = None, text: str | None = None
+) -> ServedZone:
+    """One served zone from its config (``text``: its :func:`zone_text`, when already read)."""
+    origin = dns.name.from_text(zc.name)
+    zone = Zone.from_text(zone_text(zc, base_dir) if text is None else text, origin)
     grants = tuple(
         Grant(g.identity, tuple(g.names), frozenset(dns.rdatatype.from_text(t) for t in g.types)) for g in zc.grants
     )

@@ -1,31 +1,19 @@
-"""``ztdns keys list|rollover|ds|ds-seen ZONE`` and ``ztdns authority serve``."""
+"""``ztdns keys list|rollover|ds|ds-seen ZONE`` and ``ztdns authority serve`` (``ztdns serve`` without the
+resolver's listeners)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import sys
 from pathlib import Path
 
-import uvloop
-from prometheus_client import CollectorRegistry, start_http_server
-
-from ztdns.authority.api import api_listen_config, start_registration_api
-from ztdns.authority.build import build_authority, build_zone, key_store
+from ztdns.authority.build import build_zone, key_store, state_dir
 from ztdns.authority.config import AuthZoneConfig
-from ztdns.authority.server import AuthorityServer
 from ztdns.authority.zone import ZoneError
 from ztdns.config import Config, ConfigError, load_config
-from ztdns.config.model import parse_hostport
 from ztdns.dnssec.kasp import Role
 from ztdns.dnssec.keys import KeyStoreError
-from ztdns.observe.metrics import MetricsCollector
-from ztdns.transport.tls import TlsError, TlsMaterial
-
-
-def _state_dir(config: Config) -> Path:
-    return Path(config.authority.state_dir or Path(config.server.state_dir) / "authority")
 
 
 def _zone_config(config: Config, name: str) -> AuthZoneConfig:
@@ -48,7 +36,7 @@ def _keys(args: argparse.Namespace) -> int:
         zc = _zone_config(config, args.zone)
         if not zc.signing.enabled:
             raise ConfigError([f"zone {zc.name} is not signed"])
-        served = build_zone(zc, config.base_dir, _state_dir(config), key_store(config.authority, config.base_dir))
+        served = build_zone(zc, config.base_dir, state_dir(config), key_store(config.authority, config.base_dir))
         keys = served.keys
         assert keys is not None
         max_ttl = served.base.max_ttl()
@@ -84,45 +72,18 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config: Config) -> None:
-    authority = build_authority(config.authority, config.base_dir, _state_dir(config))
-    servers = [AuthorityServer(authority, *parse_hostport(a, 53)) for a in config.authority.listen]
-    for server in servers:
-        await server.start()
-        print(f"authority listening on {server.host}:{server.port}", file=sys.stderr)
-    api = config.authority.api
-    if api is not None:
-        listen = api_listen_config(api.address, api.cert, api.key, api.ca, api.crl, api.tls_min_version)
-        try:
-            tls = TlsMaterial.from_config(listen, config.base_dir)
-        except TlsError as exc:
-            raise ConfigError([f"{config.source}: [authority.api]: {exc}"]) from None
-        listener = await start_registration_api(listen, authority, tls)
-        host, port = listener.address
-        print(f"authority registration API on https://{host}:{port}/v1/records/", file=sys.stderr)
-    if config.metrics.enabled:
-        # The same exporter as `ztdns serve` (ztdns.daemon), over the authority's Metrics.
-        host, port = config.metrics.hostport()
-        registry = CollectorRegistry()
-        registry.register(MetricsCollector(lambda: authority.metrics))
-        start_http_server(port, host, registry)
-        print(f"authority metrics on http://{host}:{port}/metrics", file=sys.stderr)
-    sys.stderr.flush()
-    await asyncio.Event().wait()
-
-
 def _serve_command(args: argparse.Namespace) -> int:
+    """``ztdns serve`` without the resolver's listeners: the same service, signals and metrics endpoint."""
+    from ztdns.daemon import serve
+
     try:
         config = load_config(args.config)
         if not config.authority.listen:
             raise ConfigError([f"{args.config}: [authority] listen is empty"])
-        uvloop.run(_serve(config))
-    except (ConfigError, KeyStoreError, ZoneError, OSError) as exc:  # OSError: a listen address is taken
+        return serve(config, Path(args.config), resolver=False)
+    except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -132,7 +93,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys.add_argument("--role", choices=["ksk", "zsk", "csk"], help="for rollover (default: zsk, or csk)")
     keys.add_argument("--config", required=True, help="TOML configuration file")
     keys.set_defaults(func=_keys)
-    authority = sub.add_parser("authority", help="serve the [authority] zones on their own listeners")
+    authority = sub.add_parser("authority", help="serve only the [authority] zones (ztdns serve without the resolver)")
     authority.add_argument("action", choices=["serve"])
     authority.add_argument("--config", required=True, help="TOML configuration file")
     authority.set_defaults(func=_serve_command)

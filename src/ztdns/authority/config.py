@@ -9,7 +9,7 @@ import dns.name
 import dns.rdatatype
 from pydantic import Field, field_validator, model_validator
 
-from ztdns.config.base import Section, check_networks
+from ztdns.config.base import Section, check_networks, parse_hostport
 
 DAY = 86400
 
@@ -123,8 +123,10 @@ class ApiConfig(Section):
 
 
 class AuthorityConfig(Section):
-    # Own UDP+TCP listeners ("127.0.0.1:5300"); empty: the zones are served only through the main frontend.
+    # Own UDP+TCP listeners ("127.0.0.1:5300") for secondaries, UPDATE and validating resolvers elsewhere.
     listen: list[str] = []
+    # The protective resolver (`ztdns serve` listeners) answers names in these zones from them, after policy.
+    resolver_view: bool = True
     state_dir: str | None = None  # default: <server.state_dir>/authority
     tsig_keys: dict[str, TsigKeyConfig] = {}
     zones: list[AuthZoneConfig] = []
@@ -133,6 +135,13 @@ class AuthorityConfig(Section):
     key_store: Literal["file", "pkcs11"] = "file"
     pkcs11: Pkcs11Config | None = None
     api: ApiConfig | None = None  # the HTTPS registration API, authenticated by client certificates
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_hostport(value, 53)
+        return values
 
     @model_validator(mode="after")
     def _keys_exist(self) -> AuthorityConfig:

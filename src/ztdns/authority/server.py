@@ -1,9 +1,12 @@
-"""Listeners for the authority (UDP and TCP on one address) plus the key ticker and NOTIFY sender.
+"""The authority inside a running server: listeners, the key ticker, NOTIFY, the HTTPS registration API.
 
-Used by tests and by ``ztdns authority serve``: they only move bytes; every decision is in
-:class:`~ztdns.authority.service.Authority`. UDP is the shared :class:`~ztdns.transport.udp.UdpListener` (a lane
-thread answering with ``Authority.fast``). TCP is its own small server because a zone transfer is several
-messages for one request, which the one-response ``Handler`` contract cannot carry.
+One code path for ``ztdns serve`` (beside the resolver, sharing its ``Metrics``) and ``ztdns authority serve``
+(the same server without the resolver's listeners): :func:`build_service` builds the authority from config and
+:class:`AuthorityService` starts, reloads and drains it. It only moves bytes; every decision is in
+:class:`~ztdns.authority.service.Authority`. The listeners are the shared transports: UDP is the
+:class:`~ztdns.transport.udp.UdpListener` lane (``Authority.fast`` answers on the lane thread) and TCP the
+:class:`~ztdns.transport.tcp.TcpServer`, which writes every message of a zone transfer
+(``Authority.respond_all``).
 """
 
 from __future__ import annotations
@@ -11,67 +14,141 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import dns.asyncquery
 import dns.exception
-import dns.name
-import dns.tsig
 
+from ztdns.authority.api import api_listen_config, start_registration_api
+from ztdns.authority.build import ZoneLoader, state_dir
 from ztdns.authority.service import Authority, ServedZone
 from ztdns.authority.transfer import notify_message
-from ztdns.client import ClientInfo, Transport
+from ztdns.authority.zone import ZoneError
+from ztdns.config import Config, ConfigError, located
 from ztdns.config.model import ListenConfig
+from ztdns.dnssec.keys import KeyStoreError
+from ztdns.observe.metrics import Metrics
+from ztdns.transport.stream import TlsStreamListener
+from ztdns.transport.tcp import TcpServer
+from ztdns.transport.tls import TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
 
 log = logging.getLogger(__name__)
-_LENGTH = struct.Struct("!H")
 
 
-class AuthorityServer:
-    """UDP+TCP on ``host:port`` (port 0 picks a free one; see ``port``)."""
+class ListenError(Exception):
+    """A listener could not bind; ``key`` locates its address in the config."""
+
+    def __init__(self, key: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _joined(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class AuthorityService:
+    """UDP+TCP on each ``listen`` address (port 0 picks one free port for both), the ticker moving key
+    timelines every ``tick_seconds``, NOTIFY to secondaries on every new zone version, and the registration API
+    when given its listener settings and TLS material."""
 
     def __init__(
         self,
         authority: Authority,
-        host: str,
-        port: int,
+        listen: Sequence[str] = (),
+        api: tuple[ListenConfig, TlsMaterial] | None = None,
         tick_seconds: float = 1.0,
-        notify_keyring: dict[dns.name.Name, dns.tsig.Key] | None = None,
-        notify_keyname: dns.name.Name | None = None,
+        loader: ZoneLoader | None = None,
     ) -> None:
         self.authority = authority
-        self.host, self.port = host, port
+        self.loader = loader  # what built the authority from config, for reloads
+        self.listen = list(listen)
+        self.api_settings = api
         self.tick_seconds = tick_seconds
-        self.notify_keyring, self.notify_keyname = notify_keyring, notify_keyname
+        self.udp: list[UdpListener] = []
+        self.tcp: list[TcpServer] = []
+        self.api: TlsStreamListener | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._udp: UdpListener | None = None
-        self._tcp: asyncio.Server | None = None
         authority.on_change = self._schedule_notify
 
-    async def start(self) -> None:
-        self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port)
-        self.port = self._tcp.sockets[0].getsockname()[1]
-        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        self._udp = UdpListener(ListenConfig(transport="udp", address=address), self.authority, reuse_port=False)
-        self._udp.start(asyncio.get_running_loop())
-        self._spawn(self._ticker())
+    @property
+    def port(self) -> int:
+        """The first listener's port."""
+        return self.tcp[0].address[1]
 
-    async def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.stop()
-            if self._udp.pending:
-                await asyncio.wait(list(self._udp.pending), timeout=2)
-            self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
-            await self._tcp.wait_closed()
+    async def start(self) -> list[str]:
+        """Bind and start everything; returns what listens where. Raises ListenError."""
+        loop = asyncio.get_running_loop()
+        endpoints = []
+        for index, address in enumerate(self.listen):
+            try:
+                tcp = TcpServer(ListenConfig(transport="tcp", address=address), self.authority)
+                await tcp.start(reuse_port=False)
+                self.tcp.append(tcp)
+                bound = _joined(*tcp.address)
+                udp = UdpListener(ListenConfig(transport="udp", address=bound), self.authority, reuse_port=False)
+            except OSError as exc:
+                message = f"cannot listen on {address}: {exc.strerror or exc}"
+                raise ListenError(("authority", "listen", index), message) from None
+            udp.start(loop)
+            self.udp.append(udp)
+            endpoints.append(f"authority udp+tcp {bound}")
+        if self.api_settings is not None:
+            listen, tls = self.api_settings
+            try:
+                self.api = await start_registration_api(listen, self.authority, tls)
+            except OSError as exc:
+                message = f"cannot listen on {listen.address}: {exc.strerror or exc}"
+                raise ListenError(("authority", "api", "address"), message) from None
+            endpoints.append(f"authority registration API https://{_joined(*self.api.address)}/v1/records/")
+        self._spawn(self._ticker())
+        return endpoints
+
+    def reload(self, config: Config) -> list[str]:
+        """SIGHUP: re-read the registration API's TLS files and apply ``[authority]`` zones, TSIG keys, grants,
+        ACLs and RRL; returns the zones rebuilt. Raises ConfigError, leaving the zones as they were. Runs on the
+        event loop without yielding, so no UPDATE lands between reading a zone's state and serving it."""
+        if self.api is not None:
+            self.api.reload()
+        if self.loader is None:
+            return []
+        try:
+            return self.loader.load(config.authority, config.base_dir, state_dir(config))
+        except (ZoneError, KeyStoreError) as exc:
+            raise located(config, ("authority", "zones"), str(exc)) from None
+        except OSError as exc:  # the state directory cannot be made
+            raise ConfigError([f"{config.source}: [authority] state_dir: {exc}"]) from None
+
+    def stop_accepting(self) -> None:
+        """Phase one of draining: no new connections or datagrams; pending answers may still go out."""
+        for tcp in self.tcp:
+            tcp.stop_accepting()
+        for udp in self.udp:
+            udp.stop()
+
+    async def drain(self, timeout: float) -> None:
+        """Phase two: let pending answers go out for up to ``timeout`` seconds, then close everything."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = [task for udp in self.udp for task in udp.pending]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for tcp in self.tcp:
+            await tcp.drain(max(deadline - loop.time(), 0))
+        if self.api is not None:
+            await self.api.close(max(deadline - loop.time(), 0))
+        for udp in self.udp:
+            udp.close()
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def stop(self) -> None:
+        self.stop_accepting()
+        await self.drain(2.0)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -91,23 +168,6 @@ class AuthorityServer:
                 log.exception("key timeline tick failed")
             await asyncio.sleep(self.tick_seconds)
 
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        client = ClientInfo(Transport.TCP, str(peer[0]), int(peer[1]), stream=True)
-        try:
-            while True:
-                length = _LENGTH.unpack(await asyncio.wait_for(reader.readexactly(2), 10.0))[0]
-                wire = await asyncio.wait_for(reader.readexactly(length), 10.0)
-                for reply in self.authority.respond(wire, client):
-                    writer.write(_LENGTH.pack(len(reply)) + reply)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            pass
-        except Exception:
-            log.exception("authority failed on a TCP connection")
-        finally:
-            writer.close()
-
     def _schedule_notify(self, zone: ServedZone) -> None:
         for host, port in zone.settings.notify:
             self._spawn(self._notify(zone, host, port))
@@ -115,10 +175,33 @@ class AuthorityServer:
     async def _notify(self, zone: ServedZone, host: str, port: int) -> None:
         # RFC 1996 §3.6: retry a few times with growing waits until the secondary acknowledges.
         for attempt in range(4):
-            message = notify_message(zone.zone, self.notify_keyring, self.notify_keyname)
+            message = notify_message(zone.zone)
             try:
                 await dns.asyncquery.udp(message, host, port=port, timeout=1.0 + attempt)
                 return
             except (dns.exception.DNSException, OSError):
                 await asyncio.sleep(0.5 * (attempt + 1))
         log.warning("secondary %s:%d did not acknowledge NOTIFY for %s", host, port, zone.origin)
+
+
+def build_service(config: Config, metrics: Metrics) -> AuthorityService | None:
+    """The ``[authority]`` service, built (zone files read, keys loaded or made) but not started; None when the
+    section has neither zones nor listeners. Raises ConfigError naming the file and key at fault."""
+    settings = config.authority
+    if not settings.zones and not settings.listen:
+        return None
+    try:
+        loader = ZoneLoader(settings, config.base_dir, state_dir(config), metrics)
+    except (ZoneError, KeyStoreError) as exc:
+        raise located(config, ("authority", "zones"), str(exc)) from None
+    except OSError as exc:  # the state directory cannot be made
+        raise ConfigError([f"{config.source}: [authority] state_dir: {exc}"]) from None
+    api = None
+    if settings.api is not None:
+        a = settings.api
+        listen = api_listen_config(a.address, a.cert, a.key, a.ca, a.crl, a.tls_min_version)
+        try:
+            api = (listen, TlsMaterial.from_config(listen, config.base_dir))
+        except TlsError as exc:
+            raise located(config, ("authority", "api"), str(exc)) from None
+    return AuthorityService(loader.authority, settings.listen, api, loader=loader)

@@ -36,13 +36,14 @@ from ztdns.authority.answer import SignedView, answer
 from ztdns.authority.rrl import RateLimiter, Verdict
 from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
-from ztdns.authority.zone import Change, Zone, type_text
+from ztdns.authority.zone import Change, Zone, next_serial, type_text
 from ztdns.client import ClientInfo
 from ztdns.dnssec.kasp import KeyManager, KeySet
 from ztdns.dnssec.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
 from ztdns.dnssec.signing import Validity, ZoneSigner
 from ztdns.fastpath import Replay, ReplayTable, splice, udp_limit
 from ztdns.observe.metrics import Metrics
+from ztdns.outcome import Kind
 from ztdns.protocol.respond import UDP_PAYLOAD
 from ztdns.wire import parse_query
 
@@ -152,6 +153,13 @@ class ServedZone:
         self._save()
         return True
 
+    def follow(self, previous: int) -> None:
+        """Serve a serial after ``previous``: a zone reloaded in place of a served one is a new version to
+        secondaries even when its file kept the serial."""
+        if not _serial_gt(self.base.serial, previous):
+            self._publish(self.base.with_changes([], serial=next_serial(previous)))
+            self._save()
+
     def update(self, message: dns.update.UpdateMessage, identity: str | None) -> list[Change]:
         new, changes = apply_update(message, self.base, identity, self.settings.grants)
         if changes:
@@ -226,7 +234,7 @@ class Stats:
 
 
 # The ``kind`` label of ztdns_queries for authoritative answers: made now, or replayed pre-rendered.
-KIND_ANSWERED = "authoritative"
+KIND_ANSWERED = Kind.AUTHORITATIVE.value
 KIND_REPLAYED = "authoritative_replay"
 
 
@@ -292,6 +300,20 @@ class Authority:
                 signatures.add_metric([zone], served.signer.signatures_made)
         yield from (serial, signatures)
 
+    def replace(
+        self,
+        zones: Iterable[ServedZone],
+        keyring: dict[dns.name.Name, dns.tsig.Key],
+        identities: dict[dns.name.Name, str],
+        rrl: RateLimiter | None,
+    ) -> None:
+        """Serve a reloaded configuration. A zone passed as the object already served keeps its state; any
+        other zone is a new version (secondaries are NOTIFYed). Replays are dropped: zones may have gone."""
+        previous = self.zones
+        self.keyring, self.identities, self.rrl = keyring, identities, rrl
+        self.zones = {z.origin: z for z in zones}
+        self._changed([zone for origin, zone in self.zones.items() if previous.get(origin) is not zone])
+
     def zone_for(self, name: dns.name.Name, rdtype: int = dns.rdatatype.A) -> ServedZone | None:
         if rdtype == dns.rdatatype.DS and name in self.zones and name != dns.name.root:
             # DS lives on the parent side of a cut: a child apex we also serve is answered from its parent.
@@ -329,7 +351,8 @@ class Authority:
     # -- Handler ---------------------------------------------------------------------------------------------
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
-        """Plain queries: replayed when possible, else answered here; UPDATE, NOTIFY etc. go to ``handle``.
+        """Plain queries: replayed when possible, else answered here over UDP; UPDATE, NOTIFY etc. go to
+        ``handle``, and over a stream everything not replayed goes to ``respond_all``.
 
         Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Looked up first by the
         query's bytes after the ID (no parsing), then by the hand-parsed question's normal form, like the
@@ -358,10 +381,12 @@ class Authority:
                 answer = self._current(replays, stored, client, limit)
                 if answer is not None:
                     return self._replayed(wire, client, splice(wire, parsed, answer), stored.rcode, started)
+        if client.stream:
+            return None  # the transport calls respond_all: a transfer is several messages
         responses = self._respond(wire, client, replays, started)
         if responses:
             return responses[0]
-        return None if client.stream else b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
+        return b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
 
     def _current(self, replays: ReplayTable, replay: Replay, client: ClientInfo, limit: int) -> bytes | None:
         """The replay's wire if it is still valid and fits the client (else the full path answers)."""
@@ -381,9 +406,13 @@ class Authority:
         return answer
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
-        """Like ``respond``; a transfer longer than one message needs ``respond`` (all messages) instead."""
+        """Like ``respond``; a transfer longer than one message needs ``respond_all`` instead."""
         responses = self.respond(wire, client)
         return responses[0] if responses else None
+
+    async def respond_all(self, wire: bytes, client: ClientInfo) -> list[bytes]:
+        """Every response message (:class:`~ztdns.transport.MultiResponseHandler`, for the TCP transport)."""
+        return self.respond(wire, client)
 
     def _limited(self, wire: bytes, verdict: Verdict) -> bytes | None:
         if verdict is Verdict.SLIP:

@@ -25,24 +25,8 @@ from pydantic import (
 
 from ztdns.authority.config import AuthorityConfig
 from ztdns.config.base import Section, check_network
+from ztdns.config.base import parse_hostport as parse_hostport  # noqa: PLC0414 (re-exported for capabilities)
 from ztdns.policy.patterns import PatternError, normalise_name, parse_pattern
-
-
-def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """'127.0.0.1:53', '[::1]:53', '::1' or '10.0.0.1' → (address, port). Raises ValueError."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = int(port_text)
-    else:
-        host, port = text, default_port
-    ipaddress.ip_address(host)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range")
-    return host, port
 
 
 def _check_hostport(value: str) -> str:

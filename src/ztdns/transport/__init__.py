@@ -7,7 +7,7 @@ framing; it builds a :class:`~ztdns.client.ClientInfo` (source address, verified
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ztdns.client import ClientInfo
 
@@ -21,3 +21,12 @@ class Handler(Protocol):
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Run the pipeline. Returns the response wire, or None when the query must be dropped silently."""
+
+
+@runtime_checkable
+class MultiResponseHandler(Protocol):
+    """A handler that may answer one request with several messages over a stream (a zone transfer): the TCP
+    transport calls ``respond_all`` instead of ``handle`` for what ``fast`` did not answer."""
+
+    async def respond_all(self, wire: bytes, client: ClientInfo) -> list[bytes]:
+        """Every response message for the request, in order; empty means send nothing."""

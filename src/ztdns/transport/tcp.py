@@ -1,7 +1,9 @@
 """Do53 over TCP (RFC 7766): length-prefixed messages, pipelined, answered out of order as they complete.
 
 Each connection has an idle timeout (closed when nothing arrives and nothing is pending), a bound on queries
-in flight (reading pauses above it), and the listener bounds the number of connections.
+in flight (reading pauses above it), and the listener bounds the number of connections. A handler that
+answers some requests with several messages (a zone transfer) implements ``respond_all``
+(:class:`~ztdns.transport.MultiResponseHandler`); its messages are written back to back.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import cast
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config.model import ListenConfig
-from ztdns.transport import Handler
+from ztdns.transport import Handler, MultiResponseHandler
 from ztdns.transport.framing import FramingError, LengthPrefixedFramer, frame
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,12 @@ class TcpConnection(asyncio.Protocol):
 
     async def _answer(self, wire: bytes) -> None:
         assert self.client is not None
+        respond_all = self.server.respond_all
+        if respond_all is not None:
+            # Written without an await in between, so a pipelined answer never lands inside a transfer.
+            for message in await respond_all(wire, self.client):
+                self._send(message)
+            return
         answer = await self.server.handler.handle(wire, self.client)
         if answer is not None:
             self._send(answer)
@@ -106,6 +114,7 @@ class TcpServer:
     def __init__(self, config: ListenConfig, handler: Handler) -> None:
         self.config = config
         self.handler = handler
+        self.respond_all = handler.respond_all if isinstance(handler, MultiResponseHandler) else None
         self.connections: set[TcpConnection] = set()
         self.refused = 0
         self.server: asyncio.Server | None = None
@@ -115,6 +124,13 @@ class TcpServer:
         self.server = await asyncio.get_running_loop().create_server(
             lambda: TcpConnection(self), host, port, reuse_port=reuse_port or None, backlog=1024
         )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (the port chosen when the config says port 0)."""
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
 
     def stop_accepting(self) -> None:
         if self.server is not None:
