@@ -1,7 +1,7 @@
 """Do53 over UDP: ztdns (policy on, forwarding, answers from cache after warm-up, one worker) vs Unbound
 (one thread, the same names as local-data), measured with dnsperf in one run, alternating, with the ratio.
 
-    .venv/bin/python bench/do53.py [--names 1000] [--seconds 10] [--rounds 3] [--clients 8]
+    .venv/bin/python bench/do53.py [--names 1000] [--seconds 10] [--rounds 3] [--clients 8] [--no-pin]
 
 Both servers are started by this script on free loopback ports and stopped at the end. ztdns forwards to a
 third process (an Unbound holding the names) that is idle during measurement: every measured answer is a
@@ -11,6 +11,7 @@ cache hit of an allowed name, so this measures ztdns's hot path, not the upstrea
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import subprocess
@@ -28,8 +29,19 @@ def names(count: int) -> list[str]:
     return [f"host{i}.bench.test" for i in range(count)]
 
 
-def dnsperf(port: int, data: Path, seconds: int, clients: int) -> DnsperfResult:
-    return run_dnsperf(dnsperf_command("127.0.0.1", port, data, seconds=seconds, clients=clients))
+def dnsperf(port: int, data: Path, seconds: int, clients: int, pin: bool) -> DnsperfResult:
+    prefix = ["taskset", "-c", str(LOAD_CPU)] if pin else []
+    return run_dnsperf(dnsperf_command("127.0.0.1", port, data, seconds=seconds, clients=clients, prefix=prefix))
+
+
+# With --pin, dnsperf runs on CPU 0 and the server under test on CPU 1 (every thread of it): both servers get the
+# same core to themselves, and no round depends on where the scheduler happened to put a thread.
+LOAD_CPU, SERVER_CPU = 0, 1
+
+
+def pin_process(pid: int) -> None:
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {SERVER_CPU})
 
 
 def ztdns_config(port: int, upstream: str) -> str:
@@ -66,6 +78,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin dnsperf and the servers to CPUs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -87,11 +100,16 @@ def main() -> int:
             while "listening" not in (ztdns.stderr.readline() or "listening"):
                 pass
             time.sleep(0.5)
-            dnsperf(port, data, 2, args.clients)  # warm-up: every name into the cache and the replay table
+            if args.pin and (os.cpu_count() or 1) > SERVER_CPU:
+                pin_process(ztdns.pid)
+                pin_process(peer.process.pid)
+            else:
+                args.pin = False
+            dnsperf(port, data, 2, args.clients, args.pin)  # warm-up: every name into the cache and the replay table
             results: dict[str, list[float]] = {"ztdns": [], "unbound": []}
             for round_ in range(args.rounds):
                 for label, target in (("ztdns", port), ("unbound", peer.port)):
-                    result = dnsperf(target, data, args.seconds, args.clients)
+                    result = dnsperf(target, data, args.seconds, args.clients, args.pin)
                     results[label].append(result.qps)
                     print(
                         f"round {round_ + 1}: {label:8s} {result.qps:10.0f} q/s  lost {result.lost_percent:.2f}%  "

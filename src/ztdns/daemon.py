@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -120,6 +121,18 @@ def verify(config: Config) -> None:
 
 def _no_resolver(config: Config) -> None:
     return None
+
+
+def settle_garbage_collector() -> None:
+    """Move everything built at start (policy tables, zones, the stage chain) out of the collector's sight.
+
+    Every UDP packet allocates a few tracked tuples, so generation-0 collections run constantly; without this
+    they also walk the large, long-lived heap of compiled config. Measured: steadier and faster replay
+    throughput. Reloads build new objects, which the collector sees as usual.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 class Service:
@@ -277,6 +290,7 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         endpoints = await self.start()
+        settle_garbage_collector()
         if banner:
             source = str(self.config_path) if self.config_path else "<built-in default>"
             print(f"ztdns: serving config {source}", file=sys.stderr)
