@@ -122,6 +122,9 @@ address = "127.0.0.1:{doh_port}"
 [resolver]
 upstreams = [{{ address = "127.0.0.1:{upstream}" }}]
 
+[dnssec]
+validation = false  # the upstream serves unsigned bench names
+
 [identities.bench]
 networks = ["127.0.0.0/8"]
 policies = ["bench"]
