@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# Pinning: dnsperf on CPU 0, the server under test on CPU 1 (every thread of it). Each server then has a core to
+# itself, and no round depends on where the scheduler happened to put a thread.
+LOAD_CPU, SERVER_CPU = 0, 1
+
+
+def can_pin() -> bool:
+    return (os.cpu_count() or 1) > SERVER_CPU
+
+
+def pin_process(pid: int) -> None:
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {SERVER_CPU})
+
+
+def pinned(command: Sequence[str]) -> list[str]:
+    """``command`` run on the load CPU."""
+    return ["taskset", "-c", str(LOAD_CPU), *command]
 
 
 @dataclass(frozen=True)

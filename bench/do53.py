@@ -11,7 +11,6 @@ cache hit of an allowed name, so this measures ztdns's hot path, not the upstrea
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from dnsperf_run import DnsperfResult, dnsperf_command, run_dnsperf
+from dnsperf_run import DnsperfResult, can_pin, dnsperf_command, pin_process, pinned, run_dnsperf
 from fixtures.unbound import UnboundServer, free_port
 
 
@@ -30,18 +29,8 @@ def names(count: int) -> list[str]:
 
 
 def dnsperf(port: int, data: Path, seconds: int, clients: int, pin: bool) -> DnsperfResult:
-    prefix = ["taskset", "-c", str(LOAD_CPU)] if pin else []
-    return run_dnsperf(dnsperf_command("127.0.0.1", port, data, seconds=seconds, clients=clients, prefix=prefix))
-
-
-# With --pin, dnsperf runs on CPU 0 and the server under test on CPU 1 (every thread of it): both servers get the
-# same core to themselves, and no round depends on where the scheduler happened to put a thread.
-LOAD_CPU, SERVER_CPU = 0, 1
-
-
-def pin_process(pid: int) -> None:
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), {SERVER_CPU})
+    command = dnsperf_command("127.0.0.1", port, data, seconds=seconds, clients=clients)
+    return run_dnsperf(pinned(command) if pin else command)
 
 
 def ztdns_config(port: int, upstream: str) -> str:
@@ -100,7 +89,7 @@ def main() -> int:
             while "listening" not in (ztdns.stderr.readline() or "listening"):
                 pass
             time.sleep(0.5)
-            if args.pin and (os.cpu_count() or 1) > SERVER_CPU:
+            if args.pin and can_pin():
                 pin_process(ztdns.pid)
                 pin_process(peer.process.pid)
             else:

@@ -22,7 +22,7 @@ import dns.asyncquery
 import dns.message
 import dns.rcode
 
-from dnsperf_run import dnsperf_command, run_dnsperf
+from dnsperf_run import can_pin, dnsperf_command, pin_process, run_dnsperf
 from ztdns.lab import netns
 from ztdns.lab.netns import NetnsLoop
 from ztdns.lab.run import Lab
@@ -76,7 +76,14 @@ def main() -> None:
         query_file = Path(directory) / "queries.txt"
         query_file.write_text("".join(f"{qname} {qtype}\n" for qname, qtype in resolving))
         servers = {"ztdns": ZTDNS, "unbound": UNBOUND}
-        with Unbound(lab, address=UNBOUND), LabServer(lab, address=ZTDNS), NetnsLoop(lab.netns) as loop:
+        with (
+            Unbound(lab, address=UNBOUND) as unbound,
+            LabServer(lab, address=ZTDNS) as ztdns,
+            NetnsLoop(lab.netns) as loop,
+        ):
+            if can_pin():
+                pin_process(unbound.pid)
+                pin_process(ztdns.pid)
             cold = {name: loop.run(cold_latencies(address)) for name, address in servers.items()}
             for address in servers.values():
                 loop.run(prime(address, resolving, args.dnssec_ok))

@@ -81,6 +81,11 @@ address = "{self.address}:{self.metrics_port}"
 """
 
     @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
     def metrics_url(self) -> str:
         return f"http://{self.address}:{self.metrics_port}/metrics"
 

@@ -82,6 +82,11 @@ class Unbound:
             self._process.wait(5)
             self._process = None
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
     def __enter__(self) -> Unbound:
         self.start()
         return self
