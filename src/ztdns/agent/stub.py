@@ -11,23 +11,29 @@ import logging
 import struct
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from ztdns.agent.allowstate import AllowState
 from ztdns.agent.answers import BadMessage, addresses, check_query, servfail, truncate, udp_limit
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nft import NftError
 from ztdns.agent.setwriter import SetWriter
-from ztdns.agent.upstream import UpstreamError, Upstreams
+from ztdns.agent.upstream import UpstreamError
 from ztdns.config.model import parse_hostport
 
 log = logging.getLogger("ztdns.agent.stub")
 
 
+class Upstream(Protocol):
+    async def query(self, wire: bytes) -> bytes:
+        """The response to ``wire`` with its message ID, or UpstreamError."""
+        ...
+
+
 class StubHandler:
     def __init__(
         self,
-        upstreams: Upstreams,
+        upstreams: Upstream,
         state: AllowState,
         writer: SetWriter,
         metrics: AgentMetrics,
@@ -52,28 +58,32 @@ class StubHandler:
             response = await self._upstreams.query(query)
         except UpstreamError as exc:
             self._metrics.upstream_failures.inc()
-            self._metrics.answers.labels("servfail").inc()
+            self._metrics.servfail.inc()
             self._on_error(f"no protective server answered: {exc}")
             return servfail(query)
         started = time.perf_counter()
         try:
             answer = addresses(response)
         except BadMessage as exc:
-            self._metrics.answers.labels("servfail").inc()
+            self._metrics.servfail.inc()
             self._on_error(f"bad upstream response: {exc}")
             return servfail(query)
         if answer.records:
-            update = self._state.answer(answer.name, answer.records, time.time(), self._identity)
+            # Every answer of this event-loop turn goes into the same update: one transaction for all of them.
+            update, committed = self._writer.pending()
+            self._state.answer(answer.name, answer.records, time.time(), self._identity, update)
             try:
-                await self._writer.apply(update)
+                await committed
             except NftError as exc:
                 # Fail closed: the application must not get an address the firewall does not let it reach.
                 self._metrics.set_failures.inc()
-                self._metrics.answers.labels("servfail").inc()
+                self._metrics.servfail.inc()
                 self._on_error(f"set update failed for {answer.name}: {exc}")
                 return servfail(query)
+            self._metrics.opened.inc()
+        else:
+            self._metrics.relayed.inc()
         self._metrics.plumbing.observe(time.perf_counter() - started)
-        self._metrics.answers.labels("opened" if answer.records else "relayed").inc()
         return response
 
 
@@ -96,7 +106,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         response = await self._handler.handle(query)
         if response is None or self._transport is None:
             return
-        if len(response) > udp_limit(query):
+        # Parsing the query's EDNS size only matters for responses that do not fit the classic 512 octets.
+        if len(response) > 512 and len(response) > udp_limit(query):
             response = truncate(response)
         self._transport.sendto(response, addr)
 

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import ssl
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,25 @@ from ztdns.transport.framing import LengthPrefixedFramer, frame
 
 class UpstreamError(Exception):
     """The upstream could not be reached, failed verification, or answered with something unusable."""
+
+
+class ConnectionClosed(UpstreamError):
+    """The connection closed while a query waited on it (servers close idle connections when they like)."""
+
+
+async def _with_one_retry(exchange: Callable[[], Awaitable[bytes]], connected: Callable[[], bool]) -> bytes:
+    """``exchange()``, retried once on a fresh connection if a reused one turned out to be closed.
+
+    A server may close an idle connection just as we write to it (RFC 7766 section 6.2.3 lets DoT servers do
+    so; HTTP/2 servers send GOAWAY): that is not a failure of the server, and DNS queries are safe to repeat.
+    """
+    reused = connected()
+    try:
+        return await exchange()
+    except ConnectionClosed:
+        if not reused:
+            raise
+    return await exchange()
 
 
 @dataclass(frozen=True)
@@ -115,23 +135,29 @@ class DotUpstream:
                 self._writer = None
             for future in self._pending.values():
                 if not future.done():
-                    future.set_exception(UpstreamError("connection closed"))
+                    future.set_exception(ConnectionClosed("connection closed"))
             self._pending.clear()
+
+    def _connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def _exchange(self, wire: bytes) -> bytes:
+        writer = await self._connection()
+        while self._next_id in self._pending:
+            self._next_id = (self._next_id + 1) & 0xFFFF
+        local_id, self._next_id = self._next_id, (self._next_id + 1) & 0xFFFF
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[local_id] = future
+        try:
+            writer.write(frame(_with_id(wire, local_id)))
+            return await future
+        finally:
+            self._pending.pop(local_id, None)
 
     async def query(self, wire: bytes, timeout: float) -> bytes:
         try:
             async with asyncio.timeout(timeout):
-                writer = await self._connection()
-                while self._next_id in self._pending:
-                    self._next_id = (self._next_id + 1) & 0xFFFF
-                local_id, self._next_id = self._next_id, (self._next_id + 1) & 0xFFFF
-                future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                self._pending[local_id] = future
-                try:
-                    writer.write(frame(_with_id(wire, local_id)))
-                    response = await future
-                finally:
-                    self._pending.pop(local_id, None)
+                response = await _with_one_retry(lambda: self._exchange(wire), self._connected)
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamError(f"DoT {self.host}:{self.port}: {exc}") from exc
         return wire[:2] + response[2:]
@@ -153,8 +179,13 @@ class DohUpstream:
         authority, _, path = rest.partition("/")
         if scheme != "https" or not authority:
             raise ValueError(f"{url!r} is not an https:// URL")
-        host, _, port = authority.rpartition(":") if authority.count(":") == 1 else (authority, "", "443")
-        self.host, self.port, self.path, self.authority = host.strip("[]"), int(port), "/" + path, authority
+        if authority.startswith("["):  # [2001:db8::1]:443
+            host, _, port = authority[1:].partition("]")
+            port = port.removeprefix(":") or "443"
+        else:
+            host, _, port = authority.partition(":")
+            port = port or "443"
+        self.host, self.port, self.path, self.authority = host, int(port), "/" + path, authority
         self.tls = tls or TlsClientSettings()
         self._context = self.tls.context(["h2"])
         self._conn: h2.connection.H2Connection | None = None
@@ -201,7 +232,7 @@ class DohUpstream:
                 self._conn = self._writer = None
             for future, _, _ in self._streams.values():
                 if not future.done():
-                    future.set_exception(UpstreamError("connection closed"))
+                    future.set_exception(ConnectionClosed("connection closed"))
             self._streams.clear()
 
     def _event(self, conn: h2.connection.H2Connection, event: h2.events.Event) -> None:
@@ -220,32 +251,38 @@ class DohUpstream:
             else:
                 future.set_exception(UpstreamError(f"DoH {self.authority}: HTTP status {status or 'reset'}"))
 
+    def _connected(self) -> bool:
+        return self._conn is not None and self._writer is not None and not self._writer.is_closing()
+
+    async def _exchange(self, wire: bytes) -> bytes:
+        conn, writer = await self._connection()
+        stream_id = conn.get_next_available_stream_id()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._streams[stream_id] = (future, bytearray(), [])
+        body = _with_id(wire, 0)
+        conn.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", self.authority),
+                (":path", self.path),
+                ("content-type", "application/dns-message"),
+                ("accept", "application/dns-message"),
+                ("content-length", str(len(body))),
+            ],
+        )
+        conn.send_data(stream_id, body, end_stream=True)
+        writer.write(conn.data_to_send())
+        try:
+            return await future
+        finally:
+            self._streams.pop(stream_id, None)
+
     async def query(self, wire: bytes, timeout: float) -> bytes:
         try:
             async with asyncio.timeout(timeout):
-                conn, writer = await self._connection()
-                stream_id = conn.get_next_available_stream_id()
-                future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                self._streams[stream_id] = (future, bytearray(), [])
-                body = _with_id(wire, 0)
-                conn.send_headers(
-                    stream_id,
-                    [
-                        (":method", "POST"),
-                        (":scheme", "https"),
-                        (":authority", self.authority),
-                        (":path", self.path),
-                        ("content-type", "application/dns-message"),
-                        ("accept", "application/dns-message"),
-                        ("content-length", str(len(body))),
-                    ],
-                )
-                conn.send_data(stream_id, body, end_stream=True)
-                writer.write(conn.data_to_send())
-                try:
-                    response = await future
-                finally:
-                    self._streams.pop(stream_id, None)
+                response = await _with_one_retry(lambda: self._exchange(wire), self._connected)
         except (OSError, ssl.SSLError, h2.exceptions.ProtocolError) as exc:
             raise UpstreamError(f"DoH {self.authority}: {exc}") from exc
         if len(response) < 12:
