@@ -1,12 +1,13 @@
-"""TLS over TCP listeners (DoT and DoH share this): accept, handshake with the current TLS material, hand
-over.
+"""TLS over TCP listeners (DoT and DoH share this): accept, handshake with the current TLS material, hand over.
 
-Each accepted TCP connection is paused, then upgraded with ``loop.start_tls`` using the material's
-context *of that moment*, so certificate rotation affects new connections only. The handshake runs in the
-event loop's non-blocking SSL machinery (a slow or stalled client costs a pending task, not a stalled
-loop) and is bounded by ``handshake_timeout``. A refused handshake is logged with its reason (expired,
-unknown CA, revoked, no certificate). After the handshake the connection protocol (DoT framing or HTTP)
-gets ``connection_made`` and builds its :class:`ClientInfo`, with the identity of the verified client
+Each accepted TCP socket is handed to ``loop.connect_accepted_socket`` with the material's context *of that moment*,
+so certificate rotation affects new connections only. The handshake runs in the event loop's non-blocking SSL
+machinery (a slow or stalled client costs a pending task, not a stalled loop) and is bounded by
+``handshake_timeout``. (Not ``loop.start_tls`` on an accepted plain transport: uvloop starts reading such a
+transport right after ``connection_made``, whatever the protocol asked, and a ClientHello read before ``start_tls``
+took over was lost — the handshake then hung until the client gave up.) A refused handshake is logged with its
+reason (expired, unknown CA, revoked, no certificate). After the handshake the connection protocol (DoT framing or
+HTTP) gets ``connection_made`` and builds its :class:`ClientInfo`, with the identity of the verified client
 certificate.
 """
 
@@ -64,6 +65,7 @@ class TlsConnection(asyncio.Protocol):
         self.client = ClientInfo(self.kind, peer[0], peer[1], identity, stream=True)
         self.last_activity = asyncio.get_running_loop().time()
         self.listener.connections.add(self)
+        self.listener.handshaking.discard(self)
         early, self._early = self._early or [], None
         for data in early:
             self.received(data)
@@ -124,19 +126,6 @@ class TlsConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-class _Accept(asyncio.Protocol):
-    """Plain TCP protocol of a just-accepted connection: pause it and start the TLS handshake."""
-
-    def __init__(self, listener: TlsStreamListener) -> None:
-        self.listener = listener
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        # Pause before anything is read: the ClientHello must go to the TLS layer, not to us.
-        transport.pause_reading()
-        self.listener.accepted(transport)
-
-
 class TlsStreamListener:
     """A DoT or DoH listener, made by ``start_dot_listener`` or ``start_doh_listener``."""
 
@@ -153,8 +142,10 @@ class TlsStreamListener:
         self.make_connection = make_connection
         self.connections: set[TlsConnection] = set()
         self.handshakes: set[asyncio.Task[None]] = set()
+        # Connections whose handshake is under way (counted against max_connections until made or refused).
+        self.handshaking: set[TlsConnection] = set()
         self.refused = 0  # handshakes that failed (bad certificate, timeout, not TLS)
-        self._server: asyncio.Server | None = None
+        self._socket: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._empty = asyncio.Event()
         self._closing = False
@@ -162,9 +153,22 @@ class TlsStreamListener:
     async def start(self, *, reuse_port: bool = False) -> None:
         host, port = self.config.hostport()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Accept(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
-        )
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._socket = sock
+        loop.add_reader(sock.fileno(), self._accept)
         self._tasks = [
             loop.create_task(self.material.watch(self.config.tls_reload_interval)),
             loop.create_task(self._sweep_idle()),
@@ -173,40 +177,56 @@ class TlsStreamListener:
     @property
     def address(self) -> tuple[str, int]:
         """The bound address (the real port when the config said port 0)."""
-        assert self._server is not None
-        sockname: Any = self._server.sockets[0].getsockname()
+        assert self._socket is not None
+        sockname: Any = self._socket.getsockname()
         return sockname[0], sockname[1]
 
     def reload(self) -> bool:
         """Re-read the TLS files now (the server calls this on SIGHUP)."""
         return self.material.reload(force=True)
 
-    def accepted(self, transport: asyncio.Transport) -> None:
-        if self._closing or len(self.connections) + len(self.handshakes) >= self.config.max_connections:
-            transport.abort()
+    def _accept(self) -> None:
+        assert self._socket is not None
+        while True:
+            try:
+                conn, _ = self._socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: leave the rest in the backlog for the next round
+                log.warning("%s %s: accept failed: %s", self.config.transport, self.config.address, exc)
+                return
+            self.accepted(conn)
+
+    def accepted(self, conn: socket.socket) -> None:
+        if self._closing or len(self.connections) + len(self.handshaking) >= self.config.max_connections:
+            conn.close()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Answers are small and latency-bound: do not let Nagle hold them back.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = asyncio.get_running_loop().create_task(self._handshake(transport))
+        conn.setblocking(False)
+        # Answers are small and latency-bound: do not let Nagle hold them back.
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.get_running_loop().create_task(self._handshake(conn))
         self.handshakes.add(task)
         task.add_done_callback(self.handshakes.discard)
 
-    async def _handshake(self, transport: asyncio.Transport) -> None:
+    async def _handshake(self, conn: socket.socket) -> None:
         connection = self.make_connection(self)
+        self.handshaking.add(connection)
         try:
-            tls_transport = await asyncio.get_running_loop().start_tls(
-                transport,
-                connection,
-                self.material.current.context,
-                server_side=True,
+            peer = conn.getpeername()
+        except OSError:
+            peer = None
+        try:
+            # The connection's connection_made runs once the handshake is done, with the TLS transport.
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: connection,
+                conn,
+                ssl=self.material.current.context,
                 ssl_handshake_timeout=self.config.handshake_timeout,
             )
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
+            self.handshaking.discard(connection)
             self.refused += 1
-            peer = transport.get_extra_info("peername")
             log.warning(
                 "%s %s: handshake refused: %s",
                 self.config.transport,
@@ -214,12 +234,8 @@ class TlsStreamListener:
                 refusal_reason(exc),
             )
             log.debug("refused handshake came from %s", peer)
-            transport.abort()
-            return
-        # start_tls upgrades an existing protocol, so it does not call connection_made: we do.
-        if tls_transport is None or tls_transport.is_closing():
-            return
-        connection.connection_made(tls_transport)
+            with contextlib.suppress(OSError):
+                conn.close()
 
     def connection_gone(self, connection: TlsConnection) -> None:
         self.connections.discard(connection)
@@ -238,8 +254,9 @@ class TlsStreamListener:
     async def close(self, drain_seconds: float = 5.0) -> None:
         """Stop accepting, let connections finish what is in flight for up to DRAIN_SECONDS, then cut them."""
         self._closing = True
-        if self._server is not None:
-            self._server.close()
+        if self._socket is not None:
+            asyncio.get_running_loop().remove_reader(self._socket.fileno())
+            self._socket.close()
         for task in self._tasks:
             task.cancel()
         for task in list(self.handshakes):
@@ -253,6 +270,3 @@ class TlsStreamListener:
         for connection in list(self.connections):
             connection.abort()
         await asyncio.gather(*self._tasks, *self.handshakes, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
