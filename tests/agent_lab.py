@@ -163,7 +163,7 @@ class Lab:
         prefix = f"ztdns-test-{os.getpid()}-{protective[0]}"
         self.client, self.server, self.container = f"{prefix}-c", f"{prefix}-s", f"{prefix}-k"
         self.unbound: subprocess.Popen[bytes] | None = None
-        self.ztdns: subprocess.Popen[bytes] | None = None
+        self.serve: subprocess.Popen[bytes] | None = None  # `ztdns serve` in the ztdns lab
         self.echo: subprocess.Popen[str] | None = None
         self.pki = folder / "pki"
 
@@ -330,12 +330,12 @@ output = "off"
 enabled = false
 """
         )
-        self.ztdns = subprocess.Popen(
+        self.serve = subprocess.Popen(
             ["ip", "netns", "exec", self.server, PYTHON, "-m", "ztdns", "serve", "--config", str(conf)],
             stderr=(self.folder / "ztdns.log").open("wb"),
         )
         for port in ("853", "443"):
-            self._wait_listening(port, self.ztdns, f"ztdns serve ({(self.folder / 'ztdns.log').read_text()})")
+            self._wait_listening(port, self.serve, f"ztdns serve ({(self.folder / 'ztdns.log').read_text()})")
 
     def stop_unbound(self) -> None:
         if self.unbound is not None:
@@ -344,7 +344,7 @@ enabled = false
             self.unbound = None
 
     def teardown(self) -> None:
-        for process in (self.echo, self.unbound, self.ztdns):
+        for process in (self.echo, self.unbound, self.serve):
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(10)
