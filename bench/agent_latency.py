@@ -1,10 +1,13 @@
 """Agent plumbing latency: stub receives a query → answer parsed → set updated in the kernel → answer released.
 
-Runs the real agent (``Agent``: stub handler, allow state, set writer over netlink, grant journal, metrics,
-table watch) on uvloop against a real ``inet ztdns`` table in a network namespace this script creates (root
-needed). Only the protective servers are replaced, by an in-process answer synthesiser, so that the agent's own
-work is timed; every name is distinct and gets its own address (the worst case for the set). Also: the cost of
-one set update and the memory with 100k live addresses.
+Runs the real agent (``Agent``: UDP stub listener, stub handler, allow state, set writer over netlink, grant
+journal, metrics, table watch) on uvloop against a real ``inet ztdns`` table in a network namespace this script
+creates (root needed). Only the protective servers are replaced, by an in-process answer synthesiser, so that the
+agent's own work is timed; every name is distinct and gets its own address (the worst case for the set). A
+client process sends the queries over UDP, each at its due time, and times each one from just before ``send`` to
+just after ``recv``: the figures include the loopback round trip and the client's own scheduling, an upper bound
+of what the agent adds. Also: the unpaced capacity, the cost of one set update and the memory with 100k live
+addresses.
 
 Peer figures: the same one-address update through one libnftables handle (script text) and by spawning ``nft``
 per answer (what shell-script integrations do), and Cilium's published DNS-proxy p50 of 2.9 ms.
@@ -17,13 +20,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
+import json
 import os
 import resource
+import select
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import dns.message
@@ -102,43 +108,77 @@ def distinct_queries(upstream: Synthesiser, count: int, start_index: int) -> lis
     return queries
 
 
-async def run_rate(handler: StubHandler, queries: list[bytes], rate: int) -> tuple[list[float], float]:
-    """Hand ``queries`` to the stub at ``rate`` per second, as datagrams arriving on its socket would be: every
-    millisecond, the ones due since the last tick (the loop's timers have millisecond resolution).
+def udp_client(path: str, rate: int, server: str) -> None:
+    """(Its own process.) Send the length-prefixed queries in PATH to the stub at SERVER over UDP, RATE per second,
+    each at its due time; print JSON: round-trip p50/p99/max in ms, answers, unanswered."""
+    data = Path(path).read_bytes()
+    queries = []
+    offset = 0
+    while offset < len(data):
+        size = int.from_bytes(data[offset : offset + 2], "big")
+        queries.append(data[offset + 2 : offset + 2 + size])
+        offset += 2 + size
+    host, port = server.rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    sent: dict[int, float] = {}
+    rtts: list[float] = []
 
-    Returns per-answer latency in ms — from the moment the loop hands the query over (where the UDP listener's
-    ``datagram_received`` creates the query's task) until the answer is released — and the process CPU seconds.
-    """
-    latencies: list[float] = []
-    loop = asyncio.get_running_loop()
-    sent = 0
-    done = loop.create_future()
+    def drain() -> None:
+        while True:
+            try:
+                reply = sock.recv(4096)
+            except BlockingIOError:
+                return
+            received = time.perf_counter()
+            started = sent.pop(int.from_bytes(reply[:2], "big"), None)
+            if started is not None:
+                rtts.append((received - started) * 1000)
 
-    # Tasks are not kept (the listener does not keep them either): thousands of finished tasks would only
-    # give the garbage collector more to walk.
-    def released(received: float, task: asyncio.Task[bytes | None]) -> None:
-        latencies.append((time.perf_counter() - received) * 1000)
-        if len(latencies) == len(queries):
-            done.set_result(None)
+    begin = time.perf_counter() + 0.05
+    for index, wire in enumerate(queries):
+        due = begin + index / rate
+        while (wait := due - time.perf_counter()) > 0:
+            select.select([sock], [], [], wait)
+            drain()
+        ident = index & 0xFFFF  # unique among the few in flight
+        sent[ident] = time.perf_counter()
+        sock.send(ident.to_bytes(2, "big") + wire[2:])
+    deadline = time.perf_counter() + 3
+    while sent and time.perf_counter() < deadline:
+        select.select([sock], [], [], 0.05)
+        drain()
+    rtts.sort()
+    summary: dict[str, float] = {"answers": len(rtts), "unanswered": len(sent)}
+    if rtts:
+        summary |= {"p50": percentile(rtts, 0.5), "p99": percentile(rtts, 0.99), "max": rtts[-1]}
+    print(json.dumps(summary))
 
-    def tick() -> None:
-        nonlocal sent
-        now = time.perf_counter()
-        due = min(len(queries), int((now - begin) * rate) + 1)
-        for wire in queries[sent:due]:
-            pending.add(task := loop.create_task(handler.handle(wire)))
-            task.add_done_callback(pending.discard)
-            task.add_done_callback(functools.partial(released, now))
-        sent = due
-        if sent < len(queries):
-            loop.call_later(0.001, tick)
 
-    pending: set[asyncio.Task[bytes | None]] = set()  # strong references while running
+async def run_rate(
+    upstream: Synthesiser, queries: list[bytes], rate: int, folder: Path, stub: str
+) -> tuple[dict[str, float], float]:
+    """The UDP client's figures for ``queries`` at ``rate``, and the agent process's CPU seconds meanwhile."""
+    path = folder / f"queries-{rate}-{len(queries)}"
+    path.write_bytes(b"".join(len(q).to_bytes(2, "big") + q for q in queries))
     cpu = time.process_time()
-    begin = time.perf_counter()
-    tick()
-    await done
-    return latencies, time.process_time() - cpu
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--client", str(path), "--rate", str(rate), "--stub", stub, stdout=PIPE
+    )
+    out, _ = await client.communicate()
+    summary: dict[str, float] = json.loads(out)
+    return summary, time.process_time() - cpu
+
+
+async def capacity(handler: StubHandler, queries: list[bytes], burst: int) -> tuple[float, float]:
+    """Answers per second with no pacing (``burst`` queries at a time), and CPU µs per answer: the headroom."""
+    cpu, started = time.process_time(), time.perf_counter()
+    for start in range(0, len(queries), burst):
+        await asyncio.gather(*(handler.handle(wire) for wire in queries[start : start + burst]))
+    wall = time.perf_counter() - started
+    return len(queries) / wall, (time.process_time() - cpu) / len(queries) * 1e6
 
 
 async def fill(agent: Agent, count: int, offset: int) -> float:
@@ -182,17 +222,22 @@ async def main(args: argparse.Namespace) -> None:
     head = f"{'rate/s':>8} {'answers':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU µs/answer':>14}"
     print(f"{head}   target p50 ≤ 0.3, p99 ≤ 2")
     next_index = 0
+    stub = config.stub.listen[0]
     for rate in args.rates:
-        warm_up = distinct_queries(upstream, 100, 10_000_000 + next_index)
-        await run_rate(handler, warm_up, min(rate, 500))
+        await run_rate(upstream, distinct_queries(upstream, 200, 10_000_000 + next_index), 1000, state_dir, stub)
         queries = distinct_queries(upstream, int(rate * args.seconds), next_index)
-        latencies, cpu = await run_rate(handler, queries, rate)
-        next_index += len(latencies)
-        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-        per_answer = cpu / len(latencies) * 1e6
-        print(f"{rate:>8} {len(latencies):>8} {p50:>8.3f} {p99:>8.3f} {max(latencies):>8.3f} {per_answer:>14.1f}")
+        summary, cpu = await run_rate(upstream, queries, rate, state_dir, stub)
+        next_index += len(queries)
+        p50, p99, worst = summary["p50"], summary["p99"], summary["max"]
+        per_answer = cpu / max(1, summary["answers"]) * 1e6
+        print(f"{rate:>8} {summary['answers']:>8.0f} {p50:>8.3f} {p99:>8.3f} {worst:>8.3f} {per_answer:>14.1f}")
+        if summary["unanswered"]:
+            print(f"{'':>8} {summary['unanswered']:.0f} queries unanswered")
         print(f"{'':>8} ztdns p50 {p50:.3f} ms vs Cilium proxy p50 {CILIUM_P50_MS} ms: ratio {p50 / CILIUM_P50_MS:.2f}")
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) after the runs")
+    queries = distinct_queries(upstream, 30_000, 50_000_000)
+    per_second, cpu = await capacity(handler, queries, 10)
+    print(f"unpaced, 10 at a time: {per_second:,.0f} answers/s, CPU {cpu:.1f} µs/answer (the agent's headroom)")
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fill_seconds = await fill(agent, args.live, 1 << 20)
@@ -213,11 +258,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per rate (default 3)")
     parser.add_argument("--rates", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 10000])
     parser.add_argument("--live", type=int, default=100_000, help="live addresses for the memory/cost run")
+    parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: run as the UDP client on this file
+    parser.add_argument("--rate", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stub", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     arguments = parse_args()
+    if arguments.client:
+        udp_client(arguments.client, arguments.rate, arguments.stub)
+        sys.exit(0)
     if os.geteuid() != 0:
         sys.exit("agent_latency: needs root (it creates a network namespace and an nftables table)")
     namespace = os.environ.get("ZTDNS_BENCH_NETNS")
@@ -225,6 +276,7 @@ if __name__ == "__main__":
         namespace = f"ztdns-bench-{os.getpid()}"
         subprocess.run(["ip", "netns", "add", namespace], check=True)
         try:
+            subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
             env = {**os.environ, "ZTDNS_BENCH_NETNS": namespace}
             command = ["ip", "netns", "exec", namespace, sys.executable, *sys.argv]
             sys.exit(subprocess.run(command, env=env, check=False).returncode)
