@@ -24,7 +24,7 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error messages do not echo the (possibly large) request
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x2, 0x4, 0x10
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x4, 0x10
 NLM_F_DUMP, NLM_F_CREATE = 0x300, 0x400
 NLA_F_NESTED = 0x8000
 NFNL_SUBSYS_NFTABLES = 10
@@ -45,7 +45,7 @@ NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_TIMEOUT = 1, 4
 NFTA_DATA_VALUE = 1
 NFTA_RULE_EXPRESSIONS = 4
-NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
+NFTA_EXPR_NAME = 1
 
 _MAX_ELEMENTS_SIZE = 60_000  # of one message's element list: a netlink attribute's length is 16 bits
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
@@ -199,7 +199,6 @@ class ElementWriter:
         self._sock = _netlink_socket(buffer)
         self._sock.settimeout(2.0)
         self._sequence = 0
-        self.port: int = self._sock.getsockname()[0]
 
     def write(self, sets: Mapping[str, tuple[Mapping[bytes, int], Iterable[bytes]]]) -> None:
         """Commit ``sets`` (see :func:`element_batch`); raises NetlinkError naming the kernel's reason."""
@@ -228,7 +227,7 @@ class ElementWriter:
 
 
 def mentions_table(kind: int, payload: bytes, table: bytes) -> bool:
-    """Whether a notification changes a table, chain, rule or set of ``table`` (family inet)."""
+    """Whether a table, chain, rule or set message is about ``table`` (family inet)."""
     if kind >> 8 != NFNL_SUBSYS_NFTABLES or (kind & 0xFF) > NFT_MSG_DELSET or len(payload) < 4:
         return False
     if payload[0] != NFPROTO_INET:
