@@ -1,12 +1,17 @@
 """A network lab for the agent's end-to-end tests, in namespaces the tests create and always remove.
 
     container (…-k) ──eth1── client (…-c) ──eth0── server (…-s)
-    192.0.2.130              192.0.2.129, 192.0.2.1,   192.0.2.10, 2001:db8:1::10: unbound DoT :853 and Do53 :53
+    192.0.2.130              192.0.2.129, 192.0.2.1,   192.0.2.10, 2001:db8:1::10: the protective resolver
                              2001:db8:1::1; the agent  echo tcp/8080 udp/8081 on 198.51.100.x and 2001:db8:2::10
 
-unbound is the protective resolver until ztdns's own DoT server is merged: it serves DoT with a certificate
-from a test CA and answers the test names from local-data (anything else in ``test.`` is NXDOMAIN, which is
-what the protective resolver answers for a blocked name).
+The protective resolver is either
+
+- ``unbound``: DoT :853 and Do53 :53 with a certificate from a test CA, answering the test names from
+  local-data (anything else in ``test.`` is NXDOMAIN, as a protective resolver answers a blocked name) — quick
+  to start, for the tests of the agent's own mechanics; or
+- ``ztdns``: the real closed loop. ``ztdns serve`` with DoT :853 and DoH :443 requiring client certificates
+  (made with ``ztdns pki``), identities by SPIFFE ID and a per-identity policy, forwarding to an Unbound on the
+  server's loopback that holds the test zone.
 """
 
 from __future__ import annotations
@@ -43,15 +48,26 @@ ZONE = {
     "refresh.test.": ("A", "198.51.100.13", 4),
     "v6.test.": ("AAAA", "2001:db8:2::10", 300),
 }
-SERVICE_ADDRESSES = ["198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.13", "198.51.100.20"]
+# The closed-loop zone: names the policy denies exist upstream, so only the policy keeps them closed.
+CLOSED_LOOP_ZONE = {
+    **ZONE,
+    "denied.test.": ("A", "198.51.100.20", 300),
+    "sneaky.test.": ("CNAME", "denied.test.", 300),
+    "alias.test.": ("CNAME", "target.test.", 300),
+    "cached.test.": ("A", "198.51.100.14", 30),
+}
+HOST_ID = "spiffe://test/host"
+GUEST_ID = "spiffe://test/guest"
+SERVICE_ADDRESSES = ["198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.13", "198.51.100.14"]
+SERVICE_ADDRESSES += ["198.51.100.20"]
 SERVICE_ADDRESSES += ["198.51.100.30", "2001:db8:2::10"]
 
 
-def needs_root() -> pytest.MarkDecorator:
-    missing = [tool for tool in ("ip", "nft", "unbound") if shutil.which(tool) is None]
+def needs_root(*tools: str) -> pytest.MarkDecorator:
+    missing = [tool for tool in ("ip", "nft", "unbound", *tools) if shutil.which(tool) is None]
     reason = "needs root (network namespaces, nftables)" if os.geteuid() != 0 else ""
     if missing:
-        reason = f"needs {', '.join(missing)} (Debian: iproute2 nftables unbound)"
+        reason = f"needs {', '.join(missing)} (Debian: iproute2 nftables unbound knot-dnsutils)"
     return pytest.mark.skipif(bool(reason), reason=reason or "ok")
 
 
@@ -141,12 +157,15 @@ class Probe:
 
 
 class Lab:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, protective: str = "unbound") -> None:
         self.folder = folder
-        prefix = f"ztdns-test-{os.getpid()}"
+        self.protective = protective
+        prefix = f"ztdns-test-{os.getpid()}-{protective[0]}"
         self.client, self.server, self.container = f"{prefix}-c", f"{prefix}-s", f"{prefix}-k"
         self.unbound: subprocess.Popen[bytes] | None = None
+        self.serve: subprocess.Popen[bytes] | None = None  # `ztdns serve` in the ztdns lab
         self.echo: subprocess.Popen[str] | None = None
+        self.pki = folder / "pki"
 
     def in_ns(self, netns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", netns, *args, check=check)
@@ -184,8 +203,11 @@ class Lab:
             for command in commands:
                 sh("ip", "-n", netns, *command.split())
         self.in_ns(self.client, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        make_certs(self.folder)
-        self.start_unbound()
+        if self.protective == "ztdns":
+            self.start_ztdns()
+        else:
+            make_certs(self.folder)
+            self.start_unbound()
         self.echo = subprocess.Popen(
             ["ip", "netns", "exec", self.server, PYTHON, str(HERE / "agent_echo.py"), str(TCP_PORT), str(UDP_PORT)],
             stdout=subprocess.PIPE,
@@ -194,16 +216,36 @@ class Lab:
         assert self.echo.stdout is not None and self.echo.stdout.readline().strip() == "ready"
 
     def start_unbound(self) -> None:
-        local = "\n".join(f'  local-data: "{n} {ttl} IN {t} {v}"' for n, (t, v, ttl) in ZONE.items())
-        conf = self.folder / "unbound.conf"
-        conf.write_text(
-            f"""server:
-  interface: {RESOLVER}@853
+        """The protective resolver of the ``unbound`` lab: DoT :853 and Do53 :53 on the resolver address."""
+        tls = f"""  interface: {RESOLVER}@853
   interface: {RESOLVER}@53
   tls-port: 853
   tls-service-key: "{self.folder / "server.key"}"
   tls-service-pem: "{self.folder / "server.pem"}"
-  access-control: 0.0.0.0/0 allow
+"""
+        self.unbound = self._unbound(tls, ZONE, "853")
+
+    def _unbound(self, interfaces: str, zone: dict[str, tuple[str, str, int]], port: str) -> subprocess.Popen[bytes]:
+        records = [f"{n} {ttl} IN {t} {v}" for n, (t, v, ttl) in zone.items()]
+        if self.protective == "ztdns":
+            # An authoritative zone for the iterator: CNAME chains inside it are followed, as a recursive
+            # resolver upstream of ztdns would (local-data answers a CNAME alone).
+            soa = "test. 300 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 30"
+            (self.folder / "test.zone").write_text("\n".join([soa, "test. 300 IN NS ns.test.", *records]) + "\n")
+            # nodefault: Unbound answers the special-use name test. itself unless told not to (RFC 6761).
+            data = f"""  local-zone: "test." nodefault
+auth-zone:
+  name: "test."
+  zonefile: "{self.folder / "test.zone"}"
+  for-downstream: yes
+  for-upstream: yes
+  fallback-enabled: no
+"""
+        else:
+            data = '  local-zone: "test." static\n' + "".join(f'  local-data: "{r}"\n' for r in records)
+        conf = self.folder / "unbound.conf"
+        server = f"""server:
+{interfaces}  access-control: 0.0.0.0/0 allow
   do-daemonize: no
   username: ""
   chroot: ""
@@ -212,20 +254,88 @@ class Lab:
   use-syslog: no
   verbosity: 0
   module-config: "iterator"
-  local-zone: "test." static
-{local}
-remote-control:
-  control-enable: no
+"""
+        tail = "remote-control:\n  control-enable: no\n"
+        if self.protective == "ztdns":  # the auth-zone clause ends the server clause: the local-zone goes first
+            local, zone_clause = data.split("auth-zone:\n", 1)
+            conf.write_text(server + local + tail + "auth-zone:\n" + zone_clause)
+        else:
+            conf.write_text(server + data + tail)
+        process = subprocess.Popen(["ip", "netns", "exec", self.server, "unbound", "-d", "-c", str(conf)])
+        self._wait_listening(port, process, "unbound")
+        return process
+
+    def _wait_listening(self, port: str, process: subprocess.Popen[bytes], what: str) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if f":{port} " in self.in_ns(self.server, "ss", "-ltnH", f"sport = :{port}").stdout:
+                return
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"{what} did not start listening on port {port}")
+
+    def start_ztdns(self) -> None:
+        """The closed loop's protective resolver: ``ztdns serve``, DoT and DoH with mTLS, over an Unbound."""
+        ztdns = (PYTHON, "-m", "ztdns", "pki")
+        sh(*ztdns, "init", str(self.pki), "--name", "ztdns lab CA")
+        sh(*ztdns, "issue", str(self.pki), "server", "--dns", "dns.test", "--ip", RESOLVER, "--server")
+        sh(*ztdns, "issue", str(self.pki), "host", "--spiffe-id", HOST_ID, "--client")
+        sh(*ztdns, "issue", str(self.pki), "guest", "--spiffe-id", GUEST_ID, "--client")
+        self.unbound = self._unbound("  interface: 127.0.0.1@5300\n", CLOSED_LOOP_ZONE, "5300")
+        listeners = "".join(
+            f"""[[listen]]
+transport = "{transport}"
+address = "{RESOLVER}:{port}"
+cert = "{self.pki / "server.crt"}"
+key = "{self.pki / "server.key"}"
+ca = "{self.pki / "ca.crt"}"
+client_auth = "require"
+"""
+            for transport, port in (("dot", 853), ("doh", 443))
+        )
+        conf = self.folder / "ztdns.toml"
+        conf.write_text(
+            listeners
+            + f"""
+[resolver]
+upstreams = [{{ address = "127.0.0.1:5300" }}]
+
+[identities.host]
+certificates = ["{HOST_ID}"]
+policies = ["host"]
+
+[identities.guest]
+certificates = ["{GUEST_ID}"]
+policies = ["guest"]
+
+[unknown_clients]
+action = "refuse"
+
+[policies.host]
+allow = ["allowed.test", "short.test", "refresh.test", "v6.test", "alias.test", "target.test", "sneaky.test",
+         "cached.test"]
+deny = ["denied.test"]
+
+[policies.guest]
+allow = ["target.test"]
+
+[dnssec]
+validation = false  # the test zone is not signed
+
+[log.query_log]
+output = "off"
+
+[metrics]
+enabled = false
 """
         )
-        self.unbound = subprocess.Popen(["ip", "netns", "exec", self.server, "unbound", "-d", "-c", str(conf)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            listening = self.in_ns(self.server, "ss", "-ltn", "sport = :853").stdout
-            if "853" in listening:
-                return
-            time.sleep(0.05)
-        raise RuntimeError("unbound did not start")
+        self.serve = subprocess.Popen(
+            ["ip", "netns", "exec", self.server, PYTHON, "-m", "ztdns", "serve", "--config", str(conf)],
+            stderr=(self.folder / "ztdns.log").open("wb"),
+        )
+        for port in ("853", "443"):
+            self._wait_listening(port, self.serve, f"ztdns serve ({(self.folder / 'ztdns.log').read_text()})")
 
     def stop_unbound(self) -> None:
         if self.unbound is not None:
@@ -234,7 +344,7 @@ remote-control:
             self.unbound = None
 
     def teardown(self) -> None:
-        for process in (self.echo, self.unbound):
+        for process in (self.echo, self.unbound, self.serve):
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(10)

@@ -1,14 +1,17 @@
 """Runs inside a test namespace: reads JSON commands on stdin, answers one JSON line each (used by the agent tests).
 
-Ops: connect (optionally held open under an id), echo (over a held connection), udp (echo round trip), dns.
+Ops: connect (optionally held open under an id), echo (over a held connection), udp (echo round trip), dns
+(UDP, TCP, or DoT with ``ca`` and optionally a client ``cert``/``key``).
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import sys
 
+import dns.edns
 import dns.message
 import dns.query
 import dns.rcode
@@ -21,7 +24,7 @@ def main() -> None:
         cmd = json.loads(line)
         try:
             result = run(cmd, held)
-        except (OSError, dns.exception.DNSException) as exc:
+        except (OSError, EOFError, ssl.SSLError, dns.exception.DNSException) as exc:
             result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(result), flush=True)
 
@@ -48,14 +51,30 @@ def run(cmd: dict[str, object], held: dict[str, socket.socket]) -> dict[str, obj
             sock.sendto(b"ping", (str(cmd["host"]), int(cmd["port"])))  # type: ignore[call-overload]
             return {"ok": sock.recv(16) == b"ping"}
     if op == "dns":
-        query = dns.message.make_query(str(cmd["name"]), dns.rdatatype.from_text(str(cmd.get("type", "A"))))
+        # EDNS so that extended errors (RFC 8914) can come back.
+        query = dns.message.make_query(str(cmd["name"]), dns.rdatatype.from_text(str(cmd.get("type", "A"))), use_edns=0)
         server, port = str(cmd["server"]), int(cmd.get("port", 53))  # type: ignore[call-overload]
-        if cmd.get("tcp"):
+        if cmd.get("ca"):  # DoT, with a client certificate when one is given
+            context = ssl.create_default_context(cafile=str(cmd["ca"]))
+            if cmd.get("cert"):
+                context.load_cert_chain(str(cmd["cert"]), str(cmd["key"]))
+            response = dns.query.tls(
+                query, server, port=port, timeout=timeout, ssl_context=context, server_hostname="dns.test"
+            )
+        elif cmd.get("tcp"):
             response = dns.query.tcp(query, server, port=port, timeout=timeout)
         else:
             response = dns.query.udp(query, server, port=port, timeout=timeout)
         addresses = [r.address for rrset in response.answer for r in rrset if hasattr(r, "address")]
-        return {"ok": True, "rcode": dns.rcode.to_text(response.rcode()), "addresses": addresses}
+        ttls = [rrset.ttl for rrset in response.answer]
+        ede = [[int(o.code), o.text or ""] for o in response.options if isinstance(o, dns.edns.EDEOption)]
+        return {
+            "ok": True,
+            "rcode": dns.rcode.to_text(response.rcode()),
+            "addresses": addresses,
+            "ttls": ttls,
+            "ede": ede,
+        }
     raise ValueError(f"unknown op {op}")
 
 

@@ -142,14 +142,43 @@ def test_resolver_down_nothing_opens(lab: Lab, probe: Probe, agent_factory: list
     assert status["running"] and "no protective server answered" in status["errors"][-1]["message"]
 
 
-def test_set_update_failure_fails_closed(
+def test_deleted_or_altered_table_is_restored_with_its_grants(
     lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path
 ) -> None:
-    start(lab, agent_factory, tmp_path)
-    # Take the set away under the agent: its next write fails and the application must not get the address.
-    lab.in_ns(lab.client, "nft", "delete", "chain", "inet", "ztdns", "output")
-    lab.in_ns(lab.client, "nft", "delete", "set", "inet", "ztdns", "allow4")
-    assert probe.resolve("allowed.test")["rcode"] == "SERVFAIL"
+    start(lab, agent_factory, tmp_path, metrics="127.0.0.1:9154")
+    assert probe.resolve("allowed.test")["addresses"] == ["198.51.100.10"]
+    tampering = [
+        ("nft", "flush", "ruleset"),  # everything gone: egress open until the agent notices
+        ("nft", "insert", "rule", "inet", "ztdns", "output", "accept"),  # everything accepted
+        ("nft", "add", "chain", "inet", "ztdns", "output", "{ policy accept; }"),
+        ("nft", "add", "table", "inet", "ztdns", "{ flags dormant; }"),  # the table switched off
+    ]
+    for command in tampering:
+        lab.in_ns(lab.client, *command)
+        deadline = time.monotonic() + 2
+        while lab.nft_json("list", "table", "inet", "ztdns") is None or "accept" in _output_tail(lab):
+            assert time.monotonic() < deadline, f"not restored after {' '.join(command)}"
+            time.sleep(0.02)
+        # Restored as it was: still default deny, and what was open is open again (grants re-written).
+        time.sleep(0.1)
+        assert not probe.connects("198.51.100.20"), " ".join(command)
+        assert "198.51.100.10" in lab.set_timeouts() and probe.connects("198.51.100.10"), " ".join(command)
+    scrape = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9154/').read().decode())"
+    assert "ztdns_agent_table_restored_total 4.0" in lab.in_ns(lab.client, "python3", "-c", scrape).stdout
+    log = (tmp_path / "agent.log").read_text()
+    assert log.count("table inet ztdns was deleted by someone else") == 1
+    assert log.count("table inet ztdns was altered by someone else") == 3
+    # New answers open addresses in the restored table.
+    assert probe.resolve("target.test")["addresses"] == ["198.51.100.12"] and probe.connects("198.51.100.12")
+
+
+def _output_tail(lab: Lab) -> str:
+    """The output chain's policy line and first rule, or "accept" while either still accepts everything."""
+    listing = lab.in_ns(lab.client, "nft", "list", "table", "inet", "ztdns", check=False).stdout
+    if "flags dormant" in listing or "policy accept" in listing:
+        return "accept"
+    chain = listing.split("chain output {", 1)[-1].splitlines()
+    return "accept" if len(chain) > 2 and chain[2].strip() == "accept" else ""
 
 
 def test_audit_mode_logs_without_blocking_and_learn_proposes(
@@ -199,20 +228,23 @@ def test_flows_status_and_uninstall(lab: Lab, probe: Probe, agent_factory: list[
     assert (tmp_path / "resolv.conf").read_text() == "nameserver 192.0.2.99\n"
 
 
-def test_element_script_sets_exact_timeouts_in_the_kernel(lab: Lab, agent_factory: list[AgentProcess]) -> None:
+def test_element_batches_set_exact_timeouts_in_the_kernel(lab: Lab, agent_factory: list[AgentProcess]) -> None:
     # Longer first, then shorter: only delete+add in one transaction yields exactly the new timeout; a plain
-    # `add element` keeps the old expiry on kernels without element timeout updates. Removing a missing
-    # element must not fail the transaction either.
+    # add keeps the old expiry on kernels without element timeout updates. Removing a missing element must not
+    # fail the transaction either.
     script = """
 import json
 from ztdns.agent.config import AgentConfig
+from ztdns.agent.nfnetlink import ElementWriter
 from ztdns.agent.nft import Nft
-from ztdns.agent.ruleset import build_ruleset, element_script
+from ztdns.agent.ruleset import build_ruleset
+from ztdns.agent.setwriter import packed_sets
 from ztdns.config import parse_model
 nft = Nft()
 nft.run(build_ruleset(parse_model(AgentConfig, '[[server]]\\naddress = "192.0.2.10"\\nhostname = "d"\\n')))
-nft.run(element_script({"192.0.2.77": 100, "2001:db8::77": 100}, ()))
-nft.run(element_script({"192.0.2.77": 10, "2001:db8::77": 20}, {"192.0.2.78"}))
+writer = ElementWriter("ztdns")
+writer.write(packed_sets({"192.0.2.77": 100, "2001:db8::77": 100}, ()))
+writer.write(packed_sets({"192.0.2.77": 10, "2001:db8::77": 20}, {"192.0.2.78"}))
 print(json.dumps(nft.query("list table inet ztdns")))
 """
     items = json.loads(lab.in_ns(lab.client, sys.executable, "-c", script).stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import struct
 from pathlib import Path
 
@@ -11,14 +12,15 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from ztdns.agent import hostdns
+from ztdns.agent import hostdns, nfnetlink
 from ztdns.agent.allowstate import AllowState, Grant, SetUpdate
 from ztdns.agent.answers import BadMessage, addresses, check_query, servfail, truncate, udp_limit
 from ztdns.agent.audit import learn, parse_since, proposal_toml
 from ztdns.agent.config import AgentConfig, AllowConfig
 from ztdns.agent.nflog import NFULA_IFINDEX_INDEV, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_UID, parse_messages
 from ztdns.agent.persist import GrantStore
-from ztdns.agent.ruleset import build_ruleset, element_script
+from ztdns.agent.ruleset import build_ruleset
+from ztdns.agent.setwriter import packed_sets
 from ztdns.config import ConfigError, parse_model
 
 BASE = '[[server]]\naddress = "192.0.2.10:853"\nhostname = "dns.test"\n'
@@ -53,30 +55,84 @@ def test_ruleset_enforce_and_audit() -> None:
     assert "chain forward" not in audit
 
 
-def test_element_script_sets_exact_timeouts_and_closes() -> None:
-    script = element_script({"192.0.2.1": 30, "2001:db8::1": 40}, {"192.0.2.9"})
-    lines = script.splitlines()
-    assert lines[0] == "add element inet ztdns allow4 { 192.0.2.1 timeout 30s, 192.0.2.9 timeout 1s }"
-    assert lines[1] == "delete element inet ztdns allow4 { 192.0.2.1, 192.0.2.9 }"
-    assert lines[2] == "add element inet ztdns allow4 { 192.0.2.1 timeout 30s }"
-    assert lines[3:] == [
-        "add element inet ztdns allow6 { 2001:db8::1 timeout 40s }",
-        "delete element inet ztdns allow6 { 2001:db8::1 }",
-        "add element inet ztdns allow6 { 2001:db8::1 timeout 40s }",
-    ]
-    assert element_script({}, ()) == ""
+def _elements(payload: bytes) -> list[tuple[bytes, int | None]]:
+    """(key, timeout ms) of each element in a NEWSETELEM/DELSETELEM message payload."""
+    found = []
+    for kind, value in nfnetlink.attrs(payload[4:]):
+        if kind != nfnetlink.NFTA_SET_ELEM_LIST_ELEMENTS:
+            continue
+        for _, element in nfnetlink.attrs(value):
+            fields = dict(nfnetlink.attrs(element))
+            key = dict(nfnetlink.attrs(fields[nfnetlink.NFTA_SET_ELEM_KEY]))[nfnetlink.NFTA_DATA_VALUE]
+            timeout = fields.get(nfnetlink.NFTA_SET_ELEM_TIMEOUT)
+            found.append((key, int.from_bytes(timeout, "big") if timeout else None))
+    return found
+
+
+def test_element_batch_sets_exact_timeouts_and_closes() -> None:
+    sets = packed_sets({"192.0.2.1": 30, "2001:db8::1": 40}, {"192.0.2.9"})
+    batch, acked = nfnetlink.element_batch("ztdns", sets, 100)
+    parsed = list(nfnetlink.messages(batch))
+    assert [m[0] for m in parsed] == [16, *[(10 << 8) | t for t in (12, 14, 12, 12, 14, 12)], 17]
+    assert [m[2] for m in parsed] == list(range(100, 108)) and acked == list(range(101, 107))
+    assert [bool(m[1] & nfnetlink.NLM_F_ACK) for m in parsed] == [False] * 6 + [True, False]  # the last step only
+    v4, gone, v6 = bytes([192, 0, 2, 1]), bytes([192, 0, 2, 9]), socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    # Add everything (now all exist), delete everything (none do), add back what stays with its new timeout.
+    assert _elements(parsed[1][4]) == [(v4, 30_000), (gone, 1_000)]
+    assert _elements(parsed[2][4]) == [(v4, None), (gone, None)]
+    assert _elements(parsed[3][4]) == [(v4, 30_000)]
+    assert _elements(parsed[4][4]) == _elements(parsed[6][4]) == [(v6, 40_000)]
+    assert dict(nfnetlink.attrs(parsed[1][4][4:]))[nfnetlink.NFTA_SET_NAME] == b"allow4\0"
+    assert nfnetlink.element_batch("ztdns", packed_sets({}, ()), 1)[1] == []
+
+
+def test_element_batch_splits_steps_over_messages_below_the_attribute_limit() -> None:
+    many = {f"10.0.{i >> 8}.{i & 255}": 60 for i in range(5000)}
+    batch, acked = nfnetlink.element_batch("ztdns", packed_sets(many, ()), 1)
+    parsed = list(nfnetlink.messages(batch))[1:-1]
+    assert len(parsed) == len(acked) > 3 and all(len(m[4]) < 65536 for m in parsed)
+    kinds = [m[0] & 0xFF for m in parsed]
+    # All adds, then all deletes, then all add-backs; every address in each step.
+    adds, deletes = kinds.index(14), kinds.count(14)
+    assert set(kinds[:adds]) == {12} and set(kinds[adds : adds + deletes]) == {14}
+    assert set(kinds[adds + deletes :]) == {12}
+    steps: dict[int, list[bytes]] = {}
+    step = 0
+    for index, (kind, _, _, _, payload) in enumerate(parsed):
+        if index and kind != parsed[index - 1][0]:
+            step += 1
+        steps.setdefault(step, []).extend(key for key, _ in _elements(payload))
+    assert len(steps) == 3 and all(len(keys) == 5000 for keys in steps.values())
+
+
+def test_table_notifications_are_matched_by_family_and_name() -> None:
+    table = nfnetlink.attr(nfnetlink.NFTA_TABLE, b"ztdns\0")
+    inet, ip = bytes([nfnetlink.NFPROTO_INET, 0, 0, 0]), bytes([socket.AF_INET, 0, 0, 0])
+    delrule = (10 << 8) | 8
+    assert nfnetlink.mentions_table(delrule, inet + table, b"ztdns")
+    assert not nfnetlink.mentions_table(delrule, ip + table, b"ztdns")
+    assert not nfnetlink.mentions_table(delrule, inet + nfnetlink.attr(1, b"other\0"), b"ztdns")
+    assert not nfnetlink.mentions_table((10 << 8) | 12, inet + table, b"ztdns")  # set elements: not definitions
+    assert not nfnetlink.mentions_table(delrule, b"\x01", b"ztdns")  # truncated
+
+
+def answer(state: AllowState, name: str, records: list[tuple[str, int]], now: float) -> SetUpdate:
+    update = SetUpdate()
+    state.answer(name, records, now, "", update)
+    return update
 
 
 def test_allow_state_lifetimes_refresh_and_shared_addresses() -> None:
     state = AllowState(AllowConfig(ttl_floor=30, ttl_ceiling=600, grace=10))
-    first = state.answer("a.test", [("192.0.2.1", 5)], now=1000.0)
+    first = answer(state, "a.test", [("192.0.2.1", 5)], now=1000.0)
     assert first.timeouts == {"192.0.2.1": 40} and first.added == 1  # floor 30 + grace 10
     # A cached answer with a smaller TTL later: refreshed, never shortened below what was granted.
-    again = state.answer("a.test", [("192.0.2.1", 1)], now=1020.0)
+    again = answer(state, "a.test", [("192.0.2.1", 1)], now=1020.0)
     assert again.refreshed == 1 and again.timeouts == {"192.0.2.1": 40}
-    assert state.answer("a.test", [("192.0.2.1", 9999)], now=1020.0).timeouts == {"192.0.2.1": 610}
+    assert answer(state, "a.test", [("192.0.2.1", 9999)], now=1020.0).timeouts == {"192.0.2.1": 610}
     # Another name for the same address (a CDN): the address stays open until the later one expires.
-    state.answer("b.test", [("192.0.2.1", 30)], now=1030.0)
+    answer(state, "b.test", [("192.0.2.1", 30)], now=1030.0)
+    assert state.live_timeouts(1030.0) == {"192.0.2.1": 600}
     assert state.expire(1081.0) == [Grant("192.0.2.1", "b.test", 1070.0)]
     assert len(state) == 1
     assert [g.name for g in state.expire(1700.0)] == ["a.test"]
@@ -85,21 +141,27 @@ def test_allow_state_lifetimes_refresh_and_shared_addresses() -> None:
 
 def test_allow_state_per_name_cap_evicts_least_recent() -> None:
     state = AllowState(AllowConfig(max_addresses_per_name=2))
-    state.answer("pool.test", [("192.0.2.1", 60), ("192.0.2.2", 60)], now=0.0)
-    state.answer("other.test", [("192.0.2.2", 60)], now=0.0)
-    state.answer("pool.test", [("192.0.2.1", 60)], now=1.0)  # .1 is now the most recent
-    update = state.answer("pool.test", [("192.0.2.3", 60)], now=2.0)
-    # .2 leaves pool.test's list but stays open: other.test still holds it.
-    assert update.removals == set() and set(update.timeouts) == {"192.0.2.3"}
-    update = state.answer("pool.test", [("192.0.2.4", 60)], now=3.0)
+    answer(state, "pool.test", [("192.0.2.1", 60), ("192.0.2.2", 60)], now=0.0)
+    answer(state, "other.test", [("192.0.2.2", 60)], now=0.0)
+    answer(state, "pool.test", [("192.0.2.1", 60)], now=1.0)  # .1 is now the most recent
+    update = answer(state, "pool.test", [("192.0.2.3", 60)], now=2.0)
+    # .2 leaves pool.test's list but stays open as long as other.test holds it (granted at 0 for 60 + 60 s).
+    assert update.removals == set() and update.timeouts == {"192.0.2.3": 120, "192.0.2.2": 118}
+    update = answer(state, "pool.test", [("192.0.2.4", 60)], now=3.0)
     assert update.removals == {"192.0.2.1"}
 
 
-def test_set_update_merge_keeps_longest_timeout() -> None:
-    batch = SetUpdate()
-    batch.merge(SetUpdate(timeouts={"192.0.2.1": 10}, removals={"192.0.2.2"}))
-    batch.merge(SetUpdate(timeouts={"192.0.2.1": 5, "192.0.2.2": 7}))
-    assert batch.timeouts == {"192.0.2.1": 10, "192.0.2.2": 7} and batch.removals == set()
+def test_answers_of_one_turn_share_one_update() -> None:
+    state = AllowState(AllowConfig(ttl_floor=0, grace=0, max_addresses_per_name=1))
+    shared = SetUpdate()
+    state.answer("a.test", [("192.0.2.1", 100)], 0.0, "", shared)
+    state.answer("b.test", [("192.0.2.1", 10)], 0.0, "", shared)  # shorter for b: a still holds it longer
+    assert shared.timeouts == {"192.0.2.1": 100}
+    state.answer("a.test", [("192.0.2.2", 50)], 0.0, "", shared)  # cap 1: a lets .1 go, b still holds it
+    assert shared.timeouts == {"192.0.2.1": 10, "192.0.2.2": 50} and not shared.removals
+    state.answer("b.test", [("192.0.2.3", 50)], 0.0, "", shared)  # now nobody holds .1: closed
+    assert shared.removals == {"192.0.2.1"} and "192.0.2.1" not in shared.timeouts
+    assert shared.added == 3 and shared.refreshed == 1
 
 
 def _response(qname: str, *records: str) -> bytes:

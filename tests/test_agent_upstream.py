@@ -1,4 +1,5 @@
-"""The DoT client against a real TLS server on loopback: pipelining, ID restoration, reconnect, failover."""
+"""The agent's upstream clients against real TLS servers on loopback: pipelining, ID restoration, reconnect,
+failover across DoT and DoH, the client certificate verified by ztdns's own listeners."""
 
 from __future__ import annotations
 
@@ -12,9 +13,15 @@ import dns.rrset
 import pytest
 
 from agent_lab import make_certs
+from fixtures.tls import PROD_ID, EchoHandler, Pki, listen_config, pki
 from ztdns.agent.config import AgentConfig
-from ztdns.agent.upstream import UpstreamError, Upstreams
-from ztdns.config import parse_model
+from ztdns.agent.upstream import UpstreamError, Upstreams, client_for
+from ztdns.config import ConfigError, parse_model
+from ztdns.transport.doh import start_doh_listener
+from ztdns.transport.dot import start_dot_listener
+from ztdns.transport.tls import TlsMaterial
+
+__all__ = ["pki"]
 
 
 async def _serve(certs: Path, answers_per_connection: int) -> tuple[asyncio.Server, int, list[str]]:
@@ -108,3 +115,50 @@ def unused_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def test_doh_and_dot_servers_mixed_with_failover_and_verified_identity(pki: Pki, unused_port: int) -> None:
+    """ztdns's own DoT and DoH listeners requiring a client certificate: the agent's client presents it (the
+    listener sees the SPIFFE ID), and failover crosses transports in configured order."""
+
+    async def scenario() -> None:
+        handler = EchoHandler()
+        dot_config, doh_config = (listen_config(pki, kind, client_auth="require") for kind in ("dot", "doh"))
+        dot = await start_dot_listener(dot_config, handler, TlsMaterial.from_config(dot_config))
+        doh = await start_doh_listener(doh_config, handler, TlsMaterial.from_config(doh_config))
+        servers = (
+            f'[[server]]\naddress = "127.0.0.1:{unused_port}"\nhostname = "dns.test"\ntransport = "doh"\n'
+            f'[[server]]\naddress = "127.0.0.1:{doh.address[1]}"\nhostname = "dns.test"\ntransport = "doh"\n'
+            f'[[server]]\naddress = "127.0.0.1:{dot.address[1]}"\nhostname = "dns.test"\n'
+        )
+        tls = f'[tls]\nca_file = "{pki.ca}"\nclient_cert = "{pki.cert("prod")}"\nclient_key = "{pki.key("prod")}"\n'
+        upstreams = Upstreams(parse_model(AgentConfig, "[stub]\ntimeout = 2.0\n" + servers + tls))
+        try:
+            query = dns.message.make_query("whoami.", "TXT")
+            answers = await asyncio.gather(*(upstreams.query(query.to_wire()) for _ in range(5)))
+            for wire in answers:
+                response = dns.message.from_wire(wire)
+                assert response.id == query.id and response.answer[0].to_text().endswith(f'"doh" "{PROD_ID}"')
+            dead, over_doh, over_dot = upstreams.servers
+            assert dead.last_error and dead.down_until > 0 and not over_doh.last_error
+            await doh.close()
+            # The DoH server is gone: the DoT one answers, the same identity verified on that transport.
+            response = dns.message.from_wire(await upstreams.query(query.to_wire()))
+            assert response.answer[0].to_text().endswith(f'"dot" "{PROD_ID}"')
+            assert over_doh.last_error and not over_dot.last_error
+            assert {client.certificate_identity for client in handler.clients} == {PROD_ID}
+        finally:
+            await upstreams.close()
+            await dot.close()
+
+    asyncio.run(scenario())
+
+
+def test_server_addresses_must_be_ip_addresses_and_doh_paths_urls() -> None:
+    with pytest.raises(ConfigError, match="does not appear to be an IPv4 or IPv6 address"):
+        parse_model(AgentConfig, '[[server]]\naddress = "dns.example:853"\nhostname = "dns.example"\n')
+    with pytest.raises(ConfigError, match="is not a URL path"):
+        parse_model(AgentConfig, '[[server]]\naddress = "192.0.2.1"\nhostname = "d"\ntransport = "doh"\npath = "x"\n')
+    doh = parse_model(AgentConfig, '[[server]]\naddress = "2001:db8::1"\nhostname = "d"\ntransport = "doh"\n')
+    assert doh.server[0].hostport() == ("2001:db8::1", 443)
+    assert client_for(doh, doh.server[0]).host == "2001:db8::1"

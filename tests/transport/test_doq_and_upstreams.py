@@ -142,3 +142,32 @@ def dns_cert_der(pki: Pki) -> bytes:
 
     cert = x509.load_pem_x509_certificate(pki.cert("server").read_bytes())
     return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_fresh_client_authenticated_connections_on_uvloop_all_complete(pki: Pki) -> None:
+    """ztdns serves on uvloop: every new mTLS connection must be answered (a ClientHello read before the
+    handshake took over the socket used to be lost, leaving most new connections hanging)."""
+    import uvloop
+
+    async def body() -> None:
+        handler = EchoHandler()
+        for transport in ("dot", "doh"):
+            config = listen_config(pki, transport, client_auth="require")
+            start = start_dot_listener if transport == "dot" else start_doh_listener
+            listener = await start(config, handler, TlsMaterial.from_config(config))
+            port = listener.address[1]
+            settings = TlsClientSettings(server_name="dns.test", ca=pki.ca, cert=pki.cert("prod"), key=pki.key("prod"))
+            try:
+                for _ in range(15):
+                    upstream: DotUpstream | DohUpstream = (
+                        DotUpstream("127.0.0.1", port, settings)
+                        if transport == "dot"
+                        else DohUpstream(f"https://127.0.0.1:{port}/dns-query", settings)
+                    )
+                    wire = await upstream.query(dns.message.make_query("whoami.", "TXT").to_wire(), 2)
+                    assert PROD_ID in txt(wire)
+                    await upstream.close()
+            finally:
+                await listener.close()
+
+    uvloop.run(body())

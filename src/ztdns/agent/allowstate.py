@@ -12,12 +12,14 @@ import heapq
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ztdns.agent.config import AllowConfig
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(NamedTuple):
+    """One name's permission for one address (a tuple: built per answered address, and cheap to build)."""
+
     address: str
     name: str
     expires: float  # wall-clock seconds
@@ -26,23 +28,17 @@ class Grant:
 
 @dataclass(slots=True)
 class SetUpdate:
-    """Kernel work for one or more answers: address → timeout seconds, and addresses to close."""
+    """Kernel work for the answers of one event-loop turn: address → timeout seconds, and addresses to close.
+
+    Answers write into one shared update (the set writer's pending batch), so the timeout recorded for an address
+    is always the latest one computed from all its holders — no merging afterwards.
+    """
 
     timeouts: dict[str, int] = field(default_factory=dict)
     removals: set[str] = field(default_factory=set)
     grants: list[Grant] = field(default_factory=list)
     added: int = 0
     refreshed: int = 0
-
-    def merge(self, other: SetUpdate) -> None:
-        for address, timeout in other.timeouts.items():
-            if timeout >= self.timeouts.get(address, 0):
-                self.timeouts[address] = timeout
-            self.removals.discard(address)
-        self.removals |= other.removals - self.timeouts.keys()
-        self.grants += other.grants
-        self.added += other.added
-        self.refreshed += other.refreshed
 
     def __bool__(self) -> bool:
         return bool(self.timeouts or self.removals)
@@ -64,26 +60,38 @@ class AllowState:
         cfg = self.config
         return min(max(ttl, cfg.ttl_floor), cfg.ttl_ceiling) + cfg.grace
 
-    def answer(self, name: str, records: list[tuple[str, int]], now: float, identity: str = "") -> SetUpdate:
+    def answer(self, name: str, records: list[tuple[str, int]], now: float, identity: str, update: SetUpdate) -> None:
         """Open (or refresh) ``records`` — (address, TTL) pairs answered for ``name`` — as of ``now``."""
-        update = SetUpdate()
         for address, ttl in records:
             self._grant(Grant(address, name, now + self.lifetime(ttl), identity), now, update)
         self._cap(name, now, update)
-        return update
 
-    def restore(self, grant: Grant, now: float) -> SetUpdate:
+    def restore(self, grant: Grant, now: float, update: SetUpdate) -> None:
         """Re-open a persisted grant with its remaining lifetime (nothing if it has expired)."""
-        update = SetUpdate()
         if grant.expires > now:
             self._grant(grant, now, update)
             self._cap(grant.name, now, update)
-        return update
+
+    def live_timeouts(self, now: float) -> dict[str, int]:
+        """Every open address with its remaining lifetime in seconds (to rebuild the kernel sets)."""
+        timeouts = {}
+        for address in self._addresses:
+            remaining = math.ceil(self._open_until(address) - now)
+            if remaining > 0:
+                timeouts[address] = remaining
+        return timeouts
 
     def _grant(self, grant: Grant, now: float, update: SetUpdate) -> None:
-        per_name = self._names.setdefault(grant.name, OrderedDict())
-        holders = self._addresses.setdefault(grant.address, {})
-        if self._open_until(grant.address) > now:
+        # get-then-create rather than setdefault(…, OrderedDict()): this runs per answered address, and
+        # setdefault would build a throw-away container every time.
+        per_name = self._names.get(grant.name)
+        if per_name is None:
+            per_name = self._names[grant.name] = OrderedDict()
+        holders = self._addresses.get(grant.address)
+        if holders is None:
+            holders = self._addresses[grant.address] = {}
+        open_until = max([g.expires for g in holders.values()]) if holders else 0.0
+        if open_until > now:
             update.refreshed += 1
         else:
             update.added += 1
@@ -93,15 +101,16 @@ class AllowState:
             grant = Grant(grant.address, grant.name, previous.expires, grant.identity)
         holders[grant.name] = grant
         per_name[grant.address] = grant.expires
-        self._history[grant.address] = grant.name
-        self._history.move_to_end(grant.address)
-        if len(self._history) > self.history_size:
-            self._history.popitem(last=False)
         per_name.move_to_end(grant.address)
+        history = self._history
+        history[grant.address] = grant.name
+        history.move_to_end(grant.address)
+        if len(history) > self.history_size:
+            history.popitem(last=False)
         if previous is None:
             # One heap entry per grant; refreshes are found when it comes due (keeps the heap bounded).
             heapq.heappush(self._expiries, (grant.expires, grant.address, grant.name))
-        update.timeouts[grant.address] = max(1, math.ceil(self._open_until(grant.address) - now))
+        update.timeouts[grant.address] = max(1, math.ceil(max(open_until, grant.expires) - now))
         update.removals.discard(grant.address)
         update.grants.append(grant)
 
@@ -115,6 +124,8 @@ class AllowState:
         holders = self._addresses.get(address, {})
         holders.pop(name, None)
         if holders:
+            # Still open for other names: only as long as they hold it.
+            update.timeouts[address] = max(1, math.ceil(self._open_until(address) - now))
             return
         self._addresses.pop(address, None)
         update.timeouts.pop(address, None)

@@ -34,7 +34,21 @@ class Answer:
     records: list[tuple[str, int]]  # (address, TTL) from the CNAME chain's final owner(s)
 
 
-def _name(wire: bytes, offset: int) -> tuple[bytes, int]:
+def _name(wire: bytes, offset: int, known: dict[int, bytes]) -> tuple[bytes, int]:
+    """Like :func:`_parse_name`, but a compression pointer to a name already read costs one dict lookup.
+
+    Answer owners are nearly always a pointer to the question name (or to a CNAME target read before).
+    """
+    if wire[offset] >= 0xC0:
+        name = known.get(((wire[offset] & 0x3F) << 8) | wire[offset + 1])
+        if name is not None:
+            return name, offset + 2
+    name, end = _parse_name(wire, offset)
+    known[offset] = name
+    return name, end
+
+
+def _parse_name(wire: bytes, offset: int) -> tuple[bytes, int]:
     """The name at ``offset`` (lower case, dot-separated, compression followed) and the offset after it."""
     labels: list[bytes] = []
     end = -1
@@ -67,12 +81,13 @@ def addresses(wire: bytes) -> Answer:
         flags, qdcount, ancount = struct.unpack_from("!HHH", wire, 2)
         if qdcount != 1:
             raise BadMessage(f"{qdcount} questions")
-        qname, offset = _name(wire, HEADER)
+        known: dict[int, bytes] = {}
+        qname, offset = _name(wire, HEADER, known)
         offset += 4
         cnames: dict[bytes, bytes] = {}
         found: list[tuple[bytes, str, int]] = []
         for _ in range(ancount):
-            owner, offset = _name(wire, offset)
+            owner, offset = _name(wire, offset, known)
             rtype, rclass, ttl, size = struct.unpack_from("!HHIH", wire, offset)
             offset += 10
             if offset + size > len(wire):
@@ -83,7 +98,7 @@ def addresses(wire: bytes) -> Answer:
                 elif rtype == _AAAA and size == 16:
                     found.append((owner, socket.inet_ntop(socket.AF_INET6, wire[offset : offset + 16]), ttl))
                 elif rtype == _CNAME:
-                    cnames.setdefault(owner, _name(wire, offset)[0])
+                    cnames.setdefault(owner, _name(wire, offset, known)[0])
             offset += size
     except (IndexError, struct.error, OSError):
         raise BadMessage("malformed response") from None

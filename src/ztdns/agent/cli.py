@@ -63,14 +63,12 @@ def _with_config(command: Callable[[AgentConfig, argparse.Namespace], int]) -> C
 
 @_with_config
 def _run(config: AgentConfig, args: argparse.Namespace) -> int:
-    import asyncio
-
     from ztdns.agent.nft import NftError
     from ztdns.agent.service import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        asyncio.run(run(config))
+        run(config)
     except (NftError, OSError) as exc:
         print(f"ztdns agent: {exc}", file=sys.stderr)
         return 1

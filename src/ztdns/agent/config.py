@@ -36,20 +36,30 @@ class StubConfig(Section):
 
 
 class ServerConfig(Section):
-    """One protective resolver, reached over DoT (RFC 7858)."""
+    """One protective resolver, reached over DoT (RFC 7858) or DoH (RFC 8484, HTTP/2 POST)."""
 
+    # host:port, an IP address (the agent must not need DNS to reach it); port 853 for DoT, 443 for DoH by default.
     address: str
     # The name its certificate must carry; the TLS handshake checks it.
     hostname: str
-    transport: Literal["dot"] = "dot"
+    transport: Literal["dot", "doh"] = "dot"
+    # DoH only: the URL path of the DNS endpoint.
+    path: str = "/dns-query"
 
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
         return _hostport(value, 853)
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or any(ch.isspace() for ch in value):
+            raise ValueError(f"{value!r} is not a URL path")
+        return value
+
     def hostport(self) -> tuple[str, int]:
-        return parse_hostport(self.address, 853)
+        return parse_hostport(self.address, 443 if self.transport == "doh" else 853)
 
 
 class TlsConfig(Section):

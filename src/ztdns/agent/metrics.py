@@ -9,7 +9,11 @@ class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.answers = Counter("ztdns_agent_answers", "Answers relayed by the stub", ["result"], registry=r)
+        answers = Counter("ztdns_agent_answers", "Answers relayed by the stub", ["result"], registry=r)
+        # Bound once: labels() takes a lock and a dict lookup, and these are counted per answer.
+        self.opened = answers.labels("opened")
+        self.relayed = answers.labels("relayed")
+        self.servfail = answers.labels("servfail")
         self.added = Counter("ztdns_agent_addresses_added", "Addresses opened", registry=r)
         self.refreshed = Counter(
             "ztdns_agent_addresses_refreshed", "Open addresses whose lifetime was renewed", registry=r
@@ -21,6 +25,9 @@ class AgentMetrics:
             "ztdns_agent_upstream_failures", "Queries no protective server answered", registry=r
         )
         self.audit_drops = Counter("ztdns_agent_audit_drops", "Packets audit mode would have dropped", registry=r)
+        self.table_restored = Counter(
+            "ztdns_agent_table_restored", "Times the table was found deleted or altered by someone else", registry=r
+        )
         self.live = Gauge("ztdns_agent_live_addresses", "Addresses currently open", registry=r)
         self.plumbing = Histogram(
             "ztdns_agent_plumbing_seconds",

@@ -18,7 +18,7 @@ NFT_CTX_OUTPUT_HANDLE = 1 << 3
 
 
 class NftError(Exception):
-    """libnftables rejected a script; the message is nft's own error text."""
+    """nftables rejected a change (libnftables script or netlink batch); the message says why."""
 
 
 def _load() -> ctypes.CDLL:

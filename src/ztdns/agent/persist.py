@@ -1,9 +1,10 @@
 """Learned grants survive restarts: a snapshot plus an append-only journal in the state directory.
 
-Each committed batch appends one JSON line per grant to ``journal.jsonl`` with a plain ``write`` (no fsync: the
+Each committed batch appends one JSON line (an array of its grants) to ``journal.jsonl`` with a plain ``write``
+— one encoder call per batch, not per grant: this runs on the answer path — (no fsync: the
 page cache survives the agent being killed, which is the case that matters; a host crash reboots with an empty
 table anyway). At start the snapshot and journal are replayed, expired grants dropped, and a fresh snapshot
-written; the journal is compacted the same way once it grows past ``compact_after`` lines.
+written; the journal is compacted the same way once it holds more than ``compact_after`` grants.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ztdns.agent.allowstate import Grant
 
 SNAPSHOT = "grants.json"
 JOURNAL = "journal.jsonl"
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(…, separators=…) builds one per call
 
 
 def _encode(grant: Grant) -> dict[str, object]:
@@ -63,8 +65,9 @@ class GrantStore:
                         item = json.loads(line)
                     except ValueError:
                         continue  # a torn last line after a kill
-                    if isinstance(item, dict):
-                        yield item
+                    for grant in item if isinstance(item, list) else [item]:
+                        if isinstance(grant, dict):
+                            yield grant
 
     def snapshot(self, grants: Iterable[Grant]) -> None:
         """Write all live grants atomically and start an empty journal."""
@@ -81,10 +84,10 @@ class GrantStore:
         if self._journal_fd is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._journal_fd = os.open(self.dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        lines = [json.dumps(_encode(g), separators=(",", ":")) for g in grants]
-        if lines:
-            os.write(self._journal_fd, ("\n".join(lines) + "\n").encode())
-            self._journal_lines += len(lines)
+        records = [_encode(g) for g in grants]
+        if records:
+            os.write(self._journal_fd, (_COMPACT.encode(records) + "\n").encode())
+            self._journal_lines += len(records)
         return self._journal_lines >= self.compact_after
 
     def close(self) -> None:

@@ -7,7 +7,6 @@ a moment without a policy, and established flows keep flowing (conntrack state i
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
 
 from ztdns.agent.config import AgentConfig, ExceptionConfig
 
@@ -112,33 +111,3 @@ def build_ruleset(config: AgentConfig) -> str:
 def remove_table_script() -> str:
     """Deletes the table if it exists (declaring it first makes the delete never fail)."""
     return f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
-
-
-def _elements(addresses: Iterable[str], timeouts: Mapping[str, int] | None) -> str:
-    if timeouts is None:
-        return ", ".join(addresses)
-    return ", ".join(f"{a} timeout {timeouts[a]}s" for a in addresses)
-
-
-def element_script(timeouts: Mapping[str, int], removals: Iterable[str]) -> str:
-    """Set ``timeouts`` (address → seconds from now) exactly, and close ``removals``, in one transaction.
-
-    ``add element`` on an existing element keeps its old expiry on most kernels, and ``delete element`` of a
-    missing one fails the whole transaction. So: add everything (now all exist), delete everything (now none
-    do), add back the ones that stay with their new timeouts. All three commands commit together.
-    """
-    removal_set = set(removals) - set(timeouts)
-    lines = []
-    # Addresses arrive in canonical text form (from dnspython rdata); a colon marks IPv6.
-    for set_name, v6 in ((SET4, False), (SET6, True)):
-        stay = [a for a in timeouts if (":" in a) is v6]
-        gone = [a for a in removal_set if (":" in a) is v6]
-        if not stay and not gone:
-            continue
-        target = f"element {FAMILY} {TABLE} {set_name}"
-        every = stay + gone
-        lines.append(f"add {target} {{ {_elements(every, {**timeouts, **dict.fromkeys(gone, 1)})} }}")
-        lines.append(f"delete {target} {{ {_elements(every, None)} }}")
-        if stay:
-            lines.append(f"add {target} {{ {_elements(stay, timeouts)} }}")
-    return "\n".join(lines) + ("\n" if lines else "")

@@ -1,51 +1,70 @@
-"""Writes :class:`SetUpdate`s to the kernel, coalescing all answers that arrive in one event-loop turn into one
-nftables transaction. The caller awaits its update: the answer is released only after the commit, and a failed
-commit fails every answer in the batch (the stub then sends SERVFAIL — fail closed).
+"""Writes the allow sets: every answer of one event-loop turn goes into one shared :class:`SetUpdate`, committed
+as one nf_tables transaction over raw netlink when the turn ends. Answers await the batch's one future: the answer
+is released only after the commit, and a failed commit fails every answer in the batch (the stub then sends
+SERVFAIL — fail closed).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable, Mapping
 
 from ztdns.agent.allowstate import SetUpdate
-from ztdns.agent.nft import Nft, NftError
-from ztdns.agent.ruleset import element_script
+from ztdns.agent.nfnetlink import ElementWriter
+from ztdns.agent.nft import NftError
+from ztdns.agent.ruleset import SET4, SET6
+
+# Addresses per transaction when (re)loading every grant: keeps each netlink message far below socket limits.
+_CHUNK = 4096
+
+Sets = dict[str, tuple[dict[bytes, int], list[bytes]]]
+
+
+def packed_sets(timeouts: Mapping[str, int], removals: Iterable[str]) -> Sets:
+    """Text addresses (canonical form; a colon marks IPv6) → packed keys per set, as the kernel takes them."""
+    sets: Sets = {SET4: ({}, []), SET6: ({}, [])}
+    for address, seconds in timeouts.items():
+        v6 = ":" in address
+        sets[SET6 if v6 else SET4][0][socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, address)] = seconds
+    for address in removals:
+        v6 = ":" in address
+        sets[SET6 if v6 else SET4][1].append(socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, address))
+    return sets
 
 
 class SetWriter:
-    def __init__(self, nft: Nft, on_commit: Callable[[SetUpdate], None]) -> None:
-        self._nft = nft
+    def __init__(self, elements: ElementWriter, on_commit: Callable[[SetUpdate], None]) -> None:
+        self._elements = elements
         self._on_commit = on_commit
-        self._pending: SetUpdate | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        self._pending: tuple[SetUpdate, asyncio.Future[None]] | None = None
 
-    async def apply(self, update: SetUpdate) -> None:
-        """Returns once ``update`` is in the kernel; raises NftError if the transaction failed."""
-        if not update:
-            return
-        loop = asyncio.get_running_loop()
+    def pending(self) -> tuple[SetUpdate, asyncio.Future[None]]:
+        """The update committed when this event-loop turn ends, and the future that completes with the commit."""
         if self._pending is None:
-            self._pending = SetUpdate()
+            loop = asyncio.get_running_loop()
+            self._pending = (SetUpdate(), loop.create_future())
             # Runs after every callback already queued in this turn: concurrent answers share the commit.
             loop.call_soon(self._flush)
-        self._pending.merge(update)
-        future: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(future)
-        await future
+        return self._pending
 
     def _flush(self) -> None:
-        batch, waiters = self._pending, self._waiters
-        self._pending, self._waiters = None, []
-        assert batch is not None
+        assert self._pending is not None
+        batch, committed = self._pending
+        self._pending = None
         try:
-            self._nft.run(element_script(batch.timeouts, batch.removals))
-        except NftError as exc:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            if batch:
+                self._elements.write(packed_sets(batch.timeouts, batch.removals))
+        except Exception as exc:  # whatever went wrong, the waiting answers must fail, not hang
+            committed.set_exception(exc if isinstance(exc, NftError) else NftError(f"set update: {exc!r}"))
+            # Every waiter sees the exception; this marks it retrieved even if all of them were cancelled.
+            committed.exception()
             return
         self._on_commit(batch)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        committed.set_result(None)
+
+    def load(self, timeouts: Mapping[str, int]) -> None:
+        """Write every grant (after the table was (re)built), in chunks of a few thousand addresses."""
+        items = list(timeouts.items())
+        for start in range(0, len(items), _CHUNK):
+            self._elements.write(packed_sets(dict(items[start : start + _CHUNK]), ()))

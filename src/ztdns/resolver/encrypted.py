@@ -20,6 +20,7 @@ import hashlib
 import ssl
 import struct
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,25 @@ from ztdns.transport.framing import LengthPrefixedFramer, frame
 class UpstreamError(Exception):
     """The upstream could not be reached, failed verification, or answered with something unusable.
     Timeouts are not wrapped: ``query`` lets ``TimeoutError`` through so callers can tell the two apart."""
+
+
+class ConnectionClosed(UpstreamError):
+    """The connection closed while a query waited on it (servers close idle connections when they like)."""
+
+
+async def _with_one_retry(exchange: Callable[[], Awaitable[bytes]], connected: Callable[[], bool]) -> bytes:
+    """``exchange()``, retried once on a fresh connection if a reused one turned out to be closed.
+
+    A server may close an idle connection just as we write to it (RFC 7766 section 6.2.3 lets DoT servers do
+    so; HTTP/2 servers send GOAWAY): that is not a failure of the server, and DNS queries are safe to repeat.
+    """
+    reused = connected()
+    try:
+        return await exchange()
+    except ConnectionClosed:
+        if not reused:
+            raise
+    return await exchange()
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,9 @@ class _OneStream:
 
     _writer: asyncio.StreamWriter | None
     _reader_task: asyncio.Task[None] | None
+
+    def _connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -144,23 +167,26 @@ class DotUpstream(_OneStream):
                 self._writer = None
             for future in self._pending.values():
                 if not future.done():
-                    future.set_exception(UpstreamError("connection closed"))
+                    future.set_exception(ConnectionClosed("connection closed"))
             self._pending.clear()
+
+    async def _exchange(self, wire: bytes) -> bytes:
+        writer = await self._connection()
+        while self._next_id in self._pending:
+            self._next_id = (self._next_id + 1) & 0xFFFF
+        local_id, self._next_id = self._next_id, (self._next_id + 1) & 0xFFFF
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[local_id] = future
+        try:
+            writer.write(frame(_with_id(wire, local_id)))
+            return await future
+        finally:
+            self._pending.pop(local_id, None)
 
     async def query(self, wire: bytes, timeout: float) -> bytes:
         try:
             async with asyncio.timeout(timeout):
-                writer = await self._connection()
-                while self._next_id in self._pending:
-                    self._next_id = (self._next_id + 1) & 0xFFFF
-                local_id, self._next_id = self._next_id, (self._next_id + 1) & 0xFFFF
-                future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                self._pending[local_id] = future
-                try:
-                    writer.write(frame(_with_id(wire, local_id)))
-                    response = await future
-                finally:
-                    self._pending.pop(local_id, None)
+                response = await _with_one_retry(lambda: self._exchange(wire), self._connected)
         except TimeoutError:
             raise
         except (OSError, ssl.SSLError) as exc:
@@ -226,7 +252,7 @@ class DohUpstream(_OneStream):
                 self._conn = self._writer = None
             for future, _, _ in self._streams.values():
                 if not future.done():
-                    future.set_exception(UpstreamError("connection closed"))
+                    future.set_exception(ConnectionClosed("connection closed"))
             self._streams.clear()
 
     def _event(self, conn: h2.connection.H2Connection, event: h2.events.Event) -> None:
@@ -245,32 +271,35 @@ class DohUpstream(_OneStream):
             else:
                 future.set_exception(UpstreamError(f"HTTP status {status[0] if status else 'missing (stream reset)'}"))
 
+    async def _exchange(self, wire: bytes) -> bytes:
+        conn, writer = await self._connection()
+        stream_id = conn.get_next_available_stream_id()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._streams[stream_id] = (future, bytearray(), [])
+        body = _with_id(wire, 0)
+        conn.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", self.authority),
+                (":path", self.path),
+                ("content-type", "application/dns-message"),
+                ("accept", "application/dns-message"),
+                ("content-length", str(len(body))),
+            ],
+        )
+        conn.send_data(stream_id, body, end_stream=True)
+        writer.write(conn.data_to_send())
+        try:
+            return await future
+        finally:
+            self._streams.pop(stream_id, None)
+
     async def query(self, wire: bytes, timeout: float) -> bytes:
         try:
             async with asyncio.timeout(timeout):
-                conn, writer = await self._connection()
-                stream_id = conn.get_next_available_stream_id()
-                future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                self._streams[stream_id] = (future, bytearray(), [])
-                body = _with_id(wire, 0)
-                conn.send_headers(
-                    stream_id,
-                    [
-                        (":method", "POST"),
-                        (":scheme", "https"),
-                        (":authority", self.authority),
-                        (":path", self.path),
-                        ("content-type", "application/dns-message"),
-                        ("accept", "application/dns-message"),
-                        ("content-length", str(len(body))),
-                    ],
-                )
-                conn.send_data(stream_id, body, end_stream=True)
-                writer.write(conn.data_to_send())
-                try:
-                    response = await future
-                finally:
-                    self._streams.pop(stream_id, None)
+                response = await _with_one_retry(lambda: self._exchange(wire), self._connected)
         except TimeoutError:
             raise
         except (OSError, ssl.SSLError, h2.exceptions.ProtocolError) as exc:
