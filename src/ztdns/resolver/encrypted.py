@@ -115,6 +115,25 @@ class _OneStream:
     def _connected(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
+    # Failures of the stream that mean "this upstream did not answer" (the caller tries another).
+    _stream_errors: tuple[type[BaseException], ...] = (OSError, ssl.SSLError)
+
+    async def _exchange(self, wire: bytes) -> bytes:
+        """Send one query on the (possibly new) connection and wait for its answer."""
+        raise NotImplementedError
+
+    async def query(self, wire: bytes, timeout: float) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                response = await _with_one_retry(lambda: self._exchange(wire), self._connected)
+        except TimeoutError:
+            raise
+        except self._stream_errors as exc:
+            raise UpstreamError(describe(exc)) from exc
+        if len(response) < 12:
+            raise UpstreamError("short DNS message")
+        return wire[:2] + response[2:]
+
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -183,19 +202,11 @@ class DotUpstream(_OneStream):
         finally:
             self._pending.pop(local_id, None)
 
-    async def query(self, wire: bytes, timeout: float) -> bytes:
-        try:
-            async with asyncio.timeout(timeout):
-                response = await _with_one_retry(lambda: self._exchange(wire), self._connected)
-        except TimeoutError:
-            raise
-        except (OSError, ssl.SSLError) as exc:
-            raise UpstreamError(describe(exc)) from exc
-        return wire[:2] + response[2:]
-
 
 class DohUpstream(_OneStream):
     """RFC 8484 POST over one HTTP/2 connection; the message ID is sent as 0 for cache friendliness."""
+
+    _stream_errors = (OSError, ssl.SSLError, h2.exceptions.ProtocolError)
 
     def __init__(self, url: str, tls: TlsClientSettings | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
@@ -295,18 +306,6 @@ class DohUpstream(_OneStream):
             return await future
         finally:
             self._streams.pop(stream_id, None)
-
-    async def query(self, wire: bytes, timeout: float) -> bytes:
-        try:
-            async with asyncio.timeout(timeout):
-                response = await _with_one_retry(lambda: self._exchange(wire), self._connected)
-        except TimeoutError:
-            raise
-        except (OSError, ssl.SSLError, h2.exceptions.ProtocolError) as exc:
-            raise UpstreamError(describe(exc)) from exc
-        if len(response) < 12:
-            raise UpstreamError("short DNS message")
-        return wire[:2] + response[2:]
 
 
 class _DoqClientProtocol(QuicConnectionProtocol):
