@@ -4,14 +4,13 @@ file model). Keys are documented in docs/agent.md; errors name file, line and ke
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ztdns.config import load_model
-from ztdns.config.base import Section
+from ztdns.config.base import Section, check_network
 from ztdns.config.model import parse_hostport
 
 
@@ -100,15 +99,7 @@ class FirewallConfig(Section):
     log_group: Annotated[int, Field(ge=0, le=65535)] = 7
 
 
-def _network(value: str) -> str:
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP network") from None
-    return value
-
-
-Network = Annotated[str, AfterValidator(_network)]
+Network = Annotated[str, AfterValidator(check_network)]
 Protocol = Literal["tcp", "udp"]
 _BOTH: tuple[Protocol, ...] = ("tcp", "udp")
 
