@@ -9,6 +9,7 @@ the cache entry's expiry, or a few minutes for synthesised answers; a reload dro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ztdns.cache import CacheEntry
@@ -34,6 +35,7 @@ class Replay:
     prefetch_at: float = float("inf")
     # When the TTLs shown must next go down by a second (time.monotonic()); never for fixed answers.
     rerender_at: float = float("inf")
+    guard: Callable[[], bool] | None = None  # see QueryContext.replay_guard
 
     def rerender(self, now: float) -> bytes:
         """Count the TTLs down to the current age; the caller checked ``now >= rerender_at``."""

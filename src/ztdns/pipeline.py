@@ -51,6 +51,8 @@ class QueryContext:
     replay_counts_down: bool = True
     cache_entry: CacheEntry | None = None  # the cached data the answer was rendered from
     replay_age: int = 0  # seconds the rendered TTLs were already counted down by
+    # For answers whose source can change before replay_until (served zones): true while the replay is still right.
+    replay_guard: Callable[[], bool] | None = None
     wire_response: bytes | None = None  # the bytes sent, set by the respond stage
     full_wire_response: bytes | None = None  # the untruncated rendering, for the fast path
 

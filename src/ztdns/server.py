@@ -50,7 +50,9 @@ log = logging.getLogger("ztdns")
 
 # Answers the fast path may replay. Stale answers and failures are never replayed: the next query should
 # try upstream again.
-_REPLAYABLE = frozenset({Kind.RESOLVED, Kind.CACHED, Kind.LOCAL, Kind.BLOCKED, Kind.PROHIBITED, Kind.SPECIAL})
+_REPLAYABLE = frozenset(
+    {Kind.RESOLVED, Kind.CACHED, Kind.LOCAL, Kind.AUTHORITATIVE, Kind.BLOCKED, Kind.PROHIBITED, Kind.SPECIAL}
+)
 
 
 def build_stages(
@@ -224,7 +226,7 @@ class Frontend:
             return self._fast_parsed(wire, client, identity)
         replay, name_end, limit = found
         now = time.monotonic()
-        if now >= replay.expires:
+        if now >= replay.expires or (replay.guard is not None and not replay.guard()):
             replays.drop(identity, replay.key)
             return None
         answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
@@ -249,7 +251,7 @@ class Frontend:
         if replay is None:
             return None
         now = time.monotonic()
-        if now >= replay.expires:
+        if now >= replay.expires or (replay.guard is not None and not replay.guard()):
             replays.drop(identity, parsed.key)
             return None
         answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
@@ -296,7 +298,13 @@ class Frontend:
             return
         fragment, kind, rcode = runtime.observer.replay_fragment(ctx)
         replay = Replay(
-            key=parsed.key, wire=full, expires=ctx.replay_until, log_fragment=fragment, kind=kind, rcode=rcode
+            key=parsed.key,
+            wire=full,
+            expires=ctx.replay_until,
+            log_fragment=fragment,
+            kind=kind,
+            rcode=rcode,
+            guard=ctx.replay_guard,
         )
         entry = ctx.cache_entry
         if ctx.replay_counts_down and entry is not None:

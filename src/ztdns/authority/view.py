@@ -9,11 +9,14 @@ the zone is signed and the client showed it understands AD (DO or AD in the quer
 positive and negative answers alike: the records were signed in this process, so they are authentic by local
 policy (RFC 4035 §3.1.6) without a validation round trip. With DO the RRSIGs and NSEC3/compact-denial proofs
 are included, exactly as the authoritative listeners send them, so a validating stub can check them itself.
+Answers are replayed by the fast path only while the zone still publishes the version they came from.
 A referral (a name delegated below a served zone) is not an answer: the query goes on to the cache and the
 resolver, which follow the delegation.
 """
 
 from __future__ import annotations
+
+import time
 
 import dns.flags
 import dns.rcode
@@ -23,6 +26,9 @@ from ztdns.authority.service import Authority
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
 from ztdns.resolver.stage import wants_ad
+
+# A bound on how long an unchanged zone's answer is replayed (signatures are refreshed days before they expire).
+VIEW_REPLAY_SECONDS = 300.0
 
 
 class AuthorityViewStage:
@@ -48,3 +54,8 @@ class AuthorityViewStage:
             response.flags |= dns.flags.AD
         ctx.response = response
         ctx.kind = Kind.AUTHORITATIVE
+        # Replayed while the zone still publishes the version this answer came from: an update or key event
+        # publishes a new one, and the next query is answered afresh.
+        ctx.replay_until = time.monotonic() + VIEW_REPLAY_SECONDS
+        ctx.replay_counts_down = False
+        ctx.replay_guard = lambda: served.version is version
