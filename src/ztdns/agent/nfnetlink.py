@@ -118,6 +118,24 @@ def _element(address: bytes, timeout_ms: int | None) -> bytes:
     return head + address + _TIMEOUT_HEAD + timeout_ms.to_bytes(8, "big")
 
 
+_NFGEN_INET = struct.pack("=BBH", NFPROTO_INET, 0, 0)  # nfgenmsg: family, version 0, resource id 0
+_NEWSETELEM, _DELSETELEM = (
+    (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
+    (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM,
+)
+_heads: dict[tuple[str, str], bytes] = {}
+
+
+def _set_head(table: str, set_name: str) -> bytes:
+    """Table and set name attributes (built once per set: this runs for every batch)."""
+    head = _heads.get((table, set_name))
+    if head is None:
+        head = _heads[table, set_name] = attr(NFTA_TABLE, table.encode() + b"\0") + attr(
+            NFTA_SET_NAME, set_name.encode() + b"\0"
+        )
+    return head
+
+
 def element_batch(
     table: str, sets: Mapping[str, tuple[Mapping[bytes, int], Iterable[bytes]]], first_sequence: int
 ) -> tuple[bytes, list[int]]:
@@ -128,44 +146,45 @@ def element_batch(
     timeouts: exact timeouts whatever the kernel, and deleting an element that was missing cannot fail the batch.
     A netlink attribute holds at most 64 KiB, so each step is split over as many messages as it needs.
     """
-    table_attr = attr(NFTA_TABLE, table.encode() + b"\0")
-    sequence = first_sequence
-    steps: list[tuple[int, int, int, bytes]] = []  # type, flags, sequence, payload
+    steps: list[tuple[int, int, bytes]] = []  # type, flags, payload
 
-    def add(kind: int, flags: int, set_name: str, elements: list[bytes]) -> None:
-        nonlocal sequence
-        head = table_attr + attr(NFTA_SET_NAME, set_name.encode() + b"\0")
+    def add(kind: int, flags: int, head: bytes, elements: list[bytes]) -> None:
+        if not elements:
+            return
+        if sum(map(len, elements)) <= _MAX_ELEMENTS_SIZE:  # the usual case: one message
+            steps.append((kind, flags, head + nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(elements))))
+            return
         start = 0
         while start < len(elements):
             end, size = start, 0
             while end < len(elements) and size + len(elements[end]) <= _MAX_ELEMENTS_SIZE:
                 size += len(elements[end])
                 end += 1
-            sequence += 1
-            steps.append(
-                (kind, flags, sequence, head + nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(elements[start:end])))
-            )
+            steps.append((kind, flags, head + nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(elements[start:end]))))
             start = end
 
     for set_name, (timeouts, removals) in sets.items():
         gone = [a for a in removals if a not in timeouts]
         if not timeouts and not gone:
             continue
+        head = _set_head(table, set_name)
         every = [*timeouts, *gone]
-        add(_type(NFT_MSG_NEWSETELEM), NLM_F_CREATE, set_name, [_element(a, timeouts.get(a, 1) * 1000) for a in every])
-        add(_type(NFT_MSG_DELSETELEM), 0, set_name, [_element(a, None) for a in every])
+        add(_NEWSETELEM, NLM_F_CREATE, head, [_element(a, timeouts.get(a, 1) * 1000) for a in every])
+        add(_DELSETELEM, 0, head, [_element(a, None) for a in every])
         stay = [_element(a, seconds * 1000) for a, seconds in timeouts.items()]
-        add(_type(NFT_MSG_NEWSETELEM), NLM_F_CREATE, set_name, stay)
+        add(_NEWSETELEM, NLM_F_CREATE, head, stay)
     if not steps:
         return b"", []
     body = [message(NFNL_MSG_BATCH_BEGIN, 0, first_sequence, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES)]
-    for index, (kind, flags, number, payload) in enumerate(steps):
+    pack, last = _HEADER.pack, len(steps) - 1
+    for index, (kind, flags, payload) in enumerate(steps):
         # Only the last message asks for an acknowledgement: the kernel processes a whole batch even after an
         # error and reports every error anyway, so that one ack (or an error before it) settles the batch.
-        ack = NLM_F_ACK if index == len(steps) - 1 else 0
-        body.append(message(kind, flags | ack, number, NFPROTO_INET, payload))
-    body.append(message(NFNL_MSG_BATCH_END, 0, sequence + 1, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES))
-    return b"".join(body), [step[2] for step in steps]
+        header_flags = flags | NLM_F_REQUEST | (NLM_F_ACK if index == last else 0)
+        body += (pack(20 + len(payload), kind, header_flags, first_sequence + 1 + index, 0), _NFGEN_INET, payload)
+    end = first_sequence + len(steps) + 1
+    body.append(message(NFNL_MSG_BATCH_END, 0, end, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES))
+    return b"".join(body), list(range(first_sequence + 1, end))
 
 
 def ack_errors(data: bytes) -> Iterator[tuple[int, int]]:
