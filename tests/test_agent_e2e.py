@@ -231,11 +231,12 @@ def test_flows_status_and_uninstall(lab: Lab, probe: Probe, agent_factory: list[
 def test_element_batches_set_exact_timeouts_in_the_kernel(lab: Lab, agent_factory: list[AgentProcess]) -> None:
     # Longer first, then shorter: only delete+add in one transaction yields exactly the new timeout; a plain
     # add keeps the old expiry on kernels without element timeout updates. Removing a missing element must not
-    # fail the transaction either.
+    # fail the transaction either. The same with in-place updates, where the probe says the kernel has them.
     script = """
 import json
 from ztdns.agent.config import AgentConfig
-from ztdns.agent.nfnetlink import ElementWriter
+import sys
+from ztdns.agent.nfnetlink import ElementWriter, updates_timeouts_in_place
 from ztdns.agent.nft import Nft
 from ztdns.agent.ruleset import build_ruleset
 from ztdns.agent.setwriter import packed_sets
@@ -243,16 +244,20 @@ from ztdns.config import parse_model
 nft = Nft()
 nft.run(build_ruleset(parse_model(AgentConfig, '[[server]]\\naddress = "192.0.2.10"\\nhostname = "d"\\n')))
 writer = ElementWriter("ztdns")
-writer.write(packed_sets({"192.0.2.77": 100, "2001:db8::77": 100}, ()))
-writer.write(packed_sets({"192.0.2.77": 10, "2001:db8::77": 20}, {"192.0.2.78"}))
-print(json.dumps(nft.query("list table inet ztdns")))
+writer.in_place = sys.argv[1] == "in-place"
+writer.write(packed_sets({"192.0.2.77": 100, "2001:db8::77": 100, "192.0.2.78": 100}, ()))
+writer.write(packed_sets({"192.0.2.77": 10, "2001:db8::77": 20}, {"192.0.2.78", "192.0.2.79"}))
+print(json.dumps([updates_timeouts_in_place(nft), nft.query("list table inet ztdns")]))
 """
-    items = json.loads(lab.in_ns(lab.client, sys.executable, "-c", script).stdout)
-    elements = {
-        elem["elem"]["val"]: elem["elem"]["expires"]
-        for item in items
-        if "set" in item
-        for elem in item["set"].get("elem", [])
-    }
-    assert elements.keys() == {"192.0.2.77", "2001:db8::77"}
-    assert 8 <= elements["192.0.2.77"] <= 10 and 18 <= elements["2001:db8::77"] <= 20
+    for mode in ("three-step", "in-place"):
+        in_place, items = json.loads(lab.in_ns(lab.client, sys.executable, "-c", script, mode).stdout)
+        if mode == "in-place" and not in_place:
+            continue  # a kernel before 6.10: the agent never uses in-place updates there
+        elements = {
+            elem["elem"]["val"]: elem["elem"]["expires"]
+            for item in items
+            if "set" in item
+            for elem in item["set"].get("elem", [])
+        }
+        assert elements.keys() == {"192.0.2.77", "2001:db8::77"}, mode
+        assert 8 <= elements["192.0.2.77"] <= 10 and 18 <= elements["2001:db8::77"] <= 20, mode

@@ -86,6 +86,22 @@ def test_element_batch_sets_exact_timeouts_and_closes() -> None:
     assert nfnetlink.element_batch("ztdns", packed_sets({}, ()), 1)[1] == []
 
 
+def test_element_batch_in_place_adds_once_and_deletes_only_removals() -> None:
+    sets = packed_sets({"192.0.2.1": 30, "2001:db8::1": 40}, {"192.0.2.9"})
+    batch, acked = nfnetlink.element_batch("ztdns", sets, 100, in_place=True)
+    parsed = list(nfnetlink.messages(batch))
+    assert [m[0] for m in parsed] == [16, *[(10 << 8) | t for t in (12, 14, 12)], 17]
+    assert acked == [101, 102, 103] and [bool(m[1] & nfnetlink.NLM_F_ACK) for m in parsed] == [False] * 3 + [
+        True,
+        False,
+    ]
+    v4, gone, v6 = bytes([192, 0, 2, 1]), bytes([192, 0, 2, 9]), socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    # The removal is added first (so deleting it cannot fail), then deleted; what stays is added once.
+    assert _elements(parsed[1][4]) == [(v4, 30_000), (gone, 1_000)]
+    assert _elements(parsed[2][4]) == [(gone, None)]
+    assert _elements(parsed[3][4]) == [(v6, 40_000)]
+
+
 def test_element_batch_splits_steps_over_messages_below_the_attribute_limit() -> None:
     many = {f"10.0.{i >> 8}.{i & 255}": 60 for i in range(5000)}
     batch, acked = nfnetlink.element_batch("ztdns", packed_sets(many, ()), 1)

@@ -62,8 +62,10 @@ class AllowState:
 
     def answer(self, name: str, records: list[tuple[str, int]], now: float, identity: str, update: SetUpdate) -> None:
         """Open (or refresh) ``records`` — (address, TTL) pairs answered for ``name`` — as of ``now``."""
+        cfg = self.config
+        floor, ceiling, grace = cfg.ttl_floor, cfg.ttl_ceiling, cfg.grace  # lifetime(), inlined: per address
         for address, ttl in records:
-            self._grant(Grant(address, name, now + self.lifetime(ttl), identity), now, update)
+            self._grant(Grant(address, name, now + (min(max(ttl, floor), ceiling) + grace), identity), now, update)
         self._cap(name, now, update)
 
     def restore(self, grant: Grant, now: float, update: SetUpdate) -> None:
@@ -82,36 +84,42 @@ class AllowState:
         return timeouts
 
     def _grant(self, grant: Grant, now: float, update: SetUpdate) -> None:
-        # get-then-create rather than setdefault(…, OrderedDict()): this runs per answered address, and
-        # setdefault would build a throw-away container every time.
-        per_name = self._names.get(grant.name)
+        # Runs per answered address: get-then-create rather than setdefault(…, OrderedDict()) (setdefault would
+        # build a throw-away container every time), and a new address skips looking for other holders.
+        address, name = grant.address, grant.name
+        per_name = self._names.get(name)
         if per_name is None:
-            per_name = self._names[grant.name] = OrderedDict()
-        holders = self._addresses.get(grant.address)
+            per_name = self._names[name] = OrderedDict()
+        holders = self._addresses.get(address)
+        previous = None
         if holders is None:
-            holders = self._addresses[grant.address] = {}
-        open_until = max([g.expires for g in holders.values()]) if holders else 0.0
+            self._addresses[address] = holders = {}
+            open_until = 0.0
+        else:
+            open_until = max([g.expires for g in holders.values()]) if holders else 0.0
+            # A cached answer carries a smaller TTL than the first one: never shorten what was granted.
+            previous = holders.pop(name, None)
+            if previous is not None and previous.expires > grant.expires:
+                grant = Grant(address, name, previous.expires, grant.identity)
         if open_until > now:
             update.refreshed += 1
         else:
             update.added += 1
-        # A cached answer carries a smaller TTL than the first one: never shorten what was granted.
-        previous = holders.pop(grant.name, None)
-        if previous is not None and previous.expires > grant.expires:
-            grant = Grant(grant.address, grant.name, previous.expires, grant.identity)
-        holders[grant.name] = grant
-        per_name[grant.address] = grant.expires
-        per_name.move_to_end(grant.address)
+        holders[name] = grant
+        expires = grant.expires
+        per_name[address] = expires
+        per_name.move_to_end(address)
         history = self._history
-        history[grant.address] = grant.name
-        history.move_to_end(grant.address)
+        history[address] = name
+        history.move_to_end(address)
         if len(history) > self.history_size:
             history.popitem(last=False)
         if previous is None:
             # One heap entry per grant; refreshes are found when it comes due (keeps the heap bounded).
-            heapq.heappush(self._expiries, (grant.expires, grant.address, grant.name))
-        update.timeouts[grant.address] = max(1, math.ceil(max(open_until, grant.expires) - now))
-        update.removals.discard(grant.address)
+            heapq.heappush(self._expiries, (expires, address, name))
+        update.timeouts[address] = max(1, math.ceil((open_until if open_until > expires else expires) - now))
+        if update.removals:
+            update.removals.discard(address)
         update.grants.append(grant)
 
     def _cap(self, name: str, now: float, update: SetUpdate) -> None:

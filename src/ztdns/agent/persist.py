@@ -19,7 +19,9 @@ from ztdns.agent.allowstate import Grant
 
 SNAPSHOT = "grants.json"
 JOURNAL = "journal.jsonl"
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(…, separators=…) builds one per call
+# json's own string encoder (C, ASCII-escaping): the journal line is formatted directly, byte for byte what
+# json.dumps(…, separators=(",", ":")) writes, without building a dict per grant and walking it again.
+_string = json.encoder.encode_basestring_ascii
 
 
 def _encode(grant: Grant) -> dict[str, object]:
@@ -84,9 +86,12 @@ class GrantStore:
         if self._journal_fd is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._journal_fd = os.open(self.dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        records = [_encode(g) for g in grants]
+        records = [
+            f'{{"a":{_string(g.address)},"n":{_string(g.name)},"e":{round(g.expires, 3)!r},"i":{_string(g.identity)}}}'
+            for g in grants
+        ]
         if records:
-            os.write(self._journal_fd, (_COMPACT.encode(records) + "\n").encode())
+            os.write(self._journal_fd, ("[" + ",".join(records) + "]\n").encode())
             self._journal_lines += len(records)
         return self._journal_lines >= self.compact_after
 

@@ -28,7 +28,7 @@ from ztdns.agent.audit import AUDIT_LOG, AuditRecorder
 from ztdns.agent.config import AgentConfig
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nflog import NflogSocket
-from ztdns.agent.nfnetlink import ElementWriter, TableWatch
+from ztdns.agent.nfnetlink import ElementWriter, TableWatch, updates_timeouts_in_place
 from ztdns.agent.nft import Nft, NftError
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.ruleset import TABLE, build_ruleset
@@ -91,6 +91,10 @@ class Agent:
         for grant in self.store.load(now):
             self.state.restore(grant, now, restored)
         self._watch = TableWatch(TABLE)
+        try:
+            self.elements.in_place = updates_timeouts_in_place(self.nft)
+        except NftError as exc:  # the three-step update is exact on every kernel
+            log.warning("cannot tell whether the kernel updates element timeouts in place: %s", exc)
         self._install()
         self.store.snapshot(self.state.grants())
         log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, len(self.state))
