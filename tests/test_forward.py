@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import dns.edns
 import dns.flags
 import dns.message
 import dns.name
 import dns.opcode
+import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype

@@ -20,11 +20,8 @@ import struct
 import time
 from typing import Any
 
-import dns.exception
 import dns.flags
 import dns.message
-import dns.name
-import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
