@@ -38,6 +38,7 @@ import uvloop
 
 from ztdns.agent.answers import message_id, with_id
 from ztdns.agent.config import AgentConfig
+from ztdns.agent.nft import NftError
 from ztdns.agent.service import Agent
 from ztdns.agent.setwriter import packed_sets
 from ztdns.agent.stub import StubHandler
@@ -176,7 +177,7 @@ async def capacity(handler: StubHandler, queries: list[bytes], burst: int) -> tu
     """Answers per second with no pacing (``burst`` queries at a time), and CPU µs per answer: the headroom."""
     cpu, started = time.process_time(), time.perf_counter()
     for start in range(0, len(queries), burst):
-        await asyncio.gather(*(handler.handle(wire) for wire in queries[start : start + burst]))
+        await asyncio.gather(*(handler.ask(wire) for wire in queries[start : start + burst]))
     wall = time.perf_counter() - started
     return len(queries) / wall, (time.process_time() - cpu) / len(queries) * 1e6
 
@@ -185,10 +186,13 @@ async def fill(agent: Agent, count: int, offset: int) -> float:
     """Open ``count`` more addresses, 1000 answers per transaction; seconds taken."""
     started = time.perf_counter()
     for block in range(0, count, 1000):
-        update, committed = agent.writer.pending()
+        update = agent.writer.pending()
         for i in range(block, min(count, block + 1000)):
             agent.state.answer(f"f{i}.bench", [(address_of(offset + i), 3600)], time.time(), "", update)
-        await committed
+        committed: asyncio.Future[NftError | None] = asyncio.get_running_loop().create_future()
+        agent.writer.after_commit(committed.set_result)
+        if failure := await committed:
+            raise failure
     return time.perf_counter() - started
 
 

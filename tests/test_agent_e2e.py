@@ -236,7 +236,7 @@ def test_element_batches_set_exact_timeouts_in_the_kernel(lab: Lab, agent_factor
 import json
 from ztdns.agent.config import AgentConfig
 import sys
-from ztdns.agent.nfnetlink import ElementWriter, updates_timeouts_in_place
+from ztdns.agent.nfnetlink import ElementWriter, TableWatch, updates_timeouts_in_place
 from ztdns.agent.nft import Nft
 from ztdns.agent.ruleset import build_ruleset
 from ztdns.agent.setwriter import packed_sets
@@ -245,8 +245,13 @@ nft = Nft()
 nft.run(build_ruleset(parse_model(AgentConfig, '[[server]]\\naddress = "192.0.2.10"\\nhostname = "d"\\n')))
 writer = ElementWriter("ztdns")
 writer.in_place = sys.argv[1] == "in-place"
+watch = TableWatch("ztdns")
+before = watch.generation()
 writer.write(packed_sets({"192.0.2.77": 100, "2001:db8::77": 100, "192.0.2.78": 100}, ()))
 writer.write(packed_sets({"192.0.2.77": 10, "2001:db8::77": 20}, {"192.0.2.78", "192.0.2.79"}))
+after = watch.generation()
+# What the table watch relies on: each of our transactions moves the generation on by exactly one.
+assert after - before == writer.commits == 2, (before, after, writer.commits)
 print(json.dumps([updates_timeouts_in_place(nft), nft.query("list table inet ztdns")]))
 """
     for mode in ("three-step", "in-place"):

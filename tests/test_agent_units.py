@@ -132,6 +132,14 @@ def test_table_notifications_are_matched_by_family_and_name() -> None:
     assert not nfnetlink.mentions_table(delrule, b"\x01", b"ztdns")  # truncated
 
 
+def test_ruleset_generation_replies_parse() -> None:
+    payload = bytes([socket.AF_UNSPEC, 0, 0, 7]) + nfnetlink.attr(nfnetlink.NFTA_GEN_ID, struct.pack(">I", 4242))
+    assert nfnetlink.parse_generation(payload + nfnetlink.attr(3, b"nft\0")) == 4242
+    for broken in (b"", bytes(4), bytes(4) + nfnetlink.attr(nfnetlink.NFTA_GEN_ID, b"\1\2")):
+        with pytest.raises(nfnetlink.NetlinkError):
+            nfnetlink.parse_generation(broken)
+
+
 def answer(state: AllowState, name: str, records: list[tuple[str, int]], now: float) -> SetUpdate:
     update = SetUpdate()
     state.answer(name, records, now, "", update)

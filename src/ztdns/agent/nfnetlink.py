@@ -3,8 +3,9 @@
 - **Writing set elements** on the hot path: one ``sendmsg`` per batch and a few microseconds of Python per
   address. libnftables costs ≈ 0.2 ms per call (a cache fetch before every command) plus ≈ 15 µs per element
   (parsing script text); the table itself is still built by libnftables from readable nft text (ruleset.py).
-- **Watching the table**: a fingerprint of the table's definition — table flags, chains, rules, sets; counters
-  and element counts blanked — dumped cheaply enough to compare many times a second with the one taken when the
+- **Watching the table**: the ruleset's generation number (one small request) tells whether anyone but us has
+  committed anything since the last look; only then is a fingerprint of the table's definition — table flags,
+  chains, rules, sets; counters and element counts blanked — dumped and compared with the one taken when the
   agent built it. Someone running ``nft flush ruleset`` or editing the chains is noticed within one poll.
 
 Message building and parsing are pure functions over bytes; the two socket classes only send and receive.
@@ -24,7 +25,7 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error messages do not echo the (possibly large) request
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x4, 0x10
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x2, 0x4, 0x10
 NLM_F_DUMP, NLM_F_CREATE = 0x300, 0x400
 NLA_F_NESTED = 0x8000
 NFNL_SUBSYS_NFTABLES = 10
@@ -36,6 +37,8 @@ NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
 NFT_MSG_GETCHAIN, NFT_MSG_NEWRULE, NFT_MSG_GETRULE, NFT_MSG_GETSET = 4, 6, 7, 10
 NFT_MSG_NEWSET, NFT_MSG_DELSET = 9, 11
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
+NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
+NFTA_GEN_ID = 1
 # Attribute 1 is the table name in table, chain, rule and set messages alike.
 NFTA_TABLE = 1
 NFTA_SET_NAME = 2
@@ -242,6 +245,7 @@ class ElementWriter:
         self._sock.settimeout(2.0)
         self._sequence = 0
         self.in_place = False  # see element_batch; set from updates_timeouts_in_place()
+        self.commits = 0  # transactions the kernel accepted: each moved the ruleset generation on by one
 
     def write(self, sets: Mapping[str, tuple[Mapping[bytes, int], Iterable[bytes]]]) -> None:
         """Commit ``sets`` (see :func:`element_batch`); raises NetlinkError naming the kernel's reason."""
@@ -266,6 +270,7 @@ class ElementWriter:
             raise NetlinkError(f"set update: {exc.strerror or exc}") from None
         if failure:
             raise NetlinkError(f"set update rejected: {os.strerror(failure)}")
+        self.commits += 1
 
     def close(self) -> None:
         self._sock.close()
@@ -334,8 +339,19 @@ def _stable(kind: int, payload: bytes) -> bytes:
     return b"".join(parts)
 
 
+def parse_generation(payload: bytes) -> int:
+    """The ruleset generation number in a NEWGEN reply: moved on by one per committed transaction (a rejected
+    one leaves it). (The reply's pid and process name are the asker's, not the last committer's.)"""
+    number = dict(attrs(payload[4:])).get(NFTA_GEN_ID, b"")
+    if len(number) != 4:
+        raise NetlinkError("ruleset generation: no generation number in the reply")
+    generation: int = struct.unpack(">I", number)[0]
+    return generation
+
+
 class TableWatch:
-    """The fingerprint of one table's definition, read with four small netlink dumps (≈ 40 µs).
+    """The ruleset generation (one request, ≈ 15 µs), and the fingerprint of one table's definition, read with
+    four small netlink dumps (≈ 0.25 ms, parsing included).
 
     Polled rather than driven by nf_tables notifications: subscribing to them makes the kernel build a
     notification for every set element we write (three per address), which doubled the cost of each update.
@@ -364,10 +380,20 @@ class TableWatch:
                 return frozenset(items)
         raise NetlinkError("the nftables ruleset kept changing while it was read")
 
+    def generation(self) -> int:
+        for kind, _, payload in self._request(NFT_MSG_GETGEN, 0, socket.AF_UNSPEC):
+            if kind == _type(NFT_MSG_NEWGEN):
+                return parse_generation(payload)
+        raise NetlinkError("ruleset generation: no reply")
+
     def _dump(self, request: int) -> Iterator[tuple[int, int, bytes]]:
+        return self._request(request, NLM_F_DUMP, NFPROTO_INET)
+
+    def _request(self, request: int, request_flags: int, family: int) -> Iterator[tuple[int, int, bytes]]:
+        """The replies to one request: a dump's messages up to NLMSG_DONE, or a get's one reply."""
         self._sequence += 1
         sequence = self._sequence
-        self._dumps.send(message(_type(request), NLM_F_DUMP, sequence, NFPROTO_INET, b""))
+        self._dumps.send(message(_type(request), request_flags, sequence, family, b""))
         while True:
             try:
                 data = self._dumps.recv(1 << 20)
@@ -384,6 +410,8 @@ class TableWatch:
                         raise NetlinkError(f"reading the ruleset: {os.strerror(error)}")
                     return
                 yield kind, flags, payload  # NEWx messages, one per object
+                if not flags & NLM_F_MULTI:
+                    return  # a get's single reply
 
     def close(self) -> None:
         self._dumps.close()

@@ -4,10 +4,10 @@ Start order matters: the table (with restored grants) is committed before the st
 be released before enforcement is in place; resolv.conf is pointed at the stub only once it listens. Stop
 order: stop listening, snapshot; the table is left in force (only ``uninstall`` removes it).
 
-While running, the agent watches its table: every 50 ms it compares the table's definition with the one it
-loaded. If someone deleted or altered it (``nft flush ruleset``, a rule inserted or removed, the chain policy
-changed), it is rebuilt at once with every live grant — logged, counted (``ztdns_agent_table_restored_total``)
-and shown by ``status``.
+While running, the agent watches its table: every 50 ms it reads the ruleset generation and, when someone else has
+committed anything, compares the table's definition with the one it loaded. If someone deleted or altered it (``nft
+flush ruleset``, a rule inserted or removed, the chain policy changed), it is rebuilt at once with every live grant
+— logged, counted (``ztdns_agent_table_restored_total``) and shown by ``status``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Agent:
         self.listeners = StubListeners(self.handler, config.stub.listen)
         self._watch: TableWatch | None = None
         self._loaded: frozenset[bytes] = frozenset()
+        self._others = 0  # ruleset generation minus our own commits when the table was last seen intact
         self._restore_failing = False
         self._nflog: NflogSocket | None = None
         self._audit: AuditRecorder | None = None
@@ -73,9 +74,10 @@ class Agent:
         self.errors.append((time.time(), message))
 
     def _committed(self, batch: SetUpdate) -> None:
-        self.metrics.added.inc(batch.added)
-        self.metrics.refreshed.inc(batch.refreshed)
-        self.metrics.evicted.inc(len(batch.removals))
+        metrics = self.metrics
+        metrics.added += batch.added
+        metrics.refreshed += batch.refreshed
+        metrics.evicted += len(batch.removals)
         # The kernel has the grants already; a journal failure costs persistence, not the answer.
         try:
             if self.store.append(batch.grants):
@@ -122,6 +124,7 @@ class Agent:
         self.nft.run(build_ruleset(self.config))
         self.writer.load(self.state.live_timeouts(time.time()))
         self._loaded = self._watch.fingerprint()
+        self._others = self._watch.generation() - self.elements.commits
 
     async def _watch_table(self) -> None:
         while True:
@@ -132,12 +135,17 @@ class Agent:
         """Rebuild the table if it is not the one the agent loaded (fail closed against tampering)."""
         assert self._watch is not None
         try:
+            # Our own set transactions move the generation too; anything beyond them was someone else's.
+            others = self._watch.generation() - self.elements.commits
+            if others == self._others and not self._restore_failing:
+                return
             current = self._watch.fingerprint()
-            if current == self._loaded:
+            if current == self._loaded:  # a change elsewhere in the ruleset
+                self._others = others
                 self._restore_failing = False
                 return
             if not self._restore_failing:  # one count and one log line per incident, however long it lasts
-                self.metrics.table_restored.inc()
+                self.metrics.table_restored += 1
                 what = "deleted" if not current else "altered"
                 self._error(f"table inet ztdns was {what} by someone else; restoring it ({len(self.state)} addresses)")
             self._install()
@@ -154,7 +162,7 @@ class Agent:
             self._error(f"audit records unavailable (NFLOG group {self.config.firewall.log_group}): {exc}")
             return
         records = self.config.state_path / AUDIT_LOG
-        self._audit = AuditRecorder(records, self.state.last_name, self.metrics.audit_drops.inc)
+        self._audit = AuditRecorder(records, self.state.last_name, self.metrics.count_audit_drop)
         asyncio.get_running_loop().add_reader(self._nflog.sock.fileno(), self._read_audit)
 
     def _read_audit(self) -> None:
@@ -174,8 +182,8 @@ class Agent:
             # sight. The price: a cycle formed between old objects is never reclaimed.
             gc.collect(1)
             gc.freeze()
-            self.metrics.expired.inc(len(self.state.expire(time.time())))
-            self.metrics.live.set(len(self.state))
+            self.metrics.expired += len(self.state.expire(time.time()))
+            self.metrics.live = len(self.state)
             try:
                 self.write_status()
             except OSError as exc:

@@ -1,12 +1,13 @@
 """Writes the allow sets: every answer of one event-loop turn goes into one shared :class:`SetUpdate`, committed
-as one nf_tables transaction over raw netlink when the turn ends. Answers await the batch's one future: the answer
-is released only after the commit, and a failed commit fails every answer in the batch (the stub then sends
-SERVFAIL — fail closed).
+as one nf_tables transaction over raw netlink when the turn ends. Each answer registers a callback that the
+commit calls: the answer is released only after the commit, and a failed commit fails every answer in the batch
+(the stub then sends SERVFAIL — fail closed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping
 
@@ -14,6 +15,8 @@ from ztdns.agent.allowstate import SetUpdate
 from ztdns.agent.nfnetlink import ElementWriter
 from ztdns.agent.nft import NftError
 from ztdns.agent.ruleset import SET4, SET6
+
+log = logging.getLogger("ztdns.agent.setwriter")
 
 # Addresses per transaction when (re)loading every grant: keeps each netlink message far below socket limits.
 _CHUNK = 4096
@@ -33,35 +36,45 @@ def packed_sets(timeouts: Mapping[str, int], removals: Iterable[str]) -> Sets:
     return sets
 
 
+Settle = Callable[[NftError | None], None]
+
+
 class SetWriter:
     def __init__(self, elements: ElementWriter, on_commit: Callable[[SetUpdate], None]) -> None:
         self._elements = elements
         self._on_commit = on_commit
-        self._pending: tuple[SetUpdate, asyncio.Future[None]] | None = None
+        self._pending: SetUpdate | None = None
+        self._waiting: list[Settle] = []
 
-    def pending(self) -> tuple[SetUpdate, asyncio.Future[None]]:
-        """The update committed when this event-loop turn ends, and the future that completes with the commit."""
+    def pending(self) -> SetUpdate:
+        """The update committed when this event-loop turn ends."""
         if self._pending is None:
-            loop = asyncio.get_running_loop()
-            self._pending = (SetUpdate(), loop.create_future())
+            self._pending = SetUpdate()
             # Runs after every callback already queued in this turn: concurrent answers share the commit.
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         return self._pending
 
+    def after_commit(self, settle: Settle) -> None:
+        """Call ``settle`` once the pending update is committed: with None, or with the reason it failed."""
+        self._waiting.append(settle)
+
     def _flush(self) -> None:
-        assert self._pending is not None
-        batch, committed = self._pending
-        self._pending = None
+        batch, waiting = self._pending, self._waiting
+        assert batch is not None
+        self._pending, self._waiting = None, []
+        failure: NftError | None = None
         try:
             if batch:
                 self._elements.write(packed_sets(batch.timeouts, batch.removals))
         except Exception as exc:  # whatever went wrong, the waiting answers must fail, not hang
-            committed.set_exception(exc if isinstance(exc, NftError) else NftError(f"set update: {exc!r}"))
-            # Every waiter sees the exception; this marks it retrieved even if all of them were cancelled.
-            committed.exception()
-            return
-        self._on_commit(batch)
-        committed.set_result(None)
+            failure = exc if isinstance(exc, NftError) else NftError(f"set update: {exc!r}")
+        else:
+            self._on_commit(batch)
+        for settle in waiting:
+            try:
+                settle(failure)
+            except Exception:  # one broken waiter must not keep the others' answers from their applications
+                log.exception("releasing an answer failed")
 
     def load(self, timeouts: Mapping[str, int]) -> None:
         """Write every grant (after the table was (re)built), in chunks of a few thousand addresses."""

@@ -13,6 +13,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol, cast
 
 from ztdns.agent.allowstate import AllowState
@@ -32,6 +33,9 @@ class Upstream(Protocol):
         ...
 
 
+Release = Callable[[bytes], None]
+
+
 class StubHandler:
     def __init__(
         self,
@@ -49,48 +53,68 @@ class StubHandler:
         self._identity = identity
         self._on_error = on_error
 
-    async def handle(self, query: bytes) -> bytes | None:
-        """The response to release to the application, or None to drop a packet that is not a query."""
+    async def handle(self, query: bytes, release: Release) -> bool:
+        """Relay ``query``: ``release`` gets the response once the application may have it — after the set
+        commit that opens its addresses. False (and nothing released) for a packet that is not a query.
+        """
         try:
             check_query(query)
         except BadMessage as exc:
             log.debug("dropped: %s", exc)
-            return None
+            return False
+        metrics = self._metrics
         try:
             response = await self._upstreams.query(query)
         except UpstreamError as exc:
-            self._metrics.upstream_failures.inc()
-            self._metrics.servfail.inc()
+            metrics.upstream_failures += 1
+            metrics.servfail += 1
             self._on_error(f"no protective server answered: {exc}")
-            return servfail(query)
+            release(servfail(query))
+            return True
         started = time.perf_counter()
         try:
             answer = addresses(response)
         except BadMessage as exc:
-            self._metrics.servfail.inc()
+            metrics.servfail += 1
             self._on_error(f"bad upstream response: {exc}")
-            return servfail(query)
-        if answer.records:
-            # Every answer of this event-loop turn goes into the same update: one transaction for all of them.
-            update, committed = self._writer.pending()
-            self._state.answer(answer.name, answer.records, time.time(), self._identity, update)
-            try:
-                await committed
-            except NftError as exc:
-                # Fail closed: the application must not get an address the firewall does not let it reach.
-                self._metrics.set_failures.inc()
-                self._metrics.servfail.inc()
-                self._on_error(f"set update failed for {answer.name}: {exc}")
-                return servfail(query)
-            self._metrics.opened.inc()
-        else:
-            self._metrics.relayed.inc()
-        self._metrics.plumbing.observe(time.perf_counter() - started)
-        return response
+            release(servfail(query))
+            return True
+        if not answer.records:
+            metrics.relayed += 1
+            metrics.observe_plumbing(time.perf_counter() - started)
+            release(response)
+            return True
+        # Every answer of this event-loop turn goes into the same update: one transaction for all of them. The
+        # commit releases the answers itself (no future and task wake-up per answer).
+        self._state.answer(answer.name, answer.records, time.time(), self._identity, self._writer.pending())
+        self._writer.after_commit(partial(self._settle, query, response, answer.name, started, release))
+        return True
+
+    def _settle(
+        self, query: bytes, response: bytes, name: str, started: float, release: Release, failure: NftError | None
+    ) -> None:
+        metrics = self._metrics
+        if failure is not None:
+            # Fail closed: the application must not get an address the firewall does not let it reach.
+            metrics.set_failures += 1
+            metrics.servfail += 1
+            self._on_error(f"set update failed for {name}: {failure}")
+            release(servfail(query))
+            return
+        metrics.opened += 1
+        metrics.observe_plumbing(time.perf_counter() - started)
+        release(response)
+
+    async def ask(self, query: bytes) -> bytes | None:
+        """The response :meth:`handle` releases for ``query``, or None for a packet that is not a query."""
+        released: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if not await self.handle(query, released.set_result):
+            return None
+        return await released
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: StubHandler, tasks: set[asyncio.Task[None]]) -> None:
+    def __init__(self, handler: StubHandler, tasks: set[asyncio.Task[bool]]) -> None:
         self._handler = handler
         self._tasks = tasks
         self._transport: asyncio.DatagramTransport | None = None
@@ -100,13 +124,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer(data, addr))
+        task = asyncio.get_running_loop().create_task(self._handler.handle(data, partial(self._send, data, addr)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, query: bytes, addr: tuple[str | int, ...]) -> None:
-        response = await self._handler.handle(query)
-        if response is None or self._transport is None:
+    def _send(self, query: bytes, addr: tuple[str | int, ...], response: bytes) -> None:
+        if self._transport is None:
             return
         # Parsing the query's EDNS size only matters for responses that do not fit the classic 512 octets.
         if len(response) > 512 and len(response) > udp_limit(query):
@@ -117,18 +140,17 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 async def _serve_tcp_connection(
     handler: StubHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle_timeout: float
 ) -> None:
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: set[asyncio.Task[bool]] = set()
 
-    async def answer(query: bytes) -> None:
-        response = await handler.handle(query)
-        if response is not None and not writer.is_closing():
+    def send(response: bytes) -> None:
+        if not writer.is_closing():
             writer.write(struct.pack("!H", len(response)) + response)
 
     try:
         while True:
             size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), idle_timeout))[0]
             query = await asyncio.wait_for(reader.readexactly(size), idle_timeout)
-            task = asyncio.get_running_loop().create_task(answer(query))
+            task = asyncio.get_running_loop().create_task(handler.handle(query, send))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except (OSError, asyncio.IncompleteReadError, TimeoutError):
@@ -164,7 +186,7 @@ class StubListeners:
         self._idle_timeout = idle_timeout
         self._transports: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -13,6 +13,18 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+def histogram_family(
+    name: str, help_text: str, bounds: tuple[float, ...], counts: list[int], total: float
+) -> HistogramMetricFamily:
+    """A histogram from plain per-bucket counts (``counts[i]``: observations in bucket ``i``, the last is +Inf)."""
+    buckets = []
+    cumulative = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=total)
+
+
 class Shard:
     """One thread's counters: only its own thread writes them, so no increment is ever lost."""
 
@@ -81,16 +93,12 @@ class MetricsCollector(Collector):
         for (transport, kind, rcode), value in sorted(totals.queries.items()):
             queries.add_metric([transport, kind, rcode], value)
         yield queries
-        buckets = []
-        cumulative = 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), totals.latency_counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        yield HistogramMetricFamily(
+        yield histogram_family(
             "ztdns_query_latency_seconds",
             "Time from query received to answer ready",
-            buckets=buckets,
-            sum_value=totals.latency_sum,
+            LATENCY_BUCKETS,
+            totals.latency_counts,
+            totals.latency_sum,
         )
         for name, (help_text, read) in metrics.gauges.items():
             yield GaugeMetricFamily(name, help_text, value=read())
