@@ -47,10 +47,15 @@ class SetUpdate:
 class AllowState:
     def __init__(self, config: AllowConfig) -> None:
         self.config = config
+        # Plain dicts of str → float throughout: the cyclic collector does not track them. They are made per
+        # answered name and address and live for minutes; tracked, every young collection walked them (pauses
+        # of several milliseconds at 10k names/s, straight into the answer latency).
         # name → address → expiry, least recently answered first.
-        self._names: dict[str, OrderedDict[str, float]] = {}
-        # address → name → grant (who opened it; the newest is last).
-        self._addresses: dict[str, dict[str, Grant]] = {}
+        self._names: dict[str, dict[str, float]] = {}
+        # address → name → expiry (who holds it open).
+        self._addresses: dict[str, dict[str, float]] = {}
+        # name → the identity its latest answer was for.
+        self._identities: dict[str, str] = {}
         self._expiries: list[tuple[float, str, str]] = []
         # address → the name that last opened it, kept after expiry so audit records can name it (bounded).
         self._history: OrderedDict[str, str] = OrderedDict()
@@ -64,51 +69,51 @@ class AllowState:
         """Open (or refresh) ``records`` — (address, TTL) pairs answered for ``name`` — as of ``now``."""
         cfg = self.config
         floor, ceiling, grace = cfg.ttl_floor, cfg.ttl_ceiling, cfg.grace  # lifetime(), inlined: per address
+        self._identities[name] = identity
         for address, ttl in records:
-            self._grant(Grant(address, name, now + (min(max(ttl, floor), ceiling) + grace), identity), now, update)
+            self._grant(address, name, now + (min(max(ttl, floor), ceiling) + grace), identity, now, update)
         self._cap(name, now, update)
 
     def restore(self, grant: Grant, now: float, update: SetUpdate) -> None:
         """Re-open a persisted grant with its remaining lifetime (nothing if it has expired)."""
         if grant.expires > now:
-            self._grant(grant, now, update)
+            self._identities[grant.name] = grant.identity
+            self._grant(grant.address, grant.name, grant.expires, grant.identity, now, update)
             self._cap(grant.name, now, update)
 
     def live_timeouts(self, now: float) -> dict[str, int]:
         """Every open address with its remaining lifetime in seconds (to rebuild the kernel sets)."""
         timeouts = {}
-        for address in self._addresses:
-            remaining = math.ceil(self._open_until(address) - now)
+        for address, holders in self._addresses.items():
+            remaining = math.ceil(max(holders.values(), default=0.0) - now)
             if remaining > 0:
                 timeouts[address] = remaining
         return timeouts
 
-    def _grant(self, grant: Grant, now: float, update: SetUpdate) -> None:
-        # Runs per answered address: get-then-create rather than setdefault(…, OrderedDict()) (setdefault would
-        # build a throw-away container every time), and a new address skips looking for other holders.
-        address, name = grant.address, grant.name
+    def _grant(self, address: str, name: str, expires: float, identity: str, now: float, update: SetUpdate) -> None:
+        # Runs per answered address: get-then-create rather than setdefault(…, {}) (setdefault would build a
+        # throw-away container every time), and a new address skips looking for other holders.
         per_name = self._names.get(name)
         if per_name is None:
-            per_name = self._names[name] = OrderedDict()
+            per_name = self._names[name] = {}
         holders = self._addresses.get(address)
         previous = None
         if holders is None:
             self._addresses[address] = holders = {}
             open_until = 0.0
         else:
-            open_until = max([g.expires for g in holders.values()]) if holders else 0.0
+            open_until = max(holders.values()) if holders else 0.0
             # A cached answer carries a smaller TTL than the first one: never shorten what was granted.
-            previous = holders.pop(name, None)
-            if previous is not None and previous.expires > grant.expires:
-                grant = Grant(address, name, previous.expires, grant.identity)
+            previous = holders.get(name)
+            if previous is not None and previous > expires:
+                expires = previous
         if open_until > now:
             update.refreshed += 1
         else:
             update.added += 1
-        holders[name] = grant
-        expires = grant.expires
+        holders[name] = expires
+        per_name.pop(address, None)  # re-inserted last: the most recently answered
         per_name[address] = expires
-        per_name.move_to_end(address)
         history = self._history
         history[address] = name
         history.move_to_end(address)
@@ -120,12 +125,13 @@ class AllowState:
         update.timeouts[address] = max(1, math.ceil((open_until if open_until > expires else expires) - now))
         if update.removals:
             update.removals.discard(address)
-        update.grants.append(grant)
+        update.grants.append(Grant(address, name, expires, identity))
 
     def _cap(self, name: str, now: float, update: SetUpdate) -> None:
         per_name = self._names[name]
         while len(per_name) > self.config.max_addresses_per_name:
-            address, _ = per_name.popitem(last=False)
+            address = next(iter(per_name))
+            del per_name[address]
             self._release(address, name, now, update)
 
     def _release(self, address: str, name: str, now: float, update: SetUpdate) -> None:
@@ -133,36 +139,34 @@ class AllowState:
         holders.pop(name, None)
         if holders:
             # Still open for other names: only as long as they hold it.
-            update.timeouts[address] = max(1, math.ceil(self._open_until(address) - now))
+            update.timeouts[address] = max(1, math.ceil(max(holders.values()) - now))
             return
         self._addresses.pop(address, None)
         update.timeouts.pop(address, None)
         update.removals.add(address)
-
-    def _open_until(self, address: str) -> float:
-        holders = self._addresses.get(address)
-        return max((g.expires for g in holders.values()), default=0.0) if holders else 0.0
 
     def expire(self, now: float) -> list[Grant]:
         """Forget grants past their expiry (the kernel drops the set element on its own)."""
         gone = []
         while self._expiries and self._expiries[0][0] <= now:
             _, address, name = heapq.heappop(self._expiries)
-            grant = self._addresses.get(address, {}).get(name)
-            if grant is None:
+            holders = self._addresses.get(address)
+            expires = holders.get(name) if holders is not None else None
+            if holders is None or expires is None:
                 continue  # evicted
-            if grant.expires > now:
-                heapq.heappush(self._expiries, (grant.expires, address, name))  # refreshed since
+            if expires > now:
+                heapq.heappush(self._expiries, (expires, address, name))  # refreshed since
                 continue
-            gone.append(grant)
-            del self._addresses[address][name]
-            if not self._addresses[address]:
+            gone.append(Grant(address, name, expires, self._identities.get(name, "")))
+            del holders[name]
+            if not holders:
                 del self._addresses[address]
             per_name = self._names.get(name)
             if per_name is not None:
                 per_name.pop(address, None)
                 if not per_name:
                     del self._names[name]
+                    self._identities.pop(name, None)
         return gone
 
     def last_name(self, address: str) -> str | None:
@@ -170,7 +174,12 @@ class AllowState:
         return self._history.get(address)
 
     def grants(self) -> list[Grant]:
-        return [g for holders in self._addresses.values() for g in holders.values()]
+        identities = self._identities
+        return [
+            Grant(address, name, expires, identities.get(name, ""))
+            for address, holders in self._addresses.items()
+            for name, expires in holders.items()
+        ]
 
     def __len__(self) -> int:
         return len(self._addresses)
