@@ -281,10 +281,42 @@ def test_grant_store_replays_snapshot_and_torn_journal(tmp_path: Path) -> None:
     store.append([Grant("192.0.2.1", "a.test", 300.0), Grant("192.0.2.2", "b.test", 50.0)])
     store.close()
     with (tmp_path / "journal.jsonl").open("a") as journal:
-        journal.write('{"a": "192.0.2.3", "n"')  # killed mid-write
+        journal.write('[{"a": "192.0.2.3", "n"')  # killed mid-write
     assert GrantStore(tmp_path).load(now=100.0) == [Grant("192.0.2.1", "a.test", 300.0, "")]
-    (tmp_path / "grants.json").write_text("{torn")
+    (tmp_path / "snapshot.jsonl").write_text("{torn")
     assert [g.address for g in GrantStore(tmp_path).load(now=100.0)] == ["192.0.2.1"]
+
+
+def test_grant_store_compaction_loses_nothing_at_any_step(tmp_path: Path) -> None:
+    def grant(i: int, expires: float = 500.0) -> Grant:
+        return Grant(f"192.0.2.{i}", f"n{i}.test", expires, "host")
+
+    store = GrantStore(tmp_path, compact_after=3)
+    store.snapshot([grant(1)])
+    assert not store.append([grant(2)]) and store.append([grant(3), grant(4)])  # due
+    store.begin_compaction()
+    assert not store.append([grant(5)])  # into the fresh journal; no second compaction while one runs
+    store.write_snapshot([grant(1), grant(2)])
+    # Killed here: the old snapshot, the journal moved aside and the new journal hold everything.
+    everything = {grant(i) for i in range(1, 6)}
+    assert set(GrantStore(tmp_path).load(now=0.0)) == everything
+    # Started again (the snapshot at start) after that crash: the old journal is merged, not lost.
+    restarted = GrantStore(tmp_path)
+    restarted.begin_compaction()
+    assert set(GrantStore(tmp_path).load(now=0.0)) == everything
+    restarted.write_snapshot(everything)
+    restarted.finish_compaction()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.jsonl", "snapshot.jsonl"]
+    assert set(GrantStore(tmp_path).load(now=0.0)) == everything
+    # A refresh journaled after the snapshot wins over the snapshot's older expiry.
+    restarted.append([grant(1, 900.0)])
+    assert grant(1, 900.0) in GrantStore(tmp_path).load(now=0.0)
+    # An abandoned compaction leaves no partial snapshot behind, and its journal still counts.
+    restarted.begin_compaction()
+    restarted.write_snapshot([grant(1)])
+    restarted.abort_compaction()
+    assert not (tmp_path / "snapshot.jsonl.tmp").exists()
+    assert set(GrantStore(tmp_path).load(now=0.0)) == (everything - {grant(1)}) | {grant(1, 900.0)}
 
 
 def test_resolv_conf_pointed_and_restored(tmp_path: Path) -> None:

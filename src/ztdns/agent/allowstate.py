@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -173,13 +174,19 @@ class AllowState:
         """The name that last opened ``address``, even if that grant has expired since."""
         return self._history.get(address)
 
-    def grants(self) -> list[Grant]:
-        identities = self._identities
-        return [
-            Grant(address, name, expires, identities.get(name, ""))
-            for address, holders in self._addresses.items()
-            for name, expires in holders.items()
-        ]
+    def addresses(self) -> list[str]:
+        """The open addresses, as of now (to walk the grants a chunk at a time)."""
+        return list(self._addresses)
+
+    def grants(self, addresses: Iterable[str] | None = None) -> list[Grant]:
+        """Every grant, or those of ``addresses`` that are still open."""
+        identities, open_addresses = self._identities, self._addresses
+        grants = []
+        for address in open_addresses if addresses is None else addresses:
+            holders = open_addresses.get(address)
+            if holders:
+                grants += [Grant(address, name, expires, identities.get(name, "")) for name, expires in holders.items()]
+        return grants
 
     def __len__(self) -> int:
         return len(self._addresses)

@@ -13,6 +13,7 @@ flush ruleset``, a rule inserted or removed, the chain policy changed), it is re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -20,6 +21,7 @@ import os
 import signal
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ztdns.agent import hostdns
@@ -42,6 +44,7 @@ log = logging.getLogger("ztdns.agent")
 STATUS = "status.json"
 _TICK = 1.0  # seconds between expiry sweeps and status writes
 _WATCH = 0.05  # seconds between checks of the table: the longest a deleted table leaves egress open
+_COMPACTION_CHUNK = 256  # grants written to the next snapshot per event-loop turn
 
 
 class Agent:
@@ -67,6 +70,8 @@ class Agent:
         self._nflog: NflogSocket | None = None
         self._audit: AuditRecorder | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._compaction: asyncio.Task[None] | None = None
+        self._status_writer = ThreadPoolExecutor(1, "ztdns-agent-status")
         self._started = time.time()
 
     def _error(self, message: str) -> None:
@@ -80,10 +85,29 @@ class Agent:
         metrics.evicted += len(batch.removals)
         # The kernel has the grants already; a journal failure costs persistence, not the answer.
         try:
-            if self.store.append(batch.grants):
-                self.store.snapshot(self.state.grants())
+            if self.store.append(batch.grants) and self._compaction is None:
+                self._compaction = asyncio.get_running_loop().create_task(self._compact())
         except OSError as exc:
             self._error(f"journal write failed: {exc}")
+
+    async def _compact(self) -> None:
+        """Rewrite the snapshot between answers, a chunk of grants per loop turn (≈ 1 ms each): writing 100k
+        grants in one go would hold every answer on the host for over half a second."""
+        try:
+            self.store.begin_compaction()
+            addresses = self.state.addresses()
+            for start in range(0, len(addresses), _COMPACTION_CHUNK):
+                self.store.write_snapshot(self.state.grants(addresses[start : start + _COMPACTION_CHUNK]))
+                await asyncio.sleep(0)
+            self.store.finish_compaction()
+        except OSError as exc:
+            self.store.abort_compaction()
+            self._error(f"journal compaction failed: {exc}")
+        except asyncio.CancelledError:
+            self.store.abort_compaction()
+            raise
+        finally:
+            self._compaction = None
 
     async def start(self) -> None:
         config = self.config
@@ -184,14 +208,19 @@ class Agent:
             gc.freeze()
             self.metrics.expired += len(self.state.expire(time.time()))
             self.metrics.live = len(self.state)
+            # Written by a worker thread: a file write and a rename can take a millisecond or more (journaling
+            # file systems), time every answer arriving meanwhile would wait.
             try:
-                self.write_status()
+                await asyncio.get_running_loop().run_in_executor(self._status_writer, self._write_status, self.status())
             except OSError as exc:
                 self._error(f"writing status: {exc}")
 
     def write_status(self) -> None:
+        self._write_status(self.status())
+
+    def status(self) -> dict[str, object]:
         now = time.monotonic()
-        status = {
+        return {
             "pid": os.getpid(),
             "started": self._started,
             "updated": time.time(),
@@ -212,14 +241,19 @@ class Agent:
             "names": self.state.name_count(),
             "errors": [{"time": t, "message": m} for t, m in self.errors],
         }
+
+    def _write_status(self, status: dict[str, object]) -> None:
         path = self.config.state_path / STATUS
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(status, indent=1), encoding="utf-8")
         os.replace(temporary, path)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        for task in [*self._tasks, self._compaction]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.listeners.close()
         await self.upstreams.close()
         if self._watch is not None:
@@ -231,6 +265,7 @@ class Agent:
         self.state.expire(time.time())
         self.store.snapshot(self.state.grants())
         self.store.close()
+        self._status_writer.shutdown(wait=True)  # a status write under way must not recreate the file
         (self.config.state_path / STATUS).unlink(missing_ok=True)
         log.info("stopped; table inet ztdns stays in force")
 
