@@ -16,7 +16,7 @@ import random
 import socket
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.asyncquery
 import dns.edns
@@ -31,6 +31,7 @@ import dns.rrset
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
 
+from ztdns.cache import copy_rrset
 from ztdns.config.model import RecursionConfig
 from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.validator import Security, Validator, Verdict
@@ -78,19 +79,16 @@ class _ServerStats:
 
 @dataclass
 class _Cached:
-    wire: bytes
+    """A resolved answer as RRsets, not wire: a hit costs a few object copies instead of a parse.
+
+    The RRsets are never changed after storing (hits get copies when their TTLs must count down)."""
+
+    rcode: dns.rcode.Rcode
+    answer: tuple[dns.rrset.RRset, ...]
+    authority: tuple[dns.rrset.RRset, ...]
     stored: float
     expires: float
     verdict: Verdict | None = None
-
-
-@dataclass
-class _Answer:
-    """A final answer being assembled across CNAME hops."""
-
-    rcode: int = dns.rcode.NOERROR
-    answer: list[dns.rrset.RRset] = field(default_factory=list)
-    authority: list[dns.rrset.RRset] = field(default_factory=list)
 
 
 def _randomise_case(name: dns.name.Name) -> dns.name.Name:
@@ -173,7 +171,9 @@ class RecursiveResolver:
         key = (name, rdtype)
         now = time.time()
         cached = self._cache.get(key)
-        if cached is not None and cached.expires > now and (cached.verdict is not None or not validate):
+        if cached is not None and cached.expires <= now:
+            cached = None
+        if cached is not None and (cached.verdict is not None or not validate):
             self._cache.move_to_end(key)
             # CD=1 gets the data as published even when we already found it bogus.
             return _aged(cached, now), cached.verdict if validate else None
@@ -185,7 +185,12 @@ class RecursiveResolver:
             try:
                 response, verdict = await self._from_denials(name, rdtype) if validate else (None, None)
                 if response is None:
-                    response = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
+                    # Data cached without a verdict (a CNAME target met on the way, a validator fetch) is
+                    # validated as it is: the same upstream answer, without asking again.
+                    if cached is not None:
+                        response = _aged(cached, now)
+                    else:
+                        response = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
                     if validate:
                         assert self.validator is not None
                         verdict = await self.validator.validate(name, rdtype, response)
@@ -232,7 +237,9 @@ class RecursiveResolver:
         if verdict is not None and verdict.bogus:
             ttl = min(ttl, 60)
         now = time.time()
-        self._cache[key] = _Cached(response.to_wire(), now, now + ttl, verdict)
+        self._cache[key] = _Cached(
+            response.rcode(), tuple(response.answer), tuple(response.authority), now, now + ttl, verdict
+        )
         self._cache.move_to_end(key)
         while len(self._cache) > self.config.cache_entries:
             self._cache.popitem(last=False)
@@ -242,15 +249,16 @@ class RecursiveResolver:
     async def _resolve_chain(
         self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget
     ) -> dns.message.Message:
-        """Resolve, following CNAMEs across zones (DNAME arrives as its synthesised CNAME)."""
-        result = _Answer()
+        """Resolve, following CNAMEs across zones (DNAME arrives as its synthesised CNAME).
+
+        Each CNAME target's own answer (the rest of the chain from there) is cached too, unvalidated: a
+        client asking for the target next is answered after validation, without asking upstream again."""
+        hops: list[tuple[dns.name.Name, dns.message.Message]] = []
         sname = qname
         seen = {qname}
         for _ in range(self.config.max_cname_chain + 1):
             response = await self._iterate(sname, rdtype, budget)
-            result.rcode = response.rcode()
-            result.answer.extend(response.answer)
-            result.authority = list(response.authority)
+            hops.append((sname, response))
             target = _cname_target(response, sname, rdtype)
             if target is None or rdtype == dns.rdatatype.CNAME:
                 break
@@ -260,13 +268,11 @@ class RecursiveResolver:
             sname = target
         else:
             raise ResolutionFailed(Reason(EDE.OTHER, f"{qname}: CNAME chain longer than {self.config.max_cname_chain}"))
-        message = dns.message.make_response(dns.message.make_query(qname, rdtype, want_dnssec=True))
-        message.flags |= dns.flags.RA
-        message.flags &= ~dns.flags.AA
-        message.set_rcode(result.rcode)
-        message.answer = _dedupe(result.answer)
-        message.authority = result.authority
-        return message
+        for index in range(1, len(hops)):
+            key = (hops[index][0], rdtype)
+            if key not in self._cache:
+                self._store(key, _chain_answer(hops[index:]), None)
+        return _chain_answer(hops)
 
     def _closest_delegation(self, name: dns.name.Name) -> _Delegation:
         now = time.time()
@@ -340,14 +346,13 @@ class RecursiveResolver:
 
     def _cache_referral_ds(self, response: dns.message.Message, child: dns.name.Name) -> None:
         """The signed DS in a referral is what the validator will ask for next: keep it."""
-        message = dns.message.make_response(dns.message.make_query(child, dns.rdatatype.DS, want_dnssec=True))
-        message.answer = [
+        answer = [
             r
             for r in response.authority
             if r.name == child
             and (r.rdtype == dns.rdatatype.DS or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS))
         ]
-        self._store((child, dns.rdatatype.DS), message, None)
+        self._store((child, dns.rdatatype.DS), _response(dns.rcode.NOERROR, answer, []), None)
 
     async def _complete(self, delegation: _Delegation, budget: _Budget, depth: int) -> _Delegation:
         """Resolve addresses of glueless name servers (a few, never in a loop), then remember the cut."""
@@ -539,11 +544,35 @@ def _strip_dnssec(message: dns.message.Message) -> None:
     message.authority = [r for r in message.authority if r.rdtype not in dnssec_types]
 
 
-def _aged(cached: _Cached, now: float) -> dns.message.Message:
-    message = dns.message.from_wire(cached.wire)
-    elapsed = int(now - cached.stored)
-    if elapsed:
-        for section in (message.answer, message.authority):
-            for rrset in section:
-                rrset.ttl = max(0, rrset.ttl - elapsed)
+def _response(rcode: dns.rcode.Rcode, answer: list[dns.rrset.RRset], authority: list[dns.rrset.RRset]) -> dns.message.Message:
+    """A recursion result: just flags, rcode and sections (callers set the question they answer)."""
+    message = dns.message.Message()
+    message.flags = dns.flags.QR | dns.flags.RA
+    message.set_rcode(rcode)
+    message.answer = answer
+    message.authority = authority
     return message
+
+
+def _chain_answer(hops: list[tuple[dns.name.Name, dns.message.Message]]) -> dns.message.Message:
+    """The answer to the first name of a CNAME chain: every hop's answer, the last hop's rcode and authority."""
+    answer = [rrset for _, response in hops for rrset in response.answer]
+    last = hops[-1][1]
+    return _response(last.rcode(), _dedupe(answer), list(last.authority))
+
+
+def _aged(cached: _Cached, now: float) -> dns.message.Message:
+    """A cache hit as a fresh message; the cached RRsets are shared until their TTLs must count down."""
+    elapsed = int(now - cached.stored)
+    if not elapsed:
+        return _response(cached.rcode, list(cached.answer), list(cached.authority))
+    return _response(cached.rcode, _older(cached.answer, elapsed), _older(cached.authority, elapsed))
+
+
+def _older(rrsets: tuple[dns.rrset.RRset, ...], elapsed: int) -> list[dns.rrset.RRset]:
+    aged = []
+    for rrset in rrsets:
+        copy = copy_rrset(rrset)
+        copy.ttl = max(0, rrset.ttl - elapsed)
+        aged.append(copy)
+    return aged
