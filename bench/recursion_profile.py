@@ -80,7 +80,8 @@ def main() -> None:
         cpu = statistics.median(p[index][1] for p in later)
         print(f"{case.qname + ' ' + case.qtype:<36} {first:7.2f} {wall:7.2f} {cpu:7.2f} {passes[-1][index][2]:7d}")
     cpu_totals = [sum(cpu for _, cpu, _ in p) for p in passes]
-    print(f"CPU per pass (ms): first {cpu_totals[0]:.1f}, later median {statistics.median(cpu_totals[1:] or cpu_totals):.1f}")
+    later_cpu = statistics.median(cpu_totals[1:] or cpu_totals)
+    print(f"CPU per pass (ms): first {cpu_totals[0]:.1f}, later median {later_cpu:.1f}")
 
 
 if __name__ == "__main__":
