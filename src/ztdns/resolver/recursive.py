@@ -14,9 +14,10 @@ import asyncio
 import ipaddress
 import random
 import socket
+import struct
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.asyncquery
 import dns.edns
@@ -24,6 +25,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -31,6 +33,7 @@ import dns.rrset
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
 
+from ztdns.cache import copy_rrset
 from ztdns.config.model import RecursionConfig
 from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.validator import Security, Validator, Verdict
@@ -78,19 +81,16 @@ class _ServerStats:
 
 @dataclass
 class _Cached:
-    wire: bytes
+    """A resolved answer as RRsets, not wire: a hit costs a few object copies instead of a parse.
+
+    The RRsets are never changed after storing (hits get copies when their TTLs must count down)."""
+
+    rcode: dns.rcode.Rcode
+    answer: tuple[dns.rrset.RRset, ...]
+    authority: tuple[dns.rrset.RRset, ...]
     stored: float
     expires: float
     verdict: Verdict | None = None
-
-
-@dataclass
-class _Answer:
-    """A final answer being assembled across CNAME hops."""
-
-    rcode: int = dns.rcode.NOERROR
-    answer: list[dns.rrset.RRset] = field(default_factory=list)
-    authority: list[dns.rrset.RRset] = field(default_factory=list)
 
 
 def _randomise_case(name: dns.name.Name) -> dns.name.Name:
@@ -173,7 +173,9 @@ class RecursiveResolver:
         key = (name, rdtype)
         now = time.time()
         cached = self._cache.get(key)
-        if cached is not None and cached.expires > now and (cached.verdict is not None or not validate):
+        if cached is not None and cached.expires <= now:
+            cached = None
+        if cached is not None and (cached.verdict is not None or not validate):
             self._cache.move_to_end(key)
             # CD=1 gets the data as published even when we already found it bogus.
             return _aged(cached, now), cached.verdict if validate else None
@@ -185,7 +187,12 @@ class RecursiveResolver:
             try:
                 response, verdict = await self._from_denials(name, rdtype) if validate else (None, None)
                 if response is None:
-                    response = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
+                    # Data cached without a verdict (a CNAME target met on the way, a validator fetch) is
+                    # validated as it is: the same upstream answer, without asking again.
+                    if cached is not None:
+                        response = _aged(cached, now)
+                    else:
+                        response = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
                     if validate:
                         assert self.validator is not None
                         verdict = await self.validator.validate(name, rdtype, response)
@@ -232,7 +239,9 @@ class RecursiveResolver:
         if verdict is not None and verdict.bogus:
             ttl = min(ttl, 60)
         now = time.time()
-        self._cache[key] = _Cached(response.to_wire(), now, now + ttl, verdict)
+        self._cache[key] = _Cached(
+            response.rcode(), tuple(response.answer), tuple(response.authority), now, now + ttl, verdict
+        )
         self._cache.move_to_end(key)
         while len(self._cache) > self.config.cache_entries:
             self._cache.popitem(last=False)
@@ -242,15 +251,16 @@ class RecursiveResolver:
     async def _resolve_chain(
         self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget
     ) -> dns.message.Message:
-        """Resolve, following CNAMEs across zones (DNAME arrives as its synthesised CNAME)."""
-        result = _Answer()
+        """Resolve, following CNAMEs across zones (DNAME arrives as its synthesised CNAME).
+
+        Each CNAME target's own answer (the rest of the chain from there) is cached too, unvalidated: a
+        client asking for the target next is answered after validation, without asking upstream again."""
+        hops: list[tuple[dns.name.Name, dns.message.Message]] = []
         sname = qname
         seen = {qname}
         for _ in range(self.config.max_cname_chain + 1):
             response = await self._iterate(sname, rdtype, budget)
-            result.rcode = response.rcode()
-            result.answer.extend(response.answer)
-            result.authority = list(response.authority)
+            hops.append((sname, response))
             target = _cname_target(response, sname, rdtype)
             if target is None or rdtype == dns.rdatatype.CNAME:
                 break
@@ -260,13 +270,11 @@ class RecursiveResolver:
             sname = target
         else:
             raise ResolutionFailed(Reason(EDE.OTHER, f"{qname}: CNAME chain longer than {self.config.max_cname_chain}"))
-        message = dns.message.make_response(dns.message.make_query(qname, rdtype, want_dnssec=True))
-        message.flags |= dns.flags.RA
-        message.flags &= ~dns.flags.AA
-        message.set_rcode(result.rcode)
-        message.answer = _dedupe(result.answer)
-        message.authority = result.authority
-        return message
+        for index in range(1, len(hops)):
+            key = (hops[index][0], rdtype)
+            if key not in self._cache:
+                self._store(key, _chain_answer(hops[index:]), None)
+        return _chain_answer(hops)
 
     def _closest_delegation(self, name: dns.name.Name) -> _Delegation:
         now = time.time()
@@ -340,14 +348,13 @@ class RecursiveResolver:
 
     def _cache_referral_ds(self, response: dns.message.Message, child: dns.name.Name) -> None:
         """The signed DS in a referral is what the validator will ask for next: keep it."""
-        message = dns.message.make_response(dns.message.make_query(child, dns.rdatatype.DS, want_dnssec=True))
-        message.answer = [
+        answer = [
             r
             for r in response.authority
             if r.name == child
             and (r.rdtype == dns.rdatatype.DS or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS))
         ]
-        self._store((child, dns.rdatatype.DS), message, None)
+        self._store((child, dns.rdatatype.DS), _response(dns.rcode.NOERROR, answer, []), None)
 
     async def _complete(self, delegation: _Delegation, budget: _Budget, depth: int) -> _Delegation:
         """Resolve addresses of glueless name servers (a few, never in a loop), then remember the cut."""
@@ -421,23 +428,21 @@ class RecursiveResolver:
 
     async def _query(self, address: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
         stats = self._servers.setdefault(address, _ServerStats())
-        sent_name = _randomise_case(name)
-        query = dns.message.make_query(sent_name, rdtype, want_dnssec=True, payload=_EDNS_PAYLOAD)
-        query.flags &= ~dns.flags.RD
+        query = _Query(random.getrandbits(16), _randomise_case(name), rdtype)
         timeout = self.config.timeout
         port = self.config.query_port
         start = time.monotonic()
         self.upstream_queries += 1
         try:
-            response = await self._exchange(query, address, timeout)
+            wire = query.to_wire(edns=True)
+            response = await self._exchange(query, wire, address, timeout)
             if response.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and response.edns < 0:
                 # EDNS fallback for servers that reject OPT records.
-                query = dns.message.make_query(sent_name, rdtype, use_edns=False)
-                query.flags &= ~dns.flags.RD
-                response = await self._exchange(query, address, timeout)
+                wire = query.to_wire(edns=False)
+                response = await self._exchange(query, wire, address, timeout)
             if response.flags & dns.flags.TC:
-                response = await dns.asyncquery.tcp(query, address, timeout, port=port)
-                if not _echoes(query, response):
+                response = await dns.asyncquery.tcp(dns.message.from_wire(wire), address, timeout, port=port)
+                if not query.echoed_by(response):
                     self.forged_dropped += 1
                     raise _Forged(f"TCP answer from {address} does not match the query")
         except (dns.exception.Timeout, TimeoutError, OSError):
@@ -451,7 +456,7 @@ class RecursiveResolver:
         stats.failures = 0
         return response
 
-    async def _exchange(self, query: dns.message.Message, address: str, timeout: float) -> dns.message.Message:
+    async def _exchange(self, query: _Query, wire: bytes, address: str, timeout: float) -> dns.message.Message:
         """One UDP exchange on a fresh connected socket (a random source port the kernel picks).
 
         The connected socket only receives datagrams from the server's address and port. Anything else
@@ -464,7 +469,7 @@ class RecursiveResolver:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             sock.connect((address, self.config.query_port))
-            sock.send(query.to_wire())
+            sock.send(wire)
             async with asyncio.timeout(timeout):
                 while True:
                     wire = await loop.sock_recv(sock, 65535)
@@ -472,7 +477,7 @@ class RecursiveResolver:
                         response = dns.message.from_wire(wire)
                     except dns.exception.DNSException:
                         response = None
-                    if response is not None and _echoes(query, response):
+                    if response is not None and query.echoed_by(response):
                         return response
                     self.forged_dropped += 1
 
@@ -485,17 +490,45 @@ class _Forged(Exception):
     pass
 
 
-def _echoes(query: dns.message.Message, response: dns.message.Message) -> bool:
-    """Is ``response`` an answer to ``query``: same ID, QR set, and the question echoed byte for byte (0x20)?
+_QUESTION_OPTIONAL = frozenset({dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP, dns.rcode.REFUSED})
+# The OPT record of every EDNS query: root owner, type 41, our UDP payload size, DO set, no options.
+_OPT_RR = b"\x00" + struct.pack("!HHBBHH", dns.rdatatype.OPT, _EDNS_PAYLOAD, 0, 0, dns.flags.DO, 0)
 
-    Errors without a question section (FORMERR from servers that reject EDNS) pass: they carry no data.
-    """
-    if not query.is_response(response):
-        return False
-    if not response.question:
-        return True
-    asked, echoed = query.question[0], response.question[0]
-    return echoed.name.labels == asked.name.labels and echoed.rdtype == asked.rdtype
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """One iterative query, rendered straight to wire: ID, the 0x20-cased name, type; RD clear, class IN.
+
+    Building it from a template instead of a dnspython Message saves most of the per-query CPU."""
+
+    id: int
+    name: dns.name.Name
+    rdtype: dns.rdatatype.RdataType
+
+    def to_wire(self, edns: bool) -> bytes:
+        header = struct.pack("!HHHHHH", self.id, 0, 1, 0, 0, 1 if edns else 0)
+        name = self.name.to_wire()
+        assert name is not None  # without a file to write to, to_wire returns the bytes
+        question = name + struct.pack("!HH", self.rdtype, dns.rdataclass.IN)
+        return header + question + _OPT_RR if edns else header + question
+
+    def echoed_by(self, response: dns.message.Message) -> bool:
+        """Is ``response`` an answer to this query: same ID, QR set, and the question echoed byte for byte (0x20)?
+
+        Errors without a question section (FORMERR from servers that reject EDNS) pass: they carry no data.
+        """
+        if not response.flags & dns.flags.QR or response.id != self.id or dns.opcode.from_flags(response.flags):
+            return False
+        if not response.question:
+            return response.rcode() in _QUESTION_OPTIONAL
+        if len(response.question) != 1:
+            return False
+        echoed = response.question[0]
+        return (
+            echoed.name.labels == self.name.labels
+            and echoed.rdtype == self.rdtype
+            and echoed.rdclass == dns.rdataclass.IN
+        )
 
 
 def _scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Message:
@@ -539,11 +572,37 @@ def _strip_dnssec(message: dns.message.Message) -> None:
     message.authority = [r for r in message.authority if r.rdtype not in dnssec_types]
 
 
-def _aged(cached: _Cached, now: float) -> dns.message.Message:
-    message = dns.message.from_wire(cached.wire)
-    elapsed = int(now - cached.stored)
-    if elapsed:
-        for section in (message.answer, message.authority):
-            for rrset in section:
-                rrset.ttl = max(0, rrset.ttl - elapsed)
+def _response(
+    rcode: dns.rcode.Rcode, answer: list[dns.rrset.RRset], authority: list[dns.rrset.RRset]
+) -> dns.message.Message:
+    """A recursion result: just flags, rcode and sections (callers set the question they answer)."""
+    message = dns.message.Message()
+    message.flags = dns.flags.QR | dns.flags.RA
+    message.set_rcode(rcode)
+    message.answer = answer
+    message.authority = authority
     return message
+
+
+def _chain_answer(hops: list[tuple[dns.name.Name, dns.message.Message]]) -> dns.message.Message:
+    """The answer to the first name of a CNAME chain: every hop's answer, the last hop's rcode and authority."""
+    answer = [rrset for _, response in hops for rrset in response.answer]
+    last = hops[-1][1]
+    return _response(last.rcode(), _dedupe(answer), list(last.authority))
+
+
+def _aged(cached: _Cached, now: float) -> dns.message.Message:
+    """A cache hit as a fresh message; the cached RRsets are shared until their TTLs must count down."""
+    elapsed = int(now - cached.stored)
+    if not elapsed:
+        return _response(cached.rcode, list(cached.answer), list(cached.authority))
+    return _response(cached.rcode, _older(cached.answer, elapsed), _older(cached.authority, elapsed))
+
+
+def _older(rrsets: tuple[dns.rrset.RRset, ...], elapsed: int) -> list[dns.rrset.RRset]:
+    aged = []
+    for rrset in rrsets:
+        copy = copy_rrset(rrset)
+        copy.ttl = max(0, rrset.ttl - elapsed)
+        aged.append(copy)
+    return aged

@@ -1,0 +1,73 @@
+"""The recursion's hand-rendered iterative queries: byte-identical to what dnspython renders for the same query,
+and the echo check that decides which answers are ours (ID, QR, opcode, question echoed byte for byte)."""
+
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ztdns.resolver.recursive import _EDNS_PAYLOAD, _Query
+
+labels = st.lists(st.binary(min_size=1, max_size=20), min_size=0, max_size=6)
+rdtypes = st.sampled_from([dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.DS, dns.rdatatype.DNSKEY, 65])
+
+
+def _dnspython_query(query: _Query, edns: bool) -> dns.message.Message:
+    message = dns.message.make_query(
+        query.name, query.rdtype, use_edns=0 if edns else False, want_dnssec=edns, payload=_EDNS_PAYLOAD
+    )
+    message.id = query.id
+    message.flags = dns.flags.Flag(0)
+    return message
+
+
+@given(st.integers(0, 0xFFFF), labels, rdtypes, st.booleans())
+def test_query_wire_is_what_dnspython_renders(query_id: int, name_labels: list[bytes], rdtype: int, edns: bool) -> None:
+    query = _Query(query_id, dns.name.Name([*name_labels, b""]), dns.rdatatype.RdataType(rdtype))
+    wire = query.to_wire(edns)
+    assert wire == _dnspython_query(query, edns).to_wire()
+    parsed = dns.message.from_wire(wire)
+    assert parsed.question[0].name.labels == query.name.labels  # case kept exactly (0x20)
+    assert bool(parsed.ednsflags & dns.flags.DO) == edns
+
+
+def _answer(query: _Query) -> dns.message.Message:
+    return dns.message.make_response(_dnspython_query(query, edns=True))
+
+
+def test_echo_needs_same_id_qr_and_exact_case() -> None:
+    query = _Query(4242, dns.name.from_text("wWw.ExAmple.LAB."), dns.rdatatype.A)
+    assert query.echoed_by(_answer(query))
+    assert not query.echoed_by(_answer(_Query(4243, query.name, query.rdtype)))
+    assert not query.echoed_by(_answer(_Query(4242, dns.name.from_text("www.example.lab."), query.rdtype)))
+    assert not query.echoed_by(_answer(_Query(4242, query.name, dns.rdatatype.AAAA)))
+    not_a_response = _answer(query)
+    not_a_response.flags &= ~dns.flags.QR
+    assert not query.echoed_by(not_a_response)
+    other_opcode = _answer(query)
+    other_opcode.set_opcode(dns.opcode.NOTIFY)
+    assert not query.echoed_by(other_opcode)
+    other_class = _answer(query)
+    other_class.question = [dns.rrset.RRset(query.name, dns.rdataclass.CH, query.rdtype)]
+    assert not query.echoed_by(other_class)
+    two_questions = _answer(query)
+    two_questions.question.append(dns.rrset.RRset(query.name, dns.rdataclass.IN, dns.rdatatype.MX))
+    assert not query.echoed_by(two_questions)
+
+
+def test_errors_without_question_pass_but_data_without_question_does_not() -> None:
+    query = _Query(7, dns.name.from_text("a.lab."), dns.rdatatype.A)
+    formerr = dns.message.Message(id=7)
+    formerr.flags = dns.flags.QR
+    formerr.set_rcode(dns.rcode.FORMERR)
+    assert query.echoed_by(formerr)
+    formerr.set_rcode(dns.rcode.NOERROR)
+    assert not query.echoed_by(formerr)
