@@ -101,41 +101,48 @@ def messages(data: bytes) -> Iterator[tuple[int, int, int, int, bytes]]:
         offset += (size + 3) & ~3
 
 
-_ELEMENT_HEAD = struct.Struct("=HHHHHH")  # list element nest, key nest, data value attribute
 _TIMEOUT_HEAD = _ATTR.pack(12, NFTA_SET_ELEM_TIMEOUT)
 _EXPIRATION_HEAD = _ATTR.pack(12, NFTA_SET_ELEM_EXPIRATION)
 
 
-def _element(address: bytes, timeout_ms: int | None, expiration_ms: int | None = None) -> bytes:
-    """One set element: key (a 4- or 16-byte address: no padding), optional timeout and time left (be64 ms).
-
-    Packed with one precomputed header instead of nested attr() calls: this runs for every address answered.
-    """
-    value = 4 + len(address)
+def _element_head(address_size: int, attributes: int) -> bytes:
+    """List element nest, key nest and data value attribute headers for a key of ``address_size`` bytes followed
+    by ``attributes`` 12-byte attributes (timeout, time left)."""
+    value = 4 + address_size
     key = 4 + value
-    size = 4 + key + (12 if timeout_ms is not None else 0) + (12 if expiration_ms is not None else 0)
-    head = _ELEMENT_HEAD.pack(
-        size, NFTA_LIST_ELEM | NLA_F_NESTED, key, NFTA_SET_ELEM_KEY | NLA_F_NESTED, value, NFTA_DATA_VALUE
+    return struct.pack(
+        "=HHHHHH",
+        4 + key + 12 * attributes,
+        NFTA_LIST_ELEM | NLA_F_NESTED,
+        key,
+        NFTA_SET_ELEM_KEY | NLA_F_NESTED,
+        value,
+        NFTA_DATA_VALUE,
     )
+
+
+# (address size, attributes) → element header: built once, this runs for every address answered.
+_ELEMENT_HEADS = {(size, attributes): _element_head(size, attributes) for size in (4, 16) for attributes in (0, 1, 2)}
+
+
+def _element(address: bytes, timeout_ms: int | None, expiration_ms: int | None = None) -> bytes:
+    """One set element: key (a 4- or 16-byte address: no padding), optional timeout and time left (be64 ms)."""
     if timeout_ms is None:
-        return head + address
+        return _ELEMENT_HEADS[len(address), 0] + address
+    timeout = _TIMEOUT_HEAD + timeout_ms.to_bytes(8, "big")
     if expiration_ms is None:
-        return head + address + _TIMEOUT_HEAD + timeout_ms.to_bytes(8, "big")
-    return (
-        head
-        + address
-        + _TIMEOUT_HEAD
-        + timeout_ms.to_bytes(8, "big")
-        + _EXPIRATION_HEAD
-        + expiration_ms.to_bytes(8, "big")
-    )
+        return _ELEMENT_HEADS[len(address), 1] + address + timeout
+    return _ELEMENT_HEADS[len(address), 2] + address + timeout + _EXPIRATION_HEAD + expiration_ms.to_bytes(8, "big")
 
 
 _NFGEN_INET = struct.pack("=BBH", NFPROTO_INET, 0, 0)  # nfgenmsg: family, version 0, resource id 0
+# nfgenmsg of the batch begin/end messages: family unspecified, version 0, resource id: the subsystem (be16).
+_NFGEN_BATCH = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)
 _NEWSETELEM, _DELSETELEM = (
     (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
     (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM,
 )
+_LIST_ELEMENTS = NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED
 _heads: dict[tuple[str, str], bytes] = {}
 
 
@@ -147,6 +154,24 @@ def _set_head(table: str, set_name: str) -> bytes:
             NFTA_SET_NAME, set_name.encode() + b"\0"
         )
     return head
+
+
+def _element_messages(kind: int, flags: int, head: bytes, elements: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """(type, flags, payload) of the messages carrying ``elements``: one, unless they exceed an attribute's
+    64 KiB (elements never need padding: their sizes are multiples of 4)."""
+    total = sum(map(len, elements))
+    if total <= _MAX_ELEMENTS_SIZE:  # the usual case
+        return [(kind, flags, head + _ATTR.pack(4 + total, _LIST_ELEMENTS) + b"".join(elements))]
+    steps = []
+    start = 0
+    while start < len(elements):
+        end, size = start, 0
+        while end < len(elements) and size + len(elements[end]) <= _MAX_ELEMENTS_SIZE:
+            size += len(elements[end])
+            end += 1
+        steps.append((kind, flags, head + nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(elements[start:end]))))
+        start = end
+    return steps
 
 
 def element_batch(
@@ -166,50 +191,39 @@ def element_batch(
     A netlink attribute holds at most 64 KiB, so each step is split over as many messages as it needs.
     """
     steps: list[tuple[int, int, bytes]] = []  # type, flags, payload
-
-    def add(kind: int, flags: int, head: bytes, elements: list[bytes]) -> None:
-        if not elements:
-            return
-        if sum(map(len, elements)) <= _MAX_ELEMENTS_SIZE:  # the usual case: one message
-            steps.append((kind, flags, head + nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(elements))))
-            return
-        start = 0
-        while start < len(elements):
-            end, size = start, 0
-            while end < len(elements) and size + len(elements[end]) <= _MAX_ELEMENTS_SIZE:
-                size += len(elements[end])
-                end += 1
-            steps.append((kind, flags, head + nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(elements[start:end]))))
-            start = end
-
     for set_name, (timeouts, removals) in sets.items():
-        gone = [a for a in removals if a not in timeouts]
+        gone = [a for a in removals if a not in timeouts] if removals else []
         if not timeouts and not gone:
             continue
         head = _set_head(table, set_name)
-        every = [*timeouts, *gone]
         if in_place:
             # The time left is given too: the kernel restarts an element's clock on add only when told to, or
             # when the timeout differs from the element's — a refresh with the same TTL would change nothing.
             elements = [_element(a, seconds * 1000, seconds * 1000) for a, seconds in timeouts.items()]
-            add(_NEWSETELEM, NLM_F_CREATE, head, [*elements, *(_element(a, 1000) for a in gone)])
-            add(_DELSETELEM, 0, head, [_element(a, None) for a in gone])
+            elements += [_element(a, 1000) for a in gone]
+            steps += _element_messages(_NEWSETELEM, NLM_F_CREATE, head, elements)
+            if gone:
+                steps += _element_messages(_DELSETELEM, 0, head, [_element(a, None) for a in gone])
             continue
-        add(_NEWSETELEM, NLM_F_CREATE, head, [_element(a, timeouts.get(a, 1) * 1000) for a in every])
-        add(_DELSETELEM, 0, head, [_element(a, None) for a in every])
-        stay = [_element(a, seconds * 1000) for a, seconds in timeouts.items()]
-        add(_NEWSETELEM, NLM_F_CREATE, head, stay)
+        every = [*timeouts, *gone]
+        steps += _element_messages(
+            _NEWSETELEM, NLM_F_CREATE, head, [_element(a, timeouts.get(a, 1) * 1000) for a in every]
+        )
+        steps += _element_messages(_DELSETELEM, 0, head, [_element(a, None) for a in every])
+        if timeouts:
+            stay = [_element(a, seconds * 1000) for a, seconds in timeouts.items()]
+            steps += _element_messages(_NEWSETELEM, NLM_F_CREATE, head, stay)
     if not steps:
         return b"", []
-    body = [message(NFNL_MSG_BATCH_BEGIN, 0, first_sequence, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES)]
     pack, last = _HEADER.pack, len(steps) - 1
+    body = [pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first_sequence, 0), _NFGEN_BATCH]
     for index, (kind, flags, payload) in enumerate(steps):
         # Only the last message asks for an acknowledgement: the kernel processes a whole batch even after an
         # error and reports every error anyway, so that one ack (or an error before it) settles the batch.
         header_flags = flags | NLM_F_REQUEST | (NLM_F_ACK if index == last else 0)
         body += (pack(20 + len(payload), kind, header_flags, first_sequence + 1 + index, 0), _NFGEN_INET, payload)
     end = first_sequence + len(steps) + 1
-    body.append(message(NFNL_MSG_BATCH_END, 0, end, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES))
+    body += (pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, 0), _NFGEN_BATCH)
     return b"".join(body), list(range(first_sequence + 1, end))
 
 
@@ -228,6 +242,9 @@ def _netlink_socket(buffer: int) -> socket.socket:
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, option, buffer)
     sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+    # A kernel-side receive timeout on a blocking socket, not settimeout(): with a Python timeout every send and
+    # recv first waits in poll(), two more system calls per transaction.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 2, 0))
     sock.bind((0, 0))
     return sock
 
@@ -242,7 +259,6 @@ class ElementWriter:
     def __init__(self, table: str, buffer: int = 16 << 20) -> None:
         self.table = table
         self._sock = _netlink_socket(buffer)
-        self._sock.settimeout(2.0)
         self._sequence = 0
         self.in_place = False  # see element_batch; set from updates_timeouts_in_place()
         self.commits = 0  # transactions the kernel accepted: each moved the ruleset generation on by one
@@ -360,7 +376,6 @@ class TableWatch:
     def __init__(self, table: str) -> None:
         self.table = table.encode()
         self._dumps = _netlink_socket(1 << 20)
-        self._dumps.settimeout(2.0)
         self._sequence = 0
 
     def fingerprint(self) -> frozenset[bytes]:
