@@ -45,22 +45,31 @@ class SetUpdate:
         return bool(self.timeouts or self.removals)
 
 
+# Every table keyed by name or address is split into this many dicts. A dict grows by rebuilding itself whole:
+# at 175k entries that is a 10 ms pause, and the tables grow in step (one name, one address), straight into the
+# answer latency at 10k new names/s. Split, each rebuild is a 256th of that, and they happen at different times.
+_SHARDS = 256
+_MASK = _SHARDS - 1
+_HISTORY_PER_SHARD = 256  # addresses remembered after expiry, per shard (65,536 in all)
+
+
 class AllowState:
-    def __init__(self, config: AllowConfig) -> None:
+    def __init__(self, config: AllowConfig, identity: str = "") -> None:
+        """``identity``: the one most answers are for (the host's); only other ones are stored per name."""
         self.config = config
+        self.identity = identity
         # Plain dicts of str → float throughout: the cyclic collector does not track them. They are made per
         # answered name and address and live for minutes; tracked, every young collection walked them (pauses
         # of several milliseconds at 10k names/s, straight into the answer latency).
         # name → address → expiry, least recently answered first.
-        self._names: dict[str, dict[str, float]] = {}
+        self._names: list[dict[str, dict[str, float]]] = [{} for _ in range(_SHARDS)]
         # address → name → expiry (who holds it open).
-        self._addresses: dict[str, dict[str, float]] = {}
-        # name → the identity its latest answer was for.
+        self._addresses: list[dict[str, dict[str, float]]] = [{} for _ in range(_SHARDS)]
+        # name → the identity its latest answer was for, when not ``identity`` (restored grants of another one).
         self._identities: dict[str, str] = {}
         self._expiries: list[tuple[float, str, str]] = []
         # address → the name that last opened it, kept after expiry so audit records can name it (bounded).
-        self._history: OrderedDict[str, str] = OrderedDict()
-        self.history_size = 65_536
+        self._history: list[OrderedDict[str, str]] = [OrderedDict() for _ in range(_SHARDS)]
 
     def lifetime(self, ttl: int) -> int:
         cfg = self.config
@@ -70,7 +79,7 @@ class AllowState:
         """Open (or refresh) ``records`` — (address, TTL) pairs answered for ``name`` — as of ``now``."""
         cfg = self.config
         floor, ceiling, grace = cfg.ttl_floor, cfg.ttl_ceiling, cfg.grace  # lifetime(), inlined: per address
-        self._identities[name] = identity
+        self._identify(name, identity)
         for address, ttl in records:
             self._grant(address, name, now + (min(max(ttl, floor), ceiling) + grace), identity, now, update)
         self._cap(name, now, update)
@@ -78,29 +87,39 @@ class AllowState:
     def restore(self, grant: Grant, now: float, update: SetUpdate) -> None:
         """Re-open a persisted grant with its remaining lifetime (nothing if it has expired)."""
         if grant.expires > now:
-            self._identities[grant.name] = grant.identity
+            self._identify(grant.name, grant.identity)
             self._grant(grant.address, grant.name, grant.expires, grant.identity, now, update)
             self._cap(grant.name, now, update)
+
+    def _identify(self, name: str, identity: str) -> None:
+        if identity != self.identity:
+            self._identities[name] = identity
+        elif self._identities:
+            self._identities.pop(name, None)
 
     def live_timeouts(self, now: float) -> dict[str, int]:
         """Every open address with its remaining lifetime in seconds (to rebuild the kernel sets)."""
         timeouts = {}
-        for address, holders in self._addresses.items():
-            remaining = math.ceil(max(holders.values(), default=0.0) - now)
-            if remaining > 0:
-                timeouts[address] = remaining
+        for shard in self._addresses:
+            for address, holders in shard.items():
+                remaining = math.ceil(max(holders.values(), default=0.0) - now)
+                if remaining > 0:
+                    timeouts[address] = remaining
         return timeouts
 
     def _grant(self, address: str, name: str, expires: float, identity: str, now: float, update: SetUpdate) -> None:
         # Runs per answered address: get-then-create rather than setdefault(…, {}) (setdefault would build a
         # throw-away container every time), and a new address skips looking for other holders.
-        per_name = self._names.get(name)
+        names = self._names[hash(name) & _MASK]
+        per_name = names.get(name)
         if per_name is None:
-            per_name = self._names[name] = {}
-        holders = self._addresses.get(address)
+            per_name = names[name] = {}
+        slot = hash(address) & _MASK
+        addresses = self._addresses[slot]
+        holders = addresses.get(address)
         previous = None
         if holders is None:
-            self._addresses[address] = holders = {}
+            addresses[address] = holders = {}
             open_until = 0.0
         else:
             open_until = max(holders.values()) if holders else 0.0
@@ -115,10 +134,10 @@ class AllowState:
         holders[name] = expires
         per_name.pop(address, None)  # re-inserted last: the most recently answered
         per_name[address] = expires
-        history = self._history
+        history = self._history[slot]
         history[address] = name
         history.move_to_end(address)
-        if len(history) > self.history_size:
+        if len(history) > _HISTORY_PER_SHARD:
             history.popitem(last=False)
         if previous is None:
             # One heap entry per grant; refreshes are found when it comes due (keeps the heap bounded).
@@ -129,20 +148,21 @@ class AllowState:
         update.grants.append(Grant(address, name, expires, identity))
 
     def _cap(self, name: str, now: float, update: SetUpdate) -> None:
-        per_name = self._names[name]
+        per_name = self._names[hash(name) & _MASK][name]
         while len(per_name) > self.config.max_addresses_per_name:
             address = next(iter(per_name))
             del per_name[address]
             self._release(address, name, now, update)
 
     def _release(self, address: str, name: str, now: float, update: SetUpdate) -> None:
-        holders = self._addresses.get(address, {})
+        addresses = self._addresses[hash(address) & _MASK]
+        holders = addresses.get(address, {})
         holders.pop(name, None)
         if holders:
             # Still open for other names: only as long as they hold it.
             update.timeouts[address] = max(1, math.ceil(max(holders.values()) - now))
             return
-        self._addresses.pop(address, None)
+        addresses.pop(address, None)
         update.timeouts.pop(address, None)
         update.removals.add(address)
 
@@ -151,45 +171,49 @@ class AllowState:
         gone = []
         while self._expiries and self._expiries[0][0] <= now:
             _, address, name = heapq.heappop(self._expiries)
-            holders = self._addresses.get(address)
+            addresses = self._addresses[hash(address) & _MASK]
+            holders = addresses.get(address)
             expires = holders.get(name) if holders is not None else None
             if holders is None or expires is None:
                 continue  # evicted
             if expires > now:
                 heapq.heappush(self._expiries, (expires, address, name))  # refreshed since
                 continue
-            gone.append(Grant(address, name, expires, self._identities.get(name, "")))
+            gone.append(Grant(address, name, expires, self._identities.get(name, self.identity)))
             del holders[name]
             if not holders:
-                del self._addresses[address]
-            per_name = self._names.get(name)
+                del addresses[address]
+            names = self._names[hash(name) & _MASK]
+            per_name = names.get(name)
             if per_name is not None:
                 per_name.pop(address, None)
                 if not per_name:
-                    del self._names[name]
+                    del names[name]
                     self._identities.pop(name, None)
         return gone
 
     def last_name(self, address: str) -> str | None:
         """The name that last opened ``address``, even if that grant has expired since."""
-        return self._history.get(address)
+        return self._history[hash(address) & _MASK].get(address)
 
     def addresses(self) -> list[str]:
         """The open addresses, as of now (to walk the grants a chunk at a time)."""
-        return list(self._addresses)
+        return [address for shard in self._addresses for address in shard]
 
     def grants(self, addresses: Iterable[str] | None = None) -> list[Grant]:
         """Every grant, or those of ``addresses`` that are still open."""
-        identities, open_addresses = self._identities, self._addresses
+        identities, default, shards = self._identities, self.identity, self._addresses
         grants = []
-        for address in open_addresses if addresses is None else addresses:
-            holders = open_addresses.get(address)
+        for address in self.addresses() if addresses is None else addresses:
+            holders = shards[hash(address) & _MASK].get(address)
             if holders:
-                grants += [Grant(address, name, expires, identities.get(name, "")) for name, expires in holders.items()]
+                grants += [
+                    Grant(address, name, expires, identities.get(name, default)) for name, expires in holders.items()
+                ]
         return grants
 
     def __len__(self) -> int:
-        return len(self._addresses)
+        return sum(map(len, self._addresses))
 
     def name_count(self) -> int:
-        return len(self._names)
+        return sum(map(len, self._names))

@@ -54,7 +54,7 @@ class Agent:
         self.nft = Nft()
         self.elements = ElementWriter(TABLE)
         self.metrics = AgentMetrics()
-        self.state = AllowState(config.allow)
+        self.state = AllowState(config.allow, config.identity)
         self.store = GrantStore(config.state_path)
         self.upstreams = Upstreams(config)
         self.writer = SetWriter(self.elements, self._committed)
