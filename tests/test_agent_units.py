@@ -163,6 +163,25 @@ def test_allow_state_lifetimes_refresh_and_shared_addresses() -> None:
     assert len(state) == 0 and state.last_name("192.0.2.1") == "b.test"  # the latest answer
 
 
+def test_repeated_answer_with_the_same_lifetime_writes_nothing() -> None:
+    state = AllowState(AllowConfig(ttl_floor=0, ttl_ceiling=600, grace=10))
+    first = answer(state, "a.test", [("192.0.2.1", 300)], now=1000.0)
+    assert first.timeouts == {"192.0.2.1": 310} and len(first.grants) == 1
+    # The resolver's cache counts the TTL down in whole seconds: 0.6 s later it still says 300.
+    again = answer(state, "a.test", [("192.0.2.1", 300)], now=1000.6)
+    assert not again and again.refreshed == 1 and not again.grants  # no transaction, no journal line
+    counted_down = answer(state, "a.test", [("192.0.2.1", 200)], now=1100.5)
+    assert not counted_down and counted_down.refreshed == 1
+    # A longer lifetime is written, and so is the same address answered for another name (its own grant).
+    longer = answer(state, "a.test", [("192.0.2.1", 600)], now=1100.5)
+    assert longer.timeouts == {"192.0.2.1": 610} and len(longer.grants) == 1
+    other = answer(state, "b.test", [("192.0.2.1", 30)], now=1100.5)
+    assert other.timeouts == {"192.0.2.1": 610} and [g.name for g in other.grants] == ["b.test"]
+    # Once the grant has expired, the same answer opens the address again.
+    state.expire(1800.0)
+    assert answer(state, "a.test", [("192.0.2.1", 300)], now=1800.0).added == 1
+
+
 def test_allow_state_per_name_cap_evicts_least_recent() -> None:
     state = AllowState(AllowConfig(max_addresses_per_name=2))
     answer(state, "pool.test", [("192.0.2.1", 60), ("192.0.2.2", 60)], now=0.0)

@@ -51,6 +51,9 @@ class SetUpdate:
 _SHARDS = 256
 _MASK = _SHARDS - 1
 _HISTORY_PER_SHARD = 256  # addresses remembered after expiry, per shard (65,536 in all)
+# A repeated answer whose lifetime ends at most this much later than the grant's is not written again: DNS
+# TTLs count in whole seconds, so a cached answer's lifetime wobbles by up to one second around the first one's.
+_SAME_EXPIRY = 1.0
 
 
 class AllowState:
@@ -127,11 +130,6 @@ class AllowState:
             previous = holders.get(name)
             if previous is not None and previous > expires:
                 expires = previous
-        if open_until > now:
-            update.refreshed += 1
-        else:
-            update.added += 1
-        holders[name] = expires
         per_name.pop(address, None)  # re-inserted last: the most recently answered
         per_name[address] = expires
         history = self._history[slot]
@@ -139,6 +137,16 @@ class AllowState:
         history.move_to_end(address)
         if len(history) > _HISTORY_PER_SHARD:
             history.popitem(last=False)
+        if previous is not None and expires <= previous + _SAME_EXPIRY and open_until > now:
+            # The same answer again (a cached one, its TTL counted down): the grant, and the kernel's entry,
+            # already last that long. Writing them again would change nothing but cost a transaction.
+            update.refreshed += 1
+            return
+        if open_until > now:
+            update.refreshed += 1
+        else:
+            update.added += 1
+        holders[name] = expires
         if previous is None:
             # One heap entry per grant; refreshes are found when it comes due (keeps the heap bounded).
             heapq.heappush(self._expiries, (expires, address, name))

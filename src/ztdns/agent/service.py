@@ -57,7 +57,7 @@ class Agent:
         self.state = AllowState(config.allow, config.identity)
         self.store = GrantStore(config.state_path)
         self.upstreams = Upstreams(config)
-        self.writer = SetWriter(self.elements, self._committed)
+        self.writer = SetWriter(self.elements, self._committed, self._not_committed)
         self.errors: deque[tuple[float, str]] = deque(maxlen=10)
         self.handler = StubHandler(
             upstream or self.upstreams, self.state, self.writer, self.metrics, config.identity, self._error
@@ -66,6 +66,8 @@ class Agent:
         self._watch: TableWatch | None = None
         self._loaded: frozenset[bytes] = frozenset()
         self._others = 0  # ruleset generation minus our own commits when the table was last seen intact
+        self._resync = False  # a set transaction failed: the kernel lacks grants the allow state has
+        self._resync_failing = False
         self._restore_failing = False
         self._nflog: NflogSocket | None = None
         self._audit: AuditRecorder | None = None
@@ -89,6 +91,11 @@ class Agent:
                 self._compaction = asyncio.get_running_loop().create_task(self._compact())
         except OSError as exc:
             self._error(f"journal write failed: {exc}")
+
+    def _not_committed(self, batch: SetUpdate) -> None:
+        # The allow state has grants the kernel does not: write every live grant again at the next table check
+        # (a repeated answer is not written again when its grant already lasts long enough).
+        self._resync = True
 
     async def _compact(self) -> None:
         """Rewrite the snapshot between answers, a chunk of grants per loop turn (≈ 1 ms each): writing 100k
@@ -154,6 +161,18 @@ class Agent:
         while True:
             await asyncio.sleep(_WATCH)
             self.check_table()
+            if self._resync:
+                self._write_grants_again()
+
+    def _write_grants_again(self) -> None:
+        try:
+            self.writer.load(self.state.live_timeouts(time.time()))
+        except NftError as exc:
+            if not self._resync_failing:  # one log line per incident
+                self._error(f"writing the allow sets again failed (retrying): {exc}")
+            self._resync_failing = True
+            return
+        self._resync = self._resync_failing = False
 
     def check_table(self) -> None:
         """Rebuild the table if it is not the one the agent loaded (fail closed against tampering)."""

@@ -40,9 +40,16 @@ Settle = Callable[[NftError | None], None]
 
 
 class SetWriter:
-    def __init__(self, elements: ElementWriter, on_commit: Callable[[SetUpdate], None]) -> None:
+    def __init__(
+        self,
+        elements: ElementWriter,
+        on_commit: Callable[[SetUpdate], None],
+        on_failure: Callable[[SetUpdate], None] = lambda batch: None,
+    ) -> None:
+        """``on_failure``: the kernel did not take ``batch``, which the allow state already holds."""
         self._elements = elements
         self._on_commit = on_commit
+        self._on_failure = on_failure
         self._pending: SetUpdate | None = None
         self._waiting: list[Settle] = []
 
@@ -68,6 +75,7 @@ class SetWriter:
                 self._elements.write(packed_sets(batch.timeouts, batch.removals))
         except Exception as exc:  # whatever went wrong, the waiting answers must fail, not hang
             failure = exc if isinstance(exc, NftError) else NftError(f"set update: {exc!r}")
+            self._on_failure(batch)
         else:
             self._on_commit(batch)
         for settle in waiting:

@@ -1,18 +1,23 @@
-"""The agent compacts its grant journal between answers, and a compaction loses no grant (real nftables in a
-namespace of our own: the agent builds its table there)."""
+"""The running agent in-process, in a network namespace of our own (it builds its nftables table there): journal
+compaction between answers, and the kernel brought back in line after a failed set transaction."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import dns.message
+import dns.rcode
 import dns.rrset
 import pytest
 
+from ztdns.agent.allowstate import SetUpdate
 from ztdns.agent.config import AgentConfig
+from ztdns.agent.nfnetlink import NetlinkError
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.service import Agent
 from ztdns.config import parse_model
@@ -47,7 +52,8 @@ class Synthesiser:
         return response.to_wire()
 
 
-async def scenario(state_dir: Path) -> None:
+async def compaction(state_dir: Path) -> None:
+    """Several compactions run while answers flow, and the files hold every grant afterwards."""
     agent = Agent(parse_model(AgentConfig, f'state_dir = "{state_dir}"\n' + CONFIG), Synthesiser())
     await agent.start()
     agent.store.compact_after = 400
@@ -68,8 +74,37 @@ async def scenario(state_dir: Path) -> None:
         agent.nft.run("delete table inet ztdns")
 
 
-def test_compaction_runs_between_answers_and_loses_no_grant(tmp_path: Path) -> None:
-    name = f"ztdns-compact-{os.getpid()}"
+async def failed_commit(state_dir: Path) -> None:
+    agent = Agent(parse_model(AgentConfig, f'state_dir = "{state_dir}"\n' + CONFIG), Synthesiser())
+    await agent.start()
+    query = dns.message.make_query("n1.test.", "A").to_wire()
+    write = agent.elements.write
+    try:
+
+        def rejected(sets: object) -> None:
+            raise NetlinkError("set update rejected: injected")
+
+        agent.elements.write = rejected  # type: ignore[method-assign]
+        first = await agent.handler.ask(query)
+        assert first is not None and dns.message.from_wire(first).rcode() == dns.rcode.SERVFAIL
+        agent.elements.write = write  # type: ignore[method-assign]
+        # The state holds the grant the kernel never got; the same answer again is not written again...
+        again = SetUpdate()
+        agent.state.answer("n1.test", [("10.0.0.1", 300)], time.time(), "", again)
+        assert not again
+        # ...but the next table check writes every live grant again.
+        await asyncio.sleep(0.2)
+        elements = agent.nft.query("list set inet ztdns allow4")[0]["set"].get("elem", [])
+        assert any(e["elem"]["val"] == "10.0.0.1" for e in elements if isinstance(e, dict)), elements
+    finally:
+        agent.elements.write = write  # type: ignore[method-assign]
+        await agent.stop()
+        agent.nft.run("delete table inet ztdns")
+
+
+@pytest.mark.parametrize("scenario", [compaction, failed_commit])
+def test_agent_in_its_own_namespace(tmp_path: Path, scenario: Callable[[Path], Coroutine[Any, Any, None]]) -> None:
+    name = f"ztdns-agent-{os.getpid()}"
     netns.create(name)
     loop = NetnsLoop(name)
     try:
