@@ -6,8 +6,9 @@ creates (root needed). Only the protective servers are replaced, by an in-proces
 agent's own work is timed; every name is distinct and gets its own address (the worst case for the set). A
 client process sends the queries over UDP, each at its due time, and times each one from just before ``send`` to
 just after ``recv``: the figures include the loopback round trip and the client's own scheduling, an upper bound
-of what the agent adds. Also: the unpaced capacity, the cost of one set update and the memory with 100k live
-addresses.
+of what the agent adds. Beside them, the agent's own view: from reading each datagram to sending its answer
+(``in agent``: stub receive → set updated → answer released, the quantity the targets name). Also: the unpaced
+capacity, the cost of one set update and the memory with 100k live addresses.
 
 Peer figures: the same one-address update through one libnftables handle (script text) and by spawning ``nft``
 per answer (what shell-script integrations do), and Cilium's published DNS-proxy p50 of 2.9 ms.
@@ -30,7 +31,9 @@ import sys
 import tempfile
 import time
 from asyncio.subprocess import PIPE
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.rrset
@@ -92,6 +95,31 @@ class Synthesiser:
 
     async def query(self, wire: bytes) -> bytes:
         return with_id(self.responses.pop(wire[12:]), message_id(wire))
+
+
+class ReleaseTimes:
+    """The agent's own view of each answer: from the moment the stub reads the datagram to the moment it sends
+    the answer (stub receive → set updated → answer released), without the client's scheduling and the loopback
+    round trip. Wraps the handler the UDP listener calls, from outside: the agent has no hook for this."""
+
+    def __init__(self, handler: StubHandler) -> None:
+        self.samples: list[float] = []
+        inner = handler.handle
+
+        def handle(query: bytes, release: Callable[[bytes], None]) -> Coroutine[Any, Any, bool]:
+            received = time.perf_counter()  # called by datagram_received, in the same callback
+
+            def timed(response: bytes) -> None:
+                self.samples.append((time.perf_counter() - received) * 1000)
+                release(response)
+
+            return inner(query, timed)
+
+        handler.handle = handle  # type: ignore[method-assign]
+
+    def take(self) -> list[float]:
+        samples, self.samples = sorted(self.samples), []
+        return samples
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -222,19 +250,26 @@ async def main(args: argparse.Namespace) -> None:
     agent = Agent(config, upstream)
     await agent.start()
     handler = agent.handler
+    released = ReleaseTimes(handler)
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) at start; {os.cpu_count()} CPUs")
-    head = f"{'rate/s':>8} {'answers':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU µs/answer':>14}"
+    head = f"{'rate/s':>8} {'answers':>8} {'':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU µs/answer':>14}"
     print(f"{head}   target p50 ≤ 0.3, p99 ≤ 2")
     next_index = 0
     stub = config.stub.listen[0]
     for rate in args.rates:
         await run_rate(upstream, distinct_queries(upstream, 200, 10_000_000 + next_index), 1000, state_dir, stub)
+        released.take()
         queries = distinct_queries(upstream, int(rate * args.seconds), next_index)
         summary, cpu = await run_rate(upstream, queries, rate, state_dir, stub)
+        inside = released.take()
         next_index += len(queries)
         p50, p99, worst = summary["p50"], summary["p99"], summary["max"]
         per_answer = cpu / max(1, summary["answers"]) * 1e6
-        print(f"{rate:>8} {summary['answers']:>8.0f} {p50:>8.3f} {p99:>8.3f} {worst:>8.3f} {per_answer:>14.1f}")
+        row = f"{p50:>8.3f} {p99:>8.3f} {worst:>8.3f} {per_answer:>14.1f}"
+        print(f"{rate:>8} {summary['answers']:>8.0f} {'client':>10} {row}")
+        if inside:
+            row = f"{percentile(inside, 0.5):>8.3f} {percentile(inside, 0.99):>8.3f} {inside[-1]:>8.3f}"
+            print(f"{'':>8} {len(inside):>8} {'in agent':>10} {row}")
         if summary["unanswered"]:
             print(f"{'':>8} {summary['unanswered']:.0f} queries unanswered")
         print(f"{'':>8} ztdns p50 {p50:.3f} ms vs Cilium proxy p50 {CILIUM_P50_MS} ms: ratio {p50 / CILIUM_P50_MS:.2f}")
