@@ -295,6 +295,34 @@ def test_sighup_reload_keeps_old_config_on_error_and_applies_a_good_one(server: 
     assert ede(blocked) == (15, "policy=web rule=deny:www.example.test")
 
 
+def test_query_log_file_is_reopened_on_every_sighup(tmp_path: Path, upstream: str) -> None:
+    port, log = free_port(), tmp_path / "queries.log"
+    text = config_text(port, upstream).replace('output = "stdout"', f'output = "{log}"')
+    server = ServerProcess(text, tmp_path, port=port)
+    server.start()
+
+    def logged(path: Path, name: str) -> bool:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if path.exists() and name in path.read_text():
+                return True
+            time.sleep(0.02)
+        return False
+
+    try:
+        ask(port, "www.example.test")
+        assert logged(log, "www.example.test")
+        log.rename(tmp_path / "queries.log.1")  # what logrotate does before its postrotate signal
+        server.config_path.write_text(text.replace("[metrics]", "[metrics]\nbroken = 1"))
+        server.signal(signal.SIGHUP)  # a rejected config: the log is reopened all the same
+        assert server.wait_stderr("reload rejected")
+        ask(port, "ftp.example.test")
+        assert logged(log, "ftp.example.test")
+        assert "ftp.example.test" not in (tmp_path / "queries.log.1").read_text()
+    finally:
+        assert server.stop() == 0, server.stderr
+
+
 def test_metrics_endpoint(tmp_path: Path, upstream: str) -> None:
     port, metrics_port = free_port(), free_port()
     text = config_text(port, upstream).replace(

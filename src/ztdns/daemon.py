@@ -222,6 +222,7 @@ class Service:
             self.tcp.append(server)
 
     async def reload(self) -> None:
+        self.frontend.reopen_logs()  # on every SIGHUP, as logrotate expects, even when the new config is rejected
         if self.config_path is None:
             log.warning("SIGHUP: running the built-in default config; nothing to reload")
             return

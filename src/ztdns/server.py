@@ -201,6 +201,11 @@ class Frontend:
         self.cache.reconfigure(config.cache)
         await self._release(old_resolver, old_querylog)
 
+    def reopen_logs(self) -> None:
+        """The query log file is opened again by its name (log rotation), whatever else a reload does."""
+        if self.querylog is not None:
+            self.querylog.reopen()
+
     async def _release(self, resolver: Resolver | None, querylog: QueryLog | None) -> None:
         """Close a resolver and query log unless they are the ones in service."""
         if resolver is not None and resolver is not self.resolver:

@@ -25,6 +25,7 @@ class QueryLog:
         self.written = 0
         self._lines: collections.deque[str] = collections.deque()
         self._stop = threading.Event()
+        self._reopen = False  # set by reopen(), acted on by the writer thread before its next write
         self._stream: TextIO = sys.stdout if output == "stdout" else open(output, "a", encoding="utf-8")  # noqa: SIM115
         self._thread = threading.Thread(target=self._run, name="ztdns-querylog", daemon=True)
         self._thread.start()
@@ -35,7 +36,15 @@ class QueryLog:
             return
         self._lines.append(line)
 
+    def reopen(self) -> None:
+        """Open the file again by its name before the next write (after logrotate moved it away; SIGHUP)."""
+        self._reopen = True
+
     def _drain(self) -> None:
+        if self._reopen and self._stream is not sys.stdout:
+            self._reopen = False
+            self._stream.close()
+            self._stream = open(self.output, "a", encoding="utf-8")  # noqa: SIM115
         lines = self._lines
         batch = []
         while lines:
