@@ -87,10 +87,10 @@ class Synthesiser:
     def __init__(self) -> None:
         self.responses: dict[bytes, bytes] = {}
 
-    def prepare(self, query_wire: bytes, index: int) -> None:
+    def prepare(self, query_wire: bytes, index: int, ttl: int) -> None:
         query = dns.message.from_wire(query_wire)
         response = dns.message.make_response(query)
-        response.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "A", address_of(index)))
+        response.answer.append(dns.rrset.from_text(query.question[0].name, ttl, "IN", "A", address_of(index)))
         self.responses[query_wire[12:]] = response.to_wire()
 
     async def query(self, wire: bytes) -> bytes:
@@ -127,12 +127,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def distinct_queries(upstream: Synthesiser, count: int, start_index: int) -> list[bytes]:
-    """``count`` queries for distinct names, their answers prepared in ``upstream``."""
+def distinct_queries(upstream: Synthesiser, count: int, start_index: int, ttl: int = 300) -> list[bytes]:
+    """``count`` queries for distinct names, their answers (with ``ttl``) prepared in ``upstream``."""
     queries = []
     for i in range(count):
         wire = dns.message.make_query(f"n{start_index + i}.bench.", "A").to_wire()
-        upstream.prepare(wire, start_index + i)
+        upstream.prepare(wire, start_index + i, ttl)
         queries.append(wire)
     return queries
 
@@ -256,23 +256,30 @@ async def main(args: argparse.Namespace) -> None:
     print(f"{head}   target p50 ≤ 0.3, p99 ≤ 2")
     next_index = 0
     stub = config.stub.listen[0]
-    for rate in args.rates:
+    # The last run: lifetimes of 2 s (TTL 1, no floor, grace 1), so that as many addresses expire as are opened —
+    # the steady state, with the expiry sweep and the kernel's own expiry at work while answers are timed.
+    runs = [(rate, 300, f"{rate}") for rate in args.rates] + [(args.rates[-1], 1, f"{args.rates[-1]}*")]
+    for rate, ttl, label in runs:
+        if ttl < 60:
+            agent.state.config = config.allow.model_copy(update={"ttl_floor": 0, "grace": 1})
         await run_rate(upstream, distinct_queries(upstream, 200, 10_000_000 + next_index), 1000, state_dir, stub)
         released.take()
-        queries = distinct_queries(upstream, int(rate * args.seconds), next_index)
+        queries = distinct_queries(upstream, int(rate * args.seconds), next_index, ttl)
         summary, cpu = await run_rate(upstream, queries, rate, state_dir, stub)
         inside = released.take()
         next_index += len(queries)
         p50, p99, worst = summary["p50"], summary["p99"], summary["max"]
         per_answer = cpu / max(1, summary["answers"]) * 1e6
         row = f"{p50:>8.3f} {p99:>8.3f} {worst:>8.3f} {per_answer:>14.1f}"
-        print(f"{rate:>8} {summary['answers']:>8.0f} {'client':>10} {row}")
+        print(f"{label:>8} {summary['answers']:>8.0f} {'client':>10} {row}")
         if inside:
             row = f"{percentile(inside, 0.5):>8.3f} {percentile(inside, 0.99):>8.3f} {inside[-1]:>8.3f}"
             print(f"{'':>8} {len(inside):>8} {'in agent':>10} {row}")
         if summary["unanswered"]:
             print(f"{'':>8} {summary['unanswered']:.0f} queries unanswered")
         print(f"{'':>8} ztdns p50 {p50:.3f} ms vs Cilium proxy p50 {CILIUM_P50_MS} ms: ratio {p50 / CILIUM_P50_MS:.2f}")
+    print(f"{'':>8} *: 2 s lifetimes, as many addresses expiring as opened ({agent.metrics.expired} expired)")
+    agent.state.config = config.allow
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) after the runs")
     queries = distinct_queries(upstream, 30_000, 50_000_000)
     per_second, cpu = await capacity(handler, queries, 10)
