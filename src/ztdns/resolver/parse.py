@@ -18,6 +18,7 @@ answer. tests/test_response_parse.py holds it to that on real, mutated and rando
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 
@@ -82,6 +83,15 @@ class _Memo:
 
 
 _memo = _Memo()
+
+
+def _rdclass(value: int) -> dns.rdataclass.RdataClass:
+    return dns.rdataclass.RdataClass.make(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rdtype(value: int) -> dns.rdatatype.RdataType:
+    return dns.rdatatype.RdataType.make(value)
 
 
 def parse_response(wire: bytes) -> dns.message.Message:
@@ -273,6 +283,8 @@ def _read(wire: bytes, memo: _Memo) -> dns.message.Message:
     message.wire = wire
     current = 12
     question = message.question
+    index = message.index
+    assert index is not None  # a Message keeps an index unless told not to
     for _ in range(qdcount):
         name, current = _name(wire, current, size, memo, True)
         if current + 4 > size:
@@ -297,8 +309,24 @@ def _read(wire: bytes, memo: _Memo) -> dns.message.Message:
             if rdtype == _OPT:
                 message.opt = dns.rrset.from_rdata(name, ttl, rdata)
                 continue
-            rrset = message.find_rrset(section, name, rdclass, rdtype, rdata.covers(), None, True)
-            rrset.add(rdata, 0 if ttl > 0x7FFFFFFF else ttl)
+            # find_rrset(..., create=True): the same index key (ints hash and compare like the enums).
+            covers = rdata.covers()
+            key = (number, name, rdclass, rdtype, covers, None)
+            rrset = index.get(key)
+            if rrset is None:
+                rrset = dns.rrset.RRset(name, _rdclass(rdclass), _rdtype(rdtype), covers)
+                section.append(rrset)
+                index[key] = rrset
+            # Rdataset.add, for a record of the RRset's own class, type and covered type: the TTL minimised,
+            # singleton types replaced, equal records kept once (hashing the record once, not twice).
+            if ttl > 0x7FFFFFFF:
+                ttl = 0
+            items = rrset.items
+            if not items or ttl < rrset.ttl:
+                rrset.ttl = ttl
+            if items and dns.rdatatype.is_singleton(rdtype):
+                items.clear()
+            items.setdefault(rdata)
     if current != size:
         raise dns.message.TrailingJunk
     return message
