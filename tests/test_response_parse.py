@@ -164,6 +164,8 @@ def describe(message: dns.message.Message) -> object:
         message.origin,
         message.xfr,
         message.tsig,
+        # find_rrset's index: the same keys, each leading to the RRset at the same place
+        {key: (key[0], message.sections[key[0]].index(rrset)) for key, rrset in (message.index or {}).items()},
     )
 
 

@@ -69,17 +69,19 @@ class _Unsupported(Exception):
 
 class _Memo:
     def __init__(self) -> None:
-        self.names: dict[tuple[bytes, ...], dns.name.Name] = {}
+        # labels as read -> (the Name, its labels lower-cased: what Name equality compares)
+        self.names: dict[tuple[bytes, ...], tuple[dns.name.Name, tuple[bytes, ...]]] = {}
         self.rdatas: dict[tuple[int, bytes], dns.rdata.Rdata] = {}
 
-    def name(self, labels: tuple[bytes, ...]) -> dns.name.Name:
-        name = self.names.get(labels)
-        if name is None:
-            name = dns.name.Name(labels)  # validates (length): raises for the same labels every time
+    def name(self, labels: tuple[bytes, ...]) -> tuple[dns.name.Name, tuple[bytes, ...]]:
+        found = self.names.get(labels)
+        if found is None:
+            # Name() validates (length): it raises for the same labels every time.
+            found = dns.name.Name(labels), tuple(label.lower() for label in labels)
             if len(self.names) >= _MEMO_LIMIT:
                 self.names.clear()
-            self.names[labels] = name
-        return name
+            self.names[labels] = found
+        return found
 
 
 _memo = _Memo()
@@ -103,7 +105,15 @@ def parse_response(wire: bytes) -> dns.message.Message:
 
 
 def _name(wire: bytes, current: int, end: int, memo: _Memo, decompress: bool) -> tuple[dns.name.Name, int]:
-    """The name at ``current`` (reading no further than ``end``), and the offset after it.
+    """The name at ``current`` (reading no further than ``end``), and the offset after it."""
+    found, after = _folded_name(wire, current, end, memo, decompress)
+    return found[0], after
+
+
+def _folded_name(
+    wire: bytes, current: int, end: int, memo: _Memo, decompress: bool
+) -> tuple[tuple[dns.name.Name, tuple[bytes, ...]], int]:
+    """The name at ``current`` with its lower-cased labels, and the offset after it.
 
     Mirrors ``dns.name.from_wire_parser``: pointers (when allowed) must point strictly backwards, each before
     the last, at most 16 of them, and what a pointer leads to must not run into the part that pointed."""
@@ -283,8 +293,6 @@ def _read(wire: bytes, memo: _Memo) -> dns.message.Message:
     message.wire = wire
     current = 12
     question = message.question
-    index = message.index
-    assert index is not None  # a Message keeps an index unless told not to
     for _ in range(qdcount):
         name, current = _name(wire, current, size, memo, True)
         if current + 4 > size:
@@ -292,31 +300,36 @@ def _read(wire: bytes, memo: _Memo) -> dns.message.Message:
         rdtype, rdclass = _QUESTION.unpack_from(wire, current)
         current += 4
         message.find_rrset(question, name, rdclass, rdtype, create=True, force_unique=True)
+    # Records join the RRset of equal name (case-insensitively), class, type and covered type, as find_rrset
+    # does through the message's index; looked up here by lower-cased labels rather than by Name (a Name hashes
+    # and compares in Python, character by character), and entered in the index once per RRset.
+    index = message.index
+    rrsets: dict[tuple[int, tuple[bytes, ...], int, int, int], dns.rrset.RRset] = {}
     for number, count in ((1, ancount), (2, nscount), (3, arcount)):
         section = message.sections[number]
         for _ in range(count):
-            name, current = _name(wire, current, size, memo, True)
+            (name, folded), current = _folded_name(wire, current, size, memo, True)
             if current + 10 > size:
                 raise dns.exception.FormError
             rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, current)
             current += 10
             if rdtype == _TSIG:
                 raise _Unsupported("TSIG")
-            if rdtype == _OPT and (number != 3 or message.opt is not None or name != dns.name.root):
+            if rdtype == _OPT and (number != 3 or message.opt is not None or folded != (b"",)):
                 raise dns.message.BadEDNS
             rdata = _rdata(rdclass, rdtype, wire, current, rdlen, memo)
             current += rdlen
             if rdtype == _OPT:
                 message.opt = dns.rrset.from_rdata(name, ttl, rdata)
                 continue
-            # find_rrset(..., create=True): the same index key (ints hash and compare like the enums).
             covers = rdata.covers()
-            key = (number, name, rdclass, rdtype, covers, None)
-            rrset = index.get(key)
+            key = (number, folded, rdclass, rdtype, covers)
+            rrset = rrsets.get(key)
             if rrset is None:
-                rrset = dns.rrset.RRset(name, _rdclass(rdclass), _rdtype(rdtype), covers)
+                kind = _rdtype(rdtype)
+                rrset = rrsets[key] = dns.rrset.RRset(name, _rdclass(rdclass), kind, covers)
                 section.append(rrset)
-                index[key] = rrset
+                index[(number, name, rrset.rdclass, kind, covers, None)] = rrset
             # Rdataset.add, for a record of the RRset's own class, type and covered type: the TTL minimised,
             # singleton types replaced, equal records kept once (hashing the record once, not twice).
             if ttl > 0x7FFFFFFF:
