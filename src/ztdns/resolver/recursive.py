@@ -556,7 +556,9 @@ def _scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Me
     for section in (response.answer, response.authority, response.additional):
         kept = [r for r in section if r.name.is_subdomain(zone)]
         for rrset in kept:
-            rrset.name = rrset.name.canonicalize()
+            spelled = b".".join(rrset.name.labels)
+            if spelled != spelled.lower():  # most owner names are lower-case already: no new Name for those
+                rrset.name = rrset.name.canonicalize()
         section[:] = kept
     return response
 
