@@ -37,7 +37,7 @@ def _sig(name: str, covered: str, labels: int, signer: str) -> dns.rrset.RRset:
     return _rrset(name, 300, "RRSIG", f"{covered} 13 {labels} 300 {_SIG.format(signer=signer)}")
 
 
-def _message(qname: str, qtype: str, *, answer=(), authority=(), additional=(), rcode=0, edns=True) -> bytes:  # type: ignore[no-untyped-def]
+def _message(qname: str, qtype: str, *, answer=(), authority=(), additional=(), rcode=0, edns=True, ede=True) -> bytes:  # type: ignore[no-untyped-def]
     query = dns.message.make_query(qname, qtype, want_dnssec=edns, use_edns=0 if edns else False, id=4660)
     response = dns.message.make_response(query)
     response.flags |= dns.flags.AA
@@ -46,7 +46,8 @@ def _message(qname: str, qtype: str, *, answer=(), authority=(), additional=(), 
     response.authority = list(authority)
     response.additional = list(additional)
     if edns:
-        response.use_edns(0, dns.flags.DO, 1232, options=[dns.edns.EDEOption(dns.edns.EDECode.OTHER, "x")])
+        options: list[dns.edns.Option] = [dns.edns.EDEOption(dns.edns.EDECode.OTHER, "x")] if ede else []
+        response.use_edns(0, dns.flags.DO, 1232, options=options)
     return response.to_wire()
 
 
@@ -108,7 +109,8 @@ def corpus() -> list[bytes]:
             "A",
             answer=[_rrset("multi.lab.", 300, "A", "192.0.2.3", "192.0.2.1", "192.0.2.2", "192.0.2.1")],
         ),
-        # No EDNS, an empty answer, another class.
+        # An OPT record without options; no EDNS, an empty answer; another class.
+        _message("www.lab.", "A", answer=[_rrset("www.lab.", 60, "A", "192.0.2.9")], ede=False),
         _message("plain.lab.", "NS", edns=False),
         _message("chaos.", "TXT", answer=[_rrset("version.bind.", 0, "TXT", '"9"', rdclass="CH")]),
     ]

@@ -31,6 +31,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.NSEC
+import dns.rdtypes.ANY.OPT
 import dns.rdtypes.nsbase
 import dns.rdtypes.rrsigbase
 import dns.rrset
@@ -248,6 +249,7 @@ def _hand_readers() -> dict[int, _Reader]:
 
 
 _READERS = _hand_readers()
+_OPT_RECORD: _Record = dns.rdtypes.ANY.OPT.OPT
 
 
 def _dnspython_rdata(rdclass: int, rdtype: int, wire: bytes, start: int, length: int) -> dns.rdata.Rdata:
@@ -260,6 +262,9 @@ def _rdata(rdclass: int, rdtype: int, wire: bytes, start: int, length: int, memo
     end = start + length
     if end > len(wire):
         raise dns.exception.FormError
+    if rdtype == _OPT and not length:
+        # An OPT without options (most responses): what OPT.from_wire_parser builds from no bytes.
+        return _OPT_RECORD(rdclass, rdtype, [])
     if rdclass != _IN:
         return _dnspython_rdata(rdclass, rdtype, wire, start, length)
     key = None
