@@ -22,16 +22,25 @@ import dns.name
 import dns.rdatatype
 
 from ztdns.config.model import RecursionConfig
+from ztdns.dnssec import validator
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.lab import netns
 from ztdns.lab.run import Lab
 from ztdns.lab.zones import CASES
-from ztdns.resolver import Question
+from ztdns.resolver import Question, parse
 from ztdns.resolver.recursive import RecursiveResolver
 
 
+def forget_process_memos() -> None:
+    """What a freshly started server does not have yet: verified signatures and parsed names and records are
+    remembered process-wide, and later passes would otherwise find them."""
+    validator._keys = validator._KeyCache()
+    parse._memo = parse._Memo()
+
+
 def fresh_resolver(lab: Lab) -> RecursiveResolver:
+    forget_process_memos()
     config = RecursionConfig(root_hints=str(lab.root_hints), allow_query_localhost=True, query_port=lab.port)
     resolver = RecursiveResolver(config)
     resolver.validator = Validator(resolver, TrustAnchors.load(texts=(), files=[lab.trust_anchor]))

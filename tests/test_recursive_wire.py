@@ -14,7 +14,7 @@ import dns.rrset
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ztdns.resolver.recursive import _EDNS_PAYLOAD, _Query
+from ztdns.resolver.recursive import _EDNS_PAYLOAD, _Query, _randomise_case, _scrub
 
 labels = st.lists(st.binary(min_size=1, max_size=20), min_size=0, max_size=6)
 rdtypes = st.sampled_from([dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.DS, dns.rdatatype.DNSKEY, 65])
@@ -71,3 +71,34 @@ def test_errors_without_question_pass_but_data_without_question_does_not() -> No
     assert query.echoed_by(formerr)
     formerr.set_rcode(dns.rcode.NOERROR)
     assert not query.echoed_by(formerr)
+
+
+def test_0x20_flips_only_letters_each_independently() -> None:
+    name = dns.name.from_text("ab-1.xyz9.example.")
+    seen: list[set[bytes]] = [set() for _ in range(len(name.to_wire() or b""))]
+    for _ in range(200):
+        cased = _randomise_case(name)
+        assert cased == name  # names compare case-insensitively: only the case changed
+        wire = cased.to_wire()
+        assert wire is not None
+        for index, octet in enumerate(wire):
+            seen[index].add(bytes([octet]))
+    letters = [i for i, c in enumerate(name.to_wire() or b"") if chr(c).isalpha()]
+    assert all(len(seen[i]) == 2 for i in letters)  # every letter came out in both cases
+    assert all(len(seen[i]) == 1 for i in range(len(seen)) if i not in letters)  # lengths, digits, '-' never
+
+
+def test_scrub_drops_out_of_bailiwick_records_and_undoes_0x20() -> None:
+    response = dns.message.make_response(dns.message.make_query("www.example.", "A"))
+    response.answer = [dns.rrset.from_text("WwW.ExAmple.", 60, "IN", "A", "192.0.2.1")]
+    response.authority = [
+        dns.rrset.from_text("example.", 60, "IN", "NS", "ns.example."),
+        dns.rrset.from_text("evil.", 60, "IN", "NS", "ns.evil."),
+    ]
+    response.additional = [dns.rrset.from_text("NS.example.", 60, "IN", "A", "192.0.2.53")]
+    lower_case = response.authority[0].name
+    _scrub(response, dns.name.from_text("example."))
+    assert [r.name.labels for r in response.answer] == [(b"www", b"example", b"")]
+    assert [r.name.to_text() for r in response.authority] == ["example."]
+    assert response.authority[0].name is lower_case  # already lower-case: kept as it was
+    assert [r.name.labels for r in response.additional] == [(b"ns", b"example", b"")]

@@ -11,6 +11,7 @@ import dns.message
 from ztdns.cache import CacheEntry, MessageCache
 from ztdns.outcome import EDE, Kind, Reason
 from ztdns.pipeline import Next, QueryContext
+from ztdns.protocol.respond import response_to
 from ztdns.resolver import Question, Resolver
 from ztdns.resolver.stage import wants_ad
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def render(
     query: dns.message.Message, entry: CacheEntry, age: int, stale_ttl: int | None = None
 ) -> dns.message.Message:
-    response = dns.message.make_response(query)
+    response = response_to(query)
     response.set_rcode(entry.rcode)
     if entry.authenticated and stale_ttl is None and wants_ad(query):
         response.flags |= dns.flags.AD

@@ -135,24 +135,25 @@ def _describe(rrset: dns.rrset.RRset) -> str:
 
 def verify(signed: _Signed, zone: dns.name.Name, keys: dns.rdataset.Rdataset, now: float) -> Verdict:
     """Check that at least one RRSIG by a supported key of ``zone`` verifies ``signed.rrset`` at ``now``."""
-    what = _describe(signed.rrset)
     usable = [s for s in signed.sigs if s.signer == zone and s.algorithm in SUPPORTED_ALGORITHMS]
     if not usable:
+        what = _describe(signed.rrset)
         if signed.sigs and all(s.algorithm not in SUPPORTED_ALGORITHMS for s in signed.sigs):
             return _bogus(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: {what}: only unsupported algorithms")
         return _bogus(EDE.RRSIGS_MISSING, f"{zone}: {what}: no RRSIG from {zone}")
-    failures: list[Verdict] = []
+    # (EDE code, problem) per signature that failed; the description is built only for a failure (it is text).
+    problems: list[tuple[EDE, str]] = []
     for rrsig in usable:
         if now > rrsig.expiration:
-            failures.append(_bogus(EDE.SIGNATURE_EXPIRED, f"{zone}: {what}: RRSIG expired"))
-            continue
-        if now < rrsig.inception:
-            failures.append(_bogus(EDE.SIGNATURE_NOT_YET_VALID, f"{zone}: {what}: RRSIG not yet valid"))
-            continue
-        if not _signature_verifies(signed.rrset, rrsig, keys):
-            failures.append(_bogus(EDE.DNSSEC_BOGUS, f"{zone}: {what}: signature does not verify"))
-            continue
-        return SECURE
+            problems.append((EDE.SIGNATURE_EXPIRED, "RRSIG expired"))
+        elif now < rrsig.inception:
+            problems.append((EDE.SIGNATURE_NOT_YET_VALID, "RRSIG not yet valid"))
+        elif not _signature_verifies(signed.rrset, rrsig, keys):
+            problems.append((EDE.DNSSEC_BOGUS, "signature does not verify"))
+        else:
+            return SECURE
+    what = _describe(signed.rrset)
+    failures = [_bogus(ede, f"{zone}: {what}: {problem}") for ede, problem in problems]
     # Prefer the most specific explanation: a time problem over a generic bogus.
     failures.sort(key=lambda v: v.reason is not None and v.reason.ede == EDE.DNSSEC_BOGUS)
     return failures[0]

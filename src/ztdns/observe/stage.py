@@ -91,6 +91,8 @@ class Observer:
     def replay_fragment(self, ctx: QueryContext) -> tuple[str, str, str]:
         """(log fragment, kind, rcode) for fast-path replays of this answer: all fields that do not change."""
         kind = Kind.CACHED if ctx.kind in (Kind.RESOLVED, Kind.CACHED) else (ctx.kind or Kind.FAILED)
+        if self.querylog is None:  # nothing will write it: replays live no longer than this observer's runtime
+            return "", kind.value, _rcode(ctx)
         question = ctx.question
         fragment = json.dumps(
             {

@@ -44,17 +44,16 @@ class GuardStage:
             ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
             return
         ctx.query = query
-        response = dns.message.make_response(query)
         if query.edns > 0:
             ctx.kind = Kind.INVALID
-            response.set_rcode(dns.rcode.BADVERS)
-            ctx.response = response
+            ctx.response = dns.message.make_response(query)
+            ctx.response.set_rcode(dns.rcode.BADVERS)
             return
         question = query.question[0]
         if question.rdclass != dns.rdataclass.IN or question.rdtype in _REFUSED_TYPES:
             ctx.kind = Kind.INVALID
-            response.set_rcode(dns.rcode.REFUSED)
-            ctx.response = response
+            ctx.response = dns.message.make_response(query)
+            ctx.response.set_rcode(dns.rcode.REFUSED)
             return
         ctx.question = Question(
             name=question.name,

@@ -25,6 +25,16 @@ def header_only_response(query_wire: bytes, rcode: int) -> bytes:
     return query_wire[:2] + flags.to_bytes(2, "big") + b"\x00" * 8
 
 
+def response_to(query: dns.message.Message) -> dns.message.Message:
+    """``dns.message.make_response(query)`` without the OPT record it adds, which this stage replaces anyway
+    (``use_edns`` below sets payload, flags, options and padding for every answer): one OPT built, not two."""
+    response = dns.message.QueryMessage(id=query.id)
+    response.flags = dns.flags.QR | (query.flags & dns.flags.RD)
+    response.set_opcode(query.opcode())
+    response.question = list(query.question)
+    return response
+
+
 def udp_limit(query: dns.message.Message) -> int:
     if query.edns < 0:
         return 512

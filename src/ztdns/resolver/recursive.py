@@ -40,10 +40,12 @@ from ztdns.dnssec.validator import Security, Validator, Verdict
 from ztdns.outcome import EDE, Reason
 from ztdns.resolver import Question, Resolution
 from ztdns.resolver.hints import load_hints
+from ztdns.resolver.parse import parse_response
 
 _EDNS_PAYLOAD = 1232
 _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)
 _NS_DEPTH = 3  # nesting of name-server address lookups
+_USABLE_MEMO = 4096
 
 
 class ResolutionFailed(Exception):
@@ -94,10 +96,16 @@ class _Cached:
 
 
 def _randomise_case(name: dns.name.Name) -> dns.name.Name:
-    labels = [
-        bytes(c ^ 0x20 if 0x61 <= (c | 0x20) <= 0x7A and random.getrandbits(1) else c for c in label)
-        for label in name.labels
-    ]
+    """0x20: every letter's case flipped by its own random bit (one draw for the whole name)."""
+    bits = random.getrandbits(256)  # a name has at most 255 octets
+    labels = []
+    for label in name.labels:
+        flipped = bytearray(label)
+        for index, c in enumerate(flipped):
+            if 0x61 <= (c | 0x20) <= 0x7A:
+                flipped[index] = c ^ (bits & 1) << 5
+            bits >>= 1
+        labels.append(bytes(flipped))
     return dns.name.Name(labels)
 
 
@@ -114,6 +122,7 @@ class RecursiveResolver:
         self._hints = load_hints(config.root_hints)
         self._delegations: dict[dns.name.Name, _Delegation] = {}
         self._servers: dict[str, _ServerStats] = {}
+        self._usable_memo: dict[str, bool] = {}  # address -> may be asked (parsing addresses is not free)
         self._cache: OrderedDict[tuple[dns.name.Name, int], _Cached] = OrderedDict()
         self._inflight: dict[tuple[dns.name.Name, int, bool], asyncio.Future[dns.message.Message]] = {}
         self._denials = DenialCache()
@@ -125,14 +134,11 @@ class RecursiveResolver:
 
     async def resolve(self, question: Question) -> Resolution:
         try:
-            response, verdict = await asyncio.wait_for(
-                self._lookup(
-                    question.name,
-                    dns.rdatatype.RdataType(question.rdtype),
-                    validate=not question.checking_disabled,
-                ),
-                self.config.total_timeout,
-            )
+            # A timeout scope, not wait_for: no extra task (and loop turn) per client query.
+            async with asyncio.timeout(self.config.total_timeout):
+                response, verdict = await self._lookup(
+                    question.name, dns.rdatatype.RdataType(question.rdtype), validate=not question.checking_disabled
+                )
         except ResolutionFailed as exc:
             return Resolution(None, exc.reason)
         except TimeoutError:
@@ -379,12 +385,19 @@ class RecursiveResolver:
     # ----- talking to servers -----------------------------------------------------------------------------
 
     def _usable(self, address: str) -> bool:
-        ip = ipaddress.ip_address(address)
-        if ip.version == 6 and not self._ipv6:
-            return False
-        if ip.is_loopback or ip.is_unspecified:
-            return self.config.allow_query_localhost
-        return True
+        usable = self._usable_memo.get(address)
+        if usable is None:
+            ip = ipaddress.ip_address(address)
+            if ip.version == 6 and not self._ipv6:
+                usable = False
+            elif ip.is_loopback or ip.is_unspecified:
+                usable = self.config.allow_query_localhost
+            else:
+                usable = True
+            if len(self._usable_memo) >= _USABLE_MEMO:
+                self._usable_memo.clear()
+            self._usable_memo[address] = usable
+        return usable
 
     _ipv6 = True
 
@@ -393,7 +406,13 @@ class RecursiveResolver:
         usable = [a for a in dict.fromkeys(addresses) if self._usable(a)]
         random.shuffle(usable)
         stats = self._servers
-        usable.sort(key=lambda a: (stats.get(a, _ServerStats()).held_until > now, stats.get(a, _ServerStats()).srtt))
+        never = _ServerStats()
+
+        def key(address: str) -> tuple[bool, float]:
+            server = stats.get(address, never)
+            return server.held_until > now, server.srtt
+
+        usable.sort(key=key)
         return usable
 
     async def _ask(
@@ -474,7 +493,7 @@ class RecursiveResolver:
                 while True:
                     wire = await loop.sock_recv(sock, 65535)
                     try:
-                        response = dns.message.from_wire(wire)
+                        response = parse_response(wire)
                     except dns.exception.DNSException:
                         response = None
                     if response is not None and query.echoed_by(response):
@@ -537,7 +556,9 @@ def _scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Me
     for section in (response.answer, response.authority, response.additional):
         kept = [r for r in section if r.name.is_subdomain(zone)]
         for rrset in kept:
-            rrset.name = rrset.name.canonicalize()
+            spelled = b".".join(rrset.name.labels)
+            if spelled != spelled.lower():  # most owner names are lower-case already: no new Name for those
+                rrset.name = rrset.name.canonicalize()
         section[:] = kept
     return response
 
@@ -576,7 +597,7 @@ def _response(
     rcode: dns.rcode.Rcode, answer: list[dns.rrset.RRset], authority: list[dns.rrset.RRset]
 ) -> dns.message.Message:
     """A recursion result: just flags, rcode and sections (callers set the question they answer)."""
-    message = dns.message.Message()
+    message = dns.message.Message(id=0)  # internal: the ID of the client's query is set on the way out
     message.flags = dns.flags.QR | dns.flags.RA
     message.set_rcode(rcode)
     message.answer = answer

@@ -11,6 +11,7 @@ import dns.rcode
 from ztdns.cache import copy_rrset
 from ztdns.outcome import EDE, Kind, Reason
 from ztdns.pipeline import Next, QueryContext
+from ztdns.protocol.respond import response_to
 from ztdns.resolver import Resolver
 
 
@@ -21,7 +22,7 @@ def wants_ad(query: dns.message.Message) -> bool:
 
 def copy_answer(query: dns.message.Message, upstream: dns.message.Message) -> dns.message.Message:
     """The client's response carrying the upstream's rcode, sections and validated AD (never its other flags)."""
-    response = dns.message.make_response(query)
+    response = response_to(query)
     response.set_rcode(upstream.rcode())
     if upstream.flags & dns.flags.AD and wants_ad(query):
         response.flags |= dns.flags.AD

@@ -1,0 +1,271 @@
+"""ztdns.resolver.parse against dnspython: the same Message for what dnspython accepts, never more lenient.
+
+``parse_response`` falls back to ``dns.message.from_wire`` for anything its own reader (``_read``) rejects, so
+the property that matters is about ``_read``: whenever it accepts bytes, dnspython accepts them too and builds
+an equal message. Checked on typical responses and on mutated and random bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ztdns.resolver.parse import _READERS, _Memo, _read, parse_response
+
+_SIG = (
+    "20300101000000 20200101000000 12345 {signer} AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEy"
+)
+
+
+def _rrset(name: str, ttl: int, rdtype: str, *rdatas: str, rdclass: str = "IN") -> dns.rrset.RRset:
+    return dns.rrset.from_text(name, ttl, rdclass, rdtype, *rdatas)
+
+
+def _sig(name: str, covered: str, labels: int, signer: str) -> dns.rrset.RRset:
+    return _rrset(name, 300, "RRSIG", f"{covered} 13 {labels} 300 {_SIG.format(signer=signer)}")
+
+
+def _message(qname: str, qtype: str, *, answer=(), authority=(), additional=(), rcode=0, edns=True, ede=True) -> bytes:  # type: ignore[no-untyped-def]
+    query = dns.message.make_query(qname, qtype, want_dnssec=edns, use_edns=0 if edns else False, id=4660)
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.AA
+    response.set_rcode(rcode)
+    response.answer = list(answer)
+    response.authority = list(authority)
+    response.additional = list(additional)
+    if edns:
+        options: list[dns.edns.Option] = [dns.edns.EDEOption(dns.edns.EDECode.OTHER, "x")] if ede else []
+        response.use_edns(0, dns.flags.DO, 1232, options=options)
+    return response.to_wire()
+
+
+def corpus() -> list[bytes]:
+    """Responses like the ones recursion meets: referrals, signed answers and denials, chains, other types."""
+    return [
+        # A referral with glue (in and out of zone), a signed DS and mixed-case owner names (0x20 echoes).
+        _message(
+            "www.Secure.LAB.",
+            "A",
+            authority=[
+                _rrset("secure.lab.", 3600, "NS", "ns.secure.lab.", "ns.other.example."),
+                _rrset("secure.lab.", 3600, "DS", "17461 13 2 " + "ab" * 32),
+                _sig("secure.lab.", "DS", 2, "lab."),
+            ],
+            additional=[
+                _rrset("ns.secure.lab.", 3600, "A", "127.0.0.12"),
+                _rrset("ns.secure.lab.", 3600, "AAAA", "fd00::12"),
+                _rrset("ns.other.example.", 3600, "A", "192.0.2.1"),
+            ],
+        ),
+        # A signed NXDOMAIN: SOA, NSEC records and their signatures.
+        _message(
+            "nx.secure.lab.",
+            "A",
+            rcode=3,
+            authority=[
+                _rrset("secure.lab.", 300, "SOA", "ns.secure.lab. hostmaster.lab. 1 3600 600 86400 300"),
+                _rrset("secure.lab.", 300, "NSEC", "deep.secure.lab. NS SOA RRSIG NSEC DNSKEY TYPE65534"),
+                _rrset("*.wild.secure.lab.", 300, "NSEC", "www.secure.lab. A TXT RRSIG NSEC"),
+                _sig("secure.lab.", "SOA", 2, "secure.lab."),
+                _sig("secure.lab.", "NSEC", 2, "secure.lab."),
+                _sig("*.wild.secure.lab.", "NSEC", 3, "secure.lab."),
+            ],
+        ),
+        # NSEC3 denial, DNSKEY set, TXT, MX, CNAME chain and DNAME: the types dnspython reads for us.
+        _message(
+            "x.nsec3.lab.",
+            "TXT",
+            answer=[
+                _rrset("x.nsec3.lab.", 60, "CNAME", "y.nsec3.lab."),
+                _rrset("y.nsec3.lab.", 60, "TXT", '"a b" "c"'),
+                _rrset("y.nsec3.lab.", 60, "MX", "10 mail.nsec3.lab."),
+                _rrset("d.nsec3.lab.", 60, "DNAME", "other.lab."),
+            ],
+            authority=[
+                _rrset("nsec3.lab.", 300, "DNSKEY", "257 3 13 " + "AQID" * 22, "256 3 13 " + "BAUG" * 22),
+                _rrset(
+                    "2vptu5timamqttgl4luu9kg21e0aor3s.nsec3.lab.",
+                    300,
+                    "NSEC3",
+                    "1 0 0 - 2VPTU5TIMAMQTTGL4LUU9KG21E0AOR3T A RRSIG",
+                ),
+            ],
+        ),
+        # Several records in one RRset (order kept), a duplicate (dnspython keeps one), TTLs above 2^31.
+        _message(
+            "multi.lab.",
+            "A",
+            answer=[_rrset("multi.lab.", 300, "A", "192.0.2.3", "192.0.2.1", "192.0.2.2", "192.0.2.1")],
+        ),
+        # An OPT record without options; no EDNS, an empty answer; another class.
+        _message("www.lab.", "A", answer=[_rrset("www.lab.", 60, "A", "192.0.2.9")], ede=False),
+        _message("plain.lab.", "NS", edns=False),
+        _message("chaos.", "TXT", answer=[_rrset("version.bind.", 0, "TXT", '"9"', rdclass="CH")]),
+    ]
+
+
+def _with_big_ttl(wire: bytes) -> bytes:
+    """The first answer record's TTL set above 2^31 (dnspython reads such a TTL as 0)."""
+    offset = _skip_name(wire, _skip_name(wire, 12) + 4) + 4  # past the question, the owner, type and class
+    return wire[:offset] + struct.pack("!I", 0x80000001) + wire[offset + 4 :]
+
+
+def _with_duplicate(wire: bytes) -> bytes:
+    """The first answer record twice (dnspython keeps one of equal records)."""
+    start = _skip_name(wire, 12) + 4
+    end = _skip_name(wire, start) + 10
+    end += struct.unpack_from("!H", wire, end - 2)[0]
+    ancount = struct.unpack_from("!H", wire, 6)[0]
+    return wire[:6] + struct.pack("!H", ancount + 1) + wire[8:end] + wire[start:end] + wire[end:]
+
+
+def _skip_name(wire: bytes, offset: int) -> int:
+    while True:
+        length = wire[offset]
+        if length == 0:
+            return offset + 1
+        if length >= 192:
+            return offset + 2
+        offset += length + 1
+
+
+def describe(message: dns.message.Message) -> object:
+    """Everything a Message says, case of names and order of records included."""
+
+    def rdata(rd: dns.rdata.Rdata) -> object:
+        return type(rd), rd.rdclass, rd.rdtype, rd.to_text(), rd.to_wire()
+
+    sections = [
+        [(r.name.labels, r.ttl, r.rdclass, r.rdtype, r.covers, r.deleting, [rdata(rd) for rd in r]) for r in section]
+        for section in message.sections
+    ]
+    opt = message.opt
+    return (
+        type(message),
+        message.id,
+        message.flags,
+        sections,
+        None if opt is None else (opt.name, opt.ttl, opt.rdclass, [rdata(rd) for rd in opt]),
+        message.edns,
+        message.ednsflags,
+        message.payload,
+        message.options,
+        message.wire,
+        message.origin,
+        message.xfr,
+        message.tsig,
+        # find_rrset's index: the same keys, each leading to the RRset at the same place
+        {key: (key[0], message.sections[key[0]].index(rrset)) for key, rrset in (message.index or {}).items()},
+    )
+
+
+def _same_or_rejected(wire: bytes) -> None:
+    """The property: if our reader accepts ``wire``, dnspython does too and says the same."""
+    try:
+        ours = _read(wire, _Memo())
+    except Exception:
+        return  # parse_response then returns whatever dnspython decides
+    theirs = dns.message.from_wire(wire)  # raises here if we were more lenient
+    assert describe(ours) == describe(theirs)
+
+
+@pytest.mark.parametrize("wire", [*corpus(), _with_big_ttl(corpus()[3]), _with_duplicate(corpus()[3])])
+def test_typical_responses_parse_by_hand_like_dnspython(wire: bytes) -> None:
+    ours = _read(wire, _Memo())  # the hand reader itself, not the fallback
+    assert describe(ours) == describe(dns.message.from_wire(wire))
+    assert describe(parse_response(wire)) == describe(ours)
+
+
+def test_big_ttl_reads_as_zero_and_duplicates_collapse() -> None:
+    assert _read(_with_big_ttl(corpus()[3]), _Memo()).answer[0].ttl == 0
+    wire = _with_duplicate(corpus()[3])
+    ours = _read(wire, _Memo())
+    assert len(ours.answer[0]) == 3
+    assert describe(ours) == describe(dns.message.from_wire(wire))
+
+
+def test_repeated_records_are_shared_and_still_equal() -> None:
+    memo = _Memo()
+    first, second = (_read(corpus()[1], memo) for _ in range(2))
+    assert describe(first) == describe(second)
+    sig_first, sig_second = first.authority[3][0], second.authority[3][0]
+    assert sig_first is sig_second  # immutable, and equal bytes make an equal record
+
+
+def test_hand_readers_are_in_use() -> None:
+    # The pinned dnspython still has the from_wire_parser functions the hand readers mirror.
+    names = {dns.rdatatype.to_text(dns.rdatatype.RdataType.make(t)) for t in _READERS}
+    assert names == {"A", "AAAA", "RRSIG", "NS", "CNAME", "SOA", "NSEC"}
+
+
+def test_compressed_signer_is_rejected_like_dnspython() -> None:
+    """RRSIG signers and NSEC next names may not be compressed: the record memo relies on it."""
+    wire = bytearray(corpus()[1])
+    message = dns.message.from_wire(bytes(wire))
+    signer = message.authority[3][0].signer.to_wire()
+    assert signer is not None
+    at = bytes(wire).rindex(signer)
+    pointer = struct.pack("!H", 0xC000 | 12)  # the question name
+    broken = bytes(wire[:at]) + pointer + bytes(wire[at + len(signer) :])
+    broken = _fix_rdlength(broken, at, len(pointer) - len(signer))
+    with pytest.raises(dns.exception.DNSException):
+        dns.message.from_wire(broken)
+    with pytest.raises(dns.exception.DNSException):
+        _read(broken, _Memo())
+    with pytest.raises(dns.exception.DNSException):
+        parse_response(broken)
+
+
+def _fix_rdlength(wire: bytes, inside: int, delta: int) -> bytes:
+    """Adjust the RDLENGTH of the record whose data contains offset ``inside`` by ``delta``."""
+    end = len(wire)
+    header = struct.unpack_from("!HHHHHH", wire)
+    offset = _skip_name(wire, 12) + 4  # one question
+    for _ in range(sum(header[3:])):
+        offset = _skip_name(wire, offset)
+        rdlength = struct.unpack_from("!H", wire, offset + 8)[0]
+        data = offset + 10
+        if data <= inside < data + rdlength:
+            return wire[: offset + 8] + struct.pack("!H", rdlength + delta) + wire[offset + 10 : end]
+        offset = data + rdlength
+    raise AssertionError("no record contains the offset")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    index=st.integers(0, len(corpus()) - 1),
+    edits=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_mutated_responses(index: int, edits: list[tuple[int, int]]) -> None:
+    wire = bytearray(corpus()[index])
+    for position, value in edits:
+        wire[position % len(wire)] = value
+    _same_or_rejected(bytes(wire))
+
+
+@settings(max_examples=300, deadline=None)
+@given(index=st.integers(0, len(corpus()) - 1), cut=st.integers(0, 2000), tail=st.binary(max_size=40))
+def test_truncated_and_extended_responses(index: int, cut: int, tail: bytes) -> None:
+    wire = corpus()[index]
+    _same_or_rejected(wire[: cut % (len(wire) + 1)] + tail)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    counts=st.tuples(*(st.integers(0, 3) for _ in range(4))),
+    body=st.binary(max_size=300),
+)
+def test_random_bodies(counts: tuple[int, int, int, int], body: bytes) -> None:
+    _same_or_rejected(struct.pack("!HHHHHH", 1, 0x8400, *counts) + body)
