@@ -3,6 +3,8 @@ and the echo check that decides which answers are ours (ID, QR, opcode, question
 
 from __future__ import annotations
 
+import random
+
 import dns.flags
 import dns.message
 import dns.name
@@ -11,6 +13,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,6 +89,14 @@ def test_0x20_flips_only_letters_each_independently() -> None:
     letters = [i for i, c in enumerate(name.to_wire() or b"") if chr(c).isalpha()]
     assert all(len(seen[i]) == 2 for i in letters)  # every letter came out in both cases
     assert all(len(seen[i]) == 1 for i in range(len(seen)) if i not in letters)  # lengths, digits, '-' never
+
+
+def test_0x20_bits_do_not_come_from_the_random_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The random module's generator can be reconstructed from its outputs; with it stuck, the case must still vary.
+    monkeypatch.setattr(random, "getrandbits", lambda bits: 0)
+    monkeypatch.setattr(random, "random", lambda: 0.0)
+    name = dns.name.from_text("abcdefghijklmnopqrstuvwxyz.abcdefghijklmnopqrstuvwxyz.example.")
+    assert len({_randomise_case(name).to_text() for _ in range(4)}) > 1
 
 
 def test_scrub_drops_out_of_bailiwick_records_and_undoes_0x20() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import secrets
 import socket
 import struct
 import time
@@ -96,8 +97,12 @@ class _Cached:
 
 
 def _randomise_case(name: dns.name.Name) -> dns.name.Name:
-    """0x20: every letter's case flipped by its own random bit (one draw for the whole name)."""
-    bits = random.getrandbits(256)  # a name has at most 255 octets
+    """0x20: every letter's case flipped by its own random bit (one draw for the whole name).
+
+    The bits, like query IDs, come from the operating system's CSPRNG (``secrets``): the ``random`` module's
+    generator can be reconstructed from its outputs, and an attacker who can predict them only has to guess the
+    source port to forge an answer."""
+    bits = secrets.randbits(256)  # a name has at most 255 octets
     labels = []
     for label in name.labels:
         flipped = bytearray(label)
@@ -447,7 +452,7 @@ class RecursiveResolver:
 
     async def _query(self, address: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
         stats = self._servers.setdefault(address, _ServerStats())
-        query = _Query(random.getrandbits(16), _randomise_case(name), rdtype)
+        query = _Query(secrets.randbits(16), _randomise_case(name), rdtype)
         timeout = self.config.timeout
         port = self.config.query_port
         start = time.monotonic()
