@@ -15,9 +15,10 @@ import dns.rcode
 import dns.rrset
 import pytest
 
+from ztdns.agent import nfnetlink
 from ztdns.agent.allowstate import SetUpdate
 from ztdns.agent.config import AgentConfig
-from ztdns.agent.nfnetlink import NetlinkError
+from ztdns.agent.nfnetlink import NetlinkError, TableWatch
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.service import Agent
 from ztdns.config import parse_model
@@ -40,15 +41,16 @@ address = ""
 class Synthesiser:
     """Stands in for the protective servers: the i-th query gets A 10.0.x.y."""
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: int = 300) -> None:
         self.count = 0
+        self.ttl = ttl
 
     async def query(self, wire: bytes) -> bytes:
         query = dns.message.from_wire(wire)
         response = dns.message.make_response(query)
         self.count += 1
         address = f"10.0.{self.count >> 8}.{self.count & 255}"
-        response.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "A", address))
+        response.answer.append(dns.rrset.from_text(query.question[0].name, self.ttl, "IN", "A", address))
         return response.to_wire()
 
 
@@ -102,7 +104,38 @@ async def failed_commit(state_dir: Path) -> None:
         agent.nft.run("delete table inet ztdns")
 
 
-@pytest.mark.parametrize("scenario", [compaction, failed_commit])
+def set_sizes() -> dict[str, int]:
+    """Elements per set of inet ztdns as the kernel counts them (expired ones included until swept)."""
+    sizes = {}
+    for kind, _, payload in TableWatch("ztdns")._dump(nfnetlink.NFT_MSG_GETSET):
+        fields = dict(nfnetlink.attrs(payload[4:]))
+        if kind & 0xFF == nfnetlink.NFT_MSG_NEWSET and nfnetlink.NFTA_SET_COUNT in fields:
+            sizes[fields[nfnetlink.NFTA_SET_NAME].rstrip(b"\0").decode()] = int.from_bytes(
+                fields[nfnetlink.NFTA_SET_COUNT], "big"
+            )
+    return sizes
+
+
+async def expiry(state_dir: Path) -> None:
+    """Expired addresses leave the kernel's set at once (the agent deletes them), not at the kernel's sweep."""
+    config = f'state_dir = "{state_dir}"\n' + CONFIG + "[allow]\nttl_floor = 0\ngrace = 1\n"
+    agent = Agent(parse_model(AgentConfig, config), Synthesiser(ttl=1))
+    await agent.start()
+    try:
+        queries = [dns.message.make_query(f"n{i}.test.", "A").to_wire() for i in range(50)]
+        assert all(await asyncio.gather(*(agent.handler.ask(q) for q in queries)))
+        if not set_sizes():
+            pytest.skip("this kernel does not report set sizes (NFTA_SET_COUNT)")
+        assert set_sizes()["allow4"] == 50
+        await asyncio.sleep(2.5)  # 1 s TTL + 1 s grace
+        assert len(agent.state) == 0 and agent.metrics.expired == 50
+        assert set_sizes()["allow4"] == 0  # the kernel's own sweep runs every 5 minutes
+    finally:
+        await agent.stop()
+        agent.nft.run("delete table inet ztdns")
+
+
+@pytest.mark.parametrize("scenario", [compaction, failed_commit, expiry])
 def test_agent_in_its_own_namespace(tmp_path: Path, scenario: Callable[[Path], Coroutine[Any, Any, None]]) -> None:
     name = f"ztdns-agent-{os.getpid()}"
     netns.create(name)

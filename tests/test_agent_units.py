@@ -161,6 +161,11 @@ def test_allow_state_lifetimes_refresh_and_shared_addresses() -> None:
     assert len(state) == 1
     assert [g.name for g in state.expire(1700.0)] == ["a.test"]
     assert len(state) == 0 and state.last_name("192.0.2.1") == "b.test"  # the latest answer
+    # In bounded steps: the earliest expiries first, the rest at the next step.
+    for i in range(5):
+        answer(state, f"n{i}.test", [(f"192.0.2.{10 + i}", 30)], now=2000.0 + i)
+    assert [g.name for g in state.expire(3000.0, limit=2)] == ["n0.test", "n1.test"] and len(state) == 3
+    assert len(state.expire(3000.0, limit=256)) == 3 and len(state) == 0
 
 
 def test_repeated_answer_with_the_same_lifetime_writes_nothing() -> None:

@@ -174,10 +174,11 @@ class AllowState:
         update.timeouts.pop(address, None)
         update.removals.add(address)
 
-    def expire(self, now: float) -> list[Grant]:
-        """Forget grants past their expiry (the kernel drops the set element on its own)."""
-        gone = []
-        while self._expiries and self._expiries[0][0] <= now:
+    def expire(self, now: float, limit: int | None = None) -> list[Grant]:
+        """Forget grants past their expiry (the kernel drops the set element on its own); at most ``limit`` of
+        them, the earliest first, when given."""
+        gone: list[Grant] = []
+        while self._expiries and self._expiries[0][0] <= now and (limit is None or len(gone) < limit):
             _, address, name = heapq.heappop(self._expiries)
             addresses = self._addresses[hash(address) & _MASK]
             holders = addresses.get(address)
@@ -199,6 +200,10 @@ class AllowState:
                     del names[name]
                     self._identities.pop(name, None)
         return gone
+
+    def holds(self, address: str) -> bool:
+        """Whether some name still holds ``address`` open."""
+        return address in self._addresses[hash(address) & _MASK]
 
     def last_name(self, address: str) -> str | None:
         """The name that last opened ``address``, even if that grant has expired since."""

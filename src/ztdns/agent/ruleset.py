@@ -20,8 +20,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # How often the kernel sweeps expired elements out of the allow sets. An expired element never matches (lookups
 # check the expiry); the sweep only frees its memory, and it walks the whole set: with 200k addresses, a 10–15 ms
-# burst of kernel work, every second at the default interval, that answers on the same CPU wait behind.
-_GC_INTERVAL = "30s"
+# burst of kernel work, every second at the default interval, that answers on the same CPU wait behind. The
+# agent deletes the addresses it forgets itself, a few at a time; this sweep only catches what it could not.
+_GC_INTERVAL = "5m"
 
 # Outgoing ICMP errors the stack must be able to send (most are also ct related; these cover the rest).
 _ICMP4_ERRORS = "destination-unreachable, time-exceeded, parameter-problem"

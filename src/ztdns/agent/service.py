@@ -34,7 +34,7 @@ from ztdns.agent.nfnetlink import ElementWriter, TableWatch, updates_timeouts_in
 from ztdns.agent.nft import Nft, NftError
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.ruleset import TABLE, build_ruleset
-from ztdns.agent.setwriter import SetWriter
+from ztdns.agent.setwriter import SetWriter, packed_sets
 from ztdns.agent.stub import StubHandler, StubListeners, Upstream
 from ztdns.agent.upstream import Upstreams
 from ztdns.config.model import parse_hostport
@@ -43,7 +43,9 @@ log = logging.getLogger("ztdns.agent")
 
 STATUS = "status.json"
 _TICK = 1.0  # seconds between status writes (and young-generation collections)
-_WATCH = 0.05  # seconds between checks of the table (the longest a deleted table leaves egress open) and expiry
+_WATCH = 0.05  # seconds between checks of the table: the longest a deleted table leaves egress open
+_EXPIRY_STEP, _EXPIRY_LIMIT = 0.01, 256  # forget at most 256 expired grants every 10 ms (≈ 0.3 ms of work)
+_EXPIRY_LEAD = 0.5  # seconds before its expiry a grant is forgotten and its address deleted from the kernel
 _COMPACTION_CHUNK = 256  # grants written to the next snapshot per event-loop turn
 
 
@@ -143,6 +145,7 @@ class Agent:
             start_http_server(port, host, registry=self.metrics.registry)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._watch_table())]
+        self._tasks.append(loop.create_task(self._expire()))
         self.write_status()
         gc.freeze()  # start-up objects (modules, config, restored grants) live for the whole run
 
@@ -163,8 +166,30 @@ class Agent:
             self.check_table()
             if self._resync:
                 self._write_grants_again()
-            # Expiry in small steps: once a second, 10k names/s expiring would be one pause of ~20 ms.
-            self.metrics.expired += len(self.state.expire(time.time()))
+
+    async def _expire(self) -> None:
+        """Forget grants as they expire, in small steps between answers (once a second, 10k names/s expiring
+        would be one pause of ~20 ms), and delete the addresses nobody holds any more from the kernel's sets
+        ourselves, just before their elements time out: a timed-out element matches nothing but stays until the
+        kernel's own sweep, which walks the whole set — a burst of 10–15 ms with 200k addresses — so that sweep is
+        left to run only rarely (ruleset.py) and the sets hold only what is open. (A timed-out element cannot be
+        deleted: the kernel no longer finds it. Hence the lead: the kernel's timeout is the grant's, rounded up.)"""
+        failing = False
+        while True:
+            await asyncio.sleep(_EXPIRY_STEP)
+            gone = self.state.expire(time.time() + _EXPIRY_LEAD, _EXPIRY_LIMIT)
+            if not gone:
+                continue
+            self.metrics.expired += len(gone)
+            closed = [grant.address for grant in gone if not self.state.holds(grant.address)]
+            try:
+                if closed:
+                    self.elements.write(packed_sets({}, closed))
+                failing = False
+            except NftError as exc:  # the kernel's sweep frees them later
+                if not failing:
+                    log.warning("deleting expired addresses from the sets failed: %s", exc)
+                failing = True
 
     def _write_grants_again(self) -> None:
         try:
