@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ztdns.resolver.parse import _READERS, _Memo, _read, parse_response
+from ztdns.wire import skip_name
 
 _SIG = (
     "20300101000000 20200101000000 12345 {signer} AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEy"
@@ -118,27 +119,17 @@ def corpus() -> list[bytes]:
 
 def _with_big_ttl(wire: bytes) -> bytes:
     """The first answer record's TTL set above 2^31 (dnspython reads such a TTL as 0)."""
-    offset = _skip_name(wire, _skip_name(wire, 12) + 4) + 4  # past the question, the owner, type and class
+    offset = skip_name(wire, skip_name(wire, 12) + 4) + 4  # past the question, the owner, type and class
     return wire[:offset] + struct.pack("!I", 0x80000001) + wire[offset + 4 :]
 
 
 def _with_duplicate(wire: bytes) -> bytes:
     """The first answer record twice (dnspython keeps one of equal records)."""
-    start = _skip_name(wire, 12) + 4
-    end = _skip_name(wire, start) + 10
+    start = skip_name(wire, 12) + 4
+    end = skip_name(wire, start) + 10
     end += struct.unpack_from("!H", wire, end - 2)[0]
     ancount = struct.unpack_from("!H", wire, 6)[0]
     return wire[:6] + struct.pack("!H", ancount + 1) + wire[8:end] + wire[start:end] + wire[end:]
-
-
-def _skip_name(wire: bytes, offset: int) -> int:
-    while True:
-        length = wire[offset]
-        if length == 0:
-            return offset + 1
-        if length >= 192:
-            return offset + 2
-        offset += length + 1
 
 
 def describe(message: dns.message.Message) -> object:
@@ -232,9 +223,9 @@ def _fix_rdlength(wire: bytes, inside: int, delta: int) -> bytes:
     """Adjust the RDLENGTH of the record whose data contains offset ``inside`` by ``delta``."""
     end = len(wire)
     header = struct.unpack_from("!HHHHHH", wire)
-    offset = _skip_name(wire, 12) + 4  # one question
+    offset = skip_name(wire, 12) + 4  # one question
     for _ in range(sum(header[3:])):
-        offset = _skip_name(wire, offset)
+        offset = skip_name(wire, offset)
         rdlength = struct.unpack_from("!H", wire, offset + 8)[0]
         data = offset + 10
         if data <= inside < data + rdlength:
