@@ -74,14 +74,10 @@ class AllowState:
         # address → the name that last opened it, kept after expiry so audit records can name it (bounded).
         self._history: list[OrderedDict[str, str]] = [OrderedDict() for _ in range(_SHARDS)]
 
-    def lifetime(self, ttl: int) -> int:
-        cfg = self.config
-        return min(max(ttl, cfg.ttl_floor), cfg.ttl_ceiling) + cfg.grace
-
     def answer(self, name: str, records: list[tuple[str, int]], now: float, identity: str, update: SetUpdate) -> None:
         """Open (or refresh) ``records`` — (address, TTL) pairs answered for ``name`` — as of ``now``."""
         cfg = self.config
-        floor, ceiling, grace = cfg.ttl_floor, cfg.ttl_ceiling, cfg.grace  # lifetime(), inlined: per address
+        floor, ceiling, grace = cfg.ttl_floor, cfg.ttl_ceiling, cfg.grace  # clamp(TTL, floor, ceiling) + grace
         self._identify(name, identity)
         for address, ttl in records:
             self._grant(address, name, now + (min(max(ttl, floor), ceiling) + grace), identity, now, update)
