@@ -223,6 +223,32 @@ def test_aggressive_nsec_answers_from_cached_denials(lab_loop: NetnsLoop, server
     assert metric(after, aggressive) == metric(before, aggressive)
 
 
+# A negative answer that brings the zone's signed SOA and, in nsec3.lab, the NSEC3 of *.wild.nsec3.lab: it
+# covers the hash of *.nsec3.lab in nx.nsec3.lab's proof. The names asked below, b and z, hash into the span
+# that starts at wild.nsec3.lab's own NSEC3, so b's answer brings the closest encloser's proof too (the lab's
+# NSEC3 has no salt and no extra iterations: the hashes are fixed).
+@pytest.mark.parametrize(("zone", "primer"), [("secure.lab.", "www.secure.lab."), ("nsec3.lab.", "nx.nsec3.lab.")])
+def test_aggressive_wildcard_nodata(lab_loop: NetnsLoop, server: LabServer, zone: str, primer: str) -> None:
+    """RFC 8198 §5.3: after a wildcard answer, another name under that wildcard asked for a type the wildcard
+    lacks is a NODATA proven by the denials already held (no upstream query); a type it holds is still asked."""
+    assert ask(lab_loop, ZTDNS, primer, "MX").flags & dns.flags.AD
+    expanded = ask(lab_loop, ZTDNS, f"b.wild.{zone}")
+    assert addresses(expanded) and expanded.flags & dns.flags.AD
+    before = scrape(lab_loop, server)
+    nodata = ask(lab_loop, ZTDNS, f"z.wild.{zone}", "MX")
+    after = scrape(lab_loop, server)
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer and nodata.flags & dns.flags.AD
+    upstream = "ztdns_recursion_upstream_queries_total"
+    assert metric(after, upstream) == metric(before, upstream)
+    assert metric(after, "ztdns_recursion_aggressive_answers_total") > metric(
+        before, "ztdns_recursion_aggressive_answers_total"
+    )
+    positive = ask(lab_loop, ZTDNS, f"w.wild.{zone}")
+    assert addresses(positive) == addresses(expanded) and positive.flags & dns.flags.AD
+    # One query: QNAME minimisation already learnt that wild.{zone} is no zone cut, and does not ask it again.
+    assert metric(scrape(lab_loop, server), upstream) == metric(after, upstream) + 1
+
+
 class Forger(threading.Thread):
     """An off-path attacker that still learns each query's port and ID by sniffing loopback: every query to
     ``target`` gets forged answers from the target's address — wrong IDs, wrong ports, and the right ID and

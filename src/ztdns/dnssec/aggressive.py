@@ -3,8 +3,9 @@
 A :class:`DenialCache` keeps the signed NSEC/NSEC3 records (and the zone's signed SOA) of responses that
 validated as secure, sorted per zone in canonical (NSEC) or hash (NSEC3) order so the records that match or
 cover a name are found by bisection. :meth:`DenialCache.synthesise` builds a candidate NXDOMAIN/NODATA
-response from them; the caller must validate it like any upstream answer and use it only if it is secure —
-so a wildcard, an opt-out span or a stale chain simply means "ask upstream". No I/O here.
+response from them — NXDOMAIN, NODATA, and a wildcard's NODATA (RFC 8198 §5.3) — and the caller must validate
+it like any upstream answer and use it only if it is secure: a wildcard that holds the type (a positive answer),
+an opt-out span or a stale chain simply means "ask upstream". No I/O here.
 """
 
 from __future__ import annotations
@@ -148,22 +149,32 @@ class DenialCache:
         zone = self._zones[zone_name]
         if zone.soa is None or zone.soa.expires <= now:
             return None
+        # Each candidate: (NODATA?, the records that would prove it). A name that does not exist is NXDOMAIN,
+        # unless the wildcard its closest encloser holds exists: then the answer is that wildcard's NODATA
+        # (a wildcard with the type would be a positive answer: asked upstream).
+        candidates: list[tuple[bool, list[_Signed | None]]]
         if zone.nsec.keys:
-            found = self._nsec_records(zone.nsec, zone_name, name)
+            found, wildcards = self._nsec_records(zone.nsec, zone_name, name)
             match, cover = found[0], found[1]
             if match is None and (
                 cover is None or not nsec_covers(cover.rrset, name) or delegation_above(cover.rrset, name)
             ):
                 return None  # a gap in what we hold, or a child zone we hold nothing for: ask upstream
-            nodata = match is not None or _empty_non_terminal(cover, name)
+            if match is not None or _empty_non_terminal(cover, name):
+                candidates = [(True, found)]
+            else:
+                candidates = [(False, found), (True, [cover, *wildcards])]
         elif zone.nsec3.keys and zone.nsec3_params is not None:
             found = self._nsec3_records(zone.nsec3, zone.nsec3_params, zone_name, name)
-            nodata = found[0] is not None
+            candidates = [(True, found)] if found[0] is not None else [(False, found), (True, found)]
         else:
             return None
-        records = {id(r): r for r in found if r is not None and r.expires > now}
-        # The proof's shape is checked here, cheaply; signatures are the caller's validation.
-        if _proof(zone_name, [r.rrset for r in records.values()], name, rdtype, nodata) is not denial.Proof.PROVEN:
+        for nodata, proving in candidates:
+            records = {id(r): r for r in proving if r is not None and r.expires > now}
+            # The proof's shape is checked here, cheaply; signatures are the caller's validation.
+            if _proof(zone_name, [r.rrset for r in records.values()], name, rdtype, nodata) is denial.Proof.PROVEN:
+                break
+        else:
             return None
         response = dns.message.make_response(dns.message.make_query(name, rdtype, want_dnssec=True))
         response.flags |= dns.flags.RA
@@ -177,15 +188,20 @@ class DenialCache:
         return response
 
     @staticmethod
-    def _nsec_records(chain: _Chain, zone: dns.name.Name, name: dns.name.Name) -> list[_Signed | None]:
-        """[the NSEC at name, the one before it (covering it, if we hold it), those before *.ancestor for every
-        ancestor in the zone (covering the wildcards)]."""
+    def _nsec_records(
+        chain: _Chain, zone: dns.name.Name, name: dns.name.Name
+    ) -> tuple[list[_Signed | None], list[_Signed | None]]:
+        """([the NSEC at name, the one before it (covering it, if we hold it), those before *.ancestor for every
+        ancestor in the zone (covering the wildcards)], [the NSECs at those wildcards, where we hold them])."""
         found = [chain.at(name), chain.before(name)]
+        wildcards = []
         ancestor = name
         while ancestor != zone:
             ancestor = ancestor.parent()
-            found.append(chain.before(_WILDCARD.concatenate(ancestor)))
-        return found
+            wildcard = _WILDCARD.concatenate(ancestor)
+            found.append(chain.before(wildcard))
+            wildcards.append(chain.at(wildcard))
+        return found, wildcards
 
     @staticmethod
     def _nsec3_records(

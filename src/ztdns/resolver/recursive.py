@@ -47,6 +47,7 @@ _EDNS_PAYLOAD = 1232
 _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)
 _NS_DEPTH = 3  # nesting of name-server address lookups
 _USABLE_MEMO = 4096
+_NO_CUT_MEMO = 16_384
 
 
 class ResolutionFailed(Exception):
@@ -126,6 +127,9 @@ class RecursiveResolver:
         self.validator: Validator | None = None
         self._hints = load_hints(config.root_hints)
         self._delegations: dict[dns.name.Name, _Delegation] = {}
+        # QNAME minimisation's findings: names the zone's own servers answered (no zone cut there), with the
+        # zone and until when. The next name below them skips straight to the next label, as Unbound does.
+        self._no_cut: dict[dns.name.Name, tuple[dns.name.Name, float]] = {}
         self._servers: dict[str, _ServerStats] = {}
         self._usable_memo: dict[str, bool] = {}  # address -> may be asked (parsing addresses is not free)
         self._cache: OrderedDict[tuple[dns.name.Name, int], _Cached] = OrderedDict()
@@ -312,6 +316,10 @@ class RecursiveResolver:
             if minimise and ask_depth < len(qname):
                 # RFC 9156: reveal one more label at a time; A hides the real type better than NS.
                 ask_name, ask_type = dns.name.Name(qname.labels[-ask_depth:]), dns.rdatatype.A
+                known = self._no_cut.get(ask_name)
+                if known is not None and known[0] == zone and known[1] > time.time():
+                    ask_depth += 1
+                    continue
             response = await self._ask(delegation, ask_name, ask_type, budget)
             referral = self._referral(response, zone, ask_name)
             if referral is not None:
@@ -325,11 +333,17 @@ class RecursiveResolver:
                 return response
             if response.rcode() == dns.rcode.NOERROR and _cname_target(response, ask_name, ask_type) is None:
                 ask_depth += 1  # no zone cut at ask_name: reveal the next label to the same servers
+                self._remember_no_cut(ask_name, zone, response)
             else:
                 minimise = False  # NXDOMAIN or CNAME on the way down: ask the full name (RFC 9156 §3)
         raise ResolutionFailed(
             Reason(EDE.NO_REACHABLE_AUTHORITY, f"{qname}: more than {self.config.max_referrals} referrals")
         )
+
+    def _remember_no_cut(self, name: dns.name.Name, zone: dns.name.Name, response: dns.message.Message) -> None:
+        if len(self._no_cut) >= _NO_CUT_MEMO:
+            self._no_cut.clear()
+        self._no_cut[name] = (zone, time.time() + min(_min_ttl(response), 86_400))
 
     def _referral(self, response: dns.message.Message, zone: dns.name.Name, qname: dns.name.Name) -> _Delegation | None:
         """A downward referral from ``zone`` toward ``qname``, keeping only in-bailiwick glue."""
