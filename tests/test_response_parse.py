@@ -1,6 +1,6 @@
-"""ztdns.resolver.parse against dnspython: the same Message for what dnspython accepts, never more lenient.
+"""ztdns.protocol.parse against dnspython: the same Message for what dnspython accepts, never more lenient.
 
-``parse_response`` falls back to ``dns.message.from_wire`` for anything its own reader (``_read``) rejects, so
+``parse_message`` falls back to ``dns.message.from_wire`` for anything its own reader (``_read``) rejects, so
 the property that matters is about ``_read``: whenever it accepts bytes, dnspython accepts them too and builds
 an equal message. Checked on typical responses and on mutated and random bytes.
 """
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ztdns.resolver.parse import _READERS, _Memo, _read, parse_response
+from ztdns.protocol.parse import _READERS, _Memo, _read, parse_message
 from ztdns.wire import skip_name
 
 _SIG = (
@@ -167,7 +167,7 @@ def _same_or_rejected(wire: bytes) -> None:
     try:
         ours = _read(wire, _Memo())
     except Exception:
-        return  # parse_response then returns whatever dnspython decides
+        return  # parse_message then returns whatever dnspython decides
     theirs = dns.message.from_wire(wire)  # raises here if we were more lenient
     assert describe(ours) == describe(theirs)
 
@@ -176,7 +176,7 @@ def _same_or_rejected(wire: bytes) -> None:
 def test_typical_responses_parse_by_hand_like_dnspython(wire: bytes) -> None:
     ours = _read(wire, _Memo())  # the hand reader itself, not the fallback
     assert describe(ours) == describe(dns.message.from_wire(wire))
-    assert describe(parse_response(wire)) == describe(ours)
+    assert describe(parse_message(wire)) == describe(ours)
 
 
 def test_big_ttl_reads_as_zero_and_duplicates_collapse() -> None:
@@ -216,7 +216,7 @@ def test_compressed_signer_is_rejected_like_dnspython() -> None:
     with pytest.raises(dns.exception.DNSException):
         _read(broken, _Memo())
     with pytest.raises(dns.exception.DNSException):
-        parse_response(broken)
+        parse_message(broken)
 
 
 def _fix_rdlength(wire: bytes, inside: int, delta: int) -> bytes:

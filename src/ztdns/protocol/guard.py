@@ -11,6 +11,7 @@ import dns.rdatatype
 
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
+from ztdns.protocol.parse import parse_message
 from ztdns.protocol.respond import header_only_response
 from ztdns.resolver import Question
 
@@ -30,7 +31,7 @@ class GuardStage:
             ctx.kind = Kind.INVALID
             return
         try:
-            query = dns.message.from_wire(wire)
+            query = parse_message(wire)
         except Exception:  # any parse failure of untrusted bytes is the client's error, never ours
             ctx.kind = Kind.INVALID
             ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)

@@ -39,9 +39,9 @@ from ztdns.config.model import RecursionConfig
 from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.validator import Security, Validator, Verdict
 from ztdns.outcome import EDE, Reason
+from ztdns.protocol.parse import parse_message
 from ztdns.resolver import Question, Resolution
 from ztdns.resolver.hints import load_hints
-from ztdns.resolver.parse import parse_response
 
 _EDNS_PAYLOAD = 1232
 _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)
@@ -512,7 +512,7 @@ class RecursiveResolver:
                 while True:
                     wire = await loop.sock_recv(sock, 65535)
                     try:
-                        response = parse_response(wire)
+                        response = parse_message(wire)
                     except dns.exception.DNSException:
                         response = None
                     if response is not None and query.echoed_by(response):

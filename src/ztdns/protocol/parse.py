@@ -1,6 +1,8 @@
-"""Upstream responses from wire to ``dns.message.Message``: ``dns.message.from_wire`` at about half the cost.
+"""DNS messages from wire to ``dns.message.Message``: ``dns.message.from_wire`` at a third to a half of the cost.
 
-Parsing responses is the largest item of cold-cache recursion (about a third of its CPU): dnspython's reader
+Used for upstream responses in recursion and for client queries in the guard stage. Parsing responses is the
+largest item of cold-cache recursion (about a fifth of its CPU), and a query costs ~60 µs to dnspython's reader
+and ~20 µs to this one: dnspython's reader
 builds every name and record through layers of generic parser calls. This reader walks the message with
 ``struct.unpack_from``, reads the records that fill responses (RRSIG, NSEC, SOA, NS, CNAME, A, AAAA) field by
 field into dnspython's own classes, and reuses what repeats — names, and records whose value depends on their
@@ -97,7 +99,7 @@ def _rdtype(value: int) -> dns.rdatatype.RdataType:
     return dns.rdatatype.RdataType.make(value)
 
 
-def parse_response(wire: bytes) -> dns.message.Message:
+def parse_message(wire: bytes) -> dns.message.Message:
     """``dns.message.from_wire(wire)`` with default options: the same Message, or the same exception."""
     try:
         return _read(wire, _memo)
