@@ -98,21 +98,23 @@ class _Cached:
 
 
 def _randomise_case(name: dns.name.Name) -> dns.name.Name:
-    """0x20: every letter's case flipped by its own random bit (one draw for the whole name).
+    """0x20: every letter's case flipped by its own random bit.
 
     The bits, like query IDs, come from the operating system's CSPRNG (``secrets``): the ``random`` module's
     generator can be reconstructed from its outputs, and an attacker who can predict them only has to guess the
-    source port to forge an answer."""
-    bits = secrets.randbits(256)  # a name has at most 255 octets
+    source port to forge an answer. Per label, as integers: (random bits) AND (0x20 at each letter) XOR label."""
+    bits = secrets.randbits(2048)  # one draw (a system call) for the whole name: at most 255 octets
     labels = []
     for label in name.labels:
-        flipped = bytearray(label)
-        for index, c in enumerate(flipped):
-            if 0x61 <= (c | 0x20) <= 0x7A:
-                flipped[index] = c ^ (bits & 1) << 5
-            bits >>= 1
-        labels.append(bytes(flipped))
+        size = len(label)
+        mask = int.from_bytes(label.translate(_CASE_BIT), "big") & bits
+        labels.append((int.from_bytes(label, "big") ^ mask).to_bytes(size, "big"))
+        bits >>= 8 * size
     return dns.name.Name(labels)
+
+
+# 0x20 at the octets that are ASCII letters (the bit that flips their case), 0 elsewhere.
+_CASE_BIT = bytes(0x20 if 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A else 0 for c in range(256))
 
 
 def _min_ttl(message: dns.message.Message) -> int:
