@@ -68,16 +68,15 @@ class _Forms:
     __slots__ = ("lower", "suffixes", "wire")
 
     def __init__(self, labels: tuple[bytes, ...]) -> None:
-        wire = b"".join([bytes((len(label),)) + label for label in labels])
-        lower = wire.lower()  # length octets are <= 63, below "A": lower() leaves them alone
-        suffixes = []
-        start = 0
-        for label in labels[:-1]:
-            suffixes.append((start, lower[start:]))
-            start += len(label) + 1
-        self.wire = wire
-        self.lower = lower
-        self.suffixes = tuple(suffixes)
+        wire = bytearray()
+        starts = []
+        for label in labels:
+            starts.append(len(wire))
+            wire.append(len(label))
+            wire += label
+        self.wire = bytes(wire)
+        self.lower = lower = self.wire.lower()  # length octets are <= 63, below "A": lower() leaves them alone
+        self.suffixes = tuple([(start, lower[start:]) for start in starts[:-1]])
 
 
 # Keyed by the labels tuple (hashed in C) rather than by the Name (whose hash is a Python loop over the bytes).
