@@ -44,6 +44,7 @@ from ztdns.dnssec.signing import Validity, ZoneSigner
 from ztdns.fastpath import Replay, ReplayTable, splice, udp_limit
 from ztdns.observe.metrics import Metrics
 from ztdns.outcome import Kind
+from ztdns.protocol.render import render
 from ztdns.protocol.respond import UDP_PAYLOAD
 from ztdns.wire import parse_query
 
@@ -507,13 +508,13 @@ class Authority:
 def _render(response: dns.message.Message, client: ClientInfo, query: dns.message.Message) -> tuple[bytes, bytes]:
     """(what to send, the full response). Over UDP a response larger than the client's limit is sent
     truncated (TC=1, no records); the full one is what later replays serve to clients it fits."""
-    full = response.to_wire(max_size=65535)
+    full = render(response, max_size=65535)
     limit = 65535 if client.stream else (max(512, min(query.payload, UDP_PAYLOAD)) if query.edns >= 0 else 512)
     if len(full) <= limit:
         return full, full
     response.answer, response.authority, response.additional = [], [], []
     response.flags |= dns.flags.TC
-    return response.to_wire(max_size=limit), full
+    return render(response, max_size=limit), full
 
 
 def _header_only(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:

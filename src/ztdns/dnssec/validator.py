@@ -36,6 +36,7 @@ from dns.rdtypes.ANY.RRSIG import RRSIG
 from dns.rdtypes.dnskeybase import Flag
 
 from ztdns.dnssec import denial
+from ztdns.dnssec.signed import signed_data
 from ztdns.dnssec.trust import Anchor, TrustAnchors
 from ztdns.outcome import EDE, Reason
 
@@ -202,8 +203,9 @@ _keys = _KeyCache()
 def _signature_verifies(rrset: dns.rrset.RRset, rrsig: RRSIG, keys: dns.rdataset.Rdataset) -> bool:
     """RFC 4035 §5.3: does ``rrsig`` (time already checked) verify ``rrset`` with one of ``keys``?
 
-    dnspython's ``validate_rrsig`` without its per-call key parsing and key-tag computing: the candidate
-    keys, the signed data and the cryptography are the same."""
+    dnspython's ``validate_rrsig`` without its per-call key parsing and key-tag computing, and with the signed
+    data built by :func:`ztdns.dnssec.signed.signed_data`: the candidate keys, the bytes and the cryptography
+    are the same."""
     if rrsig.type_covered != rrset.rdtype or rrsig.rdclass != rrset.rdclass:
         return False
     candidates = [
@@ -220,7 +222,7 @@ def _signature_verifies(rrset: dns.rrset.RRset, rrsig: RRSIG, keys: dns.rdataset
     if not candidates:
         return False
     try:
-        data = dns.dnssec._make_rrsig_signature_data(rrset, rrsig)
+        data = signed_data(rrset, rrsig)
     except (dns.exception.DNSException, ValueError):
         return False
     memo = (rrsig.signature, data)

@@ -13,10 +13,11 @@ import dns.rrset
 
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
+from ztdns.protocol.render import MAX_SIZE, render
 
 # RFC 6891 / DNS flag day 2020: advertise and honour at most 1232 bytes over UDP, avoiding fragmentation.
 UDP_PAYLOAD = 1232
-STREAM_MAX = 65535
+STREAM_MAX = MAX_SIZE
 
 
 def header_only_response(query_wire: bytes, rcode: int) -> bytes:
@@ -75,7 +76,7 @@ class RespondStage:
             response.use_edns(False)
         response.set_rcode(rcode)
         limit = STREAM_MAX if ctx.client.stream else udp_limit(query)
-        full = response.to_wire(max_size=STREAM_MAX)
+        full = render(response, max_size=STREAM_MAX)
         ctx.full_wire_response = full
         if len(full) <= limit:
             ctx.wire_response = full
@@ -88,4 +89,4 @@ class RespondStage:
             truncated.use_edns(0, response.ednsflags, UDP_PAYLOAD, options=list(response.options))
         else:
             truncated.use_edns(False)
-        ctx.wire_response = truncated.to_wire()
+        ctx.wire_response = render(truncated)
