@@ -21,6 +21,7 @@ from pathlib import Path
 import dns.name
 import dns.rdatatype
 
+from ztdns import encode
 from ztdns.config.model import RecursionConfig
 from ztdns.dnssec import validator
 from ztdns.dnssec.trust import TrustAnchors
@@ -28,15 +29,17 @@ from ztdns.dnssec.validator import Validator
 from ztdns.lab import netns
 from ztdns.lab.run import Lab
 from ztdns.lab.zones import CASES
-from ztdns.resolver import Question, parse
+from ztdns.protocol import parse
+from ztdns.resolver import Question
 from ztdns.resolver.recursive import RecursiveResolver
 
 
 def forget_process_memos() -> None:
-    """What a freshly started server does not have yet: verified signatures and parsed names and records are
-    remembered process-wide, and later passes would otherwise find them."""
+    """What a freshly started server does not have yet: verified signatures, parsed names and records, and names'
+    wire forms are remembered process-wide, and later passes would otherwise find them."""
     validator._keys = validator._KeyCache()
     parse._memo = parse._Memo()
+    encode._forms.clear()
 
 
 def fresh_resolver(lab: Lab) -> RecursiveResolver:
