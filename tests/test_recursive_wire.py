@@ -113,3 +113,21 @@ def test_scrub_drops_out_of_bailiwick_records_and_undoes_0x20() -> None:
     assert [r.name.to_text() for r in response.authority] == ["example."]
     assert response.authority[0].name is lower_case  # already lower-case: kept as it was
     assert [r.name.labels for r in response.additional] == [(b"ns", b"example", b"")]
+
+
+_LABEL = st.sampled_from([b"a", b"B", b"ex", b"Ex", b"EXAMPLE", b"example", b"x-1", b"*"])
+
+
+@given(
+    owners=st.lists(st.lists(_LABEL, max_size=4), min_size=1, max_size=6),
+    zone=st.lists(_LABEL, max_size=3),
+)
+def test_scrub_keeps_exactly_the_names_inside_the_zone(owners: list[list[bytes]], zone: list[bytes]) -> None:
+    """In bailiwick means Name.is_subdomain (case-insensitive, whole labels); kept names come out lower-cased."""
+    zone_name = dns.name.Name([*zone, b""])
+    names = [dns.name.Name([*labels, b""]) for labels in owners]
+    response = dns.message.make_response(dns.message.make_query("q.", "A"))
+    response.authority = [dns.rrset.from_text(name, 60, "IN", "A", "192.0.2.1") for name in names]
+    _scrub(response, zone_name)
+    expected = [name.canonicalize().labels for name in names if name.is_subdomain(zone_name)]
+    assert [r.name.labels for r in response.authority] == expected

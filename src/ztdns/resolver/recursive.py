@@ -322,8 +322,7 @@ class RecursiveResolver:
                 if known is not None and known[0] == zone and known[1] > time.time():
                     ask_depth += 1
                     continue
-            response = await self._ask(delegation, ask_name, ask_type, budget)
-            referral = self._referral(response, zone, ask_name)
+            response, referral = await self._ask(delegation, ask_name, ask_type, budget)
             if referral is not None:
                 if not target.is_subdomain(referral.zone):
                     raise ResolutionFailed(
@@ -371,7 +370,8 @@ class RecursiveResolver:
         ds = [r for r in response.authority if r.name == child and r.rdtype in (dns.rdatatype.DS,)]
         if ds:
             self._cache_referral_ds(response, child)
-        return _Delegation(child, names, addresses, time.time() + min(ns_set.ttl, 86_400))
+        # The zone as _scrub spells owner names (servers echo our 0x20 case into them).
+        return _Delegation(child.canonicalize(), names, addresses, time.time() + min(ns_set.ttl, 86_400))
 
     def _cache_referral_ds(self, response: dns.message.Message, child: dns.name.Name) -> None:
         """The signed DS in a referral is what the validator will ask for next: keep it."""
@@ -438,7 +438,8 @@ class RecursiveResolver:
 
     async def _ask(
         self, delegation: _Delegation, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget
-    ) -> dns.message.Message:
+    ) -> tuple[dns.message.Message, _Delegation | None]:
+        """The first usable answer from the zone's servers (scrubbed), and the referral it is, if it is one."""
         addresses = self._order(delegation.addresses)
         if not addresses:
             raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no usable server address"))
@@ -454,11 +455,11 @@ class RecursiveResolver:
                 problems.append(f"{address}: {dns.rcode.to_text(response.rcode())}")
                 continue
             try:
-                self._referral(response, delegation.zone, name)
+                referral = self._referral(response, delegation.zone, name)
             except _Lame as lame:
                 problems.append(f"{address}: {lame}")
                 continue
-            return _scrub(response, delegation.zone)
+            return _scrub(response, delegation.zone), referral
         raise ResolutionFailed(
             Reason(
                 EDE.NO_REACHABLE_AUTHORITY,
@@ -574,12 +575,19 @@ class _Query:
 def _scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Message:
     """Drop records a server for ``zone`` has no authority to give (out of bailiwick), and undo the 0x20 case
     randomisation servers echo into owner names."""
+    # Compared as lower-cased label tuples (in C), not with Name.is_subdomain (a Python loop per label).
+    suffix = tuple(map(bytes.lower, zone.labels))
+    depth = len(suffix)
     for section in (response.answer, response.authority, response.additional):
-        kept = [r for r in section if r.name.is_subdomain(zone)]
-        for rrset in kept:
-            spelled = b".".join(rrset.name.labels)
-            if spelled != spelled.lower():  # most owner names are lower-case already: no new Name for those
-                rrset.name = rrset.name.canonicalize()
+        kept = []
+        for rrset in section:
+            labels = rrset.name.labels
+            lowered = tuple(map(bytes.lower, labels))
+            if lowered[-depth:] != suffix:
+                continue
+            if lowered != labels:  # most owner names are lower-case already: no new Name for those
+                rrset.name = dns.name.Name(lowered)
+            kept.append(rrset)
         section[:] = kept
     return response
 
