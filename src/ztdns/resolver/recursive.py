@@ -202,19 +202,22 @@ class RecursiveResolver:
             pending = asyncio.get_running_loop().create_future()
             self._inflight[flight] = pending
             try:
-                response, verdict = await self._from_denials(name, rdtype) if validate else (None, None)
-                if response is None:
-                    # Data cached without a verdict (a CNAME target met on the way, a validator fetch) is
-                    # validated as it is: the same upstream answer, without asking again.
-                    if cached is not None:
-                        response = _aged(cached, now)
-                    else:
-                        response = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
-                    if validate:
-                        assert self.validator is not None
-                        verdict = await self.validator.validate(name, rdtype, response)
-                        if verdict.security is Security.SECURE and self.config.aggressive_nsec:
-                            self._denials.add(response, time.time())
+                # Data cached without a verdict (a CNAME target met on the way, a validator fetch) is validated
+                # as it is: the same upstream answer, without asking again (nor looking for a cached denial).
+                found: dns.message.Message | None = None
+                verdict = None
+                if cached is not None:
+                    found = _aged(cached, now)
+                elif validate:
+                    found, verdict = await self._from_denials(name, rdtype)
+                if found is None:
+                    found = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
+                response = found
+                if validate and verdict is None:
+                    assert self.validator is not None
+                    verdict = await self.validator.validate(name, rdtype, response)
+                    if verdict.security is Security.SECURE and self.config.aggressive_nsec:
+                        self._denials.add(response, time.time())
                 self._store(key, response, verdict)
                 pending.set_result(response)
             except BaseException as exc:
