@@ -293,7 +293,9 @@ class Frontend:
         if ctx.drop:
             return None
         if ctx.kind in _REPLAYABLE and ctx.full_wire_response is not None and ctx.replay_until > ctx.started:
-            self._remember(runtime, ctx)
+            # After the answer is on its way (the caller sends it in this same loop turn): bookkeeping off the
+            # query's latency. Until then a repeat of the question takes the full path, which is still right.
+            asyncio.get_running_loop().call_soon(self._remember, runtime, ctx)
         return ctx.wire_response
 
     def _remember(self, runtime: Runtime, ctx: QueryContext) -> None:
