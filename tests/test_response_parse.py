@@ -161,6 +161,11 @@ def describe(message: dns.message.Message) -> object:
         message.tsig,
         # find_rrset's index: the same keys, each leading to the RRset at the same place
         {key: (key[0], message.sections[key[0]].index(rrset)) for key, rrset in (message.index or {}).items()},
+        # and everything is of the same types, slot by slot (names case and all), in the same order
+        fingerprint(message.flags),
+        fingerprint(message.sections),
+        fingerprint(message.opt),
+        [fingerprint(key) for key in message.index or {}],
     )
 
 

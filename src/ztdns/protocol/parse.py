@@ -67,6 +67,7 @@ _IN = dns.rdataclass.IN
 _OPT = dns.rdatatype.OPT
 _TSIG = dns.rdatatype.TSIG
 _NONE = dns.rdatatype.NONE
+_QUESTION_SECTION, _ANSWER, _AUTHORITY, _ADDITIONAL = dns.message.MessageSection
 _SINGLETONS = frozenset(t for t in range(65536) if dns.rdatatype.is_singleton(dns.rdatatype.RdataType.make(t)))
 _DS_DIGEST_LENGTHS: dict[int, int] = dns.rdtypes.dsbase.DSBase._digest_length_by_type
 _MEMO_LIMIT = 8192  # per table; cleared whole when full (entries are cheap to rebuild)
@@ -571,19 +572,22 @@ def _read(wire: bytes, memo: _Memo) -> dns.message.Message:
     message.wire = wire
     current = 12
     question = message.question
+    index = message.index
     for _ in range(qdcount):
         name, current = _name(wire, current, size, memo, True)
         if current + 4 > size:
             raise dns.exception.FormError
         rdtype, rdclass = _QUESTION.unpack_from(wire, current)
         current += 4
-        message.find_rrset(question, name, rdclass, rdtype, create=True, force_unique=True)
+        # find_rrset(question, name, rdclass, rdtype, create=True, force_unique=True)
+        rrset = _built_rrset(name, rdclass, rdtype, _NONE, 0, {})
+        question.append(rrset)
+        index[(_QUESTION_SECTION, name, rrset.rdclass, rrset.rdtype, _NONE, None)] = rrset
     # Records join the RRset of equal name (case-insensitively), class, type and covered type, as find_rrset
     # does through the message's index; looked up here by lower-cased labels rather than by Name (a Name hashes
     # and compares in Python, character by character), and entered in the index once per RRset.
-    index = message.index
     rrsets: dict[tuple[int, tuple[bytes, ...], int, int, int], dns.rrset.RRset] = {}
-    for number, count in ((1, ancount), (2, nscount), (3, arcount)):
+    for number, count in ((_ANSWER, ancount), (_AUTHORITY, nscount), (_ADDITIONAL, arcount)):
         section = message.sections[number]
         for _ in range(count):
             (name, folded), current = _folded_name(wire, current, size, memo, True)
