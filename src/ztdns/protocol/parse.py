@@ -580,9 +580,9 @@ def _read(wire: bytes, memo: _Memo) -> dns.message.Message:
         rdtype, rdclass = _QUESTION.unpack_from(wire, current)
         current += 4
         # find_rrset(question, name, rdclass, rdtype, create=True, force_unique=True)
-        rrset = _built_rrset(name, rdclass, rdtype, _NONE, 0, {})
-        question.append(rrset)
-        index[(_QUESTION_SECTION, name, rrset.rdclass, rrset.rdtype, _NONE, None)] = rrset
+        asked = _built_rrset(name, rdclass, rdtype, _NONE, 0, {})
+        question.append(asked)
+        index[(_QUESTION_SECTION, name, asked.rdclass, asked.rdtype, _NONE, None)] = asked
     # Records join the RRset of equal name (case-insensitively), class, type and covered type, as find_rrset
     # does through the message's index; looked up here by lower-cased labels rather than by Name (a Name hashes
     # and compares in Python, character by character), and entered in the index once per RRset.
