@@ -68,8 +68,8 @@ _OPT = dns.rdatatype.OPT
 _TSIG = dns.rdatatype.TSIG
 _NONE = dns.rdatatype.NONE
 _QUESTION_SECTION, _ANSWER, _AUTHORITY, _ADDITIONAL = dns.message.MessageSection
-_SINGLETONS = frozenset(t for t in range(65536) if dns.rdatatype.is_singleton(dns.rdatatype.RdataType.make(t)))
-_DS_DIGEST_LENGTHS: dict[int, int] = dns.rdtypes.dsbase.DSBase._digest_length_by_type
+# What DSBase's constructor checks a digest's length against (read by hand only while it is there)
+_DS_DIGEST_LENGTHS: dict[int, int] | None = getattr(dns.rdtypes.dsbase.DSBase, "_digest_length_by_type", None)
 _MEMO_LIMIT = 8192  # per table; cleared whole when full (entries are cheap to rebuild)
 
 
@@ -120,10 +120,10 @@ def fingerprint(value: object) -> object:
     """What tells dnspython values apart: type and, recursively, every slot (and attribute) or item — names by
     their labels as they are, since Name equality ignores case. Equal fingerprints: indistinguishable objects."""
     kind = type(value)
-    if kind is tuple or kind is list:
-        return kind, tuple(fingerprint(item) for item in value)  # type: ignore[attr-defined]
-    if kind is dict:
-        return kind, tuple((fingerprint(k), fingerprint(v)) for k, v in value.items())  # type: ignore[attr-defined]
+    if isinstance(value, tuple | list) and kind in (tuple, list):
+        return kind, tuple(fingerprint(item) for item in value)
+    if isinstance(value, dict) and kind is dict:
+        return kind, tuple((fingerprint(k), fingerprint(v)) for k, v in value.items())
     slots = _slot_names(kind)
     if not slots:
         return kind, value
@@ -288,9 +288,9 @@ def _constructor(cls: type[dns.rdata.Rdata], rdtype: dns.rdatatype.RdataType) ->
 
 
 # Reading one type's fields: (wire, start, end, memo, make) -> the record of class IN in wire[start:end].
-_Fields = Callable[[bytes, int, int, "_Memo", _Make], dns.rdata.Rdata]
+_Fields = Callable[[bytes, int, int, _Memo, _Make], dns.rdata.Rdata]
 # A reader: (rdtype, wire, start, end, memo, make) -> the record's entry, from the memo when it was seen.
-_Reader = Callable[[int, bytes, int, int, "_Memo", _Make], _Entry]
+_Reader = Callable[[int, bytes, int, int, _Memo, _Make], _Entry]
 
 
 def _by_bytes(fields: _Fields) -> _Reader:
@@ -333,6 +333,7 @@ def _read_ds(wire: bytes, start: int, end: int, memo: _Memo, make: _Make) -> dns
     key_tag, algorithm, digest_type = _KEY_FIELDS.unpack_from(wire, start)
     digest = wire[start + 4 : end]
     # DSBase's own checks: the digest length of a known digest type; digest type 0 reserved.
+    assert _DS_DIGEST_LENGTHS is not None  # else DS is not read by hand
     length = _DS_DIGEST_LENGTHS.get(digest_type)
     if (length is not None and len(digest) != length) or digest_type == 0:
         raise ValueError("digest length inconsistent with digest type")
@@ -459,7 +460,9 @@ def _hand_readers() -> dict[int, tuple[_Reader, _Make]]:
     readers: dict[int, tuple[_Reader, _Make]] = {}
     for rdtype, base, reader, text in _HAND_READ:
         cls = _class_of(rdtype)
-        if not (issubclass(cls, base) and _mirrors(cls, base)):
+        if not (issubclass(cls, base) and _mirrors(cls, base)) or (
+            rdtype == dns.rdatatype.DS and not _DS_DIGEST_LENGTHS
+        ):
             continue  # pragma: no cover - another dnspython
         sample = dns.rdata.from_text(_IN, rdtype, text)
         wire = sample.to_wire() or b""
@@ -469,8 +472,8 @@ def _hand_readers() -> dict[int, tuple[_Reader, _Make]]:
                 agrees = fingerprint(ours) == fingerprint(sample)
             except Exception:  # pragma: no cover - another dnspython
                 agrees = False
-            if agrees:
-                readers[int(rdtype)] = reader, make  # type: ignore[assignment]
+            if agrees and make is not None:
+                readers[int(rdtype)] = reader, make
                 break
     return readers
 
@@ -621,7 +624,7 @@ def _read(wire: bytes, memo: _Memo) -> dns.message.Message:
             # Rdataset.add, for a record of the RRset's own class, type and covered type: the TTL minimised,
             # singleton types replaced, equal records kept once (the first one, as update() keeps a present key).
             rrset.ttl = min(rrset.ttl, ttl)
-            if rdtype in _SINGLETONS:
+            if dns.rdatatype.is_singleton(rdtype):
                 rrset.items.clear()
             rrset.items.update(items)
     if current != size:
