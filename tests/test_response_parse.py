@@ -7,6 +7,7 @@ an equal message. Checked on typical responses and on mutated and random bytes.
 
 from __future__ import annotations
 
+import io
 import struct
 
 import dns.edns
@@ -22,7 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ztdns.protocol.parse import _READERS, _Memo, _read, parse_message
+from ztdns.protocol import parse
+from ztdns.protocol.parse import _READERS, _Memo, _read, fingerprint, parse_message
 from ztdns.wire import skip_name
 
 _SIG = (
@@ -159,6 +161,11 @@ def describe(message: dns.message.Message) -> object:
         message.tsig,
         # find_rrset's index: the same keys, each leading to the RRset at the same place
         {key: (key[0], message.sections[key[0]].index(rrset)) for key, rrset in (message.index or {}).items()},
+        # and everything is of the same types, slot by slot (names case and all), in the same order
+        fingerprint(message.flags),
+        fingerprint(message.sections),
+        fingerprint(message.opt),
+        [fingerprint(key) for key in message.index or {}],
     )
 
 
@@ -198,7 +205,12 @@ def test_repeated_records_are_shared_and_still_equal() -> None:
 def test_hand_readers_are_in_use() -> None:
     # The pinned dnspython still has the from_wire_parser functions the hand readers mirror.
     names = {dns.rdatatype.to_text(dns.rdatatype.RdataType.make(t)) for t in _READERS}
-    assert names == {"A", "AAAA", "RRSIG", "NS", "CNAME", "SOA", "NSEC"}
+    assert names == {"A", "AAAA", "RRSIG", "NS", "CNAME", "SOA", "NSEC", "NSEC3", "DS", "DNSKEY"}
+    # ... and the pinned dnspython's records are what the slot builders build: no type fell back to its
+    # constructor, Names and RRsets are built slot by slot.
+    assert all(make.__qualname__.startswith("_slot_builder") for _, make in _READERS.values())
+    assert parse._make_name is parse._built_name
+    assert parse._RRSETS_AGREE
 
 
 def test_compressed_signer_is_rejected_like_dnspython() -> None:
@@ -260,3 +272,151 @@ def test_truncated_and_extended_responses(index: int, cut: int, tail: bytes) -> 
 )
 def test_random_bodies(counts: tuple[int, int, int, int], body: bytes) -> None:
     _same_or_rejected(struct.pack("!HHHHHH", 1, 0x8400, *counts) + body)
+
+
+# ----- each hand reader and builder against dnspython, record by record -----------------------------------------
+
+
+def _their_record(rdtype: int, rdata: bytes) -> dns.rdata.Rdata | None:
+    try:
+        return dns.rdata.from_wire(dns.rdataclass.IN, dns.rdatatype.RdataType.make(rdtype), rdata, 0, len(rdata))
+    except Exception:
+        return None
+
+
+def _same_record(ours: dns.rdata.Rdata, theirs: dns.rdata.Rdata) -> None:
+    """Indistinguishable: type and every slot (names case and all), equality both ways, hash, wire, text."""
+    assert fingerprint(ours) == fingerprint(theirs)
+    assert ours == theirs and theirs == ours and hash(ours) == hash(theirs)
+    assert ours.to_wire() == theirs.to_wire() and ours.to_digestable() == theirs.to_digestable()
+    assert ours.to_text() == theirs.to_text() and ours.covers() == theirs.covers()
+
+
+def _samples() -> dict[int, list[bytes]]:
+    """Record data of each hand-read type from the corpus (and the readers' own samples)."""
+    found: dict[int, list[bytes]] = {rdtype: [] for rdtype in _READERS}
+    for text in parse._HAND_READ:
+        found[int(text[0])].append(dns.rdata.from_text("IN", text[0], text[3]).to_wire() or b"")
+    for wire in corpus():
+        for section in dns.message.from_wire(wire).sections[1:]:
+            for rrset in section:
+                if rrset.rdtype in found and rrset.rdclass == dns.rdataclass.IN:
+                    found[rrset.rdtype] += [rd.to_wire() for rd in rrset]
+    return found
+
+
+_SAMPLES = _samples()
+_HAND_TYPES = sorted(_READERS)
+
+
+def _read_one(rdtype: int, rdata: bytes) -> dns.rdata.Rdata | None:
+    reader, make = _READERS[rdtype]
+    try:
+        return reader(rdtype, rdata, 0, len(rdata), _Memo(), make)[0]
+    except Exception:
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    rdtype=st.sampled_from(_HAND_TYPES),
+    choice=st.integers(0, 100),
+    edits=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=3),
+    cut=st.integers(0, 300),
+    tail=st.binary(max_size=8),
+)
+def test_hand_readers_build_what_dnspython_builds(
+    rdtype: int, choice: int, edits: list[tuple[int, int]], cut: int, tail: bytes
+) -> None:
+    """On real, mutated, cut and extended record data: rejected by dnspython, or read into the same record."""
+    samples = _SAMPLES[rdtype]
+    rdata = bytearray(samples[choice % len(samples)])
+    for position, value in edits:
+        if rdata:
+            rdata[position % len(rdata)] = value
+    data = bytes(rdata[: cut % (len(rdata) + 1)] if cut % 3 == 0 else rdata) + (tail if cut % 5 == 0 else b"")
+    ours, theirs = _read_one(rdtype, data), _their_record(rdtype, data)
+    if ours is not None:
+        assert theirs is not None, "accepted what dnspython rejects"
+        _same_record(ours, theirs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rdtype=st.sampled_from(_HAND_TYPES), rdata=st.binary(max_size=80))
+def test_hand_readers_on_random_bytes(rdtype: int, rdata: bytes) -> None:
+    ours, theirs = _read_one(rdtype, rdata), _their_record(rdtype, rdata)
+    if ours is not None:
+        assert theirs is not None, "accepted what dnspython rejects"
+        _same_record(ours, theirs)
+
+
+def test_every_sample_is_read_by_hand() -> None:
+    for rdtype, samples in _SAMPLES.items():
+        for rdata in samples:
+            ours, theirs = _read_one(rdtype, rdata), _their_record(rdtype, rdata)
+            assert ours is not None and theirs is not None
+            _same_record(ours, theirs)
+
+
+@given(
+    labels=st.lists(st.binary(min_size=1, max_size=63), max_size=8).map(lambda labels: (*labels, b"")),
+)
+def test_names_are_built_like_dnspython(labels: tuple[bytes, ...]) -> None:
+    try:
+        theirs = dns.name.Name(labels)
+    except dns.name.NameTooLong:
+        with pytest.raises(dns.name.NameTooLong):
+            parse._built_name(labels)
+        return
+    ours = parse._built_name(labels)
+    assert fingerprint(ours) == fingerprint(theirs)
+    assert ours == theirs and hash(ours) == hash(theirs) and ours.to_wire() == theirs.to_wire()
+    assert ours.to_text() == theirs.to_text() and ours.canonicalize() == theirs.canonicalize()
+
+
+@given(ttl=st.integers(0, 0x7FFFFFFF), count=st.integers(1, 3), covered=st.integers(0, 65535))
+def test_rrsets_are_built_like_dnspython(ttl: int, count: int, covered: int) -> None:
+    name = dns.name.from_text("Owner.Example.")
+    kind = dns.rdatatype.RdataType.make(covered)
+    records = [
+        dns.rdata.from_text("IN", "RRSIG", f"{dns.rdatatype.to_text(kind)} 13 2 {n} " + _SIG.format(signer="x."))
+        for n in range(count)
+    ]
+    theirs = dns.rrset.RRset(name, dns.rdataclass.IN, dns.rdatatype.RRSIG, kind)
+    for record in records:
+        theirs.add(record, ttl)
+    ours = parse._built_rrset(name, 1, 46, kind, ttl, dict.fromkeys(records))
+    assert fingerprint(ours) == fingerprint(theirs) and ours == theirs
+    our_wire, their_wire = io.BytesIO(), io.BytesIO()
+    assert ours.to_wire(our_wire, want_shuffle=False) == theirs.to_wire(their_wire, want_shuffle=False) == count
+    assert our_wire.getvalue() == their_wire.getvalue() and ours.to_text() == theirs.to_text()
+
+
+def test_a_builder_that_disagrees_falls_back_to_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load-time guard: a slot builder whose record differs from dnspython's for the sample is not used."""
+
+    def wrong(cls: type[dns.rdata.Rdata], rdtype: dns.rdatatype.RdataType) -> parse._Make | None:
+        build = original(cls, rdtype)
+        assert build is not None
+        if cls.__name__ != "SOA":
+            return build
+        return lambda *values: build(*values[:-1], 7)  # the minimum field misread
+
+    original = parse._slot_builder
+    monkeypatch.setattr(parse, "_slot_builder", wrong)
+    readers = parse._hand_readers()
+    assert set(readers) == set(_READERS)
+    soa = int(dns.rdatatype.SOA)
+    assert not readers[soa][1].__qualname__.startswith("_slot_builder")
+    assert all(make.__qualname__.startswith("_slot_builder") for rdtype, (_, make) in readers.items() if rdtype != soa)
+    rdata = _SAMPLES[soa][0]
+    _same_record(readers[soa][0](soa, rdata, 0, len(rdata), _Memo(), readers[soa][1])[0], _their_record(soa, rdata))  # type: ignore[arg-type]
+
+
+def test_fingerprints_tell_case_and_types_apart() -> None:
+    lower, upper = dns.name.from_text("a.example."), dns.name.from_text("A.example.")
+    assert lower == upper and fingerprint(lower) != fingerprint(upper)
+    assert fingerprint(dns.rdatatype.RdataType.A) != fingerprint(1)
+    ns = dns.rdata.from_text("IN", "NS", "a.example.")
+    assert ns == dns.rdata.from_text("IN", "NS", "A.example.")
+    assert fingerprint(ns) != fingerprint(dns.rdata.from_text("IN", "NS", "A.example."))
