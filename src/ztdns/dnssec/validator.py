@@ -50,7 +50,7 @@ SUPPORTED_ALGORITHMS = frozenset({8, 10, 13, 14, 15, 16})
 # RFC 8624 §3.3: SHA-1 must still be validated; GOST and unknown digests are unsupported (EDE 2).
 SUPPORTED_DIGESTS = frozenset({1, 2, 4})
 _DS_HASHES = {1: hashlib.sha1, 2: hashlib.sha256, 4: hashlib.sha384}
-# DNSKEY flags as plain ints: ``int & Flag.ZONE`` goes through enum.Flag's Python operators on every key.
+# DNSKEY flags as plain ints: dnspython's flags are an enum.Flag, whose ``&`` is Python code.
 _ZONE_FLAG = 0x0100
 _REVOKE_FLAG = 0x0080
 NSEC3_MAX_ITERATIONS = 50  # RFC 9276 §3.2: above this, NSEC3 proofs count as insecure
@@ -230,13 +230,15 @@ def _signature_verifies(rrset: dns.rrset.RRset, rrsig: RRSIG, keys: Iterable[dns
         return False
     candidates: dict[bytes, DNSKEY] = {}  # by RDATA
     for key in keys:
+        if not isinstance(key, DNSKEY):
+            continue
+        flags = int(key.flags)
         if (
-            isinstance(key, DNSKEY)
-            and key.algorithm == rrsig.algorithm
-            and key.flags & _ZONE_FLAG
+            key.algorithm == rrsig.algorithm
+            and flags & _ZONE_FLAG
             and key.protocol == 3
             # A revoked key may only sign the DNSKEY RRset (RFC 5011 §2.1).
-            and (not key.flags & _REVOKE_FLAG or rrsig.type_covered == dns.rdatatype.DNSKEY)
+            and (not flags & _REVOKE_FLAG or rrsig.type_covered == dns.rdatatype.DNSKEY)
         ):
             rdata = dnskey_rdata(key)
             if key_tag(rdata, key.algorithm) == rrsig.key_tag:
@@ -341,7 +343,8 @@ class Validator:
         """One step down: is ``child`` a secure zone, an insecure cut, or just a name in ``parent``?"""
         assert parent.keys is not None
         response = await self.fetcher.fetch(child, dns.rdatatype.DS)
-        if response is None or response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        rcode = response.rcode() if response is not None else None
+        if response is None or rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             verdict = _bogus(EDE.DNSSEC_BOGUS, f"{parent.zone}: no usable answer for {child} DS")
             return ZoneKeys(parent.zone, verdict, None, now + 5)
         ds = self._find(response, child, dns.rdatatype.DS)
@@ -367,7 +370,7 @@ class Validator:
             return state
         # No DS: the parent must prove it, and the proof says whether child is a zone cut.
         authority = _rrsets_with_sigs(response.authority)
-        proof, delegation = self._deny(authority, response.rcode(), parent, child, dns.rdatatype.DS, now)
+        proof, delegation = self._deny(authority, rcode, parent, child, dns.rdatatype.DS, now)
         expires = now + min(_ttl_of(*response.authority), 3600)
         if proof.bogus:
             return ZoneKeys(parent.zone, proof, None, now + 60)
@@ -449,7 +452,6 @@ class Validator:
         nsecs = [r for r in proofs if r.rdtype == dns.rdatatype.NSEC]
         nsec3s = denial.Nsec3Set.of(state.zone, [r for r in proofs if r.rdtype == dns.rdatatype.NSEC3])
         is_nx = rcode == dns.rcode.NXDOMAIN
-        what = f"{name} {'NXDOMAIN' if is_nx else dns.rdatatype.to_text(qtype)}"
         if nsecs:
             result = denial.nsec_nxdomain(nsecs, name) if is_nx else denial.nsec_nodata(nsecs, name, qtype)
         elif nsec3s is not None:
@@ -458,8 +460,9 @@ class Validator:
                 return Verdict(Security.INSECURE, reason), True
             result = denial.nsec3_nxdomain(nsec3s, name) if is_nx else denial.nsec3_nodata(nsec3s, name, qtype)
         else:
-            return _bogus(EDE.NSEC_MISSING, f"{state.zone}: {what}: no NSEC/NSEC3 in a signed zone"), False
+            result = denial.Denial(denial.Proof.MISSING, why="no NSEC/NSEC3 in a signed zone")
         if result.proof is denial.Proof.MISSING:
+            what = f"{name} {'NXDOMAIN' if is_nx else dns.rdatatype.to_text(qtype)}"
             return _bogus(EDE.NSEC_MISSING, f"{state.zone}: {what}: {result.why}"), False
         if result.proof is denial.Proof.INSECURE:
             return INSECURE, result.delegation
