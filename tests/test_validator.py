@@ -23,6 +23,7 @@ from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.RRSIG import RRSIG
 from dns.rdtypes.dnskeybase import Flag
 
+from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.trust import ROOT_ANCHORS, TrustAnchorError, TrustAnchors
 from ztdns.dnssec.validator import Security, Validator, Verdict, _signature_verifies
 from ztdns.lab.sign import LabKey, generate_key
@@ -255,3 +256,66 @@ def test_signature_check_refuses_revoked_and_non_zone_keys() -> None:
             rrset, key.private, dns.name.from_text("example."), changed, inception=now - 60, expiration=now + 3600
         )
         assert not _signature_verifies(rrset, sig, _keyset(changed))
+
+
+def _denials(lab: tuple[ZoneFetcher, str], *primers: str) -> tuple[DenialCache, Validator]:
+    """A denial cache holding the (complete) NSEC/NSEC3 chains of the zones the primers are denied in."""
+    fetcher, root_ds = lab
+    validator = Validator(fetcher, TrustAnchors.load(texts=(root_ds,)))
+    cache = DenialCache()
+    for primer in primers:
+        name = dns.name.from_text(primer)
+        response = fetcher.answer(name, dns.rdatatype.A)
+        assert asyncio.run(validator.check(name, dns.rdatatype.A, response)).security is Security.SECURE
+        cache.add(response, time.time())
+    return cache, validator
+
+
+@pytest.mark.parametrize(
+    ("qname", "qtype", "rcode"),
+    [
+        ("other.secure.lab.", "A", dns.rcode.NXDOMAIN),
+        ("Other.SECURE.lab.", "AAAA", dns.rcode.NXDOMAIN),
+        ("x.y.secure.lab.", "A", dns.rcode.NXDOMAIN),
+        ("www.secure.lab.", "MX", dns.rcode.NOERROR),
+        ("b.deep.secure.lab.", "A", dns.rcode.NOERROR),  # an empty non-terminal
+        ("x.wild.secure.lab.", "MX", dns.rcode.NOERROR),  # the wildcard's NODATA
+        ("x.wild.secure.lab.", "TXT", None),  # the wildcard has it: a positive answer, asked upstream
+        ("www.secure.lab.", "A", None),
+        ("other.nsec3.lab.", "A", dns.rcode.NXDOMAIN),
+        ("www.nsec3.lab.", "MX", dns.rcode.NOERROR),
+        ("x.wild.nsec3.lab.", "TXT", dns.rcode.NOERROR),
+        ("x.wild.nsec3.lab.", "A", None),
+        ("www.insecure.lab.", "A", None),  # no denials held for that zone (nor for lab.)
+        ("secure.lab.", "DS", None),  # denied by lab., whose records we do not hold
+    ],
+)
+def test_aggressive_answers_match_the_zones(
+    lab: tuple[ZoneFetcher, str], qname: str, qtype: str, rcode: dns.rcode.Rcode | None
+) -> None:
+    cache, validator = _denials(lab, "nx.secure.lab.", "nx.nsec3.lab.")
+    name, rdtype = dns.name.from_text(qname), dns.rdatatype.from_text(qtype)
+    candidate = cache.synthesise(name, rdtype, time.time())
+    if rcode is None:
+        assert candidate is None
+        return
+    assert candidate is not None and candidate.rcode() == rcode
+    assert asyncio.run(validator.check(name, rdtype, candidate)).security is Security.SECURE
+
+
+def test_aggressive_nsec3_chain_follows_the_zone_parameters(lab: tuple[ZoneFetcher, str]) -> None:
+    """Records announcing another salt replace the chain: the owner hashes no longer match the names hashed
+    with the new salt, so nothing is synthesised (a hash memo ignoring the salt would still find them)."""
+    cache, _ = _denials(lab, "nx.nsec3.lab.")
+    name = dns.name.from_text("other.nsec3.lab.")
+    assert cache.synthesise(name, dns.rdatatype.A, time.time()) is not None
+    response = lab[0].answer(dns.name.from_text("nx.nsec3.lab."), dns.rdatatype.A)
+    resalted = []
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.NSEC3:
+            resalted.append(dns.rrset.from_rdata_list(rrset.name, rrset.ttl, [r.replace(salt=b"\x01") for r in rrset]))
+        else:
+            resalted.append(rrset)
+    response.authority = resalted
+    cache.add(response, time.time())
+    assert cache.synthesise(name, dns.rdatatype.A, time.time()) is None

@@ -10,11 +10,9 @@ an opt-out span or a stale chain simply means "ask upstream". No I/O here.
 
 from __future__ import annotations
 
-import base64
 import bisect
 from dataclasses import dataclass, field
 
-import dns.dnssec
 import dns.flags
 import dns.message
 import dns.name
@@ -27,9 +25,9 @@ from dns.rdtypes.ANY.RRSIG import RRSIG
 from dns.rdtypes.ANY.SOA import SOA
 
 from ztdns.dnssec import denial
-from ztdns.dnssec.denial import delegation_above, nsec_covers
+from ztdns.dnssec.denial import delegation_above, nsec3_hash, nsec_covers, owner_hash
+from ztdns.dnssec.names import ancestry, canonical_key, is_child, wire_key
 
-_WILDCARD = dns.name.Name((b"*",))
 _MAX_RECORDS = 100_000  # across zones; beyond this the cache starts over (it only saves upstream queries)
 
 
@@ -40,14 +38,18 @@ class _Signed:
     expires: float
 
 
+# NSEC owners by their canonical_key (canonical order, compared in C), or NSEC3 owner hashes.
+_Key = tuple[bytes, ...] | bytes
+
+
 @dataclass
 class _Chain:
     """One zone's denial records in order: NSEC owners (canonical order) or NSEC3 owner hashes."""
 
-    keys: list[dns.name.Name | bytes] = field(default_factory=list)
+    keys: list[_Key] = field(default_factory=list)
     records: list[_Signed] = field(default_factory=list)
 
-    def put(self, key: dns.name.Name | bytes, signed: _Signed) -> bool:
+    def put(self, key: _Key, signed: _Signed) -> bool:
         index = bisect.bisect_left(self.keys, key)
         if index < len(self.keys) and self.keys[index] == key:
             self.records[index] = signed
@@ -56,13 +58,13 @@ class _Chain:
         self.records.insert(index, signed)
         return True
 
-    def at(self, key: dns.name.Name | bytes) -> _Signed | None:
+    def at(self, key: _Key) -> _Signed | None:
         index = bisect.bisect_left(self.keys, key)
         if index < len(self.keys) and self.keys[index] == key:
             return self.records[index]
         return None
 
-    def before(self, key: dns.name.Name | bytes) -> _Signed | None:
+    def before(self, key: _Key) -> _Signed | None:
         """The record ordered just before ``key`` (the last one when ``key`` sorts first: the chain wraps)."""
         if not self.keys:
             return None
@@ -72,6 +74,7 @@ class _Chain:
 
 @dataclass
 class _Zone:
+    name: dns.name.Name
     soa: _Signed | None = None
     nsec: _Chain = field(default_factory=_Chain)
     nsec3: _Chain = field(default_factory=_Chain)
@@ -86,7 +89,7 @@ def _signer(sig: dns.rrset.RRset) -> dns.name.Name:
 
 class DenialCache:
     def __init__(self) -> None:
-        self._zones: dict[dns.name.Name, _Zone] = {}
+        self._zones: dict[bytes, _Zone] = {}  # by the zone's wire key
         self._size = 0
 
     def __len__(self) -> int:
@@ -94,15 +97,18 @@ class DenialCache:
 
     def add(self, response: dns.message.Message, now: float) -> None:
         """Keep the signed SOA/NSEC/NSEC3 of a response that validated as secure."""
-        sigs = {(r.name, r.covers): r for r in response.authority if r.rdtype == dns.rdatatype.RRSIG}
+        sigs = {(wire_key(r.name), r.covers): r for r in response.authority if r.rdtype == dns.rdatatype.RRSIG}
         for rrset in response.authority:
-            sig = sigs.get((rrset.name, rrset.rdtype))
+            sig = sigs.get((wire_key(rrset.name), rrset.rdtype))
             if sig is None or rrset.rdtype not in (dns.rdatatype.SOA, dns.rdatatype.NSEC, dns.rdatatype.NSEC3):
                 continue
             zone_name = _signer(sig)
-            if not rrset.name.is_subdomain(zone_name):
+            zone_key = wire_key(zone_name)
+            if zone_key not in ancestry(rrset.name):
                 continue
-            zone = self._zones.setdefault(zone_name, _Zone())
+            zone = self._zones.get(zone_key)
+            if zone is None:
+                zone = self._zones[zone_key] = _Zone(zone_name)
             signed = _Signed(rrset, sig, now + min(rrset.ttl, sig.ttl))
             if rrset.rdtype == dns.rdatatype.SOA:
                 soa = rrset[0]
@@ -111,7 +117,7 @@ class DenialCache:
                 signed.expires = now + min(rrset.ttl, sig.ttl, soa.minimum)
                 zone.soa = signed
             elif rrset.rdtype == dns.rdatatype.NSEC:
-                self._size += zone.nsec.put(rrset.name, signed)
+                self._size += zone.nsec.put(canonical_key(rrset.name), signed)
             else:
                 self._add_nsec3(zone, zone_name, signed)
         if self._size > _MAX_RECORDS:
@@ -120,17 +126,17 @@ class DenialCache:
 
     def _add_nsec3(self, zone: _Zone, zone_name: dns.name.Name, signed: _Signed) -> None:
         nsec3 = signed.rrset[0]
-        if not isinstance(nsec3, NSEC3) or signed.rrset.name.parent() != zone_name or nsec3.algorithm != 1:
+        if not isinstance(nsec3, NSEC3) or not is_child(signed.rrset.name, zone_name) or nsec3.algorithm != 1:
             return
         try:
-            owner_hash = base64.b32hexdecode(signed.rrset.name.labels[0].upper())
+            digest = owner_hash(signed.rrset.name.labels[0])
         except ValueError:
             return
         params = (nsec3.iterations, nsec3.salt)
         if zone.nsec3_params != params:  # the zone changed its NSEC3 parameters: the old chain is useless
             self._size -= len(zone.nsec3.keys)
             zone.nsec3, zone.nsec3_params = _Chain(), params
-        self._size += zone.nsec3.put(owner_hash, signed)
+        self._size += zone.nsec3.put(digest, signed)
 
     def synthesise(
         self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, now: float
@@ -139,16 +145,15 @@ class DenialCache:
 
         Unvalidated: the caller validates it and uses it only if it is secure.
         """
-        # DS is denied by the parent zone, everything else by the zone holding the name.
-        lookup = name.parent() if rdtype == dns.rdatatype.DS and name != dns.name.root else name
-        zone_name = lookup
-        while zone_name not in self._zones:
-            if zone_name == dns.name.root:
-                return None
-            zone_name = zone_name.parent()
-        zone = self._zones[zone_name]
-        if zone.soa is None or zone.soa.expires <= now:
+        if not self._zones:
             return None
+        # DS is denied by the parent zone, everything else by the zone holding the name.
+        keys = ancestry(name)
+        lookup = keys[1:] if rdtype == dns.rdatatype.DS and len(keys) > 1 else keys
+        zone = next((self._zones[key] for key in lookup if key in self._zones), None)
+        if zone is None or zone.soa is None or zone.soa.expires <= now:
+            return None
+        zone_name = zone.name
         # Each candidate: (NODATA?, the records that would prove it). A name that does not exist is NXDOMAIN,
         # unless the wildcard its closest encloser holds exists: then the answer is that wildcard's NODATA
         # (a wildcard with the type would be a positive answer: asked upstream).
@@ -193,12 +198,12 @@ class DenialCache:
     ) -> tuple[list[_Signed | None], list[_Signed | None]]:
         """([the NSEC at name, the one before it (covering it, if we hold it), those before *.ancestor for every
         ancestor in the zone (covering the wildcards)], [the NSECs at those wildcards, where we hold them])."""
-        found = [chain.at(name), chain.before(name)]
+        key = canonical_key(name)
+        found = [chain.at(key), chain.before(key)]
         wildcards = []
-        ancestor = name
-        while ancestor != zone:
-            ancestor = ancestor.parent()
-            wildcard = _WILDCARD.concatenate(ancestor)
+        # The ancestors' keys are prefixes of the name's: from the parent (all labels but the first) to the zone.
+        for depth in range(len(key) - 1, len(zone) - 1, -1):
+            wildcard = (*key[:depth], b"*")
             found.append(chain.before(wildcard))
             wildcards.append(chain.at(wildcard))
         return found, wildcards
@@ -210,16 +215,12 @@ class DenialCache:
         """[the NSEC3 matching name, then matching and covering records for name, its ancestors and their
         wildcards]: everything a closest-encloser, NODATA or wildcard proof can need."""
         iterations, salt = params
-
-        def digest(owner: dns.name.Name) -> bytes:
-            return base64.b32hexdecode(dns.dnssec.nsec3_hash(owner, salt, iterations, 1).upper())
-
-        found = [chain.at(digest(name)), chain.before(digest(name))]
-        ancestor = name
-        while ancestor != zone:
-            ancestor = ancestor.parent()
-            wildcard = digest(_WILDCARD.concatenate(ancestor))
-            found += [chain.at(digest(ancestor)), chain.at(wildcard), chain.before(wildcard)]
+        keys = ancestry(name)
+        digest = nsec3_hash(keys[0], salt, iterations)
+        found = [chain.at(digest), chain.before(digest)]
+        for ancestor in keys[1 : len(name) - len(zone) + 1]:
+            wildcard = nsec3_hash(b"\x01*" + ancestor, salt, iterations)
+            found += [chain.at(nsec3_hash(ancestor, salt, iterations)), chain.at(wildcard), chain.before(wildcard)]
         return found
 
 

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dns.dnssec
 import dns.name
 import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.NSEC import NSEC
 from dns.rdtypes.ANY.NSEC3 import NSEC3
 
+from ztdns.dnssec.names import canonical_key, is_child, wire_key
+
 _WILDCARD = dns.name.Name((b"*",))
+_BASE32HEX = b"0123456789ABCDEFGHIJKLMNOPQRSTUV"
+# (wire key of the name, salt, iterations) -> its NSEC3 hash. A cold lookup in an NSEC3 zone hashes the same
+# names (the name, its ancestors, their wildcards) in the aggressive cache, then again in the validator.
+_nsec3_hashes: dict[tuple[bytes, bytes, int], bytes] = {}
+_NSEC3_HASHES_MAX = 10_000
 
 
 class Proof(enum.Enum):
@@ -39,6 +46,38 @@ class Denial:
 
 def _wildcard_of(name: dns.name.Name) -> dns.name.Name:
     return _WILDCARD.concatenate(name)
+
+
+def nsec3_digest(owner: bytes, salt: bytes, iterations: int) -> bytes:
+    """RFC 5155 §5: the SHA-1 hash of a name in lower-cased wire form (``dns.dnssec.nsec3_hash`` without its
+    base32 text)."""
+    digest = hashlib.sha1(owner + salt, usedforsecurity=False).digest()
+    for _ in range(iterations):
+        digest = hashlib.sha1(digest + salt, usedforsecurity=False).digest()
+    return digest
+
+
+def nsec3_hash(owner: bytes, salt: bytes, iterations: int) -> bytes:
+    """:func:`nsec3_digest`, memoised (``owner``: a :func:`ztdns.dnssec.names.wire_key`)."""
+    memo = (owner, salt, iterations)
+    digest = _nsec3_hashes.get(memo)
+    if digest is None:
+        digest = nsec3_digest(owner, salt, iterations)
+        if len(_nsec3_hashes) >= _NSEC3_HASHES_MAX:
+            _nsec3_hashes.clear()
+        _nsec3_hashes[memo] = digest
+    return digest
+
+
+def owner_hash(label: bytes) -> bytes:
+    """The hash an NSEC3 owner label spells in base32hex (raises ValueError when it spells none).
+
+    ``int(text, 32)`` reads exactly the base32hex digits; ``base64.b32hexdecode`` is a Python loop, and takes
+    the rest (padding, lengths that are not whole 40-bit groups)."""
+    upper = label.upper()
+    if upper and len(upper) % 8 == 0 and not upper.translate(None, _BASE32HEX):
+        return int(upper, 32).to_bytes(len(upper) * 5 // 8, "big")
+    return base64.b32hexdecode(upper)
 
 
 def _has(rrset: dns.rrset.RRset, rdtype: dns.rdatatype.RdataType) -> bool:
@@ -79,10 +118,10 @@ def _nodata_at(rrset: dns.rrset.RRset, qtype: dns.rdatatype.RdataType) -> Denial
 def nsec_covers(rrset: dns.rrset.RRset, name: dns.name.Name) -> bool:
     nsec = rrset[0]
     assert isinstance(nsec, NSEC)
-    owner, following = rrset.name, nsec.next
+    owner, following, key = canonical_key(rrset.name), canonical_key(nsec.next), canonical_key(name)
     if owner < following:
-        return bool(owner < name < following)
-    return bool(name > owner or name < following)  # the last NSEC wraps around to the apex
+        return owner < key < following
+    return key > owner or key < following  # the last NSEC wraps around to the apex
 
 
 def _nsec_closest_encloser(rrset: dns.rrset.RRset, name: dns.name.Name) -> dns.name.Name:
@@ -160,22 +199,21 @@ class Nsec3Set:
         params: set[tuple[int, bytes]] = set()
         for rrset in rrsets:
             nsec3 = rrset[0]
-            if not isinstance(nsec3, NSEC3) or rrset.name.parent() != zone or nsec3.algorithm != 1:
+            if not isinstance(nsec3, NSEC3) or not is_child(rrset.name, zone) or nsec3.algorithm != 1:
                 continue
             try:
-                owner_hash = base64.b32hexdecode(rrset.name.labels[0].upper())
+                digest = owner_hash(rrset.name.labels[0])
             except ValueError:
                 continue
             params.add((nsec3.iterations, nsec3.salt))
-            records.append((owner_hash, rrset))
+            records.append((digest, rrset))
         if not records or len(params) != 1:
             return None
         iterations, salt = params.pop()
         return cls(zone, tuple(records), iterations, salt)
 
     def hash(self, name: dns.name.Name) -> bytes:
-        text = dns.dnssec.nsec3_hash(name, self.salt, self.iterations, 1)
-        return base64.b32hexdecode(text.upper())
+        return nsec3_hash(wire_key(name), self.salt, self.iterations)
 
     def matching(self, name: dns.name.Name) -> dns.rrset.RRset | None:
         digest = self.hash(name)

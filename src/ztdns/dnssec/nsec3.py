@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import bisect
-import hashlib
 from collections.abc import Iterable
 
 import dns.name
@@ -25,6 +24,7 @@ import dns.rdtypes.util
 import dns.rrset
 
 from ztdns.authority.zone import DS, NS, Zone
+from ztdns.dnssec.denial import nsec3_digest
 
 IN = dns.rdataclass.IN
 SHA1 = 1
@@ -32,10 +32,8 @@ _B32_TO_HEX = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789a
 
 
 def nsec3_hash(name: dns.name.Name, salt: bytes = b"", iterations: int = 0) -> bytes:
-    digest = hashlib.sha1(name.canonicalize().to_wire() + salt, usedforsecurity=False).digest()  # type: ignore[operator]
-    for _ in range(iterations):
-        digest = hashlib.sha1(digest + salt, usedforsecurity=False).digest()
-    return digest
+    # Not the validator's memoised hash (nor the encoder's name cache): a zone's chain is hashed once per version.
+    return nsec3_digest(name.canonicalize().to_wire(), salt, iterations)  # type: ignore[arg-type]
 
 
 def nsec3param_rdata() -> dns.rdtypes.ANY.NSEC3PARAM.NSEC3PARAM:

@@ -14,6 +14,8 @@ import dns.zonefile
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
 
+from ztdns.dnssec.names import ancestry, wire_key
+
 # IANA root zone KSKs: KSK-2017 (20326) and KSK-2024 (38696), from https://data.iana.org/root-anchors/.
 ROOT_ANCHORS = (
     ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D",
@@ -36,8 +38,15 @@ class Anchor:
 
 @dataclass
 class TrustAnchors:
+    """Positive and negative anchors; add positive ones with :meth:`add_text` (it keeps the lookup index)."""
+
     anchors: dict[dns.name.Name, Anchor] = field(default_factory=dict)
     negative: frozenset[dns.name.Name] = frozenset()
+
+    def __post_init__(self) -> None:
+        # closest() runs for every validated RRset: it looks names up by their wire keys.
+        self._by_key = {wire_key(name): anchor for name, anchor in self.anchors.items()}
+        self._negative_keys = frozenset(wire_key(name) for name in self.negative)
 
     @classmethod
     def load(
@@ -65,6 +74,7 @@ class TrustAnchors:
                     f"{source}: {rrset.name} {dns.rdatatype.to_text(rrset.rdtype)} is neither DS nor DNSKEY"
                 )
             anchor = self.anchors.setdefault(rrset.name, Anchor(rrset.name))
+            self._by_key[wire_key(rrset.name)] = anchor
             for rdata in rrset:
                 if isinstance(rdata, DS):
                     anchor.ds.append(rdata)
@@ -73,13 +83,10 @@ class TrustAnchors:
 
     def closest(self, name: dns.name.Name) -> Anchor | None:
         """The deepest anchor at or above ``name``, unless a negative trust anchor sits at or below it."""
-        candidate = name
-        while True:
-            if candidate in self.negative:
+        for candidate in ancestry(name):
+            if candidate in self._negative_keys:
                 return None
-            anchor = self.anchors.get(candidate)
+            anchor = self._by_key.get(candidate)
             if anchor is not None:
                 return anchor
-            if candidate == dns.name.root:
-                return None
-            candidate = candidate.parent()
+        return None

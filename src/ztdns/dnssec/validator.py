@@ -9,13 +9,14 @@ Cryptography is dnspython's; the decisions — which signatures count, which alg
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-import dns.dnssec
 import dns.exception
 import dns.flags
 import dns.message
@@ -33,9 +34,9 @@ from dns.rdtypes.ANY.DNAME import DNAME
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.ANY.RRSIG import RRSIG
-from dns.rdtypes.dnskeybase import Flag
 
 from ztdns.dnssec import denial
+from ztdns.dnssec.names import ancestry, wire_key
 from ztdns.dnssec.signed import signed_data
 from ztdns.dnssec.trust import Anchor, TrustAnchors
 from ztdns.outcome import EDE, Reason
@@ -48,6 +49,10 @@ log = logging.getLogger("ztdns.dnssec")
 SUPPORTED_ALGORITHMS = frozenset({8, 10, 13, 14, 15, 16})
 # RFC 8624 §3.3: SHA-1 must still be validated; GOST and unknown digests are unsupported (EDE 2).
 SUPPORTED_DIGESTS = frozenset({1, 2, 4})
+_DS_HASHES = {1: hashlib.sha1, 2: hashlib.sha256, 4: hashlib.sha384}
+# DNSKEY flags as plain ints: dnspython's flags are an enum.Flag, whose ``&`` is Python code.
+_ZONE_FLAG = 0x0100
+_REVOKE_FLAG = 0x0080
 NSEC3_MAX_ITERATIONS = 50  # RFC 9276 §3.2: above this, NSEC3 proofs count as insecure
 _MAX_CACHE = 10_000
 _DENIAL_TYPES = (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)
@@ -102,7 +107,7 @@ class ZoneKeys:
 
     zone: dns.name.Name
     verdict: Verdict
-    keys: dns.rdataset.Rdataset | None = None
+    keys: tuple[DNSKEY, ...] | None = None
     expires: float = 0.0
 
 
@@ -112,31 +117,37 @@ class _Signed:
     sigs: list[RRSIG] = field(default_factory=list)
 
 
-def _rrsets_with_sigs(section: Sequence[dns.rrset.RRset]) -> list[_Signed]:
+# A section's RRsets with their signatures, by (wire key of the owner, type).
+_Section = dict[tuple[bytes, int], _Signed]
+
+
+def _rrsets_with_sigs(section: Sequence[dns.rrset.RRset]) -> _Section:
     """Pair each RRset with the RRSIGs covering it (dnspython keeps them as separate RRsets)."""
-    signed: dict[tuple[dns.name.Name, int], _Signed] = {}
+    signed: _Section = {}
     sigs: list[dns.rrset.RRset] = []
     for rrset in section:
         if rrset.rdtype == dns.rdatatype.RRSIG:
             sigs.append(rrset)
         else:
-            signed.setdefault((rrset.name, rrset.rdtype), _Signed(rrset))
+            signed.setdefault((wire_key(rrset.name), rrset.rdtype), _Signed(rrset))
     for rrset in sigs:
+        owner = wire_key(rrset.name)
         for rrsig in rrset:
             assert isinstance(rrsig, RRSIG)
-            entry = signed.get((rrset.name, rrsig.type_covered))
+            entry = signed.get((owner, rrsig.type_covered))
             if entry is not None:
                 entry.sigs.append(rrsig)
-    return list(signed.values())
+    return signed
 
 
 def _describe(rrset: dns.rrset.RRset) -> str:
     return f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
 
 
-def verify(signed: _Signed, zone: dns.name.Name, keys: dns.rdataset.Rdataset, now: float) -> Verdict:
+def verify(signed: _Signed, zone: dns.name.Name, keys: Iterable[dns.rdata.Rdata], now: float) -> Verdict:
     """Check that at least one RRSIG by a supported key of ``zone`` verifies ``signed.rrset`` at ``now``."""
-    usable = [s for s in signed.sigs if s.signer == zone and s.algorithm in SUPPORTED_ALGORITHMS]
+    signer = wire_key(zone)
+    usable = [s for s in signed.sigs if wire_key(s.signer) == signer and s.algorithm in SUPPORTED_ALGORITHMS]
     if not usable:
         what = _describe(signed.rrset)
         if signed.sigs and all(s.algorithm not in SUPPORTED_ALGORITHMS for s in signed.sigs):
@@ -160,47 +171,56 @@ def verify(signed: _Signed, zone: dns.name.Name, keys: dns.rdataset.Rdataset, no
     return failures[0]
 
 
+def dnskey_rdata(key: DNSKEY) -> bytes:
+    """The DNSKEY's RDATA in wire form: what its key tag and DS digests are computed over, and its identity in
+    the key cache (a DNSKEY object hashes by rendering itself to wire in Python, on every dictionary lookup)."""
+    return struct.pack("!HBB", key.flags, key.protocol, key.algorithm) + key.key
+
+
+def key_tag(rdata: bytes, algorithm: int) -> int:
+    """RFC 4034 Appendix B over a DNSKEY RDATA, as dnspython's ``key_id``: the big-endian 16-bit words summed
+    (high bytes at even offsets, low bytes at odd ones: two slices summed in C), the carry folded in once."""
+    if algorithm == 1:  # RSAMD5: the last 16 bits of the modulus
+        return (rdata[-3] << 8) + rdata[-2]
+    total = (sum(rdata[0::2]) << 8) + sum(rdata[1::2])
+    total += (total >> 16) & 0xFFFF
+    return total & 0xFFFF
+
+
+def ds_digest(zone: dns.name.Name, rdata: bytes, digest_type: int) -> bytes:
+    """The DS digest of a DNSKEY (RFC 4034 §5.1.4, digest types 1, 2 and 4), as ``dns.dnssec.make_ds`` has it."""
+    return _DS_HASHES[digest_type](wire_key(zone) + rdata).digest()
+
+
 class _KeyCache:
-    """What verifying with a DNSKEY needs and dnspython recomputes on every signature: the key tag and the
-    parsed public key; and which signatures already verified (an SOA or NSEC record comes back in answer
+    """What verifying with a DNSKEY needs and dnspython recomputes on every signature: the parsed public key,
+    keyed by the key's RDATA; and which signatures already verified (an SOA or NSEC record comes back in answer
     after answer, and answers synthesised from cached denials are checked again)."""
 
     def __init__(self, limit: int = _MAX_CACHE) -> None:
         self.limit = limit
-        self.tags: dict[DNSKEY, int] = {}
-        self.public: dict[DNSKEY, GenericPublicKey | None] = {}
-        self.verified: dict[tuple[bytes, bytes], DNSKEY] = {}  # (signature, signed data) -> the key
+        self.public: dict[bytes, GenericPublicKey | None] = {}
+        self.verified: dict[tuple[bytes, bytes], bytes] = {}  # (signature, signed data) -> the key's RDATA
 
-    def tag(self, key: DNSKEY) -> int:
-        tag = self.tags.get(key)
-        if tag is None:
-            self._bound(self.tags)
-            tag = self.tags[key] = dns.dnssec.key_id(key)
-        return tag
-
-    def public_key(self, key: DNSKEY) -> GenericPublicKey | None:
-        """The key ready to verify with, or None when its bytes are not a valid key of its algorithm."""
-        if key in self.public:
-            return self.public[key]
-        self._bound(self.public)
+    def public_key(self, key: DNSKEY, rdata: bytes) -> GenericPublicKey | None:
+        """The key (``rdata`` is its RDATA) ready to verify with, or None when its bytes are not a valid key of
+        its algorithm."""
+        if rdata in self.public:
+            return self.public[rdata]
+        if len(self.public) >= self.limit:
+            self.public.clear()
         try:
             public: GenericPublicKey | None = get_algorithm_cls_from_dnskey(key).public_cls.from_dnskey(key)
         except (dns.exception.DNSException, ValueError):
             public = None
-        self.public[key] = public
+        self.public[rdata] = public
         return public
 
-    def _bound(self, table: dict[_K, _V]) -> None:
-        if len(table) >= self.limit:
-            table.clear()
 
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
 _keys = _KeyCache()
 
 
-def _signature_verifies(rrset: dns.rrset.RRset, rrsig: RRSIG, keys: dns.rdataset.Rdataset) -> bool:
+def _signature_verifies(rrset: dns.rrset.RRset, rrsig: RRSIG, keys: Iterable[dns.rdata.Rdata]) -> bool:
     """RFC 4035 §5.3: does ``rrsig`` (time already checked) verify ``rrset`` with one of ``keys``?
 
     dnspython's ``validate_rrsig`` without its per-call key parsing and key-tag computing, and with the signed
@@ -208,17 +228,21 @@ def _signature_verifies(rrset: dns.rrset.RRset, rrsig: RRSIG, keys: dns.rdataset
     are the same."""
     if rrsig.type_covered != rrset.rdtype or rrsig.rdclass != rrset.rdclass:
         return False
-    candidates = [
-        key
-        for key in keys
-        if isinstance(key, DNSKEY)
-        and key.algorithm == rrsig.algorithm
-        and key.flags & Flag.ZONE
-        and key.protocol == 3
-        # A revoked key may only sign the DNSKEY RRset (RFC 5011 §2.1).
-        and (not key.flags & Flag.REVOKE or rrsig.type_covered == dns.rdatatype.DNSKEY)
-        and _keys.tag(key) == rrsig.key_tag
-    ]
+    candidates: dict[bytes, DNSKEY] = {}  # by RDATA
+    for key in keys:
+        if not isinstance(key, DNSKEY):
+            continue
+        flags = int(key.flags)
+        if (
+            key.algorithm == rrsig.algorithm
+            and flags & _ZONE_FLAG
+            and key.protocol == 3
+            # A revoked key may only sign the DNSKEY RRset (RFC 5011 §2.1).
+            and (not flags & _REVOKE_FLAG or rrsig.type_covered == dns.rdatatype.DNSKEY)
+        ):
+            rdata = dnskey_rdata(key)
+            if key_tag(rdata, key.algorithm) == rrsig.key_tag:
+                candidates.setdefault(rdata, key)
     if not candidates:
         return False
     try:
@@ -228,8 +252,8 @@ def _signature_verifies(rrset: dns.rrset.RRset, rrsig: RRSIG, keys: dns.rdataset
     memo = (rrsig.signature, data)
     if _keys.verified.get(memo) in candidates:
         return True
-    for key in candidates:
-        public = _keys.public_key(key)
+    for rdata, key in candidates.items():
+        public = _keys.public_key(key, rdata)
         if public is None:
             continue
         try:
@@ -238,7 +262,7 @@ def _signature_verifies(rrset: dns.rrset.RRset, rrsig: RRSIG, keys: dns.rdataset
             continue
         if len(_keys.verified) >= _keys.limit:
             _keys.verified.clear()
-        _keys.verified[memo] = key
+        _keys.verified[memo] = rdata
         return True
     return False
 
@@ -261,7 +285,7 @@ class Validator:
         self.anchors = anchors
         self.nsec3_max_iterations = nsec3_max_iterations
         self.clock = clock
-        self._states: dict[dns.name.Name, ZoneKeys] = {}
+        self._states: dict[bytes, ZoneKeys] = {}  # by the lower-cased wire name
         self.failures: dict[EDE, int] = {}  # bogus results by EDE code: security events, for metrics
 
     # ----- chain of trust ---------------------------------------------------------------------------------
@@ -273,34 +297,33 @@ class Validator:
         if anchor is None:
             reason = Reason(EDE.DNSSEC_INDETERMINATE, f"{name}: no trust anchor")
             return ZoneKeys(dns.name.root, Verdict(Security.INSECURE, reason), expires=now + 3600)
-        cached = self._states.get(name)
+        keys = ancestry(name)
+        cached = self._states.get(keys[0])
         if cached is not None and cached.expires > now:
             return cached
         # Start from the deepest cached state on the way down, or from the anchor.
-        start = name
+        depth, anchor_depth = len(name), len(anchor.zone)
         state: ZoneKeys | None = None
-        while start != anchor.zone:
-            start = start.parent()
-            hit = self._states.get(start)
+        while depth > anchor_depth:
+            depth -= 1
+            hit = self._states.get(keys[len(name) - depth])
             if hit is not None and hit.expires > now:
                 state = hit
                 break
         if state is None:
-            start = anchor.zone
             state = await self._anchor_state(anchor, now)
-            self._remember(start, state)
-        depth = len(start)
+            self._remember(keys[len(name) - depth], state)
         while depth < len(name) and state.verdict.security is Security.SECURE:
             depth += 1
             child = dns.name.Name(name.labels[-depth:])
             state = await self._descend(state, child, now)
-            self._remember(child, state)
+            self._remember(keys[len(name) - depth], state)
         return state
 
-    def _remember(self, name: dns.name.Name, state: ZoneKeys) -> None:
+    def _remember(self, key: bytes, state: ZoneKeys) -> None:
         if len(self._states) >= _MAX_CACHE:
             self._states.clear()
-        self._states[name] = state
+        self._states[key] = state
 
     async def _anchor_state(self, anchor: Anchor, now: float) -> ZoneKeys:
         zone = anchor.zone
@@ -312,14 +335,16 @@ class Validator:
             )
         if anchor.ds:
             return self._keys_from_ds(zone, anchor.ds, dnskeys, now)
-        trusted = [key for key in dnskeys.rrset if key in anchor.dnskey]
+        anchor_keys = {dnskey_rdata(key) for key in anchor.dnskey}
+        trusted = [key for key in dnskeys.rrset if isinstance(key, DNSKEY) and dnskey_rdata(key) in anchor_keys]
         return self._self_signed(zone, dnskeys, trusted, now)
 
     async def _descend(self, parent: ZoneKeys, child: dns.name.Name, now: float) -> ZoneKeys:
         """One step down: is ``child`` a secure zone, an insecure cut, or just a name in ``parent``?"""
         assert parent.keys is not None
         response = await self.fetcher.fetch(child, dns.rdatatype.DS)
-        if response is None or response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        rcode = response.rcode() if response is not None else None
+        if response is None or rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             verdict = _bogus(EDE.DNSSEC_BOGUS, f"{parent.zone}: no usable answer for {child} DS")
             return ZoneKeys(parent.zone, verdict, None, now + 5)
         ds = self._find(response, child, dns.rdatatype.DS)
@@ -344,7 +369,8 @@ class Validator:
             state.expires = min(state.expires, now + _ttl_of(ds.rrset))
             return state
         # No DS: the parent must prove it, and the proof says whether child is a zone cut.
-        proof, delegation = self._deny(response, parent, child, dns.rdatatype.DS, now)
+        authority = _rrsets_with_sigs(response.authority)
+        proof, delegation = self._deny(authority, rcode, parent, child, dns.rdatatype.DS, now)
         expires = now + min(_ttl_of(*response.authority), 3600)
         if proof.bogus:
             return ZoneKeys(parent.zone, proof, None, now + 60)
@@ -371,14 +397,12 @@ class Validator:
         trusted: list[DNSKEY] = []
         for key in dnskeys.rrset:
             assert isinstance(key, DNSKEY)
+            rdata = dnskey_rdata(key)
+            tag = key_tag(rdata, key.algorithm)
             for ds in usable:
-                if ds.algorithm != key.algorithm or ds.key_tag != dns.dnssec.key_id(key):
-                    continue
-                try:
-                    if dns.dnssec.make_ds(zone, key, ds.digest_type, policy=dns.dnssec.allow_all_policy) == ds:
-                        trusted.append(key)
-                except (dns.exception.DNSException, ValueError):
-                    continue
+                matches = ds.algorithm == key.algorithm and ds.key_tag == tag
+                if matches and ds_digest(zone, rdata, ds.digest_type) == ds.digest:
+                    trusted.append(key)
         return self._self_signed(zone, dnskeys, trusted, now)
 
     def _self_signed(self, zone: dns.name.Name, dnskeys: _Signed, trusted: list[DNSKEY], now: float) -> ZoneKeys:
@@ -387,40 +411,37 @@ class Validator:
             return ZoneKeys(
                 zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: {zone} DNSKEY: no key matches the DS"), None, now + 60
             )
-        anchor_keys = dns.rdataset.from_rdata_list(dnskeys.rrset.ttl, trusted)
-        verdict = verify(dnskeys, zone, anchor_keys, now)
+        verdict = verify(dnskeys, zone, trusted, now)
         if verdict.bogus:
             assert verdict.reason is not None
             return ZoneKeys(zone, verdict, None, now + 60)
-        keys = dns.rdataset.from_rdata_list(dnskeys.rrset.ttl, list(dnskeys.rrset))
+        keys = tuple(key for key in dnskeys.rrset if isinstance(key, DNSKEY))
         return ZoneKeys(zone, SECURE, keys, now + _ttl_of(dnskeys.rrset))
 
     @staticmethod
     def _find(response: dns.message.Message | None, name: dns.name.Name, rdtype: int) -> _Signed | None:
         if response is None:
             return None
-        for signed in _rrsets_with_sigs(response.answer):
-            if signed.rrset.name == name and signed.rrset.rdtype == rdtype:
-                return signed
-        return None
+        return _rrsets_with_sigs(response.answer).get((wire_key(name), rdtype))
 
     # ----- denial ----------------------------------------------------------------------------------------
 
     def _deny(
         self,
-        response: dns.message.Message,
+        authority: _Section,
+        rcode: dns.rcode.Rcode,
         state: ZoneKeys,
         name: dns.name.Name,
         qtype: dns.rdatatype.RdataType,
         now: float,
     ) -> tuple[Verdict, bool]:
-        """Check the NSEC/NSEC3 proof in ``response`` that ``name``/``qtype`` does not exist.
+        """Check the NSEC/NSEC3 proof in a response's ``authority`` that ``name``/``qtype`` does not exist.
 
         Also says whether the proof shows a delegation (for DS denials: an insecure zone cut).
         """
         assert state.keys is not None
         proofs: list[dns.rrset.RRset] = []
-        for signed in _rrsets_with_sigs(response.authority):
+        for signed in authority.values():
             if signed.rrset.rdtype not in (*_DENIAL_TYPES, dns.rdatatype.SOA):
                 continue
             verdict = verify(signed, state.zone, state.keys, now)
@@ -430,8 +451,7 @@ class Validator:
                 proofs.append(signed.rrset)
         nsecs = [r for r in proofs if r.rdtype == dns.rdatatype.NSEC]
         nsec3s = denial.Nsec3Set.of(state.zone, [r for r in proofs if r.rdtype == dns.rdatatype.NSEC3])
-        is_nx = response.rcode() == dns.rcode.NXDOMAIN
-        what = f"{name} {'NXDOMAIN' if is_nx else dns.rdatatype.to_text(qtype)}"
+        is_nx = rcode == dns.rcode.NXDOMAIN
         if nsecs:
             result = denial.nsec_nxdomain(nsecs, name) if is_nx else denial.nsec_nodata(nsecs, name, qtype)
         elif nsec3s is not None:
@@ -440,8 +460,9 @@ class Validator:
                 return Verdict(Security.INSECURE, reason), True
             result = denial.nsec3_nxdomain(nsec3s, name) if is_nx else denial.nsec3_nodata(nsec3s, name, qtype)
         else:
-            return _bogus(EDE.NSEC_MISSING, f"{state.zone}: {what}: no NSEC/NSEC3 in a signed zone"), False
+            result = denial.Denial(denial.Proof.MISSING, why="no NSEC/NSEC3 in a signed zone")
         if result.proof is denial.Proof.MISSING:
+            what = f"{name} {'NXDOMAIN' if is_nx else dns.rdatatype.to_text(qtype)}"
             return _bogus(EDE.NSEC_MISSING, f"{state.zone}: {what}: {result.why}"), False
         if result.proof is denial.Proof.INSECURE:
             return INSECURE, result.delegation
@@ -484,13 +505,14 @@ class Validator:
         now = self.clock()
         verdicts: list[Verdict] = []
         answer = _rrsets_with_sigs(response.answer)
+        authority = _rrsets_with_sigs(response.authority)
         sname = qname
         for _ in range(len(answer) + 1):
             found = self._answer_for(answer, sname, qtype)
             if found is None:
                 break
             signed, target = found
-            verdict = await self._check_rrset(signed, sname, response, now)
+            verdict = await self._check_rrset(signed, authority, now)
             verdicts.append(verdict)
             if verdict.bogus or target is None:
                 return combine(verdicts)
@@ -498,24 +520,24 @@ class Validator:
         else:
             return _bogus(EDE.DNSSEC_BOGUS, f"{qname}: CNAME loop")
         # The chain ended without data for sname: the response must deny it.
-        state = await self._denying_zone(response, sname)
+        state = await self._denying_zone(authority, sname)
         if state.verdict.security is not Security.SECURE:
             verdicts.append(state.verdict)
             return combine(verdicts)
-        verdicts.append(self._deny(response, state, sname, qtype, now)[0])
+        verdicts.append(self._deny(authority, response.rcode(), state, sname, qtype, now)[0])
         return combine(verdicts)
 
     @staticmethod
     def _answer_for(
-        answer: list[_Signed], sname: dns.name.Name, qtype: dns.rdatatype.RdataType
+        answer: _Section, sname: dns.name.Name, qtype: dns.rdatatype.RdataType
     ) -> tuple[_Signed, dns.name.Name | None] | None:
         """The RRset answering ``sname`` and the name the chain continues at (None: the chain ends here)."""
-        for signed in answer:
-            rrset = signed.rrset
-            if rrset.name == sname and rrset.rdtype == qtype:
-                return signed, None
+        owner = wire_key(sname)
+        found = answer.get((owner, qtype))
+        if found is not None:
+            return found, None
         # A DNAME first: the CNAME synthesised from it is unsigned (RFC 6672 §5.3.3).
-        for signed in answer:
+        for signed in answer.values():
             rrset = signed.rrset
             if rrset.rdtype == dns.rdatatype.DNAME and sname.is_subdomain(rrset.name) and sname != rrset.name:
                 dname = rrset[0]
@@ -524,17 +546,14 @@ class Validator:
                     return signed, sname.relativize(rrset.name).concatenate(dname.target)
                 except dns.name.NameTooLong:
                     return None
-        for signed in answer:
-            rrset = signed.rrset
-            if rrset.name == sname and rrset.rdtype == dns.rdatatype.CNAME:
-                cname = rrset[0]
-                assert isinstance(cname, CNAME)
-                return signed, cname.target
+        found = answer.get((owner, dns.rdatatype.CNAME))
+        if found is not None:
+            cname = found.rrset[0]
+            assert isinstance(cname, CNAME)
+            return found, cname.target
         return None
 
-    async def _check_rrset(
-        self, signed: _Signed, sname: dns.name.Name, response: dns.message.Message, now: float
-    ) -> Verdict:
+    async def _check_rrset(self, signed: _Signed, authority: _Section, now: float) -> Verdict:
         rrset = signed.rrset
         signer = next((s.signer for s in signed.sigs if rrset.name.is_subdomain(s.signer)), None)
         state = await self.state_at(signer if signer is not None else rrset.name)
@@ -551,12 +570,12 @@ class Validator:
         if labels < owner_labels:
             # Expanded from a wildcard: the authority section must prove sname itself does not exist.
             source = dns.name.Name(rrset.name.labels[-(labels + 1) :])
-            return self._wildcard_proof(response, state, rrset.name, source, now)
+            return self._wildcard_proof(authority, state, rrset.name, source, now)
         return verdict
 
     def _wildcard_proof(
         self,
-        response: dns.message.Message,
+        authority: _Section,
         state: ZoneKeys,
         name: dns.name.Name,
         source: dns.name.Name,
@@ -564,7 +583,7 @@ class Validator:
     ) -> Verdict:
         assert state.keys is not None
         proofs: list[dns.rrset.RRset] = []
-        for signed in _rrsets_with_sigs(response.authority):
+        for signed in authority.values():
             if signed.rrset.rdtype in _DENIAL_TYPES:
                 verdict = verify(signed, state.zone, state.keys, now)
                 if verdict.bogus:
@@ -584,9 +603,9 @@ class Validator:
             return _bogus(EDE.NSEC_MISSING, f"{state.zone}: {result.why}")
         return SECURE if result.proof is denial.Proof.PROVEN else INSECURE
 
-    async def _denying_zone(self, response: dns.message.Message, sname: dns.name.Name) -> ZoneKeys:
+    async def _denying_zone(self, authority: _Section, sname: dns.name.Name) -> ZoneKeys:
         """The state of the zone whose SOA/NSEC records deny ``sname``."""
-        for signed in _rrsets_with_sigs(response.authority):
+        for signed in authority.values():
             if signed.rrset.rdtype in (dns.rdatatype.SOA, *_DENIAL_TYPES) and signed.sigs:
                 signer = signed.sigs[0].signer
                 if sname.is_subdomain(signer):
