@@ -23,7 +23,7 @@ import dns.rdatatype
 
 from ztdns import encode
 from ztdns.config.model import RecursionConfig
-from ztdns.dnssec import validator
+from ztdns.dnssec import denial, validator
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.lab import netns
@@ -35,11 +35,12 @@ from ztdns.resolver.recursive import RecursiveResolver
 
 
 def forget_process_memos() -> None:
-    """What a freshly started server does not have yet: verified signatures, parsed names and records, and names'
-    wire forms are remembered process-wide, and later passes would otherwise find them."""
+    """What a freshly started server does not have yet: verified signatures, parsed names and records, names'
+    wire forms and NSEC3 hashes are remembered process-wide, and later passes would otherwise find them."""
     validator._keys = validator._KeyCache()
     parse._memo = parse._Memo()
     encode._forms.clear()
+    denial._nsec3_hashes.clear()
 
 
 def fresh_resolver(lab: Lab) -> RecursiveResolver:

@@ -183,6 +183,10 @@ def test_anchor_file_errors_name_the_file(tmp_path: object) -> None:
     path.write_text("example. IN A 192.0.2.1\n")
     with pytest.raises(TrustAnchorError, match=r"bad\.anchor"):
         TrustAnchors.load(files=[path])
+    # Anchors are matched by their key bytes alone: one of another class must not load as if it were IN.
+    path.write_text("example. CH DS 12345 13 2 " + "ab" * 32 + "\n")
+    with pytest.raises(TrustAnchorError, match=r"bad\.anchor: .*class"):
+        TrustAnchors.load(files=[path])
 
 
 class _ZoneResolver:
