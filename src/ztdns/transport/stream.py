@@ -233,5 +233,6 @@ class TlsStreamListener:
         for connection in list(self.connections):
             connection.abort()
         await asyncio.gather(*self._tasks, *self.handshakes, return_exceptions=True)
+        self.refusals.flush()  # what the last window suppressed, not lost at shutdown
         if self._socket is not None:
             self._socket.close()
