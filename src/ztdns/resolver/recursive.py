@@ -510,8 +510,7 @@ class RecursiveResolver:
         """
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
+        with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as sock:  # non-blocking: no fcntl
             sock.connect((address, self.config.query_port))
             sock.send(wire)
             async with asyncio.timeout(timeout):
