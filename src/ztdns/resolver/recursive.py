@@ -37,6 +37,7 @@ from dns.rdtypes.ANY.NS import NS
 from ztdns.cache import copy_rrset
 from ztdns.config.model import RecursionConfig
 from ztdns.dnssec.aggressive import DenialCache
+from ztdns.dnssec.names import ancestry, wire_key
 from ztdns.dnssec.validator import Security, Validator, Verdict
 from ztdns.outcome import EDE, Reason
 from ztdns.protocol.parse import parse_message
@@ -48,6 +49,7 @@ _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS 
 _NS_DEPTH = 3  # nesting of name-server address lookups
 _USABLE_MEMO = 4096
 _NO_CUT_MEMO = 16_384
+_DELEGATIONS_MAX = 100_000
 
 
 class ResolutionFailed(Exception):
@@ -128,7 +130,7 @@ class RecursiveResolver:
         # Set after construction: the validator fetches DS/DNSKEY through this resolver.
         self.validator: Validator | None = None
         self._hints = load_hints(config.root_hints)
-        self._delegations: dict[dns.name.Name, _Delegation] = {}
+        self._delegations: dict[bytes, _Delegation] = {}  # by the zone's wire key (ztdns.dnssec.names)
         # QNAME minimisation's findings: names the zone's own servers answered (no zone cut there), with the
         # zone and until when. The next name below them skips straight to the next label, as Unbound does.
         self._no_cut: dict[dns.name.Name, tuple[dns.name.Name, float]] = {}
@@ -298,12 +300,10 @@ class RecursiveResolver:
 
     def _closest_delegation(self, name: dns.name.Name) -> _Delegation:
         now = time.time()
-        candidate = name
-        while candidate != dns.name.root:
-            delegation = self._delegations.get(candidate)
+        for key in ancestry(name)[:-1]:  # the name, then each ancestor below the root
+            delegation = self._delegations.get(key)
             if delegation is not None and delegation.expires > now and delegation.addresses:
                 return delegation
-            candidate = candidate.parent()
         return _Delegation(dns.name.root, [n for n, _ in self._hints], [a for _, a in self._hints], float("inf"))
 
     async def _iterate(
@@ -403,7 +403,9 @@ class RecursiveResolver:
                     break
         if not delegation.addresses:
             raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no name server address"))
-        self._delegations[delegation.zone] = delegation
+        if len(self._delegations) >= _DELEGATIONS_MAX:  # zones that delegate every name must not grow it forever
+            self._delegations.clear()
+        self._delegations[wire_key(delegation.zone)] = delegation
         return delegation
 
     # ----- talking to servers -----------------------------------------------------------------------------
