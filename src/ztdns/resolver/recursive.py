@@ -133,11 +133,12 @@ class RecursiveResolver:
         self._delegations: dict[bytes, _Delegation] = {}  # by the zone's wire key (ztdns.dnssec.names)
         # QNAME minimisation's findings: names the zone's own servers answered (no zone cut there), with the
         # zone and until when. The next name below them skips straight to the next label, as Unbound does.
-        self._no_cut: dict[dns.name.Name, tuple[dns.name.Name, float]] = {}
+        self._no_cut: dict[bytes, tuple[bytes, float]] = {}  # name's wire key -> (zone's wire key, until)
         self._servers: dict[str, _ServerStats] = {}
         self._usable_memo: dict[str, bool] = {}  # address -> may be asked (parsing addresses is not free)
-        self._cache: OrderedDict[tuple[dns.name.Name, int], _Cached] = OrderedDict()
-        self._inflight: dict[tuple[dns.name.Name, int, bool], asyncio.Future[dns.message.Message]] = {}
+        # Keyed by names' wire keys (ztdns.dnssec.names): they hash and compare in C, a Name in Python.
+        self._cache: OrderedDict[tuple[bytes, int], _Cached] = OrderedDict()
+        self._inflight: dict[tuple[bytes, int, bool], asyncio.Future[dns.message.Message]] = {}
         self._denials = DenialCache()
         self.upstream_queries = 0
         self.forged_dropped = 0
@@ -189,7 +190,7 @@ class RecursiveResolver:
         self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, validate: bool
     ) -> tuple[dns.message.Message, Verdict | None]:
         validate = validate and self.validator is not None
-        key = (name, rdtype)
+        key = (wire_key(name), rdtype)
         now = time.time()
         cached = self._cache.get(key)
         if cached is not None and cached.expires <= now:
@@ -198,7 +199,7 @@ class RecursiveResolver:
             self._cache.move_to_end(key)
             # CD=1 gets the data as published even when we already found it bogus.
             return _aged(cached, now), cached.verdict if validate else None
-        flight = (name, rdtype, validate)
+        flight = (key[0], rdtype, validate)
         pending = self._inflight.get(flight)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
@@ -254,7 +255,7 @@ class RecursiveResolver:
         self.aggressive_answers += 1
         return candidate, verdict
 
-    def _store(self, key: tuple[dns.name.Name, int], response: dns.message.Message, verdict: Verdict | None) -> None:
+    def _store(self, key: tuple[bytes, int], response: dns.message.Message, verdict: Verdict | None) -> None:
         if self.config.cache_entries == 0:
             return
         ttl = _min_ttl(response)
@@ -293,7 +294,7 @@ class RecursiveResolver:
         else:
             raise ResolutionFailed(Reason(EDE.OTHER, f"{qname}: CNAME chain longer than {self.config.max_cname_chain}"))
         for index in range(1, len(hops)):
-            key = (hops[index][0], rdtype)
+            key = (wire_key(hops[index][0]), rdtype)
             if key not in self._cache:
                 self._store(key, _chain_answer(hops[index:]), None)
         return _chain_answer(hops)
@@ -321,8 +322,8 @@ class RecursiveResolver:
             if minimise and ask_depth < len(qname):
                 # RFC 9156: reveal one more label at a time; A hides the real type better than NS.
                 ask_name, ask_type = dns.name.Name(qname.labels[-ask_depth:]), dns.rdatatype.A
-                known = self._no_cut.get(ask_name)
-                if known is not None and known[0] == zone and known[1] > time.time():
+                known = self._no_cut.get(wire_key(ask_name))
+                if known is not None and known[0] == wire_key(zone) and known[1] > time.time():
                     ask_depth += 1
                     continue
             response, referral = await self._ask(delegation, ask_name, ask_type, budget)
@@ -347,7 +348,7 @@ class RecursiveResolver:
     def _remember_no_cut(self, name: dns.name.Name, zone: dns.name.Name, response: dns.message.Message) -> None:
         if len(self._no_cut) >= _NO_CUT_MEMO:
             self._no_cut.clear()
-        self._no_cut[name] = (zone, time.time() + min(_min_ttl(response), 86_400))
+        self._no_cut[wire_key(name)] = (wire_key(zone), time.time() + min(_min_ttl(response), 86_400))
 
     def _referral(self, response: dns.message.Message, zone: dns.name.Name, qname: dns.name.Name) -> _Delegation | None:
         """A downward referral from ``zone`` toward ``qname``, keeping only in-bailiwick glue."""
@@ -384,7 +385,7 @@ class RecursiveResolver:
             if r.name == child
             and (r.rdtype == dns.rdatatype.DS or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS))
         ]
-        self._store((child, dns.rdatatype.DS), _response(dns.rcode.NOERROR, answer, []), None)
+        self._store((wire_key(child), dns.rdatatype.DS), _response(dns.rcode.NOERROR, answer, []), None)
 
     async def _complete(self, delegation: _Delegation, budget: _Budget, depth: int) -> _Delegation:
         """Resolve addresses of glueless name servers (a few, never in a loop), then remember the cut."""
