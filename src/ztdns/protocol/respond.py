@@ -13,7 +13,7 @@ import dns.rrset
 
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
-from ztdns.protocol.render import MAX_SIZE, render
+from ztdns.protocol.render import MAX_SIZE, Opt, render
 
 # RFC 6891 / DNS flag day 2020: advertise and honour at most 1232 bytes over UDP, avoiding fragmentation.
 UDP_PAYLOAD = 1232
@@ -26,18 +26,41 @@ def header_only_response(query_wire: bytes, rcode: int) -> bytes:
     return query_wire[:2] + flags.to_bytes(2, "big") + b"\x00" * 8
 
 
+# Flags as plain ints: dnspython's Flag enums go through Python's enum machinery on every | and &.
+QR = int(dns.flags.QR)
+TC = int(dns.flags.TC)
+RD = int(dns.flags.RD)
+RA = int(dns.flags.RA)
+AD = int(dns.flags.AD)
+CD = int(dns.flags.CD)
+DO = int(dns.flags.DO)
+
+
+def edns_of(message: dns.message.Message) -> tuple[int, int]:
+    """``(message.edns, message.ednsflags)``: the EDNS version (-1 without EDNS) and the OPT record's TTL."""
+    opt = message.opt
+    if not opt:  # as dnspython asks it (an RRset is false when empty)
+        return -1, 0
+    ednsflags: int = opt.ttl
+    return (ednsflags >> 16) & 0xFF, ednsflags
+
+
+def rcode_of(message: dns.message.Message) -> int:
+    """``message.rcode()`` as an int: the header's four bits and the extended ones of the OPT record."""
+    return (int(message.flags) & 0xF) | ((edns_of(message)[1] >> 20) & 0xFF0)
+
+
 def response_to(query: dns.message.Message) -> dns.message.Message:
-    """``dns.message.make_response(query)`` without the OPT record it adds, which this stage replaces anyway
-    (``use_edns`` below sets payload, flags, options and padding for every answer): one OPT built, not two."""
+    """``dns.message.make_response(query)`` without the OPT record it adds, which the respond stage replaces anyway
+    (it sets payload, flags and options for every answer): one OPT built, not two."""
     response = dns.message.QueryMessage(id=query.id)
-    response.flags = dns.flags.QR | (query.flags & dns.flags.RD)
-    response.set_opcode(query.opcode())
+    response.flags = QR | (int(query.flags) & (RD | 0x7800))  # RD and the opcode
     response.question = list(query.question)
     return response
 
 
 def udp_limit(query: dns.message.Message) -> int:
-    if query.edns < 0:
+    if not query.opt:
         return 512
     return max(512, min(query.payload, UDP_PAYLOAD))
 
@@ -61,32 +84,34 @@ class RespondStage:
             if ctx.kind is None:
                 ctx.kind = Kind.FAILED
         response.id = query.id
-        if query.flags & dns.flags.RD:
-            response.flags |= dns.flags.RD | dns.flags.RA
+        flags = int(response.flags)
+        if int(query.flags) & RD:
+            flags |= RD | RA
         else:
-            response.flags = (response.flags & ~dns.flags.RD) | dns.flags.RA
-        rcode = response.rcode()  # extended rcodes (BADVERS) live in the OPT flags that use_edns rewrites
-        if query.edns >= 0:
-            options: list[dns.edns.Option] = []
+            flags = (flags & ~RD) | RA
+        response.flags = flags
+        rcode = rcode_of(response)  # extended rcodes (BADVERS) live in the OPT record, replaced here
+        response.opt = None
+        version, ednsflags = edns_of(query)
+        opt = None
+        if version >= 0:
+            options: tuple[dns.edns.Option, ...] = ()
             if ctx.reason is not None:
-                options.append(dns.edns.EDEOption(dns.edns.EDECode.make(int(ctx.reason.ede)), ctx.reason.text or None))
-            ednsflags = dns.flags.DO if query.ednsflags & dns.flags.DO else 0
-            response.use_edns(0, ednsflags, UDP_PAYLOAD, options=options)
-        else:
-            response.use_edns(False)
-        response.set_rcode(rcode)
+                options = (dns.edns.EDEOption(dns.edns.EDECode.make(int(ctx.reason.ede)), ctx.reason.text or None),)
+            opt = Opt(UDP_PAYLOAD, (rcode >> 4) << 24 | (ednsflags & DO), options)
+        elif rcode > 0xF:  # what dnspython's set_rcode does without EDNS: an OPT record only for the extended bits
+            opt = Opt(dns.message.DEFAULT_EDNS_PAYLOAD, (rcode >> 4) << 24)
         limit = STREAM_MAX if ctx.client.stream else udp_limit(query)
-        full = render(response, max_size=STREAM_MAX)
+        full = render(response, max_size=STREAM_MAX, opt=opt)
         ctx.full_wire_response = full
         if len(full) <= limit:
             ctx.wire_response = full
             return
         # Too big for UDP: TC=1 with the question only, so the client retries over TCP (RFC 7766).
-        truncated = dns.message.make_response(query)
-        truncated.set_rcode(response.rcode())
-        truncated.flags = response.flags | dns.flags.TC
-        if query.edns >= 0:
-            truncated.use_edns(0, response.ednsflags, UDP_PAYLOAD, options=list(response.options))
+        truncated = dns.message.QueryMessage(id=query.id)
+        truncated.flags = flags | TC
+        truncated.question = list(query.question)
+        if version >= 0:
+            ctx.wire_response = render(truncated, max_size=UDP_PAYLOAD, opt=opt)
         else:
-            truncated.use_edns(False)
-        ctx.wire_response = render(truncated)
+            ctx.wire_response = render(truncated)
