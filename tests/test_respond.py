@@ -17,8 +17,9 @@ import pytest
 from ztdns.client import ClientInfo, Transport
 from ztdns.outcome import EDE, Reason
 from ztdns.pipeline import QueryContext
+from ztdns.protocol.header import rcode_of
 from ztdns.protocol.parse import parse_message
-from ztdns.protocol.respond import UDP_PAYLOAD, RespondStage, rcode_of, response_to, udp_limit
+from ztdns.protocol.respond import UDP_PAYLOAD, RespondStage, response_to, udp_limit
 
 QNAME = "Www.Example.com."
 

@@ -10,8 +10,9 @@ import dns.rdatatype
 
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
+from ztdns.protocol.header import CD, DO, edns_of, opcode_of
 from ztdns.protocol.parse import parse_message
-from ztdns.protocol.respond import CD, DO, edns_of, header_only_response
+from ztdns.protocol.respond import header_only_response
 from ztdns.resolver import Question
 
 # Meta and transfer types a resolver does not answer (RFC 6895 §3.1); ANY is answered per RFC 8482 later.
@@ -35,8 +36,7 @@ class GuardStage:
             ctx.kind = Kind.INVALID
             ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
             return
-        flags = int(query.flags)
-        if (flags >> 11) & 0xF != dns.opcode.QUERY:
+        if opcode_of(query) != dns.opcode.QUERY:
             ctx.kind = Kind.INVALID
             ctx.wire_response = header_only_response(wire, dns.rcode.NOTIMP)
             return
@@ -62,6 +62,6 @@ class GuardStage:
             rdtype=question.rdtype,
             rdclass=question.rdclass,
             dnssec_ok=bool(ednsflags & DO),
-            checking_disabled=bool(flags & CD),
+            checking_disabled=bool(int(query.flags) & CD),
         )
         await call_next(ctx)

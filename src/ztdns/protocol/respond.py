@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import dns.edns
-import dns.exception
-import dns.flags
 import dns.message
 import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
 
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
+from ztdns.protocol.header import DO, OPCODE_MASK, QR, RA, RD, TC, edns_of, rcode_of
 from ztdns.protocol.render import MAX_SIZE, Opt, render
 
 # RFC 6891 / DNS flag day 2020: advertise and honour at most 1232 bytes over UDP, avoiding fragmentation.
@@ -26,35 +22,11 @@ def header_only_response(query_wire: bytes, rcode: int) -> bytes:
     return query_wire[:2] + flags.to_bytes(2, "big") + b"\x00" * 8
 
 
-# Flags as plain ints: dnspython's Flag enums go through Python's enum machinery on every | and &.
-QR = int(dns.flags.QR)
-TC = int(dns.flags.TC)
-RD = int(dns.flags.RD)
-RA = int(dns.flags.RA)
-AD = int(dns.flags.AD)
-CD = int(dns.flags.CD)
-DO = int(dns.flags.DO)
-
-
-def edns_of(message: dns.message.Message) -> tuple[int, int]:
-    """``(message.edns, message.ednsflags)``: the EDNS version (-1 without EDNS) and the OPT record's TTL."""
-    opt = message.opt
-    if not opt:  # as dnspython asks it (an RRset is false when empty)
-        return -1, 0
-    ednsflags: int = opt.ttl
-    return (ednsflags >> 16) & 0xFF, ednsflags
-
-
-def rcode_of(message: dns.message.Message) -> int:
-    """``message.rcode()`` as an int: the header's four bits and the extended ones of the OPT record."""
-    return (int(message.flags) & 0xF) | ((edns_of(message)[1] >> 20) & 0xFF0)
-
-
 def response_to(query: dns.message.Message) -> dns.message.Message:
     """``dns.message.make_response(query)`` without the OPT record it adds, which the respond stage replaces anyway
     (it sets payload, flags and options for every answer): one OPT built, not two."""
     response = dns.message.QueryMessage(id=query.id)
-    response.flags = QR | (int(query.flags) & (RD | 0x7800))  # RD and the opcode
+    response.flags = QR | (int(query.flags) & (RD | OPCODE_MASK))
     response.question = list(query.question)
     return response
 
