@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.name
@@ -101,3 +102,23 @@ def test_the_pipeline_never_changes_the_resolvers_rrsets() -> None:
         (dns.rcode.NOERROR, [60, 30]),
         (dns.rcode.NXDOMAIN, [120]),
     ]
+
+
+def test_the_browser_canary_in_any_case_is_nxdomain_before_policy() -> None:
+    async def ask(name: str) -> dns.message.Message:
+        frontend = Frontend(parse_config(CONFIG, "test", Path(".")), resolver_factory=lambda config: SharingResolver())
+        wire = await frontend.handle(
+            dns.message.make_query(name, "A", use_edns=0).to_wire(), ClientInfo(Transport.UDP, "127.0.0.1", 1)
+        )
+        await frontend.close()
+        assert wire is not None
+        return dns.message.from_wire(wire)
+
+    for name in ("use-application-dns.net.", "Use-Application-DNS.NET."):
+        answer = asyncio.run(ask(name))
+        assert answer.rcode() == dns.rcode.NXDOMAIN and answer.authority[0].rdtype == dns.rdatatype.SOA
+        assert not answer.extended_errors()  # not a policy block
+    # Not the canary: a name under it, and the same labels elsewhere, go to policy (which denies them here).
+    for name in ("x.use-application-dns.net.", "use-application-dns.org."):
+        answer = asyncio.run(ask(name))
+        assert answer.extended_errors()[0].code == dns.edns.EDECode.BLOCKED
