@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.flags
 import dns.message
@@ -45,7 +45,6 @@ class CacheEntry:
     ttl: int  # the smallest TTL of the entry after clamping: it is fresh until stored + ttl
     hits: int = 0
     prefetching: bool = False
-    chain: tuple[str, ...] = field(default=())  # CNAME/DNAME targets, lower-case, no trailing dot
 
     @property
     def expires(self) -> float:
@@ -77,16 +76,6 @@ def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:
     copy = copy_rrset(rrset)
     copy.ttl = ttl
     return copy
-
-
-def chain_targets(answer: list[dns.rrset.RRset]) -> tuple[str, ...]:
-    """Names a CNAME/DNAME chain in the answer leads to, in order (lower-case, no trailing dot)."""
-    targets = []
-    for rrset in answer:
-        if rrset.rdtype in (dns.rdatatype.CNAME, dns.rdatatype.DNAME):
-            for rdata in rrset:
-                targets.append(rdata.target.to_text(omit_final_dot=True).lower())
-    return tuple(targets)
 
 
 class MessageCache:
@@ -166,7 +155,6 @@ class MessageCache:
             authenticated=bool(flags & AD),
             stored=self.clock(),
             ttl=ttl,
-            chain=chain_targets(answer),
         )
         if ttl <= 0:
             return entry  # usable for this answer only
