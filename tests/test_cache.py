@@ -61,6 +61,30 @@ def test_ttl_clamps() -> None:
     assert high is not None and high.ttl == 100
 
 
+def test_storing_never_changes_the_response_rrsets() -> None:
+    """Resolvers share RRsets between answers and their own caches: clamps and counting down work on copies."""
+    clock = Clock()
+    cache = MessageCache(CacheConfig(min_ttl=30, max_ttl=100), clock)
+    responses = [
+        answer("low.example.", 5, "192.0.2.1"),
+        answer("high.example.", 5000, "192.0.2.1"),
+        answer("same.example.", 50, "192.0.2.1"),
+        negative("nx.example.", 3600, 120, dns.rcode.NXDOMAIN),
+    ]
+    before = [[(rrset, rrset.ttl, set(rrset)) for rrset in r.answer + r.authority] for r in responses]
+    for response in responses:
+        name = response.question[0].name
+        assert cache.store(Question(name, dns.rdatatype.A, 1), response) is not None
+        clock.now += 10
+        entry, fresh = cache.lookup(Question(name, dns.rdatatype.A, 1))
+        assert entry is not None and fresh
+        entry.sections(10)
+        entry.sections(0, stale_ttl=30)
+    assert [[(rrset, rrset.ttl, set(rrset)) for rrset in r.answer + r.authority] for r in responses] == before
+    entry, _ = cache.lookup(question("same.example."))
+    assert entry is not None and entry.ttl == 50 and entry.sections(10)[0][0].ttl == 40
+
+
 def test_negative_ttl_is_min_of_soa_ttl_and_minimum_and_capped() -> None:
     cache = MessageCache(CacheConfig(negative_max_ttl=600), Clock())
     nx = cache.store(question("nx.example."), negative("nx.example.", 3600, 120, dns.rcode.NXDOMAIN))

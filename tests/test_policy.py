@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import dns.name
 import dns.rdatatype
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from ztdns.config import Config, ConfigError, default_config, parse_config
 from ztdns.policy import View, compile_views, explain
 from ztdns.policy.lists import ANY_DEPTH, EXACT, ONE_LABEL, Tally, read_list, scan
 from ztdns.policy.patterns import Pattern, PatternError, Scope, is_normal_name, parse_pattern
+from ztdns.policy.stage import name_key
 
 A = int(dns.rdatatype.A)
 AAAA = int(dns.rdatatype.AAAA)
@@ -437,3 +439,30 @@ def test_explain_default_deny() -> None:
     assert result.decision.rule == "default-deny"
     assert result.key is None
     assert "default deny" in result.origin()
+
+
+def _reference_name_key(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True).lower() if name != dns.name.root else ""
+
+
+# Labels from bytes that need escaping, dots inside labels, spaces, high bytes, case and IDNA prefixes.
+_LABEL_BYTES = st.sampled_from(list(b'aZ09-_*."().;\\@$ \x00\x1f\x7f\x80\xff\xc3\xa9!~') + list(range(256)))
+_NAME_LABELS = st.lists(
+    st.one_of(st.lists(_LABEL_BYTES, min_size=1, max_size=12).map(bytes), st.sampled_from([b"xn--bcher-kva", b"WWW"])),
+    max_size=6,
+)
+
+
+@settings(max_examples=400)
+@given(_NAME_LABELS)
+def test_name_key_is_the_lower_cased_text_of_every_name(labels: list[bytes]) -> None:
+    name = dns.name.Name([*labels, b""])
+    assert name_key(name) == _reference_name_key(name)
+
+
+@pytest.mark.parametrize(
+    "text", [".", "com.", "Www.Example.COM.", r"a\.b.example.", r"a\032b.example.", "xn--bcher-kva.example.", "@"]
+)
+def test_name_key_of_named_cases(text: str) -> None:
+    name = dns.name.from_text(text, origin=None)
+    assert name_key(name) == _reference_name_key(name)

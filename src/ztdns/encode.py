@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, cast
 
+import dns.edns
 import dns.ipv4
 import dns.ipv6
 import dns.name
@@ -247,8 +248,13 @@ def _sshfp(out: bytearray, rd: SSHFP, table: Compression) -> None:
 
 
 def _opt(out: bytearray, rd: OPT, table: Compression) -> None:
-    for option in rd.options:
-        value = option.to_wire()
+    put_options(out, rd.options)
+
+
+def put_options(out: bytearray, options: Iterable[dns.edns.Option]) -> None:
+    """EDNS options (``dns.edns.Option``): code, length, value."""
+    for option in options:
+        value = cast(bytes, option.to_wire())  # without a file: the bytes
         out += struct.pack("!HH", option.otype, len(value))
         out += value
 

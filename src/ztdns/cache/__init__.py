@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.flags
 import dns.message
@@ -23,6 +23,7 @@ import dns.rdatatype
 import dns.rrset
 
 from ztdns.config.model import CacheConfig
+from ztdns.protocol.header import AD, TC, rcode_of
 from ztdns.resolver import Question
 
 CacheKey = tuple[dns.name.Name, int, int, bool, bool]
@@ -44,7 +45,6 @@ class CacheEntry:
     ttl: int  # the smallest TTL of the entry after clamping: it is fresh until stored + ttl
     hits: int = 0
     prefetching: bool = False
-    chain: tuple[str, ...] = field(default=())  # CNAME/DNAME targets, lower-case, no trailing dot
 
     @property
     def expires(self) -> float:
@@ -69,14 +69,13 @@ def copy_rrset(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
     return copy
 
 
-def chain_targets(answer: list[dns.rrset.RRset]) -> tuple[str, ...]:
-    """Names a CNAME/DNAME chain in the answer leads to, in order (lower-case, no trailing dot)."""
-    targets = []
-    for rrset in answer:
-        if rrset.rdtype in (dns.rdatatype.CNAME, dns.rdatatype.DNAME):
-            for rdata in rrset:
-                targets.append(rdata.target.to_text(omit_final_dot=True).lower())
-    return tuple(targets)
+def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:
+    """``rrset`` itself when its TTL is ``ttl``, else a copy with that TTL."""
+    if rrset.ttl == ttl:
+        return rrset
+    copy = copy_rrset(rrset)
+    copy.ttl = ttl
+    return copy
 
 
 class MessageCache:
@@ -117,16 +116,20 @@ class MessageCache:
         return None, False
 
     def store(self, question: Question, response: dns.message.Message) -> CacheEntry | None:
-        """Cache a NOERROR or NXDOMAIN answer; returns the entry, or None when it is not cacheable."""
+        """Cache a NOERROR or NXDOMAIN answer; returns the entry, or None when it is not cacheable.
+
+        The entry keeps the response's RRsets where their TTLs stand and copies those it clamps: RRsets are
+        shared between resolvers' answers, their caches and this one, and never changed in place."""
         if self.config.max_entries == 0:
             return None
-        rcode = response.rcode()
-        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or response.flags & dns.flags.TC:
+        flags = int(response.flags)
+        rcode = rcode_of(response)
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or flags & TC:
             return None
         config = self.config
-        answer = [copy_rrset(rrset) for rrset in response.answer]
-        authority = [copy_rrset(rrset) for rrset in response.authority]
-        additional = [copy_rrset(rrset) for rrset in response.additional if rrset.rdtype != dns.rdatatype.OPT]
+        answer = list(response.answer)
+        authority = list(response.authority)
+        additional = [rrset for rrset in response.additional if rrset.rdtype != dns.rdatatype.OPT]
         negative = rcode == dns.rcode.NXDOMAIN or not _answers_question(answer, question)
         if negative:
             soa = next((r for r in authority if r.rdtype == dns.rdatatype.SOA), None)
@@ -135,23 +138,23 @@ class MessageCache:
             minimum = soa[0].minimum
             ttl = min(soa.ttl, minimum, config.negative_max_ttl)
             ttl = max(ttl, config.min_ttl)
-            for rrset in authority:
-                rrset.ttl = min(rrset.ttl, ttl)
+            authority = [with_ttl(rrset, min(rrset.ttl, ttl)) for rrset in authority]
         else:
             ttl = config.max_ttl
+            low, high = config.min_ttl, config.max_ttl
             for section in (answer, authority, additional):
-                for rrset in section:
-                    rrset.ttl = min(max(rrset.ttl, config.min_ttl), config.max_ttl)
-                    ttl = min(ttl, rrset.ttl)
+                for index, rrset in enumerate(section):
+                    clamped = min(max(rrset.ttl, low), high)
+                    section[index] = with_ttl(rrset, clamped)
+                    ttl = min(ttl, clamped)
         entry = CacheEntry(
-            rcode=rcode,
+            rcode=dns.rcode.Rcode.make(rcode),
             answer=answer,
             authority=authority,
             additional=additional,
-            authenticated=bool(response.flags & dns.flags.AD),
+            authenticated=bool(flags & AD),
             stored=self.clock(),
             ttl=ttl,
-            chain=chain_targets(answer),
         )
         if ttl <= 0:
             return entry  # usable for this answer only

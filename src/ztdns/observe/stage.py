@@ -14,6 +14,7 @@ from ztdns.observe.metrics import Metrics
 from ztdns.observe.querylog import Clock, QueryLog
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
+from ztdns.policy.stage import name_key
 
 
 def _decision(ctx: QueryContext) -> str:
@@ -35,10 +36,14 @@ def _answers(ctx: QueryContext) -> list[str]:
     ]
 
 
+# The header's four rcode bits as log text, made once (dnspython's enum lookups cost µs a query).
+_RCODE_TEXT = tuple(dns.rcode.to_text(dns.rcode.Rcode.make(value)) for value in range(16))
+
+
 def _rcode(ctx: QueryContext) -> str:
     wire = ctx.wire_response
     if wire is not None and len(wire) >= 4:
-        return dns.rcode.to_text(dns.rcode.Rcode.make(wire[3] & 0xF))
+        return _RCODE_TEXT[wire[3] & 0xF]
     return "DROPPED"
 
 
@@ -58,7 +63,7 @@ class Observer:
         if self.querylog is None:
             return
         question = ctx.question
-        qname = question.name.to_text().lower() if question else None
+        qname = name_key(question.name) + "." if question else None
         qtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(question.rdtype)) if question else None
         client = ctx.client
         head = json.dumps(
@@ -97,7 +102,7 @@ class Observer:
         fragment = json.dumps(
             {
                 "identity": ctx.identity,
-                "qname": question.name.to_text().lower() if question else None,
+                "qname": name_key(question.name) + "." if question else None,
                 "qtype": dns.rdatatype.to_text(dns.rdatatype.RdataType.make(question.rdtype)) if question else None,
                 "decision": _decision(ctx),
                 "kind": kind.value,

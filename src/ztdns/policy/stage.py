@@ -16,6 +16,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from ztdns.encode import name_forms
 from ztdns.outcome import EDE, Kind, Reason
 from ztdns.pipeline import Next, QueryContext
 from ztdns.policy import Decision
@@ -27,6 +28,7 @@ SYNTHESISED_REPLAY_SECONDS = 300.0
 
 # Browsers (Firefox) check this canary before switching to their own DoH: NXDOMAIN keeps them on us.
 _CANARY = dns.name.from_text("use-application-dns.net.")
+_CANARY_WIRE = _CANARY.to_wire()
 
 
 def blocked_response(query: dns.message.Message, decision: Decision) -> dns.message.Message:
@@ -62,7 +64,18 @@ def _block(ctx: QueryContext, decision: Decision, name: str) -> None:
     ctx.replay_counts_down = False
 
 
+# The bytes Name.to_text writes as themselves (dnspython's _escapify): printable ASCII but for '"().;\\@$'.
+_PLAIN = bytes(range(0x21, 0x7F)).translate(None, b'"().;\\@$')
+
+
 def name_key(name: dns.name.Name) -> str:
+    """How policies key a name: ``name.to_text(omit_final_dot=True).lower()``, "" for the root."""
+    labels = name.labels
+    if len(labels) > 1 and not labels[-1]:
+        joined = b".".join(labels[:-1])
+        # Only the separators left once plain bytes are taken out: no label needs escaping (nor holds a dot).
+        if len(joined.translate(None, _PLAIN)) == len(labels) - 2:
+            return joined.lower().decode("ascii")
     return name.to_text(omit_final_dot=True).lower() if name != dns.name.root else ""
 
 
@@ -73,7 +86,8 @@ class SpecialNamesStage:
 
     async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
         assert ctx.query is not None and ctx.question is not None
-        if ctx.question.name == _CANARY:
+        # Compared by lower-cased wire form (cached for the rendering): Name.__eq__ is a Python loop.
+        if name_forms(ctx.question.name).lower == _CANARY_WIRE:
             response = dns.message.make_response(ctx.query)
             response.set_rcode(dns.rcode.NXDOMAIN)
             response.authority.append(_synthetic_soa(_CANARY))

@@ -4,6 +4,7 @@ Owns: the guard stage (parse with ``parse.py`` — dnspython's reader, at a thir
 to it by differential tests; FORMERR for malformed or QDCOUNT≠1, NOTIMP for other
 opcodes, BADVERS for EDNS versions above 0, responses and headerless garbage dropped, REFUSED for classes other than IN)
 and the respond stage (EDNS(0) echo with our 1232-byte payload, DO echo, RFC 8914 EDE options, TC=1 when the
-answer does not fit the client's UDP size, SERVFAIL when nothing answered).
+answer does not fit the client's UDP size, SERVFAIL when nothing answered), rendered by ``render.py``; ``header.py``
+reads flags, rcode and EDNS fields as ints for every stage.
 Client data touched: the query bytes only.
 """

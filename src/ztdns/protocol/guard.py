@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
@@ -11,6 +10,7 @@ import dns.rdatatype
 
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
+from ztdns.protocol.header import CD, DO, edns_of, opcode_of
 from ztdns.protocol.parse import parse_message
 from ztdns.protocol.respond import header_only_response
 from ztdns.resolver import Question
@@ -36,7 +36,7 @@ class GuardStage:
             ctx.kind = Kind.INVALID
             ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
             return
-        if query.opcode() != dns.opcode.QUERY:
+        if opcode_of(query) != dns.opcode.QUERY:
             ctx.kind = Kind.INVALID
             ctx.wire_response = header_only_response(wire, dns.rcode.NOTIMP)
             return
@@ -45,7 +45,8 @@ class GuardStage:
             ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
             return
         ctx.query = query
-        if query.edns > 0:
+        version, ednsflags = edns_of(query)
+        if version > 0:
             ctx.kind = Kind.INVALID
             ctx.response = dns.message.make_response(query)
             ctx.response.set_rcode(dns.rcode.BADVERS)
@@ -60,7 +61,7 @@ class GuardStage:
             name=question.name,
             rdtype=question.rdtype,
             rdclass=question.rdclass,
-            dnssec_ok=bool(query.ednsflags & dns.flags.DO),
-            checking_disabled=bool(query.flags & dns.flags.CD),
+            dnssec_ok=bool(ednsflags & DO),
+            checking_disabled=bool(int(query.flags) & CD),
         )
         await call_next(ctx)

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import dns.edns
-import dns.exception
-import dns.flags
 import dns.message
 import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
 
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
-from ztdns.protocol.render import MAX_SIZE, render
+from ztdns.protocol.header import DO, OPCODE_MASK, QR, RA, RD, TC, edns_of, rcode_of
+from ztdns.protocol.render import MAX_SIZE, Opt, render
 
 # RFC 6891 / DNS flag day 2020: advertise and honour at most 1232 bytes over UDP, avoiding fragmentation.
 UDP_PAYLOAD = 1232
@@ -27,17 +23,16 @@ def header_only_response(query_wire: bytes, rcode: int) -> bytes:
 
 
 def response_to(query: dns.message.Message) -> dns.message.Message:
-    """``dns.message.make_response(query)`` without the OPT record it adds, which this stage replaces anyway
-    (``use_edns`` below sets payload, flags, options and padding for every answer): one OPT built, not two."""
+    """``dns.message.make_response(query)`` without the OPT record it adds, which the respond stage replaces anyway
+    (it sets payload, flags and options for every answer): one OPT built, not two."""
     response = dns.message.QueryMessage(id=query.id)
-    response.flags = dns.flags.QR | (query.flags & dns.flags.RD)
-    response.set_opcode(query.opcode())
+    response.flags = QR | (int(query.flags) & (RD | OPCODE_MASK))
     response.question = list(query.question)
     return response
 
 
 def udp_limit(query: dns.message.Message) -> int:
-    if query.edns < 0:
+    if not query.opt:
         return 512
     return max(512, min(query.payload, UDP_PAYLOAD))
 
@@ -61,32 +56,34 @@ class RespondStage:
             if ctx.kind is None:
                 ctx.kind = Kind.FAILED
         response.id = query.id
-        if query.flags & dns.flags.RD:
-            response.flags |= dns.flags.RD | dns.flags.RA
+        flags = int(response.flags)
+        if int(query.flags) & RD:
+            flags |= RD | RA
         else:
-            response.flags = (response.flags & ~dns.flags.RD) | dns.flags.RA
-        rcode = response.rcode()  # extended rcodes (BADVERS) live in the OPT flags that use_edns rewrites
-        if query.edns >= 0:
-            options: list[dns.edns.Option] = []
+            flags = (flags & ~RD) | RA
+        response.flags = flags
+        rcode = rcode_of(response)  # extended rcodes (BADVERS) live in the OPT record, replaced here
+        response.opt = None
+        version, ednsflags = edns_of(query)
+        opt = None
+        if version >= 0:
+            options: tuple[dns.edns.Option, ...] = ()
             if ctx.reason is not None:
-                options.append(dns.edns.EDEOption(dns.edns.EDECode.make(int(ctx.reason.ede)), ctx.reason.text or None))
-            ednsflags = dns.flags.DO if query.ednsflags & dns.flags.DO else 0
-            response.use_edns(0, ednsflags, UDP_PAYLOAD, options=options)
-        else:
-            response.use_edns(False)
-        response.set_rcode(rcode)
+                options = (dns.edns.EDEOption(dns.edns.EDECode.make(int(ctx.reason.ede)), ctx.reason.text or None),)
+            opt = Opt(UDP_PAYLOAD, (rcode >> 4) << 24 | (ednsflags & DO), options)
+        elif rcode > 0xF:  # what dnspython's set_rcode does without EDNS: an OPT record only for the extended bits
+            opt = Opt(dns.message.DEFAULT_EDNS_PAYLOAD, (rcode >> 4) << 24)
         limit = STREAM_MAX if ctx.client.stream else udp_limit(query)
-        full = render(response, max_size=STREAM_MAX)
+        full = render(response, max_size=STREAM_MAX, opt=opt)
         ctx.full_wire_response = full
         if len(full) <= limit:
             ctx.wire_response = full
             return
         # Too big for UDP: TC=1 with the question only, so the client retries over TCP (RFC 7766).
-        truncated = dns.message.make_response(query)
-        truncated.set_rcode(response.rcode())
-        truncated.flags = response.flags | dns.flags.TC
-        if query.edns >= 0:
-            truncated.use_edns(0, response.ednsflags, UDP_PAYLOAD, options=list(response.options))
+        truncated = dns.message.QueryMessage(id=query.id)
+        truncated.flags = flags | TC
+        truncated.question = list(query.question)
+        if version >= 0:
+            ctx.wire_response = render(truncated, max_size=UDP_PAYLOAD, opt=opt)
         else:
-            truncated.use_edns(False)
-        ctx.wire_response = render(truncated)
+            ctx.wire_response = render(truncated)

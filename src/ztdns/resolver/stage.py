@@ -8,27 +8,34 @@ import dns.flags
 import dns.message
 import dns.rcode
 
-from ztdns.cache import copy_rrset
 from ztdns.outcome import EDE, Kind, Reason
 from ztdns.pipeline import Next, QueryContext
+from ztdns.protocol.header import AD, DO, edns_of, rcode_of
 from ztdns.protocol.respond import response_to
 from ztdns.resolver import Resolver
 
 
 def wants_ad(query: dns.message.Message) -> bool:
     """RFC 6840 §5.8: set AD only for clients that showed they understand it (DO or AD in the query)."""
-    return bool(query.ednsflags & dns.flags.DO or query.flags & dns.flags.AD)
+    return bool(edns_of(query)[1] & DO or int(query.flags) & AD)
 
 
 def copy_answer(query: dns.message.Message, upstream: dns.message.Message) -> dns.message.Message:
-    """The client's response carrying the upstream's rcode, sections and validated AD (never its other flags)."""
+    """The client's response carrying the upstream's rcode, sections and validated AD (never its other flags).
+
+    The sections are new lists of the same RRsets: resolvers share RRsets between their answers and caches,
+    and nothing changes one in place (the message cache copies what it clamps; TTLs count down in copies)."""
     response = response_to(query)
-    response.set_rcode(upstream.rcode())
-    if upstream.flags & dns.flags.AD and wants_ad(query):
-        response.flags |= dns.flags.AD
-    response.answer = [copy_rrset(rrset) for rrset in upstream.answer]
-    response.authority = [copy_rrset(rrset) for rrset in upstream.authority]
-    response.additional = [copy_rrset(rrset) for rrset in upstream.additional]
+    rcode = rcode_of(upstream)
+    if rcode > 0xF:
+        response.set_rcode(dns.rcode.Rcode.make(rcode))  # the extended bits need an OPT record
+    else:
+        response.flags |= rcode
+    if int(upstream.flags) & AD and wants_ad(query):
+        response.flags |= AD
+    response.answer = list(upstream.answer)
+    response.authority = list(upstream.authority)
+    response.additional = list(upstream.additional)
     return response
 
 
@@ -59,6 +66,6 @@ class ResolveStage:
             ctx.reason = resolution.reason
         if resolution.security == "bogus":
             ctx.kind = Kind.BOGUS
-        elif resolution.response.rcode() == dns.rcode.SERVFAIL:
+        elif rcode_of(resolution.response) == dns.rcode.SERVFAIL:
             ctx.kind = Kind.FAILED
         ctx.replay_until = time.monotonic()  # the cache stage extends it when it stores the answer
