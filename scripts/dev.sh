@@ -10,7 +10,9 @@ venv="${ZTDNS_VENV:-$here/.venv}"
 
 # Debian packages the tests and benchmarks drive as real peers and clients.
 debian_packages=(python3-venv knot-dnsutils bind9-dnsutils dnsperf unbound nftables iproute2 knot softhsm2
-                 ldnsutils bind9-utils conntrack knot-dnssecutils curl openssl procps)
+                 ldnsutils bind9-utils conntrack knot-dnssecutils curl openssl procps
+                 nats-server redis-server rsyslog swtpm swtpm-tools tpm2-tools iodine dns2tcp dnstap-ldns fstrm-bin
+                 prometheus chromium chromium-driver faketime nghttp2-client)
 
 need_apt() {
     local missing=()
@@ -31,7 +33,9 @@ need_apt() {
     rm -f /usr/sbin/policy-rc.d
 }
 
+# setup LOCK: requirements.lock (what `serve` runs on) or requirements-dev.lock (that plus the test tools).
 setup() {
+    local lock=${1:-requirements-dev.lock}
     need_apt
     local py="${PYTHON:-}"
     if [ -z "$py" ]; then
@@ -41,7 +45,11 @@ setup() {
             if command -v "$candidate" >/dev/null; then py=$candidate; break; fi
         done
     fi
-    locked_venv "$py" "$venv" requirements.lock pyproject.toml
+    # A venv built from the dev lock holds everything the runtime lock does: `serve` keeps it (up to date) rather
+    # than rebuilding it smaller.
+    if [ -e "$venv/.ztdns-dev" ]; then lock=requirements-dev.lock; fi
+    locked_venv "$py" "$venv" "$lock" pyproject.toml
+    if [ "$lock" = requirements-dev.lock ]; then touch "$venv/.ztdns-dev"; fi
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
     # sslyze (the TLS scan test) needs cryptography < 47 and ztdns pins a newer one, so it gets a venv of its own
     # with its own hash lock (docs/transports.md).
@@ -66,9 +74,9 @@ cmd="${1:-serve}"
 shift || true
 case "$cmd" in
     setup) setup ;;
-    serve) setup; exec "$venv/bin/ztdns" serve "$@" ;;
+    serve) setup requirements.lock; exec "$venv/bin/ztdns" serve "$@" ;;
     test)
-        setup
+        setup requirements-dev.lock
         export PATH="$venv/bin:$PATH"
         # One command per line: under `set -e` a failure inside an && list would not stop the script.
         echo "== ruff"
