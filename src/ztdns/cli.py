@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -19,10 +20,28 @@ def _check(args: argparse.Namespace) -> int:
     try:
         verify(load_config(args.config))
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        if _is_agent_config(args.config):
+            print(
+                f"{args.config}: this is an agent configuration: check it with `ztdns agent check --config "
+                f"{args.config}`",
+                file=sys.stderr,
+            )
+        else:
+            print(exc, file=sys.stderr)
         return 1
     print(f"{args.config}: ok")
     return 0
+
+
+def _is_agent_config(path: str) -> bool:
+    """Whether a file the server's schema rejects is a valid agent configuration (a common mix-up)."""
+    from ztdns.agent.config import load_agent_config
+
+    try:
+        load_agent_config(path)
+    except ConfigError:
+        return False
+    return True
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -102,5 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for register in _registrations():
         register(sub)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`ztdns explain ... | head`): not an error of ours. Point stdout at /dev/null so the
+        # interpreter's final flush does not fail again, and exit as a process killed by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+    except KeyboardInterrupt:
+        return 128 + 2
     return result

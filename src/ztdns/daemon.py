@@ -97,6 +97,9 @@ def verify(config: Config) -> None:
     files, and the query log's directory. ``ztdns check`` runs this so that a config it passes also starts.
     Raises ConfigError."""
     compile_runtime(config, Observer(Metrics(), None))
+    resolver = make_resolver(config)  # root hints, trust anchors, upstreams' TLS files; opens no socket
+    if resolver is not None:
+        asyncio.run(resolver.close())
     for listen in config.listen:
         if listen.transport in _ENCRYPTED:
             tls_material(config, listen)
@@ -181,6 +184,8 @@ class Service:
             listens += development
             self.hints = how_to_query(pki)
         for listen in listens:
+            if listen.transport == "doq" and self.worker > 0:
+                continue  # QUIC cannot share a port between processes (see _start_doq): worker 0 serves it
             try:
                 await self._start_listener(listen)
             except OSError as exc:  # a port taken or not ours to bind: name the listener, no traceback
@@ -331,20 +336,32 @@ def serve(config: Config, config_path: Path | None, resolver: bool = True) -> in
     if workers == 1:
         _run_worker(config, config_path, 0, reuse_port=False, resolver=resolver)
         return 0
-    children: list[int] = []
+    children: dict[int, int] = {}  # pid → worker number
     for worker in range(workers):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
                 _run_worker(config, config_path, worker, reuse_port=True, resolver=True)
+            except ConfigError as exc:  # a port taken, a file gone since the parent read the config: one line
+                print(f"ztdns: worker {worker}: {exc}", file=sys.stderr)
+                code = 1
             except BaseException:
                 log.exception("worker %d failed", worker)
                 code = 1
             os._exit(code)
-        children.append(pid)
+        children[pid] = worker
+    return _supervise(children)
+
+
+def _supervise(children: dict[int, int]) -> int:
+    """Forward signals to the workers and wait for them. A worker that dies on its own takes the server down:
+    half the workers serving on silently would hide the failure from whoever watches the process."""
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
@@ -352,7 +369,13 @@ def serve(config: Config, config_path: Path | None, resolver: bool = True) -> in
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+    while children:
+        pid, code = os.wait()
+        worker = children.pop(pid)
+        exit_code = os.waitstatus_to_exitcode(code)
+        status = status or exit_code
+        if not stopping:
+            print(f"ztdns: worker {worker} exited (code {exit_code}): stopping the server", file=sys.stderr)
+            forward(signal.SIGTERM, None)
+            status = status or 1
     return status

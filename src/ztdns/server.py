@@ -8,18 +8,20 @@ The message cache, the resolver and the metrics survive reloads; replays do not 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import dns.exception
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
-from ztdns.config import Config, ConfigError, located, where
+from ztdns.config import Config, located, where
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_limit
@@ -37,6 +39,7 @@ from ztdns.protocol.guard import GuardStage
 from ztdns.protocol.respond import RespondStage, header_only_response
 from ztdns.resolver import Resolver
 from ztdns.resolver.forward import Forwarder, UpstreamSetupError
+from ztdns.resolver.hints import HintsError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
 from ztdns.resolver.recursive import RecursiveResolver
 from ztdns.resolver.stage import ResolveStage
@@ -106,9 +109,13 @@ class Runtime:
     handler: Next | None = None
 
 
+def _where_in_zone(config: Config, index: int, key: tuple[str | int, ...]) -> str:
+    return where(config, ("local_zones", index, *key))
+
+
 def compile_runtime(config: Config, observer: Observer) -> Runtime:
     zones = [
-        load_zone(zone, config.base_dir, where(config, ("local_zones", index, "records" if zone.records else "file")))
+        load_zone(zone, config.base_dir, functools.partial(_where_in_zone, config, index))
         for index, zone in enumerate(config.local_zones)
     ]
     return Runtime(
@@ -130,9 +137,18 @@ def make_resolver(config: Config) -> Resolver | None:
     anchors = None
     if dnssec.validation:
         files = [config.base_dir / path for path in dnssec.trust_anchors]
-        anchors = TrustAnchors.load(files=files, negative=dnssec.negative_trust_anchors)
+        try:
+            anchors = TrustAnchors.load(files=files, negative=dnssec.negative_trust_anchors)
+        except (ValueError, dns.exception.DNSException) as exc:  # TrustAnchorError, or records dnspython rejects
+            raise located(config, ("dnssec", "trust_anchors"), str(exc)) from None
     if mode == "recursive":
-        recursive = RecursiveResolver(config.resolver.recursion)
+        recursion = config.resolver.recursion
+        if recursion.root_hints is not None:  # relative to the config file, like every path in it
+            recursion = recursion.model_copy(update={"root_hints": str(config.base_dir / recursion.root_hints)})
+        try:
+            recursive = RecursiveResolver(recursion)
+        except HintsError as exc:
+            raise located(config, ("resolver", "recursion", "root_hints"), str(exc)) from None
         if anchors is not None:
             # The validator fetches DS/DNSKEY through the resolver it validates for.
             recursive.validator = Validator(recursive, anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)
@@ -140,7 +156,7 @@ def make_resolver(config: Config) -> Resolver | None:
     try:
         forwarder = Forwarder(config.resolver, config.base_dir)
     except UpstreamSetupError as exc:  # TLS files of an encrypted upstream
-        raise ConfigError([f"{config.source}: {exc}"]) from None
+        raise located(config, exc.key, str(exc)) from None
     if anchors is None:
         return forwarder
     validator = Validator(ResolverFetcher(forwarder), anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)

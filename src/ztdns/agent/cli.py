@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check.set_defaults(func=_check)
     uninstall = commands.add_parser("uninstall", help="remove the nftables table and restore host DNS config")
     uninstall.set_defaults(func=_uninstall)
+    for command in (learn, flows, status, check, uninstall):
+        # Also after the sub-command (`ztdns agent check --config FILE`); SUPPRESS keeps a value given before it.
+        command.add_argument("--config", default=argparse.SUPPRESS, help="agent configuration file (TOML)")
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:

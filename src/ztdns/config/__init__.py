@@ -111,7 +111,9 @@ def _message(root: type[BaseModel], error: Any, loc: Loc) -> str:
 def where(config: Config, loc: Loc) -> str:
     """``file:line: key`` for a key of a parsed config, to prefix problems found after validation."""
     line = line_of(config.text(), loc) if config.text() else None
-    return f"{config.source}:{line if line is not None else '?'}: {format_loc(loc)}"
+    if line is None:  # the file does not set it (nor its table): the value came from the defaults
+        return f"{config.source}: {format_loc(loc)} (not set in the file: the default)"
+    return f"{config.source}:{line}: {format_loc(loc)}"
 
 
 def located(config: Config, loc: Loc, message: str) -> ConfigError:

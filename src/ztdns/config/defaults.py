@@ -1,7 +1,9 @@
 """The built-in default configuration: Do53 on 127.0.0.1:5353, a local zone ``ztdns.test.``, default deny.
 
 It needs no internet: loopback clients may resolve the built-in zone and nothing else, and every answer shows
-the policy machinery at work (try ``blocked.ztdns.test`` for an EDE 15 answer).
+the policy machinery at work (try ``blocked.ztdns.test`` for an EDE 15 answer). A client that shows the
+development client certificate (``ztdns serve`` prints how) is the identity ``dev-client`` instead, whatever its
+address, and its policy also allows ``workload.ztdns.test``, which loopback clients are denied.
 """
 
 DEFAULT_TOML = """
@@ -23,10 +25,18 @@ mode = "none"
 networks = ["127.0.0.0/8", "::1/128"]
 policies = ["default"]
 
+[identities.dev-client]
+certificates = ["spiffe://ztdns.test/dev/client"]
+policies = ["workload"]
+
 [unknown_clients]
 action = "refuse"
 
 [policies.default]
+allow = ["ztdns.test", "**.ztdns.test"]
+deny = ["blocked.ztdns.test", "**.blocked.ztdns.test", "workload.ztdns.test"]
+
+[policies.workload]
 allow = ["ztdns.test", "**.ztdns.test"]
 deny = ["blocked.ztdns.test", "**.blocked.ztdns.test"]
 
@@ -41,6 +51,7 @@ records = [
     "alias.ztdns.test. 300 IN CNAME www.ztdns.test.",
     "sneaky.ztdns.test. 300 IN CNAME www.blocked.ztdns.test.",
     "www.blocked.ztdns.test. 300 IN A 127.0.0.2",
+    "workload.ztdns.test. 300 IN A 127.0.0.3",
     "ztdns.test. 300 IN TXT \\"ztdns built-in zone\\"",
 ]
 

@@ -9,6 +9,17 @@ from pathlib import Path
 from ztdns.pki.authority import PkiError, init_ca, issue, revoke
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (days, counts), with a one-line error otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
 def _init(args: argparse.Namespace) -> int:
     path = init_ca(Path(args.dir), common_name=args.name, days=args.days)
     print(f"CA certificate: {path}")
@@ -51,7 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init = commands.add_parser("init", help="create an ECDSA P-256 CA in DIR (ca.crt, ca.key)")
     init.add_argument("dir")
     init.add_argument("--name", default="ztdns CA", help="CA common name")
-    init.add_argument("--days", type=int, default=3650)
+    init.add_argument("--days", type=positive_int, default=3650, help="validity (default 3650)")
     init.set_defaults(pki_func=_init)
 
     cert = commands.add_parser("issue", help="issue DIR/NAME.crt and DIR/NAME.key (0600)")
@@ -60,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cert.add_argument("--spiffe-id", help="URI SAN, e.g. spiffe://corp.example/ns/prod/sa/web")
     cert.add_argument("--dns", action="append", default=[], help="DNS SAN (repeatable)")
     cert.add_argument("--ip", action="append", default=[], help="IP address SAN (repeatable)")
-    cert.add_argument("--days", type=int, default=90)
+    cert.add_argument("--days", type=positive_int, default=90, help="validity (default 90)")
     usage = cert.add_mutually_exclusive_group()
     usage.add_argument("--server", dest="usage", action="store_const", const="server", help="TLS server (default)")
     usage.add_argument("--client", dest="usage", action="store_const", const="client", help="TLS client (mTLS)")

@@ -209,7 +209,12 @@ EncryptedClient = encrypted.DotUpstream | encrypted.DohUpstream | encrypted.DoqU
 
 
 class UpstreamSetupError(ValueError):
-    """An encrypted upstream's TLS files cannot be used; the message names the upstream's config key."""
+    """An encrypted upstream's TLS files cannot be used; ``key`` is the config key at fault (``("resolver",
+    "upstreams", 0, "ca")``), for file:line errors."""
+
+    def __init__(self, message: str, key: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -226,8 +231,8 @@ class Upstream:
         return 0 if self.client is None else QUERY_PADDING_BLOCK
 
 
-def make_upstream(config: UpstreamConfig, base_dir: Path = Path("."), key: str = "upstream") -> Upstream:
-    """The upstream ``config`` describes; ``key`` names it in errors. Raises :class:`UpstreamSetupError`."""
+def make_upstream(config: UpstreamConfig, base_dir: Path = Path("."), loc: tuple[str | int, ...] = ()) -> Upstream:
+    """The upstream ``config`` describes; ``loc`` is its config key path. Raises :class:`UpstreamSetupError`."""
     host, port = config.hostport()
     peer = Peer(host, port)
     if config.transport == "udp":
@@ -250,7 +255,13 @@ def make_upstream(config: UpstreamConfig, base_dir: Path = Path("."), key: str =
         # ssl names no file when a certificate or key does not parse: say which ones were being read.
         files = ", ".join(str(path) for path in (tls.ca, tls.cert, tls.key) if path is not None)
         detail = encrypted.describe(exc) if isinstance(exc, OSError) else str(exc)
-        raise UpstreamSetupError(f"{key}: {detail}" + (f" (reading {files})" if files else "")) from None
+        # Point at the key of a file that does not exist, if one does not.
+        missing = [
+            name for name, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)) if path and not path.exists()
+        ]
+        raise UpstreamSetupError(
+            detail + (f" (reading {files})" if files else ""), (*loc, missing[0]) if missing else loc
+        ) from None
 
 
 class Forwarder:
@@ -262,7 +273,7 @@ class Forwarder:
     def __init__(self, config: ResolverConfig, base_dir: Path = Path(".")) -> None:
         self._config = config
         self._upstreams = [
-            make_upstream(upstream, base_dir, f"resolver.upstreams[{index}]")
+            make_upstream(upstream, base_dir, ("resolver", "upstreams", index))
             for index, upstream in enumerate(config.upstreams)
         ]
         self._book = HealthBook(

@@ -7,7 +7,11 @@ with the zone's SOA; CNAMEs are followed while they stay inside local zones. Ful
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.exception
@@ -19,9 +23,11 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import dns.tokenizer
 import dns.zone
 
 from ztdns.config import ConfigError
+from ztdns.config.locate import Loc
 from ztdns.config.model import LocalZoneConfig
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
@@ -31,21 +37,67 @@ LOCAL_REPLAY_SECONDS = 300.0
 _MAX_CHAIN = 8
 
 
-def load_zone(config: LocalZoneConfig, base_dir: Path, where: str) -> dns.zone.Zone:
-    """Parse a local zone; ``where`` ("file.toml: local_zones[0]") prefixes errors. The zone needs an SOA."""
+def load_zone(config: LocalZoneConfig, base_dir: Path, where: Callable[[Loc], str]) -> dns.zone.Zone:
+    """Parse a local zone; ``where(key)`` ("file.toml:12: local_zones[0].records[3]") prefixes errors. The zone
+    needs an SOA, and every record must belong to it (dnspython would drop the others silently: never served)."""
     origin = dns.name.from_text(config.name or ".")
-    try:
-        if config.file is not None:
-            path = base_dir / config.file
-            zone = dns.zone.from_file(str(path), origin=origin, relativize=False, check_origin=False)
-        else:
-            text = "\n".join(config.records)
-            zone = dns.zone.from_text(text, origin=origin, relativize=False, check_origin=False)
-    except (OSError, dns.exception.DNSException) as exc:
-        raise ConfigError([f"{where}: {config.name}: {exc}"]) from None
+    if config.file is not None:
+        path = base_dir / config.file
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError([f"{where(('file',))}: cannot read {str(path)!r}: {exc.strerror or exc}"]) from None
+        zone = _parse(text, origin, str(path), lambda _line: where(("file",)))
+        outside = _outside(text, origin)
+        if outside:
+            names = ", ".join(str(name) for name in outside[:3])
+            raise ConfigError([f"{where(('file',))}: {path}: records outside the zone {origin}: {names}"])
+    else:
+        # One record per line, so dnspython's line numbers map back to array elements.
+        firsts = list(itertools.accumulate((record.count("\n") + 1 for record in config.records), initial=1))
+        text = "\n".join(config.records)
+        zone = _parse(text, origin, "<records>", lambda line: where(("records", bisect.bisect(firsts, line) - 1)))
+        for index, record in enumerate(config.records):
+            if _outside(record, origin):
+                raise ConfigError([f"{where(('records', index))}: the record is outside the zone {origin}"])
     if zone.get_rdataset(origin, dns.rdatatype.SOA) is None:
-        raise ConfigError([f"{where}: {config.name}: the zone needs an SOA record at {origin}"])
+        raise ConfigError([f"{where(())}: {config.name}: the zone needs an SOA record at {origin}"])
     return zone
+
+
+def _parse(text: str, origin: dns.name.Name, filename: str, at_line: Callable[[int], str]) -> dns.zone.Zone:
+    try:
+        return dns.zone.from_text(text, origin=origin, relativize=False, check_origin=False, filename=filename)
+    except (dns.exception.DNSException, ValueError) as exc:  # ValueError: an SOA below the origin, for one
+        # dnspython says "FILENAME:LINE: problem": name the config's file, line and key instead.
+        match = re.match(rf"{re.escape(filename)}:(\d+): (.*)", str(exc), re.DOTALL)
+        if match is None:
+            raise ConfigError([f"{at_line(0)}: {exc}"]) from None
+        line = int(match.group(1))
+        where = at_line(line)
+        detail = match.group(2) if filename == "<records>" else f"{filename}:{line}: {match.group(2)}"
+        raise ConfigError([f"{where}: {detail}"]) from None
+
+
+def _outside(text: str, origin: dns.name.Name) -> list[dns.name.Name]:
+    """Owner names in zone text that are not at or below ``origin`` (the zone reader drops those records without a
+    word). Called on text the reader accepted, so it only needs to follow owners and ``$ORIGIN``."""
+    tokens = dns.tokenizer.Tokenizer(text)
+    current, found = origin, []
+    while not (token := tokens.get(want_leading=True)).is_eof():
+        if token.is_eol():
+            continue
+        if token.is_identifier() and token.value.upper() == "$ORIGIN":
+            current = dns.name.from_text(tokens.get_string(), current)
+        elif token.is_identifier() and not token.value.startswith("$"):
+            owner = current if token.value == "@" else dns.name.from_text(token.value, current)
+            if not owner.is_subdomain(origin):
+                found.append(owner)
+        while not (rest := tokens.get()).is_eol_or_eof():  # the rest of the record (parentheses span lines)
+            pass
+        if rest.is_eof():
+            break
+    return found
 
 
 class LocalZones:

@@ -30,18 +30,21 @@ def development_listeners(state_dir: Path) -> tuple[list[ListenConfig], Developm
 
 
 def how_to_query(pki: DevelopmentPki) -> str:
-    """The lines ``ztdns serve`` prints so a first-time user can try every encrypted transport."""
+    """The lines ``ztdns serve`` prints so a first-time user can try every transport, with and without the
+    development client certificate (which makes the client the identity ``dev-client``: see defaults.py)."""
     cert = f"+tls-certfile={pki.client_cert} +tls-keyfile={pki.client_key}"
     host, port = DOT_ADDRESS.split(":")
+    doh_port = DOH_ADDRESS.split(":")[1]
     return "\n".join(
         [
+            f"Do53: kdig @{host} -p 5353 www.ztdns.test",
             f"DoT:  kdig @{host} -p {port} +tls +tls-ca={pki.ca} +tls-hostname=localhost www.ztdns.test",
-            f"      with identity {pki.client_identity}: add {cert}",
-            f"DoH:  kdig @{host} -p {DOH_ADDRESS.split(':')[1]} +https +tls-ca={pki.ca} "
-            "+tls-hostname=localhost www.ztdns.test",
-            f"      curl --cacert {pki.ca} --doh-url https://localhost:{DOH_ADDRESS.split(':')[1]}/dns-query "
-            "https://www.ztdns.test/",
-            f"DoQ:  kdig @{host} -p {DOQ_ADDRESS.split(':')[1]} +quic +tls-ca={pki.ca} "
-            "+tls-hostname=localhost www.ztdns.test  (kdig built with QUIC support)",
+            f"      as identity dev-client ({pki.client_identity}), which may also resolve workload.ztdns.test:",
+            f"      kdig @{host} -p {port} +tls +tls-ca={pki.ca} +tls-hostname=localhost {cert} workload.ztdns.test",
+            f"DoH:  kdig @{host} -p {doh_port} +https +tls-ca={pki.ca} +tls-hostname=localhost www.ztdns.test",
+            f"      curl --cacert {pki.ca} --doh-url https://localhost:{doh_port}/dns-query https://www.ztdns.test/",
+            # Debian 12's kdig 3.2.6 crashes when +quic is combined with +tls-ca/+tls-hostname: plain +quic (no
+            # certificate check) is what works there.
+            f"DoQ:  kdig @{host} -p {DOQ_ADDRESS.split(':')[1]} +quic www.ztdns.test",
         ]
     )
