@@ -396,6 +396,11 @@ class Frontend:
                 "Datagrams dropped as forged: another ID, unparsable, or the question in another case (0x20)",
                 value=resolver.forged_dropped,
             )
+            yield GaugeMetricFamily(
+                "ztdns_recursion_upstream_sockets",
+                "Sockets open to authoritative servers now (each closed when its query ends or is cancelled)",
+                value=resolver.open_sockets,
+            )
             yield CounterMetricFamily(
                 "ztdns_recursion_aggressive_answers",
                 "Negative answers synthesised from cached validated NSEC/NSEC3 (RFC 8198)",
