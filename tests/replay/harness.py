@@ -366,7 +366,7 @@ def _blocks(lines: list[str]) -> Iterator[tuple[int, list[str], list[str]]]:
         index += 1
         if not raw.strip():
             continue
-        words = shlex.split(raw)
+        words = raw.split() if raw.startswith("SCENARIO") else shlex.split(raw)
         body: list[str] = []
         if words[0] in ("ZONE", "ENTRY", "ANSWER", "AUTHORITY"):
             while lines[index].strip() != "END":
@@ -512,8 +512,11 @@ def start(scenario: Scenario, tmp: Path, clock: FakeClock | None = None) -> Repl
     if anchors is None:
         anchors = [dns.name.root] if dns.name.root in scenario.signed else []
     if anchors and dnssec.validation:
+        # As `ztdns serve` loads [dnssec] trust_anchors: files of DS records.
         lines = [f"{zone} IN DS {dns.dnssec.make_ds(zone, keys[zone].dnskey, DSDigest.SHA256)}" for zone in anchors]
-        trust = TrustAnchors.load(texts=lines)
+        anchor_file = tmp / "anchors.zone"
+        anchor_file.write_text("\n".join(lines) + "\n")
+        trust = TrustAnchors.load(files=[anchor_file], negative=dnssec.negative_trust_anchors)
         resolver.validator = Validator(resolver, trust, nsec3_max_iterations=dnssec.nsec3_max_iterations, clock=clock)
     return Replay(scenario, resolver, exchange, clock)
 

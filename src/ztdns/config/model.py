@@ -152,6 +152,28 @@ class RecursionConfig(Section):
     max_queries: Annotated[int, Field(ge=1, le=1000)] = 100  # upstream queries per client query
     max_cname_chain: Annotated[int, Field(ge=0, le=32)] = 8
     cache_entries: Annotated[int, Field(ge=0)] = 100_000
+    # Glue for name servers outside the referring zone is not trusted: their addresses are looked up (Unbound's
+    # harden-glue). Off: such glue is used as given (lab setups only).
+    harden_glue: bool = True
+    # Answers carry only what the question needs: no NS set of the zone in the authority section (RFC 4472 §4.5).
+    minimal_responses: bool = True
+    edns_payload: Annotated[int, Field(ge=512, le=4096)] = 1232  # UDP payload size advertised to authoritative servers
+    outgoing_addresses: list[str] = []  # local addresses queries leave from (first of each family); empty: any
+    ipv4: bool = True  # query authoritative servers over IPv4
+    ipv6: bool = True  # ... and over IPv6
+
+    @field_validator("outgoing_addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            ipaddress.ip_address(address)  # ValueError names the bad one
+        return value
+
+    @model_validator(mode="after")
+    def _families(self) -> RecursionConfig:
+        if not (self.ipv4 or self.ipv6):
+            raise ValueError("ipv4 and ipv6 are both off: no authoritative server could be asked")
+        return self
 
 
 class DnssecConfig(Section):

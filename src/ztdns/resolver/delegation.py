@@ -32,6 +32,7 @@ class Delegation:
     expires: float
     # Name servers whose addresses are still unknown (no glue, or glue not trusted): resolved when needed.
     unresolved: list[dns.name.Name] = field(default_factory=list)
+    lookups: int = 0  # of unresolved names so far (at most a few per delegation: NXNS mitigation)
 
 
 class Delegations:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dns.exception
 import dns.flags
@@ -36,12 +36,13 @@ from ztdns.outcome import EDE, Reason
 from ztdns.protocol.parse import parse_message
 from ztdns.resolver import Question, Resolution
 from ztdns.resolver.answers import AnswerCache, chain_answer, min_ttl, response, strip_dnssec
-from ztdns.resolver.classify import Lame, cname_target, referral, referral_ds, scrub
+from ztdns.resolver.classify import CnameLoop, Kind, Lame, classify, cname_target, referral_ds, scrub
 from ztdns.resolver.delegation import Delegation, Delegations, ServerSelection
 from ztdns.resolver.hints import load_hints
-from ztdns.resolver.upstream import EDNS_PAYLOAD, Exchange, ForgedAnswer, IterativeQuery, NetworkExchange
+from ztdns.resolver.upstream import Exchange, ForgedAnswer, IterativeQuery, NetworkExchange
 
 _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)
+_SERVERS_PER_GLUELESS = 2  # addresses of a name server looked up that are tried for one question
 _NS_DEPTH = 3  # nesting of name-server address lookups
 _SERVERS_PER_QUERY = 4  # addresses of a zone tried for one question
 
@@ -54,9 +55,11 @@ class ResolutionFailed(Exception):
 
 @dataclass
 class _Budget:
-    """Upstream queries one client query may still cause."""
+    """Upstream queries one client query may still cause, and the name servers whose addresses it is looking up
+    (a name server found again while looking up its own address is a loop: skipped)."""
 
     left: int
+    resolving: set[dns.name.Name] = field(default_factory=set)
 
     def spend(self) -> None:
         if self.left <= 0:
@@ -74,10 +77,15 @@ class RecursiveResolver:
         self.config = config
         # Set after construction: the validator fetches DS/DNSKEY through this resolver.
         self.validator: Validator | None = None
-        self.exchange: Exchange = exchange if exchange is not None else NetworkExchange()
+        self.exchange: Exchange = (
+            exchange if exchange is not None else NetworkExchange(tuple(config.outgoing_addresses))
+        )
         self._clock = clock
         self._delegations = Delegations(load_hints(config.root_hints), clock)
-        self._servers = ServerSelection(True, True, config.allow_query_localhost, clock)
+        self._servers = ServerSelection(config.ipv4, config.ipv6, config.allow_query_localhost, clock)
+        self._address_types = [dns.rdatatype.A] if config.ipv4 else []
+        if config.ipv6:
+            self._address_types.append(dns.rdatatype.AAAA)
         self._cache = AnswerCache(config.cache_entries, clock=clock)
         self._inflight: dict[tuple[bytes, int, bool], asyncio.Future[dns.message.Message]] = {}
         self._denials = DenialCache()
@@ -248,7 +256,15 @@ class RecursiveResolver:
                 if self._delegations.is_known_no_cut(ask_name, zone):
                     ask_depth += 1
                     continue
-            answer, child = await self._ask(delegation, ask_name, ask_type, budget)
+            try:
+                answer, child = await self._ask(delegation, ask_name, ask_type, budget, depth)
+            except ResolutionFailed:
+                if ask_name == qname:
+                    raise
+                # RFC 9156 §2.3 (relaxed): servers that fail the minimised query (SERVFAIL, REFUSED, lame) are
+                # asked the full name.
+                minimise = False
+                continue
             if child is not None:
                 if not target.is_subdomain(child.zone):
                     raise ResolutionFailed(
@@ -268,57 +284,76 @@ class RecursiveResolver:
         )
 
     async def _complete(self, delegation: Delegation, budget: _Budget, depth: int) -> Delegation:
-        """Resolve addresses of glueless name servers (a few, never in a loop), then remember the cut."""
-        if not delegation.addresses and depth < _NS_DEPTH:
-            for name in delegation.names[:_GLUELESS_PER_REFERRAL]:
-                if name.is_subdomain(delegation.zone):
-                    continue  # would need the glue we were not given
-                try:
-                    found = await self._iterate(name, dns.rdatatype.A, budget, depth + 1)
-                except (ResolutionFailed, Lame):
-                    continue
-                delegation.addresses.extend(
-                    rdata.address for rrset in found.answer if rrset.rdtype == dns.rdatatype.A for rdata in rrset
-                )
-                if delegation.addresses:
-                    break
+        """Make sure a new cut has addresses to ask (looking up glueless name servers if needed), remember it."""
+        while not delegation.addresses and await self._look_up_server(delegation, budget, depth):
+            pass
         if not delegation.addresses:
             raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no name server address"))
         self._delegations.remember(delegation)
         return delegation
 
+    async def _look_up_server(self, delegation: Delegation, budget: _Budget, depth: int) -> list[str]:
+        """The addresses of the next of the zone's name servers without (trusted) glue, looked up from the root
+        down like any name; they join the delegation. Bounded (NXNS): a few names per delegation, a nesting depth,
+        never a name already being looked up for this query, never a name inside the zone (it needs glue)."""
+        while delegation.unresolved and depth < _NS_DEPTH:
+            name = delegation.unresolved.pop(0)
+            delegation.lookups += 1
+            if delegation.lookups > _GLUELESS_PER_REFERRAL:
+                delegation.unresolved.clear()
+                break
+            if name.is_subdomain(delegation.zone) or name in budget.resolving:
+                continue
+            budget.resolving.add(name)
+            found: list[str] = []
+            try:
+                for rdtype in self._address_types:
+                    try:
+                        answer = await self._iterate(name, rdtype, budget, depth + 1)
+                    except (ResolutionFailed, Lame, CnameLoop):
+                        continue
+                    found += [r.address for rrset in answer.answer if rrset.rdtype == rdtype for r in rrset]
+            finally:
+                budget.resolving.discard(name)
+            if found:
+                delegation.addresses.extend(found)
+                return found
+        return []
+
     # ----- talking to servers -----------------------------------------------------------------------------
 
     async def _ask(
-        self, delegation: Delegation, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget
+        self,
+        delegation: Delegation,
+        name: dns.name.Name,
+        rdtype: dns.rdatatype.RdataType,
+        budget: _Budget,
+        depth: int,
     ) -> tuple[dns.message.Message, Delegation | None]:
-        """The first usable answer from the zone's servers (scrubbed), and the referral it is, if it is one."""
-        addresses = self._servers.order(delegation.addresses)
-        if not addresses:
-            raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no usable server address"))
+        """The first usable answer from the zone's servers (scrubbed), and the referral it is, if it is one.
+
+        A few of the known addresses are tried in order of preference; when they all fail, the name servers
+        without glue are looked up one by one and tried too."""
         problems: list[str] = []
-        for address in addresses[:_SERVERS_PER_QUERY]:
-            budget.spend()
-            try:
-                answer = await self._query(address, name, rdtype)
-            except (dns.exception.DNSException, OSError, TimeoutError, ForgedAnswer) as exc:
-                problems.append(f"{address}: {type(exc).__name__}")
-                continue
-            if answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                problems.append(f"{address}: {dns.rcode.to_text(answer.rcode())}")
-                continue
-            try:
-                child = referral(answer, delegation.zone, name, self._clock())
-            except Lame as lame:
-                problems.append(f"{address}: {lame}")
-                continue
-            if child is not None:
-                ds = referral_ds(answer, child.zone)
-                if ds:  # the signed DS in a referral is what the validator will ask for next: keep it
-                    self._cache.store(
-                        (wire_key(child.zone), dns.rdatatype.DS), response(dns.rcode.NOERROR, ds, []), None
-                    )
-            return scrub(answer, delegation.zone), child
+        tried: set[str] = set()
+        allowance = _SERVERS_PER_QUERY
+        candidates = self._servers.order(delegation.addresses)
+        while True:
+            for address in candidates:
+                if address in tried or allowance <= 0:
+                    continue
+                tried.add(address)
+                allowance -= 1
+                result = await self._try(address, delegation.zone, name, rdtype, budget, problems)
+                if result is not None:
+                    return result
+            found = await self._look_up_server(delegation, budget, depth)
+            if not found:
+                break
+            allowance = _SERVERS_PER_GLUELESS
+            candidates = self._servers.order(found)
+        if not tried:
+            raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no usable server address"))
         raise ResolutionFailed(
             Reason(
                 EDE.NO_REACHABLE_AUTHORITY,
@@ -326,8 +361,42 @@ class RecursiveResolver:
             )
         )
 
+    async def _try(
+        self,
+        address: str,
+        zone: dns.name.Name,
+        name: dns.name.Name,
+        rdtype: dns.rdatatype.RdataType,
+        budget: _Budget,
+        problems: list[str],
+    ) -> tuple[dns.message.Message, Delegation | None] | None:
+        """One server's answer, classified and scrubbed; None (and the problem noted) if it has none to give."""
+        budget.spend()
+        try:
+            answer = await self._query(address, name, rdtype)
+        except (dns.exception.DNSException, OSError, TimeoutError, ForgedAnswer) as exc:
+            problems.append(f"{address}: {type(exc).__name__}")
+            return None
+        if answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            problems.append(f"{address}: {dns.rcode.to_text(answer.rcode())}")
+            return None
+        try:
+            classified = classify(answer, zone, name, rdtype, self._clock(), self.config.harden_glue)
+        except Lame as lame:
+            problems.append(f"{address}: {lame}")
+            return None
+        except CnameLoop as loop:
+            raise ResolutionFailed(Reason(EDE.OTHER, f"{name}: {loop}")) from None
+        child = classified.referral
+        if classified.kind is Kind.REFERRAL and child is not None:
+            ds = referral_ds(answer, child.zone)
+            if ds:  # the signed DS in a referral is what the validator will ask for next: keep it
+                key = (wire_key(child.zone), dns.rdatatype.DS)
+                self._cache.store(key, response(dns.rcode.NOERROR, ds, []), None)
+        return scrub(answer, zone), child
+
     async def _query(self, address: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
-        query = IterativeQuery.random(name, rdtype, EDNS_PAYLOAD)
+        query = IterativeQuery.random(name, rdtype, self.config.edns_payload)
         timeout = self.config.timeout
         port = self.config.query_port
         start = time.monotonic()
