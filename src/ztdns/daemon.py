@@ -27,7 +27,8 @@ from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.model import ListenConfig
 from ztdns.observe.metrics import Metrics, MetricsCollector
 from ztdns.observe.stage import Observer
-from ztdns.server import Frontend, compile_runtime, make_resolver
+from ztdns.resolver.hints import HintsError, load_hints
+from ztdns.server import Frontend, compile_runtime, make_resolver, trust_anchors
 from ztdns.transport import Handler
 from ztdns.transport.development import development_listeners, how_to_query
 from ztdns.transport.doh import start_doh_listener
@@ -97,6 +98,12 @@ def verify(config: Config) -> None:
     files, and the query log's directory. ``ztdns check`` runs this so that a config it passes also starts.
     Raises ConfigError."""
     compile_runtime(config, Observer(Metrics(), None))
+    trust_anchors(config)
+    if config.resolver.mode == "recursive":
+        try:
+            load_hints(config.resolver.recursion.root_hints)
+        except HintsError as exc:
+            raise located(config, ("resolver", "recursion", "root_hints"), str(exc)) from None
     for listen in config.listen:
         if listen.transport in _ENCRYPTED:
             tls_material(config, listen)

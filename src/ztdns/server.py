@@ -20,7 +20,7 @@ from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
 from ztdns.config import Config, ConfigError, located, where
-from ztdns.dnssec.trust import TrustAnchors
+from ztdns.dnssec.trust import TrustAnchorError, TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_limit
 from ztdns.identity import IdentityMap
@@ -37,6 +37,7 @@ from ztdns.protocol.guard import GuardStage
 from ztdns.protocol.respond import RespondStage, header_only_response
 from ztdns.resolver import Resolver
 from ztdns.resolver.forward import Forwarder, UpstreamSetupError
+from ztdns.resolver.hints import HintsError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
 from ztdns.resolver.recursive import RecursiveResolver
 from ztdns.resolver.stage import ResolveStage
@@ -127,15 +128,22 @@ def make_resolver(config: Config) -> Resolver | None:
     if mode == "none":
         return None
     dnssec = config.dnssec
-    anchors = None
-    if dnssec.validation:
-        files = [config.base_dir / path for path in dnssec.trust_anchors]
-        anchors = TrustAnchors.load(files=files, negative=dnssec.negative_trust_anchors)
+    anchors = trust_anchors(config)
     if mode == "recursive":
-        recursive = RecursiveResolver(config.resolver.recursion)
+        try:
+            recursive = RecursiveResolver(
+                config.resolver.recursion, max_ttl=config.cache.max_ttl, negative_max_ttl=config.cache.negative_max_ttl
+            )
+        except HintsError as exc:
+            raise located(config, ("resolver", "recursion", "root_hints"), str(exc)) from None
         if anchors is not None:
             # The validator fetches DS/DNSKEY through the resolver it validates for.
-            recursive.validator = Validator(recursive, anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)
+            recursive.validator = Validator(
+                recursive,
+                anchors,
+                nsec3_max_iterations=dnssec.nsec3_max_iterations,
+                algorithms=dnssec.algorithm_numbers(),
+            )
         return recursive
     try:
         forwarder = Forwarder(config.resolver, config.base_dir)
@@ -143,8 +151,25 @@ def make_resolver(config: Config) -> Resolver | None:
         raise ConfigError([f"{config.source}: {exc}"]) from None
     if anchors is None:
         return forwarder
-    validator = Validator(ResolverFetcher(forwarder), anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)
+    validator = Validator(
+        ResolverFetcher(forwarder),
+        anchors,
+        nsec3_max_iterations=dnssec.nsec3_max_iterations,
+        algorithms=dnssec.algorithm_numbers(),
+    )
     return ValidatingResolver(forwarder, validator)
+
+
+def trust_anchors(config: Config) -> TrustAnchors | None:
+    """The ``[dnssec]`` trust anchors (None with validation off). Raises ConfigError naming the bad file."""
+    dnssec = config.dnssec
+    if not dnssec.validation:
+        return None
+    files = [config.base_dir / path for path in dnssec.trust_anchors]
+    try:
+        return TrustAnchors.load(files=files, negative=dnssec.negative_trust_anchors)
+    except (TrustAnchorError, ValueError) as exc:
+        raise located(config, ("dnssec", "trust_anchors"), str(exc)) from None
 
 
 class Frontend:

@@ -11,7 +11,8 @@ lying servers). The scenario format (``scenarios/*.rpl``)::
     CONFIG qname_minimisation false      ; [resolver.recursion] setting (JSON value)
     DNSSEC nsec3_max_iterations 50       ; [dnssec] setting (JSON value)
     SIGNED example. nsec3 optout         ; sign this zone (NSEC unless nsec3 [optout]); its parent carries the DS
-    ANCHOR example.                      ; trust anchor: that zone's DS (default: the root's, if "." is signed)
+    ANCHOR example. [dnskey]             ; trust anchor: that zone's DS or DNSKEY (default: the root's DS, if "."
+                                         ; is signed); loaded from a file as [dnssec] trust_anchors are
     SERVER 192.0.2.1 [down]              ; down: every query times out
     ZONE example.                        ; zone file text (absolute names) up to END
     ...
@@ -26,6 +27,8 @@ lying servers). The scenario format (``scenarios/*.rpl``)::
     ANSWER                               ; the answer section without RRSIGs (TTLs ignored), up to END
     END
     NOQUERY example. DS                  ; no upstream query for this name and type so far
+    ASKED www.example. A 2               ; exactly this many upstream queries for this name and type so far
+    CACHE max_ttl 60                     ; [cache] max_ttl or negative_max_ttl
     STEP 3600                            ; advance the clock
 """
 
@@ -351,8 +354,10 @@ class Scenario:
     path: str
     config: dict[str, object] = field(default_factory=dict)
     dnssec: dict[str, object] = field(default_factory=dict)
+    cache: dict[str, int] = field(default_factory=dict)  # [cache] max_ttl / negative_max_ttl
     signed: dict[dns.name.Name, Denial] = field(default_factory=dict)
     anchors: list[dns.name.Name] | None = None
+    dnskey_anchors: bool = False  # anchors as DNSKEY records instead of DS
     servers: dict[str, MockServer] = field(default_factory=dict)
     zone_texts: list[tuple[str, dns.name.Name, str]] = field(default_factory=list)  # (server, origin, text)
     steps: list[Step] = field(default_factory=list)
@@ -366,7 +371,12 @@ def _blocks(lines: list[str]) -> Iterator[tuple[int, list[str], list[str]]]:
         index += 1
         if not raw.strip():
             continue
-        words = raw.split() if raw.startswith("SCENARIO") else shlex.split(raw)
+        if raw.startswith("SCENARIO"):
+            words = raw.split()
+        elif raw.startswith(("CONFIG", "DNSSEC")):
+            words = raw.split(maxsplit=2)  # the value is JSON: kept as written
+        else:
+            words = shlex.split(raw)
         body: list[str] = []
         if words[0] in ("ZONE", "ENTRY", "ANSWER", "AUTHORITY"):
             while lines[index].strip() != "END":
@@ -386,10 +396,13 @@ def parse(text: str, path: str = "<text>") -> Scenario:
         elif directive in ("CONFIG", "DNSSEC"):
             target = scenario.config if directive == "CONFIG" else scenario.dnssec
             target[args[0]] = json.loads(args[1])
+        elif directive == "CACHE":
+            scenario.cache[args[0]] = int(args[1])
         elif directive == "SIGNED":
             scenario.signed[dns.name.from_text(args[0])] = Denial(nsec3="nsec3" in args, opt_out="optout" in args)
         elif directive == "ANCHOR":
-            scenario.anchors = [dns.name.from_text(name) for name in args if name != "none"]
+            scenario.anchors = [dns.name.from_text(name) for name in args if name not in ("none", "dnskey")]
+            scenario.dnskey_anchors = "dnskey" in args
         elif directive == "SERVER":
             server = scenario.servers.setdefault(args[0], MockServer(args[0]))
             server.down = "down" in args
@@ -399,7 +412,7 @@ def parse(text: str, path: str = "<text>") -> Scenario:
         elif directive == "ENTRY":
             assert server is not None, f"{path}:{line}: ENTRY outside SERVER"
             server.entries.append(_entry(args, body))
-        elif directive in {"QUERY", "NOQUERY", "STEP"}:
+        elif directive in {"QUERY", "NOQUERY", "ASKED", "STEP"}:
             scenario.steps.append(Step(directive, args, line=line))
         elif directive == "EXPECT":
             scenario.steps[-1].expect = args
@@ -507,17 +520,26 @@ def start(scenario: Scenario, tmp: Path, clock: FakeClock | None = None) -> Repl
     config = RecursionConfig(root_hints=str(hints), **scenario.config)
     dnssec = DnssecConfig(**scenario.dnssec)
     exchange = ReplayExchange(scenario.servers, clock)
-    resolver = RecursiveResolver(config, exchange=exchange, clock=clock)
+    resolver = RecursiveResolver(config, exchange=exchange, clock=clock, **scenario.cache)
     anchors = scenario.anchors
     if anchors is None:
         anchors = [dns.name.root] if dns.name.root in scenario.signed else []
     if anchors and dnssec.validation:
         # As `ztdns serve` loads [dnssec] trust_anchors: files of DS records.
-        lines = [f"{zone} IN DS {dns.dnssec.make_ds(zone, keys[zone].dnskey, DSDigest.SHA256)}" for zone in anchors]
+        if scenario.dnskey_anchors:
+            lines = [f"{zone} IN DNSKEY {keys[zone].dnskey}" for zone in anchors]
+        else:
+            lines = [f"{zone} IN DS {dns.dnssec.make_ds(zone, keys[zone].dnskey, DSDigest.SHA256)}" for zone in anchors]
         anchor_file = tmp / "anchors.zone"
         anchor_file.write_text("\n".join(lines) + "\n")
         trust = TrustAnchors.load(files=[anchor_file], negative=dnssec.negative_trust_anchors)
-        resolver.validator = Validator(resolver, trust, nsec3_max_iterations=dnssec.nsec3_max_iterations, clock=clock)
+        resolver.validator = Validator(
+            resolver,
+            trust,
+            nsec3_max_iterations=dnssec.nsec3_max_iterations,
+            clock=clock,
+            algorithms=dnssec.algorithm_numbers(),
+        )
     return Replay(scenario, resolver, exchange, clock)
 
 
@@ -546,6 +568,10 @@ def run(scenario: Scenario, tmp: Path, on_step: Callable[[Step, Resolution], Non
             where = f"{scenario.path}:{step.line}"
             if step.kind == "STEP":
                 replay.clock.now += float(step.args[0])
+            elif step.kind == "ASKED":
+                name, rdtype = dns.name.from_text(step.args[0]), dns.rdatatype.from_text(step.args[1])
+                count = sum(asked == name and asked_type == rdtype for _, asked, asked_type in replay.exchange.log)
+                assert count == int(step.args[2]), f"{where}: {name} {step.args[1]} asked {count} times upstream"
             elif step.kind == "NOQUERY":
                 name, rdtype = dns.name.from_text(step.args[0]), dns.rdatatype.from_text(step.args[1])
                 assert not replay.exchange.asked(name, rdtype), f"{where}: {name} {step.args[1]} was asked upstream"

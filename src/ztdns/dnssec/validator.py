@@ -43,9 +43,10 @@ from ztdns.outcome import EDE, Reason
 
 log = logging.getLogger("ztdns.dnssec")
 
-# RFC 8624 §3.1 "MUST/RECOMMENDED validate": RSASHA256, RSASHA512, ECDSA P-256/P-384, Ed25519, Ed448.
-# RSAMD5, DSA, RSASHA1 (and its NSEC3 alias), GOST and unknown numbers count as unsupported: zones signed
-# only with them are treated as unsigned (insecure, EDE 1).
+# Validated by default ([dnssec] algorithms): RSASHA256, RSASHA512, ECDSA P-256/P-384, Ed25519, Ed448 (RFC 8624
+# §3.1 MUST/RECOMMENDED). RSASHA1 and RSASHA1-NSEC3-SHA1 are off by default since RFC 9905 deprecated SHA-1 in
+# DNSSEC (they can be switched on); RSAMD5, DSA, GOST and unknown numbers are never validated. Zones signed only
+# with algorithms not validated are treated as unsigned (insecure, EDE 1).
 SUPPORTED_ALGORITHMS = frozenset({8, 10, 13, 14, 15, 16})
 # RFC 8624 §3.3: SHA-1 must still be validated; GOST and unknown digests are unsupported (EDE 2).
 SUPPORTED_DIGESTS = frozenset({1, 2, 4})
@@ -144,13 +145,19 @@ def _describe(rrset: dns.rrset.RRset) -> str:
     return f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
 
 
-def verify(signed: _Signed, zone: dns.name.Name, keys: Iterable[dns.rdata.Rdata], now: float) -> Verdict:
+def verify(
+    signed: _Signed,
+    zone: dns.name.Name,
+    keys: Iterable[dns.rdata.Rdata],
+    now: float,
+    algorithms: frozenset[int] = SUPPORTED_ALGORITHMS,
+) -> Verdict:
     """Check that at least one RRSIG by a supported key of ``zone`` verifies ``signed.rrset`` at ``now``."""
     signer = wire_key(zone)
-    usable = [s for s in signed.sigs if wire_key(s.signer) == signer and s.algorithm in SUPPORTED_ALGORITHMS]
+    usable = [s for s in signed.sigs if wire_key(s.signer) == signer and s.algorithm in algorithms]
     if not usable:
         what = _describe(signed.rrset)
-        if signed.sigs and all(s.algorithm not in SUPPORTED_ALGORITHMS for s in signed.sigs):
+        if signed.sigs and all(s.algorithm not in algorithms for s in signed.sigs):
             return _bogus(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: {what}: only unsupported algorithms")
         return _bogus(EDE.RRSIGS_MISSING, f"{zone}: {what}: no RRSIG from {zone}")
     # (EDE code, problem) per signature that failed; the description is built only for a failure (it is text).
@@ -280,8 +287,10 @@ class Validator:
         *,
         nsec3_max_iterations: int = NSEC3_MAX_ITERATIONS,
         clock: Callable[[], float] = time.time,
+        algorithms: frozenset[int] = SUPPORTED_ALGORITHMS,
     ) -> None:
         self.fetcher = fetcher
+        self.algorithms = algorithms  # validated; zones signed only with others are insecure (EDE 1)
         self.anchors = anchors
         self.nsec3_max_iterations = nsec3_max_iterations
         self.clock = clock
@@ -327,6 +336,13 @@ class Validator:
 
     async def _anchor_state(self, anchor: Anchor, now: float) -> ZoneKeys:
         zone = anchor.zone
+        if anchor.dnskey and not anchor.ds and all(key.algorithm not in self.algorithms for key in anchor.dnskey):
+            # As a DS anchor of an unsupported algorithm (RFC 4035 §5.2): the zone is insecure, not bogus.
+            algorithms = sorted({int(key.algorithm) for key in anchor.dnskey})
+            reason = Reason(
+                EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: {zone} DNSKEY: anchor algorithms {algorithms} unsupported"
+            )
+            return ZoneKeys(zone, Verdict(Security.INSECURE, reason), None, now + 3600)
         response = await self.fetcher.fetch(zone, dns.rdatatype.DNSKEY)
         dnskeys = self._find(response, zone, dns.rdatatype.DNSKEY)
         if dnskeys is None:
@@ -349,7 +365,7 @@ class Validator:
             return ZoneKeys(parent.zone, verdict, None, now + 5)
         ds = self._find(response, child, dns.rdatatype.DS)
         if ds is not None:
-            verdict = verify(ds, parent.zone, parent.keys, now)
+            verdict = verify(ds, parent.zone, parent.keys, now, self.algorithms)
             if verdict.bogus:
                 return ZoneKeys(child, verdict, None, now + 60)
             records = [rdata for rdata in ds.rrset if isinstance(rdata, DS)]
@@ -379,10 +395,10 @@ class Validator:
         return ZoneKeys(parent.zone, SECURE, parent.keys, min(parent.expires, expires))
 
     def _usable_ds(self, zone: dns.name.Name, records: list[DS]) -> list[DS] | Verdict:
-        usable = [ds for ds in records if ds.algorithm in SUPPORTED_ALGORITHMS and ds.digest_type in SUPPORTED_DIGESTS]
+        usable = [ds for ds in records if ds.algorithm in self.algorithms and ds.digest_type in SUPPORTED_DIGESTS]
         if usable:
             return usable
-        if any(ds.algorithm not in SUPPORTED_ALGORITHMS for ds in records):
+        if any(ds.algorithm not in self.algorithms for ds in records):
             algorithms = sorted({int(ds.algorithm) for ds in records})
             reason = Reason(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: {zone} DS: algorithms {algorithms} unsupported")
         else:
@@ -411,7 +427,7 @@ class Validator:
             return ZoneKeys(
                 zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: {zone} DNSKEY: no key matches the DS"), None, now + 60
             )
-        verdict = verify(dnskeys, zone, trusted, now)
+        verdict = verify(dnskeys, zone, trusted, now, self.algorithms)
         if verdict.bogus:
             assert verdict.reason is not None
             return ZoneKeys(zone, verdict, None, now + 60)
@@ -444,7 +460,7 @@ class Validator:
         for signed in authority.values():
             if signed.rrset.rdtype not in (*_DENIAL_TYPES, dns.rdatatype.SOA):
                 continue
-            verdict = verify(signed, state.zone, state.keys, now)
+            verdict = verify(signed, state.zone, state.keys, now, self.algorithms)
             if verdict.bogus:
                 return verdict, False
             if signed.rrset.rdtype in _DENIAL_TYPES:
@@ -562,7 +578,7 @@ class Validator:
         if signer is None or state.zone != signer:
             return _bogus(EDE.RRSIGS_MISSING, f"{state.zone}: {_describe(rrset)}: no RRSIG")
         assert state.keys is not None
-        verdict = verify(signed, state.zone, state.keys, now)
+        verdict = verify(signed, state.zone, state.keys, now, self.algorithms)
         if verdict.bogus:
             return verdict
         labels = min(s.labels for s in signed.sigs if s.signer == signer)
@@ -585,7 +601,7 @@ class Validator:
         proofs: list[dns.rrset.RRset] = []
         for signed in authority.values():
             if signed.rrset.rdtype in _DENIAL_TYPES:
-                verdict = verify(signed, state.zone, state.keys, now)
+                verdict = verify(signed, state.zone, state.keys, now, self.algorithms)
                 if verdict.bogus:
                     return verdict
                 proofs.append(signed.rrset)

@@ -45,9 +45,16 @@ class Cached:
 class AnswerCache:
     """Resolved answers by (name's wire key, type), least recently used dropped first."""
 
-    def __init__(self, entries: int, max_ttl: int | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        entries: int,
+        max_ttl: int | None = None,
+        negative_max_ttl: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.entries = entries
-        self.max_ttl = max_ttl
+        self.max_ttl = max_ttl  # [cache] max_ttl: no answer is kept longer
+        self.negative_max_ttl = negative_max_ttl  # [cache] negative_max_ttl: for NXDOMAIN and NODATA
         self._clock = clock
         self._items: OrderedDict[tuple[bytes, int], Cached] = OrderedDict()
 
@@ -73,6 +80,8 @@ class AnswerCache:
             ttl = min(ttl, _BOGUS_TTL)
         if self.max_ttl is not None:
             ttl = min(ttl, self.max_ttl)
+        if self.negative_max_ttl is not None and not message.answer:
+            ttl = min(ttl, self.negative_max_ttl)
         now = self._clock()
         self._items[key] = Cached(
             message.rcode(), tuple(message.answer), tuple(message.authority), now, now + ttl, verdict

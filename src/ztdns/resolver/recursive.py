@@ -73,6 +73,8 @@ class RecursiveResolver:
         config: RecursionConfig,
         exchange: Exchange | None = None,
         clock: Callable[[], float] = time.time,
+        max_ttl: int | None = None,
+        negative_max_ttl: int | None = None,
     ) -> None:
         self.config = config
         # Set after construction: the validator fetches DS/DNSKEY through this resolver.
@@ -86,7 +88,7 @@ class RecursiveResolver:
         self._address_types = [dns.rdatatype.A] if config.ipv4 else []
         if config.ipv6:
             self._address_types.append(dns.rdatatype.AAAA)
-        self._cache = AnswerCache(config.cache_entries, clock=clock)
+        self._cache = AnswerCache(config.cache_entries, max_ttl, negative_max_ttl, clock)
         self._inflight: dict[tuple[bytes, int, bool], asyncio.Future[dns.message.Message]] = {}
         self._denials = DenialCache()
         self.upstream_queries = 0
@@ -123,6 +125,8 @@ class RecursiveResolver:
             return Resolution(failed, verdict.reason, security=verdict.security.value)
         if verdict is not None and verdict.security is Security.SECURE:
             found.flags |= dns.flags.AD
+        if self.config.minimal_responses and found.answer:
+            found.authority = [r for r in found.authority if _is_denial(r)]  # wildcard proofs stay (DO clients)
         if not question.dnssec_ok:
             strip_dnssec(found)
         security = verdict.security.value if verdict is not None else None
@@ -415,3 +419,10 @@ class RecursiveResolver:
             raise
         self._servers.answered(address, time.monotonic() - start)
         return answer
+
+
+_DENIAL_TYPES = (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)
+
+
+def _is_denial(rrset: dns.rrset.RRset) -> bool:
+    return rrset.rdtype in _DENIAL_TYPES or (rrset.rdtype == dns.rdatatype.RRSIG and rrset.covers in _DENIAL_TYPES)
