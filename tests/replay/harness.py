@@ -23,7 +23,8 @@ lying servers). The scenario format (``scenarios/*.rpl``)::
     SECTION ANSWER|AUTHORITY|ADDITIONAL  ; records up to the next SECTION or END
     END
     QUERY www.example. A [DO] [CD]       ; a client question, then what the resolver must answer:
-    EXPECT rcode NOERROR [AD] [ede 22] [text "substring of the EDE text"]
+    EXPECT rcode NOERROR [AD] [ede 22|noede] [text "substring of the EDE text"] [rrsets 2]
+                                         ; [denials 3]: NSEC/NSEC3 RRsets in the authority section
     ANSWER                               ; the answer section without RRSIGs (TTLs ignored), up to END
     END
     NOQUERY example. DS                  ; no upstream query for this name and type so far
@@ -263,6 +264,13 @@ class _ZoneAnswer:
                 response.answer.append(dns.rrset.from_text(qname, dname.ttl, "IN", "CNAME", target.to_text()))
                 return
         response.flags |= dns.flags.AA
+        if qtype == dns.rdatatype.RRSIG and self.zone.get_node(qname) is not None:
+            node = self.zone.get_node(qname)
+            assert node is not None
+            sigs = [r for r in node.rdatasets if r.rdtype == dns.rdatatype.RRSIG]
+            response.answer += [dns.rrset.from_rdata_list(qname, r.ttl, list(r)) for r in sigs]
+            if sigs:
+                return
         if self._exists(qname):
             if self._add(response.answer, qname, qtype):
                 return
@@ -605,6 +613,14 @@ def _check(where: str, step: Step, resolution: Resolution) -> None:
         assert ede is None, detail
     if "text" in words:
         assert words[words.index("text") + 1] in text, detail
+    if "denials" in words:
+        assert resolution.response is not None, detail
+        denials = [r for r in resolution.response.authority if r.rdtype in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)]
+        assert len(denials) == int(words[words.index("denials") + 1]), f"{detail}: denials {denials}"
+    if "rrsets" in words:
+        assert resolution.response is not None, detail
+        count = len(resolution.response.answer)
+        assert count == int(words[words.index("rrsets") + 1]), f"{detail}: {count} RRsets in the answer"
     response = resolution.response
     if step.answer is not None:
         assert response is not None, detail

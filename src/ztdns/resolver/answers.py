@@ -115,8 +115,9 @@ def chain_answer(hops: list[tuple[dns.name.Name, dns.message.Message]]) -> dns.m
     return response(last.rcode(), _dedupe(answer), list(last.authority))
 
 
-def strip_dnssec(message: dns.message.Message) -> None:
-    dnssec_types = {dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3}
+def strip_dnssec(message: dns.message.Message, asked: int) -> None:
+    """Remove the DNSSEC records a DO=0 client did not ask for (the type it asked for stays, RRSIG included)."""
+    dnssec_types = {dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3} - {asked}
     message.answer = [r for r in message.answer if r.rdtype not in dnssec_types]
     message.authority = [r for r in message.authority if r.rdtype not in dnssec_types]
 

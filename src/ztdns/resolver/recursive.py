@@ -128,7 +128,7 @@ class RecursiveResolver:
         if self.config.minimal_responses and found.answer:
             found.authority = [r for r in found.authority if _is_denial(r)]  # wildcard proofs stay (DO clients)
         if not question.dnssec_ok:
-            strip_dnssec(found)
+            strip_dnssec(found, question.rdtype)
         security = verdict.security.value if verdict is not None else None
         reason = verdict.reason if verdict is not None and verdict.reason is not None else None
         return Resolution(found, reason, security=security)
@@ -150,7 +150,8 @@ class RecursiveResolver:
     async def _lookup(
         self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, validate: bool
     ) -> tuple[dns.message.Message, Verdict | None]:
-        validate = validate and self.validator is not None
+        # RRSIGs asked for as such are not validated (there is no RRSIG over them), as Unbound does: no AD.
+        validate = validate and self.validator is not None and rdtype != dns.rdatatype.RRSIG
         key = (wire_key(name), rdtype)
         now = self._clock()
         cached = self._cache.get(key)
