@@ -611,8 +611,9 @@ def _check(where: str, step: Step, resolution: Resolution) -> None:
         assert ede == int(words[words.index("ede") + 1]), detail
     elif "noede" in words:
         assert ede is None, detail
-    if "text" in words:
-        assert words[words.index("text") + 1] in text, detail
+    for index, word in enumerate(words):
+        if word == "text":
+            assert words[index + 1] in text, detail
     if "denials" in words:
         assert resolution.response is not None, detail
         denials = [r for r in resolution.response.authority if r.rdtype in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)]

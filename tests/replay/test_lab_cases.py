@@ -67,7 +67,8 @@ def test_bogus_reason_names_zone_and_record(tmp_path: Path) -> None:
     resolver, _ = lab_resolver(tmp_path, FakeClock())
     resolution = asyncio.run(resolver.resolve(Question(dns.name.from_text("www.bogus.lab."), 1, 1, True)))
     assert resolution.reason is not None
-    assert resolution.reason.text == "bogus.lab.: www.bogus.lab. A: signature does not verify"
+    text = "bogus.lab.: www.bogus.lab. A: signature does not verify"
+    assert resolution.reason.text == f"{text} (from {ADDRESSES[zones.SLD]})"  # the one server, asked once
     assert resolution.security == "bogus"
 
 

@@ -45,6 +45,7 @@ _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS 
 _SERVERS_PER_GLUELESS = 2  # addresses of a name server looked up that are tried for one question
 _NS_DEPTH = 3  # nesting of name-server address lookups
 _SERVERS_PER_QUERY = 4  # addresses of a zone tried for one question
+_BOGUS_RETRIES = 2  # other servers asked for an answer that failed validation
 
 
 class ResolutionFailed(Exception):
@@ -60,6 +61,9 @@ class _Budget:
 
     left: int
     resolving: set[dns.name.Name] = field(default_factory=set)
+    avoid: frozenset[str] = frozenset()  # servers whose answer did not validate: asked again only as a last resort
+    answered: str = ""  # the server that gave the last usable answer
+    sources: list[str] = field(default_factory=list)  # the servers that gave the final answer of each CNAME hop
 
     def spend(self) -> None:
         if self.left <= 0:
@@ -172,11 +176,16 @@ class RecursiveResolver:
                     found = cached.aged(now)
                 elif validate:
                     found, verdict = await self._from_denials(name, rdtype)
+                sources: list[str] = []
                 if found is None:
-                    found = await self._resolve_chain(name, rdtype, _Budget(self.config.max_queries))
+                    budget = _Budget(self.config.max_queries)
+                    found = await self._resolve_chain(name, rdtype, budget)
+                    sources = budget.sources
                 if validate and verdict is None:
                     assert self.validator is not None
                     verdict = await self.validator.validate(name, rdtype, found)
+                    if verdict.bogus and sources:
+                        found, verdict = await self._retry_bogus(name, rdtype, found, verdict, sources)
                     if verdict.security is Security.SECURE and self.config.aggressive_nsec:
                         self._denials.add(found, self._clock())
                 self._cache.store(key, found, verdict)
@@ -193,6 +202,33 @@ class RecursiveResolver:
         if hit is None:
             return pending.result(), None
         return hit.aged(self._clock()), hit.verdict if validate else None
+
+    async def _retry_bogus(
+        self,
+        name: dns.name.Name,
+        rdtype: dns.rdatatype.RdataType,
+        found: dns.message.Message,
+        verdict: Verdict,
+        sources: list[str],
+    ) -> tuple[dns.message.Message, Verdict]:
+        """An answer that failed validation is asked again at the zone's other servers (one of them may be
+        broken or spoofed), a few times; if none validates, the EDE text names the servers that answered."""
+        assert self.validator is not None
+        tried = list(dict.fromkeys(sources))
+        for _ in range(_BOGUS_RETRIES):
+            budget = _Budget(self.config.max_queries, avoid=frozenset(tried))
+            try:
+                again = await self._resolve_chain(name, rdtype, budget)
+            except ResolutionFailed:
+                break  # no other server
+            tried += [source for source in budget.sources if source not in tried]
+            second = await self.validator.validate(name, rdtype, again)
+            if not second.bogus:
+                return again, second
+        reason = verdict.reason
+        if reason is not None:
+            verdict = Verdict(verdict.security, Reason(reason.ede, f"{reason.text} (from {', '.join(tried)})"))
+        return found, verdict
 
     async def _from_denials(
         self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
@@ -228,6 +264,7 @@ class RecursiveResolver:
         for _ in range(self.config.max_cname_chain + 1):
             answer = await self._iterate(sname, rdtype, budget)
             hops.append((sname, answer))
+            budget.sources.append(budget.answered)
             target = cname_target(answer, sname, rdtype)
             if target is None or rdtype == dns.rdatatype.CNAME:
                 break
@@ -342,7 +379,7 @@ class RecursiveResolver:
         problems: list[str] = []
         tried: set[str] = set()
         allowance = _SERVERS_PER_QUERY
-        candidates = self._servers.order(delegation.addresses)
+        candidates = [a for a in self._servers.order(delegation.addresses) if a not in budget.avoid]
         while True:
             for address in candidates:
                 if address in tried or allowance <= 0:
@@ -356,7 +393,7 @@ class RecursiveResolver:
             if not found:
                 break
             allowance = _SERVERS_PER_GLUELESS
-            candidates = self._servers.order(found)
+            candidates = [a for a in self._servers.order(found) if a not in budget.avoid]
         if not tried:
             raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no usable server address"))
         raise ResolutionFailed(
@@ -392,6 +429,7 @@ class RecursiveResolver:
             return None
         except CnameLoop as loop:
             raise ResolutionFailed(Reason(EDE.OTHER, f"{name}: {loop}")) from None
+        budget.answered = address
         child = classified.referral
         if classified.kind is Kind.REFERRAL and child is not None:
             ds = referral_ds(answer, child.zone)
