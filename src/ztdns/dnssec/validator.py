@@ -299,8 +299,12 @@ class Validator:
 
     # ----- chain of trust ---------------------------------------------------------------------------------
 
-    async def state_at(self, name: dns.name.Name) -> ZoneKeys:
-        """The state of the zone containing ``name``, walking DS records down from an anchor."""
+    async def state_at(self, name: dns.name.Name, apex: bool = False) -> ZoneKeys:
+        """The state of the zone containing ``name``, walking DS records down from an anchor.
+
+        With ``apex`` (``name`` is a signer, so a zone's apex), the DS of ``name`` is asked for first, straight from
+        the deepest zone known (as Unbound does): labels between are asked only if that DS is not signed by that
+        zone (a zone cut between) or is denied."""
         anchor = self.anchors.closest(name)
         now = self.clock()
         if anchor is None:
@@ -322,6 +326,11 @@ class Validator:
         if state is None:
             state = await self._anchor_state(anchor, now)
             self._remember(keys[len(name) - depth], state)
+        if apex and depth < len(name) - 1 and state.verdict.security is Security.SECURE:
+            jumped = await self._jump(state, name, now)
+            if jumped is not None:
+                self._remember(keys[0], jumped)
+                return jumped
         while depth < len(name) and state.verdict.security is Security.SECURE:
             depth += 1
             child = dns.name.Name(name.labels[-depth:])
@@ -365,25 +374,7 @@ class Validator:
             return ZoneKeys(parent.zone, verdict, None, now + 5)
         ds = self._find(response, child, dns.rdatatype.DS)
         if ds is not None:
-            verdict = verify(ds, parent.zone, parent.keys, now, self.algorithms)
-            if verdict.bogus:
-                return ZoneKeys(child, verdict, None, now + 60)
-            records = [rdata for rdata in ds.rrset if isinstance(rdata, DS)]
-            dnskeys_response = await self.fetcher.fetch(child, dns.rdatatype.DNSKEY)
-            dnskeys = self._find(dnskeys_response, child, dns.rdatatype.DNSKEY)
-            if dnskeys is None:
-                usable = self._usable_ds(child, records)
-                if isinstance(usable, Verdict):
-                    return ZoneKeys(child, usable, None, now + _ttl_of(ds.rrset))
-                return ZoneKeys(
-                    child,
-                    _bogus(EDE.DNSKEY_MISSING, f"{child}: {child} DNSKEY: missing (DS in {parent.zone})"),
-                    None,
-                    now + 60,
-                )
-            state = self._keys_from_ds(child, records, dnskeys, now)
-            state.expires = min(state.expires, now + _ttl_of(ds.rrset))
-            return state
+            return await self._below_ds(parent, child, ds, now)
         # No DS: the parent must prove it, and the proof says whether child is a zone cut.
         authority = _rrsets_with_sigs(response.authority)
         proof, delegation = self._deny(authority, rcode, parent, child, dns.rdatatype.DS, now)
@@ -393,6 +384,46 @@ class Validator:
         if proof.security is Security.INSECURE or delegation:
             return ZoneKeys(child, Verdict(Security.INSECURE, proof.reason), None, expires)
         return ZoneKeys(parent.zone, SECURE, parent.keys, min(parent.expires, expires))
+
+    async def _jump(self, parent: ZoneKeys, child: dns.name.Name, now: float) -> ZoneKeys | None:
+        """The state of zone ``child`` from its DS, signed by ``parent`` or by a zone between them (whose own state
+        is found the same way first); None when there is no signed DS (walk label by label)."""
+        response = await self.fetcher.fetch(child, dns.rdatatype.DS)
+        ds = self._find(response, child, dns.rdatatype.DS)
+        if ds is None or not ds.sigs:
+            return None
+        signer = ds.sigs[0].signer
+        if signer == parent.zone:
+            return await self._below_ds(parent, child, ds, now)
+        if not (signer.is_subdomain(parent.zone) and child.is_subdomain(signer) and signer != child):
+            return None
+        between = await self.state_at(signer, apex=True)
+        if between.verdict.security is not Security.SECURE or between.zone != signer:
+            return None
+        return await self._below_ds(between, child, ds, now)
+
+    async def _below_ds(self, parent: ZoneKeys, child: dns.name.Name, ds: _Signed, now: float) -> ZoneKeys:
+        """The state of ``child`` given its DS RRset in ``parent``."""
+        assert parent.keys is not None
+        verdict = verify(ds, parent.zone, parent.keys, now, self.algorithms)
+        if verdict.bogus:
+            return ZoneKeys(child, verdict, None, now + 60)
+        records = [rdata for rdata in ds.rrset if isinstance(rdata, DS)]
+        dnskeys_response = await self.fetcher.fetch(child, dns.rdatatype.DNSKEY)
+        dnskeys = self._find(dnskeys_response, child, dns.rdatatype.DNSKEY)
+        if dnskeys is None:
+            usable = self._usable_ds(child, records)
+            if isinstance(usable, Verdict):
+                return ZoneKeys(child, usable, None, now + _ttl_of(ds.rrset))
+            return ZoneKeys(
+                child,
+                _bogus(EDE.DNSKEY_MISSING, f"{child}: {child} DNSKEY: missing (DS in {parent.zone})"),
+                None,
+                now + 60,
+            )
+        state = self._keys_from_ds(child, records, dnskeys, now)
+        state.expires = min(state.expires, now + _ttl_of(ds.rrset))
+        return state
 
     def _usable_ds(self, zone: dns.name.Name, records: list[DS]) -> list[DS] | Verdict:
         usable = [ds for ds in records if ds.algorithm in self.algorithms and ds.digest_type in SUPPORTED_DIGESTS]
@@ -572,7 +603,7 @@ class Validator:
     async def _check_rrset(self, signed: _Signed, authority: _Section, now: float) -> Verdict:
         rrset = signed.rrset
         signer = next((s.signer for s in signed.sigs if rrset.name.is_subdomain(s.signer)), None)
-        state = await self.state_at(signer if signer is not None else rrset.name)
+        state = await self.state_at(signer if signer is not None else rrset.name, apex=signer is not None)
         if state.verdict.security is not Security.SECURE:
             return state.verdict
         if signer is None or state.zone != signer:
@@ -625,7 +656,7 @@ class Validator:
             if signed.rrset.rdtype in (dns.rdatatype.SOA, *_DENIAL_TYPES) and signed.sigs:
                 signer = signed.sigs[0].signer
                 if sname.is_subdomain(signer):
-                    state = await self.state_at(signer)
+                    state = await self.state_at(signer, apex=True)
                     if state.verdict.security is Security.SECURE and state.zone != signer:
                         return ZoneKeys(state.zone, _bogus(EDE.DNSSEC_BOGUS, f"{signer}: denial signed by a non-zone"))
                     return state
