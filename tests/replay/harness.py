@@ -327,10 +327,12 @@ class ReplayExchange:
         self.servers = servers
         self.clock = clock
         self.log: list[tuple[str, dns.name.Name, int]] = []  # (address, name as asked, type)
+        self.payloads: list[int] = []  # EDNS UDP payload size of each query (0: no EDNS)
 
     async def exchange(self, query: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes:
         message = dns.message.from_wire(query)
         self.log.append((address, message.question[0].name, message.question[0].rdtype))
+        self.payloads.append(message.payload if message.edns >= 0 else 0)
         server = self.servers.get(address)
         answer = None if server is None or server.down else server.answer(message)
         if answer is None:

@@ -14,7 +14,7 @@ import pytest
 from replay.harness import FakeClock, MockServer, ReplayExchange, outcome
 from ztdns.config.model import RecursionConfig
 from ztdns.dnssec.trust import TrustAnchors
-from ztdns.dnssec.validator import Validator
+from ztdns.dnssec.validator import SUPPORTED_ALGORITHMS, Validator
 from ztdns.lab import zones
 from ztdns.lab.zones import CASES, Case
 from ztdns.resolver import Question
@@ -23,7 +23,9 @@ from ztdns.resolver.recursive import RecursiveResolver
 ADDRESSES = {server: f"10.53.0.{index + 1}" for index, server in enumerate(zones.SERVERS)}
 
 
-def lab_resolver(tmp_path: Path, clock: FakeClock, **overrides: object) -> tuple[RecursiveResolver, ReplayExchange]:
+def lab_resolver(
+    tmp_path: Path, clock: FakeClock, algorithms: frozenset[int] = SUPPORTED_ALGORITHMS, **overrides: object
+) -> tuple[RecursiveResolver, ReplayExchange]:
     lab = zones.build(ADDRESSES, now=clock.now)
     servers = {address: MockServer(address) for address in ADDRESSES.values()}
     for server, served in lab.zones.items():
@@ -35,7 +37,7 @@ def lab_resolver(tmp_path: Path, clock: FakeClock, **overrides: object) -> tuple
     exchange = ReplayExchange(servers, clock)
     config = RecursionConfig(root_hints=str(hints), **overrides)
     resolver = RecursiveResolver(config, exchange=exchange, clock=clock)
-    resolver.validator = Validator(resolver, TrustAnchors.load(texts=[lab.root_ds]), clock=clock)
+    resolver.validator = Validator(resolver, TrustAnchors.load(texts=[lab.root_ds]), clock=clock, algorithms=algorithms)
     return resolver, exchange
 
 
@@ -77,3 +79,10 @@ def test_query_limit_stops_resolution(tmp_path: Path) -> None:
     resolution = asyncio.run(resolver.resolve(_question(CASES[0])))
     assert resolution.response is None
     assert resolution.reason is not None and "limit" in resolution.reason.text
+
+
+def test_rsasha1_is_validated_when_switched_on(tmp_path: Path) -> None:
+    """Off by default (insecure, EDE 1: the lab case); with [dnssec] algorithms naming it, secure as in Unbound."""
+    question = Question(dns.name.from_text("www.rsasha1.lab."), 1, 1, True)
+    resolver, _ = lab_resolver(tmp_path, FakeClock(), algorithms=SUPPORTED_ALGORITHMS | {5})
+    assert outcome(asyncio.run(resolver.resolve(question)))[:3] == ("NOERROR", True, None)
