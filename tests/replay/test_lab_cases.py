@@ -4,12 +4,18 @@ built and signed in memory, served by mock authoritative servers at the lab's ad
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
+import dns.dnssec
+import dns.flags
+import dns.message
 import dns.name
+import dns.rcode
 import dns.rdatatype
 import dns.zone
 import pytest
+from dns.rdtypes.ANY.NSEC3 import NSEC3
 
 from replay.harness import FakeClock, MockServer, ReplayExchange, outcome
 from ztdns.config.model import RecursionConfig
@@ -17,7 +23,7 @@ from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import SUPPORTED_ALGORITHMS, Validator
 from ztdns.lab import zones
 from ztdns.lab.zones import CASES, Case
-from ztdns.resolver import Question
+from ztdns.resolver import Question, Resolution
 from ztdns.resolver.recursive import RecursiveResolver
 
 ADDRESSES = {server: f"10.53.0.{index + 1}" for index, server in enumerate(zones.SERVERS)}
@@ -86,3 +92,75 @@ def test_rsasha1_is_validated_when_switched_on(tmp_path: Path) -> None:
     question = Question(dns.name.from_text("www.rsasha1.lab."), 1, 1, True)
     resolver, _ = lab_resolver(tmp_path, FakeClock(), algorithms=SUPPORTED_ALGORITHMS | {5})
     assert outcome(asyncio.run(resolver.resolve(question)))[:3] == ("NOERROR", True, None)
+
+
+def _covered_by_same_span(response: dns.message.Message, qname: str) -> str:
+    """Another name in ``qname``'s zone whose hash falls in the NSEC3 span that denied ``qname``."""
+    zone = qname.split(".", 1)[1]
+    spans = []
+    for rrset in response.authority:
+        nsec3 = rrset[0]
+        if isinstance(nsec3, NSEC3):
+            spans.append((base64.b32hexdecode(rrset.name.labels[0].upper()), nsec3.next))
+
+    def span_of(name: str) -> tuple[bytes, bytes] | None:
+        digest = base64.b32hexdecode(dns.dnssec.nsec3_hash(name, b"", 0, 1).upper())
+        return next(((a, b) for a, b in spans if a < digest < b or (b <= a and (digest > a or digest < b))), None)
+
+    target = span_of(qname)
+    assert target is not None
+    return next(f"n{i}.{zone}" for i in range(1, 100_000) if span_of(f"n{i}.{zone}") == target)
+
+
+def test_aggressive_nsec_answers_from_cached_denials(tmp_path: Path) -> None:
+    """RFC 8198 (ported from test_serve_lab.py): once a validated NSEC/NSEC3 denial is cached, other names it
+    covers are answered without any upstream query; wildcards and opt-out spans are still asked."""
+    resolver, exchange = lab_resolver(tmp_path, FakeClock())
+
+    def ask(name: str, rdtype: str = "A") -> dns.message.Message:
+        question = Question(dns.name.from_text(name), dns.rdatatype.from_text(rdtype), 1, True)
+        response = asyncio.run(resolver.resolve(question)).response
+        assert response is not None
+        return response
+
+    assert ask("nxa.secure.lab.").flags & dns.flags.AD
+    nsec3_first = ask("nxa.nsec3.lab.")
+    assert nsec3_first.rcode() == dns.rcode.NXDOMAIN and nsec3_first.flags & dns.flags.AD
+    assert ask("www.secure.lab.", "MX").flags & dns.flags.AD  # NODATA: the NSEC at www
+    before, aggressive = len(exchange.log), resolver.aggressive_answers
+    answers = [
+        ask("nxb.secure.lab."),
+        ask("nxc.secure.lab.", "TXT"),
+        ask(_covered_by_same_span(nsec3_first, "nxa.nsec3.lab.")),
+    ]
+    nodata = ask("www.secure.lab.", "SRV")
+    for response in answers:
+        assert response.rcode() == dns.rcode.NXDOMAIN and response.flags & dns.flags.AD
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer and nodata.flags & dns.flags.AD
+    assert len(exchange.log) == before and resolver.aggressive_answers - aggressive == 4
+    opt_out = ask("nxa.optout.lab.")
+    assert opt_out.rcode() == dns.rcode.NXDOMAIN and not opt_out.flags & dns.flags.AD
+    before = len(exchange.log)
+    assert ask(_covered_by_same_span(opt_out, "nxa.optout.lab.")).rcode() == dns.rcode.NXDOMAIN
+    assert len(exchange.log) > before  # insecure span: asked upstream
+
+
+@pytest.mark.parametrize(("zone", "primer"), [("secure.lab.", "www.secure.lab."), ("nsec3.lab.", "nx.nsec3.lab.")])
+def test_aggressive_wildcard_nodata(tmp_path: Path, zone: str, primer: str) -> None:
+    """RFC 8198 §5.3 (ported from test_serve_lab.py): after a wildcard answer, another name under it asked for a
+    type the wildcard lacks is a NODATA from the denials held; a type it holds is still asked."""
+    resolver, exchange = lab_resolver(tmp_path, FakeClock())
+
+    def ask(name: str, rdtype: str = "A") -> Resolution:
+        return asyncio.run(
+            resolver.resolve(Question(dns.name.from_text(name), dns.rdatatype.from_text(rdtype), 1, True))
+        )
+
+    assert outcome(ask(primer, "MX"))[1]
+    assert outcome(ask(f"b.wild.{zone}"))[:2] == ("NOERROR", True)
+    before = len(exchange.log)
+    nodata = ask(f"z.wild.{zone}", "MX")
+    assert outcome(nodata)[:2] == ("NOERROR", True) and nodata.response is not None and not nodata.response.answer
+    assert len(exchange.log) == before
+    assert outcome(ask(f"z.wild.{zone}"))[:2] == ("NOERROR", True)
+    assert len(exchange.log) > before
