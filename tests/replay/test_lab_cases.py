@@ -4,7 +4,6 @@ built and signed in memory, served by mock authoritative servers at the lab's ad
 from __future__ import annotations
 
 import asyncio
-import base64
 from pathlib import Path
 
 import dns.dnssec
@@ -15,8 +14,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.zone
 import pytest
-from dns.rdtypes.ANY.NSEC3 import NSEC3
 
+from fixtures.labcases import covered_by_same_span
 from replay.harness import FakeClock, MockServer, ReplayExchange, outcome
 from ztdns.config.model import RecursionConfig
 from ztdns.dnssec.trust import TrustAnchors
@@ -94,24 +93,6 @@ def test_rsasha1_is_validated_when_switched_on(tmp_path: Path) -> None:
     assert outcome(asyncio.run(resolver.resolve(question)))[:3] == ("NOERROR", True, None)
 
 
-def _covered_by_same_span(response: dns.message.Message, qname: str) -> str:
-    """Another name in ``qname``'s zone whose hash falls in the NSEC3 span that denied ``qname``."""
-    zone = qname.split(".", 1)[1]
-    spans = []
-    for rrset in response.authority:
-        nsec3 = rrset[0]
-        if isinstance(nsec3, NSEC3):
-            spans.append((base64.b32hexdecode(rrset.name.labels[0].upper()), nsec3.next))
-
-    def span_of(name: str) -> tuple[bytes, bytes] | None:
-        digest = base64.b32hexdecode(dns.dnssec.nsec3_hash(name, b"", 0, 1).upper())
-        return next(((a, b) for a, b in spans if a < digest < b or (b <= a and (digest > a or digest < b))), None)
-
-    target = span_of(qname)
-    assert target is not None
-    return next(f"n{i}.{zone}" for i in range(1, 100_000) if span_of(f"n{i}.{zone}") == target)
-
-
 def test_aggressive_nsec_answers_from_cached_denials(tmp_path: Path) -> None:
     """RFC 8198 (ported from test_serve_lab.py): once a validated NSEC/NSEC3 denial is cached, other names it
     covers are answered without any upstream query; wildcards and opt-out spans are still asked."""
@@ -131,7 +112,7 @@ def test_aggressive_nsec_answers_from_cached_denials(tmp_path: Path) -> None:
     answers = [
         ask("nxb.secure.lab."),
         ask("nxc.secure.lab.", "TXT"),
-        ask(_covered_by_same_span(nsec3_first, "nxa.nsec3.lab.")),
+        ask(covered_by_same_span(nsec3_first, "nxa.nsec3.lab.")),
     ]
     nodata = ask("www.secure.lab.", "SRV")
     for response in answers:
@@ -141,7 +122,7 @@ def test_aggressive_nsec_answers_from_cached_denials(tmp_path: Path) -> None:
     opt_out = ask("nxa.optout.lab.")
     assert opt_out.rcode() == dns.rcode.NXDOMAIN and not opt_out.flags & dns.flags.AD
     before = len(exchange.log)
-    assert ask(_covered_by_same_span(opt_out, "nxa.optout.lab.")).rcode() == dns.rcode.NXDOMAIN
+    assert ask(covered_by_same_span(opt_out, "nxa.optout.lab.")).rcode() == dns.rcode.NXDOMAIN
     assert len(exchange.log) > before  # insecure span: asked upstream
 
 
