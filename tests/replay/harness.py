@@ -463,7 +463,21 @@ def _entry(args: list[str], body: list[str]) -> Entry:
 
 
 def _rrsets(lines: list[str]) -> list[dns.rrset.RRset]:
-    return list(dns.zonefile.read_rrsets("\n".join(lines), default_ttl=3600, rdclass=None))
+    """Records in zone-file syntax (absolute owner names), one RRset per name and type. Read line by line, each
+    with its owner as origin: dnspython refuses an SOA whose owner is not the origin."""
+    merged: dict[tuple[dns.name.Name, int, int], dns.rrset.RRset] = {}
+    for line in lines:
+        text = line.split(";", 1)[0].strip()
+        if not text:
+            continue
+        owner = dns.name.from_text(text.split()[0])
+        for rrset in dns.zonefile.read_rrsets(text, default_ttl=3600, rdclass=None, origin=owner):
+            key = (rrset.name, rrset.rdtype, rrset.covers)
+            if key in merged:
+                merged[key].union_update(rrset)
+            else:
+                merged[key] = rrset
+    return list(merged.values())
 
 
 # ----- building and running -----------------------------------------------------------------------------------

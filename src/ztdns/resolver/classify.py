@@ -44,7 +44,7 @@ def scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Mes
     return response
 
 
-class Kind(enum.Enum):
+class ResponseType(enum.Enum):
     ANSWER = "answer"  # data for the question, or a CNAME/DNAME chain toward it
     NXDOMAIN = "nxdomain"
     NODATA = "nodata"
@@ -53,7 +53,7 @@ class Kind(enum.Enum):
 
 @dataclass(slots=True)
 class Classified:
-    kind: Kind
+    kind: ResponseType
     referral: Delegation | None = None
 
 
@@ -75,21 +75,21 @@ def classify(
     Call before :func:`scrub`: upward referrals and out-of-zone glue are judged on what the server sent."""
     response.answer = _chain(response.answer, qname, qtype)
     if response.answer:
-        return Classified(Kind.ANSWER)
+        return Classified(ResponseType.ANSWER)
     if response.rcode() == dns.rcode.NXDOMAIN:
-        return Classified(Kind.NXDOMAIN)
+        return Classified(ResponseType.NXDOMAIN)
     authority = response.authority
     if any(r.rdtype == dns.rdatatype.SOA for r in authority):
-        return Classified(Kind.NODATA)
+        return Classified(ResponseType.NODATA)
     ns_set = next((r for r in authority if r.rdtype == dns.rdatatype.NS), None)
     if ns_set is None:
-        return Classified(Kind.NODATA)
+        return Classified(ResponseType.NODATA)
     child = ns_set.name
     if child == zone and response.flags & dns.flags.AA:
-        return Classified(Kind.NODATA)  # NODATA with the zone's own NS set instead of its SOA
+        return Classified(ResponseType.NODATA)  # NODATA with the zone's own NS set instead of its SOA
     if not (child.is_subdomain(zone) and child != zone and qname.is_subdomain(child)):
         raise Lame(f"referral from {zone} to {child} is not downward toward {qname}")
-    return Classified(Kind.REFERRAL, _delegation(response, ns_set, zone, now, harden_glue))
+    return Classified(ResponseType.REFERRAL, _delegation(response, ns_set, zone, now, harden_glue))
 
 
 def _delegation(

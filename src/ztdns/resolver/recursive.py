@@ -36,7 +36,7 @@ from ztdns.outcome import EDE, Reason
 from ztdns.protocol.parse import parse_message
 from ztdns.resolver import Question, Resolution
 from ztdns.resolver.answers import AnswerCache, chain_answer, min_ttl, response, strip_dnssec
-from ztdns.resolver.classify import CnameLoop, Kind, Lame, classify, cname_target, referral_ds, scrub
+from ztdns.resolver.classify import CnameLoop, Lame, ResponseType, classify, cname_target, referral_ds, scrub
 from ztdns.resolver.delegation import Delegation, Delegations, ServerSelection
 from ztdns.resolver.hints import load_hints
 from ztdns.resolver.upstream import Exchange, ForgedAnswer, IterativeQuery, NetworkExchange
@@ -431,7 +431,7 @@ class RecursiveResolver:
             raise ResolutionFailed(Reason(EDE.OTHER, f"{name}: {loop}")) from None
         budget.answered = address
         child = classified.referral
-        if classified.kind is Kind.REFERRAL and child is not None:
+        if classified.kind is ResponseType.REFERRAL and child is not None:
             ds = referral_ds(answer, child.zone)
             if ds:  # the signed DS in a referral is what the validator will ask for next: keep it
                 key = (wire_key(child.zone), dns.rdatatype.DS)
