@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ztdns.resolver.classify import scrub
+from ztdns.resolver.classify import CnameLoop, Lame, ResponseType, classify, scrub
 from ztdns.resolver.upstream import EDNS_PAYLOAD, IterativeQuery, echoes, randomise_case
 
 labels = st.lists(st.binary(min_size=1, max_size=20), min_size=0, max_size=6)
@@ -136,3 +136,61 @@ def test_scrub_keeps_exactly_the_names_inside_the_zone(owners: list[list[bytes]]
     scrub(response, zone_name)
     expected = [name.canonicalize().labels for name in names if name.is_subdomain(zone_name)]
     assert [r.name.labels for r in response.authority] == expected
+
+
+_NAMES = st.builds(
+    lambda labels: dns.name.Name([*labels, b"example", b""]),
+    st.lists(st.sampled_from([b"a", b"b", b"www"]), max_size=2),
+)
+_RECORD = st.tuples(_NAMES, st.sampled_from(["A", "AAAA", "CNAME", "NS", "SOA", "DNAME", "TXT"]), _NAMES)
+
+
+def _rrset(owner: dns.name.Name, rdtype: str, target: dns.name.Name) -> dns.rrset.RRset:
+    rdata = {
+        "A": "192.0.2.1",
+        "AAAA": "2001:db8::1",
+        "SOA": f"{target} hostmaster.example. 1 3600 600 86400 300",
+        "TXT": '"x"',
+    }.get(rdtype, target.to_text())
+    return dns.rrset.from_text(owner, 60, "IN", rdtype, rdata)
+
+
+@given(
+    answer=st.lists(_RECORD, max_size=4),
+    authority=st.lists(_RECORD, max_size=3),
+    additional=st.lists(_RECORD, max_size=3),
+    aa=st.booleans(),
+    nxdomain=st.booleans(),
+    qname=_NAMES,
+    qtype=st.sampled_from([dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.CNAME, dns.rdatatype.DS]),
+)
+def test_classify_takes_any_response(
+    answer: list[tuple[dns.name.Name, str, dns.name.Name]],
+    authority: list[tuple[dns.name.Name, str, dns.name.Name]],
+    additional: list[tuple[dns.name.Name, str, dns.name.Name]],
+    aa: bool,
+    nxdomain: bool,
+    qname: dns.name.Name,
+    qtype: dns.rdatatype.RdataType,
+) -> None:
+    """Whatever a server sends: a classification, Lame or CnameLoop; the answer kept is only the question's chain;
+    a referral is always downward toward the name."""
+    response = dns.message.make_response(dns.message.make_query(qname, qtype))
+    response.flags |= dns.flags.AA if aa else 0
+    response.set_rcode(dns.rcode.NXDOMAIN if nxdomain else dns.rcode.NOERROR)
+    response.answer = [_rrset(*record) for record in answer]
+    response.authority = [_rrset(*record) for record in authority]
+    response.additional = [_rrset(*record) for record in additional]
+    zone = dns.name.from_text("example.")
+    try:
+        classified = classify(response, zone, qname, qtype, 0.0)
+    except (Lame, CnameLoop):
+        return
+    assert all(r.name.is_subdomain(zone) for r in response.answer)
+    if classified.kind is ResponseType.REFERRAL:
+        assert classified.referral is not None
+        child = classified.referral.zone
+        assert child != zone and child.is_subdomain(zone) and qname.is_subdomain(child)
+    elif response.answer:
+        assert classified.kind is ResponseType.ANSWER
+        assert any(r.name == qname or r.rdtype == dns.rdatatype.DNAME for r in response.answer)

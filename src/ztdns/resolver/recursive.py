@@ -352,7 +352,7 @@ class RecursiveResolver:
                 for rdtype in self._address_types:
                     try:
                         answer = await self._iterate(name, rdtype, budget, depth + 1)
-                    except (ResolutionFailed, Lame, CnameLoop):
+                    except ResolutionFailed:
                         continue
                     found += [r.address for rrset in answer.answer if rrset.rdtype == rdtype for r in rrset]
             finally:
