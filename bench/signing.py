@@ -30,8 +30,8 @@ import dns.rdatatype
 import dns.rrset
 
 from dnsperf_run import dnsperf_command, run_dnsperf
-from ztdns.dnssec.keys import ECDSAP256SHA256, ED25519, FileKey, ZoneKey
-from ztdns.dnssec.signing import ZoneSigner
+from ztdns.authority.keys import ECDSAP256SHA256, ED25519, FileKey, ZoneKey
+from ztdns.authority.signing import ZoneSigner
 
 ORIGIN = dns.name.from_text("bench.internal.")
 HOSTS = 2000
@@ -71,7 +71,7 @@ def softhsm_rate(seconds: float) -> None:
     if not (shutil.which("softhsm2-util") and Path(SOFTHSM).exists()):
         print("RRSIG/s softhsm2: skipped (needs Debian package softhsm2)")
         return
-    from ztdns.dnssec.pkcs11 import Token, TokenSettings
+    from ztdns.authority.pkcs11 import Token, TokenSettings
 
     work = Path(tempfile.mkdtemp(prefix="ztdns-bench-hsm-"))
     try:

@@ -22,10 +22,10 @@ import dns.query
 import dns.tsigkeyring
 import pytest
 
+from ztdns.authority.kasp import KeyManager, Policy
 from ztdns.authority.server import AuthorityService
 from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.zone import Zone
-from ztdns.dnssec.kasp import KeyManager, Policy
 
 T = TypeVar("T")
 ORIGIN = dns.name.from_text("corp.internal.")

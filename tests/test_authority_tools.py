@@ -18,10 +18,10 @@ import dns.zone
 import pytest
 
 from authority_lab import ORIGIN, keyring, need, serving, signed_zone, unbound
+from ztdns.authority.kasp import Policy
+from ztdns.authority.keys import ALGORITHMS
 from ztdns.authority.service import Authority, ServedZone
 from ztdns.authority.transfer import TransferAcl
-from ztdns.dnssec.kasp import Policy
-from ztdns.dnssec.keys import ALGORITHMS
 
 
 def _axfr_text(port: int) -> str:

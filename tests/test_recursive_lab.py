@@ -76,7 +76,8 @@ def test_bogus_reason_names_zone_and_record(lab: Lab, loop: NetnsLoop) -> None:
     bogus = next(c for c in CASES if c.qname == "www.bogus.lab.")
     resolution = loop.run(resolver.resolve(_question(bogus)))
     assert resolution.reason is not None
-    assert resolution.reason.text == "bogus.lab.: www.bogus.lab. A: signature does not verify"
+    text = resolution.reason.text
+    assert text.startswith("bogus.lab.: www.bogus.lab. A: signature does not verify (from "), text
     assert resolution.security == "bogus"
 
 

@@ -36,6 +36,7 @@ def dnspython_respond(
         response.flags |= dns.flags.RD | dns.flags.RA
     else:
         response.flags = (response.flags & ~dns.flags.RD) | dns.flags.RA
+    response.flags = (response.flags & ~dns.flags.CD) | (query.flags & dns.flags.CD)  # RFC 4035 §3.2.2
     rcode = response.rcode()
     if query.edns >= 0:
         options: list[dns.edns.Option] = []
@@ -122,6 +123,7 @@ QUERIES: list[Callable[[], dns.message.Message]] = [
     lambda: dns.message.make_query(QNAME, "A", want_dnssec=True),
     lambda: dns.message.make_query(QNAME, "A", use_edns=0, payload=512),
     lambda: dns.message.make_query(QNAME, "A", use_edns=0, payload=4096, flags=0),  # RD clear
+    lambda: dns.message.make_query(QNAME, "A", want_dnssec=True, flags=dns.flags.RD | dns.flags.CD),  # CD copied
 ]
 RESPONSES: list[Callable[[dns.message.Message], dns.message.Message | None]] = [
     answer,
@@ -165,3 +167,17 @@ def test_rcode_of_reads_the_extended_bits() -> None:
         response = dns.message.make_response(query)
         response.set_rcode(rcode)
         assert rcode_of(response) == response.rcode() == rcode
+
+
+def test_cd_bit_is_copied_into_the_response() -> None:
+    """RFC 4035 §3.2.2, whatever the resolver's response carried."""
+    query = parse_message(
+        dns.message.make_query(QNAME, "A", want_dnssec=True, flags=dns.flags.RD | dns.flags.CD).to_wire()
+    )
+    sent, _ = stage_respond(query, answer(query), None, stream=False)
+    assert dns.message.from_wire(sent).flags & dns.flags.CD
+    plain = parse_message(dns.message.make_query(QNAME, "A").to_wire())
+    response = answer(plain)
+    response.flags |= dns.flags.CD
+    sent, _ = stage_respond(plain, response, None, stream=False)
+    assert not dns.message.from_wire(sent).flags & dns.flags.CD

@@ -5,7 +5,6 @@ and poisoning resistance (forged-response floods, out-of-bailiwick referral data
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import socket
 import struct
@@ -24,9 +23,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
-from dns.rdtypes.ANY.NSEC3 import NSEC3
 
-from fixtures.labcases import answer_set, generated_queries, known_difference
+from fixtures.labcases import answer_set, covered_by_same_span, generated_queries, known_difference
 from ztdns.lab import netns
 from ztdns.lab.netns import NetnsLoop
 from ztdns.lab.run import Lab
@@ -166,25 +164,6 @@ def test_validation_failures_are_security_events_counted_by_ede(lab_loop: NetnsL
     assert server.wait_log("event=dnssec_bogus qname=www.bogus.lab. qtype=A ede=6")
 
 
-def _covered_by_same_span(response: dns.message.Message, qname: str) -> str:
-    """Another name in ``qname``'s zone whose hash falls in the NSEC3 span that denied ``qname``."""
-    zone = qname.split(".", 1)[1]
-    spans = []
-    for rrset in response.authority:
-        nsec3 = rrset[0]
-        if isinstance(nsec3, NSEC3):
-            owner = base64.b32hexdecode(rrset.name.labels[0].upper())
-            spans.append((owner, nsec3.next))
-
-    def span_of(name: str) -> tuple[bytes, bytes] | None:
-        digest = base64.b32hexdecode(dns.dnssec.nsec3_hash(name, b"", 0, 1).upper())
-        return next(((a, b) for a, b in spans if a < digest < b or (b <= a and (digest > a or digest < b))), None)
-
-    target = span_of(qname)
-    assert target is not None
-    return next(f"n{i}.{zone}" for i in range(1, 100_000) if span_of(f"n{i}.{zone}") == target)
-
-
 def test_aggressive_nsec_answers_from_cached_denials(lab_loop: NetnsLoop, server: LabServer) -> None:
     """RFC 8198: once a validated NSEC/NSEC3 denial is cached, other names it covers are answered without
     any query to the authorities (counted by the server's upstream-query metric)."""
@@ -192,7 +171,7 @@ def test_aggressive_nsec_answers_from_cached_denials(lab_loop: NetnsLoop, server
     assert first.rcode() == dns.rcode.NXDOMAIN and first.flags & dns.flags.AD
     nsec3_first = ask(lab_loop, ZTDNS, "nxa.nsec3.lab.")
     assert nsec3_first.rcode() == dns.rcode.NXDOMAIN and nsec3_first.flags & dns.flags.AD
-    nsec3_other = _covered_by_same_span(nsec3_first, "nxa.nsec3.lab.")
+    nsec3_other = covered_by_same_span(nsec3_first, "nxa.nsec3.lab.")
     assert ask(lab_loop, ZTDNS, "www.secure.lab.", "MX").flags & dns.flags.AD  # NODATA: the NSEC at www
     before = scrape(lab_loop, server)
     # Covered by the same NSEC ("ns" → "txt"): NXDOMAIN for A and TXT; NODATA for a type www lacks.
@@ -217,7 +196,7 @@ def test_aggressive_nsec_answers_from_cached_denials(lab_loop: NetnsLoop, server
     opt_out = ask(lab_loop, ZTDNS, "nxa.optout.lab.")
     assert opt_out.rcode() == dns.rcode.NXDOMAIN and not opt_out.flags & dns.flags.AD
     before = scrape(lab_loop, server)
-    assert ask(lab_loop, ZTDNS, _covered_by_same_span(opt_out, "nxa.optout.lab.")).rcode() == dns.rcode.NXDOMAIN
+    assert ask(lab_loop, ZTDNS, covered_by_same_span(opt_out, "nxa.optout.lab.")).rcode() == dns.rcode.NXDOMAIN
     after = scrape(lab_loop, server)
     assert metric(after, upstream) > metric(before, upstream)
     assert metric(after, aggressive) == metric(before, aggressive)

@@ -8,8 +8,8 @@ from pathlib import Path
 import dns.name
 import pytest
 
-from ztdns.dnssec.kasp import KeyManager, Policy
-from ztdns.dnssec.keys import KeyStoreError
+from ztdns.authority.kasp import KeyManager, Policy
+from ztdns.authority.keys import KeyStoreError
 
 ZONE = dns.name.from_text("corp.internal.")
 POLICY = Policy(dnskey_ttl=3600, propagation_delay=300, parent_propagation_delay=3600, parent_ds_ttl=86400)

@@ -20,9 +20,9 @@ import dns.update
 import pytest
 
 from authority_lab import keyring, need, serving, signed_zone, unbound
+from ztdns.authority.kasp import Policy
 from ztdns.authority.service import Authority
 from ztdns.authority.update import Grant
-from ztdns.dnssec.kasp import Policy
 
 pytestmark = pytest.mark.slow
 FAST = Policy(dnskey_ttl=1, propagation_delay=1, parent_propagation_delay=1, parent_ds_ttl=1, zsk_lifetime=0)

@@ -14,8 +14,8 @@ import dns.rdtypes.ANY.RRSIG
 import dns.rrset
 import pytest
 
-from ztdns.dnssec.keys import ECDSAP256SHA256, ED25519, FileKey, ZoneKey
-from ztdns.dnssec.signing import Validity, ZoneSigner
+from ztdns.authority.keys import ECDSAP256SHA256, ED25519, FileKey, ZoneKey
+from ztdns.authority.signing import Validity, ZoneSigner
 
 ORIGIN = dns.name.from_text("corp.internal.")
 

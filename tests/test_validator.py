@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import dns.dnssec
 import dns.exception
@@ -323,3 +324,23 @@ def test_aggressive_nsec3_chain_follows_the_zone_parameters(lab: tuple[ZoneFetch
     response.authority = resalted
     cache.add(response, time.time())
     assert cache.synthesise(name, dns.rdatatype.A, time.time()) is None
+
+
+@pytest.mark.parametrize(
+    "anchor",
+    ["example. IN A 192.0.2.1\n", "example. IN DS not a ds record\n", None],
+    ids=["not-ds-or-dnskey", "unparsable", "missing"],
+)
+def test_check_rejects_anchor_files_serve_cannot_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], anchor: str | None
+) -> None:
+    """What `ztdns serve` would stop on (a traceback before) `ztdns check` reports, naming the key and the file."""
+    from ztdns.cli import main
+
+    if anchor is not None:
+        (tmp_path / "bad.anchor").write_text(anchor)
+    config = tmp_path / "ztdns.toml"
+    config.write_text('[resolver]\nmode = "recursive"\n\n[dnssec]\ntrust_anchors = ["bad.anchor"]\n')
+    assert main(["check", "--config", str(config)]) == 1
+    error = capsys.readouterr().err
+    assert "trust_anchors" in error and "bad.anchor" in error

@@ -15,14 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import dns.exception
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
 from ztdns.config import Config, located, where
-from ztdns.dnssec.trust import TrustAnchors
+from ztdns.dnssec.trust import TrustAnchorError, TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_limit
 from ztdns.identity import IdentityMap
@@ -134,24 +133,25 @@ def make_resolver(config: Config) -> Resolver | None:
     if mode == "none":
         return None
     dnssec = config.dnssec
-    anchors = None
-    if dnssec.validation:
-        files = [config.base_dir / path for path in dnssec.trust_anchors]
-        try:
-            anchors = TrustAnchors.load(files=files, negative=dnssec.negative_trust_anchors)
-        except (ValueError, dns.exception.DNSException) as exc:  # TrustAnchorError, or records dnspython rejects
-            raise located(config, ("dnssec", "trust_anchors"), str(exc)) from None
+    anchors = trust_anchors(config)
     if mode == "recursive":
         recursion = config.resolver.recursion
         if recursion.root_hints is not None:  # relative to the config file, like every path in it
             recursion = recursion.model_copy(update={"root_hints": str(config.base_dir / recursion.root_hints)})
         try:
-            recursive = RecursiveResolver(recursion)
+            recursive = RecursiveResolver(
+                recursion, max_ttl=config.cache.max_ttl, negative_max_ttl=config.cache.negative_max_ttl
+            )
         except HintsError as exc:
             raise located(config, ("resolver", "recursion", "root_hints"), str(exc)) from None
         if anchors is not None:
             # The validator fetches DS/DNSKEY through the resolver it validates for.
-            recursive.validator = Validator(recursive, anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)
+            recursive.validator = Validator(
+                recursive,
+                anchors,
+                nsec3_max_iterations=dnssec.nsec3_max_iterations,
+                algorithms=dnssec.algorithm_numbers(),
+            )
         return recursive
     try:
         forwarder = Forwarder(config.resolver, config.base_dir)
@@ -159,8 +159,25 @@ def make_resolver(config: Config) -> Resolver | None:
         raise located(config, exc.key, str(exc)) from None
     if anchors is None:
         return forwarder
-    validator = Validator(ResolverFetcher(forwarder), anchors, nsec3_max_iterations=dnssec.nsec3_max_iterations)
+    validator = Validator(
+        ResolverFetcher(forwarder),
+        anchors,
+        nsec3_max_iterations=dnssec.nsec3_max_iterations,
+        algorithms=dnssec.algorithm_numbers(),
+    )
     return ValidatingResolver(forwarder, validator)
+
+
+def trust_anchors(config: Config) -> TrustAnchors | None:
+    """The ``[dnssec]`` trust anchors (None with validation off). Raises ConfigError naming the bad file."""
+    dnssec = config.dnssec
+    if not dnssec.validation:
+        return None
+    files = [config.base_dir / path for path in dnssec.trust_anchors]
+    try:
+        return TrustAnchors.load(files=files, negative=dnssec.negative_trust_anchors)
+    except (TrustAnchorError, ValueError) as exc:
+        raise located(config, ("dnssec", "trust_anchors"), str(exc)) from None
 
 
 class Frontend:
@@ -411,6 +428,11 @@ class Frontend:
                 "ztdns_recursion_forged_dropped",
                 "Datagrams dropped as forged: another ID, unparsable, or the question in another case (0x20)",
                 value=resolver.forged_dropped,
+            )
+            yield GaugeMetricFamily(
+                "ztdns_recursion_upstream_sockets",
+                "Sockets open to authoritative servers now (each closed when its query ends or is cancelled)",
+                value=resolver.open_sockets,
             )
             yield CounterMetricFamily(
                 "ztdns_recursion_aggressive_answers",

@@ -11,15 +11,15 @@ import dns.rdatatype
 import dns.tsigkeyring
 
 from ztdns.authority.config import AuthorityConfig, AuthZoneConfig, Pkcs11Config, SigningConfig
+from ztdns.authority.kasp import KeyManager, KeyStore, Policy
+from ztdns.authority.keys import ALGORITHMS, KeyStoreError
 from ztdns.authority.rrl import RateLimiter
 from ztdns.authority.service import Authority, ServedZone, ZoneSettings
+from ztdns.authority.signing import Validity
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
 from ztdns.authority.zone import Zone, ZoneError
 from ztdns.config.model import Config, parse_hostport
-from ztdns.dnssec.kasp import KeyManager, KeyStore, Policy
-from ztdns.dnssec.keys import ALGORITHMS, KeyStoreError
-from ztdns.dnssec.signing import Validity
 from ztdns.observe.metrics import Metrics
 
 
@@ -91,7 +91,7 @@ def key_store(config: AuthorityConfig, base_dir: Path) -> KeyStore | None:
         return None
     assert config.pkcs11 is not None  # the config model requires it
     # Imported here: only a PKCS#11 deployment loads the binding.
-    from ztdns.dnssec.pkcs11 import Pkcs11Store, Token, TokenSettings
+    from ztdns.authority.pkcs11 import Pkcs11Store, Token, TokenSettings
 
     return Pkcs11Store(
         Token(TokenSettings(config.pkcs11.module, config.pkcs11.token_label, _pin(config.pkcs11, base_dir)))

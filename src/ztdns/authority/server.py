@@ -22,12 +22,12 @@ import dns.exception
 
 from ztdns.authority.api import api_listen_config, start_registration_api
 from ztdns.authority.build import ZoneLoader, state_dir
+from ztdns.authority.keys import KeyStoreError
 from ztdns.authority.service import Authority, ServedZone
 from ztdns.authority.transfer import notify_message
 from ztdns.authority.zone import ZoneError
 from ztdns.config import Config, ConfigError, located
 from ztdns.config.model import ListenConfig
-from ztdns.dnssec.keys import KeyStoreError
 from ztdns.observe.metrics import Metrics
 from ztdns.transport.stream import TlsStreamListener
 from ztdns.transport.tcp import TcpServer

@@ -33,14 +33,14 @@ import dns.update
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ztdns.authority.answer import SignedView, answer
+from ztdns.authority.kasp import KeyManager, KeySet
+from ztdns.authority.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
 from ztdns.authority.rrl import RateLimiter, Verdict
+from ztdns.authority.signing import Validity, ZoneSigner
 from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
 from ztdns.authority.zone import Change, Zone, next_serial, type_text
 from ztdns.client import ClientInfo
-from ztdns.dnssec.kasp import KeyManager, KeySet
-from ztdns.dnssec.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
-from ztdns.dnssec.signing import Validity, ZoneSigner
 from ztdns.fastpath import Replay, ReplayTable, splice, udp_limit
 from ztdns.observe.metrics import Metrics
 from ztdns.outcome import Kind

@@ -12,6 +12,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
+import dns.dnssectypes
 import dns.rdatatype
 from pydantic import (
     AfterValidator,
@@ -152,6 +153,28 @@ class RecursionConfig(Section):
     max_queries: Annotated[int, Field(ge=1, le=1000)] = 100  # upstream queries per client query
     max_cname_chain: Annotated[int, Field(ge=0, le=32)] = 8
     cache_entries: Annotated[int, Field(ge=0)] = 100_000
+    # Glue for name servers outside the referring zone is not trusted: their addresses are looked up (Unbound's
+    # harden-glue). Off: such glue is used as given (lab setups only).
+    harden_glue: bool = True
+    # Answers carry only what the question needs: no NS set of the zone in the authority section (RFC 4472 §4.5).
+    minimal_responses: bool = True
+    edns_payload: Annotated[int, Field(ge=512, le=4096)] = 1232  # UDP payload size advertised to authoritative servers
+    outgoing_addresses: list[str] = []  # local addresses queries leave from (first of each family); empty: any
+    ipv4: bool = True  # query authoritative servers over IPv4
+    ipv6: bool = True  # ... and over IPv6
+
+    @field_validator("outgoing_addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            ipaddress.ip_address(address)  # ValueError names the bad one
+        return value
+
+    @model_validator(mode="after")
+    def _families(self) -> RecursionConfig:
+        if not (self.ipv4 or self.ipv6):
+            raise ValueError("ipv4 and ipv6 are both off: no authoritative server could be asked")
+        return self
 
 
 class DnssecConfig(Section):
@@ -161,6 +184,21 @@ class DnssecConfig(Section):
     trust_anchors: list[str] = []  # files of DS/DNSKEY records; empty: the built-in IANA root KSKs
     negative_trust_anchors: list[str] = []  # names below which nothing is validated
     nsec3_max_iterations: Annotated[int, Field(ge=0, le=2500)] = 50  # RFC 9276: above → insecure
+    # Algorithms validated (mnemonics); zones signed only with others are insecure (EDE 1). RSASHA1 and
+    # RSASHA1NSEC3SHA1 may be added (RFC 9905 deprecated SHA-1 in DNSSEC; see docs/dnssec.md).
+    algorithms: list[str] = ["RSASHA256", "RSASHA512", "ECDSAP256SHA256", "ECDSAP384SHA384", "ED25519", "ED448"]
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str]) -> list[str]:
+        known = {"RSASHA1", "RSASHA1NSEC3SHA1", *cls.model_fields["algorithms"].default}
+        unknown = [name for name in value if name.upper() not in known]
+        if unknown:
+            raise ValueError(f"unknown or unsupported algorithms {unknown}; known: {sorted(known)}")
+        return [name.upper() for name in value]
+
+    def algorithm_numbers(self) -> frozenset[int]:
+        return frozenset(int(dns.dnssectypes.Algorithm[name]) for name in self.algorithms)
 
 
 class ResolverConfig(Section):

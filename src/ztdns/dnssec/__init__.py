@@ -1,6 +1,6 @@
-"""DNSSEC: validation (validator.py, denial.py, trust.py, aggressive.py for RFC 8198) and signing of internal
-zones (signing.py, nsec3.py, kasp.py, keys.py, pkcs11.py — used by the ``authority`` capability; see
-docs/authority.md).
+"""DNSSEC validation (validator.py, denial.py, trust.py, aggressive.py for RFC 8198). Signing of internal zones
+lives with the authority (:mod:`ztdns.authority.signing`, ``nsec3``, ``kasp``, ``keys``, ``pkcs11``; see
+docs/authority.md); it shares only the NSEC3 hash (``denial.nsec3_digest``) and the name keys with validation.
 
 Validation owns: the chain of trust from trust anchors (built-in IANA root KSKs 20326 and 38696, files of DS
 or DNSKEY records, negative trust anchors) down DS → DNSKEY → RRSIG; NSEC/NSEC3 denial and wildcard proofs;

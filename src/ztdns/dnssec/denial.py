@@ -278,6 +278,9 @@ def nsec3_nodata(nsec3s: Nsec3Set, name: dns.name.Name, qtype: dns.rdatatype.Rda
     wildcard = nsec3s.matching(_wildcard_of(encloser))
     if wildcard is not None:
         denial = _nodata_at(wildcard, qtype)
+        if denial is not None and _opt_out(next_closer_cover):
+            # RFC 5155 §9.2: the next closer name may be an unsigned delegation inside the opt-out span.
+            return Denial(Proof.INSECURE, why="wildcard NODATA in an opt-out span")
         if denial is not None:
             return denial
     return Denial(Proof.MISSING, why=f"no NSEC3 proves {name} has no {dns.rdatatype.to_text(qtype)}")

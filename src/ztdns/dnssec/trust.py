@@ -50,9 +50,14 @@ class TrustAnchors:
 
     @classmethod
     def load(
-        cls, texts: Iterable[str] = ROOT_ANCHORS, files: Iterable[Path] = (), negative: Iterable[str] = ()
+        cls, texts: Iterable[str] | None = None, files: Iterable[Path] = (), negative: Iterable[str] = ()
     ) -> TrustAnchors:
-        """Built-in root anchors unless ``texts`` says otherwise, plus files in zone presentation format."""
+        """``texts`` plus files in zone presentation format. Without ``texts``: the files alone, or the built-in
+        root anchors when there are no files — configured anchors replace the built-in ones (a private root, a lab,
+        an island of trust); a file holding the IANA root DS adds the root back."""
+        files = list(files)
+        if texts is None:
+            texts = () if files else ROOT_ANCHORS
         anchors = cls(negative=frozenset(dns.name.from_text(name) for name in negative))
         anchors.add_text("\n".join(texts), "built-in anchors")
         for path in files:

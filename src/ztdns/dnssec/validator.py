@@ -43,9 +43,10 @@ from ztdns.outcome import EDE, Reason
 
 log = logging.getLogger("ztdns.dnssec")
 
-# RFC 8624 §3.1 "MUST/RECOMMENDED validate": RSASHA256, RSASHA512, ECDSA P-256/P-384, Ed25519, Ed448.
-# RSAMD5, DSA, RSASHA1 (and its NSEC3 alias), GOST and unknown numbers count as unsupported: zones signed
-# only with them are treated as unsigned (insecure, EDE 1).
+# Validated by default ([dnssec] algorithms): RSASHA256, RSASHA512, ECDSA P-256/P-384, Ed25519, Ed448 (RFC 8624
+# §3.1 MUST/RECOMMENDED). RSASHA1 and RSASHA1-NSEC3-SHA1 are off by default since RFC 9905 deprecated SHA-1 in
+# DNSSEC (they can be switched on); RSAMD5, DSA, GOST and unknown numbers are never validated. Zones signed only
+# with algorithms not validated are treated as unsigned (insecure, EDE 1).
 SUPPORTED_ALGORITHMS = frozenset({8, 10, 13, 14, 15, 16})
 # RFC 8624 §3.3: SHA-1 must still be validated; GOST and unknown digests are unsupported (EDE 2).
 SUPPORTED_DIGESTS = frozenset({1, 2, 4})
@@ -144,13 +145,19 @@ def _describe(rrset: dns.rrset.RRset) -> str:
     return f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
 
 
-def verify(signed: _Signed, zone: dns.name.Name, keys: Iterable[dns.rdata.Rdata], now: float) -> Verdict:
+def verify(
+    signed: _Signed,
+    zone: dns.name.Name,
+    keys: Iterable[dns.rdata.Rdata],
+    now: float,
+    algorithms: frozenset[int] = SUPPORTED_ALGORITHMS,
+) -> Verdict:
     """Check that at least one RRSIG by a supported key of ``zone`` verifies ``signed.rrset`` at ``now``."""
     signer = wire_key(zone)
-    usable = [s for s in signed.sigs if wire_key(s.signer) == signer and s.algorithm in SUPPORTED_ALGORITHMS]
+    usable = [s for s in signed.sigs if wire_key(s.signer) == signer and s.algorithm in algorithms]
     if not usable:
         what = _describe(signed.rrset)
-        if signed.sigs and all(s.algorithm not in SUPPORTED_ALGORITHMS for s in signed.sigs):
+        if signed.sigs and all(s.algorithm not in algorithms for s in signed.sigs):
             return _bogus(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: {what}: only unsupported algorithms")
         return _bogus(EDE.RRSIGS_MISSING, f"{zone}: {what}: no RRSIG from {zone}")
     # (EDE code, problem) per signature that failed; the description is built only for a failure (it is text).
@@ -280,8 +287,10 @@ class Validator:
         *,
         nsec3_max_iterations: int = NSEC3_MAX_ITERATIONS,
         clock: Callable[[], float] = time.time,
+        algorithms: frozenset[int] = SUPPORTED_ALGORITHMS,
     ) -> None:
         self.fetcher = fetcher
+        self.algorithms = algorithms  # validated; zones signed only with others are insecure (EDE 1)
         self.anchors = anchors
         self.nsec3_max_iterations = nsec3_max_iterations
         self.clock = clock
@@ -290,8 +299,12 @@ class Validator:
 
     # ----- chain of trust ---------------------------------------------------------------------------------
 
-    async def state_at(self, name: dns.name.Name) -> ZoneKeys:
-        """The state of the zone containing ``name``, walking DS records down from an anchor."""
+    async def state_at(self, name: dns.name.Name, apex: bool = False) -> ZoneKeys:
+        """The state of the zone containing ``name``, walking DS records down from an anchor.
+
+        With ``apex`` (``name`` is a signer, so a zone's apex), the DS of ``name`` is asked for first, straight from
+        the deepest zone known (as Unbound does): labels between are asked only if that DS is not signed by that
+        zone (a zone cut between) or is denied."""
         anchor = self.anchors.closest(name)
         now = self.clock()
         if anchor is None:
@@ -313,6 +326,11 @@ class Validator:
         if state is None:
             state = await self._anchor_state(anchor, now)
             self._remember(keys[len(name) - depth], state)
+        if apex and depth < len(name) - 1 and state.verdict.security is Security.SECURE:
+            jumped = await self._jump(state, name, now)
+            if jumped is not None:
+                self._remember(keys[0], jumped)
+                return jumped
         while depth < len(name) and state.verdict.security is Security.SECURE:
             depth += 1
             child = dns.name.Name(name.labels[-depth:])
@@ -327,6 +345,13 @@ class Validator:
 
     async def _anchor_state(self, anchor: Anchor, now: float) -> ZoneKeys:
         zone = anchor.zone
+        if anchor.dnskey and not anchor.ds and all(key.algorithm not in self.algorithms for key in anchor.dnskey):
+            # As a DS anchor of an unsupported algorithm (RFC 4035 §5.2): the zone is insecure, not bogus.
+            algorithms = sorted({int(key.algorithm) for key in anchor.dnskey})
+            reason = Reason(
+                EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: {zone} DNSKEY: anchor algorithms {algorithms} unsupported"
+            )
+            return ZoneKeys(zone, Verdict(Security.INSECURE, reason), None, now + 3600)
         response = await self.fetcher.fetch(zone, dns.rdatatype.DNSKEY)
         dnskeys = self._find(response, zone, dns.rdatatype.DNSKEY)
         if dnskeys is None:
@@ -349,25 +374,7 @@ class Validator:
             return ZoneKeys(parent.zone, verdict, None, now + 5)
         ds = self._find(response, child, dns.rdatatype.DS)
         if ds is not None:
-            verdict = verify(ds, parent.zone, parent.keys, now)
-            if verdict.bogus:
-                return ZoneKeys(child, verdict, None, now + 60)
-            records = [rdata for rdata in ds.rrset if isinstance(rdata, DS)]
-            dnskeys_response = await self.fetcher.fetch(child, dns.rdatatype.DNSKEY)
-            dnskeys = self._find(dnskeys_response, child, dns.rdatatype.DNSKEY)
-            if dnskeys is None:
-                usable = self._usable_ds(child, records)
-                if isinstance(usable, Verdict):
-                    return ZoneKeys(child, usable, None, now + _ttl_of(ds.rrset))
-                return ZoneKeys(
-                    child,
-                    _bogus(EDE.DNSKEY_MISSING, f"{child}: {child} DNSKEY: missing (DS in {parent.zone})"),
-                    None,
-                    now + 60,
-                )
-            state = self._keys_from_ds(child, records, dnskeys, now)
-            state.expires = min(state.expires, now + _ttl_of(ds.rrset))
-            return state
+            return await self._below_ds(parent, child, ds, now)
         # No DS: the parent must prove it, and the proof says whether child is a zone cut.
         authority = _rrsets_with_sigs(response.authority)
         proof, delegation = self._deny(authority, rcode, parent, child, dns.rdatatype.DS, now)
@@ -378,11 +385,51 @@ class Validator:
             return ZoneKeys(child, Verdict(Security.INSECURE, proof.reason), None, expires)
         return ZoneKeys(parent.zone, SECURE, parent.keys, min(parent.expires, expires))
 
+    async def _jump(self, parent: ZoneKeys, child: dns.name.Name, now: float) -> ZoneKeys | None:
+        """The state of zone ``child`` from its DS, signed by ``parent`` or by a zone between them (whose own state
+        is found the same way first); None when there is no signed DS (walk label by label)."""
+        response = await self.fetcher.fetch(child, dns.rdatatype.DS)
+        ds = self._find(response, child, dns.rdatatype.DS)
+        if ds is None or not ds.sigs:
+            return None
+        signer = ds.sigs[0].signer
+        if signer == parent.zone:
+            return await self._below_ds(parent, child, ds, now)
+        if not (signer.is_subdomain(parent.zone) and child.is_subdomain(signer) and signer != child):
+            return None
+        between = await self.state_at(signer, apex=True)
+        if between.verdict.security is not Security.SECURE or between.zone != signer:
+            return None
+        return await self._below_ds(between, child, ds, now)
+
+    async def _below_ds(self, parent: ZoneKeys, child: dns.name.Name, ds: _Signed, now: float) -> ZoneKeys:
+        """The state of ``child`` given its DS RRset in ``parent``."""
+        assert parent.keys is not None
+        verdict = verify(ds, parent.zone, parent.keys, now, self.algorithms)
+        if verdict.bogus:
+            return ZoneKeys(child, verdict, None, now + 60)
+        records = [rdata for rdata in ds.rrset if isinstance(rdata, DS)]
+        dnskeys_response = await self.fetcher.fetch(child, dns.rdatatype.DNSKEY)
+        dnskeys = self._find(dnskeys_response, child, dns.rdatatype.DNSKEY)
+        if dnskeys is None:
+            usable = self._usable_ds(child, records)
+            if isinstance(usable, Verdict):
+                return ZoneKeys(child, usable, None, now + _ttl_of(ds.rrset))
+            return ZoneKeys(
+                child,
+                _bogus(EDE.DNSKEY_MISSING, f"{child}: {child} DNSKEY: missing (DS in {parent.zone})"),
+                None,
+                now + 60,
+            )
+        state = self._keys_from_ds(child, records, dnskeys, now)
+        state.expires = min(state.expires, now + _ttl_of(ds.rrset))
+        return state
+
     def _usable_ds(self, zone: dns.name.Name, records: list[DS]) -> list[DS] | Verdict:
-        usable = [ds for ds in records if ds.algorithm in SUPPORTED_ALGORITHMS and ds.digest_type in SUPPORTED_DIGESTS]
+        usable = [ds for ds in records if ds.algorithm in self.algorithms and ds.digest_type in SUPPORTED_DIGESTS]
         if usable:
             return usable
-        if any(ds.algorithm not in SUPPORTED_ALGORITHMS for ds in records):
+        if any(ds.algorithm not in self.algorithms for ds in records):
             algorithms = sorted({int(ds.algorithm) for ds in records})
             reason = Reason(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, f"{zone}: {zone} DS: algorithms {algorithms} unsupported")
         else:
@@ -411,7 +458,7 @@ class Validator:
             return ZoneKeys(
                 zone, _bogus(EDE.DNSKEY_MISSING, f"{zone}: {zone} DNSKEY: no key matches the DS"), None, now + 60
             )
-        verdict = verify(dnskeys, zone, trusted, now)
+        verdict = verify(dnskeys, zone, trusted, now, self.algorithms)
         if verdict.bogus:
             assert verdict.reason is not None
             return ZoneKeys(zone, verdict, None, now + 60)
@@ -444,7 +491,7 @@ class Validator:
         for signed in authority.values():
             if signed.rrset.rdtype not in (*_DENIAL_TYPES, dns.rdatatype.SOA):
                 continue
-            verdict = verify(signed, state.zone, state.keys, now)
+            verdict = verify(signed, state.zone, state.keys, now, self.algorithms)
             if verdict.bogus:
                 return verdict, False
             if signed.rrset.rdtype in _DENIAL_TYPES:
@@ -556,13 +603,13 @@ class Validator:
     async def _check_rrset(self, signed: _Signed, authority: _Section, now: float) -> Verdict:
         rrset = signed.rrset
         signer = next((s.signer for s in signed.sigs if rrset.name.is_subdomain(s.signer)), None)
-        state = await self.state_at(signer if signer is not None else rrset.name)
+        state = await self.state_at(signer if signer is not None else rrset.name, apex=signer is not None)
         if state.verdict.security is not Security.SECURE:
             return state.verdict
         if signer is None or state.zone != signer:
             return _bogus(EDE.RRSIGS_MISSING, f"{state.zone}: {_describe(rrset)}: no RRSIG")
         assert state.keys is not None
-        verdict = verify(signed, state.zone, state.keys, now)
+        verdict = verify(signed, state.zone, state.keys, now, self.algorithms)
         if verdict.bogus:
             return verdict
         labels = min(s.labels for s in signed.sigs if s.signer == signer)
@@ -585,7 +632,7 @@ class Validator:
         proofs: list[dns.rrset.RRset] = []
         for signed in authority.values():
             if signed.rrset.rdtype in _DENIAL_TYPES:
-                verdict = verify(signed, state.zone, state.keys, now)
+                verdict = verify(signed, state.zone, state.keys, now, self.algorithms)
                 if verdict.bogus:
                     return verdict
                 proofs.append(signed.rrset)
@@ -609,7 +656,7 @@ class Validator:
             if signed.rrset.rdtype in (dns.rdatatype.SOA, *_DENIAL_TYPES) and signed.sigs:
                 signer = signed.sigs[0].signer
                 if sname.is_subdomain(signer):
-                    state = await self.state_at(signer)
+                    state = await self.state_at(signer, apex=True)
                     if state.verdict.security is Security.SECURE and state.zone != signer:
                         return ZoneKeys(state.zone, _bogus(EDE.DNSSEC_BOGUS, f"{signer}: denial signed by a non-zone"))
                     return state

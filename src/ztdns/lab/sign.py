@@ -2,7 +2,7 @@
 
 dnspython signs RRsets but only builds NSEC chains; the lab also needs NSEC3 and signatures that are
 deliberately expired or not yet valid, so the chain building lives here. Production signing is elsewhere
-(:mod:`ztdns.dnssec`); this one favours control over speed and is meant for small test zones.
+(:mod:`ztdns.authority.signing`); this one favours control over speed and is meant for small test zones.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import dns.rcode
 
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
-from ztdns.protocol.header import DO, OPCODE_MASK, QR, RA, RD, TC, edns_of, rcode_of
+from ztdns.protocol.header import CD, DO, OPCODE_MASK, QR, RA, RD, TC, edns_of, rcode_of
 from ztdns.protocol.render import MAX_SIZE, Opt, render
 
 # RFC 6891 / DNS flag day 2020: advertise and honour at most 1232 bytes over UDP, avoiding fragmentation.
@@ -61,6 +61,7 @@ class RespondStage:
             flags |= RD | RA
         else:
             flags = (flags & ~RD) | RA
+        flags = (flags & ~CD) | (int(query.flags) & CD)  # RFC 4035 §3.2.2: CD is copied from the query
         response.flags = flags
         rcode = rcode_of(response)  # extended rcodes (BADVERS) live in the OPT record, replaced here
         response.opt = None

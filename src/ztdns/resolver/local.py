@@ -46,7 +46,7 @@ def load_zone(config: LocalZoneConfig, base_dir: Path, where: Callable[[Loc], st
         try:
             text = path.read_text()
         except OSError as exc:
-            raise ConfigError([f"{where(('file',))}: cannot read {str(path)!r}: {exc.strerror or exc}"]) from None
+            raise ConfigError([f"{where(('file',))}: {config.name}: {exc}"]) from None
         zone = _parse(text, origin, str(path), lambda _line: where(("file",)))
         outside = _outside(text, origin)
         if outside:
@@ -61,7 +61,8 @@ def load_zone(config: LocalZoneConfig, base_dir: Path, where: Callable[[Loc], st
             if _outside(record, origin):
                 raise ConfigError([f"{where(('records', index))}: the record is outside the zone {origin}"])
     if zone.get_rdataset(origin, dns.rdatatype.SOA) is None:
-        raise ConfigError([f"{where(())}: {config.name}: the zone needs an SOA record at {origin}"])
+        key = "file" if config.file is not None else "records"
+        raise ConfigError([f"{where((key,))}: {config.name}: the zone needs an SOA record at {origin}"])
     return zone
 
 

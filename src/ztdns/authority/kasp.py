@@ -34,7 +34,7 @@ from typing import Literal, Protocol
 
 import dns.name
 
-from ztdns.dnssec.keys import ECDSAP256SHA256, FileKey, KeyStoreError, PrivateKey, ZoneKey
+from ztdns.authority.keys import ECDSAP256SHA256, FileKey, KeyStoreError, PrivateKey, ZoneKey
 
 Role = Literal["ksk", "zsk", "csk"]
 Clock = Callable[[], float]
@@ -117,7 +117,7 @@ class _State:
 
 class KeyStore(Protocol):
     """Where private keys live: files (:class:`FileStore`, the default) or a PKCS#11 token
-    (:class:`ztdns.dnssec.pkcs11.Pkcs11Store`)."""
+    (:class:`ztdns.authority.pkcs11.Pkcs11Store`)."""
 
     def create(self, zone: dns.name.Name, algorithm: int, sep: bool) -> tuple[str, ZoneKey]:
         """A new key; returns the locator to record in the key state, and the key."""

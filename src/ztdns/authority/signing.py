@@ -28,7 +28,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.RRSIG
 import dns.rrset
 
-from ztdns.dnssec.keys import ZoneKey
+from ztdns.authority.keys import ZoneKey
 
 Clock = Callable[[], float]
 

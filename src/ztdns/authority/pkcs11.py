@@ -26,7 +26,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.types import SignMixin
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from ztdns.dnssec.keys import ECDSAP256SHA256, ED25519, KeyStoreError, ZoneKey
+from ztdns.authority.keys import ECDSAP256SHA256, ED25519, KeyStoreError, ZoneKey
 
 LOCATOR_PREFIX = "pkcs11:"
 _CURVES = {ECDSAP256SHA256: (KeyType.EC, "secp256r1"), ED25519: (KeyType.EC_EDWARDS, "1.3.101.112")}
@@ -156,7 +156,7 @@ class Token:
 
 
 class Pkcs11Key:
-    """A zone key's private half in a token (implements :class:`ztdns.dnssec.keys.PrivateKey`)."""
+    """A zone key's private half in a token (implements :class:`ztdns.authority.keys.PrivateKey`)."""
 
     def __init__(self, token: Token, key_id: bytes, algorithm: int, public: bytes) -> None:
         self.token = token
@@ -185,7 +185,7 @@ class Pkcs11Key:
 
 
 class Pkcs11Store:
-    """A :class:`ztdns.dnssec.kasp.KeyStore` keeping every zone's keys in one token."""
+    """A :class:`ztdns.authority.kasp.KeyStore` keeping every zone's keys in one token."""
 
     def __init__(self, token: Token) -> None:
         self.token = token

@@ -1,0 +1,199 @@
+"""Recursion's network exchange: iterative queries rendered to wire, the echo check that decides which datagrams
+answer them, and the :class:`Exchange` that carries one query to one authoritative server.
+
+The exchange is injected into :class:`~ztdns.resolver.recursive.RecursiveResolver`: :class:`NetworkExchange` talks
+UDP/TCP; tests feed scripted or recorded answers through their own (tests/replay). Every socket the network
+exchange opens is closed on every path, cancellation included (a client that goes away cancels the resolution):
+it owns a non-blocking socket, watches it with ``add_reader`` and removes the reader and closes the socket in
+``finally``. ``open_sockets`` counts the ones open now (exported as a metric).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+import dns.flags
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+EDNS_PAYLOAD = 1232  # default UDP payload size advertised upstream (DNS Flag Day 2020)
+_TCP_MAX = 65535
+
+
+class Exchange(Protocol):
+    """Carries one query to one server and returns the response that answers it (the echo check passed).
+
+    Failures raise: ``TimeoutError`` (no answer in time), ``OSError`` (unreachable, refused, reset) or
+    :class:`ForgedAnswer` (a TCP answer that is not ours)."""
+
+    async def exchange(self, query: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes: ...
+
+
+class ForgedAnswer(Exception):
+    pass
+
+
+# Errors may come back without the question: servers that reject EDNS answer FORMERR with an empty question.
+_QUESTION_OPTIONAL = frozenset({dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP, dns.rcode.REFUSED})
+
+
+def echoes(query: bytes, response: bytes) -> bool:
+    """Is ``response`` an answer to ``query`` (one question, ours): same ID, QR set, opcode QUERY and the question
+    echoed byte for byte — the 0x20 case, type and class included? Errors without a question pass: they carry
+    no data. Works on the wire, before any parsing (forgeries cost no parse)."""
+    if len(response) < 12 or response[:2] != query[:2]:
+        return False
+    if not response[2] & 0x80 or response[2] & 0x78:  # QR clear, or an opcode other than QUERY
+        return False
+    count = response[4:6]
+    if count == b"\x00\x00":
+        return response[3] & 0x0F in _QUESTION_OPTIONAL
+    end = _question_end(query)
+    return count == b"\x00\x01" and response[12:end] == query[12:end]
+
+
+def _question_end(query: bytes) -> int:
+    """End of the (uncompressed) question of a query we rendered."""
+    offset = 12
+    while query[offset]:
+        offset += query[offset] + 1
+    return offset + 5  # root label, type, class
+
+
+def randomise_case(name: dns.name.Name) -> dns.name.Name:
+    """0x20: every letter's case flipped by its own random bit.
+
+    The bits, like query IDs, come from the operating system's CSPRNG (``secrets``): the ``random`` module's
+    generator can be reconstructed from its outputs, and an attacker who can predict them only has to guess the
+    source port to forge an answer. Per label, as integers: (random bits) AND (0x20 at each letter) XOR label."""
+    bits = secrets.randbits(2048)  # one draw (a system call) for the whole name: at most 255 octets
+    labels = []
+    for label in name.labels:
+        size = len(label)
+        mask = int.from_bytes(label.translate(_CASE_BIT), "big") & bits
+        labels.append((int.from_bytes(label, "big") ^ mask).to_bytes(size, "big"))
+        bits >>= 8 * size
+    return dns.name.Name(labels)
+
+
+# 0x20 at the octets that are ASCII letters (the bit that flips their case), 0 elsewhere.
+_CASE_BIT = bytes(0x20 if 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A else 0 for c in range(256))
+
+
+@dataclass(frozen=True, slots=True)
+class IterativeQuery:
+    """One iterative query, rendered straight to wire: ID, the 0x20-cased name, type; RD clear, class IN.
+
+    Building it from a template instead of a dnspython Message saves most of the per-query CPU."""
+
+    id: int
+    name: dns.name.Name
+    rdtype: dns.rdatatype.RdataType
+    payload: int = EDNS_PAYLOAD
+
+    @classmethod
+    def random(cls, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, payload: int) -> IterativeQuery:
+        return cls(secrets.randbits(16), randomise_case(name), rdtype, payload)
+
+    def to_wire(self, edns: bool, checking_disabled: bool = False) -> bytes:
+        flags = dns.flags.CD if checking_disabled else 0
+        header = struct.pack("!HHHHHH", self.id, flags, 1, 0, 0, 1 if edns else 0)
+        name = self.name.to_wire()
+        assert name is not None  # without a file to write to, to_wire returns the bytes
+        question = name + struct.pack("!HH", self.rdtype, dns.rdataclass.IN)
+        if not edns:
+            return header + question
+        # OPT: root owner, type 41, our UDP payload size, DO set, no options.
+        return header + question + b"\x00" + struct.pack("!HHBBHH", dns.rdatatype.OPT, self.payload, 0, 0, 0x8000, 0)
+
+
+class NetworkExchange:
+    """UDP on a fresh connected socket per query (a random source port the kernel picks), TCP when asked.
+
+    The connected socket only receives datagrams from the server's address and port. Anything else arriving on
+    it — another ID, or the question echoed in another case than we sent (0x20) — is a forgery (or garbage): it
+    is counted and dropped, and we keep waiting for the real answer until the timeout, so a flood of forgeries
+    can neither poison nor abort the query."""
+
+    def __init__(self, sources: tuple[str, ...] = ()) -> None:
+        self.sources = sources  # local addresses to send from (each family its first); none: the kernel picks
+        self.open_sockets = 0
+        self.forged_dropped = 0
+
+    async def exchange(self, query: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+        sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)  # non-blocking: no fcntl
+        self.open_sockets += 1
+        try:
+            source = self._source(family)
+            if source is not None:
+                sock.bind((source, 0))
+            async with asyncio.timeout(timeout):
+                if tcp:
+                    return await self._tcp(sock, query, address, port)
+                return await self._udp(sock, query, address, port)
+        finally:
+            sock.close()
+            self.open_sockets -= 1
+
+    def _source(self, family: int) -> str | None:
+        for source in self.sources:
+            if (":" in source) == (family == socket.AF_INET6):
+                return source
+        return None
+
+    async def _udp(self, sock: socket.socket, query: bytes, address: str, port: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        sock.connect((address, port))
+        sock.send(query)
+        answered: asyncio.Future[bytes] = loop.create_future()
+
+        def readable() -> None:
+            while not answered.done():
+                try:
+                    wire = sock.recv(65535)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # ICMP port unreachable and the like
+                    answered.set_exception(exc)
+                    return
+                if echoes(query, wire):
+                    answered.set_result(wire)
+                else:
+                    self.forged_dropped += 1
+
+        fd = sock.fileno()
+        loop.add_reader(fd, readable)
+        try:
+            return await answered
+        finally:
+            loop.remove_reader(fd)  # before close: the loop must never watch a closed (or reused) descriptor
+
+    async def _tcp(self, sock: socket.socket, query: bytes, address: str, port: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, (address, port))
+        await loop.sock_sendall(sock, struct.pack("!H", len(query)) + query)
+        size = struct.unpack("!H", await _read(loop, sock, 2))[0]
+        wire = await _read(loop, sock, size)
+        if not echoes(query, wire):
+            self.forged_dropped += 1
+            raise ForgedAnswer(f"TCP answer from {address} does not match the query")
+        return wire
+
+
+async def _read(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, min(size - len(data), _TCP_MAX))
+        if not chunk:
+            raise ConnectionResetError("connection closed mid-answer")
+        data += chunk
+    return data
