@@ -17,11 +17,11 @@ import pytest
 
 from ztdns.agent import nfnetlink
 from ztdns.agent.allowstate import SetUpdate
-from ztdns.agent.config import AgentConfig
 from ztdns.agent.nfnetlink import NetlinkError, TableWatch
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.service import Agent
 from ztdns.config import parse_model
+from ztdns.config.agent import AgentConfig
 from ztdns.lab import netns
 from ztdns.lab.netns import NetnsLoop
 

@@ -12,7 +12,7 @@ import dns.rdatatype
 import pytest
 
 from fixtures.labcases import answer_set, generated_queries, known_difference
-from ztdns.config.model import RecursionConfig
+from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.lab import netns

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ztdns.config import Config, ConfigError, load_config, located
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.observe.metrics import Metrics, MetricsCollector
 from ztdns.observe.stage import Observer
 from ztdns.server import Frontend, compile_runtime, make_resolver

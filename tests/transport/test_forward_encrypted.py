@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from fixtures.tls import DEV_ID, PROD_ID, EchoHandler, Pki, listen_config
 from ztdns.client import ClientInfo
 from ztdns.config import ConfigError, parse_config
-from ztdns.config.model import ResolverConfig, UpstreamConfig
+from ztdns.config.resolver import ResolverConfig, UpstreamConfig
 from ztdns.outcome import EDE
 from ztdns.resolver import Question, Resolution
 from ztdns.resolver.encrypted import spki_pin

@@ -28,7 +28,7 @@ import dns.rdatatype
 import dns.update
 
 from ztdns.authority.service import Authority
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.transport.doh import DohConnection, HttpResponse, http_error
 from ztdns.transport.stream import TlsStreamListener
 from ztdns.transport.tls import TlsMaterial

@@ -10,13 +10,14 @@ import dns.name
 import dns.rdatatype
 import dns.tsigkeyring
 
-from ztdns.authority.config import AuthorityConfig, AuthZoneConfig, Pkcs11Config, SigningConfig
 from ztdns.authority.rrl import RateLimiter
 from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
 from ztdns.authority.zone import Zone, ZoneError
-from ztdns.config.model import Config, parse_hostport
+from ztdns.config import Config
+from ztdns.config.authority import AuthorityConfig, AuthZoneConfig, Pkcs11Config, SigningConfig
+from ztdns.config.base import parse_hostport
 from ztdns.dnssec.kasp import KeyManager, KeyStore, Policy
 from ztdns.dnssec.keys import ALGORITHMS, KeyStoreError
 from ztdns.dnssec.signing import Validity

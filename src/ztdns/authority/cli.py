@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from ztdns.authority.build import build_zone, key_store, state_dir
-from ztdns.authority.config import AuthZoneConfig
 from ztdns.authority.zone import ZoneError
 from ztdns.config import Config, ConfigError, load_config
+from ztdns.config.authority import AuthZoneConfig
 from ztdns.dnssec.kasp import Role
 from ztdns.dnssec.keys import KeyStoreError
 

@@ -26,7 +26,7 @@ from ztdns.authority.service import Authority, ServedZone
 from ztdns.authority.transfer import notify_message
 from ztdns.authority.zone import ZoneError
 from ztdns.config import Config, ConfigError, located
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.dnssec.keys import KeyStoreError
 from ztdns.observe.metrics import Metrics
 from ztdns.transport.stream import TlsStreamListener

@@ -22,7 +22,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from ztdns.config.model import CacheConfig
+from ztdns.config.cache import CacheConfig
 from ztdns.protocol.header import AD, TC, rcode_of
 from ztdns.resolver import Question
 

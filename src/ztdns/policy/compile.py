@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Literal
 
 import dns.rdatatype
 
+from ztdns.config import located
 from ztdns.config.locate import format_loc
+from ztdns.patterns import Pattern, Scope, parse_pattern
 from ztdns.policy.lists import SCOPE_BITS, ListFile, find_line, read_list
-from ztdns.policy.patterns import Pattern, Scope, parse_pattern
 
 if TYPE_CHECKING:
-    from ztdns.config.model import Config, PolicyConfig
+    from ztdns.config import Config
+    from ztdns.config.policy import PolicyConfig
 
 log = logging.getLogger("ztdns.policy")
 
@@ -316,8 +318,6 @@ def compile_views(config: Config) -> dict[str, View]:
                 try:
                     lists[resolved] = read_list(resolved, path)
                 except OSError as exc:
-                    from ztdns.config import located  # ztdns.config imports this package
-
                     reason = exc.strerror or str(exc)
                     raise located(config, key, f"cannot read list file {str(resolved)!r}: {reason}") from None
     policies = {

@@ -31,7 +31,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from ztdns.config.model import ResolverConfig, UpstreamConfig
+from ztdns.config.resolver import ResolverConfig, UpstreamConfig
 from ztdns.outcome import EDE, Reason
 from ztdns.resolver import Question, Resolution, encrypted
 from ztdns.resolver.health import HealthBook, UpstreamHealth

@@ -22,7 +22,7 @@ import dns.rrset
 import dns.zone
 
 from ztdns.config import ConfigError
-from ztdns.config.model import LocalZoneConfig
+from ztdns.config.local_zones import LocalZoneConfig
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
 

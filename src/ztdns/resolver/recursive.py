@@ -35,7 +35,7 @@ from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
 
 from ztdns.cache import copy_rrset
-from ztdns.config.model import RecursionConfig
+from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.names import ancestry, wire_key
 from ztdns.dnssec.validator import Security, Validator, Verdict
