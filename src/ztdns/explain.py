@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import dns.edns
 import dns.message
 import dns.rcode
 import dns.rdatatype
+from prometheus_client.metrics_core import Metric
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import Config
@@ -52,6 +53,9 @@ class NotResolving:
 
     async def close(self) -> None:
         return None
+
+    def collect(self) -> Iterable[Metric]:
+        return ()
 
 
 async def explain(config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False) -> str:

@@ -4,20 +4,25 @@ Owns: the :class:`Resolver` contract, and its implementations — ``forward.py``
 tracking, selection logic in ``health.py``; see docs/forwarding.md), ``local.py`` (local zones), ``recursive.py``
 (iterative resolution with DNSSEC validation; root hints in ``hints.py``, upstream responses parsed by
 :mod:`ztdns.protocol.parse`) and ``validating.py`` (DNSSEC validation around any resolver, for forwarding mode).
-Config: ``[resolver]`` (:class:`~ztdns.config.resolver.ResolverConfig`), ``[dnssec]``. Metrics: per-upstream health
-from ``Forwarder.health()``; recursion's upstream queries, forged datagrams dropped and aggressive-NSEC answers.
+Config: ``[resolver]`` (:class:`~ztdns.config.resolver.ResolverConfig`), ``[dnssec]``. Metrics: each resolver's
+``collect()`` (the :class:`~ztdns.observe.metrics.Exporter` contract): per-upstream health (``Forwarder``);
+recursion's upstream queries, forged datagrams dropped and aggressive-NSEC answers; validation failures.
 Client data touched: none — a resolver sees only the question, never who asked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import dns.message
 import dns.name
 
 from ztdns.outcome import Reason
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +54,7 @@ class Resolver(Protocol):
     async def resolve(self, question: Question) -> Resolution: ...
 
     async def close(self) -> None: ...
+
+    def collect(self) -> Iterable[Metric]:
+        """Its metric families (:class:`ztdns.observe.metrics.Exporter`); the server exports the one in service."""
+        ...

@@ -18,6 +18,7 @@ import socket
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dns.asyncquery
@@ -33,6 +34,8 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ztdns.cache import copy_rrset
 from ztdns.config.resolver import RecursionConfig
@@ -179,6 +182,24 @@ class RecursiveResolver:
         except ResolutionFailed:
             return None
         return response
+
+    def collect(self) -> Iterator[Metric]:
+        """Validation failures (when validating) and recursion's defences at work."""
+        if self.validator is not None:
+            yield from self.validator.collect()
+        yield CounterMetricFamily(
+            "ztdns_recursion_upstream_queries", "Queries sent to authoritative servers", value=self.upstream_queries
+        )
+        yield CounterMetricFamily(
+            "ztdns_recursion_forged_dropped",
+            "Datagrams dropped as forged: another ID, unparsable, or the question in another case (0x20)",
+            value=self.forged_dropped,
+        )
+        yield CounterMetricFamily(
+            "ztdns_recursion_aggressive_answers",
+            "Negative answers synthesised from cached validated NSEC/NSEC3 (RFC 8198)",
+            value=self.aggressive_answers,
+        )
 
     async def close(self) -> None:
         for future in self._inflight.values():
