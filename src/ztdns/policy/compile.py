@@ -247,9 +247,6 @@ class _PolicyBuilder:
         return self.policy
 
 
-_Source = tuple[bool, ListFile, Path, str]  # allowed, parsed list, resolved path, config key
-
-
 def _compile_policy(
     name: str, config: PolicyConfig, lists: dict[Path, ListFile], uses: Counter[Path], base_dir: Path
 ) -> CompiledPolicy:
