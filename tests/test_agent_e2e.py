@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent_lab import AgentProcess, Lab, Probe, agent_factory, lab, needs_root, probe
 
-pytestmark = [needs_root(), __import__("pytest").mark.root]
+pytestmark = [needs_root(), pytest.mark.root, pytest.mark.slow]
 __all__ = ["agent_factory", "lab", "probe"]
 
 

@@ -25,7 +25,11 @@ from ztdns.config.agent import AgentConfig
 from ztdns.lab import netns
 from ztdns.lab.netns import NetnsLoop
 
-pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
+pytestmark = [
+    pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+    pytest.mark.slow,
+    pytest.mark.root,
+]
 
 CONFIG = """resolv_conf = ""
 [stub]

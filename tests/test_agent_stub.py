@@ -17,7 +17,7 @@ from ztdns.agent.setwriter import SetWriter
 from ztdns.agent.stub import StubHandler
 from ztdns.config.agent import AllowConfig
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (nftables netlink)")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root (nftables netlink)"), pytest.mark.root]
 
 
 class OneAnswer:

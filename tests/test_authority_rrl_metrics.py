@@ -113,6 +113,7 @@ def test_metrics_collector_exports_authority_counters(tmp_path: Path) -> None:
     assert 'ztdns_authority_signatures_total{zone="corp.internal."}' in text
 
 
+@pytest.mark.slow
 def test_authority_serve_exposes_metrics(tmp_path: Path) -> None:
     dns_port, metrics_port = free_port(), free_port()
     (tmp_path / "corp.zone").write_text(ZONE_TEXT)

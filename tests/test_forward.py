@@ -215,6 +215,7 @@ ZONE = [
 ]
 
 
+@pytest.mark.slow
 def test_forward_through_unbound(unbound_upstream: UnboundFactory) -> None:
     upstream = unbound_upstream(ZONE)
 
@@ -235,6 +236,7 @@ def test_forward_through_unbound(unbound_upstream: UnboundFactory) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_truncated_udp_answer_is_fetched_over_tcp(unbound_upstream: UnboundFactory) -> None:
     upstream = unbound_upstream(ZONE)
     host, port = UpstreamConfig(address=upstream).hostport()

@@ -227,6 +227,7 @@ def _toml_rules(rules: list[tuple[str, set[str] | None]]) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(allow=_rules, deny=_rules, name=_names, qtype=st.sampled_from(["A", "AAAA"]))
 def test_compiled_view_agrees_with_the_grammar(
@@ -453,6 +454,7 @@ _NAME_LABELS = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400)
 @given(_NAME_LABELS)
 def test_name_key_is_the_lower_cased_text_of_every_name(labels: list[bytes]) -> None:

@@ -25,7 +25,7 @@ from ztdns.resolver import Question, Resolution
 from ztdns.resolver.recursive import RecursiveResolver
 
 _problem = netns.available() or missing_tools()
-pytestmark = pytest.mark.skipif(_problem is not None, reason=_problem or "")
+pytestmark = [pytest.mark.skipif(_problem is not None, reason=_problem or ""), pytest.mark.slow, pytest.mark.root]
 
 
 @pytest.fixture

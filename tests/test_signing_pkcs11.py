@@ -36,6 +36,8 @@ CLIENT = ClientInfo(Transport.UDP, "127.0.0.1", 5353)
 pkcs11 = pytest.importorskip("pkcs11")
 from ztdns.dnssec.pkcs11 import Pkcs11Store, Token, TokenSettings  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def token_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenSettings]:
