@@ -22,8 +22,8 @@ import dns.query
 import dns.tsigkeyring
 import pytest
 
-from ztdns.authority.server import AuthorityService
-from ztdns.authority.service import Authority, ServedZone, ZoneSettings
+from ztdns.authority.daemon import AuthorityService
+from ztdns.authority.handler import Authority, ServedZone, ZoneSettings
 from ztdns.authority.zone import Zone
 from ztdns.dnssec.kasp import KeyManager, Policy
 

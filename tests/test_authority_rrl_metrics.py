@@ -21,8 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from authority_lab import ZONE_TEXT, free_port, serving, signed_zone
+from ztdns.authority.handler import Authority
 from ztdns.authority.rrl import RateLimiter
-from ztdns.authority.service import Authority
 from ztdns.client import ClientInfo, Transport
 from ztdns.observe.metrics import MetricsCollector
 

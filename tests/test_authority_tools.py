@@ -18,7 +18,7 @@ import dns.zone
 import pytest
 
 from authority_lab import ORIGIN, keyring, need, serving, signed_zone, unbound
-from ztdns.authority.service import Authority, ServedZone
+from ztdns.authority.handler import Authority, ServedZone
 from ztdns.authority.transfer import TransferAcl
 from ztdns.dnssec.kasp import Policy
 from ztdns.dnssec.keys import ALGORITHMS

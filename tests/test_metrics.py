@@ -12,10 +12,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ztdns.authority.service import Authority
+from ztdns.authority.handler import Authority
 from ztdns.config import parse_config
+from ztdns.handler import Frontend
 from ztdns.observe.metrics import Metrics, MetricsCollector
-from ztdns.server import Frontend
 
 DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
 

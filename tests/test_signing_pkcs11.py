@@ -20,7 +20,7 @@ import pytest
 
 from authority_lab import ORIGIN, ZONE_TEXT, keyring, need, serving
 from ztdns.authority.build import build_authority
-from ztdns.authority.service import Authority, ServedZone, ZoneSettings
+from ztdns.authority.handler import Authority, ServedZone, ZoneSettings
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.zone import Zone, rrset_of
 from ztdns.client import ClientInfo, Transport

@@ -20,7 +20,7 @@ import dns.update
 import pytest
 
 from authority_lab import keyring, need, serving, signed_zone, unbound
-from ztdns.authority.service import Authority
+from ztdns.authority.handler import Authority
 from ztdns.authority.update import Grant
 from ztdns.dnssec.kasp import Policy
 

@@ -2,12 +2,13 @@
 
 Owns: zone data (``zone``), RFC 1034 answering (``answer``), RFC 2136 updates with per-identity grants
 (``update``), AXFR/NOTIFY (``transfer``), RRL (``rrl``), the ``Handler`` over all of it with replayed
-pre-rendered answers (``service``), the service inside ``ztdns serve`` (``server``: the shared UDP and TCP
+pre-rendered answers (``handler``), the service inside ``ztdns serve`` (``daemon``: the shared UDP and TCP
 transports, key ticker, NOTIFY, reload), the resolver's view of the zones (``view``, a pipeline stage) and the
 mTLS HTTPS registration API (``api``). Signing, denial and keys live in :mod:`ztdns.dnssec` (signing, nsec3,
-kasp, keys, pkcs11). Config: ``[authority]`` (see docs/authority.md). Metrics: through ``ztdns.observe.metrics``
-(``ztdns_queries`` kind authoritative/authoritative_replay, ``ztdns_authority_*``: updates, transfers, RRL
-drops/slips, replays, serials, signatures). Client data touched: source address (RRL buckets per prefix, transfer
+kasp, keys, pkcs11). Config: ``[authority]`` (see docs/authority.md). Metrics: the shared
+``ztdns.observe.metrics.Metrics`` counts answers (``ztdns_queries`` kind authoritative/authoritative_replay);
+``Authority.collect()`` exports ``ztdns_authority_*``: updates, transfers, RRL drops/slips, replays, serials,
+signatures. Client data touched: source address (RRL buckets per prefix, transfer
 ACL) and the update's TSIG key name or certificate identity (grants); none of it is stored or logged beyond
 refused-update reasons.
 """

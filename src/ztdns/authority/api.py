@@ -27,7 +27,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.update
 
-from ztdns.authority.service import Authority
+from ztdns.authority.handler import Authority
 from ztdns.config.listen import ListenConfig
 from ztdns.transport.doh import DohConnection, HttpResponse, http_error
 from ztdns.transport.stream import TlsStreamListener

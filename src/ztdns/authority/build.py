@@ -10,8 +10,8 @@ import dns.name
 import dns.rdatatype
 import dns.tsigkeyring
 
+from ztdns.authority.handler import Authority, ServedZone, ZoneSettings
 from ztdns.authority.rrl import RateLimiter
-from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
 from ztdns.authority.zone import Zone, ZoneError

@@ -1,4 +1,6 @@
-"""The server: compiles a config into a runtime, serves it on listeners, reloads it, drains on exit.
+"""The handler: the object every transport calls to answer a query (the process around it is :mod:`ztdns.daemon`).
+
+It compiles a config into a runtime, answers from replays or through the stages, and reloads.
 
 The runtime (identities, policy views, local zones, the stage chain, replays) is rebuilt from scratch on
 reload and swapped in one assignment, so a query sees either the old config or the new one, never a mix.
@@ -45,7 +47,7 @@ from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.wire import parse_query
 
 if TYPE_CHECKING:
-    from ztdns.authority.service import Authority
+    from ztdns.authority.handler import Authority
 
 log = logging.getLogger("ztdns")
 

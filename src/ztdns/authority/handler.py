@@ -1,8 +1,8 @@
-"""The authoritative service: served zones (data + signing state) and the transport ``Handler`` over them.
+"""The authority's handler: served zones (data + signing state) and the transport ``Handler`` over them.
 
 Sans-IO: ``respond(wire, client)`` turns one request into response wires (several for a zone transfer);
 ``tick()`` moves key timelines forward and reports zones whose contents changed (to NOTIFY secondaries). The
-asyncio adapter in :mod:`ztdns.authority.server` only pumps bytes.
+asyncio adapter in :mod:`ztdns.authority.daemon` only pumps bytes.
 """
 
 from __future__ import annotations
@@ -348,7 +348,7 @@ class Authority:
 
         Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Looked up first by the
         query's bytes after the ID (no parsing), then by the hand-parsed question's normal form, like the
-        resolver's replays (``ztdns.server.Frontend.fast``).
+        resolver's replays (``ztdns.handler.Frontend.fast``).
         """
         started = time.perf_counter()
         replays = self._replays  # once: see _changed
