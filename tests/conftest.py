@@ -53,7 +53,17 @@ sys.addaudithook(_audit)
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    yield from _watching(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    yield from _watching(item)
+
+
+def _watching(item: pytest.Item) -> Generator[None, None, None]:
+    """Setup and call only: teardown also finishes shared fixtures (the lab's namespace), whoever ran last."""
     global _running
     _running = item
     try:
