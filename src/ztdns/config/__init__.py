@@ -53,6 +53,8 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class Config(Section):
+    """The resolver's file (``ztdns serve``, ``ztdns check``): one field per area, and the checks across areas."""
+
     server: ServerConfig = ServerConfig()
     listen: list[ListenConfig] = [ListenConfig(transport="udp"), ListenConfig(transport="tcp")]
     resolver: ResolverConfig = ResolverConfig()
