@@ -40,12 +40,12 @@ import dns.rrset
 import uvloop
 
 from ztdns.agent.answers import message_id, with_id
-from ztdns.agent.config import AgentConfig
 from ztdns.agent.nft import NftError
 from ztdns.agent.service import Agent
 from ztdns.agent.setwriter import packed_sets
 from ztdns.agent.stub import StubHandler
 from ztdns.config import parse_model
+from ztdns.config.agent import AgentConfig
 
 CILIUM_P50_MS = 2.9
 CONFIG = """resolv_conf = ""

@@ -30,7 +30,7 @@ import dns.rrset
 
 from dnsperf_run import dnsperf_command, run_dnsperf_async
 from ztdns.client import ClientInfo
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.pki import init_ca, issue
 from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.dot import start_dot_listener

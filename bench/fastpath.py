@@ -19,7 +19,7 @@ import dns.message
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
-from ztdns.server import Frontend
+from ztdns.handler import Frontend
 
 CONFIG = """
 [resolver]

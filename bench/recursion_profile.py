@@ -22,7 +22,7 @@ import dns.name
 import dns.rdatatype
 
 from ztdns import encode
-from ztdns.config.model import RecursionConfig
+from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec import denial, validator
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator

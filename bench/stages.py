@@ -15,6 +15,7 @@ import asyncio
 import gc
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import dns.flags
@@ -24,11 +25,12 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from prometheus_client.metrics_core import Metric
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
+from ztdns.handler import Frontend
 from ztdns.resolver import Question, Resolution
-from ztdns.server import Frontend
 
 CONFIG = """
 [resolver]
@@ -70,6 +72,9 @@ class AnsweringResolver:
 
     async def close(self) -> None:
         pass
+
+    def collect(self) -> Iterable[Metric]:
+        return ()
 
 
 async def one_round(names: list[dns.name.Name], wires: list[bytes], client: ClientInfo) -> float:

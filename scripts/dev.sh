@@ -84,8 +84,8 @@ case "$cmd" in
         ruff format --check src tests bench
         echo "== mypy --strict"
         mypy
-        echo "== pytest"
-        exec pytest "$@"
+        echo "== pytest (with line coverage of src/ztdns)"
+        exec pytest --cov=ztdns --cov-report=term "$@"
         ;;
     *) echo "usage: scripts/dev.sh serve|test|setup [ARGS...]" >&2; exit 2 ;;
 esac

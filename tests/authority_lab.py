@@ -22,9 +22,9 @@ import dns.query
 import dns.tsigkeyring
 import pytest
 
+from ztdns.authority.daemon import AuthorityService
+from ztdns.authority.handler import Authority, ServedZone, ZoneSettings
 from ztdns.authority.kasp import KeyManager, Policy
-from ztdns.authority.server import AuthorityService
-from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.zone import Zone
 
 T = TypeVar("T")

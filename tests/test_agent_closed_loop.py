@@ -15,7 +15,7 @@ import pytest
 
 from agent_lab import HOST_ID, RESOLVER, AgentProcess, Lab, Probe, needs_root
 
-pytestmark = [needs_root("kdig"), pytest.mark.root]
+pytestmark = [needs_root("kdig"), pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

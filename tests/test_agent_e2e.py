@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent_lab import AgentProcess, Lab, Probe, agent_factory, lab, needs_root, probe
 
-pytestmark = [needs_root(), __import__("pytest").mark.root]
+pytestmark = [needs_root(), pytest.mark.root, pytest.mark.slow]
 __all__ = ["agent_factory", "lab", "probe"]
 
 
@@ -234,7 +236,7 @@ def test_element_batches_set_exact_timeouts_in_the_kernel(lab: Lab, agent_factor
     # fail the transaction either. The same with in-place updates, where the probe says the kernel has them.
     script = """
 import json
-from ztdns.agent.config import AgentConfig
+from ztdns.config.agent import AgentConfig
 import sys
 from ztdns.agent.nfnetlink import ElementWriter, TableWatch, updates_timeouts_in_place
 from ztdns.agent.nft import Nft

@@ -17,15 +17,19 @@ import pytest
 
 from ztdns.agent import nfnetlink
 from ztdns.agent.allowstate import SetUpdate
-from ztdns.agent.config import AgentConfig
 from ztdns.agent.nfnetlink import NetlinkError, TableWatch
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.service import Agent
 from ztdns.config import parse_model
+from ztdns.config.agent import AgentConfig
 from ztdns.lab import netns
 from ztdns.lab.netns import NetnsLoop
 
-pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
+pytestmark = [
+    pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+    pytest.mark.slow,
+    pytest.mark.root,
+]
 
 CONFIG = """resolv_conf = ""
 [stub]

@@ -11,13 +11,13 @@ import dns.rrset
 import pytest
 
 from ztdns.agent.allowstate import AllowState
-from ztdns.agent.config import AllowConfig
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nfnetlink import ElementWriter
 from ztdns.agent.setwriter import SetWriter
 from ztdns.agent.stub import StubHandler
+from ztdns.config.agent import AllowConfig
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (nftables netlink)")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root (nftables netlink)"), pytest.mark.root]
 
 
 class OneAnswer:

@@ -16,12 +16,12 @@ from ztdns.agent import hostdns, nfnetlink
 from ztdns.agent.allowstate import AllowState, Grant, SetUpdate
 from ztdns.agent.answers import BadMessage, addresses, check_query, servfail, truncate, udp_limit
 from ztdns.agent.audit import learn, parse_since, proposal_toml
-from ztdns.agent.config import AgentConfig, AllowConfig
 from ztdns.agent.nflog import NFULA_IFINDEX_INDEV, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_UID, parse_messages
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.ruleset import build_ruleset
 from ztdns.agent.setwriter import packed_sets
 from ztdns.config import ConfigError, parse_model
+from ztdns.config.agent import AgentConfig, AllowConfig
 
 BASE = '[[server]]\naddress = "192.0.2.10:853"\nhostname = "dns.test"\n'
 

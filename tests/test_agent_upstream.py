@@ -14,9 +14,9 @@ import pytest
 
 from agent_lab import make_certs
 from fixtures.tls import PROD_ID, EchoHandler, Pki, listen_config, pki
-from ztdns.agent.config import AgentConfig
 from ztdns.agent.upstream import UpstreamError, Upstreams, client_for
 from ztdns.config import ConfigError, parse_model
+from ztdns.config.agent import AgentConfig
 from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.dot import start_dot_listener
 from ztdns.transport.tls import TlsMaterial

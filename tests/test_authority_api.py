@@ -19,7 +19,7 @@ import pytest
 from authority_lab import Loop, signed_zone
 from fixtures.tls import PROD_ID, Pki, pki
 from ztdns.authority.api import api_listen_config, registration_response, start_registration_api
-from ztdns.authority.service import Authority
+from ztdns.authority.handler import Authority
 from ztdns.authority.update import Grant
 from ztdns.client import ClientInfo, Transport
 from ztdns.transport.tls import TlsMaterial

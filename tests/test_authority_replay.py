@@ -15,7 +15,7 @@ import dns.rrset
 import dns.update
 
 from authority_lab import ORIGIN, ZONE_TEXT, keyring, signed_zone
-from ztdns.authority.service import KIND_ANSWERED, KIND_REPLAYED, Authority, ServedZone
+from ztdns.authority.handler import KIND_ANSWERED, KIND_REPLAYED, Authority, ServedZone
 from ztdns.authority.update import Grant
 from ztdns.authority.zone import rrset_of
 from ztdns.client import ClientInfo, Transport

@@ -21,8 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from authority_lab import ZONE_TEXT, free_port, serving, signed_zone
+from ztdns.authority.handler import Authority
 from ztdns.authority.rrl import RateLimiter
-from ztdns.authority.service import Authority
 from ztdns.client import ClientInfo, Transport
 from ztdns.observe.metrics import MetricsCollector
 
@@ -113,6 +113,7 @@ def test_metrics_collector_exports_authority_counters(tmp_path: Path) -> None:
     assert 'ztdns_authority_signatures_total{zone="corp.internal."}' in text
 
 
+@pytest.mark.slow
 def test_authority_serve_exposes_metrics(tmp_path: Path) -> None:
     dns_port, metrics_port = free_port(), free_port()
     (tmp_path / "corp.zone").write_text(ZONE_TEXT)

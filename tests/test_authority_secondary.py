@@ -15,11 +15,14 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import dns.update
+import pytest
 
 from authority_lab import ORIGIN, TSIG_SECRET, free_port, keyring, need, serving, signed_zone
-from ztdns.authority.service import Authority
+from ztdns.authority.handler import Authority
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
+
+pytestmark = pytest.mark.slow
 
 
 def _serial(port: int) -> int | None:

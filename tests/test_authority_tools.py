@@ -18,9 +18,9 @@ import dns.zone
 import pytest
 
 from authority_lab import ORIGIN, keyring, need, serving, signed_zone, unbound
+from ztdns.authority.handler import Authority, ServedZone
 from ztdns.authority.kasp import Policy
 from ztdns.authority.keys import ALGORITHMS
-from ztdns.authority.service import Authority, ServedZone
 from ztdns.authority.transfer import TransferAcl
 
 
@@ -45,6 +45,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ser
         yield zone, server.port
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "tool",
     [
@@ -89,6 +90,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 def test_unbound_validates_answers_as_secure(served: tuple[ServedZone, int], tmp_path: Path) -> None:
     need("unbound")
     zone, port = served
@@ -105,6 +107,7 @@ def test_unbound_validates_answers_as_secure(served: tuple[ServedZone, int], tmp
         process.wait()
 
 
+@pytest.mark.slow
 def test_delv_validates_answers_as_secure(served: tuple[ServedZone, int], tmp_path: Path) -> None:
     need("delv")
     zone, port = served
@@ -131,6 +134,7 @@ def test_delv_validates_answers_as_secure(served: tuple[ServedZone, int], tmp_pa
         )
 
 
+@pytest.mark.slow
 def test_unbound_validates_compact_denial(tmp_path: Path) -> None:
     need("unbound")
     zone = signed_zone(tmp_path, denial="compact")

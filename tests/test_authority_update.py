@@ -15,7 +15,7 @@ import dns.rdatatype
 import dns.update
 
 from authority_lab import ORIGIN, keyring, serving, signed_zone
-from ztdns.authority.service import Authority
+from ztdns.authority.handler import Authority
 from ztdns.authority.update import Grant
 
 GRANT = Grant("spiffe://corp/ns/{ns}/sa/{sa}", ("{sa}.{ns}.svc.corp.internal",))

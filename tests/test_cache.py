@@ -9,7 +9,7 @@ import dns.rdatatype
 import dns.rrset
 
 from ztdns.cache import MessageCache
-from ztdns.config.model import CacheConfig
+from ztdns.config.cache import CacheConfig
 from ztdns.resolver import Question
 
 

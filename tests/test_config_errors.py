@@ -34,6 +34,7 @@ def check(tmp_path: Path, text: str) -> tuple[int, str]:
     return result.returncode, result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -135,6 +136,7 @@ def test_error_names_file_line_and_key(tmp_path: Path, text: str, expected: str)
     assert (code, stderr) == (1, expected.format(dir=tmp_path.resolve()) + "\n")
 
 
+@pytest.mark.slow
 def test_every_problem_is_listed(tmp_path: Path) -> None:
     code, stderr = check(tmp_path, BASE + '[server]\nworkers = 0\ndrain_seconds = "soon"\n[metrics]\nenabled = 3\n')
     assert code == 1
@@ -145,6 +147,7 @@ def test_every_problem_is_listed(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_a_valid_file_passes(tmp_path: Path) -> None:
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "ads.txt").write_text("ads.example\n")

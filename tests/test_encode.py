@@ -365,6 +365,7 @@ def rrsets(draw: st.DrawFn) -> dns.rrset.RRset:
     return result
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     qname=_names,
@@ -383,6 +384,7 @@ def test_generated_messages(
     assert_same(message)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(signed=rrsets(), labels=st.integers(0, 7), signer=_names)
 def test_generated_signed_data(signed: dns.rrset.RRset, labels: int, signer: dns.name.Name) -> None:

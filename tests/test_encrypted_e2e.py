@@ -204,6 +204,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["+tls", "+https"])
 def test_kdig_allowed_and_denied_per_spiffe_identity(core: tuple[ServerProcess, Ports], pki: Pki, how: str) -> None:
     server, ports = core
@@ -225,6 +226,7 @@ def test_kdig_allowed_and_denied_per_spiffe_identity(core: tuple[ServerProcess, 
     assert by_name[(None, "www.corp.test.")]["identity"] == "office"
 
 
+@pytest.mark.slow
 def test_curl_doh_url_resolves_only_what_the_policy_allows(core: tuple[ServerProcess, Ports], pki: Pki) -> None:
     curl = require_tool("curl")
     server, ports = core
@@ -267,6 +269,7 @@ def ede(response: dns.message.Message) -> int | None:
     return codes[0] if codes else None
 
 
+@pytest.mark.slow
 def test_doq_allowed_and_denied_per_spiffe_identity(core: tuple[ServerProcess, Ports], pki: Pki) -> None:
     server, ports = core
     for client, name, address in CASES:
@@ -283,6 +286,7 @@ def test_doq_allowed_and_denied_per_spiffe_identity(core: tuple[ServerProcess, P
     }
 
 
+@pytest.mark.slow
 def test_require_without_certificate_fails_the_handshake(core: tuple[ServerProcess, Ports], pki: Pki) -> None:
     server, ports = core
     code, out = kdig(pki, ports.require, "www.corp.test")
@@ -292,6 +296,7 @@ def test_require_without_certificate_fails_the_handshake(core: tuple[ServerProce
     assert server.wait_stderr(f"dot 127.0.0.1:{ports.require}: handshake refused")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("client", "logged"),
     [
@@ -312,6 +317,7 @@ def test_bad_certificates_are_refused_and_logged(
     assert server.wait_stderr(logged), server.stderr
 
 
+@pytest.mark.slow
 def test_no_certificate_refuse_gives_ede_18_whatever_the_address(core: tuple[ServerProcess, Ports], pki: Pki) -> None:
     server, ports = core
     for _ in range(2):  # the second time too: refusals without a certificate are not replayed as "unknown client"
@@ -356,6 +362,7 @@ def serial_of(sock: ssl.SSLSocket) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
+@pytest.mark.slow
 def test_rotation_on_disk_and_sighup(pki: Pki, tmp_path: Path) -> None:
     """Two DoT listeners share certificate files: one polls them, one only reloads on SIGHUP."""
     live = tmp_path / "live"
@@ -427,6 +434,7 @@ tls_reload_interval = 3600
             assert serial_of(still) == new_serial
 
 
+@pytest.mark.slow
 def test_chained_resolvers_identify_the_edge_by_spiffe_id(pki: Pki, tmp_path: Path) -> None:
     """edge (UDP for its clients) forwards over DoT with its own SVID to core, whose policy names the edge."""
     edge_pki = tmp_path / "edge-pki"
@@ -572,6 +580,7 @@ def assert_nothing_weak(result: dict[str, Any], tls_min_version: str) -> None:
     assert not scan["session_renegotiation"]["result"]["is_vulnerable_to_client_renegotiation_dos"], where
 
 
+@pytest.mark.slow
 def test_sslyze_finds_no_old_protocol_and_no_weak_suite(pki: Pki, tmp_path: Path) -> None:
     """sslyze (its own venv, .venv-sslyze: it needs an older cryptography than ours) scans the real DoT and DoH
     listeners of ``ztdns serve`` with each tls_min_version and client_auth mode."""

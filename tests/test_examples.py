@@ -57,12 +57,14 @@ def test_the_examples_are_there() -> None:
     assert (EXAMPLES / "lists" / "ads.hosts").exists() and (EXAMPLES / "lists" / "trackers.adblock").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GOOD)
 def test_example_passes_check(prepared: Path, name: str) -> None:
     result = ztdns("check", "--config", f"examples/{name}", cwd=prepared)
     assert (result.returncode, result.stdout, result.stderr) == (0, f"examples/{name}: ok\n", "")
 
 
+@pytest.mark.slow
 def test_bad_example_names_line_12() -> None:
     result = ztdns("check", "--config", "examples/bad.toml")
     assert result.returncode == 1
@@ -70,6 +72,7 @@ def test_bad_example_names_line_12() -> None:
     assert result.stderr == "examples/bad.toml:12: policies.web.allow[3]: '*.*.x' is not a valid pattern\n"
 
 
+@pytest.mark.slow
 def test_workloads_without_certificates_names_the_key(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLES, tmp_path / "examples", ignore=shutil.ignore_patterns("pki"))
     result = ztdns("check", "--config", "examples/workloads.toml", cwd=tmp_path)
@@ -92,6 +95,7 @@ def explain(*args: str, cwd: Path = REPO) -> dict[str, str]:
     return fields
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "list_file", "entry", "rule", "index"),
     [
@@ -111,6 +115,7 @@ def test_office_explain_names_list_file_and_line(name: str, list_file: str, entr
     assert found["response"] == f'NXDOMAIN, EDE 15 (BLOCKED) "policy=baseline rule={rule} list=lists/{list_file}"'
 
 
+@pytest.mark.slow
 def test_office_identities_and_policies() -> None:
     office = ["--config", "examples/office.toml", "--client"]
     printer = explain(*office, "10.20.99.7", "www.example.org")
@@ -132,6 +137,7 @@ def test_office_identities_and_policies() -> None:
     assert stranger["response"] == 'REFUSED, EDE 18 (PROHIBITED) "client is not a known identity"'
 
 
+@pytest.mark.slow
 def test_workloads_exact_spiffe_id_beats_prefix(prepared: Path) -> None:
     workloads = ["--config", "examples/workloads.toml", "--client"]
     web = explain(*workloads, "spiffe://corp.example/ns/prod/sa/web", "db.svc.corp.example", cwd=prepared)
@@ -144,6 +150,7 @@ def test_workloads_exact_spiffe_id_beats_prefix(prepared: Path) -> None:
     assert report["response"].startswith("REFUSED, EDE 15")
 
 
+@pytest.mark.slow
 def test_workloads_serves(prepared: Path) -> None:
     """The example really starts: rewritten to free loopback ports, every listener comes up with the generated
     certificates, and the loopback Do53 listener answers by the host identity's policy."""

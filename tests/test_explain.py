@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fixtures.unbound import UnboundFactory
+
+pytestmark = pytest.mark.slow
 
 
 def explain(config: Path, *args: str) -> str:

@@ -25,6 +25,9 @@ from ztdns.config import default_config
 from ztdns.identity import IdentityMap
 from ztdns.policy import compile_views
 
+# Nearly every test here runs the `ztdns` command as a process.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 EXPLAIN = (sys.executable, "-m", "ztdns", "explain", "--config", str(EXAMPLES / "office.toml"))
 
@@ -157,7 +160,6 @@ def test_default_metrics_port_in_use_names_the_default_not_a_question_mark(tmp_p
     assert unset == f"{path}: metrics.address (not set in the file: the default): problem"
 
 
-@pytest.mark.slow
 def test_workers_with_doq_serve_and_a_dying_worker_stops_the_server(tmp_path: Path) -> None:
     """DoQ runs on worker 0 only (QUIC cannot share a port); a worker that cannot bind takes the server down with
     one line, instead of a traceback and a server silently serving at half strength."""
@@ -218,7 +220,6 @@ def test_default_config_shows_certificate_identities_for_real() -> None:
     assert not views[certified.identity].decide("www.blocked.ztdns.test", 1).allowed
 
 
-@pytest.mark.slow
 def test_docs_lab_cli_walkthrough(tmp_path: Path) -> None:
     """docs/lab.md: `ztdns lab --port` and `ztdns serve` with the lab's hints and anchor, as written there."""
     require_tool("knotd")

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from fixtures.fake_upstream import FakeUpstream, FromOtherPort, Reply, Respond, black_hole, closed_port
 from fixtures.unbound import UnboundFactory
-from ztdns.config.model import ResolverConfig, UpstreamConfig
+from ztdns.config.resolver import ResolverConfig, UpstreamConfig
 from ztdns.outcome import EDE
 from ztdns.resolver import Question, Resolution, Resolver
 from ztdns.resolver.forward import (
@@ -215,6 +215,7 @@ ZONE = [
 ]
 
 
+@pytest.mark.slow
 def test_forward_through_unbound(unbound_upstream: UnboundFactory) -> None:
     upstream = unbound_upstream(ZONE)
 
@@ -235,6 +236,7 @@ def test_forward_through_unbound(unbound_upstream: UnboundFactory) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_truncated_udp_answer_is_fetched_over_tcp(unbound_upstream: UnboundFactory) -> None:
     upstream = unbound_upstream(ZONE)
     host, port = UpstreamConfig(address=upstream).hostport()

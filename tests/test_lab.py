@@ -29,6 +29,8 @@ def test_zones_are_signed_with_the_announced_anchor() -> None:
     assert "a.root.lab." in built.root_hints
 
 
+@pytest.mark.slow
+@pytest.mark.root
 @pytest.mark.skipif(_problem is not None, reason=_problem or "")
 def test_command_runs_until_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(

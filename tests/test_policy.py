@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ztdns.config import Config, ConfigError, default_config, parse_config
+from ztdns.patterns import Pattern, PatternError, Scope, is_normal_name, parse_pattern
 from ztdns.policy import View, compile_views, explain
 from ztdns.policy.lists import ANY_DEPTH, EXACT, ONE_LABEL, Tally, read_list, scan
-from ztdns.policy.patterns import Pattern, PatternError, Scope, is_normal_name, parse_pattern
 from ztdns.policy.stage import name_key
 
 A = int(dns.rdatatype.A)
@@ -227,6 +227,7 @@ def _toml_rules(rules: list[tuple[str, set[str] | None]]) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(allow=_rules, deny=_rules, name=_names, qtype=st.sampled_from(["A", "AAAA"]))
 def test_compiled_view_agrees_with_the_grammar(
@@ -453,6 +454,7 @@ _NAME_LABELS = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400)
 @given(_NAME_LABELS)
 def test_name_key_is_the_lower_cased_text_of_every_name(labels: list[bytes]) -> None:

@@ -12,7 +12,7 @@ import dns.rdatatype
 import pytest
 
 from fixtures.labcases import answer_set, generated_queries, known_difference
-from ztdns.config.model import RecursionConfig
+from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.lab import netns
@@ -25,7 +25,7 @@ from ztdns.resolver import Question, Resolution
 from ztdns.resolver.recursive import RecursiveResolver
 
 _problem = netns.available() or missing_tools()
-pytestmark = pytest.mark.skipif(_problem is not None, reason=_problem or "")
+pytestmark = [pytest.mark.skipif(_problem is not None, reason=_problem or ""), pytest.mark.slow, pytest.mark.root]
 
 
 @pytest.fixture

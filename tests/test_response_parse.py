@@ -246,6 +246,7 @@ def _fix_rdlength(wire: bytes, inside: int, delta: int) -> bytes:
     raise AssertionError("no record contains the offset")
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(
     index=st.integers(0, len(corpus()) - 1),
@@ -258,6 +259,7 @@ def test_mutated_responses(index: int, edits: list[tuple[int, int]]) -> None:
     _same_or_rejected(bytes(wire))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(index=st.integers(0, len(corpus()) - 1), cut=st.integers(0, 2000), tail=st.binary(max_size=40))
 def test_truncated_and_extended_responses(index: int, cut: int, tail: bytes) -> None:

@@ -25,6 +25,8 @@ from fixtures.server import ServerProcess
 from fixtures.tools import require_tool
 from fixtures.unbound import UnboundFactory, free_port
 
+pytestmark = pytest.mark.slow
+
 UPSTREAM_DATA = [
     "example.test. 3600 IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60",
     "ads.test. 3600 IN SOA ns.ads.test. hostmaster.ads.test. 1 3600 600 86400 60",

@@ -28,6 +28,8 @@ from authority_lab import ORIGIN, TSIG_SECRET, ZONE_TEXT, keyring
 from fixtures.server import ServerProcess
 from fixtures.unbound import free_port
 
+pytestmark = pytest.mark.slow
+
 EXTRA_RECORDS = """
 secret   A   192.0.2.99
 leak     CNAME secret

@@ -33,6 +33,8 @@ from ztdns.lab.unbound import Unbound
 from ztdns.lab.unbound import missing as unbound_missing
 from ztdns.lab.zones import CASES, POISONED_ADDRESS, Case
 
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
 ZTDNS, UNBOUND = "127.0.0.2", "127.0.0.3"
 _BOGUS = [c for c in CASES if c.ede is not None and c.rcode == "SERVFAIL" and 6 <= c.ede <= 12]
 

@@ -20,9 +20,9 @@ import pytest
 
 from authority_lab import ORIGIN, ZONE_TEXT, keyring, need, serving
 from ztdns.authority.build import build_authority
+from ztdns.authority.handler import Authority, ServedZone, ZoneSettings
 from ztdns.authority.kasp import KeyManager, Policy
 from ztdns.authority.keys import ALGORITHMS, ECDSAP256SHA256, KeyStoreError
-from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.zone import Zone, rrset_of
 from ztdns.client import ClientInfo, Transport
@@ -35,6 +35,8 @@ CLIENT = ClientInfo(Transport.UDP, "127.0.0.1", 5353)
 
 pkcs11 = pytest.importorskip("pkcs11")
 from ztdns.authority.pkcs11 import Pkcs11Store, Token, TokenSettings  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

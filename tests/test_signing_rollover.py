@@ -20,8 +20,8 @@ import dns.update
 import pytest
 
 from authority_lab import keyring, need, serving, signed_zone, unbound
+from ztdns.authority.handler import Authority
 from ztdns.authority.kasp import Policy
-from ztdns.authority.service import Authority
 from ztdns.authority.update import Grant
 
 pytestmark = pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 
 import dns.edns
@@ -12,11 +13,12 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+from prometheus_client.metrics_core import Metric
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
+from ztdns.handler import Frontend
 from ztdns.resolver import Question, Resolution
-from ztdns.server import Frontend
 
 CONFIG = """
 [resolver]
@@ -64,6 +66,9 @@ class SharingResolver:
 
     async def close(self) -> None:
         pass
+
+    def collect(self) -> Iterable[Metric]:
+        return ()
 
 
 def test_the_pipeline_never_changes_the_resolvers_rrsets() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import dns.dnssec
@@ -23,6 +24,7 @@ from dns.dnssectypes import Algorithm
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.RRSIG import RRSIG
 from dns.rdtypes.dnskeybase import Flag
+from prometheus_client.metrics_core import Metric
 
 from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.trust import ROOT_ANCHORS, TrustAnchorError, TrustAnchors
@@ -202,6 +204,9 @@ class _ZoneResolver:
 
     async def close(self) -> None:
         return None
+
+    def collect(self) -> Iterable[Metric]:
+        return ()
 
 
 def test_forwarding_mode_sets_ad_and_fails_bogus(lab: tuple[ZoneFetcher, str]) -> None:

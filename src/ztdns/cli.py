@@ -35,7 +35,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _is_agent_config(path: str) -> bool:
     """Whether a file the server's schema rejects is a valid agent configuration (a common mix-up)."""
-    from ztdns.agent.config import load_agent_config
+    from ztdns.config.agent import load_agent_config
 
     try:
         load_agent_config(path)

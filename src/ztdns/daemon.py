@@ -4,7 +4,7 @@ SIGHUP reloads the config file atomically (a broken file is logged and the old c
 SIGTERM/SIGINT stop accepting, let pending answers go out for up to ``server.drain_seconds``, and exit 0.
 With ``workers = N`` the parent forks N workers that share the listening ports with SO_REUSEPORT; worker i
 serves metrics on the metrics port + i. ``[authority]`` zones run in the same process
-(:mod:`ztdns.authority.server`), which then must be the only one: zone data and key timelines are one
+(:mod:`ztdns.authority.daemon`), which then must be the only one: zone data and key timelines are one
 process's state. ``ztdns authority serve`` is this server without the resolver's listeners.
 """
 
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ztdns.config import Config, ConfigError, load_config, located
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
+from ztdns.handler import Frontend, compile_runtime, make_resolver
 from ztdns.observe.metrics import Metrics, MetricsCollector
 from ztdns.observe.stage import Observer
-from ztdns.server import Frontend, compile_runtime, make_resolver
 from ztdns.transport import Handler
 from ztdns.transport.development import development_listeners, how_to_query
 from ztdns.transport.doh import start_doh_listener
@@ -39,7 +39,7 @@ from ztdns.transport.tls import TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
 
 if TYPE_CHECKING:
-    from ztdns.authority.server import AuthorityService
+    from ztdns.authority.daemon import AuthorityService
 
 log = logging.getLogger("ztdns")
 
@@ -159,7 +159,7 @@ class Service:
         self.authority: AuthorityService | None = None
         if config.authority.zones or config.authority.listen:
             # Imported only when zones are served: the others do not load the signer.
-            from ztdns.authority.server import build_service
+            from ztdns.authority.daemon import build_service
 
             self.authority = build_service(config, metrics)
         self.frontend = Frontend(
@@ -194,7 +194,7 @@ class Service:
                 raise located(self.config, where, message) if where else ConfigError([message]) from None
             endpoints.append(f"{listen.transport} {listen.address}")
         if self.authority is not None:
-            from ztdns.authority.server import ListenError
+            from ztdns.authority.daemon import ListenError
 
             try:
                 endpoints += await self.authority.start()

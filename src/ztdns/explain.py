@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import dns.edns
 import dns.message
 import dns.rcode
 import dns.rdatatype
+from prometheus_client.metrics_core import Metric
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import Config
+from ztdns.handler import Frontend, make_resolver
 from ztdns.outcome import EDE, Kind, Reason
 from ztdns.pipeline import QueryContext
 from ztdns.policy import explain as explain_rule
 from ztdns.policy.stage import name_key
 from ztdns.resolver import Question, Resolution, Resolver
-from ztdns.server import Frontend, make_resolver
 
 
 def client_for(config: Config, text: str) -> ClientInfo:
@@ -52,6 +53,9 @@ class NotResolving:
 
     async def close(self) -> None:
         return None
+
+    def collect(self) -> Iterable[Metric]:
+        return ()
 
 
 async def explain(config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False) -> str:

@@ -18,6 +18,7 @@ def _der(path: Path) -> bytes:
     return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(serialization.Encoding.DER)
 
 
+@pytest.mark.slow
 def test_cli_init_issue_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pki = tmp_path / "pki"
     assert main(["pki", "init", str(pki)]) == 0

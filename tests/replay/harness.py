@@ -60,7 +60,8 @@ from dns.rdtypes.ANY.NS import NS
 from dns.rdtypes.ANY.NSEC import NSEC
 from dns.rdtypes.ANY.NSEC3 import NSEC3
 
-from ztdns.config.model import DnssecConfig, RecursionConfig
+from ztdns.config.dnssec import DnssecConfig
+from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.lab.sign import Denial, LabKey, generate_key, sign_zone

@@ -13,7 +13,8 @@ import pydantic
 import pytest
 
 from replay.harness import parse, scenario_files, start
-from ztdns.config.model import DnssecConfig, RecursionConfig
+from ztdns.config.dnssec import DnssecConfig
+from ztdns.config.resolver import RecursionConfig
 from ztdns.resolver import Question
 from ztdns.resolver.upstream import IterativeQuery, NetworkExchange
 

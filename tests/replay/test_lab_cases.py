@@ -17,7 +17,7 @@ import pytest
 
 from fixtures.labcases import covered_by_same_span
 from replay.harness import FakeClock, MockServer, ReplayExchange, outcome
-from ztdns.config.model import RecursionConfig
+from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import SUPPORTED_ALGORITHMS, Validator
 from ztdns.lab import zones

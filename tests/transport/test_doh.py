@@ -74,6 +74,7 @@ async def start(pki: Pki, client_auth: str = "off", **extra: object) -> tuple[Tl
     return await start_doh_listener(config, handler, TlsMaterial.from_config(config)), handler
 
 
+@pytest.mark.slow
 @needs("kdig")
 def test_kdig_https_get_and_post_with_identity(pki: Pki) -> None:
     async def body() -> None:
@@ -104,6 +105,7 @@ async def curl(*args: str) -> tuple[int, str]:
     return process.returncode or 0, out.decode(errors="replace")
 
 
+@pytest.mark.slow
 @needs("curl")
 def test_curl_doh_url_and_http_errors(pki: Pki, tmp_path: Path) -> None:
     async def body() -> None:
@@ -324,6 +326,7 @@ def test_dnspython_style_post_over_both_http_versions(pki: Pki, alpn: str) -> No
     asyncio.run(body())
 
 
+@pytest.mark.slow
 @needs("dnsperf")
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_dnsperf_gets_every_answer(pki: Pki, tmp_path: Path, method: str) -> None:

@@ -29,6 +29,7 @@ def kdig_tls(pki: Pki, port: int, *extra: str) -> list[str]:
     return ["@127.0.0.1", "-p", str(port), "+tls", f"+tls-ca={pki.ca}", "+tls-hostname=dns.test", *extra]
 
 
+@pytest.mark.slow
 @needs("kdig")
 def test_kdig_with_and_without_client_certificates(pki: Pki) -> None:
     async def body() -> None:

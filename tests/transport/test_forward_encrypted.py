@@ -20,12 +20,12 @@ from pydantic import ValidationError
 from fixtures.tls import DEV_ID, PROD_ID, EchoHandler, Pki, listen_config
 from ztdns.client import ClientInfo
 from ztdns.config import ConfigError, parse_config
-from ztdns.config.model import ResolverConfig, UpstreamConfig
+from ztdns.config.resolver import ResolverConfig, UpstreamConfig
+from ztdns.handler import make_resolver
 from ztdns.outcome import EDE
 from ztdns.resolver import Question, Resolution
 from ztdns.resolver.encrypted import spki_pin
 from ztdns.resolver.forward import Forwarder
-from ztdns.server import make_resolver
 from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.doq import start_doq_listener
 from ztdns.transport.dot import start_dot_listener
@@ -207,5 +207,5 @@ upstreams = [
 ]
 """
     config = parse_config(text, "forward.toml", tmp_path)
-    with pytest.raises(ConfigError, match=r"forward.toml: resolver.upstreams\[0\]: no such file.*missing.pem"):
+    with pytest.raises(ConfigError, match=r"forward.toml:4: resolver.upstreams\[0\].ca: no such file.*missing.pem"):
         make_resolver(config)

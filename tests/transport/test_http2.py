@@ -13,6 +13,7 @@ import h2.errors
 import h2.events
 import h2.settings
 import hpack
+import pytest
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hypothesis import given, settings
@@ -373,6 +374,7 @@ frame_strategy = st.tuples(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.lists(frame_strategy, max_size=12), st.binary(max_size=30))
 def test_any_frames_end_in_events_never_exceptions(frames_in: list[tuple[int, int, int, bytes]], tail: bytes) -> None:

@@ -8,7 +8,7 @@ before each answer is released),
 their persistence (persist.py), the host's resolv.conf (hostdns.py), audit records from NFLOG and the ``learn``
 proposal (nflog.py, audit.py), conntrack flows labelled by name (flows.py), and ``ztdns agent`` (cli.py).
 
-Config: a separate agent file (config.py, documented in docs/agent.md).
+Config: a separate agent file (:mod:`ztdns.config.agent`, documented in docs/agent.md).
 Metrics (metrics.py): ztdns_agent_answers, _addresses_added/_refreshed/_expired/_evicted, _set_update_failures,
 _upstream_failures, _audit_drops, _table_restored, _live_addresses, _plumbing_seconds.
 Client data it touches: the names this host resolves and the addresses they open, kept in the state directory

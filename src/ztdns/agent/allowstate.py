@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ztdns.agent.config import AllowConfig
+from ztdns.config.agent import AllowConfig
 
 
 class Grant(NamedTuple):

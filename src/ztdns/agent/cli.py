@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ztdns.config import ConfigError
 
 if TYPE_CHECKING:
-    from ztdns.agent.config import AgentConfig
+    from ztdns.config.agent import AgentConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
-    from ztdns.agent.config import load_agent_config
+    from ztdns.config.agent import load_agent_config
 
     if not args.config:
         raise ConfigError(["--config FILE is required"])

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from ztdns.config.model import parse_hostport
+from ztdns.config.base import parse_hostport
 
 BACKUP = "resolv.conf.backup.json"
 MARKER = "# written by ztdns agent; `ztdns agent uninstall` restores the original\n"

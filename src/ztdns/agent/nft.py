@@ -14,7 +14,6 @@ from typing import Any
 
 NFT_CTX_DEFAULT = 0
 NFT_CTX_OUTPUT_JSON = 1 << 4
-NFT_CTX_OUTPUT_HANDLE = 1 << 3
 
 
 class NftError(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ztdns.agent.config import AgentConfig, ExceptionConfig
+from ztdns.config.agent import AgentConfig, ExceptionConfig
 
 TABLE = "ztdns"
 FAMILY = "inet"

@@ -27,7 +27,6 @@ from pathlib import Path
 from ztdns.agent import hostdns
 from ztdns.agent.allowstate import AllowState, SetUpdate
 from ztdns.agent.audit import AUDIT_LOG, AuditRecorder
-from ztdns.agent.config import AgentConfig
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nflog import NflogSocket
 from ztdns.agent.nfnetlink import ElementWriter, TableWatch, updates_timeouts_in_place
@@ -37,7 +36,8 @@ from ztdns.agent.ruleset import TABLE, build_ruleset
 from ztdns.agent.setwriter import SetWriter, packed_sets
 from ztdns.agent.stub import StubHandler, StubListeners, Upstream
 from ztdns.agent.upstream import Upstreams
-from ztdns.config.model import parse_hostport
+from ztdns.config.agent import AgentConfig
+from ztdns.config.base import parse_hostport
 
 log = logging.getLogger("ztdns.agent")
 

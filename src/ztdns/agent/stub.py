@@ -22,7 +22,7 @@ from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nft import NftError
 from ztdns.agent.setwriter import SetWriter
 from ztdns.agent.upstream import UpstreamError
-from ztdns.config.model import parse_hostport
+from ztdns.config.base import parse_hostport
 
 log = logging.getLogger("ztdns.agent.stub")
 

@@ -12,7 +12,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from ztdns.agent.config import AgentConfig, ServerConfig
+from ztdns.config.agent import AgentConfig, ServerConfig
 from ztdns.resolver import encrypted
 from ztdns.resolver.encrypted import DohUpstream, DotUpstream, TlsClientSettings
 

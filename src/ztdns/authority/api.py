@@ -27,8 +27,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.update
 
-from ztdns.authority.service import Authority
-from ztdns.config.model import ListenConfig
+from ztdns.authority.handler import Authority
+from ztdns.config.listen import ListenConfig
 from ztdns.transport.doh import DohConnection, HttpResponse, http_error
 from ztdns.transport.stream import TlsStreamListener
 from ztdns.transport.tls import TlsMaterial

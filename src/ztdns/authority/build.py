@@ -10,16 +10,17 @@ import dns.name
 import dns.rdatatype
 import dns.tsigkeyring
 
-from ztdns.authority.config import AuthorityConfig, AuthZoneConfig, Pkcs11Config, SigningConfig
+from ztdns.authority.handler import Authority, ServedZone, ZoneSettings
 from ztdns.authority.kasp import KeyManager, KeyStore, Policy
 from ztdns.authority.keys import ALGORITHMS, KeyStoreError
 from ztdns.authority.rrl import RateLimiter
-from ztdns.authority.service import Authority, ServedZone, ZoneSettings
 from ztdns.authority.signing import Validity
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
 from ztdns.authority.zone import Zone, ZoneError
-from ztdns.config.model import Config, parse_hostport
+from ztdns.config import Config
+from ztdns.config.authority import AuthorityConfig, AuthZoneConfig, Pkcs11Config, SigningConfig
+from ztdns.config.base import parse_hostport
 from ztdns.observe.metrics import Metrics
 
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 from ztdns.authority.build import build_zone, key_store, state_dir
-from ztdns.authority.config import AuthZoneConfig
 from ztdns.authority.kasp import Role
 from ztdns.authority.keys import KeyStoreError
 from ztdns.authority.zone import ZoneError
 from ztdns.config import Config, ConfigError, load_config
+from ztdns.config.authority import AuthZoneConfig
 
 
 def _zone_config(config: Config, name: str) -> AuthZoneConfig:

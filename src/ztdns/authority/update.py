@@ -22,7 +22,7 @@ import dns.rrset
 import dns.update
 
 from ztdns.authority.zone import NS, SIGNER_TYPES, SOA, Change, Zone, ZoneError, type_text
-from ztdns.policy.patterns import PatternError, Scope, parse_pattern
+from ztdns.patterns import PatternError, Scope, parse_pattern
 
 _FIELD = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 DEFAULT_TYPES = frozenset({dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SRV, dns.rdatatype.TXT})

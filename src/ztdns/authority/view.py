@@ -1,6 +1,6 @@
 """The resolver's view of the served zones: a pipeline stage answering names in them from the authority.
 
-Its position in ``ztdns.server.build_stages`` is like local zones: after policy (a denied name never reaches
+Its position in ``ztdns.handler.build_stages`` is like local zones: after policy (a denied name never reaches
 zone data) and inside the chain check (a CNAME in a zone pointing at a denied name is blocked), before the cache
 (zone data is never cached, so an update or key event is visible to the next query).
 
@@ -22,7 +22,7 @@ import dns.flags
 import dns.rcode
 
 from ztdns.authority.answer import answer
-from ztdns.authority.service import Authority
+from ztdns.authority.handler import Authority
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
 from ztdns.resolver.stage import wants_ad

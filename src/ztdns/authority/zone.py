@@ -6,7 +6,7 @@ service swaps it in, so an answer being built never sees half an update, and a t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,6 @@ SOA = dns.rdatatype.SOA
 NS = dns.rdatatype.NS
 CNAME = dns.rdatatype.CNAME
 DS = dns.rdatatype.DS
-
-Node = Mapping[int, dns.rdataset.Rdataset]
 
 # Types a zone file or an update may not carry: the signer owns them (they are made from keys and data).
 SIGNER_TYPES = frozenset(

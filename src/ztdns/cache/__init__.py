@@ -3,7 +3,8 @@
 Owns: positive and negative caching (RFC 2308) with TTL clamps, LRU eviction at ``max_entries``,
 serve-stale (RFC 8767) and the bookkeeping for prefetching popular entries before they expire. Policy is
 *not* cached here: identity-specific answers live in the fast path's replay table, which reloads drop.
-Config: ``[cache]``. Metrics: entries, hits, misses, stale answers, prefetches, evictions.
+Config: ``[cache]``. Metrics (``MessageCache.collect``): entries, misses, stale answers, prefetches, evictions;
+hits are counted by answer kind (``ztdns_cache_hits``, exported by the server: replays are hits too).
 Client data touched: none (keys are questions only).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import dns.flags
@@ -21,8 +22,10 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
-from ztdns.config.model import CacheConfig
+from ztdns.config.cache import CacheConfig
 from ztdns.protocol.header import AD, TC, rcode_of
 from ztdns.resolver import Question
 
@@ -91,6 +94,15 @@ class MessageCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("ztdns_cache_entries", "Entries in the message cache", value=len(self._entries))
+        yield CounterMetricFamily("ztdns_cache_misses", "Cache misses", value=self.misses)
+        yield CounterMetricFamily(
+            "ztdns_cache_stale_answers", "Stale answers served (RFC 8767)", value=self.stale_answers
+        )
+        yield CounterMetricFamily("ztdns_cache_prefetches", "Entries refreshed before expiry", value=self.prefetches)
+        yield CounterMetricFamily("ztdns_cache_evictions", "Entries evicted by size", value=self.evictions)
 
     def reconfigure(self, config: CacheConfig) -> None:
         self.config = config

@@ -1,4 +1,10 @@
-"""Configuration: typed models (model.py), loading with file:line:key errors (here), positions (locate.py).
+"""Configuration: the one schema package. The root :class:`Config` and loading with file:line:key errors are here;
+one module per area holds that area's models (``listen.py``, ``identity.py``, ``policy.py``, ``resolver.py``,
+``cache.py``, ``dnssec.py``, ``local_zones.py``, ``log.py``, ``metrics.py``, ``server.py``, ``authority.py``,
+and ``agent.py`` for the agent's own file); ``base.py`` holds what areas share and ``locate.py`` maps keys to lines.
+
+This package sits at the bottom of the layers: it imports no capability package, so any capability may import
+its area's models. A new area is a new module here and one field of :class:`Config` (CONTRIBUTING.md).
 
 ``load_config(path)`` returns a validated :class:`Config` or raises :class:`ConfigError`, whose lines read
 ``examples/bad.toml:12: policies.web.allow[3]: '*.*.x' is not a valid pattern``.
@@ -7,6 +13,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import tomllib
 import types
@@ -14,10 +21,21 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PrivateAttr, ValidationError, model_validator
 
+from ztdns.config.authority import AuthorityConfig
+from ztdns.config.base import LocatedError, Section
+from ztdns.config.cache import CacheConfig
+from ztdns.config.dnssec import DnssecConfig
+from ztdns.config.identity import IdentityConfig, UnknownClientsConfig
+from ztdns.config.listen import ListenConfig
+from ztdns.config.local_zones import LocalZoneConfig
 from ztdns.config.locate import Loc, format_loc, line_of
-from ztdns.config.model import Config, _LocatedError
+from ztdns.config.log import LogConfig
+from ztdns.config.metrics import MetricsConfig
+from ztdns.config.policy import PolicyConfig
+from ztdns.config.resolver import ResolverConfig
+from ztdns.config.server import ServerConfig
 
 __all__ = [
     "Config",
@@ -32,6 +50,74 @@ __all__ = [
 ]
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class Config(Section):
+    """The resolver's file (``ztdns serve``, ``ztdns check``): one field per area, and the checks across areas."""
+
+    server: ServerConfig = ServerConfig()
+    listen: list[ListenConfig] = [ListenConfig(transport="udp"), ListenConfig(transport="tcp")]
+    resolver: ResolverConfig = ResolverConfig()
+    cache: CacheConfig = CacheConfig()
+    dnssec: DnssecConfig = DnssecConfig()
+    identities: dict[str, IdentityConfig] = {}
+    unknown_clients: UnknownClientsConfig = UnknownClientsConfig()
+    policies: dict[str, PolicyConfig] = {}
+    local_zones: list[LocalZoneConfig] = []
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    authority: AuthorityConfig = AuthorityConfig()
+
+    # Where the file was read from: list files and zone files are relative to it; errors name it. Set by the
+    # loader, not keys of the file.
+    base_dir: Path = Path(".")
+    source: str = "<config>"
+    # The TOML text, so that problems found after validation (list files, zones, TLS files) can name a line.
+    _text: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name, identity in self.identities.items():
+            for index, policy in enumerate(identity.policies):
+                if policy not in self.policies:
+                    raise LocatedError(("identities", name, "policies", index), f"unknown policy {policy!r}")
+        unknown = self.unknown_clients
+        if unknown.action == "identity" and unknown.identity not in self.identities:
+            raise LocatedError(("unknown_clients", "identity"), f"unknown identity {unknown.identity!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _unambiguous_identities(self) -> Config:
+        """The same network or exact certificate identity in two identities would make one of them dead."""
+        owners: dict[object, str] = {}
+        for name, identity in self.identities.items():
+            for key, values in (("networks", identity.networks), ("certificates", identity.certificates)):
+                for index, value in enumerate(values):
+                    claim = ipaddress.ip_network(value, strict=False) if key == "networks" else value
+                    owner = owners.setdefault(claim, name)
+                    if owner != name:
+                        raise LocatedError(
+                            ("identities", name, key, index), f"{value!r} already belongs to identity {owner!r}"
+                        )
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> Config:
+        """Two listeners on one socket cannot both bind (DoQ shares UDP with Do53; DoT and DoH share TCP)."""
+        sockets: dict[tuple[str, str, int], int] = {}
+        for index, listen in enumerate(self.listen):
+            protocol = "udp" if listen.transport in ("udp", "doq") else "tcp"
+            host, port = listen.hostport()
+            first = sockets.setdefault((protocol, str(ipaddress.ip_address(host)), port), index)
+            if first != index and port != 0:
+                used = f"listen[{first}] ({self.listen[first].transport})"
+                message = f"{protocol.upper()} {listen.address} is already used by {used}"
+                raise LocatedError(("listen", index, "address"), message)
+        return self
+
+    def text(self) -> str:
+        """The TOML text this config was parsed from ("" for configs built in code)."""
+        return self._text
 
 
 class ConfigError(Exception):
@@ -151,7 +237,7 @@ def parse_model(model: type[Model], text: str, source: str = "<config>", base_di
         problems = []
         for error in exc.errors():
             cause = (error.get("ctx") or {}).get("error")
-            loc = cause.loc if isinstance(cause, _LocatedError) else _clean_loc(error["loc"])
+            loc = cause.loc if isinstance(cause, LocatedError) else _clean_loc(error["loc"])
             line = line_of(text, loc)
             key = format_loc(loc) or "(top level)"
             problems.append(f"{source}:{line if line is not None else '?'}: {key}: {_message(model, error, loc)}")

@@ -1,10 +1,11 @@
-"""What every config model shares, importable by capability config modules without import cycles."""
+"""What every config area shares: the strict section base, address validators, located cross-key errors."""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 
 class Section(BaseModel):
@@ -44,3 +45,20 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} out of range")
     return host, port
+
+
+def _check_hostport(value: str) -> str:
+    parse_hostport(value, 53)  # the default port does not change what is valid
+    return value
+
+
+# "IP:PORT", "[IPv6]:PORT" or a bare IP literal; each model's hostport() supplies its own default port.
+HostPort = Annotated[str, AfterValidator(_check_hostport)]
+
+
+class LocatedError(ValueError):
+    """A cross-reference error that knows which key it belongs to (pydantic only knows the model)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc

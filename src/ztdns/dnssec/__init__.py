@@ -7,7 +7,7 @@ or DNSKEY records, negative trust anchors) down DS → DNSKEY → RRSIG; NSEC/NS
 the RFC 8624 algorithm policy and the RFC 9276 NSEC3 iteration limit. Results: secure, insecure or bogus with
 an RFC 8914 EDE and EXTRA-TEXT naming the zone and record. It fetches DS/DNSKEY through a ``Fetcher``
 (recursion, or the forwarder with DO=1 CD=1) and never opens sockets itself.
-Config: ``[dnssec]`` (``DnssecConfig``). Metrics: validation failures by EDE code (``Validator.failures``,
+Config: ``[dnssec]`` (``DnssecConfig``). Metrics: validation failures by EDE code (``Validator.collect()``,
 exported as ``ztdns_dnssec_validation_failures_total{ede}``), each logged as a ``dnssec_bogus`` security event.
 Client data: none — only question names and DNS records.
 """

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +34,8 @@ from dns.rdtypes.ANY.DNAME import DNAME
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.ANY.RRSIG import RRSIG
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ztdns.dnssec import denial
 from ztdns.dnssec.names import ancestry, wire_key
@@ -296,6 +298,17 @@ class Validator:
         self.clock = clock
         self._states: dict[bytes, ZoneKeys] = {}  # by the lower-cased wire name
         self.failures: dict[EDE, int] = {}  # bogus results by EDE code: security events, for metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """Validation failures by EDE code (the resolver it validates for exports them)."""
+        failures = CounterMetricFamily(
+            "ztdns_dnssec_validation_failures",
+            "Answers that failed DNSSEC validation (logged as dnssec_bogus security events), by EDE code",
+            labels=["ede"],
+        )
+        for ede, count in sorted(self.failures.items()):
+            failures.add_metric([str(int(ede))], count)
+        yield failures
 
     # ----- chain of trust ---------------------------------------------------------------------------------
 

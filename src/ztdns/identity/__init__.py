@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from ztdns.client import ClientInfo
-from ztdns.config.model import Config
+from ztdns.config import Config
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,20 @@
-"""Metrics: plain counters updated on the hot path, turned into Prometheus families only when scraped."""
+"""Metrics: plain counters updated on the hot path, turned into Prometheus families only when scraped.
+
+The contract (one rule for every capability): an object that has metrics implements :class:`Exporter` —
+``collect()`` returns its Prometheus families, read from its own plain counters at scrape time — and whoever
+builds it registers it once with :meth:`Metrics.register`. Nothing else reaches into a capability to read its
+counters. The query counts and latency histogram every answer feeds are ``Metrics.count`` (per-thread shards).
+"""
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 # Latency buckets in seconds: sub-millisecond resolution where cache hits live.
@@ -25,6 +33,14 @@ def histogram_family(
     return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=total)
 
 
+class Exporter(Protocol):
+    """What a capability with metrics implements (the same shape as a prometheus_client ``Collector``)."""
+
+    def collect(self) -> Iterable[Metric]:
+        """This object's metric families, read now (runs on the scrape thread: read, never block)."""
+        ...
+
+
 class Shard:
     """One thread's counters: only its own thread writes them, so no increment is ever lost."""
 
@@ -41,10 +57,11 @@ class Metrics:
         self._local = threading.local()
         self._shards: list[Shard] = []
         self._shards_lock = threading.Lock()
-        # Filled by the server: callables reading live values at scrape time.
-        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
-        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
-        self.labelled: list[Callable[[], Iterator[CounterMetricFamily | GaugeMetricFamily]]] = []
+        self.exporters: list[Exporter] = []
+
+    def register(self, exporter: Exporter) -> None:
+        """Export ``exporter.collect()`` with every scrape from now on."""
+        self.exporters.append(exporter)
 
     def count(self, transport: str, kind: str, rcode: str, latency: float) -> None:
         try:
@@ -82,7 +99,7 @@ class MetricsCollector(Collector):
     def __init__(self, metrics: Callable[[], Metrics]) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         metrics = self._metrics()
         totals = metrics.totals()
         queries = CounterMetricFamily(
@@ -100,9 +117,5 @@ class MetricsCollector(Collector):
             totals.latency_counts,
             totals.latency_sum,
         )
-        for name, (help_text, read) in metrics.gauges.items():
-            yield GaugeMetricFamily(name, help_text, value=read())
-        for name, (help_text, read) in metrics.counters.items():
-            yield CounterMetricFamily(name, help_text, value=read())
-        for families in metrics.labelled:
-            yield from families()
+        for exporter in metrics.exporters:
+            yield from exporter.collect()

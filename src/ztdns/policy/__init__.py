@@ -1,12 +1,13 @@
 """Policy: default deny per identity — the name-pattern grammar, list files, compiled views, decisions.
 
 Owns:
-    patterns.py  the one name-pattern grammar (``example.com``, ``*.example.com``, ``**.example.com``, ``**``)
     lists.py     list file formats (plain names, hosts files, AdBlock ``||name^``), skipped-line counting
     compile.py   policies compiled once into O(labels) name tables; ``View.decide`` on the hot path; explain
 
 Config: ``[policies.NAME]`` (allow, deny, allow_lists, deny_lists, blocked_response, include_rule_text) and
-each identity's ``policies`` list; list paths are relative to the config file. Documented in docs/policy.md.
+each identity's ``policies`` list (:mod:`ztdns.config.policy`); list paths are relative to the config file.
+Documented in docs/policy.md. The name-pattern grammar (``example.com``, ``*.example.com``, ``**.example.com``,
+``**``) is :mod:`ztdns.patterns`, below the config schema that checks rules with it.
 
 Metrics: none of its own. ``View.policies`` and each ``CompiledPolicy.table`` give sizes for gauges;
 decisions are counted by the observe stage from the :class:`Decision` it is handed (``policy`` and ``allowed``

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Literal
 
 import dns.rdatatype
 
+from ztdns.config import located
 from ztdns.config.locate import format_loc
+from ztdns.patterns import Pattern, Scope, parse_pattern
 from ztdns.policy.lists import SCOPE_BITS, ListFile, find_line, read_list
-from ztdns.policy.patterns import Pattern, Scope, parse_pattern
 
 if TYPE_CHECKING:
-    from ztdns.config.model import Config, PolicyConfig
+    from ztdns.config import Config
+    from ztdns.config.policy import PolicyConfig
 
 log = logging.getLogger("ztdns.policy")
 
@@ -245,9 +247,6 @@ class _PolicyBuilder:
         return self.policy
 
 
-_Source = tuple[bool, ListFile, Path, str]  # allowed, parsed list, resolved path, config key
-
-
 def _compile_policy(
     name: str, config: PolicyConfig, lists: dict[Path, ListFile], uses: Counter[Path], base_dir: Path
 ) -> CompiledPolicy:
@@ -316,8 +315,6 @@ def compile_views(config: Config) -> dict[str, View]:
                 try:
                     lists[resolved] = read_list(resolved, path)
                 except OSError as exc:
-                    from ztdns.config import located  # ztdns.config imports this package
-
                     reason = exc.strerror or str(exc)
                     raise located(config, key, f"cannot read list file {str(resolved)!r}: {reason}") from None
     policies = {

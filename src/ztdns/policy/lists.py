@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ztdns.policy.patterns import (
+from ztdns.patterns import (
     MAX_NAME_LENGTH,
     NAME_REGEX,
     PatternError,

@@ -6,21 +6,25 @@ tracking, selection logic in ``health.py``; see docs/forwarding.md), ``local.py`
 in ``classify.py``, the injected network exchange in ``upstream.py``, its answer cache in ``answers.py``; root
 hints in ``hints.py``, upstream responses parsed by :mod:`ztdns.protocol.parse`) and ``validating.py`` (DNSSEC
 validation around any resolver, for forwarding mode). Config: ``[resolver]``
-(:class:`~ztdns.config.model.ResolverConfig`), ``[dnssec]``. Metrics: per-upstream health from
-``Forwarder.health()``; recursion's upstream queries, forged datagrams dropped, open upstream sockets and
-aggressive-NSEC answers.
+(:class:`~ztdns.config.resolver.ResolverConfig`), ``[dnssec]``. Metrics: each resolver's ``collect()`` (the
+:class:`~ztdns.observe.metrics.Exporter` contract): per-upstream health (``Forwarder``); recursion's upstream
+queries, forged datagrams dropped, open upstream sockets and aggressive-NSEC answers; validation failures.
 Client data touched: none — a resolver sees only the question, never who asked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import dns.message
 import dns.name
 
 from ztdns.outcome import Reason
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +56,7 @@ class Resolver(Protocol):
     async def resolve(self, question: Question) -> Resolution: ...
 
     async def close(self) -> None: ...
+
+    def collect(self) -> Iterable[Metric]:
+        """Its metric families (:class:`ztdns.observe.metrics.Exporter`); the server exports the one in service."""
+        ...

@@ -21,6 +21,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ import dns.message
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
-from ztdns.config.model import ResolverConfig, UpstreamConfig
+from ztdns.config.resolver import ResolverConfig, UpstreamConfig
 from ztdns.outcome import EDE, Reason
 from ztdns.resolver import Question, Resolution, encrypted
 from ztdns.resolver.health import HealthBook, UpstreamHealth
@@ -383,6 +386,20 @@ class Forwarder:
         finally:
             writer.close()
             self._open.discard(writer.transport)
+
+    def collect(self) -> Iterator[Metric]:
+        """Per-upstream health: in service, smoothed RTT, attempts and failed attempts."""
+        up = GaugeMetricFamily("ztdns_upstream_up", "1 when the upstream is in service", labels=["upstream"])
+        srtt = GaugeMetricFamily("ztdns_upstream_srtt_seconds", "Smoothed round-trip time", labels=["upstream"])
+        queries = CounterMetricFamily("ztdns_upstream_queries", "Attempts sent to the upstream", labels=["upstream"])
+        errors = CounterMetricFamily("ztdns_upstream_errors", "Attempts that failed", labels=["upstream"])
+        for upstream in self.health():
+            up.add_metric([upstream.address], 1.0 if upstream.up else 0.0)
+            if upstream.srtt is not None:
+                srtt.add_metric([upstream.address], upstream.srtt)
+            queries.add_metric([upstream.address], upstream.queries)
+            errors.add_metric([upstream.address], upstream.errors)
+        yield from (up, srtt, queries, errors)
 
     async def close(self) -> None:
         """Close every socket still open; queries in flight end with a network error, later ones fail at once."""

@@ -27,8 +27,8 @@ import dns.tokenizer
 import dns.zone
 
 from ztdns.config import ConfigError
+from ztdns.config.local_zones import LocalZoneConfig
 from ztdns.config.locate import Loc
-from ztdns.config.model import LocalZoneConfig
 from ztdns.outcome import Kind
 from ztdns.pipeline import Next, QueryContext
 

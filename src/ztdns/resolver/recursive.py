@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import dns.exception
@@ -27,8 +27,10 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
-from ztdns.config.model import RecursionConfig
+from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.names import wire_key
 from ztdns.dnssec.validator import Security, Validator, Verdict
@@ -144,6 +146,29 @@ class RecursiveResolver:
         except ResolutionFailed:
             return None
         return found
+
+    def collect(self) -> Iterator[Metric]:
+        """Validation failures (when validating) and recursion's defences at work."""
+        if self.validator is not None:
+            yield from self.validator.collect()
+        yield CounterMetricFamily(
+            "ztdns_recursion_upstream_queries", "Queries sent to authoritative servers", value=self.upstream_queries
+        )
+        yield CounterMetricFamily(
+            "ztdns_recursion_forged_dropped",
+            "Datagrams dropped as forged: another ID, unparsable, or the question in another case (0x20)",
+            value=self.forged_dropped,
+        )
+        yield GaugeMetricFamily(
+            "ztdns_recursion_upstream_sockets",
+            "Sockets open to authoritative servers now (each closed when its query ends or is cancelled)",
+            value=self.open_sockets,
+        )
+        yield CounterMetricFamily(
+            "ztdns_recursion_aggressive_answers",
+            "Negative answers synthesised from cached validated NSEC/NSEC3 (RFC 8198)",
+            value=self.aggressive_answers,
+        )
 
     async def close(self) -> None:
         for future in self._inflight.values():

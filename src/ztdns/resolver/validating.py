@@ -3,11 +3,14 @@ DS/DNSKEY through it the same way, and turns the verdict into AD, SERVFAIL + EDE
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+from prometheus_client.metrics_core import Metric
 
 from ztdns.dnssec.validator import Security, Validator
 from ztdns.resolver import Question, Resolution, Resolver
@@ -50,6 +53,10 @@ class ValidatingResolver:
         if verdict.reason is not None:
             resolution.reason = verdict.reason
         return resolution
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.inner.collect()
+        yield from self.validator.collect()
 
     async def close(self) -> None:
         await self.inner.close()

@@ -13,7 +13,7 @@ from ztdns.client import ClientInfo
 
 
 class Handler(Protocol):
-    """What transports call. Implemented by :class:`ztdns.server.Frontend`."""
+    """What transports call. Implemented by :class:`ztdns.handler.Frontend`."""
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Answer synchronously from pre-rendered responses, or None to go the full way with ``handle``.

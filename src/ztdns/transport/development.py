@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.pki import DevelopmentPki, ensure_development_pki
 
 DOT_ADDRESS = "127.0.0.1:8853"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
 from ztdns.client import Transport
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
 from ztdns.transport.dnswire import is_query, min_ttl
 from ztdns.transport.dot import finish_response

@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ztdns.client import ClientInfo, Transport
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.identity.certificates import identity_from_certificate
 from ztdns.transport import Handler
 from ztdns.transport.dot import finish_response

@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from ztdns.client import Transport
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
 from ztdns.transport.dnswire import pad_response, wants_padding
 from ztdns.transport.framing import FramingError, LengthPrefixedFramer, frame

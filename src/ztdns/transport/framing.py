@@ -33,10 +33,6 @@ class LengthPrefixedFramer:
             del buffer[:offset]
         return messages
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
 
 def frame(message: bytes) -> bytes:
     return len(message).to_bytes(2, "big") + message

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from ztdns.client import ClientInfo
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from ztdns.client import ClientInfo, Transport
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.identity.certificates import identity_from_certificate
 from ztdns.transport import Handler
 from ztdns.transport.tls import RefusalLog, TlsMaterial, refusal_reason

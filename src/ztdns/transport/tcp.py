@@ -14,7 +14,7 @@ import socket
 from typing import cast
 
 from ztdns.client import ClientInfo, Transport
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler, MultiResponseHandler
 from ztdns.transport.framing import FramingError, LengthPrefixedFramer, frame
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import crypto
 
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import socket
 import threading
 
 from ztdns.client import ClientInfo, Transport
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
 
 log = logging.getLogger(__name__)

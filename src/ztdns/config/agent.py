@@ -10,8 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ztdns.config import load_model
-from ztdns.config.base import Section, check_network
-from ztdns.config.model import parse_hostport
+from ztdns.config.base import Section, check_network, parse_hostport
 
 
 def _hostport(value: str, default_port: int) -> str:

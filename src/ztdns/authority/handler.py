@@ -1,13 +1,12 @@
-"""The authoritative service: served zones (data + signing state) and the transport ``Handler`` over them.
+"""The authority's handler: served zones (data + signing state) and the transport ``Handler`` over them.
 
 Sans-IO: ``respond(wire, client)`` turns one request into response wires (several for a zone transfer);
 ``tick()`` moves key timelines forward and reports zones whose contents changed (to NOTIFY secondaries). The
-asyncio adapter in :mod:`ztdns.authority.server` only pumps bytes.
+asyncio adapter in :mod:`ztdns.authority.daemon` only pumps bytes.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import dns.rdatatype
 import dns.tsig
 import dns.update
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ztdns.authority.answer import SignedView, answer
 from ztdns.authority.kasp import KeyManager, KeySet
@@ -214,10 +214,6 @@ class ServedZone:
         os.replace(tmp, path)
 
 
-def _stat(stats: Stats, name: str) -> float:
-    return float(getattr(stats, name))
-
-
 def _serial_gt(a: int, b: int) -> bool:
     return a != b and ((a - b) % (1 << 32)) < (1 << 31)
 
@@ -267,13 +263,12 @@ class Authority:
         self.replay_limit = replay_limit
         self._replays = ReplayTable(replay_limit)
         self.on_change: Callable[[ServedZone], None] = lambda zone: None
-        self._register_metrics()
+        self.metrics.register(self)
 
-    def _register_metrics(self) -> None:
-        """Export through the server's metrics mechanism: answered queries are ``ztdns_queries`` with kind
-        ``authoritative``/``authoritative_replay``; the rest is read at scrape time."""
+    def collect(self) -> Iterator[Metric]:
+        """Besides answered queries (``ztdns_queries`` with kind ``authoritative``/``authoritative_replay``, counted
+        into the shared ``Metrics``): rare events, replays held, and per zone the serial and signatures made."""
         stats = self.stats
-        counters = self.metrics.counters
         for name, help_text in (
             ("updates", "Dynamic updates applied"),
             ("updates_refused", "Dynamic updates refused (zone unchanged)"),
@@ -282,14 +277,10 @@ class Authority:
             ("rrl_dropped", "UDP responses dropped by response rate limiting"),
             ("rrl_slipped", "UDP responses sent truncated by response rate limiting"),
         ):
-            counters[f"ztdns_authority_{name}"] = (help_text, functools.partial(_stat, stats, name))
-        self.metrics.gauges["ztdns_authority_replay_entries"] = (
-            "Pre-rendered authoritative answers held",
-            lambda: float(self.replays()),
+            yield CounterMetricFamily(f"ztdns_authority_{name}", help_text, value=getattr(stats, name))
+        yield GaugeMetricFamily(
+            "ztdns_authority_replay_entries", "Pre-rendered authoritative answers held", value=self.replays()
         )
-        self.metrics.labelled.append(self._zone_families)
-
-    def _zone_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         serial = GaugeMetricFamily("ztdns_authority_zone_serial", "SOA serial served", labels=["zone"])
         signatures = CounterMetricFamily(
             "ztdns_authority_signatures", "RRSIGs made (cache misses and refreshes)", labels=["zone"]
@@ -357,7 +348,7 @@ class Authority:
 
         Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Looked up first by the
         query's bytes after the ID (no parsing), then by the hand-parsed question's normal form, like the
-        resolver's replays (``ztdns.server.Frontend.fast``).
+        resolver's replays (``ztdns.handler.Frontend.fast``).
         """
         started = time.perf_counter()
         replays = self._replays  # once: see _changed

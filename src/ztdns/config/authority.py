@@ -1,4 +1,4 @@
-"""``[authority]`` configuration models (see docs/authority.md); building from them is in ``build``."""
+"""``[authority]`` configuration models (docs/authority.md); building from them is in :mod:`ztdns.authority.build`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The one name-pattern grammar, used by policy rules, list files and (later) agent exceptions.
 
+It imports nothing of ztdns, so the config schema (the bottom layer) checks rules with it when a file loads.
+
     example.com        exactly that name
     *.example.com      exactly one label below example.com (not example.com, not a.b.example.com)
     **.example.com     any depth below example.com (a.example.com, a.b.example.com; the apex only if listed)

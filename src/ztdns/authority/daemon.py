@@ -1,9 +1,11 @@
-"""The authority inside a running server: listeners, the key ticker, NOTIFY, the HTTPS registration API.
+"""The authority inside a running process: listeners, the key ticker, NOTIFY, the HTTPS registration API.
+
+As :mod:`ztdns.daemon` runs the resolver's :mod:`ztdns.handler`, this runs the :mod:`ztdns.authority.handler`.
 
 One code path for ``ztdns serve`` (beside the resolver, sharing its ``Metrics``) and ``ztdns authority serve``
 (the same server without the resolver's listeners): :func:`build_service` builds the authority from config and
 :class:`AuthorityService` starts, reloads and drains it. It only moves bytes; every decision is in
-:class:`~ztdns.authority.service.Authority`. The listeners are the shared transports: UDP is the
+:class:`~ztdns.authority.handler.Authority`. The listeners are the shared transports: UDP is the
 :class:`~ztdns.transport.udp.UdpListener` lane (``Authority.fast`` answers on the lane thread) and TCP the
 :class:`~ztdns.transport.tcp.TcpServer`, which writes every message of a zone transfer
 (``Authority.respond_all``).
@@ -22,12 +24,12 @@ import dns.exception
 
 from ztdns.authority.api import api_listen_config, start_registration_api
 from ztdns.authority.build import ZoneLoader, state_dir
+from ztdns.authority.handler import Authority, ServedZone
 from ztdns.authority.keys import KeyStoreError
-from ztdns.authority.service import Authority, ServedZone
 from ztdns.authority.transfer import notify_message
 from ztdns.authority.zone import ZoneError
 from ztdns.config import Config, ConfigError, located
-from ztdns.config.model import ListenConfig
+from ztdns.config.listen import ListenConfig
 from ztdns.observe.metrics import Metrics
 from ztdns.transport.stream import TlsStreamListener
 from ztdns.transport.tcp import TcpServer

@@ -1,4 +1,6 @@
-"""The server: compiles a config into a runtime, serves it on listeners, reloads it, drains on exit.
+"""The handler: the object every transport calls to answer a query (the process around it is :mod:`ztdns.daemon`).
+
+It compiles a config into a runtime, answers from replays or through the stages, and reloads.
 
 The runtime (identities, policy views, local zones, the stage chain, replays) is rebuilt from scratch on
 reload and swapped in one assignment, so a query sees either the old config or the new one, never a mix.
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
@@ -46,7 +49,7 @@ from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.wire import parse_query
 
 if TYPE_CHECKING:
-    from ztdns.authority.service import Authority
+    from ztdns.authority.handler import Authority
 
 log = logging.getLogger("ztdns")
 
@@ -199,7 +202,8 @@ class Frontend:
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runtime, self.cache_stage = self._build(config, self.resolver, self.querylog)
-        self._register_metrics()
+        self.metrics.register(self.cache)
+        self.metrics.register(self)
 
     def _build(
         self, config: Config, resolver: Resolver | None, querylog: QueryLog | None
@@ -359,86 +363,23 @@ class Frontend:
                 replay.prefetch_at = entry.expires - entry.ttl * cache_config.prefetch_window
         runtime.replays.put(ctx.identity, parsed.key, replay)
 
-    def _register_metrics(self) -> None:
-        gauges = self.metrics.gauges
-        gauges["ztdns_cache_entries"] = ("Entries in the message cache", lambda: float(len(self.cache)))
-        gauges["ztdns_replay_entries"] = (
-            "Pre-rendered answers held",
-            lambda: float(self.runtime.replays.size()),
+    def collect(self) -> Iterator[Metric]:
+        """The frontend's own families and the resolver's in service (reloads swap it; the cache exports itself)."""
+        yield GaugeMetricFamily("ztdns_replay_entries", "Pre-rendered answers held", value=self.runtime.replays.size())
+        yield GaugeMetricFamily("ztdns_inflight_queries", "Queries in the pipeline now", value=self.inflight)
+        yield CounterMetricFamily(
+            "ztdns_cache_hits", "Answers served from cached data (replays included)", value=self._cache_hits()
         )
-        gauges["ztdns_inflight_queries"] = ("Queries in the pipeline now", lambda: float(self.inflight))
-        counters = self.metrics.counters
-        counters["ztdns_cache_hits"] = ("Answers served from cached data (replays included)", self._cache_hits)
-        counters["ztdns_cache_misses"] = ("Cache misses", lambda: float(self.cache.misses))
-        counters["ztdns_cache_stale_answers"] = (
-            "Stale answers served (RFC 8767)",
-            lambda: float(self.cache.stale_answers),
-        )
-        counters["ztdns_cache_prefetches"] = (
-            "Entries refreshed before expiry",
-            lambda: float(self.cache.prefetches),
-        )
-        counters["ztdns_cache_evictions"] = ("Entries evicted by size", lambda: float(self.cache.evictions))
-        self.metrics.labelled.append(self._upstream_families)
-        self.metrics.labelled.append(self._dnssec_families)
-        counters["ztdns_querylog_dropped"] = (
+        yield CounterMetricFamily(
+            "ztdns_querylog_dropped",
             "Query log lines dropped because the writer fell behind",
-            lambda: float(self.querylog.dropped if self.querylog else 0),
+            value=self.querylog.dropped if self.querylog else 0,
         )
+        if self.resolver is not None:
+            yield from self.resolver.collect()
 
     def _cache_hits(self) -> float:
         return float(sum(v for (_, kind, _), v in self.metrics.totals().queries.items() if kind == "cached"))
-
-    def _upstream_families(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        health = getattr(self.resolver, "health", None)
-        if health is None:
-            return
-        up = GaugeMetricFamily("ztdns_upstream_up", "1 when the upstream is in service", labels=["upstream"])
-        srtt = GaugeMetricFamily("ztdns_upstream_srtt_seconds", "Smoothed round-trip time", labels=["upstream"])
-        queries = CounterMetricFamily("ztdns_upstream_queries", "Attempts sent to the upstream", labels=["upstream"])
-        errors = CounterMetricFamily("ztdns_upstream_errors", "Attempts that failed", labels=["upstream"])
-        for upstream in health():
-            up.add_metric([upstream.address], 1.0 if upstream.up else 0.0)
-            if upstream.srtt is not None:
-                srtt.add_metric([upstream.address], upstream.srtt)
-            queries.add_metric([upstream.address], upstream.queries)
-            errors.add_metric([upstream.address], upstream.errors)
-        yield from (up, srtt, queries, errors)
-
-    def _dnssec_families(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        """Validation failures by EDE code (security events) and recursion's defences at work."""
-        validator = getattr(self.resolver, "validator", None)
-        if isinstance(validator, Validator):
-            failures = CounterMetricFamily(
-                "ztdns_dnssec_validation_failures",
-                "Answers that failed DNSSEC validation (logged as dnssec_bogus security events), by EDE code",
-                labels=["ede"],
-            )
-            for ede, count in sorted(validator.failures.items()):
-                failures.add_metric([str(int(ede))], count)
-            yield failures
-        resolver = self.resolver
-        if isinstance(resolver, RecursiveResolver):
-            yield CounterMetricFamily(
-                "ztdns_recursion_upstream_queries",
-                "Queries sent to authoritative servers",
-                value=resolver.upstream_queries,
-            )
-            yield CounterMetricFamily(
-                "ztdns_recursion_forged_dropped",
-                "Datagrams dropped as forged: another ID, unparsable, or the question in another case (0x20)",
-                value=resolver.forged_dropped,
-            )
-            yield GaugeMetricFamily(
-                "ztdns_recursion_upstream_sockets",
-                "Sockets open to authoritative servers now (each closed when its query ends or is cancelled)",
-                value=resolver.open_sockets,
-            )
-            yield CounterMetricFamily(
-                "ztdns_recursion_aggressive_answers",
-                "Negative answers synthesised from cached validated NSEC/NSEC3 (RFC 8198)",
-                value=resolver.aggressive_answers,
-            )
 
     async def close(self) -> None:
         if self.resolver is not None:

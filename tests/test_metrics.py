@@ -1,0 +1,109 @@
+"""Every capability exports its own metrics (``collect()``, registered with ``Metrics``); names stay a contract.
+
+The families the server exports in each resolver mode, with an authority beside it, are listed here and in
+docs/configuration.md: renaming one fails this test, as dashboards and alerts would break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from ztdns.authority.handler import Authority
+from ztdns.config import parse_config
+from ztdns.handler import Frontend
+from ztdns.observe.metrics import Metrics, MetricsCollector
+
+DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
+
+ALWAYS = {
+    "ztdns_queries",
+    "ztdns_query_latency_seconds",
+    "ztdns_cache_entries",
+    "ztdns_cache_hits",
+    "ztdns_cache_misses",
+    "ztdns_cache_stale_answers",
+    "ztdns_cache_prefetches",
+    "ztdns_cache_evictions",
+    "ztdns_replay_entries",
+    "ztdns_inflight_queries",
+    "ztdns_querylog_dropped",
+}
+FORWARD = {"ztdns_upstream_up", "ztdns_upstream_srtt_seconds", "ztdns_upstream_queries", "ztdns_upstream_errors"}
+VALIDATION = {"ztdns_dnssec_validation_failures"}
+RECURSION = {
+    "ztdns_recursion_upstream_queries",
+    "ztdns_recursion_forged_dropped",
+    "ztdns_recursion_upstream_sockets",
+    "ztdns_recursion_aggressive_answers",
+}
+AUTHORITY = {
+    "ztdns_authority_updates",
+    "ztdns_authority_updates_refused",
+    "ztdns_authority_transfers",
+    "ztdns_authority_transfers_refused",
+    "ztdns_authority_rrl_dropped",
+    "ztdns_authority_rrl_slipped",
+    "ztdns_authority_replay_entries",
+    "ztdns_authority_zone_serial",
+    "ztdns_authority_signatures",
+}
+
+BASE = """
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:0"
+
+[log.query_log]
+output = "off"
+"""
+
+
+def families(metrics: Metrics) -> set[str]:
+    return {family.name for family in MetricsCollector(lambda: metrics).collect()}
+
+
+def exported(resolver: str, validation: bool) -> set[str]:
+    config = parse_config(BASE + resolver + f"\n[dnssec]\nvalidation = {str(validation).lower()}\n")
+    metrics = Metrics()
+    frontend = Frontend(config, metrics)
+    try:
+        return families(metrics)
+    finally:
+        asyncio.run(frontend.close())
+
+
+def test_each_resolver_mode_exports_its_own_families() -> None:
+    forward = '[resolver]\nmode = "forward"\n[[resolver.upstreams]]\naddress = "127.0.0.1:1"\n'
+    assert exported(forward, validation=False) == ALWAYS | FORWARD
+    assert exported(forward, validation=True) == ALWAYS | FORWARD | VALIDATION
+    recursive = '[resolver]\nmode = "recursive"\n'
+    assert exported(recursive, validation=False) == ALWAYS | RECURSION
+    assert exported(recursive, validation=True) == ALWAYS | RECURSION | VALIDATION
+    assert exported('[resolver]\nmode = "none"\n', validation=False) == ALWAYS
+
+
+def test_an_authority_sharing_the_metrics_adds_its_families() -> None:
+    metrics = Metrics()
+    Authority([], metrics=metrics)
+    assert families(metrics) == {"ztdns_queries", "ztdns_query_latency_seconds"} | AUTHORITY
+
+
+def test_scrape_renders_every_family() -> None:
+    metrics = Metrics()
+    frontend = Frontend(parse_config(BASE), metrics)
+    registry = CollectorRegistry()
+    registry.register(MetricsCollector(lambda: metrics))
+    text = generate_latest(registry).decode()
+    asyncio.run(frontend.close())
+    assert "ztdns_cache_misses_total 0.0" in text
+    assert "ztdns_inflight_queries 0.0" in text
+
+
+def test_docs_name_every_metric() -> None:
+    section = DOCS.read_text().split("## `[metrics]`", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(ztdns_[a-z0-9_]+)`", section))
+    assert documented == ALWAYS | FORWARD | VALIDATION | RECURSION | AUTHORITY
