@@ -29,8 +29,8 @@ from ztdns.dnssec.validator import Validator
 from ztdns.lab import netns
 from ztdns.lab.run import Lab
 from ztdns.lab.zones import CASES
+from ztdns.model import Question
 from ztdns.protocol import parse
-from ztdns.resolver import Question
 from ztdns.resolver.recursive import RecursiveResolver
 
 

@@ -15,7 +15,7 @@ import dns.rrset
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
-from ztdns.resolver import Question, Resolution
+from ztdns.model import Question, Resolution
 from ztdns.server import Frontend
 
 CONFIG = """

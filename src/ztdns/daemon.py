@@ -27,6 +27,7 @@ from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.model import ListenConfig
 from ztdns.observe.metrics import Metrics, MetricsCollector
 from ztdns.observe.stage import Observer
+from ztdns.replay import Replays
 from ztdns.server import Frontend, compile_runtime, make_resolver
 from ztdns.transport import Handler
 from ztdns.transport.development import development_listeners, how_to_query
@@ -96,7 +97,7 @@ def verify(config: Config) -> None:
     """Read everything besides the TOML that serving would read: list files, local and authority zone files, TLS
     files, and the query log's directory. ``ztdns check`` runs this so that a config it passes also starts.
     Raises ConfigError."""
-    compile_runtime(config, Observer(Metrics(), None))
+    compile_runtime(config, Observer(Metrics()), Replays(0))
     for listen in config.listen:
         if listen.transport in _ENCRYPTED:
             tls_material(config, listen)

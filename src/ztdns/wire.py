@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dns.name
+
 # Variant bits: everything in a query other than the question that changes the bytes of the answer.
 VARIANT_RD = 1
 VARIANT_CD = 2
@@ -17,6 +19,8 @@ VARIANT_DO = 8
 VARIANT_AD = 16  # RFC 6840 §5.8: a client setting AD gets AD on secure answers even without DO
 
 _OPT = 41
+# RFC 6891 / DNS flag day 2020: advertise and honour at most 1232 bytes over UDP, avoiding fragmentation.
+UDP_PAYLOAD = 1232
 
 
 @dataclass(slots=True)
@@ -78,6 +82,12 @@ def parse_query(wire: bytes) -> WireQuery | None:
 _VARIANT_BYTES = [bytes((v,)) for v in range(32)]
 
 
+def udp_limit(payload: int) -> int:
+    """The largest UDP answer a query accepts: its EDNS payload size (``payload``; 0 without EDNS, which means
+    512), never below 512 and capped at ours."""
+    return max(512, min(payload, UDP_PAYLOAD))
+
+
 def skip_name(wire: bytes, offset: int) -> int:
     """Offset just past a (possibly compressed) name starting at ``offset``. Raises IndexError past the end
     and ValueError on the reserved label types (0x40, 0x80)."""
@@ -131,3 +141,18 @@ def records(wire: bytes) -> list[tuple[int, int, int, int, int]]:
 def ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
     """(offset, ttl) of every record's TTL in a response, except OPT (whose TTL field holds flags)."""
     return [(rdata - 6, ttl) for _section, rtype, ttl, rdata, _ in records(wire) if rtype != _OPT]
+
+
+# The bytes Name.to_text writes as themselves (dnspython's _escapify): printable ASCII but for '"().;\\@$'.
+_PLAIN = bytes(range(0x21, 0x7F)).translate(None, b'"().;\\@$')
+
+
+def name_key(name: dns.name.Name) -> str:
+    """How policies key a name: ``name.to_text(omit_final_dot=True).lower()``, "" for the root."""
+    labels = name.labels
+    if len(labels) > 1 and not labels[-1]:
+        joined = b".".join(labels[:-1])
+        # Only the separators left once plain bytes are taken out: no label needs escaping (nor holds a dot).
+        if len(joined.translate(None, _PLAIN)) == len(labels) - 2:
+            return joined.lower().decode("ascii")
+    return name.to_text(omit_final_dot=True).lower() if name != dns.name.root else ""

@@ -21,8 +21,7 @@ from fixtures.tls import DEV_ID, PROD_ID, EchoHandler, Pki, listen_config
 from ztdns.client import ClientInfo
 from ztdns.config import ConfigError, parse_config
 from ztdns.config.model import ResolverConfig, UpstreamConfig
-from ztdns.outcome import EDE
-from ztdns.resolver import Question, Resolution
+from ztdns.model import EDE, Question, Resolution
 from ztdns.resolver.encrypted import spki_pin
 from ztdns.resolver.forward import Forwarder
 from ztdns.server import make_resolver

@@ -41,12 +41,12 @@ from ztdns.client import ClientInfo
 from ztdns.dnssec.kasp import KeyManager, KeySet
 from ztdns.dnssec.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
 from ztdns.dnssec.signing import Validity, ZoneSigner
-from ztdns.fastpath import Replay, ReplayTable, splice, udp_limit
+from ztdns.model import Kind
+from ztdns.observe.events import Answered
 from ztdns.observe.metrics import Metrics
-from ztdns.outcome import Kind
 from ztdns.protocol.render import render
-from ztdns.protocol.respond import UDP_PAYLOAD
-from ztdns.wire import parse_query
+from ztdns.replay import Replay, Replays
+from ztdns.wire import parse_query, udp_limit
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -243,7 +243,7 @@ class Authority:
     """All served zones; implements ``ztdns.transport.Handler`` (``fast`` and ``handle``) plus ``respond``.
 
     Answers to plain queries are kept as rendered, signed wire and replayed to the next identical question
-    with the client's ID and name case spliced in (:mod:`ztdns.fastpath`), so a repeated question costs no
+    with the client's ID and name case spliced in (:mod:`ztdns.replay`), so a repeated question costs no
     dnspython work at all. Every zone change and key event swaps in an empty replay table.
     """
 
@@ -265,7 +265,7 @@ class Authority:
         self.stats = Stats()
         self.metrics = metrics or Metrics()
         self.replay_limit = replay_limit
-        self._replays = ReplayTable(replay_limit)
+        self._replays = Replays(replay_limit)
         self.on_change: Callable[[ServedZone], None] = lambda zone: None
         self._register_metrics()
 
@@ -342,7 +342,7 @@ class Authority:
     def _changed(self, zones: list[ServedZone]) -> None:
         # The zones have published their new versions already; a new table (not clear()) so that an answer
         # rendered from the old version on another thread lands in the discarded table, never in this one.
-        self._replays = ReplayTable(self.replay_limit)
+        self._replays = Replays(self.replay_limit)
         for zone in zones:
             self.on_change(zone)
 
@@ -355,48 +355,22 @@ class Authority:
         """Plain queries: replayed when possible, else answered here over UDP; UPDATE, NOTIFY etc. go to
         ``handle``, and over a stream everything not replayed goes to ``respond_all``.
 
-        Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Looked up first by the
-        query's bytes after the ID (no parsing), then by the hand-parsed question's normal form, like the
-        resolver's replays (``ztdns.server.Frontend.fast``).
+        Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Replays are the resolver's
+        (:class:`ztdns.replay.Replays`), all under identity None.
         """
         started = time.perf_counter()
         replays = self._replays  # once: see _changed
-        exact = replays.exact.get(None)
-        found = None if exact is None else exact.get(wire[2:])
+        found = replays.answer(None, wire, client.stream, time.monotonic())
         if found is not None:
-            replay, name_end, limit = found
-            answer = self._current(replays, replay, client, limit)
-            if answer is not None:
-                if name_end:  # the client spelled the name in another case than the rendered answer (0x20)
-                    answer = answer[:12] + wire[12:name_end] + answer[name_end:]
-                return self._replayed(wire, client, wire[:2] + answer[2:], replay.rcode, started)
+            return self._replayed(wire, client, found[0], found[1].answered.rcode, started)
         if len(wire) < 12 or wire[2] & 0x78:  # not opcode QUERY: UPDATE, NOTIFY, ...
             return None
-        parsed = parse_query(wire)
-        if parsed is not None:
-            stored = replays.get(None, parsed.key)
-            if stored is not None:
-                limit = udp_limit(parsed)
-                same_case = wire[12 : parsed.name_end] == stored.wire[12 : parsed.name_end]
-                replays.remember_exact(None, wire[2:], stored, 0 if same_case else parsed.name_end, limit)
-                answer = self._current(replays, stored, client, limit)
-                if answer is not None:
-                    return self._replayed(wire, client, splice(wire, parsed, answer), stored.rcode, started)
         if client.stream:
             return None  # the transport calls respond_all: a transfer is several messages
         responses = self._respond(wire, client, replays, started)
         if responses:
             return responses[0]
         return b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
-
-    def _current(self, replays: ReplayTable, replay: Replay, client: ClientInfo, limit: int) -> bytes | None:
-        """The replay's wire if it is still valid and fits the client (else the full path answers)."""
-        if time.monotonic() >= replay.expires:
-            replays.drop(None, replay.key)
-            return None
-        if len(replay.wire) > limit and not client.stream:
-            return None  # the full path sends it truncated
-        return replay.wire
 
     def _replayed(self, wire: bytes, client: ClientInfo, answer: bytes, rcode: str, started: float) -> bytes | None:
         if not client.stream and self.rrl is not None:
@@ -428,7 +402,7 @@ class Authority:
         """Response wires for one request (empty: drop silently). Never raises on bad input."""
         return self._respond(wire, client, self._replays, time.perf_counter())
 
-    def _respond(self, wire: bytes, client: ClientInfo, replays: ReplayTable, started: float) -> list[bytes]:
+    def _respond(self, wire: bytes, client: ClientInfo, replays: Replays, started: float) -> list[bytes]:
         try:
             query = dns.message.from_wire(wire, keyring=self.keyring)
         except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
@@ -463,7 +437,7 @@ class Authority:
             parsed = parse_query(wire)
             if parsed is not None:
                 expires = time.monotonic() + RENDERED_SECONDS
-                replays.put(None, parsed.key, Replay(parsed.key, full, expires, "", KIND_REPLAYED, rcode))
+                replays.put(None, Replay(parsed.key, full, expires, Answered(KIND_REPLAYED, rcode)))
         self.metrics.count(client.transport.value, KIND_ANSWERED, rcode, time.perf_counter() - started)
         return [out]
 
@@ -509,7 +483,7 @@ def _render(response: dns.message.Message, client: ClientInfo, query: dns.messag
     """(what to send, the full response). Over UDP a response larger than the client's limit is sent
     truncated (TC=1, no records); the full one is what later replays serve to clients it fits."""
     full = render(response, max_size=65535)
-    limit = 65535 if client.stream else (max(512, min(query.payload, UDP_PAYLOAD)) if query.edns >= 0 else 512)
+    limit = 65535 if client.stream else udp_limit(query.payload)
     if len(full) <= limit:
         return full, full
     response.answer, response.authority, response.additional = [], [], []

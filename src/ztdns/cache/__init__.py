@@ -23,8 +23,8 @@ import dns.rdatatype
 import dns.rrset
 
 from ztdns.config.model import CacheConfig
+from ztdns.model import Question, copy_rrset
 from ztdns.protocol.header import AD, TC, rcode_of
-from ztdns.resolver import Question
 
 CacheKey = tuple[dns.name.Name, int, int, bool, bool]
 
@@ -61,12 +61,6 @@ class CacheEntry:
                 copies.append(copy)
             out.append(copies)
         return tuple(out)
-
-
-def copy_rrset(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
-    """A copy whose TTL can change without touching the original (dnspython's ``copy`` is untyped)."""
-    copy: dns.rrset.RRset = rrset.copy()
-    return copy
 
 
 def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:

@@ -39,7 +39,7 @@ from ztdns.dnssec import denial
 from ztdns.dnssec.names import ancestry, wire_key
 from ztdns.dnssec.signed import signed_data
 from ztdns.dnssec.trust import Anchor, TrustAnchors
-from ztdns.outcome import EDE, Reason
+from ztdns.model import EDE, Reason
 
 log = logging.getLogger("ztdns.dnssec")
 

@@ -1,4 +1,4 @@
-"""The guard stage: only well-formed standard queries of class IN go further."""
+"""The guard stage: only well-formed standard queries of class IN go further, as an :class:`~ztdns.pipeline.Asked`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from ztdns.outcome import Kind
-from ztdns.pipeline import Next, QueryContext
+from ztdns.model import Kind, Question
+from ztdns.pipeline import Asked, AskedNext, Next, QueryContext
 from ztdns.protocol.header import CD, DO, edns_of, opcode_of
 from ztdns.protocol.parse import parse_message
 from ztdns.protocol.respond import header_only_response
-from ztdns.resolver import Question
 
 # Meta and transfer types a resolver does not answer (RFC 6895 §3.1); ANY is answered per RFC 8482 later.
 _REFUSED_TYPES = frozenset(
@@ -22,7 +21,13 @@ _REFUSED_TYPES = frozenset(
 
 
 class GuardStage:
+    """Lets through what the stages after it can take, to ``inner`` (the chain of those stages): its own
+    ``call_next`` is never called."""
+
     name = "guard"
+
+    def __init__(self, inner: AskedNext) -> None:
+        self.inner = inner
 
     async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
         wire = ctx.wire
@@ -57,11 +62,20 @@ class GuardStage:
             ctx.response = dns.message.make_response(query)
             ctx.response.set_rcode(dns.rcode.REFUSED)
             return
-        ctx.question = Question(
-            name=question.name,
-            rdtype=question.rdtype,
-            rdclass=question.rdclass,
-            dnssec_ok=bool(ednsflags & DO),
-            checking_disabled=bool(int(query.flags) & CD),
+        asked = Asked(
+            client=ctx.client,
+            wire=wire,
+            started=ctx.started,
+            query=query,
+            question=Question(
+                name=question.name,
+                rdtype=question.rdtype,
+                rdclass=question.rdclass,
+                dnssec_ok=bool(ednsflags & DO),
+                checking_disabled=bool(int(query.flags) & CD),
+            ),
         )
-        await call_next(ctx)
+        try:
+            await self.inner(asked)
+        finally:
+            asked.settle(ctx)

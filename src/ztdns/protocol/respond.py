@@ -6,13 +6,12 @@ import dns.edns
 import dns.message
 import dns.rcode
 
-from ztdns.outcome import Kind
+from ztdns.model import Kind
 from ztdns.pipeline import Next, QueryContext
 from ztdns.protocol.header import DO, OPCODE_MASK, QR, RA, RD, TC, edns_of, rcode_of
 from ztdns.protocol.render import MAX_SIZE, Opt, render
+from ztdns.wire import UDP_PAYLOAD, udp_limit
 
-# RFC 6891 / DNS flag day 2020: advertise and honour at most 1232 bytes over UDP, avoiding fragmentation.
-UDP_PAYLOAD = 1232
 STREAM_MAX = MAX_SIZE
 
 
@@ -29,12 +28,6 @@ def response_to(query: dns.message.Message) -> dns.message.Message:
     response.flags = QR | (int(query.flags) & (RD | OPCODE_MASK))
     response.question = list(query.question)
     return response
-
-
-def udp_limit(query: dns.message.Message) -> int:
-    if not query.opt:
-        return 512
-    return max(512, min(query.payload, UDP_PAYLOAD))
 
 
 class RespondStage:
@@ -73,9 +66,10 @@ class RespondStage:
             opt = Opt(UDP_PAYLOAD, (rcode >> 4) << 24 | (ednsflags & DO), options)
         elif rcode > 0xF:  # what dnspython's set_rcode does without EDNS: an OPT record only for the extended bits
             opt = Opt(dns.message.DEFAULT_EDNS_PAYLOAD, (rcode >> 4) << 24)
-        limit = STREAM_MAX if ctx.client.stream else udp_limit(query)
+        limit = STREAM_MAX if ctx.client.stream else udp_limit(query.payload)
         full = render(response, max_size=STREAM_MAX, opt=opt)
-        ctx.full_wire_response = full
+        if ctx.store is not None:
+            ctx.store.wire = full  # replays serve it whole to clients it fits
         if len(full) <= limit:
             ctx.wire_response = full
             return

@@ -32,8 +32,8 @@ import dns.rdataclass
 import dns.rdatatype
 
 from ztdns.config.model import ResolverConfig, UpstreamConfig
-from ztdns.outcome import EDE, Reason
-from ztdns.resolver import Question, Resolution, encrypted
+from ztdns.model import EDE, Question, Reason, Resolution
+from ztdns.resolver import encrypted
 from ztdns.resolver.health import HealthBook, UpstreamHealth
 
 _HEADER = struct.Struct("!HHH")  # ID, flags, QDCOUNT: the start of the 12-byte header

@@ -34,14 +34,12 @@ import dns.rrset
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
 
-from ztdns.cache import copy_rrset
 from ztdns.config.model import RecursionConfig
 from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.names import ancestry, wire_key
 from ztdns.dnssec.validator import Security, Validator, Verdict
-from ztdns.outcome import EDE, Reason
+from ztdns.model import EDE, Question, Reason, Resolution, copy_rrset
 from ztdns.protocol.parse import parse_message
-from ztdns.resolver import Question, Resolution
 from ztdns.resolver.hints import load_hints
 
 _EDNS_PAYLOAD = 1232

@@ -10,7 +10,7 @@ import dns.rcode
 import dns.rdatatype
 
 from ztdns.dnssec.validator import Security, Validator
-from ztdns.resolver import Question, Resolution, Resolver
+from ztdns.model import Question, Resolution, Resolver
 
 
 class ResolverFetcher:
