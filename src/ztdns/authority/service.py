@@ -471,7 +471,9 @@ class Authority:
             changes = served.update(message, identity)
         except UpdateRefused as refused:
             self.stats.updates_refused += 1
-            log.info("update of %s refused: %s", served.origin, refused)
+            # The rcode only: the reason names the updater and the names it asked for, which the client is told
+            # and which leave the process only through observe/.
+            log.info("update of %s refused: %s", served.origin, dns.rcode.to_text(dns.rcode.Rcode.make(refused.rcode)))
             return refused.rcode, str(refused)
         self.stats.updates += 1
         if changes:

@@ -15,13 +15,18 @@ import dns.rcode
 import dns.rdatatype
 
 from ztdns.client import ClientInfo
-from ztdns.model import Kind
+from ztdns.model import EDE, Kind, Question, Reason
 from ztdns.observe.events import Answered, QueryEvent, Sink
 from ztdns.observe.metrics import Metrics
 from ztdns.pipeline import Next, QueryContext
 from ztdns.wire import name_key
 
 log = logging.getLogger(__name__)
+# DNSSEC validation failures keep the logger docs/dnssec.md names; this module is still their only writer.
+security_log = logging.getLogger("ztdns.dnssec")
+# A failure of one name, type and code is logged at most this often (a client asking again must not flood the log).
+BOGUS_LOG_INTERVAL = 60.0
+_BOGUS_MEMO = 10_000
 
 # The header's four rcode bits as log text, made once (dnspython's enum lookups cost µs a query).
 _RCODE_TEXT = tuple(dns.rcode.to_text(dns.rcode.Rcode.make(value)) for value in range(16))
@@ -59,6 +64,7 @@ class Observer:
     def __init__(self, metrics: Metrics, sinks: tuple[Sink, ...] = ()) -> None:
         self.metrics = metrics
         self.sinks = sinks
+        self._bogus_logged: dict[tuple[str, int, int], float] = {}
 
     def answered(self, ctx: QueryContext) -> Answered:
         """The facts of a pipeline's answer; only the labels when no sink will read the rest."""
@@ -88,6 +94,31 @@ class Observer:
         if ctx.store is not None:
             ctx.store.answered = answered  # what replays of this answer will say
         self.record_replay(answered, ctx.client, ctx.started)
+        if ctx.kind is Kind.BOGUS and ctx.question is not None:
+            self._bogus(ctx.question, ctx.reason)
+
+    def _bogus(self, question: Question, reason: Reason | None) -> None:
+        """A DNSSEC validation failure is a security event (docs/dnssec.md), logged whether or not the query
+        log is on; the validator counts them by EDE code."""
+        ede = int(reason.ede) if reason is not None else int(EDE.DNSSEC_BOGUS)
+        key = (str(question.name).lower(), question.rdtype, ede)
+        now = time.monotonic()
+        logged = self._bogus_logged
+        if now - logged.get(key, -BOGUS_LOG_INTERVAL) < BOGUS_LOG_INTERVAL:
+            return
+        if len(logged) >= _BOGUS_MEMO:
+            logged.clear()
+        logged[key] = now
+        qtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(question.rdtype))
+        text = reason.text if reason is not None else ""
+        security_log.warning(
+            "event=dnssec_bogus qname=%s qtype=%s ede=%d text=%r",
+            question.name,
+            qtype,
+            ede,
+            text,
+            extra={"event": "dnssec_bogus", "qname": str(question.name), "qtype": qtype, "ede": ede, "text": text},
+        )
 
     def record_replay(self, answered: Answered, client: ClientInfo, started: float) -> None:
         """Count one answer and hand its event to the sinks; ``started`` is its time.monotonic() start."""
