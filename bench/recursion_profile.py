@@ -21,7 +21,6 @@ from pathlib import Path
 import dns.name
 import dns.rdatatype
 
-from ztdns import encode
 from ztdns.config.model import RecursionConfig
 from ztdns.dnssec import denial, validator
 from ztdns.dnssec.trust import TrustAnchors
@@ -30,8 +29,8 @@ from ztdns.lab import netns
 from ztdns.lab.run import Lab
 from ztdns.lab.zones import CASES
 from ztdns.model import Question
-from ztdns.protocol import parse
 from ztdns.resolver.recursive import RecursiveResolver
+from ztdns.wire import encode, parse
 
 
 def forget_process_memos() -> None:

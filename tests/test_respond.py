@@ -17,11 +17,10 @@ import pytest
 from ztdns.client import ClientInfo, Transport
 from ztdns.model import EDE, Reason
 from ztdns.pipeline import QueryContext
-from ztdns.protocol.header import rcode_of
-from ztdns.protocol.parse import parse_message
 from ztdns.protocol.respond import RespondStage, response_to
 from ztdns.replay import StoreHint
-from ztdns.wire import UDP_PAYLOAD, udp_limit
+from ztdns.wire.header import UDP_PAYLOAD, rcode_of, udp_limit
+from ztdns.wire.parse import parse_message
 
 QNAME = "Www.Example.com."
 

@@ -17,7 +17,7 @@ from ztdns.model import EDE, Kind, Question, Reason, Resolution, Resolver
 from ztdns.pipeline import QueryContext
 from ztdns.policy import explain as explain_rule
 from ztdns.server import Frontend, make_resolver
-from ztdns.wire import name_key
+from ztdns.wire.query import name_key
 
 
 def client_for(config: Config, text: str) -> ClientInfo:

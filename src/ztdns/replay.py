@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 from ztdns.model import Question
 from ztdns.observe.events import Answered
 from ztdns.pipeline import QueryContext
-from ztdns.wire import parse_query, ttl_offsets, udp_limit
+from ztdns.wire.header import udp_limit
+from ztdns.wire.query import parse_query
+from ztdns.wire.records import ttl_offsets
 
 if TYPE_CHECKING:
     from ztdns.cache import CacheEntry

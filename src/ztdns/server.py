@@ -32,13 +32,14 @@ from ztdns.policy import View, compile_views
 from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
 from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
-from ztdns.protocol.respond import RespondStage, header_only_response
+from ztdns.protocol.respond import RespondStage
 from ztdns.replay import Replays
 from ztdns.resolver.forward import Forwarder, UpstreamSetupError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
 from ztdns.resolver.recursive import RecursiveResolver
 from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
+from ztdns.wire.header import header_only
 
 if TYPE_CHECKING:
     from ztdns.authority.service import Authority
@@ -247,7 +248,7 @@ class Frontend:
             await runtime.handler(ctx)
         except Exception:
             runtime.observer.failed("a query failed inside the pipeline", client)
-            return header_only_response(wire, 2) if len(wire) >= 12 and not wire[2] & 0x80 else None
+            return header_only(wire, 2) if len(wire) >= 12 and not wire[2] & 0x80 else None
         finally:
             self.inflight -= 1
         if ctx.drop:

@@ -11,7 +11,6 @@ import functools
 import json
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,13 +43,13 @@ from ztdns.dnssec.signing import Validity, ZoneSigner
 from ztdns.model import Kind
 from ztdns.observe.events import Answered
 from ztdns.observe.metrics import Metrics
-from ztdns.protocol.render import render
 from ztdns.replay import Replay, Replays
-from ztdns.wire import parse_query, udp_limit
+from ztdns.wire.header import error_response, header_only, udp_limit
+from ztdns.wire.query import parse_query
+from ztdns.wire.render import render
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
-_HEADER = struct.Struct("!HHHHHH")
 # How long a rendered response is replayed; signatures are refreshed days before expiry, so this is far inside.
 RENDERED_SECONDS = 30.0
 
@@ -392,7 +391,7 @@ class Authority:
     def _limited(self, wire: bytes, verdict: Verdict) -> bytes | None:
         if verdict is Verdict.SLIP:
             self.stats.rrl_slipped += 1
-            return _header_only(wire, dns.rcode.NOERROR, truncated=True)
+            return _error(wire, dns.rcode.NOERROR, truncated=True)
         self.stats.rrl_dropped += 1
         return None
 
@@ -406,9 +405,9 @@ class Authority:
         try:
             query = dns.message.from_wire(wire, keyring=self.keyring)
         except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
-            return _wire_list(_header_only(wire, dns.rcode.NOTAUTH))
+            return _wire_list(_error(wire, dns.rcode.NOTAUTH))
         except dns.exception.DNSException:
-            return _wire_list(_header_only(wire, dns.rcode.FORMERR))
+            return _wire_list(_error(wire, dns.rcode.FORMERR))
         if query.flags & dns.flags.QR:
             return []
         opcode = query.opcode()
@@ -419,7 +418,7 @@ class Authority:
             return (
                 [_render(answer(query, None), client, query)[0]]
                 if opcode == dns.opcode.QUERY
-                else [_header_only(wire, dns.rcode.NOTIMP) or b""]
+                else [_error(wire, dns.rcode.NOTIMP) or b""]
             )
         question = query.question[0]
         if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
@@ -493,25 +492,12 @@ def _render(response: dns.message.Message, client: ClientInfo, query: dns.messag
     return render(response, max_size=limit), full
 
 
-def _header_only(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
-    """A response carrying only the request's ID, opcode and question count zero: for requests we cannot
-    parse."""
-    if len(wire) < 12:
+def _error(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
+    """``rcode`` for a request we cannot or will not answer (the question echoed when truncated, so the client
+    retries it over TCP); None for no header or a response: those are never answered."""
+    if len(wire) < 12 or wire[2] & 0x80:
         return None
-    ident, flags = struct.unpack_from("!HH", wire)
-    if flags & 0x8000:
-        return None
-    flags = 0x8000 | (flags & 0x7900) | (dns.flags.TC if truncated else 0) | rcode
-    if truncated:
-        # Keep the question so the client matches the reply and retries the same query over TCP.
-        try:
-            query = dns.message.from_wire(wire, keyring=False)
-            response = dns.message.make_response(query)
-            response.flags |= dns.flags.TC
-            return response.to_wire()
-        except dns.exception.DNSException:
-            pass
-    return _HEADER.pack(ident, flags, 0, 0, 0, 0)
+    return error_response(wire, rcode, truncated=True) if truncated else header_only(wire, rcode)
 
 
 def _wire_list(wire: bytes | None) -> list[bytes]:

@@ -24,7 +24,7 @@ import dns.rrset
 
 from ztdns.config.model import CacheConfig
 from ztdns.model import Question, copy_rrset
-from ztdns.protocol.header import AD, TC, rcode_of
+from ztdns.wire.header import AD, TC, rcode_of
 
 CacheKey = tuple[dns.name.Name, int, int, bool, bool]
 

@@ -19,7 +19,7 @@ from ztdns.model import EDE, Kind, Question, Reason
 from ztdns.observe.events import Answered, QueryEvent, Sink
 from ztdns.observe.metrics import Metrics
 from ztdns.pipeline import Next, QueryContext
-from ztdns.wire import name_key
+from ztdns.wire.query import name_key
 
 log = logging.getLogger(__name__)
 # DNSSEC validation failures keep the logger docs/dnssec.md names; this module is still their only writer.

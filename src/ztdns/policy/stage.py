@@ -16,12 +16,12 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from ztdns.encode import name_forms
 from ztdns.model import EDE, Kind, Reason
 from ztdns.pipeline import Asked, AskedNext
 from ztdns.policy import Decision
 from ztdns.replay import StoreHint
-from ztdns.wire import name_key
+from ztdns.wire.encode import name_forms
+from ztdns.wire.query import name_key
 
 # TTL of synthesised blocked answers and of their SOA (the negative-caching TTL clients apply).
 BLOCKED_TTL = 60

@@ -10,9 +10,8 @@ import dns.rdatatype
 
 from ztdns.model import Kind, Question
 from ztdns.pipeline import Asked, AskedNext, Next, QueryContext
-from ztdns.protocol.header import CD, DO, edns_of, opcode_of
-from ztdns.protocol.parse import parse_message
-from ztdns.protocol.respond import header_only_response
+from ztdns.wire.header import CD, DO, edns_of, header_only, opcode_of
+from ztdns.wire.parse import parse_message
 
 # Meta and transfer types a resolver does not answer (RFC 6895 §3.1); ANY is answered per RFC 8482 later.
 _REFUSED_TYPES = frozenset(
@@ -39,15 +38,15 @@ class GuardStage:
             query = parse_message(wire)
         except Exception:  # any parse failure of untrusted bytes is the client's error, never ours
             ctx.kind = Kind.INVALID
-            ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
+            ctx.wire_response = header_only(wire, dns.rcode.FORMERR)
             return
         if opcode_of(query) != dns.opcode.QUERY:
             ctx.kind = Kind.INVALID
-            ctx.wire_response = header_only_response(wire, dns.rcode.NOTIMP)
+            ctx.wire_response = header_only(wire, dns.rcode.NOTIMP)
             return
         if len(query.question) != 1:
             ctx.kind = Kind.INVALID
-            ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
+            ctx.wire_response = header_only(wire, dns.rcode.FORMERR)
             return
         ctx.query = query
         version, ednsflags = edns_of(query)

@@ -8,17 +8,10 @@ import dns.rcode
 
 from ztdns.model import Kind
 from ztdns.pipeline import Next, QueryContext
-from ztdns.protocol.header import DO, OPCODE_MASK, QR, RA, RD, TC, edns_of, rcode_of
-from ztdns.protocol.render import MAX_SIZE, Opt, render
-from ztdns.wire import UDP_PAYLOAD, udp_limit
+from ztdns.wire.header import DO, OPCODE_MASK, QR, RA, RD, TC, UDP_PAYLOAD, edns_of, rcode_of, udp_limit
+from ztdns.wire.render import MAX_SIZE, Opt, render
 
 STREAM_MAX = MAX_SIZE
-
-
-def header_only_response(query_wire: bytes, rcode: int) -> bytes:
-    """A response that echoes only the header (ID, opcode, RD): for queries we cannot or will not parse."""
-    flags = 0x8000 | (query_wire[2] & 0x79) << 8 | (rcode & 0xF)
-    return query_wire[:2] + flags.to_bytes(2, "big") + b"\x00" * 8
 
 
 def response_to(query: dns.message.Message) -> dns.message.Message:

@@ -39,8 +39,8 @@ from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.names import ancestry, wire_key
 from ztdns.dnssec.validator import Security, Validator, Verdict
 from ztdns.model import EDE, Question, Reason, Resolution, copy_rrset
-from ztdns.protocol.parse import parse_message
 from ztdns.resolver.hints import load_hints
+from ztdns.wire.parse import parse_message
 
 _EDNS_PAYLOAD = 1232
 _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)

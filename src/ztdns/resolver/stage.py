@@ -8,8 +8,8 @@ import dns.rcode
 
 from ztdns.model import EDE, Kind, Reason, Resolver
 from ztdns.pipeline import Asked, AskedNext
-from ztdns.protocol.header import AD, DO, edns_of, rcode_of
 from ztdns.protocol.respond import response_to
+from ztdns.wire.header import AD, DO, edns_of, rcode_of
 
 
 def wants_ad(query: dns.message.Message) -> bool:

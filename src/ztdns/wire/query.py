@@ -1,4 +1,4 @@
-"""Hand-written DNS wire parsing for the hot path: header, question and OPT, without building objects.
+"""A query's header, question and OPT read by hand for the hot path (replays), without building objects.
 
 dnspython is the domain model everywhere else; here, on every query, we only need to know enough to find a
 pre-rendered answer: the question bytes, the flags that change the answer, and the client's EDNS payload size.
@@ -19,8 +19,6 @@ VARIANT_DO = 8
 VARIANT_AD = 16  # RFC 6840 §5.8: a client setting AD gets AD on secure answers even without DO
 
 _OPT = 41
-# RFC 6891 / DNS flag day 2020: advertise and honour at most 1232 bytes over UDP, avoiding fragmentation.
-UDP_PAYLOAD = 1232
 
 
 @dataclass(slots=True)
@@ -80,67 +78,6 @@ def parse_query(wire: bytes) -> WireQuery | None:
 
 
 _VARIANT_BYTES = [bytes((v,)) for v in range(32)]
-
-
-def udp_limit(payload: int) -> int:
-    """The largest UDP answer a query accepts: its EDNS payload size (``payload``; 0 without EDNS, which means
-    512), never below 512 and capped at ours."""
-    return max(512, min(payload, UDP_PAYLOAD))
-
-
-def skip_name(wire: bytes, offset: int) -> int:
-    """Offset just past a (possibly compressed) name starting at ``offset``. Raises IndexError past the end
-    and ValueError on the reserved label types (0x40, 0x80)."""
-    while True:
-        label = wire[offset]
-        if label == 0:
-            return offset + 1
-        if label >= 0xC0:
-            return offset + 2
-        if label > 63:
-            raise ValueError("reserved label type")
-        offset += label + 1
-
-
-ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
-
-
-def records(wire: bytes) -> list[tuple[int, int, int, int, int]]:
-    """(section, type, ttl, rdata offset, rdata length) of every record after the question section; the TTL
-    field is at rdata offset - 6. Raises IndexError or ValueError on malformed wire (a record running past the
-    end, bytes left over)."""
-    end = len(wire)
-    if end < 12:
-        raise ValueError("shorter than a header")
-    qdcount = wire[4] << 8 | wire[5]
-    offset = 12
-    for _ in range(qdcount):
-        offset = skip_name(wire, offset) + 4
-    found = []
-    for section, count in (
-        (ANSWER, wire[6] << 8 | wire[7]),
-        (AUTHORITY, wire[8] << 8 | wire[9]),
-        (ADDITIONAL, wire[10] << 8 | wire[11]),
-    ):
-        for _ in range(count):
-            offset = skip_name(wire, offset)
-            if offset + 10 > end:
-                raise ValueError("record header runs past the end")
-            rdata = offset + 10
-            rdlength = wire[offset + 8] << 8 | wire[offset + 9]
-            if rdata + rdlength > end:
-                raise ValueError("record runs past the end")
-            ttl = int.from_bytes(wire[offset + 4 : offset + 8], "big")
-            found.append((section, wire[offset] << 8 | wire[offset + 1], ttl, rdata, rdlength))
-            offset = rdata + rdlength
-    if offset > end:
-        raise ValueError("question runs past the end")
-    return found
-
-
-def ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
-    """(offset, ttl) of every record's TTL in a response, except OPT (whose TTL field holds flags)."""
-    return [(rdata - 6, ttl) for _section, rtype, ttl, rdata, _ in records(wire) if rtype != _OPT]
 
 
 # The bytes Name.to_text writes as themselves (dnspython's _escapify): printable ASCII but for '"().;\\@$'.
