@@ -7,8 +7,8 @@ transports hand in bytes and a :class:`~ztdns.client.ClientInfo` and get bytes b
 declared once, in ``ztdns.server.build_stages``.
 
 Two context types: the outer stages (observe, respond, guard) see a :class:`QueryContext`, which may hold
-garbage; the guard hands the stages after it an :class:`Asked` — the same facts with the parsed query and its
-question always set — and copies what they decided back. This module sits below every stage: it imports the
+garbage; the guard hands the stages after it the same object as an :class:`Asked`, whose parsed query and
+question are always set. This module sits below every stage: it imports the
 stages' types only for type checking.
 """
 
@@ -53,28 +53,24 @@ class QueryContext:
     wire_response: bytes | None = None  # the bytes sent, set by the respond stage
 
 
-@dataclass(slots=True, kw_only=True)
 class Asked(QueryContext):
-    """A query the guard let through: one question of class IN, parsed."""
+    """A query the guard let through: one question of class IN, parsed — ``query`` and ``question`` are set.
 
+    The same object as the context the outer stages hold, re-classed by :meth:`narrow` (no fields of its own, so
+    the layout is the same): the stages after the guard see the fields set without a second context per query.
+    """
+
+    __slots__ = ()
     query: dns.message.Message
     question: Question
 
-    def settle(self, outer: QueryContext) -> None:
-        """Copy what the inner stages decided onto the context the outer stages look at."""
-        outer.question = self.question
-        outer.identity = self.identity
-        outer.identity_how = self.identity_how
-        outer.view = self.view
-        outer.response = self.response
-        outer.kind = self.kind
-        outer.reason = self.reason
-        outer.decision = self.decision
-        outer.decided_name = self.decided_name
-        outer.upstream = self.upstream
-        outer.drop = self.drop
-        outer.cache_hit = self.cache_hit
-        outer.store = self.store
+    @staticmethod
+    def narrow(ctx: QueryContext, query: dns.message.Message, question: Question) -> Asked:
+        ctx.query = query
+        ctx.question = question
+        ctx.__class__ = Asked
+        assert isinstance(ctx, Asked)  # for the type checker; true by the line above
+        return ctx
 
 
 C = TypeVar("C", bound=QueryContext)

@@ -3,7 +3,7 @@
 Owns every part of a stored answer's life, for the resolver (``ztdns.server.Frontend``) and the authoritative
 server (``ztdns.authority.service.Authority``) alike: the :class:`StoreHint` a stage leaves on the context when its
 answer may be repeated, storing it (:meth:`Replays.store`), the lookup (:meth:`Replays.answer`: by the query's
-bytes after the ID, else by the hand-parsed question's normal form), counting TTLs down (:meth:`Replay.current`)
+bytes after the ID, else by the hand-parsed question's normal form), counting TTLs down (:meth:`Replay.rerender`)
 and the prefetch trigger for popular cached entries.
 
 A replay is keyed by identity and by the question as it appears on the wire (lower-cased name, type, class and
@@ -64,10 +64,9 @@ class Replay:
     rerender_at: float = float("inf")
     guard: Callable[[], bool] | None = None  # see StoreHint.guard
 
-    def current(self, now: float) -> bytes:
-        """The wire with TTLs counted down to the current age (re-rendered at most once a second)."""
-        if now < self.rerender_at:
-            return self.wire
+    def rerender(self, now: float) -> bytes:
+        """Count the TTLs down to the current age; the caller checked ``now >= rerender_at`` (at most once a
+        second: until then ``wire`` is current)."""
         assert self.offsets is not None  # rerender_at is finite only with offsets
         age = int(now - self.stored)
         wire = bytearray(self.wire)
@@ -107,7 +106,7 @@ class Replays:
             if now >= replay.expires or (replay.guard is not None and not replay.guard()):
                 self._drop(identity, replay.key)
                 return None
-            answer = replay.current(now)
+            answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
             if len(answer) > limit and not stream:
                 return None  # the full path sends it truncated
             if name_end:  # the client spelled the name in another case than the rendered answer (0x20)
@@ -125,7 +124,7 @@ class Replays:
             if now >= replay.expires or (replay.guard is not None and not replay.guard()):
                 self._drop(identity, parsed.key)
                 return None
-            answer = replay.current(now)
+            answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
             end = parsed.name_end
             limit = udp_limit(parsed.max_size)
             self._remember_exact(identity, wire[2:], replay, 0 if wire[12:end] == answer[12:end] else end, limit)

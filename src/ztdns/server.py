@@ -231,8 +231,9 @@ class Frontend:
         found = runtime.replays.answer(None if match is None else match.identity, wire, client.stream, now)
         if found is None:
             return None
-        runtime.observer.record_replay(found[1].answered, client, now)
-        return found[0]
+        answer, replay = found
+        runtime.observer.record_replay(replay.answered, client, now)
+        return answer
 
     def _prefetch(self, question: Question, entry: CacheEntry) -> None:
         if self.loop is not None:

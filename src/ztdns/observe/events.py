@@ -34,11 +34,14 @@ class Answered:
     upstream: str | None = None
     # The JSON members of the query log line, made by the log's writer thread the first time it needs them.
     json: str | None = None
+    _replayed: Answered | None = None  # what replayed() made, kept: answers without details are shared
 
     def replayed(self) -> Answered:
         """What a replay of this answer says: served from cache when it came from upstream or the cache."""
+        if self._replayed is not None:
+            return self._replayed
         cached = self.kind in _FROM_CACHE
-        return Answered(  # not dataclasses.replace: that costs µs
+        self._replayed = Answered(  # not dataclasses.replace: that costs µs
             _CACHED if cached else self.kind,
             self.rcode,
             self.identity,
@@ -51,6 +54,7 @@ class Answered:
             self.answers,
             cached,
         )
+        return self._replayed
 
 
 @dataclass(slots=True)

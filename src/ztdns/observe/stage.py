@@ -65,13 +65,18 @@ class Observer:
         self.metrics = metrics
         self.sinks = sinks
         self._bogus_logged: dict[tuple[str, int, int], float] = {}
+        # Without sinks an answer is only its labels: one shared Answered per (kind, rcode), not one per query.
+        self._labels: dict[tuple[str, str], Answered] = {}
 
     def answered(self, ctx: QueryContext) -> Answered:
         """The facts of a pipeline's answer; only the labels when no sink will read the rest."""
         kind = (ctx.kind or Kind.FAILED).value
         rcode = _rcode(ctx)
         if not self.sinks:
-            return Answered(kind, rcode)
+            labels = self._labels.get((kind, rcode))
+            if labels is None:
+                labels = self._labels[kind, rcode] = Answered(kind, rcode)
+            return labels
         question = ctx.question
         decision = ctx.decision
         return Answered(

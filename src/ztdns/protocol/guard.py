@@ -61,20 +61,11 @@ class GuardStage:
             ctx.response = dns.message.make_response(query)
             ctx.response.set_rcode(dns.rcode.REFUSED)
             return
-        asked = Asked(
-            client=ctx.client,
-            wire=wire,
-            started=ctx.started,
-            query=query,
-            question=Question(
-                name=question.name,
-                rdtype=question.rdtype,
-                rdclass=question.rdclass,
-                dnssec_ok=bool(ednsflags & DO),
-                checking_disabled=bool(int(query.flags) & CD),
-            ),
+        asked = Question(
+            name=question.name,
+            rdtype=question.rdtype,
+            rdclass=question.rdclass,
+            dnssec_ok=bool(ednsflags & DO),
+            checking_disabled=bool(int(query.flags) & CD),
         )
-        try:
-            await self.inner(asked)
-        finally:
-            asked.settle(ctx)
+        await self.inner(Asked.narrow(ctx, query, asked))
