@@ -232,7 +232,7 @@ class Frontend:
         if found is None:
             return None
         answer, replay = found
-        runtime.observer.record_replay(replay.answered, client, now)
+        runtime.observer.record_answer(replay.answered, client, now)
         return answer
 
     def _prefetch(self, question: Question, entry: CacheEntry) -> None:

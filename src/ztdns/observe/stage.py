@@ -98,7 +98,7 @@ class Observer:
         answered = self.answered(ctx)
         if ctx.store is not None:
             ctx.store.answered = answered  # what replays of this answer will say
-        self.record_replay(answered, ctx.client, ctx.started)
+        self.record_answer(answered, ctx.client, ctx.started)
         if ctx.kind is Kind.BOGUS and ctx.question is not None:
             self._bogus(ctx.question, ctx.reason)
 
@@ -125,7 +125,7 @@ class Observer:
             extra={"event": "dnssec_bogus", "qname": str(question.name), "qtype": qtype, "ede": ede, "text": text},
         )
 
-    def record_replay(self, answered: Answered, client: ClientInfo, started: float) -> None:
+    def record_answer(self, answered: Answered, client: ClientInfo, started: float) -> None:
         """Count one answer and hand its event to the sinks; ``started`` is its time.monotonic() start."""
         latency = time.monotonic() - started
         transport = client.transport  # a StrEnum: its own label
