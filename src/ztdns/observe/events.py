@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import dns.rdata
+
 from ztdns.model import Kind
 
 _FROM_CACHE = frozenset({Kind.RESOLVED.value, Kind.CACHED.value})
@@ -29,7 +31,7 @@ class Answered:
     policy: str | None = None
     rule: str | None = None
     ede: int | None = None
-    answers: tuple[str, ...] = ()  # A/AAAA addresses in the answer section
+    answers: tuple[dns.rdata.Rdata, ...] = ()  # A/AAAA records of the answer section (a sink makes them text)
     cache_hit: bool = False
     upstream: str | None = None
     # The JSON members of the query log line, made by the log's writer thread the first time it needs them.

@@ -103,7 +103,7 @@ def members(answer: Answered) -> str:
                 "rule": answer.rule,
                 "rcode": answer.rcode,
                 "ede": answer.ede,
-                "answers": list(answer.answers),
+                "answers": [rdata.to_text() for rdata in answer.answers],
                 "cache_hit": answer.cache_hit,
                 "upstream": answer.upstream,
             }

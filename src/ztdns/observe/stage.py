@@ -12,6 +12,7 @@ import time
 
 import dns.message
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
 
 from ztdns.client import ClientInfo
@@ -47,14 +48,11 @@ def _decision(ctx: QueryContext) -> str:
     return "allow" if ctx.decision.allowed and ctx.kind is not Kind.BLOCKED else "deny"
 
 
-def _addresses(response: dns.message.Message | None) -> tuple[str, ...]:
+def _addresses(response: dns.message.Message | None) -> tuple[dns.rdata.Rdata, ...]:
     if response is None:
         return ()
     return tuple(
-        rdata.to_text()
-        for rrset in response.answer
-        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
-        for rdata in rrset
+        rdata for rrset in response.answer if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) for rdata in rrset
     )
 
 
