@@ -39,13 +39,13 @@ import dns.message
 import dns.rrset
 import uvloop
 
-from ztdns.agent.answers import message_id, with_id
 from ztdns.agent.nft import NftError
 from ztdns.agent.service import Agent
 from ztdns.agent.setwriter import packed_sets
 from ztdns.agent.stub import StubHandler
 from ztdns.config import parse_model
 from ztdns.config.agent import AgentConfig
+from ztdns.wire.header import message_id, with_id
 
 CILIUM_P50_MS = 2.9
 CONFIG = """resolv_conf = ""

@@ -24,7 +24,7 @@ import dns.rrset
 from dns.rdtypes.ANY.RRSIG import RRSIG
 
 from ztdns.dnssec.signed import signed_data
-from ztdns.protocol.render import render
+from ztdns.wire.render import render
 
 _SIG = "20300101000000 20200101000000 4711 example.com. " + "A" * 86 + "=="
 _KEY = "AQID" * 21 + "AQ=="

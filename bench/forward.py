@@ -28,7 +28,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fixtures.unbound import UnboundServer
 from ztdns.config.resolver import ResolverConfig, UpstreamConfig
-from ztdns.resolver import Question
+from ztdns.model import Question
 from ztdns.resolver.forward import Forwarder
 
 NAME = "www.bench.test."

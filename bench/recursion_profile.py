@@ -21,7 +21,6 @@ from pathlib import Path
 import dns.name
 import dns.rdatatype
 
-from ztdns import encode
 from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec import denial, validator
 from ztdns.dnssec.trust import TrustAnchors
@@ -29,9 +28,9 @@ from ztdns.dnssec.validator import Validator
 from ztdns.lab import netns
 from ztdns.lab.run import Lab
 from ztdns.lab.zones import CASES
-from ztdns.protocol import parse
-from ztdns.resolver import Question
+from ztdns.model import Question
 from ztdns.resolver.recursive import RecursiveResolver
+from ztdns.wire import encode, parse
 
 
 def forget_process_memos() -> None:

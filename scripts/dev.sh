@@ -84,6 +84,8 @@ case "$cmd" in
         ruff format --check src tests bench
         echo "== mypy --strict"
         mypy
+        echo "== import layers (pyproject.toml [tool.importlinter], docs/architecture.md)"
+        lint-imports
         echo "== pytest (with line coverage of src/ztdns)"
         exec pytest --cov=ztdns --cov-report=term "$@"
         ;;

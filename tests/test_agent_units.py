@@ -14,7 +14,7 @@ import pytest
 
 from ztdns.agent import hostdns, nfnetlink
 from ztdns.agent.allowstate import AllowState, Grant, SetUpdate
-from ztdns.agent.answers import BadMessage, addresses, check_query, servfail, truncate, udp_limit
+from ztdns.agent.answers import BadMessage, addresses, check_query
 from ztdns.agent.audit import learn, parse_since, proposal_toml
 from ztdns.agent.nflog import NFULA_IFINDEX_INDEV, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_UID, parse_messages
 from ztdns.agent.persist import GrantStore
@@ -22,6 +22,7 @@ from ztdns.agent.ruleset import build_ruleset
 from ztdns.agent.setwriter import packed_sets
 from ztdns.config import ConfigError, parse_model
 from ztdns.config.agent import AgentConfig, AllowConfig
+from ztdns.wire.header import error_response, payload_of, truncate, udp_limit
 
 BASE = '[[server]]\naddress = "192.0.2.10:853"\nhostname = "dns.test"\n'
 
@@ -246,10 +247,11 @@ def test_query_checks_servfail_and_truncation() -> None:
         check_query(wire[:5])
     with pytest.raises(BadMessage):
         check_query(_response("a.test."))
-    failed = dns.message.from_wire(servfail(wire))
+    failed = dns.message.from_wire(error_response(wire, dns.rcode.SERVFAIL))
     assert failed.rcode() == dns.rcode.SERVFAIL and failed.id == query.id and failed.question == query.question
-    assert struct.unpack("!H", servfail(b"\x12\x34\x01\x00" + b"\xff" * 9)[:2])[0] == 0x1234
-    assert udp_limit(wire) == 1232 and udp_limit(dns.message.make_query("a.", "A").to_wire()) == 512
+    assert struct.unpack("!H", error_response(b"\x12\x34\x01\x00" + b"\xff" * 9, dns.rcode.SERVFAIL)[:2])[0] == 0x1234
+    assert payload_of(wire) == 1232 and payload_of(dns.message.make_query("a.", "A").to_wire()) == 0
+    assert udp_limit(payload_of(wire), 65535) == 1232 and udp_limit(4096, 65535) == 4096 and udp_limit(0) == 512
     big = _response("a.test.", *(f"a.test. 60 IN A 192.0.2.{i}" for i in range(1, 60)))
     short = dns.message.from_wire(truncate(big))
     assert short.flags & dns.flags.TC and not short.answer and short.question[0].name.to_text() == "a.test."

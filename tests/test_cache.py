@@ -10,7 +10,7 @@ import dns.rrset
 
 from ztdns.cache import MessageCache
 from ztdns.config.cache import CacheConfig
-from ztdns.resolver import Question
+from ztdns.model import Question
 
 
 class Clock:

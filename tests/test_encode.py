@@ -1,4 +1,4 @@
-"""The hand-written encoder against dnspython, byte for byte: responses (ztdns.protocol.render against dnspython's
+"""The hand-written encoder against dnspython, byte for byte: responses (ztdns.wire.render against dnspython's
 Renderer without shuffling) and RRSIG signed data (ztdns.dnssec.signed against _make_rrsig_signature_data)."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ztdns.dnssec.signed import signed_data
-from ztdns.encode import Unencodable, canonical_rdata, encoder
-from ztdns.protocol.render import encode, render
+from ztdns.wire.encode import Unencodable, canonical_rdata, encoder
+from ztdns.wire.render import encode, render
 
 
 def dnspython_wire(message: dns.message.Message, max_size: int = 65535) -> bytes:

@@ -27,8 +27,7 @@ from pydantic import ValidationError
 from fixtures.fake_upstream import FakeUpstream, FromOtherPort, Reply, Respond, black_hole, closed_port
 from fixtures.unbound import UnboundFactory
 from ztdns.config.resolver import ResolverConfig, UpstreamConfig
-from ztdns.outcome import EDE
-from ztdns.resolver import Question, Resolution, Resolver
+from ztdns.model import EDE, Question, Resolution, Resolver
 from ztdns.resolver.forward import (
     Forwarder,
     Peer,

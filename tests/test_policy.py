@@ -15,7 +15,7 @@ from ztdns.config import Config, ConfigError, default_config, parse_config
 from ztdns.patterns import Pattern, PatternError, Scope, is_normal_name, parse_pattern
 from ztdns.policy import View, compile_views, explain
 from ztdns.policy.lists import ANY_DEPTH, EXACT, ONE_LABEL, Tally, read_list, scan
-from ztdns.policy.stage import name_key
+from ztdns.wire.query import name_key
 
 A = int(dns.rdatatype.A)
 AAAA = int(dns.rdatatype.AAAA)

@@ -21,7 +21,7 @@ from ztdns.lab.run import Lab, missing_tools
 from ztdns.lab.unbound import Unbound
 from ztdns.lab.unbound import missing as unbound_missing
 from ztdns.lab.zones import CASES, Case
-from ztdns.resolver import Question, Resolution
+from ztdns.model import Question, Resolution
 from ztdns.resolver.recursive import RecursiveResolver
 
 _problem = netns.available() or missing_tools()

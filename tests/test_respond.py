@@ -15,11 +15,12 @@ import dns.rrset
 import pytest
 
 from ztdns.client import ClientInfo, Transport
-from ztdns.outcome import EDE, Reason
+from ztdns.model import EDE, Reason
 from ztdns.pipeline import QueryContext
-from ztdns.protocol.header import rcode_of
-from ztdns.protocol.parse import parse_message
-from ztdns.protocol.respond import UDP_PAYLOAD, RespondStage, response_to, udp_limit
+from ztdns.protocol.respond import RespondStage, response_to
+from ztdns.replay import StoreHint
+from ztdns.wire.header import UDP_PAYLOAD, rcode_of, udp_limit
+from ztdns.wire.parse import parse_message
 
 QNAME = "Www.Example.com."
 
@@ -47,7 +48,7 @@ def dnspython_respond(
         response.use_edns(False)
     response.set_rcode(rcode)
     full = response.to_wire(max_size=65535)
-    if len(full) <= (65535 if stream else udp_limit(query)):
+    if len(full) <= (65535 if stream else udp_limit(query.payload)):
         return full, full
     truncated = dns.message.make_response(query)
     truncated.set_rcode(response.rcode())
@@ -65,13 +66,14 @@ def stage_respond(
     transport = Transport.TCP if stream else Transport.UDP
     ctx = QueryContext(client=ClientInfo(transport, "192.0.2.1", 5353, stream=stream), wire=query.to_wire())
     ctx.query, ctx.response, ctx.reason = query, response, reason
+    ctx.store = StoreHint(float("inf"))  # a replayable answer: the respond stage keeps the full rendering
 
     async def nothing(ctx: QueryContext) -> None:
         pass
 
     asyncio.run(RespondStage()(ctx, nothing))
-    assert ctx.wire_response is not None and ctx.full_wire_response is not None
-    return ctx.wire_response, ctx.full_wire_response
+    assert ctx.wire_response is not None and ctx.store.wire is not None
+    return ctx.wire_response, ctx.store.wire
 
 
 def answer(query: dns.message.Message) -> dns.message.Message:

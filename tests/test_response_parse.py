@@ -1,4 +1,4 @@
-"""ztdns.protocol.parse against dnspython: the same Message for what dnspython accepts, never more lenient.
+"""ztdns.wire.parse against dnspython: the same Message for what dnspython accepts, never more lenient.
 
 ``parse_message`` falls back to ``dns.message.from_wire`` for anything its own reader (``_read``) rejects, so
 the property that matters is about ``_read``: whenever it accepts bytes, dnspython accepts them too and builds
@@ -8,6 +8,8 @@ an equal message. Checked on typical responses and on mutated and random bytes.
 from __future__ import annotations
 
 import io
+import itertools
+import logging
 import struct
 
 import dns.edns
@@ -23,9 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ztdns.protocol import parse
-from ztdns.protocol.parse import _READERS, _Memo, _read, fingerprint, parse_message
-from ztdns.wire import skip_name
+from ztdns.wire import parse
+from ztdns.wire.parse import _READERS, _Memo, _read, fingerprint, parse_message
+from ztdns.wire.records import skip_name
 
 _SIG = (
     "20300101000000 20200101000000 12345 {signer} AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEy"
@@ -422,3 +424,16 @@ def test_fingerprints_tell_case_and_types_apart() -> None:
     ns = dns.rdata.from_text("IN", "NS", "a.example.")
     assert ns == dns.rdata.from_text("IN", "NS", "A.example.")
     assert fingerprint(ns) != fingerprint(dns.rdata.from_text("IN", "NS", "A.example."))
+
+
+def test_what_falls_back_to_dnspython_is_named_in_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The import-time check: a hand reader whose record differs from dnspython's is not used, and said so."""
+    different = itertools.count()
+    monkeypatch.setattr(parse, "fingerprint", lambda value: next(different))  # nothing agrees with dnspython
+    with caplog.at_level(logging.WARNING, logger="ztdns.wire.parse"):
+        assert parse._hand_readers() == {}
+    [record] = caplog.records
+    assert "falling back" in record.getMessage()
+    assert "RRSIG (the sample record differs)" in record.getMessage()

@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
 from ztdns.handler import Frontend
-from ztdns.resolver import Question, Resolution
+from ztdns.model import Question, Resolution
 
 CONFIG = """
 [resolver]

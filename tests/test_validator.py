@@ -31,8 +31,7 @@ from ztdns.dnssec.trust import ROOT_ANCHORS, TrustAnchorError, TrustAnchors
 from ztdns.dnssec.validator import Security, Validator, Verdict, _signature_verifies
 from ztdns.lab.sign import LabKey, generate_key
 from ztdns.lab.zones import SERVERS, build
-from ztdns.outcome import EDE
-from ztdns.resolver import Question, Resolution
+from ztdns.model import EDE, Question, Resolution
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 
 _ADDRESSES = {server: f"192.0.2.{index + 10}" for index, server in enumerate(SERVERS)}

@@ -10,13 +10,14 @@ import dns.rrset
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ztdns import wire
+from ztdns.wire.query import VARIANT_AD, VARIANT_DO, parse_query
+from ztdns.wire.records import ttl_offsets
 
 
 def test_plain_query_key_ignores_case_id_and_payload() -> None:
     a = dns.message.make_query("WWW.Example.COM", "A", use_edns=0, payload=1232)
     b = dns.message.make_query("www.example.com", "A", use_edns=0, payload=4096)
-    pa, pb = wire.parse_query(a.to_wire()), wire.parse_query(b.to_wire())
+    pa, pb = parse_query(a.to_wire()), parse_query(b.to_wire())
     assert pa is not None and pb is not None
     assert pa.key == pb.key
     assert pa.max_size == 1232 and pb.max_size == 4096
@@ -24,22 +25,22 @@ def test_plain_query_key_ignores_case_id_and_payload() -> None:
 
 
 def test_variant_bits_separate_answers() -> None:
-    plain = wire.parse_query(dns.message.make_query("x.example", "A").to_wire())
-    edns = wire.parse_query(dns.message.make_query("x.example", "A", use_edns=0).to_wire())
-    do = wire.parse_query(dns.message.make_query("x.example", "A", want_dnssec=True).to_wire())
+    plain = parse_query(dns.message.make_query("x.example", "A").to_wire())
+    edns = parse_query(dns.message.make_query("x.example", "A", use_edns=0).to_wire())
+    do = parse_query(dns.message.make_query("x.example", "A", want_dnssec=True).to_wire())
     # AD in a query asks for AD in the answer (RFC 6840 §5.8), so it changes the answer's bytes.
-    ad = wire.parse_query(dns.message.make_query("x.example", "A", flags=dns.flags.RD | dns.flags.AD).to_wire())
+    ad = parse_query(dns.message.make_query("x.example", "A", flags=dns.flags.RD | dns.flags.AD).to_wire())
     assert plain is not None and edns is not None and do is not None and ad is not None
     assert len({plain.key, edns.key, do.key, ad.key}) == 4
-    assert ad.variant & wire.VARIANT_AD
+    assert ad.variant & VARIANT_AD
     assert plain.max_size == 512
-    assert do.variant & wire.VARIANT_DO
+    assert do.variant & VARIANT_DO
 
 
 def test_qtype_bytes_are_not_lowercased() -> None:
     # HTTPS is type 65 = 0x0041 ('A'): lower-casing the whole question would turn it into type 97.
-    https = wire.parse_query(dns.message.make_query("x.example", "HTTPS").to_wire())
-    other = wire.parse_query(dns.message.make_query("x.example", dns.rdatatype.RdataType.make(97)).to_wire())
+    https = parse_query(dns.message.make_query("x.example", "HTTPS").to_wire())
+    other = parse_query(dns.message.make_query("x.example", dns.rdatatype.RdataType.make(97)).to_wire())
     assert https is not None and other is not None
     assert https.key != other.key
     assert https.qtype == 65
@@ -49,13 +50,13 @@ def test_unusual_queries_are_left_to_the_full_path() -> None:
     query = dns.message.make_query("x.example", "A")
     data = bytearray(query.to_wire())
     data[2] |= 0x80  # a response
-    assert wire.parse_query(bytes(data)) is None
-    assert wire.parse_query(query.to_wire()[:-2]) is None  # truncated question
+    assert parse_query(bytes(data)) is None
+    assert parse_query(query.to_wire()[:-2]) is None  # truncated question
     edns1 = dns.message.make_query("x.example", "A", use_edns=1)
-    assert wire.parse_query(edns1.to_wire()) is None
+    assert parse_query(edns1.to_wire()) is None
     notify = dns.message.make_query("x.example", "SOA")
     notify.set_opcode(dns.opcode.NOTIFY)
-    assert wire.parse_query(notify.to_wire()) is None
+    assert parse_query(notify.to_wire()) is None
 
 
 def test_ttl_offsets_skip_opt_and_follow_compression() -> None:
@@ -64,7 +65,7 @@ def test_ttl_offsets_skip_opt_and_follow_compression() -> None:
     response.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "CNAME", "cdn.example.com."))
     response.answer.append(dns.rrset.from_text("cdn.example.com.", 20, "IN", "A", "192.0.2.1", "192.0.2.2"))
     data = response.to_wire()
-    found = wire.ttl_offsets(data)
+    found = ttl_offsets(data)
     assert [ttl for _, ttl in found] == [300, 20, 20]
     for offset, ttl in found:
         assert int.from_bytes(data[offset : offset + 4], "big") == ttl
@@ -72,7 +73,7 @@ def test_ttl_offsets_skip_opt_and_follow_compression() -> None:
 
 @given(st.binary(max_size=600))
 def test_parser_never_raises(data: bytes) -> None:
-    parsed = wire.parse_query(data)
+    parsed = parse_query(data)
     if parsed is None:
         return
     assert parsed.question_end <= len(data)

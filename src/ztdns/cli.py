@@ -62,6 +62,22 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _authority_serve(args: argparse.Namespace) -> int:
+    """``ztdns serve`` without the resolver's listeners: the same service, signals and metrics endpoint."""
+    from pathlib import Path
+
+    from ztdns.daemon import serve
+
+    try:
+        config = load_config(args.config)
+        if not config.authority.listen:
+            raise ConfigError([f"{args.config}: [authority] listen is empty"])
+        return serve(config, Path(args.config), resolver=False)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
 def _explain(args: argparse.Namespace) -> int:
     from ztdns.explain import run
 
@@ -77,6 +93,13 @@ def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = sub.add_parser("serve", help="run the protective resolver")
     parser.add_argument("--config", help="TOML configuration file (default: the built-in development config)")
     parser.set_defaults(func=_serve)
+
+
+def _register_authority_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("authority", help="serve only the [authority] zones (ztdns serve without the resolver)")
+    parser.add_argument("action", choices=["serve"])
+    parser.add_argument("--config", required=True, help="TOML configuration file")
+    parser.set_defaults(func=_authority_serve)
 
 
 def _register_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,6 +133,7 @@ def _registrations() -> list[Register]:
         register_pki,
         register_lab,
         register_authority,
+        _register_authority_serve,
         register_agent,
     ]
 

@@ -28,6 +28,7 @@ from ztdns.config.listen import ListenConfig
 from ztdns.handler import Frontend, compile_runtime, make_resolver
 from ztdns.observe.metrics import Metrics, MetricsCollector
 from ztdns.observe.stage import Observer
+from ztdns.replay import Replays
 from ztdns.transport import Handler
 from ztdns.transport.development import development_listeners, how_to_query
 from ztdns.transport.doh import start_doh_listener
@@ -96,7 +97,7 @@ def verify(config: Config) -> None:
     """Read everything besides the TOML that serving would read: list files, local and authority zone files, TLS
     files, and the query log's directory. ``ztdns check`` runs this so that a config it passes also starts.
     Raises ConfigError."""
-    compile_runtime(config, Observer(Metrics(), None))
+    compile_runtime(config, Observer(Metrics()), Replays(0))
     resolver = make_resolver(config)  # root hints, trust anchors, upstreams' TLS files; opens no socket
     if resolver is not None:
         asyncio.run(resolver.close())

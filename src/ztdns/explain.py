@@ -15,11 +15,10 @@ from prometheus_client.metrics_core import Metric
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import Config
 from ztdns.handler import Frontend, make_resolver
-from ztdns.outcome import EDE, Kind, Reason
+from ztdns.model import EDE, Kind, Question, Reason, Resolution, Resolver
 from ztdns.pipeline import QueryContext
 from ztdns.policy import explain as explain_rule
-from ztdns.policy.stage import name_key
-from ztdns.resolver import Question, Resolution, Resolver
+from ztdns.wire.query import name_key
 
 
 def client_for(config: Config, text: str) -> ClientInfo:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,32 +25,30 @@ from ztdns.client import ClientInfo
 from ztdns.config import Config, located, where
 from ztdns.dnssec.trust import TrustAnchorError, TrustAnchors
 from ztdns.dnssec.validator import Validator
-from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_limit
 from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
+from ztdns.model import Kind, Question, Resolver
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.querylog import QueryLog
 from ztdns.observe.stage import Observer, ObserveStage
-from ztdns.outcome import Kind
-from ztdns.pipeline import Next, QueryContext, Stage, chain
+from ztdns.pipeline import Asked, Next, QueryContext, Stage, chain
 from ztdns.policy import View, compile_views
 from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
 from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
-from ztdns.protocol.respond import RespondStage, header_only_response
-from ztdns.resolver import Resolver
+from ztdns.protocol.respond import RespondStage
+from ztdns.replay import Replays
 from ztdns.resolver.forward import Forwarder, UpstreamSetupError
 from ztdns.resolver.hints import HintsError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
 from ztdns.resolver.recursive import RecursiveResolver
 from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
-from ztdns.wire import parse_query
+from ztdns.wire.header import header_only
 
 if TYPE_CHECKING:
     from ztdns.authority.handler import Authority
 
-log = logging.getLogger("ztdns")
 
 # Answers the fast path may replay. Stale answers and failures are never replayed: the next query should
 # try upstream again.
@@ -62,15 +59,23 @@ _REPLAYABLE = frozenset(
 
 def build_stages(
     runtime: Runtime, cache_stage: CacheStage, resolve_stage: ResolveStage, authority: Authority | None = None
-) -> list[Stage]:
+) -> list[Stage[QueryContext]]:
     """The one ordered list of stages. Order is security-relevant; each position says why."""
-    stages: list[Stage] = [
+    return [
         # Outermost: sees every query's final outcome (dropped and failed ones too) — the only exit of client data.
         ObserveStage(runtime.observer),
         # Renders whatever the inner stages decided, so EDNS/TC/EDE rules apply to every answer alike.
         RespondStage(),
-        # Malformed queries and responses never reach anything that interprets names.
-        GuardStage(),
+        # Malformed queries and responses never reach anything that interprets names: the stages after the
+        # guard get an Asked context (one parsed question of class IN).
+        GuardStage(chain(_asked_stages(runtime, cache_stage, resolve_stage, authority))),
+    ]
+
+
+def _asked_stages(
+    runtime: Runtime, cache_stage: CacheStage, resolve_stage: ResolveStage, authority: Authority | None
+) -> list[Stage[Asked]]:
+    stages: list[Stage[Asked]] = [
         # Identity comes only from the connection (address, verified certificate), never from the message;
         # unknown clients stop here with EDE 18 before any name is looked at.
         IdentifyStage(runtime.identities, runtime.views),
@@ -107,7 +112,7 @@ class Runtime:
     views: dict[str, View]
     local_zones: LocalZones
     observer: Observer
-    replays: ReplayTable
+    replays: Replays
     handler: Next | None = None
 
 
@@ -115,7 +120,7 @@ def _where_in_zone(config: Config, index: int, key: tuple[str | int, ...]) -> st
     return where(config, ("local_zones", index, *key))
 
 
-def compile_runtime(config: Config, observer: Observer) -> Runtime:
+def compile_runtime(config: Config, observer: Observer, replays: Replays) -> Runtime:
     zones = [
         load_zone(zone, config.base_dir, functools.partial(_where_in_zone, config, index))
         for index, zone in enumerate(config.local_zones)
@@ -126,7 +131,7 @@ def compile_runtime(config: Config, observer: Observer) -> Runtime:
         views=dict(compile_views(config)),
         local_zones=LocalZones(zones),
         observer=observer,
-        replays=ReplayTable(config.cache.max_entries),
+        replays=replays,
     )
 
 
@@ -209,7 +214,10 @@ class Frontend:
         self, config: Config, resolver: Resolver | None, querylog: QueryLog | None
     ) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
-        runtime = compile_runtime(config, Observer(self.metrics, querylog))
+        sinks = () if querylog is None else (querylog,)
+        runtime = compile_runtime(
+            config, Observer(self.metrics, sinks), Replays(config.cache.max_entries, self._prefetch)
+        )
         cache_stage = CacheStage(self.cache, resolver)
         runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
         return runtime, cache_stage
@@ -251,69 +259,23 @@ class Frontend:
             querylog.close()
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
-        """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop.
-
-        Most repeat queries are byte-for-byte the same but for the ID, so they are looked up by those bytes
-        first (no parsing at all); otherwise the question is parsed by hand and looked up by its normal form.
-        """
+        """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop."""
         runtime = self.runtime
         match = runtime.identities.match(client)
         if match is None and client.certificate_required:
             return None  # the refusal names the missing certificate: the identify stage writes it
-        identity = None if match is None else match.identity
-        replays = runtime.replays
-        exact = replays.exact.get(identity)
-        found = None if exact is None else exact.get(wire[2:])
+        now = time.monotonic()
+        found = runtime.replays.answer(None if match is None else match.identity, wire, client.stream, now)
         if found is None:
-            return self._fast_parsed(wire, client, identity)
-        replay, name_end, limit = found
-        now = time.monotonic()
-        if now >= replay.expires or (replay.guard is not None and not replay.guard()):
-            replays.drop(identity, replay.key)
             return None
-        answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
-        if len(answer) > limit and not client.stream:
-            return None
-        if name_end:  # the client spelled the name in another case than the rendered answer (0x20)
-            answer = answer[:12] + wire[12:name_end] + answer[name_end:]
-        entry = replay.entry
-        if entry is not None:
-            entry.hits += 1  # popularity only: a lost update between threads does not matter
-            if now >= replay.prefetch_at:
-                self._prefetch(replay, entry)
-        runtime.observer.record_replay(replay, client, now)
-        return wire[:2] + answer[2:]
+        answer, replay = found
+        runtime.observer.record_answer(replay.answered, client, now)
+        return answer
 
-    def _fast_parsed(self, wire: bytes, client: ClientInfo, identity: str | None) -> bytes | None:
-        parsed = parse_query(wire)
-        if parsed is None:
-            return None
-        replays = self.runtime.replays
-        replay = replays.get(identity, parsed.key)
-        if replay is None:
-            return None
-        now = time.monotonic()
-        if now >= replay.expires or (replay.guard is not None and not replay.guard()):
-            replays.drop(identity, parsed.key)
-            return None
-        answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
-        limit = udp_limit(parsed)
-        same_case = wire[12 : parsed.name_end] == answer[12 : parsed.name_end]
-        replays.remember_exact(identity, wire[2:], replay, 0 if same_case else parsed.name_end, limit)
-        if len(answer) > limit and not client.stream:
-            return None
-        entry = replay.entry
-        if entry is not None:
-            entry.hits += 1
-            if now >= replay.prefetch_at:
-                self._prefetch(replay, entry)
-        self.runtime.observer.record_replay(replay, client, now)
-        return splice(wire, parsed, answer)
-
-    def _prefetch(self, replay: Replay, entry: CacheEntry) -> None:
-        if not entry.prefetching and replay.question is not None and self.loop is not None:
+    def _prefetch(self, question: Question, entry: CacheEntry) -> None:
+        if self.loop is not None:
             # fast() may run on a UDP lane thread: asyncio work goes through the loop's thread-safe door.
-            self.loop.call_soon_threadsafe(self.cache_stage.maybe_prefetch, replay.question, entry)
+            self.loop.call_soon_threadsafe(self.cache_stage.maybe_prefetch, question, entry)
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
         runtime = self.runtime
@@ -323,45 +285,20 @@ class Frontend:
             assert runtime.handler is not None
             await runtime.handler(ctx)
         except Exception:
-            log.exception("query from %s failed inside the pipeline", client.address)
-            return header_only_response(wire, 2) if len(wire) >= 12 and not wire[2] & 0x80 else None
+            runtime.observer.failed("a query failed inside the pipeline", client)
+            return header_only(wire, 2) if len(wire) >= 12 and not wire[2] & 0x80 else None
         finally:
             self.inflight -= 1
         if ctx.drop:
             return None
-        if ctx.kind in _REPLAYABLE and ctx.full_wire_response is not None and ctx.replay_until > ctx.started:
+        store = ctx.store
+        if store is not None and ctx.kind in _REPLAYABLE and store.until > ctx.started:
             # After the answer is on its way (the caller sends it in this same loop turn): bookkeeping off the
             # query's latency. Until then a repeat of the question takes the full path, which is still right.
-            asyncio.get_running_loop().call_soon(self._remember, runtime, ctx)
-        return ctx.wire_response
-
-    def _remember(self, runtime: Runtime, ctx: QueryContext) -> None:
-        parsed = parse_query(ctx.wire)
-        full = ctx.full_wire_response
-        if parsed is None or full is None:
-            return
-        fragment, kind, rcode = runtime.observer.replay_fragment(ctx)
-        replay = Replay(
-            key=parsed.key,
-            wire=full,
-            expires=ctx.replay_until,
-            log_fragment=fragment,
-            kind=kind,
-            rcode=rcode,
-            guard=ctx.replay_guard,
-        )
-        entry = ctx.cache_entry
-        if ctx.replay_counts_down and entry is not None:
-            replay.offsets = make_countdown(full, ctx.replay_age)
-            replay.stored = entry.stored
-            replay.age = ctx.replay_age
-            replay.rerender_at = entry.stored + ctx.replay_age + 1
-            replay.entry = entry
-            replay.question = ctx.question
             cache_config = self.cache.config
-            if cache_config.prefetch:
-                replay.prefetch_at = entry.expires - entry.ttl * cache_config.prefetch_window
-        runtime.replays.put(ctx.identity, parsed.key, replay)
+            window = cache_config.prefetch_window if cache_config.prefetch else None
+            asyncio.get_running_loop().call_soon(runtime.replays.store, ctx, store, window)
+        return ctx.wire_response
 
     def collect(self) -> Iterator[Metric]:
         """The frontend's own families and the resolver's in service (reloads swap it; the cache exports itself)."""

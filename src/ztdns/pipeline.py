@@ -1,12 +1,15 @@
-"""The query pipeline: the stage contract, and the one place where the order of stages is declared.
+"""The query pipeline: the stage contract, and the contexts a query's facts travel in.
 
 A stage is an async callable ``stage(ctx, call_next)``: it may answer (set ``ctx.response`` and return
 without calling ``call_next``), or pass the query on and look at the answer on the way back — as the cache does to store
 what the resolver fetched, and the chain check does to see CNAME targets. Stages know nothing of sockets:
-transports hand in bytes and a :class:`~ztdns.client.ClientInfo` and get bytes back.
+transports hand in bytes and a :class:`~ztdns.client.ClientInfo` and get bytes back. The order of the stages is
+declared once, in ``ztdns.handler.build_stages``.
 
-The wire-level fast path (:mod:`ztdns.fastpath`) answers repeat questions of a known identity from
-pre-rendered responses without running the stages; it only ever serves what the stages produced before.
+Two context types: the outer stages (observe, respond, guard) see a :class:`QueryContext`, which may hold
+garbage; the guard hands the stages after it the same object as an :class:`Asked`, whose parsed query and
+question are always set. This module sits below every stage: it imports the
+stages' types only for type checking.
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import dns.message
 
-from ztdns.cache import CacheEntry
 from ztdns.client import ClientInfo
-from ztdns.outcome import Kind, Reason
-from ztdns.policy import Decision, View
-from ztdns.resolver import Question
+from ztdns.model import Kind, Question, Reason
+
+if TYPE_CHECKING:
+    from ztdns.policy import Decision, View
+    from ztdns.replay import StoreHint
 
 
 @dataclass(slots=True)
@@ -45,43 +49,57 @@ class QueryContext:
     upstream: str | None = None
     drop: bool = False  # send nothing (responses, garbage without a header)
     cache_hit: bool = False
-    # How long the rendered answer may be replayed by the fast path (time.monotonic() deadline), and whether
-    # replays must count TTLs down (cached upstream data) or keep them (synthesised and local answers).
-    replay_until: float = 0.0
-    replay_counts_down: bool = True
-    cache_entry: CacheEntry | None = None  # the cached data the answer was rendered from
-    replay_age: int = 0  # seconds the rendered TTLs were already counted down by
-    # For answers whose source can change before replay_until (served zones): true while the replay is still right.
-    replay_guard: Callable[[], bool] | None = None
+    store: StoreHint | None = None  # may the answer be replayed, and how (None: never)
     wire_response: bytes | None = None  # the bytes sent, set by the respond stage
-    full_wire_response: bytes | None = None  # the untruncated rendering, for the fast path
 
 
+class Asked(QueryContext):
+    """A query the guard let through: one question of class IN, parsed — ``query`` and ``question`` are set.
+
+    The same object as the context the outer stages hold, re-classed by :meth:`narrow` (no fields of its own, so
+    the layout is the same): the stages after the guard see the fields set without a second context per query.
+    """
+
+    __slots__ = ()
+    query: dns.message.Message
+    question: Question
+
+    @staticmethod
+    def narrow(ctx: QueryContext, query: dns.message.Message, question: Question) -> Asked:
+        ctx.query = query
+        ctx.question = question
+        ctx.__class__ = Asked
+        assert isinstance(ctx, Asked)  # for the type checker; true by the line above
+        return ctx
+
+
+C = TypeVar("C", bound=QueryContext)
 Next = Callable[[QueryContext], Awaitable[None]]
+AskedNext = Callable[[Asked], Awaitable[None]]
 
 
-class Stage(Protocol):
+class Stage(Protocol[C]):
     """One unit of query handling. ``name`` labels it in logs and metrics."""
 
     name: str
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None: ...
+    async def __call__(self, ctx: C, call_next: Callable[[C], Awaitable[None]]) -> None: ...
 
 
 async def _end(ctx: QueryContext) -> None:
     """Past the last stage: nothing answered. The respond stage turns that into SERVFAIL."""
 
 
-def chain(stages: Sequence[Stage]) -> Next:
+def chain(stages: Sequence[Stage[C]]) -> Callable[[C], Awaitable[None]]:
     """Compose stages so that each one's ``call_next`` is the rest of the list."""
-    handler: Next = _end
+    handler: Callable[[C], Awaitable[None]] = _end
     for stage in reversed(stages):
         handler = _bind(stage, handler)
     return handler
 
 
-def _bind(stage: Stage, call_next: Next) -> Next:
-    async def run(ctx: QueryContext) -> None:
+def _bind(stage: Stage[C], call_next: Callable[[C], Awaitable[None]]) -> Callable[[C], Awaitable[None]]:
+    async def run(ctx: C) -> None:
         await stage(ctx, call_next)
 
     return run

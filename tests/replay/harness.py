@@ -65,7 +65,7 @@ from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.lab.sign import Denial, LabKey, generate_key, sign_zone
-from ztdns.resolver import Question, Resolution
+from ztdns.model import Question, Resolution
 from ztdns.resolver.recursive import RecursiveResolver
 
 EPOCH = 1_780_000_000.0  # the faked clock's start (2026-05-28)

@@ -15,7 +15,7 @@ import pytest
 from replay.harness import parse, scenario_files, start
 from ztdns.config.dnssec import DnssecConfig
 from ztdns.config.resolver import RecursionConfig
-from ztdns.resolver import Question
+from ztdns.model import Question
 from ztdns.resolver.upstream import IterativeQuery, NetworkExchange
 
 

@@ -22,7 +22,7 @@ from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import SUPPORTED_ALGORITHMS, Validator
 from ztdns.lab import zones
 from ztdns.lab.zones import CASES, Case
-from ztdns.resolver import Question, Resolution
+from ztdns.model import Question, Resolution
 from ztdns.resolver.recursive import RecursiveResolver
 
 ADDRESSES = {server: f"10.53.0.{index + 1}" for index, server in enumerate(zones.SERVERS)}

@@ -22,8 +22,7 @@ from ztdns.client import ClientInfo
 from ztdns.config import ConfigError, parse_config
 from ztdns.config.resolver import ResolverConfig, UpstreamConfig
 from ztdns.handler import make_resolver
-from ztdns.outcome import EDE
-from ztdns.resolver import Question, Resolution
+from ztdns.model import EDE, Question, Resolution
 from ztdns.resolver.encrypted import spki_pin
 from ztdns.resolver.forward import Forwarder
 from ztdns.transport.doh import start_doh_listener

@@ -10,14 +10,6 @@ import socket
 import struct
 from typing import NamedTuple
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-
 HEADER = 12
 _A, _AAAA, _CNAME, _IN = 1, 28, 5, 1
 _MAX_CHAIN = 16
@@ -126,42 +118,3 @@ def check_query(wire: bytes) -> None:
         raise BadMessage("a response, not a query")
     if qdcount != 1:
         raise BadMessage(f"{qdcount} questions")
-
-
-def servfail(query: bytes) -> bytes:
-    """SERVFAIL for ``query``: the header, RD copied, the question echoed when it parses."""
-    try:
-        message = dns.message.from_wire(query, ignore_trailing=True)
-        response = dns.message.make_response(message)
-        response.set_rcode(dns.rcode.SERVFAIL)
-        return response.to_wire()
-    except dns.exception.DNSException:
-        ident, flags = struct.unpack_from("!HH", query.ljust(4, b"\0"), 0)
-        return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x0100) | dns.rcode.SERVFAIL, 0, 0, 0, 0)
-
-
-def udp_limit(query: bytes) -> int:
-    """The largest UDP response the client accepts: its EDNS payload size, or 512 without EDNS."""
-    try:
-        message = dns.message.from_wire(query, ignore_trailing=True)
-    except dns.exception.DNSException:
-        return 512
-    return max(512, message.payload) if message.edns >= 0 else 512
-
-
-def truncate(response: bytes) -> bytes:
-    """A TC=1 response with the question only, telling the client to retry over TCP."""
-    message = dns.message.from_wire(response, ignore_trailing=True)
-    short = dns.message.Message(id=message.id)
-    short.flags = message.flags | dns.flags.TC
-    short.question = message.question
-    return short.to_wire()
-
-
-def with_id(wire: bytes, ident: int) -> bytes:
-    return struct.pack("!H", ident) + wire[2:]
-
-
-def message_id(wire: bytes) -> int:
-    ident: int = struct.unpack_from("!H", wire)[0]
-    return ident

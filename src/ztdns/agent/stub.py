@@ -16,13 +16,16 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol, cast
 
+import dns.rcode
+
 from ztdns.agent.allowstate import AllowState
-from ztdns.agent.answers import BadMessage, addresses, check_query, servfail, truncate, udp_limit
+from ztdns.agent.answers import BadMessage, addresses, check_query
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nft import NftError
 from ztdns.agent.setwriter import SetWriter
 from ztdns.agent.upstream import UpstreamError
 from ztdns.config.base import parse_hostport
+from ztdns.wire.header import error_response, payload_of, truncate, udp_limit
 
 log = logging.getLogger("ztdns.agent.stub")
 
@@ -69,7 +72,7 @@ class StubHandler:
             metrics.upstream_failures += 1
             metrics.servfail += 1
             self._on_error(f"no protective server answered: {exc}")
-            release(servfail(query))
+            release(error_response(query, dns.rcode.SERVFAIL))
             return True
         started = time.perf_counter()
         try:
@@ -77,7 +80,7 @@ class StubHandler:
         except BadMessage as exc:
             metrics.servfail += 1
             self._on_error(f"bad upstream response: {exc}")
-            release(servfail(query))
+            release(error_response(query, dns.rcode.SERVFAIL))
             return True
         if not answer.records:
             metrics.relayed += 1
@@ -99,7 +102,7 @@ class StubHandler:
             metrics.set_failures += 1
             metrics.servfail += 1
             self._on_error(f"set update failed for {name}: {failure}")
-            release(servfail(query))
+            release(error_response(query, dns.rcode.SERVFAIL))
             return
         metrics.opened += 1
         metrics.observe_plumbing(time.perf_counter() - started)
@@ -132,7 +135,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if self._transport is None:
             return
         # Parsing the query's EDNS size only matters for responses that do not fit the classic 512 octets.
-        if len(response) > 512 and len(response) > udp_limit(query):
+        if len(response) > 512 and len(response) > udp_limit(payload_of(query), 65535):
             response = truncate(response)
         self._transport.sendto(response, addr)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from pathlib import Path
 
 from ztdns.authority.build import build_zone, key_store, state_dir
 from ztdns.authority.kasp import Role
@@ -72,20 +71,6 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_command(args: argparse.Namespace) -> int:
-    """``ztdns serve`` without the resolver's listeners: the same service, signals and metrics endpoint."""
-    from ztdns.daemon import serve
-
-    try:
-        config = load_config(args.config)
-        if not config.authority.listen:
-            raise ConfigError([f"{args.config}: [authority] listen is empty"])
-        return serve(config, Path(args.config), resolver=False)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="inspect and drive DNSSEC keys of authoritative zones")
     keys.add_argument("action", choices=["list", "rollover", "ds", "ds-seen"])
@@ -93,7 +78,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys.add_argument("--role", choices=["ksk", "zsk", "csk"], help="for rollover (default: zsk, or csk)")
     keys.add_argument("--config", required=True, help="TOML configuration file")
     keys.set_defaults(func=_keys)
-    authority = sub.add_parser("authority", help="serve only the [authority] zones (ztdns serve without the resolver)")
-    authority.add_argument("action", choices=["serve"])
-    authority.add_argument("--config", required=True, help="TOML configuration file")
-    authority.set_defaults(func=_serve_command)

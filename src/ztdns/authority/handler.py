@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,16 +40,16 @@ from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
 from ztdns.authority.zone import Change, Zone, next_serial, type_text
 from ztdns.client import ClientInfo
-from ztdns.fastpath import Replay, ReplayTable, splice, udp_limit
+from ztdns.model import Kind
+from ztdns.observe.events import Answered
 from ztdns.observe.metrics import Metrics
-from ztdns.outcome import Kind
-from ztdns.protocol.render import render
-from ztdns.protocol.respond import UDP_PAYLOAD
-from ztdns.wire import parse_query
+from ztdns.replay import Replay, Replays
+from ztdns.wire.header import error_response, header_only, udp_limit
+from ztdns.wire.query import parse_query
+from ztdns.wire.render import render
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
-_HEADER = struct.Struct("!HHHHHH")
 # How long a rendered response is replayed; signatures are refreshed days before expiry, so this is far inside.
 RENDERED_SECONDS = 30.0
 
@@ -239,7 +238,7 @@ class Authority:
     """All served zones; implements ``ztdns.transport.Handler`` (``fast`` and ``handle``) plus ``respond``.
 
     Answers to plain queries are kept as rendered, signed wire and replayed to the next identical question
-    with the client's ID and name case spliced in (:mod:`ztdns.fastpath`), so a repeated question costs no
+    with the client's ID and name case spliced in (:mod:`ztdns.replay`), so a repeated question costs no
     dnspython work at all. Every zone change and key event swaps in an empty replay table.
     """
 
@@ -261,7 +260,7 @@ class Authority:
         self.stats = Stats()
         self.metrics = metrics or Metrics()
         self.replay_limit = replay_limit
-        self._replays = ReplayTable(replay_limit)
+        self._replays = Replays(replay_limit)
         self.on_change: Callable[[ServedZone], None] = lambda zone: None
         self.metrics.register(self)
 
@@ -333,7 +332,7 @@ class Authority:
     def _changed(self, zones: list[ServedZone]) -> None:
         # The zones have published their new versions already; a new table (not clear()) so that an answer
         # rendered from the old version on another thread lands in the discarded table, never in this one.
-        self._replays = ReplayTable(self.replay_limit)
+        self._replays = Replays(self.replay_limit)
         for zone in zones:
             self.on_change(zone)
 
@@ -346,48 +345,22 @@ class Authority:
         """Plain queries: replayed when possible, else answered here over UDP; UPDATE, NOTIFY etc. go to
         ``handle``, and over a stream everything not replayed goes to ``respond_all``.
 
-        Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Looked up first by the
-        query's bytes after the ID (no parsing), then by the hand-parsed question's normal form, like the
-        resolver's replays (``ztdns.handler.Frontend.fast``).
+        Runs on the UDP lane thread; returns ``b""`` for a UDP query it drops (RRL). Replays are the resolver's
+        (:class:`ztdns.replay.Replays`), all under identity None.
         """
         started = time.perf_counter()
         replays = self._replays  # once: see _changed
-        exact = replays.exact.get(None)
-        found = None if exact is None else exact.get(wire[2:])
+        found = replays.answer(None, wire, client.stream, time.monotonic())
         if found is not None:
-            replay, name_end, limit = found
-            answer = self._current(replays, replay, client, limit)
-            if answer is not None:
-                if name_end:  # the client spelled the name in another case than the rendered answer (0x20)
-                    answer = answer[:12] + wire[12:name_end] + answer[name_end:]
-                return self._replayed(wire, client, wire[:2] + answer[2:], replay.rcode, started)
+            return self._replayed(wire, client, found[0], found[1].answered.rcode, started)
         if len(wire) < 12 or wire[2] & 0x78:  # not opcode QUERY: UPDATE, NOTIFY, ...
             return None
-        parsed = parse_query(wire)
-        if parsed is not None:
-            stored = replays.get(None, parsed.key)
-            if stored is not None:
-                limit = udp_limit(parsed)
-                same_case = wire[12 : parsed.name_end] == stored.wire[12 : parsed.name_end]
-                replays.remember_exact(None, wire[2:], stored, 0 if same_case else parsed.name_end, limit)
-                answer = self._current(replays, stored, client, limit)
-                if answer is not None:
-                    return self._replayed(wire, client, splice(wire, parsed, answer), stored.rcode, started)
         if client.stream:
             return None  # the transport calls respond_all: a transfer is several messages
         responses = self._respond(wire, client, replays, started)
         if responses:
             return responses[0]
         return b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
-
-    def _current(self, replays: ReplayTable, replay: Replay, client: ClientInfo, limit: int) -> bytes | None:
-        """The replay's wire if it is still valid and fits the client (else the full path answers)."""
-        if time.monotonic() >= replay.expires:
-            replays.drop(None, replay.key)
-            return None
-        if len(replay.wire) > limit and not client.stream:
-            return None  # the full path sends it truncated
-        return replay.wire
 
     def _replayed(self, wire: bytes, client: ClientInfo, answer: bytes, rcode: str, started: float) -> bytes | None:
         if not client.stream and self.rrl is not None:
@@ -409,7 +382,7 @@ class Authority:
     def _limited(self, wire: bytes, verdict: Verdict) -> bytes | None:
         if verdict is Verdict.SLIP:
             self.stats.rrl_slipped += 1
-            return _header_only(wire, dns.rcode.NOERROR, truncated=True)
+            return _error(wire, dns.rcode.NOERROR, truncated=True)
         self.stats.rrl_dropped += 1
         return None
 
@@ -419,13 +392,13 @@ class Authority:
         """Response wires for one request (empty: drop silently). Never raises on bad input."""
         return self._respond(wire, client, self._replays, time.perf_counter())
 
-    def _respond(self, wire: bytes, client: ClientInfo, replays: ReplayTable, started: float) -> list[bytes]:
+    def _respond(self, wire: bytes, client: ClientInfo, replays: Replays, started: float) -> list[bytes]:
         try:
             query = dns.message.from_wire(wire, keyring=self.keyring)
         except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
-            return _wire_list(_header_only(wire, dns.rcode.NOTAUTH))
+            return _wire_list(_error(wire, dns.rcode.NOTAUTH))
         except dns.exception.DNSException:
-            return _wire_list(_header_only(wire, dns.rcode.FORMERR))
+            return _wire_list(_error(wire, dns.rcode.FORMERR))
         if query.flags & dns.flags.QR:
             return []
         opcode = query.opcode()
@@ -436,7 +409,7 @@ class Authority:
             return (
                 [_render(answer(query, None), client, query)[0]]
                 if opcode == dns.opcode.QUERY
-                else [_header_only(wire, dns.rcode.NOTIMP) or b""]
+                else [_error(wire, dns.rcode.NOTIMP) or b""]
             )
         question = query.question[0]
         if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
@@ -454,7 +427,7 @@ class Authority:
             parsed = parse_query(wire)
             if parsed is not None:
                 expires = time.monotonic() + RENDERED_SECONDS
-                replays.put(None, parsed.key, Replay(parsed.key, full, expires, "", KIND_REPLAYED, rcode))
+                replays.put(None, Replay(parsed.key, full, expires, Answered(KIND_REPLAYED, rcode)))
         self.metrics.count(client.transport.value, KIND_ANSWERED, rcode, time.perf_counter() - started)
         return [out]
 
@@ -488,7 +461,9 @@ class Authority:
             changes = served.update(message, identity)
         except UpdateRefused as refused:
             self.stats.updates_refused += 1
-            log.info("update of %s refused: %s", served.origin, refused)
+            # The rcode only: the reason names the updater and the names it asked for, which the client is told
+            # and which leave the process only through observe/.
+            log.info("update of %s refused: %s", served.origin, dns.rcode.to_text(dns.rcode.Rcode.make(refused.rcode)))
             return refused.rcode, str(refused)
         self.stats.updates += 1
         if changes:
@@ -500,7 +475,7 @@ def _render(response: dns.message.Message, client: ClientInfo, query: dns.messag
     """(what to send, the full response). Over UDP a response larger than the client's limit is sent
     truncated (TC=1, no records); the full one is what later replays serve to clients it fits."""
     full = render(response, max_size=65535)
-    limit = 65535 if client.stream else (max(512, min(query.payload, UDP_PAYLOAD)) if query.edns >= 0 else 512)
+    limit = 65535 if client.stream else udp_limit(query.payload)
     if len(full) <= limit:
         return full, full
     response.answer, response.authority, response.additional = [], [], []
@@ -508,25 +483,12 @@ def _render(response: dns.message.Message, client: ClientInfo, query: dns.messag
     return render(response, max_size=limit), full
 
 
-def _header_only(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
-    """A response carrying only the request's ID, opcode and question count zero: for requests we cannot
-    parse."""
-    if len(wire) < 12:
+def _error(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
+    """``rcode`` for a request we cannot or will not answer (the question echoed when truncated, so the client
+    retries it over TCP); None for no header or a response: those are never answered."""
+    if len(wire) < 12 or wire[2] & 0x80:
         return None
-    ident, flags = struct.unpack_from("!HH", wire)
-    if flags & 0x8000:
-        return None
-    flags = 0x8000 | (flags & 0x7900) | (dns.flags.TC if truncated else 0) | rcode
-    if truncated:
-        # Keep the question so the client matches the reply and retries the same query over TCP.
-        try:
-            query = dns.message.from_wire(wire, keyring=False)
-            response = dns.message.make_response(query)
-            response.flags |= dns.flags.TC
-            return response.to_wire()
-        except dns.exception.DNSException:
-            pass
-    return _HEADER.pack(ident, flags, 0, 0, 0, 0)
+    return error_response(wire, rcode, truncated=True) if truncated else header_only(wire, rcode)
 
 
 def _wire_list(wire: bytes | None) -> list[bytes]:

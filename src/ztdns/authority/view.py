@@ -23,8 +23,9 @@ import dns.rcode
 
 from ztdns.authority.answer import answer
 from ztdns.authority.handler import Authority
-from ztdns.outcome import Kind
-from ztdns.pipeline import Next, QueryContext
+from ztdns.model import Kind
+from ztdns.pipeline import Asked, AskedNext
+from ztdns.replay import StoreHint
 from ztdns.resolver.stage import wants_ad
 
 # A bound on how long an unchanged zone's answer is replayed (signatures are refreshed days before they expire).
@@ -37,9 +38,8 @@ class AuthorityViewStage:
     def __init__(self, authority: Authority) -> None:
         self.authority = authority
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+    async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         query = ctx.query
-        assert query is not None
         question = query.question[0]
         served = self.authority.zone_for(question.name, question.rdtype)
         if served is None:
@@ -56,6 +56,4 @@ class AuthorityViewStage:
         ctx.kind = Kind.AUTHORITATIVE
         # Replayed while the zone still publishes the version this answer came from: an update or key event
         # publishes a new one, and the next query is answered afresh.
-        ctx.replay_until = time.monotonic() + VIEW_REPLAY_SECONDS
-        ctx.replay_counts_down = False
-        ctx.replay_guard = lambda: served.version is version
+        ctx.store = StoreHint(time.monotonic() + VIEW_REPLAY_SECONDS, guard=lambda: served.version is version)

@@ -26,8 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from ztdns.config.cache import CacheConfig
-from ztdns.protocol.header import AD, TC, rcode_of
-from ztdns.resolver import Question
+from ztdns.model import Question, copy_rrset
+from ztdns.wire.header import AD, TC, rcode_of
 
 CacheKey = tuple[dns.name.Name, int, int, bool, bool]
 
@@ -64,12 +64,6 @@ class CacheEntry:
                 copies.append(copy)
             out.append(copies)
         return tuple(out)
-
-
-def copy_rrset(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
-    """A copy whose TTL can change without touching the original (dnspython's ``copy`` is untyped)."""
-    copy: dns.rrset.RRset = rrset.copy()
-    return copy
 
 
 def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:

@@ -9,10 +9,10 @@ import dns.flags
 import dns.message
 
 from ztdns.cache import CacheEntry, MessageCache
-from ztdns.outcome import EDE, Kind, Reason
-from ztdns.pipeline import Next, QueryContext
+from ztdns.model import EDE, Kind, Question, Reason, Resolver
+from ztdns.pipeline import Asked, AskedNext
 from ztdns.protocol.respond import response_to
-from ztdns.resolver import Question, Resolver
+from ztdns.replay import StoreHint
 from ztdns.resolver.stage import wants_ad
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,7 @@ class CacheStage:
         self.resolver = resolver
         self._prefetches: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
-        assert ctx.query is not None and ctx.question is not None
+    async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         cache = self.cache
         entry, fresh = cache.lookup(ctx.question)
         if entry is not None and fresh:
@@ -46,17 +45,14 @@ class CacheStage:
             ctx.response = render(ctx.query, entry, age)
             ctx.kind = Kind.CACHED
             ctx.cache_hit = True
-            ctx.cache_entry = entry
-            ctx.replay_until = entry.expires
-            ctx.replay_age = age
+            ctx.store = StoreHint(entry.expires, counts_down=True, entry=entry, age=age)
             self.maybe_prefetch(ctx.question, entry)
             return
         await call_next(ctx)
         if ctx.kind is Kind.RESOLVED and ctx.response is not None:
             stored = cache.store(ctx.question, ctx.response)
             if stored is not None:
-                ctx.cache_entry = stored
-                ctx.replay_until = stored.expires
+                ctx.store = StoreHint(stored.expires, counts_down=True, entry=stored)
         elif ctx.kind is Kind.FAILED and entry is not None:
             # RFC 8767: upstreams failed and we hold expired data — better an old answer than none.
             cache.stale_answers += 1
@@ -65,7 +61,7 @@ class CacheStage:
             ctx.reason = Reason(EDE.STALE_ANSWER, f"stale answer; {failure}" if failure else "stale answer")
             ctx.kind = Kind.STALE
             ctx.cache_hit = True
-            ctx.replay_until = 0.0
+            ctx.store = None  # never replayed: the next query tries upstream again
 
     def maybe_prefetch(self, question: Question, entry: CacheEntry) -> None:
         """Refresh a popular entry in the background before it expires, so hits never wait for upstream."""
@@ -82,7 +78,8 @@ class CacheStage:
             resolution = await self.resolver.resolve(question)
             if resolution.response is not None and self.cache.store(question, resolution.response):
                 self.cache.prefetches += 1
-        except Exception:  # a failed refresh only means the next query after expiry goes upstream
-            log.exception("prefetch of %s failed", question.name)
+        except Exception as exc:  # a failed refresh only means the next query after expiry goes upstream
+            # The type only: the name (and an exception's text, which may quote it) leave only through observe/.
+            log.error("a prefetch failed: %s", type(exc).__name__)
         finally:
             entry.prefetching = False

@@ -1,7 +1,7 @@
 """Names as bytes for the validator's lookups: a ``dns.name.Name`` hashes, compares and finds its parent in
 Python loops over its labels, and validation asks those questions of every name it meets many times over.
 
-The keys here are built from the encoder's cached wire forms (:func:`ztdns.encode.name_forms`) and compare in C.
+The keys here are built from the encoder's cached wire forms (:func:`ztdns.wire.encode.name_forms`) and compare in C.
 Equality is dnspython's (ASCII case-insensitive); names must be absolute, as every name from the wire is.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dns.name
 
-from ztdns.encode import name_forms
+from ztdns.wire.encode import name_forms
 
 ROOT = b"\x00"  # the root's key
 

@@ -1,4 +1,4 @@
-"""The data an RRSIG signs (RFC 4034 §3.1.8.1, canonical form §6.2, RFC 6840 §5.1), built with :mod:`ztdns.encode`.
+"""The data an RRSIG signs (RFC 4034 §3.1.8.1, canonical form §6.2, RFC 6840 §5.1), built with :mod:`ztdns.wire.encode`.
 
 The validator builds it for every signature it checks; dnspython's ``_make_rrsig_signature_data`` (which this
 replaces, byte for byte — tests/test_encode.py compares them) spent a third of what the ECDSA verification
@@ -11,7 +11,7 @@ import dns.rrset
 from dns.exception import ValidationFailure
 from dns.rdtypes.ANY.RRSIG import RRSIG
 
-from ztdns.encode import canonical_rdata, name_forms, rrsig_header
+from ztdns.wire.encode import canonical_rdata, name_forms, rrsig_header
 
 
 def signed_data(rrset: dns.rrset.RRset, rrsig: RRSIG) -> bytes:

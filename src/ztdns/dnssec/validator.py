@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import logging
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,9 +40,7 @@ from ztdns.dnssec import denial
 from ztdns.dnssec.names import ancestry, wire_key
 from ztdns.dnssec.signed import signed_data
 from ztdns.dnssec.trust import Anchor, TrustAnchors
-from ztdns.outcome import EDE, Reason
-
-log = logging.getLogger("ztdns.dnssec")
+from ztdns.model import EDE, Reason
 
 # Validated by default ([dnssec] algorithms): RSASHA256, RSASHA512, ECDSA P-256/P-384, Ed25519, Ed448 (RFC 8624
 # §3.1 MUST/RECOMMENDED). RSASHA1 and RSASHA1-NSEC3-SHA1 are off by default since RFC 9905 deprecated SHA-1 in
@@ -533,27 +530,13 @@ class Validator:
     async def validate(
         self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, response: dns.message.Message
     ) -> Verdict:
-        """Validate a response (fetched with DO=1) to ``qname``/``qtype``; a bogus one is a security event."""
+        """Validate a response (fetched with DO=1) to ``qname``/``qtype``; a bogus one is counted here and logged
+        as a security event by the observer (``ztdns.observe.stage``), the one exit of query names."""
         verdict = await self.check(qname, qtype, response)
         if verdict.bogus:
             assert verdict.reason is not None
             ede = verdict.reason.ede
             self.failures[ede] = self.failures.get(ede, 0) + 1
-            qtype_text = dns.rdatatype.to_text(qtype)
-            log.warning(
-                "event=dnssec_bogus qname=%s qtype=%s ede=%d text=%r",
-                qname,
-                qtype_text,
-                ede,
-                verdict.reason.text,
-                extra={
-                    "event": "dnssec_bogus",
-                    "qname": str(qname),
-                    "qtype": qtype_text,
-                    "ede": int(ede),
-                    "text": verdict.reason.text,
-                },
-            )
         return verdict
 
     async def check(

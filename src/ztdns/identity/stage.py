@@ -8,9 +8,10 @@ import dns.message
 import dns.rcode
 
 from ztdns.identity import IdentityMap
-from ztdns.outcome import EDE, Kind, Reason
-from ztdns.pipeline import Next, QueryContext
+from ztdns.model import EDE, Kind, Reason
+from ztdns.pipeline import Asked, AskedNext
 from ztdns.policy import View
+from ztdns.replay import StoreHint
 
 REFUSAL_REPLAY_SECONDS = 300.0
 
@@ -22,8 +23,7 @@ class IdentifyStage:
         self.identities = identities
         self.views = views
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
-        assert ctx.query is not None
+    async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         client = ctx.client
         match = self.identities.match(client)
         if match is None:
@@ -31,13 +31,12 @@ class IdentifyStage:
             response.set_rcode(dns.rcode.REFUSED)
             ctx.response = response
             ctx.kind = Kind.PROHIBITED
-            ctx.replay_counts_down = False
             if client.certificate_required and client.certificate_identity is None:
                 # Not replayed: replays are shared by all unknown clients, and this text is for this one only.
                 ctx.reason = Reason(EDE.PROHIBITED, "no client certificate (this listener identifies by certificate)")
                 return
             ctx.reason = Reason(EDE.PROHIBITED, "client is not a known identity")
-            ctx.replay_until = time.monotonic() + REFUSAL_REPLAY_SECONDS
+            ctx.store = StoreHint(time.monotonic() + REFUSAL_REPLAY_SECONDS)
             return
         ctx.identity = match.identity
         ctx.identity_how = match.how

@@ -23,7 +23,7 @@ import dns.zone
 from dns.dnssectypes import Algorithm, DSDigest
 
 from ztdns.lab.sign import Denial, LabKey, generate_key, sign_zone
-from ztdns.outcome import EDE
+from ztdns.model import EDE
 
 ROOT, TLD, SLD, SLOW, POISON = "root", "tld", "sld", "slow", "poison"
 SERVERS = (ROOT, TLD, SLD, SLOW, POISON)

@@ -1,20 +1,24 @@
-"""The JSON query log: lines are queued on the event loop and written by a thread."""
+"""The JSON query log: a sink of query events, queued on the serving thread, formatted and written by a thread."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import sys
 import threading
 import time
 from typing import TextIO
 
+from ztdns.observe.events import Answered, QueryEvent
+
 
 class QueryLog:
-    """Writes whole lines to stdout or a file without blocking the caller.
+    """Writes one JSON line per query event to stdout or a file without blocking the caller.
 
-    ``write`` only appends to a deque (thread-safe for one producer and one consumer); the writer thread drains
-    it every ``interval`` seconds. When more than ``limit`` lines wait, new lines are dropped and counted.
+    ``put`` only appends the event to a deque (thread-safe for producers on the event loop and the UDP lanes and
+    one consumer); the writer thread formats and writes them every ``interval`` seconds. When more than ``limit``
+    events wait, new ones are dropped and counted.
     """
 
     def __init__(self, output: str, limit: int, interval: float = 0.05) -> None:
@@ -23,18 +27,19 @@ class QueryLog:
         self.interval = interval
         self.dropped = 0
         self.written = 0
-        self._lines: collections.deque[str] = collections.deque()
+        self._events: collections.deque[QueryEvent] = collections.deque()
+        self._clock = Clock()
         self._stop = threading.Event()
         self._reopen = False  # set by reopen(), acted on by the writer thread before its next write
         self._stream: TextIO = sys.stdout if output == "stdout" else open(output, "a", encoding="utf-8")  # noqa: SIM115
         self._thread = threading.Thread(target=self._run, name="ztdns-querylog", daemon=True)
         self._thread.start()
 
-    def write(self, line: str) -> None:
-        if len(self._lines) >= self.limit:
+    def put(self, event: QueryEvent) -> None:
+        if len(self._events) >= self.limit:
             self.dropped += 1
             return
-        self._lines.append(line)
+        self._events.append(event)
 
     def reopen(self) -> None:
         """Open the file again by its name before the next write (after logrotate moved it away; SIGHUP)."""
@@ -45,10 +50,10 @@ class QueryLog:
             self._reopen = False
             self._stream.close()
             self._stream = open(self.output, "a", encoding="utf-8")  # noqa: SIM115
-        lines = self._lines
+        events = self._events
         batch = []
-        while lines:
-            batch.append(lines.popleft())
+        while events:
+            batch.append(line(events.popleft(), self._clock))
         if batch:
             batch.append("")
             self._stream.write("\n".join(batch))
@@ -60,8 +65,8 @@ class QueryLog:
             try:
                 self._drain()
             except (OSError, ValueError):  # a closed or full output must not kill the writer; lines are lost
-                self.dropped += len(self._lines)
-                self._lines.clear()
+                self.dropped += len(self._events)
+                self._events.clear()
 
     def close(self) -> None:
         self._stop.set()
@@ -72,6 +77,40 @@ class QueryLog:
             self._stream.close()
 
 
+def line(event: QueryEvent, clock: Clock) -> str:
+    """The log line of one event; key order and spelling are the documented query log format."""
+    certificate = event.certificate
+    proven = "null" if certificate is None else json.dumps(certificate)
+    return (
+        f'{{"time": "{clock.format(event.time)}", "transport": "{event.transport}", '
+        f'"client": {json.dumps(event.client)}, "certificate": {proven}, {members(event.answer)}, '
+        f'"latency_ms": {event.latency * 1000:.3f}}}'
+    )
+
+
+def members(answer: Answered) -> str:
+    """The answer's JSON members, made once per answer (replays share it)."""
+    made = answer.json
+    if made is None:
+        made = answer.json = json.dumps(
+            {
+                "identity": answer.identity,
+                "qname": answer.qname,
+                "qtype": answer.qtype,
+                "decision": answer.decision,
+                "kind": answer.kind,
+                "policy": answer.policy,
+                "rule": answer.rule,
+                "rcode": answer.rcode,
+                "ede": answer.ede,
+                "answers": [rdata.to_text() for rdata in answer.answers],
+                "cache_hit": answer.cache_hit,
+                "upstream": answer.upstream,
+            }
+        )[1:-1]
+    return made
+
+
 class Clock:
     """ISO 8601 timestamps with milliseconds, re-formatting the seconds part once per second."""
 
@@ -79,8 +118,7 @@ class Clock:
         self._second = -1
         self._prefix = ""
 
-    def now(self) -> str:
-        now = time.time()
+    def format(self, now: float) -> str:
         second = int(now)
         if second != self._second:
             self._second = second

@@ -16,10 +16,12 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from ztdns.encode import name_forms
-from ztdns.outcome import EDE, Kind, Reason
-from ztdns.pipeline import Next, QueryContext
+from ztdns.model import EDE, Kind, Reason
+from ztdns.pipeline import Asked, AskedNext
 from ztdns.policy import Decision
+from ztdns.replay import StoreHint
+from ztdns.wire.encode import name_forms
+from ztdns.wire.query import name_key
 
 # TTL of synthesised blocked answers and of their SOA (the negative-caching TTL clients apply).
 BLOCKED_TTL = 60
@@ -53,30 +55,13 @@ def _synthetic_soa(owner: dns.name.Name) -> dns.rrset.RRset:
     )
 
 
-def _block(ctx: QueryContext, decision: Decision, name: str) -> None:
-    assert ctx.query is not None
+def _block(ctx: Asked, decision: Decision, name: str) -> None:
     ctx.response = blocked_response(ctx.query, decision)
     ctx.kind = Kind.BLOCKED
     ctx.decision = decision
     ctx.decided_name = name
     ctx.reason = Reason(EDE.BLOCKED, decision.ede_text() if decision.include_rule_text else "")
-    ctx.replay_until = time.monotonic() + SYNTHESISED_REPLAY_SECONDS
-    ctx.replay_counts_down = False
-
-
-# The bytes Name.to_text writes as themselves (dnspython's _escapify): printable ASCII but for '"().;\\@$'.
-_PLAIN = bytes(range(0x21, 0x7F)).translate(None, b'"().;\\@$')
-
-
-def name_key(name: dns.name.Name) -> str:
-    """How policies key a name: ``name.to_text(omit_final_dot=True).lower()``, "" for the root."""
-    labels = name.labels
-    if len(labels) > 1 and not labels[-1]:
-        joined = b".".join(labels[:-1])
-        # Only the separators left once plain bytes are taken out: no label needs escaping (nor holds a dot).
-        if len(joined.translate(None, _PLAIN)) == len(labels) - 2:
-            return joined.lower().decode("ascii")
-    return name.to_text(omit_final_dot=True).lower() if name != dns.name.root else ""
+    ctx.store = StoreHint(time.monotonic() + SYNTHESISED_REPLAY_SECONDS)
 
 
 class SpecialNamesStage:
@@ -84,8 +69,7 @@ class SpecialNamesStage:
 
     name = "special"
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
-        assert ctx.query is not None and ctx.question is not None
+    async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         # Compared by lower-cased wire form (cached for the rendering): Name.__eq__ is a Python loop.
         if name_forms(ctx.question.name).lower == _CANARY_WIRE:
             response = dns.message.make_response(ctx.query)
@@ -93,8 +77,7 @@ class SpecialNamesStage:
             response.authority.append(_synthetic_soa(_CANARY))
             ctx.response = response
             ctx.kind = Kind.SPECIAL
-            ctx.replay_until = time.monotonic() + SYNTHESISED_REPLAY_SECONDS
-            ctx.replay_counts_down = False
+            ctx.store = StoreHint(time.monotonic() + SYNTHESISED_REPLAY_SECONDS)
             return
         await call_next(ctx)
 
@@ -104,10 +87,11 @@ class PolicyStage:
 
     name = "policy"
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
-        assert ctx.question is not None and ctx.view is not None
+    async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
+        view = ctx.view
+        assert view is not None  # the identify stage before this one refuses clients without a view
         name = name_key(ctx.question.name)
-        decision = ctx.view.decide(name, ctx.question.rdtype)
+        decision = view.decide(name, ctx.question.rdtype)
         ctx.decision = decision
         ctx.decided_name = name
         if not decision.allowed:
@@ -124,10 +108,10 @@ class ChainCheckStage:
 
     name = "chain"
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
+    async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         await call_next(ctx)
         response = ctx.response
-        if response is None or ctx.view is None or ctx.question is None:
+        if response is None or ctx.view is None:
             return
         view = ctx.view
         rdtype = ctx.question.rdtype

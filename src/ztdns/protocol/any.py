@@ -9,8 +9,9 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from ztdns.outcome import Kind
-from ztdns.pipeline import Next, QueryContext
+from ztdns.model import Kind
+from ztdns.pipeline import Asked, AskedNext
+from ztdns.replay import StoreHint
 
 ANY_TTL = 3600
 
@@ -18,8 +19,7 @@ ANY_TTL = 3600
 class MinimalAnyStage:
     name = "any"
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
-        assert ctx.query is not None and ctx.question is not None
+    async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         if ctx.question.rdtype != dns.rdatatype.ANY:
             await call_next(ctx)
             return
@@ -29,5 +29,4 @@ class MinimalAnyStage:
         )
         ctx.response = response
         ctx.kind = Kind.SPECIAL
-        ctx.replay_until = time.monotonic() + ANY_TTL
-        ctx.replay_counts_down = False
+        ctx.store = StoreHint(time.monotonic() + ANY_TTL)

@@ -1,4 +1,4 @@
-"""The guard stage: only well-formed standard queries of class IN go further."""
+"""The guard stage: only well-formed standard queries of class IN go further, as an :class:`~ztdns.pipeline.Asked`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from ztdns.outcome import Kind
-from ztdns.pipeline import Next, QueryContext
-from ztdns.protocol.header import CD, DO, edns_of, opcode_of
-from ztdns.protocol.parse import parse_message
-from ztdns.protocol.respond import header_only_response
-from ztdns.resolver import Question
+from ztdns.model import Kind, Question
+from ztdns.pipeline import Asked, AskedNext, Next, QueryContext
+from ztdns.wire.header import CD, DO, edns_of, header_only, opcode_of
+from ztdns.wire.parse import parse_message
 
 # Meta and transfer types a resolver does not answer (RFC 6895 §3.1); ANY is answered per RFC 8482 later.
 _REFUSED_TYPES = frozenset(
@@ -22,7 +20,13 @@ _REFUSED_TYPES = frozenset(
 
 
 class GuardStage:
+    """Lets through what the stages after it can take, to ``inner`` (the chain of those stages): its own
+    ``call_next`` is never called."""
+
     name = "guard"
+
+    def __init__(self, inner: AskedNext) -> None:
+        self.inner = inner
 
     async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
         wire = ctx.wire
@@ -34,15 +38,15 @@ class GuardStage:
             query = parse_message(wire)
         except Exception:  # any parse failure of untrusted bytes is the client's error, never ours
             ctx.kind = Kind.INVALID
-            ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
+            ctx.wire_response = header_only(wire, dns.rcode.FORMERR)
             return
         if opcode_of(query) != dns.opcode.QUERY:
             ctx.kind = Kind.INVALID
-            ctx.wire_response = header_only_response(wire, dns.rcode.NOTIMP)
+            ctx.wire_response = header_only(wire, dns.rcode.NOTIMP)
             return
         if len(query.question) != 1:
             ctx.kind = Kind.INVALID
-            ctx.wire_response = header_only_response(wire, dns.rcode.FORMERR)
+            ctx.wire_response = header_only(wire, dns.rcode.FORMERR)
             return
         ctx.query = query
         version, ednsflags = edns_of(query)
@@ -57,11 +61,11 @@ class GuardStage:
             ctx.response = dns.message.make_response(query)
             ctx.response.set_rcode(dns.rcode.REFUSED)
             return
-        ctx.question = Question(
+        asked = Question(
             name=question.name,
             rdtype=question.rdtype,
             rdclass=question.rdclass,
             dnssec_ok=bool(ednsflags & DO),
             checking_disabled=bool(int(query.flags) & CD),
         )
-        await call_next(ctx)
+        await self.inner(Asked.narrow(ctx, query, asked))

@@ -6,20 +6,12 @@ import dns.edns
 import dns.message
 import dns.rcode
 
-from ztdns.outcome import Kind
+from ztdns.model import Kind
 from ztdns.pipeline import Next, QueryContext
-from ztdns.protocol.header import CD, DO, OPCODE_MASK, QR, RA, RD, TC, edns_of, rcode_of
-from ztdns.protocol.render import MAX_SIZE, Opt, render
+from ztdns.wire.header import CD, DO, OPCODE_MASK, QR, RA, RD, TC, UDP_PAYLOAD, edns_of, rcode_of, udp_limit
+from ztdns.wire.render import MAX_SIZE, Opt, render
 
-# RFC 6891 / DNS flag day 2020: advertise and honour at most 1232 bytes over UDP, avoiding fragmentation.
-UDP_PAYLOAD = 1232
 STREAM_MAX = MAX_SIZE
-
-
-def header_only_response(query_wire: bytes, rcode: int) -> bytes:
-    """A response that echoes only the header (ID, opcode, RD): for queries we cannot or will not parse."""
-    flags = 0x8000 | (query_wire[2] & 0x79) << 8 | (rcode & 0xF)
-    return query_wire[:2] + flags.to_bytes(2, "big") + b"\x00" * 8
 
 
 def response_to(query: dns.message.Message) -> dns.message.Message:
@@ -29,12 +21,6 @@ def response_to(query: dns.message.Message) -> dns.message.Message:
     response.flags = QR | (int(query.flags) & (RD | OPCODE_MASK))
     response.question = list(query.question)
     return response
-
-
-def udp_limit(query: dns.message.Message) -> int:
-    if not query.opt:
-        return 512
-    return max(512, min(query.payload, UDP_PAYLOAD))
 
 
 class RespondStage:
@@ -74,9 +60,10 @@ class RespondStage:
             opt = Opt(UDP_PAYLOAD, (rcode >> 4) << 24 | (ednsflags & DO), options)
         elif rcode > 0xF:  # what dnspython's set_rcode does without EDNS: an OPT record only for the extended bits
             opt = Opt(dns.message.DEFAULT_EDNS_PAYLOAD, (rcode >> 4) << 24)
-        limit = STREAM_MAX if ctx.client.stream else udp_limit(query)
+        limit = STREAM_MAX if ctx.client.stream else udp_limit(query.payload)
         full = render(response, max_size=STREAM_MAX, opt=opt)
-        ctx.full_wire_response = full
+        if ctx.store is not None:
+            ctx.store.wire = full  # replays serve it whole to clients it fits
         if len(full) <= limit:
             ctx.wire_response = full
             return

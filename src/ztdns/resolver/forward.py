@@ -35,8 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from ztdns.config.resolver import ResolverConfig, UpstreamConfig
-from ztdns.outcome import EDE, Reason
-from ztdns.resolver import Question, Resolution, encrypted
+from ztdns.model import EDE, Question, Reason, Resolution
+from ztdns.resolver import encrypted
 from ztdns.resolver.health import HealthBook, UpstreamHealth
 
 _HEADER = struct.Struct("!HHH")  # ID, flags, QDCOUNT: the start of the 12-byte header

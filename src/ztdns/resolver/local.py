@@ -29,8 +29,9 @@ import dns.zone
 from ztdns.config import ConfigError
 from ztdns.config.local_zones import LocalZoneConfig
 from ztdns.config.locate import Loc
-from ztdns.outcome import Kind
-from ztdns.pipeline import Next, QueryContext
+from ztdns.model import Kind
+from ztdns.pipeline import Asked, AskedNext
+from ztdns.replay import StoreHint
 
 # Local data changes only on reload, which drops fast-path replays.
 LOCAL_REPLAY_SECONDS = 300.0
@@ -168,13 +169,11 @@ class LocalZoneStage:
     def __init__(self, zones: LocalZones) -> None:
         self.zones = zones
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
-        assert ctx.query is not None
+    async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         response = self.zones.answer(ctx.query)
         if response is None:
             await call_next(ctx)
             return
         ctx.response = response
         ctx.kind = Kind.LOCAL
-        ctx.replay_until = time.monotonic() + LOCAL_REPLAY_SECONDS
-        ctx.replay_counts_down = False
+        ctx.store = StoreHint(time.monotonic() + LOCAL_REPLAY_SECONDS)

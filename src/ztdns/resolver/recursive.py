@@ -34,14 +34,13 @@ from ztdns.config.resolver import RecursionConfig
 from ztdns.dnssec.aggressive import DenialCache
 from ztdns.dnssec.names import wire_key
 from ztdns.dnssec.validator import Security, Validator, Verdict
-from ztdns.outcome import EDE, Reason
-from ztdns.protocol.parse import parse_message
-from ztdns.resolver import Question, Resolution
+from ztdns.model import EDE, Question, Reason, Resolution
 from ztdns.resolver.answers import AnswerCache, chain_answer, min_ttl, response, strip_dnssec
 from ztdns.resolver.classify import CnameLoop, Lame, ResponseType, classify, cname_target, referral_ds, scrub
 from ztdns.resolver.delegation import Delegation, Delegations, ServerSelection
 from ztdns.resolver.hints import load_hints
 from ztdns.resolver.upstream import Exchange, ForgedAnswer, IterativeQuery, NetworkExchange
+from ztdns.wire.parse import parse_message
 
 _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)
 _SERVERS_PER_GLUELESS = 2  # addresses of a name server looked up that are tried for one question

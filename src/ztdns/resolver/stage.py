@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import dns.flags
 import dns.message
 import dns.rcode
 
-from ztdns.outcome import EDE, Kind, Reason
-from ztdns.pipeline import Next, QueryContext
-from ztdns.protocol.header import AD, DO, edns_of, rcode_of
+from ztdns.model import EDE, Kind, Reason, Resolver
+from ztdns.pipeline import Asked, AskedNext
 from ztdns.protocol.respond import response_to
-from ztdns.resolver import Resolver
+from ztdns.wire.header import AD, DO, edns_of, rcode_of
 
 
 def wants_ad(query: dns.message.Message) -> bool:
@@ -45,8 +42,7 @@ class ResolveStage:
     def __init__(self, resolver: Resolver | None) -> None:
         self.resolver = resolver
 
-    async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
-        assert ctx.query is not None and ctx.question is not None
+    async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         if self.resolver is None:
             response = dns.message.make_response(ctx.query)
             response.set_rcode(dns.rcode.REFUSED)
@@ -68,4 +64,3 @@ class ResolveStage:
             ctx.kind = Kind.BOGUS
         elif rcode_of(resolution.response) == dns.rcode.SERVFAIL:
             ctx.kind = Kind.FAILED
-        ctx.replay_until = time.monotonic()  # the cache stage extends it when it stores the answer

@@ -13,7 +13,7 @@ import dns.rdatatype
 from prometheus_client.metrics_core import Metric
 
 from ztdns.dnssec.validator import Security, Validator
-from ztdns.resolver import Question, Resolution, Resolver
+from ztdns.model import Question, Resolution, Resolver
 
 
 class ResolverFetcher:

@@ -22,11 +22,11 @@ from urllib.parse import unquote_plus
 from ztdns.client import Transport
 from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
-from ztdns.transport.dnswire import is_query, min_ttl
 from ztdns.transport.dot import finish_response
 from ztdns.transport.http2 import BodyTooLarge, H2ServerConnection, Request, StreamReset
 from ztdns.transport.stream import TlsConnection, TlsStreamListener
 from ztdns.transport.tls import TlsMaterial
+from ztdns.wire.records import is_query, min_ttl
 
 log = logging.getLogger(__name__)
 

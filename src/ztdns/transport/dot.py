@@ -14,10 +14,10 @@ import logging
 from ztdns.client import Transport
 from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
-from ztdns.transport.dnswire import pad_response, wants_padding
 from ztdns.transport.framing import FramingError, LengthPrefixedFramer, frame
 from ztdns.transport.stream import TlsConnection, TlsStreamListener
 from ztdns.transport.tls import TlsMaterial
+from ztdns.wire.records import pad_response, wants_padding
 
 log = logging.getLogger(__name__)
 

@@ -199,8 +199,7 @@ class TlsStreamListener:
             )
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
             # The event loop has closed the socket.
-            self.refusals.refused(refusal_reason(exc))
-            log.debug("refused handshake came from %s", peer)
+            self.refusals.refused(refusal_reason(exc))  # the reason, never the peer: see observe/
 
     def connection_gone(self, connection: TlsConnection) -> None:
         self.connections.discard(connection)

@@ -28,6 +28,7 @@ on real, mutated and random messages, and each builder on generated values.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -54,6 +55,7 @@ import dns.rdtypes.IN.AAAA
 import dns.rdtypes.nsbase
 import dns.rdtypes.rrsigbase
 import dns.rrset
+import dns.version
 
 _HEADER = struct.Struct("!HHHHHH")
 _QUESTION = struct.Struct("!HH")
@@ -63,6 +65,7 @@ _KEY_FIELDS = struct.Struct("!HBB")  # DS: key tag, algorithm, digest type; DNSK
 _NSEC3_FIELDS = struct.Struct("!BBH")
 _SOA_FIELDS = struct.Struct("!IIIII")
 _MAX_POINTER_CHAIN = dns.name.MAX_COMPRESSION_POINTER_CHAIN
+log = logging.getLogger(__name__)
 _IN = dns.rdataclass.IN
 _OPT = dns.rdatatype.OPT
 _TSIG = dns.rdatatype.TSIG
@@ -151,7 +154,11 @@ def _name_builder() -> Callable[[tuple[bytes, ...]], dns.name.Name]:
     sample = (b"Www", b"example", b"")
     if fingerprint(_built_name(sample)) == fingerprint(dns.name.Name(sample)):
         return _built_name
-    return dns.name.Name  # pragma: no cover - a dnspython whose Name is more than its labels
+    log.warning(  # pragma: no cover - a dnspython whose Name is more than its labels
+        "hand-built names differ from dnspython %s's; names are built by dnspython's Name() (slower)",
+        dns.version.version,
+    )
+    return dns.name.Name  # pragma: no cover
 
 
 _make_name = _name_builder()
@@ -458,15 +465,18 @@ def _read_sample(rdtype: int, reader: _Reader, make: _Make, rdata: bytes) -> dns
 
 def _hand_readers() -> dict[int, tuple[_Reader, _Make]]:
     readers: dict[int, tuple[_Reader, _Make]] = {}
+    failed = []
     for rdtype, base, reader, text in _HAND_READ:
         cls = _class_of(rdtype)
         if not (issubclass(cls, base) and _mirrors(cls, base)) or (
             rdtype == dns.rdatatype.DS and not _DS_DIGEST_LENGTHS
         ):
+            failed.append(f"{rdtype.name} (dnspython's class changed)")  # pragma: no cover - another dnspython
             continue  # pragma: no cover - another dnspython
         sample = dns.rdata.from_text(_IN, rdtype, text)
         wire = sample.to_wire() or b""
-        for make in (_slot_builder(cls, rdtype), _constructor(cls, rdtype)):
+        builders = (_slot_builder(cls, rdtype), _constructor(cls, rdtype))
+        for make in builders:
             try:
                 ours = None if make is None else _read_sample(rdtype, reader, make, wire)
                 agrees = fingerprint(ours) == fingerprint(sample)
@@ -474,7 +484,17 @@ def _hand_readers() -> dict[int, tuple[_Reader, _Make]]:
                 agrees = False
             if agrees and make is not None:
                 readers[int(rdtype)] = reader, make
+                if make is not builders[0]:  # pragma: no cover - another dnspython
+                    failed.append(f"{rdtype.name} (built by its constructor, not slot by slot)")
                 break
+        else:
+            failed.append(f"{rdtype.name} (the sample record differs)")  # pragma: no cover - another dnspython
+    if failed:  # pragma: no cover - another dnspython
+        log.warning(
+            "hand-written wire parser disagrees with dnspython %s, falling back for: %s",
+            dns.version.version,
+            ", ".join(failed),
+        )
     return readers
 
 
@@ -555,6 +575,11 @@ def _rrsets_agree() -> bool:
 
 
 _RRSETS_AGREE = _rrsets_agree()
+if not _RRSETS_AGREE:  # pragma: no cover - another dnspython
+    log.warning(
+        "hand-built RRsets differ from dnspython %s's; every response is parsed by dnspython (slower)",
+        dns.version.version,
+    )
 
 
 # ----- messages ----------------------------------------------------------------------------------------------

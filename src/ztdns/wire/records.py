@@ -1,21 +1,74 @@
-"""The little DNS wire reading encrypted transports need on every response: EDNS padding and the smallest TTL.
+"""Walking the records of a message without building objects: what replays (TTL offsets) and encrypted transports
+(EDNS padding, the smallest TTL) need on every message.
 
-Hand-written because it runs per message and needs no objects: we only walk record headers, with
-:func:`ztdns.wire.records`. Anything malformed makes these functions leave the message alone (padding) or
-report no TTL (DoH then sends no max-age).
+Hand-written because it runs per message and needs no objects: we only walk record headers. Anything malformed
+makes the transports' functions leave the message alone (padding) or report no TTL (DoH then sends no max-age).
 """
 
 from __future__ import annotations
 
 import struct
 
-from ztdns.wire import ADDITIONAL, records
-
 PADDING_OPTION = 12
 # RFC 8467 section 4.1: responders pad to a multiple of 468 octets.
 RESPONSE_BLOCK = 468
 _OPT = 41
 _SOA = 6
+
+
+def skip_name(wire: bytes, offset: int) -> int:
+    """Offset just past a (possibly compressed) name starting at ``offset``. Raises IndexError past the end
+    and ValueError on the reserved label types (0x40, 0x80)."""
+    while True:
+        label = wire[offset]
+        if label == 0:
+            return offset + 1
+        if label >= 0xC0:
+            return offset + 2
+        if label > 63:
+            raise ValueError("reserved label type")
+        offset += label + 1
+
+
+ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
+
+
+def records(wire: bytes) -> list[tuple[int, int, int, int, int]]:
+    """(section, type, ttl, rdata offset, rdata length) of every record after the question section; the TTL
+    field is at rdata offset - 6. Raises IndexError or ValueError on malformed wire (a record running past the
+    end, bytes left over)."""
+    end = len(wire)
+    if end < 12:
+        raise ValueError("shorter than a header")
+    qdcount = wire[4] << 8 | wire[5]
+    offset = 12
+    for _ in range(qdcount):
+        offset = skip_name(wire, offset) + 4
+    found = []
+    for section, count in (
+        (ANSWER, wire[6] << 8 | wire[7]),
+        (AUTHORITY, wire[8] << 8 | wire[9]),
+        (ADDITIONAL, wire[10] << 8 | wire[11]),
+    ):
+        for _ in range(count):
+            offset = skip_name(wire, offset)
+            if offset + 10 > end:
+                raise ValueError("record header runs past the end")
+            rdata = offset + 10
+            rdlength = wire[offset + 8] << 8 | wire[offset + 9]
+            if rdata + rdlength > end:
+                raise ValueError("record runs past the end")
+            ttl = int.from_bytes(wire[offset + 4 : offset + 8], "big")
+            found.append((section, wire[offset] << 8 | wire[offset + 1], ttl, rdata, rdlength))
+            offset = rdata + rdlength
+    if offset > end:
+        raise ValueError("question runs past the end")
+    return found
+
+
+def ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
+    """(offset, ttl) of every record's TTL in a response, except OPT (whose TTL field holds flags)."""
+    return [(rdata - 6, ttl) for _section, rtype, ttl, rdata, _ in records(wire) if rtype != _OPT]
 
 
 def _opt(wire: bytes) -> tuple[int, int] | None:

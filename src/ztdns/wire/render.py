@@ -1,4 +1,4 @@
-"""Rendering a response for the client: ``Message.to_wire`` on the hot path, with :mod:`ztdns.encode`.
+"""Rendering a response for the client: ``Message.to_wire`` on the hot path, with :mod:`ztdns.wire.encode`.
 
 Every answer the pipeline builds goes through here (the respond stage); dnspython's renderer spent ≈ 6% of a cold
 recursive pass's CPU on it, mostly creating and hashing a ``dns.name.Name`` per name suffix for compression.
@@ -22,7 +22,7 @@ import dns.message
 import dns.rdatatype
 import dns.rrset
 
-from ztdns.encode import Unencodable, encoder, put_compressible, put_options
+from ztdns.wire.encode import Unencodable, encoder, put_compressible, put_options
 
 MAX_SIZE = 65535
 

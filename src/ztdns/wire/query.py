@@ -1,4 +1,4 @@
-"""Hand-written DNS wire parsing for the hot path: header, question and OPT, without building objects.
+"""A query's header, question and OPT read by hand for the hot path (replays), without building objects.
 
 dnspython is the domain model everywhere else; here, on every query, we only need to know enough to find a
 pre-rendered answer: the question bytes, the flags that change the answer, and the client's EDNS payload size.
@@ -8,6 +8,8 @@ Anything unusual returns None and the full pipeline (with dnspython) handles it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import dns.name
 
 # Variant bits: everything in a query other than the question that changes the bytes of the answer.
 VARIANT_RD = 1
@@ -78,56 +80,16 @@ def parse_query(wire: bytes) -> WireQuery | None:
 _VARIANT_BYTES = [bytes((v,)) for v in range(32)]
 
 
-def skip_name(wire: bytes, offset: int) -> int:
-    """Offset just past a (possibly compressed) name starting at ``offset``. Raises IndexError past the end
-    and ValueError on the reserved label types (0x40, 0x80)."""
-    while True:
-        label = wire[offset]
-        if label == 0:
-            return offset + 1
-        if label >= 0xC0:
-            return offset + 2
-        if label > 63:
-            raise ValueError("reserved label type")
-        offset += label + 1
+# The bytes Name.to_text writes as themselves (dnspython's _escapify): printable ASCII but for '"().;\\@$'.
+_PLAIN = bytes(range(0x21, 0x7F)).translate(None, b'"().;\\@$')
 
 
-ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
-
-
-def records(wire: bytes) -> list[tuple[int, int, int, int, int]]:
-    """(section, type, ttl, rdata offset, rdata length) of every record after the question section; the TTL
-    field is at rdata offset - 6. Raises IndexError or ValueError on malformed wire (a record running past the
-    end, bytes left over)."""
-    end = len(wire)
-    if end < 12:
-        raise ValueError("shorter than a header")
-    qdcount = wire[4] << 8 | wire[5]
-    offset = 12
-    for _ in range(qdcount):
-        offset = skip_name(wire, offset) + 4
-    found = []
-    for section, count in (
-        (ANSWER, wire[6] << 8 | wire[7]),
-        (AUTHORITY, wire[8] << 8 | wire[9]),
-        (ADDITIONAL, wire[10] << 8 | wire[11]),
-    ):
-        for _ in range(count):
-            offset = skip_name(wire, offset)
-            if offset + 10 > end:
-                raise ValueError("record header runs past the end")
-            rdata = offset + 10
-            rdlength = wire[offset + 8] << 8 | wire[offset + 9]
-            if rdata + rdlength > end:
-                raise ValueError("record runs past the end")
-            ttl = int.from_bytes(wire[offset + 4 : offset + 8], "big")
-            found.append((section, wire[offset] << 8 | wire[offset + 1], ttl, rdata, rdlength))
-            offset = rdata + rdlength
-    if offset > end:
-        raise ValueError("question runs past the end")
-    return found
-
-
-def ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
-    """(offset, ttl) of every record's TTL in a response, except OPT (whose TTL field holds flags)."""
-    return [(rdata - 6, ttl) for _section, rtype, ttl, rdata, _ in records(wire) if rtype != _OPT]
+def name_key(name: dns.name.Name) -> str:
+    """How policies key a name: ``name.to_text(omit_final_dot=True).lower()``, "" for the root."""
+    labels = name.labels
+    if len(labels) > 1 and not labels[-1]:
+        joined = b".".join(labels[:-1])
+        # Only the separators left once plain bytes are taken out: no label needs escaping (nor holds a dot).
+        if len(joined.translate(None, _PLAIN)) == len(labels) - 2:
+            return joined.lower().decode("ascii")
+    return name.to_text(omit_final_dot=True).lower() if name != dns.name.root else ""

@@ -1,6 +1,6 @@
 """Hand-written DNS wire encoding for the hot path: owner and rdata names, and the rdata of common types.
 
-Two users, one encoder: the respond stage renders every answer for the client (:mod:`ztdns.protocol.render`,
+Two users, one encoder: the respond stage renders every answer for the client (:mod:`ztdns.wire.render`,
 with name compression) and the validator builds the data every RRSIG signs (:mod:`ztdns.dnssec.signed`, in the
 DNSSEC canonical form). dnspython does both through generic per-object ``to_wire`` calls that build a
 ``dns.name.Name`` per suffix and hash it in Python; measured on a cold pass over the lab (in-process, ≈ 45 ms
