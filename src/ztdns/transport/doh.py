@@ -19,6 +19,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
+import h11
+
 from ztdns.client import Transport
 from ztdns.config.model import ListenConfig
 from ztdns.transport import Handler
@@ -263,103 +265,126 @@ class H2Engine:
 
 
 class Http1Engine:
-    """HTTP/1.1, one request at a time (pipelined requests wait in the buffer), keep-alive, Content-Length
-    bodies only (chunked request bodies get 501)."""
+    """HTTP/1.1 on h11: one request at a time (pipelined requests wait in h11's buffer), keep-alive, bodies
+    with Content-Length or chunked, up to 65535 bytes. Whatever h11 rejects (a malformed request line or
+    header, a bad Content-Length) gets its 4xx and the connection closes; HEAD gets headers only;
+    ``Expect: 100-continue`` gets its interim 100 before the body is read."""
 
     def __init__(self, connection: DohConnection) -> None:
         self.connection = connection
-        self.buffer = bytearray()
-        self.active = False
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.request: h11.Request | None = None
+        self.body = bytearray()
+        self.active = False  # a query is with the handler
         self.closing = False
 
     def busy(self) -> bool:
         return self.active
 
     def received(self, data: bytes) -> None:
-        self.buffer += data
+        self.h11.receive_data(data)
         self._next()
-        if len(self.buffer) > MAX_HEADER_BYTES + MAX_MESSAGE + 1024 and self.connection.transport is not None:
-            self.connection.transport.pause_reading()  # the client pipelines faster than we answer
+        if len(self.h11.trailing_data[0]) > MAX_HEADER_BYTES + MAX_MESSAGE + 1024:
+            self.connection.pause_reading_for_writes()  # the client pipelines faster than we answer
 
     def _next(self) -> None:
-        while self._one():
-            pass
+        while not self.active and not self.closing:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                reason = "request header too large" if status == 431 else f"malformed request: {exc}"
+                self._send(http_error(status, reason), close=True)
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                    return
+                self.h11.start_next_cycle()
+            elif isinstance(event, h11.Request):
+                self._start(event)
+            elif isinstance(event, h11.Data):
+                self.body += event.data
+                if len(self.body) > MAX_MESSAGE:
+                    self._send(http_error(413, "DNS message larger than 65535 bytes"), close=True)
+            elif isinstance(event, h11.EndOfMessage):
+                self._complete()
+            else:  # ConnectionClosed
+                self.closing = True
+                self.connection.close()
 
-    def _one(self) -> bool:
-        """Take one request from the buffer; True when it was answered at once and the next may follow."""
-        if self.active or self.closing:
-            return False
-        head_end = self.buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            if len(self.buffer) > MAX_HEADER_BYTES:
-                self._finish(http_error(431, "request header too large"), close=True)
-            return False
-        if head_end > MAX_HEADER_BYTES:
-            self._finish(http_error(431, "request header too large"), close=True)
-            return False
-        lines = bytes(self.buffer[:head_end]).decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                self._finish(http_error(400, "malformed header"), close=True)
-                return False
-            headers[name.lower()] = value.strip()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self._finish(http_error(400, "malformed request line"), close=True)
-            return False
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._finish(http_error(501, "chunked request bodies are not supported"), close=True)
-            return False
-        length_text = headers.get("content-length", "0")
-        if not length_text.isdigit():
-            self._finish(http_error(400, "bad content-length"), close=True)
-            return False
-        length = int(length_text)
-        if length > MAX_MESSAGE:
-            self._finish(http_error(413, "DNS message larger than 65535 bytes"), close=True)
-            return False
-        if len(self.buffer) < head_end + 4 + length:
-            return False
-        body = bytes(self.buffer[head_end + 4 : head_end + 4 + length])
-        del self.buffer[: head_end + 4 + length]
-        close = headers.get("connection", "").lower() == "close" or parts[2] == "HTTP/1.0"
-        answer = self.connection.answer_now(parts[0], parts[1], headers.get("content-type"), body)
+    def _start(self, request: h11.Request) -> None:
+        self.request = request
+        self.body.clear()
+        length = _header(request, b"content-length")
+        # h11 bounds a head that is still incomplete; one that arrived whole in a single read is bounded here.
+        if len(request.target) + sum(len(name) + len(value) + 4 for name, value in request.headers) > MAX_HEADER_BYTES:
+            self._send(http_error(431, "request header too large"), close=True)
+        elif length is not None and int(length) > MAX_MESSAGE:  # h11 checked that it is digits
+            self._send(http_error(413, "DNS message larger than 65535 bytes"), close=True)
+        elif self.h11.they_are_waiting_for_100_continue:
+            self.connection.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+
+    def _complete(self) -> None:
+        request = self.request
+        assert request is not None
+        answer = self.connection.answer_now(
+            request.method.decode("ascii", "replace"),
+            request.target.decode("latin-1"),
+            None if (content_type := _header(request, b"content-type")) is None else content_type.decode("latin-1"),
+            bytes(self.body),
+        )
+        self.body.clear()
         if isinstance(answer, bytes):
             self.active = True
-            self.connection.spawn(self._later(answer, close))
-            return False
-        self._finish(answer, close=close or self.connection.draining)
-        return not self.closing
+            self.connection.spawn(self._later(answer))
+        else:
+            self._send(answer, close=self.connection.draining)
 
-    async def _later(self, query: bytes, close: bool) -> None:
+    async def _later(self, query: bytes) -> None:
         try:
             response = await self.connection.answer_later(query)
         finally:
             self.active = False
         if response is None:
+            self.closing = True
             self.connection.close()
             return
-        self._finish(response, close=close or self.connection.draining)
-        if self.connection.transport is not None and not self.closing:
-            self.connection.transport.resume_reading()
+        self._send(response, close=self.connection.draining)
+        if not self.closing:
+            self.connection.resume_reading_if_possible()
             self._next()
 
-    def _finish(self, response: HttpResponse, *, close: bool) -> None:
-        reason = _REASONS.get(response.status, "")
-        lines = [f"HTTP/1.1 {response.status} {reason}"]
-        lines += [f"{name}: {value}" for name, value in response.headers]
-        if close:
-            lines.append("connection: close")
-        self.connection.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body)
-        if close:
+    def _send(self, response: HttpResponse, *, close: bool) -> None:
+        headers = [*response.headers, ("connection", "close")] if close else response.headers
+        head = h11.Response(
+            status_code=response.status, headers=headers, reason=_REASONS.get(response.status, "").encode()
+        )
+        try:
+            data = self.h11.send(head) or b""
+            if response.body and not (self.request is not None and self.request.method == b"HEAD"):
+                data += self.h11.send(h11.Data(data=response.body)) or b""
+            data += self.h11.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:  # nothing we may send in this state (the client broke the exchange)
+            data = b""
+            close = True
+        self.request = None
+        self.connection.write(data)
+        if close or self.h11.our_state is h11.MUST_CLOSE:
             self.closing = True
             self.connection.close()
 
     def drain(self) -> None:
         if not self.active:
             self.closing = True
+
+
+def _header(request: h11.Request, name: bytes) -> bytes | None:
+    for header, value in request.headers:
+        if header == name:
+            return value
+    return None
 
 
 _REASONS = {
