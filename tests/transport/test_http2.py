@@ -1,4 +1,5 @@
-"""The sans-IO HTTP/2 server core, driven with bytes from the h2 library's client (no sockets)."""
+"""The sans-IO HTTP/2 server core (ztdns.transport.http2), driven with bytes from the h2 library's client (no
+sockets)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ from ztdns.transport.http2 import (
     ErrorCode,
     Event,
     H2ServerConnection,
-    HpackDecoder,
     ProtocolError,
     Request,
     StreamReset,
-    frame,
-    huffman_decode,
 )
+from ztdns.transport.http2.frames import frame
+from ztdns.transport.http2.hpack import HpackDecoder
+from ztdns.transport.http2.huffman import huffman_decode
+from ztdns.transport.http2.stream import TRANSITIONS, StreamInput, StreamState
 
 QUERY = dns.message.make_query("www.example.", "A").to_wire()
 GET_PATH = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
@@ -409,3 +411,8 @@ def test_unfinished_requests_do_not_keep_the_connection_busy() -> None:
     c.send_data(stream_id, QUERY, end_stream=True)
     s.receive(c.data_to_send())
     assert s.busy()
+
+
+def test_stream_state_table_is_total() -> None:
+    """Every state has an outcome for every input: no frame falls through to a default."""
+    assert set(TRANSITIONS) == {(state, event) for state in StreamState for event in StreamInput}
