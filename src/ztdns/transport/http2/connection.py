@@ -49,13 +49,18 @@ from ztdns.transport.http2.frames import (
     window_update,
 )
 from ztdns.transport.http2.hpack import HEADER_TABLE_SIZE, HpackDecoder, encode_headers
-from ztdns.transport.http2.stream import (
-    TRANSITIONS,
-    ConnectionViolation,
-    Stream,
-    StreamInput,
-    StreamState,
+from ztdns.transport.http2.stream import TABLE, ConnectionViolation, Stream, StreamInput, StreamState
+
+# Enum members as module constants: looking them up on the class costs more than the rest of a transition.
+_IDLE, _HALF_CLOSED_REMOTE, _CLOSED = StreamState.IDLE, StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED
+_RESET_LOCALLY = StreamState.RESET_LOCALLY
+_RECV_HEADERS, _RECV_DATA, _RECV_END_STREAM = (
+    StreamInput.RECV_HEADERS,
+    StreamInput.RECV_DATA,
+    StreamInput.RECV_END_STREAM,
 )
+_RECV_RST_STREAM, _RECV_WINDOW_UPDATE = StreamInput.RECV_RST_STREAM, StreamInput.RECV_WINDOW_UPDATE
+_RECV_PRIORITY, _SEND_END_STREAM = StreamInput.RECV_PRIORITY, StreamInput.SEND_END_STREAM
 
 # Our connection receive window: raised at once so a client sending POST bodies on many streams never waits
 # for a WINDOW_UPDATE; given back whenever half of it has been received.
@@ -115,9 +120,7 @@ class H2ServerConnection:
     def busy(self) -> bool:
         """True while a complete request waits for its answer or an answer waits for window. A request the
         client never finishes does not count, so the idle timeout still closes such a connection."""
-        return any(
-            stream.state is StreamState.HALF_CLOSED_REMOTE or stream.outbound for stream in self.streams.values()
-        )
+        return any(stream.state is _HALF_CLOSED_REMOTE or stream.outbound for stream in self.streams.values())
 
     # Stream states
 
@@ -126,18 +129,18 @@ class H2ServerConnection:
         if stream is not None:
             return stream.state
         if stream_id in self._reset_locally:
-            return StreamState.RESET_LOCALLY
+            return _RESET_LOCALLY
         if stream_id > self.highest_stream:
-            return StreamState.IDLE
+            return _IDLE
         for first, last in self._skipped:
             if first <= stream_id <= last:
-                return StreamState.IDLE
-        return StreamState.CLOSED
+                return _IDLE
+        return _CLOSED
 
     def _transition(self, stream_id: int, state: StreamState, event: StreamInput) -> StreamState | None:
         """The stream's next state; None when the frame is to be dropped (ignored, or the stream reset here).
         A connection violation raises :class:`ProtocolError`."""
-        outcome = TRANSITIONS[state, event]
+        outcome = TABLE[state][event]
         if outcome is None or isinstance(outcome, StreamState):
             return outcome
         if isinstance(outcome, ConnectionViolation):
@@ -237,11 +240,11 @@ class H2ServerConnection:
             return
         state = self._state(stream_id)
         if read_u31(payload) == stream_id:  # section 5.3.1: a stream cannot depend on itself
-            if state is StreamState.IDLE:  # no RST_STREAM on an idle stream (section 6.4)
+            if state is _IDLE:  # no RST_STREAM on an idle stream (section 6.4)
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "stream depends on itself")
             self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR, events)
             return
-        self._transition(stream_id, state, StreamInput.RECV_PRIORITY)
+        self._transition(stream_id, state, _RECV_PRIORITY)
 
     def _headers_frame(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not stream_id:
@@ -280,10 +283,10 @@ class H2ServerConnection:
         # Decode first, whatever becomes of the stream: the HPACK table must stay in step with the client's.
         headers = self.decoder.decode(block, self.max_header_bytes)
         state = self._state(stream_id)
-        if state is StreamState.IDLE:
+        if state is _IDLE:
             self._new_stream(stream_id, flags, self_dependent, headers, events)
             return
-        if self._transition(stream_id, state, StreamInput.RECV_HEADERS) is None:
+        if self._transition(stream_id, state, _RECV_HEADERS) is None:
             return
         # Trailers: allowed to end a body, and ignored.
         if not flags & END_STREAM or self_dependent:
@@ -325,8 +328,8 @@ class H2ServerConnection:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         start, end = unpadded(flags, payload)
         state = self._state(stream_id)
-        if state is StreamState.IDLE:
-            self._transition(stream_id, state, StreamInput.RECV_DATA)  # raises
+        if state is _IDLE:
+            self._transition(stream_id, state, _RECV_DATA)  # raises
         # Every DATA frame counts against the connection window, whatever its stream (section 6.9).
         size = len(payload)
         self._receive_window -= size
@@ -337,7 +340,7 @@ class H2ServerConnection:
             self._out.append(window_update(0, self._received_unacknowledged))
             self._receive_window += self._received_unacknowledged
             self._received_unacknowledged = 0
-        if self._transition(stream_id, state, StreamInput.RECV_DATA) is None:
+        if self._transition(stream_id, state, _RECV_DATA) is None:
             return
         stream = self.streams[stream_id]
         stream.receive_window -= size
@@ -364,10 +367,10 @@ class H2ServerConnection:
             self._remote_end(stream_id, stream, events)
 
     def _remote_end(self, stream_id: int, stream: Stream, events: list[Event]) -> None:
-        state = self._transition(stream_id, stream.state, StreamInput.RECV_END_STREAM)
+        state = self._transition(stream_id, stream.state, _RECV_END_STREAM)
         if state is None:
             return
-        if state is StreamState.CLOSED:  # the end of a body we had answered early (413)
+        if state is _CLOSED:  # the end of a body we had answered early (413)
             self._close_stream(stream_id)
             return
         stream.state = state
@@ -427,7 +430,7 @@ class H2ServerConnection:
                 raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
             self._flush_all()
             return
-        if self._transition(stream_id, self._state(stream_id), StreamInput.RECV_WINDOW_UPDATE) is None:
+        if self._transition(stream_id, self._state(stream_id), _RECV_WINDOW_UPDATE) is None:
             return
         stream = self.streams[stream_id]
         if not increment:
@@ -444,7 +447,7 @@ class H2ServerConnection:
             raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM is 4 bytes")
         if not stream_id:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
-        if self._transition(stream_id, self._state(stream_id), StreamInput.RECV_RST_STREAM) is None:
+        if self._transition(stream_id, self._state(stream_id), _RECV_RST_STREAM) is None:
             return
         self._close_stream(stream_id)
         events.append(StreamReset(stream_id))
@@ -494,7 +497,7 @@ class H2ServerConnection:
         """Reset a stream the client broke; its answer, if one is in preparation, is dropped."""
         stream = self.streams.get(stream_id)
         self._reset(stream_id, code)
-        if stream is not None and stream.state is StreamState.HALF_CLOSED_REMOTE:
+        if stream is not None and stream.state is _HALF_CLOSED_REMOTE:
             events.append(StreamReset(stream_id))
 
     def _reset(self, stream_id: int, code: ErrorCode) -> None:
@@ -529,8 +532,8 @@ class H2ServerConnection:
         # When we answered before the client finished sending (413), the stream stays half-closed (local)
         # until the client ends or resets it: what it still sends is ignored. No RST_STREAM(NO_ERROR) then,
         # though section 8.1 allows one: curl reports the response as failed when it gets one.
-        state = self._transition(stream_id, stream.state, StreamInput.SEND_END_STREAM)
-        if state is StreamState.CLOSED:
+        state = self._transition(stream_id, stream.state, _SEND_END_STREAM)
+        if state is _CLOSED:
             self._close_stream(stream_id)
         elif state is not None:
             stream.state = state
