@@ -4,6 +4,7 @@ listener and under fuzzing of the engine."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import ssl
 from collections.abc import Coroutine
@@ -162,3 +163,28 @@ def test_any_bytes_end_in_responses_never_exceptions(pieces: list[bytes], chunk:
         http.received(data[offset : offset + chunk])
     written = bytes(connection.written)
     assert not written or written.startswith(b"HTTP/1.1 ")
+
+
+def test_head_then_get_on_one_connection_is_not_shifted(pki: Pki) -> None:
+    """A HEAD answer has no body (RFC 9110 section 9.3.2): when it had one, the next response on a persistent
+    connection started inside it."""
+
+    async def body() -> None:
+        listener = await start(pki)
+        try:
+            reader, writer = await open_http1(pki, listener.address[1])
+            encoded = base64.urlsafe_b64encode(QUERY).rstrip(b"=")
+            get = b"GET /dns-query?dns=" + encoded + b" HTTP/1.1\r\nhost: dns.test\r\n\r\n"
+            writer.write(b"HEAD /dns-query HTTP/1.1\r\nhost: dns.test\r\n\r\n" + get)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+            assert head.startswith(b"HTTP/1.1 405 "), head
+            second = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+            assert second.startswith(b"HTTP/1.1 200 OK\r\n"), second
+            length = int(second.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            answer = dns.message.from_wire(await asyncio.wait_for(reader.readexactly(length), 3))
+            assert answer.answer
+            writer.close()
+        finally:
+            await listener.close()
+
+    asyncio.run(body())

@@ -416,3 +416,16 @@ def test_unfinished_requests_do_not_keep_the_connection_busy() -> None:
 def test_stream_state_table_is_total() -> None:
     """Every state has an outcome for every input: no frame falls through to a default."""
     assert set(TRANSITIONS) == {(state, event) for state in StreamState for event in StreamInput}
+
+
+def test_expect_100_continue_gets_the_interim_response() -> None:
+    c, s = client(), server()
+    exchange(c, s)
+    stream_id = c.get_next_available_stream_id()
+    headers = [(":method", "POST"), (":scheme", "https"), (":path", "/x"), (":authority", "a")]
+    c.send_headers(stream_id, [*headers, ("expect", "100-continue")])
+    assert s.receive(c.data_to_send()) == []
+    interim = [e for e in c.receive_data(s.data_to_send()) if isinstance(e, h2.events.InformationalResponseReceived)]
+    assert [dict(e.headers)[b":status"] for e in interim] == [b"100"]
+    c.send_data(stream_id, QUERY, end_stream=True)
+    assert [type(e) for e in s.receive(c.data_to_send())] == [Request]

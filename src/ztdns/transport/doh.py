@@ -234,6 +234,8 @@ class H2Engine:
     def _request(self, request: Request) -> None:
         answer = self.connection.answer_now(request.method, request.path, request.content_type, request.body)
         if isinstance(answer, HttpResponse):
+            if request.method == "HEAD":  # headers only (RFC 9110 section 9.3.2): a DATA frame is an error
+                answer = HttpResponse(answer.status, answer.headers)
             self._respond(request.stream_id, answer)
         else:
             self.tasks[request.stream_id] = self.connection.spawn(self._later(request.stream_id, answer))

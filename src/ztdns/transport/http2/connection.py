@@ -322,6 +322,9 @@ class H2ServerConnection:
                 events.append(BodyTooLarge(stream_id))
         if flags & END_STREAM:
             self._remote_end(stream_id, stream, events)
+        elif not stream.too_large and fields.get(b"expect", b"").lower() == b"100-continue":
+            # The interim response the client waits for before it sends the body (RFC 9110 section 10.1.1).
+            self._out.append(frame(HEADERS, END_HEADERS, stream_id, encode_headers(100, [])))
 
     def _data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not stream_id:
