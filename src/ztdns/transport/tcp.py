@@ -34,12 +34,13 @@ class TcpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio's classes.
         self.transport = cast(asyncio.Transport, transport)
-        if len(self.server.connections) >= self.server.config.max_connections:
+        # A connection reset before we got here has no peer address any more: nothing to serve.
+        peer = transport.get_extra_info("peername")
+        if not peer or len(self.server.connections) >= self.server.config.max_connections:
             self.transport.abort()
             self.server.refused += 1
             return
         self.server.connections.add(self)
-        peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
