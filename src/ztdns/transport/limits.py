@@ -17,6 +17,7 @@ Config: ``[[listen]]`` ``max_connections_per_client``, ``query_timeout``, ``idle
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 
@@ -70,6 +71,24 @@ class Blockable(Protocol):
         """Bytes written and not yet taken by the client."""
 
     def abort(self) -> None: ...
+
+
+class StreamProtocol(asyncio.Protocol):
+    """What TCP and TLS stream connections share: their transport, and the ways a listener cuts them."""
+
+    transport: asyncio.Transport | None
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the client."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class WriteBudget:

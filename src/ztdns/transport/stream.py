@@ -32,13 +32,13 @@ from ztdns.client import ClientInfo, Transport
 from ztdns.config.model import ListenConfig
 from ztdns.identity.certificates import identity_from_certificate
 from ztdns.transport import Handler
-from ztdns.transport.limits import ClientSlots, Progress, WriteBudget
+from ztdns.transport.limits import ClientSlots, Progress, StreamProtocol, WriteBudget
 from ztdns.transport.tls import RefusalLog, TlsMaterial, refusal_reason
 
 log = logging.getLogger(__name__)
 
 
-class TlsConnection(asyncio.Protocol):
+class TlsConnection(StreamProtocol):
     """One established TLS connection. Subclasses speak the application protocol; this base knows the client,
     the listener it belongs to, idleness, and write back-pressure."""
 
@@ -105,9 +105,6 @@ class TlsConnection(asyncio.Protocol):
         self.listener.budget.unblock(self)
         self.resume_reading_if_possible()
 
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
-
     def release_slot(self) -> None:
         if self.slot is not None:
             self.listener.slots.give(self.slot)
@@ -140,14 +137,6 @@ class TlsConnection(asyncio.Protocol):
 
     def touch(self) -> None:
         self.last_activity = asyncio.get_running_loop().time()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
 
 class TlsStreamListener:

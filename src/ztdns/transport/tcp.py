@@ -20,12 +20,12 @@ from ztdns.client import ClientInfo, Transport
 from ztdns.config.model import ListenConfig
 from ztdns.transport import Handler, MultiResponseHandler
 from ztdns.transport.framing import FramingError, LengthPrefixedFramer, frame
-from ztdns.transport.limits import ClientSlots, Progress, WriteBudget
+from ztdns.transport.limits import ClientSlots, Progress, StreamProtocol, WriteBudget
 
 log = logging.getLogger(__name__)
 
 
-class TcpConnection(asyncio.Protocol):
+class TcpConnection(StreamProtocol):
     def __init__(self, server: TcpServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
@@ -144,17 +144,6 @@ class TcpConnection(asyncio.Protocol):
         self.server.budget.unblock(self)
         if self.transport is not None and not self.paused:
             self.transport.resume_reading()
-
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self.server.connections:
