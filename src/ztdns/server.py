@@ -36,6 +36,7 @@ from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
 from ztdns.protocol.respond import RespondStage, header_only_response
 from ztdns.resolver import Resolver
+from ztdns.resolver import sockets as upstream_sockets
 from ztdns.resolver.forward import Forwarder, UpstreamSetupError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
 from ztdns.resolver.recursive import RecursiveResolver
@@ -334,6 +335,10 @@ class Frontend:
             lambda: float(self.runtime.replays.size()),
         )
         gauges["ztdns_inflight_queries"] = ("Queries in the pipeline now", lambda: float(self.inflight))
+        gauges["ztdns_upstream_sockets_open"] = (
+            "Do53 sockets open to upstreams now (one per query in flight)",
+            lambda: float(upstream_sockets.OPEN.value),
+        )
         counters = self.metrics.counters
         counters["ztdns_cache_hits"] = ("Answers served from cached data (replays included)", self._cache_hits)
         counters["ztdns_cache_misses"] = ("Cache misses", lambda: float(self.cache.misses))
