@@ -7,6 +7,7 @@ import asyncio
 import base64
 import logging
 import ssl
+import time
 from collections.abc import Coroutine
 
 import dns.message
@@ -107,6 +108,12 @@ class FakeConnection:
 
     def close(self) -> None:
         self.closed = True
+
+    def touch(self) -> None:
+        pass
+
+    def clock(self) -> float:
+        return time.monotonic()
 
     def pause_reading_for_writes(self) -> None:
         pass

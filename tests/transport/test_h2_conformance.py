@@ -13,24 +13,42 @@ import asyncio
 import base64
 import re
 import shutil
-import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.message
-import hpack
 import pytest
 
+from fixtures.http2 import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PING,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
+    Client,
+    connect,
+    raw,
+)
 from fixtures.tls import EchoHandler, Pki, listen_config
 from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.tls import TlsMaterial
-
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR = 0, 1, 3, 5, 6
-REFUSED_STREAM, COMPRESSION_ERROR = 7, 9
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def get(name: str) -> list[tuple[str, str]]:
@@ -42,56 +60,6 @@ def get(name: str) -> list[tuple[str, str]]:
 GET = get("host.slow.")  # answered after a delay: the stream stays half-closed (remote) meanwhile
 FAST_GET = get("host.fast.")  # answered at once
 POST = [(":method", "POST"), (":scheme", "https"), (":path", "/dns-query"), (":authority", "dns.test")]
-
-
-def raw(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream_id) + payload
-
-
-class Client:
-    """Writes frames and header blocks (with its own HPACK encoder); reads the server's frames."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.encoder = hpack.Encoder()
-
-    def send(self, *frames: bytes) -> None:
-        self.writer.write(b"".join(frames))
-
-    def headers(self, stream_id: int, headers: list[tuple[str, str]], flags: int = END_HEADERS | END_STREAM) -> bytes:
-        return raw(HEADERS, flags, stream_id, self.encoder.encode(headers))
-
-    async def frame(self, timeout: float = 2.0) -> tuple[int, int, int, bytes] | None:
-        """The next frame (type, flags, stream, payload), or None when the server closed the connection."""
-        try:
-            head = await asyncio.wait_for(self.reader.readexactly(9), timeout)
-            length = int.from_bytes(head[:3], "big")
-            payload = await asyncio.wait_for(self.reader.readexactly(length), timeout)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
-
-    async def handshake(self, settings: bytes = b"") -> None:
-        self.send(PREFACE, raw(SETTINGS, 0, 0, settings))
-        acked = seen = False
-        while not (acked and seen):
-            got = await self.frame()
-            assert got is not None, "connection closed during the handshake"
-            kind, flags, _, _ = got
-            if kind == SETTINGS and flags & ACK:
-                acked = True
-            elif kind == SETTINGS:
-                seen = True
-                self.send(raw(SETTINGS, ACK, 0))
-
-    async def until_stream_closed(self, stream_id: int) -> None:
-        """Read the answer to a stream until its END_STREAM."""
-        while True:
-            got = await self.frame()
-            assert got is not None
-            kind, flags, stream, _ = got
-            if stream == stream_id and kind in (HEADERS, DATA) and flags & END_STREAM:
-                return
 
 
 @dataclass(frozen=True)
@@ -436,19 +404,14 @@ def test_h2spec_case(pki: Pki, expected: Case) -> None:
         config = listen_config(pki, "doh")
         listener = await start_doh_listener(config, EchoHandler(delay=5), TlsMaterial.from_config(config))
         try:
-            context = ssl.create_default_context(cafile=str(pki.ca))
-            context.set_alpn_protocols(["h2"])
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", listener.address[1], ssl=context, server_hostname="dns.test"
-            )
-            client = Client(reader, writer)
+            client = await connect(pki, listener.address[1])
             await client.handshake()
             sent = expected.run(client)
             if asyncio.iscoroutine(sent):
                 await sent
             problem = await verify(client, expected)
             assert not problem, problem
-            writer.close()
+            client.writer.close()
         finally:
             await listener.close()
 
@@ -463,12 +426,7 @@ def test_window_of_one_byte_gets_one_byte_frames(pki: Pki) -> None:
         config = listen_config(pki, "doh")
         listener = await start_doh_listener(config, EchoHandler(), TlsMaterial.from_config(config))
         try:
-            context = ssl.create_default_context(cafile=str(pki.ca))
-            context.set_alpn_protocols(["h2"])
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", listener.address[1], ssl=context, server_hostname="dns.test"
-            )
-            client = Client(reader, writer)
+            client = await connect(pki, listener.address[1])
             await client.handshake(struct.pack(">HI", 4, 1))
             client.send(raw(0xFF, 0, 0, b"unknown"), client.headers(1, FAST_GET))
             frames = [await client.frame() for _ in range(2)]
@@ -477,7 +435,7 @@ def test_window_of_one_byte_gets_one_byte_frames(pki: Pki) -> None:
             client.send(raw(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1)))
             more = await client.frame()
             assert more is not None and more[0] == DATA and len(more[3]) == 1
-            writer.close()
+            client.writer.close()
         finally:
             await listener.close()
 

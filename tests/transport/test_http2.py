@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
+from collections.abc import Callable
 
 import dns.message
 import h2.config
@@ -88,9 +89,9 @@ def client(initial_window: int | None = None) -> h2.connection.H2Connection:
     return connection
 
 
-def server(**limits: int) -> H2ServerConnection:
+def server(clock: Callable[[], float] = time.monotonic, **limits: int) -> H2ServerConnection:
     values = {"max_streams": 10, "max_header_bytes": 16384, "max_body": 65535} | limits
-    return H2ServerConnection(**values)
+    return H2ServerConnection(**values, clock=clock)
 
 
 def exchange(client_side: h2.connection.H2Connection, server_side: H2ServerConnection) -> list[Event]:
@@ -327,6 +328,12 @@ class _Connection:
 
     def maybe_finish_drain(self) -> None:
         pass
+
+    def touch(self) -> None:
+        pass
+
+    def clock(self) -> float:
+        return time.monotonic()
 
     def close(self) -> None:
         pass

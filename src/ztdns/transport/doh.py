@@ -18,6 +18,7 @@ import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
+from weakref import WeakKeyDictionary
 
 import h11
 
@@ -27,6 +28,7 @@ from ztdns.transport import Handler
 from ztdns.transport.dnswire import is_query, min_ttl
 from ztdns.transport.dot import finish_response
 from ztdns.transport.http2 import BodyTooLarge, H2ServerConnection, Request, StreamReset
+from ztdns.transport.limits import Progress
 from ztdns.transport.stream import TlsConnection, TlsStreamListener
 from ztdns.transport.tls import TlsMaterial
 
@@ -110,8 +112,58 @@ def dns_response(query: bytes, response: bytes) -> HttpResponse:
     return HttpResponse(200, headers, response)
 
 
+class BodyBudget:
+    """Bytes of unfinished request bodies that a listener's DoH connections hold, and the bound on their sum
+    (``max_pending_body_bytes``): above it, the connections holding the most are cut first."""
+
+    __slots__ = ("cut", "held", "limit", "total")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held: dict[DohConnection, int] = {}
+        self.total = 0
+        self.cut = 0
+
+    def update(self, connection: DohConnection, size: int) -> None:
+        old = self.held.get(connection, 0)
+        if size == old:
+            return
+        if size:
+            self.held[connection] = size
+        else:
+            del self.held[connection]
+        self.total += size - old
+        if self.total <= self.limit:
+            return
+        for worst in sorted(self.held, key=self.held.__getitem__, reverse=True):
+            self.total -= self.held.pop(worst)
+            self.cut += 1
+            worst.abort()
+            if self.total <= self.limit:
+                break
+
+
+_BODY_BUDGETS: WeakKeyDictionary[TlsStreamListener, BodyBudget] = WeakKeyDictionary()
+
+
+class RequestProgress(Progress):
+    """The request timeout of a DoH connection: what the client has owed the longest (the rest of a request,
+    or window for an answer) comes from its HTTP engine, so a trickle of bytes or a zero window is no
+    progress."""
+
+    def __init__(self, connection: DohConnection) -> None:
+        super().__init__()
+        self.connection = connection
+
+    def overdue(self, now: float, timeout: float) -> bool:
+        engine = self.connection.engine
+        since = None if engine is None else engine.oldest_unfinished()
+        return since is not None and now - since > timeout
+
+
 class DohConnection(TlsConnection):
-    """One DoH connection; the engine (HTTP/2 or HTTP/1.1) is chosen by ALPN after the handshake."""
+    """One DoH connection; the engine (HTTP/2 or HTTP/1.1) is chosen by ALPN after the handshake. Its idle
+    time is reset by whole requests and by answers, not by other bytes (slowloris, PING floods)."""
 
     kind = Transport.DOH
 
@@ -119,12 +171,20 @@ class DohConnection(TlsConnection):
         super().__init__(listener)
         self.engine: H2Engine | Http1Engine | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.progress = RequestProgress(self)
+        bodies = _BODY_BUDGETS.get(listener)
+        if bodies is None:
+            bodies = _BODY_BUDGETS[listener] = BodyBudget(listener.config.max_pending_body_bytes)
+        self.bodies = bodies
+
+    def clock(self) -> float:
+        return asyncio.get_running_loop().time()
 
     def received(self, data: bytes) -> None:
-        self.touch()
         if self.engine is None:
             self.engine = H2Engine(self) if self.alpn == "h2" else Http1Engine(self)
         self.engine.received(data)
+        self.bodies.update(self, self.engine.body_bytes())
 
     def answer_now(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | bytes:
         """The answer we can give at once (an HTTP error, or the handler's fast path), else the DNS query that
@@ -159,13 +219,11 @@ class DohConnection(TlsConnection):
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-            self.touch()
 
     def write_records(self, chunks: list[bytes]) -> None:
         """Each chunk in a TLS record of its own, all in one send."""
         if chunks and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(chunks)
-            self.touch()
 
     def busy(self) -> bool:
         return bool(self.tasks) or (self.engine is not None and self.engine.busy())
@@ -181,6 +239,7 @@ class DohConnection(TlsConnection):
             self.close()
 
     def stopped(self) -> None:
+        self.bodies.update(self, 0)
         for task in self.tasks:
             task.cancel()
 
@@ -197,6 +256,7 @@ class H2Engine:
             max_header_bytes=MAX_HEADER_BYTES,
             max_body=MAX_MESSAGE,
             reset_allowance=RESET_ALLOWANCE,
+            clock=connection.clock,
         )
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.batch: list[bytes] | None = None  # answers of the read being handled
@@ -204,6 +264,12 @@ class H2Engine:
 
     def busy(self) -> bool:
         return self.h2.busy()
+
+    def body_bytes(self) -> int:
+        return self.h2.body_bytes
+
+    def oldest_unfinished(self) -> float | None:
+        return self.h2.oldest_unfinished()
 
     def received(self, data: bytes) -> None:
         # Answers made while handling this read are collected and sent together at the end: one TLS record per
@@ -232,6 +298,7 @@ class H2Engine:
             self.connection.maybe_finish_drain()
 
     def _request(self, request: Request) -> None:
+        self.connection.touch()
         answer = self.connection.answer_now(request.method, request.path, request.content_type, request.body)
         if isinstance(answer, HttpResponse):
             if request.method == "HEAD":  # headers only (RFC 9110 section 9.3.2): a DATA frame is an error
@@ -252,6 +319,7 @@ class H2Engine:
             self._respond(stream_id, response)
 
     def _respond(self, stream_id: int, response: HttpResponse) -> None:
+        self.connection.touch()
         self.h2.respond(stream_id, response.status, response.headers, response.body)
         # One TLS record per response: dnsperf's DoH client (2.10) takes one response per SSL_read and loses
         # the rest of a record that holds several, then waits for the socket forever.
@@ -279,13 +347,30 @@ class Http1Engine:
         self.body = bytearray()
         self.active = False  # a query is with the handler
         self.closing = False
+        self.request_started: float | None = None  # when the first bytes of the request being received came
 
     def busy(self) -> bool:
         return self.active
 
+    def body_bytes(self) -> int:
+        return len(self.body)
+
+    def oldest_unfinished(self) -> float | None:
+        return self.request_started
+
+    def _note_progress(self) -> None:
+        """Start the request clock when bytes of a request we are reading wait for the rest."""
+        if self.active or self.closing:
+            self.request_started = None
+        elif self.request_started is None and (
+            self.h11.their_state is h11.SEND_BODY or (self.h11.their_state is h11.IDLE and self.h11.trailing_data[0])
+        ):
+            self.request_started = self.connection.clock()
+
     def received(self, data: bytes) -> None:
         self.h11.receive_data(data)
         self._next()
+        self._note_progress()
         if len(self.h11.trailing_data[0]) > MAX_HEADER_BYTES + MAX_MESSAGE + 1024:
             self.connection.pause_reading_for_writes()  # the client pipelines faster than we answer
 
@@ -331,6 +416,8 @@ class Http1Engine:
     def _complete(self) -> None:
         request = self.request
         assert request is not None
+        self.request_started = None
+        self.connection.touch()
         answer = self.connection.answer_now(
             request.method.decode("ascii", "replace"),
             request.target.decode("latin-1"),
@@ -357,8 +444,10 @@ class Http1Engine:
         if not self.closing:
             self.connection.resume_reading_if_possible()
             self._next()
+            self._note_progress()
 
     def _send(self, response: HttpResponse, *, close: bool) -> None:
+        self.connection.touch()
         headers = [*response.headers, ("connection", "close")] if close else response.headers
         head = h11.Response(
             status_code=response.status, headers=headers, reason=_REASONS.get(response.status, "").encode()

@@ -9,6 +9,9 @@ frames the client sent before it saw our reset are ignored; every other stream b
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from ztdns.transport.http2.events import BodyTooLarge, ConnectionEnded, Event, Request, StreamReset
 from ztdns.transport.http2.frames import (
     ACK,
@@ -76,8 +79,17 @@ class H2ServerConnection:
     """Feed received bytes to :meth:`receive`, act on the events, answer with :meth:`respond`, and write
     :meth:`data_to_send` after each batch."""
 
-    def __init__(self, *, max_streams: int, max_header_bytes: int, max_body: int, reset_allowance: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        max_streams: int,
+        max_header_bytes: int,
+        max_body: int,
+        reset_allowance: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_streams = max_streams
+        self.clock = clock  # stamps when requests start and answers stall (see oldest_unfinished)
         self.max_header_bytes = max_header_bytes
         self.max_body = max_body
         self.reset_allowance = reset_allowance
@@ -88,9 +100,13 @@ class H2ServerConnection:
         self.answered = 0
         self.going_away = False
         self.ended = False
+        # Bytes of unfinished request bodies we hold. The connection window is given back only as they are
+        # released (request complete, stream gone), so they stay under CONNECTION_WINDOW.
+        self.body_bytes = 0
         self._reset_locally: dict[int, None] = {}  # insertion-ordered set, oldest first
         self._skipped: list[tuple[int, int]] = []  # (first, last) ids the client jumped over
         self._buffer = b""
+        self._buffer_since = 0.0  # when the partial frame in _buffer began
         self._preface = False
         self._settings_seen = False
         self._continuing: tuple[int, int, bool, bytearray] | None = None  # stream, flags, self-dependent, block
@@ -122,6 +138,22 @@ class H2ServerConnection:
         client never finishes does not count, so the idle timeout still closes such a connection."""
         return any(stream.state is _HALF_CLOSED_REMOTE or stream.outbound for stream in self.streams.values())
 
+    def oldest_unfinished(self) -> float | None:
+        """Since when (by ``clock``) the client has owed us something: the rest of a request or frame it began,
+        or the window for an answer we have ready (a client advertising a zero window). None: nothing owed.
+        The listener cuts the connection when that is older than its request timeout."""
+        oldest = self._buffer_since if self._buffer else None
+        for stream in self.streams.values():
+            if stream.outbound:
+                since = stream.stalled_since
+            elif stream.state is _HALF_CLOSED_REMOTE:
+                continue  # the request is complete: the answer is ours to give
+            else:
+                since = stream.started
+            if oldest is None or since < oldest:
+                oldest = since
+        return oldest
+
     # Stream states
 
     def _state(self, stream_id: int) -> StreamState:
@@ -149,7 +181,21 @@ class H2ServerConnection:
         return None
 
     def _close_stream(self, stream_id: int) -> None:
-        del self.streams[stream_id]
+        self._release(self.streams.pop(stream_id))
+
+    def _release(self, stream: Stream) -> None:
+        """Drop what we hold of a request body, and give its window back."""
+        if stream.body:
+            self.body_bytes -= len(stream.body)
+            self._consumed(len(stream.body))
+            stream.body = b""
+
+    def _consumed(self, size: int) -> None:
+        self._received_unacknowledged += size
+        if self._received_unacknowledged >= CONNECTION_WINDOW // 2:
+            self._out.append(window_update(0, self._received_unacknowledged))
+            self._receive_window += self._received_unacknowledged
+            self._received_unacknowledged = 0
 
     def _open(self, stream_id: int) -> None:
         if stream_id > self.highest_stream + 2 and self.highest_stream + 2 > 0:
@@ -194,6 +240,8 @@ class H2ServerConnection:
             self._end(exc.code, str(exc))
             events.append(ConnectionEnded(exc.code))
             return events
+        if offset < len(buffer) and (offset or not self._buffer):  # a new partial frame
+            self._buffer_since = self.clock()
         self._buffer = buffer[offset:]
         return events
 
@@ -309,7 +357,7 @@ class H2ServerConnection:
         if fields is None or self_dependent:
             self._reset(stream_id, ErrorCode.PROTOCOL_ERROR)
             return
-        stream = Stream(self._peer_window, self.max_body, fields)
+        stream = Stream(self._peer_window, self.max_body, fields, self.clock())
         self.streams[stream_id] = stream
         length = fields.get(b"content-length")
         if length is not None:
@@ -338,12 +386,8 @@ class H2ServerConnection:
         self._receive_window -= size
         if self._receive_window < 0:
             raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
-        self._received_unacknowledged += size
-        if self._received_unacknowledged >= CONNECTION_WINDOW // 2:
-            self._out.append(window_update(0, self._received_unacknowledged))
-            self._receive_window += self._received_unacknowledged
-            self._received_unacknowledged = 0
         if self._transition(stream_id, state, _RECV_DATA) is None:
+            self._consumed(size)  # dropped: its window comes back at once
             return
         stream = self.streams[stream_id]
         stream.receive_window -= size
@@ -354,8 +398,12 @@ class H2ServerConnection:
             # Give padding back at once: the stream window is sized for the largest body, not for padding.
             stream.receive_window += size - (end - start)
             self._out.append(window_update(stream_id, size - (end - start)))
-        if not stream.too_large:
+            self._consumed(size - (end - start))
+        if stream.too_large:
+            self._consumed(end - start)
+        else:
             chunk = payload[start:end]
+            self.body_bytes += len(chunk)
             if not stream.body:
                 stream.body = chunk
             else:
@@ -364,7 +412,7 @@ class H2ServerConnection:
                 stream.body += chunk
             if len(stream.body) > self.max_body:
                 stream.too_large = True
-                stream.body = b""
+                self._release(stream)
                 events.append(BodyTooLarge(stream_id))
         if flags & END_STREAM:
             self._remote_end(stream_id, stream, events)
@@ -393,7 +441,7 @@ class H2ServerConnection:
                 bytes(stream.body),
             )
         )
-        stream.body = b""
+        self._release(stream)
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
@@ -494,6 +542,7 @@ class H2ServerConnection:
     def _end(self, code: ErrorCode, reason: str) -> None:
         self.ended = True
         self.streams.clear()
+        self.body_bytes = 0
         self._out.append(goaway(self.highest_stream, code, reason.encode()))
 
     def _stream_error(self, stream_id: int, code: ErrorCode, events: list[Event]) -> None:
@@ -504,7 +553,9 @@ class H2ServerConnection:
             events.append(StreamReset(stream_id))
 
     def _reset(self, stream_id: int, code: ErrorCode) -> None:
-        self.streams.pop(stream_id, None)
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            self._release(stream)
         self._reset_locally[stream_id] = None
         if len(self._reset_locally) > _RESET_MEMORY:
             del self._reset_locally[next(iter(self._reset_locally))]
@@ -522,6 +573,8 @@ class H2ServerConnection:
         while data:
             size = min(len(data), self._send_window, stream.send_window, self._peer_max_frame)
             if size <= 0:
+                if data is not stream.outbound or not stream.stalled_since:  # stalled anew
+                    stream.stalled_since = self.clock()
                 stream.outbound = data
                 return
             last = size == len(data)
@@ -541,7 +594,7 @@ class H2ServerConnection:
         elif state is not None:
             stream.state = state
             stream.outbound = None
-            stream.body = b""
+            self._release(stream)
 
 
 def _request_fields(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes] | None:

@@ -130,12 +130,16 @@ class Stream:
         "outbound",
         "receive_window",
         "send_window",
+        "stalled_since",
+        "started",
         "state",
         "too_large",
     )
 
-    def __init__(self, send_window: int, receive_window: int, headers: dict[bytes, bytes]) -> None:
+    def __init__(self, send_window: int, receive_window: int, headers: dict[bytes, bytes], started: float) -> None:
         self.state = StreamState.OPEN
+        self.started = started  # when its HEADERS came
+        self.stalled_since = 0.0  # when its answer last found no window
         self.send_window = send_window
         self.receive_window = receive_window
         self.headers = headers
