@@ -436,3 +436,30 @@ def test_expect_100_continue_gets_the_interim_response() -> None:
     assert [dict(e.headers)[b":status"] for e in interim] == [b"100"]
     c.send_data(stream_id, QUERY, end_stream=True)
     assert [type(e) for e in s.receive(c.data_to_send())] == [Request]
+
+
+def test_what_the_client_owes_is_dated() -> None:
+    """oldest_unfinished: a partial preface or frame, an unfinished request, an answer without window; not a
+    complete request whose answer is ours to give."""
+    now = [100.0]
+    c, s = client(initial_window=0), server(clock=lambda: now[0])
+    data = c.data_to_send()
+    s.receive(data[:5])
+    assert s.oldest_unfinished() == 100.0
+    now[0] = 101.0
+    s.receive(data[5:])
+    c.receive_data(s.data_to_send())
+    assert s.oldest_unfinished() is None
+    stream_id = get(c)
+    now[0] = 102.0
+    events = s.receive(c.data_to_send())
+    assert s.oldest_unfinished() is None  # complete: waiting for us
+    s.respond(stream_id, 200, [("content-type", "x")], b"answer")  # no window: the client owes it
+    assert [type(e) for e in events] == [Request] and s.oldest_unfinished() == 102.0
+    post = c.get_next_available_stream_id()
+    now[0] = 103.0
+    c.send_headers(post, [(":method", "POST"), (":scheme", "https"), (":path", "/x"), (":authority", "a")])
+    s.receive(c.data_to_send())
+    assert s.oldest_unfinished() == 102.0
+    s.reset(stream_id)
+    assert s.oldest_unfinished() == 103.0  # the unfinished POST

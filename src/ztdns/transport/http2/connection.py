@@ -217,6 +217,8 @@ class H2ServerConnection:
                 if len(buffer) < len(PREFACE):
                     if not PREFACE.startswith(buffer):
                         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "not the HTTP/2 preface")
+                    if not self._buffer:
+                        self._buffer_since = self.clock()
                     self._buffer = buffer
                     return events
                 if not buffer.startswith(PREFACE):
