@@ -1,4 +1,5 @@
-"""DNS over HTTPS (RFC 8484) on HTTP/2 (our sans-IO :mod:`ztdns.transport.http2`) and HTTP/1.1, chosen by ALPN.
+"""DNS over HTTPS (RFC 8484) on HTTP/2 (our sans-IO :mod:`ztdns.transport.http2`) and HTTP/1.1 (h11), chosen
+by ALPN.
 
 The request rules are a pure function (:func:`decode_request`) tested with strings and bytes: every malformed
 request gets its HTTP error here, before the DNS handler ever sees it. The two HTTP engines below only move
@@ -7,6 +8,12 @@ request. HTTP/2 abuse limits (enforced in :mod:`ztdns.transport.http2`): at most
 streams (more are refused with REFUSED_STREAM), 16 KiB of headers, 64 KiB stream windows (a body cannot be
 larger than 65535 bytes anyway), and a budget of stream resets per connection (100 plus one per answered
 request) beyond which the connection is closed with ENHANCE_YOUR_CALM: the "rapid reset" attack.
+
+Hostile clients: a request must arrive whole within ``query_timeout`` and an answer held back by a client's
+window be taken within it (:class:`RequestProgress`, swept by the listener); unfinished request bodies are
+bounded per connection by the HTTP/2 connection window and over the listener by ``max_pending_body_bytes``
+(:class:`BodyBudget`). Config: the ``[[listen]]`` keys of a ``doh`` listener. No metrics of its own. Client
+data: requests are handed to the handler with the connection's :class:`ClientInfo`; none is logged here.
 """
 
 from __future__ import annotations
