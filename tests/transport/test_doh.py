@@ -364,6 +364,7 @@ async def timed_curl(*args: str) -> tuple[int, str, float]:
 
 
 @needs("curl")
+@pytest.mark.slow
 @pytest.mark.parametrize("http", ["--http1.1", "--http2"])
 def test_curl_head_and_expect_100_continue(pki: Pki, tmp_path: Path, http: str) -> None:
     """curl -I gets the headers and no body (over HTTP/2 it failed with PROTOCOL_ERROR on the body);
