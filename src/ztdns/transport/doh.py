@@ -355,22 +355,25 @@ class Http1Engine:
         self.active = False  # a query is with the handler
         self.closing = False
         self.request_started: float | None = None  # when the first bytes of the request being received came
+        self.buffered = 0  # bytes in h11's buffer (pipelined requests, the head being received)
 
     def busy(self) -> bool:
         return self.active
 
     def body_bytes(self) -> int:
-        return len(self.body)
+        return len(self.body) + self.buffered
 
     def oldest_unfinished(self) -> float | None:
         return self.request_started
 
     def _note_progress(self) -> None:
-        """Start the request clock when bytes of a request we are reading wait for the rest."""
+        """Count what h11 holds; start the request clock when bytes of a request we are reading wait for the
+        rest."""
+        self.buffered = len(self.h11.trailing_data[0])
         if self.active or self.closing:
             self.request_started = None
         elif self.request_started is None and (
-            self.h11.their_state is h11.SEND_BODY or (self.h11.their_state is h11.IDLE and self.h11.trailing_data[0])
+            self.h11.their_state is h11.SEND_BODY or (self.h11.their_state is h11.IDLE and self.buffered)
         ):
             self.request_started = self.connection.clock()
 
@@ -378,7 +381,7 @@ class Http1Engine:
         self.h11.receive_data(data)
         self._next()
         self._note_progress()
-        if len(self.h11.trailing_data[0]) > MAX_HEADER_BYTES + MAX_MESSAGE + 1024:
+        if self.buffered > MAX_HEADER_BYTES + MAX_MESSAGE + 1024:
             self.connection.pause_reading_for_writes()  # the client pipelines faster than we answer
 
     def _next(self) -> None:
@@ -452,6 +455,7 @@ class Http1Engine:
             self.connection.resume_reading_if_possible()
             self._next()
             self._note_progress()
+            self.connection.bodies.update(self.connection, self.body_bytes())
 
     def _send(self, response: HttpResponse, *, close: bool) -> None:
         self.connection.touch()
