@@ -153,6 +153,14 @@ class BodyBudget:
 _BODY_BUDGETS: WeakKeyDictionary[TlsStreamListener, BodyBudget] = WeakKeyDictionary()
 
 
+def body_budget(listener: TlsStreamListener) -> BodyBudget:
+    """The body budget the DoH connections of LISTENER share."""
+    budget = _BODY_BUDGETS.get(listener)
+    if budget is None:
+        budget = _BODY_BUDGETS[listener] = BodyBudget(listener.config.max_pending_body_bytes)
+    return budget
+
+
 class RequestProgress(Progress):
     """The request timeout of a DoH connection: what the client has owed the longest (the rest of a request,
     or window for an answer) comes from its HTTP engine, so a trickle of bytes or a zero window is no
@@ -179,10 +187,7 @@ class DohConnection(TlsConnection):
         self.engine: H2Engine | Http1Engine | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.progress = RequestProgress(self)
-        bodies = _BODY_BUDGETS.get(listener)
-        if bodies is None:
-            bodies = _BODY_BUDGETS[listener] = BodyBudget(listener.config.max_pending_body_bytes)
-        self.bodies = bodies
+        self.bodies = body_budget(listener)
 
     def clock(self) -> float:
         return asyncio.get_running_loop().time()
