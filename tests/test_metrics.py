@@ -32,7 +32,13 @@ ALWAYS = {
     "ztdns_inflight_queries",
     "ztdns_querylog_dropped",
 }
-FORWARD = {"ztdns_upstream_up", "ztdns_upstream_srtt_seconds", "ztdns_upstream_queries", "ztdns_upstream_errors"}
+FORWARD = {
+    "ztdns_upstream_up",
+    "ztdns_upstream_srtt_seconds",
+    "ztdns_upstream_queries",
+    "ztdns_upstream_errors",
+    "ztdns_upstream_sockets_open",
+}
 VALIDATION = {"ztdns_dnssec_validation_failures"}
 RECURSION = {
     "ztdns_recursion_upstream_queries",

@@ -5,6 +5,7 @@ import base64
 import re
 import shutil
 import ssl
+import time
 from pathlib import Path
 
 import dns.message
@@ -352,5 +353,50 @@ def test_dnsperf_gets_every_answer(pki: Pki, tmp_path: Path, method: str) -> Non
         lost = re.search(r"Queries lost:\s+(\d+)", out)
         assert completed and lost, out
         assert int(completed.group(1)) > 200 and int(lost.group(1)) == 0, out
+
+    asyncio.run(body())
+
+
+async def timed_curl(*args: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        "curl", "-sS", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 15)
+    return process.returncode or 0, out.decode(errors="replace"), time.monotonic() - started
+
+
+@needs("curl")
+@pytest.mark.slow
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_curl_head_and_expect_100_continue(pki: Pki, tmp_path: Path, http: str) -> None:
+    """curl -I gets the headers and no body (over HTTP/2 it failed with PROTOCOL_ERROR on the body);
+    a POST with Expect: 100-continue is answered without curl's 1 s wait for the interim response."""
+
+    async def body() -> None:
+        listener, _ = await start(pki)
+        port = listener.address[1]
+        tls = [http, "--cacert", str(pki.ca), "--resolve", f"dns.test:{port}:127.0.0.1"]
+        url = f"https://dns.test:{port}/dns-query"
+        try:
+            code, out, _ = await timed_curl(*tls, "-I", url)
+            assert code == 0, out
+            assert re.match(r"HTTP/[12.]+ 405", out) and "allow: GET, POST" in out, out
+            query = tmp_path / "query"
+            query.write_bytes(QUERY)
+            code, out, elapsed = await timed_curl(
+                *tls,
+                "-H", "content-type: application/dns-message",
+                "-H", "expect: 100-continue",
+                "--expect100-timeout", "5",
+                "--data-binary", f"@{query}",
+                "-o", "/dev/null", "-w", "%{http_code}",
+                url,
+            )  # fmt: skip
+            assert code == 0 and out == "200", out
+            # Without the interim response curl sends the body only after --expect100-timeout.
+            assert elapsed < 2, f"curl waited {elapsed:.1f} s for the 100 response"
+        finally:
+            await listener.close()
 
     asyncio.run(body())

@@ -1,10 +1,12 @@
-"""The sans-IO HTTP/2 server core, driven with bytes from the h2 library's client (no sockets)."""
+"""The sans-IO HTTP/2 server core (ztdns.transport.http2), driven with bytes from the h2 library's client (no
+sockets)."""
 
 from __future__ import annotations
 
 import base64
 import struct
 import time
+from collections.abc import Callable
 
 import dns.message
 import h2.config
@@ -28,13 +30,14 @@ from ztdns.transport.http2 import (
     ErrorCode,
     Event,
     H2ServerConnection,
-    HpackDecoder,
     ProtocolError,
     Request,
     StreamReset,
-    frame,
-    huffman_decode,
 )
+from ztdns.transport.http2.frames import frame
+from ztdns.transport.http2.hpack import HpackDecoder
+from ztdns.transport.http2.huffman import huffman_decode
+from ztdns.transport.http2.stream import TRANSITIONS, StreamInput, StreamState
 
 QUERY = dns.message.make_query("www.example.", "A").to_wire()
 GET_PATH = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
@@ -87,9 +90,9 @@ def client(initial_window: int | None = None) -> h2.connection.H2Connection:
     return connection
 
 
-def server(**limits: int) -> H2ServerConnection:
+def server(clock: Callable[[], float] = time.monotonic, **limits: int) -> H2ServerConnection:
     values = {"max_streams": 10, "max_header_bytes": 16384, "max_body": 65535} | limits
-    return H2ServerConnection(**values)
+    return H2ServerConnection(**values, clock=clock)
 
 
 def exchange(client_side: h2.connection.H2Connection, server_side: H2ServerConnection) -> list[Event]:
@@ -327,6 +330,12 @@ class _Connection:
     def maybe_finish_drain(self) -> None:
         pass
 
+    def touch(self) -> None:
+        pass
+
+    def clock(self) -> float:
+        return time.monotonic()
+
     def close(self) -> None:
         pass
 
@@ -411,3 +420,48 @@ def test_unfinished_requests_do_not_keep_the_connection_busy() -> None:
     c.send_data(stream_id, QUERY, end_stream=True)
     s.receive(c.data_to_send())
     assert s.busy()
+
+
+def test_stream_state_table_is_total() -> None:
+    """Every state has an outcome for every input: no frame falls through to a default."""
+    assert set(TRANSITIONS) == {(state, event) for state in StreamState for event in StreamInput}
+
+
+def test_expect_100_continue_gets_the_interim_response() -> None:
+    c, s = client(), server()
+    exchange(c, s)
+    stream_id = c.get_next_available_stream_id()
+    headers = [(":method", "POST"), (":scheme", "https"), (":path", "/x"), (":authority", "a")]
+    c.send_headers(stream_id, [*headers, ("expect", "100-continue")])
+    assert s.receive(c.data_to_send()) == []
+    interim = [e for e in c.receive_data(s.data_to_send()) if isinstance(e, h2.events.InformationalResponseReceived)]
+    assert [dict(e.headers)[b":status"] for e in interim] == [b"100"]
+    c.send_data(stream_id, QUERY, end_stream=True)
+    assert [type(e) for e in s.receive(c.data_to_send())] == [Request]
+
+
+def test_what_the_client_owes_is_dated() -> None:
+    """oldest_unfinished: a partial preface or frame, an unfinished request, an answer without window; not a
+    complete request whose answer is ours to give."""
+    now = [100.0]
+    c, s = client(initial_window=0), server(clock=lambda: now[0])
+    data = c.data_to_send()
+    s.receive(data[:5])
+    assert s.oldest_unfinished() == 100.0
+    now[0] = 101.0
+    s.receive(data[5:])
+    c.receive_data(s.data_to_send())
+    assert s.oldest_unfinished() is None
+    stream_id = get(c)
+    now[0] = 102.0
+    events = s.receive(c.data_to_send())
+    assert s.oldest_unfinished() is None  # complete: waiting for us
+    s.respond(stream_id, 200, [("content-type", "x")], b"answer")  # no window: the client owes it
+    assert [type(e) for e in events] == [Request] and s.oldest_unfinished() == 102.0
+    post = c.get_next_available_stream_id()
+    now[0] = 103.0
+    c.send_headers(post, [(":method", "POST"), (":scheme", "https"), (":path", "/x"), (":authority", "a")])
+    s.receive(c.data_to_send())
+    assert s.oldest_unfinished() == 102.0
+    s.reset(stream_id)
+    assert s.oldest_unfinished() == 103.0  # the unfinished POST

@@ -15,6 +15,11 @@ class ListenConfig(Section):
     idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     max_connections: Annotated[int, Field(ge=1)] = 10_000
     max_pipelined: Annotated[int, Field(ge=1, le=65535)] = 100
+    # Stream listeners (tcp, dot, doh): what one client may hold (docs/transports.md, "Hostile clients").
+    max_connections_per_client: Annotated[int, Field(ge=1)] = 100
+    query_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0  # a whole query (or request) after its first byte
+    max_buffered_bytes: Annotated[int, Field(ge=65_536)] = 64 * 1024 * 1024  # unread answers, whole listener
+    max_pending_body_bytes: Annotated[int, Field(ge=65_536)] = 64 * 1024 * 1024  # unfinished DoH bodies, listener
     # TLS for dot/doh/doq (docs/transports.md). Paths are relative to the config file.
     cert: str | None = None
     key: str | None = None

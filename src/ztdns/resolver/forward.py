@@ -10,6 +10,9 @@ whose source port the kernel picks at random; the socket is connected, so the ke
 peers and reports ICMP unreachable, and the peer is checked again here. A datagram that is not the answer (other
 peer, ID, question, QR=0, or garbage) is ignored and the wait goes on, so a spoofer cannot end the exchange early.
 Encrypted upstreams are authenticated by TLS; their answers still go through the same :class:`ReplyFilter`.
+
+Do53 sockets are plain non-blocking sockets opened and closed in one block (:mod:`ztdns.resolver.sockets`), so a
+query cancelled at any point (its client went away) cannot leak one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from ztdns.config.resolver import ResolverConfig, UpstreamConfig
 from ztdns.model import EDE, Question, Reason, Resolution
 from ztdns.resolver import encrypted
 from ztdns.resolver.health import HealthBook, UpstreamHealth
+from ztdns.resolver.sockets import OPEN as UPSTREAM_SOCKETS_OPEN
+from ztdns.resolver.sockets import reading, upstream_socket
 
 _HEADER = struct.Struct("!HHH")  # ID, flags, QDCOUNT: the start of the 12-byte header
 _HEADER_SIZE = 12
@@ -174,8 +179,9 @@ class Peer:
             return False
 
 
-class UdpExchange(asyncio.DatagramProtocol):
-    """Waits on one connected UDP socket for the datagram that answers ``query``.
+class UdpExchange:
+    """Waits on one connected UDP socket for the datagram that answers ``query`` (sans-IO: the forwarder feeds it
+    what the socket reads).
 
     ``reply`` resolves to the parsed message, or to None when the answer matched but was truncated (TC=1)."""
 
@@ -198,6 +204,65 @@ class UdpExchange(asyncio.DatagramProtocol):
         # On a connected socket this is ICMP unreachable (connection refused) or a local send error.
         if not self.reply.done():
             self.reply.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc or ConnectionAbortedError("socket closed"))
+
+    def read_from(self, sock: socket.socket) -> None:
+        """Everything SOCK has queued (called when it is readable)."""
+        while not self.reply.done():
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.error_received(exc)
+                return
+            self.datagram_received(data, addr)
+
+
+def _settle(reply: asyncio.Future[Any]) -> None:
+    """An exchange is over: cancel its reply if nobody set it, or mark an exception nobody awaited as seen."""
+    if not reply.done():
+        reply.cancel()
+    elif not reply.cancelled():
+        reply.exception()
+
+
+class TcpExchange:
+    """Reads length-prefixed frames from one TCP connection until one answers ``query``; ``reply`` resolves to it.
+    A frame that is not the answer is skipped; the connection closing first is an IncompleteReadError."""
+
+    def __init__(self, expected: ReplyFilter) -> None:
+        self.expected = expected
+        self.buffer = bytearray()
+        self.reply: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
+
+    def read_from(self, sock: socket.socket) -> None:
+        if self.reply.done():
+            return
+        try:
+            data = sock.recv(65537)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.reply.set_exception(exc)
+            return
+        if not data:
+            self.reply.set_exception(asyncio.IncompleteReadError(bytes(self.buffer), None))
+            return
+        self.buffer += data
+        while len(self.buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self.buffer)
+            if len(self.buffer) < _LENGTH.size + length:
+                return
+            frame = bytes(self.buffer[_LENGTH.size : _LENGTH.size + length])
+            del self.buffer[: _LENGTH.size + length]
+            reply = self.expected.decode(frame)
+            if reply is not None:
+                self.reply.set_result(reply)
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.reply.done():
@@ -285,7 +350,8 @@ class Forwarder:
             backoff_initial=config.backoff_initial,
             backoff_max=config.backoff_max,
         )
-        self._open: set[asyncio.BaseTransport] = set()
+        # Exchanges waiting for an answer: close() ends them with a network error.
+        self._waiting: set[UdpExchange | TcpExchange] = set()
         self._closed = False
 
     def health(self) -> list[UpstreamHealth]:
@@ -356,36 +422,32 @@ class Forwarder:
         return reply
 
     async def _udp(self, peer: Peer, wire: bytes, expected: ReplyFilter) -> dns.message.Message | None:
-        loop = asyncio.get_running_loop()
+        exchange = UdpExchange(expected, peer)
         # A new socket per query: the kernel binds it to a random ephemeral port, and connecting it means only
         # the upstream's datagrams (and its ICMP errors) reach us.
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: UdpExchange(expected, peer), remote_addr=(peer.host, peer.port), family=peer.family
-        )
-        self._open.add(transport)
-        try:
-            transport.sendto(wire)
-            return await protocol.reply
-        finally:
-            if not protocol.reply.done():
-                protocol.reply.cancel()
-            transport.close()
-            self._open.discard(transport)
+        with upstream_socket(peer.family, socket.SOCK_DGRAM) as sock, reading(sock, lambda: exchange.read_from(sock)):
+            self._waiting.add(exchange)
+            try:
+                sock.connect((peer.host, peer.port))  # UDP: no packet, no wait
+                sock.send(wire)
+                return await exchange.reply
+            finally:
+                self._waiting.discard(exchange)
+                _settle(exchange.reply)
 
     async def _tcp(self, peer: Peer, wire: bytes, expected: ReplyFilter) -> dns.message.Message:
-        reader, writer = await asyncio.open_connection(peer.host, peer.port, family=peer.family)
-        self._open.add(writer.transport)
-        try:
-            writer.write(_LENGTH.pack(len(wire)) + wire)
-            await writer.drain()
-            while True:
-                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                reply = expected.decode(await reader.readexactly(length))
-                if reply is not None:
-                    return reply
-        finally:
-            writer.close()
-            self._open.discard(writer.transport)
+        loop = asyncio.get_running_loop()
+        exchange = TcpExchange(expected)
+        with upstream_socket(peer.family, socket.SOCK_STREAM) as sock:
+            self._waiting.add(exchange)
+            try:
+                await loop.sock_connect(sock, (peer.host, peer.port))
+                await loop.sock_sendall(sock, _LENGTH.pack(len(wire)) + wire)
+                with reading(sock, lambda: exchange.read_from(sock)):
+                    return await exchange.reply
+            finally:
+                self._waiting.discard(exchange)
+                _settle(exchange.reply)
 
     def collect(self) -> Iterator[Metric]:
         """Per-upstream health: in service, smoothed RTT, attempts and failed attempts."""
@@ -400,13 +462,17 @@ class Forwarder:
             queries.add_metric([upstream.address], upstream.queries)
             errors.add_metric([upstream.address], upstream.errors)
         yield from (up, srtt, queries, errors)
+        yield GaugeMetricFamily(
+            "ztdns_upstream_sockets_open",
+            "Do53 sockets open to upstreams now (one per query in flight)",
+            value=UPSTREAM_SOCKETS_OPEN.value,
+        )
 
     async def close(self) -> None:
         """Close every socket still open; queries in flight end with a network error, later ones fail at once."""
         self._closed = True
-        for transport in list(self._open):
-            transport.close()
-        self._open.clear()
+        for exchange in list(self._waiting):
+            exchange.connection_lost(None)
         for upstream in self._upstreams:
             if upstream.client is not None:
                 await upstream.client.close()

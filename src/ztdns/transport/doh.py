@@ -1,4 +1,5 @@
-"""DNS over HTTPS (RFC 8484) on HTTP/2 (our sans-IO :mod:`ztdns.transport.http2`) and HTTP/1.1, chosen by ALPN.
+"""DNS over HTTPS (RFC 8484) on HTTP/2 (our sans-IO :mod:`ztdns.transport.http2`) and HTTP/1.1 (h11), chosen
+by ALPN.
 
 The request rules are a pure function (:func:`decode_request`) tested with strings and bytes: every malformed
 request gets its HTTP error here, before the DNS handler ever sees it. The two HTTP engines below only move
@@ -7,6 +8,12 @@ request. HTTP/2 abuse limits (enforced in :mod:`ztdns.transport.http2`): at most
 streams (more are refused with REFUSED_STREAM), 16 KiB of headers, 64 KiB stream windows (a body cannot be
 larger than 65535 bytes anyway), and a budget of stream resets per connection (100 plus one per answered
 request) beyond which the connection is closed with ENHANCE_YOUR_CALM: the "rapid reset" attack.
+
+Hostile clients: a request must arrive whole within ``query_timeout`` and an answer held back by a client's
+window be taken within it (:class:`RequestProgress`, swept by the listener); unfinished request bodies are
+bounded per connection by the HTTP/2 connection window and over the listener by ``max_pending_body_bytes``
+(:class:`BodyBudget`). Config: the ``[[listen]]`` keys of a ``doh`` listener. No metrics of its own. Client
+data: requests are handed to the handler with the connection's :class:`ClientInfo`; none is logged here.
 """
 
 from __future__ import annotations
@@ -18,12 +25,16 @@ import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
+from weakref import WeakKeyDictionary
+
+import h11
 
 from ztdns.client import Transport
 from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
 from ztdns.transport.dot import finish_response
 from ztdns.transport.http2 import BodyTooLarge, H2ServerConnection, Request, StreamReset
+from ztdns.transport.limits import Progress
 from ztdns.transport.stream import TlsConnection, TlsStreamListener
 from ztdns.transport.tls import TlsMaterial
 from ztdns.wire.records import is_query, min_ttl
@@ -108,8 +119,66 @@ def dns_response(query: bytes, response: bytes) -> HttpResponse:
     return HttpResponse(200, headers, response)
 
 
+class BodyBudget:
+    """Bytes of unfinished request bodies that a listener's DoH connections hold, and the bound on their sum
+    (``max_pending_body_bytes``): above it, the connections holding the most are cut first."""
+
+    __slots__ = ("cut", "held", "limit", "total")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held: dict[DohConnection, int] = {}
+        self.total = 0
+        self.cut = 0
+
+    def update(self, connection: DohConnection, size: int) -> None:
+        old = self.held.get(connection, 0)
+        if size == old:
+            return
+        if size:
+            self.held[connection] = size
+        else:
+            del self.held[connection]
+        self.total += size - old
+        if self.total <= self.limit:
+            return
+        for worst in sorted(self.held, key=self.held.__getitem__, reverse=True):
+            self.total -= self.held.pop(worst)
+            self.cut += 1
+            worst.abort()
+            if self.total <= self.limit:
+                break
+
+
+_BODY_BUDGETS: WeakKeyDictionary[TlsStreamListener, BodyBudget] = WeakKeyDictionary()
+
+
+def body_budget(listener: TlsStreamListener) -> BodyBudget:
+    """The body budget the DoH connections of LISTENER share."""
+    budget = _BODY_BUDGETS.get(listener)
+    if budget is None:
+        budget = _BODY_BUDGETS[listener] = BodyBudget(listener.config.max_pending_body_bytes)
+    return budget
+
+
+class RequestProgress(Progress):
+    """The request timeout of a DoH connection: what the client has owed the longest (the rest of a request,
+    or window for an answer) comes from its HTTP engine, so a trickle of bytes or a zero window is no
+    progress."""
+
+    def __init__(self, connection: DohConnection) -> None:
+        super().__init__()
+        self.connection = connection
+
+    def overdue(self, now: float, timeout: float) -> bool:
+        engine = self.connection.engine
+        since = None if engine is None else engine.oldest_unfinished()
+        return since is not None and now - since > timeout
+
+
 class DohConnection(TlsConnection):
-    """One DoH connection; the engine (HTTP/2 or HTTP/1.1) is chosen by ALPN after the handshake."""
+    """One DoH connection; the engine (HTTP/2 or HTTP/1.1) is chosen by ALPN after the handshake. Its idle
+    time is reset by whole requests and by answers, not by other bytes (slowloris, PING floods)."""
 
     kind = Transport.DOH
 
@@ -117,12 +186,17 @@ class DohConnection(TlsConnection):
         super().__init__(listener)
         self.engine: H2Engine | Http1Engine | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.progress = RequestProgress(self)
+        self.bodies = body_budget(listener)
+
+    def clock(self) -> float:
+        return asyncio.get_running_loop().time()
 
     def received(self, data: bytes) -> None:
-        self.touch()
         if self.engine is None:
             self.engine = H2Engine(self) if self.alpn == "h2" else Http1Engine(self)
         self.engine.received(data)
+        self.bodies.update(self, self.engine.body_bytes())
 
     def answer_now(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | bytes:
         """The answer we can give at once (an HTTP error, or the handler's fast path), else the DNS query that
@@ -157,13 +231,11 @@ class DohConnection(TlsConnection):
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-            self.touch()
 
     def write_records(self, chunks: list[bytes]) -> None:
         """Each chunk in a TLS record of its own, all in one send."""
         if chunks and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(chunks)
-            self.touch()
 
     def busy(self) -> bool:
         return bool(self.tasks) or (self.engine is not None and self.engine.busy())
@@ -179,6 +251,7 @@ class DohConnection(TlsConnection):
             self.close()
 
     def stopped(self) -> None:
+        self.bodies.update(self, 0)
         for task in self.tasks:
             task.cancel()
 
@@ -195,6 +268,7 @@ class H2Engine:
             max_header_bytes=MAX_HEADER_BYTES,
             max_body=MAX_MESSAGE,
             reset_allowance=RESET_ALLOWANCE,
+            clock=connection.clock,
         )
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.batch: list[bytes] | None = None  # answers of the read being handled
@@ -202,6 +276,12 @@ class H2Engine:
 
     def busy(self) -> bool:
         return self.h2.busy()
+
+    def body_bytes(self) -> int:
+        return self.h2.body_bytes
+
+    def oldest_unfinished(self) -> float | None:
+        return self.h2.oldest_unfinished()
 
     def received(self, data: bytes) -> None:
         # Answers made while handling this read are collected and sent together at the end: one TLS record per
@@ -230,8 +310,11 @@ class H2Engine:
             self.connection.maybe_finish_drain()
 
     def _request(self, request: Request) -> None:
+        self.connection.touch()
         answer = self.connection.answer_now(request.method, request.path, request.content_type, request.body)
         if isinstance(answer, HttpResponse):
+            if request.method == "HEAD":  # headers only (RFC 9110 section 9.3.2): a DATA frame is an error
+                answer = HttpResponse(answer.status, answer.headers)
             self._respond(request.stream_id, answer)
         else:
             self.tasks[request.stream_id] = self.connection.spawn(self._later(request.stream_id, answer))
@@ -248,6 +331,7 @@ class H2Engine:
             self._respond(stream_id, response)
 
     def _respond(self, stream_id: int, response: HttpResponse) -> None:
+        self.connection.touch()
         self.h2.respond(stream_id, response.status, response.headers, response.body)
         # One TLS record per response: dnsperf's DoH client (2.10) takes one response per SSL_read and loses
         # the rest of a record that holds several, then waits for the socket forever.
@@ -263,103 +347,151 @@ class H2Engine:
 
 
 class Http1Engine:
-    """HTTP/1.1, one request at a time (pipelined requests wait in the buffer), keep-alive, Content-Length
-    bodies only (chunked request bodies get 501)."""
+    """HTTP/1.1 on h11: one request at a time (pipelined requests wait in h11's buffer), keep-alive, bodies
+    with Content-Length or chunked, up to 65535 bytes. Whatever h11 rejects (a malformed request line or
+    header, a bad Content-Length) gets its 4xx and the connection closes; HEAD gets headers only;
+    ``Expect: 100-continue`` gets its interim 100 before the body is read."""
 
     def __init__(self, connection: DohConnection) -> None:
         self.connection = connection
-        self.buffer = bytearray()
-        self.active = False
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.request: h11.Request | None = None
+        self.body = bytearray()
+        self.active = False  # a query is with the handler
         self.closing = False
+        self.request_started: float | None = None  # when the first bytes of the request being received came
+        self.buffered = 0  # bytes in h11's buffer (pipelined requests, the head being received)
 
     def busy(self) -> bool:
         return self.active
 
+    def body_bytes(self) -> int:
+        return len(self.body) + self.buffered
+
+    def oldest_unfinished(self) -> float | None:
+        return self.request_started
+
+    def _note_progress(self) -> None:
+        """Count what h11 holds; start the request clock when bytes of a request we are reading wait for the
+        rest."""
+        self.buffered = len(self.h11.trailing_data[0])
+        if self.active or self.closing:
+            self.request_started = None
+        elif self.request_started is None and (
+            self.h11.their_state is h11.SEND_BODY or (self.h11.their_state is h11.IDLE and self.buffered)
+        ):
+            self.request_started = self.connection.clock()
+
     def received(self, data: bytes) -> None:
-        self.buffer += data
+        self.h11.receive_data(data)
         self._next()
-        if len(self.buffer) > MAX_HEADER_BYTES + MAX_MESSAGE + 1024 and self.connection.transport is not None:
-            self.connection.transport.pause_reading()  # the client pipelines faster than we answer
+        self._note_progress()
+        if self.buffered > MAX_HEADER_BYTES + MAX_MESSAGE + 1024:
+            self.connection.pause_reading_for_writes()  # the client pipelines faster than we answer
 
     def _next(self) -> None:
-        while self._one():
-            pass
+        while not self.active and not self.closing:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                reason = "request header too large" if status == 431 else f"malformed request: {exc}"
+                self._send(http_error(status, reason), close=True)
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                    return
+                self.h11.start_next_cycle()
+            elif isinstance(event, h11.Request):
+                self._start(event)
+            elif isinstance(event, h11.Data):
+                self.body += event.data
+                if len(self.body) > MAX_MESSAGE:
+                    self._send(http_error(413, "DNS message larger than 65535 bytes"), close=True)
+            elif isinstance(event, h11.EndOfMessage):
+                self._complete()
+            else:  # ConnectionClosed
+                self.closing = True
+                self.connection.close()
 
-    def _one(self) -> bool:
-        """Take one request from the buffer; True when it was answered at once and the next may follow."""
-        if self.active or self.closing:
-            return False
-        head_end = self.buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            if len(self.buffer) > MAX_HEADER_BYTES:
-                self._finish(http_error(431, "request header too large"), close=True)
-            return False
-        if head_end > MAX_HEADER_BYTES:
-            self._finish(http_error(431, "request header too large"), close=True)
-            return False
-        lines = bytes(self.buffer[:head_end]).decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                self._finish(http_error(400, "malformed header"), close=True)
-                return False
-            headers[name.lower()] = value.strip()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self._finish(http_error(400, "malformed request line"), close=True)
-            return False
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._finish(http_error(501, "chunked request bodies are not supported"), close=True)
-            return False
-        length_text = headers.get("content-length", "0")
-        if not length_text.isdigit():
-            self._finish(http_error(400, "bad content-length"), close=True)
-            return False
-        length = int(length_text)
-        if length > MAX_MESSAGE:
-            self._finish(http_error(413, "DNS message larger than 65535 bytes"), close=True)
-            return False
-        if len(self.buffer) < head_end + 4 + length:
-            return False
-        body = bytes(self.buffer[head_end + 4 : head_end + 4 + length])
-        del self.buffer[: head_end + 4 + length]
-        close = headers.get("connection", "").lower() == "close" or parts[2] == "HTTP/1.0"
-        answer = self.connection.answer_now(parts[0], parts[1], headers.get("content-type"), body)
+    def _start(self, request: h11.Request) -> None:
+        self.request = request
+        self.body.clear()
+        length = _header(request, b"content-length")
+        # h11 bounds a head that is still incomplete; one that arrived whole in a single read is bounded here.
+        if len(request.target) + sum(len(name) + len(value) + 4 for name, value in request.headers) > MAX_HEADER_BYTES:
+            self._send(http_error(431, "request header too large"), close=True)
+        elif length is not None and int(length) > MAX_MESSAGE:  # h11 checked that it is digits
+            self._send(http_error(413, "DNS message larger than 65535 bytes"), close=True)
+        elif self.h11.they_are_waiting_for_100_continue:
+            self.connection.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+
+    def _complete(self) -> None:
+        request = self.request
+        assert request is not None
+        self.request_started = None
+        self.connection.touch()
+        answer = self.connection.answer_now(
+            request.method.decode("ascii", "replace"),
+            request.target.decode("latin-1"),
+            None if (content_type := _header(request, b"content-type")) is None else content_type.decode("latin-1"),
+            bytes(self.body),
+        )
+        self.body.clear()
         if isinstance(answer, bytes):
             self.active = True
-            self.connection.spawn(self._later(answer, close))
-            return False
-        self._finish(answer, close=close or self.connection.draining)
-        return not self.closing
+            self.connection.spawn(self._later(answer))
+        else:
+            self._send(answer, close=self.connection.draining)
 
-    async def _later(self, query: bytes, close: bool) -> None:
+    async def _later(self, query: bytes) -> None:
         try:
             response = await self.connection.answer_later(query)
         finally:
             self.active = False
         if response is None:
+            self.closing = True
             self.connection.close()
             return
-        self._finish(response, close=close or self.connection.draining)
-        if self.connection.transport is not None and not self.closing:
-            self.connection.transport.resume_reading()
+        self._send(response, close=self.connection.draining)
+        if not self.closing:
+            self.connection.resume_reading_if_possible()
             self._next()
+            self._note_progress()
+            self.connection.bodies.update(self.connection, self.body_bytes())
 
-    def _finish(self, response: HttpResponse, *, close: bool) -> None:
-        reason = _REASONS.get(response.status, "")
-        lines = [f"HTTP/1.1 {response.status} {reason}"]
-        lines += [f"{name}: {value}" for name, value in response.headers]
-        if close:
-            lines.append("connection: close")
-        self.connection.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body)
-        if close:
+    def _send(self, response: HttpResponse, *, close: bool) -> None:
+        self.connection.touch()
+        headers = [*response.headers, ("connection", "close")] if close else response.headers
+        head = h11.Response(
+            status_code=response.status, headers=headers, reason=_REASONS.get(response.status, "").encode()
+        )
+        try:
+            data = self.h11.send(head) or b""
+            if response.body and not (self.request is not None and self.request.method == b"HEAD"):
+                data += self.h11.send(h11.Data(data=response.body)) or b""
+            data += self.h11.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:  # nothing we may send in this state (the client broke the exchange)
+            data = b""
+            close = True
+        self.request = None
+        self.connection.write(data)
+        if close or self.h11.our_state is h11.MUST_CLOSE:
             self.closing = True
             self.connection.close()
 
     def drain(self) -> None:
         if not self.active:
             self.closing = True
+
+
+def _header(request: h11.Request, name: bytes) -> bytes | None:
+    for header, value in request.headers:
+        if header == name:
+            return value
+    return None
 
 
 _REASONS = {

@@ -37,12 +37,15 @@ class DotConnection(TlsConnection):
         self.read_paused = False
 
     def received(self, data: bytes) -> None:
-        self.touch()
         try:
             messages = self.framer.feed(data)
         except FramingError:
             self.abort()
             return
+        # Whole queries are activity; bytes of one that never completes are not (slowloris).
+        self.progress.fed(asyncio.get_running_loop().time(), len(messages), self.framer.buffered)
+        if messages:
+            self.touch()
         for wire in messages:
             self.query(wire)
         if len(self.tasks) >= self.config.max_pipelined and not self.read_paused:

@@ -33,6 +33,11 @@ class LengthPrefixedFramer:
             del buffer[:offset]
         return messages
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held (a query in progress: the query timeout runs)."""
+        return len(self._buffer)
+
 
 def frame(message: bytes) -> bytes:
     return len(message).to_bytes(2, "big") + message

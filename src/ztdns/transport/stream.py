@@ -10,6 +10,12 @@ slow or stalled client costs a pending task, not a stalled loop) and is bounded 
 refused handshake is logged with its reason (expired, unknown CA, revoked, no certificate). After the
 handshake the connection protocol (DoT framing or HTTP) gets ``connection_made`` and builds its
 :class:`ClientInfo`, with the identity of the verified client certificate.
+
+What one client may hold (:mod:`ztdns.transport.limits`): ``max_connections_per_client`` per address (handshakes
+included), or per certificate identity once the handshake proved one; a message must arrive whole within
+``query_timeout`` of its first byte (subclasses report progress with ``progress.fed``); a connection whose
+answers stay unread for ``idle_timeout`` is cut, and so are the biggest holders when the listener's unread
+answers pass ``max_buffered_bytes``.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ from ztdns.client import ClientInfo, Transport
 from ztdns.config.listen import ListenConfig
 from ztdns.identity.certificates import identity_from_certificate
 from ztdns.transport import Handler
+from ztdns.transport.limits import ClientSlots, Progress, StreamProtocol, WriteBudget
 from ztdns.transport.tls import RefusalLog, TlsMaterial, refusal_reason
 
 log = logging.getLogger(__name__)
 
 
-class TlsConnection(asyncio.Protocol):
+class TlsConnection(StreamProtocol):
     """One established TLS connection. Subclasses speak the application protocol; this base knows the client,
     the listener it belongs to, idleness, and write back-pressure."""
 
@@ -47,6 +54,11 @@ class TlsConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.draining = False
         self.write_paused = False
+        self.write_paused_at = 0.0
+        # Progress of the message (query, HTTP request) being received: subclasses call progress.fed().
+        self.progress = Progress()
+        # The per-client slot this connection holds: its address until a certificate identity replaces it.
+        self.slot: str | None = None
 
     # asyncio.Protocol
 
@@ -64,22 +76,39 @@ class TlsConnection(asyncio.Protocol):
         self.client = ClientInfo(self.kind, peer[0], peer[1], identity, stream=True)
         self.last_activity = asyncio.get_running_loop().time()
         self.listener.connections.add(self)
+        if identity is not None:  # counted by who it proved to be, not by the address it came from
+            self.release_slot()
+            if not self.listener.slots.take(f"certificate {identity}"):
+                self.abort()
+                return
+            self.slot = f"certificate {identity}"
 
     def data_received(self, data: bytes) -> None:
         self.received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.release_slot()
+        self.listener.budget.unblock(self)
         self.listener.connection_gone(self)
         self.stopped()
 
     def pause_writing(self) -> None:
-        # The client is not reading its answers: stop reading its questions until it does.
+        # The client is not reading its answers: stop reading its questions until it does (closed if it never
+        # does: the listener's sweep, after idle_timeout).
         self.write_paused = True
+        self.write_paused_at = asyncio.get_running_loop().time()
         self.pause_reading_for_writes()
+        self.listener.budget.block(self)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.listener.budget.unblock(self)
         self.resume_reading_if_possible()
+
+    def release_slot(self) -> None:
+        if self.slot is not None:
+            self.listener.slots.give(self.slot)
+            self.slot = None
 
     # For subclasses
 
@@ -109,14 +138,6 @@ class TlsConnection(asyncio.Protocol):
     def touch(self) -> None:
         self.last_activity = asyncio.get_running_loop().time()
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
 
 class TlsStreamListener:
     """A DoT or DoH listener, made by ``start_dot_listener`` or ``start_doh_listener``."""
@@ -134,6 +155,8 @@ class TlsStreamListener:
         self.make_connection = make_connection
         self.connections: set[TlsConnection] = set()
         self.handshakes: set[asyncio.Task[None]] = set()
+        self.slots = ClientSlots(config.max_connections_per_client)
+        self.budget = WriteBudget(config.max_buffered_bytes)
         # Handshakes that failed (bad certificate, timeout, not TLS); ``refusals.total`` counts them.
         self.refusals = RefusalLog(f"{config.transport} {config.address}")
         self._socket: socket.socket | None = None
@@ -176,8 +199,11 @@ class TlsStreamListener:
                 continue
             self.accepted(sock, peer)
 
-    def accepted(self, sock: socket.socket, peer: object) -> None:
+    def accepted(self, sock: socket.socket, peer: Any) -> None:
         if self._closing or len(self.connections) + len(self.handshakes) >= self.config.max_connections:
+            sock.close()
+            return
+        if not self.slots.take(peer[0]):  # this address holds its share of connections already
             sock.close()
             return
         # Answers are small and latency-bound: do not let Nagle hold them back.
@@ -187,8 +213,9 @@ class TlsStreamListener:
         self.handshakes.add(task)
         task.add_done_callback(self.handshakes.discard)
 
-    async def _handshake(self, sock: socket.socket, peer: object) -> None:
+    async def _handshake(self, sock: socket.socket, peer: Any) -> None:
         connection = self.make_connection(self)
+        connection.slot = peer[0]
         try:
             # The TLS layer calls connection.connection_made once the handshake is done.
             await asyncio.get_running_loop().connect_accepted_socket(
@@ -200,6 +227,9 @@ class TlsStreamListener:
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
             # The event loop has closed the socket.
             self.refusals.refused(refusal_reason(exc))  # the reason, never the peer: see observe/
+        finally:
+            if connection.transport is None:  # no connection came of it (refused, timed out, cancelled)
+                connection.release_slot()
 
     def connection_gone(self, connection: TlsConnection) -> None:
         self.connections.discard(connection)
@@ -210,11 +240,20 @@ class TlsStreamListener:
         timeout = self.config.idle_timeout
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
+            await asyncio.sleep(min(1.0, timeout / 4, self.config.query_timeout / 4))
             self.refusals.flush()
-            cutoff = loop.time() - timeout
+            now = loop.time()
+            cutoff = now - timeout
             for connection in [c for c in self.connections if c.last_activity < cutoff and not c.busy()]:
                 connection.close()
+            # A message trickling in (slowloris), or answers left unread for idle_timeout: the slot is wasted.
+            query_timeout = self.config.query_timeout
+            for connection in [
+                c
+                for c in self.connections
+                if c.progress.overdue(now, query_timeout) or (c.write_paused and c.write_paused_at < cutoff)
+            ]:
+                connection.abort()
 
     async def close(self, drain_seconds: float = 5.0) -> None:
         """Stop accepting, let connections finish what is in flight for up to DRAIN_SECONDS, then cut them."""

@@ -1,0 +1,182 @@
+"""HPACK (RFC 7541): the request header decoder with its dynamic table, and a stateless response encoder that
+never indexes into the client's table (so we keep no encoder state)."""
+
+from __future__ import annotations
+
+from hpack.table import HeaderTable
+
+from ztdns.transport.http2.frames import ErrorCode, ProtocolError
+from ztdns.transport.http2.huffman import huffman_decode
+
+HEADER_TABLE_SIZE = 4096  # our decoder's dynamic table (the RFC default; we never advertise more)
+
+_STATIC: list[tuple[bytes, bytes]] = list(HeaderTable.STATIC_TABLE)
+_STATIC_COUNT = len(_STATIC)
+
+
+class HpackDecoder:
+    """Header block decoding with the dynamic table; any error is a COMPRESSION_ERROR connection error."""
+
+    def __init__(self, max_table_size: int = HEADER_TABLE_SIZE) -> None:
+        self.max_allowed = max_table_size  # what we advertised
+        self.max_size = max_table_size  # what the encoder chose (size updates)
+        self.size = 0
+        self.dynamic: list[tuple[bytes, bytes]] = []  # newest first
+
+    def decode(self, block: bytes, max_list_size: int) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        list_size = 0
+        offset, end = 0, len(block)
+        at_start = True
+        while offset < end:
+            first = block[offset]
+            if 0x80 < first <= 0x80 + _STATIC_COUNT:  # indexed, from the static table: most fields of a request
+                headers.append(_STATIC[first - 0x81])
+                offset += 1
+            elif 0x80 + _STATIC_COUNT < first < 0xFF:  # indexed, from the dynamic table with a one-byte index
+                position = first - 0x81 - _STATIC_COUNT
+                if position >= len(self.dynamic):
+                    raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"no header table entry {first & 0x7F}")
+                headers.append(self.dynamic[position])
+                offset += 1
+            elif first & 0x80:  # indexed header field
+                index, offset = self._integer(block, offset, 7)
+                headers.append(self._entry(index))
+            elif first & 0x40:  # literal with incremental indexing
+                header, offset = self._literal(block, offset, 6)
+                self._add(header)
+                headers.append(header)
+            elif first & 0x20:  # dynamic table size update: only before the first field
+                if not at_start:
+                    raise ProtocolError(ErrorCode.COMPRESSION_ERROR, "table size update after a field")
+                size, offset = self._integer(block, offset, 5)
+                if size > self.max_allowed:
+                    raise ProtocolError(ErrorCode.COMPRESSION_ERROR, "table size above our setting")
+                self.max_size = size
+                self._evict()
+                continue
+            else:  # literal without indexing (0000) or never indexed (0001)
+                header, offset = self._literal(block, offset, 4)
+                headers.append(header)
+            at_start = False
+            list_size += len(headers[-1][0]) + len(headers[-1][1]) + 32
+            if list_size > max_list_size:
+                # Indexed fields can repeat a large table entry cheaply: stop before the list grows further.
+                raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header list larger than advertised")
+        return headers
+
+    @staticmethod
+    def _integer(block: bytes, offset: int, prefix: int) -> tuple[int, int]:
+        mask = (1 << prefix) - 1
+        try:
+            value = block[offset] & mask
+            offset += 1
+            if value < mask:
+                return value, offset
+            shift = 0
+            while True:
+                byte = block[offset]
+                offset += 1
+                value += (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    return value, offset
+                if shift > 28:
+                    raise ProtocolError(ErrorCode.COMPRESSION_ERROR, "integer too large")
+        except IndexError:
+            raise ProtocolError(ErrorCode.COMPRESSION_ERROR, "truncated integer") from None
+
+    def _string(self, block: bytes, offset: int) -> tuple[bytes, int]:
+        if offset >= len(block):
+            raise ProtocolError(ErrorCode.COMPRESSION_ERROR, "truncated string")
+        huffman = block[offset] & 0x80
+        length, offset = self._integer(block, offset, 7)
+        if offset + length > len(block):
+            raise ProtocolError(ErrorCode.COMPRESSION_ERROR, "string runs past the block")
+        raw = block[offset : offset + length]
+        return (huffman_decode(raw) if huffman else raw), offset + length
+
+    def _literal(self, block: bytes, offset: int, prefix: int) -> tuple[tuple[bytes, bytes], int]:
+        index, offset = self._integer(block, offset, prefix)
+        if index:
+            name = self._entry(index)[0]
+        else:
+            name, offset = self._string(block, offset)
+        value, offset = self._string(block, offset)
+        return (name, value), offset
+
+    def _entry(self, index: int) -> tuple[bytes, bytes]:
+        if 0 < index <= _STATIC_COUNT:
+            return _STATIC[index - 1]
+        position = index - _STATIC_COUNT - 1
+        if index == 0 or position >= len(self.dynamic):
+            raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"no header table entry {index}")
+        return self.dynamic[position]
+
+    def _add(self, header: tuple[bytes, bytes]) -> None:
+        size = len(header[0]) + len(header[1]) + 32
+        if size > self.max_size:  # RFC 7541 section 4.4: an entry larger than the table empties it
+            self.dynamic.clear()
+            self.size = 0
+            return
+        self.dynamic.insert(0, header)
+        self.size += size
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.size > self.max_size:
+            name, value = self.dynamic.pop()
+            self.size -= len(name) + len(value) + 32
+
+
+def _hpack_integer(value: int, prefix: int, first: int) -> bytes:
+    mask = (1 << prefix) - 1
+    if value < mask:
+        return bytes((first | value,))
+    out = bytearray((first | mask,))
+    value -= mask
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_STATUS_INDEX = {int(value): index + 1 for index, (name, value) in enumerate(_STATIC) if name == b":status"}
+_NAME_INDEX: dict[str, int] = {}
+for _index, (_name, _value) in enumerate(_STATIC):
+    _NAME_INDEX.setdefault(_name.decode(), _index + 1)
+
+
+_BLOCKS: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}  # DoH answers repeat a few header sets
+
+
+def encode_headers(status: int, headers: list[tuple[str, str]]) -> bytes:
+    """A response header block: static-table references and literals never added to the client's table, so
+    we keep no encoder state (the block is a few bytes longer; DoH responses carry four headers)."""
+    key = (status, tuple(headers))
+    block = _BLOCKS.get(key)
+    if block is None:
+        if len(_BLOCKS) >= 4096:
+            _BLOCKS.clear()
+        block = _BLOCKS[key] = _encode_headers(status, headers)
+    return block
+
+
+def _encode_headers(status: int, headers: list[tuple[str, str]]) -> bytes:
+    parts = []
+    index = _STATUS_INDEX.get(status)
+    if index is not None:
+        parts.append(bytes((0x80 | index,)))
+    else:
+        parts.append(b"\x08" + _hpack_integer(3, 7, 0) + str(status).encode())
+    for name, value in headers:
+        name_index = _NAME_INDEX.get(name)
+        if name_index is not None:
+            parts.append(_hpack_integer(name_index, 4, 0))
+        else:
+            raw_name = name.encode("latin-1")
+            parts.append(b"\x00" + _hpack_integer(len(raw_name), 7, 0) + raw_name)
+        raw_value = value.encode("latin-1")
+        parts.append(_hpack_integer(len(raw_value), 7, 0) + raw_value)
+    return b"".join(parts)

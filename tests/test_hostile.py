@@ -1,0 +1,220 @@
+"""Hostile clients against a real `ztdns serve` (issue 12): each attack runs for a bounded time, then the server
+must still answer, and its open fds and memory must be back where they were.
+
+Attacks: TCP resets before the connection is handled, DoT connect–query–close during cache misses (upstream
+socket leak), a non-reading TCP pipeliner (write back-pressure), slowloris on TCP and DoT, one client holding
+every connection slot, a black-holed upstream (serve-stale timer), an unwritable query log, a stalled stdout at
+SIGTERM, and meta query types (TSIG, TKEY, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import pytest
+
+from fixtures.hostile import (
+    SlowUpstream,
+    client_context,
+    dot_listener,
+    open_fds,
+    pid_of,
+    rss_mb,
+    server_config,
+    settle_fds,
+)
+from fixtures.server import ServerProcess, tcp_query
+from fixtures.unbound import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def slow_upstream() -> Iterator[SlowUpstream]:
+    with SlowUpstream(delay=0.3) as upstream:
+        yield upstream
+
+
+def reset_connection(port: int) -> None:
+    """Connect and abort at once: SO_LINGER 0 makes close() send RST instead of FIN."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.connect(("127.0.0.1", port))
+    sock.close()
+
+
+def test_tcp_resets_leave_no_slot_fd_or_traceback(tmp_path: Path, slow_upstream: SlowUpstream) -> None:
+    port = free_port()
+    text = server_config(port, slow_upstream.address).replace(
+        'transport = "tcp"\n', 'transport = "tcp"\nmax_connections = 50\n'
+    )
+    with ServerProcess(text, tmp_path, port=port) as server:
+        pid = pid_of(server)
+        assert tcp_query(port, "warm.test").rcode() == dns.rcode.NOERROR
+        baseline = open_fds(pid)
+        deadline = time.monotonic() + 20
+        for _ in range(2000):  # 40 times max_connections: a leaked slot per reset would lock everyone out
+            reset_connection(port)
+            if time.monotonic() > deadline:
+                break
+        assert tcp_query(port, "after.test").rcode() == dns.rcode.NOERROR
+        assert settle_fds(pid, baseline) <= baseline
+        assert "Traceback" not in server.stderr and "TypeError" not in server.stderr
+
+
+def framed_query(name: str, rdtype: str = "A") -> bytes:
+    wire = dns.message.make_query(name, rdtype).to_wire()
+    return struct.pack("!H", len(wire)) + wire
+
+
+def test_clients_leaving_during_misses_leak_no_upstream_socket(tmp_path: Path, slow_upstream: SlowUpstream) -> None:
+    port, dot_port = free_port(), free_port()
+    text = server_config(port, slow_upstream.address, listeners=dot_listener(tmp_path, dot_port))
+    context = client_context(tmp_path)
+    with ServerProcess(text, tmp_path, port=port) as server:
+        pid = pid_of(server)
+        assert tcp_query(port, "warm.test").rcode() == dns.rcode.NOERROR
+        baseline = open_fds(pid)
+        deadline = time.monotonic() + 60
+        for index in range(500):  # DoT: connect, ask a name nobody asked (a miss: 0.3 s upstream), close
+            with (
+                socket.create_connection(("127.0.0.1", dot_port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                tls.sendall(framed_query(f"dot{index}.miss.test"))
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:  # TCP: the same
+                plain.sendall(framed_query(f"tcp{index}.miss.test"))
+            if time.monotonic() > deadline:
+                break
+        assert slow_upstream.received > 100
+        assert settle_fds(pid, baseline) <= baseline
+        assert tcp_query(port, "after.test").rcode() == dns.rcode.NOERROR
+
+
+def stream_options(**values: object) -> str:
+    return "".join(f"{key} = {value}\n" for key, value in values.items())
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes SOCK within SECONDS (reading and discarding whatever it sends)."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            return True
+    return False
+
+
+def test_non_reading_pipeliner_is_bounded_and_closed(tmp_path: Path, slow_upstream: SlowUpstream) -> None:
+    port = free_port()
+    tcp = stream_options(idle_timeout=2)
+    text = server_config(port, slow_upstream.address).replace('transport = "tcp"\n', f'transport = "tcp"\n{tcp}')
+    with ServerProcess(text, tmp_path, port=port) as server:
+        pid = pid_of(server)
+        assert tcp_query(port, "cached.test").rcode() == dns.rcode.NOERROR  # now a replay: answered inline
+        before = rss_mb(pid)
+        burst = framed_query("cached.test") * 2000
+
+        def pipeliner() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.setblocking(False)
+            return sock
+
+        attacker = pipeliner()
+        sent = cut = 0
+        latencies = []
+        end = time.monotonic() + 5
+        while time.monotonic() < end:  # it never reads; when cut, it comes back
+            try:
+                sent += attacker.send(burst)
+            except BlockingIOError:
+                pass
+            except OSError:
+                attacker.close()
+                cut += 1
+                attacker = pipeliner()
+            started = time.monotonic()
+            assert tcp_query(port, "cached.test").rcode() == dns.rcode.NOERROR  # others are still served
+            latencies.append(time.monotonic() - started)
+        grown = rss_mb(pid) - before
+        assert sent > 100_000  # the server read a lot before it stopped reading
+        assert grown < 50, f"RSS grew {grown:.0f} MB"
+        assert sorted(latencies)[len(latencies) * 9 // 10] < 0.1
+        assert cut >= 1 or closed_within(attacker, 5)  # its answers stayed unread for idle_timeout: closed
+        attacker.close()
+
+
+def test_slowloris_on_tcp_and_dot_is_cut_by_the_query_timeout(tmp_path: Path, slow_upstream: SlowUpstream) -> None:
+    port, dot_port = free_port(), free_port()
+    limits = stream_options(idle_timeout=30, query_timeout=2)
+    text = server_config(port, slow_upstream.address, listeners=dot_listener(tmp_path, dot_port, limits)).replace(
+        'transport = "tcp"\n', f'transport = "tcp"\n{limits}'
+    )
+    context = client_context(tmp_path)
+    with ServerProcess(text, tmp_path, port=port):
+        plain = socket.create_connection(("127.0.0.1", port), timeout=5)
+        tls = context.wrap_socket(socket.create_connection(("127.0.0.1", dot_port), timeout=5))
+        query = framed_query("trickle.test")
+        started = time.monotonic()
+        cut: dict[str, float] = {}
+        for index in range(len(query)):  # one byte a second: never silent for long, never a whole query
+            for name, sock in (("tcp", plain), ("dot", tls)):
+                if name not in cut:
+                    try:
+                        sock.sendall(query[index : index + 1])
+                    except OSError:
+                        cut[name] = time.monotonic() - started
+            if len(cut) == 2 or time.monotonic() - started > 8:
+                break
+            for name, sock in (("tcp", plain), ("dot", tls)):
+                if name not in cut and closed_within(sock, 1.0 / 2):
+                    cut[name] = time.monotonic() - started
+        assert set(cut) == {"tcp", "dot"}, cut
+        assert all(seconds < 4.5 for seconds in cut.values()), cut
+        plain.close()
+        tls.close()
+        assert tcp_query(port, "after.test").rcode() == dns.rcode.NOERROR
+
+
+def test_one_client_cannot_take_every_slot(tmp_path: Path, slow_upstream: SlowUpstream) -> None:
+    port, dot_port = free_port(), free_port()
+    limits = stream_options(max_connections_per_client=4)
+    text = server_config(port, slow_upstream.address, listeners=dot_listener(tmp_path, dot_port, limits)).replace(
+        'transport = "tcp"\n', f'transport = "tcp"\n{limits}'
+    )
+    context = client_context(tmp_path)
+    with ServerProcess(text, tmp_path, port=port):
+        held = []
+        for _ in range(4):
+            held.append(socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)))
+            raw = socket.create_connection(("127.0.0.1", dot_port), source_address=("127.0.0.2", 0))
+            held.append(context.wrap_socket(raw))
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+        assert closed_within(extra, 2)  # the fifth from the same address: refused
+        extra_tls = socket.create_connection(("127.0.0.1", dot_port), source_address=("127.0.0.2", 0))
+        with pytest.raises((ssl.SSLError, OSError)):
+            context.wrap_socket(extra_tls).recv(1)
+        # Another client is served meanwhile, on both transports.
+        assert tcp_query(port, "other.test").rcode() == dns.rcode.NOERROR
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", dot_port), timeout=5)) as other:
+            other.sendall(framed_query("other.test"))
+            assert len(other.recv(2)) == 2
+        for sock in held:
+            sock.close()
