@@ -15,7 +15,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
@@ -108,6 +108,22 @@ def dns_response(query: bytes, response: bytes) -> HttpResponse:
     return HttpResponse(200, headers, response)
 
 
+# Other GET paths a DoH listener answers (the attestation report): path → coroutine of the query string and the
+# listener's current certificate (PEM). Answered as a DNS query is, in a task.
+Route = Callable[[str, bytes], Awaitable[HttpResponse]]
+
+
+class RouteRequest(bytes):
+    """A request for a route. It is bytes so that the engines carry it to :meth:`DohConnection.answer_later`
+    exactly as they carry a DNS query."""
+
+    route: Route
+
+
+class DohListener(TlsStreamListener):
+    routes: Mapping[str, Route] = {}
+
+
 class DohConnection(TlsConnection):
     """One DoH connection; the engine (HTTP/2 or HTTP/1.1) is chosen by ALPN after the handshake."""
 
@@ -117,6 +133,7 @@ class DohConnection(TlsConnection):
         super().__init__(listener)
         self.engine: H2Engine | Http1Engine | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.routes = listener.routes if isinstance(listener, DohListener) else {}
 
     def received(self, data: bytes) -> None:
         self.touch()
@@ -127,6 +144,11 @@ class DohConnection(TlsConnection):
     def answer_now(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | bytes:
         """The answer we can give at once (an HTTP error, or the handler's fast path), else the DNS query that
         must go to :meth:`answer_later`. Cache hits are answered inline, without a task per request."""
+        route = self.routes.get(target.partition("?")[0]) if method == "GET" else None
+        if route is not None:
+            request = RouteRequest(target.partition("?")[2].encode("latin-1"))
+            request.route = route
+            return request
         decoded = decode_request(method, target, content_type, body, self.config.path)
         if isinstance(decoded, HttpResponse):
             return decoded
@@ -139,6 +161,8 @@ class DohConnection(TlsConnection):
 
     async def answer_later(self, query: bytes) -> HttpResponse | None:
         """The handler's full answer; None when it dropped the query (the engine then cancels the request)."""
+        if isinstance(query, RouteRequest):
+            return await query.route(query.decode("latin-1"), self.listener.material.current.cert_pem)
         response = await self.handler.handle(query, self.client)
         return None if response is None else dns_response(query, response)
 
@@ -371,13 +395,14 @@ _REASONS = {
     415: "Unsupported Media Type",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
+    503: "Service Unavailable",
 }
 
 
 async def start_doh_listener(
     config: ListenConfig, handler: Handler, tls: TlsMaterial, *, reuse_port: bool = False
-) -> TlsStreamListener:
+) -> DohListener:
     """Listen for DoH on ``config.address`` at ``config.path``. Close with ``await listener.close(drain)``."""
-    listener = TlsStreamListener(config, handler, tls, DohConnection)
+    listener = DohListener(config, handler, tls, DohConnection)
     await listener.start(reuse_port=reuse_port)
     return listener
