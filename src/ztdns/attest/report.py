@@ -61,10 +61,10 @@ class Attestor:
     """One process's measurements and evidence source. ``measure`` and ``report`` block (files, the TPM):
     servers call them in a thread."""
 
-    def __init__(self, config: Config, worker: int = 0) -> None:
+    def __init__(self, config: Config, worker: int = 0, evidence: str | None = None) -> None:
         self.settings: AttestationConfig = config.attestation
         self.worker = worker
-        self.kind = self._evidence_kind(self.settings)
+        self.kind = evidence or self._evidence_kind(self.settings)
         self.tpm = (
             tpm.Tpm(self.settings.tpm_tcti, self.settings.ak_handle, self.settings.pcr) if self.kind == "tpm" else None
         )
