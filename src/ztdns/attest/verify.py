@@ -16,6 +16,7 @@ import base64
 import http.client
 import json
 import os
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -65,24 +66,34 @@ def report_url(url: str) -> str:
     return url if parts.path not in ("", "/") else f"{parts.scheme}://{parts.netloc}{PATH}"
 
 
-def fetch(url: str, context: ssl.SSLContext, nonce: bytes | None = None, timeout: float = 10.0) -> Fetched:
-    """GET the report with a fresh random nonce (HTTP/1.1), keeping the certificate the server presented."""
+def fetch(
+    url: str, context: ssl.SSLContext, nonce: bytes | None = None, timeout: float = 10.0, server_name: str | None = None
+) -> Fetched:
+    """GET the report with a fresh random nonce (HTTP/1.1), keeping the certificate the server presented.
+    ``server_name`` is sent as SNI and checked against the certificate when ``context`` checks hostnames."""
     nonce = os.urandom(32) if nonce is None else nonce
     parts = urlsplit(report_url(url))
     if parts.scheme != "https" or not parts.hostname:
         raise FetchError(f"{url}: not an https URL")
     context.set_alpn_protocols(["http/1.1"])
-    connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout, context=context)
+    host = parts.hostname
+    authority = f"[{host}]" if ":" in host else host
+    request = (
+        f"GET {parts.path}?nonce={nonce.hex()} HTTP/1.1\r\nHost: {authority}\r\naccept: application/json\r\n"
+        "connection: close\r\n\r\n"
+    )
     try:
-        connection.request("GET", f"{parts.path}?nonce={nonce.hex()}", headers={"accept": "application/json"})
-        response = connection.getresponse()
-        sock = connection.sock
-        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-        body = response.read(MAX_REPORT + 1)
+        with (
+            socket.create_connection((host, parts.port or 443), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=server_name or host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            tls.sendall(request.encode("ascii"))
+            response = http.client.HTTPResponse(tls)
+            response.begin()
+            body = response.read(MAX_REPORT + 1)
     except (OSError, http.client.HTTPException) as exc:
         raise FetchError(f"{url}: {exc}") from None
-    finally:
-        connection.close()
     if response.status != 200:
         raise FetchError(f"{url}: HTTP {response.status}: {body[:200].decode(errors='replace').strip()}")
     if der is None:
@@ -98,17 +109,13 @@ def fetch(url: str, context: ssl.SSLContext, nonce: bytes | None = None, timeout
     return Fetched(report, spki_of(x509.load_der_x509_certificate(der)), nonce)
 
 
-def client_context(
-    ca: str | None = None, cert: str | None = None, key: str | None = None, server_name: str | None = None
-) -> ssl.SSLContext:
-    """TLS for fetching: the chain is checked against ``ca`` when given; without one the SPKI binding is what
-    ties the report to the server (the check ``spki``), and the hostname is not checked."""
+def client_context(ca: str | None = None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """TLS for fetching: the chain and name are checked against ``ca`` when given; without one the SPKI binding
+    is what ties the report to the server (the check ``spki``)."""
     context = ssl.create_default_context(cafile=ca) if ca else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if not ca:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    elif server_name is None:
-        context.check_hostname = False
     if cert:
         context.load_cert_chain(cert, key)
     return context

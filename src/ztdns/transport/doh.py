@@ -144,14 +144,15 @@ class DohConnection(TlsConnection):
     def answer_now(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | bytes:
         """The answer we can give at once (an HTTP error, or the handler's fast path), else the DNS query that
         must go to :meth:`answer_later`. Cache hits are answered inline, without a task per request."""
-        route = self.routes.get(target.partition("?")[0]) if method == "GET" else None
-        if route is not None:
-            request = RouteRequest(target.partition("?")[2].encode("latin-1"))
-            request.route = route
-            return request
         decoded = decode_request(method, target, content_type, body, self.config.path)
         if isinstance(decoded, HttpResponse):
-            return decoded
+            path, _, query_string = target.partition("?")
+            route = self.routes.get(path) if decoded.status == 404 and method == "GET" else None
+            if route is None:
+                return decoded
+            request = RouteRequest(query_string.encode("latin-1"))
+            request.route = route
+            return request
         try:
             response = self.handler.fast(decoded, self.client)
         except Exception:
