@@ -3,7 +3,9 @@ checked by `ztdns attest verify`; each way it can be wrong is rejected by its ow
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -14,15 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.message
 import pytest
 
 from fixtures.server import ServerProcess
 from fixtures.swtpm import SwTpm, missing
 from fixtures.tls import Pki, pki
 from fixtures.unbound import free_port
+from ztdns.agent.config import AgentConfig
+from ztdns.agent.upstream import UpstreamError, Upstreams
 from ztdns.attest.measure import PACKAGE_DIR, spki_sha256
 from ztdns.attest.tpm import Tpm
 from ztdns.attest.verify import References, client_context, fetch, summary, verify_report
+from ztdns.config import parse_model
 
 __all__ = ["pki"]
 
@@ -58,6 +64,10 @@ policies = ["base"]
 [policies.base]
 allow = ["**"]
 deny_lists = ["blocked.txt"]
+
+[[local_zones]]
+name = "corp.test"
+records = ["corp.test. 300 IN SOA ns.corp.test. h.corp.test. 1 3600 600 86400 300", "www.corp.test. 300 IN A 192.0.2.7"]
 
 [log.query_log]
 output = "off"
@@ -96,9 +106,11 @@ class Attested:
         report: dict[str, Any] = json.loads(out)
         return report
 
-    def reload(self, events: int) -> None:
-        self.server.signal(signal.SIGHUP)
+    def reload(self) -> None:
+        """SIGHUP, and wait until the reload's measurement is in the event log."""
         log = self.directory / "state" / "attestation" / "pcr23-events.jsonl"
+        events = len(log.read_text().splitlines()) + 1
+        self.server.signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
         while len(log.read_text().splitlines()) < events:
             assert time.monotonic() < deadline, self.server.stderr
@@ -218,14 +230,14 @@ def test_list_file_edited_after_start_is_a_config_digest_mismatch(attested: Atte
     original = blocked.read_text()
     blocked.write_text(original + "allowed-by-nobody.example\n")
     try:
-        attested.reload(events=2)
+        attested.reload()
         code, out = verify_cli(attested, reference)
         assert code == 1, out
         assert "FAILED config-digest: config digest mismatch" in out.splitlines()[-1], out
-        assert "ok   pcr-replay: 2 events" in out  # the edit is in the TPM's event log, not hidden
+        assert re.search(r"ok   pcr-replay: \d+ events", out)  # the edit is in the TPM's event log, not hidden
     finally:
         blocked.write_text(original)
-    attested.reload(events=3)
+    attested.reload()
     code, out = verify_cli(attested, reference)
     assert code == 0, out
 
@@ -248,3 +260,61 @@ def test_modified_installed_module_is_a_code_digest_mismatch(
     finally:
         assert modified.server.stop() == 0, modified.server.stderr
         modified.tpm.stop()
+
+
+def test_agent_uses_an_attested_resolver_only_while_it_verifies(attested: Attested, pki: Pki) -> None:
+    """require_attestation: used while the report verifies, refused once the server runs another config, used
+    again as soon as it runs the reviewed one (no agent restart)."""
+    reference = attested.reference()
+    agent_config = parse_model(
+        AgentConfig,
+        f"""
+[stub]
+timeout = 5.0
+
+[[server]]
+address = "127.0.0.1:{attested.port}"
+hostname = "dns.test"
+transport = "doh"
+
+[server.require_attestation]
+code_digest = ["{reference["code_digest"]}"]
+config_digest = ["{reference["config_digest"]}"]
+ak = "{attested.ak}"
+interval = 0.3
+
+[tls]
+ca_file = "{pki.ca}"
+""",
+    )
+    query = dns.message.make_query("www.corp.test", "A").to_wire()
+
+    async def ask(upstreams: Upstreams) -> str:
+        try:
+            response = dns.message.from_wire(await upstreams.query(query))
+        except UpstreamError as exc:
+            return f"refused: {exc}"
+        return response.answer[0].to_text() if response.answer else "no answer"
+
+    async def scenario() -> list[str]:
+        upstreams = Upstreams(agent_config)
+        results = [await ask(upstreams)]
+        blocked = attested.directory / "blocked.txt"
+        original = blocked.read_text()
+        blocked.write_text(original + "changed.example\n")
+        try:
+            await asyncio.to_thread(attested.reload)
+            await asyncio.sleep(0.4)  # the last verification is due again
+            results.append(await ask(upstreams))
+        finally:
+            blocked.write_text(original)
+        await asyncio.to_thread(attested.reload)
+        await asyncio.sleep(0.4)
+        results.append(await ask(upstreams))
+        await upstreams.close()
+        return results
+
+    used, refused, recovered = asyncio.run(scenario())
+    assert used == "www.corp.test. 300 IN A 192.0.2.7", used
+    assert refused.startswith("refused: ") and "FAILED config-digest" in refused, refused
+    assert recovered == "www.corp.test. 300 IN A 192.0.2.7", recovered

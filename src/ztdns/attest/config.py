@@ -36,7 +36,7 @@ class AttestationConfig(Section):
     tpm_tcti: str = ""
     # The PCR extended at start and reload. 16 (debug) and 23 (application) are resettable at locality 0, so a
     # start can begin a fresh event log; the others are left to firmware and the OS.
-    pcr: Literal[16, 23] = 16
+    pcr: Annotated[int, Field(ge=16, le=23)] = 16
     # Persistent handle of the attestation key (a restricted ECDSA P-256 primary key in the endorsement
     # hierarchy, created on first use).
     ak_handle: Annotated[int, Field(ge=0x81000000, le=0x81FFFFFF)] = 0x81010020
@@ -44,6 +44,14 @@ class AttestationConfig(Section):
     policy_revision: str = ""
     # configfs-tsm report directory (the kernel's; tests point it at a fake tree).
     tsm_path: str = "/sys/kernel/config/tsm/report"
+
+    @field_validator("pcr")
+    @classmethod
+    def _resettable(cls, value: int) -> int:
+        if value not in (16, 23):
+            raise ValueError("use PCR 16 or 23: the PCRs between are not resettable by ztdns")
+        return value
+
     # Report requests answered at once; more get HTTP 503 (a quote takes the TPM tens of milliseconds).
     max_concurrent: Annotated[int, Field(ge=1, le=64)] = 4
 
