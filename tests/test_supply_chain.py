@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,18 @@ def test_sbom_lists_every_locked_runtime_package(tmp_path: Path) -> None:
     again = tmp_path / "again.json"
     make_sbom(ROOT, again)
     assert again.read_bytes() == sbom.read_bytes()
+
+
+def test_docs_list_every_debian_package_dev_sh_installs() -> None:
+    script = (ROOT / "scripts" / "dev.sh").read_text()
+    listed = re.search(r"debian_packages=\(([^)]*)\)", script)
+    assert listed is not None
+    table = {
+        line.split("|")[1].strip()
+        for line in (ROOT / "docs" / "attestation.md").read_text().splitlines()
+        if line.startswith("| ") and line.count("|") == 4
+    }
+    assert set(listed.group(1).split()) <= table
 
 
 def test_license_is_apache_2() -> None:
