@@ -170,6 +170,27 @@ def test_report_served_on_doh_verifies(attested: Attested, pki: Pki) -> None:
     assert {entry["path"] for entry in report["config_files"]} == {"blocked.txt"}
 
 
+def test_report_over_http2_and_bad_nonces(attested: Attested) -> None:
+    """The route answers on both DoH engines; a bad nonce is a 400, other paths are still 404."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    base = f"{attested.url}/.well-known/ztdns/attestation"
+
+    def get(url: str) -> tuple[str, str]:
+        command = [curl, "-sk", "--http2", "-w", "\n%{http_code} %{http_version}", url]
+        out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=30).stdout
+        body, _, status = out.rpartition("\n")
+        return body, status
+
+    body, status = get(f"{base}?nonce=abcd")
+    assert status == "200 2", status
+    assert json.loads(body)["nonce"] == "abcd"
+    assert get(f"{base}?nonce=xyz")[1] == "400 2"
+    assert get(f"{base}?nonce={'00' * 65}")[1] == "400 2"
+    assert get(f"{attested.url}/.well-known/other")[1] == "404 2"
+
+
 def references(attested: Attested, reference: dict[str, Any]) -> References:
     return References(
         frozenset({reference["code_digest"]}), frozenset({reference["config_digest"]}), attested.ak.read_bytes()

@@ -39,12 +39,7 @@ class AttestationGate:
         self.url = requirement.url or url
         self.context = context
         self.server_name = server_name
-        self.references = References(
-            frozenset(requirement.code_digest),
-            frozenset(requirement.config_digest),
-            (base_dir / requirement.ak).read_bytes() if requirement.ak else None,
-            requirement.allow_unattested,
-        )
+        self.ak_path = base_dir / requirement.ak if requirement.ak else None
         self.retry = retry
         self.verified = False
         self.reason = "not checked yet"
@@ -67,13 +62,21 @@ class AttestationGate:
             return self.verified
 
     def check(self) -> tuple[bool, str]:
-        """Fetch and verify now (blocking)."""
+        """Fetch and verify now (blocking). The AK file is read each time: a missing one fails the check (the
+        server is not used, and the log says why) rather than the agent."""
+        requirement = self.requirement
+        try:
+            ak = self.ak_path.read_bytes() if self.ak_path is not None else None
+        except OSError as exc:
+            return False, f"attestation: cannot read ak {self.ak_path}: {exc.strerror or exc}"
+        references = References(
+            frozenset(requirement.code_digest), frozenset(requirement.config_digest), ak, requirement.allow_unattested
+        )
         try:
             fetched = fetch(self.url, self.context, server_name=self.server_name)
         except FetchError as exc:
             return False, f"attestation: {exc}"
-        ok, line = summary(verify_report(fetched.report, fetched.nonce, fetched.spki, self.references))
-        return ok, line
+        return summary(verify_report(fetched.report, fetched.nonce, fetched.spki, references))
 
     def reconnected(self) -> None:
         """The connection was dropped: verify again before the next use."""
