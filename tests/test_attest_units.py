@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from ztdns.attest.measure import locked_packages, measure_config
-from ztdns.attest.report import UNATTESTED, Attestor
+from ztdns.attest.report import UNATTESTED, AttestationError, Attestor
 from ztdns.attest.verify import References, summary, verify_report
-from ztdns.config import parse_config
+from ztdns.config import ConfigError, parse_config
 
 SPKI = hashlib.sha256(b"listener key").digest()
 
@@ -119,3 +119,13 @@ def test_config_digest_covers_list_content_not_location(tmp_path: Path) -> None:
 def test_locked_packages_reads_a_hash_lock() -> None:
     lock = "# comment\nabc==1.2 \\\n    --hash=sha256:00\n    # via x\nDef-Ghi==3.0.0 ; python_version >= '3'\n"
     assert locked_packages(lock) == {"abc": "1.2", "def-ghi": "3.0.0"}
+
+
+def test_evidence_that_cannot_be_had_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"<config>:1: attestation: evidence = 'tpm' needs tpm_tcti"):
+        parse_config('[attestation]\nevidence = "tpm"\n')
+    with pytest.raises(ConfigError, match="pcr: use PCR 16 or 23"):
+        parse_config("[attestation]\npcr = 17\n")
+    config = parse_config(config_text(tmp_path / "absent", "tsm"), base_dir=tmp_path)
+    with pytest.raises(AttestationError, match="does not exist"):
+        Attestor(config).measure(config, "start")

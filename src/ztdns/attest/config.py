@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ztdns.config.base import Section
 
@@ -44,6 +44,12 @@ class AttestationConfig(Section):
     policy_revision: str = ""
     # configfs-tsm report directory (the kernel's; tests point it at a fake tree).
     tsm_path: str = "/sys/kernel/config/tsm/report"
+
+    @model_validator(mode="after")
+    def _tcti(self) -> AttestationConfig:
+        if self.evidence == "tpm" and not self.tpm_tcti:
+            raise ValueError("evidence = 'tpm' needs tpm_tcti (how to reach the TPM)")
+        return self
 
     @field_validator("pcr")
     @classmethod

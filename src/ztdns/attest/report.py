@@ -95,6 +95,8 @@ class Attestor:
 
     def measure(self, config: Config, event: str) -> Measurements:
         """Measure now; with a TPM, worker 0 records the event (``start`` resets the PCR and the log)."""
+        if self.kind == "tsm" and not tsm.available(Path(self.settings.tsm_path)):
+            raise AttestationError(f"configfs-tsm: {self.settings.tsm_path} does not exist (not a confidential VM?)")
         measurements = measure(config)
         self.event = event
         if self.tpm is not None and self.worker == 0:
