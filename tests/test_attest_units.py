@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +131,12 @@ def test_evidence_that_cannot_be_had_is_an_error(tmp_path: Path) -> None:
     config = parse_config(config_text(tmp_path / "absent", "tsm"), base_dir=tmp_path)
     with pytest.raises(AttestationError, match="does not exist"):
         Attestor(config).measure(config, "start")
+
+
+@pytest.mark.parametrize(
+    "module", ["ztdns.agent.config", "ztdns.config.attestation", "ztdns.attest.report", "ztdns.attest.gate"]
+)
+def test_each_module_imports_first(module: str) -> None:
+    """Regression: with the config models in ztdns.attest, importing the agent's config first was an import cycle
+    (the agent's e2e tests start python in a namespace that way)."""
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, capture_output=True)

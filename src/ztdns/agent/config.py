@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from ztdns.attest.config import RequireAttestation
 from ztdns.config import load_model
+from ztdns.config.attestation import RequireAttestation
 from ztdns.config.base import Section, check_network
 from ztdns.config.model import parse_hostport
 

@@ -4,6 +4,6 @@ Owns: measurements (:mod:`.measure`), evidence — a TPM 2.0 quote (:mod:`.tpm`)
 (:mod:`.tsm`) or none — and the report that binds them to a verifier's nonce and the TLS key (:mod:`.report`),
 served by DoH listeners at ``/.well-known/ztdns/attestation``; the verifier (:mod:`.verify`), used by
 ``ztdns attest verify`` and by the agent's ``require_attestation`` (:mod:`.gate`).
-Config: ``[attestation]`` (:mod:`.config`). Metrics: none. Client data: only the verifier's nonce, echoed in the
-report and never stored or logged.
+Config: ``[attestation]`` (:mod:`ztdns.config.attestation`). Metrics: none. Client data: only the verifier's
+nonce, echoed in the report and never stored or logged.
 """

@@ -14,9 +14,9 @@ import ssl
 import time
 from pathlib import Path
 
-from ztdns.attest.config import RequireAttestation
 from ztdns.attest.report import PATH
 from ztdns.attest.verify import FetchError, References, fetch, summary, verify_report
+from ztdns.config.attestation import RequireAttestation
 
 log = logging.getLogger("ztdns.attest")
 

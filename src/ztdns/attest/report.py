@@ -25,9 +25,9 @@ from typing import Any
 
 from ztdns import __version__
 from ztdns.attest import tpm, tsm
-from ztdns.attest.config import AttestationConfig
 from ztdns.attest.measure import Measurements, canonical_json, measure
 from ztdns.config import Config
+from ztdns.config.attestation import AttestationConfig
 
 FORMAT = "ztdns-attestation/1"
 PATH = "/.well-known/ztdns/attestation"
@@ -72,6 +72,7 @@ class Attestor:
         self.log_path = (config.base_dir / state) / "attestation" / f"pcr{self.settings.pcr}-events.jsonl"
         self.measurements: Measurements | None = None
         self.event = ""
+        self.ak: bytes | None = None  # the AK's public key, read once: it does not change for a handle
 
     @staticmethod
     def _evidence_kind(settings: AttestationConfig) -> str:
@@ -113,7 +114,7 @@ class Attestor:
                     if event == "start":
                         self.tpm.reset()
                         self.log_path.write_text("")
-                    self.tpm.ak_public()  # made now rather than on the first request
+                    self.ak = self.tpm.ak_public()  # made now rather than on the first request
                     self.tpm.extend(bytes.fromhex(entry["digest"]))
                     with self.log_path.open("a") as log:
                         log.write(json.dumps(entry, sort_keys=True) + "\n")
@@ -170,7 +171,7 @@ class Attestor:
         assert self.tpm is not None
         try:
             with self._locked_log():
-                ak = self.tpm.ak_public()
+                ak = self.ak = self.ak or self.tpm.ak_public()
                 quote = self.tpm.quote(qualifying)
                 events = [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
         except (tpm.TpmError, OSError, ValueError) as exc:

@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from ztdns.attest.config import AttestationConfig
 from ztdns.authority.config import AuthorityConfig
+from ztdns.config.attestation import AttestationConfig
 from ztdns.config.base import Section, check_network
 from ztdns.config.base import parse_hostport as parse_hostport  # noqa: PLC0414 (re-exported for capabilities)
 from ztdns.policy.patterns import PatternError, normalise_name, parse_pattern

@@ -1,6 +1,7 @@
 """Attestation config: the server's ``[attestation]`` section and the agent's ``require_attestation`` table.
 
-Imports only :mod:`ztdns.config.base`, so both config models can use it without import cycles.
+Lives in the config package (not in ``ztdns.attest``) so that importing it first cannot start an import cycle:
+the package's ``__init__`` (which imports this through ``model``) always runs before this module.
 """
 
 from __future__ import annotations
