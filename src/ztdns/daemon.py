@@ -267,14 +267,17 @@ class Service:
             await self._measure("start")
 
     async def _measure(self, event: str) -> None:
-        """On reload a failure keeps the old measurement (which then no longer verifies: the digests say so)."""
+        """A failure on reload (or in the background) keeps the old measurement, which then no longer verifies:
+        the digests say so."""
         from ztdns.attest.report import AttestationError
 
         assert self.attestor is not None
+        if event != "start" and self.measuring is not None:
+            await self.measuring  # the start's measurement must not land after this one
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.attestor.measure, self.config, event)
-        except AttestationError as exc:
-            if event == "start":
+        except (AttestationError, OSError) as exc:
+            if event == "start" and self.attestor.kind != "none":
                 raise located(self.config, ("attestation",), str(exc)) from None
             log.error("attestation: %s", exc)
 
