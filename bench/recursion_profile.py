@@ -30,8 +30,7 @@ from ztdns.lab.run import Lab
 from ztdns.lab.zones import CASES
 from ztdns.model import Question
 from ztdns.resolver.recursive import RecursiveResolver
-from ztdns.wire import parse
-from ztdns.wire import encode
+from ztdns.wire import encode, parse
 
 
 def forget_process_memos() -> None:

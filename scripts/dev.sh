@@ -70,6 +70,16 @@ locked_venv() {
     touch "$stamp"
 }
 
+# sbom: the CycloneDX SBOM of the runtime lock (every locked package with its version and hashes) to
+# build/sbom.cdx.json, and into the package (src/ztdns/data/, not in git) so that a wheel built now ships it and
+# the code measurement covers it (docs/attestation.md). Reproducible: no timestamp or serial number.
+sbom() {
+    mkdir -p build src/ztdns/data
+    PYTHONWARNINGS=ignore::UserWarning cyclonedx-py requirements --pyproject pyproject.toml --output-reproducible \
+        -o build/sbom.cdx.json requirements.lock
+    cp build/sbom.cdx.json src/ztdns/data/sbom.cdx.json
+}
+
 cmd="${1:-serve}"
 shift || true
 case "$cmd" in
@@ -86,6 +96,8 @@ case "$cmd" in
         mypy
         echo "== import layers (pyproject.toml [tool.importlinter], docs/architecture.md)"
         lint-imports
+        echo "== sbom (build/sbom.cdx.json)"
+        sbom
         echo "== pytest (with line coverage of src/ztdns)"
         exec pytest --cov=ztdns --cov-report=term "$@"
         ;;

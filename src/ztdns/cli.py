@@ -123,6 +123,7 @@ def _register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _registrations() -> list[Register]:
     # Imported here so that `ztdns check` does not pay for loading the server, agent or signer.
     from ztdns.agent.cli import register as register_agent
+    from ztdns.attest.cli import register as register_attest
     from ztdns.authority.cli import register as register_authority
     from ztdns.lab.cli import register as register_lab
 
@@ -135,6 +136,7 @@ def _registrations() -> list[Register]:
         register_authority,
         _register_authority_serve,
         register_agent,
+        register_attest,
     ]
 
 

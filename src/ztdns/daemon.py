@@ -31,7 +31,7 @@ from ztdns.observe.stage import Observer
 from ztdns.replay import Replays
 from ztdns.transport import Handler
 from ztdns.transport.development import development_listeners, how_to_query
-from ztdns.transport.doh import start_doh_listener
+from ztdns.transport.doh import DohListener, start_doh_listener
 from ztdns.transport.doq import start_doq_listener
 from ztdns.transport.dot import start_dot_listener
 from ztdns.transport.no_certificate import listener_handler
@@ -40,6 +40,7 @@ from ztdns.transport.tls import TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
 
 if TYPE_CHECKING:
+    from ztdns.attest.report import Attestor
     from ztdns.authority.daemon import AuthorityService
 
 log = logging.getLogger("ztdns")
@@ -174,11 +175,14 @@ class Service:
         self.encrypted: list[EncryptedListener] = []
         self.hints = ""
         self.stopping = asyncio.Event()
+        self.attestor: Attestor | None = None
+        self.measuring: asyncio.Task[None] | None = None
 
     async def start(self) -> list[str]:
         endpoints = []
         self.frontend.bind_loop(asyncio.get_running_loop())
         listens = list(self.config.listen) if self.resolver else []
+        await self._start_attestation()
         if self.config_path is None:
             # The built-in default also shows off encrypted DNS, with a development PKI made on first run.
             development, pki = development_listeners(Path(self.config.server.state_dir))
@@ -217,7 +221,13 @@ class Service:
         if listen.transport in _ENCRYPTED:
             tls = tls_material(self.config, listen)
             handler = listener_handler(listen, self.frontend)  # no_certificate = "refuse" wraps the frontend
-            self.encrypted.append(await _ENCRYPTED[listen.transport](listen, handler, tls, self.reuse_port))
+            encrypted = await _ENCRYPTED[listen.transport](listen, handler, tls, self.reuse_port)
+            if isinstance(encrypted, DohListener) and self.attestor is not None and self.config.attestation.serve:
+                from ztdns.attest.report import PATH
+                from ztdns.attest.serve import ReportRoute
+
+                encrypted.routes = {PATH: ReportRoute(self.attestor)}
+            self.encrypted.append(encrypted)
         elif listen.transport == "udp":
             listener = UdpListener(listen, self.frontend, self.reuse_port)
             listener.start(asyncio.get_running_loop())
@@ -249,6 +259,33 @@ class Service:
         self._reload_authority(config)
         self.config = config
         log.info("reloaded %s", self.config_path)
+        await self._measure("reload")
+
+    async def _start_attestation(self) -> None:
+        """Measure code and config (docs/attestation.md). With evidence, before serving: a TPM that fails stops
+        the server. Without, in the background (hashing the installed packages takes a few tenths of a second)."""
+        from ztdns.attest.report import Attestor
+
+        self.attestor = Attestor(self.config, self.worker)
+        if self.attestor.kind == "none":
+            self.measuring = asyncio.get_running_loop().create_task(self._measure("start"))
+        else:
+            await self._measure("start")
+
+    async def _measure(self, event: str) -> None:
+        """A failure on reload (or in the background) keeps the old measurement, which then no longer verifies:
+        the digests say so."""
+        from ztdns.attest.report import AttestationError
+
+        assert self.attestor is not None
+        if event != "start" and self.measuring is not None:
+            await self.measuring  # the start's measurement must not land after this one
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.attestor.measure, self.config, event)
+        except (AttestationError, OSError) as exc:
+            if event == "start" and self.attestor.kind != "none":
+                raise located(self.config, ("attestation",), str(exc)) from None
+            log.error("attestation: %s", exc)
 
     def _reload_authority(self, config: Config) -> None:
         """Zones, keys for TSIG, grants, ACLs and RRL reload; where the authority listens and keeps keys does not."""

@@ -12,6 +12,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
+from ztdns.attest.gate import AttestationGate
 from ztdns.config.agent import AgentConfig, ServerConfig
 from ztdns.resolver import encrypted
 from ztdns.resolver.encrypted import DohUpstream, DotUpstream, TlsClientSettings
@@ -42,10 +43,24 @@ def client_for(config: AgentConfig, server: ServerConfig) -> DotUpstream | DohUp
     return DotUpstream(host, port, settings)
 
 
+def gate_for(config: AgentConfig, server: ServerConfig) -> AttestationGate | None:
+    """The attestation check of a server with ``require_attestation``: its report is fetched with the same CA,
+    name check and client certificate as its queries."""
+    if server.require_attestation is None:
+        return None
+    tls = config.tls
+    context = ssl.create_default_context(cafile=str(config.path(tls.ca_file)) if tls.ca_file else None)
+    if tls.client_cert:
+        context.load_cert_chain(config.path(tls.client_cert), config.path(tls.client_key))
+    url = AttestationGate.default_url(*server.hostport())
+    return AttestationGate(server.require_attestation, url, context, server.hostname, config.base_dir)
+
+
 @dataclass
 class ServerState:
     config: ServerConfig
     client: DotUpstream | DohUpstream
+    gate: AttestationGate | None = None
     down_until: float = 0.0
     hold_down: float = _HOLD_DOWN[0]
     last_error: str = ""
@@ -56,7 +71,9 @@ class Upstreams:
 
     def __init__(self, config: AgentConfig) -> None:
         self._timeout = config.stub.timeout
-        self.servers = [ServerState(server, client_for(config, server)) for server in config.server]
+        self.servers = [
+            ServerState(server, client_for(config, server), gate_for(config, server)) for server in config.server
+        ]
         self._closing: set[asyncio.Task[None]] = set()
 
     async def query(self, wire: bytes) -> bytes:
@@ -72,6 +89,9 @@ class Upstreams:
                 break
             # Leave the later servers a share of the budget.
             budget = remaining / max(1, min(2, len(order) - index))
+            if server.gate is not None and not await server.gate.allows():
+                errors.append(f"{server.config.address}: {server.gate.reason}")
+                continue
             try:
                 response = await server.client.query(wire, budget)
             except (encrypted.UpstreamError, OSError, TimeoutError, ssl.SSLError) as exc:
@@ -87,6 +107,8 @@ class Upstreams:
         server.last_error = str(exc) or type(exc).__name__
         server.down_until = time.monotonic() + server.hold_down
         server.hold_down = min(server.hold_down * 2, _HOLD_DOWN[1])
+        if server.gate is not None:
+            server.gate.reconnected()
         # Drop the connection: after a timeout it may be dead without either side knowing. The next query
         # to this server connects afresh.
         task = asyncio.get_running_loop().create_task(server.client.close())

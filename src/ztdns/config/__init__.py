@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, PrivateAttr, ValidationError, model_validator
 
+from ztdns.config.attestation import AttestationConfig
 from ztdns.config.authority import AuthorityConfig
 from ztdns.config.base import LocatedError, Section
 from ztdns.config.cache import CacheConfig
@@ -67,6 +68,7 @@ class Config(Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     authority: AuthorityConfig = AuthorityConfig()
+    attestation: AttestationConfig = AttestationConfig()
 
     # Where the file was read from: list files and zone files are relative to it; errors name it. Set by the
     # loader, not keys of the file.

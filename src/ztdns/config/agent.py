@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ztdns.config import load_model
+from ztdns.config.attestation import RequireAttestation
 from ztdns.config.base import Section, check_network, parse_hostport
 
 
@@ -43,6 +44,14 @@ class ServerConfig(Section):
     transport: Literal["dot", "doh"] = "dot"
     # DoH only: the URL path of the DNS endpoint.
     path: str = "/dns-query"
+    # Use this server only while its attestation report verifies against these reference values.
+    require_attestation: RequireAttestation | None = None
+
+    @model_validator(mode="after")
+    def _attestation_url(self) -> ServerConfig:
+        if self.require_attestation is not None and self.transport == "dot" and not self.require_attestation.url:
+            raise ValueError("require_attestation of a DoT server needs url (where its DoH report is served)")
+        return self
 
     @field_validator("address")
     @classmethod

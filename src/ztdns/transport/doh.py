@@ -22,7 +22,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 from weakref import WeakKeyDictionary
@@ -176,6 +176,22 @@ class RequestProgress(Progress):
         return since is not None and now - since > timeout
 
 
+# Other GET paths a DoH listener answers (the attestation report): path → coroutine of the query string and the
+# listener's current certificate (PEM). Answered as a DNS query is, in a task.
+Route = Callable[[str, bytes], Awaitable[HttpResponse]]
+
+
+class RouteRequest(bytes):
+    """A request for a route. It is bytes so that the engines carry it to :meth:`DohConnection.answer_later`
+    exactly as they carry a DNS query."""
+
+    route: Route
+
+
+class DohListener(TlsStreamListener):
+    routes: Mapping[str, Route] = {}
+
+
 class DohConnection(TlsConnection):
     """One DoH connection; the engine (HTTP/2 or HTTP/1.1) is chosen by ALPN after the handshake. Its idle
     time is reset by whole requests and by answers, not by other bytes (slowloris, PING floods)."""
@@ -188,6 +204,7 @@ class DohConnection(TlsConnection):
         self.tasks: set[asyncio.Task[None]] = set()
         self.progress = RequestProgress(self)
         self.bodies = body_budget(listener)
+        self.routes = listener.routes if isinstance(listener, DohListener) else {}
 
     def clock(self) -> float:
         return asyncio.get_running_loop().time()
@@ -203,7 +220,13 @@ class DohConnection(TlsConnection):
         must go to :meth:`answer_later`. Cache hits are answered inline, without a task per request."""
         decoded = decode_request(method, target, content_type, body, self.config.path)
         if isinstance(decoded, HttpResponse):
-            return decoded
+            path, _, query_string = target.partition("?")
+            route = self.routes.get(path) if decoded.status == 404 and method == "GET" else None
+            if route is None:
+                return decoded
+            request = RouteRequest(query_string.encode("latin-1"))
+            request.route = route
+            return request
         try:
             response = self.handler.fast(decoded, self.client)
         except Exception:
@@ -213,6 +236,8 @@ class DohConnection(TlsConnection):
 
     async def answer_later(self, query: bytes) -> HttpResponse | None:
         """The handler's full answer; None when it dropped the query (the engine then cancels the request)."""
+        if isinstance(query, RouteRequest):
+            return await query.route(query.decode("latin-1"), self.listener.material.current.cert_pem)
         response = await self.handler.handle(query, self.client)
         return None if response is None else dns_response(query, response)
 
@@ -503,13 +528,14 @@ _REASONS = {
     415: "Unsupported Media Type",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
+    503: "Service Unavailable",
 }
 
 
 async def start_doh_listener(
     config: ListenConfig, handler: Handler, tls: TlsMaterial, *, reuse_port: bool = False
-) -> TlsStreamListener:
+) -> DohListener:
     """Listen for DoH on ``config.address`` at ``config.path``. Close with ``await listener.close(drain)``."""
-    listener = TlsStreamListener(config, handler, tls, DohConnection)
+    listener = DohListener(config, handler, tls, DohConnection)
     await listener.start(reuse_port=reuse_port)
     return listener
