@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
+import dns.name
 import dns.rcode
+import dns.tsig
 import pytest
 
 from fixtures.hostile import (
@@ -218,3 +220,35 @@ def test_one_client_cannot_take_every_slot(tmp_path: Path, slow_upstream: SlowUp
             assert len(other.recv(2)) == 2
         for sock in held:
             sock.close()
+
+
+def udp_exchange(port: int, wire: bytes) -> dns.message.Message:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.sendto(wire, ("127.0.0.1", port))
+        return dns.message.from_wire(sock.recv(65535), keyring=False)
+
+
+def test_meta_query_types_and_tsig_are_answered_locally(tmp_path: Path, slow_upstream: SlowUpstream) -> None:
+    port = free_port()
+    expected = {
+        "TKEY": dns.rcode.NOTIMP,
+        "TSIG": dns.rcode.FORMERR,
+        "OPT": dns.rcode.FORMERR,
+        "MAILA": dns.rcode.NOTIMP,
+        "MAILB": dns.rcode.NOTIMP,
+        "AXFR": dns.rcode.REFUSED,
+        "IXFR": dns.rcode.REFUSED,
+        "TYPE128": dns.rcode.NOTIMP,
+    }
+    with ServerProcess(server_config(port, slow_upstream.address), tmp_path, port=port):
+        for rdtype, rcode in expected.items():
+            response = udp_exchange(port, dns.message.make_query("meta.test", rdtype).to_wire())
+            assert response.rcode() == rcode, rdtype
+        signed = dns.message.make_query("signed.test", "A")
+        signed.use_tsig(dns.tsig.Key("client-key.", b"0123456789abcdef", "hmac-sha256"))
+        response = udp_exchange(port, signed.to_wire())
+        assert response.rcode() == dns.rcode.NOTAUTH  # RFC 8945 §5.2.2: no such key here
+        assert response.tsig is not None and response.tsig[0].error == dns.rcode.BADKEY
+        assert response.tsig[0].mac == b"" and response.tsig.name == dns.name.from_text("client-key.")
+        assert slow_upstream.received == 0  # none of them went upstream
