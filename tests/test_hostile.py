@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.edns
 import dns.message
 import dns.name
 import dns.rcode
@@ -33,7 +34,7 @@ from fixtures.hostile import (
     server_config,
     settle_fds,
 )
-from fixtures.server import ServerProcess, tcp_query
+from fixtures.server import ServerProcess, tcp_query, udp_query
 from fixtures.unbound import free_port
 
 pytestmark = pytest.mark.slow
@@ -252,3 +253,21 @@ def test_meta_query_types_and_tsig_are_answered_locally(tmp_path: Path, slow_ups
         assert response.tsig is not None and response.tsig[0].error == dns.rcode.BADKEY
         assert response.tsig[0].mac == b"" and response.tsig.name == dns.name.from_text("client-key.")
         assert slow_upstream.received == 0  # none of them went upstream
+
+
+def test_black_holed_upstream_gets_stale_data_at_the_client_response_timer(tmp_path: Path) -> None:
+    port = free_port()
+    with SlowUpstream(delay=0.0, ttl=1) as upstream:
+        text = server_config(port, upstream.address, extra="[cache]\nmin_ttl = 0\n")
+        with ServerProcess(text, tmp_path, port=port):
+            assert udp_query(port, "stale.test").rcode() == dns.rcode.NOERROR
+            upstream.delay = None  # black hole from now on
+            time.sleep(1.5)  # the answer expires
+            started = time.monotonic()
+            response = udp_query(port, "stale.test")
+            elapsed = time.monotonic() - started
+            assert response.answer and response.answer[0].ttl == 30
+            assert [(o.code, o.text) for o in response.options if isinstance(o, dns.edns.EDEOption)] == [
+                (dns.edns.EDECode.STALE_ANSWER, "stale answer; resolution still running after 1.8 s")
+            ]
+            assert 1.7 < elapsed < 2.6, elapsed  # the 1.8 s timer, not the 4 s budget
