@@ -10,9 +10,12 @@ SIGTERM, and meta query types (TSIG, TKEY, ...).
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,3 +274,51 @@ def test_black_holed_upstream_gets_stale_data_at_the_client_response_timer(tmp_p
                 (dns.edns.EDECode.STALE_ANSWER, "stale answer; resolution still running after 1.8 s")
             ]
             assert 1.7 < elapsed < 2.6, elapsed  # the 1.8 s timer, not the 4 s budget
+
+
+def lost_in_all(stderr: str) -> int:
+    """The last "N in all" the query log said on stderr (0 when it said nothing)."""
+    counts = [int(line.rsplit("; ", 1)[1].split()[0]) for line in stderr.splitlines() if "query log:" in line]
+    return counts[-1] if counts else 0
+
+
+def test_query_log_on_a_full_disk_counts_every_lost_line(tmp_path: Path, slow_upstream: SlowUpstream) -> None:
+    port = free_port()
+    text = server_config(port, slow_upstream.address).replace('output = "off"', 'output = "/dev/full"')
+    server = ServerProcess(text, tmp_path, port=port).start()
+    try:
+        for index in range(300):
+            assert udp_query(port, "logged.test" if index else "first.test").rcode() == dns.rcode.NOERROR
+        assert server.wait_stderr("query log:")  # said at once, not only at exit
+        assert "No space left on device" in server.stderr
+    finally:
+        assert server.stop() == 0
+    assert lost_in_all(server.stderr) == 300
+    assert server.stderr.count("query log:") <= 3  # rate-limited: not a line per loss
+
+
+def test_sigterm_finishes_when_nobody_reads_stdout(tmp_path: Path, slow_upstream: SlowUpstream) -> None:
+    port = free_port()
+    config = tmp_path / "ztdns.toml"
+    config.write_text(server_config(port, slow_upstream.address).replace('output = "off"', 'output = "stdout"'))
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ztdns", "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=stderr
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while b"ztdns: listening" not in stderr_path.read_bytes():
+            assert time.monotonic() < deadline and process.poll() is None, stderr_path.read_text()
+            time.sleep(0.05)
+        for _ in range(1500):  # ~300 bytes a line: far more than the 64 KiB pipe holds
+            udp_query(port, "logged.test")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    assert lost_in_all(stderr_path.read_text()) > 0

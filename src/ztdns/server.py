@@ -354,7 +354,7 @@ class Frontend:
         self.metrics.labelled.append(self._upstream_families)
         self.metrics.labelled.append(self._dnssec_families)
         counters["ztdns_querylog_dropped"] = (
-            "Query log lines dropped because the writer fell behind",
+            "Query log lines lost: the writer fell behind, or the output was full, closed or stalled",
             lambda: float(self.querylog.dropped if self.querylog else 0),
         )
 
