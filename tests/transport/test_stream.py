@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 import uvloop
@@ -32,6 +33,41 @@ def test_every_handshake_completes_under_uvloop(pki: Pki) -> None:
                     raise AssertionError(f"handshake {attempt} failed: {exc!r}") from exc
                 writer.close()
             assert listener.refusals.total == 0
+        finally:
+            await listener.close(drain_seconds=0.5)
+
+    uvloop.run(body())
+
+
+def test_refused_handshakes_send_their_tls_alert(pki: Pki) -> None:
+    """A client refused for its certificate learns why from the alert (openssl's own server sends it; asyncio's
+    and uvloop's SSL transports dropped it, CPython gh-98078): TLS runs through memory BIOs (transport/tlsbio.py)."""
+
+    async def body() -> None:
+        config = listen_config(pki, "dot", client_auth="require")
+        listener = await start_dot_listener(config, EchoHandler(), TlsMaterial.from_config(config))
+        loop = asyncio.get_running_loop()
+
+        def refused(certificate: str | None) -> str:
+            context = ssl.create_default_context(cafile=str(pki.ca))
+            context.check_hostname = False
+            if certificate is not None:
+                context.load_cert_chain(pki.cert(certificate), pki.key(certificate))
+            with socket.create_connection(listener.address, timeout=3) as raw:
+                try:
+                    with context.wrap_socket(raw) as tls:
+                        tls.sendall(b"\x00\x01x")
+                        tls.recv(10)
+                except ssl.SSLError as exc:
+                    return str(exc.reason)
+                except OSError as exc:
+                    return f"no alert: {exc!r}"
+            return "no alert: connection kept"
+
+        try:
+            assert await loop.run_in_executor(None, refused, None) == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+            assert await loop.run_in_executor(None, refused, "revoked") == "SSLV3_ALERT_CERTIFICATE_REVOKED"
+            assert await loop.run_in_executor(None, refused, "stranger") == "TLSV1_ALERT_UNKNOWN_CA"
         finally:
             await listener.close(drain_seconds=0.5)
 
