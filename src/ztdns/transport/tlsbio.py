@@ -181,13 +181,11 @@ class TlsBioProtocol(asyncio.Protocol):
                 chunk = self._ssl.read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # the client's close_notify
-                self.close()
-                break
             except (ssl.SSLError, OSError):
                 self.abort()
                 break
-            if not chunk:
+            if not chunk:  # the client's close_notify (the ssl module reads it as b"")
+                self.close()
                 break
             self._app.data_received(chunk)
         self._flush()  # reading may answer (TLS 1.3 key updates, session tickets)
