@@ -94,6 +94,7 @@ class TlsConnection(StreamProtocol):
         self.listener.budget.unblock(self)
         self.listener.connection_gone(self)
         self.stopped()
+        self.transport = None  # no cycle through the TLS layer: its buffers go now, not at a full collection
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its questions until it does (closed if it never
