@@ -167,12 +167,16 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=60)
     parser.add_argument("--interval", type=float, default=30)
     parser.add_argument("--concurrency", type=int, default=20, help="DoT clients handshaking in a loop")
+    parser.add_argument("--cache-entries", type=int, default=1000, help="the server's cache.max_entries")
     parser.add_argument("--max-growth", type=float, default=5.0, help="percent RSS change allowed after warm-up")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ztdns-soak-") as tmp, SlowUpstream(delay=0.3) as upstream:
         directory = Path(tmp)
         port, dot_port = free_port(), free_port()
-        text = server_config(port, upstream.address, listeners=dot_listener(directory, dot_port))
+        # Every client leaving during a miss adds a cache entry: a small cache fills during the warm-up, so that
+        # RSS after it measures leaks, not the cache filling up to its 100,000-entry default.
+        cache = f"[cache]\nmax_entries = {args.cache_entries}\n"
+        text = server_config(port, upstream.address, listeners=dot_listener(directory, dot_port), extra=cache)
         with ServerProcess(text, directory, port=port) as server:
             ok = asyncio.run(soak(args, server, dot_port, directory))
             if "Traceback" in server.stderr:

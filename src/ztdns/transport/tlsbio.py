@@ -47,6 +47,7 @@ class TlsBioProtocol(asyncio.Protocol):
         self._open = False  # handshake done, application data flows
         self._closing = False
         self._read_paused = False
+        self._delivering = False  # inside the connection protocol's data_received: writes go out together after
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.handshake.add_done_callback(_seen)  # a failure nobody awaits (the listener closing) is no warning
 
@@ -113,7 +114,8 @@ class TlsBioProtocol(asyncio.Protocol):
         except (ssl.SSLError, OSError):
             self.abort()
             return
-        self._flush()
+        if not self._delivering:
+            self._flush()
 
     def writelines(self, chunks: Any) -> None:
         """One TLS record per chunk, one send for all of them."""
@@ -125,7 +127,8 @@ class TlsBioProtocol(asyncio.Protocol):
         except (ssl.SSLError, OSError):
             self.abort()
             return
-        self._flush()
+        if not self._delivering:
+            self._flush()
 
     def close(self) -> None:
         if self._transport is None or self._closing:
@@ -182,7 +185,16 @@ class TlsBioProtocol(asyncio.Protocol):
     # Inside
 
     def _deliver(self) -> None:
-        """Decrypt what has arrived and hand it to the connection protocol, until it pauses us."""
+        """Decrypt what has arrived and hand it to the connection protocol, until it pauses us. What it writes
+        meanwhile (answers to pipelined queries) goes out in one send at the end, each answer its own TLS record."""
+        self._delivering = True
+        try:
+            self._deliver_records()
+        finally:
+            self._delivering = False
+        self._flush()  # answers, and what reading produced (TLS 1.3 key updates)
+
+    def _deliver_records(self) -> None:
         while self._open and not self._read_paused:
             try:
                 chunk = self._ssl.read(_READ_SIZE)
@@ -195,7 +207,6 @@ class TlsBioProtocol(asyncio.Protocol):
                 self.close()
                 break
             self._app.data_received(chunk)
-        self._flush()  # reading may answer (TLS 1.3 key updates, session tickets)
 
     def _flush(self) -> None:
         if self._outgoing.pending and self._transport is not None:
