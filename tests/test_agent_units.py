@@ -55,6 +55,19 @@ def test_ruleset_enforce_and_audit() -> None:
     assert "chain forward" not in audit
 
 
+def test_ruleset_scopes_dhcp_icmp_and_neighbour_discovery_and_hooks_packet_sockets() -> None:
+    ruleset = build_ruleset(config('[firewall]\nlink_networks = ["10.1.0.0/16"]\n'), ("eth0", "wlan0"), 0x5A5A1234)
+    assert "udp sport 68 udp dport 67 ip daddr { 255.255.255.255, 10.1.0.0/16 } accept" in ruleset
+    assert "udp sport 546 udp dport 547 ip6 daddr { ff02::1:2 } accept" in ruleset
+    assert 'ip6 daddr { fe80::/10, ff02::/16 } accept comment "neighbour discovery"' in ruleset
+    assert "destination-unreachable" not in ruleset  # ICMP errors only as ct related
+    assert "meta mark set meta mark and 0x0000ffff or 0x5a5a0000" in ruleset
+    assert 'type filter hook egress devices = { "eth0", "wlan0" }' in ruleset
+    assert "meta mark and 0xffff0000 == 0x5a5a0000 meta mark set meta mark and 0x0000ffff accept" in ruleset
+    assert ruleset.rstrip().endswith('counter drop comment "packet socket"\n  }\n}'.rstrip())
+    assert "table netdev ztdns {" not in build_ruleset(config())  # no devices: only the delete
+
+
 def _elements(payload: bytes) -> list[tuple[bytes, int | None]]:
     """(key, timeout ms) of each element in a NEWSETELEM/DELSETELEM message payload."""
     found = []

@@ -153,9 +153,11 @@ def _status(config: AgentConfig, args: argparse.Namespace) -> int:
 
 @_with_config
 def _check(config: AgentConfig, args: argparse.Namespace) -> int:
+    from ztdns.agent.links import egress_devices
     from ztdns.agent.ruleset import build_ruleset
 
-    print(build_ruleset(config), end="")
+    devices = egress_devices() if config.firewall.packet_egress else ()
+    print(build_ruleset(config, devices, config.firewall.packet_mark_mask & 0x5A5A5A5A), end="")
     return 0
 
 

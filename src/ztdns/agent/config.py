@@ -91,15 +91,26 @@ class AllowConfig(Section):
         return self
 
 
+Network = Annotated[str, AfterValidator(check_network)]
+
+
 class FirewallConfig(Section):
     # Also filter forwarded traffic (containers and VMs routed through this host).
     forward: bool = False
+    # DHCP client traffic to the broadcast (v4) / All_DHCP_Relay_Agents_and_Servers (v6) addresses.
     dhcp: bool = True
+    # Networks on this host's own links: DHCP unicast (renewals) and neighbour discovery to them are accepted
+    # too (by default only link-local and link-scope multicast addresses).
+    link_networks: list[Network] = Field(default_factory=list)
+    # Drop frames that packet sockets (AF_PACKET) send on the host's devices (netdev egress hook, Linux 5.16+).
+    packet_egress: bool = True
+    # The packet mark bits the stack's own packets carry to that hook (a random value per start); other users
+    # of packet marks on this host must keep out of them.
+    packet_mark_mask: Annotated[int, Field(ge=1, le=0xFFFFFFFF)] = 0xFFFF0000
     # nftables `log group` the audit records are read from (NFLOG).
     log_group: Annotated[int, Field(ge=0, le=65535)] = 7
 
 
-Network = Annotated[str, AfterValidator(check_network)]
 Protocol = Literal["tcp", "udp"]
 _BOTH: tuple[Protocol, ...] = ("tcp", "udp")
 

@@ -28,6 +28,7 @@ from ztdns.agent import hostdns
 from ztdns.agent.allowstate import AllowState, SetUpdate
 from ztdns.agent.audit import AUDIT_LOG, AuditRecorder
 from ztdns.agent.config import AgentConfig
+from ztdns.agent.links import egress_devices
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nflog import NflogSocket
 from ztdns.agent.nfnetlink import ElementWriter, TableWatch, updates_timeouts_in_place
@@ -77,6 +78,10 @@ class Agent:
         self._compaction: asyncio.Task[None] | None = None
         self._status_writer = ThreadPoolExecutor(1, "ztdns-agent-status")
         self._started = time.time()
+        # The mark the stack's packets carry past the packet-socket hook: random, so that a process that may
+        # open packet sockets (CAP_NET_RAW) cannot simply copy it.
+        self._mark = int.from_bytes(os.urandom(4), "big") & config.firewall.packet_mark_mask
+        self._devices: tuple[str, ...] = ()
 
     def _error(self, message: str) -> None:
         log.error("%s", message)
@@ -155,7 +160,8 @@ class Agent:
         The moment between the two leaves the table without grants: closed, never open.
         """
         assert self._watch is not None
-        self.nft.run(build_ruleset(self.config))
+        self._devices = egress_devices() if self.config.firewall.packet_egress else ()
+        self.nft.run(build_ruleset(self.config, self._devices, self._mark))
         self.writer.load(self.state.live_timeouts(time.time()))
         self._loaded = self._watch.fingerprint()
         self._others = self._watch.generation() - self.elements.commits
@@ -225,6 +231,13 @@ class Agent:
                 self._error(f"cannot restore table inet ztdns (retrying): {exc}")
             self._restore_failing = True
 
+    def _hook_new_devices(self) -> None:
+        """A device came or went (a VPN tunnel, a hot-plugged NIC): rebuild the tables with it hooked."""
+        try:
+            self._install()
+        except NftError as exc:
+            self._error(f"hooking the host's devices against packet sockets failed (retrying): {exc}")
+
     def _start_audit(self) -> None:
         try:
             self._nflog = NflogSocket(self.config.firewall.log_group)
@@ -253,6 +266,8 @@ class Agent:
             gc.collect(1)
             gc.freeze()
             self.metrics.live = len(self.state)
+            if self.config.firewall.packet_egress and egress_devices() != self._devices:
+                self._hook_new_devices()
             # Written by a worker thread: a file write and a rename can take a millisecond or more (journaling
             # file systems), time every answer arriving meanwhile would wait.
             try:

@@ -1,0 +1,74 @@
+"""The agent against ways around it (issue 14), in the namespace lab of agent_lab.py: silent egress channels,
+caps that close live addresses, a second start, flows, uninstall while running, who the stub answers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent_lab import PYTHON, RESOLVER, AgentProcess, Lab, Probe, agent_factory, lab, needs_root, probe
+
+pytestmark = [needs_root(), pytest.mark.root, pytest.mark.slow]
+__all__ = ["agent_factory", "lab", "probe"]
+
+HERE = Path(__file__).parent
+FOREIGN4, FOREIGN6 = "198.51.100.20", "2001:db8:2::10"
+
+
+def start(lab: Lab, agents: list[AgentProcess], folder: Path, extra: str = "", **top: str) -> Path:
+    config = lab.config(folder, extra, False, "", **top)
+    agents.append(AgentProcess(lab, config))
+    return config
+
+
+def _bypass(lab: Lab, *args: str) -> object:
+    result = lab.in_ns(lab.client, PYTHON, str(HERE / "agent_bypass.py"), "send", *args)
+    return json.loads(result.stdout)
+
+
+class Sniffer:
+    """What reaches the server's side of the link, while the block runs."""
+
+    def __init__(self, lab: Lab, seconds: float = 3.0) -> None:
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", lab.server, PYTHON, str(HERE / "agent_bypass.py"), "sniff", str(seconds), "eth0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
+        self.seen: list[str] = []
+
+    def __enter__(self) -> Sniffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        out, _ = self.process.communicate(timeout=10)
+        self.seen = json.loads(out)
+
+
+def _server_mac(lab: Lab) -> str:
+    return lab.in_ns(lab.server, "cat", "/sys/class/net/eth0/address").stdout.strip()
+
+
+def test_no_silent_egress_channels(lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path) -> None:
+    start(lab, agent_factory, tmp_path)
+    mac = _server_mac(lab)
+    with Sniffer(lab) as sniffer:
+        _bypass(lab, "udp-from", "68", FOREIGN4, "67")  # DHCPv4 client port to a foreign address
+        _bypass(lab, "udp-from", "546", FOREIGN6, "547")  # DHCPv6
+        for kind in ("3", "11", "12", "8"):  # ICMP errors and echo, carrying data
+            _bypass(lab, "icmp", FOREIGN4, kind)
+        for kind in ("1", "2", "3", "4", "135", "136", "133", "143", "128"):  # ICMPv6 errors, ND, MLD, echo
+            _bypass(lab, "icmp", FOREIGN6, kind)
+        # A whole DNS round trip in raw frames to a resolver the host may not use (its plain port 53).
+        plain = _bypass(lab, "packet-dns", "eth0", mac, "192.0.2.1", RESOLVER, "allowed.test", "qdisc")
+        direct = _bypass(lab, "packet-dns", "eth0", mac, "192.0.2.1", RESOLVER, "allowed.test", "bypass")
+    assert sniffer.seen == []
+    assert plain is not True and direct is not True  # False, or the drop reported to the sender
+    # What the stack sends still leaves (marked at postrouting, unmarked at egress): DNS, an opened address.
+    assert probe.resolve("allowed.test")["addresses"] == ["198.51.100.10"]
+    assert probe.connects("198.51.100.10") and probe.connects("2001:db8:2::10") is False
+    assert probe.resolve("v6.test", "AAAA")["addresses"] == [FOREIGN6] and probe.connects(FOREIGN6)
