@@ -56,6 +56,9 @@ CLOSED_LOOP_ZONE = {
     "alias.test.": ("CNAME", "target.test.", 300),
     "cached.test.": ("A", "198.51.100.14", 30),
 }
+# One name with 300 addresses (more than the default per-name cap), all local to the server (AnyIP routes).
+MANY = [f"198.51.{101 + i // 256}.{i % 256}" for i in range(300)]
+MANY_RECORDS = [f"many.test. 300 IN A {address}" for address in MANY]
 HOST_ID = "spiffe://test/host"
 GUEST_ID = "spiffe://test/guest"
 SERVICE_ADDRESSES = ["198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.13", "198.51.100.14"]
@@ -185,6 +188,8 @@ class Lab:
                 "link set eth1 up",
                 "route add 198.51.100.0/24 via 192.0.2.10",
                 "route add 2001:db8:2::/64 via 2001:db8:1::10",
+                "route add 198.51.101.0/24 via 192.0.2.10",
+                "route add 198.51.102.0/24 via 192.0.2.10",
             ],
             self.server: [
                 "addr add 192.0.2.10/25 dev eth0",
@@ -192,6 +197,8 @@ class Lab:
                 "link set eth0 up",
                 "route add 192.0.2.128/25 via 192.0.2.1",
                 *(f"addr add {a}/{128 if ':' in a else 32} dev lo nodad" for a in SERVICE_ADDRESSES),
+                "route add local 198.51.101.0/24 dev lo",
+                "route add local 198.51.102.0/24 dev lo",
             ],
             self.container: [
                 "addr add 192.0.2.130/25 dev eth0",
@@ -226,7 +233,7 @@ class Lab:
         self.unbound = self._unbound(tls, ZONE, "853")
 
     def _unbound(self, interfaces: str, zone: dict[str, tuple[str, str, int]], port: str) -> subprocess.Popen[bytes]:
-        records = [f"{n} {ttl} IN {t} {v}" for n, (t, v, ttl) in zone.items()]
+        records = [f"{n} {ttl} IN {t} {v}" for n, (t, v, ttl) in zone.items()] + MANY_RECORDS
         if self.protective == "ztdns":
             # An authoritative zone for the iterator: CNAME chains inside it are followed, as a recursive
             # resolver upstream of ztdns would (local-data answers a CNAME alone).

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_lab import PYTHON, RESOLVER, AgentProcess, Lab, Probe, agent_factory, lab, needs_root, probe
+from agent_lab import MANY, PYTHON, RESOLVER, AgentProcess, Lab, Probe, agent_factory, lab, needs_root, probe
 
 pytestmark = [needs_root(), pytest.mark.root, pytest.mark.slow]
 __all__ = ["agent_factory", "lab", "probe"]
@@ -72,3 +72,14 @@ def test_no_silent_egress_channels(lab: Lab, probe: Probe, agent_factory: list[A
     assert probe.resolve("allowed.test")["addresses"] == ["198.51.100.10"]
     assert probe.connects("198.51.100.10") and probe.connects("2001:db8:2::10") is False
     assert probe.resolve("v6.test", "AAAA")["addresses"] == [FOREIGN6] and probe.connects(FOREIGN6)
+
+
+def test_cap_never_closes_the_answer_being_released(
+    lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path
+) -> None:
+    start(lab, agent_factory, tmp_path)  # the default cap: 256 addresses per name
+    answer = probe.resolve("many.test", tcp=True)
+    assert sorted(answer["addresses"]) == sorted(MANY)
+    assert set(MANY) <= set(lab.set_timeouts())
+    # The application connects to the first and the last address of the answer it got.
+    assert probe.connects(MANY[0]) and probe.connects(MANY[-1])

@@ -212,6 +212,49 @@ def test_allow_state_per_name_cap_evicts_least_recent() -> None:
     assert update.removals == {"192.0.2.1"}
 
 
+def test_cap_spares_the_answer_being_released() -> None:
+    state = AllowState(AllowConfig())  # default cap 256
+    records = [(f"10.0.{i // 256}.{i % 256}", 60) for i in range(300)]
+    update = answer(state, "big.test", records, now=0.0)
+    assert len(update.timeouts) == 300 and not update.removals
+    small = AllowState(AllowConfig(max_addresses_per_name=16))
+    update = answer(small, "big.test", records[:60], now=0.0)
+    assert len(update.timeouts) == 60 and not update.removals
+    # The next, different answer may close the older ones: only beyond the cap, least recently answered first.
+    update = answer(small, "big.test", records[60:68], now=1.0)
+    assert update.removals == {address for address, _ in records[:52]}
+
+
+def test_rotating_pool_keeps_live_addresses_and_evicts_least_recently_used() -> None:
+    """8 of 4096 addresses per answer (a CDN's rotation): the ones flows use are never closed by the cap."""
+    import random
+
+    live: set[str] = set()
+    state = AllowState(AllowConfig(max_addresses_per_name=32), in_use=live.__contains__)
+    pool = [f"10.1.{i // 256}.{i % 256}" for i in range(4096)]
+    rotation = random.Random(7)
+    first = rotation.sample(pool, 8)
+    answer(state, "cdn.test", [(a, 60) for a in first], now=0.0)
+    live.update(first)  # the application connected to all of them
+    closed: set[str] = set()
+    for turn in range(1, 41):
+        update = answer(state, "cdn.test", [(a, 60) for a in rotation.sample(pool, 8)], now=float(turn))
+        closed |= update.removals
+        assert len(update.timeouts) >= 8  # every address of this answer was opened
+    assert not closed & set(first)
+    assert len(closed) >= 40 * 8 - 32 - 8  # the rest did rotate out, least recently answered first
+    assert len(state) <= 32 + 8
+
+
+def test_total_bound_sheds_the_grants_closest_to_expiry() -> None:
+    state = AllowState(AllowConfig(ttl_floor=0, grace=0, max_addresses=3))
+    for i, ttl in enumerate((100, 10, 50)):
+        answer(state, f"n{i}.test", [(f"192.0.2.{i}", ttl)], now=0.0)
+    update = answer(state, "n3.test", [("192.0.2.3", 70)], now=0.0)
+    assert update.removals == {"192.0.2.1"} and update.shed == 1 and len(state) == 3
+    assert state.last_name("192.0.2.1") == "n1.test" and not state.holds("192.0.2.1")
+
+
 def test_answers_of_one_turn_share_one_update() -> None:
     state = AllowState(AllowConfig(ttl_floor=0, grace=0, max_addresses_per_name=1))
     shared = SetUpdate()

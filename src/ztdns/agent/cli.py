@@ -91,11 +91,11 @@ def _learn(args: argparse.Namespace) -> int:
 
 @_with_config
 def _flows(config: AgentConfig, args: argparse.Namespace) -> int:
-    from ztdns.agent.flows import conntrack_flows, format_flows, label_map
+    from ztdns.agent.flows import connections, format_flows, label_flows, label_map
     from ztdns.agent.persist import GrantStore
 
     try:
-        flows = conntrack_flows(label_map(GrantStore(config.state_path).load(time.time())))
+        flows = label_flows(list(connections()), label_map(GrantStore(config.state_path).load(time.time())))
     except OSError as exc:
         print(f"ztdns agent flows: {exc}", file=sys.stderr)
         return 1

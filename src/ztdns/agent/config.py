@@ -81,8 +81,11 @@ class AllowConfig(Section):
     ttl_floor: Annotated[int, Field(ge=0)] = 30
     ttl_ceiling: Annotated[int, Field(ge=1)] = 86_400
     grace: Annotated[int, Field(ge=0)] = 60
-    # Per queried name; beyond it the least recently answered address of that name is closed.
+    # Per queried name; beyond it the least recently answered address of that name is closed (never one of the
+    # answer being released, nor one with live connections).
     max_addresses_per_name: Annotated[int, Field(ge=1)] = 256
+    # All names together; beyond it the grants closest to their expiry are closed (ztdns_agent_addresses_shed_total).
+    max_addresses: Annotated[int, Field(ge=1)] = 1_000_000
 
     @model_validator(mode="after")
     def _order(self) -> AllowConfig:

@@ -23,7 +23,8 @@ _COUNTERS = {
     "added": ("ztdns_agent_addresses_added", "Addresses opened"),
     "refreshed": ("ztdns_agent_addresses_refreshed", "Open addresses whose lifetime was renewed"),
     "expired": ("ztdns_agent_addresses_expired", "Grants that reached their expiry"),
-    "evicted": ("ztdns_agent_addresses_evicted", "Addresses closed by the per-name cap"),
+    "evicted": ("ztdns_agent_addresses_evicted", "Addresses closed by the per-name cap or the total bound"),
+    "shed": ("ztdns_agent_addresses_shed", "Grants dropped because all names held allow.max_addresses"),
     "set_failures": ("ztdns_agent_set_update_failures", "Failed set transactions (SERVFAIL)"),
     "upstream_failures": ("ztdns_agent_upstream_failures", "Queries no protective server answered"),
     "audit_drops": ("ztdns_agent_audit_drops", "Packets audit mode would have dropped"),
@@ -36,7 +37,7 @@ class AgentMetrics(Collector):
     def __init__(self) -> None:
         # Answers relayed by the stub, by result.
         self.opened = self.relayed = self.servfail = 0
-        self.added = self.refreshed = self.expired = self.evicted = 0
+        self.added = self.refreshed = self.expired = self.evicted = self.shed = 0
         self.set_failures = self.upstream_failures = self.audit_drops = self.table_restored = 0
         self.live = 0
         self.plumbing_counts = [0] * (len(PLUMBING_BUCKETS) + 1)

@@ -28,6 +28,7 @@ from ztdns.agent import hostdns
 from ztdns.agent.allowstate import AllowState, SetUpdate
 from ztdns.agent.audit import AUDIT_LOG, AuditRecorder
 from ztdns.agent.config import AgentConfig
+from ztdns.agent.flows import LiveDestinations
 from ztdns.agent.links import egress_devices
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nflog import NflogSocket
@@ -57,7 +58,8 @@ class Agent:
         self.nft = Nft()
         self.elements = ElementWriter(TABLE)
         self.metrics = AgentMetrics()
-        self.state = AllowState(config.allow, config.identity)
+        self.live = LiveDestinations()
+        self.state = AllowState(config.allow, config.identity, self.live)
         self.store = GrantStore(config.state_path)
         self.upstreams = Upstreams(config)
         self.writer = SetWriter(self.elements, self._committed, self._not_committed)
@@ -92,6 +94,7 @@ class Agent:
         metrics.added += batch.added
         metrics.refreshed += batch.refreshed
         metrics.evicted += len(batch.removals)
+        metrics.shed += batch.shed
         # The kernel has the grants already; a journal failure costs persistence, not the answer.
         try:
             if self.store.append(batch.grants) and self._compaction is None:
@@ -136,6 +139,7 @@ class Agent:
         except NftError as exc:  # the three-step update is exact on every kernel
             log.warning("cannot tell whether the kernel updates element timeouts in place: %s", exc)
         self._install()
+        await self._refresh_live()  # the first name over its cap must not close what restored flows use
         self.store.snapshot(self.state.grants())
         log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, len(self.state))
         if config.mode == "audit":
@@ -231,6 +235,13 @@ class Agent:
                 self._error(f"cannot restore table inet ztdns (retrying): {exc}")
             self._restore_failing = True
 
+    async def _refresh_live(self) -> None:
+        """One conntrack dump, in the status thread (it parses every entry: off the event loop)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._status_writer, self.live.refresh)
+        except OSError as exc:
+            self._error(f"reading conntrack for the per-name cap: {exc}")
+
     def _hook_new_devices(self) -> None:
         """A device came or went (a VPN tunnel, a hot-plugged NIC): rebuild the tables with it hooked."""
         try:
@@ -268,6 +279,9 @@ class Agent:
             self.metrics.live = len(self.state)
             if self.config.firewall.packet_egress and egress_devices() != self._devices:
                 self._hook_new_devices()
+            if self.live.wanted:  # a name went over its cap: which of its addresses do flows still use?
+                self.live.wanted = False
+                await self._refresh_live()
             # Written by a worker thread: a file write and a rename can take a millisecond or more (journaling
             # file systems), time every answer arriving meanwhile would wait.
             try:
