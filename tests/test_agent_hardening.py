@@ -4,7 +4,9 @@ caps that close live addresses, a second start, flows, uninstall while running, 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,48 @@ def test_cap_never_closes_the_answer_being_released(
     assert set(MANY) <= set(lab.set_timeouts())
     # The application connects to the first and the last address of the answer it got.
     assert probe.connects(MANY[0]) and probe.connects(MANY[-1])
+
+
+def test_second_start_fails_cleanly_and_the_first_keeps_working(
+    lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path
+) -> None:
+    config = start(lab, agent_factory, tmp_path)
+    assert probe.resolve("allowed.test")["addresses"] == ["198.51.100.10"]
+    state = tmp_path / "state"
+    journal_before = (state / "journal.jsonl").read_bytes()
+    assert b"198.51.100.10" in journal_before
+    ruleset_before = lab.in_ns(lab.client, "nft", "-s", "-t", "list", "ruleset").stdout  # no counters, no elements
+    second = lab.ztdns(config, check=False)
+    assert second.returncode == 1 and "an agent is running" in second.stderr and "nothing was changed" in second.stderr
+    assert "Traceback" not in second.stderr
+    # Nothing touched: the same journal (the same file, not a compacted one), the same table, still answering.
+    assert (state / "journal.jsonl").read_bytes() == journal_before
+    assert not (state / "journal.old.jsonl").exists()
+    assert lab.in_ns(lab.client, "nft", "-s", "-t", "list", "ruleset").stdout == ruleset_before
+    assert probe.resolve("target.test")["addresses"] == ["198.51.100.12"] and probe.connects("198.51.100.12")
+    assert b"198.51.100.12" in (state / "journal.jsonl").read_bytes()
+    assert agent_factory[-1].process.poll() is None
+
+
+def test_uninstall_while_running_refuses_or_stops_and_leaves_the_host_as_before(
+    lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path
+) -> None:
+    config = start(lab, agent_factory, tmp_path)
+    original = "nameserver 192.0.2.99\n"
+    assert probe.resolve("allowed.test")["addresses"] == ["198.51.100.10"]
+    refused = lab.ztdns(config, "uninstall", check=False)
+    assert refused.returncode == 1 and "--stop" in refused.stderr
+    assert lab.nft_json("list", "table", "inet", "ztdns") is not None and probe.resolve("target.test")["ok"]
+    lab.ztdns(config, "uninstall", "--stop")
+    assert agent_factory[-1].process.wait(5) == 0
+    time.sleep(0.3)  # longer than the agent's table watch: nobody rebuilds it
+    assert lab.nft_json("list", "table", "inet", "ztdns") is None
+    assert lab.nft_json("list", "table", "netdev", "ztdns") is None
+    assert (tmp_path / "resolv.conf").read_text() == original
+    assert not (tmp_path / "state").exists()  # no grants to reopen, no lock, no status
+    # The next install starts from nothing.
+    start(lab, agent_factory, tmp_path)
+    restored = [line for line in (tmp_path / "agent.log").read_text().splitlines() if "addresses restored" in line]
+    assert restored[-1].endswith(", 0 addresses restored")
+    assert "198.51.100.10" not in lab.set_timeouts()
+    agent_factory[-1].kill(signal.SIGTERM)

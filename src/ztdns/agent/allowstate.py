@@ -199,15 +199,19 @@ class AllowState:
             if actual > expires:
                 heapq.heappush(expiries, (actual, address, name))  # refreshed since: due later
                 continue
-            names = self._names[hash(name) & _MASK]
-            per_name = names.get(name)
-            if per_name is not None:
-                per_name.pop(address, None)
-                if not per_name:
-                    del names[name]
-                    self._identities.pop(name, None)
+            self._unlist(name, address)
             self._release(address, name, now, update)
             update.shed += 1
+
+    def _unlist(self, name: str, address: str) -> None:
+        """Take ``address`` off ``name``'s list (and forget the name with its last address)."""
+        names = self._names[hash(name) & _MASK]
+        per_name = names.get(name)
+        if per_name is not None:
+            per_name.pop(address, None)
+            if not per_name:
+                del names[name]
+                self._identities.pop(name, None)
 
     def _release(self, address: str, name: str, now: float, update: SetUpdate) -> None:
         addresses = self._addresses[hash(address) & _MASK]
@@ -241,13 +245,7 @@ class AllowState:
             if not holders:
                 del addresses[address]
                 self._open -= 1
-            names = self._names[hash(name) & _MASK]
-            per_name = names.get(name)
-            if per_name is not None:
-                per_name.pop(address, None)
-                if not per_name:
-                    del names[name]
-                    self._identities.pop(name, None)
+            self._unlist(name, address)
         return gone
 
     def holds(self, address: str) -> bool:

@@ -24,7 +24,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ztdns.agent import hostdns
+from ztdns.agent import hostdns, lock
 from ztdns.agent.allowstate import AllowState, SetUpdate
 from ztdns.agent.audit import AUDIT_LOG, AuditRecorder
 from ztdns.agent.config import AgentConfig
@@ -44,6 +44,7 @@ from ztdns.config.model import parse_hostport
 log = logging.getLogger("ztdns.agent")
 
 STATUS = "status.json"
+ASKED = "asked.json"  # recent (process, address) → name, for `flows`
 _TICK = 1.0  # seconds between status writes (and young-generation collections)
 _WATCH = 0.05  # seconds between checks of the table: the longest a deleted table leaves egress open
 _EXPIRY_STEP, _EXPIRY_LIMIT = 0.01, 256  # forget at most 256 expired grants every 10 ms (≈ 0.3 ms of work)
@@ -80,6 +81,7 @@ class Agent:
         self._compaction: asyncio.Task[None] | None = None
         self._status_writer = ThreadPoolExecutor(1, "ztdns-agent-status")
         self._started = time.time()
+        self._lock: int | None = None
         # The mark the stack's packets carry past the packet-socket hook: random, so that a process that may
         # open packet sockets (CAP_NET_RAW) cannot simply copy it.
         self._mark = int.from_bytes(os.urandom(4), "big") & config.firewall.packet_mark_mask
@@ -128,7 +130,8 @@ class Agent:
 
     async def start(self) -> None:
         config = self.config
-        config.state_path.mkdir(parents=True, exist_ok=True)
+        # Before anything else: a second agent on this state directory must change nothing (AgentRunning).
+        self._lock = lock.acquire(config.state_path)
         now = time.time()
         restored = SetUpdate()
         for grant in self.store.load(now):
@@ -341,6 +344,9 @@ class Agent:
         self.store.close()
         self._status_writer.shutdown(wait=True)  # a status write under way must not recreate the file
         (self.config.state_path / STATUS).unlink(missing_ok=True)
+        if self._lock is not None:
+            lock.release(self._lock, self.config.state_path)
+            self._lock = None
         log.info("stopped; table inet ztdns stays in force")
 
 
