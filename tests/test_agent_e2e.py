@@ -98,6 +98,7 @@ def test_ipv6(lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_pat
 
 def test_forward_chain_covers_a_nested_namespace(lab: Lab, agent_factory: list[AgentProcess], tmp_path: Path) -> None:
     extra = '[firewall]\nforward = true\n[stub]\nlisten = ["127.0.0.53:53", "192.0.2.129:53"]\n'
+    extra += 'clients = ["192.0.2.128/25"]\n'
     start(lab, agent_factory, tmp_path, extra)
     container = Probe(lab.container)
     try:

@@ -130,3 +130,22 @@ def test_uninstall_while_running_refuses_or_stops_and_leaves_the_host_as_before(
     assert restored[-1].endswith(", 0 addresses restored")
     assert "198.51.100.10" not in lab.set_timeouts()
     agent_factory[-1].kill(signal.SIGTERM)
+
+
+def test_stub_on_a_network_address_answers_only_its_client_networks(
+    lab: Lab, agent_factory: list[AgentProcess], tmp_path: Path
+) -> None:
+    listen = '[stub]\nlisten = ["127.0.0.53:53", "192.0.2.1:53"]\n'
+    refused = lab.ztdns(lab.config(tmp_path, listen), check=False)
+    assert refused.returncode == 1 and "set clients to the networks that may ask" in refused.stderr
+    # The stub listens on the server-side network but serves only the container network behind the host.
+    start(lab, agent_factory, tmp_path, listen + 'clients = ["192.0.2.128/25"]\n[firewall]\nforward = true\n')
+    outsider, container = Probe(lab.server), Probe(lab.container)
+    try:
+        assert not outsider.resolve("allowed.test", server="192.0.2.1", timeout=0.5)["ok"]
+        assert not outsider.resolve("allowed.test", server="192.0.2.1", tcp=True, timeout=0.5)["ok"]
+        assert "198.51.100.10" not in lab.set_timeouts()  # nothing opened on the outsider's behalf
+        assert container.resolve("allowed.test", server="192.0.2.1")["addresses"] == ["198.51.100.10"]
+    finally:
+        outsider.close()
+        container.close()

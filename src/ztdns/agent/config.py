@@ -4,6 +4,7 @@ file model). Keys are documented in docs/agent.md; errors name file, line and ke
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,10 +20,16 @@ def _hostport(value: str, default_port: int) -> str:
     return value
 
 
+Network = Annotated[str, AfterValidator(check_network)]
+
+
 class StubConfig(Section):
     """The local stub resolver the host's applications use."""
 
     listen: list[str] = Field(default_factory=lambda: ["127.0.0.53:53"])
+    # Who may ask besides loopback (a stub on a bridge address serves the containers behind it, not the world:
+    # its answers carry the host's identity and open the host's egress). Required with a non-loopback listen.
+    clients: list[Network] = Field(default_factory=list)
     # Budget for one query across all protective servers (failover included).
     timeout: Annotated[float, Field(gt=0, le=30)] = 3.0
 
@@ -32,6 +39,15 @@ class StubConfig(Section):
         if not values:
             raise ValueError("listen must name at least one address")
         return [_hostport(v, 53) for v in values]
+
+    @model_validator(mode="after")
+    def _clients(self) -> StubConfig:
+        public = [v for v in self.listen if not ipaddress.ip_address(parse_hostport(v, 53)[0]).is_loopback]
+        if public and not self.clients:
+            raise ValueError(
+                f"listen {', '.join(public)} is not a loopback address: set clients to the networks that may ask"
+            )
+        return self
 
 
 class ServerConfig(Section):
@@ -92,9 +108,6 @@ class AllowConfig(Section):
         if self.ttl_floor > self.ttl_ceiling:
             raise ValueError(f"ttl_floor ({self.ttl_floor}) is above ttl_ceiling ({self.ttl_ceiling})")
         return self
-
-
-Network = Annotated[str, AfterValidator(check_network)]
 
 
 class FirewallConfig(Section):

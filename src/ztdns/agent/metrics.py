@@ -28,6 +28,7 @@ _COUNTERS = {
     "set_failures": ("ztdns_agent_set_update_failures", "Failed set transactions (SERVFAIL)"),
     "upstream_failures": ("ztdns_agent_upstream_failures", "Queries no protective server answered"),
     "audit_drops": ("ztdns_agent_audit_drops", "Packets audit mode would have dropped"),
+    "refused_clients": ("ztdns_agent_refused_clients", "Queries from sources outside stub.clients (not answered)"),
     "table_restored": ("ztdns_agent_table_restored", "Times the table was found deleted or altered by someone else"),
 }
 _RESULTS = ("opened", "relayed", "servfail")
@@ -39,6 +40,7 @@ class AgentMetrics(Collector):
         self.opened = self.relayed = self.servfail = 0
         self.added = self.refreshed = self.expired = self.evicted = self.shed = 0
         self.set_failures = self.upstream_failures = self.audit_drops = self.table_restored = 0
+        self.refused_clients = 0
         self.live = 0
         self.plumbing_counts = [0] * (len(PLUMBING_BUCKETS) + 1)
         self.plumbing_sum = 0.0

@@ -37,7 +37,7 @@ from ztdns.agent.nft import Nft, NftError
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.ruleset import TABLE, build_ruleset
 from ztdns.agent.setwriter import SetWriter, packed_sets
-from ztdns.agent.stub import StubHandler, StubListeners, Upstream
+from ztdns.agent.stub import ClientFilter, StubHandler, StubListeners, Upstream
 from ztdns.agent.upstream import Upstreams
 from ztdns.config.model import parse_hostport
 
@@ -68,7 +68,9 @@ class Agent:
         self.handler = StubHandler(
             upstream or self.upstreams, self.state, self.writer, self.metrics, config.identity, self._error
         )
-        self.listeners = StubListeners(self.handler, config.stub.listen)
+        self.listeners = StubListeners(
+            self.handler, config.stub.listen, ClientFilter(config.stub.clients, self.metrics)
+        )
         self._watch: TableWatch | None = None
         self._loaded: frozenset[bytes] = frozenset()
         self._others = 0  # ruleset generation minus our own commits when the table was last seen intact

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import struct
@@ -113,10 +114,42 @@ class StubHandler:
         return await released
 
 
+class ClientFilter:
+    """Who may ask the stub: loopback, and the configured client networks (``stub.clients``); others get no
+    answer at all (an answer would carry the host's identity and open the host's egress). One dict lookup per
+    query for a source seen before."""
+
+    def __init__(self, networks: list[str], metrics: AgentMetrics) -> None:
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._metrics = metrics
+        self._known: dict[str, bool] = {}
+
+    def allows(self, address: str) -> bool:
+        allowed = self._known.get(address)
+        if allowed is None:
+            allowed = self._check(address)
+            if len(self._known) >= 65_536:
+                self._known.clear()
+            self._known[address] = allowed
+        if not allowed:
+            self._metrics.refused_clients += 1
+        return allowed
+
+    def _check(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.is_loopback or any(ip in network for network in self._networks)
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: StubHandler, tasks: set[asyncio.Task[bool]]) -> None:
+    def __init__(self, handler: StubHandler, tasks: set[asyncio.Task[bool]], clients: ClientFilter) -> None:
         self._handler = handler
         self._tasks = tasks
+        self._clients = clients
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,6 +157,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if not self._clients.allows(str(addr[0])):
+            return
         task = asyncio.get_running_loop().create_task(self._handler.handle(data, partial(self._send, data, addr)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -178,11 +213,14 @@ def _large_receive_buffer(sock: socket.socket | None) -> None:
 
 
 class StubListeners:
-    """UDP and TCP on every configured address."""
+    """UDP and TCP on every configured address, answering the clients ``clients`` allows."""
 
-    def __init__(self, handler: StubHandler, listen: list[str], idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self, handler: StubHandler, listen: list[str], clients: ClientFilter, idle_timeout: float = 30.0
+    ) -> None:
         self._handler = handler
         self._listen = listen
+        self._clients = clients
         self._idle_timeout = idle_timeout
         self._transports: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
@@ -193,14 +231,19 @@ class StubListeners:
         for address in self._listen:
             host, port = parse_hostport(address, 53)
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self._handler, self._tasks), local_addr=(host, port)
+                lambda: _UdpProtocol(self._handler, self._tasks, self._clients), local_addr=(host, port)
             )
             _large_receive_buffer(transport.get_extra_info("socket"))
             self._transports.append(transport)
-            server = await asyncio.start_server(
-                lambda r, w: _serve_tcp_connection(self._handler, r, w, self._idle_timeout), host, port
-            )
+            server = await asyncio.start_server(self._accept, host, port)
             self._servers.append(server)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not peer or not self._clients.allows(str(peer[0])):
+            writer.close()
+            return
+        await _serve_tcp_connection(self._handler, reader, writer, self._idle_timeout)
 
     async def close(self) -> None:
         for transport in self._transports:
