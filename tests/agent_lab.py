@@ -47,6 +47,7 @@ ZONE = {
     "target.test.": ("A", "198.51.100.12", 300),
     "refresh.test.": ("A", "198.51.100.13", 4),
     "v6.test.": ("AAAA", "2001:db8:2::10", 300),
+    "shared.test.": ("A", "198.51.100.10", 600),  # allowed.test's address, granted longer
 }
 # The closed-loop zone: names the policy denies exist upstream, so only the policy keeps them closed.
 CLOSED_LOOP_ZONE = {
@@ -127,11 +128,14 @@ def make_certs(folder: Path) -> None:
 
 
 class Probe:
-    """A long-running agent_probe.py inside a namespace."""
+    """A long-running agent_probe.py inside a namespace (and, given one, in a cgroup v2 group of its own)."""
 
-    def __init__(self, netns: str) -> None:
+    def __init__(self, netns: str, cgroup: Path | None = None) -> None:
+        command = ["ip", "netns", "exec", netns, PYTHON, str(HERE / "agent_probe.py")]
+        if cgroup is not None:  # moved in before it makes a socket: a socket belongs to its creator's cgroup
+            command = ["sh", "-c", f'echo $$ > "{cgroup}/cgroup.procs" && exec "$@"', "probe", *command]
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", netns, PYTHON, str(HERE / "agent_probe.py")],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -11,7 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from agent_lab import MANY, PYTHON, RESOLVER, AgentProcess, Lab, Probe, agent_factory, lab, needs_root, probe
+from agent_lab import (
+    MANY,
+    PYTHON,
+    RESOLVER,
+    AgentProcess,
+    Lab,
+    Probe,
+    agent_factory,
+    lab,
+    needs_root,
+    probe,
+)
+from ztdns.agent.asker import cgroup2_root
 
 pytestmark = [needs_root(), pytest.mark.root, pytest.mark.slow]
 __all__ = ["agent_factory", "lab", "probe"]
@@ -149,3 +161,40 @@ def test_stub_on_a_network_address_answers_only_its_client_networks(
     finally:
         outsider.close()
         container.close()
+
+
+def test_flows_show_ipv6_and_the_name_each_workload_resolved(
+    lab: Lab, agent_factory: list[AgentProcess], tmp_path: Path
+) -> None:
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("needs a cgroup v2 hierarchy")
+    groups = [root / f"ztdns-test-{tmp_path.name}-{side}" for side in "ab"]
+    for group in groups:
+        group.mkdir()
+    config = start(lab, agent_factory, tmp_path)
+    a, b = (Probe(lab.client, group) for group in groups)
+    try:
+        # Two workloads, one address: a asked for allowed.test, b for shared.test (granted longer).
+        assert a.resolve("allowed.test")["addresses"] == ["198.51.100.10"]
+        assert b.resolve("shared.test")["addresses"] == ["198.51.100.10"]
+        assert a.connects("198.51.100.10", hold="a") and b.connects("198.51.100.10", hold="b")
+        assert a.resolve("v6.test", "AAAA")["addresses"] == [FOREIGN6] and a.connects(FOREIGN6, hold="v6")
+        time.sleep(1.3)  # the agent writes what it saw asked once a second
+        flows = [json.loads(line) for line in lab.ztdns(config, "flows", "--json").stdout.splitlines()]
+        shared = {
+            (f["name"], f["workload"])
+            for f in flows
+            if f["destination"] == "198.51.100.10" and f["state"] == "ESTABLISHED"
+        }
+        # The cgroup's path where the flows command sees the hierarchy, else its ID (`ip netns exec` remounts /sys).
+        workloads = [{f"/{group.name}", f"cgroup {group.stat().st_ino}"} for group in groups]
+        assert {name for name, _ in shared} == {"allowed.test", "shared.test"} and len(shared) == 2
+        assert all(workload in workloads[name != "allowed.test"] for name, workload in shared)
+        v6 = [f for f in flows if f["destination"] == FOREIGN6 and f["state"] == "ESTABLISHED"]
+        assert v6 and v6[0]["name"] == "v6.test" and v6[0]["port"] == 8080
+    finally:
+        a.close()
+        b.close()
+        for group in groups:
+            group.rmdir()

@@ -9,11 +9,13 @@ inode in ``/proc/*/fd``; short-lived ones may be gone by then, and keep their ui
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
 import struct
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,9 +118,23 @@ def process_of_inodes(inodes: set[int], proc: Path = Path("/proc")) -> dict[int,
     return found
 
 
-def cgroup_path(cgroup: int, root: Path = Path("/sys/fs/cgroup")) -> str | None:
+def cgroup2_root(mounts: Path = Path("/proc/mounts")) -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or …/unified on hybrid hosts), if it is."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+def cgroup_path(cgroup: int, root: Path | None = None) -> str | None:
     """The cgroup v2 path (relative to the hierarchy's root) with this ID, by walking the hierarchy."""
-    if not cgroup:
+    root = root or cgroup2_root()
+    if not cgroup or root is None:
         return None
     for folder, children, _ in os.walk(root):
         for child in children:
@@ -131,43 +147,58 @@ def cgroup_path(cgroup: int, root: Path = Path("/sys/fs/cgroup")) -> str | None:
     return "/" if cgroup == 1 else None
 
 
-def socket_owners(proc: Path = Path("/proc")) -> dict[tuple[int | None, int | None, str], str]:
-    """(local port, remote port, remote address) → "pid" key of each TCP/UDP socket's owning process."""
-    by_inode: dict[int, tuple[int, int, str]] = {}
-    for table in ("tcp", "tcp6", "udp", "udp6"):
-        try:
-            lines = (proc / "net" / table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10:
-                continue
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            remote_hex, remote_port = fields[2].rsplit(":", 1)
-            by_inode[int(fields[9])] = (local_port, int(remote_port, 16), _proc_address(remote_hex))
-    owners = process_of_inodes(set(by_inode) - {0}, proc)
-    return {by_inode[inode]: str(pid) for inode, (pid, _) in owners.items()}
-
-
-def _proc_address(text: str) -> str:
-    """An address as /proc/net writes it (32-bit words in host byte order)."""
-    raw = bytes.fromhex(text)
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)) if os.sys.byteorder == "little" else raw  # type: ignore[attr-defined]
-    return str(ipaddress.ip_address(words))
-
-
 class AskedLog:
-    """(asker key, address) → (name, process label) of recent answers, bounded (the oldest forgotten first)."""
+    """(cgroup ID, address) → (name, when) of recent answers, bounded (the oldest forgotten first)."""
 
     def __init__(self, limit: int = 65_536) -> None:
         self._limit = limit
-        self.entries: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, str], tuple[str, float]] = OrderedDict()
+        self.changed = False
 
-    def add(self, key: str, addresses: list[str], name: str, label: str) -> None:
+    def add(self, cgroup: int, addresses: Iterable[str], name: str, now: float) -> None:
         entries = self.entries
         for address in addresses:
-            entries[(key, address)] = (name, label)
-            entries.move_to_end((key, address))
+            key = (cgroup, address)
+            entries[key] = (name, now)
+            entries.move_to_end(key)
         while len(entries) > self._limit:
             entries.popitem(last=False)
+        self.changed = True
+
+    def dump(self) -> list[list[object]]:
+        """JSON-ready rows [cgroup, address, name, time] (written to the state directory for ``flows``)."""
+        return [[cgroup, address, name, when] for (cgroup, address), (name, when) in self.entries.items()]
+
+
+def load_asked(rows: object) -> dict[tuple[int, str], str]:
+    """The rows of :meth:`AskedLog.dump` → (cgroup ID, address) → name; bad rows skipped."""
+    asked: dict[tuple[int, str], str] = {}
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, list) and len(row) >= 3 and isinstance(row[0], int):
+            asked[(row[0], str(row[1]))] = str(row[2])
+    return asked
+
+
+class Attribution:
+    """Which workload asked for which name: a socket lookup per query, made while the query is upstream."""
+
+    def __init__(self) -> None:
+        self.diag = SocketDiag()
+        self.log = AskedLog()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def look_up_soon(self, protocol: str, local: tuple[str, int], peer: tuple[str, int]) -> list[Asker | None]:
+        """A box that holds the asker once the lookup ran: at the event loop's next turn, after the query has
+        been written upstream — no answer waits for it, and the asking socket still exists."""
+        box: list[Asker | None] = []
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._loop.call_soon(lambda: box.append(self.diag.asker(protocol, local, peer)))
+        return box
+
+    def record(self, box: list[Asker | None], name: str, records: list[tuple[str, int]], now: float) -> None:
+        if box and box[0] is not None:
+            self.log.add(box[0].cgroup, (address for address, _ in records), name, now)
+
+    def close(self) -> None:
+        self.diag.close()

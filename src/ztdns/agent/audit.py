@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import time
 from collections import defaultdict
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from ztdns.agent.asker import Asker, cgroup_path, process_of_inodes
 from ztdns.agent.nflog import LoggedPacket
 
 AUDIT_LOG = "audit.jsonl"
@@ -44,18 +44,43 @@ def socket_inode(protocol: str, source_port: int, port: int, proc: Path = Path("
 
 def process_of(inode: int, proc: Path = Path("/proc")) -> dict[str, object] | None:
     """The first process holding socket ``inode`` open: pid and command name."""
-    target = f"socket:[{inode}]"
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for fd in (entry / "fd").iterdir():
-                if os.readlink(fd) == target:
-                    comm = (entry / "comm").read_text().strip()
-                    return {"pid": int(entry.name), "comm": comm}
-        except OSError:
-            continue  # the process exited or is not ours to read
-    return None
+    found = process_of_inodes({inode}, proc).get(inode)
+    return {"pid": found[0], "comm": found[1]} if found else None
+
+
+class BlockedRecorder:
+    """Names the protective resolver refused (EDE 15–18), with who asked: one record per name and workload per
+    ``dedupe_seconds``, appended to the audit records in any mode (``learn`` proposes from them)."""
+
+    def __init__(self, path: Path, dedupe_seconds: float = 1.0) -> None:
+        self.path = path
+        self.dedupe_seconds = dedupe_seconds
+        self._recent: dict[tuple[str, int], float] = {}
+
+    def due(self, name: str, cgroup: int, now: float) -> bool:
+        """Whether this (name, workload) is to be recorded now (not recorded within the dedupe window)."""
+        key = (name, cgroup)
+        if now - self._recent.get(key, -1e9) < self.dedupe_seconds:
+            return False
+        if len(self._recent) > 10_000:
+            self._recent = {k: t for k, t in self._recent.items() if now - t < self.dedupe_seconds}
+        self._recent[key] = now
+        return True
+
+    def record(self, name: str, asker: Asker | None, code: int, reason: str, now: float) -> dict[str, object]:
+        process = process_of(asker.inode) if asker is not None and asker.inode else None
+        entry: dict[str, object] = {
+            "time": round(now, 3),
+            "blocked_name": name,
+            "ede": code,
+            "reason": reason,
+            "uid": asker.uid if asker is not None else None,
+            "cgroup": cgroup_path(asker.cgroup) if asker is not None else None,
+            "process": process,
+        }
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        return entry
 
 
 @dataclass

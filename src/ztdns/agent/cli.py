@@ -95,12 +95,21 @@ def _learn(args: argparse.Namespace) -> int:
 
 @_with_config
 def _flows(config: AgentConfig, args: argparse.Namespace) -> int:
-    from ztdns.agent.flows import connections, format_flows, label_flows, label_map
+    from ztdns.agent.asker import SocketDiag, load_asked
+    from ztdns.agent.flows import connections, format_flows, label_flows, label_map, socket_cgroup
     from ztdns.agent.persist import GrantStore
+    from ztdns.agent.service import ASKED
 
     try:
-        flows = label_flows(list(connections()), label_map(GrantStore(config.state_path).load(time.time())))
-    except OSError as exc:
+        asked_file = config.state_path / ASKED
+        asked = load_asked(json.loads(asked_file.read_text(encoding="utf-8"))) if asked_file.exists() else {}
+        labels = label_map(GrantStore(config.state_path).load(time.time()))
+        diag = SocketDiag()
+        try:
+            flows = label_flows(list(connections()), labels, asked, socket_cgroup(diag))
+        finally:
+            diag.close()
+    except (OSError, ValueError) as exc:
         print(f"ztdns agent flows: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -1,6 +1,6 @@
 """Current connections from conntrack (one ctnetlink dump, IPv4 and IPv6), each labelled with the name and
-identity that opened its destination — and, where the stub saw who asked, for whom: an address shared by several
-names is labelled with the name *this flow's* process resolved, not whichever grant lives longest.
+identity that opened its destination — by (who asked, address): an address shared by several names is labelled
+with the name *this flow's* workload (its socket's cgroup) resolved, not whichever grant lives longest.
 
 Also the agent's view of which destinations have live flows, so that the per-name cap never closes an address
 a connection still uses (:class:`LiveDestinations`, refreshed off the answer path).
@@ -11,10 +11,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ztdns.agent.allowstate import Grant
+from ztdns.agent.asker import SocketDiag, cgroup_path
 from ztdns.agent.nfnetlink import NETLINK_NETFILTER, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, attrs, message, messages
 
 _PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp", 58: "icmpv6"}
@@ -60,7 +61,7 @@ class Flow:
     state: str
     name: str | None
     identity: str | None
-    process: str | None = None  # "comm[pid]" of the process that asked the stub, when it was seen
+    workload: str | None = None  # the cgroup that asked the stub for ``name`` (when the stub saw it ask)
 
 
 def _address(value: bytes) -> str:
@@ -148,25 +149,25 @@ def label_map(grants: list[Grant]) -> dict[str, Grant]:
 
 
 def label_flows(
-    found: Iterator[Connection] | list[Connection],
+    found: Iterable[Connection],
     labels: dict[str, Grant],
-    asked: dict[tuple[str, str], tuple[str, str]] | None = None,
+    asked: dict[tuple[int, str], str] | None = None,
+    cgroup_of: Callable[[Connection], int | None] | None = None,
 ) -> list[Flow]:
-    """Label each connection: by (the process owning its socket, destination) when the stub saw that process ask
-    for a name answering with it (``asked``: (process key, address) → (name, process label)), else by the
-    address's longest-lived grant."""
+    """Label each connection with the name its own workload resolved for the destination — ``asked``: (cgroup ID,
+    address) → name, as the stub saw it; ``cgroup_of``: the cgroup of the connection's socket — and otherwise
+    with the address's longest-lived grant (the name that most recently opened it)."""
     flows = []
-    owners = _socket_owners() if asked else {}
     for connection in found:
         grant = labels.get(connection.destination)
         name = grant.name if grant else None
         identity = (grant.identity or None) if grant else None
-        process: str | None = None
-        owner = owners.get((connection.source_port, connection.port, connection.destination))
-        if asked and owner is not None:
-            hit = asked.get((owner, connection.destination))
-            if hit is not None:
-                name, process = hit
+        workload: str | None = None
+        if asked and cgroup_of is not None:
+            cgroup = cgroup_of(connection)
+            if cgroup is not None and (cgroup, connection.destination) in asked:
+                name = asked[(cgroup, connection.destination)]
+                workload = cgroup_path(cgroup) or f"cgroup {cgroup}"
         flows.append(
             Flow(
                 protocol=_PROTOCOLS.get(connection.protocol, str(connection.protocol)),
@@ -177,21 +178,30 @@ def label_flows(
                 state=connection.state,
                 name=name,
                 identity=identity,
-                process=process,
+                workload=workload,
             )
         )
     return flows
 
 
-def _socket_owners() -> dict[tuple[int | None, int | None, str], str]:
-    """(local port, remote port, remote address) → the process key (see ``ztdns.agent.asker``) owning it."""
-    from ztdns.agent.asker import socket_owners
+def socket_cgroup(diag: SocketDiag) -> Callable[[Connection], int | None]:
+    """The cgroup of a local connection's socket (one exact sock_diag lookup), None when it is not ours."""
 
-    return socket_owners()
+    def lookup(connection: Connection) -> int | None:
+        protocol = _PROTOCOLS.get(connection.protocol)
+        if protocol not in ("tcp", "udp") or connection.source_port is None or connection.port is None:
+            return None
+        # The asker lookup's terms: "local" is the far end the socket talks to, "peer" the socket itself.
+        found = diag.asker(
+            protocol, (connection.destination, connection.port), (connection.source, connection.source_port)
+        )
+        return found.cgroup if found is not None else None
+
+    return lookup
 
 
 def format_flows(flows: list[Flow]) -> str:
-    rows = [("PROTO", "SOURCE", "DESTINATION", "STATE", "NAME", "IDENTITY", "PROCESS")]
+    rows = [("PROTO", "SOURCE", "DESTINATION", "STATE", "NAME", "IDENTITY", "WORKLOAD")]
     for flow in flows:
         source = f"{flow.source}:{flow.source_port}" if flow.source_port is not None else flow.source
         destination = f"{flow.destination}:{flow.port}" if flow.port is not None else flow.destination
@@ -203,7 +213,7 @@ def format_flows(flows: list[Flow]) -> str:
                 flow.state,
                 flow.name or "-",
                 flow.identity or "-",
-                flow.process or "-",
+                flow.workload or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ztdns.agent import hostdns, lock
 from ztdns.agent.allowstate import AllowState, SetUpdate
-from ztdns.agent.audit import AUDIT_LOG, AuditRecorder
+from ztdns.agent.asker import Asker, Attribution
+from ztdns.agent.audit import AUDIT_LOG, AuditRecorder, BlockedRecorder
 from ztdns.agent.config import AgentConfig
 from ztdns.agent.flows import LiveDestinations
 from ztdns.agent.links import egress_devices
@@ -65,8 +66,17 @@ class Agent:
         self.upstreams = Upstreams(config)
         self.writer = SetWriter(self.elements, self._committed, self._not_committed)
         self.errors: deque[tuple[float, str]] = deque(maxlen=10)
+        self.attribution = _attribution()
+        self.blocked = BlockedRecorder(config.state_path / AUDIT_LOG)
         self.handler = StubHandler(
-            upstream or self.upstreams, self.state, self.writer, self.metrics, config.identity, self._error
+            upstream or self.upstreams,
+            self.state,
+            self.writer,
+            self.metrics,
+            config.identity,
+            self._error,
+            self.attribution,
+            self._record_blocked,
         )
         self.listeners = StubListeners(
             self.handler, config.stub.listen, ClientFilter(config.stub.clients, self.metrics)
@@ -88,6 +98,13 @@ class Agent:
         # open packet sockets (CAP_NET_RAW) cannot simply copy it.
         self._mark = int.from_bytes(os.urandom(4), "big") & config.firewall.packet_mark_mask
         self._devices: tuple[str, ...] = ()
+
+    def _record_blocked(self, name: str, asker: list[Asker | None], code: int, reason: str) -> None:
+        """A name the resolver refused: recorded for ``learn`` by the status thread (a /proc walk for the
+        process and a file append do not belong on the event loop)."""
+        found = asker[0] if asker else None
+        if self.blocked.due(name, found.cgroup if found else 0, time.time()):
+            self._status_writer.submit(self.blocked.record, name, found, code, reason, time.time())
 
     def _error(self, message: str) -> None:
         log.error("%s", message)
@@ -284,6 +301,9 @@ class Agent:
             self.metrics.live = len(self.state)
             if self.config.firewall.packet_egress and egress_devices() != self._devices:
                 self._hook_new_devices()
+            if self.attribution is not None and self.attribution.log.changed:
+                self.attribution.log.changed = False
+                self._status_writer.submit(self._write_asked, self.attribution.log.dump())
             if self.live.wanted:  # a name went over its cap: which of its addresses do flows still use?
                 self.live.wanted = False
                 await self._refresh_live()
@@ -321,6 +341,15 @@ class Agent:
             "errors": [{"time": t, "message": m} for t, m in self.errors],
         }
 
+    def _write_asked(self, rows: list[list[object]]) -> None:
+        path = self.config.state_path / ASKED
+        temporary = path.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps(rows, separators=(",", ":")), encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.warning("writing %s: %s", path, exc)
+
     def _write_status(self, status: dict[str, object]) -> None:
         path = self.config.state_path / STATUS
         temporary = path.with_suffix(".tmp")
@@ -335,6 +364,8 @@ class Agent:
                     await task
         await self.listeners.close()
         await self.upstreams.close()
+        if self.attribution is not None:
+            self.attribution.close()
         if self._watch is not None:
             self._watch.close()
         self.elements.close()
@@ -350,6 +381,14 @@ class Agent:
             lock.release(self._lock, self.config.state_path)
             self._lock = None
         log.info("stopped; table inet ztdns stays in force")
+
+
+def _attribution() -> Attribution | None:
+    try:
+        return Attribution()
+    except OSError as exc:  # no sock_diag (a kernel without it): answers are not attributed
+        log.warning("cannot look up who asks the stub (sock_diag): %s", exc)
+        return None
 
 
 def run(config: AgentConfig) -> None:

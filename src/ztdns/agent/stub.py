@@ -15,10 +15,11 @@ import struct
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 from ztdns.agent.allowstate import AllowState
-from ztdns.agent.answers import BadMessage, addresses, check_query, servfail, truncate, udp_limit
+from ztdns.agent.answers import BadMessage, addresses, blocking_reason, check_query, servfail, truncate, udp_limit
+from ztdns.agent.asker import Asker, Attribution
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nft import NftError
 from ztdns.agent.setwriter import SetWriter
@@ -37,6 +38,18 @@ class Upstream(Protocol):
 Release = Callable[[bytes], None]
 
 
+class Peer(NamedTuple):
+    """Who sent a query: the transport, the stub's own address and the client's."""
+
+    protocol: str  # "udp" or "tcp"
+    local: tuple[str, int]
+    remote: tuple[str, int]
+
+
+# A refused answer, with the resolver's reason: (name, who asked, EDE code and text).
+Blocked = Callable[[str, "list[Asker | None]", int, str], None]
+
+
 class StubHandler:
     def __init__(
         self,
@@ -46,6 +59,8 @@ class StubHandler:
         metrics: AgentMetrics,
         identity: str,
         on_error: Callable[[str], None],
+        attribution: Attribution | None = None,
+        on_blocked: Blocked | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._state = state
@@ -53,16 +68,22 @@ class StubHandler:
         self._metrics = metrics
         self._identity = identity
         self._on_error = on_error
+        self._attribution = attribution
+        self._on_blocked = on_blocked
 
-    async def handle(self, query: bytes, release: Release) -> bool:
+    async def handle(self, query: bytes, release: Release, peer: Peer | None = None) -> bool:
         """Relay ``query``: ``release`` gets the response once the application may have it — after the set
         commit that opens its addresses. False (and nothing released) for a packet that is not a query.
+        ``peer``: who asked, looked up (socket, uid, cgroup) while the query is upstream.
         """
         try:
             check_query(query)
         except BadMessage as exc:
             log.debug("dropped: %s", exc)
             return False
+        asker: list[Asker | None] = []
+        if peer is not None and self._attribution is not None:
+            asker = self._attribution.look_up_soon(peer.protocol, peer.local, peer.remote)
         metrics = self._metrics
         try:
             response = await self._upstreams.query(query)
@@ -84,15 +105,28 @@ class StubHandler:
             metrics.relayed += 1
             metrics.observe_plumbing(time.perf_counter() - started)
             release(response)
+            if answer.rcode and self._on_blocked is not None:  # after the release: off the answer's path
+                reason = blocking_reason(response)
+                if reason is not None:
+                    self._on_blocked(answer.name, asker, *reason)
             return True
         # Every answer of this event-loop turn goes into the same update: one transaction for all of them. The
         # commit releases the answers itself (no future and task wake-up per answer).
         self._state.answer(answer.name, answer.records, time.time(), self._identity, self._writer.pending())
-        self._writer.after_commit(partial(self._settle, query, response, answer.name, started, release))
+        settle = partial(self._settle, query, response, answer.name, started, release, asker, answer.records)
+        self._writer.after_commit(settle)
         return True
 
     def _settle(
-        self, query: bytes, response: bytes, name: str, started: float, release: Release, failure: NftError | None
+        self,
+        query: bytes,
+        response: bytes,
+        name: str,
+        started: float,
+        release: Release,
+        asker: list[Asker | None],
+        records: list[tuple[str, int]],
+        failure: NftError | None,
     ) -> None:
         metrics = self._metrics
         if failure is not None:
@@ -105,6 +139,8 @@ class StubHandler:
         metrics.opened += 1
         metrics.observe_plumbing(time.perf_counter() - started)
         release(response)
+        if asker and self._attribution is not None:
+            self._attribution.record(asker, name, records, time.time())
 
     async def ask(self, query: bytes) -> bytes | None:
         """The response :meth:`handle` releases for ``query``, or None for a packet that is not a query."""
@@ -155,11 +191,15 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The selector transport does not subclass DatagramTransport, though it is one.
         self._transport = cast(asyncio.DatagramTransport, transport)
+        sockname = transport.get_extra_info("sockname")
+        self._local = (str(sockname[0]), int(sockname[1]))
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if not self._clients.allows(str(addr[0])):
             return
-        task = asyncio.get_running_loop().create_task(self._handler.handle(data, partial(self._send, data, addr)))
+        peer = Peer("udp", self._local, (str(addr[0]), int(addr[1])))
+        handling = self._handler.handle(data, partial(self._send, data, addr), peer)
+        task = asyncio.get_running_loop().create_task(handling)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -176,6 +216,8 @@ async def _serve_tcp_connection(
     handler: StubHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle_timeout: float
 ) -> None:
     tasks: set[asyncio.Task[bool]] = set()
+    local, remote = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+    peer = Peer("tcp", (str(local[0]), int(local[1])), (str(remote[0]), int(remote[1]))) if local and remote else None
 
     def send(response: bytes) -> None:
         if not writer.is_closing():
@@ -185,7 +227,7 @@ async def _serve_tcp_connection(
         while True:
             size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), idle_timeout))[0]
             query = await asyncio.wait_for(reader.readexactly(size), idle_timeout)
-            task = asyncio.get_running_loop().create_task(handler.handle(query, send))
+            task = asyncio.get_running_loop().create_task(handler.handle(query, send, peer))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except (OSError, asyncio.IncompleteReadError, TimeoutError):
