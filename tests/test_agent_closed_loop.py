@@ -7,9 +7,11 @@ One lab (namespaces, ztdns, Unbound, echo services) for the module; one agent pe
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +139,15 @@ def test_another_identity_on_the_host_gets_its_own_policy_and_opens_nothing(lab:
     # No certificate: ztdns refuses the handshake (client_auth = "require").
     refused = dot("allowed.test", "")
     assert not refused["ok"] and "rcode" not in refused
+
+
+def test_a_refused_name_asked_by_a_short_lived_dig_is_proposed_by_learn(lab: Lab, probe: Probe, agent: str) -> None:
+    state = next(Path(f).parent for f in lab.folder.parent.glob(f"agent-{agent}*/agent.toml")) / "state"
+    dig = lab.in_ns(lab.client, "dig", "@127.0.0.53", "denied.test", "+tries=1", "+time=2", check=False)
+    assert "NXDOMAIN" in dig.stdout
+    records = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+    refused = [r for r in records if r.get("blocked_name") == "denied.test"]
+    assert refused and refused[-1]["ede"] == 15 and refused[-1]["process"]["comm"] == "dig", refused
+    config = state.parent / "agent.toml"
+    proposal = lab.ztdns(config, "learn", "--since", "1h").stdout
+    assert '    "denied.test",  # ' in proposal and "dig" in proposal

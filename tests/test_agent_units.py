@@ -336,20 +336,43 @@ def test_nflog_messages_decode_to_packets() -> None:
     assert parse_messages(b"\x01\x02") == []
 
 
-def test_learn_proposes_names_and_exception_networks() -> None:
+def test_learn_proposes_refused_names_by_domain_and_flags_dns_resolvers() -> None:
+    curl = {"pid": 7, "comm": "curl"}
     records = [
         {"time": 100, "destination": "198.51.100.20", "protocol": "tcp", "port": 443, "name": None},
         {"time": 101, "destination": "198.51.100.20", "protocol": "tcp", "port": 8443, "name": None},
         {"time": 102, "destination": "192.0.2.5", "protocol": "tcp", "port": 443, "name": "api.test"},
         {"time": 1, "destination": "192.0.2.99", "protocol": "udp", "port": 53, "name": None},  # too old
         {"time": 103, "destination": "not an address", "protocol": "tcp", "port": 1, "name": None},
+        # A foreign resolver, plain and DoT, and a well-known DoH address: flagged, never exceptions.
+        {"time": 104, "destination": "192.0.2.53", "protocol": "udp", "port": 53, "name": None},
+        {"time": 104, "destination": "192.0.2.53", "protocol": "tcp", "port": 853, "name": None},
+        {"time": 104, "destination": "1.1.1.1", "protocol": "tcp", "port": 443, "name": None},
+        # Names the resolver refused, from a short-lived curl and from a cgroup.
+        {"time": 105, "blocked_name": "api.example.co.uk", "process": curl},
+        {"time": 106, "blocked_name": "api.example.co.uk", "process": None, "cgroup": "/system.slice/app"},
+        {"time": 106, "blocked_name": "cdn.example.co.uk", "process": curl},
+        {"time": 107, "blocked_name": "dns.google", "process": {"pid": 8, "comm": "chrome"}},
     ]
     proposal = learn(records, since=50)
-    assert proposal.names == {"api.test": 1}
+    assert set(proposal.domains) == {"example.co.uk"}
+    names = proposal.domains["example.co.uk"]
+    assert names["api.example.co.uk"].count == 2 and names["api.example.co.uk"].who == {
+        "curl",
+        "cgroup /system.slice/app",
+    }
+    assert set(proposal.resolver_names) == {"dns.google"} and set(proposal.outlived) == {"api.test"}
     assert proposal.networks == {"198.51.100.20/32": {"tcp": {443, 8443}}}
+    assert set(proposal.resolvers) == {"192.0.2.53/32", "1.1.1.1/32"}
     text = proposal_toml(proposal)
     assert 'networks = ["198.51.100.20/32"]' in text and "ports = [443, 8443]" in text
-    assert '"api.test",' in text
+    assert '    "api.example.co.uk",  # 2 records; cgroup /system.slice/app, curl' in text
+    assert "# example.co.uk: 3 records" in text
+    allow = text.split("allow = [", 1)[1].split("]", 1)[0]
+    assert "dns.google" not in allow and "api.test" not in allow  # flagged / already allowed: comments only
+    assert "#   dns.google  (1 records; chrome)" in text and "#   api.test  (1 records)" in text
+    assert "192.0.2.53" not in text.split("# NOT proposed — DNS resolvers this host")[0]
+    assert "#   192.0.2.53/32  tcp/853, udp/53" in text
     assert parse_since("2h", 10_000.0) == 10_000.0 - 7200
     with pytest.raises(ValueError, match="--since"):
         parse_since("yesterday", 0)

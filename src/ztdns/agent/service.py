@@ -99,12 +99,19 @@ class Agent:
         self._mark = int.from_bytes(os.urandom(4), "big") & config.firewall.packet_mark_mask
         self._devices: tuple[str, ...] = ()
 
-    def _record_blocked(self, name: str, asker: list[Asker | None], code: int, reason: str) -> None:
+    async def _record_blocked(self, name: str, asker: list[Asker | None], code: int, reason: str) -> None:
         """A name the resolver refused: recorded for ``learn`` by the status thread (a /proc walk for the
-        process and a file append do not belong on the event loop)."""
+        process and a file append do not belong on the event loop), at most once a second per name and workload."""
         found = asker[0] if asker else None
-        if self.blocked.due(name, found.cgroup if found else 0, time.time()):
-            self._status_writer.submit(self.blocked.record, name, found, code, reason, time.time())
+        now = time.time()
+        if not self.blocked.due(name, found.cgroup if found else 0, now):
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._status_writer, self.blocked.record, name, found, code, reason, now
+            )
+        except OSError as exc:
+            self._error(f"recording a refused name: {exc}")
 
     def _error(self, message: str) -> None:
         log.error("%s", message)

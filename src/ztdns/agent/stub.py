@@ -13,7 +13,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import NamedTuple, Protocol, cast
 
@@ -46,8 +46,8 @@ class Peer(NamedTuple):
     remote: tuple[str, int]
 
 
-# A refused answer, with the resolver's reason: (name, who asked, EDE code and text).
-Blocked = Callable[[str, "list[Asker | None]", int, str], None]
+# A refused answer, with the resolver's reason: (name, who asked, EDE code and text); done once it was recorded.
+Blocked = Callable[[str, "list[Asker | None]", int, str], Awaitable[None]]
 
 
 class StubHandler:
@@ -104,11 +104,13 @@ class StubHandler:
         if not answer.records:
             metrics.relayed += 1
             metrics.observe_plumbing(time.perf_counter() - started)
-            release(response)
-            if answer.rcode and self._on_blocked is not None:  # after the release: off the answer's path
+            if answer.rcode and self._on_blocked is not None:
                 reason = blocking_reason(response)
                 if reason is not None:
-                    self._on_blocked(answer.name, asker, *reason)
+                    # Recorded before the refusal is released, while the asker (often a short-lived dig or
+                    # curl) still exists to be named: a refused answer may wait a few milliseconds, no other does.
+                    await self._on_blocked(answer.name, asker, *reason)
+            release(response)
             return True
         # Every answer of this event-loop turn goes into the same update: one transaction for all of them. The
         # commit releases the answers itself (no future and task wake-up per answer).
