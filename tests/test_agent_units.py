@@ -255,6 +255,24 @@ def test_total_bound_sheds_the_grants_closest_to_expiry() -> None:
     assert state.last_name("192.0.2.1") == "n1.test" and not state.holds("192.0.2.1")
 
 
+def test_bulk_restore_keeps_the_latest_lifetimes_and_identities() -> None:
+    state = AllowState(AllowConfig(ttl_floor=0, grace=0), identity="host")
+    grants = [
+        Grant("192.0.2.1", "a.test", 200.0, "host"),
+        Grant("192.0.2.1", "a.test", 300.0, "host"),  # a later journal line for the same grant
+        Grant("192.0.2.1", "b.test", 250.0, "guest"),
+        Grant("192.0.2.2", "old.test", 50.0, "host"),  # expired: skipped
+    ]
+    state.restore(grants, now=100.0)
+    assert len(state) == 1 and state.live_timeouts(100.0) == {"192.0.2.1": 200}
+    assert sorted(state.grants()) == [
+        Grant("192.0.2.1", "a.test", 300.0, "host"),
+        Grant("192.0.2.1", "b.test", 250.0, "guest"),
+    ]
+    assert [g.name for g in state.expire(260.0)] == ["b.test"] and state.holds("192.0.2.1")
+    assert [g.name for g in state.expire(301.0)] == ["a.test"] and len(state) == 0
+
+
 def test_answers_of_one_turn_share_one_update() -> None:
     state = AllowState(AllowConfig(ttl_floor=0, grace=0, max_addresses_per_name=1))
     shared = SetUpdate()

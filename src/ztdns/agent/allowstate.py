@@ -98,15 +98,40 @@ class AllowState:
         if self._open > cfg.max_addresses:
             self._shed(now, update)
 
-    def restore(self, grant: Grant, now: float, update: SetUpdate) -> None:
-        """Re-open a persisted grant with its remaining lifetime (nothing if it has expired).
+    def restore(self, grants: Iterable[Grant], now: float) -> None:
+        """Re-open persisted grants with their remaining lifetimes (expired ones skipped), in bulk: at start,
+        before the table is built from :meth:`live_timeouts` — no per-grant kernel work, one heapify.
 
         No per-name cap: these were granted (and capped) before; the name's next answer applies it."""
-        if grant.expires > now:
-            self._identify(grant.name, grant.identity)
-            self._grant(grant.address, grant.name, grant.expires, grant.identity, now, update)
-            if self._open > self.config.max_addresses:
-                self._shed(now, update)
+        names_shards, address_shards, history_shards = self._names, self._addresses, self._history
+        expiries, identities, default = self._expiries, self._identities, self.identity
+        for address, name, expires, identity in grants:
+            if expires <= now:
+                continue
+            names = names_shards[hash(name) & _MASK]
+            per_name = names.get(name)
+            if per_name is None:
+                per_name = names[name] = {}
+            slot = hash(address) & _MASK
+            holders = address_shards[slot].get(address)
+            if holders is None:
+                holders = address_shards[slot][address] = {}
+                self._open += 1
+            previous = holders.get(name)
+            if previous is not None and previous >= expires:
+                continue
+            holders[name] = per_name[address] = expires
+            if previous is None:
+                expiries.append((expires, address, name))
+            if identity != default:
+                identities[name] = identity
+            history = history_shards[slot]
+            history[address] = name
+            if len(history) > _HISTORY_PER_SHARD:
+                history.popitem(last=False)
+        heapq.heapify(expiries)
+        if self._open > self.config.max_addresses:
+            self._shed(now, SetUpdate())  # before the table is built: nothing to write
 
     def _identify(self, name: str, identity: str) -> None:
         if identity != self.identity:

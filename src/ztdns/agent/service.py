@@ -159,17 +159,13 @@ class Agent:
         # Before anything else: a second agent on this state directory must change nothing (AgentRunning).
         self._lock = lock.acquire(config.state_path)
         now = time.time()
-        restored = SetUpdate()
-        for grant in self.store.load(now):
-            self.state.restore(grant, now, restored)
+        self.state.restore(self.store.load(now), now)
         self._watch = TableWatch(TABLE)
         try:
             self.elements.in_place = updates_timeouts_in_place(self.nft)
         except NftError as exc:  # the three-step update is exact on every kernel
             log.warning("cannot tell whether the kernel updates element timeouts in place: %s", exc)
         self._install()
-        await self._refresh_live()  # the first name over its cap must not close what restored flows use
-        self.store.snapshot(self.state.grants())
         log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, len(self.state))
         if config.mode == "audit":
             self._start_audit()
@@ -184,6 +180,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._watch_table())]
         self._tasks.append(loop.create_task(self._expire()))
+        # After the stub listens (a restart answers again as soon as the table is back): which addresses flows
+        # use, for the first name over its cap; and the restored grants rewritten as a fresh snapshot, a chunk
+        # at a time between answers.
+        self._tasks.append(loop.create_task(self._refresh_live()))
+        self._compaction = loop.create_task(self._compact())
         self.write_status()
         gc.freeze()  # start-up objects (modules, config, restored grants) live for the whole run
 
