@@ -68,6 +68,21 @@ def test_ruleset_scopes_dhcp_icmp_and_neighbour_discovery_and_hooks_packet_socke
     assert "table netdev ztdns {" not in build_ruleset(config())  # no devices: only the delete
 
 
+def test_ruleset_scopes_workload_grants_to_their_cgroup() -> None:
+    workload = (
+        '[[workload]]\nname = "web"\ncgroup = "/system.slice/web.service/"\nclient_cert = "c"\nclient_key = "k"\n'
+    )
+    ruleset = build_ruleset(config(workload), workloads=[("web", "unified/system.slice/web.service", 2)])
+    assert "set allow4_web { type ipv4_addr; flags timeout;" in ruleset and "set allow6_web {" in ruleset
+    match = 'socket cgroupv2 level 2 "unified/system.slice/web.service"'
+    assert f"{match} ip daddr @allow4_web accept" in ruleset
+    # The workload never falls through to the host's grants: its drop comes before them.
+    assert ruleset.index(f'{match} counter drop comment "workload web"') < ruleset.index("ip daddr @allow4 accept")
+    assert "socket cgroupv2" not in build_ruleset(config(workload))  # its cgroup does not exist: sets only
+    with pytest.raises(ConfigError, match="not a cgroup path"):
+        config(workload.replace("/system.slice/web.service/", "../x"))
+
+
 def _elements(payload: bytes) -> list[tuple[bytes, int | None]]:
     """(key, timeout ms) of each element in a NEWSETELEM/DELSETELEM message payload."""
     found = []

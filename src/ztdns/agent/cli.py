@@ -168,9 +168,13 @@ def _status(config: AgentConfig, args: argparse.Namespace) -> int:
 def _check(config: AgentConfig, args: argparse.Namespace) -> int:
     from ztdns.agent.links import egress_devices
     from ztdns.agent.ruleset import build_ruleset
+    from ztdns.agent.workloads import WorkloadMap
 
     devices = egress_devices() if config.firewall.packet_egress else ()
-    print(build_ruleset(config, devices, config.firewall.packet_mark_mask & 0x5A5A5A5A), end="")
+    workloads = WorkloadMap(config.workload)
+    workloads.refresh()  # rules for the workloads whose cgroup exists now
+    mark = config.firewall.packet_mark_mask & 0x5A5A5A5A  # the agent draws a random one at start
+    print(build_ruleset(config, devices, mark, workloads.rules()), end="")
     return 0
 
 

@@ -148,6 +148,36 @@ class ExceptionConfig(Section):
         return value
 
 
+class WorkloadConfig(Section):
+    """A workload on this host with an identity of its own (``[[workload]]``): the processes of one cgroup (a
+    systemd unit, a container) ask the protective resolver with its client certificate, and what their answers
+    open is open for that cgroup only."""
+
+    name: str
+    # The cgroup v2 path below the hierarchy's root, e.g. "system.slice/web.service"; its descendants belong too.
+    cgroup: str
+    # Label stored with its grants (e.g. its SPIFFE ID); shown by `flows`.
+    identity: str = ""
+    # Its client certificate and key (an X.509 SVID); re-read when the files change on disk.
+    client_cert: str
+    client_key: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch == "_" for ch in value) or len(value) > 20:
+            raise ValueError(f"{value!r}: use up to 20 letters, digits and '_'")
+        return value
+
+    @field_validator("cgroup")
+    @classmethod
+    def _cgroup(cls, value: str) -> str:
+        path = value.strip("/")
+        if not path or ".." in path.split("/") or '"' in path:
+            raise ValueError(f"{value!r} is not a cgroup path below the root")
+        return path
+
+
 class AgentMetricsConfig(Section):
     # "" = no metrics endpoint.
     address: str = "127.0.0.1:9154"
@@ -171,9 +201,18 @@ class AgentConfig(Section):
     allow: AllowConfig = AllowConfig()
     firewall: FirewallConfig = FirewallConfig()
     exception: list[ExceptionConfig] = Field(default_factory=list)
+    workload: list[WorkloadConfig] = Field(default_factory=list)
     metrics: AgentMetricsConfig = AgentMetricsConfig()
 
     base_dir: Path = Path(".")
+
+    @field_validator("workload")
+    @classmethod
+    def _workloads(cls, values: list[WorkloadConfig]) -> list[WorkloadConfig]:
+        names = [w.name for w in values]
+        if len(set(names)) != len(names):
+            raise ValueError("workload names must differ")
+        return values
 
     @field_validator("server")
     @classmethod

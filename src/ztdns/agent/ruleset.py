@@ -140,14 +140,37 @@ def _egress_table(config: AgentConfig, devices: Sequence[str], mark: int) -> lis
     return lines
 
 
-def build_ruleset(config: AgentConfig, devices: Sequence[str] = (), mark: int = 0) -> str:
+def _workload_rules(config: AgentConfig, workloads: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Each workload's sockets reach its own sets, and nothing the host's (or another workload's) answers opened."""
+    rules = []
+    for name, path, level in workloads:
+        match = f'socket cgroupv2 level {level} "{path}"'
+        rules += [f"{match} ip daddr @{SET4}_{name} accept", f"{match} ip6 daddr @{SET6}_{name} accept"]
+        if config.mode == "audit":
+            group = config.firewall.log_group
+            rules.append(f'{match} log group {group} prefix "{AUDIT_PREFIX}" accept comment "workload {name}"')
+        else:
+            rules.append(f'{match} counter drop comment "workload {name}"')
+    return rules
+
+
+def build_ruleset(
+    config: AgentConfig,
+    devices: Sequence[str] = (),
+    mark: int = 0,
+    workloads: Sequence[tuple[str, str, int]] = (),
+) -> str:
     """The whole ruleset as one nft script: applying it replaces any previous tables atomically.
 
     ``devices``: the host devices whose egress is hooked against packet sockets (none: no netdev table);
-    ``mark``: the value, within ``firewall.packet_mark_mask``, the stack's own packets carry to that hook.
+    ``mark``: the value, within ``firewall.packet_mark_mask``, the stack's own packets carry to that hook;
+    ``workloads``: (name, cgroup path as nft resolves it, level) of the workloads whose cgroup exists.
     """
     policy = "accept" if config.mode == "audit" else "drop"
-    output = ['oifname "lo" accept', *_link_rules(config), *_common_rules(config), *_tail(config)]
+    common = _common_rules(config)
+    host_sets = common.index(f"ip daddr @{SET4} accept")  # workload rules go just before the host's sets
+    common[host_sets:host_sets] = _workload_rules(config, workloads)
+    output = ['oifname "lo" accept', *_link_rules(config), *common, *_tail(config)]
     chains = [("output", "output", output)]
     if config.firewall.forward:
         chains.append(("forward", "forward", [*_common_rules(config), *_tail(config)]))
@@ -158,6 +181,11 @@ def build_ruleset(config: AgentConfig, devices: Sequence[str] = (), mark: int = 
         f"  set {SET4} {{ type ipv4_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
         f"  set {SET6} {{ type ipv6_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
     ]
+    for workload in config.workload:  # every configured one: its grants outlive its cgroup's restarts
+        lines += [
+            f"  set {SET4}_{workload.name} {{ type ipv4_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
+            f"  set {SET6}_{workload.name} {{ type ipv6_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
+        ]
     for name, hook, rules in chains:
         lines.append(f"  chain {name} {{")
         lines.append(f"    type filter hook {hook} priority filter; policy {policy};")

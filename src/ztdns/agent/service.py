@@ -22,10 +22,11 @@ import signal
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from ztdns.agent import hostdns, lock
-from ztdns.agent.allowstate import AllowState, SetUpdate
+from ztdns.agent.allowstate import AllowState, Grant, SetUpdate
 from ztdns.agent.asker import Asker, Attribution
 from ztdns.agent.audit import AUDIT_LOG, AuditRecorder, BlockedRecorder
 from ztdns.agent.config import AgentConfig
@@ -38,8 +39,9 @@ from ztdns.agent.nft import Nft, NftError
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.ruleset import TABLE, build_ruleset
 from ztdns.agent.setwriter import SetWriter, packed_sets
-from ztdns.agent.stub import ClientFilter, StubHandler, StubListeners, Upstream
+from ztdns.agent.stub import ClientFilter, Peer, StubHandler, StubListeners, Upstream
 from ztdns.agent.upstream import Upstreams
+from ztdns.agent.workloads import WorkloadMap, set_names
 from ztdns.config.model import parse_hostport
 
 log = logging.getLogger("ztdns.agent")
@@ -67,6 +69,20 @@ class Agent:
         self.writer = SetWriter(self.elements, self._committed, self._not_committed)
         self.errors: deque[tuple[float, str]] = deque(maxlen=10)
         self.attribution = _attribution()
+        # The host first, then one scope per configured workload: its own identity, connections, state and sets.
+        self.scopes = [Scope(config.identity, self.state, self.writer, self.upstreams)]
+        for workload in config.workload:
+            certificate = (config.path(workload.client_cert), config.path(workload.client_key))
+            self.scopes.append(
+                Scope(
+                    workload.identity,
+                    AllowState(config.allow, workload.identity, self.live),
+                    SetWriter(self.elements, self._committed, self._not_committed, set_names(workload.name)),
+                    Upstreams(config, certificate),
+                )
+            )
+        self.workloads = WorkloadMap(config.workload)
+        self._unknown_cgroups: dict[int, float] = {}  # cgroup ID → when it was last looked for in the workloads
         self.blocked = BlockedRecorder(config.state_path / AUDIT_LOG)
         self.handler = StubHandler(
             upstream or self.upstreams,
@@ -77,6 +93,7 @@ class Agent:
             self._error,
             self.attribution,
             self._record_blocked,
+            self._scope_of if config.workload and upstream is None else None,
         )
         self.listeners = StubListeners(
             self.handler, config.stub.listen, ClientFilter(config.stub.clients, self.metrics)
@@ -113,6 +130,35 @@ class Agent:
         except OSError as exc:
             self._error(f"recording a refused name: {exc}")
 
+    def _scope_of(self, peer: Peer) -> Scope | None:
+        """The workload whose cgroup the asking socket is in (None: the host's). A cgroup not seen before sends
+        the workloads' cgroups to be walked again (at most once a second per cgroup) and, when a workload's cgroup
+        appeared or was recreated, the ruleset rebuilt before the answer goes upstream."""
+        if self.attribution is None:
+            return None
+        asker = self.attribution.diag.asker(peer.protocol, peer.local, peer.remote)
+        if asker is None:
+            return None
+        index = self.workloads.index(asker.cgroup)
+        if index is None:
+            now = time.monotonic()
+            if now - self._unknown_cgroups.get(asker.cgroup, -2.0) < 1.0:
+                return None
+            if len(self._unknown_cgroups) > 4096:
+                self._unknown_cgroups.clear()
+            self._unknown_cgroups[asker.cgroup] = now
+            if self.workloads.refresh():
+                self._rebuild("a workload's cgroup appeared")
+            index = self.workloads.index(asker.cgroup)
+        return None if index is None else self.scopes[index + 1]
+
+    def _rebuild(self, why: str) -> None:
+        try:
+            self._install()
+            log.info("ruleset rebuilt: %s", why)
+        except NftError as exc:
+            self._error(f"rebuilding the ruleset ({why}) failed (retrying): {exc}")
+
     def _error(self, message: str) -> None:
         log.error("%s", message)
         self.errors.append((time.time(), message))
@@ -140,10 +186,11 @@ class Agent:
         grants in one go would hold every answer on the host for over half a second."""
         try:
             self.store.begin_compaction()
-            addresses = self.state.addresses()
-            for start in range(0, len(addresses), _COMPACTION_CHUNK):
-                self.store.write_snapshot(self.state.grants(addresses[start : start + _COMPACTION_CHUNK]))
-                await asyncio.sleep(0)
+            for scope in self.scopes:
+                addresses = scope.state.addresses()
+                for start in range(0, len(addresses), _COMPACTION_CHUNK):
+                    self.store.write_snapshot(scope.state.grants(addresses[start : start + _COMPACTION_CHUNK]))
+                    await asyncio.sleep(0)
             self.store.finish_compaction()
         except OSError as exc:
             self.store.abort_compaction()
@@ -159,14 +206,22 @@ class Agent:
         # Before anything else: a second agent on this state directory must change nothing (AgentRunning).
         self._lock = lock.acquire(config.state_path)
         now = time.time()
-        self.state.restore(self.store.load(now), now)
+        by_identity: dict[str, list[Grant]] = {}
+        for grant in self.store.load(now):
+            by_identity.setdefault(grant.identity, []).append(grant)
+        for scope in reversed(self.scopes):  # the host's last: it takes every identity no workload has
+            scope.state.restore(by_identity.pop(scope.identity, []), now)
+        for grants in by_identity.values():
+            self.state.restore(grants, now)
+        self.workloads.refresh()
         self._watch = TableWatch(TABLE)
         try:
             self.elements.in_place = updates_timeouts_in_place(self.nft)
         except NftError as exc:  # the three-step update is exact on every kernel
             log.warning("cannot tell whether the kernel updates element timeouts in place: %s", exc)
         self._install()
-        log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, len(self.state))
+        restored = sum(len(scope.state) for scope in self.scopes)
+        log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, restored)
         if config.mode == "audit":
             self._start_audit()
         await self.listeners.start()
@@ -195,8 +250,9 @@ class Agent:
         """
         assert self._watch is not None
         self._devices = egress_devices() if self.config.firewall.packet_egress else ()
-        self.nft.run(build_ruleset(self.config, self._devices, self._mark))
-        self.writer.load(self.state.live_timeouts(time.time()))
+        self.nft.run(build_ruleset(self.config, self._devices, self._mark, self.workloads.rules()))
+        for scope in self.scopes:
+            scope.writer.load(scope.state.live_timeouts(time.time()))
         self._loaded = self._watch.fingerprint()
         self._others = self._watch.generation() - self.elements.commits
 
@@ -217,23 +273,25 @@ class Agent:
         failing = False
         while True:
             await asyncio.sleep(_EXPIRY_STEP)
-            gone = self.state.expire(time.time() + _EXPIRY_LEAD, _EXPIRY_LIMIT)
-            if not gone:
-                continue
-            self.metrics.expired += len(gone)
-            closed = [grant.address for grant in gone if not self.state.holds(grant.address)]
-            try:
-                if closed:
-                    self.elements.write(packed_sets({}, closed))
-                failing = False
-            except NftError as exc:  # the kernel's sweep frees them later
-                if not failing:
-                    log.warning("deleting expired addresses from the sets failed: %s", exc)
-                failing = True
+            for scope in self.scopes:
+                gone = scope.state.expire(time.time() + _EXPIRY_LEAD, _EXPIRY_LIMIT)
+                if not gone:
+                    continue
+                self.metrics.expired += len(gone)
+                closed = [grant.address for grant in gone if not scope.state.holds(grant.address)]
+                try:
+                    if closed:
+                        self.elements.write(packed_sets({}, closed, *scope.writer.sets))
+                    failing = False
+                except NftError as exc:  # the kernel's sweep frees them later
+                    if not failing:
+                        log.warning("deleting expired addresses from the sets failed: %s", exc)
+                    failing = True
 
     def _write_grants_again(self) -> None:
         try:
-            self.writer.load(self.state.live_timeouts(time.time()))
+            for scope in self.scopes:
+                scope.writer.load(scope.state.live_timeouts(time.time()))
         except NftError as exc:
             if not self._resync_failing:  # one log line per incident
                 self._error(f"writing the allow sets again failed (retrying): {exc}")
@@ -306,7 +364,12 @@ class Agent:
             # sight. The price: a cycle formed between old objects is never reclaimed.
             gc.collect(1)
             gc.freeze()
-            self.metrics.live = len(self.state)
+            self.metrics.live = sum(len(scope.state) for scope in self.scopes)
+            for scope in self.scopes:
+                if scope.upstreams.reload_if_changed():
+                    log.info("client certificate of %s changed on disk: new connections", scope.identity or "host")
+            if self.config.workload and self.workloads.refresh():
+                self._rebuild("a workload's cgroup appeared, went or was recreated")
             if self.config.firewall.packet_egress and egress_devices() != self._devices:
                 self._hook_new_devices()
             if self.attribution is not None and self.attribution.log.changed:
@@ -344,8 +407,8 @@ class Agent:
                 }
                 for s in self.upstreams.servers
             ],
-            "live_addresses": len(self.state),
-            "names": self.state.name_count(),
+            "live_addresses": sum(len(scope.state) for scope in self.scopes),
+            "names": sum(scope.state.name_count() for scope in self.scopes),
             "errors": [{"time": t, "message": m} for t, m in self.errors],
         }
 
@@ -371,7 +434,8 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.listeners.close()
-        await self.upstreams.close()
+        for scope in self.scopes:
+            await scope.upstreams.close()
         if self.attribution is not None:
             self.attribution.close()
         if self._watch is not None:
@@ -380,8 +444,9 @@ class Agent:
         if self._nflog is not None:
             asyncio.get_running_loop().remove_reader(self._nflog.sock.fileno())
             self._nflog.close()
-        self.state.expire(time.time())
-        self.store.snapshot(self.state.grants())
+        for scope in self.scopes:
+            scope.state.expire(time.time())
+        self.store.snapshot([grant for scope in self.scopes for grant in scope.state.grants()])
         self.store.close()
         self._status_writer.shutdown(wait=True)  # a status write under way must not recreate the file
         (self.config.state_path / STATUS).unlink(missing_ok=True)
@@ -389,6 +454,16 @@ class Agent:
             lock.release(self._lock, self.config.state_path)
             self._lock = None
         log.info("stopped; table inet ztdns stays in force")
+
+
+@dataclass(slots=True)
+class Scope:
+    """Whose answers these are: the host's, or one workload's."""
+
+    identity: str
+    state: AllowState
+    writer: SetWriter
+    upstreams: Upstreams
 
 
 def _attribution() -> Attribution | None:

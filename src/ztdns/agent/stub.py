@@ -29,6 +29,19 @@ from ztdns.config.model import parse_hostport
 log = logging.getLogger("ztdns.agent.stub")
 
 
+class Scope(Protocol):
+    """Whose answers these are (a workload's): the connections to ask over, the state and sets to open."""
+
+    @property
+    def identity(self) -> str: ...
+    @property
+    def state(self) -> AllowState: ...
+    @property
+    def writer(self) -> SetWriter: ...
+    @property
+    def upstreams(self) -> Upstream: ...
+
+
 class Upstream(Protocol):
     async def query(self, wire: bytes) -> bytes:
         """The response to ``wire`` with its message ID, or UpstreamError."""
@@ -61,6 +74,7 @@ class StubHandler:
         on_error: Callable[[str], None],
         attribution: Attribution | None = None,
         on_blocked: Blocked | None = None,
+        scope_of: Callable[[Peer], Scope | None] | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._state = state
@@ -70,6 +84,7 @@ class StubHandler:
         self._on_error = on_error
         self._attribution = attribution
         self._on_blocked = on_blocked
+        self._scope_of = scope_of
 
     async def handle(self, query: bytes, release: Release, peer: Peer | None = None) -> bool:
         """Relay ``query``: ``release`` gets the response once the application may have it — after the set
@@ -85,8 +100,13 @@ class StubHandler:
         if peer is not None and self._attribution is not None:
             asker = self._attribution.look_up_soon(peer.protocol, peer.local, peer.remote)
         metrics = self._metrics
+        upstreams, state, writer, identity = self._upstreams, self._state, self._writer, self._identity
+        if self._scope_of is not None and peer is not None:
+            scope = self._scope_of(peer)  # a workload's: its identity upstream, its own sets
+            if scope is not None:
+                upstreams, state, writer, identity = scope.upstreams, scope.state, scope.writer, scope.identity
         try:
-            response = await self._upstreams.query(query)
+            response = await upstreams.query(query)
         except UpstreamError as exc:
             metrics.upstream_failures += 1
             metrics.servfail += 1
@@ -114,9 +134,9 @@ class StubHandler:
             return True
         # Every answer of this event-loop turn goes into the same update: one transaction for all of them. The
         # commit releases the answers itself (no future and task wake-up per answer).
-        self._state.answer(answer.name, answer.records, time.time(), self._identity, self._writer.pending())
+        state.answer(answer.name, answer.records, time.time(), identity, writer.pending())
         settle = partial(self._settle, query, response, answer.name, started, release, asker, answer.records)
-        self._writer.after_commit(settle)
+        writer.after_commit(settle)
         return True
 
     def _settle(
