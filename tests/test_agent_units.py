@@ -69,9 +69,8 @@ def test_ruleset_scopes_dhcp_icmp_and_neighbour_discovery_and_hooks_packet_socke
 
 
 def test_ruleset_scopes_workload_grants_to_their_cgroup() -> None:
-    workload = (
-        '[[workload]]\nname = "web"\ncgroup = "/system.slice/web.service/"\nclient_cert = "c"\nclient_key = "k"\n'
-    )
+    workload = '[[workload]]\nname = "web"\ncgroup = "/system.slice/web.service/"\nidentity = "web"\n'
+    workload += 'client_cert = "c"\nclient_key = "k"\n'
     ruleset = build_ruleset(config(workload), workloads=[("web", "unified/system.slice/web.service", 2)])
     assert "set allow4_web { type ipv4_addr; flags timeout;" in ruleset and "set allow6_web {" in ruleset
     match = 'socket cgroupv2 level 2 "unified/system.slice/web.service"'
@@ -81,6 +80,8 @@ def test_ruleset_scopes_workload_grants_to_their_cgroup() -> None:
     assert "socket cgroupv2" not in build_ruleset(config(workload))  # its cgroup does not exist: sets only
     with pytest.raises(ConfigError, match="not a cgroup path"):
         config(workload.replace("/system.slice/web.service/", "../x"))
+    with pytest.raises(ConfigError, match="an identity of its own"):
+        config(workload, top='identity = "web"\n')
 
 
 def _elements(payload: bytes) -> list[tuple[bytes, int | None]]:

@@ -156,8 +156,8 @@ class WorkloadConfig(Section):
     name: str
     # The cgroup v2 path below the hierarchy's root, e.g. "system.slice/web.service"; its descendants belong too.
     cgroup: str
-    # Label stored with its grants (e.g. its SPIFFE ID); shown by `flows`.
-    identity: str = ""
+    # Label stored with its grants (e.g. its SPIFFE ID; restarts give each grant back to its workload by it).
+    identity: Annotated[str, Field(min_length=1)]
     # Its client certificate and key (an X.509 SVID); re-read when the files change on disk.
     client_cert: str
     client_key: str
@@ -220,6 +220,13 @@ class AgentConfig(Section):
         if not values:
             raise ValueError("at least one protective server is needed (the agent resolves no other way)")
         return values
+
+    @model_validator(mode="after")
+    def _identities(self) -> AgentConfig:
+        identities = [self.identity, *(w.identity for w in self.workload)]
+        if len(set(identities)) != len(identities):
+            raise ValueError("each workload needs an identity of its own, different from the host's `identity`")
+        return self
 
     def path(self, value: str) -> Path:
         """A path from the file, relative to the file's folder."""

@@ -124,7 +124,8 @@ class StubHandler:
         if not answer.records:
             metrics.relayed += 1
             metrics.observe_plumbing(time.perf_counter() - started)
-            if answer.rcode and self._on_blocked is not None:
+            # NXDOMAIN/REFUSED, or a NODATA that carries an EDE option (code 15: its bytes are a cheap pre-filter).
+            if self._on_blocked is not None and (answer.rcode or b"\x00\x0f" in response):
                 reason = blocking_reason(response)
                 if reason is not None:
                     # Recorded before the refusal is released, while the asker (often a short-lived dig or
