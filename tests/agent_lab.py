@@ -392,6 +392,28 @@ address = "{metrics}"
         path.write_text(text)
         return path
 
+    def closed_loop_config(self, folder: Path, transport: str = "dot", extra: str = "") -> Path:
+        """An agent config for the ``ztdns`` lab: the host's certificate, state and resolv.conf inside ``folder``."""
+        (folder / "resolv.conf").write_text("nameserver 192.0.2.99\n")
+        config = folder / "agent.toml"
+        config.write_text(
+            f"""identity = "{HOST_ID}"
+state_dir = "{folder / "state"}"
+resolv_conf = "{folder / "resolv.conf"}"
+[[server]]
+address = "{RESOLVER}:{853 if transport == "dot" else 443}"
+hostname = "dns.test"
+transport = "{transport}"
+[tls]
+ca_file = "{self.pki / "ca.crt"}"
+client_cert = "{self.pki / "host.crt"}"
+client_key = "{self.pki / "host.key"}"
+[metrics]
+address = ""
+{extra}"""
+        )
+        return config
+
     def ztdns(self, config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.in_ns(self.client, PYTHON, "-m", "ztdns", "agent", "--config", str(config), *args, check=check)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_lab import HOST_ID, RESOLVER, AgentProcess, Lab, Probe, needs_root
+from agent_lab import RESOLVER, AgentProcess, Lab, Probe, needs_root
 
 pytestmark = [needs_root("kdig"), pytest.mark.root]
 
@@ -35,29 +35,7 @@ def agent(request: pytest.FixtureRequest, lab: Lab, tmp_path_factory: pytest.Tem
     """The agent of this host, speaking ``transport`` to ztdns with the host's client certificate."""
     transport: str = request.param
     folder = tmp_path_factory.mktemp(f"agent-{transport}")
-    port = 853 if transport == "dot" else 443
-    (folder / "resolv.conf").write_text("nameserver 192.0.2.99\n")
-    config = folder / "agent.toml"
-    config.write_text(
-        f"""identity = "{HOST_ID}"
-state_dir = "{folder / "state"}"
-resolv_conf = "{folder / "resolv.conf"}"
-[[server]]
-address = "{RESOLVER}:{port}"
-hostname = "dns.test"
-transport = "{transport}"
-[tls]
-ca_file = "{lab.pki / "ca.crt"}"
-client_cert = "{lab.pki / "host.crt"}"
-client_key = "{lab.pki / "host.key"}"
-[allow]
-ttl_floor = 0
-ttl_ceiling = 5
-grace = 1
-[metrics]
-address = ""
-"""
-    )
+    config = lab.closed_loop_config(folder, transport, "[allow]\nttl_floor = 0\nttl_ceiling = 5\ngrace = 1\n")
     process = AgentProcess(lab, config)
     try:
         yield transport

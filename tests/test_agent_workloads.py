@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_lab import GUEST_ID, HOST_ID, PYTHON, RESOLVER, Lab, Probe, needs_root
+from agent_lab import GUEST_ID, PYTHON, Lab, Probe, needs_root
 from ztdns.agent.asker import cgroup2_root
 
 pytestmark = [needs_root(), pytest.mark.root, pytest.mark.slow]
@@ -39,29 +39,14 @@ def test_two_workloads_ask_with_their_own_identity_and_reach_only_their_own_answ
     # The workload's SVID as files a SPIFFE helper would rotate.
     shutil.copy(lab.pki / "guest.crt", tmp_path / "svid.pem")
     shutil.copy(lab.pki / "guest.key", tmp_path / "svid.key")
-    (tmp_path / "resolv.conf").write_text("nameserver 192.0.2.99\n")
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f"""identity = "{HOST_ID}"
-state_dir = "{tmp_path / "state"}"
-resolv_conf = "{tmp_path / "resolv.conf"}"
-[[server]]
-address = "{RESOLVER}:853"
-hostname = "dns.test"
-[tls]
-ca_file = "{lab.pki / "ca.crt"}"
-client_cert = "{lab.pki / "host.crt"}"
-client_key = "{lab.pki / "host.key"}"
-[[workload]]
+    workload = f"""[[workload]]
 name = "guest"
 cgroup = "{guest.name}"
 identity = "{GUEST_ID}"
 client_cert = "{tmp_path / "svid.pem"}"
 client_key = "{tmp_path / "svid.key"}"
-[metrics]
-address = ""
 """
-    )
+    config = lab.closed_loop_config(tmp_path, extra=workload)
     # `ip netns exec` gives the agent a fresh /sys: mount the cgroup v2 hierarchy where nftables looks for it.
     mount = 'mount -t cgroup2 none /sys/fs/cgroup && exec "$@"'
     log = (tmp_path / "agent.log").open("w")
