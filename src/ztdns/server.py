@@ -20,6 +20,8 @@ from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
 from ztdns.config import Config, ConfigError, located, where
+from ztdns.detect import Detector
+from ztdns.detect.stage import DetectStage, FloodQuotaStage
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.fastpath import Replay, ReplayTable, make_countdown, splice, udp_limit
@@ -69,6 +71,9 @@ def build_stages(
         # Identity comes only from the connection (address, verified certificate), never from the message;
         # unknown clients stop here with EDE 18 before any name is looked at.
         IdentifyStage(runtime.identities, runtime.views),
+        # Detection needs the identity; before policy and the cache so that limits and verdicts in force answer
+        # first, and it sees every answer (rcode, cache hit) on the way back.
+        DetectStage(runtime.detector),
         # Fixed answers no policy can override (the browser DoH canary).
         SpecialNamesStage(),
         # Default deny on the question itself, before anything is looked up anywhere.
@@ -88,8 +93,9 @@ def build_stages(
         # overrides and answer first; before the cache, so zone data is never cached and an update or key event
         # is visible to the next query.
         stages.append(AuthorityViewStage(authority))
-    # The cache before the resolver; it stores on the way back and serves stale when the resolver fails.
-    stages += [cache_stage, resolve_stage]
+    # The cache before the resolver; it stores on the way back and serves stale when the resolver fails. A
+    # flooded zone's fetches are rationed between the two, so its cached names keep answering.
+    stages += [cache_stage, FloodQuotaStage(runtime.detector), resolve_stage]
     return stages
 
 
@@ -103,10 +109,11 @@ class Runtime:
     local_zones: LocalZones
     observer: Observer
     replays: ReplayTable
+    detector: Detector
     handler: Next | None = None
 
 
-def compile_runtime(config: Config, observer: Observer) -> Runtime:
+def compile_runtime(config: Config, observer: Observer, detector: Detector | None = None) -> Runtime:
     zones = [
         load_zone(zone, config.base_dir, where(config, ("local_zones", index, "records" if zone.records else "file")))
         for index, zone in enumerate(config.local_zones)
@@ -118,6 +125,7 @@ def compile_runtime(config: Config, observer: Observer) -> Runtime:
         local_zones=LocalZones(zones),
         observer=observer,
         replays=ReplayTable(config.cache.max_entries),
+        detector=detector or Detector(config.detect),
     )
 
 
@@ -165,14 +173,16 @@ class Frontend:
         self.querylog = _make_querylog(config)
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.detector = Detector(config.detect)  # its state survives reloads, like the cache
         self.runtime, self.cache_stage = self._build(config, self.resolver, self.querylog)
+        self._bind_detector()
         self._register_metrics()
 
     def _build(
         self, config: Config, resolver: Resolver | None, querylog: QueryLog | None
     ) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
-        runtime = compile_runtime(config, Observer(self.metrics, querylog))
+        runtime = compile_runtime(config, Observer(self.metrics, querylog), self.detector)
         cache_stage = CacheStage(self.cache, resolver)
         runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
         return runtime, cache_stage
@@ -199,7 +209,20 @@ class Frontend:
         old_resolver, old_querylog = self.resolver, self.querylog
         self.resolver, self.querylog, self.cache_stage, self.runtime = resolver, querylog, cache_stage, runtime
         self.cache.reconfigure(config.cache)
+        self._bind_detector()
         await self._release(old_resolver, old_querylog)
+
+    def _bind_detector(self) -> None:
+        """The detector follows the config in service; its events go to that config's observer."""
+        runtime = self.runtime
+        observer = runtime.observer
+        self.detector.configure(runtime.config.detect)
+        self.detector.emit = lambda fields: observer.event("detect", fields)
+        self.detector.on_block = self._drop_replays
+
+    def _drop_replays(self) -> None:
+        """A verdict now blocks some names: replays rendered before it must not answer them."""
+        self.runtime.replays = ReplayTable(self.runtime.config.cache.max_entries)
 
     def reopen_logs(self) -> None:
         """The query log file is opened again by its name (log rotation), whatever else a reload does."""
@@ -244,6 +267,8 @@ class Frontend:
             entry.hits += 1  # popularity only: a lost update between threads does not matter
             if now >= replay.prefetch_at:
                 self._prefetch(replay, entry)
+        if self.detector.enabled and not self.detector.admit_replay(identity, client):
+            return None  # over a rate limit or under a verdict: the detect stage answers
         runtime.observer.record_replay(replay, client, now)
         return wire[:2] + answer[2:]
 
@@ -270,6 +295,8 @@ class Frontend:
             entry.hits += 1
             if now >= replay.prefetch_at:
                 self._prefetch(replay, entry)
+        if self.detector.enabled and not self.detector.admit_replay(identity, client):
+            return None
         self.runtime.observer.record_replay(replay, client, now)
         return splice(wire, parsed, answer)
 
@@ -347,6 +374,7 @@ class Frontend:
         )
         counters["ztdns_cache_evictions"] = ("Entries evicted by size", lambda: float(self.cache.evictions))
         self.metrics.labelled.append(self._upstream_families)
+        self.metrics.labelled.append(self.detector.families)
         self.metrics.labelled.append(self._dnssec_families)
         counters["ztdns_querylog_dropped"] = (
             "Query log lines dropped because the writer fell behind",

@@ -26,6 +26,7 @@ from pydantic import (
 from ztdns.authority.config import AuthorityConfig
 from ztdns.config.base import Section, check_network
 from ztdns.config.base import parse_hostport as parse_hostport  # noqa: PLC0414 (re-exported for capabilities)
+from ztdns.config.detect import DetectConfig
 from ztdns.policy.patterns import PatternError, normalise_name, parse_pattern
 
 
@@ -341,6 +342,7 @@ class Config(Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     authority: AuthorityConfig = AuthorityConfig()
+    detect: DetectConfig = DetectConfig()
 
     # Where the file was read from: list files and zone files are relative to it; errors name it. Set by the
     # loader, not keys of the file.

@@ -93,6 +93,11 @@ class Observer:
         )
         self.querylog.write(head[:-1] + ", " + body[1:])
 
+    def event(self, kind: str, fields: dict[str, object]) -> None:
+        """A security event (a detection verdict) as one line of the query log stream: ``"event": kind``."""
+        if self.querylog is not None:
+            self.querylog.write(json.dumps({"time": self.clock.now(), "event": kind, **fields}))
+
     def replay_fragment(self, ctx: QueryContext) -> tuple[str, str, str]:
         """(log fragment, kind, rcode) for fast-path replays of this answer: all fields that do not change."""
         kind = Kind.CACHED if ctx.kind in (Kind.RESOLVED, Kind.CACHED) else (ctx.kind or Kind.FAILED)

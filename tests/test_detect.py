@@ -1,0 +1,313 @@
+"""Detection on synthetic streams through the whole pipeline in-process (a resolver that answers at once).
+
+A fake clock drives the detector, so minutes of traffic take milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+from pathlib import Path
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rrset
+import pytest
+
+from ztdns.client import ClientInfo, Transport
+from ztdns.config import parse_config
+from ztdns.detect.engine import split_name
+from ztdns.resolver import Question, Resolution
+from ztdns.server import Frontend
+
+CONFIG = """
+[identities.lab]
+networks = ["127.0.0.0/8", "::1/128"]
+policies = ["all"]
+
+[policies.all]
+allow = ["**"]
+
+[log.query_log]
+output = "off"
+
+[detect]
+mode = "{mode}"
+builtin_allow = true
+{extra}
+"""
+
+UDP = ClientInfo(Transport.UDP, "127.0.0.1", 40000)
+TCP = ClientInfo(Transport.TCP, "127.0.0.1", 40000, stream=True)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Upstream:
+    """Answers names under known.test (and www.example.com) with an address; NXDOMAIN for everything else."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def resolve(self, question: Question) -> Resolution:
+        name = question.name.to_text()
+        self.asked.append(name)
+        response = dns.message.Message(id=0)
+        response.flags = dns.flags.QR | dns.flags.RA
+        if name.endswith("known.test.") or name == "www.example.com.":
+            response.answer = [dns.rrset.from_text(name, 300, "IN", "A", "192.0.2.1")]
+        else:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            soa = dns.rrset.from_text(question.name.parent(), 60, "IN", "SOA", "ns. h. 1 3600 600 86400 60")
+            response.authority = [soa]
+        return Resolution(response)
+
+    async def close(self) -> None:
+        pass
+
+
+class Harness:
+    def __init__(self, mode: str = "enforce", extra: str = "") -> None:
+        self.upstream = Upstream()
+        config = parse_config(CONFIG.format(mode=mode, extra=extra), "test", Path("."))
+        self.frontend = Frontend(config, resolver_factory=lambda _: self.upstream)
+        self.clock = Clock()
+        self.frontend.detector.clock = self.clock
+        self.events: list[dict[str, object]] = []
+        self.frontend.detector.emit = self.events.append
+
+    async def ask(self, name: str, rdtype: str = "A", client: ClientInfo = UDP) -> dns.message.Message | None:
+        query = dns.message.make_query(name, rdtype, use_edns=0)
+        wire = query.to_wire()
+        answer = self.frontend.fast(wire, client)
+        if answer is None:
+            answer = await self.frontend.handle(wire, client)
+        await asyncio.sleep(0)  # the tick and replay bookkeeping run after the answer
+        return None if answer is None else dns.message.from_wire(answer)
+
+    def verdicts(self, detector: str) -> list[dict[str, object]]:
+        return [event for event in self.events if event["detector"] == detector]
+
+
+def _ede(message: dns.message.Message) -> tuple[int, str] | None:
+    for option in message.options:
+        if isinstance(option, dns.edns.EDEOption):
+            return int(option.code), option.text or ""
+    return None
+
+
+def tunnel_names(domain: str, count: int, chunk: int, seed: int = 1) -> list[str]:
+    generator = random.Random(seed)
+    names = []
+    for index in range(count):
+        payload = base64.b32encode(generator.randbytes(chunk)).decode().strip("=").lower()
+        labels = [payload[i : i + 60] for i in range(0, len(payload), 60)]
+        names.append(".".join([*labels, f"{index:x}", domain]) + ".")
+    return names
+
+
+def test_a_fast_tunnel_is_flagged_within_ten_seconds_and_blocked_with_an_explaining_ede() -> None:
+    async def run() -> None:
+        harness = Harness()
+        names = tunnel_names("t.tunnel.test", 400, 100)
+        blocked_at = None
+        # 20 queries a second of 100 payload bytes (160 name bytes): 2 kB/s through names.
+        for index, name in enumerate(names):
+            harness.clock.now += 0.05
+            answer = await harness.ask(name, "TXT")
+            assert answer is not None
+            if answer.rcode() == dns.rcode.NXDOMAIN and _ede(answer) is not None and blocked_at is None:
+                blocked_at = index * 0.05
+                code, text = _ede(answer) or (0, "")
+                assert code == 15
+                assert text.startswith("detect=tunnel identity=lab domain=tunnel.test rate=")
+                assert "limit=1000B/s until=" in text
+        assert blocked_at is not None and blocked_at <= 10.0
+        events = harness.verdicts("tunnel")
+        assert events and events[0]["action"] == "nxdomain" and events[0]["mode"] == "enforce"
+        # Other domains keep answering for the same identity.
+        answer = await harness.ask("www.known.test.")
+        assert answer is not None and answer.rcode() == dns.rcode.NOERROR and answer.answer
+
+    asyncio.run(run())
+
+
+def test_a_slow_tunnel_at_fifty_bytes_a_second_is_flagged_within_a_minute() -> None:
+    async def run() -> None:
+        harness = Harness()
+        # One query every 1.2 s carrying 60 payload bytes (96 name bytes): 50 payload B/s.
+        names = tunnel_names("t.slow.test", 60, 60)
+        flagged_at = None
+        for index, name in enumerate(names):
+            harness.clock.now += 1.2
+            await harness.ask(name, "NULL")
+            if harness.verdicts("tunnel") and flagged_at is None:
+                flagged_at = (index + 1) * 1.2
+        assert flagged_at is not None and flagged_at <= 60.0
+
+    asyncio.run(run())
+
+
+def test_repeated_browsing_is_not_a_tunnel() -> None:
+    async def run() -> None:
+        harness = Harness()
+        names = [f"host{i % 30}.known.test." for i in range(600)]
+        for name in names:
+            harness.clock.now += 0.1
+            await harness.ask(name)
+        assert harness.verdicts("tunnel") == []
+
+    asyncio.run(run())
+
+
+def test_observe_mode_logs_and_counts_but_answers() -> None:
+    async def run() -> None:
+        harness = Harness(mode="observe")
+        for name in tunnel_names("t.tunnel.test", 300, 100):
+            harness.clock.now += 0.05
+            answer = await harness.ask(name, "TXT")
+            assert answer is not None and _ede(answer) is None
+        events = harness.verdicts("tunnel")
+        assert events and events[0]["action"] == "log" and events[0]["mode"] == "observe"
+        families = {family.name: family for family in harness.frontend.detector.families()}
+        samples = {tuple(s.labels.values()): s.value for s in families["ztdns_detect_verdicts"].samples}
+        assert samples[("tunnel", "log")] >= 1
+
+    asyncio.run(run())
+
+
+def test_allow_listed_random_names_are_not_analysed() -> None:
+    async def run() -> None:
+        harness = Harness()
+        for name in tunnel_names("avqs.mcafee.com", 300, 100):
+            harness.clock.now += 0.05
+            await harness.ask(name, "TXT")
+        assert harness.verdicts("tunnel") == []
+
+    asyncio.run(run())
+
+
+def test_registered_domains_follow_the_public_suffix_list() -> None:
+    def domain(text: str) -> bytes:
+        return split_name(dns.name.from_text(text).labels).domain
+
+    assert domain("a.b.example.co.uk.") == b"example.co.uk"
+    assert domain("x.y.blogspot.com.") == b"y.blogspot.com"
+    assert domain("deep.name.internal.") == b"name.internal"
+    assert domain("co.uk.") == b"co.uk"
+    assert domain("A.B.Example.COM.") == b"example.com"
+
+
+def test_dga_names_give_a_client_verdict_and_benign_failures_do_not() -> None:
+    async def run() -> None:
+        harness = Harness(extra="[detect.dga]\nmin_names = 8\naction = 'refuse'")
+        generator = random.Random(5)
+        # Benign typos and dead names first: words, no verdict.
+        for word in ["mountainview", "coffeeshop", "bestbooks", "printer", "mailhost", "intranet", "wiki", "backup"]:
+            harness.clock.now += 1
+            for tld in ("com", "net"):
+                await harness.ask(f"{word}.{tld}.")
+        assert harness.verdicts("dga") == []
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        for _ in range(30):
+            harness.clock.now += 0.5
+            label = "".join(generator.choice(letters) for _ in range(generator.randint(12, 20)))
+            await harness.ask(f"{label}.com.")
+        events = harness.verdicts("dga")
+        assert events and events[0]["key"] == "client=127.0.0.1"
+        answer = await harness.ask("www.known.test.")
+        assert answer is not None and answer.rcode() == dns.rcode.REFUSED
+        assert (_ede(answer) or (0, ""))[0] == 17
+
+    asyncio.run(run())
+
+
+def test_rate_limits_slip_over_udp_and_refuse_over_tcp() -> None:
+    async def run() -> None:
+        harness = Harness(extra="[detect.rate_limit]\nper_prefix = 10\nburst_seconds = 1\nslip = 2")
+        answers = [await harness.ask("www.known.test.") for _ in range(30)]  # cached and replayed after the first
+        dropped = sum(answer is None for answer in answers)
+        truncated = sum(answer is not None and bool(answer.flags & dns.flags.TC) for answer in answers)
+        assert dropped >= 8 and truncated >= 8
+        answer = await harness.ask("www.known.test.", client=TCP)
+        assert answer is not None and answer.rcode() == dns.rcode.REFUSED
+        assert "detect=ratelimit prefix=127.0.0.1/32" in (_ede(answer) or (0, ""))[1]
+        harness.clock.now += 5  # the bucket refills
+        answer = await harness.ask("www.known.test.")
+        assert answer is not None and answer.rcode() == dns.rcode.NOERROR and not answer.flags & dns.flags.TC
+
+    asyncio.run(run())
+
+
+def test_a_verified_certificate_is_exempt_from_address_limits() -> None:
+    async def run() -> None:
+        harness = Harness(extra="[detect.rate_limit]\nper_prefix = 5\nburst_seconds = 1")
+        client = ClientInfo(Transport.DOT, "127.0.0.1", 40000, certificate_identity="spiffe://x/y", stream=True)
+        answers = [await harness.ask("www.known.test.", client=client) for _ in range(40)]
+        assert all(answer is not None and answer.rcode() == dns.rcode.NOERROR for answer in answers)
+
+    asyncio.run(run())
+
+
+def test_a_random_subdomain_flood_caps_upstream_fetches_and_cached_names_keep_answering() -> None:
+    async def run() -> None:
+        flood = "[detect.flood]\nupstream_quota = 20\nblock_after = 0"
+        harness = Harness(extra=f"[detect.rate_limit]\nmode = 'off'\n{flood}")
+        assert (await harness.ask("www.known.test.")) is not None  # cached before the flood
+        generator = random.Random(3)
+        asked_before = len(harness.upstream.asked)
+        per_second: list[int] = []
+        for second in range(8):
+            start = len(harness.upstream.asked)
+            for _ in range(500):  # 500 q/s of random names under victim.test
+                harness.clock.now += 0.002
+                label = "".join(generator.choice("abcdefghijklmnop") for _ in range(10))
+                await harness.ask(f"{label}.victim.test.")
+            per_second.append(len(harness.upstream.asked) - start)
+            cached = await harness.ask("www.known.test.")
+            assert cached is not None and cached.rcode() == dns.rcode.NOERROR and cached.answer, second
+        assert len(harness.upstream.asked) > asked_before
+        assert max(per_second[5:]) <= 25  # the quota (20/s) plus the bucket's depth once
+        assert harness.verdicts("flood")
+
+    asyncio.run(run())
+
+
+def test_events_escape_client_names() -> None:
+    async def run() -> None:
+        harness = Harness(mode="observe")
+        for index in range(300):
+            harness.clock.now += 0.05
+            name = dns.name.Name([f'{index}x<script>\x00"{"a" * 40}'.encode("latin-1"), b"evil\n", b"test", b""])
+            query = dns.message.make_query(name, "TXT")
+            await harness.frontend.handle(query.to_wire(), UDP)
+            await asyncio.sleep(0)
+        events = harness.verdicts("tunnel")
+        assert events
+        text = json.dumps(events)
+        assert "<" not in text and "\\n" not in text.replace("\\\\", "")
+        assert "evil\\\\010" in text
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("mode", ["off", "observe"])
+def test_replays_still_answer_when_nothing_is_enforced(mode: str) -> None:
+    async def run() -> None:
+        harness = Harness(mode=mode)
+        await harness.ask("www.known.test.")
+        wire = dns.message.make_query("www.known.test.", "A", use_edns=0).to_wire()
+        assert harness.frontend.fast(wire, UDP) is not None
+
+    asyncio.run(run())
