@@ -311,3 +311,54 @@ def test_replays_still_answer_when_nothing_is_enforced(mode: str) -> None:
         assert harness.frontend.fast(wire, UDP) is not None
 
     asyncio.run(run())
+
+
+def _cookie_query(name: str, client: bytes, server: bytes = b"") -> bytes:
+    return dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.CookieOption(client, server)]).to_wire()
+
+
+def _server_cookie(wire: bytes) -> bytes:
+    message = dns.message.from_wire(wire)
+    cookie = next(o for o in message.options if isinstance(o, dns.edns.CookieOption))
+    return cookie.server
+
+
+def test_server_cookies_are_answered_and_a_valid_one_exempts_from_address_limits() -> None:
+    async def run() -> None:
+        harness = Harness(extra="[detect.rate_limit]\nper_prefix = 5\nburst_seconds = 1\nslip = 0")
+        frontend = harness.frontend
+        client_cookie = b"\x01\x02\x03\x04\x05\x06\x07\x08"
+        first = await frontend.handle(_cookie_query("www.known.test.", client_cookie), UDP)
+        assert first is not None
+        server = _server_cookie(first)
+        assert len(server) == 16 and server[0] == 1
+        # With the server cookie: never limited, and never replayed (the cookie is this client's).
+        for _ in range(40):
+            wire = _cookie_query("www.known.test.", client_cookie, server)
+            assert frontend.fast(wire, UDP) is None
+            answer = await frontend.handle(wire, UDP)
+            assert answer is not None and dns.message.from_wire(answer).rcode() == dns.rcode.NOERROR
+        # The same cookie from another address is not valid there: that address is limited.
+        other = ClientInfo(Transport.UDP, "127.0.0.2", 40000)
+        results = [await frontend.handle(_cookie_query("www.known.test.", client_cookie, server), other)]
+        results += [
+            await frontend.handle(_cookie_query("www.known.test.", client_cookie, server), other) for _ in range(20)
+        ]
+        assert any(result is None for result in results)
+
+    asyncio.run(run())
+
+
+def test_forged_and_expired_server_cookies_are_not_valid() -> None:
+    from ztdns.detect.cookies import ServerCookies
+
+    cookies = ServerCookies(b"k" * 16)
+    client = b"abcdefgh"
+    server = cookies.make(client, "192.0.2.1", 1_000_000)
+    assert cookies.valid(client, server, "192.0.2.1", 1_000_100)
+    assert not cookies.valid(client, server, "192.0.2.2", 1_000_100)  # another address
+    assert not cookies.valid(b"abcdefgi", server, "192.0.2.1", 1_000_100)  # another client cookie
+    assert not cookies.valid(client, server, "192.0.2.1", 1_000_000 + 3601)  # expired
+    assert not cookies.valid(client, server[:-1] + bytes([server[-1] ^ 1]), "192.0.2.1", 1_000_100)
+    assert not cookies.valid(client, b"", "192.0.2.1", 1_000_100)
+    assert not ServerCookies(b"j" * 16).valid(client, server, "192.0.2.1", 1_000_100)  # another secret

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import dns.edns
 import dns.message
 
 from ztdns.cache import CacheEntry
@@ -53,6 +54,7 @@ class QueryContext:
     replay_age: int = 0  # seconds the rendered TTLs were already counted down by
     # For answers whose source can change before replay_until (served zones): true while the replay is still right.
     replay_guard: Callable[[], bool] | None = None
+    edns_options: tuple[dns.edns.Option, ...] = ()  # added to the answer's OPT record (a server cookie)
     wire_response: bytes | None = None  # the bytes sent, set by the respond stage
     full_wire_response: bytes | None = None  # the untruncated rendering, for the fast path
 

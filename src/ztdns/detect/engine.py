@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ztdns.client import ClientInfo
 from ztdns.config.detect import DetectConfig
+from ztdns.detect.cookies import ServerCookies
 from ztdns.detect.dga import DgaModel, shipped_model
 from ztdns.detect.names import escape_name, escape_text, suffix_list
 from ztdns.detect.sketch import TokenBucket, rate
@@ -76,6 +77,7 @@ class Detector:
         self.slips: dict[tuple[int, int], int] = {}
         self.next_tick = 0.0
         self.ticking = False
+        self.cookies: ServerCookies | None = None  # its secret survives reloads: clients' cookies stay valid
         self.configure(config)
 
     def configure(self, config: DetectConfig) -> None:
@@ -85,6 +87,10 @@ class Detector:
         self.analyse = any(self.modes[name] != "off" for name in ("tunnel", "dga", "flood"))
         self.limits_on = self.modes["rate_limit"] != "off"
         limits = config.rate_limit
+        if not (limits.cookies and self.enabled):
+            self.cookies = None
+        elif self.cookies is None:
+            self.cookies = ServerCookies()
         self.prefixes: dict[int, list[tuple[int, int, float]]] = {}  # family tag → (tag, mask, rate)
         for family, bits, lengths in ((4, 32, limits.ipv4_prefixes), (6, 128, limits.ipv6_prefixes)):
             self.prefixes[family] = [

@@ -4,7 +4,9 @@ one just before the resolver (the per-zone upstream fetch quota of a flooded zon
 from __future__ import annotations
 
 import asyncio
+import time
 
+import dns.edns
 import dns.message
 import dns.rcode
 import dns.rdataclass
@@ -69,13 +71,33 @@ class DetectStage:
         if not detector.enabled:
             await call_next(ctx)
             return
-        assert ctx.question is not None
+        assert ctx.question is not None and ctx.query is not None
         now = detector.clock()
         if detector.due(now):
             asyncio.get_running_loop().call_soon(detector.tick)  # after this query's answer is on its way
         client = ctx.client
+        exempt = client.certificate_identity is not None
+        cookies = detector.cookies
+        if cookies is not None and ctx.query.options:
+            cookie = next((o for o in ctx.query.options if isinstance(o, dns.edns.CookieOption)), None)
+            if cookie is not None:
+                wall = time.time()
+                exempt = exempt or cookies.valid(cookie.client, cookie.server, client.address, wall)
+                server = cookies.make(cookie.client, client.address, wall)
+                ctx.edns_options = (*ctx.edns_options, dns.edns.CookieOption(cookie.client, server))
+                try:
+                    await self._detect(ctx, call_next, exempt, now)
+                finally:
+                    ctx.replay_until = 0.0  # the server cookie is this client's: never replayed to another
+                return
+        await self._detect(ctx, call_next, exempt, now)
+
+    async def _detect(self, ctx: QueryContext, call_next: Next, exempt: bool, now: float) -> None:
+        detector = self.detector
+        client = ctx.client
+        assert ctx.question is not None
         if detector.limits_on:
-            limited = detector.admit(ctx.identity, client.address, client.certificate_identity is not None, now)
+            limited = detector.admit(ctx.identity, client.address, exempt, now)
             if limited is not None and limited[1].enforced:
                 key, verdict = limited
                 if client.stream:
