@@ -18,10 +18,12 @@ import dns.name
 import dns.rcode
 import dns.rrset
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
-from ztdns.detect.engine import split_name
+from ztdns.detect.engine import Detector, split_name
 from ztdns.resolver import Question, Resolution
 from ztdns.server import Frontend
 
@@ -362,3 +364,60 @@ def test_forged_and_expired_server_cookies_are_not_valid() -> None:
     assert not cookies.valid(client, server[:-1] + bytes([server[-1] ^ 1]), "192.0.2.1", 1_000_100)
     assert not cookies.valid(client, b"", "192.0.2.1", 1_000_100)
     assert not ServerCookies(b"j" * 16).valid(client, server, "192.0.2.1", 1_000_100)  # another secret
+
+
+labels_strategy = st.lists(st.binary(min_size=1, max_size=63), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(labels=labels_strategy, rdtype=st.integers(min_value=1, max_value=65535), rcode=st.integers(0, 15))
+def test_any_name_is_analysed_without_crashing(labels: list[bytes], rdtype: int, rcode: int) -> None:
+    """Binary, dotted, escaped, empty-ish and oversized labels: every detector takes them, and the tick runs."""
+    try:
+        name = dns.name.Name([*labels, b""])
+    except dns.name.NameTooLong:
+        name = dns.name.Name([*labels[:3], b""])
+    detector = Detector(parse_config(CONFIG.format(mode="enforce", extra=""), "t", Path(".")).detect)
+    clock = Clock()
+    detector.clock = clock
+    events: list[dict[str, object]] = []
+    detector.emit = events.append
+    for index in range(30):
+        clock.now += 0.01
+        split = split_name(name.labels)
+        detector.allowed(split)
+        detector.blocked("lab", "127.0.0.1", split, clock.now)
+        detector.record("lab", "127.0.0.1", split, rdtype, rcode if index else 3, False, clock.now)
+    assert len(detector.tunnels) == 1 and len(detector.zones) == 1  # analysed, not skipped
+    detector.tick()
+    for event in events:
+        json.dumps(event)  # printable and serialisable whatever the name held
+        assert all(ord(ch) < 127 and ch.isprintable() for ch in str(event["text"]))
+
+
+def test_memory_stays_bounded_whatever_the_number_of_names() -> None:
+    harness = Detector(
+        parse_config(CONFIG.format(mode="observe", extra="max_keys = 1000\nmax_zones = 500"), "t", Path(".")).detect
+    )
+    clock = Clock()
+    harness.clock = clock
+    for index in range(200_000):  # distinct registered domains and distinct clients
+        clock.now += 0.0003
+        name = split_name((f"n{index}".encode(), f"zone{index % 100_000}".encode(), b"com", b""))
+        harness.record("lab", f"10.{index % 250}.{index // 250 % 250}.1", name, 1, 3, False, clock.now)
+        harness.admit("lab", f"10.{index % 250}.{index // 250 % 250}.{index % 7}", False, clock.now)
+        if index % 3000 == 0:
+            harness.tick()
+    assert len(harness.tunnels) <= 1000 and len(harness.clients) <= 1000 and len(harness.zones) <= 500
+    assert len(harness.buckets) <= 1000
+
+
+def test_at_most_one_event_per_key_per_log_interval() -> None:
+    async def run() -> None:
+        harness = Harness(mode="observe", extra="[detect.rate_limit]\nper_prefix = 5\nburst_seconds = 1")
+        for _ in range(200):  # 200 queries over 2 s: over the limit nearly all the time
+            harness.clock.now += 0.01
+            await harness.ask("www.known.test.")
+        assert 1 <= len(harness.verdicts("ratelimit")) <= 3
+
+    asyncio.run(run())
