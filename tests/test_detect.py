@@ -421,3 +421,14 @@ def test_at_most_one_event_per_key_per_log_interval() -> None:
         assert 1 <= len(harness.verdicts("ratelimit")) <= 3
 
     asyncio.run(run())
+
+
+def test_explain_shows_what_the_detectors_make_of_a_name() -> None:
+    from ztdns.explain import run
+
+    config = parse_config(CONFIG.format(mode="enforce", extra=""), "t", Path("."))
+    text = run(config, "127.0.0.1", "xjkqwhdkfjqwe.com", "A")
+    assert "tracked as identity=lab domain=xjkqwhdkfjqwe.com" in text
+    assert "DGA score of 'xjkqwhdkfjqwe': 0.9" in text or "DGA score of 'xjkqwhdkfjqwe': 1.0" in text
+    assert "verdict:   none in force here" in text
+    assert "under the allow-list" in run(config, "127.0.0.1", "abc.avqs.mcafee.com", "A")

@@ -469,6 +469,32 @@ class Detector:
             keys.add_metric([table], size)
         yield from (verdicts, answers, keys)
 
+    def describe(self, identity: str | None, subject: str, name: Name) -> list[str]:
+        """What the detectors make of a question, for ``ztdns explain`` (which starts with empty state)."""
+        modes = ", ".join(f"{detector} {mode}" for detector, mode in self.modes.items())
+        domain = escape_name(name.domain.split(b"."))
+        lines = [f"detect:    {modes}"]
+        if self.allowed(name):
+            shown = escape_name(name.text.split(b"."))
+            lines.append(f"           {shown}: under the allow-list, not analysed (rate limits still apply)")
+        else:
+            lines.append(f"           tracked as identity={escape_text(identity or '')} domain={domain}")
+            if name.start >= 0:
+                label = name.domain.partition(b".")[0]
+                score = self.model.score(label.decode("latin-1"))
+                lines.append(
+                    f"           DGA score of {escape_name([label])!r}: {score:.3f} "
+                    f"(suspicious from {self.config.dga.threshold} when it fails)"
+                )
+        now = self.clock()
+        found = [v for v in self.active(now) if subject in v.key or domain in v.key]
+        lines += [f"verdict:   {verdict.text(now)}" for verdict in found]
+        if not found:
+            lines.append(
+                "verdict:   none in force here (verdicts live in the serving process: detect events, EDE texts)"
+            )
+        return lines
+
     def active(self, now: float | None = None) -> Iterable[Verdict]:
         """Every verdict in force, for ``explain`` and the admin view."""
         now = self.clock() if now is None else now
