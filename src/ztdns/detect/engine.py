@@ -36,21 +36,18 @@ class Flood:
     since: float
 
 
-@dataclass(frozen=True, slots=True)
 class Name:
-    """A question name as the detectors key it: lower-case dotted bytes, where its registered domain starts."""
+    """A question name as the detectors key it: lower-case dotted bytes, where its registered domain starts, and
+    the two parts (computed once: every detector reads them)."""
 
-    text: bytes  # b"a.b.example.co.uk"
-    start: int  # index of the registered domain in text; -1: the name is itself a public suffix
+    __slots__ = ("below", "domain", "start", "text")
 
-    @property
-    def domain(self) -> bytes:
-        return self.text[self.start :] if self.start >= 0 else self.text
-
-    @property
-    def below(self) -> bytes:
-        """The labels below the registered domain (what a tunnel writes its data into)."""
-        return self.text[: self.start - 1] if self.start > 0 else b""
+    def __init__(self, text: bytes, start: int) -> None:
+        self.text = text  # b"a.b.example.co.uk"
+        self.start = start  # index of the registered domain in text; -1: the name is itself a public suffix
+        self.domain = text[start:] if start >= 0 else text
+        # The labels below the registered domain (what a tunnel writes its data into).
+        self.below = text[: start - 1] if start > 0 else b""
 
 
 def split_name(labels: tuple[bytes, ...]) -> Name:
@@ -75,6 +72,7 @@ class Detector:
         self.buckets: dict[tuple[int, int], TokenBucket] = {}
         self.identity_buckets: dict[str, TokenBucket] = {}
         self.slips: dict[tuple[int, int], int] = {}
+        self.addresses: dict[str, tuple[int, int]] = {}  # address text → (family, integer): parsed once
         self.next_tick = 0.0
         self.ticking = False
         self.cookies: ServerCookies | None = None  # its secret survives reloads: clients' cookies stay valid
@@ -86,18 +84,22 @@ class Detector:
         self.enabled = any(mode != "off" for mode in self.modes.values())
         self.analyse = any(self.modes[name] != "off" for name in ("tunnel", "dga", "flood"))
         self.limits_on = self.modes["rate_limit"] != "off"
+        self.tunnel_on = self.modes["tunnel"] != "off"
+        self.dga_on = self.modes["dga"] != "off"
+        self.flood_on = self.modes["flood"] != "off"
         limits = config.rate_limit
         if not (limits.cookies and self.enabled):
             self.cookies = None
         elif self.cookies is None:
             self.cookies = ServerCookies()
-        self.prefixes: dict[int, list[tuple[int, int, float]]] = {}  # family tag → (tag, mask, rate)
+        self.prefixes: dict[int, list[tuple[int, int, float, float]]] = {}  # family → (tag, mask, rate, depth)
         for family, bits, lengths in ((4, 32, limits.ipv4_prefixes), (6, 128, limits.ipv6_prefixes)):
             self.prefixes[family] = [
                 (
                     family * 1000 + length,
                     ((1 << length) - 1) << (bits - length),
                     limits.per_prefix * limits.prefix_multiplier**index,
+                    limits.per_prefix * limits.prefix_multiplier**index * limits.burst_seconds,
                 )
                 for index, length in enumerate(sorted(set(lengths), reverse=True))
             ]
@@ -156,19 +158,29 @@ class Detector:
                 return self._limited((0, hash(identity)), f"identity={escape_text(identity)}", limits.per_identity, now)
         if exempt or limits.per_prefix <= 0:
             return None
-        family, value = _address_value(address)
+        known = self.addresses.get(address)
+        if known is None:
+            if len(self.addresses) >= self.config.max_keys:
+                self.addresses.clear()
+            known = self.addresses[address] = _address_value(address)
+        family, value = known
         if family == 0:
             return None
         buckets = self.buckets
-        for tag, mask, allowed in self.prefixes[family]:
+        for tag, mask, allowed, depth in self.prefixes[family]:
             key = (tag, value & mask)
-            depth = allowed * limits.burst_seconds
             bucket = buckets.get(key)
             if bucket is None:
                 if len(buckets) >= self.config.max_keys:
                     del buckets[next(iter(buckets))]
                 bucket = buckets[key] = TokenBucket(depth, now)
-            if not bucket.take(allowed, depth, now):
+            # TokenBucket.take, inlined: this runs for every query and replay.
+            tokens = bucket.tokens + (now - bucket.stamp) * allowed
+            bucket.stamp = now
+            if tokens >= 1.0:
+                bucket.tokens = (depth if tokens > depth else tokens) - 1.0
+            else:
+                bucket.tokens = tokens
                 return self._limited(key, f"prefix={_prefix_text(family, key)}", allowed, now)
         return None
 
@@ -238,10 +250,9 @@ class Detector:
         self, identity: str | None, subject: str, name: Name, qtype: int, rcode: int, cache_hit: bool, now: float
     ) -> None:
         """The observation on the way back: one bounded update per detector."""
-        modes = self.modes
         domain = name.domain
-        if modes["tunnel"] != "off" and not cache_hit:
-            below = name.below
+        below = name.below
+        if self.tunnel_on and not cache_hit and below:  # the registered domain alone carries nothing
             tunnel = self.tunnels.get((identity or "", domain), now)
             config = self.config.tunnel
             tunnel.add(len(below), now, config.window, config.fast_window)
@@ -250,15 +261,15 @@ class Detector:
                 tunnel.tunnel_types += 1
             tunnel.names.add(below, int(now * 2 / config.window))
             tunnel.sample = below
-        if modes["dga"] != "off" and rcode == NXDOMAIN and not cache_hit and name.start >= 0:
+        if rcode == NXDOMAIN and self.dga_on and not cache_hit and name.start >= 0:
             label = domain.partition(b".")[0].decode("latin-1")
             if self.model.score(label) >= self.config.dga.threshold:
                 self.clients.get(subject, now).add(escape_name(name.text.split(b".")), now, self.config.dga.window)
-        if modes["flood"] != "off":
+        if self.flood_on:
             zone = self.zones.get(domain, now)
             window = self.config.flood.window
             zone.add(rcode in (NXDOMAIN, SERVFAIL), cache_hit, now, window)
-            zone.children.add(name.below, int(now * 2 / window))
+            zone.children.add(below, int(now * 2 / window))
 
     # --- the tick -------------------------------------------------------------------------------------------
 

@@ -54,12 +54,6 @@ def _rcode(ctx: QueryContext) -> int:
     return int(response.rcode())
 
 
-def _subject(ctx: QueryContext) -> str:
-    """Who a per-client verdict is about: the certificate identity, else the address."""
-    client = ctx.client
-    return client.certificate_identity or client.address
-
-
 class DetectStage:
     name = "detect"
 
@@ -78,6 +72,7 @@ class DetectStage:
         client = ctx.client
         exempt = client.certificate_identity is not None
         cookies = detector.cookies
+        cookie = None
         if cookies is not None and ctx.query.options:
             cookie = next((o for o in ctx.query.options if isinstance(o, dns.edns.CookieOption)), None)
             if cookie is not None:
@@ -85,40 +80,34 @@ class DetectStage:
                 exempt = exempt or cookies.valid(cookie.client, cookie.server, client.address, wall)
                 server = cookies.make(cookie.client, client.address, wall)
                 ctx.edns_options = (*ctx.edns_options, dns.edns.CookieOption(cookie.client, server))
-                try:
-                    await self._detect(ctx, call_next, exempt, now)
-                finally:
-                    ctx.replay_until = 0.0  # the server cookie is this client's: never replayed to another
+        try:
+            if detector.limits_on:
+                limited = detector.admit(ctx.identity, client.address, exempt, now)
+                if limited is not None and limited[1].enforced:
+                    key, verdict = limited
+                    if client.stream:
+                        _answer(ctx, detector, verdict, "refuse", now)
+                    else:
+                        _answer(ctx, detector, verdict, "slip" if detector.slip(key) else "drop", now)
+                    return
+            if not detector.analyse:
+                await call_next(ctx)
                 return
-        await self._detect(ctx, call_next, exempt, now)
-
-    async def _detect(self, ctx: QueryContext, call_next: Next, exempt: bool, now: float) -> None:
-        detector = self.detector
-        client = ctx.client
-        assert ctx.question is not None
-        if detector.limits_on:
-            limited = detector.admit(ctx.identity, client.address, exempt, now)
-            if limited is not None and limited[1].enforced:
-                key, verdict = limited
-                if client.stream:
-                    _answer(ctx, detector, verdict, "refuse", now)
-                else:
-                    _answer(ctx, detector, verdict, "slip" if detector.slip(key) else "drop", now)
+            question = ctx.question
+            name = split_name(question.name.labels)
+            if detector.allowed(name):
+                await call_next(ctx)
                 return
-        if not detector.analyse:
-            await call_next(ctx)
-            return
-        name = split_name(ctx.question.name.labels)
-        if detector.allowed(name):
-            await call_next(ctx)
-            return
-        subject = _subject(ctx)
-        blocking = detector.blocked(ctx.identity, subject, name, now)
-        if blocking is not None and blocking.enforced:
-            _answer(ctx, detector, blocking, blocking.action, now)
-        else:
-            await call_next(ctx)
-        detector.record(ctx.identity, subject, name, ctx.question.rdtype, _rcode(ctx), ctx.cache_hit, now)
+            subject = client.certificate_identity or client.address  # who a per-client verdict is about
+            blocking = detector.blocked(ctx.identity, subject, name, now)
+            if blocking is not None and blocking.enforced:
+                _answer(ctx, detector, blocking, blocking.action, now)
+            else:
+                await call_next(ctx)
+            detector.record(ctx.identity, subject, name, question.rdtype, _rcode(ctx), ctx.cache_hit, now)
+        finally:
+            if cookie is not None:
+                ctx.replay_until = 0.0  # the server cookie is this client's: never replayed to another
 
 
 class FloodQuotaStage:
