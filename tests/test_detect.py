@@ -434,3 +434,23 @@ def test_explain_shows_what_the_detectors_make_of_a_name() -> None:
     assert "DGA score of 'xjkqwhdkfjqwe': 0.9" in text or "DGA score of 'xjkqwhdkfjqwe': 1.0" in text
     assert "verdict:   none in force here" in text
     assert "under the allow-list" in run(config, "127.0.0.1", "abc.avqs.mcafee.com", "A")
+
+
+def test_a_reload_keeps_the_verdicts_and_follows_the_new_mode() -> None:
+    async def run() -> None:
+        harness = Harness()
+        for name in tunnel_names("t.tunnel.test", 200, 100):
+            harness.clock.now += 0.05
+            await harness.ask(name, "TXT")
+        detector = harness.frontend.detector
+        assert detector.blocks
+        await harness.frontend.reload(parse_config(CONFIG.format(mode="observe", extra=""), "test", Path(".")))
+        assert harness.frontend.detector is detector and detector.blocks  # state survives, as the cache does
+        assert detector.modes["tunnel"] == "observe"
+        assert not any(verdict.enforced for verdict in detector.blocks.values())
+        answer = await harness.ask(tunnel_names("t.tunnel.test", 1, 10, seed=9)[0], "TXT")
+        assert answer is not None and _ede(answer) is None
+        await harness.frontend.reload(parse_config(CONFIG.format(mode="off", extra=""), "test", Path(".")))
+        assert not detector.enabled and detector.cookies is None
+
+    asyncio.run(run())

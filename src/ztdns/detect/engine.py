@@ -3,6 +3,7 @@ the verdicts in force. Sans-IO: the stages feed it, the server schedules its tic
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import time
@@ -121,6 +122,11 @@ class Detector:
             self.zones: BoundedTable[bytes, ZoneState] = BoundedTable(config.max_zones, ZoneState)
         self.tunnels.limit = self.clients.limit = config.max_keys
         self.zones.limit = config.max_zones
+        # Verdicts in force follow the new modes: switching a detector to observe stops its blocks at once.
+        verdicts = [*self.blocks.values(), *(flood.verdict for flood in self.floods.values()), *self.limited.values()]
+        for verdict in verdicts:
+            mode = self.modes["rate_limit" if verdict.detector == "ratelimit" else verdict.detector]
+            verdict.enforced = mode == "enforce" and verdict.action != "log"
 
     # --- the query path -------------------------------------------------------------------------------------
 
@@ -172,7 +178,7 @@ class Detector:
             bucket = buckets.get(key)
             if bucket is None:
                 if len(buckets) >= self.config.max_keys:
-                    del buckets[next(iter(buckets))]
+                    _evict_oldest(buckets)
                 bucket = buckets[key] = TokenBucket(depth, now)
             # TokenBucket.take, inlined: this runs for every query and replay.
             tokens = bucket.tokens + (now - bucket.stamp) * allowed
@@ -202,6 +208,8 @@ class Detector:
         every = self.config.rate_limit.slip
         if every == 0:
             return False
+        if len(self.slips) >= self.config.max_keys:
+            self.slips.clear()
         count = self.slips.get(key, 0) + 1
         self.slips[key] = count
         return count % every == 0
@@ -429,11 +437,16 @@ class Detector:
         self._log(verdict, now)
 
     def _expire(self, now: float) -> None:
-        for table in (self.blocks, self.limited):
-            for key in [key for key, verdict in table.items() if verdict.until <= now]:
-                del table[key]  # type: ignore[arg-type]
-        for domain in [domain for domain, flood in self.floods.items() if flood.verdict.until <= now]:
-            del self.floods[domain]
+        # list() copies in one step: UDP lane threads add rate-limit verdicts while this runs on the event loop.
+        for key, verdict in list(self.blocks.items()):
+            if verdict.until <= now:
+                self.blocks.pop(key, None)
+        for bucket_key, verdict in list(self.limited.items()):
+            if verdict.until <= now:
+                self.limited.pop(bucket_key, None)
+        for domain, flood in list(self.floods.items()):
+            if flood.verdict.until <= now:
+                self.floods.pop(domain, None)
         if not self.limited:
             self.slips.clear()
 
@@ -512,6 +525,12 @@ class Detector:
         yield from (v for v in self.blocks.values() if v.until > now)
         yield from (f.verdict for f in self.floods.values() if f.verdict.until > now)
         yield from (v for v in self.limited.values() if v.until > now)
+
+
+def _evict_oldest(table: dict[tuple[int, int], TokenBucket]) -> None:
+    # Another UDP lane thread may change the table meanwhile: then the next insert evicts instead.
+    with contextlib.suppress(RuntimeError, StopIteration):
+        table.pop(next(iter(table)), None)
 
 
 def _address_value(address: str) -> tuple[int, int]:
