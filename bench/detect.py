@@ -27,8 +27,8 @@ from typing import Any
 
 import dns.message
 import dns.name
-from stages import AnsweringResolver, signed_answer
 
+from stages import AnsweringResolver, signed_answer
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
 from ztdns.detect import Detector, split_name

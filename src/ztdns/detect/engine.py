@@ -73,7 +73,9 @@ class Detector:
         self.buckets: dict[tuple[int, int], TokenBucket] = {}
         self.identity_buckets: dict[str, TokenBucket] = {}
         self.slips: dict[tuple[int, int], int] = {}
-        self.addresses: dict[str, tuple[int, int]] = {}  # address text → (family, integer): parsed once
+        # Address text → its prefixes' (key, bucket, rate, depth): parsed and looked up once per address.
+        self.addresses: dict[str, list[tuple[tuple[int, int], TokenBucket, float, float]]] = {}
+        self.identity_names: dict[int, str] = {}  # for the text of identity rate-limit verdicts
         self.next_tick = 0.0
         self.ticking = False
         self.cookies: ServerCookies | None = None  # its secret survives reloads: clients' cookies stay valid
@@ -104,6 +106,7 @@ class Detector:
                 )
                 for index, length in enumerate(sorted(set(lengths), reverse=True))
             ]
+        self.addresses.clear()  # they hold the old rates
         allow = list(config.allow)
         if config.builtin_allow:
             allow += builtin_allow_list()
@@ -161,25 +164,14 @@ class Detector:
             if bucket is None:
                 bucket = self.identity_buckets[identity] = TokenBucket(depth, now)
             if not bucket.take(limits.per_identity, depth, now):
-                return self._limited((0, hash(identity)), f"identity={escape_text(identity)}", limits.per_identity, now)
+                self.identity_names[hash(identity)] = identity
+                return self._limited((0, hash(identity)), limits.per_identity, now)
         if exempt or limits.per_prefix <= 0:
             return None
-        known = self.addresses.get(address)
-        if known is None:
-            if len(self.addresses) >= self.config.max_keys:
-                self.addresses.clear()
-            known = self.addresses[address] = _address_value(address)
-        family, value = known
-        if family == 0:
-            return None
-        buckets = self.buckets
-        for tag, mask, allowed, depth in self.prefixes[family]:
-            key = (tag, value & mask)
-            bucket = buckets.get(key)
-            if bucket is None:
-                if len(buckets) >= self.config.max_keys:
-                    _evict_oldest(buckets)
-                bucket = buckets[key] = TokenBucket(depth, now)
+        buckets = self.addresses.get(address)
+        if buckets is None:
+            buckets = self._buckets_of(address, now)
+        for key, bucket, allowed, depth in buckets:
             # TokenBucket.take, inlined: this runs for every query and replay.
             tokens = bucket.tokens + (now - bucket.stamp) * allowed
             bucket.stamp = now
@@ -187,20 +179,44 @@ class Detector:
                 bucket.tokens = (depth if tokens > depth else tokens) - 1.0
             else:
                 bucket.tokens = tokens
-                return self._limited(key, f"prefix={_prefix_text(family, key)}", allowed, now)
+                return self._limited(key, allowed, now)
         return None
 
-    def _limited(self, key: tuple[int, int], text: str, allowed: float, now: float) -> tuple[tuple[int, int], Verdict]:
+    def _buckets_of(self, address: str, now: float) -> list[tuple[tuple[int, int], TokenBucket, float, float]]:
+        """The buckets of an address's prefixes, remembered per address so a query parses nothing."""
+        family, value = _address_value(address)
+        buckets = self.buckets
+        found = []
+        for tag, mask, allowed, depth in self.prefixes.get(family, ()):
+            key = (tag, value & mask)
+            bucket = buckets.get(key)
+            if bucket is None:
+                if len(buckets) >= self.config.max_keys:
+                    # The dropped bucket may be remembered for some address: forget them all, so that no
+                    # prefix ever has two buckets.
+                    _evict_oldest(buckets)
+                    self.addresses.clear()
+                bucket = buckets[key] = TokenBucket(depth, now)
+            found.append((key, bucket, allowed, depth))
+        if len(self.addresses) >= self.config.max_keys:
+            self.addresses.clear()
+        self.addresses[address] = found
+        return found
+
+    def _limited(self, key: tuple[int, int], allowed: float, now: float) -> tuple[tuple[int, int], Verdict]:
         verdict = self.limited.get(key)
         if verdict is None or verdict.until < now:
             enforced = self.modes["rate_limit"] == "enforce"
+            text = f"identity={escape_text(self.identity_names.get(key[1], ''))}" if key[0] == 0 else ""
+            text = text or f"prefix={_prefix_text(key)}"
             verdict = Verdict(
                 "ratelimit", text, f">{query_rate(allowed)}", query_rate(allowed), now + 1.0, "refuse", enforced
             )
             self.limited[key] = verdict
             self._count(self.verdict_counts, verdict)
         verdict.until = now + 1.0
-        self._log(verdict, now)
+        if now - verdict.logged_at >= self.config.log_interval:
+            self._log(verdict, now)
         return key, verdict
 
     def slip(self, key: tuple[int, int]) -> bool:
@@ -543,8 +559,8 @@ def _address_value(address: str) -> tuple[int, int]:
         return 0, 0
 
 
-def _prefix_text(family: int, key: tuple[int, int]) -> str:
-    length = key[0] - family * 1000
+def _prefix_text(key: tuple[int, int]) -> str:
+    family, length = divmod(key[0], 1000)
     if family == 4:
         return f"{socket.inet_ntop(socket.AF_INET, key[1].to_bytes(4, 'big'))}/{length}"
     return f"{socket.inet_ntop(socket.AF_INET6, key[1].to_bytes(16, 'big'))}/{length}"
