@@ -454,3 +454,16 @@ def test_a_reload_keeps_the_verdicts_and_follows_the_new_mode() -> None:
         assert not detector.enabled and detector.cookies is None
 
     asyncio.run(run())
+
+
+def test_cookies_are_answered_only_where_the_limits_act() -> None:
+    async def run() -> None:
+        harness = Harness(mode="observe")
+        wire = _cookie_query("www.known.test.", b"\x01" * 8)
+        answer = await harness.frontend.handle(wire, UDP)
+        await asyncio.sleep(0)
+        assert answer is not None
+        assert not any(isinstance(o, dns.edns.CookieOption) for o in dns.message.from_wire(answer).options)
+        assert harness.frontend.fast(wire, UDP) is not None  # still replayed
+
+    asyncio.run(run())

@@ -70,7 +70,8 @@ class RateLimitConfig(Section):
     ipv6_prefixes: list[Annotated[int, Field(ge=16, le=128)]] = [128, 64, 56]
     burst_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0  # bucket depth, in seconds of rate
     slip: Annotated[int, Field(ge=0, le=10)] = 2  # UDP: every Nth limited query gets TC=1, the rest dropped (0: drop)
-    # A valid server cookie (RFC 7873) or a verified client certificate exempts from address-based limits.
+    # With the limits in enforce: answer DNS cookies (RFC 7873); a valid server cookie (or a verified client
+    # certificate) exempts from address-based limits. Answers carrying a server cookie are never replayed.
     cookies: bool = True
 
 

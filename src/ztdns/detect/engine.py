@@ -91,7 +91,8 @@ class Detector:
         self.dga_on = self.modes["dga"] != "off"
         self.flood_on = self.modes["flood"] != "off"
         limits = config.rate_limit
-        if not (limits.cookies and self.enabled):
+        # Cookies only matter where limits act; and answers carrying one cannot be replayed.
+        if not (limits.cookies and self.modes["rate_limit"] == "enforce"):
             self.cookies = None
         elif self.cookies is None:
             self.cookies = ServerCookies()
