@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from ztdns.config.base import Section
+
+
+def _allow_entry(value: str) -> str:
+    name = value.strip().strip(".")
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{value!r} is not a domain name") from None
+    if not name or "*" in name or " " in name:
+        raise ValueError(f"{value!r}: write a suffix such as 'avqs.mcafee.com' (it covers every name below it)")
+    return value
+
 
 Mode = Literal["off", "observe", "enforce"]
 # What an enforced verdict does to the matching queries (docs/detect.md, "Actions").
@@ -82,7 +94,7 @@ class DetectConfig(Section):
     tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     # Registered domains below which random names are normal (antivirus look-ups, DNSBLs, CDNs, telemetry);
     # added to the shipped list (src/ztdns/data/detect-allow.txt) unless `builtin_allow` is false.
-    allow: list[str] = []
+    allow: list[Annotated[str, AfterValidator(_allow_entry)]] = []
     builtin_allow: bool = True
     # A log line (security event) per verdict key at most this often.
     log_interval: Annotated[float, Field(gt=0)] = 1.0

@@ -79,6 +79,9 @@ class Detector:
         self.next_tick = 0.0
         self.ticking = False
         self.cookies: ServerCookies | None = None  # its secret survives reloads: clients' cookies stay valid
+        self.tunnels: BoundedTable[tuple[str, bytes], TunnelState] = BoundedTable(config.max_keys, TunnelState)
+        self.clients: BoundedTable[str, DgaState] = BoundedTable(config.max_keys, DgaState)
+        self.zones: BoundedTable[bytes, ZoneState] = BoundedTable(config.max_zones, ZoneState)
         self.configure(config)
 
     def configure(self, config: DetectConfig) -> None:
@@ -120,10 +123,6 @@ class Detector:
                 self.allow_suffixes.add(text)
             else:
                 self.allow_domains.setdefault(text[start:], []).append(text)
-        if not hasattr(self, "tunnels"):
-            self.tunnels: BoundedTable[tuple[str, bytes], TunnelState] = BoundedTable(config.max_keys, TunnelState)
-            self.clients: BoundedTable[str, DgaState] = BoundedTable(config.max_keys, DgaState)
-            self.zones: BoundedTable[bytes, ZoneState] = BoundedTable(config.max_zones, ZoneState)
         self.tunnels.limit = self.clients.limit = config.max_keys
         self.zones.limit = config.max_zones
         # Verdicts in force follow the new modes: switching a detector to observe stops its blocks at once.
