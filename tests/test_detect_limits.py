@@ -3,10 +3,12 @@ server cookie or a verified client certificate exempts a client from the address
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import struct
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +59,7 @@ name = "lab.test"
 records = ["lab.test. 3600 IN SOA ns.lab.test. h.lab.test. 1 3600 600 86400 60", "www.lab.test. 300 IN A 192.0.2.1"]
 
 [metrics]
-enabled = false
+address = "127.0.0.1:{metrics}"
 
 [detect]
 mode = "enforce"
@@ -74,13 +76,16 @@ class Served:
     process: ServerProcess
     port: int  # Do53 UDP and TCP
     dot: int
+    metrics: int
 
 
 @pytest.fixture
 def served(pki: Pki, tmp_path: Path) -> Served:
-    port, dot = free_port(), free_port()
-    text = CONFIG.format(port=port, dot=dot, cert=pki.cert("server"), key=pki.key("server"), ca=pki.ca, prod=PROD_ID)
-    return Served(ServerProcess(text, tmp_path, port=port), port, dot)
+    port, dot, metrics = free_port(), free_port(), free_port()
+    text = CONFIG.format(
+        port=port, dot=dot, metrics=metrics, cert=pki.cert("server"), key=pki.key("server"), ca=pki.ca, prod=PROD_ID
+    )
+    return Served(ServerProcess(text, tmp_path, port=port), port, dot, metrics)
 
 
 def _ede_text(message: dns.message.Message) -> str:
@@ -160,6 +165,13 @@ def test_tcp_and_dot_over_the_limit_are_refused_but_a_certificate_is_exempt(serv
         with _dot(pki, dot_port, certificate=True) as verified:
             answers = _stream_exchange(verified, 100)
         assert all(a.rcode() == dns.rcode.NOERROR for a in answers)
+        with urllib.request.urlopen(f"http://127.0.0.1:{served.metrics}/metrics", timeout=5) as page:
+            exposition = page.read().decode()
+        counted = re.search(
+            r'^ztdns_detect_answers_total\{action="refuse",detector="ratelimit"\} (\S+)$', exposition, re.M
+        )
+        assert counted is not None and float(counted.group(1)) >= 60
+        assert 'ztdns_detect_verdicts_total{action="refuse",detector="ratelimit"}' in exposition
 
 
 def test_a_valid_server_cookie_exempts_from_the_address_limit(served: Served) -> None:

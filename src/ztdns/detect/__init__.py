@@ -6,7 +6,7 @@ List walk and name escaping (``names.py``), the DGA model (``dga.py``, data in `
 trained by ``scripts/train_dga.py``), server cookies (``cookies.py``), verdicts and their texts
 (``verdict.py``) and the shipped allow-list (``ztdns/data/detect-allow.txt``).
 Config: ``[detect]`` (:class:`~ztdns.config.detect.DetectConfig`); docs/detect.md documents every key.
-Metrics: ``ztdns_detect_verdicts{detector,action}``, ``ztdns_detect_answers{detector,action}``,
+Metrics: ``ztdns_detect_verdicts_total{detector,action}``, ``ztdns_detect_answers_total{detector,action}``,
 ``ztdns_detect_keys{table}`` — no client data in labels.
 Client data touched: identities, client addresses and question names, kept in bounded in-memory tables (keys
 expire or are evicted); they leave the process only as detect events through the observe stage, escaped.
