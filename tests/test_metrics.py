@@ -31,6 +31,9 @@ ALWAYS = {
     "ztdns_replay_entries",
     "ztdns_inflight_queries",
     "ztdns_querylog_dropped",
+    "ztdns_detect_verdicts",
+    "ztdns_detect_answers",
+    "ztdns_detect_keys",
 }
 FORWARD = {
     "ztdns_upstream_up",

@@ -23,6 +23,8 @@ from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
 from ztdns.config import Config, located, where
+from ztdns.detect import Detector
+from ztdns.detect.stage import DetectStage, FloodQuotaStage
 from ztdns.dnssec.trust import TrustAnchorError, TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.identity import IdentityMap
@@ -79,6 +81,9 @@ def _asked_stages(
         # Identity comes only from the connection (address, verified certificate), never from the message;
         # unknown clients stop here with EDE 18 before any name is looked at.
         IdentifyStage(runtime.identities, runtime.views),
+        # Detection needs the identity; before policy and the cache so that limits and verdicts in force answer
+        # first, and it sees every answer (rcode, cache hit) on the way back.
+        DetectStage(runtime.detector),
         # Fixed answers no policy can override (the browser DoH canary).
         SpecialNamesStage(),
         # Default deny on the question itself, before anything is looked up anywhere.
@@ -98,8 +103,9 @@ def _asked_stages(
         # overrides and answer first; before the cache, so zone data is never cached and an update or key event
         # is visible to the next query.
         stages.append(AuthorityViewStage(authority))
-    # The cache before the resolver; it stores on the way back and serves stale when the resolver fails.
-    stages += [cache_stage, resolve_stage]
+    # The cache before the resolver; it stores on the way back and serves stale when the resolver fails. A
+    # flooded zone's fetches are rationed between the two, so its cached names keep answering.
+    stages += [cache_stage, FloodQuotaStage(runtime.detector), resolve_stage]
     return stages
 
 
@@ -113,6 +119,7 @@ class Runtime:
     local_zones: LocalZones
     observer: Observer
     replays: Replays
+    detector: Detector
     handler: Next | None = None
 
 
@@ -120,7 +127,7 @@ def _where_in_zone(config: Config, index: int, key: tuple[str | int, ...]) -> st
     return where(config, ("local_zones", index, *key))
 
 
-def compile_runtime(config: Config, observer: Observer, replays: Replays) -> Runtime:
+def compile_runtime(config: Config, observer: Observer, replays: Replays, detector: Detector | None = None) -> Runtime:
     zones = [
         load_zone(zone, config.base_dir, functools.partial(_where_in_zone, config, index))
         for index, zone in enumerate(config.local_zones)
@@ -132,6 +139,7 @@ def compile_runtime(config: Config, observer: Observer, replays: Replays) -> Run
         local_zones=LocalZones(zones),
         observer=observer,
         replays=replays,
+        detector=detector or Detector(config.detect),
     )
 
 
@@ -206,8 +214,11 @@ class Frontend:
         self.querylog = _make_querylog(config)
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.detector = Detector(config.detect)  # its state survives reloads, like the cache
         self.runtime, self.cache_stage = self._build(config, self.resolver, self.querylog)
+        self._bind_detector()
         self.metrics.register(self.cache)
+        self.metrics.register(self.detector)
         self.metrics.register(self)
 
     def _build(
@@ -216,7 +227,7 @@ class Frontend:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
         sinks = () if querylog is None else (querylog,)
         runtime = compile_runtime(
-            config, Observer(self.metrics, sinks), Replays(config.cache.max_entries, self._prefetch)
+            config, Observer(self.metrics, sinks), Replays(config.cache.max_entries, self._prefetch), self.detector
         )
         cache_stage = CacheStage(self.cache, resolver)
         runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
@@ -244,7 +255,20 @@ class Frontend:
         old_resolver, old_querylog = self.resolver, self.querylog
         self.resolver, self.querylog, self.cache_stage, self.runtime = resolver, querylog, cache_stage, runtime
         self.cache.reconfigure(config.cache)
+        self._bind_detector()
         await self._release(old_resolver, old_querylog)
+
+    def _bind_detector(self) -> None:
+        """The detector follows the config in service; its events go to that config's observer."""
+        runtime = self.runtime
+        observer = runtime.observer
+        self.detector.configure(runtime.config.detect)
+        self.detector.emit = lambda fields: observer.event("detect", fields)
+        self.detector.on_block = self._drop_replays
+
+    def _drop_replays(self) -> None:
+        """A verdict now blocks some names: replays rendered before it must not answer them."""
+        self.runtime.replays.clear()
 
     def reopen_logs(self) -> None:
         """The query log file is opened again by its name (log rotation), whatever else a reload does."""
@@ -264,10 +288,14 @@ class Frontend:
         match = runtime.identities.match(client)
         if match is None and client.certificate_required:
             return None  # the refusal names the missing certificate: the identify stage writes it
+        identity = None if match is None else match.identity
         now = time.monotonic()
-        found = runtime.replays.answer(None if match is None else match.identity, wire, client.stream, now)
+        found = runtime.replays.answer(identity, wire, client.stream, now)
         if found is None:
             return None
+        detector = self.detector
+        if detector.enabled and not detector.admit_replay(identity, client):
+            return None  # over a rate limit or under a verdict: the pipeline's detect stage answers
         answer, replay = found
         runtime.observer.record_answer(replay.answered, client, now)
         return answer

@@ -71,10 +71,23 @@ class QueryEvent:
     latency: float  # seconds
 
 
+@dataclass(slots=True)
+class SecurityEvent:
+    """Something observed about clients rather than one query (a detection verdict): ``kind`` names it
+    (``"detect"``), ``fields`` are its members, client-derived ones already escaped by whoever made them."""
+
+    time: float  # time.time()
+    kind: str
+    fields: dict[str, object]
+
+
+Event = QueryEvent | SecurityEvent
+
+
 class Sink(Protocol):
-    """Where query events go. ``put`` runs on the serving thread (event loop or UDP lane): it must not block
+    """Where events go. ``put`` runs on the serving thread (event loop or UDP lane): it must not block
     or format; a sink does its work on its own thread."""
 
-    def put(self, event: QueryEvent) -> None: ...
+    def put(self, event: Event) -> None: ...
 
     def close(self) -> None: ...

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import TextIO
 
-from ztdns.observe.events import Answered, QueryEvent
+from ztdns.observe.events import Answered, Event, SecurityEvent
 
 
 class QueryLog:
@@ -27,7 +27,7 @@ class QueryLog:
         self.interval = interval
         self.dropped = 0
         self.written = 0
-        self._events: collections.deque[QueryEvent] = collections.deque()
+        self._events: collections.deque[Event] = collections.deque()
         self._clock = Clock()
         self._stop = threading.Event()
         self._reopen = False  # set by reopen(), acted on by the writer thread before its next write
@@ -35,7 +35,7 @@ class QueryLog:
         self._thread = threading.Thread(target=self._run, name="ztdns-querylog", daemon=True)
         self._thread.start()
 
-    def put(self, event: QueryEvent) -> None:
+    def put(self, event: Event) -> None:
         if len(self._events) >= self.limit:
             self.dropped += 1
             return
@@ -77,8 +77,10 @@ class QueryLog:
             self._stream.close()
 
 
-def line(event: QueryEvent, clock: Clock) -> str:
+def line(event: Event, clock: Clock) -> str:
     """The log line of one event; key order and spelling are the documented query log format."""
+    if isinstance(event, SecurityEvent):
+        return json.dumps({"time": clock.format(event.time), "event": event.kind, **event.fields})
     certificate = event.certificate
     proven = "null" if certificate is None else json.dumps(certificate)
     return (

@@ -17,7 +17,7 @@ import dns.rdatatype
 
 from ztdns.client import ClientInfo
 from ztdns.model import EDE, Kind, Question, Reason
-from ztdns.observe.events import Answered, QueryEvent, Sink
+from ztdns.observe.events import Answered, QueryEvent, SecurityEvent, Sink
 from ztdns.observe.metrics import Metrics
 from ztdns.pipeline import Next, QueryContext
 from ztdns.wire.query import name_key
@@ -122,6 +122,13 @@ class Observer:
             text,
             extra={"event": "dnssec_bogus", "qname": str(question.name), "qtype": qtype, "ede": ede, "text": text},
         )
+
+    def event(self, kind: str, fields: dict[str, object]) -> None:
+        """A security event (a detection verdict) for the sinks: the query log writes it as ``"event": kind``."""
+        if self.sinks:
+            event = SecurityEvent(time.time(), kind, fields)
+            for sink in self.sinks:
+                sink.put(event)
 
     def record_answer(self, answered: Answered, client: ClientInfo, started: float) -> None:
         """Count one answer and hand its event to the sinks; ``started`` is its time.monotonic() start."""
