@@ -34,6 +34,9 @@ ALWAYS = {
     "ztdns_detect_verdicts",
     "ztdns_detect_answers",
     "ztdns_detect_keys",
+    "ztdns_sink_events",
+    "ztdns_sink_dropped",
+    "ztdns_sink_connected",
 }
 FORWARD = {
     "ztdns_upstream_up",

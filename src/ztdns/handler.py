@@ -31,7 +31,7 @@ from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
 from ztdns.model import Kind, Question, Resolver
 from ztdns.observe.metrics import Metrics
-from ztdns.observe.querylog import QueryLog
+from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.stage import Observer, ObserveStage
 from ztdns.pipeline import Asked, Next, QueryContext, Stage, chain
 from ztdns.policy import View, compile_views
@@ -211,24 +211,20 @@ class Frontend:
         self.cache = MessageCache(config.cache)
         self.resolver_factory = resolver_factory
         self.resolver = resolver_factory(config)
-        self.querylog = _make_querylog(config)
+        self.outputs = make_outputs(config)
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.detector = Detector(config.detect)  # its state survives reloads, like the cache
-        self.runtime, self.cache_stage = self._build(config, self.resolver, self.querylog)
+        self.runtime, self.cache_stage = self._build(config, self.resolver, self.outputs)
         self._bind_detector()
         self.metrics.register(self.cache)
         self.metrics.register(self.detector)
         self.metrics.register(self)
 
-    def _build(
-        self, config: Config, resolver: Resolver | None, querylog: QueryLog | None
-    ) -> tuple[Runtime, CacheStage]:
+    def _build(self, config: Config, resolver: Resolver | None, outputs: Outputs) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
-        sinks = () if querylog is None else (querylog,)
-        runtime = compile_runtime(
-            config, Observer(self.metrics, sinks), Replays(config.cache.max_entries, self._prefetch), self.detector
-        )
+        observer = Observer(self.metrics, tuple(outputs.sinks), validating=config.dnssec.validation)
+        runtime = compile_runtime(config, observer, Replays(config.cache.max_entries, self._prefetch), self.detector)
         cache_stage = CacheStage(self.cache, resolver)
         runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
         return runtime, cache_stage
@@ -242,21 +238,21 @@ class Frontend:
         Compiling (list files can hold millions of names) runs in a thread so the event loop keeps answering.
         """
         old = self.runtime.config
-        querylog = _make_querylog(config) if config.log != old.log else self.querylog
+        outputs = make_outputs(config) if config.log != old.log else self.outputs
         changed = config.resolver != old.resolver or config.dnssec != old.dnssec
         resolver = self.resolver_factory(config) if changed else self.resolver
         try:
             runtime, cache_stage = await asyncio.get_running_loop().run_in_executor(
-                None, self._build, config, resolver, querylog
+                None, self._build, config, resolver, outputs
             )
         except BaseException:
-            await self._release(resolver, querylog)
+            await self._release(resolver, outputs)
             raise
-        old_resolver, old_querylog = self.resolver, self.querylog
-        self.resolver, self.querylog, self.cache_stage, self.runtime = resolver, querylog, cache_stage, runtime
+        old_resolver, old_outputs = self.resolver, self.outputs
+        self.resolver, self.outputs, self.cache_stage, self.runtime = resolver, outputs, cache_stage, runtime
         self.cache.reconfigure(config.cache)
         self._bind_detector()
-        await self._release(old_resolver, old_querylog)
+        await self._release(old_resolver, old_outputs)
 
     def _bind_detector(self) -> None:
         """The detector follows the config in service; its events go to that config's observer."""
@@ -271,16 +267,15 @@ class Frontend:
         self.runtime.replays.clear()
 
     def reopen_logs(self) -> None:
-        """The query log file is opened again by its name (log rotation), whatever else a reload does."""
-        if self.querylog is not None:
-            self.querylog.reopen()
+        """Log files are opened again by their names (log rotation), whatever else a reload does."""
+        self.outputs.reopen()
 
-    async def _release(self, resolver: Resolver | None, querylog: QueryLog | None) -> None:
-        """Close a resolver and query log unless they are the ones in service."""
+    async def _release(self, resolver: Resolver | None, outputs: Outputs) -> None:
+        """Close a resolver and sinks unless they are the ones in service."""
         if resolver is not None and resolver is not self.resolver:
             await resolver.close()
-        if querylog is not None and querylog is not self.querylog:
-            querylog.close()
+        if outputs is not self.outputs:
+            outputs.close()
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop."""
@@ -297,7 +292,7 @@ class Frontend:
         if detector.enabled and not detector.admit_replay(identity, client):
             return None  # over a rate limit or under a verdict: the pipeline's detect stage answers
         answer, replay = found
-        runtime.observer.record_answer(replay.answered, client, now)
+        runtime.observer.record_answer(replay.answered, client, now, wire, answer)
         return answer
 
     def _prefetch(self, question: Question, entry: CacheEntry) -> None:
@@ -335,11 +330,7 @@ class Frontend:
         yield CounterMetricFamily(
             "ztdns_cache_hits", "Answers served from cached data (replays included)", value=self._cache_hits()
         )
-        yield CounterMetricFamily(
-            "ztdns_querylog_dropped",
-            "Query log lines dropped because the writer fell behind",
-            value=self.querylog.dropped if self.querylog else 0,
-        )
+        yield from self.outputs.collect()
         if self.resolver is not None:
             yield from self.resolver.collect()
 
@@ -349,16 +340,4 @@ class Frontend:
     async def close(self) -> None:
         if self.resolver is not None:
             await self.resolver.close()
-        if self.querylog is not None:
-            self.querylog.close()
-
-
-def _make_querylog(config: Config) -> QueryLog | None:
-    output = config.log.query_log.output
-    if output == "off":
-        return None
-    path = output if output == "stdout" else str(config.base_dir / output)
-    try:
-        return QueryLog(path, config.log.query_log.queue)
-    except OSError as exc:
-        raise located(config, ("log", "query_log", "output"), f"cannot open {path!r}: {exc.strerror or exc}") from None
+        self.outputs.close()

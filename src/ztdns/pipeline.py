@@ -52,6 +52,7 @@ class QueryContext:
     cache_hit: bool = False
     store: StoreHint | None = None  # may the answer be replayed, and how (None: never)
     edns_options: tuple[dns.edns.Option, ...] = ()  # added to the answer's OPT record (a server cookie)
+    detection: str | None = None  # the text of the detection verdict this query met (logged, enforced or not)
     wire_response: bytes | None = None  # the bytes sent, set by the respond stage
 
 

@@ -28,6 +28,7 @@ def _answer(ctx: Asked, detector: Detector, verdict: Verdict, action: str, now: 
     query = ctx.query
     detector.count_answer(verdict, action)
     ctx.kind = Kind.BLOCKED
+    ctx.detection = verdict.text(now)
     if action == "drop":
         ctx.drop = True
         return
@@ -101,6 +102,8 @@ class DetectStage:
             if blocking is not None and blocking.enforced:
                 _answer(ctx, detector, blocking, blocking.action, now)
             else:
+                if blocking is not None:  # observe mode: answered as usual, the record names the verdict
+                    ctx.detection = blocking.text(now)
                 await call_next(ctx)
             detector.record(ctx.identity, subject, name, question.rdtype, _rcode(ctx), ctx.cache_hit, now)
         finally:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import dns.rdata
+import dns.rrset
 
+from ztdns.client import ClientInfo
 from ztdns.model import Kind
 
 _FROM_CACHE = frozenset({Kind.RESOLVED.value, Kind.CACHED.value})
@@ -34,8 +36,13 @@ class Answered:
     answers: tuple[dns.rdata.Rdata, ...] = ()  # A/AAAA records of the answer section (a sink makes them text)
     cache_hit: bool = False
     upstream: str | None = None
+    ede_text: str | None = None
+    records: tuple[dns.rrset.RRset, ...] = ()  # the whole answer section (CNAME chain included)
+    dnssec: str = "off"  # secure / insecure / bogus / off (not validating)
+    detection: str | None = None  # the detection verdict this query met, if any
     # The JSON members of the query log line, made by the log's writer thread the first time it needs them.
     json: str | None = None
+    json_details: str | None = None
     _replayed: Answered | None = None  # what replayed() made, kept: answers without details are shared
 
     def replayed(self) -> Answered:
@@ -55,20 +62,27 @@ class Answered:
             self.ede,
             self.answers,
             cached,
+            None,
+            self.ede_text,
+            self.records,
+            self.dnssec,
+            None,  # a verdict met by the first query is not one met by its replays
         )
         return self._replayed
 
 
 @dataclass(slots=True)
 class QueryEvent:
-    """One answered (or dropped) query: who asked, over what, when, and the answer's facts."""
+    """One answered (or dropped) query: who asked (address, port, transport, certificate), when, the query and
+    answer bytes as sent (shared, not copied: dnstap carries them, the formats read the ID and size), and the
+    answer's facts."""
 
     time: float  # time.time() when answered
-    transport: str
-    client: str  # source address
-    certificate: str | None  # the verified client certificate's identity
+    client: ClientInfo
     answer: Answered
     latency: float  # seconds
+    query: bytes
+    response: bytes | None  # None: dropped
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from ztdns.model import EDE, Kind, Question, Reason
 from ztdns.observe.events import Answered, QueryEvent, SecurityEvent, Sink
 from ztdns.observe.metrics import Metrics
 from ztdns.pipeline import Next, QueryContext
+from ztdns.wire.header import AD
 from ztdns.wire.query import name_key
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,10 @@ def _addresses(response: dns.message.Message | None) -> tuple[dns.rdata.Rdata, .
 class Observer:
     """Counts metrics and hands events to the sinks, for pipeline runs and replays alike."""
 
-    def __init__(self, metrics: Metrics, sinks: tuple[Sink, ...] = ()) -> None:
+    def __init__(self, metrics: Metrics, sinks: tuple[Sink, ...] = (), validating: bool = False) -> None:
         self.metrics = metrics
         self.sinks = sinks
+        self.validating = validating  # DNSSEC status of answers: "off" when nothing validates
         self._bogus_logged: dict[tuple[str, int, int], float] = {}
         # Without sinks an answer is only its labels: one shared Answered per (kind, rcode), not one per query.
         self._labels: dict[tuple[str, str], Answered] = {}
@@ -77,6 +79,8 @@ class Observer:
             return labels
         question = ctx.question
         decision = ctx.decision
+        response = ctx.response
+        reason = ctx.reason
         return Answered(
             kind,
             rcode,
@@ -86,17 +90,29 @@ class Observer:
             decision=_decision(ctx),
             policy=None if decision is None else decision.policy,
             rule=None if decision is None else decision.rule,
-            ede=None if ctx.reason is None else int(ctx.reason.ede),
-            answers=_addresses(ctx.response),
+            ede=None if reason is None else int(reason.ede),
+            answers=_addresses(response),
             cache_hit=ctx.cache_hit,
             upstream=ctx.upstream,
+            ede_text=None if reason is None else reason.text,
+            records=() if response is None else tuple(response.answer),
+            dnssec=self._dnssec(ctx),
+            detection=ctx.detection,
         )
+
+    def _dnssec(self, ctx: QueryContext) -> str:
+        if ctx.kind is Kind.BOGUS:
+            return "bogus"
+        if not self.validating:
+            return "off"
+        wire = ctx.wire_response
+        return "secure" if wire is not None and len(wire) >= 4 and wire[3] & AD else "insecure"
 
     def record(self, ctx: QueryContext) -> None:
         answered = self.answered(ctx)
         if ctx.store is not None:
             ctx.store.answered = answered  # what replays of this answer will say
-        self.record_answer(answered, ctx.client, ctx.started)
+        self.record_answer(answered, ctx.client, ctx.started, ctx.wire, ctx.wire_response)
         if ctx.kind is Kind.BOGUS and ctx.question is not None:
             self._bogus(ctx.question, ctx.reason)
 
@@ -130,13 +146,16 @@ class Observer:
             for sink in self.sinks:
                 sink.put(event)
 
-    def record_answer(self, answered: Answered, client: ClientInfo, started: float) -> None:
-        """Count one answer and hand its event to the sinks; ``started`` is its time.monotonic() start."""
+    def record_answer(
+        self, answered: Answered, client: ClientInfo, started: float, query: bytes, response: bytes | None
+    ) -> None:
+        """Count one answer and hand its event to the sinks; ``started`` is its time.monotonic() start, ``query``
+        and ``response`` the bytes received and sent (kept by reference: sinks read them on their threads)."""
         latency = time.monotonic() - started
         transport = client.transport  # a StrEnum: its own label
         self.metrics.count(transport, answered.kind, answered.rcode, latency)
         if self.sinks:
-            event = QueryEvent(time.time(), transport, client.address, client.certificate_identity, answered, latency)
+            event = QueryEvent(time.time(), client, answered, latency, query, response)
             for sink in self.sinks:
                 sink.put(event)
 
