@@ -35,6 +35,7 @@ class QueueSink:
         self.failures = 0  # batches lost to a failed write (the thread retries with the next one)
         self._events: collections.deque[Event] = collections.deque()
         self._stop = threading.Event()
+        self.closing = False  # the last batch: aggregates close their window
         self._thread = threading.Thread(target=self._run, name=f"ztdns-{name}", daemon=True)
 
     def start(self) -> None:
@@ -78,6 +79,7 @@ class QueueSink:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
+        self.closing = True
         with contextlib.suppress(OSError, ValueError):
             self._drain()
         self.shutdown()
@@ -104,7 +106,7 @@ class TextSink(QueueSink):
             # No per-query record leaves: queries only feed the window's counts; security events name no query.
             aggregate.add(event for event in batch if isinstance(event, QueryEvent))
             lines = [(event.kind, self.formatter.text(event)) for event in batch if not isinstance(event, QueryEvent)]
-            if aggregate.due(now):
+            if aggregate.due(now) or self.closing:
                 lines.append(("aggregate", self.formatter.aggregate(aggregate.close(now))))
         if lines:
             self.send(lines, now)
