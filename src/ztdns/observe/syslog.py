@@ -7,6 +7,7 @@ the record (in the sink's format, privacy applied) as MSG.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -92,6 +93,9 @@ class SyslogSink(TextSink):
             raise
 
     def _disconnect(self) -> None:
+        if isinstance(self._sock, ssl.SSLSocket):
+            with contextlib.suppress(OSError, ValueError):
+                self._sock.unwrap()  # close_notify: the collector sees a clean end, not an error
         if self._sock is not None:
             self._sock.close()
         self._sock = None
