@@ -5,6 +5,7 @@ OCSF records of real answers (through ``Frontend``) checked against their publis
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import os
@@ -26,6 +27,7 @@ from ztdns.config import ConfigError, parse_config
 from ztdns.handler import Frontend
 from ztdns.model import Question, Resolution
 from ztdns.observe.events import Answered, Event, QueryEvent
+from ztdns.observe.metrics import Metrics
 from ztdns.observe.privacy import Aggregate, IpcryptDeterministic, IpcryptNdx, Pseudonyms
 from ztdns.observe.querylog import expire
 from ztdns.observe.sinks import QueueSink
@@ -350,3 +352,39 @@ def test_sink_config_errors_name_the_problem() -> None:
         parse_config('[[log.sinks]]\ntype = "dnstap"\nsocket = "x"\nprivacy = "aggregate"\n')
     with pytest.raises(ConfigError, match="syslog sink needs 'address'"):
         parse_config('[[log.sinks]]\ntype = "syslog"\n')
+
+
+def _same(metrics: Metrics) -> Metrics:
+    return metrics
+
+
+def test_decisions_are_counted_by_identity_and_policy_with_or_without_sinks(tmp_path: Path) -> None:
+    from ztdns.observe.metrics import MetricsCollector
+
+    for sinks in ("", f'[[log.sinks]]\ntype = "json"\noutput = "{tmp_path / "q.log"}"\n'):
+        text = CONFIG.split("[log]", maxsplit=1)[0] + '[log.query_log]\noutput = "off"\n' + sinks
+        config = parse_config(text, "test", tmp_path)
+        client = ClientInfo(Transport.UDP, "127.0.0.9", 40123)
+
+        async def run(config: Any = config, client: ClientInfo = client) -> Frontend:
+            frontend = Frontend(config, resolver_factory=lambda _: Upstream())
+            frontend.bind_loop(asyncio.get_running_loop())
+            wire = dns.message.make_query("www.example.com", "A").to_wire()
+            await frontend.handle(wire, client)
+            await asyncio.sleep(0)
+            assert frontend.fast(wire, client) is not None
+            await frontend.handle(dns.message.make_query("blocked.test", "A").to_wire(), client)
+            await frontend.handle(
+                dns.message.make_query("x.test", "A").to_wire(), ClientInfo(Transport.UDP, "10.9.9.9", 1)
+            )
+            await frontend.close()
+            return frontend
+
+        frontend = asyncio.run(run())
+        families = {
+            family.name: family for family in MetricsCollector(functools.partial(_same, frontend.metrics)).collect()
+        }
+        samples = {tuple(s.labels.values()): s.value for s in families["ztdns_decisions"].samples}
+        assert samples == {("lab", "all", "allow"): 2, ("lab", "all", "deny"): 1, ("", "", "refuse"): 1}, sinks
+        results = {tuple(s.labels.values()): s.value for s in families["ztdns_dnssec_answers"].samples}
+        assert results[("insecure", "")] >= 3

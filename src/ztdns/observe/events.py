@@ -40,10 +40,27 @@ class Answered:
     records: tuple[dns.rrset.RRset, ...] = ()  # the whole answer section (CNAME chain included)
     dnssec: str = "off"  # secure / insecure / bogus / off (not validating)
     detection: str | None = None  # the detection verdict this query met, if any
+    # The metric labels (kind, rcode, identity, policy, decision, DNSSEC result, EDE of a bogus answer), made once.
+    labels: tuple[str, str, str, str, str, str, str] | None = None
     # The JSON members of the query log line, made by the log's writer thread the first time it needs them.
     json: str | None = None
     json_details: str | None = None
     _replayed: Answered | None = None  # what replayed() made, kept: answers without details are shared
+
+    def metric_labels(self) -> tuple[str, str, str, str, str, str, str]:
+        labels = self.labels
+        if labels is None:
+            bogus = self.dnssec == "bogus" and self.ede is not None
+            labels = self.labels = (
+                self.kind,
+                self.rcode,
+                self.identity or "",
+                self.policy or "",
+                self.decision,
+                self.dnssec,
+                str(self.ede) if bogus else "",
+            )
+        return labels
 
     def replayed(self) -> Answered:
         """What a replay of this answer says: served from cache when it came from upstream or the cache."""

@@ -29,6 +29,7 @@ security_log = logging.getLogger("ztdns.dnssec")
 # A failure of one name, type and code is logged at most this often (a client asking again must not flood the log).
 BOGUS_LOG_INTERVAL = 60.0
 _BOGUS_MEMO = 10_000
+_LABELS_MEMO = 10_000  # label sets are bounded by the config (identities × policies × …); this only guards it
 
 # The header's four rcode bits as log text, made once (dnspython's enum lookups cost µs a query).
 _RCODE_TEXT = tuple(dns.rcode.to_text(dns.rcode.Rcode.make(value)) for value in range(16))
@@ -65,20 +66,27 @@ class Observer:
         self.sinks = sinks
         self.validating = validating  # DNSSEC status of answers: "off" when nothing validates
         self._bogus_logged: dict[tuple[str, int, int], float] = {}
-        # Without sinks an answer is only its labels: one shared Answered per (kind, rcode), not one per query.
-        self._labels: dict[tuple[str, str], Answered] = {}
+        # Without sinks an answer is only its metric labels: one shared Answered per label set, not one per query.
+        self._labels: dict[tuple[str, str, str | None, str | None, str, str, int | None], Answered] = {}
 
     def answered(self, ctx: QueryContext) -> Answered:
         """The facts of a pipeline's answer; only the labels when no sink will read the rest."""
         kind = (ctx.kind or Kind.FAILED).value
         rcode = _rcode(ctx)
-        if not self.sinks:
-            labels = self._labels.get((kind, rcode))
-            if labels is None:
-                labels = self._labels[kind, rcode] = Answered(kind, rcode)
-            return labels
         question = ctx.question
         decision = ctx.decision
+        if not self.sinks:
+            policy = None if decision is None else decision.policy
+            ede = None if ctx.reason is None else int(ctx.reason.ede)
+            key = (kind, rcode, ctx.identity, policy, _decision(ctx), self._dnssec(ctx), ede)
+            labels = self._labels.get(key)
+            if labels is None:
+                if len(self._labels) >= _LABELS_MEMO:
+                    self._labels.clear()
+                labels = self._labels[key] = Answered(
+                    kind, rcode, identity=key[2], decision=key[4], policy=policy, ede=ede, dnssec=key[5]
+                )
+            return labels
         response = ctx.response
         reason = ctx.reason
         return Answered(
@@ -153,7 +161,7 @@ class Observer:
         and ``response`` the bytes received and sent (kept by reference: sinks read them on their threads)."""
         latency = time.monotonic() - started
         transport = client.transport  # a StrEnum: its own label
-        self.metrics.count(transport, answered.kind, answered.rcode, latency)
+        self.metrics.count_answer(transport, answered.labels or answered.metric_labels(), latency)
         if self.sinks:
             event = QueryEvent(time.time(), client, answered, latency, query, response)
             for sink in self.sinks:
