@@ -2,6 +2,7 @@
 (one thread, the same names as local-data), measured with dnsperf in one run, alternating, with the ratio.
 
     .venv/bin/python bench/do53.py [--names 1000] [--seconds 10] [--rounds 3] [--clients 8] [--no-pin]
+                                   [--detect off|observe|enforce]
 
 Both servers are started by this script on free loopback ports and stopped at the end. ztdns forwards to a
 third process (an Unbound holding the names) that is idle during measurement: every measured answer is a
@@ -33,7 +34,7 @@ def dnsperf(port: int, data: Path, seconds: int, clients: int, pin: bool) -> Dns
     return run_dnsperf(pinned(command) if pin else command)
 
 
-def ztdns_config(port: int, upstream: str) -> str:
+def ztdns_config(port: int, upstream: str, detect: str = "off") -> str:
     return f"""
 [[listen]]
 transport = "udp"
@@ -58,6 +59,9 @@ output = "off"
 
 [metrics]
 enabled = false
+
+[detect]
+mode = "{detect}"
 """
 
 
@@ -68,6 +72,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin dnsperf and the servers to CPUs")
+    parser.add_argument(
+        "--detect", default="off", choices=["off", "observe", "enforce"], help="[detect] mode of ztdns (default off)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -77,7 +84,7 @@ def main() -> int:
         upstream = UnboundServer.start(directory / "upstream", local_data, zones=("bench.test.",))
         peer = UnboundServer.start(directory / "peer", local_data, zones=("bench.test.",))  # num-threads: 1
         port = free_port()
-        (directory / "ztdns.toml").write_text(ztdns_config(port, upstream.address))
+        (directory / "ztdns.toml").write_text(ztdns_config(port, upstream.address, args.detect))
         ztdns = subprocess.Popen(
             [sys.executable, "-m", "ztdns", "serve", "--config", str(directory / "ztdns.toml")],
             stdout=subprocess.DEVNULL,
