@@ -177,7 +177,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=30)
     parser.add_argument("--concurrency", type=int, default=20, help="DoT clients handshaking in a loop")
     parser.add_argument("--mix", default="handshakes,leavers,resets", help="which clients run (comma-separated)")
-    parser.add_argument("--names", type=int, default=4000, help="distinct names the leaving clients ask")
+    parser.add_argument("--names", type=int, default=500, help="distinct names the leaving clients ask")
     parser.add_argument("--cache-entries", type=int, default=1000, help="the server's cache.max_entries")
     parser.add_argument("--max-growth", type=float, default=5.0, help="percent RSS change allowed after warm-up")
     args = parser.parse_args()
