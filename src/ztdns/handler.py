@@ -223,7 +223,7 @@ class Frontend:
 
     def _build(self, config: Config, resolver: Resolver | None, outputs: Outputs) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
-        observer = Observer(self.metrics, tuple(outputs.sinks), validating=config.dnssec.validation)
+        observer = Observer(self.metrics, outputs.feed, validating=config.dnssec.validation)
         runtime = compile_runtime(config, observer, Replays(config.cache.max_entries, self._prefetch), self.detector)
         cache_stage = CacheStage(self.cache, resolver)
         runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))

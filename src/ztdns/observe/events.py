@@ -1,14 +1,13 @@
 """What the observe stage hands its sinks: one compact event per query, made of fields at hand.
 
-Events are plain slots objects built on the serving thread (no formatting there); a sink (the JSON query log
-today) turns them into bytes on its own thread. An :class:`Answered` is shared by every replay of one answer, so a
-replayed query costs one :class:`QueryEvent` and nothing else.
+The serving thread appends a plain tuple per query to the feed (``observe.sinks.Feed``); the feed's thread makes
+the :class:`QueryEvent`, and each sink formats it on its own thread. An :class:`Answered` is shared by every replay
+of one answer, so a replayed query costs one tuple and nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import dns.rdata
 import dns.rrset
@@ -113,12 +112,3 @@ class SecurityEvent:
 
 
 Event = QueryEvent | SecurityEvent
-
-
-class Sink(Protocol):
-    """Where events go. ``put`` runs on the serving thread (event loop or UDP lane): it must not block
-    or format; a sink does its work on its own thread."""
-
-    def put(self, event: Event) -> None: ...
-
-    def close(self) -> None: ...

@@ -5,7 +5,6 @@ older than ``retention`` seconds are deleted."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import TextIO
 
@@ -50,14 +49,10 @@ class QueryLog(TextSink):
         self._stream.write("".join(text + "\n" for _, text in lines))
         self._stream.flush()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._drain()
-            if self.retention > 0 and self.output != "stdout":
-                now = time.time()
-                if now >= self._next_retention:
-                    self._next_retention = now + RETENTION_CHECK
-                    expire(Path(self.output), self.retention, now)
+    def tick(self, now: float) -> None:
+        if self.retention > 0 and self.output != "stdout" and now >= self._next_retention:
+            self._next_retention = now + RETENTION_CHECK
+            expire(Path(self.output), self.retention, now)
 
     def shutdown(self) -> None:
         if self._stream is not sys.stdout:
