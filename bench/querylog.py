@@ -23,32 +23,12 @@ from pathlib import Path
 
 import dns.message
 
+from fastpath import CONFIG as FASTPATH_CONFIG  # the same zone, identity and policy
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
 from ztdns.handler import Frontend
 
-BASE = """
-[resolver]
-mode = "none"
-
-[identities.bench]
-networks = ["127.0.0.0/8"]
-policies = ["bench"]
-
-[policies.bench]
-allow = ["**.bench.test"]
-
-[[local_zones]]
-name = "bench.test"
-records = ["bench.test. 3600 IN SOA ns.bench.test. h.bench.test. 1 3600 600 86400 300",
-           "www.bench.test. 300 IN A 192.0.2.1"]
-
-[detect]
-mode = "off"
-
-[log.query_log]
-output = "{query_log}"
-"""
+BASE = FASTPATH_CONFIG + '\n[detect]\nmode = "off"\n'
 
 
 def sink(kind: str, **keys: str) -> str:

@@ -25,18 +25,22 @@ OCSF_NETWORK_ACTIVITY = 4
 OCSF_RESPONSE = 2  # activity_id: the record describes an answered query
 
 
-def line(event: QueryEvent, clock: Clock, instance: str) -> str:
-    """The native line with full privacy, made without a dict per query; key order and spelling are the
-    documented query log format (the members of the answer are made once per answer, replays share them)."""
+def line(event: QueryEvent, clock: Clock, instance: str, who: Who | None = None) -> str:
+    """The native line, made without a dict per query; key order and spelling are the documented query log
+    format (the members of the answer are made once per answer, replays share them). ``who``: the sink's
+    privacy for the client fields (None: full)."""
     client = event.client
-    certificate = client.certificate_identity
+    if who is None:
+        address, port, certificate = client.address, client.port, client.certificate_identity
+    else:
+        address, port, certificate = who.address(event), who.port(event), who.certificate(event)
     proven = "null" if certificate is None else json.dumps(certificate)
     query, response = event.query, event.response
     qid = "null" if len(query) < 2 else query[0] << 8 | query[1]
     return (
         f'{{"time": "{clock.format(event.time)}", "transport": "{client.transport}", '
-        f'"client": {json.dumps(client.address)}, "certificate": {proven}, {members(event.answer)}, '
-        f'"latency_ms": {event.latency * 1000:.3f}, "client_port": {client.port}, "query_id": {qid}, '
+        f'"client": {json.dumps(address)}, "certificate": {proven}, {members(event.answer)}, '
+        f'"latency_ms": {event.latency * 1000:.3f}, "client_port": {port}, "query_id": {qid}, '
         f'"response_size": {0 if response is None else len(response)}, {details(event.answer)}, '
         f'"instance": {json.dumps(instance)}}}'
     )
@@ -150,39 +154,6 @@ class Who:
         return self.pseudonyms.text(certificate)
 
 
-def native(event: QueryEvent, who: Who, instance: str, clock: Clock) -> dict[str, object]:
-    answer = event.answer
-    qid, _, size = _rrsets_rcode(event)
-    return {
-        "time": clock.format(event.time),
-        "transport": str(event.client.transport),
-        "client": who.address(event),
-        "certificate": who.certificate(event),
-        "identity": answer.identity,
-        "qname": answer.qname,
-        "qtype": answer.qtype,
-        "decision": answer.decision,
-        "kind": answer.kind,
-        "policy": answer.policy,
-        "rule": answer.rule,
-        "rcode": answer.rcode,
-        "ede": answer.ede,
-        "answers": resolved(answer),
-        "cache_hit": answer.cache_hit,
-        "upstream": answer.upstream,
-        "latency_ms": round(event.latency * 1000, 3),
-        "client_port": who.port(event),
-        "query_id": qid,
-        "response_size": size,
-        "ede_text": answer.ede_text,
-        "records": records(answer),
-        "cname_chain": cname_chain(answer),
-        "dnssec": answer.dnssec,
-        "detection": answer.detection,
-        "instance": instance,
-    }
-
-
 def ecs(event: QueryEvent, who: Who, instance: str, clock: Clock) -> dict[str, object]:
     """Elastic Common Schema: ``dns.*``, ``source.*``, ``network.*``, ``tls.client.*``, ``observer.*``,
     ``event.*``, ``rule.*``; what ECS has no field for is under ``ztdns.*`` (custom fields stay in a namespace)."""
@@ -287,8 +258,8 @@ def _extra(answer: Answered, size: int) -> dict[str, object]:
     }
 
 
+# The SIEM formats as dicts; native lines are made by :func:`line`.
 FORMATS: dict[str, Callable[[QueryEvent, Who, str, Clock], dict[str, object]]] = {
-    "native": native,
     "ecs": ecs,
     "ocsf": ocsf,
 }
@@ -299,20 +270,19 @@ class Formatter:
 
     def __init__(self, format_name: str, pseudonyms: Pseudonyms | None, instance: str) -> None:
         self.format_name = format_name
-        self.make = FORMATS[format_name]
+        self.make = FORMATS.get(format_name)
         self.who = Who(pseudonyms)
+        self.line_who = None if pseudonyms is None else self.who
         self.instance = instance
         self.clock = Clock()
-        # The query log's own line (native, full privacy) is made without building a dict per query.
-        self.fast = format_name == "native" and pseudonyms is None
 
     def text(self, event: Event) -> str:
         if isinstance(event, SecurityEvent):
             if self.format_name == "native":
                 return json.dumps({"time": self.clock.format(event.time), "event": event.kind, **event.fields})
             return json.dumps(self.security(event))
-        if self.fast:
-            return line(event, self.clock, self.instance)
+        if self.make is None:
+            return line(event, self.clock, self.instance, self.line_who)
         return json.dumps(self.make(event, self.who, self.instance, self.clock))
 
     def aggregate(self, record: dict[str, object]) -> str:
