@@ -388,3 +388,55 @@ def test_decisions_are_counted_by_identity_and_policy_with_or_without_sinks(tmp_
         assert samples == {("lab", "all", "allow"): 2, ("lab", "all", "deny"): 1, ("", "", "refuse"): 1}, sinks
         results = {tuple(s.labels.values()): s.value for s in families["ztdns_dnssec_answers"].samples}
         assert results[("insecure", "")] >= 3
+
+
+@pytest.mark.slow  # the stalled writes time out (2 s each) before the sink gives up
+def test_a_dnstap_collector_that_stops_reading_costs_answers_nothing(tmp_path: Path) -> None:
+    """Replays through the Frontend while the collector accepted the stream and then stopped reading: every query
+    is answered, the sink's queue fills and the rest is dropped and counted."""
+    import socket
+    import struct
+
+    path = tmp_path / "stalled.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    held: list[socket.socket] = []
+
+    def accept_then_stall() -> None:
+        connection, _ = server.accept()
+        held.append(connection)
+        connection.recv(4096)  # READY
+        body = struct.pack("!III", 1, 1, 22) + b"protobuf:dnstap.Dnstap"
+        connection.sendall(struct.pack("!II", 0, len(body)) + body)  # ACCEPT, then never another read
+
+    threading.Thread(target=accept_then_stall, daemon=True).start()
+    text = CONFIG.split("[log]", maxsplit=1)[0] + '[log.query_log]\noutput = "off"\n[[log.sinks]]\ntype = "dnstap"\n'
+    text += f'socket = "{path}"\nqueue = 1000\n'
+    config = parse_config(text, "test", tmp_path)
+    client = ClientInfo(Transport.UDP, "127.0.0.9", 40123)
+
+    async def run() -> tuple[int, int]:
+        frontend = Frontend(config, resolver_factory=lambda _: Upstream())
+        frontend.bind_loop(asyncio.get_running_loop())
+        wire = dns.message.make_query("www.example.com", "A").to_wire()
+        await frontend.handle(wire, client)
+        await asyncio.sleep(0)
+        answered = 0
+        for _ in range(20):  # rounds with pauses, so the feed's and sink's threads fill the socket and the queue
+            for _ in range(10_000):
+                answered += frontend.fast(wire, client) is not None
+            await asyncio.sleep(0.05)
+        [sink] = frontend.outputs.sinks
+        feed = frontend.outputs.feed
+        assert feed is not None
+        dropped = sink.dropped + feed.dropped  # by the sink's queue, or by the feed before any sink saw them
+        await asyncio.get_running_loop().run_in_executor(None, frontend.outputs.close)
+        return answered, dropped
+
+    answered, dropped = asyncio.run(run())
+    server.close()
+    for connection in held:
+        connection.close()
+    assert answered == 200_000
+    assert dropped > 100_000  # the socket buffer and a queue of 1000 hold the rest
