@@ -217,6 +217,7 @@ class Frontend:
         self.detector = Detector(config.detect)  # its state survives reloads, like the cache
         self.runtime, self.cache_stage = self._build(config, self.resolver, self.outputs)
         self._bind_detector()
+        self._bind_upstream_traffic()
         self.metrics.register(self.cache)
         self.metrics.register(self.detector)
         self.metrics.register(self)
@@ -252,6 +253,7 @@ class Frontend:
         self.resolver, self.outputs, self.cache_stage, self.runtime = resolver, outputs, cache_stage, runtime
         self.cache.reconfigure(config.cache)
         self._bind_detector()
+        self._bind_upstream_traffic()
         await self._release(old_resolver, old_outputs)
 
     def _bind_detector(self) -> None:
@@ -261,6 +263,14 @@ class Frontend:
         self.detector.configure(runtime.config.detect)
         self.detector.emit = lambda fields: observer.event("detect", fields)
         self.detector.on_block = self._drop_replays
+
+    def _bind_upstream_traffic(self) -> None:
+        """A forwarder's exchanges go to the sinks in service (dnstap RESOLVER_QUERY/RESPONSE) when there are any."""
+        resolver = self.resolver
+        forwarder = resolver.inner if isinstance(resolver, ValidatingResolver) else resolver
+        if isinstance(forwarder, Forwarder):
+            observer = self.runtime.observer
+            forwarder.on_exchange = observer.upstream if observer.feed is not None else None
 
     def _drop_replays(self) -> None:
         """A verdict now blocks some names: replays rendered before it must not answer them."""

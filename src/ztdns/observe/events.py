@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dns.message
 import dns.rdata
 import dns.rrset
 
@@ -111,4 +112,17 @@ class SecurityEvent:
     fields: dict[str, object]
 
 
-Event = QueryEvent | SecurityEvent
+@dataclass(slots=True)
+class UpstreamEvent:
+    """One exchange with an upstream (a cache miss forwarded): dnstap's RESOLVER_QUERY and RESOLVER_RESPONSE."""
+
+    time: float  # time.time() when the reply arrived
+    sent: float  # time.time() when the query was sent
+    transport: str  # udp, tcp, dot, doh, doq
+    host: str
+    port: int
+    query: bytes
+    reply: dns.message.Message  # encoded on the sink's thread
+
+
+Event = QueryEvent | SecurityEvent | UpstreamEvent

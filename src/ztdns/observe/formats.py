@@ -15,7 +15,7 @@ from collections.abc import Callable
 import dns.rdatatype
 import dns.rrset
 
-from ztdns.observe.events import Answered, Event, QueryEvent, SecurityEvent
+from ztdns.observe.events import Answered, QueryEvent, SecurityEvent
 from ztdns.observe.privacy import Pseudonyms
 
 ECS_VERSION = "8.11.0"
@@ -276,7 +276,7 @@ class Formatter:
         self.instance = instance
         self.clock = Clock()
 
-    def text(self, event: Event) -> str:
+    def text(self, event: QueryEvent | SecurityEvent) -> str:
         if isinstance(event, SecurityEvent):
             if self.format_name == "native":
                 return json.dumps({"time": self.clock.format(event.time), "event": event.kind, **event.fields})

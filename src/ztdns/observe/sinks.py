@@ -16,7 +16,7 @@ import threading
 import time
 
 from ztdns.client import ClientInfo
-from ztdns.observe.events import Answered, Event, QueryEvent, SecurityEvent
+from ztdns.observe.events import Answered, Event, QueryEvent, SecurityEvent, UpstreamEvent
 from ztdns.observe.formats import Formatter
 from ztdns.observe.privacy import Aggregate
 
@@ -37,7 +37,7 @@ class Feed:
         self.limit = max(sink.limit for sink in sinks)
         self.interval = interval
         self.dropped = 0
-        self.events: collections.deque[RawQuery | SecurityEvent] = collections.deque()
+        self.events: collections.deque[RawQuery | SecurityEvent | UpstreamEvent] = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ztdns-feed", daemon=True)
         self._thread.start()
@@ -159,11 +159,15 @@ class TextSink(QueueSink):
         aggregate = self.aggregate
         if aggregate is None:
             text = self.formatter.text
-            lines = [(event.kind if not isinstance(event, QueryEvent) else "query", text(event)) for event in batch]
+            lines = [
+                ("query", text(event)) if isinstance(event, QueryEvent) else (event.kind, text(event))
+                for event in batch
+                if not isinstance(event, UpstreamEvent)  # upstream traffic goes to dnstap only
+            ]
         else:
             # No per-query record leaves: queries only feed the window's counts; security events name no query.
             aggregate.add(event for event in batch if isinstance(event, QueryEvent))
-            lines = [(event.kind, self.formatter.text(event)) for event in batch if not isinstance(event, QueryEvent)]
+            lines = [(event.kind, self.formatter.text(event)) for event in batch if isinstance(event, SecurityEvent)]
             if aggregate.due(now) or self.closing:
                 lines.append(("aggregate", self.formatter.aggregate(aggregate.close(now))))
         if lines:

@@ -17,7 +17,7 @@ import dns.rdatatype
 
 from ztdns.client import ClientInfo
 from ztdns.model import EDE, Kind, Question, Reason
-from ztdns.observe.events import Answered, SecurityEvent
+from ztdns.observe.events import Answered, SecurityEvent, UpstreamEvent
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.sinks import Feed
 from ztdns.pipeline import Next, QueryContext
@@ -169,6 +169,14 @@ class Observer:
                 events.append((time.time(), client, answered, latency, query, response))
             else:
                 feed.dropped += 1
+
+    def upstream(
+        self, transport: str, host: str, port: int, query: bytes, reply: dns.message.Message, sent: float
+    ) -> None:
+        """An exchange with an upstream, for the sinks that carry upstream traffic (dnstap)."""
+        feed = self.feed
+        if feed is not None:
+            feed.events.append(UpstreamEvent(time.time(), sent, transport, host, port, query, reply))
 
     def failed(self, what: str, client: ClientInfo) -> None:
         """An internal error while answering ``client`` (call from an ``except`` block: the traceback goes too)."""
