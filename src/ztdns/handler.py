@@ -285,7 +285,8 @@ class Frontend:
         if resolver is not None and resolver is not self.resolver:
             await resolver.close()
         if outputs is not self.outputs:
-            outputs.close()
+            # Off the event loop: closing waits for each sink's last batch (a stalled collector up to its timeout).
+            await asyncio.get_running_loop().run_in_executor(None, outputs.close)
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop."""

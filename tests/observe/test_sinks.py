@@ -440,3 +440,33 @@ def test_a_dnstap_collector_that_stops_reading_costs_answers_nothing(tmp_path: P
         connection.close()
     assert answered == 200_000
     assert dropped > 100_000  # the socket buffer and a queue of 1000 hold the rest
+
+
+def test_security_events_follow_the_sinks_privacy(tmp_path: Path) -> None:
+    from ztdns.observe.events import SecurityEvent
+    from ztdns.observe.formats import Formatter
+    from ztdns.observe.querylog import QueryLog
+
+    fields: dict[str, object] = {
+        "detector": "dga",
+        "key": "client=192.0.2.7",
+        "text": "detect=dga client=192.0.2.7 rate=9q/s",
+    }
+    outputs = {}
+    for privacy in ("full", "pseudonymised", "aggregate"):
+        path = tmp_path / f"{privacy}.log"
+        pseudonyms = Pseudonyms("deterministic", 3600) if privacy == "pseudonymised" else None
+        aggregate = Aggregate(5, 3600) if privacy == "aggregate" else None
+        sink = QueryLog(str(path), 100, Formatter("ecs", pseudonyms, "r1"), aggregate)
+        sink.put(SecurityEvent(time.time(), "detect", fields))
+        event = _event("dga-xkqzv.example.", "192.0.2.7")
+        event.answer.detection = "detect=dga client=192.0.2.7 rate=9q/s"
+        sink.put(event)
+        sink.close()
+        outputs[privacy] = path.read_text()
+    assert outputs["full"].count("192.0.2.7") >= 2
+    assert "192.0.2.7" not in outputs["pseudonymised"] and '"detection": "detect=dga"' in outputs["pseudonymised"]
+    assert '"detector": "dga"' in outputs["pseudonymised"]
+    [record] = [json.loads(line) for line in outputs["aggregate"].splitlines()]
+    assert record["detections"] == {"detect:dga": 1} and "192.0.2.7" not in outputs["aggregate"]
+    assert "dga-xkqzv" not in outputs["aggregate"]

@@ -165,9 +165,11 @@ class TextSink(QueueSink):
                 if not isinstance(event, UpstreamEvent)  # upstream traffic goes to dnstap only
             ]
         else:
-            # No per-query record leaves: queries only feed the window's counts; security events name no query.
+            # No per-query record leaves: queries feed the window's counts, and so do security events (which name
+            # the client or name they are about): counted by detector, never written one by one.
             aggregate.add(event for event in batch if isinstance(event, QueryEvent))
-            lines = [(event.kind, self.formatter.text(event)) for event in batch if isinstance(event, SecurityEvent)]
+            aggregate.add_security(event for event in batch if isinstance(event, SecurityEvent))
+            lines = []
             if aggregate.due(now) or self.closing:
                 lines.append(("aggregate", self.formatter.aggregate(aggregate.close(now))))
         if lines:
