@@ -36,7 +36,14 @@ needs_fstrm = pytest.mark.skipif(
     shutil.which("fstrm_capture") is None or shutil.which("dnstap-ldns") is None,
     reason="needs Debian's fstrm_capture (fstrm-bin) and dnstap-ldns",
 )
-needs_rsyslog = pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="needs rsyslogd (Debian rsyslog)")
+# rsyslog's TLS driver (Debian rsyslog-openssl), which the fixture's config loads.
+OSSL_DRIVERS = list(Path("/usr/lib").glob("*/rsyslog/lmnsd_ossl.so")) + list(
+    Path("/usr/lib/rsyslog").glob("lmnsd_ossl.so")
+)
+needs_rsyslog = pytest.mark.skipif(
+    shutil.which("rsyslogd") is None or not OSSL_DRIVERS,
+    reason="needs rsyslogd and its TLS driver (Debian rsyslog, rsyslog-openssl)",
+)
 
 
 def wait_for(check: object, timeout: float = 5.0) -> None:
