@@ -470,3 +470,21 @@ def test_security_events_follow_the_sinks_privacy(tmp_path: Path) -> None:
     [record] = [json.loads(line) for line in outputs["aggregate"].splitlines()]
     assert record["detections"] == {"detect:dga": 1} and "192.0.2.7" not in outputs["aggregate"]
     assert "dga-xkqzv" not in outputs["aggregate"]
+
+
+def test_a_json_sink_reopens_its_file_by_name(tmp_path: Path) -> None:
+    from ztdns.observe.formats import Formatter
+    from ztdns.observe.querylog import QueryLog
+
+    path = tmp_path / "query.log"
+    sink = QueryLog(str(path), 100, Formatter("ocsf", None, "r1"), retention=3600)
+    sink.put(_event("before.example.", "10.0.0.1"))
+    deadline = time.monotonic() + 5
+    while sink.written < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    path.rename(tmp_path / "query.log.1")  # logrotate
+    sink.reopen()  # SIGHUP
+    sink.put(_event("after.example.", "10.0.0.1"))
+    sink.close()
+    assert "before.example" in (tmp_path / "query.log.1").read_text()
+    assert "after.example" in path.read_text() and "before" not in path.read_text()
