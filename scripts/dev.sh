@@ -11,7 +11,7 @@ venv="${ZTDNS_VENV:-$here/.venv}"
 # Debian packages the tests and benchmarks drive as real peers and clients.
 debian_packages=(python3-venv knot-dnsutils bind9-dnsutils dnsperf unbound nftables iproute2 knot softhsm2
                  ldnsutils bind9-utils conntrack knot-dnssecutils curl openssl procps
-                 nats-server redis-server rsyslog swtpm swtpm-tools tpm2-tools iodine dns2tcp dnstap-ldns fstrm-bin
+                 nats-server redis-server rsyslog rsyslog-openssl swtpm swtpm-tools tpm2-tools iodine dns2tcp dnstap-ldns fstrm-bin
                  prometheus chromium chromium-driver faketime nghttp2-client)
 
 need_apt() {

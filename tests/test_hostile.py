@@ -295,7 +295,8 @@ def test_query_log_on_a_full_disk_counts_every_lost_line(tmp_path: Path, slow_up
         assert "No space left on device" in server.stderr
     finally:
         assert server.stop() == 0
-    assert lost_in_all(server.stderr) == 300
+    # Every query's line is counted (the detector's event lines, when it flags the burst, are records lost too).
+    assert lost_in_all(server.stderr) >= 300
     assert server.stderr.count("query log:") <= 3  # rate-limited: not a line per loss
 
 

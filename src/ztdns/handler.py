@@ -217,13 +217,14 @@ class Frontend:
         self.detector = Detector(config.detect)  # its state survives reloads, like the cache
         self.runtime, self.cache_stage = self._build(config, self.resolver, self.outputs)
         self._bind_detector()
+        self._bind_upstream_traffic()
         self.metrics.register(self.cache)
         self.metrics.register(self.detector)
         self.metrics.register(self)
 
     def _build(self, config: Config, resolver: Resolver | None, outputs: Outputs) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
-        observer = Observer(self.metrics, tuple(outputs.sinks), validating=config.dnssec.validation)
+        observer = Observer(self.metrics, outputs.feed, validating=config.dnssec.validation)
         runtime = compile_runtime(config, observer, Replays(config.cache.max_entries, self._prefetch), self.detector)
         cache_stage = CacheStage(self.cache, resolver)
         runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
@@ -252,6 +253,7 @@ class Frontend:
         self.resolver, self.outputs, self.cache_stage, self.runtime = resolver, outputs, cache_stage, runtime
         self.cache.reconfigure(config.cache)
         self._bind_detector()
+        self._bind_upstream_traffic()
         await self._release(old_resolver, old_outputs)
 
     def _bind_detector(self) -> None:
@@ -261,6 +263,14 @@ class Frontend:
         self.detector.configure(runtime.config.detect)
         self.detector.emit = lambda fields: observer.event("detect", fields)
         self.detector.on_block = self._drop_replays
+
+    def _bind_upstream_traffic(self) -> None:
+        """A forwarder's exchanges go to the sinks in service (dnstap RESOLVER_QUERY/RESPONSE) when there are any."""
+        resolver = self.resolver
+        forwarder = resolver.inner if isinstance(resolver, ValidatingResolver) else resolver
+        if isinstance(forwarder, Forwarder):
+            observer = self.runtime.observer
+            forwarder.on_exchange = observer.upstream if observer.feed is not None else None
 
     def _drop_replays(self) -> None:
         """A verdict now blocks some names: replays rendered before it must not answer them."""
@@ -275,7 +285,8 @@ class Frontend:
         if resolver is not None and resolver is not self.resolver:
             await resolver.close()
         if outputs is not self.outputs:
-            outputs.close()
+            # Off the event loop: closing waits for each sink's last batch (a stalled collector up to its timeout).
+            await asyncio.get_running_loop().run_in_executor(None, outputs.close)
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop."""

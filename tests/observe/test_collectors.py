@@ -5,6 +5,7 @@ rsyslog (RFC 5424 over UDP, TCP and TLS; a collector whose certificate does not 
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,14 @@ needs_fstrm = pytest.mark.skipif(
     shutil.which("fstrm_capture") is None or shutil.which("dnstap-ldns") is None,
     reason="needs Debian's fstrm_capture (fstrm-bin) and dnstap-ldns",
 )
-needs_rsyslog = pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="needs rsyslogd (Debian rsyslog)")
+# rsyslog's TLS driver (Debian rsyslog-openssl), which the fixture's config loads.
+OSSL_DRIVERS = list(Path("/usr/lib").glob("*/rsyslog/lmnsd_ossl.so")) + list(
+    Path("/usr/lib/rsyslog").glob("lmnsd_ossl.so")
+)
+needs_rsyslog = pytest.mark.skipif(
+    shutil.which("rsyslogd") is None or not OSSL_DRIVERS,
+    reason="needs rsyslogd and its TLS driver (Debian rsyslog, rsyslog-openssl)",
+)
 
 
 def wait_for(check: object, timeout: float = 5.0) -> None:
@@ -237,3 +245,46 @@ def test_syslog_over_tls_refuses_a_collector_it_cannot_verify(rsyslog: tuple[dic
     time.sleep(0.3)
     assert not received.exists() or "secret.example" not in received.read_text()
     assert sink.failures >= 1 and not sink.connected
+
+
+@needs_fstrm
+def test_upstream_traffic_reaches_dnstap_as_resolver_messages(tmp_path: Path) -> None:
+    from fixtures.fake_upstream import FakeUpstream, Reply
+
+    def respond(query: dns.message.Message, transport: str) -> list[Reply]:
+        response = dns.message.make_response(query)
+        response.answer = [dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "192.0.2.77")]
+        return [response.to_wire()]
+
+    capture = Capture(tmp_path, "-u", str(tmp_path / "dnstap.sock"))
+    try:
+        wait_for((tmp_path / "dnstap.sock").exists)
+
+        async def run() -> str:
+            async with FakeUpstream(respond) as upstream:
+                config = parse_config(
+                    '[identities.lab]\nnetworks = ["127.0.0.0/8"]\npolicies = ["all"]\n[policies.all]\n'
+                    f'allow = ["**"]\n[[resolver.upstreams]]\naddress = "{upstream.address}"\n'
+                    '[dnssec]\nvalidation = false\n[log.query_log]\noutput = "off"\n'
+                    '[[log.sinks]]\ntype = "dnstap"\nsocket = "dnstap.sock"\n',
+                    "test",
+                    tmp_path,
+                )
+                frontend = Frontend(config)
+                frontend.bind_loop(asyncio.get_running_loop())
+                wire = dns.message.make_query("up.example", "A", id=5).to_wire()
+                answer = await frontend.handle(wire, ClientInfo(Transport.UDP, "127.0.0.9", 40123))
+                assert answer is not None and b"\xc0\x00\x02\x4d" in answer  # 192.0.2.77
+                await asyncio.sleep(0.3)
+                await frontend.close()
+                return upstream.address
+
+        address = asyncio.run(run())
+        text = capture.frames()
+    finally:
+        capture.stop()
+    host, _, port = address.rpartition(":")
+    kinds = re.findall(r"type: (\w+_(?:QUERY|RESPONSE))", text)
+    assert sorted(kinds) == ["CLIENT_QUERY", "CLIENT_RESPONSE", "RESOLVER_QUERY", "RESOLVER_RESPONSE"]
+    assert f'response_address: "{host}"' in text and f"response_port: {port}" in text
+    assert "192.0.2.77" in text

@@ -388,3 +388,103 @@ def test_decisions_are_counted_by_identity_and_policy_with_or_without_sinks(tmp_
         assert samples == {("lab", "all", "allow"): 2, ("lab", "all", "deny"): 1, ("", "", "refuse"): 1}, sinks
         results = {tuple(s.labels.values()): s.value for s in families["ztdns_dnssec_answers"].samples}
         assert results[("insecure", "")] >= 3
+
+
+@pytest.mark.slow  # the stalled writes time out (2 s each) before the sink gives up
+def test_a_dnstap_collector_that_stops_reading_costs_answers_nothing(tmp_path: Path) -> None:
+    """Replays through the Frontend while the collector accepted the stream and then stopped reading: every query
+    is answered, the sink's queue fills and the rest is dropped and counted."""
+    import socket
+    import struct
+
+    path = tmp_path / "stalled.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    held: list[socket.socket] = []
+
+    def accept_then_stall() -> None:
+        connection, _ = server.accept()
+        held.append(connection)
+        connection.recv(4096)  # READY
+        body = struct.pack("!III", 1, 1, 22) + b"protobuf:dnstap.Dnstap"
+        connection.sendall(struct.pack("!II", 0, len(body)) + body)  # ACCEPT, then never another read
+
+    threading.Thread(target=accept_then_stall, daemon=True).start()
+    text = CONFIG.split("[log]", maxsplit=1)[0] + '[log.query_log]\noutput = "off"\n[[log.sinks]]\ntype = "dnstap"\n'
+    text += f'socket = "{path}"\nqueue = 1000\n'
+    config = parse_config(text, "test", tmp_path)
+    client = ClientInfo(Transport.UDP, "127.0.0.9", 40123)
+
+    async def run() -> tuple[int, int]:
+        frontend = Frontend(config, resolver_factory=lambda _: Upstream())
+        frontend.bind_loop(asyncio.get_running_loop())
+        wire = dns.message.make_query("www.example.com", "A").to_wire()
+        await frontend.handle(wire, client)
+        await asyncio.sleep(0)
+        answered = 0
+        for _ in range(20):  # rounds with pauses, so the feed's and sink's threads fill the socket and the queue
+            for _ in range(10_000):
+                answered += frontend.fast(wire, client) is not None
+            await asyncio.sleep(0.05)
+        [sink] = frontend.outputs.sinks
+        feed = frontend.outputs.feed
+        assert feed is not None
+        dropped = sink.dropped + feed.dropped  # by the sink's queue, or by the feed before any sink saw them
+        await asyncio.get_running_loop().run_in_executor(None, frontend.outputs.close)
+        return answered, dropped
+
+    answered, dropped = asyncio.run(run())
+    server.close()
+    for connection in held:
+        connection.close()
+    assert answered == 200_000
+    assert dropped > 100_000  # the socket buffer and a queue of 1000 hold the rest
+
+
+def test_security_events_follow_the_sinks_privacy(tmp_path: Path) -> None:
+    from ztdns.observe.events import SecurityEvent
+    from ztdns.observe.formats import Formatter
+    from ztdns.observe.querylog import QueryLog
+
+    fields: dict[str, object] = {
+        "detector": "dga",
+        "key": "client=192.0.2.7",
+        "text": "detect=dga client=192.0.2.7 rate=9q/s",
+    }
+    outputs = {}
+    for privacy in ("full", "pseudonymised", "aggregate"):
+        path = tmp_path / f"{privacy}.log"
+        pseudonyms = Pseudonyms("deterministic", 3600) if privacy == "pseudonymised" else None
+        aggregate = Aggregate(5, 3600) if privacy == "aggregate" else None
+        sink = QueryLog(str(path), 100, Formatter("ecs", pseudonyms, "r1"), aggregate)
+        sink.put(SecurityEvent(time.time(), "detect", fields))
+        event = _event("dga-xkqzv.example.", "192.0.2.7")
+        event.answer.detection = "detect=dga client=192.0.2.7 rate=9q/s"
+        sink.put(event)
+        sink.close()
+        outputs[privacy] = path.read_text()
+    assert outputs["full"].count("192.0.2.7") >= 2
+    assert "192.0.2.7" not in outputs["pseudonymised"] and '"detection": "detect=dga"' in outputs["pseudonymised"]
+    assert '"detector": "dga"' in outputs["pseudonymised"]
+    [record] = [json.loads(line) for line in outputs["aggregate"].splitlines()]
+    assert record["detections"] == {"detect:dga": 1} and "192.0.2.7" not in outputs["aggregate"]
+    assert "dga-xkqzv" not in outputs["aggregate"]
+
+
+def test_a_json_sink_reopens_its_file_by_name(tmp_path: Path) -> None:
+    from ztdns.observe.formats import Formatter
+    from ztdns.observe.querylog import QueryLog
+
+    path = tmp_path / "query.log"
+    sink = QueryLog(str(path), 100, Formatter("ocsf", None, "r1"), retention=3600)
+    sink.put(_event("before.example.", "10.0.0.1"))
+    deadline = time.monotonic() + 5
+    while sink.written < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    path.rename(tmp_path / "query.log.1")  # logrotate
+    sink.reopen()  # SIGHUP
+    sink.put(_event("after.example.", "10.0.0.1"))
+    sink.close()
+    assert "before.example" in (tmp_path / "query.log.1").read_text()
+    assert "after.example" in path.read_text() and "before" not in path.read_text()

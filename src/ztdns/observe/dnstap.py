@@ -13,7 +13,7 @@ import ipaddress
 import socket
 import struct
 
-from ztdns.observe.events import Event, QueryEvent
+from ztdns.observe.events import Event, QueryEvent, UpstreamEvent
 from ztdns.observe.privacy import Pseudonyms
 from ztdns.observe.sinks import QueueSink
 
@@ -67,6 +67,7 @@ def message(
     when: float,
     wire: bytes,
     query_time: float | None = None,
+    upstream: tuple[bytes, int] | None = None,
 ) -> bytes:
     """A dnstap ``Message``: a query (``wire`` is query_message, at ``when``) or a response (response_message at
     ``when``, with the query's time)."""
@@ -75,9 +76,11 @@ def message(
         field_varint(1, kind),
         field_varint(2, family),
         field_varint(3, protocol),
-        field_bytes(4, address),
-        field_varint(6, port),
     ]
+    if address:
+        out += [field_bytes(4, address), field_varint(6, port)]
+    if upstream is not None:
+        out += [field_bytes(5, upstream[0]), field_varint(7, upstream[1])]
     started = when if query_time is None else query_time
     out += [field_varint(8, int(started)), field_fixed32(9, int(started % 1 * 1e9))]
     if response:
@@ -202,8 +205,20 @@ class DnstapSink(QueueSink):
             out += data_frame(dnstap(self.identity, self.version, response))
         return out
 
+    def upstream_frames(self, event: UpstreamEvent) -> bytes:
+        """RESOLVER_QUERY and RESOLVER_RESPONSE: the upstream is the response address."""
+        family, address = _address(event.host)
+        protocol = PROTOCOLS.get(event.transport, 1)
+        upstream = (address, event.port)
+        query = message(RESOLVER_QUERY, family, protocol, b"", 0, event.sent, event.query, upstream=upstream)
+        reply = event.reply.to_wire()
+        response = message(RESOLVER_RESPONSE, family, protocol, b"", 0, event.time, reply, event.sent, upstream)
+        envelope = self.identity, self.version
+        return data_frame(dnstap(*envelope, query)) + data_frame(dnstap(*envelope, response))
+
     def emit(self, batch: list[Event], now: float) -> None:
-        queries = [event for event in batch if isinstance(event, QueryEvent)]  # security events are not DNS messages
+        # Security events are not DNS messages.
+        queries = [event for event in batch if isinstance(event, QueryEvent | UpstreamEvent)]
         if not queries:
             return
         try:
@@ -214,7 +229,12 @@ class DnstapSink(QueueSink):
             self.dropped += len(queries)
             return
         try:
-            sock.sendall(b"".join(self.frames(event) for event in queries))
+            sock.sendall(
+                b"".join(
+                    self.frames(event) if isinstance(event, QueryEvent) else self.upstream_frames(event)
+                    for event in queries
+                )
+            )
         except OSError:
             self._disconnect()
             raise

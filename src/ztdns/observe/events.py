@@ -1,15 +1,15 @@
 """What the observe stage hands its sinks: one compact event per query, made of fields at hand.
 
-Events are plain slots objects built on the serving thread (no formatting there); a sink (the JSON query log
-today) turns them into bytes on its own thread. An :class:`Answered` is shared by every replay of one answer, so a
-replayed query costs one :class:`QueryEvent` and nothing else.
+The serving thread appends a plain tuple per query to the feed (``observe.sinks.Feed``); the feed's thread makes
+the :class:`QueryEvent`, and each sink formats it on its own thread. An :class:`Answered` is shared by every replay
+of one answer, so a replayed query costs one tuple and nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
+import dns.message
 import dns.rdata
 import dns.rrset
 
@@ -112,13 +112,17 @@ class SecurityEvent:
     fields: dict[str, object]
 
 
-Event = QueryEvent | SecurityEvent
+@dataclass(slots=True)
+class UpstreamEvent:
+    """One exchange with an upstream (a cache miss forwarded): dnstap's RESOLVER_QUERY and RESOLVER_RESPONSE."""
+
+    time: float  # time.time() when the reply arrived
+    sent: float  # time.time() when the query was sent
+    transport: str  # udp, tcp, dot, doh, doq
+    host: str
+    port: int
+    query: bytes
+    reply: dns.message.Message  # encoded on the sink's thread
 
 
-class Sink(Protocol):
-    """Where events go. ``put`` runs on the serving thread (event loop or UDP lane): it must not block
-    or format; a sink does its work on its own thread."""
-
-    def put(self, event: Event) -> None: ...
-
-    def close(self) -> None: ...
+Event = QueryEvent | SecurityEvent | UpstreamEvent

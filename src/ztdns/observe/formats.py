@@ -15,7 +15,7 @@ from collections.abc import Callable
 import dns.rdatatype
 import dns.rrset
 
-from ztdns.observe.events import Answered, Event, QueryEvent, SecurityEvent
+from ztdns.observe.events import Answered, QueryEvent, SecurityEvent
 from ztdns.observe.privacy import Pseudonyms
 
 ECS_VERSION = "8.11.0"
@@ -25,19 +25,23 @@ OCSF_NETWORK_ACTIVITY = 4
 OCSF_RESPONSE = 2  # activity_id: the record describes an answered query
 
 
-def line(event: QueryEvent, clock: Clock, instance: str) -> str:
-    """The native line with full privacy, made without a dict per query; key order and spelling are the
-    documented query log format (the members of the answer are made once per answer, replays share them)."""
+def line(event: QueryEvent, clock: Clock, instance: str, who: Who | None = None) -> str:
+    """The native line, made without a dict per query; key order and spelling are the documented query log
+    format (the members of the answer are made once per answer, replays share them). ``who``: the sink's
+    privacy for the client fields (None: full)."""
     client = event.client
-    certificate = client.certificate_identity
+    if who is None:
+        address, port, certificate = client.address, client.port, client.certificate_identity
+    else:
+        address, port, certificate = who.address(event), who.port(event), who.certificate(event)
     proven = "null" if certificate is None else json.dumps(certificate)
     query, response = event.query, event.response
     qid = "null" if len(query) < 2 else query[0] << 8 | query[1]
     return (
         f'{{"time": "{clock.format(event.time)}", "transport": "{client.transport}", '
-        f'"client": {json.dumps(client.address)}, "certificate": {proven}, {members(event.answer)}, '
-        f'"latency_ms": {event.latency * 1000:.3f}, "client_port": {client.port}, "query_id": {qid}, '
-        f'"response_size": {0 if response is None else len(response)}, {details(event.answer)}, '
+        f'"client": {json.dumps(address)}, "certificate": {proven}, {members(event.answer)}, '
+        f'"latency_ms": {event.latency * 1000:.3f}, "client_port": {port}, "query_id": {qid}, '
+        f'"response_size": {0 if response is None else len(response)}, {details(event.answer, who)}, '
         f'"instance": {json.dumps(instance)}}}'
     )
 
@@ -65,20 +69,26 @@ def members(answer: Answered) -> str:
     return made
 
 
-def details(answer: Answered) -> str:
-    """The answer's further members (EDE text, records, CNAME chain, DNSSEC, detection), made once per answer."""
+def details(answer: Answered, who: Who | None = None) -> str:
+    """The answer's further members (EDE text, records, CNAME chain, DNSSEC, detection), made once per answer
+    with full privacy (``who`` None); with pseudonyms, the detection verdict is reduced to its detector."""
+    if who is not None:
+        return _details(answer, who.detection(answer))
     made = answer.json_details
     if made is None:
-        made = answer.json_details = json.dumps(
-            {
-                "ede_text": answer.ede_text,
-                "records": records(answer),
-                "cname_chain": cname_chain(answer),
-                "dnssec": answer.dnssec,
-                "detection": answer.detection,
-            }
-        )[1:-1]
+        made = answer.json_details = _details(answer, answer.detection)
     return made
+
+
+def _details(answer: Answered, detection: str | None) -> str:
+    members = {
+        "ede_text": answer.ede_text,
+        "records": records(answer),
+        "cname_chain": cname_chain(answer),
+        "dnssec": answer.dnssec,
+        "detection": detection,
+    }
+    return json.dumps(members)[1:-1]
 
 
 class Clock:
@@ -149,38 +159,21 @@ class Who:
             return certificate
         return self.pseudonyms.text(certificate)
 
+    def detection(self, answer: Answered) -> str | None:
+        """The verdict a query met; with pseudonyms only its detector (``detect=dga``): a verdict's text names the
+        client it is about (an address prefix, a certificate identity)."""
+        text = answer.detection
+        if text is None or self.pseudonyms is None:
+            return text
+        return text.split(" ", 1)[0]
 
-def native(event: QueryEvent, who: Who, instance: str, clock: Clock) -> dict[str, object]:
-    answer = event.answer
-    qid, _, size = _rrsets_rcode(event)
-    return {
-        "time": clock.format(event.time),
-        "transport": str(event.client.transport),
-        "client": who.address(event),
-        "certificate": who.certificate(event),
-        "identity": answer.identity,
-        "qname": answer.qname,
-        "qtype": answer.qtype,
-        "decision": answer.decision,
-        "kind": answer.kind,
-        "policy": answer.policy,
-        "rule": answer.rule,
-        "rcode": answer.rcode,
-        "ede": answer.ede,
-        "answers": resolved(answer),
-        "cache_hit": answer.cache_hit,
-        "upstream": answer.upstream,
-        "latency_ms": round(event.latency * 1000, 3),
-        "client_port": who.port(event),
-        "query_id": qid,
-        "response_size": size,
-        "ede_text": answer.ede_text,
-        "records": records(answer),
-        "cname_chain": cname_chain(answer),
-        "dnssec": answer.dnssec,
-        "detection": answer.detection,
-        "instance": instance,
-    }
+    def security(self, fields: dict[str, object]) -> dict[str, object]:
+        """A security event's members; with pseudonyms its key is keyed-hashed and its text (which names the key)
+        left out."""
+        if self.pseudonyms is None:
+            return fields
+        hidden = {name: value for name, value in fields.items() if name not in ("key", "text")}
+        return {**hidden, "key": self.pseudonyms.text(str(fields.get("key", "")))}
 
 
 def ecs(event: QueryEvent, who: Who, instance: str, clock: Clock) -> dict[str, object]:
@@ -219,7 +212,7 @@ def ecs(event: QueryEvent, who: Who, instance: str, clock: Clock) -> dict[str, o
         },
         "observer": {"name": instance, "product": "ztdns", "vendor": "ztdns", "type": "dns"},
         "rule": {"name": answer.rule, "ruleset": answer.policy},
-        "ztdns": _extra(answer, size),
+        "ztdns": _extra(answer, size, who),
     }
     certificate = who.certificate(event)
     if certificate is not None:
@@ -267,12 +260,12 @@ def ocsf(event: QueryEvent, who: Who, instance: str, clock: Clock) -> dict[str, 
         "dst_endpoint": {"hostname": instance},
         "connection_info": {"protocol_name": "udp" if transport in ("udp", "doq") else "tcp", "direction_id": 1},
         "observables": [],
-        "unmapped": {**_extra(answer, size), "transport": transport, "certificate": who.certificate(event)},
+        "unmapped": {**_extra(answer, size, who), "transport": transport, "certificate": who.certificate(event)},
     }
     return record
 
 
-def _extra(answer: Answered, size: int) -> dict[str, object]:
+def _extra(answer: Answered, size: int, who: Who) -> dict[str, object]:
     return {
         "identity": answer.identity,
         "policy": answer.policy,
@@ -280,15 +273,15 @@ def _extra(answer: Answered, size: int) -> dict[str, object]:
         "ede": {"code": answer.ede, "text": answer.ede_text},
         "cname_chain": cname_chain(answer),
         "dnssec": answer.dnssec,
-        "detection": answer.detection,
+        "detection": who.detection(answer),
         "cache_hit": answer.cache_hit,
         "upstream": answer.upstream,
         "response_size": size,
     }
 
 
+# The SIEM formats as dicts; native lines are made by :func:`line`.
 FORMATS: dict[str, Callable[[QueryEvent, Who, str, Clock], dict[str, object]]] = {
-    "native": native,
     "ecs": ecs,
     "ocsf": ocsf,
 }
@@ -299,20 +292,20 @@ class Formatter:
 
     def __init__(self, format_name: str, pseudonyms: Pseudonyms | None, instance: str) -> None:
         self.format_name = format_name
-        self.make = FORMATS[format_name]
+        self.make = FORMATS.get(format_name)
         self.who = Who(pseudonyms)
+        self.line_who = None if pseudonyms is None else self.who
         self.instance = instance
         self.clock = Clock()
-        # The query log's own line (native, full privacy) is made without building a dict per query.
-        self.fast = format_name == "native" and pseudonyms is None
 
-    def text(self, event: Event) -> str:
+    def text(self, event: QueryEvent | SecurityEvent) -> str:
         if isinstance(event, SecurityEvent):
+            fields = self.who.security(event.fields)
             if self.format_name == "native":
-                return json.dumps({"time": self.clock.format(event.time), "event": event.kind, **event.fields})
-            return json.dumps(self.security(event))
-        if self.fast:
-            return line(event, self.clock, self.instance)
+                return json.dumps({"time": self.clock.format(event.time), "event": event.kind, **fields})
+            return json.dumps(self.security(event, fields))
+        if self.make is None:
+            return line(event, self.clock, self.instance, self.line_who)
         return json.dumps(self.make(event, self.who, self.instance, self.clock))
 
     def aggregate(self, record: dict[str, object]) -> str:
@@ -321,7 +314,7 @@ class Formatter:
             {"time": self.clock.format(time.time()), "event": "aggregate", **record, "instance": self.instance}
         )
 
-    def security(self, event: SecurityEvent) -> dict[str, object]:
+    def security(self, event: SecurityEvent, fields: dict[str, object]) -> dict[str, object]:
         """A security event (a detection verdict) in the sink's format."""
         stamp = self.clock.format(event.time)
         if self.format_name == "ecs":
@@ -330,8 +323,8 @@ class Formatter:
                 "ecs": {"version": ECS_VERSION},
                 "event": {"kind": "alert", "category": ["network", "intrusion_detection"], "dataset": "ztdns.detect"},
                 "observer": {"name": self.instance, "product": "ztdns", "vendor": "ztdns", "type": "dns"},
-                "message": event.fields.get("text"),
-                "ztdns": {"event": event.kind, **event.fields},
+                "message": fields.get("text"),
+                "ztdns": {"event": event.kind, **fields},
             }
         millis = int(event.time * 1000)
         return {  # OCSF Detection Finding (class 2004)
@@ -342,9 +335,9 @@ class Formatter:
             "severity_id": 3,
             "time": millis,
             "metadata": {"version": OCSF_VERSION, "product": {"name": "ztdns", "vendor_name": "ztdns"}},
-            "finding_info": {"title": f"{event.kind} {event.fields.get('detector', '')}".strip(), "uid": str(millis)},
-            "message": event.fields.get("text"),
-            "unmapped": {"event": event.kind, **event.fields},
+            "finding_info": {"title": f"{event.kind} {fields.get('detector', '')}".strip(), "uid": str(millis)},
+            "message": fields.get("text"),
+            "unmapped": {"event": event.kind, **fields},
         }
 
 

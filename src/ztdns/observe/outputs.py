@@ -17,7 +17,7 @@ from ztdns.observe.dnstap import DnstapSink
 from ztdns.observe.formats import Formatter
 from ztdns.observe.privacy import Aggregate, Pseudonyms
 from ztdns.observe.querylog import QueryLog
-from ztdns.observe.sinks import QueueSink
+from ztdns.observe.sinks import Feed, QueueSink
 from ztdns.observe.syslog import SyslogSink, tls_context
 
 DNSTAP_PORT = 6000
@@ -28,20 +28,21 @@ class Outputs:
     def __init__(self, sinks: list[QueueSink], querylog: QueryLog | None) -> None:
         self.sinks = sinks
         self.querylog = querylog
+        self.feed = Feed(sinks) if sinks else None
 
     def reopen(self) -> None:
         for sink in self.sinks:
             sink.reopen()
 
     def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
+        if self.feed is not None:
+            self.feed.close()
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "ztdns_querylog_dropped",
             "Query log lines dropped because the writer fell behind",
-            value=self.querylog.dropped if self.querylog else 0,
+            value=self.querylog.dropped + self._feed_dropped() if self.querylog else 0,
         )
         written = CounterMetricFamily("ztdns_sink_events", "Events written by a sink", labels=["sink", "type"])
         dropped = CounterMetricFamily(
@@ -53,10 +54,14 @@ class Outputs:
         for sink in self.sinks:
             labels = [sink.name, sink.kind]
             written.add_metric(labels, sink.written)
-            dropped.add_metric(labels, sink.dropped)
+            dropped.add_metric(labels, sink.dropped + self._feed_dropped())
             if isinstance(sink, DnstapSink | SyslogSink):
                 connected.add_metric(labels, 1.0 if sink.connected else 0.0)
         yield from (written, dropped, connected)
+
+    def _feed_dropped(self) -> int:
+        """Events the feed dropped before any sink saw them (every sink missed them)."""
+        return 0 if self.feed is None else self.feed.dropped
 
 
 def instance_name(config: Config) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ztdns.observe.events import QueryEvent
+from ztdns.observe.events import QueryEvent, SecurityEvent
 
 
 def address_block(text: str) -> bytes:
@@ -154,6 +154,7 @@ class Aggregate:
         self.qtypes: Counter[str] = Counter()
         self.rcodes: Counter[str] = Counter()
         self.decisions: Counter[str] = Counter()
+        self.detections: Counter[str] = Counter()  # security events by kind and detector
         self.names: dict[str, tuple[int, set[bytes]]] = {}
         self.overflow = 0
 
@@ -182,6 +183,10 @@ class Aggregate:
                 clients.add(hashlib.blake2b(who.encode(), key=self._key, digest_size=8).digest())
             names[qname] = (count + 1, clients)
 
+    def add_security(self, events: Iterable[SecurityEvent]) -> None:
+        for event in events:
+            self.detections[f"{event.kind}:{event.fields.get('detector', '')}"] += 1
+
     def due(self, now: float) -> bool:
         return now - self._start >= self.window
 
@@ -196,6 +201,7 @@ class Aggregate:
             "qtypes": dict(self.qtypes),
             "rcodes": dict(self.rcodes),
             "decisions": dict(self.decisions),
+            "detections": dict(self.detections),
             "names": dict(sorted(shown.items(), key=lambda item: -item[1])),
             "names_below_k": len(self.names) - len(shown),
             "queries_untracked": self.overflow,  # names beyond max_names: counted, never named

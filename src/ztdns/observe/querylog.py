@@ -8,7 +8,6 @@ import os
 import select
 import stat
 import sys
-import time
 from pathlib import Path
 
 from ztdns.observe.formats import Formatter
@@ -75,15 +74,10 @@ class QueryLog(TextSink):
                 continue
             view = view[os.write(self._fd, view[: self._chunk]) :]
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._drain()
-            self._report()
-            if self.retention > 0 and self.output != "stdout":
-                now = time.time()
-                if now >= self._next_retention:
-                    self._next_retention = now + RETENTION_CHECK
-                    expire(Path(self.output), self.retention, now)
+    def tick(self, now: float) -> None:
+        if self.retention > 0 and self.output != "stdout" and now >= self._next_retention:
+            self._next_retention = now + RETENTION_CHECK
+            expire(Path(self.output), self.retention, now)
 
     def shutdown(self) -> None:
         if self.output != "stdout":

@@ -17,8 +17,9 @@ import dns.rdatatype
 
 from ztdns.client import ClientInfo
 from ztdns.model import EDE, Kind, Question, Reason
-from ztdns.observe.events import Answered, QueryEvent, SecurityEvent, Sink
+from ztdns.observe.events import Answered, SecurityEvent, UpstreamEvent
 from ztdns.observe.metrics import Metrics
+from ztdns.observe.sinks import Feed
 from ztdns.pipeline import Next, QueryContext
 from ztdns.wire.header import AD
 from ztdns.wire.query import name_key
@@ -61,9 +62,9 @@ def _addresses(response: dns.message.Message | None) -> tuple[dns.rdata.Rdata, .
 class Observer:
     """Counts metrics and hands events to the sinks, for pipeline runs and replays alike."""
 
-    def __init__(self, metrics: Metrics, sinks: tuple[Sink, ...] = (), validating: bool = False) -> None:
+    def __init__(self, metrics: Metrics, feed: Feed | None = None, validating: bool = False) -> None:
         self.metrics = metrics
-        self.sinks = sinks
+        self.feed = feed
         self.validating = validating  # DNSSEC status of answers: "off" when nothing validates
         self._bogus_logged: dict[tuple[str, int, int], float] = {}
         # Without sinks an answer is only its metric labels: one shared Answered per label set, not one per query.
@@ -75,7 +76,7 @@ class Observer:
         rcode = _rcode(ctx)
         question = ctx.question
         decision = ctx.decision
-        if not self.sinks:
+        if self.feed is None:
             policy = None if decision is None else decision.policy
             ede = None if ctx.reason is None else int(ctx.reason.ede)
             key = (kind, rcode, ctx.identity, policy, _decision(ctx), self._dnssec(ctx), ede)
@@ -149,10 +150,9 @@ class Observer:
 
     def event(self, kind: str, fields: dict[str, object]) -> None:
         """A security event (a detection verdict) for the sinks: the query log writes it as ``"event": kind``."""
-        if self.sinks:
-            event = SecurityEvent(time.time(), kind, fields)
-            for sink in self.sinks:
-                sink.put(event)
+        feed = self.feed
+        if feed is not None:
+            feed.events.append(SecurityEvent(time.time(), kind, fields))
 
     def record_answer(
         self, answered: Answered, client: ClientInfo, started: float, query: bytes, response: bytes | None
@@ -162,10 +162,21 @@ class Observer:
         latency = time.monotonic() - started
         transport = client.transport  # a StrEnum: its own label
         self.metrics.count_answer(transport, answered.labels or answered.metric_labels(), latency)
-        if self.sinks:
-            event = QueryEvent(time.time(), client, answered, latency, query, response)
-            for sink in self.sinks:
-                sink.put(event)
+        feed = self.feed
+        if feed is not None:
+            events = feed.events
+            if len(events) < feed.limit:
+                events.append((time.time(), client, answered, latency, query, response))
+            else:
+                feed.dropped += 1
+
+    def upstream(
+        self, transport: str, host: str, port: int, query: bytes, reply: dns.message.Message, sent: float
+    ) -> None:
+        """An exchange with an upstream, for the sinks that carry upstream traffic (dnstap)."""
+        feed = self.feed
+        if feed is not None:
+            feed.events.append(UpstreamEvent(time.time(), sent, transport, host, port, query, reply))
 
     def failed(self, what: str, client: ClientInfo) -> None:
         """An internal error while answering ``client`` (call from an ``except`` block: the traceback goes too)."""

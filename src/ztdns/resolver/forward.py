@@ -24,7 +24,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,6 +332,15 @@ def make_upstream(config: UpstreamConfig, base_dir: Path = Path("."), loc: tuple
         ) from None
 
 
+_SCHEMES = {"tls": "dot", "https": "doh", "quic": "doq"}
+
+
+def _transport(upstream: Upstream, prefix: str) -> str:
+    if upstream.client is None:
+        return "tcp" if prefix else "udp"
+    return _SCHEMES.get(upstream.label.partition("://")[0], "tcp")
+
+
 class Forwarder:
     """A :class:`~ztdns.resolver.Resolver` that forwards to the configured upstreams (Do53, DoT, DoH, DoQ).
 
@@ -353,6 +362,9 @@ class Forwarder:
         # Exchanges waiting for an answer: close() ends them with a network error.
         self._waiting: set[UdpExchange | TcpExchange] = set()
         self._closed = False
+        # Upstream traffic for the sinks (dnstap RESOLVER_QUERY/RESPONSE), set by the handler: called on the event
+        # loop with (transport, upstream address, port, query bytes, reply, time.time() the query was sent).
+        self.on_exchange: Callable[[str, str, int, bytes, dns.message.Message, float], None] | None = None
 
     def health(self) -> list[UpstreamHealth]:
         return self._book.snapshot(time.monotonic())
@@ -401,6 +413,7 @@ class Forwarder:
         wire = build_query(question, self._config.edns_payload, upstream.padding).to_wire()
         expected = ReplyFilter(wire)
         prefix = ""
+        sent = time.time()
         try:
             async with asyncio.timeout(allowed):
                 if upstream.client is not None:
@@ -416,6 +429,8 @@ class Forwarder:
             raise UpstreamError(str(exc), EDE.NETWORK_ERROR) from None
         except (OSError, EOFError) as exc:  # TimeoutError and IncompleteReadError included
             raise _network_error(exc, prefix) from None
+        if self.on_exchange is not None:
+            self.on_exchange(_transport(upstream, prefix), upstream.peer.host, upstream.peer.port, wire, reply, sent)
         rcode = reply.rcode()
         if rcode in _REFUSALS:
             raise UpstreamError(dns.rcode.to_text(rcode).lower(), EDE.NO_REACHABLE_AUTHORITY)

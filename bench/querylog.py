@@ -1,0 +1,132 @@
+"""What each sink costs the serving thread per replayed answer (``Frontend.fast``), in-process, no sockets for the
+queries: no sink, the JSON query log (native), JSON in ECS and OCSF, pseudonymised (ipcrypt deterministic and ndx),
+aggregate, dnstap (to an in-process Frame Streams reader on a unix socket) and syslog (UDP to a local socket).
+
+    .venv/bin/python bench/querylog.py [--queries 200000] [--rounds 3]
+
+For each case, alternating rounds: ``serving`` is the CPU time of the thread that calls ``fast`` (time.thread_time:
+what a sink adds there), ``wall`` the elapsed time per query while the sink's thread formats and writes beside it
+(the GIL is shared, so this includes part of the sink's own work). The best round of each is printed, and the
+difference from "none". Run it on an idle machine: it measures one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import dns.message
+
+from fastpath import CONFIG as FASTPATH_CONFIG  # the same zone, identity and policy
+from ztdns.client import ClientInfo, Transport
+from ztdns.config import parse_config
+from ztdns.handler import Frontend
+
+BASE = FASTPATH_CONFIG + '\n[detect]\nmode = "off"\n'
+
+
+def sink(kind: str, **keys: str) -> str:
+    return "[[log.sinks]]\n" + f'type = "{kind}"\n' + "".join(f'{key} = "{value}"\n' for key, value in keys.items())
+
+
+def cases(directory: Path, syslog_port: int) -> dict[str, str]:
+    log = str(directory / "log")
+    return {
+        "none": BASE.format(query_log="off"),
+        "query log (native)": BASE.format(query_log=log + ".native"),
+        "json ecs": BASE.format(query_log="off") + sink("json", output=log + ".ecs", format="ecs"),
+        "json ocsf": BASE.format(query_log="off") + sink("json", output=log + ".ocsf", format="ocsf"),
+        "json ecs pseudonymised": BASE.format(query_log="off")
+        + sink("json", output=log + ".pseudo", format="ecs", privacy="pseudonymised"),
+        "json native ndx": BASE.format(query_log="off")
+        + sink("json", output=log + ".ndx", privacy="pseudonymised", ipcrypt="ndx"),
+        "json aggregate": BASE.format(query_log="off") + sink("json", output=log + ".agg", privacy="aggregate"),
+        "dnstap (unix)": BASE.format(query_log="off") + sink("dnstap", socket=str(directory / "dnstap.sock")),
+        "syslog udp (ecs)": BASE.format(query_log="off")
+        + sink("syslog", address=f"127.0.0.1:{syslog_port}", format="ecs"),
+    }
+
+
+def frame_streams_reader(path: Path) -> None:
+    """Accept dnstap connections, answer the handshake, and discard the frames."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def serve(connection: socket.socket) -> None:
+        with connection:
+            connection.recv(4096)  # READY
+            body = struct.pack("!I", 1) + struct.pack("!II", 1, 22) + b"protobuf:dnstap.Dnstap"
+            connection.sendall(struct.pack("!II", 0, len(body)) + body)  # ACCEPT
+            while connection.recv(1 << 20):
+                pass
+
+    def accept() -> None:
+        while True:
+            connection, _ = server.accept()
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
+def udp_drain() -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+
+    def drain() -> None:
+        while True:
+            sock.recv(65536)
+
+    threading.Thread(target=drain, daemon=True).start()
+    return int(sock.getsockname()[1])
+
+
+async def measure(config_text: str, directory: Path, count: int) -> tuple[float, float, int]:
+    frontend = Frontend(parse_config(config_text, "bench", directory))
+    client = ClientInfo(Transport.UDP, "127.0.0.1", 5353)
+    wire = dns.message.make_query("www.bench.test", "A", use_edns=0).to_wire()
+    await frontend.handle(wire, client)
+    await asyncio.sleep(0)
+    fast = frontend.fast
+    wall, cpu = time.perf_counter(), time.thread_time()
+    for _ in range(count):
+        if fast(wire, client) is None:
+            raise RuntimeError("not replayed")
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    await asyncio.sleep(0.2)
+    dropped = sum(sink.dropped for sink in frontend.outputs.sinks)
+    await frontend.close()
+    return cpu / count * 1e6, wall / count * 1e6, dropped
+
+
+async def main(count: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        frame_streams_reader(directory / "dnstap.sock")
+        every = cases(directory, udp_drain())
+        best: dict[str, tuple[float, float, int]] = {}
+        for _ in range(rounds):
+            for name, text in every.items():  # alternating: each round measures every case once
+                cpu, wall, dropped = await measure(text, directory, count)
+                old = best.get(name)
+                if old is None or cpu < old[0]:
+                    best[name] = (cpu, min(wall, old[1]) if old else wall, dropped)
+        base_cpu, base_wall, _ = best["none"]
+        print(f"{'sink':28} {'serving µs':>10} {'added':>7} {'wall µs':>8} {'added':>7} {'dropped':>8}")
+        for name, (cpu, wall, dropped) in best.items():
+            print(f"{name:28} {cpu:10.2f} {cpu - base_cpu:+7.2f} {wall:8.2f} {wall - base_wall:+7.2f} {dropped:8d}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.queries, args.rounds))
