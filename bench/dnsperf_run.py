@@ -226,13 +226,14 @@ async def compare_grid(
 
 def summary(title: str, contenders: Sequence[Contender], results: Sequence[ShapeResult], reference: str) -> str:
     lines = [f"{title}: medians per load shape (ratio = / {reference})"]
-    header = f"  {'shape':14s}" + "".join(f"{c.label:>16s} {'µs/q':>6s}" for c in contenders)
+    width = max(len(c.label) for c in contenders) + 2
     others = [c.label for c in contenders if c.label != reference]
-    lines.append(header + "".join(f"{'ratio ' + label:>22s}" for label in others))
+    header = f"  {'shape':14s}" + "".join(f"{c.label:>{width}s} {'µs/q':>6s}" for c in contenders)
+    lines.append(header + "".join(f"  {'ratio ' + label:>{width + 6}s}" for label in others))
     for shape in results:
         row = f"  -c {shape.clients:2d} -q {shape.outstanding:4d}"
-        row += "".join(f"{shape.median_qps(c.label):16.0f} {shape.median_cpu(c.label):6.2f}" for c in contenders)
-        lines.append(row + "".join(f"{shape.ratio(label, reference):22.2f}" for label in others))
+        row += "".join(f"{shape.median_qps(c.label):{width}.0f} {shape.median_cpu(c.label):6.2f}" for c in contenders)
+        lines.append(row + "".join(f"  {shape.ratio(label, reference):{width + 6}.2f}" for label in others))
     for label in others:
         ratios = [(s.ratio(label, reference), s) for s in results]
         worst, best = min(ratios, key=lambda r: r[0]), max(ratios, key=lambda r: r[0])

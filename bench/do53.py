@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,10 +142,10 @@ async def main() -> int:
             if args.query_log == "both":
                 for batch in lanes:
                     on, off = servers[True, batch], servers[False, batch]
-                    cost = [r.median_cpu(on.label) - r.median_cpu(off.label) for r in results]
+                    cost = sorted(r.median_cpu(on.label) - r.median_cpu(off.label) for r in results)
                     print(
-                        f"query log cost ({on.label} vs {off.label}): {min(cost):.2f}–{max(cost):.2f} µs CPU per "
-                        "answer over the grid (whole process)"
+                        f"query log cost ({on.label} vs {off.label}): median {statistics.median(cost):.2f} µs CPU "
+                        f"per answer over the grid (whole process; range {cost[0]:.2f} to {cost[-1]:.2f})"
                     )
         finally:
             for server in servers.values():
