@@ -106,14 +106,14 @@ class ReleaseTimes:
         self.samples: list[float] = []
         inner = handler.handle
 
-        def handle(query: bytes, release: Callable[[bytes], None]) -> Coroutine[Any, Any, bool]:
+        def handle(query: bytes, release: Callable[[bytes], None], peer: Any = None) -> Coroutine[Any, Any, bool]:
             received = time.perf_counter()  # called by datagram_received, in the same callback
 
             def timed(response: bytes) -> None:
                 self.samples.append((time.perf_counter() - received) * 1000)
                 release(response)
 
-            return inner(query, timed)
+            return inner(query, timed, peer)
 
         handler.handle = handle  # type: ignore[method-assign]
 

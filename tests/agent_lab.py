@@ -47,6 +47,7 @@ ZONE = {
     "target.test.": ("A", "198.51.100.12", 300),
     "refresh.test.": ("A", "198.51.100.13", 4),
     "v6.test.": ("AAAA", "2001:db8:2::10", 300),
+    "shared.test.": ("A", "198.51.100.10", 600),  # allowed.test's address, granted longer
 }
 # The closed-loop zone: names the policy denies exist upstream, so only the policy keeps them closed.
 CLOSED_LOOP_ZONE = {
@@ -56,6 +57,9 @@ CLOSED_LOOP_ZONE = {
     "alias.test.": ("CNAME", "target.test.", 300),
     "cached.test.": ("A", "198.51.100.14", 30),
 }
+# One name with 300 addresses (more than the default per-name cap), all local to the server (AnyIP routes).
+MANY = [f"198.51.{101 + i // 256}.{i % 256}" for i in range(300)]
+MANY_RECORDS = [f"many.test. 300 IN A {address}" for address in MANY]
 HOST_ID = "spiffe://test/host"
 GUEST_ID = "spiffe://test/guest"
 SERVICE_ADDRESSES = ["198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.13", "198.51.100.14"]
@@ -124,11 +128,14 @@ def make_certs(folder: Path) -> None:
 
 
 class Probe:
-    """A long-running agent_probe.py inside a namespace."""
+    """A long-running agent_probe.py inside a namespace (and, given one, in a cgroup v2 group of its own)."""
 
-    def __init__(self, netns: str) -> None:
+    def __init__(self, netns: str, cgroup: Path | None = None) -> None:
+        command = ["ip", "netns", "exec", netns, PYTHON, str(HERE / "agent_probe.py")]
+        if cgroup is not None:  # moved in before it makes a socket: a socket belongs to its creator's cgroup
+            command = ["sh", "-c", f'echo $$ > "{cgroup}/cgroup.procs" && exec "$@"', "probe", *command]
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", netns, PYTHON, str(HERE / "agent_probe.py")],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -185,6 +192,8 @@ class Lab:
                 "link set eth1 up",
                 "route add 198.51.100.0/24 via 192.0.2.10",
                 "route add 2001:db8:2::/64 via 2001:db8:1::10",
+                "route add 198.51.101.0/24 via 192.0.2.10",
+                "route add 198.51.102.0/24 via 192.0.2.10",
             ],
             self.server: [
                 "addr add 192.0.2.10/25 dev eth0",
@@ -192,6 +201,8 @@ class Lab:
                 "link set eth0 up",
                 "route add 192.0.2.128/25 via 192.0.2.1",
                 *(f"addr add {a}/{128 if ':' in a else 32} dev lo nodad" for a in SERVICE_ADDRESSES),
+                "route add local 198.51.101.0/24 dev lo",
+                "route add local 198.51.102.0/24 dev lo",
             ],
             self.container: [
                 "addr add 192.0.2.130/25 dev eth0",
@@ -226,7 +237,7 @@ class Lab:
         self.unbound = self._unbound(tls, ZONE, "853")
 
     def _unbound(self, interfaces: str, zone: dict[str, tuple[str, str, int]], port: str) -> subprocess.Popen[bytes]:
-        records = [f"{n} {ttl} IN {t} {v}" for n, (t, v, ttl) in zone.items()]
+        records = [f"{n} {ttl} IN {t} {v}" for n, (t, v, ttl) in zone.items()] + MANY_RECORDS
         if self.protective == "ztdns":
             # An authoritative zone for the iterator: CNAME chains inside it are followed, as a recursive
             # resolver upstream of ztdns would (local-data answers a CNAME alone).
@@ -380,6 +391,28 @@ address = "{metrics}"
         path = folder / "agent.toml"
         path.write_text(text)
         return path
+
+    def closed_loop_config(self, folder: Path, transport: str = "dot", extra: str = "") -> Path:
+        """An agent config for the ``ztdns`` lab: the host's certificate, state and resolv.conf inside ``folder``."""
+        (folder / "resolv.conf").write_text("nameserver 192.0.2.99\n")
+        config = folder / "agent.toml"
+        config.write_text(
+            f"""identity = "{HOST_ID}"
+state_dir = "{folder / "state"}"
+resolv_conf = "{folder / "resolv.conf"}"
+[[server]]
+address = "{RESOLVER}:{853 if transport == "dot" else 443}"
+hostname = "dns.test"
+transport = "{transport}"
+[tls]
+ca_file = "{self.pki / "ca.crt"}"
+client_cert = "{self.pki / "host.crt"}"
+client_key = "{self.pki / "host.key"}"
+[metrics]
+address = ""
+{extra}"""
+        )
+        return config
 
     def ztdns(self, config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.in_ns(self.client, PYTHON, "-m", "ztdns", "agent", "--config", str(config), *args, check=check)

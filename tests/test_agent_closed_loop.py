@@ -7,13 +7,15 @@ One lab (namespaces, ztdns, Unbound, echo services) for the module; one agent pe
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from agent_lab import HOST_ID, RESOLVER, AgentProcess, Lab, Probe, needs_root
+from agent_lab import RESOLVER, AgentProcess, Lab, Probe, needs_root
 
 pytestmark = [needs_root("kdig"), pytest.mark.root, pytest.mark.slow]
 
@@ -33,29 +35,7 @@ def agent(request: pytest.FixtureRequest, lab: Lab, tmp_path_factory: pytest.Tem
     """The agent of this host, speaking ``transport`` to ztdns with the host's client certificate."""
     transport: str = request.param
     folder = tmp_path_factory.mktemp(f"agent-{transport}")
-    port = 853 if transport == "dot" else 443
-    (folder / "resolv.conf").write_text("nameserver 192.0.2.99\n")
-    config = folder / "agent.toml"
-    config.write_text(
-        f"""identity = "{HOST_ID}"
-state_dir = "{folder / "state"}"
-resolv_conf = "{folder / "resolv.conf"}"
-[[server]]
-address = "{RESOLVER}:{port}"
-hostname = "dns.test"
-transport = "{transport}"
-[tls]
-ca_file = "{lab.pki / "ca.crt"}"
-client_cert = "{lab.pki / "host.crt"}"
-client_key = "{lab.pki / "host.key"}"
-[allow]
-ttl_floor = 0
-ttl_ceiling = 5
-grace = 1
-[metrics]
-address = ""
-"""
-    )
+    config = lab.closed_loop_config(folder, transport, "[allow]\nttl_floor = 0\nttl_ceiling = 5\ngrace = 1\n")
     process = AgentProcess(lab, config)
     try:
         yield transport
@@ -137,3 +117,15 @@ def test_another_identity_on_the_host_gets_its_own_policy_and_opens_nothing(lab:
     # No certificate: ztdns refuses the handshake (client_auth = "require").
     refused = dot("allowed.test", "")
     assert not refused["ok"] and "rcode" not in refused
+
+
+def test_a_refused_name_asked_by_a_short_lived_dig_is_proposed_by_learn(lab: Lab, probe: Probe, agent: str) -> None:
+    state = next(Path(f).parent for f in lab.folder.parent.glob(f"agent-{agent}*/agent.toml")) / "state"
+    dig = lab.in_ns(lab.client, "dig", "@127.0.0.53", "denied.test", "+tries=1", "+time=2", check=False)
+    assert "NXDOMAIN" in dig.stdout
+    records = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+    refused = [r for r in records if r.get("blocked_name") == "denied.test"]
+    assert refused and refused[-1]["ede"] == 15 and refused[-1]["process"]["comm"] == "dig", refused
+    config = state.parent / "agent.toml"
+    proposal = lab.ztdns(config, "learn", "--since", "1h").stdout
+    assert '    "denied.test",  # ' in proposal and "dig" in proposal

@@ -56,6 +56,35 @@ def test_ruleset_enforce_and_audit() -> None:
     assert "chain forward" not in audit
 
 
+def test_ruleset_scopes_dhcp_icmp_and_neighbour_discovery_and_hooks_packet_sockets() -> None:
+    ruleset = build_ruleset(config('[firewall]\nlink_networks = ["10.1.0.0/16"]\n'), ("eth0", "wlan0"), 0x5A5A1234)
+    assert "udp sport 68 udp dport 67 ip daddr { 255.255.255.255, 10.1.0.0/16 } accept" in ruleset
+    assert "udp sport 546 udp dport 547 ip6 daddr { ff02::1:2 } accept" in ruleset
+    assert 'ip6 daddr { fe80::/10, ff02::/16 } accept comment "neighbour discovery"' in ruleset
+    assert "destination-unreachable" not in ruleset  # ICMP errors only as ct related
+    assert "meta mark set meta mark and 0x0000ffff or 0x5a5a0000" in ruleset
+    assert 'type filter hook egress devices = { "eth0", "wlan0" }' in ruleset
+    assert "meta mark and 0xffff0000 == 0x5a5a0000 meta mark set meta mark and 0x0000ffff accept" in ruleset
+    assert ruleset.rstrip().endswith('counter drop comment "packet socket"\n  }\n}'.rstrip())
+    assert "table netdev ztdns {" not in build_ruleset(config())  # no devices: only the delete
+
+
+def test_ruleset_scopes_workload_grants_to_their_cgroup() -> None:
+    workload = '[[workload]]\nname = "web"\ncgroup = "/system.slice/web.service/"\nidentity = "web"\n'
+    workload += 'client_cert = "c"\nclient_key = "k"\n'
+    ruleset = build_ruleset(config(workload), workloads=[("web", "unified/system.slice/web.service", 2)])
+    assert "set allow4_web { type ipv4_addr; flags timeout;" in ruleset and "set allow6_web {" in ruleset
+    match = 'socket cgroupv2 level 2 "unified/system.slice/web.service"'
+    assert f"{match} ip daddr @allow4_web accept" in ruleset
+    # The workload never falls through to the host's grants: its drop comes before them.
+    assert ruleset.index(f'{match} counter drop comment "workload web"') < ruleset.index("ip daddr @allow4 accept")
+    assert "socket cgroupv2" not in build_ruleset(config(workload))  # its cgroup does not exist: sets only
+    with pytest.raises(ConfigError, match="not a cgroup path"):
+        config(workload.replace("/system.slice/web.service/", "../x"))
+    with pytest.raises(ConfigError, match="an identity of its own"):
+        config(workload, top='identity = "web"\n')
+
+
 def _elements(payload: bytes) -> list[tuple[bytes, int | None]]:
     """(key, timeout ms) of each element in a NEWSETELEM/DELSETELEM message payload."""
     found = []
@@ -200,6 +229,67 @@ def test_allow_state_per_name_cap_evicts_least_recent() -> None:
     assert update.removals == {"192.0.2.1"}
 
 
+def test_cap_spares_the_answer_being_released() -> None:
+    state = AllowState(AllowConfig())  # default cap 256
+    records = [(f"10.0.{i // 256}.{i % 256}", 60) for i in range(300)]
+    update = answer(state, "big.test", records, now=0.0)
+    assert len(update.timeouts) == 300 and not update.removals
+    small = AllowState(AllowConfig(max_addresses_per_name=16))
+    update = answer(small, "big.test", records[:60], now=0.0)
+    assert len(update.timeouts) == 60 and not update.removals
+    # The next, different answer may close the older ones: only beyond the cap, least recently answered first.
+    update = answer(small, "big.test", records[60:68], now=1.0)
+    assert update.removals == {address for address, _ in records[:52]}
+
+
+def test_rotating_pool_keeps_live_addresses_and_evicts_least_recently_used() -> None:
+    """8 of 4096 addresses per answer (a CDN's rotation): the ones flows use are never closed by the cap."""
+    import random
+
+    live: set[str] = set()
+    state = AllowState(AllowConfig(max_addresses_per_name=32), in_use=live.__contains__)
+    pool = [f"10.1.{i // 256}.{i % 256}" for i in range(4096)]
+    rotation = random.Random(7)
+    first = rotation.sample(pool, 8)
+    answer(state, "cdn.test", [(a, 60) for a in first], now=0.0)
+    live.update(first)  # the application connected to all of them
+    closed: set[str] = set()
+    for turn in range(1, 41):
+        update = answer(state, "cdn.test", [(a, 60) for a in rotation.sample(pool, 8)], now=float(turn))
+        closed |= update.removals
+        assert len(update.timeouts) >= 8  # every address of this answer was opened
+    assert not closed & set(first)
+    assert len(closed) >= 40 * 8 - 32 - 8  # the rest did rotate out, least recently answered first
+    assert len(state) <= 32 + 8
+
+
+def test_total_bound_sheds_the_grants_closest_to_expiry() -> None:
+    state = AllowState(AllowConfig(ttl_floor=0, grace=0, max_addresses=3))
+    for i, ttl in enumerate((100, 10, 50)):
+        answer(state, f"n{i}.test", [(f"192.0.2.{i}", ttl)], now=0.0)
+    update = answer(state, "n3.test", [("192.0.2.3", 70)], now=0.0)
+    assert update.removals == {"192.0.2.1"} and update.shed == 1 and len(state) == 3
+    assert state.last_name("192.0.2.1") == "n1.test" and not state.holds("192.0.2.1")
+
+
+def test_bulk_restore_keeps_the_latest_lifetimes_and_identities() -> None:
+    state = AllowState(AllowConfig(ttl_floor=0, grace=0), identity="host")
+    grants = [
+        Grant("192.0.2.1", "a.test", 200.0, "host"),
+        Grant("192.0.2.1", "a.test", 300.0, "host"),  # a later journal line for the same grant
+        Grant("192.0.2.1", "b.test", 250.0, "guest"),
+        Grant("192.0.2.2", "old.test", 50.0, "host"),  # expired: skipped
+    ]
+    state.restore(grants, now=100.0)
+    assert len(state) == 1 and state.live_timeouts(100.0) == {"192.0.2.1": 200}
+    assert sorted(state.grants()) == [
+        Grant("192.0.2.1", "a.test", 300.0, "host"),
+        Grant("192.0.2.1", "b.test", 250.0, "guest"),
+    ]
+    assert [g.name for g in state.expire(260.0)] == ["b.test"] and state.holds("192.0.2.1")
+    assert [g.name for g in state.expire(301.0)] == ["a.test"] and len(state) == 0
+
+
 def test_answers_of_one_turn_share_one_update() -> None:
     state = AllowState(AllowConfig(ttl_floor=0, grace=0, max_addresses_per_name=1))
     shared = SetUpdate()
@@ -282,20 +372,43 @@ def test_nflog_messages_decode_to_packets() -> None:
     assert parse_messages(b"\x01\x02") == []
 
 
-def test_learn_proposes_names_and_exception_networks() -> None:
+def test_learn_proposes_refused_names_by_domain_and_flags_dns_resolvers() -> None:
+    curl = {"pid": 7, "comm": "curl"}
     records = [
         {"time": 100, "destination": "198.51.100.20", "protocol": "tcp", "port": 443, "name": None},
         {"time": 101, "destination": "198.51.100.20", "protocol": "tcp", "port": 8443, "name": None},
         {"time": 102, "destination": "192.0.2.5", "protocol": "tcp", "port": 443, "name": "api.test"},
         {"time": 1, "destination": "192.0.2.99", "protocol": "udp", "port": 53, "name": None},  # too old
         {"time": 103, "destination": "not an address", "protocol": "tcp", "port": 1, "name": None},
+        # A foreign resolver, plain and DoT, and a well-known DoH address: flagged, never exceptions.
+        {"time": 104, "destination": "192.0.2.53", "protocol": "udp", "port": 53, "name": None},
+        {"time": 104, "destination": "192.0.2.53", "protocol": "tcp", "port": 853, "name": None},
+        {"time": 104, "destination": "1.1.1.1", "protocol": "tcp", "port": 443, "name": None},
+        # Names the resolver refused, from a short-lived curl and from a cgroup.
+        {"time": 105, "blocked_name": "api.example.co.uk", "process": curl},
+        {"time": 106, "blocked_name": "api.example.co.uk", "process": None, "cgroup": "/system.slice/app"},
+        {"time": 106, "blocked_name": "cdn.example.co.uk", "process": curl},
+        {"time": 107, "blocked_name": "dns.google", "process": {"pid": 8, "comm": "chrome"}},
     ]
     proposal = learn(records, since=50)
-    assert proposal.names == {"api.test": 1}
+    assert set(proposal.domains) == {"example.co.uk"}
+    names = proposal.domains["example.co.uk"]
+    assert names["api.example.co.uk"].count == 2 and names["api.example.co.uk"].who == {
+        "curl",
+        "cgroup /system.slice/app",
+    }
+    assert set(proposal.resolver_names) == {"dns.google"} and set(proposal.outlived) == {"api.test"}
     assert proposal.networks == {"198.51.100.20/32": {"tcp": {443, 8443}}}
+    assert set(proposal.resolvers) == {"192.0.2.53/32", "1.1.1.1/32"}
     text = proposal_toml(proposal)
     assert 'networks = ["198.51.100.20/32"]' in text and "ports = [443, 8443]" in text
-    assert '"api.test",' in text
+    assert '    "api.example.co.uk",  # 2 records; cgroup /system.slice/app, curl' in text
+    assert "# example.co.uk: 3 records" in text
+    allow = text.split("allow = [", 1)[1].split("]", 1)[0]
+    assert "dns.google" not in allow and "api.test" not in allow  # flagged / already allowed: comments only
+    assert "#   dns.google  (1 records; chrome)" in text and "#   api.test  (1 records)" in text
+    assert "192.0.2.53" not in text.split("# NOT proposed — DNS resolvers this host")[0]
+    assert "#   192.0.2.53/32  tcp/853, udp/53" in text
     assert parse_since("2h", 10_000.0) == 10_000.0 - 7200
     with pytest.raises(ValueError, match="--since"):
         parse_since("yesterday", 0)

@@ -309,7 +309,7 @@ class Frontend:
         )
         yield CounterMetricFamily(
             "ztdns_querylog_dropped",
-            "Query log lines dropped because the writer fell behind",
+            "Query log lines lost: the writer fell behind, or the output was full, closed or stalled",
             value=self.querylog.dropped if self.querylog else 0,
         )
         if self.resolver is not None:

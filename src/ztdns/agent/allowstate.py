@@ -1,9 +1,12 @@
 """Which addresses are open, for which names, until when (sans-IO: a clock is passed in, nothing touches the kernel).
 
 Every answer becomes a :class:`Grant` per address. An address can be opened by several names (CDNs); it stays
-open until the last of them expires. Each name keeps at most ``max_per_name`` addresses, least recently
-answered evicted first, so a name with a huge rotating pool cannot fill the set. The result of each answer is a
-:class:`SetUpdate`: the exact kernel timeouts to write and the addresses to close.
+open until the last of them expires. Each name keeps at most ``max_addresses_per_name`` addresses, least recently
+answered evicted first, so a name with a huge rotating pool cannot fill the set — but never an address of the
+answer being released (the application is about to connect to it) nor one that still has conntrack entries (a
+connection, or an application that cached the answer, uses it: Cilium's "zombies"; ``in_use`` says which). All
+names together hold at most ``max_addresses``; beyond it the grants closest to their expiry are shed. The result
+of each answer is a :class:`SetUpdate`: the exact kernel timeouts to write and the addresses to close.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -40,6 +43,7 @@ class SetUpdate:
     grants: list[Grant] = field(default_factory=list)
     added: int = 0
     refreshed: int = 0
+    shed: int = 0  # grants dropped by the total bound (``max_addresses``)
 
     def __bool__(self) -> bool:
         return bool(self.timeouts or self.removals)
@@ -56,11 +60,18 @@ _HISTORY_PER_SHARD = 256  # addresses remembered after expiry, per shard (65,536
 _SAME_EXPIRY = 1.0
 
 
+def _never(address: str) -> bool:
+    return False
+
+
 class AllowState:
-    def __init__(self, config: AllowConfig, identity: str = "") -> None:
-        """``identity``: the one most answers are for (the host's); only other ones are stored per name."""
+    def __init__(self, config: AllowConfig, identity: str = "", in_use: Callable[[str], bool] = _never) -> None:
+        """``identity``: the one most answers are for (the host's); only other ones are stored per name.
+        ``in_use``: whether an address has live flows (asked only when a name is over its cap)."""
         self.config = config
         self.identity = identity
+        self.in_use = in_use
+        self._open = 0  # addresses held open (the length of all ``_addresses`` shards)
         # Plain dicts of str → float throughout: the cyclic collector does not track them. They are made per
         # answered name and address and live for minutes; tracked, every young collection walked them (pauses
         # of several milliseconds at 10k names/s, straight into the answer latency).
@@ -81,14 +92,46 @@ class AllowState:
         self._identify(name, identity)
         for address, ttl in records:
             self._grant(address, name, now + (min(max(ttl, floor), ceiling) + grace), identity, now, update)
-        self._cap(name, now, update)
+        # The answer's addresses are the name's most recent ones now: the cap spares that many.
+        if len(self._names[hash(name) & _MASK].get(name, ())) > cfg.max_addresses_per_name:
+            self._cap(name, now, update, len(records))
+        if self._open > cfg.max_addresses:
+            self._shed(now, update)
 
-    def restore(self, grant: Grant, now: float, update: SetUpdate) -> None:
-        """Re-open a persisted grant with its remaining lifetime (nothing if it has expired)."""
-        if grant.expires > now:
-            self._identify(grant.name, grant.identity)
-            self._grant(grant.address, grant.name, grant.expires, grant.identity, now, update)
-            self._cap(grant.name, now, update)
+    def restore(self, grants: Iterable[Grant], now: float) -> None:
+        """Re-open persisted grants with their remaining lifetimes (expired ones skipped), in bulk: at start,
+        before the table is built from :meth:`live_timeouts` — no per-grant kernel work, one heapify.
+
+        No per-name cap: these were granted (and capped) before; the name's next answer applies it."""
+        names_shards, address_shards, history_shards = self._names, self._addresses, self._history
+        expiries, identities, default = self._expiries, self._identities, self.identity
+        for address, name, expires, identity in grants:
+            if expires <= now:
+                continue
+            names = names_shards[hash(name) & _MASK]
+            per_name = names.get(name)
+            if per_name is None:
+                per_name = names[name] = {}
+            slot = hash(address) & _MASK
+            holders = address_shards[slot].get(address)
+            if holders is None:
+                holders = address_shards[slot][address] = {}
+                self._open += 1
+            previous = holders.get(name)
+            if previous is not None and previous >= expires:
+                continue
+            holders[name] = per_name[address] = expires
+            if previous is None:
+                expiries.append((expires, address, name))
+            if identity != default:
+                identities[name] = identity
+            history = history_shards[slot]
+            history[address] = name
+            if len(history) > _HISTORY_PER_SHARD:
+                history.popitem(last=False)
+        heapq.heapify(expiries)
+        if self._open > self.config.max_addresses:
+            self._shed(now, SetUpdate())  # before the table is built: nothing to write
 
     def _identify(self, name: str, identity: str) -> None:
         if identity != self.identity:
@@ -119,6 +162,7 @@ class AllowState:
         previous = None
         if holders is None:
             addresses[address] = holders = {}
+            self._open += 1
             open_until = 0.0
         else:
             open_until = max(holders.values()) if holders else 0.0
@@ -151,12 +195,48 @@ class AllowState:
             update.removals.discard(address)
         update.grants.append(Grant(address, name, expires, identity))
 
-    def _cap(self, name: str, now: float, update: SetUpdate) -> None:
+    def _cap(self, name: str, now: float, update: SetUpdate, spared: int) -> None:
+        """Drop ``name``'s least recently answered addresses beyond its cap, except its ``spared`` most recent
+        ones (the answer being released) and those with live flows (they stay until they expire)."""
         per_name = self._names[hash(name) & _MASK][name]
-        while len(per_name) > self.config.max_addresses_per_name:
-            address = next(iter(per_name))
+        excess = len(per_name) - max(self.config.max_addresses_per_name, spared)
+        candidates = len(per_name) - spared
+        victims: list[str] = []
+        in_use = self.in_use
+        for index, address in enumerate(per_name):
+            if index >= candidates or len(victims) >= excess:
+                break
+            if not in_use(address):
+                victims.append(address)
+        for address in victims:
             del per_name[address]
             self._release(address, name, now, update)
+
+    def _shed(self, now: float, update: SetUpdate) -> None:
+        """Over ``max_addresses`` in all: drop the grants closest to their expiry until back under it."""
+        expiries = self._expiries
+        while self._open > self.config.max_addresses and expiries:
+            expires, address, name = heapq.heappop(expiries)
+            holders = self._addresses[hash(address) & _MASK].get(address)
+            actual = holders.get(name) if holders is not None else None
+            if actual is None:
+                continue  # evicted already
+            if actual > expires:
+                heapq.heappush(expiries, (actual, address, name))  # refreshed since: due later
+                continue
+            self._unlist(name, address)
+            self._release(address, name, now, update)
+            update.shed += 1
+
+    def _unlist(self, name: str, address: str) -> None:
+        """Take ``address`` off ``name``'s list (and forget the name with its last address)."""
+        names = self._names[hash(name) & _MASK]
+        per_name = names.get(name)
+        if per_name is not None:
+            per_name.pop(address, None)
+            if not per_name:
+                del names[name]
+                self._identities.pop(name, None)
 
     def _release(self, address: str, name: str, now: float, update: SetUpdate) -> None:
         addresses = self._addresses[hash(address) & _MASK]
@@ -166,7 +246,8 @@ class AllowState:
             # Still open for other names: only as long as they hold it.
             update.timeouts[address] = max(1, math.ceil(max(holders.values()) - now))
             return
-        addresses.pop(address, None)
+        if addresses.pop(address, None) is not None:
+            self._open -= 1
         update.timeouts.pop(address, None)
         update.removals.add(address)
 
@@ -188,13 +269,8 @@ class AllowState:
             del holders[name]
             if not holders:
                 del addresses[address]
-            names = self._names[hash(name) & _MASK]
-            per_name = names.get(name)
-            if per_name is not None:
-                per_name.pop(address, None)
-                if not per_name:
-                    del names[name]
-                    self._identities.pop(name, None)
+                self._open -= 1
+            self._unlist(name, address)
         return gone
 
     def holds(self, address: str) -> bool:
@@ -222,7 +298,7 @@ class AllowState:
         return grants
 
     def __len__(self) -> int:
-        return sum(map(len, self._addresses))
+        return self._open
 
     def name_count(self) -> int:
         return sum(map(len, self._names))

@@ -10,6 +10,15 @@ import socket
 import struct
 from typing import NamedTuple
 
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
 HEADER = 12
 _A, _AAAA, _CNAME, _IN = 1, 28, 5, 1
 _MAX_CHAIN = 16
@@ -107,6 +116,23 @@ def addresses(wire: bytes) -> Answer:
     records = [(address, ttl) for owner, address, ttl in found if owner in owners]
     rcode = flags & 0x000F
     return Answer(qname.decode("ascii", "replace"), rcode, records)
+
+
+# Extended DNS errors (RFC 8914) a protective resolver gives a name its policy refuses.
+_BLOCKING_EDE = {15: "blocked", 16: "censored", 17: "filtered", 18: "prohibited"}
+
+
+def blocking_reason(wire: bytes) -> tuple[int, str] | None:
+    """(EDE code, text) when ``wire`` says its name was blocked (EDE 15–18), else None. Parses the whole
+    message: only for negative answers, after they are released."""
+    try:
+        message = dns.message.from_wire(wire)
+    except (dns.exception.DNSException, ValueError):
+        return None
+    for option in message.options:
+        if isinstance(option, dns.edns.EDEOption) and int(option.code) in _BLOCKING_EDE:
+            return int(option.code), option.text or _BLOCKING_EDE[int(option.code)]
+    return None
 
 
 def check_query(wire: bytes) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import time
 from collections import defaultdict
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from ztdns.agent.asker import Asker, cgroup_path, process_of_inodes
 from ztdns.agent.nflog import LoggedPacket
 
 AUDIT_LOG = "audit.jsonl"
@@ -44,18 +44,43 @@ def socket_inode(protocol: str, source_port: int, port: int, proc: Path = Path("
 
 def process_of(inode: int, proc: Path = Path("/proc")) -> dict[str, object] | None:
     """The first process holding socket ``inode`` open: pid and command name."""
-    target = f"socket:[{inode}]"
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for fd in (entry / "fd").iterdir():
-                if os.readlink(fd) == target:
-                    comm = (entry / "comm").read_text().strip()
-                    return {"pid": int(entry.name), "comm": comm}
-        except OSError:
-            continue  # the process exited or is not ours to read
-    return None
+    found = process_of_inodes({inode}, proc).get(inode)
+    return {"pid": found[0], "comm": found[1]} if found else None
+
+
+class BlockedRecorder:
+    """Names the protective resolver refused (EDE 15–18), with who asked: one record per name and workload per
+    ``dedupe_seconds``, appended to the audit records in any mode (``learn`` proposes from them)."""
+
+    def __init__(self, path: Path, dedupe_seconds: float = 1.0) -> None:
+        self.path = path
+        self.dedupe_seconds = dedupe_seconds
+        self._recent: dict[tuple[str, int], float] = {}
+
+    def due(self, name: str, cgroup: int, now: float) -> bool:
+        """Whether this (name, workload) is to be recorded now (not recorded within the dedupe window)."""
+        key = (name, cgroup)
+        if now - self._recent.get(key, -1e9) < self.dedupe_seconds:
+            return False
+        if len(self._recent) > 10_000:
+            self._recent = {k: t for k, t in self._recent.items() if now - t < self.dedupe_seconds}
+        self._recent[key] = now
+        return True
+
+    def record(self, name: str, asker: Asker | None, code: int, reason: str, now: float) -> dict[str, object]:
+        process = process_of(asker.inode) if asker is not None and asker.inode else None
+        entry: dict[str, object] = {
+            "time": round(now, 3),
+            "blocked_name": name,
+            "ede": code,
+            "reason": reason,
+            "uid": asker.uid if asker is not None else None,
+            "cgroup": cgroup_path(asker.cgroup) if asker is not None else None,
+            "process": process,
+        }
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        return entry
 
 
 @dataclass
@@ -115,34 +140,109 @@ def parse_since(text: str, now: float) -> float:
         raise ValueError(f"--since {text!r}: use a duration like 2h or an ISO 8601 time") from None
 
 
+# Ports of DNS itself (plain and over TLS or QUIC), and addresses and names of well-known public DNS-over-HTTPS
+# services: traffic to them is an application resolving around the protective resolver — flagged, never proposed.
+_DNS_PORTS = {53, 853}
+_DOH_ADDRESSES = {
+    "1.1.1.1", "1.0.0.1", "8.8.8.8", "8.8.4.4", "9.9.9.9", "149.112.112.112", "208.67.222.222", "208.67.220.220",
+    "94.140.14.14", "94.140.15.15", "45.90.28.0", "45.90.30.0", "185.228.168.168",
+    "2606:4700:4700::1111", "2606:4700:4700::1001", "2001:4860:4860::8888", "2001:4860:4860::8844",
+    "2620:fe::fe", "2620:fe::9", "2620:119:35::35", "2a10:50c0::ad1:ff",
+}  # fmt: skip
+_DOH_NAMES = {
+    "dns.google", "dns.google.com", "cloudflare-dns.com", "mozilla.cloudflare-dns.com", "chrome.cloudflare-dns.com",
+    "one.one.one.one", "1dot1dot1dot1.cloudflare-dns.com", "dns.quad9.net", "doh.opendns.com", "dns.adguard.com",
+    "dns.adguard-dns.com", "dns.nextdns.io", "doh.cleanbrowsing.org", "doh.dns.sb", "dns.sb",
+}  # fmt: skip
+
+
+def is_dns_endpoint(name: str) -> bool:
+    """A well-known DNS-over-HTTPS/TLS service name (or one that says it is: ``doh.…``, ``dns.…``)."""
+    name = name.lower().rstrip(".")
+    return name in _DOH_NAMES or name.startswith(("doh.", "dns-over-https.", "dot."))
+
+
+def _who(record: dict[str, object]) -> str | None:
+    """The process (command), else the cgroup, else the uid behind a record."""
+    process = record.get("process")
+    if isinstance(process, dict) and process.get("comm"):
+        return str(process["comm"])
+    if record.get("cgroup"):
+        return f"cgroup {record['cgroup']}"
+    uid = record.get("uid")
+    return f"uid {uid}" if isinstance(uid, int) else None
+
+
+@dataclass
+class Seen:
+    """How often, and by whom."""
+
+    count: int = 0
+    who: set[str] = field(default_factory=set)
+
+    def add(self, record: dict[str, object]) -> None:
+        self.count += 1
+        who = _who(record)
+        if who:
+            self.who.add(who)
+
+
 @dataclass
 class Proposal:
-    names: dict[str, int]  # name → records
-    networks: dict[str, dict[str, set[int]]]  # network → protocol → ports
+    # Registered domain → refused name → how often/by whom: the allow-list proposal.
+    domains: dict[str, dict[str, Seen]]
+    # Refused names that are DNS resolvers: flagged, not proposed.
+    resolver_names: dict[str, Seen]
+    # Allowed names whose traffic outlived their grant: not proposed (raise grace / ttl_floor instead).
+    outlived: dict[str, Seen]
+    # Unexplained destinations: network → protocol → ports (proposed as exceptions) ...
+    networks: dict[str, dict[str, set[int]]]
+    # ... except DNS endpoints (plain/TLS DNS ports, well-known DoH addresses): flagged, not proposed.
+    resolvers: dict[str, dict[str, set[int]]]
 
 
 def learn(records: Iterable[dict[str, object]], since: float) -> Proposal:
-    """Names that explain traffic become allow entries; unexplained destinations become exception networks."""
-    names: dict[str, int] = defaultdict(int)
+    """Refused names become allow proposals, grouped by registered domain; unexplained destinations become
+    exception networks; DNS resolvers are flagged in both, never proposed."""
+    from publicsuffixlist import PublicSuffixList
+
+    suffixes = PublicSuffixList()
+    domains: dict[str, dict[str, Seen]] = defaultdict(lambda: defaultdict(Seen))
+    resolver_names: dict[str, Seen] = defaultdict(Seen)
+    outlived: dict[str, Seen] = defaultdict(Seen)
     networks: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    resolvers: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     for record in records:
         stamp = record.get("time")
         if not isinstance(stamp, int | float) or stamp < since:
             continue
+        blocked = record.get("blocked_name")
+        if isinstance(blocked, str) and blocked:
+            if is_dns_endpoint(blocked):
+                resolver_names[blocked].add(record)
+            else:
+                domains[suffixes.privatesuffix(blocked) or blocked][blocked].add(record)
+            continue
         name = record.get("name")
         if isinstance(name, str) and name:
-            names[name] += 1
+            outlived[name].add(record)
             continue
         try:
             address = ipaddress.ip_address(str(record.get("destination")))
         except ValueError:
             continue
-        protocol = str(record.get("protocol"))
-        ports = networks[str(ipaddress.ip_network(address))][protocol]
         port = record.get("port")
+        dns_like = port in _DNS_PORTS or (port == 443 and str(address) in _DOH_ADDRESSES)
+        ports = (resolvers if dns_like else networks)[str(ipaddress.ip_network(address))][str(record.get("protocol"))]
         if isinstance(port, int):
             ports.add(port)
-    return Proposal(dict(names), {net: dict(protos) for net, protos in networks.items()})
+    return Proposal(
+        {domain: dict(names) for domain, names in domains.items()},
+        dict(resolver_names),
+        dict(outlived),
+        {net: dict(protos) for net, protos in networks.items()},
+        {net: dict(protos) for net, protos in resolvers.items()},
+    )
 
 
 def read_records(path: Path) -> Iterable[dict[str, object]]:
@@ -160,14 +260,36 @@ def _toml_list(values: Iterable[object]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+def _seen(seen: Seen) -> str:
+    who = f"; {', '.join(sorted(seen.who))}" if seen.who else ""
+    return f"{seen.count} records{who}"
+
+
+def _ports(protocols: dict[str, set[int]]) -> str:
+    return ", ".join(f"{protocol}/{port}" for protocol, ports in sorted(protocols.items()) for port in sorted(ports))
+
+
 def proposal_toml(proposal: Proposal) -> str:
-    """The proposal as TOML: an allow list for the resolver policy and ``[[exception]]`` tables for the agent."""
+    """The proposal as TOML: an allow list for the resolver policy and ``[[exception]]`` tables for the agent,
+    with what must not be proposed (DNS resolvers, names already allowed) as comments."""
     lines = ["# Proposed by `ztdns agent learn`; review before use.", ""]
+    lines.append("# Names the protective resolver refused, by registered domain (records; who asked).")
     lines.append("# For the protective resolver's policy for this host's identity (ztdns.toml):")
     lines.append("[policies.learned]")
     lines.append("allow = [")
-    lines += [f"    {json.dumps(name)},  # {count} records" for name, count in sorted(proposal.names.items())]
+    for domain, names in sorted(proposal.domains.items()):
+        total = Seen(sum(s.count for s in names.values()), set().union(*(s.who for s in names.values())))
+        wildcard = f' — or "**.{domain}"' if len(names) > 2 else ""
+        lines.append(f"    # {domain}: {_seen(total)}{wildcard}")
+        lines += [f"    {json.dumps(name)},  # {_seen(seen)}" for name, seen in sorted(names.items())]
     lines.append("]")
+    if proposal.resolver_names:
+        lines.append("# NOT proposed — refused names that are DNS resolvers (allowing them lets applications resolve")
+        lines.append("# around the protective resolver):")
+        lines += [f"#   {name}  ({_seen(seen)})" for name, seen in sorted(proposal.resolver_names.items())]
+    if proposal.outlived:
+        lines.append("# Already allowed; their traffic outlived the grant (raise allow.grace or allow.ttl_floor):")
+        lines += [f"#   {name}  ({_seen(seen)})" for name, seen in sorted(proposal.outlived.items())]
     lines.append("")
     lines.append("# For the agent configuration: destinations no DNS answer explained.")
     for index, (network, protocols) in enumerate(sorted(proposal.networks.items()), start=1):
@@ -182,5 +304,9 @@ def proposal_toml(proposal: Proposal) -> str:
             lines.append(f"protocols = {_toml_list(known)}")
         else:
             lines.append(f"# also seen: {', '.join(sorted(set(protocols) - {'tcp', 'udp'}))}")
+        lines.append("")
+    if proposal.resolvers:
+        lines.append("# NOT proposed — DNS resolvers this host tried to reach directly (DNS, DoT, well-known DoH):")
+        lines += [f"#   {network}  {_ports(protocols)}" for network, protocols in sorted(proposal.resolvers.items())]
         lines.append("")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +36,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status.set_defaults(func=_status)
     check = commands.add_parser("check", help="validate the configuration and print the nftables ruleset")
     check.set_defaults(func=_check)
-    uninstall = commands.add_parser("uninstall", help="remove the nftables table and restore host DNS config")
+    uninstall = commands.add_parser(
+        "uninstall", help="remove the nftables tables, the learned grants, and restore host DNS config"
+    )
+    uninstall.add_argument("--stop", action="store_true", help="stop a running agent first (else: refuse)")
     uninstall.set_defaults(func=_uninstall)
     for command in (learn, flows, status, check, uninstall):
         # Also after the sub-command (`ztdns agent check --config FILE`); SUPPRESS keeps a value given before it.
@@ -94,12 +98,21 @@ def _learn(args: argparse.Namespace) -> int:
 
 @_with_config
 def _flows(config: AgentConfig, args: argparse.Namespace) -> int:
-    from ztdns.agent.flows import conntrack_flows, format_flows, label_map
+    from ztdns.agent.asker import SocketDiag, load_asked
+    from ztdns.agent.flows import connections, format_flows, label_flows, label_map, socket_cgroup
     from ztdns.agent.persist import GrantStore
+    from ztdns.agent.service import ASKED
 
     try:
-        flows = conntrack_flows(label_map(GrantStore(config.state_path).load(time.time())))
-    except OSError as exc:
+        asked_file = config.state_path / ASKED
+        asked = load_asked(json.loads(asked_file.read_text(encoding="utf-8"))) if asked_file.exists() else {}
+        labels = label_map(GrantStore(config.state_path).load(time.time()))
+        diag = SocketDiag()
+        try:
+            flows = label_flows(list(connections()), labels, asked, socket_cgroup(diag))
+        finally:
+            diag.close()
+    except (OSError, ValueError) as exc:
         print(f"ztdns agent flows: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -156,26 +169,80 @@ def _status(config: AgentConfig, args: argparse.Namespace) -> int:
 
 @_with_config
 def _check(config: AgentConfig, args: argparse.Namespace) -> int:
+    from ztdns.agent.links import egress_devices
     from ztdns.agent.ruleset import build_ruleset
+    from ztdns.agent.workloads import WorkloadMap
 
-    print(build_ruleset(config), end="")
+    devices = egress_devices() if config.firewall.packet_egress else ()
+    workloads = WorkloadMap(config.workload)
+    workloads.refresh()  # rules for the workloads whose cgroup exists now
+    mark = config.firewall.packet_mark_mask & 0x5A5A5A5A  # the agent draws a random one at start
+    print(build_ruleset(config, devices, mark, workloads.rules()), end="")
     return 0
+
+
+def _stop_agent(state_dir: Path, pid: int | None, seconds: float = 10.0) -> bool:
+    """SIGTERM the agent holding ``state_dir``'s lock and wait until it let go of it."""
+    import signal
+
+    from ztdns.agent import lock
+
+    if pid is None or not _alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            lock.release(lock.acquire(state_dir), state_dir)
+            return True
+        except lock.AgentRunning:
+            time.sleep(0.05)
+    return False
 
 
 @_with_config
 def _uninstall(config: AgentConfig, args: argparse.Namespace) -> int:
-    from ztdns.agent import hostdns
-    from ztdns.agent.nft import Nft, NftError
-    from ztdns.agent.ruleset import remove_table_script
+    """Leave the host as it was before the agent: no tables, the original resolv.conf, no learned grants.
 
+    Never while an agent runs (it would rebuild the table within 50 ms and keep resolv.conf pointed at a stub
+    that is about to go): refused, or with ``--stop`` the agent is stopped first. The lock is held throughout,
+    so no agent starts halfway."""
+    from ztdns.agent import hostdns, lock
+    from ztdns.agent.nft import Nft, NftError
+    from ztdns.agent.persist import GrantStore
+    from ztdns.agent.ruleset import remove_table_script
+    from ztdns.agent.service import ASKED, STATUS
+
+    state = config.state_path
     try:
-        nft = Nft()
-        nft.run(remove_table_script())
-        nft.close()
-    except NftError as exc:
-        print(f"ztdns agent uninstall: {exc}", file=sys.stderr)
-        return 1
-    print("removed table inet ztdns")
-    if config.resolv_conf and hostdns.restore(config.path(config.resolv_conf), config.state_path):
-        print(f"restored {config.path(config.resolv_conf)}")
+        held = lock.acquire(state)
+    except lock.AgentRunning as running:
+        if not args.stop:
+            print(f"ztdns agent uninstall: {running}; stop it first or use --stop", file=sys.stderr)
+            return 1
+        if not _stop_agent(state, running.pid):
+            print(f"ztdns agent uninstall: could not stop the agent (pid {running.pid})", file=sys.stderr)
+            return 1
+        print(f"stopped the agent (pid {running.pid})")
+        held = lock.acquire(state)
+    try:
+        try:
+            nft = Nft()
+            nft.run(remove_table_script())
+            nft.close()
+        except NftError as exc:
+            print(f"ztdns agent uninstall: {exc}", file=sys.stderr)
+            return 1
+        print("removed tables inet ztdns and netdev ztdns")
+        if config.resolv_conf and hostdns.restore(config.path(config.resolv_conf), state):
+            print(f"restored {config.path(config.resolv_conf)}")
+        removed = GrantStore(state).remove()
+        for name in (STATUS, ASKED):  # what a killed agent left behind
+            (state / name).unlink(missing_ok=True)
+        if removed:
+            print(f"removed the learned grants ({', '.join(removed)})")
+    finally:
+        lock.release(held, state, remove=True)
+    with contextlib.suppress(OSError):
+        state.rmdir()  # only if empty: audit records stay for `learn`
     return 0

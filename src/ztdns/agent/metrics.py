@@ -23,10 +23,12 @@ _COUNTERS = {
     "added": ("ztdns_agent_addresses_added", "Addresses opened"),
     "refreshed": ("ztdns_agent_addresses_refreshed", "Open addresses whose lifetime was renewed"),
     "expired": ("ztdns_agent_addresses_expired", "Grants that reached their expiry"),
-    "evicted": ("ztdns_agent_addresses_evicted", "Addresses closed by the per-name cap"),
+    "evicted": ("ztdns_agent_addresses_evicted", "Addresses closed by the per-name cap or the total bound"),
+    "shed": ("ztdns_agent_addresses_shed", "Grants dropped because all names held allow.max_addresses"),
     "set_failures": ("ztdns_agent_set_update_failures", "Failed set transactions (SERVFAIL)"),
     "upstream_failures": ("ztdns_agent_upstream_failures", "Queries no protective server answered"),
     "audit_drops": ("ztdns_agent_audit_drops", "Packets audit mode would have dropped"),
+    "refused_clients": ("ztdns_agent_refused_clients", "Queries from sources outside stub.clients (not answered)"),
     "table_restored": ("ztdns_agent_table_restored", "Times the table was found deleted or altered by someone else"),
 }
 _RESULTS = ("opened", "relayed", "servfail")
@@ -36,8 +38,9 @@ class AgentMetrics(Collector):
     def __init__(self) -> None:
         # Answers relayed by the stub, by result.
         self.opened = self.relayed = self.servfail = 0
-        self.added = self.refreshed = self.expired = self.evicted = 0
+        self.added = self.refreshed = self.expired = self.evicted = self.shed = 0
         self.set_failures = self.upstream_failures = self.audit_drops = self.table_restored = 0
+        self.refused_clients = 0
         self.live = 0
         self.plumbing_counts = [0] * (len(PLUMBING_BUCKETS) + 1)
         self.plumbing_sum = 0.0

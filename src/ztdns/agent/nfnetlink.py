@@ -31,6 +31,7 @@ NLA_F_NESTED = 0x8000
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFPROTO_INET = 1
+NFPROTO_NETDEV = 5
 
 # nf_tables message types (linux/netfilter/nf_tables.h).
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
@@ -328,10 +329,10 @@ def _probe_expiry(nft: Nft, table: str) -> int | None:
 
 
 def mentions_table(kind: int, payload: bytes, table: bytes) -> bool:
-    """Whether a table, chain, rule or set message is about ``table`` (family inet)."""
+    """Whether a table, chain, rule or set message is about ``table`` (family inet or netdev)."""
     if kind >> 8 != NFNL_SUBSYS_NFTABLES or (kind & 0xFF) > NFT_MSG_DELSET or len(payload) < 4:
         return False
-    if payload[0] != NFPROTO_INET:
+    if payload[0] not in (NFPROTO_INET, NFPROTO_NETDEV):
         return False
     return any(k == NFTA_TABLE and v.rstrip(b"\0") == table for k, v in attrs(payload[4:]))
 
@@ -402,7 +403,7 @@ class TableWatch:
         raise NetlinkError("ruleset generation: no reply")
 
     def _dump(self, request: int) -> Iterator[tuple[int, int, bytes]]:
-        return self._request(request, NLM_F_DUMP, NFPROTO_INET)
+        return self._request(request, NLM_F_DUMP, socket.AF_UNSPEC)  # inet and netdev tables
 
     def _request(self, request: int, request_flags: int, family: int) -> Iterator[tuple[int, int, bytes]]:
         """The replies to one request: a dump's messages up to NLMSG_DONE, or a get's one reply."""

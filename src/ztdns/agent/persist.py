@@ -145,6 +145,16 @@ class GrantStore:
         with contextlib.suppress(OSError):
             (self.dir / (SNAPSHOT + ".tmp")).unlink()
 
+    def remove(self) -> list[str]:
+        """Delete every grant file (uninstall); the names of those that existed."""
+        self.close()
+        removed = []
+        for name in (SNAPSHOT, SNAPSHOT + ".tmp", OLD_JOURNAL, JOURNAL):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / name).unlink()
+                removed.append(name)
+        return removed
+
     def close(self) -> None:
         if self._journal_fd is not None:
             os.close(self._journal_fd)

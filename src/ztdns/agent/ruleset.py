@@ -2,11 +2,19 @@
 
 The table ``inet ztdns`` is always replaced in one transaction (declare, delete, re-create), so there is never
 a moment without a policy, and established flows keep flowing (conntrack state is not part of the table).
+
+Packet sockets (``AF_PACKET``) hand frames to the device without passing the inet hooks. The same transaction
+therefore (re)builds ``table netdev ztdns``: an ``egress`` hook on the host's devices that lets through only
+frames the IP stack marked on their way out (a per-start random value in ``firewall.packet_mark_mask``, set in
+the last ``postrouting`` step and cleared again at egress), non-IP frames (ARP, LLDP), and the scoped DHCP and
+neighbour discovery rules that DHCP clients send raw. Conntrack cannot be consulted at a netdev hook, hence the
+mark.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from ztdns.config.agent import AgentConfig, ExceptionConfig
 
@@ -15,6 +23,8 @@ FAMILY = "inet"
 SET4 = "allow4"
 SET6 = "allow6"
 AUDIT_PREFIX = "ztdns-audit "
+EGRESS_CHAIN = "egress"  # in table netdev ztdns
+MARK_CHAIN = "stamp"  # in table inet ztdns ("mark" is an nft keyword)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -24,11 +34,18 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # agent deletes the addresses it forgets itself, a few at a time; this sweep only catches what it could not.
 _GC_INTERVAL = "5m"
 
-# Outgoing ICMP errors the stack must be able to send (most are also ct related; these cover the rest).
-_ICMP4_ERRORS = "destination-unreachable, time-exceeded, parameter-problem"
-_ICMP6_ERRORS = "destination-unreachable, packet-too-big, time-exceeded, parameter-problem"
-# Neighbour discovery, router solicitation and the MLD reports ND relies on for its multicast groups.
+# Neighbour discovery, router solicitation and the MLD reports ND relies on for its multicast groups: only to
+# link-local and link-scope multicast addresses (and the configured link networks), never routed anywhere.
+# ICMP/ICMPv6 errors pass only as `ct state related` (an error about a flow conntrack knows, sent to its peer).
 _ICMP6_DISCOVERY = "nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld2-listener-report"
+_LINK_SCOPE6 = ("fe80::/10", "ff02::/16")
+_DHCP4_SERVERS = ("255.255.255.255",)  # DHCPDISCOVER/REQUEST/REBIND; unicast renewals need link_networks
+_DHCP6_SERVERS = ("ff02::1:2",)  # All_DHCP_Relay_Agents_and_Servers (RFC 8415)
+# Ethernet types a netdev egress hook lets through unmarked: anything but IP (and VLAN tags that could carry IP).
+_IP_ETHERTYPES = "ip, ip6, vlan, 8021ad"
+# The step that marks the stack's packets runs after every other postrouting chain (so they see their marks as
+# set), just before conntrack confirms the flow.
+_MARK_PRIORITY = 2147483646
 
 
 def _family_of(network: str) -> str:
@@ -64,14 +81,26 @@ def _resolver_rules(config: AgentConfig) -> list[str]:
     return rules
 
 
+def _link_rules(config: AgentConfig) -> list[str]:
+    """DHCP client traffic to its broadcast/multicast (and configured link) addresses, neighbour discovery to
+    link-scope addresses: nothing that a router forwards to a foreign address."""
+    link4 = [n for n in config.firewall.link_networks if _family_of(n) == "ip"]
+    link6 = [n for n in config.firewall.link_networks if _family_of(n) == "ip6"]
+    rules = []
+    if config.firewall.dhcp:
+        rules += [
+            f'udp sport 68 udp dport 67 ip daddr {{ {", ".join([*_DHCP4_SERVERS, *link4])} }} accept comment "DHCPv4"',
+            f"udp sport 546 udp dport 547 ip6 daddr {{ {', '.join([*_DHCP6_SERVERS, *link6])} }} accept"
+            ' comment "DHCPv6"',
+        ]
+    scope = ", ".join([*_LINK_SCOPE6, *link6])
+    rules.append(f'icmpv6 type {{ {_ICMP6_DISCOVERY} }} ip6 daddr {{ {scope} }} accept comment "neighbour discovery"')
+    return rules
+
+
 def _common_rules(config: AgentConfig) -> list[str]:
-    """What both chains accept: established flows, resolvers, exceptions, the dynamic sets."""
-    rules = [
-        "ct state established,related accept",
-        f"icmp type {{ {_ICMP4_ERRORS} }} accept",
-        f"icmpv6 type {{ {_ICMP6_ERRORS} }} accept",
-        *_resolver_rules(config),
-    ]
+    """What both chains accept: established flows (and ICMP errors about them), resolvers, exceptions, the sets."""
+    rules = ["ct state established,related accept", *_resolver_rules(config)]
     for exception in config.exception:
         rules.extend(_exception_rules(exception))
     rules += [f"ip daddr @{SET4} accept", f"ip6 daddr @{SET6} accept"]
@@ -85,16 +114,63 @@ def _tail(config: AgentConfig) -> list[str]:
     return ['counter comment "dropped"']
 
 
-def build_ruleset(config: AgentConfig) -> str:
-    """The whole table as one nft script: applying it replaces any previous table atomically."""
+def _egress_table(config: AgentConfig, devices: Sequence[str], mark: int) -> list[str]:
+    """``table netdev ztdns``: frames leaving ``devices`` without the stack's mark are dropped (packet sockets)."""
+    lines = [f"table netdev {TABLE}", f"delete table netdev {TABLE}"]
+    if not devices:
+        return lines
+    mask = config.firewall.packet_mark_mask
+    quoted = ", ".join(f'"{device}"' for device in devices)
+    tail = (
+        'counter comment "would drop (packet socket)"'
+        if config.mode == "audit"
+        else 'counter drop comment "packet socket"'
+    )
+    lines += [
+        f"table netdev {TABLE} {{",
+        f"  chain {EGRESS_CHAIN} {{",
+        f"    type filter hook egress devices = {{ {quoted} }} priority filter; policy accept;",
+        f"    meta mark and {mask:#010x} == {mark:#010x} meta mark set meta mark and {~mask & 0xFFFFFFFF:#010x} accept",
+        f"    meta protocol != {{ {_IP_ETHERTYPES} }} accept",
+        *(f"    {rule}" for rule in _link_rules(config)),
+        f"    {tail}",
+        "  }",
+        "}",
+    ]
+    return lines
+
+
+def _workload_rules(config: AgentConfig, workloads: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Each workload's sockets reach its own sets, and nothing the host's (or another workload's) answers opened."""
+    rules = []
+    for name, path, level in workloads:
+        match = f'socket cgroupv2 level {level} "{path}"'
+        rules += [f"{match} ip daddr @{SET4}_{name} accept", f"{match} ip6 daddr @{SET6}_{name} accept"]
+        if config.mode == "audit":
+            group = config.firewall.log_group
+            rules.append(f'{match} log group {group} prefix "{AUDIT_PREFIX}" accept comment "workload {name}"')
+        else:
+            rules.append(f'{match} counter drop comment "workload {name}"')
+    return rules
+
+
+def build_ruleset(
+    config: AgentConfig,
+    devices: Sequence[str] = (),
+    mark: int = 0,
+    workloads: Sequence[tuple[str, str, int]] = (),
+) -> str:
+    """The whole ruleset as one nft script: applying it replaces any previous tables atomically.
+
+    ``devices``: the host devices whose egress is hooked against packet sockets (none: no netdev table);
+    ``mark``: the value, within ``firewall.packet_mark_mask``, the stack's own packets carry to that hook;
+    ``workloads``: (name, cgroup path as nft resolves it, level) of the workloads whose cgroup exists.
+    """
     policy = "accept" if config.mode == "audit" else "drop"
-    output = ['oifname "lo" accept']
-    if config.firewall.dhcp:
-        output += [
-            'udp sport 68 udp dport 67 accept comment "DHCPv4"',
-            'udp sport 546 udp dport 547 accept comment "DHCPv6"',
-        ]
-    output += [f"icmpv6 type {{ {_ICMP6_DISCOVERY} }} accept", *_common_rules(config), *_tail(config)]
+    common = _common_rules(config)
+    host_sets = common.index(f"ip daddr @{SET4} accept")  # workload rules go just before the host's sets
+    common[host_sets:host_sets] = _workload_rules(config, workloads)
+    output = ['oifname "lo" accept', *_link_rules(config), *common, *_tail(config)]
     chains = [("output", "output", output)]
     if config.firewall.forward:
         chains.append(("forward", "forward", [*_common_rules(config), *_tail(config)]))
@@ -105,15 +181,30 @@ def build_ruleset(config: AgentConfig) -> str:
         f"  set {SET4} {{ type ipv4_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
         f"  set {SET6} {{ type ipv6_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
     ]
+    for workload in config.workload:  # every configured one: its grants outlive its cgroup's restarts
+        lines += [
+            f"  set {SET4}_{workload.name} {{ type ipv4_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
+            f"  set {SET6}_{workload.name} {{ type ipv6_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
+        ]
     for name, hook, rules in chains:
         lines.append(f"  chain {name} {{")
         lines.append(f"    type filter hook {hook} priority filter; policy {policy};")
         lines.extend(f"    {rule}" for rule in rules)
         lines.append("  }")
+    if devices:
+        mask = config.firewall.packet_mark_mask
+        keep = ~mask & 0xFFFFFFFF
+        lines += [
+            f"  chain {MARK_CHAIN} {{",
+            f"    type filter hook postrouting priority {_MARK_PRIORITY}; policy accept;",
+            f"    meta mark set meta mark and {keep:#010x} or {mark & mask:#010x}",
+            "  }",
+        ]
     lines.append("}")
+    lines += _egress_table(config, devices, mark & config.firewall.packet_mark_mask)
     return "\n".join(lines) + "\n"
 
 
 def remove_table_script() -> str:
-    """Deletes the table if it exists (declaring it first makes the delete never fail)."""
-    return f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
+    """Deletes the tables if they exist (declaring them first makes the delete never fail)."""
+    return f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\ntable netdev {TABLE}\ndelete table netdev {TABLE}\n"

@@ -22,11 +22,15 @@ import signal
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from ztdns.agent import hostdns
-from ztdns.agent.allowstate import AllowState, SetUpdate
-from ztdns.agent.audit import AUDIT_LOG, AuditRecorder
+from ztdns.agent import hostdns, lock
+from ztdns.agent.allowstate import AllowState, Grant, SetUpdate
+from ztdns.agent.asker import Asker, Attribution
+from ztdns.agent.audit import AUDIT_LOG, AuditRecorder, BlockedRecorder
+from ztdns.agent.flows import LiveDestinations
+from ztdns.agent.links import egress_devices
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nflog import NflogSocket
 from ztdns.agent.nfnetlink import ElementWriter, TableWatch, updates_timeouts_in_place
@@ -34,14 +38,16 @@ from ztdns.agent.nft import Nft, NftError
 from ztdns.agent.persist import GrantStore
 from ztdns.agent.ruleset import TABLE, build_ruleset
 from ztdns.agent.setwriter import SetWriter, packed_sets
-from ztdns.agent.stub import StubHandler, StubListeners, Upstream
+from ztdns.agent.stub import ClientFilter, Peer, StubHandler, StubListeners, Upstream
 from ztdns.agent.upstream import Upstreams
+from ztdns.agent.workloads import WorkloadMap, set_names
 from ztdns.config.agent import AgentConfig
 from ztdns.config.base import parse_hostport
 
 log = logging.getLogger("ztdns.agent")
 
 STATUS = "status.json"
+ASKED = "asked.json"  # recent (process, address) → name, for `flows`
 _TICK = 1.0  # seconds between status writes (and young-generation collections)
 _WATCH = 0.05  # seconds between checks of the table: the longest a deleted table leaves egress open
 _EXPIRY_STEP, _EXPIRY_LIMIT = 0.01, 256  # forget at most 256 expired grants every 10 ms (≈ 0.3 ms of work)
@@ -56,15 +62,42 @@ class Agent:
         self.nft = Nft()
         self.elements = ElementWriter(TABLE)
         self.metrics = AgentMetrics()
-        self.state = AllowState(config.allow, config.identity)
+        self.live = LiveDestinations()
+        self.state = AllowState(config.allow, config.identity, self.live)
         self.store = GrantStore(config.state_path)
         self.upstreams = Upstreams(config)
         self.writer = SetWriter(self.elements, self._committed, self._not_committed)
         self.errors: deque[tuple[float, str]] = deque(maxlen=10)
+        self.attribution = _attribution()
+        # The host first, then one scope per configured workload: its own identity, connections, state and sets.
+        self.scopes = [Scope(config.identity, self.state, self.writer, self.upstreams)]
+        for workload in config.workload:
+            certificate = (config.path(workload.client_cert), config.path(workload.client_key))
+            self.scopes.append(
+                Scope(
+                    workload.identity,
+                    AllowState(config.allow, workload.identity, self.live),
+                    SetWriter(self.elements, self._committed, self._not_committed, set_names(workload.name)),
+                    Upstreams(config, certificate),
+                )
+            )
+        self.workloads = WorkloadMap(config.workload)
+        self._unknown_cgroups: dict[int, float] = {}  # cgroup ID → when it was last looked for in the workloads
+        self.blocked = BlockedRecorder(config.state_path / AUDIT_LOG)
         self.handler = StubHandler(
-            upstream or self.upstreams, self.state, self.writer, self.metrics, config.identity, self._error
+            upstream or self.upstreams,
+            self.state,
+            self.writer,
+            self.metrics,
+            config.identity,
+            self._error,
+            self.attribution,
+            self._record_blocked,
+            self._scope_of if config.workload and upstream is None else None,
         )
-        self.listeners = StubListeners(self.handler, config.stub.listen)
+        self.listeners = StubListeners(
+            self.handler, config.stub.listen, ClientFilter(config.stub.clients, self.metrics)
+        )
         self._watch: TableWatch | None = None
         self._loaded: frozenset[bytes] = frozenset()
         self._others = 0  # ruleset generation minus our own commits when the table was last seen intact
@@ -77,6 +110,54 @@ class Agent:
         self._compaction: asyncio.Task[None] | None = None
         self._status_writer = ThreadPoolExecutor(1, "ztdns-agent-status")
         self._started = time.time()
+        self._lock: int | None = None
+        # The mark the stack's packets carry past the packet-socket hook: random, so that a process that may
+        # open packet sockets (CAP_NET_RAW) cannot simply copy it.
+        self._mark = int.from_bytes(os.urandom(4), "big") & config.firewall.packet_mark_mask
+        self._devices: tuple[str, ...] = ()
+
+    async def _record_blocked(self, name: str, asker: list[Asker | None], code: int, reason: str) -> None:
+        """A name the resolver refused: recorded for ``learn`` by the status thread (a /proc walk for the
+        process and a file append do not belong on the event loop), at most once a second per name and workload."""
+        found = asker[0] if asker else None
+        now = time.time()
+        if not self.blocked.due(name, found.cgroup if found else 0, now):
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._status_writer, self.blocked.record, name, found, code, reason, now
+            )
+        except OSError as exc:
+            self._error(f"recording a refused name: {exc}")
+
+    def _scope_of(self, peer: Peer) -> Scope | None:
+        """The workload whose cgroup the asking socket is in (None: the host's). A cgroup not seen before sends
+        the workloads' cgroups to be walked again (at most once a second per cgroup) and, when a workload's cgroup
+        appeared or was recreated, the ruleset rebuilt before the answer goes upstream."""
+        if self.attribution is None:
+            return None
+        asker = self.attribution.diag.asker(peer.protocol, peer.local, peer.remote)
+        if asker is None:
+            return None
+        index = self.workloads.index(asker.cgroup)
+        if index is None:
+            now = time.monotonic()
+            if now - self._unknown_cgroups.get(asker.cgroup, -2.0) < 1.0:
+                return None
+            if len(self._unknown_cgroups) > 4096:
+                self._unknown_cgroups.clear()
+            self._unknown_cgroups[asker.cgroup] = now
+            if self.workloads.refresh():
+                self._rebuild("a workload's cgroup appeared")
+            index = self.workloads.index(asker.cgroup)
+        return None if index is None else self.scopes[index + 1]
+
+    def _rebuild(self, why: str) -> None:
+        try:
+            self._install()
+            log.info("ruleset rebuilt: %s", why)
+        except NftError as exc:
+            self._error(f"rebuilding the ruleset ({why}) failed (retrying): {exc}")
 
     def _error(self, message: str) -> None:
         log.error("%s", message)
@@ -87,6 +168,7 @@ class Agent:
         metrics.added += batch.added
         metrics.refreshed += batch.refreshed
         metrics.evicted += len(batch.removals)
+        metrics.shed += batch.shed
         # The kernel has the grants already; a journal failure costs persistence, not the answer.
         try:
             if self.store.append(batch.grants) and self._compaction is None:
@@ -104,10 +186,11 @@ class Agent:
         grants in one go would hold every answer on the host for over half a second."""
         try:
             self.store.begin_compaction()
-            addresses = self.state.addresses()
-            for start in range(0, len(addresses), _COMPACTION_CHUNK):
-                self.store.write_snapshot(self.state.grants(addresses[start : start + _COMPACTION_CHUNK]))
-                await asyncio.sleep(0)
+            for scope in self.scopes:
+                addresses = scope.state.addresses()
+                for start in range(0, len(addresses), _COMPACTION_CHUNK):
+                    self.store.write_snapshot(scope.state.grants(addresses[start : start + _COMPACTION_CHUNK]))
+                    await asyncio.sleep(0)
             self.store.finish_compaction()
         except OSError as exc:
             self.store.abort_compaction()
@@ -120,19 +203,25 @@ class Agent:
 
     async def start(self) -> None:
         config = self.config
-        config.state_path.mkdir(parents=True, exist_ok=True)
+        # Before anything else: a second agent on this state directory must change nothing (AgentRunning).
+        self._lock = lock.acquire(config.state_path)
         now = time.time()
-        restored = SetUpdate()
+        by_identity: dict[str, list[Grant]] = {}
         for grant in self.store.load(now):
-            self.state.restore(grant, now, restored)
+            by_identity.setdefault(grant.identity, []).append(grant)
+        for scope in reversed(self.scopes):  # the host's last: it takes every identity no workload has
+            scope.state.restore(by_identity.pop(scope.identity, []), now)
+        for grants in by_identity.values():
+            self.state.restore(grants, now)
+        self.workloads.refresh()
         self._watch = TableWatch(TABLE)
         try:
             self.elements.in_place = updates_timeouts_in_place(self.nft)
         except NftError as exc:  # the three-step update is exact on every kernel
             log.warning("cannot tell whether the kernel updates element timeouts in place: %s", exc)
         self._install()
-        self.store.snapshot(self.state.grants())
-        log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, len(self.state))
+        restored = sum(len(scope.state) for scope in self.scopes)
+        log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, restored)
         if config.mode == "audit":
             self._start_audit()
         await self.listeners.start()
@@ -146,6 +235,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._watch_table())]
         self._tasks.append(loop.create_task(self._expire()))
+        # After the stub listens (a restart answers again as soon as the table is back): which addresses flows
+        # use, for the first name over its cap; and the restored grants rewritten as a fresh snapshot, a chunk
+        # at a time between answers.
+        self._tasks.append(loop.create_task(self._refresh_live()))
+        self._compaction = loop.create_task(self._compact())
         self.write_status()
         gc.freeze()  # start-up objects (modules, config, restored grants) live for the whole run
 
@@ -155,8 +249,10 @@ class Agent:
         The moment between the two leaves the table without grants: closed, never open.
         """
         assert self._watch is not None
-        self.nft.run(build_ruleset(self.config))
-        self.writer.load(self.state.live_timeouts(time.time()))
+        self._devices = egress_devices() if self.config.firewall.packet_egress else ()
+        self.nft.run(build_ruleset(self.config, self._devices, self._mark, self.workloads.rules()))
+        for scope in self.scopes:
+            scope.writer.load(scope.state.live_timeouts(time.time()))
         self._loaded = self._watch.fingerprint()
         self._others = self._watch.generation() - self.elements.commits
 
@@ -177,23 +273,25 @@ class Agent:
         failing = False
         while True:
             await asyncio.sleep(_EXPIRY_STEP)
-            gone = self.state.expire(time.time() + _EXPIRY_LEAD, _EXPIRY_LIMIT)
-            if not gone:
-                continue
-            self.metrics.expired += len(gone)
-            closed = [grant.address for grant in gone if not self.state.holds(grant.address)]
-            try:
-                if closed:
-                    self.elements.write(packed_sets({}, closed))
-                failing = False
-            except NftError as exc:  # the kernel's sweep frees them later
-                if not failing:
-                    log.warning("deleting expired addresses from the sets failed: %s", exc)
-                failing = True
+            for scope in self.scopes:
+                gone = scope.state.expire(time.time() + _EXPIRY_LEAD, _EXPIRY_LIMIT)
+                if not gone:
+                    continue
+                self.metrics.expired += len(gone)
+                closed = [grant.address for grant in gone if not scope.state.holds(grant.address)]
+                try:
+                    if closed:
+                        self.elements.write(packed_sets({}, closed, *scope.writer.sets))
+                    failing = False
+                except NftError as exc:  # the kernel's sweep frees them later
+                    if not failing:
+                        log.warning("deleting expired addresses from the sets failed: %s", exc)
+                    failing = True
 
     def _write_grants_again(self) -> None:
         try:
-            self.writer.load(self.state.live_timeouts(time.time()))
+            for scope in self.scopes:
+                scope.writer.load(scope.state.live_timeouts(time.time()))
         except NftError as exc:
             if not self._resync_failing:  # one log line per incident
                 self._error(f"writing the allow sets again failed (retrying): {exc}")
@@ -225,6 +323,20 @@ class Agent:
                 self._error(f"cannot restore table inet ztdns (retrying): {exc}")
             self._restore_failing = True
 
+    async def _refresh_live(self) -> None:
+        """One conntrack dump, in the status thread (it parses every entry: off the event loop)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._status_writer, self.live.refresh)
+        except OSError as exc:
+            self._error(f"reading conntrack for the per-name cap: {exc}")
+
+    def _hook_new_devices(self) -> None:
+        """A device came or went (a VPN tunnel, a hot-plugged NIC): rebuild the tables with it hooked."""
+        try:
+            self._install()
+        except NftError as exc:
+            self._error(f"hooking the host's devices against packet sockets failed (retrying): {exc}")
+
     def _start_audit(self) -> None:
         try:
             self._nflog = NflogSocket(self.config.firewall.log_group)
@@ -252,7 +364,20 @@ class Agent:
             # sight. The price: a cycle formed between old objects is never reclaimed.
             gc.collect(1)
             gc.freeze()
-            self.metrics.live = len(self.state)
+            self.metrics.live = sum(len(scope.state) for scope in self.scopes)
+            for scope in self.scopes:
+                if scope.upstreams.reload_if_changed():
+                    log.info("a client certificate changed on disk: new connections use it")
+            if self.config.workload and self.workloads.refresh():
+                self._rebuild("a workload's cgroup appeared, went or was recreated")
+            if self.config.firewall.packet_egress and egress_devices() != self._devices:
+                self._hook_new_devices()
+            if self.attribution is not None and self.attribution.log.changed:
+                self.attribution.log.changed = False
+                self._status_writer.submit(self._write_asked, self.attribution.log.dump())
+            if self.live.wanted:  # a name went over its cap: which of its addresses do flows still use?
+                self.live.wanted = False
+                await self._refresh_live()
             # Written by a worker thread: a file write and a rename can take a millisecond or more (journaling
             # file systems), time every answer arriving meanwhile would wait.
             try:
@@ -282,10 +407,19 @@ class Agent:
                 }
                 for s in self.upstreams.servers
             ],
-            "live_addresses": len(self.state),
-            "names": self.state.name_count(),
+            "live_addresses": sum(len(scope.state) for scope in self.scopes),
+            "names": sum(scope.state.name_count() for scope in self.scopes),
             "errors": [{"time": t, "message": m} for t, m in self.errors],
         }
+
+    def _write_asked(self, rows: list[list[object]]) -> None:
+        path = self.config.state_path / ASKED
+        temporary = path.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps(rows, separators=(",", ":")), encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.warning("writing %s: %s", path, exc)
 
     def _write_status(self, status: dict[str, object]) -> None:
         path = self.config.state_path / STATUS
@@ -300,19 +434,44 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.listeners.close()
-        await self.upstreams.close()
+        for scope in self.scopes:
+            await scope.upstreams.close()
+        if self.attribution is not None:
+            self.attribution.close()
         if self._watch is not None:
             self._watch.close()
         self.elements.close()
         if self._nflog is not None:
             asyncio.get_running_loop().remove_reader(self._nflog.sock.fileno())
             self._nflog.close()
-        self.state.expire(time.time())
-        self.store.snapshot(self.state.grants())
+        for scope in self.scopes:
+            scope.state.expire(time.time())
+        self.store.snapshot([grant for scope in self.scopes for grant in scope.state.grants()])
         self.store.close()
         self._status_writer.shutdown(wait=True)  # a status write under way must not recreate the file
         (self.config.state_path / STATUS).unlink(missing_ok=True)
+        if self._lock is not None:
+            lock.release(self._lock, self.config.state_path)
+            self._lock = None
         log.info("stopped; table inet ztdns stays in force")
+
+
+@dataclass(slots=True)
+class Scope:
+    """Whose answers these are: the host's, or one workload's."""
+
+    identity: str
+    state: AllowState
+    writer: SetWriter
+    upstreams: Upstreams
+
+
+def _attribution() -> Attribution | None:
+    try:
+        return Attribution()
+    except OSError as exc:  # no sock_diag (a kernel without it): answers are not attributed
+        log.warning("cannot look up who asks the stub (sock_diag): %s", exc)
+        return None
 
 
 def run(config: AgentConfig) -> None:

@@ -24,15 +24,15 @@ _CHUNK = 4096
 Sets = dict[str, tuple[dict[bytes, int], list[bytes]]]
 
 
-def packed_sets(timeouts: Mapping[str, int], removals: Iterable[str]) -> Sets:
+def packed_sets(timeouts: Mapping[str, int], removals: Iterable[str], set4: str = SET4, set6: str = SET6) -> Sets:
     """Text addresses (canonical form; a colon marks IPv6) → packed keys per set, as the kernel takes them."""
-    sets: Sets = {SET4: ({}, []), SET6: ({}, [])}
+    sets: Sets = {set4: ({}, []), set6: ({}, [])}
     for address, seconds in timeouts.items():
         v6 = ":" in address
-        sets[SET6 if v6 else SET4][0][socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, address)] = seconds
+        sets[set6 if v6 else set4][0][socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, address)] = seconds
     for address in removals:
         v6 = ":" in address
-        sets[SET6 if v6 else SET4][1].append(socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, address))
+        sets[set6 if v6 else set4][1].append(socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, address))
     return sets
 
 
@@ -45,8 +45,11 @@ class SetWriter:
         elements: ElementWriter,
         on_commit: Callable[[SetUpdate], None],
         on_failure: Callable[[SetUpdate], None] = lambda batch: None,
+        sets: tuple[str, str] = (SET4, SET6),
     ) -> None:
-        """``on_failure``: the kernel did not take ``batch``, which the allow state already holds."""
+        """``on_failure``: the kernel did not take ``batch``, which the allow state already holds. ``sets``: the
+        IPv4 and IPv6 sets written (a workload's own)."""
+        self.sets = sets
         self._elements = elements
         self._on_commit = on_commit
         self._on_failure = on_failure
@@ -72,7 +75,7 @@ class SetWriter:
         failure: NftError | None = None
         try:
             if batch:
-                self._elements.write(packed_sets(batch.timeouts, batch.removals))
+                self._elements.write(packed_sets(batch.timeouts, batch.removals, *self.sets))
         except Exception as exc:  # whatever went wrong, the waiting answers must fail, not hang
             failure = exc if isinstance(exc, NftError) else NftError(f"set update: {exc!r}")
             self._on_failure(batch)
@@ -88,4 +91,4 @@ class SetWriter:
         """Write every grant (after the table was (re)built), in chunks of a few thousand addresses."""
         items = list(timeouts.items())
         for start in range(0, len(items), _CHUNK):
-            self._elements.write(packed_sets(dict(items[start : start + _CHUNK]), ()))
+            self._elements.write(packed_sets(dict(items[start : start + _CHUNK]), (), *self.sets))

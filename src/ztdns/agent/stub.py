@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 import dns.rcode
 
 from ztdns.agent.allowstate import AllowState
-from ztdns.agent.answers import BadMessage, addresses, check_query
+from ztdns.agent.answers import BadMessage, addresses, blocking_reason, check_query
+from ztdns.agent.asker import Asker, Attribution
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nft import NftError
 from ztdns.agent.setwriter import SetWriter
@@ -28,6 +30,19 @@ from ztdns.config.base import parse_hostport
 from ztdns.wire.header import error_response, payload_of, truncate, udp_limit
 
 log = logging.getLogger("ztdns.agent.stub")
+
+
+class Scope(Protocol):
+    """Whose answers these are (a workload's): the connections to ask over, the state and sets to open."""
+
+    @property
+    def identity(self) -> str: ...
+    @property
+    def state(self) -> AllowState: ...
+    @property
+    def writer(self) -> SetWriter: ...
+    @property
+    def upstreams(self) -> Upstream: ...
 
 
 class Upstream(Protocol):
@@ -39,6 +54,18 @@ class Upstream(Protocol):
 Release = Callable[[bytes], None]
 
 
+class Peer(NamedTuple):
+    """Who sent a query: the transport, the stub's own address and the client's."""
+
+    protocol: str  # "udp" or "tcp"
+    local: tuple[str, int]
+    remote: tuple[str, int]
+
+
+# A refused answer, with the resolver's reason: (name, who asked, EDE code and text); done once it was recorded.
+Blocked = Callable[[str, "list[Asker | None]", int, str], Awaitable[None]]
+
+
 class StubHandler:
     def __init__(
         self,
@@ -48,6 +75,9 @@ class StubHandler:
         metrics: AgentMetrics,
         identity: str,
         on_error: Callable[[str], None],
+        attribution: Attribution | None = None,
+        on_blocked: Blocked | None = None,
+        scope_of: Callable[[Peer], Scope | None] | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._state = state
@@ -55,19 +85,31 @@ class StubHandler:
         self._metrics = metrics
         self._identity = identity
         self._on_error = on_error
+        self._attribution = attribution
+        self._on_blocked = on_blocked
+        self._scope_of = scope_of
 
-    async def handle(self, query: bytes, release: Release) -> bool:
+    async def handle(self, query: bytes, release: Release, peer: Peer | None = None) -> bool:
         """Relay ``query``: ``release`` gets the response once the application may have it — after the set
         commit that opens its addresses. False (and nothing released) for a packet that is not a query.
+        ``peer``: who asked, looked up (socket, uid, cgroup) while the query is upstream.
         """
         try:
             check_query(query)
         except BadMessage as exc:
             log.debug("dropped: %s", exc)
             return False
+        asker: list[Asker | None] = []
+        if peer is not None and self._attribution is not None:
+            asker = self._attribution.look_up_soon(peer.protocol, peer.local, peer.remote)
         metrics = self._metrics
+        upstreams, state, writer, identity = self._upstreams, self._state, self._writer, self._identity
+        if self._scope_of is not None and peer is not None:
+            scope = self._scope_of(peer)  # a workload's: its identity upstream, its own sets
+            if scope is not None:
+                upstreams, state, writer, identity = scope.upstreams, scope.state, scope.writer, scope.identity
         try:
-            response = await self._upstreams.query(query)
+            response = await upstreams.query(query)
         except UpstreamError as exc:
             metrics.upstream_failures += 1
             metrics.servfail += 1
@@ -85,16 +127,32 @@ class StubHandler:
         if not answer.records:
             metrics.relayed += 1
             metrics.observe_plumbing(time.perf_counter() - started)
+            # NXDOMAIN/REFUSED, or a NODATA that carries an EDE option (code 15: its bytes are a cheap pre-filter).
+            if self._on_blocked is not None and (answer.rcode or b"\x00\x0f" in response):
+                reason = blocking_reason(response)
+                if reason is not None:
+                    # Recorded before the refusal is released, while the asker (often a short-lived dig or
+                    # curl) still exists to be named: a refused answer may wait a few milliseconds, no other does.
+                    await self._on_blocked(answer.name, asker, *reason)
             release(response)
             return True
         # Every answer of this event-loop turn goes into the same update: one transaction for all of them. The
         # commit releases the answers itself (no future and task wake-up per answer).
-        self._state.answer(answer.name, answer.records, time.time(), self._identity, self._writer.pending())
-        self._writer.after_commit(partial(self._settle, query, response, answer.name, started, release))
+        state.answer(answer.name, answer.records, time.time(), identity, writer.pending())
+        settle = partial(self._settle, query, response, answer.name, started, release, asker, answer.records)
+        writer.after_commit(settle)
         return True
 
     def _settle(
-        self, query: bytes, response: bytes, name: str, started: float, release: Release, failure: NftError | None
+        self,
+        query: bytes,
+        response: bytes,
+        name: str,
+        started: float,
+        release: Release,
+        asker: list[Asker | None],
+        records: list[tuple[str, int]],
+        failure: NftError | None,
     ) -> None:
         metrics = self._metrics
         if failure is not None:
@@ -107,6 +165,8 @@ class StubHandler:
         metrics.opened += 1
         metrics.observe_plumbing(time.perf_counter() - started)
         release(response)
+        if asker and self._attribution is not None:
+            self._attribution.record(asker, name, records, time.time())
 
     async def ask(self, query: bytes) -> bytes | None:
         """The response :meth:`handle` releases for ``query``, or None for a packet that is not a query."""
@@ -116,18 +176,56 @@ class StubHandler:
         return await released
 
 
+class ClientFilter:
+    """Who may ask the stub: loopback, and the configured client networks (``stub.clients``); others get no
+    answer at all (an answer would carry the host's identity and open the host's egress). One dict lookup per
+    query for a source seen before."""
+
+    def __init__(self, networks: list[str], metrics: AgentMetrics) -> None:
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._metrics = metrics
+        self._known: dict[str, bool] = {}
+
+    def allows(self, address: str) -> bool:
+        allowed = self._known.get(address)
+        if allowed is None:
+            allowed = self._check(address)
+            if len(self._known) >= 65_536:
+                self._known.clear()
+            self._known[address] = allowed
+        if not allowed:
+            self._metrics.refused_clients += 1
+        return allowed
+
+    def _check(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.is_loopback or any(ip in network for network in self._networks)
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: StubHandler, tasks: set[asyncio.Task[bool]]) -> None:
+    def __init__(self, handler: StubHandler, tasks: set[asyncio.Task[bool]], clients: ClientFilter) -> None:
         self._handler = handler
         self._tasks = tasks
+        self._clients = clients
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The selector transport does not subclass DatagramTransport, though it is one.
         self._transport = cast(asyncio.DatagramTransport, transport)
+        sockname = transport.get_extra_info("sockname")
+        self._local = (str(sockname[0]), int(sockname[1]))
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        task = asyncio.get_running_loop().create_task(self._handler.handle(data, partial(self._send, data, addr)))
+        if not self._clients.allows(str(addr[0])):
+            return
+        peer = Peer("udp", self._local, (str(addr[0]), int(addr[1])))
+        handling = self._handler.handle(data, partial(self._send, data, addr), peer)
+        task = asyncio.get_running_loop().create_task(handling)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -144,6 +242,8 @@ async def _serve_tcp_connection(
     handler: StubHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle_timeout: float
 ) -> None:
     tasks: set[asyncio.Task[bool]] = set()
+    local, remote = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+    peer = Peer("tcp", (str(local[0]), int(local[1])), (str(remote[0]), int(remote[1]))) if local and remote else None
 
     def send(response: bytes) -> None:
         if not writer.is_closing():
@@ -153,7 +253,7 @@ async def _serve_tcp_connection(
         while True:
             size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), idle_timeout))[0]
             query = await asyncio.wait_for(reader.readexactly(size), idle_timeout)
-            task = asyncio.get_running_loop().create_task(handler.handle(query, send))
+            task = asyncio.get_running_loop().create_task(handler.handle(query, send, peer))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except (OSError, asyncio.IncompleteReadError, TimeoutError):
@@ -181,11 +281,14 @@ def _large_receive_buffer(sock: socket.socket | None) -> None:
 
 
 class StubListeners:
-    """UDP and TCP on every configured address."""
+    """UDP and TCP on every configured address, answering the clients ``clients`` allows."""
 
-    def __init__(self, handler: StubHandler, listen: list[str], idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self, handler: StubHandler, listen: list[str], clients: ClientFilter, idle_timeout: float = 30.0
+    ) -> None:
         self._handler = handler
         self._listen = listen
+        self._clients = clients
         self._idle_timeout = idle_timeout
         self._transports: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
@@ -196,14 +299,19 @@ class StubListeners:
         for address in self._listen:
             host, port = parse_hostport(address, 53)
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self._handler, self._tasks), local_addr=(host, port)
+                lambda: _UdpProtocol(self._handler, self._tasks, self._clients), local_addr=(host, port)
             )
             _large_receive_buffer(transport.get_extra_info("socket"))
             self._transports.append(transport)
-            server = await asyncio.start_server(
-                lambda r, w: _serve_tcp_connection(self._handler, r, w, self._idle_timeout), host, port
-            )
+            server = await asyncio.start_server(self._accept, host, port)
             self._servers.append(server)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not peer or not self._clients.allows(str(peer[0])):
+            writer.close()
+            return
+        await _serve_tcp_connection(self._handler, reader, writer, self._idle_timeout)
 
     async def close(self) -> None:
         for transport in self._transports:

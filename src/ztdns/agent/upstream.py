@@ -11,6 +11,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ztdns.attest.gate import AttestationGate
 from ztdns.config.agent import AgentConfig, ServerConfig
@@ -26,14 +27,19 @@ class UpstreamError(Exception):
     """No protective server answered."""
 
 
-def client_for(config: AgentConfig, server: ServerConfig) -> DotUpstream | DohUpstream:
-    """The client for one configured server: verified against ``tls.ca_file`` and ``hostname``, with our cert."""
+def client_for(
+    config: AgentConfig, server: ServerConfig, certificate: tuple[Path, Path] | None = None
+) -> DotUpstream | DohUpstream:
+    """The client for one configured server: verified against ``tls.ca_file`` and ``hostname``, with our cert
+    (``certificate``: a workload's (cert, key) instead of the host's)."""
     tls = config.tls
+    if certificate is None and tls.client_cert:
+        certificate = (config.path(tls.client_cert), config.path(tls.client_key))
     settings = TlsClientSettings(
         server_name=server.hostname,
         ca=config.path(tls.ca_file) if tls.ca_file else None,
-        cert=config.path(tls.client_cert) if tls.client_cert else None,
-        key=config.path(tls.client_key) if tls.client_key else None,
+        cert=certificate[0] if certificate else None,
+        key=certificate[1] if certificate else None,
     )
     host, port = server.hostport()
     if server.transport == "doh":
@@ -69,12 +75,40 @@ class ServerState:
 class Upstreams:
     """Sends a query to the first healthy server; on failure to the next, within one time budget."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, certificate: tuple[Path, Path] | None = None) -> None:
+        self._config = config
+        self._certificate = certificate
         self._timeout = config.stub.timeout
         self.servers = [
-            ServerState(server, client_for(config, server), gate_for(config, server)) for server in config.server
+            ServerState(server, client_for(config, server, certificate), gate_for(config, server))
+            for server in config.server
         ]
         self._closing: set[asyncio.Task[None]] = set()
+        self._files = self._stamp()
+
+    def _stamp(self) -> tuple[int, ...]:
+        files = self._certificate or ()
+        try:
+            return tuple(path.stat().st_mtime_ns for path in files)
+        except OSError:
+            return ()
+
+    def reload_if_changed(self) -> bool:
+        """New connections with the certificate files as they are now, if they changed on disk (a rotated SVID,
+        as SPIFFE helpers write them); queries under way finish on the old connections."""
+        stamp = self._stamp()
+        if not stamp or stamp == self._files:
+            return False
+        self._files = stamp
+        for server in self.servers:
+            old, server.client = server.client, client_for(self._config, server.config, self._certificate)
+            self._close_later(old)
+        return True
+
+    def _close_later(self, client: DotUpstream | DohUpstream) -> None:
+        task = asyncio.get_running_loop().create_task(client.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def query(self, wire: bytes) -> bytes:
         """The response to ``wire`` (its message ID restored) or :class:`UpstreamError`."""
@@ -111,9 +145,7 @@ class Upstreams:
             server.gate.reconnected()
         # Drop the connection: after a timeout it may be dead without either side knowing. The next query
         # to this server connects afresh.
-        task = asyncio.get_running_loop().create_task(server.client.close())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._close_later(server.client)
         log.warning("protective server %s failed: %s", server.config.address, server.last_error)
 
     async def close(self) -> None:

@@ -1,8 +1,14 @@
-"""The cache stage: answer from the message cache, store what the resolver fetched, serve stale on failure."""
+"""The cache stage: answer from the message cache, store what the resolver fetched, serve stale on failure.
+
+Stale data is served when the resolution fails, or (RFC 8767 client response timer, ``stale_client_timeout``,
+1.8 s) when it has not ended by then: a black-holed upstream costs the client 1.8 s, not the resolver's whole
+budget, and the resolution continues in the background to refresh the entry.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import dns.flags
@@ -29,6 +35,12 @@ def render(
     return response
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # The type only: the name (and an exception's text, which may quote it) leave only through observe/.
+        log.error("a background resolution failed: %s", type(task.exception()).__name__)
+
+
 class CacheStage:
     name = "cache"
 
@@ -36,6 +48,7 @@ class CacheStage:
         self.cache = cache
         self.resolver = resolver
         self._prefetches: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # resolutions that outlived the stale answer's timer
 
     async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         cache = self.cache
@@ -48,20 +61,50 @@ class CacheStage:
             ctx.store = StoreHint(entry.expires, counts_down=True, entry=entry, age=age)
             self.maybe_prefetch(ctx.question, entry)
             return
+        timer = cache.config.stale_client_timeout
+        if entry is not None and timer > 0:
+            if not await self._resolve_within(ctx, call_next, timer):
+                # RFC 8767 §5: the client response timer fired before the resolution ended: answer with what we
+                # have now; the resolution goes on in the background and refreshes the entry when it succeeds.
+                self._serve_stale(ctx, entry, f"resolution still running after {timer:g} s")
+                return
+        else:
+            await self._resolve_and_store(ctx, call_next)
+        if ctx.kind is Kind.FAILED and entry is not None:
+            # RFC 8767: upstreams failed and we hold expired data — better an old answer than none.
+            self._serve_stale(ctx, entry, ctx.reason.text if ctx.reason is not None else "")
+
+    async def _resolve_and_store(self, ctx: Asked, call_next: AskedNext) -> None:
         await call_next(ctx)
         if ctx.kind is Kind.RESOLVED and ctx.response is not None:
-            stored = cache.store(ctx.question, ctx.response)
+            stored = self.cache.store(ctx.question, ctx.response)
             if stored is not None:
                 ctx.store = StoreHint(stored.expires, counts_down=True, entry=stored)
-        elif ctx.kind is Kind.FAILED and entry is not None:
-            # RFC 8767: upstreams failed and we hold expired data — better an old answer than none.
-            cache.stale_answers += 1
-            ctx.response = render(ctx.query, entry, 0, stale_ttl=cache.config.stale_answer_ttl)
-            failure = ctx.reason.text if ctx.reason is not None else ""
-            ctx.reason = Reason(EDE.STALE_ANSWER, f"stale answer; {failure}" if failure else "stale answer")
-            ctx.kind = Kind.STALE
-            ctx.cache_hit = True
-            ctx.store = None  # never replayed: the next query tries upstream again
+
+    async def _resolve_within(self, ctx: Asked, call_next: AskedNext, timeout: float) -> bool:
+        """Resolve on a copy of CTX; True (CTX updated) if that ended within TIMEOUT seconds, else False, with
+        the resolution left running (it must not write into the CTX the stale answer is rendered from)."""
+        inner = dataclasses.replace(ctx)
+        task = asyncio.get_running_loop().create_task(self._resolve_and_store(inner, call_next))
+        self._background.add(task)  # held here: it may outlive this query (the loop keeps weak references only)
+        task.add_done_callback(self._background.discard)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.add_done_callback(_log_failure)
+            return False
+        task.result()
+        for field in dataclasses.fields(ctx):
+            setattr(ctx, field.name, getattr(inner, field.name))
+        return True
+
+    def _serve_stale(self, ctx: Asked, entry: CacheEntry, failure: str) -> None:
+        cache = self.cache
+        cache.stale_answers += 1
+        ctx.response = render(ctx.query, entry, 0, stale_ttl=cache.config.stale_answer_ttl)
+        ctx.reason = Reason(EDE.STALE_ANSWER, f"stale answer; {failure}" if failure else "stale answer")
+        ctx.kind = Kind.STALE
+        ctx.cache_hit = True
+        ctx.store = None  # never replayed: the next query tries upstream again
 
     def maybe_prefetch(self, question: Question, entry: CacheEntry) -> None:
         """Refresh a popular entry in the background before it expires, so hits never wait for upstream."""

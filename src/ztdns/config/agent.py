@@ -4,6 +4,7 @@ file model). Keys are documented in docs/agent.md; errors name file, line and ke
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,10 +20,16 @@ def _hostport(value: str, default_port: int) -> str:
     return value
 
 
+Network = Annotated[str, AfterValidator(check_network)]
+
+
 class StubConfig(Section):
     """The local stub resolver the host's applications use."""
 
     listen: list[str] = Field(default_factory=lambda: ["127.0.0.53:53"])
+    # Who may ask besides loopback (a stub on a bridge address serves the containers behind it, not the world:
+    # its answers carry the host's identity and open the host's egress). Required with a non-loopback listen.
+    clients: list[Network] = Field(default_factory=list)
     # Budget for one query across all protective servers (failover included).
     timeout: Annotated[float, Field(gt=0, le=30)] = 3.0
 
@@ -32,6 +39,15 @@ class StubConfig(Section):
         if not values:
             raise ValueError("listen must name at least one address")
         return [_hostport(v, 53) for v in values]
+
+    @model_validator(mode="after")
+    def _clients(self) -> StubConfig:
+        public = [v for v in self.listen if not ipaddress.ip_address(parse_hostport(v, 53)[0]).is_loopback]
+        if public and not self.clients:
+            raise ValueError(
+                f"listen {', '.join(public)} is not a loopback address: set clients to the networks that may ask"
+            )
+        return self
 
 
 class ServerConfig(Section):
@@ -89,8 +105,11 @@ class AllowConfig(Section):
     ttl_floor: Annotated[int, Field(ge=0)] = 30
     ttl_ceiling: Annotated[int, Field(ge=1)] = 86_400
     grace: Annotated[int, Field(ge=0)] = 60
-    # Per queried name; beyond it the least recently answered address of that name is closed.
+    # Per queried name; beyond it the least recently answered address of that name is closed (never one of the
+    # answer being released, nor one with live connections).
     max_addresses_per_name: Annotated[int, Field(ge=1)] = 256
+    # All names together; beyond it the grants closest to their expiry are closed (ztdns_agent_addresses_shed_total).
+    max_addresses: Annotated[int, Field(ge=1)] = 1_000_000
 
     @model_validator(mode="after")
     def _order(self) -> AllowConfig:
@@ -102,12 +121,20 @@ class AllowConfig(Section):
 class FirewallConfig(Section):
     # Also filter forwarded traffic (containers and VMs routed through this host).
     forward: bool = False
+    # DHCP client traffic to the broadcast (v4) / All_DHCP_Relay_Agents_and_Servers (v6) addresses.
     dhcp: bool = True
+    # Networks on this host's own links: DHCP unicast (renewals) and neighbour discovery to them are accepted
+    # too (by default only link-local and link-scope multicast addresses).
+    link_networks: list[Network] = Field(default_factory=list)
+    # Drop frames that packet sockets (AF_PACKET) send on the host's devices (netdev egress hook, Linux 5.16+).
+    packet_egress: bool = True
+    # The packet mark bits the stack's own packets carry to that hook (a random value per start); other users
+    # of packet marks on this host must keep out of them.
+    packet_mark_mask: Annotated[int, Field(ge=1, le=0xFFFFFFFF)] = 0xFFFF0000
     # nftables `log group` the audit records are read from (NFLOG).
     log_group: Annotated[int, Field(ge=0, le=65535)] = 7
 
 
-Network = Annotated[str, AfterValidator(check_network)]
 Protocol = Literal["tcp", "udp"]
 _BOTH: tuple[Protocol, ...] = ("tcp", "udp")
 
@@ -127,6 +154,36 @@ class ExceptionConfig(Section):
         if not value or not all(ch.isalnum() or ch in "-_." for ch in value):
             raise ValueError(f"{value!r}: use letters, digits, '-', '_' and '.'")
         return value
+
+
+class WorkloadConfig(Section):
+    """A workload on this host with an identity of its own (``[[workload]]``): the processes of one cgroup (a
+    systemd unit, a container) ask the protective resolver with its client certificate, and what their answers
+    open is open for that cgroup only."""
+
+    name: str
+    # The cgroup v2 path below the hierarchy's root, e.g. "system.slice/web.service"; its descendants belong too.
+    cgroup: str
+    # Label stored with its grants (e.g. its SPIFFE ID; restarts give each grant back to its workload by it).
+    identity: Annotated[str, Field(min_length=1)]
+    # Its client certificate and key (an X.509 SVID); re-read when the files change on disk.
+    client_cert: str
+    client_key: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch == "_" for ch in value) or len(value) > 20:
+            raise ValueError(f"{value!r}: use up to 20 letters, digits and '_'")
+        return value
+
+    @field_validator("cgroup")
+    @classmethod
+    def _cgroup(cls, value: str) -> str:
+        path = value.strip("/")
+        if not path or ".." in path.split("/") or '"' in path:
+            raise ValueError(f"{value!r} is not a cgroup path below the root")
+        return path
 
 
 class AgentMetricsConfig(Section):
@@ -152,9 +209,18 @@ class AgentConfig(Section):
     allow: AllowConfig = AllowConfig()
     firewall: FirewallConfig = FirewallConfig()
     exception: list[ExceptionConfig] = Field(default_factory=list)
+    workload: list[WorkloadConfig] = Field(default_factory=list)
     metrics: AgentMetricsConfig = AgentMetricsConfig()
 
     base_dir: Path = Path(".")
+
+    @field_validator("workload")
+    @classmethod
+    def _workloads(cls, values: list[WorkloadConfig]) -> list[WorkloadConfig]:
+        names = [w.name for w in values]
+        if len(set(names)) != len(names):
+            raise ValueError("workload names must differ")
+        return values
 
     @field_validator("server")
     @classmethod
@@ -162,6 +228,13 @@ class AgentConfig(Section):
         if not values:
             raise ValueError("at least one protective server is needed (the agent resolves no other way)")
         return values
+
+    @model_validator(mode="after")
+    def _identities(self) -> AgentConfig:
+        identities = [self.identity, *(w.identity for w in self.workload)]
+        if len(set(identities)) != len(identities):
+            raise ValueError("each workload needs an identity of its own, different from the host's `identity`")
+        return self
 
     def path(self, value: str) -> Path:
         """A path from the file, relative to the file's folder."""

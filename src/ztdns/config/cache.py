@@ -17,6 +17,8 @@ class CacheConfig(Section):
     serve_stale: bool = True
     stale_max_age: Annotated[int, Field(ge=0)] = 86_400
     stale_answer_ttl: Annotated[int, Field(ge=1)] = 30
+    # RFC 8767 client response timer: with stale data at hand, answer with it after this long (0: wait for the end).
+    stale_client_timeout: Annotated[float, Field(ge=0, le=60)] = 1.8
     prefetch: bool = True
     prefetch_min_hits: Annotated[int, Field(ge=1)] = 3
     prefetch_window: Annotated[float, Field(gt=0, lt=1)] = 0.1

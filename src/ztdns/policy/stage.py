@@ -7,6 +7,7 @@ the policy turns the text off.
 
 from __future__ import annotations
 
+import copy
 import time
 
 import dns.message
@@ -18,7 +19,7 @@ import dns.rrset
 
 from ztdns.model import EDE, Kind, Reason
 from ztdns.pipeline import Asked, AskedNext
-from ztdns.policy import Decision
+from ztdns.policy import Decision, View
 from ztdns.replay import StoreHint
 from ztdns.wire.encode import name_forms
 from ztdns.wire.query import name_key
@@ -100,8 +101,16 @@ class PolicyStage:
         await call_next(ctx)
 
 
+_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+
+
 class ChainCheckStage:
     """An allowed name must not lead into a disallowed one: every CNAME/DNAME target is decided too.
+
+    An allowed answer relays no other name's data: answer-section records whose owner is not on the question's
+    chain (the name, the CNAME targets followed from it, the DNAMEs above them) are removed, and so are address
+    records anywhere in the response for names the client's policy denies (an ``A`` for a denied name in the
+    additional section would otherwise reach the client, and an agent or cache might use it).
 
     It sits before local zones and the cache so that it sees their answers as well as fresh ones.
     """
@@ -124,3 +133,50 @@ class ChainCheckStage:
                 if not decision.allowed:
                     _block(ctx, decision, target)
                     return
+        if len(response.answer) > 1 or response.additional or response.authority:
+            stripped = _strip(response, ctx.question.name, view)
+            if stripped is not None:
+                ctx.response = stripped
+
+
+def _chain(question: dns.name.Name, answer: list[dns.rrset.RRset]) -> set[dns.name.Name]:
+    """The question's name and every CNAME target reached from it (in any section order, loops bounded)."""
+    chain = {question}
+    for _ in range(len(answer)):
+        grown = False
+        for rrset in answer:
+            if rrset.rdtype == dns.rdatatype.CNAME and rrset.name in chain:
+                for rdata in rrset:
+                    if rdata.target not in chain:
+                        chain.add(rdata.target)
+                        grown = True
+        if not grown:
+            break
+    return chain
+
+
+def _strip(response: dns.message.Message, question: dns.name.Name, view: View) -> dns.message.Message | None:
+    """A copy of ``response`` without out-of-chain answer records and denied names' addresses; None when
+    nothing needs to go (the common case: no copy)."""
+    chain = _chain(question, response.answer)
+
+    def on_chain(rrset: dns.rrset.RRset) -> bool:
+        if rrset.name in chain:
+            return True
+        # A DNAME (and its signature) above a chain name: the synthesised CNAME's source.
+        return rrset.rdtype in (dns.rdatatype.DNAME, dns.rdatatype.RRSIG) and any(
+            name.is_subdomain(rrset.name) for name in chain
+        )
+
+    def allowed(rrset: dns.rrset.RRset) -> bool:
+        kind = rrset.covers if rrset.rdtype == dns.rdatatype.RRSIG else rrset.rdtype
+        return kind not in _ADDRESS_TYPES or view.decide(name_key(rrset.name), kind).allowed
+
+    answer = [rrset for rrset in response.answer if on_chain(rrset)]
+    authority = [rrset for rrset in response.authority if allowed(rrset)]
+    additional = [rrset for rrset in response.additional if allowed(rrset)]
+    if (len(answer), len(authority), len(additional)) == tuple(map(len, response.sections[1:])):
+        return None
+    stripped = copy.copy(response)
+    stripped.sections = [list(response.question), answer, authority, additional]
+    return stripped

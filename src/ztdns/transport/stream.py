@@ -5,9 +5,11 @@ We accept TCP connections ourselves and hand each socket to ``loop.connect_accep
 material's context *of that moment*, so certificate rotation affects new connections only. (Accepting with
 ``create_server`` and upgrading with ``start_tls`` loses the ClientHello under uvloop whenever it arrives
 before the upgrade: uvloop starts reading right after ``connection_made`` even if the protocol paused, and
-the stalled handshake then times out.) The handshake runs in the event loop's non-blocking SSL machinery (a
-slow or stalled client costs a pending task, not a stalled loop) and is bounded by ``handshake_timeout``. A
-refused handshake is logged with its reason (expired, unknown CA, revoked, no certificate). After the
+the stalled handshake then times out.) TLS runs through memory BIOs in :mod:`ztdns.transport.tlsbio`, not the
+event loop's SSL transport (uvloop's grew the heap under connection churn, and neither sends the alert of a
+refused handshake); it is non-blocking (a slow or stalled client costs a pending task, not a stalled loop) and
+the handshake is bounded by ``handshake_timeout``. A refused handshake sends its TLS alert and is logged with its
+reason (expired, unknown CA, revoked, no certificate). After the
 handshake the connection protocol (DoT framing or HTTP) gets ``connection_made`` and builds its
 :class:`ClientInfo`, with the identity of the verified client certificate.
 
@@ -34,6 +36,7 @@ from ztdns.identity.certificates import identity_from_certificate
 from ztdns.transport import Handler
 from ztdns.transport.limits import ClientSlots, Progress, StreamProtocol, WriteBudget
 from ztdns.transport.tls import RefusalLog, TlsMaterial, refusal_reason
+from ztdns.transport.tlsbio import TlsBioProtocol
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class TlsConnection(StreamProtocol):
         self.listener.budget.unblock(self)
         self.listener.connection_gone(self)
         self.stopped()
+        self.transport = None  # no cycle through the TLS layer: its buffers go now, not at a full collection
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its questions until it does (closed if it never
@@ -216,17 +220,18 @@ class TlsStreamListener:
     async def _handshake(self, sock: socket.socket, peer: Any) -> None:
         connection = self.make_connection(self)
         connection.slot = peer[0]
+        # TLS through memory BIOs (transport/tlsbio.py): flat memory under churn, and refusals send their alert.
+        tls = TlsBioProtocol(self.material.current.context, connection, self.config.handshake_timeout)
         try:
-            # The TLS layer calls connection.connection_made once the handshake is done.
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: connection,
-                sock,
-                ssl=self.material.current.context,
-                ssl_handshake_timeout=self.config.handshake_timeout,
-            )
+            # TLS calls connection.connection_made once the handshake is done.
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: tls, sock)
+            await tls.handshake
         except (OSError, TimeoutError, EOFError, ValueError) as exc:
             # The event loop has closed the socket.
             self.refusals.refused(refusal_reason(exc))  # the reason, never the peer: see observe/
+        except asyncio.CancelledError:
+            tls.abort()
+            raise
         finally:
             if connection.transport is None:  # no connection came of it (refused, timed out, cancelled)
                 connection.release_slot()

@@ -1,0 +1,233 @@
+"""Server-side TLS driven by ourselves: an ``ssl.SSLObject`` with memory BIOs between a plain TCP transport and
+the connection protocol (DoT, DoH).
+
+Why not the event loop's SSL transport (``connect_accepted_socket(ssl=...)``):
+
+- memory: under uvloop 0.23 the server's RSS grows with TLS connection churn when clients leave abruptly
+  (issue 12; ``bench/tls_churn.py`` measures it), and asyncio's does not; here every TLS object is a plain
+  Python object freed with its connection;
+- refusals: when the handshake fails (no, revoked or foreign client certificate) OpenSSL writes an alert
+  (``certificate_required``, ``bad_certificate``, ...) to the outgoing BIO; we send it before closing, so the
+  client learns why. asyncio drops it (CPython gh-98078), uvloop too.
+
+:class:`TlsBioProtocol` is the TCP protocol; to the connection protocol it is the transport (``write``,
+``writelines``, ``close``, ``abort``, ``pause_reading``, ``get_extra_info("ssl_object")``...), and it passes
+write back-pressure (``pause_writing``/``resume_writing``) through. ``handshake`` resolves when the handshake is
+done, or fails with its reason; a handshake that does not finish within ``handshake_timeout`` fails with
+TimeoutError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any, cast
+
+_READ_SIZE = 65536
+
+
+_DETACHED = asyncio.Protocol()  # what a closed connection's TLS layer talks to: nothing
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class TlsBioProtocol(asyncio.Protocol):
+    def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, handshake_timeout: float) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._app = app
+        self._handshake_timeout = handshake_timeout
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._open = False  # handshake done, application data flows
+        self._closing = False
+        self._read_paused = False
+        self._delivering = False  # inside the connection protocol's data_received: writes go out together after
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.handshake.add_done_callback(_seen)  # a failure nobody awaits (the listener closing) is no warning
+
+    # asyncio.Protocol, facing the TCP transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        if not self._open:
+            if self.handshake.done():
+                return  # failed: only the alert still goes out
+            try:
+                self._ssl.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                return
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                self._fail(exc)
+                return
+            self._flush()
+            self._open = True
+            self._cancel_timer()
+            self._app.connection_made(cast(asyncio.BaseTransport, self))
+            self.handshake.set_result(None)
+        self._deliver()
+
+    def eof_received(self) -> bool | None:
+        self._incoming.write_eof()
+        if self._open:
+            self._deliver()
+        return False  # close: half-open TLS is not worth keeping
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._transport = None
+        if self._open:
+            self._open = False
+            self._app.connection_lost(exc)
+            # The connection protocol holds us as its transport: without this cycle, the connection (its SSL
+            # object and OpenSSL buffers, ~50 KB) is freed now, not at the next full collection, which the
+            # server's gc thresholds make rare (issue 12: RSS grew with every TLS connection until then).
+            self._app = _DETACHED
+        elif not self.handshake.done():
+            self.handshake.set_exception(exc or ConnectionResetError("connection closed during the handshake"))
+
+    def pause_writing(self) -> None:
+        if self._open:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._open:
+            self._app.resume_writing()
+
+    # asyncio.Transport, facing the connection protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._open or self._closing:
+            return
+        try:
+            self._ssl.write(data)
+        except (ssl.SSLError, OSError):
+            self.abort()
+            return
+        if not self._delivering:
+            self._flush()
+
+    def writelines(self, chunks: Any) -> None:
+        """One TLS record per chunk, one send for all of them."""
+        if not self._open or self._closing:
+            return
+        try:
+            for chunk in chunks:
+                self._ssl.write(chunk)
+        except (ssl.SSLError, OSError):
+            self.abort()
+            return
+        if not self._delivering:
+            self._flush()
+
+    def close(self) -> None:
+        if self._transport is None or self._closing:
+            return
+        self._closing = True
+        if self._open:
+            with contextlib.suppress(ssl.SSLError, OSError):
+                self._ssl.unwrap()  # close_notify; we do not wait for the client's
+            self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport is None or self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self._read_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._read_paused:
+            return
+        self._read_paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()
+            # Plaintext decrypted before the pause is still in the BIO: hand it over now, not at the next read.
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._transport is not None:
+            self._transport.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._ssl
+        if name == "peercert":
+            return self._ssl.getpeercert()
+        if name == "cipher":
+            return self._ssl.cipher()
+        if name == "sslcontext":
+            return self._ssl.context
+        if self._transport is None:
+            return default
+        return self._transport.get_extra_info(name, default)
+
+    # Inside
+
+    def _deliver(self) -> None:
+        """Decrypt what has arrived and hand it to the connection protocol, until it pauses us. What it writes
+        meanwhile (answers to pipelined queries) goes out in one send at the end, each answer its own TLS record."""
+        self._delivering = True
+        try:
+            self._deliver_records()
+        finally:
+            self._delivering = False
+        self._flush()  # answers, and what reading produced (TLS 1.3 key updates)
+
+    def _deliver_records(self) -> None:
+        while self._open and not self._read_paused:
+            try:
+                chunk = self._ssl.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLError, OSError):
+                self.abort()
+                break
+            if not chunk:  # the client's close_notify (the ssl module reads it as b"")
+                self.close()
+                break
+            self._app.data_received(chunk)
+
+    def _flush(self) -> None:
+        if self._outgoing.pending and self._transport is not None:
+            self._transport.write(self._outgoing.read())
+
+    def _fail(self, exc: BaseException) -> None:
+        """The handshake failed: send what OpenSSL wrote (the alert saying why), then close."""
+        self._cancel_timer()
+        self._flush()
+        self.handshake.set_exception(exc)
+        if self._transport is not None:
+            self._closing = True
+            self._transport.close()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self._open and not self.handshake.done():
+            self.handshake.set_exception(TimeoutError("TLS handshake timed out"))
+            self.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
