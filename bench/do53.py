@@ -97,6 +97,9 @@ async def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server and load shape")
     parser.add_argument(
+        "--clients", type=int, help="one load shape, dnsperf -c CLIENTS -q 256 (the bench before the grid)"
+    )
+    parser.add_argument(
         "--grid", default="full", help="load shapes CLIENTSxOUTSTANDING,... (full: 1/4/16 × 64/256/1024)"
     )
     parser.add_argument("--query-log", choices=["file", "off", "both"], default="file")
@@ -105,6 +108,8 @@ async def main() -> int:
     )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin dnsperf and the servers to CPUs")
     args = parser.parse_args()
+    if args.clients is not None:
+        args.grid = f"{args.clients}x256"
     grid = parse_grid(args.grid)
     default_batch = os.environ.get("ZTDNS_UDP_BATCH", "1") != "0"
     with tempfile.TemporaryDirectory() as tmp:

@@ -172,6 +172,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument(
+        "--clients", type=int, help="one load shape, dnsperf -c CLIENTS -q 200 (the bench before the grid)"
+    )
+    parser.add_argument(
         "--grid", default="full", help="load shapes CLIENTSxOUTSTANDING,... (full: 1/4/16 × 64/256/1024)"
     )
     parser.add_argument("--target", choices=["handler", "serve", "both"], default="serve")
@@ -179,6 +182,8 @@ async def main() -> None:
     parser.add_argument("--query-log", choices=["file", "off", "both"], default="file", help="of `ztdns serve`")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server and load shape")
     args = parser.parse_args()
+    if args.clients is not None:
+        args.grid = f"{args.clients}x200"
     for tool in ("dnsperf", "unbound"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed")
