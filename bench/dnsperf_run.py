@@ -160,12 +160,27 @@ async def run_dnsperf_async(command: Sequence[str], attempts: int = 3) -> Dnsper
     raise RuntimeError(f"dnsperf failed ({process.returncode}): {err.decode(errors='replace')}")
 
 
+async def settle(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the process is idle (under 5 % of a CPU over 0.2 s): work queued during a run — query log lines
+    a writer thread has not formatted yet — belongs to that run."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(0.2)
+        if cpu_seconds(pid) - before < 0.01:
+            return
+
+
 async def measure(command: Sequence[str], server_pid: int, pin: bool = True) -> DnsperfResult:
-    """Run dnsperf against the server ``server_pid`` (pinned first) and add its CPU time per answered query."""
+    """Run dnsperf against the server ``server_pid`` (pinned first) and add its CPU time per answered query:
+    from the start of the run until the server is idle again."""
     if pin:
         pin_process(server_pid)
+    await settle(server_pid)
     before = cpu_seconds(server_pid)
     result = await run_dnsperf_async(command)
+    await settle(server_pid)
     spent = cpu_seconds(server_pid) - before
     per_query = spent / result.completed * 1e6 if result.completed else 0.0
     return DnsperfResult(result.qps, result.lost_percent, result.latency_ms, result.completed, per_query)

@@ -3,7 +3,7 @@
 alternating, with the worst ratio over the grid and each server's CPU per query.
 
     .venv/bin/python bench/do53.py [--names 1000] [--seconds 5] [--rounds 2] [--grid full|1x64,4x256,...]
-                                   [--query-log file|off|both] [--no-pin]
+                                   [--query-log file|off|both] [--detect off|observe|enforce] [--no-pin]
 
 ztdns runs in the default configuration first: the query log on, the default JSON sink writing to a file
 (``--query-log file``); ``--query-log both`` adds a second ztdns with the log off, alternating with the first, and
@@ -37,8 +37,9 @@ def names(count: int) -> list[str]:
     return [f"host{i}.bench.test" for i in range(count)]
 
 
-def ztdns_config(port: int, upstream: str, query_log: Path | None) -> str:
+def ztdns_config(port: int, upstream: str, query_log: Path | None, detect: str | None = None) -> str:
     log = f'output = "{query_log}"' if query_log is not None else 'output = "off"'
+    detect_section = f'[detect]\nmode = "{detect}"' if detect is not None else ""  # None: the default config
     return f"""
 [[listen]]
 transport = "udp"
@@ -63,17 +64,21 @@ validation = false  # the upstream serves unsigned private names
 
 [metrics]
 enabled = false
+
+{detect_section}
 """
 
 
 class Ztdns:
     """``ztdns serve`` on a free port, its query log to ``query_log`` (None: off)."""
 
-    def __init__(self, directory: Path, label: str, upstream: str, query_log: Path | None, batch: bool) -> None:
+    def __init__(
+        self, directory: Path, label: str, upstream: str, query_log: Path | None, batch: bool, detect: str | None
+    ) -> None:
         self.label = label
         self.port = free_port()
         conf = directory / f"{label}.toml"
-        conf.write_text(ztdns_config(self.port, upstream, query_log))
+        conf.write_text(ztdns_config(self.port, upstream, query_log, detect))
         env = {**os.environ, "ZTDNS_UDP_BATCH": "1" if batch else "0"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ztdns", "serve", "--config", str(conf)],
@@ -106,6 +111,9 @@ async def main() -> int:
     parser.add_argument(
         "--lanes", choices=["default", "both"], default="default", help="both: batched and pure-Python UDP lanes"
     )
+    parser.add_argument(
+        "--detect", choices=["off", "observe", "enforce"], help="[detect] mode of ztdns (default: the config's default)"
+    )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin dnsperf and the servers to CPUs")
     args = parser.parse_args()
     if args.clients is not None:
@@ -129,7 +137,7 @@ async def main() -> int:
                     if args.lanes == "both":
                         label += " batch" if batch else " pure"
                     query_log = directory / f"{label.replace(' ', '-')}.jsonl" if log_on else None
-                    servers[log_on, batch] = Ztdns(directory, label, upstream.address, query_log, batch)
+                    servers[log_on, batch] = Ztdns(directory, label, upstream.address, query_log, batch, args.detect)
             await asyncio.sleep(0.5)
             for server in servers.values():  # warm-up: every name into the cache and the replay table
                 await run_dnsperf_async(
