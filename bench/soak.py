@@ -5,7 +5,7 @@ upstream that answers after 0.3 s):
 
 - TLS handshakes: ``--concurrency`` DoT clients, each connecting, asking a cached name, reading the answer and
   closing, over and over (the bulk: ~170/s gives 100,000 in 10 minutes);
-- disconnects during misses: DoT and TCP clients asking a name nobody asked before and leaving at once, while
+- disconnects during misses: DoT and TCP clients asking a name that is not cached and leaving at once, while
   the upstream query is pending (the upstream socket leak of issue 12);
 - resets: TCP connections aborted with SO_LINGER 0 before the server handles them.
 
@@ -80,12 +80,16 @@ async def handshaker(port: int, context: ssl.SSLContext, counts: Counts, stop: a
             await asyncio.sleep(0.05)
 
 
-async def leaver(dot_port: int, tcp_port: int, context: ssl.SSLContext, counts: Counts, stop: asyncio.Event) -> None:
-    """Ask a new name (a cache miss: the upstream takes 0.3 s) and leave at once, on DoT and TCP in turn."""
+async def leaver(
+    dot_port: int, tcp_port: int, context: ssl.SSLContext, names: int, counts: Counts, stop: asyncio.Event
+) -> None:
+    """Ask for a name and leave at once, on DoT and TCP in turn: a cache miss every time (the upstream takes
+    0.3 s, so the query is cancelled before its answer could be cached), over NAMES names in turn, so that the
+    server's bounded per-name memos (8,192 parsed names) are full after the warm-up."""
     index = 0
     while not stop.is_set():
         index += 1
-        name = f"miss{index}.soak.test"
+        name = f"miss{index % names}.soak.test"
         try:
             if index % 2:
                 _, writer = await asyncio.open_connection(
@@ -128,9 +132,14 @@ async def soak(args: argparse.Namespace, server: ServerProcess, dot_port: int, d
     fds_before = open_fds(pid)
     counts = Counts()
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(handshaker(dot_port, context, counts, stop)) for _ in range(args.concurrency)]
-    tasks.append(asyncio.create_task(leaver(dot_port, server.port, context, counts, stop)))
-    tasks.append(asyncio.create_task(resetter(server.port, counts, stop)))
+    mix = set(args.mix.split(","))
+    tasks = []
+    if "handshakes" in mix:
+        tasks += [asyncio.create_task(handshaker(dot_port, context, counts, stop)) for _ in range(args.concurrency)]
+    if "leavers" in mix:
+        tasks.append(asyncio.create_task(leaver(dot_port, server.port, context, args.names, counts, stop)))
+    if "resets" in mix:
+        tasks.append(asyncio.create_task(resetter(server.port, counts, stop)))
     started = time.monotonic()
     warm_rss = 0.0
     print(f"{'seconds':>7} {'handshakes':>10} {'left':>7} {'resets':>7} {'errors':>6} {'RSS MB':>7} {'fds':>5}")
@@ -167,6 +176,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=60)
     parser.add_argument("--interval", type=float, default=30)
     parser.add_argument("--concurrency", type=int, default=20, help="DoT clients handshaking in a loop")
+    parser.add_argument("--mix", default="handshakes,leavers,resets", help="which clients run (comma-separated)")
+    parser.add_argument("--names", type=int, default=500, help="distinct names the leaving clients ask")
     parser.add_argument("--cache-entries", type=int, default=1000, help="the server's cache.max_entries")
     parser.add_argument("--max-growth", type=float, default=5.0, help="percent RSS change allowed after warm-up")
     args = parser.parse_args()

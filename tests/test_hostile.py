@@ -159,9 +159,11 @@ def test_non_reading_pipeliner_is_bounded_and_closed(tmp_path: Path, slow_upstre
             assert tcp_query(port, "cached.test").rcode() == dns.rcode.NOERROR  # others are still served
             latencies.append(time.monotonic() - started)
         grown = rss_mb(pid) - before
+        p90 = sorted(latencies)[len(latencies) * 9 // 10]
+        print(f"pipeliner: {sent} bytes of queries sent, cut {cut} times, RSS +{grown:.1f} MB, others' p90 {p90:.3f} s")
         assert sent > 100_000  # the server read a lot before it stopped reading
         assert grown < 50, f"RSS grew {grown:.0f} MB"
-        assert sorted(latencies)[len(latencies) * 9 // 10] < 0.1
+        assert p90 < 0.1
         assert cut >= 1 or closed_within(attacker, 5)  # its answers stayed unread for idle_timeout: closed
         attacker.close()
 

@@ -31,7 +31,18 @@ ALWAYS = {
     "ztdns_replay_entries",
     "ztdns_inflight_queries",
     "ztdns_querylog_dropped",
+    "ztdns_detect_verdicts",
+    "ztdns_detect_answers",
+    "ztdns_detect_keys",
+    "ztdns_sink_events",
+    "ztdns_sink_dropped",
+    "ztdns_sink_connected",
+    "ztdns_decisions",
+    "ztdns_dnssec_answers",
 }
+# Exported by the server process beside the frontend's (ztdns.daemon registers ProcessInfo; test_endpoint.py).
+PROCESS = {"ztdns_build_info", "ztdns_reloads", "ztdns_config_generation"}
+BY_LABELS = {"ztdns_decisions", "ztdns_dnssec_answers"}  # the query counts by all labels, with ztdns_queries
 FORWARD = {
     "ztdns_upstream_up",
     "ztdns_upstream_srtt_seconds",
@@ -95,7 +106,7 @@ def test_each_resolver_mode_exports_its_own_families() -> None:
 def test_an_authority_sharing_the_metrics_adds_its_families() -> None:
     metrics = Metrics()
     Authority([], metrics=metrics)
-    assert families(metrics) == {"ztdns_queries", "ztdns_query_latency_seconds"} | AUTHORITY
+    assert families(metrics) == {"ztdns_queries", "ztdns_query_latency_seconds", *BY_LABELS} | AUTHORITY
 
 
 def test_scrape_renders_every_family() -> None:
@@ -112,4 +123,4 @@ def test_scrape_renders_every_family() -> None:
 def test_docs_name_every_metric() -> None:
     section = DOCS.read_text().split("## `[metrics]`", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(ztdns_[a-z0-9_]+)`", section))
-    assert documented == ALWAYS | FORWARD | VALIDATION | RECURSION | AUTHORITY
+    assert documented == ALWAYS | FORWARD | VALIDATION | RECURSION | AUTHORITY | PROCESS

@@ -89,6 +89,25 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _privacy_statement(args: argparse.Namespace) -> int:
+    from ztdns.observe.statement import privacy_statement
+
+    try:
+        print(privacy_statement(load_config(args.config)))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _register_privacy_statement(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "privacy-statement", help="print what the config collects, keeps and exports (RFC 8932 section 6 shape)"
+    )
+    parser.add_argument("--config", required=True, help="TOML configuration file")
+    parser.set_defaults(func=_privacy_statement)
+
+
 def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("serve", help="run the protective resolver")
     parser.add_argument("--config", help="TOML configuration file (default: the built-in development config)")
@@ -131,6 +150,7 @@ def _registrations() -> list[Register]:
         _register_serve,
         _register_check,
         _register_explain,
+        _register_privacy_statement,
         register_pki,
         register_lab,
         register_authority,

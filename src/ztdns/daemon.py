@@ -21,12 +21,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 
+from ztdns import __version__
 from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.listen import ListenConfig
 from ztdns.handler import Frontend, compile_runtime, make_resolver
-from ztdns.observe.metrics import Metrics, MetricsCollector
+from ztdns.observe.endpoint import serve_metrics, tls_context
+from ztdns.observe.metrics import Metrics, MetricsCollector, ProcessInfo
 from ztdns.observe.stage import Observer
 from ztdns.replay import Replays
 from ztdns.transport import Handler
@@ -177,6 +179,8 @@ class Service:
         self.stopping = asyncio.Event()
         self.attestor: Attestor | None = None
         self.measuring: asyncio.Task[None] | None = None
+        self.process_info = ProcessInfo(__version__, self._digests)
+        self.frontend.metrics.register(self.process_info)
 
     async def start(self) -> list[str]:
         endpoints = []
@@ -205,16 +209,27 @@ class Service:
                 endpoints += await self.authority.start()
             except ListenError as exc:
                 raise located(self.config, exc.key, str(exc)) from None
-        if self.config.metrics.enabled:
-            host, port = self.config.metrics.hostport()
+        metrics = self.config.metrics
+        if metrics.enabled:
+            host, port = metrics.hostport()
             registry = CollectorRegistry()
             registry.register(MetricsCollector(lambda: self.frontend.metrics))
+            ProcessCollector(registry=registry)
+            context = None
+            if metrics.cert is not None and metrics.key is not None:
+                base = self.config.base_dir
+                ca = None if metrics.ca is None else str(base / metrics.ca)
+                try:
+                    context = tls_context(str(base / metrics.cert), str(base / metrics.key), ca)
+                except (OSError, ValueError) as exc:
+                    raise located(self.config, ("metrics", "cert"), f"cannot load the TLS files: {exc}") from None
             try:
-                start_http_server(port + self.worker, host, registry)
+                serve_metrics(host, port + self.worker, registry, context)
             except OSError as exc:
                 message = f"cannot serve metrics on {host}:{port + self.worker}: {exc.strerror or exc}"
                 raise located(self.config, ("metrics", "address"), message) from None
-            endpoints.append(f"metrics http://{host}:{port + self.worker}/metrics")
+            scheme = "http" if context is None else "https"
+            endpoints.append(f"metrics {scheme}://{host}:{port + self.worker}/metrics")
         return endpoints
 
     async def _start_listener(self, listen: ListenConfig) -> None:
@@ -247,11 +262,14 @@ class Service:
             config = await loop.run_in_executor(None, load_config, self.config_path)
             await self.frontend.reload(config)
         except ConfigError as exc:
+            self.process_info.reloaded(False)
             log.error("reload rejected, still serving the previous config:\n%s", exc)
             return
         except Exception:
+            self.process_info.reloaded(False)
             log.exception("reload failed, still serving the previous config")
             return
+        self.process_info.reloaded(True)
         for encrypted in self.encrypted:
             encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk
         if [lst.model_dump() for lst in config.listen] != [lst.model_dump() for lst in self.config.listen]:
@@ -260,6 +278,10 @@ class Service:
         self.config = config
         log.info("reloaded %s", self.config_path)
         await self._measure("reload")
+
+    def _digests(self) -> tuple[str, str] | None:
+        measurements = None if self.attestor is None else self.attestor.measurements
+        return None if measurements is None else (measurements.code.digest, measurements.config.digest)
 
     async def _start_attestation(self) -> None:
         """Measure code and config (docs/attestation.md). With evidence, before serving: a TPM that fails stops

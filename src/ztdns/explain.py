@@ -14,6 +14,7 @@ from prometheus_client.metrics_core import Metric
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import Config
+from ztdns.detect import Detector, split_name
 from ztdns.handler import Frontend, make_resolver
 from ztdns.model import EDE, Kind, Question, Reason, Resolution, Resolver
 from ztdns.pipeline import QueryContext
@@ -70,10 +71,10 @@ async def explain(config: Config, client_text: str, name: str, rdtype: str, reso
         await frontend.runtime.handler(ctx)
     finally:
         await frontend.close()
-    return _describe(client_text, ctx)
+    return _describe(client_text, ctx, frontend.detector)
 
 
-def _describe(client_text: str, ctx: QueryContext) -> str:
+def _describe(client_text: str, ctx: QueryContext, detector: Detector) -> str:
     lines = []
     who = f"{ctx.identity} ({ctx.identity_how})" if ctx.identity else "none: unknown client"
     lines.append(f"client:    {client_text} -> identity {who}")
@@ -95,6 +96,9 @@ def _describe(client_text: str, ctx: QueryContext) -> str:
         lines.append(f"from:      {explanation.origin()}")
     else:
         lines.append("decision:  refuse (no identity)" if ctx.identity is None else "decision:  none")
+    if ctx.question is not None and detector.enabled:
+        subject = ctx.client.certificate_identity or ctx.client.address
+        lines += detector.describe(ctx.identity, subject, split_name(ctx.question.name.labels))
     lines.append(f"outcome:   {ctx.kind.value if ctx.kind else 'none'}")
     if ctx.wire_response is None:
         lines.append("response:  (none: dropped)")

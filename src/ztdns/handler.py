@@ -23,13 +23,15 @@ from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
 from ztdns.client import ClientInfo
 from ztdns.config import Config, located, where
+from ztdns.detect import Detector
+from ztdns.detect.stage import DetectStage, FloodQuotaStage
 from ztdns.dnssec.trust import TrustAnchorError, TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
 from ztdns.model import Kind, Question, Resolver
 from ztdns.observe.metrics import Metrics
-from ztdns.observe.querylog import QueryLog
+from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.stage import Observer, ObserveStage
 from ztdns.pipeline import Asked, Next, QueryContext, Stage, chain
 from ztdns.policy import View, compile_views
@@ -79,6 +81,9 @@ def _asked_stages(
         # Identity comes only from the connection (address, verified certificate), never from the message;
         # unknown clients stop here with EDE 18 before any name is looked at.
         IdentifyStage(runtime.identities, runtime.views),
+        # Detection needs the identity; before policy and the cache so that limits and verdicts in force answer
+        # first, and it sees every answer (rcode, cache hit) on the way back.
+        DetectStage(runtime.detector),
         # Fixed answers no policy can override (the browser DoH canary).
         SpecialNamesStage(),
         # Default deny on the question itself, before anything is looked up anywhere.
@@ -98,8 +103,9 @@ def _asked_stages(
         # overrides and answer first; before the cache, so zone data is never cached and an update or key event
         # is visible to the next query.
         stages.append(AuthorityViewStage(authority))
-    # The cache before the resolver; it stores on the way back and serves stale when the resolver fails.
-    stages += [cache_stage, resolve_stage]
+    # The cache before the resolver; it stores on the way back and serves stale when the resolver fails. A
+    # flooded zone's fetches are rationed between the two, so its cached names keep answering.
+    stages += [cache_stage, FloodQuotaStage(runtime.detector), resolve_stage]
     return stages
 
 
@@ -113,6 +119,7 @@ class Runtime:
     local_zones: LocalZones
     observer: Observer
     replays: Replays
+    detector: Detector
     handler: Next | None = None
 
 
@@ -120,7 +127,7 @@ def _where_in_zone(config: Config, index: int, key: tuple[str | int, ...]) -> st
     return where(config, ("local_zones", index, *key))
 
 
-def compile_runtime(config: Config, observer: Observer, replays: Replays) -> Runtime:
+def compile_runtime(config: Config, observer: Observer, replays: Replays, detector: Detector | None = None) -> Runtime:
     zones = [
         load_zone(zone, config.base_dir, functools.partial(_where_in_zone, config, index))
         for index, zone in enumerate(config.local_zones)
@@ -132,6 +139,7 @@ def compile_runtime(config: Config, observer: Observer, replays: Replays) -> Run
         local_zones=LocalZones(zones),
         observer=observer,
         replays=replays,
+        detector=detector or Detector(config.detect),
     )
 
 
@@ -203,21 +211,20 @@ class Frontend:
         self.cache = MessageCache(config.cache)
         self.resolver_factory = resolver_factory
         self.resolver = resolver_factory(config)
-        self.querylog = _make_querylog(config)
+        self.outputs = make_outputs(config)
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.runtime, self.cache_stage = self._build(config, self.resolver, self.querylog)
+        self.detector = Detector(config.detect)  # its state survives reloads, like the cache
+        self.runtime, self.cache_stage = self._build(config, self.resolver, self.outputs)
+        self._bind_detector()
         self.metrics.register(self.cache)
+        self.metrics.register(self.detector)
         self.metrics.register(self)
 
-    def _build(
-        self, config: Config, resolver: Resolver | None, querylog: QueryLog | None
-    ) -> tuple[Runtime, CacheStage]:
+    def _build(self, config: Config, resolver: Resolver | None, outputs: Outputs) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
-        sinks = () if querylog is None else (querylog,)
-        runtime = compile_runtime(
-            config, Observer(self.metrics, sinks), Replays(config.cache.max_entries, self._prefetch)
-        )
+        observer = Observer(self.metrics, tuple(outputs.sinks), validating=config.dnssec.validation)
+        runtime = compile_runtime(config, observer, Replays(config.cache.max_entries, self._prefetch), self.detector)
         cache_stage = CacheStage(self.cache, resolver)
         runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
         return runtime, cache_stage
@@ -231,32 +238,44 @@ class Frontend:
         Compiling (list files can hold millions of names) runs in a thread so the event loop keeps answering.
         """
         old = self.runtime.config
-        querylog = _make_querylog(config) if config.log != old.log else self.querylog
+        outputs = make_outputs(config) if config.log != old.log else self.outputs
         changed = config.resolver != old.resolver or config.dnssec != old.dnssec
         resolver = self.resolver_factory(config) if changed else self.resolver
         try:
             runtime, cache_stage = await asyncio.get_running_loop().run_in_executor(
-                None, self._build, config, resolver, querylog
+                None, self._build, config, resolver, outputs
             )
         except BaseException:
-            await self._release(resolver, querylog)
+            await self._release(resolver, outputs)
             raise
-        old_resolver, old_querylog = self.resolver, self.querylog
-        self.resolver, self.querylog, self.cache_stage, self.runtime = resolver, querylog, cache_stage, runtime
+        old_resolver, old_outputs = self.resolver, self.outputs
+        self.resolver, self.outputs, self.cache_stage, self.runtime = resolver, outputs, cache_stage, runtime
         self.cache.reconfigure(config.cache)
-        await self._release(old_resolver, old_querylog)
+        self._bind_detector()
+        await self._release(old_resolver, old_outputs)
+
+    def _bind_detector(self) -> None:
+        """The detector follows the config in service; its events go to that config's observer."""
+        runtime = self.runtime
+        observer = runtime.observer
+        self.detector.configure(runtime.config.detect)
+        self.detector.emit = lambda fields: observer.event("detect", fields)
+        self.detector.on_block = self._drop_replays
+
+    def _drop_replays(self) -> None:
+        """A verdict now blocks some names: replays rendered before it must not answer them."""
+        self.runtime.replays.clear()
 
     def reopen_logs(self) -> None:
-        """The query log file is opened again by its name (log rotation), whatever else a reload does."""
-        if self.querylog is not None:
-            self.querylog.reopen()
+        """Log files are opened again by their names (log rotation), whatever else a reload does."""
+        self.outputs.reopen()
 
-    async def _release(self, resolver: Resolver | None, querylog: QueryLog | None) -> None:
-        """Close a resolver and query log unless they are the ones in service."""
+    async def _release(self, resolver: Resolver | None, outputs: Outputs) -> None:
+        """Close a resolver and sinks unless they are the ones in service."""
         if resolver is not None and resolver is not self.resolver:
             await resolver.close()
-        if querylog is not None and querylog is not self.querylog:
-            querylog.close()
+        if outputs is not self.outputs:
+            outputs.close()
 
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop."""
@@ -264,12 +283,16 @@ class Frontend:
         match = runtime.identities.match(client)
         if match is None and client.certificate_required:
             return None  # the refusal names the missing certificate: the identify stage writes it
+        identity = None if match is None else match.identity
         now = time.monotonic()
-        found = runtime.replays.answer(None if match is None else match.identity, wire, client.stream, now)
+        found = runtime.replays.answer(identity, wire, client.stream, now)
         if found is None:
             return None
+        detector = self.detector
+        if detector.enabled and not detector.admit_replay(identity, client):
+            return None  # over a rate limit or under a verdict: the pipeline's detect stage answers
         answer, replay = found
-        runtime.observer.record_answer(replay.answered, client, now)
+        runtime.observer.record_answer(replay.answered, client, now, wire, answer)
         return answer
 
     def _prefetch(self, question: Question, entry: CacheEntry) -> None:
@@ -307,11 +330,7 @@ class Frontend:
         yield CounterMetricFamily(
             "ztdns_cache_hits", "Answers served from cached data (replays included)", value=self._cache_hits()
         )
-        yield CounterMetricFamily(
-            "ztdns_querylog_dropped",
-            "Query log lines lost: the writer fell behind, or the output was full, closed or stalled",
-            value=self.querylog.dropped if self.querylog else 0,
-        )
+        yield from self.outputs.collect()
         if self.resolver is not None:
             yield from self.resolver.collect()
 
@@ -321,16 +340,4 @@ class Frontend:
     async def close(self) -> None:
         if self.resolver is not None:
             await self.resolver.close()
-        if self.querylog is not None:
-            self.querylog.close()
-
-
-def _make_querylog(config: Config) -> QueryLog | None:
-    output = config.log.query_log.output
-    if output == "off":
-        return None
-    path = output if output == "stdout" else str(config.base_dir / output)
-    try:
-        return QueryLog(path, config.log.query_log.queue)
-    except OSError as exc:
-        raise located(config, ("log", "query_log", "output"), f"cannot open {path!r}: {exc.strerror or exc}") from None
+        self.outputs.close()

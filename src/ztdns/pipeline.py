@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+import dns.edns
 import dns.message
 
 from ztdns.client import ClientInfo
@@ -50,6 +51,8 @@ class QueryContext:
     drop: bool = False  # send nothing (responses, garbage without a header)
     cache_hit: bool = False
     store: StoreHint | None = None  # may the answer be replayed, and how (None: never)
+    edns_options: tuple[dns.edns.Option, ...] = ()  # added to the answer's OPT record (a server cookie)
+    detection: str | None = None  # the text of the detection verdict this query met (logged, enforced or not)
     wire_response: bytes | None = None  # the bytes sent, set by the respond stage
 
 

@@ -178,6 +178,11 @@ class Replays:
             del table[next(iter(table))]
         table[tail] = (replay, name_end, limit)
 
+    def clear(self) -> None:
+        """Forget every replay (decisions changed: a detection verdict now blocks some answers)."""
+        self.tables.clear()
+        self.exact.clear()
+
     def _drop(self, identity: str | None, replay: Replay) -> None:
         """Forget an expired replay (not a newer one of the same question); exact entries pointing at it are
         dropped when next found."""

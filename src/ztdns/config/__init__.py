@@ -27,6 +27,7 @@ from ztdns.config.attestation import AttestationConfig
 from ztdns.config.authority import AuthorityConfig
 from ztdns.config.base import LocatedError, Section
 from ztdns.config.cache import CacheConfig
+from ztdns.config.detect import DetectConfig
 from ztdns.config.dnssec import DnssecConfig
 from ztdns.config.identity import IdentityConfig, UnknownClientsConfig
 from ztdns.config.listen import ListenConfig
@@ -69,6 +70,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     authority: AuthorityConfig = AuthorityConfig()
     attestation: AttestationConfig = AttestationConfig()
+    detect: DetectConfig = DetectConfig()
 
     # Where the file was read from: list files and zone files are relative to it; errors name it. Set by the
     # loader, not keys of the file.

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import dns.rdata
+import dns.rrset
 
+from ztdns.client import ClientInfo
 from ztdns.model import Kind
 
 _FROM_CACHE = frozenset({Kind.RESOLVED.value, Kind.CACHED.value})
@@ -34,9 +36,31 @@ class Answered:
     answers: tuple[dns.rdata.Rdata, ...] = ()  # A/AAAA records of the answer section (a sink makes them text)
     cache_hit: bool = False
     upstream: str | None = None
+    ede_text: str | None = None
+    records: tuple[dns.rrset.RRset, ...] = ()  # the whole answer section (CNAME chain included)
+    dnssec: str = "off"  # secure / insecure / bogus / off (not validating)
+    detection: str | None = None  # the detection verdict this query met, if any
+    # The metric labels (kind, rcode, identity, policy, decision, DNSSEC result, EDE of a bogus answer), made once.
+    labels: tuple[str, str, str, str, str, str, str] | None = None
     # The JSON members of the query log line, made by the log's writer thread the first time it needs them.
     json: str | None = None
+    json_details: str | None = None
     _replayed: Answered | None = None  # what replayed() made, kept: answers without details are shared
+
+    def metric_labels(self) -> tuple[str, str, str, str, str, str, str]:
+        labels = self.labels
+        if labels is None:
+            bogus = self.dnssec == "bogus" and self.ede is not None
+            labels = self.labels = (
+                self.kind,
+                self.rcode,
+                self.identity or "",
+                self.policy or "",
+                self.decision,
+                self.dnssec,
+                str(self.ede) if bogus else "",
+            )
+        return labels
 
     def replayed(self) -> Answered:
         """What a replay of this answer says: served from cache when it came from upstream or the cache."""
@@ -55,26 +79,46 @@ class Answered:
             self.ede,
             self.answers,
             cached,
+            None,
+            self.ede_text,
+            self.records,
+            self.dnssec,
+            None,  # a verdict met by the first query is not one met by its replays
         )
         return self._replayed
 
 
 @dataclass(slots=True)
 class QueryEvent:
-    """One answered (or dropped) query: who asked, over what, when, and the answer's facts."""
+    """One answered (or dropped) query: who asked (address, port, transport, certificate), when, the query and
+    answer bytes as sent (shared, not copied: dnstap carries them, the formats read the ID and size), and the
+    answer's facts."""
 
     time: float  # time.time() when answered
-    transport: str
-    client: str  # source address
-    certificate: str | None  # the verified client certificate's identity
+    client: ClientInfo
     answer: Answered
     latency: float  # seconds
+    query: bytes
+    response: bytes | None  # None: dropped
+
+
+@dataclass(slots=True)
+class SecurityEvent:
+    """Something observed about clients rather than one query (a detection verdict): ``kind`` names it
+    (``"detect"``), ``fields`` are its members, client-derived ones already escaped by whoever made them."""
+
+    time: float  # time.time()
+    kind: str
+    fields: dict[str, object]
+
+
+Event = QueryEvent | SecurityEvent
 
 
 class Sink(Protocol):
-    """Where query events go. ``put`` runs on the serving thread (event loop or UDP lane): it must not block
+    """Where events go. ``put`` runs on the serving thread (event loop or UDP lane): it must not block
     or format; a sink does its work on its own thread."""
 
-    def put(self, event: QueryEvent) -> None: ...
+    def put(self, event: Event) -> None: ...
 
     def close(self) -> None: ...

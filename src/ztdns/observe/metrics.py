@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -44,10 +44,12 @@ class Exporter(Protocol):
 class Shard:
     """One thread's counters: only its own thread writes them, so no increment is ever lost."""
 
-    __slots__ = ("latency_counts", "latency_sum", "queries")
+    __slots__ = ("answers", "latency_counts", "latency_sum", "queries")
 
     def __init__(self) -> None:
         self.queries: dict[tuple[str, str, str], int] = {}  # (transport, kind, rcode) → count
+        # The resolver's answers: (transport, Answered.metric_labels()) → count; summed into queries when read.
+        self.answers: dict[tuple[str, tuple[str, ...]], int] = {}
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
@@ -74,6 +76,19 @@ class Metrics:
         shard.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
         shard.latency_sum += latency
 
+    def count_answer(self, transport: str, labels: tuple[str, ...], latency: float) -> None:
+        """Count a resolver answer by all its labels (``Answered.metric_labels()``: one tuple per answer, shared
+        by its replays, so the key costs what the (transport, kind, rcode) one did)."""
+        try:
+            shard: Shard = self._local.shard
+        except AttributeError:
+            shard = self._new_shard()
+        key = (transport, labels)
+        answers = shard.answers
+        answers[key] = answers.get(key, 0) + 1
+        shard.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+        shard.latency_sum += latency
+
     def _new_shard(self) -> Shard:
         shard = Shard()
         self._local.shard = shard
@@ -89,10 +104,42 @@ class Metrics:
         for shard in shards:
             for key, value in list(shard.queries.items()):
                 total.queries[key] = total.queries.get(key, 0) + value
+            for (transport, labels), value in list(shard.answers.items()):
+                short = (transport, labels[0], labels[1])
+                total.queries[short] = total.queries.get(short, 0) + value
+                total.answers[transport, labels] = total.answers.get((transport, labels), 0) + value
             for index, value in enumerate(shard.latency_counts):
                 total.latency_counts[index] += value
             total.latency_sum += shard.latency_sum
         return total
+
+
+def _by_labels(totals: Shard) -> Iterator[Metric]:
+    """Decisions by identity and policy (names from the config only) and DNSSEC results by EDE code."""
+    decisions: dict[tuple[str, ...], int] = {}
+    dnssec: dict[tuple[str, ...], int] = {}
+    for (_, labels), value in totals.answers.items():
+        decision_key = labels[2:5]
+        decisions[decision_key] = decisions.get(decision_key, 0) + value
+        if labels[5] != "off":
+            dnssec_key = labels[5:7]
+            dnssec[dnssec_key] = dnssec.get(dnssec_key, 0) + value
+    family = CounterMetricFamily(
+        "ztdns_decisions",
+        "Answers by identity, policy and decision (allow, deny, refuse, none)",
+        labels=["identity", "policy", "decision"],
+    )
+    for key, value in sorted(decisions.items()):
+        family.add_metric(list(key), value)
+    yield family
+    family = CounterMetricFamily(
+        "ztdns_dnssec_answers",
+        "Answers by DNSSEC result (secure, insecure, bogus) and, for bogus ones, the EDE code",
+        labels=["result", "ede"],
+    )
+    for key, value in sorted(dnssec.items()):
+        family.add_metric(list(key), value)
+    yield family
 
 
 class MetricsCollector(Collector):
@@ -110,6 +157,7 @@ class MetricsCollector(Collector):
         for (transport, kind, rcode), value in sorted(totals.queries.items()):
             queries.add_metric([transport, kind, rcode], value)
         yield queries
+        yield from _by_labels(totals)
         yield histogram_family(
             "ztdns_query_latency_seconds",
             "Time from query received to answer ready",
@@ -119,3 +167,41 @@ class MetricsCollector(Collector):
         )
         for exporter in metrics.exporters:
             yield from exporter.collect()
+
+
+class ProcessInfo:
+    """Build info (version, code and config digests of the last measurement), reloads and the config generation.
+
+    ``digests`` returns (code digest, config digest) of the running process, or None before the first
+    measurement (docs/attestation.md); the daemon counts reloads with :meth:`reloaded`.
+    """
+
+    def __init__(self, version: str, digests: Callable[[], tuple[str, str] | None]) -> None:
+        self.version = version
+        self.digests = digests
+        self.reloads = {"success": 0, "failure": 0}
+        self.generation = 1  # the config in service: 1 at start, +1 with each reload that was swapped in
+
+    def reloaded(self, success: bool) -> None:
+        self.reloads["success" if success else "failure"] += 1
+        if success:
+            self.generation += 1
+
+    def collect(self) -> Iterator[Metric]:
+        digests = self.digests() or ("", "")
+        info = GaugeMetricFamily(
+            "ztdns_build_info",
+            "Always 1: the version, and the code and config digests measured (empty before the first measurement)",
+            labels=["version", "code_digest", "config_digest"],
+        )
+        info.add_metric([self.version, *digests], 1)
+        yield info
+        reloads = CounterMetricFamily("ztdns_reloads", "Config reloads (SIGHUP), by result", labels=["result"])
+        for result, count in sorted(self.reloads.items()):
+            reloads.add_metric([result], count)
+        yield reloads
+        yield GaugeMetricFamily(
+            "ztdns_config_generation",
+            "The config in service: 1 at start, one more with each reload",
+            value=self.generation,
+        )

@@ -17,9 +17,10 @@ import dns.rdatatype
 
 from ztdns.client import ClientInfo
 from ztdns.model import EDE, Kind, Question, Reason
-from ztdns.observe.events import Answered, QueryEvent, Sink
+from ztdns.observe.events import Answered, QueryEvent, SecurityEvent, Sink
 from ztdns.observe.metrics import Metrics
 from ztdns.pipeline import Next, QueryContext
+from ztdns.wire.header import AD
 from ztdns.wire.query import name_key
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ security_log = logging.getLogger("ztdns.dnssec")
 # A failure of one name, type and code is logged at most this often (a client asking again must not flood the log).
 BOGUS_LOG_INTERVAL = 60.0
 _BOGUS_MEMO = 10_000
+_LABELS_MEMO = 10_000  # label sets are bounded by the config (identities × policies × …); this only guards it
 
 # The header's four rcode bits as log text, made once (dnspython's enum lookups cost µs a query).
 _RCODE_TEXT = tuple(dns.rcode.to_text(dns.rcode.Rcode.make(value)) for value in range(16))
@@ -59,24 +61,34 @@ def _addresses(response: dns.message.Message | None) -> tuple[dns.rdata.Rdata, .
 class Observer:
     """Counts metrics and hands events to the sinks, for pipeline runs and replays alike."""
 
-    def __init__(self, metrics: Metrics, sinks: tuple[Sink, ...] = ()) -> None:
+    def __init__(self, metrics: Metrics, sinks: tuple[Sink, ...] = (), validating: bool = False) -> None:
         self.metrics = metrics
         self.sinks = sinks
+        self.validating = validating  # DNSSEC status of answers: "off" when nothing validates
         self._bogus_logged: dict[tuple[str, int, int], float] = {}
-        # Without sinks an answer is only its labels: one shared Answered per (kind, rcode), not one per query.
-        self._labels: dict[tuple[str, str], Answered] = {}
+        # Without sinks an answer is only its metric labels: one shared Answered per label set, not one per query.
+        self._labels: dict[tuple[str, str, str | None, str | None, str, str, int | None], Answered] = {}
 
     def answered(self, ctx: QueryContext) -> Answered:
         """The facts of a pipeline's answer; only the labels when no sink will read the rest."""
         kind = (ctx.kind or Kind.FAILED).value
         rcode = _rcode(ctx)
-        if not self.sinks:
-            labels = self._labels.get((kind, rcode))
-            if labels is None:
-                labels = self._labels[kind, rcode] = Answered(kind, rcode)
-            return labels
         question = ctx.question
         decision = ctx.decision
+        if not self.sinks:
+            policy = None if decision is None else decision.policy
+            ede = None if ctx.reason is None else int(ctx.reason.ede)
+            key = (kind, rcode, ctx.identity, policy, _decision(ctx), self._dnssec(ctx), ede)
+            labels = self._labels.get(key)
+            if labels is None:
+                if len(self._labels) >= _LABELS_MEMO:
+                    self._labels.clear()
+                labels = self._labels[key] = Answered(
+                    kind, rcode, identity=key[2], decision=key[4], policy=policy, ede=ede, dnssec=key[5]
+                )
+            return labels
+        response = ctx.response
+        reason = ctx.reason
         return Answered(
             kind,
             rcode,
@@ -86,17 +98,29 @@ class Observer:
             decision=_decision(ctx),
             policy=None if decision is None else decision.policy,
             rule=None if decision is None else decision.rule,
-            ede=None if ctx.reason is None else int(ctx.reason.ede),
-            answers=_addresses(ctx.response),
+            ede=None if reason is None else int(reason.ede),
+            answers=_addresses(response),
             cache_hit=ctx.cache_hit,
             upstream=ctx.upstream,
+            ede_text=None if reason is None else reason.text,
+            records=() if response is None else tuple(response.answer),
+            dnssec=self._dnssec(ctx),
+            detection=ctx.detection,
         )
+
+    def _dnssec(self, ctx: QueryContext) -> str:
+        if ctx.kind is Kind.BOGUS:
+            return "bogus"
+        if not self.validating:
+            return "off"
+        wire = ctx.wire_response
+        return "secure" if wire is not None and len(wire) >= 4 and wire[3] & AD else "insecure"
 
     def record(self, ctx: QueryContext) -> None:
         answered = self.answered(ctx)
         if ctx.store is not None:
             ctx.store.answered = answered  # what replays of this answer will say
-        self.record_answer(answered, ctx.client, ctx.started)
+        self.record_answer(answered, ctx.client, ctx.started, ctx.wire, ctx.wire_response)
         if ctx.kind is Kind.BOGUS and ctx.question is not None:
             self._bogus(ctx.question, ctx.reason)
 
@@ -123,13 +147,23 @@ class Observer:
             extra={"event": "dnssec_bogus", "qname": str(question.name), "qtype": qtype, "ede": ede, "text": text},
         )
 
-    def record_answer(self, answered: Answered, client: ClientInfo, started: float) -> None:
-        """Count one answer and hand its event to the sinks; ``started`` is its time.monotonic() start."""
+    def event(self, kind: str, fields: dict[str, object]) -> None:
+        """A security event (a detection verdict) for the sinks: the query log writes it as ``"event": kind``."""
+        if self.sinks:
+            event = SecurityEvent(time.time(), kind, fields)
+            for sink in self.sinks:
+                sink.put(event)
+
+    def record_answer(
+        self, answered: Answered, client: ClientInfo, started: float, query: bytes, response: bytes | None
+    ) -> None:
+        """Count one answer and hand its event to the sinks; ``started`` is its time.monotonic() start, ``query``
+        and ``response`` the bytes received and sent (kept by reference: sinks read them on their threads)."""
         latency = time.monotonic() - started
         transport = client.transport  # a StrEnum: its own label
-        self.metrics.count(transport, answered.kind, answered.rcode, latency)
+        self.metrics.count_answer(transport, answered.labels or answered.metric_labels(), latency)
         if self.sinks:
-            event = QueryEvent(time.time(), transport, client.address, client.certificate_identity, answered, latency)
+            event = QueryEvent(time.time(), client, answered, latency, query, response)
             for sink in self.sinks:
                 sink.put(event)
 

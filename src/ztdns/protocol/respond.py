@@ -54,9 +54,10 @@ class RespondStage:
         version, ednsflags = edns_of(query)
         opt = None
         if version >= 0:
-            options: tuple[dns.edns.Option, ...] = ()
+            options = ctx.edns_options
             if ctx.reason is not None:
-                options = (dns.edns.EDEOption(dns.edns.EDECode.make(int(ctx.reason.ede)), ctx.reason.text or None),)
+                ede = dns.edns.EDEOption(dns.edns.EDECode.make(int(ctx.reason.ede)), ctx.reason.text or None)
+                options = (*options, ede)
             opt = Opt(UDP_PAYLOAD, (rcode >> 4) << 24 | (ednsflags & DO), options)
         elif rcode > 0xF:  # what dnspython's set_rcode does without EDNS: an OPT record only for the extended bits
             opt = Opt(dns.message.DEFAULT_EDNS_PAYLOAD, (rcode >> 4) << 24)

@@ -1,0 +1,238 @@
+"""The dnstap sink: protobuf messages (the dnstap.proto schema, encoded by hand: a few fields of two messages)
+over Frame Streams (bidirectional: READY/ACCEPT/START handshake, data frames, STOP/FINISH), to a unix socket or
+TCP, reconnecting when the collector goes away (at most once a second; events meanwhile are dropped and counted).
+
+Each query makes a CLIENT_QUERY and a CLIENT_RESPONSE message carrying the bytes received and sent, the client's
+address and port, the transport, and the times; ``identity`` is the instance name, ``version`` ztdns's version.
+With privacy ``pseudonymised`` the address is ipcrypt-deterministic and the port keyed-hashed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+from ztdns.observe.events import Event, QueryEvent
+from ztdns.observe.privacy import Pseudonyms
+from ztdns.observe.sinks import QueueSink
+
+CONTENT_TYPE = b"protobuf:dnstap.Dnstap"
+
+# Frame Streams control frame types and the content-type field.
+CONTROL_ACCEPT = 0x01
+CONTROL_START = 0x02
+CONTROL_STOP = 0x03
+CONTROL_READY = 0x04
+CONTROL_FINISH = 0x05
+FIELD_CONTENT_TYPE = 0x01
+
+# dnstap.proto enums.
+DNSTAP_MESSAGE = 1
+AUTH_QUERY, AUTH_RESPONSE, RESOLVER_QUERY, RESOLVER_RESPONSE, CLIENT_QUERY, CLIENT_RESPONSE = 1, 2, 3, 4, 5, 6
+INET, INET6 = 1, 2
+PROTOCOLS = {"udp": 1, "tcp": 2, "dot": 3, "doh": 4, "doq": 7}
+
+RECONNECT_INTERVAL = 1.0
+SEND_TIMEOUT = 2.0  # a collector that stops reading stalls only this thread, for at most this long per batch
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def field_varint(number: int, value: int) -> bytes:
+    return varint(number << 3) + varint(value)
+
+
+def field_bytes(number: int, value: bytes) -> bytes:
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def field_fixed32(number: int, value: int) -> bytes:
+    return varint(number << 3 | 5) + struct.pack("<I", value)
+
+
+def message(
+    kind: int,
+    family: int,
+    protocol: int,
+    address: bytes,
+    port: int,
+    when: float,
+    wire: bytes,
+    query_time: float | None = None,
+) -> bytes:
+    """A dnstap ``Message``: a query (``wire`` is query_message, at ``when``) or a response (response_message at
+    ``when``, with the query's time)."""
+    response = kind in (AUTH_RESPONSE, RESOLVER_RESPONSE, CLIENT_RESPONSE)
+    out = [
+        field_varint(1, kind),
+        field_varint(2, family),
+        field_varint(3, protocol),
+        field_bytes(4, address),
+        field_varint(6, port),
+    ]
+    started = when if query_time is None else query_time
+    out += [field_varint(8, int(started)), field_fixed32(9, int(started % 1 * 1e9))]
+    if response:
+        out += [field_varint(12, int(when)), field_fixed32(13, int(when % 1 * 1e9)), field_bytes(14, wire)]
+    else:
+        out.append(field_bytes(10, wire))
+    return b"".join(out)
+
+
+def dnstap(identity: bytes, version: bytes, payload: bytes) -> bytes:
+    """A ``Dnstap`` envelope of one message."""
+    return (
+        field_bytes(1, identity) + field_bytes(2, version) + field_varint(15, DNSTAP_MESSAGE) + field_bytes(14, payload)
+    )
+
+
+def data_frame(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+def control_frame(kind: int, content_type: bytes | None = CONTENT_TYPE) -> bytes:
+    body = struct.pack("!I", kind)
+    if content_type is not None:
+        body += struct.pack("!II", FIELD_CONTENT_TYPE, len(content_type)) + content_type
+    return struct.pack("!II", 0, len(body)) + body
+
+
+def read_control(sock: socket.socket) -> int:
+    """Read one control frame; its type."""
+    head = _read(sock, 8)
+    escape, length = struct.unpack("!II", head)
+    if escape != 0 or not 4 <= length <= 512:
+        raise OSError("not a Frame Streams control frame")
+    body = _read(sock, length)
+    return int(struct.unpack("!I", body[:4])[0])
+
+
+def _read(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise OSError("the collector closed the connection")
+        data += chunk
+    return data
+
+
+def _address(text: str) -> tuple[int, bytes]:
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return INET, bytes(4)
+    return (INET if address.version == 4 else INET6), address.packed
+
+
+class DnstapSink(QueueSink):
+    kind = "dnstap"
+
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        identity: str,
+        version: str,
+        unix: str | None = None,
+        tcp: tuple[str, int] | None = None,
+        pseudonyms: Pseudonyms | None = None,
+    ) -> None:
+        super().__init__(name, limit)
+        self.unix = unix
+        self.tcp = tcp
+        self.identity = identity.encode()
+        self.version = version.encode()
+        self.pseudonyms = pseudonyms
+        self.connected = False
+        self.connects = 0
+        self._sock: socket.socket | None = None
+        self._last_attempt = float("-inf")
+        self.start()
+
+    def _connect(self, now: float) -> socket.socket | None:
+        if self._sock is not None:
+            return self._sock
+        if now - self._last_attempt < RECONNECT_INTERVAL:
+            return None
+        self._last_attempt = now
+        family = socket.AF_UNIX if self.unix is not None else socket.AF_INET6 if ":" in self.tcp[0] else socket.AF_INET  # type: ignore[index]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(SEND_TIMEOUT)
+        try:
+            sock.connect(self.unix if self.unix is not None else self.tcp)  # type: ignore[arg-type]
+            sock.sendall(control_frame(CONTROL_READY))
+            if read_control(sock) != CONTROL_ACCEPT:
+                raise OSError("the collector did not accept the content type")
+            sock.sendall(control_frame(CONTROL_START))
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self.connected = True
+        self.connects += 1
+        return sock
+
+    def frames(self, event: QueryEvent) -> bytes:
+        client = event.client
+        family, address = _address(client.address)
+        port = client.port
+        if self.pseudonyms is not None:
+            family, address = INET6, self.pseudonyms.address_bytes(client.address)
+            port = self.pseudonyms.port(port)
+        protocol = PROTOCOLS.get(str(client.transport), 1)
+        started = event.time - event.latency
+        out = data_frame(
+            dnstap(
+                self.identity,
+                self.version,
+                message(CLIENT_QUERY, family, protocol, address, port, started, event.query),
+            )
+        )
+        if event.response is not None:
+            response = message(CLIENT_RESPONSE, family, protocol, address, port, event.time, event.response, started)
+            out += data_frame(dnstap(self.identity, self.version, response))
+        return out
+
+    def emit(self, batch: list[Event], now: float) -> None:
+        queries = [event for event in batch if isinstance(event, QueryEvent)]  # security events are not DNS messages
+        if not queries:
+            return
+        try:
+            sock = self._connect(now)
+        except OSError:
+            sock = None
+        if sock is None:
+            self.dropped += len(queries)
+            return
+        try:
+            sock.sendall(b"".join(self.frames(event) for event in queries))
+        except OSError:
+            self._disconnect()
+            raise
+        self.written += len(queries)
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self.connected = False
+
+    def shutdown(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.sendall(control_frame(CONTROL_STOP, None))
+            read_control(sock)  # FINISH
+        except OSError:
+            pass
+        self._disconnect()

@@ -1,0 +1,353 @@
+"""Record formats of query events: ``native`` (the query log's own fields), ``ecs`` (Elastic Common Schema) and
+``ocsf`` (OCSF DNS Activity, class 4003), each with the privacy of its sink applied as the record is made.
+
+Every format carries what an investigation needs: query name and type, rcode, EDE code and text, the CNAME chain,
+every answer record, DNSSEC status, query ID, client address and port, response size, transport, certificate
+identity, identity and policy, decision, detection verdict, and the instance name. Made on a sink's thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import dns.rdatatype
+import dns.rrset
+
+from ztdns.observe.events import Answered, Event, QueryEvent, SecurityEvent
+from ztdns.observe.privacy import Pseudonyms
+
+ECS_VERSION = "8.11.0"
+OCSF_VERSION = "1.1.0"
+OCSF_DNS_ACTIVITY = 4003
+OCSF_NETWORK_ACTIVITY = 4
+OCSF_RESPONSE = 2  # activity_id: the record describes an answered query
+
+
+def line(event: QueryEvent, clock: Clock, instance: str) -> str:
+    """The native line with full privacy, made without a dict per query; key order and spelling are the
+    documented query log format (the members of the answer are made once per answer, replays share them)."""
+    client = event.client
+    certificate = client.certificate_identity
+    proven = "null" if certificate is None else json.dumps(certificate)
+    query, response = event.query, event.response
+    qid = "null" if len(query) < 2 else query[0] << 8 | query[1]
+    return (
+        f'{{"time": "{clock.format(event.time)}", "transport": "{client.transport}", '
+        f'"client": {json.dumps(client.address)}, "certificate": {proven}, {members(event.answer)}, '
+        f'"latency_ms": {event.latency * 1000:.3f}, "client_port": {client.port}, "query_id": {qid}, '
+        f'"response_size": {0 if response is None else len(response)}, {details(event.answer)}, '
+        f'"instance": {json.dumps(instance)}}}'
+    )
+
+
+def members(answer: Answered) -> str:
+    """The answer's JSON members up to ``upstream``, made once per answer (replays share it)."""
+    made = answer.json
+    if made is None:
+        made = answer.json = json.dumps(
+            {
+                "identity": answer.identity,
+                "qname": answer.qname,
+                "qtype": answer.qtype,
+                "decision": answer.decision,
+                "kind": answer.kind,
+                "policy": answer.policy,
+                "rule": answer.rule,
+                "rcode": answer.rcode,
+                "ede": answer.ede,
+                "answers": resolved(answer),
+                "cache_hit": answer.cache_hit,
+                "upstream": answer.upstream,
+            }
+        )[1:-1]
+    return made
+
+
+def details(answer: Answered) -> str:
+    """The answer's further members (EDE text, records, CNAME chain, DNSSEC, detection), made once per answer."""
+    made = answer.json_details
+    if made is None:
+        made = answer.json_details = json.dumps(
+            {
+                "ede_text": answer.ede_text,
+                "records": records(answer),
+                "cname_chain": cname_chain(answer),
+                "dnssec": answer.dnssec,
+                "detection": answer.detection,
+            }
+        )[1:-1]
+    return made
+
+
+class Clock:
+    """ISO 8601 timestamps with milliseconds, re-formatting the seconds part once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+
+def records(answer: Answered) -> list[dict[str, object]]:
+    """Every record of the answer section as name, type, class, TTL and data (made once per answer)."""
+    return [
+        {
+            "name": rrset.name.to_text().lower(),
+            "type": dns.rdatatype.to_text(rrset.rdtype),
+            "class": "IN",
+            "ttl": rrset.ttl,
+            "data": rdata.to_text(),
+        }
+        for rrset in answer.records
+        for rdata in rrset
+    ]
+
+
+def cname_chain(answer: Answered) -> list[str]:
+    return [
+        rdata.to_text().lower() for rrset in answer.records if rrset.rdtype == dns.rdatatype.CNAME for rdata in rrset
+    ]
+
+
+def resolved(answer: Answered) -> list[str]:
+    return [rdata.to_text() for rdata in answer.answers]
+
+
+def _rrsets_rcode(event: QueryEvent) -> tuple[int | None, int | None, int]:
+    """(query ID, rcode number, response size) from the bytes as received and sent."""
+    query, response = event.query, event.response
+    qid = int.from_bytes(query[:2], "big") if len(query) >= 2 else None
+    rcode = response[3] & 0xF if response is not None and len(response) >= 4 else None
+    return qid, rcode, 0 if response is None else len(response)
+
+
+class Who:
+    """The client fields of a record, with the sink's privacy applied (None: full)."""
+
+    def __init__(self, pseudonyms: Pseudonyms | None) -> None:
+        self.pseudonyms = pseudonyms
+
+    def address(self, event: QueryEvent) -> str:
+        address = event.client.address
+        return address if self.pseudonyms is None else self.pseudonyms.address(address)
+
+    def port(self, event: QueryEvent) -> int:
+        port = event.client.port
+        return port if self.pseudonyms is None else self.pseudonyms.port(port)
+
+    def certificate(self, event: QueryEvent) -> str | None:
+        certificate = event.client.certificate_identity
+        if certificate is None or self.pseudonyms is None:
+            return certificate
+        return self.pseudonyms.text(certificate)
+
+
+def native(event: QueryEvent, who: Who, instance: str, clock: Clock) -> dict[str, object]:
+    answer = event.answer
+    qid, _, size = _rrsets_rcode(event)
+    return {
+        "time": clock.format(event.time),
+        "transport": str(event.client.transport),
+        "client": who.address(event),
+        "certificate": who.certificate(event),
+        "identity": answer.identity,
+        "qname": answer.qname,
+        "qtype": answer.qtype,
+        "decision": answer.decision,
+        "kind": answer.kind,
+        "policy": answer.policy,
+        "rule": answer.rule,
+        "rcode": answer.rcode,
+        "ede": answer.ede,
+        "answers": resolved(answer),
+        "cache_hit": answer.cache_hit,
+        "upstream": answer.upstream,
+        "latency_ms": round(event.latency * 1000, 3),
+        "client_port": who.port(event),
+        "query_id": qid,
+        "response_size": size,
+        "ede_text": answer.ede_text,
+        "records": records(answer),
+        "cname_chain": cname_chain(answer),
+        "dnssec": answer.dnssec,
+        "detection": answer.detection,
+        "instance": instance,
+    }
+
+
+def ecs(event: QueryEvent, who: Who, instance: str, clock: Clock) -> dict[str, object]:
+    """Elastic Common Schema: ``dns.*``, ``source.*``, ``network.*``, ``tls.client.*``, ``observer.*``,
+    ``event.*``, ``rule.*``; what ECS has no field for is under ``ztdns.*`` (custom fields stay in a namespace)."""
+    answer = event.answer
+    qid, _, size = _rrsets_rcode(event)
+    transport = str(event.client.transport)
+    address = who.address(event)
+    record: dict[str, object] = {
+        "@timestamp": clock.format(event.time),
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": "event",
+            "category": ["network"],
+            "type": ["protocol", "denied" if answer.decision in ("deny", "refuse") else "allowed"],
+            "action": answer.decision,
+            "outcome": "success" if answer.rcode in ("NOERROR", "NXDOMAIN") else "failure",
+            "duration": int(event.latency * 1e9),
+            "dataset": "ztdns.queries",
+        },
+        "dns": {
+            "type": "answer",
+            "id": None if qid is None else str(qid),
+            "op_code": "QUERY",
+            "response_code": answer.rcode,
+            "question": {"name": (answer.qname or "").rstrip(".") or None, "type": answer.qtype, "class": "IN"},
+            "answers": records(answer),
+            "resolved_ip": resolved(answer),
+        },
+        "source": {"ip": address, "address": address, "port": who.port(event)},
+        "network": {
+            "protocol": "dns",
+            "transport": "udp" if transport in ("udp", "doq") else "tcp",
+            "application": transport,
+        },
+        "observer": {"name": instance, "product": "ztdns", "vendor": "ztdns", "type": "dns"},
+        "rule": {"name": answer.rule, "ruleset": answer.policy},
+        "ztdns": _extra(answer, size),
+    }
+    certificate = who.certificate(event)
+    if certificate is not None:
+        record["tls"] = {"client": {"x509": {"alternative_names": [certificate]}}}
+    return record
+
+
+def ocsf(event: QueryEvent, who: Who, instance: str, clock: Clock) -> dict[str, object]:
+    """OCSF DNS Activity (class 4003, category 4 Network Activity), activity 2 (Response); what the class has no
+    attribute for is in ``unmapped``."""
+    answer = event.answer
+    qid, rcode, size = _rrsets_rcode(event)
+    millis = int(event.time * 1000)
+    transport = str(event.client.transport)
+    record: dict[str, object] = {
+        "class_uid": OCSF_DNS_ACTIVITY,
+        "class_name": "DNS Activity",
+        "category_uid": OCSF_NETWORK_ACTIVITY,
+        "category_name": "Network Activity",
+        "activity_id": OCSF_RESPONSE,
+        "activity_name": "Response",
+        "type_uid": OCSF_DNS_ACTIVITY * 100 + OCSF_RESPONSE,
+        "severity_id": 1,
+        "status_id": 1 if answer.rcode in ("NOERROR", "NXDOMAIN") else 2,
+        "time": millis,
+        "duration": int(event.latency * 1000),
+        "metadata": {
+            "version": OCSF_VERSION,
+            "product": {"name": "ztdns", "vendor_name": "ztdns"},
+            "logged_time": millis,
+        },
+        "query": {
+            "hostname": (answer.qname or "").rstrip(".") or None,
+            "type": answer.qtype,
+            "class": "IN",
+            "packet_uid": qid,
+        },
+        "answers": [
+            {"rdata": item["data"], "type": item["type"], "class": "IN", "ttl": item["ttl"], "packet_uid": qid}
+            for item in records(answer)
+        ],
+        "rcode": answer.rcode,
+        "rcode_id": 99 if rcode is None else rcode,
+        "src_endpoint": {"ip": who.address(event), "port": who.port(event)},
+        "dst_endpoint": {"hostname": instance},
+        "connection_info": {"protocol_name": "udp" if transport in ("udp", "doq") else "tcp", "direction_id": 1},
+        "observables": [],
+        "unmapped": {**_extra(answer, size), "transport": transport, "certificate": who.certificate(event)},
+    }
+    return record
+
+
+def _extra(answer: Answered, size: int) -> dict[str, object]:
+    return {
+        "identity": answer.identity,
+        "policy": answer.policy,
+        "kind": answer.kind,
+        "ede": {"code": answer.ede, "text": answer.ede_text},
+        "cname_chain": cname_chain(answer),
+        "dnssec": answer.dnssec,
+        "detection": answer.detection,
+        "cache_hit": answer.cache_hit,
+        "upstream": answer.upstream,
+        "response_size": size,
+    }
+
+
+FORMATS: dict[str, Callable[[QueryEvent, Who, str, Clock], dict[str, object]]] = {
+    "native": native,
+    "ecs": ecs,
+    "ocsf": ocsf,
+}
+
+
+class Formatter:
+    """Turns events into text records for one sink (format and privacy fixed): JSON objects, one per event."""
+
+    def __init__(self, format_name: str, pseudonyms: Pseudonyms | None, instance: str) -> None:
+        self.format_name = format_name
+        self.make = FORMATS[format_name]
+        self.who = Who(pseudonyms)
+        self.instance = instance
+        self.clock = Clock()
+        # The query log's own line (native, full privacy) is made without building a dict per query.
+        self.fast = format_name == "native" and pseudonyms is None
+
+    def text(self, event: Event) -> str:
+        if isinstance(event, SecurityEvent):
+            if self.format_name == "native":
+                return json.dumps({"time": self.clock.format(event.time), "event": event.kind, **event.fields})
+            return json.dumps(self.security(event))
+        if self.fast:
+            return line(event, self.clock, self.instance)
+        return json.dumps(self.make(event, self.who, self.instance, self.clock))
+
+    def aggregate(self, record: dict[str, object]) -> str:
+        """A window's counts (privacy ``aggregate``): the same members whatever the format."""
+        return json.dumps(
+            {"time": self.clock.format(time.time()), "event": "aggregate", **record, "instance": self.instance}
+        )
+
+    def security(self, event: SecurityEvent) -> dict[str, object]:
+        """A security event (a detection verdict) in the sink's format."""
+        stamp = self.clock.format(event.time)
+        if self.format_name == "ecs":
+            return {
+                "@timestamp": stamp,
+                "ecs": {"version": ECS_VERSION},
+                "event": {"kind": "alert", "category": ["network", "intrusion_detection"], "dataset": "ztdns.detect"},
+                "observer": {"name": self.instance, "product": "ztdns", "vendor": "ztdns", "type": "dns"},
+                "message": event.fields.get("text"),
+                "ztdns": {"event": event.kind, **event.fields},
+            }
+        millis = int(event.time * 1000)
+        return {  # OCSF Detection Finding (class 2004)
+            "class_uid": 2004,
+            "category_uid": 2,
+            "activity_id": 1,
+            "type_uid": 200401,
+            "severity_id": 3,
+            "time": millis,
+            "metadata": {"version": OCSF_VERSION, "product": {"name": "ztdns", "vendor_name": "ztdns"}},
+            "finding_info": {"title": f"{event.kind} {event.fields.get('detector', '')}".strip(), "uid": str(millis)},
+            "message": event.fields.get("text"),
+            "unmapped": {"event": event.kind, **event.fields},
+        }
+
+
+def stamp(now: float) -> str:
+    """RFC 3339 UTC time with microseconds (syslog's TIMESTAMP)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"

@@ -1,0 +1,3 @@
+from fixtures.tls import pki
+
+__all__ = ["pki"]
