@@ -1,10 +1,17 @@
 """Do53 over UDP: ztdns (policy on, forwarding, answers from cache after warm-up, one worker) vs Unbound
-(one thread, the same names as local-data), measured with dnsperf in one run, alternating, with the ratio.
+(one thread, the same names as local-data, no query log), measured with dnsperf over a grid of load shapes,
+alternating, with the worst ratio over the grid and each server's CPU per query.
 
-    .venv/bin/python bench/do53.py [--names 1000] [--seconds 10] [--rounds 3] [--clients 8] [--no-pin]
-                                   [--detect off|observe|enforce]
+    .venv/bin/python bench/do53.py [--names 1000] [--seconds 5] [--rounds 2] [--grid full|1x64,4x256,...]
+                                   [--query-log file|off|both] [--detect off|observe|enforce] [--no-pin]
 
-Both servers are started by this script on free loopback ports and stopped at the end. ztdns forwards to a
+ztdns runs in the default configuration first: the query log on, the default JSON sink writing to a file
+(``--query-log file``); ``--query-log both`` adds a second ztdns with the log off, alternating with the first, and
+prints what the log costs per answer (the difference of the two servers' CPU per query, whole process: serving
+thread and log writer) — the log-cost bench. ``ZTDNS_UDP_BATCH=0`` in the environment runs ztdns's pure-Python
+UDP lane instead of the batched one (``--lanes both`` starts one of each, for an A/B comparison in one run).
+
+All servers are started by this script on free loopback ports and stopped at the end. ztdns forwards to a
 third process (an Unbound holding the names) that is idle during measurement: every measured answer is a
 cache hit of an allowed name, so this measures ztdns's hot path, not the upstream.
 """
@@ -12,16 +19,17 @@ cache hit of an allowed name, so this measures ztdns's hot path, not the upstrea
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from dnsperf_run import DnsperfResult, can_pin, dnsperf_command, pin_process, pinned, run_dnsperf
+from dnsperf_run import Contender, compare_grid, dnsperf_command, parse_grid, run_dnsperf_async, shaped
 from fixtures.unbound import UnboundServer, free_port
 
 
@@ -29,12 +37,9 @@ def names(count: int) -> list[str]:
     return [f"host{i}.bench.test" for i in range(count)]
 
 
-def dnsperf(port: int, data: Path, seconds: int, clients: int, pin: bool) -> DnsperfResult:
-    command = dnsperf_command("127.0.0.1", port, data, seconds=seconds, clients=clients)
-    return run_dnsperf(pinned(command) if pin else command)
-
-
-def ztdns_config(port: int, upstream: str, detect: str = "off") -> str:
+def ztdns_config(port: int, upstream: str, query_log: Path | None, detect: str | None = None) -> str:
+    log = f'output = "{query_log}"' if query_log is not None else 'output = "off"'
+    detect_section = f'[detect]\nmode = "{detect}"' if detect is not None else ""  # None: the default config
     return f"""
 [[listen]]
 transport = "udp"
@@ -55,27 +60,66 @@ deny = ["**.ads.bench.test"]
 validation = false  # the upstream serves unsigned private names
 
 [log.query_log]
-output = "off"
+{log}
 
 [metrics]
 enabled = false
 
-[detect]
-mode = "{detect}"
+{detect_section}
 """
 
 
-def main() -> int:
+class Ztdns:
+    """``ztdns serve`` on a free port, its query log to ``query_log`` (None: off)."""
+
+    def __init__(
+        self, directory: Path, label: str, upstream: str, query_log: Path | None, batch: bool, detect: str | None
+    ) -> None:
+        self.label = label
+        self.port = free_port()
+        conf = directory / f"{label}.toml"
+        conf.write_text(ztdns_config(self.port, upstream, query_log, detect))
+        env = {**os.environ, "ZTDNS_UDP_BATCH": "1" if batch else "0"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ztdns", "serve", "--config", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert self.process.stderr is not None
+        while "listening" not in (self.process.stderr.readline() or "listening"):
+            pass
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(10)
+
+
+async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--names", type=int, default=1000)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin dnsperf and the servers to CPUs")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server and load shape")
     parser.add_argument(
-        "--detect", default="off", choices=["off", "observe", "enforce"], help="[detect] mode of ztdns (default off)"
+        "--clients", type=int, help="one load shape, dnsperf -c CLIENTS -q 256 (the bench before the grid)"
     )
+    parser.add_argument(
+        "--grid", default="full", help="load shapes CLIENTSxOUTSTANDING,... (full: 1/4/16 × 64/256/1024)"
+    )
+    parser.add_argument("--query-log", choices=["file", "off", "both"], default="file")
+    parser.add_argument(
+        "--lanes", choices=["default", "both"], default="default", help="both: batched and pure-Python UDP lanes"
+    )
+    parser.add_argument(
+        "--detect", choices=["off", "observe", "enforce"], help="[detect] mode of ztdns (default: the config's default)"
+    )
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin dnsperf and the servers to CPUs")
     args = parser.parse_args()
+    if args.clients is not None:
+        args.grid = f"{args.clients}x256"
+    grid = parse_grid(args.grid)
+    default_batch = os.environ.get("ZTDNS_UDP_BATCH", "1") != "0"
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         data = directory / "queries.txt"
@@ -83,44 +127,46 @@ def main() -> int:
         local_data = [f"{name}. 300 IN A 192.0.2.{i % 250 + 1}" for i, name in enumerate(names(args.names))]
         upstream = UnboundServer.start(directory / "upstream", local_data, zones=("bench.test.",))
         peer = UnboundServer.start(directory / "peer", local_data, zones=("bench.test.",))  # num-threads: 1
-        port = free_port()
-        (directory / "ztdns.toml").write_text(ztdns_config(port, upstream.address, args.detect))
-        ztdns = subprocess.Popen(
-            [sys.executable, "-m", "ztdns", "serve", "--config", str(directory / "ztdns.toml")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        logs = {"file": [True], "off": [False], "both": [True, False]}[args.query_log]
+        lanes = [default_batch] if args.lanes == "default" else [True, False]
+        servers: dict[tuple[bool, bool], Ztdns] = {}  # by (log on, batched lane)
         try:
-            assert ztdns.stderr is not None
-            while "listening" not in (ztdns.stderr.readline() or "listening"):
-                pass
-            time.sleep(0.5)
-            if args.pin and can_pin():
-                pin_process(ztdns.pid)
-                pin_process(peer.process.pid)
-            else:
-                args.pin = False
-            dnsperf(port, data, 2, args.clients, args.pin)  # warm-up: every name into the cache and the replay table
-            results: dict[str, list[float]] = {"ztdns": [], "unbound": []}
-            for round_ in range(args.rounds):
-                for label, target in (("ztdns", port), ("unbound", peer.port)):
-                    result = dnsperf(target, data, args.seconds, args.clients, args.pin)
-                    results[label].append(result.qps)
+            for log_on in logs:
+                for batch in lanes:
+                    label = "ztdns" + ("" if log_on else " log off")
+                    if args.lanes == "both":
+                        label += " batch" if batch else " pure"
+                    query_log = directory / f"{label.replace(' ', '-')}.jsonl" if log_on else None
+                    servers[log_on, batch] = Ztdns(directory, label, upstream.address, query_log, batch, args.detect)
+            await asyncio.sleep(0.5)
+            for server in servers.values():  # warm-up: every name into the cache and the replay table
+                await run_dnsperf_async(
+                    dnsperf_command("127.0.0.1", server.port, data, seconds=2, clients=4, pin=args.pin)
+                )
+
+            contenders = [
+                Contender(s.label, s.process.pid, shaped(s.port, data, args.seconds, pin=args.pin))
+                for s in servers.values()
+            ]
+            contenders.append(
+                Contender("unbound", peer.process.pid, shaped(peer.port, data, args.seconds, pin=args.pin))
+            )
+            results = await compare_grid("Do53 UDP", contenders, grid, args.rounds, pin=args.pin)
+            if args.query_log == "both":
+                for batch in lanes:
+                    on, off = servers[True, batch], servers[False, batch]
+                    cost = sorted(r.median_cpu(on.label) - r.median_cpu(off.label) for r in results)
                     print(
-                        f"round {round_ + 1}: {label:8s} {result.qps:10.0f} q/s  lost {result.lost_percent:.2f}%  "
-                        f"latency {result.latency_ms:.3f} ms",
-                        flush=True,
+                        f"query log cost ({on.label} vs {off.label}): median {statistics.median(cost):.2f} µs CPU "
+                        f"per answer over the grid (whole process; range {cost[0]:.2f} to {cost[-1]:.2f})"
                     )
         finally:
-            ztdns.send_signal(signal.SIGTERM)
-            ztdns.wait(10)
+            for server in servers.values():
+                server.stop()
             upstream.stop()
             peer.stop()
-    ours, theirs = statistics.median(results["ztdns"]), statistics.median(results["unbound"])
-    print(f"median: ztdns {ours:.0f} q/s, unbound {theirs:.0f} q/s, ratio ztdns/unbound {ours / theirs:.2f}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(asyncio.run(main()))

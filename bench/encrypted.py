@@ -7,28 +7,35 @@ Two ztdns targets (``--target handler|serve|both``):
   for 127.0.0.0/8 whose policy allows the names), forwarding to the same Unbound over Do53 and answering from its
   cache after a warm-up run — what a deployed resolver does for popular names.
 Unbound answers the same names from local-data. Both run one worker. dnsperf keeps its connections open (reuse,
-as real clients do).
+as real clients do). Each transport runs over a grid of load shapes (dnsperf ``-c`` clients × ``-q`` outstanding,
+``bench/dnsperf_run.py``), alternating the servers, and prints the worst ratio over the grid and each server's CPU
+per query; dnsperf is pinned to one CPU, the server under test to the other. ``ztdns serve`` runs in the default
+configuration first: the query log on, the JSON sink writing to a file (``--query-log both`` adds a second
+``ztdns serve`` with the log off).
 
-    .venv/bin/python bench/encrypted.py [--seconds 5] [--clients 10] [--rounds 3] [--target both]
+    .venv/bin/python bench/encrypted.py [--seconds 4] [--rounds 2] [--grid full|1x64,4x256,...] [--target serve]
+                                        [--transports dot,doh-post,doh-get] [--query-log file|off|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import dns.message
 import dns.rrset
 
-from dnsperf_run import dnsperf_command, run_dnsperf_async
+from dnsperf_run import Contender, compare_grid, dnsperf_command, parse_grid, run_dnsperf_async, shaped
 from ztdns.client import ClientInfo
 from ztdns.config.listen import ListenConfig
 from ztdns.pki import init_ca, issue
@@ -64,11 +71,9 @@ def free_port() -> int:
         return port
 
 
-async def dnsperf(mode: str, port: int, datafile: Path, seconds: float, clients: int, *extra: str) -> float:
-    command = dnsperf_command(
-        "127.0.0.1", port, datafile, seconds=seconds, clients=clients, mode=mode, outstanding=200, extra=extra
-    )
-    return (await run_dnsperf_async(command)).qps
+async def warm_up(port: int, datafile: Path) -> None:
+    """Every name once through policy and the forwarder into the cache (and the replay table)."""
+    await run_dnsperf_async(dnsperf_command("127.0.0.1", port, datafile, seconds=1, clients=1, mode="dot"))
 
 
 def unbound_config(directory: Path, dot_port: int, doh_port: int, do53_port: int) -> Path:
@@ -104,9 +109,10 @@ remote-control:
     return conf
 
 
-def serve_config(directory: Path, dot_port: int, doh_port: int, upstream: int) -> Path:
+def serve_config(directory: Path, label: str, dot_port: int, doh_port: int, upstream: int, log: bool) -> Path:
     tls = f'cert = "{directory / "server.crt"}"\nkey = "{directory / "server.key"}"'
-    conf = directory / "ztdns.toml"
+    conf = directory / f"{label}.toml"
+    query_log = f'output = "{directory / label}.jsonl"' if log else 'output = "off"'
     conf.write_text(
         f"""
 [[listen]]
@@ -134,7 +140,7 @@ allow = ["**.bench.test"]
 deny = ["ads.bench.test"]
 
 [log.query_log]
-output = "off"
+{query_log}
 
 [metrics]
 enabled = false
@@ -147,7 +153,7 @@ class Serve:
     """``ztdns serve --config CONF`` in a subprocess."""
 
     def __init__(self, conf: Path) -> None:
-        self.log = conf.parent / "serve.log"
+        self.log = conf.with_suffix(".log")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ztdns", "serve", "--config", str(conf)], stderr=self.log.open("wb")
         )
@@ -164,14 +170,24 @@ class Serve:
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--target", choices=["handler", "serve", "both"], default="both")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server; medians are printed")
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument(
+        "--clients", type=int, help="one load shape, dnsperf -c CLIENTS -q 200 (the bench before the grid)"
+    )
+    parser.add_argument(
+        "--grid", default="full", help="load shapes CLIENTSxOUTSTANDING,... (full: 1/4/16 × 64/256/1024)"
+    )
+    parser.add_argument("--target", choices=["handler", "serve", "both"], default="serve")
+    parser.add_argument("--transports", default="dot,doh-post,doh-get")
+    parser.add_argument("--query-log", choices=["file", "off", "both"], default="file", help="of `ztdns serve`")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server and load shape")
     args = parser.parse_args()
+    if args.clients is not None:
+        args.grid = f"{args.clients}x200"
     for tool in ("dnsperf", "unbound"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed")
+    bench = Bench(parse_grid(args.grid), args.seconds, args.rounds, args.transports.split(","))
     with tempfile.TemporaryDirectory(prefix="ztdns-bench-") as tmp:
         directory = Path(tmp)
         init_ca(directory)
@@ -187,30 +203,72 @@ async def main() -> None:
             stderr=asyncio.subprocess.PIPE,
         )
         await asyncio.sleep(1.0)
+        reference = Target("unbound", unbound.pid, u_dot, u_doh)
         try:
             if args.target in ("handler", "both"):
                 dot, doh = await start_handler_listeners(directory)
                 try:
                     print("ztdns = listeners in this process, pre-rendered fast-path handler")
-                    await compare(
-                        dot.address[1], doh.address[1], u_dot, u_doh, datafile, args.seconds, args.clients, args.rounds
-                    )
+                    here = Target("ztdns listeners", os.getpid(), dot.address[1], doh.address[1])
+                    await bench.compare([here, reference], datafile)
                 finally:
                     await dot.close(drain_seconds=0.5)
                     await doh.close(drain_seconds=0.5)
             if args.target in ("serve", "both"):
-                z_dot, z_doh = free_port(), free_port()
-                server = Serve(serve_config(directory, z_dot, z_doh, u_do53))
+                servers: list[tuple[Serve, Target]] = []
                 try:
-                    # Warm-up: every name once through policy and the forwarder into the cache.
-                    await dnsperf("dot", z_dot, datafile, 1, 1)
+                    for log in {"file": [True], "off": [False], "both": [True, False]}[args.query_log]:
+                        label = "ztdns" if log else "ztdns log off"
+                        z_dot, z_doh = free_port(), free_port()
+                        conf = serve_config(directory, label.replace(" ", "-"), z_dot, z_doh, u_do53, log)
+                        server = Serve(conf)
+                        servers.append((server, Target(label, server.process.pid, z_dot, z_doh)))
+                        await warm_up(z_dot, datafile)
                     print("ztdns = `ztdns serve`, policy on, cache hits from an Unbound upstream")
-                    await compare(z_dot, z_doh, u_dot, u_doh, datafile, args.seconds, args.clients, args.rounds)
+                    await bench.compare([target for _, target in servers] + [reference], datafile)
                 finally:
-                    server.stop()
+                    for server, _ in servers:
+                        server.stop()
         finally:
             unbound.terminate()
             await unbound.wait()
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    pid: int
+    dot: int
+    doh: int
+
+
+@dataclass(frozen=True)
+class Bench:
+    grid: Sequence[tuple[int, int]]
+    seconds: float
+    rounds: int
+    transports: Sequence[str]
+
+    async def compare(self, targets: Sequence[Target], datafile: Path) -> None:
+        """Per transport: every target over the grid, alternating, the last one (Unbound) the reference."""
+        cases = {
+            "dot": ("DoT", "dot", ()),
+            "doh-post": ("DoH POST", "doh", ("-O", "doh-method=POST")),
+            "doh-get": ("DoH GET", "doh", ("-O", "doh-method=GET")),
+        }
+        for name in self.transports:
+            title, mode, method = cases[name]
+            contenders = [
+                Contender(target.label, target.pid, self.command(mode, target, datafile, method)) for target in targets
+            ]
+            await compare_grid(title, contenders, self.grid, self.rounds)
+
+    def command(
+        self, mode: str, target: Target, datafile: Path, method: Sequence[str]
+    ) -> Callable[[int, int], list[str]]:
+        port = target.dot if mode == "dot" else target.doh
+        extra = [*method, "-O", f"doh-uri=https://127.0.0.1:{port}/dns-query"] if mode == "doh" else []
+        return shaped(port, datafile, self.seconds, mode=mode, extra=extra)
 
 
 async def start_handler_listeners(directory: Path) -> tuple[TlsStreamListener, TlsStreamListener]:
@@ -225,27 +283,6 @@ async def start_handler_listeners(directory: Path) -> tuple[TlsStreamListener, T
     dot = await start_dot_listener(dot_config, handler, TlsMaterial.from_config(dot_config))
     doh = await start_doh_listener(doh_config, handler, TlsMaterial.from_config(doh_config))
     return dot, doh
-
-
-async def compare(
-    dot: int, doh: int, u_dot: int, u_doh: int, datafile: Path, seconds: float, clients: int, rounds: int
-) -> None:
-    """One run of each is noise on a shared machine: alternate ztdns and Unbound ``rounds`` times, print medians."""
-    cases = [
-        ("DoT", "dot", dot, u_dot, ()),
-        ("DoH POST", "doh", doh, u_doh, ("-O", "doh-method=POST")),
-        ("DoH GET", "doh", doh, u_doh, ("-O", "doh-method=GET")),
-    ]
-    print(f"{'transport':10} {'ztdns q/s':>12} {'unbound q/s':>12} {'ratio':>7}")
-    for label, mode, ours, theirs, extra in cases:
-        ours_uri = ("-O", f"doh-uri=https://127.0.0.1:{ours}/dns-query") if mode == "doh" else ()
-        theirs_uri = ("-O", f"doh-uri=https://127.0.0.1:{theirs}/dns-query") if mode == "doh" else ()
-        ztdns_runs, unbound_runs = [], []
-        for _ in range(rounds):
-            ztdns_runs.append(await dnsperf(mode, ours, datafile, seconds, clients, *extra, *ours_uri))
-            unbound_runs.append(await dnsperf(mode, theirs, datafile, seconds, clients, *extra, *theirs_uri))
-        z, u = statistics.median(ztdns_runs), statistics.median(unbound_runs)
-        print(f"{label:10} {z:12.0f} {u:12.0f} {z / u if u else 0:7.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import dns.asyncquery
 import dns.message
 import dns.rcode
 
-from dnsperf_run import LOAD_CPU, can_pin, dnsperf_command, pin_process, pinned, run_dnsperf
+from dnsperf_run import LOAD_CPU, can_pin, dnsperf_command, pin_process, run_dnsperf
 from ztdns.lab import netns
 from ztdns.lab.netns import NetnsLoop
 from ztdns.lab.run import Lab
@@ -68,8 +68,8 @@ def dnsperf(lab: Lab, server: str, query_file: Path, seconds: int, clients: int,
         extra=["-D"] if dnssec_ok else [],
         prefix=netns.exec_prefix(lab.netns),
     )
-    # dnsperf on the load CPU, like the cold client and bench/do53.py: left to float, it shares the server's CPU.
-    return run_dnsperf(pinned(command) if can_pin() else command).qps
+    # dnsperf_command pins dnsperf to the load CPU, like the cold client: left to float, it shares the server's CPU.
+    return run_dnsperf(command).qps
 
 
 def servers_running(lab: Lab) -> contextlib.ExitStack:

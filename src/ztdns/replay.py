@@ -104,8 +104,11 @@ class Replays:
         if found is not None:
             replay, name_end, limit = found
             if now >= replay.expires or (replay.guard is not None and not replay.guard()):
-                self._drop(identity, replay.key)
-                return None
+                # Forget the bytes too: a newer replay of the question may be stored already (by its normal form).
+                self._drop(identity, replay)
+                self.exact.get(identity, {}).pop(wire[2:], None)
+                found = None
+        if found is not None:
             answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
             if len(answer) > limit and not stream:
                 return None  # the full path sends it truncated
@@ -122,7 +125,7 @@ class Replays:
                 return None
             replay = stored
             if now >= replay.expires or (replay.guard is not None and not replay.guard()):
-                self._drop(identity, parsed.key)
+                self._drop(identity, replay)
                 return None
             answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
             end = parsed.name_end
@@ -180,11 +183,12 @@ class Replays:
         self.tables.clear()
         self.exact.clear()
 
-    def _drop(self, identity: str | None, key: bytes) -> None:
-        """Forget an expired replay; exact entries pointing at it are dropped when next found expired."""
+    def _drop(self, identity: str | None, replay: Replay) -> None:
+        """Forget an expired replay (not a newer one of the same question); exact entries pointing at it are
+        dropped when next found."""
         table = self.tables.get(identity)
-        if table is not None:
-            table.pop(key, None)
+        if table is not None and table.get(replay.key) is replay:
+            table.pop(replay.key, None)
 
     def size(self) -> int:
         # list(): the UDP lane may add an identity's table while a scrape counts.

@@ -97,6 +97,7 @@ class FakeConnection:
         self.draining = False
         self.closed = False
         self.written = bytearray()
+        self.routes: dict[str, object] = {}  # no other GET paths (answer_now looks them up for a 404)
         self.answer_now = DohConnection.answer_now.__get__(self)
 
     def write(self, data: bytes) -> None:
