@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from pathlib import Path
@@ -139,7 +140,8 @@ def build_zone(
 ) -> ServedZone:
     """One served zone from its config (``text``: its :func:`zone_text`, when already read)."""
     origin = dns.name.from_text(zc.name)
-    zone = Zone.from_text(zone_text(zc, base_dir) if text is None else text, origin)
+    text = zone_text(zc, base_dir) if text is None else text
+    zone = Zone.from_text(text, origin)
     grants = tuple(
         Grant(g.identity, tuple(g.names), frozenset(dns.rdatatype.from_text(t) for t in g.types)) for g in zc.grants
     )
@@ -154,6 +156,8 @@ def build_zone(
         denial=zc.signing.denial,
         validity=Validity(zc.signing.signature_lifetime, zc.signing.signature_jitter, zc.signing.signature_refresh),
         state_path=state_dir / f"{zc.name.rstrip('.') or 'root'}.dynamic.json",
+        serial_policy=zc.serial_policy,
+        source=hashlib.sha256(text.encode()).hexdigest(),
     )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = key_manager(zc, state_dir, store) if zc.signing.enabled else None

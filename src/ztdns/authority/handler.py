@@ -38,7 +38,7 @@ from ztdns.authority.rrl import RateLimiter, Verdict
 from ztdns.authority.signing import Validity, ZoneSigner
 from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
-from ztdns.authority.zone import Change, Zone, next_serial, type_text
+from ztdns.authority.zone import Change, SerialPolicy, Zone, next_serial, serial_gt, type_text
 from ztdns.client import ClientInfo
 from ztdns.model import Kind
 from ztdns.observe.events import Answered
@@ -64,6 +64,10 @@ class ZoneSettings:
     validity: Validity = field(default_factory=Validity)
     # Keeps dynamic registrations and the serial across restarts; None keeps them in memory only.
     state_path: Path | None = None
+    serial_policy: SerialPolicy = "increment"
+    # A digest of the zone's source (file and inline records): a restart that finds it changed serves a new
+    # serial even when the file kept its own.
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +91,16 @@ class ServedZone:
         self.clock = clock
         self.signer = ZoneSigner(base.origin, settings.validity, clock) if keys else None
         self._dynamic: dict[tuple[dns.name.Name, int], dns.rdataset.Rdataset | None] = {}
-        base = self._restore(base)
         self._keyset: KeySet | None = None
         if keys is not None:
             keys.ensure_keys()
             self._keyset = keys.keyset()
+        # Signatures made before a restart may be held by secondaries: their refresh time is kept in the state.
+        self._resign_at = self._saved_resign_at = float("inf")
+        base, changed = self._restore(base)
         self._publish(base)
+        if changed:
+            self._save()  # the state the next start compares with
 
     @property
     def origin(self) -> dns.name.Name:
@@ -141,6 +149,10 @@ class ServedZone:
         denial = chain if chain is not None else CompactDenial(served)
         self.version = Version(served, SignedView(self.signer, denial), chain)
 
+    def next_serial(self, serial: int | None = None) -> int:
+        """The serial of the next version (after ``serial``, default the one served), by the serial policy."""
+        return next_serial(self.base.serial if serial is None else serial, self.settings.serial_policy, self.clock())
+
     def refresh_keys(self) -> bool:
         """Re-read the key timeline; a change of published keys is a new zone version (new serial)."""
         if self.keys is None:
@@ -149,19 +161,38 @@ class ServedZone:
         if self._keyset is not None and keyset.fingerprint() == self._keyset.fingerprint():
             return False
         self._keyset = keyset
-        self._publish(self.base.with_changes([]))
+        self._publish(self.base.with_changes([], self.next_serial()))
+        self._save()
+        return True
+
+    def resign(self) -> bool:
+        """When a signature handed out (to a secondary in a transfer, or in an answer) is due for refresh,
+        publish a new version: the serial rises, secondaries are NOTIFYed and transfer fresh signatures long
+        before the old ones expire (a secondary never re-signs). Signatures due within half the refresh
+        interval are renewed in the same version."""
+        if self.signer is None:
+            return False
+        now = self.clock()
+        due = min(self.signer.earliest_refresh, self._resign_at)
+        if now < due:
+            if due != self._saved_resign_at:
+                self._save()  # so that a restart knows when the signatures handed out need refreshing
+            return False
+        self.signer.resign(now + self.settings.validity.refresh / 2)
+        self._resign_at = float("inf")
+        self._publish(self.base.with_changes([], self.next_serial()))
         self._save()
         return True
 
     def follow(self, previous: int) -> None:
         """Serve a serial after ``previous``: a zone reloaded in place of a served one is a new version to
         secondaries even when its file kept the serial."""
-        if not _serial_gt(self.base.serial, previous):
-            self._publish(self.base.with_changes([], serial=next_serial(previous)))
+        if not serial_gt(self.base.serial, previous):
+            self._publish(self.base.with_changes([], serial=self.next_serial(previous)))
             self._save()
 
     def update(self, message: dns.update.UpdateMessage, identity: str | None) -> list[Change]:
-        new, changes = apply_update(message, self.base, identity, self.settings.grants)
+        new, changes = apply_update(message, self.base, identity, self.settings.grants, self.next_serial())
         if changes:
             for change in changes:
                 self._dynamic[(change.name, change.rdtype)] = change.rdataset
@@ -175,10 +206,15 @@ class ServedZone:
 
     # -- persistence of dynamic data -------------------------------------------------------------------------
 
-    def _restore(self, base: Zone) -> Zone:
+    def _fingerprint(self) -> list[list[int]]:
+        return [list(keys) for keys in self._keyset.fingerprint()] if self._keyset is not None else []
+
+    def _restore(self, base: Zone) -> tuple[Zone, bool]:
+        """The zone with the dynamic records saved, and whether its content changed while we were stopped (zone
+        source or published keys, or no state yet): then its serial is raised past the one served before."""
         path = self.settings.state_path
         if path is None or not path.exists():
-            return base
+            return base, True
         data = json.loads(path.read_text())
         changes = []
         for entry in data["records"]:
@@ -193,7 +229,12 @@ class ServedZone:
             changes.append(Change(name, rdtype, rds))
         # Never go back: a restart keeps the serial secondaries have already seen.
         saved: int = data["serial"]
-        return base.with_changes(changes, serial=saved if _serial_gt(saved, base.serial) else base.serial)
+        serial = saved if serial_gt(saved, base.serial) else base.serial
+        self._resign_at = self._saved_resign_at = data.get("resign_at") or float("inf")
+        changed = data.get("source") != self.settings.source or data.get("keys") != self._fingerprint()
+        if changed and serial == saved:
+            serial = next_serial(saved, self.settings.serial_policy, self.clock())
+        return base.with_changes(changes, serial=serial), changed
 
     def _save(self) -> None:
         path = self.settings.state_path
@@ -209,12 +250,17 @@ class ServedZone:
             for (name, rdtype), rds in self._dynamic.items()
         ]
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"serial": self.base.serial, "records": records}, indent=1))
+        resign_at = min(self.signer.earliest_refresh, self._resign_at) if self.signer else float("inf")
+        state = {
+            "serial": self.base.serial,
+            "records": records,
+            "source": self.settings.source,
+            "keys": self._fingerprint(),
+            "resign_at": resign_at if resign_at != float("inf") else None,
+        }
+        self._saved_resign_at = resign_at
+        tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, path)
-
-
-def _serial_gt(a: int, b: int) -> bool:
-    return a != b and ((a - b) % (1 << 32)) < (1 << 31)
 
 
 @dataclass(slots=True)
@@ -318,12 +364,13 @@ class Authority:
             name = name.parent()
 
     def tick(self) -> list[ServedZone]:
-        """Advance key timelines (start due rollovers, publish/withdraw keys); returns zones that changed."""
+        """Advance key timelines (start due rollovers, publish/withdraw keys) and publish a new version of zones
+        with signatures due for refresh; returns zones that changed."""
         changed = []
         for zone in self.zones.values():
             if zone.keys is not None:
                 zone.keys.due(zone.base.max_ttl())
-            if zone.refresh_keys():
+            if zone.refresh_keys() | zone.resign():
                 changed.append(zone)
         if changed:
             self._changed(changed)

@@ -103,9 +103,14 @@ def check_prerequisites(zone: Zone, prerequisites: Iterable[dns.rrset.RRset]) ->
 
 
 def apply_update(
-    message: dns.update.UpdateMessage, zone: Zone, identity: str | None, grants: Iterable[Grant]
+    message: dns.update.UpdateMessage,
+    zone: Zone,
+    identity: str | None,
+    grants: Iterable[Grant],
+    serial: int | None = None,
 ) -> tuple[Zone, list[Change]]:
-    """The zone after ``message`` (same object if nothing changed) and the changes; raises UpdateRefused."""
+    """The zone after ``message`` (same object if nothing changed) with SOA serial ``serial`` (default: one
+    more) and the changes; raises UpdateRefused."""
     grants = tuple(grants)
     check_prerequisites(zone, message.prerequisite)
     work: dict[tuple[dns.name.Name, int], dns.rdataset.Rdataset | None] = {}
@@ -158,6 +163,6 @@ def apply_update(
     if not changes:
         return zone, []
     try:
-        return zone.with_changes(changes), changes
+        return zone.with_changes(changes, serial), changes
     except ZoneError as exc:
         raise UpdateRefused(dns.rcode.REFUSED, str(exc)) from None

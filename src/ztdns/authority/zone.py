@@ -6,9 +6,11 @@ service swaps it in, so an answer being built never sees half an update, and a t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dns.name
 import dns.rdata
@@ -207,6 +209,25 @@ def type_text(rdtype: int) -> str:
     return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))
 
 
-def next_serial(serial: int) -> int:
-    """RFC 1982 serial arithmetic: +1 modulo 2^32, skipping 0 (some secondaries treat 0 specially)."""
-    return (serial + 1) % (1 << 32) or 1
+SerialPolicy = Literal["increment", "unixtime", "dateserial"]
+
+
+def next_serial(serial: int, policy: SerialPolicy = "increment", now: float | None = None) -> int:
+    """The serial after ``serial`` (RFC 1982 arithmetic, skipping 0: some secondaries treat 0 specially).
+
+    As Knot's ``serial-policy``: ``increment`` adds one; ``unixtime`` is the current time in seconds and
+    ``dateserial`` is YYYYMMDDnn, each only when that is ahead of ``serial`` (else one more than ``serial``, so
+    the serial never goes back).
+    """
+    incremented = (serial + 1) % (1 << 32) or 1
+    if policy == "increment":
+        return incremented
+    t = time.time() if now is None else now
+    wanted = int(t) if policy == "unixtime" else int(time.strftime("%Y%m%d", time.gmtime(t))) * 100
+    wanted %= 1 << 32
+    return wanted if serial_gt(wanted, serial) else incremented
+
+
+def serial_gt(a: int, b: int) -> bool:
+    """RFC 1982: ``a`` is after ``b``."""
+    return a != b and ((a - b) % (1 << 32)) < (1 << 31)

@@ -75,6 +75,8 @@ class AuthZoneConfig(Section):
     transfer_networks: list[str] = []
     notify: list[str] = []  # secondaries, "address[:port]"
     grants: list[GrantConfig] = []
+    # How the SOA serial advances on every new version (Knot's serial-policy).
+    serial_policy: Literal["increment", "unixtime", "dateserial"] = "increment"
 
     @field_validator("transfer_networks")
     @classmethod
