@@ -4,8 +4,6 @@ serial (by the zone's serial policy) and NOTIFY, so a secondary never serves an 
 from __future__ import annotations
 
 import calendar
-import subprocess
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from authority_lab import TSIG_SECRET, ZONE_TEXT, free_port, keyring, need, serving, signed_zone
+from authority_lab import ZONE_TEXT, free_port, keyring, knot_secondary, serving, signed_zone
 from ztdns.authority.handler import Authority
 from ztdns.authority.signing import Validity
 from ztdns.authority.transfer import TransferAcl
@@ -50,7 +48,7 @@ def test_resigning_raises_the_serial_and_restart_keeps_the_refresh_time(tmp_path
     zone.signer.clock = clock
     authority = Authority([zone], clock=clock)
     serial = zone.zone.serial
-    zone.transfer_records()  # signatures handed out (to a secondary)
+    list(zone.transfer_records())  # signatures handed out (to a secondary)
     assert authority.tick() == []
     clock.now += 599
     assert authority.tick() == [] and zone.zone.serial == serial
@@ -103,7 +101,6 @@ def _expirations(port: int) -> tuple[int, list[int]]:
 def test_knot_secondary_never_serves_an_expired_signature(tmp_path: Path) -> None:
     """Signatures living 6 s (refreshed 3 s before expiry): knotd, which never re-signs, keeps serving valid
     ones for 15 s because every refresh is a new serial with a NOTIFY."""
-    need("knotd")
     knot_port = free_port()
     zone = signed_zone(
         tmp_path / "state",
@@ -111,55 +108,21 @@ def test_knot_secondary_never_serves_an_expired_signature(tmp_path: Path) -> Non
         notify=(("127.0.0.1", knot_port),),
         validity=Validity(lifetime=6, jitter=0, refresh=3),
     )
-    with serving(Authority([zone], keyring=keyring())) as (_, server):
-        (tmp_path / "knot.conf").write_text(
-            textwrap.dedent(f"""
-            server:
-              listen: 127.0.0.1@{knot_port}
-              rundir: {tmp_path}
-            database:
-              storage: {tmp_path}/knotdb
-            key:
-              - id: xfr
-                algorithm: hmac-sha256
-                secret: {TSIG_SECRET}
-            remote:
-              - id: primary
-                address: 127.0.0.1@{server.port}
-                key: xfr
-            acl:
-              - id: notify_from_primary
-                address: 127.0.0.1
-                action: notify
-            zone:
-              - domain: corp.internal
-                storage: {tmp_path}
-                file: secondary.zone
-                master: primary
-                acl: notify_from_primary
-            """)
-        )
-        knot = subprocess.Popen(
-            ["knotd", "-c", str(tmp_path / "knot.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    if _expirations(knot_port)[1]:
-                        break
-                except Exception:
-                    pass
-                time.sleep(0.2)
-            serials = set()
-            end = time.monotonic() + 15
-            while time.monotonic() < end:
-                serial, expirations = _expirations(knot_port)
-                serials.add(serial)
-                assert expirations
-                assert min(expirations) > time.time(), f"knotd serves an expired RRSIG at serial {serial}"
-                time.sleep(0.25)
-            assert len(serials) >= 3
-        finally:
-            knot.terminate()
-            knot.wait()
+    with serving(Authority([zone], keyring=keyring())) as (_, server), knot_secondary(tmp_path, knot_port, server.port):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if _expirations(knot_port)[1]:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.2)
+        serials = set()
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            serial, expirations = _expirations(knot_port)
+            serials.add(serial)
+            assert expirations
+            assert min(expirations) > time.time(), f"knotd serves an expired RRSIG at serial {serial}"
+            time.sleep(0.25)
+        assert len(serials) >= 3

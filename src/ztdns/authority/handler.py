@@ -200,9 +200,10 @@ class ServedZone:
             self._save()
         return changes
 
-    def transfer_records(self) -> list[dns.rrset.RRset]:
-        version = self.version
-        return list(zone_records(version.zone, version.view, version.chain.rrsets() if version.chain else ()))
+    def transfer_records(self, version: Version | None = None) -> Iterator[dns.rrset.RRset]:
+        """The signed records of ``version`` (default the one served), signed as they are taken."""
+        version = version or self.version
+        return zone_records(version.zone, version.view, version.chain.rrsets() if version.chain else ())
 
     # -- persistence of dynamic data -------------------------------------------------------------------------
 
@@ -404,9 +405,8 @@ class Authority:
             return None
         if client.stream:
             return None  # the transport calls respond_all: a transfer is several messages
-        responses = self._respond(wire, client, replays, started)
-        if responses:
-            return responses[0]
+        for response in self._respond(wire, client, replays, started):
+            return response
         return b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
 
     def _replayed(self, wire: bytes, client: ClientInfo, answer: bytes, rcode: str, started: float) -> bytes | None:
@@ -422,9 +422,10 @@ class Authority:
         responses = self.respond(wire, client)
         return responses[0] if responses else None
 
-    async def respond_all(self, wire: bytes, client: ClientInfo) -> list[bytes]:
-        """Every response message (:class:`~ztdns.transport.MultiResponseHandler`, for the TCP transport)."""
-        return self.respond(wire, client)
+    async def respond_all(self, wire: bytes, client: ClientInfo) -> Iterable[bytes]:
+        """Every response message (:class:`~ztdns.transport.MultiResponseHandler`, for the TCP transport); a
+        transfer is a generator making each message as the transport takes it."""
+        return self._respond(wire, client, self._replays, time.perf_counter())
 
     def _limited(self, wire: bytes, verdict: Verdict) -> bytes | None:
         if verdict is Verdict.SLIP:
@@ -437,9 +438,9 @@ class Authority:
 
     def respond(self, wire: bytes, client: ClientInfo) -> list[bytes]:
         """Response wires for one request (empty: drop silently). Never raises on bad input."""
-        return self._respond(wire, client, self._replays, time.perf_counter())
+        return list(self._respond(wire, client, self._replays, time.perf_counter()))
 
-    def _respond(self, wire: bytes, client: ClientInfo, replays: Replays, started: float) -> list[bytes]:
+    def _respond(self, wire: bytes, client: ClientInfo, replays: Replays, started: float) -> Iterable[bytes]:
         try:
             query = dns.message.from_wire(wire, keyring=self.keyring)
         except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
@@ -478,7 +479,7 @@ class Authority:
         self.metrics.count(client.transport.value, KIND_ANSWERED, rcode, time.perf_counter() - started)
         return [out]
 
-    def _transfer(self, query: dns.message.Message, client: ClientInfo) -> list[bytes]:
+    def _transfer(self, query: dns.message.Message, client: ClientInfo) -> Iterable[bytes]:
         served = self.zones.get(query.question[0].name)
         if served is None or not client.stream or not served.settings.transfer.allows(query, client.address):
             self.stats.transfers_refused += 1
@@ -486,7 +487,8 @@ class Authority:
             response.set_rcode(dns.rcode.REFUSED if served is not None else dns.rcode.NOTAUTH)
             return [response.to_wire()]
         self.stats.transfers += 1
-        return axfr_messages(query, served.transfer_records(), served.zone.soa_rrset())
+        version = served.version  # one version for the whole transfer, however long it streams
+        return axfr_messages(query, served.transfer_records(version), version.zone.soa_rrset())
 
     def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
         if message.had_tsig and message.keyname is not None:
