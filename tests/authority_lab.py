@@ -165,11 +165,18 @@ def unbound(
 
 @contextmanager
 def knot_secondary(
-    tmp_path: Path, knot_port: int, primary_port: int, origin: str = "corp.internal", extra: str = ""
+    tmp_path: Path,
+    knot_port: int,
+    primary_port: int,
+    origin: str = "corp.internal",
+    extra: str = "",
+    notify_key: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """knotd as a secondary of ``origin`` from our server on ``primary_port``: transfers with the ``xfr`` TSIG
-    key and accepts our NOTIFY; ``extra`` is added to the zone's settings (Knot's defaults otherwise)."""
+    key and accepts our NOTIFY (only signed with ``xfr`` when ``notify_key``); ``extra`` is added to the
+    zone's settings (Knot's defaults otherwise)."""
     need("knotd")
+    notify_acl_key = "\n" + " " * 12 + "key: xfr" if notify_key else ""
     extra_lines = textwrap.indent(textwrap.dedent(extra).strip(), " " * 4) if extra else ""
     (tmp_path / "knot.conf").write_text(
         textwrap.dedent(f"""
@@ -189,7 +196,7 @@ def knot_secondary(
         acl:
           - id: notify_from_primary
             address: 127.0.0.1
-            action: notify
+            action: notify{notify_acl_key}
         log:
           - target: {tmp_path}/knot.log
             any: info

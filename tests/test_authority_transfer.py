@@ -11,14 +11,18 @@ from pathlib import Path
 import dns.message
 import dns.name
 import dns.query
+import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import dns.tsig
 import dns.tsigkeyring
+import dns.update
 import pytest
 
 from authority_lab import ORIGIN, ZONE_TEXT, free_port, keyring, knot_secondary, serving, signed_zone, wait_serial
 from ztdns.authority.handler import Authority
 from ztdns.authority.transfer import TransferAcl
+from ztdns.authority.update import Grant
 from ztdns.client import ClientInfo, Transport
 
 XFR = dns.name.from_text("xfr.")
@@ -95,3 +99,84 @@ def test_50k_name_zone_streams_and_bootstraps_a_default_knot(tmp_path: Path) -> 
             wait_serial(knot_port, zone.zone.serial, seconds=800)
             response = dns.query.udp(dns.message.make_query("h49999.corp.internal.", "A"), "127.0.0.1", port=knot_port)
             assert response.answer[0][0].to_text() == "10.0.195.79"
+
+
+def _signed_query(rdtype: str, key: dns.name.Name, secret: str) -> dns.message.Message:
+    query = dns.message.make_query(ORIGIN, rdtype)
+    query.use_tsig(dns.tsigkeyring.from_text({key.to_text(): secret}), key)
+    return query
+
+
+def test_ixfr_at_the_current_serial_is_the_soa_alone(tmp_path: Path) -> None:
+    zone = signed_zone(tmp_path, transfer=TransferAcl(keys=frozenset({XFR})))
+    authority = Authority([zone], keyring=keyring())
+    for serial, whole in ((zone.zone.serial, False), (zone.zone.serial + 5, False), (zone.zone.serial - 1, True)):
+        query = dns.message.make_query(ORIGIN, dns.rdatatype.IXFR)
+        soa = zone.zone.soa_rrset()
+        query.authority.append(dns.rrset.from_rdata(ORIGIN, 0, soa[0].replace(serial=serial)))
+        query.use_tsig(keyring(), XFR)
+        wires = authority.respond(query.to_wire(), TCP_CLIENT)
+        answer = dns.message.from_wire(wires[0], keyring=keyring(), request_mac=query.mac, multi=True).answer
+        if whole:
+            assert len(answer) > 1
+        else:
+            assert len(wires) == 1 and [r.rdtype for r in answer] == [dns.rdatatype.SOA]
+            assert answer[0][0].serial == zone.zone.serial
+
+
+def test_tsig_errors_carry_the_tsig_record(tmp_path: Path) -> None:
+    authority = Authority([signed_zone(tmp_path)], keyring=keyring())
+    other = "b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldA=="
+    for query, error in (
+        (_signed_query("SOA", dns.name.from_text("nobody."), other), dns.rcode.BADKEY),
+        (_signed_query("SOA", XFR, other), dns.rcode.BADSIG),
+    ):
+        for client in (TCP_CLIENT, ClientInfo(Transport.UDP, "127.0.0.1", 5555)):
+            (wire,) = authority.respond(query.to_wire(), client)
+            response = dns.message.from_wire(wire, keyring=False)
+            assert response.rcode() == dns.rcode.NOTAUTH and response.id == query.id
+            assert response.tsig is not None and response.tsig[0].error == error
+            assert response.tsig[0].mac == b"" and response.keyname == query.keyname
+            assert response.question == query.question
+
+
+def test_a_refused_notify_is_not_an_acknowledgement(tmp_path: Path) -> None:
+    secondary = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    secondary.bind(("127.0.0.1", 0))
+    secondary.settimeout(8)
+    zone = signed_zone(tmp_path, notify=(("127.0.0.1", secondary.getsockname()[1]),), notify_key=XFR)
+    authority = Authority([zone], keyring=keyring())
+    with serving(authority) as (loop, _):
+        loop.call(lambda: authority.on_change(zone))
+        seen = 0
+        for _ in range(2):
+            wire, peer = secondary.recvfrom(65535)
+            notify = dns.message.from_wire(wire, keyring=keyring())  # signed with the notify key
+            assert notify.had_tsig and notify.keyname == XFR
+            response = dns.message.make_response(notify)
+            response.set_rcode(dns.rcode.REFUSED)
+            secondary.sendto(response.to_wire(), peer)
+            seen += 1
+    secondary.close()
+    assert seen == 2  # retried after REFUSED
+
+
+@pytest.mark.slow
+def test_knot_follows_a_tsig_signed_notify(tmp_path: Path) -> None:
+    knot_port = free_port()
+    zone = signed_zone(
+        tmp_path / "state",
+        transfer=TransferAcl(keys=frozenset({XFR})),
+        notify=(("127.0.0.1", knot_port),),
+        notify_key=XFR,
+        grants=(Grant("tsig:xfr.", ("**.svc.corp.internal",)),),
+    )
+    with (
+        serving(Authority([zone], keyring=keyring())) as (_, server),
+        knot_secondary(tmp_path, knot_port, server.port, notify_key=True),
+    ):
+        wait_serial(knot_port, zone.zone.serial)
+        update = dns.update.UpdateMessage(ORIGIN, keyring=keyring(), keyname=XFR)
+        update.add("db.svc", 30, "A", "10.9.9.9")
+        assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
+        wait_serial(knot_port, zone.zone.serial, seconds=8)  # only through the signed NOTIFY (SOA refresh: 1 h)

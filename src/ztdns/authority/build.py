@@ -153,6 +153,7 @@ def build_zone(
             tuple(ipaddress.ip_network(n, strict=False) for n in zc.transfer_networks),
         ),
         notify=tuple(parse_hostport(n, 53) for n in zc.notify),
+        notify_key=dns.name.from_text(zc.notify_key) if zc.notify_key else None,
         denial=zc.signing.denial,
         validity=Validity(zc.signing.signature_lifetime, zc.signing.signature_jitter, zc.signing.signature_refresh),
         state_path=state_dir / f"{zc.name.rstrip('.') or 'root'}.dynamic.json",

@@ -21,6 +21,7 @@ from typing import Any
 
 import dns.asyncquery
 import dns.exception
+import dns.rcode
 
 from ztdns.authority.api import api_listen_config, start_registration_api
 from ztdns.authority.build import ZoneLoader, state_dir
@@ -175,14 +176,19 @@ class AuthorityService:
             self._spawn(self._notify(zone, host, port))
 
     async def _notify(self, zone: ServedZone, host: str, port: int) -> None:
-        # RFC 1996 §3.6: retry a few times with growing waits until the secondary acknowledges.
+        # RFC 1996 §3.6: retry a few times with growing waits until the secondary acknowledges. An answer that
+        # is not NOERROR (REFUSED, NOTAUTH: the secondary does not accept it) is no acknowledgement.
+        key = zone.settings.notify_key
+        keyring = self.authority.keyring if key is not None else None
         for attempt in range(4):
-            message = notify_message(zone.zone)
+            message = notify_message(zone.zone, keyring, key)
             try:
-                await dns.asyncquery.udp(message, host, port=port, timeout=1.0 + attempt)
-                return
+                response = await dns.asyncquery.udp(message, host, port=port, timeout=1.0 + attempt)
+                if response.rcode() == dns.rcode.NOERROR:
+                    return
             except (dns.exception.DNSException, OSError):
-                await asyncio.sleep(0.5 * (attempt + 1))
+                pass
+            await asyncio.sleep(0.5 * (attempt + 1))
         log.warning("secondary %s:%d did not acknowledge NOTIFY for %s", host, port, zone.origin)
 
 

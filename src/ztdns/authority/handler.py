@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
+import dns.rdtypes.ANY.TSIG
 import dns.tsig
 import dns.update
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -60,6 +62,7 @@ class ZoneSettings:
     grants: tuple[Grant, ...] = ()
     transfer: TransferAcl = field(default_factory=TransferAcl)
     notify: tuple[tuple[str, int], ...] = ()
+    notify_key: dns.name.Name | None = None  # the TSIG key NOTIFY messages are signed with
     denial: Literal["nsec3", "compact"] = "nsec3"
     validity: Validity = field(default_factory=Validity)
     # Keeps dynamic registrations and the serial across restarts; None keeps them in memory only.
@@ -443,8 +446,12 @@ class Authority:
     def _respond(self, wire: bytes, client: ClientInfo, replays: Replays, started: float) -> Iterable[bytes]:
         try:
             query = dns.message.from_wire(wire, keyring=self.keyring)
-        except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
-            return _wire_list(_error(wire, dns.rcode.NOTAUTH))
+        except dns.message.UnknownTSIGKey:
+            return _wire_list(_tsig_error(wire, dns.rcode.BADKEY, self.clock()))
+        except dns.tsig.BadTime:
+            return _wire_list(_tsig_error(wire, dns.rcode.BADTIME, self.clock()))
+        except (dns.tsig.BadSignature, dns.tsig.PeerError):
+            return _wire_list(_tsig_error(wire, dns.rcode.BADSIG, self.clock()))
         except dns.exception.DNSException:
             return _wire_list(_error(wire, dns.rcode.FORMERR))
         if query.flags & dns.flags.QR:
@@ -487,7 +494,13 @@ class Authority:
             response.set_rcode(dns.rcode.REFUSED if served is not None else dns.rcode.NOTAUTH)
             return [response.to_wire()]
         self.stats.transfers += 1
-        version = served.version  # one version for the whole transfer, however long it streams
+        version = served.version
+        if query.question[0].rdtype == dns.rdatatype.IXFR and _ixfr_current(query, version.zone.serial):
+            # RFC 1995 §2: the client has this version (or a newer one): the SOA alone says so.
+            response = dns.message.make_response(query)
+            response.flags |= dns.flags.AA
+            response.answer.append(version.zone.soa_rrset())
+            return [response.to_wire()]  # one version for the whole transfer, however long it streams
         return axfr_messages(query, served.transfer_records(version), version.zone.soa_rrset())
 
     def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
@@ -538,6 +551,58 @@ def _error(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
     if len(wire) < 12 or wire[2] & 0x80:
         return None
     return error_response(wire, rcode, truncated=True) if truncated else header_only(wire, rcode)
+
+
+def _ixfr_current(query: dns.message.Message, serial: int) -> bool:
+    for rrset in query.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            have: int = rrset[0].serial
+            return have == serial or serial_gt(have, serial)
+    return False
+
+
+def _tsig_error(wire: bytes, error: int, now: float) -> bytes | None:
+    """NOTAUTH with the TSIG record saying why (RFC 8945 §5.2): BADKEY, BADSIG (MAC empty, unsigned: we cannot
+    or must not sign with that key) or BADTIME (our time in other data)."""
+    try:
+        query = dns.message.from_wire(wire, keyring=False)
+    except dns.exception.DNSException:
+        return _error(wire, dns.rcode.NOTAUTH)
+    if query.flags & dns.flags.QR:
+        return None
+    if query.tsig is None or query.keyname is None:
+        return _error(wire, dns.rcode.NOTAUTH)
+    request = query.tsig[0]
+    other = int(now).to_bytes(6, "big") if error == dns.rcode.BADTIME else b""
+    tsig = dns.rdtypes.ANY.TSIG.TSIG(
+        dns.rdataclass.ANY,
+        dns.rdatatype.TSIG,
+        request.algorithm,
+        request.time_signed,
+        request.fudge,
+        b"",
+        request.original_id,
+        error,
+        other,
+    )
+    response = dns.message.make_response(dns.message.from_wire(_unsigned(wire, query), keyring=False))
+    response.set_rcode(dns.rcode.NOTAUTH)
+    answer = bytearray(response.to_wire())
+    answer[10:12] = (int.from_bytes(answer[10:12], "big") + 1).to_bytes(2, "big")  # ARCOUNT: the TSIG record
+    rdata = tsig.to_wire() or b""
+    answer += query.keyname.to_wire() or b""
+    answer += struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata)) + rdata
+    return bytes(answer)
+
+
+def _unsigned(wire: bytes, query: dns.message.Message) -> bytes:
+    """``wire`` without its TSIG record (the last one of the additional section)."""
+    assert query.tsig is not None and query.keyname is not None
+    end = len(wire)
+    tsig_len = len(query.keyname.to_wire() or b"") + 10 + len(query.tsig[0].to_wire() or b"")
+    head = bytearray(wire[: end - tsig_len])
+    head[10:12] = (int.from_bytes(head[10:12], "big") - 1).to_bytes(2, "big")
+    return bytes(head)
 
 
 def _wire_list(wire: bytes | None) -> list[bytes]:

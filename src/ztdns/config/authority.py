@@ -74,6 +74,7 @@ class AuthZoneConfig(Section):
     transfer_keys: list[str] = []
     transfer_networks: list[str] = []
     notify: list[str] = []  # secondaries, "address[:port]"
+    notify_key: str | None = None  # a name in tsig_keys: NOTIFY messages are signed with it
     grants: list[GrantConfig] = []
     # How the SOA serial advances on every new version (Knot's serial-policy).
     serial_policy: Literal["increment", "unixtime", "dateserial"] = "increment"
@@ -150,7 +151,7 @@ class AuthorityConfig(Section):
         if self.key_store == "pkcs11" and self.pkcs11 is None:
             raise ValueError('key_store = "pkcs11" needs an [authority.pkcs11] section')
         for zone in self.zones:
-            for key in zone.transfer_keys:
+            for key in [*zone.transfer_keys, *([zone.notify_key] if zone.notify_key else [])]:
                 if key not in self.tsig_keys:
                     raise ValueError(f"zone {zone.name}: unknown TSIG key {key!r}")
         return self
