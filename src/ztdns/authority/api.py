@@ -73,6 +73,8 @@ def registration_response(
         if isinstance(records, HttpResponse):
             return records
         ttl, rdatas = records
+        if ttl > served.settings.max_ttl:
+            return http_error(400, f"ttl {ttl} is above the zone's max_zone_ttl {served.settings.max_ttl}")
         update.replace(name, ttl, *rdatas)
     rcode, reason = authority.apply(update, identity)
     if rcode != dns.rcode.NOERROR:

@@ -11,7 +11,7 @@ import dns.name
 import dns.rdatatype
 import dns.tsigkeyring
 
-from ztdns.authority.handler import Authority, ServedZone, ZoneSettings
+from ztdns.authority.handler import DEFAULT_MAX_TTL, Authority, Quota, ServedZone, ZoneSettings, check_ttls
 from ztdns.authority.kasp import KeyManager, KeyStore, Policy
 from ztdns.authority.keys import ALGORITHMS, KeyStoreError
 from ztdns.authority.rrl import RateLimiter
@@ -131,8 +131,10 @@ def zone_text(zc: AuthZoneConfig, base_dir: Path) -> str:
 
 
 def check_zone(zc: AuthZoneConfig, base_dir: Path) -> None:
-    """What ``ztdns check`` reads of a zone: its file and records must load (no keys are touched)."""
-    Zone.from_text(zone_text(zc, base_dir), dns.name.from_text(zc.name))
+    """What ``ztdns check`` reads of a zone: its file and records must load and obey ``max_zone_ttl`` (no keys
+    are touched)."""
+    zone = Zone.from_text(zone_text(zc, base_dir), dns.name.from_text(zc.name))
+    check_ttls(zone, zc.max_zone_ttl or DEFAULT_MAX_TTL)
 
 
 def build_zone(
@@ -158,6 +160,9 @@ def build_zone(
         validity=Validity(zc.signing.signature_lifetime, zc.signing.signature_jitter, zc.signing.signature_refresh),
         state_path=state_dir / f"{zc.name.rstrip('.') or 'root'}.dynamic.json",
         serial_policy=zc.serial_policy,
+        max_ttl=zc.max_zone_ttl or DEFAULT_MAX_TTL,
+        max_ttl_explicit=zc.max_zone_ttl is not None,
+        quota=Quota(zc.quota_records, zc.quota_bytes),
         source=hashlib.sha256(text.encode()).hexdigest(),
     )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -38,7 +38,7 @@ def _keys(args: argparse.Namespace) -> int:
         served = build_zone(zc, config.base_dir, state_dir(config), key_store(config.authority, config.base_dir))
         keys = served.keys
         assert keys is not None
-        max_ttl = served.base.max_ttl()
+        max_ttl = served.timing_ttl()
         if args.action == "rollover":
             role: Role = args.role or ("csk" if keys.policy.csk else "zsk")
             record = keys.rollover(role, max_ttl)

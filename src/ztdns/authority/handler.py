@@ -40,7 +40,7 @@ from ztdns.authority.rrl import RateLimiter, Verdict
 from ztdns.authority.signing import Validity, ZoneSigner
 from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
-from ztdns.authority.zone import Change, SerialPolicy, Zone, next_serial, serial_gt, type_text
+from ztdns.authority.zone import Change, SerialPolicy, Zone, ZoneError, next_serial, serial_gt, type_text
 from ztdns.client import ClientInfo
 from ztdns.model import Kind
 from ztdns.observe.events import Answered
@@ -56,6 +56,17 @@ Clock = Callable[[], float]
 RENDERED_SECONDS = 30.0
 
 
+DEFAULT_MAX_TTL = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What one identity may hold in a zone's dynamic records (0: no limit)."""
+
+    records: int = 100
+    rdata_bytes: int = 65536
+
+
 @dataclass(frozen=True, slots=True)
 class ZoneSettings:
     origin: dns.name.Name
@@ -68,6 +79,12 @@ class ZoneSettings:
     # Keeps dynamic registrations and the serial across restarts; None keeps them in memory only.
     state_path: Path | None = None
     serial_policy: SerialPolicy = "increment"
+    # No record of any input (zone file, UPDATE, registration) may have a longer TTL (Knot's zone-max-ttl).
+    # When set explicitly it is also the TTL key rollovers wait for; by default they wait for the largest TTL
+    # of the zone's data when the rollover starts (bounded by this).
+    max_ttl: int = DEFAULT_MAX_TTL
+    max_ttl_explicit: bool = False
+    quota: Quota = field(default_factory=Quota)
     # A digest of the zone's source (file and inline records): a restart that finds it changed serves a new
     # serial even when the file kept its own.
     source: str = ""
@@ -94,6 +111,9 @@ class ServedZone:
         self.clock = clock
         self.signer = ZoneSigner(base.origin, settings.validity, clock) if keys else None
         self._dynamic: dict[tuple[dns.name.Name, int], dns.rdataset.Rdataset | None] = {}
+        # Who registered each dynamic RRset (None: the zone's operator, or before owners were recorded).
+        self._owners: dict[tuple[dns.name.Name, int], str] = {}
+        check_ttls(base, settings.max_ttl)
         self._keyset: KeySet | None = None
         if keys is not None:
             keys.ensure_keys()
@@ -194,14 +214,45 @@ class ServedZone:
             self._publish(self.base.with_changes([], serial=self.next_serial(previous)))
             self._save()
 
+    def timing_ttl(self) -> int:
+        """The TTL key rollovers wait for (RFC 7583 Iret): ``max_zone_ttl`` when configured, else the largest TTL
+        of the zone's data now (never above ``max_zone_ttl``, which every input obeys)."""
+        return self.settings.max_ttl if self.settings.max_ttl_explicit else self.base.max_ttl()
+
     def update(self, message: dns.update.UpdateMessage, identity: str | None) -> list[Change]:
-        new, changes = apply_update(message, self.base, identity, self.settings.grants, self.next_serial())
+        settings = self.settings
+        new, changes = apply_update(message, self.base, identity, settings.grants, self.next_serial(), settings.max_ttl)
+        if changes and identity is not None:
+            self._check_quota(identity, changes)
         if changes:
             for change in changes:
-                self._dynamic[(change.name, change.rdtype)] = change.rdataset
+                key = (change.name, change.rdtype)
+                self._dynamic[key] = change.rdataset
+                if change.rdataset is not None and identity is not None:
+                    self._owners[key] = identity
+                else:
+                    self._owners.pop(key, None)
             self._publish(new)
             self._save()
         return changes
+
+    def _check_quota(self, identity: str, changes: list[Change]) -> None:
+        quota = self.settings.quota
+        held = {key for key, owner in self._owners.items() if owner == identity}
+        held.update((c.name, c.rdtype) for c in changes)
+        after = {(c.name, c.rdtype): c.rdataset for c in changes}
+        records = size = 0
+        for key in held:
+            rds = after[key] if key in after else self._dynamic.get(key)
+            if rds is not None:
+                records += len(rds)
+                size += sum(len(rdata.to_wire() or b"") for rdata in rds)
+        if quota.records and records > quota.records:
+            raise UpdateRefused(dns.rcode.REFUSED, f"{identity} would hold {records} records (quota {quota.records})")
+        if quota.rdata_bytes and size > quota.rdata_bytes:
+            raise UpdateRefused(
+                dns.rcode.REFUSED, f"{identity} would hold {size} bytes of record data (quota {quota.rdata_bytes})"
+            )
 
     def transfer_records(self, version: Version | None = None) -> Iterator[dns.rrset.RRset]:
         """The signed records of ``version`` (default the one served), signed as they are taken."""
@@ -226,9 +277,11 @@ class ServedZone:
             rdtype = dns.rdatatype.from_text(entry["type"])
             rds = None
             if entry["rdata"] is not None:
-                rds = dns.rdataset.from_text_list(
-                    dns.rdataclass.IN, rdtype, entry["ttl"], entry["rdata"], origin=base.origin
-                )
+                # Registered under a higher max_zone_ttl: served within today's.
+                ttl = min(entry["ttl"], self.settings.max_ttl)
+                rds = dns.rdataset.from_text_list(dns.rdataclass.IN, rdtype, ttl, entry["rdata"], origin=base.origin)
+                if entry.get("identity"):
+                    self._owners[(name, rdtype)] = entry["identity"]
             self._dynamic[(name, rdtype)] = rds
             changes.append(Change(name, rdtype, rds))
         # Never go back: a restart keeps the serial secondaries have already seen.
@@ -250,6 +303,7 @@ class ServedZone:
                 "type": type_text(rdtype),
                 "ttl": rds.ttl if rds is not None else 0,
                 "rdata": [r.to_text() for r in rds] if rds is not None else None,
+                "identity": self._owners.get((name, rdtype)),
             }
             for (name, rdtype), rds in self._dynamic.items()
         ]
@@ -373,7 +427,7 @@ class Authority:
         changed = []
         for zone in self.zones.values():
             if zone.keys is not None:
-                zone.keys.due(zone.base.max_ttl())
+                zone.keys.due(zone.timing_ttl())
             if zone.refresh_keys() | zone.resign():
                 changed.append(zone)
         if changed:
@@ -551,6 +605,16 @@ def _error(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
     if len(wire) < 12 or wire[2] & 0x80:
         return None
     return error_response(wire, rcode, truncated=True) if truncated else header_only(wire, rcode)
+
+
+def check_ttls(zone: Zone, limit: int) -> None:
+    """Raises ZoneError naming the first record whose TTL is above ``limit`` (max_zone_ttl)."""
+    for name, node in zone.nodes.items():
+        for rdtype, rds in node.items():
+            if rds.ttl > limit:
+                raise ZoneError(
+                    f"zone {zone.origin}: {name} {type_text(rdtype)} has TTL {rds.ttl}, above max_zone_ttl {limit}"
+                )
 
 
 def _ixfr_current(query: dns.message.Message, serial: int) -> bool:

@@ -108,9 +108,10 @@ def apply_update(
     identity: str | None,
     grants: Iterable[Grant],
     serial: int | None = None,
+    max_ttl: int | None = None,
 ) -> tuple[Zone, list[Change]]:
     """The zone after ``message`` (same object if nothing changed) with SOA serial ``serial`` (default: one
-    more) and the changes; raises UpdateRefused."""
+    more) and the changes; raises UpdateRefused (also for a TTL above ``max_ttl``)."""
     grants = tuple(grants)
     check_prerequisites(zone, message.prerequisite)
     work: dict[tuple[dns.name.Name, int], dns.rdataset.Rdataset | None] = {}
@@ -133,6 +134,8 @@ def apply_update(
             if dns.rdatatype.is_metatype(rr.rdtype) or rr.rdclass != dns.rdataclass.IN:
                 raise UpdateRefused(dns.rcode.FORMERR, f"cannot add type {rr.rdtype} class {rr.rdclass}")
             authorise(rr.name, rr.rdtype)
+            if max_ttl is not None and rr.ttl > max_ttl:
+                raise UpdateRefused(dns.rcode.REFUSED, f"TTL {rr.ttl} is above the zone's max_zone_ttl {max_ttl}")
             merged = dns.rdataset.Rdataset(dns.rdataclass.IN, rr.rdtype)
             merged.update_ttl(rr.ttl)
             old = current(rr.name, rr.rdtype)

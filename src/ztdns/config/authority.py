@@ -76,6 +76,11 @@ class AuthZoneConfig(Section):
     notify: list[str] = []  # secondaries, "address[:port]"
     notify_key: str | None = None  # a name in tsig_keys: NOTIFY messages are signed with it
     grants: list[GrantConfig] = []
+    # No TTL above this from any input (Knot's zone-max-ttl); when set, also the TTL rollovers wait for.
+    max_zone_ttl: Annotated[int, Field(gt=0, le=0x7FFFFFFF)] | None = None
+    # What one identity may register (dynamic records): records and bytes of record data; 0 = no limit.
+    quota_records: Annotated[int, Field(ge=0)] = 100
+    quota_bytes: Annotated[int, Field(ge=0)] = 65536
     # How the SOA serial advances on every new version (Knot's serial-policy).
     serial_policy: Literal["increment", "unixtime", "dateserial"] = "increment"
 
