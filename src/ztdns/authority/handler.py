@@ -42,6 +42,7 @@ from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
 from ztdns.authority.zone import Change, SerialPolicy, Zone, ZoneError, next_serial, serial_gt, type_text
 from ztdns.client import ClientInfo
+from ztdns.identity.certificates import is_spiffe_id
 from ztdns.model import Kind
 from ztdns.observe.events import Answered
 from ztdns.observe.metrics import Metrics
@@ -561,7 +562,8 @@ class Authority:
         if message.had_tsig and message.keyname is not None:
             identity: str | None = self.identities.get(message.keyname, f"tsig:{message.keyname.to_text()}")
         else:
-            identity = client.certificate_identity
+            # Registration authorises by the certificate's SPIFFE ID (URI SAN) only, never a DNS SAN or CN.
+            identity = client.certificate_identity if is_spiffe_id(client.certificate_identity) else None
         response = dns.message.make_response(message)
         response.set_rcode(dns.rcode.Rcode.make(self.apply(message, identity)[0]))
         return response.to_wire()
