@@ -202,6 +202,6 @@ def test_a_cn_that_reads_like_a_spiffe_id_never_registers(api: tuple[Authority, 
     # And over DNS UPDATE without TSIG: a DNS SAN identity is no SPIFFE ID either.
     update = dns.update.UpdateMessage("corp.internal.")
     update.replace("web.prod.svc.corp.internal.", 30, "A", "10.6.6.6")
-    client = ClientInfo(Transport.DOT, "127.0.0.1", 1, certificate_identity="web.example", stream=True)
-    response = dns.message.from_wire(authority.respond(update.to_wire(), client)[0])
+    dot = ClientInfo(Transport.DOT, "127.0.0.1", 1, certificate_identity="web.example", stream=True)
+    response = dns.message.from_wire(authority.respond(update.to_wire(), dot)[0])
     assert response.rcode() == dns.rcode.REFUSED and zone.zone.serial == serial
