@@ -81,7 +81,13 @@ class ZoneLoader:
         keyring = dns.tsigkeyring.from_text({name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()})
         identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
         rrl = config.rrl
-        limiter = RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
+        exempt = [ipaddress.ip_network(n, strict=False) for n in rrl.exempt]
+        limiter = (
+            RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix, exempt=exempt)
+            if rrl.enabled
+            else None
+        )
+        self.authority.nsid = config.nsid.encode()
         self.authority.replace(zones, keyring, identities, limiter)
         self.sources = sources
         return built

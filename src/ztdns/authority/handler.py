@@ -12,11 +12,12 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -28,6 +29,7 @@ import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
 import dns.rdtypes.ANY.TSIG
+import dns.rrset
 import dns.tsig
 import dns.update
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -36,7 +38,7 @@ from prometheus_client.metrics_core import Metric
 from ztdns.authority.answer import SignedView, answer
 from ztdns.authority.kasp import KeyManager, KeySet
 from ztdns.authority.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
-from ztdns.authority.rrl import RateLimiter, Verdict
+from ztdns.authority.rrl import Cookies, RateLimiter, Verdict
 from ztdns.authority.signing import Validity, ZoneSigner
 from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
@@ -356,8 +358,11 @@ class Authority:
         clock: Clock = time.time,
         metrics: Metrics | None = None,
         replay_limit: int = 100_000,
+        nsid: bytes = b"",
     ) -> None:
         self.zones = {z.origin: z for z in zones}
+        self.nsid = nsid  # RFC 5001: sent to clients that ask, empty: not at all
+        self.cookies = Cookies()
         self.keyring = keyring or {}
         self.identities = identities or {}
         self.rrl = rrl
@@ -456,9 +461,10 @@ class Authority:
         """
         started = time.perf_counter()
         replays = self._replays  # once: see _changed
-        found = replays.answer(None, wire, client.stream, time.monotonic())
+        # A query with EDNS options we answer per client (cookie, NSID) is not replayed: the full path adds them.
+        found = None if _has_options(wire) else replays.answer(None, wire, client.stream, time.monotonic())
         if found is not None:
-            return self._replayed(wire, client, found[0], found[1].answered.rcode, started)
+            return self._replayed(wire, client, found[0], found[1], started)
         if len(wire) < 12 or wire[2] & 0x78:  # not opcode QUERY: UPDATE, NOTIFY, ...
             return None
         if client.stream:
@@ -467,9 +473,10 @@ class Authority:
             return response
         return b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
 
-    def _replayed(self, wire: bytes, client: ClientInfo, answer: bytes, rcode: str, started: float) -> bytes | None:
+    def _replayed(self, wire: bytes, client: ClientInfo, answer: bytes, replay: Replay, started: float) -> bytes | None:
+        rcode = replay.answered.rcode
         if not client.stream and self.rrl is not None:
-            verdict = self.rrl.check(client.address)
+            verdict = self.rrl.check(client.address, self._replay_class(wire, replay))
             if verdict is not Verdict.SEND:
                 return self._limited(wire, verdict) or b""
         self.metrics.count(client.transport.value, KIND_REPLAYED, rcode, time.perf_counter() - started)
@@ -484,6 +491,19 @@ class Authority:
         """Every response message (:class:`~ztdns.transport.MultiResponseHandler`, for the TCP transport); a
         transfer is a generator making each message as the transport takes it."""
         return self._respond(wire, client, self._replays, time.perf_counter())
+
+    def _replay_class(self, wire: bytes, replay: Replay) -> Hashable:
+        rcode = replay.answered.rcode
+        if rcode == "NOERROR":
+            return replay.key  # (name, type, variant)
+        if rcode == "NXDOMAIN":
+            try:
+                name = dns.name.from_wire(wire, 12)[0]
+            except dns.exception.DNSException:
+                return ERROR_CLASS
+            served = self.zone_for(name)
+            return ("nxdomain", served.origin if served is not None else None)
+        return ERROR_CLASS
 
     def _limited(self, wire: bytes, verdict: Verdict) -> bytes | None:
         if verdict is Verdict.SLIP:
@@ -524,22 +544,49 @@ class Authority:
         question = query.question[0]
         if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
             return self._transfer(query, client)
-        if not client.stream and self.rrl is not None:
-            verdict = self.rrl.check(client.address)
-            if verdict is not Verdict.SEND:
-                return _wire_list(self._limited(wire, verdict))
         served = self.zone_for(question.name, question.rdtype)
         version = served.version if served is not None else None  # read once: another thread may publish
         response = answer(query, version.zone if version else None, version.view if version else None)
+        per_client = self._edns_options(query, response, client)
+        parsed = parse_query(wire)
+        if not client.stream and self.rrl is not None and per_client is not _COOKIE_VALID:
+            bucket = parsed.key if parsed is not None else (question.name.canonicalize(), question.rdtype)
+            response_class = _response_class(response, bucket, served)
+            verdict = self.rrl.check(client.address, response_class)
+            if verdict is not Verdict.SEND:
+                return _wire_list(self._limited(wire, verdict))
         rcode = dns.rcode.to_text(response.rcode())
         out, full = _render(response, client, query)
-        if served is not None and not query.had_tsig:
-            parsed = parse_query(wire)
-            if parsed is not None:
-                expires = time.monotonic() + RENDERED_SECONDS
-                replays.put(None, Replay(parsed.key, full, expires, Answered(KIND_REPLAYED, rcode)))
+        if served is not None and not query.had_tsig and per_client is None and parsed is not None:
+            expires = time.monotonic() + RENDERED_SECONDS
+            replays.put(None, Replay(parsed.key, full, expires, Answered(KIND_REPLAYED, rcode)))
         self.metrics.count(client.transport.value, KIND_ANSWERED, rcode, time.perf_counter() - started)
         return [out]
+
+    def _edns_options(
+        self, query: dns.message.Message, response: dns.message.Message, client: ClientInfo
+    ) -> object | None:
+        """Add the per-client EDNS options (RFC 7873 cookie, RFC 5001 NSID) the query asked for; returns None when
+        there are none (the answer can be replayed to others), _COOKIE_VALID when the client showed a valid
+        server cookie (not rate-limited by address), else _PER_CLIENT."""
+        if query.edns < 0 or not query.options or response.edns < 0:
+            return None
+        added: list[dns.edns.Option] = []
+        result: object | None = None
+        for option in query.options:
+            if option.otype == dns.edns.OptionType.COOKIE and isinstance(option, dns.edns.CookieOption):
+                if len(option.client) != 8:
+                    continue
+                result = result or _PER_CLIENT
+                if option.server and self.cookies.valid(option.client, option.server, client.address):
+                    result = _COOKIE_VALID
+                added.append(dns.edns.CookieOption(option.client, self.cookies.make(option.client, client.address)))
+            elif option.otype == dns.edns.OptionType.NSID and self.nsid:
+                result = result or _PER_CLIENT
+                added.append(dns.edns.NSIDOption(self.nsid))
+        if added:
+            response.use_edns(response.edns, response.ednsflags, response.payload, options=[*response.options, *added])
+        return result
 
     def _transfer(self, query: dns.message.Message, client: ClientInfo) -> Iterable[bytes]:
         served = self.zones.get(query.question[0].name)
@@ -549,13 +596,13 @@ class Authority:
             response.set_rcode(dns.rcode.REFUSED if served is not None else dns.rcode.NOTAUTH)
             return [response.to_wire()]
         self.stats.transfers += 1
-        version = served.version
+        version = served.version  # one version for the whole transfer, however long it streams
         if query.question[0].rdtype == dns.rdatatype.IXFR and _ixfr_current(query, version.zone.serial):
             # RFC 1995 §2: the client has this version (or a newer one): the SOA alone says so.
             response = dns.message.make_response(query)
             response.flags |= dns.flags.AA
             response.answer.append(version.zone.soa_rrset())
-            return [response.to_wire()]  # one version for the whole transfer, however long it streams
+            return [response.to_wire()]
         return axfr_messages(query, served.transfer_records(version), version.zone.soa_rrset())
 
     def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
@@ -607,6 +654,28 @@ def _error(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
     if len(wire) < 12 or wire[2] & 0x80:
         return None
     return error_response(wire, rcode, truncated=True) if truncated else header_only(wire, rcode)
+
+
+ERROR_CLASS = ("error",)
+_COOKIE_VALID = object()
+_PER_CLIENT = object()
+
+
+def _response_class(response: dns.message.Message, question: Hashable, served: ServedZone | None) -> Hashable:
+    """The RRL bucket of a response besides the client prefix: answers and NODATA per question (the replay key:
+    name, type and EDNS variant, so replays count in the same bucket), NXDOMAIN per zone, errors together."""
+    rcode = response.rcode()
+    if rcode == dns.rcode.NOERROR:
+        return question
+    if rcode == dns.rcode.NXDOMAIN:
+        return ("nxdomain", served.origin if served is not None else None)
+    return ERROR_CLASS
+
+
+def _has_options(wire: bytes) -> bool:
+    """Whether a query's OPT record carries options (cheap: the OPT record ends the message, so without options
+    its RDLENGTH, the last two bytes, is zero)."""
+    return len(wire) > 23 and (wire[10] or wire[11]) != 0 and wire[-2:] != b"\0\0"
 
 
 def check_ttls(zone: Zone, limit: int) -> None:

@@ -102,6 +102,12 @@ class RrlConfig(Section):
     slip: Annotated[int, Field(ge=0, le=10)] = 2
     ipv4_prefix: Annotated[int, Field(ge=8, le=32)] = 24
     ipv6_prefix: Annotated[int, Field(ge=16, le=128)] = 56
+    exempt: list[str] = []  # networks never rate-limited (your resolvers, monitoring)
+
+    @field_validator("exempt")
+    @classmethod
+    def _exempt(cls, values: list[str]) -> list[str]:
+        return check_networks(values)
 
 
 class Pkcs11Config(Section):
@@ -143,6 +149,7 @@ class AuthorityConfig(Section):
     key_store: Literal["file", "pkcs11"] = "file"
     pkcs11: Pkcs11Config | None = None
     api: ApiConfig | None = None  # the HTTPS registration API, authenticated by client certificates
+    nsid: str = ""  # RFC 5001 name server identifier sent to clients asking for it; empty: none
 
     @field_validator("listen")
     @classmethod
