@@ -35,6 +35,7 @@ def policy(signing: SigningConfig) -> Policy:
         signing.parent_ds_ttl,
         signing.zsk_lifetime,
         signing.ksk_lifetime,
+        signing.algorithm_rollover,
     )
 
 
@@ -136,11 +137,15 @@ def zone_text(zc: AuthZoneConfig, base_dir: Path) -> str:
     return text + "\n" + "\n".join(zc.records) + "\n"
 
 
-def check_zone(zc: AuthZoneConfig, base_dir: Path) -> None:
-    """What ``ztdns check`` reads of a zone: its file and records must load and obey ``max_zone_ttl`` (no keys
-    are touched)."""
+def check_zone(zc: AuthZoneConfig, base_dir: Path, state: Path | None = None) -> None:
+    """What ``ztdns check`` reads of a zone: its file and records must load and obey ``max_zone_ttl``; with the
+    state directory, a change of algorithm must be allowed to roll (no key is loaded or made)."""
     zone = Zone.from_text(zone_text(zc, base_dir), dns.name.from_text(zc.name))
     check_ttls(zone, zc.max_zone_ttl or DEFAULT_MAX_TTL)
+    if state is not None and zc.signing.enabled and (state / f"{zc.name.rstrip('.') or 'root'}.keys.json").exists():
+        reason = key_manager(zc, state).algorithm_change()
+        if reason is not None:
+            raise ZoneError(reason)
 
 
 def build_zone(

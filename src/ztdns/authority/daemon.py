@@ -29,9 +29,11 @@ from ztdns.authority.handler import Authority, ServedZone
 from ztdns.authority.keys import KeyStoreError
 from ztdns.authority.transfer import notify_message
 from ztdns.authority.zone import ZoneError
+from ztdns.client import ClientInfo
 from ztdns.config import Config, ConfigError, located
 from ztdns.config.listen import ListenConfig
 from ztdns.observe.metrics import Metrics
+from ztdns.transport import Handler
 from ztdns.transport.stream import TlsStreamListener
 from ztdns.transport.tcp import TcpServer
 from ztdns.transport.tls import TlsError, TlsMaterial
@@ -190,6 +192,31 @@ class AuthorityService:
                 pass
             await asyncio.sleep(0.5 * (attempt + 1))
         log.warning("secondary %s:%d did not acknowledge NOTIFY for %s", host, port, zone.origin)
+
+
+UPDATE_OPCODE = 5
+
+
+class UpdateRouting:
+    """The resolver's listeners with the authority's UPDATE: an RFC 2136 UPDATE arriving on a resolver listener
+    (DoT with a client certificate: the certificate's SPIFFE ID authorises it) goes to the authority, anything
+    else to the resolver's handler. Wraps the handler of the resolver's encrypted listeners."""
+
+    def __init__(self, resolver: Handler, authority: Authority) -> None:
+        self.resolver = resolver
+        self.authority = authority
+
+    @staticmethod
+    def _is_update(wire: bytes) -> bool:
+        return len(wire) >= 12 and not wire[2] & 0x80 and (wire[2] >> 3) & 0xF == UPDATE_OPCODE
+
+    def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        return None if self._is_update(wire) else self.resolver.fast(wire, client)
+
+    async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        if self._is_update(wire):
+            return await self.authority.handle(wire, client)
+        return await self.resolver.handle(wire, client)
 
 
 def build_service(config: Config, metrics: Metrics) -> AuthorityService | None:
