@@ -38,6 +38,7 @@ invalid zone).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import json
 import os
@@ -54,6 +55,11 @@ from ztdns.authority.keys import ECDSAP256SHA256, FileKey, KeyStoreError, Privat
 Role = Literal["ksk", "zsk", "csk"]
 Clock = Callable[[], float]
 FOREVER = float("inf")
+
+
+def when_text(t: float) -> str:
+    """A timestamp as people read it (UTC, ISO 8601)."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,9 +349,8 @@ class KeyManager:
                 raise KeyStoreError(f"zone {self.zone} has no key waiting for its DS")
             new = waiting[0]
             if new.ready is None or new.ready > now:
-                raise KeyStoreError(
-                    f"key {new.tag} of {self.zone} is not ready before {new.ready}: CDS not yet published"
-                )
+                ready = "an unknown time" if new.ready is None else when_text(new.ready)
+                raise KeyStoreError(f"key {new.tag} of {self.zone} is not ready before {ready}: CDS not yet published")
             new.ds_seen = now
             t3 = now + policy.parent_propagation_delay + policy.parent_ds_ttl
             for record in state.keys:
