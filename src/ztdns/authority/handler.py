@@ -35,7 +35,7 @@ import dns.update
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ztdns.authority.answer import SignedView, answer
+from ztdns.authority.answer import EDNS_CO, SignedView, answer
 from ztdns.authority.kasp import KeyManager, KeySet
 from ztdns.authority.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
 from ztdns.authority.rrl import Cookies, RateLimiter, Verdict
@@ -557,7 +557,8 @@ class Authority:
                 return _wire_list(self._limited(wire, verdict))
         rcode = dns.rcode.to_text(response.rcode())
         out, full = _render(response, client, query)
-        if served is not None and not query.had_tsig and per_client is None and parsed is not None:
+        compact_ok = query.ednsflags & EDNS_CO  # not in the replay key: answered per query
+        if served is not None and not query.had_tsig and per_client is None and parsed is not None and not compact_ok:
             expires = time.monotonic() + RENDERED_SECONDS
             replays.put(None, Replay(parsed.key, full, expires, Answered(KIND_REPLAYED, rcode)))
         self.metrics.count(client.transport.value, KIND_ANSWERED, rcode, time.perf_counter() - started)
@@ -590,7 +591,9 @@ class Authority:
 
     def _transfer(self, query: dns.message.Message, client: ClientInfo) -> Iterable[bytes]:
         served = self.zones.get(query.question[0].name)
-        if served is None or not client.stream or not served.settings.transfer.allows(query, client.address):
+        # A compact-denial zone has no denial chain to transfer: a secondary could not prove non-existence.
+        compact = served is not None and served.signer is not None and served.settings.denial == "compact"
+        if served is None or not client.stream or compact or not served.settings.transfer.allows(query, client.address):
             self.stats.transfers_refused += 1
             response = dns.message.make_response(query)
             response.set_rcode(dns.rcode.REFUSED if served is not None else dns.rcode.NOTAUTH)
@@ -673,9 +676,12 @@ def _response_class(response: dns.message.Message, question: Hashable, served: S
 
 
 def _has_options(wire: bytes) -> bool:
-    """Whether a query's OPT record carries options (cheap: the OPT record ends the message, so without options
-    its RDLENGTH, the last two bytes, is zero)."""
-    return len(wire) > 23 and (wire[10] or wire[11]) != 0 and wire[-2:] != b"\0\0"
+    """Whether a query's OPT record carries options or the CO flag, which make its answer the client's own
+    (cheap: the OPT record ends the message, so without options its RDLENGTH, the last two bytes, is zero and its
+    flags are four bytes before the end)."""
+    if len(wire) <= 23 or (wire[10] or wire[11]) == 0:
+        return False
+    return wire[-2:] != b"\0\0" or bool(wire[-4] & (EDNS_CO >> 8))
 
 
 def check_ttls(zone: Zone, limit: int) -> None:

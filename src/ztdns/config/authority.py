@@ -96,6 +96,19 @@ class AuthZoneConfig(Section):
     def _name(cls, value: str) -> str:
         return dns.name.from_text(value).to_text()
 
+    @model_validator(mode="after")
+    def _compact_not_transferred(self) -> AuthZoneConfig:
+        if (
+            self.signing.enabled
+            and self.signing.denial == "compact"
+            and (self.notify or self.transfer_keys or self.transfer_networks)
+        ):
+            raise ValueError(
+                f"zone {self.name}: compact denial answers are made per query and cannot be transferred "
+                '(secondaries could not prove non-existence); use denial = "nsec3" for zones with secondaries'
+            )
+        return self
+
 
 class RrlConfig(Section):
     enabled: bool = True
