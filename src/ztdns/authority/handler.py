@@ -179,6 +179,26 @@ class ServedZone:
         """The serial of the next version (after ``serial``, default the one served), by the serial policy."""
         return next_serial(self.base.serial if serial is None else serial, self.settings.serial_policy, self.clock())
 
+    def _publish_update(self, base: Zone, changes: list[Change]) -> None:
+        """Publish an update incrementally when the served version allows it: the served zone is the previous
+        one with the same changes (its key records are unchanged) and the NSEC3 chain is updated for the
+        changed names only, so a registration on a 50,000-name zone costs milliseconds, not a rebuild."""
+        previous = self.version
+        if previous.view is None or base.touched is None:
+            self._publish(base)
+            return
+        self.base = base
+        served = previous.zone.with_changes(changes, serial=base.serial)
+        if served.touched is None or served.cuts is not previous.zone.cuts:
+            self._publish(base)
+            return
+        signatures = previous.view.signatures
+        if previous.chain is not None:
+            chain = previous.chain.updated(served, served.touched)
+            self.version = Version(served, SignedView(signatures, chain), chain)
+        else:
+            self.version = Version(served, SignedView(signatures, CompactDenial(served)))
+
     def refresh_keys(self) -> bool:
         """Re-read the key timeline; a change of published keys is a new zone version (new serial)."""
         if self.keys is None:
@@ -235,7 +255,7 @@ class ServedZone:
                     self._owners[key] = identity
                 else:
                     self._owners.pop(key, None)
-            self._publish(new)
+            self._publish_update(new, changes)
             self._save()
         return changes
 
