@@ -7,6 +7,7 @@ import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.name
@@ -20,7 +21,7 @@ import dns.update
 import pytest
 
 from authority_lab import ORIGIN, ZONE_TEXT, free_port, keyring, knot_secondary, serving, signed_zone, wait_serial
-from ztdns.authority.handler import Authority
+from ztdns.authority.handler import Authority, ServedZone
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
 from ztdns.client import ClientInfo, Transport
@@ -161,16 +162,21 @@ def test_a_refused_notify_is_not_an_acknowledgement(tmp_path: Path) -> None:
     assert seen == 2  # retried after REFUSED
 
 
-@pytest.mark.slow
-def test_knot_follows_a_tsig_signed_notify(tmp_path: Path) -> None:
-    knot_port = free_port()
-    zone = signed_zone(
+def _primary_for(tmp_path: Path, knot_port: int, **settings: Any) -> ServedZone:
+    """Our zone as knotd's primary: transfers with the xfr key, NOTIFY to knotd, xfr may register in svc."""
+    return signed_zone(
         tmp_path / "state",
         transfer=TransferAcl(keys=frozenset({XFR})),
         notify=(("127.0.0.1", knot_port),),
-        notify_key=XFR,
         grants=(Grant("tsig:xfr.", ("**.svc.corp.internal",)),),
+        **settings,
     )
+
+
+@pytest.mark.slow
+def test_knot_follows_a_tsig_signed_notify(tmp_path: Path) -> None:
+    knot_port = free_port()
+    zone = _primary_for(tmp_path, knot_port, notify_key=XFR)
     with (
         serving(Authority([zone], keyring=keyring())) as (_, server),
         knot_secondary(tmp_path, knot_port, server.port, notify_key=True),
@@ -180,3 +186,78 @@ def test_knot_follows_a_tsig_signed_notify(tmp_path: Path) -> None:
         update.add("db.svc", 30, "A", "10.9.9.9")
         assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
         wait_serial(knot_port, zone.zone.serial, seconds=8)  # only through the signed NOTIFY (SOA refresh: 1 h)
+
+
+def _rrs(messages: list[dns.message.Message]) -> list[tuple[str, int, str]]:
+    return [(str(rrset.name), rrset.rdtype, rd.to_text()) for m in messages for rrset in m.answer for rd in rrset]
+
+
+def _transfer(authority: Authority, rdtype: str, serial: int | None = None) -> list[dns.message.Message]:
+    query = dns.message.make_query(ORIGIN, rdtype)
+    if serial is not None:
+        soa = next(iter(authority.zones.values())).zone.soa_rrset()
+        query.authority.append(dns.rrset.from_rdata(ORIGIN, 0, soa[0].replace(serial=serial)))
+    query.use_tsig(keyring(), XFR)
+    messages, ctx = [], None
+    for wire in authority.respond(query.to_wire(), TCP_CLIENT):
+        # One RRset per record: an IXFR deletes and adds records of the same RRset in one message.
+        message = dns.message.from_wire(
+            wire, keyring=keyring(), request_mac=query.mac, multi=True, tsig_ctx=ctx, one_rr_per_rrset=True
+        )
+        ctx = message.tsig_ctx
+        messages.append(message)
+    return messages
+
+
+def test_ixfr_from_the_journal_applies_to_the_same_zone_as_an_axfr(tmp_path: Path) -> None:
+    zone = signed_zone(
+        tmp_path, transfer=TransferAcl(keys=frozenset({XFR})), grants=(Grant("tsig:xfr.", ("**.corp.internal",)),)
+    )
+    authority = Authority([zone], keyring=keyring())
+    held = set(_rrs(_transfer(authority, "AXFR"))[:-1])  # what a secondary holds (closing SOA dropped)
+    first = zone.zone.serial
+    for name, data in (("db.svc", "10.9.9.9"), ("www", "192.0.2.99")):
+        update = dns.update.UpdateMessage(ORIGIN)
+        update.replace(dns.name.from_text(name, ORIGIN), 30, "A", data)
+        assert authority.apply(update, "tsig:xfr.")[0] == dns.rcode.NOERROR
+        _transfer(authority, "IXFR", zone.zone.serial - 1)  # another secondary follows each version
+    records = _rrs(_transfer(authority, "IXFR", first))
+    soa = [i for i, r in enumerate(records) if r[1] == dns.rdatatype.SOA]
+    assert records[0][1] == dns.rdatatype.SOA and len(soa) == 2 * 2 + 2  # new, (old, new) per version, new
+    state, deleting = set(held), False
+    for record in records[1:-1]:
+        if record[1] == dns.rdatatype.SOA:
+            deleting = not deleting
+            if deleting:
+                state.discard(record)
+            else:
+                state.add(record)
+            continue
+        if deleting:
+            assert record in state, record  # a secondary can only delete what it holds
+            state.remove(record)
+        else:
+            state.add(record)
+    assert state == set(_rrs(_transfer(authority, "AXFR"))[:-1])
+    # Not in the journal: a full transfer.
+    assert len(_rrs(_transfer(authority, "IXFR", (first - 5) % (1 << 32)))) == len(_rrs(_transfer(authority, "AXFR")))
+
+
+@pytest.mark.slow
+def test_knot_follows_updates_by_ixfr(tmp_path: Path) -> None:
+    knot_port = free_port()
+    zone = _primary_for(tmp_path, knot_port)
+    with (
+        serving(Authority([zone], keyring=keyring())) as (_, server),
+        knot_secondary(tmp_path, knot_port, server.port, extra="journal-content: none"),
+    ):
+        wait_serial(knot_port, zone.zone.serial)
+        for i in range(3):
+            update = dns.update.UpdateMessage(ORIGIN, keyring=keyring(), keyname=XFR)
+            update.add(f"db{i}.svc", 30, "A", f"10.9.9.{i}")
+            assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
+            wait_serial(knot_port, zone.zone.serial)
+        log = (tmp_path / "knot.log").read_text()
+        assert log.count("IXFR, incoming") >= 3 and "fallback to AXFR" not in log, log
+        response = dns.query.udp(dns.message.make_query("db2.svc.corp.internal.", "A"), "127.0.0.1", port=knot_port)
+        assert response.answer[0][0].to_text() == "10.9.9.2"

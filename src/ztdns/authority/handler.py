@@ -40,7 +40,14 @@ from ztdns.authority.kasp import KeyManager, KeySet
 from ztdns.authority.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
 from ztdns.authority.rrl import Cookies, RateLimiter, Verdict
 from ztdns.authority.signing import Validity, ZoneSigner
-from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
+from ztdns.authority.transfer import (
+    Snapshot,
+    TransferAcl,
+    axfr_messages,
+    differences,
+    records_with_sources,
+    snapshot,
+)
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
 from ztdns.authority.zone import Change, SerialPolicy, Zone, ZoneError, next_serial, serial_gt, type_text
 from ztdns.client import ClientInfo
@@ -93,6 +100,22 @@ class ZoneSettings:
     source: str = ""
 
 
+# Differences kept for IXFR: versions a secondary may be behind by and still get an incremental transfer.
+JOURNAL_VERSIONS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """From serial ``since`` to ``serial``: the RRsets deleted and added (signatures and NSEC3 included)."""
+
+    since: int
+    since_soa: dns.rrset.RRset
+    serial: int
+    soa: dns.rrset.RRset
+    deleted: list[dns.rrset.RRset]
+    added: list[dns.rrset.RRset]
+
+
 @dataclass(frozen=True, slots=True)
 class Version:
     """What one published zone version answers from, swapped in one assignment so a reader on another thread
@@ -121,6 +144,10 @@ class ServedZone:
         if keys is not None:
             keys.ensure_keys()
             self._keyset = keys.keyset()
+        # What secondaries got in the last full transfer, and the differences between transferred versions
+        # (IXFR, RFC 1995; in memory: after a restart an IXFR is answered with a full transfer).
+        self._snapshot: tuple[int, Snapshot, dns.rrset.RRset] | None = None
+        self._journal: list[JournalEntry] = []
         # Signatures made before a restart may be held by secondaries: their refresh time is kept in the state.
         self._resign_at = self._saved_resign_at = float("inf")
         base, changed = self._restore(base)
@@ -278,9 +305,41 @@ class ServedZone:
             )
 
     def transfer_records(self, version: Version | None = None) -> Iterator[dns.rrset.RRset]:
-        """The signed records of ``version`` (default the one served), signed as they are taken."""
+        """The signed records of ``version`` (default the one served), signed as they are taken. A transfer
+        taken to the end is remembered as what secondaries hold (the IXFR journal's next difference)."""
         version = version or self.version
-        return zone_records(version.zone, version.view, version.chain.rrsets() if version.chain else ())
+        taken: Snapshot = {}
+        for rrset, source in self._sourced(version):
+            taken[(rrset.name, rrset.rdtype, rrset.covers)] = (source, rrset)
+            yield rrset
+        self._remember(version, taken)
+
+    def _sourced(self, version: Version) -> Iterator[tuple[dns.rrset.RRset, object]]:
+        return records_with_sources(version.zone, version.view, version.chain.rrsets() if version.chain else ())
+
+    def _remember(self, version: Version, taken: Snapshot) -> None:
+        serial = version.zone.serial
+        last = self._snapshot
+        if last is not None and not serial_gt(serial, last[0]):
+            return
+        if last is not None:
+            deleted, added = differences(last[1], taken)
+            self._journal.append(JournalEntry(last[0], last[2], serial, version.zone.soa_rrset(), deleted, added))
+            del self._journal[:-JOURNAL_VERSIONS]
+        self._snapshot = (serial, taken, version.zone.soa_rrset())
+
+    def ixfr_records(self, version: Version, since: int) -> list[dns.rrset.RRset] | None:
+        """The RFC 1995 difference sequence from serial ``since`` to ``version`` (its closing SOA left to the
+        caller), or None when the journal does not reach back to ``since`` (then a full transfer answers)."""
+        if self._snapshot is None or self._snapshot[0] != version.zone.serial:
+            self._remember(version, snapshot(self._sourced(version)))
+        start = next((i for i, entry in enumerate(self._journal) if entry.since == since), None)
+        if start is None or self._journal[-1].serial != version.zone.serial:
+            return None
+        out = [version.zone.soa_rrset()]
+        for entry in self._journal[start:]:
+            out += [entry.since_soa, *entry.deleted, entry.soa, *entry.added]
+        return out
 
     # -- persistence of dynamic data -------------------------------------------------------------------------
 
@@ -620,12 +679,17 @@ class Authority:
             return [response.to_wire()]
         self.stats.transfers += 1
         version = served.version  # one version for the whole transfer, however long it streams
-        if query.question[0].rdtype == dns.rdatatype.IXFR and _ixfr_current(query, version.zone.serial):
-            # RFC 1995 §2: the client has this version (or a newer one): the SOA alone says so.
-            response = dns.message.make_response(query)
-            response.flags |= dns.flags.AA
-            response.answer.append(version.zone.soa_rrset())
-            return [response.to_wire()]
+        if query.question[0].rdtype == dns.rdatatype.IXFR:
+            since = _ixfr_serial(query)
+            if since is not None and (since == version.zone.serial or serial_gt(since, version.zone.serial)):
+                # RFC 1995 §2: the client has this version (or a newer one): the SOA alone says so.
+                response = dns.message.make_response(query)
+                response.flags |= dns.flags.AA
+                response.answer.append(version.zone.soa_rrset())
+                return [response.to_wire()]
+            sequence = served.ixfr_records(version, since) if since is not None else None
+            if sequence is not None:
+                return axfr_messages(query, sequence, version.zone.soa_rrset())
         return axfr_messages(query, served.transfer_records(version), version.zone.soa_rrset())
 
     def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
@@ -714,12 +778,13 @@ def check_ttls(zone: Zone, limit: int) -> None:
                 )
 
 
-def _ixfr_current(query: dns.message.Message, serial: int) -> bool:
+def _ixfr_serial(query: dns.message.Message) -> int | None:
+    """The serial an IXFR client has (the SOA in its authority section)."""
     for rrset in query.authority:
         if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
             have: int = rrset[0].serial
-            return have == serial or serial_gt(have, serial)
-    return False
+            return have
+    return None
 
 
 def _tsig_error(wire: bytes, error: int, now: float) -> bytes | None:

@@ -1,5 +1,5 @@
-"""Zone transfer out (AXFR; IXFR is answered with a full transfer, RFC 1995 §4) and NOTIFY (RFC 1996),
-sans-IO.
+"""Zone transfer out (AXFR; IXFR from a journal of differences between transferred versions, RFC 1995) and
+NOTIFY (RFC 1996), sans-IO.
 
 A transfer is a generator of wire messages, each packed up to ~64 KB by the size of its records (RFC 5936 §2.2:
 the unit is the RR, so an RRset larger than one message is split across messages), made only as the transport
@@ -54,22 +54,31 @@ def zone_records(
     zone: Zone, view: SignedView | None, nsec3: Iterable[dns.rrset.RRset] = ()
 ) -> Iterator[dns.rrset.RRset]:
     """Every RRset of the zone with its signatures, SOA first (the closing SOA is added by the caller)."""
+    return (rrset for rrset, _ in records_with_sources(zone, view, nsec3))
+
+
+def records_with_sources(
+    zone: Zone, view: SignedView | None, nsec3: Iterable[dns.rrset.RRset] = ()
+) -> Iterator[tuple[dns.rrset.RRset, object]]:
+    """``zone_records`` with, for each RRset, the object it was made from (the zone's rdataset, the signer's
+    RRSIG RRset, the chain's NSEC3 RRset): versions share those objects where nothing changed, so comparing them
+    by identity finds the differences between two versions without comparing records."""
     # In zone order but unsorted (a sort of 50,000 names would delay the first message): only the SOA's place
     # matters (RFC 5936 §2.2).
-    soa = zone.soa_rrset()
+    apex_soa = zone.nodes[zone.origin][SOA]
     data = (
-        rrset_of(name, rds)
+        (rrset_of(name, rds), rds)
         for name, node in zone.nodes.items()
         for rdtype, rds in node.items()
         if rdtype != SOA or name != zone.origin
     )
-    for rrset in itertools.chain((soa,), data, nsec3):
-        yield rrset
+    for rrset, source in itertools.chain(((zone.soa_rrset(), apex_soa),), data, ((r, r) for r in nsec3)):
+        yield rrset, source
         if view is None or _unsigned_in_transfer(zone, rrset):
             continue
         sig = view.signatures.rrsig(rrset)
         if sig is not None:
-            yield sig
+            yield sig, sig
 
 
 def _unsigned_in_transfer(zone: Zone, rrset: dns.rrset.RRset) -> bool:
@@ -144,6 +153,31 @@ def _like(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
     part = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
     part.update_ttl(rrset.ttl)
     return part
+
+
+Snapshot = dict[tuple[dns.name.Name, int, int], tuple[object, dns.rrset.RRset]]
+
+
+def snapshot(records: Iterable[tuple[dns.rrset.RRset, object]]) -> Snapshot:
+    """What a secondary holds after a transfer, keyed by (owner, type, covered type)."""
+    return {(rrset.name, rrset.rdtype, rrset.covers): (source, rrset) for rrset, source in records}
+
+
+def differences(old: Snapshot, new: Snapshot) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset]]:
+    """(deleted, added) RRsets from ``old`` to ``new`` (RFC 1995), the SOA left out: it frames the sequence."""
+    return _missing(old, new), _missing(new, old)
+
+
+def _missing(have: Snapshot, other: Snapshot) -> list[dns.rrset.RRset]:
+    """RRsets of ``have`` that ``other`` lacks or holds with other records or TTL (SOA left out)."""
+    out = []
+    for key, (source, rrset) in have.items():
+        if key[1] == SOA:
+            continue
+        found = other.get(key)
+        if found is None or (found[0] is not source and (found[1] != rrset or found[1].ttl != rrset.ttl)):
+            out.append(rrset)
+    return out
 
 
 def notify_message(
