@@ -36,6 +36,7 @@ def policy(signing: SigningConfig) -> Policy:
         signing.zsk_lifetime,
         signing.ksk_lifetime,
         signing.algorithm_rollover,
+        signing.purge_delay,
     )
 
 

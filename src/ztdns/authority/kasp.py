@@ -74,6 +74,9 @@ class Policy:
     ksk_lifetime: int = 0
     # A change of ``algorithm`` rolls the keys by double signature; False: such a change is refused.
     algorithm_rollover: bool = False
+    # Seconds after a key has left the zone (removed, and no longer signing) before it is purged: its state
+    # entry dropped and the key destroyed (file deleted, token objects destroyed). None: kept forever.
+    purge_delay: int | None = None
 
 
 @dataclass(slots=True)
@@ -150,6 +153,9 @@ class KeyStore(Protocol):
     def load(self, zone: dns.name.Name, locator: str, sep: bool, algorithm: int) -> ZoneKey:
         """The key at ``locator``; a missing key raises KeyStoreError (never regenerated)."""
 
+    def delete(self, locator: str) -> None:
+        """Destroy the key at ``locator`` (a purged key); a key already gone is not an error."""
+
 
 class FileStore:
     """Private keys as PKCS#8 PEM files (0600) in one directory."""
@@ -174,6 +180,9 @@ class FileStore:
         if private.algorithm != algorithm:
             raise KeyStoreError(f"key file {locator} holds algorithm {private.algorithm}, expected {algorithm}")
         return ZoneKey.make(zone, private, sep)
+
+    def delete(self, locator: str) -> None:
+        (self.directory / locator).unlink(missing_ok=True)
 
 
 class KeyManager:
@@ -392,9 +401,35 @@ class KeyManager:
                 started.append(replace(record))
             return started
 
+    def purge(self) -> list[KeyRecord]:
+        """Destroy keys that left the zone ``purge_delay`` ago (never a key still published or signing)."""
+        delay = self.policy.purge_delay
+        if delay is None:
+            return []
+        now = self.clock()
+        self._read()
+        if not any(self._purgeable(r, now - delay) for r in self._state.keys):
+            return []
+        with self._locked() as state:
+            gone = [r for r in state.keys if self._purgeable(r, now - delay)]
+            for record in gone:
+                self.store.delete(record.locator)
+                self._loaded.pop(record.tag, None)
+            state.keys = [r for r in state.keys if r not in gone]
+            return gone
+
+    @staticmethod
+    def _purgeable(record: KeyRecord, before: float) -> bool:
+        return (
+            record.remove is not None
+            and record.remove <= before
+            and (record.active is None or (record.retire is not None and record.retire <= before))
+        )
+
     def due(self, max_ttl: int) -> list[KeyRecord]:
-        """Start the rollovers whose key lifetime has run out, and an allowed algorithm rollover; returns the new
-        keys."""
+        """Start the rollovers whose key lifetime has run out, and an allowed algorithm rollover; purge keys
+        long gone; returns the new keys."""
+        self.purge()
         now = self.clock()
         started = []
         self._read()

@@ -57,6 +57,8 @@ class SigningConfig(Section):
     parent_ds_ttl: Annotated[int, Field(ge=0)] = DAY
     zsk_lifetime: Annotated[int, Field(ge=0)] = 90 * DAY
     ksk_lifetime: Annotated[int, Field(ge=0)] = 0
+    # Seconds after a key left the zone before it is destroyed (file deleted, token objects destroyed); none: kept.
+    purge_delay: Annotated[int, Field(ge=0)] | None = None
     signature_lifetime: Annotated[int, Field(gt=0)] = 14 * DAY
     signature_jitter: Annotated[int, Field(ge=0)] = DAY
     signature_refresh: Annotated[int, Field(gt=0)] = 5 * DAY
