@@ -172,6 +172,7 @@ def build_zone(
         validity=Validity(zc.signing.signature_lifetime, zc.signing.signature_jitter, zc.signing.signature_refresh),
         state_path=state_dir / f"{zc.name.rstrip('.') or 'root'}.dynamic.json",
         serial_policy=zc.serial_policy,
+        cds_digest="SHA384" if zc.signing.cds_digest == "sha384" else "SHA256",
         max_ttl=zc.max_zone_ttl or DEFAULT_MAX_TTL,
         max_ttl_explicit=zc.max_zone_ttl is not None,
         quota=Quota(zc.quota_records, zc.quota_bytes),

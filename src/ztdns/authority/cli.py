@@ -48,7 +48,7 @@ def _keys(args: argparse.Namespace) -> int:
             now = keys.clock()
             for record in keys.records():
                 if record.role != "zsk" and record.published(now) and record.ready is not None and record.ready <= now:
-                    print(f"{zc.name} IN DS {keys.zone_key(record).ds().to_text()}")
+                    print(f"{zc.name} IN DS {keys.zone_key(record).ds(args.digest.upper()).to_text()}")
         else:
             now = keys.clock()
             columns = ("created", "publish", "ready", "active", "retire", "ds_seen", "remove")
@@ -77,5 +77,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys.add_argument("action", choices=["list", "rollover", "ds", "ds-seen"])
     keys.add_argument("zone")
     keys.add_argument("--role", choices=["ksk", "zsk", "csk"], help="for rollover (default: zsk, or csk)")
+    keys.add_argument("--digest", choices=["sha256", "sha384"], default="sha256", help="for ds (default sha256)")
     keys.add_argument("--config", required=True, help="TOML configuration file")
     keys.set_defaults(func=_keys)

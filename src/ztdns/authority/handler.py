@@ -89,6 +89,7 @@ class ZoneSettings:
     # Keeps dynamic registrations and the serial across restarts; None keeps them in memory only.
     state_path: Path | None = None
     serial_policy: SerialPolicy = "increment"
+    cds_digest: Literal["SHA256", "SHA384"] = "SHA256"  # the CDS records' digest (RFC 8624: both recommended)
     # No record of any input (zone file, UPDATE, registration) may have a longer TTL (Knot's zone-max-ttl).
     # When set explicitly it is also the TTL key rollovers wait for; by default they wait for the largest TTL
     # of the zone's data when the rollover starts (bounded by this).
@@ -188,7 +189,13 @@ class ServedZone:
         apex.append(
             Change(origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys)))
         )
-        apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, (k.cds() for k in ks.cds))))
+        apex.append(
+            Change(
+                origin,
+                dns.rdatatype.CDS,
+                rdataset(dns.rdatatype.CDS, (k.cds(self.settings.cds_digest) for k in ks.cds)),
+            )
+        )
         apex.append(
             Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds)))
         )

@@ -49,6 +49,7 @@ class SigningConfig(Section):
     algorithm: Literal["ecdsap256sha256", "ed25519"] = "ecdsap256sha256"
     # A change of algorithm rolls the keys by double signature (RFC 6781 §4.1.4); false: the change is refused.
     algorithm_rollover: bool = False
+    cds_digest: Literal["sha256", "sha384"] = "sha256"  # digest of the published CDS records
     denial: Literal["nsec3", "compact"] = "nsec3"
     csk: bool = False
     dnskey_ttl: Annotated[int, Field(ge=0)] = 3600
