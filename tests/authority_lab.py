@@ -161,3 +161,81 @@ def unbound(
             time.sleep(0.1)
     process.kill()
     raise AssertionError((tmp_path / "unbound.log").read_text())
+
+
+@contextmanager
+def knot_secondary(
+    tmp_path: Path,
+    knot_port: int,
+    primary_port: int,
+    origin: str = "corp.internal",
+    extra: str = "",
+    notify_key: bool = False,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """knotd as a secondary of ``origin`` from our server on ``primary_port``: transfers with the ``xfr`` TSIG
+    key and accepts our NOTIFY (only signed with ``xfr`` when ``notify_key``); ``extra`` is added to the
+    zone's settings (Knot's defaults otherwise)."""
+    need("knotd")
+    notify_acl_key = "\n" + " " * 12 + "key: xfr" if notify_key else ""
+    extra_lines = textwrap.indent(textwrap.dedent(extra).strip(), " " * 4) if extra else ""
+    (tmp_path / "knot.conf").write_text(
+        textwrap.dedent(f"""
+        server:
+          listen: 127.0.0.1@{knot_port}
+          rundir: {tmp_path}
+        database:
+          storage: {tmp_path}/knotdb
+        key:
+          - id: xfr
+            algorithm: hmac-sha256
+            secret: {TSIG_SECRET}
+        remote:
+          - id: primary
+            address: 127.0.0.1@{primary_port}
+            key: xfr
+        acl:
+          - id: notify_from_primary
+            address: 127.0.0.1
+            action: notify{notify_acl_key}
+        log:
+          - target: {tmp_path}/knot.log
+            any: info
+        zone:
+          - domain: {origin}
+            storage: {tmp_path}
+            file: secondary.zone
+            master: primary
+            acl: notify_from_primary
+        """)
+        + extra_lines
+        + "\n"
+    )
+    knot = subprocess.Popen(
+        ["knotd", "-c", str(tmp_path / "knot.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield knot
+    finally:
+        knot.terminate()
+        knot.wait()
+
+
+def soa_serial(port: int, origin: dns.name.Name = ORIGIN) -> int | None:
+    """The SOA serial a server on ``port`` answers, None when it does not answer for the zone (yet)."""
+    try:
+        response = dns.query.udp(dns.message.make_query(origin, "SOA"), "127.0.0.1", port=port, timeout=0.5)
+    except Exception:
+        return None
+    if response.rcode() != 0 or not response.answer:
+        return None
+    serial: int = response.answer[0][0].serial
+    return serial
+
+
+def wait_serial(port: int, serial: int, seconds: float = 15, origin: dns.name.Name = ORIGIN) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if soa_serial(port, origin) == serial:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"secondary never reached serial {serial} (has {soa_serial(port, origin)})")

@@ -4,6 +4,7 @@ get past the handshake."""
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import ssl
@@ -14,7 +15,12 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import dns.update
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authority_lab import Loop, signed_zone
 from fixtures.tls import PROD_ID, Pki, pki
@@ -22,6 +28,8 @@ from ztdns.authority.api import api_listen_config, registration_response, start_
 from ztdns.authority.handler import Authority
 from ztdns.authority.update import Grant
 from ztdns.client import ClientInfo, Transport
+from ztdns.identity.certificates import identity_from_certificate
+from ztdns.pki.authority import _load_ca
 from ztdns.transport.tls import TlsMaterial
 
 __all__ = ["pki"]
@@ -148,3 +156,52 @@ def test_request_without_identity_is_unauthorised(tmp_path: Path) -> None:
         ).status
         == 415
     )
+
+
+def _issue_cn_only(pki: Pki, name: str, common_name: str, dns_san: str | None = None) -> None:
+    """A client certificate from the test CA whose subject CN reads like a SPIFFE ID, without a URI SAN."""
+    ca_cert, ca_key = _load_ca(pki.dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    )
+    if dns_san is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_san)]), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    pki.cert(name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pki.key(name).write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def test_a_cn_that_reads_like_a_spiffe_id_never_registers(api: tuple[Authority, int], pki: Pki) -> None:
+    """Registration authorises by the URI SAN only: a CN (or a DNS SAN) never stands in for a SPIFFE ID."""
+    authority, port = api
+    zone = authority.zones[dns.name.from_text("corp.internal.")]
+    _issue_cn_only(pki, "fake", "spiffe://corp.example/ns/prod/web")
+    _issue_cn_only(pki, "fake-dns", "spiffe://corp.example/ns/prod/web", dns_san="web.example")
+    serial = zone.zone.serial
+    for client in ("fake", "fake-dns"):
+        status, text = request(
+            pki, port, client, "PUT", "/v1/records/web.prod.svc.corp.internal/A", {"rdata": ["10.6.6.6"]}
+        )
+        assert status == 401 and "SPIFFE ID" in text, (client, text)
+    assert zone.zone.serial == serial
+    der = pki.cert("fake").read_bytes()
+    cert = x509.load_pem_x509_certificate(der).public_bytes(serialization.Encoding.DER)
+    assert identity_from_certificate(cert) is None
+    assert identity_from_certificate(cert, cn=True) is None  # a CN with "://" names nothing, even when allowed
+    # And over DNS UPDATE without TSIG: a DNS SAN identity is no SPIFFE ID either.
+    update = dns.update.UpdateMessage("corp.internal.")
+    update.replace("web.prod.svc.corp.internal.", 30, "A", "10.6.6.6")
+    dot = ClientInfo(Transport.DOT, "127.0.0.1", 1, certificate_identity="web.example", stream=True)
+    response = dns.message.from_wire(authority.respond(update.to_wire(), dot)[0])
+    assert response.rcode() == dns.rcode.REFUSED and zone.zone.serial == serial

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from pathlib import Path
 
@@ -87,3 +88,27 @@ def test_missing_key_file_is_an_error_and_key_files_are_private(tmp_path: Path) 
     with pytest.raises(KeyStoreError, match="missing"):
         KeyManager(ZONE, POLICY, tmp_path, clock=clock).keyset()
     assert len(list((tmp_path / "keys").iterdir())) == 1  # nothing was regenerated
+
+
+def _purging(tmp_path: Path, clock: Clock) -> KeyManager:
+    km = KeyManager(ZONE, dataclasses.replace(POLICY, purge_delay=1000), tmp_path, clock=clock)
+    km.ensure_keys()
+    return km
+
+
+def test_retired_keys_are_purged_after_the_delay(tmp_path: Path) -> None:
+    clock = Clock()
+    km = _purging(tmp_path, clock)
+    old = next(r for r in km.records() if r.role == "zsk")
+    km.rollover("zsk", max_ttl=600)
+    assert old.locator in {p.name for p in (tmp_path / "keys").iterdir()}
+    record = next(r for r in km.records() if r.tag == old.tag)
+    assert record.remove is not None
+    clock.now = record.remove + 999
+    km.due(600)
+    assert any(r.tag == old.tag for r in km.records())  # not yet: the delay has not passed
+    clock.now += 2
+    km.due(600)
+    assert all(r.tag != old.tag for r in km.records())
+    assert old.locator not in {p.name for p in (tmp_path / "keys").iterdir()}
+    assert len(km.keyset().dnskeys) == 2  # the zone's keys are untouched

@@ -183,3 +183,18 @@ def test_config_selects_the_token(
     monkeypatch.delenv("ZTDNS_TEST_PIN")
     with pytest.raises(KeyStoreError, match="ZTDNS_TEST_PIN is not set"):
         build_authority(config.authority, tmp_path, tmp_path / "state2")
+
+
+def test_purged_keys_are_destroyed_in_the_token(token_settings: TokenSettings, tmp_path: Path) -> None:
+    token = Token(token_settings)
+    clock = [1_800_000_000.0]
+    policy = Policy(dnskey_ttl=1, propagation_delay=1, purge_delay=10)
+    keys = KeyManager(ORIGIN, policy, tmp_path, Pkcs11Store(token), clock=lambda: clock[0])
+    keys.ensure_keys()
+    old = next(r for r in keys.records() if r.role == "zsk")
+    keys.rollover("zsk", max_ttl=1)
+    clock[0] += 100
+    keys.due(1)
+    assert all(r.tag != old.tag for r in keys.records())
+    with pytest.raises(KeyStoreError, match="missing from token"):
+        keys.zone_key(old)

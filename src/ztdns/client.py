@@ -25,7 +25,8 @@ class ClientInfo:
     transport: Transport
     address: str  # source IP address as text, no port
     port: int
-    # Identity proven by a verified client certificate (SPIFFE ID, DNS SAN or CN); None without mTLS.
+    # Identity proven by a verified client certificate (SPIFFE ID, DNS SAN, or CN where the listener allows it);
+    # None without mTLS.
     certificate_identity: str | None = None
     # Largest response the transport can carry: UDP payload limits are applied by the respond stage.
     stream: bool = False

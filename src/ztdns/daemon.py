@@ -108,12 +108,12 @@ def verify(config: Config) -> None:
         if listen.transport in _ENCRYPTED:
             tls_material(config, listen)
     if config.authority.zones:
-        from ztdns.authority.build import check_zone
+        from ztdns.authority.build import check_zone, state_dir
         from ztdns.authority.zone import ZoneError
 
         for index, zone in enumerate(config.authority.zones):
             try:
-                check_zone(zone, config.base_dir)
+                check_zone(zone, config.base_dir, state_dir(config))
             except ZoneError as exc:
                 raise located(
                     config, ("authority", "zones", index, "file" if zone.file else "name"), str(exc)
@@ -236,6 +236,11 @@ class Service:
         if listen.transport in _ENCRYPTED:
             tls = tls_material(self.config, listen)
             handler = listener_handler(listen, self.frontend)  # no_certificate = "refuse" wraps the frontend
+            if self.authority is not None and listen.transport == "dot":
+                from ztdns.authority.daemon import UpdateRouting
+
+                # RFC 2136 UPDATE over mTLS DoT, authorised by the client certificate's SPIFFE ID.
+                handler = UpdateRouting(handler, self.authority.authority)
             encrypted = await _ENCRYPTED[listen.transport](listen, handler, tls, self.reuse_port)
             if isinstance(encrypted, DohListener) and self.attestor is not None and self.config.attestation.serve:
                 from ztdns.attest.report import PATH

@@ -91,7 +91,8 @@ def test_identity_order(tmp_path: Path) -> None:
     issue(tmp_path, "cn", usage="client")
     issue(tmp_path, "both", spiffe_id="spiffe://td/x", dns_names=("a.example",), usage="both")
     assert identity_from_certificate(_der(tmp_path / "dns.crt")) == "a.example"
-    assert identity_from_certificate(_der(tmp_path / "cn.crt")) == "cn"
+    assert identity_from_certificate(_der(tmp_path / "cn.crt")) is None  # CN only where configured
+    assert identity_from_certificate(_der(tmp_path / "cn.crt"), cn=True) == "cn"
     assert identity_from_certificate(_der(tmp_path / "both.crt")) == "spiffe://td/x"
     assert identity_from_certificate(b"not a certificate") is None
 

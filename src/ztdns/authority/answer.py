@@ -27,6 +27,10 @@ MAX_CHAIN = 8
 GLUE_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 
 
+# The EDNS header flag "Compact Answers OK" (RFC 9824 §4), next to DO.
+EDNS_CO = 0x4000
+
+
 class Signatures(Protocol):
     """Makes (or finds cached) RRSIGs for zone RRsets."""
 
@@ -77,6 +81,8 @@ class _Lookup:
         self.out = _Sections()
         # Answer RRsets whose signature must be made for another owner name (wildcard synthesis): id → RRSIG.
         self.presigned: dict[int, dns.rrset.RRset | None] = {}
+        # A non-existent name answered NOERROR by compact denial (RFC 9824): NXDOMAIN when the client sent CO.
+        self.compact_nxdomain = False
 
     def run(self, qname: dns.name.Name, qtype: int) -> _Sections:
         seen: set[dns.name.Name] = set()
@@ -116,6 +122,7 @@ class _Lookup:
             denial: list[dns.rrset.RRset] = []
             if self.view is not None:
                 rcode, denial = self.view.denial.nxdomain(zone, qname, encloser)
+                self.compact_nxdomain = rcode != dns.rcode.NXDOMAIN
             self._negative(denial)
             self.out.rcode = rcode
             return None
@@ -208,7 +215,14 @@ def answer(query: dns.message.Message, zone: Zone | None, view: SignedView | Non
     out = lookup.run(qname, qtype)
     if out.authoritative:
         response.flags |= dns.flags.AA
-    response.set_rcode(dns.rcode.Rcode.make(out.rcode))
+    rcode = out.rcode
+    if dnssec and query.ednsflags & EDNS_CO:
+        # RFC 9824 §4: a client that sets CO ("compact answers OK") gets NXDOMAIN for a non-existent name, the
+        # compact proof unchanged; CO is echoed.
+        response.ednsflags |= EDNS_CO
+        if lookup.compact_nxdomain and not out.answer:
+            rcode = dns.rcode.NXDOMAIN
+    response.set_rcode(dns.rcode.Rcode.make(rcode))
     if dnssec and view is not None:
         response.answer = _with_signatures(out.answer, view.signatures, lookup.presigned)
         referral_ns = [r for r in out.authority if r.rdtype == NS and r.name != zone.origin]

@@ -5,8 +5,8 @@
 
 The caller's identity is the verified client certificate's (a SPIFFE ID); the zone's grants decide, exactly as
 for an RFC 2136 UPDATE (each request becomes one, applied with :meth:`Authority.apply`), so a refused request
-leaves the zone unchanged. Answers: 200 with the new serial, 400 malformed, 401 no certificate identity, 403
-not granted, 404 no served zone holds the name, 405/415 wrong method or content type.
+leaves the zone unchanged. Answers: 200 with the new serial, 400 malformed, 401 no SPIFFE ID (URI SAN) in the
+certificate, 403 not granted, 404 no served zone holds the name, 405/415 wrong method or content type.
 
 The request handling is a pure function (:func:`registration_response`); the HTTP/2 and HTTP/1.1 engines, TLS
 handshake, certificate verification and identity extraction are the DoH listener's (``ztdns.transport.doh``),
@@ -29,6 +29,7 @@ import dns.update
 
 from ztdns.authority.handler import Authority
 from ztdns.config.listen import ListenConfig
+from ztdns.identity.certificates import is_spiffe_id
 from ztdns.transport.doh import DohConnection, HttpResponse, http_error
 from ztdns.transport.stream import TlsStreamListener
 from ztdns.transport.tls import TlsMaterial
@@ -52,8 +53,9 @@ def registration_response(
         return http_error(404, "not found")
     if method not in ("PUT", "DELETE"):
         return http_error(405, "only PUT and DELETE", ("allow", "PUT, DELETE"))
-    if identity is None:
-        return http_error(401, "a client certificate with an identity is required")
+    if not is_spiffe_id(identity):
+        # The URI SAN only: a DNS SAN or a CN (which may read like a SPIFFE ID) never authorises a registration.
+        return http_error(401, "a client certificate with a SPIFFE ID (URI SAN) is required")
     name_text, _, type_text = unquote(path[len(PREFIX) :]).rpartition("/")
     try:
         name = dns.name.from_text(name_text)
@@ -73,6 +75,8 @@ def registration_response(
         if isinstance(records, HttpResponse):
             return records
         ttl, rdatas = records
+        if ttl > served.settings.max_ttl:
+            return http_error(400, f"ttl {ttl} is above the zone's max_zone_ttl {served.settings.max_ttl}")
         update.replace(name, ttl, *rdatas)
     rcode, reason = authority.apply(update, identity)
     if rcode != dns.rcode.NOERROR:

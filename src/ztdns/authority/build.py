@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import dns.name
 import dns.rdatatype
 import dns.tsigkeyring
 
-from ztdns.authority.handler import Authority, ServedZone, ZoneSettings
+from ztdns.authority.handler import DEFAULT_MAX_TTL, Authority, Quota, ServedZone, ZoneSettings, check_ttls
 from ztdns.authority.kasp import KeyManager, KeyStore, Policy
 from ztdns.authority.keys import ALGORITHMS, KeyStoreError
 from ztdns.authority.rrl import RateLimiter
@@ -34,6 +35,8 @@ def policy(signing: SigningConfig) -> Policy:
         signing.parent_ds_ttl,
         signing.zsk_lifetime,
         signing.ksk_lifetime,
+        signing.algorithm_rollover,
+        signing.purge_delay,
     )
 
 
@@ -80,7 +83,13 @@ class ZoneLoader:
         keyring = dns.tsigkeyring.from_text({name: (k.algorithm, k.secret) for name, k in config.tsig_keys.items()})
         identities = {dns.name.from_text(name): k.identity for name, k in config.tsig_keys.items() if k.identity}
         rrl = config.rrl
-        limiter = RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix) if rrl.enabled else None
+        exempt = [ipaddress.ip_network(n, strict=False) for n in rrl.exempt]
+        limiter = (
+            RateLimiter(rrl.rate, rrl.burst, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix, exempt=exempt)
+            if rrl.enabled
+            else None
+        )
+        self.authority.nsid = config.nsid.encode()
         self.authority.replace(zones, keyring, identities, limiter)
         self.sources = sources
         return built
@@ -129,9 +138,15 @@ def zone_text(zc: AuthZoneConfig, base_dir: Path) -> str:
     return text + "\n" + "\n".join(zc.records) + "\n"
 
 
-def check_zone(zc: AuthZoneConfig, base_dir: Path) -> None:
-    """What ``ztdns check`` reads of a zone: its file and records must load (no keys are touched)."""
-    Zone.from_text(zone_text(zc, base_dir), dns.name.from_text(zc.name))
+def check_zone(zc: AuthZoneConfig, base_dir: Path, state: Path | None = None) -> None:
+    """What ``ztdns check`` reads of a zone: its file and records must load and obey ``max_zone_ttl``; with the
+    state directory, a change of algorithm must be allowed to roll (no key is loaded or made)."""
+    zone = Zone.from_text(zone_text(zc, base_dir), dns.name.from_text(zc.name))
+    check_ttls(zone, zc.max_zone_ttl or DEFAULT_MAX_TTL)
+    if state is not None and zc.signing.enabled and (state / f"{zc.name.rstrip('.') or 'root'}.keys.json").exists():
+        reason = key_manager(zc, state).algorithm_change()
+        if reason is not None:
+            raise ZoneError(reason)
 
 
 def build_zone(
@@ -139,7 +154,8 @@ def build_zone(
 ) -> ServedZone:
     """One served zone from its config (``text``: its :func:`zone_text`, when already read)."""
     origin = dns.name.from_text(zc.name)
-    zone = Zone.from_text(zone_text(zc, base_dir) if text is None else text, origin)
+    text = zone_text(zc, base_dir) if text is None else text
+    zone = Zone.from_text(text, origin)
     grants = tuple(
         Grant(g.identity, tuple(g.names), frozenset(dns.rdatatype.from_text(t) for t in g.types)) for g in zc.grants
     )
@@ -151,9 +167,16 @@ def build_zone(
             tuple(ipaddress.ip_network(n, strict=False) for n in zc.transfer_networks),
         ),
         notify=tuple(parse_hostport(n, 53) for n in zc.notify),
+        notify_key=dns.name.from_text(zc.notify_key) if zc.notify_key else None,
         denial=zc.signing.denial,
         validity=Validity(zc.signing.signature_lifetime, zc.signing.signature_jitter, zc.signing.signature_refresh),
         state_path=state_dir / f"{zc.name.rstrip('.') or 'root'}.dynamic.json",
+        serial_policy=zc.serial_policy,
+        cds_digest="SHA384" if zc.signing.cds_digest == "sha384" else "SHA256",
+        max_ttl=zc.max_zone_ttl or DEFAULT_MAX_TTL,
+        max_ttl_explicit=zc.max_zone_ttl is not None,
+        quota=Quota(zc.quota_records, zc.quota_bytes),
+        source=hashlib.sha256(text.encode()).hexdigest(),
     )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = key_manager(zc, state_dir, store) if zc.signing.enabled else None

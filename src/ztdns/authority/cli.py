@@ -4,11 +4,10 @@ resolver's listeners)."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 
 from ztdns.authority.build import build_zone, key_store, state_dir
-from ztdns.authority.kasp import Role
+from ztdns.authority.kasp import Role, when_text
 from ztdns.authority.keys import KeyStoreError
 from ztdns.authority.zone import ZoneError
 from ztdns.config import Config, ConfigError, load_config
@@ -24,9 +23,7 @@ def _zone_config(config: Config, name: str) -> AuthZoneConfig:
 
 
 def _when(t: float | None) -> str:
-    if t is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "-" if t is None else when_text(t)
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -38,7 +35,7 @@ def _keys(args: argparse.Namespace) -> int:
         served = build_zone(zc, config.base_dir, state_dir(config), key_store(config.authority, config.base_dir))
         keys = served.keys
         assert keys is not None
-        max_ttl = served.base.max_ttl()
+        max_ttl = served.timing_ttl()
         if args.action == "rollover":
             role: Role = args.role or ("csk" if keys.policy.csk else "zsk")
             record = keys.rollover(role, max_ttl)
@@ -47,24 +44,28 @@ def _keys(args: argparse.Namespace) -> int:
             record = keys.ds_seen(max_ttl)
             print(f"DS of key {record.tag} confirmed at the parent")
         elif args.action == "ds":
-            for key in keys.keyset().dnskey_signers:
-                print(f"{zc.name} IN DS {key.ds().to_text()}")
+            # Only keys the parent may point at: published long enough to be in every cache (ready).
+            now = keys.clock()
+            for record in keys.records():
+                if record.role != "zsk" and record.published(now) and record.ready is not None and record.ready <= now:
+                    print(f"{zc.name} IN DS {keys.zone_key(record).ds(args.digest.upper()).to_text()}")
         else:
             now = keys.clock()
-            titles = (
-                ("tag", 6),
-                ("role", 4),
-                ("algorithm", 9),
-                ("state", 13),
-                ("publish", 20),
-                ("active", 20),
-            )
-            print(" ".join(f"{title:<{width}}" for title, width in titles), f"{'retire':<20} remove")
+            columns = ("created", "publish", "ready", "active", "retire", "ds_seen", "remove")
+            print(f"{'tag':<6} {'role':<4} {'algorithm':<9} {'state':<13}", " ".join(f"{c:<20}" for c in columns))
+            upcoming: list[tuple[float, int, str]] = []
             for r in keys.records():
+                times = [getattr(r, column) for column in columns]
                 print(
-                    f"{r.tag:<6} {r.role:<4} {r.algorithm:<9} {r.state(now):<13} {_when(r.publish):<20} "
-                    f"{_when(r.active):<20} {_when(r.retire):<20} {_when(r.remove)}"
+                    f"{r.tag:<6} {r.role:<4} {r.algorithm:<9} {r.state(now):<13}",
+                    " ".join(f"{_when(t):<20}" for t in times),
                 )
+                upcoming += [(t, r.tag, c) for t, c in zip(times, columns, strict=True) if t is not None and t > now]
+            if upcoming:
+                when, tag, column = min(upcoming)
+                print(f"next event: {_when(when)} key {tag} {column}")
+            else:
+                print("next event: none scheduled")
     except (ConfigError, KeyStoreError, ZoneError) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -76,5 +77,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys.add_argument("action", choices=["list", "rollover", "ds", "ds-seen"])
     keys.add_argument("zone")
     keys.add_argument("--role", choices=["ksk", "zsk", "csk"], help="for rollover (default: zsk, or csk)")
+    keys.add_argument("--digest", choices=["sha256", "sha384"], default="sha256", help="for ds (default sha256)")
     keys.add_argument("--config", required=True, help="TOML configuration file")
     keys.set_defaults(func=_keys)

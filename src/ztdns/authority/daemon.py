@@ -21,6 +21,7 @@ from typing import Any
 
 import dns.asyncquery
 import dns.exception
+import dns.rcode
 
 from ztdns.authority.api import api_listen_config, start_registration_api
 from ztdns.authority.build import ZoneLoader, state_dir
@@ -28,9 +29,11 @@ from ztdns.authority.handler import Authority, ServedZone
 from ztdns.authority.keys import KeyStoreError
 from ztdns.authority.transfer import notify_message
 from ztdns.authority.zone import ZoneError
+from ztdns.client import ClientInfo
 from ztdns.config import Config, ConfigError, located
 from ztdns.config.listen import ListenConfig
 from ztdns.observe.metrics import Metrics
+from ztdns.transport import Handler
 from ztdns.transport.stream import TlsStreamListener
 from ztdns.transport.tcp import TcpServer
 from ztdns.transport.tls import TlsError, TlsMaterial
@@ -175,15 +178,45 @@ class AuthorityService:
             self._spawn(self._notify(zone, host, port))
 
     async def _notify(self, zone: ServedZone, host: str, port: int) -> None:
-        # RFC 1996 §3.6: retry a few times with growing waits until the secondary acknowledges.
+        # RFC 1996 §3.6: retry a few times with growing waits until the secondary acknowledges. An answer that
+        # is not NOERROR (REFUSED, NOTAUTH: the secondary does not accept it) is no acknowledgement.
+        key = zone.settings.notify_key
+        keyring = self.authority.keyring if key is not None else None
         for attempt in range(4):
-            message = notify_message(zone.zone)
+            message = notify_message(zone.zone, keyring, key)
             try:
-                await dns.asyncquery.udp(message, host, port=port, timeout=1.0 + attempt)
-                return
+                response = await dns.asyncquery.udp(message, host, port=port, timeout=1.0 + attempt)
+                if response.rcode() == dns.rcode.NOERROR:
+                    return
             except (dns.exception.DNSException, OSError):
-                await asyncio.sleep(0.5 * (attempt + 1))
+                pass
+            await asyncio.sleep(0.5 * (attempt + 1))
         log.warning("secondary %s:%d did not acknowledge NOTIFY for %s", host, port, zone.origin)
+
+
+UPDATE_OPCODE = 5
+
+
+class UpdateRouting:
+    """The resolver's listeners with the authority's UPDATE: an RFC 2136 UPDATE arriving on a resolver listener
+    (DoT with a client certificate: the certificate's SPIFFE ID authorises it) goes to the authority, anything
+    else to the resolver's handler. Wraps the handler of the resolver's encrypted listeners."""
+
+    def __init__(self, resolver: Handler, authority: Authority) -> None:
+        self.resolver = resolver
+        self.authority = authority
+
+    @staticmethod
+    def _is_update(wire: bytes) -> bool:
+        return len(wire) >= 12 and not wire[2] & 0x80 and (wire[2] >> 3) & 0xF == UPDATE_OPCODE
+
+    def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        return None if self._is_update(wire) else self.resolver.fast(wire, client)
+
+    async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        if self._is_update(wire):
+            return await self.authority.handle(wire, client)
+        return await self.resolver.handle(wire, client)
 
 
 def build_service(config: Config, metrics: Metrics) -> AuthorityService | None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -26,20 +28,30 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
+import dns.rdtypes.ANY.TSIG
+import dns.rrset
 import dns.tsig
 import dns.update
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ztdns.authority.answer import SignedView, answer
+from ztdns.authority.answer import EDNS_CO, SignedView, answer
 from ztdns.authority.kasp import KeyManager, KeySet
 from ztdns.authority.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
-from ztdns.authority.rrl import RateLimiter, Verdict
+from ztdns.authority.rrl import Cookies, RateLimiter, Verdict
 from ztdns.authority.signing import Validity, ZoneSigner
-from ztdns.authority.transfer import TransferAcl, axfr_messages, zone_records
+from ztdns.authority.transfer import (
+    Snapshot,
+    TransferAcl,
+    axfr_messages,
+    differences,
+    records_with_sources,
+    snapshot,
+)
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
-from ztdns.authority.zone import Change, Zone, next_serial, type_text
+from ztdns.authority.zone import Change, SerialPolicy, Zone, ZoneError, next_serial, serial_gt, type_text
 from ztdns.client import ClientInfo
+from ztdns.identity.certificates import is_spiffe_id
 from ztdns.model import Kind
 from ztdns.observe.events import Answered
 from ztdns.observe.metrics import Metrics
@@ -54,16 +66,55 @@ Clock = Callable[[], float]
 RENDERED_SECONDS = 30.0
 
 
+DEFAULT_MAX_TTL = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What one identity may hold in a zone's dynamic records (0: no limit)."""
+
+    records: int = 100
+    rdata_bytes: int = 65536
+
+
 @dataclass(frozen=True, slots=True)
 class ZoneSettings:
     origin: dns.name.Name
     grants: tuple[Grant, ...] = ()
     transfer: TransferAcl = field(default_factory=TransferAcl)
     notify: tuple[tuple[str, int], ...] = ()
+    notify_key: dns.name.Name | None = None  # the TSIG key NOTIFY messages are signed with
     denial: Literal["nsec3", "compact"] = "nsec3"
     validity: Validity = field(default_factory=Validity)
     # Keeps dynamic registrations and the serial across restarts; None keeps them in memory only.
     state_path: Path | None = None
+    serial_policy: SerialPolicy = "increment"
+    cds_digest: Literal["SHA256", "SHA384"] = "SHA256"  # the CDS records' digest (RFC 8624: both recommended)
+    # No record of any input (zone file, UPDATE, registration) may have a longer TTL (Knot's zone-max-ttl).
+    # When set explicitly it is also the TTL key rollovers wait for; by default they wait for the largest TTL
+    # of the zone's data when the rollover starts (bounded by this).
+    max_ttl: int = DEFAULT_MAX_TTL
+    max_ttl_explicit: bool = False
+    quota: Quota = field(default_factory=Quota)
+    # A digest of the zone's source (file and inline records): a restart that finds it changed serves a new
+    # serial even when the file kept its own.
+    source: str = ""
+
+
+# Differences kept for IXFR: versions a secondary may be behind by and still get an incremental transfer.
+JOURNAL_VERSIONS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """From serial ``since`` to ``serial``: the RRsets deleted and added (signatures and NSEC3 included)."""
+
+    since: int
+    since_soa: dns.rrset.RRset
+    serial: int
+    soa: dns.rrset.RRset
+    deleted: list[dns.rrset.RRset]
+    added: list[dns.rrset.RRset]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +138,23 @@ class ServedZone:
         self.clock = clock
         self.signer = ZoneSigner(base.origin, settings.validity, clock) if keys else None
         self._dynamic: dict[tuple[dns.name.Name, int], dns.rdataset.Rdataset | None] = {}
-        base = self._restore(base)
+        # Who registered each dynamic RRset (None: the zone's operator, or before owners were recorded).
+        self._owners: dict[tuple[dns.name.Name, int], str] = {}
+        check_ttls(base, settings.max_ttl)
         self._keyset: KeySet | None = None
         if keys is not None:
             keys.ensure_keys()
             self._keyset = keys.keyset()
+        # What secondaries got in the last full transfer, and the differences between transferred versions
+        # (IXFR, RFC 1995; in memory: after a restart an IXFR is answered with a full transfer).
+        self._snapshot: tuple[int, Snapshot, dns.rrset.RRset] | None = None
+        self._journal: list[JournalEntry] = []
+        # Signatures made before a restart may be held by secondaries: their refresh time is kept in the state.
+        self._resign_at = self._saved_resign_at = float("inf")
+        base, changed = self._restore(base)
         self._publish(base)
+        if changed:
+            self._save()  # the state the next start compares with
 
     @property
     def origin(self) -> dns.name.Name:
@@ -127,7 +189,13 @@ class ServedZone:
         apex.append(
             Change(origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys)))
         )
-        apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, (k.cds() for k in ks.cds))))
+        apex.append(
+            Change(
+                origin,
+                dns.rdatatype.CDS,
+                rdataset(dns.rdatatype.CDS, (k.cds(self.settings.cds_digest) for k in ks.cds)),
+            )
+        )
         apex.append(
             Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds)))
         )
@@ -141,6 +209,30 @@ class ServedZone:
         denial = chain if chain is not None else CompactDenial(served)
         self.version = Version(served, SignedView(self.signer, denial), chain)
 
+    def next_serial(self, serial: int | None = None) -> int:
+        """The serial of the next version (after ``serial``, default the one served), by the serial policy."""
+        return next_serial(self.base.serial if serial is None else serial, self.settings.serial_policy, self.clock())
+
+    def _publish_update(self, base: Zone, changes: list[Change]) -> None:
+        """Publish an update incrementally when the served version allows it: the served zone is the previous
+        one with the same changes (its key records are unchanged) and the NSEC3 chain is updated for the
+        changed names only, so a registration on a 50,000-name zone costs milliseconds, not a rebuild."""
+        previous = self.version
+        if previous.view is None or base.touched is None:
+            self._publish(base)
+            return
+        self.base = base
+        served = previous.zone.with_changes(changes, serial=base.serial)
+        if served.touched is None or served.cuts is not previous.zone.cuts:
+            self._publish(base)
+            return
+        signatures = previous.view.signatures
+        if previous.chain is not None:
+            chain = previous.chain.updated(served, served.touched)
+            self.version = Version(served, SignedView(signatures, chain), chain)
+        else:
+            self.version = Version(served, SignedView(signatures, CompactDenial(served)))
+
     def refresh_keys(self) -> bool:
         """Re-read the key timeline; a change of published keys is a new zone version (new serial)."""
         if self.keys is None:
@@ -149,36 +241,124 @@ class ServedZone:
         if self._keyset is not None and keyset.fingerprint() == self._keyset.fingerprint():
             return False
         self._keyset = keyset
-        self._publish(self.base.with_changes([]))
+        self._publish(self.base.with_changes([], self.next_serial()))
+        self._save()
+        return True
+
+    def resign(self) -> bool:
+        """When a signature handed out (to a secondary in a transfer, or in an answer) is due for refresh,
+        publish a new version: the serial rises, secondaries are NOTIFYed and transfer fresh signatures long
+        before the old ones expire (a secondary never re-signs). Signatures due within half the refresh
+        interval are renewed in the same version."""
+        if self.signer is None:
+            return False
+        now = self.clock()
+        due = min(self.signer.earliest_refresh, self._resign_at)
+        if now < due:
+            if due != self._saved_resign_at:
+                self._save()  # so that a restart knows when the signatures handed out need refreshing
+            return False
+        self.signer.resign(now + self.settings.validity.refresh / 2)
+        self._resign_at = float("inf")
+        self._publish(self.base.with_changes([], self.next_serial()))
         self._save()
         return True
 
     def follow(self, previous: int) -> None:
         """Serve a serial after ``previous``: a zone reloaded in place of a served one is a new version to
         secondaries even when its file kept the serial."""
-        if not _serial_gt(self.base.serial, previous):
-            self._publish(self.base.with_changes([], serial=next_serial(previous)))
+        if not serial_gt(self.base.serial, previous):
+            self._publish(self.base.with_changes([], serial=self.next_serial(previous)))
             self._save()
 
+    def timing_ttl(self) -> int:
+        """The TTL key rollovers wait for (RFC 7583 Iret): ``max_zone_ttl`` when configured, else the largest TTL
+        of the zone's data now (never above ``max_zone_ttl``, which every input obeys)."""
+        return self.settings.max_ttl if self.settings.max_ttl_explicit else self.base.max_ttl()
+
     def update(self, message: dns.update.UpdateMessage, identity: str | None) -> list[Change]:
-        new, changes = apply_update(message, self.base, identity, self.settings.grants)
+        settings = self.settings
+        new, changes = apply_update(message, self.base, identity, settings.grants, self.next_serial(), settings.max_ttl)
+        if changes and identity is not None:
+            self._check_quota(identity, changes)
         if changes:
             for change in changes:
-                self._dynamic[(change.name, change.rdtype)] = change.rdataset
-            self._publish(new)
+                key = (change.name, change.rdtype)
+                self._dynamic[key] = change.rdataset
+                if change.rdataset is not None and identity is not None:
+                    self._owners[key] = identity
+                else:
+                    self._owners.pop(key, None)
+            self._publish_update(new, changes)
             self._save()
         return changes
 
-    def transfer_records(self) -> list[dns.rrset.RRset]:
-        version = self.version
-        return list(zone_records(version.zone, version.view, version.chain.rrsets() if version.chain else ()))
+    def _check_quota(self, identity: str, changes: list[Change]) -> None:
+        quota = self.settings.quota
+        held = {key for key, owner in self._owners.items() if owner == identity}
+        held.update((c.name, c.rdtype) for c in changes)
+        after = {(c.name, c.rdtype): c.rdataset for c in changes}
+        records = size = 0
+        for key in held:
+            rds = after[key] if key in after else self._dynamic.get(key)
+            if rds is not None:
+                records += len(rds)
+                size += sum(len(rdata.to_wire() or b"") for rdata in rds)
+        if quota.records and records > quota.records:
+            raise UpdateRefused(dns.rcode.REFUSED, f"{identity} would hold {records} records (quota {quota.records})")
+        if quota.rdata_bytes and size > quota.rdata_bytes:
+            raise UpdateRefused(
+                dns.rcode.REFUSED, f"{identity} would hold {size} bytes of record data (quota {quota.rdata_bytes})"
+            )
+
+    def transfer_records(self, version: Version | None = None) -> Iterator[dns.rrset.RRset]:
+        """The signed records of ``version`` (default the one served), signed as they are taken. A transfer
+        taken to the end is remembered as what secondaries hold (the IXFR journal's next difference)."""
+        version = version or self.version
+        taken: Snapshot = {}
+        for rrset, source in self._sourced(version):
+            taken[(rrset.name, rrset.rdtype, rrset.covers)] = (source, rrset)
+            yield rrset
+        self._remember(version, taken)
+
+    def _sourced(self, version: Version) -> Iterator[tuple[dns.rrset.RRset, object]]:
+        return records_with_sources(version.zone, version.view, version.chain.rrsets() if version.chain else ())
+
+    def _remember(self, version: Version, taken: Snapshot) -> None:
+        serial = version.zone.serial
+        last = self._snapshot
+        if last is not None and not serial_gt(serial, last[0]):
+            return
+        if last is not None:
+            deleted, added = differences(last[1], taken)
+            self._journal.append(JournalEntry(last[0], last[2], serial, version.zone.soa_rrset(), deleted, added))
+            del self._journal[:-JOURNAL_VERSIONS]
+        self._snapshot = (serial, taken, version.zone.soa_rrset())
+
+    def ixfr_records(self, version: Version, since: int) -> list[dns.rrset.RRset] | None:
+        """The RFC 1995 difference sequence from serial ``since`` to ``version`` (its closing SOA left to the
+        caller), or None when the journal does not reach back to ``since`` (then a full transfer answers)."""
+        if self._snapshot is None or self._snapshot[0] != version.zone.serial:
+            self._remember(version, snapshot(self._sourced(version)))
+        start = next((i for i, entry in enumerate(self._journal) if entry.since == since), None)
+        if start is None or self._journal[-1].serial != version.zone.serial:
+            return None
+        out = [version.zone.soa_rrset()]
+        for entry in self._journal[start:]:
+            out += [entry.since_soa, *entry.deleted, entry.soa, *entry.added]
+        return out
 
     # -- persistence of dynamic data -------------------------------------------------------------------------
 
-    def _restore(self, base: Zone) -> Zone:
+    def _fingerprint(self) -> list[list[int]]:
+        return [list(keys) for keys in self._keyset.fingerprint()] if self._keyset is not None else []
+
+    def _restore(self, base: Zone) -> tuple[Zone, bool]:
+        """The zone with the dynamic records saved, and whether its content changed while we were stopped (zone
+        source or published keys, or no state yet): then its serial is raised past the one served before."""
         path = self.settings.state_path
         if path is None or not path.exists():
-            return base
+            return base, True
         data = json.loads(path.read_text())
         changes = []
         for entry in data["records"]:
@@ -186,14 +366,21 @@ class ServedZone:
             rdtype = dns.rdatatype.from_text(entry["type"])
             rds = None
             if entry["rdata"] is not None:
-                rds = dns.rdataset.from_text_list(
-                    dns.rdataclass.IN, rdtype, entry["ttl"], entry["rdata"], origin=base.origin
-                )
+                # Registered under a higher max_zone_ttl: served within today's.
+                ttl = min(entry["ttl"], self.settings.max_ttl)
+                rds = dns.rdataset.from_text_list(dns.rdataclass.IN, rdtype, ttl, entry["rdata"], origin=base.origin)
+                if entry.get("identity"):
+                    self._owners[(name, rdtype)] = entry["identity"]
             self._dynamic[(name, rdtype)] = rds
             changes.append(Change(name, rdtype, rds))
         # Never go back: a restart keeps the serial secondaries have already seen.
         saved: int = data["serial"]
-        return base.with_changes(changes, serial=saved if _serial_gt(saved, base.serial) else base.serial)
+        serial = saved if serial_gt(saved, base.serial) else base.serial
+        self._resign_at = self._saved_resign_at = data.get("resign_at") or float("inf")
+        changed = data.get("source") != self.settings.source or data.get("keys") != self._fingerprint()
+        if changed and serial == saved:
+            serial = next_serial(saved, self.settings.serial_policy, self.clock())
+        return base.with_changes(changes, serial=serial), changed
 
     def _save(self) -> None:
         path = self.settings.state_path
@@ -205,16 +392,22 @@ class ServedZone:
                 "type": type_text(rdtype),
                 "ttl": rds.ttl if rds is not None else 0,
                 "rdata": [r.to_text() for r in rds] if rds is not None else None,
+                "identity": self._owners.get((name, rdtype)),
             }
             for (name, rdtype), rds in self._dynamic.items()
         ]
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"serial": self.base.serial, "records": records}, indent=1))
+        resign_at = min(self.signer.earliest_refresh, self._resign_at) if self.signer else float("inf")
+        state = {
+            "serial": self.base.serial,
+            "records": records,
+            "source": self.settings.source,
+            "keys": self._fingerprint(),
+            "resign_at": resign_at if resign_at != float("inf") else None,
+        }
+        self._saved_resign_at = resign_at
+        tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, path)
-
-
-def _serial_gt(a: int, b: int) -> bool:
-    return a != b and ((a - b) % (1 << 32)) < (1 << 31)
 
 
 @dataclass(slots=True)
@@ -251,8 +444,11 @@ class Authority:
         clock: Clock = time.time,
         metrics: Metrics | None = None,
         replay_limit: int = 100_000,
+        nsid: bytes = b"",
     ) -> None:
         self.zones = {z.origin: z for z in zones}
+        self.nsid = nsid  # RFC 5001: sent to clients that ask, empty: not at all
+        self.cookies = Cookies()
         self.keyring = keyring or {}
         self.identities = identities or {}
         self.rrl = rrl
@@ -318,12 +514,13 @@ class Authority:
             name = name.parent()
 
     def tick(self) -> list[ServedZone]:
-        """Advance key timelines (start due rollovers, publish/withdraw keys); returns zones that changed."""
+        """Advance key timelines (start due rollovers, publish/withdraw keys) and publish a new version of zones
+        with signatures due for refresh; returns zones that changed."""
         changed = []
         for zone in self.zones.values():
             if zone.keys is not None:
-                zone.keys.due(zone.base.max_ttl())
-            if zone.refresh_keys():
+                zone.keys.due(zone.timing_ttl())
+            if zone.refresh_keys() | zone.resign():
                 changed.append(zone)
         if changed:
             self._changed(changed)
@@ -350,21 +547,22 @@ class Authority:
         """
         started = time.perf_counter()
         replays = self._replays  # once: see _changed
-        found = replays.answer(None, wire, client.stream, time.monotonic())
+        # A query with EDNS options we answer per client (cookie, NSID) is not replayed: the full path adds them.
+        found = None if _has_options(wire) else replays.answer(None, wire, client.stream, time.monotonic())
         if found is not None:
-            return self._replayed(wire, client, found[0], found[1].answered.rcode, started)
+            return self._replayed(wire, client, found[0], found[1], started)
         if len(wire) < 12 or wire[2] & 0x78:  # not opcode QUERY: UPDATE, NOTIFY, ...
             return None
         if client.stream:
             return None  # the transport calls respond_all: a transfer is several messages
-        responses = self._respond(wire, client, replays, started)
-        if responses:
-            return responses[0]
+        for response in self._respond(wire, client, replays, started):
+            return response
         return b""  # UDP: dropped (RRL, a response sent to us); nothing to retry
 
-    def _replayed(self, wire: bytes, client: ClientInfo, answer: bytes, rcode: str, started: float) -> bytes | None:
+    def _replayed(self, wire: bytes, client: ClientInfo, answer: bytes, replay: Replay, started: float) -> bytes | None:
+        rcode = replay.answered.rcode
         if not client.stream and self.rrl is not None:
-            verdict = self.rrl.check(client.address)
+            verdict = self.rrl.check(client.address, self._replay_class(wire, replay))
             if verdict is not Verdict.SEND:
                 return self._limited(wire, verdict) or b""
         self.metrics.count(client.transport.value, KIND_REPLAYED, rcode, time.perf_counter() - started)
@@ -375,9 +573,23 @@ class Authority:
         responses = self.respond(wire, client)
         return responses[0] if responses else None
 
-    async def respond_all(self, wire: bytes, client: ClientInfo) -> list[bytes]:
-        """Every response message (:class:`~ztdns.transport.MultiResponseHandler`, for the TCP transport)."""
-        return self.respond(wire, client)
+    async def respond_all(self, wire: bytes, client: ClientInfo) -> Iterable[bytes]:
+        """Every response message (:class:`~ztdns.transport.MultiResponseHandler`, for the TCP transport); a
+        transfer is a generator making each message as the transport takes it."""
+        return self._respond(wire, client, self._replays, time.perf_counter())
+
+    def _replay_class(self, wire: bytes, replay: Replay) -> Hashable:
+        rcode = replay.answered.rcode
+        if rcode == "NOERROR":
+            return replay.key  # (name, type, variant)
+        if rcode == "NXDOMAIN":
+            try:
+                name = dns.name.from_wire(wire, 12)[0]
+            except dns.exception.DNSException:
+                return ERROR_CLASS
+            served = self.zone_for(name)
+            return ("nxdomain", served.origin if served is not None else None)
+        return ERROR_CLASS
 
     def _limited(self, wire: bytes, verdict: Verdict) -> bytes | None:
         if verdict is Verdict.SLIP:
@@ -390,13 +602,17 @@ class Authority:
 
     def respond(self, wire: bytes, client: ClientInfo) -> list[bytes]:
         """Response wires for one request (empty: drop silently). Never raises on bad input."""
-        return self._respond(wire, client, self._replays, time.perf_counter())
+        return list(self._respond(wire, client, self._replays, time.perf_counter()))
 
-    def _respond(self, wire: bytes, client: ClientInfo, replays: Replays, started: float) -> list[bytes]:
+    def _respond(self, wire: bytes, client: ClientInfo, replays: Replays, started: float) -> Iterable[bytes]:
         try:
             query = dns.message.from_wire(wire, keyring=self.keyring)
-        except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
-            return _wire_list(_error(wire, dns.rcode.NOTAUTH))
+        except dns.message.UnknownTSIGKey:
+            return _wire_list(_tsig_error(wire, dns.rcode.BADKEY, self.clock()))
+        except dns.tsig.BadTime:
+            return _wire_list(_tsig_error(wire, dns.rcode.BADTIME, self.clock()))
+        except (dns.tsig.BadSignature, dns.tsig.PeerError):
+            return _wire_list(_tsig_error(wire, dns.rcode.BADSIG, self.clock()))
         except dns.exception.DNSException:
             return _wire_list(_error(wire, dns.rcode.FORMERR))
         if query.flags & dns.flags.QR:
@@ -414,38 +630,81 @@ class Authority:
         question = query.question[0]
         if question.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
             return self._transfer(query, client)
-        if not client.stream and self.rrl is not None:
-            verdict = self.rrl.check(client.address)
-            if verdict is not Verdict.SEND:
-                return _wire_list(self._limited(wire, verdict))
         served = self.zone_for(question.name, question.rdtype)
         version = served.version if served is not None else None  # read once: another thread may publish
         response = answer(query, version.zone if version else None, version.view if version else None)
+        per_client = self._edns_options(query, response, client)
+        parsed = parse_query(wire)
+        if not client.stream and self.rrl is not None and per_client is not _COOKIE_VALID:
+            bucket = parsed.key if parsed is not None else (question.name.canonicalize(), question.rdtype)
+            response_class = _response_class(response, bucket, served)
+            verdict = self.rrl.check(client.address, response_class)
+            if verdict is not Verdict.SEND:
+                return _wire_list(self._limited(wire, verdict))
         rcode = dns.rcode.to_text(response.rcode())
         out, full = _render(response, client, query)
-        if served is not None and not query.had_tsig:
-            parsed = parse_query(wire)
-            if parsed is not None:
-                expires = time.monotonic() + RENDERED_SECONDS
-                replays.put(None, Replay(parsed.key, full, expires, Answered(KIND_REPLAYED, rcode)))
+        compact_ok = query.ednsflags & EDNS_CO  # not in the replay key: answered per query
+        if served is not None and not query.had_tsig and per_client is None and parsed is not None and not compact_ok:
+            expires = time.monotonic() + RENDERED_SECONDS
+            replays.put(None, Replay(parsed.key, full, expires, Answered(KIND_REPLAYED, rcode)))
         self.metrics.count(client.transport.value, KIND_ANSWERED, rcode, time.perf_counter() - started)
         return [out]
 
-    def _transfer(self, query: dns.message.Message, client: ClientInfo) -> list[bytes]:
+    def _edns_options(
+        self, query: dns.message.Message, response: dns.message.Message, client: ClientInfo
+    ) -> object | None:
+        """Add the per-client EDNS options (RFC 7873 cookie, RFC 5001 NSID) the query asked for; returns None when
+        there are none (the answer can be replayed to others), _COOKIE_VALID when the client showed a valid
+        server cookie (not rate-limited by address), else _PER_CLIENT."""
+        if query.edns < 0 or not query.options or response.edns < 0:
+            return None
+        added: list[dns.edns.Option] = []
+        result: object | None = None
+        for option in query.options:
+            if option.otype == dns.edns.OptionType.COOKIE and isinstance(option, dns.edns.CookieOption):
+                if len(option.client) != 8:
+                    continue
+                result = result or _PER_CLIENT
+                if option.server and self.cookies.valid(option.client, option.server, client.address):
+                    result = _COOKIE_VALID
+                added.append(dns.edns.CookieOption(option.client, self.cookies.make(option.client, client.address)))
+            elif option.otype == dns.edns.OptionType.NSID and self.nsid:
+                result = result or _PER_CLIENT
+                added.append(dns.edns.NSIDOption(self.nsid))
+        if added:
+            response.use_edns(response.edns, response.ednsflags, response.payload, options=[*response.options, *added])
+        return result
+
+    def _transfer(self, query: dns.message.Message, client: ClientInfo) -> Iterable[bytes]:
         served = self.zones.get(query.question[0].name)
-        if served is None or not client.stream or not served.settings.transfer.allows(query, client.address):
+        # A compact-denial zone has no denial chain to transfer: a secondary could not prove non-existence.
+        compact = served is not None and served.signer is not None and served.settings.denial == "compact"
+        if served is None or not client.stream or compact or not served.settings.transfer.allows(query, client.address):
             self.stats.transfers_refused += 1
             response = dns.message.make_response(query)
             response.set_rcode(dns.rcode.REFUSED if served is not None else dns.rcode.NOTAUTH)
             return [response.to_wire()]
         self.stats.transfers += 1
-        return axfr_messages(query, served.transfer_records(), served.zone.soa_rrset())
+        version = served.version  # one version for the whole transfer, however long it streams
+        if query.question[0].rdtype == dns.rdatatype.IXFR:
+            since = _ixfr_serial(query)
+            if since is not None and (since == version.zone.serial or serial_gt(since, version.zone.serial)):
+                # RFC 1995 §2: the client has this version (or a newer one): the SOA alone says so.
+                response = dns.message.make_response(query)
+                response.flags |= dns.flags.AA
+                response.answer.append(version.zone.soa_rrset())
+                return [response.to_wire()]
+            sequence = served.ixfr_records(version, since) if since is not None else None
+            if sequence is not None:
+                return axfr_messages(query, sequence, version.zone.soa_rrset())
+        return axfr_messages(query, served.transfer_records(version), version.zone.soa_rrset())
 
     def _update(self, message: dns.update.UpdateMessage, client: ClientInfo) -> bytes:
         if message.had_tsig and message.keyname is not None:
             identity: str | None = self.identities.get(message.keyname, f"tsig:{message.keyname.to_text()}")
         else:
-            identity = client.certificate_identity
+            # Registration authorises by the certificate's SPIFFE ID (URI SAN) only, never a DNS SAN or CN.
+            identity = client.certificate_identity if is_spiffe_id(client.certificate_identity) else None
         response = dns.message.make_response(message)
         response.set_rcode(dns.rcode.Rcode.make(self.apply(message, identity)[0]))
         return response.to_wire()
@@ -489,6 +748,94 @@ def _error(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
     if len(wire) < 12 or wire[2] & 0x80:
         return None
     return error_response(wire, rcode, truncated=True) if truncated else header_only(wire, rcode)
+
+
+ERROR_CLASS = ("error",)
+_COOKIE_VALID = object()
+_PER_CLIENT = object()
+
+
+def _response_class(response: dns.message.Message, question: Hashable, served: ServedZone | None) -> Hashable:
+    """The RRL bucket of a response besides the client prefix: answers and NODATA per question (the replay key:
+    name, type and EDNS variant, so replays count in the same bucket), NXDOMAIN per zone, errors together."""
+    rcode = response.rcode()
+    if rcode == dns.rcode.NOERROR:
+        return question
+    if rcode == dns.rcode.NXDOMAIN:
+        return ("nxdomain", served.origin if served is not None else None)
+    return ERROR_CLASS
+
+
+def _has_options(wire: bytes) -> bool:
+    """Whether a query's OPT record carries options or the CO flag, which make its answer the client's own
+    (cheap: the OPT record ends the message, so without options its RDLENGTH, the last two bytes, is zero and its
+    flags are four bytes before the end)."""
+    if len(wire) <= 23 or (wire[10] or wire[11]) == 0:
+        return False
+    return wire[-2:] != b"\0\0" or bool(wire[-4] & (EDNS_CO >> 8))
+
+
+def check_ttls(zone: Zone, limit: int) -> None:
+    """Raises ZoneError naming the first record whose TTL is above ``limit`` (max_zone_ttl)."""
+    for name, node in zone.nodes.items():
+        for rdtype, rds in node.items():
+            if rds.ttl > limit:
+                raise ZoneError(
+                    f"zone {zone.origin}: {name} {type_text(rdtype)} has TTL {rds.ttl}, above max_zone_ttl {limit}"
+                )
+
+
+def _ixfr_serial(query: dns.message.Message) -> int | None:
+    """The serial an IXFR client has (the SOA in its authority section)."""
+    for rrset in query.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            have: int = rrset[0].serial
+            return have
+    return None
+
+
+def _tsig_error(wire: bytes, error: int, now: float) -> bytes | None:
+    """NOTAUTH with the TSIG record saying why (RFC 8945 §5.2): BADKEY, BADSIG (MAC empty, unsigned: we cannot
+    or must not sign with that key) or BADTIME (our time in other data)."""
+    try:
+        query = dns.message.from_wire(wire, keyring=False)
+    except dns.exception.DNSException:
+        return _error(wire, dns.rcode.NOTAUTH)
+    if query.flags & dns.flags.QR:
+        return None
+    if query.tsig is None or query.keyname is None:
+        return _error(wire, dns.rcode.NOTAUTH)
+    request = query.tsig[0]
+    other = int(now).to_bytes(6, "big") if error == dns.rcode.BADTIME else b""
+    tsig = dns.rdtypes.ANY.TSIG.TSIG(
+        dns.rdataclass.ANY,
+        dns.rdatatype.TSIG,
+        request.algorithm,
+        request.time_signed,
+        request.fudge,
+        b"",
+        request.original_id,
+        error,
+        other,
+    )
+    response = dns.message.make_response(dns.message.from_wire(_unsigned(wire, query), keyring=False))
+    response.set_rcode(dns.rcode.NOTAUTH)
+    answer = bytearray(response.to_wire())
+    answer[10:12] = (int.from_bytes(answer[10:12], "big") + 1).to_bytes(2, "big")  # ARCOUNT: the TSIG record
+    rdata = tsig.to_wire() or b""
+    answer += query.keyname.to_wire() or b""
+    answer += struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata)) + rdata
+    return bytes(answer)
+
+
+def _unsigned(wire: bytes, query: dns.message.Message) -> bytes:
+    """``wire`` without its TSIG record (the last one of the additional section)."""
+    assert query.tsig is not None and query.keyname is not None
+    end = len(wire)
+    tsig_len = len(query.keyname.to_wire() or b"") + 10 + len(query.tsig[0].to_wire() or b"")
+    head = bytearray(wire[: end - tsig_len])
+    head[10:12] = (int.from_bytes(head[10:12], "big") - 1).to_bytes(2, "big")
+    return bytes(head)
 
 
 def _wire_list(wire: bytes | None) -> list[bytes]:

@@ -18,11 +18,27 @@ Timeline of a KSK double-signature rollover (RFC 7583 §3.3.1, "Double-KSK")::
     N.ready   = now + Ipub           CDS/CDNSKEY for N published (RFC 7344): the parent may swap the DS
     ds_seen                          the parent serves N's DS (operator or automation confirms); CDS withdrawn
     O.remove  = ds_seen + DprpP + TTL(DS)   old DS gone from caches; O leaves the DNSKEY RRset
+
+Timeline of an algorithm rollover (RFC 6781 §4.1.4, double signature, "conservative"), old keys of algorithm A,
+new keys of algorithm B (KSK+ZSK, or one CSK)::
+
+    new ZSK.active = now             every RRset also signed with B (the DNSKEY RRset still holds only A keys)
+    new keys.publish = t1 = now + Dprp + max TTL     B signatures are in every cache: B keys join DNSKEY
+    new KSK.ready = t1 + Ipub        CDS/CDNSKEY of B: the parent may swap the DS
+    ds_seen                          the parent serves B's DS
+    A keys.remove = t3 = ds_seen + DprpP + TTL(DS)   A leaves the DNSKEY RRset
+    A ZSK.retire = t3 + Dprp + TTL(DNSKEY)           the DNSKEY RRset without A is in every cache: A
+                                                     signatures go
+
+It starts when the zone's configured ``algorithm`` differs from its keys' and the zone allows it
+(``algorithm_rollover``); a zone that does not is refused (RFC 4035 §2.2: switching keys at once makes an
+invalid zone).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import json
 import os
@@ -41,6 +57,11 @@ Clock = Callable[[], float]
 FOREVER = float("inf")
 
 
+def when_text(t: float) -> str:
+    """A timestamp as people read it (UTC, ISO 8601)."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     algorithm: int = ECDSAP256SHA256
@@ -51,6 +72,11 @@ class Policy:
     parent_ds_ttl: int = 86400
     zsk_lifetime: int = 90 * 86400  # 0: roll only on command
     ksk_lifetime: int = 0
+    # A change of ``algorithm`` rolls the keys by double signature; False: such a change is refused.
+    algorithm_rollover: bool = False
+    # Seconds after a key has left the zone (removed, and no longer signing) before it is purged: its state
+    # entry dropped and the key destroyed (file deleted, token objects destroyed). None: kept forever.
+    purge_delay: int | None = None
 
 
 @dataclass(slots=True)
@@ -71,7 +97,9 @@ class KeyRecord:
         return self.publish <= t < (self.remove if self.remove is not None else FOREVER)
 
     def signs_data(self, t: float) -> bool:
-        if self.role == "ksk" or self.active is None or not self.published(t):
+        # Not tied to publication: in an algorithm rollover a key signs before its DNSKEY is published and after
+        # it is withdrawn (RFC 6781 §4.1.4); in other rollovers active/retire lie within publication anyway.
+        if self.role == "ksk" or self.active is None:
             return False
         return self.active <= t < (self.retire if self.retire is not None else FOREVER)
 
@@ -125,6 +153,9 @@ class KeyStore(Protocol):
     def load(self, zone: dns.name.Name, locator: str, sep: bool, algorithm: int) -> ZoneKey:
         """The key at ``locator``; a missing key raises KeyStoreError (never regenerated)."""
 
+    def delete(self, locator: str) -> None:
+        """Destroy the key at ``locator`` (a purged key); a key already gone is not an error."""
+
 
 class FileStore:
     """Private keys as PKCS#8 PEM files (0600) in one directory."""
@@ -149,6 +180,9 @@ class FileStore:
         if private.algorithm != algorithm:
             raise KeyStoreError(f"key file {locator} holds algorithm {private.algorithm}, expected {algorithm}")
         return ZoneKey.make(zone, private, sep)
+
+    def delete(self, locator: str) -> None:
+        (self.directory / locator).unlink(missing_ok=True)
 
 
 class KeyManager:
@@ -211,16 +245,41 @@ class KeyManager:
 
     # -- keys ------------------------------------------------------------------------------------------------
 
-    def _new_key(self, state: _State, role: Role, now: float) -> KeyRecord:
-        locator, key = self.store.create(self.zone, self.policy.algorithm, sep=role != "zsk")
+    def _new_key(self, state: _State, role: Role, now: float, algorithm: int | None = None) -> KeyRecord:
+        algorithm = self.policy.algorithm if algorithm is None else algorithm
+        locator, key = self.store.create(self.zone, algorithm, sep=role != "zsk")
         self._loaded[key.tag] = key
-        record = KeyRecord(key.tag, role, self.policy.algorithm, locator, created=now, publish=now)
+        record = KeyRecord(key.tag, role, algorithm, locator, created=now, publish=now)
         state.keys.append(record)
         return record
 
+    @staticmethod
+    def _algorithm(state: _State) -> int | None:
+        """The algorithm the zone's keys have (the oldest key still published, or signing, decides)."""
+        for record in state.keys:
+            if record.remove is None:
+                return record.algorithm
+        return None
+
+    def algorithm_change(self) -> str | None:
+        """Why the configured algorithm cannot be used as it is (a change without ``algorithm_rollover``), or
+        None. Read-only: ``ztdns check`` calls it."""
+        self._read()
+        current = self._algorithm(self._state)
+        if current is None or current == self.policy.algorithm or self.policy.algorithm_rollover:
+            return None
+        return (
+            f"zone {self.zone} has keys of algorithm {current} and is configured for {self.policy.algorithm}: "
+            "switching keys at once makes the zone invalid (RFC 4035 §2.2); set algorithm_rollover = true to "
+            "roll by double signature (RFC 6781 §4.1.4)"
+        )
+
     def ensure_keys(self) -> None:
         """First signing of a zone: make a KSK+ZSK (or a CSK) valid at once; its DS goes to the parent by
-        hand."""
+        hand. Raises KeyStoreError for an algorithm change the zone does not allow to roll."""
+        reason = self.algorithm_change()
+        if reason is not None:
+            raise KeyStoreError(reason)
         now = self.clock()
         with self._locked() as state:
             if state.keys:
@@ -241,16 +300,16 @@ class KeyManager:
     def keyset(self, t: float | None = None) -> KeySet:
         t = self.clock() if t is None else t
         self._read()
-        live = [r for r in self._state.keys if r.published(t)]
+        records = self._state.keys
 
         def pick(test: Callable[[KeyRecord], bool]) -> tuple[ZoneKey, ...]:
-            return tuple(self.zone_key(r) for r in live if test(r))
+            return tuple(self.zone_key(r) for r in records if test(r))
 
         return KeySet(
-            dnskeys=pick(lambda r: True),
+            dnskeys=pick(lambda r: r.published(t)),
             zone_signers=pick(lambda r: r.signs_data(t)),
             dnskey_signers=pick(lambda r: r.signs_dnskey(t)),
-            cds=pick(lambda r: r.in_cds(t)),
+            cds=pick(lambda r: r.published(t) and r.in_cds(t)),
         )
 
     # -- rollovers -------------------------------------------------------------------------------------------
@@ -276,7 +335,8 @@ class KeyManager:
             if self._rolling(state, role, now):
                 raise KeyStoreError(f"a {role} rollover of {self.zone} is already in progress")
             old = [r for r in state.keys if r.role == role and r.remove is None]
-            new = self._new_key(state, role, now)
+            # A key rollover keeps the algorithm; changing it is the algorithm rollover's.
+            new = self._new_key(state, role, now, self._algorithm(state))
             if role != "ksk":
                 new.active = now + publish_interval
                 for record in old:
@@ -298,11 +358,18 @@ class KeyManager:
                 raise KeyStoreError(f"zone {self.zone} has no key waiting for its DS")
             new = waiting[0]
             if new.ready is None or new.ready > now:
-                raise KeyStoreError(
-                    f"key {new.tag} of {self.zone} is not ready before {new.ready}: CDS not yet published"
-                )
+                ready = "an unknown time" if new.ready is None else when_text(new.ready)
+                raise KeyStoreError(f"key {new.tag} of {self.zone} is not ready before {ready}: CDS not yet published")
             new.ds_seen = now
+            t3 = now + policy.parent_propagation_delay + policy.parent_ds_ttl
             for record in state.keys:
+                if record.algorithm != new.algorithm and record.remove is None:
+                    # Algorithm rollover: the old algorithm's keys leave the DNSKEY RRset at t3 and their
+                    # signatures once that RRset has left every cache.
+                    record.remove = t3
+                    if record.role != "ksk":
+                        record.retire = t3 + policy.propagation_delay + policy.dnskey_ttl
+                    continue
                 if record is new or record.role != new.role or record.remove is not None:
                     continue
                 record.remove = now + policy.parent_propagation_delay + policy.parent_ds_ttl
@@ -310,11 +377,71 @@ class KeyManager:
                     record.remove = max(record.remove, record.retire + policy.propagation_delay + max_ttl)
             return replace(new)
 
+    def algorithm_rollover(self, max_ttl: int) -> list[KeyRecord]:
+        """Start the rollover to the configured algorithm now (timeline in the module docstring)."""
+        now = self.clock()
+        policy = self.policy
+        with self._locked() as state:
+            current = self._algorithm(state)
+            if current is None or current == policy.algorithm:
+                raise KeyStoreError(f"zone {self.zone} already uses algorithm {policy.algorithm}")
+            if any(r.algorithm == policy.algorithm for r in state.keys if r.remove is None):
+                raise KeyStoreError(f"an algorithm rollover of {self.zone} is already in progress")
+            if any(self._rolling(state, role, now) for role in ("ksk", "zsk", "csk")):
+                raise KeyStoreError(f"a key rollover of {self.zone} is in progress; the algorithm rolls after it")
+            published = now + policy.propagation_delay + max_ttl
+            started = []
+            for role in ("csk",) if policy.csk else ("ksk", "zsk"):
+                record = self._new_key(state, role, now)  # type: ignore[arg-type]
+                record.publish = published
+                if role != "ksk":
+                    record.active = now
+                if role != "zsk":
+                    record.ready = published + policy.propagation_delay + policy.dnskey_ttl
+                started.append(replace(record))
+            return started
+
+    def purge(self) -> list[KeyRecord]:
+        """Destroy keys that left the zone ``purge_delay`` ago (never a key still published or signing)."""
+        delay = self.policy.purge_delay
+        if delay is None:
+            return []
+        now = self.clock()
+        self._read()
+        if not any(self._purgeable(r, now - delay) for r in self._state.keys):
+            return []
+        with self._locked() as state:
+            gone = [r for r in state.keys if self._purgeable(r, now - delay)]
+            for record in gone:
+                self.store.delete(record.locator)
+                self._loaded.pop(record.tag, None)
+            state.keys = [r for r in state.keys if r not in gone]
+            return gone
+
+    @staticmethod
+    def _purgeable(record: KeyRecord, before: float) -> bool:
+        return (
+            record.remove is not None
+            and record.remove <= before
+            and (record.active is None or (record.retire is not None and record.retire <= before))
+        )
+
     def due(self, max_ttl: int) -> list[KeyRecord]:
-        """Start the rollovers whose key lifetime has run out; returns the new keys."""
+        """Start the rollovers whose key lifetime has run out, and an allowed algorithm rollover; purge keys
+        long gone; returns the new keys."""
+        self.purge()
         now = self.clock()
         started = []
         self._read()
+        algorithm = self._algorithm(self._state)
+        if (
+            self.policy.algorithm_rollover
+            and algorithm is not None
+            and algorithm != self.policy.algorithm
+            and not any(r.algorithm == self.policy.algorithm for r in self._state.keys if r.remove is None)
+            and not any(self._rolling(self._state, role, now) for role in ("ksk", "zsk", "csk"))
+        ):
+            return self.algorithm_rollover(max_ttl)
         for role, lifetime in (("zsk", self.policy.zsk_lifetime), ("ksk", self.policy.ksk_lifetime)):
             role_: Role = "csk" if self.policy.csk else role  # type: ignore[assignment]
             if not lifetime or (self.policy.csk and role == "ksk"):

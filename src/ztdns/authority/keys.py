@@ -125,8 +125,8 @@ class ZoneKey:
     def ds(self, digest: str = "SHA256") -> dns.rdata.Rdata:
         return dns.dnssec.make_ds(self.zone, self.dnskey, digest)
 
-    def cds(self) -> dns.rdata.Rdata:
-        return dns.dnssec.make_cds(self.zone, self.dnskey, "SHA256")
+    def cds(self, digest: str = "SHA256") -> dns.rdata.Rdata:
+        return dns.dnssec.make_cds(self.zone, self.dnskey, digest)
 
     def cdnskey(self) -> dns.rdata.Rdata:
         key = self.dnskey

@@ -73,17 +73,62 @@ class Nsec3Chain:
         self.ttl = zone.negative_ttl()
         entries = sorted((nsec3_hash(name), node_types(zone, name)) for name in zone.authoritative_names())
         self._hashes = [digest for digest, _ in entries]
-        self._rrsets: list[dns.rrset.RRset] = []
-        for index, (digest, types) in enumerate(entries):
-            following = self._hashes[(index + 1) % len(entries)]
-            rdata = dns.rdtypes.ANY.NSEC3.NSEC3(IN, dns.rdatatype.NSEC3, SHA1, 0, 0, b"", following, _bitmap(types))
-            owner = dns.name.Name((base64.b32encode(digest).translate(_B32_TO_HEX), *self.origin.labels))
-            rrset = dns.rrset.RRset(owner, IN, dns.rdatatype.NSEC3)
-            rrset.add(rdata, self.ttl)
-            self._rrsets.append(rrset)
+        self._rrsets = [
+            self._record(digest, self._hashes[(index + 1) % len(entries)], types)
+            for index, (digest, types) in enumerate(entries)
+        ]
 
     def rrsets(self) -> list[dns.rrset.RRset]:
         return list(self._rrsets)
+
+    def updated(self, zone: Zone, touched: Iterable[dns.name.Name]) -> Nsec3Chain:
+        """The chain of ``zone``, a version derived from this chain's by adding or changing data at ``touched``
+        names only (no name removed, no delegation moved: see ``Zone.with_changes``): one hash per touched name
+        and its new ancestors instead of one per name of the zone."""
+        chain = Nsec3Chain.__new__(Nsec3Chain)
+        chain.origin, chain.ttl = self.origin, self.ttl
+        chain._hashes, chain._rrsets = list(self._hashes), list(self._rrsets)
+        names: set[dns.name.Name] = set()
+        for changed in touched:
+            name = changed
+            while name not in names:
+                names.add(name)
+                if name == self.origin or not name.is_subdomain(self.origin):
+                    break
+                name = name.parent()
+        fresh: dict[bytes, dns.name.Name] = {}
+        for name in names:
+            if name not in zone.existing or zone.cut_above(name, include_self=False) is not None:
+                continue
+            digest = nsec3_hash(name)
+            index = bisect.bisect_left(chain._hashes, digest)
+            if index == len(chain._hashes) or chain._hashes[index] != digest:
+                chain._hashes.insert(index, digest)
+                chain._rrsets.insert(index, chain._rrsets[index - 1])  # placeholder, rebuilt below
+            fresh[digest] = name
+        count = len(chain._hashes)
+        for digest, name in fresh.items():
+            index = bisect.bisect_left(chain._hashes, digest)
+            chain._rrsets[index] = chain._record(digest, chain._hashes[(index + 1) % count], node_types(zone, name))
+            before = (index - 1) % count
+            if chain._hashes[before] not in fresh:  # its next hash may have changed
+                old = chain._rrsets[before]
+                following = chain._hashes[index]
+                if old[0].next != following:
+                    chain._rrsets[before] = chain._renext(old, following)
+        return chain
+
+    def _record(self, digest: bytes, following: bytes, types: set[int]) -> dns.rrset.RRset:
+        rdata = dns.rdtypes.ANY.NSEC3.NSEC3(IN, dns.rdatatype.NSEC3, SHA1, 0, 0, b"", following, _bitmap(types))
+        owner = dns.name.Name((base64.b32encode(digest).translate(_B32_TO_HEX), *self.origin.labels))
+        rrset = dns.rrset.RRset(owner, IN, dns.rdatatype.NSEC3)
+        rrset.add(rdata, self.ttl)
+        return rrset
+
+    def _renext(self, old: dns.rrset.RRset, following: bytes) -> dns.rrset.RRset:
+        rrset = dns.rrset.RRset(old.name, IN, dns.rdatatype.NSEC3)
+        rrset.add(old[0].replace(next=following), self.ttl)
+        return rrset
 
     def matching(self, name: dns.name.Name) -> dns.rrset.RRset | None:
         digest = nsec3_hash(name)

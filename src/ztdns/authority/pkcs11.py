@@ -144,6 +144,17 @@ class Token:
             point = public[Attribute.EC_POINT]
         return Pkcs11Key(self, key_id, algorithm, _dnskey_public(algorithm, point))
 
+    def destroy(self, key_id: bytes) -> None:
+        """Destroy the private and public key objects with CKA_ID ``key_id`` (purge); gone already is fine."""
+        with self.lock:
+            current = self._open()
+            current.handles.pop(key_id, None)
+            try:
+                for found in list(current.session.get_objects({Attribute.ID: key_id})):
+                    found.destroy()
+            except pkcs11.exceptions.PKCS11Error as exc:
+                raise KeyStoreError(f"destroying pkcs11:{key_id.hex()}: {_describe(exc)}") from None
+
     def load(self, key_id: bytes, algorithm: int) -> Pkcs11Key:
         with self.lock:
             self.handle(key_id)  # the private half must be there
@@ -196,13 +207,19 @@ class Pkcs11Store:
         return private.locator, ZoneKey.make(zone, private, sep)
 
     def load(self, zone: dns.name.Name, locator: str, sep: bool, algorithm: int) -> ZoneKey:
-        if not locator.startswith(LOCATOR_PREFIX):
-            raise KeyStoreError(f"key {locator} is not in a PKCS#11 token (the key store is pkcs11)")
-        try:
-            key_id = bytes.fromhex(locator.removeprefix(LOCATOR_PREFIX))
-        except ValueError:
-            raise KeyStoreError(f"malformed PKCS#11 key locator {locator!r}") from None
-        return ZoneKey.make(zone, self.token.load(key_id, algorithm), sep)
+        return ZoneKey.make(zone, self.token.load(_key_id(locator), algorithm), sep)
+
+    def delete(self, locator: str) -> None:
+        self.token.destroy(_key_id(locator))
+
+
+def _key_id(locator: str) -> bytes:
+    if not locator.startswith(LOCATOR_PREFIX):
+        raise KeyStoreError(f"key {locator} is not in a PKCS#11 token (the key store is pkcs11)")
+    try:
+        return bytes.fromhex(locator.removeprefix(LOCATOR_PREFIX))
+    except ValueError:
+        raise KeyStoreError(f"malformed PKCS#11 key locator {locator!r}") from None
 
 
 def _dnskey_public(algorithm: int, point: bytes) -> bytes:

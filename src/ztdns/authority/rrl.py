@@ -1,18 +1,28 @@
-"""Response rate limiting for UDP (RRL-style): a token bucket per client prefix, with slip.
+"""Response rate limiting for UDP (RRL as in BIND and Knot): a token bucket per client prefix *and response
+class*, with slip, an exempt list and DNS cookies.
 
-UDP source addresses can be forged, so an authoritative server can be aimed at a victim. Each /24 (IPv4) or
-/56 (IPv6) gets ``rate`` responses per second with a burst of ``burst``; past that, every ``slip``-th response
-is sent truncated (TC=1, no records: a real client retries over TCP, a victim receives a tiny packet) and the
-rest dropped. TCP is never limited: it cannot be spoofed.
+UDP source addresses can be forged, so an authoritative server can be aimed at a victim. The same response
+repeated is what an amplification attack needs; a resolver asking for many different names is not one. So the
+bucket is per /24 (IPv4) or /56 (IPv6) and per response class: a positive answer or NODATA per (name, type),
+NXDOMAIN per zone (a random-subdomain flood shares one bucket), errors (REFUSED, FORMERR, ...) per prefix. Each
+gets ``rate`` responses per second with a burst of ``burst``; past that, every ``slip``-th response is sent
+truncated (TC=1, no records: a real client retries over TCP, a victim receives a tiny packet) and the rest
+dropped. Never limited: TCP (it cannot be spoofed), clients in ``exempt`` networks, and clients showing a valid
+server cookie (RFC 7873 §5.3: they have seen our answers at their address).
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import ipaddress
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Verdict(enum.Enum):
@@ -38,12 +48,14 @@ class RateLimiter:
         ipv6_prefix: int = 56,
         max_buckets: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        exempt: Iterable[Network] = (),
     ) -> None:
         self.rate, self.burst, self.slip = rate, burst, slip
+        self.exempt = tuple(exempt)
         self.ipv4_prefix, self.ipv6_prefix = ipv4_prefix, ipv6_prefix
         self.max_buckets = max_buckets
         self.clock = clock
-        self._buckets: dict[int, _Bucket] = {}
+        self._buckets: dict[tuple[int, Hashable], _Bucket] = {}
         self.dropped = 0
         self.slipped = 0
 
@@ -54,9 +66,18 @@ class RateLimiter:
         # Tagged with a bit above any IPv4 key so the two families never share a bucket.
         return (int(ip) >> (128 - self.ipv6_prefix)) | (1 << 64)
 
-    def check(self, address: str) -> Verdict:
+    def exempted(self, address: str) -> bool:
+        if not self.exempt:
+            return False
+        ip = ipaddress.ip_address(address)
+        return any(ip in network for network in self.exempt)
+
+    def check(self, address: str, response_class: Hashable = ()) -> Verdict:
+        """The verdict for one more response of ``response_class`` (see the module docstring) to ``address``."""
+        if self.exempt and self.exempted(address):
+            return Verdict.SEND
         now = self.clock()
-        key = self._key(address)
+        key = (self._key(address), response_class)
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.max_buckets:
@@ -74,3 +95,18 @@ class RateLimiter:
             return Verdict.SLIP
         self.dropped += 1
         return Verdict.DROP
+
+
+class Cookies:
+    """Server cookies (RFC 7873 §4.2, the simple form): a keyed hash of the client cookie and address, secret per
+    process. Minimal on purpose; the resolver's detection has the RFC 9018 form (``ztdns.detect.cookies``, with
+    timestamps) that can replace it once both are on one branch."""
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self.secret = secret or os.urandom(16)
+
+    def make(self, client: bytes, address: str) -> bytes:
+        return hmac.new(self.secret, client + address.encode(), hashlib.sha256).digest()[:8]
+
+    def valid(self, client: bytes, server: bytes, address: str) -> bool:
+        return len(client) == 8 and len(server) == 8 and hmac.compare_digest(server, self.make(client, address))

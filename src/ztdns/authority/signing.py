@@ -135,6 +135,16 @@ class ZoneSigner:
         self._cache: dict[tuple[bytes, int, int], _Cached] = {}
         self._sets: dict[tuple[bytes, int], _SignedSet] = {}
         self.signatures_made = 0
+        # The earliest refresh time of any signature handed out: from then on a secondary holding the zone
+        # needs a new version (serial) to fetch fresh signatures before the old ones expire.
+        self.earliest_refresh = float("inf")
+
+    def resign(self, cutoff: float) -> None:
+        """Forget signatures due for refresh before ``cutoff``: the next use signs anew (a new zone version
+        for secondaries). Signatures due shortly are renewed with the due ones, so versions stay rare."""
+        self._cache = {key: entry for key, entry in self._cache.items() if entry.refresh_at >= cutoff}
+        self._sets = {}
+        self.earliest_refresh = min((entry.refresh_at for entry in self._cache.values()), default=float("inf"))
 
     def set_keys(self, zsks: Sequence[ZoneKey], ksks: Sequence[ZoneKey]) -> None:
         """Switch to a new key set; cached signatures of keys no longer used are dropped."""
@@ -201,4 +211,6 @@ class ZoneSigner:
             + tail
         )
         self.signatures_made += 1
-        return _Cached(content, head + key.private.sign(head + content), float(expiration - validity.refresh))
+        refresh_at = float(expiration - validity.refresh)
+        self.earliest_refresh = min(self.earliest_refresh, refresh_at)
+        return _Cached(content, head + key.private.sign(head + content), refresh_at)

@@ -103,9 +103,15 @@ def check_prerequisites(zone: Zone, prerequisites: Iterable[dns.rrset.RRset]) ->
 
 
 def apply_update(
-    message: dns.update.UpdateMessage, zone: Zone, identity: str | None, grants: Iterable[Grant]
+    message: dns.update.UpdateMessage,
+    zone: Zone,
+    identity: str | None,
+    grants: Iterable[Grant],
+    serial: int | None = None,
+    max_ttl: int | None = None,
 ) -> tuple[Zone, list[Change]]:
-    """The zone after ``message`` (same object if nothing changed) and the changes; raises UpdateRefused."""
+    """The zone after ``message`` (same object if nothing changed) with SOA serial ``serial`` (default: one
+    more) and the changes; raises UpdateRefused (also for a TTL above ``max_ttl``)."""
     grants = tuple(grants)
     check_prerequisites(zone, message.prerequisite)
     work: dict[tuple[dns.name.Name, int], dns.rdataset.Rdataset | None] = {}
@@ -128,6 +134,8 @@ def apply_update(
             if dns.rdatatype.is_metatype(rr.rdtype) or rr.rdclass != dns.rdataclass.IN:
                 raise UpdateRefused(dns.rcode.FORMERR, f"cannot add type {rr.rdtype} class {rr.rdclass}")
             authorise(rr.name, rr.rdtype)
+            if max_ttl is not None and rr.ttl > max_ttl:
+                raise UpdateRefused(dns.rcode.REFUSED, f"TTL {rr.ttl} is above the zone's max_zone_ttl {max_ttl}")
             merged = dns.rdataset.Rdataset(dns.rdataclass.IN, rr.rdtype)
             merged.update_ttl(rr.ttl)
             old = current(rr.name, rr.rdtype)
@@ -158,6 +166,6 @@ def apply_update(
     if not changes:
         return zone, []
     try:
-        return zone.with_changes(changes), changes
+        return zone.with_changes(changes, serial), changes
     except ZoneError as exc:
         raise UpdateRefused(dns.rcode.REFUSED, str(exc)) from None

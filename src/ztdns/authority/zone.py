@@ -6,9 +6,11 @@ service swaps it in, so an answer being built never sees half an update, and a t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dns.name
 import dns.rdata
@@ -55,7 +57,7 @@ class Change:
 class Zone:
     """One version of a zone. ``nodes`` maps owner names to their RRsets by type."""
 
-    __slots__ = ("_negative_soa", "cuts", "existing", "nodes", "origin", "serial")
+    __slots__ = ("_max_ttl", "_negative_soa", "cuts", "existing", "nodes", "origin", "serial", "touched")
 
     def __init__(self, origin: dns.name.Name, nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]]) -> None:
         self.origin = origin
@@ -68,6 +70,9 @@ class Zone:
             raise ZoneError(f"zone {origin} has no NS records at its apex")
         self.serial: int = soa[0].serial
         self._negative_soa: dns.rrset.RRset | None = None
+        self._max_ttl: int | None = None
+        # Names whose nodes differ from the version this one was derived from incrementally (None: built whole).
+        self.touched: frozenset[dns.name.Name] | None = None
         # Every name that exists in the sense of RFC 4592: names with data and the empty non-terminals above
         # them.
         self.existing: set[dns.name.Name] = set()
@@ -125,22 +130,57 @@ class Zone:
         return cls(origin, nodes)
 
     def with_changes(self, changes: Iterable[Change], serial: int | None = None) -> Zone:
-        """A new version with ``changes`` applied and the SOA serial set to ``serial`` (or advanced by
-        one)."""
-        nodes = {name: dict(node) for name, node in self.nodes.items()}
+        """A new version with ``changes`` applied and the SOA serial set to ``serial`` (or advanced by one).
+
+        Incremental: unchanged nodes are shared with this version (versions never modify their nodes), and the
+        indexes are copied and extended for the changed names only — unless a change removes a name or moves a
+        delegation, which rebuilds them whole."""
+        nodes = dict(self.nodes)
+        touched: set[dns.name.Name] = set()
         for change in changes:
-            node = nodes.setdefault(change.name, {})
+            node = dict(nodes.get(change.name, {}))
             if change.rdataset is None or len(change.rdataset) == 0:
                 node.pop(change.rdtype, None)
             else:
                 node[change.rdtype] = change.rdataset
+            nodes[change.name] = node
+            touched.add(change.name)
         soa = self.soa()
         new_serial = next_serial(soa.serial) if serial is None else serial
         soa_set = dns.rdataset.Rdataset(IN, SOA)
-        soa_set.update_ttl(nodes[self.origin][SOA].ttl)
+        soa_set.update_ttl(self.nodes[self.origin][SOA].ttl)
         soa_set.add(soa.replace(serial=new_serial))
-        nodes[self.origin][SOA] = soa_set
-        return Zone(self.origin, nodes)
+        nodes[self.origin] = {**nodes[self.origin], SOA: soa_set}
+        below_apex = touched - {self.origin}
+        if any(not nodes[name] for name in touched) or any(
+            (NS in nodes[name]) != (name in self.cuts) for name in below_apex
+        ):
+            return Zone(self.origin, nodes)
+        return self._extended(nodes, frozenset(touched))
+
+    def _extended(
+        self, nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]], touched: frozenset[dns.name.Name]
+    ) -> Zone:
+        zone = Zone.__new__(Zone)
+        zone.origin = self.origin
+        zone.nodes = nodes
+        zone.serial = nodes[self.origin][SOA][0].serial
+        zone._negative_soa = None
+        zone._max_ttl = None
+        zone.cuts = self.cuts  # unchanged: a change of delegations rebuilds
+        zone.existing = set(self.existing)
+        zone.touched = touched
+        for name in touched:
+            node = nodes[name]
+            if not name.is_subdomain(self.origin):
+                raise ZoneError(f"{name} is outside zone {self.origin}")
+            if CNAME in node and len(set(node) - {CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC}) > 0:
+                raise ZoneError(f"{name} has a CNAME beside other data")
+            above = name
+            while above not in zone.existing and above != self.origin:
+                zone.existing.add(above)
+                above = above.parent()
+        return zone
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -167,7 +207,9 @@ class Zone:
         return min(soa_set.ttl, minimum)
 
     def max_ttl(self) -> int:
-        return max(rds.ttl for node in self.nodes.values() for rds in node.values())
+        if self._max_ttl is None:
+            self._max_ttl = max(rds.ttl for node in self.nodes.values() for rds in node.values())
+        return self._max_ttl
 
     def get(self, name: dns.name.Name, rdtype: int) -> dns.rdataset.Rdataset | None:
         node = self.nodes.get(name)
@@ -207,6 +249,25 @@ def type_text(rdtype: int) -> str:
     return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))
 
 
-def next_serial(serial: int) -> int:
-    """RFC 1982 serial arithmetic: +1 modulo 2^32, skipping 0 (some secondaries treat 0 specially)."""
-    return (serial + 1) % (1 << 32) or 1
+SerialPolicy = Literal["increment", "unixtime", "dateserial"]
+
+
+def next_serial(serial: int, policy: SerialPolicy = "increment", now: float | None = None) -> int:
+    """The serial after ``serial`` (RFC 1982 arithmetic, skipping 0: some secondaries treat 0 specially).
+
+    As Knot's ``serial-policy``: ``increment`` adds one; ``unixtime`` is the current time in seconds and
+    ``dateserial`` is YYYYMMDDnn, each only when that is ahead of ``serial`` (else one more than ``serial``, so
+    the serial never goes back).
+    """
+    incremented = (serial + 1) % (1 << 32) or 1
+    if policy == "increment":
+        return incremented
+    t = time.time() if now is None else now
+    wanted = int(t) if policy == "unixtime" else int(time.strftime("%Y%m%d", time.gmtime(t))) * 100
+    wanted %= 1 << 32
+    return wanted if serial_gt(wanted, serial) else incremented
+
+
+def serial_gt(a: int, b: int) -> bool:
+    """RFC 1982: ``a`` is after ``b``."""
+    return a != b and ((a - b) % (1 << 32)) < (1 << 31)

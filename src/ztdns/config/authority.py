@@ -47,6 +47,9 @@ class GrantConfig(Section):
 class SigningConfig(Section):
     enabled: bool = True
     algorithm: Literal["ecdsap256sha256", "ed25519"] = "ecdsap256sha256"
+    # A change of algorithm rolls the keys by double signature (RFC 6781 §4.1.4); false: the change is refused.
+    algorithm_rollover: bool = False
+    cds_digest: Literal["sha256", "sha384"] = "sha256"  # digest of the published CDS records
     denial: Literal["nsec3", "compact"] = "nsec3"
     csk: bool = False
     dnskey_ttl: Annotated[int, Field(ge=0)] = 3600
@@ -55,6 +58,8 @@ class SigningConfig(Section):
     parent_ds_ttl: Annotated[int, Field(ge=0)] = DAY
     zsk_lifetime: Annotated[int, Field(ge=0)] = 90 * DAY
     ksk_lifetime: Annotated[int, Field(ge=0)] = 0
+    # Seconds after a key left the zone before it is destroyed (file deleted, token objects destroyed); none: kept.
+    purge_delay: Annotated[int, Field(ge=0)] | None = None
     signature_lifetime: Annotated[int, Field(gt=0)] = 14 * DAY
     signature_jitter: Annotated[int, Field(ge=0)] = DAY
     signature_refresh: Annotated[int, Field(gt=0)] = 5 * DAY
@@ -74,7 +79,15 @@ class AuthZoneConfig(Section):
     transfer_keys: list[str] = []
     transfer_networks: list[str] = []
     notify: list[str] = []  # secondaries, "address[:port]"
+    notify_key: str | None = None  # a name in tsig_keys: NOTIFY messages are signed with it
     grants: list[GrantConfig] = []
+    # No TTL above this from any input (Knot's zone-max-ttl); when set, also the TTL rollovers wait for.
+    max_zone_ttl: Annotated[int, Field(gt=0, le=0x7FFFFFFF)] | None = None
+    # What one identity may register (dynamic records): records and bytes of record data; 0 = no limit.
+    quota_records: Annotated[int, Field(ge=0)] = 100
+    quota_bytes: Annotated[int, Field(ge=0)] = 65536
+    # How the SOA serial advances on every new version (Knot's serial-policy).
+    serial_policy: Literal["increment", "unixtime", "dateserial"] = "increment"
 
     @field_validator("transfer_networks")
     @classmethod
@@ -86,6 +99,19 @@ class AuthZoneConfig(Section):
     def _name(cls, value: str) -> str:
         return dns.name.from_text(value).to_text()
 
+    @model_validator(mode="after")
+    def _compact_not_transferred(self) -> AuthZoneConfig:
+        if (
+            self.signing.enabled
+            and self.signing.denial == "compact"
+            and (self.notify or self.transfer_keys or self.transfer_networks)
+        ):
+            raise ValueError(
+                f"zone {self.name}: compact denial answers are made per query and cannot be transferred "
+                '(secondaries could not prove non-existence); use denial = "nsec3" for zones with secondaries'
+            )
+        return self
+
 
 class RrlConfig(Section):
     enabled: bool = True
@@ -94,6 +120,12 @@ class RrlConfig(Section):
     slip: Annotated[int, Field(ge=0, le=10)] = 2
     ipv4_prefix: Annotated[int, Field(ge=8, le=32)] = 24
     ipv6_prefix: Annotated[int, Field(ge=16, le=128)] = 56
+    exempt: list[str] = []  # networks never rate-limited (your resolvers, monitoring)
+
+    @field_validator("exempt")
+    @classmethod
+    def _exempt(cls, values: list[str]) -> list[str]:
+        return check_networks(values)
 
 
 class Pkcs11Config(Section):
@@ -135,6 +167,7 @@ class AuthorityConfig(Section):
     key_store: Literal["file", "pkcs11"] = "file"
     pkcs11: Pkcs11Config | None = None
     api: ApiConfig | None = None  # the HTTPS registration API, authenticated by client certificates
+    nsid: str = ""  # RFC 5001 name server identifier sent to clients asking for it; empty: none
 
     @field_validator("listen")
     @classmethod
@@ -148,7 +181,7 @@ class AuthorityConfig(Section):
         if self.key_store == "pkcs11" and self.pkcs11 is None:
             raise ValueError('key_store = "pkcs11" needs an [authority.pkcs11] section')
         for zone in self.zones:
-            for key in zone.transfer_keys:
+            for key in [*zone.transfer_keys, *([zone.notify_key] if zone.notify_key else [])]:
                 if key not in self.tsig_keys:
                     raise ValueError(f"zone {zone.name}: unknown TSIG key {key!r}")
         return self

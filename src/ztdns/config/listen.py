@@ -28,6 +28,8 @@ class ListenConfig(Section):
     # With client_auth = "optional", a client that shows no certificate is identified by its address
     # ("network") or refused with EDE 18 whatever its address ("refuse").
     no_certificate: Literal["network", "refuse"] = "network"
+    # A client certificate without a URI SAN or DNS SAN is identified by its subject CN only when this is set.
+    certificate_cn_identity: bool = False
     crl: list[str] = []
     tls_min_version: Literal["1.2", "1.3"] = "1.3"
     handshake_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0

@@ -7,6 +7,7 @@ framing; it builds a :class:`~ztdns.client.ClientInfo` (source address, verified
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 from ztdns.client import ClientInfo
@@ -28,5 +29,6 @@ class MultiResponseHandler(Protocol):
     """A handler that may answer one request with several messages over a stream (a zone transfer): the TCP
     transport calls ``respond_all`` instead of ``handle`` for what ``fast`` did not answer."""
 
-    async def respond_all(self, wire: bytes, client: ClientInfo) -> list[bytes]:
-        """Every response message for the request, in order; empty means send nothing."""
+    async def respond_all(self, wire: bytes, client: ClientInfo) -> Iterable[bytes]:
+        """Every response message for the request, in order; empty means send nothing. May be a generator making
+        each message as the transport takes it (a streamed zone transfer)."""

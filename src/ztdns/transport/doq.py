@@ -116,7 +116,9 @@ class DoqConnection(QuicConnectionProtocol):
                 if reason is not None:
                     self._refuse(f"client certificate refused: {reason}")
                     return
-                identity = identity_from_certificate(peer.public_bytes(serialization.Encoding.DER))
+                identity = identity_from_certificate(
+                    peer.public_bytes(serialization.Encoding.DER), listener.config.certificate_cn_identity
+                )
         address, port = self._transport_peer()
         self.client = ClientInfo(Transport.DOQ, address, port, identity, stream=True)
         waiting, self.waiting = self.waiting, []

@@ -74,7 +74,7 @@ class TlsConnection(StreamProtocol):
         identity = None
         if ssl_object is not None:
             der = ssl_object.getpeercert(binary_form=True)
-            identity = identity_from_certificate(der) if der else None
+            identity = identity_from_certificate(der, self.config.certificate_cn_identity) if der else None
             self.alpn = ssl_object.selected_alpn_protocol()
         self.client = ClientInfo(self.kind, peer[0], peer[1], identity, stream=True)
         self.last_activity = asyncio.get_running_loop().time()

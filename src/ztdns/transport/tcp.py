@@ -6,7 +6,9 @@ pauses above it) and write back-pressure (reading pauses while the client leaves
 stays so for ``idle_timeout``). The listener bounds connections in all and per client address, and the unread
 answers of all connections together (:mod:`ztdns.transport.limits`). A handler that
 answers some requests with several messages (a zone transfer) implements ``respond_all``
-(:class:`~ztdns.transport.MultiResponseHandler`); its messages are written back to back.
+(:class:`~ztdns.transport.MultiResponseHandler`); its messages are written in order, one at a time as the
+client reads them (a streamed transfer waits while writing is paused), and any other answer for the same
+connection is held until the last message is out.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Iterable
 from typing import cast
 
 from ztdns.client import ClientInfo, Transport
@@ -37,6 +40,11 @@ class TcpConnection(StreamProtocol):
         self.write_paused = False  # reading paused: the client does not read its answers
         self.idle: asyncio.TimerHandle | None = None
         self.partial: asyncio.TimerHandle | None = None
+        # A multi-message answer being written: one at a time, and other answers wait in ``held``.
+        self.streaming = asyncio.Lock()
+        self.held: list[bytes] | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio's classes.
@@ -111,9 +119,13 @@ class TcpConnection(StreamProtocol):
         assert self.client is not None
         respond_all = self.server.respond_all
         if respond_all is not None:
-            # Written without an await in between, so a pipelined answer never lands inside a transfer.
-            for message in await respond_all(wire, self.client):
-                self._send(message)
+            messages = await respond_all(wire, self.client)
+            if isinstance(messages, list) and len(messages) <= 1:
+                for message in messages:
+                    self._send(message)
+                return
+            async with self.streaming:
+                await self._stream(messages)
             return
         answer = await self.server.handler.handle(wire, self.client)
         if answer is not None:
@@ -126,7 +138,31 @@ class TcpConnection(StreamProtocol):
             if not self.write_paused:
                 self.transport.resume_reading()
 
+    async def _stream(self, messages: Iterable[bytes]) -> None:
+        """Write a multi-message answer in order, waiting while the client does not read (so a large transfer is
+        never buffered whole); answers to other queries of this connection are held until it is done."""
+        self.held = []
+        try:
+            for message in messages:
+                self._write(message)
+                if self.transport is None:
+                    return
+                if self.write_paused:
+                    await self.writable.wait()
+                else:
+                    await asyncio.sleep(0)  # let other connections and the ticker run between messages
+        finally:
+            held, self.held = self.held, None
+            for answer in held:
+                self._send(answer)
+
     def _send(self, answer: bytes) -> None:
+        if self.held is not None:
+            self.held.append(answer)
+            return
+        self._write(answer)
+
+    def _write(self, answer: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame(answer))
 
@@ -135,12 +171,14 @@ class TcpConnection(StreamProtocol):
     def pause_writing(self) -> None:
         assert self.transport is not None
         self.write_paused = True
+        self.writable.clear()
         self.transport.pause_reading()
         self._arm_idle()  # answers unread for idle_timeout: closed
         self.server.budget.block(self)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.writable.set()
         self.server.budget.unblock(self)
         if self.transport is not None and not self.paused:
             self.transport.resume_reading()
@@ -157,6 +195,7 @@ class TcpConnection(StreamProtocol):
         for task in self.pending:
             task.cancel()
         self.transport = None
+        self.writable.set()
 
 
 class TcpServer:
