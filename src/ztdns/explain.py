@@ -93,6 +93,7 @@ def _describe(client_text: str, ctx: QueryContext) -> str:
         lines.append(f"policy:    {decision.policy}")
         lines.append(f"rule:      {decision.rule}")
         lines.append(f"from:      {explanation.origin()}")
+        lines.extend(f"chain:     {step}" for step in explanation.chain)
     else:
         lines.append("decision:  refuse (no identity)" if ctx.identity is None else "decision:  none")
     lines.append(f"outcome:   {ctx.kind.value if ctx.kind else 'none'}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import dns.rdatatype
-from pydantic import AfterValidator, Discriminator, Tag, field_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from ztdns.config.base import Section
 from ztdns.patterns import PatternError, parse_pattern
@@ -22,10 +22,12 @@ def _qtype(text: str) -> str:
 
 
 class RuleConfig(Section):
-    """A rule written as a table: a pattern limited to some query types."""
+    """A rule written as a table: a pattern, optionally limited to some query types; a deny rule may be
+    ``overridable`` (ranked like a list entry, so exceptions beat it; see docs/policy.md "Precedence")."""
 
     pattern: str
-    qtypes: list[str]
+    qtypes: list[str] | None = None
+    overridable: bool = False
 
     @field_validator("pattern")
     @classmethod
@@ -34,7 +36,9 @@ class RuleConfig(Section):
 
     @field_validator("qtypes")
     @classmethod
-    def _qtypes(cls, values: list[str]) -> list[str]:
+    def _qtypes(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
         if not values:
             raise ValueError("qtypes must not be empty (leave the rule as a plain string for all types)")
         return [_qtype(v) for v in values]
@@ -63,7 +67,16 @@ Rule = Annotated[
 class PolicyConfig(Section):
     allow: list[Rule] = []
     deny: list[Rule] = []
+    exceptions: list[Rule] = Field(default=[], alias="except")
     allow_lists: list[str] = []
     deny_lists: list[str] = []
     blocked_response: Literal["nxdomain", "nodata", "refused"] = "nxdomain"
     include_rule_text: bool = True
+
+    @model_validator(mode="after")
+    def _overridable_only_on_deny(self) -> PolicyConfig:
+        for key, rules in (("allow", self.allow), ("except", self.exceptions)):
+            for index, rule in enumerate(rules):
+                if isinstance(rule, RuleConfig) and rule.overridable:
+                    raise ValueError(f"{key}[{index}]: 'overridable' applies to deny rules only")
+        return self

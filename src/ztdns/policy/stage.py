@@ -1,12 +1,13 @@
 """Policy stages: decide on the question, then on every name the answer's CNAME/DNAME chain leads to.
 
 Blocked answers are synthesised here: NXDOMAIN with an SOA by default (REFUSED breaks some stub resolvers),
-NODATA or REFUSED per policy, always with EDE 15 (Blocked) whose EXTRA-TEXT names the policy and rule unless
-the policy turns the text off.
+NODATA or REFUSED per policy, local data (a sinkhole address or a CNAME) or no answer at all (RPZ DROP),
+always with EDE 15 (Blocked) whose EXTRA-TEXT names the policy and rule unless the policy turns the text off.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import dns.message
@@ -39,7 +40,18 @@ def blocked_response(query: dns.message.Message, decision: Decision) -> dns.mess
     if decision.blocked_response == "refused":
         response.set_rcode(dns.rcode.REFUSED)
         return response
-    if decision.blocked_response == "nxdomain":
+    if decision.blocked_response == "local" and decision.local is not None:
+        local = decision.local
+        qtype = query.question[0].rdtype
+        if local.cname is not None:
+            response.answer.append(dns.rrset.from_text(qname, BLOCKED_TTL, "IN", "CNAME", f"{local.cname}."))
+            return response
+        version = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}.get(qtype)
+        addresses = [a for a in local.addresses if ipaddress.ip_address(a).version == version]
+        if addresses:
+            response.answer.append(dns.rrset.from_text_list(qname, BLOCKED_TTL, "IN", qtype, addresses))
+            return response
+    elif decision.blocked_response == "nxdomain":
         response.set_rcode(dns.rcode.NXDOMAIN)
     response.authority.append(_synthetic_soa(qname))
     return response
@@ -56,11 +68,14 @@ def _synthetic_soa(owner: dns.name.Name) -> dns.rrset.RRset:
 
 
 def _block(ctx: Asked, decision: Decision, name: str) -> None:
-    ctx.response = blocked_response(ctx.query, decision)
     ctx.kind = Kind.BLOCKED
     ctx.decision = decision
     ctx.decided_name = name
     ctx.reason = Reason(EDE.BLOCKED, decision.ede_text() if decision.include_rule_text else "")
+    if decision.blocked_response == "drop":
+        ctx.drop = True  # RPZ DROP: the client times out, as with Unbound and BIND
+        return
+    ctx.response = blocked_response(ctx.query, decision)
     ctx.store = StoreHint(time.monotonic() + SYNTHESISED_REPLAY_SECONDS)
 
 
