@@ -184,6 +184,9 @@ def _slow_line(line: str) -> Iterator[tuple[str, int] | str]:
     # Trailing comments: '#' after whitespace ('0.0.0.0 a.example  # tracker').
     cut = min((i for i in (line.find(" #"), line.find("\t#")) if i >= 0), default=-1)
     words = (line[:cut] if cut >= 0 else line).split()
+    if words[0].startswith("/") and words[0].endswith("/") and len(words[0]) > 2:
+        yield "regex"
+        return
     if len(words) == 1:
         try:
             pattern = parse_pattern(words[0])
@@ -191,9 +194,6 @@ def _slow_line(line: str) -> Iterator[tuple[str, int] | str]:
             yield "invalid"
             return
         yield pattern.base, SCOPE_BITS[pattern.scope]
-        return
-    if words[0].startswith("/") and words[0].endswith("/"):
-        yield "regex"
         return
     if not _is_address(words[0]):
         yield "invalid"
