@@ -36,7 +36,10 @@ def test_adblock_operators(tmp_path: Path) -> None:
     v = view(
         tmp_path,
         'allow = ["**"]\ndeny_lists = ["ads.txt"]',
-        {"ads.txt": "||tree.example^\n||*.below.example^\n|exact.example|\n|exact2.example^\n||IMP.example^$important\n"},
+        {
+            "ads.txt": "||tree.example^\n||*.below.example^\n|exact.example|\n|exact2.example^\n"
+            "||IMP.example^$important\n"
+        },
     )
     assert blocked(v, "tree.example") and blocked(v, "a.b.tree.example")
     assert not blocked(v, "below.example") and blocked(v, "a.below.example") and blocked(v, "a.b.below.example")
