@@ -125,12 +125,14 @@ def _registrations() -> list[Register]:
     from ztdns.agent.cli import register as register_agent
     from ztdns.attest.cli import register as register_attest
     from ztdns.authority.cli import register as register_authority
+    from ztdns.feeds.cli import register as register_lists
     from ztdns.lab.cli import register as register_lab
 
     return [
         _register_serve,
         _register_check,
         _register_explain,
+        register_lists,
         register_pki,
         register_lab,
         register_authority,

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.listen import ListenConfig
+from ztdns.feeds import FeedManager
 from ztdns.handler import Frontend, compile_runtime, make_resolver
 from ztdns.observe.metrics import Metrics, MetricsCollector
 from ztdns.observe.stage import Observer
@@ -170,6 +171,9 @@ class Service:
             make_resolver if resolver else _no_resolver,
             self.authority.authority if self.authority is not None else None,
         )
+        # List feeds: fetched in the background; a new copy recompiles the policies like a reload.
+        self.feeds = FeedManager(config if resolver else config.model_copy(update={"policies": {}}), self._new_lists)
+        metrics.register(self.feeds)
         self.udp: list[UdpListener] = []
         self.tcp: list[TcpServer] = []
         self.encrypted: list[EncryptedListener] = []
@@ -181,6 +185,7 @@ class Service:
     async def start(self) -> list[str]:
         endpoints = []
         self.frontend.bind_loop(asyncio.get_running_loop())
+        self.feeds.start()
         listens = list(self.config.listen) if self.resolver else []
         await self._start_attestation()
         if self.config_path is None:
@@ -258,6 +263,8 @@ class Service:
             log.warning("reload: listener changes take effect on restart")
         self._reload_authority(config)
         self.config = config
+        if self.resolver:
+            await self.feeds.reconfigure(config)
         log.info("reloaded %s", self.config_path)
         await self._measure("reload")
 
@@ -305,7 +312,13 @@ class Service:
         if rebuilt:
             log.info("reload: zones rebuilt: %s", ", ".join(rebuilt))
 
+    async def _new_lists(self) -> None:
+        """A feed has a new copy: recompile the policies (in a thread) and swap them in, as a reload does."""
+        await self.frontend.reload(self.config)
+        log.info("list feeds: policies recompiled with the new copies")
+
     async def drain(self) -> None:
+        await self.feeds.close()
         timeout = self.config.server.drain_seconds
         for server in self.tcp:
             server.stop_accepting()

@@ -1,7 +1,8 @@
 """Configuration: the one schema package. The root :class:`Config` and loading with file:line:key errors are here;
-one module per area holds that area's models (``listen.py``, ``identity.py``, ``policy.py``, ``resolver.py``,
-``cache.py``, ``dnssec.py``, ``local_zones.py``, ``log.py``, ``metrics.py``, ``server.py``, ``authority.py``,
-and ``agent.py`` for the agent's own file); ``base.py`` holds what areas share and ``locate.py`` maps keys to lines.
+one module per area holds that area's models (``listen.py``, ``identity.py``, ``policy.py``, ``lists.py``,
+``resolver.py``, ``cache.py``, ``dnssec.py``, ``local_zones.py``, ``log.py``, ``metrics.py``, ``server.py``,
+``authority.py``, and ``agent.py`` for the agent's own file); ``base.py`` holds what areas share and
+``locate.py`` maps keys to lines.
 
 This package sits at the bottom of the layers: it imports no capability package, so any capability may import
 its area's models. A new area is a new module here and one field of :class:`Config` (CONTRIBUTING.md).
@@ -30,6 +31,7 @@ from ztdns.config.cache import CacheConfig
 from ztdns.config.dnssec import DnssecConfig
 from ztdns.config.identity import IdentityConfig, UnknownClientsConfig
 from ztdns.config.listen import ListenConfig
+from ztdns.config.lists import ListsConfig
 from ztdns.config.local_zones import LocalZoneConfig
 from ztdns.config.locate import Loc, format_loc, line_of
 from ztdns.config.log import LogConfig
@@ -64,6 +66,7 @@ class Config(Section):
     identities: dict[str, IdentityConfig] = {}
     unknown_clients: UnknownClientsConfig = UnknownClientsConfig()
     policies: dict[str, PolicyConfig] = {}
+    lists: ListsConfig = ListsConfig()
     local_zones: list[LocalZoneConfig] = []
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -83,6 +86,13 @@ class Config(Section):
             for index, policy in enumerate(identity.policies):
                 if policy not in self.policies:
                     raise LocatedError(("identities", name, "policies", index), f"unknown policy {policy!r}")
+        for name, policy_config in self.policies.items():
+            lists = (("deny_lists", policy_config.deny_lists), ("allow_lists", policy_config.allow_lists))
+            for key, sources in lists:
+                for index, source in enumerate(sources):
+                    if "://" in source and not source.startswith("https://"):
+                        message = f"{source!r}: list feeds are fetched over HTTPS only (write https://HOST/PATH)"
+                        raise LocatedError(("policies", name, key, index), message)
         unknown = self.unknown_clients
         if unknown.action == "identity" and unknown.identity not in self.identities:
             raise LocatedError(("unknown_clients", "identity"), f"unknown identity {unknown.identity!r}")

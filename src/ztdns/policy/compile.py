@@ -33,7 +33,8 @@ import dns.rdatatype
 from ztdns.config import located
 from ztdns.config.locate import format_loc
 from ztdns.patterns import Pattern, Scope, parse_pattern
-from ztdns.policy.lists import EntryKind, ListFile, LocalData, Spec, find_line, read_list
+from ztdns.policy.lists import EntryKind, ListFile, LocalData, Spec, Tally, find_line, read_list
+from ztdns.policy.sources import is_feed, source_path
 
 if TYPE_CHECKING:
     from ztdns.config import Config
@@ -330,7 +331,7 @@ def _rules_by_bits(rules: list[_Rule]) -> Callable[[int], frozenset[_Rule]]:
 
 
 def _compile_policy(
-    name: str, config: PolicyConfig, lists: dict[Path, ListFile], uses: Counter[Path], base_dir: Path
+    name: str, config: PolicyConfig, lists: dict[Path, ListFile], uses: Counter[Path], root: Config
 ) -> CompiledPolicy:
     policy = CompiledPolicy(name, config)
     builder = _PolicyBuilder(policy)
@@ -350,7 +351,7 @@ def _compile_policy(
             compiled_rule = _Rule(policy, effect, rank, pattern.scope, key, pattern=pattern, qtypes=qtypes)
             written.append((pattern.base, compiled_rule))
     sources: list[tuple[ListFile, Path, Callable[[int], frozenset[_Rule]]]] = []
-    for deny_list, path, resolved, loc in _list_sources(name, config, base_dir):
+    for deny_list, path, resolved, loc in _list_sources(name, config, root):
         key = format_loc(loc)
         parsed = lists[resolved]
         list_rules = []
@@ -383,36 +384,37 @@ def _qtypes(names: list[str] | None) -> frozenset[int] | None:
     return frozenset(int(dns.rdatatype.from_text(name)) for name in names)
 
 
-def _resolved(base_dir: Path, path: str) -> Path:
-    return (base_dir / path).resolve()
-
-
 def _list_sources(
-    name: str, config: PolicyConfig, base_dir: Path
+    name: str, config: PolicyConfig, root: Config
 ) -> Iterator[tuple[bool, str, Path, tuple[str | int, ...]]]:
     for deny_list, action, paths in ((True, "deny", config.deny_lists), (False, "allow", config.allow_lists)):
         for index, path in enumerate(paths):
-            yield deny_list, path, _resolved(base_dir, path), ("policies", name, f"{action}_lists", index)
+            yield deny_list, path, source_path(root, path), ("policies", name, f"{action}_lists", index)
 
 
 def compile_views(config: Config) -> dict[str, View]:
     """Compile every policy once (reading each list file once) and return identity name -> View.
 
-    Raises ConfigError naming the policy key and the file when a list file cannot be read.
+    Raises ConfigError naming the policy key and the file when a list file cannot be read. A feed without a
+    copy yet (never fetched) is an empty list, with a WARNING.
     """
     uses: Counter[Path] = Counter()
     lists: dict[Path, ListFile] = {}
     for name, policy_config in config.policies.items():
-        for _, path, resolved, key in _list_sources(name, policy_config, config.base_dir):
+        for _, path, resolved, key in _list_sources(name, policy_config, config):
             uses[resolved] += 1
             if resolved not in lists:
                 try:
                     lists[resolved] = read_list(resolved, path)
                 except OSError as exc:
+                    if is_feed(path) and isinstance(exc, FileNotFoundError):
+                        log.warning("list %s: no copy yet (not fetched successfully so far): 0 entries", path)
+                        lists[resolved] = ListFile(path, {}, Tally())
+                        continue
                     reason = exc.strerror or str(exc)
                     raise located(config, key, f"cannot read list file {str(resolved)!r}: {reason}") from None
     policies = {
-        name: _compile_policy(name, policy_config, lists, uses, config.base_dir)
+        name: _compile_policy(name, policy_config, lists, uses, config)
         for name, policy_config in config.policies.items()
     }
     return {
