@@ -10,17 +10,15 @@ The caller bounds the whole exchange with a timeout.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import ssl
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 import h11
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+
+from ztdns.resolver.encrypted import spki_pin
 
 MAX_REDIRECTS = 5
 _READ_SIZE = 65536
@@ -36,13 +34,6 @@ class Fetched:
     body: bytes
     etag: str | None
     last_modified: str | None
-
-
-def spki_pin(certificate_der: bytes) -> str:
-    """base64 SHA-256 of a certificate's SubjectPublicKeyInfo (the format of ``kdig +tls-pin``)."""
-    public_key = x509.load_der_x509_certificate(certificate_der).public_key()
-    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def tls_context(ca: Path | None) -> ssl.SSLContext:
