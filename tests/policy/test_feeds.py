@@ -70,8 +70,8 @@ class FeedServer:
                 if route.mode == "huge":
                     length = 1 << 40
                 extra = f"ETag: {route.etag}\r\n" if route.etag else ""
-                status_line = f"HTTP/1.1 {route.status} X\r\nContent-Length: {length}\r\n{extra}Connection: close\r\n\r\n"
-                writer.write(status_line.encode() + (b"" if route.mode == "huge" else route.body))
+                lines = f"HTTP/1.1 {route.status} X\r\nContent-Length: {length}\r\n{extra}Connection: close\r\n\r\n"
+                writer.write(lines.encode() + (b"" if route.mode == "huge" else route.body))
             await writer.drain()
         except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
