@@ -371,6 +371,8 @@ def _compile_policy(
         for base, bits in parsed.entries.items():
             builder.add(base, rules_by_bits(bits))
         uses[resolved] -= 1
+        if not uses[resolved]:
+            parsed.entries = {}  # merged for its last user: free it now, not when every policy is compiled
     for base, config_rule in written:
         builder.add(base, frozenset((config_rule,)))
     compiled = builder.finish()
