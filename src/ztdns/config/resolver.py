@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ztdns.config.base import HostPort, Section, parse_hostport
+from ztdns.patterns import PatternError, normalise_name
 
 # Port an upstream address without one gets, by transport.
 UPSTREAM_PORTS = {"udp": 53, "dot": 853, "doh": 443, "doq": 853}
@@ -98,10 +99,29 @@ class RecursionConfig(Section):
         return self
 
 
+class ForwardZoneConfig(Section):
+    """``[[resolver.forward_zones]]``: names at and below ``zone`` go to these upstreams (docs/forwarding.md)."""
+
+    zone: str
+    upstreams: Annotated[list[UpstreamConfig], Field(min_length=1)]
+    # "validate": as [dnssec] says; "insecure" (also "negative-trust-anchor", RFC 7646): never validated, AD cleared.
+    dnssec: Literal["validate", "insecure", "negative-trust-anchor"] = "validate"
+    cache_max_ttl: Annotated[int, Field(ge=0)] | None = None  # cap of the TTLs of this zone's answers
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            return normalise_name(value)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class ResolverConfig(Section):
     mode: Literal["forward", "recursive", "none"] = "forward"
     recursion: RecursionConfig = RecursionConfig()
     upstreams: list[UpstreamConfig] = []
+    forward_zones: list[ForwardZoneConfig] = []
     timeout: Annotated[float, Field(gt=0, le=30)] = 1.5
     attempts: Annotated[int, Field(ge=1, le=10)] = 3
     # An upstream is held down after this many consecutive failures, for a backoff that doubles up to 60 s.
@@ -112,6 +132,15 @@ class ResolverConfig(Section):
     # First hold-down of a failing upstream (seconds); it doubles on every further failure up to backoff_max.
     backoff_initial: Annotated[float, Field(gt=0, le=3600)] = 1.0
     backoff_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    @model_validator(mode="after")
+    def _distinct_zones(self) -> ResolverConfig:
+        seen: set[str] = set()
+        for zone in self.forward_zones:
+            if zone.zone in seen:
+                raise ValueError(f"forward zone {zone.zone or '.'!r} is listed twice")
+            seen.add(zone.zone)
+        return self
 
     @model_validator(mode="after")
     def _backoff(self) -> ResolverConfig:
