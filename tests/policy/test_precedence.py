@@ -165,3 +165,27 @@ def test_explain_shows_the_whole_chain(tmp_path: Path) -> None:
     blocked = explain(v, "other.example", A)
     assert blocked.chain == ("denied by deny:other.example at ads.txt:2 (policies.p.deny_lists[0])",)
     assert blocked.origin() == "ads.txt:2 (policies.p.deny_lists[0])"
+
+
+def test_rewrites_win_over_allows_and_lose_to_denies(tmp_path: Path) -> None:
+    v = view(
+        tmp_path,
+        '[policies.p]\nallow = ["**"]\ndeny = ["bad.home.example"]\n'
+        '[policies.p.rewrites]\n"nas.home.example" = "192.168.1.10"\n"bad.home.example" = "192.168.1.66"\n'
+        '"alias.home.example" = "nas.home.example"',
+    )
+    nas = v.decide("nas.home.example", A)
+    assert nas.allowed and nas.rule == "rewrite:nas.home.example" and nas.local is not None
+    assert nas.local.addresses == ("192.168.1.10",)
+    alias = v.decide("alias.home.example", A)
+    assert alias.local is not None and alias.local.cname == "nas.home.example"
+    assert rule(v, "bad.home.example") == "blocked deny:bad.home.example"
+
+
+def test_sinkhole_and_block_page_are_local_data(tmp_path: Path) -> None:
+    v = view(tmp_path, '[policies.p]\nallow = ["ok.example"]\nblocked_response = "sinkhole"\nsinkhole = ["192.0.2.1"]')
+    decision = v.decide("other.example", A)  # the default deny of a sinkhole policy is a sinkhole too
+    assert not decision.allowed and decision.blocked_response == "local"
+    assert decision.local is not None and decision.local.addresses == ("192.0.2.1",)
+    with pytest.raises(ConfigError, match="block_cname"):
+        view(tmp_path, '[policies.p]\nblocked_response = "cname"')

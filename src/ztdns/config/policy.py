@@ -4,13 +4,33 @@ Rules are checked against the one name-pattern grammar (:mod:`ztdns.patterns`) w
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 import dns.rdatatype
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from ztdns.config.base import Section
-from ztdns.patterns import PatternError, parse_pattern
+from ztdns.patterns import PatternError, normalise_name, parse_pattern
+
+
+def rewrite_target(target: str | list[str]) -> tuple[str | None, tuple[str, ...]]:
+    """A rewrite's answer: ``(cname, ())`` for one name, ``(None, addresses)`` for IP addresses. ValueError else."""
+    values = [target] if isinstance(target, str) else target
+    if not values:
+        raise ValueError("a rewrite needs an address or a name")
+    addresses = []
+    for value in values:
+        try:
+            addresses.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            if len(values) > 1:
+                raise ValueError(f"{value!r}: a rewrite is addresses, or exactly one name") from None
+            try:
+                return normalise_name(value), ()
+            except PatternError as exc:
+                raise ValueError(str(exc)) from None
+    return None, tuple(addresses)
 
 
 def _qtype(text: str) -> str:
@@ -70,8 +90,46 @@ class PolicyConfig(Section):
     exceptions: list[Rule] = Field(default=[], alias="except")
     allow_lists: list[str] = []
     deny_lists: list[str] = []
-    blocked_response: Literal["nxdomain", "nodata", "refused"] = "nxdomain"
+    # "sinkhole": the addresses in `sinkhole` (A and AAAA by query type); "cname": a CNAME to `block_cname`.
+    blocked_response: Literal["nxdomain", "nodata", "refused", "sinkhole", "cname"] = "nxdomain"
+    sinkhole: list[str] = ["0.0.0.0", "::"]
+    block_cname: str | None = None
     include_rule_text: bool = True
+    # Local answers: pattern -> addresses (A/AAAA by query type) or one name (a CNAME). Allowed, no EDE.
+    rewrites: dict[str, str | list[str]] = {}
+
+    @field_validator("sinkhole")
+    @classmethod
+    def _sinkhole(cls, values: list[str]) -> list[str]:
+        for value in values:
+            ipaddress.ip_address(value)
+        if not values:
+            raise ValueError("sinkhole must name at least one address")
+        return values
+
+    @field_validator("block_cname")
+    @classmethod
+    def _block_cname(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return normalise_name(value)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("rewrites")
+    @classmethod
+    def _rewrites(cls, values: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for pattern, target in values.items():
+            _check_pattern(pattern)
+            rewrite_target(target)
+        return values
+
+    @model_validator(mode="after")
+    def _cname_needs_target(self) -> PolicyConfig:
+        if self.blocked_response == "cname" and self.block_cname is None:
+            raise ValueError("blocked_response = 'cname' needs block_cname (the block page's name)")
+        return self
 
     @model_validator(mode="after")
     def _overridable_only_on_deny(self) -> PolicyConfig:

@@ -32,6 +32,7 @@ import dns.rdatatype
 
 from ztdns.config import located
 from ztdns.config.locate import format_loc
+from ztdns.config.policy import rewrite_target
 from ztdns.patterns import Pattern, Scope, parse_pattern
 from ztdns.policy.lists import EntryKind, ListFile, LocalData, Spec, Tally, find_line, read_list
 from ztdns.policy.sources import is_feed, source_path
@@ -80,11 +81,19 @@ DEFAULT_DENY = "default-deny"
 class CompiledPolicy:
     """One policy's name table. Shared by every identity that uses the policy."""
 
-    __slots__ = ("blocked_response", "entries", "include_rule_text", "name", "rules", "table")
+    __slots__ = ("blocked_response", "entries", "include_rule_text", "local", "name", "rules", "table")
 
     def __init__(self, name: str, config: PolicyConfig) -> None:
         self.name = name
-        self.blocked_response: BlockedResponse = config.blocked_response
+        # Sinkholes and block pages are local data: one answer path for them, RPZ local data and rewrites.
+        self.blocked_response: BlockedResponse = "local"
+        self.local: LocalData | None = None
+        if config.blocked_response == "sinkhole":
+            self.local = LocalData(addresses=tuple(config.sinkhole))
+        elif config.blocked_response == "cname":
+            self.local = LocalData(cname=config.block_cname)
+        else:
+            self.blocked_response = config.blocked_response
         self.include_rule_text = config.include_rule_text
         self.table: dict[str, int] = {}  # base name -> combo id
         self.entries: dict[int, _Entry] = {}  # combo id -> the combo's rules by where they apply
@@ -125,6 +134,7 @@ class _Rule:
         path: Path | None = None,
         bit: int = 0,
         spec: Spec | None = None,
+        rewrite: LocalData | None = None,
     ) -> None:
         self.policy = policy
         self.effect = effect
@@ -139,10 +149,12 @@ class _Rule:
         policy.rules.append(self)
         action = None if spec is None or effect != DENY else spec.action
         self.response: BlockedResponse = policy.blocked_response if action is None else action  # type: ignore[assignment]
-        self.local = None if spec is None else spec.local
+        self.local = policy.local if action is None and effect == DENY else None if spec is None else spec.local
+        if rewrite is not None:
+            self.response, self.local = "local", rewrite
         # Config rules have one fixed text, so their Decision is built once; a list rule's text names the
         # matched entry, so it is built on a hit.
-        self.verb = _VERBS[effect]
+        self.verb = "rewrite:" if rewrite is not None else _VERBS[effect]
         self.decision = None if pattern is None else self._decision(f"{self.verb}{pattern}")
 
     def _decision(self, text: str) -> Decision:
@@ -194,7 +206,9 @@ class View:
         self.identity = identity
         self.policies = tuple(policies)
         first = self.policies[0]
-        self._default = Decision(False, first.name, DEFAULT_DENY, None, first.blocked_response, first.include_rule_text)
+        self._default = Decision(
+            False, first.name, DEFAULT_DENY, None, first.blocked_response, first.include_rule_text, first.local
+        )
         self._tables = tuple((policy.table.get, policy.entries) for policy in self.policies)
         # A deny ranked stronger than every exception of the view decides as soon as it is found.
         self._floor = min(
@@ -241,7 +255,8 @@ class View:
                                 if exception is None or rule.rank < exception.rank:
                                     exception, exception_base = rule, suffix
                             else:
-                                if allow is None:
+                                # Rewrites (allows with local data) win over plain allows.
+                                if allow is None or (rule.local is not None and allow.local is None):
                                     allow, allow_base = rule, suffix
                                 break  # allows sort last: nothing after a matching allow matters
                 if not suffix:
@@ -350,6 +365,13 @@ def _compile_policy(
             key = f"policies.{name}.{action}[{index}]"
             compiled_rule = _Rule(policy, effect, rank, pattern.scope, key, pattern=pattern, qtypes=qtypes)
             written.append((pattern.base, compiled_rule))
+    for text, target in config.rewrites.items():
+        cname, addresses = rewrite_target(target)
+        pattern = parse_pattern(text)
+        rewrite = LocalData(cname, addresses)
+        key = f"policies.{name}.rewrites[{text!r}]"
+        compiled_rule = _Rule(policy, ALLOW, 0, pattern.scope, key, pattern=pattern, rewrite=rewrite)
+        written.append((pattern.base, compiled_rule))
     sources: list[tuple[ListFile, Path, Callable[[int], frozenset[_Rule]]]] = []
     for deny_list, path, resolved, loc in _list_sources(name, config, root):
         key = format_loc(loc)

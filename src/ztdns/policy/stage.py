@@ -20,6 +20,7 @@ import dns.rrset
 from ztdns.model import EDE, Kind, Reason
 from ztdns.pipeline import Asked, AskedNext
 from ztdns.policy import Decision
+from ztdns.policy.lists import LocalData
 from ztdns.replay import StoreHint
 from ztdns.wire.encode import name_forms
 from ztdns.wire.query import name_key
@@ -41,20 +42,34 @@ def blocked_response(query: dns.message.Message, decision: Decision) -> dns.mess
         response.set_rcode(dns.rcode.REFUSED)
         return response
     if decision.blocked_response == "local" and decision.local is not None:
-        local = decision.local
-        qtype = query.question[0].rdtype
-        if local.cname is not None:
-            response.answer.append(dns.rrset.from_text(qname, BLOCKED_TTL, "IN", "CNAME", f"{local.cname}."))
-            return response
-        version = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}.get(qtype)
-        addresses = [a for a in local.addresses if ipaddress.ip_address(a).version == version]
-        if addresses:
-            response.answer.append(dns.rrset.from_text_list(qname, BLOCKED_TTL, "IN", qtype, addresses))
+        if _local_data(response, decision.local):
             return response
     elif decision.blocked_response == "nxdomain":
         response.set_rcode(dns.rcode.NXDOMAIN)
     response.authority.append(_synthetic_soa(qname))
     return response
+
+
+def local_response(query: dns.message.Message, local: LocalData) -> dns.message.Message:
+    """The answer of a rewrite: its data, or NODATA (with the synthesised SOA) for other query types."""
+    response = dns.message.make_response(query)
+    if not _local_data(response, local):
+        response.authority.append(_synthetic_soa(query.question[0].name))
+    return response
+
+
+def _local_data(response: dns.message.Message, local: LocalData) -> bool:
+    """Add the local data that answers the response's question; False when none does (NODATA)."""
+    question = response.question[0]
+    if local.cname is not None:
+        response.answer.append(dns.rrset.from_text(question.name, BLOCKED_TTL, "IN", "CNAME", f"{local.cname}."))
+        return True
+    version = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}.get(question.rdtype)
+    addresses = [a for a in local.addresses if ipaddress.ip_address(a).version == version]
+    if not addresses:
+        return False
+    response.answer.append(dns.rrset.from_text_list(question.name, BLOCKED_TTL, "IN", question.rdtype, addresses))
+    return True
 
 
 def _synthetic_soa(owner: dns.name.Name) -> dns.rrset.RRset:
@@ -111,6 +126,11 @@ class PolicyStage:
         ctx.decided_name = name
         if not decision.allowed:
             _block(ctx, decision, name)
+            return
+        if decision.local is not None:  # a rewrite: answered here, allowed, no EDE
+            ctx.response = local_response(ctx.query, decision.local)
+            ctx.kind = Kind.LOCAL
+            ctx.store = StoreHint(time.monotonic() + SYNTHESISED_REPLAY_SECONDS)
             return
         await call_next(ctx)
 
