@@ -36,7 +36,7 @@ from ztdns.config.local_zones import LocalZoneConfig
 from ztdns.config.locate import Loc, format_loc, line_of
 from ztdns.config.log import LogConfig
 from ztdns.config.metrics import MetricsConfig
-from ztdns.config.policy import PolicyConfig
+from ztdns.config.policy import PolicyConfig, RuleConfig, ScheduleConfig
 from ztdns.config.resolver import ResolverConfig
 from ztdns.config.server import ServerConfig
 
@@ -66,6 +66,7 @@ class Config(Section):
     identities: dict[str, IdentityConfig] = {}
     unknown_clients: UnknownClientsConfig = UnknownClientsConfig()
     policies: dict[str, PolicyConfig] = {}
+    schedules: dict[str, ScheduleConfig] = {}
     lists: ListsConfig = ListsConfig()
     local_zones: list[LocalZoneConfig] = []
     log: LogConfig = LogConfig()
@@ -87,6 +88,18 @@ class Config(Section):
                 if policy not in self.policies:
                     raise LocatedError(("identities", name, "policies", index), f"unknown policy {policy!r}")
         for name, policy_config in self.policies.items():
+            if policy_config.schedule is not None and policy_config.schedule not in self.schedules:
+                raise LocatedError(("policies", name, "schedule"), f"unknown schedule {policy_config.schedule!r}")
+            written = (
+                ("allow", policy_config.allow),
+                ("deny", policy_config.deny),
+                ("except", policy_config.exceptions),
+            )
+            for key, rules in written:
+                for index, rule in enumerate(rules):
+                    if isinstance(rule, RuleConfig) and rule.schedule and rule.schedule not in self.schedules:
+                        where = ("policies", name, key, index, "schedule")
+                        raise LocatedError(where, f"unknown schedule {rule.schedule!r}")
             lists = (("deny_lists", policy_config.deny_lists), ("allow_lists", policy_config.allow_lists))
             for key, sources in lists:
                 for index, source in enumerate(sources):

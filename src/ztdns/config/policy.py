@@ -5,6 +5,8 @@ Rules are checked against the one name-pattern grammar (:mod:`ztdns.patterns`) w
 from __future__ import annotations
 
 import ipaddress
+import re
+import zoneinfo
 from typing import Annotated, Literal
 
 import dns.rdatatype
@@ -41,13 +43,43 @@ def _qtype(text: str) -> str:
     return text.upper()
 
 
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+class ScheduleConfig(Section):
+    """``[schedules.NAME]``: a weekly time window (docs/policy.md, "Schedules")."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(DAYS)  # type: ignore[arg-type]
+    start: str = "00:00"
+    end: str = "00:00"  # at or before start: past midnight (00:00–00:00 is the whole day)
+    timezone: str = "UTC"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if _CLOCK.fullmatch(value) is None:
+            raise ValueError(f"{value!r} is not a time of day HH:MM")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a known time zone (IANA name, e.g. Europe/Berlin)") from None
+        return value
+
+
 class RuleConfig(Section):
-    """A rule written as a table: a pattern, optionally limited to some query types; a deny rule may be
-    ``overridable`` (ranked like a list entry, so exceptions beat it; see docs/policy.md "Precedence")."""
+    """A rule written as a table: a pattern, optionally limited to some query types or a schedule; a deny rule
+    may be ``overridable`` (ranked like a list entry, so exceptions beat it; see docs/policy.md "Precedence")."""
 
     pattern: str
     qtypes: list[str] | None = None
     overridable: bool = False
+    schedule: str | None = None  # a [schedules.NAME]: the rule applies only in its window
 
     @field_validator("pattern")
     @classmethod
@@ -97,6 +129,7 @@ class PolicyConfig(Section):
     include_rule_text: bool = True
     # Local answers: pattern -> addresses (A/AAAA by query type) or one name (a CNAME). Allowed, no EDE.
     rewrites: dict[str, str | list[str]] = {}
+    schedule: str | None = None  # a [schedules.NAME]: the whole policy applies only in its window
 
     @field_validator("sinkhole")
     @classmethod

@@ -35,6 +35,7 @@ from ztdns.config.locate import format_loc
 from ztdns.config.policy import rewrite_target
 from ztdns.patterns import Pattern, Scope, parse_pattern
 from ztdns.policy.lists import EntryKind, ListFile, LocalData, Spec, Tally, find_line, read_list
+from ztdns.policy.schedule import Schedule
 from ztdns.policy.sources import is_feed, source_path
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class _Rule:
         "qtypes",
         "rank",
         "response",
+        "schedule",
         "scope",
         "source",
         "verb",
@@ -135,8 +137,10 @@ class _Rule:
         bit: int = 0,
         spec: Spec | None = None,
         rewrite: LocalData | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.policy = policy
+        self.schedule = schedule  # None: always in force
         self.effect = effect
         self.rank = rank
         self.scope = scope
@@ -245,6 +249,9 @@ class View:
                     for rule in rules:
                         qtypes = rule.qtypes
                         if qtypes is None or qtype in qtypes:
+                            schedule = rule.schedule
+                            if schedule is not None and not schedule.active():
+                                continue
                             effect = rule.effect
                             if effect == DENY:
                                 if rule.rank < floor:
@@ -346,9 +353,15 @@ def _rules_by_bits(rules: list[_Rule]) -> Callable[[int], frozenset[_Rule]]:
 
 
 def _compile_policy(
-    name: str, config: PolicyConfig, lists: dict[Path, ListFile], uses: Counter[Path], root: Config
+    name: str,
+    config: PolicyConfig,
+    lists: dict[Path, ListFile],
+    uses: Counter[Path],
+    root: Config,
+    schedules: dict[str, Schedule],
 ) -> CompiledPolicy:
     policy = CompiledPolicy(name, config)
+    in_force = None if config.schedule is None else schedules[config.schedule]
     builder = _PolicyBuilder(policy)
     written: list[tuple[str, _Rule]] = []
     for effect, action, rules in (
@@ -363,25 +376,30 @@ def _compile_policy(
                 rank = RANK_LIST_DENY
             pattern = parse_pattern(text)
             key = f"policies.{name}.{action}[{index}]"
-            compiled_rule = _Rule(policy, effect, rank, pattern.scope, key, pattern=pattern, qtypes=qtypes)
+            schedule = in_force if isinstance(rule, str) or rule.schedule is None else schedules[rule.schedule]
+            compiled_rule = _Rule(
+                policy, effect, rank, pattern.scope, key, pattern=pattern, qtypes=qtypes, schedule=schedule
+            )
             written.append((pattern.base, compiled_rule))
     for text, target in config.rewrites.items():
         cname, addresses = rewrite_target(target)
         pattern = parse_pattern(text)
         rewrite = LocalData(cname, addresses)
         key = f"policies.{name}.rewrites[{text!r}]"
-        compiled_rule = _Rule(policy, ALLOW, 0, pattern.scope, key, pattern=pattern, rewrite=rewrite)
+        compiled_rule = _Rule(policy, ALLOW, 0, pattern.scope, key, pattern=pattern, rewrite=rewrite, schedule=in_force)
         written.append((pattern.base, compiled_rule))
     sources: list[tuple[ListFile, Path, Callable[[int], frozenset[_Rule]]]] = []
     for deny_list, path, resolved, loc in _list_sources(name, config, root):
         key = format_loc(loc)
         parsed = lists[resolved]
-        list_rules = []
+        list_rules: list[_Rule] = []
         for index, spec in enumerate(parsed.specs):
             effect, rank = _list_effect(deny_list, spec.kind)
             where = resolved if parsed.lines_known else None
             bit = 1 << index
-            list_rules.append(_Rule(policy, effect, rank, spec.scope, key, source=path, path=where, bit=bit, spec=spec))
+            entry_rule = _Rule(policy, effect, rank, spec.scope, key, source=path, path=where, bit=bit, spec=spec)
+            entry_rule.schedule = in_force
+            list_rules.append(entry_rule)
         sources.append((parsed, resolved, _rules_by_bits(list_rules)))
     if sources:
         # The biggest list becomes the table itself; it is copied first unless this is its last user.
@@ -437,8 +455,9 @@ def compile_views(config: Config) -> dict[str, View]:
                         continue
                     reason = exc.strerror or str(exc)
                     raise located(config, key, f"cannot read list file {str(resolved)!r}: {reason}") from None
+    schedules = {name: Schedule(name, schedule) for name, schedule in config.schedules.items()}
     policies = {
-        name: _compile_policy(name, policy_config, lists, uses, config)
+        name: _compile_policy(name, policy_config, lists, uses, config, schedules)
         for name, policy_config in config.policies.items()
     }
     return {
