@@ -116,9 +116,14 @@ class Config(Section):
         """The same network or exact certificate identity in two identities would make one of them dead."""
         owners: dict[object, str] = {}
         for name, identity in self.identities.items():
-            for key, values in (("networks", identity.networks), ("certificates", identity.certificates)):
+            keyed = (
+                ("networks", identity.networks),
+                ("certificates", identity.certificates),
+                ("client_ids", identity.client_ids),
+            )
+            for key, values in keyed:
                 for index, value in enumerate(values):
-                    claim = ipaddress.ip_network(value, strict=False) if key == "networks" else value
+                    claim = ipaddress.ip_network(value, strict=False) if key == "networks" else (key, value)
                     owner = owners.setdefault(claim, name)
                     if owner != name:
                         raise LocatedError(
