@@ -64,6 +64,18 @@ def test_client_id_config_errors(tmp_path: Path) -> None:
         )
 
 
+async def post(pki: Pki, http: str, port: int, query: Path, path: str) -> bytes:
+    """POST the DNS query in ``query`` to ``path`` with curl; the HTTP status."""
+    process = await asyncio.create_subprocess_exec(
+        "curl", "-sS", http, "--cacert", str(pki.ca), "--resolve", f"dns.test:{port}:127.0.0.1",
+        "-H", "content-type: application/dns-message", "--data-binary", f"@{query}",
+        "-o", "/dev/null", "-w", "%{http_code}", f"https://dns.test:{port}{path}",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 15)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 @pytest.mark.parametrize("http", ["--http1.1", "--http2"])
@@ -73,32 +85,18 @@ def test_doh_path_carries_the_client_id(pki: Pki, tmp_path: Path, http: str) -> 
         config = listen_config(pki, "doh")
         listener = await start_doh_listener(config, handler, TlsMaterial.from_config(config))
         port = listener.address[1]
+        query = tmp_path / "query"
         try:
             for name, path, expected in (
                 ("fast.", "/dns-query/kid-laptop", "kid-laptop"),  # answered on the fast path
                 ("slow-ish.example.", "/dns-query/kid-phone", "kid-phone"),  # answered by handle()
                 ("fast.", "/dns-query", None),
             ):
-                query = tmp_path / "query"
                 query.write_bytes(dns.message.make_query(name, "A").to_wire())
-                process = await asyncio.create_subprocess_exec(
-                    "curl", "-sS", http, "--cacert", str(pki.ca), "--resolve", f"dns.test:{port}:127.0.0.1",
-                    "-H", "content-type: application/dns-message", "--data-binary", f"@{query}",
-                    "-o", "/dev/null", "-w", "%{http_code}", f"https://dns.test:{port}{path}",
-                    stdout=asyncio.subprocess.PIPE,
-                )  # fmt: skip
-                out, _ = await asyncio.wait_for(process.communicate(), 15)
-                assert out == b"200"
+                assert await post(pki, http, port, query, path) == b"200"
                 assert handler.clients[-1].client_id == expected
             # Not a valid id: not a DoH URL at all.
-            process = await asyncio.create_subprocess_exec(
-                "curl", "-sS", http, "--cacert", str(pki.ca), "--resolve", f"dns.test:{port}:127.0.0.1",
-                "-H", "content-type: application/dns-message", "--data-binary", f"@{query}",
-                "-o", "/dev/null", "-w", "%{http_code}", f"https://dns.test:{port}/dns-query/Not_Valid",
-                stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await asyncio.wait_for(process.communicate(), 15)
-            assert out == b"404"
+            assert await post(pki, http, port, query, "/dns-query/Not_Valid") == b"404"
         finally:
             await listener.close()
 
