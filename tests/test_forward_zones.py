@@ -136,3 +136,30 @@ allow = ["**"]
 
         assert dig("www.corp.test") == "10.0.0.7"
         assert dig("www.public.test") == "192.0.2.1"
+
+
+def test_upstreams_by_name_with_bootstrap_addresses(tmp_path: Path, unbound_upstream: UnboundFactory) -> None:
+    public = unbound_upstream(PUBLIC, zones=("public.test.", "corp.test."))
+    corp = unbound_upstream(CORP, zones=("corp.test.",))
+    port = corp.rsplit(":", 1)[1]
+    text = config_text(public, corp).replace(
+        f'upstreams = [{{ address = "{corp}" }}]',
+        f'upstreams = [{{ address = "dns.corp.test:{port}", bootstrap = ["127.0.0.1"] }}]',
+    )
+    config = parse_config(text, "t.toml", tmp_path)
+    resolver = make_resolver(config)
+    assert isinstance(resolver, ZoneRouter)
+    assert ask(resolver, "www.corp.test.") == ["60 10.0.0.7"]
+    asyncio.run(resolver.close())
+    dot = parse_config(
+        '[[resolver.upstreams]]\ntransport = "dot"\naddress = "dns.quad9.net"\n'
+        'bootstrap = ["9.9.9.9", "2620:fe::fe"]\n',
+        "t.toml",
+        tmp_path,
+    ).resolver.with_bootstrap()
+    assert [(u.address, u.server_name) for u in dot.upstreams] == [
+        ("9.9.9.9", "dns.quad9.net"),
+        ("2620:fe::fe", "dns.quad9.net"),
+    ]
+    with pytest.raises(ConfigError, match="is a name"):
+        parse_config('[[resolver.upstreams]]\naddress = "dns.quad9.net"\n', "t.toml", tmp_path)

@@ -145,7 +145,9 @@ def make_resolver(config: Config) -> Resolver | None:
     anchors = trust_anchors(config)
     routes = []
     for index, zone in enumerate(config.resolver.forward_zones):
-        settings = config.resolver.model_copy(update={"upstreams": zone.upstreams, "forward_zones": []})
+        settings = config.resolver.model_copy(
+            update={"upstreams": zone.upstreams, "forward_zones": []}
+        ).with_bootstrap()
         try:
             forwarder = Forwarder(settings, config.base_dir)
         except UpstreamSetupError as exc:
@@ -204,7 +206,7 @@ def _mode_resolver(config: Config) -> Resolver | None:
             )
         return recursive
     try:
-        forwarder = Forwarder(config.resolver, config.base_dir)
+        forwarder = Forwarder(config.resolver.with_bootstrap(), config.base_dir)
     except UpstreamSetupError as exc:  # TLS files of an encrypted upstream
         raise located(config, exc.key, str(exc)) from None
     if anchors is None:
