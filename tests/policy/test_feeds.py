@@ -283,3 +283,27 @@ def test_only_https_feeds(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="HTTPS only"):
         parse_config('[policies.p]\ndeny_lists = ["http://lists.example/ads.txt"]', "t.toml", tmp_path)
+
+
+@pytest.mark.slow
+def test_lists_status_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "local.txt").write_text("a.example\n||b.example^$third-party\n")
+    config = tmp_path / "ztdns.toml"
+    config.write_text(
+        f'[server]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[policies.p]\ndeny_lists = ["local.txt", "https://lists.example/ads.txt"]\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "ztdns", "lists", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    assert "local.txt\n  used by:      policies.p.deny_lists[0]" in out
+    assert "entries:      1" in out and "adblock-modifier:third-party=1" in out
+    assert "https://lists.example/ads.txt" in out and "copy:         none yet" in out
+    assert "last success: never" in out
