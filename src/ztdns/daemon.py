@@ -172,6 +172,7 @@ class Service:
             self.authority.authority if self.authority is not None else None,
         )
         # List feeds: fetched in the background; a new copy recompiles the policies like a reload.
+        self.compiling = asyncio.Lock()
         self.feeds = FeedManager(config if resolver else config.model_copy(update={"policies": {}}), self._new_lists)
         metrics.register(self.feeds)
         self.udp: list[UdpListener] = []
@@ -247,26 +248,33 @@ class Service:
         if self.config_path is None:
             log.warning("SIGHUP: running the built-in default config; nothing to reload")
             return
+        # One compile at a time: a feed's recompile finishing late must not swap an older config back in.
+        async with self.compiling:
+            if not await self._reload_config(self.config_path):
+                return
+        if self.resolver:
+            await self.feeds.reconfigure(self.config)
+        log.info("reloaded %s", self.config_path)
+        await self._measure("reload")
+
+    async def _reload_config(self, path: Path) -> bool:
         loop = asyncio.get_running_loop()
         try:
-            config = await loop.run_in_executor(None, load_config, self.config_path)
+            config = await loop.run_in_executor(None, load_config, path)
             await self.frontend.reload(config)
         except ConfigError as exc:
             log.error("reload rejected, still serving the previous config:\n%s", exc)
-            return
+            return False
         except Exception:
             log.exception("reload failed, still serving the previous config")
-            return
+            return False
         for encrypted in self.encrypted:
             encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk
         if [lst.model_dump() for lst in config.listen] != [lst.model_dump() for lst in self.config.listen]:
             log.warning("reload: listener changes take effect on restart")
         self._reload_authority(config)
         self.config = config
-        if self.resolver:
-            await self.feeds.reconfigure(config)
-        log.info("reloaded %s", self.config_path)
-        await self._measure("reload")
+        return True
 
     async def _start_attestation(self) -> None:
         """Measure code and config (docs/attestation.md). With evidence, before serving: a TPM that fails stops
@@ -314,7 +322,8 @@ class Service:
 
     async def _new_lists(self) -> None:
         """A feed has a new copy: recompile the policies (in a thread) and swap them in, as a reload does."""
-        await self.frontend.reload(self.config)
+        async with self.compiling:
+            await self.frontend.reload(self.config)
         log.info("list feeds: policies recompiled with the new copies")
 
     async def drain(self) -> None:

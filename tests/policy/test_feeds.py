@@ -307,3 +307,80 @@ def test_lists_status_command(tmp_path: Path) -> None:
     assert "entries:      1" in out and "adblock-modifier:third-party=1" in out
     assert "https://lists.example/ads.txt" in out and "copy:         none yet" in out
     assert "last success: never" in out
+
+
+@pytest.mark.slow
+def test_serve_fetches_a_feed_and_recompiles_without_restart(tmp_path: Path, pki: Pki) -> None:
+    """`ztdns serve` starts with no copy (the list is empty), fetches the feed, and blocks its names at once."""
+    import threading
+
+    import dns.rcode
+
+    from fixtures.server import ServerProcess, udp_query
+    from fixtures.unbound import free_port
+
+    ready = threading.Event()
+    stop: list[Callable[[], object]] = []
+    server = FeedServer()
+    server.routes["/ads.txt"] = Route(LIST.encode())
+
+    def serve_feeds() -> None:
+        loop = asyncio.new_event_loop()
+
+        async def main() -> None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(pki.cert("server"), pki.key("server"))
+            listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=context)
+            server.port = listener.sockets[0].getsockname()[1]
+            done = asyncio.Event()
+            stop.append(lambda: loop.call_soon_threadsafe(done.set))
+            ready.set()
+            await done.wait()
+            listener.close()
+
+        loop.run_until_complete(main())
+        loop.close()
+
+    thread = threading.Thread(target=serve_feeds, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    port = free_port()
+    url = server.url("/ads.txt")
+    text = f"""
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:{port}"
+
+[server]
+state_dir = "{tmp_path / "state"}"
+
+[metrics]
+enabled = false
+
+[log.query_log]
+output = "off"
+
+[resolver]
+mode = "none"
+
+[identities.lo]
+networks = ["127.0.0.0/8"]
+policies = ["p"]
+
+[policies.p]
+allow = ["**"]
+deny_lists = ["{url}"]
+
+[[lists.feeds]]
+url = "{url}"
+ca = "{pki.ca}"
+"""
+    try:
+        with ServerProcess(text, tmp_path, port=port) as ztdns:
+            assert ztdns.wait_stderr("policies recompiled with the new copies", timeout=20), ztdns.stderr
+            response = udp_query(port, "ads7.example")
+            assert response.rcode() == dns.rcode.NXDOMAIN
+    finally:
+        for call in stop:
+            call()
+        thread.join(10)
