@@ -1,8 +1,11 @@
 """Policy load benchmark: a list of N generated names (default 1,000,000) — load time, RSS added, lookup rate.
 
     .venv/bin/python bench/policy_load.py [--names N] [--format plain|hosts|adblock] [--lookups N] [--no-peer]
+                                          [--feeds K]
 
-Targets (issue 2): ≤ 3 s and ≤ 150 MB RSS for 1,000,000 names. RSS is read from /proc/self/statm (no
+Targets (issue 2): ≤ 3 s and ≤ 150 MB RSS for 1,000,000 names. With ``--feeds K`` the names are split over K
+list feeds (their last good copies in the state directory, as ``ztdns`` keeps them; issue 21: 2,000,000 names
+from 5 feeds ≤ 3 s and ≤ 300 MB). RSS is read from /proc/self/statm (no
 psutil); the peak is VmHWM after resetting it through /proc/self/clear_refs. The peer is Unbound loading the
 same names as ``local-zone: NAME always_nxdomain``: the time until it answers, and its RSS then.
 """
@@ -28,6 +31,7 @@ import dns.rdatatype
 
 from ztdns.config import parse_config
 from ztdns.policy import compile_views
+from ztdns.policy.sources import copy_path
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TARGET_SECONDS = 3.0
@@ -123,22 +127,29 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-peer", action="store_true", help="skip the Unbound comparison")
+    parser.add_argument("--feeds", type=int, default=0, help="split the names over this many list feeds")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ztdns-policy-bench-") as tmp:
         directory = Path(tmp)
         every = max(1, args.names // args.lookups)
         hits: list[str] = []
-        with (directory / "list.txt").open("w") as out:
-            line = _LINE[args.format]
-            for index, name in enumerate(generated_names(args.names, args.seed)):
-                out.write(line.format(name))
-                if index % every == 0:
-                    hits.append(name)
+        sources = [f"https://feed{i}.example/list.txt" for i in range(args.feeds)] or ["list.txt"]
+        paths = [copy_path(directory / "state" / "lists", url) for url in sources] if args.feeds else []
+        paths = paths or [directory / "list.txt"]
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        outs = [path.open("w") for path in paths]
+        line = _LINE[args.format]
+        for index, name in enumerate(generated_names(args.names, args.seed)):
+            outs[index % len(outs)].write(line.format(name))
+            if index % every == 0:
+                hits.append(name)
+        for out in outs:
+            out.close()
         misses = [f"www.{name.replace('.', '-')}.allowed.test" for name in hits]
         config = parse_config(
-            '[identities.bench]\npolicies = ["bench"]\n'
-            '[policies.bench]\nallow = ["**"]\ndeny = ["ads.example"]\ndeny_lists = ["list.txt"]\n',
+            '[server]\nstate_dir = "state"\n[identities.bench]\npolicies = ["bench"]\n'
+            f'[policies.bench]\nallow = ["**"]\ndeny = ["ads.example"]\ndeny_lists = {sources!r}\n'.replace("'", '"'),
             "bench.toml",
             directory,
         )
@@ -157,14 +168,14 @@ def main() -> None:
 
         hit_rate = rate(view.decide, hits)
         miss_rate = rate(view.decide, misses)
-        print(f"policy of {args.names:,} names ({args.format} list)")
+        print(f"policy of {args.names:,} names ({args.format} list{f', {args.feeds} feeds' if args.feeds else ''})")
         ratio = seconds / TARGET_SECONDS
         print(f"ztdns load:   {seconds:.2f} s   (target ≤ {TARGET_SECONDS} s, ratio {ratio:.2f})")
         print(f"ztdns RSS:    +{added:.1f} MB after load, +{peak:.1f} MB peak   (target ≤ {TARGET_MB:.0f} MB)")
         print(f"ztdns lookup: {hit_rate:,.0f} decisions/s for listed names, {miss_rate:,.0f}/s others")
         del view
         gc.collect()
-        peer = None if args.no_peer else unbound_load(directory, args.names, args.seed, hits[0])
+        peer = None if args.no_peer or args.feeds else unbound_load(directory, args.names, args.seed, hits[0])
         if peer is not None:
             peer_seconds, peer_rss = peer
             print(f"unbound load: {peer_seconds:.2f} s, RSS {peer_rss:.1f} MB (same names as local-zone)")

@@ -79,7 +79,8 @@ def sections(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[Sect
     for name, field in model.model_fields.items():
         if model is Config and name in LOADER_KEYS:
             continue
-        child = _child(f"{prefix}.{name}" if prefix else name, field.annotation)
+        key = field.alias or name  # the TOML key ('except' is the field 'exceptions')
+        child = _child(f"{prefix}.{key}" if prefix else key, field.annotation)
         if child is not None:
             header, sub_prefix, sub_model = child
             yield Section(header, sub_model)
@@ -194,13 +195,14 @@ def problems(text: str) -> list[str]:
         doc = matching[0]
         rows = key_rows(doc.body)
         sub_headings = [TICKED.findall(line) for line in doc.subtree if HEADING.match(line)]
-        for name, field in section.model.model_fields.items():
+        keys = {field.alias or name: field for name, field in section.model.model_fields.items()}  # TOML keys
+        for name, field in keys.items():
             if name in rows:
                 found.extend(_row_problems(where, name, field, rows[name]))
             elif not any(name in ticked for ticked in sub_headings):
                 found.append(f"{where}: key {name!r} is not documented (no table row or heading)")
         for name in rows:
-            if name not in section.model.model_fields:
+            if name not in keys:
                 found.append(f"{where}: documents {name!r}, which the model does not have")
     return found
 

@@ -69,6 +69,14 @@ AUTHORITY = {
     "ztdns_authority_signatures",
 }
 
+LISTS = {
+    "ztdns_list_entries",
+    "ztdns_list_skipped_lines",
+    "ztdns_list_age_seconds",
+    "ztdns_list_last_success_timestamp_seconds",
+    "ztdns_list_fetch_failures",
+}
+
 BASE = """
 [[listen]]
 transport = "udp"
@@ -109,6 +117,18 @@ def test_an_authority_sharing_the_metrics_adds_its_families() -> None:
     assert families(metrics) == {"ztdns_queries", "ztdns_query_latency_seconds", *BY_LABELS} | AUTHORITY
 
 
+def test_list_feeds_export_their_families(tmp_path: Path) -> None:
+    from ztdns.feeds import FeedManager
+
+    async def nothing() -> None:
+        return None
+
+    config = parse_config('[policies.p]\ndeny_lists = ["https://lists.example/ads.txt"]\n', "t.toml", tmp_path)
+    metrics = Metrics()
+    metrics.register(FeedManager(config, nothing))
+    assert families(metrics) - {"ztdns_queries", "ztdns_query_latency_seconds"} == LISTS
+
+
 def test_scrape_renders_every_family() -> None:
     metrics = Metrics()
     frontend = Frontend(parse_config(BASE), metrics)
@@ -123,4 +143,4 @@ def test_scrape_renders_every_family() -> None:
 def test_docs_name_every_metric() -> None:
     section = DOCS.read_text().split("## `[metrics]`", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(ztdns_[a-z0-9_]+)`", section))
-    assert documented == ALWAYS | FORWARD | VALIDATION | RECURSION | AUTHORITY | PROCESS
+    assert documented == ALWAYS | FORWARD | VALIDATION | RECURSION | AUTHORITY | PROCESS | LISTS

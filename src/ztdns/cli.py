@@ -82,10 +82,19 @@ def _explain(args: argparse.Namespace) -> int:
     from ztdns.explain import run
 
     try:
-        print(run(load_config(args.config), args.client, args.name, args.type, args.resolve))
+        at = None
+        if args.at is not None:
+            import datetime
+
+            moment = datetime.datetime.fromisoformat(args.at)
+            at = (moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)).timestamp()
+        print(run(load_config(args.config), args.client, args.name, args.type, args.resolve, at))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except ValueError:
+        print(f"--at {args.at!r} is not an ISO 8601 time (2026-12-07T10:30 or 2026-12-07T10:30+01:00)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -130,6 +139,9 @@ def _register_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--resolve", action="store_true", help="ask the upstreams for allowed names (default: send nothing)"
     )
+    parser.add_argument(
+        "--at", metavar="TIME", help="decide as at this time (ISO 8601, e.g. 2026-12-07T10:30+01:00; UTC if no zone)"
+    )
     parser.set_defaults(func=_explain)
 
 
@@ -144,6 +156,7 @@ def _registrations() -> list[Register]:
     from ztdns.agent.cli import register as register_agent
     from ztdns.attest.cli import register as register_attest
     from ztdns.authority.cli import register as register_authority
+    from ztdns.feeds.cli import register as register_lists
     from ztdns.lab.cli import register as register_lab
 
     return [
@@ -151,6 +164,7 @@ def _registrations() -> list[Register]:
         _register_check,
         _register_explain,
         _register_privacy_statement,
+        register_lists,
         register_pki,
         register_lab,
         register_authority,

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from ztdns import __version__
 from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.listen import ListenConfig
+from ztdns.feeds import FeedManager
 from ztdns.handler import Frontend, compile_runtime, make_resolver
 from ztdns.observe.endpoint import serve_metrics, tls_context
 from ztdns.observe.metrics import Metrics, MetricsCollector, ProcessInfo
@@ -172,6 +173,10 @@ class Service:
             make_resolver if resolver else _no_resolver,
             self.authority.authority if self.authority is not None else None,
         )
+        # List feeds: fetched in the background; a new copy recompiles the policies like a reload.
+        self.compiling = asyncio.Lock()
+        self.feeds = FeedManager(config if resolver else config.model_copy(update={"policies": {}}), self._new_lists)
+        metrics.register(self.feeds)
         self.udp: list[UdpListener] = []
         self.tcp: list[TcpServer] = []
         self.encrypted: list[EncryptedListener] = []
@@ -185,6 +190,7 @@ class Service:
     async def start(self) -> list[str]:
         endpoints = []
         self.frontend.bind_loop(asyncio.get_running_loop())
+        self.feeds.start()
         listens = list(self.config.listen) if self.resolver else []
         await self._start_attestation()
         if self.config_path is None:
@@ -262,18 +268,28 @@ class Service:
         if self.config_path is None:
             log.warning("SIGHUP: running the built-in default config; nothing to reload")
             return
+        # One compile at a time: a feed's recompile finishing late must not swap an older config back in.
+        async with self.compiling:
+            if not await self._reload_config(self.config_path):
+                return
+        if self.resolver:
+            await self.feeds.reconfigure(self.config)
+        log.info("reloaded %s", self.config_path)
+        await self._measure("reload")
+
+    async def _reload_config(self, path: Path) -> bool:
         loop = asyncio.get_running_loop()
         try:
-            config = await loop.run_in_executor(None, load_config, self.config_path)
+            config = await loop.run_in_executor(None, load_config, path)
             await self.frontend.reload(config)
         except ConfigError as exc:
             self.process_info.reloaded(False)
             log.error("reload rejected, still serving the previous config:\n%s", exc)
-            return
+            return False
         except Exception:
             self.process_info.reloaded(False)
             log.exception("reload failed, still serving the previous config")
-            return
+            return False
         self.process_info.reloaded(True)
         for encrypted in self.encrypted:
             encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk
@@ -281,8 +297,7 @@ class Service:
             log.warning("reload: listener changes take effect on restart")
         self._reload_authority(config)
         self.config = config
-        log.info("reloaded %s", self.config_path)
-        await self._measure("reload")
+        return True
 
     def _digests(self) -> tuple[str, str] | None:
         measurements = None if self.attestor is None else self.attestor.measurements
@@ -332,7 +347,14 @@ class Service:
         if rebuilt:
             log.info("reload: zones rebuilt: %s", ", ".join(rebuilt))
 
+    async def _new_lists(self) -> None:
+        """A feed has a new copy: recompile the policies (in a thread) and swap them in, as a reload does."""
+        async with self.compiling:
+            await self.frontend.reload(self.config)
+        log.info("list feeds: policies recompiled with the new copies")
+
     async def drain(self) -> None:
+        await self.feeds.close()
         timeout = self.config.server.drain_seconds
         for server in self.tcp:
             server.stop_accepting()

@@ -19,6 +19,7 @@ from ztdns.handler import Frontend, make_resolver
 from ztdns.model import EDE, Kind, Question, Reason, Resolution, Resolver
 from ztdns.pipeline import QueryContext
 from ztdns.policy import explain as explain_rule
+from ztdns.policy import schedule
 from ztdns.wire.query import name_key
 
 
@@ -58,8 +59,13 @@ class NotResolving:
         return ()
 
 
-async def explain(config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False) -> str:
-    """Without ``resolve`` nothing leaves the machine: answers that need an upstream are described, not fetched."""
+async def explain(
+    config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False, at: float | None = None
+) -> str:
+    """Without ``resolve`` nothing leaves the machine: answers that need an upstream are described, not fetched.
+    ``at`` (Unix time) decides scheduled rules as at that moment."""
+    if at is not None:
+        schedule.now = lambda: at
     factory: Callable[[Config], Resolver | None] = make_resolver if resolve else NotResolving
     quiet = config.log.model_copy(update={"query_log": config.log.query_log.model_copy(update={"output": "off"})})
     frontend = Frontend(config.model_copy(update={"log": quiet}), resolver_factory=factory)
@@ -94,6 +100,7 @@ def _describe(client_text: str, ctx: QueryContext, detector: Detector) -> str:
         lines.append(f"policy:    {decision.policy}")
         lines.append(f"rule:      {decision.rule}")
         lines.append(f"from:      {explanation.origin()}")
+        lines.extend(f"chain:     {step}" for step in explanation.chain)
     else:
         lines.append("decision:  refuse (no identity)" if ctx.identity is None else "decision:  none")
     if ctx.question is not None and detector.enabled:
@@ -115,5 +122,7 @@ def _describe(client_text: str, ctx: QueryContext, detector: Detector) -> str:
     return "\n".join(lines)
 
 
-def run(config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False) -> str:
-    return asyncio.run(explain(config, client_text, name, rdtype, resolve))
+def run(
+    config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False, at: float | None = None
+) -> str:
+    return asyncio.run(explain(config, client_text, name, rdtype, resolve, at))

@@ -46,6 +46,7 @@ from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
 from ztdns.resolver.recursive import RecursiveResolver
 from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
+from ztdns.resolver.zones import ZoneRoute, ZoneRouter
 from ztdns.wire.header import header_only
 
 if TYPE_CHECKING:
@@ -144,7 +145,50 @@ def compile_runtime(config: Config, observer: Observer, replays: Replays, detect
 
 
 def make_resolver(config: Config) -> Resolver | None:
-    """The resolver for ``resolver.mode``, validating DNSSEC unless ``dnssec.validation`` is off."""
+    """The resolver for ``resolver.mode``, validating DNSSEC unless ``dnssec.validation`` is off; with
+    ``[[resolver.forward_zones]]``, a router in front that sends those zones to their own forwarders."""
+    default = _mode_resolver(config)
+    if not config.resolver.forward_zones:
+        return default
+    anchors = trust_anchors(config)
+    routes = []
+    for index, zone in enumerate(config.resolver.forward_zones):
+        settings = config.resolver.model_copy(
+            update={"upstreams": zone.upstreams, "forward_zones": []}
+        ).with_bootstrap()
+        try:
+            forwarder = Forwarder(settings, config.base_dir)
+        except UpstreamSetupError as exc:
+            key = ("resolver", "forward_zones", index, *exc.key[1:])
+            raise located(config, key, str(exc)) from None
+        insecure = zone.dnssec == "insecure" or anchors is None
+        if zone.dnssec == "negative-trust-anchor" and anchors is not None:
+            # Validated as everything else, with the zone a negative trust anchor (RFC 7646): insecure, not bogus.
+            with_nta = config.dnssec.model_copy(
+                update={"negative_trust_anchors": [*config.dnssec.negative_trust_anchors, zone.zone or "."]}
+            )
+            anchors_config = config.model_copy(update={"dnssec": with_nta})
+            resolver: Resolver = _validating(anchors_config, forwarder)
+        else:
+            resolver = forwarder if insecure else _validating(config, forwarder)
+        routes.append(ZoneRoute(zone.zone, resolver, insecure, zone.cache_max_ttl))
+    return ZoneRouter(default, routes)
+
+
+def _validating(config: Config, forwarder: Forwarder) -> Resolver:
+    anchors = trust_anchors(config)
+    assert anchors is not None
+    dnssec = config.dnssec
+    validator = Validator(
+        ResolverFetcher(forwarder),
+        anchors,
+        nsec3_max_iterations=dnssec.nsec3_max_iterations,
+        algorithms=dnssec.algorithm_numbers(),
+    )
+    return ValidatingResolver(forwarder, validator)
+
+
+def _mode_resolver(config: Config) -> Resolver | None:
     mode = config.resolver.mode
     if mode == "none":
         return None
@@ -170,18 +214,12 @@ def make_resolver(config: Config) -> Resolver | None:
             )
         return recursive
     try:
-        forwarder = Forwarder(config.resolver, config.base_dir)
+        forwarder = Forwarder(config.resolver.with_bootstrap(), config.base_dir)
     except UpstreamSetupError as exc:  # TLS files of an encrypted upstream
         raise located(config, exc.key, str(exc)) from None
     if anchors is None:
         return forwarder
-    validator = Validator(
-        ResolverFetcher(forwarder),
-        anchors,
-        nsec3_max_iterations=dnssec.nsec3_max_iterations,
-        algorithms=dnssec.algorithm_numbers(),
-    )
-    return ValidatingResolver(forwarder, validator)
+    return _validating(config, forwarder)
 
 
 def trust_anchors(config: Config) -> TrustAnchors | None:

@@ -9,6 +9,8 @@ It imports nothing of ztdns, so the config schema (the bottom layer) checks rule
 
 A wildcard may only be the whole leftmost label, and only once: ``*.*.x``, ``a*.x``, ``x.*.y`` are invalid.
 Names are case-insensitive and stored lower-case without the trailing dot (the root is the empty string).
+Internationalised labels may be written in Unicode: they are converted to their ``xn--`` form with IDNA 2008
+(the ``idna`` package, with UTS 46 mapping, so ``Bücher`` and ``bücher`` are the same label).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+
+import idna
 
 
 class Scope(enum.Enum):
@@ -54,9 +58,22 @@ def is_normal_name(name: str) -> bool:
     return len(name) <= MAX_NAME_LENGTH and _is_name(name) is not None
 
 
+def idna_to_ascii(name: str) -> str:
+    """``name`` with every non-ASCII label in its IDNA 2008 ``xn--`` form; raises PatternError if one is invalid."""
+    if name.isascii():
+        return name
+    try:
+        return ".".join(
+            label if label.isascii() else idna.encode(label, uts46=True).decode("ascii") for label in name.split(".")
+        )
+    except idna.IDNAError as exc:
+        raise PatternError(f"{name!r} is not a valid internationalised name: {exc}") from None
+
+
 def normalise_name(text: str) -> str:
-    """Lower-case, strip one trailing dot, check label syntax (LDH plus underscore, 1–63 octets, ≤ 253)."""
-    name = text.strip().lower()
+    """Lower-case, strip one trailing dot, convert Unicode labels (IDNA 2008), check label syntax (LDH plus
+    underscore, 1–63 octets, ≤ 253)."""
+    name = idna_to_ascii(text.strip()).lower()
     if name.endswith("."):
         name = name[:-1]
     if not name:

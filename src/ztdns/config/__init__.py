@@ -1,7 +1,8 @@
 """Configuration: the one schema package. The root :class:`Config` and loading with file:line:key errors are here;
-one module per area holds that area's models (``listen.py``, ``identity.py``, ``policy.py``, ``resolver.py``,
-``cache.py``, ``dnssec.py``, ``local_zones.py``, ``log.py``, ``metrics.py``, ``server.py``, ``authority.py``,
-and ``agent.py`` for the agent's own file); ``base.py`` holds what areas share and ``locate.py`` maps keys to lines.
+one module per area holds that area's models (``listen.py``, ``identity.py``, ``policy.py``, ``lists.py``,
+``resolver.py``, ``cache.py``, ``dnssec.py``, ``local_zones.py``, ``log.py``, ``metrics.py``, ``server.py``,
+``authority.py``, and ``agent.py`` for the agent's own file); ``base.py`` holds what areas share and
+``locate.py`` maps keys to lines.
 
 This package sits at the bottom of the layers: it imports no capability package, so any capability may import
 its area's models. A new area is a new module here and one field of :class:`Config` (CONTRIBUTING.md).
@@ -31,11 +32,12 @@ from ztdns.config.detect import DetectConfig
 from ztdns.config.dnssec import DnssecConfig
 from ztdns.config.identity import IdentityConfig, UnknownClientsConfig
 from ztdns.config.listen import ListenConfig
+from ztdns.config.lists import ListsConfig
 from ztdns.config.local_zones import LocalZoneConfig
 from ztdns.config.locate import Loc, format_loc, line_of
 from ztdns.config.log import LogConfig
 from ztdns.config.metrics import MetricsConfig
-from ztdns.config.policy import PolicyConfig
+from ztdns.config.policy import PolicyConfig, RuleConfig, ScheduleConfig
 from ztdns.config.resolver import ResolverConfig
 from ztdns.config.server import ServerConfig
 
@@ -65,6 +67,8 @@ class Config(Section):
     identities: dict[str, IdentityConfig] = {}
     unknown_clients: UnknownClientsConfig = UnknownClientsConfig()
     policies: dict[str, PolicyConfig] = {}
+    schedules: dict[str, ScheduleConfig] = {}
+    lists: ListsConfig = ListsConfig()
     local_zones: list[LocalZoneConfig] = []
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -85,6 +89,25 @@ class Config(Section):
             for index, policy in enumerate(identity.policies):
                 if policy not in self.policies:
                     raise LocatedError(("identities", name, "policies", index), f"unknown policy {policy!r}")
+        for name, policy_config in self.policies.items():
+            if policy_config.schedule is not None and policy_config.schedule not in self.schedules:
+                raise LocatedError(("policies", name, "schedule"), f"unknown schedule {policy_config.schedule!r}")
+            written = (
+                ("allow", policy_config.allow),
+                ("deny", policy_config.deny),
+                ("except", policy_config.exceptions),
+            )
+            for key, rules in written:
+                for index, rule in enumerate(rules):
+                    if isinstance(rule, RuleConfig) and rule.schedule and rule.schedule not in self.schedules:
+                        where = ("policies", name, key, index, "schedule")
+                        raise LocatedError(where, f"unknown schedule {rule.schedule!r}")
+            lists = (("deny_lists", policy_config.deny_lists), ("allow_lists", policy_config.allow_lists))
+            for key, sources in lists:
+                for index, source in enumerate(sources):
+                    if "://" in source and not source.startswith("https://"):
+                        message = f"{source!r}: list feeds are fetched over HTTPS only (write https://HOST/PATH)"
+                        raise LocatedError(("policies", name, key, index), message)
         unknown = self.unknown_clients
         if unknown.action == "identity" and unknown.identity not in self.identities:
             raise LocatedError(("unknown_clients", "identity"), f"unknown identity {unknown.identity!r}")
@@ -95,9 +118,14 @@ class Config(Section):
         """The same network or exact certificate identity in two identities would make one of them dead."""
         owners: dict[object, str] = {}
         for name, identity in self.identities.items():
-            for key, values in (("networks", identity.networks), ("certificates", identity.certificates)):
+            keyed = (
+                ("networks", identity.networks),
+                ("certificates", identity.certificates),
+                ("client_ids", identity.client_ids),
+            )
+            for key, values in keyed:
                 for index, value in enumerate(values):
-                    claim = ipaddress.ip_network(value, strict=False) if key == "networks" else value
+                    claim = ipaddress.ip_network(value, strict=False) if key == "networks" else (key, value)
                     owner = owners.setdefault(claim, name)
                     if owner != name:
                         raise LocatedError(

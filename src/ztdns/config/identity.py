@@ -3,6 +3,7 @@ policies apply; docs/configuration.md."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -18,10 +19,21 @@ def _certificate_pattern(value: str) -> str:
     return value
 
 
+CLIENT_ID = re.compile(r"[a-z0-9-]{1,64}")
+
+
+def _client_id(value: str) -> str:
+    if CLIENT_ID.fullmatch(value) is None:
+        raise ValueError(f"{value!r}: a client id is 1-64 lower-case letters, digits and '-'")
+    return value
+
+
 class IdentityConfig(Section):
     networks: list[Annotated[str, AfterValidator(check_network)]] = []
     # Certificate identities (SPIFFE IDs, DNS SANs, CNs): exact, or a prefix ending in '*'.
     certificates: list[Annotated[str, AfterValidator(_certificate_pattern)]] = []
+    # Client ids claimed in the DoH path (/dns-query/ID): a claim, not authentication (docs/policy.md).
+    client_ids: list[Annotated[str, AfterValidator(_client_id)]] = []
     policies: Annotated[list[str], Field(min_length=1)]
 
 

@@ -1,8 +1,9 @@
 """Identity: which named identity a client is, from facts the transport proved — never from the DNS message.
 
 Owns: mapping a verified certificate identity (exact, or a prefix ending in ``*`` such as
-``spiffe://corp.example/ns/prod/*``; longest prefix wins) or else the source address (most specific network
-wins) to an identity name from ``[identities.NAME]``, and what happens to clients that match nothing
+``spiffe://corp.example/ns/prod/*``; longest prefix wins), or else a claimed client id (the DoH path
+``/dns-query/ID``: a claim, not authentication), or else the source address (most specific network wins) to an
+identity name from ``[identities.NAME]``, and what happens to clients that match nothing
 (``[unknown_clients]``: refuse with EDE 18, or use a default identity). A client without a certificate on a listener
 with ``no_certificate = "refuse"`` (``ClientInfo.certificate_required``) is refused, never matched by address.
 Client data touched: source address and certificate identity, read only to choose the identity.
@@ -30,6 +31,11 @@ class IdentityMap:
 
     def __init__(self, config: Config) -> None:
         self._exact_certs: dict[str, str] = {}
+        self._client_ids = {
+            client_id: Match(name, f"client id {client_id} (claimed)")
+            for name, identity in config.identities.items()
+            for client_id in identity.client_ids
+        }
         prefixes: list[tuple[str, str]] = []
         # Per family: prefix lengths present (longest first) and {(length, network int): identity}.
         self._networks: dict[int, tuple[list[int], dict[tuple[int, int], tuple[str, str]]]] = {
@@ -74,6 +80,10 @@ class IdentityMap:
                 return found
         elif client.certificate_required:
             return None
+        if client.client_id is not None:
+            claimed = self._client_ids.get(client.client_id)
+            if claimed is not None:
+                return claimed
         try:
             found = self._by_address[client.address]
         except KeyError:

@@ -1,11 +1,19 @@
 """Policy: default deny per identity — the name-pattern grammar, list files, compiled views, decisions.
 
 Owns:
-    lists.py     list file formats (plain names, hosts files, AdBlock ``||name^``), skipped-line counting
-    compile.py   policies compiled once into O(labels) name tables; ``View.decide`` on the hot path; explain
+    lists.py     list file formats (plain names, hosts files, AdBlock ``||name^``/``@@``/``$important``),
+                 skipped-line counting by reason
+    rpz.py       RPZ zone files: QNAME triggers and their actions
+    sources.py   where a list source's text is: a file, or a feed's last good copy and its status
+    schedule.py  weekly time windows of rules and policies
+    compile.py   policies compiled once into O(labels) name tables; the precedence of denies, exceptions and
+                 allows; ``View.decide`` on the hot path; explain with the chain of rules
+    stage.py     the policy and chain stages; blocked, sinkhole, block-page and rewrite answers
 
-Config: ``[policies.NAME]`` (allow, deny, allow_lists, deny_lists, blocked_response, include_rule_text) and
-each identity's ``policies`` list (:mod:`ztdns.config.policy`); list paths are relative to the config file.
+Config: ``[policies.NAME]`` (allow, deny, except, allow_lists, deny_lists, blocked_response, sinkhole,
+block_cname, rewrites, schedule, include_rule_text), ``[schedules.NAME]`` and each identity's ``policies`` list
+(:mod:`ztdns.config.policy`); list paths are relative to the config file, ``https://`` sources are feeds
+(fetched by :mod:`ztdns.feeds`).
 Documented in docs/policy.md. The name-pattern grammar (``example.com``, ``*.example.com``, ``**.example.com``,
 ``**``) is :mod:`ztdns.patterns`, below the config schema that checks rules with it.
 

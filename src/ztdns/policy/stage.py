@@ -1,13 +1,14 @@
 """Policy stages: decide on the question, then on every name the answer's CNAME/DNAME chain leads to.
 
 Blocked answers are synthesised here: NXDOMAIN with an SOA by default (REFUSED breaks some stub resolvers),
-NODATA or REFUSED per policy, always with EDE 15 (Blocked) whose EXTRA-TEXT names the policy and rule unless
-the policy turns the text off.
+NODATA or REFUSED per policy, local data (a sinkhole address or a CNAME) or no answer at all (RPZ DROP),
+always with EDE 15 (Blocked) whose EXTRA-TEXT names the policy and rule unless the policy turns the text off.
 """
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import time
 
 import dns.message
@@ -20,6 +21,7 @@ import dns.rrset
 from ztdns.model import EDE, Kind, Reason
 from ztdns.pipeline import Asked, AskedNext
 from ztdns.policy import Decision, View
+from ztdns.policy.lists import LocalData
 from ztdns.replay import StoreHint
 from ztdns.wire.encode import name_forms
 from ztdns.wire.query import name_key
@@ -40,10 +42,35 @@ def blocked_response(query: dns.message.Message, decision: Decision) -> dns.mess
     if decision.blocked_response == "refused":
         response.set_rcode(dns.rcode.REFUSED)
         return response
-    if decision.blocked_response == "nxdomain":
+    if decision.blocked_response == "local" and decision.local is not None:
+        if _local_data(response, decision.local):
+            return response
+    elif decision.blocked_response == "nxdomain":
         response.set_rcode(dns.rcode.NXDOMAIN)
     response.authority.append(_synthetic_soa(qname))
     return response
+
+
+def local_response(query: dns.message.Message, local: LocalData) -> dns.message.Message:
+    """The answer of a rewrite: its data, or NODATA (with the synthesised SOA) for other query types."""
+    response = dns.message.make_response(query)
+    if not _local_data(response, local):
+        response.authority.append(_synthetic_soa(query.question[0].name))
+    return response
+
+
+def _local_data(response: dns.message.Message, local: LocalData) -> bool:
+    """Add the local data that answers the response's question; False when none does (NODATA)."""
+    question = response.question[0]
+    if local.cname is not None:
+        response.answer.append(dns.rrset.from_text(question.name, BLOCKED_TTL, "IN", "CNAME", f"{local.cname}."))
+        return True
+    version = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}.get(question.rdtype)
+    addresses = [a for a in local.addresses if ipaddress.ip_address(a).version == version]
+    if not addresses:
+        return False
+    response.answer.append(dns.rrset.from_text_list(question.name, BLOCKED_TTL, "IN", question.rdtype, addresses))
+    return True
 
 
 def _synthetic_soa(owner: dns.name.Name) -> dns.rrset.RRset:
@@ -57,11 +84,14 @@ def _synthetic_soa(owner: dns.name.Name) -> dns.rrset.RRset:
 
 
 def _block(ctx: Asked, decision: Decision, name: str) -> None:
-    ctx.response = blocked_response(ctx.query, decision)
     ctx.kind = Kind.BLOCKED
     ctx.decision = decision
     ctx.decided_name = name
     ctx.reason = Reason(EDE.BLOCKED, decision.ede_text() if decision.include_rule_text else "")
+    if decision.blocked_response == "drop":
+        ctx.drop = True  # RPZ DROP: the client times out, as with Unbound and BIND
+        return
+    ctx.response = blocked_response(ctx.query, decision)
     ctx.store = StoreHint(time.monotonic() + SYNTHESISED_REPLAY_SECONDS)
 
 
@@ -97,6 +127,11 @@ class PolicyStage:
         ctx.decided_name = name
         if not decision.allowed:
             _block(ctx, decision, name)
+            return
+        if decision.local is not None:  # a rewrite: answered here, allowed, no EDE
+            ctx.response = local_response(ctx.query, decision.local)
+            ctx.kind = Kind.LOCAL
+            ctx.store = StoreHint(time.monotonic() + SYNTHESISED_REPLAY_SECONDS)
             return
         await call_next(ctx)
 

@@ -23,13 +23,14 @@ import base64
 import binascii
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote_plus
 from weakref import WeakKeyDictionary
 
 import h11
 
-from ztdns.client import Transport
+from ztdns.client import ClientInfo, Transport
+from ztdns.config.identity import CLIENT_ID
 from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
 from ztdns.transport.dot import finish_response
@@ -188,6 +189,13 @@ class RouteRequest(bytes):
     route: Route
 
 
+class ClaimedQuery(bytes):
+    """A DNS query whose URL carried a client id (``/dns-query/ID``), with the client that claims it; bytes so
+    that the engines carry it like any query. A claim, not authentication (docs/policy.md, "Client ids")."""
+
+    client: ClientInfo
+
+
 class DohListener(TlsStreamListener):
     routes: Mapping[str, Route] = {}
 
@@ -218,7 +226,14 @@ class DohConnection(TlsConnection):
     def answer_now(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | bytes:
         """The answer we can give at once (an HTTP error, or the handler's fast path), else the DNS query that
         must go to :meth:`answer_later`. Cache hits are answered inline, without a task per request."""
-        decoded = decode_request(method, target, content_type, body, self.config.path)
+        client = self.client
+        path = self.config.path
+        if target.startswith(path + "/"):  # /dns-query/CLIENT-ID: a claimed client id (docs/policy.md)
+            request_path = target.partition("?")[0]
+            if CLIENT_ID.fullmatch(request_path[len(path) + 1 :]) is not None:
+                client = replace(client, client_id=request_path[len(path) + 1 :])
+                path = request_path
+        decoded = decode_request(method, target, content_type, body, path)
         if isinstance(decoded, HttpResponse):
             path, _, query_string = target.partition("?")
             route = self.routes.get(path) if decoded.status == 404 and method == "GET" else None
@@ -228,17 +243,24 @@ class DohConnection(TlsConnection):
             request.route = route
             return request
         try:
-            response = self.handler.fast(decoded, self.client)
+            response = self.handler.fast(decoded, client)
         except Exception:
             log.exception("handler fast path failed")
             response = None
-        return decoded if response is None else dns_response(decoded, response)
+        if response is not None:
+            return dns_response(decoded, response)
+        if client is self.client:
+            return decoded
+        claimed = ClaimedQuery(decoded)
+        claimed.client = client
+        return claimed
 
     async def answer_later(self, query: bytes) -> HttpResponse | None:
         """The handler's full answer; None when it dropped the query (the engine then cancels the request)."""
         if isinstance(query, RouteRequest):
             return await query.route(query.decode("latin-1"), self.listener.material.current.cert_pem)
-        response = await self.handler.handle(query, self.client)
+        client = query.client if isinstance(query, ClaimedQuery) else self.client
+        response = await self.handler.handle(query, client)
         return None if response is None else dns_response(query, response)
 
     def spawn(self, coroutine: Coroutine[object, object, None]) -> asyncio.Task[None]:

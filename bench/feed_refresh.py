@@ -1,0 +1,90 @@
+"""Does a list refresh block answering? Query latency (p50/p99/max) on the event loop, idle and while a new copy
+of a big list feed is compiled and swapped in (``Frontend.reload``, what a feed refresh does).
+
+    .venv/bin/python bench/feed_refresh.py [--names N] [--rate QPS] [--seconds S]
+
+Queries go through the real pipeline (``Frontend.handle``) for a mix of listed (blocked) and other names, at a
+fixed rate; the compile runs in a thread, so what remains is the GIL it holds between switches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import dns.message
+
+from ztdns.client import ClientInfo, Transport
+from ztdns.config import parse_config
+from ztdns.handler import Frontend
+from ztdns.policy.sources import copy_path
+
+URL = "https://feed.example/list.txt"
+
+
+def summary(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p99 = ordered[int(len(ordered) * 0.99)]
+    return (
+        f"{len(samples)} queries, p50 {statistics.median(ordered) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
+        f"max {ordered[-1] * 1e3:.2f} ms"
+    )
+
+
+async def measure(
+    frontend: Frontend, wires: list[bytes], rate: float, until: asyncio.Future[None] | float
+) -> list[float]:
+    client = ClientInfo(Transport.UDP, "127.0.0.1", 5353)
+    samples: list[float] = []
+    interval = 1.0 / rate
+    index = 0
+    started = time.perf_counter()
+    while True:
+        if isinstance(until, float):
+            if time.perf_counter() - started >= until:
+                return samples
+        elif until.done():
+            return samples
+        sent = time.perf_counter()
+        await frontend.handle(wires[index % len(wires)], client)
+        samples.append(time.perf_counter() - sent)
+        index += 1
+        await asyncio.sleep(max(0.0, interval - (time.perf_counter() - sent)))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--names", type=int, default=500_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ztdns-feed-bench-") as tmp:
+        directory = Path(tmp)
+        copy = copy_path(directory / "state" / "lists", URL)
+        copy.parent.mkdir(parents=True)
+        copy.write_text("".join(f"ads{i}.example\n" for i in range(args.names)))
+        config = parse_config(
+            '[server]\nstate_dir = "state"\n[resolver]\nmode = "none"\n[log.query_log]\noutput = "off"\n'
+            '[identities.lo]\nnetworks = ["127.0.0.0/8"]\npolicies = ["p"]\n'
+            f'[policies.p]\nallow = ["**"]\ndeny_lists = ["{URL}"]\n',
+            "bench.toml",
+            directory,
+        )
+        frontend = Frontend(config)
+        wires = [dns.message.make_query(f"ads{i * 7919 % args.names}.example", "A").to_wire() for i in range(5000)]
+        idle = await measure(frontend, wires, args.rate, args.seconds)
+        print(f"idle:            {summary(idle)}")
+        started = time.perf_counter()
+        reload = asyncio.ensure_future(frontend.reload(config))
+        during = await measure(frontend, wires, args.rate, reload)
+        await reload
+        print(f"during refresh:  {summary(during)} (the recompile took {time.perf_counter() - started:.2f} s)")
+        await frontend.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

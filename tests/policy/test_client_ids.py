@@ -1,0 +1,103 @@
+"""Client ids claimed in the DoH path (/dns-query/ID): carried to the handler as a claim, mapped to identities
+after certificates and before addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import dns.message
+import pytest
+
+from fixtures.tls import EchoHandler, Pki, listen_config, pki
+from ztdns.client import ClientInfo, Transport
+from ztdns.config import ConfigError, parse_config
+from ztdns.identity import IdentityMap
+from ztdns.transport.doh import start_doh_listener
+from ztdns.transport.tls import TlsMaterial
+
+__all__ = ["pki"]
+
+IDENTITIES = """
+[identities.lan]
+networks = ["10.0.0.0/8"]
+policies = ["p"]
+
+[identities.kid]
+client_ids = ["kid-laptop", "kid-phone"]
+policies = ["p"]
+
+[identities.prod]
+certificates = ["spiffe://corp.example/prod"]
+policies = ["p"]
+
+[policies.p]
+allow = ["**"]
+"""
+
+
+def test_client_ids_map_after_certificates_and_before_addresses(tmp_path: Path) -> None:
+    identities = IdentityMap(parse_config(IDENTITIES, "t.toml", tmp_path))
+
+    def who(**kwargs: object) -> str | None:
+        found = identities.match(ClientInfo(Transport.DOH, "10.1.2.3", 443, **kwargs))  # type: ignore[arg-type]
+        return None if found is None else f"{found.identity}: {found.how}"
+
+    assert who() == "lan: network 10.0.0.0/8"
+    assert who(client_id="kid-phone") == "kid: client id kid-phone (claimed)"
+    assert who(client_id="unknown-id") == "lan: network 10.0.0.0/8"
+    assert who(client_id="kid-phone", certificate_identity="spiffe://corp.example/prod") == (
+        "prod: certificate spiffe://corp.example/prod"
+    )
+
+
+def test_client_id_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="client id"):
+        parse_config('[identities.a]\nclient_ids = ["Kid Laptop"]\npolicies = ["p"]\n[policies.p]\n', "t", tmp_path)
+    with pytest.raises(ConfigError, match="already belongs"):
+        parse_config(
+            '[identities.a]\nclient_ids = ["x"]\npolicies = ["p"]\n[identities.b]\nclient_ids = ["x"]\n'
+            'policies = ["p"]\n[policies.p]\n',
+            "t",
+            tmp_path,
+        )
+
+
+async def post(pki: Pki, http: str, port: int, query: Path, path: str) -> bytes:
+    """POST the DNS query in ``query`` to ``path`` with curl; the HTTP status."""
+    process = await asyncio.create_subprocess_exec(
+        "curl", "-sS", http, "--cacert", str(pki.ca), "--resolve", f"dns.test:{port}:127.0.0.1",
+        "-H", "content-type: application/dns-message", "--data-binary", f"@{query}",
+        "-o", "/dev/null", "-w", "%{http_code}", f"https://dns.test:{port}{path}",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 15)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_doh_path_carries_the_client_id(pki: Pki, tmp_path: Path, http: str) -> None:
+    async def body() -> None:
+        handler = EchoHandler()
+        config = listen_config(pki, "doh")
+        listener = await start_doh_listener(config, handler, TlsMaterial.from_config(config))
+        port = listener.address[1]
+        query = tmp_path / "query"
+        try:
+            for name, path, expected in (
+                ("fast.", "/dns-query/kid-laptop", "kid-laptop"),  # answered on the fast path
+                ("slow-ish.example.", "/dns-query/kid-phone", "kid-phone"),  # answered by handle()
+                ("fast.", "/dns-query", None),
+            ):
+                query.write_bytes(dns.message.make_query(name, "A").to_wire())
+                assert await post(pki, http, port, query, path) == b"200"
+                assert handler.clients[-1].client_id == expected
+            # Not a valid id: not a DoH URL at all.
+            assert await post(pki, http, port, query, "/dns-query/Not_Valid") == b"404"
+        finally:
+            await listener.close()
+
+    asyncio.run(body())
