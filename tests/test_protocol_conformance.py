@@ -48,8 +48,8 @@ records = [
 """
 
 
-def config_text(port: int, upstream: str, extra: str = "") -> str:
-    return server_config(port, upstream, resolver="timeout = 0.5\nbudget = 1.5", extra=LOCAL_ZONE + extra)
+def config_text(port: int, upstream: str, resolver: str = "") -> str:
+    return server_config(port, upstream, resolver="timeout = 0.5\nbudget = 1.5\n" + resolver, extra=LOCAL_ZONE)
 
 
 @pytest.fixture
@@ -66,17 +66,15 @@ def server(tmp_path: Path, upstream: str) -> Iterator[ServerProcess]:
     assert process.stop() == 0, process.stderr
 
 
+def dig_text(port: int, *args: str) -> str:
+    binary = require_tool("dig")
+    command = [binary, "@127.0.0.1", "-p", str(port), "+tries=1", "+time=3", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
+
+
 def dig(port: int, *args: str) -> dns.message.Message:
     """Ask with dig, and read its printed response back with dnspython."""
-    binary = require_tool("dig")
-    out = subprocess.run(
-        [binary, "@127.0.0.1", "-p", str(port), "+tries=1", "+time=3", *args],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
-    return _from_dig(out)
+    return _from_dig(dig_text(port, *args))
 
 
 def _from_dig(text: str) -> dns.message.Message:
@@ -180,27 +178,30 @@ def test_malformed_edns_option_length_is_formerr(server: ServerProcess) -> None:
 @pytest.mark.parametrize("rd", [True, False])
 def test_notimp_for_an_unknown_opcode_copies_no_flags(server: ServerProcess, rd: bool) -> None:
     """genreport's opcode/opcodeflg probes: dig +opcode=15 +noedns (+rec / +norec)."""
-    binary = require_tool("dig")
-    out = subprocess.run(
-        [
-            binary,
-            "@127.0.0.1",
-            "-p",
-            str(server.port),
-            "+tries=1",
-            "+time=3",
-            "+opcode=15",
-            "+noedns",
-            "+noad",
-            "+rec" if rd else "+norec",
-            "+header-only",
-            ".",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
+    out = dig_text(server.port, "+opcode=15", "+noedns", "+noad", "+rec" if rd else "+norec", "+header-only", ".")
     assert "status: NOTIMP" in out
     flags = next(line for line in out.splitlines() if line.startswith(";; flags:")).split(";")[2]
     assert flags.split(":")[1].split() == ["qr"]
+
+
+# -- item 5: RD=0 ------------------------------------------------------------------------------------------------
+
+
+def test_rd0_is_answered_from_cache_and_local_data_only(server: ServerProcess) -> None:
+    port = server.port
+    refused = dig_text(port, "+norec", "one.fwd.test", "A")
+    assert "status: REFUSED" in refused
+    assert "EDE: 20 (Not Authoritative)" in refused
+    assert "status: NOERROR" in dig_text(port, "+norec", "host.corp.example", "A")  # local data
+    assert "192.0.2.11" in dig_text(port, "one.fwd.test", "A")  # RD=1: resolved, and now cached
+    cached = dig(port, "+norec", "one.fwd.test", "A")
+    assert (cached.rcode(), rdtypes(cached)) == (dns.rcode.NOERROR, ["A"])
+    assert not cached.flags & dns.flags.RD
+
+
+def test_rd0_recursed_when_configured(tmp_path: Path, upstream: str) -> None:
+    port = free_port()
+    config = config_text(port, upstream, resolver='answer_rd0 = "recurse"')
+    with ServerProcess(config, tmp_path, port=port) as process:
+        answer = dig(process.port, "+norec", "one.fwd.test", "A")
+        assert (answer.rcode(), rdtypes(answer)) == (dns.rcode.NOERROR, ["A"])

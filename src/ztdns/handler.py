@@ -219,7 +219,11 @@ class Frontend:
             config, Observer(self.metrics, sinks), Replays(config.cache.max_entries, self._prefetch)
         )
         cache_stage = CacheStage(self.cache, resolver)
-        runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
+        runtime.handler = chain(
+            build_stages(
+                runtime, cache_stage, ResolveStage(resolver, config.resolver.answer_rd0 == "recurse"), self.authority
+            )
+        )
         return runtime, cache_stage
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
