@@ -21,13 +21,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.listen import ListenConfig
 from ztdns.handler import Frontend, compile_runtime, make_resolver
 from ztdns.observe.logfmt import configure as configure_logging
-from ztdns.observe.metrics import Metrics, MetricsCollector
+from ztdns.observe.metrics import Metrics, MetricsCollector, serve_metrics
 from ztdns.observe.stage import Observer
 from ztdns.replay import Replays
 from ztdns.transport import Handler
@@ -213,7 +213,7 @@ class Service:
             registry = CollectorRegistry()
             registry.register(MetricsCollector(lambda: self.frontend.metrics))
             try:
-                start_http_server(port + self.worker, host, registry)
+                serve_metrics(port + self.worker, host, registry)
             except OSError as exc:
                 message = f"cannot serve metrics on {host}:{port + self.worker}: {exc.strerror or exc}"
                 raise located(self.config, ("metrics", "address"), message) from None

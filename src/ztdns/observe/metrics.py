@@ -11,11 +11,15 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 # Latency buckets in seconds: sub-millisecond resolution where cache hits live.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -119,3 +123,32 @@ class MetricsCollector(Collector):
         )
         for exporter in metrics.exporters:
             yield from exporter.collect()
+
+
+def serve_metrics(port: int, host: str, registry: CollectorRegistry) -> None:
+    """prometheus_client's HTTP server for ``registry`` on host:port, answering HEAD as GET without the body (its
+    own app answers HEAD with 405, which monitoring probes and ``curl -I`` take for an error)."""
+    server, _thread = start_http_server(port, host, registry)
+    app = server.get_app()
+    assert app is not None  # start_http_server made the server with its app
+    server.set_app(_head_as_get(app))
+
+
+def _head_as_get(app: WSGIApplication) -> WSGIApplication:
+    def answer(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return app(environ, start_response)
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def keep(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Callable[[bytes], object]:
+            started.append((status, headers))
+            return lambda _data: None
+
+        length = sum(len(chunk) for chunk in app({**environ, "REQUEST_METHOD": "GET"}, keep))
+        status, headers = started[0]
+        if not any(name.lower() == "content-length" for name, _ in headers):
+            headers = [*headers, ("Content-Length", str(length))]  # what GET would send
+        start_response(status, headers)
+        return []
+
+    return answer
