@@ -616,7 +616,7 @@ def test_sslyze_finds_no_old_protocol_and_no_weak_suite(pki: Pki, tmp_path: Path
         # (a listener logs five refusals per 10 s in detail).
         refused = "TLS error: PEER_DID_NOT_RETURN_A_CERTIFICATE"
         assert re.search(
-            rf"127\.0\.0\.1:{port}: (handshake refused: {refused}$|\d+ more handshakes refused: .*{refused} x\d+)",
+            rf"127\.0\.0\.1:{port}: (handshake refused: {refused}\"?$|\d+ more handshakes refused: .*{refused} x\d+)",
             server.stderr,
             re.MULTILINE,
         ), server.stderr

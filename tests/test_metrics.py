@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from fixtures.tools import require_tool
+from fixtures.unbound import free_port
 from ztdns.authority.handler import Authority
 from ztdns.config import parse_config
 from ztdns.handler import Frontend
+from ztdns.observe.endpoint import serve_metrics
 from ztdns.observe.metrics import Metrics, MetricsCollector
 
 DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
@@ -126,7 +131,9 @@ def test_list_feeds_export_their_families(tmp_path: Path) -> None:
     config = parse_config('[policies.p]\ndeny_lists = ["https://lists.example/ads.txt"]\n', "t.toml", tmp_path)
     metrics = Metrics()
     metrics.register(FeedManager(config, nothing))
-    assert families(metrics) - {"ztdns_queries", "ztdns_query_latency_seconds"} == LISTS
+    # The answer counters every Metrics exports are not the feeds' own.
+    answers = {"ztdns_queries", "ztdns_query_latency_seconds", "ztdns_decisions", "ztdns_dnssec_answers"}
+    assert families(metrics) - answers == LISTS
 
 
 def test_scrape_renders_every_family() -> None:
@@ -144,3 +151,17 @@ def test_docs_name_every_metric() -> None:
     section = DOCS.read_text().split("## `[metrics]`", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(ztdns_[a-z0-9_]+)`", section))
     assert documented == ALWAYS | FORWARD | VALIDATION | RECURSION | AUTHORITY | PROCESS | LISTS
+
+
+@pytest.mark.slow
+def test_the_metrics_server_answers_head_like_get_without_the_body() -> None:
+    """`curl -I` and monitoring probes send HEAD: prometheus_client's own app answered it 405."""
+    curl = require_tool("curl")
+    registry = CollectorRegistry()
+    port = free_port()
+    serve_metrics("127.0.0.1", port, registry)
+    url = f"http://127.0.0.1:{port}/metrics"
+    head = subprocess.run([curl, "-sS", "-I", url], capture_output=True, text=True, timeout=10, check=True).stdout
+    get = subprocess.run([curl, "-sS", url], capture_output=True, timeout=10, check=True).stdout
+    assert head.startswith("HTTP/1.0 200"), head
+    assert f"content-length: {len(get)}" in head.lower()

@@ -81,6 +81,25 @@ def test_bogus_reason_names_zone_and_record(lab: Lab, loop: NetnsLoop) -> None:
     assert resolution.security == "bogus"
 
 
+def test_reason_texts_show_names_in_lower_case_not_the_0x20_case_sent(lab: Lab, loop: NetnsLoop) -> None:
+    dead = next(c for c in CASES if c.qname == "www.dead.lab.")
+    for _ in range(5):  # a fresh resolver each time: new random case (all lower by chance: 1 in 8 each)
+        resolution = loop.run(_resolver(lab).resolve(_question(dead)))
+        assert resolution.reason is not None
+        assert "referral from dead.lab. to lab. is not downward" in resolution.reason.text, resolution.reason.text
+
+
+def test_no_ede_for_names_under_a_negative_trust_anchor(lab: Lab, loop: NetnsLoop) -> None:
+    config = RecursionConfig(root_hints=str(lab.root_hints), allow_query_localhost=True)
+    resolver = RecursiveResolver(config)
+    anchors = TrustAnchors.load(texts=(), files=[lab.trust_anchor], negative=["bogus.lab."])
+    resolver.validator = Validator(resolver, anchors)
+    bogus = next(c for c in CASES if c.qname == "www.bogus.lab.")
+    for _ in range(2):  # fresh, then cached
+        resolution = loop.run(resolver.resolve(_question(bogus)))
+        assert _outcome(resolution) == ("NOERROR", False, None), resolution.reason
+
+
 def test_checking_disabled_returns_unvalidated_data(lab: Lab, loop: NetnsLoop) -> None:
     resolver = _resolver(lab)
     bogus = next(c for c in CASES if c.qname == "www.bogus.lab.")

@@ -29,6 +29,7 @@ from ztdns.config.listen import ListenConfig
 from ztdns.feeds import FeedManager
 from ztdns.handler import Frontend, compile_runtime, make_resolver
 from ztdns.observe.endpoint import serve_metrics, tls_context
+from ztdns.observe.logfmt import configure as configure_logging
 from ztdns.observe.metrics import Metrics, MetricsCollector, ProcessInfo
 from ztdns.observe.stage import Observer
 from ztdns.replay import Replays
@@ -39,7 +40,7 @@ from ztdns.transport.doq import start_doq_listener
 from ztdns.transport.dot import start_dot_listener
 from ztdns.transport.no_certificate import listener_handler
 from ztdns.transport.tcp import TcpServer
-from ztdns.transport.tls import TlsError, TlsMaterial
+from ztdns.transport.tls import RefusalLog, TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ log = logging.getLogger("ztdns")
 
 
 class EncryptedListener(Protocol):
+    refusals: RefusalLog
+
     def reload(self) -> bool: ...
 
     async def close(self, drain_seconds: float = 5.0) -> None: ...
@@ -279,9 +282,13 @@ class Service:
 
     async def _reload_config(self, path: Path) -> bool:
         loop = asyncio.get_running_loop()
+        self._log_listener_counts()
+        started = loop.time()
         try:
             config = await loop.run_in_executor(None, load_config, path)
+            read = loop.time()
             await self.frontend.reload(config)
+            log.debug("reload: config read in %.3f s, compiled in %.3f s", read - started, loop.time() - read)
         except ConfigError as exc:
             self.process_info.reloaded(False)
             log.error("reload rejected, still serving the previous config:\n%s", exc)
@@ -353,7 +360,28 @@ class Service:
             await self.frontend.reload(self.config)
         log.info("list feeds: policies recompiled with the new copies")
 
+    def _log_listener_counts(self) -> None:
+        """At debug level (on SIGHUP and when draining): what each listener did since the start. Counts only."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        for udp in self.udp:
+            host, port = udp.address[:2]
+            # Replays answered in the lane are not counted here; the metrics count every answer.
+            log.debug(
+                "listener udp %s:%d: %d queries through the pipeline, %d dropped (backlog)",
+                host,
+                port,
+                udp.completed,
+                udp.dropped,
+            )
+        for tcp in self.tcp:
+            log.debug("listener tcp %s: %d connections refused", tcp.config.address, tcp.refused)
+        for encrypted in self.encrypted:
+            refusals = encrypted.refusals
+            log.debug("listener %s: %d handshakes refused", refusals.label, refusals.total)
+
     async def drain(self) -> None:
+        self._log_listener_counts()
         await self.feeds.close()
         timeout = self.config.server.drain_seconds
         for server in self.tcp:
@@ -408,11 +436,7 @@ def _run_worker(config: Config, config_path: Path | None, worker: int, reuse_por
 
 def serve(config: Config, config_path: Path | None, resolver: bool = True) -> int:
     """Run until SIGTERM/SIGINT; ``resolver=False`` serves only the ``[authority]`` zones (one process)."""
-    logging.basicConfig(
-        level=config.log.level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log.level)
     workers = config.server.workers if resolver else 1
     if workers > 1 and (config.authority.zones or config.authority.listen):
         message = (

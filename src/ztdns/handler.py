@@ -265,7 +265,11 @@ class Frontend:
         observer = Observer(self.metrics, outputs.feed, validating=config.dnssec.validation)
         runtime = compile_runtime(config, observer, Replays(config.cache.max_entries, self._prefetch), self.detector)
         cache_stage = CacheStage(self.cache, resolver)
-        runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
+        runtime.handler = chain(
+            build_stages(
+                runtime, cache_stage, ResolveStage(resolver, config.resolver.answer_rd0 == "recurse"), self.authority
+            )
+        )
         return runtime, cache_stage
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -171,3 +171,41 @@ def test_fresh_client_authenticated_connections_on_uvloop_all_complete(pki: Pki)
                 await listener.close()
 
     uvloop.run(body())
+
+
+def test_doq_refuses_inside_the_handshake_with_the_tls_alert(pki: Pki) -> None:
+    """As DoT and DoH clients: the refusal is the handshake's TLS alert (QUIC CRYPTO_ERROR 0x100 + alert), not a
+    DoQ error on a connection the server first completed."""
+    from aioquic.asyncio.client import connect
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.events import ConnectionTerminated, QuicEvent
+
+    class Watcher(QuicConnectionProtocol):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self.closed: asyncio.Future[ConnectionTerminated] = asyncio.get_running_loop().create_future()
+
+        def quic_event_received(self, event: QuicEvent) -> None:
+            if isinstance(event, ConnectionTerminated) and not self.closed.done():
+                self.closed.set_result(event)
+
+    async def body() -> None:
+        config = listen_config(pki, "doq", client_auth="require")
+        listener = await start_doq_listener(config, EchoHandler(), TlsMaterial.from_config(config))
+        try:
+            for name, alert in ((None, 116), ("revoked", 44), ("stranger", 48), ("expired", 45)):
+                client = QuicConfiguration(is_client=True, alpn_protocols=["doq"], server_name="dns.test")
+                client.load_verify_locations(str(pki.ca))
+                if name is not None:
+                    client.load_cert_chain(pki.cert(name), pki.key(name))
+                async with connect(
+                    "127.0.0.1", listener.address[1], configuration=client, create_protocol=Watcher
+                ) as watcher:
+                    assert isinstance(watcher, Watcher)
+                    closed = await asyncio.wait_for(watcher.closed, 3)
+                assert closed.error_code == 0x100 + alert, (name, closed)
+        finally:
+            await listener.close()
+
+    asyncio.run(body())

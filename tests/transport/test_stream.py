@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import socket
 import ssl
+import subprocess
 
 import dns.message
+import pytest
 import uvloop
 
 from fixtures.tls import EchoHandler, Pki, listen_config
+from fixtures.tools import require_tool
+from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.dot import start_dot_listener
 from ztdns.transport.tls import TlsMaterial
 
@@ -113,6 +118,42 @@ def test_closed_tls_connections_are_freed_without_the_cycle_collector(pki: Pki) 
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
+            await listener.close(drain_seconds=0.5)
+
+    uvloop.run(body())
+
+
+@pytest.mark.parametrize("transport", ["dot", "doh"])
+def test_openssl_sees_the_alert_and_a_chain_without_our_ca(pki: Pki, transport: str) -> None:
+    """``openssl s_client -trace``: a client without a certificate gets alert 116 (certificate_required), and
+    the server's chain is its certificate alone — no CA certificate (sslyze warns on one), although the listener
+    holds the CA bundle to verify clients and OpenSSL would complete the chain from it."""
+    openssl = require_tool("openssl")
+
+    async def body() -> None:
+        config = listen_config(pki, transport, client_auth="require", crl=[])  # no CRL, as `ztdns pki` sets up
+        start = start_dot_listener if transport == "dot" else start_doh_listener
+        listener = await start(config, EchoHandler(), TlsMaterial.from_config(config))
+        host, port = listener.address
+        loop = asyncio.get_running_loop()
+
+        def s_client(*extra: str) -> str:
+            command = [openssl, "s_client", "-connect", f"{host}:{port}", "-servername", "dns.test", "-trace"]
+            run = subprocess.run([*command, *extra], input=b"", capture_output=True, timeout=10, check=False)
+            return run.stdout.decode(errors="replace")
+
+        try:
+            refused = await loop.run_in_executor(None, s_client, "-ign_eof")  # read on until the server closes
+            # OpenSSL 3.0's trace names 116 "unknown": its table predates certificate_required.
+            alert = r"Inner Content Type = Alert \(21\)\n\s+Level=fatal\(2\), description=[\w ]+\(116\)"
+            assert re.search(alert, refused), refused
+            accepted = await loop.run_in_executor(
+                None, s_client, "-cert", str(pki.cert("prod")), "-key", str(pki.key("prod"))
+            )
+            # The certificates in what we received (the trace lists each as "ASN.1Cert"): the server's alone.
+            received = [b for b in re.split(r"\n(?=Sent Record|Received Record)", accepted) if b.startswith("Received")]
+            assert [b.count("ASN.1Cert") for b in received if "ASN.1Cert" in b] == [1], accepted
+        finally:
             await listener.close(drain_seconds=0.5)
 
     uvloop.run(body())

@@ -196,6 +196,9 @@ class ResolverConfig(Section):
     # First hold-down of a failing upstream (seconds); it doubles on every further failure up to backoff_max.
     backoff_initial: Annotated[float, Field(gt=0, le=3600)] = 1.0
     backoff_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Queries with RD=0: "cache-only" answers them from local zones, served zones and the cache only (REFUSED with
+    # EDE 20 otherwise, as Unbound); "recurse" resolves them like any other.
+    answer_rd0: Literal["cache-only", "recurse"] = "cache-only"
 
     def with_bootstrap(self) -> ResolverConfig:
         """The same settings with named upstreams expanded to one upstream per bootstrap address."""

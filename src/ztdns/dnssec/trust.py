@@ -86,6 +86,10 @@ class TrustAnchors:
                 elif isinstance(rdata, DNSKEY):
                     anchor.dnskey.append(rdata)
 
+    def negated(self, name: dns.name.Name) -> bool:
+        """True when a negative trust anchor sits at or above ``name``: the operator turned validation off there."""
+        return any(candidate in self._negative_keys for candidate in ancestry(name))
+
     def closest(self, name: dns.name.Name) -> Anchor | None:
         """The deepest anchor at or above ``name``, unless a negative trust anchor sits at or below it."""
         for candidate in ancestry(name):

@@ -318,7 +318,10 @@ class Validator:
         anchor = self.anchors.closest(name)
         now = self.clock()
         if anchor is None:
-            reason = Reason(EDE.DNSSEC_INDETERMINATE, f"{name}: no trust anchor")
+            # Under a negative trust anchor the operator chose insecure: nothing to report (no EDE 5).
+            reason = (
+                None if self.anchors.negated(name) else Reason(EDE.DNSSEC_INDETERMINATE, f"{name}: no trust anchor")
+            )
             return ZoneKeys(dns.name.root, Verdict(Security.INSECURE, reason), expires=now + 3600)
         keys = ancestry(name)
         cached = self._states.get(keys[0])

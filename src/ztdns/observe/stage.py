@@ -140,11 +140,7 @@ class Observer:
         qtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(question.rdtype))
         text = reason.text if reason is not None else ""
         security_log.warning(
-            "event=dnssec_bogus qname=%s qtype=%s ede=%d text=%r",
-            question.name,
-            qtype,
-            ede,
-            text,
+            "DNSSEC validation failed",
             extra={"event": "dnssec_bogus", "qname": str(question.name), "qtype": qtype, "ede": ede, "text": text},
         )
 

@@ -20,7 +20,7 @@ import dns.rdtypes.ANY.TSIG
 
 from ztdns.model import Kind, Question
 from ztdns.pipeline import Asked, AskedNext, Next, QueryContext
-from ztdns.wire.header import CD, DO, edns_of, header_only, opcode_of
+from ztdns.wire.header import CD, DO, edns_of, header_only
 from ztdns.wire.parse import parse_message
 
 # Meta-TYPEs and QTYPEs other than ANY (RFC 6895 §3.1; ANY is answered per RFC 8482 later), with the answer.
@@ -38,6 +38,8 @@ _META_RCODES: dict[int, dns.rcode.Rcode] = {
     dns.rdatatype.MAILA: dns.rcode.NOTIMP,
 }
 _TSIG_RR = struct.Struct("!HHIH")
+# Opcodes with a meaning (RFC 6895 §2.2, RFC 8490): QUERY, IQUERY (retired), STATUS, NOTIFY, UPDATE, DSO.
+_KNOWN_OPCODES = frozenset({0, 1, 2, 4, 5, 6})
 
 
 def tsig_badkey_response(wire: bytes) -> bytes:
@@ -86,6 +88,12 @@ class GuardStage:
             ctx.drop = True
             ctx.kind = Kind.INVALID
             return
+        opcode = (wire[2] >> 3) & 0xF
+        if opcode != dns.opcode.QUERY:  # before parsing: other opcodes' messages have other layouts
+            ctx.kind = Kind.INVALID
+            # An opcode we do not know defines its own header bits: none is copied (genreport's opcodeflg).
+            ctx.wire_response = header_only(wire, dns.rcode.NOTIMP, copy_rd=opcode in _KNOWN_OPCODES)
+            return
         try:
             query = parse_message(wire)
         except dns.message.UnknownTSIGKey:
@@ -96,16 +104,12 @@ class GuardStage:
             ctx.kind = Kind.INVALID
             ctx.wire_response = header_only(wire, dns.rcode.FORMERR)
             return
-        if opcode_of(query) != dns.opcode.QUERY:
-            ctx.kind = Kind.INVALID
-            ctx.wire_response = header_only(wire, dns.rcode.NOTIMP)
-            return
+        version, ednsflags = edns_of(query)
         if len(query.question) != 1:
             ctx.kind = Kind.INVALID
-            ctx.wire_response = header_only(wire, dns.rcode.FORMERR)
+            ctx.wire_response = header_only(wire, dns.rcode.FORMERR, edns=version == 0)
             return
         ctx.query = query
-        version, ednsflags = edns_of(query)
         if version > 0:
             ctx.kind = Kind.INVALID
             ctx.response = dns.message.make_response(query)

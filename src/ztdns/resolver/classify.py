@@ -88,7 +88,8 @@ def classify(
     if child == zone and response.flags & dns.flags.AA:
         return Classified(ResponseType.NODATA)  # NODATA with the zone's own NS set instead of its SOA
     if not (child.is_subdomain(zone) and child != zone and qname.is_subdomain(child)):
-        raise Lame(f"referral from {zone} to {child} is not downward toward {qname}")
+        # Names from the response are in the 0x20 case we sent until scrub: EDE texts show them canonical.
+        raise Lame(f"referral from {zone} to {child.canonicalize()} is not downward toward {qname}")
     return Classified(ResponseType.REFERRAL, _delegation(response, ns_set, zone, now, harden_glue))
 
 
@@ -130,7 +131,7 @@ def _chain(
         assert isinstance(rdata, CNAME)
         current = rdata.target
         if current in names:
-            raise CnameLoop(f"CNAME loop at {current}")
+            raise CnameLoop(f"CNAME loop at {current.canonicalize()}")
         names.append(current)
     kept = []
     for rrset in answer:

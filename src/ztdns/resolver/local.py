@@ -129,6 +129,10 @@ class LocalZones:
                 if not _has_descendants(zone, name):
                     response.set_rcode(dns.rcode.NXDOMAIN)
                 return _with_soa(response, zone)
+            if question.rdtype == dns.rdatatype.ANY and node.rdatasets:
+                # Everything at the name (a CNAME alone, by RFC 1034): the ANY stage minimises it (RFC 8482).
+                response.answer.extend(_rrset(name, rdataset) for rdataset in node.rdatasets)
+                return response
             data = node.get_rdataset(dns.rdataclass.IN, question.rdtype)
             if data is not None:
                 response.answer.append(_rrset(name, data))

@@ -9,7 +9,7 @@ import dns.rcode
 from ztdns.model import EDE, Kind, Reason, Resolver
 from ztdns.pipeline import Asked, AskedNext
 from ztdns.protocol.respond import response_to
-from ztdns.wire.header import AD, DO, edns_of, rcode_of
+from ztdns.wire.header import AD, DO, RD, edns_of, rcode_of
 
 
 def wants_ad(query: dns.message.Message) -> bool:
@@ -39,16 +39,18 @@ def copy_answer(query: dns.message.Message, upstream: dns.message.Message) -> dn
 class ResolveStage:
     name = "resolve"
 
-    def __init__(self, resolver: Resolver | None) -> None:
+    def __init__(self, resolver: Resolver | None, recurse_rd0: bool = False) -> None:
         self.resolver = resolver
+        # resolver.answer_rd0 = "recurse": resolve for RD=0 queries too; "cache-only" (Unbound's way): what
+        # local zones, served zones and the cache do not answer is refused to them.
+        self.recurse_rd0 = recurse_rd0
 
     async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
         if self.resolver is None:
-            response = dns.message.make_response(ctx.query)
-            response.set_rcode(dns.rcode.REFUSED)
-            ctx.response = response
-            ctx.kind = Kind.FAILED
-            ctx.reason = Reason(EDE.NOT_AUTHORITATIVE, "no upstream configured (resolver.mode = none)")
+            _refuse(ctx, "no upstream configured (resolver.mode = none)")
+            return
+        if not self.recurse_rd0 and not int(ctx.query.flags) & RD:
+            _refuse(ctx, "recursion not desired (RD=0) and not in the cache")
             return
         resolution = await self.resolver.resolve(ctx.question)
         ctx.upstream = resolution.upstream
@@ -64,3 +66,11 @@ class ResolveStage:
             ctx.kind = Kind.BOGUS
         elif rcode_of(resolution.response) == dns.rcode.SERVFAIL:
             ctx.kind = Kind.FAILED
+
+
+def _refuse(ctx: Asked, text: str) -> None:
+    response = response_to(ctx.query)
+    response.set_rcode(dns.rcode.REFUSED)
+    ctx.response = response
+    ctx.kind = Kind.FAILED
+    ctx.reason = Reason(EDE.NOT_AUTHORITATIVE, text)

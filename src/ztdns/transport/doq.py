@@ -7,9 +7,11 @@ until the client certificate is verified), so 0-RTT data is never answered befor
 
 mTLS: aioquic 1.x can ask for a client certificate but does not verify it (only its signature over the
 handshake). We ask (through its private ``_request_client_certificate`` flag) and verify the chain ourselves
-against the CA bundle and CRLs (:meth:`Generation.verify_client_chain`) when the handshake completes;
-a refused client is closed with DOQ_PROTOCOL_ERROR and the reason is logged. Rotation swaps the QUIC
-configuration used for new connections (aioquic keeps it in the server's private ``_configuration``).
+against the CA bundle and CRLs (:meth:`Generation.verify_client_chain`) when the client's Finished arrives,
+inside the handshake: a refused client gets the TLS alert saying why (certificate_required, certificate_revoked,
+unknown_ca, ...; QUIC CRYPTO_ERROR 0x100 + alert) as DoT and DoH clients do, and the reason is logged.
+Rotation swaps the QUIC configuration used for new connections (aioquic keeps it in the server's private
+``_configuration``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from aioquic.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
+from aioquic.tls import Alert, AlertDescription
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -48,6 +51,25 @@ DOQ_INTERNAL_ERROR = 0x1
 DOQ_PROTOCOL_ERROR = 0x2
 DOQ_REQUEST_CANCELLED = 0x3
 DOQ_EXCESSIVE_LOAD = 0x4
+
+
+class _Refused(Alert):
+    """A TLS alert with the description given (aioquic's Alert classes carry theirs as a class attribute)."""
+
+    def __init__(self, description: AlertDescription) -> None:
+        super().__init__()
+        self.description = description
+
+
+# OpenSSL's verification messages (Generation.verify_client_chain) and the alert each gets, as OpenSSL's own
+# server sends them over TCP; any other failure: bad_certificate.
+_ALERTS = (
+    ("revoked", AlertDescription.certificate_revoked),
+    ("expired", AlertDescription.certificate_expired),
+    ("not yet valid", AlertDescription.bad_certificate),
+    ("issuer certificate", AlertDescription.unknown_ca),
+    ("not for client authentication", AlertDescription.unsupported_certificate),
+)
 
 
 def quic_configuration(generation: Generation, config: ListenConfig) -> QuicConfiguration:
@@ -73,15 +95,42 @@ class DoqConnection(QuicConnectionProtocol):
         self.buffers: dict[int, bytearray] = {}
         self.waiting: list[tuple[int, bytes]] = []  # complete queries received before the handshake finished
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.identity: str | None = None  # from the client certificate, verified inside the handshake
         if listener.config.client_auth != "off":
             initialize = quic._initialize
 
             def ask_for_client_certificate(peer_cid: bytes) -> None:
                 initialize(peer_cid)
-                quic.tls._request_client_certificate = True
+                tls = quic.tls
+                tls._request_client_certificate = True
+                handle_finished = tls._server_handle_finished
+
+                def verify_then_finish(input_buf: Any, output_buf: Any) -> None:
+                    self._verify_client(tls)  # raises the alert aioquic sends as CONNECTION_CLOSE (CRYPTO_ERROR)
+                    handle_finished(input_buf, output_buf)
+
+                tls._server_handle_finished = verify_then_finish  # type: ignore[method-assign]
 
             quic._initialize = ask_for_client_certificate  # type: ignore[method-assign]
         listener.connections.add(self)
+
+    def _verify_client(self, tls: Any) -> None:
+        """Called on the client's Finished, before the handshake completes (its CertificateVerify is checked by
+        then): a refused client gets the TLS alert saying why, as over TCP, and never a connection."""
+        peer: x509.Certificate | None = tls._peer_certificate
+        if peer is None:
+            if self.listener.config.client_auth == "require":
+                self.listener.refusals.refused("no client certificate")
+                raise _Refused(AlertDescription.certificate_required)
+            return
+        reason = self.generation.verify_client_chain(peer, list(tls._peer_certificate_chain))
+        if reason is not None:
+            self.listener.refusals.refused(f"client certificate refused: {reason}")
+            alert = next((a for phrase, a in _ALERTS if phrase in reason), AlertDescription.bad_certificate)
+            raise _Refused(alert)
+        self.identity = identity_from_certificate(
+            peer.public_bytes(serialization.Encoding.DER), self.listener.config.certificate_cn_identity
+        )
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):
@@ -103,24 +152,8 @@ class DoqConnection(QuicConnectionProtocol):
         if listener.draining or len(listener.connections) > listener.config.max_connections:
             self._close(DOQ_EXCESSIVE_LOAD, "too many connections")
             return
-        tls = self._quic.tls
-        peer: x509.Certificate | None = tls._peer_certificate
-        identity = None
-        if listener.config.client_auth != "off":
-            if peer is None:
-                if listener.config.client_auth == "require":
-                    self._refuse("no client certificate")
-                    return
-            else:
-                reason = self.generation.verify_client_chain(peer, list(tls._peer_certificate_chain))
-                if reason is not None:
-                    self._refuse(f"client certificate refused: {reason}")
-                    return
-                identity = identity_from_certificate(
-                    peer.public_bytes(serialization.Encoding.DER), listener.config.certificate_cn_identity
-                )
         address, port = self._transport_peer()
-        self.client = ClientInfo(Transport.DOQ, address, port, identity, stream=True)
+        self.client = ClientInfo(Transport.DOQ, address, port, self.identity, stream=True)
         waiting, self.waiting = self.waiting, []
         for stream_id, message in waiting:
             self._query(stream_id, message)

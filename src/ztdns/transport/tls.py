@@ -10,11 +10,14 @@ the previous generation in place and logs why.
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import collections
+import ctypes
 import logging
 import os
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -191,7 +194,38 @@ def build_generation(files: TlsFiles, number: int) -> Generation:
             context.verify_mode = ssl.CERT_REQUIRED if files.client_auth == "require" else ssl.CERT_OPTIONAL
             if crls:
                 context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+            _no_auto_chain(context)
     return Generation(number, context, cert_pem, key_pem, tuple(ca_certs), crls)
+
+
+_SSL_CTRL_MODE = 33
+_SSL_MODE_NO_AUTO_CHAIN = 0x8
+
+
+def _no_auto_chain(context: ssl.SSLContext) -> None:
+    """Send the certificate file's chain as it is. With client CAs loaded to verify clients, OpenSSL otherwise
+    completes a leaf-only chain from them and sends our CA's own certificate too (sslyze warns; the client has
+    it, or it could not trust us). Python's ssl has no SSL_CTX_set_mode: call it through ctypes on the SSL_CTX
+    that CPython's context object holds right after its object header, once that pointer proved to be the one
+    (its options and verify mode read back as the context's); else leave the default (the CA is sent)."""
+    if sys.implementation.name != "cpython":
+        return
+    try:
+        libssl = ctypes.CDLL(_ssl.__file__)  # its symbol lookup reaches the libssl it is linked with
+        ctrl, get_options, get_verify_mode = (
+            libssl.SSL_CTX_ctrl,
+            libssl.SSL_CTX_get_options,
+            libssl.SSL_CTX_get_verify_mode,
+        )
+    except (OSError, AttributeError):
+        return
+    ctrl.restype, ctrl.argtypes = ctypes.c_long, [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    get_options.restype, get_options.argtypes = ctypes.c_uint64, [ctypes.c_void_p]
+    get_verify_mode.restype, get_verify_mode.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    ssl_ctx = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    verify_mode = {ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}.get(context.verify_mode)
+    if ssl_ctx and get_options(ssl_ctx) == int(context.options) and get_verify_mode(ssl_ctx) == verify_mode:
+        ctrl(ssl_ctx, _SSL_CTRL_MODE, _SSL_MODE_NO_AUTO_CHAIN, None)
 
 
 class TlsMaterial:

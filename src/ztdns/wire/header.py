@@ -61,12 +61,24 @@ def payload_of(query: bytes) -> int:
     return message.payload if message.edns >= 0 else 0
 
 
-def header_only(query: bytes, rcode: int, truncated: bool = False) -> bytes:
-    """A response that echoes only the query's header (ID, opcode, RD), counts zero: for queries we cannot or will
-    not parse. Callers decide not to answer responses and packets shorter than a header."""
-    opcode_rd = (query[2] & 0x79) << 8 if len(query) > 2 else 0
+def header_only(
+    query: bytes, rcode: int, truncated: bool = False, *, copy_rd: bool = True, edns: bool = False
+) -> bytes:
+    """A response that echoes only the query's header (ID, opcode, RD unless ``copy_rd`` is false), counts zero
+    but an OPT record of our payload size when ``edns`` (the query had a valid one: RFC 6891 §6.1.1 wants it in
+    the answer, FORMERR included): for queries we cannot or will not parse. Callers decide not to answer
+    responses and packets shorter than a header."""
+    opcode_rd = (query[2] & (0x79 if copy_rd else 0x78)) << 8 if len(query) > 2 else 0
     flags = QR | opcode_rd | (TC if truncated else 0) | (rcode & 0xF)
-    return query[:2].ljust(2, b"\0") + flags.to_bytes(2, "big") + bytes(8)
+    header = query[:2].ljust(2, b"\0") + flags.to_bytes(2, "big")
+    if not edns:
+        return header + bytes(8)
+    # The root name, type OPT, class = payload size, TTL = extended rcode bits (version 0, DO clear), no options.
+    return header + _COUNTS_ONE_OPT + b"\0" + _OPT_RR.pack(41, UDP_PAYLOAD, (rcode >> 4) << 24, 0)
+
+
+_COUNTS_ONE_OPT = struct.pack("!HHHH", 0, 0, 0, 1)
+_OPT_RR = struct.Struct("!HHIH")
 
 
 def error_response(query: bytes, rcode: int, truncated: bool = False) -> bytes:

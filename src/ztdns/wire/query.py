@@ -69,6 +69,11 @@ def parse_query(wire: bytes) -> WireQuery | None:
         rdlen = wire[opt + 9] << 8 | wire[opt + 10]
         if opt + 11 + rdlen != length:
             return None
+        option = opt + 11
+        while option < length:  # options must tile the RDATA exactly, else the full path answers FORMERR
+            option += 4 + (wire[option + 2] << 8 | wire[option + 3]) if option + 4 <= length else length + 1
+        if option != length:
+            return None
         variant |= VARIANT_EDNS | (VARIANT_DO if wire[opt + 7] & 0x80 else 0)
         max_size = max(512, wire[opt + 3] << 8 | wire[opt + 4])
     else:
