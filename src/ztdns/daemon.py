@@ -5,7 +5,8 @@ SIGTERM/SIGINT stop accepting, let pending answers go out for up to ``server.dra
 With ``workers = N`` the parent forks N workers that share the listening ports with SO_REUSEPORT; worker i
 serves metrics on the metrics port + i. ``[authority]`` zones run in the same process
 (:mod:`ztdns.authority.daemon`), which then must be the only one: zone data and key timelines are one
-process's state. ``ztdns authority serve`` is this server without the resolver's listeners.
+process's state. ``ztdns authority serve`` is this server without the resolver's listeners. The ``[admin]``
+listener (:mod:`ztdns.admin`) runs in worker 0; its config changes take the reload path (:meth:`Service.apply_config`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ztdns.transport.tls import TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
 
 if TYPE_CHECKING:
+    from ztdns.admin.server import AdminServer
     from ztdns.attest.report import Attestor
     from ztdns.authority.daemon import AuthorityService
 
@@ -177,6 +179,7 @@ class Service:
         self.stopping = asyncio.Event()
         self.attestor: Attestor | None = None
         self.measuring: asyncio.Task[None] | None = None
+        self.admin: AdminServer | None = None
 
     async def start(self) -> list[str]:
         endpoints = []
@@ -215,6 +218,11 @@ class Service:
                 message = f"cannot serve metrics on {host}:{port + self.worker}: {exc.strerror or exc}"
                 raise located(self.config, ("metrics", "address"), message) from None
             endpoints.append(f"metrics http://{host}:{port + self.worker}/metrics")
+        if self.config.admin.address is not None and self.worker == 0:
+            from ztdns.admin.server import start_admin
+
+            self.admin, url = await start_admin(self, self.config)
+            endpoints.append(f"admin {url}")
         return endpoints
 
     async def _start_listener(self, listen: ListenConfig) -> None:
@@ -245,21 +253,42 @@ class Service:
         loop = asyncio.get_running_loop()
         try:
             config = await loop.run_in_executor(None, load_config, self.config_path)
-            await self.frontend.reload(config)
+            notes = await self.apply_config(config)
         except ConfigError as exc:
             log.error("reload rejected, still serving the previous config:\n%s", exc)
             return
         except Exception:
             log.exception("reload failed, still serving the previous config")
             return
+        for note in notes:
+            log.warning("reload: %s", note)
+        log.info("reloaded %s", self.config_path)
+
+    def verify(self, config: Config) -> None:
+        verify(config)
+
+    async def apply_config(self, config: Config) -> list[str]:
+        """The reload path for a config already read (SIGHUP, the admin API): raises ConfigError keeping the old
+        config in service; returns what takes effect only on restart."""
+        notes: list[str] = []
+        if self.reuse_port:
+            # Workers each hold a runtime: the parent's SIGHUP makes every one (this one too) read the file,
+            # which the admin API has written.
+            os.kill(os.getppid(), signal.SIGHUP)
+            return ["applied by every worker when it reads the file (SIGHUP sent to the parent)"]
+        await self.frontend.reload(config)
         for encrypted in self.encrypted:
             encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk
         if [lst.model_dump() for lst in config.listen] != [lst.model_dump() for lst in self.config.listen]:
-            log.warning("reload: listener changes take effect on restart")
+            notes.append("listener changes take effect on restart")
+        if config.admin.model_dump(exclude={"identities", "tokens"}) != self.config.admin.model_dump(
+            exclude={"identities", "tokens"}
+        ):
+            notes.append("[admin] listener changes take effect on restart (identities and tokens apply now)")
         self._reload_authority(config)
         self.config = config
-        log.info("reloaded %s", self.config_path)
         await self._measure("reload")
+        return notes
 
     async def _start_attestation(self) -> None:
         """Measure code and config (docs/attestation.md). With evidence, before serving: a TPM that fails stops
@@ -306,6 +335,8 @@ class Service:
             log.info("reload: zones rebuilt: %s", ", ".join(rebuilt))
 
     async def drain(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
         timeout = self.config.server.drain_seconds
         for server in self.tcp:
             server.stop_accepting()

@@ -1,0 +1,1 @@
+// the console (filled in by the next commit)
