@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import tomllib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -312,3 +313,19 @@ def test_merge_patch_and_toml_round_trip() -> None:
     assert tomllib.loads(dumps(data)) == data
     assert merge_patch(data, {"server": None, "listen": [], "new": {"k": "\u00e9\n"}})["new"] == {"k": "\u00e9\n"}
     assert "server" not in merge_patch(data, {"server": None})
+
+
+def test_console_assets_have_no_inline_code_and_never_write_html() -> None:
+    """The CSP forbids inline scripts and styles; the page must not need them. Data goes in as text only."""
+    from importlib import resources
+
+    console = resources.files("ztdns.admin").joinpath("console")
+    page = console.joinpath("index.html").read_text()
+    assert re.findall(r"<script\b[^>]*>", page) == ['<script type="module" src="/console.js">']
+    assert "<style" not in page and " style=" not in page
+    assert not re.search(r"\son[a-z]+=", page)  # no inline event handlers
+    script = console.joinpath("console.js").read_text()
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("//"))
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in code, sink
+    assert ".style." not in code  # inline styles would be blocked by the CSP
