@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fixtures.admin import TOKENS, Setup
-from ztdns.admin.api import NOT_AVAILABLE, ROUTES, AdminApi, Request, Response, etag_of, problem
+from ztdns.admin.api import NOT_AVAILABLE, ROUTES, AdminApi, Request, Response, etag_of, match_route, problem
 from ztdns.admin.toml import dumps, merge_patch
 from ztdns.config import load_config
 from ztdns.daemon import Service
@@ -47,6 +47,9 @@ async def call(
     if role is not None:
         all_headers["authorization"] = f"Bearer {TOKENS[role]}"
     data = json.dumps(body).encode() if isinstance(body, dict) else body
+    route, _, _ = match_route(method, target.partition("?")[0])
+    if data and route is not None:
+        all_headers.setdefault("content-type", route.request_type)
     return await api.handle(Request(method, target, all_headers, data, "127.0.0.1", identity))
 
 
@@ -58,6 +61,7 @@ def current_etag(service: Service) -> str:
     return etag_of(service.config.text())
 
 
+JSON = {"content-type": "application/json"}
 READS = ["/v1/config", "/v1/identities", "/v1/policies", "/v1/stats", "/v1/zones", "/v1/attestation", "/v1/session"]
 
 
@@ -245,7 +249,7 @@ def test_certificate_identities_map_to_roles(admin_setup: Setup) -> None:
 def test_sessions_need_the_csrf_token_and_logins_are_rate_limited(admin_setup: Setup) -> None:
     async def check(api: AdminApi, service: Service) -> None:
         login = await api.handle(
-            Request("POST", "/v1/session", {}, json.dumps({"token": TOKENS["operator"]}).encode(), "192.0.2.1")
+            Request("POST", "/v1/session", JSON, json.dumps({"token": TOKENS["operator"]}).encode(), "192.0.2.1")
         )
         assert login.status == 200
         cookie = dict(login.headers)["set-cookie"]
@@ -254,19 +258,19 @@ def test_sessions_need_the_csrf_token_and_logins_are_rate_limited(admin_setup: S
         csrf = payload(login)["csrf"]
         assert (await api.handle(Request("GET", "/v1/stats", session))).status == 200
         text = admin_setup.config.read_text().encode()
-        put = {**session, "if-match": current_etag(service)}
+        put = {**session, "if-match": current_etag(service), "content-type": "application/toml"}
         assert (await api.handle(Request("PUT", "/v1/config", put, text))).status == 403
         assert (await api.handle(Request("PUT", "/v1/config", {**put, "x-csrf-token": "nope"}, text))).status == 403
         assert (await api.handle(Request("PUT", "/v1/config", {**put, "x-csrf-token": csrf}, text))).status == 200
         for _ in range(4):
-            wrong = await api.handle(Request("POST", "/v1/session", {}, b'{"token": "guess"}', "192.0.2.1"))
+            wrong = await api.handle(Request("POST", "/v1/session", JSON, b'{"token": "guess"}', "192.0.2.1"))
             assert wrong.status == 401
         limited = await api.handle(
-            Request("POST", "/v1/session", {}, json.dumps({"token": TOKENS["admin"]}).encode(), "192.0.2.1")
+            Request("POST", "/v1/session", JSON, json.dumps({"token": TOKENS["admin"]}).encode(), "192.0.2.1")
         )
         assert limited.status == 429
         other = await api.handle(
-            Request("POST", "/v1/session", {}, json.dumps({"token": TOKENS["admin"]}).encode(), "192.0.2.2")
+            Request("POST", "/v1/session", JSON, json.dumps({"token": TOKENS["admin"]}).encode(), "192.0.2.2")
         )
         assert other.status == 200
 
@@ -329,3 +333,47 @@ def test_console_assets_have_no_inline_code_and_never_write_html() -> None:
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in code, sink
     assert ".style." not in code  # inline styles would be blocked by the CSP
+
+
+def test_changes_a_foreign_page_could_make_a_browser_send_are_refused(admin_setup: Setup) -> None:
+    """A browser attaches an admin's client certificate to any request, SameSite or not."""
+
+    async def check(api: AdminApi, service: Service) -> None:
+        alice = "spiffe://corp.example/admin/alice"
+        text = admin_setup.config.read_text().encode()
+        base = {"if-match": current_etag(service), "host": "127.0.0.1:9443"}
+        form = {**base, "content-type": "text/plain"}
+        assert (await call(api, "PUT", "/v1/config", text, None, form, alice)).status == 415
+        foreign = {**base, "content-type": "application/toml", "origin": "https://evil.example"}
+        assert (await call(api, "PUT", "/v1/config", text, None, foreign, alice)).status == 403
+        fetch = {**base, "content-type": "application/toml", "sec-fetch-site": "cross-site"}
+        assert (await call(api, "PUT", "/v1/config", text, None, fetch, alice)).status == 403
+        login = {"content-type": "text/plain", "origin": "https://127.0.0.1:9443", "host": "127.0.0.1:9443"}
+        assert (await api.handle(Request("POST", "/v1/session", login, b'{"token": "x"}'))).status == 415
+        own = {**base, "content-type": "application/toml", "origin": "https://127.0.0.1:9443"}
+        assert (await call(api, "PUT", "/v1/config", text, None, own, alice)).status == 200
+
+    run(admin_setup, check)
+
+
+def test_zones_show_keys_rollover_state_and_ds(admin_setup: Setup) -> None:
+    (admin_setup.directory / "corp.internal.zone").write_text(
+        "$ORIGIN corp.internal.\n$TTL 300\n@ IN SOA ns hostmaster 7 3600 600 86400 300\n@ IN NS ns\nns IN A 10.0.0.1\n"
+    )
+    with admin_setup.config.open("a") as config:
+        config.write(
+            '\n[authority]\nresolver_view = true\n\n[[authority.zones]]\nname = "corp.internal"\n'
+            'file = "corp.internal.zone"\n\n[authority.zones.signing]\nalgorithm = "ecdsap256sha256"\n'
+        )
+
+    async def check(api: AdminApi, service: Service) -> None:
+        (zone,) = payload(await call(api, "GET", "/v1/zones"))["zones"]
+        assert (zone["name"], zone["serial"], zone["signed"]) == ("corp.internal.", 7, True)
+        roles = sorted(key["role"] for key in zone["keys"])
+        assert roles == ["ksk", "zsk"]
+        ksk = next(key for key in zone["keys"] if key["role"] == "ksk")
+        assert ksk["state"] == "active" and ksk["publish"] <= ksk["created"] + 1  # a new zone starts signed
+        (ds,) = zone["ds"]
+        assert ds.startswith(f"corp.internal. IN DS {ksk['tag']} 13 2 ")
+
+    run(admin_setup, check)

@@ -339,7 +339,12 @@ class AdminApi:
             from ztdns.admin.openapi import document
 
             return json_response(200, document())
+        refused = cross_site(request)
+        if refused is not None:
+            return refused
         if path == "/v1/session" and request.method == "POST":
+            if _media_type(request) != "application/json":
+                return error(415, "send the login as application/json")
             return self.login(request)
         if path == "/v1/session" and request.method == "DELETE":
             return self.logout(request)
@@ -352,6 +357,8 @@ class AdminApi:
         if not allows(principal.role, route.role):
             self.audit_log.write(principal, request.method, path, 403, {"needed": route.role})
             return error(403, f"this needs the {route.role} role (you are {principal.role})")
+        if request.method in ("PUT", "PATCH", "POST") and _media_type(request) != route.request_type:
+            return error(415, f"send the body as {route.request_type}")
         if route.handler == "delete_token":
             return await self.delete_token(request, principal, argument or "")
         handler: Handler = getattr(self, route.handler)
@@ -660,6 +667,25 @@ class AdminApi:
         except ValueError:
             return error(400, "limit is a number")
         return json_response(200, models.AuditEntries(entries=self.audit_log.tail(limit)))
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def cross_site(request: Request) -> Response | None:
+    """Refuse changes a page on another site could make a browser send. Browsers attach client certificates to
+    any request (SameSite does not cover them), so beside the session's CSRF token: a foreign ``Origin`` or a
+    cross-site ``Sec-Fetch-Site`` is refused, and bodies must have their route's content type, which a
+    cross-site form cannot send and a cross-site fetch cannot send without a CORS preflight we never answer."""
+    if request.method in ("GET", "HEAD"):
+        return None
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"https://{request.headers.get('host', '')}":
+        return error(403, "cross-origin request refused")
+    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return error(403, "cross-site request refused")
+    return None
 
 
 def _text(body: bytes) -> str:

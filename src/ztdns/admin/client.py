@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ztdns.admin.api import match_route
 from ztdns.admin.auth import hash_token, new_token
 
 METHODS = ("GET", "PUT", "PATCH", "POST", "DELETE")
-CONTENT_TYPES = {"PUT": "application/toml", "PATCH": "application/merge-patch+json", "POST": "application/json"}
 
 
 def _context(args: argparse.Namespace) -> ssl.SSLContext:
@@ -43,7 +43,8 @@ def _call(args: argparse.Namespace) -> int:
         body = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
     headers = {"accept": "application/json"}
     if body:
-        headers["content-type"] = args.content_type or CONTENT_TYPES.get(args.method, "application/json")
+        route, _, _ = match_route(args.method, args.path)
+        headers["content-type"] = args.content_type or (route.request_type if route else "application/json")
     token: str | None = args.token or os.environ.get("ZTDNS_ADMIN_TOKEN")
     if token:
         headers["authorization"] = f"Bearer {token}"
@@ -75,7 +76,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("path", nargs="?", help="e.g. /v1/config, /v1/explain")
     parser.add_argument("--url", default="https://127.0.0.1:9443", help="the admin listener")
     parser.add_argument("--data", help="request body from a file, or - for stdin")
-    parser.add_argument("--content-type", help="default: TOML for PUT, merge patch for PATCH, JSON for POST")
+    parser.add_argument(
+        "--content-type", help="default: the endpoint's (TOML for PUT /v1/config, merge patch for PATCH, else JSON)"
+    )
     parser.add_argument("--if-match", help="the ETag the change is based on (PUT/PATCH /v1/config)")
     parser.add_argument("--token", help="bearer token (default: $ZTDNS_ADMIN_TOKEN)")
     parser.add_argument("--cert", help="admin client certificate (mTLS)")
