@@ -38,7 +38,7 @@ from ztdns.admin.auth import (
 from ztdns.admin.toml import dumps, merge_patch
 from ztdns.config import Config, ConfigError, parse_config
 from ztdns.config.admin import AdminTokenConfig, Role
-from ztdns.explain import explain_facts
+from ztdns.explain import Explained, explain_facts
 from ztdns.handler import Frontend
 from ztdns.observe.metrics import MetricsCollector
 
@@ -322,6 +322,7 @@ class AdminApi:
         state = host.config.base_dir / host.config.server.state_dir
         self.audit_log = AuditLog(state / settings.audit_log, clock)
         self.changing = asyncio.Lock()  # one config change at a time: the ETag check and the apply are one step
+        self.explaining = asyncio.Semaphore(2)  # each explain compiles a runtime: bound the memory and CPU
 
     # -- dispatch --------------------------------------------------------------------------------------------
 
@@ -525,8 +526,16 @@ class AdminApi:
 
     async def explain(self, request: Request, principal: Principal) -> Response:
         body = models.ExplainRequest.model_validate_json(request.body)
+        config = self.host.config
+
+        def run() -> Explained:
+            # Explain compiles its own runtime (list files can hold millions of names): in a thread with its own
+            # loop, so the server's loop keeps answering queries meanwhile.
+            return asyncio.run(explain_facts(config, body.client, body.name, body.type))
+
         try:
-            facts = await explain_facts(self.host.config, body.client, body.name, body.type)
+            async with self.explaining:
+                facts = await asyncio.get_running_loop().run_in_executor(None, run)
         except (ValueError, LookupError) as exc:  # a name or type dnspython cannot make a query of
             return error(400, f"cannot ask that: {exc}")
         data = {**facts.__dict__, "ede": [models.EdeOption(code=c, name=n, text=t) for c, n, t in facts.ede]}
