@@ -253,7 +253,7 @@ class Service:
         loop = asyncio.get_running_loop()
         try:
             config = await loop.run_in_executor(None, load_config, self.config_path)
-            notes = await self.apply_config(config)
+            notes = await self._apply(config)
         except ConfigError as exc:
             log.error("reload rejected, still serving the previous config:\n%s", exc)
             return
@@ -268,14 +268,18 @@ class Service:
         verify(config)
 
     async def apply_config(self, config: Config) -> list[str]:
-        """The reload path for a config already read (SIGHUP, the admin API): raises ConfigError keeping the old
-        config in service; returns what takes effect only on restart."""
-        notes: list[str] = []
+        """The admin API's reload: raises ConfigError keeping the old config in service; returns what takes
+        effect only on restart."""
         if self.reuse_port:
             # Workers each hold a runtime: the parent's SIGHUP makes every one (this one too) read the file,
             # which the admin API has written.
             os.kill(os.getppid(), signal.SIGHUP)
             return ["applied by every worker when it reads the file (SIGHUP sent to the parent)"]
+        return await self._apply(config)
+
+    async def _apply(self, config: Config) -> list[str]:
+        """The reload path for a config already read (SIGHUP, the admin API)."""
+        notes: list[str] = []
         await self.frontend.reload(config)
         for encrypted in self.encrypted:
             encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk

@@ -26,6 +26,8 @@ def admin_url(admin_setup: Setup) -> Iterator[str]:
     async def start() -> None:
         service = Service(load_config(admin_setup.config), admin_setup.config)
         await service._start_attestation()
+        assert service.measuring is not None
+        await service.measuring
         started.append(await start_admin(service, service.config))
         ready.set()
 
@@ -99,3 +101,32 @@ def test_token_makes_a_config_line(capsys: pytest.CaptureFixture[str], tmp_path:
     out = capsys.readouterr().out
     token = out.split()[1]
     assert token.startswith("ztd_") and 'hash = "sha256:' in out
+
+
+def test_bad_http_and_big_bodies_do_not_hurt_the_listener(admin_setup: Setup, admin_url: str) -> None:
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    url = urlsplit(admin_url)
+    context = ssl.create_default_context(cafile=str(admin_setup.directory / "pki" / "ca.crt"))
+
+    def exchange(data: bytes) -> bytes:
+        assert url.hostname is not None and url.port is not None
+        with (
+            socket.create_connection((url.hostname, url.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=url.hostname) as tls,
+        ):
+            tls.sendall(data)
+            received = b""
+            while chunk := tls.recv(65536):
+                received += chunk
+                if b"\r\n\r\n" in received and (b" 413 " in received or b" 400 " in received):
+                    break
+            return received
+
+    assert exchange(b"\x00\x01garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+    big = b"PUT /v1/config HTTP/1.1\r\nhost: x\r\ncontent-length: 2000000\r\n\r\n" + b"a" * 1_100_000
+    assert exchange(big).startswith(b"HTTP/1.1 413")
+    ok = exchange(b"GET /v1/openapi.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200")

@@ -84,7 +84,12 @@ class AdminServer:
             request: h11.Request | None = None
             body = bytearray()
             while True:
-                event = connection.next_event()
+                try:
+                    event = connection.next_event()
+                except h11.RemoteProtocolError:
+                    with contextlib.suppress(h11.LocalProtocolError):  # h11 may not be in a state to answer
+                        await self._send(writer, connection, error(400, "malformed HTTP/1.1 request"))
+                    return
                 if event is h11.NEED_DATA:
                     data = await asyncio.wait_for(reader.read(65536), IDLE_SECONDS)
                     connection.receive_data(data)
