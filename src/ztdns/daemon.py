@@ -98,8 +98,8 @@ def tls_material(config: Config, listen: ListenConfig) -> TlsMaterial:
 
 def verify(config: Config) -> None:
     """Read everything besides the TOML that serving would read: list files, local and authority zone files, TLS
-    files, and the query log's directory. ``ztdns check`` runs this so that a config it passes also starts.
-    Raises ConfigError."""
+    files (the admin listener's too), and the query log's directory. ``ztdns check`` runs this so that a config it
+    passes also starts. Raises ConfigError."""
     compile_runtime(config, Observer(Metrics()), Replays(0))
     resolver = make_resolver(config)  # root hints, trust anchors, upstreams' TLS files; opens no socket
     if resolver is not None:
@@ -118,6 +118,10 @@ def verify(config: Config) -> None:
                 raise located(
                     config, ("authority", "zones", index, "file" if zone.file else "name"), str(exc)
                 ) from None
+    if config.admin.address is not None:
+        from ztdns.admin.server import tls_context
+
+        tls_context(config)
     output = config.log.query_log.output
     if output not in ("stdout", "off"):
         path = config.base_dir / output

@@ -377,3 +377,14 @@ def test_zones_show_keys_rollover_state_and_ds(admin_setup: Setup) -> None:
         assert ds.startswith(f"corp.internal. IN DS {ksk['tag']} 13 2 ")
 
     run(admin_setup, check)
+
+
+def test_check_reads_the_admin_listener_files(admin_setup: Setup) -> None:
+    from ztdns.config import ConfigError
+    from ztdns.daemon import verify
+
+    (admin_setup.directory / "pki" / "admin-server.key").unlink()
+    with pytest.raises(ConfigError) as problems:
+        verify(load_config(admin_setup.config))
+    line = admin_setup.config.read_text().splitlines().index('cert = "pki/admin-server.crt"') + 1
+    assert str(problems.value).startswith(f"{admin_setup.config}:{line}: admin.cert: cannot load the admin certificate")
