@@ -153,6 +153,7 @@ def _register_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _registrations() -> list[Register]:
     # Imported here so that `ztdns check` does not pay for loading the server, agent or signer.
+    from ztdns.admin.client import register as register_api
     from ztdns.agent.cli import register as register_agent
     from ztdns.attest.cli import register as register_attest
     from ztdns.authority.cli import register as register_authority
@@ -171,6 +172,7 @@ def _registrations() -> list[Register]:
         _register_authority_serve,
         register_agent,
         register_attest,
+        register_api,
     ]
 
 

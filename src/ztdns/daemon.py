@@ -5,7 +5,8 @@ SIGTERM/SIGINT stop accepting, let pending answers go out for up to ``server.dra
 With ``workers = N`` the parent forks N workers that share the listening ports with SO_REUSEPORT; worker i
 serves metrics on the metrics port + i. ``[authority]`` zones run in the same process
 (:mod:`ztdns.authority.daemon`), which then must be the only one: zone data and key timelines are one
-process's state. ``ztdns authority serve`` is this server without the resolver's listeners.
+process's state. ``ztdns authority serve`` is this server without the resolver's listeners. The ``[admin]``
+listener (:mod:`ztdns.admin`) runs in worker 0; its config changes take the reload path (:meth:`Service.apply_config`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ztdns.transport.tls import RefusalLog, TlsError, TlsMaterial
 from ztdns.transport.udp import UdpListener
 
 if TYPE_CHECKING:
+    from ztdns.admin.server import AdminServer
     from ztdns.attest.report import Attestor
     from ztdns.authority.daemon import AuthorityService
 
@@ -102,8 +104,8 @@ def tls_material(config: Config, listen: ListenConfig) -> TlsMaterial:
 
 def verify(config: Config) -> None:
     """Read everything besides the TOML that serving would read: list files, local and authority zone files, TLS
-    files, and the query log's directory. ``ztdns check`` runs this so that a config it passes also starts.
-    Raises ConfigError."""
+    files (the admin listener's too), and the query log's directory. ``ztdns check`` runs this so that a config it
+    passes also starts. Raises ConfigError."""
     compile_runtime(config, Observer(Metrics()), Replays(0))
     resolver = make_resolver(config)  # root hints, trust anchors, upstreams' TLS files; opens no socket
     if resolver is not None:
@@ -122,6 +124,10 @@ def verify(config: Config) -> None:
                 raise located(
                     config, ("authority", "zones", index, "file" if zone.file else "name"), str(exc)
                 ) from None
+    if config.admin.address is not None:
+        from ztdns.admin.server import tls_context
+
+        tls_context(config)
     output = config.log.query_log.output
     if output not in ("stdout", "off"):
         path = config.base_dir / output
@@ -189,6 +195,7 @@ class Service:
         self.measuring: asyncio.Task[None] | None = None
         self.process_info = ProcessInfo(__version__, self._digests)
         self.frontend.metrics.register(self.process_info)
+        self.admin: AdminServer | None = None
 
     async def start(self) -> list[str]:
         endpoints = []
@@ -239,6 +246,11 @@ class Service:
                 raise located(self.config, ("metrics", "address"), message) from None
             scheme = "http" if context is None else "https"
             endpoints.append(f"metrics {scheme}://{host}:{port + self.worker}/metrics")
+        if self.config.admin.address is not None and self.worker == 0:
+            from ztdns.admin.server import start_admin
+
+            self.admin, url = await start_admin(self, self.config)
+            endpoints.append(f"admin {url}")
         return endpoints
 
     async def _start_listener(self, listen: ListenConfig) -> None:
@@ -287,7 +299,7 @@ class Service:
         try:
             config = await loop.run_in_executor(None, load_config, path)
             read = loop.time()
-            await self.frontend.reload(config)
+            notes = await self._apply(config)
             log.debug("reload: config read in %.3f s, compiled in %.3f s", read - started, loop.time() - read)
         except ConfigError as exc:
             self.process_info.reloaded(False)
@@ -297,14 +309,48 @@ class Service:
             self.process_info.reloaded(False)
             log.exception("reload failed, still serving the previous config")
             return False
+        for note in notes:
+            log.warning("reload: %s", note)
+        return True
+
+    def verify(self, config: Config) -> None:
+        verify(config)
+
+    async def apply_config(self, config: Config) -> list[str]:
+        """The admin API's reload: raises ConfigError keeping the old config in service; returns what takes
+        effect only on restart."""
+        if self.reuse_port:
+            # Workers each hold a runtime: the parent's SIGHUP makes every one (this one too) read the file,
+            # which the admin API has written.
+            os.kill(os.getppid(), signal.SIGHUP)
+            return ["applied by every worker when it reads the file (SIGHUP sent to the parent)"]
+        async with self.compiling:
+            try:
+                notes = await self._apply(config)
+            except Exception:
+                self.process_info.reloaded(False)
+                raise
+        if self.resolver:
+            await self.feeds.reconfigure(self.config)
+        await self._measure("reload")
+        return notes
+
+    async def _apply(self, config: Config) -> list[str]:
+        """The reload path for a config already read (SIGHUP, the admin API); the caller holds ``compiling``."""
+        notes: list[str] = []
+        await self.frontend.reload(config)
         self.process_info.reloaded(True)
         for encrypted in self.encrypted:
             encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk
         if [lst.model_dump() for lst in config.listen] != [lst.model_dump() for lst in self.config.listen]:
-            log.warning("reload: listener changes take effect on restart")
+            notes.append("listener changes take effect on restart")
+        if config.admin.model_dump(exclude={"identities", "tokens"}) != self.config.admin.model_dump(
+            exclude={"identities", "tokens"}
+        ):
+            notes.append("[admin] listener changes take effect on restart (identities and tokens apply now)")
         self._reload_authority(config)
         self.config = config
-        return True
+        return notes
 
     def _digests(self) -> tuple[str, str] | None:
         measurements = None if self.attestor is None else self.attestor.measurements
@@ -383,6 +429,8 @@ class Service:
     async def drain(self) -> None:
         self._log_listener_counts()
         await self.feeds.close()
+        if self.admin is not None:
+            await self.admin.close()
         timeout = self.config.server.drain_seconds
         for server in self.tcp:
             server.stop_accepting()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import dns.edns
 import dns.message
@@ -59,9 +60,31 @@ class NotResolving:
         return ()
 
 
-async def explain(
+@dataclass(frozen=True)
+class Explained:
+    """The facts ``ztdns explain`` prints (the admin API returns them as JSON)."""
+
+    client: str
+    identity: str | None
+    identity_how: str | None
+    question: str | None
+    qtype: str | None
+    decision: str  # allow, deny, refuse (no identity) or none
+    decided_name: str | None  # set when the decision that stands is on a CNAME target
+    policy: str | None
+    rule: str | None
+    origin: str | None
+    chain: list[str]  # how the decision came about: denied by list L line N, overridden by exception E, …
+    detection: list[str]  # what the detectors make of the name, and verdicts in force
+    outcome: str
+    rcode: str | None  # None: dropped
+    ede: list[tuple[int, str, str]]  # (code, name, extra text)
+    response: str | None  # the whole response as text
+
+
+async def explain_facts(
     config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False, at: float | None = None
-) -> str:
+) -> Explained:
     """Without ``resolve`` nothing leaves the machine: answers that need an upstream are described, not fetched.
     ``at`` (Unix time) decides scheduled rules as at that moment."""
     if at is not None:
@@ -77,48 +100,92 @@ async def explain(
         await frontend.runtime.handler(ctx)
     finally:
         await frontend.close()
-    return _describe(client_text, ctx, frontend.detector)
+    return _facts(client_text, ctx, frontend.detector)
 
 
-def _describe(client_text: str, ctx: QueryContext, detector: Detector) -> str:
-    lines = []
-    who = f"{ctx.identity} ({ctx.identity_how})" if ctx.identity else "none: unknown client"
-    lines.append(f"client:    {client_text} -> identity {who}")
+async def explain(
+    config: Config, client_text: str, name: str, rdtype: str, resolve: bool = False, at: float | None = None
+) -> str:
+    return _describe(await explain_facts(config, client_text, name, rdtype, resolve, at))
+
+
+def _facts(client_text: str, ctx: QueryContext, detector: Detector) -> Explained:
+    question = qtype = decided = policy = rule = origin = None
+    chain: list[str] = []
+    detection: list[str] = []
     if ctx.question is not None:
-        lines.append(
-            f"question:  {ctx.question.name} {dns.rdatatype.to_text(dns.rdatatype.RdataType.make(ctx.question.rdtype))}"
-        )
+        question = str(ctx.question.name)
+        qtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(ctx.question.rdtype))
     decision = ctx.decision
     if decision is not None and ctx.view is not None and ctx.question is not None:
         # The decision that stands may be on a CNAME target rather than the question: explain that name.
         name = ctx.decided_name or name_key(ctx.question.name)
         explanation = explain_rule(ctx.view, name, ctx.question.rdtype)
         verdict = "allow" if decision.allowed and ctx.kind is not Kind.BLOCKED else "deny"
-        lines.append(
-            f"decision:  {verdict}" + ("" if name == name_key(ctx.question.name) else f" (at CNAME target {name})")
-        )
-        lines.append(f"policy:    {decision.policy}")
-        lines.append(f"rule:      {decision.rule}")
-        lines.append(f"from:      {explanation.origin()}")
-        lines.extend(f"chain:     {step}" for step in explanation.chain)
+        decided = None if name == name_key(ctx.question.name) else name
+        policy, rule, origin = decision.policy, decision.rule, explanation.origin()
+        chain = list(explanation.chain)
     else:
-        lines.append("decision:  refuse (no identity)" if ctx.identity is None else "decision:  none")
+        verdict = "refuse (no identity)" if ctx.identity is None else "none"
     if ctx.question is not None and detector.enabled:
         subject = ctx.client.certificate_identity or ctx.client.address
-        lines += detector.describe(ctx.identity, subject, split_name(ctx.question.name.labels))
-    lines.append(f"outcome:   {ctx.kind.value if ctx.kind else 'none'}")
-    if ctx.wire_response is None:
+        detection = detector.describe(ctx.identity, subject, split_name(ctx.question.name.labels))
+    rcode = text = None
+    ede: list[tuple[int, str, str]] = []
+    if ctx.wire_response is not None:
+        response = dns.message.from_wire(ctx.wire_response)
+        rcode, text = dns.rcode.to_text(response.rcode()), response.to_text()
+        for option in response.options:
+            if isinstance(option, dns.edns.EDEOption):
+                code = EDE(option.code).name if option.code in EDE._value2member_map_ else str(option.code)
+                ede.append((option.code, code, option.text or ""))
+    return Explained(
+        client=client_text,
+        identity=ctx.identity,
+        identity_how=ctx.identity_how if ctx.identity else None,
+        question=question,
+        qtype=qtype,
+        decision=verdict,
+        decided_name=decided,
+        policy=policy,
+        rule=rule,
+        origin=origin,
+        chain=chain,
+        detection=detection,
+        outcome=ctx.kind.value if ctx.kind else "none",
+        rcode=rcode,
+        ede=ede,
+        response=text,
+    )
+
+
+def _describe(facts: Explained) -> str:
+    lines = []
+    who = f"{facts.identity} ({facts.identity_how})" if facts.identity else "none: unknown client"
+    lines.append(f"client:    {facts.client} -> identity {who}")
+    if facts.question is not None:
+        lines.append(f"question:  {facts.question} {facts.qtype}")
+    if facts.policy is not None:
+        lines.append(
+            f"decision:  {facts.decision}" + (f" (at CNAME target {facts.decided_name})" if facts.decided_name else "")
+        )
+        lines.append(f"policy:    {facts.policy}")
+        lines.append(f"rule:      {facts.rule}")
+        lines.append(f"from:      {facts.origin}")
+        lines.extend(f"chain:     {step}" for step in facts.chain)
+    else:
+        lines.append(f"decision:  {facts.decision}")
+    lines += facts.detection
+    lines.append(f"outcome:   {facts.outcome}")
+    if facts.rcode is None or facts.response is None:
         lines.append("response:  (none: dropped)")
         return "\n".join(lines)
-    response = dns.message.from_wire(ctx.wire_response)
-    summary = dns.rcode.to_text(response.rcode())
-    for option in response.options:
-        if isinstance(option, dns.edns.EDEOption):
-            code = EDE(option.code).name if option.code in EDE._value2member_map_ else str(option.code)
-            summary += f", EDE {option.code} ({code})" + (f' "{option.text}"' if option.text else "")
+    summary = facts.rcode
+    for code, code_name, text in facts.ede:
+        summary += f", EDE {code} ({code_name})" + (f' "{text}"' if text else "")
     lines.append(f"response:  {summary}")
     lines.append("")
-    lines.append(response.to_text())
+    lines.append(facts.response)
     return "\n".join(lines)
 
 

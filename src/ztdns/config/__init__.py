@@ -1,7 +1,7 @@
 """Configuration: the one schema package. The root :class:`Config` and loading with file:line:key errors are here;
 one module per area holds that area's models (``listen.py``, ``identity.py``, ``policy.py``, ``lists.py``,
 ``resolver.py``, ``cache.py``, ``dnssec.py``, ``local_zones.py``, ``log.py``, ``metrics.py``, ``server.py``,
-``authority.py``, and ``agent.py`` for the agent's own file); ``base.py`` holds what areas share and
+``authority.py``, ``admin.py``, and ``agent.py`` for the agent's own file); ``base.py`` holds what areas share and
 ``locate.py`` maps keys to lines.
 
 This package sits at the bottom of the layers: it imports no capability package, so any capability may import
@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, PrivateAttr, ValidationError, model_validator
 
+from ztdns.config.admin import AdminConfig
 from ztdns.config.attestation import AttestationConfig
 from ztdns.config.authority import AuthorityConfig
 from ztdns.config.base import LocatedError, Section
@@ -75,6 +76,7 @@ class Config(Section):
     authority: AuthorityConfig = AuthorityConfig()
     attestation: AttestationConfig = AttestationConfig()
     detect: DetectConfig = DetectConfig()
+    admin: AdminConfig = AdminConfig()
 
     # Where the file was read from: list files and zone files are relative to it; errors name it. Set by the
     # loader, not keys of the file.

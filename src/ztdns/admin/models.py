@@ -1,0 +1,197 @@
+"""The admin API's request and response bodies: one typed model each, from which the OpenAPI document is made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ztdns.config.admin import Role
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Body):
+    error: str
+
+
+class NotAvailable(Body):
+    """501: the data source behind this endpoint is not part of this build."""
+
+    error: str = "not available in this build"
+    available: bool = False
+    reason: str
+
+
+class ConfigProblem(Body):
+    file: str
+    line: int | None
+    key: str | None
+    pointer: str | None = Field(description="JSON pointer into the config's data (RFC 6901)")
+    message: str
+
+
+class ConfigRejected(Body):
+    error: str
+    problems: list[ConfigProblem]
+
+
+class ConfigDocument(Body):
+    etag: str
+    source: str
+    toml: str
+    data: dict[str, Any]
+
+
+class ConfigApplied(Body):
+    etag: str
+    applied: bool
+    notes: list[str] = []
+
+
+class ConfigCheck(Body):
+    valid: bool
+    problems: list[ConfigProblem]
+    diff: str = Field(description="unified diff from the config in service to the text checked")
+
+
+class ExplainRequest(Body):
+    client: str = Field(min_length=1, max_length=512, description="IP address, identity name or certificate identity")
+    name: str = Field(min_length=1, max_length=1024)
+    type: str = Field(default="A", max_length=16)
+
+
+class EdeOption(Body):
+    code: int
+    name: str
+    text: str
+
+
+class ExplainResponse(Body):
+    client: str
+    identity: str | None
+    identity_how: str | None
+    question: str | None
+    qtype: str | None
+    decision: str
+    decided_name: str | None
+    policy: str | None
+    rule: str | None
+    origin: str | None
+    outcome: str
+    rcode: str | None
+    ede: list[EdeOption]
+    response: str | None
+
+
+class IdentityInfo(Body):
+    name: str
+    networks: list[str]
+    certificates: list[str]
+    policies: list[str]
+
+
+class Identities(Body):
+    unknown_clients: dict[str, Any]
+    identities: list[IdentityInfo]
+
+
+class PolicyInfo(Body):
+    name: str
+    allow: list[Any]
+    deny: list[Any]
+    allow_lists: list[str]
+    deny_lists: list[str]
+    blocked_response: str
+    include_rule_text: bool
+    used_by: list[str]
+
+
+class Policies(Body):
+    policies: list[PolicyInfo]
+
+
+class Sample(Body):
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class Stats(Body):
+    queries_total: int
+    by_kind: dict[str, int]
+    by_transport: dict[str, int]
+    by_rcode: dict[str, int]
+    latency_seconds_sum: float
+    samples: list[Sample]
+
+
+class ZoneKeyInfo(Body):
+    tag: int
+    role: str
+    algorithm: int
+    state: str
+    created: float
+    publish: float
+    active: float | None
+    retire: float | None
+    ready: float | None
+    ds_seen: float | None
+    remove: float | None
+
+
+class ZoneInfo(Body):
+    name: str
+    serial: int
+    signed: bool
+    keys: list[ZoneKeyInfo]
+    ds: list[str]
+
+
+class Zones(Body):
+    zones: list[ZoneInfo]
+
+
+class Attestation(Body):
+    available: bool
+    report: dict[str, Any] | None
+    error: str | None = None
+
+
+class TokenInfo(Body):
+    name: str
+    role: Role
+
+
+class Tokens(Body):
+    tokens: list[TokenInfo]
+
+
+class TokenCreate(Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    role: Role
+    scrypt: bool = False
+
+
+class TokenCreated(Body):
+    name: str
+    role: Role
+    token: str = Field(description="shown once; only its hash is stored")
+    etag: str
+
+
+class LoginRequest(Body):
+    token: str = Field(min_length=1, max_length=512)
+
+
+class SessionInfo(Body):
+    name: str
+    role: Role
+    via: str
+    csrf: str | None = Field(description="send as X-CSRF-Token with every change made through the session")
+
+
+class AuditEntries(Body):
+    entries: list[dict[str, Any]]
