@@ -42,6 +42,8 @@ from ztdns.transport.udp import UdpListener
 if TYPE_CHECKING:
     from ztdns.attest.report import Attestor
     from ztdns.authority.daemon import AuthorityService
+    from ztdns.control.bundle import Bundle
+    from ztdns.control.node import Watcher
 
 log = logging.getLogger("ztdns")
 
@@ -157,6 +159,14 @@ class Service:
         self.worker = worker
         self.reuse_port = reuse_port
         self.resolver = resolver
+        self.local = config  # the node's own file; with [control], the published bundle supplies the rest
+        self.published: Config | None = None
+        self.watcher: Watcher | None = None
+        self.watching: asyncio.Task[None] | None = None
+        self._remeasure: asyncio.Task[None] | None = None
+        if config.control is not None:
+            config = self._start_from_last_good(config)
+            self.config = config
         metrics = Metrics()
         self.authority: AuthorityService | None = None
         if config.authority.zones or config.authority.listen:
@@ -178,9 +188,57 @@ class Service:
         self.attestor: Attestor | None = None
         self.measuring: asyncio.Task[None] | None = None
 
+    def _start_from_last_good(self, local: Config) -> Config:
+        """With ``[control]``: the node's file merged with the last good bundle, if there is one (docs/fleet.md)."""
+        from ztdns.control.node import Watcher, node_config, published_config
+
+        assert local.control is not None
+        self.watcher = Watcher(
+            local.control, local.base_dir, "resolver", self._apply_bundle, local.control.node, self._attestation
+        )
+        last = self.watcher.last_good()
+        if last is None:
+            return node_config(local, local)  # the same paths as merged configs will have: no spurious warnings
+        bundle, path = last
+        try:
+            published = published_config(bundle, path)
+            config = node_config(local, published)
+            compile_runtime(config, Observer(Metrics()), Replays(0))  # lists, zones: what a reload would compile
+        except ConfigError as exc:
+            log.error("control: the saved bundle (revision %d) does not load:\n%s", bundle.revision, exc)
+            return node_config(local, local)
+        self.published = published
+        self.watcher.started_from(bundle)
+        log.info("control: starting from the saved bundle, revision %d", bundle.revision)
+        return config
+
+    async def _apply_bundle(self, bundle: Bundle, path: Path) -> None:
+        """A verified bundle from the control plane: loaded and swapped in as SIGHUP does; raises to refuse it."""
+        from ztdns.control.node import node_config, published_config
+
+        published = await asyncio.get_running_loop().run_in_executor(None, published_config, bundle, path)
+        await self._swap(node_config(self.local, published))
+        self.published = published
+        # Acknowledged now; the new digests follow in the next report (hashing the code takes tenths of a second).
+        self._remeasure = asyncio.get_running_loop().create_task(self._measure("reload"))
+
+    def _attestation(self) -> dict[str, str]:
+        measurements = self.attestor.measurements if self.attestor is not None else None
+        if measurements is None:
+            return {}
+        assert self.attestor is not None
+        return {
+            "attestation": self.attestor.kind,
+            "code_digest": measurements.code.digest,
+            "config_digest": measurements.config.digest,
+        }
+
     async def start(self) -> list[str]:
         endpoints = []
         self.frontend.bind_loop(asyncio.get_running_loop())
+        if self.watcher is not None:
+            self.frontend.metrics.register(self.watcher)
+            self.watching = asyncio.get_running_loop().create_task(self.watcher.run())
         listens = list(self.config.listen) if self.resolver else []
         await self._start_attestation()
         if self.config_path is None:
@@ -244,22 +302,32 @@ class Service:
             return
         loop = asyncio.get_running_loop()
         try:
-            config = await loop.run_in_executor(None, load_config, self.config_path)
-            await self.frontend.reload(config)
+            local = await loop.run_in_executor(None, load_config, self.config_path)
+            if self.published is not None:
+                from ztdns.control.node import node_config
+
+                await self._swap(node_config(local, self.published))
+            else:
+                await self._swap(local)
+            self.local = local
         except ConfigError as exc:
             log.error("reload rejected, still serving the previous config:\n%s", exc)
             return
         except Exception:
             log.exception("reload failed, still serving the previous config")
             return
+        log.info("reloaded %s", self.config_path)
+        await self._measure("reload")
+
+    async def _swap(self, config: Config) -> None:
+        """Swap in a new config (SIGHUP, a bundle from the control plane). Raises, still serving the old one."""
+        await self.frontend.reload(config)
         for encrypted in self.encrypted:
             encrypted.reload()  # certificates, keys, CA bundles and CRLs changed on disk
         if [lst.model_dump() for lst in config.listen] != [lst.model_dump() for lst in self.config.listen]:
             log.warning("reload: listener changes take effect on restart")
         self._reload_authority(config)
         self.config = config
-        log.info("reloaded %s", self.config_path)
-        await self._measure("reload")
 
     async def _start_attestation(self) -> None:
         """Measure code and config (docs/attestation.md). With evidence, before serving: a TPM that fails stops
@@ -326,6 +394,10 @@ class Service:
             listener.close()
         if self.authority is not None:
             await self.authority.drain(max(deadline - loop.time(), 0))
+        if self.watching is not None:
+            self.watching.cancel()
+            assert self.watcher is not None
+            await self.watcher.close()
         await self.frontend.close()
 
     async def run(self, banner: bool) -> None:
@@ -365,6 +437,9 @@ def serve(config: Config, config_path: Path | None, resolver: bool = True) -> in
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     workers = config.server.workers if resolver else 1
+    if workers > 1 and config.control is not None:
+        message = "[control] applies bundles in one process: set workers = 1 (run more nodes rather than workers)"
+        raise located(config, ("server", "workers"), message)
     if workers > 1 and (config.authority.zones or config.authority.listen):
         message = (
             "[authority] zones are one process's state (updates, key timelines): set workers = 1, or serve them "
