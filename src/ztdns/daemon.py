@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.listen import ListenConfig
-from ztdns.handler import Frontend, compile_runtime, make_resolver
+from ztdns.handler import Frontend, compile_runtime, make_resolver, make_shared_cache
 from ztdns.observe.metrics import Metrics, MetricsCollector
 from ztdns.observe.stage import Observer
 from ztdns.replay import Replays
@@ -101,6 +101,7 @@ def verify(config: Config) -> None:
     files, and the query log's directory. ``ztdns check`` runs this so that a config it passes also starts.
     Raises ConfigError."""
     compile_runtime(config, Observer(Metrics()), Replays(0))
+    make_shared_cache(config)  # the key seed's file or variable; connects to nothing
     resolver = make_resolver(config)  # root hints, trust anchors, upstreams' TLS files; opens no socket
     if resolver is not None:
         asyncio.run(resolver.close())

@@ -28,6 +28,7 @@ from ztdns.dnssec.validator import Validator
 from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
 from ztdns.model import Kind, Question, Resolver
+from ztdns.observe.events import Sink
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.querylog import QueryLog
 from ztdns.observe.stage import Observer, ObserveStage
@@ -48,6 +49,8 @@ from ztdns.wire.header import header_only
 
 if TYPE_CHECKING:
     from ztdns.authority.handler import Authority
+    from ztdns.control.events import JetStreamSink
+    from ztdns.control.shared import SharedCache
 
 
 # Answers the fast path may replay. Stale answers and failures are never replayed: the next query should
@@ -204,21 +207,29 @@ class Frontend:
         self.resolver_factory = resolver_factory
         self.resolver = resolver_factory(config)
         self.querylog = _make_querylog(config)
+        self.shared = make_shared_cache(config)
+        self.events = make_event_sink(config)  # node-local ([control]): kept across reloads
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runtime, self.cache_stage = self._build(config, self.resolver, self.querylog)
         self.metrics.register(self.cache)
         self.metrics.register(self)
+        if self.shared is not None:
+            self.metrics.register(self.shared)
+        if self.events is not None:
+            self.metrics.register(self.events)
 
     def _build(
         self, config: Config, resolver: Resolver | None, querylog: QueryLog | None
     ) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
-        sinks = () if querylog is None else (querylog,)
+        sinks: tuple[Sink, ...] = () if querylog is None else (querylog,)
+        if self.events is not None:
+            sinks += (self.events,)
         runtime = compile_runtime(
             config, Observer(self.metrics, sinks), Replays(config.cache.max_entries, self._prefetch)
         )
-        cache_stage = CacheStage(self.cache, resolver)
+        cache_stage = CacheStage(self.cache, resolver, self.shared)
         runtime.handler = chain(build_stages(runtime, cache_stage, ResolveStage(resolver), self.authority))
         return runtime, cache_stage
 
@@ -319,10 +330,39 @@ class Frontend:
         return float(sum(v for (_, kind, _), v in self.metrics.totals().queries.items() if kind == "cached"))
 
     async def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+        if self.shared is not None:
+            await self.shared.close()
         if self.resolver is not None:
             await self.resolver.close()
         if self.querylog is not None:
             self.querylog.close()
+
+
+def make_event_sink(config: Config) -> JetStreamSink | None:
+    """The sink publishing query events to the fleet's stream (``[control] events``), if configured."""
+    control = config.control
+    if control is None or not control.events:
+        return None
+    from ztdns.control.events import EventPublisher, JetStreamSink
+
+    return JetStreamSink(EventPublisher(control))
+
+
+def make_shared_cache(config: Config) -> SharedCache | None:
+    """The Redis cache shared with other resolvers, if configured (it connects on first use). A change on reload
+    takes effect on restart."""
+    shared = config.cache.shared
+    if shared is None:
+        return None
+    from ztdns.control.shared import SeedError, SharedCache, load_seed  # only servers that share load Redis
+
+    try:
+        return SharedCache(shared, load_seed(shared, config.base_dir))
+    except SeedError as exc:
+        key = "key_seed_file" if shared.key_seed_file else "key_seed_env"
+        raise located(config, ("cache", "shared", key), str(exc)) from None
 
 
 def _make_querylog(config: Config) -> QueryLog | None:

@@ -1,9 +1,11 @@
-"""The cache stage: answer from the message cache, store what the resolver fetched, serve stale on failure."""
+"""The cache stage: answer from the message cache, store what the resolver fetched, serve stale on failure.
+With a shared store (``[cache.shared]``), a local miss asks it before going upstream, and fetched answers go to it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 import dns.flags
 import dns.message
@@ -29,12 +31,21 @@ def render(
     return response
 
 
+class SharedStore(Protocol):
+    """A cache other resolvers fill too (``[cache.shared]``): asked only on a local miss, never failing."""
+
+    async def get(self, question: Question) -> dns.message.Message | None: ...
+
+    def put(self, question: Question, response: dns.message.Message, ttl: int) -> None: ...
+
+
 class CacheStage:
     name = "cache"
 
-    def __init__(self, cache: MessageCache, resolver: Resolver | None) -> None:
+    def __init__(self, cache: MessageCache, resolver: Resolver | None, shared: SharedStore | None = None) -> None:
         self.cache = cache
         self.resolver = resolver
+        self.shared = shared
         self._prefetches: set[asyncio.Task[None]] = set()
 
     async def __call__(self, ctx: Asked, call_next: AskedNext) -> None:
@@ -48,11 +59,23 @@ class CacheStage:
             ctx.store = StoreHint(entry.expires, counts_down=True, entry=entry, age=age)
             self.maybe_prefetch(ctx.question, entry)
             return
+        shared = self.shared
+        if shared is not None:
+            response = await shared.get(ctx.question)
+            found = cache.store(ctx.question, response) if response is not None else None
+            if found is not None:
+                ctx.response = render(ctx.query, found, 0)
+                ctx.kind = Kind.CACHED
+                ctx.cache_hit = True
+                ctx.store = StoreHint(found.expires, counts_down=True, entry=found)
+                return
         await call_next(ctx)
         if ctx.kind is Kind.RESOLVED and ctx.response is not None:
             stored = cache.store(ctx.question, ctx.response)
             if stored is not None:
                 ctx.store = StoreHint(stored.expires, counts_down=True, entry=stored)
+                if shared is not None:
+                    shared.put(ctx.question, ctx.response, stored.ttl)
         elif ctx.kind is Kind.FAILED and entry is not None:
             # RFC 8767: upstreams failed and we hold expired data — better an old answer than none.
             cache.stale_answers += 1

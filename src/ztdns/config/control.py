@@ -33,6 +33,7 @@ class ControlConfig(Section):
     # The JetStream stream for fleet-wide events (query log, detection verdicts, flow records); "" publishes none.
     events: str = ""
     events_queue: Annotated[int, Field(ge=1)] = 10_000
+    events_max_age: Annotated[float, Field(gt=0)] = 7 * 86_400.0  # seconds the stream keeps an event
     # Seconds between heartbeats (`last seen` in `ztdns control status`).
     heartbeat: Annotated[float, Field(gt=0)] = 10.0
     connect_timeout: Annotated[float, Field(gt=0)] = 2.0

@@ -10,18 +10,20 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import datetime
 import getpass
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from nats.js.errors import KeyNotFoundError, ServiceUnavailableError
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, NoKeysError, ServiceUnavailableError
 
 from ztdns.config import ConfigError
 from ztdns.control import nats as ctl
@@ -130,7 +132,7 @@ async def reports(servers: list[str], bucket: str) -> tuple[dict[str, int], list
         nodes: list[dict[str, Any]] = []
         try:
             keys = await kv.keys()
-        except Exception:  # nats-py raises when the bucket is empty
+        except NoKeysError:
             keys = []
         for key in keys:
             entry = await kv.get(key)
@@ -239,6 +241,78 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def tail(
+    servers: list[str],
+    stream: str,
+    kind: str = "*",
+    node: str = "*",
+    match: str = "",
+    since: float | None = None,
+    count: int = 0,
+    follow: bool = False,
+    idle: float = 1.0,
+) -> AsyncIterator[str]:
+    """The stream's events (oldest first, from ``since`` seconds ago or all), filtered by kind, node and a
+    substring; without ``follow`` it ends when nothing arrives for ``idle`` seconds."""
+    client = await ctl.connect(servers, 2.0, reconnect=follow)
+    try:
+        js = client.jetstream()
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        if since is not None:
+            start = datetime.datetime.fromtimestamp(time.time() - since, datetime.UTC)
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+        subscription = await js.subscribe(f"{stream}.{kind}.{node}", ordered_consumer=True, config=config)
+        seen = 0
+        while not count or seen < count:
+            try:
+                message = await subscription.next_msg(timeout=None if follow else idle)
+            except nats.errors.TimeoutError:
+                return
+            text = message.data.decode(errors="replace")
+            if match and match not in text:
+                continue
+            seen += 1
+            yield text
+    finally:
+        await client.close()
+
+
+def _parse_filters(filters: list[str]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for item in filters:
+        key, _, value = item.partition("=")
+        if key not in ("kind", "node", "match") or not value:
+            raise ValueError(f"--filter {item!r}: write kind=query|verdict|flow, node=NAME or match=TEXT")
+        parsed[key] = value
+    return parsed
+
+
+def _events(args: argparse.Namespace) -> int:
+    async def run() -> None:
+        async for text in tail(
+            _servers(args),
+            args.stream,
+            filters.get("kind", "*"),
+            filters.get("node", "*"),
+            filters.get("match", ""),
+            args.since,
+            args.count,
+            args.follow,
+        ):
+            print(text, flush=True)
+
+    try:
+        filters = _parse_filters(args.filter)
+        asyncio.run(run())
+    except ValueError as exc:
+        print(f"ztdns control events: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"ztdns control events: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _keygen(args: argparse.Namespace) -> int:
     try:
         new_key_pair(Path(args.private), Path(args.public))
@@ -270,6 +344,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], check: Ch
     status.add_argument("--json", action="store_true", help="the reports as JSON")
     common(status)
     status.set_defaults(func=_status)
+
+    events = actions.add_parser("events", help="tail fleet events (query log, verdicts, flows) as JSON lines")
+    events.add_argument("--stream", default="ztdns-events", help="the JetStream stream (default ztdns-events)")
+    events.add_argument(
+        "--filter", action="append", default=[], help="kind=query|verdict|flow, node=NAME or match=TEXT (repeatable)"
+    )
+    events.add_argument("--since", type=float, help="only events from the last SECONDS (default: all kept)")
+    events.add_argument("--count", type=int, default=0, help="stop after this many")
+    events.add_argument("--follow", action="store_true", help="keep waiting for new events")
+    common(events)
+    events.set_defaults(func=_events)
 
     keygen = actions.add_parser("keygen", help="make an Ed25519 signing key pair")
     keygen.add_argument("--private", required=True, help="where to write the private key (made 0600)")
