@@ -90,11 +90,14 @@ class EventPublisher:
 
     async def _main(self) -> None:
         client: Client | None = None
+        connecting: asyncio.Task[Client | None] | None = None
         while not self._closing.is_set():
-            if client is None or not client.is_connected:
-                client = await self._connect(client)
+            if client is None and connecting is None:  # in the background: batches keep being taken (and dropped)
+                connecting = asyncio.get_running_loop().create_task(self._connect())
+            if connecting is not None and connecting.done():
+                client, connecting = connecting.result(), None
             batch = self._take()
-            if batch and client is not None and client.is_connected:
+            if batch and client is not None and client.is_connected:  # once connected, nats-py fails over itself
                 try:
                     for kind, record in batch:
                         await client.publish(f"{self.stream}.{kind}.{self.control.node}", self._format(kind, record))
@@ -106,21 +109,22 @@ class EventPublisher:
             elif batch:
                 self.dropped += len(batch)
             await asyncio.sleep(_INTERVAL)
+        if connecting is not None:
+            connecting.cancel()
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.drain()
 
-    async def _connect(self, old: Client | None) -> Client | None:
-        if old is not None and old.is_reconnecting:
-            return old  # the client fails over on its own
-        with contextlib.suppress(Exception):
-            if old is not None:
-                await old.close()
+    async def _connect(self) -> Client | None:
+        client: Client | None = None
         try:
             client = await ctl.connect(self.control.servers, self.control.connect_timeout)
             await ensure_stream(client, self.stream, self.control.events_max_age)
             return client
         except Exception as exc:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
             log.warning("events: cannot reach the stream %s: %s", self.stream, type(exc).__name__)
             await asyncio.sleep(1.0)
             return None
