@@ -131,14 +131,16 @@ class Watcher:
             except BundleError as exc:
                 await self._refuse(_revision_of(data), str(exc))
                 return False
-            config = bundle.write(self.directory(bundle.revision))
+            loop = asyncio.get_running_loop()
+            # File work off the event loop: the node keeps serving (and other watchers in a process keep going).
+            config = await loop.run_in_executor(None, bundle.write, self.directory(bundle.revision))
             try:
                 await self.apply(bundle, config)
             except Exception as exc:  # ConfigError: file:line:key lines; anything else: its text
                 shutil.rmtree(self.directory(bundle.revision), ignore_errors=True)
                 await self._refuse(bundle.revision, str(exc) or type(exc).__name__)
                 return False
-            self._save(bundle, data)
+            await loop.run_in_executor(None, self._save, bundle, data)
             self.running, self.refused, self.health = bundle, None, "ok"
             self.applied += 1
             log.info("control: running %s revision %d", self.role, bundle.revision)
