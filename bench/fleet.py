@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fixtures.nats import NatsCluster
@@ -123,7 +124,7 @@ async def run(args: argparse.Namespace, directory: Path) -> list[float]:
                 source = directory / f"{role}-{revision}.toml"
                 source.write_text(template.format(revision=revision))
                 bundles[role] = pack(source, role, revision).sign(key)
-            acks = await kv.watch("node.*")
+            acks: Any = await kv.watch("node.*")  # nats-py's watcher is untyped
             started = time.perf_counter()
             for role, data in bundles.items():
                 await kv.put(f"bundle.{role}", data)

@@ -132,3 +132,32 @@ def test_redis_killed_mid_load_costs_no_servfail_and_counts_errors(
         assert a.metric("ztdns_shared_cache_stores_total") >= 1
     finally:
         a.process.stop()
+
+
+def test_a_burst_of_answers_is_written_in_batches_without_errors(redis: RedisServer) -> None:
+    """Regression: one write task (and connection) per answer hit Redis's client limit on a burst of misses."""
+    import asyncio
+
+    import dns.message
+    import dns.name
+    import dns.rrset
+
+    from ztdns.config.cache import SharedCacheConfig
+    from ztdns.control.shared import SharedCache
+    from ztdns.model import Question
+
+    async def burst() -> SharedCache:
+        shared = SharedCache(SharedCacheConfig(url=redis.url, key_seed_env="UNUSED"), b"s" * 32)
+        for index in range(5000):
+            name = f"n{index}.example.test."
+            response = dns.message.make_response(dns.message.make_query(name, "A"))
+            response.answer.append(dns.rrset.from_text(name, 300, "IN", "A", "192.0.2.1"))
+            shared.put(Question(dns.name.from_text(name), 1, 1, False, False), response, 300)
+        await shared.flush()
+        found = await shared.get(Question(dns.name.from_text("n4999.example.test."), 1, 1, False, False))
+        assert found is not None and found.answer[0][0].to_text() == "192.0.2.1"
+        await shared.close()
+        return shared
+
+    shared = asyncio.run(burst())
+    assert (shared.stores, shared.errors, shared.skipped) == (5000, 0, 0)

@@ -28,6 +28,8 @@ import dns.message
 import redis.asyncio
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ztdns.config.cache import SharedCacheConfig
 from ztdns.model import Question
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 
 _STORED = struct.Struct("!d")  # time.time() when stored, before the wire
 _MAX_PAUSE = 30.0
+_CONNECTIONS = 8
+_PENDING_WRITES = 10_000  # answers waiting to be written; beyond, they are not shared
+_WRITE_BATCH = 256
 
 
 class SeedError(Exception):
@@ -65,9 +70,14 @@ class SharedCache:
         self.seed = seed
         self.timeout = config.timeout_ms / 1000
         timeout = max(self.timeout, 0.05)  # connecting may take a little longer than a lookup is allowed
-        self.client = redis.asyncio.Redis.from_url(
-            config.url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
-        )
+        # A bounded pool that waits (within the lookup's timeout) for a free connection: a burst of misses must
+        # not open a connection each.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            config.url, max_connections=_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )  # fmt: skip
+        # No retries: a lookup that failed once is a miss (the query goes upstream), not worth a second wait.
+        self.client = redis.asyncio.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self.hits = 0
         self.misses = 0
         self.errors = 0
@@ -75,7 +85,8 @@ class SharedCache:
         self.skipped = 0  # lookups not made while Redis is paused after a failure
         self._paused_until = 0.0
         self._pause = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._writes: asyncio.Queue[tuple[bytes, bytes, int]] = asyncio.Queue(_PENDING_WRITES)
+        self._writer: asyncio.Task[None] | None = None
 
     def key(self, question: Question) -> bytes:
         hasher = hashlib.blake2b(key=self.seed, digest_size=20)
@@ -92,8 +103,11 @@ class SharedCache:
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
+        now = time.monotonic()
+        if now < self._paused_until:
+            return  # one of the requests in flight when Redis failed: the pause is already on
         self._pause = min(max(self._pause * 2, 0.5), _MAX_PAUSE)
-        self._paused_until = time.monotonic() + self._pause
+        self._paused_until = now + self._pause
         log.warning("shared cache: %s: %s; local cache only for %.1f s", type(exc).__name__, exc, self._pause)
 
     async def get(self, question: Question) -> dns.message.Message | None:
@@ -133,18 +147,32 @@ class SharedCache:
         if len(wire) > self.config.max_entry_bytes:
             return
         value = _STORED.pack(time.time()) + wire
-        task = asyncio.get_running_loop().create_task(
-            self._put(self.key(question), value, min(ttl, self.config.max_ttl))
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _put(self, key: bytes, value: bytes, ttl: int) -> None:
         try:
-            await asyncio.wait_for(self.client.set(key, value, ex=ttl), max(self.timeout * 5, 0.1))
-            self.stores += 1
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            self._writes.put_nowait((self.key(question), value, min(ttl, self.config.max_ttl)))
+        except asyncio.QueueFull:
+            self.skipped += 1
+            return
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def flush(self) -> None:
+        """Until the answers put so far are written (or failed)."""
+        if self._writer is not None:
+            await self._writer
+
+    async def _write(self) -> None:
+        """Write pending answers in pipelined batches on one connection until none are left."""
+        while not self._writes.empty():
+            batch = [self._writes.get_nowait() for _ in range(min(self._writes.qsize(), _WRITE_BATCH))]
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for key, value, ttl in batch:
+                    pipe.set(key, value, ex=ttl)
+                await asyncio.wait_for(pipe.execute(), max(self.timeout * 10, 0.5))
+                self.stores += len(batch)
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                self._failed(exc)
+                return
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily("ztdns_shared_cache_hits", "Answers found in the shared cache", value=self.hits)
@@ -162,6 +190,6 @@ class SharedCache:
         )
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
         await self.client.aclose()
