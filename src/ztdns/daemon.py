@@ -102,6 +102,14 @@ def verify(config: Config) -> None:
     Raises ConfigError."""
     compile_runtime(config, Observer(Metrics()), Replays(0))
     make_shared_cache(config)  # the key seed's file or variable; connects to nothing
+    if config.control is not None:
+        from ztdns.control.bundle import BundleError
+        from ztdns.control.node import public_key_of
+
+        try:
+            public_key_of(config.control, config.base_dir)
+        except (OSError, ValueError, BundleError) as exc:
+            raise located(config, ("control", "public_key"), f"cannot use the public key: {exc}") from None
     resolver = make_resolver(config)  # root hints, trust anchors, upstreams' TLS files; opens no socket
     if resolver is not None:
         asyncio.run(resolver.close())
