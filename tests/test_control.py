@@ -257,3 +257,10 @@ def test_4_a_nats_node_killed_during_publish(fleet: Fleet) -> None:
     fleet.wait_for(lambda n: len(n) == 2 and all(r["revision"] == revision for r in n.values()), timeout=60)
     for process in fleet.nodes.values():
         assert address(process) == "192.0.2.3"
+
+
+def test_5_sighup_rereads_the_node_file_and_keeps_the_published_policy(fleet: Fleet) -> None:
+    r2 = fleet.nodes["r2"]
+    r2.signal(signal.SIGHUP)
+    assert r2.wait_stderr("reloaded", timeout=20), r2.stderr
+    assert address(r2) == "192.0.2.3"  # the bundle's zone, not the node file's (which has none)

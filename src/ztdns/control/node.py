@@ -75,6 +75,7 @@ class Watcher:
         self.refusals = 0
         self.connected = False
         self._lock = asyncio.Lock()
+        self._report_failing = False  # warned once per outage, not at every heartbeat
 
     # -- the last good bundle ---------------------------------------------------------------------------------
 
@@ -186,7 +187,11 @@ class Watcher:
         try:
             await kv.put(ctl.NODE_KEY.format(node=self.control.node), data)
         except Exception as exc:  # the control plane is down: the next heartbeat reports again
-            log.warning("control: cannot report: %s", exc)
+            if not self._report_failing:
+                log.warning("control: cannot report (retrying every heartbeat): %s", exc)
+            self._report_failing = True
+        else:
+            self._report_failing = False
 
     # -- the loop ---------------------------------------------------------------------------------------------
 
