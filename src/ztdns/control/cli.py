@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import datetime
 import getpass
@@ -28,6 +27,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError, ServiceUnavailableErro
 from ztdns.config import ConfigError
 from ztdns.control import nats as ctl
 from ztdns.control.bundle import BundleError, load_private_key, new_key_pair, pack, verify
+from ztdns.control.node import claimed_revision
 
 # Checks a config file as `ztdns check` does and returns its role ("resolver" or "agent"); raises ConfigError.
 Check = Callable[[Path], str]
@@ -139,9 +139,9 @@ async def reports(servers: list[str], bucket: str) -> tuple[dict[str, int], list
             if not entry.value:
                 continue
             if key.startswith("bundle."):
-                with contextlib.suppress(Exception):
-                    payload = json.loads(base64.b64decode(json.loads(entry.value)["payload"]))
-                    published[key.removeprefix("bundle.")] = int(payload["revision"])
+                revision = claimed_revision(entry.value)
+                if revision is not None:
+                    published[key.removeprefix("bundle.")] = revision
             elif key.startswith("node."):
                 nodes.append(json.loads(entry.value))
         return published, sorted(nodes, key=lambda report: (report.get("role", ""), report.get("node", "")))

@@ -16,6 +16,7 @@ The node's key ``node.<name>`` holds a JSON report: role, identity, revision, di
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -130,7 +131,7 @@ class Watcher:
                         f"revision {bundle.revision} is not newer than the running revision {running.revision}"
                     )
             except BundleError as exc:
-                await self._refuse(_revision_of(data), str(exc))
+                await self._refuse(claimed_revision(data), str(exc))
                 return False
             loop = asyncio.get_running_loop()
             # File work off the event loop: the node keeps serving (and other watchers in a process keep going).
@@ -260,10 +261,8 @@ class Watcher:
         )
 
 
-def _revision_of(data: bytes) -> int | None:
+def claimed_revision(data: bytes) -> int | None:
     """The revision a bundle claims (unverified: only to name it in a refusal)."""
-    import base64
-
     try:
         return int(json.loads(base64.b64decode(json.loads(data)["payload"]))["revision"])
     except Exception:
