@@ -73,6 +73,15 @@ AUTHORITY = {
     "ztdns_authority_zone_serial",
     "ztdns_authority_signatures",
 }
+SHARED_CACHE = {
+    "ztdns_shared_cache_hits",
+    "ztdns_shared_cache_misses",
+    "ztdns_shared_cache_errors",
+    "ztdns_shared_cache_stores",
+    "ztdns_shared_cache_skipped",
+}
+CONTROL = {"ztdns_control_revision", "ztdns_control_connected", "ztdns_control_applied", "ztdns_control_refused"}
+EVENTS = {"ztdns_events_published", "ztdns_events_dropped"}
 
 LISTS = {
     "ztdns_list_entries",
@@ -116,6 +125,37 @@ def test_each_resolver_mode_exports_its_own_families() -> None:
     assert exported('[resolver]\nmode = "none"\n', validation=False) == ALWAYS
 
 
+def test_a_shared_cache_adds_its_families(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZTDNS_TEST_SEED", "a secret of more than sixteen bytes")
+    shared = (
+        '[resolver]\nmode = "none"\n[cache.shared]\nurl = "redis://127.0.0.1:1/0"\nkey_seed_env = "ZTDNS_TEST_SEED"\n'
+    )
+    assert exported(shared, validation=False) == ALWAYS | SHARED_CACHE
+
+
+def test_control_families(tmp_path: Path) -> None:
+    from ztdns.config.control import ControlConfig
+    from ztdns.control.bundle import new_key_pair
+    from ztdns.control.events import EventPublisher, JetStreamSink
+    from ztdns.control.node import Watcher
+
+    new_key_pair(tmp_path / "key", tmp_path / "key.pub")
+    control = ControlConfig(
+        servers=["nats://127.0.0.1:1"], public_key="key.pub", node="n", state_dir="state", events="events"
+    )
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    watcher = Watcher(control, tmp_path, "resolver", nothing)
+    assert {family.name for family in watcher.collect()} == CONTROL
+    sink = JetStreamSink(EventPublisher(control), control.events_queue)
+    try:
+        assert {family.name for family in sink.collect()} == EVENTS
+    finally:
+        sink.close()
+
+
 def test_an_authority_sharing_the_metrics_adds_its_families() -> None:
     metrics = Metrics()
     Authority([], metrics=metrics)
@@ -150,7 +190,10 @@ def test_scrape_renders_every_family() -> None:
 def test_docs_name_every_metric() -> None:
     section = DOCS.read_text().split("## `[metrics]`", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(ztdns_[a-z0-9_]+)`", section))
-    assert documented == ALWAYS | FORWARD | VALIDATION | RECURSION | AUTHORITY | PROCESS | LISTS
+    assert (
+        documented
+        == ALWAYS | FORWARD | VALIDATION | RECURSION | AUTHORITY | PROCESS | LISTS | SHARED_CACHE | CONTROL | EVENTS
+    )
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ztdns import __version__
 from ztdns.config import ConfigError, load_config
@@ -33,6 +34,29 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_bundle(path: Path) -> str:
+    """``ztdns check`` (or ``ztdns agent check``) for ``ztdns control publish``: the bundle's role."""
+    from ztdns.config.agent import load_agent_config
+    from ztdns.daemon import verify
+
+    try:
+        verify(load_config(path))
+    except ConfigError:
+        if not _is_agent_config(str(path)):
+            raise
+        from ztdns.agent.ruleset import build_ruleset
+
+        build_ruleset(load_agent_config(path))
+        return "agent"
+    return "resolver"
+
+
+def _register_control(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ztdns.control.cli import register
+
+    register(sub, _check_bundle)
+
+
 def _is_agent_config(path: str) -> bool:
     """Whether a file the server's schema rejects is a valid agent configuration (a common mix-up)."""
     from ztdns.config.agent import load_agent_config
@@ -45,7 +69,6 @@ def _is_agent_config(path: str) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from ztdns.config import default_config
     from ztdns.daemon import serve
@@ -64,7 +87,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _authority_serve(args: argparse.Namespace) -> int:
     """``ztdns serve`` without the resolver's listeners: the same service, signals and metrics endpoint."""
-    from pathlib import Path
 
     from ztdns.daemon import serve
 
@@ -173,6 +195,7 @@ def _registrations() -> list[Register]:
         register_agent,
         register_attest,
         register_api,
+        _register_control,
     ]
 
 

@@ -28,7 +28,7 @@ from ztdns import __version__
 from ztdns.config import Config, ConfigError, load_config, located
 from ztdns.config.listen import ListenConfig
 from ztdns.feeds import FeedManager
-from ztdns.handler import Frontend, compile_runtime, make_resolver
+from ztdns.handler import Frontend, compile_runtime, make_resolver, make_shared_cache
 from ztdns.observe.endpoint import serve_metrics, tls_context
 from ztdns.observe.logfmt import configure as configure_logging
 from ztdns.observe.metrics import Metrics, MetricsCollector, ProcessInfo
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from ztdns.admin.server import AdminServer
     from ztdns.attest.report import Attestor
     from ztdns.authority.daemon import AuthorityService
+    from ztdns.control.bundle import Bundle
+    from ztdns.control.node import Watcher
 
 log = logging.getLogger("ztdns")
 
@@ -107,6 +109,15 @@ def verify(config: Config) -> None:
     files (the admin listener's too), and the query log's directory. ``ztdns check`` runs this so that a config it
     passes also starts. Raises ConfigError."""
     compile_runtime(config, Observer(Metrics()), Replays(0))
+    make_shared_cache(config)  # the key seed's file or variable; connects to nothing
+    if config.control is not None:
+        from ztdns.control.bundle import BundleError
+        from ztdns.control.node import public_key_of
+
+        try:
+            public_key_of(config.control, config.base_dir)
+        except (OSError, ValueError, BundleError) as exc:
+            raise located(config, ("control", "public_key"), f"cannot use the public key: {exc}") from None
     resolver = make_resolver(config)  # root hints, trust anchors, upstreams' TLS files; opens no socket
     if resolver is not None:
         asyncio.run(resolver.close())
@@ -169,6 +180,14 @@ class Service:
         self.worker = worker
         self.reuse_port = reuse_port
         self.resolver = resolver
+        self.local = config  # the node's own file; with [control], the published bundle supplies the rest
+        self.published: Config | None = None
+        self.watcher: Watcher | None = None
+        self.watching: asyncio.Task[None] | None = None
+        self._remeasure: asyncio.Task[None] | None = None
+        if config.control is not None:
+            config = self._start_from_last_good(config)
+            self.config = config
         metrics = Metrics()
         self.authority: AuthorityService | None = None
         if config.authority.zones or config.authority.listen:
@@ -197,10 +216,63 @@ class Service:
         self.frontend.metrics.register(self.process_info)
         self.admin: AdminServer | None = None
 
+    def _start_from_last_good(self, local: Config) -> Config:
+        """With ``[control]``: the node's file merged with the last good bundle, if there is one (docs/fleet.md)."""
+        from ztdns.control.node import Watcher, node_config, published_config
+
+        assert local.control is not None
+        self.watcher = Watcher(
+            local.control, local.base_dir, "resolver", self._apply_bundle, local.control.node, self._attestation
+        )
+        last = self.watcher.last_good()
+        if last is None:
+            return node_config(local, local)  # the same paths as merged configs will have: no spurious warnings
+        bundle, path = last
+        try:
+            published = published_config(bundle, path)
+            config = node_config(local, published)
+            compile_runtime(config, Observer(Metrics()), Replays(0))  # lists, zones: what a reload would compile
+        except ConfigError as exc:
+            log.error("control: the saved bundle (revision %d) does not load:\n%s", bundle.revision, exc)
+            return node_config(local, local)
+        self.published = published
+        self.watcher.started_from(bundle)
+        log.info("control: starting from the saved bundle, revision %d", bundle.revision)
+        return config
+
+    async def _apply_bundle(self, bundle: Bundle, path: Path) -> None:
+        """A verified bundle from the control plane: loaded and swapped in as SIGHUP does; raises to refuse it."""
+        from ztdns.control.node import node_config, published_config
+
+        published = await asyncio.get_running_loop().run_in_executor(None, published_config, bundle, path)
+        async with self.compiling:
+            notes = await self._apply(node_config(self.local, published))
+        for note in notes:
+            log.warning("control: %s", note)
+        self.published = published
+        if self.resolver:
+            await self.feeds.reconfigure(self.config)
+        # Acknowledged now; the new digests follow in the next report (hashing the code takes tenths of a second).
+        self._remeasure = asyncio.get_running_loop().create_task(self._measure("reload"))
+
+    def _attestation(self) -> dict[str, str]:
+        measurements = self.attestor.measurements if self.attestor is not None else None
+        if measurements is None:
+            return {}
+        assert self.attestor is not None
+        return {
+            "attestation": self.attestor.kind,
+            "code_digest": measurements.code.digest,
+            "config_digest": measurements.config.digest,
+        }
+
     async def start(self) -> list[str]:
         endpoints = []
         self.frontend.bind_loop(asyncio.get_running_loop())
         self.feeds.start()
+        if self.watcher is not None:
+            self.frontend.metrics.register(self.watcher)
+            self.watching = asyncio.get_running_loop().create_task(self.watcher.run())
         listens = list(self.config.listen) if self.resolver else []
         await self._start_attestation()
         if self.config_path is None:
@@ -297,9 +369,15 @@ class Service:
         self._log_listener_counts()
         started = loop.time()
         try:
-            config = await loop.run_in_executor(None, load_config, path)
+            local = await loop.run_in_executor(None, load_config, path)
             read = loop.time()
-            notes = await self._apply(config)
+            if self.published is not None:
+                from ztdns.control.node import node_config
+
+                notes = await self._apply(node_config(local, self.published))
+            else:
+                notes = await self._apply(local)
+            self.local = local
             log.debug("reload: config read in %.3f s, compiled in %.3f s", read - started, loop.time() - read)
         except ConfigError as exc:
             self.process_info.reloaded(False)
@@ -451,6 +529,10 @@ class Service:
             listener.close()
         if self.authority is not None:
             await self.authority.drain(max(deadline - loop.time(), 0))
+        if self.watching is not None:
+            self.watching.cancel()
+            assert self.watcher is not None
+            await self.watcher.close()
         await self.frontend.close()
 
     async def run(self, banner: bool) -> None:
@@ -486,6 +568,9 @@ def serve(config: Config, config_path: Path | None, resolver: bool = True) -> in
     """Run until SIGTERM/SIGINT; ``resolver=False`` serves only the ``[authority]`` zones (one process)."""
     configure_logging(config.log.level)
     workers = config.server.workers if resolver else 1
+    if workers > 1 and config.control is not None:
+        message = "[control] applies bundles in one process: set workers = 1 (run more nodes rather than workers)"
+        raise located(config, ("server", "workers"), message)
     if workers > 1 and (config.authority.zones or config.authority.listen):
         message = (
             "[authority] zones are one process's state (updates, key timelines): set workers = 1, or serve them "

@@ -32,6 +32,7 @@ from ztdns.identity.stage import IdentifyStage
 from ztdns.model import Kind, Question, Resolver
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.outputs import Outputs, make_outputs
+from ztdns.observe.sinks import QueueSink
 from ztdns.observe.stage import Observer, ObserveStage
 from ztdns.pipeline import Asked, Next, QueryContext, Stage, chain
 from ztdns.policy import View, compile_views
@@ -51,6 +52,7 @@ from ztdns.wire.header import header_only
 
 if TYPE_CHECKING:
     from ztdns.authority.handler import Authority
+    from ztdns.control.shared import SharedCache
 
 
 # Answers the fast path may replay. Stale answers and failures are never replayed: the next query should
@@ -249,7 +251,8 @@ class Frontend:
         self.cache = MessageCache(config.cache)
         self.resolver_factory = resolver_factory
         self.resolver = resolver_factory(config)
-        self.outputs = make_outputs(config)
+        self.outputs = make_outputs(config, functools.partial(make_event_sinks, config))
+        self.shared = make_shared_cache(config)
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.detector = Detector(config.detect)  # its state survives reloads, like the cache
@@ -259,12 +262,14 @@ class Frontend:
         self.metrics.register(self.cache)
         self.metrics.register(self.detector)
         self.metrics.register(self)
+        if self.shared is not None:
+            self.metrics.register(self.shared)
 
     def _build(self, config: Config, resolver: Resolver | None, outputs: Outputs) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
         observer = Observer(self.metrics, outputs.feed, validating=config.dnssec.validation)
         runtime = compile_runtime(config, observer, Replays(config.cache.max_entries, self._prefetch), self.detector)
-        cache_stage = CacheStage(self.cache, resolver)
+        cache_stage = CacheStage(self.cache, resolver, self.shared)
         runtime.handler = chain(
             build_stages(
                 runtime, cache_stage, ResolveStage(resolver, config.resolver.answer_rd0 == "recurse"), self.authority
@@ -394,3 +399,30 @@ class Frontend:
         if self.resolver is not None:
             await self.resolver.close()
         self.outputs.close()
+        if self.shared is not None:
+            await self.shared.close()
+
+
+def make_event_sinks(config: Config) -> list[QueueSink]:
+    """The sink publishing query events to the fleet's stream (``[control] events``), if configured."""
+    control = config.control
+    if control is None or not control.events:
+        return []
+    from ztdns.control.events import EventPublisher, JetStreamSink
+
+    return [JetStreamSink(EventPublisher(control), control.events_queue)]
+
+
+def make_shared_cache(config: Config) -> SharedCache | None:
+    """The Redis cache shared with other resolvers, if configured (it connects on first use). A change on reload
+    takes effect on restart."""
+    shared = config.cache.shared
+    if shared is None:
+        return None
+    from ztdns.control.shared import SeedError, SharedCache, load_seed  # only servers that share load Redis
+
+    try:
+        return SharedCache(shared, load_seed(shared, config.base_dir))
+    except SeedError as exc:
+        key = "key_seed_file" if shared.key_seed_file else "key_seed_env"
+        raise located(config, ("cache", "shared", key), str(exc)) from None

@@ -80,6 +80,8 @@ class ExplainResponse(Body):
     policy: str | None
     rule: str | None
     origin: str | None
+    chain: list[str] = []  # how the decision came about (docs/policy.md, "Precedence")
+    detection: list[str] = []  # what the detectors make of the name
     outcome: str
     rcode: str | None
     ede: list[EdeOption]
@@ -102,10 +104,15 @@ class PolicyInfo(Body):
     name: str
     allow: list[Any]
     deny: list[Any]
+    exceptions: list[Any] = []  # `except` in the config file: they cancel list denies (docs/policy.md)
     allow_lists: list[str]
     deny_lists: list[str]
     blocked_response: str
+    sinkhole: list[str] = []
+    block_cname: str | None = None
     include_rule_text: bool
+    rewrites: dict[str, str | list[str]] = {}
+    schedule: str | None = None
     used_by: list[str]
 
 

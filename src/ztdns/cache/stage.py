@@ -3,6 +3,8 @@
 Stale data is served when the resolution fails, or (RFC 8767 client response timer, ``stale_client_timeout``,
 1.8 s) when it has not ended by then: a black-holed upstream costs the client 1.8 s, not the resolver's whole
 budget, and the resolution continues in the background to refresh the entry.
+
+With a shared store (``[cache.shared]``), a local miss asks it before going upstream, and fetched answers go to it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from typing import Protocol
 
 import dns.flags
 import dns.message
@@ -35,6 +38,14 @@ def render(
     return response
 
 
+class SharedStore(Protocol):
+    """A cache other resolvers fill too (``[cache.shared]``): asked only on a local miss, never failing."""
+
+    async def get(self, question: Question) -> dns.message.Message | None: ...
+
+    def put(self, question: Question, response: dns.message.Message, ttl: int) -> None: ...
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         # The type only: the name (and an exception's text, which may quote it) leave only through observe/.
@@ -44,9 +55,10 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 class CacheStage:
     name = "cache"
 
-    def __init__(self, cache: MessageCache, resolver: Resolver | None) -> None:
+    def __init__(self, cache: MessageCache, resolver: Resolver | None, shared: SharedStore | None = None) -> None:
         self.cache = cache
         self.resolver = resolver
+        self.shared = shared
         self._prefetches: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()  # resolutions that outlived the stale answer's timer
 
@@ -61,6 +73,16 @@ class CacheStage:
             ctx.store = StoreHint(entry.expires, counts_down=True, entry=entry, age=age)
             self.maybe_prefetch(ctx.question, entry)
             return
+        shared = self.shared
+        if shared is not None:
+            response = await shared.get(ctx.question)
+            found = cache.store(ctx.question, response) if response is not None else None
+            if found is not None:
+                ctx.response = render(ctx.query, found, 0)
+                ctx.kind = Kind.CACHED
+                ctx.cache_hit = True
+                ctx.store = StoreHint(found.expires, counts_down=True, entry=found)
+                return
         timer = cache.config.stale_client_timeout
         if entry is not None and timer > 0:
             if not await self._resolve_within(ctx, call_next, timer):
@@ -80,6 +102,8 @@ class CacheStage:
             stored = self.cache.store(ctx.question, ctx.response)
             if stored is not None:
                 ctx.store = StoreHint(stored.expires, counts_down=True, entry=stored)
+                if self.shared is not None:
+                    self.shared.put(ctx.question, ctx.response, stored.ttl)
 
     async def _resolve_within(self, ctx: Asked, call_next: AskedNext, timeout: float) -> bool:
         """Resolve on a copy of CTX; True (CTX updated) if that ended within TIMEOUT seconds, else False, with

@@ -1,8 +1,8 @@
 """Configuration: the one schema package. The root :class:`Config` and loading with file:line:key errors are here;
 one module per area holds that area's models (``listen.py``, ``identity.py``, ``policy.py``, ``lists.py``,
-``resolver.py``, ``cache.py``, ``dnssec.py``, ``local_zones.py``, ``log.py``, ``metrics.py``, ``server.py``,
-``authority.py``, ``admin.py``, and ``agent.py`` for the agent's own file); ``base.py`` holds what areas share and
-``locate.py`` maps keys to lines.
+``resolver.py``, ``cache.py``, ``control.py``, ``dnssec.py``, ``local_zones.py``, ``log.py``, ``metrics.py``,
+``server.py``, ``authority.py``, ``admin.py``, and ``agent.py`` for the agent's own file); ``base.py`` holds what
+areas share and ``locate.py`` maps keys to lines.
 
 This package sits at the bottom of the layers: it imports no capability package, so any capability may import
 its area's models. A new area is a new module here and one field of :class:`Config` (CONTRIBUTING.md).
@@ -29,6 +29,7 @@ from ztdns.config.attestation import AttestationConfig
 from ztdns.config.authority import AuthorityConfig
 from ztdns.config.base import LocatedError, Section
 from ztdns.config.cache import CacheConfig
+from ztdns.config.control import ControlConfig
 from ztdns.config.detect import DetectConfig
 from ztdns.config.dnssec import DnssecConfig
 from ztdns.config.identity import IdentityConfig, UnknownClientsConfig
@@ -77,6 +78,7 @@ class Config(Section):
     attestation: AttestationConfig = AttestationConfig()
     detect: DetectConfig = DetectConfig()
     admin: AdminConfig = AdminConfig()
+    control: ControlConfig | None = None
 
     # Where the file was read from: list files and zone files are relative to it; errors name it. Set by the
     # loader, not keys of the file.

@@ -4,7 +4,7 @@ reopened together on SIGHUP, closed together, and exported as metrics (events wr
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -58,6 +58,8 @@ class Outputs:
             if isinstance(sink, DnstapSink | SyslogSink):
                 connected.add_metric(labels, 1.0 if sink.connected else 0.0)
         yield from (written, dropped, connected)
+        for sink in self.sinks:
+            yield from sink.collect()
 
     def _feed_dropped(self) -> int:
         """Events the feed dropped before any sink saw them (every sink missed them)."""
@@ -68,8 +70,9 @@ def instance_name(config: Config) -> str:
     return config.log.instance or socket.gethostname()
 
 
-def make_outputs(config: Config) -> Outputs:
-    """Open every sink of ``config``; raises ConfigError naming the key of one that cannot be opened."""
+def make_outputs(config: Config, extra: Callable[[], list[QueueSink]] | None = None) -> Outputs:
+    """Open every sink of ``config`` (and those ``extra`` makes: sinks of higher layers, such as the fleet's event
+    stream); raises ConfigError naming the key of one that cannot be opened."""
     instance = instance_name(config)
     sinks: list[QueueSink] = []
     querylog = None
@@ -85,6 +88,8 @@ def make_outputs(config: Config) -> Outputs:
             sinks.append(querylog)
         for index, sink in enumerate(config.log.sinks):
             sinks.append(_make_sink(config, index, sink, instance))
+        if extra is not None:
+            sinks += extra()
     except BaseException:
         for made in sinks:
             made.close()

@@ -14,6 +14,9 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterable
+
+from prometheus_client.metrics_core import Metric
 
 from ztdns.client import ClientInfo
 from ztdns.observe.events import Answered, Event, QueryEvent, SecurityEvent, UpstreamEvent
@@ -170,6 +173,10 @@ class QueueSink:
 
     def shutdown(self) -> None:
         """Release the output (after the last batch)."""
+
+    def collect(self) -> Iterable[Metric]:
+        """Metric families of the sink's own beyond events written and dropped (a publisher's, say)."""
+        return ()
 
 
 class TextSink(QueueSink):
