@@ -8,7 +8,7 @@ but never exceeded), so load from other processes hits both alike; min and media
 - miss: ``Frontend.handle`` on a new name each query around a resolver that answers at once (as bench/stages.py).
 Quality: the DGA model on held-out names of each family (scripts/train_dga.py, 2025 seeds), the benign held-out
 set per name, a benign replay of failing names through the per-client verdict, synthetic tunnels through the
-detector on a fake clock (time to verdict), and the real tools as measured by tests/test_detect_tunnels.py.
+detector on a fake clock (time to verdict), and the real tools as measured by tests/detection/test_detect_tunnels.py.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def quality() -> None:
     for rate, chunk, required in ((50.0, 30, 60), (200.0, 60, 60), (1000.0, 100, 10), (5000.0, 150, 10)):
         seconds = tunnel_time(rate, chunk)
         print(f"| {rate:.0f} B/s | {'-' if seconds is None else f'{seconds:.1f}'} | ≤ {required} |")
-    print("Real tools (tests/test_detect_tunnels.py, through ztdns serve in namespaces): see docs/detect.md.")
+    print("Real tools (tests/detection/test_detect_tunnels.py, through ztdns serve in namespaces): see docs/detect.md.")
 
 
 if __name__ == "__main__":

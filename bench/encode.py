@@ -3,7 +3,7 @@
 Peers are dnspython's own calls the hot path used before: ``Message.to_wire(max_size=65535)`` for a signed
 NODATA response (SOA, NSEC and their RRSIGs in authority, DO=1, EDE) and for a positive answer with its RRSIG;
 ``dns.dnssec._make_rrsig_signature_data`` for an A RRset, an NSEC record and a DNSKEY RRset. Both sides produce
-the same bytes (checked here before timing; tests/test_encode.py checks it broadly). Prints µs per call for
+the same bytes (checked here before timing; tests/wire/test_encode.py checks it broadly). Prints µs per call for
 ztdns, for dnspython, and the ratio.
 
     python bench/encode.py [--seconds 0.5]

@@ -2,7 +2,7 @@
 
 The messages are the ones the resolver parses most: a client's query, a positive answer with its RRSIG, a signed
 NODATA (SOA, NSEC and their RRSIGs) and a referral with DS. Both sides give the same Message (checked here before
-timing; tests/test_response_parse.py checks it broadly). ztdns is timed twice: *cold*, with a fresh memo per
+timing; tests/wire/test_response_parse.py checks it broadly). ztdns is timed twice: *cold*, with a fresh memo per
 message (names and records never seen before, as in a cold cache), and *warm*, with the process-wide memo that
 reuses names and records seen in earlier responses. Prints µs per message and the ratio to dnspython.
 

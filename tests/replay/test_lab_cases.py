@@ -1,5 +1,5 @@
-"""Every case of the lab (``ztdns lab``, tests/test_recursive_lab.py) replayed without root: the lab's own zones,
-built and signed in memory, served by mock authoritative servers at the lab's addresses."""
+"""Every case of the lab (``ztdns lab``, tests/resolver/test_recursive_lab.py) replayed without root: the lab's
+own zones, built and signed in memory, served by mock authoritative servers at the lab's addresses."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The data an RRSIG signs (RFC 4034 §3.1.8.1, canonical form §6.2, RFC 6840 §5.1), built with :mod:`ztdns.wire.encode`.
 
 The validator builds it for every signature it checks; dnspython's ``_make_rrsig_signature_data`` (which this
-replaces, byte for byte — tests/test_encode.py compares them) spent a third of what the ECDSA verification
+replaces, byte for byte — tests/wire/test_encode.py compares them) spent a third of what the ECDSA verification
 costs on a cold pass over the lab, in a ``to_wire``/``to_digestable`` per name and per rdata.
 """
 

@@ -8,7 +8,7 @@ CPU) that was ≈ 2.9 ms (rendering) and ≈ 1.6 ms (signed data), now ≈ 0.6 m
 Here names become bytes once (a small cache keyed by their labels) and the compression table is keyed by
 lower-cased wire suffixes. The authority's answers are rendered the same way (first sight; later replayed).
 
-The bytes are dnspython 2.9.2's, exactly (tests/test_encode.py compares them): which rdata names are compressed
+The bytes are dnspython 2.9.2's, exactly (tests/wire/test_encode.py compares them): which rdata names are compressed
 and which are lower-cased in canonical form follows its classes, not our reading of the RFCs. A type this module
 does not know is encoded by dnspython itself when that cannot involve compression; otherwise :class:`Unencodable`
 tells the caller to let dnspython do the whole message.

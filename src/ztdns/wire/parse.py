@@ -22,7 +22,7 @@ own ``Rdata.replace`` does), with values already of the types their constructors
 per value). That relies on dnspython's slots, so it is checked when this module loads: each hand reader, on a
 sample record, must build an object :func:`fingerprint`-identical to dnspython's (type and every slot, names
 case and all); a record type that fails is built through its constructor, a Name through ``Name()``, and if
-RRsets fail every message goes to dnspython. tests/test_response_parse.py holds the whole to dnspython's result
+RRsets fail every message goes to dnspython. tests/wire/test_response_parse.py holds the whole to dnspython's result
 on real, mutated and random messages, and each builder on generated values.
 """
 

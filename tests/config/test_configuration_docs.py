@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 
 from ztdns.config import Config
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 # Set by the loader from the file's location, not written in a config file.
 LOADER_KEYS = {"base_dir", "source"}
 

@@ -22,7 +22,7 @@ import pytest
 from fixtures.server import ServerProcess
 from fixtures.unbound import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 # agent.toml is the endpoint agent's own file format: `ztdns agent --config F check` checks it (test_agent_units).
 GOOD = sorted(path.name for path in EXAMPLES.glob("*.toml") if path.name not in ("bad.toml", "agent.toml"))

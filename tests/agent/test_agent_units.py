@@ -477,7 +477,7 @@ def test_resolv_conf_pointed_and_restored(tmp_path: Path) -> None:
 def test_example_config_checks_and_prints_the_ruleset(capsys: pytest.CaptureFixture[str]) -> None:
     from ztdns.cli import main
 
-    example = Path(__file__).parent.parent / "examples" / "agent.toml"
+    example = Path(__file__).parents[2] / "examples" / "agent.toml"
     assert main(["agent", "--config", str(example), "check"]) == 0
     ruleset = capsys.readouterr().out
     assert "ip6 daddr 2001:db8::53 tcp dport 853 accept" in ruleset

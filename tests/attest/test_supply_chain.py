@@ -17,7 +17,7 @@ import pytest
 
 from ztdns.attest.measure import locked_packages
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CYCLONEDX = Path(sys.executable).parent / "cyclonedx-py"
 
 # These tests run the ztdns command, cyclonedx-py or a wheel build as processes.

@@ -499,7 +499,7 @@ enabled = false
         assert edge_lines[0]["upstream"] == f"tls://127.0.0.1:{core_port}"
 
 
-SSLYZE = Path(__file__).resolve().parents[1] / ".venv-sslyze" / "bin" / "sslyze"
+SSLYZE = Path(__file__).resolve().parents[2] / ".venv-sslyze" / "bin" / "sslyze"
 SCAN = ["--sslv2", "--sslv3", "--tlsv1", "--tlsv1_1", "--tlsv1_2", "--tlsv1_3", "--elliptic_curves"]
 SCAN += ["--heartbleed", "--openssl_ccs", "--robot", "--compression", "--reneg", "--mozilla_config", "disable"]
 OLD_PROTOCOLS = ("ssl_2_0", "ssl_3_0", "tls_1_0", "tls_1_1")

@@ -28,7 +28,7 @@ from ztdns.agent.asker import cgroup2_root
 pytestmark = [needs_root(), pytest.mark.root, pytest.mark.slow]
 __all__ = ["agent_factory", "lab", "probe"]
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/: the helper scripts
 FOREIGN4, FOREIGN6 = "198.51.100.20", "2001:db8:2::10"
 
 

@@ -16,7 +16,7 @@ from fixtures.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "fleet.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "fleet.md"
 
 
 def walkthrough() -> str:

@@ -16,8 +16,8 @@ import dns.rdatatype
 import dns.update
 import pytest
 
+from authority.test_signing_rollover import CHILD, CHILD_TEXT, FAST, PARENT, PARENT_TEXT, Prober, _wait
 from authority_lab import keyring, need, serving, signed_zone, unbound
-from test_signing_rollover import CHILD, CHILD_TEXT, FAST, PARENT, PARENT_TEXT, Prober, _wait
 from ztdns.authority.build import check_zone
 from ztdns.authority.handler import Authority
 from ztdns.authority.kasp import KeyManager, Policy
