@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote
 
 from pydantic import BaseModel, ValidationError
 
-from ztdns.admin import models
+from ztdns.admin import models, sources
 from ztdns.admin.audit import AuditLog
 from ztdns.admin.auth import (
     LoginLimiter,
@@ -39,8 +39,10 @@ from ztdns.admin.toml import dumps, merge_patch
 from ztdns.config import Config, ConfigError, parse_config
 from ztdns.config.admin import AdminTokenConfig, Role
 from ztdns.explain import Explained, explain_facts
+from ztdns.feeds import FeedManager
 from ztdns.handler import Frontend
 from ztdns.observe.metrics import MetricsCollector
+from ztdns.observe.recent import RecentSink
 
 if TYPE_CHECKING:
     from ztdns.attest.report import Attestor
@@ -61,14 +63,6 @@ ASSETS = {
     "/console.js": ("console.js", "text/javascript; charset=utf-8"),
     "/console.css": ("console.css", "text/css; charset=utf-8"),
 }
-# Endpoints whose data source is another capability not in this build: they answer 501 with the reason.
-NOT_AVAILABLE = {
-    "/v1/querylog": "the query log is written to its sink (log.query_log) but this build has no searchable store",
-    "/v1/detections": "this build has no detection engine (ztdns.detect) to report from",
-    "/v1/agents": "this build has no control plane receiving fleet events from agents",
-    "/v1/flows": "this build has no control plane receiving fleet events (flows) from agents",
-    "/v1/lists": "this build has no list feeds: lists are files read at start and reload (see /v1/policies)",
-}
 
 
 class Host(Protocol):
@@ -79,6 +73,7 @@ class Host(Protocol):
     frontend: Frontend
     authority: AuthorityService | None
     attestor: Attestor | None
+    feeds: FeedManager
 
     def verify(self, config: Config) -> None:
         """``ztdns check``'s checks beyond the schema (files the config names). Raises ConfigError."""
@@ -251,17 +246,56 @@ ROUTES = [
         "attestation",
         response=models.Attestation,
     ),
-    *(
-        Route(
-            "GET",
-            path,
-            "viewer",
-            f"Not available in this build: {reason}",
-            "not_available",
-            response=models.NotAvailable,
-            status=501,
-        )
-        for path, reason in NOT_AVAILABLE.items()
+    Route(
+        "GET",
+        "/v1/querylog",
+        "viewer",
+        "Latest queries from the memory sink, newest first (?name=&client=&identity=&decision=&since=&until=&limit="
+        "&before=)",
+        "querylog",
+        response=models.QueryLog,
+    ),
+    Route(
+        "GET",
+        "/v1/detections",
+        "viewer",
+        "Detection verdicts with their evidence, one per detector and key",
+        "detections",
+        response=models.Detections,
+    ),
+    Route(
+        "GET",
+        "/v1/overview",
+        "viewer",
+        "Queries, blocks and detections over time; top blocked names and identities (?bucket=SECONDS&buckets=N)",
+        "overview",
+        response=models.Overview,
+    ),
+    Route("GET", "/v1/lists", "viewer", "List files and feeds: status of each", "lists", response=models.Lists),
+    Route(
+        "GET",
+        "/v1/agents",
+        "viewer",
+        "The fleet's nodes from the control plane (agents and resolvers, with their revision)",
+        "agents",
+        response=models.FleetNodes,
+    ),
+    Route(
+        "GET",
+        "/v1/flows",
+        "viewer",
+        "Flow records agents published to the fleet's event stream (?since=SECONDS&limit=N)",
+        "flows",
+        response=models.Flows,
+    ),
+    Route(
+        "POST",
+        "/v1/exceptions",
+        "operator",
+        "Add an exception for a name (the policy that blocks it, or the detectors' allow-list); applied like PATCH",
+        "add_exception",
+        request=models.ExceptionRequest,
+        response=models.ExceptionAdded,
     ),
     Route(
         "GET",
@@ -367,6 +401,8 @@ class AdminApi:
             return await handler(request, principal)
         except ValidationError as exc:
             return error(400, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        except ValueError as exc:  # a query parameter that is not a number
+            return error(400, str(exc))
 
     def authenticate(self, request: Request) -> Principal | Response:
         settings = self.host.config.admin
@@ -526,20 +562,84 @@ class AdminApi:
 
     async def explain(self, request: Request, principal: Principal) -> Response:
         body = models.ExplainRequest.model_validate_json(request.body)
-        config = self.host.config
-
-        def run() -> Explained:
-            # Explain compiles its own runtime (list files can hold millions of names): in a thread with its own
-            # loop, so the server's loop keeps answering queries meanwhile.
-            return asyncio.run(explain_facts(config, body.client, body.name, body.type))
-
         try:
-            async with self.explaining:
-                facts = await asyncio.get_running_loop().run_in_executor(None, run)
+            facts = await self._explain(self.host.config, body.client, body.name, body.type)
         except (ValueError, LookupError) as exc:  # a name or type dnspython cannot make a query of
             return error(400, f"cannot ask that: {exc}")
         data = {**facts.__dict__, "ede": [models.EdeOption(code=c, name=n, text=t) for c, n, t in facts.ede]}
         return json_response(200, models.ExplainResponse(**data))
+
+    async def _explain(self, config: Config, client: str, name: str, qtype: str) -> Explained:
+        def run() -> Explained:
+            # Explain compiles its own runtime (list files can hold millions of names): in a thread with its own
+            # loop, so the server's loop keeps answering queries meanwhile.
+            return asyncio.run(explain_facts(config, client, name, qtype))
+
+        async with self.explaining:
+            return await asyncio.get_running_loop().run_in_executor(None, run)
+
+    async def add_exception(self, request: Request, principal: Principal) -> Response:
+        """One click in the console: the name is added where it cancels what blocks it, checked with explain
+        against the changed config before anything is applied, then applied as PATCH /v1/config is."""
+        body = models.ExceptionRequest.model_validate_json(request.body)
+        name = body.name.strip().rstrip(".").lower()
+        current = self.host.config
+        etag = request.headers.get("if-match") or etag_of(current.text())
+        data = tomllib.loads(current.text())
+        if body.scope == "detect":
+            allow = data.setdefault("detect", {}).setdefault("allow", [])
+            if name in allow:
+                return error(409, f"{name!r} is on the detectors' allow-list already")
+            allow.append(name)
+            return await self._apply_exception(request, principal, dumps(data), etag, None, ["detect.allow"], name)
+        if not body.client:
+            return error(400, "name the client: whether a name is blocked depends on who asks (as in explain)")
+        try:
+            facts = await self._explain(current, body.client, name, body.type)
+        except (ValueError, LookupError) as exc:
+            return error(400, f"cannot ask that: {exc}")
+        if facts.decision != "deny" or facts.policy is None:
+            return error(409, f"{name!r} is not blocked for {body.client!r} (decision {facts.decision})")
+        policy = data.get("policies", {}).get(facts.policy)
+        if not isinstance(policy, dict):
+            return error(409, f"the blocking policy {facts.policy!r} is not in the config file")
+        # A default deny needs an allow; a list's deny an exception (and an allow unless one matches already).
+        tries = [["allow"]] if facts.rule == "default-deny" else [["except"], ["except", "allow"]]
+        for keys in tries:
+            candidate = {**data, "policies": {**data["policies"], facts.policy: dict(policy)}}
+            changed = candidate["policies"][facts.policy]
+            for key in keys:
+                changed[key] = [*changed.get(key, []), *([] if name in changed.get(key, []) else [name])]
+            text = dumps(candidate)
+            try:
+                config = await self._validate(text)
+                after = await self._explain(config, body.client, name, body.type)
+            except ConfigError as exc:
+                self.audit_log.write(principal, request.method, request.path, 400, {"problems": exc.problems})
+                return rejected(exc, "the exception is not a valid rule")
+            if after.decision != "deny":
+                added = [f"policies.{facts.policy}.{key}" for key in keys]
+                return await self._apply_exception(request, principal, text, etag, facts.policy, added, name)
+        chain = "; ".join(facts.chain) or facts.origin or ""
+        return error(409, f"an exception cannot cancel what blocks {name!r}: {chain} (edit the policy)")
+
+    async def _apply_exception(
+        self,
+        request: Request,
+        principal: Principal,
+        text: str,
+        etag: str,
+        policy: str | None,
+        added: list[str],
+        name: str,
+    ) -> Response:
+        detail = {"exception": name, "added": added}
+        response = await self._change(request, principal, lambda current: text, detail, if_match=etag)
+        if response.status != 200:
+            return response
+        applied = models.ConfigApplied.model_validate_json(response.body)
+        result = models.ExceptionAdded(**applied.model_dump(), policy=policy, added=added)
+        return json_response(200, result, [("etag", applied.etag)])
 
     async def identities(self, request: Request, principal: Principal) -> Response:
         config = self.host.config
@@ -628,8 +728,26 @@ class AdminApi:
             return json_response(200, models.Attestation(available=False, report=None, error=str(exc)))
         return json_response(200, models.Attestation(available=True, report=report))
 
-    async def not_available(self, request: Request, principal: Principal) -> Response:
-        return json_response(501, models.NotAvailable(reason=NOT_AVAILABLE[request.path]))
+    def _recent(self) -> RecentSink | None:
+        return self.host.frontend.outputs.recent()
+
+    async def querylog(self, request: Request, principal: Principal) -> Response:
+        return json_response(200, sources.query_log(self._recent(), request.query))
+
+    async def detections(self, request: Request, principal: Principal) -> Response:
+        return json_response(200, sources.detections(self._recent()))
+
+    async def overview(self, request: Request, principal: Principal) -> Response:
+        return json_response(200, sources.overview(self._recent(), request.query))
+
+    async def lists(self, request: Request, principal: Principal) -> Response:
+        return json_response(200, sources.lists(self.host.config, self.host.feeds))
+
+    async def agents(self, request: Request, principal: Principal) -> Response:
+        return json_response(200, await sources.fleet_nodes(self.host.config))
+
+    async def flows(self, request: Request, principal: Principal) -> Response:
+        return json_response(200, await sources.flows(self.host.config, request.query))
 
     # -- tokens and audit ------------------------------------------------------------------------------------
 

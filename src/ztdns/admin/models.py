@@ -202,3 +202,136 @@ class SessionInfo(Body):
 
 class AuditEntries(Body):
     entries: list[dict[str, Any]]
+
+
+class Unavailable(Body):
+    """Why a source has nothing to show (a sink, a section or a control plane not configured, or unreachable)."""
+
+    available: bool
+    reason: str | None = None
+
+
+class QueryRecord(Body):
+    seq: int = Field(description="the paging cursor: ask for older records with before=seq")
+    time: float
+    transport: str
+    client: str = Field(description="the client address, or its pseudonym under the sink's privacy")
+    certificate: str | None
+    identity: str | None
+    qname: str | None
+    qtype: str | None
+    decision: str
+    kind: str
+    policy: str | None
+    rule: str | None
+    rcode: str
+    ede: int | None
+    ede_text: str | None
+    detection: str | None
+    latency_ms: float
+
+
+class QueryLog(Unavailable):
+    """The memory sink's latest records, newest first (none under privacy ``aggregate``: its windows instead)."""
+
+    privacy: str | None = None
+    held: int = 0
+    records: list[QueryRecord] = []
+    more: bool = False
+    windows: list[dict[str, Any]] = Field(default=[], description="privacy aggregate: the windows' counts")
+
+
+class DetectionInfo(Body):
+    detector: str
+    key: str = Field(description="what the verdict is about (a keyed hash under privacy pseudonymised)")
+    domain: str | None = Field(description="the domain the verdict is about, when it names one")
+    action: str
+    mode: str
+    measured: str | None
+    limit: str | None
+    until: str | None
+    in_force: bool
+    first_seen: float
+    last_seen: float
+    events: int
+    text: str | None
+    evidence: dict[str, Any] = Field(description="every field of the latest event")
+
+
+class Detections(Unavailable):
+    """Detection verdicts seen by the memory sink, one per detector and key, latest first."""
+
+    privacy: str | None = None
+    detections: list[DetectionInfo] = []
+    counts: dict[str, int] = Field(default={}, description="events by detector (aggregate windows included)")
+
+
+class NameCount(Body):
+    name: str
+    count: int
+
+
+class Overview(Unavailable):
+    """Queries, blocks and detections over time (oldest bucket first) and the most blocked names and identities."""
+
+    privacy: str | None = None
+    start: float = 0.0
+    bucket_seconds: float = 60.0
+    queries: list[int] = []
+    blocked: list[int] = []
+    detections: list[int] = []
+    top_blocked_names: list[NameCount] = []
+    top_blocked_identities: list[NameCount] = []
+
+
+class FleetNodes(Unavailable):
+    """The fleet's nodes (agents and resolvers) as they acknowledge bundles in the control plane's bucket."""
+
+    published: dict[str, int] = Field(default={}, description="the published revision per role")
+    nodes: list[dict[str, Any]] = []
+
+
+class Flows(Unavailable):
+    """Flow records agents published to the fleet's event stream, newest first."""
+
+    flows: list[dict[str, Any]] = []
+
+
+class ListUse(Body):
+    policy: str
+    used_as: str = Field(description="allow or deny")
+
+
+class ListInfo(Body):
+    source: str = Field(description="a file path as the config names it, or a feed URL")
+    kind: str = Field(description="file or feed")
+    used_by: list[ListUse]
+    entries: int | None = None
+    copy_time: float | None = None
+    last_attempt: float | None = None
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+    failures: int = 0
+    skipped: dict[str, int] = {}
+    size: int | None = Field(default=None, description="files: bytes")
+    modified: float | None = Field(default=None, description="files: last modified")
+
+
+class Lists(Body):
+    lists: list[ListInfo]
+
+
+class ExceptionRequest(Body):
+    """Add an exception for a name, decided like ``explain`` for this client; ``scope`` detect puts the name on
+    the detectors' allow-list instead."""
+
+    name: str = Field(min_length=1, max_length=1024)
+    client: str = Field(default="", max_length=512)
+    type: str = Field(default="A", max_length=16)
+    scope: str = Field(default="policy", pattern="^(policy|detect)$")
+
+
+class ExceptionAdded(ConfigApplied):
+    policy: str | None
+    added: list[str] = Field(description="the config keys the name was added to")

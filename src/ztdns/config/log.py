@@ -22,9 +22,10 @@ class QueryLogConfig(Section):
 
 
 class SinkConfig(Section):
-    """One sink of query events: where they go, in which format, with what privacy."""
+    """One sink of query events: where they go, in which format, with what privacy (``memory``: kept in this
+    process for the admin API, never written)."""
 
-    type: Literal["json", "dnstap", "syslog"]
+    type: Literal["json", "dnstap", "syslog", "memory"]
     name: str = ""  # the metric label; defaults to the type and its index
     format: Format = "native"
     privacy: Privacy = "full"
@@ -42,6 +43,8 @@ class SinkConfig(Section):
     ca: str | None = None
     server_name: str | None = None  # the name the collector's certificate must carry (default: its host)
     facility: Annotated[int, Field(ge=0, le=23)] = 16  # local0
+    # memory: how many query records the ring keeps for the admin API's query log (docs/console.md).
+    records: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     # pseudonymised: ipcrypt mode for client addresses, and how often the keys are replaced (seconds).
     ipcrypt: Literal["deterministic", "ndx"] = "deterministic"
     key_rotation: Annotated[float, Field(gt=0)] = 86_400.0

@@ -17,6 +17,7 @@ from ztdns.observe.dnstap import DnstapSink
 from ztdns.observe.formats import Formatter
 from ztdns.observe.privacy import Aggregate, Pseudonyms
 from ztdns.observe.querylog import QueryLog
+from ztdns.observe.recent import RecentSink
 from ztdns.observe.sinks import Feed, QueueSink
 from ztdns.observe.syslog import SyslogSink, tls_context
 
@@ -29,6 +30,10 @@ class Outputs:
         self.sinks = sinks
         self.querylog = querylog
         self.feed = Feed(sinks) if sinks else None
+
+    def recent(self) -> RecentSink | None:
+        """The first memory sink (the admin API's query log), if one is configured."""
+        return next((sink for sink in self.sinks if isinstance(sink, RecentSink)), None)
 
     def reopen(self) -> None:
         for sink in self.sinks:
@@ -101,6 +106,8 @@ def _make_sink(config: Config, index: int, sink: SinkConfig, instance: str) -> Q
     name = sink.name or f"{sink.type}{index}"
     pseudonyms = Pseudonyms(sink.ipcrypt, sink.key_rotation) if sink.privacy == "pseudonymised" else None
     aggregate = Aggregate(sink.k, sink.window) if sink.privacy == "aggregate" else None
+    if sink.type == "memory":
+        return RecentSink(name, sink.queue, sink.records, pseudonyms, aggregate)
     formatter = Formatter(sink.format, pseudonyms, instance)
     if sink.type == "json":
         path = sink.output if sink.output == "stdout" else str(config.base_dir / sink.output)

@@ -25,6 +25,7 @@ def _sink(sink: SinkConfig) -> str:
         "json": f"JSON lines to {'standard output' if sink.output == 'stdout' else sink.output}",
         "dnstap": f"dnstap messages (the full queries and answers) to {sink.socket or sink.address}",
         "syslog": f"syslog over {sink.protocol.upper()} to {sink.address}",
+        "memory": f"the latest {sink.records} records in memory, shown to admin API users (never written)",
     }[sink.type]
     if sink.privacy == "aggregate":
         what = (
