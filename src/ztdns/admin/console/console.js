@@ -61,19 +61,80 @@ function when(seconds) {
 // -- pages ---------------------------------------------------------------------------------------------------
 
 async function overview(page) {
-  const { ok, data } = await api("GET", "/v1/stats");
-  if (!ok) return failed(page, data);
+  const [stats, recent] = await Promise.all([api("GET", "/v1/stats"), api("GET", "/v1/overview")]);
+  if (!stats.ok) return failed(page, stats.data);
+  const data = stats.data;
   const blocked = (data.by_kind.blocked || 0) + (data.by_kind.prohibited || 0);
   page.append(
     el("h1", {}, "Overview"),
     el("div", { class: "card row" },
       el("p", {}, el("strong", { id: "queries-total" }, String(data.queries_total)), " queries answered"),
       el("p", {}, el("strong", { id: "queries-blocked" }, String(blocked)), " blocked or prohibited"),
-      el("p", {}, "latency sum ", el("strong", {}, data.latency_seconds_sum.toFixed(3)), " s")),
-    ...counts("kind", data.by_kind), ...counts("transport", data.by_transport), ...counts("rcode", data.by_rcode),
-    el("h2", {}, "All metric samples"),
-    table(["metric", "labels", "value"], data.samples.map((s) =>
-      [s.name, Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(", "), s.value])));
+      el("p", {}, "latency sum ", el("strong", {}, data.latency_seconds_sum.toFixed(3)), " s")));
+  if (recent.ok && recent.data.available) {
+    const o = recent.data;
+    const minutes = o.bucket_seconds / 60;
+    page.append(el("section", { class: "card", id: "overview-charts" },
+      el("h2", {}, `Over time (one bar per ${minutes >= 1 ? `${minutes} min` : `${o.bucket_seconds} s`}` +
+        `${o.privacy === "full" ? "" : `, privacy ${o.privacy}`})`),
+      o.reason ? el("p", { class: "hint" }, o.reason) : "",
+      el("div", { class: "charts" },
+        barChart("Queries", "chart-queries", o.queries, o.start, o.bucket_seconds, "series-queries"),
+        barChart("Blocked", "chart-blocked", o.blocked, o.start, o.bucket_seconds, "series-blocked"),
+        barChart("Detections", "chart-detections", o.detections, o.start, o.bucket_seconds, "series-detections"))),
+    el("div", { class: "row top" },
+      topChart("Most blocked names", "top-names", o.top_blocked_names),
+      topChart("Most blocked identities", "top-identities", o.top_blocked_identities)));
+  } else if (recent.ok) {
+    page.append(el("p", { class: "hint reason" }, `Charts: ${recent.data.reason}`));
+  }
+  page.append(...counts("kind", data.by_kind), ...counts("transport", data.by_transport),
+    ...counts("rcode", data.by_rcode),
+    el("details", {}, el("summary", {}, "All metric samples"),
+      table(["metric", "labels", "value"], data.samples.map((s) =>
+        [s.name, Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(", "), s.value]))));
+}
+
+// Charts are SVG drawn here (no library): bars scaled to the largest value, each with a <title> for its value.
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+function barChart(title, id, values, start, bucket, series) {
+  const width = 360, height = 120, top = Math.max(1, ...values);
+  const step = width / Math.max(values.length, 1);
+  const total = values.reduce((a, b) => a + b, 0);
+  const chart = svg("svg", { id, viewBox: `0 0 ${width} ${height + 16}`, role: "img", class: `chart ${series}`,
+    "aria-label": `${title}: ${total} in the last ${values.length} intervals, at most ${top} in one` },
+  svg("line", { x1: 0, y1: height, x2: width, y2: height, class: "axis" }));
+  values.forEach((value, index) => {
+    const h = (value / top) * (height - 4);
+    const at = new Date((start + index * bucket) * 1000).toISOString().slice(11, 16);
+    chart.append(svg("rect", { x: index * step + 0.5, y: height - h, width: Math.max(step - 1, 1), height: h,
+      "data-value": value }, svg("title", {}, `${at} UTC: ${value}`)));
+  });
+  chart.append(svg("text", { x: 0, y: height + 14, class: "label" }, `max ${top}`),
+    svg("text", { x: width, y: height + 14, class: "label end" }, "now"));
+  return el("figure", {}, chart, el("figcaption", {}, `${title}: ${total}`));
+}
+
+function topChart(title, id, items) {
+  const figure = el("figure", { class: "card" }, el("figcaption", {}, title));
+  if (!items.length) { figure.append(el("p", { class: "hint" }, "none")); return figure; }
+  const top = Math.max(...items.map((i) => i.count)), row = 22, width = 360;
+  const chart = svg("svg", { id, viewBox: `0 0 ${width} ${items.length * row}`, role: "img", class: "chart top",
+    "aria-label": title });
+  items.forEach((item, index) => {
+    chart.append(
+      svg("rect", { x: 0, y: index * row + 2, width: Math.max((item.count / top) * width * 0.45, 1), height: row - 6 }),
+      svg("text", { x: width * 0.47, y: index * row + row - 7, class: "label" }, `${item.count}  ${item.name}`));
+  });
+  figure.append(chart);
+  return figure;
 }
 
 async function identities(page) {
@@ -95,6 +156,20 @@ async function identities(page) {
   }
 }
 
+function explained(data) {
+  const ede = data.ede.map((e) => `EDE ${e.code} (${e.name}) ${e.text}`).join("; ");
+  return [
+    table(["fact", "value"], [
+      ["identity", data.identity ? `${data.identity} (${data.identity_how})` : "none: unknown client"],
+      ["question", `${data.question || ""} ${data.qtype || ""}`],
+      ["decision", el("span", { class: `decision ${data.decision === "allow" ? "allow" : "deny"}` },
+        data.decision + (data.decided_name ? ` (at CNAME target ${data.decided_name})` : ""))],
+      ["policy", data.policy || "—"], ["rule", data.rule || "—"], ["from", data.origin || "—"],
+      ["how", data.chain.join("\n") || "—"], ["detection", data.detection.join("\n") || "—"],
+      ["outcome", data.outcome], ["response", `${data.rcode || "dropped"}${ede ? ", " + ede : ""}`]]),
+    el("pre", {}, data.response || "")];
+}
+
 function explainForm() {
   const result = el("div", { id: "explain-result", "aria-live": "polite" });
   const form = el("form", { class: "card", id: "explain-form" },
@@ -112,16 +187,8 @@ function explainForm() {
     const body = { client: $("explain-client").value, name: $("explain-name").value, type: $("explain-type").value };
     const { ok, data } = await api("POST", "/v1/explain", body);
     if (!ok) { result.replaceChildren(el("p", { class: "deny" }, data.error)); return; }
-    const ede = data.ede.map((e) => `EDE ${e.code} (${e.name}) ${e.text}`).join("; ");
-    result.replaceChildren(
-      table(["fact", "value"], [
-        ["identity", data.identity ? `${data.identity} (${data.identity_how})` : "none: unknown client"],
-        ["question", `${data.question || ""} ${data.qtype || ""}`],
-        ["decision", el("span", { class: data.decision === "allow" ? "allow" : "deny", id: "explain-decision" },
-          data.decision + (data.decided_name ? ` (at CNAME target ${data.decided_name})` : ""))],
-        ["policy", data.policy || "—"], ["rule", data.rule || "—"], ["from", data.origin || "—"],
-        ["outcome", data.outcome], ["response", `${data.rcode || "dropped"}${ede ? ", " + ede : ""}`]]),
-      el("pre", {}, data.response || ""));
+    result.replaceChildren(...explained(data));
+    result.querySelector(".decision").id = "explain-decision";
   });
   return form;
 }
@@ -212,17 +279,183 @@ async function attestation(page) {
   el("p", { class: "hint" }, r.evidence.statement || ""));
 }
 
-function unavailable(path, title) {
-  return async (page) => {
-    const { status: code, data } = await api("GET", path);
-    page.append(el("h1", {}, title));
-    if (code === 501) {
-      page.append(el("div", { class: "card unavailable" },
-        el("p", {}, el("strong", {}, "Not available in this build. ")), el("p", { class: "reason" }, data.reason)));
-    } else {
-      page.append(el("pre", {}, JSON.stringify(data, null, 1)));
+function notAvailable(page, data) {
+  page.append(el("div", { class: "card unavailable" },
+    el("p", {}, el("strong", {}, "Nothing to show. ")), el("p", { class: "reason" }, data.reason || "")));
+}
+
+function canChange() { return state.role === "operator" || state.role === "admin"; }
+
+async function addException(body, where) {
+  const result = await api("POST", "/v1/exceptions", body);
+  if (result.ok) {
+    const text = `Exception added: ${body.name} in ${result.data.added.join(", ")}. Serving it now.`;
+    where.replaceChildren(el("p", { class: "allow exception-added", role: "status" }, text));
+    status(text);
+  } else {
+    where.replaceChildren(el("p", { class: "deny" }, (result.data && result.data.error) || "failed"));
+    status((result.data && result.data.error) || "failed", true);
+  }
+}
+
+const DECISIONS = ["", "allow", "deny", "refuse", "none"];
+const query = { name: "", client: "", identity: "", decision: "", minutes: "" };
+
+async function querylog(page) {
+  page.append(el("h1", {}, "Query log"));
+  const field = (key, label, attrs = {}) => el("div", {}, el("label", { for: `q-${key}` }, label),
+    el("input", { id: `q-${key}`, name: key, value: query[key], ...attrs }));
+  const decision = el("select", { id: "q-decision", name: "decision" },
+    DECISIONS.map((d) => el("option", d === query.decision ? { value: d, selected: "" } : { value: d }, d || "any")));
+  const form = el("form", { class: "card", id: "querylog-form", role: "search" },
+    el("div", { class: "row" }, field("name", "Name contains"), field("client", "Client"),
+      field("identity", "Identity"), el("div", {}, el("label", { for: "q-decision" }, "Decision"), decision),
+      field("minutes", "Last minutes", { inputmode: "numeric", size: 6 })),
+    el("button", { type: "submit", id: "querylog-search" }, "Search"));
+  const results = el("div", { id: "querylog-results", "aria-live": "polite" });
+  page.append(form, results);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    for (const key of Object.keys(query)) query[key] = $(`q-${key}`).value.trim();
+    search(results, null);
+  });
+  await search(results, null);
+}
+
+async function search(results, before) {
+  const params = new URLSearchParams({ limit: "100" });
+  for (const key of ["name", "client", "identity", "decision"]) if (query[key]) params.set(key, query[key]);
+  if (query.minutes && Number(query.minutes) > 0) params.set("since", String(Date.now() / 1000 - query.minutes * 60));
+  if (before !== null) params.set("before", String(before));
+  const { ok, data } = await api("GET", `/v1/querylog?${params}`);
+  if (!ok) return failed(results, data);
+  if (!data.available) {
+    results.replaceChildren();
+    notAvailable(results, data);
+    if (data.windows.length) results.append(el("h2", {}, "Aggregate windows"), windowsTable(data.windows));
+    return;
+  }
+  const rows = data.records.map((r) => {
+    const explainCell = el("td", { class: "actions" });
+    const button = el("button", { type: "button", class: "explain", "aria-label": `Explain ${r.qname || ""}` },
+      "Explain this");
+    explainCell.append(button);
+    const row = el("tr", { "data-seq": r.seq, class: r.decision === "deny" || r.decision === "refuse" ? "blocked" : "" },
+      el("td", {}, when(r.time)), el("td", {}, r.client + (r.certificate ? ` (${r.certificate})` : "")),
+      el("td", {}, r.identity || "—"), el("td", { class: "name" }, r.qname || ""), el("td", {}, r.qtype || ""),
+      el("td", { class: r.decision === "allow" ? "allow" : r.decision === "none" ? "" : "deny" }, r.decision),
+      el("td", {}, [r.policy, r.rule].filter(Boolean).join(" ") || "—"),
+      el("td", {}, r.rcode + (r.ede !== null ? ` EDE ${r.ede}` : "") + (r.detection ? ` ${r.detection}` : "")),
+      explainCell);
+    button.addEventListener("click", () => explainRecord(row, r));
+    return row;
+  });
+  const body = el("tbody", {}, rows);
+  const headers = ["time", "client", "identity", "name", "type", "decision", "rule", "answer", ""];
+  const older = el("button", { type: "button", id: "querylog-older", hidden: data.more ? null : "" }, "Older");
+  older.addEventListener("click", () => search(results, data.records[data.records.length - 1].seq));
+  results.replaceChildren(
+    el("p", { class: "hint" }, `${data.records.length} shown of ${data.held} kept (privacy ${data.privacy}).`),
+    el("table", { id: "querylog-table" },
+      el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))), body),
+    older);
+}
+
+async function explainRecord(row, record) {
+  const next = row.nextElementSibling;
+  if (next && next.classList.contains("explained")) { next.remove(); return; }
+  const cell = el("td", { colspan: 9 }, el("p", { class: "hint" }, "Explaining…"));
+  const detail = el("tr", { class: "explained" }, cell);
+  row.after(detail);
+  const client = record.identity || record.client;
+  const { ok, data } = await api("POST", "/v1/explain", { client, name: record.qname || "", type: record.qtype || "A" });
+  if (!ok) { cell.replaceChildren(el("p", { class: "deny" }, data.error)); return; }
+  cell.replaceChildren(el("h2", {}, `Why ${record.qname} gets this answer for ${client}`), ...explained(data));
+  if (data.decision === "deny" && canChange()) {
+    const outcome = el("div", { "aria-live": "polite" });
+    const button = el("button", { type: "button", class: "add-exception" }, `Add an exception for ${record.qname}`);
+    button.addEventListener("click", () => {
+      button.disabled = true;
+      addException({ client, name: record.qname, type: record.qtype || "A" }, outcome);
+    });
+    cell.append(button, outcome);
+  }
+  cell.querySelector("h2").setAttribute("tabindex", "-1");
+  cell.querySelector("h2").focus();
+}
+
+function windowsTable(windows) {
+  return table(["start", "end", "queries", "decisions", "names (≥ k clients)"], windows.slice().reverse().map((w) => [
+    w.start, w.end, w.queries, Object.entries(w.decisions).map(([k, v]) => `${k} ${v}`).join(", "),
+    Object.entries(w.names).map(([k, v]) => `${k} ${v}`).join("\n")]));
+}
+
+async function detections(page) {
+  const { ok, data } = await api("GET", "/v1/detections");
+  page.append(el("h1", {}, "Detections"));
+  if (!ok) return failed(page, data);
+  if (!data.available) {
+    notAvailable(page, data);
+    if (Object.keys(data.counts).length) page.append(...counts("detector", data.counts));
+    return;
+  }
+  if (!data.detections.length) page.append(el("p", { class: "hint" }, "No verdicts seen."));
+  for (const d of data.detections) {
+    const outcome = el("div", { "aria-live": "polite" });
+    const card = el("section", { class: `card detection ${d.in_force ? "in-force" : ""}` },
+      el("h2", {}, `${d.detector}: ${d.key}`),
+      table(["fact", "value"], [
+        ["action", `${d.action} (${d.mode})`], ["measured", `${d.measured || "—"} (limit ${d.limit || "—"})`],
+        ["until", `${d.until || "—"}${d.in_force ? " — in force" : " — expired"}`],
+        ["seen", `${when(d.first_seen)} … ${when(d.last_seen)} (${d.events} events)`], ["text", d.text || "—"]]),
+      el("details", {}, el("summary", {}, "Evidence"), el("pre", { class: "evidence" },
+        JSON.stringify(d.evidence, null, 1))));
+    if (d.domain && canChange()) {
+      const button = el("button", { type: "button", class: "add-exception" },
+        `Add ${d.domain} to the detectors' allow-list`);
+      button.addEventListener("click", () => {
+        button.disabled = true;
+        addException({ name: d.domain, scope: "detect" }, outcome);
+      });
+      card.append(button);
     }
-  };
+    card.append(outcome);
+    page.append(card);
+  }
+}
+
+async function lists(page) {
+  const { ok, data } = await api("GET", "/v1/lists");
+  page.append(el("h1", {}, "Lists and feeds"));
+  if (!ok) return failed(page, data);
+  if (!data.lists.length) page.append(el("p", { class: "hint" }, "No policy uses a list."));
+  else page.append(table(["list", "kind", "used by", "entries / size", "copy", "last success", "last error"],
+    data.lists.map((l) => [l.source, l.kind, l.used_by.map((u) => `${u.policy} (${u.used_as})`).join(", "),
+      l.kind === "feed" ? l.entries : `${l.size === null ? "—" : l.size} bytes`,
+      when(l.kind === "feed" ? l.copy_time : l.modified), when(l.last_success),
+      l.last_error ? el("span", { class: "deny" }, `${l.last_error}${l.failures ? ` (${l.failures} failures)` : ""}`)
+        : "—"])));
+}
+
+async function agents(page) {
+  const { ok, data } = await api("GET", "/v1/agents");
+  page.append(el("h1", {}, "Agents and fleet nodes"));
+  if (!ok) return failed(page, data);
+  if (!data.available) return notAvailable(page, data);
+  page.append(el("p", {}, "Published: " + (Object.entries(data.published).map(([r, v]) => `${r} revision ${v}`)
+    .join(", ") || "nothing")),
+  table(["node", "role", "identity", "revision", "state", "last seen", "health", "reason"], data.nodes.map((n) =>
+    [n.node || "", n.role || "", n.identity || "", n.revision ?? "", n.state || "", when(n.seen), n.health || "",
+      n.reason || ""])));
+}
+
+async function flows(page) {
+  const { ok, data } = await api("GET", "/v1/flows");
+  page.append(el("h1", {}, "Flows"));
+  if (!ok) return failed(page, data);
+  if (!data.available) return notAvailable(page, data);
+  if (!data.flows.length) page.append(el("p", { class: "hint" }, "No flow records in the last hour."));
+  else page.append(table(["node", "record"], data.flows.map((f) => [f.node || "", JSON.stringify(f.record)])));
 }
 
 function failed(page, data) {
@@ -231,9 +464,7 @@ function failed(page, data) {
 
 const PAGES = {
   overview: overview, identities: identities, editor: editor, zones: zones, attestation: attestation,
-  querylog: unavailable("/v1/querylog", "Query log"), detections: unavailable("/v1/detections", "Detections"),
-  agents: unavailable("/v1/agents", "Agents"), flows: unavailable("/v1/flows", "Flows"),
-  lists: unavailable("/v1/lists", "List feeds"),
+  querylog: querylog, detections: detections, agents: agents, flows: flows, lists: lists,
 };
 
 async function show() {
