@@ -15,7 +15,7 @@ import dns.rcode
 import pytest
 
 from fixtures.admin import Setup, call, current_etag, payload, run
-from ztdns.admin.api import ROUTES, AdminApi
+from ztdns.admin.api import ROUTES, AdminApi, etag_of
 from ztdns.admin.auth import allows
 from ztdns.client import ClientInfo, Transport
 from ztdns.daemon import Service
@@ -377,3 +377,41 @@ def test_searching_100k_records_is_fast() -> None:
         assert rare < 1.0 and timeline < 1.0, (rare, timeline)
     finally:
         sink.close()
+
+
+def test_with_a_control_plane_changes_are_validated_and_returned_for_the_operator_to_publish(
+    admin_setup: Setup,
+) -> None:
+    """The fleet's signing key stays with the operator: the node validates, audits and hands back the text."""
+    from ztdns.control.bundle import new_key_pair
+
+    new_key_pair(admin_setup.directory / "fleet.pem", admin_setup.directory / "fleet.pub")
+    with admin_setup.config.open("a") as config:
+        config.write(
+            '\n[control]\nservers = ["nats://127.0.0.1:1"]\npublic_key = "fleet.pub"\nnode = "r1"\n'
+            'state_dir = "control"\n'
+        )
+    before = admin_setup.config.read_text()
+
+    async def check(api: AdminApi, service: Service) -> None:
+        etag = current_etag(service)
+        text = before.replace('deny = ["blocked.example.com"]', 'deny = ["blocked.example.com", "x.example.com"]')
+        response = await call(api, "PUT", "/v1/config", text.encode(), "operator", {"if-match": etag})
+        assert response.status == 202, response.body
+        body = payload(response)
+        assert body["applied"] is False and body["toml"] == text and body["etag"] == etag_of(text)
+        assert body["source"] == "ztdns.toml"
+        assert body["publish"].startswith("ztdns control publish --config ztdns.toml")
+        assert '+deny = ["blocked.example.com", "x.example.com"]' in body["diff"]
+        assert admin_setup.config.read_text() == before and current_etag(service) == etag  # nothing written or applied
+        bad = before.replace('deny = ["blocked.example.com"]', 'deny = ["*.*.bad"]')
+        assert (await call(api, "PUT", "/v1/config", bad.encode(), "operator", {"if-match": etag})).status == 400
+        exception = await call(api, "POST", "/v1/exceptions", {"client": "lan", "name": "ads.example.com"}, "operator")
+        assert exception.status == 202 and '"ads.example.com"' in payload(exception)["toml"]
+        token = await call(api, "POST", "/v1/tokens", {"name": "ci", "role": "viewer"}, "admin")
+        assert token.status == 409 and "ztdns api token" in payload(token)["error"]
+        audit = payload(await call(api, "GET", "/v1/audit", role="admin"))["entries"]
+        put = next(e for e in audit if e["method"] == "PUT" and e["status"] == 202)
+        assert put["published"] is False and put["etag"] == etag_of(text)
+
+    run(admin_setup, check)

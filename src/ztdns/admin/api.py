@@ -543,6 +543,9 @@ class AdminApi:
                 return rejected(exc)
             if config.admin != current.admin and principal.role != "admin":
                 return error(403, "changing [admin] needs the admin role")
+            diff = "".join(difflib.unified_diff(current.text().splitlines(True), text.splitlines(True)))
+            if current.control is not None:
+                return self._to_publish(request, principal, current, text, diff, old_etag, detail)
             # Written first (worker processes reload by reading the file), put back if the reload is rejected.
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, write_atomically, path, text)
@@ -553,10 +556,30 @@ class AdminApi:
                 self.audit_log.write(principal, request.method, request.path, 400, {"problems": exc.problems})
                 return rejected(exc, "reload rejected, still serving the previous config")
             etag = etag_of(text)
-            entry = {"etag_before": old_etag, "etag": etag, **(detail or {})}
-            entry["diff"] = "".join(difflib.unified_diff(current.text().splitlines(True), text.splitlines(True)))
+            entry = {"etag_before": old_etag, "etag": etag, **(detail or {}), "diff": diff}
             self.audit_log.write(principal, request.method, request.path, 200, entry)
         return json_response(200, models.ConfigApplied(etag=etag, applied=True, notes=notes), [("etag", etag)])
+
+    def _to_publish(
+        self,
+        request: Request,
+        principal: Principal,
+        current: Config,
+        text: str,
+        diff: str,
+        old_etag: str,
+        detail: dict[str, Any] | None,
+    ) -> Response:
+        """With ``[control]`` the policy in service is the published bundle's: a change written and applied here
+        alone would be replaced by the next bundle, and only the operator's key may sign one (docs/fleet.md). The
+        validated text goes back to the caller to publish; nothing is written or applied."""
+        source = Path(current.source).name or "ztdns.toml"
+        etag = etag_of(text)
+        entry = {"etag_before": old_etag, "etag": etag, **(detail or {}), "diff": diff, "published": False}
+        self.audit_log.write(principal, request.method, request.path, 202, entry)
+        command = f"ztdns control publish --config {source} --key OPERATOR_KEY.pem"
+        body = models.ConfigToPublish(etag=etag, source=source, toml=text, diff=diff, publish=command)
+        return json_response(202, body)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -757,6 +780,12 @@ class AdminApi:
 
     async def create_token(self, request: Request, principal: Principal) -> Response:
         body = models.TokenCreate.model_validate_json(request.body)
+        if self.host.config.control is not None:
+            return error(
+                409,
+                "with [control] tokens are part of the published config: make one with `ztdns api token` and "
+                "publish its hash line with the fleet's config",
+            )
         if any(t.name == body.name for t in self.host.config.admin.tokens):
             return error(409, f"a token named {body.name!r} exists")
         token = new_token()

@@ -335,3 +335,15 @@ class ExceptionRequest(Body):
 class ExceptionAdded(ConfigApplied):
     policy: str | None
     added: list[str] = Field(description="the config keys the name was added to")
+
+
+class ConfigToPublish(Body):
+    """202 with ``[control]``: the change passed ``ztdns check``'s checks but is not applied here; the fleet's
+    policy changes only as a bundle signed with the operator's key, which no node holds (docs/console.md)."""
+
+    applied: bool = False
+    etag: str = Field(description="the ETag the config will have once the published bundle is applied")
+    source: str = Field(description="the file name the bundle carries (errors on nodes name it)")
+    toml: str = Field(description="the validated config text to publish")
+    diff: str = Field(description="unified diff from the config in service")
+    publish: str = Field(description="the command that signs and publishes it")

@@ -17,7 +17,13 @@ _REF = "#/components/schemas/{model}"
 
 @functools.cache
 def document() -> dict[str, Any]:
-    used: set[type[BaseModel]] = {models.ErrorBody, models.ConfigRejected, models.LoginRequest, models.SessionInfo}
+    used: set[type[BaseModel]] = {
+        models.ErrorBody,
+        models.ConfigRejected,
+        models.ConfigToPublish,
+        models.LoginRequest,
+        models.SessionInfo,
+    }
     for route in ROUTES:
         used.add(route.response)
         if route.request is not None:
@@ -49,6 +55,8 @@ def document() -> dict[str, Any]:
             ]
             operation["responses"]["400"] = _content(models.ConfigRejected)
             operation["responses"]["412"] = {"description": "the config changed since it was read"}
+        if route.path in ("/v1/config", "/v1/exceptions") and route.method in ("PUT", "PATCH", "POST"):
+            operation["responses"]["202"] = _content(models.ConfigToPublish)
         if route.path.endswith("{name}"):
             operation.setdefault("parameters", []).append(
                 {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}

@@ -222,7 +222,9 @@ async function editor(page) {
     if (state.checked === null) return;
     const result = await api("PUT", "/v1/config", state.checked,
       { "Content-Type": "application/toml", "If-Match": state.etag });
-    if (result.ok) {
+    if (result.status === 202) {
+      showToPublish(problems, result.data);
+    } else if (result.ok) {
       state.etag = result.data.etag;
       state.checked = null;
       apply.disabled = true;
@@ -286,9 +288,21 @@ function notAvailable(page, data) {
 
 function canChange() { return state.role === "operator" || state.role === "admin"; }
 
+// With [control] a change is validated but not applied: the operator signs and publishes it (docs/console.md).
+function showToPublish(where, data) {
+  where.replaceChildren(el("div", { class: "card to-publish", id: "config-to-publish" },
+    el("p", { class: "allow" }, "Valid, not applied: this node takes its policy from the control plane."),
+    el("p", {}, `Save the text below as ${data.source} and publish it with the operator's key: `,
+      el("code", {}, data.publish)),
+    el("pre", {}, data.toml)));
+  status("Validated. Publish it through the control plane to apply it.");
+}
+
 async function addException(body, where) {
   const result = await api("POST", "/v1/exceptions", body);
-  if (result.ok) {
+  if (result.status === 202) {
+    showToPublish(where, result.data);
+  } else if (result.ok) {
     const text = `Exception added: ${body.name} in ${result.data.added.join(", ")}. Serving it now.`;
     where.replaceChildren(el("p", { class: "allow exception-added", role: "status" }, text));
     status(text);
