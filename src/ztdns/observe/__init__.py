@@ -3,8 +3,9 @@
 Owns: the observe stage and the observer (one event per query, replays included, appended to the feed as a tuple),
 the feed and the sinks (``sinks.py``: bounded queues, one thread each, batches; events beyond a bound are dropped
 and counted): JSON lines (``querylog.py``, with retention), dnstap over Frame Streams (``dnstap.py``), syslog
-RFC 5424 (``syslog.py``); record formats native/ECS/OCSF (``formats.py``); privacy modes (``privacy.py``: ipcrypt
-pseudonyms, keyed hashes, key rotation, k-anonymous aggregates); the privacy statement (``statement.py``); the
+RFC 5424 (``syslog.py``), the in-memory ring the admin API searches (``recent.py``); record formats
+native/ECS/OCSF (``formats.py``); privacy modes (``privacy.py``: ipcrypt pseudonyms, keyed hashes, key rotation,
+k-anonymous aggregates); the privacy statement (``statement.py``); the
 loggers of incidents about one client (``ztdns.observe.stage``; DNSSEC failures on ``ztdns.dnssec``); Prometheus
 metrics (plain counters on the hot path, exported through a custom collector at scrape time; each capability hands
 in its own families through the ``Exporter`` contract in ``metrics.py``) and their endpoint (``endpoint.py``:

@@ -28,7 +28,7 @@ DETECTIONS = 10_000  # detection events kept
 WINDOWS = 288  # aggregate windows kept (a day of 5-minute windows)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs several times more per record
 class Record:
     """One answered query as the memory sink keeps it (client fields after the sink's privacy)."""
 
@@ -51,7 +51,7 @@ class Record:
     latency_ms: float
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Detection:
     """One detection event (a verdict logged): its fields after the sink's privacy."""
 
@@ -142,6 +142,10 @@ class RecentSink(QueueSink):
             self.written += len(batch)
             return
         who = self.who
+        pseudonyms = who.pseudonyms
+        # ipcrypt-deterministic gives one pseudonym per address and key: made once per address in a batch.
+        reuse = pseudonyms is not None and pseudonyms.mode == "deterministic"
+        seen: dict[str, str] = {}
         made: list[Record] = []
         found: list[Detection] = []
         seq = self.seq
@@ -149,13 +153,22 @@ class RecentSink(QueueSink):
             if isinstance(event, QueryEvent):
                 seq += 1
                 answer = event.answer
+                client = event.client
+                if pseudonyms is None:
+                    address, certificate, detection = client.address, client.certificate_identity, answer.detection
+                else:
+                    known = seen.get(client.address) if reuse else None
+                    address = known if known is not None else who.address(event)
+                    if reuse:
+                        seen[client.address] = address
+                    certificate, detection = who.certificate(event), who.detection(answer)
                 made.append(
                     Record(
                         seq,
                         event.time,
-                        str(event.client.transport),
-                        who.address(event),
-                        who.certificate(event),
+                        str(client.transport),
+                        address,
+                        certificate,
                         answer.identity,
                         answer.qname,
                         answer.qtype,
@@ -166,7 +179,7 @@ class RecentSink(QueueSink):
                         answer.rcode,
                         answer.ede,
                         answer.ede_text,
-                        who.detection(answer),
+                        detection,
                         round(event.latency * 1000, 3),
                     )
                 )
