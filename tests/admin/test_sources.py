@@ -415,3 +415,24 @@ def test_with_a_control_plane_changes_are_validated_and_returned_for_the_operato
         assert put["published"] is False and put["etag"] == etag_of(text)
 
     run(admin_setup, check)
+
+
+def test_the_memory_ring_keeps_the_latest_records_and_the_privacy_statement_names_it(tmp_path: Path) -> None:
+    from ztdns.config import parse_config
+    from ztdns.observe.statement import privacy_statement
+
+    sink = RecentSink("ring", 10, 3)
+    try:
+        answer = Answered("resolved", "NOERROR", "lan", "a.example.", "A", "allow")
+        client = ClientInfo(Transport.UDP, "192.0.2.1", 53)
+        sink.emit([QueryEvent(float(i), client, answer, 0.0, b"\0\0", None) for i in range(5)], 10.0)
+        page = sink.search(Filters(), 10)
+        assert [record.time for record in page.records] == [4.0, 3.0, 2.0] and page.held == 3
+    finally:
+        sink.close()
+    config = parse_config(
+        '[[log.sinks]]\ntype = "memory"\nprivacy = "pseudonymised"\nrecords = 5000\n', "t.toml", tmp_path
+    )
+    statement = privacy_statement(config)
+    assert "the latest 5000 records in memory, shown to admin API users (never written)" in statement
+    assert "ipcrypt-deterministic" in statement
