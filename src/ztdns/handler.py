@@ -251,7 +251,7 @@ class Frontend:
         self.cache = MessageCache(config.cache)
         self.resolver_factory = resolver_factory
         self.resolver = resolver_factory(config)
-        self.outputs = make_outputs(config, functools.partial(make_event_sinks, config))
+        self.outputs = self._make_outputs(config)
         self.shared = make_shared_cache(config)
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -277,6 +277,11 @@ class Frontend:
         )
         return runtime, cache_stage
 
+    @staticmethod
+    def _make_outputs(config: Config) -> Outputs:
+        """The sinks of ``[log]`` and the fleet's event stream of ``[control]``."""
+        return make_outputs(config, functools.partial(make_event_sinks, config))
+
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
 
@@ -286,7 +291,8 @@ class Frontend:
         Compiling (list files can hold millions of names) runs in a thread so the event loop keeps answering.
         """
         old = self.runtime.config
-        outputs = make_outputs(config) if config.log != old.log else self.outputs
+        sinks_changed = config.log != old.log or config.control != old.control
+        outputs = self._make_outputs(config) if sinks_changed else self.outputs
         changed = config.resolver != old.resolver or config.dnssec != old.dnssec
         resolver = self.resolver_factory(config) if changed else self.resolver
         try:

@@ -134,3 +134,31 @@ def test_publishing_never_blocks_and_counts_what_it_drops(tmp_path: Path) -> Non
         assert publisher.dropped == 1000 and publisher.published == 0
     finally:
         publisher.close()
+
+
+def test_a_reload_that_changes_the_log_keeps_publishing_fleet_events(tmp_path: Path) -> None:
+    """The fleet's event sink is rebuilt with the other sinks when [log] changes, and follows [control] events."""
+    import asyncio
+
+    from ztdns.config import Config, parse_config
+    from ztdns.control.events import JetStreamSink
+    from ztdns.handler import Frontend
+
+    (tmp_path / "signing.pub").write_text("unused here")
+    base = (
+        f'[control]\nservers = ["nats://127.0.0.1:{free_port()}"]\npublic_key = "signing.pub"\nnode = "r1"\n'
+        'state_dir = "state"\nevents = "ztdns-events"\n'
+    )
+
+    def config(text: str) -> Config:
+        return parse_config(base + text, "ztdns.toml", tmp_path)
+
+    async def run() -> list[int]:
+        frontend = Frontend(config(""), resolver_factory=lambda _: None)
+        counts = [sum(isinstance(sink, JetStreamSink) for sink in frontend.outputs.sinks)]
+        await frontend.reload(config('[log.query_log]\noutput = "off"\n'))
+        counts.append(sum(isinstance(sink, JetStreamSink) for sink in frontend.outputs.sinks))
+        await frontend.close()
+        return counts
+
+    assert asyncio.run(run()) == [1, 1]
