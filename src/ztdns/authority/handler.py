@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dns.edns
 import dns.exception
@@ -101,6 +101,9 @@ class ZoneSettings:
     source: str = ""
 
 
+# The state's journal of updates is folded into the state file after this many lines (or one per dynamic RRset).
+JOURNAL_LINES_MIN = 1000
+
 # Differences kept for IXFR: versions a secondary may be behind by and still get an incremental transfer.
 JOURNAL_VERSIONS = 50
 
@@ -138,8 +141,14 @@ class ServedZone:
         self.clock = clock
         self.signer = ZoneSigner(base.origin, settings.validity, clock) if keys else None
         self._dynamic: dict[tuple[dns.name.Name, int], dns.rdataset.Rdataset | None] = {}
-        # Who registered each dynamic RRset (None: the zone's operator, or before owners were recorded).
+        # Who registered each dynamic RRset (None: the zone's operator, or before owners were recorded), its
+        # (records, bytes of rdata), and per identity their sum: the quota check reads one identity's usage,
+        # not every registration.
         self._owners: dict[tuple[dns.name.Name, int], str] = {}
+        self._footprints: dict[tuple[dns.name.Name, int], tuple[int, int]] = {}
+        self._usage: dict[str, list[int]] = {}
+        # Updates appended to the state's journal since the state was last written whole.
+        self._appended = 0
         check_ttls(base, settings.max_ttl)
         self._keyset: KeySet | None = None
         if keys is not None:
@@ -285,25 +294,38 @@ class ServedZone:
             for change in changes:
                 key = (change.name, change.rdtype)
                 self._dynamic[key] = change.rdataset
-                if change.rdataset is not None and identity is not None:
-                    self._owners[key] = identity
-                else:
-                    self._owners.pop(key, None)
+                self._set_owner(key, identity, change.rdataset)
             self._publish_update(new, changes)
-            self._save()
+            self._append(changes)
         return changes
+
+    def _set_owner(
+        self, key: tuple[dns.name.Name, int], identity: str | None, rdataset: dns.rdataset.Rdataset | None
+    ) -> None:
+        previous = self._owners.pop(key, None)
+        if previous is not None:
+            records, size = self._footprints.pop(key)
+            usage = self._usage[previous]
+            usage[0] -= records
+            usage[1] -= size
+        if identity is not None and rdataset is not None:
+            records, size = self._footprints[key] = _footprint(rdataset)
+            self._owners[key] = identity
+            usage = self._usage.setdefault(identity, [0, 0])
+            usage[0] += records
+            usage[1] += size
 
     def _check_quota(self, identity: str, changes: list[Change]) -> None:
         quota = self.settings.quota
-        held = {key for key, owner in self._owners.items() if owner == identity}
-        held.update((c.name, c.rdtype) for c in changes)
-        after = {(c.name, c.rdtype): c.rdataset for c in changes}
-        records = size = 0
-        for key in held:
-            rds = after[key] if key in after else self._dynamic.get(key)
-            if rds is not None:
-                records += len(rds)
-                size += sum(len(rdata.to_wire() or b"") for rdata in rds)
+        records, size = self._usage.get(identity, (0, 0))
+        for change in changes:
+            key = (change.name, change.rdtype)
+            if self._owners.get(key) == identity:
+                before = self._footprints[key]
+                records, size = records - before[0], size - before[1]
+            if change.rdataset is not None:
+                after = _footprint(change.rdataset)
+                records, size = records + after[0], size + after[1]
         if quota.records and records > quota.records:
             raise UpdateRefused(dns.rcode.REFUSED, f"{identity} would hold {records} records (quota {quota.records})")
         if quota.rdata_bytes and size > quota.rdata_bytes:
@@ -360,6 +382,11 @@ class ServedZone:
         if path is None or not path.exists():
             return base, True
         data = json.loads(path.read_text())
+        for line in self._journal_lines():
+            # Updates after the state was written whole, in order; a line cut short by a crash ends the journal.
+            data["records"] += line["records"]
+            if serial_gt(line["serial"], data["serial"]):
+                data["serial"], data["resign_at"] = line["serial"], line.get("resign_at")
         changes = []
         for entry in data["records"]:
             name = dns.name.from_text(entry["name"])
@@ -369,8 +396,7 @@ class ServedZone:
                 # Registered under a higher max_zone_ttl: served within today's.
                 ttl = min(entry["ttl"], self.settings.max_ttl)
                 rds = dns.rdataset.from_text_list(dns.rdataclass.IN, rdtype, ttl, entry["rdata"], origin=base.origin)
-                if entry.get("identity"):
-                    self._owners[(name, rdtype)] = entry["identity"]
+            self._set_owner((name, rdtype), entry.get("identity"), rds)
             self._dynamic[(name, rdtype)] = rds
             changes.append(Change(name, rdtype, rds))
         # Never go back: a restart keeps the serial secondaries have already seen.
@@ -382,32 +408,73 @@ class ServedZone:
             serial = next_serial(saved, self.settings.serial_policy, self.clock())
         return base.with_changes(changes, serial=serial), changed
 
+    def _records(self, keys: Iterable[tuple[dns.name.Name, int]]) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for name, rdtype in keys:
+            rds = self._dynamic[(name, rdtype)]
+            out.append(
+                {
+                    "name": name.to_text(),
+                    "type": type_text(rdtype),
+                    "ttl": rds.ttl if rds is not None else 0,
+                    "rdata": [r.to_text() for r in rds] if rds is not None else None,
+                    "identity": self._owners.get((name, rdtype)),
+                }
+            )
+        return out
+
+    def _resign_time(self) -> float | None:
+        resign_at = min(self.signer.earliest_refresh, self._resign_at) if self.signer else float("inf")
+        self._saved_resign_at = resign_at
+        return resign_at if resign_at != float("inf") else None
+
+    def _journal_path(self) -> Path | None:
+        path = self.settings.state_path
+        return path.with_suffix(".journal") if path is not None else None
+
+    def _journal_lines(self) -> Iterator[dict[str, Any]]:
+        path = self._journal_path()
+        if path is None or not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                return
+
+    def _append(self, changes: list[Change]) -> None:
+        """Keep an update: one line appended to the state's journal (the whole state is rewritten once the
+        journal has as many lines as there are dynamic RRsets, so a registration never writes them all)."""
+        path = self._journal_path()
+        if path is None:
+            return
+        if self._appended >= max(JOURNAL_LINES_MIN, len(self._dynamic)):
+            self._save()
+            return
+        keys = list(dict.fromkeys((c.name, c.rdtype) for c in changes))
+        line = {"serial": self.base.serial, "resign_at": self._resign_time(), "records": self._records(keys)}
+        with path.open("a") as journal:
+            journal.write(json.dumps(line) + "\n")
+        self._appended += 1
+
     def _save(self) -> None:
         path = self.settings.state_path
         if path is None:
             return
-        records = [
-            {
-                "name": name.to_text(),
-                "type": type_text(rdtype),
-                "ttl": rds.ttl if rds is not None else 0,
-                "rdata": [r.to_text() for r in rds] if rds is not None else None,
-                "identity": self._owners.get((name, rdtype)),
-            }
-            for (name, rdtype), rds in self._dynamic.items()
-        ]
         tmp = path.with_suffix(".tmp")
-        resign_at = min(self.signer.earliest_refresh, self._resign_at) if self.signer else float("inf")
         state = {
             "serial": self.base.serial,
-            "records": records,
+            "records": self._records(self._dynamic),
             "source": self.settings.source,
             "keys": self._fingerprint(),
-            "resign_at": resign_at if resign_at != float("inf") else None,
+            "resign_at": self._resign_time(),
         }
-        self._saved_resign_at = resign_at
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, path)
+        journal = self._journal_path()
+        if journal is not None:
+            journal.unlink(missing_ok=True)
+        self._appended = 0
 
 
 @dataclass(slots=True)
@@ -773,6 +840,11 @@ def _has_options(wire: bytes) -> bool:
     if len(wire) <= 23 or (wire[10] or wire[11]) == 0:
         return False
     return wire[-2:] != b"\0\0" or bool(wire[-4] & (EDNS_CO >> 8))
+
+
+def _footprint(rdataset: dns.rdataset.Rdataset) -> tuple[int, int]:
+    """What an RRset counts against a quota: records and bytes of record data."""
+    return len(rdataset), sum(len(rdata.to_wire() or b"") for rdata in rdataset)
 
 
 def check_ttls(zone: Zone, limit: int) -> None:
