@@ -210,6 +210,9 @@ def knot_secondary(
         + extra_lines
         + "\n"
     )
+    # knotd does not make its database directory: without it the journal and timer databases fail to open ("not
+    # exists"), and every IXFR falls back to AXFR because its changes cannot be stored.
+    (tmp_path / "knotdb").mkdir(exist_ok=True)
     knot = subprocess.Popen(
         ["knotd", "-c", str(tmp_path / "knot.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

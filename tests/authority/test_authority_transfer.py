@@ -18,6 +18,7 @@ import dns.rrset
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
+import dns.zone
 import pytest
 
 from authority_lab import ORIGIN, ZONE_TEXT, free_port, keyring, knot_secondary, serving, signed_zone, wait_serial
@@ -243,21 +244,52 @@ def test_ixfr_from_the_journal_applies_to_the_same_zone_as_an_axfr(tmp_path: Pat
     assert len(_rrs(_transfer(authority, "IXFR", (first - 5) % (1 << 32)))) == len(_rrs(_transfer(authority, "AXFR")))
 
 
+def _records_text(rrsets: Any) -> set[str]:
+    return {
+        f"{rrset.name} {rrset.ttl} {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}"
+        for rrset in rrsets
+        for rd in rrset
+    }
+
+
 @pytest.mark.slow
-def test_knot_follows_updates_by_ixfr(tmp_path: Path) -> None:
+def test_knot_follows_updates_by_ixfr_into_its_default_journal(tmp_path: Path) -> None:
+    """knotd with its default journal (changes stored, zone file flushed) takes registrations, deletions and a
+    key event as IXFRs, never falling back to AXFR, and ends up with exactly the zone we serve."""
     knot_port = free_port()
     zone = _primary_for(tmp_path, knot_port)
+    authority = Authority([zone], keyring=keyring())
     with (
-        serving(Authority([zone], keyring=keyring())) as (_, server),
-        knot_secondary(tmp_path, knot_port, server.port, extra="journal-content: none"),
+        serving(authority) as (loop, server),
+        knot_secondary(tmp_path, knot_port, server.port),
     ):
         wait_serial(knot_port, zone.zone.serial)
-        for i in range(3):
-            update = dns.update.UpdateMessage(ORIGIN, keyring=keyring(), keyname=XFR)
-            update.add(f"db{i}.svc", 30, "A", f"10.9.9.{i}")
-            assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
+
+        def update(build: Any) -> None:
+            message = dns.update.UpdateMessage(ORIGIN, keyring=keyring(), keyname=XFR)
+            build(message)
+            assert dns.query.tcp(message, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
             wait_serial(knot_port, zone.zone.serial)
-        log = (tmp_path / "knot.log").read_text()
-        assert log.count("IXFR, incoming") >= 3 and "fallback to AXFR" not in log, log
-        response = dns.query.udp(dns.message.make_query("db2.svc.corp.internal.", "A"), "127.0.0.1", port=knot_port)
-        assert response.answer[0][0].to_text() == "10.9.9.2"
+
+        for i in range(3):
+            update(lambda m, i=i: m.add(f"db{i}.svc", 30, "A", f"10.9.9.{i}"))
+        update(lambda m: m.delete("db0.svc"))
+        update(lambda m: m.replace("db1.svc", 30, "A", "10.9.9.11"))
+        assert zone.keys is not None
+        zone.keys.rollover("zsk", 300)  # a new DNSKEY set: every signature of the zone changes
+        loop.call(authority.tick)
+        wait_serial(knot_port, zone.zone.serial)
+        serial = zone.zone.serial
+        log_path = tmp_path / "knot.log"
+        deadline = time.monotonic() + 10
+        while f"zone file updated, serial {serial - 1} -> {serial}" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        log = log_path.read_text()
+        assert log.count("IXFR, incoming") >= 2 * 6 and "fallback to AXFR" not in log, log
+        assert "failed" not in log.split("zone will be bootstrapped")[1], log
+        held = dns.zone.from_file(str(tmp_path / "secondary.zone"), origin=ORIGIN, relativize=False)
+        ours = [r for m in _axfr(authority) for r in m.answer][:-1]
+        assert _records_text(
+            r for name, rds in held.iterate_rdatasets() for r in [dns.rrset.from_rdata_list(name, rds.ttl, list(rds))]
+        ) == _records_text(ours)
