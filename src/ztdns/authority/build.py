@@ -37,6 +37,7 @@ def policy(signing: SigningConfig) -> Policy:
         signing.ksk_lifetime,
         signing.algorithm_rollover,
         signing.purge_delay,
+        signing.cds_publish,
     )
 
 

@@ -67,6 +67,9 @@ RENDERED_SECONDS = 30.0
 
 
 DEFAULT_MAX_TTL = 86400
+# RFC 8078 §4: the CDS and CDNSKEY records asking the parent to delete the DS (the zone goes insecure).
+DELETE_CDS = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.CDS, "0 0 0 00")
+DELETE_CDNSKEY = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.CDNSKEY, "0 3 0 AA==")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,16 +201,12 @@ class ServedZone:
         apex.append(
             Change(origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys)))
         )
-        apex.append(
-            Change(
-                origin,
-                dns.rdatatype.CDS,
-                rdataset(dns.rdatatype.CDS, (k.cds(self.settings.cds_digest) for k in ks.cds)),
-            )
-        )
-        apex.append(
-            Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds)))
-        )
+        cds: list[dns.rdata.Rdata] = [k.cds(self.settings.cds_digest) for k in ks.cds]
+        cdnskey: list[dns.rdata.Rdata] = [k.cdnskey() for k in ks.cds]
+        if ks.cds_delete:
+            cds, cdnskey = [DELETE_CDS], [DELETE_CDNSKEY]
+        apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, cds)))
+        apex.append(Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, cdnskey)))
         if self.settings.denial == "nsec3":
             apex.append(
                 Change(origin, dns.rdatatype.NSEC3PARAM, rdataset(dns.rdatatype.NSEC3PARAM, [nsec3param_rdata()]))

@@ -50,6 +50,9 @@ class SigningConfig(Section):
     # A change of algorithm rolls the keys by double signature (RFC 6781 §4.1.4); false: the change is refused.
     algorithm_rollover: bool = False
     cds_digest: Literal["sha256", "sha384"] = "sha256"  # digest of the published CDS records
+    # Which keys get CDS/CDNSKEY records (Knot's cds-cdnskey-publish): none, rollover (a KSK in submission),
+    # always (that one, else the active KSK), double-ds (both), delete-dnssec (RFC 8078 delete records).
+    cds_publish: Literal["none", "rollover", "always", "double-ds", "delete-dnssec"] = "rollover"
     denial: Literal["nsec3", "compact"] = "nsec3"
     csk: bool = False
     dnskey_ttl: Annotated[int, Field(ge=0)] = 3600
