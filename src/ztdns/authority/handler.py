@@ -102,6 +102,14 @@ class ZoneSettings:
     # A digest of the zone's source (file and inline records): a restart that finds it changed serves a new
     # serial even when the file kept its own.
     source: str = ""
+    # The parent zone's servers, asked for our DS while a KSK is in submission (Knot's submission ``parent``):
+    # the submission completes (ds_seen) when every one of them serves the new key's DS.
+    parents: tuple[tuple[str, int], ...] = ()
+    parent_check_interval: float = 3600.0
+    # The parent's primary, sent the new DS RRset by a dynamic update when a KSK enters submission (Knot's
+    # ``ds-push``), signed with the TSIG key ``ds_push_key`` when set.
+    ds_push: tuple[str, int] | None = None
+    ds_push_key: dns.name.Name | None = None
 
 
 # The state's journal of updates is folded into the state file after this many lines (or one per dynamic RRset).
@@ -161,6 +169,9 @@ class ServedZone:
         # (IXFR, RFC 1995; in memory: after a restart an IXFR is answered with a full transfer).
         self._snapshot: tuple[int, Snapshot, dns.rrset.RRset] | None = None
         self._journal: list[JournalEntry] = []
+        # DS polling and push (the parent side of a KSK roll): the next check, and the keys already pushed.
+        self._next_parent_check = 0.0
+        self._pushed: dict[int, float] = {}  # key tag → when to push its DS (again)
         # Signatures made before a restart may be held by secondaries: their refresh time is kept in the state.
         self._resign_at = self._saved_resign_at = float("inf")
         base, changed = self._restore(base)
@@ -240,6 +251,58 @@ class ServedZone:
             self.version = Version(served, SignedView(signatures, chain), chain)
         else:
             self.version = Version(served, SignedView(signatures, CompactDenial(served)))
+
+    # -- the parent side of a KSK roll -----------------------------------------------------------------------
+
+    def parent_check_due(self) -> bool:
+        """Whether to ask the parent's servers for our DS now: a key is in submission and parents are
+        configured, and the last check is ``parent_check_interval`` ago."""
+        now = self.clock()
+        if not self.settings.parents or self.keys is None or now < self._next_parent_check:
+            return False
+        if not self.keys.submitted(now):
+            return False
+        self._next_parent_check = now + self.settings.parent_check_interval
+        return True
+
+    def confirm_ds(self, answers: list[dns.rrset.RRset | None]) -> bool:
+        """Given each parent server's DS RRset for the zone (None: no usable answer), complete the KSK
+        submission (``ds_seen``) when every one of them serves the DS of the key in submission."""
+        waiting = self.keys.submitted() if self.keys is not None else []
+        if not waiting or not answers or self.keys is None:
+            return False
+        key = self.keys.zone_key(waiting[0])
+        if not all(ds is not None and any(key.matches_ds(rdata) for rdata in ds) for ds in answers):
+            return False
+        self.keys.ds_seen(self.timing_ttl())
+        log.info("zone %s: every parent server serves the DS of key %d; KSK submission done", self.origin, key.tag)
+        return True
+
+    def ds_push_due(self) -> tuple[int, dns.update.UpdateMessage] | None:
+        """The dynamic update to send the parent's primary (RFC 2136), once per key entering submission: the
+        zone's DS RRset replaced by the DS of the keys it should hold (those of the CDS policy's ``double-ds``:
+        the key in submission and the active ones, so the parent never lacks a DS for a key signing the DNSKEY
+        RRset). Returns the key tag with it; until ``ds_pushed(tag)`` it is sent again every
+        ``parent_check_interval``."""
+        if self.settings.ds_push is None or self.keys is None:
+            return None
+        waiting = self.keys.submitted()
+        now = self.clock()
+        if not waiting or now < self._pushed.get(waiting[0].tag, 0.0):
+            return None
+        self._pushed[waiting[0].tag] = now + self.settings.parent_check_interval
+        records = [r for r in self.keys.records() if r.role != "zsk" and r.published(self.clock())]
+        wanted = [r for r in records if r.tag == waiting[0].tag or r.ds_current(self.clock())]
+        update = dns.update.UpdateMessage(self.origin.parent())
+        update.delete(self.origin, dns.rdatatype.DS)
+        for record in wanted:
+            ds = self.keys.zone_key(record).ds(self.settings.cds_digest)
+            update.add(self.origin, self.keys.policy.parent_ds_ttl, ds)
+        return waiting[0].tag, update
+
+    def ds_pushed(self, tag: int) -> None:
+        """The parent's primary accepted the DS of key ``tag``: no further pushes for it."""
+        self._pushed[tag] = float("inf")
 
     def refresh_keys(self) -> bool:
         """Re-read the key timeline; a change of published keys is a new zone version (new serial)."""
@@ -591,6 +654,15 @@ class Authority:
         if changed:
             self._changed(changed)
         return changed
+
+    def parent_answers(self, zone: ServedZone, answers: list[dns.rrset.RRset | None]) -> bool:
+        """The parent servers' DS RRsets for ``zone`` (see ``ServedZone.confirm_ds``); a completed submission
+        publishes the zone's new key set (CDS withdrawn) at once."""
+        if not zone.confirm_ds(answers):
+            return False
+        if zone.refresh_keys():
+            self._changed([zone])
+        return True
 
     def _changed(self, zones: list[ServedZone]) -> None:
         # The zones have published their new versions already; a new table (not clear()) so that an answer

@@ -307,6 +307,12 @@ class KeyManager:
             self._loaded[record.tag] = key
         return key
 
+    def submitted(self, t: float | None = None) -> list[KeyRecord]:
+        """Keys in their submission phase (ready, the parent's DS not yet seen): what DS polling looks for."""
+        t = self.clock() if t is None else t
+        self._read()
+        return [replace(r) for r in self._state.keys if r.published(t) and r.in_cds(t)]
+
     def keyset(self, t: float | None = None) -> KeySet:
         t = self.clock() if t is None else t
         self._read()
