@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import Metric
 from ztdns.authority.answer import EDNS_CO, SignedView, answer
 from ztdns.authority.kasp import KeyManager, KeySet
 from ztdns.authority.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
-from ztdns.authority.rrl import Cookies, RateLimiter, Verdict
+from ztdns.authority.rrl import RateLimiter, Verdict
 from ztdns.authority.signing import Validity, ZoneSigner
 from ztdns.authority.transfer import (
     Snapshot,
@@ -51,6 +51,7 @@ from ztdns.authority.transfer import (
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
 from ztdns.authority.zone import Change, SerialPolicy, Zone, ZoneError, next_serial, serial_gt, type_text
 from ztdns.client import ClientInfo
+from ztdns.detect.cookies import ServerCookies
 from ztdns.identity.certificates import is_spiffe_id
 from ztdns.model import Kind
 from ztdns.observe.events import Answered
@@ -577,7 +578,7 @@ class Authority:
     ) -> None:
         self.zones = {z.origin: z for z in zones}
         self.nsid = nsid  # RFC 5001: sent to clients that ask, empty: not at all
-        self.cookies = Cookies()
+        self.cookies = ServerCookies()  # the resolver's (RFC 9018 layout, with a timestamp)
         self.keyring = keyring or {}
         self.identities = identities or {}
         self.rrl = rrl
@@ -798,14 +799,17 @@ class Authority:
             return None
         added: list[dns.edns.Option] = []
         result: object | None = None
+        now = self.clock()
         for option in query.options:
             if option.otype == dns.edns.OptionType.COOKIE and isinstance(option, dns.edns.CookieOption):
                 if len(option.client) != 8:
                     continue
                 result = result or _PER_CLIENT
-                if option.server and self.cookies.valid(option.client, option.server, client.address):
+                if option.server and self.cookies.valid(option.client, option.server, client.address, now):
                     result = _COOKIE_VALID
-                added.append(dns.edns.CookieOption(option.client, self.cookies.make(option.client, client.address)))
+                added.append(
+                    dns.edns.CookieOption(option.client, self.cookies.make(option.client, client.address, now))
+                )
             elif option.otype == dns.edns.OptionType.NSID and self.nsid:
                 result = result or _PER_CLIENT
                 added.append(dns.edns.NSIDOption(self.nsid))
