@@ -3,6 +3,7 @@ streamed as they are made (the first message of a 50,000-name zone within 100 ms
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import time
@@ -22,7 +23,7 @@ import dns.zone
 import pytest
 
 from authority_lab import ORIGIN, ZONE_TEXT, free_port, keyring, knot_secondary, serving, signed_zone, wait_serial
-from ztdns.authority.handler import Authority, ServedZone
+from ztdns.authority.handler import Authority, Quota, ServedZone
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
 from ztdns.client import ClientInfo, Transport
@@ -225,21 +226,7 @@ def test_ixfr_from_the_journal_applies_to_the_same_zone_as_an_axfr(tmp_path: Pat
     records = _rrs(_transfer(authority, "IXFR", first))
     soa = [i for i, r in enumerate(records) if r[1] == dns.rdatatype.SOA]
     assert records[0][1] == dns.rdatatype.SOA and len(soa) == 2 * 2 + 2  # new, (old, new) per version, new
-    state, deleting = set(held), False
-    for record in records[1:-1]:
-        if record[1] == dns.rdatatype.SOA:
-            deleting = not deleting
-            if deleting:
-                state.discard(record)
-            else:
-                state.add(record)
-            continue
-        if deleting:
-            assert record in state, record  # a secondary can only delete what it holds
-            state.remove(record)
-        else:
-            state.add(record)
-    assert state == set(_rrs(_transfer(authority, "AXFR"))[:-1])
+    assert _apply_ixfr(held, records) == set(_rrs(_transfer(authority, "AXFR"))[:-1])
     # Not in the journal: a full transfer.
     assert len(_rrs(_transfer(authority, "IXFR", (first - 5) % (1 << 32)))) == len(_rrs(_transfer(authority, "AXFR")))
 
@@ -250,6 +237,52 @@ def _records_text(rrsets: Any) -> set[str]:
         for rrset in rrsets
         for rd in rrset
     }
+
+
+def _apply_ixfr(held: set[tuple[str, int, str]], records: list[tuple[str, int, str]]) -> set[tuple[str, int, str]]:
+    """``held`` after an IXFR sequence (RFC 1995 §4); every record deleted must be held."""
+    state, deleting = set(held), False
+    for record in records[1:-1]:
+        if record[1] == dns.rdatatype.SOA:
+            deleting = not deleting
+            (state.discard if deleting else state.add)(record)
+            continue
+        if deleting:
+            assert record in state, record  # a secondary can only delete what it holds
+            state.remove(record)
+        else:
+            state.add(record)
+    return state
+
+
+def test_ixfr_after_each_random_update_equals_the_next_axfr(tmp_path: Path) -> None:
+    """Registrations and deletions (names and empty non-terminals coming and going, NSEC3 neighbours re-linked):
+    the difference of each version, found from what the update touched alone, applied to what the secondary
+    held gives exactly the next AXFR; so does one IXFR spanning several versions."""
+    zone = signed_zone(
+        tmp_path,
+        transfer=TransferAcl(keys=frozenset({XFR})),
+        grants=(Grant("tsig:xfr.", ("**.corp.internal",)),),
+        quota=Quota(0, 0),
+    )
+    authority = Authority([zone], keyring=keyring())
+    held = set(_rrs(_transfer(authority, "AXFR"))[:-1])
+    rng = random.Random(5)
+    start, start_held = zone.zone.serial, held
+    for step in range(60):
+        update = dns.update.UpdateMessage(ORIGIN)
+        name = dns.name.from_text(".".join(f"n{rng.randint(0, 4)}" for _ in range(rng.randint(1, 3))), ORIGIN)
+        if rng.random() < 0.6:
+            update.replace(name, 30, "A", f"10.0.0.{step}")
+        else:
+            update.delete(name)
+        before = zone.zone.serial
+        assert authority.apply(update, "tsig:xfr.")[0] == dns.rcode.NOERROR
+        if zone.zone.serial == before:
+            continue
+        held = _apply_ixfr(held, _rrs(_transfer(authority, "IXFR", before)))
+        assert held == set(_rrs(_transfer(authority, "AXFR"))[:-1]), step
+    assert _apply_ixfr(start_held, _rrs(_transfer(authority, "IXFR", start))) == held
 
 
 @pytest.mark.slow

@@ -47,9 +47,19 @@ from ztdns.authority.transfer import (
     differences,
     records_with_sources,
     snapshot,
+    unsigned_in_transfer,
 )
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
-from ztdns.authority.zone import Change, SerialPolicy, Zone, ZoneError, next_serial, serial_gt, type_text
+from ztdns.authority.zone import (
+    Change,
+    SerialPolicy,
+    Zone,
+    ZoneError,
+    next_serial,
+    rrset_of,
+    serial_gt,
+    type_text,
+)
 from ztdns.client import ClientInfo
 from ztdns.detect.cookies import ServerCookies
 from ztdns.identity.certificates import is_spiffe_id
@@ -118,6 +128,9 @@ JOURNAL_LINES_MIN = 1000
 
 # Differences kept for IXFR: versions a secondary may be behind by and still get an incremental transfer.
 JOURNAL_VERSIONS = 50
+# What changed in each published version, kept for this many versions: between two transfers more versions
+# than this make the next IXFR difference a comparison of the whole zone.
+DELTA_VERSIONS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +181,11 @@ class ServedZone:
             self._keyset = keys.keyset()
         # What secondaries got in the last full transfer, and the differences between transferred versions
         # (IXFR, RFC 1995; in memory: after a restart an IXFR is answered with a full transfer).
-        self._snapshot: tuple[int, Snapshot, dns.rrset.RRset] | None = None
+        self._snapshot: tuple[Version, Snapshot] | None = None
         self._journal: list[JournalEntry] = []
+        # Per published version (by serial), what changed from the one before: owner names and NSEC3 hashes
+        # (None: built whole). The next IXFR difference is then found by comparing those alone.
+        self._deltas: list[tuple[int, tuple[frozenset[dns.name.Name], frozenset[bytes]] | None]] = []
         # DS polling and push (the parent side of a KSK roll): the next check, and the keys already pushed.
         self._next_parent_check = 0.0
         self._pushed: dict[int, float] = {}  # key tag → when to push its DS (again)
@@ -196,6 +212,7 @@ class ServedZone:
 
     def _publish(self, base: Zone) -> None:
         self.base = base
+        self._delta(base.serial, None)
         if self._keyset is None or self.signer is None:
             self.version = Version(base)
             return
@@ -249,9 +266,15 @@ class ServedZone:
         signatures = previous.view.signatures
         if previous.chain is not None:
             chain = previous.chain.updated(served, served.touched)
+            self._delta(served.serial, (served.touched | {served.origin}, chain.changed or frozenset()))
             self.version = Version(served, SignedView(signatures, chain), chain)
         else:
+            self._delta(served.serial, (served.touched | {served.origin}, frozenset()))
             self.version = Version(served, SignedView(signatures, CompactDenial(served)))
+
+    def _delta(self, serial: int, delta: tuple[frozenset[dns.name.Name], frozenset[bytes]] | None) -> None:
+        self._deltas.append((serial, delta))
+        del self._deltas[:-DELTA_VERSIONS]
 
     # -- the parent side of a KSK roll -----------------------------------------------------------------------
 
@@ -412,18 +435,113 @@ class ServedZone:
     def _remember(self, version: Version, taken: Snapshot) -> None:
         serial = version.zone.serial
         last = self._snapshot
-        if last is not None and not serial_gt(serial, last[0]):
+        if last is not None and not serial_gt(serial, last[0].zone.serial):
             return
         if last is not None:
             deleted, added = differences(last[1], taken)
-            self._journal.append(JournalEntry(last[0], last[2], serial, version.zone.soa_rrset(), deleted, added))
-            del self._journal[:-JOURNAL_VERSIONS]
-        self._snapshot = (serial, taken, version.zone.soa_rrset())
+            self._journal_entry(last[0], version, deleted, added)
+        self._snapshot = (version, taken)
+
+    def _journal_entry(
+        self, since: Version, version: Version, deleted: list[dns.rrset.RRset], added: list[dns.rrset.RRset]
+    ) -> None:
+        entry = JournalEntry(
+            since.zone.serial, since.zone.soa_rrset(), version.zone.serial, version.zone.soa_rrset(), deleted, added
+        )
+        self._journal.append(entry)
+        del self._journal[:-JOURNAL_VERSIONS]
+
+    def _changed_since(self, since: int, serial: int) -> tuple[set[dns.name.Name], set[bytes]] | None:
+        """Owner names and NSEC3 hashes changed from version ``since`` to ``serial``; None when unknown (a
+        version in between was built whole, or the versions are no longer recorded)."""
+        names: set[dns.name.Name] = set()
+        digests: set[bytes] = set()
+        collecting = False
+        for version_serial, delta in self._deltas:
+            if collecting:
+                if delta is None:
+                    return None
+                names.update(delta[0])
+                digests.update(delta[1])
+                if version_serial == serial:
+                    return names, digests
+            elif version_serial == since:
+                collecting = True
+        return None
+
+    def _advance_snapshot(self, version: Version) -> bool:
+        """Move the snapshot of what secondaries hold to ``version`` by comparing only what changed since it
+        (the names and NSEC3 records the updates in between touched), journalling the difference: an IXFR after
+        a registration costs a few RRsets, not a walk over the zone. False when that is not known."""
+        if self._snapshot is None:
+            return False
+        held_version, held = self._snapshot
+        changed = self._changed_since(held_version.zone.serial, version.zone.serial)
+        if changed is None:
+            return False
+        names, digests = changed
+        zone, old = version.zone, held_version.zone
+        deleted: list[dns.rrset.RRset] = []
+        added: list[dns.rrset.RRset] = []
+
+        def compare(key: tuple[dns.name.Name, int, int], new: tuple[object, dns.rrset.RRset] | None) -> None:
+            had = held.get(key)
+            if (
+                had is not None
+                and new is not None
+                and (had[0] is new[0] or (had[1] == new[1] and had[1].ttl == new[1].ttl))
+            ):
+                return
+            if had is not None:
+                del held[key]
+                if key[1] != dns.rdatatype.SOA:  # the SOA frames the difference
+                    deleted.append(had[1])
+            if new is not None:
+                held[key] = new
+                if key[1] != dns.rdatatype.SOA:
+                    added.append(new[1])
+
+        for name in names:
+            for rdtype in {*old.nodes.get(name, {}), *zone.nodes.get(name, {})}:
+                rds = zone.get(name, rdtype)
+                rrset = None
+                if rds is not None:
+                    rrset = (
+                        zone.soa_rrset() if rdtype == dns.rdatatype.SOA and name == zone.origin else rrset_of(name, rds)
+                    )
+                compare((name, rdtype, 0), (rds, rrset) if rds is not None and rrset is not None else None)
+                self._compare_signature(version, name, rdtype, rrset, compare)
+        chain = version.chain
+        for digest in digests if chain is not None else ():
+            assert chain is not None
+            owner = chain.owner(digest)
+            record = chain.record(digest)
+            compare((owner, dns.rdatatype.NSEC3, 0), (record, record) if record is not None else None)
+            self._compare_signature(version, owner, dns.rdatatype.NSEC3, record, compare)
+        self._journal_entry(held_version, version, deleted, added)
+        self._snapshot = (version, held)
+        return True
+
+    @staticmethod
+    def _compare_signature(
+        version: Version,
+        name: dns.name.Name,
+        rdtype: int,
+        rrset: dns.rrset.RRset | None,
+        compare: Callable[[tuple[dns.name.Name, int, int], tuple[object, dns.rrset.RRset] | None], None],
+    ) -> None:
+        """Compare the RRSIG RRset covering (``name``, ``rdtype``) with what secondaries hold (as a transfer
+        yields it: none for delegation NS and glue)."""
+        sig = None
+        if rrset is not None and version.view is not None and not unsigned_in_transfer(version.zone, rrset):
+            sig = version.view.signatures.rrsig(rrset)
+        compare((name, dns.rdatatype.RRSIG, rdtype), (sig, sig) if sig is not None else None)
 
     def ixfr_records(self, version: Version, since: int) -> list[dns.rrset.RRset] | None:
         """The RFC 1995 difference sequence from serial ``since`` to ``version`` (its closing SOA left to the
         caller), or None when the journal does not reach back to ``since`` (then a full transfer answers)."""
-        if self._snapshot is None or self._snapshot[0] != version.zone.serial:
+        current = self._snapshot is not None and self._snapshot[0].zone.serial == version.zone.serial
+        if not current and not self._advance_snapshot(version):
             self._remember(version, snapshot(self._sourced(version)))
         start = next((i for i, entry in enumerate(self._journal) if entry.since == since), None)
         if start is None or self._journal[-1].serial != version.zone.serial:

@@ -89,6 +89,8 @@ class Nsec3Chain:
         self._hashes = [hashes[i : i + BLOCK] for i in range(0, len(hashes), BLOCK)]
         self._rrsets = [rrsets[i : i + BLOCK] for i in range(0, len(rrsets), BLOCK)]
         self._firsts = [block[0] for block in self._hashes]
+        # Hashes whose record differs from the chain this one was derived from (None: built whole).
+        self.changed: frozenset[bytes] | None = None
 
     def rrsets(self) -> list[dns.rrset.RRset]:
         return [rrset for block in self._rrsets for rrset in block]
@@ -98,7 +100,7 @@ class Nsec3Chain:
         (names added or removed, no delegation moved: see ``Zone.with_changes``): one hash per touched name and
         its ancestors (empty non-terminals come and go with them) instead of one per name of the zone."""
         chain = Nsec3Chain.__new__(Nsec3Chain)
-        chain.origin, chain.ttl = self.origin, self.ttl
+        chain.origin, chain.ttl, chain.changed = self.origin, self.ttl, None
         chain._hashes, chain._rrsets, chain._firsts = list(self._hashes), list(self._rrsets), list(self._firsts)
         owned: set[int] = set()  # ids of the blocks copied for this chain (free to modify)
         names: set[dns.name.Name] = set()
@@ -129,6 +131,7 @@ class Nsec3Chain:
                 block, index, chain._record(digest, following or chain._after(block), node_types(zone, name)), owned
             )
         # The records before a new or removed hash now point elsewhere.
+        relinked: set[bytes] = set()
         for digest in [*fresh, *gone]:
             block, index = chain._find(digest)
             block, index = chain._before(block, index)
@@ -139,7 +142,19 @@ class Nsec3Chain:
             following = following or chain._after(block)
             if old[0].next != following:
                 chain._set(block, index, chain._renext(old, following), owned)
+                relinked.add(chain._hashes[block][index])
+        chain.changed = frozenset((*fresh, *gone, *relinked))
         return chain
+
+    def owner(self, digest: bytes) -> dns.name.Name:
+        """The NSEC3 owner name of a hash."""
+        return dns.name.Name((base64.b32encode(digest).translate(_B32_TO_HEX), *self.origin.labels))
+
+    def record(self, digest: bytes) -> dns.rrset.RRset | None:
+        """The NSEC3 RRset of a hash in the chain, None when the hash is not in it."""
+        block, index = self._find(digest)
+        hashes = self._hashes[block]
+        return self._rrsets[block][index] if index < len(hashes) and hashes[index] == digest else None
 
     # -- the blocks ------------------------------------------------------------------------------------------
 
@@ -190,8 +205,7 @@ class Nsec3Chain:
 
     def _record(self, digest: bytes, following: bytes, types: set[int]) -> dns.rrset.RRset:
         rdata = dns.rdtypes.ANY.NSEC3.NSEC3(IN, dns.rdatatype.NSEC3, SHA1, 0, 0, b"", following, _bitmap(types))
-        owner = dns.name.Name((base64.b32encode(digest).translate(_B32_TO_HEX), *self.origin.labels))
-        rrset = dns.rrset.RRset(owner, IN, dns.rdatatype.NSEC3)
+        rrset = dns.rrset.RRset(self.owner(digest), IN, dns.rdatatype.NSEC3)
         rrset.add(rdata, self.ttl)
         return rrset
 
@@ -201,12 +215,7 @@ class Nsec3Chain:
         return rrset
 
     def matching(self, name: dns.name.Name) -> dns.rrset.RRset | None:
-        digest = nsec3_hash(name)
-        block, index = self._find(digest)
-        hashes = self._hashes[block]
-        if index < len(hashes) and hashes[index] == digest:
-            return self._rrsets[block][index]
-        return None
+        return self.record(nsec3_hash(name))
 
     def covering(self, name: dns.name.Name) -> dns.rrset.RRset:
         # The record with the greatest hash below the name's hash; wraps to the last record (RFC 5155 §7.2.1).
