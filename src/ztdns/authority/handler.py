@@ -566,6 +566,7 @@ class ServedZone:
         for line in self._journal_lines():
             # Updates after the state was written whole, in order; a line cut short by a crash ends the journal.
             data["records"] += line["records"]
+            self._appended += 1
             if serial_gt(line["serial"], data["serial"]):
                 data["serial"], data["resign_at"] = line["serial"], line.get("resign_at")
         changes = []
