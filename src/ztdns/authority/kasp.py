@@ -3,8 +3,8 @@
 Every rollover computes its timestamps when it starts (RFC 7583 intervals from TTLs and propagation delays)
 and writes them to a JSON state file, so the state at any instant is a pure function of the file and the
 clock: a restart mid-rollover resumes exactly, and tests drive it with an accelerated clock. The only step
-that needs the outside world is the KSK's DS swap at the parent, confirmed with ``ds_seen`` (``ztdns keys
-ds-seen ZONE``).
+that needs the outside world is the KSK's DS swap at the parent, confirmed with ``ds_seen``: by ``ztdns keys
+ds-seen ZONE``, or by DS polling of the parent's servers (``ServedZone.confirm_ds``).
 
 Timeline of a ZSK pre-publish rollover (RFC 7583 §3.2.1), new key N, old key O::
 
