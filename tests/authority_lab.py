@@ -163,6 +163,21 @@ def unbound(
     raise AssertionError((tmp_path / "unbound.log").read_text())
 
 
+def knot_conf_head(tmp_path: Path, port: int) -> str:
+    """The start of a knotd config: listening on ``port``, state under ``tmp_path``, the ``xfr`` TSIG key."""
+    return textwrap.dedent(f"""
+        server:
+          listen: 127.0.0.1@{port}
+          rundir: {tmp_path}
+        database:
+          storage: {tmp_path}/knotdb
+        key:
+          - id: xfr
+            algorithm: hmac-sha256
+            secret: {TSIG_SECRET}
+        """)
+
+
 @contextmanager
 def knot_secondary(
     tmp_path: Path,
@@ -179,16 +194,8 @@ def knot_secondary(
     notify_acl_key = "\n" + " " * 12 + "key: xfr" if notify_key else ""
     extra_lines = textwrap.indent(textwrap.dedent(extra).strip(), " " * 4) if extra else ""
     (tmp_path / "knot.conf").write_text(
-        textwrap.dedent(f"""
-        server:
-          listen: 127.0.0.1@{knot_port}
-          rundir: {tmp_path}
-        database:
-          storage: {tmp_path}/knotdb
-        key:
-          - id: xfr
-            algorithm: hmac-sha256
-            secret: {TSIG_SECRET}
+        knot_conf_head(tmp_path, knot_port)
+        + textwrap.dedent(f"""
         remote:
           - id: primary
             address: 127.0.0.1@{primary_port}
@@ -210,6 +217,9 @@ def knot_secondary(
         + extra_lines
         + "\n"
     )
+    # knotd does not make its database directory: without it the journal and timer databases fail to open ("not
+    # exists"), and every IXFR falls back to AXFR because its changes cannot be stored.
+    (tmp_path / "knotdb").mkdir(exist_ok=True)
     knot = subprocess.Popen(
         ["knotd", "-c", str(tmp_path / "knot.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -69,11 +69,11 @@ def test_valid_cookie_is_not_rate_limited_and_nsid(tmp_path: Path) -> None:
     first = _ask(authority, "www.corp.internal.", options=[dns.edns.CookieOption(client_cookie, b"")])
     assert first is not None
     (cookie,) = [o for o in first.options if isinstance(o, dns.edns.CookieOption)]
-    assert cookie.client == client_cookie and len(cookie.server) == 8
+    assert cookie.client == client_cookie and len(cookie.server) == 16  # RFC 9018: version, time, hash
     with_cookie = [dns.edns.CookieOption(client_cookie, cookie.server)]
     assert all(_ask(authority, "www.corp.internal.", options=with_cookie) for _ in range(10))
     # A forged or another address's cookie is no exemption.
-    forged = [dns.edns.CookieOption(client_cookie, os.urandom(8))]
+    forged = [dns.edns.CookieOption(client_cookie, cookie.server[:8] + os.urandom(8))]
     assert not all(_ask(authority, "www.corp.internal.", options=forged) for _ in range(3))
     other = ClientInfo(Transport.UDP, "203.0.113.5", 53)
     assert not all(_ask(authority, "www.corp.internal.", other, options=with_cookie) for _ in range(3))

@@ -3,6 +3,7 @@ streamed as they are made (the first message of a 50,000-name zone within 100 ms
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import time
@@ -18,12 +19,14 @@ import dns.rrset
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
+import dns.zone
 import pytest
 
 from authority_lab import ORIGIN, ZONE_TEXT, free_port, keyring, knot_secondary, serving, signed_zone, wait_serial
-from ztdns.authority.handler import Authority, ServedZone
+from ztdns.authority.handler import Authority, Quota, ServedZone, ZoneSettings
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant
+from ztdns.authority.zone import Zone
 from ztdns.client import ClientInfo, Transport
 
 XFR = dns.name.from_text("xfr.")
@@ -224,40 +227,108 @@ def test_ixfr_from_the_journal_applies_to_the_same_zone_as_an_axfr(tmp_path: Pat
     records = _rrs(_transfer(authority, "IXFR", first))
     soa = [i for i, r in enumerate(records) if r[1] == dns.rdatatype.SOA]
     assert records[0][1] == dns.rdatatype.SOA and len(soa) == 2 * 2 + 2  # new, (old, new) per version, new
+    assert _apply_ixfr(held, records) == set(_rrs(_transfer(authority, "AXFR"))[:-1])
+    # Not in the journal: a full transfer.
+    assert len(_rrs(_transfer(authority, "IXFR", (first - 5) % (1 << 32)))) == len(_rrs(_transfer(authority, "AXFR")))
+
+
+def _records_text(rrsets: Any) -> set[str]:
+    return {
+        f"{rrset.name} {rrset.ttl} {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}"
+        for rrset in rrsets
+        for rd in rrset
+    }
+
+
+def _apply_ixfr(held: set[tuple[str, int, str]], records: list[tuple[str, int, str]]) -> set[tuple[str, int, str]]:
+    """``held`` after an IXFR sequence (RFC 1995 §4); every record deleted must be held."""
     state, deleting = set(held), False
     for record in records[1:-1]:
         if record[1] == dns.rdatatype.SOA:
             deleting = not deleting
-            if deleting:
-                state.discard(record)
-            else:
-                state.add(record)
+            (state.discard if deleting else state.add)(record)
             continue
         if deleting:
             assert record in state, record  # a secondary can only delete what it holds
             state.remove(record)
         else:
             state.add(record)
-    assert state == set(_rrs(_transfer(authority, "AXFR"))[:-1])
-    # Not in the journal: a full transfer.
-    assert len(_rrs(_transfer(authority, "IXFR", (first - 5) % (1 << 32)))) == len(_rrs(_transfer(authority, "AXFR")))
+    return state
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_ixfr_after_each_random_update_equals_the_next_axfr(tmp_path: Path, signed: bool) -> None:
+    """Registrations and deletions (names and empty non-terminals coming and going, NSEC3 neighbours re-linked):
+    the difference of each version, found from what the update touched alone, applied to what the secondary
+    held gives exactly the next AXFR; so does one IXFR spanning several versions."""
+    settings: dict[str, Any] = {
+        "transfer": TransferAcl(keys=frozenset({XFR})),
+        "grants": (Grant("tsig:xfr.", ("**.corp.internal",)),),
+        "quota": Quota(0, 0),
+    }
+    zone = (
+        signed_zone(tmp_path, **settings)
+        if signed
+        else ServedZone(ZoneSettings(ORIGIN, **settings), Zone.from_text(ZONE_TEXT, ORIGIN))
+    )
+    authority = Authority([zone], keyring=keyring())
+    held = set(_rrs(_transfer(authority, "AXFR"))[:-1])
+    rng = random.Random(5)
+    start, start_held = zone.zone.serial, held
+    for step in range(60):
+        update = dns.update.UpdateMessage(ORIGIN)
+        name = dns.name.from_text(".".join(f"n{rng.randint(0, 4)}" for _ in range(rng.randint(1, 3))), ORIGIN)
+        if rng.random() < 0.6:
+            update.replace(name, 30, "A", f"10.0.0.{step}")
+        else:
+            update.delete(name)
+        before = zone.zone.serial
+        assert authority.apply(update, "tsig:xfr.")[0] == dns.rcode.NOERROR
+        if zone.zone.serial == before:
+            continue
+        held = _apply_ixfr(held, _rrs(_transfer(authority, "IXFR", before)))
+        assert held == set(_rrs(_transfer(authority, "AXFR"))[:-1]), step
+    assert _apply_ixfr(start_held, _rrs(_transfer(authority, "IXFR", start))) == held
 
 
 @pytest.mark.slow
-def test_knot_follows_updates_by_ixfr(tmp_path: Path) -> None:
+def test_knot_follows_updates_by_ixfr_into_its_default_journal(tmp_path: Path) -> None:
+    """knotd with its default journal (changes stored, zone file flushed) takes registrations, deletions and a
+    key event as IXFRs, never falling back to AXFR, and ends up with exactly the zone we serve."""
     knot_port = free_port()
     zone = _primary_for(tmp_path, knot_port)
+    authority = Authority([zone], keyring=keyring())
     with (
-        serving(Authority([zone], keyring=keyring())) as (_, server),
-        knot_secondary(tmp_path, knot_port, server.port, extra="journal-content: none"),
+        serving(authority) as (loop, server),
+        knot_secondary(tmp_path, knot_port, server.port),
     ):
         wait_serial(knot_port, zone.zone.serial)
-        for i in range(3):
-            update = dns.update.UpdateMessage(ORIGIN, keyring=keyring(), keyname=XFR)
-            update.add(f"db{i}.svc", 30, "A", f"10.9.9.{i}")
-            assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
+
+        def update(build: Any) -> None:
+            message = dns.update.UpdateMessage(ORIGIN, keyring=keyring(), keyname=XFR)
+            build(message)
+            assert dns.query.tcp(message, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
             wait_serial(knot_port, zone.zone.serial)
-        log = (tmp_path / "knot.log").read_text()
-        assert log.count("IXFR, incoming") >= 3 and "fallback to AXFR" not in log, log
-        response = dns.query.udp(dns.message.make_query("db2.svc.corp.internal.", "A"), "127.0.0.1", port=knot_port)
-        assert response.answer[0][0].to_text() == "10.9.9.2"
+
+        for i in range(3):
+            update(lambda m, i=i: m.add(f"db{i}.svc", 30, "A", f"10.9.9.{i}"))
+        update(lambda m: m.delete("db0.svc"))
+        update(lambda m: m.replace("db1.svc", 30, "A", "10.9.9.11"))
+        assert zone.keys is not None
+        zone.keys.rollover("zsk", 300)  # a new DNSKEY set: every signature of the zone changes
+        loop.call(authority.tick)
+        wait_serial(knot_port, zone.zone.serial)
+        serial = zone.zone.serial
+        log_path = tmp_path / "knot.log"
+        deadline = time.monotonic() + 10
+        while f"zone file updated, serial {serial - 1} -> {serial}" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        log = log_path.read_text()
+        assert log.count("IXFR, incoming") >= 2 * 6 and "fallback to AXFR" not in log, log
+        assert "failed" not in log.split("zone will be bootstrapped")[1], log
+        held = dns.zone.from_file(str(tmp_path / "secondary.zone"), origin=ORIGIN, relativize=False)
+        ours = [r for m in _axfr(authority) for r in m.answer][:-1]
+        assert _records_text(
+            r for name, rds in held.iterate_rdatasets() for r in [dns.rrset.from_rdata_list(name, rds.ttl, list(rds))]
+        ) == _records_text(ours)

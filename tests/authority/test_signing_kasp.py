@@ -7,10 +7,13 @@ import stat
 from pathlib import Path
 
 import dns.name
+import dns.rdatatype
 import pytest
 
+from authority_lab import signed_zone
 from ztdns.authority.kasp import KeyManager, Policy
 from ztdns.authority.keys import KeyStoreError
+from ztdns.authority.zone import rrset_of
 
 ZONE = dns.name.from_text("corp.internal.")
 POLICY = Policy(dnskey_ttl=3600, propagation_delay=300, parent_propagation_delay=3600, parent_ds_ttl=86400)
@@ -112,3 +115,46 @@ def test_retired_keys_are_purged_after_the_delay(tmp_path: Path) -> None:
     assert all(r.tag != old.tag for r in km.records())
     assert old.locator not in {p.name for p in (tmp_path / "keys").iterdir()}
     assert len(km.keyset().dnskeys) == 2  # the zone's keys are untouched
+
+
+@pytest.mark.parametrize(
+    ("mode", "before", "submission", "after"),
+    [
+        ("rollover", [], ["new"], []),
+        ("none", [], [], []),
+        ("always", ["old"], ["new"], ["new"]),
+        ("double-ds", ["old"], ["new", "old"], ["new"]),
+        ("delete-dnssec", [], [], []),
+    ],
+)
+def test_cds_publish_modes(
+    tmp_path: Path, mode: str, before: list[str], submission: list[str], after: list[str]
+) -> None:
+    """Knot's cds-cdnskey-publish: which KSKs get CDS/CDNSKEY before, during (submission) and after a roll."""
+    clock = Clock()
+    km = KeyManager(ZONE, dataclasses.replace(POLICY, cds_publish=mode), tmp_path, clock=clock)  # type: ignore[arg-type]
+    km.ensure_keys()
+    tags = {"old": km.keyset().dnskey_signers[0].tag}
+
+    def published() -> list[str]:
+        return sorted(name for name, tag in tags.items() if tag in {k.tag for k in km.keyset().cds})
+
+    assert published() == before
+    tags["new"] = km.rollover("ksk", max_ttl=600).tag
+    clock.now += 3900
+    assert published() == submission
+    km.ds_seen(max_ttl=600)
+    assert published() == after
+    assert km.keyset().cds_delete == (mode == "delete-dnssec")
+
+
+def test_delete_dnssec_publishes_the_rfc_8078_delete_records(tmp_path: Path) -> None:
+    zone = signed_zone(tmp_path, policy=dataclasses.replace(POLICY, cds_publish="delete-dnssec"))
+    apex = zone.zone.nodes[zone.origin]
+    assert [r.to_text() for r in apex[dns.rdatatype.CDS]] == ["0 0 0 00"]
+    assert [r.to_text() for r in apex[dns.rdatatype.CDNSKEY]] == ["0 3 0 AA=="]
+    assert zone.view is not None and zone.keys is not None
+    ksk = zone.keys.keyset().dnskey_signers[0].tag
+    for rdtype in (dns.rdatatype.CDS, dns.rdatatype.CDNSKEY):
+        rrsig = zone.view.signatures.rrsig(rrset_of(zone.origin, apex[rdtype]))
+        assert rrsig is not None and [r.key_tag for r in rrsig] == [ksk]  # signed by the KSK (RFC 8078 §4)

@@ -37,6 +37,7 @@ def policy(signing: SigningConfig) -> Policy:
         signing.ksk_lifetime,
         signing.algorithm_rollover,
         signing.purge_delay,
+        signing.cds_publish,
     )
 
 
@@ -177,6 +178,10 @@ def build_zone(
         max_ttl_explicit=zc.max_zone_ttl is not None,
         quota=Quota(zc.quota_records, zc.quota_bytes),
         source=hashlib.sha256(text.encode()).hexdigest(),
+        parents=tuple(parse_hostport(p, 53) for p in zc.signing.parent_servers),
+        parent_check_interval=zc.signing.parent_check_interval,
+        ds_push=parse_hostport(zc.signing.ds_push, 53) if zc.signing.ds_push else None,
+        ds_push_key=dns.name.from_text(zc.signing.ds_push_key) if zc.signing.ds_push_key else None,
     )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = key_manager(zc, state_dir, store) if zc.signing.enabled else None

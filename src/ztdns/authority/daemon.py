@@ -21,7 +21,14 @@ from typing import Any
 
 import dns.asyncquery
 import dns.exception
+import dns.flags
+import dns.message
+import dns.name
 import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.update
 
 from ztdns.authority.api import api_listen_config, start_registration_api
 from ztdns.authority.build import ZoneLoader, state_dir
@@ -72,6 +79,7 @@ class AuthorityService:
         self.listen = list(listen)
         self.api_settings = api
         self.tick_seconds = tick_seconds
+        self._checking: set[dns.name.Name] = set()  # zones whose parent servers are being asked for the DS
         self.udp: list[UdpListener] = []
         self.tcp: list[TcpServer] = []
         self.api: TlsStreamListener | None = None
@@ -169,9 +177,47 @@ class AuthorityService:
         while True:
             try:
                 self.authority.tick()
+                self._parent_side()
             except Exception:
                 log.exception("key timeline tick failed")
             await asyncio.sleep(self.tick_seconds)
+
+    def _parent_side(self) -> None:
+        """DS push and polling for zones with a KSK in submission (the decisions are the zone's)."""
+        for zone in list(self.authority.zones.values()):
+            push = zone.ds_push_due()
+            if push is not None:
+                self._spawn(self._push_ds(zone, *push))
+            if zone.origin not in self._checking and zone.parent_check_due():
+                self._checking.add(zone.origin)
+                self._spawn(self._check_parents(zone))
+
+    async def _check_parents(self, zone: ServedZone) -> None:
+        try:
+            answers = await asyncio.gather(
+                *(_parent_ds(zone.origin, host, port) for host, port in zone.settings.parents)
+            )
+            self.authority.parent_answers(zone, list(answers))
+        finally:
+            self._checking.discard(zone.origin)
+
+    async def _push_ds(self, zone: ServedZone, tag: int, update: dns.update.UpdateMessage) -> None:
+        assert zone.settings.ds_push is not None
+        host, port = zone.settings.ds_push
+        key = zone.settings.ds_push_key
+        if key is not None:
+            update.use_tsig(self.authority.keyring, key)
+        try:
+            response = await dns.asyncquery.tcp(update, host, port=port, timeout=5.0)
+        except (dns.exception.DNSException, OSError) as exc:
+            log.warning("DS push for %s to %s:%d failed: %s", zone.origin, host, port, exc)
+            return
+        if response.rcode() != dns.rcode.NOERROR:
+            rcode = dns.rcode.to_text(response.rcode())
+            log.warning("DS push for %s to %s:%d refused: %s", zone.origin, host, port, rcode)
+            return
+        log.info("DS of key %d of %s pushed to %s:%d", tag, zone.origin, host, port)
+        zone.ds_pushed(tag)
 
     def _schedule_notify(self, zone: ServedZone) -> None:
         for host, port in zone.settings.notify:
@@ -192,6 +238,21 @@ class AuthorityService:
                 pass
             await asyncio.sleep(0.5 * (attempt + 1))
         log.warning("secondary %s:%d did not acknowledge NOTIFY for %s", host, port, zone.origin)
+
+
+async def _parent_ds(origin: dns.name.Name, host: str, port: int) -> dns.rrset.RRset | None:
+    """The DS RRset a parent server serves for ``origin`` (empty when it has none), None without an answer."""
+    query = dns.message.make_query(origin, dns.rdatatype.DS)
+    try:
+        response = await dns.asyncquery.udp(query, host, port=port, timeout=2.0)
+        if response.flags & dns.flags.TC:
+            response = await dns.asyncquery.tcp(query, host, port=port, timeout=5.0)
+    except (dns.exception.DNSException, OSError):
+        return None
+    if response.rcode() != dns.rcode.NOERROR:
+        return None
+    found = response.get_rrset(response.answer, origin, dns.rdataclass.IN, dns.rdatatype.DS)
+    return found if found is not None else dns.rrset.RRset(origin, dns.rdataclass.IN, dns.rdatatype.DS)
 
 
 UPDATE_OPCODE = 5

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dns.edns
 import dns.exception
@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import Metric
 from ztdns.authority.answer import EDNS_CO, SignedView, answer
 from ztdns.authority.kasp import KeyManager, KeySet
 from ztdns.authority.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
-from ztdns.authority.rrl import Cookies, RateLimiter, Verdict
+from ztdns.authority.rrl import RateLimiter, Verdict
 from ztdns.authority.signing import Validity, ZoneSigner
 from ztdns.authority.transfer import (
     Snapshot,
@@ -47,10 +47,21 @@ from ztdns.authority.transfer import (
     differences,
     records_with_sources,
     snapshot,
+    unsigned_in_transfer,
 )
 from ztdns.authority.update import Grant, UpdateRefused, apply_update
-from ztdns.authority.zone import Change, SerialPolicy, Zone, ZoneError, next_serial, serial_gt, type_text
+from ztdns.authority.zone import (
+    Change,
+    SerialPolicy,
+    Zone,
+    ZoneError,
+    next_serial,
+    rrset_of,
+    serial_gt,
+    type_text,
+)
 from ztdns.client import ClientInfo
+from ztdns.detect.cookies import ServerCookies
 from ztdns.identity.certificates import is_spiffe_id
 from ztdns.model import Kind
 from ztdns.observe.events import Answered
@@ -67,6 +78,9 @@ RENDERED_SECONDS = 30.0
 
 
 DEFAULT_MAX_TTL = 86400
+# RFC 8078 §4: the CDS and CDNSKEY records asking the parent to delete the DS (the zone goes insecure).
+DELETE_CDS = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.CDS, "0 0 0 00")
+DELETE_CDNSKEY = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.CDNSKEY, "0 3 0 AA==")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +113,24 @@ class ZoneSettings:
     # A digest of the zone's source (file and inline records): a restart that finds it changed serves a new
     # serial even when the file kept its own.
     source: str = ""
+    # The parent zone's servers, asked for our DS while a KSK is in submission (Knot's submission ``parent``):
+    # the submission completes (ds_seen) when every one of them serves the new key's DS.
+    parents: tuple[tuple[str, int], ...] = ()
+    parent_check_interval: float = 3600.0
+    # The parent's primary, sent the new DS RRset by a dynamic update when a KSK enters submission (Knot's
+    # ``ds-push``), signed with the TSIG key ``ds_push_key`` when set.
+    ds_push: tuple[str, int] | None = None
+    ds_push_key: dns.name.Name | None = None
 
+
+# The state's journal of updates is folded into the state file after this many lines (or one per dynamic RRset).
+JOURNAL_LINES_MIN = 1000
 
 # Differences kept for IXFR: versions a secondary may be behind by and still get an incremental transfer.
 JOURNAL_VERSIONS = 50
+# What changed in each published version, kept for this many versions: between two transfers more versions
+# than this make the next IXFR difference a comparison of the whole zone.
+DELTA_VERSIONS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +166,14 @@ class ServedZone:
         self.clock = clock
         self.signer = ZoneSigner(base.origin, settings.validity, clock) if keys else None
         self._dynamic: dict[tuple[dns.name.Name, int], dns.rdataset.Rdataset | None] = {}
-        # Who registered each dynamic RRset (None: the zone's operator, or before owners were recorded).
+        # Who registered each dynamic RRset (None: the zone's operator, or before owners were recorded), its
+        # (records, bytes of rdata), and per identity their sum: the quota check reads one identity's usage,
+        # not every registration.
         self._owners: dict[tuple[dns.name.Name, int], str] = {}
+        self._footprints: dict[tuple[dns.name.Name, int], tuple[int, int]] = {}
+        self._usage: dict[str, list[int]] = {}
+        # Updates appended to the state's journal since the state was last written whole.
+        self._appended = 0
         check_ttls(base, settings.max_ttl)
         self._keyset: KeySet | None = None
         if keys is not None:
@@ -147,8 +181,14 @@ class ServedZone:
             self._keyset = keys.keyset()
         # What secondaries got in the last full transfer, and the differences between transferred versions
         # (IXFR, RFC 1995; in memory: after a restart an IXFR is answered with a full transfer).
-        self._snapshot: tuple[int, Snapshot, dns.rrset.RRset] | None = None
+        self._snapshot: tuple[Version, Snapshot] | None = None
         self._journal: list[JournalEntry] = []
+        # Per published version (by serial), what changed from the one before: owner names and NSEC3 hashes
+        # (None: built whole). The next IXFR difference is then found by comparing those alone.
+        self._deltas: list[tuple[int, tuple[frozenset[dns.name.Name], frozenset[bytes]] | None]] = []
+        # DS polling and push (the parent side of a KSK roll): the next check, and the keys already pushed.
+        self._next_parent_check = 0.0
+        self._pushed: dict[int, float] = {}  # key tag → when to push its DS (again)
         # Signatures made before a restart may be held by secondaries: their refresh time is kept in the state.
         self._resign_at = self._saved_resign_at = float("inf")
         base, changed = self._restore(base)
@@ -172,6 +212,7 @@ class ServedZone:
 
     def _publish(self, base: Zone) -> None:
         self.base = base
+        self._delta(base.serial, None)
         if self._keyset is None or self.signer is None:
             self.version = Version(base)
             return
@@ -189,16 +230,12 @@ class ServedZone:
         apex.append(
             Change(origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys)))
         )
-        apex.append(
-            Change(
-                origin,
-                dns.rdatatype.CDS,
-                rdataset(dns.rdatatype.CDS, (k.cds(self.settings.cds_digest) for k in ks.cds)),
-            )
-        )
-        apex.append(
-            Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, (k.cdnskey() for k in ks.cds)))
-        )
+        cds: list[dns.rdata.Rdata] = [k.cds(self.settings.cds_digest) for k in ks.cds]
+        cdnskey: list[dns.rdata.Rdata] = [k.cdnskey() for k in ks.cds]
+        if ks.cds_delete:
+            cds, cdnskey = [DELETE_CDS], [DELETE_CDNSKEY]
+        apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, cds)))
+        apex.append(Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, cdnskey)))
         if self.settings.denial == "nsec3":
             apex.append(
                 Change(origin, dns.rdatatype.NSEC3PARAM, rdataset(dns.rdatatype.NSEC3PARAM, [nsec3param_rdata()]))
@@ -218,6 +255,11 @@ class ServedZone:
         one with the same changes (its key records are unchanged) and the NSEC3 chain is updated for the
         changed names only, so a registration on a 50,000-name zone costs milliseconds, not a rebuild."""
         previous = self.version
+        if base.touched is not None and self.signer is None:  # unsigned: the zone is the version
+            self.base = base
+            self._delta(base.serial, (base.touched | {base.origin}, frozenset()))
+            self.version = Version(base)
+            return
         if previous.view is None or base.touched is None:
             self._publish(base)
             return
@@ -229,9 +271,67 @@ class ServedZone:
         signatures = previous.view.signatures
         if previous.chain is not None:
             chain = previous.chain.updated(served, served.touched)
+            self._delta(served.serial, (served.touched | {served.origin}, chain.changed or frozenset()))
             self.version = Version(served, SignedView(signatures, chain), chain)
         else:
+            self._delta(served.serial, (served.touched | {served.origin}, frozenset()))
             self.version = Version(served, SignedView(signatures, CompactDenial(served)))
+
+    def _delta(self, serial: int, delta: tuple[frozenset[dns.name.Name], frozenset[bytes]] | None) -> None:
+        self._deltas.append((serial, delta))
+        del self._deltas[:-DELTA_VERSIONS]
+
+    # -- the parent side of a KSK roll -----------------------------------------------------------------------
+
+    def parent_check_due(self) -> bool:
+        """Whether to ask the parent's servers for our DS now: a key is in submission and parents are
+        configured, and the last check is ``parent_check_interval`` ago."""
+        now = self.clock()
+        if not self.settings.parents or self.keys is None or now < self._next_parent_check:
+            return False
+        if not self.keys.submitted(now):
+            return False
+        self._next_parent_check = now + self.settings.parent_check_interval
+        return True
+
+    def confirm_ds(self, answers: list[dns.rrset.RRset | None]) -> bool:
+        """Given each parent server's DS RRset for the zone (None: no usable answer), complete the KSK
+        submission (``ds_seen``) when every one of them serves the DS of the key in submission."""
+        waiting = self.keys.submitted() if self.keys is not None else []
+        if not waiting or not answers or self.keys is None:
+            return False
+        key = self.keys.zone_key(waiting[0])
+        if not all(ds is not None and any(key.matches_ds(rdata) for rdata in ds) for ds in answers):
+            return False
+        self.keys.ds_seen(self.timing_ttl())
+        log.info("zone %s: every parent server serves the DS of key %d; KSK submission done", self.origin, key.tag)
+        return True
+
+    def ds_push_due(self) -> tuple[int, dns.update.UpdateMessage] | None:
+        """The dynamic update to send the parent's primary (RFC 2136), once per key entering submission: the
+        zone's DS RRset replaced by the DS of the keys it should hold (those of the CDS policy's ``double-ds``:
+        the key in submission and the active ones, so the parent never lacks a DS for a key signing the DNSKEY
+        RRset). Returns the key tag with it; until ``ds_pushed(tag)`` it is sent again every
+        ``parent_check_interval``."""
+        if self.settings.ds_push is None or self.keys is None:
+            return None
+        waiting = self.keys.submitted()
+        now = self.clock()
+        if not waiting or now < self._pushed.get(waiting[0].tag, 0.0):
+            return None
+        self._pushed[waiting[0].tag] = now + self.settings.parent_check_interval
+        records = [r for r in self.keys.records() if r.role != "zsk" and r.published(self.clock())]
+        wanted = [r for r in records if r.tag == waiting[0].tag or r.ds_current(self.clock())]
+        update = dns.update.UpdateMessage(self.origin.parent())
+        update.delete(self.origin, dns.rdatatype.DS)
+        for record in wanted:
+            ds = self.keys.zone_key(record).ds(self.settings.cds_digest)
+            update.add(self.origin, self.keys.policy.parent_ds_ttl, ds)
+        return waiting[0].tag, update
+
+    def ds_pushed(self, tag: int) -> None:
+        """The parent's primary accepted the DS of key ``tag``: no further pushes for it."""
+        self._pushed[tag] = float("inf")
 
     def refresh_keys(self) -> bool:
         """Re-read the key timeline; a change of published keys is a new zone version (new serial)."""
@@ -285,25 +385,38 @@ class ServedZone:
             for change in changes:
                 key = (change.name, change.rdtype)
                 self._dynamic[key] = change.rdataset
-                if change.rdataset is not None and identity is not None:
-                    self._owners[key] = identity
-                else:
-                    self._owners.pop(key, None)
+                self._set_owner(key, identity, change.rdataset)
             self._publish_update(new, changes)
-            self._save()
+            self._append(changes)
         return changes
+
+    def _set_owner(
+        self, key: tuple[dns.name.Name, int], identity: str | None, rdataset: dns.rdataset.Rdataset | None
+    ) -> None:
+        previous = self._owners.pop(key, None)
+        if previous is not None:
+            records, size = self._footprints.pop(key)
+            usage = self._usage[previous]
+            usage[0] -= records
+            usage[1] -= size
+        if identity is not None and rdataset is not None:
+            records, size = self._footprints[key] = _footprint(rdataset)
+            self._owners[key] = identity
+            usage = self._usage.setdefault(identity, [0, 0])
+            usage[0] += records
+            usage[1] += size
 
     def _check_quota(self, identity: str, changes: list[Change]) -> None:
         quota = self.settings.quota
-        held = {key for key, owner in self._owners.items() if owner == identity}
-        held.update((c.name, c.rdtype) for c in changes)
-        after = {(c.name, c.rdtype): c.rdataset for c in changes}
-        records = size = 0
-        for key in held:
-            rds = after[key] if key in after else self._dynamic.get(key)
-            if rds is not None:
-                records += len(rds)
-                size += sum(len(rdata.to_wire() or b"") for rdata in rds)
+        records, size = self._usage.get(identity, (0, 0))
+        for change in changes:
+            key = (change.name, change.rdtype)
+            if self._owners.get(key) == identity:
+                before = self._footprints[key]
+                records, size = records - before[0], size - before[1]
+            if change.rdataset is not None:
+                after = _footprint(change.rdataset)
+                records, size = records + after[0], size + after[1]
         if quota.records and records > quota.records:
             raise UpdateRefused(dns.rcode.REFUSED, f"{identity} would hold {records} records (quota {quota.records})")
         if quota.rdata_bytes and size > quota.rdata_bytes:
@@ -327,18 +440,113 @@ class ServedZone:
     def _remember(self, version: Version, taken: Snapshot) -> None:
         serial = version.zone.serial
         last = self._snapshot
-        if last is not None and not serial_gt(serial, last[0]):
+        if last is not None and not serial_gt(serial, last[0].zone.serial):
             return
         if last is not None:
             deleted, added = differences(last[1], taken)
-            self._journal.append(JournalEntry(last[0], last[2], serial, version.zone.soa_rrset(), deleted, added))
-            del self._journal[:-JOURNAL_VERSIONS]
-        self._snapshot = (serial, taken, version.zone.soa_rrset())
+            self._journal_entry(last[0], version, deleted, added)
+        self._snapshot = (version, taken)
+
+    def _journal_entry(
+        self, since: Version, version: Version, deleted: list[dns.rrset.RRset], added: list[dns.rrset.RRset]
+    ) -> None:
+        entry = JournalEntry(
+            since.zone.serial, since.zone.soa_rrset(), version.zone.serial, version.zone.soa_rrset(), deleted, added
+        )
+        self._journal.append(entry)
+        del self._journal[:-JOURNAL_VERSIONS]
+
+    def _changed_since(self, since: int, serial: int) -> tuple[set[dns.name.Name], set[bytes]] | None:
+        """Owner names and NSEC3 hashes changed from version ``since`` to ``serial``; None when unknown (a
+        version in between was built whole, or the versions are no longer recorded)."""
+        names: set[dns.name.Name] = set()
+        digests: set[bytes] = set()
+        collecting = False
+        for version_serial, delta in self._deltas:
+            if collecting:
+                if delta is None:
+                    return None
+                names.update(delta[0])
+                digests.update(delta[1])
+                if version_serial == serial:
+                    return names, digests
+            elif version_serial == since:
+                collecting = True
+        return None
+
+    def _advance_snapshot(self, version: Version) -> bool:
+        """Move the snapshot of what secondaries hold to ``version`` by comparing only what changed since it
+        (the names and NSEC3 records the updates in between touched), journalling the difference: an IXFR after
+        a registration costs a few RRsets, not a walk over the zone. False when that is not known."""
+        if self._snapshot is None:
+            return False
+        held_version, held = self._snapshot
+        changed = self._changed_since(held_version.zone.serial, version.zone.serial)
+        if changed is None:
+            return False
+        names, digests = changed
+        zone, old = version.zone, held_version.zone
+        deleted: list[dns.rrset.RRset] = []
+        added: list[dns.rrset.RRset] = []
+
+        def compare(key: tuple[dns.name.Name, int, int], new: tuple[object, dns.rrset.RRset] | None) -> None:
+            had = held.get(key)
+            if (
+                had is not None
+                and new is not None
+                and (had[0] is new[0] or (had[1] == new[1] and had[1].ttl == new[1].ttl))
+            ):
+                return
+            if had is not None:
+                del held[key]
+                if key[1] != dns.rdatatype.SOA:  # the SOA frames the difference
+                    deleted.append(had[1])
+            if new is not None:
+                held[key] = new
+                if key[1] != dns.rdatatype.SOA:
+                    added.append(new[1])
+
+        for name in names:
+            for rdtype in {*old.nodes.get(name, {}), *zone.nodes.get(name, {})}:
+                rds = zone.get(name, rdtype)
+                rrset = None
+                if rds is not None:
+                    rrset = (
+                        zone.soa_rrset() if rdtype == dns.rdatatype.SOA and name == zone.origin else rrset_of(name, rds)
+                    )
+                compare((name, rdtype, 0), (rds, rrset) if rds is not None and rrset is not None else None)
+                self._compare_signature(version, name, rdtype, rrset, compare)
+        chain = version.chain
+        for digest in digests if chain is not None else ():
+            assert chain is not None
+            owner = chain.owner(digest)
+            record = chain.record(digest)
+            compare((owner, dns.rdatatype.NSEC3, 0), (record, record) if record is not None else None)
+            self._compare_signature(version, owner, dns.rdatatype.NSEC3, record, compare)
+        self._journal_entry(held_version, version, deleted, added)
+        self._snapshot = (version, held)
+        return True
+
+    @staticmethod
+    def _compare_signature(
+        version: Version,
+        name: dns.name.Name,
+        rdtype: int,
+        rrset: dns.rrset.RRset | None,
+        compare: Callable[[tuple[dns.name.Name, int, int], tuple[object, dns.rrset.RRset] | None], None],
+    ) -> None:
+        """Compare the RRSIG RRset covering (``name``, ``rdtype``) with what secondaries hold (as a transfer
+        yields it: none for delegation NS and glue)."""
+        sig = None
+        if rrset is not None and version.view is not None and not unsigned_in_transfer(version.zone, rrset):
+            sig = version.view.signatures.rrsig(rrset)
+        compare((name, dns.rdatatype.RRSIG, rdtype), (sig, sig) if sig is not None else None)
 
     def ixfr_records(self, version: Version, since: int) -> list[dns.rrset.RRset] | None:
         """The RFC 1995 difference sequence from serial ``since`` to ``version`` (its closing SOA left to the
         caller), or None when the journal does not reach back to ``since`` (then a full transfer answers)."""
-        if self._snapshot is None or self._snapshot[0] != version.zone.serial:
+        current = self._snapshot is not None and self._snapshot[0].zone.serial == version.zone.serial
+        if not current and not self._advance_snapshot(version):
             self._remember(version, snapshot(self._sourced(version)))
         start = next((i for i, entry in enumerate(self._journal) if entry.since == since), None)
         if start is None or self._journal[-1].serial != version.zone.serial:
@@ -360,6 +568,12 @@ class ServedZone:
         if path is None or not path.exists():
             return base, True
         data = json.loads(path.read_text())
+        for line in self._journal_lines():
+            # Updates after the state was written whole, in order; a line cut short by a crash ends the journal.
+            data["records"] += line["records"]
+            self._appended += 1
+            if serial_gt(line["serial"], data["serial"]):
+                data["serial"], data["resign_at"] = line["serial"], line.get("resign_at")
         changes = []
         for entry in data["records"]:
             name = dns.name.from_text(entry["name"])
@@ -369,8 +583,7 @@ class ServedZone:
                 # Registered under a higher max_zone_ttl: served within today's.
                 ttl = min(entry["ttl"], self.settings.max_ttl)
                 rds = dns.rdataset.from_text_list(dns.rdataclass.IN, rdtype, ttl, entry["rdata"], origin=base.origin)
-                if entry.get("identity"):
-                    self._owners[(name, rdtype)] = entry["identity"]
+            self._set_owner((name, rdtype), entry.get("identity"), rds)
             self._dynamic[(name, rdtype)] = rds
             changes.append(Change(name, rdtype, rds))
         # Never go back: a restart keeps the serial secondaries have already seen.
@@ -382,32 +595,73 @@ class ServedZone:
             serial = next_serial(saved, self.settings.serial_policy, self.clock())
         return base.with_changes(changes, serial=serial), changed
 
+    def _records(self, keys: Iterable[tuple[dns.name.Name, int]]) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for name, rdtype in keys:
+            rds = self._dynamic[(name, rdtype)]
+            out.append(
+                {
+                    "name": name.to_text(),
+                    "type": type_text(rdtype),
+                    "ttl": rds.ttl if rds is not None else 0,
+                    "rdata": [r.to_text() for r in rds] if rds is not None else None,
+                    "identity": self._owners.get((name, rdtype)),
+                }
+            )
+        return out
+
+    def _resign_time(self) -> float | None:
+        resign_at = min(self.signer.earliest_refresh, self._resign_at) if self.signer else float("inf")
+        self._saved_resign_at = resign_at
+        return resign_at if resign_at != float("inf") else None
+
+    def _journal_path(self) -> Path | None:
+        path = self.settings.state_path
+        return path.with_suffix(".journal") if path is not None else None
+
+    def _journal_lines(self) -> Iterator[dict[str, Any]]:
+        path = self._journal_path()
+        if path is None or not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                return
+
+    def _append(self, changes: list[Change]) -> None:
+        """Keep an update: one line appended to the state's journal (the whole state is rewritten once the
+        journal has as many lines as there are dynamic RRsets, so a registration never writes them all)."""
+        path = self._journal_path()
+        if path is None:
+            return
+        if self._appended >= max(JOURNAL_LINES_MIN, len(self._dynamic)):
+            self._save()
+            return
+        keys = list(dict.fromkeys((c.name, c.rdtype) for c in changes))
+        line = {"serial": self.base.serial, "resign_at": self._resign_time(), "records": self._records(keys)}
+        with path.open("a") as journal:
+            journal.write(json.dumps(line) + "\n")
+        self._appended += 1
+
     def _save(self) -> None:
         path = self.settings.state_path
         if path is None:
             return
-        records = [
-            {
-                "name": name.to_text(),
-                "type": type_text(rdtype),
-                "ttl": rds.ttl if rds is not None else 0,
-                "rdata": [r.to_text() for r in rds] if rds is not None else None,
-                "identity": self._owners.get((name, rdtype)),
-            }
-            for (name, rdtype), rds in self._dynamic.items()
-        ]
         tmp = path.with_suffix(".tmp")
-        resign_at = min(self.signer.earliest_refresh, self._resign_at) if self.signer else float("inf")
         state = {
             "serial": self.base.serial,
-            "records": records,
+            "records": self._records(self._dynamic),
             "source": self.settings.source,
             "keys": self._fingerprint(),
-            "resign_at": resign_at if resign_at != float("inf") else None,
+            "resign_at": self._resign_time(),
         }
-        self._saved_resign_at = resign_at
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, path)
+        journal = self._journal_path()
+        if journal is not None:
+            journal.unlink(missing_ok=True)
+        self._appended = 0
 
 
 @dataclass(slots=True)
@@ -448,7 +702,7 @@ class Authority:
     ) -> None:
         self.zones = {z.origin: z for z in zones}
         self.nsid = nsid  # RFC 5001: sent to clients that ask, empty: not at all
-        self.cookies = Cookies()
+        self.cookies = ServerCookies()  # the resolver's (RFC 9018 layout, with a timestamp)
         self.keyring = keyring or {}
         self.identities = identities or {}
         self.rrl = rrl
@@ -525,6 +779,15 @@ class Authority:
         if changed:
             self._changed(changed)
         return changed
+
+    def parent_answers(self, zone: ServedZone, answers: list[dns.rrset.RRset | None]) -> bool:
+        """The parent servers' DS RRsets for ``zone`` (see ``ServedZone.confirm_ds``); a completed submission
+        publishes the zone's new key set (CDS withdrawn) at once."""
+        if not zone.confirm_ds(answers):
+            return False
+        if zone.refresh_keys():
+            self._changed([zone])
+        return True
 
     def _changed(self, zones: list[ServedZone]) -> None:
         # The zones have published their new versions already; a new table (not clear()) so that an answer
@@ -660,14 +923,17 @@ class Authority:
             return None
         added: list[dns.edns.Option] = []
         result: object | None = None
+        now = self.clock()
         for option in query.options:
             if option.otype == dns.edns.OptionType.COOKIE and isinstance(option, dns.edns.CookieOption):
                 if len(option.client) != 8:
                     continue
                 result = result or _PER_CLIENT
-                if option.server and self.cookies.valid(option.client, option.server, client.address):
+                if option.server and self.cookies.valid(option.client, option.server, client.address, now):
                     result = _COOKIE_VALID
-                added.append(dns.edns.CookieOption(option.client, self.cookies.make(option.client, client.address)))
+                added.append(
+                    dns.edns.CookieOption(option.client, self.cookies.make(option.client, client.address, now))
+                )
             elif option.otype == dns.edns.OptionType.NSID and self.nsid:
                 result = result or _PER_CLIENT
                 added.append(dns.edns.NSIDOption(self.nsid))
@@ -773,6 +1039,11 @@ def _has_options(wire: bytes) -> bool:
     if len(wire) <= 23 or (wire[10] or wire[11]) == 0:
         return False
     return wire[-2:] != b"\0\0" or bool(wire[-4] & (EDNS_CO >> 8))
+
+
+def _footprint(rdataset: dns.rdataset.Rdataset) -> tuple[int, int]:
+    """What an RRset counts against a quota: records and bytes of record data."""
+    return len(rdataset), sum(len(rdata.to_wire() or b"") for rdata in rdataset)
 
 
 def check_ttls(zone: Zone, limit: int) -> None:

@@ -3,8 +3,8 @@
 Every rollover computes its timestamps when it starts (RFC 7583 intervals from TTLs and propagation delays)
 and writes them to a JSON state file, so the state at any instant is a pure function of the file and the
 clock: a restart mid-rollover resumes exactly, and tests drive it with an accelerated clock. The only step
-that needs the outside world is the KSK's DS swap at the parent, confirmed with ``ds_seen`` (``ztdns keys
-ds-seen ZONE``).
+that needs the outside world is the KSK's DS swap at the parent, confirmed with ``ds_seen``: by ``ztdns keys
+ds-seen ZONE``, or by DS polling of the parent's servers (``ServedZone.confirm_ds``).
 
 Timeline of a ZSK pre-publish rollover (RFC 7583 §3.2.1), new key N, old key O::
 
@@ -53,6 +53,10 @@ import dns.name
 from ztdns.authority.keys import ECDSAP256SHA256, FileKey, KeyStoreError, PrivateKey, ZoneKey
 
 Role = Literal["ksk", "zsk", "csk"]
+# Which keys the CDS/CDNSKEY RRsets (RFC 7344) are published for, as Knot's ``cds-cdnskey-publish``: never;
+# a KSK in its submission phase (ready, DS not yet seen); that one, else the active KSK(s); the submitted and the
+# active ones together; or the RFC 8078 "delete" records asking the parent to remove the DS (going insecure).
+CdsPublish = Literal["none", "rollover", "always", "double-ds", "delete-dnssec"]
 Clock = Callable[[], float]
 FOREVER = float("inf")
 
@@ -77,6 +81,7 @@ class Policy:
     # Seconds after a key has left the zone (removed, and no longer signing) before it is purged: its state
     # entry dropped and the key destroyed (file deleted, token objects destroyed). None: kept forever.
     purge_delay: int | None = None
+    cds_publish: CdsPublish = "rollover"
 
 
 @dataclass(slots=True)
@@ -107,7 +112,12 @@ class KeyRecord:
         return self.role != "zsk" and self.published(t)
 
     def in_cds(self, t: float) -> bool:
+        """In its submission phase: ready for the parent, which does not serve its DS yet."""
         return self.role != "zsk" and self.ready is not None and self.ready <= t and self.ds_seen is None
+
+    def ds_current(self, t: float) -> bool:
+        """The parent serves its DS and it stays: the active KSK (or CSK)."""
+        return self.role != "zsk" and self.published(t) and self.ds_seen is not None and self.remove is None
 
     def state(self, t: float) -> str:
         if t < self.publish:
@@ -131,11 +141,11 @@ class KeySet:
     zone_signers: tuple[ZoneKey, ...]
     dnskey_signers: tuple[ZoneKey, ...]
     cds: tuple[ZoneKey, ...]
+    cds_delete: bool = False  # publish the RFC 8078 delete CDS/CDNSKEY instead
 
     def fingerprint(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(
-            tuple(k.tag for k in keys) for keys in (self.dnskeys, self.zone_signers, self.dnskey_signers, self.cds)
-        )
+        keys = (self.dnskeys, self.zone_signers, self.dnskey_signers, self.cds)
+        return tuple(tuple(k.tag for k in group) for group in keys) + (((0,),) if self.cds_delete else ())
 
 
 @dataclass(slots=True)
@@ -297,6 +307,12 @@ class KeyManager:
             self._loaded[record.tag] = key
         return key
 
+    def submitted(self, t: float | None = None) -> list[KeyRecord]:
+        """Keys in their submission phase (ready, the parent's DS not yet seen): what DS polling looks for."""
+        t = self.clock() if t is None else t
+        self._read()
+        return [replace(r) for r in self._state.keys if r.published(t) and r.in_cds(t)]
+
     def keyset(self, t: float | None = None) -> KeySet:
         t = self.clock() if t is None else t
         self._read()
@@ -305,11 +321,21 @@ class KeyManager:
         def pick(test: Callable[[KeyRecord], bool]) -> tuple[ZoneKey, ...]:
             return tuple(self.zone_key(r) for r in records if test(r))
 
+        mode = self.policy.cds_publish
+        submitted = pick(lambda r: r.published(t) and r.in_cds(t))
+        if mode in ("none", "delete-dnssec"):
+            cds: tuple[ZoneKey, ...] = ()
+        elif mode == "rollover":
+            cds = submitted
+        else:
+            current = pick(lambda r: r.ds_current(t))
+            cds = (submitted or current) if mode == "always" else submitted + current
         return KeySet(
             dnskeys=pick(lambda r: r.published(t)),
             zone_signers=pick(lambda r: r.signs_data(t)),
             dnskey_signers=pick(lambda r: r.signs_dnskey(t)),
-            cds=pick(lambda r: r.published(t) and r.in_cds(t)),
+            cds=cds,
+            cds_delete=mode == "delete-dnssec",
         )
 
     # -- rollovers -------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 import dns.dnssec
+import dns.exception
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
@@ -124,6 +125,16 @@ class ZoneKey:
 
     def ds(self, digest: str = "SHA256") -> dns.rdata.Rdata:
         return dns.dnssec.make_ds(self.zone, self.dnskey, digest)
+
+    def matches_ds(self, ds: dns.rdata.Rdata) -> bool:
+        """Whether a DS record (as a parent serves it) is this key's, by any digest type we can compute."""
+        if ds.key_tag != self.tag or ds.algorithm != self.dnskey.algorithm:  # type: ignore[attr-defined]
+            return False
+        try:
+            ours = dns.dnssec.make_ds(self.zone, self.dnskey, ds.digest_type)  # type: ignore[attr-defined]
+        except (dns.exception.DNSException, ValueError):  # a digest type we do not know
+            return False
+        return bool(ours == ds)
 
     def cds(self, digest: str = "SHA256") -> dns.rdata.Rdata:
         return dns.dnssec.make_cds(self.zone, self.dnskey, digest)

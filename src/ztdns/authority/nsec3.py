@@ -1,10 +1,11 @@
 """Authenticated denial for online-signed zones: a precomputed NSEC3 chain, or compact denial (RFC 9824).
 
 NSEC3 follows RFC 5155 with the RFC 9276 parameters (SHA-1, 0 extra iterations, empty salt, no opt-out). The
-whole hashed chain is built once per zone version (hashing with 0 iterations is one SHA-1 per name), so an
-answer only bisects a sorted list. Compact denial ("black lies") needs no chain: a non-existent name gets a
-NOERROR answer with an NSEC at the name itself whose bitmap holds NXNAME, made on the fly and signed like any
-RRset.
+whole hashed chain is built when a zone version is built whole (hashing with 0 iterations is one SHA-1 per
+name), so an answer only bisects a sorted list; an update derives the next chain by hashing the changed names
+only. The chain is kept in blocks, and a derived chain copies only the blocks it changes. Compact denial
+("black lies") needs no chain: a non-existent name gets a NOERROR answer with an NSEC at the name itself whose
+bitmap holds NXNAME, made on the fly and signed like any RRset.
 """
 
 from __future__ import annotations
@@ -65,29 +66,43 @@ def _wildcard(encloser: dns.name.Name) -> dns.name.Name:
     return dns.name.Name((b"*", *encloser.labels))
 
 
+# Entries per block of the chain: a derived chain copies the list of blocks and the blocks it changes.
+BLOCK = 512
+
+
 class Nsec3Chain:
-    """The NSEC3 chain of one zone version; implements the answer code's ``Denial``."""
+    """The NSEC3 chain of one zone version; implements the answer code's ``Denial``.
+
+    The sorted hashes and their NSEC3 RRsets are kept in blocks of about ``BLOCK`` entries (``_firsts`` holds
+    each block's first hash), never modified once the chain is published: :meth:`updated` copies the blocks
+    it changes."""
 
     def __init__(self, zone: Zone) -> None:
         self.origin = zone.origin
         self.ttl = zone.negative_ttl()
         entries = sorted((nsec3_hash(name), node_types(zone, name)) for name in zone.authoritative_names())
-        self._hashes = [digest for digest, _ in entries]
-        self._rrsets = [
-            self._record(digest, self._hashes[(index + 1) % len(entries)], types)
+        hashes = [digest for digest, _ in entries]
+        rrsets = [
+            self._record(digest, hashes[(index + 1) % len(entries)], types)
             for index, (digest, types) in enumerate(entries)
         ]
+        self._hashes = [hashes[i : i + BLOCK] for i in range(0, len(hashes), BLOCK)]
+        self._rrsets = [rrsets[i : i + BLOCK] for i in range(0, len(rrsets), BLOCK)]
+        self._firsts = [block[0] for block in self._hashes]
+        # Hashes whose record differs from the chain this one was derived from (None: built whole).
+        self.changed: frozenset[bytes] | None = None
 
     def rrsets(self) -> list[dns.rrset.RRset]:
-        return list(self._rrsets)
+        return [rrset for block in self._rrsets for rrset in block]
 
     def updated(self, zone: Zone, touched: Iterable[dns.name.Name]) -> Nsec3Chain:
-        """The chain of ``zone``, a version derived from this chain's by adding or changing data at ``touched``
-        names only (no name removed, no delegation moved: see ``Zone.with_changes``): one hash per touched name
-        and its new ancestors instead of one per name of the zone."""
+        """The chain of ``zone``, a version derived from this chain's by changing data at ``touched`` names only
+        (names added or removed, no delegation moved: see ``Zone.with_changes``): one hash per touched name and
+        its ancestors (empty non-terminals come and go with them) instead of one per name of the zone."""
         chain = Nsec3Chain.__new__(Nsec3Chain)
-        chain.origin, chain.ttl = self.origin, self.ttl
-        chain._hashes, chain._rrsets = list(self._hashes), list(self._rrsets)
+        chain.origin, chain.ttl, chain.changed = self.origin, self.ttl, None
+        chain._hashes, chain._rrsets, chain._firsts = list(self._hashes), list(self._rrsets), list(self._firsts)
+        owned: set[int] = set()  # ids of the blocks copied for this chain (free to modify)
         names: set[dns.name.Name] = set()
         for changed in touched:
             name = changed
@@ -97,31 +112,100 @@ class Nsec3Chain:
                     break
                 name = name.parent()
         fresh: dict[bytes, dns.name.Name] = {}
+        gone: list[bytes] = []
         for name in names:
-            if name not in zone.existing or zone.cut_above(name, include_self=False) is not None:
-                continue
             digest = nsec3_hash(name)
-            index = bisect.bisect_left(chain._hashes, digest)
-            if index == len(chain._hashes) or chain._hashes[index] != digest:
-                chain._hashes.insert(index, digest)
-                chain._rrsets.insert(index, chain._rrsets[index - 1])  # placeholder, rebuilt below
-            fresh[digest] = name
-        count = len(chain._hashes)
+            block, index = chain._find(digest)
+            found = index < len(chain._hashes[block]) and chain._hashes[block][index] == digest
+            if name in zone.existing and zone.cut_above(name, include_self=False) is None:
+                if not found:
+                    chain._insert(block, index, digest, owned)
+                fresh[digest] = name
+            elif found:
+                chain._delete(block, index, owned)
+                gone.append(digest)
         for digest, name in fresh.items():
-            index = bisect.bisect_left(chain._hashes, digest)
-            chain._rrsets[index] = chain._record(digest, chain._hashes[(index + 1) % count], node_types(zone, name))
-            before = (index - 1) % count
-            if chain._hashes[before] not in fresh:  # its next hash may have changed
-                old = chain._rrsets[before]
-                following = chain._hashes[index]
-                if old[0].next != following:
-                    chain._rrsets[before] = chain._renext(old, following)
+            block, index = chain._find(digest)
+            following = chain._hashes[block][index + 1] if index + 1 < len(chain._hashes[block]) else None
+            chain._set(
+                block, index, chain._record(digest, following or chain._after(block), node_types(zone, name)), owned
+            )
+        # The records before a new or removed hash now point elsewhere.
+        relinked: set[bytes] = set()
+        for digest in [*fresh, *gone]:
+            block, index = chain._find(digest)
+            block, index = chain._before(block, index)
+            if chain._hashes[block][index] in fresh:
+                continue
+            old = chain._rrsets[block][index]
+            following = chain._hashes[block][index + 1] if index + 1 < len(chain._hashes[block]) else None
+            following = following or chain._after(block)
+            if old[0].next != following:
+                chain._set(block, index, chain._renext(old, following), owned)
+                relinked.add(chain._hashes[block][index])
+        chain.changed = frozenset((*fresh, *gone, *relinked))
         return chain
+
+    def owner(self, digest: bytes) -> dns.name.Name:
+        """The NSEC3 owner name of a hash."""
+        return dns.name.Name((base64.b32encode(digest).translate(_B32_TO_HEX), *self.origin.labels))
+
+    def record(self, digest: bytes) -> dns.rrset.RRset | None:
+        """The NSEC3 RRset of a hash in the chain, None when the hash is not in it."""
+        block, index = self._find(digest)
+        hashes = self._hashes[block]
+        return self._rrsets[block][index] if index < len(hashes) and hashes[index] == digest else None
+
+    # -- the blocks ------------------------------------------------------------------------------------------
+
+    def _find(self, digest: bytes) -> tuple[int, int]:
+        """(block, index) of the first hash not below ``digest`` (index may be the block's length)."""
+        block = max(bisect.bisect_right(self._firsts, digest) - 1, 0)
+        return block, bisect.bisect_left(self._hashes[block], digest)
+
+    def _before(self, block: int, index: int) -> tuple[int, int]:
+        """The entry before (block, index), wrapping from the first to the last."""
+        if index > 0:
+            return block, index - 1
+        block = (block - 1) % len(self._hashes)
+        return block, len(self._hashes[block]) - 1
+
+    def _after(self, block: int) -> bytes:
+        """The first hash after ``block``, wrapping to the first."""
+        return self._firsts[(block + 1) % len(self._firsts)]
+
+    def _own(self, block: int, owned: set[int]) -> None:
+        if id(self._hashes[block]) not in owned:
+            self._hashes[block], self._rrsets[block] = list(self._hashes[block]), list(self._rrsets[block])
+            owned.add(id(self._hashes[block]))
+
+    def _insert(self, block: int, index: int, digest: bytes, owned: set[int]) -> None:
+        self._own(block, owned)
+        hashes, rrsets = self._hashes[block], self._rrsets[block]
+        hashes.insert(index, digest)
+        rrsets.insert(index, rrsets[index - 1])  # a placeholder: updated() makes the record
+        self._firsts[block] = hashes[0]
+        if len(hashes) >= 2 * BLOCK:
+            self._hashes[block : block + 1] = [hashes[:BLOCK], hashes[BLOCK:]]
+            self._rrsets[block : block + 1] = [rrsets[:BLOCK], rrsets[BLOCK:]]
+            self._firsts[block : block + 1] = [hashes[0], hashes[BLOCK]]
+            owned.update((id(self._hashes[block]), id(self._hashes[block + 1])))
+
+    def _delete(self, block: int, index: int, owned: set[int]) -> None:
+        self._own(block, owned)
+        del self._hashes[block][index], self._rrsets[block][index]
+        if self._hashes[block]:
+            self._firsts[block] = self._hashes[block][0]
+        else:
+            del self._hashes[block], self._rrsets[block], self._firsts[block]
+
+    def _set(self, block: int, index: int, rrset: dns.rrset.RRset, owned: set[int]) -> None:
+        self._own(block, owned)
+        self._rrsets[block][index] = rrset
 
     def _record(self, digest: bytes, following: bytes, types: set[int]) -> dns.rrset.RRset:
         rdata = dns.rdtypes.ANY.NSEC3.NSEC3(IN, dns.rdatatype.NSEC3, SHA1, 0, 0, b"", following, _bitmap(types))
-        owner = dns.name.Name((base64.b32encode(digest).translate(_B32_TO_HEX), *self.origin.labels))
-        rrset = dns.rrset.RRset(owner, IN, dns.rdatatype.NSEC3)
+        rrset = dns.rrset.RRset(self.owner(digest), IN, dns.rdatatype.NSEC3)
         rrset.add(rdata, self.ttl)
         return rrset
 
@@ -131,16 +215,12 @@ class Nsec3Chain:
         return rrset
 
     def matching(self, name: dns.name.Name) -> dns.rrset.RRset | None:
-        digest = nsec3_hash(name)
-        index = bisect.bisect_left(self._hashes, digest)
-        if index < len(self._hashes) and self._hashes[index] == digest:
-            return self._rrsets[index]
-        return None
+        return self.record(nsec3_hash(name))
 
     def covering(self, name: dns.name.Name) -> dns.rrset.RRset:
         # The record with the greatest hash below the name's hash; wraps to the last record (RFC 5155 §7.2.1).
-        index = bisect.bisect_left(self._hashes, nsec3_hash(name)) - 1
-        return self._rrsets[index]
+        block, index = self._before(*self._find(nsec3_hash(name)))
+        return self._rrsets[block][index]
 
     def _unique(self, *rrsets: dns.rrset.RRset | None) -> list[dns.rrset.RRset]:
         out: list[dns.rrset.RRset] = []

@@ -8,16 +8,14 @@ NXDOMAIN per zone (a random-subdomain flood shares one bucket), errors (REFUSED,
 gets ``rate`` responses per second with a burst of ``burst``; past that, every ``slip``-th response is sent
 truncated (TC=1, no records: a real client retries over TCP, a victim receives a tiny packet) and the rest
 dropped. Never limited: TCP (it cannot be spoofed), clients in ``exempt`` networks, and clients showing a valid
-server cookie (RFC 7873 §5.3: they have seen our answers at their address).
+server cookie (RFC 7873 §5.3: they have seen our answers at their address; the cookies are the resolver's,
+:mod:`ztdns.detect.cookies`, in the RFC 9018 layout).
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 import ipaddress
-import os
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -95,18 +93,3 @@ class RateLimiter:
             return Verdict.SLIP
         self.dropped += 1
         return Verdict.DROP
-
-
-class Cookies:
-    """Server cookies (RFC 7873 §4.2, the simple form): a keyed hash of the client cookie and address, secret per
-    process. Minimal on purpose; the resolver's detection has the RFC 9018 form (``ztdns.detect.cookies``, with
-    timestamps) that can replace it once both are on one branch."""
-
-    def __init__(self, secret: bytes | None = None) -> None:
-        self.secret = secret or os.urandom(16)
-
-    def make(self, client: bytes, address: str) -> bytes:
-        return hmac.new(self.secret, client + address.encode(), hashlib.sha256).digest()[:8]
-
-    def valid(self, client: bytes, server: bytes, address: str) -> bool:
-        return len(client) == 8 and len(server) == 8 and hmac.compare_digest(server, self.make(client, address))

@@ -74,14 +74,14 @@ def records_with_sources(
     )
     for rrset, source in itertools.chain(((zone.soa_rrset(), apex_soa),), data, ((r, r) for r in nsec3)):
         yield rrset, source
-        if view is None or _unsigned_in_transfer(zone, rrset):
+        if view is None or unsigned_in_transfer(zone, rrset):
             continue
         sig = view.signatures.rrsig(rrset)
         if sig is not None:
             yield sig, sig
 
 
-def _unsigned_in_transfer(zone: Zone, rrset: dns.rrset.RRset) -> bool:
+def unsigned_in_transfer(zone: Zone, rrset: dns.rrset.RRset) -> bool:
     # Delegation NS RRsets and glue below a cut are not authoritative data, so they carry no signature.
     if rrset.name == zone.origin:
         return False

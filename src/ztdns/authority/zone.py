@@ -2,15 +2,17 @@
 
 A :class:`Zone` never changes after it is built: an update makes a new snapshot (``with_changes``) and the
 service swaps it in, so an answer being built never sees half an update, and a transfer streams one version.
+The name indexes are :class:`Layered` mappings, so a version derived by an update shares them with its
+predecessor and costs in proportion to the change, not to the zone.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import dns.name
 import dns.rdata
@@ -54,14 +56,102 @@ class Change:
     rdataset: dns.rdataset.Rdataset | None
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+_GONE: Any = object()  # in a Layered's changes: the key was removed
+_MISSING: Any = object()
+# A Layered folds its changes into a new base once they outnumber this fraction of the base (or the minimum):
+# a version then costs a copy of its changes (small) and, once in that many versions, one copy of the base.
+LAYER_FRACTION = 64
+LAYER_MIN = 256
+
+
+class Layered(Mapping[K, V]):
+    """An immutable mapping: a base dict shared between versions plus a small dict of changes over it.
+
+    ``changed`` makes the next version without copying the base (unless the changes have grown large, then it
+    folds them in), so an update of one name in a zone of 50,000 costs microseconds, not two copies of
+    50,000-entry indexes. Neither dict is modified after the version holding it is made, so readers on other
+    threads never see a half-made version."""
+
+    __slots__ = ("_base", "_len", "_top")
+
+    def __init__(self, base: dict[K, V], top: dict[K, Any] | None = None, length: int | None = None) -> None:
+        self._base = base
+        self._top: dict[K, Any] = top or {}
+        self._len = len(base) if length is None else length
+
+    def get(self, key: K, default: Any = None) -> Any:
+        top = self._top
+        if top:
+            value = top.get(key, _MISSING)
+            if value is not _MISSING:
+                return default if value is _GONE else value
+        return self._base.get(key, default)
+
+    def __getitem__(self, key: K) -> V:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        found: V = value
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        top = self._top
+        if top:
+            value = top.get(key, _MISSING)  # type: ignore[arg-type]
+            if value is not _MISSING:
+                return value is not _GONE
+        return key in self._base
+
+    def __iter__(self) -> Iterator[K]:
+        top = self._top
+        if not top:
+            return iter(self._base)
+        return _chain_keys(self._base, top)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def changed(self, updates: dict[K, Any]) -> Layered[K, V]:
+        """The next version: ``updates`` maps keys to new values, or to ``Layered.GONE`` to remove them."""
+        length = self._len
+        for key, value in updates.items():
+            length += (value is not _GONE) - (key in self)
+        top = {**self._top, **updates}
+        if len(top) <= max(LAYER_MIN, len(self._base) // LAYER_FRACTION):
+            return Layered(self._base, top, length)
+        base = dict(self._base)
+        for key, value in top.items():
+            if value is _GONE:
+                base.pop(key, None)
+            else:
+                base[key] = value
+        return Layered(base)
+
+    GONE: Any = _GONE
+
+
+def _chain_keys(base: dict[K, V], top: dict[K, Any]) -> Iterator[K]:
+    for key in base:
+        if key not in top:
+            yield key
+    for key, value in top.items():
+        if value is not _GONE:
+            yield key
+
+
+Node = dict[int, dns.rdataset.Rdataset]
+
+
 class Zone:
     """One version of a zone. ``nodes`` maps owner names to their RRsets by type."""
 
     __slots__ = ("_max_ttl", "_negative_soa", "cuts", "existing", "nodes", "origin", "serial", "touched")
 
-    def __init__(self, origin: dns.name.Name, nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]]) -> None:
+    def __init__(self, origin: dns.name.Name, nodes: Mapping[dns.name.Name, Node]) -> None:
         self.origin = origin
-        self.nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]] = {n: d for n, d in nodes.items() if d}
+        self.nodes: Layered[dns.name.Name, Node] = Layered({n: d for n, d in nodes.items() if d})
         apex = self.nodes.get(origin, {})
         soa = apex.get(SOA)
         if soa is None or len(soa) != 1:
@@ -73,23 +163,18 @@ class Zone:
         self._max_ttl: int | None = None
         # Names whose nodes differ from the version this one was derived from incrementally (None: built whole).
         self.touched: frozenset[dns.name.Name] | None = None
-        # Every name that exists in the sense of RFC 4592: names with data and the empty non-terminals above
-        # them.
-        self.existing: set[dns.name.Name] = set()
+        # Every name that exists in the sense of RFC 4592 (names with data and the empty non-terminals above
+        # them), with the number of existing names directly below it: an update removing a name removes the
+        # empty non-terminals it leaves childless without a search.
+        existing: dict[dns.name.Name, int] = {origin: 0}
         # Delegation points: NS RRsets anywhere below the apex.
         self.cuts: set[dns.name.Name] = set()
         for name, node in self.nodes.items():
-            if not name.is_subdomain(origin):
-                raise ZoneError(f"{name} is outside zone {origin}")
-            if CNAME in node and len(set(node) - {CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC}) > 0:
-                raise ZoneError(f"{name} has a CNAME beside other data")
+            _check_node(origin, name, node)
             if NS in node and name != origin:
                 self.cuts.add(name)
-            above = name
-            while above not in self.existing and above != origin:
-                self.existing.add(above)
-                above = above.parent()
-        self.existing.add(origin)
+            _add_name(existing.get, existing.__setitem__, name)
+        self.existing: Layered[dns.name.Name, int] = Layered(existing)
 
     # -- building --------------------------------------------------------------------------------------------
 
@@ -132,54 +217,65 @@ class Zone:
     def with_changes(self, changes: Iterable[Change], serial: int | None = None) -> Zone:
         """A new version with ``changes`` applied and the SOA serial set to ``serial`` (or advanced by one).
 
-        Incremental: unchanged nodes are shared with this version (versions never modify their nodes), and the
-        indexes are copied and extended for the changed names only — unless a change removes a name or moves a
-        delegation, which rebuilds them whole."""
-        nodes = dict(self.nodes)
-        touched: set[dns.name.Name] = set()
+        Incremental: the indexes are :class:`Layered` over this version's (unchanged nodes are shared: versions
+        never modify their nodes), updated for the changed names only — names added or removed, and the empty
+        non-terminals above them. Only a change that moves a delegation rebuilds the version whole."""
+        updates: dict[dns.name.Name, Node] = {}
         for change in changes:
-            node = dict(nodes.get(change.name, {}))
+            node = dict(updates[change.name] if change.name in updates else self.nodes.get(change.name, {}))
             if change.rdataset is None or len(change.rdataset) == 0:
                 node.pop(change.rdtype, None)
             else:
                 node[change.rdtype] = change.rdataset
-            nodes[change.name] = node
-            touched.add(change.name)
+            updates[change.name] = node
+        touched = frozenset(updates)
         soa = self.soa()
         new_serial = next_serial(soa.serial) if serial is None else serial
         soa_set = dns.rdataset.Rdataset(IN, SOA)
         soa_set.update_ttl(self.nodes[self.origin][SOA].ttl)
         soa_set.add(soa.replace(serial=new_serial))
-        nodes[self.origin] = {**nodes[self.origin], SOA: soa_set}
-        below_apex = touched - {self.origin}
-        if any(not nodes[name] for name in touched) or any(
-            (NS in nodes[name]) != (name in self.cuts) for name in below_apex
-        ):
+        apex = updates[self.origin] if self.origin in updates else self.nodes[self.origin]
+        updates[self.origin] = {**apex, SOA: soa_set}
+        if any((NS in updates[name]) != (name in self.cuts) for name in touched if name != self.origin):
+            nodes = dict(self.nodes)
+            nodes.update(updates)
             return Zone(self.origin, nodes)
-        return self._extended(nodes, frozenset(touched))
+        return self._extended(updates, touched)
 
-    def _extended(
-        self, nodes: dict[dns.name.Name, dict[int, dns.rdataset.Rdataset]], touched: frozenset[dns.name.Name]
-    ) -> Zone:
+    def _extended(self, updates: dict[dns.name.Name, Node], touched: frozenset[dns.name.Name]) -> Zone:
+        origin = self.origin
+        for name, node in updates.items():
+            if node:
+                _check_node(origin, name, node)
         zone = Zone.__new__(Zone)
-        zone.origin = self.origin
-        zone.nodes = nodes
-        zone.serial = nodes[self.origin][SOA][0].serial
+        zone.origin = origin
+        zone.nodes = self.nodes.changed({name: node or Layered.GONE for name, node in updates.items()})
+        if not zone.nodes.get(origin, {}).get(NS):
+            raise ZoneError(f"zone {origin} has no NS records at its apex")
+        zone.serial = updates[origin][SOA][0].serial
         zone._negative_soa = None
-        zone._max_ttl = None
+        # Never below the largest TTL of the data: a removal keeps the bound until the next rebuild.
+        zone._max_ttl = self._max_ttl
+        if zone._max_ttl is not None:
+            zone._max_ttl = max([zone._max_ttl, *(rds.ttl for node in updates.values() for rds in node.values())])
         zone.cuts = self.cuts  # unchanged: a change of delegations rebuilds
-        zone.existing = set(self.existing)
         zone.touched = touched
+        existing: dict[dns.name.Name, Any] = {}
+
+        def count(name: dns.name.Name) -> int | None:
+            value: int | None = existing[name] if name in existing else self.existing.get(name)
+            return None if value is Layered.GONE else value
+
         for name in touched:
-            node = nodes[name]
-            if not name.is_subdomain(self.origin):
-                raise ZoneError(f"{name} is outside zone {self.origin}")
-            if CNAME in node and len(set(node) - {CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC}) > 0:
-                raise ZoneError(f"{name} has a CNAME beside other data")
-            above = name
-            while above not in zone.existing and above != self.origin:
-                zone.existing.add(above)
-                above = above.parent()
+            if updates[name]:
+                _add_name(count, existing.__setitem__, name)
+        for emptied in touched:
+            name = emptied
+            while name != origin and name not in zone.nodes and count(name) == 0:
+                existing[name] = Layered.GONE
+                name = name.parent()
+                existing[name] = (count(name) or 1) - 1
+        zone.existing = self.existing.changed(existing)
         return zone
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -237,6 +333,30 @@ class Zone:
         for name in sorted(self.nodes):
             for rdtype in sorted(self.nodes[name]):
                 yield rrset_of(name, self.nodes[name][rdtype])
+
+
+def _check_node(origin: dns.name.Name, name: dns.name.Name, node: Node) -> None:
+    if not name.is_subdomain(origin):
+        raise ZoneError(f"{name} is outside zone {origin}")
+    if CNAME in node and len(set(node) - {CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC}) > 0:
+        raise ZoneError(f"{name} has a CNAME beside other data")
+
+
+def _add_name(
+    count: Callable[[dns.name.Name], int | None], store: Callable[[dns.name.Name, int], None], name: dns.name.Name
+) -> None:
+    """Enter ``name`` and the empty non-terminals above it into an existing-names index (name → number of
+    existing names directly below), read by ``count`` (None: absent) and written by ``store``."""
+    child = False
+    while True:
+        have = count(name)
+        if have is not None:
+            if child:
+                store(name, have + 1)
+            return
+        store(name, 1 if child else 0)
+        child = True
+        name = name.parent()
 
 
 def rrset_of(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:

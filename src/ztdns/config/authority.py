@@ -44,12 +44,29 @@ class GrantConfig(Section):
         return values
 
 
+def _check_hostports(values: list[str]) -> list[str]:
+    for value in values:
+        parse_hostport(value, 53)
+    return values
+
+
 class SigningConfig(Section):
     enabled: bool = True
     algorithm: Literal["ecdsap256sha256", "ed25519"] = "ecdsap256sha256"
     # A change of algorithm rolls the keys by double signature (RFC 6781 §4.1.4); false: the change is refused.
     algorithm_rollover: bool = False
     cds_digest: Literal["sha256", "sha384"] = "sha256"  # digest of the published CDS records
+    # Which keys get CDS/CDNSKEY records (Knot's cds-cdnskey-publish): none, rollover (a KSK in submission),
+    # always (that one, else the active KSK), double-ds (both), delete-dnssec (RFC 8078 delete records).
+    cds_publish: Literal["none", "rollover", "always", "double-ds", "delete-dnssec"] = "rollover"
+    # The parent zone's servers ("address[:port]"), asked for our DS while a KSK is in submission: when all serve
+    # it the roll goes on by itself (Knot's submission parent / check-interval); empty: `ztdns keys ds-seen`.
+    parent_servers: list[str] = []
+    parent_check_interval: Annotated[int, Field(gt=0)] = 3600
+    # The parent's primary ("address[:port]"), sent the new DS by a dynamic update (Knot's ds-push), signed with
+    # the TSIG key ds_push_key (a name in tsig_keys) when set.
+    ds_push: str | None = None
+    ds_push_key: str | None = None
     denial: Literal["nsec3", "compact"] = "nsec3"
     csk: bool = False
     dnskey_ttl: Annotated[int, Field(ge=0)] = 3600
@@ -63,6 +80,12 @@ class SigningConfig(Section):
     signature_lifetime: Annotated[int, Field(gt=0)] = 14 * DAY
     signature_jitter: Annotated[int, Field(ge=0)] = DAY
     signature_refresh: Annotated[int, Field(gt=0)] = 5 * DAY
+
+    @field_validator("parent_servers", "ds_push")
+    @classmethod
+    def _addresses(cls, value: list[str] | str | None) -> list[str] | str | None:
+        _check_hostports([value] if isinstance(value, str) else value or [])
+        return value
 
     @model_validator(mode="after")
     def _refresh(self) -> SigningConfig:
@@ -172,16 +195,15 @@ class AuthorityConfig(Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, values: list[str]) -> list[str]:
-        for value in values:
-            parse_hostport(value, 53)
-        return values
+        return _check_hostports(values)
 
     @model_validator(mode="after")
     def _keys_exist(self) -> AuthorityConfig:
         if self.key_store == "pkcs11" and self.pkcs11 is None:
             raise ValueError('key_store = "pkcs11" needs an [authority.pkcs11] section')
         for zone in self.zones:
-            for key in [*zone.transfer_keys, *([zone.notify_key] if zone.notify_key else [])]:
+            named = [zone.notify_key, zone.signing.ds_push_key]
+            for key in [*zone.transfer_keys, *(k for k in named if k)]:
                 if key not in self.tsig_keys:
                     raise ValueError(f"zone {zone.name}: unknown TSIG key {key!r}")
         return self
