@@ -20,8 +20,8 @@ from fixtures.tls import Pki, pki
 from ztdns.config import Config, parse_config
 from ztdns.feeds import FeedManager
 from ztdns.feeds.cli import status_text
+from ztdns.pki.pin import spki_pin
 from ztdns.policy import compile_views
-from ztdns.resolver.encrypted import spki_pin
 
 __all__ = ["pki"]
 

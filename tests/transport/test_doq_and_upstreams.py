@@ -8,13 +8,13 @@ import dns.rcode
 import pytest
 
 from fixtures.tls import DEV_ID, PROD_ID, EchoHandler, Pki, listen_config
+from ztdns.pki.pin import spki_pin
 from ztdns.resolver.encrypted import (
     DohUpstream,
     DoqUpstream,
     DotUpstream,
     TlsClientSettings,
     UpstreamError,
-    spki_pin,
 )
 from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.doq import start_doq_listener

@@ -23,7 +23,7 @@ from ztdns.config import ConfigError, parse_config
 from ztdns.config.resolver import ResolverConfig, UpstreamConfig
 from ztdns.handler import make_resolver
 from ztdns.model import EDE, Question, Resolution
-from ztdns.resolver.encrypted import spki_pin
+from ztdns.pki.pin import spki_pin
 from ztdns.resolver.forward import Forwarder
 from ztdns.transport.doh import start_doh_listener
 from ztdns.transport.doq import start_doq_listener

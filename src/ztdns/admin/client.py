@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ztdns.admin.api import match_route
 from ztdns.admin.auth import hash_token, new_token
 
 METHODS = ("GET", "PUT", "PATCH", "POST", "DELETE")
@@ -43,6 +42,9 @@ def _call(args: argparse.Namespace) -> int:
         body = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
     headers = {"accept": "application/json"}
     if body:
+        # Imported here: every `ztdns` command registers this one, and the API module loads the whole server.
+        from ztdns.admin.api import match_route
+
         route, _, _ = match_route(args.method, args.path)
         headers["content-type"] = args.content_type or (route.request_type if route else "application/json")
     token: str | None = args.token or os.environ.get("ZTDNS_ADMIN_TOKEN")

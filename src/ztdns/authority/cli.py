@@ -6,10 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ztdns.authority.build import build_zone, key_store, state_dir
 from ztdns.authority.kasp import Role, when_text
-from ztdns.authority.keys import KeyStoreError
-from ztdns.authority.zone import ZoneError
 from ztdns.config import Config, ConfigError, load_config
 from ztdns.config.authority import AuthZoneConfig
 
@@ -27,6 +24,11 @@ def _when(t: float | None) -> str:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    # Imported here: every `ztdns` command registers this one, and building a zone loads the signer.
+    from ztdns.authority.build import build_zone, key_store, state_dir
+    from ztdns.authority.keys import KeyStoreError
+    from ztdns.authority.zone import ZoneError
+
     try:
         config = load_config(args.config)
         zc = _zone_config(config, args.zone)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import h11
 
-from ztdns.resolver.encrypted import spki_pin
+from ztdns.pki.pin import spki_pin
 
 MAX_REDIRECTS = 5
 _READ_SIZE = 65536

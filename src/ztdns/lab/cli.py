@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from ztdns.lab.run import Lab, LabError
 from ztdns.lab.zones import CASES
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Imported here: every `ztdns` command registers this one, and the lab loads dnspython's whole client.
+    from ztdns.lab.run import Lab, LabError
+
     lab = Lab(Path(args.dir), port=args.port, netns_name=args.netns)
     # A plain flag: a handler that called threading.Event.set() could deadlock when the signal lands while
     # this same thread holds the Event's lock inside wait() (it happened about once in five test runs).

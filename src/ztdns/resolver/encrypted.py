@@ -14,9 +14,7 @@ httpx, which we do not depend on; h2 is enough for this.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import ssl
 import struct
 import urllib.parse
@@ -35,6 +33,7 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataRecei
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ztdns.pki.pin import spki_pin
 from ztdns.transport.framing import LengthPrefixedFramer, frame
 
 
@@ -77,12 +76,6 @@ class TlsClientSettings:
         if self.cert is not None:
             context.load_cert_chain(self.cert, self.key)
         return context
-
-
-def spki_pin(certificate_der: bytes) -> str:
-    public_key = x509.load_der_x509_certificate(certificate_der).public_key()
-    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def describe(exc: BaseException) -> str:
