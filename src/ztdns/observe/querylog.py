@@ -55,6 +55,15 @@ class QueryLog(TextSink):
         self._reopen = True
 
     def send(self, lines: list[tuple[str, str]], now: float) -> None:
+        self._reopen_if_asked()
+        self._write("".join(text + "\n" for _, text in lines))
+
+    def send_queries(self, texts: list[str], now: float) -> None:
+        self._reopen_if_asked()
+        texts.append("")  # the last line's end
+        self._write("\n".join(texts))
+
+    def _reopen_if_asked(self) -> None:
         if self._reopen and self.output != "stdout":
             self._reopen = False
             try:
@@ -64,7 +73,9 @@ class QueryLog(TextSink):
             else:
                 os.close(self._fd)
                 self._fd = fd
-        view = memoryview("".join(text + "\n" for _, text in lines).encode())
+
+    def _write(self, text: str) -> None:
+        view = memoryview(text.encode())
         poller = select.poll()
         poller.register(self._fd, select.POLLOUT)
         while view:
