@@ -14,7 +14,9 @@ from ztdns.wire.records import ttl_offsets
 
 def _expected(query: bytes, stored: bytes) -> bytes:
     """The stored answer with the query's ID and question name (same length: only the case differs)."""
-    end = 12 + len(dns.message.from_wire(query).question[0].name.to_wire())
+    parsed = parse_query(query)
+    assert parsed is not None
+    end = parsed.name_end
     return query[:2] + stored[2:12] + query[12:end] + stored[end:]
 
 
