@@ -64,6 +64,7 @@ def test_native_lines_from_tuples_are_the_per_event_lines() -> None:
     made = formatter.native.lines(raw + raw)  # the second time from the memo of parts
     expected = [line(QueryEvent(*item), Clock(), 'node "1"') for item in raw]
     assert made == expected + expected
+    assert formatter.native.text(raw) == "".join(text + "\n" for text in expected)
 
 
 def test_native_lines_are_made_only_with_full_privacy() -> None:

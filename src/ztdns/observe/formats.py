@@ -47,24 +47,27 @@ def line(event: QueryEvent, clock: Clock, instance: str, who: Who | None = None)
     )
 
 
-# The parts of native lines that are the same for every query of one client and one answer: before the latency,
-# between it and the query ID, after the response size. Keyed by the objects' ids (the value keeps the objects, so
-# an id is not reused while its entry lives; the entry is checked to be theirs).
-_Parts = tuple[ClientInfo, Answered, str, str, str]
+# The parts of native lines that are the same for every query of one client and one answer: [client, answer, the
+# members before the latency, those between it and the query ID, those after the response size (with the line's
+# end), the response size last seen, the members from it on]. Keyed by the objects' ids (the entry keeps the
+# objects, so an id is not reused while its entry lives; the entry is checked to be theirs).
 _PARTS_MEMO = 4096
 
 
 class NativeLines:
     """Native lines (the same text as :func:`line` with full privacy) made straight from the serving thread's
-    tuples, a batch at a time, from parts made once per client and answer: per query only the time stamp (once
-    per millisecond), the latency, the query ID and the response size are formatted."""
+    tuples, a batch at a time, from parts made once per client and answer: per query only the latency and the
+    query ID are formatted (the time stamp once per millisecond, the response size when it changes), and the
+    pieces of the whole batch are joined once."""
 
     def __init__(self, clock: Clock, instance: str) -> None:
         self.clock = clock
         self.instance = json.dumps(instance)
-        self._parts: dict[tuple[int, int], _Parts] = {}
+        self._parts: dict[tuple[int, int], list[object]] = {}
+        self._milli = -1
+        self._stamp = ""
 
-    def _make(self, client: ClientInfo, answer: Answered) -> _Parts:
+    def _make(self, client: ClientInfo, answer: Answered) -> list[object]:
         if len(self._parts) >= _PARTS_MEMO:
             self._parts.clear()
         certificate = client.certificate_identity
@@ -74,25 +77,35 @@ class NativeLines:
             f'{members(answer)}, "latency_ms": '
         )
         between = f', "client_port": {client.port}, "query_id": '
-        tail = f', {details(answer)}, "instance": {self.instance}}}'
-        parts = self._parts[id(client), id(answer)] = (client, answer, head, between, tail)
+        tail = f', {details(answer)}, "instance": {self.instance}}}\n'
+        parts: list[object] = [client, answer, head, between, tail, -1, ""]
+        self._parts[id(client), id(answer)] = parts
         return parts
 
-    def lines(self, batch: list[RawQuery]) -> list[str]:
-        stamp = self.clock.format
+    def text(self, batch: list[RawQuery]) -> str:
+        """The lines of ``batch``, each ending in a newline."""
         memo = self._parts
-        out = []
+        pieces: list[str] = []
+        add = pieces.extend
         for when, client, answer, latency, query, response in batch:
             parts = memo.get((id(client), id(answer)))
             if parts is None or parts[0] is not client or parts[1] is not answer:
                 parts = self._make(client, answer)
-            qid = query[0] << 8 | query[1] if len(query) >= 2 else "null"
             size = 0 if response is None else len(response)
-            out.append(
-                f'{{"time": "{stamp(when)}", {parts[2]}{latency * 1000:.3f}{parts[3]}{qid}, '
-                f'"response_size": {size}{parts[4]}'
-            )
-        return out
+            if size != parts[5]:
+                parts[5] = size
+                parts[6] = f', "response_size": {size}{parts[4]}'
+            milli = int(when * 1000)
+            if milli != self._milli:
+                self._milli = milli
+                self._stamp = f'{{"time": "{self.clock.format(when)}", '
+            qid = str(query[0] << 8 | query[1]) if len(query) >= 2 else "null"
+            add((self._stamp, parts[2], f"{latency * 1000:.3f}", parts[3], qid, parts[6]))  # type: ignore[arg-type]
+        return "".join(pieces)
+
+    def lines(self, batch: list[RawQuery]) -> list[str]:
+        """The lines of ``batch`` one by one, without their newlines (JSON text holds none of its own)."""
+        return self.text(batch).split("\n")[:-1]
 
 
 def members(answer: Answered) -> str:

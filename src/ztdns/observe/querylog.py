@@ -10,6 +10,7 @@ import stat
 import sys
 from pathlib import Path
 
+from ztdns.observe.events import RawQuery
 from ztdns.observe.formats import Formatter
 from ztdns.observe.privacy import Aggregate
 from ztdns.observe.sinks import TextSink
@@ -58,10 +59,11 @@ class QueryLog(TextSink):
         self._reopen_if_asked()
         self._write("".join(text + "\n" for _, text in lines))
 
-    def send_queries(self, texts: list[str], now: float) -> None:
+    def send_queries(self, queries: list[RawQuery], now: float) -> None:
+        native = self.formatter.native
+        assert native is not None  # raw is set only with it
         self._reopen_if_asked()
-        texts.append("")  # the last line's end
-        self._write("\n".join(texts))
+        self._write(native.text(queries))
 
     def _reopen_if_asked(self) -> None:
         if self._reopen and self.output != "stdout":

@@ -243,7 +243,7 @@ class TextSink(QueueSink):
         assert native is not None  # raw is set only with it
         queries = [item for item in batch if type(item) is tuple]
         if len(queries) == len(batch):
-            self.send_queries(native.lines(queries), now)
+            self.send_queries(queries, now)
             self.written += len(batch)
             return
         else:  # security events among them (upstream traffic is not logged here): kept in order
@@ -261,6 +261,8 @@ class TextSink(QueueSink):
         """Write ``(message kind, text)`` records: "query", "detect", "aggregate"."""
         raise NotImplementedError
 
-    def send_queries(self, texts: list[str], now: float) -> None:
-        """Write query records only (the common batch)."""
-        self.send([("query", text) for text in texts], now)
+    def send_queries(self, queries: list[RawQuery], now: float) -> None:
+        """Write native records of queries only (the common batch), from the serving thread's tuples."""
+        native = self.formatter.native
+        assert native is not None  # raw is set only with it
+        self.send([("query", text) for text in native.lines(queries)], now)
