@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dns.message
 import dns.rrset
+import pytest
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.observe.dnstap import (
@@ -65,6 +66,22 @@ def test_native_lines_from_tuples_are_the_per_event_lines() -> None:
     expected = [line(QueryEvent(*item), Clock(), 'node "1"') for item in raw]
     assert made == expected + expected
     assert formatter.native.text(raw) == "".join(text + "\n" for text in expected)
+
+
+def test_native_lines_in_c_are_the_python_lines() -> None:
+    lines = pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    formatter = Formatter("native", None, "node ü")  # json.dumps escapes it: every piece is ASCII
+    native = formatter.native
+    assert native is not None
+    raw = _raw()
+    made = lines.native(raw + raw, native._parts, native._make, native._stamp_of)
+    assert made == (native.text(raw) * 2).encode()
+    assert native.data(raw) == made[: len(made) // 2]
+    # A piece that is not ASCII (never made by json.dumps): the extension declines and the caller uses Python.
+    client, answer = raw[0][1], raw[0][2]
+    native._parts[id(client), id(answer)] = [client, answer, "ü", "", "\n", -1, ""]
+    assert lines.native(raw[:1], native._parts, native._make, native._stamp_of) is None
+    assert native.data(raw[:1]) == native.text(raw[:1]).encode()
 
 
 def test_native_lines_are_made_only_with_full_privacy() -> None:

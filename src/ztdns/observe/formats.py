@@ -9,6 +9,7 @@ identity, identity and policy, decision, detection verdict, and the instance nam
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,11 @@ import dns.rdatatype
 import dns.rrset
 
 from ztdns.client import ClientInfo
+
+try:
+    from ztdns.observe import _lines
+except ImportError:  # built without a C compiler: lines are made in Python
+    _lines = None  # type: ignore[assignment]
 from ztdns.observe.events import Answered, QueryEvent, RawQuery, SecurityEvent
 from ztdns.observe.privacy import Pseudonyms
 
@@ -46,6 +52,9 @@ def line(event: QueryEvent, clock: Clock, instance: str, who: Who | None = None)
         f'"instance": {json.dumps(instance)}}}'
     )
 
+
+# ZTDNS_NATIVE_LINES=python makes the native log's lines in Python even when the _lines extension is built.
+NATIVE_LINES_IN_C = os.environ.get("ZTDNS_NATIVE_LINES", "c") != "python"
 
 # The parts of native lines that are the same for every query of one client and one answer: [client, answer, the
 # members before the latency, those between it and the query ID, those after the response size (with the line's
@@ -82,6 +91,18 @@ class NativeLines:
         self._parts[id(client), id(answer)] = parts
         return parts
 
+    def _stamp_of(self, when: float) -> str:
+        """A line's start up to its first member, for ``when``'s millisecond."""
+        return f'{{"time": "{self.clock.format(when)}", '
+
+    def data(self, batch: list[RawQuery]) -> bytes:
+        """:meth:`text` as bytes, made by the ``_lines`` extension when it is built (the same bytes)."""
+        if _lines is not None and NATIVE_LINES_IN_C:
+            made = _lines.native(batch, self._parts, self._make, self._stamp_of)
+            if made is not None:
+                return made
+        return self.text(batch).encode()
+
     def text(self, batch: list[RawQuery]) -> str:
         """The lines of ``batch``, each ending in a newline."""
         memo = self._parts
@@ -98,7 +119,7 @@ class NativeLines:
             milli = int(when * 1000)
             if milli != self._milli:
                 self._milli = milli
-                self._stamp = f'{{"time": "{self.clock.format(when)}", '
+                self._stamp = self._stamp_of(when)
             qid = str(query[0] << 8 | query[1]) if len(query) >= 2 else "null"
             add((self._stamp, parts[2], f"{latency * 1000:.3f}", parts[3], qid, parts[6]))  # type: ignore[arg-type]
         return "".join(pieces)

@@ -63,7 +63,7 @@ class QueryLog(TextSink):
         native = self.formatter.native
         assert native is not None  # raw is set only with it
         self._reopen_if_asked()
-        self._write(native.text(queries))
+        self._write_bytes(native.data(queries))
 
     def _reopen_if_asked(self) -> None:
         if self._reopen and self.output != "stdout":
@@ -77,7 +77,10 @@ class QueryLog(TextSink):
                 self._fd = fd
 
     def _write(self, text: str) -> None:
-        view = memoryview(text.encode())
+        self._write_bytes(text.encode())
+
+    def _write_bytes(self, data: bytes) -> None:
+        view = memoryview(data)
         poller = select.poll()
         poller.register(self._fd, select.POLLOUT)
         while view:
