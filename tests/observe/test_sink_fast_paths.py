@@ -74,13 +74,14 @@ def test_native_lines_in_c_are_the_python_lines() -> None:
     native = formatter.native
     assert native is not None
     raw = _raw()
-    made = lines.native(raw + raw, native._parts, native._make, native._stamp_of)
+    memos = (native._clients, native._answers, native._client_parts, native._answer_parts, native._stamp_of)
+    made = lines.native(raw + raw, *memos)
     assert made == (native.text(raw) * 2).encode()
     assert native.data(raw) == made[: len(made) // 2]
     # A piece that is not ASCII (never made by json.dumps): the extension declines and the caller uses Python.
-    client, answer = raw[0][1], raw[0][2]
-    native._parts[id(client), id(answer)] = [client, answer, "ü", "", "\n", -1, ""]
-    assert lines.native(raw[:1], native._parts, native._make, native._stamp_of) is None
+    client = raw[0][1]
+    native._clients[id(client)] = [client, "ü", ""]
+    assert lines.native(raw[:1], *memos) is None
     assert native.data(raw[:1]) == native.text(raw[:1]).encode()
 
 
@@ -160,3 +161,16 @@ def test_a_full_queue_keeps_what_fits_and_counts_the_rest() -> None:
     assert len(sink.got) == 5
     sink.offer(batch)  # room again once the sink's thread took its batch
     assert (sink.offered - sink.taken, sink.dropped) == (4, 3)
+
+
+def test_native_line_parts_are_kept_per_client_and_per_answer_not_per_pair() -> None:
+    """16 sockets asking 1,000 names are 16 + 1,000 sets of parts, not 16,000 (which overflowed the memo)."""
+    formatter = Formatter("native", None, "n")
+    native = formatter.native
+    assert native is not None
+    clients = [ClientInfo(Transport.UDP, "127.0.0.1", 40000 + n) for n in range(16)]
+    answers = [Answered("cached", "NOERROR", None, f"n{n}.example.", "A") for n in range(1000)]
+    now = time.time()
+    batch: list[RawQuery] = [(now, c, a, 0.0001, b"\0\1", b"") for a in answers for c in clients]
+    assert len(native.data(batch).splitlines()) == 16_000
+    assert (len(native._clients), len(native._answers)) == (16, 1000)

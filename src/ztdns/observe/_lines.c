@@ -1,7 +1,7 @@
 /* Native query log lines in C, for the JSON sink's thread (observe/formats.py, NativeLines.data): the same bytes
  * as NativeLines.text(batch).encode(), made without a Python string per piece. Python makes what is the same for
- * every query of one client and one answer (its memo of parts, NativeLines._make) and the time stamp of each
- * millisecond (NativeLines._stamp_of); this only looks them up, formats the latency, query ID and response size,
+ * every query of one client and of one answer (its memos of parts, NativeLines._client_parts and _answer_parts)
+ * and the time stamp of each millisecond (NativeLines._stamp_of); this only looks them up, formats the latency, query ID and response size,
  * and copies the pieces into one buffer. It returns None when a piece is not ASCII text (json.dumps never makes
  * such a piece: then the caller uses the Python path). Built optionally, like _udpbatch; formats.py falls back to
  * the pure-Python path when it is absent, and tests/observe/test_sink_fast_paths.py holds the two to the same bytes.
@@ -41,13 +41,36 @@ static int buffer_add_ascii(Buffer *buffer, PyObject *text) {
     return buffer_add(buffer, (const char *)PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)) < 0 ? -1 : 1;
 }
 
-/* native(batch, memo, make, stamp_of) -> bytes | None
+/* The memo's entry for `object` (a list whose first item is `object`, at least `size` long), else make(object)'s;
+ * a new reference, NULL on error, Py_None when what make returned does not have that shape. */
+static PyObject *parts_of(PyObject *memo, PyObject *object, PyObject *make, Py_ssize_t size) {
+    PyObject *key = PyLong_FromVoidPtr(object);
+    if (key == NULL) return NULL;
+    PyObject *parts = PyDict_GetItemWithError(memo, key); /* borrowed */
+    Py_DECREF(key);
+    if (parts == NULL && PyErr_Occurred()) return NULL;
+    if (parts != NULL && PyList_Check(parts) && PyList_GET_SIZE(parts) >= size && PyList_GET_ITEM(parts, 0) == object)
+        return Py_NewRef(parts);
+    parts = PyObject_CallOneArg(make, object);
+    if (parts == NULL) return NULL;
+    if (!PyList_Check(parts) || PyList_GET_SIZE(parts) < size) {
+        Py_DECREF(parts);
+        return Py_NewRef(Py_None);
+    }
+    return parts;
+}
+
+/* native(batch, clients, answers, client_parts, answer_parts, stamp_of) -> bytes | None
  * batch: list of (time, client, answer, latency, query bytes, response bytes | None);
- * memo: {(id(client), id(answer)): [client, answer, head, between, tail, ...]}, make(client, answer) -> that list
- * (and remembers it); stamp_of(time) -> the line's start up to the first member, for that millisecond. */
+ * clients: {id(client): [client, head, between]}, client_parts(client) -> such a list (and remembers it);
+ * answers: {id(answer): [answer, members, tail]}, answer_parts(answer) likewise;
+ * stamp_of(time) -> the line's start up to the first member, for that millisecond. */
 static PyObject *lines_native(PyObject *self, PyObject *args) {
-    PyObject *batch, *memo, *make, *stamp_of;
-    if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &batch, &PyDict_Type, &memo, &make, &stamp_of)) return NULL;
+    (void)self;
+    PyObject *batch, *clients, *answers, *client_parts, *answer_parts, *stamp_of;
+    if (!PyArg_ParseTuple(args, "O!O!O!OOO", &PyList_Type, &batch, &PyDict_Type, &clients, &PyDict_Type, &answers,
+                          &client_parts, &answer_parts, &stamp_of))
+        return NULL;
     Buffer buffer = {NULL, 0, 0};
     PyObject *stamp = NULL;
     long long stamp_milli = -1;
@@ -64,39 +87,30 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
         PyObject *query = PyTuple_GET_ITEM(item, 4), *response = PyTuple_GET_ITEM(item, 5);
         if (!PyFloat_Check(when) || !PyFloat_Check(latency) || !PyBytes_Check(query)) goto give_up;
         if (response != Py_None && !PyBytes_Check(response)) goto give_up;
-
-        PyObject *key = Py_BuildValue("(NN)", PyLong_FromVoidPtr(client), PyLong_FromVoidPtr(answer));
-        if (key == NULL) goto error;
-        PyObject *parts = PyDict_GetItemWithError(memo, key); /* borrowed */
-        Py_DECREF(key);
-        if (parts == NULL && PyErr_Occurred()) goto error;
-        if (parts != NULL && (!PyList_Check(parts) || PyList_GET_SIZE(parts) < 5 ||
-                              PyList_GET_ITEM(parts, 0) != client || PyList_GET_ITEM(parts, 1) != answer))
-            parts = NULL;
-        Py_XINCREF(parts);
-        if (parts == NULL) {
-            parts = PyObject_CallFunctionObjArgs(make, client, answer, NULL);
-            if (parts == NULL) goto error;
-            if (!PyList_Check(parts) || PyList_GET_SIZE(parts) < 5) {
-                Py_DECREF(parts);
-                goto give_up;
-            }
+        PyObject *by_client = parts_of(clients, client, client_parts, 3);
+        if (by_client == NULL) goto error;
+        PyObject *by_answer = by_client == Py_None ? Py_NewRef(Py_None) : parts_of(answers, answer, answer_parts, 3);
+        if (by_answer == NULL) {
+            Py_DECREF(by_client);
+            goto error;
         }
-
+        if (by_client == Py_None || by_answer == Py_None) {
+            Py_DECREF(by_client);
+            Py_DECREF(by_answer);
+            goto give_up;
+        }
         double seconds = PyFloat_AS_DOUBLE(when);
         long long milli = (long long)(seconds * 1000.0);
+        char *latency_text = NULL;
         if (stamp == NULL || milli != stamp_milli) {
             Py_XDECREF(stamp);
             stamp = PyObject_CallOneArg(stamp_of, when);
-            if (stamp == NULL) {
-                Py_DECREF(parts);
-                goto error;
-            }
             stamp_milli = milli;
         }
-        char *latency_text = PyOS_double_to_string(PyFloat_AS_DOUBLE(latency) * 1000.0, 'f', 3, 0, NULL);
+        if (stamp != NULL) latency_text = PyOS_double_to_string(PyFloat_AS_DOUBLE(latency) * 1000.0, 'f', 3, 0, NULL);
         if (latency_text == NULL) {
-            Py_DECREF(parts);
+            Py_DECREF(by_client);
+            Py_DECREF(by_answer);
             goto error;
         }
         char numbers[64];
@@ -111,14 +125,16 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
         int size_length = snprintf(size_text, sizeof size_text, ", \"response_size\": %zd",
                                    response == Py_None ? (Py_ssize_t)0 : PyBytes_GET_SIZE(response));
         int added = buffer_add_ascii(&buffer, stamp);
-        if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(parts, 2));
+        if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_client, 1));
+        if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_answer, 1));
         if (added == 1) added = buffer_add(&buffer, latency_text, (Py_ssize_t)strlen(latency_text)) < 0 ? -1 : 1;
-        if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(parts, 3));
+        if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_client, 2));
         if (added == 1) added = buffer_add(&buffer, numbers, numbers_length) < 0 ? -1 : 1;
         if (added == 1) added = buffer_add(&buffer, size_text, size_length) < 0 ? -1 : 1;
-        if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(parts, 4));
+        if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_answer, 2));
         PyMem_Free(latency_text);
-        Py_DECREF(parts);
+        Py_DECREF(by_client);
+        Py_DECREF(by_answer);
         if (added < 0) goto error;
         if (added == 0) goto give_up;
     }
@@ -140,6 +156,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lines", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lines", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__lines(void) { return PyModule_Create(&module); }

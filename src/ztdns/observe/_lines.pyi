@@ -3,5 +3,11 @@ from collections.abc import Callable
 from typing import Any
 
 def native(
-    batch: list[Any], memo: dict[Any, Any], make: Callable[[Any, Any], Any], stamp_of: Callable[[float], str], /
+    batch: list[Any],
+    clients: dict[int, Any],
+    answers: dict[int, Any],
+    client_parts: Callable[[Any], Any],
+    answer_parts: Callable[[Any], Any],
+    stamp_of: Callable[[float], str],
+    /,
 ) -> bytes | None: ...

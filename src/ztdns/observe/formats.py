@@ -56,39 +56,45 @@ def line(event: QueryEvent, clock: Clock, instance: str, who: Who | None = None)
 # ZTDNS_NATIVE_LINES=python makes the native log's lines in Python even when the _lines extension is built.
 NATIVE_LINES_IN_C = os.environ.get("ZTDNS_NATIVE_LINES", "c") != "python"
 
-# The parts of native lines that are the same for every query of one client and one answer: [client, answer, the
-# members before the latency, those between it and the query ID, those after the response size (with the line's
-# end), the response size last seen, the members from it on]. Keyed by the objects' ids (the entry keeps the
-# objects, so an id is not reused while its entry lives; the entry is checked to be theirs).
-_PARTS_MEMO = 4096
+# The parts of native lines that are the same for every query of one client ([client, the members before the
+# answer's, those between the latency and the query ID]) and of one answer ([answer, its members up to the
+# latency's name, those after the response size with the line's end]). Keyed by the objects' ids: an entry keeps
+# its object, so the id is not reused while the entry lives, and the entry is checked to be its object's. Two
+# memos, not one per client and answer: dnsperf's 16 sockets asking 1,000 names would be 16,000 pairs.
+_CLIENT_PARTS_MEMO = 65_536
+_ANSWER_PARTS_MEMO = 16_384
 
 
 class NativeLines:
     """Native lines (the same text as :func:`line` with full privacy) made straight from the serving thread's
-    tuples, a batch at a time, from parts made once per client and answer: per query only the latency and the
-    query ID are formatted (the time stamp once per millisecond, the response size when it changes), and the
-    pieces of the whole batch are joined once."""
+    tuples, a batch at a time, from parts made once per client and per answer: per query only the latency, the
+    query ID and the response size are formatted (the time stamp once per millisecond), and the pieces of the
+    whole batch are joined once."""
 
     def __init__(self, clock: Clock, instance: str) -> None:
         self.clock = clock
         self.instance = json.dumps(instance)
-        self._parts: dict[tuple[int, int], list[object]] = {}
+        self._clients: dict[int, list[object]] = {}
+        self._answers: dict[int, list[object]] = {}
         self._milli = -1
         self._stamp = ""
 
-    def _make(self, client: ClientInfo, answer: Answered) -> list[object]:
-        if len(self._parts) >= _PARTS_MEMO:
-            self._parts.clear()
+    def _client_parts(self, client: ClientInfo) -> list[object]:
+        if len(self._clients) >= _CLIENT_PARTS_MEMO:
+            self._clients.clear()
         certificate = client.certificate_identity
         proven = "null" if certificate is None else json.dumps(certificate)
-        head = (
-            f'"transport": "{client.transport}", "client": {json.dumps(client.address)}, "certificate": {proven}, '
-            f'{members(answer)}, "latency_ms": '
-        )
-        between = f', "client_port": {client.port}, "query_id": '
+        head = f'"transport": "{client.transport}", "client": {json.dumps(client.address)}, "certificate": {proven}, '
+        parts: list[object] = [client, head, f', "client_port": {client.port}, "query_id": ']
+        self._clients[id(client)] = parts
+        return parts
+
+    def _answer_parts(self, answer: Answered) -> list[object]:
+        if len(self._answers) >= _ANSWER_PARTS_MEMO:
+            self._answers.clear()
         tail = f', {details(answer)}, "instance": {self.instance}}}\n'
-        parts: list[object] = [client, answer, head, between, tail, -1, ""]
-        self._parts[id(client), id(answer)] = parts
+        parts: list[object] = [answer, f'{members(answer)}, "latency_ms": ', tail]
+        self._answers[id(answer)] = parts
         return parts
 
     def _stamp_of(self, when: float) -> str:
@@ -98,30 +104,43 @@ class NativeLines:
     def data(self, batch: list[RawQuery]) -> bytes:
         """:meth:`text` as bytes, made by the ``_lines`` extension when it is built (the same bytes)."""
         if _lines is not None and NATIVE_LINES_IN_C:
-            made = _lines.native(batch, self._parts, self._make, self._stamp_of)
+            made = _lines.native(
+                batch, self._clients, self._answers, self._client_parts, self._answer_parts, self._stamp_of
+            )
             if made is not None:
                 return made
         return self.text(batch).encode()
 
     def text(self, batch: list[RawQuery]) -> str:
         """The lines of ``batch``, each ending in a newline."""
-        memo = self._parts
+        clients, answers = self._clients, self._answers
         pieces: list[str] = []
         add = pieces.extend
         for when, client, answer, latency, query, response in batch:
-            parts = memo.get((id(client), id(answer)))
-            if parts is None or parts[0] is not client or parts[1] is not answer:
-                parts = self._make(client, answer)
-            size = 0 if response is None else len(response)
-            if size != parts[5]:
-                parts[5] = size
-                parts[6] = f', "response_size": {size}{parts[4]}'
+            by_client = clients.get(id(client))
+            if by_client is None or by_client[0] is not client:
+                by_client = self._client_parts(client)
+            by_answer = answers.get(id(answer))
+            if by_answer is None or by_answer[0] is not answer:
+                by_answer = self._answer_parts(answer)
             milli = int(when * 1000)
             if milli != self._milli:
                 self._milli = milli
                 self._stamp = self._stamp_of(when)
             qid = str(query[0] << 8 | query[1]) if len(query) >= 2 else "null"
-            add((self._stamp, parts[2], f"{latency * 1000:.3f}", parts[3], qid, parts[6]))  # type: ignore[arg-type]
+            size = 0 if response is None else len(response)
+            add(
+                (
+                    self._stamp,
+                    by_client[1],
+                    by_answer[1],
+                    f"{latency * 1000:.3f}",
+                    by_client[2],
+                    qid,
+                    f', "response_size": {size}',
+                    by_answer[2],
+                )  # type: ignore[arg-type]
+            )
         return "".join(pieces)
 
     def lines(self, batch: list[RawQuery]) -> list[str]:
