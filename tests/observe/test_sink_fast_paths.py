@@ -113,6 +113,8 @@ def test_dnstap_frames_from_tuples_are_the_generic_encoders(tmp_path: Path) -> N
         sink = DnstapSink("tap", 100, "node", "ztdns test", str(tmp_path / "nobody.sock"), pseudonyms=pseudonyms)
         try:
             raw = _raw()
+            client, answer = raw[0][1], raw[0][2]
+            raw.append((time.time(), client, answer, 0.25, bytes(20_000), bytes(40_000)))  # lengths beyond the table
             expected = b"".join(_reference_frames(sink, QueryEvent(*item)) for item in raw)
             assert sink.raw_frames(raw) == expected
             assert sink.raw_frames(raw) == expected  # from the memo of clients

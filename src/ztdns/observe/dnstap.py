@@ -36,12 +36,12 @@ PROTOCOLS = {"udp": 1, "tcp": 2, "dot": 3, "doh": 4, "doq": 7}
 
 # Field tags of the Message fields the raw path writes itself (field number << 3 | wire type).
 _TIME_SECONDS = bytes((8 << 3,))  # query_time_sec, varint
-_TIME_NANOS = bytes((9 << 3 | 5,))  # query_time_nsec, fixed32
 _QUERY_MESSAGE = bytes((10 << 3 | 2,))
 _RESPONSE_SECONDS = bytes((12 << 3,))
-_RESPONSE_NANOS = bytes((13 << 3 | 5,))
 _RESPONSE_MESSAGE = bytes((14 << 3 | 2,))
-_U32 = struct.Struct("<I")
+_QUERY_NANOS_TAG = 9 << 3 | 5  # query_time_nsec, fixed32
+_RESPONSE_NANOS_TAG = 13 << 3 | 5  # response_time_nsec, fixed32
+_NANOS = struct.Struct("<BI")  # a fixed32 field: its tag and value
 _U32_BE = struct.Struct("!I")
 _CLIENT_MEMO = 65_536
 
@@ -68,6 +68,13 @@ def field_bytes(number: int, value: bytes) -> bytes:
 
 def field_fixed32(number: int, value: int) -> bytes:
     return varint(number << 3 | 5) + struct.pack("<I", value)
+
+
+# Varints of small lengths (messages, DNS messages), and the message fields' tags with them, made once.
+_SMALL = 1 << 14
+_VARINTS = tuple(varint(number) for number in range(_SMALL))
+_QUERY_HEADS = tuple(_QUERY_MESSAGE + encoded for encoded in _VARINTS)
+_RESPONSE_HEADS = tuple(_RESPONSE_MESSAGE + encoded for encoded in _VARINTS)
 
 
 def message(
@@ -223,34 +230,40 @@ class DnstapSink(QueueSink):
         return fields
 
     def raw_frames(self, batch: list[RawQuery]) -> bytes:
-        """The frames of queries straight from the serving thread's tuples: per query only the times, the lengths
-        and the bytes received and sent are encoded; the rest is made once (the envelope) or per client."""
+        """The frames of queries straight from the serving thread's tuples: per query only the times and the
+        lengths are encoded (the seconds once per second, small lengths from a table) and the bytes received and
+        sent are placed; the rest is made once (the envelope) or per client. No message is built and then copied
+        into its envelope: lengths are added up, and the pieces joined once for the whole batch."""
         envelope = self._envelope
+        envelope_length = len(envelope)
         client_fields = self._client_fields
         out: list[bytes] = []
+        started_second = answered_second = -1
+        started_field = answered_field = b""
         for when, client, _, latency, query, response in batch:
             query_start, response_start = client_fields(client)
             started = when - latency
-            times = _TIME_SECONDS + varint(int(started)) + _TIME_NANOS + _U32.pack(int(started % 1 * 1e9))
-            payload = query_start + times + _QUERY_MESSAGE + varint(len(query)) + query
-            payload = envelope + varint(len(payload)) + payload
-            out += (_U32_BE.pack(len(payload)), payload)
+            if int(started) != started_second:
+                started_second = int(started)
+                started_field = _TIME_SECONDS + varint(started_second)
+            times = started_field + _NANOS.pack(_QUERY_NANOS_TAG, int(started % 1 * 1e9))
+            size = len(query)
+            head = _QUERY_HEADS[size] if size < _SMALL else _QUERY_MESSAGE + varint(size)
+            length = len(query_start) + len(times) + len(head) + size
+            length_field = _VARINTS[length] if length < _SMALL else varint(length)
+            frame_length = _U32_BE.pack(envelope_length + len(length_field) + length)
+            out += (frame_length, envelope, length_field, query_start, times, head, query)
             if response is not None:
-                payload = b"".join(
-                    (
-                        response_start,
-                        times,
-                        _RESPONSE_SECONDS,
-                        varint(int(when)),
-                        _RESPONSE_NANOS,
-                        _U32.pack(int(when % 1 * 1e9)),
-                        _RESPONSE_MESSAGE,
-                        varint(len(response)),
-                        response,
-                    )
-                )
-                payload = envelope + varint(len(payload)) + payload
-                out += (_U32_BE.pack(len(payload)), payload)
+                if int(when) != answered_second:
+                    answered_second = int(when)
+                    answered_field = _RESPONSE_SECONDS + varint(answered_second)
+                answered = answered_field + _NANOS.pack(_RESPONSE_NANOS_TAG, int(when % 1 * 1e9))
+                size = len(response)
+                head = _RESPONSE_HEADS[size] if size < _SMALL else _RESPONSE_MESSAGE + varint(size)
+                length = len(response_start) + len(times) + len(answered) + len(head) + size
+                length_field = _VARINTS[length] if length < _SMALL else varint(length)
+                frame_length = _U32_BE.pack(envelope_length + len(length_field) + length)
+                out += (frame_length, envelope, length_field, response_start, times, answered, head, response)
         return b"".join(out)
 
     def upstream_frames(self, event: UpstreamEvent) -> bytes:
