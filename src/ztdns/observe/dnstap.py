@@ -229,14 +229,23 @@ class DnstapSink(QueueSink):
             memo[client] = fields
         return fields
 
+    def _frame(self, out: list[bytes], start: bytes, heads: tuple[bytes, ...], tag: bytes, wire: bytes) -> None:
+        """Add to ``out`` the pieces of one data frame: the message's fields ``start``, then ``wire`` as field
+        ``tag`` (``heads``: that tag with small lengths)."""
+        size = len(wire)
+        head = heads[size] if size < _SMALL else tag + varint(size)
+        length = len(start) + len(head) + size
+        length_field = _VARINTS[length] if length < _SMALL else varint(length)
+        envelope = self._envelope
+        out += (_U32_BE.pack(len(envelope) + len(length_field) + length), envelope, length_field, start, head, wire)
+
     def raw_frames(self, batch: list[RawQuery]) -> bytes:
         """The frames of queries straight from the serving thread's tuples: per query only the times and the
         lengths are encoded (the seconds once per second, small lengths from a table) and the bytes received and
         sent are placed; the rest is made once (the envelope) or per client. No message is built and then copied
         into its envelope: lengths are added up, and the pieces joined once for the whole batch."""
-        envelope = self._envelope
-        envelope_length = len(envelope)
         client_fields = self._client_fields
+        frame = self._frame
         out: list[bytes] = []
         started_second = answered_second = -1
         started_field = answered_field = b""
@@ -247,23 +256,13 @@ class DnstapSink(QueueSink):
                 started_second = int(started)
                 started_field = _TIME_SECONDS + varint(started_second)
             times = started_field + _NANOS.pack(_QUERY_NANOS_TAG, int(started % 1 * 1e9))
-            size = len(query)
-            head = _QUERY_HEADS[size] if size < _SMALL else _QUERY_MESSAGE + varint(size)
-            length = len(query_start) + len(times) + len(head) + size
-            length_field = _VARINTS[length] if length < _SMALL else varint(length)
-            frame_length = _U32_BE.pack(envelope_length + len(length_field) + length)
-            out += (frame_length, envelope, length_field, query_start, times, head, query)
+            frame(out, query_start + times, _QUERY_HEADS, _QUERY_MESSAGE, query)
             if response is not None:
                 if int(when) != answered_second:
                     answered_second = int(when)
                     answered_field = _RESPONSE_SECONDS + varint(answered_second)
                 answered = answered_field + _NANOS.pack(_RESPONSE_NANOS_TAG, int(when % 1 * 1e9))
-                size = len(response)
-                head = _RESPONSE_HEADS[size] if size < _SMALL else _RESPONSE_MESSAGE + varint(size)
-                length = len(response_start) + len(times) + len(answered) + len(head) + size
-                length_field = _VARINTS[length] if length < _SMALL else varint(length)
-                frame_length = _U32_BE.pack(envelope_length + len(length_field) + length)
-                out += (frame_length, envelope, length_field, response_start, times, answered, head, response)
+                frame(out, response_start + times + answered, _RESPONSE_HEADS, _RESPONSE_MESSAGE, response)
         return b"".join(out)
 
     def upstream_frames(self, event: UpstreamEvent) -> bytes:
