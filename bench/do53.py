@@ -4,12 +4,15 @@ alternating, with the worst ratio over the grid and each server's CPU per query.
 
     .venv/bin/python bench/do53.py [--names 1000] [--seconds 5] [--rounds 2] [--grid full|1x64,4x256,...]
                                    [--query-log file|off|both] [--detect off|observe|enforce] [--no-pin]
+                                   [--baseline OTHER-CHECKOUT/src]
 
 ztdns runs in the default configuration first: the query log on, the default JSON sink writing to a file
 (``--query-log file``); ``--query-log both`` adds a second ztdns with the log off, alternating with the first, and
 prints what the log costs per answer (the difference of the two servers' CPU per query, whole process: serving
 thread and log writer) — the log-cost bench. ``ZTDNS_UDP_BATCH=0`` in the environment runs ztdns's pure-Python
 UDP lane instead of the batched one (``--lanes both`` starts one of each, for an A/B comparison in one run).
+``--baseline DIR`` starts, beside each ztdns, one running the package in DIR (another checkout's ``src``, with its
+``_udpbatch`` built): an A/B comparison of two versions, alternating, in one run.
 
 All servers are started by this script on free loopback ports and stopped at the end. ztdns forwards to a
 third process (an Unbound holding the names) that is idle during measurement: every measured answer is a
@@ -73,13 +76,23 @@ class Ztdns:
     """``ztdns serve`` on a free port, its query log to ``query_log`` (None: off)."""
 
     def __init__(
-        self, directory: Path, label: str, upstream: str, query_log: Path | None, batch: bool, detect: str | None
+        self,
+        directory: Path,
+        label: str,
+        upstream: str,
+        query_log: Path | None,
+        batch: bool,
+        detect: str | None,
+        source: Path | None = None,
     ) -> None:
+        """``source``: run the ztdns package under this directory (another checkout's ``src``) instead of ours."""
         self.label = label
         self.port = free_port()
         conf = directory / f"{label}.toml"
         conf.write_text(ztdns_config(self.port, upstream, query_log, detect))
         env = {**os.environ, "ZTDNS_UDP_BATCH": "1" if batch else "0"}
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ztdns", "serve", "--config", str(conf)],
             stdout=subprocess.DEVNULL,
@@ -115,6 +128,11 @@ async def main() -> int:
         "--detect", choices=["off", "observe", "enforce"], help="[detect] mode of ztdns (default: the config's default)"
     )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin dnsperf and the servers to CPUs")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="A/B: also run the ztdns of another checkout's src directory (its _udpbatch built), each log setting",
+    )
     args = parser.parse_args()
     if args.clients is not None:
         args.grid = f"{args.clients}x256"
@@ -129,15 +147,19 @@ async def main() -> int:
         peer = UnboundServer.start(directory / "peer", local_data, zones=("bench.test.",))  # num-threads: 1
         logs = {"file": [True], "off": [False], "both": [True, False]}[args.query_log]
         lanes = [default_batch] if args.lanes == "default" else [True, False]
-        servers: dict[tuple[bool, bool], Ztdns] = {}  # by (log on, batched lane)
+        servers: dict[tuple[bool, bool, bool], Ztdns] = {}  # by (log on, batched lane, baseline)
         try:
             for log_on in logs:
                 for batch in lanes:
-                    label = "ztdns" + ("" if log_on else " log off")
-                    if args.lanes == "both":
-                        label += " batch" if batch else " pure"
-                    query_log = directory / f"{label.replace(' ', '-')}.jsonl" if log_on else None
-                    servers[log_on, batch] = Ztdns(directory, label, upstream.address, query_log, batch, args.detect)
+                    for baseline in [False, True] if args.baseline is not None else [False]:
+                        label = "ztdns" + (" baseline" if baseline else "") + ("" if log_on else " log off")
+                        if args.lanes == "both":
+                            label += " batch" if batch else " pure"
+                        query_log = directory / f"{label.replace(' ', '-')}.jsonl" if log_on else None
+                        source = args.baseline if baseline else None
+                        servers[log_on, batch, baseline] = Ztdns(
+                            directory, label, upstream.address, query_log, batch, args.detect, source
+                        )
             await asyncio.sleep(0.5)
             for server in servers.values():  # warm-up: every name into the cache and the replay table
                 await run_dnsperf_async(
@@ -154,7 +176,7 @@ async def main() -> int:
             results = await compare_grid("Do53 UDP", contenders, grid, args.rounds, pin=args.pin)
             if args.query_log == "both":
                 for batch in lanes:
-                    on, off = servers[True, batch], servers[False, batch]
+                    on, off = servers[True, batch, False], servers[False, batch, False]
                     cost = sorted(r.median_cpu(on.label) - r.median_cpu(off.label) for r in results)
                     print(
                         f"query log cost ({on.label} vs {off.label}): median {statistics.median(cost):.2f} µs CPU "

@@ -11,10 +11,12 @@ as real clients do). Each transport runs over a grid of load shapes (dnsperf ``-
 ``bench/dnsperf_run.py``), alternating the servers, and prints the worst ratio over the grid and each server's CPU
 per query; dnsperf is pinned to one CPU, the server under test to the other. ``ztdns serve`` runs in the default
 configuration first: the query log on, the JSON sink writing to a file (``--query-log both`` adds a second
-``ztdns serve`` with the log off).
+``ztdns serve`` with the log off); ``--baseline DIR`` adds, for each, one running the package in DIR (another
+checkout's ``src``): an A/B comparison of two versions, alternating, in one run.
 
     .venv/bin/python bench/encrypted.py [--seconds 4] [--rounds 2] [--grid full|1x64,4x256,...] [--target serve]
                                         [--transports dot,doh-post,doh-get] [--query-log file|off|both]
+                                        [--baseline OTHER-CHECKOUT/src]
 """
 
 from __future__ import annotations
@@ -152,10 +154,12 @@ enabled = false
 class Serve:
     """``ztdns serve --config CONF`` in a subprocess."""
 
-    def __init__(self, conf: Path) -> None:
+    def __init__(self, conf: Path, source: Path | None = None) -> None:
+        """``source``: run the ztdns package under this directory (another checkout's ``src``) instead of ours."""
         self.log = conf.with_suffix(".log")
+        env = os.environ if source is None else {**os.environ, "PYTHONPATH": str(source)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ztdns", "serve", "--config", str(conf)], stderr=self.log.open("wb")
+            [sys.executable, "-m", "ztdns", "serve", "--config", str(conf)], stderr=self.log.open("wb"), env=env
         )
         deadline = time.monotonic() + 20
         while "listening on doh" not in self.log.read_text():
@@ -181,6 +185,11 @@ async def main() -> None:
     parser.add_argument("--transports", default="dot,doh-post,doh-get")
     parser.add_argument("--query-log", choices=["file", "off", "both"], default="file", help="of `ztdns serve`")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server and load shape")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="A/B: also run `ztdns serve` from another checkout's src directory, for each log setting",
+    )
     args = parser.parse_args()
     if args.clients is not None:
         args.grid = f"{args.clients}x200"
@@ -217,11 +226,13 @@ async def main() -> None:
             if args.target in ("serve", "both"):
                 servers: list[tuple[Serve, Target]] = []
                 try:
-                    for log in {"file": [True], "off": [False], "both": [True, False]}[args.query_log]:
-                        label = "ztdns" if log else "ztdns log off"
+                    logs = {"file": [True], "off": [False], "both": [True, False]}[args.query_log]
+                    sources = [None] if args.baseline is None else [None, args.baseline]
+                    for log, source in ((log, source) for log in logs for source in sources):
+                        label = "ztdns" + ("" if source is None else " baseline") + ("" if log else " log off")
                         z_dot, z_doh = free_port(), free_port()
                         conf = serve_config(directory, label.replace(" ", "-"), z_dot, z_doh, u_do53, log)
-                        server = Serve(conf)
+                        server = Serve(conf, source)
                         servers.append((server, Target(label, server.process.pid, z_dot, z_doh)))
                         await warm_up(z_dot, datafile)
                     print("ztdns = `ztdns serve`, policy on, cache hits from an Unbound upstream")

@@ -63,6 +63,10 @@ class Replay:
     # When the TTLs shown must next go down by a second (time.monotonic()); never for fixed answers.
     rerender_at: float = float("inf")
     guard: Callable[[], bool] | None = None  # see StoreHint.guard
+    tail: bytes = b""  # ``wire`` after its ID: what a replay sends after the client's ID (made once, not per query)
+
+    def __post_init__(self) -> None:
+        self.tail = self.wire[2:]
 
     def rerender(self, now: float) -> bytes:
         """Count the TTLs down to the current age; the caller checked ``now >= rerender_at`` (at most once a
@@ -73,6 +77,7 @@ class Replay:
         for offset, ttl in self.offsets:
             wire[offset : offset + 4] = max(ttl - age, 0).to_bytes(4, "big")
         self.wire = bytes(wire)
+        self.tail = self.wire[2:]
         self.age = age
         self.rerender_at = self.stored + age + 1
         return self.wire
@@ -109,12 +114,14 @@ class Replays:
                 self.exact.get(identity, {}).pop(wire[2:], None)
                 found = None
         if found is not None:
-            answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
-            if len(answer) > limit and not stream:
+            if now >= replay.rerender_at:
+                replay.rerender(now)
+            tail = replay.tail
+            if len(tail) + 2 > limit and not stream:
                 return None  # the full path sends it truncated
+            answer = wire[:2] + tail  # the client's ID
             if name_end:  # the client spelled the name in another case than the rendered answer (0x20)
-                answer = answer[:12] + wire[12:name_end] + answer[name_end:]
-            answer = wire[:2] + answer[2:]
+                answer = answer[:12] + wire[12:name_end] + tail[name_end - 2 :]
         else:
             parsed = parse_query(wire)
             if parsed is None:

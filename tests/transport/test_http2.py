@@ -80,6 +80,20 @@ def test_hpack_decoder_follows_hpack_encoder(blocks: list[list[tuple[bytes, byte
         assert decoder.decode(encoder.encode(headers), 65536) == headers
 
 
+def test_a_repeated_block_means_what_the_table_holds_now() -> None:
+    """Decoded blocks are remembered while the table stays as it was: a reference to a dynamic entry decodes to
+    the entry in the table now, after another block changed it."""
+    encoder = hpack.Encoder()
+    decoder = HpackDecoder()
+    assert decoder.decode(encoder.encode([(b"x-id", b"1")]), 65536) == [(b"x-id", b"1")]  # added to the table
+    reference = encoder.encode([(b"x-id", b"1")])  # now one byte: the dynamic entry
+    assert len(reference) == 1
+    for _ in range(3):
+        assert decoder.decode(reference, 65536) == [(b"x-id", b"1")]
+    assert decoder.decode(encoder.encode([(b"x-other", b"2")]), 65536) == [(b"x-other", b"2")]  # a new entry 62
+    assert decoder.decode(reference, 65536) == [(b"x-other", b"2")]
+
+
 def client(initial_window: int | None = None) -> h2.connection.H2Connection:
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     if initial_window is not None:

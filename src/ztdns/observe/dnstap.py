@@ -13,7 +13,8 @@ import ipaddress
 import socket
 import struct
 
-from ztdns.observe.events import Event, QueryEvent, UpstreamEvent
+from ztdns.client import ClientInfo
+from ztdns.observe.events import Item, RawQuery, UpstreamEvent
 from ztdns.observe.privacy import Pseudonyms
 from ztdns.observe.sinks import QueueSink
 
@@ -32,6 +33,17 @@ DNSTAP_MESSAGE = 1
 AUTH_QUERY, AUTH_RESPONSE, RESOLVER_QUERY, RESOLVER_RESPONSE, CLIENT_QUERY, CLIENT_RESPONSE = 1, 2, 3, 4, 5, 6
 INET, INET6 = 1, 2
 PROTOCOLS = {"udp": 1, "tcp": 2, "dot": 3, "doh": 4, "doq": 7}
+
+# Field tags of the Message fields the raw path writes itself (field number << 3 | wire type).
+_TIME_SECONDS = bytes((8 << 3,))  # query_time_sec, varint
+_QUERY_MESSAGE = bytes((10 << 3 | 2,))
+_RESPONSE_SECONDS = bytes((12 << 3,))
+_RESPONSE_MESSAGE = bytes((14 << 3 | 2,))
+_QUERY_NANOS_TAG = 9 << 3 | 5  # query_time_nsec, fixed32
+_RESPONSE_NANOS_TAG = 13 << 3 | 5  # response_time_nsec, fixed32
+_NANOS = struct.Struct("<BI")  # a fixed32 field: its tag and value
+_U32_BE = struct.Struct("!I")
+_CLIENT_MEMO = 65_536
 
 RECONNECT_INTERVAL = 1.0
 SEND_TIMEOUT = 2.0  # a collector that stops reading stalls only this thread, for at most this long per batch
@@ -56,6 +68,13 @@ def field_bytes(number: int, value: bytes) -> bytes:
 
 def field_fixed32(number: int, value: int) -> bytes:
     return varint(number << 3 | 5) + struct.pack("<I", value)
+
+
+# Varints of small lengths (messages, DNS messages), and the message fields' tags with them, made once.
+_SMALL = 1 << 14
+_VARINTS = tuple(varint(number) for number in range(_SMALL))
+_QUERY_HEADS = tuple(_QUERY_MESSAGE + encoded for encoded in _VARINTS)
+_RESPONSE_HEADS = tuple(_RESPONSE_MESSAGE + encoded for encoded in _VARINTS)
 
 
 def message(
@@ -138,6 +157,7 @@ def _address(text: str) -> tuple[int, bytes]:
 
 class DnstapSink(QueueSink):
     kind = "dnstap"
+    raw = True
 
     def __init__(
         self,
@@ -155,6 +175,9 @@ class DnstapSink(QueueSink):
         self.identity = identity.encode()
         self.version = version.encode()
         self.pseudonyms = pseudonyms
+        # A Dnstap envelope up to its message's length: identity, version, type MESSAGE, the message's tag.
+        self._envelope = dnstap(self.identity, self.version, b"")[:-1]
+        self._clients: dict[ClientInfo, tuple[bytes, bytes]] = {}
         self.connected = False
         self.connects = 0
         self._sock: socket.socket | None = None
@@ -184,26 +207,63 @@ class DnstapSink(QueueSink):
         self.connects += 1
         return sock
 
-    def frames(self, event: QueryEvent) -> bytes:
-        client = event.client
+    def _client_fields(self, client: ClientInfo) -> tuple[bytes, bytes]:
+        """The start of a CLIENT_QUERY and of a CLIENT_RESPONSE message for ``client`` (type, family, protocol,
+        address, port): the same for all its queries, made once while the client is seen (with full privacy:
+        pseudonyms change when their key rotates)."""
+        memo = self._clients
+        fields = memo.get(client)
+        if fields is not None:
+            return fields
         family, address = _address(client.address)
         port = client.port
         if self.pseudonyms is not None:
             family, address = INET6, self.pseudonyms.address_bytes(client.address)
             port = self.pseudonyms.port(port)
-        protocol = PROTOCOLS.get(str(client.transport), 1)
-        started = event.time - event.latency
-        out = data_frame(
-            dnstap(
-                self.identity,
-                self.version,
-                message(CLIENT_QUERY, family, protocol, address, port, started, event.query),
-            )
-        )
-        if event.response is not None:
-            response = message(CLIENT_RESPONSE, family, protocol, address, port, event.time, event.response, started)
-            out += data_frame(dnstap(self.identity, self.version, response))
-        return out
+        common = field_varint(2, family) + field_varint(3, PROTOCOLS.get(str(client.transport), 1))
+        common += field_bytes(4, address) + field_varint(6, port)
+        fields = field_varint(1, CLIENT_QUERY) + common, field_varint(1, CLIENT_RESPONSE) + common
+        if self.pseudonyms is None:
+            if len(memo) >= _CLIENT_MEMO:
+                memo.clear()
+            memo[client] = fields
+        return fields
+
+    def _frame(self, out: list[bytes], start: bytes, heads: tuple[bytes, ...], tag: bytes, wire: bytes) -> None:
+        """Add to ``out`` the pieces of one data frame: the message's fields ``start``, then ``wire`` as field
+        ``tag`` (``heads``: that tag with small lengths)."""
+        size = len(wire)
+        head = heads[size] if size < _SMALL else tag + varint(size)
+        length = len(start) + len(head) + size
+        length_field = _VARINTS[length] if length < _SMALL else varint(length)
+        envelope = self._envelope
+        out += (_U32_BE.pack(len(envelope) + len(length_field) + length), envelope, length_field, start, head, wire)
+
+    def raw_frames(self, batch: list[RawQuery]) -> bytes:
+        """The frames of queries straight from the serving thread's tuples: per query only the times and the
+        lengths are encoded (the seconds once per second, small lengths from a table) and the bytes received and
+        sent are placed; the rest is made once (the envelope) or per client. No message is built and then copied
+        into its envelope: lengths are added up, and the pieces joined once for the whole batch."""
+        client_fields = self._client_fields
+        frame = self._frame
+        out: list[bytes] = []
+        started_second = answered_second = -1
+        started_field = answered_field = b""
+        for when, client, _, latency, query, response in batch:
+            query_start, response_start = client_fields(client)
+            started = when - latency
+            if int(started) != started_second:
+                started_second = int(started)
+                started_field = _TIME_SECONDS + varint(started_second)
+            times = started_field + _NANOS.pack(_QUERY_NANOS_TAG, int(started % 1 * 1e9))
+            frame(out, query_start + times, _QUERY_HEADS, _QUERY_MESSAGE, query)
+            if response is not None:
+                if int(when) != answered_second:
+                    answered_second = int(when)
+                    answered_field = _RESPONSE_SECONDS + varint(answered_second)
+                answered = answered_field + _NANOS.pack(_RESPONSE_NANOS_TAG, int(when % 1 * 1e9))
+                frame(out, response_start + times + answered, _RESPONSE_HEADS, _RESPONSE_MESSAGE, response)
+        return b"".join(out)
 
     def upstream_frames(self, event: UpstreamEvent) -> bytes:
         """RESOLVER_QUERY and RESOLVER_RESPONSE: the upstream is the response address."""
@@ -216,29 +276,35 @@ class DnstapSink(QueueSink):
         envelope = self.identity, self.version
         return data_frame(dnstap(*envelope, query)) + data_frame(dnstap(*envelope, response))
 
-    def emit(self, batch: list[Event], now: float) -> None:
-        # Security events are not DNS messages.
-        queries = [event for event in batch if isinstance(event, QueryEvent | UpstreamEvent)]
-        if not queries:
+    def emit_raw(self, batch: list[Item], now: float) -> None:
+        queries = [item for item in batch if type(item) is tuple]
+        if len(queries) == len(batch):
+            self._send(self.raw_frames(queries), len(queries), now)
             return
+        # Upstream traffic among them (security events are not DNS messages): kept in order.
+        chunks = []
+        for item in batch:
+            if type(item) is tuple:
+                chunks.append(self.raw_frames([item]))
+            elif isinstance(item, UpstreamEvent):
+                chunks.append(self.upstream_frames(item))
+        if chunks:
+            self._send(b"".join(chunks), len(chunks), now)
+
+    def _send(self, data: bytes, count: int, now: float) -> None:
         try:
             sock = self._connect(now)
         except OSError:
             sock = None
         if sock is None:
-            self.dropped += len(queries)
+            self.dropped += count
             return
         try:
-            sock.sendall(
-                b"".join(
-                    self.frames(event) if isinstance(event, QueryEvent) else self.upstream_frames(event)
-                    for event in queries
-                )
-            )
+            sock.sendall(data)
         except OSError:
             self._disconnect()
             raise
-        self.written += len(queries)
+        self.written += count
 
     def _disconnect(self) -> None:
         if self._sock is not None:

@@ -126,3 +126,10 @@ class UpstreamEvent:
 
 
 Event = QueryEvent | SecurityEvent | UpstreamEvent
+
+# What the serving thread appends per query: (time.time(), client, answered, latency, query bytes, response bytes),
+# the fields of a QueryEvent in order. A plain tuple: a dataclass costs the serving thread ~0.5 µs more. Sinks that
+# format from the tuple itself (``QueueSink.raw``) get it as it is; the others get a QueryEvent made once by the feed.
+RawQuery = tuple[float, ClientInfo, Answered, float, bytes, "bytes | None"]
+# What a sink's queue holds: events, and for raw sinks the serving thread's tuples.
+Item = Event | RawQuery

@@ -51,8 +51,9 @@ class Shard:
 
     def __init__(self) -> None:
         self.queries: dict[tuple[str, str, str], int] = {}  # (transport, kind, rcode) → count
-        # The resolver's answers: (transport, Answered.metric_labels()) → count; summed into queries when read.
-        self.answers: dict[tuple[str, tuple[str, ...]], int] = {}
+        # The resolver's answers: (transport, Answered.metric_labels()) → count, in a one-element list (one lookup
+        # per answer, not a lookup and a store); summed into queries when read.
+        self.answers: dict[tuple[str, tuple[str, ...]], list[int]] = {}
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
@@ -87,8 +88,10 @@ class Metrics:
         except AttributeError:
             shard = self._new_shard()
         key = (transport, labels)
-        answers = shard.answers
-        answers[key] = answers.get(key, 0) + 1
+        count = shard.answers.get(key)
+        if count is None:
+            count = shard.answers[key] = [0]
+        count[0] += 1
         shard.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
         shard.latency_sum += latency
 
@@ -107,10 +110,10 @@ class Metrics:
         for shard in shards:
             for key, value in list(shard.queries.items()):
                 total.queries[key] = total.queries.get(key, 0) + value
-            for (transport, labels), value in list(shard.answers.items()):
+            for (transport, labels), (value,) in list(shard.answers.items()):
                 short = (transport, labels[0], labels[1])
                 total.queries[short] = total.queries.get(short, 0) + value
-                total.answers[transport, labels] = total.answers.get((transport, labels), 0) + value
+                total.answers.setdefault((transport, labels), [0])[0] += value
             for index, value in enumerate(shard.latency_counts):
                 total.latency_counts[index] += value
             total.latency_sum += shard.latency_sum
@@ -121,7 +124,7 @@ def _by_labels(totals: Shard) -> Iterator[Metric]:
     """Decisions by identity and policy (names from the config only) and DNSSEC results by EDE code."""
     decisions: dict[tuple[str, ...], int] = {}
     dnssec: dict[tuple[str, ...], int] = {}
-    for (_, labels), value in totals.answers.items():
+    for (_, labels), (value,) in totals.answers.items():
         decision_key = labels[2:5]
         decisions[decision_key] = decisions.get(decision_key, 0) + value
         if labels[5] != "off":

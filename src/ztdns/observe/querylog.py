@@ -10,6 +10,7 @@ import stat
 import sys
 from pathlib import Path
 
+from ztdns.observe.events import RawQuery
 from ztdns.observe.formats import Formatter
 from ztdns.observe.privacy import Aggregate
 from ztdns.observe.sinks import TextSink
@@ -55,6 +56,16 @@ class QueryLog(TextSink):
         self._reopen = True
 
     def send(self, lines: list[tuple[str, str]], now: float) -> None:
+        self._reopen_if_asked()
+        self._write("".join(text + "\n" for _, text in lines))
+
+    def send_queries(self, queries: list[RawQuery], now: float) -> None:
+        native = self.formatter.native
+        assert native is not None  # raw is set only with it
+        self._reopen_if_asked()
+        self._write_bytes(native.data(queries))
+
+    def _reopen_if_asked(self) -> None:
         if self._reopen and self.output != "stdout":
             self._reopen = False
             try:
@@ -64,7 +75,12 @@ class QueryLog(TextSink):
             else:
                 os.close(self._fd)
                 self._fd = fd
-        view = memoryview("".join(text + "\n" for _, text in lines).encode())
+
+    def _write(self, text: str) -> None:
+        self._write_bytes(text.encode())
+
+    def _write_bytes(self, data: bytes) -> None:
+        view = memoryview(data)
         poller = select.poll()
         poller.register(self._fd, select.POLLOUT)
         while view:

@@ -3,6 +3,10 @@ per query, whatever the number of sinks), its thread that hands each batch to ev
 queues, each drained in batches by the sink's own thread, which formats and writes. Events beyond a bound are
 dropped and counted, never waited for.
 
+Sinks that format from the serving thread's tuples themselves (``raw``: the native query log with full privacy,
+dnstap) get the batch as it is — no object per query is made for them — and make each record from parts made once
+per client and answer; the others get QueryEvents, made once per batch for all of them. One write per batch.
+
 A sink that stalls (a collector that stops reading, a full disk) blocks only its own thread: its queue fills and
 further events are dropped (``dropped``), while answering and the other sinks go on at full speed.
 """
@@ -18,8 +22,7 @@ from collections.abc import Iterable
 
 from prometheus_client.metrics_core import Metric
 
-from ztdns.client import ClientInfo
-from ztdns.observe.events import Answered, Event, QueryEvent, SecurityEvent, UpstreamEvent
+from ztdns.observe.events import Event, Item, QueryEvent, RawQuery, SecurityEvent, UpstreamEvent
 from ztdns.observe.formats import Formatter
 from ztdns.observe.privacy import Aggregate
 
@@ -27,11 +30,6 @@ log = logging.getLogger(__name__)
 
 REPORT_INTERVAL = 10.0  # seconds between stderr reports of lost events (the first is said at once)
 CLOSE_TIMEOUT = 1.0  # seconds the last batch gets at shutdown from an output that waits for its peer
-
-
-# What the serving thread appends per query: (time.time(), client, answered, latency, query bytes, response bytes);
-# the feed's thread makes the QueryEvent. A plain tuple: a dataclass costs the serving thread ~0.5 µs more.
-RawQuery = tuple[float, ClientInfo, Answered, float, bytes, "bytes | None"]
 
 
 class Feed:
@@ -50,13 +48,18 @@ class Feed:
 
     def _dispatch(self) -> None:
         events = self.events
-        batch: list[Event] = []
-        while events:
-            raw = events.popleft()
-            batch.append(QueryEvent(*raw) if type(raw) is tuple else raw)  # type: ignore[arg-type]
-        if batch:
-            for sink in self.sinks:
-                sink.offer(batch)
+        popleft = events.popleft
+        raw: list[Item] = [popleft() for _ in range(len(events))]  # producers may append meanwhile: taken next time
+        if not raw:
+            return
+        made: list[Item] | None = None  # QueryEvents, made once for the sinks that do not read the tuples
+        for sink in self.sinks:
+            if sink.raw:
+                sink.offer(raw)
+            else:
+                if made is None:
+                    made = [QueryEvent(*item) if type(item) is tuple else item for item in raw]
+                sink.offer(made)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -75,6 +78,9 @@ class QueueSink:
     calls :meth:`emit` with what waited, every ``interval`` seconds. Subclasses implement ``emit``."""
 
     kind = "sink"
+    # True: the sink takes the serving thread's tuples (RawQuery) as they are and :meth:`emit_raw` formats them;
+    # False: :meth:`emit` gets QueryEvents.
+    raw = False
 
     def __init__(self, name: str, limit: int, interval: float = 0.05) -> None:
         self.name = name
@@ -89,7 +95,11 @@ class QueueSink:
         # At shutdown the last batch gets until this time.monotonic() to be written (an output nobody reads must
         # not hold SIGTERM); 0 while running: a stalled output then blocks only this sink's thread.
         self.deadline = 0.0
-        self._events: collections.deque[Event] = collections.deque()
+        # Batches as the feed offers them (shared between sinks: never modified); ``offered`` is written by the
+        # feed's thread only and ``taken`` by this sink's only, so their difference is the queue's length.
+        self._batches: collections.deque[list[Item]] = collections.deque()
+        self.offered = 0
+        self.taken = 0
         self._stop = threading.Event()
         self.closing = False  # the last batch: aggregates close their window
         self._thread = threading.Thread(target=self._run, name=f"ztdns-{name}", daemon=True)
@@ -98,35 +108,52 @@ class QueueSink:
         self._thread.start()
 
     def put(self, event: Event) -> None:
-        self.offer([event])
-
-    def offer(self, batch: list[Event]) -> None:
-        """Queue what fits under the bound (called by the feed's thread); the rest is dropped and counted."""
-        room = self.limit - len(self._events)
-        if room >= len(batch):
-            self._events.extend(batch)
+        if self.raw and isinstance(event, QueryEvent):
+            self.offer([(event.time, event.client, event.answer, event.latency, event.query, event.response)])
         else:
-            self._events.extend(batch[: max(room, 0)])
+            self.offer([event])
+
+    def offer(self, batch: list[Item]) -> None:
+        """Queue what fits under the bound (called by the feed's thread, one producer); the rest is dropped and
+        counted. ``batch`` is kept as it is, not copied."""
+        room = self.limit - (self.offered - self.taken)
+        if room < len(batch):
             self.dropped += len(batch) - max(room, 0)
+            batch = batch[: max(room, 0)]
+        if batch:
+            self._batches.append(batch)
+            self.offered += len(batch)
 
     def reopen(self) -> None:
         """SIGHUP: files are opened again by name (after log rotation); other sinks ignore it."""
 
-    def _batch(self) -> list[Event]:
-        events = self._events
-        batch = []
-        while events:
-            batch.append(events.popleft())
+    def _batch(self) -> list[Item]:
+        batches = self._batches
+        if len(batches) == 1:
+            batch = batches.popleft()
+        else:
+            batch = []
+            for _ in range(len(batches)):
+                batch += batches.popleft()
+        self.taken += len(batch)
         return batch
 
     def emit(self, batch: list[Event], now: float) -> None:
         """Format and write ``batch`` (raise OSError when the output fails), counting ``written``."""
         raise NotImplementedError
 
+    def emit_raw(self, batch: list[Item], now: float) -> None:
+        """:meth:`emit` for a sink with ``raw`` set: queries come as the serving thread's tuples."""
+        raise NotImplementedError
+
     def _drain(self) -> None:
         batch = self._batch()
         try:
-            self.emit(batch, time.time())
+            if self.raw:
+                if batch:
+                    self.emit_raw(batch, time.time())
+            else:  # even when empty: an aggregate's window may be due
+                self.emit(batch, time.time())  # type: ignore[arg-type]  # not raw: the feed made QueryEvents
         except (OSError, ValueError) as exc:  # the output failed: these events are lost, the next batch retries
             self.failures += 1
             self.dropped += len(batch)  # every one of them, not one per failed batch
@@ -187,6 +214,7 @@ class TextSink(QueueSink):
         super().__init__(name, limit)
         self.formatter = formatter
         self.aggregate = aggregate
+        self.raw = formatter.native is not None and aggregate is None
 
     def emit(self, batch: list[Event], now: float) -> None:
         aggregate = self.aggregate
@@ -209,6 +237,32 @@ class TextSink(QueueSink):
             self.send(lines, now)
         self.written += len(batch)
 
+    def emit_raw(self, batch: list[Item], now: float) -> None:
+        """Native lines with full privacy: queries straight from the serving thread's tuples, in one go."""
+        native = self.formatter.native
+        assert native is not None  # raw is set only with it
+        queries = [item for item in batch if type(item) is tuple]
+        if len(queries) == len(batch):
+            self.send_queries(queries, now)
+            self.written += len(batch)
+            return
+        else:  # security events among them (upstream traffic is not logged here): kept in order
+            lines = []
+            for item in batch:
+                if type(item) is tuple:
+                    lines.append(("query", native.lines([item])[0]))
+                elif isinstance(item, SecurityEvent):
+                    lines.append((item.kind, self.formatter.text(item)))
+        if lines:
+            self.send(lines, now)
+        self.written += len(batch)
+
     def send(self, lines: list[tuple[str, str]], now: float) -> None:
         """Write ``(message kind, text)`` records: "query", "detect", "aggregate"."""
         raise NotImplementedError
+
+    def send_queries(self, queries: list[RawQuery], now: float) -> None:
+        """Write native records of queries only (the common batch), from the serving thread's tuples."""
+        native = self.formatter.native
+        assert native is not None  # raw is set only with it
+        self.send([("query", text) for text in native.lines(queries)], now)

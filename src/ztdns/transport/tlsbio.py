@@ -185,8 +185,9 @@ class TlsBioProtocol(asyncio.Protocol):
     # Inside
 
     def _deliver(self) -> None:
-        """Decrypt what has arrived and hand it to the connection protocol, until it pauses us. What it writes
-        meanwhile (answers to pipelined queries) goes out in one send at the end, each answer its own TLS record."""
+        """Decrypt what has arrived and hand it to the connection protocol, the records of a read together (up to
+        64 KiB a call), until it pauses us. What it writes meanwhile (answers to pipelined queries) goes out in one
+        send at the end, each answer its own TLS record."""
         self._delivering = True
         try:
             self._deliver_records()
@@ -195,18 +196,34 @@ class TlsBioProtocol(asyncio.Protocol):
         self._flush()  # answers, and what reading produced (TLS 1.3 key updates)
 
     def _deliver_records(self) -> None:
+        # SSLObject.read returns one TLS record at a time, and clients send a request's parts in records of their
+        # own (an HTTP/2 POST: HEADERS, then DATA): the records of a read go to the connection protocol together,
+        # up to _READ_SIZE bytes a call, so its HTTP engine runs once per read, not once per record.
+        read = self._ssl.read
         while self._open and not self._read_paused:
-            try:
-                chunk = self._ssl.read(_READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except (ssl.SSLError, OSError):
-                self.abort()
-                break
-            if not chunk:  # the client's close_notify (the ssl module reads it as b"")
+            chunks: list[bytes] = []
+            size = 0
+            ended = False
+            while size < _READ_SIZE:
+                try:
+                    chunk = read(_READ_SIZE)
+                except ssl.SSLWantReadError:
+                    break
+                except (ssl.SSLError, OSError):
+                    self.abort()
+                    return
+                if not chunk:  # the client's close_notify (the ssl module reads it as b"")
+                    ended = True
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            if chunks:
+                self._app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if ended:
                 self.close()
-                break
-            self._app.data_received(chunk)
+                return
+            if size < _READ_SIZE:  # all that arrived was read
+                return
 
     def _flush(self) -> None:
         if self._outgoing.pending and self._transport is not None:

@@ -95,6 +95,9 @@ class H2ServerConnection:
         self.reset_allowance = reset_allowance
         self.streams: dict[int, Stream] = {}  # streams that are not closed
         self.decoder = HpackDecoder()
+        # The fields of the last request's header list (shared and read-only, like the decoder's lists).
+        self._last_headers: list[tuple[bytes, bytes]] | None = None
+        self._last_fields: dict[bytes, bytes] | None = None
         self.highest_stream = 0
         self.resets = 0
         self.answered = 0
@@ -355,7 +358,11 @@ class H2ServerConnection:
         if self.going_away or len(self.streams) >= self.max_streams:
             self._reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        fields = _request_fields(headers)
+        if headers is self._last_headers:  # the decoder's memo: the same block as the last request
+            fields = self._last_fields
+        else:
+            fields = self._last_fields = _request_fields(headers)
+            self._last_headers = headers
         if fields is None or self_dependent:
             self._reset(stream_id, ErrorCode.PROTOCOL_ERROR)
             return

@@ -12,6 +12,8 @@ HEADER_TABLE_SIZE = 4096  # our decoder's dynamic table (the RFC default; we nev
 
 _STATIC: list[tuple[bytes, bytes]] = list(HeaderTable.STATIC_TABLE)
 _STATIC_COUNT = len(_STATIC)
+_DECODED_BLOCK = 256  # bytes: request header blocks of DoH clients are a few dozen once indexed
+_DECODED_MEMO = 64  # blocks per connection
 
 
 class HpackDecoder:
@@ -22,8 +24,25 @@ class HpackDecoder:
         self.max_size = max_table_size  # what the encoder chose (size updates)
         self.size = 0
         self.dynamic: list[tuple[bytes, bytes]] = []  # newest first
+        self._changed = False  # the block being decoded changed the table
+        # Blocks that left the table as it was, decoded: a client repeating a request (every DoH query after the
+        # first, its fields all in the tables by then) sends the same bytes, which mean the same until the table
+        # changes. The lists are shared: read, never modified.
+        self._decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
     def decode(self, block: bytes, max_list_size: int) -> list[tuple[bytes, bytes]]:
+        decoded = self._decoded.get(block)
+        if decoded is not None:
+            return decoded
+        headers = self._decode(block, max_list_size)
+        if len(block) <= _DECODED_BLOCK and not self._changed:
+            if len(self._decoded) >= _DECODED_MEMO:
+                self._decoded.clear()
+            self._decoded[block] = headers
+        return headers
+
+    def _decode(self, block: bytes, max_list_size: int) -> list[tuple[bytes, bytes]]:
+        self._changed = False
         headers: list[tuple[bytes, bytes]] = []
         list_size = 0
         offset, end = 0, len(block)
@@ -54,6 +73,8 @@ class HpackDecoder:
                     raise ProtocolError(ErrorCode.COMPRESSION_ERROR, "table size above our setting")
                 self.max_size = size
                 self._evict()
+                self._changed = True
+                self._decoded.clear()
                 continue
             else:  # literal without indexing (0000) or never indexed (0001)
                 header, offset = self._literal(block, offset, 4)
@@ -114,6 +135,8 @@ class HpackDecoder:
         return self.dynamic[position]
 
     def _add(self, header: tuple[bytes, bytes]) -> None:
+        self._changed = True
+        self._decoded.clear()
         size = len(header[0]) + len(header[1]) + 32
         if size > self.max_size:  # RFC 7541 section 4.4: an entry larger than the table empties it
             self.dynamic.clear()

@@ -1,0 +1,178 @@
+"""The sinks' batch paths from the serving thread's tuples (``QueueSink.raw``) against the per-event code they
+replace: native query log lines against :func:`formats.line`, dnstap frames against the generic encoder, and the
+feed handing each kind of sink what it reads."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dns.message
+import dns.rrset
+import pytest
+
+from ztdns.client import ClientInfo, Transport
+from ztdns.observe.dnstap import (
+    CLIENT_QUERY,
+    CLIENT_RESPONSE,
+    INET6,
+    PROTOCOLS,
+    DnstapSink,
+    _address,
+    data_frame,
+    dnstap,
+    message,
+)
+from ztdns.observe.events import Answered, Event, Item, QueryEvent, RawQuery, SecurityEvent
+from ztdns.observe.formats import Clock, Formatter, line
+from ztdns.observe.privacy import Pseudonyms
+from ztdns.observe.sinks import Feed, QueueSink
+
+
+def _answers() -> list[Answered]:
+    records = (dns.rrset.from_text("www.example.", 300, "IN", "A", "192.0.2.1", "192.0.2.2"),)
+    return [
+        Answered("cached", "NOERROR", "lab", "www.example.", "A", "allow", "p", "allow:**", None, (), True, None,
+                 None, records, "insecure"),
+        Answered("blocked", "NXDOMAIN", None, "ads.example.", "AAAA", "deny", "p", 'deny:"x"', 15, (), False,
+                 "192.0.2.53", "blocked by \"list\"", (), "off", "detect=dga score 0.9"),
+    ]  # fmt: skip
+
+
+def _clients() -> list[ClientInfo]:
+    return [
+        ClientInfo(Transport.UDP, "127.0.0.1", 5353),
+        ClientInfo(Transport.DOT, "2001:db8::7", 40000, certificate_identity='spiffe://corp/ns/"q"/web'),
+        ClientInfo(Transport.DOH, "fe80::1%eth0", 443),
+    ]
+
+
+def _raw() -> list[RawQuery]:
+    query = dns.message.make_query("www.example.", "A").to_wire()
+    response = dns.message.make_response(dns.message.from_wire(query)).to_wire()
+    now = time.time()
+    raw: list[RawQuery] = []
+    for index, (client, answer) in enumerate((c, a) for c in _clients() for a in _answers()):
+        raw.append((now + index * 0.0004, client, answer, 0.000123 * index, query, response))
+        raw.append((now + index * 0.0004, client, answer, 0.5, b"\x01", None))  # cut query, dropped
+    return raw
+
+
+def test_native_lines_from_tuples_are_the_per_event_lines() -> None:
+    formatter = Formatter("native", None, 'node "1"')
+    assert formatter.native is not None
+    raw = _raw()
+    made = formatter.native.lines(raw + raw)  # the second time from the memo of parts
+    expected = [line(QueryEvent(*item), Clock(), 'node "1"') for item in raw]
+    assert made == expected + expected
+    assert formatter.native.text(raw) == "".join(text + "\n" for text in expected)
+
+
+def test_native_lines_in_c_are_the_python_lines() -> None:
+    lines = pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    formatter = Formatter("native", None, "node ü")  # json.dumps escapes it: every piece is ASCII
+    native = formatter.native
+    assert native is not None
+    raw = _raw()
+    memos = (native._clients, native._answers, native._client_parts, native._answer_parts, native._stamp_of)
+    made = lines.native(raw + raw, *memos)
+    assert made == (native.text(raw) * 2).encode()
+    assert native.data(raw) == made[: len(made) // 2]
+    # A piece that is not ASCII (never made by json.dumps): the extension declines and the caller uses Python.
+    client = raw[0][1]
+    native._clients[id(client)] = [client, "ü", ""]
+    assert lines.native(raw[:1], *memos) is None
+    assert native.data(raw[:1]) == native.text(raw[:1]).encode()
+
+
+def test_native_lines_are_made_only_with_full_privacy() -> None:
+    assert Formatter("native", Pseudonyms("deterministic", 3600), "x").native is None
+    assert Formatter("ecs", None, "x").native is None
+
+
+def _reference_frames(sink: DnstapSink, event: QueryEvent) -> bytes:
+    """The frames of a query as the generic encoder makes them (what the sink wrote before its batch path)."""
+    client = event.client
+    family, address = _address(client.address)
+    port = client.port
+    if sink.pseudonyms is not None:
+        family, address = INET6, sink.pseudonyms.address_bytes(client.address)
+        port = sink.pseudonyms.port(port)
+    protocol = PROTOCOLS.get(str(client.transport), 1)
+    started = event.time - event.latency
+    query = message(CLIENT_QUERY, family, protocol, address, port, started, event.query)
+    out = data_frame(dnstap(sink.identity, sink.version, query))
+    if event.response is not None:
+        response = message(CLIENT_RESPONSE, family, protocol, address, port, event.time, event.response, started)
+        out += data_frame(dnstap(sink.identity, sink.version, response))
+    return out
+
+
+def test_dnstap_frames_from_tuples_are_the_generic_encoders(tmp_path: Path) -> None:
+    for pseudonyms in (None, Pseudonyms("deterministic", 3600)):
+        sink = DnstapSink("tap", 100, "node", "ztdns test", str(tmp_path / "nobody.sock"), pseudonyms=pseudonyms)
+        try:
+            raw = _raw()
+            client, answer = raw[0][1], raw[0][2]
+            raw.append((time.time(), client, answer, 0.25, bytes(20_000), bytes(40_000)))  # lengths beyond the table
+            expected = b"".join(_reference_frames(sink, QueryEvent(*item)) for item in raw)
+            assert sink.raw_frames(raw) == expected
+            assert sink.raw_frames(raw) == expected  # from the memo of clients
+        finally:
+            sink.close()
+
+
+class Collecting(QueueSink):
+    """A sink that keeps what it is given (``raw`` as asked)."""
+
+    def __init__(self, raw: bool) -> None:
+        super().__init__("collecting", 1000, interval=3600)
+        self.raw = raw
+        self.got: list[Item] = []
+
+    def emit(self, batch: list[Event], now: float) -> None:
+        self.got += batch
+
+    def emit_raw(self, batch: list[Item], now: float) -> None:
+        self.got += batch
+
+
+def test_the_feed_hands_raw_sinks_the_tuples_and_others_events() -> None:
+    raw_sink, event_sink = Collecting(True), Collecting(False)
+    feed = Feed([raw_sink, event_sink], interval=3600)
+    security = SecurityEvent(time.time(), "detect", {"detector": "dga"})
+    queries = _raw()[:3]
+    items: list[RawQuery | SecurityEvent] = [*queries, security]
+    feed.events.extend(items)
+    feed._dispatch()
+    for sink in (raw_sink, event_sink):
+        sink._drain()
+    assert raw_sink.got == items
+    assert event_sink.got == [QueryEvent(*item) for item in queries] + [security]
+    feed.close()
+
+
+def test_a_full_queue_keeps_what_fits_and_counts_the_rest() -> None:
+    sink = Collecting(True)
+    sink.limit = 5
+    batch: list[Item] = list(_raw()[:4])
+    sink.offer(batch)
+    sink.offer(batch)
+    assert (sink.offered, sink.dropped) == (5, 3)
+    sink._drain()
+    assert len(sink.got) == 5
+    sink.offer(batch)  # room again once the sink's thread took its batch
+    assert (sink.offered - sink.taken, sink.dropped) == (4, 3)
+
+
+def test_native_line_parts_are_kept_per_client_and_per_answer_not_per_pair() -> None:
+    """16 sockets asking 1,000 names are 16 + 1,000 sets of parts, not 16,000 (which overflowed the memo)."""
+    formatter = Formatter("native", None, "n")
+    native = formatter.native
+    assert native is not None
+    clients = [ClientInfo(Transport.UDP, "127.0.0.1", 40000 + n) for n in range(16)]
+    answers = [Answered("cached", "NOERROR", None, f"n{n}.example.", "A") for n in range(1000)]
+    now = time.time()
+    batch: list[RawQuery] = [(now, c, a, 0.0001, b"\0\1", b"") for a in answers for c in clients]
+    assert len(native.data(batch).splitlines()) == 16_000
+    assert (len(native._clients), len(native._answers)) == (16, 1000)

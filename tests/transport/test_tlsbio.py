@@ -1,0 +1,93 @@
+"""The memory-BIO TLS layer hands the connection protocol the records of one read together (an HTTP/2 POST's
+HEADERS and DATA records run its HTTP engine once, not twice), and sends what it answers in one write."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from fixtures.tls import Pki
+from ztdns.transport.tlsbio import _READ_SIZE, TlsBioProtocol
+
+
+class Wire(asyncio.Transport):
+    """The TCP transport under the TLS layer: keeps what is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.sent.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class App(asyncio.Protocol):
+    """The connection protocol: records each delivery and answers each with two writes."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+        self.transport.write(b"answer one")
+        self.transport.write(b"answer two")
+
+
+def test_records_of_one_read_are_delivered_together_and_answered_in_one_send(pki: Pki) -> None:
+    async def body() -> None:
+        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_context.load_cert_chain(pki.cert("server"), pki.key("server"))
+        app, wire = App(), Wire()
+        server = TlsBioProtocol(server_context, app, 5.0)
+        server.connection_made(wire)
+        client_context = ssl.create_default_context(cafile=str(pki.ca))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = client_context.wrap_bio(incoming, outgoing, server_hostname="dns.test")
+        while True:
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                server.data_received(outgoing.read())
+                for data in wire.sent:
+                    incoming.write(data)
+                wire.sent.clear()
+        server.data_received(outgoing.read())  # the client's Finished
+        await server.handshake
+        for data in wire.sent:  # session tickets
+            incoming.write(data)
+        wire.sent.clear()
+        client.write(b"HEADERS")
+        client.write(b"DATA")  # a record of its own
+        server.data_received(outgoing.read())
+        assert app.received == [b"HEADERSDATA"]
+        assert len(wire.sent) == 1  # both answers, each its own record, in one send
+        for data in wire.sent:
+            incoming.write(data)
+        assert client.read(100) + client.read(100) == b"answer oneanswer two"
+        # More than a delivery's worth in one read: given in pieces of at most _READ_SIZE, nothing lost.
+        app.received.clear()
+        for _ in range(6):
+            client.write(bytes(16384))
+        server.data_received(outgoing.read())
+        assert len(app.received) == 2 and sum(map(len, app.received)) == 6 * 16384
+        assert all(len(data) <= _READ_SIZE for data in app.received)
+
+    asyncio.run(body())
