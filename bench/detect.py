@@ -148,11 +148,7 @@ def quality() -> None:
     train: Any = importlib.import_module("train_dga")
     model = shipped_model()
     threshold = parse_config(CONFIG.format(mode="observe"), "b", Path(".")).detect.dga.threshold
-    real, words = train.benign_labels(train.disk_texts())
-    generator = random.Random(2026)
-    generator.shuffle(real)
-    generator.shuffle(words)
-    benign = real[len(real) // 2 :] + train.synthetic(words[len(words) // 2 :], random.Random(7), 5000)
+    _, benign = train.split_benign(*train.benign_labels())
     negatives = [model.score(label) for label in benign]
     false_positive = sum(score >= threshold for score in negatives) / len(negatives)
     print(f"\nDGA model, threshold {threshold} ([detect.dga] threshold), held-out names (2025 seeds):")
