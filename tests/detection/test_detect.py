@@ -472,3 +472,24 @@ def test_cookies_are_answered_only_where_the_limits_act() -> None:
         assert harness.frontend.fast(wire, UDP) is not None  # still replayed
 
     asyncio.run(run())
+
+
+def test_a_verdict_text_follows_its_measured_value_and_expiry() -> None:
+    from ztdns.detect.verdict import Verdict
+
+    verdict = Verdict("tunnel", "identity=lab domain=ex.com", "812B/s", "50B/s", 100.0, "refuse", True)
+    first = verdict.text(40.0)
+    assert verdict.text(40.0) is first  # made once while nothing changes
+    verdict.measured = "900B/s"
+    assert "rate=900B/s" in verdict.text(40.0)
+    later = verdict.text(40.0)
+    verdict.until = 160.0  # renewed by a tick: a minute later
+    assert verdict.text(40.0) != later
+    assert verdict.text(40.0).endswith(f"until={verdict.expiry_text(40.0)}")
+
+
+def test_the_dga_score_of_a_domain_is_remembered_and_equals_the_model() -> None:
+    detector = Detector(parse_config(CONFIG.format(mode="observe", extra=""), "t", Path(".")).detect)
+    score = detector.dga_score(b"xjkqwhdkfjqwe.com")
+    assert score == detector.model.score("xjkqwhdkfjqwe")
+    assert detector.scores == {b"xjkqwhdkfjqwe.com": score}
