@@ -493,3 +493,15 @@ def test_the_dga_score_of_a_domain_is_remembered_and_equals_the_model() -> None:
     score = detector.dga_score(b"xjkqwhdkfjqwe.com")
     assert score == detector.model.score("xjkqwhdkfjqwe")
     assert detector.scores == {b"xjkqwhdkfjqwe.com": score}
+
+
+def test_check_does_not_read_the_dga_model() -> None:
+    from ztdns.config import load_config
+    from ztdns.daemon import verify
+    from ztdns.detect.dga import shipped_model
+
+    shipped_model.cache_clear()
+    verify(load_config(str(Path(__file__).resolve().parents[2] / "examples" / "detect.toml")))  # every detector on
+    assert shipped_model.cache_info().currsize == 0
+    assert Detector(parse_config(CONFIG.format(mode="enforce", extra=""), "t", Path(".")).detect).model is not None
+    assert shipped_model.cache_info().currsize == 1

@@ -65,7 +65,6 @@ class Detector:
 
     def __init__(self, config: DetectConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.model: DgaModel = shipped_model()
         self.emit: Callable[[dict[str, object]], None] | None = None  # the observe stage's event writer
         self.on_block: Callable[[], None] | None = None  # drops replays when a verdict starts blocking
         self.verdict_counts: dict[tuple[str, str], int] = {}  # (detector, action) → verdicts
@@ -89,6 +88,12 @@ class Detector:
         self.clients: BoundedTable[str, DgaState] = BoundedTable(config.max_keys, DgaState)
         self.zones: BoundedTable[bytes, ZoneState] = BoundedTable(config.max_zones, ZoneState)
         self.configure(config)
+
+    @property
+    def model(self) -> DgaModel:
+        """The shipped DGA model, read on first use: ``ztdns check`` and servers whose names never fail do not
+        pay for reading it."""
+        return shipped_model()
 
     def configure(self, config: DetectConfig) -> None:
         self.config = config
