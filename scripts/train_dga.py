@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the DGA model shipped in src/ztdns/data/dga-model.txt and print its quality on a held-out set.
 
-Corpus (no downloads; everything is generated or read from Debian packages on this machine):
+Corpus (no downloads; everything is generated or kept in the repository):
 - DGA names: arithmetic generators written from published descriptions of Conficker (date-seeded LCG, 4-10
   letters), CryptoLocker (xorshift on day/month/year, 12-24 letters), Necurs (seeded multiply-xorshift, 7-21
   letters), Ramnit (Park-Miller LCG, 8-19 letters), Gameover Zeus (MD5 of a date and index mapped to letters
