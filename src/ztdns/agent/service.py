@@ -95,7 +95,7 @@ class Agent:
             self.attribution,
             self._record_blocked,
             self._scope_of if config.workload and upstream is None else None,
-            Cutoff(config.cutoff) if config.cutoff.enabled else None,
+            Cutoff(config.cutoff) if config.cutoff.enabled and config.mode == "enforce" else None,
         )
         self.listeners = StubListeners(
             self.handler, config.stub.listen, ClientFilter(config.stub.clients, self.metrics)
