@@ -5,7 +5,9 @@
 CPU: in-process, no sockets, rounds alternating off / observe (every detector on, rate-limit buckets charged
 but never exceeded), so load from other processes hits both alike; min and median per query over rounds.
 - replay: ``Frontend.fast`` on a replayed (cache-hit) answer, the bytes-keyed lookup;
-- miss: ``Frontend.handle`` on a new name each query around a resolver that answers at once (as bench/stages.py).
+- miss: ``Frontend.handle`` on a new name each query around a resolver that answers at once (as bench/stages.py);
+- stages: the detect and fetch-quota stages alone on the same names (``stages_round``): "off" is the bare answer,
+  "observe" what the two stages add, the steadier figure of the detection share of a miss.
 Quality: the DGA model on held-out names of each family (scripts/train_dga.py, 2025 seeds), the benign held-out
 set per name, a benign replay of failing names through the per-client verdict, synthetic tunnels through the
 detector on a fake clock (time to verdict), and the real tools as measured by tests/detection/test_detect_tunnels.py.
@@ -23,7 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dns.message
 import dns.name
@@ -33,7 +35,10 @@ from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
 from ztdns.detect import Detector, split_name
 from ztdns.detect.dga import shipped_model
+from ztdns.detect.stage import DetectStage, FloodQuotaStage
 from ztdns.handler import Frontend
+from ztdns.model import Question
+from ztdns.pipeline import Asked, QueryContext
 
 CONFIG = """
 [resolver]
@@ -98,6 +103,43 @@ async def replay_round(mode: str, count: int) -> float:
     return spent / count
 
 
+async def stages_round(names: list[dns.name.Name], wires: list[bytes]) -> tuple[float, float]:
+    """(µs per query through the detect and fetch-quota stages around a bare answer, µs of the bare answer):
+    the detection share of a miss alone, on a fake clock at 500 q/s (so the tick runs every 500 queries and the
+    bench names earn tunnel verdicts, as in the miss rounds); steadier than the whole-miss difference."""
+    server = frontend("observe", AnsweringResolver())
+    detector = server.detector
+    clock = [1000.0]
+    detector.clock = lambda: clock[0]
+    detect, quota = DetectStage(detector), FloodQuotaStage(detector)
+    response = dns.message.make_response(dns.message.make_query("answer.test", "A"))
+    contexts = []
+    for name, wire in zip(names, wires, strict=True):
+        ctx = QueryContext(CLIENT, wire, query=dns.message.from_wire(wire), question=Question(name, 1, 1))
+        ctx.identity = "bench"
+        contexts.append(cast(Asked, ctx))
+
+    async def answer(ctx: Asked) -> None:
+        ctx.response = response
+
+    async def inner(ctx: Asked) -> None:
+        await quota(ctx, answer)
+
+    started = time.thread_time()
+    for ctx in contexts:
+        clock[0] += 0.002
+        await detect(ctx, inner)
+        await asyncio.sleep(0)  # the tick
+    spent = time.thread_time() - started
+    started = time.thread_time()
+    for ctx in contexts:
+        await inner(ctx)
+        await asyncio.sleep(0)
+    bare = time.thread_time() - started
+    await server.close()
+    return (spent - bare) / len(contexts), bare / len(contexts)
+
+
 async def cpu(count: int, rounds: int) -> None:
     names = [dns.name.from_text(f"host{i}.bench{i % 50}.test") for i in range(count)]
     wires = [dns.message.make_query(name, "A", want_dnssec=True).to_wire() for name in names]
@@ -110,10 +152,13 @@ async def cpu(count: int, rounds: int) -> None:
             results.setdefault(("replay", mode), []).append(await replay_round(mode, count * 5))
             results.setdefault(("miss", mode), []).append(await miss_round(mode, names, wires))
             gc.collect()
+        added, bare = await stages_round(names, wires)
+        results.setdefault(("stages", "observe"), []).append(added)
+        results.setdefault(("stages", "off"), []).append(bare)
     gc.enable()
     print("| path | detection off µs (min / median) | observe µs (min / median) | added (min) |")
     print("|---|---|---|---|")
-    for path in ("replay", "miss"):
+    for path in ("replay", "miss", "stages"):
         off, on = results[(path, "off")], results[(path, "observe")]
         print(
             f"| {path} | {min(off) * 1e6:.2f} / {statistics.median(off) * 1e6:.2f} | "
@@ -148,11 +193,7 @@ def quality() -> None:
     train: Any = importlib.import_module("train_dga")
     model = shipped_model()
     threshold = parse_config(CONFIG.format(mode="observe"), "b", Path(".")).detect.dga.threshold
-    real, words = train.benign_labels(train.disk_texts())
-    generator = random.Random(2026)
-    generator.shuffle(real)
-    generator.shuffle(words)
-    benign = real[len(real) // 2 :] + train.synthetic(words[len(words) // 2 :], random.Random(7), 5000)
+    _, benign = train.split_benign(*train.benign_labels())
     negatives = [model.score(label) for label in benign]
     false_positive = sum(score >= threshold for score in negatives) / len(negatives)
     print(f"\nDGA model, threshold {threshold} ([detect.dga] threshold), held-out names (2025 seeds):")

@@ -23,20 +23,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.metrics_core import Metric
 
+from detect_lab import open_identities
 from ztdns.client import ClientInfo, Transport
-from ztdns.config import parse_config
+from ztdns.config import Config, parse_config
 from ztdns.detect.engine import Detector, split_name
 from ztdns.handler import Frontend
 from ztdns.model import Question, Resolution
 
-CONFIG = """
-[identities.lab]
-networks = ["127.0.0.0/8", "::1/128"]
-policies = ["all"]
-
-[policies.all]
-allow = ["**"]
-
+CONFIG = (
+    open_identities(lab=["127.0.0.0/8", "::1/128"])
+    + """
 [log.query_log]
 output = "off"
 
@@ -45,6 +41,12 @@ mode = "{mode}"
 builtin_allow = true
 {extra}
 """
+)
+
+
+def detect_config(mode: str, extra: str = "") -> Config:
+    return parse_config(CONFIG.format(mode=mode, extra=extra), "test", Path("."))
+
 
 UDP = ClientInfo(Transport.UDP, "127.0.0.1", 40000)
 TCP = ClientInfo(Transport.TCP, "127.0.0.1", 40000, stream=True)
@@ -87,7 +89,7 @@ class Upstream:
 class Harness:
     def __init__(self, mode: str = "enforce", extra: str = "") -> None:
         self.upstream = Upstream()
-        config = parse_config(CONFIG.format(mode=mode, extra=extra), "test", Path("."))
+        config = detect_config(mode, extra)
         self.frontend = Frontend(config, resolver_factory=lambda _: self.upstream)
         self.clock = Clock()
         self.frontend.detector.clock = self.clock
@@ -382,7 +384,7 @@ def test_any_name_is_analysed_without_crashing(labels: list[bytes], rdtype: int,
         name = dns.name.Name([*labels, b""])
     except dns.name.NameTooLong:
         name = dns.name.Name([*labels[:3], b""])
-    detector = Detector(parse_config(CONFIG.format(mode="enforce", extra=""), "t", Path(".")).detect)
+    detector = Detector(detect_config("enforce").detect)
     clock = Clock()
     detector.clock = clock
     events: list[dict[str, object]] = []
@@ -403,9 +405,7 @@ def test_any_name_is_analysed_without_crashing(labels: list[bytes], rdtype: int,
 
 
 def test_memory_stays_bounded_whatever_the_number_of_names() -> None:
-    harness = Detector(
-        parse_config(CONFIG.format(mode="observe", extra="max_keys = 1000\nmax_zones = 500"), "t", Path(".")).detect
-    )
+    harness = Detector(detect_config("observe", "max_keys = 1000\nmax_zones = 500").detect)
     clock = Clock()
     harness.clock = clock
     for index in range(30_000):  # distinct registered domains and clients, 30 times the bounds
@@ -433,7 +433,7 @@ def test_at_most_one_event_per_key_per_log_interval() -> None:
 def test_explain_shows_what_the_detectors_make_of_a_name() -> None:
     from ztdns.explain import run
 
-    config = parse_config(CONFIG.format(mode="enforce", extra=""), "t", Path("."))
+    config = detect_config("enforce")
     text = run(config, "127.0.0.1", "xjkqwhdkfjqwe.com", "A")
     assert "tracked as identity=lab domain=xjkqwhdkfjqwe.com" in text
     assert "DGA score of 'xjkqwhdkfjqwe': 0.9" in text or "DGA score of 'xjkqwhdkfjqwe': 1.0" in text
@@ -449,13 +449,13 @@ def test_a_reload_keeps_the_verdicts_and_follows_the_new_mode() -> None:
             await harness.ask(name, "TXT")
         detector = harness.frontend.detector
         assert detector.blocks
-        await harness.frontend.reload(parse_config(CONFIG.format(mode="observe", extra=""), "test", Path(".")))
+        await harness.frontend.reload(detect_config("observe"))
         assert harness.frontend.detector is detector and detector.blocks  # state survives, as the cache does
         assert detector.modes["tunnel"] == "observe"
         assert not any(verdict.enforced for verdict in detector.blocks.values())
         answer = await harness.ask(tunnel_names("t.tunnel.test", 1, 10, seed=9)[0], "TXT")
         assert answer is not None and _ede(answer) is None
-        await harness.frontend.reload(parse_config(CONFIG.format(mode="off", extra=""), "test", Path(".")))
+        await harness.frontend.reload(detect_config("off"))
         assert not detector.enabled and detector.cookies is None
 
     asyncio.run(run())
@@ -472,3 +472,36 @@ def test_cookies_are_answered_only_where_the_limits_act() -> None:
         assert harness.frontend.fast(wire, UDP) is not None  # still replayed
 
     asyncio.run(run())
+
+
+def test_a_verdict_text_follows_its_measured_value_and_expiry() -> None:
+    from ztdns.detect.verdict import Verdict
+
+    verdict = Verdict("tunnel", "identity=lab domain=ex.com", "812B/s", "50B/s", 100.0, "refuse", True)
+    first = verdict.text(40.0)
+    assert verdict.text(40.0) is first  # made once while nothing changes
+    verdict.measured = "900B/s"
+    assert "rate=900B/s" in verdict.text(40.0)
+    later = verdict.text(40.0)
+    verdict.until = 160.0  # renewed by a tick: a minute later
+    assert verdict.text(40.0) != later
+    assert verdict.text(40.0).endswith(f"until={verdict.expiry_text(40.0)}")
+
+
+def test_the_dga_score_of_a_domain_is_remembered_and_equals_the_model() -> None:
+    detector = Detector(detect_config("observe").detect)
+    score = detector.dga_score(b"xjkqwhdkfjqwe.com")
+    assert score == detector.model.score("xjkqwhdkfjqwe")
+    assert detector.scores == {b"xjkqwhdkfjqwe.com": score}
+
+
+def test_check_does_not_read_the_dga_model() -> None:
+    from ztdns.config import load_config
+    from ztdns.daemon import verify
+    from ztdns.detect.dga import shipped_model
+
+    shipped_model.cache_clear()
+    verify(load_config(str(Path(__file__).resolve().parents[2] / "examples" / "detect.toml")))  # every detector on
+    assert shipped_model.cache_info().currsize == 0
+    assert Detector(detect_config("enforce").detect).model is not None
+    assert shipped_model.cache_info().currsize == 1

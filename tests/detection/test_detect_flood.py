@@ -18,6 +18,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from detect_lab import forwarding, listening, open_identities
 from fixtures.server import ServerProcess
 from fixtures.tools import require_tool
 from fixtures.unbound import UNBOUND, UnboundServer, free_port
@@ -25,28 +26,11 @@ from fixtures.unbound import UNBOUND, UnboundServer, free_port
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(UNBOUND is None, reason="unbound is not installed")]
 
 QUOTA = 20
-CONFIG = """
-[[listen]]
-transport = "udp"
-address = "127.0.0.1:{port}"
-
-[[resolver.upstreams]]
-address = "{upstream}"
-
-[dnssec]
-validation = false
-
-[identities.flooder]
-networks = ["127.0.0.1/32"]
-policies = ["open"]
-
-[identities.users]
-networks = ["127.0.0.2/32"]
-policies = ["open"]
-
-[policies.open]
-allow = ["**"]
-
+CONFIG = (
+    listening("127.0.0.1:{port}")
+    + forwarding("{upstream}")
+    + open_identities(flooder=["127.0.0.1/32"], users=["127.0.0.2/32"])
+    + """
 [log.query_log]
 output = "off"
 
@@ -62,6 +46,7 @@ mode = "off"
 [detect.flood]
 upstream_quota = {quota}
 """
+)
 
 LOGGED = re.compile(r"^\[(\d+)\] unbound\[[^]]*\] info: 127\.0\.0\.1 (\S+) ")
 

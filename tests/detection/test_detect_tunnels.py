@@ -26,6 +26,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from detect_lab import forwarding, listening, open_identities
 from fixtures.tools import require_tool
 from ztdns.lab import netns
 
@@ -35,34 +36,17 @@ pytestmark = [
     pytest.mark.skipif(netns.available() is not None, reason=netns.available() or ""),
 ]
 
-CONFIG = """
-[[listen]]
-transport = "udp"
-address = "{server}:53"
-
-[[listen]]
-transport = "tcp"
-address = "{server}:53"
-
-[[resolver.upstreams]]
-address = "127.0.0.1:5300"
-
+CONFIG = (
+    listening("{server}:53", tcp=True)
+    + forwarding("127.0.0.1:5300")
+    + open_identities(lab=["10.99.0.0/16"])
+    + """
 [resolver]
 timeout = 3.0
 budget = 6.0
 
-[dnssec]
-validation = false
-
 [cache]
 max_ttl = 0
-
-[identities.lab]
-networks = ["10.99.0.0/16"]
-policies = ["open"]
-
-[policies.open]
-allow = ["**"]
 
 [metrics]
 enabled = false
@@ -73,6 +57,7 @@ mode = "{mode}"
 [detect.rate_limit]
 per_prefix = 5000
 """
+)
 
 # Sends random (incompressible) bytes at a rate: over UDP through iodine's tun, or to stdout for dns2tcpc.
 PUMP = """

@@ -29,6 +29,7 @@ from ztdns.agent import hostdns, lock
 from ztdns.agent.allowstate import AllowState, Grant, SetUpdate
 from ztdns.agent.asker import Asker, Attribution
 from ztdns.agent.audit import AUDIT_LOG, AuditRecorder, BlockedRecorder
+from ztdns.agent.cutoff import Cutoff
 from ztdns.agent.flows import LiveDestinations
 from ztdns.agent.links import egress_devices
 from ztdns.agent.metrics import AgentMetrics
@@ -94,6 +95,7 @@ class Agent:
             self.attribution,
             self._record_blocked,
             self._scope_of if config.workload and upstream is None else None,
+            Cutoff(config.cutoff) if config.cutoff.enabled and config.mode == "enforce" else None,
         )
         self.listeners = StubListeners(
             self.handler, config.stub.listen, ClientFilter(config.stub.clients, self.metrics)

@@ -22,6 +22,7 @@ import dns.rcode
 from ztdns.agent.allowstate import AllowState
 from ztdns.agent.answers import BadMessage, addresses, blocking_reason, check_query
 from ztdns.agent.asker import Asker, Attribution
+from ztdns.agent.cutoff import Cutoff
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nft import NftError
 from ztdns.agent.setwriter import SetWriter
@@ -78,6 +79,7 @@ class StubHandler:
         attribution: Attribution | None = None,
         on_blocked: Blocked | None = None,
         scope_of: Callable[[Peer], Scope | None] | None = None,
+        cutoff: Cutoff | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._state = state
@@ -88,6 +90,7 @@ class StubHandler:
         self._attribution = attribution
         self._on_blocked = on_blocked
         self._scope_of = scope_of
+        self._cutoff = cutoff  # [cutoff]: refuse an identity's queries while a detection verdict is about it
 
     async def handle(self, query: bytes, release: Release, peer: Peer | None = None) -> bool:
         """Relay ``query``: ``release`` gets the response once the application may have it — after the set
@@ -108,6 +111,12 @@ class StubHandler:
             scope = self._scope_of(peer)  # a workload's: its identity upstream, its own sets
             if scope is not None:
                 upstreams, state, writer, identity = scope.upstreams, scope.state, scope.writer, scope.identity
+        cutoff = self._cutoff
+        if cutoff is not None:
+            refusal = cutoff.refusal(identity, query)
+            if refusal is not None:
+                release(refusal)
+                return True
         try:
             response = await upstreams.query(query)
         except UpstreamError as exc:
@@ -128,9 +137,11 @@ class StubHandler:
             metrics.relayed += 1
             metrics.observe_plumbing(time.perf_counter() - started)
             # NXDOMAIN/REFUSED, or a NODATA that carries an EDE option (code 15: its bytes are a cheap pre-filter).
-            if self._on_blocked is not None and (answer.rcode or b"\x00\x0f" in response):
+            if (self._on_blocked is not None or cutoff is not None) and (answer.rcode or b"\x00\x0f" in response):
                 reason = blocking_reason(response)
-                if reason is not None:
+                if reason is not None and cutoff is not None:
+                    cutoff.observe(identity, *reason)
+                if reason is not None and self._on_blocked is not None:
                     # Recorded before the refusal is released, while the asker (often a short-lived dig or
                     # curl) still exists to be named: a refused answer may wait a few milliseconds, no other does.
                     await self._on_blocked(answer.name, asker, *reason)

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ztdns.config import load_model
+from ztdns.config.agent_cutoff import CutoffConfig
 from ztdns.config.attestation import RequireAttestation
 from ztdns.config.base import Section, check_network, parse_hostport
 
@@ -211,6 +212,7 @@ class AgentConfig(Section):
     exception: list[ExceptionConfig] = Field(default_factory=list)
     workload: list[WorkloadConfig] = Field(default_factory=list)
     metrics: AgentMetricsConfig = AgentMetricsConfig()
+    cutoff: CutoffConfig = CutoffConfig()  # the optional detection hook (ztdns.agent.cutoff)
 
     base_dir: Path = Path(".")
 

@@ -47,7 +47,7 @@ class DgaConfig(Section):
 
     mode: Mode | None = None
     action: Action = "refuse"
-    threshold: Annotated[float, Field(ge=0, le=1)] = 0.96  # model score above which a name is suspicious
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.93  # model score from which a failing name is suspicious
     min_names: Annotated[int, Field(ge=1)] = 10  # suspicious names in the window before a client verdict
     window: Annotated[float, Field(ge=1, le=3600)] = 60.0
     block_seconds: Annotated[float, Field(gt=0)] = 600.0

@@ -13,6 +13,7 @@ _REGISTERS = 64  # 2**6 registers: about 13 % standard error, 64 bytes a key
 _INDEX_BITS = 6
 _ALPHA = 0.709  # HyperLogLog bias constant for 64 registers
 _HASH_BITS = 58  # bits left for the rank after the index (hash() gives 64)
+_INVERSE_POWERS = [2.0**-rank for rank in range(256)]  # 2**-register, by register value
 
 
 class DistinctCounter:
@@ -36,7 +37,7 @@ class DistinctCounter:
         zeros = registers.count(0)
         if zeros == _REGISTERS:
             return 0.0
-        raw = _ALPHA * _REGISTERS * _REGISTERS / sum(2.0**-r for r in registers)
+        raw = _ALPHA * _REGISTERS * _REGISTERS / sum(map(_INVERSE_POWERS.__getitem__, registers))
         if raw <= 2.5 * _REGISTERS and zeros:
             return _REGISTERS * math.log(_REGISTERS / zeros)
         return raw
@@ -70,16 +71,21 @@ class WindowedDistinct:
         self.epoch = epoch
 
     def add(self, item: bytes, epoch: int) -> None:
-        self._advance(epoch)
-        self.current.add(item)
+        if epoch != self.epoch:
+            self._advance(epoch)
+        # DistinctCounter.add, inlined: this runs twice for every query analysed.
+        value = hash(item) & 0xFFFFFFFFFFFFFFFF
+        registers = self.current.registers
+        index = value & (_REGISTERS - 1)
+        rank = _HASH_BITS - (value >> _INDEX_BITS).bit_length() + 1
+        registers[index] = max(registers[index], rank)
         self.counts[0] += 1
 
     def figures(self, epoch: int) -> tuple[float, int]:
         """(distinct items, items) over the current and previous epochs."""
         self._advance(epoch)
         merged = DistinctCounter()
-        pairs = zip(self.current.registers, self.previous.registers, strict=True)
-        merged.registers = bytearray(max(a, b) for a, b in pairs)
+        merged.registers = bytearray(map(max, self.current.registers, self.previous.registers))
         total = self.counts[0] + self.counts[1]
         return min(merged.estimate(), float(total)), total
 

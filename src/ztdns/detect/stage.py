@@ -13,11 +13,11 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from ztdns.detect.engine import Detector, Name, split_name
+from ztdns.detect.engine import Detector, split_name
 from ztdns.detect.verdict import Verdict
 from ztdns.model import EDE, Kind, Reason
 from ztdns.pipeline import Asked, AskedNext
-from ztdns.wire.header import TC
+from ztdns.wire.header import TC, rcode_of
 
 # TTL of the SOA in synthesised NXDOMAIN answers: how long clients cache the refusal.
 DETECT_NEGATIVE_TTL = 30
@@ -51,7 +51,7 @@ def _rcode(ctx: Asked) -> int:
     response = ctx.response
     if response is None:
         return dns.rcode.SERVFAIL
-    return int(response.rcode())
+    return rcode_of(response)
 
 
 class DetectStage:
@@ -94,6 +94,7 @@ class DetectStage:
                 return
             question = ctx.question
             name = split_name(question.name.labels)
+            detector.last_name = (question.name, name)
             if detector.allowed(name):
                 await call_next(ctx)
                 return
@@ -125,7 +126,10 @@ class FloodQuotaStage:
         if not detector.floods:
             await call_next(ctx)
             return
-        name: Name = split_name(ctx.question.name.labels)
+        asked = ctx.question.name
+        last, name = detector.last_name
+        if last is not asked:  # another query's, or this one was not analysed (allow-listed names are)
+            name = split_name(asked.labels)
         now = detector.clock()
         verdict = detector.flood_quota(name, now)
         if verdict is None:

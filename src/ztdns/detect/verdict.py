@@ -29,15 +29,23 @@ class Verdict:
     enforced: bool  # False in observe mode: logged and counted only
     details: dict[str, object] = field(default_factory=dict)  # extra figures for the event (escaped strings, numbers)
     logged_at: float = float("-inf")  # when its event was last written (at most one a log interval)
+    # The last text made, and the (expiry second, measured value) it was made for: every query meeting the verdict
+    # carries its text (EDE, query log), and the expiry moves by whole seconds only.
+    made_text: str = field(default="", repr=False, compare=False)
+    made_for: tuple[int, str] = field(default=(0, ""), repr=False, compare=False)
 
     def expiry_text(self, now: float) -> str:
-        wall = time.time() + (self.until - now)
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+        return _utc_text(int(time.time() + (self.until - now)))
 
     def text(self, now: float) -> str:
-        return (
-            f"detect={self.detector} {self.key} rate={self.measured} limit={self.limit} until={self.expiry_text(now)}"
-        )
+        second = int(time.time() + (self.until - now))
+        made_for = (second, self.measured)
+        if made_for != self.made_for:
+            self.made_text = (
+                f"detect={self.detector} {self.key} rate={self.measured} limit={self.limit} until={_utc_text(second)}"
+            )
+            self.made_for = made_for
+        return self.made_text
 
     def event(self, now: float) -> dict[str, object]:
         """The structured event the observe stage writes (``"event": "detect"``)."""
@@ -52,6 +60,10 @@ class Verdict:
             "text": self.text(now),
             **self.details,
         }
+
+
+def _utc_text(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def bytes_rate(value: float) -> str:
