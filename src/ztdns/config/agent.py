@@ -13,6 +13,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from ztdns.config import load_model
 from ztdns.config.attestation import RequireAttestation
 from ztdns.config.base import Section, check_network, parse_hostport
+from ztdns.config.control import ControlConfig
 
 
 def _hostport(value: str, default_port: int) -> str:
@@ -211,6 +212,9 @@ class AgentConfig(Section):
     exception: list[ExceptionConfig] = Field(default_factory=list)
     workload: list[WorkloadConfig] = Field(default_factory=list)
     metrics: AgentMetricsConfig = AgentMetricsConfig()
+    # The fleet's control plane (docs/fleet.md): the agent bundle published there replaces server, allow, firewall
+    # and exception; the rest of this file stays the host's own.
+    control: ControlConfig | None = None
 
     base_dir: Path = Path(".")
 
