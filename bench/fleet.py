@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from fixtures.fleet import control_section, node_text
 from fixtures.nats import NatsCluster
 from fixtures.server import ServerProcess
 from fixtures.unbound import free_port
@@ -69,44 +70,13 @@ address = "{hub}:853"
 hostname = "dns.test"
 [metrics]
 address = ""
-[control]
-servers = [{servers}]
-public_key = "{public_key}"
-node = "{node}"
-state_dir = "{state}/control"
-"""
-
-
-def node_text(node: str, port: int, urls: list[str], public_key: Path, state: Path) -> str:
-    servers = ", ".join(f'"{url}"' for url in urls)
-    return f"""
-[server]
-state_dir = "{state}"
-
-[[listen]]
-transport = "udp"
-address = "127.0.0.1:{port}"
-
-[control]
-servers = [{servers}]
-public_key = "{public_key}"
-node = "{node}"
-state_dir = "{state / "control"}"
-
-[attestation]
-evidence = "none"
-
-[log.query_log]
-output = "off"
-
-[metrics]
-enabled = false
 """
 
 
 def agent_host(node: str, urls: list[str], public_key: Path, state: Path) -> str:
-    servers = ", ".join(f'"{url}"' for url in urls)
-    return AGENT_HOST.format(node=node, state=state, hub=HUB, servers=servers, public_key=public_key)
+    return AGENT_HOST.format(node=node, state=state, hub=HUB) + control_section(
+        node, urls, public_key, state / "control"
+    )
 
 
 class AgentHosts:
