@@ -128,3 +128,28 @@ def test_the_agent_table_keeps_its_control_plane_reachable(tmp_path: Path) -> No
     assert 'ip daddr 192.0.2.5 tcp dport 4222 accept comment "control plane"' in rules
     assert 'ip6 daddr 2001:db8::5 tcp dport 4222 accept comment "control plane"' in rules
     assert "4333" not in rules  # a host name is resolved through the stub like any other
+
+
+def test_an_agent_bundle_whose_table_does_not_load_leaves_the_previous_one_in_force(tmp_path: Path) -> None:
+    from ztdns.agent.control import apply, node_config
+    from ztdns.agent.nft import NftError
+    from ztdns.config import parse_model
+    from ztdns.config.agent import AgentConfig
+
+    local = parse_model(AgentConfig, AGENT_HOST, "agent.toml", tmp_path)
+    published = parse_model(AgentConfig, AGENT_FLEET, "agents.toml", tmp_path)
+
+    class Agent:  # what apply uses of the running agent
+        config = local
+        scopes: list[object] = []
+        installed: list[AgentConfig] = []
+
+        def _install(self) -> None:
+            self.installed.append(self.config)
+            if self.config.exception:
+                raise NftError("the kernel said no")
+
+    agent = Agent()
+    with pytest.raises(NftError):
+        apply(agent, node_config(local, published))  # type: ignore[arg-type]
+    assert agent.config is local and agent.installed[-1] is local  # rebuilt from the previous config
