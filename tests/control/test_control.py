@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fixtures.fleet import node_text
 from fixtures.nats import NatsCluster
 from fixtures.server import ServerProcess, udp_query
 from fixtures.unbound import free_port
@@ -59,34 +60,6 @@ def write_published(directory: Path, revision: int, broken: bool = False) -> Pat
     return path
 
 
-def node_text(node: str, port: int, urls: list[str], public_key: Path, state: Path) -> str:
-    servers = ", ".join(f'"{url}"' for url in urls)
-    return f"""
-[server]
-state_dir = "{state}"
-
-[[listen]]
-transport = "udp"
-address = "127.0.0.1:{port}"
-
-[control]
-servers = [{servers}]
-public_key = "{public_key}"
-node = "{node}"
-state_dir = "{state / "control"}"
-heartbeat = 1.0
-
-[attestation]
-evidence = "none"
-
-[log.query_log]
-output = "off"
-
-[metrics]
-enabled = false
-"""
-
-
 class Fleet:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -100,7 +73,7 @@ class Fleet:
         home = self.directory / name
         home.mkdir(exist_ok=True)
         port = free_port()
-        text = node_text(name, port, self.nats.urls, self.public, home / "state")
+        text = node_text(name, port, self.nats.urls, self.public, home / "state", "heartbeat = 1.0\n")
         process = ServerProcess(text, home, port=port).start()
         self.nodes[name] = process
         return process

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.fleet import CORP, QUIET, control_section
 from fixtures.nats import NatsCluster
 from fixtures.server import ServerProcess, udp_query
 from fixtures.unbound import free_port
@@ -24,38 +25,8 @@ pytestmark = pytest.mark.slow
 
 
 def resolver_text(node: str, port: int, url: str, public_key: Path, state: Path) -> str:
-    return f"""
-[[listen]]
-transport = "udp"
-address = "127.0.0.1:{port}"
-
-[[local_zones]]
-name = "corp.test"
-records = ["corp.test. 60 SOA ns.corp.test. h.corp.test. 1 3600 600 86400 60", "www.corp.test. 60 A 192.0.2.7"]
-
-[identities.office]
-networks = ["127.0.0.1/32"]
-policies = ["office"]
-
-[policies.office]
-allow = ["**.corp.test"]
-
-[control]
-servers = ["{url}"]
-public_key = "{public_key}"
-node = "{node}"
-state_dir = "{state}"
-events = "ztdns-events"
-
-[attestation]
-evidence = "none"
-
-[log.query_log]
-output = "off"
-
-[metrics]
-enabled = false
-"""
+    listen = f'[[listen]]\ntransport = "udp"\naddress = "127.0.0.1:{port}"\n'
+    return listen + CORP + control_section(node, [url], public_key, state, 'events = "ztdns-events"\n') + QUIET
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import dns.message
 import pytest
 
 from agent_lab import make_certs
+from fixtures.fleet import CORP, QUIET
 from fixtures.server import ServerProcess
 from fixtures.unbound import free_port
 from ztdns.agent.upstream import UpstreamError, Upstreams
@@ -25,33 +26,8 @@ SECONDS = 4.0
 
 
 def resolver_text(port: int, certs: Path) -> str:
-    return f"""
-[[listen]]
-transport = "dot"
-address = "127.0.0.1:{port}"
-cert = "{certs}/server.pem"
-key = "{certs}/server.key"
-
-[[local_zones]]
-name = "corp.test"
-records = ["corp.test. 60 SOA ns.corp.test. h.corp.test. 1 3600 600 86400 60", "www.corp.test. 60 A 192.0.2.7"]
-
-[identities.hosts]
-networks = ["127.0.0.1/32"]
-policies = ["hosts"]
-
-[policies.hosts]
-allow = ["**.corp.test"]
-
-[attestation]
-evidence = "none"
-
-[log.query_log]
-output = "off"
-
-[metrics]
-enabled = false
-"""
+    listen = f'[[listen]]\ntransport = "dot"\naddress = "127.0.0.1:{port}"\ncert = "{certs}/server.pem"\n'
+    return listen + f'key = "{certs}/server.key"\n' + CORP + QUIET
 
 
 def agent_config(ports: list[int], certs: Path) -> AgentConfig:

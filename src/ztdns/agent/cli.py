@@ -76,7 +76,7 @@ def _run(config: AgentConfig, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         run(config)
-    except (NftError, OSError) as exc:
+    except (NftError, OSError, ConfigError) as exc:
         print(f"ztdns agent: {exc}", file=sys.stderr)
         return 1
     return 0

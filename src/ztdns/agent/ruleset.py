@@ -14,6 +14,7 @@ mark.
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 from collections.abc import Sequence
 
 from ztdns.config.agent import AgentConfig, ExceptionConfig
@@ -81,6 +82,21 @@ def _resolver_rules(config: AgentConfig) -> list[str]:
     return rules
 
 
+def _control_rules(config: AgentConfig) -> list[str]:
+    """The control plane's NATS servers named by address (``[control] servers``): the agent's way to its bundles,
+    which no bundle can take away. Servers named by host name are reached as any name is, through the stub."""
+    rules = []
+    for url in config.control.servers if config.control is not None else []:
+        parsed = urllib.parse.urlsplit(url)
+        try:
+            address = ipaddress.ip_address(parsed.hostname or "")
+        except ValueError:
+            continue
+        family = "ip" if address.version == 4 else "ip6"
+        rules.append(f'{family} daddr {address} tcp dport {parsed.port or 4222} accept comment "control plane"')
+    return rules
+
+
 def _link_rules(config: AgentConfig) -> list[str]:
     """DHCP client traffic to its broadcast/multicast (and configured link) addresses, neighbour discovery to
     link-scope addresses: nothing that a router forwards to a foreign address."""
@@ -100,7 +116,7 @@ def _link_rules(config: AgentConfig) -> list[str]:
 
 def _common_rules(config: AgentConfig) -> list[str]:
     """What both chains accept: established flows (and ICMP errors about them), resolvers, exceptions, the sets."""
-    rules = ["ct state established,related accept", *_resolver_rules(config)]
+    rules = ["ct state established,related accept", *_resolver_rules(config), *_control_rules(config)]
     for exception in config.exception:
         rules.extend(_exception_rules(exception))
     rules += [f"ip daddr @{SET4} accept", f"ip6 daddr @{SET6} accept"]

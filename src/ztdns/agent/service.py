@@ -484,13 +484,20 @@ def run(config: AgentConfig) -> None:
 
 
 async def _run(config: AgentConfig) -> None:
-    agent = Agent(config)
+    from ztdns.agent.control import AgentNode  # here: the NATS client loads only with [control]
+
+    node = AgentNode(config) if config.control is not None else None  # [control]: bundles from the fleet
+    agent = Agent(node.start_config() if node is not None else config)
     await agent.start()
+    if node is not None:
+        node.attach(agent)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if node is not None:
+        await node.close()
     await agent.stop()
 
 

@@ -79,10 +79,7 @@ class Upstreams:
         self._config = config
         self._certificate = certificate
         self._timeout = config.stub.timeout
-        self.servers = [
-            ServerState(server, client_for(config, server, certificate), gate_for(config, server))
-            for server in config.server
-        ]
+        self.servers = self._states(config)
         self._closing: set[asyncio.Task[None]] = set()
         self._files = self._stamp()
 
@@ -104,6 +101,20 @@ class Upstreams:
             old, server.client = server.client, client_for(self._config, server.config, self._certificate)
             self._close_later(old)
         return True
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """The servers and TLS settings of ``config`` (a bundle from the control plane): new queries go to them;
+        queries under way finish on the old connections."""
+        old, self._config = self.servers, config
+        self.servers = self._states(config)
+        for server in old:
+            self._close_later(server.client)
+
+    def _states(self, config: AgentConfig) -> list[ServerState]:
+        return [
+            ServerState(server, client_for(config, server, self._certificate), gate_for(config, server))
+            for server in config.server
+        ]
 
     def _close_later(self, client: DotUpstream | DohUpstream) -> None:
         task = asyncio.get_running_loop().create_task(client.close())

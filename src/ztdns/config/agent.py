@@ -14,6 +14,7 @@ from ztdns.config import load_model
 from ztdns.config.agent_cutoff import CutoffConfig
 from ztdns.config.attestation import RequireAttestation
 from ztdns.config.base import Section, check_network, parse_hostport
+from ztdns.config.control import ControlConfig
 
 
 def _hostport(value: str, default_port: int) -> str:
@@ -213,6 +214,9 @@ class AgentConfig(Section):
     workload: list[WorkloadConfig] = Field(default_factory=list)
     metrics: AgentMetricsConfig = AgentMetricsConfig()
     cutoff: CutoffConfig = CutoffConfig()  # the optional detection hook (ztdns.agent.cutoff)
+    # The fleet's control plane (docs/fleet.md): the agent bundle published there replaces server, allow, firewall
+    # and exception; the rest of this file stays the host's own.
+    control: ControlConfig | None = None
 
     base_dir: Path = Path(".")
 

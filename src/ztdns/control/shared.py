@@ -15,6 +15,7 @@ errors,stores,skipped}``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -22,12 +23,14 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.message
 import redis.asyncio
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -64,20 +67,52 @@ def load_seed(config: SharedCacheConfig, base_dir: Path) -> bytes:
     return hashlib.blake2b(seed, digest_size=32).digest()  # BLAKE2b keys are at most 64 bytes
 
 
+class Connections:
+    """A few Redis connections, each carrying one exchange at a time (the commands of an exchange sent in one write).
+
+    The library's client connects, authenticates, selects the database and speaks TLS; its pool is not used: on every
+    command it takes a condition and a lock, probes the connection for liveness (a system call) and records
+    observability events — more CPU than the lookup it serves. A connection whose exchange failed or ran out of time
+    is dropped (its reply may still come and would answer the next command); the next exchange connects anew."""
+
+    def __init__(self, url: str, size: int, connect_timeout: float) -> None:
+        template = redis.asyncio.ConnectionPool.from_url(
+            url, socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 0)
+        )  # no socket_timeout: the caller's one timeout covers the exchange
+        self._make = functools.partial(template.connection_class, **template.connection_kwargs)
+        self._idle: list[AbstractConnection] = []
+        self._slots = asyncio.Semaphore(size)  # a burst of misses waits for a connection, not opens one each
+        self._dropping: set[asyncio.Task[None]] = set()
+
+    async def exchange(self, commands: list[tuple[str | bytes | int, ...]]) -> list[Any]:
+        """The replies to ``commands``, pipelined on one connection."""
+        async with self._slots:
+            connection = self._idle.pop() if self._idle else self._make()
+            try:
+                # Connects first if it is not connected.
+                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                replies = [await connection.read_response() for _ in commands]
+            except BaseException:
+                task = asyncio.get_running_loop().create_task(connection.disconnect(nowait=True))
+                self._dropping.add(task)
+                task.add_done_callback(self._dropping.discard)
+                raise
+            self._idle.append(connection)
+            return replies
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect(nowait=True)
+
+
 class SharedCache:
     def __init__(self, config: SharedCacheConfig, seed: bytes) -> None:
         self.config = config
         self.seed = seed
         self.timeout = config.timeout_ms / 1000
-        timeout = max(self.timeout, 0.05)  # connecting may take a little longer than a lookup is allowed
-        # A bounded pool that waits (within the lookup's timeout) for a free connection: a burst of misses must
-        # not open a connection each.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            config.url, max_connections=_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )  # fmt: skip
-        # No retries: a lookup that failed once is a miss (the query goes upstream), not worth a second wait.
-        self.client = redis.asyncio.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        # Connecting may take a little longer than a lookup is allowed.
+        self.connections = Connections(config.url, _CONNECTIONS, max(self.timeout, 0.05))
         self.hits = 0
         self.misses = 0
         self.errors = 0
@@ -115,7 +150,8 @@ class SharedCache:
         if not self._available():
             return None
         try:
-            value = await asyncio.wait_for(self.client.get(self.key(question)), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no task per lookup, as wait_for would make
+                (value,) = await self.connections.exchange([("GET", self.key(question))])
         except (redis.RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return None
@@ -165,10 +201,8 @@ class SharedCache:
         while not self._writes.empty():
             batch = [self._writes.get_nowait() for _ in range(min(self._writes.qsize(), _WRITE_BATCH))]
             try:
-                pipe = self.client.pipeline(transaction=False)
-                for key, value, ttl in batch:
-                    pipe.set(key, value, ex=ttl)
-                await asyncio.wait_for(pipe.execute(), max(self.timeout * 10, 0.5))
+                async with asyncio.timeout(max(self.timeout * 10, 0.5)):
+                    await self.connections.exchange([("SET", key, value, "EX", ttl) for key, value, ttl in batch])
                 self.stores += len(batch)
             except (redis.RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc)
@@ -192,4 +226,4 @@ class SharedCache:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
-        await self.client.aclose()
+        await self.connections.close()
