@@ -70,7 +70,7 @@ def build_stages(
         # Outermost: sees every query's final outcome (dropped and failed ones too) — the only exit of client data.
         ObserveStage(runtime.observer),
         # Renders whatever the inner stages decided, so EDNS/TC/EDE rules apply to every answer alike.
-        RespondStage(),
+        RespondStage(runtime.config.server.max_udp_payload),
         # Malformed queries and responses never reach anything that interprets names: the stages after the
         # guard get an Asked context (one parsed question of class IN).
         GuardStage(chain(_asked_stages(runtime, cache_stage, resolve_stage, authority))),
@@ -268,7 +268,8 @@ class Frontend:
     def _build(self, config: Config, resolver: Resolver | None, outputs: Outputs) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
         observer = Observer(self.metrics, outputs.feed, validating=config.dnssec.validation)
-        runtime = compile_runtime(config, observer, Replays(config.cache.max_entries, self._prefetch), self.detector)
+        replays = Replays(config.cache.max_entries, self._prefetch, config.server.max_udp_payload)
+        runtime = compile_runtime(config, observer, replays, self.detector)
         cache_stage = CacheStage(self.cache, resolver, self.shared)
         runtime.handler = chain(
             build_stages(
