@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ from ztdns.resolver.upstream import Exchange, ForgedAnswer, IterativeQuery, Netw
 from ztdns.wire.parse import parse_message
 
 _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)
+_GLUELESS_PARALLEL = 2  # of those, looked up at once
 _SERVERS_PER_GLUELESS = 2  # addresses of a name server looked up that are tried for one question
 _NS_DEPTH = 3  # nesting of name-server address lookups
 _SERVERS_PER_QUERY = 4  # addresses of a zone tried for one question
@@ -61,7 +63,7 @@ class _Budget:
     (a name server found again while looking up its own address is a loop: skipped)."""
 
     left: int
-    resolving: set[dns.name.Name] = field(default_factory=set)
+    resolving: Counter[dns.name.Name] = field(default_factory=Counter)  # lookups under way by name
     avoid: frozenset[str] = frozenset()  # servers whose answer did not validate: asked again only as a last resort
     answered: str = ""  # the server that gave the last usable answer
     sources: list[str] = field(default_factory=list)  # the servers that gave the final answer of each CNAME hop
@@ -95,6 +97,7 @@ class RecursiveResolver:
             self._address_types.append(dns.rdatatype.AAAA)
         self._cache = AnswerCache(config.cache_entries, max_ttl, negative_max_ttl, clock)
         self._inflight: dict[tuple[bytes, int, bool], asyncio.Future[dns.message.Message]] = {}
+        self._lookups: set[asyncio.Task[list[str]]] = set()  # name servers' address lookups under way
         self._denials = DenialCache()
         self.upstream_queries = 0
         self.aggressive_answers = 0  # negative answers synthesised from cached denials (RFC 8198)
@@ -172,6 +175,8 @@ class RecursiveResolver:
     async def close(self) -> None:
         for future in self._inflight.values():
             future.cancel()
+        for task in list(self._lookups):
+            task.cancel()
 
     # ----- cache and coalescing -----------------------------------------------------------------------------
 
@@ -351,40 +356,74 @@ class RecursiveResolver:
 
     async def _complete(self, delegation: Delegation, budget: _Budget, depth: int) -> Delegation:
         """Make sure a new cut has addresses to ask (looking up glueless name servers if needed), remember it."""
-        while not delegation.addresses and await self._look_up_server(delegation, budget, depth):
+        while not delegation.addresses and await self._look_up_servers(delegation, budget, depth):
             pass
         if not delegation.addresses:
             raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no name server address"))
         self._delegations.remember(delegation)
         return delegation
 
-    async def _look_up_server(self, delegation: Delegation, budget: _Budget, depth: int) -> list[str]:
-        """The addresses of the next of the zone's name servers without (trusted) glue, looked up from the root
-        down like any name; they join the delegation. Bounded (NXNS): a few names per delegation, a nesting depth,
-        never a name already being looked up for this query, never a name inside the zone (it needs glue)."""
+    async def _look_up_servers(self, delegation: Delegation, budget: _Budget, depth: int) -> list[str]:
+        """Addresses of the zone's name servers without (trusted) glue, as soon as one of them has some.
+
+        The names are looked up from the root down like any name, a few at once (A and AAAA in parallel too), so
+        a slow or broken one delays nothing: the first addresses found are returned, the other lookups go on and
+        add theirs to the delegation when they end (the next caller waits for them before starting others).
+        Bounded (NXNS): a few names per delegation, a nesting depth, never a name already being looked up for
+        this query, never a name inside the zone (it needs glue). [] when there is nothing left to look up."""
+        pending = delegation.pending
+        while True:
+            self._start_lookups(delegation, budget, depth)
+            if not pending:
+                return []
+            done, _ = await asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED)
+            found: list[str] = []
+            for task in done:
+                pending.pop(task, None)
+                if not task.cancelled():
+                    found += task.result()
+            if found:
+                return found
+
+    def _start_lookups(self, delegation: Delegation, budget: _Budget, depth: int) -> None:
+        """Start looking up the next unresolved names until _GLUELESS_PARALLEL are under way."""
         while delegation.unresolved and depth < _NS_DEPTH:
+            if len(set(delegation.pending.values())) >= _GLUELESS_PARALLEL:
+                return
             name = delegation.unresolved.pop(0)
             delegation.lookups += 1
             if delegation.lookups > _GLUELESS_PER_REFERRAL:
                 delegation.unresolved.clear()
-                break
-            if name.is_subdomain(delegation.zone) or name in budget.resolving:
+                return
+            if name.is_subdomain(delegation.zone) or budget.resolving[name]:
                 continue
-            budget.resolving.add(name)
-            found: list[str] = []
-            try:
-                for rdtype in self._address_types:
-                    try:
-                        answer = await self._iterate(name, rdtype, budget, depth + 1)
-                    except ResolutionFailed:
-                        continue
-                    found += [r.address for rrset in answer.answer if rrset.rdtype == rdtype for r in rrset]
-            finally:
-                budget.resolving.discard(name)
-            if found:
-                delegation.addresses.extend(found)
-                return found
-        return []
+            for rdtype in self._address_types:
+                budget.resolving[name] += 1
+                task = asyncio.get_running_loop().create_task(
+                    self._look_up_address(delegation, name, rdtype, budget, depth)
+                )
+                delegation.pending[task] = name
+                self._lookups.add(task)
+                task.add_done_callback(self._lookup_ended)
+
+    async def _look_up_address(
+        self, delegation: Delegation, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget, depth: int
+    ) -> list[str]:
+        """One name server's addresses of one type, added to its delegation."""
+        try:
+            answer = await self._iterate(name, rdtype, budget, depth + 1)
+        except ResolutionFailed:
+            return []
+        finally:
+            budget.resolving[name] -= 1
+        found = [r.address for rrset in answer.answer if rrset.rdtype == rdtype for r in rrset]
+        delegation.addresses.extend(found)
+        return found
+
+    def _lookup_ended(self, task: asyncio.Task[list[str]]) -> None:
+        self._lookups.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a lookup nobody waits for any more ends quietly
 
     # ----- talking to servers -----------------------------------------------------------------------------
 
@@ -399,25 +438,27 @@ class RecursiveResolver:
         """The first usable answer from the zone's servers (scrubbed), and the referral it is, if it is one.
 
         A few of the known addresses are tried in order of preference; when they all fail, the name servers
-        without glue are looked up one by one and tried too."""
+        without glue are looked up and their addresses tried too (also those that lookups still under way from
+        an earlier referral found meanwhile)."""
         problems: list[str] = []
         tried: set[str] = set()
+        offered: set[str] = set()  # addresses the loop has seen (tried, avoided or over the allowance)
         allowance = _SERVERS_PER_QUERY
-        candidates = [a for a in self._servers.order(delegation.addresses) if a not in budget.avoid]
         while True:
+            candidates = [a for a in self._servers.order(delegation.addresses) if a not in offered]
+            offered.update(delegation.addresses)
             for address in candidates:
-                if address in tried or allowance <= 0:
+                if address in budget.avoid or allowance <= 0:
                     continue
                 tried.add(address)
                 allowance -= 1
                 result = await self._try(address, delegation.zone, name, rdtype, budget, problems)
                 if result is not None:
                     return result
-            found = await self._look_up_server(delegation, budget, depth)
-            if not found:
+            await self._look_up_servers(delegation, budget, depth)
+            if offered.issuperset(delegation.addresses):
                 break
             allowance = _SERVERS_PER_GLUELESS
-            candidates = [a for a in self._servers.order(found) if a not in budget.avoid]
         if not tried:
             raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no usable server address"))
         raise ResolutionFailed(
