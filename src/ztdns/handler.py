@@ -30,6 +30,7 @@ from ztdns.dnssec.validator import Validator
 from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
 from ztdns.model import Kind, Question, Resolver
+from ztdns.observe.dnstap import DnstapSink
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.sinks import QueueSink
@@ -224,6 +225,18 @@ def _mode_resolver(config: Config) -> Resolver | None:
     return _validating(config, forwarder)
 
 
+def _upstream_resolvers(resolver: Resolver | None) -> Iterator[Forwarder | RecursiveResolver]:
+    """The resolvers that talk to upstream servers, inside validators and zone routers."""
+    if isinstance(resolver, ZoneRouter):
+        yield from _upstream_resolvers(resolver.default)
+        for route in resolver.routes.values():
+            yield from _upstream_resolvers(route.resolver)
+    elif isinstance(resolver, ValidatingResolver):
+        yield from _upstream_resolvers(resolver.inner)
+    elif isinstance(resolver, Forwarder | RecursiveResolver):
+        yield resolver
+
+
 def trust_anchors(config: Config) -> TrustAnchors | None:
     """The ``[dnssec]`` trust anchors (None with validation off). Raises ConfigError naming the bad file."""
     dnssec = config.dnssec
@@ -313,12 +326,13 @@ class Frontend:
         self.detector.on_block = self._drop_replays
 
     def _bind_upstream_traffic(self) -> None:
-        """A forwarder's exchanges go to the sinks in service (dnstap RESOLVER_QUERY/RESPONSE) when there are any."""
-        resolver = self.resolver
-        forwarder = resolver.inner if isinstance(resolver, ValidatingResolver) else resolver
-        if isinstance(forwarder, Forwarder):
-            observer = self.runtime.observer
-            forwarder.on_exchange = observer.upstream if observer.feed is not None else None
+        """The exchanges of forwarders and of recursion go to the sinks in service (dnstap RESOLVER_QUERY/RESPONSE)
+        when a dnstap sink carries them."""
+        wanted = any(isinstance(sink, DnstapSink) and sink.resolver_messages for sink in self.outputs.sinks)
+        observer = self.runtime.observer
+        on_exchange = observer.upstream if wanted and observer.feed is not None else None
+        for upstream in _upstream_resolvers(self.resolver):
+            upstream.on_exchange = on_exchange
 
     def _drop_replays(self) -> None:
         """A verdict now blocks some names: replays rendered before it must not answer them."""

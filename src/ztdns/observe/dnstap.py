@@ -4,7 +4,10 @@ TCP, reconnecting when the collector goes away (at most once a second; events me
 
 Each query makes a CLIENT_QUERY and a CLIENT_RESPONSE message carrying the bytes received and sent, the client's
 address and port, the transport, and the times; ``identity`` is the instance name, ``version`` ztdns's version.
-With privacy ``pseudonymised`` the address is ipcrypt-deterministic and the port keyed-hashed.
+With privacy ``pseudonymised`` the address is ipcrypt-deterministic and the port keyed-hashed. Each exchange with
+an upstream (the forwarder's, or recursion's with authoritative servers) makes a RESOLVER_QUERY and a
+RESOLVER_RESPONSE with the upstream's address and port and both messages' bytes. ``messages`` (the sink's
+``messages`` key) says which of the two kinds the sink carries.
 """
 
 from __future__ import annotations
@@ -148,10 +151,13 @@ class DnstapSink(QueueSink):
         unix: str | None = None,
         tcp: tuple[str, int] | None = None,
         pseudonyms: Pseudonyms | None = None,
+        messages: frozenset[str] = frozenset({"client", "resolver"}),
     ) -> None:
         super().__init__(name, limit)
         self.unix = unix
         self.tcp = tcp
+        self.client_messages = "client" in messages  # CLIENT_QUERY/CLIENT_RESPONSE
+        self.resolver_messages = "resolver" in messages  # RESOLVER_QUERY/RESOLVER_RESPONSE
         self.identity = identity.encode()
         self.version = version.encode()
         self.pseudonyms = pseudonyms
@@ -211,14 +217,19 @@ class DnstapSink(QueueSink):
         protocol = PROTOCOLS.get(event.transport, 1)
         upstream = (address, event.port)
         query = message(RESOLVER_QUERY, family, protocol, b"", 0, event.sent, event.query, upstream=upstream)
-        reply = event.reply.to_wire()
+        reply = event.reply if isinstance(event.reply, bytes) else event.reply.to_wire()
         response = message(RESOLVER_RESPONSE, family, protocol, b"", 0, event.time, reply, event.sent, upstream)
         envelope = self.identity, self.version
         return data_frame(dnstap(*envelope, query)) + data_frame(dnstap(*envelope, response))
 
     def emit(self, batch: list[Event], now: float) -> None:
         # Security events are not DNS messages.
-        queries = [event for event in batch if isinstance(event, QueryEvent | UpstreamEvent)]
+        queries = [
+            event
+            for event in batch
+            if (self.client_messages and isinstance(event, QueryEvent))
+            or (self.resolver_messages and isinstance(event, UpstreamEvent))
+        ]
         if not queries:
             return
         try:

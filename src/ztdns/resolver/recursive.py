@@ -10,6 +10,8 @@ validated and cached together with their security status.
 This module orchestrates; the parts live beside it: delegation tracking and server selection
 (``delegation.py``), what a response is and what of it to keep (``classify.py``), the network exchange
 (``upstream.py``, injected: tests replay scripted servers through it) and the answer cache (``answers.py``).
+Client data touched: the names asked (they go upstream); each exchange is handed to ``on_exchange`` — the observe
+stage's, for dnstap RESOLVER messages — and logged nowhere else.
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ class RecursiveResolver:
         self._denials = DenialCache()
         self.upstream_queries = 0
         self.aggressive_answers = 0  # negative answers synthesised from cached denials (RFC 8198)
+        # Upstream traffic for the sinks (dnstap RESOLVER_QUERY/RESPONSE), set by the handler: called on the event
+        # loop with (transport, server address, port, query bytes, response bytes, time.time() the query was sent).
+        self.on_exchange: Callable[[str, str, int, bytes, bytes, float], None] | None = None
 
     @property
     def forged_dropped(self) -> int:
@@ -511,18 +516,28 @@ class RecursiveResolver:
         self.upstream_queries += 1
         try:
             wire = query.to_wire(edns=True)
-            answer = parse_message(await self.exchange.exchange(wire, address, port, timeout))
+            answer = parse_message(await self._exchange(wire, address, port, timeout))
             if answer.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and answer.edns < 0:
                 # EDNS fallback for servers that reject OPT records.
                 wire = query.to_wire(edns=False)
-                answer = parse_message(await self.exchange.exchange(wire, address, port, timeout))
+                answer = parse_message(await self._exchange(wire, address, port, timeout))
             if answer.flags & dns.flags.TC:
-                answer = parse_message(await self.exchange.exchange(wire, address, port, timeout, tcp=True))
+                answer = parse_message(await self._exchange(wire, address, port, timeout, tcp=True))
         except (TimeoutError, OSError):
             self._servers.failed(address, timeout)
             raise
         self._servers.answered(address, time.monotonic() - start)
         return answer
+
+    async def _exchange(self, wire: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes:
+        """One exchange, shown to the sinks (through ``on_exchange``) when it got a response."""
+        on_exchange = self.on_exchange
+        if on_exchange is None:
+            return await self.exchange.exchange(wire, address, port, timeout, tcp)
+        sent = time.time()
+        reply = await self.exchange.exchange(wire, address, port, timeout, tcp)
+        on_exchange("tcp" if tcp else "udp", address, port, wire, reply, sent)
+        return reply
 
 
 _DENIAL_TYPES = (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)
