@@ -46,6 +46,7 @@ from ztdns.resolver.forward import Forwarder, UpstreamSetupError
 from ztdns.resolver.hints import HintsError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
 from ztdns.resolver.recursive import RecursiveResolver
+from ztdns.resolver.sockets import OPEN as UPSTREAM_SOCKETS_OPEN
 from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.resolver.zones import ZoneRoute, ZoneRouter
@@ -400,6 +401,11 @@ class Frontend:
         """The frontend's own families and the resolver's in service (reloads swap it; the cache exports itself)."""
         yield GaugeMetricFamily("ztdns_replay_entries", "Pre-rendered answers held", value=self.runtime.replays.size())
         yield GaugeMetricFamily("ztdns_inflight_queries", "Queries in the pipeline now", value=self.inflight)
+        yield GaugeMetricFamily(
+            "ztdns_upstream_sockets_open",
+            "Sockets open to upstreams now, forwarders' and recursion's (one per query in flight)",
+            value=UPSTREAM_SOCKETS_OPEN.value,
+        )
         yield CounterMetricFamily(
             "ztdns_cache_hits", "Answers served from cached data (replays included)", value=self._cache_hits()
         )
