@@ -17,6 +17,7 @@ stage's, for dnstap RESOLVER messages — and logged nowhere else.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -382,11 +383,7 @@ class RecursiveResolver:
             if not pending:
                 return []
             done, _ = await asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED)
-            found: list[str] = []
-            for task in done:
-                pending.pop(task, None)
-                if not task.cancelled():
-                    found += task.result()
+            found = [address for task in done if not task.cancelled() for address in task.result()]
             if found:
                 return found
 
@@ -409,7 +406,7 @@ class RecursiveResolver:
                 )
                 delegation.pending[task] = name
                 self._lookups.add(task)
-                task.add_done_callback(self._lookup_ended)
+                task.add_done_callback(functools.partial(self._lookup_ended, delegation))
 
     async def _look_up_address(
         self, delegation: Delegation, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget, depth: int
@@ -425,7 +422,9 @@ class RecursiveResolver:
         delegation.addresses.extend(found)
         return found
 
-    def _lookup_ended(self, task: asyncio.Task[list[str]]) -> None:
+    def _lookup_ended(self, delegation: Delegation, task: asyncio.Task[list[str]]) -> None:
+        """Forget an ended lookup (its addresses are in the delegation already)."""
+        delegation.pending.pop(task, None)
         self._lookups.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: a lookup nobody waits for any more ends quietly
