@@ -111,3 +111,19 @@ def test_glueless_name_servers_are_looked_up_at_once(tmp_path: Path) -> None:
     assert [rdata.to_text() for rrset in response.answer for rdata in rrset] == ["192.0.2.80"]
     first_answer = exchange.events.index(("answered", FAST))
     assert {address for kind, address in exchange.events[:first_answer] if kind == "asked"} == {SLOW, FAST}
+
+
+def test_all_glueless_name_servers_broken_fail_without_leftovers(tmp_path: Path) -> None:
+    scenario = parse(SCENARIO)
+    scenario.servers[SLOW].down = scenario.servers[FAST].down = True  # every query to them times out
+    replay = start(scenario, tmp_path)
+
+    async def ask() -> None:
+        resolution = await replay.ask(Question(dns.name.from_text("www.example.com."), dns.rdatatype.A, 1))
+        assert resolution.response is None and resolution.reason is not None
+        assert "example.com.: no name server address" in resolution.reason.text
+        assert not replay.resolver._lookups  # every lookup ended with the answer: none left running
+
+    asyncio.run(ask())
+    asked = {address for address, _, _ in replay.exchange.log}
+    assert {SLOW, FAST} <= asked and "192.0.2.30" not in asked
