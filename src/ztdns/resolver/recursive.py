@@ -372,8 +372,8 @@ class RecursiveResolver:
     async def _look_up_servers(self, delegation: Delegation, budget: _Budget, depth: int) -> list[str]:
         """Addresses of the zone's name servers without (trusted) glue, as soon as one of them has some.
 
-        The names are looked up from the root down like any name, a few at once (A and AAAA in parallel too), so
-        a slow or broken one delays nothing: the first addresses found are returned, the other lookups go on and
+        The names are looked up from the root down like any name, a few at once (A, then AAAA), so a slow or
+        broken one delays nothing: the first addresses found are returned, the other lookups go on and
         add theirs to the delegation when they end (the next caller waits for them before starting others).
         Bounded (NXNS): a few names per delegation, a nesting depth, never a name already being looked up for
         this query, never a name inside the zone (it needs glue). [] when there is nothing left to look up."""
@@ -399,25 +399,46 @@ class RecursiveResolver:
                 return
             if name.is_subdomain(delegation.zone) or budget.resolving[name]:
                 continue
-            for rdtype in self._address_types:
-                budget.resolving[name] += 1
-                task = asyncio.get_running_loop().create_task(
-                    self._look_up_address(delegation, name, rdtype, budget, depth)
-                )
-                delegation.pending[task] = name
-                self._lookups.add(task)
-                task.add_done_callback(functools.partial(self._lookup_ended, delegation))
+            self._start_lookup(delegation, name, self._address_types, budget, depth)
+
+    def _start_lookup(
+        self,
+        delegation: Delegation,
+        name: dns.name.Name,
+        rdtypes: list[dns.rdatatype.RdataType],
+        budget: _Budget,
+        depth: int,
+    ) -> None:
+        budget.resolving[name] += 1
+        task = asyncio.get_running_loop().create_task(self._look_up_address(delegation, name, rdtypes, budget, depth))
+        delegation.pending[task] = name
+        self._lookups.add(task)
+        task.add_done_callback(functools.partial(self._lookup_ended, delegation))
 
     async def _look_up_address(
-        self, delegation: Delegation, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: _Budget, depth: int
+        self,
+        delegation: Delegation,
+        name: dns.name.Name,
+        rdtypes: list[dns.rdatatype.RdataType],
+        budget: _Budget,
+        depth: int,
     ) -> list[str]:
-        """One name server's addresses of one type, added to its delegation."""
+        """One name server's addresses of the first type, added to its delegation; the next type's lookup starts
+        when this one ends (after it, not beside it: it finds the name's zone cut known and asks one query)."""
+        rdtype = rdtypes[0]
+        answer = None
         try:
             answer = await self._iterate(name, rdtype, budget, depth + 1)
         except ResolutionFailed:
-            return []
-        finally:
+            pass
+        except BaseException:  # cancelled (close): nothing more starts
             budget.resolving[name] -= 1
+            raise
+        if len(rdtypes) > 1:  # started before this one is done: the name never looks free to a loop check
+            self._start_lookup(delegation, name, rdtypes[1:], budget, depth)
+        budget.resolving[name] -= 1
+        if answer is None:
+            return []
         found = [r.address for rrset in answer.answer if rrset.rdtype == rdtype for r in rrset]
         delegation.addresses.extend(found)
         return found
