@@ -409,39 +409,34 @@ class RecursiveResolver:
         budget: _Budget,
         depth: int,
     ) -> None:
+        """Look up one name server's addresses of the first type, adding them to its delegation; the next type's
+        lookup starts when this one ends (after it, not beside it: it finds the name's zone cut known and asks
+        one query)."""
+        rdtype = rdtypes[0]
+
+        async def look_up() -> list[str]:
+            answer = None
+            try:
+                answer = await self._iterate(name, rdtype, budget, depth + 1)
+            except ResolutionFailed:
+                pass
+            except BaseException:  # cancelled (close): nothing more starts
+                budget.resolving[name] -= 1
+                raise
+            if len(rdtypes) > 1:  # started before this one is done: the name never looks free to a loop check
+                self._start_lookup(delegation, name, rdtypes[1:], budget, depth)
+            budget.resolving[name] -= 1
+            if answer is None:
+                return []
+            found = [r.address for rrset in answer.answer if rrset.rdtype == rdtype for r in rrset]
+            delegation.addresses.extend(found)
+            return found
+
         budget.resolving[name] += 1
-        task = asyncio.get_running_loop().create_task(self._look_up_address(delegation, name, rdtypes, budget, depth))
+        task = asyncio.get_running_loop().create_task(look_up())
         delegation.pending[task] = name
         self._lookups.add(task)
         task.add_done_callback(functools.partial(self._lookup_ended, delegation))
-
-    async def _look_up_address(
-        self,
-        delegation: Delegation,
-        name: dns.name.Name,
-        rdtypes: list[dns.rdatatype.RdataType],
-        budget: _Budget,
-        depth: int,
-    ) -> list[str]:
-        """One name server's addresses of the first type, added to its delegation; the next type's lookup starts
-        when this one ends (after it, not beside it: it finds the name's zone cut known and asks one query)."""
-        rdtype = rdtypes[0]
-        answer = None
-        try:
-            answer = await self._iterate(name, rdtype, budget, depth + 1)
-        except ResolutionFailed:
-            pass
-        except BaseException:  # cancelled (close): nothing more starts
-            budget.resolving[name] -= 1
-            raise
-        if len(rdtypes) > 1:  # started before this one is done: the name never looks free to a loop check
-            self._start_lookup(delegation, name, rdtypes[1:], budget, depth)
-        budget.resolving[name] -= 1
-        if answer is None:
-            return []
-        found = [r.address for rrset in answer.answer if rrset.rdtype == rdtype for r in rrset]
-        delegation.addresses.extend(found)
-        return found
 
     def _lookup_ended(self, delegation: Delegation, task: asyncio.Task[list[str]]) -> None:
         """Forget an ended lookup (its addresses are in the delegation already)."""
