@@ -35,6 +35,7 @@ ALWAYS = {
     "ztdns_cache_evictions",
     "ztdns_replay_entries",
     "ztdns_inflight_queries",
+    "ztdns_upstream_sockets_open",
     "ztdns_querylog_dropped",
     "ztdns_detect_verdicts",
     "ztdns_detect_answers",
@@ -53,7 +54,6 @@ FORWARD = {
     "ztdns_upstream_srtt_seconds",
     "ztdns_upstream_queries",
     "ztdns_upstream_errors",
-    "ztdns_upstream_sockets_open",
 }
 VALIDATION = {"ztdns_dnssec_validation_failures"}
 RECURSION = {

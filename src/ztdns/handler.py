@@ -30,6 +30,7 @@ from ztdns.dnssec.validator import Validator
 from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
 from ztdns.model import Kind, Question, Resolver
+from ztdns.observe.dnstap import DnstapSink
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.sinks import QueueSink
@@ -45,6 +46,7 @@ from ztdns.resolver.forward import Forwarder, UpstreamSetupError
 from ztdns.resolver.hints import HintsError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
 from ztdns.resolver.recursive import RecursiveResolver
+from ztdns.resolver.sockets import OPEN as UPSTREAM_SOCKETS_OPEN
 from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.resolver.zones import ZoneRoute, ZoneRouter
@@ -70,7 +72,7 @@ def build_stages(
         # Outermost: sees every query's final outcome (dropped and failed ones too) — the only exit of client data.
         ObserveStage(runtime.observer),
         # Renders whatever the inner stages decided, so EDNS/TC/EDE rules apply to every answer alike.
-        RespondStage(),
+        RespondStage(runtime.config.server.max_udp_payload),
         # Malformed queries and responses never reach anything that interprets names: the stages after the
         # guard get an Asked context (one parsed question of class IN).
         GuardStage(chain(_asked_stages(runtime, cache_stage, resolve_stage, authority))),
@@ -224,6 +226,18 @@ def _mode_resolver(config: Config) -> Resolver | None:
     return _validating(config, forwarder)
 
 
+def _upstream_resolvers(resolver: Resolver | None) -> Iterator[Forwarder | RecursiveResolver]:
+    """The resolvers that talk to upstream servers, inside validators and zone routers."""
+    if isinstance(resolver, ZoneRouter):
+        yield from _upstream_resolvers(resolver.default)
+        for route in resolver.routes.values():
+            yield from _upstream_resolvers(route.resolver)
+    elif isinstance(resolver, ValidatingResolver):
+        yield from _upstream_resolvers(resolver.inner)
+    elif isinstance(resolver, Forwarder | RecursiveResolver):
+        yield resolver
+
+
 def trust_anchors(config: Config) -> TrustAnchors | None:
     """The ``[dnssec]`` trust anchors (None with validation off). Raises ConfigError naming the bad file."""
     dnssec = config.dnssec
@@ -268,7 +282,8 @@ class Frontend:
     def _build(self, config: Config, resolver: Resolver | None, outputs: Outputs) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
         observer = Observer(self.metrics, outputs.feed, validating=config.dnssec.validation)
-        runtime = compile_runtime(config, observer, Replays(config.cache.max_entries, self._prefetch), self.detector)
+        replays = Replays(config.cache.max_entries, self._prefetch, config.server.max_udp_payload)
+        runtime = compile_runtime(config, observer, replays, self.detector)
         cache_stage = CacheStage(self.cache, resolver, self.shared)
         runtime.handler = chain(
             build_stages(
@@ -318,12 +333,13 @@ class Frontend:
         self.detector.on_block = self._drop_replays
 
     def _bind_upstream_traffic(self) -> None:
-        """A forwarder's exchanges go to the sinks in service (dnstap RESOLVER_QUERY/RESPONSE) when there are any."""
-        resolver = self.resolver
-        forwarder = resolver.inner if isinstance(resolver, ValidatingResolver) else resolver
-        if isinstance(forwarder, Forwarder):
-            observer = self.runtime.observer
-            forwarder.on_exchange = observer.upstream if observer.feed is not None else None
+        """The exchanges of forwarders and of recursion go to the sinks in service (dnstap RESOLVER_QUERY/RESPONSE)
+        when a dnstap sink carries them."""
+        wanted = any(isinstance(sink, DnstapSink) and sink.resolver_messages for sink in self.outputs.sinks)
+        observer = self.runtime.observer
+        on_exchange = observer.upstream if wanted and observer.feed is not None else None
+        for upstream in _upstream_resolvers(self.resolver):
+            upstream.on_exchange = on_exchange
 
     def _drop_replays(self) -> None:
         """A verdict now blocks some names: replays rendered before it must not answer them."""
@@ -391,6 +407,11 @@ class Frontend:
         """The frontend's own families and the resolver's in service (reloads swap it; the cache exports itself)."""
         yield GaugeMetricFamily("ztdns_replay_entries", "Pre-rendered answers held", value=self.runtime.replays.size())
         yield GaugeMetricFamily("ztdns_inflight_queries", "Queries in the pipeline now", value=self.inflight)
+        yield GaugeMetricFamily(
+            "ztdns_upstream_sockets_open",
+            "Sockets open to upstreams now, forwarders' and recursion's (one per query in flight)",
+            value=UPSTREAM_SOCKETS_OPEN.value,
+        )
         yield CounterMetricFamily(
             "ztdns_cache_hits", "Answers served from cached data (replays included)", value=self._cache_hits()
         )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ztdns.model import Question
 from ztdns.observe.events import Answered
 from ztdns.pipeline import QueryContext
-from ztdns.wire.header import udp_limit
+from ztdns.wire.header import UDP_PAYLOAD, udp_limit
 from ztdns.wire.query import parse_query
 from ztdns.wire.records import ttl_offsets
 
@@ -89,11 +89,19 @@ class Replays:
     ``tables`` holds replays by normal-form question key; ``exact`` indexes the same replays by the query's
     bytes after the ID, with what serving them needs: (replay, name end if the case differs else 0, UDP limit).
     ``prefetch`` is called (on the caller's thread) when a replayed cache entry is due for a refresh.
+    ``max_udp_payload``: the largest UDP answer replayed, whatever size the client offers (larger ones take the
+    full path, which sends them truncated).
     """
 
-    def __init__(self, limit: int, prefetch: Callable[[Question, CacheEntry], None] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        prefetch: Callable[[Question, CacheEntry], None] | None = None,
+        max_udp_payload: int = UDP_PAYLOAD,
+    ) -> None:
         self.limit = limit
         self.prefetch = prefetch
+        self.max_udp_payload = max_udp_payload
         self.tables: dict[str | None, dict[bytes, Replay]] = {}
         self.exact: dict[str | None, dict[bytes, tuple[Replay, int, int]]] = {}
 
@@ -136,7 +144,7 @@ class Replays:
                 return None
             answer = replay.wire if now < replay.rerender_at else replay.rerender(now)
             end = parsed.name_end
-            limit = udp_limit(parsed.max_size)
+            limit = udp_limit(parsed.max_size, self.max_udp_payload)
             self._remember_exact(identity, wire[2:], replay, 0 if wire[12:end] == answer[12:end] else end, limit)
             if len(answer) > limit and not stream:
                 return None

@@ -41,7 +41,7 @@ def check(tmp_path: Path, text: str) -> tuple[int, str]:
         pytest.param(
             BASE + "[server]\nwokers = 2\n",
             "ztdns.toml:8: server.wokers: unknown key (did you mean 'workers'? keys here: workers, state_dir, "
-            "drain_seconds)",
+            "drain_seconds, max_udp_payload)",
             id="typo",
         ),
         pytest.param(

@@ -247,6 +247,25 @@ def test_syslog_over_tls_refuses_a_collector_it_cannot_verify(rsyslog: tuple[dic
     assert sink.failures >= 1 and not sink.connected
 
 
+async def ask_frontend(directory: Path, settings: str, name: str) -> bytes:
+    """One A query for NAME from 127.0.0.9 through a Frontend allowing everything, without validation or query log,
+    with SETTINGS (resolver and sinks); closed when the sinks had time to write."""
+    config = parse_config(
+        '[identities.lab]\nnetworks = ["127.0.0.0/8"]\npolicies = ["all"]\n[policies.all]\nallow = ["**"]\n'
+        f'[dnssec]\nvalidation = false\n[log.query_log]\noutput = "off"\n{settings}',
+        "test",
+        directory,
+    )
+    frontend = Frontend(config)
+    frontend.bind_loop(asyncio.get_running_loop())
+    wire = dns.message.make_query(name, "A", id=5).to_wire()
+    answer = await frontend.handle(wire, ClientInfo(Transport.UDP, "127.0.0.9", 40123))
+    await asyncio.sleep(0.3)
+    await frontend.close()
+    assert answer is not None
+    return answer
+
+
 @needs_fstrm
 def test_upstream_traffic_reaches_dnstap_as_resolver_messages(tmp_path: Path) -> None:
     from fixtures.fake_upstream import FakeUpstream, Reply
@@ -262,21 +281,10 @@ def test_upstream_traffic_reaches_dnstap_as_resolver_messages(tmp_path: Path) ->
 
         async def run() -> str:
             async with FakeUpstream(respond) as upstream:
-                config = parse_config(
-                    '[identities.lab]\nnetworks = ["127.0.0.0/8"]\npolicies = ["all"]\n[policies.all]\n'
-                    f'allow = ["**"]\n[[resolver.upstreams]]\naddress = "{upstream.address}"\n'
-                    '[dnssec]\nvalidation = false\n[log.query_log]\noutput = "off"\n'
-                    '[[log.sinks]]\ntype = "dnstap"\nsocket = "dnstap.sock"\n',
-                    "test",
-                    tmp_path,
-                )
-                frontend = Frontend(config)
-                frontend.bind_loop(asyncio.get_running_loop())
-                wire = dns.message.make_query("up.example", "A", id=5).to_wire()
-                answer = await frontend.handle(wire, ClientInfo(Transport.UDP, "127.0.0.9", 40123))
-                assert answer is not None and b"\xc0\x00\x02\x4d" in answer  # 192.0.2.77
-                await asyncio.sleep(0.3)
-                await frontend.close()
+                resolver = f'[[resolver.upstreams]]\naddress = "{upstream.address}"\n'
+                sinks = '[[log.sinks]]\ntype = "dnstap"\nsocket = "dnstap.sock"\n'
+                answer = await ask_frontend(tmp_path, resolver + sinks, "up.example")
+                assert b"\xc0\x00\x02\x4d" in answer  # 192.0.2.77
                 return upstream.address
 
         address = asyncio.run(run())
@@ -288,3 +296,55 @@ def test_upstream_traffic_reaches_dnstap_as_resolver_messages(tmp_path: Path) ->
     assert sorted(kinds) == ["CLIENT_QUERY", "CLIENT_RESPONSE", "RESOLVER_QUERY", "RESOLVER_RESPONSE"]
     assert f'response_address: "{host}"' in text and f"response_port: {port}" in text
     assert "192.0.2.77" in text
+
+
+@needs_fstrm
+def test_recursion_traffic_reaches_dnstap_as_resolver_messages(tmp_path: Path) -> None:
+    """Recursion's exchanges with authoritative servers (issue 18): RESOLVER_QUERY/RESPONSE with the server's
+    address and port and both messages as sent and received; a sink with ``messages = ["client"]`` gets none."""
+    from fixtures.fake_upstream import FakeUpstream, Reply
+
+    def respond(query: dns.message.Message, transport: str) -> list[Reply]:
+        # One server authoritative for everything, the root included: the answer at the first question.
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        response.answer = [dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "192.0.2.78")]
+        return [response.to_wire()]
+
+    everything = Capture(tmp_path, "-u", str(tmp_path / "all.sock"))
+    clients = Capture(tmp_path, "-u", str(tmp_path / "clients.sock"))
+    try:
+        wait_for(lambda: (tmp_path / "all.sock").exists() and (tmp_path / "clients.sock").exists())
+        (tmp_path / "hints.zone").write_text(". 3600 IN NS a.root.\na.root. 3600 IN A 127.0.0.1\n")
+
+        async def run() -> int:
+            async with FakeUpstream(respond) as upstream:
+                resolver = (
+                    '[resolver]\nmode = "recursive"\n[resolver.recursion]\nroot_hints = "hints.zone"\n'
+                    f"allow_query_localhost = true\nqname_minimisation = false\nquery_port = {upstream.port}\n"
+                )
+                sinks = (
+                    '[[log.sinks]]\ntype = "dnstap"\nsocket = "all.sock"\n'
+                    '[[log.sinks]]\ntype = "dnstap"\nsocket = "clients.sock"\nmessages = ["client"]\n'
+                )
+                answer = await ask_frontend(tmp_path, resolver + sinks, "deep.example")
+                assert b"\xc0\x00\x02\x4e" in answer  # 192.0.2.78
+                assert len(upstream.queries) == 1
+                return upstream.port
+
+        port = asyncio.run(run())
+        text = everything.frames()
+        client_text = clients.frames()
+    finally:
+        everything.stop()
+        clients.stop()
+    kinds = re.findall(r"type: (\w+_(?:QUERY|RESPONSE))", text)
+    assert sorted(kinds) == ["CLIENT_QUERY", "CLIENT_RESPONSE", "RESOLVER_QUERY", "RESOLVER_RESPONSE"]
+    assert 'response_address: "127.0.0.1"' in text and f"response_port: {port}" in text
+    assert "socket_protocol: UDP" in text
+    # The upstream query as sent: RD clear, the name in its 0x20 case; the response as received, AA set.
+    resolver_query = text.split("type: RESOLVER_QUERY")[1].split("type:")[0]
+    assert "deep.example." in resolver_query.lower() and "flags: rd" not in resolver_query
+    resolver_response = text.split("type: RESOLVER_RESPONSE")[1].split("type:")[0]
+    assert "flags: qr aa" in resolver_response and "192.0.2.78" in resolver_response
+    assert sorted(re.findall(r"type: (\w+_(?:QUERY|RESPONSE))", client_text)) == ["CLIENT_QUERY", "CLIENT_RESPONSE"]

@@ -42,3 +42,18 @@ def test_the_statement_follows_the_config(tmp_path: Path, capsys: pytest.Capture
     text = capsys.readouterr().out
     assert "syslog over TLS to 127.0.0.1:6514: no per-query records: every 1 hour" in text
     assert "at least 10 distinct clients" in text and "JSON lines" not in text
+
+
+def test_dnstap_messages_are_stated_and_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ztdns.config.log import SinkConfig
+
+    config = tmp_path / "z.toml"
+    config.write_text(
+        '[log.query_log]\noutput = "off"\n[[log.sinks]]\ntype = "dnstap"\nsocket = "d.sock"\nmessages = ["resolver"]\n'
+    )
+    assert main(["privacy-statement", "--config", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert "per exchange with an upstream server" in text
+    assert "per query" not in text and "client address and port in clear" not in text
+    with pytest.raises(ValueError, match="dnstap sinks only"):
+        SinkConfig(type="json", messages=["client"])

@@ -15,6 +15,7 @@ import dns.name
 import dns.rdatatype
 import uvloop
 
+from ztdns.resolver import sockets
 from ztdns.resolver.upstream import IterativeQuery, NetworkExchange
 
 
@@ -87,9 +88,10 @@ def test_cancelled_exchanges_close_every_socket() -> None:
             task = asyncio.ensure_future(exchange.exchange(_query().to_wire(True), "127.0.0.1", port, 5.0, tcp=tcp))
             for _ in range(rng.randrange(4)):
                 await asyncio.sleep(0)
+                assert sockets.OPEN.value == exchange.open_sockets  # the process-wide gauge counts recursion's
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        assert exchange.open_sockets == 0
+        assert exchange.open_sockets == 0 and sockets.OPEN.value == 0
         assert _open_fds() == baseline
         silent.close()
         listener.close()

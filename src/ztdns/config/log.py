@@ -38,6 +38,9 @@ class SinkConfig(Section):
     # dnstap: a unix socket path (relative to the config file) or ``address`` (TCP); syslog: ``address``.
     socket: str | None = None
     address: str | None = None
+    # dnstap: which messages the sink carries: "client" (CLIENT_QUERY/RESPONSE), "resolver" (RESOLVER_QUERY/RESPONSE:
+    # the forwarder's and recursion's exchanges with upstream servers).
+    messages: Annotated[list[Literal["client", "resolver"]], Field(min_length=1)] = ["client", "resolver"]
     # syslog: transport, and for TLS the CA that signs the collector's certificate (default: the system's).
     protocol: Literal["udp", "tcp", "tls"] = "udp"
     ca: str | None = None
@@ -61,6 +64,8 @@ class SinkConfig(Section):
                 raise ValueError("a dnstap sink carries messages: privacy 'aggregate' needs a json or syslog sink")
             if self.privacy == "pseudonymised" and self.ipcrypt == "ndx":
                 raise ValueError("dnstap addresses are 16 bytes: use ipcrypt 'deterministic' (ndx makes 32)")
+        elif set(self.messages) != {"client", "resolver"}:
+            raise ValueError("'messages' applies to dnstap sinks only")
         if self.type == "syslog" and self.address is None:
             raise ValueError("a syslog sink needs 'address' (HOST:PORT of the collector)")
         if self.address is not None:

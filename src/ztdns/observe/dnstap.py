@@ -4,7 +4,10 @@ TCP, reconnecting when the collector goes away (at most once a second; events me
 
 Each query makes a CLIENT_QUERY and a CLIENT_RESPONSE message carrying the bytes received and sent, the client's
 address and port, the transport, and the times; ``identity`` is the instance name, ``version`` ztdns's version.
-With privacy ``pseudonymised`` the address is ipcrypt-deterministic and the port keyed-hashed.
+With privacy ``pseudonymised`` the address is ipcrypt-deterministic and the port keyed-hashed. Each exchange with
+an upstream (the forwarder's, or recursion's with authoritative servers) makes a RESOLVER_QUERY and a
+RESOLVER_RESPONSE with the upstream's address and port and both messages' bytes. ``messages`` (the sink's
+``messages`` key) says which of the two kinds the sink carries.
 """
 
 from __future__ import annotations
@@ -168,10 +171,13 @@ class DnstapSink(QueueSink):
         unix: str | None = None,
         tcp: tuple[str, int] | None = None,
         pseudonyms: Pseudonyms | None = None,
+        messages: frozenset[str] = frozenset({"client", "resolver"}),
     ) -> None:
         super().__init__(name, limit)
         self.unix = unix
         self.tcp = tcp
+        self.client_messages = "client" in messages  # CLIENT_QUERY/CLIENT_RESPONSE
+        self.resolver_messages = "resolver" in messages  # RESOLVER_QUERY/RESOLVER_RESPONSE
         self.identity = identity.encode()
         self.version = version.encode()
         self.pseudonyms = pseudonyms
@@ -271,22 +277,23 @@ class DnstapSink(QueueSink):
         protocol = PROTOCOLS.get(event.transport, 1)
         upstream = (address, event.port)
         query = message(RESOLVER_QUERY, family, protocol, b"", 0, event.sent, event.query, upstream=upstream)
-        reply = event.reply.to_wire()
+        reply = event.reply if isinstance(event.reply, bytes) else event.reply.to_wire()
         response = message(RESOLVER_RESPONSE, family, protocol, b"", 0, event.time, reply, event.sent, upstream)
         envelope = self.identity, self.version
         return data_frame(dnstap(*envelope, query)) + data_frame(dnstap(*envelope, response))
 
     def emit_raw(self, batch: list[Item], now: float) -> None:
-        queries = [item for item in batch if type(item) is tuple]
-        if len(queries) == len(batch):
-            self._send(self.raw_frames(queries), len(queries), now)
+        clients, resolvers = self.client_messages, self.resolver_messages
+        if clients and all(type(item) is tuple for item in batch):
+            self._send(self.raw_frames(batch), len(batch), now)  # type: ignore[arg-type]
             return
-        # Upstream traffic among them (security events are not DNS messages): kept in order.
+        # Upstream traffic among them (security events are not DNS messages): kept in order; `messages` chooses.
         chunks = []
         for item in batch:
             if type(item) is tuple:
-                chunks.append(self.raw_frames([item]))
-            elif isinstance(item, UpstreamEvent):
+                if clients:
+                    chunks.append(self.raw_frames([item]))
+            elif resolvers and isinstance(item, UpstreamEvent):
                 chunks.append(self.upstream_frames(item))
         if chunks:
             self._send(b"".join(chunks), len(chunks), now)

@@ -114,7 +114,8 @@ class SecurityEvent:
 
 @dataclass(slots=True)
 class UpstreamEvent:
-    """One exchange with an upstream (a cache miss forwarded): dnstap's RESOLVER_QUERY and RESOLVER_RESPONSE."""
+    """One exchange with an upstream (a cache miss forwarded, or a query of recursion to an authoritative server):
+    dnstap's RESOLVER_QUERY and RESOLVER_RESPONSE."""
 
     time: float  # time.time() when the reply arrived
     sent: float  # time.time() when the query was sent
@@ -122,7 +123,7 @@ class UpstreamEvent:
     host: str
     port: int
     query: bytes
-    reply: dns.message.Message  # encoded on the sink's thread
+    reply: dns.message.Message | bytes  # as received (recursion), or parsed and encoded on the sink's thread
 
 
 Event = QueryEvent | SecurityEvent | UpstreamEvent

@@ -119,7 +119,8 @@ def _make_sink(config: Config, index: int, sink: SinkConfig, instance: str) -> Q
     if sink.type == "dnstap":
         unix = None if sink.socket is None else str(config.base_dir / sink.socket)
         tcp = None if sink.address is None else parse_hostport(sink.address, DNSTAP_PORT)
-        return DnstapSink(name, sink.queue, instance, f"ztdns {__version__}", unix, tcp, pseudonyms)
+        version = f"ztdns {__version__}"
+        return DnstapSink(name, sink.queue, instance, version, unix, tcp, pseudonyms, frozenset(sink.messages))
     assert sink.address is not None  # checked by SinkConfig
     host, port = parse_hostport(sink.address, SYSLOG_PORTS[sink.protocol])
     context = None

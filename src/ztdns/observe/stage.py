@@ -167,7 +167,7 @@ class Observer:
                 feed.dropped += 1
 
     def upstream(
-        self, transport: str, host: str, port: int, query: bytes, reply: dns.message.Message, sent: float
+        self, transport: str, host: str, port: int, query: bytes, reply: dns.message.Message | bytes, sent: float
     ) -> None:
         """An exchange with an upstream, for the sinks that carry upstream traffic (dnstap)."""
         feed = self.feed

@@ -20,6 +20,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} seconds"
 
 
+def _dnstap_messages(sink: SinkConfig) -> str:
+    kinds = []
+    if "client" in sink.messages:
+        kinds.append("a query and a response message per query")
+    if "resolver" in sink.messages:
+        kinds.append("a query and a response message per exchange with an upstream server (the names asked)")
+    return " and ".join(kinds)
+
+
 def _sink(sink: SinkConfig) -> str:
     where = {
         "json": f"JSON lines to {'standard output' if sink.output == 'stdout' else sink.output}",
@@ -33,7 +42,7 @@ def _sink(sink: SinkConfig) -> str:
             f"and the names at least {sink.k} distinct clients asked for (other names are only counted)"
         )
     elif sink.privacy == "pseudonymised":
-        record = "a query and a response message per query" if sink.type == "dnstap" else "one record per query"
+        record = _dnstap_messages(sink) if sink.type == "dnstap" else "one record per query"
         how = (
             "the same pseudonym for one address while a key lasts"
             if sink.ipcrypt == "deterministic"
@@ -46,7 +55,9 @@ def _sink(sink: SinkConfig) -> str:
             "be linked to new ones"
         )
     elif sink.type == "dnstap":
-        what = "a query and a response message per query, with the client address and port in clear"
+        what = _dnstap_messages(sink)
+        if "client" in sink.messages:
+            what += ", with the client address and port in clear"
     else:
         what = (
             f"one record per query ({sink.format} format) with the client address, port and certificate identity "

@@ -24,7 +24,13 @@ def response_to(query: dns.message.Message) -> dns.message.Message:
 
 
 class RespondStage:
+    """``max_udp_payload`` (``server.max_udp_payload``): the largest UDP answer, whatever size the client offers;
+    also the payload size our OPT record advertises."""
+
     name = "respond"
+
+    def __init__(self, max_udp_payload: int = UDP_PAYLOAD) -> None:
+        self.max_udp_payload = max_udp_payload
 
     async def __call__(self, ctx: QueryContext, call_next: Next) -> None:
         await call_next(ctx)
@@ -58,10 +64,10 @@ class RespondStage:
             if ctx.reason is not None:
                 ede = dns.edns.EDEOption(dns.edns.EDECode.make(int(ctx.reason.ede)), ctx.reason.text or None)
                 options = (*options, ede)
-            opt = Opt(UDP_PAYLOAD, (rcode >> 4) << 24 | (ednsflags & DO), options)
+            opt = Opt(self.max_udp_payload, (rcode >> 4) << 24 | (ednsflags & DO), options)
         elif rcode > 0xF:  # what dnspython's set_rcode does without EDNS: an OPT record only for the extended bits
             opt = Opt(dns.message.DEFAULT_EDNS_PAYLOAD, (rcode >> 4) << 24)
-        limit = STREAM_MAX if ctx.client.stream else udp_limit(query.payload)
+        limit = STREAM_MAX if ctx.client.stream else udp_limit(query.payload, self.max_udp_payload)
         full = render(response, max_size=STREAM_MAX, opt=opt)
         if ctx.store is not None:
             ctx.store.wire = full  # replays serve it whole to clients it fits
@@ -73,6 +79,6 @@ class RespondStage:
         truncated.flags = flags | TC
         truncated.question = list(query.question)
         if version >= 0:
-            ctx.wire_response = render(truncated, max_size=UDP_PAYLOAD, opt=opt)
+            ctx.wire_response = render(truncated, max_size=self.max_udp_payload, opt=opt)
         else:
             ctx.wire_response = render(truncated)

@@ -1,12 +1,14 @@
 """Delegation tracking for recursion: the zone cuts found so far with their name servers, what QNAME
 minimisation learnt about names without a cut, and which of a zone's servers to ask first.
 
-Sans-IO; owned by one :class:`~ztdns.resolver.recursive.RecursiveResolver`. Names are kept by their wire keys
+Sans-IO (a delegation only holds the handles of its name servers' address lookups, which the resolver runs);
+owned by one :class:`~ztdns.resolver.recursive.RecursiveResolver`. Names are kept by their wire keys
 (:mod:`ztdns.dnssec.names`): they hash and compare in C, a Name in Python.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
 import time
@@ -33,6 +35,9 @@ class Delegation:
     # Name servers whose addresses are still unknown (no glue, or glue not trusted): resolved when needed.
     unresolved: list[dns.name.Name] = field(default_factory=list)
     lookups: int = 0  # of unresolved names so far (at most a few per delegation: NXNS mitigation)
+    # Address lookups of those names under way (task -> name): whoever needs addresses next waits for these first;
+    # each one adds what it finds to ``addresses`` when it ends, also after another one was first.
+    pending: dict[asyncio.Task[list[str]], dns.name.Name] = field(default_factory=dict)
 
 
 class Delegations:

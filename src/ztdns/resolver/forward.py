@@ -41,7 +41,6 @@ from ztdns.config.resolver import ResolverConfig, UpstreamConfig
 from ztdns.model import EDE, Question, Reason, Resolution
 from ztdns.resolver import encrypted
 from ztdns.resolver.health import HealthBook, UpstreamHealth
-from ztdns.resolver.sockets import OPEN as UPSTREAM_SOCKETS_OPEN
 from ztdns.resolver.sockets import reading, upstream_socket
 
 _HEADER = struct.Struct("!HHH")  # ID, flags, QDCOUNT: the start of the 12-byte header
@@ -477,11 +476,6 @@ class Forwarder:
             queries.add_metric([upstream.address], upstream.queries)
             errors.add_metric([upstream.address], upstream.errors)
         yield from (up, srtt, queries, errors)
-        yield GaugeMetricFamily(
-            "ztdns_upstream_sockets_open",
-            "Do53 sockets open to upstreams now (one per query in flight)",
-            value=UPSTREAM_SOCKETS_OPEN.value,
-        )
 
     async def close(self) -> None:
         """Close every socket still open; queries in flight end with a network error, later ones fail at once."""

@@ -10,12 +10,16 @@ validated and cached together with their security status.
 This module orchestrates; the parts live beside it: delegation tracking and server selection
 (``delegation.py``), what a response is and what of it to keep (``classify.py``), the network exchange
 (``upstream.py``, injected: tests replay scripted servers through it) and the answer cache (``answers.py``).
+Client data touched: the names asked (they go upstream); each exchange is handed to ``on_exchange`` — the observe
+stage's, for dnstap RESOLVER messages — and logged nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -43,6 +47,7 @@ from ztdns.resolver.upstream import Exchange, ForgedAnswer, IterativeQuery, Netw
 from ztdns.wire.parse import parse_message
 
 _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)
+_GLUELESS_PARALLEL = 2  # of those, looked up at once
 _SERVERS_PER_GLUELESS = 2  # addresses of a name server looked up that are tried for one question
 _NS_DEPTH = 3  # nesting of name-server address lookups
 _SERVERS_PER_QUERY = 4  # addresses of a zone tried for one question
@@ -61,7 +66,7 @@ class _Budget:
     (a name server found again while looking up its own address is a loop: skipped)."""
 
     left: int
-    resolving: set[dns.name.Name] = field(default_factory=set)
+    resolving: Counter[dns.name.Name] = field(default_factory=Counter)  # lookups under way by name
     avoid: frozenset[str] = frozenset()  # servers whose answer did not validate: asked again only as a last resort
     answered: str = ""  # the server that gave the last usable answer
     sources: list[str] = field(default_factory=list)  # the servers that gave the final answer of each CNAME hop
@@ -95,9 +100,13 @@ class RecursiveResolver:
             self._address_types.append(dns.rdatatype.AAAA)
         self._cache = AnswerCache(config.cache_entries, max_ttl, negative_max_ttl, clock)
         self._inflight: dict[tuple[bytes, int, bool], asyncio.Future[dns.message.Message]] = {}
+        self._lookups: set[asyncio.Task[list[str]]] = set()  # name servers' address lookups under way
         self._denials = DenialCache()
         self.upstream_queries = 0
         self.aggressive_answers = 0  # negative answers synthesised from cached denials (RFC 8198)
+        # Upstream traffic for the sinks (dnstap RESOLVER_QUERY/RESPONSE), set by the handler: called on the event
+        # loop with (transport, server address, port, query bytes, response bytes, time.time() the query was sent).
+        self.on_exchange: Callable[[str, str, int, bytes, bytes, float], None] | None = None
 
     @property
     def forged_dropped(self) -> int:
@@ -172,6 +181,8 @@ class RecursiveResolver:
     async def close(self) -> None:
         for future in self._inflight.values():
             future.cancel()
+        for task in list(self._lookups):
+            task.cancel()
 
     # ----- cache and coalescing -----------------------------------------------------------------------------
 
@@ -351,40 +362,88 @@ class RecursiveResolver:
 
     async def _complete(self, delegation: Delegation, budget: _Budget, depth: int) -> Delegation:
         """Make sure a new cut has addresses to ask (looking up glueless name servers if needed), remember it."""
-        while not delegation.addresses and await self._look_up_server(delegation, budget, depth):
+        while not delegation.addresses and await self._look_up_servers(delegation, budget, depth):
             pass
         if not delegation.addresses:
             raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no name server address"))
         self._delegations.remember(delegation)
         return delegation
 
-    async def _look_up_server(self, delegation: Delegation, budget: _Budget, depth: int) -> list[str]:
-        """The addresses of the next of the zone's name servers without (trusted) glue, looked up from the root
-        down like any name; they join the delegation. Bounded (NXNS): a few names per delegation, a nesting depth,
-        never a name already being looked up for this query, never a name inside the zone (it needs glue)."""
+    async def _look_up_servers(self, delegation: Delegation, budget: _Budget, depth: int) -> list[str]:
+        """Addresses of the zone's name servers without (trusted) glue, as soon as one of them has some.
+
+        The names are looked up from the root down like any name, a few at once (A, then AAAA), so a slow or
+        broken one delays nothing: the first addresses found are returned, the other lookups go on and
+        add theirs to the delegation when they end (the next caller waits for them before starting others).
+        Bounded (NXNS): a few names per delegation, a nesting depth, never a name already being looked up for
+        this query, never a name inside the zone (it needs glue). [] when there is nothing left to look up."""
+        pending = delegation.pending
+        while True:
+            self._start_lookups(delegation, budget, depth)
+            if not pending:
+                return []
+            done, _ = await asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED)
+            found = [address for task in done if not task.cancelled() for address in task.result()]
+            if found:
+                return found
+
+    def _start_lookups(self, delegation: Delegation, budget: _Budget, depth: int) -> None:
+        """Start looking up the next unresolved names until _GLUELESS_PARALLEL are under way."""
         while delegation.unresolved and depth < _NS_DEPTH:
+            if len(set(delegation.pending.values())) >= _GLUELESS_PARALLEL:
+                return
             name = delegation.unresolved.pop(0)
             delegation.lookups += 1
             if delegation.lookups > _GLUELESS_PER_REFERRAL:
                 delegation.unresolved.clear()
-                break
-            if name.is_subdomain(delegation.zone) or name in budget.resolving:
+                return
+            if name.is_subdomain(delegation.zone) or budget.resolving[name]:
                 continue
-            budget.resolving.add(name)
-            found: list[str] = []
+            self._start_lookup(delegation, name, self._address_types, budget, depth)
+
+    def _start_lookup(
+        self,
+        delegation: Delegation,
+        name: dns.name.Name,
+        rdtypes: list[dns.rdatatype.RdataType],
+        budget: _Budget,
+        depth: int,
+    ) -> None:
+        """Look up one name server's addresses of the first type, adding them to its delegation; the next type's
+        lookup starts when this one ends (after it, not beside it: it finds the name's zone cut known and asks
+        one query)."""
+        rdtype = rdtypes[0]
+
+        async def look_up() -> list[str]:
+            answer = None
             try:
-                for rdtype in self._address_types:
-                    try:
-                        answer = await self._iterate(name, rdtype, budget, depth + 1)
-                    except ResolutionFailed:
-                        continue
-                    found += [r.address for rrset in answer.answer if rrset.rdtype == rdtype for r in rrset]
-            finally:
-                budget.resolving.discard(name)
-            if found:
-                delegation.addresses.extend(found)
-                return found
-        return []
+                answer = await self._iterate(name, rdtype, budget, depth + 1)
+            except ResolutionFailed:
+                pass
+            except BaseException:  # cancelled (close): nothing more starts
+                budget.resolving[name] -= 1
+                raise
+            if len(rdtypes) > 1:  # started before this one is done: the name never looks free to a loop check
+                self._start_lookup(delegation, name, rdtypes[1:], budget, depth)
+            budget.resolving[name] -= 1
+            if answer is None:
+                return []
+            found = [r.address for rrset in answer.answer if rrset.rdtype == rdtype for r in rrset]
+            delegation.addresses.extend(found)
+            return found
+
+        budget.resolving[name] += 1
+        task = asyncio.get_running_loop().create_task(look_up())
+        delegation.pending[task] = name
+        self._lookups.add(task)
+        task.add_done_callback(functools.partial(self._lookup_ended, delegation))
+
+    def _lookup_ended(self, delegation: Delegation, task: asyncio.Task[list[str]]) -> None:
+        """Forget an ended lookup (its addresses are in the delegation already)."""
+        delegation.pending.pop(task, None)
+        self._lookups.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a lookup nobody waits for any more ends quietly
 
     # ----- talking to servers -----------------------------------------------------------------------------
 
@@ -399,25 +458,27 @@ class RecursiveResolver:
         """The first usable answer from the zone's servers (scrubbed), and the referral it is, if it is one.
 
         A few of the known addresses are tried in order of preference; when they all fail, the name servers
-        without glue are looked up one by one and tried too."""
+        without glue are looked up and their addresses tried too (also those that lookups still under way from
+        an earlier referral found meanwhile)."""
         problems: list[str] = []
         tried: set[str] = set()
+        offered: set[str] = set()  # addresses the loop has seen (tried, avoided or over the allowance)
         allowance = _SERVERS_PER_QUERY
-        candidates = [a for a in self._servers.order(delegation.addresses) if a not in budget.avoid]
         while True:
+            candidates = [a for a in self._servers.order(delegation.addresses) if a not in offered]
+            offered.update(delegation.addresses)
             for address in candidates:
-                if address in tried or allowance <= 0:
+                if address in budget.avoid or allowance <= 0:
                     continue
                 tried.add(address)
                 allowance -= 1
                 result = await self._try(address, delegation.zone, name, rdtype, budget, problems)
                 if result is not None:
                     return result
-            found = await self._look_up_server(delegation, budget, depth)
-            if not found:
+            await self._look_up_servers(delegation, budget, depth)
+            if offered.issuperset(delegation.addresses):
                 break
             allowance = _SERVERS_PER_GLUELESS
-            candidates = [a for a in self._servers.order(found) if a not in budget.avoid]
         if not tried:
             raise ResolutionFailed(Reason(EDE.NO_REACHABLE_AUTHORITY, f"{delegation.zone}: no usable server address"))
         raise ResolutionFailed(
@@ -470,18 +531,28 @@ class RecursiveResolver:
         self.upstream_queries += 1
         try:
             wire = query.to_wire(edns=True)
-            answer = parse_message(await self.exchange.exchange(wire, address, port, timeout))
+            answer = parse_message(await self._exchange(wire, address, port, timeout))
             if answer.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and answer.edns < 0:
                 # EDNS fallback for servers that reject OPT records.
                 wire = query.to_wire(edns=False)
-                answer = parse_message(await self.exchange.exchange(wire, address, port, timeout))
+                answer = parse_message(await self._exchange(wire, address, port, timeout))
             if answer.flags & dns.flags.TC:
-                answer = parse_message(await self.exchange.exchange(wire, address, port, timeout, tcp=True))
+                answer = parse_message(await self._exchange(wire, address, port, timeout, tcp=True))
         except (TimeoutError, OSError):
             self._servers.failed(address, timeout)
             raise
         self._servers.answered(address, time.monotonic() - start)
         return answer
+
+    async def _exchange(self, wire: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes:
+        """One exchange, shown to the sinks (through ``on_exchange``) when it got a response."""
+        on_exchange = self.on_exchange
+        if on_exchange is None:
+            return await self.exchange.exchange(wire, address, port, timeout, tcp)
+        sent = time.time()
+        reply = await self.exchange.exchange(wire, address, port, timeout, tcp)
+        on_exchange("tcp" if tcp else "udp", address, port, wire, reply, sent)
+        return reply
 
 
 _DENIAL_TYPES = (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)

@@ -6,7 +6,8 @@ disconnects during a cache miss cancels the query), leaves the socket open for e
 DoT connect–query–close; at ``ulimit -n 1024`` every miss then failed). A plain non-blocking socket with
 ``add_reader`` has no such window: between ``socket()`` and the ``try`` there is no ``await``.
 
-Metrics: :data:`OPEN` is the ``ztdns_upstream_sockets_open`` gauge (every socket the forwarder has open now).
+Used by the forwarder and by recursion's network exchange. Metrics: :data:`OPEN` is the
+``ztdns_upstream_sockets_open`` gauge (every upstream socket open now; exported once by the frontend).
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ OPEN = _Count()
 @contextlib.contextmanager
 def upstream_socket(family: int, kind: int) -> Iterator[socket.socket]:
     """A new non-blocking socket, counted in :data:`OPEN` and closed however the block ends."""
-    sock = socket.socket(family, kind)
+    sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)  # non-blocking from the start: no fcntl call
     OPEN.value += 1
     try:
-        sock.setblocking(False)
         yield sock
     finally:
         OPEN.value -= 1

@@ -4,8 +4,8 @@ answer them, and the :class:`Exchange` that carries one query to one authoritati
 The exchange is injected into :class:`~ztdns.resolver.recursive.RecursiveResolver`: :class:`NetworkExchange` talks
 UDP/TCP; tests feed scripted or recorded answers through their own (tests/replay). Every socket the network
 exchange opens is closed on every path, cancellation included (a client that goes away cancels the resolution):
-it owns a non-blocking socket, watches it with ``add_reader`` and removes the reader and closes the socket in
-``finally``. ``open_sockets`` counts the ones open now (exported as a metric).
+its sockets come from :mod:`ztdns.resolver.sockets`, as the forwarder's do (so ``ztdns_upstream_sockets_open``
+counts both); ``open_sockets`` counts recursion's own (``ztdns_recursion_upstream_sockets``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+
+from ztdns.resolver.sockets import reading, upstream_socket
 
 EDNS_PAYLOAD = 1232  # default UDP payload size advertised upstream (DNS Flag Day 2020)
 _TCP_MAX = 65535
@@ -130,19 +132,18 @@ class NetworkExchange:
     async def exchange(self, query: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
-        sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)  # non-blocking: no fcntl
-        self.open_sockets += 1
-        try:
-            source = self._source(family)
-            if source is not None:
-                sock.bind((source, 0))
-            async with asyncio.timeout(timeout):
-                if tcp:
-                    return await self._tcp(sock, query, address, port)
-                return await self._udp(sock, query, address, port)
-        finally:
-            sock.close()
-            self.open_sockets -= 1
+        with upstream_socket(family, kind) as sock:
+            self.open_sockets += 1
+            try:
+                source = self._source(family)
+                if source is not None:
+                    sock.bind((source, 0))
+                async with asyncio.timeout(timeout):
+                    if tcp:
+                        return await self._tcp(sock, query, address, port)
+                    return await self._udp(sock, query, address, port)
+            finally:
+                self.open_sockets -= 1
 
     def _source(self, family: int) -> str | None:
         for source in self.sources:
@@ -170,12 +171,8 @@ class NetworkExchange:
                 else:
                     self.forged_dropped += 1
 
-        fd = sock.fileno()
-        loop.add_reader(fd, readable)
-        try:
+        with reading(sock, readable):
             return await answered
-        finally:
-            loop.remove_reader(fd)  # before close: the loop must never watch a closed (or reused) descriptor
 
     async def _tcp(self, sock: socket.socket, query: bytes, address: str, port: int) -> bytes:
         loop = asyncio.get_running_loop()
