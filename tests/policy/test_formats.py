@@ -56,7 +56,7 @@ def test_modifiers_are_counted_by_name_not_dropped_silently(tmp_path: Path, capl
     )
     with caplog.at_level(logging.INFO, logger="ztdns.policy"):
         parsed = read_list(path, "mods.txt")
-    assert set(parsed.entries) == {"e.example"}
+    assert set(parsed.entries()) == {"e.example"}
     assert dict(parsed.tally.skipped) == {
         "adblock-modifier:third-party": 1,
         "adblock-modifier:client": 1,
@@ -127,7 +127,7 @@ def test_rpz_entries_and_skips(tmp_path: Path) -> None:
     path = tmp_path / "policy.rpz"
     path.write_text(RPZ)
     parsed = read_list(path, "policy.rpz")
-    assert set(parsed.entries) == {
+    assert set(parsed.entries()) == {
         "nx.site.test",
         "nodata.site.test",
         "pass.site.test",

@@ -1,16 +1,20 @@
 """Compile policies into name tables, and decide queries against an identity's view of them.
 
-A compiled policy is one dict from a *base name* to a small integer, the id of the set of rules hanging from
-that name (its "combo"); ``entries[id]`` holds that set split by where it applies:
+A compiled policy is one dict from a *base name* to the set of rules hanging from that name (an ``_Entry``,
+interned: a million list entries share a handful of them), split by where the rules apply:
 
     exact  rules that match the base name itself           (``example.com``)
     child  rules that match names one label below it       (``*.example.com``, ``**.example.com``)
     below  rules that match names two or more labels below (``**.example.com``)
 
 Deciding ``a.b.example.com`` looks up the name itself (``exact``), its parent (``child``) and every further
-ancestor up to the root (``below``): one dict lookup per label, however many rules there are. Combos are
-interned, so a million list entries share a handful of small ints and no per-entry objects exist beyond the
-name strings; a list file's parsed dict becomes the policy's table in place when nothing else needs it.
+ancestor up to the root (``below``): one dict lookup per label, however many rules there are.
+
+Building the table touches each list name about once, in C loops: names are grouped by the rules they stand
+for; groups whose rules decide alike (same effect, rank, scope and answer: two plain deny lists) go into one
+dict with ``dict(zip(names, entries))``, the first list's entry winning (it is the one a decision would
+report anyway); only names in groups that decide differently are merged one by one, found by a set
+intersection of the dicts' keys.
 
 Precedence (docs/policy.md, "Precedence"): every rule has an effect (deny, exception, allow) and denies and
 exceptions a rank. Across every policy of a view, the strongest matching deny is cancelled by a matching
@@ -23,8 +27,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -82,7 +87,7 @@ DEFAULT_DENY = "default-deny"
 class CompiledPolicy:
     """One policy's name table. Shared by every identity that uses the policy."""
 
-    __slots__ = ("blocked_response", "entries", "include_rule_text", "local", "name", "rules", "table")
+    __slots__ = ("blocked_response", "include_rule_text", "local", "name", "rules", "table")
 
     def __init__(self, name: str, config: PolicyConfig) -> None:
         self.name = name
@@ -96,8 +101,7 @@ class CompiledPolicy:
         else:
             self.blocked_response = config.blocked_response
         self.include_rule_text = config.include_rule_text
-        self.table: dict[str, int] = {}  # base name -> combo id
-        self.entries: dict[int, _Entry] = {}  # combo id -> the combo's rules by where they apply
+        self.table: dict[str, _Entry] = {}  # base name -> the rules hanging from it, by where they apply
         self.rules: list[_Rule] = []
 
 
@@ -173,28 +177,22 @@ class _Rule:
         return self._decision(f"{self.verb}{Pattern(self.scope, base)}")
 
 
-@dataclass(frozen=True, slots=True)
 class _Entry:
-    """A combo's rules by where they apply, denies first (see the module docstring)."""
+    """A set of rules hanging from one name, by where they apply, denies first (see the module docstring)."""
 
-    exact: tuple[_Rule, ...]
-    child: tuple[_Rule, ...]
-    below: tuple[_Rule, ...]
-    root: tuple[_Rule, ...]  # for the root name itself, where '**' applies too
+    __slots__ = ("below", "child", "exact", "root", "rules")
 
-    @classmethod
-    def of(cls, rules: frozenset[_Rule]) -> _Entry:
+    def __init__(self, rules: frozenset[_Rule]) -> None:
+        self.rules = rules
         ordered = sorted(rules, key=lambda rule: (rule.effect, rule.rank, rule.order))
 
         def where(*scopes: Scope) -> tuple[_Rule, ...]:
             return tuple(rule for rule in ordered if rule.scope in scopes)
 
-        return cls(
-            where(Scope.EXACT),
-            where(Scope.ONE_LABEL, Scope.ANY_DEPTH),
-            where(Scope.ANY_DEPTH),
-            where(Scope.EXACT, Scope.ANY_DEPTH),
-        )
+        self.exact = where(Scope.EXACT)
+        self.child = where(Scope.ONE_LABEL, Scope.ANY_DEPTH)
+        self.below = where(Scope.ANY_DEPTH)
+        self.root = where(Scope.EXACT, Scope.ANY_DEPTH)  # for the root name itself, where '**' applies too
 
 
 # What a lookup found: the strongest deny, the strongest exception and the first allow, each with its base name.
@@ -213,7 +211,7 @@ class View:
         self._default = Decision(
             False, first.name, DEFAULT_DENY, None, first.blocked_response, first.include_rule_text, first.local
         )
-        self._tables = tuple((policy.table.get, policy.entries) for policy in self.policies)
+        self._tables = tuple(policy.table.get for policy in self.policies)
         # A deny ranked stronger than every exception of the view decides as soon as it is found.
         self._floor = min(
             (rule.rank for policy in self.policies for rule in policy.rules if rule.effect == EXCEPT),
@@ -234,14 +232,13 @@ class View:
         floor = self._floor
         deny = exception = allow = None
         deny_base = exception_base = allow_base = ""
-        for get, entries in self._tables:
+        for get in self._tables:
             suffix = name
             depth = 0  # labels between the name and the suffix looked up
             start = 0
             while True:
-                combo = get(suffix)
-                if combo is not None:
-                    entry = entries[combo]
+                entry = get(suffix)
+                if entry is not None:
                     if depth == 0:
                         rules = entry.exact if name else entry.root
                     else:
@@ -282,44 +279,59 @@ class View:
         return self._default
 
 
-class _PolicyBuilder:
-    """Fills one CompiledPolicy's table, interning combos (sets of rules) to small ids.
+class _Entries:
+    """Interns the entries of one policy: one ``_Entry`` per distinct set of rules, merges memoised."""
 
-    The biggest list's parsed dict becomes the table in place: its bit sets (positive ints) are its combo ids.
-    Combos made by merging get negative ids, so they never collide with those.
-    """
+    def __init__(self) -> None:
+        self.interned: dict[frozenset[_Rule], _Entry] = {}
+        self.merged: dict[tuple[frozenset[_Rule], frozenset[_Rule]], _Entry] = {}
 
-    def __init__(self, policy: CompiledPolicy) -> None:
-        self.policy = policy
-        self.combos: dict[int, frozenset[_Rule]] = {}
-        self.ids: dict[frozenset[_Rule], int] = {}
-        self.merged: dict[tuple[int | None, frozenset[_Rule]], int] = {}
-
-    def intern(self, combo: frozenset[_Rule]) -> int:
-        found = self.ids.get(combo)
+    def of(self, rules: frozenset[_Rule]) -> _Entry:
+        found = self.interned.get(rules)
         if found is None:
-            found = self.ids[combo] = -1 - len(self.ids)
-            self.combos[found] = combo
+            found = self.interned[rules] = _Entry(rules)
         return found
 
-    def adopt(self, entries: dict[str, int], rules_by_bits: Callable[[int], frozenset[_Rule]]) -> None:
-        """Make a list's parsed dict the (still empty) table, in place: its bit sets become combo ids."""
-        for bits in set(entries.values()):
-            self.combos[bits] = rules_by_bits(bits)
-        self.policy.table = entries
+    def merge(self, old: _Entry | None, new: _Entry) -> _Entry:
+        if old is None or old is new:
+            return new
+        key = (old.rules, new.rules)
+        found = self.merged.get(key)
+        if found is None:
+            found = self.merged[key] = self.of(old.rules | new.rules)
+        return found
 
-    def add(self, base: str, rules: frozenset[_Rule]) -> None:
-        table = self.policy.table
-        old = table.get(base)
-        key = (old, rules)
-        combo = self.merged.get(key)
-        if combo is None:
-            combo = self.merged[key] = self.intern(rules if old is None else self.combos[old] | rules)
-        table[base] = combo
 
-    def finish(self) -> CompiledPolicy:
-        self.policy.entries = {combo: _Entry.of(rules) for combo, rules in self.combos.items()}
-        return self.policy
+def _likeness(rules: frozenset[_Rule]) -> Hashable:
+    """What decides between rules apart from their order and origin: of two groups alike, the first shadows
+    the second completely (see the module docstring)."""
+    return frozenset(
+        (rule.effect, rule.rank, rule.scope, rule.response, rule.local, rule.qtypes, id(rule.schedule))
+        for rule in rules
+    )
+
+
+def _table(groups: list[tuple[list[str], _Entry]], entries: _Entries) -> dict[str, _Entry]:
+    """One dict of every group's names (in policy order: earlier groups first) to their merged entries."""
+    alike: dict[Hashable, list[tuple[list[str], _Entry]]] = {}
+    for group in groups:
+        alike.setdefault(_likeness(group[1].rules), []).append(group)
+    tables = []
+    for members in alike.values():
+        members.reverse()  # later values win in dict(): the first list's entry must be the one kept
+        names = chain.from_iterable(group for group, _ in members)
+        values = chain.from_iterable(repeat(entry, len(group)) for group, entry in members)
+        tables.append(dict(zip(names, values, strict=True)))
+    if not tables:
+        return {}
+    tables.sort(key=len, reverse=True)
+    table = tables[0]
+    merge = entries.merge
+    for other in tables[1:]:
+        for name in table.keys() & other.keys():
+            other[name] = merge(table[name], other[name])
+        table.update(other)
+    return table
 
 
 # (effect, rank) of a list entry by the list's sense (deny list?) and the entry's kind.
@@ -362,7 +374,6 @@ def _compile_policy(
 ) -> CompiledPolicy:
     policy = CompiledPolicy(name, config)
     in_force = None if config.schedule is None else schedules[config.schedule]
-    builder = _PolicyBuilder(policy)
     written: list[tuple[str, _Rule]] = []
     for effect, action, rules in (
         (DENY, "deny", config.deny),
@@ -388,7 +399,8 @@ def _compile_policy(
         key = f"policies.{name}.rewrites[{text!r}]"
         compiled_rule = _Rule(policy, ALLOW, 0, pattern.scope, key, pattern=pattern, rewrite=rewrite, schedule=in_force)
         written.append((pattern.base, compiled_rule))
-    sources: list[tuple[ListFile, Path, Callable[[int], frozenset[_Rule]]]] = []
+    entries = _Entries()
+    groups: list[tuple[list[str], _Entry]] = []
     for deny_list, path, resolved, loc in _list_sources(name, config, root):
         key = format_loc(loc)
         parsed = lists[resolved]
@@ -400,24 +412,19 @@ def _compile_policy(
             entry_rule = _Rule(policy, effect, rank, spec.scope, key, source=path, path=where, bit=bit, spec=spec)
             entry_rule.schedule = in_force
             list_rules.append(entry_rule)
-        sources.append((parsed, resolved, _rules_by_bits(list_rules)))
-    if sources:
-        # The biggest list becomes the table itself; it is copied first unless this is its last user.
-        biggest = max(range(len(sources)), key=lambda i: len(sources[i][0].entries))
-        parsed, resolved, rules_by_bits = sources.pop(biggest)
+        rules_by_bits = _rules_by_bits(list_rules)
+        groups.extend((names, entries.of(rules_by_bits(bits))) for bits, names in parsed.groups.items())
         uses[resolved] -= 1
-        builder.adopt(dict(parsed.entries) if uses[resolved] else parsed.entries, rules_by_bits)
-    for parsed, resolved, rules_by_bits in sources:
-        for base, bits in parsed.entries.items():
-            builder.add(base, rules_by_bits(bits))
-        uses[resolved] -= 1
+    table = _table(groups, entries)
+    del groups
+    for resolved, parsed in lists.items():
         if not uses[resolved]:
-            parsed.entries = {}  # merged for its last user: free it now, not when every policy is compiled
+            parsed.groups = {}  # in the tables of all its users: free it now, not when every policy is compiled
     for base, config_rule in written:
-        builder.add(base, frozenset((config_rule,)))
-    compiled = builder.finish()
-    log.info("policy %s: %d names, %d rules", name, len(compiled.table), len(compiled.rules))
-    return compiled
+        table[base] = entries.merge(table.get(base), entries.of(frozenset((config_rule,))))
+    policy.table = table
+    log.info("policy %s: %d names, %d rules", name, len(table), len(policy.rules))
+    return policy
 
 
 def _qtypes(names: list[str] | None) -> frozenset[int] | None:

@@ -98,7 +98,7 @@ def read_rpz(path: Path, shown_as: str) -> ListFile:
             continue
         base = ".".join(labels)
         entries[base] = entries.get(base, 0) | specs.bit(spec)
-    return ListFile(shown_as, entries, tally, tuple(specs.specs), lines_known=False)
+    return ListFile.of(shown_as, entries, tally, tuple(specs.specs), lines_known=False)
 
 
 def _action(node: dns.node.Node, scope: Scope, skipped: dict[str, int]) -> Spec | None:
