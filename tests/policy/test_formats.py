@@ -56,13 +56,12 @@ def test_modifiers_are_counted_by_name_not_dropped_silently(tmp_path: Path, capl
     )
     with caplog.at_level(logging.INFO, logger="ztdns.policy"):
         parsed = read_list(path, "mods.txt")
-    assert set(parsed.entries()) == {"e.example"}
+    assert set(parsed.entries()) == {"e.example", "/ads[0-9]+\\.example/"}  # regexes are entries now
     assert dict(parsed.tally.skipped) == {
         "adblock-modifier:third-party": 1,
         "adblock-modifier:client": 1,
         "adblock-modifier:dnstype": 1,
         "adblock-modifier:badfilter": 1,
-        "regex": 1,
         "adblock-unsupported": 1,
     }
     assert "adblock-modifier:client=1" in caplog.text

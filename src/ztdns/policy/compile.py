@@ -38,6 +38,7 @@ import dns.rdatatype
 from ztdns.config import located
 from ztdns.config.locate import format_loc
 from ztdns.config.policy import rewrite_target
+from ztdns.name_regex import RegexSet, is_regex
 from ztdns.patterns import Pattern, Scope, parse_pattern
 from ztdns.policy.lists import EntryKind, ListFile, LocalData, Spec, Tally, find_line, read_list
 from ztdns.policy.schedule import Schedule
@@ -87,7 +88,7 @@ DEFAULT_DENY = "default-deny"
 class CompiledPolicy:
     """One policy's name table. Shared by every identity that uses the policy."""
 
-    __slots__ = ("blocked_response", "include_rule_text", "local", "name", "rules", "table")
+    __slots__ = ("blocked_response", "include_rule_text", "local", "name", "regexes", "rules", "table")
 
     def __init__(self, name: str, config: PolicyConfig) -> None:
         self.name = name
@@ -102,6 +103,7 @@ class CompiledPolicy:
             self.blocked_response = config.blocked_response
         self.include_rule_text = config.include_rule_text
         self.table: dict[str, _Entry] = {}  # base name -> the rules hanging from it, by where they apply
+        self.regexes: _Regexes | None = None
         self.rules: list[_Rule] = []
 
 
@@ -119,6 +121,7 @@ class _Rule:
         "policy",
         "qtypes",
         "rank",
+        "regex",
         "response",
         "schedule",
         "scope",
@@ -142,8 +145,10 @@ class _Rule:
         spec: Spec | None = None,
         rewrite: LocalData | None = None,
         schedule: Schedule | None = None,
+        regex: str | None = None,
     ) -> None:
         self.policy = policy
+        self.regex = regex  # '/pattern/' of a regex rule (matched by ztdns.name_regex, not by the table)
         self.schedule = schedule  # None: always in force
         self.effect = effect
         self.rank = rank
@@ -163,7 +168,8 @@ class _Rule:
         # Config rules have one fixed text, so their Decision is built once; a list rule's text names the
         # matched entry, so it is built on a hit.
         self.verb = "rewrite:" if rewrite is not None else _VERBS[effect]
-        self.decision = None if pattern is None else self._decision(f"{self.verb}{pattern}")
+        text = pattern if regex is None else regex
+        self.decision = None if text is None else self._decision(f"{self.verb}{text}")
 
     def _decision(self, text: str) -> Decision:
         policy = self.policy
@@ -177,6 +183,30 @@ class _Rule:
         return self._decision(f"{self.verb}{Pattern(self.scope, base)}")
 
 
+def _precedence(rule: _Rule) -> tuple[int, int, int]:
+    """The order :meth:`View.match` expects rules in: denies, exceptions, allows; by rank; config rules first."""
+    return rule.effect, rule.rank, rule.order
+
+
+class _Regexes:
+    """A policy's ``/regex/`` rules, matched together in time linear in the name (:mod:`ztdns.name_regex`).
+
+    They apply to the name itself (like an exact rule) and join its table entry's rules there.
+    """
+
+    __slots__ = ("matcher", "rules")
+
+    def __init__(self, rules: list[_Rule]) -> None:
+        self.rules = tuple(rules)
+        self.matcher = RegexSet(rule.regex or "" for rule in rules)
+
+    def add_hits(self, name: str, rules: tuple[_Rule, ...] | None) -> tuple[_Rule, ...] | None:
+        hits = self.matcher.search(name)
+        if not hits:
+            return rules
+        return tuple(sorted((*(rules or ()), *(self.rules[index] for index in hits)), key=_precedence))
+
+
 class _Entry:
     """A set of rules hanging from one name, by where they apply, denies first (see the module docstring)."""
 
@@ -184,7 +214,7 @@ class _Entry:
 
     def __init__(self, rules: frozenset[_Rule]) -> None:
         self.rules = rules
-        ordered = sorted(rules, key=lambda rule: (rule.effect, rule.rank, rule.order))
+        ordered = sorted(rules, key=_precedence)
 
         def where(*scopes: Scope) -> tuple[_Rule, ...]:
             return tuple(rule for rule in ordered if rule.scope in scopes)
@@ -211,7 +241,7 @@ class View:
         self._default = Decision(
             False, first.name, DEFAULT_DENY, None, first.blocked_response, first.include_rule_text, first.local
         )
-        self._tables = tuple(policy.table.get for policy in self.policies)
+        self._tables = tuple((policy.table.get, policy.regexes) for policy in self.policies)
         # A deny ranked stronger than every exception of the view decides as soon as it is found.
         self._floor = min(
             (rule.rank for policy in self.policies for rule in policy.rules if rule.effect == EXCEPT),
@@ -232,17 +262,21 @@ class View:
         floor = self._floor
         deny = exception = allow = None
         deny_base = exception_base = allow_base = ""
-        for get in self._tables:
+        for get, regexes in self._tables:
             suffix = name
             depth = 0  # labels between the name and the suffix looked up
             start = 0
             while True:
                 entry = get(suffix)
-                if entry is not None:
-                    if depth == 0:
+                rules = None
+                if depth == 0:
+                    if entry is not None:
                         rules = entry.exact if name else entry.root
-                    else:
-                        rules = entry.child if depth == 1 else entry.below
+                    if regexes is not None:
+                        rules = regexes.add_hits(name, rules)
+                elif entry is not None:
+                    rules = entry.child if depth == 1 else entry.below
+                if rules is not None:
                     for rule in rules:
                         qtypes = rule.qtypes
                         if qtypes is None or qtype in qtypes:
@@ -375,6 +409,7 @@ def _compile_policy(
     policy = CompiledPolicy(name, config)
     in_force = None if config.schedule is None else schedules[config.schedule]
     written: list[tuple[str, _Rule]] = []
+    regex_rules: list[_Rule] = []
     for effect, action, rules in (
         (DENY, "deny", config.deny),
         (EXCEPT, "except", config.exceptions),
@@ -385,9 +420,14 @@ def _compile_policy(
             rank = RANK_WRITTEN_DENY if effect == DENY else RANK_WRITTEN_EXCEPTION if effect == EXCEPT else 0
             if not isinstance(rule, str) and rule.overridable:
                 rank = RANK_LIST_DENY
-            pattern = parse_pattern(text)
             key = f"policies.{name}.{action}[{index}]"
             schedule = in_force if isinstance(rule, str) or rule.schedule is None else schedules[rule.schedule]
+            if is_regex(text):
+                regex_rules.append(
+                    _Rule(policy, effect, rank, Scope.EXACT, key, regex=text, qtypes=qtypes, schedule=schedule)
+                )
+                continue
+            pattern = parse_pattern(text)
             compiled_rule = _Rule(
                 policy, effect, rank, pattern.scope, key, pattern=pattern, qtypes=qtypes, schedule=schedule
             )
@@ -405,14 +445,19 @@ def _compile_policy(
         key = format_loc(loc)
         parsed = lists[resolved]
         list_rules: list[_Rule] = []
+        where = resolved if parsed.lines_known else None
         for index, spec in enumerate(parsed.specs):
             effect, rank = _list_effect(deny_list, spec.kind)
-            where = resolved if parsed.lines_known else None
             bit = 1 << index
             entry_rule = _Rule(policy, effect, rank, spec.scope, key, source=path, path=where, bit=bit, spec=spec)
             entry_rule.schedule = in_force
             list_rules.append(entry_rule)
         rules_by_bits = _rules_by_bits(list_rules)
+        effect, rank = _list_effect(deny_list, EntryKind.PLAIN)
+        for regex in parsed.regexes:
+            regex_rule = _Rule(policy, effect, rank, Scope.EXACT, key, source=path, path=where, bit=1, regex=regex)
+            regex_rule.schedule = in_force
+            regex_rules.append(regex_rule)
         groups.extend((names, entries.of(rules_by_bits(bits))) for bits, names in parsed.groups.items())
         uses[resolved] -= 1
     table = _table(groups, entries)
@@ -423,6 +468,8 @@ def _compile_policy(
     for base, config_rule in written:
         table[base] = entries.merge(table.get(base), entries.of(frozenset((config_rule,))))
     policy.table = table
+    if regex_rules:
+        policy.regexes = _Regexes(regex_rules)
     log.info("policy %s: %d names, %d rules", name, len(table), len(policy.rules))
     return policy
 
@@ -498,7 +545,7 @@ def _where(rule: _Rule, base: str) -> tuple[int | None, str]:
     line = None
     if rule.path is not None:
         try:
-            line = find_line(rule.path, base, rule.bit)
+            line = find_line(rule.path, rule.regex or base, rule.bit)
         except OSError:
             line = None  # the file changed since it was loaded; the decision still stands
     if rule.source is None:

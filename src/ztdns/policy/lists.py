@@ -32,6 +32,7 @@ from itertools import compress, repeat
 from operator import and_, not_
 from pathlib import Path
 
+from ztdns.name_regex import check_regex, is_regex
 from ztdns.patterns import (
     MAX_NAME_LENGTH,
     PatternError,
@@ -139,6 +140,7 @@ class ListFile:
     tally: Tally
     specs: tuple[Spec, ...] = STANDARD_SPECS  # bit i means specs[i]
     lines_known: bool = True  # whether explain can find an entry's line by re-scanning (not for RPZ)
+    regexes: list[str] = field(default_factory=list)  # '/pattern/' lines (ztdns.name_regex), the list's sense
 
     @classmethod
     def of(
@@ -153,11 +155,11 @@ class ListFile:
     @property
     def count(self) -> int:
         """Entries read: names with their bit sets (a name listed twice the same way counts twice)."""
-        return sum(map(len, self.groups.values()))
+        return sum(map(len, self.groups.values())) + len(self.regexes)
 
     def entries(self) -> dict[str, int]:
         """Name -> bit set (for tests and tools; compiling uses the groups)."""
-        merged: dict[str, int] = {}
+        merged = dict.fromkeys(self.regexes, EXACT)
         for bits, names in self.groups.items():
             for name in names:
                 merged[name] = merged.get(name, 0) | bits
@@ -218,7 +220,7 @@ def _general(line: str, tally: Tally) -> list[tuple[str, int]]:
     found: list[tuple[str, int]] = []
     reason = ""
     text = line.strip()
-    for entry in _slow_line(text if text[:1] in "|@" else text.lower()):
+    for entry in _slow_line(text if text[:1] in "|@/" else text.lower()):
         if isinstance(entry, str):
             reason = entry
         else:
@@ -239,15 +241,20 @@ def _slow_line(line: str) -> Iterator[tuple[str, int] | str]:
     if line[0] in "|@":
         yield _adblock(line)
         return
+    if is_regex(line):
+        try:
+            check_regex(line)
+        except PatternError:
+            yield "regex-unsupported"
+            return
+        yield line, EXACT  # kept apart from the names by read_list (a name never starts with '/')
+        return
     if _COSMETIC.search(line):
         yield "adblock-cosmetic"
         return
     # Trailing comments: '#' after whitespace ('0.0.0.0 a.example  # tracker').
     cut = min((i for i in (line.find(" #"), line.find("\t#")) if i >= 0), default=-1)
     words = (line[:cut] if cut >= 0 else line).split()
-    if words[0].startswith("/") and words[0].endswith("/") and len(words[0]) > 2:
-        yield "regex"
-        return
     if len(words) == 1:
         try:
             pattern = parse_pattern(words[0])
@@ -381,11 +388,12 @@ def read_list(path: Path, shown_as: str) -> ListFile:
         lines = _lines(path)
         tally.lines = len(lines)
         groups, rest = _bulk(lines, tally)
+        regexes: list[str] = []
         for line in rest:
             hit = _simple(line)
             for name, bits in _general(line, tally) if hit is None else (hit,):
-                groups.setdefault(bits, []).append(name)
-        parsed = ListFile(shown_as, {bits: names for bits, names in groups.items() if names}, tally)
+                (regexes if name[:1] == "/" else groups.setdefault(bits, [])).append(name)
+        parsed = ListFile(shown_as, {bits: names for bits, names in groups.items() if names}, tally, regexes=regexes)
     count = parsed.count
     level = logging.INFO if count else logging.WARNING
     log.log(level, "list %s: %d entries; %s", shown_as, count, parsed.tally.summary())
