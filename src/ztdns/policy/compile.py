@@ -25,6 +25,7 @@ from the first policy in the identity's order, then the most specific name, then
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -40,7 +41,7 @@ from ztdns.config.locate import format_loc
 from ztdns.config.policy import rewrite_target
 from ztdns.name_regex import RegexSet, is_regex
 from ztdns.patterns import Pattern, Scope, parse_pattern
-from ztdns.policy.lists import EntryKind, ListFile, LocalData, Spec, Tally, find_line, read_list
+from ztdns.policy.lists import EntryKind, ListFile, LocalData, Network, Spec, Tally, find_line, read_list
 from ztdns.policy.schedule import Schedule
 from ztdns.policy.sources import is_feed, source_path
 
@@ -88,7 +89,7 @@ DEFAULT_DENY = "default-deny"
 class CompiledPolicy:
     """One policy's name table. Shared by every identity that uses the policy."""
 
-    __slots__ = ("blocked_response", "include_rule_text", "local", "name", "regexes", "rules", "table")
+    __slots__ = ("addresses", "blocked_response", "include_rule_text", "local", "name", "regexes", "rules", "table")
 
     def __init__(self, name: str, config: PolicyConfig) -> None:
         self.name = name
@@ -104,6 +105,7 @@ class CompiledPolicy:
         self.include_rule_text = config.include_rule_text
         self.table: dict[str, _Entry] = {}  # base name -> the rules hanging from it, by where they apply
         self.regexes: _Regexes | None = None
+        self.addresses: list[tuple[Network, _Rule]] = []  # RPZ-IP triggers of its deny lists
         self.rules: list[_Rule] = []
 
 
@@ -146,6 +148,7 @@ class _Rule:
         rewrite: LocalData | None = None,
         schedule: Schedule | None = None,
         regex: str | None = None,
+        label: str | None = None,
     ) -> None:
         self.policy = policy
         self.regex = regex  # '/pattern/' of a regex rule (matched by ztdns.name_regex, not by the table)
@@ -168,7 +171,7 @@ class _Rule:
         # Config rules have one fixed text, so their Decision is built once; a list rule's text names the
         # matched entry, so it is built on a hit.
         self.verb = "rewrite:" if rewrite is not None else _VERBS[effect]
-        text = pattern if regex is None else regex
+        text = label or regex or pattern  # label: what an RPZ-IP trigger's decision shows
         self.decision = None if text is None else self._decision(f"{self.verb}{text}")
 
     def _decision(self, text: str) -> Decision:
@@ -207,6 +210,31 @@ class _Regexes:
         return tuple(sorted((*(rules or ()), *(self.rules[index] for index in hits)), key=_precedence))
 
 
+class _AddressTriggers:
+    """The RPZ-IP triggers of a view: the longest prefix holding an address decides, as in RPZ."""
+
+    __slots__ = ("_by_version",)
+
+    def __init__(self, triggers: Iterable[tuple[Network, _Rule]]) -> None:
+        tables: dict[int, dict[int, dict[int, _Rule]]] = {4: {}, 6: {}}  # version -> length -> prefix -> rule
+        for network, rule in triggers:
+            prefix = int(network.network_address) >> (network.max_prefixlen - network.prefixlen)
+            tables[network.version].setdefault(network.prefixlen, {}).setdefault(prefix, rule)  # first one wins
+        self._by_version = {version: sorted(table.items(), reverse=True) for version, table in tables.items()}
+
+    def match(self, address: str) -> _Rule | None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        value, bits = int(ip), ip.max_prefixlen
+        for length, prefixes in self._by_version[ip.version]:
+            rule = prefixes.get(value >> (bits - length))
+            if rule is not None and (rule.schedule is None or rule.schedule.active()):
+                return rule
+        return None
+
+
 class _Entry:
     """A set of rules hanging from one name, by where they apply, denies first (see the module docstring)."""
 
@@ -232,7 +260,7 @@ Match = tuple["_Rule | None", str, "_Rule | None", str, "_Rule | None", str]
 class View:
     """One identity's compiled policies; :meth:`decide` is on the query hot path."""
 
-    __slots__ = ("_default", "_floor", "_tables", "identity", "policies")
+    __slots__ = ("_default", "_floor", "_tables", "addresses", "identity", "policies")
 
     def __init__(self, identity: str, policies: Iterable[CompiledPolicy]) -> None:
         self.identity = identity
@@ -242,6 +270,8 @@ class View:
             False, first.name, DEFAULT_DENY, None, first.blocked_response, first.include_rule_text, first.local
         )
         self._tables = tuple((policy.table.get, policy.regexes) for policy in self.policies)
+        triggers = [trigger for policy in self.policies for trigger in policy.addresses]
+        self.addresses = _AddressTriggers(triggers) if triggers else None
         # A deny ranked stronger than every exception of the view decides as soon as it is found.
         self._floor = min(
             (rule.rank for policy in self.policies for rule in policy.rules if rule.effect == EXCEPT),
@@ -307,6 +337,17 @@ class View:
                     suffix = name[start:]
                 depth += 1
         return deny, deny_base, exception, exception_base, allow, allow_base
+
+    def decide_addresses(self, addresses: Iterable[str]) -> Decision | None:
+        """The decision blocking an answer with these addresses (RPZ-IP), or None when none is listed (or a
+        PASSTHRU trigger exempts it)."""
+        if self.addresses is None:
+            return None
+        for address in addresses:
+            rule = self.addresses.match(address)
+            if rule is not None and rule.effect == DENY:
+                return rule.decision
+        return None
 
     @property
     def default(self) -> Decision:
@@ -453,6 +494,13 @@ def _compile_policy(
             entry_rule.schedule = in_force
             list_rules.append(entry_rule)
         rules_by_bits = _rules_by_bits(list_rules)
+        for network, bit in parsed.addresses if deny_list else ():
+            spec = parsed.specs[bit.bit_length() - 1]
+            effect, rank = _list_effect(deny_list, spec.kind)
+            label = f"rpz-ip:{network}"
+            trigger = _Rule(policy, effect, rank, Scope.EXACT, key, source=path, spec=spec, label=label)
+            trigger.schedule = in_force
+            policy.addresses.append((network, trigger))
         effect, rank = _list_effect(deny_list, EntryKind.PLAIN)
         for regex in parsed.regexes:
             regex_rule = _Rule(policy, effect, rank, Scope.EXACT, key, source=path, path=where, bit=1, regex=regex)

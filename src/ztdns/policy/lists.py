@@ -77,6 +77,9 @@ class Spec:
     local: LocalData | None = None
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 def _bits(kind: EntryKind, scopes: int) -> int:
     return scopes << (3 * kind)
 
@@ -141,6 +144,7 @@ class ListFile:
     specs: tuple[Spec, ...] = STANDARD_SPECS  # bit i means specs[i]
     lines_known: bool = True  # whether explain can find an entry's line by re-scanning (not for RPZ)
     regexes: list[str] = field(default_factory=list)  # '/pattern/' lines (ztdns.name_regex), the list's sense
+    addresses: list[tuple[Network, int]] = field(default_factory=list)  # RPZ-IP triggers: prefix, spec bit
 
     @classmethod
     def of(
@@ -155,7 +159,7 @@ class ListFile:
     @property
     def count(self) -> int:
         """Entries read: names with their bit sets (a name listed twice the same way counts twice)."""
-        return sum(map(len, self.groups.values())) + len(self.regexes)
+        return sum(map(len, self.groups.values())) + len(self.regexes) + len(self.addresses)
 
     def entries(self) -> dict[str, int]:
         """Name -> bit set (for tests and tools; compiling uses the groups)."""
