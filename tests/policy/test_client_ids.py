@@ -15,6 +15,7 @@ from ztdns.client import ClientInfo, Transport
 from ztdns.config import ConfigError, parse_config
 from ztdns.identity import IdentityMap
 from ztdns.transport.doh import start_doh_listener
+from ztdns.transport.dot import start_dot_listener
 from ztdns.transport.tls import TlsMaterial
 
 __all__ = ["pki"]
@@ -97,6 +98,34 @@ def test_doh_path_carries_the_client_id(pki: Pki, tmp_path: Path, http: str) -> 
                 assert handler.clients[-1].client_id == expected
             # Not a valid id: not a DoH URL at all.
             assert await post(pki, http, port, query, "/dns-query/Not_Valid") == b"404"
+        finally:
+            await listener.close()
+
+    asyncio.run(body())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("kdig") is None, reason="kdig is not installed (Debian package knot-dnsutils)")
+def test_dot_server_name_carries_the_client_id(pki: Pki) -> None:
+    async def body() -> None:
+        handler = EchoHandler()
+        config = listen_config(pki, "dot")
+        listener = await start_dot_listener(config, handler, TlsMaterial.from_config(config))
+        port = listener.address[1]
+        try:
+            for sni, expected in (
+                ("kid-phone.dns.test", "kid-phone"),
+                ("dns.test", None),  # two labels: the server's own name, no id
+                ("Not_Valid.dns.test", None),
+            ):
+                process = await asyncio.create_subprocess_exec(
+                    "kdig", "+tls", f"+tls-sni={sni}", f"+tls-ca={pki.ca}", "+time=5", "+retry=0",
+                    "-p", str(port), "@127.0.0.1", "fast.", "A",
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(process.communicate(), 15)
+                assert b"192.0.2.1" in out, out
+                assert handler.clients[-1].client_id == expected
         finally:
             await listener.close()
 
