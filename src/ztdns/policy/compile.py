@@ -25,6 +25,7 @@ from the first policy in the identity's order, then the most specific name, then
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import logging
 from collections import Counter
@@ -562,10 +563,22 @@ def compile_views(config: Config) -> dict[str, View]:
         name: _compile_policy(name, policy_config, lists, uses, config, schedules)
         for name, policy_config in config.policies.items()
     }
+    del lists
+    _return_freed_memory()
     return {
         identity: View(identity, (policies[name] for name in identity_config.policies))
         for identity, identity_config in config.identities.items()
     }
+
+
+def _return_freed_memory() -> None:
+    """Give the heap that parsing freed (lines, name lists) back to the system: glibc keeps it otherwise, ~35 MB
+    of RSS for 2 M names. Not glibc (no ``malloc_trim``): nothing to do."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 @dataclass(frozen=True, slots=True)
