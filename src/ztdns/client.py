@@ -33,6 +33,6 @@ class ClientInfo:
     # The listener identifies clients by certificate only (client_auth = "optional", no_certificate = "refuse"):
     # without a certificate identity this client is refused, whatever its address.
     certificate_required: bool = False
-    # A client id the client *claims* (DoH path /dns-query/ID): not authentication — anyone who knows an id can
-    # send it. Maps the client to an identity only when no certificate did.
+    # A client id the client *claims* (DoH path /dns-query/ID, DoT/DoQ SNI ID.dns.example): not authentication:
+    # anyone who knows an id can send it. Maps the client to an identity only when no certificate did.
     client_id: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 from pathlib import Path
 
 import dns.message
@@ -15,6 +16,8 @@ from ztdns.client import ClientInfo, Transport
 from ztdns.config import ConfigError, parse_config
 from ztdns.identity import IdentityMap
 from ztdns.transport.doh import start_doh_listener
+from ztdns.transport.doq import start_doq_listener
+from ztdns.transport.dot import start_dot_listener
 from ztdns.transport.tls import TlsMaterial
 
 __all__ = ["pki"]
@@ -97,6 +100,63 @@ def test_doh_path_carries_the_client_id(pki: Pki, tmp_path: Path, http: str) -> 
                 assert handler.clients[-1].client_id == expected
             # Not a valid id: not a DoH URL at all.
             assert await post(pki, http, port, query, "/dns-query/Not_Valid") == b"404"
+        finally:
+            await listener.close()
+
+    asyncio.run(body())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("kdig") is None, reason="kdig is not installed (Debian package knot-dnsutils)")
+def test_dot_server_name_carries_the_client_id(pki: Pki) -> None:
+    async def body() -> None:
+        handler = EchoHandler()
+        config = listen_config(pki, "dot")
+        listener = await start_dot_listener(config, handler, TlsMaterial.from_config(config))
+        port = listener.address[1]
+        try:
+            for sni, expected in (
+                ("kid-phone.dns.test", "kid-phone"),
+                ("dns.test", None),  # two labels: the server's own name, no id
+                ("Not_Valid.dns.test", None),
+            ):
+                process = await asyncio.create_subprocess_exec(
+                    "kdig", "+tls", f"+tls-sni={sni}", f"+tls-ca={pki.ca}", "+time=5", "+retry=0",
+                    "-p", str(port), "@127.0.0.1", "fast.", "A",
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(process.communicate(), 15)
+                assert b"192.0.2.1" in out, out
+                assert handler.clients[-1].client_id == expected
+        finally:
+            await listener.close()
+
+    asyncio.run(body())
+
+
+def test_doq_server_name_carries_the_client_id(pki: Pki) -> None:
+    from aioquic.asyncio.client import connect
+    from aioquic.quic.configuration import QuicConfiguration
+
+    async def body() -> None:
+        handler = EchoHandler()
+        config = listen_config(pki, "doq")
+        listener = await start_doq_listener(config, handler, TlsMaterial.from_config(config))
+        try:
+            for sni, expected in (("kid-laptop.dns.test", "kid-laptop"), ("dns.test", None)):
+                # The test certificate names dns.test only: this client does not check the name it asked for.
+                client = QuicConfiguration(is_client=True, alpn_protocols=["doq"], server_name=sni)
+                client.verify_mode = ssl.CERT_NONE
+                async with connect("127.0.0.1", listener.address[1], configuration=client) as connection:
+                    reader, writer = await connection.create_stream()
+                    query = dns.message.make_query("fast.", "A")
+                    query.id = 0
+                    wire = query.to_wire()
+                    writer.write(len(wire).to_bytes(2, "big") + wire)
+                    writer.write_eof()
+                    answer = await asyncio.wait_for(reader.read(), 5)
+                    assert b"\xc0\x00\x02\x01" in answer  # 192.0.2.1
+                assert handler.clients[-1].client_id == expected
         finally:
             await listener.close()
 

@@ -56,13 +56,12 @@ def test_modifiers_are_counted_by_name_not_dropped_silently(tmp_path: Path, capl
     )
     with caplog.at_level(logging.INFO, logger="ztdns.policy"):
         parsed = read_list(path, "mods.txt")
-    assert set(parsed.entries) == {"e.example"}
+    assert set(parsed.entries()) == {"e.example", "/ads[0-9]+\\.example/"}  # regexes are entries now
     assert dict(parsed.tally.skipped) == {
         "adblock-modifier:third-party": 1,
         "adblock-modifier:client": 1,
         "adblock-modifier:dnstype": 1,
         "adblock-modifier:badfilter": 1,
-        "regex": 1,
         "adblock-unsupported": 1,
     }
     assert "adblock-modifier:client=1" in caplog.text
@@ -109,6 +108,10 @@ alias.site.test CNAME www.site.test.
 sink.site.test A 192.0.2.66
 sink.site.test AAAA 2001:db8::66
 32.1.2.0.192.rpz-ip CNAME .
+24.0.100.51.198.rpz-ip CNAME *.
+32.7.100.51.198.rpz-ip CNAME rpz-passthru.
+64.zz.db8.2001.rpz-ip CNAME .
+33.1.2.0.192.rpz-ip CNAME .
 tcp.site.test CNAME rpz-tcp-only.
 txt.site.test TXT "local text"
 """
@@ -120,6 +123,10 @@ $ORIGIN site.test.
 ns 300 IN A 127.0.0.1
 pass 300 IN A 192.0.2.10
 www 300 IN A 192.0.2.11
+ipnx 300 IN A 192.0.2.1
+ipnx6 300 IN AAAA 2001:db8::99
+ipnodata 300 IN A 198.51.100.9
+ippass 300 IN A 198.51.100.7
 """
 
 
@@ -127,7 +134,7 @@ def test_rpz_entries_and_skips(tmp_path: Path) -> None:
     path = tmp_path / "policy.rpz"
     path.write_text(RPZ)
     parsed = read_list(path, "policy.rpz")
-    assert set(parsed.entries) == {
+    assert set(parsed.entries()) == {
         "nx.site.test",
         "nodata.site.test",
         "pass.site.test",
@@ -135,12 +142,21 @@ def test_rpz_entries_and_skips(tmp_path: Path) -> None:
         "alias.site.test",
         "sink.site.test",
     }
-    assert dict(parsed.tally.skipped) == {"rpz-ip-trigger": 1, "rpz-tcp-only": 1, "rpz-local-data-TXT": 1}
+    assert dict(parsed.tally.skipped) == {"rpz-ip-invalid": 1, "rpz-tcp-only": 1, "rpz-local-data-TXT": 1}
+    assert sorted(str(network) for network, _ in parsed.addresses) == [
+        "192.0.2.1/32",
+        "198.51.100.0/24",
+        "198.51.100.7/32",
+        "2001:db8::/64",
+    ]
 
 
-def _ours(v: View, name: str, rdtype: str) -> tuple[str, list[str]] | None:
-    """What ztdns answers for ``name`` from its policy (None: dropped; 'pass' when the policy lets it through)."""
+def _ours(v: View, name: str, rdtype: str, answer: str | None = None) -> tuple[str, list[str]] | None:
+    """What ztdns answers for ``name`` from its policy (None: dropped; 'pass' when the policy lets it through),
+    given the address the name resolves to (``answer``, for RPZ-IP triggers)."""
     decision = v.decide(name.rstrip("."), int(dns.rdatatype.from_text(rdtype)))
+    if decision.allowed and answer is not None:
+        decision = v.decide_addresses([answer]) or decision
     if decision.allowed:
         return "pass", []
     if decision.blocked_response == "drop":
@@ -156,7 +172,7 @@ def _unbound(address: str, name: str, rdtype: str) -> tuple[str, list[str]] | No
     except dns.exception.Timeout:
         return None
     # Unbound's local data for PASSTHRU names is the 'real' answer here: ztdns would resolve them.
-    if name == "pass.site.test.":
+    if name in ("pass.site.test.", "ippass.site.test."):
         return "pass", []
     return dns.rcode.to_text(response.rcode()), sorted(rr.to_text() for rrset in response.answer for rr in rrset)
 
@@ -196,9 +212,20 @@ def test_rpz_answers_match_unbound(tmp_path: Path, unbound_upstream: UnboundFact
         ("sink.site.test.", "AAAA"),
         ("sink.site.test.", "MX"),
     ]
+    # RPZ-IP: the real answer's address decides (NXDOMAIN, NODATA, PASSTHRU for a longer prefix, IPv6).
+    answers = {
+        "ipnx.site.test.": "192.0.2.1",
+        "ipnx6.site.test.": "2001:db8::99",
+        "ipnodata.site.test.": "198.51.100.9",
+        "ippass.site.test.": "198.51.100.7",
+        "www.site.test.": "192.0.2.11",
+    }
+    cases += [(name, "AAAA" if ":" in answer else "A") for name, answer in answers.items()]
     for name, rdtype in cases:
         theirs = _unbound(address, name, rdtype)
-        ours = _ours(v, name, rdtype)
+        if theirs is not None and name == "www.site.test.":
+            theirs = ("pass", []) if theirs[0] == "NOERROR" and theirs[1] else theirs
+        ours = _ours(v, name, rdtype, answers.get(name))
         if theirs is not None and ours is not None and name == "alias.site.test.":
             # Unbound follows the local CNAME to the real data; ztdns answers the CNAME and lets the client
             # (or the chain check) go on. The CNAME itself must agree.

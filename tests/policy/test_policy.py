@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ztdns.config import Config, ConfigError, default_config, parse_config
 from ztdns.patterns import Pattern, PatternError, Scope, is_normal_name, parse_pattern
 from ztdns.policy import View, compile_views, explain
-from ztdns.policy.lists import ANY_DEPTH, EXACT, ONE_LABEL, Tally, read_list, scan
+from ztdns.policy.lists import ANY_DEPTH, EXACT, ONE_LABEL, Tally, _lines, read_list, scan
 from ztdns.wire.query import name_key
 
 A = int(dns.rdatatype.A)
@@ -288,7 +288,7 @@ def test_list_formats(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path.write_text(_MIXED)
     with caplog.at_level(logging.INFO, logger="ztdns.policy"):
         parsed = read_list(path, "mixed.txt")
-    assert parsed.entries == {
+    assert parsed.entries() == {
         "plain.example": EXACT,
         "upper.example": EXACT,
         "one.example": ONE_LABEL,
@@ -321,7 +321,7 @@ def test_crlf_and_invalid_utf8(tmp_path: Path) -> None:
     path = tmp_path / "odd.txt"
     path.write_bytes(b"a.example\r\nb\xff\xfe.example\r\n||c.example^\r\n0.0.0.0 d.example\r\n")
     parsed = read_list(path, "odd.txt")
-    assert parsed.entries == {"a.example": EXACT, "c.example": EXACT | ANY_DEPTH, "d.example": EXACT}
+    assert parsed.entries() == {"a.example": EXACT, "c.example": EXACT | ANY_DEPTH, "d.example": EXACT}
     assert dict(parsed.tally.skipped) == {"invalid": 1}
 
 
@@ -341,13 +341,38 @@ def test_junk_lines_never_crash(pieces: list[str]) -> None:
     assert tally.lines == len(lines)
 
 
+_PIECES = ["||", "^", "0.0.0.0 ", "127.0.0.1 ", ".", "..", "a", "B", "localhost", "-", "_", " ", "#", "\r", "x" * 64]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_PIECES) | st.text(max_size=4), max_size=6).map("".join), max_size=30))
+def test_whole_file_fast_path_agrees_with_the_line_scan(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str]
+) -> None:
+    # read_list takes the common line forms a whole file at a time (C loops); scan decides line by line. They
+    # must give the same entries and the same counts.
+    path = tmp_path_factory.mktemp("bulk") / "list.txt"
+    path.write_bytes("\n".join(line.replace("\n", "") for line in lines).encode("utf-8", "replace"))
+    parsed = read_list(path, "list.txt")
+    tally = Tally()
+    expected: dict[str, int] = {}
+    for _, name, bits in scan(_lines(path), tally):
+        expected[name] = expected.get(name, 0) | bits
+    assert parsed.entries() == expected
+    assert (parsed.tally.lines, parsed.tally.comments, parsed.tally.skipped) == (
+        tally.lines,
+        tally.comments,
+        tally.skipped,
+    )
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.binary(max_size=400))
 def test_junk_bytes_never_crash(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("junk") / "junk.txt"
     path.write_bytes(data)
     parsed = read_list(path, "junk.txt")
-    assert all(name == "" or is_normal_name(name) for name in parsed.entries)
+    assert all(name == "" or is_normal_name(name) for name in parsed.entries())
 
 
 def test_lists_in_policies(tmp_path: Path) -> None:
@@ -468,3 +493,18 @@ def test_name_key_is_the_lower_cased_text_of_every_name(labels: list[bytes]) -> 
 def test_name_key_of_named_cases(text: str) -> None:
     name = dns.name.from_text(text, origin=None)
     assert name_key(name) == _reference_name_key(name)
+
+
+def test_a_name_in_several_lists_keeps_every_lists_rules(tmp_path: Path) -> None:
+    # Lists that decide alike share one dict where the first list's entry wins; lists that decide differently
+    # are merged name by name: 'b.txt' adds the names below shared.example, 'c.txt' an exception for one.
+    (tmp_path / "a.txt").write_text("shared.example\nonly-a.example\n")
+    (tmp_path / "b.txt").write_text("shared.example\n||shared.example^\n")
+    (tmp_path / "c.txt").write_text("@@||x.shared.example^\nonly-c.example\n")
+    v = view('allow = ["**"]\ndeny_lists = ["a.txt", "b.txt", "c.txt"]', tmp_path)
+    assert v.decide("shared.example", A).source == "a.txt"
+    below = v.decide("y.shared.example", A)
+    assert not below.allowed and below.source == "b.txt"
+    assert v.decide("x.shared.example", A).allowed
+    assert v.decide("only-c.example", A).source == "c.txt"
+    assert v.decide("only-a.example", A).source == "a.txt"

@@ -32,7 +32,8 @@ class IdentityConfig(Section):
     networks: list[Annotated[str, AfterValidator(check_network)]] = []
     # Certificate identities (SPIFFE IDs, DNS SANs, CNs): exact, or a prefix ending in '*'.
     certificates: list[Annotated[str, AfterValidator(_certificate_pattern)]] = []
-    # Client ids claimed in the DoH path (/dns-query/ID): a claim, not authentication (docs/policy.md).
+    # Client ids claimed in the DoH path (/dns-query/ID) or the DoT/DoQ SNI (ID.dns.example): a claim, not
+    # authentication (docs/policy.md).
     client_ids: list[Annotated[str, AfterValidator(_client_id)]] = []
     policies: Annotated[list[str], Field(min_length=1)]
 

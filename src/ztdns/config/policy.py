@@ -13,6 +13,7 @@ import dns.rdatatype
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from ztdns.config.base import Section
+from ztdns.name_regex import check_regex, is_regex
 from ztdns.patterns import PatternError, normalise_name, parse_pattern
 
 
@@ -98,7 +99,10 @@ class RuleConfig(Section):
 
 def _check_pattern(value: str) -> str:
     try:
-        parse_pattern(value)
+        if is_regex(value):
+            check_regex(value)
+        else:
+            parse_pattern(value)
     except PatternError as exc:
         raise ValueError(str(exc)) from None
     return value

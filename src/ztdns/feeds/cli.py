@@ -60,7 +60,7 @@ def status_text(config: Config, now: float | None = None) -> str:
                         lines.append(f"  error:        {exc.strerror or exc}")
                         blocks.append("\n".join(lines))
                         continue
-                    entries, skipped = len(parsed.entries), dict(parsed.tally.skipped)
+                    entries, skipped = parsed.count, dict(parsed.tally.skipped)
                 reasons = ", ".join(f"{reason}={count}" for reason, count in sorted(skipped.items())) or "none"
                 lines.append(f"  entries:      {entries}")
                 lines.append(f"  skipped:      {reasons}")

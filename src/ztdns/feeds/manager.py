@@ -128,16 +128,16 @@ class Feed:
         parsed = await asyncio.get_running_loop().run_in_executor(None, self._stage, body)
         assert self.config.max_shrink is not None
         floor = status.entries * (1.0 - self.config.max_shrink)
-        if self.copy.exists() and status.entries and len(parsed.entries) < floor:
+        if self.copy.exists() and status.entries and parsed.count < floor:
             self.copy.with_suffix(".new").unlink(missing_ok=True)
             raise FetchError(
-                f"held back: {len(parsed.entries)} entries where the copy in use has {status.entries} "
+                f"held back: {parsed.count} entries where the copy in use has {status.entries} "
                 f"(shrank by more than max_shrink = {self.config.max_shrink:g})"
             )
         self.copy.with_suffix(".new").replace(self.copy)
         status.etag, status.last_modified = fetched.etag, fetched.last_modified
         status.copy_time = time.time()
-        status.entries = len(parsed.entries)
+        status.entries = parsed.count
         status.skipped = dict(parsed.tally.skipped)
         log.info("list feed %s: new copy, %d entries", self.url, status.entries)
         return True

@@ -2,7 +2,8 @@
 
 Owns: mapping a verified certificate identity (exact, or a prefix ending in ``*`` such as
 ``spiffe://corp.example/ns/prod/*``; longest prefix wins), or else a claimed client id (the DoH path
-``/dns-query/ID``: a claim, not authentication), or else the source address (most specific network wins) to an
+``/dns-query/ID`` or the DoT/DoQ server name's first label, :mod:`ztdns.identity.sni`: a claim, not authentication),
+or else the source address (most specific network wins) to an
 identity name from ``[identities.NAME]``, and what happens to clients that match nothing
 (``[unknown_clients]``: refuse with EDE 18, or use a default identity). A client without a certificate on a listener
 with ``no_certificate = "refuse"`` (``ClientInfo.certificate_required``) is refused, never matched by address.

@@ -12,9 +12,11 @@ that kind (the list's own sense, AdBlock ``$important``, AdBlock ``@@`` exceptio
 
 Everything else (AdBlock modifiers we cannot honour, paths, cosmetic ``##`` rules, invalid names) is skipped
 and counted by reason; a list never fails on its content. Invalid UTF-8 is replaced, so the line with it is
-skipped as invalid. Unicode names are converted with IDNA 2008. Lines that are plain names take a single-regex
-fast path: a million of them load in about a second. RPZ zone files are detected as a whole and parsed by
-:mod:`ztdns.policy.rpz`, which adds specs with actions after the standard ones.
+skipped as invalid. Unicode names are converted with IDNA 2008. Lines in the three common forms (a name, a
+sink address and a name, ``||name^``) take a fast path of plain string operations; a parsed file is its names
+grouped by bit set, which :mod:`ztdns.policy.compile` inserts into a policy's table in C loops. RPZ zone files
+are detected as a whole and parsed by :mod:`ztdns.policy.rpz`, which adds specs with actions after the standard
+ones.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import and_, not_
 from pathlib import Path
 
+from ztdns.name_regex import check_regex, is_regex
 from ztdns.patterns import (
     MAX_NAME_LENGTH,
-    NAME_REGEX,
     PatternError,
     Scope,
     idna_to_ascii,
@@ -73,6 +77,9 @@ class Spec:
     local: LocalData | None = None
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 def _bits(kind: EntryKind, scopes: int) -> int:
     return scopes << (3 * kind)
 
@@ -97,9 +104,11 @@ _HOSTS_LOCAL = frozenset(
     }
 )
 
-# The fast path: a line that is one name, optionally after the two usual hosts-file sink addresses.
-_SIMPLE_LINE = re.compile(rf"(0\.0\.0\.0[ \t]+|127\.0\.0\.1[ \t]+)?({NAME_REGEX})\.?[ \t]*\r?\n?").fullmatch
-_ADBLOCK_LINE = re.compile(rf"\|\|({NAME_REGEX})\.?\^\|?[ \t]*\r?\n?").fullmatch
+# The fast path, plain string operations only: a line that is one name, alone, after one of the two usual
+# hosts-file sink addresses, or as '||name^'. A name that passes ``lstrip`` with these characters to nothing holds
+# no other character (no space, no upper case, no non-ASCII): those lines take the general path.
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-."
+_SINKS = ("0.0.0.0 ", "127.0.0.1 ")
 # The general AdBlock network rule operators use for DNS: '@@'? then '||' (name and below), '||*.' (below
 # only) or '|' (exactly), the name, an end ('^', '|', '^|' or nothing), then '$modifiers'.
 _ADBLOCK_RULE = re.compile(r"(@@)?(\|\|\*\.|\|\||\|)([^/^|$*]+?)\.?(\^\|?|\|)?(?:\$(.*))?").fullmatch
@@ -125,49 +134,107 @@ class Tally:
 
 @dataclass(slots=True)
 class ListFile:
-    """One parsed list file."""
+    """One parsed list file: its names grouped by bit set (a group's names may repeat; a name in two groups of
+    one file has both bit sets). Groups of plain lists rather than one dict: compiling inserts every name into
+    its policy's table once, in C loops (see :mod:`ztdns.policy.compile`)."""
 
     path: str  # as written in the configuration (what EDE text and logs show)
-    entries: dict[str, int]  # name -> bit set over specs
+    groups: dict[int, list[str]]  # bit set over specs -> names
     tally: Tally
     specs: tuple[Spec, ...] = STANDARD_SPECS  # bit i means specs[i]
     lines_known: bool = True  # whether explain can find an entry's line by re-scanning (not for RPZ)
+    regexes: list[str] = field(default_factory=list)  # '/pattern/' lines (ztdns.name_regex), the list's sense
+    addresses: list[tuple[Network, int]] = field(default_factory=list)  # RPZ-IP triggers: prefix, spec bit
+
+    @classmethod
+    def of(
+        cls, path: str, entries: dict[str, int], tally: Tally, specs: tuple[Spec, ...], lines_known: bool
+    ) -> ListFile:
+        """A list file from a dict of name -> bit set (RPZ files: small, parsed as a whole)."""
+        groups: dict[int, list[str]] = {}
+        for name, bits in entries.items():
+            groups.setdefault(bits, []).append(name)
+        return cls(path, groups, tally, specs, lines_known)
+
+    @property
+    def count(self) -> int:
+        """Entries read: names with their bit sets (a name listed twice the same way counts twice)."""
+        return sum(map(len, self.groups.values())) + len(self.regexes) + len(self.addresses)
+
+    def entries(self) -> dict[str, int]:
+        """Name -> bit set (for tests and tools; compiling uses the groups)."""
+        merged = dict.fromkeys(self.regexes, EXACT)
+        for bits, names in self.groups.items():
+            for name in names:
+                merged[name] = merged.get(name, 0) | bits
+        return merged
+
+
+def _simple(line: str) -> tuple[str, int] | None:
+    """The entry of a line in one of the common forms (see ``_NAME_CHARS``), or None for the general path."""
+    bits = EXACT
+    if line[:2] == "||":
+        if line[-1:] != "^":
+            return None
+        name, bits = line[2:-1], EXACT | ANY_DEPTH
+    elif line.startswith(_SINKS):
+        name = line.partition(" ")[2].strip(" \t")
+        if name in _HOSTS_LOCAL:
+            return None
+    else:
+        name = line
+    if not name or name.lstrip(_NAME_CHARS):
+        return None
+    if name[-1] == ".":
+        name = name[:-1]
+    if not name or name[0] == "." or name[-1] == "." or ".." in name:
+        return None
+    if len(name) > 63 and (len(name) > MAX_NAME_LENGTH or max(map(len, name.split("."))) > 63):
+        return None
+    return name, bits
+
+
+def _lines(path: Path) -> list[str]:
+    """The file's lines without their ends. Invalid UTF-8 is replaced, so a line with it is skipped as invalid
+    instead of failing the whole list."""
+    text = path.read_bytes().decode("utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the end of the last line, not a line
+    return lines
 
 
 def scan(lines: Iterable[str], tally: Tally) -> Iterator[tuple[int, str, int]]:
     """Yield ``(line number, name, scope bits)`` for every entry; count the other lines in ``tally``."""
-    skipped = tally.skipped
     number = 0
     for number, line in enumerate(lines, 1):
-        match = _SIMPLE_LINE(line)
-        if match is not None:
-            name = match[2]
-            if len(name) > MAX_NAME_LENGTH:
-                skipped["invalid"] += 1
-            elif match[1] is not None and name in _HOSTS_LOCAL:
-                skipped["hosts-local"] += 1
-            else:
-                yield number, name, EXACT
+        hit = _simple(line.rstrip("\r\n"))
+        if hit is not None:
+            yield number, hit[0], hit[1]
             continue
-        match = _ADBLOCK_LINE(line)
-        if match is not None and len(match[1]) <= MAX_NAME_LENGTH:
-            yield number, match[1], EXACT | ANY_DEPTH
-            continue
-        found = False
-        reason = ""
-        text = line.strip()
-        for entry in _slow_line(text if text[:1] in "|@" else text.lower()):
-            if isinstance(entry, str):
-                reason = entry
-            else:
-                found = True
-                yield number, entry[0], entry[1]
-        if not found:
-            if reason == "comment":
-                tally.comments += 1
-            else:
-                skipped[reason] += 1
+        for name, bits in _general(line, tally):
+            yield number, name, bits
     tally.lines = number
+
+
+def _general(line: str, tally: Tally) -> list[tuple[str, int]]:
+    """The entries of a line the fast path did not take; a line without any is counted in ``tally``."""
+    found: list[tuple[str, int]] = []
+    reason = ""
+    text = line.strip()
+    for entry in _slow_line(text if text[:1] in "|@/" else text.lower()):
+        if isinstance(entry, str):
+            reason = entry
+        else:
+            found.append(entry)
+    if not found:
+        if reason == "comment":
+            tally.comments += 1
+        else:
+            tally.skipped[reason] += 1
+    return found
 
 
 def _slow_line(line: str) -> Iterator[tuple[str, int] | str]:
@@ -178,15 +245,20 @@ def _slow_line(line: str) -> Iterator[tuple[str, int] | str]:
     if line[0] in "|@":
         yield _adblock(line)
         return
+    if is_regex(line):
+        try:
+            check_regex(line)
+        except PatternError:
+            yield "regex-unsupported"
+            return
+        yield line, EXACT  # kept apart from the names by read_list (a name never starts with '/')
+        return
     if _COSMETIC.search(line):
         yield "adblock-cosmetic"
         return
     # Trailing comments: '#' after whitespace ('0.0.0.0 a.example  # tracker').
     cut = min((i for i in (line.find(" #"), line.find("\t#")) if i >= 0), default=-1)
     words = (line[:cut] if cut >= 0 else line).split()
-    if words[0].startswith("/") and words[0].endswith("/") and len(words[0]) > 2:
-        yield "regex"
-        return
     if len(words) == 1:
         try:
             pattern = parse_pattern(words[0])
@@ -250,10 +322,62 @@ def _is_address(word: str) -> bool:
     return True
 
 
-def _open(path: Path) -> Iterator[str]:
-    # errors="replace": a line with invalid UTF-8 is skipped as invalid instead of failing the whole list.
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
-        yield from handle
+_IS_LABEL_LENGTH = range(1, 64).__contains__
+
+
+def _peel(lines: list[str], prefix: str, suffix: str) -> tuple[list[str], list[str]]:
+    """The names of the lines that are ``prefix`` + a name + ``suffix``, and the other lines, in C loops only
+    (``map``, ``compress``): the fast path of :func:`_simple` for whole files at a time. A chunk with anything
+    unusual (a name longer than a label, a dot out of place, a hosts-file local name) goes back whole to
+    the per-line path, which has the last word."""
+    if prefix or suffix:
+        marks = list(map(str.startswith, lines, repeat(prefix)))
+        if suffix:
+            marks = list(map(and_, marks, map(str.endswith, lines, repeat(suffix))))
+        chunk = list(compress(lines, marks))
+        if not chunk:
+            return [], lines
+        rest = list(compress(lines, map(not_, marks)))
+        candidates = [line[len(prefix) : len(line) - len(suffix)] for line in chunk]
+    else:
+        chunk = candidates = lines
+        rest = []
+    clean = list(
+        map(
+            and_,
+            map(not_, map(str.lstrip, candidates, repeat(_NAME_CHARS))),
+            map(_IS_LABEL_LENGTH, map(len, candidates)),
+        )
+    )
+    names = list(map(str.removesuffix, compress(candidates, clean), repeat(".")))
+    rest.extend(compress(chunk, map(not_, clean)))
+    joined = "\n".join(names)
+    if (
+        "\n\n" in joined
+        or "\n." in joined
+        or ".\n" in joined
+        or ".." in joined
+        or joined[:1] == "."
+        or joined[-1:] == "."
+        or (prefix in _SINKS and not _HOSTS_LOCAL.isdisjoint(names))
+    ):
+        rest.extend(compress(chunk, clean))
+        return [], rest
+    return names, rest
+
+
+def _bulk(lines: list[str], tally: Tally) -> tuple[dict[int, list[str]], list[str]]:
+    """The entries of the lines in the common forms, by bit set, and the lines left for the per-line path."""
+    blank = lines.count("")
+    if blank:
+        tally.comments += blank
+        lines = list(filter(None, lines))
+    exact, rest = _peel(lines, "", "")
+    for sink in _SINKS:
+        names, rest = _peel(rest, sink, "")
+        exact.extend(names)
+    below, rest = _peel(rest, "||", "^")
+    return {EXACT: exact, EXACT | ANY_DEPTH: below}, rest
 
 
 def read_list(path: Path, shown_as: str) -> ListFile:
@@ -265,13 +389,18 @@ def read_list(path: Path, shown_as: str) -> ListFile:
         parsed = read_rpz(path, shown_as)
     else:
         tally = Tally()
-        entries: dict[str, int] = {}
-        get = entries.get
-        for _, name, bits in scan(_open(path), tally):
-            entries[name] = get(name, 0) | bits
-        parsed = ListFile(shown_as, entries, tally)
-    level = logging.INFO if parsed.entries else logging.WARNING
-    log.log(level, "list %s: %d entries; %s", shown_as, len(parsed.entries), parsed.tally.summary())
+        lines = _lines(path)
+        tally.lines = len(lines)
+        groups, rest = _bulk(lines, tally)
+        regexes: list[str] = []
+        for line in rest:
+            hit = _simple(line)
+            for name, bits in _general(line, tally) if hit is None else (hit,):
+                (regexes if name[:1] == "/" else groups.setdefault(bits, [])).append(name)
+        parsed = ListFile(shown_as, {bits: names for bits, names in groups.items() if names}, tally, regexes=regexes)
+    count = parsed.count
+    level = logging.INFO if count else logging.WARNING
+    log.log(level, "list %s: %d entries; %s", shown_as, count, parsed.tally.summary())
     return parsed
 
 
@@ -280,7 +409,7 @@ def find_line(path: Path, name: str, bit: int) -> int | None:
 
     Re-scans the file rather than keeping a line number per entry: memory matters more than explain speed.
     """
-    for number, entry, bits in scan(_open(path), Tally()):
+    for number, entry, bits in scan(_lines(path), Tally()):
         if entry == name and bits & bit:
             return number
     return None

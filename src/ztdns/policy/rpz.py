@@ -11,13 +11,21 @@ records are actions. Supported, as Unbound and BIND read them:
     page.example       CNAME block.corp.     local data: a CNAME to that name
     sink.example       A 192.0.2.1           local data: these addresses (A and AAAA by query type)
 
-Skipped and counted by reason: IP, NSDNAME, NSIP and client-IP triggers (``rpz-ip`` …), ``rpz-tcp-only``,
-wildcard CNAME targets, local data of other types. The file is parsed by dnspython as a whole (it must carry
+Response-IP triggers (``rpz-ip``) name an address prefix, least significant label first, with the same actions;
+they apply to the A and AAAA records of allowed answers (:meth:`ztdns.policy.View.decide_addresses`):
+
+    32.1.0.0.10.rpz-ip          CNAME .    answers with 10.0.0.1 in them become NXDOMAIN
+    24.0.2.0.192.rpz-ip         CNAME .    any address in 192.0.2.0/24
+    48.zz.db8.2001.rpz-ip       CNAME .    2001:db8::/48 ('zz' stands for the longest run of zero groups)
+
+Skipped and counted by reason: NSDNAME, NSIP and client-IP triggers, ``rpz-tcp-only``, wildcard CNAME targets,
+local data of other types, malformed IP triggers. The file is parsed by dnspython as a whole (it must carry
 ``$ORIGIN`` or an absolute SOA owner), so explain shows the file but not the line.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
@@ -28,12 +36,12 @@ import dns.rdatatype
 import dns.zone
 
 from ztdns.patterns import Scope
-from ztdns.policy.lists import STANDARD_SPECS, EntryKind, ListFile, LocalData, Spec, Tally
+from ztdns.policy.lists import STANDARD_SPECS, EntryKind, ListFile, LocalData, Network, Spec, Tally
 
 _SNIFF_BYTES = 4096
 # A zone file: a '$ORIGIN'/'$TTL' directive, or an SOA record, near the top. List files have neither.
 _ZONE_MARK = re.compile(rb"^[ \t]*\$(?:ORIGIN|TTL)\b|[ \t]SOA[ \t]", re.MULTILINE | re.IGNORECASE)
-_SPECIAL_TRIGGERS = ("rpz-ip", "rpz-nsdname", "rpz-nsip", "rpz-client-ip")
+_SPECIAL_TRIGGERS = ("rpz-nsdname", "rpz-nsip", "rpz-client-ip")
 _WILDCARD_ROOT = dns.name.from_text("*.")
 _PASSTHRU = dns.name.from_text("rpz-passthru.")
 _DROP = dns.name.from_text("rpz-drop.")
@@ -77,6 +85,7 @@ def read_rpz(path: Path, shown_as: str) -> ListFile:
     assert origin is not None  # from_file sets it from $ORIGIN or the SOA, or raises
     specs = _Specs()
     entries: dict[str, int] = {}
+    addresses: list[tuple[Network, int]] = []
     skipped = tally.skipped
     for owner, node in zone.nodes.items():
         tally.lines += 1
@@ -84,6 +93,14 @@ def read_rpz(path: Path, shown_as: str) -> ListFile:
             continue  # the zone's own SOA and NS
         relative = owner.relativize(origin)
         labels = [label.decode("ascii", "replace").lower() for label in relative.labels]
+        if labels and labels[-1] == "rpz-ip":
+            network = _ip_trigger(labels[:-1])
+            spec = None if network is None else _action(node, Scope.EXACT, skipped)
+            if network is None:
+                skipped["rpz-ip-invalid"] += 1
+            elif spec is not None:
+                addresses.append((network, specs.bit(spec)))
+            continue
         if any(label in _SPECIAL_TRIGGERS for label in labels):
             skipped[f"rpz-{next(label for label in labels if label in _SPECIAL_TRIGGERS)[4:]}-trigger"] += 1
             continue
@@ -98,7 +115,27 @@ def read_rpz(path: Path, shown_as: str) -> ListFile:
             continue
         base = ".".join(labels)
         entries[base] = entries.get(base, 0) | specs.bit(spec)
-    return ListFile(shown_as, entries, tally, tuple(specs.specs), lines_known=False)
+    parsed = ListFile.of(shown_as, entries, tally, tuple(specs.specs), lines_known=False)
+    parsed.addresses = addresses
+    return parsed
+
+
+def _ip_trigger(labels: list[str]) -> Network | None:
+    """The prefix of an ``rpz-ip`` owner's labels (``32.1.0.0.10``: 10.0.0.1/32), or None if malformed."""
+    if len(labels) < 2 or not labels[0].isdigit():
+        return None
+    length, parts = int(labels[0]), labels[:0:-1]
+    try:
+        if len(parts) == 4 and "zz" not in parts:
+            return ipaddress.IPv4Network(f"{'.'.join(parts)}/{length}")
+        text = ":".join(parts).replace("zz", "")
+        if text.startswith(":") or not text:
+            text = ":" + text
+        if text.endswith(":") and not text.endswith("::"):
+            text += ":"
+        return ipaddress.IPv6Network(f"{text}/{length}")
+    except ValueError:  # a prefix with host bits set, a length too long, bad numbers
+        return None
 
 
 def _action(node: dns.node.Node, scope: Scope, skipped: dict[str, int]) -> Spec | None:

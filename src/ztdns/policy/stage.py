@@ -140,7 +140,8 @@ _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 
 
 class ChainCheckStage:
-    """An allowed name must not lead into a disallowed one: every CNAME/DNAME target is decided too.
+    """An allowed name must not lead into a disallowed one: every CNAME/DNAME target is decided too, and
+    an answer holding an address an RPZ-IP trigger lists is blocked like a denied name (with its EDE).
 
     An allowed answer relays no other name's data: answer-section records whose owner is not on the question's
     chain (the name, the CNAME targets followed from it, the DNAMEs above them) are removed, and so are address
@@ -168,6 +169,13 @@ class ChainCheckStage:
                 if not decision.allowed:
                     _block(ctx, decision, target)
                     return
+        if view.addresses is not None and response.rcode() == dns.rcode.NOERROR:
+            listed = view.decide_addresses(
+                rdata.address for rrset in response.answer if rrset.rdtype in _ADDRESS_TYPES for rdata in rrset
+            )
+            if listed is not None:  # RPZ-IP: an address the answer holds is listed
+                _block(ctx, listed, name_key(ctx.question.name))
+                return
         if len(response.answer) > 1 or response.additional or response.authority:
             stripped = _strip(response, ctx.question.name, view)
             if stripped is not None:

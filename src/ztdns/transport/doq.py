@@ -32,13 +32,14 @@ from aioquic.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
-from aioquic.tls import Alert, AlertDescription
+from aioquic.tls import Alert, AlertDescription, pull_client_hello
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config.listen import ListenConfig
 from ztdns.identity.certificates import identity_from_certificate
+from ztdns.identity.sni import client_id_of
 from ztdns.transport import Handler
 from ztdns.transport.dot import finish_response
 from ztdns.transport.framing import frame
@@ -96,6 +97,24 @@ class DoqConnection(QuicConnectionProtocol):
         self.waiting: list[tuple[int, bytes]] = []  # complete queries received before the handshake finished
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.identity: str | None = None  # from the client certificate, verified inside the handshake
+        self.server_name: str | None = None  # the client hello's SNI: a claimed client id (ztdns.identity.sni)
+        initialize_tls = quic._initialize
+
+        def note_server_name(peer_cid: bytes) -> None:
+            initialize_tls(peer_cid)
+            tls = quic.tls
+            handle_hello = tls._server_handle_hello
+
+            def read_hello(input_buf: Any, *buffers: Any) -> None:
+                start = input_buf.tell()
+                with contextlib.suppress(Exception):  # a malformed hello: aioquic's own parse refuses it next
+                    self.server_name = pull_client_hello(input_buf).server_name
+                input_buf.seek(start)
+                handle_hello(input_buf, *buffers)
+
+            tls._server_handle_hello = read_hello  # type: ignore[method-assign, assignment]
+
+        quic._initialize = note_server_name  # type: ignore[method-assign]
         if listener.config.client_auth != "off":
             initialize = quic._initialize
 
@@ -153,7 +172,8 @@ class DoqConnection(QuicConnectionProtocol):
             self._close(DOQ_EXCESSIVE_LOAD, "too many connections")
             return
         address, port = self._transport_peer()
-        self.client = ClientInfo(Transport.DOQ, address, port, self.identity, stream=True)
+        client_id = client_id_of(self.server_name)
+        self.client = ClientInfo(Transport.DOQ, address, port, self.identity, stream=True, client_id=client_id)
         waiting, self.waiting = self.waiting, []
         for stream_id, message in waiting:
             self._query(stream_id, message)

@@ -33,6 +33,7 @@ from typing import Any, cast
 from ztdns.client import ClientInfo, Transport
 from ztdns.config.listen import ListenConfig
 from ztdns.identity.certificates import identity_from_certificate
+from ztdns.identity.sni import client_id_from_server_name
 from ztdns.transport import Handler
 from ztdns.transport.limits import ClientSlots, Progress, StreamProtocol, WriteBudget
 from ztdns.transport.tls import RefusalLog, TlsMaterial, refusal_reason
@@ -71,12 +72,13 @@ class TlsConnection(StreamProtocol):
         self.transport = transport
         ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
         peer = transport.get_extra_info("peername") or ("", 0)
-        identity = None
+        identity = client_id = None
         if ssl_object is not None:
+            client_id = client_id_from_server_name(ssl_object)
             der = ssl_object.getpeercert(binary_form=True)
             identity = identity_from_certificate(der, self.config.certificate_cn_identity) if der else None
             self.alpn = ssl_object.selected_alpn_protocol()
-        self.client = ClientInfo(self.kind, peer[0], peer[1], identity, stream=True)
+        self.client = ClientInfo(self.kind, peer[0], peer[1], identity, stream=True, client_id=client_id)
         self.last_activity = asyncio.get_running_loop().time()
         self.listener.connections.add(self)
         if identity is not None:  # counted by who it proved to be, not by the address it came from

@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import crypto
 
 from ztdns.config.listen import ListenConfig
+from ztdns.identity.sni import remember_server_name
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def build_generation(files: TlsFiles, number: int) -> Generation:
     context.set_ciphers(_TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_alpn_protocols(list(files.alpn))
+    context.sni_callback = remember_server_name  # DoT client ids in the SNI (ztdns.identity.sni)
     # ssl loads keys and CA/CRL bundles from files only: feed it the bytes we checked, not the paths again,
     # so a file replaced between checking and loading cannot slip in unchecked.
     with tempfile.TemporaryDirectory(prefix="ztdns-tls-") as tmp:
