@@ -31,7 +31,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -395,9 +395,13 @@ def _table(groups: list[tuple[list[str], _Entry]], entries: _Entries) -> dict[st
     tables = []
     for members in alike.values():
         members.reverse()  # later values win in dict(): the first list's entry must be the one kept
-        names = chain.from_iterable(group for group, _ in members)
-        values = chain.from_iterable(repeat(entry, len(group)) for group, entry in members)
-        tables.append(dict(zip(names, values, strict=True)))
+        table: dict[str, _Entry] = {}
+        for names, entry in members:
+            # A slice at a time: one dict() of millions of names would hold the GIL for a second, and the
+            # compile runs in a thread beside the event loop that answers.
+            for start in range(0, len(names), _SLICE):
+                table.update(zip(names[start : start + _SLICE], repeat(entry)))
+        tables.append(table)
     if not tables:
         return {}
     tables.sort(key=len, reverse=True)
@@ -406,8 +410,13 @@ def _table(groups: list[tuple[list[str], _Entry]], entries: _Entries) -> dict[st
     for other in tables[1:]:
         for name in table.keys() & other.keys():
             other[name] = merge(table[name], other[name])
-        table.update(other)
+        items = list(other.items())
+        for start in range(0, len(items), _SLICE):
+            table.update(items[start : start + _SLICE])
     return table
+
+
+_SLICE = 8192  # names per C call when tables are built (about a millisecond each)
 
 
 # (effect, rank) of a list entry by the list's sense (deny list?) and the entry's kind.

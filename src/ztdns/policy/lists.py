@@ -196,13 +196,22 @@ def _simple(line: str) -> tuple[str, int] | None:
 
 def _lines(path: Path) -> list[str]:
     """The file's lines without their ends. Invalid UTF-8 is replaced, so a line with it is skipped as invalid
-    instead of failing the whole list."""
-    text = path.read_bytes().decode("utf-8", "replace")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the end of the last line, not a line
+    instead of failing the whole list. Read a block at a time, so that no one call holds the GIL for long (a
+    feed is compiled in a thread beside the event loop that answers)."""
+    lines: list[str] = []
+    tail = b""
+    with path.open("rb") as file:
+        while block := file.read(_BLOCK):
+            block = tail + block
+            cut = block.rfind(b"\n") + 1  # a newline byte is never inside a UTF-8 sequence
+            tail = block[cut:]
+            if cut:
+                text = block[:cut].decode("utf-8", "replace")
+                lines += (text.replace("\r\n", "\n") if "\r" in text else text).split("\n")
+                lines.pop()  # the end of the block's last line, not a line
+    if tail:
+        text = tail.decode("utf-8", "replace")
+        lines += (text.replace("\r\n", "\n") if "\r" in text else text).split("\n")
     return lines
 
 
@@ -323,6 +332,9 @@ def _is_address(word: str) -> bool:
 
 
 _IS_LABEL_LENGTH = range(1, 64).__contains__
+# Work per C call when a list is read: about a millisecond each (see _bulk and _lines).
+_SLICE = 8192
+_BLOCK = 1 << 18
 
 
 def _peel(lines: list[str], prefix: str, suffix: str) -> tuple[list[str], list[str]]:
@@ -367,16 +379,25 @@ def _peel(lines: list[str], prefix: str, suffix: str) -> tuple[list[str], list[s
 
 
 def _bulk(lines: list[str], tally: Tally) -> tuple[dict[int, list[str]], list[str]]:
-    """The entries of the lines in the common forms, by bit set, and the lines left for the per-line path."""
-    blank = lines.count("")
-    if blank:
-        tally.comments += blank
-        lines = list(filter(None, lines))
-    exact, rest = _peel(lines, "", "")
-    for sink in _SINKS:
-        names, rest = _peel(rest, sink, "")
-        exact.extend(names)
-    below, rest = _peel(rest, "||", "^")
+    """The entries of the lines in the common forms, by bit set, and the lines left for the per-line path. A
+    slice of lines at a time: each C loop is short, so the event loop gets the GIL back within milliseconds."""
+    exact: list[str] = []
+    below: list[str] = []
+    rest: list[str] = []
+    for start in range(0, len(lines), _SLICE):
+        piece = lines[start : start + _SLICE]
+        blank = piece.count("")
+        if blank:
+            tally.comments += blank
+            piece = list(filter(None, piece))
+        names, left = _peel(piece, "", "")
+        exact += names
+        for sink in _SINKS:
+            names, left = _peel(left, sink, "")
+            exact += names
+        names, left = _peel(left, "||", "^")
+        below += names
+        rest += left
     return {EXACT: exact, EXACT | ANY_DEPTH: below}, rest
 
 
