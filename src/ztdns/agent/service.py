@@ -36,11 +36,11 @@ from ztdns.agent.nflog import NflogSocket
 from ztdns.agent.nfnetlink import ElementWriter, TableWatch, updates_timeouts_in_place
 from ztdns.agent.nft import Nft, NftError
 from ztdns.agent.persist import GrantStore
-from ztdns.agent.ruleset import TABLE, build_ruleset
+from ztdns.agent.ruleset import TABLE, build_ruleset, set_names
 from ztdns.agent.setwriter import SetWriter, packed_sets
 from ztdns.agent.stub import ClientFilter, Peer, StubHandler, StubListeners, Upstream
 from ztdns.agent.upstream import Upstreams
-from ztdns.agent.workloads import WorkloadMap, set_names
+from ztdns.agent.workloads import WorkloadMap
 from ztdns.config.agent import AgentConfig
 from ztdns.config.base import parse_hostport
 

@@ -19,14 +19,15 @@ from typing import NamedTuple, Protocol, cast
 
 import dns.rcode
 
-from ztdns.agent.allowstate import AllowState
-from ztdns.agent.answers import BadMessage, addresses, blocking_reason, check_query
+from ztdns.agent.allowstate import AllowState, scoped_key
+from ztdns.agent.answers import BadMessage, addresses, ask_for_scope, blocking_reason, check_query, take_scope
 from ztdns.agent.asker import Asker, Attribution
 from ztdns.agent.metrics import AgentMetrics
 from ztdns.agent.nft import NftError
 from ztdns.agent.setwriter import SetWriter
 from ztdns.agent.upstream import UpstreamError
 from ztdns.config.base import parse_hostport
+from ztdns.wire.grant_scope import PROTOCOL_NAMES
 from ztdns.wire.header import error_response, payload_of, truncate, udp_limit
 
 log = logging.getLogger("ztdns.agent.stub")
@@ -96,6 +97,8 @@ class StubHandler:
         """
         try:
             check_query(query)
+            # Every query asks for the grant scope: a port-scoped allow rule must never open every port.
+            upstream_query, added_opt = ask_for_scope(query)
         except BadMessage as exc:
             log.debug("dropped: %s", exc)
             return False
@@ -109,7 +112,7 @@ class StubHandler:
             if scope is not None:
                 upstreams, state, writer, identity = scope.upstreams, scope.state, scope.writer, scope.identity
         try:
-            response = await upstreams.query(query)
+            response = await upstreams.query(upstream_query)
         except UpstreamError as exc:
             metrics.upstream_failures += 1
             metrics.servfail += 1
@@ -119,6 +122,7 @@ class StubHandler:
         started = time.perf_counter()
         try:
             answer = addresses(response)
+            ports, released = take_scope(response, added_opt)
         except BadMessage as exc:
             metrics.servfail += 1
             self._on_error(f"bad upstream response: {exc}")
@@ -134,12 +138,19 @@ class StubHandler:
                     # Recorded before the refusal is released, while the asker (often a short-lived dig or
                     # curl) still exists to be named: a refused answer may wait a few milliseconds, no other does.
                     await self._on_blocked(answer.name, asker, *reason)
-            release(response)
+            release(released)
             return True
         # Every answer of this event-loop turn goes into the same update: one transaction for all of them. The
         # commit releases the answers itself (no future and task wake-up per answer).
-        state.answer(answer.name, answer.records, time.time(), identity, writer.pending())
-        settle = partial(self._settle, query, response, answer.name, started, release, asker, answer.records)
+        records = answer.records
+        if ports:  # one grant per (address, protocol, port): the scoped sets hold exactly those
+            records = [
+                (scoped_key(address, PROTOCOL_NAMES[protocol], port), ttl)
+                for address, ttl in records
+                for protocol, port in ports
+            ]
+        state.answer(answer.name, records, time.time(), identity, writer.pending())
+        settle = partial(self._settle, query, released, answer.name, started, release, asker, answer.records)
         writer.after_commit(settle)
         return True
 
