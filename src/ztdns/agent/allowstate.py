@@ -153,14 +153,21 @@ class AllowState:
         elif self._identities:
             self._identities.pop(name, None)
 
-    def live_timeouts(self, now: float) -> dict[str, int]:
-        """Every open address with its remaining lifetime in seconds (to rebuild the kernel sets)."""
+    def live_timeouts(self, now: float, addresses: Iterable[str] | None = None) -> dict[str, int]:
+        """Every open address (or those of ``addresses`` that are open) with its remaining lifetime in seconds
+        (to rebuild the kernel sets)."""
         timeouts = {}
-        for shard in self._addresses:
-            for address, holders in shard.items():
-                remaining = math.ceil(max(holders.values(), default=0.0) - now)
-                if remaining > 0:
-                    timeouts[address] = remaining
+        if addresses is None:
+            pairs: Iterable[tuple[str, dict[str, float]]] = (
+                item for shard in self._addresses for item in shard.items()
+            )
+        else:
+            shards = self._addresses
+            pairs = ((a, shards[hash(a) & _MASK].get(a) or {}) for a in addresses)
+        for address, holders in pairs:
+            remaining = math.ceil(max(holders.values(), default=0.0) - now)
+            if remaining > 0:
+                timeouts[address] = remaining
         return timeouts
 
     def _grant(self, address: str, name: str, expires: float, identity: str, now: float, update: SetUpdate) -> None:

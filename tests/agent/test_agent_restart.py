@@ -1,0 +1,109 @@
+"""The restart gap (issue 14 item 11): an agent holding 26,000 grants is SIGKILLed and restarted at once; the stub
+answers again within 100 ms of the new agent's start (the kernel's table is kept as the last run left it, the
+grants are read back after the stub answers), and no granted flow is interrupted. In the namespace lab, against
+the Unbound DoT resolver."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from agent_lab import PYTHON, AgentProcess, Lab, Probe, agent_factory, lab, needs_root, probe
+
+pytestmark = [needs_root(), pytest.mark.root, pytest.mark.slow]
+__all__ = ["agent_factory", "lab", "probe"]
+
+GRANTS = 26_000
+# The target is 100 ms on an idle machine; the bound here leaves room for a loaded CI runner.
+BOUND = 0.5
+
+# Sends a query for allowed.test to the stub every 2 ms until one of them is answered; prints when (wall clock).
+ASKER = """
+import json, os, socket, sys, time
+import dns.message
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(0.002)
+print("ready", flush=True)
+sys.stdin.readline()
+sent = set()
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    query = dns.message.make_query("allowed.test", "A")
+    sent.add(query.id)
+    try:
+        sock.sendto(query.to_wire(), ("127.0.0.53", 53))
+        while True:
+            response = dns.message.from_wire(sock.recv(4096))
+            if response.id in sent and response.answer:
+                print(json.dumps({"answered": time.time()}), flush=True)
+                sys.exit(0)
+    except (OSError, dns.exception.DNSException):
+        continue
+print(json.dumps({"answered": None}), flush=True)
+"""
+
+
+def test_a_killed_agent_with_26k_grants_answers_again_at_once(
+    lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    expires = time.time() + 600
+    grants = [
+        {
+            "a": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+            "n": f"n{i}.test",
+            "e": expires,
+            "i": "spiffe://test/host",
+        }
+        for i in range(GRANTS)
+    ]
+    lines = [json.dumps(grants[start : start + 1000]) for start in range(0, GRANTS, 1000)]
+    (state / "snapshot.jsonl").write_text("\n".join(lines) + "\n")
+    config = lab.config(tmp_path)
+    agent_factory.append(AgentProcess(lab, config))
+    assert probe.resolve("allowed.test")["addresses"] == ["198.51.100.10"]
+    assert probe.connects("198.51.100.10", hold="kept")
+    asker = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client, PYTHON, "-c", ASKER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert asker.stdout is not None and asker.stdin is not None
+    assert asker.stdout.readline().strip() == "ready"
+    agent_factory[-1].kill(signal.SIGKILL)
+    # While it is down: what was granted stays reachable, new connections and flowing ones alike.
+    assert probe.connects("198.51.100.10") and probe.ask(op="echo", id="kept")["ok"]
+    asker.stdin.write("go\n")
+    asker.stdin.flush()
+    spawned = time.time()
+    agent_factory.append(AgentProcess(lab, config))
+    answered = json.loads(asker.stdout.readline())["answered"]
+    asker.wait(10)
+    status = json.loads((state / "status.json").read_text())
+    assert answered is not None
+    gap, from_exec = answered - float(status["started"]), answered - spawned
+    print(
+        f"restart gap with {GRANTS} grants: {1000 * gap:.0f} ms from the agent's start to the first answer, "
+        f"{1000 * from_exec:.0f} ms from exec (Python's start and imports included)"
+    )
+    assert gap <= BOUND, f"first answer {1000 * gap:.0f} ms after the agent started"
+    # The table was kept, with the kernel's elements: nothing was rebuilt or rewritten before answering.
+    log = (tmp_path / "agent.log").read_text()
+    assert "table inet ztdns kept as the last run left it" in log
+    timeouts = lab.set_timeouts()
+    assert "10.0.0.1" in timeouts and "198.51.100.10" in timeouts and len(timeouts) >= GRANTS
+    assert probe.ask(op="echo", id="kept")["ok"] and probe.connects("198.51.100.10")
+    assert not probe.connects("198.51.100.20")
+    # The grants are read back into the agent's state shortly after.
+    deadline = time.monotonic() + 20
+    while "addresses read back" not in (tmp_path / "agent.log").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert json.loads((state / "status.json").read_text())["live_addresses"] >= GRANTS
