@@ -271,16 +271,21 @@ class Agent:
     def _keep_table(self) -> bool:
         """Whether the kernel's table is the one this configuration builds, exactly as the last run loaded it
         (``table.json``: a digest of the ruleset text and of the kernel's definition, the packet mark, whether
-        the kernel updates timeouts in place). Then it stays, with its set elements: the kernel kept every grant
-        through the restart, nothing needs rebuilding or writing before the stub answers."""
+        the kernel updates timeouts in place, the kernel release, the workloads' cgroup IDs). Then it stays, with
+        its set elements: the kernel kept every grant through the restart, nothing needs rebuilding or writing
+        before the stub answers."""
         assert self._watch is not None
         try:
             saved = json.loads((self.config.state_path / TABLE_STATE).read_text(encoding="utf-8"))
             mark, in_place = int(saved["mark"]), bool(saved["in_place"])
             ruleset, table, kernel = str(saved["ruleset"]), str(saved["table"]), str(saved["kernel"])
+            cgroups = [[str(name), int(inode)] for name, inode in saved["workloads"]]
         except (OSError, ValueError, TypeError, KeyError):
             return False
         if kernel != os.uname().release or mark & ~self.config.firewall.packet_mark_mask:
+            return False
+        # nftables matched each workload's cgroup by its ID at load time: a cgroup recreated since needs a rebuild.
+        if cgroups != [[name, inode] for name, inode in self.workloads.present]:
             return False
         devices = egress_devices() if self.config.firewall.packet_egress else ()
         text = build_ruleset(self.config, devices, mark, self.workloads.rules())
@@ -305,6 +310,7 @@ class Agent:
             "kernel": os.uname().release,
             "ruleset": _digest([ruleset.encode()]),
             "table": _digest(self._loaded),
+            "workloads": self.workloads.present,
         }
         path = self.config.state_path / TABLE_STATE
         temporary = path.with_suffix(".tmp")

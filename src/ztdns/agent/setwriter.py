@@ -1,7 +1,8 @@
 """Writes the allow sets: every answer of one event-loop turn goes into one shared :class:`SetUpdate`, committed
 as one nf_tables transaction over raw netlink when the turn ends. Each answer registers a callback that the
 commit calls: the answer is released only after the commit, and a failed commit fails every answer in the batch
-(the stub then sends SERVFAIL — fail closed).
+(the stub then sends SERVFAIL — fail closed). The commit's bookkeeping (``on_commit``: metrics, the journal) runs
+after the answers are released.
 """
 
 from __future__ import annotations
@@ -106,13 +107,15 @@ class SetWriter:
         except Exception as exc:  # whatever went wrong, the waiting answers must fail, not hang
             failure = exc if isinstance(exc, NftError) else NftError(f"set update: {exc!r}")
             self._on_failure(batch)
-        else:
-            self._on_commit(batch)
         for settle in waiting:
             try:
                 settle(failure)
             except Exception:  # one broken waiter must not keep the others' answers from their applications
                 log.exception("releasing an answer failed")
+        if failure is None:
+            # After the answers are out: the journal write (≈ 25 µs) is not on their path. The kernel holds the
+            # grants already; a kill in between loses them from the journal, not from the table.
+            self._on_commit(batch)
 
     def load(self, timeouts: Mapping[str, int]) -> None:
         """Write every grant (after the table was (re)built), in chunks of a few thousand addresses."""
