@@ -5,7 +5,9 @@ the Unbound DoT resolver."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -121,3 +123,97 @@ def test_a_killed_agent_with_26k_grants_answers_again_at_once(
     log = (tmp_path / "agent.log").read_text()
     assert log.count("kept as the last run left it") == 1 and log.count("addresses restored") == 2
     assert "10.0.0.1" in lab.set_timeouts() and probe.connects("198.51.100.30")
+
+
+# Holds the stub's sockets as a service manager does (socket activation) and starts agents on them: one line on
+# stdin ("start") starts an agent with LISTEN_FDS=2 (UDP, TCP on 127.0.0.53:53) and prints its pid.
+HOLDER = """
+import os, socket, subprocess, sys
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("127.0.0.53", 53))
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("127.0.0.53", 53))
+tcp.listen(64)
+def hand_over():
+    os.dup2(udp.fileno(), 3)
+    os.dup2(tcp.fileno(), 4)
+command = ["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=2 exec "$@"', "agent", sys.executable, "-m", "ztdns", "agent"]
+print("ready", flush=True)
+for line in sys.stdin:
+    log = open(sys.argv[2], "a")
+    agent = subprocess.Popen([*command, "--config", sys.argv[1]], pass_fds=(3, 4), preexec_fn=hand_over, stdout=log,
+                             stderr=subprocess.STDOUT)
+    print(agent.pid, flush=True)
+"""
+
+
+def test_with_socket_activation_queries_sent_in_the_gap_are_answered(
+    lab: Lab, probe: Probe, agent_factory: list[AgentProcess], tmp_path: Path
+) -> None:
+    config = lab.config(tmp_path)
+    log = tmp_path / "agent.log"
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client, PYTHON, "-c", HOLDER, str(config), str(log)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    status = tmp_path / "state" / "status.json"
+    pids: list[int] = []
+
+    def start() -> int:
+        status.unlink(missing_ok=True)
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write("start\n")
+        holder.stdin.flush()
+        pids.append(int(holder.stdout.readline()))
+        return pids[-1]
+
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        pid = start()
+        deadline = time.monotonic() + 30
+        while not status.exists():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert probe.resolve("allowed.test")["addresses"] == ["198.51.100.10"]
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        # In the gap: one query over UDP and one over TCP, each sent once, wait in the held sockets' buffers.
+        sent = time.monotonic()
+        waiting = [
+            subprocess.Popen(
+                ["ip", "netns", "exec", lab.client, PYTHON, str(Path(__file__).parent.parent / "agent_probe.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for process, tcp in zip(waiting, (False, True), strict=True):
+            assert process.stdin is not None
+            query = {"op": "dns", "name": "target.test", "type": "A", "server": "127.0.0.53", "timeout": 20, "tcp": tcp}
+            process.stdin.write(json.dumps(query) + "\n")
+            process.stdin.flush()
+        time.sleep(0.3)
+        start()
+        for process in waiting:
+            assert process.stdout is not None and process.stdin is not None
+            answer = json.loads(process.stdout.readline())
+            process.stdin.close()
+            process.wait(5)
+            assert answer["addresses"] == ["198.51.100.12"], answer
+        print(f"queries sent in the gap answered {time.monotonic() - sent:.2f} s later (restart from exec included)")
+        assert probe.connects("198.51.100.12")
+        assert "socket activation" not in log.read_text()  # both handed-over sockets were used
+    finally:
+        for pid in pids:  # the agents are the holder's children: ended by their ids
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        holder.stdin.close()
+        holder.wait(10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)

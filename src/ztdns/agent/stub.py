@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -275,6 +276,36 @@ async def _serve_tcp_connection(
         writer.close()
 
 
+_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first handed-over descriptor
+
+
+def activated_sockets() -> list[socket.socket]:
+    """The sockets a service manager handed over (systemd socket activation: ``LISTEN_FDS`` descriptors from 3 on,
+    for the process ``LISTEN_PID``). Held by the manager across restarts, they keep receiving while no agent runs:
+    queries sent in a restart's gap wait in their buffers and are answered once the new agent listens. The
+    variables are removed so that child processes do not take them for theirs."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        count = 0
+    for variable in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(variable, None)
+    return [socket.socket(fileno=_LISTEN_FDS_START + index) for index in range(count)]
+
+
+def _take(sockets: list[socket.socket], kind: int, host: str, port: int) -> socket.socket | None:
+    """Remove and return the socket of ``kind`` bound to ``host``:``port`` from ``sockets``, if there is one."""
+    wanted = (str(ipaddress.ip_address(host)), port)
+    for candidate in sockets:
+        bound = candidate.getsockname()
+        if candidate.type == kind and (str(ipaddress.ip_address(bound[0])), int(bound[1])) == wanted:
+            sockets.remove(candidate)
+            return candidate
+    return None
+
+
 _SO_RCVBUFFORCE = 33
 _RECEIVE_BUFFER = 4 << 20
 
@@ -306,16 +337,29 @@ class StubListeners:
         self._tasks: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
+        """Listen on every configured address: on a socket handed over by socket activation when one is bound
+        there (see :func:`activated_sockets`), else on a new one."""
         loop = asyncio.get_running_loop()
+        inherited = activated_sockets()
         for address in self._listen:
             host, port = parse_hostport(address, 53)
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self._handler, self._tasks, self._clients), local_addr=(host, port)
-            )
+            udp = _take(inherited, socket.SOCK_DGRAM, host, port)
+            factory = partial(_UdpProtocol, self._handler, self._tasks, self._clients)
+            if udp is not None:
+                transport, _ = await loop.create_datagram_endpoint(factory, sock=udp)
+            else:
+                transport, _ = await loop.create_datagram_endpoint(factory, local_addr=(host, port))
             _large_receive_buffer(transport.get_extra_info("socket"))
             self._transports.append(transport)
-            server = await asyncio.start_server(self._accept, host, port)
+            tcp = _take(inherited, socket.SOCK_STREAM, host, port)
+            if tcp is not None:
+                server = await asyncio.start_server(self._accept, sock=tcp)
+            else:
+                server = await asyncio.start_server(self._accept, host, port)
             self._servers.append(server)
+        for unused in inherited:
+            log.warning("socket activation: %s is not a stub address in stub.listen; closed", unused.getsockname())
+            unused.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
