@@ -121,7 +121,7 @@ class Agent:
         # open packet sockets (CAP_NET_RAW) cannot simply copy it.
         self._mark = int.from_bytes(os.urandom(4), "big") & config.firewall.packet_mark_mask
         self._devices: tuple[str, ...] = ()
-        # While a restart reads the grants back: the addresses answered meanwhile (None otherwise).
+        # While a restart reads the grants back: the addresses written or closed meanwhile (None otherwise).
         self._restoring: set[str] | None = None
         self._installs = 0  # table (re)builds: one during the read-back means every grant is written again after it
 
@@ -173,8 +173,8 @@ class Agent:
         self.errors.append((time.time(), message))
 
     def _committed(self, batch: SetUpdate) -> None:
-        if self._restoring is not None:
-            self._restoring.update(batch.timeouts)
+        if self._restoring is not None:  # closed ones too: a grant not read back yet may hold them
+            self._restoring.update(batch.timeouts, batch.removals)
         metrics = self.metrics
         metrics.added += batch.added
         metrics.refreshed += batch.refreshed
@@ -324,8 +324,9 @@ class Agent:
 
     async def _resume(self, answering: float) -> None:
         """After a restart that kept the table: read the journal in the status thread, restore it into the allow
-        states a chunk at a time between answers, then write the addresses answered meanwhile again with their
-        timeouts from every holder (an answer in the gap knew only its own name's grant), then compact."""
+        states a chunk at a time between answers, then write the addresses written or closed meanwhile again with their
+        timeouts from every holder (an answer or expiry in the gap knew only the grants read back so far), then
+        compact."""
         loop = asyncio.get_running_loop()
         installs = self._installs
         try:
@@ -391,6 +392,8 @@ class Agent:
                     continue
                 self.metrics.expired += len(gone)
                 closed = [grant.address for grant in gone if not scope.state.holds(grant.address)]
+                if self._restoring is not None:
+                    self._restoring.update(closed)
                 try:
                     if closed:
                         self.elements.write(packed_sets({}, closed, *scope.writer.sets))
