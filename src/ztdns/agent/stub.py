@@ -1,7 +1,8 @@
 """The stub resolver: the host's applications ask it, it asks the protective servers, opens the answered
 addresses, and only then releases the answer.
 
-:class:`StubHandler` is the logic (wire in, wire out); the UDP and TCP listeners below only move bytes.
+:class:`StubHandler` is the logic (wire in, wire out); the UDP and TCP listeners below only move bytes, on
+sockets of their own or handed over by socket activation.
 """
 
 from __future__ import annotations
