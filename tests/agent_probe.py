@@ -52,7 +52,10 @@ def run(cmd: dict[str, object], held: dict[str, socket.socket]) -> dict[str, obj
             return {"ok": sock.recv(16) == b"ping"}
     if op == "dns":
         # EDNS so that extended errors (RFC 8914) can come back.
-        query = dns.message.make_query(str(cmd["name"]), dns.rdatatype.from_text(str(cmd.get("type", "A"))), use_edns=0)
+        # ("edns": -1 asks without EDNS.)
+        edns = int(cmd.get("edns", 0))  # type: ignore[call-overload]
+        qtype = dns.rdatatype.from_text(str(cmd.get("type", "A")))
+        query = dns.message.make_query(str(cmd["name"]), qtype, use_edns=edns)
         server, port = str(cmd["server"]), int(cmd.get("port", 53))  # type: ignore[call-overload]
         if cmd.get("ca"):  # DoT, with a client certificate when one is given
             context = ssl.create_default_context(cafile=str(cmd["ca"]))
@@ -74,6 +77,8 @@ def run(cmd: dict[str, object], held: dict[str, socket.socket]) -> dict[str, obj
             "addresses": addresses,
             "ttls": ttls,
             "ede": ede,
+            "options": [int(o.otype) for o in response.options],
+            "opt": response.edns >= 0,
         }
     raise ValueError(f"unknown op {op}")
 

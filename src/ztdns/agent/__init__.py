@@ -4,8 +4,10 @@ Owns: the nftables tables ``inet ztdns`` and ``netdev ztdns`` (ruleset.py, built
 in nft.py; its set elements written and its definition watched over raw netlink in nfnetlink.py; the devices whose
 egress is hooked against packet sockets: links.py), the stub resolver the host uses (stub.py) and its DoT/DoH
 failover to the protective resolvers (upstream.py, on the clients of ztdns.resolver.encrypted), who asked it
-(asker.py: sock_diag), per-workload identities by cgroup (workloads.py), which addresses are open for which names
-(allowstate.py, written by setwriter.py before each answer is released), their persistence (persist.py), one
+(asker.py: sock_diag), per-workload identities by cgroup (workloads.py), the grant scope asked for and taken out
+of answers (answers.py, EDNS option :mod:`ztdns.wire.grant_scope`), which addresses — or address, protocol and
+port for scoped grants — are open for which names (allowstate.py, written by setwriter.py before each answer is
+released), their persistence (persist.py), one
 agent per state directory (lock.py), the host's resolv.conf (hostdns.py), audit records from NFLOG, refused names
 and the ``learn`` proposal (nflog.py, audit.py), conntrack flows labelled by (who asked, name) (flows.py), the
 fleet's agent bundles applied live (control.py, with ``[control]``), and ``ztdns agent`` (cli.py).

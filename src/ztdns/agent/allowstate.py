@@ -7,6 +7,9 @@ answer being released (the application is about to connect to it) nor one that s
 connection, or an application that cached the answer, uses it: Cilium's "zombies"; ``in_use`` says which). All
 names together hold at most ``max_addresses``; beyond it the grants closest to their expiry are shed. The result
 of each answer is a :class:`SetUpdate`: the exact kernel timeouts to write and the addresses to close.
+
+A port-scoped answer (an allow rule with ``ports``) is granted per (address, protocol, port): its key is the
+address, a space and ``tcp/443``; caps count such keys, and the audit history and live-flow checks use the address.
 """
 
 from __future__ import annotations
@@ -21,8 +24,18 @@ from typing import NamedTuple
 from ztdns.config.agent import AllowConfig
 
 
+def bare_address(key: str) -> str:
+    """The address of a grant's key: ``"192.0.2.1"``, or ``"192.0.2.1 tcp/443"`` for a port-scoped grant."""
+    return key.partition(" ")[0]
+
+
+def scoped_key(address: str, protocol: str, port: int) -> str:
+    return f"{address} {protocol}/{port}"
+
+
 class Grant(NamedTuple):
-    """One name's permission for one address (a tuple: built per answered address, and cheap to build)."""
+    """One name's permission for one address (a tuple: built per answered address, and cheap to build); a
+    port-scoped grant has one per (address, protocol, port), its ``address`` "192.0.2.1 tcp/443"."""
 
     address: str
     name: str
@@ -125,8 +138,9 @@ class AllowState:
                 expiries.append((expires, address, name))
             if identity != default:
                 identities[name] = identity
-            history = history_shards[slot]
-            history[address] = name
+            bare = address.partition(" ")[0]
+            history = history_shards[hash(bare) & _MASK]
+            history[bare] = name
             if len(history) > _HISTORY_PER_SHARD:
                 history.popitem(last=False)
         heapq.heapify(expiries)
@@ -139,14 +153,21 @@ class AllowState:
         elif self._identities:
             self._identities.pop(name, None)
 
-    def live_timeouts(self, now: float) -> dict[str, int]:
-        """Every open address with its remaining lifetime in seconds (to rebuild the kernel sets)."""
+    def live_timeouts(self, now: float, addresses: Iterable[str] | None = None) -> dict[str, int]:
+        """Every open address (or those of ``addresses`` that are open) with its remaining lifetime in seconds
+        (to rebuild the kernel sets)."""
         timeouts = {}
-        for shard in self._addresses:
-            for address, holders in shard.items():
-                remaining = math.ceil(max(holders.values(), default=0.0) - now)
-                if remaining > 0:
-                    timeouts[address] = remaining
+        if addresses is None:
+            pairs: Iterable[tuple[str, dict[str, float]]] = (
+                item for shard in self._addresses for item in shard.items()
+            )
+        else:
+            shards = self._addresses
+            pairs = ((a, shards[hash(a) & _MASK].get(a) or {}) for a in addresses)
+        for address, holders in pairs:
+            remaining = math.ceil(max(holders.values(), default=0.0) - now)
+            if remaining > 0:
+                timeouts[address] = remaining
         return timeouts
 
     def _grant(self, address: str, name: str, expires: float, identity: str, now: float, update: SetUpdate) -> None:
@@ -172,9 +193,10 @@ class AllowState:
                 expires = previous
         per_name.pop(address, None)  # re-inserted last: the most recently answered
         per_name[address] = expires
-        history = self._history[slot]
-        history[address] = name
-        history.move_to_end(address)
+        bare = address.partition(" ")[0]  # the same string for an address-only grant: its hash is cached
+        history = self._history[hash(bare) & _MASK]
+        history[bare] = name
+        history.move_to_end(bare)
         if len(history) > _HISTORY_PER_SHARD:
             history.popitem(last=False)
         if previous is not None and expires <= previous + _SAME_EXPIRY and open_until > now:
@@ -206,7 +228,7 @@ class AllowState:
         for index, address in enumerate(per_name):
             if index >= candidates or len(victims) >= excess:
                 break
-            if not in_use(address):
+            if not in_use(address.partition(" ")[0]):
                 victims.append(address)
         for address in victims:
             del per_name[address]

@@ -1,7 +1,9 @@
 """DNS message handling for the stub (sans-IO, bytes in and out).
 
 Only addresses that belong to the question — the queried name or a name its CNAME chain leads to — are opened;
-an A record for some other owner name slipped into the answer section opens nothing.
+an A record for some other owner name slipped into the answer section opens nothing. Queries go upstream with
+the grant-scope option added (:func:`ask_for_scope`); answers come back to the application without it
+(:func:`take_scope`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
+from ztdns.wire.grant_scope import GRANT_SCOPE, GRANT_SCOPE_BYTES, PortScope, decode_scope
+
 HEADER = 12
-_A, _AAAA, _CNAME, _IN = 1, 28, 5, 1
+_A, _AAAA, _CNAME, _IN, _OPT = 1, 28, 5, 1, 41
+# The OPT record the stub adds to a query that had none: root owner, TYPE 41, payload 1232 (the upstreams are
+# streams: only a formality), no flags, the empty grant-scope option.
+_SCOPE_REQUEST = GRANT_SCOPE_BYTES + b"\0\0"
+_ADDED_OPT = b"\0" + struct.pack("!HHIH", _OPT, 1232, 0, len(_SCOPE_REQUEST)) + _SCOPE_REQUEST
 _MAX_CHAIN = 16
 
 
@@ -133,6 +141,82 @@ def blocking_reason(wire: bytes) -> tuple[int, str] | None:
         if isinstance(option, dns.edns.EDEOption) and int(option.code) in _BLOCKING_EDE:
             return int(option.code), option.text or _BLOCKING_EDE[int(option.code)]
     return None
+
+
+def _skip_name(wire: bytes, offset: int) -> int:
+    """The offset after the (possibly compressed) name at ``offset``."""
+    while True:
+        length = wire[offset]
+        if length >= 0xC0:
+            return offset + 2
+        if length > 63:
+            raise BadMessage("bad label length")
+        offset += 1 + length
+        if length == 0:
+            return offset
+
+
+def _opt_record(wire: bytes) -> tuple[int, int, int]:
+    """(start of the OPT record, start of its RDATA, end of its RDATA), or (-1, -1, end of the message's records)
+    when there is none. Walks the sections by hand; malformed input raises BadMessage."""
+    try:
+        qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHH", wire, 4)
+        offset = HEADER
+        for _ in range(qdcount):
+            offset = _skip_name(wire, offset) + 4
+        for index in range(ancount + nscount + arcount):
+            start = offset
+            offset = _skip_name(wire, offset)
+            rtype, size = struct.unpack_from("!H6xH", wire, offset)
+            offset += 10 + size
+            if offset > len(wire):
+                raise BadMessage("truncated record")
+            if rtype == _OPT and index >= ancount + nscount:
+                return start, offset - size, offset
+    except (IndexError, struct.error):
+        raise BadMessage("malformed message") from None
+    return -1, -1, offset
+
+
+def ask_for_scope(query: bytes) -> tuple[bytes, bool]:
+    """``query`` with the grant-scope option added (to its OPT record, or in one added for it), and whether the
+    OPT record was added (the answer's is then removed before the application gets it)."""
+    start, rdata, end = _opt_record(query)
+    if start < 0:
+        arcount = struct.unpack_from("!H", query, 10)[0] + 1
+        return query[:10] + struct.pack("!H", arcount) + query[12:end] + _ADDED_OPT + query[end:], True
+    size = end - rdata + len(_SCOPE_REQUEST)
+    return query[: rdata - 2] + struct.pack("!H", size) + query[rdata:end] + _SCOPE_REQUEST + query[end:], False
+
+
+def take_scope(response: bytes, remove_opt: bool) -> tuple[PortScope, bytes]:
+    """The grant scope in ``response`` (empty: every port) and the response as the application gets it: without
+    the option, and without the OPT record when ``remove_opt`` (the stub added it to the query).
+
+    Costs one scan of the bytes when the answer carries no option and the application's query had EDNS."""
+    if not remove_opt and GRANT_SCOPE_BYTES not in response:
+        return (), response
+    start, rdata, end = _opt_record(response)
+    if start < 0:
+        return (), response
+    scope: PortScope = ()
+    kept = []
+    option = rdata
+    while option + 4 <= end:
+        code, length = struct.unpack_from("!HH", response, option)
+        if code == GRANT_SCOPE:
+            try:
+                scope = decode_scope(response[option + 4 : option + 4 + length])
+            except ValueError as exc:
+                raise BadMessage(str(exc)) from None
+        else:
+            kept.append(response[option : option + 4 + length])
+        option += 4 + length
+    if remove_opt:
+        arcount = struct.unpack_from("!H", response, 10)[0] - 1
+        return scope, response[:10] + struct.pack("!H", arcount) + response[12:start] + response[end:]
+    options = b"".join(kept)
+    return scope, response[: rdata - 2] + struct.pack("!H", len(options)) + options + response[end:]
 
 
 def check_query(wire: bytes) -> None:

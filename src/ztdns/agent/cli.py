@@ -211,7 +211,7 @@ def _uninstall(config: AgentConfig, args: argparse.Namespace) -> int:
     from ztdns.agent.nft import Nft, NftError
     from ztdns.agent.persist import GrantStore
     from ztdns.agent.ruleset import remove_table_script
-    from ztdns.agent.service import ASKED, STATUS
+    from ztdns.agent.service import ASKED, STATUS, TABLE_STATE
 
     state = config.state_path
     try:
@@ -237,7 +237,7 @@ def _uninstall(config: AgentConfig, args: argparse.Namespace) -> int:
         if config.resolv_conf and hostdns.restore(config.path(config.resolv_conf), state):
             print(f"restored {config.path(config.resolv_conf)}")
         removed = GrantStore(state).remove()
-        for name in (STATUS, ASKED):  # what a killed agent left behind
+        for name in (STATUS, ASKED, TABLE_STATE):  # what a killed agent left behind
             (state / name).unlink(missing_ok=True)
         if removed:
             print(f"removed the learned grants ({', '.join(removed)})")

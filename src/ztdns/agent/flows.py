@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from ztdns.agent.allowstate import Grant
+from ztdns.agent.allowstate import Grant, bare_address
 from ztdns.agent.asker import SocketDiag, cgroup_path
 from ztdns.agent.nfnetlink import NETLINK_NETFILTER, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, attrs, message, messages
 
@@ -140,11 +140,13 @@ class LiveDestinations:
 
 
 def label_map(grants: list[Grant]) -> dict[str, Grant]:
-    """Address → the grant that expires last (the name that most recently opened it)."""
+    """Address → the grant that expires last (the name that most recently opened it); a port-scoped grant counts
+    for its address."""
     labels: dict[str, Grant] = {}
     for grant in grants:
-        if grant.address not in labels or labels[grant.address].expires < grant.expires:
-            labels[grant.address] = grant
+        address = bare_address(grant.address)
+        if address not in labels or labels[address].expires < grant.expires:
+            labels[address] = grant
     return labels
 
 

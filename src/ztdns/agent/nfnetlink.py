@@ -123,11 +123,14 @@ def _element_head(address_size: int, attributes: int) -> bytes:
 
 
 # (address size, attributes) → element header: built once, this runs for every address answered.
-_ELEMENT_HEADS = {(size, attributes): _element_head(size, attributes) for size in (4, 16) for attributes in (0, 1, 2)}
+_ELEMENT_HEADS = {
+    (size, attributes): _element_head(size, attributes) for size in (4, 16, 12, 24) for attributes in (0, 1, 2)
+}
 
 
 def _element(address: bytes, timeout_ms: int | None, expiration_ms: int | None = None) -> bytes:
-    """One set element: key (a 4- or 16-byte address: no padding), optional timeout and time left (be64 ms)."""
+    """One set element: key (a 4- or 16-byte address, or 12/24 bytes: an address . protocol . port concatenation
+    — multiples of 4, no padding), optional timeout and time left (be64 ms)."""
     if timeout_ms is None:
         return _ELEMENT_HEADS[len(address), 0] + address
     timeout = _TIMEOUT_HEAD + timeout_ms.to_bytes(8, "big")

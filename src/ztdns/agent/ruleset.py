@@ -23,9 +23,18 @@ TABLE = "ztdns"
 FAMILY = "inet"
 SET4 = "allow4"
 SET6 = "allow6"
+# Port-scoped grants (an allow rule with ``ports``): address . protocol . port, beside the address-only sets.
+SCOPED4 = "scoped4"
+SCOPED6 = "scoped6"
 AUDIT_PREFIX = "ztdns-audit "
 EGRESS_CHAIN = "egress"  # in table netdev ztdns
 MARK_CHAIN = "stamp"  # in table inet ztdns ("mark" is an nft keyword)
+
+
+def set_names(workload: str) -> tuple[str, str, str, str]:
+    """A workload's IPv4 and IPv6 sets, address-only and port-scoped."""
+    return f"{SET4}_{workload}", f"{SET6}_{workload}", f"{SCOPED4}_{workload}", f"{SCOPED6}_{workload}"
+
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -119,8 +128,28 @@ def _common_rules(config: AgentConfig) -> list[str]:
     rules = ["ct state established,related accept", *_resolver_rules(config), *_control_rules(config)]
     for exception in config.exception:
         rules.extend(_exception_rules(exception))
-    rules += [f"ip daddr @{SET4} accept", f"ip6 daddr @{SET6} accept"]
+    rules += [*_set_rules(SET4, SET6, SCOPED4, SCOPED6)]
     return rules
+
+
+def _set_rules(set4: str, set6: str, scoped4: str, scoped6: str, match: str = "") -> list[str]:
+    """Accept what a set opens: an address-only grant any port, a scoped one its protocol and port only."""
+    return [
+        f"{match}ip daddr @{set4} accept",
+        f"{match}ip6 daddr @{set6} accept",
+        f"{match}ip daddr . meta l4proto . th dport @{scoped4} accept",
+        f"{match}ip6 daddr . meta l4proto . th dport @{scoped6} accept",
+    ]
+
+
+def _set_definitions(set4: str, set6: str, scoped4: str, scoped6: str) -> list[str]:
+    options = f"flags timeout; gc-interval {_GC_INTERVAL};"
+    return [
+        f"  set {set4} {{ type ipv4_addr; {options} }}",
+        f"  set {set6} {{ type ipv6_addr; {options} }}",
+        f"  set {scoped4} {{ type ipv4_addr . inet_proto . inet_service; {options} }}",
+        f"  set {scoped6} {{ type ipv6_addr . inet_proto . inet_service; {options} }}",
+    ]
 
 
 def _tail(config: AgentConfig) -> list[str]:
@@ -161,7 +190,7 @@ def _workload_rules(config: AgentConfig, workloads: Sequence[tuple[str, str, int
     rules = []
     for name, path, level in workloads:
         match = f'socket cgroupv2 level {level} "{path}"'
-        rules += [f"{match} ip daddr @{SET4}_{name} accept", f"{match} ip6 daddr @{SET6}_{name} accept"]
+        rules += _set_rules(*set_names(name), match=f"{match} ")
         if config.mode == "audit":
             group = config.firewall.log_group
             rules.append(f'{match} log group {group} prefix "{AUDIT_PREFIX}" accept comment "workload {name}"')
@@ -194,14 +223,10 @@ def build_ruleset(
         f"table {FAMILY} {TABLE}",
         f"delete table {FAMILY} {TABLE}",
         f"table {FAMILY} {TABLE} {{",
-        f"  set {SET4} {{ type ipv4_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
-        f"  set {SET6} {{ type ipv6_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
+        *_set_definitions(SET4, SET6, SCOPED4, SCOPED6),
     ]
     for workload in config.workload:  # every configured one: its grants outlive its cgroup's restarts
-        lines += [
-            f"  set {SET4}_{workload.name} {{ type ipv4_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
-            f"  set {SET6}_{workload.name} {{ type ipv6_addr; flags timeout; gc-interval {_GC_INTERVAL}; }}",
-        ]
+        lines += _set_definitions(*set_names(workload.name))
     for name, hook, rules in chains:
         lines.append(f"  chain {name} {{")
         lines.append(f"    type filter hook {hook} priority filter; policy {policy};")

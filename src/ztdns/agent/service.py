@@ -1,7 +1,9 @@
 """The running agent: wires the table, the stub, the set writer, persistence, audit records and metrics.
 
 Start order matters: the table (with restored grants) is committed before the stub listens, so no answer can
-be released before enforcement is in place; resolv.conf is pointed at the stub only once it listens. Stop
+be released before enforcement is in place; resolv.conf is pointed at the stub only once it listens. After a
+restart that finds the kernel's table exactly as the last run loaded it (``table.json``), the table and its set
+elements — the grants — are kept, the stub listens at once and the journal is read back between answers. Stop
 order: stop listening, snapshot; the table is left in force (only ``uninstall`` removes it).
 
 While running, the agent watches its table: every 50 ms it reads the ruleset generation and, when someone else has
@@ -15,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import json
 import logging
 import os
 import signal
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +41,11 @@ from ztdns.agent.nflog import NflogSocket
 from ztdns.agent.nfnetlink import ElementWriter, TableWatch, updates_timeouts_in_place
 from ztdns.agent.nft import Nft, NftError
 from ztdns.agent.persist import GrantStore
-from ztdns.agent.ruleset import TABLE, build_ruleset
+from ztdns.agent.ruleset import TABLE, build_ruleset, set_names
 from ztdns.agent.setwriter import SetWriter, packed_sets
 from ztdns.agent.stub import ClientFilter, Peer, StubHandler, StubListeners, Upstream
 from ztdns.agent.upstream import Upstreams
-from ztdns.agent.workloads import WorkloadMap, set_names
+from ztdns.agent.workloads import WorkloadMap
 from ztdns.config.agent import AgentConfig
 from ztdns.config.base import parse_hostport
 
@@ -49,6 +53,8 @@ log = logging.getLogger("ztdns.agent")
 
 STATUS = "status.json"
 ASKED = "asked.json"  # recent (process, address) → name, for `flows`
+TABLE_STATE = "table.json"  # what the kernel's table was built from: kept across a restart when it matches
+_RESTORE_CHUNK = 2048  # grants read back per event-loop turn after a restart that kept the table (≈ 2 ms)
 _TICK = 1.0  # seconds between status writes (and young-generation collections)
 _WATCH = 0.05  # seconds between checks of the table: the longest a deleted table leaves egress open
 _EXPIRY_STEP, _EXPIRY_LIMIT = 0.01, 256  # forget at most 256 expired grants every 10 ms (≈ 0.3 ms of work)
@@ -117,6 +123,9 @@ class Agent:
         # open packet sockets (CAP_NET_RAW) cannot simply copy it.
         self._mark = int.from_bytes(os.urandom(4), "big") & config.firewall.packet_mark_mask
         self._devices: tuple[str, ...] = ()
+        # While a restart reads the grants back: the addresses written or closed meanwhile (None otherwise).
+        self._restoring: set[str] | None = None
+        self._installs = 0  # table (re)builds: one during the read-back means every grant is written again after it
 
     async def _record_blocked(self, name: str, asker: list[Asker | None], code: int, reason: str) -> None:
         """A name the resolver refused: recorded for ``learn`` by the status thread (a /proc walk for the
@@ -166,6 +175,8 @@ class Agent:
         self.errors.append((time.time(), message))
 
     def _committed(self, batch: SetUpdate) -> None:
+        if self._restoring is not None:  # closed ones too: a grant not read back yet may hold them
+            self._restoring.update(batch.timeouts, batch.removals)
         metrics = self.metrics
         metrics.added += batch.added
         metrics.refreshed += batch.refreshed
@@ -204,29 +215,35 @@ class Agent:
             self._compaction = None
 
     async def start(self) -> None:
+        """Take the lock, put the table in force, answer. After a restart with the kernel's table as the last run
+        left it (``_keep_table``), the stub answers at once and the grants are read back afterwards (``_resume``);
+        otherwise the table is built with every grant first (fail closed), then the stub answers."""
         config = self.config
         # Before anything else: a second agent on this state directory must change nothing (AgentRunning).
         self._lock = lock.acquire(config.state_path)
-        now = time.time()
-        by_identity: dict[str, list[Grant]] = {}
-        for grant in self.store.load(now):
-            by_identity.setdefault(grant.identity, []).append(grant)
-        for scope in reversed(self.scopes):  # the host's last: it takes every identity no workload has
-            scope.state.restore(by_identity.pop(scope.identity, []), now)
-        for grants in by_identity.values():
-            self.state.restore(grants, now)
         self.workloads.refresh()
         self._watch = TableWatch(TABLE)
-        try:
-            self.elements.in_place = updates_timeouts_in_place(self.nft)
-        except NftError as exc:  # the three-step update is exact on every kernel
-            log.warning("cannot tell whether the kernel updates element timeouts in place: %s", exc)
-        self._install()
-        restored = sum(len(scope.state) for scope in self.scopes)
-        log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, restored)
+        kept = self._keep_table()
+        if not kept:
+            now = time.time()
+            for state, grants in self._by_scope(self.store.load(now)):
+                state.restore(grants, now)
+            try:
+                self.elements.in_place = updates_timeouts_in_place(self.nft)
+            except NftError as exc:  # the three-step update is exact on every kernel
+                log.warning("cannot tell whether the kernel updates element timeouts in place: %s", exc)
+            self._install()
+            restored = sum(len(scope.state) for scope in self.scopes)
+            log.info("table inet ztdns in force (%s mode), %d addresses restored", config.mode, restored)
         if config.mode == "audit":
             self._start_audit()
         await self.listeners.start()
+        loop = asyncio.get_running_loop()
+        if kept:
+            # The grants the kernel holds are the journal's: read them back into the allow state between answers.
+            self._restoring = set()
+            self._compaction = loop.create_task(self._resume(time.perf_counter()))
+            log.info("table inet ztdns kept as the last run left it (%s mode): answering", config.mode)
         if config.resolv_conf:
             hostdns.point_at_stub(config.path(config.resolv_conf), config.state_path, config.stub.listen)
         if config.metrics.address:
@@ -234,16 +251,109 @@ class Agent:
 
             host, port = parse_hostport(config.metrics.address, 9154)
             start_http_server(port, host, registry=self.metrics.registry)
-        loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._watch_table())]
         self._tasks.append(loop.create_task(self._expire()))
         # After the stub listens (a restart answers again as soon as the table is back): which addresses flows
         # use, for the first name over its cap; and the restored grants rewritten as a fresh snapshot, a chunk
         # at a time between answers.
         self._tasks.append(loop.create_task(self._refresh_live()))
-        self._compaction = loop.create_task(self._compact())
+        if not kept:
+            self._compaction = loop.create_task(self._compact())
         self.write_status()
         gc.freeze()  # start-up objects (modules, config, restored grants) live for the whole run
+
+    def _by_scope(self, grants: list[Grant]) -> list[tuple[AllowState, list[Grant]]]:
+        """Grants by the allow state they belong to: a workload's by its identity, the host's every other one."""
+        by_identity: dict[str, list[Grant]] = {}
+        for grant in grants:
+            by_identity.setdefault(grant.identity, []).append(grant)
+        owned = [(scope.state, by_identity.pop(scope.identity, [])) for scope in self.scopes[1:]]
+        return [*owned, (self.state, [grant for grants in by_identity.values() for grant in grants])]
+
+    def _keep_table(self) -> bool:
+        """Whether the kernel's table is the one this configuration builds, exactly as the last run loaded it
+        (``table.json``: a digest of the ruleset text and of the kernel's definition, the packet mark, whether
+        the kernel updates timeouts in place, the kernel release, the workloads' cgroup IDs). Then it stays, with
+        its set elements: the kernel kept every grant through the restart, nothing needs rebuilding or writing
+        before the stub answers."""
+        assert self._watch is not None
+        try:
+            saved = json.loads((self.config.state_path / TABLE_STATE).read_text(encoding="utf-8"))
+            mark, in_place = int(saved["mark"]), bool(saved["in_place"])
+            ruleset, table, kernel = str(saved["ruleset"]), str(saved["table"]), str(saved["kernel"])
+            cgroups = [[str(name), int(inode)] for name, inode in saved["workloads"]]
+        except (OSError, ValueError, TypeError, KeyError):
+            return False
+        if kernel != os.uname().release or mark & ~self.config.firewall.packet_mark_mask:
+            return False
+        # nftables matched each workload's cgroup by its ID at load time: a cgroup recreated since needs a rebuild.
+        if cgroups != [[name, inode] for name, inode in self.workloads.present]:
+            return False
+        devices = egress_devices() if self.config.firewall.packet_egress else ()
+        text = build_ruleset(self.config, devices, mark, self.workloads.rules())
+        if _digest([text.encode()]) != ruleset:
+            return False
+        try:
+            current = self._watch.fingerprint()
+        except NftError:
+            return False
+        if not current or _digest(current) != table:
+            return False
+        self._mark, self._devices, self._loaded = mark, devices, current
+        self.elements.in_place = in_place
+        self._others = self._watch.generation() - self.elements.commits
+        return True
+
+    def _remember_table(self, ruleset: str) -> None:
+        """Write ``table.json`` for the next start's ``_keep_table`` (after every (re)build)."""
+        saved = {
+            "mark": self._mark,
+            "in_place": self.elements.in_place,
+            "kernel": os.uname().release,
+            "ruleset": _digest([ruleset.encode()]),
+            "table": _digest(self._loaded),
+            "workloads": self.workloads.present,
+        }
+        path = self.config.state_path / TABLE_STATE
+        temporary = path.with_suffix(".tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the mark stays private
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(saved, file)
+            os.replace(temporary, path)
+        except OSError as exc:  # the next start rebuilds the table: slower, not less safe
+            log.warning("writing %s: %s", path, exc)
+
+    async def _resume(self, answering: float) -> None:
+        """After a restart that kept the table: read the journal in the status thread, restore it into the allow
+        states a chunk at a time between answers, then write the addresses written or closed meanwhile again with their
+        timeouts from every holder (an answer or expiry in the gap knew only the grants read back so far), then
+        compact."""
+        loop = asyncio.get_running_loop()
+        installs = self._installs
+        try:
+            grants = await loop.run_in_executor(self._status_writer, self.store.load, time.time())
+            for state, owned in self._by_scope(grants):
+                for start in range(0, len(owned), _RESTORE_CHUNK):
+                    state.restore(owned[start : start + _RESTORE_CHUNK], time.time())
+                    await asyncio.sleep(0)
+        except OSError as exc:
+            self._error(f"reading the grants back: {exc}")
+        answered, self._restoring = self._restoring or set(), None
+        if self._installs != installs:  # rebuilt meanwhile with the grants read back so far
+            self._resync = True
+        for scope in self.scopes:
+            timeouts = scope.state.live_timeouts(time.time(), answered)
+            if timeouts:
+                try:
+                    scope.writer.load(timeouts)
+                except NftError:
+                    self._resync = True  # the table check writes every grant again
+        restored = sum(len(scope.state) for scope in self.scopes)
+        log.info(
+            "%d addresses read back %.0f ms after the stub answered", restored, 1000 * (time.perf_counter() - answering)
+        )
+        await self._compact()
 
     def _install(self) -> None:
         """(Re)build the table, then write every live grant; remember the definition loaded.
@@ -252,11 +362,14 @@ class Agent:
         """
         assert self._watch is not None
         self._devices = egress_devices() if self.config.firewall.packet_egress else ()
-        self.nft.run(build_ruleset(self.config, self._devices, self._mark, self.workloads.rules()))
+        ruleset = build_ruleset(self.config, self._devices, self._mark, self.workloads.rules())
+        self.nft.run(ruleset)
         for scope in self.scopes:
             scope.writer.load(scope.state.live_timeouts(time.time()))
         self._loaded = self._watch.fingerprint()
         self._others = self._watch.generation() - self.elements.commits
+        self._installs += 1
+        self._remember_table(ruleset)
 
     async def _watch_table(self) -> None:
         while True:
@@ -281,6 +394,8 @@ class Agent:
                     continue
                 self.metrics.expired += len(gone)
                 closed = [grant.address for grant in gone if not scope.state.holds(grant.address)]
+                if self._restoring is not None:
+                    self._restoring.update(closed)
                 try:
                     if closed:
                         self.elements.write(packed_sets({}, closed, *scope.writer.sets))
@@ -446,9 +561,11 @@ class Agent:
         if self._nflog is not None:
             asyncio.get_running_loop().remove_reader(self._nflog.sock.fileno())
             self._nflog.close()
-        for scope in self.scopes:
-            scope.state.expire(time.time())
-        self.store.snapshot([grant for scope in self.scopes for grant in scope.state.grants()])
+        if self._restoring is None:
+            for scope in self.scopes:
+                scope.state.expire(time.time())
+            self.store.snapshot([grant for scope in self.scopes for grant in scope.state.grants()])
+        # (Stopped while the grants were read back: the allow state lacks some, the journal has them all.)
         self.store.close()
         self._status_writer.shutdown(wait=True)  # a status write under way must not recreate the file
         (self.config.state_path / STATUS).unlink(missing_ok=True)
@@ -466,6 +583,15 @@ class Scope:
     state: AllowState
     writer: SetWriter
     upstreams: Upstreams
+
+
+def _digest(items: Iterable[bytes]) -> str:
+    """SHA-256 of ``items`` in sorted order, each length-prefixed."""
+    digest = hashlib.sha256()
+    for item in sorted(items):
+        digest.update(len(item).to_bytes(4, "big"))
+        digest.update(item)
+    return digest.hexdigest()
 
 
 def _attribution() -> Attribution | None:

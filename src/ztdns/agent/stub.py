@@ -1,7 +1,8 @@
 """The stub resolver: the host's applications ask it, it asks the protective servers, opens the answered
 addresses, and only then releases the answer.
 
-:class:`StubHandler` is the logic (wire in, wire out); the UDP and TCP listeners below only move bytes.
+:class:`StubHandler` is the logic (wire in, wire out); the UDP and TCP listeners below only move bytes, on
+sockets of their own or handed over by socket activation.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -19,8 +21,8 @@ from typing import NamedTuple, Protocol, cast
 
 import dns.rcode
 
-from ztdns.agent.allowstate import AllowState
-from ztdns.agent.answers import BadMessage, addresses, blocking_reason, check_query
+from ztdns.agent.allowstate import AllowState, scoped_key
+from ztdns.agent.answers import BadMessage, addresses, ask_for_scope, blocking_reason, check_query, take_scope
 from ztdns.agent.asker import Asker, Attribution
 from ztdns.agent.cutoff import Cutoff
 from ztdns.agent.metrics import AgentMetrics
@@ -28,6 +30,7 @@ from ztdns.agent.nft import NftError
 from ztdns.agent.setwriter import SetWriter
 from ztdns.agent.upstream import UpstreamError
 from ztdns.config.base import parse_hostport
+from ztdns.wire.grant_scope import PROTOCOL_NAMES
 from ztdns.wire.header import error_response, payload_of, truncate, udp_limit
 
 log = logging.getLogger("ztdns.agent.stub")
@@ -99,6 +102,8 @@ class StubHandler:
         """
         try:
             check_query(query)
+            # Every query asks for the grant scope: a port-scoped allow rule must never open every port.
+            upstream_query, added_opt = ask_for_scope(query)
         except BadMessage as exc:
             log.debug("dropped: %s", exc)
             return False
@@ -118,7 +123,7 @@ class StubHandler:
                 release(refusal)
                 return True
         try:
-            response = await upstreams.query(query)
+            response = await upstreams.query(upstream_query)
         except UpstreamError as exc:
             metrics.upstream_failures += 1
             metrics.servfail += 1
@@ -128,6 +133,7 @@ class StubHandler:
         started = time.perf_counter()
         try:
             answer = addresses(response)
+            ports, released = take_scope(response, added_opt)
         except BadMessage as exc:
             metrics.servfail += 1
             self._on_error(f"bad upstream response: {exc}")
@@ -145,12 +151,19 @@ class StubHandler:
                     # Recorded before the refusal is released, while the asker (often a short-lived dig or
                     # curl) still exists to be named: a refused answer may wait a few milliseconds, no other does.
                     await self._on_blocked(answer.name, asker, *reason)
-            release(response)
+            release(released)
             return True
         # Every answer of this event-loop turn goes into the same update: one transaction for all of them. The
         # commit releases the answers itself (no future and task wake-up per answer).
-        state.answer(answer.name, answer.records, time.time(), identity, writer.pending())
-        settle = partial(self._settle, query, response, answer.name, started, release, asker, answer.records)
+        records = answer.records
+        if ports:  # one grant per (address, protocol, port): the scoped sets hold exactly those
+            records = [
+                (scoped_key(address, PROTOCOL_NAMES[protocol], port), ttl)
+                for address, ttl in records
+                for protocol, port in ports
+            ]
+        state.answer(answer.name, records, time.time(), identity, writer.pending())
+        settle = partial(self._settle, query, released, answer.name, started, release, asker, answer.records)
         writer.after_commit(settle)
         return True
 
@@ -275,6 +288,36 @@ async def _serve_tcp_connection(
         writer.close()
 
 
+_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first handed-over descriptor
+
+
+def activated_sockets() -> list[socket.socket]:
+    """The sockets a service manager handed over (systemd socket activation: ``LISTEN_FDS`` descriptors from 3 on,
+    for the process ``LISTEN_PID``). Held by the manager across restarts, they keep receiving while no agent runs:
+    queries sent in a restart's gap wait in their buffers and are answered once the new agent listens. The
+    variables are removed so that child processes do not take them for theirs."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        count = 0
+    for variable in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(variable, None)
+    return [socket.socket(fileno=_LISTEN_FDS_START + index) for index in range(count)]
+
+
+def _take(sockets: list[socket.socket], kind: int, host: str, port: int) -> socket.socket | None:
+    """Remove and return the socket of ``kind`` bound to ``host``:``port`` from ``sockets``, if there is one."""
+    wanted = (str(ipaddress.ip_address(host)), port)
+    for candidate in sockets:
+        bound = candidate.getsockname()
+        if candidate.type == kind and (str(ipaddress.ip_address(bound[0])), int(bound[1])) == wanted:
+            sockets.remove(candidate)
+            return candidate
+    return None
+
+
 _SO_RCVBUFFORCE = 33
 _RECEIVE_BUFFER = 4 << 20
 
@@ -306,16 +349,29 @@ class StubListeners:
         self._tasks: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
+        """Listen on every configured address: on a socket handed over by socket activation when one is bound
+        there (see :func:`activated_sockets`), else on a new one."""
         loop = asyncio.get_running_loop()
+        inherited = activated_sockets()
         for address in self._listen:
             host, port = parse_hostport(address, 53)
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self._handler, self._tasks, self._clients), local_addr=(host, port)
-            )
+            udp = _take(inherited, socket.SOCK_DGRAM, host, port)
+            factory = partial(_UdpProtocol, self._handler, self._tasks, self._clients)
+            if udp is not None:
+                transport, _ = await loop.create_datagram_endpoint(factory, sock=udp)
+            else:
+                transport, _ = await loop.create_datagram_endpoint(factory, local_addr=(host, port))
             _large_receive_buffer(transport.get_extra_info("socket"))
             self._transports.append(transport)
-            server = await asyncio.start_server(self._accept, host, port)
+            tcp = _take(inherited, socket.SOCK_STREAM, host, port)
+            if tcp is not None:
+                server = await asyncio.start_server(self._accept, sock=tcp)
+            else:
+                server = await asyncio.start_server(self._accept, host, port)
             self._servers.append(server)
+        for unused in inherited:
+            log.warning("socket activation: %s is not a stub address in stub.listen; closed", unused.getsockname())
+            unused.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

@@ -5,7 +5,8 @@ Config: ``[[workload]] name, cgroup, identity, client_cert, client_key``. The st
 (one ``sock_diag`` request, ≈ 8 µs, on the answer's path only when workloads are configured) and asks the
 protective resolver over that workload's own connections, with its client certificate (re-read when the files
 change on disk, as SPIFFE helpers rotate them), so the resolver applies the workload's policy. What its answers
-open goes into its own sets (``allow4_<name>``, ``allow6_<name>``), reachable only from sockets of its cgroup
+open goes into its own sets (``allow4_<name>``, ``allow6_<name>``, the port-scoped ``scoped4_<name>``,
+``scoped6_<name>``), reachable only from sockets of its cgroup
 (``socket cgroupv2 level N "<path>"``); its sockets never use the host's grants nor another workload's. Sockets of
 other cgroups are the host's. Metrics: none of its own. Client data: cgroup IDs and paths, kept in memory.
 """
@@ -77,8 +78,3 @@ class WorkloadMap:
                 if not path.startswith(".."):
                     rules.append(WorkloadRule(workload.name, path, len(workload.cgroup.split("/"))))
         return rules
-
-
-def set_names(name: str) -> tuple[str, str]:
-    """A workload's IPv4 and IPv6 sets."""
-    return f"allow4_{name}", f"allow6_{name}"

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator,
 from ztdns.config.base import Section
 from ztdns.name_regex import check_regex, is_regex
 from ztdns.patterns import PatternError, normalise_name, parse_pattern
+from ztdns.wire.grant_scope import parse_port
 
 
 def rewrite_target(target: str | list[str]) -> tuple[str | None, tuple[str, ...]]:
@@ -81,6 +82,9 @@ class RuleConfig(Section):
     qtypes: list[str] | None = None
     overridable: bool = False
     schedule: str | None = None  # a [schedules.NAME]: the rule applies only in its window
+    # An allow rule's grant scope: ["tcp/443"] opens the answered addresses on those ports only (agents that
+    # enforce scopes; docs/policy.md "Port-scoped allow rules"). None: every port.
+    ports: list[str] | None = None
 
     @field_validator("pattern")
     @classmethod
@@ -95,6 +99,17 @@ class RuleConfig(Section):
         if not values:
             raise ValueError("qtypes must not be empty (leave the rule as a plain string for all types)")
         return [_qtype(v) for v in values]
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        if not values:
+            raise ValueError("ports must not be empty (leave it out for every port)")
+        for value in values:
+            parse_port(value)
+        return values
 
 
 def _check_pattern(value: str) -> str:
@@ -174,4 +189,8 @@ class PolicyConfig(Section):
             for index, rule in enumerate(rules):
                 if isinstance(rule, RuleConfig) and rule.overridable:
                     raise ValueError(f"{key}[{index}]: 'overridable' applies to deny rules only")
+        for key, rules in (("deny", self.deny), ("except", self.exceptions)):
+            for index, rule in enumerate(rules):
+                if isinstance(rule, RuleConfig) and rule.ports is not None:
+                    raise ValueError(f"{key}[{index}]: 'ports' applies to allow rules only")
         return self

@@ -45,6 +45,7 @@ from ztdns.patterns import Pattern, Scope, parse_pattern
 from ztdns.policy.lists import EntryKind, ListFile, LocalData, Network, Spec, Tally, find_line, read_list
 from ztdns.policy.schedule import Schedule
 from ztdns.policy.sources import is_feed, source_path
+from ztdns.wire.grant_scope import PortScope, parse_port
 
 if TYPE_CHECKING:
     from ztdns.config import Config
@@ -77,6 +78,7 @@ class Decision:
     blocked_response: BlockedResponse  # from the deciding policy, or the deciding RPZ entry's action
     include_rule_text: bool  # from the deciding policy
     local: LocalData | None = None  # the answer to give for blocked_response "local"
+    ports: PortScope = ()  # an allow's grant scope, (protocol, port) pairs; empty: every port
 
     def ede_text(self) -> str:
         """EXTRA-TEXT for the Extended DNS Error: ``policy=web rule=deny:**.ads.example [list=ads.txt]``."""
@@ -122,6 +124,7 @@ class _Rule:
         "order",
         "path",
         "policy",
+        "ports",
         "qtypes",
         "rank",
         "regex",
@@ -150,9 +153,11 @@ class _Rule:
         schedule: Schedule | None = None,
         regex: str | None = None,
         label: str | None = None,
+        ports: PortScope = (),
     ) -> None:
         self.policy = policy
         self.regex = regex  # '/pattern/' of a regex rule (matched by ztdns.name_regex, not by the table)
+        self.ports = ports
         self.schedule = schedule  # None: always in force
         self.effect = effect
         self.rank = rank
@@ -178,7 +183,14 @@ class _Rule:
     def _decision(self, text: str) -> Decision:
         policy = self.policy
         return Decision(
-            self.effect != DENY, policy.name, text, self.source, self.response, policy.include_rule_text, self.local
+            self.effect != DENY,
+            policy.name,
+            text,
+            self.source,
+            self.response,
+            policy.include_rule_text,
+            self.local,
+            self.ports,
         )
 
     def decision_for(self, base: str) -> Decision:
@@ -473,14 +485,25 @@ def _compile_policy(
                 rank = RANK_LIST_DENY
             key = f"policies.{name}.{action}[{index}]"
             schedule = in_force if isinstance(rule, str) or rule.schedule is None else schedules[rule.schedule]
+            ports = () if isinstance(rule, str) or rule.ports is None else tuple(map(parse_port, rule.ports))
             if is_regex(text):
                 regex_rules.append(
-                    _Rule(policy, effect, rank, Scope.EXACT, key, regex=text, qtypes=qtypes, schedule=schedule)
+                    _Rule(
+                        policy,
+                        effect,
+                        rank,
+                        Scope.EXACT,
+                        key,
+                        regex=text,
+                        qtypes=qtypes,
+                        schedule=schedule,
+                        ports=ports,
+                    )
                 )
                 continue
             pattern = parse_pattern(text)
             compiled_rule = _Rule(
-                policy, effect, rank, pattern.scope, key, pattern=pattern, qtypes=qtypes, schedule=schedule
+                policy, effect, rank, pattern.scope, key, pattern=pattern, qtypes=qtypes, schedule=schedule, ports=ports
             )
             written.append((pattern.base, compiled_rule))
     for text, target in config.rewrites.items():

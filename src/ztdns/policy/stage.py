@@ -11,6 +11,7 @@ import copy
 import ipaddress
 import time
 
+import dns.edns
 import dns.message
 import dns.name
 import dns.rcode
@@ -24,6 +25,7 @@ from ztdns.policy import Decision, View
 from ztdns.policy.lists import LocalData
 from ztdns.replay import StoreHint
 from ztdns.wire.encode import name_forms
+from ztdns.wire.grant_scope import GRANT_SCOPE, encode_scope
 from ztdns.wire.query import name_key
 
 # TTL of synthesised blocked answers and of their SOA (the negative-caching TTL clients apply).
@@ -128,12 +130,20 @@ class PolicyStage:
         if not decision.allowed:
             _block(ctx, decision, name)
             return
+        if decision.ports and _asks_scope(ctx.query):
+            # An agent that enforces scopes asked: the answer says which ports its addresses open (docs/agent.md).
+            scope = dns.edns.GenericOption(dns.edns.OptionType.make(GRANT_SCOPE), encode_scope(decision.ports))
+            ctx.edns_options = (*ctx.edns_options, scope)
         if decision.local is not None:  # a rewrite: answered here, allowed, no EDE
             ctx.response = local_response(ctx.query, decision.local)
             ctx.kind = Kind.LOCAL
             ctx.store = StoreHint(time.monotonic() + SYNTHESISED_REPLAY_SECONDS)
             return
         await call_next(ctx)
+
+
+def _asks_scope(query: dns.message.Message) -> bool:
+    return any(option.otype == GRANT_SCOPE for option in query.options)
 
 
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)

@@ -17,6 +17,7 @@ VARIANT_CD = 2
 VARIANT_EDNS = 4
 VARIANT_DO = 8
 VARIANT_AD = 16  # RFC 6840 §5.8: a client setting AD gets AD on secure answers even without DO
+VARIANT_SCOPE = 32  # the grant-scope option (ztdns.wire.grant_scope): an agent's query gets the scope in its answer
 
 _OPT = 41
 
@@ -71,7 +72,11 @@ def parse_query(wire: bytes) -> WireQuery | None:
             return None
         option = opt + 11
         while option < length:  # options must tile the RDATA exactly, else the full path answers FORMERR
-            option += 4 + (wire[option + 2] << 8 | wire[option + 3]) if option + 4 <= length else length + 1
+            if option + 4 > length:
+                return None
+            if wire[option] == 0xFE and wire[option + 1] == 0xB1:  # 65201, the grant scope
+                variant |= VARIANT_SCOPE
+            option += 4 + (wire[option + 2] << 8 | wire[option + 3])
         if option != length:
             return None
         variant |= VARIANT_EDNS | (VARIANT_DO if wire[opt + 7] & 0x80 else 0)
@@ -82,7 +87,7 @@ def parse_query(wire: bytes) -> WireQuery | None:
     return WireQuery(name_end, question_end, qtype, key, variant, max_size)
 
 
-_VARIANT_BYTES = [bytes((v,)) for v in range(32)]
+_VARIANT_BYTES = [bytes((v,)) for v in range(64)]
 
 
 # The bytes Name.to_text writes as themselves (dnspython's _escapify): printable ASCII but for '"().;\\@$'.
