@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import tempfile
 import time
@@ -78,6 +79,9 @@ async def main() -> None:
             directory,
         )
         frontend = Frontend(config)
+        gc.collect()  # the collector as `ztdns serve` sets it (daemon.py)
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         wires = [dns.message.make_query(f"ads{i * 7919 % args.names}.example", "A").to_wire() for i in range(5000)]
         idle = await measure(frontend, wires, args.rate, args.seconds)
         print(f"idle:            {summary(idle)}")
