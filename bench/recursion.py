@@ -80,7 +80,29 @@ def servers_running(lab: Lab) -> contextlib.ExitStack:
     if can_pin():
         pin_process(unbound.pid)
         pin_process(ztdns.pid)
+    for pid in (unbound.pid, ztdns.pid):
+        settle(pid)
     return stack
+
+
+def settle(pid: int, quiet: float = 0.3, longest: float = 10.0) -> None:
+    """Wait until the process has used no CPU for ``quiet`` seconds: a server that has just started may still be
+    working in the background (ztdns measures its code and dependencies for attestation, about 0.3 s of CPU), and
+    a cold pass should time resolution, not start-up."""
+
+    def cpu() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+    deadline = time.monotonic() + longest
+    last, since = cpu(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = cpu()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
 
 
 def main() -> None:
