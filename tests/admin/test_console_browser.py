@@ -207,6 +207,10 @@ def test_find_a_blocked_query_explain_it_and_add_a_one_click_exception(console: 
     chart = wait(browser, ec.visibility_of_element_located((By.ID, "chart-blocked")))
     assert chart.tag_name == "svg" and len(chart.find_elements(By.TAG_NAME, "rect")) == 60
     wait(browser, ec.text_to_be_present_in_element((By.ID, "top-names"), "share.partner.example."))
+    # Upstream health and DNSSEC from the metrics: the example's forwarder, in service until it fails.
+    health = browser.find_element(By.ID, "upstream-health").text
+    assert "9.9.9.9" in health and "in service" in health, health
+    assert browser.find_element(By.ID, "dnssec-results").text.startswith("DNSSEC")
     shot(browser, "9-overview-charts")
 
     browser.get(console.url + "#querylog")

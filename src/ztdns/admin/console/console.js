@@ -88,11 +88,52 @@ async function overview(page) {
   } else if (recent.ok) {
     page.append(el("p", { class: "hint reason" }, `Charts: ${recent.data.reason}`));
   }
+  page.append(upstreamHealth(data.samples), dnssecResults(data.samples));
   page.append(...counts("kind", data.by_kind), ...counts("transport", data.by_transport),
     ...counts("rcode", data.by_rcode),
     el("details", {}, el("summary", {}, "All metric samples"),
       table(["metric", "labels", "value"], data.samples.map((s) =>
         [s.name, Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(", "), s.value]))));
+}
+
+// Metric samples of one family (a counter's samples end in _total), by one label.
+function byLabel(samples, family, label) {
+  const found = {};
+  for (const s of samples) {
+    if ((s.name === family || s.name === `${family}_total`) && label in s.labels) {
+      found[s.labels[label]] = (found[s.labels[label]] || 0) + s.value;
+    }
+  }
+  return found;
+}
+
+function upstreamHealth(samples) {
+  const up = byLabel(samples, "ztdns_upstream_up", "upstream");
+  const srtt = byLabel(samples, "ztdns_upstream_srtt_seconds", "upstream");
+  const sent = byLabel(samples, "ztdns_upstream_queries", "upstream");
+  const failed = byLabel(samples, "ztdns_upstream_errors", "upstream");
+  const names = Object.keys(up).sort();
+  return el("section", { class: "card", id: "upstream-health" }, el("h2", {}, "Upstream health"),
+    names.length
+      ? table(["upstream", "state", "smoothed RTT (ms)", "attempts", "failed"], names.map((name) => [
+        name, up[name] ? "in service" : "out of service",
+        srtt[name] === undefined ? "—" : (srtt[name] * 1000).toFixed(1), sent[name] || 0, failed[name] || 0]))
+      : el("p", { class: "hint" }, "no forwarding upstreams (recursion, local zones or authority only)"));
+}
+
+function dnssecResults(samples) {
+  const results = byLabel(samples, "ztdns_dnssec_answers", "result");
+  const failures = byLabel(samples, "ztdns_dnssec_validation_failures", "ede");
+  const section = el("section", { class: "card", id: "dnssec-results" }, el("h2", {}, "DNSSEC"));
+  if (!Object.keys(results).length && !Object.keys(failures).length) {
+    section.append(el("p", { class: "hint" }, "validation is off, or nothing validated yet"));
+    return section;
+  }
+  section.append(table(["result", "answers"], Object.entries(results).sort()));
+  const rows = Object.entries(failures).sort((a, b) => b[1] - a[1]);
+  section.append(el("h3", {}, "Validation failures by EDE code"),
+    rows.length ? table(["EDE", "failures"], rows) : el("p", { class: "hint" }, "none"));
+  return section;
 }
 
 // Charts are SVG drawn here (no library): bars scaled to the largest value, each with a <title> for its value.
