@@ -197,3 +197,33 @@ def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
         frames.append((kind, flags, stream_id, data[offset + 9 : offset + 9 + length]))
         offset += 9 + length
     return frames
+
+
+def test_a_post_whose_body_waits_for_the_headers_ack_is_not_delayed(pki: Pki) -> None:
+    """A client with Nagle's algorithm on sends a POST's DATA only once its HEADERS are acknowledged, and Linux
+    delays a bare ACK by up to 40 ms: the server acknowledges a read it has no answer for yet at once (dnsperf's
+    DoH with one connection did 1,425 q/s at 44 ms per request before)."""
+    import socket
+
+    async def body() -> None:
+        listener = await start(pki)
+        try:
+            client = await connect(pki, listener.address[1])
+            client.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            await client.handshake()
+            times = []
+            for stream in range(1, 40, 2):
+                started = time.perf_counter()
+                client.send(client.headers(stream, [*POST, ("content-length", str(len(QUERY)))], END_HEADERS))
+                await client.writer.drain()
+                await asyncio.sleep(0)
+                client.send(raw(DATA, END_STREAM, stream, QUERY))
+                await client.until_stream_closed(stream)
+                times.append(time.perf_counter() - started)
+            client.writer.close()
+            slowest_typical = sorted(times)[len(times) * 3 // 4]
+            assert slowest_typical < 0.02, [round(t * 1000, 1) for t in times]
+        finally:
+            await listener.close()
+
+    asyncio.run(body())
