@@ -237,3 +237,26 @@ def test_5_sighup_rereads_the_node_file_and_keeps_the_published_policy(fleet: Fl
     r2.signal(signal.SIGHUP)
     assert r2.wait_stderr("reloaded", timeout=20), r2.stderr
     assert address(r2) == "192.0.2.3"  # the bundle's zone, not the node file's (which has none)
+
+
+def test_publish_waits_for_a_cluster_whose_peers_are_still_joining(tmp_path: Path) -> None:
+    # Right after a cluster starts, JetStream does not know all its peers yet and refuses a 3-replica bucket with
+    # "no suitable peers for placement" (err_code 10005). That passes by itself: publish must wait, not fail.
+    cluster = NatsCluster(tmp_path / "nats")
+    cluster.start(0)
+    cluster.start(1)
+    private, public = tmp_path / "signing.pem", tmp_path / "signing.pub"
+    new_key_pair(private, public)
+    config = write_published(tmp_path / "published", 1)
+    env = {**os.environ, "ZTDNS_NATS": ",".join(cluster.urls[:2]), "ZTDNS_SIGNING_KEY": str(private)}
+    command = [sys.executable, "-m", "ztdns", "control", "publish", "--config", str(config), "--replicas", "3"]
+    try:
+        publisher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        time.sleep(3)
+        assert publisher.poll() is None, publisher.communicate()  # still waiting for the third peer
+        cluster.start(2)
+        out, err = publisher.communicate(timeout=60)
+        assert publisher.returncode == 0, err
+        assert "published revision 1" in out
+    finally:
+        cluster.stop()

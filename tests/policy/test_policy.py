@@ -8,7 +8,7 @@ from pathlib import Path
 import dns.name
 import dns.rdatatype
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ztdns.config import Config, ConfigError, default_config, parse_config
@@ -345,6 +345,8 @@ _PIECES = ["||", "^", "0.0.0.0 ", "127.0.0.1 ", ".", "..", "a", "B", "localhost"
 
 
 @settings(max_examples=300, deadline=None)
+@example(["0.0.0.0 ."])  # the root alone: once an entry '' on the fast path, none on the line scan
+@example(["a", "."])
 @given(st.lists(st.lists(st.sampled_from(_PIECES) | st.text(max_size=4), max_size=6).map("".join), max_size=30))
 def test_whole_file_fast_path_agrees_with_the_line_scan(
     tmp_path_factory: pytest.TempPathFactory, lines: list[str]

@@ -22,7 +22,7 @@ from typing import Any
 import nats.errors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NoKeysError, ServiceUnavailableError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from ztdns.config import ConfigError
 from ztdns.control import nats as ctl
@@ -61,10 +61,10 @@ async def publish(
             try:
                 kv, revision = await _put(client, bucket, replicas, config, role, key)
                 break
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError):
-                # A cluster node died mid-request or JetStream is electing a leader: ask again (the update is
-                # conditional on the last revision, so a retry after a lost reply publishes the next revision).
-                if time.monotonic() > deadline:
+            except Exception as exc:
+                # Ask again (the update is conditional on the last revision, so a retry after a lost reply
+                # publishes the next revision).
+                if not ctl.transient(exc) or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)
         reports: list[dict[str, Any]] = []

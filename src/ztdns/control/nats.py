@@ -8,7 +8,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 BUNDLE_KEY = "bundle.{role}"
@@ -28,6 +28,19 @@ async def connect(servers: list[str], timeout: float, reconnect: bool = True) ->
         "error_cb": _quiet,  # the default logs a traceback per failed attempt; callers report reachability
     }
     return await nats.connect(**options)
+
+
+# JetStream's "no suitable peers for placement": a cluster that has just started (or lost a node) does not know
+# all its peers yet, so a replicated bucket cannot be placed for a moment.
+_NO_PEERS_YET = 10005
+
+
+def transient(exc: Exception) -> bool:
+    """Whether a JetStream request failed for a reason that passes by itself: a node died mid-request, a leader
+    is being elected, the cluster's peers are still joining."""
+    if isinstance(exc, BadRequestError):
+        return exc.err_code == _NO_PEERS_YET
+    return isinstance(exc, nats.errors.TimeoutError | nats.errors.NoRespondersError | ServiceUnavailableError)
 
 
 async def _quiet(exc: Exception) -> None:

@@ -365,7 +365,7 @@ def _peel(lines: list[str], prefix: str, suffix: str) -> tuple[list[str], list[s
     rest.extend(compress(chunk, map(not_, clean)))
     joined = "\n".join(names)
     if (
-        "\n\n" in joined
+        "" in names  # a line that was only a dot (the root), alone or among others
         or "\n." in joined
         or ".\n" in joined
         or ".." in joined
