@@ -86,12 +86,16 @@ def test_allowed_cname_chain_opens_only_the_final_addresses(lab: Lab, probe: Pro
 def test_cache_hits_on_ztdns_still_refresh_the_agents_timeouts(lab: Lab, probe: Probe) -> None:
     first = probe.resolve("cached.test")  # TTL 30 upstream; the agent grants clamp(30, 0, 5) + 1 = 6 s
     assert first["addresses"] == ["198.51.100.14"]
-    time.sleep(2.2)
-    assert lab.set_timeouts()["198.51.100.14"] <= 4
+    time.sleep(3.2)
+    assert lab.set_timeouts()["198.51.100.14"] <= 3
+    started = time.monotonic()
     second = probe.resolve("cached.test")
     # Unbound serves local data with its full TTL every time: a smaller one is ztdns answering from its cache.
-    assert second["addresses"] == ["198.51.100.14"] and second["ttls"][0] <= first["ttls"][0] - 2
-    assert lab.set_timeouts()["198.51.100.14"] >= 5  # renewed by the cached answer
+    assert second["addresses"] == ["198.51.100.14"] and second["ttls"][0] <= first["ttls"][0] - 3
+    left = lab.set_timeouts()["198.51.100.14"]
+    # Renewed by the cached answer: at least 6 s less the time this step took, less nft's rounding down; the first
+    # grant alone would show at most 2.8 s less that time. The margin between holds however slow the machine is.
+    assert left >= 4.5 - (time.monotonic() - started)
     assert probe.connects("198.51.100.14")
 
 
