@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
 from ztdns.handler import Frontend
-from ztdns.model import Question, Resolution
+from ztdns.model import EDE, Question, Reason, Resolution
 
 CONFIG = """
 [resolver]
@@ -127,3 +127,43 @@ def test_the_browser_canary_in_any_case_is_nxdomain_before_policy() -> None:
     for name in ("x.use-application-dns.net.", "use-application-dns.org."):
         answer = asyncio.run(ask(name))
         assert answer.extended_errors()[0].code == dns.edns.EDECode.BLOCKED
+
+
+class DowngradingResolver(SharingResolver):
+    """Answers as a validator does for a zone signed only with an algorithm it does not support (RFC 8624)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def resolve(self, question: Question) -> Resolution:
+        self.calls += 1
+        resolution = await super().resolve(question)
+        reason = Reason(EDE.UNSUPPORTED_DNSKEY_ALGORITHM, "test.: test. DS: algorithms [5] unsupported")
+        return Resolution(resolution.response, reason, security="insecure")
+
+
+def test_an_answer_from_the_message_cache_keeps_the_ede_of_its_resolution() -> None:
+    # A repeat that reaches the pipeline before the first answer's replay is stored (a busy loop thread) is
+    # answered from the message cache: it must say what the resolved one said.
+    resolver = DowngradingResolver()
+
+    async def run() -> list[dns.message.Message]:
+        frontend = Frontend(parse_config(CONFIG, "test", Path(".")), resolver_factory=lambda config: resolver)
+        frontend.bind_loop(asyncio.get_running_loop())
+        client = ClientInfo(Transport.UDP, "127.0.0.1", 5353)
+        answers = []
+        for name in ("high.test.", "high.test.", "missing.test.", "missing.test."):
+            wire = await frontend.handle(dns.message.make_query(name, "A", use_edns=0).to_wire(), client)
+            assert wire is not None
+            answers.append(dns.message.from_wire(wire))
+        await frontend.close()
+        return answers
+
+    answers = asyncio.run(run())
+    assert resolver.calls == 2  # the repeats came from the cache
+    for answer in answers:
+        options = [option for option in answer.options if isinstance(option, dns.edns.EDEOption)]
+        assert [(option.code, option.text) for option in options] == [
+            (1, "test.: test. DS: algorithms [5] unsupported")
+        ], answer

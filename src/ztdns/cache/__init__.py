@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from ztdns.config.cache import CacheConfig
-from ztdns.model import Question, copy_rrset
+from ztdns.model import Question, Reason, copy_rrset
 from ztdns.wire.header import AD, TC, rcode_of
 
 CacheKey = tuple[dns.name.Name, int, int, bool, bool]
@@ -48,6 +48,9 @@ class CacheEntry:
     ttl: int  # the smallest TTL of the entry after clamping: it is fresh until stored + ttl
     hits: int = 0
     prefetching: bool = False
+    # What the resolution said about the data (an EDE such as "algorithm unsupported, so insecure"): every answer
+    # rendered from the entry says it too.
+    reason: Reason | None = None
 
     @property
     def expires(self) -> float:
@@ -121,8 +124,11 @@ class MessageCache:
         del self._entries[key]
         return None, False
 
-    def store(self, question: Question, response: dns.message.Message) -> CacheEntry | None:
-        """Cache a NOERROR or NXDOMAIN answer; returns the entry, or None when it is not cacheable.
+    def store(
+        self, question: Question, response: dns.message.Message, reason: Reason | None = None
+    ) -> CacheEntry | None:
+        """Cache a NOERROR or NXDOMAIN answer (with the ``reason`` its resolution gave, if any); returns the entry,
+        or None when it is not cacheable.
 
         The entry keeps the response's RRsets where their TTLs stand and copies those it clamps: RRsets are
         shared between resolvers' answers, their caches and this one, and never changed in place."""
@@ -161,6 +167,7 @@ class MessageCache:
             authenticated=bool(flags & AD),
             stored=self.clock(),
             ttl=ttl,
+            reason=reason,
         )
         if ttl <= 0:
             return entry  # usable for this answer only

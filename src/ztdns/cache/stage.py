@@ -71,6 +71,8 @@ class CacheStage:
             ctx.kind = Kind.CACHED
             ctx.cache_hit = True
             ctx.store = StoreHint(entry.expires, counts_down=True, entry=entry, age=age)
+            if entry.reason is not None:
+                ctx.reason = entry.reason
             self.maybe_prefetch(ctx.question, entry)
             return
         shared = self.shared
@@ -97,9 +99,11 @@ class CacheStage:
             self._serve_stale(ctx, entry, ctx.reason.text if ctx.reason is not None else "")
 
     async def _resolve_and_store(self, ctx: Asked, call_next: AskedNext) -> None:
+        before = ctx.reason
         await call_next(ctx)
         if ctx.kind is Kind.RESOLVED and ctx.response is not None:
-            stored = self.cache.store(ctx.question, ctx.response)
+            reason = ctx.reason if ctx.reason is not before else None  # the resolution's own, not an earlier stage's
+            stored = self.cache.store(ctx.question, ctx.response, reason)
             if stored is not None:
                 ctx.store = StoreHint(stored.expires, counts_down=True, entry=stored)
                 if self.shared is not None:
@@ -143,7 +147,7 @@ class CacheStage:
         assert self.resolver is not None
         try:
             resolution = await self.resolver.resolve(question)
-            if resolution.response is not None and self.cache.store(question, resolution.response):
+            if resolution.response is not None and self.cache.store(question, resolution.response, resolution.reason):
                 self.cache.prefetches += 1
         except Exception as exc:  # a failed refresh only means the next query after expiry goes upstream
             # The type only: the name (and an exception's text, which may quote it) leave only through observe/.
