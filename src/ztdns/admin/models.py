@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ztdns.config.admin import Role
+from ztdns.observe.recent import Record
 
 
 class Body(BaseModel):
@@ -211,24 +212,16 @@ class Unavailable(Body):
     reason: str | None = None
 
 
-class QueryRecord(Body):
-    seq: int = Field(description="the paging cursor: ask for older records with before=seq")
-    time: float
-    transport: str
-    client: str = Field(description="the client address, or its pseudonym under the sink's privacy")
-    certificate: str | None
-    identity: str | None
-    qname: str | None
-    qtype: str | None
-    decision: str
-    kind: str
-    policy: str | None
-    rule: str | None
-    rcode: str
-    ede: int | None
-    ede_text: str | None
-    detection: str | None
-    latency_ms: float
+# The memory sink's record as the API shows it: the same fields (one definition, in observe/recent.py), two with
+# a description for the OpenAPI document.
+_RECORD_NOTES = {
+    "seq": "the paging cursor: ask for older records with before=seq",
+    "client": "the client address, or its pseudonym under the sink's privacy",
+}
+_RECORD_FIELDS: dict[str, Any] = {
+    name: (kind, Field(description=_RECORD_NOTES.get(name))) for name, kind in get_type_hints(Record).items()
+}
+QueryRecord = create_model("QueryRecord", __base__=Body, **_RECORD_FIELDS)
 
 
 class QueryLog(Unavailable):
