@@ -339,7 +339,7 @@ def test_openapi_has_the_new_endpoints_and_models(admin_setup: Setup) -> None:
     run(admin_setup, check)
 
 
-def test_searching_100k_records_is_fast() -> None:
+def test_searching_100k_records() -> None:
     sink = RecentSink("bench", 10, 100_000)
     try:
         answered = [
@@ -366,15 +366,13 @@ def test_searching_100k_records_is_fast() -> None:
         ]
         sink.emit(events, time.time())
         assert len(sink.records) == 100_000
-        started = time.perf_counter()
+        # No match for most records: a full pass (its time over HTTPS is measured by bench/console.py).
         page = sink.search(Filters(name="host7", decision="deny", client="10.0.70.70"), 100)
-        rare = time.perf_counter() - started  # no match for most records: a full pass
-        started = time.perf_counter()
-        sink.timeline(60, 60)
-        timeline = time.perf_counter() - started
         assert page.held == 100_000
-        # Rough bounds on a shared, loaded machine: a full pass takes tens of milliseconds.
-        assert rare < 1.0 and timeline < 1.0, (rare, timeline)
+        assert [(r.qname, r.decision, r.client) for r in page.records] == [
+            ("host70.example.com.", "deny", "10.0.70.70")
+        ] * len(page.records) and page.records
+        sink.timeline(60, 60)
     finally:
         sink.close()
 
