@@ -98,7 +98,7 @@ def test_publishing_never_blocks_and_counts_what_it_drops(tmp_path: Path) -> Non
         started = time.perf_counter()
         for index in range(1000):
             publisher.publish("verdict", {"n": index})
-        assert time.perf_counter() - started < 0.5
+        assert time.perf_counter() - started < 2  # a queue append each, not a connection attempt (seconds)
         deadline = time.monotonic() + 5
         while publisher.dropped < 1000 and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -70,7 +70,8 @@ def test_backtracking_patterns_stay_linear() -> None:
     for _ in range(100):
         nested.search(name)
     warm = (time.perf_counter() - started) / 100
-    assert cold < 0.5 and warm < 0.005  # generous: a shared, loaded test machine
+    # Backtracking takes seconds to years here; the DFA well under a millisecond. Bounds for a loaded machine.
+    assert cold < 2 and warm < 0.05, (cold, warm)
 
 
 def test_the_state_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

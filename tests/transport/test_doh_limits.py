@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import ssl
+import statistics
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -208,21 +209,26 @@ def test_a_post_whose_body_waits_for_the_headers_ack_is_not_delayed(pki: Pki) ->
     async def body() -> None:
         listener = await start(pki)
         try:
-            client = await connect(pki, listener.address[1])
-            client.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
-            await client.handshake()
-            times = []
-            for stream in range(1, 40, 2):
-                started = time.perf_counter()
-                client.send(client.headers(stream, [*POST, ("content-length", str(len(QUERY)))], END_HEADERS))
-                await client.writer.drain()
-                await asyncio.sleep(0)
-                client.send(raw(DATA, END_STREAM, stream, QUERY))
-                await client.until_stream_closed(stream)
-                times.append(time.perf_counter() - started)
-            client.writer.close()
-            slowest_typical = sorted(times)[len(times) * 3 // 4]
-            assert slowest_typical < 0.02, [round(t * 1000, 1) for t in times]
+            medians = {}
+            for nagle in (False, True):
+                client = await connect(pki, listener.address[1])
+                sock = client.writer.get_extra_info("socket")
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(not nagle))
+                await client.handshake()
+                times = []
+                for stream in range(1, 40, 2):
+                    started = time.perf_counter()
+                    client.send(client.headers(stream, [*POST, ("content-length", str(len(QUERY)))], END_HEADERS))
+                    await client.writer.drain()
+                    await asyncio.sleep(0)
+                    client.send(raw(DATA, END_STREAM, stream, QUERY))
+                    await client.until_stream_closed(stream)
+                    times.append(time.perf_counter() - started)
+                client.writer.close()
+                medians[nagle] = statistics.median(times)
+            # The delayed ACK adds ~40 ms to every request; the same requests without Nagle are the yardstick, so
+            # a loaded machine slows both alike.
+            assert medians[True] < medians[False] + 0.02, medians
         finally:
             await listener.close()
 
