@@ -235,6 +235,12 @@ def test_the_ceremony_by_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["offline-ksk", "sign-ksr", *ksk[:1], str(ksr), *ksk[1:], "--output", str(skr)]) == 0
     assert main(["keys", "import-skr", "corp.internal", str(skr), "--config", str(config)]) == 0
     assert "SKR imported" in capsys.readouterr().out
+    assert main(["offline-ksk", "ds", *ksk]) == 0
+    offline_ds = capsys.readouterr().out
+    assert main(["keys", "ds", *zone_args]) == 0
+    assert capsys.readouterr().out == offline_ds  # the server names the offline KSK's DS from the SKR
+    assert main(["keys", "list", *zone_args]) == 0
+    assert "offline KSK: SKR with" in capsys.readouterr().out
     (tmp_path / "bad.skr").write_text(_tamper(skr.read_text()))
     assert main(["keys", "import-skr", "corp.internal", str(tmp_path / "bad.skr"), "--config", str(config)]) == 1
     assert "bad.skr: slot" in capsys.readouterr().err

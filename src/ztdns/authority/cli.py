@@ -41,7 +41,7 @@ def _seconds(text: str) -> int:
 def _time(text: str, now: float) -> int:
     """A time: Unix seconds, or ``+duration`` from now (keymgr's ``+0``, ``+60d``)."""
     if text.startswith("+"):
-        return math.ceil(now) + _seconds(text[1:])
+        return math.floor(now) + _seconds(text[1:])
     if not text.isdigit():
         raise ValueError(f"not a time: {text!r} (Unix seconds or +duration, e.g. +0, +60d)")
     return int(text)
@@ -49,8 +49,12 @@ def _time(text: str, now: float) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     # Imported here: every `ztdns` command registers this one, and building a zone loads the signer.
+    import dns.dnssec
+    import dns.rdatatype
+
     from ztdns.authority.build import build_zone, key_store, state_dir
-    from ztdns.authority.keys import KeyStoreError
+    from ztdns.authority.keys import SEP_FLAG, KeyStoreError
+    from ztdns.authority.offline import in_force
     from ztdns.authority.zone import ZoneError
 
     try:
@@ -83,6 +87,13 @@ def _keys(args: argparse.Namespace) -> int:
         elif args.action == "ds-seen":
             record = keys.ds_seen(max_ttl)
             print(f"DS of key {record.tag} confirmed at the parent")
+        elif args.action == "ds" and keys.skr is not None:
+            # Offline KSK: the KSKs of the imported SKR slot in force (the offline signer's `ds` says the same).
+            slot = in_force(keys.skr.slots(), keys.clock())
+            for rdata in slot.get(dns.rdatatype.DNSKEY) or () if slot is not None else ():
+                if rdata.flags & SEP_FLAG:
+                    ds = dns.dnssec.make_ds(keys.zone, rdata, args.digest.upper())
+                    print(f"{zc.name} IN DS {ds.to_text()}")
         elif args.action == "ds":
             # Only keys the parent may point at: published long enough to be in every cache (ready).
             now = keys.clock()
@@ -106,6 +117,14 @@ def _keys(args: argparse.Namespace) -> int:
                 print(f"next event: {_when(when)} key {tag} {column}")
             else:
                 print("next event: none scheduled")
+            if keys.skr is not None:
+                slots = keys.skr.slots()
+                end = keys.skr_end()
+                print(
+                    f"offline KSK: SKR with {len(slots)} slots, signatures until {_when(end)}"
+                    if slots
+                    else "offline KSK: no SKR imported (ztdns keys import-skr)"
+                )
     except (ConfigError, KeyStoreError, ZoneError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
