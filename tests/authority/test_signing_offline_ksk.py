@@ -91,6 +91,12 @@ def test_offline_ksk_zone_serves_the_imported_dnskey_set_without_a_ksk(tmp_path:
     _validates(zone, clock.now)
     cds = zone.zone.get(ORIGIN, dns.rdatatype.CDS)
     assert cds is not None and cds[0].key_tag == load_ksks(tmp_path / "ksk", ORIGIN)[0].tag
+    # The imported RRSIGs cover the apex RRsets only: the same type below the apex is signed by the ZSK.
+    assert zone.view is not None
+    below = dns.rrset.from_rdata_list(dns.name.from_text("x.corp.internal."), 300, list(cds))
+    signed = zone.view.signatures.rrsig(below)
+    assert signed is not None
+    assert [sig.key_tag for sig in signed] == [zone.keys.keyset().zone_signers[0].tag]
     # No KSK private key on the server: the key directory holds the three ZSKs' files only.
     assert sorted(p.name for p in (tmp_path / "state" / "keys").iterdir()) == sorted(
         r.locator for r in zone.keys.records()

@@ -165,9 +165,11 @@ class ZoneSigner:
 
     def rrsig(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset | None:
         """The RRSIG RRset covering ``rrset`` (shared with later callers: do not modify it)."""
-        if self._presigned is not None and rrset.rdtype in KSK_SIGNED_TYPES:
-            return self._presigned.get(rrset.rdtype)
         keys = self.keys_for(rrset.rdtype)
+        if self._presigned is not None and rrset.rdtype in KSK_SIGNED_TYPES:
+            if rrset.name == self.origin:
+                return self._presigned.get(rrset.rdtype)
+            keys = self._zsks  # such a type below the apex (no KSK here to sign it)
         if not keys or rrset.rdtype == RRSIG:
             return None
         owner = canonical_owner(rrset.name)
