@@ -182,6 +182,21 @@ def test_a_later_skr_keeps_the_slots_before_it(tmp_path: Path) -> None:
     _validates(zone, clock.now)
 
 
+def test_a_running_server_serves_an_import_at_its_next_tick(tmp_path: Path) -> None:
+    clock = Clock()
+    zone = _zone(tmp_path / "state", clock)
+    authority = Authority([zone], clock=clock)
+    assert authority.tick() == [] and zone.zone.get(ORIGIN, dns.rdatatype.DNSKEY) is None
+    assert zone.keys is not None
+    ksr = zone.keys.generate_ksr(START, START + 10 * DAY, zone.timing_ttl())
+    # Another process (the CLI) imports: the server only sees the file change.
+    cli = KeyManager(ORIGIN, POLICY, tmp_path / "state", clock=clock)
+    cli.import_skr(_offline_sign(ksr, tmp_path / "ksk"), "corp.skr")
+    serial = zone.zone.serial
+    assert authority.tick() == [zone] and zone.zone.serial != serial
+    _validates(zone, clock.now)
+
+
 def test_running_out_warns_and_the_metric_counts_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     zone = _zone(tmp_path / "state", clock, skr_warning=14 * DAY)
