@@ -72,6 +72,7 @@ AUTHORITY = {
     "ztdns_authority_replay_entries",
     "ztdns_authority_zone_serial",
     "ztdns_authority_signatures",
+    "ztdns_authority_skr_remaining_seconds",
 }
 SHARED_CACHE = {
     "ztdns_shared_cache_hits",

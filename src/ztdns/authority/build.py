@@ -38,6 +38,7 @@ def policy(signing: SigningConfig) -> Policy:
         signing.algorithm_rollover,
         signing.purge_delay,
         signing.cds_publish,
+        signing.offline_ksk,
     )
 
 
@@ -182,6 +183,7 @@ def build_zone(
         parent_check_interval=zc.signing.parent_check_interval,
         ds_push=parse_hostport(zc.signing.ds_push, 53) if zc.signing.ds_push else None,
         ds_push_key=dns.name.from_text(zc.signing.ds_push_key) if zc.signing.ds_push_key else None,
+        skr_warning=zc.signing.skr_warning,
     )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = key_manager(zc, state_dir, store) if zc.signing.enabled else None

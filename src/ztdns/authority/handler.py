@@ -39,7 +39,7 @@ from ztdns.authority.answer import EDNS_CO, SignedView, answer
 from ztdns.authority.kasp import KeyManager, KeySet
 from ztdns.authority.nsec3 import CompactDenial, Nsec3Chain, nsec3param_rdata
 from ztdns.authority.rrl import RateLimiter, Verdict
-from ztdns.authority.signing import Validity, ZoneSigner
+from ztdns.authority.signing import KSK_SIGNED_TYPES, Validity, ZoneSigner
 from ztdns.authority.transfer import (
     Snapshot,
     TransferAcl,
@@ -121,6 +121,8 @@ class ZoneSettings:
     # ``ds-push``), signed with the TSIG key ``ds_push_key`` when set.
     ds_push: tuple[str, int] | None = None
     ds_push_key: dns.name.Name | None = None
+    # Offline KSK: warn when the imported SKR's last signatures expire within this many seconds.
+    skr_warning: float = 14 * 86400.0
 
 
 # The state's journal of updates is folded into the state file after this many lines (or one per dynamic RRset).
@@ -188,6 +190,7 @@ class ServedZone:
         self._deltas: list[tuple[int, tuple[frozenset[dns.name.Name], frozenset[bytes]] | None]] = []
         # DS polling and push (the parent side of a KSK roll): the next check, and the keys already pushed.
         self._next_parent_check = 0.0
+        self._next_skr_warning = 0.0
         self._pushed: dict[int, float] = {}  # key tag → when to push its DS (again)
         # Signatures made before a restart may be held by secondaries: their refresh time is kept in the state.
         self._resign_at = self._saved_resign_at = float("inf")
@@ -227,15 +230,27 @@ class ServedZone:
             return rds if len(rds) else None
 
         origin = base.origin
-        apex.append(
-            Change(origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys)))
-        )
-        cds: list[dns.rdata.Rdata] = [k.cds(self.settings.cds_digest) for k in ks.cds]
-        cdnskey: list[dns.rdata.Rdata] = [k.cdnskey() for k in ks.cds]
-        if ks.cds_delete:
-            cds, cdnskey = [DELETE_CDS], [DELETE_CDNSKEY]
-        apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, cds)))
-        apex.append(Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, cdnskey)))
+        if self.keys is not None and self.keys.skr is not None:
+            # Offline KSK: the SKR slot's RRsets as imported (their TTLs are those its RRSIGs cover).
+            slot = ks.presigned
+            for rdtype in KSK_SIGNED_TYPES:
+                imported = slot.get(rdtype) if slot is not None else None
+                apex.append(
+                    Change(
+                        origin, rdtype, dns.rdataset.from_rdata_list(imported.ttl, list(imported)) if imported else None
+                    )
+                )
+            self.signer.set_presigned(slot.signatures() if slot is not None else {})
+        else:
+            apex.append(
+                Change(origin, dns.rdatatype.DNSKEY, rdataset(dns.rdatatype.DNSKEY, (k.dnskey for k in ks.dnskeys)))
+            )
+            cds: list[dns.rdata.Rdata] = [k.cds(self.settings.cds_digest) for k in ks.cds]
+            cdnskey: list[dns.rdata.Rdata] = [k.cdnskey() for k in ks.cds]
+            if ks.cds_delete:
+                cds, cdnskey = [DELETE_CDS], [DELETE_CDNSKEY]
+            apex.append(Change(origin, dns.rdatatype.CDS, rdataset(dns.rdatatype.CDS, cds)))
+            apex.append(Change(origin, dns.rdatatype.CDNSKEY, rdataset(dns.rdatatype.CDNSKEY, cdnskey)))
         if self.settings.denial == "nsec3":
             apex.append(
                 Change(origin, dns.rdatatype.NSEC3PARAM, rdataset(dns.rdatatype.NSEC3PARAM, [nsec3param_rdata()]))
@@ -332,6 +347,33 @@ class ServedZone:
     def ds_pushed(self, tag: int) -> None:
         """The parent's primary accepted the DS of key ``tag``: no further pushes for it."""
         self._pushed[tag] = float("inf")
+
+    def skr_remaining(self) -> float | None:
+        """Offline KSK: seconds until the imported SKR's last signatures expire (0 without an SKR); None: not
+        an offline-KSK zone."""
+        if self.keys is None or self.keys.skr is None:
+            return None
+        end = self.keys.skr_end()
+        return max(0.0, end - self.clock()) if end is not None else 0.0
+
+    def check_skr(self) -> None:
+        """Log (at most daily) when the imported SKR runs out within ``skr_warning``: the offline signer must sign
+        the next KSR before then, or the DNSKEY RRset's signatures expire and the zone goes bogus."""
+        remaining = self.skr_remaining()
+        now = self.clock()
+        if remaining is None or remaining >= self.settings.skr_warning or now < self._next_skr_warning:
+            return
+        self._next_skr_warning = now + 86400
+        if remaining <= 0:
+            log.error(
+                "zone %s: offline KSK: no imported SKR signs the DNSKEY RRset now (ztdns keys import-skr)", self.origin
+            )
+        else:
+            log.warning(
+                "zone %s: offline KSK: the imported SKR runs out in %.1f days: generate, sign and import the next KSR",
+                self.origin,
+                remaining / 86400,
+            )
 
     def refresh_keys(self) -> bool:
         """Re-read the key timeline; a change of published keys is a new zone version (new serial)."""
@@ -734,12 +776,20 @@ class Authority:
         signatures = CounterMetricFamily(
             "ztdns_authority_signatures", "RRSIGs made (cache misses and refreshes)", labels=["zone"]
         )
+        skr = GaugeMetricFamily(
+            "ztdns_authority_skr_remaining_seconds",
+            "Offline KSK: seconds until the imported SKR's last DNSKEY signatures expire",
+            labels=["zone"],
+        )
         for origin, served in list(self.zones.items()):
             zone = origin.to_text()
             serial.add_metric([zone], served.zone.serial)
             if served.signer is not None:
                 signatures.add_metric([zone], served.signer.signatures_made)
-        yield from (serial, signatures)
+            remaining = served.skr_remaining()
+            if remaining is not None:
+                skr.add_metric([zone], remaining)
+        yield from (serial, signatures, skr)
 
     def replace(
         self,
@@ -774,6 +824,7 @@ class Authority:
         for zone in self.zones.values():
             if zone.keys is not None:
                 zone.keys.due(zone.timing_ttl())
+                zone.check_skr()
             if zone.refresh_keys() | zone.resign():
                 changed.append(zone)
         if changed:

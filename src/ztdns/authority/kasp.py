@@ -41,6 +41,7 @@ import contextlib
 import datetime
 import fcntl
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +52,7 @@ from typing import Literal, Protocol
 import dns.name
 
 from ztdns.authority.keys import ECDSAP256SHA256, FileKey, KeyStoreError, PrivateKey, ZoneKey
+from ztdns.authority.offline import SKR, SkrStore, Slot, in_force, parse, request, verify
 
 Role = Literal["ksk", "zsk", "csk"]
 # Which keys the CDS/CDNSKEY RRsets (RFC 7344) are published for, as Knot's ``cds-cdnskey-publish``: never;
@@ -82,6 +84,9 @@ class Policy:
     # entry dropped and the key destroyed (file deleted, token objects destroyed). None: kept forever.
     purge_delay: int | None = None
     cds_publish: CdsPublish = "rollover"
+    # The KSK is offline (Knot's offline-ksk): the zone holds ZSKs only, rolled by the plan a KSR is made from,
+    # and serves the DNSKEY/CDS/CDNSKEY RRsets and signatures of an imported SKR (ztdns.authority.offline).
+    offline_ksk: bool = False
 
 
 @dataclass(slots=True)
@@ -142,10 +147,14 @@ class KeySet:
     dnskey_signers: tuple[ZoneKey, ...]
     cds: tuple[ZoneKey, ...]
     cds_delete: bool = False  # publish the RFC 8078 delete CDS/CDNSKEY instead
+    # Offline KSK: the imported SKR slot in force, whose DNSKEY/CDS/CDNSKEY RRsets and RRSIGs are served as they
+    # are (``dnskeys``, ``dnskey_signers`` and ``cds`` are then empty).
+    presigned: Slot | None = None
 
     def fingerprint(self) -> tuple[tuple[int, ...], ...]:
         keys = (self.dnskeys, self.zone_signers, self.dnskey_signers, self.cds)
-        return tuple(tuple(k.tag for k in group) for group in keys) + (((0,),) if self.cds_delete else ())
+        fingerprint = tuple(tuple(k.tag for k in group) for group in keys) + (((0,),) if self.cds_delete else ())
+        return fingerprint + (((self.presigned.start,),) if self.presigned is not None else ())
 
 
 @dataclass(slots=True)
@@ -209,8 +218,10 @@ class KeyManager:
         self.zone = zone
         self.policy = policy
         self.clock = clock
-        self.path = state_dir / f"{zone.to_text(omit_final_dot=True) or 'root'}.keys.json"
+        stem = zone.to_text(omit_final_dot=True) or "root"
+        self.path = state_dir / f"{stem}.keys.json"
         self.store = store or FileStore(state_dir / "keys")
+        self.skr = SkrStore(state_dir / f"{stem}.skr", zone) if policy.offline_ksk else None
         self._state = _State()
         self._mtime: float | None = None
         self._loaded: dict[int, ZoneKey] = {}
@@ -290,11 +301,12 @@ class KeyManager:
         reason = self.algorithm_change()
         if reason is not None:
             raise KeyStoreError(reason)
-        now = self.clock()
+        # Offline KSK: whole seconds, as KSR slots start on them.
+        now = math.floor(self.clock()) if self.policy.offline_ksk else self.clock()
         with self._locked() as state:
             if state.keys:
                 return
-            roles: list[Role] = ["csk"] if self.policy.csk else ["ksk", "zsk"]
+            roles: list[Role] = ["zsk"] if self.policy.offline_ksk else ["csk"] if self.policy.csk else ["ksk", "zsk"]
             for role in roles:
                 record = self._new_key(state, role, now)
                 record.active = now if role != "ksk" else None
@@ -321,6 +333,11 @@ class KeyManager:
         def pick(test: Callable[[KeyRecord], bool]) -> tuple[ZoneKey, ...]:
             return tuple(self.zone_key(r) for r in records if test(r))
 
+        if self.skr is not None:
+            slot = in_force(self.skr.slots(), t)
+            return KeySet(
+                dnskeys=(), zone_signers=pick(lambda r: r.signs_data(t)), dnskey_signers=(), cds=(), presigned=slot
+            )
         mode = self.policy.cds_publish
         submitted = pick(lambda r: r.published(t) and r.in_cds(t))
         if mode in ("none", "delete-dnssec"):
@@ -352,6 +369,11 @@ class KeyManager:
 
     def rollover(self, role: Role, max_ttl: int) -> KeyRecord:
         """Start a rollover of ``role`` now; ``max_ttl`` is the largest TTL of signed data in the zone."""
+        if self.policy.offline_ksk:
+            raise KeyStoreError(
+                f"zone {self.zone} has an offline KSK: ZSK rolls follow the plan a KSR is made from (ztdns keys "
+                "generate-ksr), KSK rolls are the offline signer's"
+            )
         if (role == "csk") != self.policy.csk:
             raise KeyStoreError(f"zone {self.zone} uses {'a CSK' if self.policy.csk else 'a KSK and a ZSK'}")
         now = self.clock()
@@ -427,6 +449,70 @@ class KeyManager:
                 started.append(replace(record))
             return started
 
+    # -- offline KSK ---------------------------------------------------------------------------------------------
+
+    def plan_zsks(self, until: float, max_ttl: int) -> list[KeyRecord]:
+        """Offline KSK: schedule the ZSK rollovers due up to ``until`` now (Knot's pre-generate), each timed as
+        :meth:`rollover` would when its key's lifetime runs out, so a KSR can list every future ZSK."""
+        lifetime = self.policy.zsk_lifetime
+        policy = self.policy
+        made: list[KeyRecord] = []
+        if not lifetime:
+            return made
+        with self._locked() as state:
+            while True:
+                current = [r for r in state.keys if r.role == "zsk" and r.remove is None]
+                if not current:
+                    return made
+                # Whole seconds: KSR slots start on them.
+                start = math.ceil(max(max(r.publish for r in current) + lifetime, self.clock()))
+                if start > until:
+                    return made
+                new = self._new_key(state, "zsk", start, self._algorithm(state))
+                new.active = start + policy.propagation_delay + policy.dnskey_ttl
+                for record in current:
+                    record.retire = new.active
+                    record.remove = new.active + policy.propagation_delay + max_ttl
+                made.append(replace(new))
+
+    def published_zsks(self, t: float) -> list[ZoneKey]:
+        """The ZSKs in the DNSKEY RRset at ``t`` by the key state (what a KSR slot lists)."""
+        self._read()
+        return [self.zone_key(r) for r in self._state.keys if r.role == "zsk" and r.published(t)]
+
+    def zsk_events(self) -> list[int]:
+        """When the published ZSK set changes."""
+        self._read()
+        times = [t for r in self._state.keys if r.role == "zsk" for t in (r.publish, r.remove) if t is not None]
+        return sorted({math.ceil(t) for t in times})
+
+    def generate_ksr(self, start: int, end: int, max_ttl: int) -> str:
+        """The KSR text for ``start``..``end`` (Knot's ``keymgr generate-ksr``): the ZSK rolls due by ``end`` are
+        scheduled first, then every change of the published ZSKs is a slot."""
+        if self.skr is None:
+            raise KeyStoreError(f"zone {self.zone} does not have offline_ksk = true")
+        if end < start:
+            raise KeyStoreError("a KSR's end is before its start")
+        self.plan_zsks(end, max_ttl)
+        times = [start, *(t for t in self.zsk_events() if start < t <= end), end]
+        return request(self.zone, self.published_zsks, times, self.policy.dnskey_ttl)
+
+    def import_skr(self, text: str, source: str) -> list[Slot]:
+        """Verify an SKR (Knot's ``keymgr import-skr``) and keep it; returns the slots now stored. Refused
+        (OfflineKskError naming ``source``): signatures that do not verify, ZSKs other than the key state's."""
+        if self.skr is None:
+            raise KeyStoreError(f"zone {self.zone} does not have offline_ksk = true")
+        slots = parse(text, SKR, self.zone, source)
+        verify(slots, self.zone, lambda t: [k.dnskey for k in self.published_zsks(t)], self.zsk_events(), source)
+        return self.skr.save(slots)
+
+    def skr_end(self) -> float | None:
+        """Offline KSK: when the signatures of the last imported SKR slot expire (None: no SKR)."""
+        if self.skr is None:
+            return None
+        slots = self.skr.slots()
+        return slots[-1].expiration() if slots else None
+
     def purge(self) -> list[KeyRecord]:
         """Destroy keys that left the zone ``purge_delay`` ago (never a key still published or signing)."""
         delay = self.policy.purge_delay
@@ -469,6 +555,8 @@ class KeyManager:
         ):
             return self.algorithm_rollover(max_ttl)
         for role, lifetime in (("zsk", self.policy.zsk_lifetime), ("ksk", self.policy.ksk_lifetime)):
+            if self.policy.offline_ksk:
+                break  # rolls are planned ahead, when a KSR is made (plan_zsks)
             role_: Role = "csk" if self.policy.csk else role  # type: ignore[assignment]
             if not lifetime or (self.policy.csk and role == "ksk"):
                 continue

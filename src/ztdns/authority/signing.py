@@ -130,6 +130,8 @@ class ZoneSigner:
         self._key_tails: dict[int, bytes] = {}
         self._zsks: Sequence[ZoneKey] = ()
         self._ksks: Sequence[ZoneKey] = ()
+        # Offline KSK: the imported RRSIGs of the key record types (by type covered), served instead of signing.
+        self._presigned: dict[int, dns.rrset.RRset] | None = None
         # Per (canonical owner, type, key tag): one signature. Per (canonical owner, type): the RRSIG RRset last
         # handed out, with the content and key set it covers, so a repeated answer builds no dnspython objects.
         self._cache: dict[tuple[bytes, int, int], _Cached] = {}
@@ -153,12 +155,21 @@ class ZoneSigner:
         self._cache = {key: entry for key, entry in self._cache.items() if key[2] in tags}
         self._sets = {}
 
+    def set_presigned(self, signatures: dict[int, dns.rrset.RRset] | None) -> None:
+        """Serve these RRSIGs for DNSKEY, CDS and CDNSKEY (an offline KSK's, covering exactly the RRsets served);
+        None: sign them with the KSKs."""
+        self._presigned = signatures
+
     def keys_for(self, rdtype: int) -> Sequence[ZoneKey]:
         return self._ksks if rdtype in KSK_SIGNED_TYPES else self._zsks
 
     def rrsig(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset | None:
         """The RRSIG RRset covering ``rrset`` (shared with later callers: do not modify it)."""
         keys = self.keys_for(rrset.rdtype)
+        if self._presigned is not None and rrset.rdtype in KSK_SIGNED_TYPES:
+            if rrset.name == self.origin:
+                return self._presigned.get(rrset.rdtype)
+            keys = self._zsks  # such a type below the apex (no KSK here to sign it)
         if not keys or rrset.rdtype == RRSIG:
             return None
         owner = canonical_owner(rrset.name)

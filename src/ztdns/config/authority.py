@@ -80,6 +80,12 @@ class SigningConfig(Section):
     signature_lifetime: Annotated[int, Field(gt=0)] = 14 * DAY
     signature_jitter: Annotated[int, Field(ge=0)] = DAY
     signature_refresh: Annotated[int, Field(gt=0)] = 5 * DAY
+    # The KSK is held by an offline signer (Knot's offline-ksk): no KSK on the server; the DNSKEY/CDS/CDNSKEY
+    # RRsets and their signatures come from an imported SKR (`ztdns keys generate-ksr` / `import-skr`).
+    offline_ksk: bool = False
+    # Offline KSK: warn (log, and the ztdns_authority_skr_remaining_seconds gauge) this long before the
+    # imported SKR's last signatures expire.
+    skr_warning: Annotated[int, Field(ge=0)] = 14 * DAY
 
     @field_validator("parent_servers", "ds_push")
     @classmethod
@@ -91,6 +97,17 @@ class SigningConfig(Section):
     def _refresh(self) -> SigningConfig:
         if self.signature_refresh >= self.signature_lifetime:
             raise ValueError("signature_refresh must be shorter than signature_lifetime")
+        if self.offline_ksk:
+            online = {
+                "csk": self.csk,
+                "algorithm_rollover": self.algorithm_rollover,
+                "ksk_lifetime": self.ksk_lifetime,
+                "parent_servers": self.parent_servers,
+                "ds_push": self.ds_push,
+            }
+            for key, value in online.items():
+                if value:
+                    raise ValueError(f"offline_ksk: {key} needs the KSK on the server (the offline signer rolls it)")
         return self
 
 
