@@ -16,13 +16,11 @@ import dns.rdatatype
 import dns.update
 import pytest
 
-from authority.test_signing_rollover import CHILD, CHILD_TEXT, FAST, PARENT, PARENT_TEXT, Prober, _wait
-from authority_lab import keyring, need, serving, signed_zone, unbound
+from authority.test_signing_rollover import FAST, _wait, parent_and_child, set_parent_ds, unbound_validating
+from authority_lab import need, serving
 from ztdns.authority.build import check_zone
-from ztdns.authority.handler import Authority
 from ztdns.authority.kasp import KeyManager, Policy
 from ztdns.authority.keys import ECDSAP256SHA256, ED25519, KeyStoreError
-from ztdns.authority.update import Grant
 from ztdns.authority.zone import ZoneError
 from ztdns.config.authority import AuthZoneConfig
 
@@ -93,31 +91,12 @@ def test_algorithm_change_needs_a_rollover_and_follows_rfc6781(tmp_path: Path) -
 @pytest.mark.slow
 def test_ecdsa_to_ed25519_with_unbound_validating_throughout(tmp_path: Path) -> None:
     need("unbound")
-    registrar = dns.name.from_text("xfr.")
-    parent = signed_zone(
-        tmp_path / "parent",
-        PARENT_TEXT,
-        PARENT,
-        FAST,
-        grants=(Grant("tsig:xfr.", ("corp.internal",), frozenset({dns.rdatatype.DS})),),
-    )
-    child = signed_zone(tmp_path / "child", CHILD_TEXT, CHILD, FAST)
-    assert child.keys is not None and parent.keys is not None
+    parent, child, authority = parent_and_child(tmp_path)
     keys = child.keys
-    authority = Authority([parent, child], keyring=keyring())
+    assert keys is not None
     with serving(authority, tick_seconds=0.1) as (loop, server):
-
-        def set_parent_ds(ds_texts: list[str]) -> None:
-            update = dns.update.UpdateMessage(PARENT, keyring=keyring(), keyname=registrar)
-            update.replace("corp", 1, "DS", *ds_texts)
-            assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
-
-        set_parent_ds([keys.keyset().dnskey_signers[0].ds().to_text()])
-        anchor = parent.keys.keyset().dnskey_signers[0].ds()
-        process, listen = unbound(tmp_path, server.port, f"internal. DS {anchor.to_text()}", stub="internal.")
-        prober = Prober(listen)
-        prober.start()
-        try:
+        set_parent_ds(server.port, [keys.keyset().dnskey_signers[0].ds().to_text()])
+        with unbound_validating(tmp_path, parent, server.port):
             time.sleep(1.5)
             rolled = dataclasses.replace(FAST, algorithm=ED25519, algorithm_rollover=True)
 
@@ -129,15 +108,8 @@ def test_ecdsa_to_ed25519_with_unbound_validating_throughout(tmp_path: Path) -> 
             (new_ksk,) = keys.keyset().cds
             assert new_ksk.private.algorithm == ED25519
             time.sleep(1.0)
-            set_parent_ds([new_ksk.ds().to_text()])
+            set_parent_ds(server.port, [new_ksk.ds().to_text()])
             loop.call(lambda: keys.ds_seen(child.timing_ttl()))
             _wait(lambda: {k.private.algorithm for k in keys.keyset().zone_signers} == {ED25519}, 15)
             assert {k.private.algorithm for k in keys.keyset().dnskeys} == {ED25519}
             time.sleep(2.0)
-        finally:
-            prober.stop.set()
-            prober.join(10)
-            process.kill()
-            process.wait()
-        assert prober.asked > 50
-        assert prober.failures == []

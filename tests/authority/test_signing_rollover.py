@@ -6,8 +6,10 @@ automation would."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.flags
@@ -20,7 +22,7 @@ import dns.update
 import pytest
 
 from authority_lab import keyring, need, serving, signed_zone, unbound
-from ztdns.authority.handler import Authority
+from ztdns.authority.handler import Authority, ServedZone
 from ztdns.authority.kasp import Policy
 from ztdns.authority.update import Grant
 
@@ -77,39 +79,60 @@ class Prober(threading.Thread):
             time.sleep(0.05)
 
 
-def test_zsk_and_ksk_rollover_without_a_bogus_answer(tmp_path: Path) -> None:
-    need("unbound")
-    registrar = dns.name.from_text("xfr.")
-    parent = signed_zone(
-        tmp_path / "parent",
-        PARENT_TEXT,
-        PARENT,
-        FAST,
-        grants=(Grant("tsig:xfr.", ("corp.internal",), frozenset({dns.rdatatype.DS})),),
-    )
+REGISTRAR = dns.name.from_text("xfr.")
+
+
+def parent_and_child(tmp_path: Path) -> tuple[ServedZone, ServedZone, Authority]:
+    """The signed parent (which takes the child's DS by UPDATE from the registrar's key) and the signed child."""
+    grant = Grant("tsig:xfr.", ("corp.internal",), frozenset({dns.rdatatype.DS}))
+    parent = signed_zone(tmp_path / "parent", PARENT_TEXT, PARENT, FAST, grants=(grant,))
     child = signed_zone(tmp_path / "child", CHILD_TEXT, CHILD, FAST)
     assert child.keys is not None and parent.keys is not None
+    return parent, child, Authority([parent, child], keyring=keyring())
+
+
+def set_parent_ds(port: int, ds_texts: list[str]) -> None:
+    """Replace the child's DS in the parent, as a registrar's automation would: a TSIG-signed UPDATE."""
+    update = dns.update.UpdateMessage(PARENT, keyring=keyring(), keyname=REGISTRAR)
+    update.replace("corp", 1, "DS", *ds_texts)
+    assert dns.query.tcp(update, "127.0.0.1", port=port, timeout=5).rcode() == dns.rcode.NOERROR
+
+
+@contextlib.contextmanager
+def unbound_validating(tmp_path: Path, parent: ServedZone, port: int) -> Iterator[Prober]:
+    """Unbound, anchored at the parent's KSK, asking the child's names all along; none of its answers may be
+    bogus (or unvalidated) by the end."""
+    assert parent.keys is not None
+    anchor = parent.keys.keyset().dnskey_signers[0].ds()
+    process, listen = unbound(tmp_path, port, f"internal. DS {anchor.to_text()}", stub="internal.")
+    prober = Prober(listen)
+    prober.start()
+    try:
+        yield prober
+    finally:
+        prober.stop.set()
+        prober.join(10)
+        process.kill()
+        process.wait()
+    assert prober.asked > 50
+    assert prober.failures == []
+
+
+def test_zsk_and_ksk_rollover_without_a_bogus_answer(tmp_path: Path) -> None:
+    need("unbound")
+    parent, child, authority = parent_and_child(tmp_path)
     keys = child.keys
-    authority = Authority([parent, child], keyring=keyring())
+    assert keys is not None
 
     with serving(authority, tick_seconds=0.1) as (loop, server):
-
-        def set_parent_ds(ds_texts: list[str]) -> None:
-            update = dns.update.UpdateMessage(PARENT, keyring=keyring(), keyname=registrar)
-            update.replace("corp", 1, "DS", *ds_texts)
-            assert dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=5).rcode() == dns.rcode.NOERROR
 
         def cds() -> list[str]:
             response = dns.query.udp(dns.message.make_query(CHILD, "CDS"), "127.0.0.1", port=server.port, timeout=3)
             return [rd.to_text() for rrset in response.answer for rd in rrset]
 
         ksk = keys.keyset().dnskey_signers[0]
-        set_parent_ds([ksk.ds().to_text()])
-        anchor = parent.keys.keyset().dnskey_signers[0].ds()
-        process, listen = unbound(tmp_path, server.port, f"internal. DS {anchor.to_text()}", stub="internal.")
-        prober = Prober(listen)
-        prober.start()
-        try:
+        set_parent_ds(server.port, [ksk.ds().to_text()])
+        with unbound_validating(tmp_path, parent, server.port):
             time.sleep(1.5)
             old_zsk = keys.keyset().zone_signers[0].tag
             loop.call(lambda: keys.rollover("zsk", child.base.max_ttl()))
@@ -124,18 +147,11 @@ def test_zsk_and_ksk_rollover_without_a_bogus_answer(tmp_path: Path) -> None:
             new_ds = next(k for k in keys.keyset().cds if k.tag == new.tag).ds().to_text()
             assert published == [new_ds]
             time.sleep(1.0)
-            set_parent_ds([new_ds])
+            set_parent_ds(server.port, [new_ds])
             loop.call(lambda: keys.ds_seen(child.base.max_ttl()))
             _wait(lambda: cds() == [], 5)
             _wait(lambda: [k.tag for k in keys.keyset().dnskey_signers] == [new.tag], 10)
             time.sleep(2.0)
-        finally:
-            prober.stop.set()
-            prober.join(10)
-            process.kill()
-            process.wait()
-        assert prober.asked > 50
-        assert prober.failures == []
 
 
 def _wait(condition: object, seconds: float) -> None:
