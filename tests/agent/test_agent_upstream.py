@@ -132,7 +132,9 @@ def test_doh_and_dot_servers_mixed_with_failover_and_verified_identity(pki: Pki,
             f'[[server]]\naddress = "127.0.0.1:{dot.address[1]}"\nhostname = "dns.test"\n'
         )
         tls = f'[tls]\nca_file = "{pki.ca}"\nclient_cert = "{pki.cert("prod")}"\nclient_key = "{pki.key("prod")}"\n'
-        upstreams = Upstreams(parse_model(AgentConfig, "[stub]\ntimeout = 2.0\n" + servers + tls))
+        # A long budget: each server gets a share of it, and a mutual-TLS handshake on a loaded machine can take
+        # over a second (the share of a 2 s budget): the query then went on to the DoT server.
+        upstreams = Upstreams(parse_model(AgentConfig, "[stub]\ntimeout = 10.0\n" + servers + tls))
         try:
             query = dns.message.make_query("whoami.", "TXT")
             answers = await asyncio.gather(*(upstreams.query(query.to_wire()) for _ in range(5)))
