@@ -98,6 +98,10 @@ class H2ServerConnection:
         # The fields of the last request's header list (shared and read-only, like the decoder's lists).
         self._last_headers: list[tuple[bytes, bytes]] | None = None
         self._last_fields: dict[bytes, bytes] | None = None
+        # The fields of the decoder's last shape of block (see HpackDecoder.varying), None if it is not checked
+        # that way.
+        self._shape: list[tuple[bytes, bytes]] | None = None
+        self._shape_fields: dict[bytes, bytes] | None = None
         self.highest_stream = 0
         self.resets = 0
         self.answered = 0
@@ -110,6 +114,7 @@ class H2ServerConnection:
         self._skipped: list[tuple[int, int]] = []  # (first, last) ids the client jumped over
         self._buffer = b""
         self._buffer_since = 0.0  # when the partial frame in _buffer began
+        self._now = 0.0  # when the read being handled came
         self._preface = False
         self._settings_seen = False
         self._continuing: tuple[int, int, bool, bytearray] | None = None  # stream, flags, self-dependent, block
@@ -215,13 +220,14 @@ class H2ServerConnection:
             return events
         buffer = self._buffer + data if self._buffer else data
         offset = 0
+        self._now = self.clock()  # when the frames of this read came
         try:
             if not self._preface:
                 if len(buffer) < len(PREFACE):
                     if not PREFACE.startswith(buffer):
                         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "not the HTTP/2 preface")
                     if not self._buffer:
-                        self._buffer_since = self.clock()
+                        self._buffer_since = self._now
                     self._buffer = buffer
                     return events
                 if not buffer.startswith(PREFACE):
@@ -246,7 +252,7 @@ class H2ServerConnection:
             events.append(ConnectionEnded(exc.code))
             return events
         if offset < len(buffer) and (offset or not self._buffer):  # a new partial frame
-            self._buffer_since = self.clock()
+            self._buffer_since = self._now
         self._buffer = buffer[offset:]
         return events
 
@@ -358,15 +364,11 @@ class H2ServerConnection:
         if self.going_away or len(self.streams) >= self.max_streams:
             self._reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        if headers is self._last_headers:  # the decoder's memo: the same block as the last request
-            fields = self._last_fields
-        else:
-            fields = self._last_fields = _request_fields(headers)
-            self._last_headers = headers
+        fields = self._fields(headers)
         if fields is None or self_dependent:
             self._reset(stream_id, ErrorCode.PROTOCOL_ERROR)
             return
-        stream = Stream(self._peer_window, self.max_body, fields, self.clock())
+        stream = Stream(self._peer_window, self.max_body, fields, self._now)
         self.streams[stream_id] = stream
         length = fields.get(b"content-length")
         if length is not None:
@@ -382,6 +384,32 @@ class H2ServerConnection:
         elif not stream.too_large and fields.get(b"expect", b"").lower() == b"100-continue":
             # The interim response the client waits for before it sends the body (RFC 9110 section 10.1.1).
             self._out.append(frame(HEADERS, END_HEADERS, stream_id, encode_headers(100, [])))
+
+    def _fields(self, headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes] | None:
+        """:func:`_request_fields`, checked once per list the decoder shares, and once per shape of block."""
+        if headers is self._last_headers:  # the decoder's memo: the same block as the last request
+            return self._last_fields
+        varying = self.decoder.varying
+        if varying is None:
+            fields = self._last_fields = _request_fields(headers)
+            self._last_headers = headers
+            return fields
+        # A block of the decoder's shapes: the same fields as the shape's list but for the one literal's value.
+        shape, position = varying
+        if shape is not self._shape:
+            self._shape = shape
+            self._shape_fields = _request_fields(shape)
+            name = shape[position][0]
+            if sum(1 for other, _ in shape if other == name) != 1 or name == b"te":
+                self._shape_fields = None  # its value is not simply the field's: take the general way
+        if self._shape_fields is None:
+            return _request_fields(headers)
+        name, value = headers[position]
+        if name == b":path" and not value:
+            return None
+        fields = self._shape_fields.copy()
+        fields[name] = value
+        return fields
 
     def _data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not stream_id:
@@ -517,14 +545,37 @@ class H2ServerConnection:
 
     # Sending
 
-    def respond(self, stream_id: int, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    def respond(
+        self, stream_id: int, status: int, headers: list[tuple[str, str]], body: bytes, block: bytes | None = None
+    ) -> None:
         """Answer a stream (a no-op when the client reset it meanwhile). An empty body ends the stream with
-        the headers (HEAD, or errors without a body)."""
+        the headers (HEAD, or errors without a body). ``block``: the status and headers HPACK-encoded already
+        (:func:`encode_headers`)."""
         stream = self.streams.get(stream_id)
         if stream is None or stream.outbound is not None or self.ended:
             return
         self.answered += 1
-        block = encode_headers(status, headers)
+        if block is None:
+            block = encode_headers(status, headers)
+        size = len(body)
+        if (
+            0 < size <= self._send_window
+            and size <= stream.send_window
+            and size <= self._peer_max_frame
+            and stream.state is _HALF_CLOSED_REMOTE
+            and len(block) <= self._peer_max_frame
+        ):
+            # The common case, a whole answer to a whole request, in one piece: HEADERS and DATA, the stream closed.
+            length = len(block)
+            self._out.append(
+                FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, END_HEADERS, stream_id)
+                + block
+                + FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM, stream_id)
+                + body
+            )
+            self._send_window -= size
+            self._release(self.streams.pop(stream_id))
+            return
         if not body:
             self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))
             self._sent_all(stream_id, stream)
