@@ -70,6 +70,7 @@ _RECV_PRIORITY, _SEND_END_STREAM = StreamInput.RECV_PRIORITY, StreamInput.SEND_E
 CONNECTION_WINDOW = 1 << 20
 _RESET_MEMORY = 256  # streams we reset, remembered to ignore what the client sent before it saw the reset
 _SKIPPED_MEMORY = 16  # ranges of stream ids the client skipped
+_CHECKED_MEMO = 16  # header lists whose fields are remembered: a client sends a few kinds of request
 
 _FORBIDDEN = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
@@ -95,9 +96,8 @@ class H2ServerConnection:
         self.reset_allowance = reset_allowance
         self.streams: dict[int, Stream] = {}  # streams that are not closed
         self.decoder = HpackDecoder()
-        # The fields of the last request's header list (shared and read-only, like the decoder's lists).
-        self._last_headers: list[tuple[bytes, bytes]] | None = None
-        self._last_fields: dict[bytes, bytes] | None = None
+        # The fields of recent requests' header lists (shared and read-only, like the decoder's lists).
+        self._checked: dict[int, tuple[list[tuple[bytes, bytes]], dict[bytes, bytes] | None]] = {}
         # The fields of the decoder's last shape of block (see HpackDecoder.varying), None if it is not checked
         # that way.
         self._shape: list[tuple[bytes, bytes]] | None = None
@@ -387,12 +387,17 @@ class H2ServerConnection:
 
     def _fields(self, headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes] | None:
         """:func:`_request_fields`, checked once per list the decoder shares, and once per shape of block."""
-        if headers is self._last_headers:  # the decoder's memo: the same block as the last request
-            return self._last_fields
         varying = self.decoder.varying
         if varying is None:
-            fields = self._last_fields = _request_fields(headers)
-            self._last_headers = headers
+            # The decoder's lists are shared (its memo: the same block as an earlier request's), so checked once
+            # each. By identity; the entry holds the list, so no other list takes its id meanwhile.
+            checked = self._checked.get(id(headers))
+            if checked is not None:
+                return checked[1]
+            fields = _request_fields(headers)
+            if len(self._checked) >= _CHECKED_MEMO:
+                self._checked.clear()
+            self._checked[id(headers)] = (headers, fields)
             return fields
         # A block of the decoder's shapes: the same fields as the shape's list but for the one literal's value.
         shape, position = varying
