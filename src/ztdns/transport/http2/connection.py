@@ -26,6 +26,7 @@ from ztdns.transport.http2.frames import (
     MAX_FRAME,
     MAX_FRAME_LIMIT,
     MAX_WINDOW,
+    PADDED,
     PING,
     PREFACE,
     PRIORITY,
@@ -56,6 +57,7 @@ from ztdns.transport.http2.stream import TABLE, ConnectionViolation, Stream, Str
 
 # Enum members as module constants: looking them up on the class costs more than the rest of a transition.
 _IDLE, _HALF_CLOSED_REMOTE, _CLOSED = StreamState.IDLE, StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED
+_OPEN = StreamState.OPEN
 _RESET_LOCALLY = StreamState.RESET_LOCALLY
 _RECV_HEADERS, _RECV_DATA, _RECV_END_STREAM = (
     StreamInput.RECV_HEADERS,
@@ -417,21 +419,24 @@ class H2ServerConnection:
         return fields
 
     def _data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
-        if not stream_id:
-            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
-        start, end = unpadded(flags, payload)
-        state = self._state(stream_id)
-        if state is _IDLE:
-            self._transition(stream_id, state, _RECV_DATA)  # raises
-        # Every DATA frame counts against the connection window, whatever its stream (section 6.9).
         size = len(payload)
-        self._receive_window -= size
-        if self._receive_window < 0:
-            raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
-        if self._transition(stream_id, state, _RECV_DATA) is None:
-            self._consumed(size)  # dropped: its window comes back at once
-            return
-        stream = self.streams[stream_id]
+        stream = self.streams.get(stream_id)
+        # The common case first: a request body on an open stream, unpadded (the table's OPEN + DATA is OPEN).
+        if stream is None or stream.state is not _OPEN or flags & PADDED:
+            if not stream_id:
+                raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+            start, end = unpadded(flags, payload)
+            state = self._state(stream_id)
+            if state is _IDLE:
+                self._transition(stream_id, state, _RECV_DATA)  # raises
+            self._take_connection_window(size)
+            if self._transition(stream_id, state, _RECV_DATA) is None:
+                self._consumed(size)  # dropped: its window comes back at once
+                return
+            stream = self.streams[stream_id]
+        else:
+            start, end = 0, size
+            self._take_connection_window(size)
         stream.receive_window -= size
         if stream.receive_window < 0:
             self._stream_error(stream_id, ErrorCode.FLOW_CONTROL_ERROR, events)
@@ -458,6 +463,12 @@ class H2ServerConnection:
                 events.append(BodyTooLarge(stream_id))
         if flags & END_STREAM:
             self._remote_end(stream_id, stream, events)
+
+    def _take_connection_window(self, size: int) -> None:
+        # Every DATA frame counts against the connection window, whatever its stream (section 6.9).
+        self._receive_window -= size
+        if self._receive_window < 0:
+            raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
 
     def _remote_end(self, stream_id: int, stream: Stream, events: list[Event]) -> None:
         state = self._transition(stream_id, stream.state, _RECV_END_STREAM)
