@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import time
+import timeit
 from collections.abc import Callable
 
 import dns.message
@@ -24,8 +26,10 @@ import h2.config
 import h2.connection
 import h2.events
 from hpack import NeverIndexedHeaderTuple
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
-from ztdns.transport.http2 import H2ServerConnection, Request
+from ztdns.transport.http2 import H2ServerConnection, Request, huffman
 
 BATCH = 20
 QUERY = dns.message.make_query("www.example.com.", "A").to_wire()
@@ -131,6 +135,21 @@ def main() -> None:
         preface, batches = client_bytes(method, args.requests)
         mine, library = per_request(ours, preface, batches), per_request(theirs, preface, batches)
         print(f"{method:8} {mine:9.1f} {library:9.1f} {library / mine:9.1f}")
+    huffman_decoding()
+
+
+def huffman_decoding() -> None:
+    """The Huffman decoding of one GET path: the C extension's against the Python decoder's (best of five)."""
+    encoded = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(get_path(0x1234).encode())
+    print(f"Huffman-decoding a GET path ({len(encoded)} bytes), µs:", end="")
+    decoders = [("python", huffman.huffman_decode_python)]
+    if huffman.NATIVE:
+        decoders.append(("C", huffman.huffman_decode))
+    for name, decode in decoders:
+        assert decode(encoded) == get_path(0x1234).encode()
+        best = min(timeit.repeat(functools.partial(decode, encoded), number=20000, repeat=5)) / 20000
+        print(f"  {name} {best * 1e6:.2f}", end="")
+    print("" if huffman.NATIVE else "  (C extension not built)")
 
 
 if __name__ == "__main__":
