@@ -21,6 +21,7 @@ from ztdns.transport.http2 import huffman as our_huffman
 from ztdns.transport.http2.connection import _request_fields
 from ztdns.transport.http2.frames import DATA, END_HEADERS, END_STREAM, HEADERS, frame
 from ztdns.transport.http2.hpack import HpackDecoder, _hpack_integer, encode_headers
+from ztdns.transport.http2.stream import TABLE, StreamInput, StreamState
 from ztdns.wire.records import is_query, wants_padding
 
 from .test_http2 import GET_PATH, client, exchange, get
@@ -190,3 +191,10 @@ def test_a_padded_query_gets_a_padded_answer_through_the_memo() -> None:
         )
         assert wire == query
         assert len(doh.dns_response(query, answer).body) % 468 == 0
+
+
+def test_the_state_table_agrees_with_the_shortcuts_the_core_takes() -> None:
+    """DATA on an open stream and a request's end skip the table: these are its entries."""
+    assert TABLE[StreamState.OPEN][StreamInput.RECV_DATA] is StreamState.OPEN
+    assert TABLE[StreamState.OPEN][StreamInput.RECV_END_STREAM] is StreamState.HALF_CLOSED_REMOTE
+    assert TABLE[StreamState.HALF_CLOSED_REMOTE][StreamInput.SEND_END_STREAM] is StreamState.CLOSED

@@ -85,10 +85,10 @@ def decode_request(method: str, target: str, content_type: str | None, body: byt
             wire = binascii.a2b_base64(encoded.translate(_URLSAFE_TO_STANDARD) + b"=" * (-len(encoded) % 4))
         except (binascii.Error, ValueError):
             return http_error(400, "dns parameter is not base64url")
-    elif target.partition("?")[0] != path:
+    elif target != path and target.partition("?")[0] != path:
         return http_error(404, "not found")
     elif method == "POST":
-        if (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
+        if content_type != CONTENT_TYPE and (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
             return http_error(415, f"content-type must be {CONTENT_TYPE}")
         if len(body) > MAX_MESSAGE:
             return http_error(413, "DNS message larger than 65535 bytes")

@@ -471,7 +471,12 @@ class H2ServerConnection:
             raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
 
     def _remote_end(self, stream_id: int, stream: Stream, events: list[Event]) -> None:
-        state = self._transition(stream_id, stream.state, _RECV_END_STREAM)
+        # The common case without the table: a request ends on an open stream.
+        state = (
+            _HALF_CLOSED_REMOTE
+            if stream.state is _OPEN
+            else self._transition(stream_id, stream.state, _RECV_END_STREAM)
+        )
         if state is None:
             return
         if state is _CLOSED:  # the end of a body we had answered early (413)
