@@ -1,5 +1,7 @@
 """HPACK (RFC 7541): the request header decoder with its dynamic table, and a stateless response encoder that
-never indexes into the client's table (so we keep no encoder state)."""
+never indexes into the client's table (so we keep no encoder state). The decoder remembers blocks that leave its
+table unchanged, whole (a repeated request) and by shape (a request whose one unindexed field differs: a DoH
+GET's ``:path``)."""
 
 from __future__ import annotations
 
