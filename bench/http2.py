@@ -3,8 +3,11 @@
 The same client bytes go through both servers: an ``h2`` client (which Huffman-codes the ``:path``, as nghttp2
 does) writes batches of 20 DoH requests, GET (``?dns=`` base64url) or POST (``application/dns-message`` body),
 on one connection, and each server parses them and answers each with the same 200 response (a 45-byte DNS
-answer with content-type, content-length and cache-control), as the DoH engine does for a cache hit. No DNS
-work and no sockets: only HTTP/2 and HPACK. Prints µs of CPU per request for each and the ratio.
+answer with content-type, content-length and cache-control), as the DoH engine does for a cache hit. Each GET
+carries its own query ID, so its path is new, and the path is never indexed, as with dnsperf (nghttp2 indexes no
+``:path``): every GET header block is decoded afresh. No DNS work and no sockets: only HTTP/2 and HPACK. Prints
+µs of CPU per request for each and the ratio. ``ZTDNS_NATIVE_HUFFMAN=python`` in the environment measures the
+Python Huffman decoder instead of the C one.
 
     python bench/http2.py [--requests 4000]
 """
@@ -13,15 +16,20 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import time
+import timeit
 from collections.abc import Callable
 
 import dns.message
 import h2.config
 import h2.connection
 import h2.events
+from hpack import NeverIndexedHeaderTuple
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
-from ztdns.transport.http2 import H2ServerConnection, Request
+from ztdns.transport.http2 import H2ServerConnection, Request, huffman
 
 BATCH = 20
 QUERY = dns.message.make_query("www.example.com.", "A").to_wire()
@@ -31,7 +39,11 @@ RESPONSE_HEADERS = [
     ("content-length", str(len(ANSWER))),
     ("cache-control", "max-age=300"),
 ]
-GET_PATH = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
+
+
+def get_path(query_id: int) -> str:
+    """The path of a GET of QUERY with this ID."""
+    return "/dns-query?dns=" + base64.urlsafe_b64encode(query_id.to_bytes(2, "big") + QUERY[2:]).rstrip(b"=").decode()
 
 
 def client_bytes(method: str, requests: int) -> tuple[bytes, list[bytes]]:
@@ -53,7 +65,8 @@ def client_bytes(method: str, requests: int) -> tuple[bytes, list[bytes]]:
             stream_id = client.get_next_available_stream_id()
             headers = [(":method", method), (":scheme", "https"), (":authority", "dns.example")]
             if method == "GET":
-                client.send_headers(stream_id, [*headers, (":path", GET_PATH)], end_stream=True)
+                path = NeverIndexedHeaderTuple(":path", get_path(stream_id & 0xFFFF))
+                client.send_headers(stream_id, [*headers, path], end_stream=True)
             else:
                 headers += [(":path", "/dns-query"), ("content-type", "application/dns-message")]
                 client.send_headers(stream_id, [*headers, ("content-length", str(len(QUERY)))])
@@ -122,6 +135,21 @@ def main() -> None:
         preface, batches = client_bytes(method, args.requests)
         mine, library = per_request(ours, preface, batches), per_request(theirs, preface, batches)
         print(f"{method:8} {mine:9.1f} {library:9.1f} {library / mine:9.1f}")
+    huffman_decoding()
+
+
+def huffman_decoding() -> None:
+    """The Huffman decoding of one GET path: the C extension's against the Python decoder's (best of five)."""
+    encoded = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(get_path(0x1234).encode())
+    print(f"Huffman-decoding a GET path ({len(encoded)} bytes), µs:", end="")
+    decoders = [("python", huffman.huffman_decode_python)]
+    if huffman.NATIVE:
+        decoders.append(("C", huffman.huffman_decode))
+    for name, decode in decoders:
+        assert decode(encoded) == get_path(0x1234).encode()
+        best = min(timeit.repeat(functools.partial(decode, encoded), number=20000, repeat=5)) / 20000
+        print(f"  {name} {best * 1e6:.2f}", end="")
+    print("" if huffman.NATIVE else "  (C extension not built)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ HEADERS and DATA records run its HTTP engine once, not twice), and sends what it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from typing import Any
 
@@ -17,6 +18,7 @@ class Wire(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.sent: list[bytes] = []
+        self.closed = False
 
     def write(self, data: Any) -> None:
         self.sent.append(bytes(data))
@@ -25,7 +27,7 @@ class Wire(asyncio.Transport):
         return False
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
     def pause_reading(self) -> None:
         pass
@@ -50,30 +52,37 @@ class App(asyncio.Protocol):
         self.transport.write(b"answer two")
 
 
+async def connected(pki: Pki) -> tuple[App, Wire, TlsBioProtocol, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A server TLS layer and a client over memory BIOs, handshake done: app, wire, server, client and the
+    client's incoming and outgoing BIOs."""
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(pki.cert("server"), pki.key("server"))
+    app, wire = App(), Wire()
+    server = TlsBioProtocol(server_context, app, 5.0)
+    server.connection_made(wire)
+    client_context = ssl.create_default_context(cafile=str(pki.ca))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context.wrap_bio(incoming, outgoing, server_hostname="dns.test")
+    while True:
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            server.data_received(outgoing.read())
+            for data in wire.sent:
+                incoming.write(data)
+            wire.sent.clear()
+    server.data_received(outgoing.read())  # the client's Finished
+    await server.handshake
+    for data in wire.sent:  # session tickets
+        incoming.write(data)
+    wire.sent.clear()
+    return app, wire, server, client, incoming, outgoing
+
+
 def test_records_of_one_read_are_delivered_together_and_answered_in_one_send(pki: Pki) -> None:
     async def body() -> None:
-        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server_context.load_cert_chain(pki.cert("server"), pki.key("server"))
-        app, wire = App(), Wire()
-        server = TlsBioProtocol(server_context, app, 5.0)
-        server.connection_made(wire)
-        client_context = ssl.create_default_context(cafile=str(pki.ca))
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        client = client_context.wrap_bio(incoming, outgoing, server_hostname="dns.test")
-        while True:
-            try:
-                client.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                server.data_received(outgoing.read())
-                for data in wire.sent:
-                    incoming.write(data)
-                wire.sent.clear()
-        server.data_received(outgoing.read())  # the client's Finished
-        await server.handshake
-        for data in wire.sent:  # session tickets
-            incoming.write(data)
-        wire.sent.clear()
+        app, wire, server, client, incoming, outgoing = await connected(pki)
         client.write(b"HEADERS")
         client.write(b"DATA")  # a record of its own
         server.data_received(outgoing.read())
@@ -89,5 +98,26 @@ def test_records_of_one_read_are_delivered_together_and_answered_in_one_send(pki
         server.data_received(outgoing.read())
         assert len(app.received) == 2 and sum(map(len, app.received)) == 6 * 16384
         assert all(len(data) <= _READ_SIZE for data in app.received)
+
+    asyncio.run(body())
+
+
+def test_a_record_split_over_reads_and_the_close_notify_are_taken(pki: Pki) -> None:
+    """Reading stops when no bytes are left to decrypt (no SSLWantReadError raised and caught per read): a record
+    whose rest comes in a later read is delivered then, and the client's close_notify still closes."""
+
+    async def body() -> None:
+        app, wire, server, client, _incoming, outgoing = await connected(pki)
+        client.write(b"whole")
+        client.write(b"split")
+        data = outgoing.read()
+        server.data_received(data[:-5])
+        assert app.received == [b"whole"]
+        server.data_received(data[-5:])
+        assert app.received == [b"whole", b"split"]
+        with contextlib.suppress(ssl.SSLWantReadError):  # it waits for the server's close_notify
+            client.unwrap()
+        server.data_received(outgoing.read())
+        assert wire.closed
 
     asyncio.run(body())

@@ -19,7 +19,6 @@ data: requests are handed to the handler with the connection's :class:`ClientInf
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -33,12 +32,12 @@ from ztdns.client import ClientInfo, Transport
 from ztdns.config.identity import CLIENT_ID
 from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
-from ztdns.transport.dot import finish_response
 from ztdns.transport.http2 import BodyTooLarge, H2ServerConnection, Request, StreamReset
+from ztdns.transport.http2.hpack import encode_headers
 from ztdns.transport.limits import Progress
 from ztdns.transport.stream import TlsConnection, TlsStreamListener
 from ztdns.transport.tls import TlsMaterial
-from ztdns.wire.records import is_query, min_ttl
+from ztdns.wire.records import is_query, min_ttl, pad_response, wants_padding
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +48,12 @@ RESET_ALLOWANCE = 100
 _B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per answer, and a frozen dataclass takes twice as long to make
 class HttpResponse:
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    block: bytes | None = None  # the status and headers as an HTTP/2 header block, when made already
 
 
 def http_error(status: int, reason: str, *extra: tuple[str, str]) -> HttpResponse:
@@ -64,25 +64,31 @@ def http_error(status: int, reason: str, *extra: tuple[str, str]) -> HttpRespons
 
 def decode_request(method: str, target: str, content_type: str | None, body: bytes, path: str) -> bytes | HttpResponse:
     """The DNS query an HTTP request carries, or the HTTP error to answer instead (RFC 8484 section 4.1)."""
-    request_path, _, query_string = target.partition("?")
-    if request_path != path:
-        return http_error(404, "not found")
     if method == "GET":
-        # parse_qs costs more than the rest of the request; percent-decoding is needed only when there is a "%".
-        values = [field[4:] for field in query_string.split("&") if field.startswith("dns=")]
-        if len(values) != 1:
-            return http_error(400, "missing dns parameter")
-        value = unquote_plus(values[0]) if "%" in values[0] or "+" in values[0] else values[0]
+        # The common case, PATH?dns=VALUE and nothing to unquote, by hand: what dns_parameter finds then.
+        plain = (
+            target.startswith(path)
+            and target.startswith("?dns=", len(path))
+            and "&" not in target
+            and "%" not in target
+            and "+" not in target
+        )
+        value = target[len(path) + 5 :] if plain else dns_parameter(target, path)
+        if isinstance(value, HttpResponse):
+            return value
         encoded = value.encode("ascii", "replace")
         # base64url without padding (RFC 8484 section 6); be strict so odd encodings never reach the resolver.
         if not encoded or encoded.translate(None, _B64URL) or len(encoded) % 4 == 1:  # deletes the alphabet
             return http_error(400, "dns parameter is not base64url without padding")
         try:
-            wire = base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4))
+            # What base64.urlsafe_b64decode does, without its layers of argument checks.
+            wire = binascii.a2b_base64(encoded.translate(_URLSAFE_TO_STANDARD) + b"=" * (-len(encoded) % 4))
         except (binascii.Error, ValueError):
             return http_error(400, "dns parameter is not base64url")
+    elif target != path and target.partition("?")[0] != path:
+        return http_error(404, "not found")
     elif method == "POST":
-        if (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
+        if content_type != CONTENT_TYPE and (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
             return http_error(415, f"content-type must be {CONTENT_TYPE}")
         if len(body) > MAX_MESSAGE:
             return http_error(413, "DNS message larger than 65535 bytes")
@@ -91,33 +97,72 @@ def decode_request(method: str, target: str, content_type: str | None, body: byt
         return http_error(405, "only GET and POST", ("allow", "GET, POST"))
     if len(wire) > MAX_MESSAGE:
         return http_error(413, "DNS message larger than 65535 bytes")
-    if not is_query(wire):
+    if _checked_query(wire) is None:
         return http_error(400, "not a DNS query")
     return wire
 
 
-# Headers of recent answers by their bytes after the ID: a cache hit is the same bytes again (until its TTLs
-# count down), so the TTL walk is done once per answer rather than once per request. Small answers only.
-_ANSWER_HEADERS: dict[bytes, list[tuple[str, str]]] = {}
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+
+# Queries seen, by their bytes after the ID (which neither check reads): whether each wants a padded answer. A
+# client repeats the same questions; both checks walk every record.
+_QUERIES: dict[bytes, bool] = {}
+_CHECKED_QUERY_SIZE = 512
+
+
+def _checked_query(wire: bytes) -> bool | None:
+    """None when WIRE is not a well-formed DNS query (:func:`is_query`), else whether its answer must be padded
+    (:func:`wants_padding`)."""
+    key = wire[2:]
+    padded = _QUERIES.get(key)
+    if padded is None:
+        if not is_query(wire):
+            return None
+        padded = wants_padding(wire)
+        if len(wire) <= _CHECKED_QUERY_SIZE:
+            if len(_QUERIES) >= 4096:
+                _QUERIES.clear()
+            _QUERIES[key] = padded
+    return padded
+
+
+def dns_parameter(target: str, path: str) -> str | HttpResponse:
+    """The ``dns`` parameter of a GET request's target, unquoted, or the HTTP error to answer."""
+    request_path, _, query_string = target.partition("?")
+    if request_path != path:
+        return http_error(404, "not found")
+    # parse_qs costs more than the rest of the request; percent-decoding is needed only with "%" or "+".
+    values = [field[4:] for field in query_string.split("&") if field.startswith("dns=")]
+    if len(values) != 1:
+        return http_error(400, "missing dns parameter")
+    return unquote_plus(values[0]) if "%" in values[0] or "+" in values[0] else values[0]
+
+
+# Headers of recent answers (and their HTTP/2 header block) by their bytes after the ID: a cache hit is the same
+# bytes again (until its TTLs count down), so the TTL walk is done once per answer rather than once per request.
+# Small answers only.
+_ANSWER_HEADERS: dict[bytes, tuple[list[tuple[str, str]], bytes]] = {}
 _CACHED_ANSWER_SIZE = 512
 
 
 def dns_response(query: bytes, response: bytes) -> HttpResponse:
-    response = finish_response(query, response)
+    if _checked_query(query):  # a query of ours: decode_request checked it
+        response = pad_response(response)
     key = response[2:]
-    headers = _ANSWER_HEADERS.get(key)
-    if headers is None:
+    cached = _ANSWER_HEADERS.get(key)
+    if cached is None:
         ttl = min_ttl(response)
         headers = [
             ("content-type", CONTENT_TYPE),
             ("content-length", str(len(response))),
             ("cache-control", f"max-age={ttl}" if ttl is not None else "no-cache"),
         ]
+        cached = headers, encode_headers(200, headers)
         if len(response) <= _CACHED_ANSWER_SIZE:
             if len(_ANSWER_HEADERS) >= 4096:
                 _ANSWER_HEADERS.clear()
-            _ANSWER_HEADERS[key] = headers
-    return HttpResponse(200, headers, response)
+            _ANSWER_HEADERS[key] = cached
+    return HttpResponse(200, cached[0], response, cached[1])
 
 
 class BodyBudget:
@@ -228,7 +273,7 @@ class DohConnection(TlsConnection):
         must go to :meth:`answer_later`. Cache hits are answered inline, without a task per request."""
         client = self.client
         path = self.config.path
-        if target.startswith(path + "/"):  # /dns-query/CLIENT-ID: a claimed client id (docs/policy.md)
+        if target.startswith("/", len(path)) and target.startswith(path):  # /dns-query/CLIENT-ID: a claimed id
             request_path = target.partition("?")[0]
             if CLIENT_ID.fullmatch(request_path[len(path) + 1 :]) is not None:
                 client = replace(client, client_id=request_path[len(path) + 1 :])
@@ -334,8 +379,10 @@ class H2Engine:
         # Answers made while handling this read are collected and sent together at the end: one TLS record per
         # answer, one send for all of them.
         self.batch = []
+        requests = False
         for event in self.h2.receive(data):
             if isinstance(event, Request):
+                requests = True
                 self._request(event)
             elif isinstance(event, BodyTooLarge):
                 self._respond(event.stream_id, http_error(413, "DNS message larger than 65535 bytes"))
@@ -347,6 +394,8 @@ class H2Engine:
                 log.debug("HTTP/2 connection ended: error code %d", event.error_code)
                 break
         batch, self.batch = self.batch, None
+        if requests or batch:  # once per read, not per request or answer
+            self.connection.touch()
         tail = self.h2.data_to_send()
         if tail:
             batch.append(tail)
@@ -357,7 +406,6 @@ class H2Engine:
             self.connection.maybe_finish_drain()
 
     def _request(self, request: Request) -> None:
-        self.connection.touch()
         answer = self.connection.answer_now(request.method, request.path, request.content_type, request.body)
         if isinstance(answer, HttpResponse):
             if request.method == "HEAD":  # headers only (RFC 9110 section 9.3.2): a DATA frame is an error
@@ -378,12 +426,12 @@ class H2Engine:
             self._respond(stream_id, response)
 
     def _respond(self, stream_id: int, response: HttpResponse) -> None:
-        self.connection.touch()
-        self.h2.respond(stream_id, response.status, response.headers, response.body)
+        self.h2.respond(stream_id, response.status, response.headers, response.body, response.block)
         # One TLS record per response: dnsperf's DoH client (2.10) takes one response per SSL_read and loses
         # the rest of a record that holds several, then waits for the socket forever.
         data = self.h2.data_to_send()
-        if self.batch is None:
+        if self.batch is None:  # from a task
+            self.connection.touch()
             self.connection.write(data)
         elif data:
             self.batch.append(data)

@@ -212,12 +212,16 @@ class TlsBioProtocol(asyncio.Protocol):
         # SSLObject.read returns one TLS record at a time, and clients send a request's parts in records of their
         # own (an HTTP/2 POST: HEADERS, then DATA): the records of a read go to the connection protocol together,
         # up to _READ_SIZE bytes a call, so its HTTP engine runs once per read, not once per record.
-        read = self._ssl.read
+        read, buffered, incoming = self._ssl.read, self._ssl.pending, self._incoming
         while self._open and not self._read_paused:
             chunks: list[bytes] = []
             size = 0
             ended = False
             while size < _READ_SIZE:
+                # Nothing left to decrypt (a partial record is inside OpenSSL once a read took it): stop without the
+                # read that would raise SSLWantReadError, which costs more than a request's HTTP/2 handling.
+                if not (incoming.pending or buffered() or incoming.eof):
+                    break
                 try:
                     chunk = read(_READ_SIZE)
                 except ssl.SSLWantReadError:

@@ -5,7 +5,8 @@ passes, a bit-by-bit Huffman decoder; ``bench/http2.py`` measures both), which c
 Unbound's rate. DoH needs a small part of HTTP/2: requests are one HEADERS block and at most one small body,
 responses are one HEADERS and one DATA frame, and there is no push, no priority, no upgrade. This package does
 exactly that, in bytes in / bytes out form, laid out as ``h2`` is: :mod:`.events` (what the caller acts on),
-:mod:`.frames` (frame layouts and error codes), :mod:`.huffman` and :mod:`.hpack` (header compression),
+:mod:`.frames` (frame layouts and error codes), :mod:`.huffman` (in C when the optional ``_huffman``
+extension is built) and :mod:`.hpack` (header compression, which decodes a DoH GET's block by its shape),
 :mod:`.stream` (stream states as an explicit transition table) and :mod:`.connection`. It is tested with ``h2``
 as the client, with nghttp2-based clients (curl, kdig, dnsperf) and with h2spec's cases
 (``tests/transport/test_h2_conformance.py``).

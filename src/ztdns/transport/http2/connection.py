@@ -26,6 +26,7 @@ from ztdns.transport.http2.frames import (
     MAX_FRAME,
     MAX_FRAME_LIMIT,
     MAX_WINDOW,
+    PADDED,
     PING,
     PREFACE,
     PRIORITY,
@@ -56,6 +57,7 @@ from ztdns.transport.http2.stream import TABLE, ConnectionViolation, Stream, Str
 
 # Enum members as module constants: looking them up on the class costs more than the rest of a transition.
 _IDLE, _HALF_CLOSED_REMOTE, _CLOSED = StreamState.IDLE, StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED
+_OPEN = StreamState.OPEN
 _RESET_LOCALLY = StreamState.RESET_LOCALLY
 _RECV_HEADERS, _RECV_DATA, _RECV_END_STREAM = (
     StreamInput.RECV_HEADERS,
@@ -70,6 +72,7 @@ _RECV_PRIORITY, _SEND_END_STREAM = StreamInput.RECV_PRIORITY, StreamInput.SEND_E
 CONNECTION_WINDOW = 1 << 20
 _RESET_MEMORY = 256  # streams we reset, remembered to ignore what the client sent before it saw the reset
 _SKIPPED_MEMORY = 16  # ranges of stream ids the client skipped
+_CHECKED_MEMO = 16  # header lists whose fields are remembered: a client sends a few kinds of request
 
 _FORBIDDEN = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
@@ -95,9 +98,12 @@ class H2ServerConnection:
         self.reset_allowance = reset_allowance
         self.streams: dict[int, Stream] = {}  # streams that are not closed
         self.decoder = HpackDecoder()
-        # The fields of the last request's header list (shared and read-only, like the decoder's lists).
-        self._last_headers: list[tuple[bytes, bytes]] | None = None
-        self._last_fields: dict[bytes, bytes] | None = None
+        # The fields of recent requests' header lists (shared and read-only, like the decoder's lists).
+        self._checked: dict[int, tuple[list[tuple[bytes, bytes]], dict[bytes, bytes] | None]] = {}
+        # The fields of the decoder's last shape of block (see HpackDecoder.varying), None if it is not checked
+        # that way.
+        self._shape: list[tuple[bytes, bytes]] | None = None
+        self._shape_fields: dict[bytes, bytes] | None = None
         self.highest_stream = 0
         self.resets = 0
         self.answered = 0
@@ -110,6 +116,7 @@ class H2ServerConnection:
         self._skipped: list[tuple[int, int]] = []  # (first, last) ids the client jumped over
         self._buffer = b""
         self._buffer_since = 0.0  # when the partial frame in _buffer began
+        self._now = 0.0  # when the read being handled came
         self._preface = False
         self._settings_seen = False
         self._continuing: tuple[int, int, bool, bytearray] | None = None  # stream, flags, self-dependent, block
@@ -215,13 +222,14 @@ class H2ServerConnection:
             return events
         buffer = self._buffer + data if self._buffer else data
         offset = 0
+        self._now = self.clock()  # when the frames of this read came
         try:
             if not self._preface:
                 if len(buffer) < len(PREFACE):
                     if not PREFACE.startswith(buffer):
                         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "not the HTTP/2 preface")
                     if not self._buffer:
-                        self._buffer_since = self.clock()
+                        self._buffer_since = self._now
                     self._buffer = buffer
                     return events
                 if not buffer.startswith(PREFACE):
@@ -246,7 +254,7 @@ class H2ServerConnection:
             events.append(ConnectionEnded(exc.code))
             return events
         if offset < len(buffer) and (offset or not self._buffer):  # a new partial frame
-            self._buffer_since = self.clock()
+            self._buffer_since = self._now
         self._buffer = buffer[offset:]
         return events
 
@@ -358,15 +366,11 @@ class H2ServerConnection:
         if self.going_away or len(self.streams) >= self.max_streams:
             self._reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        if headers is self._last_headers:  # the decoder's memo: the same block as the last request
-            fields = self._last_fields
-        else:
-            fields = self._last_fields = _request_fields(headers)
-            self._last_headers = headers
+        fields = self._fields(headers)
         if fields is None or self_dependent:
             self._reset(stream_id, ErrorCode.PROTOCOL_ERROR)
             return
-        stream = Stream(self._peer_window, self.max_body, fields, self.clock())
+        stream = Stream(self._peer_window, self.max_body, fields, self._now)
         self.streams[stream_id] = stream
         length = fields.get(b"content-length")
         if length is not None:
@@ -383,22 +387,56 @@ class H2ServerConnection:
             # The interim response the client waits for before it sends the body (RFC 9110 section 10.1.1).
             self._out.append(frame(HEADERS, END_HEADERS, stream_id, encode_headers(100, [])))
 
+    def _fields(self, headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes] | None:
+        """:func:`_request_fields`, checked once per list the decoder shares, and once per shape of block."""
+        varying = self.decoder.varying
+        if varying is None:
+            # The decoder's lists are shared (its memo: the same block as an earlier request's), so checked once
+            # each. By identity; the entry holds the list, so no other list takes its id meanwhile.
+            checked = self._checked.get(id(headers))
+            if checked is not None:
+                return checked[1]
+            fields = _request_fields(headers)
+            if len(self._checked) >= _CHECKED_MEMO:
+                self._checked.clear()
+            self._checked[id(headers)] = (headers, fields)
+            return fields
+        # A block of the decoder's shapes: the same fields as the shape's list but for the one literal's value.
+        shape, position = varying
+        if shape is not self._shape:
+            self._shape = shape
+            self._shape_fields = _request_fields(shape)
+            name = shape[position][0]
+            if sum(1 for other, _ in shape if other == name) != 1 or name == b"te":
+                self._shape_fields = None  # its value is not simply the field's: take the general way
+        if self._shape_fields is None:
+            return _request_fields(headers)
+        name, value = headers[position]
+        if name == b":path" and not value:
+            return None
+        fields = self._shape_fields.copy()
+        fields[name] = value
+        return fields
+
     def _data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
-        if not stream_id:
-            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
-        start, end = unpadded(flags, payload)
-        state = self._state(stream_id)
-        if state is _IDLE:
-            self._transition(stream_id, state, _RECV_DATA)  # raises
-        # Every DATA frame counts against the connection window, whatever its stream (section 6.9).
         size = len(payload)
-        self._receive_window -= size
-        if self._receive_window < 0:
-            raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
-        if self._transition(stream_id, state, _RECV_DATA) is None:
-            self._consumed(size)  # dropped: its window comes back at once
-            return
-        stream = self.streams[stream_id]
+        stream = self.streams.get(stream_id)
+        # The common case first: a request body on an open stream, unpadded (the table's OPEN + DATA is OPEN).
+        if stream is None or stream.state is not _OPEN or flags & PADDED:
+            if not stream_id:
+                raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+            start, end = unpadded(flags, payload)
+            state = self._state(stream_id)
+            if state is _IDLE:
+                self._transition(stream_id, state, _RECV_DATA)  # raises
+            self._take_connection_window(size)
+            if self._transition(stream_id, state, _RECV_DATA) is None:
+                self._consumed(size)  # dropped: its window comes back at once
+                return
+            stream = self.streams[stream_id]
+        else:
+            start, end = 0, size
+            self._take_connection_window(size)
         stream.receive_window -= size
         if stream.receive_window < 0:
             self._stream_error(stream_id, ErrorCode.FLOW_CONTROL_ERROR, events)
@@ -426,8 +464,19 @@ class H2ServerConnection:
         if flags & END_STREAM:
             self._remote_end(stream_id, stream, events)
 
+    def _take_connection_window(self, size: int) -> None:
+        # Every DATA frame counts against the connection window, whatever its stream (section 6.9).
+        self._receive_window -= size
+        if self._receive_window < 0:
+            raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
+
     def _remote_end(self, stream_id: int, stream: Stream, events: list[Event]) -> None:
-        state = self._transition(stream_id, stream.state, _RECV_END_STREAM)
+        # The common case without the table: a request ends on an open stream.
+        state = (
+            _HALF_CLOSED_REMOTE
+            if stream.state is _OPEN
+            else self._transition(stream_id, stream.state, _RECV_END_STREAM)
+        )
         if state is None:
             return
         if state is _CLOSED:  # the end of a body we had answered early (413)
@@ -517,14 +566,37 @@ class H2ServerConnection:
 
     # Sending
 
-    def respond(self, stream_id: int, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    def respond(
+        self, stream_id: int, status: int, headers: list[tuple[str, str]], body: bytes, block: bytes | None = None
+    ) -> None:
         """Answer a stream (a no-op when the client reset it meanwhile). An empty body ends the stream with
-        the headers (HEAD, or errors without a body)."""
+        the headers (HEAD, or errors without a body). ``block``: the status and headers HPACK-encoded already
+        (:func:`encode_headers`)."""
         stream = self.streams.get(stream_id)
         if stream is None or stream.outbound is not None or self.ended:
             return
         self.answered += 1
-        block = encode_headers(status, headers)
+        if block is None:
+            block = encode_headers(status, headers)
+        size = len(body)
+        if (
+            0 < size <= self._send_window
+            and size <= stream.send_window
+            and size <= self._peer_max_frame
+            and stream.state is _HALF_CLOSED_REMOTE
+            and len(block) <= self._peer_max_frame
+        ):
+            # The common case, a whole answer to a whole request, in one piece: HEADERS and DATA, the stream closed.
+            length = len(block)
+            self._out.append(
+                FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, END_HEADERS, stream_id)
+                + block
+                + FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM, stream_id)
+                + body
+            )
+            self._send_window -= size
+            self._release(self.streams.pop(stream_id))
+            return
         if not body:
             self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))
             self._sent_all(stream_id, stream)

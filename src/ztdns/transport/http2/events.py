@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request, and a frozen dataclass takes twice as long to make
 class Request:
-    """A complete request: headers and the whole body."""
+    """A complete request: headers and the whole body. Read, never changed."""
 
     stream_id: int
     method: str

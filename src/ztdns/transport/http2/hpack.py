@@ -1,7 +1,11 @@
 """HPACK (RFC 7541): the request header decoder with its dynamic table, and a stateless response encoder that
-never indexes into the client's table (so we keep no encoder state)."""
+never indexes into the client's table (so we keep no encoder state). The decoder remembers blocks that leave its
+table unchanged, whole (a repeated request) and by shape (a request whose one unindexed field differs: a DoH
+GET's ``:path``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from hpack.table import HeaderTable
 
@@ -14,6 +18,23 @@ _STATIC: list[tuple[bytes, bytes]] = list(HeaderTable.STATIC_TABLE)
 _STATIC_COUNT = len(_STATIC)
 _DECODED_BLOCK = 256  # bytes: request header blocks of DoH clients are a few dozen once indexed
 _DECODED_MEMO = 64  # blocks per connection
+
+
+_SHAPES = 4  # per connection: a client sends one or two kinds of request
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """A block with one literal field without indexing: the bytes up to the literal's value string (its
+    representation byte included), the bytes after it, the list it decoded to, where the literal is in it,
+    its name, and the list's size (RFC 9113 section 6.5.2) without the value."""
+
+    prefix: bytes
+    suffix: bytes
+    headers: list[tuple[bytes, bytes]]
+    position: int
+    name: bytes
+    size: int
 
 
 class HpackDecoder:
@@ -29,20 +50,60 @@ class HpackDecoder:
         # first, its fields all in the tables by then) sends the same bytes, which mean the same until the table
         # changes. The lists are shared: read, never modified.
         self._decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        # Blocks that differ from request to request in one field only: every field a reference to the tables but
+        # one literal that is not indexed, as nghttp2 sends ``:path`` (a DoH GET's ``/dns-query?dns=...`` holds
+        # the query, so each request's block is new). The bytes around that literal are the same each time and
+        # mean the same while the table stays as it was: only its value is decoded. Newest last.
+        self._shapes: list[_Shape] = []
+        self._varying_literal: tuple[int, int, int] | None = None  # of the last _decode: start, end, position
+        # After each decode: (the shape's header list, the position of its literal) when the block was decoded by
+        # its shape (the list returned is that list with the literal's value in place), else None.
+        self.varying: tuple[list[tuple[bytes, bytes]], int] | None = None
 
     def decode(self, block: bytes, max_list_size: int) -> list[tuple[bytes, bytes]]:
         decoded = self._decoded.get(block)
         if decoded is not None:
+            self.varying = None
             return decoded
+        for shape in self._shapes:
+            if block.startswith(shape.prefix) and block.endswith(shape.suffix):
+                value, end = self._string(block, len(shape.prefix))
+                if end == len(block) - len(shape.suffix):
+                    return self._by_shape(shape, value, max_list_size)
+        self.varying = None
         headers = self._decode(block, max_list_size)
-        if len(block) <= _DECODED_BLOCK and not self._changed:
-            if len(self._decoded) >= _DECODED_MEMO:
-                self._decoded.clear()
-            self._decoded[block] = headers
+        if not self._changed:
+            if len(block) <= _DECODED_BLOCK:
+                if len(self._decoded) >= _DECODED_MEMO:
+                    self._decoded.clear()
+                self._decoded[block] = headers
+            if self._varying_literal is not None:
+                self._remember_shape(block, headers)
         return headers
+
+    def _by_shape(self, shape: _Shape, value: bytes, max_list_size: int) -> list[tuple[bytes, bytes]]:
+        if shape.size + len(value) > max_list_size:  # what _decode finds at the last field at the latest
+            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header list larger than advertised")
+        headers = shape.headers.copy()
+        headers[shape.position] = (shape.name, value)
+        self.varying = (shape.headers, shape.position)
+        return headers
+
+    def _remember_shape(self, block: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        assert self._varying_literal is not None
+        start, end, position = self._varying_literal
+        name, value = headers[position]
+        size = sum(len(n) + len(v) + 32 for n, v in headers) - len(value)
+        shape = _Shape(block[: start + 1], block[end:], headers, position, name, size)
+        if len(self._shapes) >= _SHAPES:
+            del self._shapes[0]
+        self._shapes.append(shape)
 
     def _decode(self, block: bytes, max_list_size: int) -> list[tuple[bytes, bytes]]:
         self._changed = False
+        # The block's one literal without indexing (a one-byte name reference), if that is all it holds besides
+        # references: (start, end, position in the list); False once the block holds anything else.
+        literal: tuple[int, int, int] | bool | None = None
         headers: list[tuple[bytes, bytes]] = []
         list_size = 0
         offset, end = 0, len(block)
@@ -65,6 +126,7 @@ class HpackDecoder:
                 header, offset = self._literal(block, offset, 6)
                 self._add(header)
                 headers.append(header)
+                literal = False
             elif first & 0x20:  # dynamic table size update: only before the first field
                 if not at_start:
                     raise ProtocolError(ErrorCode.COMPRESSION_ERROR, "table size update after a field")
@@ -74,16 +136,19 @@ class HpackDecoder:
                 self.max_size = size
                 self._evict()
                 self._changed = True
-                self._decoded.clear()
+                self._forget()
                 continue
             else:  # literal without indexing (0000) or never indexed (0001)
+                start = offset
                 header, offset = self._literal(block, offset, 4)
                 headers.append(header)
+                literal = (start, offset, len(headers) - 1) if literal is None and 0 < first & 0x0F < 0x0F else False
             at_start = False
             list_size += len(headers[-1][0]) + len(headers[-1][1]) + 32
             if list_size > max_list_size:
                 # Indexed fields can repeat a large table entry cheaply: stop before the list grows further.
                 raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header list larger than advertised")
+        self._varying_literal = literal if isinstance(literal, tuple) else None
         return headers
 
     @staticmethod
@@ -134,9 +199,14 @@ class HpackDecoder:
             raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"no header table entry {index}")
         return self.dynamic[position]
 
+    def _forget(self) -> None:
+        """The table changed: what blocks meant before may not hold any more."""
+        self._decoded.clear()
+        self._shapes.clear()
+
     def _add(self, header: tuple[bytes, bytes]) -> None:
         self._changed = True
-        self._decoded.clear()
+        self._forget()
         size = len(header[0]) + len(header[1]) + 32
         if size > self.max_size:  # RFC 7541 section 4.4: an entry larger than the table empties it
             self.dynamic.clear()

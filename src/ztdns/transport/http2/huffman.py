@@ -1,11 +1,22 @@
 """HPACK's Huffman code (RFC 7541 section 5.2 and appendix B), decoding only: a byte at a time through flat
-tables, seven times faster than hpack's bit-by-bit decoder on a DoH GET path."""
+tables, seven times faster than hpack's bit-by-bit decoder on a DoH GET path; the same walk in C when the
+optional ``_huffman`` extension is built (``_huffman.c``, twenty times faster again). ``ZTDNS_NATIVE_HUFFMAN=python``
+in the environment keeps it in Python."""
 
 from __future__ import annotations
+
+import array
+import os
 
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
 from ztdns.transport.http2.frames import ErrorCode, ProtocolError
+
+try:
+    from ztdns.transport.http2 import _huffman
+except ImportError:  # built without a C compiler
+    _huffman = None  # type: ignore[assignment]
+NATIVE = _huffman is not None and os.environ.get("ZTDNS_NATIVE_HUFFMAN") != "python"
 
 
 def _huffman_tree() -> tuple[list[tuple[int, int]], list[bool]]:
@@ -63,7 +74,39 @@ def _build_tables() -> None:
     _NEXT[:], _OUT[:] = next_nodes, decoded
 
 
+_native_loaded = False
+
+
+def _load_native() -> None:
+    """Hand the tables to the C decoder, in its layout."""
+    global _native_loaded
+    if not _NEXT:
+        _build_tables()
+    nodes = len(_TREE)
+    eos = 0xFFFF
+    next_nodes = array.array("H", (eos if node == _EOS else node >> 8 for node in _NEXT))
+    counts = bytes(len(out) for out in _OUT)
+    symbols = b"".join(out.ljust(2, b"\0") for out in _OUT)
+    assert _huffman is not None and max(counts) <= 2
+    _huffman.load(nodes, next_nodes.tobytes(), counts, symbols, bytes(_PADDING_OK))
+    _native_loaded = True
+
+
+_ERRORS = {1: "EOS in a Huffman string", 2: "bad Huffman padding"}
+
+
 def huffman_decode(data: bytes) -> bytes:
+    if not NATIVE:
+        return huffman_decode_python(data)
+    if not _native_loaded:
+        _load_native()
+    decoded = _huffman.decode(data)
+    if isinstance(decoded, int):
+        raise ProtocolError(ErrorCode.COMPRESSION_ERROR, _ERRORS[decoded])
+    return decoded
+
+
+def huffman_decode_python(data: bytes) -> bytes:
     if not _NEXT:
         _build_tables()
     next_nodes, decoded = _NEXT, _OUT

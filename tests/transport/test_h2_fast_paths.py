@@ -1,0 +1,200 @@
+"""The hand-written fast paths of the DoH/HTTP/2 core against the general ones they stand in for (issue 20): HPACK
+blocks decoded by their shape (one varying literal, a DoH GET's ``:path``), the fields of such a block, the C
+Huffman decoder, a whole answer sent in one piece, the GET target read by hand, and the memo of checked queries."""
+
+from __future__ import annotations
+
+import base64
+
+import dns.edns
+import dns.message
+import hpack
+import pytest
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ztdns.transport import doh
+from ztdns.transport.http2 import H2ServerConnection, ProtocolError, Request
+from ztdns.transport.http2 import huffman as our_huffman
+from ztdns.transport.http2.connection import _request_fields
+from ztdns.transport.http2.frames import DATA, END_HEADERS, END_STREAM, HEADERS, frame
+from ztdns.transport.http2.hpack import HpackDecoder, _hpack_integer, encode_headers
+from ztdns.transport.http2.stream import TABLE, StreamInput, StreamState
+from ztdns.wire.records import is_query, wants_padding
+
+from .test_http2 import GET_PATH, client, exchange, get
+
+HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+
+def _string(value: bytes, huffman: bool) -> bytes:
+    raw = HUFFMAN.encode(value) if huffman else value
+    return _hpack_integer(len(raw), 7, 0x80 if huffman else 0) + raw
+
+
+# One block of a sequence: ("table", headers) adds entries with incremental indexing (the hpack library's encoder);
+# ("varying", name index, never indexed?, value, Huffman?) is references around one literal without indexing.
+_block = st.one_of(
+    st.tuples(
+        st.just("table"), st.lists(st.tuples(st.sampled_from([b"x-a", b"cookie"]), st.binary(max_size=8)), max_size=2)
+    ),
+    st.tuples(
+        st.just("varying"),
+        st.sampled_from([4, 19, 58]),  # :path, accept, user-agent
+        st.booleans(),
+        st.binary(max_size=150),
+        st.booleans(),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_block, min_size=1, max_size=12), st.sampled_from([b"\x82\x87\xbe", b"\x82\xbf", b""]))
+def test_blocks_decoded_by_their_shape_mean_what_the_hpack_library_reads(
+    blocks: list[tuple[object, ...]], around: bytes
+) -> None:
+    encoder, reference, ours = hpack.Encoder(), hpack.Decoder(), HpackDecoder()
+    first = encoder.encode([(b":authority", b"dns.test"), (b"user-agent", b"dnsperf")])  # dynamic entries 62, 63
+    assert ours.decode(first, 65536) == reference.decode(first, raw=True)
+    shaped, sent = 0, list[bytes]()
+    for item in blocks:
+        if item[0] == "table":
+            block = encoder.encode(item[1])  # type: ignore[arg-type]
+        else:
+            _, index, never, value, huffman = item
+            assert isinstance(index, int) and isinstance(value, bytes) and isinstance(huffman, bool)
+            literal = bytes([(0x10 if never else 0) | index]) + _string(value, huffman)
+            block = around + literal + around[::-1]
+        sent.append(block)
+        try:
+            expected = reference.decode(block, raw=True)
+        except hpack.HPACKError:
+            with pytest.raises(ProtocolError):
+                ours.decode(block, 65536)
+            return
+        assert ours.decode(block, 65536) == expected
+        shaped += ours.varying is not None
+    if all(item[0] == "varying" for item in blocks) and len({item[1:3] for item in blocks}) == 1:
+        # The first block taught the shape (and is remembered whole): the others were decoded by it.
+        assert shaped == sum(block != sent[0] for block in sent)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([b":path", b"te", b"accept", b":method"]),
+    st.lists(st.sampled_from([b"", b"/dns-query?dns=AAAB", b"trailers", b"GET", b"x"]), min_size=1, max_size=5),
+    st.booleans(),
+)
+def test_fields_of_shaped_blocks_are_those_of_the_general_check(name: bytes, values: list[bytes], twice: bool) -> None:
+    """The connection checks a shape's fields once and then only the varying value: the same verdict and fields
+    as :func:`_request_fields` on the whole list, for every value (an empty ``:path``, a bad ``te``)."""
+    server = H2ServerConnection(max_streams=10, max_header_bytes=16384, max_body=65535)
+    static = {b":path": 4, b"te": 0, b"accept": 19, b":method": 2}
+    for value in values:
+        if static[name]:
+            literal = bytes([static[name]]) + _string(value, huffman=False)
+        else:  # a literal name: not a shape (the name is not a reference)
+            literal = b"\x00" + _string(name, huffman=False) + _string(value, huffman=False)
+        block = b"\x82\x87\x84" + (b"\x41\x08dns.test" if twice else b"") + literal
+        headers = server.decoder.decode(block, 16384)
+        assert server._fields(headers) == _request_fields(headers)
+
+
+def test_a_request_decoded_by_its_shape_is_the_request() -> None:
+    """GETs whose paths differ (as dnsperf's do: the query ID) through the whole core: each Request carries its
+    own path, though all but the first were decoded by their shape."""
+    c = client()
+    server = H2ServerConnection(max_streams=100, max_header_bytes=16384, max_body=65535)
+    exchange(c, server)
+    paths = [GET_PATH[:-4] + suffix for suffix in ("AAAA", "AAAB", "BBBB", "AAAA")]
+    for path in paths:
+        get(c, path)
+    events = server.receive(c.data_to_send())
+    assert [event.path for event in events if isinstance(event, Request)] == paths
+
+
+@pytest.mark.skipif(not our_huffman.NATIVE, reason="the _huffman extension is not built")
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=40))
+def test_native_huffman_decoding_is_the_python_one(data: bytes, noise: bytes) -> None:
+    for encoded in (HUFFMAN.encode(data), noise, HUFFMAN.encode(data) + noise):
+        try:
+            expected: bytes | str = our_huffman.huffman_decode_python(encoded)
+        except ProtocolError as exc:
+            expected = str(exc)
+        try:
+            got: bytes | str = our_huffman.huffman_decode(encoded)
+        except ProtocolError as exc:
+            got = str(exc)
+        assert got == expected
+
+
+def test_an_answer_in_one_piece_is_the_frames_of_the_general_way() -> None:
+    c = client()
+    server = H2ServerConnection(max_streams=10, max_header_bytes=16384, max_body=65535)
+    exchange(c, server)
+    stream_id = get(c)
+    assert server.receive(c.data_to_send())
+    headers = [("content-type", "application/dns-message"), ("content-length", "5"), ("cache-control", "max-age=9")]
+    block = encode_headers(200, headers)
+    server.respond(stream_id, 200, headers, b"12345", block)
+    expected = frame(HEADERS, END_HEADERS, stream_id, block) + frame(DATA, END_STREAM, stream_id, b"12345")
+    assert server.data_to_send() == expected
+    assert stream_id not in server.streams and not server.busy()
+
+
+_TARGET = st.text(alphabet="/dnsquery?=&%+AB09-_x", max_size=30)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["/dns-query", "/dns-query?dns=", "/dns-query?", "/dns", ""]), _TARGET)
+def test_a_get_target_read_by_hand_is_what_the_general_parser_reads(start: str, rest: str) -> None:
+    target = start + rest
+    by_hand = doh.decode_request("GET", target, None, b"", "/dns-query")
+    value = doh.dns_parameter(target, "/dns-query")
+    if isinstance(value, doh.HttpResponse):
+        assert isinstance(by_hand, doh.HttpResponse) and by_hand.status == value.status
+        return
+    # What decode_request makes of that value: the general path from here on.
+    general = doh.decode_request("GET", "/dns-query?dns=" + value.replace("%", "%25"), None, b"", "/dns-query")
+    if isinstance(general, bytes):
+        assert by_hand == general
+    else:
+        assert isinstance(by_hand, doh.HttpResponse) and by_hand.status == general.status
+
+
+def _padded_query() -> bytes:
+    query = dns.message.make_query(
+        "pad.example.", "A", use_edns=0, options=[dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"")]
+    )
+    return query.to_wire()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=60), st.integers(0, 0xFFFF))
+def test_checked_queries_are_what_is_query_and_wants_padding_say(noise: bytes, query_id: int) -> None:
+    plain = dns.message.make_query("www.example.", "A").to_wire()
+    for wire in (noise, plain, _padded_query(), plain + noise, query_id.to_bytes(2, "big") + plain[2:]):
+        for _ in range(2):  # the second time from the memo
+            checked = doh._checked_query(wire)
+            assert checked == (wants_padding(wire) if is_query(wire) else None)
+
+
+def test_a_padded_query_gets_a_padded_answer_through_the_memo() -> None:
+    query = _padded_query()
+    answer = dns.message.make_response(dns.message.from_wire(query)).to_wire()
+    for _ in range(2):
+        wire = doh.decode_request(
+            "GET", "/dns-query?dns=" + base64.urlsafe_b64encode(query).rstrip(b"=").decode(), None, b"", "/dns-query"
+        )
+        assert wire == query
+        assert len(doh.dns_response(query, answer).body) % 468 == 0
+
+
+def test_the_state_table_agrees_with_the_shortcuts_the_core_takes() -> None:
+    """DATA on an open stream and a request's end skip the table: these are its entries."""
+    assert TABLE[StreamState.OPEN][StreamInput.RECV_DATA] is StreamState.OPEN
+    assert TABLE[StreamState.OPEN][StreamInput.RECV_END_STREAM] is StreamState.HALF_CLOSED_REMOTE
+    assert TABLE[StreamState.HALF_CLOSED_REMOTE][StreamInput.SEND_END_STREAM] is StreamState.CLOSED
