@@ -16,11 +16,12 @@ from typing import Any
 
 import dns.message
 import hpack
+import pytest
 
 from fixtures.http2 import DATA, END_HEADERS, END_STREAM, HEADERS, PING, SETTINGS, WINDOW_UPDATE, Client, connect, raw
 from fixtures.tls import EchoHandler, Pki, listen_config
 from ztdns.transport.doh import body_budget, start_doh_listener
-from ztdns.transport.http2 import ConnectionEnded, ErrorCode, H2ServerConnection
+from ztdns.transport.http2 import ConnectionEnded, ErrorCode, H2ServerConnection, huffman
 from ztdns.transport.stream import TlsStreamListener
 from ztdns.transport.tls import TlsMaterial
 
@@ -229,6 +230,24 @@ def test_a_post_whose_body_waits_for_the_headers_ack_is_not_delayed(pki: Pki) ->
             # The delayed ACK adds ~40 ms to every request; the same requests without Nagle are the yardstick, so
             # a loaded machine slows both alike.
             assert medians[True] < medians[False] + 0.02, medians
+        finally:
+            await listener.close()
+
+    asyncio.run(body())
+
+
+def test_a_listener_builds_the_huffman_tables_before_its_first_request(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Built on first use they cost the first GET 60-150 ms.
+    monkeypatch.setattr(huffman, "_native_loaded", False)
+    monkeypatch.setattr(huffman, "_NEXT", [])
+    monkeypatch.setattr(huffman, "_OUT", [])
+
+    async def body() -> None:
+        listener = await start(pki)
+        try:
+            assert huffman._native_loaded if huffman.NATIVE else huffman._NEXT
         finally:
             await listener.close()
 

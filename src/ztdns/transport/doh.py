@@ -32,7 +32,7 @@ from ztdns.client import ClientInfo, Transport
 from ztdns.config.identity import CLIENT_ID
 from ztdns.config.listen import ListenConfig
 from ztdns.transport import Handler
-from ztdns.transport.http2 import BodyTooLarge, H2ServerConnection, Request, StreamReset
+from ztdns.transport.http2 import BodyTooLarge, H2ServerConnection, Request, StreamReset, huffman
 from ztdns.transport.http2.hpack import encode_headers
 from ztdns.transport.limits import Progress
 from ztdns.transport.stream import TlsConnection, TlsStreamListener
@@ -608,4 +608,5 @@ async def start_doh_listener(
     """Listen for DoH on ``config.address`` at ``config.path``. Close with ``await listener.close(drain)``."""
     listener = DohListener(config, handler, tls, DohConnection)
     await listener.start(reuse_port=reuse_port)
+    huffman.prepare()  # before the first request rather than during it
     return listener

@@ -45,8 +45,8 @@ _TREE, _PADDING_OK = _huffman_tree()
 # Byte-at-a-time decoding: for tree node N and input byte B, index N << 8 | B of _NEXT holds the next node
 # (shifted by 8) and of _OUT the decoded bytes. A byte that decodes EOS (an error) leads to _EOS, an index past
 # the tables. About 7 µs for a GET path in a running server; hpack's bit-by-bit decoder takes 25. Two flat lists
-# of shared objects rather than one list of tuples: a third faster, the tuples fell out of cache. Built on
-# first use (60 ms), not at import.
+# of shared objects rather than one list of tuples: a third faster, the tuples fell out of cache. Built when a
+# DoH listener starts (prepare(), 60 ms) or on first use, not at import (most processes never decode HPACK).
 _EOS = len(_TREE) << 8
 _NEXT: list[int] = []
 _OUT: list[bytes] = []
@@ -90,6 +90,15 @@ def _load_native() -> None:
     assert _huffman is not None and max(counts) <= 2
     _huffman.load(nodes, next_nodes.tobytes(), counts, symbols, bytes(_PADDING_OK))
     _native_loaded = True
+
+
+def prepare() -> None:
+    """Build the decoding tables now (tens of milliseconds), so that a listener's first request does not wait."""
+    if NATIVE:
+        if not _native_loaded:
+            _load_native()
+    elif not _NEXT:
+        _build_tables()
 
 
 _ERRORS = {1: "EOS in a Huffman string", 2: "bad Huffman padding"}
