@@ -18,6 +18,7 @@ from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
 
 from ztdns.resolver.delegation import Delegation
+from ztdns.wire.header import rcode_of
 
 
 class Lame(Exception):
@@ -76,7 +77,7 @@ def classify(
     response.answer = _chain(response.answer, qname, qtype)
     if response.answer:
         return Classified(ResponseType.ANSWER)
-    if response.rcode() == dns.rcode.NXDOMAIN:
+    if rcode_of(response) == dns.rcode.NXDOMAIN:
         return Classified(ResponseType.NXDOMAIN)
     authority = response.authority
     if any(r.rdtype == dns.rdatatype.SOA for r in authority):
