@@ -150,11 +150,12 @@ def _chain(
 
 def referral_ds(response: dns.message.Message, child: dns.name.Name) -> list[dns.rrset.RRset]:
     """The signed DS of ``child`` a referral carries (what the validator asks for next), or nothing."""
+    # The types first: an owner compared as a Name is a Python loop over its labels (long NSEC3 hashes here).
     return [
         r
         for r in response.authority
-        if r.name == child
-        and (r.rdtype == dns.rdatatype.DS or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS))
+        if (r.rdtype == dns.rdatatype.DS or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS))
+        and r.name == child
     ]
 
 
@@ -164,9 +165,9 @@ def cname_target(
     """Where the answer's CNAME chain from ``sname`` ends without data of ``rdtype``, or None."""
     current = sname
     for _ in range(len(response.answer) + 1):
-        if any(r.name == current and r.rdtype == rdtype for r in response.answer):
+        if any(r.rdtype == rdtype and r.name == current for r in response.answer):
             return None
-        cname = next((r for r in response.answer if r.name == current and r.rdtype == dns.rdatatype.CNAME), None)
+        cname = next((r for r in response.answer if r.rdtype == dns.rdatatype.CNAME and r.name == current), None)
         if cname is None:
             return current if current != sname else None
         rdata = cname[0]
