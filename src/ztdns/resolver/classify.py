@@ -19,6 +19,7 @@ from dns.rdtypes.ANY.NS import NS
 
 from ztdns.resolver.delegation import Delegation
 from ztdns.wire.header import rcode_of
+from ztdns.wire.parse import known_name
 
 
 class Lame(Exception):
@@ -35,11 +36,11 @@ def scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Mes
         kept = []
         for rrset in section:
             labels = rrset.name.labels
-            lowered = tuple(map(bytes.lower, labels))
+            lowered = known_name(labels)[1]
             if lowered[-depth:] != suffix:
                 continue
             if lowered != labels:  # most owner names are lower-case already: no new Name for those
-                rrset.name = dns.name.Name(lowered)
+                rrset.name = known_name(lowered)[0]
             kept.append(rrset)
         section[:] = kept
     return response

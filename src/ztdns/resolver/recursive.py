@@ -337,7 +337,7 @@ class RecursiveResolver:
             try:
                 answer, child = await self._ask(delegation, ask_name, ask_type, budget, depth)
             except ResolutionFailed:
-                if ask_name == qname:
+                if ask_name is qname:  # not minimised (a minimised name is a proper suffix: never equal)
                     raise
                 # RFC 9156 §2.3 (relaxed): servers that fail the minimised query (SERVFAIL, REFUSED, lame) are
                 # asked the full name.
@@ -350,7 +350,7 @@ class RecursiveResolver:
                     )
                 delegation = await self._complete(child, budget, depth)
                 continue
-            if ask_name == qname:
+            if ask_name is qname:
                 return answer
             if rcode_of(answer) == dns.rcode.NOERROR and cname_target(answer, ask_name, ask_type) is None:
                 ask_depth += 1  # no zone cut at ask_name: reveal the next label to the same servers
