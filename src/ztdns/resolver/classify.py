@@ -17,6 +17,7 @@ import dns.rrset
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
 
+from ztdns.dnssec.names import wire_key
 from ztdns.resolver.delegation import Delegation
 from ztdns.wire.header import rcode_of
 from ztdns.wire.parse import known_name
@@ -123,27 +124,32 @@ def _chain(
     above its names) and the data of the type asked at its end, with their RRSIGs; nothing else."""
     if not answer:
         return answer
+    # Names compared by wire keys (hashed and compared in C), not as Names (Python loops over their labels).
     names = [qname]
-    current = qname
+    current = wire_key(qname)
+    keys = {current}
     while True:
-        cname = next((r for r in answer if r.rdtype == dns.rdatatype.CNAME and r.name == current), None)
+        cname = next((r for r in answer if r.rdtype == dns.rdatatype.CNAME and wire_key(r.name) == current), None)
         if cname is None or qtype in (dns.rdatatype.CNAME, dns.rdatatype.ANY):
             break
         rdata = cname[0]
         assert isinstance(rdata, CNAME)
-        current = rdata.target
-        if current in names:
-            raise CnameLoop(f"CNAME loop at {current.canonicalize()}")
-        names.append(current)
+        current = wire_key(rdata.target)
+        if current in keys:
+            raise CnameLoop(f"CNAME loop at {rdata.target.canonicalize()}")
+        names.append(rdata.target)
+        keys.add(current)
     kept = []
     for rrset in answer:
         rdtype = rrset.covers if rrset.rdtype == dns.rdatatype.RRSIG else rrset.rdtype
         if qtype == dns.rdatatype.RRSIG:
-            wanted = rrset.name in names and rrset.rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.CNAME)
+            wanted = wire_key(rrset.name) in keys and rrset.rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.CNAME)
         elif rdtype == dns.rdatatype.DNAME:
             wanted = any(name.is_subdomain(rrset.name) and name != rrset.name for name in names)
         else:
-            wanted = rrset.name in names and (rdtype in (qtype, dns.rdatatype.CNAME) or qtype == dns.rdatatype.ANY)
+            wanted = wire_key(rrset.name) in keys and (
+                rdtype in (qtype, dns.rdatatype.CNAME) or qtype == dns.rdatatype.ANY
+            )
         if wanted:
             kept.append(rrset)
     return kept
