@@ -19,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.asyncquery
@@ -36,15 +37,16 @@ from ztdns.lab.zones import CASES
 ZTDNS, UNBOUND = "127.0.0.2", "127.0.0.1"
 
 
-async def cold_latencies(server: str) -> list[float]:
-    """Milliseconds per lab case, in order, on a resolver that has seen nothing before."""
+async def cold_latencies(server: str, quiet: bool = False) -> list[float]:
+    """Milliseconds per lab case, in order, on a resolver that has seen nothing before (``quiet``: no notes of
+    unexpected rcodes)."""
     times = []
     for case in CASES:
         query = dns.message.make_query(case.qname, case.qtype, want_dnssec=True)
         start = time.perf_counter()
         response = await dns.asyncquery.udp(query, server, 10)
         times.append((time.perf_counter() - start) * 1000)
-        if dns.rcode.to_text(response.rcode()) != case.rcode:
+        if not quiet and dns.rcode.to_text(response.rcode()) != case.rcode:
             print(f"  note: {server} answered {case.qname} {case.qtype} with {dns.rcode.to_text(response.rcode())}")
     return times
 
@@ -105,6 +107,21 @@ def settle(pid: int, quiet: float = 0.3, longest: float = 10.0) -> None:
             return
 
 
+@contextlib.contextmanager
+def lab_and_client() -> Iterator[tuple[Path, Lab, NetnsLoop]]:
+    """A temporary directory, the lab in a namespace of its own, and the cold client's event loop in it."""
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        Lab(Path(directory), netns_name="auto") as lab,
+        NetnsLoop(lab.netns) as loop,
+    ):
+        if can_pin():
+            # The cold client on the load CPU, like dnsperf: it then never waits for the server's CPU, and
+            # where the scheduler puts it does not move the figures from run to run.
+            loop.run(pin_this_thread())
+        yield Path(directory), lab, loop
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10, help="length of each dnsperf run")
@@ -117,16 +134,8 @@ def main() -> None:
     servers = {"ztdns": ZTDNS, "unbound": UNBOUND}
     passes: dict[str, list[list[float]]] = {name: [] for name in servers}
     warm: dict[str, list[float]] = {name: [] for name in servers}
-    with (
-        tempfile.TemporaryDirectory() as directory,
-        Lab(Path(directory), netns_name="auto") as lab,
-        NetnsLoop(lab.netns) as loop,
-    ):
-        if can_pin():
-            # The cold client on the load CPU, like dnsperf: it then never waits for the server's CPU, and
-            # where the scheduler puts it does not move the figures from run to run.
-            loop.run(pin_this_thread())
-        query_file = Path(directory) / "queries.txt"
+    with lab_and_client() as (directory, lab, loop):
+        query_file = directory / "queries.txt"
         query_file.write_text("".join(f"{qname} {qtype}\n" for qname, qtype in resolving))
         for _ in range(args.cold_passes):
             with servers_running(lab):

@@ -22,7 +22,7 @@ import dns.name
 import dns.rdatatype
 
 from ztdns.config.resolver import RecursionConfig
-from ztdns.dnssec import denial, validator
+from ztdns.dnssec import denial, names, validator
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.dnssec.validator import Validator
 from ztdns.lab import netns
@@ -40,6 +40,7 @@ def forget_process_memos() -> None:
     parse._memo = parse._Memo()
     encode._forms.clear()
     denial._nsec3_hashes.clear()
+    names._canonical.clear()
 
 
 def fresh_resolver(lab: Lab) -> RecursiveResolver:

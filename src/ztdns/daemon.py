@@ -269,6 +269,8 @@ class Service:
     async def start(self) -> list[str]:
         endpoints = []
         self.frontend.bind_loop(asyncio.get_running_loop())
+        if self.resolver:
+            self.frontend.detector.preload()
         self.feeds.start()
         if self.watcher is not None:
             self.frontend.metrics.register(self.watcher)

@@ -129,7 +129,9 @@ def test_a_random_subdomain_flood_is_capped_at_the_quota_and_other_names_keep_an
         print("upstream queries for victim.test per second:", [per_second[s] for s in range(0, 13)])
         capped = [per_second[s] for s in range(2, 12)]  # from the third second on (the requirement: 5 s)
         assert max(capped) <= QUOTA * 1.5 + 2, capped  # the quota, with one bucket's depth and second boundaries
-        assert seconds and per_second[seconds[0]] > QUOTA * 3  # the flood did reach upstream before the cap
+        # The flood did reach upstream before the cap: its burst may straddle a second boundary (seconds count from
+        # int(started), so the first can be a sliver: [29, 746, 20, ...]).
+        assert seconds and max(per_second[s] for s in seconds[:2]) > QUOTA * 3
         assert failures == [], failures[:5]
     finally:
         server.stop()

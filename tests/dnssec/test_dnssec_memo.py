@@ -15,8 +15,8 @@ import pytest
 from dns.dnssectypes import Algorithm, DSDigest
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
-from ztdns.dnssec import denial, validator
-from ztdns.dnssec.names import ancestry, canonical_key, is_child, wire_key
+from ztdns.dnssec import denial, names, validator
+from ztdns.dnssec.names import ancestry, canonical_key, common_labels, is_child, wire_key
 from ztdns.dnssec.trust import TrustAnchors
 from ztdns.lab.sign import generate_key
 
@@ -72,6 +72,22 @@ def test_canonical_key_orders_as_dnspython() -> None:
         for second in names:
             assert (canonical_key(first) == canonical_key(second)) == (first == second)
             assert (wire_key(first) == wire_key(second)) == (first == second)
+
+
+def test_canonical_key_memo_answers_per_labels_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(names, "_CANONICAL_MAX", 4)
+    names._canonical.clear()
+    for text in _NAMES * 2:  # the second round from the memo (or after it started over)
+        name = dns.name.from_text(text)
+        assert canonical_key(name) == tuple(label.lower() for label in reversed(name.labels))
+        assert len(names._canonical) <= 4
+
+
+def test_common_labels_is_fullcompares_count() -> None:
+    parsed = [dns.name.from_text(text) for text in _NAMES]
+    for first in parsed:
+        for second in parsed:
+            assert common_labels(first, second) == first.fullcompare(second)[2]
 
 
 def test_ancestry_and_child() -> None:

@@ -309,6 +309,8 @@ def test_aggressive_answers_match_the_zones(
         assert candidate is None
         return
     assert candidate is not None and candidate.rcode() == rcode
+    assert candidate.flags == dns.flags.QR | dns.flags.RD | dns.flags.RA | rcode  # as make_response had them
+    assert [(q.name, q.rdtype) for q in candidate.question] == [(name, rdtype)]
     assert asyncio.run(validator.check(name, rdtype, candidate)).security is Security.SECURE
 
 

@@ -96,6 +96,15 @@ def test_0x20_flips_only_letters_each_independently() -> None:
     assert all(len(seen[i]) == 1 for i in range(len(seen)) if i not in letters)  # lengths, digits, '-' never
 
 
+def test_0x20_takes_one_noise_bit_per_octet_and_the_query_id_its_own_bytes() -> None:
+    name = dns.name.from_text("Www-1.example.")
+    assert randomise_case(name, b"\xff" * 255).labels == (b"wWW-1", b"EXAMPLE", b"")  # letters flipped only
+    assert randomise_case(name, b"\x00" * 255).labels == name.labels
+    assert randomise_case(name, b"\x00\xff" * 128).labels == (b"WWw-1", b"ExAmPlE", b"")  # octet by octet
+    queries = [IterativeQuery.random(name, dns.rdatatype.A, EDNS_PAYLOAD) for _ in range(64)]
+    assert len({q.id for q in queries}) > 48 and all(q.name == name for q in queries)
+
+
 def test_0x20_bits_do_not_come_from_the_random_module(monkeypatch: pytest.MonkeyPatch) -> None:
     # The random module's generator can be reconstructed from its outputs; with it stuck, the case must still vary.
     monkeypatch.setattr(random, "getrandbits", lambda bits: 0)

@@ -19,7 +19,7 @@ import dns.rrset
 from dns.rdtypes.ANY.NSEC import NSEC
 from dns.rdtypes.ANY.NSEC3 import NSEC3
 
-from ztdns.dnssec.names import canonical_key, is_child, wire_key
+from ztdns.dnssec.names import canonical_key, common_labels, is_child, wire_key
 
 _WILDCARD = dns.name.Name((b"*",))
 _BASE32HEX = b"0123456789ABCDEFGHIJKLMNOPQRSTUV"
@@ -127,13 +127,8 @@ def nsec_covers(rrset: dns.rrset.RRset, name: dns.name.Name) -> bool:
 def _nsec_closest_encloser(rrset: dns.rrset.RRset, name: dns.name.Name) -> dns.name.Name:
     nsec = rrset[0]
     assert isinstance(nsec, NSEC)
-    best = dns.name.root
-    for other in (rrset.name, nsec.next):
-        common = name.fullcompare(other)[2]
-        candidate = dns.name.Name(name.labels[-common:]) if common else dns.name.root
-        if len(candidate) > len(best):
-            best = candidate
-    return best
+    common = max(common_labels(name, rrset.name), common_labels(name, nsec.next))
+    return dns.name.Name(name.labels[-common:]) if common > 1 else dns.name.root
 
 
 def nsec_nxdomain(nsecs: Sequence[dns.rrset.RRset], name: dns.name.Name) -> Denial:

@@ -35,5 +35,27 @@ def is_child(name: dns.name.Name, zone: dns.name.Name) -> bool:
 
 def canonical_key(name: dns.name.Name) -> tuple[bytes, ...]:
     """A sort key for the DNSSEC canonical order (RFC 4034 §6.1), as dnspython orders absolute names: the
-    lower-cased labels from the root down, compared as a tuple of bytes."""
-    return tuple([label.lower() for label in reversed(name.labels)])
+    lower-cased labels from the root down, compared as a tuple of bytes. Remembered per labels: denial proofs
+    ask it of the same few owners again and again."""
+    labels = name.labels
+    key = _canonical.get(labels)
+    if key is None:
+        if len(_canonical) >= _CANONICAL_MAX:
+            _canonical.clear()
+        key = _canonical[labels] = tuple([label.lower() for label in reversed(labels)])
+    return key
+
+
+def common_labels(name: dns.name.Name, other: dns.name.Name) -> int:
+    """How many labels the names share from the root down, the root included: ``name.fullcompare(other)[2]``
+    for absolute names, without building the comparison's other results."""
+    count = 0
+    for mine, theirs in zip(canonical_key(name), canonical_key(other), strict=False):
+        if mine != theirs:
+            break
+        count += 1
+    return count
+
+
+_canonical: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
+_CANONICAL_MAX = 20_000

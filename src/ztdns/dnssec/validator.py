@@ -41,6 +41,7 @@ from ztdns.dnssec.names import ancestry, wire_key
 from ztdns.dnssec.signed import signed_data
 from ztdns.dnssec.trust import Anchor, TrustAnchors
 from ztdns.model import EDE, Reason
+from ztdns.wire.header import rcode_of
 
 # Validated by default ([dnssec] algorithms): RSASHA256, RSASHA512, ECDSA P-256/P-384, Ed25519, Ed448 (RFC 8624
 # §3.1 MUST/RECOMMENDED). RSASHA1 and RSASHA1-NSEC3-SHA1 are off by default since RFC 9905 deprecated SHA-1 in
@@ -381,7 +382,7 @@ class Validator:
         """One step down: is ``child`` a secure zone, an insecure cut, or just a name in ``parent``?"""
         assert parent.keys is not None
         response = await self.fetcher.fetch(child, dns.rdatatype.DS)
-        rcode = response.rcode() if response is not None else None
+        rcode = rcode_of(response) if response is not None else None
         if response is None or rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             verdict = _bogus(EDE.DNSSEC_BOGUS, f"{parent.zone}: no usable answer for {child} DS")
             return ZoneKeys(parent.zone, verdict, None, now + 5)
@@ -489,7 +490,7 @@ class Validator:
     def _deny(
         self,
         authority: _Section,
-        rcode: dns.rcode.Rcode,
+        rcode: int,
         state: ZoneKeys,
         name: dns.name.Name,
         qtype: dns.rdatatype.RdataType,
@@ -546,7 +547,8 @@ class Validator:
         self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, response: dns.message.Message
     ) -> Verdict:
         """The verdict on a response, without logging or counting (also for answers we built ourselves)."""
-        if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        rcode = rcode_of(response)
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             return INSECURE  # SERVFAIL, REFUSED...: nothing to vouch for
         now = self.clock()
         verdicts: list[Verdict] = []
@@ -570,7 +572,7 @@ class Validator:
         if state.verdict.security is not Security.SECURE:
             verdicts.append(state.verdict)
             return combine(verdicts)
-        verdicts.append(self._deny(authority, response.rcode(), state, sname, qtype, now)[0])
+        verdicts.append(self._deny(authority, rcode, state, sname, qtype, now)[0])
         return combine(verdicts)
 
     @staticmethod

@@ -18,16 +18,20 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from ztdns.dnssec.names import wire_key
 from ztdns.dnssec.validator import Verdict
+from ztdns.wire.header import rcode_of
 
 _BOGUS_TTL = 60  # bogus answers are kept this long at most (RFC 4035 §4.7: do not keep asking)
+# A response's flags per rcode, made once: set_rcode and ``|`` on dnspython's Flag enum are Python code.
+_RESPONSE_FLAGS = {rcode: dns.flags.Flag(dns.flags.QR | dns.flags.RA | rcode) for rcode in range(16)}
 
 
 @dataclass
 class Cached:
     """A resolved answer. The RRsets are never changed after storing (hits get copies when TTLs count down)."""
 
-    rcode: dns.rcode.Rcode
+    rcode: int
     answer: tuple[dns.rrset.RRset, ...]
     authority: tuple[dns.rrset.RRset, ...]
     stored: float
@@ -84,7 +88,7 @@ class AnswerCache:
             ttl = min(ttl, self.negative_max_ttl)
         now = self._clock()
         self._items[key] = Cached(
-            message.rcode(), tuple(message.answer), tuple(message.authority), now, now + ttl, verdict
+            rcode_of(message), tuple(message.answer), tuple(message.authority), now, now + ttl, verdict
         )
         self._items.move_to_end(key)
         while len(self._items) > self.entries:
@@ -96,13 +100,15 @@ def min_ttl(message: dns.message.Message) -> int:
     return min(ttls, default=0)
 
 
-def response(
-    rcode: dns.rcode.Rcode, answer: list[dns.rrset.RRset], authority: list[dns.rrset.RRset]
-) -> dns.message.Message:
+def response(rcode: int, answer: list[dns.rrset.RRset], authority: list[dns.rrset.RRset]) -> dns.message.Message:
     """A recursion result: just flags, rcode and sections (callers set the question they answer)."""
     message = dns.message.Message(id=0)  # internal: the ID of the client's query is set on the way out
-    message.flags = dns.flags.QR | dns.flags.RA
-    message.set_rcode(rcode)
+    flags = _RESPONSE_FLAGS.get(rcode)
+    if flags is None:  # an extended rcode: its upper bits go to EDNS
+        message.flags = dns.flags.QR | dns.flags.RA
+        message.set_rcode(dns.rcode.Rcode.make(rcode))
+    else:
+        message.flags = flags
     message.answer = answer
     message.authority = authority
     return message
@@ -112,7 +118,7 @@ def chain_answer(hops: list[tuple[dns.name.Name, dns.message.Message]]) -> dns.m
     """The answer to the first name of a CNAME chain: every hop's answer, the last hop's rcode and authority."""
     answer = [rrset for _, hop in hops for rrset in hop.answer]
     last = hops[-1][1]
-    return response(last.rcode(), _dedupe(answer), list(last.authority))
+    return response(rcode_of(last), _dedupe(answer), list(last.authority))
 
 
 def strip_dnssec(message: dns.message.Message, asked: int) -> None:
@@ -123,9 +129,9 @@ def strip_dnssec(message: dns.message.Message, asked: int) -> None:
 
 
 def _dedupe(rrsets: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
-    seen: dict[tuple[dns.name.Name, int, int], dns.rrset.RRset] = {}
+    seen: dict[tuple[bytes, int, int], dns.rrset.RRset] = {}
     for rrset in rrsets:
-        seen.setdefault((rrset.name, rrset.rdtype, rrset.covers), rrset)
+        seen.setdefault((wire_key(rrset.name), rrset.rdtype, rrset.covers), rrset)
     return list(seen.values())
 
 

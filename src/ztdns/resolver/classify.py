@@ -17,7 +17,10 @@ import dns.rrset
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.NS import NS
 
+from ztdns.dnssec.names import wire_key
 from ztdns.resolver.delegation import Delegation
+from ztdns.wire.header import rcode_of
+from ztdns.wire.parse import known_name
 
 
 class Lame(Exception):
@@ -34,11 +37,11 @@ def scrub(response: dns.message.Message, zone: dns.name.Name) -> dns.message.Mes
         kept = []
         for rrset in section:
             labels = rrset.name.labels
-            lowered = tuple(map(bytes.lower, labels))
+            lowered = known_name(labels)[1]
             if lowered[-depth:] != suffix:
                 continue
             if lowered != labels:  # most owner names are lower-case already: no new Name for those
-                rrset.name = dns.name.Name(lowered)
+                rrset.name = known_name(lowered)[0]
             kept.append(rrset)
         section[:] = kept
     return response
@@ -76,7 +79,7 @@ def classify(
     response.answer = _chain(response.answer, qname, qtype)
     if response.answer:
         return Classified(ResponseType.ANSWER)
-    if response.rcode() == dns.rcode.NXDOMAIN:
+    if rcode_of(response) == dns.rcode.NXDOMAIN:
         return Classified(ResponseType.NXDOMAIN)
     authority = response.authority
     if any(r.rdtype == dns.rdatatype.SOA for r in authority):
@@ -121,27 +124,32 @@ def _chain(
     above its names) and the data of the type asked at its end, with their RRSIGs; nothing else."""
     if not answer:
         return answer
+    # Names compared by wire keys (hashed and compared in C), not as Names (Python loops over their labels).
     names = [qname]
-    current = qname
+    current = wire_key(qname)
+    keys = {current}
     while True:
-        cname = next((r for r in answer if r.rdtype == dns.rdatatype.CNAME and r.name == current), None)
+        cname = next((r for r in answer if r.rdtype == dns.rdatatype.CNAME and wire_key(r.name) == current), None)
         if cname is None or qtype in (dns.rdatatype.CNAME, dns.rdatatype.ANY):
             break
         rdata = cname[0]
         assert isinstance(rdata, CNAME)
-        current = rdata.target
-        if current in names:
-            raise CnameLoop(f"CNAME loop at {current.canonicalize()}")
-        names.append(current)
+        current = wire_key(rdata.target)
+        if current in keys:
+            raise CnameLoop(f"CNAME loop at {rdata.target.canonicalize()}")
+        names.append(rdata.target)
+        keys.add(current)
     kept = []
     for rrset in answer:
         rdtype = rrset.covers if rrset.rdtype == dns.rdatatype.RRSIG else rrset.rdtype
         if qtype == dns.rdatatype.RRSIG:
-            wanted = rrset.name in names and rrset.rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.CNAME)
+            wanted = wire_key(rrset.name) in keys and rrset.rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.CNAME)
         elif rdtype == dns.rdatatype.DNAME:
             wanted = any(name.is_subdomain(rrset.name) and name != rrset.name for name in names)
         else:
-            wanted = rrset.name in names and (rdtype in (qtype, dns.rdatatype.CNAME) or qtype == dns.rdatatype.ANY)
+            wanted = wire_key(rrset.name) in keys and (
+                rdtype in (qtype, dns.rdatatype.CNAME) or qtype == dns.rdatatype.ANY
+            )
         if wanted:
             kept.append(rrset)
     return kept
@@ -149,11 +157,12 @@ def _chain(
 
 def referral_ds(response: dns.message.Message, child: dns.name.Name) -> list[dns.rrset.RRset]:
     """The signed DS of ``child`` a referral carries (what the validator asks for next), or nothing."""
+    # The types first: an owner compared as a Name is a Python loop over its labels (long NSEC3 hashes here).
     return [
         r
         for r in response.authority
-        if r.name == child
-        and (r.rdtype == dns.rdatatype.DS or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS))
+        if (r.rdtype == dns.rdatatype.DS or (r.rdtype == dns.rdatatype.RRSIG and r.covers == dns.rdatatype.DS))
+        and r.name == child
     ]
 
 
@@ -163,9 +172,9 @@ def cname_target(
     """Where the answer's CNAME chain from ``sname`` ends without data of ``rdtype``, or None."""
     current = sname
     for _ in range(len(response.answer) + 1):
-        if any(r.name == current and r.rdtype == rdtype for r in response.answer):
+        if any(r.rdtype == rdtype and r.name == current for r in response.answer):
             return None
-        cname = next((r for r in response.answer if r.name == current and r.rdtype == dns.rdatatype.CNAME), None)
+        cname = next((r for r in response.answer if r.rdtype == dns.rdatatype.CNAME and r.name == current), None)
         if cname is None:
             return current if current != sname else None
         rdata = cname[0]

@@ -44,6 +44,7 @@ from ztdns.resolver.classify import CnameLoop, Lame, ResponseType, classify, cna
 from ztdns.resolver.delegation import Delegation, Delegations, ServerSelection
 from ztdns.resolver.hints import load_hints
 from ztdns.resolver.upstream import Exchange, ForgedAnswer, IterativeQuery, NetworkExchange
+from ztdns.wire.header import rcode_of
 from ztdns.wire.parse import parse_message
 
 _GLUELESS_PER_REFERRAL = 3  # NS names without glue resolved per referral (NXNS mitigation)
@@ -336,7 +337,7 @@ class RecursiveResolver:
             try:
                 answer, child = await self._ask(delegation, ask_name, ask_type, budget, depth)
             except ResolutionFailed:
-                if ask_name == qname:
+                if ask_name is qname:  # not minimised (a minimised name is a proper suffix: never equal)
                     raise
                 # RFC 9156 §2.3 (relaxed): servers that fail the minimised query (SERVFAIL, REFUSED, lame) are
                 # asked the full name.
@@ -349,9 +350,9 @@ class RecursiveResolver:
                     )
                 delegation = await self._complete(child, budget, depth)
                 continue
-            if ask_name == qname:
+            if ask_name is qname:
                 return answer
-            if answer.rcode() == dns.rcode.NOERROR and cname_target(answer, ask_name, ask_type) is None:
+            if rcode_of(answer) == dns.rcode.NOERROR and cname_target(answer, ask_name, ask_type) is None:
                 ask_depth += 1  # no zone cut at ask_name: reveal the next label to the same servers
                 self._delegations.remember_no_cut(ask_name, zone, min_ttl(answer))
             else:
@@ -504,8 +505,9 @@ class RecursiveResolver:
         except (dns.exception.DNSException, OSError, TimeoutError, ForgedAnswer) as exc:
             problems.append(f"{address}: {type(exc).__name__}")
             return None
-        if answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            problems.append(f"{address}: {dns.rcode.to_text(answer.rcode())}")
+        rcode = rcode_of(answer)
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            problems.append(f"{address}: {dns.rcode.to_text(dns.rcode.Rcode.make(rcode))}")
             return None
         try:
             classified = classify(answer, zone, name, rdtype, self._clock(), self.config.harden_glue)
@@ -532,11 +534,11 @@ class RecursiveResolver:
         try:
             wire = query.to_wire(edns=True)
             answer = parse_message(await self._exchange(wire, address, port, timeout))
-            if answer.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and answer.edns < 0:
+            if rcode_of(answer) in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and answer.edns < 0:
                 # EDNS fallback for servers that reject OPT records.
                 wire = query.to_wire(edns=False)
                 answer = parse_message(await self._exchange(wire, address, port, timeout))
-            if answer.flags & dns.flags.TC:
+            if int(answer.flags) & _TC:
                 answer = parse_message(await self._exchange(wire, address, port, timeout, tcp=True))
         except (TimeoutError, OSError):
             self._servers.failed(address, timeout)
@@ -556,6 +558,7 @@ class RecursiveResolver:
 
 
 _DENIAL_TYPES = (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)
+_TC = int(dns.flags.TC)  # as an int: ``&`` on dnspython's Flag enum is Python code
 
 
 def _is_denial(rrset: dns.rrset.RRset) -> bool:

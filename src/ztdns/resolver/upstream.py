@@ -69,20 +69,27 @@ def _question_end(query: bytes) -> int:
     return offset + 5  # root label, type, class
 
 
-def randomise_case(name: dns.name.Name) -> dns.name.Name:
+def randomise_case(name: dns.name.Name, noise: bytes | None = None) -> dns.name.Name:
     """0x20: every letter's case flipped by its own random bit.
 
     The bits, like query IDs, come from the operating system's CSPRNG (``secrets``): the ``random`` module's
     generator can be reconstructed from its outputs, and an attacker who can predict them only has to guess the
-    source port to forge an answer. Per label, as integers: (random bits) AND (0x20 at each letter) XOR label."""
-    bits = secrets.randbits(2048)  # one draw (a system call) for the whole name: at most 255 octets
-    labels = []
-    for label in name.labels:
-        size = len(label)
-        mask = int.from_bytes(label.translate(_CASE_BIT), "big") & bits
-        labels.append((int.from_bytes(label, "big") ^ mask).to_bytes(size, "big"))
-        bits >>= 8 * size
-    return dns.name.Name(labels)
+    source port to forge an answer. ``noise``: random bytes from it, at least one per octet of the labels (drawn
+    here when not given). The labels joined, as integers: (random bits) AND (0x20 at each letter) XOR labels."""
+    labels = name.labels
+    joined = b"".join(labels)
+    size = len(joined)
+    if noise is None:
+        noise = secrets.token_bytes(size)
+    mask = int.from_bytes(joined.translate(_CASE_BIT), "big") & int.from_bytes(noise[:size], "big")
+    flipped = (int.from_bytes(joined, "big") ^ mask).to_bytes(size, "big")
+    cased = []
+    start = 0
+    for label in labels:
+        end = start + len(label)
+        cased.append(flipped[start:end])
+        start = end
+    return dns.name.Name(cased)
 
 
 # 0x20 at the octets that are ASCII letters (the bit that flips their case), 0 elsewhere.
@@ -102,7 +109,9 @@ class IterativeQuery:
 
     @classmethod
     def random(cls, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, payload: int) -> IterativeQuery:
-        return cls(secrets.randbits(16), randomise_case(name), rdtype, payload)
+        # One draw (a system call) for the ID and the case of every octet a name can have (255 at most).
+        noise = secrets.token_bytes(2 + 255)
+        return cls(int.from_bytes(noise[:2], "big"), randomise_case(name, noise[2:]), rdtype, payload)
 
     def to_wire(self, edns: bool, checking_disabled: bool = False) -> bytes:
         flags = dns.flags.CD if checking_disabled else 0
@@ -138,10 +147,10 @@ class NetworkExchange:
                 source = self._source(family)
                 if source is not None:
                     sock.bind((source, 0))
-                async with asyncio.timeout(timeout):
-                    if tcp:
+                if tcp:
+                    async with asyncio.timeout(timeout):
                         return await self._tcp(sock, query, address, port)
-                    return await self._udp(sock, query, address, port)
+                return await self._udp(sock, query, address, port, timeout)
             finally:
                 self.open_sockets -= 1
 
@@ -151,11 +160,14 @@ class NetworkExchange:
                 return source
         return None
 
-    async def _udp(self, sock: socket.socket, query: bytes, address: str, port: int) -> bytes:
+    async def _udp(self, sock: socket.socket, query: bytes, address: str, port: int, timeout: float) -> bytes:
         loop = asyncio.get_running_loop()
         sock.connect((address, port))
         sock.send(query)
         answered: asyncio.Future[bytes] = loop.create_future()
+        # A timer on the future rather than asyncio.timeout (which reschedules and cancels the task): the
+        # same TimeoutError, for less work on every exchange.
+        timer = loop.call_later(timeout, _time_out, answered)
 
         def readable() -> None:
             while not answered.done():
@@ -171,8 +183,11 @@ class NetworkExchange:
                 else:
                     self.forged_dropped += 1
 
-        with reading(sock, readable):
-            return await answered
+        try:
+            with reading(sock, readable):
+                return await answered
+        finally:
+            timer.cancel()
 
     async def _tcp(self, sock: socket.socket, query: bytes, address: str, port: int) -> bytes:
         loop = asyncio.get_running_loop()
@@ -184,6 +199,11 @@ class NetworkExchange:
             self.forged_dropped += 1
             raise ForgedAnswer(f"TCP answer from {address} does not match the query")
         return wire
+
+
+def _time_out(answered: asyncio.Future[bytes]) -> None:
+    if not answered.done():
+        answered.set_exception(TimeoutError())
 
 
 async def _read(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:

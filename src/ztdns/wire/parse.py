@@ -200,6 +200,12 @@ def _entry(rdata: dns.rdata.Rdata) -> _Entry:
 _memo = _Memo()
 
 
+def known_name(labels: tuple[bytes, ...]) -> tuple[dns.name.Name, tuple[bytes, ...]]:
+    """The Name of ``labels`` and its lower-cased labels, from the memo of the names responses brought (made and
+    remembered when new): for callers that would otherwise build the same names again for every response."""
+    return _memo.name(labels)
+
+
 def parse_message(wire: bytes) -> dns.message.Message:
     """``dns.message.from_wire(wire)`` with default options: the same Message, or the same exception."""
     try:
