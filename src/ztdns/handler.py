@@ -36,7 +36,7 @@ from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.sinks import QueueSink
 from ztdns.observe.stage import Observer, ObserveStage
 from ztdns.pipeline import Asked, Next, QueryContext, Stage, chain
-from ztdns.policy import View, compile_views
+from ztdns.policy import View, compile_views, release_tables, replaced_tables
 from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
 from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
@@ -318,7 +318,12 @@ class Frontend:
             await self._release(resolver, outputs)
             raise
         old_resolver, old_outputs = self.resolver, self.outputs
+        old_tables = replaced_tables(self.runtime.views.values())
         self.resolver, self.outputs, self.cache_stage, self.runtime = resolver, outputs, cache_stage, runtime
+        # Millions of names freed at once would hold the GIL for ~100 ms: freed in pieces, in a thread, once no
+        # query in flight holds the old views (not awaited: that may take as long as such a query).
+        asyncio.get_running_loop().run_in_executor(None, release_tables, old_tables)
+        del old_tables
         self.cache.reconfigure(config.cache)
         self._bind_detector()
         self._bind_upstream_traffic()
