@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from ztdns.config import parse_config
 from ztdns.policy import View, compile_views, explain, release_tables, replaced_tables
 from ztdns.policy import compile as compile_module
+from ztdns.policy.lists import beside_the_loop
 
 A = int(dns.rdatatype.A)
 _LABELS = ("a", "b", "ads", "cdn", "x1")
@@ -139,3 +140,14 @@ def test_release_leaves_a_table_in_use_deciding(tmp_path: Path) -> None:
     assert all(not view.decide(f"ads{i}.example", A).allowed for i in range(3000))
     assert not view.decide("x.example", A).allowed
     assert view.decide("other.example", A).allowed
+
+
+def test_long_work_beside_the_loop_lowers_the_switch_interval_until_the_last_ends() -> None:
+    before = sys.getswitchinterval()
+    with beside_the_loop():
+        lowered = sys.getswitchinterval()
+        assert lowered < before
+        with beside_the_loop():
+            assert sys.getswitchinterval() == lowered
+        assert sys.getswitchinterval() == lowered
+    assert sys.getswitchinterval() == before

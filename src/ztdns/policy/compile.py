@@ -57,6 +57,7 @@ from ztdns.policy.lists import (
     Network,
     Spec,
     Tally,
+    beside_the_loop,
     find_line,
     free_in_pieces,
     read_list,
@@ -651,6 +652,11 @@ def compile_views(config: Config) -> dict[str, View]:
     Raises ConfigError naming the policy key and the file when a list file cannot be read. A feed without a
     copy yet (never fetched) is an empty list, with a WARNING.
     """
+    with beside_the_loop():
+        return _compile_views(config)
+
+
+def _compile_views(config: Config) -> dict[str, View]:
     uses: Counter[Path] = Counter()
     lists: dict[Path, ListFile] = {}
     for name, policy_config in config.policies.items():
@@ -697,7 +703,11 @@ def release_tables(shards: list[dict[str, int]], patience: float = 60.0) -> None
     another: a shard's names are spread over the whole heap, so the last shard freed would empty every memory
     arena at once (~20 ms of unmapping for 2 M names).
     """
-    deadline = time.monotonic() + patience
+    with beside_the_loop():
+        _release(shards, time.monotonic() + patience)
+
+
+def _release(shards: list[dict[str, int]], deadline: float) -> None:
     names: list[list[str]] = []
     while shards:
         # 2 references: the list's and the argument's; more: still in use.
