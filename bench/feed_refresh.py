@@ -29,12 +29,34 @@ from ztdns.policy.sources import copy_path
 URL = "https://feed.example/list.txt"
 
 
-def summary(samples: list[float]) -> str:
+class Collections:
+    """The garbage collector's pauses (any thread), to tell them from the compile's own."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, int]] = []
+        self._started = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((time.perf_counter() - self._started, info["generation"]))
+
+    def take(self) -> str:
+        pauses, self.pauses = self.pauses, []
+        if not pauses:
+            return "no collection"
+        longest, generation = max(pauses)
+        return f"{len(pauses)} collections, longest {longest * 1e3:.1f} ms (generation {generation})"
+
+
+def summary(samples: list[float], collections: Collections) -> str:
     ordered = sorted(samples)
     p99 = ordered[int(len(ordered) * 0.99)]
     return (
         f"{len(samples)} queries, p50 {statistics.median(ordered) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
-        f"max {ordered[-1] * 1e3:.2f} ms"
+        f"max {ordered[-1] * 1e3:.2f} ms; gc: {collections.take()}"
     )
 
 
@@ -85,17 +107,19 @@ async def main() -> None:
         gc.collect()  # the collector as `ztdns serve` sets it (daemon.py)
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
+        collections = Collections()
         names = (f"ads{i * 7919 % args.names}.example" if i % 2 else f"www.site{i}.example" for i in range(5000))
         wires = [dns.message.make_query(name, "A").to_wire() for name in names]
         idle = await measure(frontend, wires, args.rate, args.seconds)
-        print(f"idle:            {summary(idle)}")
+        print(f"idle:            {summary(idle, collections)}")
         started = time.perf_counter()
         reload = asyncio.ensure_future(frontend.reload(config))
         during = await measure(frontend, wires, args.rate, reload)
         await reload
-        print(f"during refresh:  {summary(during)} (the recompile took {time.perf_counter() - started:.2f} s)")
+        took = time.perf_counter() - started
+        print(f"during refresh:  {summary(during, collections)} (the recompile took {took:.2f} s)")
         after = await measure(frontend, wires, args.rate, args.after)
-        print(f"after refresh:   {summary(after)}")
+        print(f"after refresh:   {summary(after, collections)}")
         await frontend.close()
 
 
