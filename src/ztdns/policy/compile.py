@@ -321,7 +321,13 @@ class View:
             False, first.name, DEFAULT_DENY, None, first.blocked_response, first.include_rule_text, first.local
         )
         self._tables = tuple(
-            (tuple(shard.get for shard in policy.table), len(policy.table) - 1, policy.entries, policy.regexes)
+            (
+                policy.table[0].get,
+                tuple(shard.get for shard in policy.table),
+                len(policy.table) - 1,
+                policy.entries,
+                policy.regexes,
+            )
             for policy in self.policies
         )
         triggers = [trigger for policy in self.policies for trigger in policy.addresses]
@@ -346,12 +352,13 @@ class View:
         floor = self._floor
         deny = exception = allow = None
         deny_base = exception_base = allow_base = ""
-        for gets, mask, entries, regexes in self._tables:
+        for get, gets, mask, entries, regexes in self._tables:
             suffix = name
             depth = 0  # labels between the name and the suffix looked up
             start = 0
             while True:
-                index = gets[hash(suffix) & mask](suffix)
+                # One shard (a table of fewer than _SHARD_NAMES names): no hash() call.
+                index = gets[hash(suffix) & mask](suffix) if mask else get(suffix)
                 rules = None
                 if depth == 0:
                     if index is not None:
