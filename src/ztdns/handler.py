@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -321,8 +322,9 @@ class Frontend:
         old_tables = replaced_tables(self.runtime.views.values())
         self.resolver, self.outputs, self.cache_stage, self.runtime = resolver, outputs, cache_stage, runtime
         # Millions of names freed at once would hold the GIL for ~100 ms: freed in pieces, in a thread, once no
-        # query in flight holds the old views (not awaited: that may take as long as such a query).
-        asyncio.get_running_loop().run_in_executor(None, release_tables, old_tables)
+        # query in flight holds the old views. Its own daemon thread, not the loop's executor: nothing waits for
+        # it, not even the loop's shutdown.
+        threading.Thread(target=release_tables, args=(old_tables,), name="release-tables", daemon=True).start()
         del old_tables
         self.cache.reconfigure(config.cache)
         self._bind_detector()

@@ -3,9 +3,11 @@ as one table, nothing the garbage collector walks, no reference cycles, and repl
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from unittest import mock
 
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ztdns.config import parse_config
+from ztdns.handler import Frontend
 from ztdns.policy import View, compile_views, explain, release_tables, replaced_tables
 from ztdns.policy import compile as compile_module
 from ztdns.policy.lists import beside_the_loop
@@ -151,3 +154,37 @@ def test_long_work_beside_the_loop_lowers_the_switch_interval_until_the_last_end
             assert sys.getswitchinterval() == lowered
         assert sys.getswitchinterval() == lowered
     assert sys.getswitchinterval() == before
+
+
+def test_a_reload_frees_the_replaced_tables_in_a_thread(tmp_path: Path) -> None:
+    (tmp_path / "ads.txt").write_text("".join(f"ads{i}.example\n" for i in range(3000)))
+    config = parse_config(
+        '[resolver]\nmode = "none"\n[log.query_log]\noutput = "off"\n'
+        '[identities.lo]\nnetworks = ["127.0.0.0/8"]\npolicies = ["p"]\n'
+        '[policies.p]\nallow = ["**"]\ndeny_lists = ["ads.txt"]\n',
+        "test.toml",
+        tmp_path,
+    )
+
+    def compiled() -> int:
+        return sum(isinstance(thing, compile_module.CompiledPolicy) for thing in gc.get_objects())
+
+    async def reload_and_wait() -> None:
+        frontend = Frontend(config)
+        try:
+            before = compiled()
+            await frontend.reload(config)
+            for thread in threading.enumerate():
+                if thread.name == "release-tables":
+                    thread.join(timeout=120)
+                    assert not thread.is_alive()
+            gc.disable()  # freed by reference counting alone, not by a collection
+            try:
+                assert compiled() == before
+            finally:
+                gc.enable()
+            assert not frontend.runtime.views["lo"].decide("ads7.example", A).allowed
+        finally:
+            await frontend.close()
+
+    asyncio.run(reload_and_wait())

@@ -698,13 +698,13 @@ def replaced_tables(views: Iterable[View]) -> list[dict[str, int]]:
     return [shard for policy in policies.values() for shard in policy.table]
 
 
-def release_tables(shards: list[dict[str, int]], patience: float = 60.0) -> None:
+def release_tables(shards: list[dict[str, int]], patience: float = 30.0) -> None:
     """Free replaced table shards in pieces, emptying ``shards``; run it in a thread.
 
     Each piece is a C call of about a millisecond, so the event loop gets the GIL between them; the last
     reference to a whole table of millions of names dropped at once would hold it for ~100 ms. A shard still
-    referred to elsewhere (a query in flight holding its old view) is waited for, up to ``patience`` seconds
-    for all, and then left to whoever drops it last.
+    referred to elsewhere (a query in flight holding its old view: resolutions end within seconds) is waited
+    for, up to ``patience`` seconds for all, and then left to whoever drops it last.
 
     The names are freed in the order they were stored (a slice of every shard in turn, pausing after each),
     not a shard after another: a shard's names are spread over the whole heap, so the last shard freed would
