@@ -14,7 +14,7 @@ The table is a few dicts (shards), a name's shard chosen by its hash, each of at
 feed is compiled in a thread beside the event loop that answers, and growing or freeing one dict of millions
 of names is one C call that holds the GIL for ~100 ms, a shard's about a millisecond. The dicts map names to
 an entry's index (strings and ints: nothing the garbage collector walks), and rules do not refer back to their
-policy (no reference cycle): a replaced table is freed by :func:`release_tables`, a shard at a time.
+policy (no reference cycle): a replaced table is freed by :func:`release_tables`, in pieces.
 
 Building the table touches each list name about once: names are grouped by the rules they stand for; groups
 whose rules decide alike (same effect, rank, scope and answer: two plain deny lists) go into one set of shards,
