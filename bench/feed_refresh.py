@@ -1,10 +1,12 @@
-"""Does a list refresh block answering? Query latency (p50/p99/max) on the event loop, idle and while a new copy
-of a big list feed is compiled and swapped in (``Frontend.reload``, what a feed refresh does).
+"""Does a list refresh block answering? Query latency (p50/p99/max) on the event loop, idle, while a new copy
+of a big list feed is compiled and swapped in (``Frontend.reload``, what a feed refresh does), and just after
+(while the replaced table is freed).
 
-    .venv/bin/python bench/feed_refresh.py [--names N] [--rate QPS] [--seconds S]
+    .venv/bin/python bench/feed_refresh.py [--names N] [--rate QPS] [--seconds S] [--after S]
 
 Queries go through the real pipeline (``Frontend.handle``) for a mix of listed (blocked) and other names, at a
-fixed rate; the compile runs in a thread, so what remains is the GIL it holds between switches.
+fixed rate, each timed from when it was due; the compile runs in a thread, so what remains is the GIL it holds
+between switches. The idle figure is the one to compare with: on a shared machine, both move with its load.
 """
 
 from __future__ import annotations
@@ -27,12 +29,34 @@ from ztdns.policy.sources import copy_path
 URL = "https://feed.example/list.txt"
 
 
-def summary(samples: list[float]) -> str:
+class Collections:
+    """The garbage collector's pauses (any thread), to tell them from the compile's own."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, int]] = []
+        self._started = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((time.perf_counter() - self._started, info["generation"]))
+
+    def take(self) -> str:
+        pauses, self.pauses = self.pauses, []
+        if not pauses:
+            return "no collection"
+        longest, generation = max(pauses)
+        return f"{len(pauses)} collections, longest {longest * 1e3:.1f} ms (generation {generation})"
+
+
+def summary(samples: list[float], collections: Collections) -> str:
     ordered = sorted(samples)
     p99 = ordered[int(len(ordered) * 0.99)]
     return (
         f"{len(samples)} queries, p50 {statistics.median(ordered) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
-        f"max {ordered[-1] * 1e3:.2f} ms"
+        f"max {ordered[-1] * 1e3:.2f} ms; gc: {collections.take()}"
     )
 
 
@@ -64,7 +88,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--names", type=int, default=500_000)
     parser.add_argument("--rate", type=float, default=1000.0)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="of the idle measurement")
+    parser.add_argument("--after", type=float, default=2.0, help="seconds measured after the refresh")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ztdns-feed-bench-") as tmp:
         directory = Path(tmp)
@@ -82,14 +107,19 @@ async def main() -> None:
         gc.collect()  # the collector as `ztdns serve` sets it (daemon.py)
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
-        wires = [dns.message.make_query(f"ads{i * 7919 % args.names}.example", "A").to_wire() for i in range(5000)]
+        collections = Collections()
+        names = (f"ads{i * 7919 % args.names}.example" if i % 2 else f"www.site{i}.example" for i in range(5000))
+        wires = [dns.message.make_query(name, "A").to_wire() for name in names]
         idle = await measure(frontend, wires, args.rate, args.seconds)
-        print(f"idle:            {summary(idle)}")
+        print(f"idle:            {summary(idle, collections)}")
         started = time.perf_counter()
         reload = asyncio.ensure_future(frontend.reload(config))
         during = await measure(frontend, wires, args.rate, reload)
         await reload
-        print(f"during refresh:  {summary(during)} (the recompile took {time.perf_counter() - started:.2f} s)")
+        took = time.perf_counter() - started
+        print(f"during refresh:  {summary(during, collections)} (the recompile took {took:.2f} s)")
+        after = await measure(frontend, wires, args.rate, args.after)
+        print(f"after refresh:   {summary(after, collections)}")
         await frontend.close()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.sinks import QueueSink
 from ztdns.observe.stage import Observer, ObserveStage
 from ztdns.pipeline import Asked, Next, QueryContext, Stage, chain
-from ztdns.policy import View, compile_views
+from ztdns.policy import View, compile_views, release_tables, replaced_tables
 from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
 from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
@@ -318,7 +319,13 @@ class Frontend:
             await self._release(resolver, outputs)
             raise
         old_resolver, old_outputs = self.resolver, self.outputs
+        old_tables = replaced_tables(self.runtime.views.values())
         self.resolver, self.outputs, self.cache_stage, self.runtime = resolver, outputs, cache_stage, runtime
+        # Millions of names freed at once would hold the GIL for ~100 ms: freed in pieces, in a thread, once no
+        # query in flight holds the old views. Its own daemon thread, not the loop's executor: nothing waits for
+        # it, not even the loop's shutdown.
+        threading.Thread(target=release_tables, args=(old_tables,), name="release-tables", daemon=True).start()
+        del old_tables
         self.cache.reconfigure(config.cache)
         self._bind_detector()
         self._bind_upstream_traffic()

@@ -31,7 +31,7 @@ from prometheus_client.metrics_core import Metric
 from ztdns.config import Config, located
 from ztdns.config.lists import FeedConfig
 from ztdns.feeds.http import FetchError, fetch, tls_context
-from ztdns.policy.lists import ListFile, read_list
+from ztdns.policy.lists import free_in_pieces, read_list
 from ztdns.policy.sources import FeedStatus, copy_path, is_feed, lists_dir
 
 log = logging.getLogger("ztdns.feeds")
@@ -120,30 +120,27 @@ class Feed:
         )
         if fetched.status == 304:
             return False
-        body = fetched.body
-        if self.config.sha256 is not None and hashlib.sha256(body).hexdigest() != self.config.sha256:
-            raise FetchError("body does not match the configured sha256")
-        if self._key is not None:
-            await self._verify(body)
-        parsed = await asyncio.get_running_loop().run_in_executor(None, self._stage, body)
+        signature = None if self._key is None else await self._signature()
+        count, skipped = await asyncio.get_running_loop().run_in_executor(None, self._stage, fetched.body, signature)
         assert self.config.max_shrink is not None
         floor = status.entries * (1.0 - self.config.max_shrink)
-        if self.copy.exists() and status.entries and parsed.count < floor:
+        if self.copy.exists() and status.entries and count < floor:
             self.copy.with_suffix(".new").unlink(missing_ok=True)
             raise FetchError(
-                f"held back: {parsed.count} entries where the copy in use has {status.entries} "
+                f"held back: {count} entries where the copy in use has {status.entries} "
                 f"(shrank by more than max_shrink = {self.config.max_shrink:g})"
             )
         self.copy.with_suffix(".new").replace(self.copy)
         status.etag, status.last_modified = fetched.etag, fetched.last_modified
         status.copy_time = time.time()
-        status.entries = parsed.count
-        status.skipped = dict(parsed.tally.skipped)
+        status.entries = count
+        status.skipped = skipped
         log.info("list feed %s: new copy, %d entries", self.url, status.entries)
         return True
 
-    async def _verify(self, body: bytes) -> None:
-        assert self._context is not None and self._key is not None
+    async def _signature(self) -> bytes:
+        """The feed's detached Ed25519 signature (``URL.sig``): 64 raw bytes, or base64."""
+        assert self._context is not None
         signature = await fetch(self.url + ".sig", self._context, pin=self.config.spki_pin, max_bytes=4096)
         raw = signature.body  # not stripped: 64 raw bytes may start or end with whitespace octets
         if len(raw) != 64:
@@ -151,17 +148,29 @@ class Feed:
                 raw = base64.b64decode(raw.strip(), validate=True)
             except binascii.Error:
                 raise FetchError("signature is neither 64 raw bytes nor base64") from None
-        try:
-            self._key.verify(raw, body)
-        except InvalidSignature:
-            raise FetchError("Ed25519 signature does not verify") from None
+        return raw
 
-    def _stage(self, body: bytes) -> ListFile:
-        """Write the body beside the copy and parse it (in a thread): the caller decides whether it replaces it."""
+    def _stage(self, body: bytes, signature: bytes | None) -> tuple[int, dict[str, int]]:
+        """Check the body against the pin and the signature, write it beside the copy and parse it: its entries and
+        skipped lines by reason (the caller decides whether it replaces the copy). In a thread: hashing, verifying
+        and parsing a big list on the event loop would stop answering, and so would freeing the parse at once.
+        """
+        if self.config.sha256 is not None and hashlib.sha256(body).hexdigest() != self.config.sha256:
+            raise FetchError("body does not match the configured sha256")
+        if signature is not None:
+            assert self._key is not None
+            try:
+                self._key.verify(signature, body)
+            except InvalidSignature:
+                raise FetchError("Ed25519 signature does not verify") from None
         self.directory.mkdir(parents=True, exist_ok=True)
         staged = self.copy.with_suffix(".new")
         staged.write_bytes(body)
-        return read_list(staged, self.url)
+        parsed = read_list(staged, self.url)
+        count, skipped = parsed.count, dict(parsed.tally.skipped)
+        for names in parsed.groups.values():
+            free_in_pieces(names)
+        return count, skipped
 
     def _failed(self, reason: str) -> None:
         status = self.status

@@ -17,7 +17,7 @@ block_cname, rewrites, schedule, include_rule_text), ``[schedules.NAME]`` and ea
 Documented in docs/policy.md. The name-pattern grammar (``example.com``, ``*.example.com``, ``**.example.com``,
 ``**``) is :mod:`ztdns.patterns`, below the config schema that checks rules with it.
 
-Metrics: none of its own. ``View.policies`` and each ``CompiledPolicy.table`` give sizes for gauges;
+Metrics: none of its own. ``View.policies`` and each ``CompiledPolicy.table`` (its shards) give sizes for gauges;
 decisions are counted by the observe stage from the :class:`Decision` it is handed (``policy`` and ``allowed``
 are low cardinality, ``rule`` is not).
 
@@ -31,6 +31,17 @@ from ztdns.policy.compile import (
     View,
     compile_views,
     explain,
+    release_tables,
+    replaced_tables,
 )
 
-__all__ = ["CompiledPolicy", "Decision", "Explanation", "View", "compile_views", "explain"]
+__all__ = [
+    "CompiledPolicy",
+    "Decision",
+    "Explanation",
+    "View",
+    "compile_views",
+    "explain",
+    "release_tables",
+    "replaced_tables",
+]

@@ -1,6 +1,6 @@
 """Compile policies into name tables, and decide queries against an identity's view of them.
 
-A compiled policy is one dict from a *base name* to the set of rules hanging from that name (an ``_Entry``,
+A compiled policy is one table from a *base name* to the set of rules hanging from that name (an ``_Entry``,
 interned: a million list entries share a handful of them), split by where the rules apply:
 
     exact  rules that match the base name itself           (``example.com``)
@@ -10,11 +10,16 @@ interned: a million list entries share a handful of them), split by where the ru
 Deciding ``a.b.example.com`` looks up the name itself (``exact``), its parent (``child``) and every further
 ancestor up to the root (``below``): one dict lookup per label, however many rules there are.
 
-Building the table touches each list name about once, in C loops: names are grouped by the rules they stand
-for; groups whose rules decide alike (same effect, rank, scope and answer: two plain deny lists) go into one
-dict with ``dict(zip(names, entries))``, the first list's entry winning (it is the one a decision would
-report anyway); only names in groups that decide differently are merged one by one, found by a set
-intersection of the dicts' keys.
+The table is a few dicts (shards), a name's shard chosen by its hash, each of at most ~16 K names: a list
+feed is compiled in a thread beside the event loop that answers, and growing or freeing one dict of millions
+of names is one C call that holds the GIL for ~100 ms, a shard's about a millisecond. The dicts map names to
+an entry's index (strings and ints: nothing the garbage collector walks), and rules do not refer back to their
+policy (no reference cycle): a replaced table is freed by :func:`release_tables`, in pieces.
+
+Building the table touches each list name about once: names are grouped by the rules they stand for; groups
+whose rules decide alike (same effect, rank, scope and answer: two plain deny lists) go into one set of shards,
+the first list's entry winning (it is the one a decision would report anyway); only names in groups that
+decide differently are merged one by one, found by set intersections of the shards' keys.
 
 Precedence (docs/policy.md, "Precedence"): every rule has an effect (deny, exception, allow) and denies and
 exceptions a rank. Across every policy of a view, the strongest matching deny is cancelled by a matching
@@ -26,8 +31,11 @@ from the first policy in the identity's order, then the most specific name, then
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import logging
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -42,7 +50,18 @@ from ztdns.config.locate import format_loc
 from ztdns.config.policy import rewrite_target
 from ztdns.name_regex import RegexSet, is_regex
 from ztdns.patterns import Pattern, Scope, parse_pattern
-from ztdns.policy.lists import EntryKind, ListFile, LocalData, Network, Spec, Tally, find_line, read_list
+from ztdns.policy.lists import (
+    EntryKind,
+    ListFile,
+    LocalData,
+    Network,
+    Spec,
+    Tally,
+    beside_the_loop,
+    find_line,
+    free_in_pieces,
+    read_list,
+)
 from ztdns.policy.schedule import Schedule
 from ztdns.policy.sources import is_feed, source_path
 from ztdns.wire.grant_scope import PortScope, parse_port
@@ -92,7 +111,17 @@ DEFAULT_DENY = "default-deny"
 class CompiledPolicy:
     """One policy's name table. Shared by every identity that uses the policy."""
 
-    __slots__ = ("addresses", "blocked_response", "include_rule_text", "local", "name", "regexes", "rules", "table")
+    __slots__ = (
+        "addresses",
+        "blocked_response",
+        "entries",
+        "include_rule_text",
+        "local",
+        "name",
+        "regexes",
+        "rules",
+        "table",
+    )
 
     def __init__(self, name: str, config: PolicyConfig) -> None:
         self.name = name
@@ -106,24 +135,31 @@ class CompiledPolicy:
         else:
             self.blocked_response = config.blocked_response
         self.include_rule_text = config.include_rule_text
-        self.table: dict[str, _Entry] = {}  # base name -> the rules hanging from it, by where they apply
+        # Base name -> the rules hanging from it, by where they apply: in shards chosen by the name's hash
+        # (see _shard_count), so that building and freeing a table of millions of names is many short C calls.
+        self.table: Table = ({},)
+        self.entries: tuple[_Entry, ...] = ()
         self.regexes: _Regexes | None = None
         self.addresses: list[tuple[Network, _Rule]] = []  # RPZ-IP triggers of its deny lists
         self.rules: list[_Rule] = []
 
 
 class _Rule:
-    """A config rule, or one spec (scope, kind, action) of one list file in one policy, shared by its entries."""
+    """A config rule, or one spec (scope, kind, action) of one list file in one policy, shared by its entries.
+
+    It does not refer back to its policy: no reference cycle, so a replaced table is freed when the last
+    reference goes (by :func:`release_tables`, in pieces), not by a collection of the whole heap."""
 
     __slots__ = (
         "bit",
         "decision",
         "effect",
+        "include_rule_text",
         "key",
         "local",
         "order",
         "path",
-        "policy",
+        "policy_name",
         "ports",
         "qtypes",
         "rank",
@@ -155,7 +191,8 @@ class _Rule:
         label: str | None = None,
         ports: PortScope = (),
     ) -> None:
-        self.policy = policy
+        self.policy_name = policy.name
+        self.include_rule_text = policy.include_rule_text
         self.regex = regex  # '/pattern/' of a regex rule (matched by ztdns.name_regex, not by the table)
         self.ports = ports
         self.schedule = schedule  # None: always in force
@@ -181,14 +218,13 @@ class _Rule:
         self.decision = None if text is None else self._decision(f"{self.verb}{text}")
 
     def _decision(self, text: str) -> Decision:
-        policy = self.policy
         return Decision(
             self.effect != DENY,
-            policy.name,
+            self.policy_name,
             text,
             self.source,
             self.response,
-            policy.include_rule_text,
+            self.include_rule_text,
             self.local,
             self.ports,
         )
@@ -266,6 +302,8 @@ class _Entry:
         self.root = where(Scope.EXACT, Scope.ANY_DEPTH)  # for the root name itself, where '**' applies too
 
 
+Table = tuple[dict[str, int], ...]  # shards: base name -> index of its entry in CompiledPolicy.entries
+
 # What a lookup found: the strongest deny, the strongest exception and the first allow, each with its base name.
 Match = tuple["_Rule | None", str, "_Rule | None", str, "_Rule | None", str]
 
@@ -282,7 +320,16 @@ class View:
         self._default = Decision(
             False, first.name, DEFAULT_DENY, None, first.blocked_response, first.include_rule_text, first.local
         )
-        self._tables = tuple((policy.table.get, policy.regexes) for policy in self.policies)
+        self._tables = tuple(
+            (
+                policy.table[0].get,
+                tuple(shard.get for shard in policy.table),
+                len(policy.table) - 1,
+                policy.entries,
+                policy.regexes,
+            )
+            for policy in self.policies
+        )
         triggers = [trigger for policy in self.policies for trigger in policy.addresses]
         self.addresses = _AddressTriggers(triggers) if triggers else None
         # A deny ranked stronger than every exception of the view decides as soon as it is found.
@@ -305,19 +352,22 @@ class View:
         floor = self._floor
         deny = exception = allow = None
         deny_base = exception_base = allow_base = ""
-        for get, regexes in self._tables:
+        for get, gets, mask, entries, regexes in self._tables:
             suffix = name
             depth = 0  # labels between the name and the suffix looked up
             start = 0
             while True:
-                entry = get(suffix)
+                # One shard (a table of fewer than _SHARD_NAMES names): no hash() call.
+                index = gets[hash(suffix) & mask](suffix) if mask else get(suffix)
                 rules = None
                 if depth == 0:
-                    if entry is not None:
+                    if index is not None:
+                        entry = entries[index]
                         rules = entry.exact if name else entry.root
                     if regexes is not None:
                         rules = regexes.add_hits(name, rules)
-                elif entry is not None:
+                elif index is not None:
+                    entry = entries[index]
                     rules = entry.child if depth == 1 else entry.below
                 if rules is not None:
                     for rule in rules:
@@ -368,25 +418,31 @@ class View:
 
 
 class _Entries:
-    """Interns the entries of one policy: one ``_Entry`` per distinct set of rules, merges memoised."""
+    """Interns the entries of one policy: one ``_Entry`` per distinct set of rules, merges memoised.
+
+    A table maps names to an entry's index in :attr:`all`, not to the entry: a dict of strings and ints holds
+    nothing the garbage collector tracks, so a collection never walks the millions of names of a table.
+    """
 
     def __init__(self) -> None:
-        self.interned: dict[frozenset[_Rule], _Entry] = {}
-        self.merged: dict[tuple[frozenset[_Rule], frozenset[_Rule]], _Entry] = {}
+        self.all: list[_Entry] = []
+        self.interned: dict[frozenset[_Rule], int] = {}
+        self.merged: dict[tuple[int, int], int] = {}
 
-    def of(self, rules: frozenset[_Rule]) -> _Entry:
+    def of(self, rules: frozenset[_Rule]) -> int:
         found = self.interned.get(rules)
         if found is None:
-            found = self.interned[rules] = _Entry(rules)
+            found = self.interned[rules] = len(self.all)
+            self.all.append(_Entry(rules))
         return found
 
-    def merge(self, old: _Entry | None, new: _Entry) -> _Entry:
-        if old is None or old is new:
+    def merge(self, old: int | None, new: int) -> int:
+        if old is None or old == new:
             return new
-        key = (old.rules, new.rules)
+        key = (old, new)
         found = self.merged.get(key)
         if found is None:
-            found = self.merged[key] = self.of(old.rules | new.rules)
+            found = self.merged[key] = self.of(self.all[old].rules | self.all[new].rules)
         return found
 
 
@@ -399,36 +455,58 @@ def _likeness(rules: frozenset[_Rule]) -> Hashable:
     )
 
 
-def _table(groups: list[tuple[list[str], _Entry]], entries: _Entries) -> dict[str, _Entry]:
-    """One dict of every group's names (in policy order: earlier groups first) to their merged entries."""
-    alike: dict[Hashable, list[tuple[list[str], _Entry]]] = {}
+def _table(groups: list[tuple[list[str], int]], entries: _Entries) -> list[dict[str, int]]:
+    """The shards of every group's names (in policy order: earlier groups first) to their merged entries."""
+    count = _shard_count(sum(len(names) for names, _ in groups))
+    alike: dict[Hashable, list[tuple[list[str], int]]] = {}
     for group in groups:
-        alike.setdefault(_likeness(group[1].rules), []).append(group)
+        alike.setdefault(_likeness(entries.all[group[1]].rules), []).append(group)
     tables = []
     for members in alike.values():
-        members.reverse()  # later values win in dict(): the first list's entry must be the one kept
-        table: dict[str, _Entry] = {}
+        members.reverse()  # later values win: the first list's entry must be the one kept
+        shards: list[dict[str, int]] = [{} for _ in range(count)]
         for names, entry in members:
-            # A slice at a time: one dict() of millions of names would hold the GIL for a second, and the
-            # compile runs in a thread beside the event loop that answers.
-            for start in range(0, len(names), _SLICE):
-                table.update(zip(names[start : start + _SLICE], repeat(entry)))
-        tables.append(table)
+            _fill(shards, names, entry)
+        tables.append(shards)
     if not tables:
-        return {}
-    tables.sort(key=len, reverse=True)
+        return [{} for _ in range(count)]
+    tables.sort(key=lambda shards: sum(map(len, shards)), reverse=True)
     table = tables[0]
     merge = entries.merge
     for other in tables[1:]:
-        for name in table.keys() & other.keys():
-            other[name] = merge(table[name], other[name])
-        items = list(other.items())
-        for start in range(0, len(items), _SLICE):
-            table.update(items[start : start + _SLICE])
+        for mine, theirs in zip(table, other, strict=True):
+            for name in mine.keys() & theirs.keys():
+                theirs[name] = merge(mine[name], theirs[name])
+            mine.update(theirs)
     return table
 
 
-_SLICE = 8192  # names per C call when tables are built (about a millisecond each)
+def _fill(shards: list[dict[str, int]], names: list[str], entry: int) -> None:
+    """Map every name to ``entry`` in its shard. One shard: in C, a slice at a time (one ``dict.update`` of
+    millions of names would hold the GIL for a second, and the compile runs in a thread beside the event loop
+    that answers); several: a Python loop, which hands the GIL back by itself."""
+    if len(shards) == 1:
+        shard = shards[0]
+        for start in range(0, len(names), _SLICE):
+            shard.update(zip(names[start : start + _SLICE], repeat(entry)))
+        return
+    mask = len(shards) - 1
+    for name in names:
+        shards[hash(name) & mask][name] = entry
+
+
+def _shard_count(names: int) -> int:
+    """Shards for a table of about ``names`` names: a power of two (a name's shard is its hash's low bits),
+    enough that each shard holds at most ``_SHARD_NAMES`` on average. Growing a dict resizes it in one C call
+    that holds the GIL: ~70 ms for a dict of 1.4 M names, ~1 ms for one shard; so is freeing it."""
+    count = 1
+    while count * _SHARD_NAMES < names:
+        count *= 2
+    return count
+
+
+_SHARD_NAMES = 16384
+_SLICE = 8192  # names per C call when a one-shard table is built (about a millisecond each)
 
 
 # (effect, rank) of a list entry by the list's sense (deny list?) and the entry's kind.
@@ -514,7 +592,7 @@ def _compile_policy(
         compiled_rule = _Rule(policy, ALLOW, 0, pattern.scope, key, pattern=pattern, rewrite=rewrite, schedule=in_force)
         written.append((pattern.base, compiled_rule))
     entries = _Entries()
-    groups: list[tuple[list[str], _Entry]] = []
+    groups: list[tuple[list[str], int]] = []
     for deny_list, path, resolved, loc in _list_sources(name, config, root):
         key = format_loc(loc)
         parsed = lists[resolved]
@@ -545,13 +623,19 @@ def _compile_policy(
     del groups
     for resolved, parsed in lists.items():
         if not uses[resolved]:
-            parsed.groups = {}  # in the tables of all its users: free it now, not when every policy is compiled
+            # In the tables of all its users: free it now, not when every policy is compiled.
+            for names in parsed.groups.values():
+                free_in_pieces(names)
+            parsed.groups = {}
+    mask = len(table) - 1
     for base, config_rule in written:
-        table[base] = entries.merge(table.get(base), entries.of(frozenset((config_rule,))))
-    policy.table = table
+        shard = table[hash(base) & mask]
+        shard[base] = entries.merge(shard.get(base), entries.of(frozenset((config_rule,))))
+    policy.table = tuple(table)
+    policy.entries = tuple(entries.all)
     if regex_rules:
         policy.regexes = _Regexes(regex_rules)
-    log.info("policy %s: %d names, %d rules", name, len(table), len(policy.rules))
+    log.info("policy %s: %d names, %d rules", name, sum(map(len, table)), len(policy.rules))
     return policy
 
 
@@ -575,6 +659,11 @@ def compile_views(config: Config) -> dict[str, View]:
     Raises ConfigError naming the policy key and the file when a list file cannot be read. A feed without a
     copy yet (never fetched) is an empty list, with a WARNING.
     """
+    with beside_the_loop():
+        return _compile_views(config)
+
+
+def _compile_views(config: Config) -> dict[str, View]:
     uses: Counter[Path] = Counter()
     lists: dict[Path, ListFile] = {}
     for name, policy_config in config.policies.items():
@@ -603,14 +692,72 @@ def compile_views(config: Config) -> dict[str, View]:
     }
 
 
+def replaced_tables(views: Iterable[View]) -> list[dict[str, int]]:
+    """The table shards of these views' policies, for :func:`release_tables` once the views are replaced."""
+    policies = {id(policy): policy for view in views for policy in view.policies}
+    return [shard for policy in policies.values() for shard in policy.table]
+
+
+def release_tables(shards: list[dict[str, int]], patience: float = 30.0) -> None:
+    """Free replaced table shards in pieces, emptying ``shards``; run it in a thread.
+
+    Each piece is a C call of about a millisecond, so the event loop gets the GIL between them; the last
+    reference to a whole table of millions of names dropped at once would hold it for ~100 ms. A shard still
+    referred to elsewhere (a query in flight holding its old view: resolutions end within seconds) is waited
+    for, up to ``patience`` seconds for all, and then left to whoever drops it last.
+
+    The names are freed in the order they were stored (a slice of every shard in turn, pausing after each),
+    not a shard after another: a shard's names are spread over the whole heap, so the last shard freed would
+    empty every memory arena at once (~20 ms of unmapping for 2 M names).
+    """
+    with beside_the_loop():
+        _release(shards, time.monotonic() + patience)
+
+
+def _release(shards: list[dict[str, int]], deadline: float) -> None:
+    names: list[list[str]] = []
+    while shards:
+        # 2 references: the list's and the argument's; more: still in use.
+        if sys.getrefcount(shards[-1]) > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            continue
+        shard = shards.pop()
+        if sys.getrefcount(shard) == 2:  # the variable's and the argument's: ours alone
+            stored = list(shard)
+            stored.reverse()  # freed from the end: the first stored first
+            shard.clear()  # the names live on in ``stored``
+            names.append(stored)
+        del shard
+        time.sleep(_RELEASE_PAUSE)
+    step = max(1, _SLICE // max(1, len(names)))
+    while names:
+        for stored in names:
+            del stored[-step:]
+        names = [stored for stored in names if stored]
+        time.sleep(_RELEASE_PAUSE)
+    _return_freed_memory()
+
+
+# Nothing waits for a release: it pauses after each piece (about half a millisecond of work), so that the event
+# loop finds the GIL free instead of taking turns with it; 2 M names take about a second.
+_RELEASE_PAUSE = 0.002
+
+
 def _return_freed_memory() -> None:
     """Give the heap that parsing freed (lines, name lists) back to the system: glibc keeps it otherwise, ~35 MB
     of RSS for 2 M names. Not glibc (no ``malloc_trim``): nothing to do."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
-        return
-    trim(0)
+        return None
+    return trim
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,13 @@ ones.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import logging
 import re
+import sys
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -401,9 +404,51 @@ def _bulk(lines: list[str], tally: Tally) -> tuple[dict[int, list[str]], list[st
     return {EXACT: exact, EXACT | ANY_DEPTH: below}, rest
 
 
+def free_in_pieces(items: list[str]) -> None:
+    """Empty a list a slice at a time, from its end: dropping millions of references in one C call holds the GIL
+    for ~10 ms (and the event loop that answers waits for it)."""
+    while items:
+        del items[-_SLICE:]
+
+
+@contextlib.contextmanager
+def beside_the_loop() -> Iterator[None]:
+    """Lower the interpreter's switch interval while long work (parsing, compiling, freeing tables) runs in a
+    thread beside the event loop that answers, and restore it when the last such work ends.
+
+    The event loop gives up the GIL at every poll and then waits up to the switch interval to get it back from
+    a busy thread: 5 ms by default, several times a query, so on a loaded machine answering fell seconds behind
+    during a refresh; at 0.5 ms it keeps up.
+    """
+    global _busy, _saved_interval
+    with _interval_lock:
+        if not _busy:
+            _saved_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(_saved_interval, _BUSY_SWITCH_INTERVAL))
+        _busy += 1
+    try:
+        yield
+    finally:
+        with _interval_lock:
+            _busy -= 1
+            if not _busy:
+                sys.setswitchinterval(_saved_interval)
+
+
+_BUSY_SWITCH_INTERVAL = 0.0005
+_interval_lock = threading.Lock()
+_busy = 0
+_saved_interval = 0.005
+
+
 def read_list(path: Path, shown_as: str) -> ListFile:
     """Parse the list at ``path``; raises OSError if it cannot be read. Logs one summary line (a WARNING when
     the list gives no entries: a list that silently blocks nothing is a broken list)."""
+    with beside_the_loop():
+        return _read_list(path, shown_as)
+
+
+def _read_list(path: Path, shown_as: str) -> ListFile:
     from ztdns.policy.rpz import is_rpz, read_rpz
 
     if is_rpz(path):
@@ -413,6 +458,7 @@ def read_list(path: Path, shown_as: str) -> ListFile:
         lines = _lines(path)
         tally.lines = len(lines)
         groups, rest = _bulk(lines, tally)
+        free_in_pieces(lines)
         regexes: list[str] = []
         for line in rest:
             hit = _simple(line)
