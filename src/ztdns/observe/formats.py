@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 import dns.rdatatype
 import dns.rrset
@@ -53,7 +54,8 @@ def line(event: QueryEvent, clock: Clock, instance: str, who: Who | None = None)
     )
 
 
-# ZTDNS_NATIVE_LINES=python makes the native log's lines in Python even when the _lines extension is built.
+# ZTDNS_NATIVE_LINES=python makes the native log's lines and dnstap's frames in Python even when the _lines
+# extension is built.
 NATIVE_LINES_IN_C = os.environ.get("ZTDNS_NATIVE_LINES", "c") != "python"
 
 # The parts of native lines that are the same for every query of one client ([client, the members before the
@@ -65,11 +67,29 @@ _CLIENT_PARTS_MEMO = 65_536
 _ANSWER_PARTS_MEMO = 16_384
 
 
+def native_extension() -> ModuleType | None:
+    """The ``_lines`` extension, unless it is not built or ``ZTDNS_NATIVE_LINES=python`` turns it off."""
+    return _lines if NATIVE_LINES_IN_C else None
+
+
+def made_into(make: Callable[[bytearray], int | None], out: bytearray) -> tuple[memoryview | None, bytearray]:
+    """Run an extension's ``make(out)`` (it writes from ``out``'s start, growing it); the bytes made (None: the
+    extension declined) and the buffer to keep for the next batch: a new one when a view of the old one is still
+    held (it cannot grow then)."""
+    try:
+        size = make(out)
+    except BufferError:
+        out = bytearray()
+        size = make(out)
+    return (None if size is None else memoryview(out)[:size]), out
+
+
 class NativeLines:
     """Native lines (the same text as :func:`line` with full privacy) made straight from the serving thread's
     tuples, a batch at a time, from parts made once per client and per answer: per query only the latency, the
     query ID and the response size are formatted (the time stamp once per millisecond), and the pieces of the
-    whole batch are joined once."""
+    whole batch are joined once — by the ``_lines`` extension, when it is built, into a buffer kept from batch to
+    batch."""
 
     def __init__(self, clock: Clock, instance: str) -> None:
         self.clock = clock
@@ -78,6 +98,7 @@ class NativeLines:
         self._answers: dict[int, list[object]] = {}
         self._milli = -1
         self._stamp = ""
+        self._out = bytearray()
 
     def _client_parts(self, client: ClientInfo) -> list[object]:
         if len(self._clients) >= _CLIENT_PARTS_MEMO:
@@ -101,15 +122,16 @@ class NativeLines:
         """A line's start up to its first member, for ``when``'s millisecond."""
         return f'{{"time": "{self.clock.format(when)}", '
 
-    def data(self, batch: list[RawQuery]) -> bytes:
-        """:meth:`text` as bytes, made by the ``_lines`` extension when it is built (the same bytes)."""
-        if _lines is not None and NATIVE_LINES_IN_C:
-            made = _lines.native(
-                batch, self._clients, self._answers, self._client_parts, self._answer_parts, self._stamp_of
-            )
+    def data(self, batch: list[RawQuery]) -> memoryview:
+        """:meth:`text` encoded; made by the ``_lines`` extension when it is built (the same bytes), in a buffer
+        reused by the next call: release the view before it."""
+        extension = native_extension()
+        if extension is not None:
+            memos = (self._clients, self._answers, self._client_parts, self._answer_parts, self._stamp_of)
+            made, self._out = made_into(lambda out: extension.native(batch, *memos, out), self._out)
             if made is not None:
                 return made
-        return self.text(batch).encode()
+        return memoryview(self.text(batch).encode())
 
     def text(self, batch: list[RawQuery]) -> str:
         """The lines of ``batch``, each ending in a newline."""

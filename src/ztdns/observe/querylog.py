@@ -19,6 +19,9 @@ RETENTION_CHECK = 60.0  # seconds between looks for expired files
 _PIPE_CHUNK = 4096  # PIPE_BUF: a pipe (or socket, terminal) that polls writable takes this much without blocking
 _FILE_CHUNK = 1 << 20  # a regular file always polls writable and never blocks for long
 _POLL_MS = 100
+# Lines made and written at a time: a batch of a busy second is thousands of lines; made and written piecewise, the
+# buffer they are made in stays in the CPU's cache for the write to read (a whole batch at once cost ~2x the CPU).
+LINES_PER_WRITE = 256
 
 
 class QueryLog(TextSink):
@@ -63,7 +66,8 @@ class QueryLog(TextSink):
         native = self.formatter.native
         assert native is not None  # raw is set only with it
         self._reopen_if_asked()
-        self._write_bytes(native.data(queries))
+        for start in range(0, len(queries), LINES_PER_WRITE):
+            self._write_bytes(native.data(queries[start : start + LINES_PER_WRITE]))
 
     def _reopen_if_asked(self) -> None:
         if self._reopen and self.output != "stdout":
@@ -79,7 +83,7 @@ class QueryLog(TextSink):
     def _write(self, text: str) -> None:
         self._write_bytes(text.encode())
 
-    def _write_bytes(self, data: bytes) -> None:
+    def _write_bytes(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         poller = select.poll()
         poller.register(self._fd, select.POLLOUT)
