@@ -5,6 +5,7 @@ a child process. The native log and dnstap run twice: with the ``_lines`` extens
 pure-Python path (``[python]``, what ``ZTDNS_NATIVE_LINES=python`` chooses).
 
     .venv/bin/python bench/querylog.py [--queries 200000] [--rounds 3] [--cases "none,query log,dnstap"]
+                                       [--rate 50000]
 
 For each case, alternating rounds: ``serving`` is the CPU time of the thread that calls ``fast`` (time.thread_time:
 what a sink adds there; the target is ≤ 0.5 µs), ``sinks`` that of the feed's and the sinks' threads,
@@ -14,7 +15,9 @@ the native log and dnstap is ≤ 0.6 µs added), ``wall`` the elapsed time per q
 and writes beside it (the GIL is shared, so this includes part of the sink's own work). Queues are deep enough
 for the whole run, so nothing is dropped (a dropped record would cost nothing). The round with the least process
 CPU of each is printed, and the difference from "none"; the last lines are the largest serving-thread cost of any
-sink and the whole-process cost of the native log and dnstap. Run it on an idle machine: it measures one core.
+sink and the whole-process cost of the native log and dnstap. ``--rate`` replays at that many queries a second
+rather than as fast as one thread can (a server at that load: batches of its size, the serving thread's objects
+waiting for the sinks as long). Run it on an idle machine: it measures one core.
 """
 
 from __future__ import annotations
@@ -142,19 +145,37 @@ def sink_threads_cpu() -> float:
 Measured = tuple[float, float, float, float, int]  # serving, sinks, process, wall (µs per query), dropped
 
 
-async def measure(config_text: str, directory: Path, count: int) -> Measured:
+def replay(frontend: Frontend, wire: bytes, client: ClientInfo, count: int, rate: int) -> None:
+    """``count`` replays of ``wire``; at ``rate`` a second (0: as fast as they go), in slices of a millisecond with
+    sleeps between them, as a server at that rate answers: the sinks then get batches of that size, and the
+    serving thread's objects wait for them as long as they would."""
+    fast = frontend.fast
+    if not rate:
+        for _ in range(count):
+            if fast(wire, client) is None:
+                raise RuntimeError("not replayed")
+        return
+    per_slice = max(1, rate // 1000)
+    started = time.monotonic()
+    for done in range(0, count, per_slice):
+        for _ in range(min(per_slice, count - done)):
+            if fast(wire, client) is None:
+                raise RuntimeError("not replayed")
+        ahead = started + (done + per_slice) / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+async def measure(config_text: str, directory: Path, count: int, rate: int) -> Measured:
     frontend = Frontend(parse_config(config_text, "bench", directory))
     client = ClientInfo(Transport.UDP, "127.0.0.1", 5353)
     wire = dns.message.make_query("www.bench.test", "A", use_edns=0).to_wire()
     await frontend.handle(wire, client)
     await asyncio.sleep(0)
     settled(frontend, 1)
-    fast = frontend.fast
     sinks = sink_threads_cpu()
     wall, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
-    for _ in range(count):
-        if fast(wire, client) is None:
-            raise RuntimeError("not replayed")
+    replay(frontend, wire, client, count, rate)
     cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
     settled(frontend, count + 1)
     process = time.process_time() - process
@@ -164,7 +185,7 @@ async def measure(config_text: str, directory: Path, count: int) -> Measured:
     return cpu / count * 1e6, sinks / count * 1e6, process / count * 1e6, wall / count * 1e6, dropped
 
 
-async def main(count: int, rounds: int, chosen: list[str]) -> None:
+async def main(count: int, rounds: int, chosen: list[str], rate: int) -> None:
     # The collector settings of `ztdns serve` (daemon.py): with Python's defaults, the young generation is scanned
     # every 700 allocations, and each query's tuple and answer bytes wait in the feed until its thread takes them.
     gc.freeze()
@@ -181,7 +202,7 @@ async def main(count: int, rounds: int, chosen: list[str]) -> None:
         for _ in range(rounds):
             for name, text in every.items():  # alternating: each round measures every case once
                 formats.NATIVE_LINES_IN_C = not name.endswith(PYTHON)
-                measured = await measure(text, directory, count)
+                measured = await measure(text, directory, count, rate)
                 old = best.get(name)
                 best[name] = measured if old is None or measured[2] < old[2] else old
         formats.NATIVE_LINES_IN_C = True
@@ -208,5 +229,6 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cases", default="", help="comma-separated parts of case names (default: every case)")
+    parser.add_argument("--rate", type=int, default=0, help="replays a second (default: as fast as they go)")
     args = parser.parse_args()
-    asyncio.run(main(args.queries, args.rounds, [part for part in args.cases.split(",") if part]))
+    asyncio.run(main(args.queries, args.rounds, [part for part in args.cases.split(",") if part], args.rate))

@@ -7,6 +7,7 @@ file as written with the extension and with ``ZTDNS_NATIVE_LINES=python``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.rrset
@@ -17,10 +18,11 @@ from hypothesis import strategies as st
 from ztdns.client import ClientInfo, Transport
 from ztdns.observe import formats
 from ztdns.observe.dnstap import DnstapSink
-from ztdns.observe.events import Answered, QueryEvent, RawQuery
+from ztdns.observe.events import Answered, Item, QueryEvent, RawQuery, SecurityEvent, UpstreamEvent
 from ztdns.observe.formats import Clock, Formatter, NativeLines, line
 from ztdns.observe.privacy import Pseudonyms
-from ztdns.observe.querylog import LINES_PER_WRITE, QueryLog
+from ztdns.observe.querylog import QueryLog
+from ztdns.observe.sinks import RECORDS_PER_WRITE
 
 lines = pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
 
@@ -84,10 +86,16 @@ def batches(draw: st.DrawFn) -> list[RawQuery]:
     return batch
 
 
-def _python(make: object) -> bytes:
+def made_bytes(view: memoryview | None) -> bytes:
+    assert view is not None  # None: the batch held something else than queries
+    return bytes(view)
+
+
+def _python(make: Callable[[], memoryview | bytes | None]) -> bytes:
     formats.NATIVE_LINES_IN_C = False
     try:
-        return bytes(make())  # type: ignore[operator]
+        made = make()
+        return made if isinstance(made, bytes) else made_bytes(made)
     finally:
         formats.NATIVE_LINES_IN_C = True
 
@@ -97,10 +105,11 @@ def _python(make: object) -> bytes:
 def test_native_lines_in_c_are_the_python_lines(batch: list[RawQuery]) -> None:
     instance = 'node "ü"'
     in_c = NativeLines(Clock(), instance)
-    made = bytes(in_c.data(batch))
-    again = bytes(in_c.data(batch))  # from the memos of parts, in the buffer of the first call
+    items: list[Item] = [*batch]
+    made = made_bytes(in_c.data(items))
+    again = made_bytes(in_c.data(items))  # from the memos of parts, in the buffer of the first call
     in_python = NativeLines(Clock(), instance)
-    assert made == again == _python(lambda: in_python.data(batch)) == in_python.text(batch).encode()
+    assert made == again == _python(lambda: in_python.data(items)) == in_python.text(batch).encode()
     expected = "".join(line(QueryEvent(*item), Clock(), instance) + "\n" for item in batch)
     assert made == expected.encode()
 
@@ -113,8 +122,9 @@ def test_dnstap_frames_in_c_are_the_python_frames(tmp_path_factory: pytest.TempP
     socket = str(tmp_path_factory.mktemp("tap") / "nobody.sock")
     sink = DnstapSink("tap", 100, "node ü", "ztdns test", socket, pseudonyms=pseudonyms)
     try:
-        made = bytes(sink.frames(batch))
-        assert made == bytes(sink.frames(batch)) == sink.raw_frames(batch) == _python(lambda: sink.frames(batch))
+        items: list[Item] = [*batch]
+        made = made_bytes(sink.frames(items))
+        assert made == made_bytes(sink.frames(items)) == sink.raw_frames(batch) == _python(lambda: sink.frames(items))
     finally:
         sink.close()
 
@@ -126,21 +136,23 @@ def test_a_view_still_held_keeps_its_bytes() -> None:
     client = ClientInfo(Transport.UDP, "127.0.0.1", 53)
     answer = Answered("cached", "NOERROR", qname="a.example.")
     first = native.data([(time.time(), client, answer, 0.001, b"\x00\x01", b"")])
-    kept = bytes(first)
+    kept = made_bytes(first)
     second = native.data([(time.time(), client, answer, 0.002, b"\x00\x02", b"x" * 100_000)] * 200)
-    assert bytes(first) == kept
-    assert bytes(second).count(b"\n") == 200
+    assert made_bytes(first) == kept
+    assert made_bytes(second).count(b"\n") == 200
 
 
 def test_the_query_log_file_is_the_same_with_and_without_the_extension(tmp_path: Path) -> None:
-    """Through the sink: batches longer than one write, the file's bytes with the extension and without it."""
+    """Through the sink: a batch longer than one write, with a security event among the queries (the extension
+    declines that part, which is made in Python in order), the file's bytes with the extension and without it."""
     clients = [ClientInfo(Transport.UDP, "127.0.0.1", 40000 + n) for n in range(3)]
     answers = [Answered("cached", "NOERROR", None, f"n{n}.example.", "A") for n in range(5)]
     now = time.time()
-    batch: list[RawQuery] = [
+    batch: list[Item] = [
         (now + n * 0.0001, clients[n % 3], answers[n % 5], n * 1e-6, bytes([n % 256, 7]), b"r" * (n % 90))
-        for n in range(LINES_PER_WRITE * 2 + 7)
+        for n in range(RECORDS_PER_WRITE * 2 + 7)
     ]
+    batch.insert(RECORDS_PER_WRITE + 3, SecurityEvent(now, "detect", {"detector": "dga", "key": "127.0.0.1"}))
     written = []
     for in_c in (True, False):
         formats.NATIVE_LINES_IN_C = in_c
@@ -154,4 +166,20 @@ def test_the_query_log_file_is_the_same_with_and_without_the_extension(tmp_path:
             formats.NATIVE_LINES_IN_C = True
         written.append(output.read_bytes())
     assert written[0] == written[1]
-    assert written[0].count(b"\n") == len(batch)
+    lines = written[0].decode().splitlines()
+    assert len(lines) == len(batch)
+    assert '"event": "detect"' in lines[RECORDS_PER_WRITE + 3]
+
+
+def test_dnstap_declines_a_mixed_batch(tmp_path: Path) -> None:
+    """Upstream traffic among the queries: no frames from the batch path, in C or in Python (the sink then sends
+    each in order)."""
+    sink = DnstapSink("tap", 100, "node", "ztdns test", str(tmp_path / "nobody.sock"))
+    try:
+        query: RawQuery = (time.time(), ClientInfo(Transport.UDP, "127.0.0.1", 53), Answered("cached", "NOERROR"),
+                           0.001, b"\x00\x01", b"")  # fmt: skip
+        upstream = UpstreamEvent(time.time(), time.time(), "udp", "192.0.2.53", 53, b"\x00\x01", b"\x00\x01")
+        assert sink.frames([query, upstream]) is None
+        assert _python(lambda: sink.frames([query, upstream]) or b"") == b""
+    finally:
+        sink.close()

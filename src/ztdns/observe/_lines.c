@@ -185,6 +185,19 @@ static int query_at(PyObject *batch, Py_ssize_t index, Query *query) {
     return query->response == Py_None || PyBytes_Check(query->response);
 }
 
+/* The tuples a batch's items are were made by the serving thread up to a feed's interval ago, and are rarely still
+ * in the CPU's cache: ask for the tuple `AHEAD` items on and for the members of the one half as far on, so that
+ * their loads overlap with the work on this one instead of each waiting in turn. */
+#define AHEAD 8
+static inline void prefetch(PyObject *batch, Py_ssize_t index, Py_ssize_t count) {
+    if (index + AHEAD < count) __builtin_prefetch(PyList_GET_ITEM(batch, index + AHEAD));
+    if (index + AHEAD / 2 < count) {
+        PyObject *item = PyList_GET_ITEM(batch, index + AHEAD / 2);
+        if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 6)
+            for (int member = 0; member < 6; member++) __builtin_prefetch(PyTuple_GET_ITEM(item, member));
+    }
+}
+
 /* What a batch function returns for `status`: 1 the number of bytes made, 0 None (the caller uses Python), -1
  * NULL (the exception is set). */
 static PyObject *made(int status, Py_ssize_t length) {
@@ -214,6 +227,7 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
     if (buffer_room(&buffer, count * 640 + 64) < 0) return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
         Query item;
+        prefetch(batch, i, count);
         if (!query_at(batch, i, &item)) {
             status = 0;
             break;
@@ -338,6 +352,7 @@ static PyObject *lines_dnstap(PyObject *self, PyObject *args) {
     Py_ssize_t count = PyList_GET_SIZE(batch);
     for (Py_ssize_t i = 0; i < count; i++) {
         Query item;
+        prefetch(batch, i, count);
         if (!query_at(batch, i, &item)) {
             status = 0;
             break;

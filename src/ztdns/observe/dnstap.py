@@ -18,9 +18,9 @@ import struct
 
 from ztdns.client import ClientInfo
 from ztdns.observe.events import Item, RawQuery, UpstreamEvent
-from ztdns.observe.formats import made_into, native_extension
+from ztdns.observe.formats import made_into, native_extension, only_queries
 from ztdns.observe.privacy import Pseudonyms
-from ztdns.observe.sinks import QueueSink
+from ztdns.observe.sinks import RECORDS_PER_WRITE, QueueSink
 
 CONTENT_TYPE = b"protobuf:dnstap.Dnstap"
 
@@ -277,15 +277,17 @@ class DnstapSink(QueueSink):
                 frame(out, response_start + times + answered, _RESPONSE_HEADS, _RESPONSE_MESSAGE, response)
         return b"".join(out)
 
-    def frames(self, batch: list[RawQuery]) -> memoryview:
+    def frames(self, batch: list[Item]) -> memoryview | None:
         """:meth:`raw_frames`, made by the ``_lines`` extension when it is built (the same bytes) in a buffer
-        reused by the next call: release the view before it."""
+        reused by the next call (release the view before it); None when the batch holds other events."""
         extension = native_extension()
         if extension is not None:
             clients, fields, envelope = self._clients, self._client_fields, self._envelope
             made, self._out = made_into(lambda out: extension.dnstap(batch, clients, fields, envelope, out), self._out)
             if made is not None:
                 return made
+        if not only_queries(batch):
+            return None
         return memoryview(self.raw_frames(batch))
 
     def upstream_frames(self, event: UpstreamEvent) -> bytes:
@@ -300,11 +302,18 @@ class DnstapSink(QueueSink):
         return data_frame(dnstap(*envelope, query)) + data_frame(dnstap(*envelope, response))
 
     def emit_raw(self, batch: list[Item], now: float) -> None:
+        for start in range(0, len(batch), RECORDS_PER_WRITE):
+            part = batch[start : start + RECORDS_PER_WRITE]
+            made = self.frames(part) if self.client_messages else None
+            if made is not None:
+                self._send(made, len(part), now)
+            else:
+                self._send_mixed(part, now)
+
+    def _send_mixed(self, batch: list[Item], now: float) -> None:
+        """Upstream traffic among the queries (security events are not DNS messages): kept in order; ``messages``
+        chooses which are sent."""
         clients, resolvers = self.client_messages, self.resolver_messages
-        if clients and all(type(item) is tuple for item in batch):
-            self._send(self.frames(batch), len(batch), now)  # type: ignore[arg-type]
-            return
-        # Upstream traffic among them (security events are not DNS messages): kept in order; `messages` chooses.
         chunks = []
         for item in batch:
             if type(item) is tuple:

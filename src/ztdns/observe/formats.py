@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from types import ModuleType
+from typing import TypeGuard
 
 import dns.rdatatype
 import dns.rrset
@@ -23,7 +24,7 @@ try:
     from ztdns.observe import _lines
 except ImportError:  # built without a C compiler: lines are made in Python
     _lines = None  # type: ignore[assignment]
-from ztdns.observe.events import Answered, QueryEvent, RawQuery, SecurityEvent
+from ztdns.observe.events import Answered, Item, QueryEvent, RawQuery, SecurityEvent
 from ztdns.observe.privacy import Pseudonyms
 
 ECS_VERSION = "8.11.0"
@@ -70,6 +71,11 @@ _ANSWER_PARTS_MEMO = 16_384
 def native_extension() -> ModuleType | None:
     """The ``_lines`` extension, unless it is not built or ``ZTDNS_NATIVE_LINES=python`` turns it off."""
     return _lines if NATIVE_LINES_IN_C else None
+
+
+def only_queries(batch: list[Item]) -> TypeGuard[list[RawQuery]]:
+    """Whether ``batch`` holds the serving thread's query tuples only (the extension declines any other event)."""
+    return all(type(item) is tuple for item in batch)
 
 
 def made_into(make: Callable[[bytearray], int | None], out: bytearray) -> tuple[memoryview | None, bytearray]:
@@ -122,15 +128,17 @@ class NativeLines:
         """A line's start up to its first member, for ``when``'s millisecond."""
         return f'{{"time": "{self.clock.format(when)}", '
 
-    def data(self, batch: list[RawQuery]) -> memoryview:
+    def data(self, batch: list[Item]) -> memoryview | None:
         """:meth:`text` encoded; made by the ``_lines`` extension when it is built (the same bytes), in a buffer
-        reused by the next call: release the view before it."""
+        reused by the next call (release the view before it); None when the batch holds other events."""
         extension = native_extension()
         if extension is not None:
             memos = (self._clients, self._answers, self._client_parts, self._answer_parts, self._stamp_of)
             made, self._out = made_into(lambda out: extension.native(batch, *memos, out), self._out)
             if made is not None:
                 return made
+        if not only_queries(batch):
+            return None
         return memoryview(self.text(batch).encode())
 
     def text(self, batch: list[RawQuery]) -> str:
