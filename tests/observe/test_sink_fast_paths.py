@@ -74,7 +74,7 @@ def test_native_lines_in_c_are_the_python_lines() -> None:
     native = formatter.native
     assert native is not None
     raw = _raw()
-    memos = (native._clients, native._answers, native._client_parts, native._answer_parts, native._stamp_of)
+    memos = (native._clients, native._answers, native._client_parts, native._answer_parts, native._second_of)
     out = bytearray()
     size = lines.native(raw + raw, *memos, out)
     assert size is not None

@@ -3,7 +3,7 @@
  * frames (observe/dnstap.py, DnstapSink.frames_into: the same bytes as DnstapSink.raw_frames(batch)).
  *
  * Python makes what is the same for every query of one client and of one answer (memos of parts keyed by the
- * objects' ids, filled by Python callbacks on a miss) and the log's time stamp of each millisecond; this looks them
+ * objects' ids, filled by Python callbacks on a miss) and the log's time stamp of each second; this looks them
  * up, formats the per-query numbers (latency, query ID, response size; dnstap's times and lengths) and copies the
  * pieces into the caller's bytearray, which is kept from batch to batch: no Python object is made per query, and
  * the output's memory is not allocated (and faulted in by the kernel) anew for every batch. Each function returns
@@ -205,23 +205,23 @@ static PyObject *made(int status, Py_ssize_t length) {
     return status ? PyLong_FromSsize_t(length) : Py_NewRef(Py_None);
 }
 
-/* native(batch, clients, answers, client_parts, answer_parts, stamp_of, out) -> int | None
+/* native(batch, clients, answers, client_parts, answer_parts, second_of, out) -> int | None
  * batch: list of (time, client, answer, latency, query bytes, response bytes | None);
  * clients: {id(client): [client, head, between]}, client_parts(client) -> such a list (and remembers it);
  * answers: {id(answer): [answer, members, tail]}, answer_parts(answer) likewise;
- * stamp_of(time) -> the line's start up to the first member, for that millisecond;
+ * second_of(second) -> the line's start up to the time stamp's milliseconds, for that second (since the epoch);
  * out: a bytearray the lines are written to from its start (grown when too small). */
 static PyObject *lines_native(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *batch, *clients, *answers, *client_parts, *answer_parts, *stamp_of, *out;
+    PyObject *batch, *clients, *answers, *client_parts, *answer_parts, *second_of, *out;
     if (!PyArg_ParseTuple(args, "O!O!O!OOOO!", &PyList_Type, &batch, &PyDict_Type, &clients, &PyDict_Type, &answers,
-                          &client_parts, &answer_parts, &stamp_of, &PyByteArray_Type, &out))
+                          &client_parts, &answer_parts, &second_of, &PyByteArray_Type, &out))
         return NULL;
     Buffer buffer;
     buffer_open(&buffer, out);
     Cache by_clients = {{NULL}, {NULL}}, by_answers = {{NULL}, {NULL}};
-    PyObject *stamp = NULL;
-    long long stamp_milli = -1;
+    PyObject *stamp = NULL; /* second_of's, for stamp_second */
+    long long stamp_second = -1;
     int status = 1;
     Py_ssize_t count = PyList_GET_SIZE(batch);
     if (buffer_room(&buffer, count * 640 + 64) < 0) return NULL;
@@ -242,13 +242,26 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
             status = by_answer == NULL ? -1 : 0;
             break;
         }
-        long long milli = (long long)(PyFloat_AS_DOUBLE(when) * 1000.0);
-        if (stamp == NULL || milli != stamp_milli) {
+        double seconds = PyFloat_AS_DOUBLE(when);
+        if (!(seconds >= 0.0 && seconds < 1e15)) { /* Python says what it does with such a time */
+            status = 0;
+            break;
+        }
+        long long milli = (long long)(seconds * 1000.0); /* int(when * 1000), as Clock.format */
+        if (stamp == NULL || milli / 1000 != stamp_second) {
             Py_XDECREF(stamp);
-            stamp = PyObject_CallOneArg(stamp_of, when);
-            stamp_milli = milli;
+            stamp_second = milli / 1000;
+            PyObject *second = PyLong_FromLongLong(stamp_second);
+            stamp = second == NULL ? NULL : PyObject_CallOneArg(second_of, second);
+            Py_XDECREF(second);
         }
         int added = stamp == NULL ? -1 : buffer_add_ascii(&buffer, stamp);
+        if (added == 1) {
+            unsigned fraction = (unsigned)(milli % 1000);
+            char text[] = {'.', (char)('0' + fraction / 100), (char)('0' + fraction / 10 % 10),
+                           (char)('0' + fraction % 10), 'Z', '"', ',', ' '};
+            added = buffer_add(&buffer, text, sizeof text) < 0 ? -1 : 1;
+        }
         if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_client, 1));
         if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_answer, 1));
         if (added == 1) added = add_milliseconds(&buffer, PyFloat_AS_DOUBLE(latency) * 1000.0) < 0 ? -1 : 1;

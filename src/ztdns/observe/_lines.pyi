@@ -8,7 +8,7 @@ def native(
     answers: dict[int, Any],
     client_parts: Callable[[Any], Any],
     answer_parts: Callable[[Any], Any],
-    stamp_of: Callable[[float], str],
+    second_of: Callable[[int], str],
     out: bytearray,
     /,
 ) -> int | None: ...

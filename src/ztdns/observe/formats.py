@@ -128,12 +128,16 @@ class NativeLines:
         """A line's start up to its first member, for ``when``'s millisecond."""
         return f'{{"time": "{self.clock.format(when)}", '
 
+    def _second_of(self, second: int) -> str:
+        """A line's start up to its time stamp's milliseconds, for ``second`` (the extension adds the rest)."""
+        return f'{{"time": "{self.clock.second(second)}'
+
     def data(self, batch: list[Item]) -> memoryview | None:
         """:meth:`text` encoded; made by the ``_lines`` extension when it is built (the same bytes), in a buffer
         reused by the next call (release the view before it); None when the batch holds other events."""
         extension = native_extension()
         if extension is not None:
-            memos = (self._clients, self._answers, self._client_parts, self._answer_parts, self._stamp_of)
+            memos = (self._clients, self._answers, self._client_parts, self._answer_parts, self._second_of)
             made, self._out = made_into(lambda out: extension.native(batch, *memos, out), self._out)
             if made is not None:
                 return made
@@ -238,12 +242,16 @@ class Clock:
         if milli == self._milli:
             return self._stamp
         second, fraction = divmod(milli, 1000)
+        self._milli = milli
+        self._stamp = f"{self.second(second)}.{fraction:03d}Z"
+        return self._stamp
+
+    def second(self, second: int) -> str:
+        """The stamp of ``second`` (since the epoch) up to its milliseconds."""
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        self._milli = milli
-        self._stamp = f"{self._prefix}.{fraction:03d}Z"
-        return self._stamp
+        return self._prefix
 
 
 def records(answer: Answered) -> list[dict[str, object]]:

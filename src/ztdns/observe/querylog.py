@@ -87,6 +87,10 @@ class QueryLog(TextSink):
 
     def _write_bytes(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
+        if self._chunk == _FILE_CHUNK:  # polls writable anyway: no poll object per write
+            while view:
+                view = view[os.write(self._fd, view[: self._chunk]) :]
+            return
         poller = select.poll()
         poller.register(self._fd, select.POLLOUT)
         while view:
