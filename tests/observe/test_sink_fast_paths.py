@@ -76,14 +76,14 @@ def test_native_lines_in_c_are_the_python_lines() -> None:
     raw = _raw()
     memos = (native._clients, native._answers, native._client_parts, native._answer_parts, native._second_of)
     out = bytearray()
-    size = lines.native(raw + raw, *memos, out)
+    size = lines.native(raw + raw, 0, 2 * len(raw), *memos, out)
     assert size is not None
     assert out[:size] == (native.text(raw) * 2).encode()
     assert native.data([*raw]) == memoryview(out)[: size // 2]
     # A piece that is not ASCII (never made by json.dumps): the extension declines and the caller uses Python.
     client = raw[0][1]
     native._clients[id(client)] = [client, "ü", ""]
-    assert lines.native(raw[:1], *memos, out) is None
+    assert lines.native(raw, 0, 1, *memos, out) is None
     assert native.data([raw[0]]) == memoryview(native.text(raw[:1]).encode())
 
 

@@ -198,6 +198,14 @@ static inline void prefetch(PyObject *batch, Py_ssize_t index, Py_ssize_t count)
     }
 }
 
+/* The end of the items from *start to stop that the batch has (*start raised to 0 if below). */
+static Py_ssize_t clamp(PyObject *batch, Py_ssize_t *start, Py_ssize_t stop) {
+    Py_ssize_t size = PyList_GET_SIZE(batch);
+    if (*start < 0) *start = 0;
+    if (stop > size) stop = size;
+    return stop < *start ? *start : stop;
+}
+
 /* What a batch function returns for `status`: 1 the number of bytes made, 0 None (the caller uses Python), -1
  * NULL (the exception is set). */
 static PyObject *made(int status, Py_ssize_t length) {
@@ -205,8 +213,9 @@ static PyObject *made(int status, Py_ssize_t length) {
     return status ? PyLong_FromSsize_t(length) : Py_NewRef(Py_None);
 }
 
-/* native(batch, clients, answers, client_parts, answer_parts, second_of, out) -> int | None
- * batch: list of (time, client, answer, latency, query bytes, response bytes | None);
+/* native(batch, start, stop, clients, answers, client_parts, answer_parts, second_of, out) -> int | None
+ * batch: list of (time, client, answer, latency, query bytes, response bytes | None), of which the items from
+ * start to stop are made (the caller does not slice: a slice would take and drop a reference to each tuple);
  * clients: {id(client): [client, head, between]}, client_parts(client) -> such a list (and remembers it);
  * answers: {id(answer): [answer, members, tail]}, answer_parts(answer) likewise;
  * second_of(second) -> the line's start up to the time stamp's milliseconds, for that second (since the epoch);
@@ -214,8 +223,9 @@ static PyObject *made(int status, Py_ssize_t length) {
 static PyObject *lines_native(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *batch, *clients, *answers, *client_parts, *answer_parts, *second_of, *out;
-    if (!PyArg_ParseTuple(args, "O!O!O!OOOO!", &PyList_Type, &batch, &PyDict_Type, &clients, &PyDict_Type, &answers,
-                          &client_parts, &answer_parts, &second_of, &PyByteArray_Type, &out))
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "O!nnO!O!OOOO!", &PyList_Type, &batch, &start, &stop, &PyDict_Type, &clients,
+                          &PyDict_Type, &answers, &client_parts, &answer_parts, &second_of, &PyByteArray_Type, &out))
         return NULL;
     Buffer buffer;
     buffer_open(&buffer, out);
@@ -223,9 +233,9 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
     PyObject *stamp = NULL; /* second_of's, for stamp_second */
     long long stamp_second = -1;
     int status = 1;
-    Py_ssize_t count = PyList_GET_SIZE(batch);
-    if (buffer_room(&buffer, count * 640 + 64) < 0) return NULL;
-    for (Py_ssize_t i = 0; i < count; i++) {
+    Py_ssize_t count = clamp(batch, &start, stop);
+    if (buffer_room(&buffer, (count - start) * 640 + 64) < 0) return NULL;
+    for (Py_ssize_t i = start; i < count; i++) {
         Query item;
         prefetch(batch, i, count);
         if (!query_at(batch, i, &item)) {
@@ -346,15 +356,16 @@ static int add_time(unsigned char *out, double when, unsigned char seconds_tag, 
     return length;
 }
 
-/* dnstap(batch, clients, client_fields, envelope, out) -> int | None
- * batch: as for native; clients: {id(client): [client, query start, response start]} (bytes: a CLIENT_QUERY's
+/* dnstap(batch, start, stop, clients, client_fields, envelope, out) -> int | None
+ * batch, start, stop: as for native; clients: {id(client): [client, query start, response start]} (bytes: a CLIENT_QUERY's
  * and a CLIENT_RESPONSE's fields up to the times), client_fields(client) -> such a list; envelope: bytes of the
  * Dnstap message up to its message field's length; out: as for native. */
 static PyObject *lines_dnstap(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *batch, *clients, *client_fields, *envelope, *out;
-    if (!PyArg_ParseTuple(args, "O!O!OO!O!", &PyList_Type, &batch, &PyDict_Type, &clients, &client_fields,
-                          &PyBytes_Type, &envelope, &PyByteArray_Type, &out))
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "O!nnO!OO!O!", &PyList_Type, &batch, &start, &stop, &PyDict_Type, &clients,
+                          &client_fields, &PyBytes_Type, &envelope, &PyByteArray_Type, &out))
         return NULL;
     Buffer buffer;
     buffer_open(&buffer, out);
@@ -362,8 +373,8 @@ static PyObject *lines_dnstap(PyObject *self, PyObject *args) {
     int status = 1;
     const char *envelope_data = PyBytes_AS_STRING(envelope);
     Py_ssize_t envelope_length = PyBytes_GET_SIZE(envelope);
-    Py_ssize_t count = PyList_GET_SIZE(batch);
-    for (Py_ssize_t i = 0; i < count; i++) {
+    Py_ssize_t count = clamp(batch, &start, stop);
+    for (Py_ssize_t i = start; i < count; i++) {
         Query item;
         prefetch(batch, i, count);
         if (!query_at(batch, i, &item)) {

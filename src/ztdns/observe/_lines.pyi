@@ -4,6 +4,8 @@ from typing import Any
 
 def native(
     batch: list[Any],
+    start: int,
+    stop: int,
     clients: dict[int, Any],
     answers: dict[int, Any],
     client_parts: Callable[[Any], Any],
@@ -14,6 +16,8 @@ def native(
 ) -> int | None: ...
 def dnstap(
     batch: list[Any],
+    start: int,
+    stop: int,
     clients: dict[int, Any],
     client_fields: Callable[[Any], Any],
     envelope: bytes,

@@ -18,7 +18,7 @@ import struct
 
 from ztdns.client import ClientInfo
 from ztdns.observe.events import Item, RawQuery, UpstreamEvent
-from ztdns.observe.formats import made_into, native_extension, only_queries
+from ztdns.observe.formats import MAX_SIZE, made_into, native_extension, only_queries
 from ztdns.observe.privacy import Pseudonyms
 from ztdns.observe.sinks import RECORDS_PER_WRITE, QueueSink
 
@@ -277,18 +277,25 @@ class DnstapSink(QueueSink):
                 frame(out, response_start + times + answered, _RESPONSE_HEADS, _RESPONSE_MESSAGE, response)
         return b"".join(out)
 
-    def frames(self, batch: list[Item]) -> memoryview | None:
-        """:meth:`raw_frames`, made by the ``_lines`` extension when it is built (the same bytes) in a buffer
-        reused by the next call (release the view before it); None when the batch holds other events."""
+    def frames(self, batch: list[Item], start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
+        """:meth:`raw_frames` of ``batch[start:stop]``, made by the ``_lines`` extension when it is built (the
+        same bytes) in a buffer reused by the next call (release the view before it); None when that part holds
+        other events."""
         extension = native_extension()
         if extension is not None:
             clients, fields, envelope = self._clients, self._client_fields, self._envelope
-            made, self._out = made_into(lambda out: extension.dnstap(batch, clients, fields, envelope, out), self._out)
+
+            def make(out: bytearray) -> int | None:
+                size: int | None = extension.dnstap(batch, start, stop, clients, fields, envelope, out)
+                return size
+
+            made, self._out = made_into(make, self._out)
             if made is not None:
                 return made
-        if not only_queries(batch):
+        part = batch[start:stop]
+        if not only_queries(part):
             return None
-        return memoryview(self.raw_frames(batch))
+        return memoryview(self.raw_frames(part))
 
     def upstream_frames(self, event: UpstreamEvent) -> bytes:
         """RESOLVER_QUERY and RESOLVER_RESPONSE: the upstream is the response address."""
@@ -303,12 +310,12 @@ class DnstapSink(QueueSink):
 
     def emit_raw(self, batch: list[Item], now: float) -> None:
         for start in range(0, len(batch), RECORDS_PER_WRITE):
-            part = batch[start : start + RECORDS_PER_WRITE]
-            made = self.frames(part) if self.client_messages else None
+            stop = min(start + RECORDS_PER_WRITE, len(batch))
+            made = self.frames(batch, start, stop) if self.client_messages else None
             if made is not None:
-                self._send(made, len(part), now)
+                self._send(made, stop - start, now)
             else:
-                self._send_mixed(part, now)
+                self._send_mixed(batch[start:stop], now)
 
     def _send_mixed(self, batch: list[Item], now: float) -> None:
         """Upstream traffic among the queries (security events are not DNS messages): kept in order; ``messages``

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -65,6 +66,7 @@ NATIVE_LINES_IN_C = os.environ.get("ZTDNS_NATIVE_LINES", "c") != "python"
 # its object, so the id is not reused while the entry lives, and the entry is checked to be its object's. Two
 # memos, not one per client and answer: dnsperf's 16 sockets asking 1,000 names would be 16,000 pairs.
 _CLIENT_PARTS_MEMO = 65_536
+MAX_SIZE = sys.maxsize  # a stop index past any batch's end
 _ANSWER_PARTS_MEMO = 16_384
 
 
@@ -132,18 +134,20 @@ class NativeLines:
         """A line's start up to its time stamp's milliseconds, for ``second`` (the extension adds the rest)."""
         return f'{{"time": "{self.clock.second(second)}'
 
-    def data(self, batch: list[Item]) -> memoryview | None:
-        """:meth:`text` encoded; made by the ``_lines`` extension when it is built (the same bytes), in a buffer
-        reused by the next call (release the view before it); None when the batch holds other events."""
+    def data(self, batch: list[Item], start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
+        """:meth:`text` of ``batch[start:stop]`` encoded; made by the ``_lines`` extension when it is built (the
+        same bytes), in a buffer reused by the next call (release the view before it); None when that part holds
+        other events."""
         extension = native_extension()
         if extension is not None:
             memos = (self._clients, self._answers, self._client_parts, self._answer_parts, self._second_of)
-            made, self._out = made_into(lambda out: extension.native(batch, *memos, out), self._out)
+            made, self._out = made_into(lambda out: extension.native(batch, start, stop, *memos, out), self._out)
             if made is not None:
                 return made
-        if not only_queries(batch):
+        part = batch[start:stop]
+        if not only_queries(part):
             return None
-        return memoryview(self.text(batch).encode())
+        return memoryview(self.text(part).encode())
 
     def text(self, batch: list[RawQuery]) -> str:
         """The lines of ``batch``, each ending in a newline."""

@@ -64,9 +64,9 @@ class QueryLog(TextSink):
         assert native is not None  # raw is set only with it
         self._reopen_if_asked()
         for start in range(0, len(batch), RECORDS_PER_WRITE):
-            part = batch[start : start + RECORDS_PER_WRITE]
-            made = native.data(part)
+            made = native.data(batch, start, start + RECORDS_PER_WRITE)
             if made is None:  # security events among the queries
+                part = batch[start : start + RECORDS_PER_WRITE]
                 made = memoryview("".join(text + "\n" for _, text in self.raw_lines(part)).encode())
             self._write_bytes(made)
         return True

@@ -19,7 +19,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client.metrics_core import Metric
 
@@ -133,16 +133,12 @@ class QueueSink:
     def reopen(self) -> None:
         """SIGHUP: files are opened again by name (after log rotation); other sinks ignore it."""
 
-    def _batch(self) -> list[Item]:
+    def _take(self) -> list[list[Item]]:
+        """The batches queued so far, as the feed offered them."""
         batches = self._batches
-        if len(batches) == 1:
-            batch = batches.popleft()
-        else:
-            batch = []
-            for _ in range(len(batches)):
-                batch += batches.popleft()
-        self.taken += len(batch)
-        return batch
+        taken = [batches.popleft() for _ in range(len(batches))]
+        self.taken += sum(map(len, taken))
+        return taken
 
     def emit(self, batch: list[Event], now: float) -> None:
         """Format and write ``batch`` (raise OSError when the output fails), counting ``written``."""
@@ -153,13 +149,17 @@ class QueueSink:
         raise NotImplementedError
 
     def _drain(self) -> None:
-        batch = self._batch()
+        taken = self._take()
+        if self.raw:  # batch by batch as offered: the events are not copied into one list (a reference each)
+            for batch in taken:
+                self._emit(self.emit_raw, batch)
+        else:  # one list, even when empty: an aggregate's window may be due
+            batch = taken[0] if len(taken) == 1 else list(itertools.chain.from_iterable(taken))
+            self._emit(self.emit, batch)  # type: ignore[arg-type]  # not raw: the feed made QueryEvents
+
+    def _emit(self, write: Callable[[list[Item], float], None], batch: list[Item]) -> None:
         try:
-            if self.raw:
-                if batch:
-                    self.emit_raw(batch, time.time())
-            else:  # even when empty: an aggregate's window may be due
-                self.emit(batch, time.time())  # type: ignore[arg-type]  # not raw: the feed made QueryEvents
+            write(batch, time.time())
         except (OSError, ValueError) as exc:  # the output failed: these events are lost, the next batch retries
             self.failures += 1
             self.dropped += len(batch)  # every one of them, not one per failed batch
