@@ -66,8 +66,8 @@ NATIVE_LINES_IN_C = os.environ.get("ZTDNS_NATIVE_LINES", "c") != "python"
 # its object, so the id is not reused while the entry lives, and the entry is checked to be its object's. Two
 # memos, not one per client and answer: dnsperf's 16 sockets asking 1,000 names would be 16,000 pairs.
 _CLIENT_PARTS_MEMO = 65_536
-MAX_SIZE = sys.maxsize  # a stop index past any batch's end
 _ANSWER_PARTS_MEMO = 16_384
+MAX_SIZE = sys.maxsize  # a stop index past any batch's end
 
 
 def native_extension() -> ModuleType | None:
@@ -95,9 +95,9 @@ def made_into(make: Callable[[bytearray], int | None], out: bytearray) -> tuple[
 class NativeLines:
     """Native lines (the same text as :func:`line` with full privacy) made straight from the serving thread's
     tuples, a batch at a time, from parts made once per client and per answer: per query only the latency, the
-    query ID and the response size are formatted (the time stamp once per millisecond), and the pieces of the
-    whole batch are joined once — by the ``_lines`` extension, when it is built, into a buffer kept from batch to
-    batch."""
+    query ID and the response size are formatted (the time stamp's date and time once per second), and the pieces
+    of the whole batch are joined once — by the ``_lines`` extension, when it is built, into a buffer kept from
+    batch to batch."""
 
     def __init__(self, clock: Clock, instance: str) -> None:
         self.clock = clock
