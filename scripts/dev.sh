@@ -10,7 +10,7 @@ venv="${ZTDNS_VENV:-$here/.venv}"
 
 # Debian packages the tests and benchmarks drive as real peers and clients; gcc and python3-dev build the UDP lane's
 # batching extension (src/ztdns/transport/_udpbatch.c; without them the lane runs its pure-Python fallback) and the
-# query log's line maker (src/ztdns/observe/_lines.c; without it lines are made in Python).
+# query log's and dnstap's record maker (src/ztdns/observe/_lines.c; without it records are made in Python).
 debian_packages=(python3-venv gcc python3-dev knot-dnsutils bind9-dnsutils dnsperf unbound nftables iproute2 knot softhsm2
                  ldnsutils bind9-utils conntrack knot-dnssecutils curl openssl procps
                  nats-server redis-server rsyslog rsyslog-openssl swtpm swtpm-tools tpm2-tools iodine dns2tcp dnstap-ldns fstrm-bin

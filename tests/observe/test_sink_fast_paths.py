@@ -74,15 +74,17 @@ def test_native_lines_in_c_are_the_python_lines() -> None:
     native = formatter.native
     assert native is not None
     raw = _raw()
-    memos = (native._clients, native._answers, native._client_parts, native._answer_parts, native._stamp_of)
-    made = lines.native(raw + raw, *memos)
-    assert made == (native.text(raw) * 2).encode()
-    assert native.data(raw) == made[: len(made) // 2]
+    memos = (native._clients, native._answers, native._client_parts, native._answer_parts, native._second_of)
+    out = bytearray()
+    size = lines.native(raw + raw, 0, 2 * len(raw), *memos, out)
+    assert size is not None
+    assert out[:size] == (native.text(raw) * 2).encode()
+    assert native.data([*raw]) == memoryview(out)[: size // 2]
     # A piece that is not ASCII (never made by json.dumps): the extension declines and the caller uses Python.
     client = raw[0][1]
     native._clients[id(client)] = [client, "ü", ""]
-    assert lines.native(raw[:1], *memos) is None
-    assert native.data(raw[:1]) == native.text(raw[:1]).encode()
+    assert lines.native(raw, 0, 1, *memos, out) is None
+    assert native.data([raw[0]]) == memoryview(native.text(raw[:1]).encode())
 
 
 def test_native_lines_are_made_only_with_full_privacy() -> None:
@@ -174,5 +176,5 @@ def test_native_line_parts_are_kept_per_client_and_per_answer_not_per_pair() -> 
     answers = [Answered("cached", "NOERROR", None, f"n{n}.example.", "A") for n in range(1000)]
     now = time.time()
     batch: list[RawQuery] = [(now, c, a, 0.0001, b"\0\1", b"") for a in answers for c in clients]
-    assert len(native.data(batch).splitlines()) == 16_000
+    assert len(native.text(batch).splitlines()) == 16_000
     assert (len(native._clients), len(native._answers)) == (16, 1000)

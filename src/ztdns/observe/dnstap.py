@@ -18,8 +18,9 @@ import struct
 
 from ztdns.client import ClientInfo
 from ztdns.observe.events import Item, RawQuery, UpstreamEvent
+from ztdns.observe.formats import MAX_SIZE, made_into, native_extension, only_queries
 from ztdns.observe.privacy import Pseudonyms
-from ztdns.observe.sinks import QueueSink
+from ztdns.observe.sinks import RECORDS_PER_WRITE, QueueSink
 
 CONTENT_TYPE = b"protobuf:dnstap.Dnstap"
 
@@ -183,7 +184,10 @@ class DnstapSink(QueueSink):
         self.pseudonyms = pseudonyms
         # A Dnstap envelope up to its message's length: identity, version, type MESSAGE, the message's tag.
         self._envelope = dnstap(self.identity, self.version, b"")[:-1]
-        self._clients: dict[ClientInfo, tuple[bytes, bytes]] = {}
+        # [client, CLIENT_QUERY's fields, CLIENT_RESPONSE's] by id(client) (the entry keeps its client: the id is
+        # not reused while it lives), read by the _lines extension too.
+        self._clients: dict[int, list[object]] = {}
+        self._out = bytearray()  # the extension's output, kept from batch to batch
         self.connected = False
         self.connects = 0
         self._sock: socket.socket | None = None
@@ -213,13 +217,13 @@ class DnstapSink(QueueSink):
         self.connects += 1
         return sock
 
-    def _client_fields(self, client: ClientInfo) -> tuple[bytes, bytes]:
-        """The start of a CLIENT_QUERY and of a CLIENT_RESPONSE message for ``client`` (type, family, protocol,
+    def _client_fields(self, client: ClientInfo) -> list[object]:
+        """[client, the start of a CLIENT_QUERY message, of a CLIENT_RESPONSE message] (type, family, protocol,
         address, port): the same for all its queries, made once while the client is seen (with full privacy:
         pseudonyms change when their key rotates)."""
         memo = self._clients
-        fields = memo.get(client)
-        if fields is not None:
+        fields = memo.get(id(client))
+        if fields is not None and fields[0] is client:
             return fields
         family, address = _address(client.address)
         port = client.port
@@ -228,11 +232,11 @@ class DnstapSink(QueueSink):
             port = self.pseudonyms.port(port)
         common = field_varint(2, family) + field_varint(3, PROTOCOLS.get(str(client.transport), 1))
         common += field_bytes(4, address) + field_varint(6, port)
-        fields = field_varint(1, CLIENT_QUERY) + common, field_varint(1, CLIENT_RESPONSE) + common
+        fields = [client, field_varint(1, CLIENT_QUERY) + common, field_varint(1, CLIENT_RESPONSE) + common]
         if self.pseudonyms is None:
             if len(memo) >= _CLIENT_MEMO:
                 memo.clear()
-            memo[client] = fields
+            memo[id(client)] = fields
         return fields
 
     def _frame(self, out: list[bytes], start: bytes, heads: tuple[bytes, ...], tag: bytes, wire: bytes) -> None:
@@ -256,7 +260,9 @@ class DnstapSink(QueueSink):
         started_second = answered_second = -1
         started_field = answered_field = b""
         for when, client, _, latency, query, response in batch:
-            query_start, response_start = client_fields(client)
+            fields = client_fields(client)
+            query_start: bytes = fields[1]  # type: ignore[assignment]
+            response_start: bytes = fields[2]  # type: ignore[assignment]
             started = when - latency
             if int(started) != started_second:
                 started_second = int(started)
@@ -271,6 +277,26 @@ class DnstapSink(QueueSink):
                 frame(out, response_start + times + answered, _RESPONSE_HEADS, _RESPONSE_MESSAGE, response)
         return b"".join(out)
 
+    def frames(self, batch: list[Item], start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
+        """:meth:`raw_frames` of ``batch[start:stop]``, made by the ``_lines`` extension when it is built (the
+        same bytes) in a buffer reused by the next call (release the view before it); None when that part holds
+        other events."""
+        extension = native_extension()
+        if extension is not None:
+            clients, fields, envelope = self._clients, self._client_fields, self._envelope
+
+            def make(out: bytearray) -> int | None:
+                size: int | None = extension.dnstap(batch, start, stop, clients, fields, envelope, out)
+                return size
+
+            made, self._out = made_into(make, self._out)
+            if made is not None:
+                return made
+        part = batch[start:stop]
+        if not only_queries(part):
+            return None
+        return memoryview(self.raw_frames(part))
+
     def upstream_frames(self, event: UpstreamEvent) -> bytes:
         """RESOLVER_QUERY and RESOLVER_RESPONSE: the upstream is the response address."""
         family, address = _address(event.host)
@@ -283,11 +309,18 @@ class DnstapSink(QueueSink):
         return data_frame(dnstap(*envelope, query)) + data_frame(dnstap(*envelope, response))
 
     def emit_raw(self, batch: list[Item], now: float) -> None:
+        for start in range(0, len(batch), RECORDS_PER_WRITE):
+            stop = min(start + RECORDS_PER_WRITE, len(batch))
+            made = self.frames(batch, start, stop) if self.client_messages else None
+            if made is not None:
+                self._send(made, stop - start, now)
+            else:
+                self._send_mixed(batch[start:stop], now)
+
+    def _send_mixed(self, batch: list[Item], now: float) -> None:
+        """Upstream traffic among the queries (security events are not DNS messages): kept in order; ``messages``
+        chooses which are sent."""
         clients, resolvers = self.client_messages, self.resolver_messages
-        if clients and all(type(item) is tuple for item in batch):
-            self._send(self.raw_frames(batch), len(batch), now)  # type: ignore[arg-type]
-            return
-        # Upstream traffic among them (security events are not DNS messages): kept in order; `messages` chooses.
         chunks = []
         for item in batch:
             if type(item) is tuple:
@@ -298,7 +331,7 @@ class DnstapSink(QueueSink):
         if chunks:
             self._send(b"".join(chunks), len(chunks), now)
 
-    def _send(self, data: bytes, count: int, now: float) -> None:
+    def _send(self, data: bytes | memoryview, count: int, now: float) -> None:
         try:
             sock = self._connect(now)
         except OSError:

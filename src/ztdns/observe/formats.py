@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
+from types import ModuleType
+from typing import TypeGuard
 
 import dns.rdatatype
 import dns.rrset
@@ -22,7 +25,7 @@ try:
     from ztdns.observe import _lines
 except ImportError:  # built without a C compiler: lines are made in Python
     _lines = None  # type: ignore[assignment]
-from ztdns.observe.events import Answered, QueryEvent, RawQuery, SecurityEvent
+from ztdns.observe.events import Answered, Item, QueryEvent, RawQuery, SecurityEvent
 from ztdns.observe.privacy import Pseudonyms
 
 ECS_VERSION = "8.11.0"
@@ -53,7 +56,8 @@ def line(event: QueryEvent, clock: Clock, instance: str, who: Who | None = None)
     )
 
 
-# ZTDNS_NATIVE_LINES=python makes the native log's lines in Python even when the _lines extension is built.
+# ZTDNS_NATIVE_LINES=python makes the native log's lines and dnstap's frames in Python even when the _lines
+# extension is built.
 NATIVE_LINES_IN_C = os.environ.get("ZTDNS_NATIVE_LINES", "c") != "python"
 
 # The parts of native lines that are the same for every query of one client ([client, the members before the
@@ -63,13 +67,37 @@ NATIVE_LINES_IN_C = os.environ.get("ZTDNS_NATIVE_LINES", "c") != "python"
 # memos, not one per client and answer: dnsperf's 16 sockets asking 1,000 names would be 16,000 pairs.
 _CLIENT_PARTS_MEMO = 65_536
 _ANSWER_PARTS_MEMO = 16_384
+MAX_SIZE = sys.maxsize  # a stop index past any batch's end
+
+
+def native_extension() -> ModuleType | None:
+    """The ``_lines`` extension, unless it is not built or ``ZTDNS_NATIVE_LINES=python`` turns it off."""
+    return _lines if NATIVE_LINES_IN_C else None
+
+
+def only_queries(batch: list[Item]) -> TypeGuard[list[RawQuery]]:
+    """Whether ``batch`` holds the serving thread's query tuples only (the extension declines any other event)."""
+    return all(type(item) is tuple for item in batch)
+
+
+def made_into(make: Callable[[bytearray], int | None], out: bytearray) -> tuple[memoryview | None, bytearray]:
+    """Run an extension's ``make(out)`` (it writes from ``out``'s start, growing it); the bytes made (None: the
+    extension declined) and the buffer to keep for the next batch: a new one when a view of the old one is still
+    held (it cannot grow then)."""
+    try:
+        size = make(out)
+    except BufferError:
+        out = bytearray()
+        size = make(out)
+    return (None if size is None else memoryview(out)[:size]), out
 
 
 class NativeLines:
     """Native lines (the same text as :func:`line` with full privacy) made straight from the serving thread's
     tuples, a batch at a time, from parts made once per client and per answer: per query only the latency, the
-    query ID and the response size are formatted (the time stamp once per millisecond), and the pieces of the
-    whole batch are joined once."""
+    query ID and the response size are formatted (the time stamp's date and time once per second), and the pieces
+    of the whole batch are joined once — by the ``_lines`` extension, when it is built, into a buffer kept from
+    batch to batch."""
 
     def __init__(self, clock: Clock, instance: str) -> None:
         self.clock = clock
@@ -78,6 +106,7 @@ class NativeLines:
         self._answers: dict[int, list[object]] = {}
         self._milli = -1
         self._stamp = ""
+        self._out = bytearray()
 
     def _client_parts(self, client: ClientInfo) -> list[object]:
         if len(self._clients) >= _CLIENT_PARTS_MEMO:
@@ -101,15 +130,24 @@ class NativeLines:
         """A line's start up to its first member, for ``when``'s millisecond."""
         return f'{{"time": "{self.clock.format(when)}", '
 
-    def data(self, batch: list[RawQuery]) -> bytes:
-        """:meth:`text` as bytes, made by the ``_lines`` extension when it is built (the same bytes)."""
-        if _lines is not None and NATIVE_LINES_IN_C:
-            made = _lines.native(
-                batch, self._clients, self._answers, self._client_parts, self._answer_parts, self._stamp_of
-            )
+    def _second_of(self, second: int) -> str:
+        """A line's start up to its time stamp's milliseconds, for ``second`` (the extension adds the rest)."""
+        return f'{{"time": "{self.clock.second(second)}'
+
+    def data(self, batch: list[Item], start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
+        """:meth:`text` of ``batch[start:stop]`` encoded; made by the ``_lines`` extension when it is built (the
+        same bytes), in a buffer reused by the next call (release the view before it); None when that part holds
+        other events."""
+        extension = native_extension()
+        if extension is not None:
+            memos = (self._clients, self._answers, self._client_parts, self._answer_parts, self._second_of)
+            made, self._out = made_into(lambda out: extension.native(batch, start, stop, *memos, out), self._out)
             if made is not None:
                 return made
-        return self.text(batch).encode()
+        part = batch[start:stop]
+        if not only_queries(part):
+            return None
+        return memoryview(self.text(part).encode())
 
     def text(self, batch: list[RawQuery]) -> str:
         """The lines of ``batch``, each ending in a newline."""
@@ -208,12 +246,16 @@ class Clock:
         if milli == self._milli:
             return self._stamp
         second, fraction = divmod(milli, 1000)
+        self._milli = milli
+        self._stamp = f"{self.second(second)}.{fraction:03d}Z"
+        return self._stamp
+
+    def second(self, second: int) -> str:
+        """The stamp of ``second`` (since the epoch) up to its milliseconds."""
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        self._milli = milli
-        self._stamp = f"{self._prefix}.{fraction:03d}Z"
-        return self._stamp
+        return self._prefix
 
 
 def records(answer: Answered) -> list[dict[str, object]]:

@@ -10,10 +10,10 @@ import stat
 import sys
 from pathlib import Path
 
-from ztdns.observe.events import RawQuery
+from ztdns.observe.events import Item
 from ztdns.observe.formats import Formatter
 from ztdns.observe.privacy import Aggregate
-from ztdns.observe.sinks import TextSink
+from ztdns.observe.sinks import RECORDS_PER_WRITE, TextSink
 
 RETENTION_CHECK = 60.0  # seconds between looks for expired files
 _PIPE_CHUNK = 4096  # PIPE_BUF: a pipe (or socket, terminal) that polls writable takes this much without blocking
@@ -59,11 +59,17 @@ class QueryLog(TextSink):
         self._reopen_if_asked()
         self._write("".join(text + "\n" for _, text in lines))
 
-    def send_queries(self, queries: list[RawQuery], now: float) -> None:
+    def send_queries(self, batch: list[Item], now: float) -> bool:
         native = self.formatter.native
         assert native is not None  # raw is set only with it
         self._reopen_if_asked()
-        self._write_bytes(native.data(queries))
+        for start in range(0, len(batch), RECORDS_PER_WRITE):
+            made = native.data(batch, start, start + RECORDS_PER_WRITE)
+            if made is None:  # security events among the queries
+                part = batch[start : start + RECORDS_PER_WRITE]
+                made = memoryview("".join(text + "\n" for _, text in self.raw_lines(part)).encode())
+            self._write_bytes(made)
+        return True
 
     def _reopen_if_asked(self) -> None:
         if self._reopen and self.output != "stdout":
@@ -79,8 +85,12 @@ class QueryLog(TextSink):
     def _write(self, text: str) -> None:
         self._write_bytes(text.encode())
 
-    def _write_bytes(self, data: bytes) -> None:
+    def _write_bytes(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
+        if self._chunk == _FILE_CHUNK:  # polls writable anyway: no poll object per write
+            while view:
+                view = view[os.write(self._fd, view[: self._chunk]) :]
+            return
         poller = select.poll()
         poller.register(self._fd, select.POLLOUT)
         while view:
