@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
 from ztdns.model import Kind, Question, Resolver
 from ztdns.observe.dnstap import DnstapSink
+from ztdns.observe.events import Answered
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.sinks import QueueSink
@@ -50,6 +52,7 @@ from ztdns.resolver.sockets import OPEN as UPSTREAM_SOCKETS_OPEN
 from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.resolver.zones import ZoneRoute, ZoneRouter
+from ztdns.transport import Peer
 from ztdns.wire.header import header_only
 
 if TYPE_CHECKING:
@@ -238,6 +241,14 @@ def _upstream_resolvers(resolver: Resolver | None) -> Iterator[Forwarder | Recur
         yield resolver
 
 
+def _replay_identity(runtime: Runtime, client: ClientInfo) -> tuple[bool, str | None]:
+    """Whether a replay may answer this client, and the identity whose replays do."""
+    match = runtime.identities.match(client)
+    if match is None and client.certificate_required:
+        return False, None  # the refusal names the missing certificate: the identify stage writes it
+    return True, None if match is None else match.identity
+
+
 def trust_anchors(config: Config) -> TrustAnchors | None:
     """The ``[dnssec]`` trust anchors (None with validation off). Raises ConfigError naming the bad file."""
     dnssec = config.dnssec
@@ -360,10 +371,9 @@ class Frontend:
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop."""
         runtime = self.runtime
-        match = runtime.identities.match(client)
-        if match is None and client.certificate_required:
-            return None  # the refusal names the missing certificate: the identify stage writes it
-        identity = None if match is None else match.identity
+        replayable, identity = _replay_identity(runtime, client)
+        if not replayable:
+            return None
         now = time.monotonic()
         found = runtime.replays.answer(identity, wire, client.stream, now)
         if found is None:
@@ -374,6 +384,66 @@ class Frontend:
         answer, replay = found
         runtime.observer.record_answer(replay.answered, client, now, wire, answer)
         return answer
+
+    def fast_batch(
+        self,
+        batch: Iterable[tuple[bytes, Peer]],
+        client_of: Callable[[Peer], ClientInfo],
+        answers: list[tuple[bytes, Peer]],
+    ) -> list[tuple[bytes, Peer]]:
+        """:meth:`fast` for a UDP lane's batch (see :class:`~ztdns.transport.BatchHandler`), with the same answers,
+        metrics, query log events and detection decisions (tests/test_replay_batch.py): what does not depend on
+        the query is done once per batch (the clocks) or once per client in it (identity, rate-limit charges,
+        metric counts)."""
+        runtime = self.runtime
+        replay = runtime.replays.answer
+        detector = self.detector
+        # Whose replays a shared bucket stops depends on the order of arrival only when limits act or an identity
+        # bucket spans clients: then the charges follow it, a run of one client's replays at a time.
+        in_order: list[Peer] | None = [] if detector.enabled and detector.charges_in_order else None
+        now = time.monotonic()
+        left: list[tuple[bytes, Peer]] = []
+        # Per peer: who it is, whether replays may answer it, its identity, and the replays found for it.
+        peers: dict[Peer, tuple[ClientInfo, bool, str | None, list[tuple[Answered, bytes, bytes, Peer]]]] = {}
+        for wire, peer in batch:
+            known = peers.get(peer)
+            if known is None:
+                client = client_of(peer)
+                known = peers[peer] = (client, *_replay_identity(runtime, client), [])
+            client, replayable, identity, found_for = known
+            found = replay(identity, wire, client.stream, now) if replayable else None
+            if found is None:
+                left.append((wire, peer))
+                continue
+            answer, replayed = found
+            found_for.append((replayed.answered, wire, answer, peer))
+            if in_order is not None:
+                in_order.append(peer)
+        admitted: dict[Peer, int] = {}
+        if detector.enabled:
+            detected = detector.clock()
+            if in_order is None:
+                for peer, (client, _, identity, found_for) in peers.items():
+                    if found_for:
+                        admitted[peer] = detector.admit_replays(identity, client, len(found_for), detected)
+            else:
+                # Once one of a client's replays is stopped, so are its later ones (no bucket refills within a
+                # batch): the admitted ones are the first of each client's.
+                for peer, run in itertools.groupby(in_order):
+                    client, _, identity, _ = peers[peer]
+                    count = sum(1 for _ in run)
+                    admitted[peer] = admitted.get(peer, 0) + detector.admit_replays(identity, client, count, detected)
+        record = runtime.observer.record_answers
+        for peer, (client, _, _, found_for) in peers.items():
+            if not found_for:
+                continue
+            count = admitted.get(peer, len(found_for))
+            if count < len(found_for):  # over a rate limit or under a verdict: the detect stage answers
+                left += [(wire, peer) for _, wire, _, peer in found_for[count:]]
+                del found_for[count:]
+            answers += [(answer, peer) for _, _, answer, peer in found_for]
+            record(client, found_for, now)
+        return left
 
     def _prefetch(self, question: Question, entry: CacheEntry) -> None:
         if self.loop is not None:

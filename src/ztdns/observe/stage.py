@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import dns.message
 import dns.rcode
@@ -165,6 +166,35 @@ class Observer:
                 events.append((time.time(), client, answered, latency, query, response))
             else:
                 feed.dropped += 1
+
+    def record_answers(
+        self, client: ClientInfo, answers: Sequence[tuple[Answered, bytes, bytes, object]], started: float
+    ) -> None:
+        """:meth:`record_answer` for answers to one client that started together (a UDP lane's batch): each
+        ``(answered, query, response, _)`` gives the same feed event, with one clock read and one count per label
+        set for them all."""
+        latency = time.monotonic() - started
+        transport = client.transport
+        count_answer = self.metrics.count_answer
+        counted: Answered | None = None
+        count = 0
+        for answered, _, _, _ in answers:
+            if answered is not counted:  # a batch is mostly runs of one replay: one count per run
+                if counted is not None:
+                    count_answer(transport, counted.labels or counted.metric_labels(), latency, count)
+                counted, count = answered, 0
+            count += 1
+        if counted is not None:
+            count_answer(transport, counted.labels or counted.metric_labels(), latency, count)
+        feed = self.feed
+        if feed is not None:
+            events = feed.events
+            room = max(feed.limit - len(events), 0)
+            wall = time.time()
+            events.extend(
+                [(wall, client, answered, latency, query, response) for answered, query, response, _ in answers[:room]]
+            )
+            feed.dropped += max(len(answers) - room, 0)
 
     def upstream(
         self, transport: str, host: str, port: int, query: bytes, reply: dns.message.Message | bytes, sent: float
