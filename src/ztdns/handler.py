@@ -371,15 +371,16 @@ class Frontend:
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop."""
         runtime = self.runtime
-        replayable, identity = _replay_identity(runtime, client)
-        if not replayable:
+        match = runtime.identities.match(client)  # as _replay_identity, without a call: TCP, DoT, DoH per query
+        if match is None and client.certificate_required:
             return None
+        identity = None if match is None else match.identity
         now = time.monotonic()
         found = runtime.replays.answer(identity, wire, client.stream, now)
         if found is None:
             return None
         detector = self.detector
-        if detector.enabled and not detector.admit_replay(identity, client):
+        if detector.enabled and not detector.admit_replays(identity, client, 1, detector.clock()):
             return None  # over a rate limit or under a verdict: the pipeline's detect stage answers
         answer, replay = found
         runtime.observer.record_answer(replay.answered, client, now, wire, answer)

@@ -7,7 +7,7 @@ import contextlib
 import math
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dns.name
@@ -29,6 +29,7 @@ NXDOMAIN, SERVFAIL = 3, 2
 _SCORES_KEPT = 4096
 # Below this, a key is too young for the slow (bytes/s over a minute) tunnel rule to judge it.
 _MIN_AGE_FRACTION = 0.25
+_NOTHING_STOPPED: tuple[tuple[tuple[int, int], Verdict], ...] = ()
 
 
 @dataclass(slots=True)
@@ -176,14 +177,14 @@ class Detector:
 
     def admit_many(
         self, identity: str | None, address: str, exempt: bool, now: float, count: int
-    ) -> tuple[int, list[tuple[tuple[int, int], Verdict]]]:
+    ) -> tuple[int, Sequence[tuple[tuple[int, int], Verdict]]]:
         """Charge the rate limits for ``count`` queries of one client arriving at ``now`` (a UDP lane's batch):
         how many pass — the first ones, as buckets hand out tokens in order — and the limits that stopped the
         others (bucket key and verdict), in the order the stopped queries meet them. Buckets, verdicts and
         events end as after ``count`` calls of :meth:`admit` at ``now`` (tests/detection/test_detect_limits.py).
         """
         limits = self.config.rate_limit
-        stopping: list[tuple[tuple[int, int], float]] = []  # (bucket key, its rate), in bucket order
+        stopping: list[tuple[tuple[int, int], float]] | None = None  # (bucket key, its rate), in bucket order
         if identity is not None and limits.per_identity > 0:
             bucket = self.identity_buckets.get(identity)
             depth = limits.per_identity * limits.burst_seconds
@@ -192,21 +193,26 @@ class Detector:
             passed = bucket.take_many(limits.per_identity, depth, now, count)
             if passed < count:
                 self.identity_names[hash(identity)] = identity
-                stopping.append(((0, hash(identity)), limits.per_identity))
-            count = passed
+                stopping = [((0, hash(identity)), limits.per_identity)]
+                count = passed
         if count and not exempt and limits.per_prefix > 0:
             buckets = self.addresses.get(address)
             if buckets is None:
                 buckets = self._buckets_of(address, now)
             for key, bucket, allowed, depth in buckets:
-                passed = bucket.take_many(allowed, depth, now, count)
+                # TokenBucket.take_many, inlined: this runs for every replay of the other transports.
+                tokens = bucket.tokens + (now - bucket.stamp) * allowed
+                tokens = depth if tokens > depth else tokens
+                bucket.stamp = now
+                passed = count if tokens >= count else int(tokens) if tokens >= 1.0 else 0
+                bucket.tokens = tokens - passed
                 if passed < count:
-                    stopping.append((key, allowed))
-                count = passed
-                if not count:
-                    break
-        if not stopping:
-            return count, []
+                    stopping = [(key, allowed)] if stopping is None else [*stopping, (key, allowed)]
+                    count = passed
+                    if not count:
+                        break
+        if stopping is None:
+            return count, _NOTHING_STOPPED
         # A later bucket stops queries that got past the earlier ones: the first stopped query met the last.
         return count, [self._limited(key, allowed, now) for key, allowed in reversed(stopping)]
 
@@ -257,10 +263,6 @@ class Detector:
         count = self.slips.get(key, 0) + 1
         self.slips[key] = count
         return count % every == 0
-
-    def admit_replay(self, identity: str | None, client: ClientInfo) -> bool:
-        """For the replay fast path: False sends the query down the stages (which apply the limit or verdict)."""
-        return self.admit_replays(identity, client, 1, self.clock()) == 1
 
     def admit_replays(self, identity: str | None, client: ClientInfo, count: int, now: float) -> int:
         """For the replay fast path: of ``count`` replays to one client arriving at ``now``, how many are answered
