@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 
 import dns.message
+import dns.name
+import dns.rcode
 import pytest
 
+from ztdns import handler
+from ztdns.cache import CacheEntry
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
 from ztdns.handler import Frontend
+from ztdns.model import Question
 from ztdns.observe.events import SecurityEvent
 from ztdns.observe.sinks import Feed, QueueSink
+from ztdns.replay import Replay
 
 CONFIG = """
 [resolver]
@@ -56,8 +63,11 @@ def _queries() -> list[bytes]:
     for name, rdtype in [("www.lab.test", "A"), ("mail.lab.test", "AAAA"), ("nx.lab.test", "A")]:
         for spelling in (name, name.upper(), name.capitalize()):
             for edns in (-1, 0):
-                queries.append(dns.message.make_query(spelling, rdtype, use_edns=edns).to_wire())
-    return [*queries, dns.message.make_query("elsewhere.test", "A").to_wire(), b"\x00\x01garbage"]
+                queries.append(dns.message.make_query(spelling, rdtype, use_edns=edns))
+    queries.append(dns.message.make_query("elsewhere.test", "A"))
+    for number, query in enumerate(queries):
+        query.id = number
+    return [*(query.to_wire() for query in queries), b"\x00\x01garbage"]
 
 
 class Clock:
@@ -148,3 +158,72 @@ def test_a_batch_gets_what_one_query_at_a_time_gets(mode: str, per_identity: flo
             await frontend.close()
 
     asyncio.run(run())
+
+
+def _entry() -> CacheEntry:
+    return CacheEntry(dns.rcode.Rcode.NOERROR, [], [], [], False, time.monotonic(), 300)
+
+
+def _edge(case: str, replay: Replay, exact: dict[bytes, tuple[Replay, int, int]], key: bytes) -> None:
+    """Put one replay in the state of ``case``."""
+    if case == "expired":
+        replay.expires = 0.0
+    elif case in ("guard passes", "guard fails"):
+        replay.guard = lambda: case == "guard passes"
+    elif case == "rerender due":
+        replay.offsets, replay.stored, replay.rerender_at = [(6, 300)], time.monotonic() - 5, 0.0
+    elif case in ("cached", "prefetch due"):
+        replay.entry, replay.question = _entry(), Question(dns.name.from_text("www.lab.test"), 1, 1)
+        replay.prefetch_at = 0.0 if case == "prefetch due" else float("inf")
+    elif case == "over the size limit":
+        exact[key] = (replay, 0, 20)
+
+
+def _run_edges(case: str, compiled: bool) -> object:
+    async def run() -> object:
+        frontend, feed = await _frontend("observe", 0.0, Clock())
+        replays = frontend.runtime.replays
+        prefetched: list[Question] = []
+        replays.prefetch = lambda question, entry: prefetched.append(question)
+        queries = _queries()
+        answers: list[tuple[bytes, bytes]] = []
+        frontend.fast_batch([(wire, b"a") for wire in queries], PEERS.__getitem__, answers)  # the exact tables
+        for key, (replay, name_end, _) in list(replays.exact["lab"].items()):
+            if name_end == 0:
+                _edge(case, replay, replays.exact["lab"], key)
+        if not compiled:
+            handler.replay_run = handler.replay_run_in_python
+        batch = [(wire, peer) for wire in queries for peer in (b"a", b"c")] * 3
+        answers = []
+        left = frontend.fast_batch(batch, PEERS.__getitem__, answers)
+        handler.replay_run = native
+        entries = {replay.entry.hits for replay in replays.tables["lab"].values() if replay.entry is not None}
+        wires = sorted(replay.wire for replay in replays.tables["lab"].values())
+        feed.close()
+        await frontend.close()
+        return answers, sorted(left), entries, wires, len(prefetched)
+
+    native = handler.replay_run
+    try:
+        return asyncio.run(run())
+    finally:
+        handler.replay_run = native
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "plain",
+        "expired",
+        "guard passes",
+        "guard fails",
+        "rerender due",
+        "cached",
+        "prefetch due",
+        "over the size limit",
+    ],
+)
+def test_the_compiled_replay_run_answers_as_python_does(case: str) -> None:
+    pytest.importorskip("ztdns.transport._udpbatch", reason="the _udpbatch extension is not built")
+    assert handler.replay_run is not handler.replay_run_in_python
+    assert _run_edges(case, compiled=True) == _run_edges(case, compiled=False)

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +43,7 @@ from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
 from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
 from ztdns.protocol.respond import RespondStage
-from ztdns.replay import Replays
+from ztdns.replay import Replay, Replays
 from ztdns.resolver.forward import Forwarder, UpstreamSetupError
 from ztdns.resolver.hints import HintsError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
@@ -53,6 +53,11 @@ from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.resolver.zones import ZoneRoute, ZoneRouter
 from ztdns.transport import Peer
+
+try:
+    from ztdns.transport import _udpbatch
+except ImportError:  # built without a C compiler: fast_batch answers every datagram in Python
+    _udpbatch = None  # type: ignore[assignment]
 from ztdns.wire.header import header_only
 
 if TYPE_CHECKING:
@@ -241,6 +246,22 @@ def _upstream_resolvers(resolver: Resolver | None) -> Iterator[Forwarder | Recur
         yield resolver
 
 
+def replay_run_in_python(
+    batch: list[tuple[bytes, Peer]],
+    start: int,
+    peers: dict[Peer, tuple[ClientInfo, bool, str | None, list[tuple[Answered, bytes, bytes, Peer]]]],
+    tables: dict[str | None, dict[bytes, tuple[Replay, int, int]]],
+    now: float,
+    in_order: list[Peer] | None,
+) -> int:
+    """``_udpbatch.replay_run`` without the extension: every datagram is answered by ``Frontend.fast_batch``'s own
+    loop (``Replays.answer``), which gives the same results."""
+    return start
+
+
+replay_run = replay_run_in_python if _udpbatch is None else _udpbatch.replay_run
+
+
 def _replay_identity(runtime: Runtime, client: ClientInfo) -> tuple[bool, str | None]:
     """Whether a replay may answer this client, and the identity whose replays do."""
     match = runtime.identities.match(client)
@@ -388,7 +409,7 @@ class Frontend:
 
     def fast_batch(
         self,
-        batch: Iterable[tuple[bytes, Peer]],
+        batch: list[tuple[bytes, Peer]],
         client_of: Callable[[Peer], ClientInfo],
         answers: list[tuple[bytes, Peer]],
     ) -> list[tuple[bytes, Peer]]:
@@ -397,7 +418,8 @@ class Frontend:
         the query is done once per batch (the clocks) or once per client in it (identity, rate-limit charges,
         metric counts)."""
         runtime = self.runtime
-        replay = runtime.replays.answer
+        replays = runtime.replays
+        replay, tables = replays.answer, replays.exact
         detector = self.detector
         # Whose replays a shared bucket stops depends on the order of arrival only when limits act or an identity
         # bucket spans clients: then the charges follow it, a run of one client's replays at a time.
@@ -406,7 +428,14 @@ class Frontend:
         left: list[tuple[bytes, Peer]] = []
         # Per peer: who it is, whether replays may answer it, its identity, and the replays found for it.
         peers: dict[Peer, tuple[ClientInfo, bool, str | None, list[tuple[Answered, bytes, bytes, Peer]]]] = {}
-        for wire, peer in batch:
+        index, end = 0, len(batch)
+        while True:
+            # The plain replays in C, up to the first datagram that needs more (or all of them); that one here.
+            index = replay_run(batch, index, peers, tables, now, in_order)
+            if index >= end:
+                break
+            wire, peer = batch[index]
+            index += 1
             known = peers.get(peer)
             if known is None:
                 client = client_of(peer)

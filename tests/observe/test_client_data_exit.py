@@ -187,7 +187,7 @@ class BrokenFastPath(Frontend):
 
     def fast_batch(
         self,
-        batch: Iterable[tuple[bytes, Peer]],
+        batch: list[tuple[bytes, Peer]],
         client_of: Callable[[Peer], ClientInfo],
         answers: list[tuple[bytes, Peer]],
     ) -> list[tuple[bytes, Peer]]:

@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config.listen import ListenConfig
@@ -64,7 +64,7 @@ def sockaddr_address(name: bytes) -> Address:
 
 def _each(
     handler: Handler,
-    batch: Iterable[tuple[bytes, Peer]],
+    batch: list[tuple[bytes, Peer]],
     client_of: Callable[[Peer], ClientInfo],
     answers: list[tuple[bytes, Peer]],
 ) -> list[tuple[bytes, Peer]]:
