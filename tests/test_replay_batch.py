@@ -227,3 +227,24 @@ def test_the_compiled_replay_run_answers_as_python_does(case: str) -> None:
     pytest.importorskip("ztdns.transport._udpbatch", reason="the _udpbatch extension is not built")
     assert handler.replay_run is not handler.replay_run_in_python
     assert _run_edges(case, compiled=True) == _run_edges(case, compiled=False)
+
+
+def test_a_reload_forgets_which_identity_a_peer_has() -> None:
+    async def run() -> tuple[list[str | None], list[str | None]]:
+        frontend, feed = await _frontend("observe", 0.0, Clock())
+        wire = _queries()[0]
+        identities: list[list[str | None]] = []
+        for config in (CONFIG, CONFIG.replace("[identities.lab]", "[identities.other]")):
+            await frontend.reload(parse_config(config.format(mode="observe", per_identity=0.0), "test", Path(".")))
+            frontend.runtime.observer.feed = feed
+            await frontend.handle(wire, PEERS[b"a"])  # replays were dropped with the old config
+            await asyncio.sleep(0)
+            feed.events.clear()
+            answers: list[tuple[bytes, bytes]] = []
+            assert frontend.fast_batch([(wire, b"a")], PEERS.__getitem__, answers) == []
+            identities.append([item[2].identity for item in feed.events if isinstance(item, tuple)])
+        feed.close()
+        await frontend.close()
+        return identities[0], identities[1]
+
+    assert asyncio.run(run()) == (["lab"], ["other"])

@@ -14,8 +14,8 @@ import functools
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     from ztdns.control.shared import SharedCache
 
 
+# Peers remembered per config by Frontend.fast_batch; the memo starts over when full (a spoofed-source flood).
+_PEERS_MEMO = 65_536
 # Answers the fast path may replay. Stale answers and failures are never replayed: the next query should
 # try upstream again.
 _REPLAYABLE = frozenset(
@@ -134,6 +136,9 @@ class Runtime:
     replays: Replays
     detector: Detector
     handler: Next | None = None
+    # UDP lane peers (raw sockaddr bytes) → (client, replays may answer it, its identity), for Frontend.fast_batch:
+    # identities are matched once per peer and config, not per batch.
+    peers: dict[Any, tuple[ClientInfo, bool, str | None]] = field(default_factory=dict)
 
 
 def _where_in_zone(config: Config, index: int, key: tuple[str | int, ...]) -> str:
@@ -250,6 +255,7 @@ def replay_run_in_python(
     batch: list[tuple[bytes, Peer]],
     start: int,
     peers: dict[Peer, tuple[ClientInfo, bool, str | None, list[tuple[Answered, bytes, bytes, Peer]]]],
+    memo: dict[Peer, tuple[ClientInfo, bool, str | None]],
     tables: dict[str | None, dict[bytes, tuple[Replay, int, int]]],
     now: float,
     in_order: list[Peer] | None,
@@ -420,6 +426,7 @@ class Frontend:
         runtime = self.runtime
         replays = runtime.replays
         replay, tables = replays.answer, replays.exact
+        memo: dict[Peer, tuple[ClientInfo, bool, str | None]] = runtime.peers
         detector = self.detector
         # Whose replays a shared bucket stops depends on the order of arrival only when limits act or an identity
         # bucket spans clients: then the charges follow it, a run of one client's replays at a time.
@@ -431,15 +438,20 @@ class Frontend:
         index, end = 0, len(batch)
         while True:
             # The plain replays in C, up to the first datagram that needs more (or all of them); that one here.
-            index = replay_run(batch, index, peers, tables, now, in_order)
+            index = replay_run(batch, index, peers, memo, tables, now, in_order)
             if index >= end:
                 break
             wire, peer = batch[index]
             index += 1
             known = peers.get(peer)
             if known is None:
-                client = client_of(peer)
-                known = peers[peer] = (client, *_replay_identity(runtime, client), [])
+                seen = memo.get(peer)
+                if seen is None:
+                    if len(memo) >= _PEERS_MEMO:
+                        memo.clear()
+                    client = client_of(peer)
+                    seen = memo[peer] = (client, *_replay_identity(runtime, client))
+                known = peers[peer] = (*seen, [])
             client, replayable, identity, found_for = known
             found = replay(identity, wire, client.stream, now) if replayable else None
             if found is None:

@@ -131,22 +131,22 @@ static int float_attribute(PyObject *object, PyObject *name, double *value) {
 static PyObject *name_expires, *name_guard, *name_rerender_at, *name_entry, *name_prefetch_at, *name_tail,
     *name_answered, *name_hits;
 
-/* replay_run(batch, start, peers, tables, now, in_order) -> int
+/* replay_run(batch, start, peers, memo, tables, now, in_order) -> int
  * The plain case of Replays.answer (replay.py) for the datagrams of `batch` (a list of (query, peer)) from index
  * `start` on, for Frontend.fast_batch (handler.py): a query whose bytes after the ID are in its identity's exact
  * table (tables[identity], Replays.exact) as (replay, 0, limit), with the replay not expired, without a guard, its
  * TTLs current (now < rerender_at), no prefetch due and its answer within `limit`. For each, the answer (the
  * query's ID, then replay.tail) is made, the cache entry's hits counted, (replay.answered, query, answer, peer)
- * appended to the peer's list (peers[peer] is (client, replayable, identity, list)) and the peer to `in_order`
- * unless it is None. Returns the index of the first datagram it leaves to Python (anything else: a miss, another
+ * appended to the peer's list (peers[peer] is (client, replayable, identity, list), made from memo[peer], which is
+ * (client, replayable, identity), when the peer is new in the batch) and the peer to `in_order` unless it is None. Returns the index of the first datagram it leaves to Python (anything else: a miss, another
  * spelling, an expiry, a rerender, an unknown peer...) or len(batch): Python answers that one and calls again.
  * Without this extension Python answers every datagram the same way (tests/test_replay_batch.py). */
 static PyObject *udpbatch_replay_run(PyObject *self, PyObject *args) {
-    PyObject *batch, *peers, *tables, *in_order;
+    PyObject *batch, *peers, *memo, *tables, *in_order;
     Py_ssize_t start;
     double now;
-    if (!PyArg_ParseTuple(args, "O!nO!O!dO", &PyList_Type, &batch, &start, &PyDict_Type, &peers, &PyDict_Type,
-                          &tables, &now, &in_order))
+    if (!PyArg_ParseTuple(args, "O!nO!O!O!dO", &PyList_Type, &batch, &start, &PyDict_Type, &peers, &PyDict_Type,
+                          &memo, &PyDict_Type, &tables, &now, &in_order))
         return NULL;
     if (in_order != Py_None && !PyList_Check(in_order)) {
         PyErr_SetString(PyExc_TypeError, "in_order must be a list or None");
@@ -161,7 +161,22 @@ static PyObject *udpbatch_replay_run(PyObject *self, PyObject *args) {
         PyObject *state = PyDict_GetItemWithError(peers, peer); /* borrowed */
         if (state == NULL) {
             if (PyErr_Occurred()) return NULL;
-            break;
+            /* First seen in this batch: (client, replayable, identity) from the runtime's memo, with a new list. */
+            PyObject *seen = PyDict_GetItemWithError(memo, peer); /* borrowed */
+            if (seen == NULL) {
+                if (PyErr_Occurred()) return NULL;
+                break;
+            }
+            if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 3) break;
+            PyObject *found_for = PyList_New(0);
+            if (found_for == NULL) return NULL;
+            state = PyTuple_Pack(4, PyTuple_GET_ITEM(seen, 0), PyTuple_GET_ITEM(seen, 1), PyTuple_GET_ITEM(seen, 2),
+                                 found_for);
+            Py_DECREF(found_for);
+            if (state == NULL) return NULL;
+            int stored = PyDict_SetItem(peers, peer, state);
+            Py_DECREF(state); /* the dict holds it */
+            if (stored < 0) return NULL;
         }
         if (!PyTuple_Check(state) || PyTuple_GET_SIZE(state) != 4 || PyTuple_GET_ITEM(state, 1) != Py_True ||
             !PyList_Check(PyTuple_GET_ITEM(state, 3)))
@@ -248,7 +263,7 @@ static PyMethodDef udpbatch_methods[] = {
     {"recv", udpbatch_recv, METH_VARARGS, "recv(fd, buffer, size) -> list of (datagram, sockaddr)"},
     {"send", udpbatch_send, METH_VARARGS, "send(fd, answers) -> number sent"},
     {"replay_run", udpbatch_replay_run, METH_VARARGS,
-     "replay_run(batch, start, peers, tables, now, in_order) -> index of the first datagram left to Python"},
+     "replay_run(batch, start, peers, memo, tables, now, in_order) -> index of the first datagram left to Python"},
     {NULL, NULL, 0, NULL},
 };
 

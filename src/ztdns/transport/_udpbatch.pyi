@@ -11,6 +11,7 @@ def replay_run(
     batch: list[tuple[bytes, Any]],
     start: int,
     peers: dict[Any, tuple[Any, bool, str | None, list[Any]]],
+    memo: dict[Any, tuple[Any, bool, str | None]],
     tables: dict[str | None, dict[bytes, Any]],
     now: float,
     in_order: list[Any] | None,
