@@ -168,11 +168,16 @@ static PyObject *udpbatch_replay_run(PyObject *self, PyObject *args) {
                 break;
             }
             if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 3) break;
+            Py_INCREF(seen); /* another lane thread may clear the memo while an allocation runs a finaliser */
             PyObject *found_for = PyList_New(0);
-            if (found_for == NULL) return NULL;
+            if (found_for == NULL) {
+                Py_DECREF(seen);
+                return NULL;
+            }
             state = PyTuple_Pack(4, PyTuple_GET_ITEM(seen, 0), PyTuple_GET_ITEM(seen, 1), PyTuple_GET_ITEM(seen, 2),
                                  found_for);
             Py_DECREF(found_for);
+            Py_DECREF(seen);
             if (state == NULL) return NULL;
             int stored = PyDict_SetItem(peers, peer, state);
             Py_DECREF(state); /* the dict holds it */
