@@ -53,12 +53,12 @@ from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.resolver.zones import ZoneRoute, ZoneRouter
 from ztdns.transport import Peer
+from ztdns.wire.header import header_only
 
 try:
     from ztdns.transport import _udpbatch
 except ImportError:  # built without a C compiler: fast_batch answers every datagram in Python
     _udpbatch = None  # type: ignore[assignment]
-from ztdns.wire.header import header_only
 
 if TYPE_CHECKING:
     from ztdns.authority.handler import Authority
@@ -400,7 +400,7 @@ class Frontend:
         runtime = self.runtime
         match = runtime.identities.match(client)  # as _replay_identity, without a call: TCP, DoT, DoH per query
         if match is None and client.certificate_required:
-            return None
+            return None  # the refusal names the missing certificate: the identify stage writes it
         identity = None if match is None else match.identity
         now = time.monotonic()
         found = runtime.replays.answer(identity, wire, client.stream, now)
