@@ -213,6 +213,8 @@ class Detector:
                         break
         if stopping is None:
             return count, _NOTHING_STOPPED
+        if len(stopping) == 1:  # one query, or one bucket ran out: no list to make (every DoT/DoH replay over it)
+            return count, (self._limited(*stopping[0], now),)
         # A later bucket stops queries that got past the earlier ones: the first stopped query met the last.
         return count, [self._limited(key, allowed, now) for key, allowed in reversed(stopping)]
 
