@@ -475,7 +475,7 @@ class Frontend:
                     client, _, identity, _ = peers[peer]
                     count = sum(1 for _ in run)
                     admitted[peer] = admitted.get(peer, 0) + detector.admit_replays(identity, client, count, detected)
-        record = runtime.observer.record_answers
+        served = []
         for peer, (client, _, _, found_for) in peers.items():
             if not found_for:
                 continue
@@ -484,7 +484,8 @@ class Frontend:
                 left += [(wire, peer) for _, wire, _, peer in found_for[count:]]
                 del found_for[count:]
             answers += [(answer, peer) for _, _, answer, peer in found_for]
-            record(client, found_for, now)
+            served.append((client, found_for))
+        runtime.observer.record_answers(served, now)
         return left
 
     def _prefetch(self, question: Question, entry: CacheEntry) -> None:
