@@ -4,7 +4,8 @@
 
 CPU: in-process, no sockets, rounds alternating off / observe (every detector on, rate-limit buckets charged
 but never exceeded), so load from other processes hits both alike; min and median per query over rounds.
-- replay: ``Frontend.fast`` on a replayed (cache-hit) answer, the bytes-keyed lookup;
+- replay: ``Frontend.fast`` on a replayed (cache-hit) answer, the bytes-keyed lookup; "replay batch": the same
+  through ``Frontend.fast_batch`` in batches of 64, as the batched UDP lane answers them;
 - miss: ``Frontend.handle`` on a new name each query around a resolver that answers at once (as bench/stages.py);
 - stages: the detect and fetch-quota stages alone on the same names (``stages_round``): "off" is the bare answer,
   "observe" what the two stages add, the steadier figure of the detection share of a miss.
@@ -84,7 +85,9 @@ async def miss_round(mode: str, names: list[dns.name.Name], wires: list[bytes]) 
     return spent / len(wires)
 
 
-async def replay_round(mode: str, count: int) -> float:
+async def replay_round(mode: str, count: int, batched: bool = False) -> float:
+    """µs per replay through ``Frontend.fast``, or (``batched``) ``Frontend.fast_batch`` in batches of 64 as the
+    batched UDP lane calls it."""
     name = dns.name.from_text("www.bench.test")
     resolver = AnsweringResolver()
     resolver.answers = {name: signed_answer(name)}
@@ -93,11 +96,17 @@ async def replay_round(mode: str, count: int) -> float:
     wire = dns.message.make_query(name, "A", want_dnssec=True).to_wire()
     await server.handle(wire, CLIENT)
     await asyncio.sleep(0)
-    fast = server.fast
+    fast, fast_batch = server.fast, server.fast_batch
+    batch, client_of = [(wire, b"client")] * 64, {b"client": CLIENT}.__getitem__
     started = time.thread_time()
-    for _ in range(count):
-        if fast(wire, CLIENT) is None:
-            raise RuntimeError("not replayed")
+    if batched:
+        for _ in range(count // len(batch)):
+            if fast_batch(batch, client_of, []):
+                raise RuntimeError("not replayed")
+    else:
+        for _ in range(count):
+            if fast(wire, CLIENT) is None:
+                raise RuntimeError("not replayed")
     spent = time.thread_time() - started
     await server.close()
     return spent / count
@@ -150,6 +159,7 @@ async def cpu(count: int, rounds: int) -> None:
     for _ in range(rounds):
         for mode in ("off", "observe"):
             results.setdefault(("replay", mode), []).append(await replay_round(mode, count * 5))
+            results.setdefault(("replay batch", mode), []).append(await replay_round(mode, count * 5, batched=True))
             results.setdefault(("miss", mode), []).append(await miss_round(mode, names, wires))
             gc.collect()
         added, bare = await stages_round(names, wires)
@@ -158,7 +168,7 @@ async def cpu(count: int, rounds: int) -> None:
     gc.enable()
     print("| path | detection off µs (min / median) | observe µs (min / median) | added (min) |")
     print("|---|---|---|---|")
-    for path in ("replay", "miss", "stages"):
+    for path in ("replay", "replay batch", "miss", "stages"):
         off, on = results[(path, "off")], results[(path, "observe")]
         print(
             f"| {path} | {min(off) * 1e6:.2f} / {statistics.median(off) * 1e6:.2f} | "

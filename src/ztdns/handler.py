@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -32,6 +33,7 @@ from ztdns.identity import IdentityMap
 from ztdns.identity.stage import IdentifyStage
 from ztdns.model import Kind, Question, Resolver
 from ztdns.observe.dnstap import DnstapSink
+from ztdns.observe.events import Answered
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.sinks import QueueSink
@@ -42,7 +44,7 @@ from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
 from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
 from ztdns.protocol.respond import RespondStage
-from ztdns.replay import Replays
+from ztdns.replay import Replay, Replays
 from ztdns.resolver.forward import Forwarder, UpstreamSetupError
 from ztdns.resolver.hints import HintsError
 from ztdns.resolver.local import LocalZones, LocalZoneStage, load_zone
@@ -51,13 +53,21 @@ from ztdns.resolver.sockets import OPEN as UPSTREAM_SOCKETS_OPEN
 from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.resolver.zones import ZoneRoute, ZoneRouter
+from ztdns.transport import Peer
 from ztdns.wire.header import header_only
+
+try:
+    from ztdns.transport import _udpbatch
+except ImportError:  # built without a C compiler: fast_batch answers every datagram in Python
+    _udpbatch = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from ztdns.authority.handler import Authority
     from ztdns.control.shared import SharedCache
 
 
+# Peers remembered per config by Frontend.fast_batch; the memo starts over when full (a spoofed-source flood).
+_PEERS_MEMO = 65_536
 # Answers the fast path may replay. Stale answers and failures are never replayed: the next query should
 # try upstream again.
 _REPLAYABLE = frozenset(
@@ -127,6 +137,9 @@ class Runtime:
     replays: Replays
     detector: Detector
     handler: Next | None = None
+    # UDP lane peers (raw sockaddr bytes) → (client, replays may answer it, its identity), for Frontend.fast_batch:
+    # identities are matched once per peer and config, not per batch.
+    peers: dict[Any, tuple[ClientInfo, bool, str | None]] = field(default_factory=dict)
 
 
 def _where_in_zone(config: Config, index: int, key: tuple[str | int, ...]) -> str:
@@ -237,6 +250,31 @@ def _upstream_resolvers(resolver: Resolver | None) -> Iterator[Forwarder | Recur
         yield from _upstream_resolvers(resolver.inner)
     elif isinstance(resolver, Forwarder | RecursiveResolver):
         yield resolver
+
+
+def replay_run_in_python(
+    batch: list[tuple[bytes, Peer]],
+    start: int,
+    peers: dict[Peer, tuple[ClientInfo, bool, str | None, list[tuple[Answered, bytes, bytes, Peer]]]],
+    memo: dict[Peer, tuple[ClientInfo, bool, str | None]],
+    tables: dict[str | None, dict[bytes, tuple[Replay, int, int]]],
+    now: float,
+    in_order: list[Peer] | None,
+) -> int:
+    """``_udpbatch.replay_run`` without the extension: every datagram is answered by ``Frontend.fast_batch``'s own
+    loop (``Replays.answer``), which gives the same results."""
+    return start
+
+
+replay_run = replay_run_in_python if _udpbatch is None else _udpbatch.replay_run
+
+
+def _replay_identity(runtime: Runtime, client: ClientInfo) -> tuple[bool, str | None]:
+    """Whether a replay may answer this client, and the identity whose replays do."""
+    match = runtime.identities.match(client)
+    if match is None and client.certificate_required:
+        return False, None  # the refusal names the missing certificate: the identify stage writes it
+    return True, None if match is None else match.identity
 
 
 def trust_anchors(config: Config) -> TrustAnchors | None:
@@ -367,7 +405,7 @@ class Frontend:
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Replay a pre-rendered answer, or None. Runs on UDP lane threads as well as the event loop."""
         runtime = self.runtime
-        match = runtime.identities.match(client)
+        match = runtime.identities.match(client)  # as _replay_identity, without a call: TCP, DoT, DoH per query
         if match is None and client.certificate_required:
             return None  # the refusal names the missing certificate: the identify stage writes it
         identity = None if match is None else match.identity
@@ -376,11 +414,86 @@ class Frontend:
         if found is None:
             return None
         detector = self.detector
-        if detector.enabled and not detector.admit_replay(identity, client):
+        if detector.enabled and not detector.admit_replays(identity, client, 1, detector.clock()):
             return None  # over a rate limit or under a verdict: the pipeline's detect stage answers
         answer, replay = found
         runtime.observer.record_answer(replay.answered, client, now, wire, answer)
         return answer
+
+    def fast_batch(
+        self,
+        batch: list[tuple[bytes, Peer]],
+        client_of: Callable[[Peer], ClientInfo],
+        answers: list[tuple[bytes, Peer]],
+    ) -> list[tuple[bytes, Peer]]:
+        """:meth:`fast` for a UDP lane's batch (see :class:`~ztdns.transport.BatchHandler`), with the same answers,
+        metrics, query log events and detection decisions (tests/test_replay_batch.py): what does not depend on
+        the query is done once per batch (the clocks) or once per client in it (identity, rate-limit charges,
+        metric counts)."""
+        runtime = self.runtime
+        replays = runtime.replays
+        replay, tables = replays.answer, replays.exact
+        memo: dict[Peer, tuple[ClientInfo, bool, str | None]] = runtime.peers
+        detector = self.detector
+        # Whose replays a shared bucket stops depends on the order of arrival only when limits act or an identity
+        # bucket spans clients: then the charges follow it, a run of one client's replays at a time.
+        in_order: list[Peer] | None = [] if detector.enabled and detector.charges_in_order else None
+        now = time.monotonic()
+        left: list[tuple[bytes, Peer]] = []
+        # Per peer: who it is, whether replays may answer it, its identity, and the replays found for it.
+        peers: dict[Peer, tuple[ClientInfo, bool, str | None, list[tuple[Answered, bytes, bytes, Peer]]]] = {}
+        index, end = 0, len(batch)
+        while True:
+            # The plain replays in C, up to the first datagram that needs more (or all of them); that one here.
+            index = replay_run(batch, index, peers, memo, tables, now, in_order)
+            if index >= end:
+                break
+            wire, peer = batch[index]
+            index += 1
+            known = peers.get(peer)
+            if known is None:
+                seen = memo.get(peer)
+                if seen is None:
+                    if len(memo) >= _PEERS_MEMO:
+                        memo.clear()
+                    client = client_of(peer)
+                    seen = memo[peer] = (client, *_replay_identity(runtime, client))
+                known = peers[peer] = (*seen, [])
+            client, replayable, identity, found_for = known
+            found = replay(identity, wire, client.stream, now) if replayable else None
+            if found is None:
+                left.append((wire, peer))
+                continue
+            answer, replayed = found
+            found_for.append((replayed.answered, wire, answer, peer))
+            if in_order is not None:
+                in_order.append(peer)
+        admitted: dict[Peer, int] = {}
+        if detector.enabled:
+            detected = detector.clock()
+            if in_order is None:
+                for peer, (client, _, identity, found_for) in peers.items():
+                    if found_for:
+                        admitted[peer] = detector.admit_replays(identity, client, len(found_for), detected)
+            else:
+                # Once one of a client's replays is stopped, so are its later ones (no bucket refills within a
+                # batch): the admitted ones are the first of each client's.
+                for peer, run in itertools.groupby(in_order):
+                    client, _, identity, _ = peers[peer]
+                    count = sum(1 for _ in run)
+                    admitted[peer] = admitted.get(peer, 0) + detector.admit_replays(identity, client, count, detected)
+        served = []
+        for peer, (client, _, _, found_for) in peers.items():
+            if not found_for:
+                continue
+            count = admitted.get(peer, len(found_for))
+            if count < len(found_for):  # over a rate limit or under a verdict: the detect stage answers
+                left += [(wire, peer) for _, wire, _, peer in found_for[count:]]
+                del found_for[count:]
+            answers += [(answer, peer) for _, _, answer, peer in found_for]
+            served.append((client, found_for))
+        runtime.observer.record_answers(served, now)
+        return left
 
     def _prefetch(self, question: Question, entry: CacheEntry) -> None:
         if self.loop is not None:

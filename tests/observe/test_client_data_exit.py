@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import dns.message
@@ -24,6 +24,7 @@ from ztdns.config import parse_config
 from ztdns.config.listen import ListenConfig
 from ztdns.handler import Frontend
 from ztdns.model import EDE, Question, Reason, Resolution
+from ztdns.transport import Peer
 from ztdns.transport.udp import UdpListener
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "ztdns"
@@ -182,6 +183,14 @@ def test_failing_and_hostile_queries_log_no_client_data_outside_observe(caplog: 
 
 class BrokenFastPath(Frontend):
     def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        raise RuntimeError("replay lookup broke")
+
+    def fast_batch(
+        self,
+        batch: list[tuple[bytes, Peer]],
+        client_of: Callable[[Peer], ClientInfo],
+        answers: list[tuple[bytes, Peer]],
+    ) -> list[tuple[bytes, Peer]]:
         raise RuntimeError("replay lookup broke")
 
 

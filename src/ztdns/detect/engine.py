@@ -7,7 +7,7 @@ import contextlib
 import math
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dns.name
@@ -29,6 +29,7 @@ NXDOMAIN, SERVFAIL = 3, 2
 _SCORES_KEPT = 4096
 # Below this, a key is too young for the slow (bytes/s over a minute) tunnel rule to judge it.
 _MIN_AGE_FRACTION = 0.25
+_NOTHING_STOPPED: tuple[tuple[tuple[int, int], Verdict], ...] = ()
 
 
 @dataclass(slots=True)
@@ -110,6 +111,9 @@ class Detector:
         self.dga_on = self.modes["dga"] != "off"
         self.flood_on = self.modes["flood"] != "off"
         limits = config.rate_limit
+        # A batch of replays must be charged in the order it arrived (not client by client) when that changes the
+        # outcome: limits that stop replays, or an identity bucket that spans several clients' prefix buckets.
+        self.charges_in_order = self.limits_on and (self.modes["rate_limit"] == "enforce" or limits.per_identity > 0)
         # Cookies only matter where limits act; and answers carrying one cannot be replayed.
         if not (limits.cookies and self.modes["rate_limit"] == "enforce"):
             self.cookies = None
@@ -168,35 +172,56 @@ class Detector:
     def admit(
         self, identity: str | None, address: str, exempt: bool, now: float
     ) -> tuple[tuple[int, int], Verdict] | None:
-        """Charge the rate limits; None when within them, else the bucket key and its verdict.
+        """Charge the rate limits for one query; None when within them, else the bucket key and its verdict.
 
         ``exempt`` (a verified certificate, a valid server cookie) skips the address-based limits: those
         addresses are not spoofed.
         """
+        passed, stopped = self.admit_many(identity, address, exempt, now, 1)
+        return None if passed else stopped[0]
+
+    def admit_many(
+        self, identity: str | None, address: str, exempt: bool, now: float, count: int
+    ) -> tuple[int, Sequence[tuple[tuple[int, int], Verdict]]]:
+        """Charge the rate limits for ``count`` queries of one client arriving at ``now`` (a UDP lane's batch):
+        how many pass — the first ones, as buckets hand out tokens in order — and the limits that stopped the
+        others (bucket key and verdict), in the order the stopped queries meet them. Buckets, verdicts and
+        events end as after ``count`` calls of :meth:`admit` at ``now`` (tests/detection/test_detect_limits.py).
+        """
         limits = self.config.rate_limit
+        stopping: list[tuple[tuple[int, int], float]] | None = None  # (bucket key, its rate), in bucket order
         if identity is not None and limits.per_identity > 0:
             bucket = self.identity_buckets.get(identity)
             depth = limits.per_identity * limits.burst_seconds
             if bucket is None:
                 bucket = self.identity_buckets[identity] = TokenBucket(depth, now)
-            if not bucket.take(limits.per_identity, depth, now):
+            passed = bucket.take_many(limits.per_identity, depth, now, count)
+            if passed < count:
                 self.identity_names[hash(identity)] = identity
-                return self._limited((0, hash(identity)), limits.per_identity, now)
-        if exempt or limits.per_prefix <= 0:
-            return None
-        buckets = self.addresses.get(address)
-        if buckets is None:
-            buckets = self._buckets_of(address, now)
-        for key, bucket, allowed, depth in buckets:
-            # TokenBucket.take, inlined: this runs for every query and replay.
-            tokens = bucket.tokens + (now - bucket.stamp) * allowed
-            bucket.stamp = now
-            if tokens >= 1.0:
-                bucket.tokens = (depth if tokens > depth else tokens) - 1.0
-            else:
-                bucket.tokens = tokens
-                return self._limited(key, allowed, now)
-        return None
+                stopping = [((0, hash(identity)), limits.per_identity)]
+                count = passed
+        if count and not exempt and limits.per_prefix > 0:
+            buckets = self.addresses.get(address)
+            if buckets is None:
+                buckets = self._buckets_of(address, now)
+            for key, bucket, allowed, depth in buckets:
+                # TokenBucket.take_many, inlined: this runs for every replay of the other transports.
+                tokens = bucket.tokens + (now - bucket.stamp) * allowed
+                tokens = depth if tokens > depth else tokens
+                bucket.stamp = now
+                passed = count if tokens >= count else int(tokens) if tokens >= 1.0 else 0
+                bucket.tokens = tokens - passed
+                if passed < count:
+                    stopping = [(key, allowed)] if stopping is None else [*stopping, (key, allowed)]
+                    count = passed
+                    if not count:
+                        break
+        if stopping is None:
+            return count, _NOTHING_STOPPED
+        if len(stopping) == 1:  # one query, or one bucket ran out: no list to make (every DoT/DoH replay over it)
+            return count, (self._limited(*stopping[0], now),)
+        # A later bucket stops queries that got past the earlier ones: the first stopped query met the last.
+        return count, [self._limited(key, allowed, now) for key, allowed in reversed(stopping)]
 
     def _buckets_of(self, address: str, now: float) -> list[tuple[tuple[int, int], TokenBucket, float, float]]:
         """The buckets of an address's prefixes, remembered per address so a query parses nothing."""
@@ -246,18 +271,20 @@ class Detector:
         self.slips[key] = count
         return count % every == 0
 
-    def admit_replay(self, identity: str | None, client: ClientInfo) -> bool:
-        """For the replay fast path: False sends the query down the stages (which apply the limit or verdict).
+    def admit_replays(self, identity: str | None, client: ClientInfo, count: int, now: float) -> int:
+        """For the replay fast path: of ``count`` replays to one client arriving at ``now``, how many are answered
+        (the first ones); the others go down the stages, which apply the limit or verdict.
 
         Replays are answers already given, so they carry nothing to analyse; only the rate limits count them.
         """
         certificate = client.certificate_identity
         if self.blocks and ("dga", certificate or client.address) in self.blocks:
-            return False
+            return 0
         if not self.limits_on:
-            return True
-        limited = self.admit(identity, client.address, certificate is not None, self.clock())
-        return limited is None or not limited[1].enforced
+            return count
+        passed, stopped = self.admit_many(identity, client.address, certificate is not None, now, count)
+        # Every rate-limit verdict follows the one rate_limit mode: enforced all, or none (observe).
+        return passed if stopped and stopped[0][1].enforced else count
 
     def blocked(self, identity: str | None, subject: str, name: Name, now: float) -> Verdict | None:
         """The verdict in force on this query, if any (expired ones are dropped by the tick)."""

@@ -112,10 +112,13 @@ class TokenBucket:
         self.stamp = now
 
     def take(self, rate_per_second: float, depth: float, now: float) -> bool:
+        return self.take_many(rate_per_second, depth, now, 1) == 1
+
+    def take_many(self, rate_per_second: float, depth: float, now: float, count: int) -> int:
+        """``count`` queries arriving at ``now`` take a token each while there is one: how many got one. The same
+        tokens as ``count`` calls of ``take`` at ``now`` (taking 1.0 at a time from a float below 2**53 is exact)."""
         tokens = min(depth, self.tokens + (now - self.stamp) * rate_per_second)
         self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
-            return True
-        self.tokens = tokens
-        return False
+        taken = min(count, int(tokens)) if tokens >= 1.0 else 0
+        self.tokens = tokens - taken
+        return taken

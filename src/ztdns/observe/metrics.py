@@ -80,20 +80,21 @@ class Metrics:
         shard.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
         shard.latency_sum += latency
 
-    def count_answer(self, transport: str, labels: tuple[str, ...], latency: float) -> None:
+    def count_answer(self, transport: str, labels: tuple[str, ...], latency: float, count: int = 1) -> None:
         """Count a resolver answer by all its labels (``Answered.metric_labels()``: one tuple per answer, shared
-        by its replays, so the key costs what the (transport, kind, rcode) one did)."""
+        by its replays, so the key costs what the (transport, kind, rcode) one did); ``count`` answers of the
+        same labels and latency at once (a UDP lane's batch)."""
         try:
             shard: Shard = self._local.shard
         except AttributeError:
             shard = self._new_shard()
         key = (transport, labels)
-        count = shard.answers.get(key)
-        if count is None:
-            count = shard.answers[key] = [0]
-        count[0] += 1
-        shard.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
-        shard.latency_sum += latency
+        counts = shard.answers.get(key)
+        if counts is None:
+            counts = shard.answers[key] = [0]
+        counts[0] += count
+        shard.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += count
+        shard.latency_sum += latency * count
 
     def _new_shard(self) -> Shard:
         shard = Shard()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Sequence
 
 import dns.message
 import dns.rcode
@@ -165,6 +166,45 @@ class Observer:
                 events.append((time.time(), client, answered, latency, query, response))
             else:
                 feed.dropped += 1
+
+    def record_answers(
+        self, answers: Iterable[tuple[ClientInfo, Sequence[tuple[Answered, bytes, bytes, object]]]], started: float
+    ) -> None:
+        """:meth:`record_answer` for answers that started together (a UDP lane's batch), by client: each
+        ``(answered, query, response, _)`` gives the same feed event, with one clock read and one count per label
+        set for them all."""
+        latency = time.monotonic() - started
+        counts: dict[tuple[str, tuple[str, ...]], int] = {}
+        for client, replies in answers:
+            transport = client.transport
+            counted: Answered | None = None
+            run = 0
+            for answered, _, _, _ in replies:
+                if answered is not counted:  # a batch is mostly runs of one replay: one look-up per run
+                    if counted is not None:
+                        key = (transport, counted.labels or counted.metric_labels())
+                        counts[key] = counts.get(key, 0) + run
+                    counted, run = answered, 0
+                run += 1
+            if counted is not None:
+                key = (transport, counted.labels or counted.metric_labels())
+                counts[key] = counts.get(key, 0) + run
+        count_answer = self.metrics.count_answer
+        for (by_transport, labels), count in counts.items():
+            count_answer(by_transport, labels, latency, count)
+        feed = self.feed
+        if feed is not None:
+            events = feed.events
+            wall = time.time()
+            for client, replies in answers:
+                room = max(feed.limit - len(events), 0)
+                events.extend(
+                    [
+                        (wall, client, answered, latency, query, response)
+                        for answered, query, response, _ in replies[:room]
+                    ]
+                )
+                feed.dropped += max(len(replies) - room, 0)
 
     def upstream(
         self, transport: str, host: str, port: int, query: bytes, reply: dns.message.Message | bytes, sent: float

@@ -7,10 +7,13 @@ framing; it builds a :class:`~ztdns.client.ClientInfo` (source address, verified
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Hashable, Iterable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ztdns.client import ClientInfo
+
+# Whatever a transport tells its clients apart by (a UDP lane: the raw sockaddr bytes).
+Peer = TypeVar("Peer", bound=Hashable)
 
 
 class Handler(Protocol):
@@ -22,6 +25,22 @@ class Handler(Protocol):
 
     async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
         """Run the pipeline. Returns the response wire, or None when the query must be dropped silently."""
+
+
+@runtime_checkable
+class BatchHandler(Protocol):
+    """A handler that answers a UDP lane's batch of datagrams at once (per-batch clock reads, identity look-ups,
+    rate-limit charges and metric counts); the lane calls ``fast`` per datagram for handlers without it."""
+
+    def fast_batch(
+        self,
+        batch: list[tuple[bytes, Peer]],
+        client_of: Callable[[Peer], ClientInfo],
+        answers: list[tuple[bytes, Peer]],
+    ) -> list[tuple[bytes, Peer]]:
+        """``fast`` for each ``(query, peer)`` of ``batch`` (``client_of`` says who a peer is): appends
+        ``(answer, peer)`` to ``answers`` for what it answered and returns the ``(query, peer)`` pairs left for
+        ``handle``."""
 
 
 @runtime_checkable

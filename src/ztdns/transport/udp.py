@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config.listen import ListenConfig
-from ztdns.transport import Handler
+from ztdns.transport import BatchHandler, Handler, Peer
 
 try:
     from ztdns.transport import _udpbatch
@@ -58,6 +60,27 @@ def sockaddr_address(name: bytes) -> Address:
         return socket.inet_ntop(socket.AF_INET, name[4:8]), port
     flowinfo = int.from_bytes(name[4:8], "big")
     return socket.inet_ntop(socket.AF_INET6, name[8:24]), port, flowinfo, int.from_bytes(name[24:28], sys.byteorder)
+
+
+def _each(
+    handler: Handler,
+    batch: list[tuple[bytes, Peer]],
+    client_of: Callable[[Peer], ClientInfo],
+    answers: list[tuple[bytes, Peer]],
+) -> list[tuple[bytes, Peer]]:
+    """``BatchHandler.fast_batch`` for a handler without it: ``fast`` per datagram."""
+    left = []
+    for data, peer in batch:
+        try:
+            answer = handler.fast(data, client_of(peer))
+        except Exception:  # never let one packet stop the lane
+            log.exception("fast path failed")  # no address: client data leaves only through observe/
+            answer = None
+        if answer is None:
+            left.append((data, peer))
+        elif answer:  # b"": the handler decided to drop the query
+            answers.append((answer, peer))
+    return left
 
 
 class UdpListener:
@@ -120,38 +143,45 @@ class UdpListener:
                 break
 
     def _batched_lane(self) -> None:
-        """The lane with ``recvmmsg``/``sendmmsg``: clients are remembered by their raw sockaddr bytes."""
+        """The lane with ``recvmmsg``/``sendmmsg``: clients are remembered by their raw sockaddr bytes, and a
+        batch is answered at once (``BatchHandler.fast_batch``) when the handler can."""
         assert _udpbatch is not None
-        receive, send, fast = _udpbatch.recv, _udpbatch.send, self.handler.fast
+        receive, send = _udpbatch.recv, _udpbatch.send
+        handler = self.handler
+        fast_batch = handler.fast_batch if isinstance(handler, BatchHandler) else functools.partial(_each, handler)
         fd = self.sock.fileno()
         buffer = bytearray(_udpbatch.BATCH * MAX_QUERY)
         clients: dict[bytes, tuple[ClientInfo, Address]] = {}
+
+        def known(name: bytes) -> tuple[ClientInfo, Address]:
+            found = clients.get(name)
+            if found is None:
+                if len(clients) >= _CLIENT_MEMO:
+                    clients.clear()
+                addr = sockaddr_address(name)
+                found = clients[name] = (ClientInfo(Transport.UDP, addr[0], addr[1]), addr)
+            return found
+
+        def client_of(name: bytes) -> ClientInfo:
+            return known(name)[0]
+
         while not self.stopping:
             try:
                 batch = receive(fd, buffer, MAX_QUERY)
             except OSError:
                 continue
             answers: list[tuple[bytes, bytes]] = []
-            for data, name in batch:
-                known = clients.get(name)
-                if known is None:
-                    if len(clients) >= _CLIENT_MEMO:
-                        clients.clear()
-                    addr = sockaddr_address(name)
-                    known = clients[name] = (ClientInfo(Transport.UDP, addr[0], addr[1]), addr)
-                try:
-                    answer = fast(data, known[0])
-                except Exception:  # never let one packet stop the lane
-                    log.exception("fast path failed")  # no address: client data leaves only through observe/
-                    answer = None
-                if answer is not None:
-                    if answer:  # b"": the handler decided to drop the query
-                        answers.append((answer, name))
-                elif not self._submit(data, *known):
-                    self.stopping = True
-                    break
+            try:
+                left = fast_batch(batch, client_of, answers)
+            except Exception:  # never let one batch stop the lane: the pipeline answers it
+                log.exception("fast path failed")  # no address: client data leaves only through observe/
+                answers, left = [], batch
             if answers:
                 send(fd, answers)
+            for data, name in left:
+                if not self._submit(data, *known(name)):
+                    self.stopping = True
+                    break
 
     def _submit(self, data: bytes, client: ClientInfo, addr: Address) -> bool:
         """Hand a query the fast path did not answer to the event loop; False when the lane must stop."""
