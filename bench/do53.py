@@ -3,7 +3,7 @@
 alternating, with the worst ratio over the grid and each server's CPU per query.
 
     .venv/bin/python bench/do53.py [--names 1000] [--seconds 5] [--rounds 2] [--grid full|1x64,4x256,...]
-                                   [--query-log file|off|both] [--detect off|observe|enforce] [--no-pin]
+                                   [--query-log file|off|both] [--detect off|observe|enforce|both] [--no-pin]
                                    [--baseline OTHER-CHECKOUT/src]
 
 ztdns runs in the default configuration first: the query log on, the default JSON sink writing to a file
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import signal
 import statistics
@@ -125,7 +126,9 @@ async def main() -> int:
         "--lanes", choices=["default", "both"], default="default", help="both: batched and pure-Python UDP lanes"
     )
     parser.add_argument(
-        "--detect", choices=["off", "observe", "enforce"], help="[detect] mode of ztdns (default: the config's default)"
+        "--detect",
+        choices=["off", "observe", "enforce", "both"],
+        help="[detect] mode of ztdns (default: the config's default); both: observe and off, alternating",
     )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin dnsperf and the servers to CPUs")
     parser.add_argument(
@@ -147,19 +150,22 @@ async def main() -> int:
         peer = UnboundServer.start(directory / "peer", local_data, zones=("bench.test.",))  # num-threads: 1
         logs = {"file": [True], "off": [False], "both": [True, False]}[args.query_log]
         lanes = [default_batch] if args.lanes == "default" else [True, False]
-        servers: dict[tuple[bool, bool, bool], Ztdns] = {}  # by (log on, batched lane, baseline)
+        detects = ["observe", "off"] if args.detect == "both" else [args.detect]
+        servers: dict[tuple[bool, bool, bool, str | None], Ztdns] = {}  # by (log on, batched lane, baseline, detect)
         try:
-            for log_on in logs:
-                for batch in lanes:
-                    for baseline in [False, True] if args.baseline is not None else [False]:
-                        label = "ztdns" + (" baseline" if baseline else "") + ("" if log_on else " log off")
-                        if args.lanes == "both":
-                            label += " batch" if batch else " pure"
-                        query_log = directory / f"{label.replace(' ', '-')}.jsonl" if log_on else None
-                        source = args.baseline if baseline else None
-                        servers[log_on, batch, baseline] = Ztdns(
-                            directory, label, upstream.address, query_log, batch, args.detect, source
-                        )
+            for log_on, batch, baseline, detect in itertools.product(
+                logs, lanes, [False, True] if args.baseline is not None else [False], detects
+            ):
+                label = "ztdns" + (" baseline" if baseline else "") + ("" if log_on else " log off")
+                if args.lanes == "both":
+                    label += " batch" if batch else " pure"
+                if args.detect == "both":
+                    label += f" detect {detect}"
+                query_log = directory / f"{label.replace(' ', '-')}.jsonl" if log_on else None
+                source = args.baseline if baseline else None
+                servers[log_on, batch, baseline, detect] = Ztdns(
+                    directory, label, upstream.address, query_log, batch, detect, source
+                )
             await asyncio.sleep(0.5)
             for server in servers.values():  # warm-up: every name into the cache and the replay table
                 await run_dnsperf_async(
@@ -175,12 +181,22 @@ async def main() -> int:
             )
             results = await compare_grid("Do53 UDP", contenders, grid, args.rounds, pin=args.pin)
             if args.query_log == "both":
-                for batch in lanes:
-                    on, off = servers[True, batch, False], servers[False, batch, False]
+                for batch, detect in itertools.product(lanes, detects):
+                    on, off = servers[True, batch, False, detect], servers[False, batch, False, detect]
                     cost = sorted(r.median_cpu(on.label) - r.median_cpu(off.label) for r in results)
                     print(
                         f"query log cost ({on.label} vs {off.label}): median {statistics.median(cost):.2f} µs CPU "
                         f"per answer over the grid (whole process; range {cost[0]:.2f} to {cost[-1]:.2f})"
+                    )
+            if args.detect == "both":
+                for log_on, batch in itertools.product(logs, lanes):
+                    observe, off = servers[log_on, batch, False, "observe"], servers[log_on, batch, False, "off"]
+                    ratios = sorted(r.ratio(observe.label, off.label) for r in results)
+                    extra = statistics.median(r.median_cpu(observe.label) - r.median_cpu(off.label) for r in results)
+                    print(
+                        f"detection observe vs off ({observe.label} vs {off.label}): throughput ratio median "
+                        f"{statistics.median(ratios):.3f}, worst {ratios[0]:.3f} over the grid; "
+                        f"{extra:+.2f} µs CPU per answer (median)"
                     )
         finally:
             for server in servers.values():
