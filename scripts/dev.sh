@@ -100,8 +100,11 @@ case "$cmd" in
         lint-imports
         echo "== sbom (build/sbom.cdx.json)"
         sbom
-        echo "== pytest (with line coverage of src/ztdns)"
-        exec pytest --cov=ztdns --cov-report=term "$@"
+        # Two workers (pytest-xdist): most tests wait on peers they started, so two share a 2-core machine well;
+        # a module (or class) runs whole on one worker, in order, sharing its fixtures. ZTDNS_TEST_WORKERS=0 runs serially.
+        workers=${ZTDNS_TEST_WORKERS:-2}
+        echo "== pytest (with line coverage of src/ztdns; $workers workers)"
+        exec pytest --cov=ztdns --cov-report=term -n "$workers" --dist loadscope "$@"
         ;;
     *) echo "usage: scripts/dev.sh serve|test|setup [ARGS...]" >&2; exit 2 ;;
 esac
