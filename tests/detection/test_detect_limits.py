@@ -11,6 +11,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import dns.edns
 import dns.flags
@@ -92,29 +93,41 @@ def _ede_text(message: dns.message.Message) -> str:
     return next((o.text or "" for o in message.options if isinstance(o, dns.edns.EDEOption)), "")
 
 
-def _udp_burst(port: int, count: int, options: list[dns.edns.Option] | None = None) -> list[dns.message.Message]:
+class Burst(NamedTuple):
+    answers: list[dns.message.Message]
+    span: float  # seconds from the first query sent to the last answer received
+
+
+def _udp_burst(port: int, count: int, options: list[dns.edns.Option] | None = None) -> Burst:
     """Send ``count`` queries at once, then collect what comes back within a second."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(1.0)
+    wires = []
     for index in range(count):
         query = dns.message.make_query("www.lab.test.", "A", use_edns=0, options=options)
         query.id = index
-        sock.sendto(query.to_wire(), ("127.0.0.1", port))
+        wires.append(query.to_wire())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(1.0)
+    started = last = time.monotonic()
+    for wire in wires:
+        sock.sendto(wire, ("127.0.0.1", port))
     answers = []
     try:
         while True:
             answers.append(dns.message.from_wire(sock.recv(4096)))
+            last = time.monotonic()
     except TimeoutError:
         pass
     sock.close()
-    return answers
+    return Burst(answers, last - started)
 
 
 def _stream_exchange(sock: socket.socket, count: int) -> list[dns.message.Message]:
+    """Pipeline ``count`` queries in one write, then read the answers: the server sees them as one burst however
+    slow the machine is (one round trip each would let the bucket refill between them)."""
+    wire = dns.message.make_query("www.lab.test.", "A", use_edns=0).to_wire()
+    sock.sendall((struct.pack("!H", len(wire)) + wire) * count)
     answers = []
     for _ in range(count):
-        wire = dns.message.make_query("www.lab.test.", "A", use_edns=0).to_wire()
-        sock.sendall(struct.pack("!H", len(wire)) + wire)
         (length,) = struct.unpack("!H", _read(sock, 2))
         answers.append(dns.message.from_wire(_read(sock, length)))
     return answers
@@ -140,15 +153,17 @@ def _dot(pki: Pki, port: int, certificate: bool) -> ssl.SSLSocket:
 
 def test_udp_over_the_limit_slips_or_drops(served: Served) -> None:
     with served.process:
-        answers = _udp_burst(served.port, 100)
+        answers, span = _udp_burst(served.port, 100)
         full = [a for a in answers if not a.flags & dns.flags.TC and a.rcode() == dns.rcode.NOERROR and a.answer]
         truncated = [a for a in answers if a.flags & dns.flags.TC]
-        assert 15 <= len(full) <= 30, len(full)
-        assert 25 <= len(truncated) <= 50, len(truncated)  # every second limited query; the rest are dropped
-        assert len(answers) < 80
+        # 20 q/s with a burst of 20: about 20 answered, plus what the bucket refilled while a loaded machine spread
+        # the burst out in time.
+        assert 15 <= len(full) <= 30 + 20 * span, (len(full), span)
+        limited = 100 - len(full)
+        assert abs(len(truncated) - limited / 2) <= 3, (len(truncated), limited)  # every second one; the rest dropped
         assert _ede_text(truncated[0]).startswith("detect=ratelimit prefix=127.0.0.1/32 rate=>20q/s limit=20q/s")
         time.sleep(1.5)  # the bucket refills
-        assert _udp_burst(served.port, 1)[0].answer
+        assert _udp_burst(served.port, 1).answers[0].answer
 
 
 def test_tcp_and_dot_over_the_limit_are_refused_but_a_certificate_is_exempt(served: Served, pki: Pki) -> None:
@@ -177,8 +192,8 @@ def test_tcp_and_dot_over_the_limit_are_refused_but_a_certificate_is_exempt(serv
 def test_a_valid_server_cookie_exempts_from_the_address_limit(served: Served) -> None:
     with served.process:
         client_cookie = b"\x11" * 8
-        first = _udp_burst(served.port, 1, [dns.edns.CookieOption(client_cookie, b"")])[0]
+        first = _udp_burst(served.port, 1, [dns.edns.CookieOption(client_cookie, b"")]).answers[0]
         cookie = next(o for o in first.options if isinstance(o, dns.edns.CookieOption))
         assert cookie.client == client_cookie and len(cookie.server) == 16
-        answers = _udp_burst(served.port, 100, [dns.edns.CookieOption(client_cookie, cookie.server)])
+        answers = _udp_burst(served.port, 100, [dns.edns.CookieOption(client_cookie, cookie.server)]).answers
         assert len(answers) == 100 and all(a.answer and not a.flags & dns.flags.TC for a in answers)
