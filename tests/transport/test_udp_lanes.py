@@ -72,6 +72,26 @@ def test_recv_gives_the_datagrams_and_the_addresses_recvfrom_gives(family: socke
         assert client.recv(100) == b"a2"
 
 
+def test_recv_gives_each_datagram_its_own_sender_and_shares_a_repeated_senders_address() -> None:
+    """More interleaved senders than recv remembers per batch: every datagram still gets its own sender's address;
+    the datagrams of a sender seen lately share one address object (the lane's dictionaries find it by identity)."""
+    with _socket(socket.AF_INET, "127.0.0.1") as server:
+        clients = [_socket(socket.AF_INET, "127.0.0.1") for _ in range(6)]
+        try:
+            # Loopback delivers within sendto: all 24 are queued before the one recv below.
+            order = [0, 0, 1, 0, 2, 3, 4, 5, 0, 5, 5, 1, 2, 2, 3, 4, 0, 1, 2, 3, 4, 5, 5, 5]
+            for index, sender in enumerate(order):
+                clients[sender].sendto(b"%d" % index, server.getsockname())
+            received = batch_module.recv(server.fileno(), bytearray(64 * 100), 100)
+            assert [data for data, _ in received] == [b"%d" % i for i in range(len(order))]
+            assert [sockaddr_address(name) for _, name in received] == [clients[s].getsockname() for s in order]
+            assert received[0][1] is received[1][1] is received[3][1]  # one sender in a row, or one between
+            assert received[-1][1] is received[-2][1] is received[-3][1]
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_recv_cuts_long_datagrams_and_keeps_empty_ones() -> None:
     with _socket(socket.AF_INET, "127.0.0.1") as server, _socket(socket.AF_INET, "127.0.0.1") as client:
         client.sendto(b"x" * 300, server.getsockname())
