@@ -10,8 +10,10 @@ well as the best: one flattering shape is not a result.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
+import resource
 import statistics
 import subprocess
 from collections.abc import Callable, Sequence
@@ -57,6 +59,12 @@ def parse_grid(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(shapes)
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's children that have ended (dnsperf runs one at a time)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of the whole process (all threads), from ``/proc/PID/stat``."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -71,11 +79,14 @@ class DnsperfResult:
     latency_ms: float  # average
     completed: int = 0
     cpu_us_per_query: float = 0.0  # the server's, when run through `measure`
+    # dnsperf's own (user + system, all its threads): near the server's, on a core of its own, the load generator
+    # and not the server sets the rate.
+    client_cpu_us_per_query: float = 0.0
 
     def line(self) -> str:
         return (
             f"{self.qps:9.0f} q/s  lost {self.lost_percent:5.2f}%  latency {self.latency_ms:6.3f} ms  "
-            f"cpu {self.cpu_us_per_query:5.2f} µs/q"
+            f"cpu {self.cpu_us_per_query:5.2f} µs/q  dnsperf {self.client_cpu_us_per_query:5.2f} µs/q"
         )
 
 
@@ -148,12 +159,16 @@ def run_dnsperf(command: Sequence[str]) -> DnsperfResult:
 async def run_dnsperf_async(command: Sequence[str], attempts: int = 3) -> DnsperfResult:
     """Run dnsperf; a run killed by a signal is repeated (dnsperf 2.10 sometimes crashes in DoH mode, SIGSEGV)."""
     for attempt in range(attempts):
+        before = children_cpu_seconds()
         process = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         out, err = await process.communicate()
         if process.returncode == 0:
-            return parse_report(out.decode(errors="replace"))
+            result = parse_report(out.decode(errors="replace"))
+            spent = children_cpu_seconds() - before  # dnsperf's: the only child that ended meanwhile
+            per_query = spent / result.completed * 1e6 if result.completed else 0.0
+            return dataclasses.replace(result, client_cpu_us_per_query=per_query)
         if process.returncode is None or process.returncode > 0 or attempt == attempts - 1:
             break
         print(f"  (dnsperf died of signal {-process.returncode}; run again)", flush=True)
@@ -183,7 +198,7 @@ async def measure(command: Sequence[str], server_pid: int, pin: bool = True) -> 
     await settle(server_pid)
     spent = cpu_seconds(server_pid) - before
     per_query = spent / result.completed * 1e6 if result.completed else 0.0
-    return DnsperfResult(result.qps, result.lost_percent, result.latency_ms, result.completed, per_query)
+    return dataclasses.replace(result, cpu_us_per_query=per_query)
 
 
 @dataclass(frozen=True)
@@ -254,8 +269,11 @@ def summary(title: str, contenders: Sequence[Contender], results: Sequence[Shape
         worst, best = min(ratios, key=lambda r: r[0]), max(ratios, key=lambda r: r[0])
         cpu = statistics.median(s.median_cpu(label) for s in results)
         reference_cpu = statistics.median(s.median_cpu(reference) for s in results)
+        client = statistics.median(run.client_cpu_us_per_query for run in worst[1].runs[label])
+        reference_client = statistics.median(run.client_cpu_us_per_query for run in worst[1].runs[reference])
         lines.append(
-            f"  {title} {label}: WORST ratio {worst[0]:.2f} (-c {worst[1].clients} -q {worst[1].outstanding}), "
+            f"  {title} {label}: WORST ratio {worst[0]:.2f} (-c {worst[1].clients} -q {worst[1].outstanding}; "
+            f"dnsperf's own CPU there {client:.2f} µs/q, {reference_client:.2f} against {reference}), "
             f"best {best[0]:.2f} (-c {best[1].clients} -q {best[1].outstanding}); "
             f"CPU per query {cpu:.2f} µs vs {reference} {reference_cpu:.2f} µs"
         )
