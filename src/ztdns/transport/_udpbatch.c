@@ -65,6 +65,10 @@ static PyObject *udpbatch_recv(PyObject *self, PyObject *args) {
         socklen_t namelen = messages[i].msg_hdr.msg_namelen;
         if (namelen > sizeof(struct sockaddr_storage)) namelen = sizeof(struct sockaddr_storage);
         PyObject *data = PyBytes_FromStringAndSize(vectors[i].iov_base, (Py_ssize_t)length), *name = NULL;
+        if (data == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
         for (int r = 0; r < RECENT_PEERS && recent[r] != NULL; r++) {
             if ((size_t)PyBytes_GET_SIZE(recent[r]) == namelen &&
                 memcmp(PyBytes_AS_STRING(recent[r]), &names[i], namelen) == 0) {
@@ -79,9 +83,9 @@ static PyObject *udpbatch_recv(PyObject *self, PyObject *args) {
                 recent[0] = name; /* borrowed: the result list holds it */
             }
         }
-        PyObject *pair = data == NULL || name == NULL ? NULL : PyTuple_New(2);
+        PyObject *pair = name == NULL ? NULL : PyTuple_New(2);
         if (pair == NULL) {
-            Py_XDECREF(data);
+            Py_DECREF(data);
             Py_XDECREF(name);
             Py_CLEAR(result);
             goto done;
