@@ -10,8 +10,10 @@ well as the best: one flattering shape is not a result.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
+import resource
 import statistics
 import subprocess
 from collections.abc import Callable, Sequence
@@ -24,6 +26,7 @@ LOAD_CPU, SERVER_CPU = 0, 1
 # dnsperf clients (-c) × outstanding queries (-q): few and many connections, shallow and deep queues.
 GRID: tuple[tuple[int, int], ...] = tuple((c, q) for c in (1, 4, 16) for q in (64, 256, 1024))
 _TICKS = os.sysconf("SC_CLK_TCK")
+REALTIME_PRIORITY = 10  # SCHED_FIFO priority of dnsperf and the server with ``realtime`` (above every normal task)
 
 
 def can_pin() -> bool:
@@ -57,6 +60,12 @@ def parse_grid(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(shapes)
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's children that have ended (dnsperf runs one at a time)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of the whole process (all threads), from ``/proc/PID/stat``."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -71,11 +80,15 @@ class DnsperfResult:
     latency_ms: float  # average
     completed: int = 0
     cpu_us_per_query: float = 0.0  # the server's, when run through `measure`
+    # dnsperf's own (user + system, all its threads): near the server's, on a core of its own, the load generator
+    # and not the server sets the rate. With queries lost it includes dnsperf's busy wait for them (-t) at the end.
+    client_cpu_us_per_query: float = 0.0
 
     def line(self) -> str:
         return (
             f"{self.qps:9.0f} q/s  lost {self.lost_percent:5.2f}%  latency {self.latency_ms:6.3f} ms  "
-            f"cpu {self.cpu_us_per_query:5.2f} µs/q"
+            f"cpu {self.cpu_us_per_query:5.2f} µs/q  dnsperf {self.client_cpu_us_per_query:5.2f} µs/q"
+            + (" (with its wait for the lost)" if self.lost_percent else "")
         )
 
 
@@ -148,12 +161,16 @@ def run_dnsperf(command: Sequence[str]) -> DnsperfResult:
 async def run_dnsperf_async(command: Sequence[str], attempts: int = 3) -> DnsperfResult:
     """Run dnsperf; a run killed by a signal is repeated (dnsperf 2.10 sometimes crashes in DoH mode, SIGSEGV)."""
     for attempt in range(attempts):
+        before = children_cpu_seconds()
         process = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         out, err = await process.communicate()
         if process.returncode == 0:
-            return parse_report(out.decode(errors="replace"))
+            result = parse_report(out.decode(errors="replace"))
+            spent = children_cpu_seconds() - before  # dnsperf's: the only child that ended meanwhile
+            per_query = spent / result.completed * 1e6 if result.completed else 0.0
+            return dataclasses.replace(result, client_cpu_us_per_query=per_query)
         if process.returncode is None or process.returncode > 0 or attempt == attempts - 1:
             break
         print(f"  (dnsperf died of signal {-process.returncode}; run again)", flush=True)
@@ -172,18 +189,32 @@ async def settle(pid: int, timeout: float = 10.0) -> None:
             return
 
 
-async def measure(command: Sequence[str], server_pid: int, pin: bool = True) -> DnsperfResult:
+def set_realtime(pid: int, on: bool) -> None:
+    """Every thread of ``pid`` to SCHED_FIFO (``on``) or back to the normal policy (``chrt``; needs root)."""
+    policy = ["-f", "-a", "-p", str(REALTIME_PRIORITY)] if on else ["-o", "-a", "-p", "0"]
+    subprocess.run(["chrt", *policy, str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+async def measure(command: Sequence[str], server_pid: int, pin: bool = True, realtime: bool = False) -> DnsperfResult:
     """Run dnsperf against the server ``server_pid`` (pinned first) and add its CPU time per answered query:
-    from the start of the run until the server is idle again."""
+    from the start of the run until the server is idle again. ``realtime``: dnsperf and the server run at
+    SCHED_FIFO for the run (see :func:`compare_grid`)."""
     if pin:
         pin_process(server_pid)
     await settle(server_pid)
     before = cpu_seconds(server_pid)
-    result = await run_dnsperf_async(command)
+    if realtime:
+        set_realtime(server_pid, True)
+        command = ["chrt", "-f", str(REALTIME_PRIORITY), *command]
+    try:
+        result = await run_dnsperf_async(command)
+    finally:
+        if realtime:
+            set_realtime(server_pid, False)
     await settle(server_pid)
     spent = cpu_seconds(server_pid) - before
     per_query = spent / result.completed * 1e6 if result.completed else 0.0
-    return DnsperfResult(result.qps, result.lost_percent, result.latency_ms, result.completed, per_query)
+    return dataclasses.replace(result, cpu_us_per_query=per_query)
 
 
 @dataclass(frozen=True)
@@ -219,8 +250,13 @@ async def compare_grid(
     *,
     pin: bool = True,
     report: Callable[[str], None] = print,
+    realtime: bool = False,
 ) -> list[ShapeResult]:
     """Alternate every contender ``rounds`` times per load shape; print each shape and then a summary.
+
+    ``realtime`` (root, with ``pin``): dnsperf and the server under test run at SCHED_FIFO during each run, so
+    the other work of a shared machine does not take their two cores meanwhile (the kernel's real-time
+    throttling still leaves it 5 % of each). It stalls everything else on the machine for the runs' duration.
 
     The last contender is the reference (Unbound): each other contender's ratio is its median rate over the
     reference's, per shape; the summary gives the worst and the best shape and the median CPU per query.
@@ -231,7 +267,7 @@ async def compare_grid(
         runs: dict[str, list[DnsperfResult]] = {c.label: [] for c in contenders}
         for _ in range(rounds):
             for contender in contenders:
-                result = await measure(contender.command(clients, outstanding), contender.pid, pin)
+                result = await measure(contender.command(clients, outstanding), contender.pid, pin, realtime)
                 runs[contender.label].append(result)
                 report(f"  {title} -c {clients:2d} -q {outstanding:4d}  {contender.label:14s} {result.line()}")
         results.append(ShapeResult(clients, outstanding, runs))
@@ -254,8 +290,11 @@ def summary(title: str, contenders: Sequence[Contender], results: Sequence[Shape
         worst, best = min(ratios, key=lambda r: r[0]), max(ratios, key=lambda r: r[0])
         cpu = statistics.median(s.median_cpu(label) for s in results)
         reference_cpu = statistics.median(s.median_cpu(reference) for s in results)
+        client = statistics.median(run.client_cpu_us_per_query for run in worst[1].runs[label])
+        reference_client = statistics.median(run.client_cpu_us_per_query for run in worst[1].runs[reference])
         lines.append(
-            f"  {title} {label}: WORST ratio {worst[0]:.2f} (-c {worst[1].clients} -q {worst[1].outstanding}), "
+            f"  {title} {label}: WORST ratio {worst[0]:.2f} (-c {worst[1].clients} -q {worst[1].outstanding}; "
+            f"dnsperf's own CPU there {client:.2f} µs/q, {reference_client:.2f} against {reference}), "
             f"best {best[0]:.2f} (-c {best[1].clients} -q {best[1].outstanding}); "
             f"CPU per query {cpu:.2f} µs vs {reference} {reference_cpu:.2f} µs"
         )

@@ -4,6 +4,7 @@ alternating, with the worst ratio over the grid and each server's CPU per query.
 
     .venv/bin/python bench/do53.py [--names 1000] [--seconds 5] [--rounds 2] [--grid full|1x64,4x256,...]
                                    [--query-log file|off|both] [--detect off|observe|enforce|both] [--no-pin]
+                                   [--realtime]
                                    [--baseline OTHER-CHECKOUT/src]
 
 ztdns runs in the default configuration first: the query log on, the default JSON sink writing to a file
@@ -132,6 +133,11 @@ async def main() -> int:
     )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin dnsperf and the servers to CPUs")
     parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="root: dnsperf and the server under test at SCHED_FIFO during each run (a shared, loaded machine)",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         help="A/B: also run the ztdns of another checkout's src directory (its _udpbatch built), each log setting",
@@ -179,7 +185,9 @@ async def main() -> int:
             contenders.append(
                 Contender("unbound", peer.process.pid, shaped(peer.port, data, args.seconds, pin=args.pin))
             )
-            results = await compare_grid("Do53 UDP", contenders, grid, args.rounds, pin=args.pin)
+            results = await compare_grid(
+                "Do53 UDP", contenders, grid, args.rounds, pin=args.pin, realtime=args.realtime and args.pin
+            )
             if args.query_log == "both":
                 for batch, detect in itertools.product(lanes, detects):
                     on, off = servers[True, batch, False, detect], servers[False, batch, False, detect]

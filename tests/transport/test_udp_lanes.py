@@ -72,6 +72,38 @@ def test_recv_gives_the_datagrams_and_the_addresses_recvfrom_gives(family: socke
         assert client.recv(100) == b"a2"
 
 
+def test_recv_gives_each_datagram_its_own_sender_and_shares_a_repeated_senders_address() -> None:
+    """More interleaved senders than recv remembers per batch: every datagram still gets its own sender's address;
+    the datagrams of a sender seen lately share one address object (the lane's dictionaries find it by identity)."""
+    with _socket(socket.AF_INET, "127.0.0.1") as server:
+        clients = [_socket(socket.AF_INET, "127.0.0.1") for _ in range(6)]
+        try:
+            order = [0, 0, 1, 0, 2, 3, 4, 5, 0, 5, 5, 1, 2, 2, 3, 4, 0, 1, 2, 3, 4, 5, 5, 5]
+            for index, sender in enumerate(order):
+                clients[sender].sendto(b"%d" % index, server.getsockname())
+            # Loopback mostly delivers within sendto, so one recv takes all 24; a loaded kernel may defer some.
+            calls: list[list[tuple[bytes, bytes]]] = []
+            while sum(map(len, calls)) < len(order):
+                calls.append(batch_module.recv(server.fileno(), bytearray(64 * 100), 100))
+            received = [item for call in calls for item in call]
+            assert [data for data, _ in received] == [b"%d" % i for i in range(len(order))]
+            assert [sockaddr_address(name) for _, name in received] == [clients[s].getsockname() for s in order]
+            shared = 0
+            for call in calls:
+                recent: list[bytes] = []  # the last 4 distinct senders' objects, newest first, as recv keeps them
+                for _, name in call:
+                    seen = [known for known in recent if known == name]
+                    if seen:
+                        assert name is seen[0]
+                        shared += 1
+                    else:
+                        recent = [name, *recent][:4]
+            assert len(calls) > 1 or shared == 7  # the 2nd, 4th, 10th, 11th, 14th and the last two
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_recv_cuts_long_datagrams_and_keeps_empty_ones() -> None:
     with _socket(socket.AF_INET, "127.0.0.1") as server, _socket(socket.AF_INET, "127.0.0.1") as client:
         client.sendto(b"x" * 300, server.getsockname())

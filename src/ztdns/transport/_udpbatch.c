@@ -16,6 +16,8 @@
 #include <netinet/in.h>
 
 #define BATCH 64
+/* Senders remembered per received batch for reusing their sockaddr objects (recv, below). */
+#define RECENT_PEERS 4
 
 /* recv(fd, buffer, size) -> list[tuple[bytes, bytes]]: (datagram, sockaddr) pairs, at least one.
  * Blocks until a datagram arrives, then takes whatever else is already queued, up to len(buffer) // size (at most
@@ -54,15 +56,42 @@ static PyObject *udpbatch_recv(PyObject *self, PyObject *args) {
     }
     PyObject *result = PyList_New(received);
     if (result == NULL) goto done;
+    /* A batch mostly comes from a few peers (one, from a client that pipelines on one socket): a datagram from
+     * the sender of one of the last few gets that one's sockaddr object, so the lane's dictionaries find it by
+     * identity with its hash already computed, and no new object is made. */
+    PyObject *recent[RECENT_PEERS] = {NULL};
     for (int i = 0; i < received; i++) {
         size_t length = messages[i].msg_len < (unsigned int)size ? messages[i].msg_len : (size_t)size;
-        PyObject *pair = Py_BuildValue(
-            "(y#y#)", vectors[i].iov_base, (Py_ssize_t)length, (char *)&names[i],
-            (Py_ssize_t)messages[i].msg_hdr.msg_namelen);
-        if (pair == NULL) {
+        socklen_t namelen = messages[i].msg_hdr.msg_namelen;
+        if (namelen > sizeof(struct sockaddr_storage)) namelen = sizeof(struct sockaddr_storage);
+        PyObject *data = PyBytes_FromStringAndSize(vectors[i].iov_base, (Py_ssize_t)length), *name = NULL;
+        if (data == NULL) {
             Py_CLEAR(result);
             goto done;
         }
+        for (int r = 0; r < RECENT_PEERS && recent[r] != NULL; r++) {
+            if ((size_t)PyBytes_GET_SIZE(recent[r]) == namelen &&
+                memcmp(PyBytes_AS_STRING(recent[r]), &names[i], namelen) == 0) {
+                name = Py_NewRef(recent[r]);
+                break;
+            }
+        }
+        if (name == NULL) {
+            name = PyBytes_FromStringAndSize((char *)&names[i], (Py_ssize_t)namelen);
+            if (name != NULL) { /* the newest first: the oldest remembered one makes room */
+                memmove(&recent[1], &recent[0], sizeof(PyObject *) * (RECENT_PEERS - 1));
+                recent[0] = name; /* borrowed: the result list holds it */
+            }
+        }
+        PyObject *pair = name == NULL ? NULL : PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(data);
+            Py_XDECREF(name);
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyTuple_SET_ITEM(pair, 0, data);
+        PyTuple_SET_ITEM(pair, 1, name);
         PyList_SET_ITEM(result, i, pair);
     }
 done:
