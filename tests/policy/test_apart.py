@@ -1,0 +1,103 @@
+"""Reloads compile big lists in a child process (ztdns.policy.apart): the views it gives decide and explain
+exactly as the views compiled in-process do, for every format and precedence rule; errors come back as errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import dns.rdatatype
+import pytest
+
+from ztdns.config import ConfigError, parse_config
+from ztdns.policy import compile_views, compile_views_apart, explain
+from ztdns.policy.compile import View
+
+from .test_formats import RPZ  # NXDOMAIN, NODATA, PASSTHRU, DROP, local data, RPZ-IP
+
+LISTS = {
+    "ads.txt": "ads.test\n0.0.0.0 hosts.ads.test\n||deep.ads.test^\n||*.below.test^\n|exact.test|\n/^trk[0-9]+\\./\n"
+    + "".join(f"n{i}.bulk.test\n" for i in range(3000)),
+    "adblock.txt": "||important.test^$important\n@@||ok.ads.test^\n@@||strong.test^$important\n||strong.test^\n"
+    "bücher.test\n||ads.test^\n||x.test^$third-party\n",
+    "allow.txt": "allowed.test\n**.wide.test\n@@||n7.bulk.test^\n",
+    "rpz.zone": RPZ,
+}
+CONFIG = """\
+[identities.x]
+policies = ["first", "second"]
+[identities.y]
+policies = ["second"]
+[policies.first]
+deny = ["written.test", {pattern = "soft.test", overridable = true}, {pattern = "aaaa.test", qtypes = ["AAAA"]}]
+except = ["**.exempt.ads.test"]
+deny_lists = ["ads.txt", "adblock.txt", "rpz.zone"]
+allow_lists = ["allow.txt"]
+rewrites = {"home.test" = "192.0.2.1"}
+[policies.second]
+allow = ["**"]
+deny_lists = ["adblock.txt", "ads.txt"]
+blocked_response = "sinkhole"
+sinkhole = ["0.0.0.0"]
+"""
+NAMES = [
+    "ads.test", "a.ads.test", "hosts.ads.test", "deep.ads.test", "x.deep.ads.test", "below.test", "a.below.test",
+    "exact.test", "a.exact.test", "trk12.example", "important.test", "ok.ads.test", "strong.test", "a.strong.test",
+    "xn--bcher-kva.test", "x.test", "allowed.test", "a.wide.test", "n7.bulk.test", "n2999.bulk.test",
+    "a.n5.bulk.test", "nx.site.test", "a.nx.site.test", "nodata.site.test", "pass.site.test",
+    "tcp.site.test", "txt.site.test", "drop.site.test",
+    "alias.site.test", "sink.site.test", "written.test", "soft.test", "aaaa.test", "a.exempt.ads.test",
+    "home.test", "other.test", "",
+]  # fmt: skip
+
+
+def both(tmp_path: Path, text: str = CONFIG) -> tuple[dict[str, View], dict[str, View]]:
+    for name, content in LISTS.items():
+        (tmp_path / name).write_text(content)
+    config = parse_config(text, "test.toml", tmp_path)
+    return compile_views(config), compile_views_apart(config, min_bytes=0)
+
+
+@pytest.mark.slow
+def test_views_compiled_apart_decide_and_explain_alike(tmp_path: Path) -> None:
+    here, apart = both(tmp_path)
+    assert here.keys() == apart.keys()
+    for identity in here:
+        for name in NAMES:
+            for qtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                assert apart[identity].decide(name, qtype) == here[identity].decide(name, qtype), (identity, name)
+                assert explain(apart[identity], name, qtype) == explain(here[identity], name, qtype)
+        for mine, theirs in zip(here[identity].policies, apart[identity].policies, strict=True):
+            assert sum(map(len, theirs.table)) == sum(map(len, mine.table)) > 3000
+        assert apart[identity].decide_addresses(["192.0.2.1"]) == here[identity].decide_addresses(["192.0.2.1"])
+
+
+@pytest.mark.slow
+def test_the_child_s_log_records_are_logged_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "ztdns")
+    both(tmp_path)
+    assert any("list ads.txt: 3006 entries" in record.getMessage() for record in caplog.records)
+    assert any("policy first:" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.slow
+def test_a_list_that_cannot_be_read_fails_as_in_process(tmp_path: Path) -> None:
+    config = parse_config(
+        '[identities.x]\npolicies = ["p"]\n[policies.p]\ndeny_lists = ["missing.txt", "big.txt"]\n',
+        "test.toml",
+        tmp_path,
+    )
+    (tmp_path / "big.txt").write_text("a.test\n")
+    with pytest.raises(ConfigError) as in_process:
+        compile_views(config)
+    with pytest.raises(ConfigError) as in_child:
+        compile_views_apart(config, min_bytes=0)
+    assert str(in_child.value) == str(in_process.value)
+
+
+def test_small_lists_compile_in_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("subprocess.Popen", None)  # would fail if called
+    (tmp_path / "a.txt").write_text("a.test\n")
+    text = '[identities.x]\npolicies = ["p"]\n[policies.p]\ndeny_lists = ["a.txt"]\n'
+    config = parse_config(text, "t.toml", tmp_path)
+    assert not compile_views_apart(config)["x"].decide("a.test", dns.rdatatype.A).allowed
