@@ -3,14 +3,20 @@ exactly as the views compiled in-process do, for every format and precedence rul
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import dns.rdatatype
 import pytest
 
 from ztdns.config import ConfigError, parse_config
+from ztdns.handler import Frontend
 from ztdns.policy import compile_views, compile_views_apart, explain
+from ztdns.policy.apart import APART_BYTES
 from ztdns.policy.compile import View
 
 from .test_formats import RPZ  # NXDOMAIN, NODATA, PASSTHRU, DROP, local data, RPZ-IP
@@ -69,6 +75,7 @@ def test_views_compiled_apart_decide_and_explain_alike(tmp_path: Path) -> None:
                 assert explain(apart[identity], name, qtype) == explain(here[identity], name, qtype)
         for mine, theirs in zip(here[identity].policies, apart[identity].policies, strict=True):
             assert sum(map(len, theirs.table)) == sum(map(len, mine.table)) > 3000
+            assert not any(map(gc.is_tracked, theirs.table))  # strings to ints: no collection walks them
         assert apart[identity].decide_addresses(["192.0.2.1"]) == here[identity].decide_addresses(["192.0.2.1"])
 
 
@@ -101,3 +108,29 @@ def test_small_lists_compile_in_this_process(tmp_path: Path, monkeypatch: pytest
     text = '[identities.x]\npolicies = ["p"]\n[policies.p]\ndeny_lists = ["a.txt"]\n'
     config = parse_config(text, "t.toml", tmp_path)
     assert not compile_views_apart(config)["x"].decide("a.test", dns.rdatatype.A).allowed
+
+
+@pytest.mark.slow
+def test_a_reload_with_big_lists_compiles_them_in_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[object] = []
+    popen = subprocess.Popen
+
+    def spy(*args: Any, **kwargs: Any) -> object:
+        started.append(args)
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    (tmp_path / "big.txt").write_text("".join(f"name{i}.big.test\n" for i in range(APART_BYTES // 16)))
+    text = '[resolver]\nmode = "none"\n[identities.x]\nnetworks = ["127.0.0.0/8"]\npolicies = ["p"]\n[policies.p]\n'
+    frontend = Frontend(parse_config(text + 'allow = ["**"]\n', "test.toml", tmp_path))
+    assert not started  # at start the lists are compiled in the process
+
+    async def reload() -> None:
+        await frontend.reload(parse_config(text + 'allow = ["**"]\ndeny_lists = ["big.txt"]\n', "t.toml", tmp_path))
+        await frontend.close()
+
+    asyncio.run(reload())
+    assert len(started) == 1
+    view = frontend.runtime.views["x"]
+    assert not view.decide("name7.big.test", dns.rdatatype.A).allowed
+    assert view.decide("other.test", dns.rdatatype.A).allowed

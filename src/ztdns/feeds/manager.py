@@ -3,8 +3,8 @@
 A fetched body replaces the copy only if it passes, in order: the size limit (while reading), the sha256 pin,
 the Ed25519 signature, and the shrink guard (a copy with fewer than ``(1 - max_shrink)`` × the entries of the
 copy in use is held back with a warning: a broken upstream list must not open everything). Parsing for the
-guard runs in a thread; so does the recompile the ``on_change`` callback starts (``Frontend.reload``), so a
-refresh never blocks answering.
+guard runs in a thread; so does the recompile the ``on_change`` callback starts (``Frontend.reload``, big lists
+in a child process: :mod:`ztdns.policy.apart`), so a refresh never blocks answering.
 """
 
 from __future__ import annotations
