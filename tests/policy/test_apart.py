@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import logging
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from ztdns.config import ConfigError, parse_config
 from ztdns.handler import Frontend
-from ztdns.policy import compile_views, compile_views_apart, explain
+from ztdns.policy import apart, compile_views, compile_views_apart, explain
 from ztdns.policy.apart import APART_BYTES
 from ztdns.policy.compile import View
 
@@ -46,6 +47,7 @@ deny_lists = ["adblock.txt", "ads.txt"]
 blocked_response = "sinkhole"
 sinkhole = ["0.0.0.0"]
 """
+ONE_LIST = '[identities.x]\npolicies = ["p"]\n[policies.p]\ndeny_lists = ["a.txt"]\n'
 NAMES = [
     "ads.test", "a.ads.test", "hosts.ads.test", "deep.ads.test", "x.deep.ads.test", "below.test", "a.below.test",
     "exact.test", "a.exact.test", "trk12.example", "important.test", "ok.ads.test", "strong.test", "a.strong.test",
@@ -105,8 +107,7 @@ def test_a_list_that_cannot_be_read_fails_as_in_process(tmp_path: Path) -> None:
 def test_small_lists_compile_in_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("subprocess.Popen", None)  # would fail if called
     (tmp_path / "a.txt").write_text("a.test\n")
-    text = '[identities.x]\npolicies = ["p"]\n[policies.p]\ndeny_lists = ["a.txt"]\n'
-    config = parse_config(text, "t.toml", tmp_path)
+    config = parse_config(ONE_LIST, "t.toml", tmp_path)
     assert not compile_views_apart(config)["x"].decide("a.test", dns.rdatatype.A).allowed
 
 
@@ -134,3 +135,17 @@ def test_a_reload_with_big_lists_compiles_them_in_a_child(tmp_path: Path, monkey
     view = frontend.runtime.views["x"]
     assert not view.decide("name7.big.test", dns.rdatatype.A).allowed
     assert view.decide("other.test", dns.rdatatype.A).allowed
+
+
+@pytest.mark.parametrize("cut", ["header", "names", "end"])
+def test_an_answer_cut_short_fails_the_reload(tmp_path: Path, cut: str) -> None:
+    """A child killed half way (out of memory, say) must not leave part of a table in service."""
+    (tmp_path / "a.txt").write_text("".join(f"n{i}.test\n" for i in range(5000)))
+    config = parse_config(ONE_LIST, "t.toml", tmp_path)
+    sent = io.BytesIO()
+    apart.answer(sent, config)
+    whole = sent.getvalue()
+    assert apart.adopt(config, io.BytesIO(whole))["x"].decide("n4999.test", dns.rdatatype.A).allowed is False
+    cut_at = {"header": 100, "names": len(whole) // 2, "end": len(whole) - 8}[cut]
+    with pytest.raises(RuntimeError, match="ended before"):
+        apart.adopt(config, io.BytesIO(whole[:cut_at]))

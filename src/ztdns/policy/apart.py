@@ -59,6 +59,7 @@ PIECE = 1024  # names per frame: filing them is ~0.5 ms of interpreter work (qui
 CHILD_NICENESS = 10
 _PAUSE = 0.0002  # after each piece; the event loop takes the GIL in that gap
 _LENGTH = struct.Struct("<Q")
+_END = object()  # the frame of length 0 that ends the names
 _CHILD = [sys.executable, "-c", "from ztdns.policy.apart import main; main()"]
 
 # The header: the parsed lists without names; per policy (in config order): each entry's rule indexes, and the
@@ -85,7 +86,7 @@ def compile_views_apart(config: Config, *, min_bytes: int = APART_BYTES) -> dict
             assert child.stdin is not None and child.stdout is not None
             child.stdin.write(pickle.dumps(config))
             child.stdin.close()
-            return _adopt(config, child.stdout)
+            return adopt(config, child.stdout)
         finally:
             if child.poll() is None:
                 child.kill()
@@ -100,10 +101,9 @@ def _list_bytes(config: Config) -> int:
     return total
 
 
-def _adopt(config: Config, stream: IO[bytes]) -> dict[str, View]:
+def adopt(config: Config, stream: IO[bytes]) -> dict[str, View]:
+    """The views of what :func:`answer` wrote to ``stream``, the names filed a piece at a time."""
     outcome = _read_frame(stream)
-    if outcome is None:
-        raise RuntimeError("the process compiling the lists ended without an answer (see its output)")
     if outcome[0] != "ok":
         kind, problems, records = outcome
         _log_again(records)
@@ -118,7 +118,7 @@ def _adopt(config: Config, stream: IO[bytes]) -> dict[str, View]:
         shards: list[dict[str, int]] = [{} for _ in range(_shard_count(names))]
         shards_of.append(shards)
         policy.table = tuple(shards)
-    while (piece := _read_frame(stream)) is not None:
+    while (piece := _read_frame(stream)) is not _END:
         index, piece_names, values = piece
         shards = shards_of[index]
         mask = len(shards) - 1
@@ -126,6 +126,9 @@ def _adopt(config: Config, stream: IO[bytes]) -> dict[str, View]:
             shards[hash(name) & mask][name] = entry
         del piece, piece_names
         time.sleep(_PAUSE)
+    for shards, (_, names) in zip(shards_of, tables, strict=True):
+        if sum(map(len, shards)) != names:  # never in service with part of a table: that would open names
+            raise RuntimeError(f"the process compiling the lists sent {sum(map(len, shards))} of {names} names")
     return views_of(config, policies)
 
 
@@ -135,16 +138,14 @@ def _log_again(records: list[tuple[int, str, str]]) -> None:
 
 
 def _read_frame(stream: IO[bytes]) -> Any:
-    """The next object the child sent, or None at the end."""
+    """The next object the child sent, or :data:`_END` after its last; RuntimeError if it ended before that."""
     head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
-        return None
-    (length,) = _LENGTH.unpack(head)
-    if not length:
-        return None
-    body = stream.read(length)
-    if len(body) < length:
-        return None
+    (length,) = _LENGTH.unpack(head) if len(head) == _LENGTH.size else (None,)
+    if length == 0:
+        return _END
+    body = b"" if length is None else stream.read(length)
+    if length is None or len(body) < length:
+        raise RuntimeError("the process compiling the lists ended before its answer did (see its output)")
     return pickle.loads(body)  # noqa: S301 - from our own child, through a pipe only the two of us hold
 
 
@@ -179,24 +180,32 @@ def _compile_here(config: Config, records: _Records) -> tuple[Header, dict[str, 
 
 
 def main() -> None:
-    """The child: a pickled Config on stdin; frames on stdout (see the module docstring)."""
+    """The child: a pickled Config on stdin; its :func:`answer` on stdout."""
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICENESS)
-    records = _Records()
-    logging.getLogger().addHandler(records)
     logging.getLogger().setLevel(logging.INFO)
     config = pickle.load(sys.stdin.buffer)  # noqa: S301 - from the serving process that started us
     out = sys.stdout.buffer
+    answer(out, config)
+    out.flush()
+    os._exit(0)  # freeing the tables one by one on the way out would only delay the reload that waits
+
+
+def answer(out: IO[bytes], config: Config) -> None:
+    """Compile ``config``'s lists and write what :func:`adopt` reads: the header (or the error), then the names,
+    :data:`PIECE` at a time, then a frame of length 0."""
+    records = _Records()
+    logging.getLogger().addHandler(records)
     try:
         header, policies = _compile_here(config, records)
     except ConfigError as exc:
         _write_frame(out, ("config-error", exc.problems, records.kept))
-        out.flush()
         return
     except Exception as exc:
         _write_frame(out, ("error", f"compiling the lists failed: {type(exc).__name__}: {exc}", records.kept))
-        out.flush()
         raise
+    finally:
+        logging.getLogger().removeHandler(records)
     _write_frame(out, ("ok", header))
     for index, policy in enumerate(policies.values()):
         for shard in policy.table:
@@ -206,5 +215,3 @@ def main() -> None:
                 end = start + PIECE
                 _write_frame(out, (index, names[start:end], array("I", values[start:end]).tobytes()))
     out.write(_LENGTH.pack(0))
-    out.flush()
-    os._exit(0)  # freeing the tables one by one on the way out would only delay the reload that waits
