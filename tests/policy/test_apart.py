@@ -8,6 +8,7 @@ import gc
 import io
 import logging
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,15 @@ def test_an_answer_cut_short_fails_the_reload(tmp_path: Path, cut: str) -> None:
     cut_at = {"header": 100, "names": len(whole) // 2, "end": len(whole) - 8}[cut]
     with pytest.raises(RuntimeError, match="ended before"):
         apart.adopt(config, io.BytesIO(whole[:cut_at]))
+
+
+@pytest.mark.slow
+def test_a_child_that_fails_leaves_the_compile_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(apart, "_CHILD", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    here, fallen_back = both(tmp_path)
+    assert fallen_back["x"].decide("n2999.bulk.test", dns.rdatatype.A) == here["x"].decide(
+        "n2999.bulk.test", dns.rdatatype.A
+    )
+    assert any("exit status 3" in record.getMessage() for record in caplog.records)

@@ -15,8 +15,8 @@ lists and compiles the tables; the serving process then only *adopts* them:
 
 The child's log records (list summaries, warnings) are logged again by the serving process. The child runs at
 a lower CPU priority (``nice`` +:data:`CHILD_NICENESS`): on a busy machine answering comes first. If it cannot
-be started, the policies are compiled in the calling thread as before; if it fails, the reload fails and the
-policies in service stay.
+be started or fails (killed half way, cannot import ztdns), the policies are compiled in the calling thread as
+before, never from part of an answer; a list that cannot be read fails the reload as in-process.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ Header = tuple[dict[Path, "ListFile"], list[tuple[list[tuple[int, ...]], int]], 
 def compile_views_apart(config: Config, *, min_bytes: int = APART_BYTES) -> dict[str, View]:
     """:func:`~ztdns.policy.compile_views` with the lists read and compiled in a child process (see the module
     docstring) when they hold at least ``min_bytes`` together (smaller ones compile here in milliseconds);
-    raises like it (ConfigError for a list file that cannot be read), or RuntimeError when the child fails
-    otherwise."""
+    raises like it (ConfigError for a list file that cannot be read). A child that cannot be started or fails
+    otherwise (killed, cannot import ztdns) is logged, and the lists are compiled here: a refresh still
+    happens."""
     if _list_bytes(config) < min_bytes:
         return compile_views(config)
     package_root = str(Path(__file__).resolve().parents[2])
@@ -81,15 +82,19 @@ def compile_views_apart(config: Config, *, min_bytes: int = APART_BYTES) -> dict
     except OSError as exc:
         log.warning("cannot start a process to compile the lists (%s): compiling them in this one", exc)
         return compile_views(config)
-    with child:
-        try:
-            assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(pickle.dumps(config))
-            child.stdin.close()
-            return adopt(config, child.stdout)
-        finally:
-            if child.poll() is None:
-                child.kill()
+    try:
+        with child:
+            try:
+                assert child.stdin is not None and child.stdout is not None
+                child.stdin.write(pickle.dumps(config))
+                child.stdin.close()
+                return adopt(config, child.stdout)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+    except (RuntimeError, OSError) as exc:
+        log.warning("%s (exit status %s): compiling the lists in this process", exc, child.returncode)
+    return compile_views(config)
 
 
 def _list_bytes(config: Config) -> int:
