@@ -162,3 +162,15 @@ def test_a_child_that_fails_leaves_the_compile_to_this_process(
         "n2999.bulk.test", dns.rdatatype.A
     )
     assert any("exit status 3" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.slow
+def test_a_feed_s_new_copy_is_counted_alike_in_a_child(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "ztdns")
+    copy = tmp_path / "feed.txt"
+    copy.write_text(LISTS["adblock.txt"] + LISTS["ads.txt"] + "not a name!\nexample.com##.banner\n")
+    in_child = apart.count_entries(copy, "https://feed.test/l.txt", min_bytes=0)
+    assert in_child == apart.count_entries(copy, "https://feed.test/l.txt")
+    assert in_child[0] == 3012
+    assert in_child[1] == {"adblock-modifier:third-party": 1, "adblock-cosmetic": 1, "invalid": 1}
+    assert sum(f"list https://feed.test/l.txt: {in_child[0]} entries" in r.getMessage() for r in caplog.records) == 2

@@ -1,4 +1,5 @@
-"""Compile the policies of a reload in a child process, so that a list refresh never stalls answering.
+"""Compile the policies of a reload in a child process, so that a list refresh never stalls answering; and
+parse a feed's new copy there for its shrink guard (:func:`count_entries`).
 
 Parsing and compiling millions of list names is seconds of interpreter work; in a thread beside the event loop
 it holds the GIL in long stretches, and every query waits for it (issue 21). Here a child process
@@ -32,6 +33,7 @@ import sys
 import time
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -47,6 +49,7 @@ from ztdns.policy.compile import (
     read_lists,
     views_of,
 )
+from ztdns.policy.lists import free_in_pieces, read_list
 
 if TYPE_CHECKING:
     from ztdns.config import Config
@@ -75,26 +78,56 @@ def compile_views_apart(config: Config, *, min_bytes: int = APART_BYTES) -> dict
     happens."""
     if _list_bytes(config) < min_bytes:
         return compile_views(config)
+    try:
+        with _child(config) as stream:
+            return adopt(config, stream)
+    except (RuntimeError, OSError) as exc:
+        log.warning("the process compiling the lists failed: %s; compiling them in this one", exc)
+    return compile_views(config)
+
+
+def count_entries(path: Path, shown_as: str, *, min_bytes: int = APART_BYTES) -> tuple[int, dict[str, int]]:
+    """The entries and the skipped lines by reason of the list at ``path`` (a feed's new copy, for its shrink
+    guard): parsed in a child process when it holds at least ``min_bytes``, here when smaller or when the child
+    fails. Raises OSError if the file cannot be read."""
+    if path.stat().st_size >= min_bytes:
+        try:
+            with _child(("count", path, shown_as)) as stream:
+                count, skipped, records = _read_frame(stream)
+            _log_again(records)
+            return count, skipped
+        except (RuntimeError, OSError, TypeError, ValueError) as exc:
+            log.warning("the process parsing list %s failed: %s; parsing it in this one", shown_as, exc)
+    return _count(path, shown_as)
+
+
+def _count(path: Path, shown_as: str) -> tuple[int, dict[str, int]]:
+    parsed = read_list(path, shown_as)
+    counted = parsed.count, dict(parsed.tally.skipped)
+    for names in parsed.groups.values():
+        free_in_pieces(names)
+    return counted
+
+
+@contextlib.contextmanager
+def _child(request: object) -> Iterator[IO[bytes]]:
+    """A child process given ``request``: its answer to read. Raises OSError if it cannot be started, and
+    RuntimeError (with its exit status) if it fails before the caller has read what it needs."""
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
-    try:
-        child = subprocess.Popen(_CHILD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    except OSError as exc:
-        log.warning("cannot start a process to compile the lists (%s): compiling them in this one", exc)
-        return compile_views(config)
+    child = subprocess.Popen(_CHILD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     try:
         with child:
             try:
                 assert child.stdin is not None and child.stdout is not None
-                child.stdin.write(pickle.dumps(config))
+                child.stdin.write(pickle.dumps(request))
                 child.stdin.close()
-                return adopt(config, child.stdout)
+                yield child.stdout
             finally:
                 if child.poll() is None:
                     child.kill()
     except (RuntimeError, OSError) as exc:
-        log.warning("%s (exit status %s): compiling the lists in this process", exc, child.returncode)
-    return compile_views(config)
+        raise RuntimeError(f"{exc} (exit status {child.returncode})") from None
 
 
 def _list_bytes(config: Config) -> int:
@@ -185,13 +218,20 @@ def _compile_here(config: Config, records: _Records) -> tuple[Header, dict[str, 
 
 
 def main() -> None:
-    """The child: a pickled Config on stdin; its :func:`answer` on stdout."""
+    """The child: on stdin a pickled Config (on stdout its :func:`answer`) or ``("count", path, shown_as)`` (on
+    stdout one frame: what :func:`count_entries` returns, and the log records)."""
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICENESS)
     logging.getLogger().setLevel(logging.INFO)
-    config = pickle.load(sys.stdin.buffer)  # noqa: S301 - from the serving process that started us
+    request = pickle.load(sys.stdin.buffer)  # noqa: S301 - from the serving process that started us
     out = sys.stdout.buffer
-    answer(out, config)
+    if isinstance(request, tuple):
+        _, path, shown_as = request
+        records = _Records()
+        logging.getLogger().addHandler(records)
+        _write_frame(out, (*_count(path, shown_as), records.kept))
+    else:
+        answer(out, request)
     out.flush()
     os._exit(0)  # freeing the tables one by one on the way out would only delay the reload that waits
 
