@@ -3,10 +3,18 @@ of a big list feed is compiled and swapped in (``Frontend.reload``, what a feed 
 (while the replaced table is freed).
 
     .venv/bin/python bench/feed_refresh.py [--names N] [--rate QPS] [--seconds S] [--after S]
+                                           [--runs R] [--mode apart|thread|both]
 
 Queries go through the real pipeline (``Frontend.handle``) for a mix of listed (blocked) and other names, at a
-fixed rate, each timed from when it was due; the compile runs in a thread, so what remains is the GIL it holds
-between switches. The idle figure is the one to compare with: on a shared machine, both move with its load.
+fixed rate, each timed from when it was due. ``--mode apart`` (what ``ztdns serve`` does) compiles the lists in
+a child process and adopts the tables in short pieces (``ztdns.policy.apart``); ``thread`` compiles them in the
+reload's thread (before issue 21's fix), where what remains is the GIL it holds between switches; ``both``
+alternates the two, run after run. Each run measures idle, during and after in turn, so a shared machine's load
+moves all three alike: compare the ratio during/idle of p99, whose median over the runs is printed last.
+
+Before measuring, the server is set up as ``ztdns serve`` sets it (the DGA model read, the collector settled)
+and warmed up for a second: a first query that reads the model (~12 ms) used to stall the idle window.
+Garbage collections are reported per generation with their longest pause (``gc.callbacks``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import dns.message
 
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
+from ztdns.daemon import settle_garbage_collector
 from ztdns.handler import Frontend
 from ztdns.policy.sources import copy_path
 
@@ -30,7 +39,7 @@ URL = "https://feed.example/list.txt"
 
 
 class Collections:
-    """The garbage collector's pauses (any thread), to tell them from the compile's own."""
+    """The garbage collector's pauses (any thread), per generation, to tell them from the compile's own."""
 
     def __init__(self) -> None:
         self.pauses: list[tuple[float, int]] = []
@@ -47,15 +56,21 @@ class Collections:
         pauses, self.pauses = self.pauses, []
         if not pauses:
             return "no collection"
-        longest, generation = max(pauses)
-        return f"{len(pauses)} collections, longest {longest * 1e3:.1f} ms (generation {generation})"
+        return ", ".join(
+            f"gen{generation} {len(times)}x ≤{max(times) * 1e3:.1f} ms"
+            for generation in range(3)
+            if (times := [pause for pause, of in pauses if of == generation])
+        )
+
+
+def p99(samples: list[float]) -> float:
+    return sorted(samples)[int(len(samples) * 0.99)]
 
 
 def summary(samples: list[float], collections: Collections) -> str:
     ordered = sorted(samples)
-    p99 = ordered[int(len(ordered) * 0.99)]
     return (
-        f"{len(samples)} queries, p50 {statistics.median(ordered) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
+        f"{len(samples)} queries, p50 {statistics.median(ordered) * 1e3:.2f} ms, p99 {p99(samples) * 1e3:.2f} ms, "
         f"max {ordered[-1] * 1e3:.2f} ms; gc: {collections.take()}"
     )
 
@@ -90,6 +105,8 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=3.0, help="of the idle measurement")
     parser.add_argument("--after", type=float, default=2.0, help="seconds measured after the refresh")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--mode", choices=("apart", "thread", "both"), default="apart")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ztdns-feed-bench-") as tmp:
         directory = Path(tmp)
@@ -104,22 +121,34 @@ async def main() -> None:
             directory,
         )
         frontend = Frontend(config)
-        gc.collect()  # the collector as `ztdns serve` sets it (daemon.py)
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 20)
+        frontend.detector.preload()  # as `ztdns serve` does (daemon.py)
+        settle_garbage_collector()
         collections = Collections()
         names = (f"ads{i * 7919 % args.names}.example" if i % 2 else f"www.site{i}.example" for i in range(5000))
         wires = [dns.message.make_query(name, "A").to_wire() for name in names]
-        idle = await measure(frontend, wires, args.rate, args.seconds)
-        print(f"idle:            {summary(idle, collections)}")
-        started = time.perf_counter()
-        reload = asyncio.ensure_future(frontend.reload(config))
-        during = await measure(frontend, wires, args.rate, reload)
-        await reload
-        took = time.perf_counter() - started
-        print(f"during refresh:  {summary(during, collections)} (the recompile took {took:.2f} s)")
-        after = await measure(frontend, wires, args.rate, args.after)
-        print(f"after refresh:   {summary(after, collections)}")
+        await measure(frontend, wires, args.rate, 1.0)  # warm-up, not counted
+        collections.take()
+        modes = ("apart", "thread") if args.mode == "both" else (args.mode,)
+        ratios: dict[str, list[float]] = {mode: [] for mode in modes}
+        for run in range(args.runs):
+            mode = modes[run % len(modes)]
+            frontend.compile_apart = mode == "apart"
+            idle = await measure(frontend, wires, args.rate, args.seconds)
+            print(f"run {run + 1} ({mode})")
+            print(f"  idle:            {summary(idle, collections)}")
+            started = time.perf_counter()
+            reload = asyncio.ensure_future(frontend.reload(config))
+            during = await measure(frontend, wires, args.rate, reload)
+            await reload
+            took = time.perf_counter() - started
+            print(f"  during refresh:  {summary(during, collections)} (the refresh took {took:.2f} s)")
+            after = await measure(frontend, wires, args.rate, args.after)
+            print(f"  after refresh:   {summary(after, collections)}")
+            ratios[mode].append(p99(during) / p99(idle))
+        for mode, values in ratios.items():
+            shown = " ".join(f"{value:.2f}" for value in values)
+            median = statistics.median(values)
+            print(f"{mode}: p99 during / p99 idle, median of {len(values)} runs: {median:.2f} ({shown})")
         await frontend.close()
 
 

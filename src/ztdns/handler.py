@@ -39,7 +39,7 @@ from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.sinks import QueueSink
 from ztdns.observe.stage import Observer, ObserveStage
 from ztdns.pipeline import Asked, Next, QueryContext, Stage, chain
-from ztdns.policy import View, compile_views, release_tables, replaced_tables
+from ztdns.policy import View, compile_views, compile_views_apart, release_tables, replaced_tables
 from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
 from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
@@ -146,7 +146,11 @@ def _where_in_zone(config: Config, index: int, key: tuple[str | int, ...]) -> st
     return where(config, ("local_zones", index, *key))
 
 
-def compile_runtime(config: Config, observer: Observer, replays: Replays, detector: Detector | None = None) -> Runtime:
+def compile_runtime(
+    config: Config, observer: Observer, replays: Replays, detector: Detector | None = None, *, apart: bool = False
+) -> Runtime:
+    """``apart``: big lists are compiled in a child process (:mod:`ztdns.policy.apart`), for reloads while
+    answering."""
     zones = [
         load_zone(zone, config.base_dir, functools.partial(_where_in_zone, config, index))
         for index, zone in enumerate(config.local_zones)
@@ -154,7 +158,7 @@ def compile_runtime(config: Config, observer: Observer, replays: Replays, detect
     return Runtime(
         config=config,
         identities=IdentityMap(config),
-        views=dict(compile_views(config)),
+        views=dict(compile_views_apart(config) if apart else compile_views(config)),
         local_zones=LocalZones(zones),
         observer=observer,
         replays=replays,
@@ -309,6 +313,9 @@ class Frontend:
         self.inflight = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.detector = Detector(config.detect)  # its state survives reloads, like the cache
+        # Reloads compile big lists in a child process; False: in the reload's thread (bench/feed_refresh.py
+        # compares the two).
+        self.compile_apart = True
         self.runtime, self.cache_stage = self._build(config, self.resolver, self.outputs)
         self._bind_detector()
         self._bind_upstream_traffic()
@@ -318,11 +325,13 @@ class Frontend:
         if self.shared is not None:
             self.metrics.register(self.shared)
 
-    def _build(self, config: Config, resolver: Resolver | None, outputs: Outputs) -> tuple[Runtime, CacheStage]:
+    def _build(
+        self, config: Config, resolver: Resolver | None, outputs: Outputs, apart: bool = False
+    ) -> tuple[Runtime, CacheStage]:
         """Compile a config into a runtime without touching the one in service (safe to run in a thread)."""
         observer = Observer(self.metrics, outputs.feed, validating=config.dnssec.validation)
         replays = Replays(config.cache.max_entries, self._prefetch, config.server.max_udp_payload)
-        runtime = compile_runtime(config, observer, replays, self.detector)
+        runtime = compile_runtime(config, observer, replays, self.detector, apart=apart)
         cache_stage = CacheStage(self.cache, resolver, self.shared)
         runtime.handler = chain(
             build_stages(
@@ -342,7 +351,8 @@ class Frontend:
     async def reload(self, config: Config) -> None:
         """Swap in a new config. Raises, keeping the old runtime, if the new one cannot be compiled.
 
-        Compiling (list files can hold millions of names) runs in a thread so the event loop keeps answering.
+        Compiling (list files can hold millions of names) runs in a thread so the event loop keeps answering,
+        and big lists in a child process (:mod:`ztdns.policy.apart`) so that thread seldom holds the GIL.
         """
         old = self.runtime.config
         sinks_changed = config.log != old.log or config.control != old.control
@@ -351,7 +361,7 @@ class Frontend:
         resolver = self.resolver_factory(config) if changed else self.resolver
         try:
             runtime, cache_stage = await asyncio.get_running_loop().run_in_executor(
-                None, self._build, config, resolver, outputs
+                None, self._build, config, resolver, outputs, self.compile_apart
             )
         except BaseException:
             await self._release(resolver, outputs)

@@ -3,8 +3,9 @@
 A fetched body replaces the copy only if it passes, in order: the size limit (while reading), the sha256 pin,
 the Ed25519 signature, and the shrink guard (a copy with fewer than ``(1 - max_shrink)`` × the entries of the
 copy in use is held back with a warning: a broken upstream list must not open everything). Parsing for the
-guard runs in a thread; so does the recompile the ``on_change`` callback starts (``Frontend.reload``), so a
-refresh never blocks answering.
+guard runs in a thread, and so does the recompile the ``on_change`` callback starts (``Frontend.reload``); a big
+copy is parsed and big lists are compiled in a child process (:mod:`ztdns.policy.apart`), so a refresh never
+blocks answering.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from prometheus_client.metrics_core import Metric
 from ztdns.config import Config, located
 from ztdns.config.lists import FeedConfig
 from ztdns.feeds.http import FetchError, fetch, tls_context
-from ztdns.policy.lists import free_in_pieces, read_list
+from ztdns.policy.apart import count_entries
 from ztdns.policy.sources import FeedStatus, copy_path, is_feed, lists_dir
 
 log = logging.getLogger("ztdns.feeds")
@@ -153,7 +154,8 @@ class Feed:
     def _stage(self, body: bytes, signature: bytes | None) -> tuple[int, dict[str, int]]:
         """Check the body against the pin and the signature, write it beside the copy and parse it: its entries and
         skipped lines by reason (the caller decides whether it replaces the copy). In a thread: hashing, verifying
-        and parsing a big list on the event loop would stop answering, and so would freeing the parse at once.
+        and parsing a big list on the event loop would stop answering; a big list is parsed in a child process
+        (:func:`~ztdns.policy.apart.count_entries`), so the thread seldom holds the GIL either.
         """
         if self.config.sha256 is not None and hashlib.sha256(body).hexdigest() != self.config.sha256:
             raise FetchError("body does not match the configured sha256")
@@ -166,11 +168,7 @@ class Feed:
         self.directory.mkdir(parents=True, exist_ok=True)
         staged = self.copy.with_suffix(".new")
         staged.write_bytes(body)
-        parsed = read_list(staged, self.url)
-        count, skipped = parsed.count, dict(parsed.tally.skipped)
-        for names in parsed.groups.values():
-            free_in_pieces(names)
-        return count, skipped
+        return count_entries(staged, self.url)
 
     def _failed(self, reason: str) -> None:
         status = self.status

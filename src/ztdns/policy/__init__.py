@@ -8,6 +8,7 @@ Owns:
     schedule.py  weekly time windows of rules and policies
     compile.py   policies compiled once into O(labels) name tables; the precedence of denies, exceptions and
                  allows; ``View.decide`` on the hot path; explain with the chain of rules
+    apart.py     reloads: big lists compiled in a child process, the tables adopted in short pieces
     stage.py     the policy and chain stages; blocked, sinkhole, block-page and rewrite answers
 
 Config: ``[policies.NAME]`` (allow, deny, except, allow_lists, deny_lists, blocked_response, sinkhole,
@@ -24,6 +25,7 @@ are low cardinality, ``rule`` is not).
 Client data: none. Decisions depend on the query name and type only; the caller maps clients to identities.
 """
 
+from ztdns.policy.apart import compile_views_apart
 from ztdns.policy.compile import (
     CompiledPolicy,
     Decision,
@@ -41,6 +43,7 @@ __all__ = [
     "Explanation",
     "View",
     "compile_views",
+    "compile_views_apart",
     "explain",
     "release_tables",
     "replaced_tables",

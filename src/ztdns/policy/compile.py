@@ -593,7 +593,7 @@ def _compile_policy(
         written.append((pattern.base, compiled_rule))
     entries = _Entries()
     groups: list[tuple[list[str], int]] = []
-    for deny_list, path, resolved, loc in _list_sources(name, config, root):
+    for deny_list, path, resolved, loc in list_sources(name, config, root):
         key = format_loc(loc)
         parsed = lists[resolved]
         list_rules: list[_Rule] = []
@@ -635,7 +635,6 @@ def _compile_policy(
     policy.entries = tuple(entries.all)
     if regex_rules:
         policy.regexes = _Regexes(regex_rules)
-    log.info("policy %s: %d names, %d rules", name, sum(map(len, table)), len(policy.rules))
     return policy
 
 
@@ -645,7 +644,7 @@ def _qtypes(names: list[str] | None) -> frozenset[int] | None:
     return frozenset(int(dns.rdatatype.from_text(name)) for name in names)
 
 
-def _list_sources(
+def list_sources(
     name: str, config: PolicyConfig, root: Config
 ) -> Iterator[tuple[bool, str, Path, tuple[str | int, ...]]]:
     for deny_list, action, paths in ((True, "deny", config.deny_lists), (False, "allow", config.allow_lists)):
@@ -664,10 +663,19 @@ def compile_views(config: Config) -> dict[str, View]:
 
 
 def _compile_views(config: Config) -> dict[str, View]:
+    lists, uses = read_lists(config)
+    policies = compile_policies(config, lists, uses)
+    del lists
+    _return_freed_memory()
+    return views_of(config, policies)
+
+
+def read_lists(config: Config) -> tuple[dict[Path, ListFile], Counter[Path]]:
+    """Every list file the policies use, parsed once, and how many policies use each."""
     uses: Counter[Path] = Counter()
     lists: dict[Path, ListFile] = {}
     for name, policy_config in config.policies.items():
-        for _, path, resolved, key in _list_sources(name, policy_config, config):
+        for _, path, resolved, key in list_sources(name, policy_config, config):
             uses[resolved] += 1
             if resolved not in lists:
                 try:
@@ -679,13 +687,25 @@ def _compile_views(config: Config) -> dict[str, View]:
                         continue
                     reason = exc.strerror or str(exc)
                     raise located(config, key, f"cannot read list file {str(resolved)!r}: {reason}") from None
+    return lists, uses
+
+
+def compile_policies(
+    config: Config, lists: dict[Path, ListFile], uses: Counter[Path], *, summary: bool = True
+) -> dict[str, CompiledPolicy]:
+    """Every policy of ``config`` compiled from the parsed ``lists`` (whose names are freed as they are used);
+    ``summary``: log each policy's size."""
     schedules = {name: Schedule(name, schedule) for name, schedule in config.schedules.items()}
-    policies = {
-        name: _compile_policy(name, policy_config, lists, uses, config, schedules)
-        for name, policy_config in config.policies.items()
-    }
-    del lists
-    _return_freed_memory()
+    policies = {}
+    for name, policy_config in config.policies.items():
+        policy = policies[name] = _compile_policy(name, policy_config, lists, uses, config, schedules)
+        if summary:
+            log.info("policy %s: %d names, %d rules", name, sum(map(len, policy.table)), len(policy.rules))
+    return policies
+
+
+def views_of(config: Config, policies: dict[str, CompiledPolicy]) -> dict[str, View]:
+    """Identity name -> its view of the compiled ``policies``."""
     return {
         identity: View(identity, (policies[name] for name in identity_config.policies))
         for identity, identity_config in config.identities.items()
