@@ -12,6 +12,7 @@ import dns.rrset
 import pytest
 
 from ztdns.client import ClientInfo, Transport
+from ztdns.observe import formats
 from ztdns.observe.dnstap import (
     CLIENT_QUERY,
     CLIENT_RESPONSE,
@@ -26,6 +27,7 @@ from ztdns.observe.dnstap import (
 from ztdns.observe.events import Answered, Event, Item, QueryEvent, RawQuery, SecurityEvent
 from ztdns.observe.formats import Clock, Formatter, line
 from ztdns.observe.privacy import Pseudonyms
+from ztdns.observe.ring import Batch, PyRecords, items
 from ztdns.observe.sinks import Feed, QueueSink
 
 
@@ -135,22 +137,53 @@ class Collecting(QueueSink):
     def emit(self, batch: list[Event], now: float) -> None:
         self.got += batch
 
-    def emit_raw(self, batch: list[Item], now: float) -> None:
-        self.got += batch
+    def emit_raw(self, batch: Batch, now: float) -> None:
+        self.got += items(batch)
 
 
-def test_the_feed_hands_raw_sinks_the_tuples_and_others_events() -> None:
+@pytest.mark.parametrize("lines", ["c", "python"])
+def test_the_feed_hands_raw_sinks_its_records_and_others_events(lines: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whichever ring the feed has (the C one, or the Python one of ``ZTDNS_NATIVE_LINES=python``), raw sinks
+    read the queries as added, and the others get QueryEvents, in order with the other events."""
+    if lines == "c":
+        pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    monkeypatch.setattr(formats, "NATIVE_LINES_IN_C", lines == "c")
     raw_sink, event_sink = Collecting(True), Collecting(False)
     feed = Feed([raw_sink, event_sink], interval=3600)
+    assert isinstance(feed.ring, PyRecords) == (lines == "python")
     security = SecurityEvent(time.time(), "detect", {"detector": "dga"})
     queries = _raw()[:3]
-    items: list[RawQuery | SecurityEvent] = [*queries, security]
-    feed.events.extend(items)
+    for when, client, answer, latency, query, response in queries[:2]:
+        feed.add(when, latency, client, answer, query, response)
+    feed.ring.add_event(security)
+    when, client, answer, latency, query, response = queries[2]
+    feed.ring.add_replies(when, latency, client, [(answer, query, response or b"", b"peer")])
     feed._dispatch()
     for sink in (raw_sink, event_sink):
         sink._drain()
-    assert raw_sink.got == items
-    assert event_sink.got == [QueryEvent(*item) for item in queries] + [security]
+    assert raw_sink.got == [*queries[:2], security, queries[2]]
+    assert event_sink.got == [QueryEvent(*item) for item in queries[:2]] + [security, QueryEvent(*queries[2])]
+    feed.close()
+
+
+@pytest.mark.parametrize("lines", ["c", "python"])
+def test_a_full_ring_drops_and_counts_until_the_feed_takes_it(lines: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if lines == "c":
+        pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    monkeypatch.setattr(formats, "NATIVE_LINES_IN_C", lines == "c")
+    sink = Collecting(True)
+    sink.limit = 3
+    feed = Feed([sink], interval=3600)
+    when, client, answer, latency, query, response = _raw()[0]
+    added = [feed.add(when, latency, client, answer, query, response) for _ in range(4)]
+    assert added == [True, True, True, False]
+    assert feed.ring.add_replies(when, latency, client, [(answer, query, response or b"", None)] * 2) == 0
+    assert feed.ring.add_event(SecurityEvent(when, "detect", {})) is False
+    assert feed.dropped == 4
+    feed._dispatch()
+    assert feed.add(when, latency, client, answer, query, response) is True  # room again once taken
+    sink._drain()
+    assert len(sink.got) == 3
     feed.close()
 
 

@@ -27,6 +27,7 @@ except ImportError:  # built without a C compiler: lines are made in Python
     _lines = None  # type: ignore[assignment]
 from ztdns.observe.events import Answered, Item, QueryEvent, RawQuery, SecurityEvent
 from ztdns.observe.privacy import Pseudonyms
+from ztdns.observe.ring import Chunk
 
 ECS_VERSION = "8.11.0"
 OCSF_VERSION = "1.1.0"
@@ -134,17 +135,18 @@ class NativeLines:
         """A line's start up to its time stamp's milliseconds, for ``second`` (the extension adds the rest)."""
         return f'{{"time": "{self.clock.second(second)}'
 
-    def data(self, batch: list[Item], start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
-        """:meth:`text` of ``batch[start:stop]`` encoded; made by the ``_lines`` extension when it is built (the
-        same bytes), in a buffer reused by the next call (release the view before it); None when that part holds
-        other events."""
+    def data(self, batch: list[Item] | Chunk, start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
+        """:meth:`text` of records ``start`` to ``stop`` of a batch (a list of items, or a chunk of the C ring)
+        encoded; made by the ``_lines`` extension when it is built (the same bytes), in a buffer reused by the next
+        call (release the view before it); None when that part holds other events."""
         extension = native_extension()
         if extension is not None:
+            source = batch.source if isinstance(batch, Chunk) else batch
             memos = (self._clients, self._answers, self._client_parts, self._answer_parts, self._second_of)
-            made, self._out = made_into(lambda out: extension.native(batch, start, stop, *memos, out), self._out)
+            made, self._out = made_into(lambda out: extension.native(source, start, stop, *memos, out), self._out)
             if made is not None:
                 return made
-        part = batch[start:stop]
+        part = batch.items(start, stop) if isinstance(batch, Chunk) else batch[start:stop]
         if not only_queries(part):
             return None
         return memoryview(self.text(part).encode())
