@@ -5,7 +5,7 @@
  * NativeLines.text(items).encode()) and dnstap frames (observe/dnstap.py, DnstapSink.frames: the same bytes as
  * DnstapSink.raw_frames(items)).
  *
- * A batch is either a chunk taken from the ring (records, wires, objects: observe/ring.py's Chunk) or a list of
+ * A batch is either a chunk taken from the ring (records, wires, objects, parts: observe/ring.py's Chunk) or a list of
  * the serving thread's tuples (the pure-Python ring's, and single events a sink is handed). Python makes what is
  * the same for every query of one client and of one answer (memos of parts keyed by the objects' ids, filled by
  * Python callbacks on a miss) and the log's time stamp of each second; this looks them up, formats the per-query
@@ -173,6 +173,27 @@ static void cache_clear(Cache *cache) {
     for (int slot = 0; slot < CACHE_SLOTS; slot++) Py_CLEAR(cache->parts[slot]);
 }
 
+/* The parts of the batch's object `index` (`object`): from the chunk's list of parts (made and kept there on the
+ * first record naming it), or, in a list of tuples (index -1), through the cache. Borrowed, NULL on error, Py_None
+ * when what make returned does not have the shape. */
+static PyObject *parts_for(PyObject *parts, Cache *cache, Py_ssize_t index, PyObject *object, PyObject *memo,
+                           PyObject *make, Py_ssize_t size) {
+    if (parts == NULL || index < 0) return cached_parts(cache, memo, object, make, size);
+    PyObject *known = PyList_GET_ITEM(parts, index);
+    if (known != Py_None) return known;
+    PyObject *made_parts = parts_of(memo, object, make, size);
+    if (made_parts == NULL || made_parts == Py_None) {
+        Py_XDECREF(made_parts);
+        return made_parts == NULL ? NULL : Py_None;
+    }
+    if (index >= PyList_GET_SIZE(parts)) { /* make changed the list: not ours to fill */
+        Py_DECREF(made_parts);
+        return Py_None;
+    }
+    PyList_SetItem(parts, index, made_parts); /* the list holds it now */
+    return made_parts;
+}
+
 /* One record of the ring (Records.take's `records` bytes are an array of these): when the answer was sent
  * (time.time()) and its latency (seconds), who asked and what was said (indexes into the chunk's objects; with
  * `answer` ANOTHER_EVENT, `client` is another event: a security or upstream event, kept in order), the bytes
@@ -189,16 +210,20 @@ typedef struct {
 } Record;
 #define ANOTHER_EVENT UINT32_MAX
 
-/* One query of a batch, borrowed: its objects, numbers, and the bytes received and sent (response NULL: dropped). */
+/* One query of a batch, borrowed: its objects (and, in a chunk, their indexes; -1 in a list), numbers, and the
+ * bytes received and sent (response NULL: dropped). */
 typedef struct {
     double when, latency;
     PyObject *client, *answer;
+    Py_ssize_t client_index, answer_index;
     const char *query, *response;
     Py_ssize_t query_length, response_length;
 } Query;
 
 /* A batch: a list of (time, client, answer, latency, query bytes, response bytes | None) tuples, or a chunk of the
- * ring, (records bytes, wires bytes, objects list). */
+ * ring, (records bytes, wires bytes, objects list, parts list): `parts` holds the parts made for each object of the
+ * chunk (None until made), kept by the caller from one call to the next over the chunk, so that each object's
+ * parts are looked up once per chunk, not once per record. */
 typedef struct {
     PyObject *list;
     const Record *records;
@@ -206,6 +231,7 @@ typedef struct {
     const char *wires;
     Py_ssize_t wires_length;
     PyObject *objects;
+    PyObject *parts;
 } Source;
 
 /* 1: `batch` is one of the two (then `source` reads it); 0: neither. */
@@ -216,10 +242,13 @@ static int source_open(PyObject *batch, Source *source) {
         source->count = PyList_GET_SIZE(batch);
         return 1;
     }
-    if (!PyTuple_Check(batch) || PyTuple_GET_SIZE(batch) != 3) return 0;
+    if (!PyTuple_Check(batch) || PyTuple_GET_SIZE(batch) != 4) return 0;
     PyObject *records = PyTuple_GET_ITEM(batch, 0), *wires = PyTuple_GET_ITEM(batch, 1);
-    PyObject *objects = PyTuple_GET_ITEM(batch, 2);
-    if (!PyBytes_Check(records) || !PyBytes_Check(wires) || !PyList_Check(objects)) return 0;
+    PyObject *objects = PyTuple_GET_ITEM(batch, 2), *parts = PyTuple_GET_ITEM(batch, 3);
+    if (!PyBytes_Check(records) || !PyBytes_Check(wires) || !PyList_Check(objects) || !PyList_Check(parts) ||
+        PyList_GET_SIZE(parts) != PyList_GET_SIZE(objects))
+        return 0;
+    source->parts = parts;
     source->records = (const Record *)PyBytes_AS_STRING(records);
     source->count = PyBytes_GET_SIZE(records) / (Py_ssize_t)sizeof(Record);
     source->wires = PyBytes_AS_STRING(wires);
@@ -243,6 +272,8 @@ static int query_at(const Source *source, Py_ssize_t index, Query *query) {
         query->latency = record->latency;
         query->client = PyList_GET_ITEM(source->objects, record->client);
         query->answer = PyList_GET_ITEM(source->objects, record->answer);
+        query->client_index = record->client;
+        query->answer_index = record->answer;
         query->query = source->wires + record->offset;
         query->query_length = record->query_length;
         query->response = record->response_length < 0 ? NULL : source->wires + end;
@@ -259,6 +290,7 @@ static int query_at(const Source *source, Py_ssize_t index, Query *query) {
     query->latency = PyFloat_AS_DOUBLE(latency);
     query->client = PyTuple_GET_ITEM(item, 1);
     query->answer = PyTuple_GET_ITEM(item, 2);
+    query->client_index = query->answer_index = -1;
     query->query = PyBytes_AS_STRING(sent);
     query->query_length = PyBytes_GET_SIZE(sent);
     query->response = response == Py_None ? NULL : PyBytes_AS_STRING(response);
@@ -328,10 +360,12 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
             status = 0;
             break;
         }
-        PyObject *by_client = cached_parts(&by_clients, clients, item.client, client_parts, 3);
+        PyObject *by_client = parts_for(source.parts, &by_clients, item.client_index, item.client, clients,
+                                        client_parts, 3);
         PyObject *by_answer = by_client == NULL || by_client == Py_None
                                   ? by_client
-                                  : cached_parts(&by_answers, answers, item.answer, answer_parts, 3);
+                                  : parts_for(source.parts, &by_answers, item.answer_index, item.answer, answers,
+                                              answer_parts, 3);
         if (by_answer == NULL || by_answer == Py_None) {
             status = by_answer == NULL ? -1 : 0;
             break;
@@ -467,7 +501,8 @@ static PyObject *lines_dnstap(PyObject *self, PyObject *args) {
             status = 0;
             break;
         }
-        PyObject *fields = cached_parts(&by_clients, clients, item.client, client_fields, 3);
+        PyObject *fields = parts_for(source.parts, &by_clients, item.client_index, item.client, clients,
+                                     client_fields, 3);
         if (fields == NULL || fields == Py_None) {
             status = fields == NULL ? -1 : 0;
             break;
@@ -496,11 +531,16 @@ static PyObject *lines_dnstap(PyObject *self, PyObject *args) {
 /* Records(capacity): the ring between the serving threads and the feed's thread (observe/ring.py). The serving
  * threads add one record per answer (the numbers and the bytes received and sent copied into two blocks of memory
  * kept from batch to batch, the client and the answer as indexes into one list of the batch's objects, each
- * object listed once per batch as long as it comes back within the last CACHE_SLOTS different ones); the feed's
+ * object listed once per batch unless another one took its slot of RING_SLOTS meanwhile); the feed's
  * thread takes what was added as a chunk: (count, records bytes, wires bytes, objects list), one copy of each
  * block, and the ring starts over. Beyond `capacity` records between takes, records are dropped and counted
  * (`dropped`). Every method runs with the GIL held and makes no Python call in between: adds and takes of
  * different threads never interleave. */
+#define RING_SLOTS 4096 /* a slot per object named: 1,000 answers in turn keep theirs */
+static inline Py_ssize_t ring_slot(PyObject *object) {
+    return (Py_ssize_t)(((uint64_t)(uintptr_t)object * 0x9E3779B97F4A7C15u) >> 52); /* Fibonacci hashing: 12 bits */
+}
+
 typedef struct {
     PyObject_HEAD
     Record *records;
@@ -508,8 +548,8 @@ typedef struct {
     char *wires;
     Py_ssize_t wires_length, wires_room;
     PyObject *objects;
-    PyObject *keys[CACHE_SLOTS]; /* borrowed: listed in `objects` */
-    uint32_t indexes[CACHE_SLOTS];
+    PyObject *keys[RING_SLOTS]; /* borrowed: listed in `objects` */
+    uint32_t indexes[RING_SLOTS];
     Py_ssize_t dropped;
 } Records;
 
@@ -535,7 +575,7 @@ static void records_dealloc(Records *self) {
 
 /* The index of `object` in the batch's list (listed now if it is not among the last ones); -1 on error. */
 static Py_ssize_t records_index(Records *self, PyObject *object) {
-    Py_ssize_t slot = cache_slot(object);
+    Py_ssize_t slot = ring_slot(object);
     if (self->keys[slot] == object) return self->indexes[slot];
     Py_ssize_t index = PyList_GET_SIZE(self->objects);
     if (PyList_Append(self->objects, object) < 0) return -1;

@@ -18,7 +18,7 @@ class Records:
     def take(self) -> tuple[int, bytes, bytes, list[Any]] | None: ...
 
 def native(
-    batch: list[Any] | tuple[bytes, bytes, list[Any]],
+    batch: list[Any] | tuple[bytes, bytes, list[Any], list[Any]],
     start: int,
     stop: int,
     clients: dict[int, Any],
@@ -30,7 +30,7 @@ def native(
     /,
 ) -> int | None: ...
 def dnstap(
-    batch: list[Any] | tuple[bytes, bytes, list[Any]],
+    batch: list[Any] | tuple[bytes, bytes, list[Any], list[Any]],
     start: int,
     stop: int,
     clients: dict[int, Any],

@@ -18,7 +18,7 @@ import struct
 
 from ztdns.client import ClientInfo
 from ztdns.observe.events import Item, RawQuery, UpstreamEvent
-from ztdns.observe.formats import MAX_SIZE, made_into, native_extension, only_queries
+from ztdns.observe.formats import MAX_SIZE, ChunkParts, made_into, native_extension, only_queries
 from ztdns.observe.privacy import Pseudonyms
 from ztdns.observe.ring import Batch, Chunk, items
 from ztdns.observe.sinks import RECORDS_PER_WRITE, QueueSink
@@ -189,6 +189,7 @@ class DnstapSink(QueueSink):
         # not reused while it lives), read by the _lines extension too.
         self._clients: dict[int, list[object]] = {}
         self._out = bytearray()  # the extension's output, kept from batch to batch
+        self._chunk_parts = ChunkParts()  # the parts of the chunk being sent
         self.connected = False
         self.connects = 0
         self._sock: socket.socket | None = None
@@ -285,7 +286,7 @@ class DnstapSink(QueueSink):
         extension = native_extension()
         if extension is not None:
             clients, fields, envelope = self._clients, self._client_fields, self._envelope
-            source = batch.source if isinstance(batch, Chunk) else batch
+            source = self._chunk_parts.source(batch) if isinstance(batch, Chunk) else batch
 
             def make(out: bytearray) -> int | None:
                 size: int | None = extension.dnstap(source, start, stop, clients, fields, envelope, out)

@@ -45,12 +45,16 @@ class Chunk:
     def __len__(self) -> int:
         return self.count
 
-    @property
-    def source(self) -> tuple[bytes, bytes, list[object]]:
-        """The chunk as the ``_lines`` formatters take it (they read ``count`` records from the block's start)."""
+    def source(self, parts: list[object]) -> tuple[bytes, bytes, list[object], list[object]]:
+        """The chunk as the ``_lines`` formatters take it (they read ``count`` records from the block's start),
+        with ``parts``: a list of None as long as ``objects`` (:meth:`new_parts`), which they fill with each
+        object's parts as they make them, for the next call over this chunk."""
         records = self.records
         size = self.count * RECORD.size
-        return (records if len(records) == size else records[:size]), self.wires, self.objects
+        return (records if len(records) == size else records[:size]), self.wires, self.objects, parts
+
+    def new_parts(self) -> list[object]:
+        return [None] * len(self.objects)
 
     def head(self, count: int) -> Chunk:
         """The first ``count`` records."""
