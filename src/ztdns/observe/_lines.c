@@ -584,6 +584,12 @@ static Py_ssize_t records_index(Records *self, PyObject *object) {
     return index;
 }
 
+/* The bytes received and sent a batch holds at most: beyond, records are dropped (and counted) rather than the
+ * memory grown further (answers over TCP can be 64 KB each). */
+#define WIRES_LIMIT ((Py_ssize_t)1 << 28)
+/* Kept between batches at most unless in use: a burst's memory is given back once it is over. */
+#define WIRES_KEPT ((Py_ssize_t)1 << 24)
+
 /* Room for one more record and `wire` more bytes; -1 with an exception when memory is out. */
 static int records_room(Records *self, Py_ssize_t wire) {
     if (self->count == self->room) {
@@ -596,10 +602,6 @@ static int records_room(Records *self, Py_ssize_t wire) {
     if (self->wires_length + wire > self->wires_room) {
         Py_ssize_t room = self->wires_room ? self->wires_room * 2 : 65536;
         if (room < self->wires_length + wire) room = self->wires_length + wire;
-        if (room > UINT32_MAX) {
-            PyErr_SetString(PyExc_OverflowError, "a batch's bytes out of range");
-            return -1;
-        }
         char *grown = PyMem_RawRealloc(self->wires, (size_t)room);
         if (grown == NULL) goto nomemory;
         self->wires = grown;
@@ -618,17 +620,14 @@ static int records_add_one(Records *self, double when, double latency, PyObject 
         PyErr_SetString(PyExc_TypeError, "a query and its answer are bytes (None: no answer)");
         return -1;
     }
-    if (self->count >= self->capacity) {
-        self->dropped++;
-        return 0;
-    }
     Py_ssize_t query_length = PyBytes_GET_SIZE(query);
     Py_ssize_t response_length = response == Py_None ? -1 : PyBytes_GET_SIZE(response);
     Py_ssize_t wire = query_length + (response_length < 0 ? 0 : response_length);
-    if (query_length > INT32_MAX || response_length > INT32_MAX || records_room(self, wire) < 0) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_OverflowError, "a message out of range");
-        return -1;
+    if (self->count >= self->capacity || self->wires_length + wire > WIRES_LIMIT) {
+        self->dropped++;
+        return 0;
     }
+    if (records_room(self, wire) < 0) return -1;
     Py_ssize_t client_index = records_index(self, client);
     Py_ssize_t answer_index = client_index < 0 ? -1 : records_index(self, answer);
     if (answer_index < 0) return -1;
@@ -722,6 +721,13 @@ static PyObject *records_take(Records *self, PyObject *unused) {
     }
     Py_DECREF(PyTuple_GET_ITEM(taken, 0)); /* PyTuple_Pack took its own reference to the count */
     Py_SETREF(self->objects, fresh);
+    if (self->wires_room > WIRES_KEPT && self->wires_length < WIRES_KEPT / 2) {
+        char *shrunk = PyMem_RawRealloc(self->wires, (size_t)WIRES_KEPT);
+        if (shrunk != NULL) {
+            self->wires = shrunk;
+            self->wires_room = WIRES_KEPT;
+        }
+    }
     self->count = 0;
     self->wires_length = 0;
     memset(self->keys, 0, sizeof self->keys);

@@ -5,7 +5,8 @@ writes. Records beyond a bound are dropped and counted, never waited for.
 
 Sinks that format from the records themselves (``raw``: the native query log with full privacy, dnstap) get the
 batch as it is — a chunk of the ring, no object per query is made for them — and make each record from parts made
-once per client and answer; the others get QueryEvents, made once per batch for all of them. One write per batch.
+once per client and answer; the others get the same batches and make QueryEvents of them on their own thread as
+they take them. One write per batch.
 
 A sink that stalls (a collector that stops reading, a full disk) blocks only its own thread: its queue fills and
 further events are dropped (``dropped``), while answering and the other sinks go on at full speed.
@@ -15,12 +16,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import cast
 
 from prometheus_client.metrics_core import Metric
 
@@ -60,17 +59,10 @@ class Feed:
         return self.ring.dropped
 
     def _dispatch(self) -> None:
-        raw = take(self.ring)
-        if raw is None:
-            return
-        made: list[Item] | None = None  # QueryEvents, made once for the sinks that do not read the records
-        for sink in self.sinks:
-            if sink.raw:
-                sink.offer(raw)
-            else:
-                if made is None:
-                    made = [QueryEvent(*item) if type(item) is tuple else item for item in items(raw)]
-                sink.offer(made)
+        taken = take(self.ring)
+        if taken is not None:
+            for sink in self.sinks:
+                sink.offer(taken)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -160,9 +152,10 @@ class QueueSink:
             for batch in taken:
                 self._emit(self.emit_raw, batch)
         else:  # one list, even when empty: an aggregate's window may be due
-            lists = cast(list[list[Item]], taken)  # not raw: the feed made lists of QueryEvents
-            batch = lists[0] if len(lists) == 1 else list(itertools.chain.from_iterable(lists))
-            self._emit(self.emit, batch)  # type: ignore[arg-type]
+            # QueryEvents made here, a batch at a time, rather than by the feed for all such sinks: a slow sink's
+            # queue holds the ring's compact chunks, not an object per query for the collector to go through.
+            made = [QueryEvent(*item) if type(item) is tuple else item for part in taken for item in items(part)]
+            self._emit(self.emit, made)  # type: ignore[arg-type]
 
     def _emit(self, write: Callable[[Batch, float], None], batch: Batch) -> None:
         try:
