@@ -23,9 +23,9 @@ from typing import Protocol, TypeVar
 from ztdns.client import ClientInfo
 from ztdns.observe.events import Answered, Item, RawQuery, SecurityEvent, UpstreamEvent
 
+Peer = TypeVar("Peer")  # a reply's destination, as its transport names it (not recorded)
 # One record, as _lines.c's Record: when, latency, client index, answer index (ANOTHER_EVENT: the client index is
 # another event's), offset of the query's bytes in the chunk's wires, their length, the response's (-1: none).
-Peer = TypeVar("Peer")  # a reply's destination, as its transport names it (not recorded)
 RECORD = struct.Struct("=ddIIIii4x")
 ANOTHER_EVENT = 0xFFFFFFFF
 
