@@ -27,7 +27,7 @@ from ztdns.observe.dnstap import (
 from ztdns.observe.events import Answered, Event, Item, QueryEvent, RawQuery, SecurityEvent
 from ztdns.observe.formats import Clock, Formatter, line
 from ztdns.observe.privacy import Pseudonyms
-from ztdns.observe.ring import Batch, PyRecords, items
+from ztdns.observe.ring import Batch, Chunk, PyRecords, items, take
 from ztdns.observe.sinks import Feed, QueueSink
 
 
@@ -211,3 +211,17 @@ def test_native_line_parts_are_kept_per_client_and_per_answer_not_per_pair() -> 
     batch: list[RawQuery] = [(now, c, a, 0.0001, b"\0\1", b"") for a in answers for c in clients]
     assert len(native.text(batch).splitlines()) == 16_000
     assert (len(native._clients), len(native._answers)) == (16, 1000)
+
+
+def test_the_c_ring_takes_any_bytes_like_message_and_drops_what_is_not() -> None:
+    """A record is never worth failing an answer for: a message that is not bytes-like is dropped and counted."""
+    lines = pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    ring = lines.Records(10)
+    when, client, answer, latency, query, response = _raw()[0]
+    assert ring.add(when, latency, client, answer, bytearray(query), memoryview(response or b""))
+    assert not ring.add(when, latency, client, answer, "not bytes", None)
+    assert not ring.add(when, latency, client, answer, query, 12)
+    assert ring.dropped == 2
+    taken = take(ring)
+    assert isinstance(taken, Chunk)
+    assert taken.items() == [(when, client, answer, latency, query, response)]

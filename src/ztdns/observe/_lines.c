@@ -613,24 +613,43 @@ nomemory:
     return -1;
 }
 
-/* Add one query's record: 1 added, 0 dropped (the ring is full), -1 error (TypeError: not bytes). */
-static int records_add_one(Records *self, double when, double latency, PyObject *client, PyObject *answer,
-                           PyObject *query, PyObject *response) {
-    if (!PyBytes_Check(query) || (response != Py_None && !PyBytes_Check(response))) {
-        PyErr_SetString(PyExc_TypeError, "a query and its answer are bytes (None: no answer)");
-        return -1;
+/* The bytes of a message: bytes as they are, anything else through the buffer protocol (released by the caller
+ * when `view->obj` is set). 1: got them; 0: not bytes-like (no exception left). */
+static int message_bytes(PyObject *message, Py_buffer *view, const char **data, Py_ssize_t *length) {
+    view->obj = NULL;
+    if (PyBytes_Check(message)) {
+        *data = PyBytes_AS_STRING(message);
+        *length = PyBytes_GET_SIZE(message);
+        return 1;
     }
-    Py_ssize_t query_length = PyBytes_GET_SIZE(query);
-    Py_ssize_t response_length = response == Py_None ? -1 : PyBytes_GET_SIZE(response);
-    Py_ssize_t wire = query_length + (response_length < 0 ? 0 : response_length);
-    if (self->count >= self->capacity || self->wires_length + wire > WIRES_LIMIT) {
-        self->dropped++;
+    if (PyObject_GetBuffer(message, view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        view->obj = NULL;
         return 0;
     }
-    if (records_room(self, wire) < 0) return -1;
+    *data = view->buf;
+    *length = view->len;
+    return 1;
+}
+
+/* Add one query's record: 1 added, 0 dropped and counted (the ring is full, or a message is not bytes-like: a
+ * record is never worth failing an answer for), -1 error (out of memory). */
+static int records_add_one(Records *self, double when, double latency, PyObject *client, PyObject *answer,
+                           PyObject *query, PyObject *response) {
+    Py_buffer query_view, response_view;
+    const char *query_data, *response_data = NULL;
+    Py_ssize_t query_length, response_length = -1;
+    int status = 0;
+    response_view.obj = NULL;
+    if (!message_bytes(query, &query_view, &query_data, &query_length)) goto drop;
+    if (response != Py_None && !message_bytes(response, &response_view, &response_data, &response_length)) goto drop;
+    Py_ssize_t wire = query_length + (response_length < 0 ? 0 : response_length);
+    if (self->count >= self->capacity || self->wires_length + wire > WIRES_LIMIT) goto drop;
+    status = -1;
+    if (records_room(self, wire) < 0) goto done;
     Py_ssize_t client_index = records_index(self, client);
     Py_ssize_t answer_index = client_index < 0 ? -1 : records_index(self, answer);
-    if (answer_index < 0) return -1;
+    if (answer_index < 0) goto done;
     Record *record = &self->records[self->count++];
     memset(record, 0, sizeof *record); /* the padding too: a chunk's bytes are the same for the same records */
     record->when = when;
@@ -640,11 +659,18 @@ static int records_add_one(Records *self, double when, double latency, PyObject 
     record->offset = (uint32_t)self->wires_length;
     record->query_length = (int32_t)query_length;
     record->response_length = (int32_t)response_length;
-    memcpy(self->wires + self->wires_length, PyBytes_AS_STRING(query), (size_t)query_length);
+    memcpy(self->wires + self->wires_length, query_data, (size_t)query_length);
     if (response_length > 0)
-        memcpy(self->wires + self->wires_length + query_length, PyBytes_AS_STRING(response), (size_t)response_length);
+        memcpy(self->wires + self->wires_length + query_length, response_data, (size_t)response_length);
     self->wires_length += wire;
-    return 1;
+    status = 1;
+    goto done;
+drop:
+    self->dropped++;
+done:
+    if (query_view.obj != NULL) PyBuffer_Release(&query_view);
+    if (response_view.obj != NULL) PyBuffer_Release(&response_view);
+    return status;
 }
 
 /* add(when, latency, client, answer, query, response) -> bool: False when the ring is full (counted). */
