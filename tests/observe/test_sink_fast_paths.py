@@ -225,3 +225,18 @@ def test_the_c_ring_takes_any_bytes_like_message_and_drops_what_is_not() -> None
     taken = take(ring)
     assert isinstance(taken, Chunk)
     assert taken.items() == [(when, client, answer, latency, query, response)]
+
+
+def test_the_c_ring_lists_each_object_of_a_batch_about_once() -> None:
+    """16 clients asking 1,000 names in turn: the batch's list names each about once (a formatter then looks up
+    each one's parts once a batch), not once per record."""
+    lines = pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    ring = lines.Records(20_000)
+    clients = [ClientInfo(Transport.UDP, "127.0.0.1", 40000 + n) for n in range(16)]
+    answers = [Answered("cached", "NOERROR", None, f"n{n}.example.", "A") for n in range(1000)]
+    for n in range(16_000):
+        assert ring.add(1e9 + n, 0.0001, clients[n % 16], answers[n % 1000], b"\0\1", b"")
+    taken = take(ring)
+    assert isinstance(taken, Chunk)
+    assert 1016 <= len(taken.objects) < 1100  # an object is listed again only if 8 slots in a row were taken
+    assert [item[1:3] for item in taken.items(0, 32)] == [(clients[n % 16], answers[n]) for n in range(32)]  # type: ignore[index]

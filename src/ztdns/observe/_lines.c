@@ -531,14 +531,19 @@ static PyObject *lines_dnstap(PyObject *self, PyObject *args) {
 /* Records(capacity): the ring between the serving threads and the feed's thread (observe/ring.py). The serving
  * threads add one record per answer (the numbers and the bytes received and sent copied into two blocks of memory
  * kept from batch to batch, the client and the answer as indexes into one list of the batch's objects, each
- * object listed once per batch unless another one took its slot of RING_SLOTS meanwhile); the feed's
+ * object listed once per batch, found again through a table of RING_SLOTS by its address); the feed's
  * thread takes what was added as a chunk: (count, records bytes, wires bytes, objects list), one copy of each
  * block, and the ring starts over. Beyond `capacity` records between takes, records are dropped and counted
  * (`dropped`). Every method runs with the GIL held and makes no Python call in between: adds and takes of
  * different threads never interleave. */
-#define RING_SLOTS 4096 /* a slot per object named: 1,000 answers in turn keep theirs */
+/* The table of the objects a batch names: open addressing, at most RING_PROBES slots looked at. A batch names a
+ * few thousand objects at most (the answers of 20 ms of queries): the table stays sparse. When the probes find
+ * neither the object nor a free slot, the last slot is taken over: the object evicted is listed again if named
+ * again, which costs a list entry, never a wrong index. */
+#define RING_SLOTS 8192
+#define RING_PROBES 8
 static inline Py_ssize_t ring_slot(PyObject *object) {
-    return (Py_ssize_t)(((uint64_t)(uintptr_t)object * 0x9E3779B97F4A7C15u) >> 52); /* Fibonacci hashing: 12 bits */
+    return (Py_ssize_t)(((uint64_t)(uintptr_t)object * 0x9E3779B97F4A7C15u) >> 51); /* Fibonacci hashing: 13 bits */
 }
 
 typedef struct {
@@ -576,7 +581,11 @@ static void records_dealloc(Records *self) {
 /* The index of `object` in the batch's list (listed now if it is not among the last ones); -1 on error. */
 static Py_ssize_t records_index(Records *self, PyObject *object) {
     Py_ssize_t slot = ring_slot(object);
-    if (self->keys[slot] == object) return self->indexes[slot];
+    for (int probe = 1; self->keys[slot] != NULL; probe++) {
+        if (self->keys[slot] == object) return self->indexes[slot];
+        if (probe == RING_PROBES) break;
+        slot = (slot + 1) & (RING_SLOTS - 1);
+    }
     Py_ssize_t index = PyList_GET_SIZE(self->objects);
     if (PyList_Append(self->objects, object) < 0) return -1;
     self->keys[slot] = object;
