@@ -1,13 +1,17 @@
-"""What each sink costs per replayed answer (``Frontend.fast``), in-process, no sockets for the queries: no sink,
+"""What each sink costs per replayed answer, in-process, no sockets for the queries: no sink,
 the JSON query log (native), JSON in ECS and OCSF, pseudonymised (ipcrypt deterministic and ndx), aggregate,
 dnstap (to a Frame Streams reader on a unix socket) and syslog (UDP to a local socket); the two collectors run in
 a child process. The native log and dnstap run twice: with the ``_lines`` extension (``[c]``) and with the
 pure-Python path (``[python]``, what ``ZTDNS_NATIVE_LINES=python`` chooses).
 
     .venv/bin/python bench/querylog.py [--queries 200000] [--rounds 3] [--cases "none,query log,dnstap"]
-                                       [--rate 50000]
+                                       [--rate 50000] [--path batch|fast] [--names 1000] [--clients 16]
 
-For each case, alternating rounds: ``serving`` is the CPU time of the thread that calls ``fast`` (time.thread_time:
+The answers are replayed as the UDP lane replays them (``--path batch``: ``Frontend.fast_batch``, batches of 64
+datagrams, the plain replays in C) or one at a time (``--path fast``: ``Frontend.fast``, as TCP, DoT and DoH do),
+``--names`` names asked in turn by ``--clients`` clients (a server's mix: the records' objects are many, not one).
+
+For each case, alternating rounds: ``serving`` is the CPU time of the thread that replays (time.thread_time:
 what a sink adds there; the target is ≤ 0.5 µs), ``sinks`` that of the feed's and the sinks' threads,
 ``process`` the CPU time of the whole process until the sinks have written every event (serving thread, feed and
 sink threads, the kernel's work for the writes: what the sink costs a server per query in all; the target for
@@ -15,9 +19,10 @@ the native log and dnstap is ≤ 0.6 µs added), ``wall`` the elapsed time per q
 and writes beside it (the GIL is shared, so this includes part of the sink's own work). Queues are deep enough
 for the whole run, so nothing is dropped (a dropped record would cost nothing). The round with the least process
 CPU of each is printed, and the difference from "none"; the last lines are the largest serving-thread cost of any
-sink and the whole-process cost of the native log and dnstap. ``--rate`` replays at that many queries a second
-rather than as fast as one thread can (a server at that load: batches of its size, the serving thread's objects
-waiting for the sinks as long). Run it on an idle machine: it measures one core.
+sink (and of the pure-Python paths, the fallback without the extension, apart) and the whole-process cost of the
+native log and dnstap. ``--rate`` replays at that many queries a second
+rather than as fast as one thread can (a server at that load: batches of its size, the records waiting for the
+sinks as long). Run it on an idle machine: it measures one core.
 """
 
 from __future__ import annotations
@@ -43,7 +48,16 @@ from ztdns.handler import Frontend
 from ztdns.observe import formats
 
 QUEUE = 4_000_000  # events a sink may hold: more than a run makes
-BASE = FASTPATH_CONFIG + f"queue = {QUEUE}\n" + '\n[detect]\nmode = "off"\n'
+BATCH = 64  # datagrams a UDP lane's batch holds at most (transport/_udpbatch.c)
+
+
+def base_config(names: int) -> str:
+    """The fast path's config with ``names`` names in its zone (n0.bench.test, …), deep queues, detection off."""
+    records = "".join(f'"n{index}.bench.test. 300 IN A 192.0.2.1",\n' for index in range(names))
+    zone = FASTPATH_CONFIG.replace("records = [", "records = [" + records)
+    return zone + f"queue = {QUEUE}\n" + '\n[detect]\nmode = "off"\n'
+
+
 PYTHON = " [python]"  # a case's name ending in this runs the sinks' pure-Python path
 
 
@@ -52,23 +66,24 @@ def sink(kind: str, **keys: str) -> str:
     return "[[log.sinks]]\n" + f'type = "{kind}"\nqueue = {QUEUE}\n' + text
 
 
-def cases(directory: Path, syslog_port: int) -> dict[str, str]:
+def cases(directory: Path, syslog_port: int, names: int) -> dict[str, str]:
+    base = base_config(names)
     log = str(directory / "log")
-    dnstap = BASE.format(query_log="off") + sink("dnstap", socket=str(directory / "dnstap.sock"))
+    dnstap = base.format(query_log="off") + sink("dnstap", socket=str(directory / "dnstap.sock"))
     return {
-        "none": BASE.format(query_log="off"),
-        "query log (native) [c]": BASE.format(query_log=log + ".native"),
-        "query log (native)" + PYTHON: BASE.format(query_log=log + ".python"),
-        "json ecs": BASE.format(query_log="off") + sink("json", output=log + ".ecs", format="ecs"),
-        "json ocsf": BASE.format(query_log="off") + sink("json", output=log + ".ocsf", format="ocsf"),
-        "json ecs pseudonymised": BASE.format(query_log="off")
+        "none": base.format(query_log="off"),
+        "query log (native) [c]": base.format(query_log=log + ".native"),
+        "query log (native)" + PYTHON: base.format(query_log=log + ".python"),
+        "json ecs": base.format(query_log="off") + sink("json", output=log + ".ecs", format="ecs"),
+        "json ocsf": base.format(query_log="off") + sink("json", output=log + ".ocsf", format="ocsf"),
+        "json ecs pseudonymised": base.format(query_log="off")
         + sink("json", output=log + ".pseudo", format="ecs", privacy="pseudonymised"),
-        "json native ndx": BASE.format(query_log="off")
+        "json native ndx": base.format(query_log="off")
         + sink("json", output=log + ".ndx", privacy="pseudonymised", ipcrypt="ndx"),
-        "json aggregate": BASE.format(query_log="off") + sink("json", output=log + ".agg", privacy="aggregate"),
+        "json aggregate": base.format(query_log="off") + sink("json", output=log + ".agg", privacy="aggregate"),
         "dnstap (unix) [c]": dnstap,
         "dnstap (unix)" + PYTHON: dnstap,
-        "syslog udp (ecs)": BASE.format(query_log="off")
+        "syslog udp (ecs)": base.format(query_log="off")
         + sink("syslog", address=f"127.0.0.1:{syslog_port}", format="ecs"),
     }
 
@@ -145,39 +160,70 @@ def sink_threads_cpu() -> float:
 Measured = tuple[float, float, float, float, int]  # serving, sinks, process, wall (µs per query), dropped
 
 
-def replay(frontend: Frontend, wire: bytes, client: ClientInfo, count: int, rate: int) -> None:
-    """``count`` replays of ``wire``; at ``rate`` a second (0: as fast as they go), in slices of a millisecond with
-    sleeps between them, as a server at that rate answers: the sinks then get batches of that size, and the
-    serving thread's objects wait for them as long as they would."""
-    fast = frontend.fast
-    if not rate:
-        for _ in range(count):
-            if fast(wire, client) is None:
+class Load:
+    """The queries of a run: ``names`` names, each asked by ``clients`` clients in turn, replayed one at a time
+    (``fast``) or in a lane's batches (``batch``)."""
+
+    def __init__(self, path: str, names: int, clients: int) -> None:
+        self.path = path
+        self.wires = [
+            dns.message.make_query(f"n{index}.bench.test", "A", use_edns=0).to_wire() for index in range(names)
+        ]
+        self.peers = {b"%d" % index: ClientInfo(Transport.UDP, "127.0.0.1", 40000 + index) for index in range(clients)}
+        peers = list(self.peers)
+        # Name after name, each from the next client: every batch holds many answers and clients.
+        self.queries = [(wire, peers[index % len(peers)]) for index, wire in enumerate(self.wires * len(peers))]
+
+    async def warm(self, frontend: Frontend) -> int:
+        """Answer each name once through the pipeline (the replays are stored); the number of answers."""
+        for wire in self.wires:
+            await frontend.handle(wire, self.peers[b"0"])
+            await asyncio.sleep(0)  # the replay is stored in the next loop turn
+        return len(self.wires)
+
+    def replay(self, frontend: Frontend, count: int) -> None:
+        queries = self.queries
+        if self.path == "fast":
+            fast, peers = frontend.fast, self.peers
+            for index in range(count):
+                wire, peer = queries[index % len(queries)]
+                if fast(wire, peers[peer]) is None:
+                    raise RuntimeError("not replayed")
+            return
+        fast_batch, client_of = frontend.fast_batch, self.peers.__getitem__
+        for done in range(0, count, BATCH):
+            start = done % len(queries)
+            batch = queries[start : start + min(BATCH, count - done)]
+            answers: list[tuple[bytes, bytes]] = []
+            if fast_batch(batch, client_of, answers):
                 raise RuntimeError("not replayed")
+
+
+def replay(frontend: Frontend, load: Load, count: int, rate: int) -> None:
+    """``count`` replays; at ``rate`` a second (0: as fast as they go), in slices of a millisecond with sleeps
+    between them, as a server at that rate answers: the sinks then get batches of that size, and the records wait
+    for them as long as they would."""
+    if not rate:
+        load.replay(frontend, count)
         return
-    per_slice = max(1, rate // 1000)
+    per_slice = max(BATCH, rate // 1000 // BATCH * BATCH)
     started = time.monotonic()
     for done in range(0, count, per_slice):
-        for _ in range(min(per_slice, count - done)):
-            if fast(wire, client) is None:
-                raise RuntimeError("not replayed")
+        load.replay(frontend, min(per_slice, count - done))
         ahead = started + (done + per_slice) / rate - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)
 
 
-async def measure(config_text: str, directory: Path, count: int, rate: int) -> Measured:
+async def measure(config_text: str, directory: Path, count: int, rate: int, load: Load) -> Measured:
     frontend = Frontend(parse_config(config_text, "bench", directory))
-    client = ClientInfo(Transport.UDP, "127.0.0.1", 5353)
-    wire = dns.message.make_query("www.bench.test", "A", use_edns=0).to_wire()
-    await frontend.handle(wire, client)
-    await asyncio.sleep(0)
-    settled(frontend, 1)
+    warm = await load.warm(frontend)
+    settled(frontend, warm)
     sinks = sink_threads_cpu()
     wall, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
-    replay(frontend, wire, client, count, rate)
+    replay(frontend, load, count, rate)
     cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-    settled(frontend, count + 1)
+    settled(frontend, count + warm)
     process = time.process_time() - process
     sinks = sink_threads_cpu() - sinks
     dropped = sum(sink.dropped for sink in frontend.outputs.sinks)
@@ -185,7 +231,7 @@ async def measure(config_text: str, directory: Path, count: int, rate: int) -> M
     return cpu / count * 1e6, sinks / count * 1e6, process / count * 1e6, wall / count * 1e6, dropped
 
 
-async def main(count: int, rounds: int, chosen: list[str], rate: int) -> None:
+async def main(count: int, rounds: int, chosen: list[str], rate: int, load: Load) -> None:
     # The collector settings of `ztdns serve` (daemon.py): with Python's defaults, the young generation is scanned
     # every 700 allocations, and each query's tuple and answer bytes wait in the feed until its thread takes them.
     gc.freeze()
@@ -195,14 +241,14 @@ async def main(count: int, rounds: int, chosen: list[str], rate: int) -> None:
         child, syslog_port = start_collectors(directory)
         every = {
             name: text
-            for name, text in cases(directory, syslog_port).items()
+            for name, text in cases(directory, syslog_port, len(load.wires)).items()
             if name == "none" or not chosen or any(part in name for part in chosen)
         }
         best: dict[str, Measured] = {}
         for _ in range(rounds):
             for name, text in every.items():  # alternating: each round measures every case once
                 formats.NATIVE_LINES_IN_C = not name.endswith(PYTHON)
-                measured = await measure(text, directory, count, rate)
+                measured = await measure(text, directory, count, rate, load)
                 old = best.get(name)
                 best[name] = measured if old is None or measured[2] < old[2] else old
         formats.NATIVE_LINES_IN_C = True
@@ -216,8 +262,15 @@ async def main(count: int, rounds: int, chosen: list[str], rate: int) -> None:
                 f"{name:32} {cpu:10.2f} {cpu - base_cpu:+7.2f} {sinks:8.2f} {process:10.2f} "
                 f"{process - base_process:+7.2f} {wall:8.2f} {wall - base_wall:+7.2f} {dropped:8d}"
             )
-        worst = max((cpu - base_cpu for name, (cpu, *_) in best.items() if name != "none"), default=0.0)
-        print(f"largest serving-thread cost of a sink: {worst:+.2f} µs per query (target ≤ 0.5)")
+        for in_python, label in ((False, "a sink"), (True, "a sink's pure-Python path")):
+            costs = [
+                cpu - base_cpu
+                for name, (cpu, *_) in best.items()
+                if name != "none" and name.endswith(PYTHON) == in_python
+            ]
+            if costs:
+                target = "" if in_python else " (target ≤ 0.5)"
+                print(f"largest serving-thread cost of {label}: {max(costs):+.2f} µs per query{target}")
         for name, (_, _, process, _, _) in best.items():
             if name.endswith("[c]"):
                 print(f"whole-process cost, {name}: {process - base_process:+.2f} µs per query (target ≤ 0.6)")
@@ -230,5 +283,11 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cases", default="", help="comma-separated parts of case names (default: every case)")
     parser.add_argument("--rate", type=int, default=0, help="replays a second (default: as fast as they go)")
+    parser.add_argument(
+        "--path", choices=["batch", "fast"], default="batch", help="a UDP lane's batches, or one by one"
+    )
+    parser.add_argument("--names", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
-    asyncio.run(main(args.queries, args.rounds, [part for part in args.cases.split(",") if part], args.rate))
+    load = Load(args.path, args.names, args.clients)
+    asyncio.run(main(args.queries, args.rounds, [part for part in args.cases.split(",") if part], args.rate, load))

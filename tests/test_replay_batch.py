@@ -26,6 +26,7 @@ from ztdns.config import parse_config
 from ztdns.handler import Frontend
 from ztdns.model import Question
 from ztdns.observe.events import SecurityEvent
+from ztdns.observe.ring import items, take
 from ztdns.observe.sinks import Feed, QueueSink
 from ztdns.replay import Replay
 
@@ -87,7 +88,7 @@ async def _frontend(mode: str, per_identity: float, clock: Clock) -> tuple[Front
         await frontend.handle(wire, PEERS[b"a"])
         await asyncio.sleep(0)  # the replay is stored in the next loop turn
     clock.now += 10  # buckets full again
-    feed.events.clear()
+    take(feed.ring)  # what the warm-up logged
     return frontend, feed
 
 
@@ -95,7 +96,7 @@ def _state(frontend: Frontend, feed: Feed) -> object:
     detector = frontend.detector
     answers = {key: count for key, (count,) in frontend.metrics.totals().answers.items()}
     events: list[tuple[object, ...]] = []
-    for item in feed.events:
+    for item in items(take(feed.ring) or []):
         if isinstance(item, SecurityEvent):  # a verdict's expiry is shown as wall-clock time: not the same twice
             events.append(
                 (item.kind, {key: value for key, value in item.fields.items() if key not in ("until", "text")})
@@ -239,10 +240,11 @@ def test_a_reload_forgets_which_identity_a_peer_has() -> None:
             frontend.runtime.observer.feed = feed
             await frontend.handle(wire, PEERS[b"a"])  # replays were dropped with the old config
             await asyncio.sleep(0)
-            feed.events.clear()
+            take(feed.ring)
             answers: list[tuple[bytes, bytes]] = []
             assert frontend.fast_batch([(wire, b"a")], PEERS.__getitem__, answers) == []
-            identities.append([item[2].identity for item in feed.events if isinstance(item, tuple)])
+            logged = items(take(feed.ring) or [])
+            identities.append([item[2].identity for item in logged if isinstance(item, tuple)])
         feed.close()
         await frontend.close()
         return identities[0], identities[1]

@@ -1,8 +1,10 @@
 """The ``_lines`` extension (observe/_lines.c) against the pure-Python paths it replaces, on generated batches:
-native query log lines byte for byte against :func:`formats.line` and ``NativeLines.text``, dnstap frames against
-``DnstapSink.raw_frames`` — odd names, addresses and certificate identities (quotes, control characters, non-ASCII),
-latencies on a rounding tie, cut queries, dropped answers, lengths beyond one varint byte — and the query log's
-file as written with the extension and with ``ZTDNS_NATIVE_LINES=python``."""
+its ring of records against the serving thread's tuples (what a chunk holds is what was added), native query log
+lines byte for byte against :func:`formats.line` and ``NativeLines.text``, dnstap frames against
+``DnstapSink.raw_frames``, each from the tuples and from a chunk of the ring — odd names, addresses and
+certificate identities (quotes, control characters, non-ASCII), latencies on a rounding tie, cut queries, dropped
+answers, lengths beyond one varint byte — and the query log's file as written with the extension and with
+``ZTDNS_NATIVE_LINES=python``."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ztdns.observe.events import Answered, Item, QueryEvent, RawQuery, SecurityE
 from ztdns.observe.formats import Clock, Formatter, NativeLines, line
 from ztdns.observe.privacy import Pseudonyms
 from ztdns.observe.querylog import QueryLog
+from ztdns.observe.ring import Chunk, PyRecords, Ring, take
 from ztdns.observe.sinks import RECORDS_PER_WRITE
 
 lines = pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
@@ -86,6 +89,27 @@ def batches(draw: st.DrawFn) -> list[RawQuery]:
     return batch
 
 
+def added(ring: Ring, batch: list[Item]) -> Ring:
+    """``ring`` with ``batch`` added in order: every other query as a lane's replies (``add_replies``)."""
+    for index, item in enumerate(batch):
+        if not isinstance(item, tuple):
+            assert ring.add_event(item)  # type: ignore[arg-type]
+            continue
+        when, client, answer, latency, query, response = item
+        if index % 2:
+            assert ring.add_replies(when, latency, client, [(answer, query, response, b"peer")]) == 1  # type: ignore[list-item]
+        else:
+            assert ring.add(when, latency, client, answer, query, response)
+    return ring
+
+
+def chunk_of(batch: list[Item]) -> Chunk:
+    """``batch`` through the C ring."""
+    taken = take(added(lines.Records(len(batch) + 1), batch))
+    assert isinstance(taken, Chunk)
+    return taken
+
+
 def made_bytes(view: memoryview | None) -> bytes:
     assert view is not None  # None: the batch held something else than queries
     return bytes(view)
@@ -112,6 +136,12 @@ def test_native_lines_in_c_are_the_python_lines(batch: list[RawQuery]) -> None:
     assert made == again == _python(lambda: in_python.data(items)) == in_python.text(batch).encode()
     expected = "".join(line(QueryEvent(*item), Clock(), instance) + "\n" for item in batch)
     assert made == expected.encode()
+    chunk = chunk_of(items)
+    assert chunk.items() == items  # the C ring holds what was added
+    assert take(added(PyRecords(len(items)), items)) == items
+    assert made_bytes(in_c.data(chunk)) == made
+    assert made_bytes(in_c.data(chunk, 1, 3)) == made_bytes(in_c.data(items, 1, 3))
+    assert _python(lambda: in_python.data(chunk)) == made
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -125,6 +155,8 @@ def test_dnstap_frames_in_c_are_the_python_frames(tmp_path_factory: pytest.TempP
         items: list[Item] = [*batch]
         made = made_bytes(sink.frames(items))
         assert made == made_bytes(sink.frames(items)) == sink.raw_frames(batch) == _python(lambda: sink.frames(items))
+        chunk = chunk_of(items)
+        assert made_bytes(sink.frames(chunk)) == made == _python(lambda: sink.frames(chunk))
     finally:
         sink.close()
 
@@ -154,18 +186,18 @@ def test_the_query_log_file_is_the_same_with_and_without_the_extension(tmp_path:
     ]
     batch.insert(RECORDS_PER_WRITE + 3, SecurityEvent(now, "detect", {"detector": "dga", "key": "127.0.0.1"}))
     written = []
-    for in_c in (True, False):
+    for in_c, chunked in ((True, True), (True, False), (False, True), (False, False)):
         formats.NATIVE_LINES_IN_C = in_c
         try:
-            output = tmp_path / f"log-{in_c}"
+            output = tmp_path / f"log-{in_c}-{chunked}"
             sink = QueryLog(str(output), 10_000, Formatter("native", None, "n"))
             assert sink.raw
-            sink.offer(list(batch))
+            sink.offer(chunk_of(batch) if chunked else list(batch))
             sink.close()
         finally:
             formats.NATIVE_LINES_IN_C = True
         written.append(output.read_bytes())
-    assert written[0] == written[1]
+    assert written[0] == written[1] == written[2] == written[3]
     lines = written[0].decode().splitlines()
     assert len(lines) == len(batch)
     assert '"event": "detect"' in lines[RECORDS_PER_WRITE + 3]
@@ -180,6 +212,7 @@ def test_dnstap_declines_a_mixed_batch(tmp_path: Path) -> None:
                            0.001, b"\x00\x01", b"")  # fmt: skip
         upstream = UpstreamEvent(time.time(), time.time(), "udp", "192.0.2.53", 53, b"\x00\x01", b"\x00\x01")
         assert sink.frames([query, upstream]) is None
+        assert sink.frames(chunk_of([query, upstream])) is None
         assert _python(lambda: sink.frames([query, upstream]) or b"") == b""
     finally:
         sink.close()

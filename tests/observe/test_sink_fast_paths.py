@@ -12,6 +12,7 @@ import dns.rrset
 import pytest
 
 from ztdns.client import ClientInfo, Transport
+from ztdns.observe import formats
 from ztdns.observe.dnstap import (
     CLIENT_QUERY,
     CLIENT_RESPONSE,
@@ -26,6 +27,7 @@ from ztdns.observe.dnstap import (
 from ztdns.observe.events import Answered, Event, Item, QueryEvent, RawQuery, SecurityEvent
 from ztdns.observe.formats import Clock, Formatter, line
 from ztdns.observe.privacy import Pseudonyms
+from ztdns.observe.ring import Batch, Chunk, PyRecords, items, take
 from ztdns.observe.sinks import Feed, QueueSink
 
 
@@ -135,22 +137,53 @@ class Collecting(QueueSink):
     def emit(self, batch: list[Event], now: float) -> None:
         self.got += batch
 
-    def emit_raw(self, batch: list[Item], now: float) -> None:
-        self.got += batch
+    def emit_raw(self, batch: Batch, now: float) -> None:
+        self.got += items(batch)
 
 
-def test_the_feed_hands_raw_sinks_the_tuples_and_others_events() -> None:
+@pytest.mark.parametrize("lines", ["c", "python"])
+def test_the_feed_hands_raw_sinks_its_records_and_others_events(lines: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whichever ring the feed has (the C one, or the Python one of ``ZTDNS_NATIVE_LINES=python``), raw sinks
+    read the queries as added, and the others get QueryEvents, in order with the other events."""
+    if lines == "c":
+        pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    monkeypatch.setattr(formats, "NATIVE_LINES_IN_C", lines == "c")
     raw_sink, event_sink = Collecting(True), Collecting(False)
     feed = Feed([raw_sink, event_sink], interval=3600)
+    assert isinstance(feed.ring, PyRecords) == (lines == "python")
     security = SecurityEvent(time.time(), "detect", {"detector": "dga"})
     queries = _raw()[:3]
-    items: list[RawQuery | SecurityEvent] = [*queries, security]
-    feed.events.extend(items)
+    for when, client, answer, latency, query, response in queries[:2]:
+        feed.add(when, latency, client, answer, query, response)
+    feed.ring.add_event(security)
+    when, client, answer, latency, query, response = queries[2]
+    feed.ring.add_replies(when, latency, client, [(answer, query, response or b"", b"peer")])
     feed._dispatch()
     for sink in (raw_sink, event_sink):
         sink._drain()
-    assert raw_sink.got == items
-    assert event_sink.got == [QueryEvent(*item) for item in queries] + [security]
+    assert raw_sink.got == [*queries[:2], security, queries[2]]
+    assert event_sink.got == [QueryEvent(*item) for item in queries[:2]] + [security, QueryEvent(*queries[2])]
+    feed.close()
+
+
+@pytest.mark.parametrize("lines", ["c", "python"])
+def test_a_full_ring_drops_and_counts_until_the_feed_takes_it(lines: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if lines == "c":
+        pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    monkeypatch.setattr(formats, "NATIVE_LINES_IN_C", lines == "c")
+    sink = Collecting(True)
+    sink.limit = 3
+    feed = Feed([sink], interval=3600)
+    when, client, answer, latency, query, response = _raw()[0]
+    added = [feed.add(when, latency, client, answer, query, response) for _ in range(4)]
+    assert added == [True, True, True, False]
+    assert feed.ring.add_replies(when, latency, client, [(answer, query, response or b"", None)] * 2) == 0
+    assert feed.ring.add_event(SecurityEvent(when, "detect", {})) is False
+    assert feed.dropped == 4
+    feed._dispatch()
+    assert feed.add(when, latency, client, answer, query, response) is True  # room again once taken
+    sink._drain()
+    assert len(sink.got) == 3
     feed.close()
 
 
@@ -178,3 +211,32 @@ def test_native_line_parts_are_kept_per_client_and_per_answer_not_per_pair() -> 
     batch: list[RawQuery] = [(now, c, a, 0.0001, b"\0\1", b"") for a in answers for c in clients]
     assert len(native.text(batch).splitlines()) == 16_000
     assert (len(native._clients), len(native._answers)) == (16, 1000)
+
+
+def test_the_c_ring_takes_any_bytes_like_message_and_drops_what_is_not() -> None:
+    """A record is never worth failing an answer for: a message that is not bytes-like is dropped and counted."""
+    lines = pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    ring = lines.Records(10)
+    when, client, answer, latency, query, response = _raw()[0]
+    assert ring.add(when, latency, client, answer, bytearray(query), memoryview(response or b""))
+    assert not ring.add(when, latency, client, answer, "not bytes", None)
+    assert not ring.add(when, latency, client, answer, query, 12)
+    assert ring.dropped == 2
+    taken = take(ring)
+    assert isinstance(taken, Chunk)
+    assert taken.items() == [(when, client, answer, latency, query, response)]
+
+
+def test_the_c_ring_lists_each_object_of_a_batch_about_once() -> None:
+    """16 clients asking 1,000 names in turn: the batch's list names each about once (a formatter then looks up
+    each one's parts once a batch), not once per record."""
+    lines = pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    ring = lines.Records(20_000)
+    clients = [ClientInfo(Transport.UDP, "127.0.0.1", 40000 + n) for n in range(16)]
+    answers = [Answered("cached", "NOERROR", None, f"n{n}.example.", "A") for n in range(1000)]
+    for n in range(16_000):
+        assert ring.add(1e9 + n, 0.0001, clients[n % 16], answers[n % 1000], b"\0\1", b"")
+    taken = take(ring)
+    assert isinstance(taken, Chunk)
+    assert 1016 <= len(taken.objects) < 1100  # an object is listed again only if 8 slots in a row were taken
+    assert [item[1:3] for item in taken.items(0, 32)] == [(clients[n % 16], answers[n]) for n in range(32)]  # type: ignore[index]

@@ -20,6 +20,9 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.metrics_core import Metric
 
 from ztdns.client import ClientInfo, Transport
@@ -28,7 +31,7 @@ from ztdns.handler import Frontend
 from ztdns.model import Question, Resolution
 from ztdns.observe.events import Answered, Event, QueryEvent
 from ztdns.observe.metrics import Metrics
-from ztdns.observe.privacy import Aggregate, IpcryptDeterministic, IpcryptNdx, Pseudonyms
+from ztdns.observe.privacy import Aggregate, IpcryptDeterministic, IpcryptNdx, Pseudonyms, address_block
 from ztdns.observe.querylog import expire
 from ztdns.observe.sinks import QueueSink
 
@@ -68,6 +71,25 @@ def test_ipcrypt_deterministic_matches_the_draft(key: str, address: str, expecte
 @pytest.mark.parametrize(("key", "address", "tweak", "expected"), NDX)
 def test_ipcrypt_ndx_matches_the_draft(key: str, address: str, tweak: str, expected: str) -> None:
     assert IpcryptNdx(bytes.fromhex(key)).encrypt_with(bytes.fromhex(tweak), address).hex() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(min_size=32, max_size=32).filter(lambda key: key[:16] != key[16:]),
+    st.binary(min_size=16, max_size=16),
+    st.sampled_from(["0.0.0.0", "192.0.2.1", "2001:db8::7", "fe80::1%eth0", "::ffff:10.0.0.1"]),
+)
+def test_ipcrypt_ndx_is_aes_xts_of_one_block(key: bytes, tweak: bytes, address: str) -> None:
+    """The two-block-encryptions form of XTS against ``cryptography``'s AES-XTS (what it replaces)."""
+    xts = Cipher(algorithms.AES(key), modes.XTS(tweak)).encryptor()
+    assert IpcryptNdx(key).encrypt_with(tweak, address) == tweak + xts.update(address_block(address))
+
+
+def test_ndx_tweaks_are_fresh_for_every_record() -> None:
+    ndx = IpcryptNdx(bytes(range(32)))
+    made = {ndx.encrypt("192.0.2.1") for _ in range(1000)}  # past one pool of random bytes
+    assert len(made) == 1000
+    assert all(len(bytes.fromhex(text)) == 32 for text in made)
 
 
 def test_pseudonyms_are_stable_within_a_key_and_unlinkable_after_rotation() -> None:

@@ -1,18 +1,25 @@
-/* The records of the two sinks that read the serving thread's tuples, a whole batch per call, in C: native query
- * log lines (observe/formats.py, NativeLines.into: the same bytes as NativeLines.text(batch).encode()) and dnstap
- * frames (observe/dnstap.py, DnstapSink.frames_into: the same bytes as DnstapSink.raw_frames(batch)).
+/* The query records of the sinks, in C: the ring the serving threads write each answer's record into (Records:
+ * the few numbers a record needs and the bytes received and sent, copied into memory kept from batch to batch,
+ * with the client and answer objects as indexes into one list per batch), and the records of the two sinks that
+ * read them, a whole batch per call: native query log lines (observe/formats.py, NativeLines.data: the same bytes as
+ * NativeLines.text(items).encode()) and dnstap frames (observe/dnstap.py, DnstapSink.frames: the same bytes as
+ * DnstapSink.raw_frames(items)).
  *
- * Python makes what is the same for every query of one client and of one answer (memos of parts keyed by the
- * objects' ids, filled by Python callbacks on a miss) and the log's time stamp of each second; this looks them
- * up, formats the per-query numbers (latency, query ID, response size; dnstap's times and lengths) and copies the
- * pieces into the caller's bytearray, which is kept from batch to batch: no Python object is made per query, and
- * the output's memory is not allocated (and faulted in by the kernel) anew for every batch. Each function returns
- * the number of bytes made, or None when a piece is not what it expects (a part that is not ASCII text, which
- * json.dumps never makes; a time that is not a positive float): then the caller uses the Python path.
- * Built optionally, like _udpbatch; tests/observe/test_sink_fast_paths.py holds both paths to the same bytes.
+ * A batch is either a chunk taken from the ring (records, wires, objects, parts: observe/ring.py's Chunk) or a list of
+ * the serving thread's tuples (the pure-Python ring's, and single events a sink is handed). Python makes what is
+ * the same for every query of one client and of one answer (memos of parts keyed by the objects' ids, filled by
+ * Python callbacks on a miss) and the log's time stamp of each second; this looks them up, formats the per-query
+ * numbers (latency, query ID, response size; dnstap's times and lengths) and copies the pieces into the caller's
+ * bytearray, which is kept from batch to batch: no Python object is made per query, and the output's memory is
+ * not allocated (and faulted in by the kernel) anew for every batch. Each function returns the number of bytes
+ * made, or None when a piece is not what it expects (a part that is not ASCII text, which json.dumps never makes;
+ * a time that is not a positive float; another event among the queries): then the caller uses the Python path.
+ * Built optionally, like _udpbatch; tests/observe/test_sink_fast_paths.py and test_lines_extension.py hold both
+ * paths to the same bytes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <math.h>
 #include <stdint.h>
@@ -166,30 +173,139 @@ static void cache_clear(Cache *cache) {
     for (int slot = 0; slot < CACHE_SLOTS; slot++) Py_CLEAR(cache->parts[slot]);
 }
 
-/* One item of a batch: (time, client, answer, latency, query bytes, response bytes | None), borrowed. */
-typedef struct {
-    PyObject *when, *client, *answer, *latency, *query, *response;
-} Query;
-
-/* 1: the batch's item `index` has that shape (then `query` holds its members); 0: it does not. */
-static int query_at(PyObject *batch, Py_ssize_t index, Query *query) {
-    PyObject *item = PyList_GET_ITEM(batch, index);
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 6) return 0;
-    query->when = PyTuple_GET_ITEM(item, 0);
-    query->client = PyTuple_GET_ITEM(item, 1);
-    query->answer = PyTuple_GET_ITEM(item, 2);
-    query->latency = PyTuple_GET_ITEM(item, 3);
-    query->query = PyTuple_GET_ITEM(item, 4);
-    query->response = PyTuple_GET_ITEM(item, 5);
-    if (!PyFloat_Check(query->when) || !PyFloat_Check(query->latency) || !PyBytes_Check(query->query)) return 0;
-    return query->response == Py_None || PyBytes_Check(query->response);
+/* The parts of the batch's object `index` (`object`): from the chunk's list of parts (made and kept there on the
+ * first record naming it), or, in a list of tuples (index -1), through the cache. Borrowed, NULL on error, Py_None
+ * when what make returned does not have the shape. */
+static PyObject *parts_for(PyObject *parts, Cache *cache, Py_ssize_t index, PyObject *object, PyObject *memo,
+                           PyObject *make, Py_ssize_t size) {
+    if (parts == NULL || index < 0) return cached_parts(cache, memo, object, make, size);
+    PyObject *known = PyList_GET_ITEM(parts, index);
+    if (known != Py_None) return known;
+    PyObject *made_parts = parts_of(memo, object, make, size);
+    if (made_parts == NULL || made_parts == Py_None) {
+        Py_XDECREF(made_parts);
+        return made_parts == NULL ? NULL : Py_None;
+    }
+    if (index >= PyList_GET_SIZE(parts)) { /* make changed the list: not ours to fill */
+        Py_DECREF(made_parts);
+        return Py_None;
+    }
+    PyList_SetItem(parts, index, made_parts); /* the list holds it now */
+    return made_parts;
 }
 
-/* The tuples a batch's items are were made by the serving thread up to a feed's interval ago, and are rarely still
- * in the CPU's cache: ask for the tuple `AHEAD` items on and for the members of the one half as far on, so that
- * their loads overlap with the work on this one instead of each waiting in turn. */
+/* One record of the ring (Records.take's `records` bytes are an array of these): when the answer was sent
+ * (time.time()) and its latency (seconds), who asked and what was said (indexes into the chunk's objects; with
+ * `answer` ANOTHER_EVENT, `client` is another event: a security or upstream event, kept in order), the bytes
+ * received (at `offset` in the chunk's wires) and sent (after them; -1: dropped, no answer). observe/ring.py's
+ * RECORD is the same layout. */
+typedef struct {
+    double when;
+    double latency;
+    uint32_t client;
+    uint32_t answer;
+    uint32_t offset;
+    int32_t query_length;
+    int32_t response_length;
+} Record;
+#define ANOTHER_EVENT UINT32_MAX
+
+/* One query of a batch, borrowed: its objects (and, in a chunk, their indexes; -1 in a list), numbers, and the
+ * bytes received and sent (response NULL: dropped). */
+typedef struct {
+    double when, latency;
+    PyObject *client, *answer;
+    Py_ssize_t client_index, answer_index;
+    const char *query, *response;
+    Py_ssize_t query_length, response_length;
+} Query;
+
+/* A batch: a list of (time, client, answer, latency, query bytes, response bytes | None) tuples, or a chunk of the
+ * ring, (records bytes, wires bytes, objects list, parts list): `parts` holds the parts made for each object of the
+ * chunk (None until made), kept by the caller from one call to the next over the chunk, so that each object's
+ * parts are looked up once per chunk, not once per record. */
+typedef struct {
+    PyObject *list;
+    const Record *records;
+    Py_ssize_t count;
+    const char *wires;
+    Py_ssize_t wires_length;
+    PyObject *objects;
+    PyObject *parts;
+} Source;
+
+/* 1: `batch` is one of the two (then `source` reads it); 0: neither. */
+static int source_open(PyObject *batch, Source *source) {
+    memset(source, 0, sizeof *source);
+    if (PyList_Check(batch)) {
+        source->list = batch;
+        source->count = PyList_GET_SIZE(batch);
+        return 1;
+    }
+    if (!PyTuple_Check(batch) || PyTuple_GET_SIZE(batch) != 4) return 0;
+    PyObject *records = PyTuple_GET_ITEM(batch, 0), *wires = PyTuple_GET_ITEM(batch, 1);
+    PyObject *objects = PyTuple_GET_ITEM(batch, 2), *parts = PyTuple_GET_ITEM(batch, 3);
+    if (!PyBytes_Check(records) || !PyBytes_Check(wires) || !PyList_Check(objects) || !PyList_Check(parts) ||
+        PyList_GET_SIZE(parts) != PyList_GET_SIZE(objects))
+        return 0;
+    source->parts = parts;
+    source->records = (const Record *)PyBytes_AS_STRING(records);
+    source->count = PyBytes_GET_SIZE(records) / (Py_ssize_t)sizeof(Record);
+    source->wires = PyBytes_AS_STRING(wires);
+    source->wires_length = PyBytes_GET_SIZE(wires);
+    source->objects = objects;
+    return 1;
+}
+
+/* 1: the batch's item `index` is a query (then `query` holds its members); 0: it is not (another event, or not
+ * of the shape). */
+static int query_at(const Source *source, Py_ssize_t index, Query *query) {
+    if (source->records != NULL) {
+        const Record *record = &source->records[index];
+        Py_ssize_t objects = PyList_GET_SIZE(source->objects);
+        if (record->answer == ANOTHER_EVENT || record->client >= objects || record->answer >= objects) return 0;
+        Py_ssize_t end = (Py_ssize_t)record->offset + record->query_length;
+        if (record->query_length < 0 || (record->response_length > 0 ? end + record->response_length : end) >
+                                            source->wires_length)
+            return 0;
+        query->when = record->when;
+        query->latency = record->latency;
+        query->client = PyList_GET_ITEM(source->objects, record->client);
+        query->answer = PyList_GET_ITEM(source->objects, record->answer);
+        query->client_index = record->client;
+        query->answer_index = record->answer;
+        query->query = source->wires + record->offset;
+        query->query_length = record->query_length;
+        query->response = record->response_length < 0 ? NULL : source->wires + end;
+        query->response_length = record->response_length < 0 ? 0 : record->response_length;
+        return 1;
+    }
+    PyObject *item = PyList_GET_ITEM(source->list, index);
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 6) return 0;
+    PyObject *when = PyTuple_GET_ITEM(item, 0), *latency = PyTuple_GET_ITEM(item, 3);
+    PyObject *sent = PyTuple_GET_ITEM(item, 4), *response = PyTuple_GET_ITEM(item, 5);
+    if (!PyFloat_Check(when) || !PyFloat_Check(latency) || !PyBytes_Check(sent)) return 0;
+    if (response != Py_None && !PyBytes_Check(response)) return 0;
+    query->when = PyFloat_AS_DOUBLE(when);
+    query->latency = PyFloat_AS_DOUBLE(latency);
+    query->client = PyTuple_GET_ITEM(item, 1);
+    query->answer = PyTuple_GET_ITEM(item, 2);
+    query->client_index = query->answer_index = -1;
+    query->query = PyBytes_AS_STRING(sent);
+    query->query_length = PyBytes_GET_SIZE(sent);
+    query->response = response == Py_None ? NULL : PyBytes_AS_STRING(response);
+    query->response_length = response == Py_None ? 0 : PyBytes_GET_SIZE(response);
+    return 1;
+}
+
+/* The tuples of a list were made by the serving thread up to a feed's interval ago, and are rarely still in the
+ * CPU's cache: ask for the tuple `AHEAD` items on and for the members of the one half as far on, so that their
+ * loads overlap with the work on this one instead of each waiting in turn. (A chunk is read in order from one
+ * block: the CPU's own prefetching does it.) */
 #define AHEAD 8
-static inline void prefetch(PyObject *batch, Py_ssize_t index, Py_ssize_t count) {
+static inline void prefetch(const Source *source, Py_ssize_t index, Py_ssize_t count) {
+    PyObject *batch = source->list;
+    if (batch == NULL) return;
     if (index + AHEAD < count) __builtin_prefetch(PyList_GET_ITEM(batch, index + AHEAD));
     if (index + AHEAD / 2 < count) {
         PyObject *item = PyList_GET_ITEM(batch, index + AHEAD / 2);
@@ -199,8 +315,8 @@ static inline void prefetch(PyObject *batch, Py_ssize_t index, Py_ssize_t count)
 }
 
 /* The end of the items from *start to stop that the batch has (*start raised to 0 if below). */
-static Py_ssize_t clamp(PyObject *batch, Py_ssize_t *start, Py_ssize_t stop) {
-    Py_ssize_t size = PyList_GET_SIZE(batch);
+static Py_ssize_t clamp(const Source *source, Py_ssize_t *start, Py_ssize_t stop) {
+    Py_ssize_t size = source->count;
     if (*start < 0) *start = 0;
     if (stop > size) stop = size;
     return stop < *start ? *start : stop;
@@ -214,8 +330,8 @@ static PyObject *made(int status, Py_ssize_t length) {
 }
 
 /* native(batch, start, stop, clients, answers, client_parts, answer_parts, second_of, out) -> int | None
- * batch: list of (time, client, answer, latency, query bytes, response bytes | None), of which the items from
- * start to stop are made (the caller does not slice: a slice would take and drop a reference to each tuple);
+ * batch: a chunk of the ring or a list of tuples (Source), of which the items from start to stop are made (the
+ * caller does not slice: a slice of a list would take and drop a reference to each tuple);
  * clients: {id(client): [client, head, between]}, client_parts(client) -> such a list (and remembers it);
  * answers: {id(answer): [answer, members, tail]}, answer_parts(answer) likewise;
  * second_of(second) -> the line's start up to the time stamp's milliseconds, for that second (since the epoch);
@@ -224,35 +340,37 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *batch, *clients, *answers, *client_parts, *answer_parts, *second_of, *out;
     Py_ssize_t start, stop;
-    if (!PyArg_ParseTuple(args, "O!nnO!O!OOOO!", &PyList_Type, &batch, &start, &stop, &PyDict_Type, &clients,
-                          &PyDict_Type, &answers, &client_parts, &answer_parts, &second_of, &PyByteArray_Type, &out))
+    if (!PyArg_ParseTuple(args, "OnnO!O!OOOO!", &batch, &start, &stop, &PyDict_Type, &clients, &PyDict_Type,
+                          &answers, &client_parts, &answer_parts, &second_of, &PyByteArray_Type, &out))
         return NULL;
+    Source source;
+    if (!source_open(batch, &source)) return Py_NewRef(Py_None);
     Buffer buffer;
     buffer_open(&buffer, out);
     Cache by_clients = {{NULL}, {NULL}}, by_answers = {{NULL}, {NULL}};
     PyObject *stamp = NULL; /* second_of's, for stamp_second */
     long long stamp_second = -1;
     int status = 1;
-    Py_ssize_t count = clamp(batch, &start, stop);
+    Py_ssize_t count = clamp(&source, &start, stop);
     if (buffer_room(&buffer, (count - start) * 640 + 64) < 0) return NULL;
     for (Py_ssize_t i = start; i < count; i++) {
         Query item;
-        prefetch(batch, i, count);
-        if (!query_at(batch, i, &item)) {
+        prefetch(&source, i, count);
+        if (!query_at(&source, i, &item)) {
             status = 0;
             break;
         }
-        PyObject *when = item.when, *client = item.client, *answer = item.answer, *latency = item.latency;
-        PyObject *query = item.query, *response = item.response;
-        PyObject *by_client = cached_parts(&by_clients, clients, client, client_parts, 3);
+        PyObject *by_client = parts_for(source.parts, &by_clients, item.client_index, item.client, clients,
+                                        client_parts, 3);
         PyObject *by_answer = by_client == NULL || by_client == Py_None
                                   ? by_client
-                                  : cached_parts(&by_answers, answers, answer, answer_parts, 3);
+                                  : parts_for(source.parts, &by_answers, item.answer_index, item.answer, answers,
+                                              answer_parts, 3);
         if (by_answer == NULL || by_answer == Py_None) {
             status = by_answer == NULL ? -1 : 0;
             break;
         }
-        double seconds = PyFloat_AS_DOUBLE(when);
+        double seconds = item.when;
         if (!(seconds >= 0.0 && seconds < 1e15)) { /* Python says what it does with such a time */
             status = 0;
             break;
@@ -274,13 +392,13 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
         }
         if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_client, 1));
         if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_answer, 1));
-        if (added == 1) added = add_milliseconds(&buffer, PyFloat_AS_DOUBLE(latency) * 1000.0) < 0 ? -1 : 1;
+        if (added == 1) added = add_milliseconds(&buffer, item.latency * 1000.0) < 0 ? -1 : 1;
         if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_client, 2));
         if (added == 1) {
             char numbers[64];
             int length;
-            if (PyBytes_GET_SIZE(query) >= 2) {
-                const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(query);
+            if (item.query_length >= 2) {
+                const unsigned char *id = (const unsigned char *)item.query;
                 length = decimal(numbers, (unsigned)(id[0] << 8 | id[1]));
             } else {
                 memcpy(numbers, "null", 4);
@@ -289,7 +407,7 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
             static const char size_name[] = ", \"response_size\": ";
             memcpy(numbers + length, size_name, sizeof size_name - 1);
             length += (int)sizeof size_name - 1;
-            length += decimal(numbers + length, response == Py_None ? 0 : (unsigned long long)PyBytes_GET_SIZE(response));
+            length += decimal(numbers + length, (unsigned long long)item.response_length);
             added = buffer_add(&buffer, numbers, length) < 0 ? -1 : 1;
         }
         if (added == 1) added = buffer_add_ascii(&buffer, PyList_GET_ITEM(by_answer, 2));
@@ -307,9 +425,9 @@ static PyObject *lines_native(PyObject *self, PyObject *args) {
 /* A dnstap frame: the big-endian length, the envelope (Dnstap up to its message's tag), the message's length,
  * the message's fields `start` + `times`, then `wire` as the field whose tag is `tag`. */
 static int add_frame(Buffer *buffer, const char *envelope, Py_ssize_t envelope_length, PyObject *start,
-                     const unsigned char *times, int times_length, unsigned char tag, PyObject *wire) {
+                     const unsigned char *times, int times_length, unsigned char tag, const char *wire,
+                     Py_ssize_t wire_length) {
     unsigned char head[11], length_field[10], frame_length[4];
-    Py_ssize_t wire_length = PyBytes_GET_SIZE(wire);
     head[0] = tag;
     int head_length = 1 + varint(head + 1, (unsigned long long)wire_length);
     Py_ssize_t length = PyBytes_GET_SIZE(start) + times_length + head_length + wire_length;
@@ -334,7 +452,7 @@ static int add_frame(Buffer *buffer, const char *envelope, Py_ssize_t envelope_l
     at += times_length;
     memcpy(at, head, (size_t)head_length);
     at += head_length;
-    memcpy(at, PyBytes_AS_STRING(wire), (size_t)wire_length);
+    memcpy(at, wire, (size_t)wire_length);
     buffer->length += 4 + (Py_ssize_t)total;
     return 1;
 }
@@ -364,40 +482,43 @@ static PyObject *lines_dnstap(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *batch, *clients, *client_fields, *envelope, *out;
     Py_ssize_t start, stop;
-    if (!PyArg_ParseTuple(args, "O!nnO!OO!O!", &PyList_Type, &batch, &start, &stop, &PyDict_Type, &clients,
-                          &client_fields, &PyBytes_Type, &envelope, &PyByteArray_Type, &out))
+    if (!PyArg_ParseTuple(args, "OnnO!OO!O!", &batch, &start, &stop, &PyDict_Type, &clients, &client_fields,
+                          &PyBytes_Type, &envelope, &PyByteArray_Type, &out))
         return NULL;
+    Source source;
+    if (!source_open(batch, &source)) return Py_NewRef(Py_None);
     Buffer buffer;
     buffer_open(&buffer, out);
     Cache by_clients = {{NULL}, {NULL}};
     int status = 1;
     const char *envelope_data = PyBytes_AS_STRING(envelope);
     Py_ssize_t envelope_length = PyBytes_GET_SIZE(envelope);
-    Py_ssize_t count = clamp(batch, &start, stop);
+    Py_ssize_t count = clamp(&source, &start, stop);
     for (Py_ssize_t i = start; i < count; i++) {
         Query item;
-        prefetch(batch, i, count);
-        if (!query_at(batch, i, &item)) {
+        prefetch(&source, i, count);
+        if (!query_at(&source, i, &item)) {
             status = 0;
             break;
         }
-        PyObject *fields = cached_parts(&by_clients, clients, item.client, client_fields, 3);
+        PyObject *fields = parts_for(source.parts, &by_clients, item.client_index, item.client, clients,
+                                     client_fields, 3);
         if (fields == NULL || fields == Py_None) {
             status = fields == NULL ? -1 : 0;
             break;
         }
         PyObject *query_start = PyList_GET_ITEM(fields, 1), *response_start = PyList_GET_ITEM(fields, 2);
-        double answered = PyFloat_AS_DOUBLE(item.when);
+        double answered = item.when;
         unsigned char times[2 * (1 + 10 + 5)];
-        int started_length = add_time(times, answered - PyFloat_AS_DOUBLE(item.latency), 8 << 3, 9 << 3 | 5);
+        int started_length = add_time(times, answered - item.latency, 8 << 3, 9 << 3 | 5);
         int answered_length = add_time(times + started_length, answered, 12 << 3, 13 << 3 | 5);
         int added = 0;
         if (PyBytes_Check(query_start) && PyBytes_Check(response_start) && started_length && answered_length)
             added = add_frame(&buffer, envelope_data, envelope_length, query_start, times, started_length,
-                              10 << 3 | 2, item.query);
-        if (added == 1 && item.response != Py_None)
+                              10 << 3 | 2, item.query, item.query_length);
+        if (added == 1 && item.response != NULL)
             added = add_frame(&buffer, envelope_data, envelope_length, response_start, times,
-                              started_length + answered_length, 14 << 3 | 2, item.response);
+                              started_length + answered_length, 14 << 3 | 2, item.response, item.response_length);
         if (added != 1) {
             status = added;
             break;
@@ -407,12 +528,296 @@ static PyObject *lines_dnstap(PyObject *self, PyObject *args) {
     return made(status, buffer.length);
 }
 
+/* Records(capacity): the ring between the serving threads and the feed's thread (observe/ring.py). The serving
+ * threads add one record per answer (the numbers and the bytes received and sent copied into two blocks of memory
+ * kept from batch to batch, the client and the answer as indexes into one list of the batch's objects, each
+ * object listed once per batch, found again through a table of RING_SLOTS by its address); the feed's
+ * thread takes what was added as a chunk: (count, records bytes, wires bytes, objects list), one copy of each
+ * block, and the ring starts over. Beyond `capacity` records between takes, records are dropped and counted
+ * (`dropped`). Every method runs with the GIL held and makes no Python call in between: adds and takes of
+ * different threads never interleave. */
+/* The table of the objects a batch names: open addressing, at most RING_PROBES slots looked at. A batch names a
+ * few thousand objects at most (the answers of 20 ms of queries): the table stays sparse. When the probes find
+ * neither the object nor a free slot, the last slot is taken over: the object evicted is listed again if named
+ * again, which costs a list entry, never a wrong index. */
+#define RING_SLOTS 8192
+#define RING_PROBES 8
+static inline Py_ssize_t ring_slot(PyObject *object) {
+    return (Py_ssize_t)(((uint64_t)(uintptr_t)object * 0x9E3779B97F4A7C15u) >> 51); /* Fibonacci hashing: 13 bits */
+}
+
+typedef struct {
+    PyObject_HEAD
+    Record *records;
+    Py_ssize_t count, room, capacity;
+    char *wires;
+    Py_ssize_t wires_length, wires_room;
+    PyObject *objects;
+    PyObject *keys[RING_SLOTS]; /* borrowed: listed in `objects` */
+    uint32_t indexes[RING_SLOTS];
+    Py_ssize_t dropped;
+} Records;
+
+static int records_init(Records *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"capacity", NULL};
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n", names, &capacity)) return -1;
+    if (capacity < 1 || capacity > (Py_ssize_t)(UINT32_MAX / 2)) {
+        PyErr_SetString(PyExc_ValueError, "capacity out of range");
+        return -1;
+    }
+    if (self->objects == NULL && (self->objects = PyList_New(0)) == NULL) return -1;
+    self->capacity = capacity;
+    return 0;
+}
+
+static void records_dealloc(Records *self) {
+    PyMem_RawFree(self->records);
+    PyMem_RawFree(self->wires);
+    Py_XDECREF(self->objects);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The index of `object` in the batch's list (listed now if it is not among the last ones); -1 on error. */
+static Py_ssize_t records_index(Records *self, PyObject *object) {
+    Py_ssize_t slot = ring_slot(object);
+    for (int probe = 1; self->keys[slot] != NULL; probe++) {
+        if (self->keys[slot] == object) return self->indexes[slot];
+        if (probe == RING_PROBES) break;
+        slot = (slot + 1) & (RING_SLOTS - 1);
+    }
+    Py_ssize_t index = PyList_GET_SIZE(self->objects);
+    if (PyList_Append(self->objects, object) < 0) return -1;
+    self->keys[slot] = object;
+    self->indexes[slot] = (uint32_t)index;
+    return index;
+}
+
+/* The bytes received and sent a batch holds at most: beyond, records are dropped (and counted) rather than the
+ * memory grown further (answers over TCP can be 64 KB each). */
+#define WIRES_LIMIT ((Py_ssize_t)1 << 28)
+/* Kept between batches at most unless in use: a burst's memory is given back once it is over. */
+#define WIRES_KEPT ((Py_ssize_t)1 << 24)
+
+/* Room for one more record and `wire` more bytes; -1 with an exception when memory is out. */
+static int records_room(Records *self, Py_ssize_t wire) {
+    if (self->count == self->room) {
+        Py_ssize_t room = self->room ? self->room * 2 : 1024;
+        Record *grown = PyMem_RawRealloc(self->records, (size_t)room * sizeof(Record));
+        if (grown == NULL) goto nomemory;
+        self->records = grown;
+        self->room = room;
+    }
+    if (self->wires_length + wire > self->wires_room) {
+        Py_ssize_t room = self->wires_room ? self->wires_room * 2 : 65536;
+        if (room < self->wires_length + wire) room = self->wires_length + wire;
+        char *grown = PyMem_RawRealloc(self->wires, (size_t)room);
+        if (grown == NULL) goto nomemory;
+        self->wires = grown;
+        self->wires_room = room;
+    }
+    return 0;
+nomemory:
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* The bytes of a message: bytes as they are, anything else through the buffer protocol (released by the caller
+ * when `view->obj` is set). 1: got them; 0: not bytes-like (no exception left). */
+static int message_bytes(PyObject *message, Py_buffer *view, const char **data, Py_ssize_t *length) {
+    view->obj = NULL;
+    if (PyBytes_Check(message)) {
+        *data = PyBytes_AS_STRING(message);
+        *length = PyBytes_GET_SIZE(message);
+        return 1;
+    }
+    if (PyObject_GetBuffer(message, view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        view->obj = NULL;
+        return 0;
+    }
+    *data = view->buf;
+    *length = view->len;
+    return 1;
+}
+
+/* Add one query's record: 1 added, 0 dropped and counted (the ring is full, or a message is not bytes-like: a
+ * record is never worth failing an answer for), -1 error (out of memory). */
+static int records_add_one(Records *self, double when, double latency, PyObject *client, PyObject *answer,
+                           PyObject *query, PyObject *response) {
+    Py_buffer query_view, response_view;
+    const char *query_data, *response_data = NULL;
+    Py_ssize_t query_length, response_length = -1;
+    int status = 0;
+    response_view.obj = NULL;
+    if (!message_bytes(query, &query_view, &query_data, &query_length)) goto drop;
+    if (response != Py_None && !message_bytes(response, &response_view, &response_data, &response_length)) goto drop;
+    Py_ssize_t wire = query_length + (response_length < 0 ? 0 : response_length);
+    if (self->count >= self->capacity || self->wires_length + wire > WIRES_LIMIT) goto drop;
+    status = -1;
+    if (records_room(self, wire) < 0) goto done;
+    Py_ssize_t client_index = records_index(self, client);
+    Py_ssize_t answer_index = client_index < 0 ? -1 : records_index(self, answer);
+    if (answer_index < 0) goto done;
+    Record *record = &self->records[self->count++];
+    memset(record, 0, sizeof *record); /* the padding too: a chunk's bytes are the same for the same records */
+    record->when = when;
+    record->latency = latency;
+    record->client = (uint32_t)client_index;
+    record->answer = (uint32_t)answer_index;
+    record->offset = (uint32_t)self->wires_length;
+    record->query_length = (int32_t)query_length;
+    record->response_length = (int32_t)response_length;
+    memcpy(self->wires + self->wires_length, query_data, (size_t)query_length);
+    if (response_length > 0)
+        memcpy(self->wires + self->wires_length + query_length, response_data, (size_t)response_length);
+    self->wires_length += wire;
+    status = 1;
+    goto done;
+drop:
+    self->dropped++;
+done:
+    if (query_view.obj != NULL) PyBuffer_Release(&query_view);
+    if (response_view.obj != NULL) PyBuffer_Release(&response_view);
+    return status;
+}
+
+/* add(when, latency, client, answer, query, response) -> bool: False when the ring is full (counted). */
+static PyObject *records_add(Records *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "add(when, latency, client, answer, query, response)");
+        return NULL;
+    }
+    double when = PyFloat_AsDouble(args[0]), latency = PyFloat_AsDouble(args[1]);
+    if ((when == -1.0 || latency == -1.0) && PyErr_Occurred()) return NULL;
+    int added = records_add_one(self, when, latency, args[2], args[3], args[4], args[5]);
+    if (added < 0) return NULL;
+    return Py_NewRef(added ? Py_True : Py_False);
+}
+
+/* add_replies(when, latency, client, replies) -> int: add(when, latency, client, answer, query, response) for each
+ * (answer, query, response, ...) of the list `replies` (one client's replays of a UDP lane's batch); the number
+ * added (the rest was dropped and counted). */
+static PyObject *records_add_replies(Records *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "add_replies(when, latency, client, replies: list)");
+        return NULL;
+    }
+    double when = PyFloat_AsDouble(args[0]), latency = PyFloat_AsDouble(args[1]);
+    if ((when == -1.0 || latency == -1.0) && PyErr_Occurred()) return NULL;
+    PyObject *replies = args[3];
+    Py_ssize_t added = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(replies); i++) {
+        PyObject *reply = PyList_GET_ITEM(replies, i);
+        if (!PyTuple_Check(reply) || PyTuple_GET_SIZE(reply) < 3) {
+            PyErr_SetString(PyExc_TypeError, "a reply is (answer, query, response, ...)");
+            return NULL;
+        }
+        int one = records_add_one(self, when, latency, args[2], PyTuple_GET_ITEM(reply, 0), PyTuple_GET_ITEM(reply, 1),
+                                  PyTuple_GET_ITEM(reply, 2));
+        if (one < 0) return NULL;
+        added += one;
+    }
+    return PyLong_FromSsize_t(added);
+}
+
+/* add_event(event) -> bool: another event (security, upstream) in order among the queries. */
+static PyObject *records_add_event(Records *self, PyObject *event) {
+    if (self->count >= self->capacity) {
+        self->dropped++;
+        Py_RETURN_FALSE;
+    }
+    if (records_room(self, 0) < 0) return NULL;
+    Py_ssize_t index = PyList_GET_SIZE(self->objects);
+    if (PyList_Append(self->objects, event) < 0) return NULL;
+    Record *record = &self->records[self->count++];
+    memset(record, 0, sizeof *record);
+    record->client = (uint32_t)index;
+    record->answer = ANOTHER_EVENT;
+    Py_RETURN_TRUE;
+}
+
+/* take() -> (count, records, wires, objects) | None: what was added since the last take (None: nothing). */
+static PyObject *records_take(Records *self, PyObject *unused) {
+    (void)unused;
+    if (self->count == 0) Py_RETURN_NONE;
+    /* Made before anything is read: an allocation may run the collector, which may run code that adds. */
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL) return NULL;
+    PyObject *records = PyBytes_FromStringAndSize((const char *)self->records, self->count * (Py_ssize_t)sizeof(Record));
+    PyObject *wires = records == NULL ? NULL : PyBytes_FromStringAndSize(self->wires, self->wires_length);
+    PyObject *taken = wires == NULL ? NULL : PyTuple_Pack(4, PyLong_FromSsize_t(self->count), records, wires,
+                                                           self->objects);
+    Py_XDECREF(records);
+    Py_XDECREF(wires);
+    if (taken == NULL) {
+        Py_DECREF(fresh);
+        return NULL;
+    }
+    Py_DECREF(PyTuple_GET_ITEM(taken, 0)); /* PyTuple_Pack took its own reference to the count */
+    Py_SETREF(self->objects, fresh);
+    if (self->wires_room > WIRES_KEPT && self->wires_length < WIRES_KEPT / 2) {
+        char *shrunk = PyMem_RawRealloc(self->wires, (size_t)WIRES_KEPT);
+        if (shrunk != NULL) {
+            self->wires = shrunk;
+            self->wires_room = WIRES_KEPT;
+        }
+    }
+    self->count = 0;
+    self->wires_length = 0;
+    memset(self->keys, 0, sizeof self->keys);
+    return taken;
+}
+
+static Py_ssize_t records_length(Records *self) { return self->count; }
+
+static PyMethodDef records_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))records_add, METH_FASTCALL,
+     "add(when, latency, client, answer, query, response) -> bool"},
+    {"add_replies", (PyCFunction)(void (*)(void))records_add_replies, METH_FASTCALL,
+     "add_replies(when, latency, client, replies) -> number added"},
+    {"add_event", (PyCFunction)records_add_event, METH_O, "add_event(event) -> bool"},
+    {"take", (PyCFunction)records_take, METH_NOARGS, "take() -> (count, records, wires, objects) | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef records_members[] = {
+    {"dropped", T_PYSSIZET, offsetof(Records, dropped), 0, "records dropped: the ring was full"},
+    {"capacity", T_PYSSIZET, offsetof(Records, capacity), READONLY, "records held at most between takes"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PySequenceMethods records_sequence = {.sq_length = (lenfunc)records_length};
+
+static PyTypeObject RecordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ztdns.observe._lines.Records",
+    .tp_basicsize = sizeof(Records),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The ring of query records between the serving threads and the feed's thread.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)records_init,
+    .tp_dealloc = (destructor)records_dealloc,
+    .tp_methods = records_methods,
+    .tp_members = records_members,
+    .tp_as_sequence = &records_sequence,
+};
+
 static PyMethodDef methods[] = {
-    {"native", lines_native, METH_VARARGS, "Native query log lines of a batch of the serving thread's tuples."},
+    {"native", lines_native, METH_VARARGS, "Native query log lines of a batch (a chunk of the ring or tuples)."},
     {"dnstap", lines_dnstap, METH_VARARGS, "dnstap CLIENT_QUERY/CLIENT_RESPONSE frames of such a batch."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lines", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__lines(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__lines(void) {
+    if (PyType_Ready(&RecordsType) < 0) return NULL;
+    PyObject *made_module = PyModule_Create(&module);
+    if (made_module == NULL) return NULL;
+    if (PyModule_AddObjectRef(made_module, "Records", (PyObject *)&RecordsType) < 0 ||
+        PyModule_AddIntConstant(made_module, "RECORD_SIZE", (long)sizeof(Record)) < 0) {
+        Py_DECREF(made_module);
+        return NULL;
+    }
+    return made_module;
+}

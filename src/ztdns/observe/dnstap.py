@@ -18,8 +18,9 @@ import struct
 
 from ztdns.client import ClientInfo
 from ztdns.observe.events import Item, RawQuery, UpstreamEvent
-from ztdns.observe.formats import MAX_SIZE, made_into, native_extension, only_queries
+from ztdns.observe.formats import MAX_SIZE, ChunkParts, made_into, native_extension, only_queries
 from ztdns.observe.privacy import Pseudonyms
+from ztdns.observe.ring import Batch, Chunk, items
 from ztdns.observe.sinks import RECORDS_PER_WRITE, QueueSink
 
 CONTENT_TYPE = b"protobuf:dnstap.Dnstap"
@@ -188,6 +189,7 @@ class DnstapSink(QueueSink):
         # not reused while it lives), read by the _lines extension too.
         self._clients: dict[int, list[object]] = {}
         self._out = bytearray()  # the extension's output, kept from batch to batch
+        self._chunk_parts = ChunkParts()  # the parts of the chunk being sent
         self.connected = False
         self.connects = 0
         self._sock: socket.socket | None = None
@@ -277,22 +279,23 @@ class DnstapSink(QueueSink):
                 frame(out, response_start + times + answered, _RESPONSE_HEADS, _RESPONSE_MESSAGE, response)
         return b"".join(out)
 
-    def frames(self, batch: list[Item], start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
-        """:meth:`raw_frames` of ``batch[start:stop]``, made by the ``_lines`` extension when it is built (the
-        same bytes) in a buffer reused by the next call (release the view before it); None when that part holds
-        other events."""
+    def frames(self, batch: Batch, start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
+        """:meth:`raw_frames` of records ``start`` to ``stop`` of a batch (a list of items, or a chunk of the C
+        ring), made by the ``_lines`` extension when it is built (the same bytes) in a buffer reused by the next
+        call (release the view before it); None when that part holds other events."""
         extension = native_extension()
         if extension is not None:
             clients, fields, envelope = self._clients, self._client_fields, self._envelope
+            source = self._chunk_parts.source(batch) if isinstance(batch, Chunk) else batch
 
             def make(out: bytearray) -> int | None:
-                size: int | None = extension.dnstap(batch, start, stop, clients, fields, envelope, out)
+                size: int | None = extension.dnstap(source, start, stop, clients, fields, envelope, out)
                 return size
 
             made, self._out = made_into(make, self._out)
             if made is not None:
                 return made
-        part = batch[start:stop]
+        part = items(batch, start, stop)
         if not only_queries(part):
             return None
         return memoryview(self.raw_frames(part))
@@ -308,14 +311,14 @@ class DnstapSink(QueueSink):
         envelope = self.identity, self.version
         return data_frame(dnstap(*envelope, query)) + data_frame(dnstap(*envelope, response))
 
-    def emit_raw(self, batch: list[Item], now: float) -> None:
+    def emit_raw(self, batch: Batch, now: float) -> None:
         for start in range(0, len(batch), RECORDS_PER_WRITE):
             stop = min(start + RECORDS_PER_WRITE, len(batch))
             made = self.frames(batch, start, stop) if self.client_messages else None
             if made is not None:
                 self._send(made, stop - start, now)
             else:
-                self._send_mixed(batch[start:stop], now)
+                self._send_mixed(items(batch, start, stop), now)
 
     def _send_mixed(self, batch: list[Item], now: float) -> None:
         """Upstream traffic among the queries (security events are not DNS messages): kept in order; ``messages``

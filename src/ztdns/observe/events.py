@@ -1,8 +1,9 @@
 """What the observe stage hands its sinks: one compact event per query, made of fields at hand.
 
-The serving thread appends a plain tuple per query to the feed (``observe.sinks.Feed``); the feed's thread makes
-the :class:`QueryEvent`, and each sink formats it on its own thread. An :class:`Answered` is shared by every replay
-of one answer, so a replayed query costs one tuple and nothing else.
+The serving thread copies a record per query into the feed's ring (``observe.ring``, ``observe.sinks.Feed``); the
+sinks format the records on their own threads, the native log and dnstap straight from the ring's chunks, the others
+from the :class:`QueryEvent` they make of them. An :class:`Answered` is shared by every replay of one answer, so a
+replayed query costs one record and nothing else.
 """
 
 from __future__ import annotations
@@ -128,9 +129,9 @@ class UpstreamEvent:
 
 Event = QueryEvent | SecurityEvent | UpstreamEvent
 
-# What the serving thread appends per query: (time.time(), client, answered, latency, query bytes, response bytes),
-# the fields of a QueryEvent in order. A plain tuple: a dataclass costs the serving thread ~0.5 µs more. Sinks that
-# format from the tuple itself (``QueueSink.raw``) get it as it is; the others get a QueryEvent made once by the feed.
+# A query as a tuple: (time.time(), client, answered, latency, query bytes, response bytes), the fields of a QueryEvent
+# in order: what the pure-Python ring keeps (``observe.ring.PyRecords``) and a chunk of the C ring reads as
+# (``Chunk.items``). Sinks that format from it (``QueueSink.raw``) read it as it is; the others make a QueryEvent of it.
 RawQuery = tuple[float, ClientInfo, Answered, float, bytes, "bytes | None"]
-# What a sink's queue holds: events, and for raw sinks the serving thread's tuples.
+# What a batch holds, read as tuples and events.
 Item = Event | RawQuery

@@ -27,6 +27,7 @@ except ImportError:  # built without a C compiler: lines are made in Python
     _lines = None  # type: ignore[assignment]
 from ztdns.observe.events import Answered, Item, QueryEvent, RawQuery, SecurityEvent
 from ztdns.observe.privacy import Pseudonyms
+from ztdns.observe.ring import Chunk
 
 ECS_VERSION = "8.11.0"
 OCSF_VERSION = "1.1.0"
@@ -92,6 +93,20 @@ def made_into(make: Callable[[bytearray], int | None], out: bytearray) -> tuple[
     return (None if size is None else memoryview(out)[:size]), out
 
 
+class ChunkParts:
+    """The parts a formatter made for the objects of the chunk it is making records of (``Chunk.source``), kept
+    while it goes through the chunk a write's worth of records at a time."""
+
+    def __init__(self) -> None:
+        self._chunk: Chunk | None = None
+        self._parts: list[object] = []
+
+    def source(self, chunk: Chunk) -> tuple[bytes, bytes, list[object], list[object]]:
+        if chunk is not self._chunk:
+            self._chunk, self._parts = chunk, chunk.new_parts()
+        return chunk.source(self._parts)
+
+
 class NativeLines:
     """Native lines (the same text as :func:`line` with full privacy) made straight from the serving thread's
     tuples, a batch at a time, from parts made once per client and per answer: per query only the latency, the
@@ -107,6 +122,7 @@ class NativeLines:
         self._milli = -1
         self._stamp = ""
         self._out = bytearray()
+        self._chunk_parts = ChunkParts()
 
     def _client_parts(self, client: ClientInfo) -> list[object]:
         if len(self._clients) >= _CLIENT_PARTS_MEMO:
@@ -134,17 +150,18 @@ class NativeLines:
         """A line's start up to its time stamp's milliseconds, for ``second`` (the extension adds the rest)."""
         return f'{{"time": "{self.clock.second(second)}'
 
-    def data(self, batch: list[Item], start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
-        """:meth:`text` of ``batch[start:stop]`` encoded; made by the ``_lines`` extension when it is built (the
-        same bytes), in a buffer reused by the next call (release the view before it); None when that part holds
-        other events."""
+    def data(self, batch: list[Item] | Chunk, start: int = 0, stop: int = MAX_SIZE) -> memoryview | None:
+        """:meth:`text` of records ``start`` to ``stop`` of a batch (a list of items, or a chunk of the C ring)
+        encoded; made by the ``_lines`` extension when it is built (the same bytes), in a buffer reused by the next
+        call (release the view before it); None when that part holds other events."""
         extension = native_extension()
         if extension is not None:
+            source = self._chunk_parts.source(batch) if isinstance(batch, Chunk) else batch
             memos = (self._clients, self._answers, self._client_parts, self._answer_parts, self._second_of)
-            made, self._out = made_into(lambda out: extension.native(batch, start, stop, *memos, out), self._out)
+            made, self._out = made_into(lambda out: extension.native(source, start, stop, *memos, out), self._out)
             if made is not None:
                 return made
-        part = batch[start:stop]
+        part = batch.items(start, stop) if isinstance(batch, Chunk) else batch[start:stop]
         if not only_queries(part):
             return None
         return memoryview(self.text(part).encode())

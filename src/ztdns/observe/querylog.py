@@ -10,9 +10,9 @@ import stat
 import sys
 from pathlib import Path
 
-from ztdns.observe.events import Item
 from ztdns.observe.formats import Formatter
 from ztdns.observe.privacy import Aggregate
+from ztdns.observe.ring import Batch, items
 from ztdns.observe.sinks import RECORDS_PER_WRITE, TextSink
 
 RETENTION_CHECK = 60.0  # seconds between looks for expired files
@@ -59,14 +59,14 @@ class QueryLog(TextSink):
         self._reopen_if_asked()
         self._write("".join(text + "\n" for _, text in lines))
 
-    def send_queries(self, batch: list[Item], now: float) -> bool:
+    def send_queries(self, batch: Batch, now: float) -> bool:
         native = self.formatter.native
         assert native is not None  # raw is set only with it
         self._reopen_if_asked()
         for start in range(0, len(batch), RECORDS_PER_WRITE):
             made = native.data(batch, start, start + RECORDS_PER_WRITE)
             if made is None:  # security events among the queries
-                part = batch[start : start + RECORDS_PER_WRITE]
+                part = items(batch, start, start + RECORDS_PER_WRITE)
                 made = memoryview("".join(text + "\n" for _, text in self.raw_lines(part)).encode())
             self._write_bytes(made)
         return True

@@ -1,11 +1,12 @@
-"""The sink machinery: the :class:`Feed` the serving threads append raw events to (one tuple and one deque append
-per query, whatever the number of sinks), its thread that hands each batch to every sink, and the sinks' bounded
-queues, each drained in batches by the sink's own thread, which formats and writes. Events beyond a bound are
-dropped and counted, never waited for.
+"""The sink machinery: the :class:`Feed` the serving threads add query records to (one record copied into its ring
+per query, whatever the number of sinks: ``observe/ring.py``), its thread that takes the ring's batch and hands it
+to every sink, and the sinks' bounded queues, each drained in batches by the sink's own thread, which formats and
+writes. Records beyond a bound are dropped and counted, never waited for.
 
-Sinks that format from the serving thread's tuples themselves (``raw``: the native query log with full privacy,
-dnstap) get the batch as it is — no object per query is made for them — and make each record from parts made once
-per client and answer; the others get QueryEvents, made once per batch for all of them. One write per batch.
+Sinks that format from the records themselves (``raw``: the native query log with full privacy, dnstap) get the
+batch as it is — a chunk of the ring, no object per query is made for them — and make each record from parts made
+once per client and answer; the others get the same batches and make QueryEvents of them on their own thread as
+they take them. One write per batch.
 
 A sink that stalls (a collector that stops reading, a full disk) blocks only its own thread: its queue fills and
 further events are dropped (``dropped``), while answering and the other sinks go on at full speed.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import logging
 import threading
 import time
@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client.metrics_core import Metric
 
-from ztdns.observe.events import Event, Item, QueryEvent, RawQuery, SecurityEvent, UpstreamEvent
-from ztdns.observe.formats import Formatter, only_queries
+from ztdns.observe.events import Event, Item, QueryEvent, SecurityEvent, UpstreamEvent
+from ztdns.observe.formats import Formatter, native_extension, only_queries
 from ztdns.observe.privacy import Aggregate
+from ztdns.observe.ring import Batch, Chunk, items, make_ring, take
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +39,30 @@ RECORDS_PER_WRITE = 256
 
 
 class Feed:
-    """The one queue between the serving threads and the sinks. The observer appends to ``events`` directly (no
-    call) while ``len(events) < limit``, else counts ``dropped``; the feed's thread hands batches to the sinks."""
+    """The one queue between the serving threads and the sinks: the observer adds records to ``ring`` (``add`` is
+    its method) up to ``limit`` between two takes, beyond which the ring counts them dropped; the feed's thread
+    takes the ring's batch every ``interval`` seconds and hands it to the sinks."""
 
     def __init__(self, sinks: list[QueueSink], interval: float = 0.02) -> None:
         self.sinks = sinks
         self.limit = max(sink.limit for sink in sinks)
         self.interval = interval
-        self.dropped = 0
-        self.events: collections.deque[RawQuery | SecurityEvent | UpstreamEvent] = collections.deque()
+        self.ring = make_ring(self.limit, native_extension())
+        self.add = self.ring.add
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ztdns-feed", daemon=True)
         self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        """Records dropped before any sink saw them (the ring was full)."""
+        return self.ring.dropped
+
     def _dispatch(self) -> None:
-        events = self.events
-        popleft_from = collections.deque.popleft
-        # Producers may append meanwhile: taken next time. map calls popleft from C, no bytecode per event.
-        raw: list[Item] = list(map(popleft_from, itertools.repeat(events, len(events))))
-        if not raw:
-            return
-        made: list[Item] | None = None  # QueryEvents, made once for the sinks that do not read the tuples
-        for sink in self.sinks:
-            if sink.raw:
-                sink.offer(raw)
-            else:
-                if made is None:
-                    made = [QueryEvent(*item) if type(item) is tuple else item for item in raw]
-                sink.offer(made)
+        taken = take(self.ring)
+        if taken is not None:
+            for sink in self.sinks:
+                sink.offer(taken)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -84,8 +81,8 @@ class QueueSink:
     calls :meth:`emit` with what waited, every ``interval`` seconds. Subclasses implement ``emit``."""
 
     kind = "sink"
-    # True: the sink takes the serving thread's tuples (RawQuery) as they are and :meth:`emit_raw` formats them;
-    # False: :meth:`emit` gets QueryEvents.
+    # True: the sink takes the feed's batches as they are (a chunk of the ring, or the serving thread's tuples) and
+    # :meth:`emit_raw` formats them; False: :meth:`emit` gets QueryEvents.
     raw = False
 
     def __init__(self, name: str, limit: int, interval: float = 0.05) -> None:
@@ -103,7 +100,7 @@ class QueueSink:
         self.deadline = 0.0
         # Batches as the feed offers them (shared between sinks: never modified); ``offered`` is written by the
         # feed's thread only and ``taken`` by this sink's only, so their difference is the queue's length.
-        self._batches: collections.deque[list[Item]] = collections.deque()
+        self._batches: collections.deque[Batch] = collections.deque()
         self.offered = 0
         self.taken = 0
         self._stop = threading.Event()
@@ -119,13 +116,13 @@ class QueueSink:
         else:
             self.offer([event])
 
-    def offer(self, batch: list[Item]) -> None:
+    def offer(self, batch: Batch) -> None:
         """Queue what fits under the bound (called by the feed's thread, one producer); the rest is dropped and
         counted. ``batch`` is kept as it is, not copied."""
         room = self.limit - (self.offered - self.taken)
         if room < len(batch):
             self.dropped += len(batch) - max(room, 0)
-            batch = batch[: max(room, 0)]
+            batch = batch.head(max(room, 0)) if isinstance(batch, Chunk) else batch[: max(room, 0)]
         if batch:
             self._batches.append(batch)
             self.offered += len(batch)
@@ -133,7 +130,7 @@ class QueueSink:
     def reopen(self) -> None:
         """SIGHUP: files are opened again by name (after log rotation); other sinks ignore it."""
 
-    def _take(self) -> list[list[Item]]:
+    def _take(self) -> list[Batch]:
         """The batches queued so far, as the feed offered them."""
         batches = self._batches
         taken = [batches.popleft() for _ in range(len(batches))]
@@ -144,8 +141,9 @@ class QueueSink:
         """Format and write ``batch`` (raise OSError when the output fails), counting ``written``."""
         raise NotImplementedError
 
-    def emit_raw(self, batch: list[Item], now: float) -> None:
-        """:meth:`emit` for a sink with ``raw`` set: queries come as the serving thread's tuples."""
+    def emit_raw(self, batch: Batch, now: float) -> None:
+        """:meth:`emit` for a sink with ``raw`` set: queries come as the feed's batch (a chunk of the ring, or the
+        serving thread's tuples)."""
         raise NotImplementedError
 
     def _drain(self) -> None:
@@ -154,10 +152,12 @@ class QueueSink:
             for batch in taken:
                 self._emit(self.emit_raw, batch)
         else:  # one list, even when empty: an aggregate's window may be due
-            batch = taken[0] if len(taken) == 1 else list(itertools.chain.from_iterable(taken))
-            self._emit(self.emit, batch)  # type: ignore[arg-type]  # not raw: the feed made QueryEvents
+            # QueryEvents made here, a batch at a time, rather than by the feed for all such sinks: a slow sink's
+            # queue holds the ring's compact chunks, not an object per query for the collector to go through.
+            made = [QueryEvent(*item) if type(item) is tuple else item for part in taken for item in items(part)]
+            self._emit(self.emit, made)  # type: ignore[arg-type]
 
-    def _emit(self, write: Callable[[list[Item], float], None], batch: list[Item]) -> None:
+    def _emit(self, write: Callable[[Batch, float], None], batch: Batch) -> None:
         try:
             write(batch, time.time())
         except (OSError, ValueError) as exc:  # the output failed: these events are lost, the next batch retries
@@ -243,10 +243,10 @@ class TextSink(QueueSink):
             self.send(lines, now)
         self.written += len(batch)
 
-    def emit_raw(self, batch: list[Item], now: float) -> None:
-        """Native lines with full privacy: queries straight from the serving thread's tuples, in one go."""
+    def emit_raw(self, batch: Batch, now: float) -> None:
+        """Native lines with full privacy: queries straight from the feed's batch, in one go."""
         if not self.send_queries(batch, now):
-            lines = self.raw_lines(batch)
+            lines = self.raw_lines(items(batch))
             if lines:
                 self.send(lines, now)
         self.written += len(batch)
@@ -268,12 +268,13 @@ class TextSink(QueueSink):
         """Write ``(message kind, text)`` records: "query", "detect", "aggregate"."""
         raise NotImplementedError
 
-    def send_queries(self, batch: list[Item], now: float) -> bool:
-        """Write the native records of ``batch`` when it holds queries only (the common batch), from the serving
-        thread's tuples; False (nothing written) when it holds other events."""
+    def send_queries(self, batch: Batch, now: float) -> bool:
+        """Write the native records of ``batch`` when it holds queries only (the common batch); False (nothing
+        written) when it holds other events."""
         native = self.formatter.native
         assert native is not None  # raw is set only with it
-        if not only_queries(batch):
+        made = items(batch)
+        if not only_queries(made):
             return False
-        self.send([("query", text) for text in native.lines(batch)], now)
+        self.send([("query", text) for text in native.lines(made)], now)
         return True

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import TypeVar
 
 import dns.message
 import dns.rcode
@@ -26,6 +27,7 @@ from ztdns.wire.header import AD
 from ztdns.wire.query import name_key
 
 log = logging.getLogger(__name__)
+Peer = TypeVar("Peer")  # whatever a transport names a reply's destination by (UDP: the sockaddr bytes)
 # DNSSEC validation failures keep the logger docs/dnssec.md names; this module is still their only writer.
 security_log = logging.getLogger("ztdns.dnssec")
 # A failure of one name, type and code is logged at most this often (a client asking again must not flood the log).
@@ -149,30 +151,27 @@ class Observer:
         """A security event (a detection verdict) for the sinks: the query log writes it as ``"event": kind``."""
         feed = self.feed
         if feed is not None:
-            feed.events.append(SecurityEvent(time.time(), kind, fields))
+            feed.ring.add_event(SecurityEvent(time.time(), kind, fields))
 
     def record_answer(
         self, answered: Answered, client: ClientInfo, started: float, query: bytes, response: bytes | None
     ) -> None:
-        """Count one answer and hand its event to the sinks; ``started`` is its time.monotonic() start, ``query``
-        and ``response`` the bytes received and sent (kept by reference: sinks read them on their threads)."""
+        """Count one answer and hand its record to the sinks; ``started`` is its time.monotonic() start, ``query``
+        and ``response`` the bytes received and sent (copied into the feed's ring: sinks read them on their
+        threads)."""
         latency = time.monotonic() - started
         transport = client.transport  # a StrEnum: its own label
         self.metrics.count_answer(transport, answered.labels or answered.metric_labels(), latency)
         feed = self.feed
         if feed is not None:
-            events = feed.events
-            if len(events) < feed.limit:
-                events.append((time.time(), client, answered, latency, query, response))
-            else:
-                feed.dropped += 1
+            feed.add(time.time(), latency, client, answered, query, response)
 
     def record_answers(
-        self, answers: Iterable[tuple[ClientInfo, Sequence[tuple[Answered, bytes, bytes, object]]]], started: float
+        self, answers: Iterable[tuple[ClientInfo, list[tuple[Answered, bytes, bytes, Peer]]]], started: float
     ) -> None:
         """:meth:`record_answer` for answers that started together (a UDP lane's batch), by client: each
-        ``(answered, query, response, _)`` gives the same feed event, with one clock read and one count per label
-        set for them all."""
+        ``(answered, query, response, _)`` gives the same record, with one clock read and one count per label set
+        for them all."""
         latency = time.monotonic() - started
         counts: dict[tuple[str, tuple[str, ...]], int] = {}
         for client, replies in answers:
@@ -194,17 +193,10 @@ class Observer:
             count_answer(by_transport, labels, latency, count)
         feed = self.feed
         if feed is not None:
-            events = feed.events
+            add_replies = feed.ring.add_replies
             wall = time.time()
             for client, replies in answers:
-                room = max(feed.limit - len(events), 0)
-                events.extend(
-                    [
-                        (wall, client, answered, latency, query, response)
-                        for answered, query, response, _ in replies[:room]
-                    ]
-                )
-                feed.dropped += max(len(replies) - room, 0)
+                add_replies(wall, latency, client, replies)
 
     def upstream(
         self, transport: str, host: str, port: int, query: bytes, reply: dns.message.Message | bytes, sent: float
@@ -212,7 +204,7 @@ class Observer:
         """An exchange with an upstream, for the sinks that carry upstream traffic (dnstap)."""
         feed = self.feed
         if feed is not None:
-            feed.events.append(UpstreamEvent(time.time(), sent, transport, host, port, query, reply))
+            feed.ring.add_event(UpstreamEvent(time.time(), sent, transport, host, port, query, reply))
 
     def failed(self, what: str, client: ClientInfo) -> None:
         """An internal error while answering ``client`` (call from an ``except`` block: the traceback goes too)."""
