@@ -260,7 +260,7 @@ class DohConnection(TlsConnection):
         self.routes = listener.routes if isinstance(listener, DohListener) else {}
 
     def clock(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self.loop.time()
 
     def received(self, data: bytes) -> None:
         if self.engine is None:
@@ -309,7 +309,7 @@ class DohConnection(TlsConnection):
         return None if response is None else dns_response(query, response)
 
     def spawn(self, coroutine: Coroutine[object, object, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = self.loop.create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
