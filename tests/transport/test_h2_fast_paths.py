@@ -198,3 +198,27 @@ def test_the_state_table_agrees_with_the_shortcuts_the_core_takes() -> None:
     assert TABLE[StreamState.OPEN][StreamInput.RECV_DATA] is StreamState.OPEN
     assert TABLE[StreamState.OPEN][StreamInput.RECV_END_STREAM] is StreamState.HALF_CLOSED_REMOTE
     assert TABLE[StreamState.HALF_CLOSED_REMOTE][StreamInput.SEND_END_STREAM] is StreamState.CLOSED
+
+
+def _base64url_reference(value: str) -> bytes | None:
+    """What the GET path did before doh.base64url: the alphabet deleted to see what is left, then the library."""
+    encoded = value.encode("ascii", "replace")
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    if not encoded or encoded.translate(None, alphabet) or len(encoded) % 4 == 1:
+        return None
+    try:
+        return base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4))
+    except ValueError:
+        return None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet="ABCXYZabcxyz0189-_+/=% \n\xe9", max_size=24),
+        st.binary(max_size=40).map(lambda raw: base64.urlsafe_b64encode(raw).decode().rstrip("=")),
+        st.text(max_size=12),
+    )
+)
+def test_base64url_reads_what_the_library_reads(value: str) -> None:
+    assert doh.base64url(value) == _base64url_reference(value)
