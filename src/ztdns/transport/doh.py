@@ -283,15 +283,15 @@ class DohConnection(TlsConnection):
         self.progress = RequestProgress(self)
         self.bodies = body_budget(listener)
         self.routes = listener.routes if isinstance(listener, DohListener) else {}
-
-    def clock(self) -> float:
-        return self.loop.time()
+        self.clock: Callable[[], float] = self.loop.time  # the loop's own method: no Python frame per read
 
     def received(self, data: bytes) -> None:
         if self.engine is None:
             self.engine = H2Engine(self) if self.alpn == "h2" else Http1Engine(self)
         self.engine.received(data)
         self.bodies.update(self, self.engine.body_bytes())
+
+    data_received = received  # called by the TLS layer directly, not through TlsConnection.data_received
 
     def answer_now(self, method: str, target: str, content_type: str | None, body: bytes) -> HttpResponse | bytes:
         """The answer we can give at once (an HTTP error, or the handler's fast path), else the DNS query that
@@ -404,12 +404,13 @@ class H2Engine:
     def received(self, data: bytes) -> None:
         # Answers made while handling this read are collected and sent together at the end: one TLS record per
         # answer, one send for all of them.
-        self.batch = []
+        batch: list[bytes] = []
+        self.batch = batch
         requests = False
         for event in self.h2.receive(data):
             if isinstance(event, Request):
                 requests = True
-                self._request(event)
+                self._request(event, batch)
             elif isinstance(event, BodyTooLarge):
                 self._respond(event.stream_id, http_error(413, "DNS message larger than 65535 bytes"))
             elif isinstance(event, StreamReset):
@@ -419,7 +420,7 @@ class H2Engine:
             else:
                 log.debug("HTTP/2 connection ended: error code %d", event.error_code)
                 break
-        batch, self.batch = self.batch, None
+        self.batch = None
         if requests or batch:  # once per read, not per request or answer
             self.connection.touch()
         tail = self.h2.data_to_send()
@@ -431,12 +432,17 @@ class H2Engine:
         else:
             self.connection.maybe_finish_drain()
 
-    def _request(self, request: Request) -> None:
+    def _request(self, request: Request, batch: list[bytes]) -> None:
         answer = self.connection.answer_now(request.method, request.path, request.content_type, request.body)
         if isinstance(answer, HttpResponse):
             if request.method == "HEAD":  # headers only (RFC 9110 section 9.3.2): a DATA frame is an error
                 answer = HttpResponse(answer.status, answer.headers)
-            self._respond(request.stream_id, answer)
+            # What _respond does for an answer made while handling a read, without the call.
+            h2 = self.h2
+            h2.respond(request.stream_id, answer.status, answer.headers, answer.body, answer.block)
+            data = h2.data_to_send()
+            if data:
+                batch.append(data)
         else:
             self.tasks[request.stream_id] = self.connection.spawn(self._later(request.stream_id, answer))
 

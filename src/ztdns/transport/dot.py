@@ -60,6 +60,8 @@ class DotConnection(TlsConnection):
             self.read_paused = True
             self.pause_reading_for_writes()
 
+    data_received = received  # called by the TLS layer directly, not through TlsConnection.data_received
+
     def query(self, wire: bytes, answers: list[bytes]) -> None:
         """Answer WIRE: from the handler's fast path into ANSWERS (the caller sends them), else in a task."""
         try:
