@@ -194,7 +194,7 @@ class TlsBioProtocol(asyncio.Protocol):
     def _deliver(self) -> None:
         """Decrypt what has arrived and hand it to the connection protocol, the records of a read together (up to
         64 KiB a call), until it pauses us. What it writes meanwhile (answers to pipelined queries) goes out in one
-        send at the end, each answer its own TLS record."""
+        send at the end, each write (DoT: the answers to a read; DoH: one answer) its own TLS record."""
         self._delivering = True
         try:
             self._deliver_records()
