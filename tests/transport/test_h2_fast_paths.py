@@ -19,12 +19,12 @@ from ztdns.transport import doh
 from ztdns.transport.http2 import H2ServerConnection, ProtocolError, Request
 from ztdns.transport.http2 import huffman as our_huffman
 from ztdns.transport.http2.connection import _request_fields
-from ztdns.transport.http2.frames import DATA, END_HEADERS, END_STREAM, HEADERS, frame
+from ztdns.transport.http2.frames import DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame
 from ztdns.transport.http2.hpack import HpackDecoder, _hpack_integer, encode_headers
 from ztdns.transport.http2.stream import TABLE, StreamInput, StreamState
 from ztdns.wire.records import is_query, wants_padding
 
-from .test_http2 import GET_PATH, client, exchange, get
+from .test_http2 import GET_PATH, client, exchange, frame_strategy, get
 
 HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 
@@ -198,3 +198,66 @@ def test_the_state_table_agrees_with_the_shortcuts_the_core_takes() -> None:
     assert TABLE[StreamState.OPEN][StreamInput.RECV_DATA] is StreamState.OPEN
     assert TABLE[StreamState.OPEN][StreamInput.RECV_END_STREAM] is StreamState.HALF_CLOSED_REMOTE
     assert TABLE[StreamState.HALF_CLOSED_REMOTE][StreamInput.SEND_END_STREAM] is StreamState.CLOSED
+
+
+def _base64url_reference(value: str) -> bytes | None:
+    """What the GET path did before doh.base64url: the alphabet deleted to see what is left, then the library."""
+    encoded = value.encode("ascii", "replace")
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    if not encoded or encoded.translate(None, alphabet) or len(encoded) % 4 == 1:
+        return None
+    try:
+        return base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4))
+    except ValueError:
+        return None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet="ABCXYZabcxyz0189-_+/=% \n\xe9", max_size=24),
+        st.binary(max_size=40).map(lambda raw: base64.urlsafe_b64encode(raw).decode().rstrip("=")),
+        st.text(max_size=12),
+    )
+)
+def test_base64url_reads_what_the_library_reads(value: str) -> None:
+    assert doh.base64url(value) == _base64url_reference(value)
+
+
+def _served(frames_in: list[tuple[int, int, int, bytes]], header_lane: bool) -> tuple[list[object], bytes, int]:
+    """What a core makes of FRAMES_IN, one read per frame, each request answered: its events, its bytes out and
+    the streams it still holds."""
+    core = H2ServerConnection(max_streams=4, max_header_bytes=200, max_body=50)
+    core.header_lane = header_lane
+    events: list[object] = list(core.receive(PREFACE + frame(SETTINGS, 0, 0)))
+    for kind, flags, stream_id, payload in frames_in:
+        for event in core.receive(frame(kind, flags, stream_id, payload)):
+            events.append(event)
+            if isinstance(event, Request):
+                core.respond(event.stream_id, 200, [("content-type", "x")], b"answer")
+    return events, core.data_to_send(), len(core.streams)
+
+
+# Mostly request header blocks, on ids that go up, repeat and go down, with and without END_HEADERS, END_STREAM,
+# PADDED and PRIORITY; and any other frame of the general strategy between them.
+_headers_frames = st.tuples(
+    st.just(HEADERS),
+    st.sampled_from([0x4, 0x5, 0x0, 0x1, 0xC, 0x24, 0x25, 0x2D]),
+    st.sampled_from([1, 3, 5, 7, 9, 2, 0]),
+    st.sampled_from(
+        [
+            hpack.Encoder().encode([(":method", "GET"), (":scheme", "https"), (":path", "/q"), (":authority", "a")]),
+            b"\x82\x87\x84",
+            b"\x00\x05bogus",
+            b"",
+        ]
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_headers_frames, frame_strategy), max_size=10))
+def test_header_blocks_taken_past_the_frame_dispatch_mean_what_the_dispatch_makes_of_them(
+    frames_in: list[tuple[int, int, int, bytes]],
+) -> None:
+    assert _served(frames_in, header_lane=True) == _served(frames_in, header_lane=False)

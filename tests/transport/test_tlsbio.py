@@ -1,5 +1,6 @@
 """The memory-BIO TLS layer hands the connection protocol the records of one read together (an HTTP/2 POST's
-HEADERS and DATA records run its HTTP engine once, not twice), and sends what it answers in one write."""
+HEADERS and DATA records run its HTTP engine once, not twice), and sends what it answers in one write; DoT seals
+the answers to one read in one record."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import ssl
 from typing import Any
 
 from fixtures.tls import Pki
+from ztdns.client import ClientInfo
+from ztdns.config.listen import ListenConfig
+from ztdns.transport.dot import DotConnection
+from ztdns.transport.framing import frame
+from ztdns.transport.stream import TlsStreamListener
+from ztdns.transport.tls import TlsMaterial
 from ztdns.transport.tlsbio import _READ_SIZE, TlsBioProtocol
 
 
@@ -52,12 +59,14 @@ class App(asyncio.Protocol):
         self.transport.write(b"answer two")
 
 
-async def connected(pki: Pki) -> tuple[App, Wire, TlsBioProtocol, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
-    """A server TLS layer and a client over memory BIOs, handshake done: app, wire, server, client and the
-    client's incoming and outgoing BIOs."""
+async def connected(
+    pki: Pki, app: asyncio.Protocol | None = None
+) -> tuple[Any, Wire, TlsBioProtocol, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A server TLS layer (for APP, by default an :class:`App`) and a client over memory BIOs, handshake done: app,
+    wire, server, client and the client's incoming and outgoing BIOs."""
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(pki.cert("server"), pki.key("server"))
-    app, wire = App(), Wire()
+    app, wire = app or App(), Wire()
     server = TlsBioProtocol(server_context, app, 5.0)
     server.connection_made(wire)
     client_context = ssl.create_default_context(cafile=str(pki.ca))
@@ -119,5 +128,44 @@ def test_a_record_split_over_reads_and_the_close_notify_are_taken(pki: Pki) -> N
             client.unwrap()
         server.data_received(outgoing.read())
         assert wire.closed
+
+    asyncio.run(body())
+
+
+class Answers:
+    """A handler: its fast path answers queries whose ID is even, its full path the others."""
+
+    def fast(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        return None if wire[1] & 1 else wire + b"fast"
+
+    async def handle(self, wire: bytes, client: ClientInfo) -> bytes | None:
+        await asyncio.sleep(0)
+        return wire + b"slow"
+
+
+def test_dot_answers_of_one_read_share_one_tls_record(pki: Pki) -> None:
+    """DoT seals the fast-path answers to a read's queries in one TLS record (a record costs about as much to seal
+    as the rest of a cached answer's transport work); answers from the full path follow on their own, and the
+    client's byte stream is what answering one by one gives."""
+
+    async def body() -> None:
+        config = ListenConfig(
+            transport="dot", address="127.0.0.1:0", cert=str(pki.cert("server")), key=str(pki.key("server"))
+        )
+        listener = TlsStreamListener(config, Answers(), TlsMaterial.from_config(config), DotConnection)
+        connection = DotConnection(listener)
+        _, wire, server, client, incoming, outgoing = await connected(pki, connection)
+        queries = [bytes([0, query_id]) + b"query" for query_id in (2, 3, 4, 6)]
+        for query in queries:
+            client.write(frame(query))  # each its own record, all in one read
+        server.data_received(outgoing.read())
+        assert len(wire.sent) == 1
+        incoming.write(wire.sent.pop())
+        fast = [frame(query + b"fast") for query in queries if not query[1] & 1]
+        assert client.read(65536) == b"".join(fast)  # one record: one read returns them all
+        await asyncio.gather(*connection.tasks)
+        assert len(wire.sent) == 1
+        incoming.write(wire.sent.pop())
+        assert client.read(65536) == frame(queries[1] + b"slow")
 
     asyncio.run(body())

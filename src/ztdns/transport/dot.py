@@ -3,7 +3,9 @@
 Each query is answered as soon as it can be: the handler's synchronous fast path answers inline, anything else
 runs as its own task, so one slow upstream answer never holds back the ones behind it. At most
 ``max_pipelined`` queries are in flight per connection; beyond that we stop reading until answers go out.
-Responses are padded to 468-octet blocks when the query was padded (RFC 7830, RFC 8467).
+Responses are padded to 468-octet blocks when the query was padded (RFC 7830, RFC 8467). The fast-path answers
+to the queries of one read go out in one TLS record (sealing a record costs about as much as the rest of a cached
+answer's transport work, and with many connections a read carries only one to three queries).
 """
 
 from __future__ import annotations
@@ -43,25 +45,34 @@ class DotConnection(TlsConnection):
             self.abort()
             return
         # Whole queries are activity; bytes of one that never completes are not (slowloris).
-        self.progress.fed(asyncio.get_running_loop().time(), len(messages), self.framer.buffered)
+        now = self.loop.time()
+        self.progress.fed(now, len(messages), self.framer.buffered)
         if messages:
-            self.touch()
+            self.last_activity = now
+        # The answers to this read's queries (fast-path ones) go out together, in one TLS record: a TLS record
+        # costs about 1.5 µs to seal whatever its size, as much as the rest of a cached answer's transport work.
+        answers: list[bytes] = []
         for wire in messages:
-            self.query(wire)
+            self.query(wire, answers)
+        if answers and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
         if len(self.tasks) >= self.config.max_pipelined and not self.read_paused:
             self.read_paused = True
             self.pause_reading_for_writes()
 
-    def query(self, wire: bytes) -> None:
+    data_received = received  # called by the TLS layer directly, not through TlsConnection.data_received
+
+    def query(self, wire: bytes, answers: list[bytes]) -> None:
+        """Answer WIRE: from the handler's fast path into ANSWERS (the caller sends them), else in a task."""
         try:
             response = self.handler.fast(wire, self.client)
         except Exception:
             log.exception("handler fast path failed")
             return
         if response is not None:
-            self.send(wire, response)
+            answers.append(frame(finish_response(wire, response)))
             return
-        task = asyncio.get_running_loop().create_task(self.slow(wire))
+        task = self.loop.create_task(self.slow(wire))
         self.tasks.add(task)
         task.add_done_callback(self.done)
 

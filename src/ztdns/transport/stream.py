@@ -50,6 +50,7 @@ class TlsConnection(StreamProtocol):
 
     def __init__(self, listener: TlsStreamListener) -> None:
         self.listener = listener
+        self.loop = asyncio.get_running_loop()  # looked up once: get_running_loop() makes a getpid() call each time
         self.handler = listener.handler
         self.config = listener.config
         self.transport: asyncio.Transport | None = None
@@ -79,7 +80,7 @@ class TlsConnection(StreamProtocol):
             identity = identity_from_certificate(der, self.config.certificate_cn_identity) if der else None
             self.alpn = ssl_object.selected_alpn_protocol()
         self.client = ClientInfo(self.kind, peer[0], peer[1], identity, stream=True, client_id=client_id)
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self.loop.time()
         self.listener.connections.add(self)
         if identity is not None:  # counted by who it proved to be, not by the address it came from
             self.release_slot()
@@ -102,7 +103,7 @@ class TlsConnection(StreamProtocol):
         # The client is not reading its answers: stop reading its questions until it does (closed if it never
         # does: the listener's sweep, after idle_timeout).
         self.write_paused = True
-        self.write_paused_at = asyncio.get_running_loop().time()
+        self.write_paused_at = self.loop.time()
         self.pause_reading_for_writes()
         self.listener.budget.block(self)
 
@@ -142,7 +143,7 @@ class TlsConnection(StreamProtocol):
             self.transport.resume_reading()
 
     def touch(self) -> None:
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self.loop.time()
 
 
 class TlsStreamListener:

@@ -41,6 +41,9 @@ class TlsBioProtocol(asyncio.Protocol):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        # The C object whose read, write and pending ssl.SSLObject's Python methods only pass on: called directly,
+        # a frame less per TLS record both ways (there is one record per DoH request and per answer).
+        self._tls: Any = getattr(self._ssl, "_sslobj", self._ssl)
         self._app = app
         self._handshake_timeout = handshake_timeout
         self._transport: asyncio.Transport | None = None
@@ -113,7 +116,7 @@ class TlsBioProtocol(asyncio.Protocol):
         if not self._open or self._closing:
             return
         try:
-            self._ssl.write(data)
+            self._tls.write(data)
         except (ssl.SSLError, OSError):
             self.abort()
             return
@@ -124,9 +127,10 @@ class TlsBioProtocol(asyncio.Protocol):
         """One TLS record per chunk, one send for all of them."""
         if not self._open or self._closing:
             return
+        write = self._tls.write
         try:
             for chunk in chunks:
-                self._ssl.write(chunk)
+                write(chunk)
         except (ssl.SSLError, OSError):
             self.abort()
             return
@@ -190,7 +194,7 @@ class TlsBioProtocol(asyncio.Protocol):
     def _deliver(self) -> None:
         """Decrypt what has arrived and hand it to the connection protocol, the records of a read together (up to
         64 KiB a call), until it pauses us. What it writes meanwhile (answers to pipelined queries) goes out in one
-        send at the end, each answer its own TLS record."""
+        send at the end, each write (DoT: the answers to a read; DoH: one answer) its own TLS record."""
         self._delivering = True
         try:
             self._deliver_records()
@@ -212,7 +216,7 @@ class TlsBioProtocol(asyncio.Protocol):
         # SSLObject.read returns one TLS record at a time, and clients send a request's parts in records of their
         # own (an HTTP/2 POST: HEADERS, then DATA): the records of a read go to the connection protocol together,
         # up to _READ_SIZE bytes a call, so its HTTP engine runs once per read, not once per record.
-        read, buffered, incoming = self._ssl.read, self._ssl.pending, self._incoming
+        read, buffered, incoming = self._tls.read, self._tls.pending, self._incoming
         while self._open and not self._read_paused:
             chunks: list[bytes] = []
             size = 0
