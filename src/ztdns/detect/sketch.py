@@ -38,7 +38,7 @@ class WindowedDistinct:
 
     Slot n's sketches are bytes n·128 to n·128+127 of one bytearray (the current epoch's 64 registers, then the
     previous epoch's), its counts and epoch entries of two arrays: no object per key, and nothing the garbage
-    collector tracks (docs/detection.md, "State").
+    collector tracks (docs/detect.md, "State and the garbage collector").
     """
 
     __slots__ = ("counts", "epochs", "registers")

@@ -4,7 +4,7 @@ evaluated first (keys touched since the last tick move to the end of the table a
 A key maps to a slot number; the state of every key lives in flat arrays indexed by slot (``array`` and
 ``bytearray``, one per field), so a key costs no Python object besides itself, and nothing here is walked by the
 garbage collector: a server that has seen millions of zones has no longer collections for it
-(docs/detection.md, "State"). A dropped key's slot is reused by the next new key.
+(docs/detect.md, "State and the garbage collector"). A dropped key's slot is reused by the next new key.
 """
 
 from __future__ import annotations
