@@ -8,7 +8,6 @@ are Python's own (SipHash with a per-process key): an outsider cannot aim names 
 from __future__ import annotations
 
 import math
-from array import array
 
 _REGISTERS = 64  # 2**6 registers: about 13 % standard error, 64 bytes a key
 _INDEX_BITS = 6
@@ -37,16 +36,16 @@ class WindowedDistinct:
     figures cover between half and one window.
 
     Slot n's sketches are bytes n·128 to n·128+127 of one bytearray (the current epoch's 64 registers, then the
-    previous epoch's), its counts and epoch entries of two arrays: no object per key, and nothing the garbage
-    collector tracks (docs/detect.md, "State and the garbage collector").
+    previous epoch's), its counts and epoch entries of two lists: no object per key (docs/detect.md, "State and
+    the garbage collector").
     """
 
     __slots__ = ("counts", "epochs", "registers")
 
     def __init__(self) -> None:
         self.registers = bytearray()
-        self.counts = array("q")  # per slot: items added in the current and in the previous epoch
-        self.epochs = array("q")
+        self.counts: list[int] = []  # per slot: items added in the current and in the previous epoch
+        self.epochs: list[int] = []
 
     def grow(self) -> None:
         """Room for one more slot (the next number), empty."""
