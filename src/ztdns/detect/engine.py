@@ -19,7 +19,7 @@ from ztdns.detect.cookies import ServerCookies
 from ztdns.detect.dga import DgaModel, shipped_model
 from ztdns.detect.names import escape_name, escape_text, suffix_list
 from ztdns.detect.sketch import TokenBucket, rate
-from ztdns.detect.tables import BoundedTable, DgaState, TunnelState, ZoneState
+from ztdns.detect.tables import DgaTable, TunnelTable, ZoneTable
 from ztdns.detect.verdict import Verdict, bytes_rate, query_rate
 
 # Record types tunnels favour: they carry more bytes back than an address (RFC 1035 NULL, TXT, ...).
@@ -85,9 +85,9 @@ class Detector:
         self.next_tick = 0.0
         self.ticking = False
         self.cookies: ServerCookies | None = None  # its secret survives reloads: clients' cookies stay valid
-        self.tunnels: BoundedTable[tuple[str, bytes], TunnelState] = BoundedTable(config.max_keys, TunnelState)
-        self.clients: BoundedTable[str, DgaState] = BoundedTable(config.max_keys, DgaState)
-        self.zones: BoundedTable[bytes, ZoneState] = BoundedTable(config.max_zones, ZoneState)
+        self.tunnels = TunnelTable(config.max_keys)
+        self.clients = DgaTable(config.max_keys)
+        self.zones = ZoneTable(config.max_zones)
         self.configure(config)
 
     @property
@@ -320,14 +320,10 @@ class Detector:
         domain = name.domain
         below = name.below
         if self.tunnel_on and not cache_hit and below:  # the registered domain alone carries nothing
-            tunnel = self.tunnels.get((identity or "", domain), now)
+            tunnels = self.tunnels
             config = self.config.tunnel
-            tunnel.add(len(below), now, config.window, config.fast_window)
-            tunnel.queries += 1
-            if qtype in TUNNEL_TYPES:
-                tunnel.tunnel_types += 1
-            tunnel.names.add(below, int(now * 2 / config.window))
-            tunnel.sample = below
+            slot = tunnels.get((identity or "", domain), now)
+            tunnels.add(slot, below, qtype in TUNNEL_TYPES, now, config.window, config.fast_window)
         if (
             rcode == NXDOMAIN
             and self.dga_on
@@ -335,12 +331,12 @@ class Detector:
             and name.start >= 0
             and self.dga_score(domain) >= self.config.dga.threshold
         ):
-            self.clients.get(subject, now).add(escape_name(name.text.split(b".")), now, self.config.dga.window)
+            clients = self.clients
+            clients.add(clients.get(subject, now), escape_name(name.text.split(b".")), now, self.config.dga.window)
         if self.flood_on:
-            zone = self.zones.get(domain, now)
-            window = self.config.flood.window
-            zone.add(rcode in (NXDOMAIN, SERVFAIL), cache_hit, now, window)
-            zone.children.add(below, int(now * 2 / window))
+            zones = self.zones
+            slot = zones.get(domain, now)
+            zones.add(slot, below, rcode in (NXDOMAIN, SERVFAIL), cache_hit, now, self.config.flood.window)
 
     def dga_score(self, domain: bytes) -> float:
         """The model's score of a registered domain, remembered: the names failing under one domain (a random
@@ -374,14 +370,16 @@ class Detector:
 
     def _tunnels(self, now: float) -> None:
         config = self.config.tunnel
-        for (identity, domain), state in self.tunnels.take_dirty().items():
-            if state.queries < config.min_queries:
+        tunnels = self.tunnels
+        for (identity, domain), slot in tunnels.take_dirty().items():
+            queries = tunnels.queries[slot]
+            if queries < config.min_queries:
                 continue
-            age = now - state.born
-            decay = now - state.stamp
-            slow = rate(state.slow * math.exp(-decay / config.window), age, config.window)
-            fast = rate(state.fast * math.exp(-decay / config.fast_window), age, config.fast_window)
-            distinct, names = state.names.figures(int(now * 2 / config.window))
+            age = now - tunnels.born[slot]
+            decay = now - tunnels.stamp[slot]
+            slow = rate(tunnels.slow[slot] * math.exp(-decay / config.window), age, config.window)
+            fast = rate(tunnels.fast[slot] * math.exp(-decay / config.fast_window), age, config.fast_window)
+            distinct, names = tunnels.names.figures(slot, int(now * 2 / config.window))
             if names == 0 or distinct / names < config.min_unique_ratio:
                 continue
             if age >= config.fast_window and fast >= config.fast_bytes_per_second:
@@ -394,8 +392,8 @@ class Detector:
             details: dict[str, object] = {
                 "distinct_names": round(distinct),
                 "names": names,
-                "tunnel_type_share": round(state.tunnel_types / state.queries, 2),
-                "entropy": round(_entropy(state.sample), 2),
+                "tunnel_type_share": round(tunnels.tunnel_types[slot] / queries, 2),
+                "entropy": round(_entropy(tunnels.samples[slot]), 2),
             }
             self._verdict(
                 ("tunnel", identity, domain.decode("latin-1")),
@@ -411,8 +409,9 @@ class Detector:
 
     def _dga(self, now: float) -> None:
         config = self.config.dga
-        for subject, state in self.clients.take_dirty().items():
-            score = state.score * math.exp(-(now - state.stamp) / config.window)
+        clients = self.clients
+        for subject, slot in clients.take_dirty().items():
+            score = clients.score[slot] * math.exp(-(now - clients.stamp[slot]) / config.window)
             if score < config.min_names:
                 continue
             self._verdict(
@@ -423,20 +422,22 @@ class Detector:
                 f"{config.min_names}names",
                 config.block_seconds,
                 config.action,
-                {"examples": list(state.examples)},
+                {"examples": list(clients.examples[slot])},
                 now,
             )
 
     def _floods(self, now: float) -> None:
         config = self.config.flood
-        for domain, state in self.zones.take_dirty().items():
-            decay = math.exp(-(now - state.stamp) / config.window)
-            age = now - state.born
-            queries = state.queries * decay
+        zones = self.zones
+        for domain, slot in zones.take_dirty().items():
+            decay = math.exp(-(now - zones.stamp[slot]) / config.window)
+            age = now - zones.born[slot]
+            queries = zones.queries[slot] * decay
             qps = rate(queries, age, config.window)
-            children, _ = state.children.figures(int(now * 2 / config.window))
-            failures = state.failures / state.queries if state.queries else 0.0
-            hits = state.hits / state.queries if state.queries else 0.0
+            children, _ = zones.children.figures(slot, int(now * 2 / config.window))
+            total = zones.queries[slot]
+            failures = zones.failures[slot] / total if total else 0.0
+            hits = zones.hits[slot] / total if total else 0.0
             if not (
                 qps >= config.min_queries_per_second
                 and children >= config.min_children

@@ -1,8 +1,8 @@
 """Bounded-memory counting: tiny HyperLogLog sketches for distinct names, decayed rates, token buckets.
 
 Everything here is constant-size per key, so the detectors' memory is ``max_keys`` times a few hundred bytes
-whatever the traffic. Hashes are Python's own (SipHash with a per-process key): an outsider cannot aim names at
-chosen registers.
+whatever the traffic; the sketches live in flat bytearrays, which the garbage collector does not track. Hashes
+are Python's own (SipHash with a per-process key): an outsider cannot aim names at chosen registers.
 """
 
 from __future__ import annotations
@@ -10,84 +10,85 @@ from __future__ import annotations
 import math
 
 _REGISTERS = 64  # 2**6 registers: about 13 % standard error, 64 bytes a key
-_INDEX_BITS = 6
+INDEX_BITS = 6
 _ALPHA = 0.709  # HyperLogLog bias constant for 64 registers
-_HASH_BITS = 58  # bits left for the rank after the index (hash() gives 64)
+HASH_BITS = 58  # bits left for the rank after the index (hash() gives 64)
 _INVERSE_POWERS = [2.0**-rank for rank in range(256)]  # 2**-register, by register value
+_EMPTY = bytes(_REGISTERS)
+SLOT_BYTES = 2 * _REGISTERS  # a slot of WindowedDistinct: two sketches
+_EMPTY_SLOT = bytes(SLOT_BYTES)
+REGISTER_MASK = _REGISTERS - 1
 
 
-class DistinctCounter:
-    """HyperLogLog with 64 one-byte registers; ``estimate()`` is exact-ish (linear counting) for small counts."""
-
-    __slots__ = ("registers",)
-
-    def __init__(self) -> None:
-        self.registers = bytearray(_REGISTERS)
-
-    def add(self, item: bytes) -> None:
-        value = hash(item) & 0xFFFFFFFFFFFFFFFF
-        index = value & (_REGISTERS - 1)
-        rest = value >> _INDEX_BITS
-        rank = _HASH_BITS - rest.bit_length() + 1
-        registers = self.registers
-        registers[index] = max(registers[index], rank)
-
-    def estimate(self) -> float:
-        registers = self.registers
-        zeros = registers.count(0)
-        if zeros == _REGISTERS:
-            return 0.0
-        raw = _ALPHA * _REGISTERS * _REGISTERS / sum(map(_INVERSE_POWERS.__getitem__, registers))
-        if raw <= 2.5 * _REGISTERS and zeros:
-            return _REGISTERS * math.log(_REGISTERS / zeros)
-        return raw
-
-    def clear(self) -> None:
-        self.registers = bytearray(_REGISTERS)
+def estimate(registers: bytes | bytearray) -> float:
+    """Distinct items counted by 64 HyperLogLog registers; exact-ish (linear counting) for small counts."""
+    zeros = registers.count(0)
+    if zeros == _REGISTERS:
+        return 0.0
+    raw = _ALPHA * _REGISTERS * _REGISTERS / sum(map(_INVERSE_POWERS.__getitem__, registers))
+    if raw <= 2.5 * _REGISTERS and zeros:
+        return _REGISTERS * math.log(_REGISTERS / zeros)
+    return raw
 
 
 class WindowedDistinct:
-    """Distinct items and all items over the last one or two epochs (an epoch is half a window, numbered by the
-    caller): two sketches, the older dropped as epochs pass, so figures cover between half and one window."""
+    """For many keys, numbered by slot: distinct items and all items over the last one or two epochs (an epoch is
+    half a window, numbered by the caller), from two HyperLogLog sketches, the older dropped as epochs pass, so
+    figures cover between half and one window.
 
-    __slots__ = ("counts", "current", "epoch", "previous")
+    Slot n's sketches are bytes n·128 to n·128+127 of one bytearray (the current epoch's 64 registers, then the
+    previous epoch's), its counts and epoch entries of two lists: no object per key (docs/detect.md, "State and
+    the garbage collector"). The tables add items themselves (``ZoneTable.add``, ``TunnelTable.add``: a call
+    here would cost 10 % of recording a query): :meth:`advance` to the item's epoch, then the register of the
+    item's hash at ``slot * SLOT_BYTES + (hash & REGISTER_MASK)`` keeps the highest rank, and the slot's
+    current count (``counts[2 * slot]``) grows by one.
+    """
+
+    __slots__ = ("counts", "epochs", "registers")
 
     def __init__(self) -> None:
-        self.current = DistinctCounter()
-        self.previous = DistinctCounter()
-        self.counts = [0, 0]  # items added in the current and the previous epoch
-        self.epoch = 0
+        self.registers = bytearray()
+        self.counts: list[int] = []  # per slot: items added in the current and in the previous epoch
+        self.epochs: list[int] = []
 
-    def _advance(self, epoch: int) -> None:
-        if epoch == self.epoch:
+    def grow(self) -> None:
+        """Room for one more slot (the next number), empty."""
+        self.registers += _EMPTY_SLOT
+        self.counts.extend((0, 0))
+        self.epochs.append(0)
+
+    def reset(self, slot: int) -> None:
+        base = slot * SLOT_BYTES
+        self.registers[base : base + SLOT_BYTES] = _EMPTY_SLOT
+        self.counts[2 * slot] = self.counts[2 * slot + 1] = 0
+        self.epochs[slot] = 0
+
+    def advance(self, slot: int, epoch: int) -> None:
+        """Make ``epoch`` the slot's current epoch (dropping what is older than the one before)."""
+        if epoch == self.epochs[slot]:
             return
-        if epoch == self.epoch + 1:
-            self.previous, self.current = self.current, self.previous
-            self.counts = [0, self.counts[0]]
+        registers, counts = self.registers, self.counts
+        current = slot * SLOT_BYTES
+        previous = current + _REGISTERS
+        if epoch == self.epochs[slot] + 1:
+            registers[previous : previous + _REGISTERS] = registers[current:previous]
+            counts[2 * slot + 1] = counts[2 * slot]
         else:
-            self.previous.clear()
-            self.counts = [0, 0]
-        self.current.clear()
-        self.epoch = epoch
+            registers[previous : previous + _REGISTERS] = _EMPTY
+            counts[2 * slot + 1] = 0
+        registers[current:previous] = _EMPTY
+        counts[2 * slot] = 0
+        self.epochs[slot] = epoch
 
-    def add(self, item: bytes, epoch: int) -> None:
-        if epoch != self.epoch:
-            self._advance(epoch)
-        # DistinctCounter.add, inlined: this runs twice for every query analysed.
-        value = hash(item) & 0xFFFFFFFFFFFFFFFF
-        registers = self.current.registers
-        index = value & (_REGISTERS - 1)
-        rank = _HASH_BITS - (value >> _INDEX_BITS).bit_length() + 1
-        registers[index] = max(registers[index], rank)
-        self.counts[0] += 1
-
-    def figures(self, epoch: int) -> tuple[float, int]:
+    def figures(self, slot: int, epoch: int) -> tuple[float, int]:
         """(distinct items, items) over the current and previous epochs."""
-        self._advance(epoch)
-        merged = DistinctCounter()
-        merged.registers = bytearray(map(max, self.current.registers, self.previous.registers))
-        total = self.counts[0] + self.counts[1]
-        return min(merged.estimate(), float(total)), total
+        self.advance(slot, epoch)
+        registers = self.registers
+        current = slot * SLOT_BYTES
+        previous = current + _REGISTERS
+        merged = bytes(map(max, registers[current:previous], registers[previous : previous + _REGISTERS]))
+        total = self.counts[2 * slot] + self.counts[2 * slot + 1]
+        return min(estimate(merged), float(total)), total
 
 
 def rate(total: float, age: float, window: float) -> float:
