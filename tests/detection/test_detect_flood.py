@@ -91,7 +91,6 @@ def test_a_random_subdomain_flood_is_capped_at_the_quota_and_other_names_keep_an
                 time.sleep(0.3)
 
         prober = threading.Thread(target=probe)
-        started = time.time()
         prober.start()
         perf = subprocess.run(
             [
@@ -120,17 +119,20 @@ def test_a_random_subdomain_flood_is_capped_at_the_quota_and_other_names_keep_an
         assert perf.returncode == 0, perf.stderr
         sent = re.search(r"Queries sent:\s+(\d+)", perf.stdout)
         assert sent is not None and int(sent.group(1)) >= 15_000, perf.stdout
-        per_second: Counter[int] = Counter()
+        logged = []
         for line in (tmp_path / "unbound" / "unbound.log").read_text(errors="replace").splitlines():
             match = LOGGED.match(line)
             if match and match.group(2).endswith(".victim.test.") and match.group(2) != "www.victim.test.":
-                per_second[int(match.group(1)) - int(started)] += 1
+                logged.append(int(match.group(1)))
+        # Seconds count from the flood's first upstream query, not from when dnsperf was started: on a loaded
+        # machine dnsperf can take a second or two to read its 40,000 names and begin.
+        per_second: Counter[int] = Counter(second - min(logged, default=0) for second in logged)
         seconds = sorted(per_second)
         print("upstream queries for victim.test per second:", [per_second[s] for s in range(0, 13)])
         capped = [per_second[s] for s in range(2, 12)]  # from the third second on (the requirement: 5 s)
         assert max(capped) <= QUOTA * 1.5 + 2, capped  # the quota, with one bucket's depth and second boundaries
-        # The flood did reach upstream before the cap: its burst may straddle a second boundary (seconds count from
-        # int(started), so the first can be a sliver: [29, 746, 20, ...]).
+        # The flood did reach upstream before the cap: its burst may straddle a second boundary (the first second
+        # can be a sliver: [29, 746, 20, ...]).
         assert seconds and max(per_second[s] for s in seconds[:2]) > QUOTA * 3
         assert failures == [], failures[:5]
     finally:
