@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import textwrap
 import threading
@@ -22,6 +21,7 @@ import dns.query
 import dns.tsigkeyring
 import pytest
 
+from fixtures.unbound import free_port
 from ztdns.authority.daemon import AuthorityService
 from ztdns.authority.handler import Authority, ServedZone, ZoneSettings
 from ztdns.authority.kasp import KeyManager, Policy
@@ -54,13 +54,6 @@ def need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (Debian packages in scripts/dev.sh)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-        tcp.bind(("127.0.0.1", 0))
-        port: int = tcp.getsockname()[1]
-    return port
 
 
 def keyring() -> dict[dns.name.Name, Any]:

@@ -14,6 +14,7 @@ import pytest
 
 from agent_lab import make_certs
 from fixtures.tls import PROD_ID, EchoHandler, Pki, listen_config, pki
+from fixtures.unbound import free_port
 from ztdns.agent.upstream import UpstreamError, Upstreams, client_for
 from ztdns.config import ConfigError, parse_model
 from ztdns.config.agent import AgentConfig
@@ -109,12 +110,7 @@ def test_failover_and_all_down(certs: Path, unused_port: int) -> None:
 
 @pytest.fixture
 def unused_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return free_port()
 
 
 def test_doh_and_dot_servers_mixed_with_failover_and_verified_identity(pki: Pki, unused_port: int) -> None:

@@ -20,7 +20,8 @@ import dns.rcode
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from authority_lab import ZONE_TEXT, free_port, serving, signed_zone
+from authority_lab import ZONE_TEXT, serving, signed_zone
+from fixtures.unbound import free_port
 from ztdns.authority.handler import Authority
 from ztdns.authority.rrl import RateLimiter
 from ztdns.client import ClientInfo, Transport

@@ -14,7 +14,8 @@ import dns.rdatatype
 import dns.update
 import pytest
 
-from authority_lab import ORIGIN, free_port, keyring, knot_secondary, serving, signed_zone, wait_serial
+from authority_lab import ORIGIN, keyring, knot_secondary, serving, signed_zone, wait_serial
+from fixtures.unbound import free_port
 from ztdns.authority.handler import Authority
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant

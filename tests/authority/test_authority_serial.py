@@ -13,7 +13,8 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from authority_lab import ZONE_TEXT, free_port, keyring, knot_secondary, serving, signed_zone
+from authority_lab import ZONE_TEXT, keyring, knot_secondary, serving, signed_zone
+from fixtures.unbound import free_port
 from ztdns.authority.handler import Authority
 from ztdns.authority.signing import Validity
 from ztdns.authority.transfer import TransferAcl

@@ -22,7 +22,8 @@ import dns.update
 import dns.zone
 import pytest
 
-from authority_lab import ORIGIN, ZONE_TEXT, free_port, keyring, knot_secondary, serving, signed_zone, wait_serial
+from authority_lab import ORIGIN, ZONE_TEXT, keyring, knot_secondary, serving, signed_zone, wait_serial
+from fixtures.unbound import free_port
 from ztdns.authority.handler import Authority, Quota, ServedZone, ZoneSettings
 from ztdns.authority.transfer import TransferAcl
 from ztdns.authority.update import Grant

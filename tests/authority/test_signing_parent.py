@@ -24,7 +24,8 @@ import dns.update
 import pytest
 from pydantic import ValidationError
 
-from authority_lab import free_port, keyring, knot_conf_head, need, serving, signed_zone
+from authority_lab import keyring, knot_conf_head, need, serving, signed_zone
+from fixtures.unbound import free_port
 from ztdns.authority.build import build_zone
 from ztdns.authority.handler import Authority, ServedZone
 from ztdns.authority.kasp import Policy
