@@ -184,6 +184,8 @@ class RecursiveResolver:
             future.cancel()
         for task in list(self._lookups):
             task.cancel()
+        if isinstance(self.exchange, NetworkExchange):
+            self.exchange.close()
 
     # ----- cache and coalescing -----------------------------------------------------------------------------
 
