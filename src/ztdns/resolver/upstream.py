@@ -24,6 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from ztdns.resolver.sockets import SocketPool, reading, upstream_socket
+from ztdns.wire.parse import known_name
 
 EDNS_PAYLOAD = 1232  # default UDP payload size advertised upstream (DNS Flag Day 2020)
 _TCP_MAX = 65535
@@ -89,7 +90,9 @@ def randomise_case(name: dns.name.Name, noise: bytes | None = None) -> dns.name.
         end = start + len(label)
         cased.append(flipped[start:end])
         start = end
-    return dns.name.Name(cased)
+    # Through the parser's name memo: built without dnspython's constructor machinery, and the very Name the
+    # response's question and owners (which echo this case) are then read into.
+    return known_name(tuple(cased))[0]
 
 
 # 0x20 at the octets that are ASCII letters (the bit that flips their case), 0 elsewhere.
