@@ -70,6 +70,32 @@ def test_every_lab_case(tmp_path: Path, minimise: bool) -> None:
     asyncio.run(run())
 
 
+def test_signed_zones_keys_are_asked_beside_the_queries_to_them(tmp_path: Path) -> None:
+    """Unbound's prefetch-key: a referral carrying a DS starts the child zone's DNSKEY query at once, so it is
+    under way while the query to the child's servers is, not asked after it; and it is asked once."""
+    resolver, exchange = lab_resolver(tmp_path, FakeClock())
+    events: list[tuple[str, dns.name.Name, int]] = []
+    replay = exchange.exchange
+
+    async def watched(query: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes:
+        question = dns.message.from_wire(query).question[0]
+        name = question.name.canonicalize()
+        events.append(("asked", name, question.rdtype))
+        try:
+            return await replay(query, address, port, timeout, tcp)
+        finally:
+            events.append(("answered", name, question.rdtype))
+
+    exchange.exchange = watched  # type: ignore[method-assign]
+    resolution = asyncio.run(resolver.resolve(_question(CASES[0])))  # www.secure.lab. A: signed lab., secure.lab.
+    assert outcome(resolution)[:2] == ("NOERROR", True)
+    answered = events.index(("answered", dns.name.from_text("www.secure.lab."), dns.rdatatype.A))
+    for zone in ("lab.", "secure.lab."):
+        key_query = (dns.name.from_text(zone), dns.rdatatype.DNSKEY)
+        assert ("asked", *key_query) in events[:answered]
+        assert sum(event[1:] == key_query for event in events if event[0] == "asked") == 1
+
+
 def test_bogus_reason_names_zone_and_record(tmp_path: Path) -> None:
     resolver, _ = lab_resolver(tmp_path, FakeClock())
     resolution = asyncio.run(resolver.resolve(Question(dns.name.from_text("www.bogus.lab."), 1, 1, True)))

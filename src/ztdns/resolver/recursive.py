@@ -102,6 +102,7 @@ class RecursiveResolver:
         self._cache = AnswerCache(config.cache_entries, max_ttl, negative_max_ttl, clock)
         self._inflight: dict[tuple[bytes, int, bool], asyncio.Future[dns.message.Message]] = {}
         self._lookups: set[asyncio.Task[list[str]]] = set()  # name servers' address lookups under way
+        self._key_fetches: set[asyncio.Task[dns.message.Message | None]] = set()  # DNSKEY sets fetched ahead
         self._denials = DenialCache()
         self.upstream_queries = 0
         self.aggressive_answers = 0  # negative answers synthesised from cached denials (RFC 8198)
@@ -184,6 +185,8 @@ class RecursiveResolver:
             future.cancel()
         for task in list(self._lookups):
             task.cancel()
+        for key_fetch in list(self._key_fetches):
+            key_fetch.cancel()
         if isinstance(self.exchange, NetworkExchange):
             self.exchange.close()
 
@@ -525,7 +528,27 @@ class RecursiveResolver:
             if ds:  # the signed DS in a referral is what the validator will ask for next: keep it
                 key = (wire_key(child.zone), dns.rdatatype.DS)
                 self._cache.store(key, response(dns.rcode.NOERROR, ds, []), None)
+                self._fetch_keys_ahead(child.zone)
         return scrub(answer, zone), child
+
+    def _fetch_keys_ahead(self, zone: dns.name.Name) -> None:
+        """Ask for a signed zone's DNSKEY set now, beside the query that goes on to the zone's servers, rather
+        than after it, when the validator needs the keys (Unbound's ``prefetch-key``): one round trip less on
+        the way to a validated answer from a zone not met before. The validator's own fetch joins this one (or
+        finds it cached); nothing is fetched when not validating or when the keys are cached or coming."""
+        if self.validator is None:
+            return
+        key = wire_key(zone)
+        if (key, dns.rdatatype.DNSKEY) in self._cache or (key, dns.rdatatype.DNSKEY, False) in self._inflight:
+            return
+        task = asyncio.get_running_loop().create_task(self.fetch(zone, dns.rdatatype.DNSKEY))
+        self._key_fetches.add(task)
+        task.add_done_callback(self._key_fetch_ended)
+
+    def _key_fetch_ended(self, task: asyncio.Task[dns.message.Message | None]) -> None:
+        self._key_fetches.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed fetch is the validator's to find out about, not the loop's
 
     async def _query(self, address: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
         query = IterativeQuery.random(name, rdtype, self.config.edns_payload)
