@@ -99,7 +99,7 @@ def randomise_case(name: dns.name.Name, noise: bytes | None = None) -> dns.name.
 _CASE_BIT = bytes(0x20 if 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A else 0 for c in range(256))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__ (slower)
 class IterativeQuery:
     """One iterative query, rendered straight to wire: ID, the 0x20-cased name, type; RD clear, class IN.
 
