@@ -72,7 +72,8 @@ def test_every_lab_case(tmp_path: Path, minimise: bool) -> None:
 
 def test_signed_zones_keys_are_asked_beside_the_queries_to_them(tmp_path: Path) -> None:
     """Unbound's prefetch-key: a referral carrying a DS starts the child zone's DNSKEY query at once, so it is
-    under way while the query to the child's servers is, not asked after it; and it is asked once."""
+    under way while the query to the child's servers is, not asked after it; and it is asked once. The root's
+    keys (the trust anchor's) are asked beside the first query to the root's servers."""
     resolver, exchange = lab_resolver(tmp_path, FakeClock())
     events: list[tuple[str, dns.name.Name, int]] = []
     replay = exchange.exchange
@@ -90,7 +91,7 @@ def test_signed_zones_keys_are_asked_beside_the_queries_to_them(tmp_path: Path) 
     resolution = asyncio.run(resolver.resolve(_question(CASES[0])))  # www.secure.lab. A: signed lab., secure.lab.
     assert outcome(resolution)[:2] == ("NOERROR", True)
     answered = events.index(("answered", dns.name.from_text("www.secure.lab."), dns.rdatatype.A))
-    for zone in ("lab.", "secure.lab."):
+    for zone in (".", "lab.", "secure.lab."):
         key_query = (dns.name.from_text(zone), dns.rdatatype.DNSKEY)
         assert ("asked", *key_query) in events[:answered]
         assert sum(event[1:] == key_query for event in events if event[0] == "asked") == 1

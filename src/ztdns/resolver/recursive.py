@@ -327,6 +327,8 @@ class RecursiveResolver:
         # DS lives on the parent side of a cut: start from the servers of the zone above qname.
         target = qname.parent() if rdtype == dns.rdatatype.DS and qname != dns.name.root else qname
         delegation = self._delegations.closest(target)
+        if len(delegation.zone) == 1 and self.validator is not None:  # from the root (a cold start, mostly)
+            self._fetch_root_keys_ahead(self.validator)
         minimise = self.config.qname_minimisation
         ask_depth = 0
         for _ in range(self.config.max_referrals + len(qname)):
@@ -544,6 +546,12 @@ class RecursiveResolver:
         task = asyncio.get_running_loop().create_task(self.fetch(zone, dns.rdatatype.DNSKEY))
         self._key_fetches.add(task)
         task.add_done_callback(self._key_fetch_ended)
+
+    def _fetch_root_keys_ahead(self, validator: Validator) -> None:
+        """The root's DNSKEY set, when the root is a trust anchor, beside the first query to its servers: the
+        validator starts every chain of trust there."""
+        if validator.anchors.closest(dns.name.root) is not None:
+            self._fetch_keys_ahead(dns.name.root)
 
     def _key_fetch_ended(self, task: asyncio.Task[dns.message.Message | None]) -> None:
         self._key_fetches.discard(task)
