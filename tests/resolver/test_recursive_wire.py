@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ztdns.resolver.classify import CnameLoop, Lame, ResponseType, classify, scrub
+from ztdns.resolver.classify import CnameLoop, Lame, ResponseType, classify, cname_target, scrub
 from ztdns.resolver.upstream import EDNS_PAYLOAD, IterativeQuery, echoes, randomise_case
 
 labels = st.lists(st.binary(min_size=1, max_size=20), min_size=0, max_size=6)
@@ -203,3 +203,25 @@ def test_classify_takes_any_response(
     elif response.answer:
         assert classified.kind is ResponseType.ANSWER
         assert any(r.name == qname or r.rdtype == dns.rdatatype.DNAME for r in response.answer)
+
+
+def _answering(*records: str) -> dns.message.Message:
+    response = dns.message.Message()
+    for record in records:
+        owner, rdtype, text = record.split(maxsplit=2)
+        response.answer.append(dns.rrset.from_text(owner, 300, "IN", rdtype, text))
+    return response
+
+
+def test_cname_target_follows_the_chain_whatever_the_case() -> None:
+    name = dns.name.from_text
+    chain = _answering("a.test. CNAME B.test.", "b.TEST. CNAME c.test.")
+    assert cname_target(chain, name("A.Test."), dns.rdatatype.A) == name("c.test.")
+    assert cname_target(chain, name("c.test."), dns.rdatatype.A) is None  # no chain from there
+    ended = _answering("a.test. CNAME b.test.", "B.test. A 192.0.2.1")
+    assert cname_target(ended, name("a.test."), dns.rdatatype.A) is None  # the data is there
+    assert cname_target(ended, name("a.test."), dns.rdatatype.AAAA) == name("b.test.")
+    assert cname_target(_answering("a.test. A 192.0.2.1"), name("A.TEST."), dns.rdatatype.A) is None
+    assert cname_target(dns.message.Message(), name("a.test."), dns.rdatatype.A) is None
+    looped = _answering("a.test. CNAME b.test.", "b.test. CNAME a.test.")
+    assert cname_target(looped, name("a.test."), dns.rdatatype.A) is None  # a loop ends nowhere
