@@ -156,3 +156,30 @@ def test_pooled_sockets_carry_one_query_each_and_start_empty() -> None:
         server.close()
 
     uvloop.run(run())
+
+
+def test_closing_while_exchanges_are_under_way_leaves_no_socket() -> None:
+    """A resolver replaced by a reload is closed with queries still under way: their sockets close as they are
+    cancelled, and the pool opens no more."""
+
+    async def run() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        exchange = NetworkExchange()
+        baseline = _open_fds()
+        port = silent.getsockname()[1]
+        tasks = [
+            asyncio.ensure_future(exchange.exchange(_query().to_wire(True), "127.0.0.1", port, 5.0)) for _ in range(6)
+        ]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        exchange.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert exchange.open_sockets == 0 and exchange.pool.held == 0 and _open_fds() == baseline
+        silent.close()
+
+    uvloop.run(run())

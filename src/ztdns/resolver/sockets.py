@@ -68,6 +68,7 @@ class SocketPool:
         self._ready: dict[tuple[int, str | None], list[socket.socket]] = {}
         self._used: list[socket.socket] = []  # done with, to be closed
         self._refill_due = False
+        self._closed = False  # after close(): every socket is opened when taken and closed when given back
         self.held = 0  # sockets open and not in use: ready, or used and not closed yet
 
     def take(self, family: int, source: str | None, server: tuple[str, int]) -> pooled_socket:
@@ -84,12 +85,15 @@ class SocketPool:
 
     def give_back(self, sock: socket.socket) -> None:
         """A socket whose query is over (no reader left on it): closed soon."""
+        if self._closed:
+            sock.close()
+            return
         self._used.append(sock)
         self.held += 1
         self._refill_soon()
 
     def _refill_soon(self) -> None:
-        if not self._refill_due:
+        if not self._refill_due and not self._closed:
             self._refill_due = True
             asyncio.get_running_loop().call_soon(self._refill)
 
@@ -99,6 +103,8 @@ class SocketPool:
         for sock in used:
             sock.close()
         self.held -= len(used)
+        if self._closed:  # scheduled before close()
+            return
         for (family, source), ready in self._ready.items():
             while len(ready) < self.size:
                 try:
@@ -108,6 +114,8 @@ class SocketPool:
                 self.held += 1
 
     def close(self) -> None:
+        """Close every socket held; exchanges still under way (being cancelled) close theirs when they end."""
+        self._closed = True
         for sock in self._used:
             sock.close()
         self._used.clear()

@@ -164,7 +164,7 @@ class NetworkExchange:
                 self.open_sockets -= 1
 
     def close(self) -> None:
-        """Close the sockets opened ahead (those in use close when their exchange ends)."""
+        """Close the sockets held ahead or after use (those in use close when their exchange ends)."""
         self.pool.close()
 
     def _source(self, family: int) -> str | None:
