@@ -14,7 +14,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ztdns.resolver.classify import CnameLoop, Lame, ResponseType, classify, cname_target, scrub
@@ -33,6 +33,7 @@ def _dnspython_query(query: IterativeQuery, edns: bool) -> dns.message.Message:
     return message
 
 
+@settings(deadline=None)  # no timing in tests: under load an example may take longer than the default 200 ms
 @given(st.integers(0, 0xFFFF), labels, rdtypes, st.booleans())
 def test_query_wire_is_what_dnspython_renders(query_id: int, name_labels: list[bytes], rdtype: int, edns: bool) -> None:
     query = IterativeQuery(query_id, dns.name.Name([*name_labels, b""]), dns.rdatatype.RdataType(rdtype))
@@ -132,6 +133,7 @@ def test_scrub_drops_out_of_bailiwick_records_and_undoes_0x20() -> None:
 _LABEL = st.sampled_from([b"a", b"B", b"ex", b"Ex", b"EXAMPLE", b"example", b"x-1", b"*"])
 
 
+@settings(deadline=None)  # no timing in tests: under load an example may take longer than the default 200 ms
 @given(
     owners=st.lists(st.lists(_LABEL, max_size=4), min_size=1, max_size=6),
     zone=st.lists(_LABEL, max_size=3),
@@ -164,6 +166,7 @@ def _rrset(owner: dns.name.Name, rdtype: str, target: dns.name.Name) -> dns.rrse
     return dns.rrset.from_text(owner, 60, "IN", rdtype, rdata)
 
 
+@settings(deadline=None)  # no timing in tests: under load an example may take longer than the default 200 ms
 @given(
     answer=st.lists(_RECORD, max_size=4),
     authority=st.lists(_RECORD, max_size=3),
