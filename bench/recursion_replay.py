@@ -6,6 +6,8 @@ rewritten as a server echoes them. No sockets, no other process, no clock: the s
 
     .venv/bin/python bench/recursion_replay.py --record /tmp/lab.responses        # once
     .venv/bin/python bench/recursion_replay.py --passes 5 /tmp/lab.responses       # CPU ms per pass (noisy)
+    .venv/bin/python bench/recursion_replay.py --passes 1 --rtt 20 /tmp/lab.responses   # wall time with each
+                    # answer 20 ms late: / 20 ms = the upstream round trips made one after another
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         .venv/bin/python bench/recursion_replay.py --passes 1 /tmp/lab.responses  # and --passes 2: the
                                                      # difference of the two "Collected" counts is one pass
@@ -112,9 +114,10 @@ class _Clock:
 
 
 class RecordedExchange:
-    def __init__(self, responses: dict[Key, bytes | None], clock: _Clock) -> None:
+    def __init__(self, responses: dict[Key, bytes | None], clock: _Clock, rtt: float = 0.0) -> None:
         self.responses = responses
         self.clock = clock
+        self.rtt = rtt  # seconds each answer takes (0: the next loop turn)
 
     async def exchange(self, query: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes:
         end = _question_end(query)
@@ -122,16 +125,15 @@ class RecordedExchange:
         if reply is None:
             self.clock.now += timeout
             raise TimeoutError
-        await asyncio.sleep(0)
+        await asyncio.sleep(self.rtt)
         return query[:2] + reply[2:12] + query[12:end] + reply[end:]  # our ID, our 0x20 case
 
 
-async def cold_pass(recorded: dict[str, Any], hints: Path) -> list[str]:
+async def cold_pass(recorded: dict[str, Any], hints: Path, rtt: float = 0.0) -> list[str]:
     forget_process_memos()
     clock = _Clock(recorded["now"])
-    resolver = RecursiveResolver(
-        RecursionConfig(root_hints=str(hints)), exchange=RecordedExchange(recorded["responses"], clock), clock=clock
-    )
+    exchange = RecordedExchange(recorded["responses"], clock, rtt)
+    resolver = RecursiveResolver(RecursionConfig(root_hints=str(hints)), exchange=exchange, clock=clock)
     resolver.validator = Validator(resolver, TrustAnchors.load(texts=[recorded["root_ds"]]), clock=clock)
     rcodes = []
     for case in CASES:
@@ -146,6 +148,7 @@ def main() -> None:
     parser.add_argument("recording", type=Path)
     parser.add_argument("--record", action="store_true", help="make the recording (from the lab's zones in memory)")
     parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--rtt", type=float, default=0.0, help="milliseconds each answer takes; prints wall time")
     args = parser.parse_args()
     if args.record:
         record(args.recording)
@@ -156,12 +159,18 @@ def main() -> None:
         hints.write_text(recorded["hints"])
         gc.collect()
         gc.freeze()  # as the server does after start-up
-        started = time.thread_time()
+        started, wall = time.thread_time(), time.perf_counter()
         for _ in range(args.passes):
-            rcodes = asyncio.run(cold_pass(recorded, hints))
+            rcodes = asyncio.run(cold_pass(recorded, hints, args.rtt / 1000))
         spent = (time.thread_time() - started) / max(args.passes, 1)
+        wall = (time.perf_counter() - wall) / max(args.passes, 1)
     wrong = [case.qname for case, rcode in zip(CASES, rcodes, strict=True) if rcode != case.rcode]
     print(f"CPU per cold pass: {spent * 1000:.1f} ms over {args.passes}; cases answered otherwise: {wrong or 'none'}")
+    if args.rtt:
+        waited = (wall - spent) * 1000 / args.rtt
+        print(
+            f"wall time per pass: {wall * 1000:.0f} ms: {waited:.1f} round trips of {args.rtt:g} ms one after another"
+        )
 
 
 if __name__ == "__main__":
