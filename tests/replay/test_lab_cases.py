@@ -70,10 +70,20 @@ def test_every_lab_case(tmp_path: Path, minimise: bool) -> None:
     asyncio.run(run())
 
 
-def test_signed_zones_keys_are_asked_beside_the_queries_to_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("qname", "ahead"),
+    [
+        ("www.secure.lab.", [(".", "DNSKEY"), ("lab.", "DNSKEY"), ("secure.lab.", "DNSKEY")]),
+        ("www.insecure.lab.", [("insecure.lab.", "DS")]),
+    ],
+)
+def test_what_validation_needs_is_asked_beside_the_queries(
+    tmp_path: Path, qname: str, ahead: list[tuple[str, str]]
+) -> None:
     """Unbound's prefetch-key: a referral carrying a DS starts the child zone's DNSKEY query at once, so it is
     under way while the query to the child's servers is, not asked after it; and it is asked once. The root's
-    keys (the trust anchor's) are asked beside the first query to the root's servers."""
+    keys (the trust anchor's) are asked beside the first query to the root's servers; a referral from a signed
+    zone to an unsigned one (an NSEC/NSEC3 proof instead of a DS) starts the DS query the validator will make."""
     resolver, exchange = lab_resolver(tmp_path, FakeClock())
     events: list[tuple[str, dns.name.Name, int]] = []
     replay = exchange.exchange
@@ -88,13 +98,13 @@ def test_signed_zones_keys_are_asked_beside_the_queries_to_them(tmp_path: Path) 
             events.append(("answered", name, question.rdtype))
 
     exchange.exchange = watched  # type: ignore[method-assign]
-    resolution = asyncio.run(resolver.resolve(_question(CASES[0])))  # www.secure.lab. A: signed lab., secure.lab.
-    assert outcome(resolution)[:2] == ("NOERROR", True)
-    answered = events.index(("answered", dns.name.from_text("www.secure.lab."), dns.rdatatype.A))
-    for zone in (".", "lab.", "secure.lab."):
-        key_query = (dns.name.from_text(zone), dns.rdatatype.DNSKEY)
-        assert ("asked", *key_query) in events[:answered]
-        assert sum(event[1:] == key_query for event in events if event[0] == "asked") == 1
+    resolution = asyncio.run(resolver.resolve(Question(dns.name.from_text(qname), dns.rdatatype.A, 1, True)))
+    assert outcome(resolution)[0] == "NOERROR"
+    answered = events.index(("answered", dns.name.from_text(qname), dns.rdatatype.A))
+    for zone, rdtype in ahead:
+        query = (dns.name.from_text(zone), dns.rdatatype.from_text(rdtype))
+        assert ("asked", *query) in events[:answered]
+        assert sum(event[1:] == query for event in events if event[0] == "asked") == 1
 
 
 def test_bogus_reason_names_zone_and_record(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ class RecursiveResolver:
         self._cache = AnswerCache(config.cache_entries, max_ttl, negative_max_ttl, clock)
         self._inflight: dict[tuple[bytes, int, bool], asyncio.Future[dns.message.Message]] = {}
         self._lookups: set[asyncio.Task[list[str]]] = set()  # name servers' address lookups under way
-        self._key_fetches: set[asyncio.Task[dns.message.Message | None]] = set()  # DNSKEY sets fetched ahead
+        self._key_fetches: set[asyncio.Task[dns.message.Message | None]] = set()  # DNSKEY/DS fetched ahead
         self._denials = DenialCache()
         self.upstream_queries = 0
         self.aggressive_answers = 0  # negative answers synthesised from cached denials (RFC 8198)
@@ -530,20 +530,24 @@ class RecursiveResolver:
             if ds:  # the signed DS in a referral is what the validator will ask for next: keep it
                 key = (wire_key(child.zone), dns.rdatatype.DS)
                 self._cache.store(key, response(dns.rcode.NOERROR, ds, []), None)
-                self._fetch_keys_ahead(child.zone)
+                self._fetch_ahead(child.zone, dns.rdatatype.DNSKEY)
+            elif any(r.rdtype in _DENIAL_TYPES for r in answer.authority):
+                # A signed parent proving the cut unsigned: the validator will ask for that proof as the DS answer.
+                self._fetch_ahead(child.zone, dns.rdatatype.DS)
         return scrub(answer, zone), child
 
-    def _fetch_keys_ahead(self, zone: dns.name.Name) -> None:
-        """Ask for a signed zone's DNSKEY set now, beside the query that goes on to the zone's servers, rather
-        than after it, when the validator needs the keys (Unbound's ``prefetch-key``): one round trip less on
-        the way to a validated answer from a zone not met before. The validator's own fetch joins this one (or
-        finds it cached); nothing is fetched when not validating or when the keys are cached or coming."""
+    def _fetch_ahead(self, zone: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> None:
+        """Ask for what the validator will need of a zone met in a referral — a signed zone's DNSKEY set, or the
+        parent's proof that an unsigned cut has no DS — now, beside the query that goes on to the zone's servers,
+        rather than after it (for keys, Unbound's ``prefetch-key``): one round trip less on the way to a
+        validated answer from a zone not met before. The validator's own fetch joins this one (or finds it
+        cached); nothing is fetched when not validating or when the answer is cached or coming."""
         if self.validator is None:
             return
         key = wire_key(zone)
-        if (key, dns.rdatatype.DNSKEY) in self._cache or (key, dns.rdatatype.DNSKEY, False) in self._inflight:
+        if (key, rdtype) in self._cache or (key, rdtype, False) in self._inflight:
             return
-        task = asyncio.get_running_loop().create_task(self.fetch(zone, dns.rdatatype.DNSKEY))
+        task = asyncio.get_running_loop().create_task(self.fetch(zone, rdtype))
         self._key_fetches.add(task)
         task.add_done_callback(self._key_fetch_ended)
 
@@ -551,7 +555,7 @@ class RecursiveResolver:
         """The root's DNSKEY set, when the root is a trust anchor, beside the first query to its servers: the
         validator starts every chain of trust there."""
         if validator.anchors.closest(dns.name.root) is not None:
-            self._fetch_keys_ahead(dns.name.root)
+            self._fetch_ahead(dns.name.root, dns.rdatatype.DNSKEY)
 
     def _key_fetch_ended(self, task: asyncio.Task[dns.message.Message | None]) -> None:
         self._key_fetches.discard(task)
