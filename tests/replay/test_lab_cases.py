@@ -70,6 +70,43 @@ def test_every_lab_case(tmp_path: Path, minimise: bool) -> None:
     asyncio.run(run())
 
 
+@pytest.mark.parametrize(
+    ("qname", "ahead"),
+    [
+        ("www.secure.lab.", [(".", "DNSKEY"), ("lab.", "DNSKEY"), ("secure.lab.", "DNSKEY")]),
+        ("www.insecure.lab.", [("insecure.lab.", "DS")]),
+    ],
+)
+def test_what_validation_needs_is_asked_beside_the_queries(
+    tmp_path: Path, qname: str, ahead: list[tuple[str, str]]
+) -> None:
+    """Unbound's prefetch-key: a referral carrying a DS starts the child zone's DNSKEY query at once, so it is
+    under way while the query to the child's servers is, not asked after it; and it is asked once. The root's
+    keys (the trust anchor's) are asked beside the first query to the root's servers; a referral from a signed
+    zone to an unsigned one (an NSEC/NSEC3 proof instead of a DS) starts the DS query the validator will make."""
+    resolver, exchange = lab_resolver(tmp_path, FakeClock())
+    events: list[tuple[str, dns.name.Name, int]] = []
+    replay = exchange.exchange
+
+    async def watched(query: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes:
+        question = dns.message.from_wire(query).question[0]
+        name = question.name.canonicalize()
+        events.append(("asked", name, question.rdtype))
+        try:
+            return await replay(query, address, port, timeout, tcp)
+        finally:
+            events.append(("answered", name, question.rdtype))
+
+    exchange.exchange = watched  # type: ignore[method-assign]
+    resolution = asyncio.run(resolver.resolve(Question(dns.name.from_text(qname), dns.rdatatype.A, 1, True)))
+    assert outcome(resolution)[0] == "NOERROR"
+    answered = events.index(("answered", dns.name.from_text(qname), dns.rdatatype.A))
+    for zone, rdtype in ahead:
+        query = (dns.name.from_text(zone), dns.rdatatype.from_text(rdtype))
+        assert ("asked", *query) in events[:answered]
+        assert sum(event[1:] == query for event in events if event[0] == "asked") == 1
+
+
 def test_bogus_reason_names_zone_and_record(tmp_path: Path) -> None:
     resolver, _ = lab_resolver(tmp_path, FakeClock())
     resolution = asyncio.run(resolver.resolve(Question(dns.name.from_text("www.bogus.lab."), 1, 1, True)))

@@ -12,6 +12,7 @@ import struct
 
 import dns.message
 import dns.name
+import dns.rcode
 import dns.rdatatype
 import uvloop
 
@@ -92,6 +93,8 @@ def test_cancelled_exchanges_close_every_socket() -> None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         assert exchange.open_sockets == 0 and sockets.OPEN.value == 0
+        assert _open_fds() == baseline + exchange.pool.held  # and those the pool holds (opened ahead, or used)
+        exchange.close()
         assert _open_fds() == baseline
         silent.close()
         listener.close()
@@ -110,7 +113,73 @@ def test_timeouts_close_every_socket() -> None:
             return_exceptions=True,
         )
         assert all(isinstance(result, TimeoutError) for result in results)
-        assert exchange.open_sockets == 0 and _open_fds() == baseline
+        assert exchange.open_sockets == 0 and _open_fds() == baseline + exchange.pool.held
+        exchange.close()
+        assert _open_fds() == baseline
+        silent.close()
+
+    uvloop.run(run())
+
+
+def test_pooled_sockets_carry_one_query_each_and_start_empty() -> None:
+    """The sockets opened ahead keep what a fresh socket per query gives: every query leaves from a port of its
+    own, and a datagram that reached a pooled socket before its query was sent (a forgery planted in advance,
+    from the server's own address, with the right ID and question) is never taken for the answer."""
+
+    async def run() -> None:
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(5)
+        address = server.getsockname()
+        loop = asyncio.get_running_loop()
+        exchange = NetworkExchange()
+        ports, planted = set(), 0
+        for _ in range(12):
+            wire = _query().to_wire(edns=True)
+            forged = dns.message.make_response(dns.message.from_wire(wire))
+            forged.set_rcode(dns.rcode.NXDOMAIN)
+            for ready in exchange.pool._ready.values():  # every socket the next query may take
+                for sock in ready:
+                    server.sendto(forged.to_wire(), sock.getsockname())
+                    planted += 1
+            task = asyncio.ensure_future(exchange.exchange(wire, address[0], address[1], 2.0))
+            received, peer = await loop.run_in_executor(None, server.recvfrom, 512)
+            assert received == wire
+            ports.add(peer[1])
+            server.sendto(_reply(received), peer)
+            assert await task == _reply(received)
+        assert len(ports) == 12 and planted > 0
+        await asyncio.sleep(0)  # the pool's callback: used sockets closed, the next ones opened
+        assert exchange.pool.held == exchange.pool.size
+        exchange.close()
+        assert exchange.pool.held == 0
+        server.close()
+
+    uvloop.run(run())
+
+
+def test_closing_while_exchanges_are_under_way_leaves_no_socket() -> None:
+    """A resolver replaced by a reload is closed with queries still under way: their sockets close as they are
+    cancelled, and the pool opens no more."""
+
+    async def run() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        exchange = NetworkExchange()
+        baseline = _open_fds()
+        port = silent.getsockname()[1]
+        tasks = [
+            asyncio.ensure_future(exchange.exchange(_query().to_wire(True), "127.0.0.1", port, 5.0)) for _ in range(6)
+        ]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        exchange.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert exchange.open_sockets == 0 and exchange.pool.held == 0 and _open_fds() == baseline
         silent.close()
 
     uvloop.run(run())

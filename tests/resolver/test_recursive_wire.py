@@ -14,10 +14,10 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ztdns.resolver.classify import CnameLoop, Lame, ResponseType, classify, scrub
+from ztdns.resolver.classify import CnameLoop, Lame, ResponseType, classify, cname_target, scrub
 from ztdns.resolver.upstream import EDNS_PAYLOAD, IterativeQuery, echoes, randomise_case
 
 labels = st.lists(st.binary(min_size=1, max_size=20), min_size=0, max_size=6)
@@ -33,6 +33,7 @@ def _dnspython_query(query: IterativeQuery, edns: bool) -> dns.message.Message:
     return message
 
 
+@settings(deadline=None)  # no timing in tests: under load an example may take longer than the default 200 ms
 @given(st.integers(0, 0xFFFF), labels, rdtypes, st.booleans())
 def test_query_wire_is_what_dnspython_renders(query_id: int, name_labels: list[bytes], rdtype: int, edns: bool) -> None:
     query = IterativeQuery(query_id, dns.name.Name([*name_labels, b""]), dns.rdatatype.RdataType(rdtype))
@@ -132,6 +133,7 @@ def test_scrub_drops_out_of_bailiwick_records_and_undoes_0x20() -> None:
 _LABEL = st.sampled_from([b"a", b"B", b"ex", b"Ex", b"EXAMPLE", b"example", b"x-1", b"*"])
 
 
+@settings(deadline=None)  # no timing in tests: under load an example may take longer than the default 200 ms
 @given(
     owners=st.lists(st.lists(_LABEL, max_size=4), min_size=1, max_size=6),
     zone=st.lists(_LABEL, max_size=3),
@@ -164,6 +166,7 @@ def _rrset(owner: dns.name.Name, rdtype: str, target: dns.name.Name) -> dns.rrse
     return dns.rrset.from_text(owner, 60, "IN", rdtype, rdata)
 
 
+@settings(deadline=None)  # no timing in tests: under load an example may take longer than the default 200 ms
 @given(
     answer=st.lists(_RECORD, max_size=4),
     authority=st.lists(_RECORD, max_size=3),
@@ -203,3 +206,25 @@ def test_classify_takes_any_response(
     elif response.answer:
         assert classified.kind is ResponseType.ANSWER
         assert any(r.name == qname or r.rdtype == dns.rdatatype.DNAME for r in response.answer)
+
+
+def _answering(*records: str) -> dns.message.Message:
+    response = dns.message.Message()
+    for record in records:
+        owner, rdtype, text = record.split(maxsplit=2)
+        response.answer.append(dns.rrset.from_text(owner, 300, "IN", rdtype, text))
+    return response
+
+
+def test_cname_target_follows_the_chain_whatever_the_case() -> None:
+    name = dns.name.from_text
+    chain = _answering("a.test. CNAME B.test.", "b.TEST. CNAME c.test.")
+    assert cname_target(chain, name("A.Test."), dns.rdatatype.A) == name("c.test.")
+    assert cname_target(chain, name("c.test."), dns.rdatatype.A) is None  # no chain from there
+    ended = _answering("a.test. CNAME b.test.", "B.test. A 192.0.2.1")
+    assert cname_target(ended, name("a.test."), dns.rdatatype.A) is None  # the data is there
+    assert cname_target(ended, name("a.test."), dns.rdatatype.AAAA) == name("b.test.")
+    assert cname_target(_answering("a.test. A 192.0.2.1"), name("A.TEST."), dns.rdatatype.A) is None
+    assert cname_target(dns.message.Message(), name("a.test."), dns.rdatatype.A) is None
+    looped = _answering("a.test. CNAME b.test.", "b.test. CNAME a.test.")
+    assert cname_target(looped, name("a.test."), dns.rdatatype.A) is None  # a loop ends nowhere

@@ -168,6 +168,8 @@ def describe(message: dns.message.Message) -> object:
         fingerprint(message.sections),
         fingerprint(message.opt),
         [fingerprint(key) for key in message.index or {}],
+        # every record is found in its RRset by its own hash (the parser hashes new records its own, faster way)
+        all(rd in r.items for section in message.sections for r in section for rd in r.items),
     )
 
 
@@ -320,9 +322,13 @@ _HAND_TYPES = sorted(_READERS)
 def _read_one(rdtype: int, rdata: bytes) -> dns.rdata.Rdata | None:
     reader, make = _READERS[rdtype]
     try:
-        return reader(rdtype, rdata, 0, len(rdata), _Memo(), make)[0]
+        record, items, _ = reader(rdtype, rdata, 0, len(rdata), _Memo(), make)
     except Exception:
         return None
+    # The dict RRsets copy holds the record under the hash dnspython gives it (the parser computes it its own way)
+    assert type(record) is dns.rdata.get_rdata_class(dns.rdataclass.IN, dns.rdatatype.RdataType.make(rdtype))
+    assert list(items) == [record] and record in items and record in items.copy()
+    return record
 
 
 @settings(max_examples=600, deadline=None)

@@ -170,14 +170,18 @@ def cname_target(
     response: dns.message.Message, sname: dns.name.Name, rdtype: dns.rdatatype.RdataType
 ) -> dns.name.Name | None:
     """Where the answer's CNAME chain from ``sname`` ends without data of ``rdtype``, or None."""
-    current = sname
-    for _ in range(len(response.answer) + 1):
-        if any(r.rdtype == rdtype and r.name == current for r in response.answer):
+    # Owners compared by wire keys (in C), not as Names (a Python loop over their labels per comparison).
+    owners = [(wire_key(r.name), r) for r in response.answer]
+    start = current = wire_key(sname)
+    target = sname
+    for _ in range(len(owners) + 1):
+        if any(r.rdtype == rdtype and owner == current for owner, r in owners):
             return None
-        cname = next((r for r in response.answer if r.rdtype == dns.rdatatype.CNAME and r.name == current), None)
+        cname = next((r for owner, r in owners if r.rdtype == dns.rdatatype.CNAME and owner == current), None)
         if cname is None:
-            return current if current != sname else None
+            return target if current != start else None
         rdata = cname[0]
         assert isinstance(rdata, CNAME)
-        current = rdata.target
+        target = rdata.target
+        current = wire_key(target)
     return None

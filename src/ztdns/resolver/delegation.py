@@ -112,8 +112,10 @@ class ServerSelection:
         return usable
 
     def order(self, addresses: list[str]) -> list[str]:
-        now = self._clock()
         usable = [a for a in dict.fromkeys(addresses) if self.usable(a)]
+        if len(usable) < 2:  # nothing to order (many zones have one address known at first)
+            return usable
+        now = self._clock()
         random.shuffle(usable)
         stats = self._servers
         never = _ServerStats()

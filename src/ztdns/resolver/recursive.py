@@ -102,6 +102,7 @@ class RecursiveResolver:
         self._cache = AnswerCache(config.cache_entries, max_ttl, negative_max_ttl, clock)
         self._inflight: dict[tuple[bytes, int, bool], asyncio.Future[dns.message.Message]] = {}
         self._lookups: set[asyncio.Task[list[str]]] = set()  # name servers' address lookups under way
+        self._key_fetches: set[asyncio.Task[dns.message.Message | None]] = set()  # DNSKEY/DS fetched ahead
         self._denials = DenialCache()
         self.upstream_queries = 0
         self.aggressive_answers = 0  # negative answers synthesised from cached denials (RFC 8198)
@@ -184,6 +185,10 @@ class RecursiveResolver:
             future.cancel()
         for task in list(self._lookups):
             task.cancel()
+        for key_fetch in list(self._key_fetches):
+            key_fetch.cancel()
+        if isinstance(self.exchange, NetworkExchange):
+            self.exchange.close()
 
     # ----- cache and coalescing -----------------------------------------------------------------------------
 
@@ -322,6 +327,8 @@ class RecursiveResolver:
         # DS lives on the parent side of a cut: start from the servers of the zone above qname.
         target = qname.parent() if rdtype == dns.rdatatype.DS and qname != dns.name.root else qname
         delegation = self._delegations.closest(target)
+        if len(delegation.zone) == 1 and self.validator is not None:  # from the root (a cold start, mostly)
+            self._fetch_root_keys_ahead(self.validator)
         minimise = self.config.qname_minimisation
         ask_depth = 0
         for _ in range(self.config.max_referrals + len(qname)):
@@ -523,7 +530,37 @@ class RecursiveResolver:
             if ds:  # the signed DS in a referral is what the validator will ask for next: keep it
                 key = (wire_key(child.zone), dns.rdatatype.DS)
                 self._cache.store(key, response(dns.rcode.NOERROR, ds, []), None)
+                self._fetch_ahead(child.zone, dns.rdatatype.DNSKEY)
+            elif any(r.rdtype in _DENIAL_TYPES for r in answer.authority):
+                # A signed parent proving the cut unsigned: the validator will ask for that proof as the DS answer.
+                self._fetch_ahead(child.zone, dns.rdatatype.DS)
         return scrub(answer, zone), child
+
+    def _fetch_ahead(self, zone: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> None:
+        """Ask for what the validator will need of a zone met in a referral — a signed zone's DNSKEY set, or the
+        parent's proof that an unsigned cut has no DS — now, beside the query that goes on to the zone's servers,
+        rather than after it (for keys, Unbound's ``prefetch-key``): one round trip less on the way to a
+        validated answer from a zone not met before. The validator's own fetch joins this one (or finds it
+        cached); nothing is fetched when not validating or when the answer is cached or coming."""
+        if self.validator is None:
+            return
+        key = wire_key(zone)
+        if (key, rdtype) in self._cache or (key, rdtype, False) in self._inflight:
+            return
+        task = asyncio.get_running_loop().create_task(self.fetch(zone, rdtype))
+        self._key_fetches.add(task)
+        task.add_done_callback(self._key_fetch_ended)
+
+    def _fetch_root_keys_ahead(self, validator: Validator) -> None:
+        """The root's DNSKEY set, when the root is a trust anchor, beside the first query to its servers: the
+        validator starts every chain of trust there."""
+        if validator.anchors.closest(dns.name.root) is not None:
+            self._fetch_ahead(dns.name.root, dns.rdatatype.DNSKEY)
+
+    def _key_fetch_ended(self, task: asyncio.Task[dns.message.Message | None]) -> None:
+        self._key_fetches.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed fetch is the validator's to find out about, not the loop's
 
     async def _query(self, address: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
         query = IterativeQuery.random(name, rdtype, self.config.edns_payload)

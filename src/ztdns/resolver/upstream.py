@@ -23,7 +23,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from ztdns.resolver.sockets import reading, upstream_socket
+from ztdns.resolver.sockets import SocketPool, reading, upstream_socket
+from ztdns.wire.parse import known_name
 
 EDNS_PAYLOAD = 1232  # default UDP payload size advertised upstream (DNS Flag Day 2020)
 _TCP_MAX = 65535
@@ -89,14 +90,16 @@ def randomise_case(name: dns.name.Name, noise: bytes | None = None) -> dns.name.
         end = start + len(label)
         cased.append(flipped[start:end])
         start = end
-    return dns.name.Name(cased)
+    # Through the parser's name memo: built without dnspython's constructor machinery, and the very Name the
+    # response's question and owners (which echo this case) are then read into.
+    return known_name(tuple(cased))[0]
 
 
 # 0x20 at the octets that are ASCII letters (the bit that flips their case), 0 elsewhere.
 _CASE_BIT = bytes(0x20 if 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A else 0 for c in range(256))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__ (slower)
 class IterativeQuery:
     """One iterative query, rendered straight to wire: ID, the 0x20-cased name, type; RD clear, class IN.
 
@@ -126,33 +129,43 @@ class IterativeQuery:
 
 
 class NetworkExchange:
-    """UDP on a fresh connected socket per query (a random source port the kernel picks), TCP when asked.
+    """UDP on a connected socket of its own per query (a random source port the kernel picks), TCP when asked.
 
-    The connected socket only receives datagrams from the server's address and port. Anything else arriving on
-    it — another ID, or the question echoed in another case than we sent (0x20) — is a forgery (or garbage): it
-    is counted and dropped, and we keep waiting for the real answer until the timeout, so a flood of forgeries
-    can neither poison nor abort the query."""
+    The UDP sockets are opened ahead of use by a small :class:`~ztdns.resolver.sockets.SocketPool` (each still
+    carries one query and is closed after it). The connected socket only receives datagrams from the server's
+    address and port. Anything else arriving on it — another ID, or the question echoed in another case than we
+    sent (0x20) — is a forgery (or garbage): it is counted and dropped, and we keep waiting for the real answer
+    until the timeout, so a flood of forgeries can neither poison nor abort the query."""
 
     def __init__(self, sources: tuple[str, ...] = ()) -> None:
         self.sources = sources  # local addresses to send from (each family its first); none: the kernel picks
         self.open_sockets = 0
         self.forged_dropped = 0
+        self.pool = SocketPool()
 
     async def exchange(self, query: bytes, address: str, port: int, timeout: float, tcp: bool = False) -> bytes:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
-        with upstream_socket(family, kind) as sock:
-            self.open_sockets += 1
-            try:
-                source = self._source(family)
-                if source is not None:
-                    sock.bind((source, 0))
-                if tcp:
+        source = self._source(family)
+        if tcp:
+            with upstream_socket(family, socket.SOCK_STREAM) as sock:
+                self.open_sockets += 1
+                try:
+                    if source is not None:
+                        sock.bind((source, 0))
                     async with asyncio.timeout(timeout):
                         return await self._tcp(sock, query, address, port)
-                return await self._udp(sock, query, address, port, timeout)
+                finally:
+                    self.open_sockets -= 1
+        with self.pool.take(family, source, (address, port)) as sock:
+            self.open_sockets += 1
+            try:
+                return await self._udp(sock, query, timeout)
             finally:
                 self.open_sockets -= 1
+
+    def close(self) -> None:
+        """Close the sockets held ahead or after use (those in use close when their exchange ends)."""
+        self.pool.close()
 
     def _source(self, family: int) -> str | None:
         for source in self.sources:
@@ -160,9 +173,8 @@ class NetworkExchange:
                 return source
         return None
 
-    async def _udp(self, sock: socket.socket, query: bytes, address: str, port: int, timeout: float) -> bytes:
+    async def _udp(self, sock: socket.socket, query: bytes, timeout: float) -> bytes:
         loop = asyncio.get_running_loop()
-        sock.connect((address, port))
         sock.send(query)
         answered: asyncio.Future[bytes] = loop.create_future()
         # A timer on the future rather than asyncio.timeout (which reschedules and cancels the task): the

@@ -313,6 +313,11 @@ def encoder(rd: dns.rdata.Rdata) -> Encoder:
     return _ENCODERS.get(type(rd), _other)
 
 
+def encoder_of_class(cls: type[dns.rdata.Rdata]) -> Encoder:
+    """The encoder of ``cls``'s records (also for subclasses of the classes this module knows)."""
+    return _ENCODERS.get(cls, _other)
+
+
 def canonical_rdata(rd: dns.rdata.Rdata) -> bytes:
     """``rd.to_digestable()``: the RDATA in DNSSEC canonical form."""
     out = bytearray()

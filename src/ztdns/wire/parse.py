@@ -8,7 +8,8 @@ that fill responses (RRSIG, NSEC, NSEC3, DS, DNSKEY, SOA, NS, CNAME, A, AAAA) fi
 repeats: names, and records whose value depends on bytes it has seen before (the same SOA, signature or DNSKEY
 set comes back again and again); both are immutable in dnspython, so sharing them is safe. A record is kept with
 a one-entry dict holding it: an RRset's record dict is a copy of that (a dict copy keeps the stored hash), so a
-record seen before is not hashed again (``Rdata.__hash__`` serialises the record: ~7 µs for an RRSIG).
+record seen before is not hashed again, and a new one is hashed from the encoder's bytes (``Rdata.__hash__``
+serialises the record through dnspython's generic writer: 10-40 µs; see "hashing records" below).
 
 It is exactly as strict as dnspython, by construction: framing follows ``dns.message._WireReader`` check for
 check, names follow ``dns.name.from_wire_parser``, each hand-read record type mirrors its class's
@@ -40,7 +41,6 @@ import dns.ipv4
 import dns.ipv6
 import dns.message
 import dns.name
-import dns.opcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
@@ -56,6 +56,8 @@ import dns.rdtypes.nsbase
 import dns.rdtypes.rrsigbase
 import dns.rrset
 import dns.version
+
+from ztdns.wire.encode import encoder_of_class
 
 _HEADER = struct.Struct("!HHHHHH")
 _QUESTION = struct.Struct("!HH")
@@ -73,6 +75,7 @@ _NONE = dns.rdatatype.NONE
 _QUESTION_SECTION, _ANSWER, _AUTHORITY, _ADDITIONAL = dns.message.MessageSection
 # What DSBase's constructor checks a digest's length against (read by hand only while it is there)
 _DS_DIGEST_LENGTHS: dict[int, int] | None = getattr(dns.rdtypes.dsbase.DSBase, "_digest_length_by_type", None)
+_OPCODE_BITS = 0x7800
 _MEMO_LIMIT = 8192  # per table; cleared whole when full (entries are cheap to rebuild)
 
 
@@ -194,7 +197,24 @@ class _Memo:
 
 
 def _entry(rdata: dns.rdata.Rdata) -> _Entry:
-    return rdata, {rdata: None}, rdata.covers()
+    return rdata, _items(rdata), rdata.covers()
+
+
+# dnspython's record classes -> their twins that hash faster (see "hashing records" below; filled there)
+_TWINS: dict[type[dns.rdata.Rdata], type[dns.rdata.Rdata]] = {}
+
+
+def _items(rdata: dns.rdata.Rdata) -> dict[dns.rdata.Rdata, None]:
+    """``{rdata: None}``, the record hashed by its twin class when it has one (the same value, faster)."""
+    cls = type(rdata)
+    twin = _TWINS.get(cls)
+    if twin is None:
+        return {rdata: None}
+    _set(rdata, "__class__", twin)
+    try:
+        return {rdata: None}  # the dict keeps the hash: copies of it never hash the record again
+    finally:
+        _set(rdata, "__class__", cls)
 
 
 _memo = _Memo()
@@ -505,6 +525,54 @@ def _hand_readers() -> dict[int, tuple[_Reader, _Make]]:
 
 
 _READERS = _hand_readers()
+
+
+# ----- hashing records -----------------------------------------------------------------------------------------
+#
+# A new record is hashed once, into the dict its RRsets copy. dnspython's ``Rdata.__hash__`` is the hash of
+# ``to_digestable()``, which writes the record through its generic ``to_wire`` — a Name built per label for
+# every name in it: ~12 µs for an RRSIG, ~40 µs for an SOA or NSEC, the largest item of parsing on a cold pass.
+# The encoder (:mod:`ztdns.wire.encode`) writes the same canonical bytes in about a microsecond. A twin class
+# (a subclass adding nothing but that ``__hash__``, same slots and layout) is swapped in for the moment the
+# record is put in its dict, then swapped back: the record stays of dnspython's class, and the dict holds the
+# value ``hash(record)`` gives. Checked when this module loads, per type on the sample records of the hand
+# readers: a type whose twin hashes differently keeps dnspython's hashing.
+
+
+def _twin(cls: type[dns.rdata.Rdata]) -> type[dns.rdata.Rdata]:
+    encode = encoder_of_class(cls)
+
+    def __hash__(self: dns.rdata.Rdata) -> int:
+        out = bytearray()
+        encode(out, self, None)
+        return hash(bytes(out))
+
+    return type(cls.__name__, (cls,), {"__slots__": (), "__hash__": __hash__, "__module__": __name__})
+
+
+def _hashing_twins() -> dict[type[dns.rdata.Rdata], type[dns.rdata.Rdata]]:
+    twins = {}
+    for rdtype, _, _, text in _HAND_READ:
+        sample = dns.rdata.from_text(_IN, rdtype, text)
+        cls = type(sample)
+        try:
+            twin = _twin(cls)
+            _set(sample, "__class__", twin)
+            try:
+                ours = hash(sample)
+            finally:
+                _set(sample, "__class__", cls)
+            agrees = ours == hash(sample)
+        except Exception:  # pragma: no cover - another dnspython
+            agrees = False
+        if agrees:
+            twins[cls] = twin
+        else:  # pragma: no cover - another dnspython
+            log.warning("records of type %s are hashed by dnspython (slower)", rdtype.name)
+    return twins
+
+
+_TWINS.update(_hashing_twins())
 _OPT_RECORD: Callable[..., dns.rdata.Rdata] = dns.rdtypes.ANY.OPT.OPT
 
 
@@ -599,7 +667,7 @@ def _read(wire: bytes, memo: _Memo) -> dns.message.Message:
     if size < 12:
         raise dns.message.ShortHeader
     ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
-    if dns.opcode.from_flags(flags) != dns.opcode.QUERY:
+    if flags & _OPCODE_BITS:  # an opcode other than QUERY (0): read as an int, not through dnspython's enum
         raise _Unsupported("opcode")
     message = dns.message.QueryMessage(id=ident)
     message.flags = _FLAGS[flags]
