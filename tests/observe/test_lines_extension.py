@@ -8,6 +8,7 @@ answers, lengths beyond one varint byte — and the query log's file as written 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from ztdns.observe.dnstap import DnstapSink
 from ztdns.observe.events import Answered, Item, QueryEvent, RawQuery, SecurityEvent, UpstreamEvent
 from ztdns.observe.formats import Clock, Formatter, NativeLines, line
 from ztdns.observe.privacy import Pseudonyms
-from ztdns.observe.querylog import QueryLog
+from ztdns.observe.querylog import RESERVE, QueryLog
 from ztdns.observe.ring import Chunk, PyRecords, Ring, take
 from ztdns.observe.sinks import RECORDS_PER_WRITE
 
@@ -201,6 +202,39 @@ def test_the_query_log_file_is_the_same_with_and_without_the_extension(tmp_path:
     lines = written[0].decode().splitlines()
     assert len(lines) == len(batch)
     assert '"event": "detect"' in lines[RECORDS_PER_WRITE + 3]
+
+
+def test_the_query_log_reserves_its_files_blocks_ahead_without_growing_it(tmp_path: Path) -> None:
+    """The file's blocks are allocated RESERVE bytes ahead of its end (fallocate, size unchanged: readers see only
+    lines); after a copytruncate, again from the new end; without the extension, nothing is reserved and the bytes
+    written are the same."""
+    clients = [ClientInfo(Transport.UDP, "127.0.0.1", 40000)]
+    answers = [Answered("cached", "NOERROR", None, "n.example.", "A")]
+    batch: list[Item] = [(time.time(), clients[0], answers[0], 1e-4, b"\x00\x07", b"r" * 40) for _ in range(50)]
+    if not lines.reserve(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT), 0, 4096):
+        pytest.skip("this file system cannot allocate ahead (fallocate)")
+    written = []
+    for in_c in (True, False):
+        formats.NATIVE_LINES_IN_C = in_c
+        output = tmp_path / f"log-{in_c}"
+        try:
+            sink = QueryLog(str(output), 10_000, Formatter("native", None, "n"))
+            sink.send_queries(chunk_of(batch), time.time())
+            allocated = os.stat(output).st_blocks * 512
+            size = os.stat(output).st_size
+            os.truncate(output, 0)  # logrotate's copytruncate
+            sink.send_queries(chunk_of(batch), time.time())
+            sink.close()
+        finally:
+            formats.NATIVE_LINES_IN_C = True
+        assert os.stat(output).st_size == size == len(output.read_bytes())
+        reserved = os.stat(output).st_blocks * 512
+        if in_c:
+            assert allocated >= RESERVE and reserved >= RESERVE
+        else:
+            assert allocated < RESERVE and reserved < RESERVE
+        written.append(output.read_bytes())
+    assert written[0] == written[1] and written[0].count(b"\n") == 50
 
 
 def test_dnstap_declines_a_mixed_batch(tmp_path: Path) -> None:

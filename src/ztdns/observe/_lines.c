@@ -21,6 +21,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -802,9 +804,30 @@ static PyTypeObject RecordsType = {
     .tp_as_sequence = &records_sequence,
 };
 
+/* reserve(fd, offset, length) -> bool: the file's disk blocks from `offset` on allocated ahead of the writes that
+ * will fill them, its size unchanged (fallocate's FALLOC_FL_KEEP_SIZE: readers see no zeros). Appends then land in
+ * blocks already allocated: the kernel skips the delayed allocation's per-page bookkeeping (reservation, quota,
+ * extent status), about a fifth of a buffered write's CPU (observe/querylog.py). False when the file system or
+ * platform cannot (the writes go on unreserved), or the disk is full. */
+static PyObject *lines_reserve(PyObject *self, PyObject *args) {
+    (void)self;
+    int fd;
+    long long offset, length;
+    if (!PyArg_ParseTuple(args, "iLL", &fd, &offset, &length)) return NULL;
+#ifdef FALLOC_FL_KEEP_SIZE
+    int done;
+    Py_BEGIN_ALLOW_THREADS
+    done = fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+    Py_END_ALLOW_THREADS
+    if (done == 0) Py_RETURN_TRUE;
+#endif
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef methods[] = {
     {"native", lines_native, METH_VARARGS, "Native query log lines of a batch (a chunk of the ring or tuples)."},
     {"dnstap", lines_dnstap, METH_VARARGS, "dnstap CLIENT_QUERY/CLIENT_RESPONSE frames of such a batch."},
+    {"reserve", lines_reserve, METH_VARARGS, "Allocate a file's blocks ahead of its writes, its size unchanged."},
     {NULL, NULL, 0, NULL},
 };
 
