@@ -240,3 +240,32 @@ def test_the_c_ring_lists_each_object_of_a_batch_about_once() -> None:
     assert isinstance(taken, Chunk)
     assert 1016 <= len(taken.objects) < 1100  # an object is listed again only if 8 slots in a row were taken
     assert [item[1:3] for item in taken.items(0, 32)] == [(clients[n % 16], answers[n]) for n in range(32)]  # type: ignore[index]
+
+
+def test_the_c_ring_hands_its_memory_over_and_reuses_what_sinks_are_done_with() -> None:
+    """A take hands the ring's blocks over as they are (read only), and the ring goes on in memory from its pool:
+    memory a dropped chunk gave back is written again, never a chunk still held (each keeps its records)."""
+    lines = pytest.importorskip("ztdns.observe._lines", reason="the _lines extension is not built (no C compiler)")
+    ring = lines.Records(10_000)
+    client = ClientInfo(Transport.UDP, "127.0.0.1", 40000)
+    answers = [Answered("cached", "NOERROR", None, f"n{n}.example.", "A") for n in range(3)]
+
+    def chunk(mark: int, count: int) -> tuple[Chunk, list[Item]]:
+        added: list[Item] = [
+            (1e9 + n, client, answers[mark], 0.0001 * mark, bytes([mark, n % 256]), bytes([mark]) * (n % 50))
+            for n in range(count)
+        ]
+        for when, who, answer, latency, query, response in added:  # type: ignore[misc]
+            assert ring.add(when, latency, who, answer, query, response)
+        taken = take(ring)
+        assert isinstance(taken, Chunk)
+        return taken, added
+
+    first, first_added = chunk(0, 3000)
+    second, second_added = chunk(1, 5000)  # beyond the first's room: the ring grew new memory
+    assert memoryview(first.records).readonly and memoryview(first.wires).readonly
+    del first, first_added  # back to the pool
+    for mark, count in ((2, 3000), (0, 100), (1, 8000)):
+        again, added = chunk(mark, count)
+        assert again.items() == added
+        assert second.items() == second_added  # still held: never written over

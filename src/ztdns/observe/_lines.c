@@ -196,7 +196,7 @@ static PyObject *parts_for(PyObject *parts, Cache *cache, Py_ssize_t index, PyOb
     return made_parts;
 }
 
-/* One record of the ring (Records.take's `records` bytes are an array of these): when the answer was sent
+/* One record of the ring (Records.take's `records` block is an array of these): when the answer was sent
  * (time.time()) and its latency (seconds), who asked and what was said (indexes into the chunk's objects; with
  * `answer` ANOTHER_EVENT, `client` is another event: a security or upstream event, kept in order), the bytes
  * received (at `offset` in the chunk's wires) and sent (after them; -1: dropped, no answer). observe/ring.py's
@@ -222,10 +222,94 @@ typedef struct {
     Py_ssize_t query_length, response_length;
 } Query;
 
+/* Block: memory the ring filled, handed over at a take as it is (no copy): the records or the bytes received and
+ * sent of one chunk, read only, through the buffer protocol. When the last sink is done with the chunk, the memory
+ * goes back to a small pool the ring refills from (still mapped and faulted in: the serving thread writes the
+ * next chunk into it without page faults), or is freed when the pool is full or the block is large. Blocks are made
+ * and released with the GIL held, as the pool is used. */
+typedef struct {
+    PyObject_HEAD
+    char *data;
+    Py_ssize_t length, capacity;
+    int pool;
+} Block;
+
+#define RECORDS_POOL 0
+#define WIRES_POOL 1
+#define POOL_BLOCKS 4
+/* A block's memory kept at most when it comes back (20 ms of 2 M answers a second's messages; a burst's memory is
+ * given back once it is over): at most 16 MB of each kind kept. */
+#define POOL_KEPT ((Py_ssize_t)1 << 22)
+static struct {
+    char *data;
+    Py_ssize_t capacity;
+} pool[2][POOL_BLOCKS];
+static int pooled[2];
+
+static void block_dealloc(Block *self) {
+    int kind = self->pool;
+    if (self->data != NULL && self->capacity <= POOL_KEPT && pooled[kind] < POOL_BLOCKS) {
+        pool[kind][pooled[kind]].data = self->data;
+        pool[kind][pooled[kind]].capacity = self->capacity;
+        pooled[kind]++;
+    } else {
+        PyMem_RawFree(self->data);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int block_getbuffer(Block *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->data != NULL ? self->data : (char *)"", self->length, 1,
+                             flags);
+}
+
+static Py_ssize_t block_length(Block *self) { return self->length; }
+
+static PyBufferProcs block_as_buffer = {.bf_getbuffer = (getbufferproc)block_getbuffer};
+static PySequenceMethods block_sequence = {.sq_length = (lenfunc)block_length};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ztdns.observe._lines.Block",
+    .tp_basicsize = sizeof(Block),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Memory of the ring's records or messages, handed over at a take (read only: the buffer protocol).",
+    .tp_dealloc = (destructor)block_dealloc,
+    .tp_as_buffer = &block_as_buffer,
+    .tp_as_sequence = &block_sequence,
+};
+
+/* Memory of the pool `kind` (its size in *capacity), or NULL and 0 when the pool is empty. */
+static char *pool_get(int kind, Py_ssize_t *capacity) {
+    if (pooled[kind] == 0) {
+        *capacity = 0;
+        return NULL;
+    }
+    pooled[kind]--;
+    *capacity = pool[kind][pooled[kind]].capacity;
+    return pool[kind][pooled[kind]].data;
+}
+
+/* 1: `object` is bytes or a Block (then *data and *length are its bytes); 0: neither. */
+static int bytes_of(PyObject *object, const char **data, Py_ssize_t *length) {
+    if (PyBytes_Check(object)) {
+        *data = PyBytes_AS_STRING(object);
+        *length = PyBytes_GET_SIZE(object);
+        return 1;
+    }
+    if (Py_IS_TYPE(object, &BlockType)) {
+        Block *block = (Block *)object;
+        *data = block->data != NULL ? block->data : ""; /* no memory yet, nothing added: a response may be empty */
+        *length = block->length;
+        return 1;
+    }
+    return 0;
+}
+
 /* A batch: a list of (time, client, answer, latency, query bytes, response bytes | None) tuples, or a chunk of the
- * ring, (records bytes, wires bytes, objects list, parts list): `parts` holds the parts made for each object of the
- * chunk (None until made), kept by the caller from one call to the next over the chunk, so that each object's
- * parts are looked up once per chunk, not once per record. */
+ * ring, (count, records, wires, objects list, parts list): the first `count` records of the records block (bytes or
+ * a Block), the bytes received and sent (likewise); `parts` holds the parts made for each object of the chunk (None
+ * until made), kept by the caller from one call to the next over the chunk, so that each object's parts are looked
+ * up once per chunk, not once per record. */
 typedef struct {
     PyObject *list;
     const Record *records;
@@ -244,17 +328,24 @@ static int source_open(PyObject *batch, Source *source) {
         source->count = PyList_GET_SIZE(batch);
         return 1;
     }
-    if (!PyTuple_Check(batch) || PyTuple_GET_SIZE(batch) != 4) return 0;
-    PyObject *records = PyTuple_GET_ITEM(batch, 0), *wires = PyTuple_GET_ITEM(batch, 1);
-    PyObject *objects = PyTuple_GET_ITEM(batch, 2), *parts = PyTuple_GET_ITEM(batch, 3);
-    if (!PyBytes_Check(records) || !PyBytes_Check(wires) || !PyList_Check(objects) || !PyList_Check(parts) ||
-        PyList_GET_SIZE(parts) != PyList_GET_SIZE(objects))
+    if (!PyTuple_Check(batch) || PyTuple_GET_SIZE(batch) != 5) return 0;
+    PyObject *count = PyTuple_GET_ITEM(batch, 0), *objects = PyTuple_GET_ITEM(batch, 3);
+    PyObject *parts = PyTuple_GET_ITEM(batch, 4);
+    const char *records;
+    Py_ssize_t records_length;
+    if (!PyLong_Check(count) || !bytes_of(PyTuple_GET_ITEM(batch, 1), &records, &records_length) ||
+        !bytes_of(PyTuple_GET_ITEM(batch, 2), &source->wires, &source->wires_length) || !PyList_Check(objects) ||
+        !PyList_Check(parts) || PyList_GET_SIZE(parts) != PyList_GET_SIZE(objects))
         return 0;
+    Py_ssize_t counted = PyLong_AsSsize_t(count);
+    if (counted < 0) {
+        PyErr_Clear();
+        return 0;
+    }
     source->parts = parts;
-    source->records = (const Record *)PyBytes_AS_STRING(records);
-    source->count = PyBytes_GET_SIZE(records) / (Py_ssize_t)sizeof(Record);
-    source->wires = PyBytes_AS_STRING(wires);
-    source->wires_length = PyBytes_GET_SIZE(wires);
+    source->records = (const Record *)records;
+    source->count = records_length / (Py_ssize_t)sizeof(Record);
+    if (counted < source->count) source->count = counted;
     source->objects = objects;
     return 1;
 }
@@ -534,8 +625,8 @@ static PyObject *lines_dnstap(PyObject *self, PyObject *args) {
  * threads add one record per answer (the numbers and the bytes received and sent copied into two blocks of memory
  * kept from batch to batch, the client and the answer as indexes into one list of the batch's objects, each
  * object listed once per batch, found again through a table of RING_SLOTS by its address); the feed's
- * thread takes what was added as a chunk: (count, records bytes, wires bytes, objects list), one copy of each
- * block, and the ring starts over. Beyond `capacity` records between takes, records are dropped and counted
+ * thread takes what was added as a chunk: (count, records, wires, objects list), the two blocks of memory handed
+ * over as they are (Blocks: no copy), and the ring starts over in memory from the pool. Beyond `capacity` records between takes, records are dropped and counted
  * (`dropped`). Every method runs with the GIL held and makes no Python call in between: adds and takes of
  * different threads never interleave. */
 /* The table of the objects a batch names: open addressing, at most RING_PROBES slots looked at. A batch names a
@@ -598,8 +689,6 @@ static Py_ssize_t records_index(Records *self, PyObject *object) {
 /* The bytes received and sent a batch holds at most: beyond, records are dropped (and counted) rather than the
  * memory grown further (answers over TCP can be 64 KB each). */
 #define WIRES_LIMIT ((Py_ssize_t)1 << 28)
-/* Kept between batches at most unless in use: a burst's memory is given back once it is over. */
-#define WIRES_KEPT ((Py_ssize_t)1 << 24)
 
 /* Room for one more record and `wire` more bytes; -1 with an exception when memory is out. */
 static int records_room(Records *self, Py_ssize_t wire) {
@@ -739,32 +828,50 @@ static PyObject *records_add_event(Records *self, PyObject *event) {
     Py_RETURN_TRUE;
 }
 
-/* take() -> (count, records, wires, objects) | None: what was added since the last take (None: nothing). */
+/* A Block holding `data` (its memory now: NULL, 0 for none), `length` bytes of `capacity` used; NULL on error (the
+ * memory is then not the Block's). */
+static PyObject *block_of(char *data, Py_ssize_t length, Py_ssize_t capacity, int kind) {
+    Block *block = PyObject_New(Block, &BlockType);
+    if (block == NULL) return NULL;
+    block->data = data;
+    block->length = length;
+    block->capacity = capacity;
+    block->pool = kind;
+    return (PyObject *)block;
+}
+
+/* take() -> (count, records, wires, objects) | None: what was added since the last take (None: nothing), the
+ * records and the bytes received and sent as Blocks: the ring's memory itself, handed over; the ring goes on in
+ * memory from the pool (or new). */
 static PyObject *records_take(Records *self, PyObject *unused) {
     (void)unused;
     if (self->count == 0) Py_RETURN_NONE;
-    /* Made before anything is read: an allocation may run the collector, which may run code that adds. */
+    /* Made before anything is handed over: an allocation may run the collector, which may run code that adds. */
     PyObject *fresh = PyList_New(0);
-    if (fresh == NULL) return NULL;
-    PyObject *records = PyBytes_FromStringAndSize((const char *)self->records, self->count * (Py_ssize_t)sizeof(Record));
-    PyObject *wires = records == NULL ? NULL : PyBytes_FromStringAndSize(self->wires, self->wires_length);
-    PyObject *taken = wires == NULL ? NULL : PyTuple_Pack(4, PyLong_FromSsize_t(self->count), records, wires,
-                                                           self->objects);
+    PyObject *count = fresh == NULL ? NULL : PyLong_FromSsize_t(self->count);
+    PyObject *records = count == NULL ? NULL : block_of(NULL, 0, 0, RECORDS_POOL);
+    PyObject *wires = records == NULL ? NULL : block_of(NULL, 0, 0, WIRES_POOL);
+    PyObject *taken = wires == NULL ? NULL : PyTuple_Pack(4, count, records, wires, self->objects);
+    Py_XDECREF(count);
     Py_XDECREF(records);
     Py_XDECREF(wires);
     if (taken == NULL) {
-        Py_DECREF(fresh);
+        Py_XDECREF(fresh);
         return NULL;
     }
-    Py_DECREF(PyTuple_GET_ITEM(taken, 0)); /* PyTuple_Pack took its own reference to the count */
+    Block *records_block = (Block *)records, *wires_block = (Block *)wires; /* held by `taken` */
+    records_block->data = (char *)self->records;
+    records_block->length = self->count * (Py_ssize_t)sizeof(Record);
+    records_block->capacity = self->room * (Py_ssize_t)sizeof(Record);
+    wires_block->data = self->wires;
+    wires_block->length = self->wires_length;
+    wires_block->capacity = self->wires_room;
+    Py_ssize_t capacity;
+    self->records = (Record *)pool_get(RECORDS_POOL, &capacity);
+    self->room = capacity / (Py_ssize_t)sizeof(Record);
+    self->wires = pool_get(WIRES_POOL, &capacity);
+    self->wires_room = capacity;
     Py_SETREF(self->objects, fresh);
-    if (self->wires_room > WIRES_KEPT && self->wires_length < WIRES_KEPT / 2) {
-        char *shrunk = PyMem_RawRealloc(self->wires, (size_t)WIRES_KEPT);
-        if (shrunk != NULL) {
-            self->wires = shrunk;
-            self->wires_room = WIRES_KEPT;
-        }
-    }
     self->count = 0;
     self->wires_length = 0;
     memset(self->keys, 0, sizeof self->keys);
@@ -834,7 +941,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lines", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__lines(void) {
-    if (PyType_Ready(&RecordsType) < 0) return NULL;
+    if (PyType_Ready(&RecordsType) < 0 || PyType_Ready(&BlockType) < 0) return NULL;
     PyObject *made_module = PyModule_Create(&module);
     if (made_module == NULL) return NULL;
     if (PyModule_AddObjectRef(made_module, "Records", (PyObject *)&RecordsType) < 0 ||

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import ModuleType
-from typing import TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 import dns.rdatatype
 import dns.rrset
@@ -28,6 +28,9 @@ except ImportError:  # built without a C compiler: lines are made in Python
 from ztdns.observe.events import Answered, Item, QueryEvent, RawQuery, SecurityEvent
 from ztdns.observe.privacy import Pseudonyms
 from ztdns.observe.ring import Chunk
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 ECS_VERSION = "8.11.0"
 OCSF_VERSION = "1.1.0"
@@ -101,7 +104,7 @@ class ChunkParts:
         self._chunk: Chunk | None = None
         self._parts: list[object] = []
 
-    def source(self, chunk: Chunk) -> tuple[bytes, bytes, list[object], list[object]]:
+    def source(self, chunk: Chunk) -> tuple[int, Buffer, Buffer, list[object], list[object]]:
         if chunk is not self._chunk:
             self._chunk, self._parts = chunk, chunk.new_parts()
         return chunk.source(self._parts)

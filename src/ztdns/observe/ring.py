@@ -18,10 +18,13 @@ import collections
 import itertools
 import struct
 from types import ModuleType
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ztdns.client import ClientInfo
 from ztdns.observe.events import Answered, Item, RawQuery, SecurityEvent, UpstreamEvent
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # bytes, or the C ring's Block (memory handed over at a take)
 
 Peer = TypeVar("Peer")  # a reply's destination, as its transport names it (not recorded)
 # One record, as _lines.c's Record: when, latency, client index, answer index (ANOTHER_EVENT: the client index is
@@ -32,11 +35,13 @@ ANOTHER_EVENT = 0xFFFFFFFF
 
 class Chunk:
     """What the C ring held at a take: ``count`` records, the bytes received and sent (``wires``), and the clients,
-    answers and other events they name (``objects``). Read only; ``head`` shares the blocks."""
+    answers and other events they name (``objects``). The records and wires are the ring's own memory, handed over
+    (``_lines.Block``: read only, the buffer protocol), which goes back to the ring's pool when the last sink is
+    done with the chunk. Read only; ``head`` shares the blocks."""
 
     __slots__ = ("count", "objects", "records", "wires")
 
-    def __init__(self, count: int, records: bytes, wires: bytes, objects: list[object]) -> None:
+    def __init__(self, count: int, records: Buffer, wires: Buffer, objects: list[object]) -> None:
         self.count = count
         self.records = records
         self.wires = wires
@@ -45,13 +50,11 @@ class Chunk:
     def __len__(self) -> int:
         return self.count
 
-    def source(self, parts: list[object]) -> tuple[bytes, bytes, list[object], list[object]]:
-        """The chunk as the ``_lines`` formatters take it (they read ``count`` records from the block's start),
-        with ``parts``: a list of None as long as ``objects`` (:meth:`new_parts`), which they fill with each
-        object's parts as they make them, for the next call over this chunk."""
-        records = self.records
-        size = self.count * RECORD.size
-        return (records if len(records) == size else records[:size]), self.wires, self.objects, parts
+    def source(self, parts: list[object]) -> tuple[int, Buffer, Buffer, list[object], list[object]]:
+        """The chunk as the ``_lines`` formatters take it (they read its first ``count`` records), with ``parts``: a
+        list of None as long as ``objects`` (:meth:`new_parts`), which they fill with each object's parts as they
+        make them, for the next call over this chunk."""
+        return self.count, self.records, self.wires, self.objects, parts
 
     def new_parts(self) -> list[object]:
         return [None] * len(self.objects)
@@ -63,7 +66,7 @@ class Chunk:
     def items(self, start: int = 0, stop: int | None = None) -> list[Item]:
         """Records ``start`` to ``stop`` as the serving thread's tuples and events (what the Python paths read)."""
         stop = self.count if stop is None else min(stop, self.count)
-        objects, wires = self.objects, self.wires
+        objects, wires = self.objects, memoryview(self.wires)
         made: list[Item] = []
         for index in range(max(start, 0), stop):
             when, latency, client, answer, offset, query_length, response_length = RECORD.unpack_from(
@@ -73,8 +76,8 @@ class Chunk:
                 made.append(objects[client])
                 continue
             end = offset + query_length
-            response = None if response_length < 0 else wires[end : end + response_length]
-            made.append((when, objects[client], objects[answer], latency, wires[offset:end], response))
+            response = None if response_length < 0 else bytes(wires[end : end + response_length])
+            made.append((when, objects[client], objects[answer], latency, bytes(wires[offset:end]), response))
         return made
 
 
@@ -101,7 +104,7 @@ class Ring(Protocol):
         self, when: float, latency: float, client: ClientInfo, replies: list[tuple[Answered, bytes, bytes, Peer]]
     ) -> int: ...
     def add_event(self, event: SecurityEvent | UpstreamEvent) -> bool: ...
-    def take(self) -> list[Item] | tuple[int, bytes, bytes, list[object]] | None: ...
+    def take(self) -> list[Item] | tuple[int, Buffer, Buffer, list[object]] | None: ...
 
 
 class PyRecords:
