@@ -278,11 +278,13 @@ static PyTypeObject BlockType = {
     .tp_as_sequence = &block_sequence,
 };
 
-/* Memory of the pool `kind` (its size in *capacity), or NULL and 0 when the pool is empty. */
-static char *pool_get(int kind, Py_ssize_t *capacity) {
+/* Memory of the pool `kind` (its size in *capacity); when the pool is empty (sinks still hold their chunks), new
+ * memory of `wanted` bytes (the last chunk's: not grown from small again, copied at each doubling), or NULL and 0. */
+static char *pool_get(int kind, Py_ssize_t wanted, Py_ssize_t *capacity) {
     if (pooled[kind] == 0) {
-        *capacity = 0;
-        return NULL;
+        char *made = wanted > 0 ? PyMem_RawMalloc((size_t)wanted) : NULL;
+        *capacity = made != NULL ? wanted : 0;
+        return made;
     }
     pooled[kind]--;
     *capacity = pool[kind][pooled[kind]].capacity;
@@ -867,9 +869,9 @@ static PyObject *records_take(Records *self, PyObject *unused) {
     wires_block->length = self->wires_length;
     wires_block->capacity = self->wires_room;
     Py_ssize_t capacity;
-    self->records = (Record *)pool_get(RECORDS_POOL, &capacity);
+    self->records = (Record *)pool_get(RECORDS_POOL, records_block->length, &capacity);
     self->room = capacity / (Py_ssize_t)sizeof(Record);
-    self->wires = pool_get(WIRES_POOL, &capacity);
+    self->wires = pool_get(WIRES_POOL, wires_block->length, &capacity);
     self->wires_room = capacity;
     Py_SETREF(self->objects, fresh);
     self->count = 0;
