@@ -236,22 +236,23 @@ typedef struct {
 
 #define RECORDS_POOL 0
 #define WIRES_POOL 1
-#define POOL_BLOCKS 4
-/* A block's memory kept at most when it comes back (20 ms of 2 M answers a second's messages; a burst's memory is
- * given back once it is over): at most 16 MB of each kind kept. */
-#define POOL_KEPT ((Py_ssize_t)1 << 22)
+#define POOL_BLOCKS 8
+/* Memory kept in each pool at most (a burst's memory is given back once it is over). */
+#define POOL_BYTES ((Py_ssize_t)1 << 25)
 static struct {
     char *data;
     Py_ssize_t capacity;
 } pool[2][POOL_BLOCKS];
 static int pooled[2];
+static Py_ssize_t pooled_bytes[2];
 
 static void block_dealloc(Block *self) {
     int kind = self->pool;
-    if (self->data != NULL && self->capacity <= POOL_KEPT && pooled[kind] < POOL_BLOCKS) {
+    if (self->data != NULL && pooled[kind] < POOL_BLOCKS && pooled_bytes[kind] + self->capacity <= POOL_BYTES) {
         pool[kind][pooled[kind]].data = self->data;
         pool[kind][pooled[kind]].capacity = self->capacity;
         pooled[kind]++;
+        pooled_bytes[kind] += self->capacity;
     } else {
         PyMem_RawFree(self->data);
     }
@@ -278,17 +279,30 @@ static PyTypeObject BlockType = {
     .tp_as_sequence = &block_sequence,
 };
 
-/* Memory of the pool `kind` (its size in *capacity); when the pool is empty (sinks still hold their chunks), new
- * memory of `wanted` bytes (the last chunk's: not grown from small again, copied at each doubling), or NULL and 0. */
+/* Memory for the ring's next chunk, of at least `wanted` bytes (twice the last chunk's: one a little larger does not
+ * make the serving thread grow it, a copy), its size in *capacity: from the pool `kind` (mapped and faulted in
+ * already), else new (the pool is empty while sinks hold their chunks, or holds smaller blocks than today's load
+ * needs: the smallest is let go); NULL and 0 when memory is out (the ring allocates when it adds). */
 static char *pool_get(int kind, Py_ssize_t wanted, Py_ssize_t *capacity) {
-    if (pooled[kind] == 0) {
-        char *made = wanted > 0 ? PyMem_RawMalloc((size_t)wanted) : NULL;
-        *capacity = made != NULL ? wanted : 0;
-        return made;
+    int smallest = -1;
+    for (int i = 0; i < pooled[kind]; i++) {
+        if (pool[kind][i].capacity >= wanted) {
+            char *data = pool[kind][i].data;
+            *capacity = pool[kind][i].capacity;
+            pooled_bytes[kind] -= *capacity;
+            pool[kind][i] = pool[kind][--pooled[kind]];
+            return data;
+        }
+        if (smallest < 0 || pool[kind][i].capacity < pool[kind][smallest].capacity) smallest = i;
     }
-    pooled[kind]--;
-    *capacity = pool[kind][pooled[kind]].capacity;
-    return pool[kind][pooled[kind]].data;
+    if (smallest >= 0) {
+        PyMem_RawFree(pool[kind][smallest].data);
+        pooled_bytes[kind] -= pool[kind][smallest].capacity;
+        pool[kind][smallest] = pool[kind][--pooled[kind]];
+    }
+    char *made = PyMem_RawMalloc((size_t)wanted);
+    *capacity = made != NULL ? wanted : 0;
+    return made;
 }
 
 /* 1: `object` is bytes or a Block (then *data and *length are its bytes); 0: neither. */
@@ -869,9 +883,9 @@ static PyObject *records_take(Records *self, PyObject *unused) {
     wires_block->length = self->wires_length;
     wires_block->capacity = self->wires_room;
     Py_ssize_t capacity;
-    self->records = (Record *)pool_get(RECORDS_POOL, records_block->length, &capacity);
+    self->records = (Record *)pool_get(RECORDS_POOL, 2 * records_block->length, &capacity);
     self->room = capacity / (Py_ssize_t)sizeof(Record);
-    self->wires = pool_get(WIRES_POOL, wires_block->length, &capacity);
+    self->wires = pool_get(WIRES_POOL, 2 * wires_block->length + 65536, &capacity);
     self->wires_room = capacity;
     Py_SETREF(self->objects, fresh);
     self->count = 0;
