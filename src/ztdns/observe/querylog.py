@@ -49,8 +49,9 @@ class QueryLog(TextSink):
         self._fd = self._open()
         self._chunk = _FILE_CHUNK if stat.S_ISREG(os.fstat(self._fd).st_mode) else _PIPE_CHUNK
         # The file's end after the last write, and the offset up to which its blocks are allocated (_reserve; -1:
-        # the file system cannot).
-        self._end = self._reserved = 0
+        # not done: the file system cannot, or stdout, a file we did not open and whose offset is not ours to move).
+        self._end = 0
+        self._reserved = -1 if output == "stdout" else 0
         self.start()
 
     def _open(self) -> int:
