@@ -5,8 +5,8 @@
  * NativeLines.text(items).encode()) and dnstap frames (observe/dnstap.py, DnstapSink.frames: the same bytes as
  * DnstapSink.raw_frames(items)).
  *
- * A batch is either a chunk taken from the ring (records, wires, objects, parts: observe/ring.py's Chunk) or a list of
- * the serving thread's tuples (the pure-Python ring's, and single events a sink is handed). Python makes what is
+ * A batch is either a chunk taken from the ring (count, records, wires, objects, parts: observe/ring.py's Chunk) or a
+ * list of the serving thread's tuples (the pure-Python ring's, and single events a sink is handed). Python makes what is
  * the same for every query of one client and of one answer (memos of parts keyed by the objects' ids, filled by
  * Python callbacks on a miss) and the log's time stamp of each second; this looks them up, formats the per-query
  * numbers (latency, query ID, response size; dnstap's times and lengths) and copies the pieces into the caller's
