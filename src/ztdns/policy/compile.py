@@ -41,7 +41,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import dns.rdatatype
 
@@ -302,7 +302,15 @@ class _Entry:
         self.root = where(Scope.EXACT, Scope.ANY_DEPTH)  # for the root name itself, where '**' applies too
 
 
-Table = tuple[dict[str, int], ...]  # shards: base name -> index of its entry in CompiledPolicy.entries
+class Shard(Protocol):
+    """Base name -> index of its entry in CompiledPolicy.entries: a dict, or a table the process compiling a
+    refresh wrote (:mod:`ztdns.policy.apart`), looked up in place."""
+
+    def get(self, name: str, /) -> int | None: ...
+    def __len__(self) -> int: ...
+
+
+Table = tuple[Shard, ...]  # a name's shard is chosen by its hash (one shard: no hash() call)
 
 # What a lookup found: the strongest deny, the strongest exception and the first allow, each with its base name.
 Match = tuple["_Rule | None", str, "_Rule | None", str, "_Rule | None", str]
@@ -712,13 +720,13 @@ def views_of(config: Config, policies: dict[str, CompiledPolicy]) -> dict[str, V
     }
 
 
-def replaced_tables(views: Iterable[View]) -> list[dict[str, int]]:
+def replaced_tables(views: Iterable[View]) -> list[Shard]:
     """The table shards of these views' policies, for :func:`release_tables` once the views are replaced."""
     policies = {id(policy): policy for view in views for policy in view.policies}
     return [shard for policy in policies.values() for shard in policy.table]
 
 
-def release_tables(shards: list[dict[str, int]], patience: float = 30.0) -> None:
+def release_tables(shards: list[Shard], patience: float = 30.0) -> None:
     """Free replaced table shards in pieces, emptying ``shards``; run it in a thread.
 
     Each piece is a C call of about a millisecond, so the event loop gets the GIL between them; the last
@@ -734,7 +742,7 @@ def release_tables(shards: list[dict[str, int]], patience: float = 30.0) -> None
         _release(shards, time.monotonic() + patience)
 
 
-def _release(shards: list[dict[str, int]], deadline: float) -> None:
+def _release(shards: list[Shard], deadline: float) -> None:
     names: list[list[str]] = []
     while shards:
         # 2 references: the list's and the argument's; more: still in use.
@@ -742,7 +750,8 @@ def _release(shards: list[dict[str, int]], deadline: float) -> None:
             time.sleep(0.05)
             continue
         shard = shards.pop()
-        if sys.getrefcount(shard) == 2:  # the variable's and the argument's: ours alone
+        # A mapped table (ztdns.policy.apart) is unmapped at once, in one short call: nothing to free by pieces.
+        if isinstance(shard, dict) and sys.getrefcount(shard) == 2:  # the variable's and the argument's: ours
             stored = list(shard)
             stored.reverse()  # freed from the end: the first stored first
             shard.clear()  # the names live on in ``stored``
