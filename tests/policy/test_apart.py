@@ -162,11 +162,44 @@ def test_a_child_that_fails_leaves_the_compile_to_this_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(apart, "_CHILD", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    failed = apart.CHILD_FAILURES["failed"]
     here, fallen_back = both(tmp_path)
     assert fallen_back["x"].decide("n2999.bulk.test", dns.rdatatype.A) == here["x"].decide(
         "n2999.bulk.test", dns.rdatatype.A
     )
-    assert any("exit status 3" in record.getMessage() for record in caplog.records)
+    assert any("exit status 3" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    assert apart.CHILD_FAILURES["failed"] == failed + 1
+
+
+@pytest.mark.slow
+def test_a_hung_child_is_killed_and_the_policies_in_service_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "big.txt").write_text("".join(f"name{i}.big.test\n" for i in range(APART_BYTES // 16)))
+    text = '[resolver]\nmode = "none"\n[identities.x]\nnetworks = ["127.0.0.0/8"]\npolicies = ["p"]\n[policies.p]\n'
+    frontend = Frontend(parse_config(text + 'allow = ["**"]\ndeny = ["old.test"]\n', "test.toml", tmp_path))
+    monkeypatch.setattr(apart, "_CHILD", [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(apart, "CHILD_TIMEOUT", 0.5)
+    timeouts = apart.CHILD_FAILURES["timeout"]
+
+    async def reload() -> None:
+        with pytest.raises(apart.ChildTimeout, match=r"no answer within 0\.5 s"):
+            await frontend.reload(parse_config(text + 'allow = ["**"]\ndeny_lists = ["big.txt"]\n', "t.toml", tmp_path))
+        await frontend.close()
+
+    asyncio.run(reload())
+    view = frontend.runtime.views["x"]
+    assert not view.decide("old.test", dns.rdatatype.A).allowed  # the policy in service stays
+    assert view.decide("name7.big.test", dns.rdatatype.A).allowed
+    assert apart.CHILD_FAILURES["timeout"] == timeouts + 1
+    assert any("no answer within" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    exported = {
+        sample.labels["reason"]: sample.value
+        for family in frontend.collect()
+        if family.name == "ztdns_policy_compile_child_failures"
+        for sample in family.samples
+    }
+    assert exported["timeout"] == timeouts + 1
 
 
 @pytest.mark.slow

@@ -248,7 +248,7 @@ def _compile_here(config: Config, records: _Records, tables: IO[bytes]) -> Heade
     """Compile ``config``'s lists and write every policy's table to ``tables``: the header that describes them."""
     lists, uses = read_lists(config)
     header_lists = {path: dataclasses.replace(parsed, groups={}) for path, parsed in lists.items()}
-    policies = compile_policies(config, lists, uses)
+    policies = compile_policies(config, lists, uses, sharded=False)  # nothing answers here: one dict, in C
     layout = []
     for policy in policies.values():
         start = tables.seek(0, os.SEEK_END)

@@ -463,9 +463,10 @@ def _likeness(rules: frozenset[_Rule]) -> Hashable:
     )
 
 
-def _table(groups: list[tuple[list[str], int]], entries: _Entries) -> list[dict[str, int]]:
-    """The shards of every group's names (in policy order: earlier groups first) to their merged entries."""
-    count = _shard_count(sum(len(names) for names, _ in groups))
+def _table(groups: list[tuple[list[str], int]], entries: _Entries, sharded: bool) -> list[dict[str, int]]:
+    """The shards of every group's names (in policy order: earlier groups first) to their merged entries; one
+    shard unless ``sharded``."""
+    count = _shard_count(sum(len(names) for names, _ in groups)) if sharded else 1
     alike: dict[Hashable, list[tuple[list[str], int]]] = {}
     for group in groups:
         alike.setdefault(_likeness(entries.all[group[1]].rules), []).append(group)
@@ -554,6 +555,7 @@ def _compile_policy(
     uses: Counter[Path],
     root: Config,
     schedules: dict[str, Schedule],
+    sharded: bool,
 ) -> CompiledPolicy:
     policy = CompiledPolicy(name, config)
     in_force = None if config.schedule is None else schedules[config.schedule]
@@ -627,7 +629,7 @@ def _compile_policy(
             regex_rules.append(regex_rule)
         groups.extend((names, entries.of(rules_by_bits(bits))) for bits, names in parsed.groups.items())
         uses[resolved] -= 1
-    table = _table(groups, entries)
+    table = _table(groups, entries, sharded)
     del groups
     for resolved, parsed in lists.items():
         if not uses[resolved]:
@@ -699,14 +701,20 @@ def read_lists(config: Config) -> tuple[dict[Path, ListFile], Counter[Path]]:
 
 
 def compile_policies(
-    config: Config, lists: dict[Path, ListFile], uses: Counter[Path], *, summary: bool = True
+    config: Config,
+    lists: dict[Path, ListFile],
+    uses: Counter[Path],
+    *,
+    summary: bool = True,
+    sharded: bool = True,
 ) -> dict[str, CompiledPolicy]:
     """Every policy of ``config`` compiled from the parsed ``lists`` (whose names are freed as they are used);
-    ``summary``: log each policy's size."""
+    ``summary``: log each policy's size; ``sharded``: tables in shards (see :func:`_shard_count`), else one dict
+    each, filled in C loops about five times as fast, for a process that does not answer meanwhile."""
     schedules = {name: Schedule(name, schedule) for name, schedule in config.schedules.items()}
     policies = {}
     for name, policy_config in config.policies.items():
-        policy = policies[name] = _compile_policy(name, policy_config, lists, uses, config, schedules)
+        policy = policies[name] = _compile_policy(name, policy_config, lists, uses, config, schedules, sharded)
         if summary:
             log.info("policy %s: %d names, %d rules", name, sum(map(len, policy.table)), len(policy.rules))
     return policies
