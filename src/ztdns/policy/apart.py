@@ -206,7 +206,10 @@ def adopt(config: Config, stream: IO[bytes], tables: IO[bytes]) -> dict[str, Vie
     for policy, (entries, start, end, names) in zip(policies.values(), layout, strict=True):
         rules = policy.rules
         policy.entries = tuple(_Entry(frozenset(rules[index] for index in entry)) for entry in entries)
-        table = NameTable(mapped[start:end])
+        try:
+            table = NameTable(mapped[start:end])
+        except ValueError as exc:
+            raise RuntimeError(f"the process compiling the lists wrote a damaged table: {exc}") from None
         if len(table) != names:
             raise RuntimeError(f"the process compiling the lists wrote a table of {len(table)} of {names} names")
         policy.table = (table,)
