@@ -9,8 +9,9 @@ Queries go through the real pipeline (``Frontend.handle``) for a mix of listed (
 fixed rate, each timed from when it was due. ``--mode apart`` (what ``ztdns serve`` does) compiles the lists in
 a child process, which writes the tables into a file this process maps (``ztdns.policy.apart``); ``thread``
 compiles them in the reload's thread (before issue 21's fix), where what remains is the GIL it holds between
-switches; ``both`` alternates the two, run after run. Each run measures idle, during and after in turn, so a shared machine's load
-moves all three alike: compare the ratio during/idle of p99, whose median over the runs is printed last.
+switches; ``both`` alternates the two, run after run. Each run measures idle, during and after in turn, so a
+shared machine's load moves all three alike: compare the ratio during/idle of p99, whose median over the runs is
+printed last, and the serving process's CPU during the refresh beyond what answering takes (the child's apart).
 
 Before measuring, the server is set up as ``ztdns serve`` sets it (the DGA model read, the collector settled)
 and warmed up for a second: a first query that reads the model (~12 ms) used to stall the idle window.
