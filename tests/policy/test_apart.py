@@ -112,6 +112,18 @@ def test_small_lists_compile_in_this_process(tmp_path: Path, monkeypatch: pytest
     assert not compile_views_apart(config)["x"].decide("a.test", dns.rdatatype.A).allowed
 
 
+def test_without_the_c_extension_big_lists_compile_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apart, "NameTable", None)  # built without a C compiler
+    monkeypatch.setattr("subprocess.Popen", None)  # would fail if called
+    (tmp_path / "a.txt").write_text("a.test\n")
+    config = parse_config(ONE_LIST, "t.toml", tmp_path)
+    view = compile_views_apart(config, min_bytes=0)["x"]
+    assert not view.decide("a.test", dns.rdatatype.A).allowed
+    assert all(isinstance(shard, dict) for shard in view.policies[0].table)
+
+
 @pytest.mark.slow
 def test_a_reload_with_big_lists_compiles_them_in_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[object] = []
