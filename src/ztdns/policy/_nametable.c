@@ -57,8 +57,10 @@ static const char *key_bytes(PyObject *name, Py_ssize_t *length) {
 
 /* ---- building (in the child) ---- */
 
+/* Insert a name, or find it: 1 when added (its bytes appended at names_end), 0 when already there (*found is its
+ * slot; the value is left to the caller), -1 with an error set. */
 static int insert(char *table, const char *bytes, Py_ssize_t length, uint32_t value, char *names_end,
-                  uint64_t *count) {
+                  uint64_t *count, Slot **found) {
     Header *header = (Header *)table;
     Slot *slots = (Slot *)(table + HEADER_BYTES);
     char *names = table + header->names_at;
@@ -84,30 +86,46 @@ static int insert(char *table, const char *bytes, Py_ssize_t length, uint32_t va
             uint16_t stored;
             memcpy(&stored, names + slot->offset, 2);
             if (stored == length && memcmp(names + slot->offset + 2, bytes, (size_t)length) == 0) {
-                slot->value = value; /* a name given twice: the later value, as dict.update */
+                *found = slot;
                 return 0;
             }
         }
     }
 }
 
-/* build(shards) -> bytes: the table of every (name, value) of the dicts in ``shards``. */
-static PyObject *build(PyObject *module, PyObject *shards) {
-    PyObject *sequence = PySequence_Fast(shards, "shards must be a sequence of dicts");
+static int check_value(PyObject *number, uint32_t *value) {
+    unsigned long got = PyLong_AsUnsignedLong(number);
+    if (got == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    if (got >= EMPTY) {
+        PyErr_SetString(PyExc_OverflowError, "a value of 2**32 - 1 or more");
+        return -1;
+    }
+    *value = (uint32_t)got;
+    return 0;
+}
+
+/* build(groups, resolve) -> bytes: the table of the names of ``groups``, a sequence of (list of str, value), in
+ * order. A name already in the table when a later group gives it again takes resolve(its value, the group's
+ * value, the group's index) (policy/compile.py: the first alike list wins, others merge). */
+static PyObject *build(PyObject *module, PyObject *args) {
+    PyObject *groups, *resolve, *result = NULL;
+    if (!PyArg_ParseTuple(args, "OO:build", &groups, &resolve)) return NULL;
+    PyObject *sequence = PySequence_Fast(groups, "groups must be a sequence of (names, value)");
     if (sequence == NULL) return NULL;
-    Py_ssize_t shard_count = PySequence_Fast_GET_SIZE(sequence);
+    Py_ssize_t group_count = PySequence_Fast_GET_SIZE(sequence);
     PyObject **items = PySequence_Fast_ITEMS(sequence);
     uint64_t total = 0, name_bytes = 0;
-    for (Py_ssize_t i = 0; i < shard_count; i++) {
-        PyObject *key, *value;
-        Py_ssize_t position = 0;
-        if (!PyDict_Check(items[i])) {
-            PyErr_SetString(PyExc_TypeError, "shards must be dicts of str to int");
+    for (Py_ssize_t i = 0; i < group_count; i++) {
+        uint32_t value;
+        if (!PyTuple_Check(items[i]) || PyTuple_GET_SIZE(items[i]) != 2 || !PyList_Check(PyTuple_GET_ITEM(items[i], 0))) {
+            PyErr_SetString(PyExc_TypeError, "groups must be (list of str, int) tuples");
             goto fail;
         }
-        while (PyDict_Next(items[i], &position, &key, &value)) {
+        if (check_value(PyTuple_GET_ITEM(items[i], 1), &value) < 0) goto fail;
+        PyObject *names = PyTuple_GET_ITEM(items[i], 0);
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(names); j++) {
             Py_ssize_t length;
-            if (key_bytes(key, &length) == NULL) goto fail;
+            if (key_bytes(PyList_GET_ITEM(names, j), &length) == NULL) goto fail;
             if (length > MAX_NAME) {
                 PyErr_SetString(PyExc_ValueError, "a name longer than 65,535 bytes");
                 goto fail;
@@ -119,7 +137,7 @@ static PyObject *build(PyObject *module, PyObject *shards) {
     uint64_t slots = 2;
     while (slots < 2 * total) slots *= 2;
     uint64_t names_at = HEADER_BYTES + slots * SLOT_BYTES;
-    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(names_at + name_bytes));
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(names_at + name_bytes));
     if (result == NULL) goto fail;
     char *table = PyBytes_AS_STRING(result);
     Header header = {MAGIC, 0, slots - 1, names_at};
@@ -132,21 +150,33 @@ static PyObject *build(PyObject *module, PyObject *shards) {
     }
     char *names_end = table + names_at;
     uint64_t count = 0;
-    for (Py_ssize_t i = 0; i < shard_count; i++) {
-        PyObject *key, *value;
-        Py_ssize_t position = 0;
-        while (PyDict_Next(items[i], &position, &key, &value)) {
+    for (Py_ssize_t i = 0; i < group_count; i++) {
+        PyObject *names = PyTuple_GET_ITEM(items[i], 0), *given = PyTuple_GET_ITEM(items[i], 1);
+        uint32_t value;
+        if (check_value(given, &value) < 0) goto fail;
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(names); j++) {
             Py_ssize_t length;
-            const char *bytes = key_bytes(key, &length);
-            unsigned long number = bytes == NULL ? 0 : PyLong_AsUnsignedLong(value);
-            if (bytes == NULL || PyErr_Occurred()) goto fail_result;
-            if (number >= EMPTY) {
-                PyErr_SetString(PyExc_OverflowError, "a value of 2**32 - 1 or more");
-                goto fail_result;
+            const char *bytes = key_bytes(PyList_GET_ITEM(names, j), &length);
+            if (bytes == NULL) goto fail;
+            /* Sized in the first pass; resolve() is our own code and leaves the lists alone, but names that grew
+             * are refused rather than written past the end. */
+            if (count == total || (uint64_t)(names_end - table) + 2 + (uint64_t)length > names_at + name_bytes) {
+                PyErr_SetString(PyExc_RuntimeError, "a group changed while the table was built");
+                goto fail;
             }
-            int added = insert(table, bytes, length, (uint32_t)number, names_end, &count);
-            if (added < 0) goto fail_result;
-            if (added) names_end += 2 + length;
+            Slot *found;
+            int added = insert(table, bytes, length, value, names_end, &count, &found);
+            if (added < 0) goto fail;
+            if (added) {
+                names_end += 2 + length;
+                continue;
+            }
+            if (found->value == value) continue; /* the same value again: nothing to resolve */
+            PyObject *chosen = PyObject_CallFunction(resolve, "kOn", (unsigned long)found->value, given, i);
+            if (chosen == NULL) goto fail;
+            int bad = check_value(chosen, &found->value);
+            Py_DECREF(chosen);
+            if (bad < 0) goto fail;
         }
     }
     ((Header *)table)->names = count;
@@ -154,9 +184,8 @@ static PyObject *build(PyObject *module, PyObject *shards) {
     if (names_end != table + names_at + name_bytes) /* names given twice: the table ends at the last one */
         _PyBytes_Resize(&result, (Py_ssize_t)(names_end - table));
     return result;
-fail_result:
-    Py_DECREF(result);
 fail:
+    Py_XDECREF(result);
     Py_DECREF(sequence);
     return NULL;
 }
@@ -247,6 +276,17 @@ static PyMethodDef NameTable_methods[] = {
 
 static PySequenceMethods NameTable_as_sequence = {.sq_length = (lenfunc)NameTable_length};
 
+/* Its bytes, read-only: what the child writes to the file (policy/apart.py). */
+static int NameTable_getbuffer(NameTable *self, Py_buffer *view, int flags) {
+    if (self->header == NULL) {
+        PyErr_SetString(PyExc_BufferError, "an empty NameTable");
+        return -1;
+    }
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->view.buf, self->view.len, 1, flags);
+}
+
+static PyBufferProcs NameTable_as_buffer = {.bf_getbuffer = (getbufferproc)NameTable_getbuffer};
+
 static PyTypeObject NameTableType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ztdns.policy._nametable.NameTable",
     .tp_doc = "NameTable(buffer): a table made by build(), looked up in place (the buffer is held until freed).",
@@ -257,10 +297,11 @@ static PyTypeObject NameTableType = {
     .tp_dealloc = (destructor)NameTable_dealloc,
     .tp_methods = NameTable_methods,
     .tp_as_sequence = &NameTable_as_sequence,
+    .tp_as_buffer = &NameTable_as_buffer,
 };
 
 static PyMethodDef methods[] = {
-    {"build", build, METH_O, "build(shards) -> bytes: the table of the names and values of a sequence of dicts"},
+    {"build", build, METH_VARARGS, "build(groups, resolve) -> bytes: the table of the names of (names, value) groups"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,12 +1,12 @@
 # The C extension _nametable.c: policy name tables built in one process and looked up in place in another.
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar, overload
 
 from typing_extensions import Buffer
 
 _T = TypeVar("_T")
 
-def build(shards: Sequence[dict[str, int]], /) -> bytes: ...
+def build(groups: Sequence[tuple[list[str], int]], resolve: Callable[[int, int, int], int], /) -> bytes: ...
 
 class NameTable:
     def __init__(self, buffer: Buffer, /) -> None: ...
@@ -15,3 +15,4 @@ class NameTable:
     @overload
     def get(self, name: str, default: _T, /) -> int | _T: ...
     def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...

@@ -55,9 +55,9 @@ from ztdns.policy.compile import (
 from ztdns.policy.lists import free_in_pieces, read_list
 
 try:
-    from ztdns.policy._nametable import NameTable, build
+    from ztdns.policy._nametable import NameTable
 except ImportError:  # built without a C compiler: reloads compile in the calling thread
-    NameTable = build = None  # type: ignore[assignment,misc]
+    NameTable = None  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from ztdns.config import Config
@@ -251,12 +251,12 @@ def _compile_here(config: Config, records: _Records, tables: IO[bytes]) -> Heade
     """Compile ``config``'s lists and write every policy's table to ``tables``: the header that describes them."""
     lists, uses = read_lists(config)
     header_lists = {path: dataclasses.replace(parsed, groups={}) for path, parsed in lists.items()}
-    policies = compile_policies(config, lists, uses, sharded=False)  # nothing answers here: one dict, in C
+    policies = compile_policies(config, lists, uses, flat=True)
     layout = []
     for policy in policies.values():
         start = tables.seek(0, os.SEEK_END)
         start += tables.write(b"\0" * (-start % _ALIGN))
-        end = start + tables.write(build(cast(tuple[dict[str, int], ...], policy.table)))  # compiled here: dicts
+        end = start + tables.write(cast(NameTable, policy.table[0]))  # flat: one NameTable
         entries = [tuple(sorted(rule.order for rule in entry.rules)) for entry in policy.entries]
         layout.append((entries, start, end, sum(map(len, policy.table))))
     tables.flush()

@@ -63,6 +63,11 @@ from ztdns.policy.lists import (
     read_list,
 )
 from ztdns.policy.schedule import Schedule
+
+try:
+    from ztdns.policy._nametable import NameTable, build
+except ImportError:  # built without a C compiler: tables are dicts only
+    NameTable = build = None  # type: ignore[assignment,misc]
 from ztdns.policy.sources import is_feed, source_path
 from ztdns.wire.grant_scope import PortScope, parse_port
 
@@ -454,7 +459,7 @@ class _Entries:
         return found
 
 
-def _likeness(rules: frozenset[_Rule]) -> Hashable:
+def _likeness(rules: frozenset[_Rule]) -> frozenset[Hashable]:
     """What decides between rules apart from their order and origin: of two groups alike, the first shadows
     the second completely (see the module docstring)."""
     return frozenset(
@@ -463,10 +468,9 @@ def _likeness(rules: frozenset[_Rule]) -> Hashable:
     )
 
 
-def _table(groups: list[tuple[list[str], int]], entries: _Entries, sharded: bool) -> list[dict[str, int]]:
-    """The shards of every group's names (in policy order: earlier groups first) to their merged entries; one
-    shard unless ``sharded``."""
-    count = _shard_count(sum(len(names) for names, _ in groups)) if sharded else 1
+def _table(groups: list[tuple[list[str], int]], entries: _Entries) -> list[dict[str, int]]:
+    """The shards of every group's names (in policy order: earlier groups first) to their merged entries."""
+    count = _shard_count(sum(len(names) for names, _ in groups))
     alike: dict[Hashable, list[tuple[list[str], int]]] = {}
     for group in groups:
         alike.setdefault(_likeness(entries.all[group[1]].rules), []).append(group)
@@ -488,6 +492,24 @@ def _table(groups: list[tuple[list[str], int]], entries: _Entries, sharded: bool
                 theirs[name] = merge(mine[name], theirs[name])
             mine.update(theirs)
     return table
+
+
+def _flat_table(groups: list[tuple[list[str], int]], written: list[tuple[str, _Rule]], entries: _Entries) -> Shard:
+    """The table of :func:`_table` and the config rules (``written``) as one flat buffer (``_nametable``, C), built
+    straight from the groups without a dict: a name that an earlier group gave keeps that group's entry when the
+    later one's rules are alike to what it holds (as :func:`_table`: the first alike list wins), and otherwise
+    gets the merged entry; a config rule always merges."""
+    assert build is not None and NameTable is not None  # apart.py compiles apart only with the extension
+    lists = len(groups)
+    likeness = functools.cache(lambda entry: _likeness(entries.all[entry].rules))
+
+    def resolve(held: int, given: int, group: int) -> int:
+        if group < lists and likeness(given) <= likeness(held):
+            return held
+        return entries.merge(held, given)
+
+    config = [([base], entries.of(frozenset((rule,)))) for base, rule in written]
+    return NameTable(build([*groups, *config], resolve))
 
 
 def _fill(shards: list[dict[str, int]], names: list[str], entry: int) -> None:
@@ -555,7 +577,7 @@ def _compile_policy(
     uses: Counter[Path],
     root: Config,
     schedules: dict[str, Schedule],
-    sharded: bool,
+    flat: bool,
 ) -> CompiledPolicy:
     policy = CompiledPolicy(name, config)
     in_force = None if config.schedule is None else schedules[config.schedule]
@@ -629,7 +651,15 @@ def _compile_policy(
             regex_rules.append(regex_rule)
         groups.extend((names, entries.of(rules_by_bits(bits))) for bits, names in parsed.groups.items())
         uses[resolved] -= 1
-    table = _table(groups, entries, sharded)
+    if flat:
+        policy.table = (_flat_table(groups, written, entries),)
+    else:
+        table = _table(groups, entries)
+        mask = len(table) - 1
+        for base, config_rule in written:
+            shard = table[hash(base) & mask]
+            shard[base] = entries.merge(shard.get(base), entries.of(frozenset((config_rule,))))
+        policy.table = tuple(table)
     del groups
     for resolved, parsed in lists.items():
         if not uses[resolved]:
@@ -637,11 +667,6 @@ def _compile_policy(
             for names in parsed.groups.values():
                 free_in_pieces(names)
             parsed.groups = {}
-    mask = len(table) - 1
-    for base, config_rule in written:
-        shard = table[hash(base) & mask]
-        shard[base] = entries.merge(shard.get(base), entries.of(frozenset((config_rule,))))
-    policy.table = tuple(table)
     policy.entries = tuple(entries.all)
     if regex_rules:
         policy.regexes = _Regexes(regex_rules)
@@ -706,15 +731,15 @@ def compile_policies(
     uses: Counter[Path],
     *,
     summary: bool = True,
-    sharded: bool = True,
+    flat: bool = False,
 ) -> dict[str, CompiledPolicy]:
     """Every policy of ``config`` compiled from the parsed ``lists`` (whose names are freed as they are used);
-    ``summary``: log each policy's size; ``sharded``: tables in shards (see :func:`_shard_count`), else one dict
-    each, filled in C loops (about a third less CPU), for a process that does not answer meanwhile."""
+    ``summary``: log each policy's size; ``flat``: each table one flat buffer (:func:`_flat_table`, for the
+    process compiling a refresh: :mod:`ztdns.policy.apart`) instead of dict shards."""
     schedules = {name: Schedule(name, schedule) for name, schedule in config.schedules.items()}
     policies = {}
     for name, policy_config in config.policies.items():
-        policy = policies[name] = _compile_policy(name, policy_config, lists, uses, config, schedules, sharded)
+        policy = policies[name] = _compile_policy(name, policy_config, lists, uses, config, schedules, flat)
         if summary:
             log.info("policy %s: %d names, %d rules", name, sum(map(len, policy.table)), len(policy.rules))
     return policies
