@@ -7,10 +7,11 @@ of a big list feed is compiled and swapped in (``Frontend.reload``, what a feed 
 
 Queries go through the real pipeline (``Frontend.handle``) for a mix of listed (blocked) and other names, at a
 fixed rate, each timed from when it was due. ``--mode apart`` (what ``ztdns serve`` does) compiles the lists in
-a child process and adopts the tables in short pieces (``ztdns.policy.apart``); ``thread`` compiles them in the
-reload's thread (before issue 21's fix), where what remains is the GIL it holds between switches; ``both``
-alternates the two, run after run. Each run measures idle, during and after in turn, so a shared machine's load
-moves all three alike: compare the ratio during/idle of p99, whose median over the runs is printed last.
+a child process, which writes the tables into a file this process maps (``ztdns.policy.apart``); ``thread``
+compiles them in the reload's thread (before issue 21's fix), where what remains is the GIL it holds between
+switches; ``both`` alternates the two, run after run. Each run measures idle, during and after in turn, so a
+shared machine's load moves all three alike: compare the ratio during/idle of p99, whose median over the runs is
+printed last, and the serving process's CPU during the refresh beyond what answering takes (the child's apart).
 
 Before measuring, the server is set up as ``ztdns serve`` sets it (the DGA model read, the collector settled)
 and warmed up for a second: a first query that reads the model (~12 ms) used to stall the idle window.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import tempfile
 import time
@@ -61,6 +63,11 @@ class Collections:
             for generation in range(3)
             if (times := [pause for pause, of in pauses if of == generation])
         )
+
+
+def _children_cpu() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def p99(samples: list[float]) -> float:
@@ -133,15 +140,21 @@ async def main() -> None:
         for run in range(args.runs):
             mode = modes[run % len(modes)]
             frontend.compile_apart = mode == "apart"
+            cpu = time.process_time()
             idle = await measure(frontend, wires, args.rate, args.seconds)
+            answering = (time.process_time() - cpu) / args.seconds  # CPU seconds per second, idle
             print(f"run {run + 1} ({mode})")
             print(f"  idle:            {summary(idle, collections)}")
-            started = time.perf_counter()
+            started, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
             reload = asyncio.ensure_future(frontend.reload(config))
             during = await measure(frontend, wires, args.rate, reload)
             await reload
-            took = time.perf_counter() - started
+            took, cpu, children = time.perf_counter() - started, time.process_time() - cpu, _children_cpu() - children
             print(f"  during refresh:  {summary(during, collections)} (the refresh took {took:.2f} s)")
+            print(
+                f"  this process's CPU during the refresh: {cpu:.2f} s, {cpu - answering * took:.2f} s more than "
+                f"answering alone ({answering * 1e3:.0f} ms/s idle); the child's: {children:.2f} s"
+            )
             after = await measure(frontend, wires, args.rate, args.after)
             print(f"  after refresh:   {summary(after, collections)}")
             ratios[mode].append(p99(during) / p99(idle))

@@ -35,6 +35,7 @@ ALWAYS = {
     "ztdns_cache_evictions",
     "ztdns_replay_entries",
     "ztdns_inflight_queries",
+    "ztdns_policy_compile_child_failures",
     "ztdns_upstream_sockets_open",
     "ztdns_querylog_dropped",
     "ztdns_detect_verdicts",

@@ -39,7 +39,14 @@ from ztdns.observe.outputs import Outputs, make_outputs
 from ztdns.observe.sinks import QueueSink
 from ztdns.observe.stage import Observer, ObserveStage
 from ztdns.pipeline import Asked, Next, QueryContext, Stage, chain
-from ztdns.policy import View, compile_views, compile_views_apart, release_tables, replaced_tables
+from ztdns.policy import (
+    CHILD_FAILURES,
+    View,
+    compile_views,
+    compile_views_apart,
+    release_tables,
+    replaced_tables,
+)
 from ztdns.policy.stage import ChainCheckStage, PolicyStage, SpecialNamesStage
 from ztdns.protocol.any import MinimalAnyStage
 from ztdns.protocol.guard import GuardStage
@@ -545,6 +552,14 @@ class Frontend:
         yield CounterMetricFamily(
             "ztdns_cache_hits", "Answers served from cached data (replays included)", value=self._cache_hits()
         )
+        child_failures = CounterMetricFamily(
+            "ztdns_policy_compile_child_failures",
+            "Reloads whose child process failed (compiled in this process instead) or timed out (reload failed)",
+            labels=["reason"],
+        )
+        for reason in ("failed", "timeout"):
+            child_failures.add_metric([reason], CHILD_FAILURES[reason])
+        yield child_failures
         yield from self.outputs.collect()
         if self.resolver is not None:
             yield from self.resolver.collect()

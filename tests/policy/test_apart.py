@@ -112,6 +112,18 @@ def test_small_lists_compile_in_this_process(tmp_path: Path, monkeypatch: pytest
     assert not compile_views_apart(config)["x"].decide("a.test", dns.rdatatype.A).allowed
 
 
+def test_without_the_c_extension_big_lists_compile_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apart, "NameTable", None)  # built without a C compiler
+    monkeypatch.setattr("subprocess.Popen", None)  # would fail if called
+    (tmp_path / "a.txt").write_text("a.test\n")
+    config = parse_config(ONE_LIST, "t.toml", tmp_path)
+    view = compile_views_apart(config, min_bytes=0)["x"]
+    assert not view.decide("a.test", dns.rdatatype.A).allowed
+    assert all(isinstance(shard, dict) for shard in view.policies[0].table)
+
+
 @pytest.mark.slow
 def test_a_reload_with_big_lists_compiles_them_in_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[object] = []
@@ -138,18 +150,28 @@ def test_a_reload_with_big_lists_compiles_them_in_a_child(tmp_path: Path, monkey
     assert view.decide("other.test", dns.rdatatype.A).allowed
 
 
-@pytest.mark.parametrize("cut", ["header", "names", "end"])
+@pytest.mark.parametrize("cut", ["header", "end", "tables", "damaged"])
 def test_an_answer_cut_short_fails_the_reload(tmp_path: Path, cut: str) -> None:
     """A child killed half way (out of memory, say) must not leave part of a table in service."""
     (tmp_path / "a.txt").write_text("".join(f"n{i}.test\n" for i in range(5000)))
     config = parse_config(ONE_LIST, "t.toml", tmp_path)
     sent = io.BytesIO()
-    apart.answer(sent, config)
-    whole = sent.getvalue()
-    assert apart.adopt(config, io.BytesIO(whole))["x"].decide("n4999.test", dns.rdatatype.A).allowed is False
-    cut_at = {"header": 100, "names": len(whole) // 2, "end": len(whole) - 8}[cut]
-    with pytest.raises(RuntimeError, match="ended before"):
-        apart.adopt(config, io.BytesIO(whole[:cut_at]))
+    with (tmp_path / "tables").open("w+b") as tables:
+        apart.answer(sent, config, tables)
+        whole = sent.getvalue()
+        view = apart.adopt(config, io.BytesIO(whole), tables)["x"]
+        assert view.decide("n4999.test", dns.rdatatype.A).allowed is False
+        del view  # its mapping of the file: never read what is changed under it
+        if cut == "tables":
+            tables.truncate(tables.seek(0, 2) - 8)
+        elif cut == "damaged":
+            tables.seek(0)
+            tables.write(b"\0" * 8)  # the first table's magic number
+            tables.flush()
+        else:
+            whole = whole[: {"header": 100, "end": len(whole) - 8}[cut]]
+        with pytest.raises(RuntimeError, match=r"ended before|not all of them|damaged"):
+            apart.adopt(config, io.BytesIO(whole), tables)
 
 
 @pytest.mark.slow
@@ -157,11 +179,44 @@ def test_a_child_that_fails_leaves_the_compile_to_this_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(apart, "_CHILD", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    failed = apart.CHILD_FAILURES["failed"]
     here, fallen_back = both(tmp_path)
     assert fallen_back["x"].decide("n2999.bulk.test", dns.rdatatype.A) == here["x"].decide(
         "n2999.bulk.test", dns.rdatatype.A
     )
-    assert any("exit status 3" in record.getMessage() for record in caplog.records)
+    assert any("exit status 3" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    assert apart.CHILD_FAILURES["failed"] == failed + 1
+
+
+@pytest.mark.slow
+def test_a_hung_child_is_killed_and_the_policies_in_service_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "big.txt").write_text("".join(f"name{i}.big.test\n" for i in range(APART_BYTES // 16)))
+    text = '[resolver]\nmode = "none"\n[identities.x]\nnetworks = ["127.0.0.0/8"]\npolicies = ["p"]\n[policies.p]\n'
+    frontend = Frontend(parse_config(text + 'allow = ["**"]\ndeny = ["old.test"]\n', "test.toml", tmp_path))
+    monkeypatch.setattr(apart, "_CHILD", [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(apart, "CHILD_TIMEOUT", 0.5)
+    timeouts = apart.CHILD_FAILURES["timeout"]
+
+    async def reload() -> None:
+        with pytest.raises(apart.ChildTimeout, match=r"no answer within 0\.5 s"):
+            await frontend.reload(parse_config(text + 'allow = ["**"]\ndeny_lists = ["big.txt"]\n', "t.toml", tmp_path))
+        await frontend.close()
+
+    asyncio.run(reload())
+    view = frontend.runtime.views["x"]
+    assert not view.decide("old.test", dns.rdatatype.A).allowed  # the policy in service stays
+    assert view.decide("name7.big.test", dns.rdatatype.A).allowed
+    assert apart.CHILD_FAILURES["timeout"] == timeouts + 1
+    assert any("no answer within" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    exported = {
+        sample.labels["reason"]: sample.value
+        for family in frontend.collect()
+        if family.name == "ztdns_policy_compile_child_failures"
+        for sample in family.samples
+    }
+    assert exported["timeout"] == timeouts + 1
 
 
 @pytest.mark.slow

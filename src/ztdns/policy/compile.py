@@ -41,7 +41,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import dns.rdatatype
 
@@ -63,6 +63,11 @@ from ztdns.policy.lists import (
     read_list,
 )
 from ztdns.policy.schedule import Schedule
+
+try:
+    from ztdns.policy._nametable import NameTable, build
+except ImportError:  # built without a C compiler: tables are dicts only
+    NameTable = build = None  # type: ignore[assignment,misc]
 from ztdns.policy.sources import is_feed, source_path
 from ztdns.wire.grant_scope import PortScope, parse_port
 
@@ -302,7 +307,15 @@ class _Entry:
         self.root = where(Scope.EXACT, Scope.ANY_DEPTH)  # for the root name itself, where '**' applies too
 
 
-Table = tuple[dict[str, int], ...]  # shards: base name -> index of its entry in CompiledPolicy.entries
+class Shard(Protocol):
+    """Base name -> index of its entry in CompiledPolicy.entries: a dict, or a table the process compiling a
+    refresh wrote (:mod:`ztdns.policy.apart`), looked up in place."""
+
+    def get(self, name: str, /) -> int | None: ...
+    def __len__(self) -> int: ...
+
+
+Table = tuple[Shard, ...]  # a name's shard is chosen by its hash (one shard: no hash() call)
 
 # What a lookup found: the strongest deny, the strongest exception and the first allow, each with its base name.
 Match = tuple["_Rule | None", str, "_Rule | None", str, "_Rule | None", str]
@@ -446,7 +459,7 @@ class _Entries:
         return found
 
 
-def _likeness(rules: frozenset[_Rule]) -> Hashable:
+def _likeness(rules: frozenset[_Rule]) -> frozenset[Hashable]:
     """What decides between rules apart from their order and origin: of two groups alike, the first shadows
     the second completely (see the module docstring)."""
     return frozenset(
@@ -479,6 +492,24 @@ def _table(groups: list[tuple[list[str], int]], entries: _Entries) -> list[dict[
                 theirs[name] = merge(mine[name], theirs[name])
             mine.update(theirs)
     return table
+
+
+def _flat_table(groups: list[tuple[list[str], int]], written: list[tuple[str, _Rule]], entries: _Entries) -> Shard:
+    """The table of :func:`_table` and the config rules (``written``) as one flat buffer (``_nametable``, C), built
+    straight from the groups without a dict: a name that an earlier group gave keeps that group's entry when the
+    later one's rules are alike to what it holds (as :func:`_table`: the first alike list wins), and otherwise
+    gets the merged entry; a config rule always merges."""
+    assert build is not None and NameTable is not None  # apart.py compiles apart only with the extension
+    lists = len(groups)
+    likeness = functools.cache(lambda entry: _likeness(entries.all[entry].rules))
+
+    def resolve(held: int, given: int, group: int) -> int:
+        if group < lists and likeness(given) <= likeness(held):
+            return held
+        return entries.merge(held, given)
+
+    config = [([base], entries.of(frozenset((rule,)))) for base, rule in written]
+    return NameTable(build([*groups, *config], resolve))
 
 
 def _fill(shards: list[dict[str, int]], names: list[str], entry: int) -> None:
@@ -546,6 +577,7 @@ def _compile_policy(
     uses: Counter[Path],
     root: Config,
     schedules: dict[str, Schedule],
+    flat: bool,
 ) -> CompiledPolicy:
     policy = CompiledPolicy(name, config)
     in_force = None if config.schedule is None else schedules[config.schedule]
@@ -619,7 +651,15 @@ def _compile_policy(
             regex_rules.append(regex_rule)
         groups.extend((names, entries.of(rules_by_bits(bits))) for bits, names in parsed.groups.items())
         uses[resolved] -= 1
-    table = _table(groups, entries)
+    if flat:
+        policy.table = (_flat_table(groups, written, entries),)
+    else:
+        table = _table(groups, entries)
+        mask = len(table) - 1
+        for base, config_rule in written:
+            shard = table[hash(base) & mask]
+            shard[base] = entries.merge(shard.get(base), entries.of(frozenset((config_rule,))))
+        policy.table = tuple(table)
     del groups
     for resolved, parsed in lists.items():
         if not uses[resolved]:
@@ -627,11 +667,6 @@ def _compile_policy(
             for names in parsed.groups.values():
                 free_in_pieces(names)
             parsed.groups = {}
-    mask = len(table) - 1
-    for base, config_rule in written:
-        shard = table[hash(base) & mask]
-        shard[base] = entries.merge(shard.get(base), entries.of(frozenset((config_rule,))))
-    policy.table = tuple(table)
     policy.entries = tuple(entries.all)
     if regex_rules:
         policy.regexes = _Regexes(regex_rules)
@@ -691,14 +726,20 @@ def read_lists(config: Config) -> tuple[dict[Path, ListFile], Counter[Path]]:
 
 
 def compile_policies(
-    config: Config, lists: dict[Path, ListFile], uses: Counter[Path], *, summary: bool = True
+    config: Config,
+    lists: dict[Path, ListFile],
+    uses: Counter[Path],
+    *,
+    summary: bool = True,
+    flat: bool = False,
 ) -> dict[str, CompiledPolicy]:
     """Every policy of ``config`` compiled from the parsed ``lists`` (whose names are freed as they are used);
-    ``summary``: log each policy's size."""
+    ``summary``: log each policy's size; ``flat``: each table one flat buffer (:func:`_flat_table`, for the
+    process compiling a refresh: :mod:`ztdns.policy.apart`) instead of dict shards."""
     schedules = {name: Schedule(name, schedule) for name, schedule in config.schedules.items()}
     policies = {}
     for name, policy_config in config.policies.items():
-        policy = policies[name] = _compile_policy(name, policy_config, lists, uses, config, schedules)
+        policy = policies[name] = _compile_policy(name, policy_config, lists, uses, config, schedules, flat)
         if summary:
             log.info("policy %s: %d names, %d rules", name, sum(map(len, policy.table)), len(policy.rules))
     return policies
@@ -712,13 +753,13 @@ def views_of(config: Config, policies: dict[str, CompiledPolicy]) -> dict[str, V
     }
 
 
-def replaced_tables(views: Iterable[View]) -> list[dict[str, int]]:
+def replaced_tables(views: Iterable[View]) -> list[Shard]:
     """The table shards of these views' policies, for :func:`release_tables` once the views are replaced."""
     policies = {id(policy): policy for view in views for policy in view.policies}
     return [shard for policy in policies.values() for shard in policy.table]
 
 
-def release_tables(shards: list[dict[str, int]], patience: float = 30.0) -> None:
+def release_tables(shards: list[Shard], patience: float = 30.0) -> None:
     """Free replaced table shards in pieces, emptying ``shards``; run it in a thread.
 
     Each piece is a C call of about a millisecond, so the event loop gets the GIL between them; the last
@@ -734,7 +775,7 @@ def release_tables(shards: list[dict[str, int]], patience: float = 30.0) -> None
         _release(shards, time.monotonic() + patience)
 
 
-def _release(shards: list[dict[str, int]], deadline: float) -> None:
+def _release(shards: list[Shard], deadline: float) -> None:
     names: list[list[str]] = []
     while shards:
         # 2 references: the list's and the argument's; more: still in use.
@@ -742,7 +783,8 @@ def _release(shards: list[dict[str, int]], deadline: float) -> None:
             time.sleep(0.05)
             continue
         shard = shards.pop()
-        if sys.getrefcount(shard) == 2:  # the variable's and the argument's: ours alone
+        # A mapped table (ztdns.policy.apart) is unmapped at once, in one short call: nothing to free by pieces.
+        if isinstance(shard, dict) and sys.getrefcount(shard) == 2:  # the variable's and the argument's: ours
             stored = list(shard)
             stored.reverse()  # freed from the end: the first stored first
             shard.clear()  # the names live on in ``stored``
