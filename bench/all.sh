@@ -19,5 +19,6 @@ run recursion bench/recursion.py
 run recursion5 bench/recursion.py --rounds 0 --cold-passes 5
 run feed_refresh bench/feed_refresh.py --names 2000000
 run policy_load bench/policy_load.py --names 2000000 --feeds 5 --no-peer
+run policy_load_apart bench/policy_load.py --names 2000000 --feeds 5 --no-peer --apart
 run console bench/console.py
 run querylog bench/querylog.py
