@@ -12,14 +12,24 @@ import hpack
 import pytest
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ztdns.transport import doh
 from ztdns.transport.http2 import H2ServerConnection, ProtocolError, Request
 from ztdns.transport.http2 import huffman as our_huffman
 from ztdns.transport.http2.connection import _request_fields
-from ztdns.transport.http2.frames import DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame
+from ztdns.transport.http2.frames import (
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+)
 from ztdns.transport.http2.hpack import HpackDecoder, _hpack_integer, encode_headers
 from ztdns.transport.http2.stream import TABLE, StreamInput, StreamState
 from ztdns.wire.records import is_query, wants_padding
@@ -251,18 +261,32 @@ def test_base64url_reads_what_the_library_reads(value: str) -> None:
     assert doh.base64url(value) == _base64url_reference(value)
 
 
-def _served(frames_in: list[tuple[int, int, int, bytes]], header_lane: bool) -> tuple[list[object], bytes, int]:
-    """What a core makes of FRAMES_IN, one read per frame, each request answered: its events, its bytes out and
-    the streams it still holds."""
+def _served(
+    frames_in: list[tuple[int, int, int, bytes]], header_lane: bool, inline: bool = False
+) -> tuple[list[object], bytes, int]:
+    """What a core makes of FRAMES_IN, one read per frame, each request answered: its events (a request answered
+    inline counts as its Request event), its bytes out and the streams it still holds."""
     core = H2ServerConnection(max_streams=4, max_header_bytes=200, max_body=50)
     core.header_lane = header_lane
     events: list[object] = list(core.receive(PREFACE + frame(SETTINGS, 0, 0)))
+    out: list[bytes] = []
+    block = encode_headers(200, [("content-type", "x")])
+
+    def answer(stream_id: int, method: bytes, path: bytes) -> tuple[bytes, bytes] | None:
+        if method == b"POST":  # taken the general way
+            return None
+        events.append(Request(stream_id, method.decode("latin-1"), path.decode("latin-1"), None, b""))
+        return block, b"answer"
+
+    if inline:
+        core.inline = answer
     for kind, flags, stream_id, payload in frames_in:
         for event in core.receive(frame(kind, flags, stream_id, payload)):
             events.append(event)
             if isinstance(event, Request):
                 core.respond(event.stream_id, 200, [("content-type", "x")], b"answer")
-    return events, core.data_to_send(), len(core.streams)
+        out += core.chunks_to_send()
+    return events, b"".join(out) + core.data_to_send(), len(core.streams)
 
 
 # Mostly request header blocks, on ids that go up, repeat and go down, with and without END_HEADERS, END_STREAM,
@@ -288,3 +312,41 @@ def test_header_blocks_taken_past_the_frame_dispatch_mean_what_the_dispatch_make
     frames_in: list[tuple[int, int, int, bytes]],
 ) -> None:
     assert _served(frames_in, header_lane=True) == _served(frames_in, header_lane=False)
+
+
+_methods = st.sampled_from(["GET", "POST", "HEAD"])
+_inline_headers = st.tuples(
+    st.just(HEADERS),
+    st.sampled_from([0x4, 0x5, 0x1, 0x25, 0x2D]),
+    st.sampled_from([1, 3, 5, 7, 9, 2]),
+    st.builds(
+        lambda method, path, extra: hpack.Encoder().encode(
+            [(":method", method), (":scheme", "https"), (":path", path), (":authority", "a"), *extra]
+        ),
+        _methods,
+        st.sampled_from(["/q", GET_PATH, ""]),
+        st.sampled_from([[], [("content-length", "0")], [("content-length", "3")], [("Bad", "x")]]),
+    ),
+)
+_window_frames = st.tuples(
+    st.sampled_from([WINDOW_UPDATE, SETTINGS, RST_STREAM]),
+    st.just(0),
+    st.sampled_from([0, 1, 3]),
+    st.sampled_from([b"\x00\x00\x00\x05", b"\x00\x04\x00\x00\x00\x00", b"\x00\x04\x00\x00\x00\x03", b""]),
+)
+
+
+_GET_BLOCK = hpack.Encoder().encode([(":method", "GET"), (":scheme", "https"), (":path", "/q"), (":authority", "a")])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_inline_headers, _window_frames, frame_strategy), max_size=10))
+@example([(SETTINGS, 0, 0, b"\x00\x04\x00\x00\x00\x03"), (HEADERS, 0x5, 1, _GET_BLOCK)])  # a stream window too small
+@example([(HEADERS, 0x5, 1, _GET_BLOCK), (HEADERS, 0x5, 1, _GET_BLOCK), (RST_STREAM, 0, 1, b"\x00\x00\x00\x08")])
+def test_requests_answered_inline_are_answered_as_their_events_are(
+    frames_in: list[tuple[int, int, int, bytes]],
+) -> None:
+    """A request without a body answered as its header block arrives (H2ServerConnection.inline, the DoH GET lane):
+    the same requests answered, the same bytes out (windows, stalls, resets and all) and the same streams held as
+    when it comes as an event and is answered at once."""
+    assert _served(frames_in, header_lane=True, inline=True) == _served(frames_in, header_lane=True)

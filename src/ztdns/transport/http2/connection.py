@@ -112,6 +112,10 @@ class H2ServerConnection:
         self.resets = 0
         self.answered = 0
         self.going_away = False
+        # Requests without a body answered as their header block arrives (see inline), no stream or event made:
+        # each answer with the frames queued before it, a chunk of its own (chunks_to_send).
+        self._chunks: list[bytes] = []
+        self.inline: Callable[[int, bytes, bytes], tuple[bytes, bytes] | None] | None = None
         self.ended = False
         # Bytes of unfinished request bodies we hold. The connection window is given back only as they are
         # released (request complete, stream gone), so they stay under CONNECTION_WINDOW.
@@ -146,6 +150,13 @@ class H2ServerConnection:
         out = b"".join(self._out)
         self._out.clear()
         return out
+
+    def chunks_to_send(self) -> list[bytes]:
+        """The answers made inline since the last call, each with the frames queued before it, in order; what
+        :meth:`data_to_send` holds comes after them."""
+        chunks = self._chunks
+        self._chunks = []
+        return chunks
 
     def busy(self) -> bool:
         """True while a complete request waits for its answer or an answer waits for window. A request the
@@ -394,6 +405,25 @@ class H2ServerConnection:
         if fields is None or self_dependent:
             self._reset(stream_id, ErrorCode.PROTOCOL_ERROR)
             return
+        if flags & END_STREAM and self.inline is not None and b"content-length" not in fields:
+            # A whole request without a body (a DoH GET): answered now if the caller can, without the stream, the
+            # event and the respond() a request otherwise takes; most answers need no window wait.
+            answer = self.inline(stream_id, fields[b":method"], fields[b":path"])
+            if answer is not None:
+                block, body = answer
+                frames = self._whole_answer(stream_id, self._peer_window, block, body)
+                if frames is not None:
+                    self.answered += 1
+                    if self._out:
+                        frames = b"".join(self._out) + frames
+                        self._out.clear()
+                    self._chunks.append(frames)
+                    return
+                stream = Stream(self._peer_window, self.max_body, fields, self._now)
+                stream.state = _HALF_CLOSED_REMOTE
+                self.streams[stream_id] = stream
+                self.respond(stream_id, 200, [], body, block)  # the long way: waits for window
+                return
         stream = Stream(self._peer_window, self.max_body, fields, self._now)
         self.streams[stream_id] = stream
         length = fields.get(b"content-length")
@@ -603,23 +633,13 @@ class H2ServerConnection:
         self.answered += 1
         if block is None:
             block = encode_headers(status, headers)
-        size = len(body)
-        if (
-            0 < size <= self._send_window
-            and size <= stream.send_window
-            and size <= self._peer_max_frame
-            and stream.state is _HALF_CLOSED_REMOTE
-            and len(block) <= self._peer_max_frame
-        ):
-            # The common case, a whole answer to a whole request, in one piece: HEADERS and DATA, the stream closed.
-            length = len(block)
-            self._out.append(
-                FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, END_HEADERS, stream_id)
-                + block
-                + FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM, stream_id)
-                + body
-            )
-            self._send_window -= size
+        frames = (
+            self._whole_answer(stream_id, stream.send_window, block, body)
+            if stream.state is _HALF_CLOSED_REMOTE
+            else None
+        )
+        if frames is not None:
+            self._out.append(frames)
             del self.streams[stream_id]
             if stream.body:  # released already when the request ended, but for a 413 sent early
                 self._release(stream)
@@ -631,6 +651,26 @@ class H2ServerConnection:
         self._out.append(frame(HEADERS, END_HEADERS, stream_id, block))
         stream.outbound = body
         self._flush(stream_id, stream)
+
+    def _whole_answer(self, stream_id: int, stream_window: int, block: bytes, body: bytes) -> bytes | None:
+        """The common case, a whole answer to a whole request in one piece (HEADERS, then DATA ending the stream),
+        its window taken; None when it does not fit the windows and frame size, or has no body."""
+        size = len(body)
+        if (
+            0 < size <= self._send_window
+            and size <= stream_window
+            and size <= self._peer_max_frame
+            and len(block) <= self._peer_max_frame
+        ):
+            self._send_window -= size
+            length = len(block)
+            return (
+                FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, END_HEADERS, stream_id)
+                + block
+                + FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM, stream_id)
+                + body
+            )
+        return None
 
     def reset(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         """Give up on a stream (the handler dropped the query)."""
