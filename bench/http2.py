@@ -7,7 +7,7 @@ answer with content-type, content-length and cache-control), as the DoH engine d
 carries its own query ID, so its path is new, and the path is never indexed, as with dnsperf (nghttp2 indexes no
 ``:path``): every GET header block is decoded afresh. No DNS work and no sockets: only HTTP/2 and HPACK. Prints
 µs of CPU per request for each and the ratio; for GET also our core answering through its ``inline`` lane (the
-answer made as the header block is decoded, no stream or event), as the DoH engine answers cache hits.
+answers made at the end of each read, no stream or event), as the DoH engine answers cache hits.
 ``ZTDNS_NATIVE_HUFFMAN=python`` in the environment measures the Python Huffman decoder instead of the C one.
 
     python bench/http2.py [--requests 4000]
@@ -99,7 +99,7 @@ def ours(preface: bytes, batches: list[bytes]) -> int:
 
 
 def ours_inline(preface: bytes, batches: list[bytes]) -> int:
-    """Our core answering GETs as their header blocks arrive (its ``inline`` lane, as the DoH engine does)."""
+    """Our core answering GETs at the end of each read (its ``inline`` lane, as the DoH engine does)."""
     server = H2ServerConnection(max_streams=100, max_header_bytes=16384, max_body=65535)
     block = encode_headers(200, RESPONSE_HEADERS)
     answered = 0

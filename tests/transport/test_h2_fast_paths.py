@@ -346,7 +346,33 @@ _GET_BLOCK = hpack.Encoder().encode([(":method", "GET"), (":scheme", "https"), (
 def test_requests_answered_inline_are_answered_as_their_events_are(
     frames_in: list[tuple[int, int, int, bytes]],
 ) -> None:
-    """A request without a body answered as its header block arrives (H2ServerConnection.inline, the DoH GET lane):
+    """A request without a body answered at the end of its read (H2ServerConnection.inline, the DoH GET lane):
     the same requests answered, the same bytes out (windows, stalls, resets and all) and the same streams held as
     when it comes as an event and is answered at once."""
     assert _served(frames_in, header_lane=True, inline=True) == _served(frames_in, header_lane=True)
+
+
+def test_gets_of_a_read_are_answered_before_a_frame_for_one_of_them() -> None:
+    """The inline lane answers a read's GETs at its end, or before a later frame of the read that may be for one
+    of them: a GET reset in the read that brought it is a reset stream (rapid reset counts it), not one ignored as
+    closed; the GETs after it wait for the end of the read."""
+    core = H2ServerConnection(max_streams=4, max_header_bytes=200, max_body=50, reset_allowance=1)
+    asked: list[int] = []
+
+    def answer(stream_id: int, method: bytes, path: bytes) -> tuple[bytes, bytes] | None:
+        asked.append(stream_id)
+        return None if stream_id == 1 else (encode_headers(200, []), b"answer")  # stream 1: for a task
+
+    core.inline = answer
+    core.receive(PREFACE + frame(SETTINGS, 0, 0))
+    core.data_to_send()
+    events = core.receive(
+        frame(HEADERS, END_HEADERS | END_STREAM, 1, _GET_BLOCK)
+        + frame(RST_STREAM, 0, 1, b"\x00\x00\x00\x08")
+        + frame(HEADERS, END_HEADERS | END_STREAM, 3, _GET_BLOCK)
+        + frame(HEADERS, END_HEADERS | END_STREAM, 5, _GET_BLOCK)
+    )
+    assert asked == [1, 3, 5] and core.resets == 1 and core.answered == 2 and not core.streams
+    assert [type(event).__name__ for event in events] == ["Request", "StreamReset"]
+    chunks = core.chunks_to_send()
+    assert len(chunks) == 2 and all(chunk.endswith(b"answer") for chunk in chunks)

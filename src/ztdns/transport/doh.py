@@ -408,7 +408,7 @@ class H2Engine:
         # Answers made while handling this read are collected and sent together at the end: one TLS record per
         # answer, one send for all of them.
         events = self.h2.receive(data)
-        batch = self.h2.chunks_to_send()  # the GETs answered inline, as their header blocks came
+        batch = self.h2.chunks_to_send()  # the GETs answered inline, at the end of the read
         self.batch = batch
         requests = False
         for event in events:
@@ -438,9 +438,8 @@ class H2Engine:
             self.connection.maybe_finish_drain()
 
     def _inline(self, stream_id: int, method: bytes, path: bytes) -> tuple[bytes, bytes] | None:
-        """The answer to a GET whose header block just came, as :meth:`H2ServerConnection.inline` takes it: the
-        header block and body; None for a query that goes to a task (kept for its Request event) or another
-        method."""
+        """The answer to a GET of the read just handled, as :attr:`H2ServerConnection.inline` takes it: the header
+        block and body; None for a query that goes to a task (kept for its Request event) or another method."""
         if method != b"GET":
             return None
         answer = self.connection.answer_now("GET", path.decode("latin-1"), None, b"")
