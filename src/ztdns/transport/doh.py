@@ -425,7 +425,8 @@ class H2Engine:
                 log.debug("HTTP/2 connection ended: error code %d", event.error_code)
                 break
         self.batch = None
-        self.decided.clear()
+        if self.decided:
+            self.decided.clear()
         if requests or batch:  # once per read, not per request or answer
             self.connection.touch()
         tail = self.h2.data_to_send()
@@ -449,7 +450,7 @@ class H2Engine:
         return None
 
     def _request(self, request: Request, batch: list[bytes]) -> None:
-        answer = self.decided.pop(request.stream_id, None)
+        answer = self.decided.pop(request.stream_id, None) if self.decided else None
         if answer is None:
             answer = self.connection.answer_now(request.method, request.path, request.content_type, request.body)
         if isinstance(answer, HttpResponse):
