@@ -390,6 +390,9 @@ class H2Engine:
         )
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.batch: list[bytes] | None = None  # answers of the read being handled
+        # What _inline made of a GET it could not answer at once (a query for a task), for its Request event.
+        self.decided: dict[int, HttpResponse | bytes] = {}
+        self.h2.inline = self._inline
         connection.write(self.h2.data_to_send())
 
     def busy(self) -> bool:
@@ -404,10 +407,11 @@ class H2Engine:
     def received(self, data: bytes) -> None:
         # Answers made while handling this read are collected and sent together at the end: one TLS record per
         # answer, one send for all of them.
-        batch: list[bytes] = []
+        events = self.h2.receive(data)
+        batch = self.h2.chunks_to_send()  # the GETs answered inline, at the end of the read
         self.batch = batch
         requests = False
-        for event in self.h2.receive(data):
+        for event in events:
             if isinstance(event, Request):
                 requests = True
                 self._request(event, batch)
@@ -421,6 +425,8 @@ class H2Engine:
                 log.debug("HTTP/2 connection ended: error code %d", event.error_code)
                 break
         self.batch = None
+        if self.decided:
+            self.decided.clear()
         if requests or batch:  # once per read, not per request or answer
             self.connection.touch()
         tail = self.h2.data_to_send()
@@ -432,8 +438,21 @@ class H2Engine:
         else:
             self.connection.maybe_finish_drain()
 
+    def _inline(self, stream_id: int, method: bytes, path: bytes) -> tuple[bytes, bytes] | None:
+        """The answer to a GET of the read just handled, as :attr:`H2ServerConnection.inline` takes it: the header
+        block and body; None for a query that goes to a task (kept for its Request event) or another method."""
+        if method != b"GET":
+            return None
+        answer = self.connection.answer_now("GET", path.decode("latin-1"), None, b"")
+        if isinstance(answer, HttpResponse):
+            return (answer.block or encode_headers(answer.status, answer.headers)), answer.body
+        self.decided[stream_id] = answer
+        return None
+
     def _request(self, request: Request, batch: list[bytes]) -> None:
-        answer = self.connection.answer_now(request.method, request.path, request.content_type, request.body)
+        answer = self.decided.pop(request.stream_id, None) if self.decided else None
+        if answer is None:
+            answer = self.connection.answer_now(request.method, request.path, request.content_type, request.body)
         if isinstance(answer, HttpResponse):
             if request.method == "HEAD":  # headers only (RFC 9110 section 9.3.2): a DATA frame is an error
                 answer = HttpResponse(answer.status, answer.headers)

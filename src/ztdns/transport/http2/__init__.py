@@ -21,7 +21,8 @@ No configuration or metrics of its own (the DoH listener passes the limits); it 
 bodies only to hand them to the caller.
 
 The API the DoH engine uses: :class:`H2ServerConnection` (``receive``, ``respond``, ``reset``, ``close``,
-``data_to_send``, ``busy``, ``ended``) and the events.
+``data_to_send``, ``busy``, ``ended``; ``inline`` and ``chunks_to_send`` for requests without a body answered at
+the end of the read that brought them, with no stream or event made for them) and the events.
 """
 
 from ztdns.transport.http2.connection import H2ServerConnection

@@ -112,6 +112,13 @@ class H2ServerConnection:
         self.resets = 0
         self.answered = 0
         self.going_away = False
+        # Requests without a body answered at the end of the read that brought them (see inline), no stream or event
+        # made: each answer with the frames queued before it, a chunk of its own (chunks_to_send).
+        self._chunks: list[bytes] = []
+        self._inline_pending: list[tuple[int, dict[bytes, bytes]]] = []  # such requests of the read being handled
+        # Set by the caller to answer such requests without their stream: (stream id, method, path) -> the answer's
+        # header block and body, or None for the request to come as an event. Called at the end of the read.
+        self.inline: Callable[[int, bytes, bytes], tuple[bytes, bytes] | None] | None = None
         self.ended = False
         # Bytes of unfinished request bodies we hold. The connection window is given back only as they are
         # released (request complete, stream gone), so they stay under CONNECTION_WINDOW.
@@ -146,6 +153,13 @@ class H2ServerConnection:
         out = b"".join(self._out)
         self._out.clear()
         return out
+
+    def chunks_to_send(self) -> list[bytes]:
+        """The answers made inline since the last call, each with the frames queued before it, in order; what
+        :meth:`data_to_send` holds comes after them."""
+        chunks = self._chunks
+        self._chunks = []
+        return chunks
 
     def busy(self) -> bool:
         """True while a complete request waits for its answer or an answer waits for window. A request the
@@ -262,10 +276,16 @@ class H2ServerConnection:
                     # A whole header block, unpadded, without priority: what _frame and _headers_frame come to.
                     self._header_block(stream_id, flags, False, payload, events)
                 else:
+                    if self._inline_pending and stream_id:  # a frame that may be for one of them: answer them first
+                        self._answer_inline(events)
                     self._frame(kind, flags, stream_id, payload, events)
                 if self.ended:
+                    self._inline_pending.clear()
                     return events
+            if self._inline_pending:
+                self._answer_inline(events)
         except ProtocolError as exc:
+            self._inline_pending.clear()
             self._end(exc.code, str(exc))
             events.append(ConnectionEnded(exc.code))
             return events
@@ -359,6 +379,8 @@ class H2ServerConnection:
     ) -> None:
         # Decode first, whatever becomes of the stream: the HPACK table must stay in step with the client's.
         headers = self.decoder.decode(block, self.max_header_bytes)
+        if self._inline_pending and stream_id <= self.highest_stream:  # perhaps one of theirs: answer them first
+            self._answer_inline(events)
         # Above the highest stream and not reset by us: idle (what _state finds), the common case without the call.
         state = (
             _IDLE
@@ -387,12 +409,17 @@ class H2ServerConnection:
             self.highest_stream = stream_id
         else:
             self._open(stream_id)
-        if self.going_away or len(self.streams) >= self.max_streams:
+        if self.going_away or len(self.streams) + len(self._inline_pending) >= self.max_streams:
             self._reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
         fields = self._fields(headers)
         if fields is None or self_dependent:
             self._reset(stream_id, ErrorCode.PROTOCOL_ERROR)
+            return
+        if flags & END_STREAM and self.inline is not None and b"content-length" not in fields:
+            # A whole request without a body (a DoH GET): answered at the end of the read (_answer_inline), with
+            # the other requests of the read, without a stream object unless it must wait.
+            self._inline_pending.append((stream_id, fields))
             return
         stream = Stream(self._peer_window, self.max_body, fields, self._now)
         self.streams[stream_id] = stream
@@ -410,6 +437,34 @@ class H2ServerConnection:
         elif not stream.too_large and fields.get(b"expect", b"").lower() == b"100-continue":
             # The interim response the client waits for before it sends the body (RFC 9110 section 10.1.1).
             self._out.append(frame(HEADERS, END_HEADERS, stream_id, encode_headers(100, [])))
+
+    def _answer_inline(self, events: list[Event]) -> None:
+        """Answer the read's requests without a body through ``inline``: the caller's answer in one piece when it
+        has one that fits the windows (no stream, no event, no respond()); else the stream as any request's, its
+        Request event or the answer waiting for window. Called before any frame that may be for one of them is
+        handled, so each is in the state it would be in had it been answered at once."""
+        pending = self._inline_pending
+        self._inline_pending = []
+        inline = self.inline
+        assert inline is not None
+        for stream_id, fields in pending:
+            answer = inline(stream_id, fields[b":method"], fields[b":path"])
+            if answer is not None:
+                frames = self._whole_answer(stream_id, self._peer_window, *answer)
+                if frames is not None:
+                    self.answered += 1
+                    if self._out:
+                        frames = b"".join(self._out) + frames
+                        self._out.clear()
+                    self._chunks.append(frames)
+                    continue
+            stream = Stream(self._peer_window, self.max_body, fields, self._now)
+            self.streams[stream_id] = stream
+            if answer is None:
+                self._remote_end(stream_id, stream, events)  # its Request event
+            else:
+                stream.state = _HALF_CLOSED_REMOTE
+                self.respond(stream_id, 200, [], answer[1], answer[0])  # the long way: waits for window
 
     def _fields(self, headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes] | None:
         """:func:`_request_fields`, checked once per list the decoder shares, and once per shape of block."""
@@ -603,23 +658,13 @@ class H2ServerConnection:
         self.answered += 1
         if block is None:
             block = encode_headers(status, headers)
-        size = len(body)
-        if (
-            0 < size <= self._send_window
-            and size <= stream.send_window
-            and size <= self._peer_max_frame
-            and stream.state is _HALF_CLOSED_REMOTE
-            and len(block) <= self._peer_max_frame
-        ):
-            # The common case, a whole answer to a whole request, in one piece: HEADERS and DATA, the stream closed.
-            length = len(block)
-            self._out.append(
-                FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, END_HEADERS, stream_id)
-                + block
-                + FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM, stream_id)
-                + body
-            )
-            self._send_window -= size
+        frames = (
+            self._whole_answer(stream_id, stream.send_window, block, body)
+            if stream.state is _HALF_CLOSED_REMOTE
+            else None
+        )
+        if frames is not None:
+            self._out.append(frames)
             del self.streams[stream_id]
             if stream.body:  # released already when the request ended, but for a 413 sent early
                 self._release(stream)
@@ -631,6 +676,26 @@ class H2ServerConnection:
         self._out.append(frame(HEADERS, END_HEADERS, stream_id, block))
         stream.outbound = body
         self._flush(stream_id, stream)
+
+    def _whole_answer(self, stream_id: int, stream_window: int, block: bytes, body: bytes) -> bytes | None:
+        """The common case, a whole answer to a whole request in one piece (HEADERS, then DATA ending the stream),
+        its window taken; None when it does not fit the windows and frame size, or has no body."""
+        size = len(body)
+        if (
+            0 < size <= self._send_window
+            and size <= stream_window
+            and size <= self._peer_max_frame
+            and len(block) <= self._peer_max_frame
+        ):
+            self._send_window -= size
+            length = len(block)
+            return (
+                FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, END_HEADERS, stream_id)
+                + block
+                + FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM, stream_id)
+                + body
+            )
+        return None
 
     def reset(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         """Give up on a stream (the handler dropped the query)."""

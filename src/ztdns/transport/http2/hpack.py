@@ -67,9 +67,27 @@ class HpackDecoder:
             return decoded
         for shape in self._shapes:
             if block.startswith(shape.prefix) and block.endswith(shape.suffix):
-                value, end = self._string(block, len(shape.prefix))
-                if end == len(block) - len(shape.suffix):
-                    return self._by_shape(shape, value, max_list_size)
+                # The value string: what _string reads, inline for a length below 127 (one byte), which every
+                # DoH GET path is; a longer one takes _string.
+                at = len(shape.prefix)
+                end = len(block) - len(shape.suffix)
+                first = block[at] if at < end else 0x7F
+                if first & 0x7F < 0x7F:
+                    if at + 1 + (first & 0x7F) != end:
+                        continue
+                    value = block[at + 1 : end]
+                    if first & 0x80:
+                        value = huffman_decode(value)
+                else:
+                    value, string_end = self._string(block, at)
+                    if string_end != end:
+                        continue
+                if shape.size + len(value) > max_list_size:  # what _decode finds at the last field at the latest
+                    raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header list larger than advertised")
+                headers = shape.headers.copy()
+                headers[shape.position] = (shape.name, value)
+                self.varying = (shape.headers, shape.position)
+                return headers
         self.varying = None
         headers = self._decode(block, max_list_size)
         if not self._changed:
@@ -79,14 +97,6 @@ class HpackDecoder:
                 self._decoded[block] = headers
             if self._varying_literal is not None:
                 self._remember_shape(block, headers)
-        return headers
-
-    def _by_shape(self, shape: _Shape, value: bytes, max_list_size: int) -> list[tuple[bytes, bytes]]:
-        if shape.size + len(value) > max_list_size:  # what _decode finds at the last field at the latest
-            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header list larger than advertised")
-        headers = shape.headers.copy()
-        headers[shape.position] = (shape.name, value)
-        self.varying = (shape.headers, shape.position)
         return headers
 
     def _remember_shape(self, block: bytes, headers: list[tuple[bytes, bytes]]) -> None:
