@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
 #include <Python.h>
+#include <structmember.h>
 
 #include <errno.h>
 #include <string.h>
@@ -162,17 +163,56 @@ static PyObject *udpbatch_send(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(sent);
 }
 
+/* An attribute read per query. The objects read (Replay, CacheEntry, Answered) are dataclasses with slots: the slot's
+ * member is looked up once per type and then read directly, not through an attribute look-up each time. */
+typedef struct {
+    const char *text;
+    PyObject *name;      /* text, interned */
+    PyTypeObject *type;  /* the type last read (held), whose slot `member` is */
+    PyMemberDef *member; /* NULL: not a slot of `type` (read as any attribute) */
+} Slot;
+
+static Slot slot_expires = {"expires"}, slot_guard = {"guard"}, slot_rerender_at = {"rerender_at"},
+            slot_entry = {"entry"}, slot_prefetch_at = {"prefetch_at"}, slot_tail = {"tail"},
+            slot_answered = {"answered"}, slot_hits = {"hits"}, slot_labels = {"labels"};
+static Slot *slots[] = {&slot_expires, &slot_guard, &slot_rerender_at, &slot_entry, &slot_prefetch_at,
+                        &slot_tail,    &slot_answered, &slot_hits,     &slot_labels};
+static PyObject *name_metric_labels;
+
+static PyMemberDef *slot_member(PyObject *object, Slot *slot) {
+    PyTypeObject *type = Py_TYPE(object);
+    if (type == slot->type) return slot->member;
+    PyObject *descriptor = PyObject_GetAttr((PyObject *)type, slot->name); /* a slot's member descriptor */
+    if (descriptor == NULL) {
+        PyErr_Clear(); /* the instance may still have it: read as any attribute */
+        return NULL;
+    }
+    Py_XSETREF(slot->type, (PyTypeObject *)Py_NewRef(type));
+    slot->member = Py_IS_TYPE(descriptor, &PyMemberDescr_Type) ? ((PyMemberDescrObject *)descriptor)->d_member : NULL;
+    Py_DECREF(descriptor); /* the type holds it */
+    return slot->member;
+}
+
+/* object.<slot>: a new reference, or NULL with an exception set. */
+static PyObject *slot_get(PyObject *object, Slot *slot) {
+    PyMemberDef *member = slot_member(object, slot);
+    return member != NULL ? PyMember_GetOne((const char *)object, member) : PyObject_GetAttr(object, slot->name);
+}
+
+static int slot_set(PyObject *object, Slot *slot, PyObject *value) {
+    PyMemberDef *member = slot_member(object, slot);
+    return member != NULL ? PyMember_SetOne((char *)object, member, value) : PyObject_SetAttr(object, slot->name, value);
+}
+
 /* A float attribute of `object` into *value; -1 with an exception set when it is missing or not a float. */
-static int float_attribute(PyObject *object, PyObject *name, double *value) {
-    PyObject *attribute = PyObject_GetAttr(object, name);
+static int float_attribute(PyObject *object, Slot *slot, double *value) {
+    PyObject *attribute = slot_get(object, slot);
     if (attribute == NULL) return -1;
     *value = PyFloat_AsDouble(attribute);
     Py_DECREF(attribute);
     return *value == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
-static PyObject *name_expires, *name_guard, *name_rerender_at, *name_entry, *name_prefetch_at, *name_tail,
-    *name_answered, *name_hits, *name_labels, *name_metric_labels;
 
 /* The plain case of Replays.answer (replay.py) for the query `wire` (`length` bytes, at least 12) of a client whose
  * exact table (Replays.exact[identity]) is `exact`: its bytes after the ID are there as (replay, 0, limit), the
@@ -199,39 +239,39 @@ static int plain_replay(PyObject *exact, const char *wire, Py_ssize_t length, do
     double expires, rerender_at, prefetch_at;
     int plain = -1;
     *tail = *answered = NULL;
-    if (float_attribute(replay, name_expires, &expires) < 0) goto done;
+    if (float_attribute(replay, &slot_expires, &expires) < 0) goto done;
     plain = 0;
     if (now >= expires) goto done;
     plain = -1;
-    if ((guard = PyObject_GetAttr(replay, name_guard)) == NULL) goto done;
+    if ((guard = slot_get(replay, &slot_guard)) == NULL) goto done;
     plain = 0;
     if (guard != Py_None) goto done;
     plain = -1;
-    if (float_attribute(replay, name_rerender_at, &rerender_at) < 0) goto done;
+    if (float_attribute(replay, &slot_rerender_at, &rerender_at) < 0) goto done;
     plain = 0;
     if (now >= rerender_at) goto done;
     plain = -1;
-    if ((entry = PyObject_GetAttr(replay, name_entry)) == NULL) goto done;
+    if ((entry = slot_get(replay, &slot_entry)) == NULL) goto done;
     if (entry != Py_None) {
-        if (float_attribute(replay, name_prefetch_at, &prefetch_at) < 0) goto done;
+        if (float_attribute(replay, &slot_prefetch_at, &prefetch_at) < 0) goto done;
         plain = 0;
         if (now >= prefetch_at) goto done;
         plain = -1;
     }
-    if ((*tail = PyObject_GetAttr(replay, name_tail)) == NULL) goto done;
+    if ((*tail = slot_get(replay, &slot_tail)) == NULL) goto done;
     plain = 0;
     if (!PyBytes_Check(*tail) || PyBytes_GET_SIZE(*tail) + 2 > limit) goto done;
     plain = -1;
-    if ((*answered = PyObject_GetAttr(replay, name_answered)) == NULL) goto done;
+    if ((*answered = slot_get(replay, &slot_answered)) == NULL) goto done;
     if (entry != Py_None) { /* popularity only, as in Replays.answer */
-        PyObject *hits = PyObject_GetAttr(entry, name_hits);
+        PyObject *hits = slot_get(entry, &slot_hits);
         if (hits == NULL) goto done;
         long count = PyLong_AsLong(hits);
         Py_DECREF(hits);
         if (count == -1 && PyErr_Occurred()) goto done;
         PyObject *more = PyLong_FromLong(count + 1);
         if (more == NULL) goto done;
-        int set = PyObject_SetAttr(entry, name_hits, more);
+        int set = slot_set(entry, &slot_hits, more);
         Py_DECREF(more);
         if (set < 0) goto done;
     }
@@ -485,7 +525,7 @@ static PyObject *udpbatch_serve(PyObject *self, PyObject *args) {
                     goto done;
             }
             /* answered.labels, made on first use by metric_labels(); one count per distinct label set. */
-            PyObject *made = PyObject_GetAttr(one->answered, name_labels);
+            PyObject *made = slot_get(one->answered, &slot_labels);
             if (made == Py_None) {
                 Py_DECREF(made);
                 made = PyObject_CallMethodNoArgs(one->answered, name_metric_labels);
@@ -558,19 +598,11 @@ static struct PyModuleDef udpbatch_module = {
 };
 
 PyMODINIT_FUNC PyInit__udpbatch(void) {
-    struct {
-        PyObject **name;
-        const char *text;
-    } names[] = {
-        {&name_expires, "expires"}, {&name_guard, "guard"}, {&name_rerender_at, "rerender_at"},
-        {&name_entry, "entry"}, {&name_prefetch_at, "prefetch_at"}, {&name_tail, "tail"},
-        {&name_answered, "answered"}, {&name_hits, "hits"}, {&name_labels, "labels"},
-        {&name_metric_labels, "metric_labels"},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if (*names[i].name == NULL && (*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
-            return NULL;
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
+        if (slots[i]->name == NULL && (slots[i]->name = PyUnicode_InternFromString(slots[i]->text)) == NULL) return NULL;
     }
+    if (name_metric_labels == NULL && (name_metric_labels = PyUnicode_InternFromString("metric_labels")) == NULL)
+        return NULL;
     PyObject *module = PyModule_Create(&udpbatch_module);
     if (module != NULL && PyModule_AddIntConstant(module, "BATCH", BATCH) < 0) Py_CLEAR(module);
     return module;
