@@ -332,3 +332,39 @@ def test_the_lanes_loop_in_c_answers_logs_counts_and_charges_as_fast_batch(mode:
             await frontend.close()
 
     asyncio.run(run())
+
+
+def test_the_lanes_loop_in_c_leaves_to_python_what_its_answer_buffer_cannot_hold() -> None:
+    batch_module = pytest.importorskip("ztdns.transport._udpbatch", reason="the _udpbatch extension is not built")
+
+    async def run() -> None:
+        frontend, feed = await _frontend("observe", 0.0, Clock())
+        wire = _queries()[0]
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        ):
+            server.bind(("127.0.0.1", 0))
+            client.bind(("127.0.0.1", 0))
+            client.setblocking(False)
+            buffer = bytearray(64 * MAX_QUERY)
+            # First a warm-up: the sender is new, fast_batch meets it; then a buffer too small for an answer.
+            for out, answered in ((bytearray(ANSWER_ROOM), None), (bytearray(20), 0), (bytearray(ANSWER_ROOM), 2)):
+                for _ in range(2):
+                    client.sendto(wire, server.getsockname())
+                received = in_c = 0
+                while received < 2:
+                    left, charged, _, _ = batch_module.serve(
+                        server.fileno(), buffer, MAX_QUERY, out, frontend.plain_replays
+                    )
+                    in_c += sum(count for _, _, count in charged)
+                    received += len(left) + sum(count for _, _, count in charged)
+                    if left:
+                        frontend.fast_batch(left, lambda name: ClientInfo(Transport.UDP, *client.getsockname()), [])
+                sent = len(_drain(client))
+                if answered is not None:
+                    assert (in_c, sent) == (answered, answered)
+        feed.close()
+        await frontend.close()
+
+    asyncio.run(run())
