@@ -24,6 +24,7 @@ from ztdns import handler
 from ztdns.cache import CacheEntry
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
+from ztdns.detect.verdict import Verdict
 from ztdns.handler import Frontend
 from ztdns.model import Question
 from ztdns.observe.events import SecurityEvent
@@ -263,8 +264,17 @@ def _drain(sock: socket.socket) -> list[bytes]:
             return received
 
 
-@pytest.mark.parametrize(("mode", "log"), [("off", True), ("observe", True), ("observe", False), ("enforce", True)])
-def test_the_lanes_loop_in_c_answers_logs_counts_and_charges_as_fast_batch(mode: str, log: bool) -> None:
+@pytest.mark.parametrize(
+    ("mode", "log", "dga"),
+    [
+        ("off", True, False),
+        ("observe", True, False),
+        ("observe", False, False),
+        ("observe", True, True),
+        ("enforce", True, False),
+    ],
+)
+def test_the_lanes_loop_in_c_answers_logs_counts_and_charges_as_fast_batch(mode: str, log: bool, dga: bool) -> None:
     """``_udpbatch.serve`` (the batched lane with ``Frontend.plain_replays``: the plain replays answered, logged and
     sent in C, the rest through ``fast_batch``) against ``fast_batch`` alone, on real sockets: the same answers to
     the same clients, the same queries left to the pipeline, the same query log records, metrics and rate-limit
@@ -277,6 +287,11 @@ def test_the_lanes_loop_in_c_answers_logs_counts_and_charges_as_fast_batch(mode:
         served, served_feed = await _frontend(mode, 0.0, clock_served)
         if not log:
             python.runtime.observer.feed = served.runtime.observer.feed = None
+        if dga:  # a DGA verdict on one client (another verdict besides): its replays stop, the others' do not
+            for frontend in (python, served):
+                blocks = frontend.detector.blocks
+                blocks["dga", "127.0.0.2"] = Verdict("dga", "client=127.0.0.2", "1", "1", 1e12, "refuse", False)
+                blocks["flood", "lab.test"] = Verdict("flood", "domain=lab.test", "1", "1", 1e12, "refuse", False)
         server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         server.bind(("127.0.0.1", 0))
         hosts = {"a": "127.0.0.1", "b": "127.0.0.1", "c": "127.0.0.2", "d": "127.0.9.1"}  # as PEERS: shared buckets

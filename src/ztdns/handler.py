@@ -508,17 +508,24 @@ class Frontend:
 
     def plain_replays(self) -> PlainReplays | None:
         """What a batched UDP lane answers plain replays from itself (``_udpbatch.serve``), or None when the batch
-        needs Python: a verdict in force (it may stop a client's replays), limits that may refuse a replay or
-        charge in arrival order, or the pure-Python ring of records. Called per batch, once its datagrams are in."""
+        needs Python: limits that may refuse a replay or charge in arrival order, or the pure-Python ring of
+        records. The verdicts in force go along: a client under a DGA verdict gets no replays
+        (``Detector.admit_replays``), the lane leaves its queries to Python. Called per batch, once its datagrams
+        are in."""
         detector = self.detector
-        if detector.enabled and (detector.blocks or detector.charges_in_order):
+        if detector.enabled and detector.charges_in_order:
             return None
         runtime = self.runtime
         feed = runtime.observer.feed
         ring = None if feed is None else feed.ring
         if isinstance(ring, PyRecords):
             return None
-        return runtime.peers, runtime.replays.exact, ring
+        return (
+            runtime.peers,
+            runtime.replays.exact,
+            ring,
+            detector.blocks if detector.enabled and detector.blocks else None,
+        )
 
     def replays_served(self, charged: Charged, counted: Counted, latency: float) -> None:
         """The rest of :meth:`fast_batch` for the replays a lane answered from :meth:`plain_replays`: the rate limits'

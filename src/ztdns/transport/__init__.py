@@ -44,8 +44,11 @@ class BatchHandler(Protocol):
 
 
 # What the UDP lane's C loop (``_udpbatch.serve``) answers plain replays from: the runtime's peers memo (sockaddr →
-# (client, replayable, identity)), the replays' exact tables by identity, and the query log's ring (None: no log).
-PlainReplays = tuple[dict[Any, tuple[ClientInfo, bool, str | None]], dict[str | None, dict[bytes, Any]], object | None]
+# (client, replayable, identity)), the replays' exact tables by identity, the query log's ring (None: no log) and
+# the detection verdicts in force (None: none), whose DGA ones stop a client's replays.
+PlainReplays = tuple[
+    dict[Any, tuple[ClientInfo, bool, str | None]], dict[str | None, dict[bytes, Any]], object | None, object | None
+]
 # What it answered so: (client, identity, answers) per client, for the rate limits; (labels, answers) per label set.
 Charged = list[tuple[ClientInfo, str | None, int]]
 Counted = list[tuple[tuple[str, ...], int]]

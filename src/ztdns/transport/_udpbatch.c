@@ -174,10 +174,12 @@ typedef struct {
 
 static Slot slot_expires = {"expires"}, slot_guard = {"guard"}, slot_rerender_at = {"rerender_at"},
             slot_entry = {"entry"}, slot_prefetch_at = {"prefetch_at"}, slot_tail = {"tail"},
-            slot_answered = {"answered"}, slot_hits = {"hits"}, slot_labels = {"labels"};
-static Slot *slots[] = {&slot_expires, &slot_guard, &slot_rerender_at, &slot_entry, &slot_prefetch_at,
-                        &slot_tail,    &slot_answered, &slot_hits,     &slot_labels};
-static PyObject *name_metric_labels;
+            slot_answered = {"answered"}, slot_hits = {"hits"}, slot_labels = {"labels"},
+            slot_address = {"address"}, slot_certificate = {"certificate_identity"};
+static Slot *slots[] = {&slot_expires, &slot_guard,  &slot_rerender_at, &slot_entry,   &slot_prefetch_at,
+                        &slot_tail,    &slot_answered, &slot_hits,      &slot_labels, &slot_address,
+                        &slot_certificate};
+static PyObject *name_metric_labels, *text_dga;
 
 static PyMemberDef *slot_member(PyObject *object, Slot *slot) {
     PyTypeObject *type = Py_TYPE(object);
@@ -394,11 +396,29 @@ typedef int (*add_record_function)(PyObject *ring, double when, double latency, 
                                    Py_ssize_t response_length);
 static add_record_function add_record;
 
+/* Whether `client` is under a DGA verdict in `blocks` (Detector.blocks): its replays stop, as in
+ * Detector.admit_replays (("dga", its certificate identity or address) blocked). 1 yes, 0 no, -1 an error. */
+static int dga_blocked(PyObject *blocks, PyObject *client) {
+    PyObject *subject = slot_get(client, &slot_certificate);
+    if (subject == Py_None) {
+        Py_DECREF(subject);
+        subject = slot_get(client, &slot_address);
+    }
+    if (subject == NULL) return -1;
+    PyObject *key = PyTuple_Pack(2, text_dga, subject);
+    Py_DECREF(subject);
+    if (key == NULL) return -1;
+    int blocked = PyDict_Contains(blocks, key);
+    Py_DECREF(key);
+    return blocked;
+}
+
 /* serve(fd, buffer, size, out, plan) -> (left, charged, counted, latency)
  * One batch of the UDP lane with its plain replays answered here: recv() into `buffer`, then `plan()`
  * (Frontend.plain_replays: called once the datagrams are in, so that it sees the config and verdicts in force) gives
- * (memo, tables, ring), or None when a per-query decision needs Python (then every datagram is left to it). For each
- * datagram of a sender known to `memo` (runtime.peers: sockaddr -> (client, replayable, identity)), plain_replay()
+ * (memo, tables, ring, blocks), or None when a per-query decision needs Python (then every datagram is left to it).
+ * For each datagram of a sender known to `memo` (runtime.peers: sockaddr -> (client, replayable, identity)) and not
+ * under a DGA verdict in `blocks` (Detector.blocks, or None: none in force), plain_replay()
  * in its identity's table of `tables` (Replays.exact); the answer (query ID + replay.tail) is written into `out`,
  * its query log record added to `ring` (a _lines.Records, or None) from the two buffers, and the answers are sent
  * with sendmmsg. Returns what Python must still see: `left`, the (datagram, sockaddr) pairs not answered (for
@@ -410,7 +430,7 @@ static PyObject *udpbatch_serve(PyObject *self, PyObject *args) {
     int fd;
     Py_buffer buffer, out;
     Py_ssize_t size;
-    PyObject *plan_of, *plan = NULL, *memo = NULL, *tables = NULL, *ring = Py_None;
+    PyObject *plan_of, *plan = NULL, *memo = NULL, *tables = NULL, *ring = Py_None, *blocks = Py_None;
     if (!PyArg_ParseTuple(args, "iw*nw*O", &fd, &buffer, &size, &out, &plan_of)) return NULL;
     PyObject *result = NULL, *left = NULL, *charged = NULL, *counted = NULL;
     Sender senders[BATCH];
@@ -426,9 +446,13 @@ static PyObject *udpbatch_serve(PyObject *self, PyObject *args) {
     double now = clock_seconds(CLOCK_MONOTONIC);
     if ((left = PyList_New(0)) == NULL || (plan = PyObject_CallNoArgs(plan_of)) == NULL) goto done;
     if (plan != Py_None) {
-        if (!PyArg_ParseTuple(plan, "O!O!O;plan() gives (memo, tables, ring) or None", &PyDict_Type, &memo,
-                              &PyDict_Type, &tables, &ring))
+        if (!PyArg_ParseTuple(plan, "O!O!OO;plan() gives (memo, tables, ring, blocks) or None", &PyDict_Type, &memo,
+                              &PyDict_Type, &tables, &ring, &blocks))
             goto done;
+        if (blocks != Py_None && !PyDict_Check(blocks)) {
+            PyErr_SetString(PyExc_TypeError, "blocks must be a dict or None");
+            goto done;
+        }
         if (ring != Py_None && add_record == NULL &&
             (add_record = (add_record_function)PyCapsule_Import("ztdns.observe._lines.add_record", 0)) == NULL)
             goto done;
@@ -461,7 +485,9 @@ static PyObject *udpbatch_serve(PyObject *self, PyObject *args) {
             if (state != NULL && PyTuple_Check(state) && PyTuple_GET_SIZE(state) == 3 &&
                 PyTuple_GET_ITEM(state, 1) == Py_True) {
                 sender->state = Py_NewRef(state); /* another lane thread may clear the memo meanwhile */
-                PyObject *exact = PyDict_GetItemWithError(tables, PyTuple_GET_ITEM(state, 2)); /* borrowed */
+                int blocked = blocks == Py_None ? 0 : dga_blocked(blocks, PyTuple_GET_ITEM(state, 0));
+                if (blocked < 0) goto done;
+                PyObject *exact = blocked ? NULL : PyDict_GetItemWithError(tables, PyTuple_GET_ITEM(state, 2));
                 if (exact == NULL && PyErr_Occurred()) goto done;
                 if (exact != NULL && PyDict_Check(exact)) sender->exact = Py_NewRef(exact);
             }
@@ -603,6 +629,7 @@ PyMODINIT_FUNC PyInit__udpbatch(void) {
     }
     if (name_metric_labels == NULL && (name_metric_labels = PyUnicode_InternFromString("metric_labels")) == NULL)
         return NULL;
+    if (text_dga == NULL && (text_dga = PyUnicode_InternFromString("dga")) == NULL) return NULL;
     PyObject *module = PyModule_Create(&udpbatch_module);
     if (module != NULL && PyModule_AddIntConstant(module, "BATCH", BATCH) < 0) Py_CLEAR(module);
     return module;
