@@ -12,9 +12,11 @@ bench/fastpath.py (the replay itself) and bench/do53.py (the whole server, where
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import statistics
 import time
+from collections.abc import Iterator
 
 from ztdns.transport import _udpbatch
 from ztdns.transport.udp import MAX_QUERY
@@ -59,11 +61,9 @@ def drain(client: socket.socket) -> None:
     client.setblocking(True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datagrams", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+@contextlib.contextmanager
+def loopback_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A server and a client socket on loopback with room for a long queue of datagrams each."""
     with (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
@@ -71,6 +71,15 @@ def main() -> None:
         for sock in (server, client):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
             sock.bind(("127.0.0.1", 0))
+        yield server, client
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datagrams", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with loopback_pair() as (server, client):
         results: dict[str, list[float]] = {"recvfrom/sendto": [], "recvmmsg/sendmmsg": []}
         for _ in range(args.rounds):
             for label, lane in (("recvfrom/sendto", pure), ("recvmmsg/sendmmsg", batched)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from pathlib import Path
 
@@ -23,12 +24,14 @@ from ztdns import handler
 from ztdns.cache import CacheEntry
 from ztdns.client import ClientInfo, Transport
 from ztdns.config import parse_config
+from ztdns.detect.verdict import Verdict
 from ztdns.handler import Frontend
 from ztdns.model import Question
 from ztdns.observe.events import SecurityEvent
 from ztdns.observe.ring import items, take
 from ztdns.observe.sinks import Feed, QueueSink
 from ztdns.replay import Replay
+from ztdns.transport.udp import ANSWER_ROOM, MAX_QUERY
 
 CONFIG = """
 [resolver]
@@ -250,3 +253,133 @@ def test_a_reload_forgets_which_identity_a_peer_has() -> None:
         return identities[0], identities[1]
 
     assert asyncio.run(run()) == (["lab"], ["other"])
+
+
+def _drain(sock: socket.socket) -> list[bytes]:
+    received = []
+    while True:
+        try:
+            received.append(sock.recv(4096))
+        except BlockingIOError:
+            return received
+
+
+@pytest.mark.parametrize(
+    ("mode", "log", "dga"),
+    [
+        ("off", True, False),
+        ("observe", True, False),
+        ("observe", False, False),
+        ("observe", True, True),
+        ("enforce", True, False),
+    ],
+)
+def test_the_lanes_loop_in_c_answers_logs_counts_and_charges_as_fast_batch(mode: str, log: bool, dga: bool) -> None:
+    """``_udpbatch.serve`` (the batched lane with ``Frontend.plain_replays``: the plain replays answered, logged and
+    sent in C, the rest through ``fast_batch``) against ``fast_batch`` alone, on real sockets: the same answers to
+    the same clients, the same queries left to the pipeline, the same query log records, metrics and rate-limit
+    state. Enforced limits need Python's decision per query: then serve leaves every datagram to fast_batch."""
+    batch_module = pytest.importorskip("ztdns.transport._udpbatch", reason="the _udpbatch extension is not built")
+
+    async def run() -> None:
+        clock_python, clock_served = Clock(), Clock()
+        python, python_feed = await _frontend(mode, 0.0, clock_python)
+        served, served_feed = await _frontend(mode, 0.0, clock_served)
+        if not log:
+            python.runtime.observer.feed = served.runtime.observer.feed = None
+        if dga:  # a DGA verdict on one client (another verdict besides): its replays stop, the others' do not
+            for frontend in (python, served):
+                blocks = frontend.detector.blocks
+                blocks["dga", "127.0.0.2"] = Verdict("dga", "client=127.0.0.2", "1", "1", 1e12, "refuse", False)
+                blocks["flood", "lab.test"] = Verdict("flood", "domain=lab.test", "1", "1", 1e12, "refuse", False)
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        hosts = {"a": "127.0.0.1", "b": "127.0.0.1", "c": "127.0.0.2", "d": "127.0.9.1"}  # as PEERS: shared buckets
+        clients, names, infos = {}, {}, {}
+        buffer, out = bytearray(64 * MAX_QUERY), bytearray(64 * ANSWER_ROOM)
+        for key, host in hosts.items():
+            sock = clients[key] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            sock.setblocking(False)
+            sock.sendto(b"probe", server.getsockname())
+            ((_, name),) = batch_module.recv(server.fileno(), bytearray(100), 100)
+            names[key] = name
+            infos[name] = ClientInfo(Transport.UDP, *sock.getsockname())
+        queries = _queries()
+        rng = random.Random(21)
+        in_c = 0
+        for _ in range(150):
+            step = rng.choice([0.0, 0.001, 0.02, 0.3])
+            clock_python.now += step
+            clock_served.now += step
+            batch = [(rng.choice(queries), rng.choice(list(hosts))) for _ in range(rng.randint(1, 64))]
+            expected: list[tuple[bytes, bytes]] = []
+            expected_left = python.fast_batch([(wire, names[key]) for wire, key in batch], infos.__getitem__, expected)
+            for wire, key in batch:
+                clients[key].sendto(wire, server.getsockname())
+            answers: list[tuple[bytes, bytes]] = []
+            left: list[tuple[bytes, bytes]] = []
+            received = 0
+            while received < len(batch):  # loopback delivers within sendto: mostly one call
+                rest, charged, counted, latency = batch_module.serve(
+                    server.fileno(), buffer, MAX_QUERY, out, served.plain_replays
+                )
+                answered = sum(count for _, _, count in charged)
+                assert sum(count for _, count in counted) == answered
+                received += len(rest) + answered
+                in_c += answered
+                if charged:
+                    served.replays_served(charged, counted, latency)
+                left += served.fast_batch(rest, infos.__getitem__, answers)
+            answers += [(answer, names[key]) for key, sock in clients.items() for answer in _drain(sock)]
+            assert sorted(answers) == sorted(expected)
+            assert sorted(left) == sorted(expected_left)
+        # Records of one client: those answered in C first, then fast_batch's (other spellings): compared as sets.
+        python_state, served_state = _state(python, python_feed), _state(served, served_feed)
+        assert sorted(map(repr, python_state[2])) == sorted(map(repr, served_state[2]))  # type: ignore[index]
+        assert python_state[:2] + python_state[3:] == served_state[:2] + served_state[3:]  # type: ignore[index]
+        assert in_c > 1000 if mode != "enforce" else in_c == 0
+        server.close()
+        for sock in clients.values():
+            sock.close()
+        for frontend, feed in ((python, python_feed), (served, served_feed)):
+            feed.close()
+            await frontend.close()
+
+    asyncio.run(run())
+
+
+def test_the_lanes_loop_in_c_leaves_to_python_what_its_answer_buffer_cannot_hold() -> None:
+    batch_module = pytest.importorskip("ztdns.transport._udpbatch", reason="the _udpbatch extension is not built")
+
+    async def run() -> None:
+        frontend, feed = await _frontend("observe", 0.0, Clock())
+        wire = _queries()[0]
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        ):
+            server.bind(("127.0.0.1", 0))
+            client.bind(("127.0.0.1", 0))
+            client.setblocking(False)
+            buffer = bytearray(64 * MAX_QUERY)
+            # First a warm-up: the sender is new, fast_batch meets it; then a buffer too small for an answer.
+            for out, answered in ((bytearray(ANSWER_ROOM), None), (bytearray(20), 0), (bytearray(ANSWER_ROOM), 2)):
+                for _ in range(2):
+                    client.sendto(wire, server.getsockname())
+                received = in_c = 0
+                while received < 2:
+                    left, charged, _, _ = batch_module.serve(
+                        server.fileno(), buffer, MAX_QUERY, out, frontend.plain_replays
+                    )
+                    in_c += sum(count for _, _, count in charged)
+                    received += len(left) + sum(count for _, _, count in charged)
+                    if left:
+                        frontend.fast_batch(left, lambda name: ClientInfo(Transport.UDP, *client.getsockname()), [])
+                sent = len(_drain(client))
+                if answered is not None:
+                    assert (in_c, sent) == (answered, answered)
+        feed.close()
+        await frontend.close()
+
+    asyncio.run(run())

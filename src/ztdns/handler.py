@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import Metric
 
 from ztdns.cache import CacheEntry, MessageCache
 from ztdns.cache.stage import CacheStage
-from ztdns.client import ClientInfo
+from ztdns.client import ClientInfo, Transport
 from ztdns.config import Config, located, where
 from ztdns.detect import Detector
 from ztdns.detect.stage import DetectStage, FloodQuotaStage
@@ -36,6 +36,7 @@ from ztdns.observe.dnstap import DnstapSink
 from ztdns.observe.events import Answered
 from ztdns.observe.metrics import Metrics
 from ztdns.observe.outputs import Outputs, make_outputs
+from ztdns.observe.ring import PyRecords
 from ztdns.observe.sinks import QueueSink
 from ztdns.observe.stage import Observer, ObserveStage
 from ztdns.pipeline import Asked, Next, QueryContext, Stage, chain
@@ -60,7 +61,7 @@ from ztdns.resolver.sockets import OPEN as UPSTREAM_SOCKETS_OPEN
 from ztdns.resolver.stage import ResolveStage
 from ztdns.resolver.validating import ResolverFetcher, ValidatingResolver
 from ztdns.resolver.zones import ZoneRoute, ZoneRouter
-from ztdns.transport import Peer
+from ztdns.transport import Charged, Counted, Peer, PlainReplays
 from ztdns.wire.header import header_only
 
 try:
@@ -511,6 +512,37 @@ class Frontend:
             served.append((client, found_for))
         runtime.observer.record_answers(served, now)
         return left
+
+    def plain_replays(self) -> PlainReplays | None:
+        """What a batched UDP lane answers plain replays from itself (``_udpbatch.serve``), or None when the batch
+        needs Python: limits that may refuse a replay or charge in arrival order, or the pure-Python ring of
+        records. The verdicts in force go along: a client under a DGA verdict gets no replays
+        (``Detector.admit_replays``), the lane leaves its queries to Python. Called per batch, once its datagrams
+        are in."""
+        detector = self.detector
+        if detector.enabled and detector.charges_in_order:
+            return None
+        runtime = self.runtime
+        feed = runtime.observer.feed
+        ring = None if feed is None else feed.ring
+        if isinstance(ring, PyRecords):
+            return None
+        return (
+            runtime.peers,
+            runtime.replays.exact,
+            ring,
+            detector.blocks if detector.enabled and detector.blocks else None,
+        )
+
+    def replays_served(self, charged: Charged, counted: Counted, latency: float) -> None:
+        """The rest of :meth:`fast_batch` for the replays a lane answered from :meth:`plain_replays`: the rate limits'
+        charges (they cannot refuse: plain_replays said so) and the metric counts."""
+        detector = self.detector
+        if detector.enabled:
+            detected = detector.clock()
+            for client, identity, count in charged:
+                detector.admit_replays(identity, client, count, detected)
+        self.runtime.observer.count_answers(Transport.UDP, counted, latency)
 
     def _prefetch(self, question: Question, entry: CacheEntry) -> None:
         if self.loop is not None:

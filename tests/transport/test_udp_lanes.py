@@ -18,6 +18,8 @@ import pytest
 from ztdns.config import parse_config
 from ztdns.config.listen import ListenConfig
 from ztdns.handler import Frontend
+from ztdns.observe.ring import items, take
+from ztdns.observe.sinks import Feed, QueueSink
 from ztdns.transport import udp
 from ztdns.transport.udp import UdpListener, sockaddr_address
 
@@ -150,11 +152,17 @@ def _queries() -> Iterator[bytes]:
     yield b"\x00\x02" + b"\xff" * 40
 
 
-def _answers(batch: bool, family: socket.AddressFamily, host: str, burst: bool) -> list[bytes | None]:
-    """The answer to each of ``_queries()`` through a fresh Frontend behind one lane (None: no answer)."""
+Outcome = tuple[list[bytes | None], list[str], dict[tuple[str, tuple[str, ...]], int]]
 
-    async def run() -> list[bytes | None]:
+
+def _answers(batch: bool, family: socket.AddressFamily, host: str, burst: bool) -> Outcome:
+    """The answer to each of ``_queries()`` through a fresh Frontend behind one lane (None: no answer), with the
+    query log's records (without times, and the client's port: each run has its own socket) and the metric counts."""
+
+    async def run() -> Outcome:
         frontend = Frontend(parse_config(CONFIG, "test", Path(".")))
+        feed = Feed([QueueSink("test", 1_000_000, interval=3600)], interval=3600)  # never dispatched: we read it
+        frontend.runtime.observer.feed = feed
         listener = UdpListener(
             ListenConfig(address=f"[{host}]:0" if ":" in host else f"{host}:0", transport="udp"),
             frontend,
@@ -190,8 +198,15 @@ def _answers(batch: bool, family: socket.AddressFamily, host: str, burst: bool) 
                         answers.append(None)
         listener.stop()
         listener.close()
+        records = sorted(
+            repr((item[1].transport, item[1].address, item[2], item[4], item[5]))
+            for item in items(take(feed.ring) or [])
+            if isinstance(item, tuple)
+        )
+        counts = {key: count for key, (count,) in frontend.metrics.totals().answers.items()}
+        feed.close()
         await frontend.close()
-        return answers
+        return answers, records, counts
 
     return asyncio.run(run())
 
@@ -200,10 +215,16 @@ def _answers(batch: bool, family: socket.AddressFamily, host: str, burst: bool) 
 @pytest.mark.parametrize("burst", [False, True], ids=["one-by-one", "burst"])
 @pytest.mark.parametrize(("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
 def test_both_lanes_give_the_same_answers(family: socket.AddressFamily, host: str, burst: bool) -> None:
-    batched = _answers(True, family, host, burst)
-    pure = _answers(False, family, host, burst)
+    """And, one query at a time (in a burst which query finds its replay stored already is a race), the same query
+    log records and metrics: the batched lane's plain replays are answered, logged and counted in C."""
+    batched, batched_records, batched_counts = _answers(True, family, host, burst)
+    pure, pure_records, pure_counts = _answers(False, family, host, burst)
     assert batched == pure
     assert sum(answer is not None for answer in batched) >= 3 * 2 * 2 * 6  # every well-formed query answered
+    if not burst:
+        assert batched_records == pure_records
+        assert batched_counts == pure_counts
+        assert len(batched_records) >= 3 * 2 * 2 * 6
 
 
 def test_the_environment_turns_batching_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -748,24 +748,21 @@ static int message_bytes(PyObject *message, Py_buffer *view, const char **data, 
     return 1;
 }
 
-/* Add one query's record: 1 added, 0 dropped and counted (the ring is full, or a message is not bytes-like: a
- * record is never worth failing an answer for), -1 error (out of memory). */
-static int records_add_one(Records *self, double when, double latency, PyObject *client, PyObject *answer,
-                           PyObject *query, PyObject *response) {
-    Py_buffer query_view, response_view;
-    const char *query_data, *response_data = NULL;
-    Py_ssize_t query_length, response_length = -1;
-    int status = 0;
-    response_view.obj = NULL;
-    if (!message_bytes(query, &query_view, &query_data, &query_length)) goto drop;
-    if (response != Py_None && !message_bytes(response, &response_view, &response_data, &response_length)) goto drop;
+/* Add one query's record from the bytes received and sent (response_length -1: none): 1 added, 0 dropped and
+ * counted (the ring is full), -1 error (out of memory). Also what _udpbatch.serve adds through the capsule
+ * `add_record` (below), straight from its receive and send buffers. */
+static int records_add_raw(Records *self, double when, double latency, PyObject *client, PyObject *answer,
+                           const char *query_data, Py_ssize_t query_length, const char *response_data,
+                           Py_ssize_t response_length) {
     Py_ssize_t wire = query_length + (response_length < 0 ? 0 : response_length);
-    if (self->count >= self->capacity || self->wires_length + wire > WIRES_LIMIT) goto drop;
-    status = -1;
-    if (records_room(self, wire) < 0) goto done;
+    if (self->count >= self->capacity || self->wires_length + wire > WIRES_LIMIT) {
+        self->dropped++;
+        return 0;
+    }
+    if (records_room(self, wire) < 0) return -1;
     Py_ssize_t client_index = records_index(self, client);
     Py_ssize_t answer_index = client_index < 0 ? -1 : records_index(self, answer);
-    if (answer_index < 0) goto done;
+    if (answer_index < 0) return -1;
     Record *record = &self->records[self->count++];
     memset(record, 0, sizeof *record); /* the padding too: a chunk's bytes are the same for the same records */
     record->when = when;
@@ -779,7 +776,22 @@ static int records_add_one(Records *self, double when, double latency, PyObject 
     if (response_length > 0)
         memcpy(self->wires + self->wires_length + query_length, response_data, (size_t)response_length);
     self->wires_length += wire;
-    status = 1;
+    return 1;
+}
+
+/* Add one query's record: 1 added, 0 dropped and counted (the ring is full, or a message is not bytes-like: a
+ * record is never worth failing an answer for), -1 error (out of memory). */
+static int records_add_one(Records *self, double when, double latency, PyObject *client, PyObject *answer,
+                           PyObject *query, PyObject *response) {
+    Py_buffer query_view, response_view;
+    const char *query_data, *response_data = NULL;
+    Py_ssize_t query_length, response_length = -1;
+    int status = 0;
+    response_view.obj = NULL;
+    if (!message_bytes(query, &query_view, &query_data, &query_length)) goto drop;
+    if (response != Py_None && !message_bytes(response, &response_view, &response_data, &response_length)) goto drop;
+    status = records_add_raw(self, when, latency, client, answer, query_data, query_length, response_data,
+                             response_length);
     goto done;
 drop:
     self->dropped++;
@@ -956,6 +968,18 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lines", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
+/* records_add_raw for a ring given as an object (the capsule's function): -1 with TypeError when it is not one. */
+static int records_add_record(PyObject *ring, double when, double latency, PyObject *client, PyObject *answer,
+                              const char *query_data, Py_ssize_t query_length, const char *response_data,
+                              Py_ssize_t response_length) {
+    if (!PyObject_TypeCheck(ring, &RecordsType)) {
+        PyErr_SetString(PyExc_TypeError, "the ring must be a _lines.Records");
+        return -1;
+    }
+    return records_add_raw((Records *)ring, when, latency, client, answer, query_data, query_length, response_data,
+                           response_length);
+}
+
 PyMODINIT_FUNC PyInit__lines(void) {
     if (PyType_Ready(&RecordsType) < 0 || PyType_Ready(&BlockType) < 0) return NULL;
     PyObject *made_module = PyModule_Create(&module);
@@ -965,5 +989,13 @@ PyMODINIT_FUNC PyInit__lines(void) {
         Py_DECREF(made_module);
         return NULL;
     }
+    /* records_add_record for _udpbatch.serve (C to C, no objects per record); the name says its signature. */
+    PyObject *capsule = PyCapsule_New((void *)records_add_record, "ztdns.observe._lines.add_record", NULL);
+    if (capsule == NULL || PyModule_AddObjectRef(made_module, "add_record", capsule) < 0) {
+        Py_XDECREF(capsule);
+        Py_DECREF(made_module);
+        return NULL;
+    }
+    Py_DECREF(capsule);
     return made_module;
 }

@@ -198,6 +198,13 @@ class Observer:
             for client, replies in answers:
                 add_replies(wall, latency, client, replies)
 
+    def count_answers(self, transport: str, counted: Iterable[tuple[tuple[str, ...], int]], latency: float) -> None:
+        """Count answers that started together by their metric labels (a UDP lane's replays answered in C, which
+        added their records to the ring itself): ``counted`` is (labels, answers) per label set."""
+        count_answer = self.metrics.count_answer
+        for labels, count in counted:
+            count_answer(transport, labels, latency, count)
+
     def upstream(
         self, transport: str, host: str, port: int, query: bytes, reply: dns.message.Message | bytes, sent: float
     ) -> None:

@@ -8,7 +8,7 @@ framing; it builds a :class:`~ztdns.client.ClientInfo` (source address, verified
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ztdns.client import ClientInfo
 
@@ -41,6 +41,28 @@ class BatchHandler(Protocol):
         """``fast`` for each ``(query, peer)`` of ``batch`` (``client_of`` says who a peer is): appends
         ``(answer, peer)`` to ``answers`` for what it answered and returns the ``(query, peer)`` pairs left for
         ``handle``."""
+
+
+# What the UDP lane's C loop (``_udpbatch.serve``) answers plain replays from: the runtime's peers memo (sockaddr →
+# (client, replayable, identity)), the replays' exact tables by identity, the query log's ring (None: no log) and
+# the detection verdicts in force (None: none), whose DGA ones stop a client's replays.
+PlainReplays = tuple[
+    dict[Any, tuple[ClientInfo, bool, str | None]], dict[str | None, dict[bytes, Any]], object | None, object | None
+]
+# What it answered so: (client, identity, answers) per client, for the rate limits; (labels, answers) per label set.
+Charged = list[tuple[ClientInfo, str | None, int]]
+Counted = list[tuple[tuple[str, ...], int]]
+
+
+@runtime_checkable
+class ReplayHandler(Protocol):
+    """A batch handler whose plain replays a batched UDP lane may answer itself, in C: per batch, ``plain_replays``
+    says from what (None: this batch needs Python's decisions, ``fast_batch`` answers it), and ``replays_served``
+    takes what the lane answered so — the rate limits' charges per client and the metric counts per label set."""
+
+    def plain_replays(self) -> PlainReplays | None: ...
+
+    def replays_served(self, charged: Charged, counted: Counted, latency: float) -> None: ...
 
 
 @runtime_checkable
