@@ -496,17 +496,26 @@ def _table(groups: list[tuple[list[str], int]], entries: _Entries) -> list[dict[
 
 def _flat_table(groups: list[tuple[list[str], int]], written: list[tuple[str, _Rule]], entries: _Entries) -> Shard:
     """The table of :func:`_table` and the config rules (``written``) as one flat buffer (``_nametable``, C), built
-    straight from the groups without a dict: a name that an earlier group gave keeps that group's entry when the
-    later one's rules are alike to what it holds (as :func:`_table`: the first alike list wins), and otherwise
-    gets the merged entry; a config rule always merges."""
+    straight from the groups without a dict: a name that an earlier group of the same likeness gave keeps what
+    it holds (as :func:`_table`: the first alike list wins), and otherwise gets the merged entry; a config rule
+    always merges. Which likenesses an entry holds is remembered per merged entry: a later group whose rules are
+    merely covered by another likeness's still merges, as in :func:`_table`, so that ``explain`` names the same
+    line (tests/policy/test_table_shards.py)."""
     assert build is not None and NameTable is not None  # apart.py compiles apart only with the extension
     lists = len(groups)
     likeness = functools.cache(lambda entry: _likeness(entries.all[entry].rules))
+    held_likenesses: dict[int, frozenset[frozenset[Hashable]]] = {}
 
     def resolve(held: int, given: int, group: int) -> int:
-        if group < lists and likeness(given) <= likeness(held):
+        if group >= lists:
+            return entries.merge(held, given)
+        mine = held_likenesses.get(held) or frozenset((likeness(held),))
+        theirs = likeness(given)
+        if theirs in mine:
             return held
-        return entries.merge(held, given)
+        merged = entries.merge(held, given)
+        held_likenesses[merged] = held_likenesses.get(merged, frozenset()) | mine | {theirs}
+        return merged
 
     config = [([base], entries.of(frozenset((rule,)))) for base, rule in written]
     return NameTable(build([*groups, *config], resolve))
