@@ -44,10 +44,11 @@ def _reference(groups: list[tuple[list[str], int]]) -> dict[str, int]:
 )
 def test_a_table_finds_what_a_dict_built_alike_holds(groups: list[tuple[list[str], int]], others: list[str]) -> None:
     groups = [([name for name in names if _encodable(name)], value) for names, value in groups]
-    table = nametable.NameTable(nametable.build(groups, _resolve))
+    built = nametable.build(groups, _resolve)
+    table = nametable.NameTable(built)
     expected = _reference(groups)
     assert len(table) == len(expected)
-    assert bytes(table) == nametable.build(groups, _resolve)  # its bytes, as the child writes them
+    assert bytes(table) == built  # its bytes, as the child writes them
     for name in [*expected, *others, *(name + "x" for name in expected)]:
         assert table.get(name) == expected.get(name), name
         assert table.get(name, -1) == expected.get(name, -1)
@@ -90,3 +91,15 @@ def test_what_is_not_a_table_is_refused() -> None:
         nametable.build([(["a.example"], 1), (["a.example"], 2)], lambda *_: 1 // 0)
     with pytest.raises(TypeError):
         nametable.NameTable(whole).get(b"a.example")
+
+
+def test_each_table_has_its_own_hash_key() -> None:
+    """The hash is keyed per table (a list's author cannot make names collide, hash flooding): two builds of the
+    same names differ in their slots yet find the same values, and each is read with its own key."""
+    names = [f"n{index}.example" for index in range(200)]
+    first, second = nametable.build([(names, 7)], _resolve), nametable.build([(names, 7)], _resolve)
+    assert first[32:48] != second[32:48]  # the key, after magic, count, mask and the names' offset
+    assert first != second
+    for table in (nametable.NameTable(first), nametable.NameTable(second)):
+        assert [table.get(name) for name in names] == [7] * len(names)
+        assert table.get("absent.example") is None

@@ -3,11 +3,15 @@
  * its mapping. Adopting a refresh is then a mapping and a swap, not millions of dict insertions.
  *
  * Layout (native byte order: both processes run on the same machine):
- *   header   u64 magic, u64 names, u64 mask (slots - 1, slots a power of two), u64 names_at (offset of the names)
+ *   header   u64 magic, u64 names, u64 mask (slots - 1, slots a power of two), u64 names_at (offset of the names),
+ *            u64 key[2] (the hash's key)
  *   slots    per slot: u64 hash, u32 offset of the name in the names, u32 value (EMPTY: a free slot)
  *   names    per name: u16 length, then its UTF-8 bytes
- * Open addressing with linear probing, at most half the slots used. The hash is FNV-1a over the UTF-8 bytes: the
- * same in every process (str hashes are salted per process, so dict shards could not be handed over).
+ * Open addressing with linear probing, at most half the slots used. The hash is SipHash-1-3 (as CPython's str
+ * hash) over the UTF-8 bytes, keyed by a random key drawn per table and kept in its header: the same in every
+ * process that reads the table (str hashes are salted per process, so dict shards could not be handed over), and
+ * unknown to whoever writes a list, so a feed cannot choose names that collide (hash flooding: long probe runs on
+ * every look-up and a quadratic build).
  * A hash match is checked against the stored name, so collisions cost a probe, never a wrong answer.
  * Optional: without this module refreshes are compiled in the serving process into dicts (policy/compile.py).
  */
@@ -16,15 +20,16 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <sys/random.h>
 
-#define MAGIC 0x31544e5354445a5aULL /* "ZZDTSNT1" */
+#define MAGIC 0x32544e5354445a5aULL /* "ZZDTSNT2" */
 #define EMPTY 0xFFFFFFFFu
-#define HEADER_BYTES 32
+#define HEADER_BYTES 48
 #define SLOT_BYTES 16
 #define MAX_NAME 0xFFFF
 
 typedef struct {
-    uint64_t magic, names, mask, names_at;
+    uint64_t magic, names, mask, names_at, key[2];
 } Header;
 
 typedef struct {
@@ -32,13 +37,38 @@ typedef struct {
     uint32_t offset, value;
 } Slot;
 
-static uint64_t fnv1a(const char *bytes, Py_ssize_t length) {
-    uint64_t hash = 0xcbf29ce484222325ULL;
-    for (Py_ssize_t i = 0; i < length; i++) {
-        hash ^= (uint8_t)bytes[i];
-        hash *= 0x100000001b3ULL;
+#define ROTATE(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                                   \
+    do {                                                                                                           \
+        v0 += v1, v1 = ROTATE(v1, 13), v1 ^= v0, v0 = ROTATE(v0, 32);                                              \
+        v2 += v3, v3 = ROTATE(v3, 16), v3 ^= v2;                                                                   \
+        v0 += v3, v3 = ROTATE(v3, 21), v3 ^= v0;                                                                   \
+        v2 += v1, v1 = ROTATE(v1, 17), v1 ^= v2, v2 = ROTATE(v2, 32);                                              \
+    } while (0)
+
+/* SipHash-1-3 of `length` bytes under `key` (one compression round, three finalisation rounds). */
+static uint64_t siphash13(const uint64_t key[2], const char *bytes, Py_ssize_t length) {
+    uint64_t v0 = key[0] ^ 0x736f6d6570736575ULL, v1 = key[1] ^ 0x646f72616e646f6dULL,
+             v2 = key[0] ^ 0x6c7967656e657261ULL, v3 = key[1] ^ 0x7465646279746573ULL;
+    const uint8_t *in = (const uint8_t *)bytes;
+    Py_ssize_t whole = length - length % 8;
+    for (Py_ssize_t i = 0; i < whole; i += 8) {
+        uint64_t word = 0;
+        for (int b = 7; b >= 0; b--) word = (word << 8) | in[i + b]; /* little-endian, whatever the machine */
+        v3 ^= word;
+        SIPROUND;
+        v0 ^= word;
     }
-    return hash;
+    uint64_t last = (uint64_t)length << 56;
+    for (Py_ssize_t b = length - 1; b >= whole; b--) last |= (uint64_t)in[b] << (8 * (b - whole));
+    v3 ^= last;
+    SIPROUND;
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
 }
 
 /* The UTF-8 bytes of a str key, or NULL with an error set (TypeError, or UnicodeEncodeError for lone surrogates).
@@ -64,7 +94,7 @@ static int insert(char *table, const char *bytes, Py_ssize_t length, uint32_t va
     Header *header = (Header *)table;
     Slot *slots = (Slot *)(table + HEADER_BYTES);
     char *names = table + header->names_at;
-    uint64_t hash = fnv1a(bytes, length);
+    uint64_t hash = siphash13(header->key, bytes, length);
     for (uint64_t at = hash & header->mask;; at = (at + 1) & header->mask) {
         Slot *slot = &slots[at];
         if (slot->value == EMPTY) {
@@ -140,7 +170,11 @@ static PyObject *build(PyObject *module, PyObject *args) {
     result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(names_at + name_bytes));
     if (result == NULL) goto fail;
     char *table = PyBytes_AS_STRING(result);
-    Header header = {MAGIC, 0, slots - 1, names_at};
+    Header header = {MAGIC, 0, slots - 1, names_at, {0, 0}};
+    if (getrandom(header.key, sizeof header.key, 0) != (ssize_t)sizeof header.key) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
     memcpy(table, &header, sizeof header);
     Slot *slot_array = (Slot *)(table + HEADER_BYTES);
     for (uint64_t i = 0; i < slots; i++) {
@@ -251,7 +285,7 @@ static PyObject *NameTable_get(NameTable *self, PyObject *const *args, Py_ssize_
         PyErr_Clear(); /* a lone surrogate: no stored name has one */
         return Py_NewRef(otherwise);
     }
-    uint64_t hash = fnv1a(bytes, length), mask = self->header->mask;
+    uint64_t hash = siphash13(self->header->key, bytes, length), mask = self->header->mask;
     for (uint64_t at = hash & mask, probes = 0; probes <= mask; at = (at + 1) & mask, probes++) {
         const Slot *slot = &self->slots[at];
         if (slot->value == EMPTY) return Py_NewRef(otherwise);
